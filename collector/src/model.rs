@@ -1,0 +1,94 @@
+//! The collector's own data types, shared by the session, the merger, the
+//! store and the query service. Generated protobuf types stop at the gRPC
+//! edge (`session`, `query`); everything behind it speaks these.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Identity of a stored series: the agent that declared it plus what the
+/// agent declared.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub agent: String,
+    pub device: String,
+    pub metric: String,
+    pub labels: BTreeMap<String, String>,
+    pub unit: String,
+}
+
+/// A stored series: its global id (assigned by the merger) and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesMeta {
+    pub id: i64,
+    pub key: SeriesKey,
+}
+
+/// A stored value, or why a poll produced none.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredValue {
+    F64(f64),
+    I64(i64),
+    Bool(bool),
+    Str(String),
+    Timeout(String),
+    Error(String),
+}
+
+impl StoredValue {
+    /// The `kind` column of the `readings` table.
+    pub fn kind_code(&self) -> i64 {
+        match self {
+            StoredValue::F64(_) => 0,
+            StoredValue::I64(_) => 1,
+            StoredValue::Bool(_) => 2,
+            StoredValue::Str(_) => 3,
+            StoredValue::Timeout(_) => 4,
+            StoredValue::Error(_) => 5,
+        }
+    }
+}
+
+/// A validated reading bound to a global series id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReading {
+    pub series_id: i64,
+    /// Device timestamp, ns since the Unix epoch.
+    pub ts_ns: i64,
+    pub value: StoredValue,
+}
+
+/// A reading as stored: device time and collector receive time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub ts_ns: i64,
+    pub received_ns: i64,
+    pub value: StoredValue,
+}
+
+/// Readings of one series that were just committed, for `Query/Tail`.
+#[derive(Debug, Clone)]
+pub struct CommittedChunk {
+    pub series: Arc<SeriesMeta>,
+    pub points: Vec<Point>,
+}
+
+/// What the merger broadcasts after every commit (only when someone tails).
+pub type Committed = Arc<Vec<CommittedChunk>>;
+
+/// Live (not persisted) state of an agent's stream, published by the merger.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentLive {
+    pub connected: bool,
+    pub peer: String,
+}
+
+/// Snapshot of which agents are connected, keyed by agent id.
+pub type LiveAgents = Arc<BTreeMap<String, AgentLive>>;
+
+/// Wall clock now, ns since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
