@@ -1,1 +1,166 @@
-fn main() {}
+//! `tributary-agent`: `run` polls devices and streams readings to a
+//! collector; `check` polls every device once and reports. Thin: parse,
+//! validate the config, set up tracing, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use tributary_agent::config::{self, AgentConfig};
+use tributary_agent::drivers::Driver;
+use tributary_agent::scheduler::{self, PollStats};
+use tributary_agent::uplink::{Uplink, UplinkConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "tributary-agent",
+    version,
+    about = "Tributary agent: polls devices and streams readings to a collector"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Poll devices and stream readings until SIGINT or SIGTERM.
+    Run {
+        /// Agent config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Poll every device once, print what was read or why not; exit
+    /// non-zero if any device failed.
+    Check {
+        /// Agent config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let (path, is_check) = match &cli.command {
+        Command::Run { config } => (config.clone(), false),
+        Command::Check { config } => (config.clone(), true),
+    };
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if is_check {
+        return if runtime.block_on(tributary_agent::check::run(&config)) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "agent failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let mut devices = Vec::with_capacity(config.devices.len());
+    for d in &config.devices {
+        let driver = Driver::build(d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?;
+        devices.push((d.clone(), driver));
+    }
+    let mut uplink_config = UplinkConfig::new(config.id.clone(), config.collectors.clone());
+    uplink_config.batch_max_readings = config.batch.max_readings;
+    uplink_config.batch_max_delay = config.batch.max_delay;
+    uplink_config.buffer_max_readings = config.buffer_max_readings;
+
+    // Room for a few polls per device; when the uplink is slower than the
+    // devices, polls wait here and are then recorded as skipped.
+    let (tx, rx) = mpsc::channel(config.devices.len().clamp(64, 65_536));
+    let (uplink, _stats) = Uplink::new(uplink_config, rx);
+    let uplink = tokio::spawn(uplink.run());
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let stats = Arc::new(PollStats::default());
+    info!(agent = %config.id, devices = config.devices.len(), "agent started");
+    scheduler::spawn_all(
+        devices,
+        config.max_concurrency,
+        tx,
+        stats,
+        &tracker,
+        shutdown.clone(),
+    );
+    tracker.close();
+
+    shutdown_signal().await;
+    info!("shutdown: finishing polls in flight, then flushing");
+    shutdown.cancel();
+    tracker.wait().await;
+    // Device tasks have dropped their senders: the uplink seals what is
+    // open, waits for acks up to its deadline, and returns.
+    uplink.await?;
+    info!("agent stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

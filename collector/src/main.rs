@@ -1,1 +1,136 @@
-fn main() {}
+//! `tributary-collector`: `serve` runs the collector; the other subcommands
+//! are clients of a running one. Thin: parse, validate, set up tracing, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use tributary_collector::cli::ClientCommand;
+use tributary_collector::server::{self, ServerConfig};
+use tributary_collector::store::sqlite::Durability;
+
+#[derive(Parser)]
+#[command(
+    name = "tributary-collector",
+    version,
+    about = "Tributary collector: merges agent streams and stores readings"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the collector.
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on for gRPC (ingest, query, health, reflection).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Where to store readings: sqlite:PATH.
+    #[arg(long, default_value = "sqlite:tributary.db")]
+    store: String,
+    /// SQLite durability: full fsyncs every commit before acking; normal
+    /// survives a collector crash but not power loss.
+    #[arg(long, default_value = "full")]
+    synchronous: Durability,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => match serve_config(&args) {
+            Ok(config) => runtime.block_on(serve(args.listen, config)),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        Command::Client(cmd) => runtime.block_on(tributary_collector::cli::run(cmd)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    let path = match args.store.strip_prefix("sqlite:") {
+        Some(p) if !p.is_empty() => PathBuf::from(p.strip_prefix("//").unwrap_or(p)),
+        _ => anyhow::bail!(
+            "--store {:?}: unsupported store URL (expected sqlite:PATH)",
+            args.store
+        ),
+    };
+    let mut config = ServerConfig::new(path);
+    config.durability = args.synchronous;
+    Ok(config)
+}
+
+async fn serve(listen: SocketAddr, config: ServerConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    server::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

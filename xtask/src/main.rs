@@ -1,1 +1,192 @@
-fn main() {}
+//! `cargo xtask`: project chores that need more than one cargo command.
+//!
+//! - `cargo xtask test [CARGO TEST ARGS]`: make sure the external tools the
+//!   tests use are there (installing them into `target/` if not), build every
+//!   binary, run the whole test suite.
+//! - `cargo xtask demo [--duration 20s]`: a collector, device simulators and
+//!   two agents on loopback, with a live progress line and a summary.
+//!
+//! Dependencies are kept to `anyhow` and `serde_json`: no async runtime and no
+//! argument parser, so the xtask builds in seconds.
+
+mod demo;
+mod proc;
+mod test;
+mod tools;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test [ARGS]              install missing test tools, build all binaries, run every test
+                           (ARGS go to `cargo test`, e.g. `-p tributary-tests -- --nocapture`)
+  demo [--duration 20s]    run a collector, device simulators and two agents on loopback;
+                           stops after the duration or on Ctrl-C and prints a summary";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test::run(&Workspace::locate(), &args[1..]),
+        Some("demo") => demo::run(&Workspace::locate(), &args[1..]),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => {
+            eprintln!("xtask: unknown command {other:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+        None => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where things are: the workspace root, its target directory and cargo.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// The directory of the workspace `Cargo.toml`.
+    pub root: PathBuf,
+    /// `$CARGO_TARGET_DIR` or `<root>/target`.
+    pub target: PathBuf,
+    /// The cargo that runs us (`$CARGO`), so the same toolchain builds.
+    pub cargo: PathBuf,
+}
+
+impl Workspace {
+    fn locate() -> Workspace {
+        // xtask/ sits directly under the workspace root.
+        let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = manifest_dir
+            .parent()
+            .unwrap_or(manifest_dir)
+            .to_path_buf();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| if t.is_absolute() { t } else { root.join(t) })
+            .unwrap_or_else(|| root.join("target"));
+        let cargo = std::env::var_os("CARGO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("cargo"));
+        Workspace {
+            root,
+            target,
+            cargo,
+        }
+    }
+
+    /// Where `cargo build` (debug profile) puts the binaries.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.target.join("debug")
+    }
+
+    /// The path of the workspace binary `name`.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir()
+            .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+    }
+
+    /// A cargo command run in the workspace root.
+    pub fn cargo_command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(&self.cargo);
+        command.args(args).current_dir(&self.root);
+        command
+    }
+
+    /// `path` relative to the current directory when it is below it, for
+    /// commands a person copies.
+    pub fn display(&self, path: &Path) -> String {
+        std::env::current_dir()
+            .ok()
+            .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+            .unwrap_or_else(|| path.to_path_buf())
+            .display()
+            .to_string()
+    }
+}
+
+/// Run `command` with inherited output; a failure names it.
+pub fn run_checked(command: &mut Command) -> Result<()> {
+    let shown = show(command);
+    println!("xtask: running {shown}");
+    let status = command
+        .status()
+        .with_context(|| format!("start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+/// A command line as a person would type it, with the environment variables
+/// it sets in front.
+pub fn show(command: &Command) -> String {
+    let env = command.get_envs().filter_map(|(key, value)| {
+        value.map(|v| format!("{}={}", key.to_string_lossy(), v.to_string_lossy()))
+    });
+    let words = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|a| a.to_string_lossy().into_owned());
+    env.chain(words).collect::<Vec<_>>().join(" ")
+}
+
+/// Parse a duration such as `20s`, `1500ms`, `2m`, `1h` or a plain number of
+/// seconds.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("invalid duration {text:?}: expected e.g. 20s, 500ms, 2m"))?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" | "secs" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" | "mins" => number * 60.0,
+        "h" => number * 3600.0,
+        other => bail!("invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)"),
+    };
+    Duration::try_from_secs_f64(seconds).with_context(|| format!("invalid duration {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        let cases = [
+            ("20s", Duration::from_secs(20)),
+            ("20", Duration::from_secs(20)),
+            ("1500ms", Duration::from_millis(1500)),
+            ("2m", Duration::from_secs(120)),
+            ("0.5s", Duration::from_millis(500)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text).ok(), Some(expected), "{text}");
+        }
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! Device drivers: each speaks one device protocol and turns one poll into
+//! samples or a typed [`PollError`].
+//!
+//! [`Driver`] dispatches over an enum rather than a trait object, so `poll`
+//! is a plain `async fn` with no boxing. The scheduler runs every poll under
+//! `tokio::time::timeout` and may drop the poll future at any await point:
+//! a driver that keeps a connection takes it out of `self` before a request
+//! and puts it back only after a complete, well-framed answer, so a
+//! cancelled request never leaves a half-read connection behind.
+
+pub mod http;
+pub mod modbus;
+pub mod prometheus;
+pub mod sim;
+
+use std::fmt;
+
+use crate::config::{DeviceConfig, DriverConfig};
+use crate::reading::{FailureKind, Sample, Value};
+
+/// Why a whole poll produced no samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollError {
+    pub kind: FailureKind,
+    /// Exactly what went wrong, e.g. `connection refused to 127.0.0.1:5020`.
+    pub message: String,
+}
+
+impl PollError {
+    /// A failure of kind [`FailureKind::Error`].
+    pub fn error(message: impl Into<String>) -> Self {
+        PollError {
+            kind: FailureKind::Error,
+            message: message.into(),
+        }
+    }
+
+    /// A failure of kind [`FailureKind::Timeout`].
+    pub fn timeout(message: impl Into<String>) -> Self {
+        PollError {
+            kind: FailureKind::Timeout,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for PollError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PollError {}
+
+/// Why a driver could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("device {device}: cannot build http client: {source}")]
+    HttpClient {
+        device: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// A device driver, ready to poll.
+#[derive(Debug)]
+pub enum Driver {
+    Sim(sim::SimDriver),
+    Http(http::HttpDriver),
+    Modbus(modbus::ModbusDriver),
+}
+
+impl Driver {
+    /// Builds the driver for one device. Connects to nothing: connections
+    /// are made by the first poll.
+    pub fn build(cfg: &DeviceConfig) -> Result<Driver, BuildError> {
+        Ok(match &cfg.driver {
+            DriverConfig::Sim(c) => Driver::Sim(sim::SimDriver::new(c)),
+            DriverConfig::Http(c) => {
+                Driver::Http(http::HttpDriver::new(c, cfg.timeout).map_err(|source| {
+                    BuildError::HttpClient {
+                        device: cfg.name.clone(),
+                        source,
+                    }
+                })?)
+            }
+            DriverConfig::Modbus(c) => Driver::Modbus(modbus::ModbusDriver::new(c)),
+        })
+    }
+
+    /// Polls the device once.
+    pub async fn poll(&mut self) -> Result<Vec<Sample>, PollError> {
+        match self {
+            Driver::Sim(d) => Ok(d.poll()),
+            Driver::Http(d) => d.poll().await,
+            Driver::Modbus(d) => d.poll().await,
+        }
+    }
+
+    /// The metrics a failed poll reports as failed (for a Prometheus scrape,
+    /// whose metrics are unknown in advance, `scrape`).
+    pub fn metric_names(&self) -> Vec<String> {
+        self.failure_samples(FailureKind::Error, "")
+            .into_iter()
+            .map(|s| s.metric)
+            .collect()
+    }
+
+    /// One failed sample per metric of [`Driver::metric_names`], carrying
+    /// the unit each metric has when it succeeds (so a failure lands on the
+    /// same series as the values).
+    pub fn failure_samples(&self, kind: FailureKind, message: &str) -> Vec<Sample> {
+        let failed = |metric: &str, unit: &str| Sample {
+            unit: unit.to_owned(),
+            ..Sample::new(
+                metric,
+                Value::Failed {
+                    kind,
+                    message: message.to_owned(),
+                },
+            )
+        };
+        match self {
+            Driver::Sim(d) => d.metric_names().iter().map(|m| failed(m, "")).collect(),
+            Driver::Http(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
+            Driver::Modbus(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
+        }
+    }
+}
+
+/// `err` and its sources joined with `: `, skipping a source whose text the
+/// previous level already contains (some libraries repeat their source).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}

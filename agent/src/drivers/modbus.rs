@@ -1,0 +1,609 @@
+//! The Modbus TCP driver: reads holding and input registers and decodes them
+//! into typed values.
+//!
+//! Metrics on adjacent or overlapping registers of the same kind are read in
+//! one request ([`plan_reads`]); decoding is a pure function
+//! ([`decode_registers`]). The driver keeps one connection, taken out of
+//! `self` for the length of a poll and put back only after every request got
+//! a well-framed answer: a poll dropped by the scheduler's timeout, or one
+//! that failed on the wire, leaves no connection behind, and the next poll
+//! connects afresh instead of reading the stale answer of the cancelled one.
+
+use std::fmt;
+use std::io;
+
+use tokio_modbus::client::{Client, Context, tcp};
+use tokio_modbus::{Request, Response, Slave};
+use tracing::debug;
+
+use super::{PollError, error_chain};
+use crate::config::{ModbusConfig, ModbusMetric, RegisterKind, RegisterType, WordOrder};
+use crate::reading::{Sample, Value};
+
+/// Most registers one read request may ask for (Modbus application
+/// protocol, function codes 3 and 4).
+pub const MAX_REGISTERS_PER_READ: u16 = 125;
+
+/// A Modbus TCP device.
+pub struct ModbusDriver {
+    address: String,
+    unit_id: u8,
+    metrics: Vec<ModbusMetric>,
+    plan: Vec<ReadBlock>,
+    /// The idle connection between polls; `None` before the first poll and
+    /// after a failed or cancelled one.
+    conn: Option<Context>,
+}
+
+impl fmt::Debug for ModbusDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModbusDriver")
+            .field("address", &self.address)
+            .field("unit_id", &self.unit_id)
+            .field("metrics", &self.metrics)
+            .field("plan", &self.plan)
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
+}
+
+/// One read request covering one or more metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBlock {
+    pub kind: RegisterKind,
+    pub start: u16,
+    pub count: u16,
+    /// Indices into the metric list.
+    pub metrics: Vec<usize>,
+}
+
+impl fmt::Display for ReadBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let last = u32::from(self.start) + u32::from(self.count).max(1) - 1;
+        if self.count <= 1 {
+            write!(f, "{} register {}", self.kind.name(), self.start)
+        } else {
+            write!(f, "{} registers {}..={last}", self.kind.name(), self.start)
+        }
+    }
+}
+
+/// Groups metrics into read requests: same kind, adjacent or overlapping
+/// registers, at most [`MAX_REGISTERS_PER_READ`] registers per request.
+pub fn plan_reads(metrics: &[ModbusMetric]) -> Vec<ReadBlock> {
+    let mut order: Vec<usize> = (0..metrics.len()).collect();
+    order.sort_by_key(|&i| (metrics[i].kind == RegisterKind::Input, metrics[i].register));
+    let mut blocks: Vec<ReadBlock> = Vec::new();
+    for i in order {
+        let m = &metrics[i];
+        let start = u32::from(m.register);
+        let end = start + u32::from(m.data_type.words());
+        if let Some(b) = blocks.last_mut() {
+            let b_start = u32::from(b.start);
+            let b_end = b_start + u32::from(b.count);
+            let new_end = b_end.max(end);
+            if b.kind == m.kind
+                && start <= b_end
+                && new_end - b_start <= u32::from(MAX_REGISTERS_PER_READ)
+            {
+                // Fits: new_end - b_start <= 125.
+                b.count = u16::try_from(new_end - b_start).unwrap_or(MAX_REGISTERS_PER_READ);
+                b.metrics.push(i);
+                continue;
+            }
+        }
+        blocks.push(ReadBlock {
+            kind: m.kind,
+            start: m.register,
+            count: m.data_type.words(),
+            metrics: vec![i],
+        });
+    }
+    blocks
+}
+
+/// Why registers could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("short modbus response: {data_type} needs {need} registers, got {got}")]
+pub struct DecodeError {
+    pub data_type: &'static str,
+    pub need: usize,
+    pub got: usize,
+}
+
+/// Decodes the value at the start of `words` (extra words are ignored) and
+/// multiplies it by `scale`. Integer types with a scale of exactly 1 stay
+/// integers; everything else is a float.
+pub fn decode_registers(
+    words: &[u16],
+    data_type: RegisterType,
+    word_order: WordOrder,
+    scale: f64,
+) -> Result<Value, DecodeError> {
+    let need = usize::from(data_type.words());
+    let short = || DecodeError {
+        data_type: data_type.name(),
+        need,
+        got: words.len(),
+    };
+    let raw32 = || -> Result<u32, DecodeError> {
+        let [a, b] = words
+            .get(..2)
+            .and_then(|w| <[u16; 2]>::try_from(w).ok())
+            .ok_or_else(short)?;
+        let (hi, lo) = match word_order {
+            WordOrder::Big => (a, b),
+            WordOrder::Little => (b, a),
+        };
+        Ok((u32::from(hi) << 16) | u32::from(lo))
+    };
+    let first = || words.first().copied().ok_or_else(short);
+    let int = |v: i64| {
+        if scale == 1.0 {
+            Value::I64(v)
+        } else {
+            Value::F64(v as f64 * scale)
+        }
+    };
+    Ok(match data_type {
+        RegisterType::U16 => int(i64::from(first()?)),
+        RegisterType::I16 => int(i64::from(first()? as i16)),
+        RegisterType::U32 => int(i64::from(raw32()?)),
+        RegisterType::I32 => int(i64::from(raw32()? as i32)),
+        RegisterType::F32 => Value::F64(f64::from(f32::from_bits(raw32()?)) * scale),
+    })
+}
+
+impl ModbusDriver {
+    pub fn new(cfg: &ModbusConfig) -> Self {
+        ModbusDriver {
+            address: cfg.address.clone(),
+            unit_id: cfg.unit_id,
+            plan: plan_reads(&cfg.metrics),
+            metrics: cfg.metrics.clone(),
+            conn: None,
+        }
+    }
+
+    /// (name, unit) of every metric, in config order.
+    pub fn metrics(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.metrics
+            .iter()
+            .map(|m| (m.name.as_str(), m.unit.as_str()))
+    }
+
+    pub async fn poll(&mut self) -> Result<Vec<Sample>, PollError> {
+        // Taken out for the whole poll: see the module doc.
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => connect(&self.address, self.unit_id).await?,
+        };
+        let mut values: Vec<Option<Value>> = vec![None; self.metrics.len()];
+        for block in &self.plan {
+            let request = match block.kind {
+                RegisterKind::Holding => Request::ReadHoldingRegisters(block.start, block.count),
+                RegisterKind::Input => Request::ReadInputRegisters(block.start, block.count),
+            };
+            let words = match conn.call(request).await {
+                Ok(Ok(Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w))) => w,
+                Ok(Ok(other)) => {
+                    return Err(PollError::error(format!(
+                        "modbus {} unit {} answered a read of {block} with {other:?}",
+                        self.address, self.unit_id
+                    )));
+                }
+                Ok(Err(exception)) => {
+                    // A well-framed answer: the connection is still good.
+                    self.conn = Some(conn);
+                    return Err(PollError::error(format!(
+                        "modbus exception from {} unit {} reading {block} ({}): {exception}",
+                        self.address,
+                        self.unit_id,
+                        self.block_metric_names(block)
+                    )));
+                }
+                Err(e) => {
+                    return Err(PollError::error(format!(
+                        "modbus {} unit {} reading {block}: {}",
+                        self.address,
+                        self.unit_id,
+                        error_chain(&e)
+                    )));
+                }
+            };
+            if words.len() < usize::from(block.count) {
+                return Err(PollError::error(format!(
+                    "short modbus response: {} unit {} answered {} of {} registers reading {block} ({})",
+                    self.address,
+                    self.unit_id,
+                    words.len(),
+                    block.count,
+                    self.block_metric_names(block)
+                )));
+            }
+            for &i in &block.metrics {
+                let Some(m) = self.metrics.get(i) else {
+                    continue;
+                };
+                let offset = usize::from(m.register.saturating_sub(block.start));
+                let value = decode_registers(
+                    words.get(offset..).unwrap_or(&[]),
+                    m.data_type,
+                    m.word_order,
+                    m.scale,
+                )
+                .map_err(|e| {
+                    PollError::error(format!(
+                        "{e} for {} at {} register {}",
+                        m.name,
+                        m.kind.name(),
+                        m.register
+                    ))
+                })?;
+                if let Some(slot) = values.get_mut(i) {
+                    *slot = Some(value);
+                }
+            }
+        }
+        self.conn = Some(conn);
+        Ok(self
+            .metrics
+            .iter()
+            .zip(values)
+            .filter_map(|(m, v)| {
+                v.map(|value| Sample {
+                    unit: m.unit.clone(),
+                    ..Sample::new(m.name.clone(), value)
+                })
+            })
+            .collect())
+    }
+
+    fn block_metric_names(&self, block: &ReadBlock) -> String {
+        block
+            .metrics
+            .iter()
+            .filter_map(|&i| self.metrics.get(i).map(|m| m.name.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Connects to the first address `address` resolves to that accepts.
+///
+/// A free function rather than a method: `ModbusDriver` is not `Sync` (the
+/// connection is not), so no `&ModbusDriver` may live across an await.
+async fn connect(address: &str, unit_id: u8) -> Result<Context, PollError> {
+    let addrs = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| PollError::error(format!("cannot resolve {address}: {e}")))?;
+    let mut last_error = None;
+    for addr in addrs {
+        match tcp::connect_slave(addr, Slave(unit_id)).await {
+            Ok(conn) => {
+                debug!(address, %addr, unit_id, "modbus connected");
+                return Ok(conn);
+            }
+            Err(e) => last_error = Some((addr, e)),
+        }
+    }
+    let Some((addr, e)) = last_error else {
+        return Err(PollError::error(format!(
+            "{address} resolved to no address"
+        )));
+    };
+    let target = if addr.to_string() == address {
+        address.to_owned()
+    } else {
+        format!("{address} ({addr})")
+    };
+    Err(PollError::error(match e.kind() {
+        io::ErrorKind::ConnectionRefused => format!("connection refused to {target}"),
+        _ => format!("cannot connect to {target}: {e}"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::reading::FailureKind;
+
+    fn metric(name: &str, register: u16, data_type: RegisterType) -> ModbusMetric {
+        ModbusMetric {
+            name: name.into(),
+            register,
+            kind: RegisterKind::Holding,
+            data_type,
+            word_order: WordOrder::Big,
+            scale: 1.0,
+            unit: String::new(),
+        }
+    }
+
+    #[test]
+    fn decodes_every_type_and_word_order() {
+        use RegisterType::*;
+        use WordOrder::*;
+        assert_eq!(
+            decode_registers(&[0xFFFF], U16, Big, 1.0),
+            Ok(Value::I64(65535))
+        );
+        assert_eq!(
+            decode_registers(&[0xFFFF], I16, Big, 1.0),
+            Ok(Value::I64(-1))
+        );
+        assert_eq!(
+            decode_registers(&[0x0001, 0x0002], U32, Big, 1.0),
+            Ok(Value::I64(0x0001_0002))
+        );
+        assert_eq!(
+            decode_registers(&[0x0001, 0x0002], U32, Little, 1.0),
+            Ok(Value::I64(0x0002_0001))
+        );
+        assert_eq!(
+            decode_registers(&[0xFFFF, 0xFFFE], I32, Big, 1.0),
+            Ok(Value::I64(-2))
+        );
+        assert_eq!(
+            decode_registers(&[0xFFFE, 0xFFFF], I32, Little, 1.0),
+            Ok(Value::I64(-2))
+        );
+        // 21.5f32 = 0x41AC0000
+        assert_eq!(
+            decode_registers(&[0x41AC, 0x0000], F32, Big, 1.0),
+            Ok(Value::F64(21.5))
+        );
+        assert_eq!(
+            decode_registers(&[0x0000, 0x41AC], F32, Little, 1.0),
+            Ok(Value::F64(21.5))
+        );
+        // Extra words are ignored.
+        assert_eq!(
+            decode_registers(&[7, 8, 9], U16, Big, 1.0),
+            Ok(Value::I64(7))
+        );
+    }
+
+    #[test]
+    fn scale_makes_floats() {
+        use RegisterType::*;
+        assert_eq!(
+            decode_registers(&[215], U16, WordOrder::Big, 0.1),
+            Ok(Value::F64(215.0 * 0.1))
+        );
+        assert_eq!(
+            decode_registers(&[0xFFF6], I16, WordOrder::Big, 0.5),
+            Ok(Value::F64(-5.0))
+        );
+        assert_eq!(
+            decode_registers(&[0x41AC, 0], F32, WordOrder::Big, 2.0),
+            Ok(Value::F64(43.0))
+        );
+    }
+
+    #[test]
+    fn short_input_is_an_error() {
+        for ty in [RegisterType::U32, RegisterType::I32, RegisterType::F32] {
+            let e = decode_registers(&[1], ty, WordOrder::Big, 1.0).expect_err("short");
+            assert_eq!((e.need, e.got), (2, 1));
+            assert!(e.to_string().starts_with("short modbus response: "), "{e}");
+        }
+        assert!(decode_registers(&[], RegisterType::U16, WordOrder::Little, 1.0).is_err());
+    }
+
+    #[test]
+    fn plan_groups_adjacent_registers_of_one_kind() {
+        let mut input = metric("in", 101, RegisterType::U16);
+        input.kind = RegisterKind::Input;
+        let metrics = vec![
+            metric("c", 104, RegisterType::U16), // adjacent to b's end (104)
+            metric("a", 100, RegisterType::F32), // 100..=101
+            metric("b", 102, RegisterType::U32), // 102..=103
+            metric("far", 300, RegisterType::U16), // own block
+            input,                               // other kind
+            metric("overlap", 101, RegisterType::U16), // inside a
+        ];
+        let plan = plan_reads(&metrics);
+        assert_eq!(
+            plan,
+            vec![
+                ReadBlock {
+                    kind: RegisterKind::Holding,
+                    start: 100,
+                    count: 5,
+                    metrics: vec![1, 5, 2, 0]
+                },
+                ReadBlock {
+                    kind: RegisterKind::Holding,
+                    start: 300,
+                    count: 1,
+                    metrics: vec![3]
+                },
+                ReadBlock {
+                    kind: RegisterKind::Input,
+                    start: 101,
+                    count: 1,
+                    metrics: vec![4]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn plan_splits_at_the_request_limit() {
+        let metrics: Vec<_> = (0..200u16)
+            .map(|r| metric(&format!("m{r}"), r, RegisterType::U16))
+            .collect();
+        let plan = plan_reads(&metrics);
+        assert_eq!(plan.len(), 2);
+        assert_eq!((plan[0].start, plan[0].count), (0, 125));
+        assert_eq!((plan[1].start, plan[1].count), (125, 75));
+    }
+
+    /// What the fake device does with one request: answer with a PDU, or
+    /// never answer.
+    type Answer = dyn Fn(u8, u16, u16) -> Option<Vec<u8>> + Send + Sync;
+
+    /// A minimal Modbus TCP device on 127.0.0.1:0 speaking raw frames.
+    /// Returns its address and the number of connections accepted.
+    async fn fake_device(answer: Arc<Answer>) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = [0u8; 7];
+                        if sock.read_exact(&mut head).await.is_err() {
+                            return;
+                        }
+                        let len = usize::from(u16::from_be_bytes([head[4], head[5]]));
+                        let mut pdu = vec![0u8; len.saturating_sub(1)];
+                        if sock.read_exact(&mut pdu).await.is_err() || pdu.len() < 5 {
+                            return;
+                        }
+                        let addr = u16::from_be_bytes([pdu[1], pdu[2]]);
+                        let cnt = u16::from_be_bytes([pdu[3], pdu[4]]);
+                        let Some(reply) = answer(pdu[0], addr, cnt) else {
+                            // Never answer; keep the socket open.
+                            std::future::pending::<()>().await;
+                            return;
+                        };
+                        let mut frame = vec![head[0], head[1], 0, 0];
+                        frame.extend_from_slice(
+                            &u16::try_from(reply.len() + 1).unwrap_or(0).to_be_bytes(),
+                        );
+                        frame.push(head[6]);
+                        frame.extend_from_slice(&reply);
+                        if sock.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Registers whose value is their own address.
+    fn registers(fc: u8, addr: u16, cnt: u16, short_by: u16) -> Vec<u8> {
+        let n = cnt.saturating_sub(short_by);
+        let mut pdu = vec![fc, u8::try_from(n * 2).unwrap_or(0)];
+        for r in addr..addr + n {
+            pdu.extend_from_slice(&r.to_be_bytes());
+        }
+        pdu
+    }
+
+    fn driver(addr: SocketAddr, metrics: Vec<ModbusMetric>) -> ModbusDriver {
+        ModbusDriver::new(&ModbusConfig {
+            address: addr.to_string(),
+            unit_id: 1,
+            metrics,
+        })
+    }
+
+    #[tokio::test]
+    async fn reads_and_reuses_the_connection() {
+        let (addr, accepted) = fake_device(Arc::new(|fc, a, c| Some(registers(fc, a, c, 0)))).await;
+        let mut scaled = metric("scaled", 11, RegisterType::U16);
+        scaled.scale = 0.5;
+        scaled.unit = "C".into();
+        let mut d = driver(
+            addr,
+            vec![
+                metric("a", 10, RegisterType::U16),
+                scaled,
+                metric("wide", 20, RegisterType::U32),
+            ],
+        );
+        for _ in 0..3 {
+            let samples = d.poll().await.expect("poll");
+            let values: Vec<_> = samples
+                .iter()
+                .map(|s| (s.metric.as_str(), s.value.clone()))
+                .collect();
+            assert_eq!(
+                values,
+                vec![
+                    ("a", Value::I64(10)),
+                    ("scaled", Value::F64(5.5)),
+                    ("wide", Value::I64((20 << 16) | 21)),
+                ]
+            );
+            assert_eq!(samples[1].unit, "C");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn cancelled_poll_drops_the_connection() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let (addr, accepted) = fake_device(Arc::new(move |fc, a, c| {
+            // The first request is never answered.
+            (seen.fetch_add(1, Ordering::SeqCst) > 0).then(|| registers(fc, a, c, 0))
+        }))
+        .await;
+        let mut d = driver(addr, vec![metric("a", 1, RegisterType::U16)]);
+        let first = tokio::time::timeout(Duration::from_millis(100), d.poll()).await;
+        assert!(first.is_err(), "the first poll must time out");
+        let samples = d.poll().await.expect("second poll");
+        assert_eq!(samples[0].value, Value::I64(1));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "a fresh connection after the cancelled poll"
+        );
+    }
+
+    #[tokio::test]
+    async fn exception_names_register_and_cause() {
+        let (addr, _) = fake_device(Arc::new(|fc, _, _| Some(vec![fc | 0x80, 0x02]))).await;
+        let mut d = driver(addr, vec![metric("temp", 100, RegisterType::F32)]);
+        let e = d.poll().await.expect_err("exception");
+        assert_eq!(e.kind, FailureKind::Error);
+        assert!(
+            e.message.contains("holding registers 100..=101 (temp)"),
+            "{e}"
+        );
+        assert!(e.message.contains("Illegal data address"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn short_response_is_an_error() {
+        let (addr, _) = fake_device(Arc::new(|fc, a, c| Some(registers(fc, a, c, 1)))).await;
+        let mut d = driver(addr, vec![metric("x", 5, RegisterType::U32)]);
+        let e = d.poll().await.expect_err("short");
+        assert!(e.message.starts_with("short modbus response: "), "{e}");
+        assert!(
+            e.message
+                .contains("answered 1 of 2 registers reading holding registers 5..=6 (x)"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connection_refused_names_the_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        drop(listener);
+        let e = driver(addr, vec![metric("a", 1, RegisterType::U16)])
+            .poll()
+            .await
+            .expect_err("refused");
+        assert_eq!(e.message, format!("connection refused to {addr}"));
+    }
+}

@@ -1,0 +1,502 @@
+//! The `tributary.v1.Query` gRPC service, and the conversions between the
+//! collector's model and the generated Query messages (both directions: the
+//! CLI client uses the proto → model half).
+//!
+//! The service owns nothing mutable: it reads the database through
+//! `store::read` (every call on the blocking pool), reads which agents are
+//! connected from the merger's `watch`, and subscribes to the merger's commit
+//! `broadcast` for Tail.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+use tributary_proto::v1 as pb;
+
+use crate::model::{AgentLive, Committed, LiveAgents, Point, SeriesKey, SeriesMeta, StoredValue};
+use crate::store::read::{MAX_CHUNK_POINTS, ReadError, Reader, Selector, StoredAgent, TimeSpan};
+
+/// Chunks a Range stream may have in flight: enough to keep the blocking
+/// reader busy while the client drains, bounded so a slow client stops it.
+const RANGE_BUFFER: usize = 4;
+
+/// Chunks a Tail stream may have queued for a slow client before the
+/// broadcast receiver starts to lag.
+const TAIL_BUFFER: usize = 16;
+
+/// The Query service. Cheap to clone the parts it holds; tonic wraps it in an
+/// `Arc`.
+pub struct QueryService {
+    reader: Reader,
+    live: watch::Receiver<LiveAgents>,
+    tail: broadcast::Sender<Committed>,
+    shutdown: CancellationToken,
+}
+
+impl QueryService {
+    /// A service reading the SQLite database at `db_path`, the merger's live
+    /// agent snapshot and its commit broadcast.
+    pub fn new(
+        db_path: PathBuf,
+        live: watch::Receiver<LiveAgents>,
+        tail: broadcast::Sender<Committed>,
+    ) -> Self {
+        QueryService {
+            reader: Reader::new(db_path),
+            live,
+            tail,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Ends open Range and Tail streams (with `UNAVAILABLE`) when `token` is
+    /// cancelled. Without it a Tail stream never ends by itself, and a
+    /// graceful server shutdown would wait for it until its deadline.
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
+    /// Runs `f` with the reader on the blocking pool.
+    async fn blocking<T, F>(&self, what: &'static str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader) -> Result<T, ReadError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&reader))
+            .await
+            .map_err(|e| Status::internal(format!("{what}: read task failed: {e}")))?
+            .map_err(|e| read_status(what, &e))
+    }
+}
+
+/// A read error as a status: `UNAVAILABLE` when retrying may help (database
+/// missing or locked), `INTERNAL` otherwise, with the cause in the message.
+fn read_status(what: &str, e: &ReadError) -> Status {
+    let msg = format!("{what}: {e}");
+    if e.is_unavailable() {
+        Status::unavailable(msg)
+    } else {
+        Status::internal(msg)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::query_server::Query for QueryService {
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let stored = self.blocking("list agents", |r| r.agents()).await?;
+        let live = self.live.borrow().clone();
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: merge_agents(stored, &live),
+        }))
+    }
+
+    async fn list_series(
+        &self,
+        request: Request<pb::SeriesFilter>,
+    ) -> Result<Response<pb::ListSeriesResponse>, Status> {
+        let sel = selector(request.into_inner());
+        let series = self
+            .blocking("list series", move |r| r.series(&sel))
+            .await?;
+        Ok(Response::new(pb::ListSeriesResponse {
+            series: series.iter().map(series_to_proto).collect(),
+        }))
+    }
+
+    async fn latest(
+        &self,
+        request: Request<pb::SeriesFilter>,
+    ) -> Result<Response<pb::LatestResponse>, Status> {
+        let sel = selector(request.into_inner());
+        let latest = self.blocking("latest", move |r| r.latest(&sel)).await?;
+        Ok(Response::new(pb::LatestResponse {
+            readings: latest
+                .into_iter()
+                .map(|(meta, point)| pb::SeriesPoint {
+                    series: Some(series_to_proto(&meta)),
+                    point: Some(point_to_proto(point)),
+                })
+                .collect(),
+        }))
+    }
+
+    type RangeStream = ReceiverStream<Result<pb::ReadingsChunk, Status>>;
+
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<Self::RangeStream>, Status> {
+        let (sel, span) = range_request(request.into_inner())?;
+        let (tx, rx) = mpsc::channel(RANGE_BUFFER);
+        let reader = self.reader.clone();
+        let shutdown = self.shutdown.clone();
+        // Detached: the task ends by itself when the walk is done or the
+        // client is gone (the next send fails).
+        tokio::task::spawn_blocking(move || {
+            let result = reader.range(&sel, span, MAX_CHUNK_POINTS, |meta, points| {
+                if shutdown.is_cancelled() {
+                    let _ = tx.blocking_send(Err(Status::unavailable("collector shutting down")));
+                    return ControlFlow::Break(());
+                }
+                let chunk = pb::ReadingsChunk {
+                    series: Some(series_to_proto(&meta)),
+                    points: points.into_iter().map(point_to_proto).collect(),
+                };
+                match tx.blocking_send(Ok(chunk)) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => {
+                        debug!("range client went away");
+                        ControlFlow::Break(())
+                    }
+                }
+            });
+            if let Err(e) = result {
+                warn!(error = %e, "range failed");
+                // The client may be gone already; nothing else to tell.
+                let _ = tx.blocking_send(Err(read_status("range", &e)));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type TailStream = ReceiverStream<Result<pb::ReadingsChunk, Status>>;
+
+    async fn tail(
+        &self,
+        request: Request<pb::SeriesFilter>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let sel = selector(request.into_inner());
+        let mut commits = self.tail.subscribe();
+        let (tx, rx) = mpsc::channel(TAIL_BUFFER);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let committed = tokio::select! {
+                    () = tx.closed() => break,
+                    () = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
+                        break;
+                    }
+                    r = commits.recv() => match r {
+                        Ok(committed) => committed,
+                        // Tail is best effort: a subscriber that falls behind
+                        // the merger skips commits rather than slowing it
+                        // down; the readings are stored and Range has them.
+                        Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                            warn!(skipped_commits = skipped, filter = ?sel, "tail client lagging, commits skipped");
+                            continue;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
+                            break;
+                        }
+                    },
+                };
+                for chunk in committed.iter().filter(|c| sel.matches(&c.series.key)) {
+                    let msg = pb::ReadingsChunk {
+                        series: Some(series_to_proto(&chunk.series)),
+                        points: chunk.points.iter().cloned().map(point_to_proto).collect(),
+                    };
+                    // Fails only when the client is gone.
+                    if tx.send(Ok(msg)).await.is_err() {
+                        debug!("tail client went away");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+// ------------------------------------------------------------ model → proto
+
+/// A request filter as a store selector.
+pub fn selector(f: pb::SeriesFilter) -> Selector {
+    Selector {
+        agent: f.agent,
+        device: f.device,
+        metric: f.metric,
+    }
+}
+
+/// Validates a Range request: 0 means unbounded; `until_ns` before
+/// `since_ns` is `INVALID_ARGUMENT`.
+#[allow(clippy::result_large_err)] // tonic::Status is what tonic wants here
+pub fn range_request(req: pb::RangeRequest) -> Result<(Selector, TimeSpan), Status> {
+    let span = TimeSpan {
+        since_ns: (req.since_ns != 0).then_some(req.since_ns),
+        until_ns: (req.until_ns != 0).then_some(req.until_ns),
+    };
+    if let (Some(since), Some(until)) = (span.since_ns, span.until_ns)
+        && until < since
+    {
+        return Err(Status::invalid_argument(format!(
+            "until_ns ({until}) is before since_ns ({since})"
+        )));
+    }
+    Ok((selector(req.filter.unwrap_or_default()), span))
+}
+
+pub fn series_to_proto(meta: &SeriesMeta) -> pb::SeriesInfo {
+    pb::SeriesInfo {
+        // Series ids are assigned by the merger from 1 up.
+        id: u64::try_from(meta.id).unwrap_or(0),
+        agent: meta.key.agent.clone(),
+        device: meta.key.device.clone(),
+        metric: meta.key.metric.clone(),
+        labels: meta
+            .key
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        unit: meta.key.unit.clone(),
+    }
+}
+
+pub fn point_to_proto(p: Point) -> pb::Point {
+    use pb::point::Value;
+    let failure = |status: pb::PollStatus, message| {
+        Value::Failure(pb::Failure {
+            status: status as i32,
+            message,
+        })
+    };
+    let value = match p.value {
+        StoredValue::F64(v) => Value::F64(v),
+        StoredValue::I64(v) => Value::I64(v),
+        StoredValue::Bool(v) => Value::Bool(v),
+        StoredValue::Str(v) => Value::Str(v),
+        StoredValue::Timeout(m) => failure(pb::PollStatus::Timeout, m),
+        StoredValue::Error(m) => failure(pb::PollStatus::Error, m),
+    };
+    pb::Point {
+        ts_ns: p.ts_ns,
+        received_ns: p.received_ns,
+        value: Some(value),
+    }
+}
+
+/// Stored agents merged with the live snapshot, by id. An agent that is
+/// connected but has nothing committed yet is listed with zero counters.
+pub fn merge_agents(
+    stored: Vec<StoredAgent>,
+    live: &BTreeMap<String, AgentLive>,
+) -> Vec<pb::AgentInfo> {
+    let mut out: BTreeMap<String, pb::AgentInfo> = stored
+        .into_iter()
+        .map(|a| {
+            let info = pb::AgentInfo {
+                id: a.id.clone(),
+                connected: false,
+                peer: a.peer,
+                last_seen_ns: a.last_seen_ns,
+                epoch: a.epoch,
+                committed_seq: a.committed_seq,
+                readings_stored: a.readings_stored,
+                batches_deduplicated: a.batches_deduplicated,
+                dropped_at_agent: a.dropped_at_agent,
+            };
+            (a.id, info)
+        })
+        .collect();
+    for (id, l) in live {
+        let info = out.entry(id.clone()).or_insert_with(|| pb::AgentInfo {
+            id: id.clone(),
+            ..pb::AgentInfo::default()
+        });
+        info.connected = l.connected;
+        if !l.peer.is_empty() {
+            info.peer = l.peer.clone();
+        }
+    }
+    out.into_values().collect()
+}
+
+// ------------------------------------------------------------ proto → model
+
+/// A Query response that breaks the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("chunk without a series")]
+    MissingSeries,
+    #[error("point at ts_ns {0} without a value")]
+    MissingValue(i64),
+}
+
+pub fn series_from_proto(s: pb::SeriesInfo) -> SeriesMeta {
+    SeriesMeta {
+        id: i64::try_from(s.id).unwrap_or(i64::MAX),
+        key: SeriesKey {
+            agent: s.agent,
+            device: s.device,
+            metric: s.metric,
+            labels: s.labels.into_iter().collect(),
+            unit: s.unit,
+        },
+    }
+}
+
+pub fn point_from_proto(p: pb::Point) -> Result<Point, ConvertError> {
+    use pb::point::Value;
+    let value = match p.value {
+        Some(Value::F64(v)) => StoredValue::F64(v),
+        Some(Value::I64(v)) => StoredValue::I64(v),
+        Some(Value::Bool(v)) => StoredValue::Bool(v),
+        Some(Value::Str(v)) => StoredValue::Str(v),
+        Some(Value::Failure(f)) => match pb::PollStatus::try_from(f.status) {
+            Ok(pb::PollStatus::Timeout) => StoredValue::Timeout(f.message),
+            // Unspecified or unknown statuses are still failures.
+            _ => StoredValue::Error(f.message),
+        },
+        None => return Err(ConvertError::MissingValue(p.ts_ns)),
+    };
+    Ok(Point {
+        ts_ns: p.ts_ns,
+        received_ns: p.received_ns,
+        value,
+    })
+}
+
+/// A streamed chunk as the series and its points.
+pub fn chunk_from_proto(c: pb::ReadingsChunk) -> Result<(SeriesMeta, Vec<Point>), ConvertError> {
+    let series = series_from_proto(c.series.ok_or(ConvertError::MissingSeries)?);
+    let points = c
+        .points
+        .into_iter()
+        .map(point_from_proto)
+        .collect::<Result<_, _>>()?;
+    Ok((series, points))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn meta() -> SeriesMeta {
+        SeriesMeta {
+            id: 3,
+            key: SeriesKey {
+                agent: "a".into(),
+                device: "d".into(),
+                metric: "m".into(),
+                labels: BTreeMap::from([("k".into(), "v".into())]),
+                unit: "C".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn values_round_trip_through_proto() {
+        for value in [
+            StoredValue::F64(2.5),
+            StoredValue::I64(-4),
+            StoredValue::Bool(false),
+            StoredValue::Str("x".into()),
+            StoredValue::Timeout("slow".into()),
+            StoredValue::Error("bad".into()),
+        ] {
+            let p = Point {
+                ts_ns: 5,
+                received_ns: 6,
+                value,
+            };
+            assert_eq!(point_from_proto(point_to_proto(p.clone())).unwrap(), p);
+        }
+        assert_eq!(series_from_proto(series_to_proto(&meta())), meta());
+    }
+
+    #[test]
+    fn range_request_bounds() {
+        let req = |since_ns, until_ns| pb::RangeRequest {
+            filter: None,
+            since_ns,
+            until_ns,
+        };
+        let (_, span) = range_request(req(0, 0)).unwrap();
+        assert_eq!(span, TimeSpan::default());
+        let (_, span) = range_request(req(10, 10)).unwrap();
+        assert_eq!(span.since_ns, Some(10));
+        let err = range_request(req(10, 9)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn live_state_overrides_stored_and_adds_new_agents() {
+        let stored = vec![StoredAgent {
+            id: "a".into(),
+            peer: "old:1".into(),
+            readings_stored: 5,
+            ..StoredAgent::default()
+        }];
+        let live = BTreeMap::from([
+            (
+                "a".to_string(),
+                AgentLive {
+                    connected: true,
+                    peer: "new:2".into(),
+                },
+            ),
+            (
+                "b".to_string(),
+                AgentLive {
+                    connected: true,
+                    peer: "b:3".into(),
+                },
+            ),
+        ]);
+        let merged = merge_agents(stored, &live);
+        assert_eq!(merged.len(), 2);
+        assert!(merged[0].connected && merged[0].peer == "new:2" && merged[0].readings_stored == 5);
+        assert!(merged[1].connected && merged[1].id == "b" && merged[1].readings_stored == 0);
+    }
+
+    #[tokio::test]
+    async fn tail_filters_and_skips_on_lag() {
+        use pb::query_server::Query;
+        use tokio_stream::StreamExt;
+
+        let (_live_tx, live) = watch::channel(LiveAgents::default());
+        let (tail, _) = broadcast::channel(1);
+        let svc = QueryService::new(PathBuf::from("/nonexistent"), live, tail.clone());
+        let filter = pb::SeriesFilter {
+            device: "d".into(),
+            ..Default::default()
+        };
+        let mut stream = svc.tail(Request::new(filter)).await.unwrap().into_inner();
+        let commit = |device: &str, ts: i64| -> Committed {
+            let mut m = meta();
+            m.key.device = device.into();
+            Arc::new(vec![crate::model::CommittedChunk {
+                series: Arc::new(m),
+                points: vec![Point {
+                    ts_ns: ts,
+                    received_ns: ts,
+                    value: StoredValue::I64(ts),
+                }],
+            }])
+        };
+        // Capacity 1: the first two are overwritten (lag), the last survives.
+        tail.send(commit("d", 1)).unwrap();
+        tail.send(commit("d", 2)).unwrap();
+        tail.send(commit("other", 3)).unwrap();
+        tail.send(commit("d", 4)).unwrap();
+        let got = stream.next().await.unwrap().unwrap();
+        assert_eq!(got.points[0].ts_ns, 4);
+        assert_eq!(got.series.unwrap().device, "d");
+    }
+}

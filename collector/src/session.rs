@@ -1,0 +1,439 @@
+//! One session per agent stream: the gRPC edge of ingest.
+//!
+//! A session reads the agent's frames, checks them (Hello first, strictly
+//! increasing sequence numbers, declared series, sane strings and
+//! timestamps), resolves the stream's interned series ids to global ids
+//! through the merger, and forwards whole batches. It owns only the stream's
+//! interning table and its last sequence; it holds no store handle. Acks come
+//! back from the merger through a `watch` channel, which coalesces them and
+//! never blocks the merger.
+//!
+//! A bad frame ends the stream with INVALID_ARGUMENT naming the field;
+//! nothing of that batch is forwarded, and other streams are unaffected.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use tributary_proto::v1 as pb;
+
+use crate::merger::{IncomingBatch, MergerHandle};
+use crate::model::{NewReading, SeriesKey, StoredValue, now_ns};
+
+/// Limits a session enforces on what an agent sends.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest agent id, device, metric, label key or value, unit (bytes).
+    pub max_name_len: usize,
+    /// Longest string value or failure message (bytes).
+    pub max_value_len: usize,
+    /// Most series one stream may declare.
+    pub max_series_per_stream: usize,
+    /// Most labels on one series.
+    pub max_labels: usize,
+    /// Most readings in one batch.
+    pub max_readings_per_batch: usize,
+    /// How long a new stream may take to send its Hello.
+    pub hello_timeout: Duration,
+    /// How long a session waits, at shutdown, for its last batches' acks.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_name_len: 256,
+            max_value_len: 4096,
+            max_series_per_stream: 1_000_000,
+            max_labels: 32,
+            max_readings_per_batch: 100_000,
+            hello_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Sessions get unique ids so the merger can tell an agent's old stream
+/// from its new one.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Frames sent back to the agent.
+pub type Outbound = mpsc::Sender<Result<pb::CollectorFrame, Status>>;
+
+/// One agent stream.
+pub struct Session {
+    merger: MergerHandle,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+    peer: String,
+}
+
+/// Identity and progress of a stream after its Hello.
+struct Stream {
+    agent: Arc<str>,
+    epoch: u64,
+    last_seq: u64,
+    /// Stream-local series id → global series id.
+    series: HashMap<u32, i64>,
+    ack_tx: Arc<watch::Sender<u64>>,
+}
+
+impl Session {
+    pub fn new(
+        merger: MergerHandle,
+        limits: Arc<Limits>,
+        shutdown: CancellationToken,
+        peer: String,
+    ) -> Self {
+        Session {
+            merger,
+            limits,
+            shutdown,
+            peer,
+        }
+    }
+
+    /// Runs the stream to its end. Errors are sent to the agent as the
+    /// stream's final status.
+    pub async fn run(self, inbound: Streaming<pb::AgentFrame>, out: Outbound) {
+        let peer = self.peer.clone();
+        if let Err(status) = self.serve(inbound, &out).await {
+            if status.code() == tonic::Code::InvalidArgument {
+                warn!(%peer, error = %status.message(), "stream rejected");
+            } else {
+                debug!(%peer, status = %status, "stream ended");
+            }
+            let _ = out.send(Err(status)).await;
+        }
+    }
+
+    async fn serve(
+        self,
+        mut inbound: Streaming<pb::AgentFrame>,
+        out: &Outbound,
+    ) -> Result<(), Status> {
+        let hello = tokio::select! {
+            f = tokio::time::timeout(self.limits.hello_timeout, inbound.next()) => match f {
+                Err(_) => return Err(Status::deadline_exceeded("no hello within the hello timeout")),
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(status))) => return Err(status),
+                Ok(Some(Ok(frame))) => frame,
+            },
+            _ = self.shutdown.cancelled() => {
+                return Err(Status::unavailable("collector shutting down"));
+            }
+        };
+        let hello = match hello.frame {
+            Some(pb::agent_frame::Frame::Hello(h)) => h,
+            Some(pb::agent_frame::Frame::Batch(_)) => {
+                return Err(Status::invalid_argument("batch before hello"));
+            }
+            None => return Err(Status::invalid_argument("frame: empty, expected hello")),
+        };
+        check_name("hello.agent_id", &hello.agent_id, self.limits.max_name_len)?;
+        if !hello
+            .agent_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(Status::invalid_argument(
+                "hello.agent_id: only letters, digits, '.', '_' and '-' are allowed",
+            ));
+        }
+        let agent: Arc<str> = Arc::from(hello.agent_id.as_str());
+        let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let committed = self
+            .merger
+            .hello(agent.clone(), hello.epoch, self.peer.clone(), session)
+            .await
+            .map_err(unavailable)?;
+        info!(agent = %agent, peer = %self.peer, epoch = hello.epoch, committed, "agent connected");
+        let (ack_tx, mut ack_rx) = watch::channel(committed);
+        let mut stream = Stream {
+            agent: agent.clone(),
+            epoch: hello.epoch,
+            last_seq: 0,
+            series: HashMap::new(),
+            ack_tx: Arc::new(ack_tx),
+        };
+        let welcome = pb::CollectorFrame {
+            frame: Some(pb::collector_frame::Frame::Welcome(pb::Welcome {
+                committed_seq: committed,
+                collector_time_ns: now_ns(),
+            })),
+        };
+        if out.send(Ok(welcome)).await.is_err() {
+            self.merger.goodbye(agent, session);
+            return Ok(());
+        }
+        let result = self
+            .stream_loop(&mut stream, &mut inbound, &mut ack_rx, out)
+            .await;
+        self.merger.goodbye(agent.clone(), session);
+        info!(agent = %agent, peer = %self.peer, "agent stream ended");
+        result
+    }
+
+    async fn stream_loop(
+        &self,
+        stream: &mut Stream,
+        inbound: &mut Streaming<pb::AgentFrame>,
+        ack_rx: &mut watch::Receiver<u64>,
+        out: &Outbound,
+    ) -> Result<(), Status> {
+        let mut acked = *ack_rx.borrow_and_update();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    return self.drain(stream, ack_rx, out, acked).await;
+                }
+                changed = ack_rx.changed() => {
+                    if changed.is_err() {
+                        return Err(Status::unavailable("collector shutting down"));
+                    }
+                    let seq = *ack_rx.borrow_and_update();
+                    if seq > acked {
+                        acked = seq;
+                        if out.send(Ok(ack_frame(seq))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                frame = inbound.next() => match frame {
+                    // The agent half-closed: ack what is in flight, then end.
+                    None => return self.drain(stream, ack_rx, out, acked).await,
+                    Some(Err(status)) => {
+                        debug!(agent = %stream.agent, %status, "inbound stream error");
+                        return Ok(());
+                    }
+                    Some(Ok(frame)) => self.handle_frame(stream, frame).await?,
+                },
+            }
+        }
+    }
+
+    /// Waits (bounded) until everything forwarded is acked, sends the last
+    /// ack and ends the stream.
+    async fn drain(
+        &self,
+        stream: &Stream,
+        ack_rx: &mut watch::Receiver<u64>,
+        out: &Outbound,
+        acked: u64,
+    ) -> Result<(), Status> {
+        let target = stream.last_seq;
+        let reached = tokio::time::timeout(
+            self.limits.drain_timeout,
+            ack_rx.wait_for(|seq| *seq >= target),
+        )
+        .await
+        .map(|r| r.is_ok());
+        let seq = *ack_rx.borrow();
+        if seq > acked {
+            let _ = out.send(Ok(ack_frame(seq))).await;
+        }
+        if reached.is_err() {
+            warn!(agent = %stream.agent, target, acked = seq, "drain deadline passed before every batch was acked");
+        }
+        if self.shutdown.is_cancelled() {
+            Err(Status::unavailable("collector shutting down"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn handle_frame(&self, stream: &mut Stream, frame: pb::AgentFrame) -> Result<(), Status> {
+        let batch = match frame.frame {
+            Some(pb::agent_frame::Frame::Batch(b)) => b,
+            Some(pb::agent_frame::Frame::Hello(_)) => {
+                return Err(Status::invalid_argument("hello: sent twice on one stream"));
+            }
+            None => return Err(Status::invalid_argument("frame: empty")),
+        };
+        if batch.seq <= stream.last_seq {
+            return Err(Status::invalid_argument(format!(
+                "batch.seq: {} does not increase (previous {})",
+                batch.seq, stream.last_seq
+            )));
+        }
+        if batch.readings.len() > self.limits.max_readings_per_batch {
+            return Err(Status::invalid_argument(format!(
+                "batch.readings: {} readings, more than the limit of {}",
+                batch.readings.len(),
+                self.limits.max_readings_per_batch
+            )));
+        }
+        // Validate everything before touching any state, so a bad batch
+        // leaves nothing behind.
+        let mut new_ids = Vec::new();
+        let mut new_keys = Vec::new();
+        for (i, decl) in batch.series.iter().enumerate() {
+            let key = self.check_decl(i, decl, &stream.agent)?;
+            if stream.series.contains_key(&decl.id) || new_ids.contains(&decl.id) {
+                return Err(Status::invalid_argument(format!(
+                    "batch.series[{i}].id: {} declared twice on this stream",
+                    decl.id
+                )));
+            }
+            new_ids.push(decl.id);
+            new_keys.push(key);
+        }
+        if stream.series.len() + new_ids.len() > self.limits.max_series_per_stream {
+            return Err(Status::invalid_argument(format!(
+                "batch.series: more than {} series on one stream",
+                self.limits.max_series_per_stream
+            )));
+        }
+        for (i, r) in batch.readings.iter().enumerate() {
+            if !stream.series.contains_key(&r.series) && !new_ids.contains(&r.series) {
+                return Err(Status::invalid_argument(format!(
+                    "batch.readings[{i}].series: {} was never declared",
+                    r.series
+                )));
+            }
+            if r.ts_ns <= 0 {
+                return Err(Status::invalid_argument(format!(
+                    "batch.readings[{i}].ts_ns: {} is not a time after 1970",
+                    r.ts_ns
+                )));
+            }
+            check_value(i, &r.value, self.limits.max_value_len)?;
+        }
+        if !new_keys.is_empty() {
+            let ids = self.merger.resolve(new_keys).await.map_err(unavailable)?;
+            stream.series.extend(new_ids.into_iter().zip(ids));
+        }
+        let readings = batch
+            .readings
+            .into_iter()
+            .filter_map(|r| {
+                Some(NewReading {
+                    series_id: *stream.series.get(&r.series)?,
+                    ts_ns: r.ts_ns,
+                    value: convert_value(r.value?),
+                })
+            })
+            .collect();
+        stream.last_seq = batch.seq;
+        self.merger
+            .batch(IncomingBatch {
+                agent: stream.agent.clone(),
+                epoch: stream.epoch,
+                seq: batch.seq,
+                dropped: batch.dropped,
+                received_ns: now_ns(),
+                readings,
+                ack: stream.ack_tx.clone(),
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    fn check_decl(
+        &self,
+        i: usize,
+        decl: &pb::SeriesDecl,
+        agent: &Arc<str>,
+    ) -> Result<SeriesKey, Status> {
+        let max = self.limits.max_name_len;
+        check_name(&format!("batch.series[{i}].device"), &decl.device, max)?;
+        check_name(&format!("batch.series[{i}].metric"), &decl.metric, max)?;
+        if decl.unit.len() > max {
+            return Err(too_long(&format!("batch.series[{i}].unit"), max));
+        }
+        if decl.labels.len() > self.limits.max_labels {
+            return Err(Status::invalid_argument(format!(
+                "batch.series[{i}].labels: {} labels, more than the limit of {}",
+                decl.labels.len(),
+                self.limits.max_labels
+            )));
+        }
+        for (k, v) in &decl.labels {
+            check_name(&format!("batch.series[{i}].labels key"), k, max)?;
+            if v.len() > max {
+                return Err(too_long(&format!("batch.series[{i}].labels[{k:?}]"), max));
+            }
+        }
+        Ok(SeriesKey {
+            agent: agent.to_string(),
+            device: decl.device.clone(),
+            metric: decl.metric.clone(),
+            labels: decl
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            unit: decl.unit.clone(),
+        })
+    }
+}
+
+fn ack_frame(seq: u64) -> pb::CollectorFrame {
+    pb::CollectorFrame {
+        frame: Some(pb::collector_frame::Frame::Ack(pb::Ack { seq })),
+    }
+}
+
+fn unavailable(_: crate::merger::MergerGone) -> Status {
+    Status::unavailable("collector shutting down: merger stopped")
+}
+
+fn too_long(field: &str, max: usize) -> Status {
+    Status::invalid_argument(format!("{field}: longer than {max} bytes"))
+}
+
+fn check_name(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field}: empty")));
+    }
+    if value.len() > max {
+        return Err(too_long(field, max));
+    }
+    Ok(())
+}
+
+fn check_value(i: usize, value: &Option<pb::reading::Value>, max: usize) -> Result<(), Status> {
+    use pb::reading::Value as V;
+    match value {
+        None => Err(Status::invalid_argument(format!(
+            "batch.readings[{i}].value: missing"
+        ))),
+        Some(V::Str(s)) if s.len() > max => Err(too_long(&format!("batch.readings[{i}].str"), max)),
+        Some(V::Failure(f)) if f.message.len() > max => Err(too_long(
+            &format!("batch.readings[{i}].failure.message"),
+            max,
+        )),
+        Some(V::Failure(f))
+            if pb::PollStatus::try_from(f.status).unwrap_or(pb::PollStatus::Unspecified)
+                == pb::PollStatus::Unspecified =>
+        {
+            Err(Status::invalid_argument(format!(
+                "batch.readings[{i}].failure.status: {} is not timeout or error",
+                f.status
+            )))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+fn convert_value(value: pb::reading::Value) -> StoredValue {
+    use pb::reading::Value as V;
+    match value {
+        V::F64(v) => StoredValue::F64(v),
+        V::I64(v) => StoredValue::I64(v),
+        V::Bool(v) => StoredValue::Bool(v),
+        V::Str(v) => StoredValue::Str(v),
+        V::Failure(f) => match pb::PollStatus::try_from(f.status) {
+            Ok(pb::PollStatus::Timeout) => StoredValue::Timeout(f.message),
+            _ => StoredValue::Error(f.message),
+        },
+    }
+}

@@ -1,0 +1,32 @@
+//! `cargo xtask test`: the whole suite, as CI runs it (`.ci/run`).
+//!
+//! 1. find or install the external tools the tests use ([`crate::tools`]);
+//! 2. `cargo build --workspace --bins`: the end-to-end tests spawn the
+//!    collector, agent and simulator binaries, which `cargo test` alone does
+//!    not build for other packages;
+//! 3. `cargo test --workspace` with every tool's path in its variable.
+
+use anyhow::Result;
+
+use crate::{Workspace, run_checked, tools};
+
+/// Run the suite; `extra` goes to `cargo test` after `--workspace`.
+pub fn run(ws: &Workspace, extra: &[String]) -> Result<()> {
+    println!(
+        "xtask test: checking test tools ({}), building every binary, then running every test",
+        tools::TOOLS
+            .iter()
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let env = tools::ensure_all(ws)?;
+
+    run_checked(&mut ws.cargo_command(["build", "-j2", "--workspace", "--bins"]))?;
+
+    let mut test = ws.cargo_command(["test", "-j2", "--workspace"]);
+    test.args(extra).envs(env);
+    run_checked(&mut test)?;
+    println!("xtask test: all tests passed");
+    Ok(())
+}

