@@ -150,7 +150,7 @@ pub fn render(results: &[DeviceResult]) -> String {
         }
         for s in samples {
             rows.push([
-                r.device.clone(),
+                s.device.clone().unwrap_or_else(|| r.device.clone()),
                 metric_label(s),
                 value_text(s),
                 latency.clone(),
@@ -232,6 +232,7 @@ mod tests {
             name: name.into(),
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
             driver,
         }
     }
@@ -243,6 +244,9 @@ mod tests {
             max_concurrency: 2,
             buffer_max_readings: 10,
             batch: Default::default(),
+            spool: crate::config::SpoolConfig::default_for("edge-1"),
+            tls: None,
+            uplink: Default::default(),
             devices,
         }
     }
@@ -292,6 +296,8 @@ mod tests {
                             unit: String::new(),
                         },
                     ],
+                    auth: Default::default(),
+                    ca: None,
                 }),
             ),
         ]);

@@ -10,4 +10,6 @@ pub mod config;
 pub mod drivers;
 pub mod reading;
 pub mod scheduler;
+pub mod spool;
+pub mod tls;
 pub mod uplink;

@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use tributary_agent::config::{self, AgentConfig};
+use tributary_agent::config::{self, AgentConfig, SpoolPolicy};
 use tributary_agent::drivers::Driver;
 use tributary_agent::scheduler::{self, PollStats};
+use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
 use tributary_agent::uplink::{Uplink, UplinkConfig};
 
 #[derive(Parser)]
@@ -95,12 +96,36 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut uplink_config = UplinkConfig::new(config.id.clone(), config.collectors.clone());
     uplink_config.batch_max_readings = config.batch.max_readings;
     uplink_config.batch_max_delay = config.batch.max_delay;
-    uplink_config.buffer_max_readings = config.buffer_max_readings;
+    uplink_config.shutdown_timeout = config.uplink.shutdown_timeout;
+    uplink_config.backoff_max = config.uplink.backoff_max;
+    uplink_config.keepalive_interval = config.uplink.keepalive_interval;
+    uplink_config.keepalive_timeout = config.uplink.keepalive_timeout;
+    uplink_config.connect_timeout = config.uplink.connect_timeout;
+    uplink_config.tls = config.tls.clone();
+
+    let (spool, recovery) = Spool::open(SpoolOptions {
+        dir: config.spool.dir.clone(),
+        max_bytes: config.spool.max_bytes,
+        policy: match config.spool.policy {
+            SpoolPolicy::DropOldest => FullPolicy::DropOldest,
+            SpoolPolicy::Block => FullPolicy::Block,
+        },
+        sync: config.spool.sync,
+    })?;
+    info!(
+        dir = %config.spool.dir.display(),
+        epoch = format!("{:016x}", spool.epoch()),
+        records = recovery.records,
+        readings = recovery.readings,
+        cut_bytes = recovery.cut_bytes,
+        dropped_so_far = spool.dropped(),
+        "spool opened"
+    );
 
     // Room for a few polls per device; when the uplink is slower than the
     // devices, polls wait here and are then recorded as skipped.
     let (tx, rx) = mpsc::channel(config.devices.len().clamp(64, 65_536));
-    let (uplink, _stats) = Uplink::new(uplink_config, rx);
+    let (uplink, _stats) = Uplink::new(uplink_config, rx, spool);
     let uplink = tokio::spawn(uplink.run());
 
     let shutdown = CancellationToken::new();

@@ -37,6 +37,10 @@ pub enum Value {
 /// One metric value read from a device, before the scheduler stamps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
+    /// The device the sample belongs to when it is not the polled device
+    /// itself (an MQTT subscription feeds devices named by topic); `None`
+    /// for the polled device.
+    pub device: Option<String>,
     pub metric: String,
     pub labels: BTreeMap<String, String>,
     pub unit: String,
@@ -47,6 +51,7 @@ impl Sample {
     /// A sample without labels or unit.
     pub fn new(metric: impl Into<String>, value: Value) -> Self {
         Sample {
+            device: None,
             metric: metric.into(),
             labels: BTreeMap::new(),
             unit: String::new(),

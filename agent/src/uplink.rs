@@ -1,22 +1,26 @@
-//! The uplink: owns the agent's buffer of unacknowledged batches and its one
-//! stream to a collector.
+//! The uplink: owns the agent's spool and its one stream to a collector.
 //!
-//! Readings from the scheduler are appended to an open batch; a batch is
-//! sealed (and gets the next sequence number) when it is full or old enough.
-//! Sealed batches stay in the buffer until the collector acks them. On every
-//! (re)connect the agent says Hello, the Welcome says what the collector has
-//! committed for this epoch, the buffer drops that, and everything else is
-//! sent again with a fresh series interning table. Connection attempts run in
-//! their own task so intake never stops while a collector is unreachable.
+//! Readings from the scheduler are appended to an open batch in memory; a
+//! batch is sealed when it is full or old enough and appended to the spool,
+//! which assigns its sequence number and makes it durable. From then on the
+//! readings count as taken. Batches stay in the spool until the collector
+//! acks them. On every (re)connect the agent says Hello and resends from the
+//! oldest unacked batch at once, with a fresh series interning table; the
+//! Welcome then says what the collector has committed for this spool's epoch,
+//! and the spool drops that (a batch the collector already has is acked
+//! again, not stored). Connection attempts run in their own task so intake never stops
+//! while a collector is unreachable.
 //!
-//! The buffer is in memory and bounded by readings; when full the oldest
-//! batches are dropped and counted, and the count is reported to the
-//! collector in every Hello and Batch.
+//! Batches go out strictly in sequence order: the collector's committed
+//! sequence is a high-water mark, so a newer batch must never overtake an
+//! older one. After an outage the backlog therefore drains first, as fast as
+//! the collector commits it, while new readings keep being spooled.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -24,11 +28,12 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use tributary_proto::v1 as pb;
 
-use crate::reading::{FailureKind, Reading, SeriesKey, Value, now_ns};
+use crate::reading::{FailureKind, Reading, Value, now_ns};
+use crate::spool::{Appended, FullPolicy, Spool, SpoolError};
 
 /// Settings of the uplink.
 #[derive(Debug, Clone)]
@@ -38,13 +43,17 @@ pub struct UplinkConfig {
     pub collectors: Vec<String>,
     pub batch_max_readings: usize,
     pub batch_max_delay: Duration,
-    /// Unacknowledged readings kept before the oldest are dropped.
-    pub buffer_max_readings: usize,
     /// How long to wait for the last acks at shutdown.
     pub shutdown_timeout: Duration,
     /// Reconnect backoff bounds.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// HTTP/2 keepalive: ping interval and how long to wait for the answer.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// TLS towards the collector (`https://` URLs).
+    pub tls: Option<crate::config::TlsConfig>,
 }
 
 impl UplinkConfig {
@@ -54,94 +63,31 @@ impl UplinkConfig {
             collectors,
             batch_max_readings: 1000,
             batch_max_delay: Duration::from_millis(100),
-            buffer_max_readings: 1_000_000,
             shutdown_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
 
-/// Counters the uplink exposes (for `check`, logs and tests).
+/// Counters the uplink exposes (for logs and tests).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UplinkStats {
     pub sealed_batches: u64,
     pub acked_seq: u64,
     pub dropped_readings: u64,
     pub connects: u64,
-    /// Batches sent more than once (resent after a reconnect).
+    /// Batches sent again on a later stream (or after a restart).
     pub resent_batches: u64,
-}
-
-struct SealedBatch {
-    seq: u64,
-    readings: Vec<Reading>,
-    /// Sent at least once on some stream.
-    sent: bool,
-}
-
-/// Unacknowledged batches, oldest first.
-struct Buffer {
-    epoch: u64,
-    batches: VecDeque<SealedBatch>,
-    readings: usize,
-    max_readings: usize,
-    next_seq: u64,
-    open: Vec<Reading>,
-    open_since: Option<Instant>,
-    stats: UplinkStats,
-}
-
-impl Buffer {
-    fn push(&mut self, readings: Vec<Reading>, max_batch: usize) {
-        if self.open.is_empty() {
-            self.open_since = Some(Instant::now());
-        }
-        self.open.extend(readings);
-        if self.open.len() >= max_batch {
-            self.seal();
-        }
-    }
-
-    fn seal(&mut self) {
-        self.open_since = None;
-        if self.open.is_empty() {
-            return;
-        }
-        let readings = std::mem::take(&mut self.open);
-        self.readings += readings.len();
-        self.next_seq += 1;
-        self.stats.sealed_batches += 1;
-        self.batches.push_back(SealedBatch {
-            seq: self.next_seq,
-            readings,
-            sent: false,
-        });
-        while self.readings > self.max_readings && self.batches.len() > 1 {
-            if let Some(old) = self.batches.pop_front() {
-                self.readings -= old.readings.len();
-                self.stats.dropped_readings += old.readings.len() as u64;
-                warn!(
-                    seq = old.seq,
-                    readings = old.readings.len(),
-                    "buffer full: dropped the oldest batch"
-                );
-            }
-        }
-    }
-
-    fn ack(&mut self, seq: u64) {
-        self.stats.acked_seq = self.stats.acked_seq.max(seq);
-        while self.batches.front().is_some_and(|b| b.seq <= seq) {
-            if let Some(b) = self.batches.pop_front() {
-                self.readings -= b.readings.len();
-            }
-        }
-    }
-
-    fn is_drained(&self) -> bool {
-        self.batches.is_empty() && self.open.is_empty()
-    }
+    /// Readings lost because the spool could not be written.
+    pub spool_errors: u64,
+    /// Unacked batches a Welcome reported as already committed (their ack
+    /// was lost); they are not sent again.
+    pub confirmed_by_welcome: u64,
 }
 
 /// An open stream to one collector.
@@ -151,43 +97,58 @@ struct Conn {
     inbound: Streaming<pb::CollectorFrame>,
     /// Sequence of the next batch to send on this stream.
     next_send: u64,
-    /// Series already declared on this stream, by `Arc` address. The map
-    /// holds the `Arc`, so an address cannot be reused while it is a key.
-    interned: HashMap<usize, (Arc<SeriesKey>, u32)>,
+    /// Series declared on this stream, by content.
+    interned: HashMap<DeclKey, u32>,
 }
 
-type Connecting = JoinHandle<Result<(Conn, u64), String>>;
+/// Content of a series declaration, for per-stream interning.
+type DeclKey = (String, String, Vec<(String, String)>, String);
+
+type Connecting = JoinHandle<Result<Conn, String>>;
 
 /// The uplink actor. Create with [`Uplink::new`], run with [`Uplink::run`].
 pub struct Uplink {
-    config: UplinkConfig,
+    config: Arc<UplinkConfig>,
     intake: mpsc::Receiver<Vec<Reading>>,
-    buffer: Buffer,
+    spool: Spool,
+    /// The batch being filled (not yet taken).
+    open: Vec<Reading>,
+    open_since: Option<Instant>,
+    /// The spool is full under the `block` policy: intake pauses.
+    blocked: bool,
+    /// Records at or below this were sent by an earlier process or stream.
+    sent_before: u64,
+    /// Highest sequence sent on any stream by this process.
+    max_sent: u64,
+    stats: UplinkStats,
     stats_tx: tokio::sync::watch::Sender<UplinkStats>,
 }
 
 impl Uplink {
-    /// `intake` receives one `Vec` per poll from the scheduler.
+    /// `intake` receives one `Vec` per poll from the scheduler; `spool` is
+    /// the opened spool.
     pub fn new(
         config: UplinkConfig,
         intake: mpsc::Receiver<Vec<Reading>>,
+        spool: Spool,
     ) -> (Self, tokio::sync::watch::Receiver<UplinkStats>) {
         let (stats_tx, stats_rx) = tokio::sync::watch::channel(UplinkStats::default());
-        let buffer = Buffer {
-            epoch: rand::rng().random(),
-            batches: VecDeque::new(),
-            readings: 0,
-            max_readings: config.buffer_max_readings,
-            next_seq: 0,
-            open: Vec::new(),
-            open_since: None,
-            stats: UplinkStats::default(),
+        let sent_before = spool.last_seq();
+        let stats = UplinkStats {
+            dropped_readings: spool.dropped(),
+            ..Default::default()
         };
         (
             Uplink {
-                config,
+                config: Arc::new(config),
                 intake,
-                buffer,
+                spool,
+                open: Vec::new(),
+                open_since: None,
+                blocked: false,
+                sent_before,
+                max_sent: 0,
+                stats,
                 stats_tx,
             },
             stats_rx,
@@ -200,7 +161,11 @@ impl Uplink {
         let mut conn: Option<Conn> = None;
         let mut connecting: Option<Connecting> = None;
         let mut attempt: u32 = 0;
-        let mut url_index = 0usize;
+        // Agents spread over the collectors by a stable hash of their id,
+        // and come back to the same one after a restart; on failure they
+        // move on down the list.
+        let mut url_index = (fnv1a64(self.config.agent_id.as_bytes())
+            % self.config.collectors.len().max(1) as u64) as usize;
         let mut retry_at = Instant::now();
         let mut intake_open = true;
         let mut give_up_at: Option<Instant> = None;
@@ -210,39 +175,53 @@ impl Uplink {
 
         loop {
             if !intake_open {
-                self.buffer.seal();
-                if self.buffer.is_drained() {
+                self.seal();
+                if self.open.is_empty() && self.spool.first_unacked().is_none() {
                     info!("uplink: everything acked; stopping");
                     break;
                 }
                 if give_up_at.is_some_and(|t| Instant::now() >= t) {
                     warn!(
-                        unacked_batches = self.buffer.batches.len(),
-                        "uplink: shutdown deadline passed with unacked batches"
+                        unacked_batches = self.spool.pending(),
+                        open_readings = self.open.len(),
+                        "uplink: shutdown deadline passed; unacked batches stay in the spool"
                     );
                     break;
                 }
             }
             if conn.is_none() && connecting.is_none() && Instant::now() >= retry_at {
                 let url = self.config.collectors[url_index % self.config.collectors.len()].clone();
-                connecting = Some(tokio::spawn(connect(url, self.hello())));
+                let config = self.config.clone();
+                let hello = self.hello();
+                // The whole handshake is bounded: a collector behind a dead
+                // network may accept TCP and then never answer.
+                let limit =
+                    config.connect_timeout + config.keepalive_interval + config.keepalive_timeout;
+                connecting = Some(tokio::spawn(async move {
+                    match tokio::time::timeout(limit, connect(url.clone(), hello, config)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(format!("collector {url}: no welcome within {limit:?}")),
+                    }
+                }));
             }
             let can_send = conn
                 .as_ref()
-                .is_some_and(|c| self.buffer.batches.iter().any(|b| b.seq >= c.next_send));
+                .is_some_and(|c| self.spool.last_seq() >= c.next_send);
             let sender = conn.as_ref().filter(|_| can_send).map(|c| c.out.clone());
 
             tokio::select! {
-                readings = self.intake.recv(), if intake_open => match readings {
-                    Some(r) => self.buffer.push(r, self.config.batch_max_readings),
+                readings = self.intake.recv(), if intake_open && !self.blocked => match readings {
+                    Some(r) => self.push(r),
                     None => {
                         intake_open = false;
                         give_up_at = Some(Instant::now() + self.config.shutdown_timeout);
                     }
                 },
                 _ = ticker.tick() => {
-                    if self.buffer.open_since.is_some_and(|t| t.elapsed() >= self.config.batch_max_delay) {
-                        self.buffer.seal();
+                    if self.blocked
+                        || self.open_since.is_some_and(|t| t.elapsed() >= self.config.batch_max_delay)
+                    {
+                        self.seal();
                     }
                 }
                 _ = tokio::time::sleep_until(retry_at), if conn.is_none() && connecting.is_none() => {}
@@ -251,16 +230,19 @@ impl Uplink {
                     connecting = None;
                     let result = done.unwrap_or_else(|e| Err(format!("connect task failed: {e}")));
                     match result {
-                        Ok((mut c, committed)) => {
-                            info!(url = %c.url, committed, "connected to collector");
-                            self.buffer.ack(committed);
+                        Ok(mut c) => {
+                            // Resend from the oldest unacked batch at once,
+                            // without waiting for the Welcome: it saves a
+                            // round trip, and whatever the collector already
+                            // has is acked again, not stored.
+                            debug!(url = %c.url, "stream open");
                             c.next_send = self
-                                .buffer
-                                .batches
-                                .front()
-                                .map(|b| b.seq)
-                                .unwrap_or(self.buffer.next_seq + 1);
-                            self.buffer.stats.connects += 1;
+                                .spool
+                                .first_unacked()
+                                .unwrap_or(self.spool.last_seq() + 1);
+                            self.spool.set_in_flight(0);
+                            self.sent_before = self.sent_before.max(self.max_sent);
+                            self.stats.connects += 1;
                             attempt = 0;
                             conn = Some(c);
                         }
@@ -274,24 +256,38 @@ impl Uplink {
                     }
                 }
                 permit = reserve(sender) => {
-                    match (permit, conn.as_mut()) {
-                        (Ok(permit), Some(c)) => {
-                            if let Some(frame) = self.encode_next(c) {
+                    let sent = match (permit, conn.as_mut()) {
+                        (Ok(permit), Some(c)) => match self.encode_next(c) {
+                            Ok(Some(frame)) => {
                                 permit.send(frame);
+                                true
                             }
-                        }
+                            Ok(None) => true,
+                            Err(e) => {
+                                error!(error = %e, "spool read failed; reconnecting to resend");
+                                false
+                            }
+                        },
                         _ => {
                             warn!("collector stream closed while sending");
-                            conn = None;
-                            attempt = 1;
-                            retry_at = Instant::now() + backoff(&self.config, attempt);
+                            false
                         }
+                    };
+                    if !sent {
+                        conn = None;
+                        attempt = 1;
+                        retry_at = Instant::now() + backoff(&self.config, attempt);
                     }
                 }
                 frame = next_frame(&mut conn) => {
                     match frame {
                         Some(Ok(pb::CollectorFrame { frame: Some(pb::collector_frame::Frame::Ack(a)) })) => {
-                            self.buffer.ack(a.seq);
+                            self.acked(a.seq);
+                        }
+                        Some(Ok(pb::CollectorFrame { frame: Some(pb::collector_frame::Frame::Welcome(w)) })) => {
+                            if let Some(c) = conn.as_mut() {
+                                self.welcome(c, w.committed_seq);
+                            }
                         }
                         Some(Ok(other)) => debug!(frame = ?other, "unexpected collector frame ignored"),
                         Some(Err(status)) => {
@@ -309,12 +305,95 @@ impl Uplink {
                     }
                 }
             }
-            self.stats_tx.send_replace(self.buffer.stats.clone());
+            self.stats_tx.send_replace(self.stats.clone());
         }
         if let Some(c) = connecting {
             c.abort();
         }
-        self.stats_tx.send_replace(self.buffer.stats.clone());
+        self.stats_tx.send_replace(self.stats.clone());
+    }
+
+    fn push(&mut self, readings: Vec<Reading>) {
+        if self.open.is_empty() {
+            self.open_since = Some(Instant::now());
+        }
+        self.open.extend(readings);
+        if self.open.len() >= self.config.batch_max_readings {
+            self.seal();
+        }
+    }
+
+    /// Appends the open batch to the spool: from here on it is taken.
+    fn seal(&mut self) {
+        if self.open.is_empty() {
+            self.open_since = None;
+            self.blocked = false;
+            return;
+        }
+        let (bytes, n) = encode_batch(&self.open);
+        match self.spool.append(&bytes, n) {
+            Ok(Appended::Stored(_)) => {
+                self.open.clear();
+                self.open_since = None;
+                self.blocked = false;
+                self.stats.sealed_batches += 1;
+            }
+            Ok(Appended::Full) => match self.spool.policy() {
+                // Keep the readings and stop taking more until acks make
+                // room; the scheduler's polls wait meanwhile.
+                FullPolicy::Block => {
+                    if !self.blocked {
+                        warn!(
+                            readings = self.open.len(),
+                            "spool full: intake paused until the collector acks"
+                        );
+                    }
+                    self.blocked = true;
+                }
+                // The spool counted them as dropped.
+                FullPolicy::DropOldest => {
+                    self.open.clear();
+                    self.open_since = None;
+                }
+            },
+            Err(e) => {
+                error!(error = %e, readings = n, "spool append failed; readings lost");
+                self.stats.spool_errors += u64::from(n);
+                self.open.clear();
+                self.open_since = None;
+            }
+        }
+        self.stats.dropped_readings = self.spool.dropped();
+    }
+
+    fn acked(&mut self, seq: u64) {
+        self.stats.acked_seq = self.stats.acked_seq.max(seq);
+        if let Err(e) = self.spool.ack(seq) {
+            error!(error = %e, seq, "spool truncation failed");
+        }
+        if self.blocked {
+            self.seal();
+        }
+    }
+
+    /// The collector's Welcome: it has committed everything up to
+    /// `committed` for this epoch.
+    fn welcome(&mut self, c: &mut Conn, committed: u64) {
+        // Batches sent earlier whose ack never came but which the collector
+        // did commit: the Welcome acks them.
+        let confirmed = self.spool.unacked_through(committed);
+        self.stats.confirmed_by_welcome += confirmed;
+        info!(url = %c.url, committed, confirmed, "connected to collector");
+        self.acked(committed);
+        if committed > self.spool.last_seq() {
+            warn!(
+                committed,
+                last_seq = self.spool.last_seq(),
+                "collector has committed sequences this spool does not remember; numbering continues above them"
+            );
+            self.spool.advance_past(committed);
+        }
+        c.next_send = c.next_send.max(committed + 1);
     }
 
     fn hello(&self) -> pb::AgentFrame {
@@ -322,70 +401,122 @@ impl Uplink {
             frame: Some(pb::agent_frame::Frame::Hello(pb::Hello {
                 agent_id: self.config.agent_id.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                epoch: self.buffer.epoch,
+                epoch: self.spool.epoch(),
                 agent_time_ns: now_ns(),
-                dropped: self.buffer.stats.dropped_readings,
+                dropped: self.spool.dropped(),
+                last_seq: self.spool.last_seq(),
             })),
         }
     }
 
-    /// Encodes the next unsent batch for `c` and advances its cursor.
-    fn encode_next(&mut self, c: &mut Conn) -> Option<pb::AgentFrame> {
-        let batch = self
-            .buffer
-            .batches
-            .iter_mut()
-            .find(|b| b.seq >= c.next_send)?;
-        c.next_send = batch.seq + 1;
-        if batch.sent {
-            self.buffer.stats.resent_batches += 1;
+    /// Reads the next unsent batch for `c` from the spool, re-interns its
+    /// series for this stream, and advances the stream's cursor.
+    fn encode_next(&mut self, c: &mut Conn) -> Result<Option<pb::AgentFrame>, SpoolError> {
+        let Some(record) = self.spool.read_from(c.next_send)? else {
+            c.next_send = self.spool.last_seq() + 1;
+            return Ok(None);
+        };
+        c.next_send = record.seq + 1;
+        self.spool.set_in_flight(record.seq);
+        let resent = record.seq <= self.sent_before;
+        if resent {
+            self.stats.resent_batches += 1;
         }
-        batch.sent = true;
-        let mut series = Vec::new();
-        let mut readings = Vec::with_capacity(batch.readings.len());
-        for r in &batch.readings {
-            let addr = Arc::as_ptr(&r.series) as usize;
+        self.max_sent = self.max_sent.max(record.seq);
+        let mut batch = match pb::Batch::decode(record.batch.as_slice()) {
+            Ok(b) => b,
+            Err(e) => {
+                // The CRC matched, so this is a bug, not a disk error; skip
+                // the record rather than wedge the stream.
+                error!(seq = record.seq, error = %e, "spooled batch does not decode; skipped");
+                return Ok(None);
+            }
+        };
+        // Batch-local ids → stream ids.
+        let mut local_to_stream: HashMap<u32, u32> = HashMap::with_capacity(batch.series.len());
+        let mut decls = Vec::new();
+        for mut decl in std::mem::take(&mut batch.series) {
+            let mut labels: Vec<(String, String)> = decl
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            labels.sort();
+            let key = (
+                decl.device.clone(),
+                decl.metric.clone(),
+                labels,
+                decl.unit.clone(),
+            );
             let next_id = c.interned.len() as u32 + 1;
-            let id = match c.interned.get(&addr) {
-                Some((_, id)) => *id,
-                None => {
-                    c.interned.insert(addr, (r.series.clone(), next_id));
-                    series.push(pb::SeriesDecl {
-                        id: next_id,
-                        device: r.series.device.clone(),
-                        metric: r.series.metric.clone(),
-                        labels: r
-                            .series
-                            .labels
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
-                        unit: r.series.unit.clone(),
-                    });
-                    next_id
-                }
-            };
-            readings.push(pb::Reading {
-                series: id,
-                ts_ns: r.ts_ns,
-                value: Some(encode_value(&r.value)),
+            let id = *c.interned.entry(key).or_insert_with(|| {
+                let local = decl.id;
+                decl.id = next_id;
+                decls.push(decl.clone());
+                decl.id = local;
+                next_id
             });
+            local_to_stream.insert(decl.id, id);
         }
-        Some(pb::AgentFrame {
-            frame: Some(pb::agent_frame::Frame::Batch(pb::Batch {
-                seq: batch.seq,
-                series,
-                readings,
-                dropped: self.buffer.stats.dropped_readings,
-            })),
-        })
+        for r in &mut batch.readings {
+            r.series = local_to_stream.get(&r.series).copied().unwrap_or(0);
+        }
+        batch.series = decls;
+        batch.seq = record.seq;
+        batch.resent = resent;
+        batch.dropped = self.spool.dropped();
+        batch.last_seq = self.spool.last_seq();
+        Ok(Some(pb::AgentFrame {
+            frame: Some(pb::agent_frame::Frame::Batch(batch)),
+        }))
     }
+}
+
+/// Encodes readings as a spooled batch: series declared inside the batch
+/// with batch-local ids, so a record can be sent on any stream.
+fn encode_batch(readings: &[Reading]) -> (Vec<u8>, u32) {
+    let mut ids: HashMap<usize, u32> = HashMap::new();
+    let mut series = Vec::new();
+    let mut out = Vec::with_capacity(readings.len());
+    for r in readings {
+        let addr = Arc::as_ptr(&r.series) as usize;
+        let next = ids.len() as u32 + 1;
+        let id = *ids.entry(addr).or_insert_with(|| {
+            series.push(pb::SeriesDecl {
+                id: next,
+                device: r.series.device.clone(),
+                metric: r.series.metric.clone(),
+                labels: r
+                    .series
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                unit: r.series.unit.clone(),
+            });
+            next
+        });
+        out.push(pb::Reading {
+            series: id,
+            ts_ns: r.ts_ns,
+            value: Some(encode_value(&r.value)),
+        });
+    }
+    let batch = pb::Batch {
+        seq: 0,
+        series,
+        readings: out,
+        dropped: 0,
+        resent: false,
+        last_seq: 0,
+    };
+    (batch.encode_to_vec(), readings.len() as u32)
 }
 
 /// Waits for the connect task, or forever when there is none.
 async fn await_connect(
     connecting: &mut Option<Connecting>,
-) -> Result<Result<(Conn, u64), String>, tokio::task::JoinError> {
+) -> Result<Result<Conn, String>, tokio::task::JoinError> {
     match connecting.as_mut() {
         Some(task) => task.await,
         None => std::future::pending().await,
@@ -428,6 +559,14 @@ fn encode_value(v: &Value) -> pb::reading::Value {
     }
 }
 
+/// FNV-1a, 64 bit: a hash that stays the same across Rust versions and
+/// platforms (unlike `DefaultHasher`).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Exponential backoff with full jitter, between the configured bounds.
 fn backoff(config: &UplinkConfig, attempt: u32) -> Duration {
     let exp = config
@@ -441,12 +580,16 @@ fn backoff(config: &UplinkConfig, attempt: u32) -> Duration {
 }
 
 /// Opens a stream to `url`, sends `hello`, and waits for the Welcome.
-async fn connect(url: String, hello: pb::AgentFrame) -> Result<(Conn, u64), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+async fn connect(
+    url: String,
+    hello: pb::AgentFrame,
+    config: Arc<UplinkConfig>,
+) -> Result<Conn, String> {
+    let endpoint = crate::tls::endpoint(&url, config.tls.as_ref())
         .map_err(|e| format!("collector {url}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .connect_timeout(config.connect_timeout)
+        .http2_keep_alive_interval(config.keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     let channel = endpoint
@@ -463,34 +606,13 @@ async fn connect(url: String, hello: pb::AgentFrame) -> Result<(Conn, u64), Stri
         .stream(ReceiverStream::new(rx))
         .await
         .map_err(|s| format!("collector {url}: {}: {}", code_name(s.code()), s.message()))?;
-    let mut inbound = response.into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
-        .await
-        .map_err(|_| format!("collector {url}: no welcome within 10s"))?;
-    let committed = match first {
-        Some(Ok(pb::CollectorFrame {
-            frame: Some(pb::collector_frame::Frame::Welcome(w)),
-        })) => w.committed_seq,
-        Some(Ok(other)) => return Err(format!("collector {url}: expected welcome, got {other:?}")),
-        Some(Err(s)) => {
-            return Err(format!(
-                "collector {url}: {}: {}",
-                code_name(s.code()),
-                s.message()
-            ));
-        }
-        None => return Err(format!("collector {url}: stream ended before welcome")),
-    };
-    Ok((
-        Conn {
-            url,
-            out: tx,
-            inbound,
-            next_send: 0,
-            interned: HashMap::new(),
-        },
-        committed,
-    ))
+    Ok(Conn {
+        url,
+        out: tx,
+        inbound: response.into_inner(),
+        next_send: 0,
+        interned: HashMap::new(),
+    })
 }
 
 fn code_name(code: tonic::Code) -> String {

@@ -8,12 +8,13 @@
 
 use std::borrow::Cow;
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value as Json, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tributary_proto::v1 as pb;
 use tributary_proto::v1::query_client::QueryClient;
 
@@ -62,6 +63,17 @@ pub struct ConnArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// CA certificate (PEM) that verifies an https:// collector; the system
+    /// roots when not given
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a collector with mutual TLS (an
+    /// operator certificate); needs --key
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -142,15 +154,43 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-async fn connect(server: &str) -> Result<QueryClient<Channel>> {
-    let endpoint = Endpoint::from_shared(server.to_string())
+async fn connect(conn: &ConnArgs) -> Result<QueryClient<Channel>> {
+    let server = &conn.server;
+    let mut endpoint = Endpoint::from_shared(server.to_string())
         .with_context(|| format!("invalid server URL {server:?}"))?
         .connect_timeout(Duration::from_secs(5));
+    let https = endpoint.uri().scheme_str() == Some("https");
+    if https {
+        endpoint = endpoint
+            .tls_config(client_tls(conn)?)
+            .with_context(|| format!("tls setup for {server}"))?;
+    } else if conn.ca.is_some() || conn.cert.is_some() {
+        bail!("--ca/--cert/--key need an https:// --server (got {server})");
+    }
     let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot reach collector at {server}"))?;
     Ok(QueryClient::new(channel))
+}
+
+/// TLS settings from `--ca`, `--cert` and `--key`.
+fn client_tls(conn: &ConnArgs) -> Result<ClientTlsConfig> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("{flag} {}: cannot read", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match &conn.ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--ca", ca)?)),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&conn.cert, &conn.key) {
+        tls = tls.identity(Identity::from_pem(
+            read("--cert", cert)?,
+            read("--key", key)?,
+        ));
+    }
+    Ok(tls)
 }
 
 /// A failed call as one line: what, where, the server's message and code.
@@ -169,7 +209,7 @@ fn write_err(e: io::Error) -> anyhow::Error {
 
 async fn agents(args: AgentsArgs) -> Result<()> {
     let server = &args.conn.server;
-    let agents = connect(server)
+    let agents = connect(&args.conn)
         .await?
         .list_agents(pb::ListAgentsRequest {})
         .await
@@ -182,7 +222,7 @@ async fn agents(args: AgentsArgs) -> Result<()> {
 
 async fn series(args: FilterArgs) -> Result<()> {
     let server = &args.conn.server;
-    let series: Vec<SeriesMeta> = connect(server)
+    let series: Vec<SeriesMeta> = connect(&args.conn)
         .await?
         .list_series(args.filter())
         .await
@@ -198,7 +238,7 @@ async fn series(args: FilterArgs) -> Result<()> {
 
 async fn latest(args: FilterArgs) -> Result<()> {
     let server = &args.conn.server;
-    let resp = connect(server)
+    let resp = connect(&args.conn)
         .await?
         .latest(args.filter())
         .await
@@ -236,7 +276,7 @@ async fn query(args: QueryArgs) -> Result<()> {
         since_ns: args.since.unwrap_or(0),
         until_ns: args.until.unwrap_or(0),
     };
-    let mut stream = connect(server)
+    let mut stream = connect(&args.conn)
         .await?
         .range(req)
         .await
@@ -262,7 +302,7 @@ async fn query(args: QueryArgs) -> Result<()> {
 
 async fn tail(args: FilterArgs) -> Result<()> {
     let server = &args.conn.server;
-    let mut stream = connect(server)
+    let mut stream = connect(&args.conn)
         .await?
         .tail(args.filter())
         .await
@@ -325,8 +365,10 @@ pub fn write_agents(
                         "last_seen": last_seen(a),
                         "epoch": format!("{:016x}", a.epoch),
                         "committed_seq": a.committed_seq,
+                        "lag": a.lag,
                         "readings_stored": a.readings_stored,
                         "batches_deduplicated": a.batches_deduplicated,
+                        "batches_resent": a.batches_resent,
                         "dropped_at_agent": a.dropped_at_agent,
                     })
                 })
@@ -344,15 +386,17 @@ pub fn write_agents(
                         last_seen(a),
                         format!("{:016x}", a.epoch),
                         a.committed_seq.to_string(),
+                        a.lag.to_string(),
                         a.readings_stored.to_string(),
                         a.batches_deduplicated.to_string(),
+                        a.batches_resent.to_string(),
                         a.dropped_at_agent.to_string(),
                     ]
                 })
                 .collect();
             if format == Format::Csv {
-                let header = "id,connected,peer,last_seen,epoch,committed_seq,\
-                              readings_stored,batches_deduplicated,dropped_at_agent";
+                let header = "id,connected,peer,last_seen,epoch,committed_seq,lag,\
+                              readings_stored,batches_deduplicated,batches_resent,dropped_at_agent";
                 write_csv(out, header, &rows)
             } else {
                 let header = [
@@ -362,8 +406,10 @@ pub fn write_agents(
                     "LAST SEEN",
                     "EPOCH",
                     "COMMITTED SEQ",
+                    "LAG",
                     "READINGS STORED",
-                    "DEDUPLICATED BATCHES",
+                    "DEDUPLICATED",
+                    "RESENT",
                     "DROPPED AT AGENT",
                 ];
                 write_table(out, &header, &rows)
@@ -831,13 +877,15 @@ mod tests {
             readings_stored: 70,
             batches_deduplicated: 1,
             dropped_at_agent: 2,
+            batches_resent: 3,
+            lag: 4,
         }];
         let csv = render(|out| write_agents(out, Format::Csv, &agents));
         assert_eq!(
             csv,
-            "id,connected,peer,last_seen,epoch,committed_seq,readings_stored,\
-             batches_deduplicated,dropped_at_agent\n\
-             edge-1,true,10.0.0.5:4411,,00000000000000ab,7,70,1,2\n"
+            "id,connected,peer,last_seen,epoch,committed_seq,lag,readings_stored,\
+             batches_deduplicated,batches_resent,dropped_at_agent\n\
+             edge-1,true,10.0.0.5:4411,,00000000000000ab,7,4,70,1,3,2\n"
         );
         let table = render(|out| write_agents(out, Format::Table, &agents));
         assert!(table.starts_with("ID "), "{table}");
@@ -871,9 +919,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tls_flags_need_an_https_server() {
+        let conn = ConnArgs {
+            server: "http://127.0.0.1:1".into(),
+            format: Format::Table,
+            ca: Some(PathBuf::from("ca.pem")),
+            cert: None,
+            key: None,
+        };
+        let err = format!("{:#}", connect(&conn).await.unwrap_err());
+        assert_eq!(
+            err,
+            "--ca/--cert/--key need an https:// --server (got http://127.0.0.1:1)"
+        );
+    }
+
+    #[tokio::test]
     async fn unreachable_server_is_a_one_line_error_naming_the_url() {
         // Port 1 on localhost: nothing listens there.
-        let err = connect("http://127.0.0.1:1").await.unwrap_err();
+        let conn = ConnArgs {
+            server: "http://127.0.0.1:1".into(),
+            format: Format::Table,
+            ca: None,
+            cert: None,
+            key: None,
+        };
+        let err = connect(&conn).await.unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("http://127.0.0.1:1"), "{text}");
         assert!(!text.contains('\n'), "{text}");

@@ -7,9 +7,12 @@
 //! connections.
 
 pub mod cli;
+pub mod config;
+pub mod listener;
 pub mod merger;
 pub mod model;
 pub mod query;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tls;

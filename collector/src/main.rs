@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use tributary_collector::cli::ClientCommand;
+use tributary_collector::config;
 use tributary_collector::server::{self, ServerConfig};
 use tributary_collector::store::sqlite::Durability;
 
@@ -36,16 +37,25 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on for gRPC (ingest, query, health, reflection).
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    listen: SocketAddr,
-    /// Where to store readings: sqlite:PATH.
-    #[arg(long, default_value = "sqlite:tributary.db")]
-    store: String,
+    /// TOML file with the settings below plus [tls], [limits] and
+    /// allowed_agents; flags given on the command line win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on for gRPC (ingest, query, health, reflection)
+    /// [default: 127.0.0.1:7400]
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Where to store readings: sqlite:PATH [default: sqlite:tributary.db]
+    #[arg(long)]
+    store: Option<String>,
     /// SQLite durability: full fsyncs every commit before acking; normal
-    /// survives a collector crash but not power loss.
-    #[arg(long, default_value = "full")]
-    synchronous: Durability,
+    /// survives a collector crash but not power loss [default: full]
+    #[arg(long)]
+    synchronous: Option<Durability>,
+    /// Serve plaintext on a non-loopback address (without TLS, agent ids are
+    /// not authenticated and traffic is readable)
+    #[arg(long)]
+    allow_plaintext: bool,
 }
 
 fn main() -> ExitCode {
@@ -60,7 +70,12 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => match serve_config(&args) {
-            Ok(config) => runtime.block_on(serve(args.listen, config)),
+            Ok(settings) => {
+                if let Some(warning) = &settings.plaintext_warning {
+                    tracing::warn!("{warning}");
+                }
+                runtime.block_on(serve(settings.listen, settings.server))
+            }
             Err(e) => {
                 eprintln!("error: {e:#}");
                 return ExitCode::from(2);
@@ -77,17 +92,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
-    let path = match args.store.strip_prefix("sqlite:") {
-        Some(p) if !p.is_empty() => PathBuf::from(p.strip_prefix("//").unwrap_or(p)),
-        _ => anyhow::bail!(
-            "--store {:?}: unsupported store URL (expected sqlite:PATH)",
-            args.store
-        ),
+fn serve_config(args: &ServeArgs) -> Result<config::Serve, config::ConfigError> {
+    let flags = config::Flags {
+        listen: args.listen,
+        store: args.store.clone(),
+        synchronous: args.synchronous,
+        allow_plaintext: args.allow_plaintext,
     };
-    let mut config = ServerConfig::new(path);
-    config.durability = args.synchronous;
-    Ok(config)
+    config::resolve(args.config.as_deref(), &flags)
 }
 
 async fn serve(listen: SocketAddr, config: ServerConfig) -> anyhow::Result<()> {

@@ -8,8 +8,17 @@
 //! or below the committed sequence of its (agent, epoch) is acked again and
 //! not stored.
 //!
-//! It runs on its own OS thread because all its work is blocking SQLite I/O;
-//! it never awaits, so no lock is needed anywhere around the store.
+//! It runs on its own OS thread because all its work is blocking store I/O
+//! ([`Store`] is blocking for SQLite and PostgreSQL alike); it never awaits,
+//! so no lock is needed anywhere around the store. Its committed-sequence
+//! map is a cache of the store's: the store re-checks every batch under its
+//! own lock (several collectors may share a PostgreSQL database) and reports
+//! the batches it skipped, which are acked all the same.
+//!
+//! Retention runs here too, between groups: a timer task sends
+//! [`Command::Retain`] through the same queue, and the merger deletes old
+//! readings in bounded steps when its queue is empty, so retention never
+//! races a commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,10 +31,19 @@ use crate::model::{
     AgentLive, Committed, CommittedChunk, LiveAgents, NewReading, Point, SeriesKey, SeriesMeta,
     now_ns,
 };
-use crate::store::sqlite::{AgentRow, BatchWrite, SqliteStore, StoreError, WriteSet};
+use crate::store::{
+    AgentWrite, BatchWrite, Durability, EpochRow, Retention, Store, StoreError, StoreUrl, WriteSet,
+};
 
 /// Most readings written in one transaction; the rest waits for the next.
 const MAX_GROUP_READINGS: usize = 100_000;
+
+/// Most readings one retention step removes before the merger looks at its
+/// queue again.
+const RETAIN_STEP_ROWS: u64 = 20_000;
+
+/// Longest wait between two attempts of a failing store call.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// A batch that passed the session's validation.
 #[derive(Debug)]
@@ -35,6 +53,14 @@ pub struct IncomingBatch {
     pub seq: u64,
     /// Readings the agent says it dropped so far in this epoch.
     pub dropped: u64,
+    /// Newest sequence the agent says it has spooled.
+    pub last_seq: u64,
+    /// The agent sent this batch before, on an earlier stream.
+    pub resent: bool,
+    /// Readings of this batch whose timestamps are not to be trusted (too
+    /// far ahead of the collector clock, or from an agent whose clock is
+    /// off); they are stored all the same. Counted by the session.
+    pub skewed_readings: u64,
     pub received_ns: i64,
     pub readings: Vec<NewReading>,
     /// Where to publish the highest committed sequence of this stream.
@@ -49,6 +75,9 @@ pub enum Command {
     Hello {
         agent: Arc<str>,
         epoch: u64,
+        /// Readings dropped and newest spooled sequence, as the agent says.
+        dropped: u64,
+        last_seq: u64,
         peer: String,
         session: u64,
         reply: oneshot::Sender<u64>,
@@ -65,6 +94,8 @@ pub enum Command {
         agent: Arc<str>,
         session: u64,
     },
+    /// Time for a retention pass (sent by the merger's own timer task).
+    Retain,
 }
 
 /// The merger has stopped; the collector is shutting down or broken.
@@ -84,6 +115,7 @@ impl MergerHandle {
         &self,
         agent: Arc<str>,
         epoch: u64,
+        (dropped, last_seq): (u64, u64),
         peer: String,
         session: u64,
     ) -> Result<u64, MergerGone> {
@@ -92,6 +124,8 @@ impl MergerHandle {
             .send(Command::Hello {
                 agent,
                 epoch,
+                dropped,
+                last_seq,
                 peer,
                 session,
                 reply,
@@ -141,86 +175,141 @@ pub struct MergerOutputs {
     pub tail: broadcast::Sender<Committed>,
 }
 
-/// Per-agent in-memory state.
+/// Per-agent in-memory state: what the next commit tells the store.
 #[derive(Debug, Default)]
 struct AgentState {
-    row: AgentRow,
+    /// Newest epoch, peer and last-seen time (absolute).
+    epoch: u64,
+    peer: String,
+    last_seen_ns: i64,
+    /// Counter increments since the last commit.
+    batches_deduplicated: u64,
+    batches_resent: u64,
     /// The session that owns the agent's live stream, if any.
     session: Option<u64>,
     dirty: bool,
 }
 
+/// How the merger runs.
+#[derive(Debug, Clone)]
+pub struct MergerOptions {
+    pub durability: Durability,
+    /// Capacity of the command queue.
+    pub capacity: usize,
+    /// Delete readings older than this, on a schedule; `None` keeps all.
+    pub retention: Option<Retention>,
+}
+
 /// The merger's state. Owned by its thread; nobody else can see it.
 pub struct Merger {
-    store: SqliteStore,
+    store: Store,
     rx: mpsc::Receiver<Command>,
     by_key: HashMap<SeriesKey, i64>,
     by_id: HashMap<i64, Arc<SeriesMeta>>,
-    next_series_id: i64,
-    pending_series: Vec<Arc<SeriesMeta>>,
-    committed: HashMap<(Arc<str>, u64), u64>,
+    /// Delivery state per (agent, epoch) as last read from or committed to
+    /// the store: never ahead of it.
+    epochs: HashMap<(Arc<str>, u64), EpochRow>,
     agents: HashMap<Arc<str>, AgentState>,
     live_tx: watch::Sender<LiveAgents>,
     live_dirty: bool,
     tail: broadcast::Sender<Committed>,
+    retention: Option<Retention>,
+    /// Cutoff of a retention pass still under way.
+    retaining: Option<Retaining>,
+}
+
+/// A retention pass in progress.
+#[derive(Debug, Clone, Copy)]
+struct Retaining {
+    cutoff_ns: i64,
+    removed: u64,
 }
 
 /// Why the merger could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
+    #[error("opening the store: {0}")]
+    Open(#[source] StoreError),
     #[error("loading merge state: {0}")]
-    Load(#[from] StoreError),
+    Load(#[source] StoreError),
     #[error("starting the merger thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("the merger thread ended while starting")]
+    Died,
 }
 
-/// Loads the merger's state from `store` and starts it on its own thread.
-/// `capacity` bounds the command queue.
-pub fn spawn(
-    store: SqliteStore,
-    capacity: usize,
+/// Opens the store at `url` on a new thread, loads the merger's state from
+/// it and runs the merger there. Returns once the store is open (or failed
+/// to open). Spawns the retention timer on the current runtime.
+pub async fn start(
+    url: &StoreUrl,
+    options: MergerOptions,
 ) -> Result<(MergerHandle, MergerOutputs, std::thread::JoinHandle<()>), SpawnError> {
-    let loaded = store.load()?;
-    let (tx, rx) = mpsc::channel(capacity);
-    let mut by_key = HashMap::with_capacity(loaded.series.len());
-    let mut by_id = HashMap::with_capacity(loaded.series.len());
-    let mut next_series_id = 1;
-    for s in loaded.series {
-        next_series_id = next_series_id.max(s.id + 1);
-        by_key.insert(s.key.clone(), s.id);
-        by_id.insert(s.id, s);
-    }
-    let agents = loaded
-        .agents
-        .into_iter()
-        .map(|(id, row)| {
-            (
-                id,
-                AgentState {
-                    row,
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
+    let (tx, rx) = mpsc::channel(options.capacity);
     let (live_tx, live_rx) = watch::channel(LiveAgents::default());
     let (tail, _) = broadcast::channel(256);
-    let merger = Merger {
-        store,
-        rx,
-        by_key,
-        by_id,
-        next_series_id,
-        pending_series: Vec::new(),
-        committed: loaded.committed,
-        agents,
-        live_tx,
-        live_dirty: false,
-        tail: tail.clone(),
-    };
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let url = url.clone();
+    let tail_tx = tail.clone();
+    let retention = options.retention;
+    // The store is opened, used and dropped on the merger's thread only:
+    // a PostgreSQL store owns a runtime, which must not be dropped (nor
+    // blocked on) from async code.
     let join = std::thread::Builder::new()
         .name("merger".into())
-        .spawn(move || merger.run())?;
+        .spawn(move || {
+            let opened = Store::open(&url, options.durability)
+                .map_err(SpawnError::Open)
+                .and_then(|mut store| {
+                    let loaded = store.load().map_err(SpawnError::Load)?;
+                    Ok((store, loaded))
+                });
+            let (store, loaded) = match opened {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut by_key = HashMap::with_capacity(loaded.series.len());
+            let mut by_id = HashMap::with_capacity(loaded.series.len());
+            for s in loaded.series {
+                by_key.insert(s.key.clone(), s.id);
+                by_id.insert(s.id, s);
+            }
+            let merger = Merger {
+                store,
+                rx,
+                by_key,
+                by_id,
+                epochs: loaded.epochs,
+                agents: HashMap::new(),
+                live_tx,
+                live_dirty: false,
+                tail: tail_tx,
+                retention,
+                retaining: None,
+            };
+            let _ = ready_tx.send(Ok(()));
+            merger.run();
+        })?;
+    ready_rx.await.map_err(|_| SpawnError::Died)??;
+    if let Some(retention) = retention {
+        // Holds only a weak sender between ticks, so the merger still ends
+        // when the last session handle is dropped.
+        let weak = tx.downgrade();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(retention.check_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(tx) = weak.upgrade() else { break };
+                if tx.send(Command::Retain).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     Ok((
         MergerHandle { tx },
         MergerOutputs {
@@ -238,18 +327,32 @@ struct Group {
     readings: usize,
     /// (stream's ack channel, sequence to publish) after the commit.
     acks: Vec<(Arc<watch::Sender<u64>>, u64)>,
-    /// (agent, epoch) → new committed seq, for the write set.
-    committed: HashMap<(Arc<str>, u64), u64>,
+    /// (agent, epoch) → new delivery state, for the write set.
+    epochs: HashMap<(Arc<str>, u64), EpochRow>,
 }
 
 impl Merger {
     /// The loop: wait for work, take all that is waiting, commit, ack.
-    /// Ends when every handle is dropped and the queue is drained.
+    /// While a retention pass is under way and the queue is empty, one step
+    /// of it runs instead of waiting. Ends when every handle is dropped and
+    /// the queue is drained.
     fn run(mut self) {
-        info!(path = %self.store.path().display(), "merger started");
+        info!(store = %self.store.describe(), "merger started");
         loop {
-            let Some(first) = self.rx.blocking_recv() else {
-                break;
+            let first = if self.retaining.is_some() {
+                match self.rx.try_recv() {
+                    Ok(cmd) => cmd,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.retain_step();
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.blocking_recv() {
+                    Some(cmd) => cmd,
+                    None => break,
+                }
             };
             let mut group = Group::default();
             self.apply(first, &mut group);
@@ -269,28 +372,42 @@ impl Merger {
             Command::Hello {
                 agent,
                 epoch,
+                dropped,
+                last_seq,
                 peer,
                 session,
                 reply,
             } => {
-                // Only what is durable: the group being assembled may still
-                // fail to commit, and the agent drops what the Welcome covers.
-                let committed = self
-                    .committed
-                    .get(&(agent.clone(), epoch))
-                    .copied()
-                    .unwrap_or(0);
+                // Only what is durable: the store's row (another collector
+                // may have advanced it), never the group being assembled,
+                // which may still fail to commit; the agent drops what the
+                // Welcome covers. Without the store, the cache is safe too:
+                // it is never ahead of the store, and a low Welcome only
+                // means resends, which are deduplicated.
+                let key = (agent.clone(), epoch);
+                match self.store.epoch(&agent, epoch) {
+                    Ok(Some(row)) => {
+                        let cached = self.epochs.entry(key.clone()).or_default();
+                        *cached = cached.max(row);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(agent = %agent, epoch, error = %e, "reading the committed sequence failed; welcoming with the cached one");
+                    }
+                }
+                let committed = self.epochs.get(&key).map(|e| e.committed_seq).unwrap_or(0);
+                self.report(&agent, epoch, dropped, last_seq, group);
                 let state = self.agents.entry(agent.clone()).or_default();
-                state.row.epoch = epoch;
-                state.row.peer = peer;
-                state.row.last_seen_ns = now_ns();
+                state.epoch = epoch;
+                state.peer = peer;
+                state.last_seen_ns = now_ns();
                 state.session = Some(session);
                 state.dirty = true;
                 self.live_dirty = true;
                 let _ = reply.send(committed);
             }
             Command::Resolve { keys, reply } => {
-                let ids = keys.into_iter().map(|k| self.series_id(k)).collect();
+                let ids = self.resolve(keys);
                 let _ = reply.send(ids);
             }
             Command::Goodbye { agent, session } => {
@@ -302,87 +419,159 @@ impl Merger {
                 }
             }
             Command::Batch(b) => self.apply_batch(b, group),
+            Command::Retain => self.start_retention(),
         }
     }
 
     fn apply_batch(&mut self, b: IncomingBatch, group: &mut Group) {
-        let committed = self.committed_seq(&b.agent, b.epoch, group);
+        let committed = self.epoch_state(&b.agent, b.epoch, group).committed_seq;
+        self.report(&b.agent, b.epoch, b.dropped, b.last_seq, group);
         let state = self.agents.entry(b.agent.clone()).or_default();
-        state.row.last_seen_ns = b.received_ns;
-        state.row.dropped_at_agent = state.row.dropped_at_agent.max(b.dropped);
+        state.last_seen_ns = state.last_seen_ns.max(b.received_ns);
+        if b.resent {
+            state.batches_resent += 1;
+        }
         state.dirty = true;
         if b.seq <= committed {
             // A replay (resend after a lost ack, or a second stream of the
             // same agent): ack again, store nothing.
-            state.row.batches_deduplicated += 1;
+            state.batches_deduplicated += 1;
             debug!(agent = %b.agent, seq = b.seq, committed, "duplicate batch acked again");
             group.acks.push((b.ack, committed));
             return;
         }
-        state.row.readings_stored += b.readings.len() as u64;
-        group.committed.insert((b.agent.clone(), b.epoch), b.seq);
+        let mut epoch = self.epoch_state(&b.agent, b.epoch, group);
+        epoch.committed_seq = b.seq;
+        group.epochs.insert((b.agent.clone(), b.epoch), epoch);
         group.readings += b.readings.len();
         group.acks.push((b.ack, b.seq));
         group.set.batches.push(BatchWrite {
+            agent: b.agent,
+            epoch: b.epoch,
+            seq: b.seq,
             received_ns: b.received_ns,
             readings: b.readings,
         });
     }
 
-    /// The committed sequence of (agent, epoch), counting the group being
+    /// The delivery state of (agent, epoch), counting the group being
     /// assembled (its batches commit together or not at all).
-    fn committed_seq(&self, agent: &Arc<str>, epoch: u64, group: &Group) -> u64 {
+    fn epoch_state(&self, agent: &Arc<str>, epoch: u64, group: &Group) -> EpochRow {
         let key = (agent.clone(), epoch);
         group
-            .committed
+            .epochs
             .get(&key)
-            .or_else(|| self.committed.get(&key))
+            .or_else(|| self.epochs.get(&key))
             .copied()
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 
-    fn series_id(&mut self, key: SeriesKey) -> i64 {
-        if let Some(id) = self.by_key.get(&key) {
-            return *id;
+    /// Records what the agent reports about its spool: readings dropped
+    /// and the newest spooled sequence (both only grow; readers sum the
+    /// drops of every epoch).
+    fn report(
+        &mut self,
+        agent: &Arc<str>,
+        epoch: u64,
+        dropped: u64,
+        last_seq: u64,
+        group: &mut Group,
+    ) {
+        let mut e = self.epoch_state(agent, epoch, group);
+        if dropped <= e.dropped && last_seq <= e.last_seq {
+            return;
         }
-        let id = self.next_series_id;
-        self.next_series_id += 1;
-        let meta = Arc::new(SeriesMeta {
-            id,
-            key: key.clone(),
-        });
-        self.by_key.insert(key, id);
-        self.by_id.insert(id, meta.clone());
-        self.pending_series.push(meta);
-        id
+        e.dropped = e.dropped.max(dropped);
+        e.last_seq = e.last_seq.max(last_seq);
+        group.epochs.insert((agent.clone(), epoch), e);
+    }
+
+    /// Global ids of `keys`, asking the store (which assigns them, so
+    /// collectors sharing a database agree) for the ones not cached.
+    fn resolve(&mut self, keys: Vec<SeriesKey>) -> Vec<i64> {
+        let mut missing: Vec<SeriesKey> = keys
+            .iter()
+            .filter(|k| !self.by_key.contains_key(*k))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            let ids = self.retry("resolve series", |store| store.resolve_series(&missing));
+            for (key, id) in missing.into_iter().zip(ids) {
+                let meta = Arc::new(SeriesMeta {
+                    id,
+                    key: key.clone(),
+                });
+                self.by_key.insert(key, id);
+                self.by_id.insert(id, meta);
+            }
+        }
+        keys.iter()
+            .map(|k| self.by_key.get(k).copied().unwrap_or_default())
+            .collect()
+    }
+
+    /// Calls `f` until the store takes it. Nothing is acked meanwhile:
+    /// sessions wait, the queue fills, agents spool.
+    fn retry<T>(
+        &mut self,
+        what: &'static str,
+        mut f: impl FnMut(&mut Store) -> Result<T, StoreError>,
+    ) -> T {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match f(&mut self.store) {
+                Ok(v) => return v,
+                Err(e) => {
+                    error!(error = %e, retry_in = ?delay, "{what} failed; nothing acked, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+            }
+        }
     }
 
     /// Commits the group (retrying until the store takes it), then acks and
     /// publishes.
     fn flush(&mut self, mut group: Group) {
-        group.set.new_series = std::mem::take(&mut self.pending_series);
-        group.set.committed = group
-            .committed
+        let mut epochs: Vec<_> = group
+            .epochs
             .iter()
             .map(|((a, e), s)| (a.clone(), *e, *s))
             .collect();
+        epochs.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+        group.set.epochs = epochs;
         for (id, state) in self.agents.iter_mut() {
             if state.dirty {
                 state.dirty = false;
-                group.set.agents.push((id.clone(), state.row.clone()));
+                group.set.agents.push((
+                    id.clone(),
+                    AgentWrite {
+                        epoch: state.epoch,
+                        peer: state.peer.clone(),
+                        last_seen_ns: state.last_seen_ns,
+                        batches_deduplicated: std::mem::take(&mut state.batches_deduplicated),
+                        batches_resent: std::mem::take(&mut state.batches_resent),
+                    },
+                ));
             }
         }
+        let mut skipped = Vec::new();
         if !group.set.is_empty() {
-            let mut delay = Duration::from_millis(50);
-            while let Err(e) = self.store.commit(&group.set) {
-                // Nothing is acked until the commit succeeds; sessions wait,
-                // the queue fills, agents buffer. Keep trying.
-                error!(error = %e, retry_in = ?delay, "commit failed; nothing acked, retrying");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(2));
+            let set = &group.set;
+            let report = self.retry("commit", |store| store.commit(set));
+            for (agent, epoch, row) in report.epochs {
+                let cached = self.epochs.entry((agent, epoch)).or_default();
+                *cached = cached.max(row);
             }
+            for &i in &report.skipped {
+                if let Some(b) = group.set.batches.get(i) {
+                    debug!(agent = %b.agent, epoch = b.epoch, seq = b.seq, "batch already stored (another collector); acked, not stored");
+                }
+            }
+            skipped = report.skipped;
         }
-        self.committed.extend(group.committed.drain());
         for (ack, seq) in group.acks {
             ack.send_if_modified(|cur| {
                 if seq > *cur {
@@ -393,8 +582,8 @@ impl Merger {
                 }
             });
         }
-        if self.tail.receiver_count() > 0 && !group.set.batches.is_empty() {
-            let _ = self.tail.send(self.committed_chunks(&group.set));
+        if self.tail.receiver_count() > 0 && group.set.batches.len() > skipped.len() {
+            let _ = self.tail.send(self.committed_chunks(&group.set, &skipped));
         }
         if self.live_dirty {
             self.live_dirty = false;
@@ -406,7 +595,7 @@ impl Merger {
                         id.to_string(),
                         AgentLive {
                             connected: s.session.is_some(),
-                            peer: s.row.peer.clone(),
+                            peer: s.peer.clone(),
                         },
                     )
                 })
@@ -415,11 +604,57 @@ impl Merger {
         }
     }
 
-    /// Groups the committed readings by series for `Query/Tail`.
-    fn committed_chunks(&self, set: &WriteSet) -> Committed {
+    /// Starts a retention pass, unless one is under way.
+    fn start_retention(&mut self) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if self.retaining.is_some() {
+            return;
+        }
+        let keep = i64::try_from(retention.keep.as_nanos()).unwrap_or(i64::MAX);
+        self.retaining = Some(Retaining {
+            cutoff_ns: now_ns().saturating_sub(keep),
+            removed: 0,
+        });
+    }
+
+    /// One bounded step of the retention pass under way. A failed step is
+    /// logged and the pass abandoned; the next tick starts a new one.
+    fn retain_step(&mut self) {
+        let Some(mut pass) = self.retaining.take() else {
+            return;
+        };
+        match self.store.retain(pass.cutoff_ns, RETAIN_STEP_ROWS) {
+            Ok(step) => {
+                pass.removed += step.removed;
+                if step.done {
+                    if pass.removed > 0 {
+                        info!(
+                            removed = pass.removed,
+                            cutoff_ns = pass.cutoff_ns,
+                            "retention: old readings removed"
+                        );
+                    }
+                } else {
+                    self.retaining = Some(pass);
+                }
+            }
+            Err(e) => warn!(error = %e, "retention step failed; trying again at the next tick"),
+        }
+    }
+
+    /// Groups the committed readings by series for `Query/Tail`, leaving
+    /// out the batches the store skipped.
+    fn committed_chunks(&self, set: &WriteSet, skipped: &[usize]) -> Committed {
         let mut chunks: Vec<CommittedChunk> = Vec::new();
         let mut index: HashMap<i64, usize> = HashMap::new();
-        for b in &set.batches {
+        for (_, b) in set
+            .batches
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skipped.contains(i))
+        {
             for r in &b.readings {
                 let Some(meta) = self.by_id.get(&r.series_id) else {
                     warn!(series = r.series_id, "committed reading of unknown series");

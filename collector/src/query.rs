@@ -3,13 +3,12 @@
 //! CLI client uses the proto → model half).
 //!
 //! The service owns nothing mutable: it reads the database through
-//! `store::read` (every call on the blocking pool), reads which agents are
-//! connected from the merger's `watch`, and subscribes to the merger's commit
+//! `store::read::Reader` (SQLite on the blocking pool, PostgreSQL through a
+//! small pool of read-only connections), reads which agents are connected
+//! from the merger's `watch`, and subscribes to the merger's commit
 //! `broadcast` for Tail.
 
 use std::collections::BTreeMap;
-use std::ops::ControlFlow;
-use std::path::PathBuf;
 
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,8 +20,8 @@ use tributary_proto::v1 as pb;
 use crate::model::{AgentLive, Committed, LiveAgents, Point, SeriesKey, SeriesMeta, StoredValue};
 use crate::store::read::{MAX_CHUNK_POINTS, ReadError, Reader, Selector, StoredAgent, TimeSpan};
 
-/// Chunks a Range stream may have in flight: enough to keep the blocking
-/// reader busy while the client drains, bounded so a slow client stops it.
+/// Chunks a Range stream may have in flight: enough to keep the reader
+/// busy while the client drains, bounded so a slow client stops it.
 const RANGE_BUFFER: usize = 4;
 
 /// Chunks a Tail stream may have queued for a slow client before the
@@ -39,15 +38,15 @@ pub struct QueryService {
 }
 
 impl QueryService {
-    /// A service reading the SQLite database at `db_path`, the merger's live
+    /// A service reading the store through `reader`, the merger's live
     /// agent snapshot and its commit broadcast.
     pub fn new(
-        db_path: PathBuf,
+        reader: Reader,
         live: watch::Receiver<LiveAgents>,
         tail: broadcast::Sender<Committed>,
     ) -> Self {
         QueryService {
-            reader: Reader::new(db_path),
+            reader,
             live,
             tail,
             shutdown: CancellationToken::new(),
@@ -60,19 +59,6 @@ impl QueryService {
     pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
         self.shutdown = token;
         self
-    }
-
-    /// Runs `f` with the reader on the blocking pool.
-    async fn blocking<T, F>(&self, what: &'static str, f: F) -> Result<T, Status>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Reader) -> Result<T, ReadError> + Send + 'static,
-    {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&reader))
-            .await
-            .map_err(|e| Status::internal(format!("{what}: read task failed: {e}")))?
-            .map_err(|e| read_status(what, &e))
     }
 }
 
@@ -93,7 +79,11 @@ impl pb::query_server::Query for QueryService {
         &self,
         _request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let stored = self.blocking("list agents", |r| r.agents()).await?;
+        let stored = self
+            .reader
+            .agents()
+            .await
+            .map_err(|e| read_status("list agents", &e))?;
         let live = self.live.borrow().clone();
         Ok(Response::new(pb::ListAgentsResponse {
             agents: merge_agents(stored, &live),
@@ -106,8 +96,10 @@ impl pb::query_server::Query for QueryService {
     ) -> Result<Response<pb::ListSeriesResponse>, Status> {
         let sel = selector(request.into_inner());
         let series = self
-            .blocking("list series", move |r| r.series(&sel))
-            .await?;
+            .reader
+            .series(sel)
+            .await
+            .map_err(|e| read_status("list series", &e))?;
         Ok(Response::new(pb::ListSeriesResponse {
             series: series.iter().map(series_to_proto).collect(),
         }))
@@ -118,7 +110,11 @@ impl pb::query_server::Query for QueryService {
         request: Request<pb::SeriesFilter>,
     ) -> Result<Response<pb::LatestResponse>, Status> {
         let sel = selector(request.into_inner());
-        let latest = self.blocking("latest", move |r| r.latest(&sel)).await?;
+        let latest = self
+            .reader
+            .latest(sel)
+            .await
+            .map_err(|e| read_status("latest", &e))?;
         Ok(Response::new(pb::LatestResponse {
             readings: latest
                 .into_iter()
@@ -138,32 +134,47 @@ impl pb::query_server::Query for QueryService {
     ) -> Result<Response<Self::RangeStream>, Status> {
         let (sel, span) = range_request(request.into_inner())?;
         let (tx, rx) = mpsc::channel(RANGE_BUFFER);
-        let reader = self.reader.clone();
+        let mut chunks = self.reader.range(sel, span, MAX_CHUNK_POINTS);
         let shutdown = self.shutdown.clone();
-        // Detached: the task ends by itself when the walk is done or the
-        // client is gone (the next send fails).
-        tokio::task::spawn_blocking(move || {
-            let result = reader.range(&sel, span, MAX_CHUNK_POINTS, |meta, points| {
-                if shutdown.is_cancelled() {
-                    let _ = tx.blocking_send(Err(Status::unavailable("collector shutting down")));
-                    return ControlFlow::Break(());
-                }
-                let chunk = pb::ReadingsChunk {
-                    series: Some(series_to_proto(&meta)),
-                    points: points.into_iter().map(point_to_proto).collect(),
+        // Detached: ends when the walk is done, the client is gone (the
+        // next send fails; dropping `chunks` then stops the reader) or the
+        // collector shuts down.
+        tokio::spawn(async move {
+            loop {
+                let chunk = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
+                        return;
+                    }
+                    chunk = chunks.recv() => chunk,
                 };
-                match tx.blocking_send(Ok(chunk)) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(_) => {
+                let msg = match chunk {
+                    None => return,
+                    Some(Ok((meta, points))) => Ok(pb::ReadingsChunk {
+                        series: Some(series_to_proto(&meta)),
+                        points: points.into_iter().map(point_to_proto).collect(),
+                    }),
+                    Some(Err(e)) => {
+                        warn!(error = %e, "range failed");
+                        Err(read_status("range", &e))
+                    }
+                };
+                let failed = msg.is_err();
+                tokio::select! {
+                    sent = tx.send(msg) => if sent.is_err() {
                         debug!("range client went away");
-                        ControlFlow::Break(())
+                        return;
+                    },
+                    // A client too slow to take the next chunk does not
+                    // hold up shutdown.
+                    () = shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(Status::unavailable("collector shutting down")));
+                        return;
                     }
                 }
-            });
-            if let Err(e) = result {
-                warn!(error = %e, "range failed");
-                // The client may be gone already; nothing else to tell.
-                let _ = tx.blocking_send(Err(read_status("range", &e)));
+                if failed {
+                    return;
+                }
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -307,6 +318,8 @@ pub fn merge_agents(
                 readings_stored: a.readings_stored,
                 batches_deduplicated: a.batches_deduplicated,
                 dropped_at_agent: a.dropped_at_agent,
+                batches_resent: a.batches_resent,
+                lag: a.lag,
             };
             (a.id, info)
         })
@@ -472,7 +485,8 @@ mod tests {
 
         let (_live_tx, live) = watch::channel(LiveAgents::default());
         let (tail, _) = broadcast::channel(1);
-        let svc = QueryService::new(PathBuf::from("/nonexistent"), live, tail.clone());
+        let reader = Reader::Sqlite(crate::store::sqlite_read::SqliteReader::new("/nonexistent"));
+        let svc = QueryService::new(reader, live, tail.clone());
         let filter = pb::SeriesFilter {
             device: "d".into(),
             ..Default::default()

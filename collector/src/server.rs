@@ -6,7 +6,15 @@
 //! tell every session to drain; sessions wait (bounded) for the acks of what
 //! they forwarded; the merger commits what is queued and exits once the last
 //! session is gone.
+//!
+//! Limits the server enforces below the sessions (see README "Limits"):
+//! connections ([`crate::listener`]), the TLS handshake or first byte
+//! timeout, HTTP/2 concurrent streams per connection, header list size,
+//! decoded message size, keepalive pings, and the number of streams a peer
+//! may get reset by protocol errors before its connection is closed
+//! (tonic leaves that cap off unless it is set, so it is always set here).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -15,24 +23,36 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use tributary_proto::v1 as pb;
 
+use crate::listener::{self, Admission};
 use crate::merger::{self, MergerHandle};
 use crate::query::QueryService;
-use crate::session::{Limits, Session};
-use crate::store::sqlite::{Durability, SqliteStore};
+use crate::session::{Limits, PeerAuth, Session};
+use crate::store::read::Reader;
+use crate::store::{Durability, Retention, StoreUrl};
+use crate::tls::{self, ServerTls};
+
+/// Streams a peer may open and reset before they are accepted, per
+/// connection (the "rapid reset" guard; h2's default, set explicitly).
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 
 /// Everything `run` needs, already validated.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// SQLite database file.
+    /// SQLite database file, used when `store` is `None`.
     pub sqlite_path: PathBuf,
+    /// Where readings go (`sqlite:PATH` or `postgres://...`); overrides
+    /// `sqlite_path` when set.
+    pub store: Option<StoreUrl>,
     pub durability: Durability,
+    /// Delete readings older than this, on a schedule; `None` keeps all.
+    pub retention: Option<Retention>,
     /// Capacity of the merger's command queue (batches waiting to commit).
     pub merger_queue: usize,
     pub limits: Limits,
@@ -43,6 +63,20 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// Largest decoded message.
     pub max_message_bytes: usize,
+    /// Most connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a new connection gets to finish its TLS handshake (or, in
+    /// plaintext, to send its first byte).
+    pub handshake_timeout: Duration,
+    /// Streams a peer may cause to be reset by its protocol errors before
+    /// its connection is closed with GOAWAY.
+    pub max_local_error_resets: usize,
+    /// Largest HTTP/2 header list (all headers of one request), bytes.
+    pub max_header_list_bytes: u32,
+    /// TLS material; `None` serves plaintext.
+    pub tls: Option<ServerTls>,
+    /// When set, only these agent ids may stream.
+    pub allowed_agents: Option<Arc<HashSet<String>>>,
     /// How long shutdown may take before the process gives up on stragglers.
     pub shutdown_deadline: Duration,
 }
@@ -52,15 +86,30 @@ impl ServerConfig {
     pub fn new(sqlite_path: PathBuf) -> Self {
         ServerConfig {
             sqlite_path,
+            store: None,
             durability: Durability::Full,
+            retention: None,
             merger_queue: 256,
             limits: Limits::default(),
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
-            max_concurrent_streams: 64,
-            max_message_bytes: 16 * 1024 * 1024,
+            max_concurrent_streams: 16,
+            max_message_bytes: 8 * 1024 * 1024,
+            max_connections: 512,
+            handshake_timeout: Duration::from_secs(10),
+            max_local_error_resets: 256,
+            max_header_list_bytes: 16 * 1024,
+            tls: None,
+            allowed_agents: None,
             shutdown_deadline: Duration::from_secs(15),
         }
+    }
+
+    /// The store `run` opens: `store`, or the SQLite file `sqlite_path`.
+    pub fn store_url(&self) -> StoreUrl {
+        self.store
+            .clone()
+            .unwrap_or_else(|| StoreUrl::Sqlite(self.sqlite_path.clone()))
     }
 }
 
@@ -68,13 +117,15 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("opening store: {0}")]
-    Store(#[from] crate::store::sqlite::StoreError),
+    Store(#[from] crate::store::read::ReadError),
     #[error("starting merger: {0}")]
     Merger(#[from] merger::SpawnError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serving: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("tls: {0}")]
+    Tls(tonic::transport::Error),
     #[error("merger thread panicked")]
     MergerPanicked,
 }
@@ -84,6 +135,26 @@ struct IngestService {
     merger: MergerHandle,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
+    /// Client certificates are verified: streams need one.
+    mutual_tls: bool,
+    allowed_agents: Option<Arc<HashSet<String>>>,
+}
+
+impl IngestService {
+    /// What TLS tells about the peer of `request`.
+    fn peer_auth<T>(&self, request: &Request<T>) -> PeerAuth {
+        if !self.mutual_tls {
+            return PeerAuth::Unverified;
+        }
+        match request.peer_certs() {
+            Some(certs) => match certs.first().map(|c| tls::cert_identity(c)) {
+                Some(Ok(identity)) => PeerAuth::Certificate(Arc::from(identity)),
+                Some(Err(e)) => PeerAuth::Invalid(e.to_string()),
+                None => PeerAuth::Missing,
+            },
+            None => PeerAuth::Missing,
+        }
+    }
 }
 
 type FrameStream =
@@ -104,13 +175,15 @@ impl pb::ingest_server::Ingest for IngestService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let auth = self.peer_auth(&request);
         let (tx, rx) = mpsc::channel(16);
         let session = Session::new(
             self.merger.clone(),
             self.limits.clone(),
             self.shutdown.clone(),
             peer,
-        );
+        )
+        .with_auth(auth, self.allowed_agents.clone());
         tokio::spawn(session.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -122,18 +195,28 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let store = SqliteStore::open(&config.sqlite_path, config.durability)?;
-    let (merger, outputs, merger_join) = merger::spawn(store, config.merger_queue)?;
+    let store = config.store_url();
+    let (merger, outputs, merger_join) = merger::start(
+        &store,
+        merger::MergerOptions {
+            durability: config.durability,
+            capacity: config.merger_queue,
+            retention: config.retention,
+        },
+    )
+    .await?;
     let token = CancellationToken::new();
 
     let ingest = pb::ingest_server::IngestServer::new(IngestService {
         merger,
         limits: Arc::new(config.limits.clone()),
         shutdown: token.clone(),
+        mutual_tls: config.tls.as_ref().is_some_and(|t| t.mutual),
+        allowed_agents: config.allowed_agents.clone(),
     })
     .max_decoding_message_size(config.max_message_bytes);
     let query = pb::query_server::QueryServer::new(
-        QueryService::new(config.sqlite_path.clone(), outputs.live, outputs.tail)
+        QueryService::new(Reader::open(&store)?, outputs.live, outputs.tail)
             .with_shutdown(token.clone()),
     )
     .max_decoding_message_size(config.max_message_bytes);
@@ -160,7 +243,12 @@ pub async fn run(
         .build_v1alpha()?;
 
     let addr = listener.local_addr().ok();
-    info!(addr = ?addr, store = %config.sqlite_path.display(), "collector listening");
+    let tls_mode = match &config.tls {
+        None => "off",
+        Some(t) if t.mutual => "mutual",
+        Some(_) => "server-only",
+    };
+    info!(addr = ?addr, store = %store, tls = tls_mode, "collector listening");
     let drain = token.clone();
     let deadline = config.shutdown_deadline;
     let signal = async move {
@@ -168,16 +256,32 @@ pub async fn run(
         info!("shutdown: no new streams, draining sessions");
         drain.cancel();
     };
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .http2_max_local_error_reset_streams(Some(config.max_local_error_resets))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+        .http2_max_header_list_size(Some(config.max_header_list_bytes));
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.server_config(config.handshake_timeout))
+            .map_err(ServerError::Tls)?;
+    }
+    let incoming = listener::incoming(
+        listener,
+        Admission {
+            max_connections: config.max_connections,
+            first_byte_timeout: config.tls.is_none().then_some(config.handshake_timeout),
+        },
+    );
+    let serve = builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ingest)
         .add_service(query)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     // Boxed so it can be dropped below: it owns the last merger handle.
     let mut serve = Box::pin(serve);
     // Serve; once shutdown has begun, give connections `deadline` to close.

@@ -11,7 +11,7 @@
 //! A bad frame ends the stream with INVALID_ARGUMENT naming the field;
 //! nothing of that batch is forwarded, and other streams are unaffected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -44,6 +44,10 @@ pub struct Limits {
     pub hello_timeout: Duration,
     /// How long a session waits, at shutdown, for its last batches' acks.
     pub drain_timeout: Duration,
+    /// How far a reading's timestamp may be ahead of the collector's clock,
+    /// and the agent's clock (in its Hello) off in either direction, before
+    /// readings are flagged as skewed. They are stored all the same.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for Limits {
@@ -51,13 +55,63 @@ impl Default for Limits {
         Limits {
             max_name_len: 256,
             max_value_len: 4096,
-            max_series_per_stream: 1_000_000,
+            max_series_per_stream: 100_000,
             max_labels: 32,
             max_readings_per_batch: 100_000,
             hello_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            max_clock_skew: Duration::from_secs(300),
         }
     }
+}
+
+/// Who is on the other end of a stream, as far as TLS can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAuth {
+    /// No client certificates are checked (plaintext, or TLS without a
+    /// client CA): the agent id of the Hello is taken as it is.
+    Unverified,
+    /// Mutual TLS: the identity of the verified client certificate. A Hello
+    /// claiming another agent id is refused with PERMISSION_DENIED.
+    Certificate(Arc<str>),
+    /// Mutual TLS, but the connection presented no certificate (possible
+    /// only when Query does not require one): UNAUTHENTICATED.
+    Missing,
+    /// Mutual TLS, a verified certificate without a usable identity.
+    Invalid(String),
+}
+
+/// Checks that a stream may speak for `agent_id`: the certificate identity
+/// must be that id (mutual TLS), and the id must be on the allowlist when
+/// there is one.
+pub fn authorize(
+    agent_id: &str,
+    auth: &PeerAuth,
+    allowed: Option<&HashSet<String>>,
+) -> Result<(), Status> {
+    match auth {
+        PeerAuth::Unverified => {}
+        PeerAuth::Certificate(identity) if **identity == *agent_id => {}
+        PeerAuth::Certificate(identity) => {
+            return Err(Status::permission_denied(format!(
+                "hello.agent_id: {agent_id:?} does not match the client certificate identity {identity:?}"
+            )));
+        }
+        PeerAuth::Missing => {
+            return Err(Status::unauthenticated(
+                "ingest requires a client certificate",
+            ));
+        }
+        PeerAuth::Invalid(why) => return Err(Status::unauthenticated(why.clone())),
+    }
+    if let Some(allowed) = allowed
+        && !allowed.contains(agent_id)
+    {
+        return Err(Status::permission_denied(format!(
+            "hello.agent_id: {agent_id:?} is not an allowed agent"
+        )));
+    }
+    Ok(())
 }
 
 /// Sessions get unique ids so the merger can tell an agent's old stream
@@ -73,6 +127,8 @@ pub struct Session {
     limits: Arc<Limits>,
     shutdown: CancellationToken,
     peer: String,
+    auth: PeerAuth,
+    allowed: Option<Arc<HashSet<String>>>,
 }
 
 /// Identity and progress of a stream after its Hello.
@@ -83,6 +139,11 @@ struct Stream {
     /// Stream-local series id → global series id.
     series: HashMap<u32, i64>,
     ack_tx: Arc<watch::Sender<u64>>,
+    /// The agent's clock (in its Hello) was off by more than the limit:
+    /// every reading of this stream counts as skewed.
+    clock_skewed: bool,
+    /// A skewed reading was already logged on this stream (log once).
+    skew_logged: bool,
 }
 
 impl Session {
@@ -97,7 +158,17 @@ impl Session {
             limits,
             shutdown,
             peer,
+            auth: PeerAuth::Unverified,
+            allowed: None,
         }
+    }
+
+    /// Sets what TLS knows of the peer and the optional allowlist of agent
+    /// ids; by default any agent id is accepted.
+    pub fn with_auth(mut self, auth: PeerAuth, allowed: Option<Arc<HashSet<String>>>) -> Self {
+        self.auth = auth;
+        self.allowed = allowed;
+        self
     }
 
     /// Runs the stream to its end. Errors are sent to the agent as the
@@ -137,21 +208,37 @@ impl Session {
             }
             None => return Err(Status::invalid_argument("frame: empty, expected hello")),
         };
-        check_name("hello.agent_id", &hello.agent_id, self.limits.max_name_len)?;
-        if !hello
-            .agent_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            return Err(Status::invalid_argument(
-                "hello.agent_id: only letters, digits, '.', '_' and '-' are allowed",
-            ));
+        check_hello(&hello, &self.limits)?;
+        if let Err(status) = authorize(&hello.agent_id, &self.auth, self.allowed.as_deref()) {
+            warn!(peer = %self.peer, agent = %hello.agent_id, error = %status.message(), "stream refused");
+            return Err(status);
+        }
+        let clock_offset_ns = if hello.agent_time_ns > 0 {
+            hello.agent_time_ns.saturating_sub(now_ns())
+        } else {
+            0
+        };
+        let clock_skewed = clock_offset_ns.unsigned_abs() > self.max_skew_ns();
+        if clock_skewed {
+            warn!(
+                agent = %hello.agent_id,
+                peer = %self.peer,
+                offset = %format_offset(clock_offset_ns),
+                max = ?self.limits.max_clock_skew,
+                "agent clock is off: its readings are stored but counted as skewed"
+            );
         }
         let agent: Arc<str> = Arc::from(hello.agent_id.as_str());
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let committed = self
             .merger
-            .hello(agent.clone(), hello.epoch, self.peer.clone(), session)
+            .hello(
+                agent.clone(),
+                hello.epoch,
+                (hello.dropped, hello.last_seq),
+                self.peer.clone(),
+                session,
+            )
             .await
             .map_err(unavailable)?;
         info!(agent = %agent, peer = %self.peer, epoch = hello.epoch, committed, "agent connected");
@@ -162,6 +249,8 @@ impl Session {
             last_seq: 0,
             series: HashMap::new(),
             ack_tx: Arc::new(ack_tx),
+            clock_skewed,
+            skew_logged: clock_skewed,
         };
         let welcome = pb::CollectorFrame {
             frame: Some(pb::collector_frame::Frame::Welcome(pb::Welcome {
@@ -258,56 +347,18 @@ impl Session {
             }
             None => return Err(Status::invalid_argument("frame: empty")),
         };
-        if batch.seq <= stream.last_seq {
-            return Err(Status::invalid_argument(format!(
-                "batch.seq: {} does not increase (previous {})",
-                batch.seq, stream.last_seq
-            )));
-        }
-        if batch.readings.len() > self.limits.max_readings_per_batch {
-            return Err(Status::invalid_argument(format!(
-                "batch.readings: {} readings, more than the limit of {}",
-                batch.readings.len(),
-                self.limits.max_readings_per_batch
-            )));
-        }
         // Validate everything before touching any state, so a bad batch
         // leaves nothing behind.
-        let mut new_ids = Vec::new();
-        let mut new_keys = Vec::new();
-        for (i, decl) in batch.series.iter().enumerate() {
-            let key = self.check_decl(i, decl, &stream.agent)?;
-            if stream.series.contains_key(&decl.id) || new_ids.contains(&decl.id) {
-                return Err(Status::invalid_argument(format!(
-                    "batch.series[{i}].id: {} declared twice on this stream",
-                    decl.id
-                )));
-            }
-            new_ids.push(decl.id);
-            new_keys.push(key);
-        }
-        if stream.series.len() + new_ids.len() > self.limits.max_series_per_stream {
-            return Err(Status::invalid_argument(format!(
-                "batch.series: more than {} series on one stream",
-                self.limits.max_series_per_stream
-            )));
-        }
-        for (i, r) in batch.readings.iter().enumerate() {
-            if !stream.series.contains_key(&r.series) && !new_ids.contains(&r.series) {
-                return Err(Status::invalid_argument(format!(
-                    "batch.readings[{i}].series: {} was never declared",
-                    r.series
-                )));
-            }
-            if r.ts_ns <= 0 {
-                return Err(Status::invalid_argument(format!(
-                    "batch.readings[{i}].ts_ns: {} is not a time after 1970",
-                    r.ts_ns
-                )));
-            }
-            check_value(i, &r.value, self.limits.max_value_len)?;
-        }
-        if !new_keys.is_empty() {
+        let new_series = check_batch(
+            &batch,
+            &stream.agent,
+            stream.last_seq,
+            &stream.series,
+            &self.limits,
+        )?;
+        let skewed_readings = self.count_skewed(stream, &batch.readings);
+        if !new_series.is_empty() {
+            let (new_ids, new_keys): (Vec<u32>, Vec<SeriesKey>) = new_series.into_iter().unzip();
             let ids = self.merger.resolve(new_keys).await.map_err(unavailable)?;
             stream.series.extend(new_ids.into_iter().zip(ids));
         }
@@ -329,6 +380,9 @@ impl Session {
                 epoch: stream.epoch,
                 seq: batch.seq,
                 dropped: batch.dropped,
+                last_seq: batch.last_seq,
+                resent: batch.resent,
+                skewed_readings,
                 received_ns: now_ns(),
                 readings,
                 ack: stream.ack_tx.clone(),
@@ -337,43 +391,152 @@ impl Session {
             .map_err(unavailable)
     }
 
-    fn check_decl(
-        &self,
-        i: usize,
-        decl: &pb::SeriesDecl,
-        agent: &Arc<str>,
-    ) -> Result<SeriesKey, Status> {
-        let max = self.limits.max_name_len;
-        check_name(&format!("batch.series[{i}].device"), &decl.device, max)?;
-        check_name(&format!("batch.series[{i}].metric"), &decl.metric, max)?;
-        if decl.unit.len() > max {
-            return Err(too_long(&format!("batch.series[{i}].unit"), max));
+    fn max_skew_ns(&self) -> u64 {
+        u64::try_from(self.limits.max_clock_skew.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Readings of a batch whose time is not to be trusted: all of them when
+    /// the agent's clock is off, else those too far in the future.
+    fn count_skewed(&self, stream: &mut Stream, readings: &[pb::Reading]) -> u64 {
+        if stream.clock_skewed {
+            return readings.len() as u64;
         }
-        if decl.labels.len() > self.limits.max_labels {
+        let limit = now_ns().saturating_add(i64::try_from(self.max_skew_ns()).unwrap_or(i64::MAX));
+        let ahead = readings.iter().filter(|r| r.ts_ns > limit);
+        let n = ahead.clone().count() as u64;
+        if n > 0 && !stream.skew_logged {
+            stream.skew_logged = true;
+            let max_ts = ahead.map(|r| r.ts_ns).max().unwrap_or(limit);
+            warn!(
+                agent = %stream.agent,
+                ahead = %format_offset(max_ts.saturating_sub(now_ns())),
+                "readings time-stamped in the future: stored but counted as skewed (logged once per stream)"
+            );
+        }
+        n
+    }
+}
+
+/// `+3m12s` / `-2h` style offset for logs.
+fn format_offset(ns: i64) -> String {
+    let sign = if ns < 0 { '-' } else { '+' };
+    let d = Duration::from_secs(ns.unsigned_abs() / 1_000_000_000);
+    format!("{sign}{}", humantime::format_duration(d))
+}
+
+/// Checks a Hello's own fields (who it may speak for is [`authorize`]).
+pub fn check_hello(hello: &pb::Hello, limits: &Limits) -> Result<(), Status> {
+    check_name("hello.agent_id", &hello.agent_id, limits.max_name_len)?;
+    if !hello
+        .agent_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(Status::invalid_argument(
+            "hello.agent_id: only letters, digits, '.', '_' and '-' are allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a whole batch of `agent`'s stream, whose last sequence is
+/// `last_seq` and whose declared series are `declared`, against `limits`.
+/// Pure (no state is touched), so a bad batch leaves nothing behind, and so
+/// it can be fuzzed. Returns the series the batch declares, in order.
+pub fn check_batch(
+    batch: &pb::Batch,
+    agent: &str,
+    last_seq: u64,
+    declared: &HashMap<u32, i64>,
+    limits: &Limits,
+) -> Result<Vec<(u32, SeriesKey)>, Status> {
+    if batch.seq <= last_seq {
+        return Err(Status::invalid_argument(format!(
+            "batch.seq: {} does not increase (previous {last_seq})",
+            batch.seq
+        )));
+    }
+    if batch.readings.len() > limits.max_readings_per_batch {
+        return Err(Status::invalid_argument(format!(
+            "batch.readings: {} readings, more than the limit of {}",
+            batch.readings.len(),
+            limits.max_readings_per_batch
+        )));
+    }
+    if declared.len().saturating_add(batch.series.len()) > limits.max_series_per_stream {
+        return Err(Status::invalid_argument(format!(
+            "batch.series: more than {} series on one stream",
+            limits.max_series_per_stream
+        )));
+    }
+    // A set, not a scan: a batch may declare many series and carry many
+    // readings, and a hostile one must not cost quadratic time.
+    let mut new_ids = HashSet::with_capacity(batch.series.len());
+    let mut new_series = Vec::with_capacity(batch.series.len());
+    for (i, decl) in batch.series.iter().enumerate() {
+        let key = check_decl(i, decl, agent, limits)?;
+        if declared.contains_key(&decl.id) || !new_ids.insert(decl.id) {
             return Err(Status::invalid_argument(format!(
-                "batch.series[{i}].labels: {} labels, more than the limit of {}",
-                decl.labels.len(),
-                self.limits.max_labels
+                "batch.series[{i}].id: {} declared twice on this stream",
+                decl.id
             )));
         }
-        for (k, v) in &decl.labels {
-            check_name(&format!("batch.series[{i}].labels key"), k, max)?;
-            if v.len() > max {
-                return Err(too_long(&format!("batch.series[{i}].labels[{k:?}]"), max));
-            }
-        }
-        Ok(SeriesKey {
-            agent: agent.to_string(),
-            device: decl.device.clone(),
-            metric: decl.metric.clone(),
-            labels: decl
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            unit: decl.unit.clone(),
-        })
+        new_series.push((decl.id, key));
     }
+    for (i, r) in batch.readings.iter().enumerate() {
+        if !declared.contains_key(&r.series) && !new_ids.contains(&r.series) {
+            return Err(Status::invalid_argument(format!(
+                "batch.readings[{i}].series: {} was never declared",
+                r.series
+            )));
+        }
+        if r.ts_ns <= 0 {
+            return Err(Status::invalid_argument(format!(
+                "batch.readings[{i}].ts_ns: {} is not a time after 1970",
+                r.ts_ns
+            )));
+        }
+        check_value(i, &r.value, limits.max_value_len)?;
+    }
+    Ok(new_series)
+}
+
+fn check_decl(
+    i: usize,
+    decl: &pb::SeriesDecl,
+    agent: &str,
+    limits: &Limits,
+) -> Result<SeriesKey, Status> {
+    let max = limits.max_name_len;
+    check_name(&format!("batch.series[{i}].device"), &decl.device, max)?;
+    check_name(&format!("batch.series[{i}].metric"), &decl.metric, max)?;
+    if decl.unit.len() > max {
+        return Err(too_long(&format!("batch.series[{i}].unit"), max));
+    }
+    if decl.labels.len() > limits.max_labels {
+        return Err(Status::invalid_argument(format!(
+            "batch.series[{i}].labels: {} labels, more than the limit of {}",
+            decl.labels.len(),
+            limits.max_labels
+        )));
+    }
+    for (k, v) in &decl.labels {
+        check_name(&format!("batch.series[{i}].labels key"), k, max)?;
+        if v.len() > max {
+            return Err(too_long(&format!("batch.series[{i}].labels[{k:?}]"), max));
+        }
+    }
+    Ok(SeriesKey {
+        agent: agent.to_string(),
+        device: decl.device.clone(),
+        metric: decl.metric.clone(),
+        labels: decl
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        unit: decl.unit.clone(),
+    })
 }
 
 fn ack_frame(seq: u64) -> pb::CollectorFrame {

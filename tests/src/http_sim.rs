@@ -5,7 +5,7 @@
 //! | path       | answer                                                        |
 //! |------------|---------------------------------------------------------------|
 //! | `/meter`   | 200, JSON [`MeterValues::nth`] of the n-th `/meter` request   |
-//! | `/metrics` | 200, Prometheus text of [`metrics_samples`] of the n-th scrape |
+//! | `/metrics` | 200, Prometheus text of [`metrics_samples`] of the n-th scrape; `?extra=N` adds N gauges ([`metrics_body_with`]) |
 //! | `/error`   | 500                                                           |
 //! | `/garbage` | 200 with a body that is not valid JSON                        |
 //! | other      | 404                                                           |
@@ -163,6 +163,25 @@ pub fn metrics_body(n: u64) -> String {
                 body.push_str(&format!("{{{}}}", labels.join(",")));
             }
             body.push_str(&format!(" {}\n", sample.value));
+        }
+    }
+    body
+}
+
+/// Most extra gauges `/metrics?extra=N` serves.
+pub const MAX_EXTRA_SAMPLES: usize = 100_000;
+
+/// [`metrics_body`] followed by `extra` more gauges,
+/// `sim_extra_value{i="0"}` .. `{i="extra-1"}`, with value `(n + i) / 2`:
+/// a target of any size for scrape benchmarks.
+pub fn metrics_body_with(n: u64, extra: usize) -> String {
+    let mut body = metrics_body(n);
+    if extra > 0 {
+        body.push_str("# HELP sim_extra_value Synthetic gauges for scrape benchmarks.\n");
+        body.push_str("# TYPE sim_extra_value gauge\n");
+        for i in 0..extra.min(MAX_EXTRA_SAMPLES) {
+            let value = (n + i as u64) as f64 * 0.5;
+            body.push_str(&format!("sim_extra_value{{i=\"{i}\"}} {value}\n"));
         }
     }
     body
@@ -369,6 +388,8 @@ struct Request {
     path: String,
     /// `?delay_ms=N` of the request.
     delay: Option<Duration>,
+    /// `?extra=N` of the request (extra `/metrics` gauges).
+    extra: usize,
     keep_alive: bool,
 }
 
@@ -429,6 +450,11 @@ where
         .filter_map(|pair| pair.strip_prefix("delay_ms="))
         .find_map(|ms| ms.parse().ok())
         .map(Duration::from_millis);
+    let extra = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("extra="))
+        .find_map(|n| n.parse().ok())
+        .unwrap_or(0);
 
     let mut content_length = 0u64;
     let mut connection = String::new();
@@ -481,6 +507,7 @@ where
         method,
         path,
         delay,
+        extra,
         keep_alive,
     }))
 }
@@ -505,7 +532,7 @@ fn respond(request: &Request, endpoint: Endpoint, n: u64) -> Vec<u8> {
     } else {
         match endpoint {
             Endpoint::Meter => ("200 OK", JSON, MeterValues::nth(n).to_json()),
-            Endpoint::Metrics => ("200 OK", PROMETHEUS, metrics_body(n)),
+            Endpoint::Metrics => ("200 OK", PROMETHEUS, metrics_body_with(n, request.extra)),
             Endpoint::Error => (
                 "500 Internal Server Error",
                 TEXT,

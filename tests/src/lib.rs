@@ -14,12 +14,17 @@
 //!   `/metrics` (Prometheus text), `/error` (500), `/garbage` (invalid JSON).
 //! - [`modbus_sim`]: a Modbus TCP server with known holding and input
 //!   registers, and exceptions for everything else.
+//! - [`peers`]: real device peers not written here (snmpd, node exporter,
+//!   pymodbus, Mosquitto), found or installed by `cargo xtask test`.
 //! - [`process`]: locate the built binaries, spawn and stop them, wait for a
 //!   port, allocate free ports and per-test temporary directories.
 
+pub mod cluster;
 pub mod http_sim;
 pub mod modbus_sim;
+pub mod peers;
 pub mod process;
+pub mod proxy;
 
 pub use http_sim::{HttpListening, HttpSim};
 pub use modbus_sim::{ModbusListening, ModbusSim};

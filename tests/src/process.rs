@@ -183,9 +183,10 @@ impl ProcBuilder {
         self
     }
 
-    /// Send stdout and stderr to `path` (appending) instead of inheriting
-    /// them; [`Proc::log`] reads it back.
+    /// Send stdout and stderr to `path` (appending, without colour codes)
+    /// instead of inheriting them; [`Proc::log`] reads it back.
     pub fn log_to(mut self, path: impl Into<PathBuf>) -> Self {
+        self.command.env("NO_COLOR", "1");
         self.log = Some(path.into());
         self
     }

@@ -147,6 +147,7 @@ fn hello(agent: &str, epoch: u64) -> pb::AgentFrame {
             epoch,
             agent_time_ns: 1,
             dropped: 0,
+            last_seq: 0,
         })),
     }
 }
@@ -176,6 +177,8 @@ fn batch(seq: u64, series: Vec<pb::SeriesDecl>, readings: Vec<pb::Reading>) -> p
             series,
             readings,
             dropped: 0,
+            resent: false,
+            last_seq: seq,
         })),
     }
 }

@@ -6,111 +6,33 @@
 //! The binaries must be built first (`cargo xtask test` does it).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
+use tributary_tests::cluster::{self, Agent, Collector, PATIENCE, assert_exactly_once};
 use tributary_tests::http_sim::{HttpSim, MeterValues};
 use tributary_tests::modbus_sim::ModbusSim;
-use tributary_tests::process::{Proc, TestDir, eventually, free_addr, run_bin, wait_for_port};
-
-/// How long anything in these tests may take before it is a failure.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A collector process with its database in a test directory.
-struct Collector {
-    proc: Proc,
-    addr: SocketAddr,
-    db: PathBuf,
-}
-
-impl Collector {
-    async fn start(dir: &TestDir, addr: SocketAddr) -> Result<Self> {
-        let db = dir.join("collector.db");
-        let proc = Proc::builder("tributary-collector")?
-            .args(["serve", "--listen", &addr.to_string()])
-            .arg(format!("--store=sqlite:{}", db.display()))
-            .log_to(dir.join("collector.log"))
-            .spawn()?;
-        wait_for_port(addr, PATIENCE).await?;
-        Ok(Collector { proc, addr, db })
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
+use tributary_tests::process::{Proc, TestDir, eventually, free_addr, run_bin};
 
 /// Counter values stored per device of `agent`, in device-time order.
 fn counters(db: &Path, agent: &str) -> Result<BTreeMap<String, Vec<i64>>> {
-    let conn = rusqlite::Connection::open(db)?;
-    let mut stmt = conn.prepare(
-        "SELECT s.device, r.value FROM readings r JOIN series s ON s.id = r.series_id \
-         WHERE s.agent = ?1 AND s.metric = 'counter' ORDER BY s.device, r.ts_ns",
-    )?;
-    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let rows = stmt.query_map([agent], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-    for row in rows {
-        let (device, value) = row?;
-        out.entry(device).or_default().push(value);
-    }
-    Ok(out)
-}
-
-/// Every device's counter must read exactly 1, 2, ..., n: no gap, no repeat.
-fn assert_exactly_once(stored: &BTreeMap<String, Vec<i64>>, devices: usize) -> Result<u64> {
-    ensure!(
-        stored.len() == devices,
-        "expected {devices} devices, found {}",
-        stored.len()
-    );
-    let mut total = 0;
-    for (device, values) in stored {
-        let expected: Vec<i64> = (1..=values.len() as i64).collect();
-        if *values != expected {
-            let dup = values.windows(2).find(|w| w[0] >= w[1]);
-            let gap = values.windows(2).find(|w| w[1] > w[0] + 1);
-            bail!(
-                "{device}: {} values, first {:?}, duplicate/out of order at {dup:?}, gap at {gap:?}",
-                values.len(),
-                values.first()
-            );
-        }
-        total += values.len() as u64;
-    }
-    Ok(total)
+    Ok(cluster::counters(db, agent)?
+        .into_iter()
+        .map(|(d, r)| (d, cluster::values(&r)))
+        .collect())
 }
 
 fn sim_agent_config(id: &str, collector: &str, devices: usize, interval: &str) -> String {
-    let mut s = format!("id = \"{id}\"\ncollectors = [\"{collector}\"]\n");
-    for i in 0..devices {
-        s.push_str(&format!(
-            "\n[[devices]]\nname = \"{id}-counter-{i}\"\ndriver = \"sim\"\ninterval = \"{interval}\"\n"
-        ));
-    }
-    s
+    cluster::sim_agent_config(id, &[collector.to_string()], devices, interval)
 }
 
-fn start_agent(dir: &TestDir, name: &str, config: &str) -> Result<Proc> {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, config)?;
-    Proc::builder("tributary-agent")?
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .log_to(dir.join(format!("{name}.log")))
-        .spawn()
+fn start_agent(dir: &TestDir, id: &str, config: &str) -> Result<Proc> {
+    Ok(Agent::start(dir, id, config, "")?.proc)
 }
 
-/// Waits until every device of `agent` has at least `n` counter readings.
 async fn wait_for_counters(db: &Path, agent: &str, devices: usize, n: usize) -> Result<()> {
-    eventually(PATIENCE, &format!("{agent} has {n} readings per device"), || async {
-        let c = counters(db, agent).ok()?;
-        (c.len() == devices && c.values().all(|v| v.len() >= n)).then_some(())
-    })
-    .await
+    cluster::wait_for_counters(db, agent, devices, n).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,10 +51,14 @@ async fn three_agents_store_every_counter_value_exactly_once() -> Result<()> {
     // SIGTERM: the agent finishes polls in flight and waits for their acks.
     for (id, proc) in &mut agents {
         let status = proc.terminate(PATIENCE).await?;
-        ensure!(status.success(), "{id} exited with {status}: {}", proc.log());
+        ensure!(
+            status.success(),
+            "{id} exited with {status}: {}",
+            proc.log()
+        );
     }
     for (id, _) in &agents {
-        let total = assert_exactly_once(&counters(&collector.db, id)?, 20)?;
+        let total = assert_exactly_once(&cluster::counters(&collector.db, id)?, 20)?;
         ensure!(total >= 20 * 50, "{id}: only {total} readings");
     }
 
@@ -245,7 +171,11 @@ metrics = [
     })
     .await?;
     let status = agent.terminate(PATIENCE).await?;
-    ensure!(status.success(), "agent exited with {status}: {}", agent.log());
+    ensure!(
+        status.success(),
+        "agent exited with {status}: {}",
+        agent.log()
+    );
 
     let conn = rusqlite::Connection::open(&collector.db)?;
     // Each meter poll: power and count come from the same response, so
@@ -263,7 +193,11 @@ metrics = [
     ensure!(rows.len() >= 20, "only {} meter polls", rows.len());
     for (count, power, kind) in &rows {
         assert_eq!(*kind, 0, "power is a double");
-        assert_eq!(*power, MeterValues::nth(*count as u64).power, "count {count}");
+        assert_eq!(
+            *power,
+            MeterValues::nth(*count as u64).power,
+            "count {count}"
+        );
     }
     let unit: String = conn.query_row(
         "SELECT unit FROM series WHERE device = 'meter' AND metric = 'power_w'",
@@ -283,7 +217,11 @@ metrics = [
     assert_eq!(kinds["ok"], (2, "1".to_string()), "bool");
     assert_eq!(kinds["name"].0, 3, "string");
     assert_eq!(kinds["missing"].0, 5, "a missing pointer fails that metric");
-    assert!(kinds["missing"].1.contains("/nope"), "{:?}", kinds["missing"]);
+    assert!(
+        kinds["missing"].1.contains("/nope"),
+        "{:?}",
+        kinds["missing"]
+    );
     assert_eq!(kinds["x"].0, 5, "HTTP 500 is an error reading");
     assert!(kinds["x"].1.contains("500"), "{:?}", kinds["x"]);
 
@@ -293,7 +231,10 @@ metrics = [
         [],
         |r| r.get(0),
     )?;
-    ensure!(labelled >= 2, "prometheus labels kept: {labelled} labelled series");
+    ensure!(
+        labelled >= 2,
+        "prometheus labels kept: {labelled} labelled series"
+    );
 
     // Modbus: every register decodes to the value the simulator holds.
     let expect = [
@@ -315,7 +256,10 @@ metrics = [
             .collect::<Result<_, _>>()?;
         ensure!(!values.is_empty(), "{metric}: nothing stored");
         for v in values {
-            ensure!((v - value).abs() < 1e-9, "{metric}: stored {v}, served {value}");
+            ensure!(
+                (v - value).abs() < 1e-9,
+                "{metric}: stored {v}, served {value}"
+            );
         }
     }
     http.stop().await?;
@@ -343,8 +287,12 @@ async fn collector_crash_loses_nothing_that_was_acked() -> Result<()> {
             .with_context(|| format!("round {round}"))?;
     }
     let status = agent.terminate(PATIENCE).await?;
-    ensure!(status.success(), "agent exited with {status}: {}", agent.log());
-    assert_exactly_once(&counters(&collector.db, "edge-crash")?, 10)?;
+    ensure!(
+        status.success(),
+        "agent exited with {status}: {}",
+        agent.log()
+    );
+    assert_exactly_once(&cluster::counters(&collector.db, "edge-crash")?, 10)?;
     let status = collector.proc.terminate(PATIENCE).await?;
     ensure!(status.success(), "collector exited with {status}");
     Ok(())
@@ -456,7 +404,10 @@ metrics = [{{ name = "power_w", pointer = "/power" }}]
         .await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "check failed: {stdout}");
-    ensure!(stdout.contains("power_w") && stdout.contains("100.5"), "{stdout}");
+    ensure!(
+        stdout.contains("power_w") && stdout.contains("100.5"),
+        "{stdout}"
+    );
 
     let bad = format!(
         "{good}\n[[devices]]\nname = \"plc-dead\"\ndriver = \"modbus\"\naddress = \"{dead}\"\ninterval = \"1s\"\n\

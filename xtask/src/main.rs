@@ -5,11 +5,17 @@
 //!   binary, run the whole test suite.
 //! - `cargo xtask demo [--duration 20s]`: a collector, device simulators and
 //!   two agents on loopback, with a live progress line and a summary.
+//! - `cargo xtask bench <scenario>...`: release build, then the measuring
+//!   binary `tributary-bench` (see `xtask/src/bench.rs`).
 //!
 //! Dependencies are kept to `anyhow` and `serde_json`: no async runtime and no
 //! argument parser, so the xtask builds in seconds.
 
+mod bench;
+mod certs;
 mod demo;
+mod deny;
+mod fuzz;
 mod proc;
 mod test;
 mod tools;
@@ -27,13 +33,26 @@ commands:
   test [ARGS]              install missing test tools, build all binaries, run every test
                            (ARGS go to `cargo test`, e.g. `-p tributary-tests -- --nocapture`)
   demo [--duration 20s]    run a collector, device simulators and two agents on loopback;
-                           stops after the duration or on Ctrl-C and prints a summary";
+                           stops after the duration or on Ctrl-C and prints a summary
+  bench <SCENARIO>... [--json] [--duration D] [--runs N] [...]
+                           release build, then measure: ingest, poll, streams, wire,
+                           vs-prometheus (installs Debian's prometheus if missing), all;
+                           `cargo xtask bench --help` lists every flag
+  certs --out DIR [--agents edge-1,edge-2] [--names localhost,127.0.0.1] [--operators operator]
+                           a development CA, a collector certificate and client certificates
+  deny [CHECK...]          cargo-deny against deny.toml (licenses bans sources; `all` adds advisories)
+  fuzz [--time 30s] [TARGET...]
+                           a short cargo-fuzz run of every fuzz target (needs a nightly toolchain)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&Workspace::locate(), &args[1..]),
         Some("demo") => demo::run(&Workspace::locate(), &args[1..]),
+        Some("bench") => bench::run(&Workspace::locate(), &args[1..]),
+        Some("certs") => certs::run(&args[1..]),
+        Some("deny") => deny::run(&Workspace::locate(), &args[1..]),
+        Some("fuzz") => fuzz::run(&Workspace::locate(), &args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -71,10 +90,7 @@ impl Workspace {
     fn locate() -> Workspace {
         // xtask/ sits directly under the workspace root.
         let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let root = manifest_dir
-            .parent()
-            .unwrap_or(manifest_dir)
-            .to_path_buf();
+        let root = manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf();
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .map(|t| if t.is_absolute() { t } else { root.join(t) })
@@ -127,9 +143,7 @@ impl Workspace {
 pub fn run_checked(command: &mut Command) -> Result<()> {
     let shown = show(command);
     println!("xtask: running {shown}");
-    let status = command
-        .status()
-        .with_context(|| format!("start {shown}"))?;
+    let status = command.status().with_context(|| format!("start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }

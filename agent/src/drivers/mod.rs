@@ -8,10 +8,14 @@
 //! and puts it back only after a complete, well-framed answer, so a
 //! cancelled request never leaves a half-read connection behind.
 
+pub mod exec;
 pub mod http;
 pub mod modbus;
+pub mod mqtt;
 pub mod prometheus;
 pub mod sim;
+pub mod snmp;
+pub mod tcp;
 
 use std::fmt;
 
@@ -55,11 +59,18 @@ impl std::error::Error for PollError {}
 /// Why a driver could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("device {device}: cannot build http client: {source}")]
+    /// The HTTP client could not be set up (the caller names the device).
+    #[error("cannot build http client: {source}")]
     HttpClient {
         device: String,
         #[source]
         source: reqwest::Error,
+    },
+    /// The CA certificate of an HTTPS device could not be read.
+    #[error("cannot read ca certificate {}: {message}", path.display())]
+    Ca {
+        path: std::path::PathBuf,
+        message: String,
     },
 }
 
@@ -69,6 +80,10 @@ pub enum Driver {
     Sim(sim::SimDriver),
     Http(http::HttpDriver),
     Modbus(modbus::ModbusDriver),
+    Snmp(Box<snmp::SnmpDriver>),
+    Mqtt(mqtt::MqttDriver),
+    Tcp(tcp::TcpDriver),
+    Exec(exec::ExecDriver),
 }
 
 impl Driver {
@@ -78,14 +93,13 @@ impl Driver {
         Ok(match &cfg.driver {
             DriverConfig::Sim(c) => Driver::Sim(sim::SimDriver::new(c)),
             DriverConfig::Http(c) => {
-                Driver::Http(http::HttpDriver::new(c, cfg.timeout).map_err(|source| {
-                    BuildError::HttpClient {
-                        device: cfg.name.clone(),
-                        source,
-                    }
-                })?)
+                Driver::Http(http::HttpDriver::new(c, cfg.timeout, &cfg.name)?)
             }
             DriverConfig::Modbus(c) => Driver::Modbus(modbus::ModbusDriver::new(c)),
+            DriverConfig::Snmp(c) => Driver::Snmp(Box::new(snmp::SnmpDriver::new(c, cfg.timeout))),
+            DriverConfig::Mqtt(c) => Driver::Mqtt(mqtt::MqttDriver::new(c, &cfg.name, cfg.timeout)),
+            DriverConfig::Tcp(c) => Driver::Tcp(tcp::TcpDriver::new(c)),
+            DriverConfig::Exec(c) => Driver::Exec(exec::ExecDriver::new(c)),
         })
     }
 
@@ -95,11 +109,15 @@ impl Driver {
             Driver::Sim(d) => Ok(d.poll()),
             Driver::Http(d) => d.poll().await,
             Driver::Modbus(d) => d.poll().await,
+            Driver::Snmp(d) => d.poll().await,
+            Driver::Mqtt(d) => d.poll().await,
+            Driver::Tcp(d) => d.poll().await,
+            Driver::Exec(d) => d.poll().await,
         }
     }
 
     /// The metrics a failed poll reports as failed (for a Prometheus scrape,
-    /// whose metrics are unknown in advance, `scrape`).
+    /// whose metrics are unknown in advance, `scrape`; none for MQTT).
     pub fn metric_names(&self) -> Vec<String> {
         self.failure_samples(FailureKind::Error, "")
             .into_iter()
@@ -125,6 +143,12 @@ impl Driver {
             Driver::Sim(d) => d.metric_names().iter().map(|m| failed(m, "")).collect(),
             Driver::Http(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
             Driver::Modbus(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
+            Driver::Snmp(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
+            // Its devices and metrics come from topics: the `up` series of
+            // the subscription carries the failure.
+            Driver::Mqtt(_) => Vec::new(),
+            Driver::Tcp(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
+            Driver::Exec(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
         }
     }
 }

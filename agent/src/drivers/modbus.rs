@@ -1,9 +1,11 @@
-//! The Modbus TCP driver: reads holding and input registers and decodes them
-//! into typed values.
+//! The Modbus TCP driver: reads holding and input registers (decoded into
+//! typed values), coils and discrete inputs (booleans).
 //!
 //! Metrics on adjacent or overlapping registers of the same kind are read in
 //! one request ([`plan_reads`]); decoding is a pure function
-//! ([`decode_registers`]). The driver keeps one connection, taken out of
+//! ([`decode_registers`]). For gateways shared by many devices the driver
+//! waits `connect_delay` after connecting and `request_pause` between its
+//! requests; the scheduler limits polls per gateway address. The driver keeps one connection, taken out of
 //! `self` for the length of a poll and put back only after every request got
 //! a well-framed answer: a poll dropped by the scheduler's timeout, or one
 //! that failed on the wire, leaves no connection behind, and the next poll
@@ -11,6 +13,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use tokio_modbus::client::{Client, Context, tcp};
 use tokio_modbus::{Request, Response, Slave};
@@ -24,12 +27,26 @@ use crate::reading::{Sample, Value};
 /// protocol, function codes 3 and 4).
 pub const MAX_REGISTERS_PER_READ: u16 = 125;
 
+/// Most bits one read request may ask for (function codes 1 and 2).
+pub const MAX_BITS_PER_READ: u16 = 2000;
+
+/// The largest request a block of `kind` may be.
+fn max_per_read(kind: RegisterKind) -> u16 {
+    if kind.is_bits() {
+        MAX_BITS_PER_READ
+    } else {
+        MAX_REGISTERS_PER_READ
+    }
+}
+
 /// A Modbus TCP device.
 pub struct ModbusDriver {
     address: String,
     unit_id: u8,
     metrics: Vec<ModbusMetric>,
     plan: Vec<ReadBlock>,
+    connect_delay: Duration,
+    request_pause: Duration,
     /// The idle connection between polls; `None` before the first poll and
     /// after a failed or cancelled one.
     conn: Option<Context>,
@@ -60,19 +77,37 @@ pub struct ReadBlock {
 impl fmt::Display for ReadBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let last = u32::from(self.start) + u32::from(self.count).max(1) - 1;
-        if self.count <= 1 {
-            write!(f, "{} register {}", self.kind.name(), self.start)
+        let (one, many) = match self.kind {
+            RegisterKind::Holding | RegisterKind::Input => ("register", "registers"),
+            RegisterKind::Coil => ("", "s"),
+            RegisterKind::Discrete => (" input", " inputs"),
+        };
+        if self.kind.is_bits() {
+            if self.count <= 1 {
+                write!(f, "{}{one} {}", self.kind.name(), self.start)
+            } else {
+                write!(f, "{}{many} {}..={last}", self.kind.name(), self.start)
+            }
+        } else if self.count <= 1 {
+            write!(f, "{} {one} {}", self.kind.name(), self.start)
         } else {
-            write!(f, "{} registers {}..={last}", self.kind.name(), self.start)
+            write!(f, "{} {many} {}..={last}", self.kind.name(), self.start)
         }
     }
 }
 
 /// Groups metrics into read requests: same kind, adjacent or overlapping
-/// registers, at most [`MAX_REGISTERS_PER_READ`] registers per request.
+/// registers, at most [`MAX_REGISTERS_PER_READ`] registers (or
+/// [`MAX_BITS_PER_READ`] bits) per request.
 pub fn plan_reads(metrics: &[ModbusMetric]) -> Vec<ReadBlock> {
+    let rank = |k: RegisterKind| match k {
+        RegisterKind::Holding => 0,
+        RegisterKind::Input => 1,
+        RegisterKind::Coil => 2,
+        RegisterKind::Discrete => 3,
+    };
     let mut order: Vec<usize> = (0..metrics.len()).collect();
-    order.sort_by_key(|&i| (metrics[i].kind == RegisterKind::Input, metrics[i].register));
+    order.sort_by_key(|&i| (rank(metrics[i].kind), metrics[i].register));
     let mut blocks: Vec<ReadBlock> = Vec::new();
     for i in order {
         let m = &metrics[i];
@@ -82,12 +117,10 @@ pub fn plan_reads(metrics: &[ModbusMetric]) -> Vec<ReadBlock> {
             let b_start = u32::from(b.start);
             let b_end = b_start + u32::from(b.count);
             let new_end = b_end.max(end);
-            if b.kind == m.kind
-                && start <= b_end
-                && new_end - b_start <= u32::from(MAX_REGISTERS_PER_READ)
-            {
-                // Fits: new_end - b_start <= 125.
-                b.count = u16::try_from(new_end - b_start).unwrap_or(MAX_REGISTERS_PER_READ);
+            let max = max_per_read(m.kind);
+            if b.kind == m.kind && start <= b_end && new_end - b_start <= u32::from(max) {
+                // Fits: new_end - b_start <= max.
+                b.count = u16::try_from(new_end - b_start).unwrap_or(max);
                 b.metrics.push(i);
                 continue;
             }
@@ -151,6 +184,9 @@ pub fn decode_registers(
         RegisterType::U32 => int(i64::from(raw32()?)),
         RegisterType::I32 => int(i64::from(raw32()? as i32)),
         RegisterType::F32 => Value::F64(f64::from(f32::from_bits(raw32()?)) * scale),
+        // Bits are decoded by `read_all`; a register read as a bit is its
+        // lowest bit.
+        RegisterType::Bool => Value::Bool(first()? & 1 == 1),
     })
 }
 
@@ -161,6 +197,8 @@ impl ModbusDriver {
             unit_id: cfg.unit_id,
             plan: plan_reads(&cfg.metrics),
             metrics: cfg.metrics.clone(),
+            connect_delay: cfg.connect_delay,
+            request_pause: cfg.request_pause,
             conn: None,
         }
     }
@@ -174,71 +212,132 @@ impl ModbusDriver {
 
     pub async fn poll(&mut self) -> Result<Vec<Sample>, PollError> {
         // Taken out for the whole poll: see the module doc.
-        let mut conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => connect(&self.address, self.unit_id).await?,
+        let (conn, reused) = match self.conn.take() {
+            Some(conn) => (conn, true),
+            None => (self.connect().await?, false),
         };
+        match self.read_all(conn).await {
+            // Devices and gateways close idle connections; a connection kept
+            // from the last poll gets one retry on a fresh one.
+            Err(Failure::Transport(e)) if reused => {
+                debug!(address = %self.address, error = %e, "modbus connection went stale; reconnecting");
+                let conn = self.connect().await?;
+                self.read_all(conn).await.map_err(Failure::into_inner)
+            }
+            result => result.map_err(Failure::into_inner),
+        }
+    }
+
+    /// A new connection, after `connect_delay`. Not an `async fn` on
+    /// `&self`: see [`connect`].
+    fn connect(&self) -> impl Future<Output = Result<Context, PollError>> + Send + 'static {
+        let (address, unit_id, delay) = (self.address.clone(), self.unit_id, self.connect_delay);
+        async move {
+            let conn = connect(&address, unit_id).await?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(conn)
+        }
+    }
+
+    /// Reads every block on `conn`, which goes back into `self` only after
+    /// well-framed answers.
+    async fn read_all(&mut self, mut conn: Context) -> Result<Vec<Sample>, Failure> {
         let mut values: Vec<Option<Value>> = vec![None; self.metrics.len()];
-        for block in &self.plan {
+        for (n, block) in self.plan.iter().enumerate() {
+            if n > 0 && !self.request_pause.is_zero() {
+                tokio::time::sleep(self.request_pause).await;
+            }
             let request = match block.kind {
                 RegisterKind::Holding => Request::ReadHoldingRegisters(block.start, block.count),
                 RegisterKind::Input => Request::ReadInputRegisters(block.start, block.count),
+                RegisterKind::Coil => Request::ReadCoils(block.start, block.count),
+                RegisterKind::Discrete => Request::ReadDiscreteInputs(block.start, block.count),
             };
-            let words = match conn.call(request).await {
-                Ok(Ok(Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w))) => w,
+            let data = match conn.call(request).await {
+                Ok(Ok(Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w)))
+                    if !block.kind.is_bits() =>
+                {
+                    Data::Words(w)
+                }
+                Ok(Ok(Response::ReadCoils(b) | Response::ReadDiscreteInputs(b)))
+                    if block.kind.is_bits() =>
+                {
+                    Data::Bits(b)
+                }
                 Ok(Ok(other)) => {
-                    return Err(PollError::error(format!(
+                    return Err(Failure::Device(PollError::error(format!(
                         "modbus {} unit {} answered a read of {block} with {other:?}",
                         self.address, self.unit_id
-                    )));
+                    ))));
                 }
                 Ok(Err(exception)) => {
                     // A well-framed answer: the connection is still good.
                     self.conn = Some(conn);
-                    return Err(PollError::error(format!(
+                    return Err(Failure::Device(PollError::error(format!(
                         "modbus exception from {} unit {} reading {block} ({}): {exception}",
                         self.address,
                         self.unit_id,
                         self.block_metric_names(block)
-                    )));
+                    ))));
                 }
                 Err(e) => {
-                    return Err(PollError::error(format!(
+                    return Err(Failure::Transport(PollError::error(format!(
                         "modbus {} unit {} reading {block}: {}",
                         self.address,
                         self.unit_id,
                         error_chain(&e)
-                    )));
+                    ))));
                 }
             };
-            if words.len() < usize::from(block.count) {
-                return Err(PollError::error(format!(
-                    "short modbus response: {} unit {} answered {} of {} registers reading {block} ({})",
+            let got = match &data {
+                Data::Words(w) => w.len(),
+                Data::Bits(b) => b.len(),
+            };
+            if got < usize::from(block.count) {
+                return Err(Failure::Device(PollError::error(format!(
+                    "short modbus response: {} unit {} answered {got} of {} {} reading {block} ({})",
                     self.address,
                     self.unit_id,
-                    words.len(),
                     block.count,
+                    if block.kind.is_bits() {
+                        "bits"
+                    } else {
+                        "registers"
+                    },
                     self.block_metric_names(block)
-                )));
+                ))));
             }
             for &i in &block.metrics {
                 let Some(m) = self.metrics.get(i) else {
                     continue;
                 };
                 let offset = usize::from(m.register.saturating_sub(block.start));
-                let value = decode_registers(
-                    words.get(offset..).unwrap_or(&[]),
-                    m.data_type,
-                    m.word_order,
-                    m.scale,
-                )
+                let value = match &data {
+                    Data::Bits(bits) => {
+                        bits.get(offset)
+                            .map(|b| Value::Bool(*b))
+                            .ok_or(DecodeError {
+                                data_type: "bool",
+                                need: offset + 1,
+                                got: bits.len(),
+                            })
+                    }
+                    Data::Words(words) => decode_registers(
+                        words.get(offset..).unwrap_or(&[]),
+                        m.data_type,
+                        m.word_order,
+                        m.scale,
+                    ),
+                }
                 .map_err(|e| {
-                    PollError::error(format!(
+                    Failure::Device(PollError::error(format!(
                         "{e} for {} at {} register {}",
                         m.name,
                         m.kind.name(),
                         m.register
-                    ))
+                    )))
                 })?;
                 if let Some(slot) = values.get_mut(i) {
                     *slot = Some(value);
@@ -266,6 +365,29 @@ impl ModbusDriver {
             .filter_map(|&i| self.metrics.get(i).map(|m| m.name.as_str()))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// The payload of one read answer.
+enum Data {
+    Words(Vec<u16>),
+    Bits(Vec<bool>),
+}
+
+/// How a read failed, which decides whether a retry on a new connection
+/// can help.
+enum Failure {
+    /// The connection broke (reset, closed, garbled frame).
+    Transport(PollError),
+    /// The device answered, but not with the values.
+    Device(PollError),
+}
+
+impl Failure {
+    fn into_inner(self) -> PollError {
+        match self {
+            Failure::Transport(e) | Failure::Device(e) => e,
+        }
     }
 }
 
@@ -455,6 +577,15 @@ mod tests {
     /// A minimal Modbus TCP device on 127.0.0.1:0 speaking raw frames.
     /// Returns its address and the number of connections accepted.
     async fn fake_device(answer: Arc<Answer>) -> (SocketAddr, Arc<AtomicUsize>) {
+        fake_device_with(answer, false).await
+    }
+
+    /// Like [`fake_device`]; with `close_after_answer` every connection is
+    /// closed after its first answer, as a gateway closing idle links.
+    async fn fake_device_with(
+        answer: Arc<Answer>,
+        close_after_answer: bool,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -487,7 +618,7 @@ mod tests {
                         );
                         frame.push(head[6]);
                         frame.extend_from_slice(&reply);
-                        if sock.write_all(&frame).await.is_err() {
+                        if sock.write_all(&frame).await.is_err() || close_after_answer {
                             return;
                         }
                     }
@@ -512,6 +643,9 @@ mod tests {
             address: addr.to_string(),
             unit_id: 1,
             metrics,
+            max_concurrency: 1,
+            connect_delay: Duration::ZERO,
+            request_pause: Duration::ZERO,
         })
     }
 
@@ -546,6 +680,18 @@ mod tests {
             assert_eq!(samples[1].unit, "C");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn stale_connection_is_replaced_within_the_poll() {
+        let (addr, accepted) =
+            fake_device_with(Arc::new(|fc, a, c| Some(registers(fc, a, c, 0))), true).await;
+        let mut d = driver(addr, vec![metric("a", 3, RegisterType::U16)]);
+        for n in 1..=3 {
+            let samples = d.poll().await.expect("poll");
+            assert_eq!(samples[0].value, Value::I64(3));
+            assert_eq!(accepted.load(Ordering::SeqCst), n);
+        }
     }
 
     #[tokio::test]

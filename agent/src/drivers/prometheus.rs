@@ -405,6 +405,17 @@ nan_metric NaN\n";
         for input in inputs {
             let _ = parse(input);
         }
+        // Random soup of the characters the grammar cares about.
+        use rand::{Rng, SeedableRng};
+        let alphabet: Vec<char> = "ab_:{}=\",\\n #\t\r\n1e.+-éNaI".chars().collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..24);
+            let text: String = (0..len)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect();
+            let _ = parse(&text);
+        }
         // Every prefix of a valid line with multi-byte characters.
         let line = "m{é=\"ü\\\"ß\",x=\"\\n\"} 1e3 42\n";
         for (i, _) in line.char_indices() {

@@ -6,7 +6,8 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 
--- One row per agent id ever seen. Counters cover all epochs.
+-- One row per agent id ever seen. Counters cover all epochs and are added to
+-- (never overwritten) by each commit.
 CREATE TABLE IF NOT EXISTS agents (
     id                   TEXT PRIMARY KEY,
     epoch                INTEGER NOT NULL,           -- newest spool epoch (u64 bits as i64)
@@ -14,19 +15,24 @@ CREATE TABLE IF NOT EXISTS agents (
     last_seen_ns         INTEGER NOT NULL DEFAULT 0,
     readings_stored      INTEGER NOT NULL DEFAULT 0,
     batches_deduplicated INTEGER NOT NULL DEFAULT 0,
-    dropped_at_agent     INTEGER NOT NULL DEFAULT 0
+    dropped_at_agent     INTEGER NOT NULL DEFAULT 0,  -- sum of epochs.dropped, kept by each commit
+    batches_resent       INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
 -- The delivery contract: last committed sequence per (agent, epoch), written
--- in the same transaction as the readings it covers.
+-- in the same transaction as the readings it covers. `dropped` and `last_seq`
+-- are what the agent last reported: readings its spool dropped when full, and
+-- the newest sequence it has spooled (lag = last_seq - committed_seq).
 CREATE TABLE IF NOT EXISTS epochs (
     agent         TEXT    NOT NULL,
     epoch         INTEGER NOT NULL,
     committed_seq INTEGER NOT NULL,
+    dropped       INTEGER NOT NULL DEFAULT 0,
+    last_seq      INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (agent, epoch)
 ) WITHOUT ROWID;
 
--- Global series ids, assigned by the merger.
+-- Global series ids, assigned by SQLite when the merger resolves a new key.
 CREATE TABLE IF NOT EXISTS series (
     id     INTEGER PRIMARY KEY,
     agent  TEXT NOT NULL,

@@ -1,107 +1,27 @@
 //! The SQLite store's write side: one connection, owned by the merger.
 //!
 //! `open` applies the schema and the durability setting, `load` reads back
-//! what the merger needs to resume (series ids, committed sequences, agent
-//! counters) and `commit` writes one group of batches, the series they
-//! introduced and the new committed sequences in a single transaction.
+//! what the merger needs to resume (series ids, delivery state),
+//! `resolve_series` creates series rows, and `commit` writes one group of
+//! batches with the new committed sequences in a single `IMMEDIATE`
+//! transaction (the write lock is taken before the committed sequences are
+//! read, so even a second process on the same file could not store a batch
+//! twice).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::model::{NewReading, SeriesKey, SeriesMeta, StoredValue};
+use crate::model::{SeriesKey, SeriesMeta, StoredValue};
 
-/// How hard a commit is pushed to disk before it is acked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// `synchronous=FULL`: the WAL is fsynced at every commit. An acked
-    /// reading survives power loss. The default.
-    #[default]
-    Full,
-    /// `synchronous=NORMAL`: the WAL is fsynced at checkpoints only. An acked
-    /// reading survives a collector crash but not an OS crash or power loss.
-    Normal,
-}
-
-impl std::str::FromStr for Durability {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "full" => Ok(Durability::Full),
-            "normal" => Ok(Durability::Normal),
-            other => Err(format!(
-                "unknown durability {other:?} (expected full or normal)"
-            )),
-        }
-    }
-}
-
-/// Errors of the SQLite store, with the database path for context.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("sqlite {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("sqlite {path}: bad stored labels for series {id}: {source}")]
-    Labels {
-        path: PathBuf,
-        id: i64,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-/// Per-agent counters as persisted in the `agents` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AgentRow {
-    pub epoch: u64,
-    pub peer: String,
-    pub last_seen_ns: i64,
-    pub readings_stored: u64,
-    pub batches_deduplicated: u64,
-    pub dropped_at_agent: u64,
-}
-
-/// What the merger needs to resume after a restart.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub series: Vec<Arc<SeriesMeta>>,
-    pub committed: HashMap<(Arc<str>, u64), u64>,
-    pub agents: HashMap<Arc<str>, AgentRow>,
-}
-
-/// Readings of one batch, all received at the same moment.
-#[derive(Debug, Default)]
-pub struct BatchWrite {
-    pub received_ns: i64,
-    pub readings: Vec<NewReading>,
-}
-
-/// One transaction's worth of changes.
-#[derive(Debug, Default)]
-pub struct WriteSet {
-    pub new_series: Vec<Arc<SeriesMeta>>,
-    pub batches: Vec<BatchWrite>,
-    /// New committed sequence per (agent, epoch).
-    pub committed: Vec<(Arc<str>, u64, u64)>,
-    /// Agents whose counters changed, with their absolute values.
-    pub agents: Vec<(Arc<str>, AgentRow)>,
-}
-
-impl WriteSet {
-    pub fn is_empty(&self) -> bool {
-        self.new_series.is_empty()
-            && self.batches.is_empty()
-            && self.committed.is_empty()
-            && self.agents.is_empty()
-    }
-}
+use super::Plan;
+pub use super::{
+    AgentWrite, BatchWrite, CommitReport, Durability, EpochRow, Loaded, RetainStep, StoreError,
+    WriteSet,
+};
 
 /// The write connection. Not `Sync`: exactly one owner (the merger).
 pub struct SqliteStore {
@@ -178,7 +98,7 @@ impl SqliteStore {
         for row in rows {
             let (id, agent, device, metric, labels, unit) = row.map_err(|e| self.err(e))?;
             let labels = serde_json::from_str(&labels).map_err(|source| StoreError::Labels {
-                path: self.path.clone(),
+                store: format!("sqlite {}", self.path.display()),
                 id,
                 source,
             })?;
@@ -195,87 +115,110 @@ impl SqliteStore {
         }
         let mut stmt = self
             .conn
-            .prepare("SELECT agent, epoch, committed_seq FROM epochs")
+            .prepare("SELECT agent, epoch, committed_seq, dropped, last_seq FROM epochs")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(1)? as u64,
+                    epoch_row(r, 2)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
         for row in rows {
-            let (agent, epoch, seq) = row.map_err(|e| self.err(e))?;
-            loaded
-                .committed
-                .insert((Arc::from(agent), epoch as u64), seq as u64);
-        }
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, epoch, peer, last_seen_ns, readings_stored, batches_deduplicated, \
-                 dropped_at_agent FROM agents",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    AgentRow {
-                        epoch: r.get::<_, i64>(1)? as u64,
-                        peer: r.get(2)?,
-                        last_seen_ns: r.get(3)?,
-                        readings_stored: r.get::<_, i64>(4)? as u64,
-                        batches_deduplicated: r.get::<_, i64>(5)? as u64,
-                        dropped_at_agent: r.get::<_, i64>(6)? as u64,
-                    },
-                ))
-            })
-            .map_err(|e| self.err(e))?;
-        for row in rows {
-            let (id, agent) = row.map_err(|e| self.err(e))?;
-            loaded.agents.insert(Arc::from(id), agent);
+            let (agent, epoch, state) = row.map_err(|e| self.err(e))?;
+            loaded.epochs.insert((Arc::from(agent), epoch), state);
         }
         Ok(loaded)
     }
 
-    /// Writes `set` in one transaction. On error nothing of it is stored and
-    /// the caller may retry with the same set.
-    pub fn commit(&mut self, set: &WriteSet) -> Result<(), StoreError> {
+    /// The stored delivery state of (agent, epoch).
+    pub fn epoch(&self, agent: &str, epoch: u64) -> Result<Option<EpochRow>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT committed_seq, dropped, last_seq FROM epochs WHERE agent = ?1 AND epoch = ?2",
+                params![agent, epoch as i64],
+                |r| epoch_row(r, 0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Ids of `keys`, creating missing series rows in one transaction.
+    pub fn resolve_series(&mut self, keys: &[SeriesKey]) -> Result<Vec<i64>, StoreError> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut ids = Vec::with_capacity(keys.len());
         {
             let mut ins = tx
                 .prepare_cached(
-                    "INSERT INTO series (id, agent, device, metric, labels, unit) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO series (agent, device, metric, labels, unit) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 )
                 .map_err(err)?;
-            for s in &set.new_series {
-                let labels = serde_json::to_string(&s.key.labels).unwrap_or_else(|_| "{}".into());
-                ins.execute(params![
-                    s.id,
-                    s.key.agent,
-                    s.key.device,
-                    s.key.metric,
-                    labels,
-                    s.key.unit
-                ])
+            let mut get = tx
+                .prepare_cached(
+                    "SELECT id FROM series WHERE agent = ?1 AND device = ?2 AND metric = ?3 \
+                     AND labels = ?4 AND unit = ?5",
+                )
                 .map_err(err)?;
+            for k in keys {
+                let labels = labels_json(k);
+                let p = params![k.agent, k.device, k.metric, labels, k.unit];
+                ins.execute(p).map_err(err)?;
+                ids.push(get.query_row(p, |r| r.get::<_, i64>(0)).map_err(err)?);
             }
+        }
+        tx.commit().map_err(err)?;
+        Ok(ids)
+    }
+
+    /// Writes `set` in one transaction. On error nothing of it is stored and
+    /// the caller may retry with the same set.
+    pub fn commit(&mut self, set: &WriteSet) -> Result<CommitReport, StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let plan = {
+            let mut get = tx
+                .prepare_cached(
+                    "SELECT committed_seq, dropped, last_seq FROM epochs WHERE agent = ?1 AND epoch = ?2",
+                )
+                .map_err(err)?;
+            let mut stored = HashMap::new();
+            for (agent, epoch) in Plan::keys(set) {
+                let row = get
+                    .query_row(params![agent.as_ref(), epoch as i64], |r| epoch_row(r, 0))
+                    .optional()
+                    .map_err(err)?;
+                if let Some(row) = row {
+                    stored.insert((agent, epoch), row);
+                }
+            }
+            Plan::new(set, &stored)
+        };
+        {
             let mut ins = tx
                 .prepare_cached(
                     "INSERT INTO readings (series_id, ts_ns, received_ns, kind, value) \
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(err)?;
-            for b in &set.batches {
+            for (b, _) in set.batches.iter().zip(&plan.write).filter(|(_, w)| **w) {
                 for r in &b.readings {
                     let kind = r.value.kind_code();
                     let res = match &r.value {
@@ -301,37 +244,96 @@ impl SqliteStore {
             }
             let mut up = tx
                 .prepare_cached(
-                    "INSERT INTO epochs (agent, epoch, committed_seq) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (agent, epoch) DO UPDATE SET committed_seq = excluded.committed_seq",
+                    "INSERT INTO epochs (agent, epoch, committed_seq, dropped, last_seq) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (agent, epoch) DO UPDATE SET \
+                     committed_seq = excluded.committed_seq, dropped = excluded.dropped, \
+                     last_seq = excluded.last_seq",
                 )
                 .map_err(err)?;
-            for (agent, epoch, seq) in &set.committed {
-                up.execute(params![agent.as_ref(), *epoch as i64, *seq as i64])
-                    .map_err(err)?;
+            for (agent, epoch, e) in &plan.report.epochs {
+                up.execute(params![
+                    agent.as_ref(),
+                    *epoch as i64,
+                    e.committed_seq as i64,
+                    e.dropped as i64,
+                    e.last_seq as i64
+                ])
+                .map_err(err)?;
             }
             let mut up = tx
                 .prepare_cached(
                     "INSERT INTO agents (id, epoch, peer, last_seen_ns, readings_stored, \
-                     batches_deduplicated, dropped_at_agent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                     ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, peer = excluded.peer, \
-                     last_seen_ns = excluded.last_seen_ns, readings_stored = excluded.readings_stored, \
-                     batches_deduplicated = excluded.batches_deduplicated, \
-                     dropped_at_agent = excluded.dropped_at_agent",
+                     batches_deduplicated, batches_resent) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                     ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, \
+                     peer = CASE excluded.peer WHEN '' THEN peer ELSE excluded.peer END, \
+                     last_seen_ns = max(last_seen_ns, excluded.last_seen_ns), \
+                     readings_stored = readings_stored + excluded.readings_stored, \
+                     batches_deduplicated = batches_deduplicated + excluded.batches_deduplicated, \
+                     batches_resent = batches_resent + excluded.batches_resent",
                 )
                 .map_err(err)?;
-            for (id, a) in &set.agents {
+            // `dropped_at_agent` mirrors the sum of the epochs' reports, for
+            // readers of the file (the Query service sums `epochs` itself).
+            let mut dropped = tx
+                .prepare_cached(
+                    "UPDATE agents SET dropped_at_agent = \
+                     (SELECT COALESCE(SUM(e.dropped), 0) FROM epochs e WHERE e.agent = ?1) \
+                     WHERE id = ?1",
+                )
+                .map_err(err)?;
+            for (id, a, stored) in plan.agents(set) {
                 up.execute(params![
                     id.as_ref(),
                     a.epoch as i64,
                     a.peer,
                     a.last_seen_ns,
-                    a.readings_stored as i64,
+                    stored as i64,
                     a.batches_deduplicated as i64,
-                    a.dropped_at_agent as i64
+                    a.batches_resent as i64
                 ])
                 .map_err(err)?;
+                dropped.execute(params![id.as_ref()]).map_err(err)?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        Ok(plan.report)
     }
+
+    /// Deletes the readings older than `cutoff_ns` among the `max_rows`
+    /// oldest by arrival (rowid). `readings` has no time index (it would
+    /// slow every append), and device time follows arrival closely, so
+    /// walking from the front costs one bounded window per step instead of
+    /// a scan of the whole table. A reading that arrived late with an old
+    /// timestamp, behind more than a window of younger ones, goes in a later
+    /// pass, once those have aged out too.
+    pub fn retain(&mut self, cutoff_ns: i64, max_rows: u64) -> Result<RetainStep, StoreError> {
+        let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
+        let removed = self
+            .conn
+            .execute(
+                "DELETE FROM readings WHERE rowid IN \
+                 (SELECT rowid FROM readings ORDER BY rowid LIMIT ?2) AND ts_ns < ?1",
+                params![cutoff_ns, limit],
+            )
+            .map_err(|e| self.err(e))? as u64;
+        Ok(RetainStep {
+            removed,
+            done: removed < max_rows,
+        })
+    }
+}
+
+/// Canonical JSON of a series' labels (keys sorted: it is a `BTreeMap`).
+pub(crate) fn labels_json(key: &SeriesKey) -> String {
+    serde_json::to_string(&key.labels).unwrap_or_else(|_| "{}".into())
+}
+
+/// `committed_seq, dropped, last_seq` from column `first` on.
+fn epoch_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<EpochRow> {
+    Ok(EpochRow {
+        committed_seq: r.get::<_, i64>(first)? as u64,
+        dropped: r.get::<_, i64>(first + 1)? as u64,
+        last_seq: r.get::<_, i64>(first + 2)? as u64,
+    })
 }

@@ -10,10 +10,9 @@
 //! Array indices in key paths count from 0.
 //!
 //! Device tables are split by driver: the keys every device has (`name`,
-//! `driver`, `interval`, `timeout`) are read first, and the remaining keys are
-//! deserialized into the struct of the chosen driver, so an `url` on a sim
-//! device is an unknown key. Adding a driver means adding a `Raw*` struct, a
-//! [`DriverConfig`] variant and one arm in `parse_device`.
+//! `driver`, `interval`, `timeout`, `backoff_max`) are read here, and the
+//! remaining keys are deserialized into the struct of the chosen driver
+//! ([`drivers`]), so an `url` on a sim device is an unknown key.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -25,6 +24,9 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use tracing::warn;
 
+mod drivers;
+pub use drivers::*;
+
 /// Default for [`AgentConfig::max_concurrency`].
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 /// Default for [`AgentConfig::buffer_max_readings`].
@@ -35,12 +37,17 @@ pub const DEFAULT_BATCH_MAX_READINGS: usize = 1000;
 pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(100);
 /// A device's poll timeout is the smaller of this and its interval unless set.
 pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The drivers a device may name in `driver = "..."`.
-pub const DRIVERS: &[&str] = &["sim", "http", "modbus"];
+/// Default for [`SpoolConfig::max_bytes`] (256 MiB).
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 << 20;
+/// The smallest [`SpoolConfig::max_bytes`] accepted (64 KiB).
+pub const MIN_SPOOL_MAX_BYTES: u64 = 64 << 10;
 
 /// Keys every `[[devices]]` table may have, whatever its driver.
-const DEVICE_COMMON_KEYS: &[&str] = &["name", "driver", "interval", "timeout"];
+const DEVICE_COMMON_KEYS: &[&str] = &["name", "driver", "interval", "timeout", "backoff_max"];
+
+/// A failing device's backoff is capped at the larger of this and its
+/// interval unless `backoff_max` is set.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// The validated configuration of one agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,8 +62,95 @@ pub struct AgentConfig {
     pub buffer_max_readings: usize,
     /// How readings are grouped before they are sent.
     pub batch: BatchConfig,
+    /// The on-disk queue of readings not yet acknowledged (`[spool]`).
+    pub spool: SpoolConfig,
+    /// TLS towards the collectors (`[tls]`); `None` when the section is absent.
+    pub tls: Option<TlsConfig>,
+    /// Timers of the connection to the collector (`[uplink]`).
+    pub uplink: UplinkSettings,
     /// The devices to poll, in file order.
     pub devices: Vec<DeviceConfig>,
+}
+
+/// `[spool]`: where and how much the agent keeps on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolConfig {
+    /// The spool directory. Default `./tributary-spool/<id>` (relative to the
+    /// current directory); a relative `dir` in the file is resolved against
+    /// the config file's directory.
+    pub dir: PathBuf,
+    /// Upper bound of the spool's size on disk; at least
+    /// [`MIN_SPOOL_MAX_BYTES`], default [`DEFAULT_SPOOL_MAX_BYTES`].
+    pub max_bytes: u64,
+    /// What happens when the spool is full.
+    pub policy: SpoolPolicy,
+    /// fsync every appended batch (default true).
+    pub sync: bool,
+}
+
+impl SpoolConfig {
+    /// The defaults for an agent with this id.
+    pub fn default_for(id: &str) -> Self {
+        SpoolConfig {
+            dir: Path::new(".").join("tributary-spool").join(id),
+            max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            policy: SpoolPolicy::DropOldest,
+            sync: true,
+        }
+    }
+}
+
+/// What a full spool does with new readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolPolicy {
+    /// Drop the oldest unacknowledged readings (counted) to make room.
+    #[default]
+    DropOldest,
+    /// Stop taking readings until there is room (polls are recorded as dropped).
+    Block,
+}
+
+/// `[tls]`: how the agent verifies the collector and identifies itself.
+/// Relative paths are resolved against the config file's directory.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsConfig {
+    /// CA certificate(s) (PEM) that verify the collector; the system roots
+    /// when `None`.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; set exactly when `key` is.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Overrides the name the collector's certificate is checked against.
+    pub server_name: Option<String>,
+}
+
+/// `[uplink]`: timers of the connection to the collector. None is zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UplinkSettings {
+    /// HTTP/2 keepalive ping interval (default 10s).
+    pub keepalive_interval: Duration,
+    /// A ping unanswered this long drops the connection (default 10s).
+    pub keepalive_timeout: Duration,
+    /// Bound on one connection attempt (default 5s).
+    pub connect_timeout: Duration,
+    /// Cap of the reconnect backoff (default 5s).
+    pub backoff_max: Duration,
+    /// How long shutdown waits for outstanding acks (default 10s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for UplinkSettings {
+    fn default() -> Self {
+        UplinkSettings {
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// How the uplink groups readings into batches.
@@ -86,156 +180,12 @@ pub struct DeviceConfig {
     pub interval: Duration,
     /// How long one poll may take; never zero, may exceed the interval.
     pub timeout: Duration,
+    /// Longest wait between two polls of a device that keeps failing; never
+    /// below the interval. Default: the larger of the interval and
+    /// [`DEFAULT_BACKOFF_MAX`].
+    pub backoff_max: Duration,
     /// The protocol and its settings.
     pub driver: DriverConfig,
-}
-
-/// Protocol-specific settings of a device.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DriverConfig {
-    Sim(SimConfig),
-    Http(HttpConfig),
-    Modbus(ModbusConfig),
-}
-
-impl DriverConfig {
-    /// The name used in `driver = "..."`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            DriverConfig::Sim(_) => "sim",
-            DriverConfig::Http(_) => "http",
-            DriverConfig::Modbus(_) => "modbus",
-        }
-    }
-}
-
-/// The simulated device: a counter plus optional synthetic gauges.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SimConfig {
-    /// Extra `gauge` series per poll, labelled `i = "0".."series-1"`.
-    pub series: u32,
-}
-
-/// A device read with an HTTP GET.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpConfig {
-    /// An `http://` or `https://` URL.
-    pub url: String,
-    /// How the response body is read.
-    pub format: HttpFormat,
-    /// The values to extract; non-empty for [`HttpFormat::Json`], empty for
-    /// [`HttpFormat::Prometheus`].
-    pub metrics: Vec<JsonMetric>,
-}
-
-/// Body format of an HTTP device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HttpFormat {
-    /// A JSON document; values are picked by JSON pointer.
-    Json,
-    /// Prometheus text exposition format 0.0.4; every sample is kept.
-    Prometheus,
-}
-
-/// One value picked out of a JSON document.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JsonMetric {
-    pub name: String,
-    /// An RFC 6901 JSON pointer, e.g. `/power` (`""` is the whole document).
-    pub pointer: String,
-    /// Empty when not given.
-    pub unit: String,
-}
-
-/// A Modbus TCP device (or a gateway in front of it).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModbusConfig {
-    /// `host:port`.
-    pub address: String,
-    /// Modbus unit (slave) id; 1 unless set.
-    pub unit_id: u8,
-    /// Non-empty.
-    pub metrics: Vec<ModbusMetric>,
-}
-
-/// One value decoded from one or two registers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModbusMetric {
-    pub name: String,
-    /// Address of the first register (0-based, as on the wire).
-    pub register: u16,
-    pub kind: RegisterKind,
-    pub data_type: RegisterType,
-    pub word_order: WordOrder,
-    /// The decoded value is multiplied by this; 1.0 unless set, never 0.
-    pub scale: f64,
-    /// Empty when not given.
-    pub unit: String,
-}
-
-/// Which register table a metric is read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegisterKind {
-    /// Function code 3.
-    Holding,
-    /// Function code 4.
-    Input,
-}
-
-/// How register words are interpreted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegisterType {
-    U16,
-    I16,
-    U32,
-    I32,
-    F32,
-}
-
-impl RegisterKind {
-    /// The name used in the config (`holding`, `input`).
-    pub fn name(self) -> &'static str {
-        match self {
-            RegisterKind::Holding => "holding",
-            RegisterKind::Input => "input",
-        }
-    }
-}
-
-impl RegisterType {
-    /// The name used in the config (`u16`, ..., `f32`).
-    pub fn name(self) -> &'static str {
-        match self {
-            RegisterType::U16 => "u16",
-            RegisterType::I16 => "i16",
-            RegisterType::U32 => "u32",
-            RegisterType::I32 => "i32",
-            RegisterType::F32 => "f32",
-        }
-    }
-
-    /// How many 16-bit registers a value of this type spans.
-    pub fn words(self) -> u16 {
-        match self {
-            RegisterType::U16 | RegisterType::I16 => 1,
-            RegisterType::U32 | RegisterType::I32 | RegisterType::F32 => 2,
-        }
-    }
-}
-
-/// Order of the two registers of a 32-bit value (bytes within a register are
-/// always big-endian, as Modbus specifies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WordOrder {
-    /// The first register holds the high word.
-    #[default]
-    Big,
-    /// The first register holds the low word.
-    Little,
 }
 
 /// Why a configuration could not be loaded.
@@ -284,29 +234,23 @@ pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, ConfigError> {
     let src = Source {
         text,
         file: origin.display().to_string(),
+        dir: origin.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     let doc = DeTable::parse(text).map_err(|e| src.syntax_error(&e))?;
     let root_span = doc.span();
     let mut root = doc.into_inner();
     let devices = root.remove("devices");
 
-    let tree = DeValue::Table(root.clone());
-    let raw = RawTop::deserialize(ValueDeserializer::from(Spanned::new(
-        root_span.clone(),
-        DeValue::Table(root),
-    )))
-    .map_err(|e| {
-        src.de_error(
-            &e,
-            &tree,
-            "",
-            root_span.clone(),
-            &DeContext {
-                extra_keys: &["devices"],
-                what: "",
-            },
-        )
-    })?;
+    let raw: RawTop = deserialize_table(
+        &src,
+        root,
+        root_span,
+        "",
+        &DeContext {
+            extra_keys: &["devices"],
+            what: "",
+        },
+    )?;
     let mut cfg = raw.validate(&src)?;
 
     if let Some(devices) = devices {
@@ -348,6 +292,9 @@ pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, ConfigError> {
 struct Source<'a> {
     text: &'a str,
     file: String,
+    /// The config file's directory; relative paths in the file are resolved
+    /// against it.
+    dir: PathBuf,
 }
 
 /// How to phrase deserialization errors of one table.
@@ -380,6 +327,15 @@ impl Source<'_> {
             key: key.into(),
             message: message.into(),
         }
+    }
+
+    /// A non-empty path from the file, resolved against the file's directory.
+    fn path(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let text = value.get_ref();
+        if text.trim().is_empty() {
+            return Err(self.error(value.span(), key, "path must not be empty"));
+        }
+        Ok(self.dir.join(text))
     }
 
     fn syntax_error(&self, e: &toml::de::Error) -> ConfigError {
@@ -425,15 +381,21 @@ impl Source<'_> {
                 format!("unknown key `{name}`{what} ({expected})"),
             );
         }
-        let key = located.unwrap_or_else(|| prefix.to_owned());
         if let Some(name) = msg
             .strip_prefix("missing field `")
             .and_then(|rest| rest.strip_suffix('`'))
         {
+            // The span is the table that lacks the key.
+            let key = locate_table(tree, &span, prefix).unwrap_or_else(|| prefix.to_owned());
             let what = if key == prefix { cx.what } else { "" };
             return self.error(span, key, format!("missing key `{name}`{what}"));
         }
-        self.error(span, key, msg)
+        let key = located.unwrap_or_else(|| prefix.to_owned());
+        self.error(
+            span,
+            key,
+            msg.replacen("unknown variant", "unknown value", 1),
+        )
     }
 }
 
@@ -478,6 +440,36 @@ fn locate(value: &DeValue<'_>, offset: usize, prefix: &str) -> Option<String> {
         }),
         _ => None,
     }
+}
+
+/// The key path of the value in `value` whose span is exactly `span`.
+fn locate_table(value: &DeValue<'_>, span: &Range<usize>, prefix: &str) -> Option<String> {
+    let children: Vec<(String, &Spanned<DeValue<'_>>)> = match value {
+        DeValue::Table(table) => table
+            .iter()
+            .map(|(k, v)| {
+                let path = if prefix.is_empty() {
+                    k.get_ref().to_string()
+                } else {
+                    format!("{prefix}.{}", k.get_ref())
+                };
+                (path, v)
+            })
+            .collect(),
+        DeValue::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("{prefix}[{i}]"), v))
+            .collect(),
+        _ => return None,
+    };
+    children.into_iter().find_map(|(path, v)| {
+        if v.span() == *span {
+            Some(path)
+        } else {
+            locate_table(v.get_ref(), span, &path)
+        }
+    })
 }
 
 /// Deserializes a spanned table into `T`, locating errors below `prefix`.
@@ -564,44 +556,32 @@ fn parse_device(
         }
     };
 
-    let driver = raw.driver.get_ref().as_str();
-    let what = format!(" for driver {driver}");
-    let cx = DeContext {
-        extra_keys: DEVICE_COMMON_KEYS,
-        what: &what,
-    };
-    let driver = match driver {
-        "sim" => {
-            let raw: RawSim = deserialize_table(src, rest, span.clone(), &key, &cx)?;
-            DriverConfig::Sim(SimConfig {
-                series: raw.series.unwrap_or(0),
-            })
-        }
-        "http" => {
-            let raw: RawHttp = deserialize_table(src, rest, span.clone(), &key, &cx)?;
-            DriverConfig::Http(raw.validate(src, &key, span.clone())?)
-        }
-        "modbus" => {
-            let raw: RawModbus = deserialize_table(src, rest, span.clone(), &key, &cx)?;
-            DriverConfig::Modbus(raw.validate(src, &key)?)
-        }
-        other => {
-            return Err(src.error(
-                raw.driver.span(),
-                format!("{key}.driver"),
-                format!(
-                    "unknown driver \"{other}\" (expected one of {})",
-                    DRIVERS.join(", ")
-                ),
-            ));
+    let backoff_max = match &raw.backoff_max {
+        None => interval.max(DEFAULT_BACKOFF_MAX),
+        Some(b) => {
+            let backoff_max = parse_duration(src, b, &format!("{key}.backoff_max"))?;
+            if backoff_max < interval {
+                return Err(src.error(
+                    b.span(),
+                    format!("{key}.backoff_max"),
+                    format!(
+                        "backoff_max {} is shorter than the interval {}",
+                        humantime::format_duration(backoff_max),
+                        humantime::format_duration(interval)
+                    ),
+                ));
+            }
+            backoff_max
         }
     };
+    let driver = drivers::parse_driver(src, &raw.driver, rest, span, &key, DEVICE_COMMON_KEYS)?;
     Ok((
         raw.name.span(),
         DeviceConfig {
             name: name.to_owned(),
             interval,
             timeout,
+            backoff_max,
             driver,
         },
     ))
@@ -679,6 +659,37 @@ struct RawTop {
     max_concurrency: Option<Spanned<usize>>,
     buffer_max_readings: Option<Spanned<usize>>,
     batch: Option<RawBatch>,
+    spool: Option<RawSpool>,
+    tls: Option<RawTls>,
+    uplink: Option<RawUplink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    dir: Option<Spanned<String>>,
+    max_bytes: Option<Spanned<String>>,
+    policy: Option<SpoolPolicy>,
+    sync: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    keepalive_interval: Option<Spanned<String>>,
+    keepalive_timeout: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    backoff_max: Option<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -739,15 +750,171 @@ impl RawTop {
                 batch.max_delay = parse_duration(src, d, "batch.max_delay")?;
             }
         }
+        let spool = match self.spool {
+            None => SpoolConfig::default_for(id),
+            Some(raw) => raw.validate(src, id)?,
+        };
+        let tls = self.tls.map(|raw| raw.validate(src)).transpose()?;
+        let uplink = match self.uplink {
+            None => UplinkSettings::default(),
+            Some(raw) => raw.validate(src)?,
+        };
         Ok(AgentConfig {
             id: id.clone(),
             collectors,
             max_concurrency,
             buffer_max_readings,
             batch,
+            spool,
+            tls,
+            uplink,
             devices: Vec::new(),
         })
     }
+}
+
+impl RawSpool {
+    fn validate(self, src: &Source<'_>, id: &str) -> Result<SpoolConfig, ConfigError> {
+        let mut spool = SpoolConfig::default_for(id);
+        if let Some(dir) = &self.dir {
+            spool.dir = src.path(dir, "spool.dir")?;
+        }
+        if let Some(size) = &self.max_bytes {
+            let bytes = parse_size(size.get_ref()).map_err(|e| {
+                src.error(
+                    size.span(),
+                    "spool.max_bytes",
+                    format!("invalid size \"{}\": {e}", size.get_ref()),
+                )
+            })?;
+            if bytes < MIN_SPOOL_MAX_BYTES {
+                return Err(src.error(
+                    size.span(),
+                    "spool.max_bytes",
+                    format!(
+                        "spool size {bytes} bytes is below the minimum of 64KiB ({MIN_SPOOL_MAX_BYTES} bytes)"
+                    ),
+                ));
+            }
+            spool.max_bytes = bytes;
+        }
+        if let Some(policy) = self.policy {
+            spool.policy = policy;
+        }
+        if let Some(sync) = self.sync {
+            spool.sync = sync;
+        }
+        Ok(spool)
+    }
+}
+
+impl RawTls {
+    fn validate(self, src: &Source<'_>) -> Result<TlsConfig, ConfigError> {
+        let path = |v: &Option<Spanned<String>>, key: &str| {
+            v.as_ref().map(|v| src.path(v, key)).transpose()
+        };
+        let tls = TlsConfig {
+            ca: path(&self.ca, "tls.ca")?,
+            cert: path(&self.cert, "tls.cert")?,
+            key: path(&self.key, "tls.key")?,
+            server_name: match &self.server_name {
+                Some(name) if name.get_ref().trim().is_empty() => {
+                    return Err(src.error(
+                        name.span(),
+                        "tls.server_name",
+                        "server name must not be empty",
+                    ));
+                }
+                Some(name) => Some(name.get_ref().trim().to_owned()),
+                None => None,
+            },
+        };
+        match (&self.cert, &self.key) {
+            (Some(cert), None) => Err(src.error(
+                cert.span(),
+                "tls.cert",
+                "a client certificate needs its private key: `tls.key` is missing",
+            )),
+            (None, Some(key)) => Err(src.error(
+                key.span(),
+                "tls.key",
+                "a private key needs its client certificate: `tls.cert` is missing",
+            )),
+            _ => Ok(tls),
+        }
+    }
+}
+
+impl RawUplink {
+    fn validate(self, src: &Source<'_>) -> Result<UplinkSettings, ConfigError> {
+        let mut out = UplinkSettings::default();
+        for (value, key, slot) in [
+            (
+                &self.keepalive_interval,
+                "keepalive_interval",
+                &mut out.keepalive_interval,
+            ),
+            (
+                &self.keepalive_timeout,
+                "keepalive_timeout",
+                &mut out.keepalive_timeout,
+            ),
+            (
+                &self.connect_timeout,
+                "connect_timeout",
+                &mut out.connect_timeout,
+            ),
+            (&self.backoff_max, "backoff_max", &mut out.backoff_max),
+            (
+                &self.shutdown_timeout,
+                "shutdown_timeout",
+                &mut out.shutdown_timeout,
+            ),
+        ] {
+            if let Some(value) = value {
+                let key = format!("uplink.{key}");
+                let d = parse_duration(src, value, &key)?;
+                if d.is_zero() {
+                    return Err(src.error(value.span(), key, "must be greater than 0"));
+                }
+                *slot = d;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses a size such as `256MiB`, `64 KiB`, `1GB` or `512B` into bytes.
+/// `KiB`/`MiB`/`GiB` are powers of 1024, `KB`/`MB`/`GB` powers of 1000.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or("missing unit (expected one of B, KiB, MiB, GiB, KB, MB, GB)")?;
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err("expected a number followed by a unit, e.g. 256MiB".into());
+    }
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("number {number} is too large"))?;
+    let factor: u64 = match unit.trim() {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit \"{other}\" (expected one of B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| "size does not fit in 64 bits".to_owned())
 }
 
 /// The keys every device has; the rest go to the driver's struct.
@@ -758,181 +925,7 @@ struct RawDevice {
     driver: Spanned<String>,
     interval: Spanned<String>,
     timeout: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSim {
-    series: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    url: Spanned<String>,
-    format: Option<HttpFormat>,
-    metrics: Option<Spanned<Vec<Spanned<RawJsonMetric>>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJsonMetric {
-    name: Spanned<String>,
-    pointer: Spanned<String>,
-    unit: Option<String>,
-}
-
-impl RawHttp {
-    fn validate(
-        self,
-        src: &Source<'_>,
-        key: &str,
-        span: Range<usize>,
-    ) -> Result<HttpConfig, ConfigError> {
-        let url = check_http_url(src, &self.url, &format!("{key}.url"))?;
-        let format = self.format.unwrap_or(HttpFormat::Json);
-        let mut metrics = Vec::new();
-        match (format, &self.metrics) {
-            (HttpFormat::Prometheus, Some(m)) => {
-                return Err(src.error(
-                    m.span(),
-                    format!("{key}.metrics"),
-                    "`metrics` is not used with format \"prometheus\" (every sample is kept)",
-                ));
-            }
-            (HttpFormat::Prometheus, None) => {}
-            (HttpFormat::Json, None) => {
-                return Err(src.error(
-                    span,
-                    key,
-                    "missing key `metrics` for driver http with format \"json\"",
-                ));
-            }
-            (HttpFormat::Json, Some(list)) => {
-                if list.get_ref().is_empty() {
-                    return Err(src.error(
-                        list.span(),
-                        format!("{key}.metrics"),
-                        "at least one metric is required",
-                    ));
-                }
-                let mut seen = HashMap::new();
-                for (i, m) in list.get_ref().iter().enumerate() {
-                    let m = m.get_ref();
-                    let mkey = format!("{key}.metrics[{i}]");
-                    check_metric_name(src, &mut seen, &m.name, &format!("{mkey}.name"))?;
-                    let pointer = m.pointer.get_ref();
-                    if !pointer.is_empty() && !pointer.starts_with('/') {
-                        return Err(src.error(
-                            m.pointer.span(),
-                            format!("{mkey}.pointer"),
-                            format!(
-                                "invalid json pointer \"{pointer}\" (expected \"\" or a path starting with /)"
-                            ),
-                        ));
-                    }
-                    metrics.push(JsonMetric {
-                        name: m.name.get_ref().clone(),
-                        pointer: pointer.clone(),
-                        unit: m.unit.clone().unwrap_or_default(),
-                    });
-                }
-            }
-        }
-        Ok(HttpConfig {
-            url,
-            format,
-            metrics,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModbus {
-    address: Spanned<String>,
-    unit_id: Option<u8>,
-    metrics: Spanned<Vec<Spanned<RawModbusMetric>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModbusMetric {
-    name: Spanned<String>,
-    register: Spanned<u16>,
-    kind: Option<RegisterKind>,
-    #[serde(rename = "type")]
-    data_type: Option<RegisterType>,
-    word_order: Option<WordOrder>,
-    scale: Option<Spanned<f64>>,
-    unit: Option<String>,
-}
-
-impl RawModbus {
-    fn validate(self, src: &Source<'_>, key: &str) -> Result<ModbusConfig, ConfigError> {
-        let address = self.address.get_ref().trim();
-        let valid_address = address
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !valid_address {
-            return Err(src.error(
-                self.address.span(),
-                format!("{key}.address"),
-                format!("invalid address \"{address}\" (expected host:port)"),
-            ));
-        }
-        if self.metrics.get_ref().is_empty() {
-            return Err(src.error(
-                self.metrics.span(),
-                format!("{key}.metrics"),
-                "at least one metric is required",
-            ));
-        }
-        let mut metrics = Vec::new();
-        let mut seen = HashMap::new();
-        for (i, m) in self.metrics.get_ref().iter().enumerate() {
-            let m = m.get_ref();
-            let mkey = format!("{key}.metrics[{i}]");
-            check_metric_name(src, &mut seen, &m.name, &format!("{mkey}.name"))?;
-            let data_type = m.data_type.unwrap_or(RegisterType::U16);
-            let register = *m.register.get_ref();
-            if u32::from(register) + u32::from(data_type.words()) > 0x1_0000 {
-                return Err(src.error(
-                    m.register.span(),
-                    format!("{mkey}.register"),
-                    format!("register {register} with a 32-bit type runs past register 65535"),
-                ));
-            }
-            let scale = match &m.scale {
-                None => 1.0,
-                Some(s) if !s.get_ref().is_finite() || *s.get_ref() == 0.0 => {
-                    return Err(src.error(
-                        s.span(),
-                        format!("{mkey}.scale"),
-                        format!(
-                            "invalid scale {} (expected a finite non-zero number)",
-                            s.get_ref()
-                        ),
-                    ));
-                }
-                Some(s) => *s.get_ref(),
-            };
-            metrics.push(ModbusMetric {
-                name: m.name.get_ref().clone(),
-                register,
-                kind: m.kind.unwrap_or(RegisterKind::Holding),
-                data_type,
-                word_order: m.word_order.unwrap_or_default(),
-                scale,
-                unit: m.unit.clone().unwrap_or_default(),
-            });
-        }
-        Ok(ModbusConfig {
-            address: address.to_owned(),
-            unit_id: self.unit_id.unwrap_or(1),
-            metrics,
-        })
-    }
+    backoff_max: Option<Spanned<String>>,
 }
 
 #[cfg(test)]
@@ -1025,6 +1018,8 @@ metrics = [
                     pointer: "/power".into(),
                     unit: "W".into()
                 }],
+                auth: HttpAuth::None,
+                ca: None,
             })
         );
         assert_eq!(cfg.devices[2].timeout, Duration::from_secs(2));
@@ -1077,7 +1072,7 @@ metrics = [
         );
         let e = err(&text);
         assert!(
-            e.starts_with("agent.toml:8: devices[0]: unknown key `url` for driver sim (expected one of `name`, `driver`, `interval`, `timeout`, `series`)"),
+            e.starts_with("agent.toml:8: devices[0]: unknown key `url` for driver sim (expected one of `name`, `driver`, `interval`, `timeout`, `backoff_max`, `series`)"),
             "{e}"
         );
     }
@@ -1116,7 +1111,7 @@ metrics = [
         );
         let e = err(&text);
         assert!(
-            e.starts_with("agent.toml:8: devices[0].metrics[0].type: unknown variant `f64`"),
+            e.starts_with("agent.toml:8: devices[0].metrics[0].type: unknown value `f64`"),
             "{e}"
         );
     }
@@ -1141,6 +1136,18 @@ metrics = [
         assert_eq!(
             e,
             "agent.toml:4: devices[0]: missing key `url` for driver http"
+        );
+    }
+
+    #[test]
+    fn missing_key_in_inline_metric_table() {
+        let text = format!(
+            "{HEAD}[[devices]]\nname = \"m\"\ndriver = \"modbus\"\ninterval = \"1s\"\naddress = \"h:502\"\nmetrics = [\n  {{ name = \"a\", register = 1 }},\n  {{ name = \"b\" }},\n]\n"
+        );
+        let e = err(&text);
+        assert_eq!(
+            e,
+            "agent.toml:10: devices[0].metrics[1]: missing key `register`"
         );
     }
 
@@ -1221,6 +1228,149 @@ metrics = [
         assert_eq!(
             e,
             "agent.toml:4: devices[0].name: device name must not be empty"
+        );
+    }
+
+    #[test]
+    fn spool_tls_uplink_defaults() {
+        let cfg = parse_str(HEAD).expect("valid config");
+        assert_eq!(
+            cfg.spool,
+            SpoolConfig {
+                dir: PathBuf::from("./tributary-spool/edge-1"),
+                max_bytes: 256 * 1024 * 1024,
+                policy: SpoolPolicy::DropOldest,
+                sync: true,
+            }
+        );
+        assert_eq!(cfg.tls, None);
+        assert_eq!(cfg.uplink, UplinkSettings::default());
+        assert_eq!(cfg.uplink.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn spool_tls_uplink_sections_parse() {
+        let text = format!(
+            "{HEAD}[spool]\ndir = \"/var/lib/tributary/spool\"\nmax_bytes = \"1GB\"\npolicy = \"block\"\nsync = false\n\
+             [tls]\nca = \"ca.pem\"\ncert = \"/etc/t/edge-1.pem\"\nkey = \"edge-1-key.pem\"\nserver_name = \"localhost\"\n\
+             [uplink]\nkeepalive_interval = \"2s\"\nkeepalive_timeout = \"3s\"\nconnect_timeout = \"500ms\"\nbackoff_max = \"1m\"\nshutdown_timeout = \"20s\"\n"
+        );
+        let cfg = parse(&text, Path::new("/etc/tributary/agent.toml")).expect("valid config");
+        assert_eq!(
+            cfg.spool,
+            SpoolConfig {
+                dir: PathBuf::from("/var/lib/tributary/spool"),
+                max_bytes: 1_000_000_000,
+                policy: SpoolPolicy::Block,
+                sync: false,
+            }
+        );
+        assert_eq!(
+            cfg.tls,
+            Some(TlsConfig {
+                ca: Some(PathBuf::from("/etc/tributary/ca.pem")),
+                cert: Some(PathBuf::from("/etc/t/edge-1.pem")),
+                key: Some(PathBuf::from("/etc/tributary/edge-1-key.pem")),
+                server_name: Some("localhost".into()),
+            })
+        );
+        assert_eq!(
+            cfg.uplink,
+            UplinkSettings {
+                keepalive_interval: Duration::from_secs(2),
+                keepalive_timeout: Duration::from_secs(3),
+                connect_timeout: Duration::from_millis(500),
+                backoff_max: Duration::from_secs(60),
+                shutdown_timeout: Duration::from_secs(20),
+            }
+        );
+        // Relative spool dir: against the config file's directory too.
+        let cfg = parse(
+            &format!("{HEAD}[spool]\ndir = \"spool\"\n[tls]\nca = \"ca.pem\"\n"),
+            Path::new("conf/agent.toml"),
+        )
+        .expect("valid config");
+        assert_eq!(cfg.spool.dir, PathBuf::from("conf/spool"));
+        assert_eq!(
+            cfg.tls.and_then(|t| t.ca),
+            Some(PathBuf::from("conf/ca.pem"))
+        );
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("64 KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("5KB"), Ok(5000));
+        assert_eq!(parse_size("3MB"), Ok(3_000_000));
+        assert_eq!(parse_size("100B"), Ok(100));
+        assert!(
+            parse_size("100")
+                .err()
+                .unwrap_or_default()
+                .contains("missing unit")
+        );
+        assert!(parse_size("MiB").is_err());
+        assert!(
+            parse_size("5 TB")
+                .err()
+                .unwrap_or_default()
+                .contains("unknown unit \"TB\"")
+        );
+        assert!(parse_size("99999999999999999999B").is_err());
+        assert!(
+            parse_size("99999999999GiB")
+                .err()
+                .unwrap_or_default()
+                .contains("64 bits")
+        );
+    }
+
+    #[test]
+    fn spool_tls_uplink_errors_are_located() {
+        let e = err(&format!("{HEAD}[spool]\nmax_bytes = \"1KiB\"\n"));
+        assert!(
+            e.starts_with(
+                "agent.toml:4: spool.max_bytes: spool size 1024 bytes is below the minimum of 64KiB"
+            ),
+            "{e}"
+        );
+        let e = err(&format!("{HEAD}[spool]\nmax_bytes = \"12 parsecs\"\n"));
+        assert!(
+            e.starts_with(
+                "agent.toml:4: spool.max_bytes: invalid size \"12 parsecs\": unknown unit"
+            ),
+            "{e}"
+        );
+        let e = err(&format!("{HEAD}[spool]\npolicy = \"drop_newest\"\n"));
+        assert!(
+            e.starts_with("agent.toml:4: spool.policy: unknown value `drop_newest`"),
+            "{e}"
+        );
+        let e = err(&format!("{HEAD}[spool]\nsize = 3\n"));
+        assert!(
+            e.starts_with("agent.toml:4: spool: unknown key `size`"),
+            "{e}"
+        );
+        let e = err(&format!("{HEAD}[tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\n"));
+        assert_eq!(
+            e,
+            "agent.toml:5: tls.cert: a client certificate needs its private key: `tls.key` is missing"
+        );
+        let e = err(&format!("{HEAD}[tls]\nkey = \"k.pem\"\n"));
+        assert!(e.starts_with("agent.toml:4: tls.key: "), "{e}");
+        let e = err(&format!("{HEAD}[tls]\nca = \"\"\n"));
+        assert_eq!(e, "agent.toml:4: tls.ca: path must not be empty");
+        let e = err(&format!("{HEAD}[uplink]\n\nbackoff_max = \"0s\"\n"));
+        assert_eq!(
+            e,
+            "agent.toml:5: uplink.backoff_max: must be greater than 0"
+        );
+        let e = err(&format!("{HEAD}[uplink]\nconnect_timeout = \"fast\"\n"));
+        assert!(
+            e.starts_with("agent.toml:4: uplink.connect_timeout: invalid duration \"fast\""),
+            "{e}"
         );
     }
 

@@ -1,0 +1,707 @@
+//! The SNMP driver: GET of scalars and GETBULK walks of table columns over
+//! SNMPv2c or SNMPv3 (USM, SHA/AES), on one connected UDP socket per device.
+//!
+//! Every request has a fresh request id; an answer with another id (a late
+//! answer to a poll the scheduler cancelled) is ignored, so cancellation
+//! needs no cleanup. An unanswered request is sent again `retries` times,
+//! each try waiting its share of the poll timeout. SNMPv3 discovers the
+//! agent's engine id, boots and time on the first poll (and again when the
+//! agent says they changed) and localizes the keys once per engine.
+//!
+//! Values: INTEGER, Counter32, Gauge32 and TimeTicks become integers,
+//! Counter64 an integer when it fits `i64` (a float above that: the wire
+//! has no unsigned type yet), OCTET STRING a string (hex `aa:bb:..` when it
+//! is not printable UTF-8), IpAddress and OBJECT IDENTIFIER strings.
+//! noSuchObject, noSuchInstance and endOfMibView fail that metric with the
+//! reason.
+
+pub mod ber;
+pub mod usm;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tracing::debug;
+
+use self::ber::{Pdu, SnmpValue, tag};
+use super::PollError;
+use crate::config::{SnmpConfig, SnmpSecurity, oid_string};
+use crate::reading::{FailureKind, Sample, Value};
+
+/// Most varbinds in one GET (larger lists are split).
+const MAX_GET_VARBINDS: usize = 32;
+
+/// Most rows one walk may return before it is cut off as runaway.
+pub const MAX_WALK_ROWS: usize = 100_000;
+
+/// An SNMP agent.
+pub struct SnmpDriver {
+    cfg: SnmpConfig,
+    /// Bound to the whole poll; split across retries.
+    timeout: Duration,
+    socket: Option<(UdpSocket, SocketAddr)>,
+    /// End of the current poll's own time budget (a little inside the
+    /// scheduler's timeout, so the driver's precise error wins).
+    deadline: Instant,
+    engine: Option<Engine>,
+    next_id: i32,
+    salt: u64,
+}
+
+impl std::fmt::Debug for SnmpDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnmpDriver")
+            .field("address", &self.cfg.address)
+            .field("security", &self.cfg.security)
+            .field("connected", &self.socket.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What SNMPv3 learned about the agent's engine.
+struct Engine {
+    id: Vec<u8>,
+    boots: u32,
+    time: u32,
+    /// When `time` was learned.
+    at: Instant,
+    keys: Option<usm::Keys>,
+}
+
+impl Engine {
+    fn time_now(&self) -> u32 {
+        let elapsed = u32::try_from(self.at.elapsed().as_secs()).unwrap_or(u32::MAX);
+        self.time.saturating_add(elapsed)
+    }
+}
+
+/// A request to send: PDU type and its fields.
+struct Request<'a> {
+    kind: u8,
+    a: i64,
+    b: i64,
+    oids: &'a [&'a [u32]],
+    what: String,
+}
+
+impl SnmpDriver {
+    pub fn new(cfg: &SnmpConfig, timeout: Duration) -> Self {
+        let mut rng = rand::rng();
+        SnmpDriver {
+            cfg: cfg.clone(),
+            timeout,
+            socket: None,
+            deadline: Instant::now(),
+            engine: None,
+            next_id: rng.random_range(1..i32::MAX / 2),
+            salt: rng.random(),
+        }
+    }
+
+    /// (name, unit) of every metric and walk.
+    pub fn metrics(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.cfg
+            .metrics
+            .iter()
+            .map(|m| (m.name.as_str(), m.unit.as_str()))
+            .chain(
+                self.cfg
+                    .walks
+                    .iter()
+                    .map(|w| (w.name.as_str(), w.unit.as_str())),
+            )
+    }
+
+    pub async fn poll(&mut self) -> Result<Vec<Sample>, PollError> {
+        self.deadline = Instant::now() + self.timeout.mul_f64(0.9);
+        let mut samples = Vec::new();
+        let metrics = self.cfg.metrics.clone();
+        for chunk in metrics.chunks(MAX_GET_VARBINDS) {
+            let oids: Vec<&[u32]> = chunk.iter().map(|m| m.oid.as_slice()).collect();
+            let what = if oids.len() == 1 {
+                format!("GET {}", oid_string(oids[0]))
+            } else {
+                format!("GET of {} OIDs", oids.len())
+            };
+            let pdu = self
+                .request(Request {
+                    kind: tag::GET,
+                    a: 0,
+                    b: 0,
+                    oids: &oids,
+                    what,
+                })
+                .await?;
+            for (i, m) in chunk.iter().enumerate() {
+                let value = match pdu.varbinds.get(i) {
+                    Some((oid, v)) if *oid == m.oid => to_value(v),
+                    Some((oid, _)) => failed(format!(
+                        "agent answered OID {} for {}",
+                        oid_string(oid),
+                        oid_string(&m.oid)
+                    )),
+                    None => failed(format!(
+                        "agent answered {} varbinds for {} OIDs",
+                        pdu.varbinds.len(),
+                        oids.len()
+                    )),
+                };
+                samples.push(Sample {
+                    unit: m.unit.clone(),
+                    ..Sample::new(m.name.clone(), value)
+                });
+            }
+        }
+        let walks = self.cfg.walks.clone();
+        for w in &walks {
+            let rows = self.walk(&w.oid).await?;
+            if rows.is_empty() {
+                samples.push(Sample {
+                    unit: w.unit.clone(),
+                    ..Sample::new(
+                        w.name.clone(),
+                        failed(format!(
+                            "walk of {} returned no rows (no such table or column: bad OID?)",
+                            oid_string(&w.oid)
+                        )),
+                    )
+                });
+            }
+            for (suffix, v) in rows {
+                let mut labels = BTreeMap::new();
+                labels.insert(w.index_label.clone(), oid_string(&suffix));
+                samples.push(Sample {
+                    labels,
+                    unit: w.unit.clone(),
+                    ..Sample::new(w.name.clone(), to_value(&v))
+                });
+            }
+        }
+        Ok(samples)
+    }
+
+    /// Walks the subtree under `root` with GETBULK: (index suffix, value).
+    async fn walk(&mut self, root: &[u32]) -> Result<Vec<(Vec<u32>, SnmpValue)>, PollError> {
+        let mut rows = Vec::new();
+        let mut cursor = root.to_vec();
+        loop {
+            let oids = [cursor.as_slice()];
+            let pdu = self
+                .request(Request {
+                    kind: tag::GET_BULK,
+                    a: 0,
+                    b: i64::from(self.cfg.max_repetitions),
+                    oids: &oids,
+                    what: format!(
+                        "GETBULK walk of {} at {}",
+                        oid_string(root),
+                        oid_string(&cursor)
+                    ),
+                })
+                .await?;
+            if pdu.varbinds.is_empty() {
+                return Ok(rows);
+            }
+            for (oid, value) in pdu.varbinds {
+                if value == SnmpValue::EndOfMibView
+                    || !oid.starts_with(root)
+                    || oid.len() == root.len()
+                {
+                    return Ok(rows);
+                }
+                if oid <= cursor {
+                    return Err(PollError::error(format!(
+                        "snmp {}: walk of {} went backwards ({} after {}): agent bug",
+                        self.cfg.address,
+                        oid_string(root),
+                        oid_string(&oid),
+                        oid_string(&cursor)
+                    )));
+                }
+                if rows.len() >= MAX_WALK_ROWS {
+                    return Err(PollError::error(format!(
+                        "snmp {}: walk of {} exceeds {MAX_WALK_ROWS} rows",
+                        self.cfg.address,
+                        oid_string(root)
+                    )));
+                }
+                cursor = oid.clone();
+                rows.push((oid[root.len()..].to_vec(), value));
+            }
+        }
+    }
+
+    /// Sends one request (with retries) and returns the Response PDU.
+    async fn request(&mut self, req: Request<'_>) -> Result<Pdu, PollError> {
+        let (socket, addr) = match self.socket.take() {
+            Some(s) => s,
+            None => self.open().await?,
+        };
+        let result = self.exchange(&socket, addr, &req).await;
+        // The socket stays usable whatever happened: stale answers are
+        // recognized by their ids.
+        self.socket = Some((socket, addr));
+        let pdu = result?;
+        if pdu.error_status != 0 {
+            let index = usize::try_from(pdu.error_index).unwrap_or(0);
+            let culprit = index
+                .checked_sub(1)
+                .and_then(|i| req.oids.get(i))
+                .map(|o| format!(" for {}", oid_string(o)))
+                .unwrap_or_default();
+            return Err(PollError::error(format!(
+                "snmp {}: {}: agent answered {} ({}){culprit}",
+                self.cfg.address,
+                req.what,
+                ber::error_status_name(pdu.error_status),
+                pdu.error_status
+            )));
+        }
+        Ok(pdu)
+    }
+
+    async fn open(&self) -> Result<(UdpSocket, SocketAddr), PollError> {
+        let address = &self.cfg.address;
+        let addr = tokio::net::lookup_host(address)
+            .await
+            .map_err(|e| PollError::error(format!("cannot resolve {address}: {e}")))?
+            .next()
+            .ok_or_else(|| PollError::error(format!("{address} resolved to no address")))?;
+        let local: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(local).await.map_err(|e| {
+            PollError::error(format!("snmp {address}: cannot bind a udp socket: {e}"))
+        })?;
+        // Connected: only the agent's datagrams arrive, and an ICMP port
+        // unreachable surfaces as "connection refused".
+        socket.connect(addr).await.map_err(|e| {
+            PollError::error(format!("snmp {address}: cannot connect udp socket: {e}"))
+        })?;
+        Ok((socket, addr))
+    }
+
+    fn fresh_id(&mut self) -> i32 {
+        self.next_id = if self.next_id >= i32::MAX - 1 {
+            1
+        } else {
+            self.next_id + 1
+        };
+        self.next_id
+    }
+
+    /// The request/response exchange for either version.
+    async fn exchange(
+        &mut self,
+        socket: &UdpSocket,
+        addr: SocketAddr,
+        req: &Request<'_>,
+    ) -> Result<Pdu, PollError> {
+        match self.cfg.security.clone() {
+            SnmpSecurity::V2c { community } => {
+                let id = self.fresh_id();
+                let pdu = ber::encode_pdu(req.kind, id, req.a, req.b, req.oids);
+                let msg = ber::encode_v2c(community.as_bytes(), &pdu);
+                let answer = self
+                    .send_and_wait(socket, addr, &msg, &req.what, id, |bytes| {
+                        let (_, _, pdu) = ber::decode_v2c(bytes).map_err(|e| e.to_string())?;
+                        Ok((pdu.request_id, pdu))
+                    })
+                    .await;
+                match answer {
+                    Err(e) if e.kind == FailureKind::Timeout => Err(PollError::timeout(format!(
+                        "{} (wrong community, or no SNMP agent listening?)",
+                        e.message
+                    ))),
+                    other => other,
+                }
+            }
+            SnmpSecurity::V3(v3) => {
+                // Up to two rounds: a report that the engine id or time is
+                // stale updates them, and the request is sent again.
+                for round in 0..3 {
+                    if self.engine.is_none() {
+                        self.discover(socket, addr, &v3).await?;
+                    }
+                    let id = self.fresh_id();
+                    self.salt = self.salt.wrapping_add(1);
+                    let Some(engine) = &self.engine else {
+                        continue;
+                    };
+                    let pdu = ber::encode_pdu(req.kind, id, req.a, req.b, req.oids);
+                    let msg = usm::encode(&usm::Outgoing {
+                        msg_id: id,
+                        engine_id: &engine.id,
+                        boots: engine.boots,
+                        time: engine.time_now(),
+                        user: v3.user.as_bytes(),
+                        context: v3.context.as_bytes(),
+                        keys: engine.keys.as_ref(),
+                        salt: self.salt.to_be_bytes(),
+                        pdu: &pdu,
+                    });
+                    let keys = engine.keys.clone();
+                    let answer = self
+                        .send_and_wait(socket, addr, &msg, &req.what, id, |bytes| {
+                            let m = usm::decode(bytes).map_err(|e| e.to_string())?;
+                            Ok((m.msg_id, (m, bytes.to_vec())))
+                        })
+                        .await
+                        .map_err(|e| match &keys {
+                            Some(k) if k.has_priv() && e.kind == FailureKind::Timeout => {
+                                PollError::timeout(format!(
+                                    "{} (the engine answered discovery: wrong priv_password or priv_protocol? \
+                                     agents drop requests they cannot decrypt)",
+                                    e.message
+                                ))
+                            }
+                            _ => e,
+                        })?;
+                    let (m, raw) = answer;
+                    let pdu = self.open_v3(&m, &raw, keys.as_ref())?;
+                    if pdu.kind == tag::REPORT {
+                        let oid = pdu
+                            .varbinds
+                            .first()
+                            .map(|(o, _)| o.clone())
+                            .unwrap_or_default();
+                        if round < 2 && usm::is_not_in_time_window(&oid) {
+                            if let Some(e) = &mut self.engine {
+                                e.boots = m.usm.boots;
+                                e.time = m.usm.time;
+                                e.at = Instant::now();
+                            }
+                            continue;
+                        }
+                        if round < 2 && usm::is_unknown_engine_id(&oid) {
+                            self.engine = None;
+                            continue;
+                        }
+                        return Err(report_error(&self.cfg.address, &v3.user, &oid, &req.what));
+                    }
+                    if let Some(e) = &mut self.engine
+                        && m.flags & usm::FLAG_AUTH != 0
+                    {
+                        e.boots = m.usm.boots;
+                        e.time = m.usm.time;
+                        e.at = Instant::now();
+                    }
+                    return Ok(pdu);
+                }
+                Err(PollError::error(format!(
+                    "snmp {}: {}: agent keeps reporting a stale engine id or time",
+                    self.cfg.address, req.what
+                )))
+            }
+        }
+    }
+
+    /// Checks the MAC, decrypts, and returns the PDU of a v3 answer.
+    fn open_v3(
+        &self,
+        m: &usm::V3Message,
+        raw: &[u8],
+        keys: Option<&usm::Keys>,
+    ) -> Result<Pdu, PollError> {
+        let address = &self.cfg.address;
+        if m.flags & usm::FLAG_AUTH != 0 {
+            let Some(keys) = keys else {
+                return Err(PollError::error(format!(
+                    "snmp {address}: authenticated answer to an unauthenticated request"
+                )));
+            };
+            if !keys.verify(raw, m.auth_offset, &m.usm.auth_params) {
+                return Err(PollError::error(format!(
+                    "snmp {address}: authentication failure: the answer's digest does not match (wrong auth_password or auth_protocol?)"
+                )));
+            }
+        }
+        match &m.data {
+            usm::ScopedData::Plain(pdu) => Ok(pdu.clone()),
+            usm::ScopedData::Encrypted(enc) => {
+                let Some(keys) = keys.filter(|k| k.has_priv()) else {
+                    return Err(PollError::error(format!(
+                        "snmp {address}: encrypted answer but no priv_password configured"
+                    )));
+                };
+                usm::decrypt(keys, &m.usm, enc)
+                    .map_err(|e| PollError::error(format!("snmp {address}: {e}")))
+            }
+        }
+    }
+
+    /// SNMPv3 engine discovery: an empty unauthenticated GET, answered by a
+    /// Report carrying the engine id, boots and time.
+    async fn discover(
+        &mut self,
+        socket: &UdpSocket,
+        addr: SocketAddr,
+        v3: &crate::config::SnmpV3,
+    ) -> Result<(), PollError> {
+        let id = self.fresh_id();
+        let pdu = ber::encode_pdu(tag::GET, id, 0, 0, &[]);
+        let msg = usm::encode(&usm::Outgoing {
+            msg_id: id,
+            engine_id: b"",
+            boots: 0,
+            time: 0,
+            user: b"",
+            context: b"",
+            keys: None,
+            salt: [0; 8],
+            pdu: &pdu,
+        });
+        let (m, _) = self
+            .send_and_wait(socket, addr, &msg, "SNMPv3 engine discovery", id, |bytes| {
+                let m = usm::decode(bytes).map_err(|e| e.to_string())?;
+                Ok((m.msg_id, (m, ())))
+            })
+            .await?;
+        if m.usm.engine_id.is_empty() {
+            return Err(PollError::error(format!(
+                "snmp {}: engine discovery answered without an engine id",
+                self.cfg.address
+            )));
+        }
+        // About a million hash rounds: off the async threads.
+        let (auth, privacy, engine_id) =
+            (v3.auth.clone(), v3.privacy.clone(), m.usm.engine_id.clone());
+        let keys = tokio::task::spawn_blocking(move || {
+            auth.map(|(proto, pw)| {
+                usm::Keys::new(
+                    (proto, pw.as_str()),
+                    privacy.as_ref().map(|(p, pw)| (*p, pw.as_str())),
+                    &engine_id,
+                )
+            })
+        })
+        .await
+        .map_err(|e| PollError::error(format!("snmp key localization failed: {e}")))?;
+        debug!(address = %self.cfg.address, boots = m.usm.boots, time = m.usm.time, "snmp engine discovered");
+        self.engine = Some(Engine {
+            id: m.usm.engine_id.clone(),
+            boots: m.usm.boots,
+            time: m.usm.time,
+            at: Instant::now(),
+            keys,
+        });
+        Ok(())
+    }
+
+    /// Sends `msg` and waits for the answer whose id is `id`, sending again
+    /// after each share of the timeout. `parse` returns the answer's id and
+    /// its decoded form.
+    async fn send_and_wait<T>(
+        &self,
+        socket: &UdpSocket,
+        addr: SocketAddr,
+        msg: &[u8],
+        what: &str,
+        id: i32,
+        parse: impl Fn(&[u8]) -> Result<(i32, T), String>,
+    ) -> Result<T, PollError> {
+        let address = &self.cfg.address;
+        let tries = self.cfg.retries.saturating_add(1);
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let per_try = (self.timeout / tries)
+            .min(left / tries)
+            .max(Duration::from_millis(1));
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..tries {
+            socket
+                .send(msg)
+                .await
+                .map_err(|e| io_error(address, addr, what, &e))?;
+            let deadline = Instant::now() + per_try;
+            loop {
+                let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+                    Err(_) => break,
+                    Ok(Err(e)) => return Err(io_error(address, addr, what, &e)),
+                    Ok(Ok(n)) => n,
+                };
+                let bytes = &buf[..n];
+                match parse(bytes) {
+                    Ok((got, answer)) if got == id => return Ok(answer),
+                    Ok((got, _)) => {
+                        debug!(address = %address, expected = id, got, "ignoring a stale snmp answer");
+                    }
+                    Err(e) => {
+                        return Err(PollError::error(format!(
+                            "snmp {address}: {what}: malformed SNMP answer of {n} bytes: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+        Err(PollError::timeout(format!(
+            "snmp {address}: {what}: no answer after {tries} tr{} of {}",
+            if tries == 1 { "y" } else { "ies" },
+            humantime::format_duration(Duration::from_millis(per_try.as_millis() as u64))
+        )))
+    }
+}
+
+fn io_error(address: &str, addr: SocketAddr, what: &str, e: &io::Error) -> PollError {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        PollError::error(format!(
+            "snmp {address}: {what}: connection refused (nothing listens on udp {addr})"
+        ))
+    } else {
+        PollError::error(format!("snmp {address}: {what}: {e}"))
+    }
+}
+
+fn report_error(address: &str, user: &str, oid: &[u32], what: &str) -> PollError {
+    let reason = usm::report_reason(oid)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("report {}", oid_string(oid)));
+    let reason = if reason.starts_with("unknown user") {
+        format!("{reason} \"{user}\"")
+    } else {
+        reason
+    };
+    PollError::error(format!("snmp {address}: {what}: agent reported {reason}"))
+}
+
+fn failed(message: String) -> Value {
+    Value::Failed {
+        kind: FailureKind::Error,
+        message,
+    }
+}
+
+/// The reading for one varbind value.
+pub fn to_value(v: &SnmpValue) -> Value {
+    match v {
+        SnmpValue::Int(i) => Value::I64(*i),
+        SnmpValue::Counter32(n) | SnmpValue::Gauge32(n) | SnmpValue::TimeTicks(n) => {
+            Value::I64(i64::from(*n))
+        }
+        SnmpValue::Counter64(n) => i64::try_from(*n)
+            .map(Value::I64)
+            .unwrap_or(Value::F64(*n as f64)),
+        SnmpValue::Octets(b) => Value::Str(text_or_hex(b)),
+        SnmpValue::Opaque(b) => Value::Str(hex(b)),
+        SnmpValue::IpAddress(a) => Value::Str(std::net::Ipv4Addr::from(*a).to_string()),
+        SnmpValue::Oid(o) => Value::Str(oid_string(o)),
+        SnmpValue::Null => failed("agent answered NULL".into()),
+        SnmpValue::NoSuchObject => failed("no such object (bad OID?)".into()),
+        SnmpValue::NoSuchInstance => {
+            failed("no such instance (bad OID? scalar OIDs end in .0)".into())
+        }
+        SnmpValue::EndOfMibView => failed("end of MIB view".into()),
+    }
+}
+
+/// Printable UTF-8 as is, anything else as `aa:bb:cc`.
+fn text_or_hex(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s)
+            if s.chars()
+                .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t')) =>
+        {
+            s.trim_end_matches('\0').to_owned()
+        }
+        _ => hex(b),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    let parts: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+    parts.join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SnmpMetric;
+
+    #[test]
+    fn values_map_to_readings() {
+        assert_eq!(
+            to_value(&SnmpValue::Counter64(u64::MAX)),
+            Value::F64(u64::MAX as f64)
+        );
+        assert_eq!(to_value(&SnmpValue::Counter64(5)), Value::I64(5));
+        assert_eq!(
+            to_value(&SnmpValue::Octets(b"eth0".to_vec())),
+            Value::Str("eth0".into())
+        );
+        assert_eq!(
+            to_value(&SnmpValue::Octets(vec![0, 0x1a, 0xff])),
+            Value::Str("00:1a:ff".into())
+        );
+        assert_eq!(
+            to_value(&SnmpValue::IpAddress([10, 0, 0, 1])),
+            Value::Str("10.0.0.1".into())
+        );
+        assert!(
+            matches!(to_value(&SnmpValue::NoSuchObject), Value::Failed { message, .. } if message.contains("bad OID"))
+        );
+    }
+
+    fn driver(addr: SocketAddr) -> SnmpDriver {
+        SnmpDriver::new(
+            &SnmpConfig {
+                address: addr.to_string(),
+                security: SnmpSecurity::V2c {
+                    community: "public".into(),
+                },
+                metrics: vec![SnmpMetric {
+                    name: "uptime".into(),
+                    oid: vec![1, 3, 6, 1, 2, 1, 1, 3, 0],
+                    unit: String::new(),
+                }],
+                walks: vec![],
+                max_repetitions: 10,
+                retries: 0,
+            },
+            Duration::from_millis(300),
+        )
+    }
+
+    #[tokio::test]
+    async fn malformed_answer_names_the_byte() {
+        let agent = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = agent.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            if let Ok((_, peer)) = agent.recv_from(&mut buf).await {
+                // A SEQUENCE claiming 40 bytes, holding 3.
+                let _ = agent.send_to(&[0x30, 40, 2, 1, 1], peer).await;
+            }
+        });
+        let e = driver(addr).poll().await.expect_err("malformed");
+        assert!(
+            e.message
+                .contains("malformed SNMP answer of 5 bytes: at byte 0 (message): truncated"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_and_timeout_are_told_apart() {
+        // Nothing listens: ICMP port unreachable.
+        let free = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = free.local_addr().expect("addr");
+        drop(free);
+        let e = driver(addr).poll().await.expect_err("refused");
+        assert!(e.message.contains("connection refused"), "{e}");
+        // Something listens but never answers.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let e = driver(silent.local_addr().expect("addr"))
+            .poll()
+            .await
+            .expect_err("timeout");
+        assert_eq!(e.kind, FailureKind::Timeout);
+        assert!(e.message.contains("no answer after 1 try"), "{e}");
+        assert!(e.message.contains("wrong community"), "{e}");
+    }
+}

@@ -1,0 +1,35 @@
+//! Frame validation of an ingest session: any bytes, decoded as an
+//! `AgentFrame` the way tonic would, then checked as a Hello (fields and
+//! identity) or as a Batch (against an empty stream and one with declared
+//! series). Nothing may panic; a batch that passes must declare only ids
+//! that are new.
+#![no_main]
+
+use std::collections::HashMap;
+
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use tributary_collector::session::{self, Limits, PeerAuth};
+use tributary_proto::v1 as pb;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(frame) = pb::AgentFrame::decode(data) else {
+        return;
+    };
+    let limits = Limits::default();
+    match frame.frame {
+        Some(pb::agent_frame::Frame::Hello(hello)) => {
+            let _ = session::check_hello(&hello, &limits);
+            let auth = PeerAuth::Certificate("edge-1".into());
+            let _ = session::authorize(&hello.agent_id, &auth, None);
+        }
+        Some(pb::agent_frame::Frame::Batch(batch)) => {
+            let _ = session::check_batch(&batch, "edge-1", 0, &HashMap::new(), &limits);
+            let declared: HashMap<u32, i64> = (0..4).map(|i| (i, i64::from(i))).collect();
+            if let Ok(new) = session::check_batch(&batch, "edge-1", 1, &declared, &limits) {
+                assert!(new.iter().all(|(id, _)| !declared.contains_key(id)));
+            }
+        }
+        None => {}
+    }
+});

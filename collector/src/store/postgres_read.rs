@@ -1,0 +1,314 @@
+//! The PostgreSQL store's read side: what the Query service asks of the
+//! database, through a small pool of read-only connections (deadpool), never
+//! through the merger's write connection.
+//!
+//! The pool bounds how many connections Query can take from the server
+//! (which several collectors share) and connects lazily, so a database that
+//! is down makes Query calls fail with UNAVAILABLE while ingest waits.
+//!
+//! `range` pages through each series by device time with one short query
+//! per page, giving the connection back between pages, so a slow client
+//! holds neither a connection nor a snapshot. As with SQLite, a range is not
+//! one snapshot; no reading appears twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::mpsc;
+use tokio_postgres::{NoTls, Row};
+
+use super::read::{MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, StoredAgent, TimeSpan};
+use super::redact;
+use crate::model::{Point, SeriesKey, SeriesMeta, StoredValue};
+
+/// Most connections the Query service holds at once.
+const READ_CONNECTIONS: usize = 4;
+
+/// How long a Query call waits for a connection (from the pool, or a new
+/// one) before it fails with UNAVAILABLE.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The columns of a reading, after whatever comes before them.
+const POINT_COLUMNS: &str = "ts_ns, received_ns, kind, v_f64, v_i64, v_text";
+
+/// A pool of read-only connections. Cheap to clone.
+#[derive(Clone)]
+pub struct PgReader {
+    pool: Pool,
+    /// The URL without its password.
+    store: Arc<str>,
+}
+
+impl PgReader {
+    /// A pool for `url`; nothing connects until the first call.
+    pub fn new(url: &str) -> Result<Self, ReadError> {
+        let store: Arc<str> = Arc::from(redact(url));
+        let setup = |message: String| ReadError::Setup {
+            store: store.to_string(),
+            message,
+        };
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| setup(format!("bad URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("tributary-collector query");
+        }
+        // Whatever options the URL has (a search_path), plus read-only.
+        let options = match config.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} -c default_transaction_read_only=on"),
+            _ => "-c default_transaction_read_only=on".to_owned(),
+        };
+        config.options(&options);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A connection that broke is noticed when it is handed out.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(READ_CONNECTIONS)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| setup(format!("connection pool: {e}")))?;
+        Ok(PgReader { pool, store })
+    }
+
+    async fn conn(&self, what: &'static str) -> Result<deadpool_postgres::Object, ReadError> {
+        self.pool.get().await.map_err(|source| ReadError::Pool {
+            what,
+            store: self.store.to_string(),
+            source,
+        })
+    }
+
+    fn query_err(&self, what: &'static str) -> impl Fn(tokio_postgres::Error) -> ReadError + '_ {
+        move |source| ReadError::Postgres {
+            what,
+            store: self.store.to_string(),
+            source,
+        }
+    }
+
+    /// Every agent ever seen, by id (byte order, as SQLite sorts).
+    pub async fn agents(&self) -> Result<Vec<StoredAgent>, ReadError> {
+        let what = "list agents";
+        let conn = self.conn(what).await?;
+        let rows = conn
+            .query(
+                "SELECT a.id, a.epoch, a.peer, a.last_seen_ns, COALESCE(e.committed_seq, 0), \
+                        a.readings_stored, a.batches_deduplicated, \
+                        (SELECT COALESCE(sum(d.dropped), 0)::bigint FROM epochs d WHERE d.agent = a.id), \
+                        a.batches_resent, \
+                        GREATEST(COALESCE(e.last_seq, 0) - COALESCE(e.committed_seq, 0), 0) \
+                 FROM agents a LEFT JOIN epochs e ON e.agent = a.id AND e.epoch = a.epoch \
+                 ORDER BY a.id COLLATE \"C\"",
+                &[],
+            )
+            .await
+            .map_err(self.query_err(what))?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredAgent {
+                id: r.get(0),
+                // The epoch is stored as the u64's bits in a bigint.
+                epoch: r.get::<_, i64>(1) as u64,
+                peer: r.get(2),
+                last_seen_ns: r.get(3),
+                committed_seq: counter(r.get(4)),
+                readings_stored: counter(r.get(5)),
+                batches_deduplicated: counter(r.get(6)),
+                dropped_at_agent: counter(r.get(7)),
+                batches_resent: counter(r.get(8)),
+                lag: counter(r.get(9)),
+            })
+            .collect())
+    }
+
+    /// Stored series passing `sel`, by id.
+    pub async fn series(&self, sel: &Selector) -> Result<Vec<SeriesMeta>, ReadError> {
+        let what = "list series";
+        let conn = self.conn(what).await?;
+        let rows = conn
+            .query(
+                "SELECT id, agent, device, metric, labels, unit FROM series \
+                 WHERE ($1 = '' OR agent = $1) AND ($2 = '' OR device = $2) \
+                   AND ($3 = '' OR metric = $3) \
+                 ORDER BY id",
+                &[&sel.agent, &sel.device, &sel.metric],
+            )
+            .await
+            .map_err(self.query_err(what))?;
+        rows.iter().map(|r| self.series_meta(r)).collect()
+    }
+
+    /// The newest point (by device time) of every series passing `sel`, in
+    /// one query; series without readings are left out.
+    pub async fn latest(&self, sel: &Selector) -> Result<Vec<(SeriesMeta, Point)>, ReadError> {
+        let what = "read latest point";
+        let conn = self.conn(what).await?;
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT s.id, s.agent, s.device, s.metric, s.labels, s.unit, r.* \
+                     FROM series s CROSS JOIN LATERAL (\
+                       SELECT {POINT_COLUMNS} FROM readings \
+                       WHERE series_id = s.id ORDER BY ts_ns DESC LIMIT 1) r \
+                     WHERE ($1 = '' OR s.agent = $1) AND ($2 = '' OR s.device = $2) \
+                       AND ($3 = '' OR s.metric = $3) \
+                     ORDER BY s.id"
+                ),
+                &[&sel.agent, &sel.device, &sel.metric],
+            )
+            .await
+            .map_err(self.query_err(what))?;
+        rows.iter()
+            .map(|r| {
+                let meta = self.series_meta(r)?;
+                let point = self.point(meta.id, r, 6)?;
+                Ok((meta, point))
+            })
+            .collect()
+    }
+
+    /// Sends the points of every series passing `sel` within `span` to
+    /// `tx`, in chunks of at most `max_chunk` (clamped to
+    /// `1..=MAX_CHUNK_POINTS`). Stops quietly when `tx` is closed.
+    pub async fn range(
+        &self,
+        sel: &Selector,
+        span: TimeSpan,
+        max_chunk: usize,
+        tx: &mpsc::Sender<Result<RangeChunk, ReadError>>,
+    ) -> Result<(), ReadError> {
+        let Some((lo, hi)) = span.closed() else {
+            return Ok(());
+        };
+        let limit = max_chunk.clamp(1, MAX_CHUNK_POINTS);
+        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        let what = "read range";
+        let page_sql = format!(
+            "SELECT {POINT_COLUMNS} FROM readings \
+             WHERE series_id = $1 AND ts_ns >= $2 AND ts_ns <= $3 ORDER BY ts_ns LIMIT $4"
+        );
+        let same_ts_sql =
+            format!("SELECT {POINT_COLUMNS} FROM readings WHERE series_id = $1 AND ts_ns = $2");
+        for meta in self.series(sel).await? {
+            let meta = Arc::new(meta);
+            // Pages start at `from` (inclusive). A full page may end in the
+            // middle of the points sharing its last timestamp: those are
+            // left for the next page, which starts at that timestamp.
+            let mut from = lo;
+            loop {
+                let rows = {
+                    let conn = self.conn(what).await?;
+                    conn.query(&page_sql, &[&meta.id, &from, &hi, &limit_sql])
+                        .await
+                        .map_err(self.query_err(what))?
+                };
+                let mut points = rows
+                    .iter()
+                    .map(|r| self.point(meta.id, r, 0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let full = points.len() == limit;
+                let next = match (full, points.first(), points.last()) {
+                    (false, _, _) | (_, None, _) | (_, _, None) => None,
+                    (true, Some(first), Some(last)) if first.ts_ns == last.ts_ns => {
+                        // A whole page of one timestamp: take all of them.
+                        let ts = last.ts_ns;
+                        let conn = self.conn(what).await?;
+                        let rows = conn
+                            .query(&same_ts_sql, &[&meta.id, &ts])
+                            .await
+                            .map_err(self.query_err(what))?;
+                        points = rows
+                            .iter()
+                            .map(|r| self.point(meta.id, r, 0))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Some(ts.checked_add(1))
+                    }
+                    (true, _, Some(last)) => {
+                        let ts = last.ts_ns;
+                        points.retain(|p| p.ts_ns < ts);
+                        Some(Some(ts))
+                    }
+                };
+                for chunk in points.chunks(limit) {
+                    if tx.send(Ok((meta.clone(), chunk.to_vec()))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                match next {
+                    Some(Some(ts)) if ts <= hi => from = ts,
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `id, agent, device, metric, labels, unit` at the start of a row.
+    fn series_meta(&self, r: &Row) -> Result<SeriesMeta, ReadError> {
+        let id: i64 = r.get(0);
+        let labels: String = r.get(4);
+        let labels: BTreeMap<String, String> =
+            serde_json::from_str(&labels).map_err(|source| ReadError::Labels {
+                series: id,
+                store: self.store.to_string(),
+                source,
+            })?;
+        Ok(SeriesMeta {
+            id,
+            key: SeriesKey {
+                agent: r.get(1),
+                device: r.get(2),
+                metric: r.get(3),
+                labels,
+                unit: r.get(5),
+            },
+        })
+    }
+
+    /// Decodes [`POINT_COLUMNS`] starting at column `first`.
+    fn point(&self, series: i64, r: &Row, first: usize) -> Result<Point, ReadError> {
+        let ts_ns: i64 = r.get(first);
+        let received_ns: i64 = r.get(first + 1);
+        let kind: i16 = r.get(first + 2);
+        let f: Option<f64> = r.get(first + 3);
+        let i: Option<i64> = r.get(first + 4);
+        let t: Option<String> = r.get(first + 5);
+        let bad = |reason: String| ReadError::Reading {
+            series,
+            ts_ns,
+            store: self.store.to_string(),
+            reason,
+        };
+        let value = match (kind, f, i) {
+            (0, Some(v), _) => StoredValue::F64(v),
+            (1, _, Some(v)) => StoredValue::I64(v),
+            (2, _, Some(v)) => StoredValue::Bool(v != 0),
+            (3, _, _) => StoredValue::Str(t.unwrap_or_default()),
+            (4, _, _) => StoredValue::Timeout(t.unwrap_or_default()),
+            (5, _, _) => StoredValue::Error(t.unwrap_or_default()),
+            (0..=2, _, _) => return Err(bad(format!("kind {kind} without its value"))),
+            (other, _, _) => return Err(bad(format!("unknown kind {other}"))),
+        };
+        Ok(Point {
+            ts_ns,
+            received_ns,
+            value,
+        })
+    }
+}
+
+/// A stored counter as u64; a negative value (never written) reads as 0.
+fn counter(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

@@ -1,0 +1,295 @@
+//! TLS for the collector: loading the server's certificate, key and client CA
+//! into a rustls-backed [`ServerTlsConfig`], and reading an agent's identity
+//! from the certificate it presented.
+//!
+//! The identity of a client certificate is its first DNS name in the subject
+//! alternative names; a certificate without one is identified by its
+//! subject's common name (CN). `cargo xtask certs` writes both, set to the
+//! agent id. A certificate with several CNs and no DNS name is refused as
+//! ambiguous. The chain itself is verified by rustls during the handshake
+//! (against `client_ca`, with validity dates); this module only reads names
+//! from a certificate that already passed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+/// Where the collector's TLS material is, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The collector's certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// The collector's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that sign client certificates. Setting it turns
+    /// mutual TLS on.
+    pub client_ca: Option<PathBuf>,
+    /// With mutual TLS: whether a connection without a client certificate is
+    /// refused during the handshake (true, the default) or let through to
+    /// Query, health and reflection (false; Ingest still refuses it).
+    pub query_requires_client_cert: bool,
+}
+
+/// TLS material read and checked, ready for the server.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: ServerTlsConfig,
+    /// Client certificates are verified (mutual TLS).
+    pub mutual: bool,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mutual", &self.mutual)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// The tonic configuration with `handshake_timeout` applied.
+    pub fn server_config(&self, handshake_timeout: Duration) -> ServerTlsConfig {
+        self.config.clone().timeout(handshake_timeout)
+    }
+}
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: no PEM certificate in the file", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: no PEM private key in the file", path.display())]
+    NoKey { path: PathBuf },
+    #[error("{}: invalid PEM: {message}", path.display())]
+    Pem { path: PathBuf, message: String },
+}
+
+/// Reads and checks the files: every one must exist and hold what its role
+/// needs, so a typo fails at startup instead of at the first handshake.
+pub fn load(files: &TlsFiles) -> Result<ServerTls, TlsError> {
+    let cert = read(&files.cert)?;
+    check_certs(&files.cert, &cert)?;
+    let key = read(&files.key)?;
+    PrivateKeyDer::from_pem_slice(&key).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
+            path: files.key.clone(),
+        },
+        other => TlsError::Pem {
+            path: files.key.clone(),
+            message: other.to_string(),
+        },
+    })?;
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    let mut mutual = false;
+    if let Some(ca_path) = &files.client_ca {
+        let ca = read(ca_path)?;
+        check_certs(ca_path, &ca)?;
+        config = config
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(!files.query_requires_client_cert);
+        mutual = true;
+    }
+    Ok(ServerTls { config, mutual })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// At least one certificate, and every PEM certificate block decodes.
+fn check_certs(path: &Path, pem: &[u8]) -> Result<(), TlsError> {
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        cert.map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Why no identity could be read from a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("client certificate: cannot parse: {0}")]
+    Parse(String),
+    #[error("client certificate: no DNS subject alternative name and no common name")]
+    NoName,
+    #[error("client certificate: no DNS subject alternative name and more than one common name")]
+    AmbiguousName,
+    #[error("client certificate: common name is not a text string")]
+    NotText,
+}
+
+/// The identity of the leaf certificate `der`: its first DNS subject
+/// alternative name, else its subject's common name.
+pub fn cert_identity(der: &[u8]) -> Result<String, IdentityError> {
+    let der = CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| IdentityError::Parse(format!("{e:?}")))?;
+    if let Some(name) = cert.valid_dns_names().next() {
+        return Ok(name.to_owned());
+    }
+    common_name(cert.subject())?.ok_or(IdentityError::NoName)
+}
+
+/// OID 2.5.4.3 (id-at-commonName), DER-encoded without tag and length.
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+
+/// DER tags used in names.
+const TAG_SEQUENCE: u8 = 0x30;
+const TAG_SET: u8 = 0x31;
+const TAG_OID: u8 = 0x06;
+const TAG_UTF8_STRING: u8 = 0x0c;
+const TAG_PRINTABLE_STRING: u8 = 0x13;
+const TAG_IA5_STRING: u8 = 0x16;
+
+/// The common name in a DER-encoded X.501 `Name` given as the contents of
+/// its outer SEQUENCE (what webpki's `subject()` returns): `None` when there
+/// is none, an error when there are several or it is not a text string.
+///
+/// Public so the fuzz targets and property tests can reach it.
+pub fn common_name(subject: &[u8]) -> Result<Option<String>, IdentityError> {
+    let bad = |what: &str| IdentityError::Parse(format!("subject: {what}"));
+    let mut found: Option<String> = None;
+    let mut rdns = subject;
+    while !rdns.is_empty() {
+        let (set, rest) = der_take(rdns, TAG_SET).ok_or_else(|| bad("expected a SET"))?;
+        rdns = rest;
+        let mut atvs = set;
+        while !atvs.is_empty() {
+            let (atv, rest) =
+                der_take(atvs, TAG_SEQUENCE).ok_or_else(|| bad("expected a SEQUENCE"))?;
+            atvs = rest;
+            let (oid, value) = der_take(atv, TAG_OID).ok_or_else(|| bad("expected an OID"))?;
+            if oid != OID_COMMON_NAME {
+                continue;
+            }
+            let (&tag, _) = value.split_first().ok_or_else(|| bad("empty value"))?;
+            let (text, trailing) = der_take(value, tag).ok_or_else(|| bad("bad value"))?;
+            if !trailing.is_empty() {
+                return Err(bad("trailing bytes after the common name"));
+            }
+            if !matches!(tag, TAG_UTF8_STRING | TAG_PRINTABLE_STRING | TAG_IA5_STRING) {
+                return Err(IdentityError::NotText);
+            }
+            let text = std::str::from_utf8(text).map_err(|_| IdentityError::NotText)?;
+            if found.replace(text.to_owned()).is_some() {
+                return Err(IdentityError::AmbiguousName);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Splits one DER element with tag `tag` off `input`: (contents, rest).
+/// Only definite lengths of up to four bytes, as DER requires.
+fn der_take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, input) = input.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, mut input) = input.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || input.len() < n {
+            return None;
+        }
+        let (bytes, rest) = input.split_at(n);
+        input = rest;
+        bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+    };
+    if input.len() < len {
+        return None;
+    }
+    Some(input.split_at(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `SET { SEQUENCE { OID, value } }` for one attribute.
+    fn rdn(oid: &[u8], tag: u8, value: &[u8]) -> Vec<u8> {
+        let mut atv = vec![TAG_OID, oid.len() as u8];
+        atv.extend_from_slice(oid);
+        atv.extend_from_slice(&[tag, value.len() as u8]);
+        atv.extend_from_slice(value);
+        let mut seq = vec![TAG_SEQUENCE, atv.len() as u8];
+        seq.extend(atv);
+        let mut set = vec![TAG_SET, seq.len() as u8];
+        set.extend(seq);
+        set
+    }
+
+    const OID_ORG: &[u8] = &[0x55, 0x04, 0x0a];
+
+    #[test]
+    fn common_name_is_found_among_other_attributes() {
+        let mut name = rdn(OID_ORG, TAG_UTF8_STRING, b"Tributary");
+        name.extend(rdn(OID_COMMON_NAME, TAG_PRINTABLE_STRING, b"edge-1"));
+        assert_eq!(common_name(&name), Ok(Some("edge-1".to_owned())));
+    }
+
+    #[test]
+    fn no_common_name_is_none() {
+        let name = rdn(OID_ORG, TAG_UTF8_STRING, b"Tributary");
+        assert_eq!(common_name(&name), Ok(None));
+        assert_eq!(common_name(&[]), Ok(None));
+    }
+
+    #[test]
+    fn two_common_names_are_ambiguous() {
+        let mut name = rdn(OID_COMMON_NAME, TAG_UTF8_STRING, b"edge-1");
+        name.extend(rdn(OID_COMMON_NAME, TAG_UTF8_STRING, b"edge-2"));
+        assert_eq!(common_name(&name), Err(IdentityError::AmbiguousName));
+    }
+
+    #[test]
+    fn a_binary_common_name_is_refused() {
+        let name = rdn(OID_COMMON_NAME, 0x04, b"edge-1");
+        assert_eq!(common_name(&name), Err(IdentityError::NotText));
+    }
+
+    #[test]
+    fn truncated_names_are_errors_not_panics() {
+        let name = rdn(OID_COMMON_NAME, TAG_UTF8_STRING, b"edge-1");
+        for cut in 1..name.len() {
+            assert!(common_name(&name[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn long_form_lengths_are_read() {
+        let value = vec![b'a'; 200];
+        let mut atv = vec![TAG_OID, 3, 0x55, 0x04, 0x03, TAG_UTF8_STRING, 0x81, 200];
+        atv.extend_from_slice(&value);
+        let mut seq = vec![TAG_SEQUENCE, 0x81, atv.len() as u8];
+        seq.extend(atv);
+        let mut set = vec![TAG_SET, 0x81, seq.len() as u8];
+        set.extend(seq);
+        assert_eq!(common_name(&set), Ok(Some("a".repeat(200))));
+    }
+}

@@ -1,0 +1,241 @@
+//! The collector under test as a real process, a work directory per run,
+//! and the Query client that reads back what was stored (through the
+//! protocol, so the numbers do not depend on the store's layout).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+
+use tributary_proto::v1 as pb;
+use tributary_tests::process::{Proc, free_addr, target_dir, wait_for_port};
+
+use crate::sys::{self, ProcSample};
+
+/// How long a process gets to start listening or to stop.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `target/bench/<label>-<pid>-<n>`, removed when dropped unless `keep`.
+pub struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    pub fn new(label: &str, keep: bool) -> Result<WorkDir> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = target_dir()?
+            .join("bench")
+            .join(format!("{label}-{}-{n}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("remove old {}", path.display()))?;
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(WorkDir { path, keep })
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("bench: kept {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A running `tributary-collector serve` with default settings (SQLite,
+/// `synchronous=full`), its log in the work directory.
+pub struct CollectorProc {
+    proc: Proc,
+    pub addr: SocketAddr,
+    pub url: String,
+}
+
+impl CollectorProc {
+    pub async fn start(dir: &WorkDir) -> Result<CollectorProc> {
+        let addr = free_addr()?;
+        let store = format!("sqlite:{}", dir.join("collector.db").display());
+        let mut proc = Proc::builder("tributary-collector")?
+            .args(["serve", "--listen", &addr.to_string(), "--store", &store])
+            .env("RUST_LOG", "info")
+            .log_to(dir.join("collector.log"))
+            .spawn()?;
+        if let Err(e) = wait_for_port(addr, PATIENCE).await {
+            let status = proc.try_wait()?;
+            bail!(
+                "collector not listening ({e:#}; exit {status:?}):\n{}",
+                tail(&proc.log(), 20)
+            );
+        }
+        Ok(CollectorProc {
+            proc,
+            addr,
+            url: format!("http://{addr}"),
+        })
+    }
+
+    pub fn pid(&self) -> Result<u32> {
+        self.proc.id().context("collector has exited")
+    }
+
+    pub fn sample(&self) -> Result<ProcSample> {
+        sys::sample(self.pid()?)
+    }
+
+    /// SIGTERM, and wait for it to drain and exit.
+    pub async fn stop(mut self) -> Result<()> {
+        let status = self.proc.terminate(PATIENCE).await?;
+        if !status.success() {
+            bail!(
+                "collector exited with {status}:\n{}",
+                tail(&self.proc.log(), 20)
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A Query client on its own connection.
+pub struct QueryClient {
+    client: pb::query_client::QueryClient<Channel>,
+}
+
+/// Points of one series from a Range call.
+pub struct SeriesPoints {
+    pub series: pb::SeriesInfo,
+    pub points: Vec<pb::Point>,
+}
+
+impl QueryClient {
+    pub async fn connect(url: &str) -> Result<QueryClient> {
+        let channel = Channel::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .with_context(|| format!("connect to {url}"))?;
+        Ok(QueryClient {
+            client: pb::query_client::QueryClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024),
+        })
+    }
+
+    /// Every agent the collector knows, by id.
+    pub async fn agents(&mut self) -> Result<HashMap<String, pb::AgentInfo>> {
+        let resp = self
+            .client
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .context("Query/ListAgents")?;
+        Ok(resp
+            .into_inner()
+            .agents
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect())
+    }
+
+    /// Readings stored from agents whose id starts with `prefix`.
+    pub async fn stored(&mut self, prefix: &str) -> Result<u64> {
+        Ok(self
+            .agents()
+            .await?
+            .values()
+            .filter(|a| a.id.starts_with(prefix))
+            .map(|a| a.readings_stored)
+            .sum())
+    }
+
+    /// Number of stored series.
+    pub async fn series_count(&mut self) -> Result<usize> {
+        let resp = self
+            .client
+            .list_series(pb::SeriesFilter::default())
+            .await
+            .context("Query/ListSeries")?;
+        Ok(resp.into_inner().series.len())
+    }
+
+    /// Calls Range and reads the stream to its end; returns how many
+    /// points came and how long that took.
+    pub async fn range_count(
+        &mut self,
+        filter: pb::SeriesFilter,
+        since_ns: i64,
+        until_ns: i64,
+    ) -> Result<(u64, Duration)> {
+        let start = Instant::now();
+        let mut stream = self
+            .client
+            .range(pb::RangeRequest {
+                filter: Some(filter),
+                since_ns,
+                until_ns,
+            })
+            .await
+            .context("Query/Range")?
+            .into_inner();
+        let mut points = 0u64;
+        while let Some(chunk) = stream.next().await {
+            points += chunk.context("Query/Range stream")?.points.len() as u64;
+        }
+        Ok((points, start.elapsed()))
+    }
+
+    /// Every point of the matching series in the span, per series.
+    pub async fn range_points(
+        &mut self,
+        filter: pb::SeriesFilter,
+        since_ns: i64,
+        until_ns: i64,
+    ) -> Result<Vec<SeriesPoints>> {
+        let mut stream = self
+            .client
+            .range(pb::RangeRequest {
+                filter: Some(filter),
+                since_ns,
+                until_ns,
+            })
+            .await
+            .context("Query/Range")?
+            .into_inner();
+        let mut out: Vec<SeriesPoints> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.context("Query/Range stream")?;
+            let series = chunk.series.unwrap_or_default();
+            match out.last_mut() {
+                Some(last) if last.series.id == series.id => last.points.extend(chunk.points),
+                _ => out.push(SeriesPoints {
+                    series,
+                    points: chunk.points,
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Wall clock now, ns since the Unix epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,240 @@
+//! The command line: scenarios and flags, parsed and validated before
+//! anything runs. Sizes left unset take each scenario's default (the
+//! issue's numbers), or its tiny smoke size under `smoke`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+
+pub const USAGE: &str = "usage: tributary-bench <SCENARIO>... [FLAGS]
+
+scenarios:
+  ingest          N load agents stream to a collector process; SQLite ceiling in the same run;
+                  ack latency at a fixed rate; Query/Range of one day of one series
+  poll            one agent process polls K HTTP simulators at a fixed interval
+  streams         M concurrent idle-then-active streams on one collector
+  wire            bytes on the wire per reading, counted at the socket
+  vs-prometheus   agent + collector vs Prometheus scraping the same targets
+  all             every scenario above, in that order
+  smoke           every scenario at tiny sizes; exit 1 if any numbers disagree
+
+flags (defaults are per scenario; see BENCHMARKS.md):
+  --json                one JSON object per scenario instead of a table
+  --duration D          measured time per run (e.g. 10s, 500ms)
+  --runs N              repetitions; every number is the median over runs
+  --agents N            ingest: load agents                   (100)
+  --series N            ingest: series per agent (100); wire: gauges per sim device (100)
+  --batch N             ingest: readings per batch            (1000)
+  --window N            ingest: unacked batches per agent     (4)
+  --rate N              ingest: readings/s of the latency run (100000)
+  --ceiling-rows N      ingest: rows of the SQLite ceiling    (5000000)
+  --range-points N      ingest: points of the Query/Range day series (86400)
+  --devices K           poll: HTTP devices (10000); wire: sim devices (10)
+  --targets K           vs-prometheus: HTTP targets           (2000)
+  --samples N           vs-prometheus: samples per scrape     (105)
+  --interval D          poll, vs-prometheus: poll interval    (1s)
+  --delay D             poll: device answer delay (20ms); vs-prometheus (0ms)
+  --format F            poll: json or prometheus              (json)
+  --streams M           streams: concurrent streams           (10000)
+  --prometheus PATH     vs-prometheus: the prometheus binary  (found on PATH)
+  --keep                keep the work directories under target/bench/";
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Ingest,
+    Poll,
+    Streams,
+    Wire,
+    VsPrometheus,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Ingest,
+        Scenario::Poll,
+        Scenario::Streams,
+        Scenario::Wire,
+        Scenario::VsPrometheus,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Ingest => "ingest",
+            Scenario::Poll => "poll",
+            Scenario::Streams => "streams",
+            Scenario::Wire => "wire",
+            Scenario::VsPrometheus => "vs-prometheus",
+        }
+    }
+}
+
+/// HTTP body format the poll scenario's devices serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Prometheus,
+}
+
+/// The validated command line.
+#[derive(Debug, Default)]
+pub struct Options {
+    pub scenarios: Vec<Scenario>,
+    pub smoke: bool,
+    pub json: bool,
+    pub keep: bool,
+    pub duration: Option<Duration>,
+    pub runs: Option<usize>,
+    pub agents: Option<usize>,
+    pub series: Option<usize>,
+    pub batch: Option<usize>,
+    pub window: Option<usize>,
+    pub rate: Option<u64>,
+    pub ceiling_rows: Option<u64>,
+    pub range_points: Option<u64>,
+    pub devices: Option<usize>,
+    pub targets: Option<usize>,
+    pub samples: Option<usize>,
+    pub interval: Option<Duration>,
+    pub delay: Option<Duration>,
+    pub format: Option<Format>,
+    pub streams: Option<usize>,
+    pub prometheus: Option<PathBuf>,
+}
+
+impl Options {
+    /// `Ok(None)` for `--help`.
+    pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Option<Options>> {
+        let mut o = Options::default();
+        while let Some(arg) = raw.next() {
+            let mut value =
+                |flag: &str| raw.next().with_context(|| format!("{flag} needs a value"));
+            match arg.as_str() {
+                "-h" | "--help" => return Ok(None),
+                "ingest" => o.scenarios.push(Scenario::Ingest),
+                "poll" => o.scenarios.push(Scenario::Poll),
+                "streams" => o.scenarios.push(Scenario::Streams),
+                "wire" => o.scenarios.push(Scenario::Wire),
+                "vs-prometheus" => o.scenarios.push(Scenario::VsPrometheus),
+                "all" => o.scenarios.extend(Scenario::ALL),
+                "smoke" => {
+                    o.smoke = true;
+                    o.scenarios.extend(Scenario::ALL);
+                }
+                "--json" => o.json = true,
+                "--keep" => o.keep = true,
+                "--duration" => o.duration = Some(duration(&arg, &value(&arg)?)?),
+                "--interval" => o.interval = Some(duration(&arg, &value(&arg)?)?),
+                "--delay" => o.delay = Some(duration(&arg, &value(&arg)?)?),
+                "--runs" => o.runs = Some(positive(&arg, &value(&arg)?)?),
+                "--agents" => o.agents = Some(positive(&arg, &value(&arg)?)?),
+                "--series" => o.series = Some(positive(&arg, &value(&arg)?)?),
+                "--batch" => o.batch = Some(positive(&arg, &value(&arg)?)?),
+                "--window" => o.window = Some(positive(&arg, &value(&arg)?)?),
+                "--rate" => o.rate = Some(positive(&arg, &value(&arg)?)? as u64),
+                "--ceiling-rows" => o.ceiling_rows = Some(positive(&arg, &value(&arg)?)? as u64),
+                "--range-points" => o.range_points = Some(positive(&arg, &value(&arg)?)? as u64),
+                "--devices" => o.devices = Some(positive(&arg, &value(&arg)?)?),
+                "--targets" => o.targets = Some(positive(&arg, &value(&arg)?)?),
+                "--samples" => o.samples = Some(positive(&arg, &value(&arg)?)?),
+                "--streams" => o.streams = Some(positive(&arg, &value(&arg)?)?),
+                "--prometheus" => o.prometheus = Some(PathBuf::from(value(&arg)?)),
+                "--format" => {
+                    o.format = Some(match value(&arg)?.as_str() {
+                        "json" => Format::Json,
+                        "prometheus" => Format::Prometheus,
+                        other => bail!("--format {other:?}: expected json or prometheus"),
+                    })
+                }
+                other => bail!("unknown argument {other:?}"),
+            }
+        }
+        if o.scenarios.is_empty() {
+            bail!("no scenario given");
+        }
+        let mut seen = Vec::new();
+        o.scenarios.retain(|s| {
+            let new = !seen.contains(s);
+            seen.push(*s);
+            new
+        });
+        Ok(Some(o))
+    }
+
+    /// `full` normally, `smoke` under `smoke`.
+    pub fn size<T>(&self, full: T, smoke: T) -> T {
+        if self.smoke { smoke } else { full }
+    }
+
+    /// Repetitions: `--runs`, else 3 (1 under `smoke`).
+    pub fn runs(&self) -> usize {
+        self.runs.unwrap_or(self.size(3, 1))
+    }
+}
+
+fn positive(flag: &str, text: &str) -> Result<usize> {
+    let n: usize = text
+        .replace(['_', ','], "")
+        .parse()
+        .with_context(|| format!("{flag} {text:?}: not a number"))?;
+    if n == 0 {
+        bail!("{flag}: must be at least 1");
+    }
+    Ok(n)
+}
+
+/// `20s`, `1500ms`, `2m` or plain seconds.
+pub fn duration(flag: &str, text: &str) -> Result<Duration> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("{flag} {text:?}: expected e.g. 10s, 500ms, 2m"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" => number * 60.0,
+        other => bail!("{flag} {text:?}: unknown unit {other:?} (use ms, s or m)"),
+    };
+    let d = Duration::try_from_secs_f64(seconds).with_context(|| format!("{flag} {text:?}"))?;
+    if d.is_zero() {
+        bail!("{flag}: must be more than zero");
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options> {
+        Options::parse(args.iter().map(|s| s.to_string()))?.context("help")
+    }
+
+    #[test]
+    fn scenarios_and_flags_parse() -> Result<()> {
+        let o = parse(&[
+            "ingest",
+            "wire",
+            "--duration",
+            "500ms",
+            "--agents",
+            "10",
+            "--json",
+        ])?;
+        assert_eq!(o.scenarios, vec![Scenario::Ingest, Scenario::Wire]);
+        assert_eq!(o.duration, Some(Duration::from_millis(500)));
+        assert_eq!(o.agents, Some(10));
+        assert!(o.json);
+        let all = parse(&["all", "ingest"])?;
+        assert_eq!(all.scenarios, Scenario::ALL.to_vec());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["ingest", "--agents", "0"]).is_err());
+        assert!(parse(&["ingest", "--duration", "5x"]).is_err());
+        assert!(parse(&["nope"]).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,366 @@
+//! `poll`: one agent process polling K HTTP simulators on a fixed interval.
+//!
+//! The simulators (`tributary_tests::http_sim`, several listeners in this
+//! process, each device its own URL) answer after `--delay`. The agent
+//! streams to a real collector. After a warm-up, the agent's CPU time and
+//! the simulators' request counts are taken over `--duration`; its peak RSS
+//! at the end. Then the agent is stopped (it flushes) and every poll
+//! timestamp of the window is read back through `Query/Range`.
+//!
+//! The agent exports no per-poll lateness yet, so lateness is measured from
+//! outside: the scheduler stamps a reading when its poll starts (after the
+//! concurrency permit), and a device's polls are scheduled at `first + k ×
+//! interval` on the monotonic clock. For each device, `ts_k - ts_0 - k ×
+//! interval`, less its smallest value over the window, is the poll's
+//! lateness relative to the device's most punctual poll: a lower bound of
+//! the true lateness (exact when that poll was on time). A tick without a
+//! poll between a device's first and last poll of the window is a missed
+//! (skipped) poll; a device with no poll at all misses every tick.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+use tributary_proto::v1 as pb;
+use tributary_tests::http_sim::{HttpListening, HttpSim};
+
+use crate::agent::{
+    AgentConfig, AgentProc, HEALTH_READINGS_PER_POLL, JSON_READINGS_PER_POLL, UP_METRIC,
+};
+use crate::collector::{CollectorProc, QueryClient, SeriesPoints, WorkDir, now_ns};
+use crate::options::{Format, Options};
+use crate::progress::Progress;
+use crate::report::{Report, Target};
+use crate::sys::{self, percentile};
+
+/// Devices per simulator listener.
+const DEVICES_PER_LISTENER: usize = 500;
+/// Samples of one Prometheus scrape of the simulator without `extra`.
+const PROMETHEUS_SAMPLES: u64 = 4;
+const AGENT: &str = "poll-agent";
+
+struct Config {
+    devices: usize,
+    interval: Duration,
+    delay: Duration,
+    format: Format,
+    duration: Duration,
+    warmup: Duration,
+    keep: bool,
+}
+
+pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
+    sys::require_procfs()?;
+    let interval = opts
+        .interval
+        .unwrap_or(opts.size(Duration::from_secs(1), Duration::from_millis(200)));
+    let cfg = Config {
+        devices: opts.devices.unwrap_or(opts.size(10_000, 10)),
+        interval,
+        delay: opts
+            .delay
+            .unwrap_or(opts.size(Duration::from_millis(20), Duration::from_millis(5))),
+        format: opts.format.unwrap_or(Format::Json),
+        duration: opts
+            .duration
+            .unwrap_or(opts.size(Duration::from_secs(60), Duration::from_millis(1000))),
+        warmup: opts.size((interval * 3).max(Duration::from_secs(3)), interval * 2),
+        keep: opts.keep,
+    };
+    let runs = opts.runs();
+    let mut report = Report::new("poll");
+    report.config("devices", cfg.devices);
+    report.config("interval_ms", cfg.interval.as_millis() as u64);
+    report.config("device_delay_ms", cfg.delay.as_millis() as u64);
+    report.config(
+        "format",
+        match cfg.format {
+            Format::Json => "json (3 values + up per poll)",
+            Format::Prometheus => "prometheus (4 samples + up per scrape)",
+        },
+    );
+    report.config("duration_s", cfg.duration.as_secs_f64());
+    report.config("warmup_s", cfg.warmup.as_secs_f64());
+    report.config("runs", runs);
+    report.config(
+        "agent",
+        "default settings (max_concurrency 1024, timeout = min(interval, 1s), spool fsync on)",
+    );
+    report.declare("polls_per_s", "polls/s", None);
+    report.declare("expected_polls_per_s", "polls/s", None);
+    report.declare("lateness_p50_ms", "ms", None);
+    report.declare("lateness_p99_ms", "ms", Some(Target::AtMost(20.0)));
+    report.declare("lateness_max_ms", "ms", None);
+    report.declare("missed_polls", "polls", Some(Target::AtMost(0.0)));
+    report.declare("skipped_polls_logged", "polls", Some(Target::AtMost(0.0)));
+    report.declare("failed_polls", "polls", None);
+    report.declare("agent_cpu_cores", "cores", Some(Target::AtMost(0.25)));
+    report.declare("agent_cpu_us_per_poll", "µs", Some(Target::AtMost(25.0)));
+    report.declare("agent_peak_rss_mib", "MiB", Some(Target::AtMost(64.0)));
+    report.declare("collector_cpu_cores", "cores", None);
+    report.declare("harness_cpu_cores", "cores", None);
+    for r in 1..=runs {
+        one_run(&cfg, r, runs, progress, &mut report).await?;
+    }
+    report.note("lateness is measured from the stored poll timestamps (a lower bound, see the bench source); the agent does not export it yet");
+    report.note("the HTTP simulators run inside tributary-bench (harness_cpu_cores) on the same cores as the agent and the collector");
+    Ok(report.finish())
+}
+
+async fn one_run(
+    cfg: &Config,
+    r: usize,
+    runs: usize,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    let label = format!("poll run {r}/{runs}");
+    let dir = WorkDir::new("poll", cfg.keep)?;
+    let collector = CollectorProc::start(&dir).await?;
+    let mut query = QueryClient::connect(&collector.url).await?;
+    let mut sims: Vec<HttpListening> = Vec::new();
+    for _ in 0..cfg.devices.div_ceil(DEVICES_PER_LISTENER) {
+        sims.push(
+            HttpSim::new()
+                .delay(cfg.delay)
+                .bind("127.0.0.1:0".parse()?)
+                .await?,
+        );
+    }
+    let mut config = AgentConfig::new(AGENT, &collector.url, &dir);
+    let path = match cfg.format {
+        Format::Json => "/meter",
+        Format::Prometheus => "/metrics",
+    };
+    for i in 0..cfg.devices {
+        let sim = &sims[i / DEVICES_PER_LISTENER];
+        let url = sim.url(&format!("{path}?device={i}"));
+        config.http_device(&device_name(i), &url, cfg.format, cfg.interval);
+    }
+    let requests = |sims: &[HttpListening]| sims.iter().map(HttpListening::requests).sum::<u64>();
+    let mut agent = AgentProc::start(&dir, AGENT, config)?;
+    progress
+        .wait(
+            cfg.warmup,
+            &format!("{label}: warm-up, {} devices", cfg.devices),
+            || format!("{} polls", requests(&sims)),
+        )
+        .await;
+    agent.ensure_running()?;
+    let a0 = agent.sample()?;
+    let c0 = collector.sample()?;
+    let h0 = sys::sample_self()?;
+    let r0 = requests(&sims);
+    let (t0, from_ns) = (Instant::now(), now_ns());
+    progress
+        .wait(cfg.duration, &format!("{label}: polling"), || {
+            let polls = requests(&sims) - r0;
+            format!("{:.0} polls/s", polls as f64 / t0.elapsed().as_secs_f64())
+        })
+        .await;
+    agent.ensure_running()?;
+    let (elapsed, to_ns) = (t0.elapsed().as_secs_f64(), now_ns());
+    let r1 = requests(&sims);
+    let a1 = agent.sample()?;
+    let c1 = collector.sample()?;
+    let h1 = sys::sample_self()?;
+    let skipped = skipped_in_log(&dir.join(&format!("{AGENT}.log")));
+    progress
+        .during(
+            &format!("{label}: stopping the agent (it flushes)"),
+            agent.stop(),
+        )
+        .await?;
+    let served = requests(&sims);
+    let stored = query.stored(AGENT).await?;
+    let per_poll = match cfg.format {
+        Format::Json => JSON_READINGS_PER_POLL,
+        Format::Prometheus => PROMETHEUS_SAMPLES + HEALTH_READINGS_PER_POLL,
+    };
+    report.check(
+        format!("run {r}: readings stored = readings served"),
+        stored == served * per_poll,
+        format!("{stored} stored, {served} polls served × {per_poll}"),
+    );
+
+    let series = progress
+        .during(&format!("{label}: reading poll timestamps back"), async {
+            poll_points(&mut query).await
+        })
+        .await?;
+    let mut a = analyse(&series, cfg.devices, cfg.interval, from_ns, to_ns);
+    for sim in sims {
+        sim.stop().await?;
+    }
+    collector.stop().await?;
+
+    let polls = (r1 - r0) as f64;
+    report.record("polls_per_s", polls / elapsed);
+    report.record(
+        "expected_polls_per_s",
+        cfg.devices as f64 / cfg.interval.as_secs_f64(),
+    );
+    report.record(
+        "lateness_p50_ms",
+        percentile(&mut a.lateness_ms, 50.0).unwrap_or(0.0),
+    );
+    report.record(
+        "lateness_p99_ms",
+        percentile(&mut a.lateness_ms, 99.0).unwrap_or(0.0),
+    );
+    report.record(
+        "lateness_max_ms",
+        percentile(&mut a.lateness_ms, 100.0).unwrap_or(0.0),
+    );
+    report.record("missed_polls", a.missed as f64);
+    report.record("skipped_polls_logged", skipped as f64);
+    report.record("failed_polls", a.failed as f64);
+    report.record("agent_cpu_cores", (a1.cpu_s - a0.cpu_s) / elapsed);
+    report.record(
+        "agent_cpu_us_per_poll",
+        (a1.cpu_s - a0.cpu_s) / polls.max(1.0) * 1e6,
+    );
+    report.record("agent_peak_rss_mib", a1.hwm as f64 / (1024.0 * 1024.0));
+    report.record("collector_cpu_cores", (c1.cpu_s - c0.cpu_s) / elapsed);
+    report.record("harness_cpu_cores", (h1.cpu_s - h0.cpu_s) / elapsed);
+    progress.say(&format!(
+        "{label}: {:.0} polls/s, agent {:.3} cores, {:.1} MiB, lateness p99 {:.1} ms, missed {}",
+        polls / elapsed,
+        (a1.cpu_s - a0.cpu_s) / elapsed,
+        a1.hwm as f64 / (1024.0 * 1024.0),
+        percentile(&mut a.lateness_ms, 99.0).unwrap_or(0.0),
+        a.missed
+    ));
+    Ok(())
+}
+
+pub fn device_name(i: usize) -> String {
+    format!("dev-{i:05}")
+}
+
+/// The `up` series of every device: one point per poll, ok (1) or failed
+/// (0), stamped with the poll's start.
+async fn poll_points(query: &mut QueryClient) -> Result<Vec<SeriesPoints>> {
+    let filter = pb::SeriesFilter {
+        agent: AGENT.to_owned(),
+        device: String::new(),
+        metric: UP_METRIC.to_owned(),
+    };
+    query
+        .range_points(filter, 0, 0)
+        .await
+        .context("read polls back")
+}
+
+/// What the poll timestamps of a window say.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    pub lateness_ms: Vec<f64>,
+    pub missed: u64,
+    pub failed: u64,
+    pub polls: u64,
+}
+
+/// See the module doc. Points outside `[from_ns, to_ns)` are ignored.
+pub fn analyse(
+    series: &[SeriesPoints],
+    devices: usize,
+    interval: Duration,
+    from_ns: i64,
+    to_ns: i64,
+) -> Analysis {
+    let step = interval.as_nanos() as i64;
+    let mut by_device: HashMap<&str, Vec<(i64, bool)>> = HashMap::new();
+    for s in series {
+        let entry = by_device.entry(s.series.device.as_str()).or_default();
+        for p in &s.points {
+            if (from_ns..to_ns).contains(&p.ts_ns) {
+                let failed = matches!(
+                    p.value,
+                    Some(pb::point::Value::I64(0) | pb::point::Value::Failure(_))
+                );
+                entry.push((p.ts_ns, failed));
+            }
+        }
+    }
+    let mut a = Analysis::default();
+    let ticks_in_window = ((to_ns - from_ns) / step.max(1)) as u64;
+    let silent = devices.saturating_sub(by_device.values().filter(|v| !v.is_empty()).count());
+    a.missed += silent as u64 * ticks_in_window;
+    for points in by_device.values_mut() {
+        if points.is_empty() {
+            continue;
+        }
+        points.sort_unstable();
+        points.dedup_by_key(|p| p.0);
+        let first = points[0].0;
+        let raw: Vec<(i64, i64)> = points
+            .iter()
+            .map(|&(ts, _)| {
+                let k = ((ts - first) as f64 / step as f64).round() as i64;
+                (k, ts - first - k * step)
+            })
+            .collect();
+        let min = raw.iter().map(|r| r.1).min().unwrap_or(0);
+        a.lateness_ms
+            .extend(raw.iter().map(|r| (r.1 - min) as f64 / 1e6));
+        let last_k = raw.last().map_or(0, |r| r.0);
+        a.missed += (last_k + 1).saturating_sub(points.len() as i64) as u64;
+        a.failed += points.iter().filter(|p| p.1).count() as u64;
+        a.polls += points.len() as u64;
+    }
+    a
+}
+
+/// Polls the agent's scheduler logged as skipped (`missed=N` of each
+/// "overran its interval" warning).
+fn skipped_in_log(log: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("overran its interval"))
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("missed="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(1)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(device: &str, ts: &[i64]) -> SeriesPoints {
+        SeriesPoints {
+            series: pb::SeriesInfo {
+                device: device.to_owned(),
+                ..Default::default()
+            },
+            points: ts
+                .iter()
+                .map(|&ts_ns| pb::Point {
+                    ts_ns,
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lateness_is_relative_to_the_most_punctual_poll_and_gaps_are_missed() {
+        let ms = 1_000_000;
+        // Device a: on time, 5 ms late, on time, (tick 3 missing), 2 ms late.
+        let a = series("a", &[100 * ms, 1105 * ms, 2100 * ms, 4102 * ms]);
+        // Device b: every poll 7 ms late: relative lateness 0.
+        let b = series("b", &[507 * ms, 1507 * ms, 2507 * ms]);
+        let r = analyse(&[a, b], 3, Duration::from_secs(1), 0, 5000 * ms);
+        let mut late = r.lateness_ms.clone();
+        late.sort_by(f64::total_cmp);
+        assert_eq!(late, vec![0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 5.0]);
+        // One gap in a, and device c never polled: 5 ticks.
+        assert_eq!(r.missed, 1 + 5);
+        assert_eq!(r.polls, 7);
+    }
+}

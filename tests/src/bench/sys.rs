@@ -1,0 +1,177 @@
+//! What `/proc` tells about a process and the machine: CPU time, resident
+//! and peak memory, cores, CPU model, load average.
+
+use std::sync::OnceLock;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+/// CPU time and memory of one process at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcSample {
+    /// User + system CPU seconds of all its threads since it started.
+    pub cpu_s: f64,
+    /// Resident set now (`VmRSS`), bytes.
+    pub rss: u64,
+    /// Peak resident set (`VmHWM`), bytes.
+    pub hwm: u64,
+}
+
+/// Samples `/proc/<pid>/stat` and `/proc/<pid>/status`.
+pub fn sample(pid: u32) -> Result<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; fields after it follow
+    // the last ')'. utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("/proc/{pid}/stat: no ')'"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("/proc/{pid}/stat: field {}", i + 3))
+    };
+    let cpu_ticks = ticks(11)? + ticks(12)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(ProcSample {
+        cpu_s: cpu_ticks as f64 / clock_ticks() as f64,
+        rss: kib("VmRSS:") * 1024,
+        hwm: kib("VmHWM:") * 1024,
+    })
+}
+
+/// This process.
+pub fn sample_self() -> Result<ProcSample> {
+    sample(std::process::id())
+}
+
+/// `sysconf(_SC_CLK_TCK)` via `getconf` (no libc); 100 if that fails.
+fn clock_ticks() -> u64 {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = text.split_whitespace().map(|f| f.parse().unwrap_or(0.0));
+    [
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+    ]
+}
+
+/// The machine a report comes from.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, m)| m.trim().to_owned())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            memory_gib: mem_kib / (1024.0 * 1024.0),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "cores": self.cores,
+            "cpu_model": self.cpu_model,
+            "memory_gib": (self.memory_gib * 10.0).round() / 10.0,
+            "kernel": self.kernel,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{}, {} cores, {:.1} GiB, Linux {}",
+            self.cpu_model, self.cores, self.memory_gib, self.kernel
+        )
+    }
+}
+
+/// The p-th percentile (0..=100) of `values`, nearest rank; `None` when
+/// empty. Sorts in place.
+pub fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    Some(values[rank.clamp(1, values.len()) - 1])
+}
+
+/// Fails unless `/proc` is there (Linux).
+pub fn require_procfs() -> Result<()> {
+    if !std::path::Path::new("/proc/self/stat").exists() {
+        bail!("tributary-bench reads /proc and runs on Linux only");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 50.0), Some(50.0));
+        assert_eq!(percentile(&mut v, 99.0), Some(99.0));
+        assert_eq!(percentile(&mut v, 100.0), Some(100.0));
+        assert_eq!(percentile(&mut [], 50.0), None);
+        assert_eq!(percentile(&mut [7.0], 99.0), Some(7.0));
+    }
+
+    #[test]
+    fn this_process_has_cpu_time_and_memory() -> Result<()> {
+        let s = sample_self()?;
+        assert!(s.rss > 0 && s.hwm >= s.rss);
+        Ok(())
+    }
+}

@@ -1,0 +1,392 @@
+//! `vs-prometheus`: the Tributary agent + collector and Prometheus scraping
+//! the same HTTP simulator targets (Prometheus text, `--samples` samples per
+//! scrape) at the same interval, one after the other in each run.
+//!
+//! For each side, after a warm-up: CPU seconds over `--duration` per million
+//! samples scraped (the simulators count the scrapes; both sides store
+//! every scraped sample, which the checks confirm), and peak RSS (agent and
+//! collector added up for Tributary). The ratios are Tributary / Prometheus.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use tributary_tests::http_sim::{HttpListening, HttpSim};
+use tributary_tests::process::{free_addr, wait_for_port};
+
+use crate::agent::{AgentConfig, AgentProc, HEALTH_READINGS_PER_POLL};
+use crate::collector::{CollectorProc, QueryClient, WorkDir};
+use crate::options::{Format, Options};
+use crate::poll::device_name;
+use crate::progress::Progress;
+use crate::report::{Report, Target};
+use crate::sys::{self, ProcSample};
+
+const AGENT: &str = "prom-agent";
+const TARGETS_PER_LISTENER: usize = 500;
+/// Samples the simulator serves on `/metrics` without `extra`.
+const BASE_SAMPLES: usize = 4;
+/// Series Prometheus adds per target and scrape (`up`, `scrape_*`).
+const PROMETHEUS_SYNTHETIC: u64 = 5;
+
+struct Config {
+    targets: usize,
+    samples: usize,
+    interval: Duration,
+    delay: Duration,
+    duration: Duration,
+    warmup: Duration,
+    prometheus: Option<PathBuf>,
+    keep: bool,
+}
+
+pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
+    sys::require_procfs()?;
+    let interval = opts
+        .interval
+        .unwrap_or(opts.size(Duration::from_secs(1), Duration::from_millis(200)));
+    let prometheus = opts.prometheus.clone().or_else(find_prometheus);
+    if prometheus.is_none() && !opts.smoke {
+        bail!(
+            "prometheus not found on PATH: install Debian's package (apt-get install prometheus) or pass --prometheus PATH (cargo xtask bench vs-prometheus installs it)"
+        );
+    }
+    let cfg = Config {
+        targets: opts.targets.unwrap_or(opts.size(2_000, 3)),
+        samples: opts.samples.unwrap_or(opts.size(105, 10)).max(BASE_SAMPLES),
+        interval,
+        delay: opts.delay.unwrap_or(Duration::ZERO),
+        duration: opts
+            .duration
+            .unwrap_or(opts.size(Duration::from_secs(30), Duration::from_millis(1000))),
+        warmup: opts.size((interval * 5).max(Duration::from_secs(5)), interval * 3),
+        prometheus,
+        keep: opts.keep,
+    };
+    let runs = opts.runs();
+    let mut report = Report::new("vs-prometheus");
+    report.config("targets", cfg.targets);
+    report.config("samples_per_scrape", cfg.samples);
+    report.config("interval_ms", cfg.interval.as_millis() as u64);
+    report.config("target_delay_ms", cfg.delay.as_millis() as u64);
+    report.config("duration_s", cfg.duration.as_secs_f64());
+    report.config("warmup_s", cfg.warmup.as_secs_f64());
+    report.config("runs", runs);
+    report.config(
+        "prometheus",
+        cfg.prometheus
+            .as_deref()
+            .map(prometheus_version)
+            .unwrap_or_else(|| "not found (side skipped)".to_owned()),
+    );
+    report.declare("tributary_cpu_s_per_million", "CPU-s/M", None);
+    report.declare("prometheus_cpu_s_per_million", "CPU-s/M", None);
+    report.declare("cpu_ratio", "", Some(Target::AtMost(0.5)));
+    report.declare("tributary_peak_rss_mib", "MiB", None);
+    report.declare("prometheus_peak_rss_mib", "MiB", None);
+    report.declare("rss_ratio", "", Some(Target::AtMost(0.25)));
+    report.declare("agent_cpu_cores", "cores", None);
+    report.declare("collector_cpu_cores", "cores", None);
+    report.declare("prometheus_cpu_cores", "cores", None);
+    report.declare("agent_peak_rss_mib", "MiB", None);
+    report.declare("collector_peak_rss_mib", "MiB", None);
+    report.declare("tributary_samples_per_s", "samples/s", None);
+    report.declare("prometheus_samples_per_s", "samples/s", None);
+    report.declare("expected_samples_per_s", "samples/s", None);
+
+    let mut sims: Vec<HttpListening> = Vec::new();
+    for _ in 0..cfg.targets.div_ceil(TARGETS_PER_LISTENER) {
+        sims.push(
+            HttpSim::new()
+                .delay(cfg.delay)
+                .bind("127.0.0.1:0".parse()?)
+                .await?,
+        );
+    }
+    for r in 1..=runs {
+        let label = format!("vs-prometheus run {r}/{runs}");
+        let t = tributary_side(&cfg, &sims, &label, progress, &mut report, r).await?;
+        report.record("tributary_cpu_s_per_million", t.cpu_per_million);
+        report.record("tributary_peak_rss_mib", t.peak_mib);
+        report.record("tributary_samples_per_s", t.samples_per_s);
+        report.record(
+            "expected_samples_per_s",
+            (cfg.targets * cfg.samples) as f64 / cfg.interval.as_secs_f64(),
+        );
+        let Some(bin) = &cfg.prometheus else { continue };
+        let p = prometheus_side(&cfg, bin, &sims, &label, progress, &mut report, r).await?;
+        report.record("prometheus_cpu_s_per_million", p.cpu_per_million);
+        report.record("prometheus_peak_rss_mib", p.peak_mib);
+        report.record("prometheus_samples_per_s", p.samples_per_s);
+        report.record("cpu_ratio", t.cpu_per_million / p.cpu_per_million);
+        report.record("rss_ratio", t.peak_mib / p.peak_mib);
+        progress.say(&format!(
+            "{label}: CPU-s per million samples: Tributary {:.2}, Prometheus {:.2}; peak RSS {:.0} vs {:.0} MiB",
+            t.cpu_per_million, p.cpu_per_million, t.peak_mib, p.peak_mib
+        ));
+    }
+    for sim in sims {
+        sim.stop().await?;
+    }
+    if cfg.prometheus.is_none() {
+        report.note("prometheus not found: only the Tributary side ran");
+    }
+    report.note("CPU per million counts samples scraped from the targets (simulator request counts × samples per scrape); both sides store them all (see the checks); Tributary also stores its `up` series per target, Prometheus 5 series of its own per target");
+    report
+        .note("the targets run inside tributary-bench; each side runs alone, one after the other");
+    Ok(report.finish())
+}
+
+struct Side {
+    cpu_per_million: f64,
+    peak_mib: f64,
+    samples_per_s: f64,
+}
+
+fn served(sims: &[HttpListening]) -> u64 {
+    sims.iter().map(HttpListening::requests).sum()
+}
+
+fn target_url(sims: &[HttpListening], i: usize, extra: usize) -> String {
+    sims[i / TARGETS_PER_LISTENER].url(&format!("/metrics?extra={extra}&device={i}"))
+}
+
+async fn tributary_side(
+    cfg: &Config,
+    sims: &[HttpListening],
+    label: &str,
+    progress: &Progress,
+    report: &mut Report,
+    r: usize,
+) -> Result<Side> {
+    let dir = WorkDir::new("vs-prometheus-tributary", cfg.keep)?;
+    let collector = CollectorProc::start(&dir).await?;
+    let mut query = QueryClient::connect(&collector.url).await?;
+    let mut config = AgentConfig::new(AGENT, &collector.url, &dir);
+    let extra = cfg.samples - BASE_SAMPLES;
+    for i in 0..cfg.targets {
+        config.http_device(
+            &device_name(i),
+            &target_url(sims, i, extra),
+            Format::Prometheus,
+            cfg.interval,
+        );
+    }
+    let start = served(sims);
+    let mut agent = AgentProc::start(&dir, AGENT, config)?;
+    progress
+        .wait(
+            cfg.warmup,
+            &format!("{label}: Tributary warm-up"),
+            String::new,
+        )
+        .await;
+    agent.ensure_running()?;
+    let (a0, c0, s0) = (agent.sample()?, collector.sample()?, served(sims));
+    let t0 = Instant::now();
+    progress
+        .wait(
+            cfg.duration,
+            &format!("{label}: Tributary agent + collector"),
+            || format!("{} scrapes", served(sims) - s0),
+        )
+        .await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    agent.ensure_running()?;
+    let (a1, c1, s1) = (agent.sample()?, collector.sample()?, served(sims));
+    agent.stop().await?;
+    let scrapes = served(sims) - start;
+    let stored = query.stored(AGENT).await?;
+    let per_scrape = cfg.samples as u64 + HEALTH_READINGS_PER_POLL;
+    report.check(
+        format!("run {r}: Tributary stored every sample scraped"),
+        stored == scrapes * per_scrape,
+        format!(
+            "{stored} stored, {scrapes} scrapes × ({} + up)",
+            cfg.samples
+        ),
+    );
+    let peak = collector.sample()?.hwm + a1.hwm;
+    collector.stop().await?;
+    let samples = ((s1 - s0) * cfg.samples as u64) as f64;
+    let cpu = (a1.cpu_s - a0.cpu_s) + (c1.cpu_s - c0.cpu_s);
+    report.record("agent_cpu_cores", (a1.cpu_s - a0.cpu_s) / elapsed);
+    report.record("collector_cpu_cores", (c1.cpu_s - c0.cpu_s) / elapsed);
+    report.record("agent_peak_rss_mib", mib(a1.hwm));
+    report.record("collector_peak_rss_mib", mib(c1.hwm));
+    Ok(Side {
+        cpu_per_million: cpu / samples.max(1.0) * 1e6,
+        peak_mib: mib(peak),
+        samples_per_s: samples / elapsed,
+    })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+async fn prometheus_side(
+    cfg: &Config,
+    bin: &Path,
+    sims: &[HttpListening],
+    label: &str,
+    progress: &Progress,
+    report: &mut Report,
+    r: usize,
+) -> Result<Side> {
+    let dir = WorkDir::new("vs-prometheus-prometheus", cfg.keep)?;
+    let listen = free_addr()?;
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, prometheus_config(cfg, sims))?;
+    let log = std::fs::File::create(dir.join("prometheus.log"))?;
+    let mut child = tokio::process::Command::new(bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={listen}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let pid = child.id().context("prometheus exited at once")?;
+    wait_for_port(listen, Duration::from_secs(30)).await?;
+    let ready = Instant::now();
+    while !matches!(http_get(listen, "/-/ready").await, Ok((200, _))) {
+        if ready.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "prometheus not ready after 60 s; see {}",
+                dir.join("prometheus.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress
+        .wait(
+            cfg.warmup,
+            &format!("{label}: Prometheus warm-up"),
+            String::new,
+        )
+        .await;
+    let (p0, s0, app0) = (sys::sample(pid)?, served(sims), appended(listen).await?);
+    let t0 = Instant::now();
+    progress
+        .wait(cfg.duration, &format!("{label}: Prometheus"), || {
+            format!("{} scrapes", served(sims) - s0)
+        })
+        .await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (p1, s1, app1): (ProcSample, u64, u64) =
+        (sys::sample(pid)?, served(sims), appended(listen).await?);
+    // Every scrape in the window was stored, with Prometheus' own series;
+    // at most one scrape per target is in flight at either end.
+    let expected = (s1 - s0) * (cfg.samples as u64 + PROMETHEUS_SYNTHETIC);
+    let slack = cfg.targets as u64 * (cfg.samples as u64 + PROMETHEUS_SYNTHETIC);
+    report.check(
+        format!("run {r}: Prometheus appended every sample scraped"),
+        (app1 - app0).abs_diff(expected) <= slack,
+        format!(
+            "{} appended, {} scrapes × ({} + {PROMETHEUS_SYNTHETIC}) = {expected} (± one scrape per target)",
+            app1 - app0,
+            s1 - s0,
+            cfg.samples
+        ),
+    );
+    let _ = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await;
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        child.kill().await?;
+    }
+    let samples = ((s1 - s0) * cfg.samples as u64) as f64;
+    report.record("prometheus_cpu_cores", (p1.cpu_s - p0.cpu_s) / elapsed);
+    Ok(Side {
+        cpu_per_million: (p1.cpu_s - p0.cpu_s) / samples.max(1.0) * 1e6,
+        peak_mib: mib(p1.hwm),
+        samples_per_s: samples / elapsed,
+    })
+}
+
+fn prometheus_config(cfg: &Config, sims: &[HttpListening]) -> String {
+    let ms = cfg.interval.as_millis();
+    let mut text = format!(
+        "# written by tributary-bench\nglobal:\n  scrape_interval: {ms}ms\n  scrape_timeout: {ms}ms\n\
+         scrape_configs:\n  - job_name: sims\n    metrics_path: /metrics\n    params:\n      extra: ['{}']\n    static_configs:\n",
+        cfg.samples - BASE_SAMPLES
+    );
+    for i in 0..cfg.targets {
+        let addr = sims[i / TARGETS_PER_LISTENER].addr;
+        text.push_str(&format!(
+            "      - targets: ['{addr}']\n        labels: {{device: '{}'}}\n",
+            device_name(i)
+        ));
+    }
+    text
+}
+
+/// `prometheus_tsdb_head_samples_appended_total`, all types added up.
+async fn appended(addr: SocketAddr) -> Result<u64> {
+    let (status, body) = http_get(addr, "/metrics").await?;
+    if status != 200 {
+        bail!("prometheus /metrics: status {status}");
+    }
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("prometheus_tsdb_head_samples_appended_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// A plain HTTP/1.0 GET (no chunked answers): status and body.
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, body.to_owned()))
+}
+
+/// `prometheus` on PATH, else Debian's `/usr/bin/prometheus`.
+pub fn find_prometheus() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("prometheus"))
+        .chain([PathBuf::from("/usr/bin/prometheus")])
+        .find(|p| p.is_file())
+}
+
+fn prometheus_version(bin: &Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| [o.stdout, o.stderr].concat())
+        .and_then(|t| {
+            String::from_utf8_lossy(&t)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_else(|| bin.display().to_string())
+}

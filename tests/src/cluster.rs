@@ -1,0 +1,311 @@
+//! Running a small Tributary deployment in a test: a collector process with
+//! its SQLite file, agent processes with their spools, and the ground truth
+//! to compare against (the sim counter goes up by exactly one per poll).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use prost::Message;
+
+use crate::process::{Proc, TestDir, eventually, wait_for_port};
+use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
+use tributary_proto::v1 as pb;
+
+/// How long anything may take before it is a failure.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A collector process with its database in a test directory.
+pub struct Collector {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    log: PathBuf,
+}
+
+impl Collector {
+    /// Starts `tributary-collector serve` on `addr` with its database (and
+    /// log) in `dir`; a restart with the same `dir` and `addr` reopens it.
+    pub async fn start(dir: &TestDir, addr: SocketAddr) -> Result<Self> {
+        let db = dir.join("collector.db");
+        let log = dir.join("collector.log");
+        let proc = Proc::builder("tributary-collector")?
+            .args(["serve", "--listen", &addr.to_string()])
+            .arg(format!("--store=sqlite:{}", db.display()))
+            .log_to(&log)
+            .spawn()?;
+        wait_for_port(addr, PATIENCE).await?;
+        Ok(Collector {
+            proc,
+            addr,
+            db,
+            log,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The collector's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The `[spool]` and `[uplink]` sections tests use: the spool in the test
+/// directory, fast keepalive and reconnects.
+pub fn agent_sections(spool: &Path, extra_spool: &str) -> String {
+    format!(
+        "\n[spool]\ndir = \"{}\"\n{extra_spool}\n[uplink]\nkeepalive_interval = \"1s\"\n\
+         keepalive_timeout = \"2s\"\nconnect_timeout = \"2s\"\nbackoff_max = \"500ms\"\n\
+         shutdown_timeout = \"20s\"\n",
+        spool.display()
+    )
+}
+
+/// A config with `devices` sim devices named `<id>-counter-<i>`.
+pub fn sim_agent_config(id: &str, collectors: &[String], devices: usize, interval: &str) -> String {
+    let urls: Vec<String> = collectors.iter().map(|c| format!("\"{c}\"")).collect();
+    let mut s = format!("id = \"{id}\"\ncollectors = [{}]\n", urls.join(", "));
+    for i in 0..devices {
+        s.push_str(&format!(
+            "\n[[devices]]\nname = \"{id}-counter-{i}\"\ndriver = \"sim\"\ninterval = \"{interval}\"\n"
+        ));
+    }
+    s
+}
+
+/// An agent process; its config and spool live in the test directory.
+pub struct Agent {
+    pub proc: Proc,
+    pub id: String,
+    pub spool: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Writes `config` (plus [`agent_sections`] with `extra_spool` keys) and
+    /// starts `tributary-agent run`.
+    pub fn start(dir: &TestDir, id: &str, config: &str, extra_spool: &str) -> Result<Agent> {
+        let spool = dir.join(format!("{id}-spool"));
+        let path = dir.join(format!("{id}.toml"));
+        std::fs::write(
+            &path,
+            format!("{config}{}", agent_sections(&spool, extra_spool)),
+        )?;
+        let log = dir.join(format!("{id}.log"));
+        let proc = Self::spawn(&path, &log)?;
+        Ok(Agent {
+            proc,
+            id: id.to_string(),
+            spool,
+            config: path,
+            log,
+        })
+    }
+
+    fn spawn(config: &Path, log: &Path) -> Result<Proc> {
+        Proc::builder("tributary-agent")?
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .log_to(log)
+            .spawn()
+    }
+
+    /// Starts the agent again with the same config and spool.
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc = Self::spawn(&self.config, &self.log)?;
+        Ok(())
+    }
+
+    /// SIGTERM, and the agent must exit 0 within [`PATIENCE`].
+    pub async fn stop(&mut self) -> Result<()> {
+        let status = self.proc.terminate(PATIENCE).await?;
+        ensure!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            self.id,
+            self.log()
+        );
+        Ok(())
+    }
+
+    /// The agent's log so far (all runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// One stored counter reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stored {
+    pub ts_ns: i64,
+    pub value: i64,
+}
+
+/// Counter readings stored per device of `agent`, in device-time order.
+pub fn counters(db: &Path, agent: &str) -> Result<BTreeMap<String, Vec<Stored>>> {
+    let conn = rusqlite::Connection::open(db)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let mut stmt = conn.prepare(
+        "SELECT s.device, r.ts_ns, r.value FROM readings r JOIN series s ON s.id = r.series_id \
+         WHERE s.agent = ?1 AND s.metric = 'counter' ORDER BY s.device, r.ts_ns",
+    )?;
+    let mut out: BTreeMap<String, Vec<Stored>> = BTreeMap::new();
+    let rows = stmt.query_map([agent], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Stored {
+                ts_ns: r.get(1)?,
+                value: r.get(2)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (device, s) = row?;
+        out.entry(device).or_default().push(s);
+    }
+    Ok(out)
+}
+
+/// The counter values alone.
+pub fn values(stored: &[Stored]) -> Vec<i64> {
+    stored.iter().map(|s| s.value).collect()
+}
+
+/// Every device's counter must read exactly 1, 2, ..., n: nothing lost,
+/// nothing twice, nothing spurious. Returns the total.
+pub fn assert_exactly_once(stored: &BTreeMap<String, Vec<Stored>>, devices: usize) -> Result<u64> {
+    ensure!(
+        stored.len() == devices,
+        "expected {devices} devices, found {}",
+        stored.len()
+    );
+    let mut total = 0;
+    for (device, readings) in stored {
+        check_run(device, &values(readings))?;
+        total += readings.len() as u64;
+    }
+    Ok(total)
+}
+
+/// `values` must be exactly 1..=n.
+pub fn check_run(device: &str, values: &[i64]) -> Result<()> {
+    let expected: Vec<i64> = (1..=values.len() as i64).collect();
+    if values != expected {
+        let dup = values.windows(2).find(|w| w[0] >= w[1]);
+        let gap = values.windows(2).find(|w| w[1] > w[0] + 1);
+        bail!(
+            "{device}: {} values, first {:?}, duplicate/out of order at {dup:?}, gap at {gap:?}",
+            values.len(),
+            values.first()
+        );
+    }
+    Ok(())
+}
+
+/// Waits until every device of `agent` has at least `n` counter readings.
+pub async fn wait_for_counters(db: &Path, agent: &str, devices: usize, n: usize) -> Result<()> {
+    eventually(
+        PATIENCE,
+        &format!("{agent} has {n} readings per device"),
+        || async {
+            let c = counters(db, agent).ok()?;
+            (c.len() == devices && c.values().all(|v| v.len() >= n)).then_some(())
+        },
+    )
+    .await
+}
+
+/// Per-agent counters as the collector stores them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AgentCounters {
+    pub readings_stored: u64,
+    pub batches_deduplicated: u64,
+    pub batches_resent: u64,
+    pub dropped_at_agent: u64,
+}
+
+pub fn agent_counters(db: &Path, agent: &str) -> Result<AgentCounters> {
+    let conn = rusqlite::Connection::open(db)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let row = conn
+        .query_row(
+            "SELECT readings_stored, batches_deduplicated, batches_resent, \
+             (SELECT COALESCE(SUM(dropped), 0) FROM epochs WHERE agent = ?1) \
+             FROM agents WHERE id = ?1",
+            [agent],
+            |r| {
+                Ok(AgentCounters {
+                    readings_stored: r.get::<_, i64>(0)? as u64,
+                    batches_deduplicated: r.get::<_, i64>(1)? as u64,
+                    batches_resent: r.get::<_, i64>(2)? as u64,
+                    dropped_at_agent: r.get::<_, i64>(3)? as u64,
+                })
+            },
+        )
+        .with_context(|| format!("agent {agent} in {}", db.display()))?;
+    Ok(row)
+}
+
+/// What a spool holds: counter values per device, read from a copy of the
+/// spool directory (opening a spool repairs it; the original stays as is).
+pub fn spooled_counters(spool: &Path, scratch: &Path) -> Result<BTreeMap<String, Vec<i64>>> {
+    copy_dir(spool, scratch)?;
+    let (s, _) = Spool::open(SpoolOptions {
+        dir: scratch.to_path_buf(),
+        max_bytes: u64::MAX / 2,
+        policy: FullPolicy::Block,
+        sync: false,
+    })?;
+    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut next = 0;
+    while let Some(rec) = s.read_from(next)? {
+        next = rec.seq + 1;
+        let batch = pb::Batch::decode(rec.batch.as_slice())?;
+        let names: BTreeMap<u32, (String, String)> = batch
+            .series
+            .iter()
+            .map(|d| (d.id, (d.device.clone(), d.metric.clone())))
+            .collect();
+        for r in batch.readings {
+            let Some((device, metric)) = names.get(&r.series) else {
+                bail!("spooled reading of undeclared series {}", r.series);
+            };
+            if let (true, Some(pb::reading::Value::I64(v))) = (metric == "counter", r.value) {
+                out.entry(device.clone()).or_default().push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Resident set size and its peak of a process, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}

@@ -1,0 +1,212 @@
+//! The MQTT driver against real Mosquitto brokers: the machine's broker on
+//! 127.0.0.1:1883 with messages published by the real `mosquitto_pub`, and
+//! private brokers this test starts, stops and restarts (reconnect and
+//! resubscribe, refused, not authorized).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rand::Rng;
+use tributary_agent::config::DeviceConfig;
+use tributary_agent::drivers::Driver;
+use tributary_agent::reading::{Sample, Value};
+use tributary_tests::peers::{self, SHARED_BROKER, device_config, mqtt_publish, poll_once};
+use tributary_tests::process::TestDir;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A topic prefix no other test run uses.
+fn prefix() -> String {
+    format!("tributary-test-{:08x}", rand::rng().random::<u32>())
+}
+
+fn plant(broker: &str, p: &str) -> Result<DeviceConfig> {
+    device_config(
+        "plant",
+        &format!(
+            r#"driver = "mqtt"
+interval = "1s"
+timeout = "2s"
+broker = "{broker}"
+qos = 1
+topics = [
+  {{ filter = "{p}/+/temp", metric = "temp", unit = "C" }},
+  {{ filter = "{p}/+/state", format = "json", pointer = "/power", metric = "power" }},
+  {{ filter = "{p}/+/metrics", format = "prometheus" }},
+]
+"#
+        ),
+    )
+}
+
+fn find<'a>(samples: &'a [Sample], device: &str, metric: &str) -> Option<&'a Value> {
+    samples
+        .iter()
+        .find(|s| s.device.as_deref() == Some(device) && s.metric == metric)
+        .map(|s| &s.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_name_devices_and_payloads_parse() -> Result<()> {
+    let p = prefix();
+    // Retained messages are there when the driver subscribes: the first
+    // poll (as `check` does it) shows them.
+    mqtt_publish(SHARED_BROKER, &format!("{p}/boiler-1/temp"), "21.5", true).await?;
+    mqtt_publish(
+        SHARED_BROKER,
+        &format!("{p}/boiler-1/state"),
+        r#"{"power": 1500}"#,
+        true,
+    )
+    .await?;
+    mqtt_publish(
+        SHARED_BROKER,
+        &format!("{p}/boiler-2/metrics"),
+        "pressure_bar{loop=\"a\"} 1.25\n",
+        true,
+    )
+    .await?;
+    let cfg = plant(SHARED_BROKER, &p)?;
+    let samples = poll_once(&cfg).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(
+        find(&samples, "plant/boiler-1", "temp"),
+        Some(&Value::F64(21.5))
+    );
+    assert_eq!(
+        find(&samples, "plant/boiler-1", "power"),
+        Some(&Value::I64(1500))
+    );
+    let pressure = samples
+        .iter()
+        .find(|s| s.metric == "pressure_bar")
+        .context("prometheus payload")?;
+    assert_eq!(pressure.device.as_deref(), Some("plant/boiler-2"));
+    assert_eq!(pressure.labels.get("loop").map(String::as_str), Some("a"));
+
+    // Live messages, and payloads that do not parse: a failed reading with
+    // the cause, on that series only.
+    let mut driver = Driver::build(&cfg)?;
+    driver.poll().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    mqtt_publish(SHARED_BROKER, &format!("{p}/boiler-3/temp"), "hot", false).await?;
+    mqtt_publish(
+        SHARED_BROKER,
+        &format!("{p}/boiler-3/state"),
+        "{\"power\": ",
+        false,
+    )
+    .await?;
+    mqtt_publish(SHARED_BROKER, &format!("{p}/boiler-4/temp"), "19", false).await?;
+    let mut seen: Vec<Sample> = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !(find(&seen, "plant/boiler-3", "temp").is_some()
+        && find(&seen, "plant/boiler-3", "power").is_some()
+        && find(&seen, "plant/boiler-4", "temp").is_some())
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "messages not received: {seen:?}"
+        );
+        seen.extend(driver.poll().await.map_err(|e| anyhow::anyhow!("{e}"))?);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(find(&seen, "plant/boiler-4", "temp"), Some(&Value::I64(19)));
+    let failed = |metric: &str| match find(&seen, "plant/boiler-3", metric) {
+        Some(Value::Failed { message, .. }) => message.clone(),
+        other => panic!("{metric}: expected a failure, got {other:?}"),
+    };
+    assert_eq!(
+        failed("temp"),
+        format!("payload on {p}/boiler-3/temp: not a number: \"hot\"")
+    );
+    assert!(
+        failed("power").starts_with(&format!(
+            "payload on {p}/boiler-3/state: invalid json at line 1 column 10"
+        )),
+        "{}",
+        failed("power")
+    );
+    // Each message is taken once.
+    let again = driver.poll().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(
+        find(&again, "plant/boiler-4", "temp").is_none(),
+        "{again:?}"
+    );
+
+    // Clear the retained messages.
+    for t in ["boiler-1/temp", "boiler-1/state", "boiler-2/metrics"] {
+        mqtt_publish(SHARED_BROKER, &format!("{p}/{t}"), "", true).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_and_resubscribes_after_a_broker_restart() -> Result<()> {
+    let dir = TestDir::new("mqtt-restart")?;
+    let broker = peers::mosquitto(&dir, true, None).await?;
+    let port = broker.addr.port();
+    let address = broker.addr.to_string();
+    let p = prefix();
+    let mut driver = Driver::build(&plant(&address, &p)?)?;
+    driver.poll().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    broker.kill().await?;
+    // Down: the poll fails with the reason.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let e = loop {
+        match driver.poll().await {
+            Err(e) => break e,
+            Ok(_) => {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "still up after the kill"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(
+        e.message.starts_with(&format!("mqtt broker {address}: ")),
+        "{e}"
+    );
+
+    // Back on the same port: the driver reconnects and subscribes again.
+    let _broker = peers::mosquitto(&dir, true, Some(port)).await?;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no message after the restart"
+        );
+        if driver.poll().await.is_ok() {
+            mqtt_publish(&address, &format!("{p}/b/temp"), "7", false).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(samples) = driver.poll().await
+                && find(&samples, "plant/b", "temp") == Some(&Value::I64(7))
+            {
+                break;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_unauthorized_are_named() -> Result<()> {
+    let dir = TestDir::new("mqtt-refused")?;
+    let closed = tributary_tests::process::free_addr()?.to_string();
+    let e = poll_once(&plant(&closed, "x")?).await.expect_err("refused");
+    assert_eq!(
+        e.message,
+        format!("mqtt broker {closed}: connection refused")
+    );
+
+    let broker = peers::mosquitto(&dir, false, None).await?;
+    let address = broker.addr.to_string();
+    let e = poll_once(&plant(&address, "x")?)
+        .await
+        .expect_err("not authorized");
+    assert!(e.message.contains("auth failure"), "{e}");
+    Ok(())
+}

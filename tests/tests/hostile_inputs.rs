@@ -1,0 +1,315 @@
+//! Property tests of every parser and validator that reads input from the
+//! network or from operators: the stable-toolchain twins of the cargo-fuzz
+//! targets in `collector/fuzz` and `agent/fuzz` (which need nightly; run
+//! them with `cargo xtask fuzz`). Each property feeds random and mutated
+//! inputs and requires an answer (a value or an error) without a panic, plus
+//! what can be said about the answer. Inputs a fuzzer found to crash belong
+//! here as fixed regression cases.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use proptest::prelude::*;
+use prost::Message;
+
+use tributary_agent::config::{JsonMetric, RegisterType, WordOrder};
+use tributary_agent::drivers::{http, modbus, prometheus};
+use tributary_collector::config::{self as collector_config, Flags};
+use tributary_collector::session::{self, Limits, PeerAuth};
+use tributary_collector::tls;
+use tributary_proto::v1 as pb;
+
+/// A valid batch to mutate: two series, three readings.
+fn sample_batch() -> pb::Batch {
+    pb::Batch {
+        seq: 3,
+        series: vec![
+            pb::SeriesDecl {
+                id: 1,
+                device: "meter".into(),
+                metric: "power".into(),
+                unit: "W".into(),
+                labels: [("phase".to_owned(), "a".to_owned())].into(),
+            },
+            pb::SeriesDecl {
+                id: 2,
+                device: "meter".into(),
+                metric: "state".into(),
+                ..Default::default()
+            },
+        ],
+        readings: vec![
+            pb::Reading {
+                series: 1,
+                ts_ns: 1_700_000_000_000_000_000,
+                value: Some(pb::reading::Value::F64(1.5)),
+            },
+            pb::Reading {
+                series: 2,
+                ts_ns: 1_700_000_000_000_000_001,
+                value: Some(pb::reading::Value::Str("on".into())),
+            },
+            pb::Reading {
+                series: 1,
+                ts_ns: 1_700_000_000_000_000_002,
+                value: Some(pb::reading::Value::Failure(pb::Failure {
+                    status: pb::PollStatus::Timeout as i32,
+                    message: "slow".into(),
+                })),
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+/// Runs every check the session applies to a decoded frame.
+fn check_frame(bytes: &[u8]) {
+    let Ok(frame) = pb::AgentFrame::decode(bytes) else {
+        return;
+    };
+    let limits = Limits::default();
+    match frame.frame {
+        Some(pb::agent_frame::Frame::Hello(hello)) => {
+            let _ = session::check_hello(&hello, &limits);
+            let _ = session::authorize(
+                &hello.agent_id,
+                &PeerAuth::Certificate("edge-1".into()),
+                None,
+            );
+        }
+        Some(pb::agent_frame::Frame::Batch(batch)) => {
+            let _ = session::check_batch(&batch, "edge-1", 0, &HashMap::new(), &limits);
+            let declared: HashMap<u32, i64> = (0..4).map(|i| (i, i64::from(i))).collect();
+            if let Ok(new) = session::check_batch(&batch, "edge-1", 1, &declared, &limits) {
+                assert!(new.iter().all(|(id, _)| !declared.contains_key(id)));
+            }
+        }
+        None => {}
+    }
+}
+
+/// `bytes` with `edits` applied: (position, new byte) pairs, positions
+/// taken modulo the length.
+fn mutate(mut bytes: Vec<u8>, edits: &[(usize, u8)]) -> Vec<u8> {
+    if bytes.is_empty() {
+        return bytes;
+    }
+    let len = bytes.len();
+    for &(at, b) in edits {
+        bytes[at % len] = b;
+    }
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ingest_frames_of_random_bytes_are_checked_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        check_frame(&bytes);
+    }
+
+    #[test]
+    fn mutated_ingest_frames_are_checked_without_panic(
+        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<usize>(),
+    ) {
+        let frame = pb::AgentFrame { frame: Some(pb::agent_frame::Frame::Batch(sample_batch())) };
+        let mut bytes = mutate(frame.encode_to_vec(), &edits);
+        bytes.truncate(cut % (bytes.len() + 1));
+        check_frame(&bytes);
+    }
+
+    #[test]
+    fn a_batch_passes_exactly_when_its_references_are_declared(
+        decl_ids in prop::collection::vec(0u32..16, 0..8),
+        reading_ids in prop::collection::vec(0u32..16, 0..16),
+        ts in prop::collection::vec(-2i64..i64::MAX, 16),
+    ) {
+        let batch = pb::Batch {
+            seq: 1,
+            series: decl_ids.iter().map(|&id| pb::SeriesDecl {
+                id,
+                device: "d".into(),
+                metric: "m".into(),
+                ..Default::default()
+            }).collect(),
+            readings: reading_ids.iter().zip(&ts).map(|(&series, &ts_ns)| pb::Reading {
+                series,
+                ts_ns,
+                value: Some(pb::reading::Value::I64(1)),
+            }).collect(),
+            ..Default::default()
+        };
+        let unique = {
+            let mut d = decl_ids.clone();
+            d.sort_unstable();
+            d.dedup();
+            d.len() == decl_ids.len()
+        };
+        let referenced = reading_ids.iter().all(|id| decl_ids.contains(id));
+        let timed = ts.iter().take(reading_ids.len()).all(|&t| t > 0);
+        let result = session::check_batch(&batch, "a", 0, &HashMap::new(), &Limits::default());
+        prop_assert_eq!(result.is_ok(), unique && referenced && timed, "{:?}", result.err());
+    }
+
+    #[test]
+    fn collector_config_text_gives_settings_or_a_located_error(text in "[a-z_\\[\\]=\" .0-9:\n]{0,200}") {
+        if let Err(e) = collector_config::resolve_text(&text, Path::new("/nonexistent/c.toml"), &Flags::default()) {
+            let e = e.to_string();
+            prop_assert!(e.starts_with("/nonexistent/c.toml:") || e.starts_with("--listen"), "{}", e);
+        }
+    }
+
+    #[test]
+    fn mutated_collector_configs_give_settings_or_a_located_error(
+        lines in prop::collection::vec(prop::sample::select(vec![
+            "listen = \"127.0.0.1:7400\"", "listen = \"0.0.0.0:1\"", "listen = 7",
+            "store = \"sqlite:x.db\"", "store = \"pg:x\"", "synchronous = \"normal\"",
+            "allow_plaintext = true", "allowed_agents = [\"a\", \"b c\"]", "allowed_agents = []",
+            "[tls]", "cert = \"c.pem\"", "key = \"k.pem\"", "client_ca = \"ca.pem\"",
+            "[limits]", "max_connections = 0", "max_connections = 99999999999999",
+            "keepalive_interval = \"1s\"", "handshake_timeout = \"0s\"", "max_clock_skew = \"x\"",
+            "max_message_bytes = -1", "unknown = 1", "[", "\"", "",
+        ]), 0..12),
+    ) {
+        let text = lines.join("\n");
+        if let Err(e) = collector_config::resolve_text(&text, Path::new("/nonexistent/c.toml"), &Flags::default()) {
+            let e = e.to_string();
+            prop_assert!(e.starts_with("/nonexistent/c.toml:"), "{}", e);
+        }
+    }
+
+    #[test]
+    fn certificate_identities_of_random_bytes_are_errors_not_panics(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        prop_assert!(tls::cert_identity(&bytes).is_err());
+        let _ = tls::common_name(&bytes);
+    }
+
+    #[test]
+    fn mutated_certificates_give_a_name_or_an_error(edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        let der = certificate_der();
+        let _ = tls::cert_identity(&mutate(der, &edits));
+    }
+
+    #[test]
+    fn agent_config_text_gives_a_config_or_a_located_error(
+        lines in prop::collection::vec(prop::sample::select(vec![
+            "id = \"edge-1\"", "id = \"\"", "collectors = [\"http://127.0.0.1:7400\"]", "collectors = []",
+            "[[devices]]", "name = \"d\"", "driver = \"sim\"", "driver = \"http\"", "driver = \"modbus\"",
+            "interval = \"1s\"", "interval = \"0s\"", "url = \"http://x/\"", "format = \"json\"",
+            "metrics = [{ name = \"m\", pointer = \"/a\" }]", "[tls]", "ca = \"ca.pem\"", "cert = \"c.pem\"",
+            "[spool]", "max_bytes = \"1MiB\"", "[uplink]", "unknown = 1", "[", "",
+        ]), 0..14),
+    ) {
+        let text = lines.join("\n");
+        if let Err(e) = tributary_agent::config::parse(&text, Path::new("/nonexistent/a.toml")) {
+            let e = e.to_string();
+            prop_assert!(e.starts_with("/nonexistent/a.toml:"), "{}", e);
+        }
+    }
+
+    #[test]
+    fn prometheus_text_parses_or_names_an_existing_line(text in "[a-z_{}=\",# .0-9+\\-eE\n\\\\]{0,300}") {
+        if let Err(e) = prometheus::parse(&text) {
+            prop_assert!(e.line >= 1 && e.line <= text.split('\n').count(), "{:?}", e);
+        }
+    }
+
+    #[test]
+    fn json_extraction_gives_one_sample_per_metric(
+        body in "[\\[\\]{}\",:0-9a-z.\\-e ]{0,120}",
+        pointer in "(/[a-z0-9~]{0,3}){0,3}",
+    ) {
+        if let Ok(doc) = http::parse_json(body.as_bytes()) {
+            let metrics = [JsonMetric { name: "m".into(), pointer, unit: String::new() }];
+            prop_assert_eq!(http::extract_json(&doc, &metrics).len(), 1);
+        }
+    }
+
+    #[test]
+    fn modbus_registers_decode_or_report_a_short_response(
+        pick in 0usize..6,
+        little in any::<bool>(),
+        scale in any::<f64>(),
+        words in prop::collection::vec(any::<u16>(), 0..4),
+    ) {
+        let types = [RegisterType::U16, RegisterType::I16, RegisterType::U32, RegisterType::I32, RegisterType::F32, RegisterType::Bool];
+        let order = if little { WordOrder::Little } else { WordOrder::Big };
+        match modbus::decode_registers(&words, types[pick], order, scale) {
+            Ok(_) => prop_assert!(words.len() >= usize::from(types[pick].words())),
+            Err(e) => prop_assert!(e.got < e.need && e.got == words.len()),
+        }
+    }
+}
+
+/// A real client certificate for `edge-1` (DER).
+fn certificate_der() -> Vec<u8> {
+    use std::sync::OnceLock;
+    static DER: OnceLock<Vec<u8>> = OnceLock::new();
+    DER.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["edge-1".to_owned()]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "edge-1");
+        params.self_signed(&key).expect("cert").der().to_vec()
+    })
+    .clone()
+}
+
+#[test]
+fn a_certificate_is_identified_by_its_dns_name() {
+    assert_eq!(
+        tls::cert_identity(&certificate_der()).as_deref(),
+        Ok("edge-1")
+    );
+}
+
+#[test]
+fn a_certificate_without_dns_names_is_identified_by_its_common_name() {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Tributary");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "edge_7");
+    let der = params.self_signed(&key).expect("cert").der().to_vec();
+    assert_eq!(tls::cert_identity(&der).as_deref(), Ok("edge_7"));
+}
+
+/// The largest batch the limits allow validates in one pass: declaring
+/// every series and referencing each must not cost quadratic time (it did:
+/// a list scan per reading made such a batch take minutes).
+#[test]
+fn a_batch_at_the_limits_validates() {
+    let limits = Limits::default();
+    let n = limits
+        .max_readings_per_batch
+        .min(limits.max_series_per_stream) as u32;
+    let batch = pb::Batch {
+        seq: 1,
+        series: (0..n)
+            .map(|id| pb::SeriesDecl {
+                id,
+                device: "d".into(),
+                metric: "m".into(),
+                ..Default::default()
+            })
+            .collect(),
+        readings: (0..n)
+            .rev()
+            .map(|series| pb::Reading {
+                series,
+                ts_ns: 1,
+                value: Some(pb::reading::Value::Bool(true)),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let new = session::check_batch(&batch, "a", 0, &HashMap::new(), &limits).expect("valid");
+    assert_eq!(new.len(), n as usize);
+}

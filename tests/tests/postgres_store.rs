@@ -1,0 +1,319 @@
+//! The PostgreSQL store's contract, against the PostgreSQL of this machine:
+//! two writers on one database never store a batch twice, series ids never
+//! collide, retention removes old readings in steps (SQLite too), and two
+//! in-process collectors sharing the database ack replays without storing
+//! them again, whichever collector sees them.
+
+mod postgres_support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use tributary_collector::model::{NewReading, SeriesKey, StoredValue};
+use tributary_collector::store::{
+    AgentWrite, BatchWrite, Durability, EpochRow, Store, StoreUrl, WriteSet,
+};
+use tributary_proto::v1 as pb;
+use tributary_tests::process::TestDir;
+
+use postgres_support::{InProcess, TestSchema};
+
+fn key(agent: &str, device: &str) -> SeriesKey {
+    SeriesKey {
+        agent: agent.into(),
+        device: device.into(),
+        metric: "counter".into(),
+        labels: BTreeMap::from([("site".into(), "a".into())]),
+        unit: String::new(),
+    }
+}
+
+/// A set with one batch per sequence in `seqs`, each holding one reading
+/// of `series` whose value and timestamp are the sequence.
+fn set(agent: &str, epoch: u64, series: i64, seqs: impl IntoIterator<Item = u64>) -> WriteSet {
+    let agent: Arc<str> = Arc::from(agent);
+    let batches: Vec<BatchWrite> = seqs
+        .into_iter()
+        .map(|seq| BatchWrite {
+            agent: agent.clone(),
+            epoch,
+            seq,
+            received_ns: 1,
+            readings: vec![NewReading {
+                series_id: series,
+                ts_ns: seq as i64,
+                value: StoredValue::I64(seq as i64),
+            }],
+        })
+        .collect();
+    let last = batches.last().map(|b| b.seq).unwrap_or(0);
+    WriteSet {
+        epochs: vec![(
+            agent.clone(),
+            epoch,
+            EpochRow {
+                committed_seq: last,
+                dropped: 0,
+                last_seq: last,
+            },
+        )],
+        agents: vec![(
+            agent,
+            AgentWrite {
+                epoch,
+                peer: "test".into(),
+                ..AgentWrite::default()
+            },
+        )],
+        batches,
+    }
+}
+
+/// Runs blocking store work off the async runtime (a PostgreSQL store
+/// drives its own runtime and must not be used from async code).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.context("store task")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_database_never_store_a_batch_twice() -> Result<()> {
+    let schema = TestSchema::new("two_stores").await?;
+    let url = schema.store();
+    let (ids_a, ids_b, skipped) = blocking(move || {
+        let mut a = Store::open(&url, Durability::Full)?;
+        let mut b = Store::open(&url, Durability::Full)?;
+        // The same keys, in another order, from each store: the same ids.
+        let ids_a = a.resolve_series(&[key("edge", "d1"), key("edge", "d2")])?;
+        let ids_b = b.resolve_series(&[key("edge", "d2"), key("edge", "d1")])?;
+        let first = a.commit(&set("edge", 7, ids_a[0], 1..=3))?;
+        assert!(first.skipped.is_empty());
+        // b's merger has never seen this epoch: the store knows better.
+        let second = b.commit(&set("edge", 7, ids_a[0], 2..=4))?;
+        assert_eq!(b.epoch("edge", 7)?.map(|e| e.committed_seq), Some(4));
+        Ok((ids_a, ids_b, second.skipped))
+    })
+    .await?;
+    assert_eq!(ids_a, [ids_b[1], ids_b[0]]);
+    assert_ne!(ids_a[0], ids_a[1]);
+    assert_eq!(
+        skipped,
+        [0, 1],
+        "sequences 2 and 3 were stored by the other store"
+    );
+
+    // Both stores commit the same sequences 5..=60 at the same time, one
+    // batch per transaction: each is stored by exactly one of them.
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let url = schema.store();
+        let series = ids_a[0];
+        writers.push(tokio::task::spawn_blocking(move || -> Result<usize> {
+            let mut store = Store::open(&url, Durability::Full)?;
+            let mut skipped = 0;
+            for seq in 5..=60 {
+                skipped += store.commit(&set("edge", 7, series, [seq]))?.skipped.len();
+            }
+            Ok(skipped)
+        }));
+    }
+    let mut skipped = 0;
+    for w in writers {
+        skipped += w.await??;
+    }
+    assert_eq!(
+        skipped, 56,
+        "every one of the 56 batches was skipped by one writer"
+    );
+    let values = schema.counters("edge").await?;
+    assert_eq!(values["d1"], (1..=60).collect::<Vec<i64>>());
+    let (stored, dedup) = (
+        schema
+            .number("SELECT readings_stored FROM agents WHERE id = 'edge'")
+            .await?,
+        schema
+            .number("SELECT batches_deduplicated FROM agents WHERE id = 'edge'")
+            .await?,
+    );
+    assert_eq!((stored, dedup), (60, 2 + 56));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_old_readings_in_steps() -> Result<()> {
+    let schema = TestSchema::new("retention").await?;
+    let dir = TestDir::new("retention")?;
+    for url in [StoreUrl::Sqlite(dir.join("retention.db")), schema.store()] {
+        let what = url.to_string();
+        let (steps, left) = blocking(move || {
+            let mut store = Store::open(&url, Durability::Normal)?;
+            let ids = store.resolve_series(&[key("edge", "d1")])?;
+            store.commit(&set("edge", 1, ids[0], 1..=100))?;
+            // Timestamps are 1..=100 ns: everything below 41 goes, in
+            // steps of at most 15 rows.
+            let mut steps = 0;
+            loop {
+                steps += 1;
+                let step = store.retain(41, 15)?;
+                if step.done {
+                    break;
+                }
+                if steps > 10 {
+                    bail!("retention does not finish");
+                }
+            }
+            let left = store.commit(&set("edge", 1, ids[0], [101]))?;
+            Ok((steps, left.skipped.len()))
+        })
+        .await
+        .with_context(|| what.clone())?;
+        assert_eq!(steps, 3, "{what}: 40 rows in steps of 15");
+        assert_eq!(left, 0, "{what}: delivery state is kept");
+    }
+    let values = schema.counters("edge").await?;
+    assert_eq!(values["d1"], (41..=101).collect::<Vec<i64>>());
+    Ok(())
+}
+
+/// A raw agent stream.
+struct RawStream {
+    tx: mpsc::Sender<pb::AgentFrame>,
+    rx: Streaming<pb::CollectorFrame>,
+    welcome: u64,
+    /// The series was declared on this stream.
+    declared: bool,
+}
+
+impl RawStream {
+    async fn open(url: &str, agent: &str, epoch: u64) -> Result<Self> {
+        let mut client = pb::ingest_client::IngestClient::connect(url.to_string()).await?;
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(pb::AgentFrame {
+            frame: Some(pb::agent_frame::Frame::Hello(pb::Hello {
+                agent_id: agent.into(),
+                version: "test".into(),
+                epoch,
+                agent_time_ns: 1,
+                ..Default::default()
+            })),
+        })
+        .await?;
+        let mut rx = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        let welcome = match next(&mut rx).await? {
+            Some(pb::collector_frame::Frame::Welcome(w)) => w.committed_seq,
+            other => bail!("expected welcome, got {other:?}"),
+        };
+        Ok(RawStream {
+            tx,
+            rx,
+            welcome,
+            declared: false,
+        })
+    }
+
+    /// Sends counter values `10 * (seq - 1) + 1 ..= 10 * seq` as batch `seq`
+    /// (declaring the series in the stream's first batch).
+    async fn send(&mut self, seq: u64) -> Result<()> {
+        let from = 10 * (seq as i64 - 1) + 1;
+        let batch = pb::Batch {
+            seq,
+            series: if std::mem::replace(&mut self.declared, true) {
+                vec![]
+            } else {
+                vec![pb::SeriesDecl {
+                    id: 1,
+                    device: "dev".into(),
+                    metric: "counter".into(),
+                    labels: HashMap::new(),
+                    unit: String::new(),
+                }]
+            },
+            readings: (from..from + 10)
+                .map(|v| pb::Reading {
+                    series: 1,
+                    ts_ns: 1_000_000 + v,
+                    value: Some(pb::reading::Value::I64(v)),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        self.tx
+            .send(pb::AgentFrame {
+                frame: Some(pb::agent_frame::Frame::Batch(batch)),
+            })
+            .await
+            .context("stream closed")
+    }
+
+    /// Waits for an ack covering `seq`.
+    async fn acked(&mut self, seq: u64) -> Result<u64> {
+        loop {
+            match next(&mut self.rx).await? {
+                Some(pb::collector_frame::Frame::Ack(a)) if a.seq >= seq => return Ok(a.seq),
+                Some(_) => continue,
+                None => bail!("stream ended before ack {seq}"),
+            }
+        }
+    }
+}
+
+async fn next(
+    rx: &mut Streaming<pb::CollectorFrame>,
+) -> Result<Option<pb::collector_frame::Frame>> {
+    match tokio::time::timeout(Duration::from_secs(20), rx.next()).await? {
+        Some(Ok(f)) => Ok(f.frame),
+        Some(Err(s)) => bail!("stream failed: {s}"),
+        None => Ok(None),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_collectors_ack_a_resent_batch_and_it_is_stored_once() -> Result<()> {
+    let schema = TestSchema::new("resent").await?;
+    let a = InProcess::start(schema.store()).await?;
+    let b = InProcess::start(schema.store()).await?;
+
+    let mut old = RawStream::open(&a.url(), "edge", 7).await?;
+    assert_eq!(old.welcome, 0);
+    old.send(1).await?;
+    old.send(2).await?;
+    old.acked(2).await?;
+
+    // The agent fails over to b, which started before anything was
+    // committed: its Welcome comes from the database.
+    let mut new = RawStream::open(&b.url(), "edge", 7).await?;
+    assert_eq!(new.welcome, 2);
+    for seq in 1..=3 {
+        new.send(seq).await?;
+    }
+    new.acked(3).await?;
+
+    // The old stream was only slow: it still delivers 3 (stored through b
+    // meanwhile) and 4, and b then gets 4 again and 5. Each collector's
+    // own memory lets the repeat through; the row lock stops it.
+    old.send(3).await?;
+    old.send(4).await?;
+    assert_eq!(old.acked(4).await?, 4);
+    new.send(4).await?;
+    new.send(5).await?;
+    assert_eq!(new.acked(5).await?, 5);
+    drop((old, new));
+
+    assert_eq!(
+        schema.counters("edge").await?["dev"],
+        (1..=50).collect::<Vec<i64>>()
+    );
+    let dedup = schema
+        .number("SELECT batches_deduplicated FROM agents WHERE id = 'edge'")
+        .await?;
+    assert!(dedup >= 4, "replays counted: {dedup}");
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}

@@ -1,0 +1,677 @@
+//! Mutual TLS and agent identity, with the real collector and agent
+//! binaries: a collector with `[tls] client_ca`, a good agent streaming
+//! throughout, and agents that must be refused (no certificate, a
+//! certificate from another CA, an expired one, and a valid `edge-1`
+//! certificate claiming to be `edge-2`). Each refusal is checked twice: the
+//! exact status a raw client gets, and a real agent process that never gets
+//! a row stored. The good agent's counters must still be 1..n.
+//!
+//! Also: grpcurl and the CLI with the operator certificate (and refused
+//! without it), Query without client certificates when the collector allows
+//! it (Ingest still refuses), the allowlist, and `cargo xtask certs`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use tributary_proto::v1 as pb;
+use tributary_tests::cluster::{
+    self, Agent, PATIENCE, assert_exactly_once, counters, sim_agent_config, wait_for_counters,
+};
+use tributary_tests::process::{Proc, TestDir, free_addr, run_bin, wait_for_port};
+
+/// A CA that signs certificates for the test.
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Result<Ca> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = params.self_signed(&key)?.pem();
+        Ok(Ca { params, key, pem })
+    }
+
+    /// A certificate for `name` (server or client), valid in `[from, until)`;
+    /// written to `dir/<file>.pem` and `dir/<file>.key`.
+    fn issue(
+        &self,
+        dir: &Path,
+        file: &str,
+        name: &str,
+        server: bool,
+        valid: (OffsetDateTime, OffsetDateTime),
+    ) -> Result<(PathBuf, PathBuf)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![name.to_owned()])?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        (params.not_before, params.not_after) = valid;
+        let cert = params.signed_by(&key, &Issuer::from_params(&self.params, &self.key))?;
+        let (cert_path, key_path) = (
+            dir.join(format!("{file}.pem")),
+            dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        Ok((cert_path, key_path))
+    }
+}
+
+/// Every certificate the tests use, in one directory.
+struct Pki {
+    ca: PathBuf,
+    edge1: (PathBuf, PathBuf),
+    edge2: (PathBuf, PathBuf),
+    operator: (PathBuf, PathBuf),
+    /// `edge-3`, signed by a CA the collector does not trust.
+    foreign: (PathBuf, PathBuf),
+    /// `edge-4`, signed by the right CA, expired.
+    expired: (PathBuf, PathBuf),
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Result<Pki> {
+        let now = OffsetDateTime::now_utc();
+        let valid = (
+            now - time::Duration::hours(1),
+            now + time::Duration::days(1),
+        );
+        let ca = Ca::new("Tributary test CA")?;
+        let other = Ca::new("Someone else's CA")?;
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, &ca.pem)?;
+        // The collector's own certificate, for `collector.toml`.
+        ca.issue(dir, "collector", "127.0.0.1", true, valid)?;
+        Ok(Pki {
+            ca: ca_path,
+            edge1: ca.issue(dir, "edge-1", "edge-1", false, valid)?,
+            edge2: ca.issue(dir, "edge-2", "edge-2", false, valid)?,
+            operator: ca.issue(dir, "operator", "operator", false, valid)?,
+            foreign: other.issue(dir, "foreign", "edge-3", false, valid)?,
+            expired: ca.issue(
+                dir,
+                "expired",
+                "edge-4",
+                false,
+                (
+                    now - time::Duration::days(30),
+                    now - time::Duration::days(1),
+                ),
+            )?,
+        })
+    }
+}
+
+/// Starts `tributary-collector serve --config` with `config` (paths in it
+/// are relative to `dir`).
+async fn start_collector(dir: &TestDir, addr: SocketAddr, config: &str) -> Result<Proc> {
+    let path = dir.join("collector.toml");
+    std::fs::write(
+        &path,
+        format!("listen = \"{addr}\"\nstore = \"sqlite:collector.db\"\n{config}"),
+    )?;
+    let proc = Proc::builder("tributary-collector")?
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .log_to(dir.join("collector.log"))
+        .spawn()?;
+    wait_for_port(addr, PATIENCE).await?;
+    Ok(proc)
+}
+
+const MTLS: &str =
+    "[tls]\ncert = \"collector.pem\"\nkey = \"collector.key\"\nclient_ca = \"ca.pem\"\n";
+
+/// `[tls]` of an agent.
+fn agent_tls(ca: &Path, client: Option<&(PathBuf, PathBuf)>) -> String {
+    let mut s = format!("\n[tls]\nca = \"{}\"\n", ca.display());
+    if let Some((cert, key)) = client {
+        s.push_str(&format!(
+            "cert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ));
+    }
+    s
+}
+
+/// Client TLS settings: trust `ca`, present `client` if given.
+fn client_tls(ca: &Path, client: Option<&(PathBuf, PathBuf)>) -> Result<ClientTlsConfig> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+    }
+    Ok(tls)
+}
+
+/// Opens an Ingest stream as `agent` and says Hello; if a Welcome comes
+/// back, sends one batch with one reading and waits for its ack. Returns the
+/// status the attempt ended with (`Ok` only when the collector welcomed the
+/// stream and stored the reading).
+async fn try_ingest(
+    url: &str,
+    tls: ClientTlsConfig,
+    agent: &str,
+) -> Result<Result<(), tonic::Status>> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?.tls_config(tls)?;
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(tonic::Status::unavailable(error_chain(&e)))),
+    };
+    let mut client = pb::ingest_client::IngestClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::AgentFrame {
+        frame: Some(pb::agent_frame::Frame::Hello(pb::Hello {
+            agent_id: agent.to_owned(),
+            version: "test".into(),
+            epoch: 7,
+            agent_time_ns: now_ns(),
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let mut inbound = match client.stream(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Ok(Err(with_chain(status))),
+    };
+    match tokio::time::timeout(PATIENCE, inbound.next()).await? {
+        Some(Ok(pb::CollectorFrame {
+            frame: Some(pb::collector_frame::Frame::Welcome(_)),
+        })) => {}
+        Some(Ok(other)) => bail!("expected a welcome or an error, got {other:?}"),
+        Some(Err(status)) => return Ok(Err(with_chain(status))),
+        None => bail!("stream ended without a status"),
+    }
+    // Welcomed: try to get something stored, so "0 rows" means something.
+    tx.send(pb::AgentFrame {
+        frame: Some(pb::agent_frame::Frame::Batch(pb::Batch {
+            seq: 1,
+            series: vec![pb::SeriesDecl {
+                id: 1,
+                device: "intruder".into(),
+                metric: "counter".into(),
+                ..Default::default()
+            }],
+            readings: vec![pb::Reading {
+                series: 1,
+                ts_ns: now_ns(),
+                value: Some(pb::reading::Value::I64(1)),
+            }],
+            ..Default::default()
+        })),
+    })
+    .await?;
+    loop {
+        match tokio::time::timeout(PATIENCE, inbound.next()).await? {
+            Some(Ok(pb::CollectorFrame {
+                frame: Some(pb::collector_frame::Frame::Ack(a)),
+            })) if a.seq >= 1 => return Ok(Ok(())),
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => bail!("welcomed, then the batch failed: {status:?}"),
+            None => bail!("welcomed, then the stream ended before the ack"),
+        }
+    }
+}
+
+/// A status whose message includes its source chain (TLS alerts hide there).
+fn with_chain(status: tonic::Status) -> tonic::Status {
+    let mut message = status.message().to_owned();
+    if let Some(source) = std::error::Error::source(&status) {
+        message.push_str(": ");
+        message.push_str(&error_chain(source));
+    }
+    tonic::Status::new(status.code(), message)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(1)
+}
+
+/// A raw TLS handshake with the collector, then a read: the TLS alert the
+/// collector answers a bad client certificate with, as text. (In TLS 1.3
+/// the client finishes its side before the server has judged its
+/// certificate, so the verdict arrives as an alert on the first read; what a
+/// gRPC client reports instead depends on what it was doing at the time.)
+async fn tls_refusal(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<&(PathBuf, PathBuf)>,
+) -> Result<String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt;
+    use tokio_rustls::rustls;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder.with_client_auth_cert(
+            CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_file(key)?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(addr.ip().to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(tls) => tls,
+        Err(e) => return Ok(e.to_string()),
+    };
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(PATIENCE, tls.read(&mut buf)).await? {
+        Err(e) => Ok(e.to_string()),
+        Ok(n) => bail!("the collector accepted the handshake (read {n} bytes)"),
+    }
+}
+
+/// Readings stored for `agent` (any metric).
+fn rows_of(db: &Path, agent: &str) -> Result<i64> {
+    let conn = rusqlite::Connection::open(db)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn.query_row(
+        "SELECT count(*) FROM readings r JOIN series s ON s.id = r.series_id WHERE s.agent = ?1",
+        [agent],
+        |r| r.get(0),
+    )?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refuses_bad_certificates_and_keeps_the_good_agent_exactly_once() -> Result<()> {
+    let dir = TestDir::new("tls-identity")?;
+    let pki = Pki::new(dir.path())?;
+    let addr = free_addr()?;
+    let url = format!("https://{addr}");
+    let mut collector = start_collector(&dir, addr, MTLS).await?;
+    let db = dir.join("collector.db");
+
+    // The good agent streams before, during and after every refusal.
+    let good = sim_agent_config("edge-2", std::slice::from_ref(&url), 2, "20ms")
+        + &agent_tls(&pki.ca, Some(&pki.edge2));
+    let mut good = Agent::start(&dir, "edge-2", &good, "")?;
+    wait_for_counters(&db, "edge-2", 2, 5).await?;
+
+    // Real agents that must never get a row in: no certificate, another
+    // CA's certificate, an expired certificate, and edge-1's certificate in
+    // an agent that says it is edge-2 (with edge-2's device names: any of
+    // its readings stored would break edge-2's exactly-once check).
+    let bad_agents = [
+        ("no-cert", "edge-5", agent_tls(&pki.ca, None)),
+        ("foreign", "edge-3", agent_tls(&pki.ca, Some(&pki.foreign))),
+        ("expired", "edge-4", agent_tls(&pki.ca, Some(&pki.expired))),
+        ("liar", "edge-2", agent_tls(&pki.ca, Some(&pki.edge1))),
+    ];
+    let mut running = Vec::new();
+    for (file, id, tls) in &bad_agents {
+        let config = sim_agent_config(id, std::slice::from_ref(&url), 1, "20ms") + tls;
+        running.push(Agent::start(&dir, file, &config, "")?);
+    }
+
+    // The same refusals at the TLS layer, for the exact alert...
+    let cases = [
+        ("no certificate", None, "CertificateRequired"),
+        ("another CA", Some(&pki.foreign), "UnknownCA"),
+        ("expired", Some(&pki.expired), "CertificateExpired"),
+    ];
+    for (what, client, alert) in cases {
+        let refusal = tls_refusal(addr, &pki.ca, client).await?;
+        ensure!(
+            refusal.contains(&format!("received fatal alert: {alert}")),
+            "{what}: expected alert {alert}, got {refusal:?}"
+        );
+    }
+    // ...and through gRPC, where the call fails before Ingest sees it.
+    for (what, client, agent) in [
+        ("no certificate", None, "edge-5"),
+        ("another CA", Some(&pki.foreign), "edge-3"),
+        ("expired", Some(&pki.expired), "edge-4"),
+    ] {
+        let status = try_ingest(&url, client_tls(&pki.ca, client)?, agent)
+            .await?
+            .err()
+            .with_context(|| format!("{what}: the collector welcomed the stream"))?;
+        ensure!(
+            !matches!(
+                status.code(),
+                tonic::Code::Ok | tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+            ),
+            "{what}: expected a transport failure, got {status:?}"
+        );
+    }
+    let status = try_ingest(&url, client_tls(&pki.ca, Some(&pki.edge1))?, "edge-2")
+        .await?
+        .err()
+        .context("edge-1 claiming edge-2 was welcomed")?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("\"edge-2\" does not match the client certificate identity \"edge-1\""),
+        "{status:?}"
+    );
+    // edge-1 speaking as itself is fine (no allowlist here).
+    try_ingest(&url, client_tls(&pki.ca, Some(&pki.edge1))?, "edge-1")
+        .await?
+        .map_err(|s| anyhow::anyhow!("edge-1 as itself refused: {s:?}"))?;
+
+    // The real edge-1-cert agent was told why.
+    let liar = &running[3];
+    cluster_eventually("the agent claiming edge-2 logs the refusal", || {
+        liar.log()
+            .contains("does not match the client certificate identity \\\"edge-1\\\"")
+            || liar
+                .log()
+                .contains("does not match the client certificate identity \"edge-1\"")
+    })
+    .await
+    .with_context(|| liar.log())?;
+
+    // The good agent kept streaming throughout.
+    let before = counters(&db, "edge-2")?
+        .values()
+        .map(Vec::len)
+        .min()
+        .unwrap_or(0);
+    wait_for_counters(&db, "edge-2", 2, before + 10).await?;
+    good.stop().await?;
+    for agent in &mut running {
+        agent.proc.kill().await?;
+    }
+    collector.terminate(PATIENCE).await?;
+
+    for id in ["edge-3", "edge-4", "edge-5"] {
+        assert_eq!(rows_of(&db, id)?, 0, "{id} got rows stored");
+    }
+    assert_eq!(rows_of(&db, "edge-1")?, 1, "edge-1's own test batch");
+    let total = assert_exactly_once(&counters(&db, "edge-2")?, 2)?;
+    ensure!(
+        total >= 2 * (before as u64 + 10),
+        "edge-2: only {total} readings"
+    );
+    Ok(())
+}
+
+/// [`tributary_tests::process::eventually`] for a plain condition.
+async fn cluster_eventually(what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+    tributary_tests::process::eventually(PATIENCE, what, || {
+        let ok = check();
+        async move { ok.then_some(()) }
+    })
+    .await
+}
+
+fn grpcurl() -> Result<PathBuf> {
+    let path = std::env::var_os("TRIBUTARY_GRPCURL")
+        .map(PathBuf::from)
+        .context("TRIBUTARY_GRPCURL is not set: run the tests with `cargo xtask test`")?;
+    ensure!(path.is_file(), "{} is not a file", path.display());
+    Ok(path)
+}
+
+async fn run_grpcurl(args: &[&str]) -> Result<std::process::Output> {
+    Ok(tokio::process::Command::new(grpcurl()?)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_certificate_opens_query_to_grpcurl_and_the_cli() -> Result<()> {
+    let dir = TestDir::new("tls-operator")?;
+    let pki = Pki::new(dir.path())?;
+    let addr = free_addr()?;
+    let _collector = start_collector(&dir, addr, MTLS).await?;
+    let (ca, cert, key) = (
+        pki.ca.display().to_string(),
+        pki.operator.0.display().to_string(),
+        pki.operator.1.display().to_string(),
+    );
+    let target = addr.to_string();
+
+    let out = run_grpcurl(&[
+        "-cacert", &ca, "-cert", &cert, "-key", &key, &target, "list",
+    ])
+    .await?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "grpcurl list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for service in [
+        "tributary.v1.Query",
+        "tributary.v1.Ingest",
+        "grpc.health.v1.Health",
+    ] {
+        ensure!(
+            listed.lines().any(|l| l == service),
+            "{service} not listed: {listed}"
+        );
+    }
+    let out = run_grpcurl(&[
+        "-cacert",
+        &ca,
+        "-cert",
+        &cert,
+        "-key",
+        &key,
+        &target,
+        "tributary.v1.Query/ListAgents",
+    ])
+    .await?;
+    ensure!(
+        out.status.success(),
+        "grpcurl ListAgents: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Without a client certificate the handshake is refused.
+    let out = run_grpcurl(&["-cacert", &ca, &target, "list"]).await?;
+    ensure!(
+        !out.status.success(),
+        "grpcurl without a certificate succeeded"
+    );
+    let out = run_grpcurl(&["-cacert", &ca, &target, "tributary.v1.Query/ListAgents"]).await?;
+    ensure!(
+        !out.status.success(),
+        "ListAgents without a certificate succeeded"
+    );
+
+    // The CLI takes the same files.
+    let server = format!("https://{addr}");
+    let csv = run_bin(
+        "tributary-collector",
+        [
+            "agents", "--server", &server, "--ca", &ca, "--cert", &cert, "--key", &key, "--format",
+            "csv",
+        ],
+    )
+    .await?;
+    ensure!(csv.starts_with("id,"), "{csv}");
+    let refused = run_bin(
+        "tributary-collector",
+        ["agents", "--server", &server, "--ca", &ca],
+    )
+    .await;
+    ensure!(
+        refused.is_err(),
+        "the CLI without a certificate got {refused:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_required_client_certs_query_is_open_but_ingest_is_not() -> Result<()> {
+    let dir = TestDir::new("tls-optional")?;
+    let pki = Pki::new(dir.path())?;
+    let addr = free_addr()?;
+    let config = format!("{MTLS}query_requires_client_cert = false\n");
+    let _collector = start_collector(&dir, addr, &config).await?;
+    let url = format!("https://{addr}");
+
+    let status = try_ingest(&url, client_tls(&pki.ca, None)?, "edge-1")
+        .await?
+        .err()
+        .context("ingest without a certificate was welcomed")?;
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
+    let channel = Endpoint::from_shared(url.clone())?
+        .tls_config(client_tls(&pki.ca, None)?)?
+        .connect()
+        .await?;
+    pb::query_client::QueryClient::new(channel)
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .context("Query without a certificate")?;
+
+    // A certificate still sets the identity.
+    try_ingest(&url, client_tls(&pki.ca, Some(&pki.edge1))?, "edge-1")
+        .await?
+        .map_err(|s| anyhow::anyhow!("edge-1 refused: {s:?}"))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allowlist_refuses_other_agent_ids() -> Result<()> {
+    let dir = TestDir::new("tls-allowlist")?;
+    let pki = Pki::new(dir.path())?;
+    let addr = free_addr()?;
+    let config = format!("allowed_agents = [\"edge-2\"]\n{MTLS}");
+    let _collector = start_collector(&dir, addr, &config).await?;
+    let url = format!("https://{addr}");
+
+    // edge-1 has a valid certificate and claims its own id: not on the list.
+    let status = try_ingest(&url, client_tls(&pki.ca, Some(&pki.edge1))?, "edge-1")
+        .await?
+        .err()
+        .context("edge-1 was welcomed")?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("not an allowed agent"),
+        "{status:?}"
+    );
+    try_ingest(&url, client_tls(&pki.ca, Some(&pki.edge2))?, "edge-2")
+        .await?
+        .map_err(|s| anyhow::anyhow!("edge-2 refused: {s:?}"))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xtask_certs_make_a_pki_that_agents_and_grpcurl_use() -> Result<()> {
+    let dir = TestDir::new("tls-xtask-certs")?;
+    let pki = dir.join("pki");
+    run_bin(
+        "xtask",
+        [
+            "certs",
+            "--out",
+            &pki.display().to_string(),
+            "--agents",
+            "edge-1,edge-2",
+        ],
+    )
+    .await
+    .context("xtask certs (the xtask binary is built by `cargo xtask`)")?;
+    let addr = free_addr()?;
+    let config = "allowed_agents = [\"edge-1\", \"edge-2\"]\n[tls]\ncert = \"pki/collector.pem\"\n\
+                  key = \"pki/collector.key\"\nclient_ca = \"pki/ca.pem\"\n";
+    let mut collector = start_collector(&dir, addr, config).await?;
+    let db = dir.join("collector.db");
+    // The README's agent config, with `localhost` (a name in the collector
+    // certificate) in the URL.
+    let url = format!("https://localhost:{}", addr.port());
+    let tls = |id: &str| {
+        format!(
+            "\n[tls]\nca = \"{p}/ca.pem\"\ncert = \"{p}/{id}.pem\"\nkey = \"{p}/{id}.key\"\n",
+            p = pki.display()
+        )
+    };
+    let mut agents = Vec::new();
+    for id in ["edge-1", "edge-2"] {
+        let config = sim_agent_config(id, std::slice::from_ref(&url), 1, "20ms") + &tls(id);
+        agents.push(Agent::start(&dir, id, &config, "")?);
+    }
+    for id in ["edge-1", "edge-2"] {
+        wait_for_counters(&db, id, 1, 5).await?;
+    }
+    let p = |f: &str| pki.join(f).display().to_string();
+    let out = run_grpcurl(&[
+        "-cacert",
+        &p("ca.pem"),
+        "-cert",
+        &p("operator.pem"),
+        "-key",
+        &p("operator.key"),
+        &format!("localhost:{}", addr.port()),
+        "tributary.v1.Query/ListAgents",
+    ])
+    .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "grpcurl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(text.contains("edge-1") && text.contains("edge-2"), "{text}");
+    for agent in &mut agents {
+        agent.stop().await?;
+    }
+    collector.terminate(PATIENCE).await?;
+    for id in ["edge-1", "edge-2"] {
+        assert_exactly_once(&cluster::counters(&db, id)?, 1)?;
+    }
+    Ok(())
+}
