@@ -242,7 +242,6 @@ mod tests {
             id: "edge-1".into(),
             collectors: vec!["http://127.0.0.1:7400".into()],
             max_concurrency: 2,
-            buffer_max_readings: 10,
             batch: Default::default(),
             spool: crate::config::SpoolConfig::default_for("edge-1"),
             tls: None,

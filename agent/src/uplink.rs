@@ -559,12 +559,19 @@ fn encode_value(v: &Value) -> pb::reading::Value {
     }
 }
 
-/// FNV-1a, 64 bit: a hash that stays the same across Rust versions and
-/// platforms (unlike `DefaultHasher`).
+/// FNV-1a, 64 bit, followed by the MurmurHash3 finalizer: a hash that stays
+/// the same across Rust versions and platforms (unlike `DefaultHasher`).
+/// Without the finalizer the low bits of FNV-1a follow the last byte's (ids
+/// `edge-0`, `edge-2`, ... would all pick the same collector of two).
 fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+    let mut h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    });
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// Exponential backoff with full jitter, between the configured bounds.
@@ -628,4 +635,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a64;
+
+    #[test]
+    fn agents_spread_over_collectors() {
+        for n in [2u64, 3, 5] {
+            let mut per = vec![0; n as usize];
+            for i in 0..1000 {
+                per[(fnv1a64(format!("edge-{i}").as_bytes()) % n) as usize] += 1;
+            }
+            // Each collector gets a fair share: 1000 / n, within 30 %
+            // (more than 4 standard deviations for these sizes).
+            for c in &per {
+                assert!(*c * n > 700 && *c * n < 1300, "{n} collectors: {per:?}");
+            }
+        }
+        // Stable across runs and platforms.
+        assert_eq!(fnv1a64(b"edge-1"), fnv1a64(b"edge-1"));
+    }
 }

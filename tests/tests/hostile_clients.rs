@@ -421,3 +421,88 @@ async fn hostile_clients_leave_the_collector_up_and_a_good_agent_complete() -> R
     ensure!(total >= 2 * 25, "edge-1: only {total} readings");
     Ok(())
 }
+
+/// Nanoseconds since the Unix epoch, now.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(1)
+}
+
+/// Says Hello as `agent` with `agent_time_ns`, sends one batch of one
+/// counter reading stamped `ts_ns`, and waits for its ack.
+async fn send_one(url: &str, agent: &str, agent_time_ns: i64, ts_ns: i64) -> Result<()> {
+    let mut client = pb::ingest_client::IngestClient::connect(url.to_owned()).await?;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::AgentFrame {
+        frame: Some(pb::agent_frame::Frame::Hello(pb::Hello {
+            agent_id: agent.to_owned(),
+            epoch: 1,
+            agent_time_ns,
+            ..Default::default()
+        })),
+    })
+    .await?;
+    tx.send(pb::AgentFrame {
+        frame: Some(pb::agent_frame::Frame::Batch(pb::Batch {
+            seq: 1,
+            series: vec![pb::SeriesDecl {
+                id: 1,
+                device: "clock".into(),
+                metric: "counter".into(),
+                ..Default::default()
+            }],
+            readings: vec![pb::Reading {
+                series: 1,
+                ts_ns,
+                value: Some(pb::reading::Value::I64(1)),
+            }],
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    loop {
+        match tokio::time::timeout(PATIENCE, inbound.next()).await? {
+            Some(Ok(pb::CollectorFrame {
+                frame: Some(pb::collector_frame::Frame::Ack(a)),
+            })) if a.seq >= 1 => return Ok(()),
+            Some(Ok(_)) => continue,
+            other => bail!("{agent}: expected an ack, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_far_from_the_collector_clock_are_stored_and_flagged() -> Result<()> {
+    let dir = TestDir::new("hostile-clock")?;
+    let addr = free_addr()?;
+    let mut collector = start_collector(&dir, addr).await?;
+    let url = format!("http://{addr}");
+    let hour = 3_600_000_000_000i64;
+    // A reading an hour in the future, from an agent whose clock is right...
+    send_one(&url, "ahead", now_ns(), now_ns() + hour).await?;
+    // ...and a reading from an agent whose clock is two hours behind.
+    send_one(&url, "behind", now_ns() - 2 * hour, now_ns() - 2 * hour).await?;
+    collector.terminate(PATIENCE).await?;
+    let db = dir.join("collector.db");
+    for agent in ["ahead", "behind"] {
+        assert_eq!(
+            counters(&db, agent)?.values().map(Vec::len).sum::<usize>(),
+            1,
+            "{agent}: the reading must be stored"
+        );
+    }
+    let log = collector.log();
+    let logged = |what: &str, agent: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(what) && l.contains(agent))
+    };
+    ensure!(
+        logged("readings time-stamped in the future", "agent=ahead"),
+        "{log}"
+    );
+    ensure!(logged("agent clock is off", "agent=behind"), "{log}");
+    Ok(())
+}

@@ -13,6 +13,7 @@ use proptest::prelude::*;
 use prost::Message;
 
 use tributary_agent::config::{JsonMetric, RegisterType, WordOrder};
+use tributary_agent::drivers::snmp::{self, ber, usm};
 use tributary_agent::drivers::{http, modbus, prometheus};
 use tributary_collector::config::{self as collector_config, Flags};
 use tributary_collector::session::{self, Limits, PeerAuth};
@@ -228,6 +229,21 @@ proptest! {
     }
 
     #[test]
+    fn snmp_datagrams_decode_or_fail_and_values_convert(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        check_snmp(&bytes);
+    }
+
+    #[test]
+    fn mutated_snmp_responses_decode_or_fail(
+        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        cut in any::<usize>(),
+    ) {
+        let mut bytes = mutate(snmp_response(), &edits);
+        bytes.truncate(cut % (bytes.len() + 1));
+        check_snmp(&bytes);
+    }
+
+    #[test]
     fn modbus_registers_decode_or_report_a_short_response(
         pick in 0usize..6,
         little in any::<bool>(),
@@ -240,6 +256,64 @@ proptest! {
             Ok(_) => prop_assert!(words.len() >= usize::from(types[pick].words())),
             Err(e) => prop_assert!(e.got < e.need && e.got == words.len()),
         }
+    }
+}
+
+/// Runs every SNMP decoder on `bytes`, converting what decodes.
+fn check_snmp(bytes: &[u8]) {
+    let _ = ber::message_version(bytes);
+    if let Ok((_, _, pdu)) = ber::decode_v2c(bytes) {
+        for (_, value) in &pdu.varbinds {
+            let _ = snmp::to_value(value);
+        }
+    }
+    let _ = usm::decode(bytes);
+}
+
+/// A well-formed v2c response with one value of each kind, built with the
+/// driver's own BER encoder.
+fn snmp_response() -> Vec<u8> {
+    use ber::tag;
+    let values: Vec<Vec<u8>> = vec![
+        ber::int(-42),
+        ber::octets(b"router-1"),
+        ber::oid(&[1, 3, 6, 1, 4, 1, 9]),
+        ber::tlv(tag::IP_ADDRESS, &[10, 0, 0, 1]),
+        ber::tlv(tag::COUNTER32, &[0x00, 0xff, 0xff, 0xff, 0xff]),
+        ber::tlv(tag::GAUGE32, &[0x64]),
+        ber::tlv(tag::TIMETICKS, &[0x01, 0x00]),
+        ber::tlv(
+            tag::COUNTER64,
+            &[0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        ),
+        ber::tlv(tag::OPAQUE, &[0x9f, 0x78, 0x04, 0x42, 0xf6, 0x00, 0x00]),
+        ber::tlv(tag::NO_SUCH_OBJECT, &[]),
+    ];
+    let varbinds: Vec<Vec<u8>> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            ber::constructed(
+                tag::SEQUENCE,
+                &[&ber::oid(&[1, 3, 6, 1, 2, 1, 1, i as u32 + 1, 0]), v],
+            )
+        })
+        .collect();
+    let list = ber::tlv(tag::SEQUENCE, &varbinds.concat());
+    let pdu = ber::constructed(
+        tag::RESPONSE,
+        &[&ber::int(7), &ber::int(0), &ber::int(0), &list],
+    );
+    ber::encode_v2c(b"public", &pdu)
+}
+
+#[test]
+fn the_snmp_sample_decodes_with_every_value() {
+    let (_, community, pdu) = ber::decode_v2c(&snmp_response()).expect("valid sample");
+    assert_eq!(community, b"public");
+    assert_eq!(pdu.varbinds.len(), 10);
+    for (_, value) in &pdu.varbinds {
+        let _ = snmp::to_value(value);
     }
 }
 

@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, &str)] = &[
     ("agent", "prometheus_text"),
     ("agent", "json_pointer"),
     ("agent", "modbus_registers"),
+    ("agent", "snmp_response"),
 ];
 
 pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
@@ -86,20 +87,11 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
             .current_dir(&dir)
             .env("PATH", &path)
             .env("CARGO_TARGET_DIR", ws.target.join("fuzz"))
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "fuzz",
-                "run",
-                target,
-                "--",
-                "-max_total_time",
-            ])
-            .arg(&secs);
+            .args(["run", "nightly", "cargo", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={secs}"));
         run_checked(&mut command).with_context(|| {
             format!(
-                "fuzz target {target} failed; the input is in {}/fuzz/artifacts/{target}/",
+                "fuzz target {target} failed; a crashing input is kept in {}/fuzz/artifacts/{target}/",
                 dir.display()
             )
         })?;

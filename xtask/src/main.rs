@@ -17,6 +17,7 @@ mod demo;
 mod deny;
 mod fuzz;
 mod proc;
+mod services;
 mod test;
 mod tools;
 

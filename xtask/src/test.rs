@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the whole suite, as CI runs it (`.ci/run`).
 //!
-//! 1. find or install the external tools the tests use ([`crate::tools`]);
+//! 1. find or install the external tools the tests use ([`crate::tools`])
+//!    and make sure PostgreSQL and Mosquitto answer ([`crate::services`]);
 //! 2. `cargo build --workspace --bins`: the end-to-end tests spawn the
 //!    collector, agent and simulator binaries, which `cargo test` alone does
 //!    not build for other packages;
@@ -8,7 +9,7 @@
 
 use anyhow::Result;
 
-use crate::{Workspace, run_checked, tools};
+use crate::{Workspace, run_checked, services, tools};
 
 /// Run the suite; `extra` goes to `cargo test`.
 pub fn run(ws: &Workspace, extra: &[String]) -> Result<()> {
@@ -21,6 +22,7 @@ pub fn run(ws: &Workspace, extra: &[String]) -> Result<()> {
             .join(", ")
     );
     let env = tools::ensure_all(ws)?;
+    services::ensure_all()?;
 
     run_checked(&mut ws.cargo_command([
         "build",

@@ -29,8 +29,6 @@ pub use drivers::*;
 
 /// Default for [`AgentConfig::max_concurrency`].
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
-/// Default for [`AgentConfig::buffer_max_readings`].
-pub const DEFAULT_BUFFER_MAX_READINGS: usize = 1_000_000;
 /// Default for [`BatchConfig::max_readings`].
 pub const DEFAULT_BATCH_MAX_READINGS: usize = 1000;
 /// Default for [`BatchConfig::max_delay`].
@@ -58,8 +56,6 @@ pub struct AgentConfig {
     pub collectors: Vec<String>,
     /// Maximum number of polls in flight for the whole agent.
     pub max_concurrency: usize,
-    /// Unacknowledged readings kept in memory before the oldest are dropped.
-    pub buffer_max_readings: usize,
     /// How readings are grouped before they are sent.
     pub batch: BatchConfig,
     /// The on-disk queue of readings not yet acknowledged (`[spool]`).
@@ -657,7 +653,6 @@ struct RawTop {
     id: Spanned<String>,
     collectors: Spanned<Vec<Spanned<String>>>,
     max_concurrency: Option<Spanned<usize>>,
-    buffer_max_readings: Option<Spanned<usize>>,
     batch: Option<RawBatch>,
     spool: Option<RawSpool>,
     tls: Option<RawTls>,
@@ -734,11 +729,6 @@ impl RawTop {
             "max_concurrency",
             DEFAULT_MAX_CONCURRENCY,
         )?;
-        let buffer_max_readings = at_least_one(
-            self.buffer_max_readings,
-            "buffer_max_readings",
-            DEFAULT_BUFFER_MAX_READINGS,
-        )?;
         let mut batch = BatchConfig::default();
         if let Some(raw) = self.batch {
             batch.max_readings = at_least_one(
@@ -763,7 +753,6 @@ impl RawTop {
             id: id.clone(),
             collectors,
             max_concurrency,
-            buffer_max_readings,
             batch,
             spool,
             tls,
@@ -951,7 +940,6 @@ mod tests {
 id = "edge-1"
 collectors = ["http://127.0.0.1:7400", "https://c2.example:7400"]
 max_concurrency = 64
-buffer_max_readings = 5000
 
 [batch]
 max_readings = 500
@@ -994,7 +982,6 @@ metrics = [
         assert_eq!(cfg.id, "edge-1");
         assert_eq!(cfg.collectors.len(), 2);
         assert_eq!(cfg.max_concurrency, 64);
-        assert_eq!(cfg.buffer_max_readings, 5000);
         assert_eq!(
             cfg.batch,
             BatchConfig {
@@ -1050,7 +1037,6 @@ metrics = [
     fn defaults_apply() {
         let cfg = parse_str(HEAD).expect("valid config");
         assert_eq!(cfg.max_concurrency, DEFAULT_MAX_CONCURRENCY);
-        assert_eq!(cfg.buffer_max_readings, DEFAULT_BUFFER_MAX_READINGS);
         assert_eq!(cfg.batch, BatchConfig::default());
         assert!(cfg.devices.is_empty());
     }

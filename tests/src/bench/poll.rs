@@ -39,6 +39,8 @@ const DEVICES_PER_LISTENER: usize = 500;
 /// Samples of one Prometheus scrape of the simulator without `extra`.
 const PROMETHEUS_SAMPLES: u64 = 4;
 const AGENT: &str = "poll-agent";
+/// How long the agent may take from start to its first poll.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(300);
 
 struct Config {
     devices: usize,
@@ -87,6 +89,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         "agent",
         "default settings (max_concurrency 1024, timeout = min(interval, 1s), spool fsync on)",
     );
+    report.declare("agent_startup_s", "s", None);
     report.declare("polls_per_s", "polls/s", None);
     report.declare("expected_polls_per_s", "polls/s", None);
     report.declare("lateness_p50_ms", "ms", None);
@@ -140,6 +143,7 @@ async fn one_run(
     }
     let requests = |sims: &[HttpListening]| sims.iter().map(HttpListening::requests).sum::<u64>();
     let mut agent = AgentProc::start(&dir, AGENT, config)?;
+    let startup = await_first_poll(&mut agent, &sims, progress, &label).await?;
     progress
         .wait(
             cfg.warmup,
@@ -196,6 +200,7 @@ async fn one_run(
     collector.stop().await?;
 
     let polls = (r1 - r0) as f64;
+    report.record("agent_startup_s", startup);
     report.record("polls_per_s", polls / elapsed);
     report.record(
         "expected_polls_per_s",
@@ -233,6 +238,30 @@ async fn one_run(
         a.missed
     ));
     Ok(())
+}
+
+/// Waits until the agent's first request reaches a simulator (building
+/// thousands of HTTP clients takes a while); returns the seconds that took.
+pub(crate) async fn await_first_poll(
+    agent: &mut AgentProc,
+    sims: &[HttpListening],
+    progress: &Progress,
+    label: &str,
+) -> Result<f64> {
+    let spawned = Instant::now();
+    while sims.iter().map(HttpListening::requests).sum::<u64>() == 0 {
+        agent.ensure_running()?;
+        anyhow::ensure!(
+            spawned.elapsed() < STARTUP_PATIENCE,
+            "the agent polled nothing within {STARTUP_PATIENCE:?}"
+        );
+        progress.status(&format!(
+            "{label}: agent starting, {:.0} s",
+            spawned.elapsed().as_secs_f64()
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(spawned.elapsed().as_secs_f64())
 }
 
 pub fn device_name(i: usize) -> String {

@@ -21,7 +21,7 @@ use tributary_tests::process::{free_addr, wait_for_port};
 use crate::agent::{AgentConfig, AgentProc, HEALTH_READINGS_PER_POLL};
 use crate::collector::{CollectorProc, QueryClient, WorkDir};
 use crate::options::{Format, Options};
-use crate::poll::device_name;
+use crate::poll::{await_first_poll, device_name};
 use crate::progress::Progress;
 use crate::report::{Report, Target};
 use crate::sys::{self, ProcSample};
@@ -89,6 +89,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("tributary_peak_rss_mib", "MiB", None);
     report.declare("prometheus_peak_rss_mib", "MiB", None);
     report.declare("rss_ratio", "", Some(Target::AtMost(0.25)));
+    report.declare("agent_startup_s", "s", None);
     report.declare("agent_cpu_cores", "cores", None);
     report.declare("collector_cpu_cores", "cores", None);
     report.declare("prometheus_cpu_cores", "cores", None);
@@ -178,6 +179,7 @@ async fn tributary_side(
     }
     let start = served(sims);
     let mut agent = AgentProc::start(&dir, AGENT, config)?;
+    let startup = await_first_poll(&mut agent, sims, progress, label).await?;
     progress
         .wait(
             cfg.warmup,
@@ -214,6 +216,7 @@ async fn tributary_side(
     collector.stop().await?;
     let samples = ((s1 - s0) * cfg.samples as u64) as f64;
     let cpu = (a1.cpu_s - a0.cpu_s) + (c1.cpu_s - c0.cpu_s);
+    report.record("agent_startup_s", startup);
     report.record("agent_cpu_cores", (a1.cpu_s - a0.cpu_s) / elapsed);
     report.record("collector_cpu_cores", (c1.cpu_s - c0.cpu_s) / elapsed);
     report.record("agent_peak_rss_mib", mib(a1.hwm));
