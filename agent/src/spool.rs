@@ -743,7 +743,7 @@ mod tests {
         let dir = tmp("torn");
         let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
         for i in 0..10u32 {
-            s.append(&vec![i as u8; 100], 1).unwrap();
+            s.append(&[i as u8; 100], 1).unwrap();
         }
         let seg = s.segments.back().unwrap().path.clone();
         let last = *s.segments.back().unwrap().records.back().unwrap();
@@ -800,11 +800,8 @@ mod tests {
         let dir = tmp("block");
         let (mut s, _) = Spool::open(opts(&dir, 64 * 1024, FullPolicy::Block)).unwrap();
         let mut last = 0;
-        loop {
-            match s.append(&[1u8; 1000], 1).unwrap() {
-                Appended::Stored(seq) => last = seq,
-                Appended::Full => break,
-            }
+        while let Appended::Stored(seq) = s.append(&[1u8; 1000], 1).unwrap() {
+            last = seq;
         }
         assert_eq!(s.dropped(), 0);
         s.ack(last).unwrap();

@@ -484,15 +484,15 @@ fn encode_batch(readings: &[Reading]) -> (Vec<u8>, u32) {
         let id = *ids.entry(addr).or_insert_with(|| {
             series.push(pb::SeriesDecl {
                 id: next,
-                device: r.series.device.clone(),
-                metric: r.series.metric.clone(),
+                device: clip(&r.series.device, MAX_NAME_BYTES),
+                metric: clip(&r.series.metric, MAX_NAME_BYTES),
                 labels: r
                     .series
                     .labels
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .map(|(k, v)| (clip(k, MAX_NAME_BYTES), clip(v, MAX_NAME_BYTES)))
                     .collect(),
-                unit: r.series.unit.clone(),
+                unit: clip(&r.series.unit, MAX_NAME_BYTES),
             });
             next
         });
@@ -548,15 +548,35 @@ fn encode_value(v: &Value) -> pb::reading::Value {
         Value::F64(x) => V::F64(*x),
         Value::I64(x) => V::I64(*x),
         Value::Bool(x) => V::Bool(*x),
-        Value::Str(x) => V::Str(x.clone()),
+        Value::Str(x) => V::Str(clip(x, MAX_VALUE_BYTES)),
         Value::Failed { kind, message } => V::Failure(pb::Failure {
             status: match kind {
                 FailureKind::Timeout => pb::PollStatus::Timeout as i32,
                 FailureKind::Error => pb::PollStatus::Error as i32,
             },
-            message: message.clone(),
+            message: clip(message, MAX_VALUE_BYTES),
         }),
     }
+}
+
+/// Longest name (device, metric, label, unit) the collector accepts by
+/// default, in bytes.
+const MAX_NAME_BYTES: usize = 256;
+/// Longest string value or failure message it accepts by default.
+const MAX_VALUE_BYTES: usize = 4096;
+
+/// `s`, cut at a character boundary to at most `max` bytes. The collector
+/// rejects a batch with a longer string, and a batch it rejects would be
+/// resent forever, so the agent cuts before it spools.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 /// FNV-1a, 64 bit, followed by the MurmurHash3 finalizer: a hash that stays
@@ -640,6 +660,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::fnv1a64;
+
+    #[test]
+    fn long_strings_are_cut_at_a_character_boundary() {
+        assert_eq!(super::clip("abc", 5), "abc");
+        assert_eq!(super::clip("abcdef", 4), "abcd");
+        // 'é' is two bytes: never cut inside it.
+        assert_eq!(super::clip("aé", 2), "a");
+    }
 
     #[test]
     fn agents_spread_over_collectors() {

@@ -37,6 +37,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::server::ServerConfig;
 use crate::store::sqlite::Durability;
+use crate::store::{Retention, StoreUrl};
 use crate::tls::{self, TlsFiles};
 
 /// Default `listen`.
@@ -51,6 +52,8 @@ pub struct Flags {
     pub listen: Option<SocketAddr>,
     pub store: Option<String>,
     pub synchronous: Option<Durability>,
+    /// `--retention`: delete readings older than this.
+    pub retention: Option<Duration>,
     /// `--allow-plaintext` (can only turn it on).
     pub allow_plaintext: bool,
 }
@@ -102,6 +105,7 @@ struct RawFile {
     listen: Option<Spanned<String>>,
     store: Option<Spanned<String>>,
     synchronous: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
     allow_plaintext: Option<bool>,
     allowed_agents: Option<Spanned<Vec<Spanned<String>>>>,
     tls: Option<RawTls>,
@@ -284,26 +288,36 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
         (None, Some(v)) => (v.get_ref().clone(), Some(v.span())),
         (None, None) => (DEFAULT_STORE.to_owned(), None),
     };
-    let sqlite_path = match store.strip_prefix("sqlite:") {
-        Some(p) if !p.is_empty() => {
-            let p = p.strip_prefix("//").unwrap_or(p);
-            // A path from the file is relative to the file, like the others.
-            match (src, &store_span) {
-                (Some(src), Some(_)) => src.path(p),
-                _ => PathBuf::from(p),
-            }
-        }
-        _ => {
-            return Err(err(
-                store_span,
-                "store",
-                "--store",
-                format!("{store:?}: unsupported store URL (expected sqlite:PATH)"),
-            ));
-        }
+    let url: StoreUrl = store
+        .parse()
+        .map_err(|e: String| err(store_span.clone(), "store", "--store", e))?;
+    let url = match url {
+        // A path from the file is relative to the file, like the others.
+        StoreUrl::Sqlite(p) => StoreUrl::Sqlite(match (src, &store_span) {
+            (Some(src), Some(_)) => src.path(&p.to_string_lossy()),
+            _ => p,
+        }),
+        pg => pg,
     };
-
-    let mut server = ServerConfig::new(sqlite_path);
+    let mut server = ServerConfig::new(match &url {
+        StoreUrl::Sqlite(p) => p.clone(),
+        StoreUrl::Postgres(_) => PathBuf::new(),
+    });
+    server.store = Some(url);
+    server.retention = match (flags.retention, &raw.retention) {
+        (Some(d), _) => Some(Retention::new(d)),
+        (None, Some(v)) => Some(Retention::new(
+            humantime::parse_duration(v.get_ref()).map_err(|e| {
+                err(
+                    Some(v.span()),
+                    "retention",
+                    "--retention",
+                    format!("{:?}: {e}", v.get_ref()),
+                )
+            })?,
+        )),
+        (None, None) => None,
+    };
     server.durability = match (flags.synchronous, &raw.synchronous) {
         (Some(d), _) => d,
         (None, Some(v)) => v
@@ -608,11 +622,38 @@ mod tests {
     }
 
     #[test]
+    fn postgres_store_and_retention_from_the_file() {
+        let s = resolve_text(
+            "store = \"postgres://root@127.0.0.1/test\"\nretention = \"30d\"\n",
+            Path::new("c.toml"),
+            &Flags::default(),
+        )
+        .expect("valid");
+        assert!(matches!(s.server.store, Some(StoreUrl::Postgres(_))));
+        assert!(s.server.retention.is_some());
+        let e = resolve_text(
+            "retention = \"forever\"\n",
+            Path::new("c.toml"),
+            &Flags::default(),
+        )
+        .expect_err("bad retention");
+        assert!(e.to_string().contains("c.toml:1: retention"), "{e}");
+        let e = resolve_text(
+            "store = \"mysql://x\"\n",
+            Path::new("c.toml"),
+            &Flags::default(),
+        )
+        .expect_err("bad store");
+        assert!(e.to_string().contains("c.toml:1: store"), "{e}");
+    }
+
+    #[test]
     fn flags_win_over_the_file() {
         let flags = Flags {
             listen: Some("127.0.0.1:9999".parse().expect("addr")),
             store: Some("sqlite:/tmp/x.db".into()),
             synchronous: Some(Durability::Full),
+            retention: None,
             allow_plaintext: false,
         };
         let s = resolve_text(

@@ -45,9 +45,13 @@ struct ServeArgs {
     /// [default: 127.0.0.1:7400]
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Where to store readings: sqlite:PATH [default: sqlite:tributary.db]
+    /// Where to store readings: sqlite:PATH, or postgres://USER@HOST/DB to
+    /// share one database between collectors [default: sqlite:tributary.db]
     #[arg(long)]
     store: Option<String>,
+    /// Delete readings older than this (e.g. 30d), on a schedule
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retention: Option<std::time::Duration>,
     /// SQLite durability: full fsyncs every commit before acking; normal
     /// survives a collector crash but not power loss [default: full]
     #[arg(long)]
@@ -97,6 +101,7 @@ fn serve_config(args: &ServeArgs) -> Result<config::Serve, config::ConfigError> 
         listen: args.listen,
         store: args.store.clone(),
         synchronous: args.synchronous,
+        retention: args.retention,
         allow_plaintext: args.allow_plaintext,
     };
     config::resolve(args.config.as_deref(), &flags)

@@ -299,9 +299,12 @@ impl Session {
                 frame = inbound.next() => match frame {
                     // The agent half-closed: ack what is in flight, then end.
                     None => return self.drain(stream, ack_rx, out, acked).await,
+                    // A frame that could not be decoded (too large, not
+                    // protobuf) or a reset: end with that status, so an agent
+                    // that is still listening learns why.
                     Some(Err(status)) => {
                         debug!(agent = %stream.agent, %status, "inbound stream error");
-                        return Ok(());
+                        return Err(status);
                     }
                     Some(Ok(frame)) => self.handle_frame(stream, frame).await?,
                 },
