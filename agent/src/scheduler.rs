@@ -150,6 +150,10 @@ struct DeviceTask {
     health: Health,
 }
 
+/// How long a device task waits, at shutdown, for the uplink to take its
+/// last poll.
+const SHUTDOWN_HANDOVER: Duration = Duration::from_secs(5);
+
 impl DeviceTask {
     async fn run(mut self, shutdown: CancellationToken) {
         let interval = self.config.interval;
@@ -165,24 +169,48 @@ impl DeviceTask {
             }
             // The endpoint first: a device waiting for its gateway must not
             // hold one of the agent's permits meanwhile.
+            // Waiting for a permit ends at shutdown (no poll started yet).
             let endpoint_permit = match &self.endpoint {
-                Some(e) => match e.permits.clone().acquire_owned().await {
-                    Ok(p) => Some((p, e.pause)),
-                    Err(_) => return,
+                Some(e) => tokio::select! {
+                    p = e.permits.clone().acquire_owned() => match p {
+                        Ok(p) => Some((p, e.pause)),
+                        Err(_) => return,
+                    },
+                    _ = shutdown.cancelled() => return,
                 },
                 None => None,
             };
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                return;
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = shutdown.cancelled() => return,
             };
             let (readings, ok) = self.poll_once().await;
             drop(permit);
             if let Some((p, pause)) = endpoint_permit {
                 release_after(p, pause);
             }
-            if self.out.send(readings).await.is_err() {
+            // Hand the readings over; at shutdown wait a bounded time for
+            // room (a spool that blocks when full may never make any).
+            let slot = tokio::select! {
+                biased;
+                slot = self.out.reserve() => slot.ok(),
+                _ = shutdown.cancelled() => {
+                    tokio::time::timeout(SHUTDOWN_HANDOVER, self.out.reserve())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+            };
+            let Some(slot) = slot else {
+                if shutdown.is_cancelled() {
+                    warn!(device = %self.config.name, readings = readings.len(), "shutdown: the uplink took no more readings; the last poll is lost");
+                }
                 return;
-            }
+            };
+            slot.send(readings);
             let wait = if ok {
                 interval
             } else {

@@ -112,6 +112,9 @@ pub struct Recovery {
 pub enum Appended {
     /// Stored under this sequence number.
     Stored(u64),
+    /// Not stored, and counted as dropped: the spool was full and nothing
+    /// older could make room (or the batch alone is larger than the spool).
+    Dropped,
     /// The spool is full and the policy is `Block`; nothing was stored.
     Full,
 }
@@ -289,15 +292,10 @@ impl Spool {
         self.next_seq - 1
     }
 
-    /// What happens when the spool is full.
-    pub fn policy(&self) -> FullPolicy {
-        self.opts.policy
-    }
-
     /// Continues numbering above `seq` (the collector has committed `seq` for
     /// this epoch, which this spool no longer remembers handing out).
     pub fn advance_past(&mut self, seq: u64) {
-        self.next_seq = self.next_seq.max(seq + 1);
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
     }
 
     /// Bytes of all segments.
@@ -340,9 +338,21 @@ impl Spool {
             match self.opts.policy {
                 FullPolicy::Block => {
                     // Acked records still on disk can go first.
-                    if !self.delete_acked_front()? {
-                        return Ok(Appended::Full);
+                    if self.delete_acked_front()? {
+                        continue;
                     }
+                    if self.first_unacked().is_none() {
+                        // Nothing to wait for: this batch alone is larger
+                        // than the spool and would block forever.
+                        self.add_dropped(u64::from(readings))?;
+                        warn!(
+                            readings,
+                            bytes = record_len,
+                            "batch larger than the whole spool: dropped"
+                        );
+                        return Ok(Appended::Dropped);
+                    }
+                    return Ok(Appended::Full);
                 }
                 FullPolicy::DropOldest => {
                     if self.delete_acked_front()? {
@@ -354,7 +364,7 @@ impl Spool {
                         // spool): drop the new batch itself.
                         self.add_dropped(u64::from(readings))?;
                         warn!(readings, "spool full: dropped a new batch");
-                        return Ok(Appended::Full);
+                        return Ok(Appended::Dropped);
                     }
                 }
             }
@@ -398,10 +408,16 @@ impl Spool {
             }
         }) {
             // A partial write leaves a torn record; cut it now so the next
-            // append starts on a record boundary.
+            // append starts on a record boundary. A segment that holds
+            // nothing goes away, so no two entries ever share a file.
             let _ = file.set_len(offset);
             self.tail = None;
-            return Err(io_err(&seg.path)(e));
+            let path = seg.path.clone();
+            if seg.records.is_empty() {
+                self.segments.pop_back();
+                let _ = fs::remove_file(&path);
+            }
+            return Err(io_err(&path)(e));
         }
         seg.size += record_len;
         seg.records.push_back(RecordMeta {
@@ -447,6 +463,9 @@ impl Spool {
     /// Everything up to `seq` is committed at the collector: forget it and
     /// delete segments that hold nothing else.
     pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
+        // Nothing beyond what was handed out can be acked: a larger value
+        // would make later appends look acked and never be sent.
+        let seq = seq.min(self.last_seq());
         if seq <= self.acked {
             return Ok(());
         }
@@ -458,6 +477,13 @@ impl Spool {
     /// Deletes the oldest segment if every record in it is acked and it is
     /// not the one being appended to. Returns whether it deleted one.
     fn delete_acked_front(&mut self) -> Result<bool, SpoolError> {
+        if self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.records.is_empty()) {
+            if let Some(seg) = self.segments.pop_front() {
+                let _ = fs::remove_file(&seg.path);
+                self.total_bytes -= seg.size;
+            }
+            return Ok(true);
+        }
         let deletable = self.segments.len() > 1
             && self
                 .segments
@@ -520,6 +546,29 @@ impl Spool {
             "spool full: dropped the oldest segment"
         );
         Ok(true)
+    }
+
+    /// Gives up on the oldest unacked record `seq` (the collector rejects it
+    /// for good): its readings count as dropped and it is acked locally.
+    /// Returns the readings dropped; 0 if `seq` is not the oldest unacked.
+    pub fn drop_front(&mut self, seq: u64) -> Result<u64, SpoolError> {
+        let Some(readings) = self
+            .records()
+            .find(|r| r.seq > self.acked)
+            .filter(|r| r.seq == seq)
+            .map(|r| u64::from(r.readings))
+        else {
+            return Ok(0);
+        };
+        self.add_dropped(readings)?;
+        self.ack(seq)?;
+        Ok(readings)
+    }
+
+    /// Counts readings lost outside the spool (it could not be written) as
+    /// dropped, so the collector's count stays exact.
+    pub fn count_lost(&mut self, readings: u64) -> Result<(), SpoolError> {
+        self.add_dropped(readings)
     }
 
     fn add_dropped(&mut self, n: u64) -> Result<(), SpoolError> {
@@ -688,7 +737,7 @@ mod tests {
     fn stored(a: Appended) -> u64 {
         match a {
             Appended::Stored(s) => s,
-            Appended::Full => panic!("spool unexpectedly full"),
+            other => panic!("spool unexpectedly refused: {other:?}"),
         }
     }
 
@@ -809,6 +858,36 @@ mod tests {
             s.append(&[1u8; 1000], 1).unwrap(),
             Appended::Stored(_)
         ));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_spool_is_dropped_and_counted_not_blocked() {
+        let dir = tmp("huge");
+        let (mut s, _) = Spool::open(opts(&dir, 64 * 1024, FullPolicy::Block)).unwrap();
+        assert_eq!(s.append(&[0u8; 100_000], 7).unwrap(), Appended::Dropped);
+        assert_eq!(s.dropped(), 7);
+        assert!(matches!(
+            s.append(b"small", 1).unwrap(),
+            Appended::Stored(_)
+        ));
+        // An ack beyond what was handed out cannot pre-ack later appends.
+        s.ack(1_000_000).unwrap();
+        let seq = stored(s.append(b"later", 1).unwrap());
+        assert_eq!(s.read_from(0).unwrap().map(|r| r.seq), Some(seq));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_refused_front_batch_can_be_given_up_and_counted() {
+        let dir = tmp("refused");
+        let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        let first = stored(s.append(b"poison", 4).unwrap());
+        let second = stored(s.append(b"fine", 2).unwrap());
+        assert_eq!(s.drop_front(second).unwrap(), 0, "only the oldest unacked");
+        assert_eq!(s.drop_front(first).unwrap(), 4);
+        assert_eq!(s.dropped(), 4);
+        assert_eq!(s.read_from(0).unwrap().map(|r| r.seq), Some(second));
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -33,7 +33,7 @@ use tracing::{debug, error, info, warn};
 use tributary_proto::v1 as pb;
 
 use crate::reading::{FailureKind, Reading, Value, now_ns};
-use crate::spool::{Appended, FullPolicy, Spool, SpoolError};
+use crate::spool::{Appended, Spool, SpoolError};
 
 /// Settings of the uplink.
 #[derive(Debug, Clone)]
@@ -120,6 +120,9 @@ pub struct Uplink {
     sent_before: u64,
     /// Highest sequence sent on any stream by this process.
     max_sent: u64,
+    /// Oldest unacked sequence when streams ended as INVALID_ARGUMENT or
+    /// OUT_OF_RANGE, and how many times in a row.
+    rejections: Option<(u64, u32)>,
     stats: UplinkStats,
     stats_tx: tokio::sync::watch::Sender<UplinkStats>,
 }
@@ -148,6 +151,7 @@ impl Uplink {
                 blocked: false,
                 sent_before,
                 max_sent: 0,
+                rejections: None,
                 stats,
                 stats_tx,
             },
@@ -188,6 +192,11 @@ impl Uplink {
                     );
                     break;
                 }
+            }
+            if conn.is_none() {
+                // Nothing is in flight without a stream: every unacked
+                // record may be dropped to make room again.
+                self.spool.set_in_flight(0);
             }
             if conn.is_none() && connecting.is_none() && Instant::now() >= retry_at {
                 let url = self.config.collectors[url_index % self.config.collectors.len()].clone();
@@ -292,6 +301,7 @@ impl Uplink {
                         Some(Ok(other)) => debug!(frame = ?other, "unexpected collector frame ignored"),
                         Some(Err(status)) => {
                             warn!(code = %code_name(status.code()), message = %status.message(), "collector stream ended");
+                            self.rejected(&status);
                             conn = None;
                             attempt = 1;
                             retry_at = Instant::now() + backoff(&self.config, attempt);
@@ -325,23 +335,21 @@ impl Uplink {
 
     /// Appends the open batch to the spool: from here on it is taken.
     fn seal(&mut self) {
-        if self.open.is_empty() {
-            self.open_since = None;
-            self.blocked = false;
-            return;
-        }
-        let (bytes, n) = encode_batch(&self.open);
-        match self.spool.append(&bytes, n) {
-            Ok(Appended::Stored(_)) => {
-                self.open.clear();
-                self.open_since = None;
-                self.blocked = false;
-                self.stats.sealed_batches += 1;
-            }
-            Ok(Appended::Full) => match self.spool.policy() {
-                // Keep the readings and stop taking more until acks make
-                // room; the scheduler's polls wait meanwhile.
-                FullPolicy::Block => {
+        // A poll can bring more readings than a batch may hold (a large
+        // scrape): seal them as several batches, so the collector never
+        // sees a batch over its limit.
+        while !self.open.is_empty() {
+            let n = self.open.len().min(self.config.batch_max_readings.max(1));
+            let (bytes, count) = encode_batch(&self.open[..n]);
+            match self.spool.append(&bytes, count) {
+                Ok(Appended::Stored(_)) => {
+                    self.stats.sealed_batches += 1;
+                }
+                // The spool counted them as dropped.
+                Ok(Appended::Dropped) => {}
+                // `block`: keep the readings and stop taking more until acks
+                // make room; the scheduler's polls wait meanwhile.
+                Ok(Appended::Full) => {
                     if !self.blocked {
                         warn!(
                             readings = self.open.len(),
@@ -349,20 +357,21 @@ impl Uplink {
                         );
                     }
                     self.blocked = true;
+                    self.stats.dropped_readings = self.spool.dropped();
+                    return;
                 }
-                // The spool counted them as dropped.
-                FullPolicy::DropOldest => {
-                    self.open.clear();
-                    self.open_since = None;
+                Err(e) => {
+                    error!(error = %e, readings = count, "spool append failed; readings lost (counted as dropped)");
+                    self.stats.spool_errors += u64::from(count);
+                    if let Err(e) = self.spool.count_lost(u64::from(count)) {
+                        error!(error = %e, "cannot record the loss in the spool either");
+                    }
                 }
-            },
-            Err(e) => {
-                error!(error = %e, readings = n, "spool append failed; readings lost");
-                self.stats.spool_errors += u64::from(n);
-                self.open.clear();
-                self.open_since = None;
             }
+            self.open.drain(..n);
         }
+        self.open_since = None;
+        self.blocked = false;
         self.stats.dropped_readings = self.spool.dropped();
     }
 
@@ -376,6 +385,44 @@ impl Uplink {
         }
     }
 
+    /// The stream ended with `code`. A batch the collector refuses as
+    /// invalid would be resent forever and hold up everything after it
+    /// (batches go in order): when the stream ends that way three times in a
+    /// row with the same oldest unacked batch, that batch is given up on and
+    /// its readings are counted as dropped.
+    fn rejected(&mut self, status: &tonic::Status) {
+        // Only a refusal of a batch's content counts (the collector names
+        // the field, `batch.…`), or a frame too large to decode.
+        let refused = match status.code() {
+            tonic::Code::InvalidArgument => status.message().starts_with("batch"),
+            tonic::Code::OutOfRange => true,
+            _ => false,
+        };
+        if !refused {
+            self.rejections = None;
+            return;
+        }
+        let Some(front) = self.spool.first_unacked() else {
+            return;
+        };
+        let count = match self.rejections {
+            Some((seq, n)) if seq == front => n + 1,
+            _ => 1,
+        };
+        self.rejections = Some((front, count));
+        if count >= 3 {
+            match self.spool.drop_front(front) {
+                Ok(readings) => error!(
+                    seq = front,
+                    readings, "the collector refuses this batch for good; dropped it (counted)"
+                ),
+                Err(e) => error!(seq = front, error = %e, "cannot drop a refused batch"),
+            }
+            self.rejections = None;
+            self.stats.dropped_readings = self.spool.dropped();
+        }
+    }
+
     /// The collector's Welcome: it has committed everything up to
     /// `committed` for this epoch.
     fn welcome(&mut self, c: &mut Conn, committed: u64) {
@@ -384,7 +431,6 @@ impl Uplink {
         let confirmed = self.spool.unacked_through(committed);
         self.stats.confirmed_by_welcome += confirmed;
         info!(url = %c.url, committed, confirmed, "connected to collector");
-        self.acked(committed);
         if committed > self.spool.last_seq() {
             warn!(
                 committed,
@@ -393,7 +439,8 @@ impl Uplink {
             );
             self.spool.advance_past(committed);
         }
-        c.next_send = c.next_send.max(committed + 1);
+        self.acked(committed);
+        c.next_send = c.next_send.max(committed.saturating_add(1));
     }
 
     fn hello(&self) -> pb::AgentFrame {
@@ -490,6 +537,7 @@ fn encode_batch(readings: &[Reading]) -> (Vec<u8>, u32) {
                     .series
                     .labels
                     .iter()
+                    .take(MAX_LABELS)
                     .map(|(k, v)| (clip(k, MAX_NAME_BYTES), clip(v, MAX_NAME_BYTES)))
                     .collect(),
                 unit: clip(&r.series.unit, MAX_NAME_BYTES),
@@ -564,6 +612,9 @@ fn encode_value(v: &Value) -> pb::reading::Value {
 const MAX_NAME_BYTES: usize = 256;
 /// Longest string value or failure message it accepts by default.
 const MAX_VALUE_BYTES: usize = 4096;
+/// Most labels on one series it accepts by default (the first ones, in
+/// name order, are kept).
+const MAX_LABELS: usize = 32;
 
 /// `s`, cut at a character boundary to at most `max` bytes. The collector
 /// rejects a batch with a longer string, and a batch it rejects would be

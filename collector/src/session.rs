@@ -235,7 +235,7 @@ impl Session {
             .hello(
                 agent.clone(),
                 hello.epoch,
-                (hello.dropped, hello.last_seq),
+                (clamp_counter(hello.dropped), clamp_counter(hello.last_seq)),
                 self.peer.clone(),
                 session,
             )
@@ -382,8 +382,8 @@ impl Session {
                 agent: stream.agent.clone(),
                 epoch: stream.epoch,
                 seq: batch.seq,
-                dropped: batch.dropped,
-                last_seq: batch.last_seq,
+                dropped: clamp_counter(batch.dropped),
+                last_seq: clamp_counter(batch.last_seq),
                 resent: batch.resent,
                 skewed_readings,
                 received_ns: now_ns(),
@@ -459,6 +459,12 @@ pub fn check_batch(
             batch.seq
         )));
     }
+    if batch.seq > i64::MAX as u64 {
+        return Err(Status::invalid_argument(format!(
+            "batch.seq: {} is larger than 2^63-1",
+            batch.seq
+        )));
+    }
     if batch.readings.len() > limits.max_readings_per_batch {
         return Err(Status::invalid_argument(format!(
             "batch.readings: {} readings, more than the limit of {}",
@@ -531,15 +537,32 @@ fn check_decl(
     }
     Ok(SeriesKey {
         agent: agent.to_string(),
-        device: decl.device.clone(),
-        metric: decl.metric.clone(),
+        device: no_nul(decl.device.clone()),
+        metric: no_nul(decl.metric.clone()),
         labels: decl
             .labels
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (no_nul(k.clone()), no_nul(v.clone())))
             .collect(),
-        unit: decl.unit.clone(),
+        unit: no_nul(decl.unit.clone()),
     })
+}
+
+/// `s` with every NUL replaced by U+FFFD. PostgreSQL cannot store NUL in
+/// text, and a commit that can never succeed would stop the merger for
+/// everyone; valid protobuf strings may contain it, so it is replaced here.
+fn no_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
+/// A counter reported by the agent, kept within what the stores hold
+/// (signed 64 bit) and summable per agent without overflow.
+fn clamp_counter(n: u64) -> u64 {
+    n.min(i64::MAX as u64 / 1024)
 }
 
 fn ack_frame(seq: u64) -> pb::CollectorFrame {
@@ -596,10 +619,10 @@ fn convert_value(value: pb::reading::Value) -> StoredValue {
         V::F64(v) => StoredValue::F64(v),
         V::I64(v) => StoredValue::I64(v),
         V::Bool(v) => StoredValue::Bool(v),
-        V::Str(v) => StoredValue::Str(v),
+        V::Str(v) => StoredValue::Str(no_nul(v)),
         V::Failure(f) => match pb::PollStatus::try_from(f.status) {
-            Ok(pb::PollStatus::Timeout) => StoredValue::Timeout(f.message),
-            _ => StoredValue::Error(f.message),
+            Ok(pb::PollStatus::Timeout) => StoredValue::Timeout(no_nul(f.message)),
+            _ => StoredValue::Error(no_nul(f.message)),
         },
     }
 }

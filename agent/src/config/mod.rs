@@ -29,6 +29,8 @@ pub use drivers::*;
 
 /// Default for [`AgentConfig::max_concurrency`].
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
+/// Largest `batch.max_readings`: the collector's default limit.
+pub const MAX_BATCH_READINGS: usize = 100_000;
 /// Default for [`BatchConfig::max_readings`].
 pub const DEFAULT_BATCH_MAX_READINGS: usize = 1000;
 /// Default for [`BatchConfig::max_delay`].
@@ -731,6 +733,17 @@ impl RawTop {
         )?;
         let mut batch = BatchConfig::default();
         if let Some(raw) = self.batch {
+            if let Some(v) = raw
+                .max_readings
+                .as_ref()
+                .filter(|v| *v.get_ref() > MAX_BATCH_READINGS)
+            {
+                return Err(src.error(
+                    v.span(),
+                    "batch.max_readings",
+                    &format!("at most {MAX_BATCH_READINGS} (the collector refuses larger batches)"),
+                ));
+            }
             batch.max_readings = at_least_one(
                 raw.max_readings,
                 "batch.max_readings",
