@@ -35,28 +35,16 @@ impl HttpDriver {
     /// Builds the client (reading the CA file, if any); `timeout` bounds a
     /// request even outside the scheduler (as in `check`).
     pub fn new(cfg: &HttpConfig, timeout: Duration, device: &str) -> Result<Self, BuildError> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("tributary-agent/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout);
-        if let Some(path) = &cfg.ca {
-            let ca_error = |message: String| BuildError::Ca {
-                path: path.clone(),
-                message,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_error(format!("not a PEM certificate: {e}")))?;
-            if certs.is_empty() {
-                return Err(ca_error("no certificate in the file".into()));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder.build().map_err(|source| BuildError::HttpClient {
-            device: device.to_owned(),
-            source,
-        })?;
+        let client = match &cfg.ca {
+            // Devices without a CA of their own share one client (and its
+            // connection pool): thousands of HTTP devices must not mean
+            // thousands of TLS configurations in memory.
+            None => shared_client().map_err(|source| BuildError::HttpClient {
+                device: device.to_owned(),
+                source,
+            })?,
+            Some(_) => Self::own_client(cfg, device)?,
+        };
         Ok(HttpDriver {
             client,
             timeout,
@@ -102,6 +90,30 @@ impl HttpDriver {
         }
     }
 
+    /// A client trusting the device's own CA (in addition to the system's).
+    fn own_client(cfg: &HttpConfig, device: &str) -> Result<reqwest::Client, BuildError> {
+        let mut builder = client_builder();
+        if let Some(path) = &cfg.ca {
+            let ca_error = |message: String| BuildError::Ca {
+                path: path.clone(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_error(format!("not a PEM certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(ca_error("no certificate in the file".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        builder.build().map_err(|source| BuildError::HttpClient {
+            device: device.to_owned(),
+            source,
+        })
+    }
+
     /// GETs the url and returns the body of a 2xx answer.
     async fn fetch(&self) -> Result<Vec<u8>, PollError> {
         let accept = match self.format {
@@ -111,6 +123,7 @@ impl HttpDriver {
         let mut request = self
             .client
             .get(&self.url)
+            .timeout(self.timeout)
             .header(reqwest::header::ACCEPT, accept);
         request = match &self.auth {
             HttpAuth::None => request,
@@ -443,4 +456,19 @@ mod tests {
         assert!(e.message.contains(&addr.to_string()), "{e}");
         assert!(e.message.to_lowercase().contains("refused"), "{e}");
     }
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().user_agent(concat!("tributary-agent/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The client every device without its own CA uses. Built once; a clone
+/// shares the pool.
+fn shared_client() -> Result<reqwest::Client, reqwest::Error> {
+    static SHARED: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = SHARED.get() {
+        return Ok(c.clone());
+    }
+    let client = client_builder().build()?;
+    Ok(SHARED.get_or_init(|| client).clone())
 }
