@@ -18,7 +18,11 @@
 //! Retention runs here too, between groups: a timer task sends
 //! [`Command::Retain`] through the same queue, and the merger deletes old
 //! readings in bounded steps when its queue is empty, so retention never
-//! races a commit.
+//! races a commit. So does the store's compaction (SQLite: head rows into
+//! per-series chunks): after each group, bounded steps that move at least
+//! as many points as the group committed, and steps back to back while the
+//! queue is empty; a timer sends [`Command::Compact`] so a quiet store
+//! still compacts on age.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -32,7 +36,8 @@ use crate::model::{
     now_ns,
 };
 use crate::store::{
-    AgentWrite, BatchWrite, Durability, EpochRow, Retention, Store, StoreError, StoreUrl, WriteSet,
+    AgentWrite, BatchWrite, CompactStep, Durability, EpochRow, Retention, Store, StoreError,
+    StoreUrl, WriteSet,
 };
 
 /// Most readings written in one transaction; the rest waits for the next.
@@ -41,6 +46,10 @@ const MAX_GROUP_READINGS: usize = 100_000;
 /// Most readings one retention step removes before the merger looks at its
 /// queue again.
 const RETAIN_STEP_ROWS: u64 = 20_000;
+
+/// How often an idle merger asks the store whether compaction is due (it
+/// also asks after every group).
+const COMPACT_CHECK: Duration = Duration::from_secs(1);
 
 /// Longest wait between two attempts of a failing store call.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -96,6 +105,9 @@ pub enum Command {
     },
     /// Time for a retention pass (sent by the merger's own timer task).
     Retain,
+    /// Time to see whether compaction is due (sent by the merger's own
+    /// timer task, so an idle merger wakes up for it).
+    Compact,
 }
 
 /// The merger has stopped; the collector is shutting down or broken.
@@ -252,6 +264,7 @@ pub async fn start(
     let url = url.clone();
     let tail_tx = tail.clone();
     let retention = options.retention;
+    let compacts = matches!(url, StoreUrl::Sqlite(_));
     // The store is opened, used and dropped on the merger's thread only:
     // a PostgreSQL store owns a runtime, which must not be dropped (nor
     // blocked on) from async code.
@@ -295,20 +308,10 @@ pub async fn start(
         })?;
     ready_rx.await.map_err(|_| SpawnError::Died)??;
     if let Some(retention) = retention {
-        // Holds only a weak sender between ticks, so the merger still ends
-        // when the last session handle is dropped.
-        let weak = tx.downgrade();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(retention.check_every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(tx) = weak.upgrade() else { break };
-                if tx.send(Command::Retain).await.is_err() {
-                    break;
-                }
-            }
-        });
+        spawn_timer(&tx, retention.check_every, || Command::Retain);
+    }
+    if compacts {
+        spawn_timer(&tx, COMPACT_CHECK, || Command::Compact);
     }
     Ok((
         MergerHandle { tx },
@@ -318,6 +321,24 @@ pub async fn start(
         },
         join,
     ))
+}
+
+/// Sends `command()` to the merger every `every`. Holds only a weak sender
+/// between ticks, so the merger still ends when the last session handle is
+/// dropped.
+fn spawn_timer(tx: &mpsc::Sender<Command>, every: Duration, command: fn() -> Command) {
+    let weak = tx.downgrade();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(tx) = weak.upgrade() else { break };
+            if tx.send(command()).await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// One group being assembled: what to write and whom to ack afterwards.
@@ -333,17 +354,24 @@ struct Group {
 
 impl Merger {
     /// The loop: wait for work, take all that is waiting, commit, ack.
-    /// While a retention pass is under way and the queue is empty, one step
-    /// of it runs instead of waiting. Ends when every handle is dropped and
-    /// the queue is drained.
+    /// While compaction or a retention pass is under way and the queue is
+    /// empty, one step of it runs instead of waiting (compaction first).
+    /// After each group, compaction keeps pace with it (`compact_after`),
+    /// so a merger that never idles still keeps the head and its memory
+    /// bounded; steps are bounded work, and the group's acks are already
+    /// out. Ends when every handle is dropped and the queue is drained.
     fn run(mut self) {
         info!(store = %self.store.describe(), "merger started");
         loop {
-            let first = if self.retaining.is_some() {
+            let first = if self.retaining.is_some() || self.store.compaction_due() {
                 match self.rx.try_recv() {
                     Ok(cmd) => cmd,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        self.retain_step();
+                        if self.store.compaction_due() {
+                            let _ = self.compact_step();
+                        } else {
+                            self.retain_step();
+                        }
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -362,7 +390,9 @@ impl Merger {
                     Err(_) => break,
                 }
             }
+            let readings = group.readings;
             self.flush(group);
+            self.compact_after(readings);
         }
         info!("merger stopped: every session has ended");
     }
@@ -420,6 +450,8 @@ impl Merger {
             }
             Command::Batch(b) => self.apply_batch(b, group),
             Command::Retain => self.start_retention(),
+            // Nothing to do here: the loop asks the store after the group.
+            Command::Compact => {}
         }
     }
 
@@ -601,6 +633,43 @@ impl Merger {
                 })
                 .collect();
             self.live_tx.send_replace(Arc::new(live));
+        }
+    }
+
+    /// Compaction after a group of `readings`: steps, while compaction is
+    /// due, until twice as many points went from the head into chunks (at
+    /// least one step). So compaction outpaces commits however busy the
+    /// queue is, and a round ends before the next one is due: when it falls
+    /// behind, the next group waits, which is the backpressure that bounds
+    /// the store's memory. An idle merger runs the rest from its loop.
+    fn compact_after(&mut self, readings: usize) {
+        let mut moved = 0;
+        while self.store.compaction_due() {
+            let Some(step) = self.compact_step() else {
+                return;
+            };
+            moved += step.points;
+            if moved >= 2 * readings as u64 || step == CompactStep::default() {
+                return;
+            }
+        }
+    }
+
+    /// One bounded step of the store's compaction. A failed step is logged;
+    /// the store pauses compaction for a moment, and commits go on (the
+    /// head keeps every reading meanwhile).
+    fn compact_step(&mut self) -> Option<CompactStep> {
+        match self.store.compact() {
+            Ok(step) => {
+                if step.round_done {
+                    debug!("compaction round done");
+                }
+                Some(step)
+            }
+            Err(e) => {
+                warn!(error = %e, "compaction step failed; trying again shortly");
+                None
+            }
         }
     }
 

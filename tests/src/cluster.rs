@@ -12,6 +12,9 @@ use prost::Message;
 
 use crate::process::{Proc, TestDir, eventually, wait_for_port};
 use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
+use tributary_collector::model::{Point, SeriesMeta, StoredValue};
+use tributary_collector::store::read::Selector;
+use tributary_collector::store::sqlite_read::SqliteReader;
 use tributary_proto::v1 as pb;
 
 /// How long anything may take before it is a failure.
@@ -148,27 +151,72 @@ pub struct Stored {
     pub value: i64,
 }
 
+/// Every stored point of the series matching `agent`, `device` and
+/// `metric` (empty matches all) in the collector database `db`, series by
+/// series (by id), each in device-time order. Read through the collector's
+/// own SQLite reader: readings are stored in blobs (a head of batches and
+/// per-series chunks) that no SQL `SELECT` can count.
+pub fn stored_points(
+    db: &Path,
+    agent: &str,
+    device: &str,
+    metric: &str,
+) -> Result<Vec<(SeriesMeta, Vec<Point>)>> {
+    let sel = Selector {
+        agent: agent.into(),
+        device: device.into(),
+        metric: metric.into(),
+    };
+    SqliteReader::new(db)
+        .points(&sel)
+        .with_context(|| format!("stored points in {}", db.display()))
+}
+
+/// Readings stored for `agent` (any series).
+pub fn stored_count(db: &Path, agent: &str) -> Result<usize> {
+    Ok(stored_points(db, agent, "", "")?
+        .iter()
+        .map(|(_, p)| p.len())
+        .sum())
+}
+
+/// A stored value's kind code and text, as the `readings` table had them
+/// (`kind`, `CAST(value AS TEXT)`): 0 f64, 1 i64, 2 bool (`0`/`1`),
+/// 3 string, 4 timeout, 5 error (the text is the message).
+pub fn kind_and_text(v: &StoredValue) -> (i64, String) {
+    let text = match v {
+        StoredValue::F64(v) => format!("{v:?}"),
+        StoredValue::I64(v) => v.to_string(),
+        StoredValue::Bool(v) => i64::from(*v).to_string(),
+        StoredValue::Str(s) | StoredValue::Timeout(s) | StoredValue::Error(s) => s.clone(),
+    };
+    (v.kind_code(), text)
+}
+
+/// A stored integer (or bool) value; anything else is an error.
+pub fn stored_int(v: &StoredValue) -> Result<i64> {
+    match v {
+        StoredValue::I64(v) => Ok(*v),
+        StoredValue::Bool(v) => Ok(i64::from(*v)),
+        other => bail!("stored value {other:?} is not an integer"),
+    }
+}
+
 /// Counter readings stored per device of `agent`, in device-time order.
 pub fn counters(db: &Path, agent: &str) -> Result<BTreeMap<String, Vec<Stored>>> {
-    let conn = rusqlite::Connection::open(db)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let mut stmt = conn.prepare(
-        "SELECT s.device, r.ts_ns, r.value FROM readings r JOIN series s ON s.id = r.series_id \
-         WHERE s.agent = ?1 AND s.metric = 'counter' ORDER BY s.device, r.ts_ns",
-    )?;
     let mut out: BTreeMap<String, Vec<Stored>> = BTreeMap::new();
-    let rows = stmt.query_map([agent], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            Stored {
-                ts_ns: r.get(1)?,
-                value: r.get(2)?,
-            },
-        ))
-    })?;
-    for row in rows {
-        let (device, s) = row?;
-        out.entry(device).or_default().push(s);
+    for (series, points) in stored_points(db, agent, "", "counter")? {
+        let stored = out.entry(series.key.device).or_default();
+        for p in points {
+            stored.push(Stored {
+                ts_ns: p.ts_ns,
+                value: stored_int(&p.value)?,
+            });
+        }
+    }
+    // A device with several counter series (labels, units): one run, by time.
+    for stored in out.values_mut() {
+        stored.sort_by_key(|s| s.ts_ns);
     }
     Ok(out)
 }

@@ -15,6 +15,7 @@ use tonic::Streaming;
 
 use tributary_collector::server::{self, ServerConfig};
 use tributary_proto::v1 as pb;
+use tributary_tests::cluster;
 use tributary_tests::process::TestDir;
 
 /// An in-process collector; dropping `stop` shuts it down.
@@ -67,18 +68,20 @@ impl Collector {
     }
 
     fn count_readings(&self) -> Result<i64> {
-        let conn = rusqlite::Connection::open(&self.db)?;
-        Ok(conn.query_row("SELECT count(*) FROM readings", [], |r| r.get(0))?)
+        Ok(cluster::stored_count(&self.db, "")? as i64)
     }
 
+    /// Counter values of every counter series of `agent`, by device time.
     fn counter_values(&self, agent: &str) -> Result<Vec<i64>> {
-        let conn = rusqlite::Connection::open(&self.db)?;
-        let mut stmt = conn.prepare(
-            "SELECT r.value FROM readings r JOIN series s ON s.id = r.series_id \
-             WHERE s.agent = ?1 AND s.metric = 'counter' ORDER BY r.ts_ns",
-        )?;
-        let rows = stmt.query_map([agent], |r| r.get::<_, i64>(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut points: Vec<_> = cluster::stored_points(&self.db, agent, "", "counter")?
+            .into_iter()
+            .flat_map(|(_, p)| p)
+            .collect();
+        points.sort_by_key(|p| p.ts_ns);
+        points
+            .iter()
+            .map(|p| cluster::stored_int(&p.value))
+            .collect()
     }
 }
 

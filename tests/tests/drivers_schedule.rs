@@ -10,22 +10,21 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use tokio::net::TcpListener;
 use tributary_tests::cluster::{
-    Agent, Collector, PATIENCE, assert_exactly_once, counters, sim_agent_config, wait_for_counters,
+    Agent, Collector, PATIENCE, assert_exactly_once, counters, kind_and_text, sim_agent_config,
+    stored_points, wait_for_counters,
 };
 use tributary_tests::http_sim::HttpSim;
 use tributary_tests::peers::{self, SHARED_BROKER, SNMP_COMMUNITY, mqtt_publish};
 use tributary_tests::process::{TestDir, bin_path, eventually, free_addr};
 
-/// (kind, value) of every reading of `device`/`metric`, in time order.
+/// (kind, value as text) of every reading of `device`/`metric`, in time order.
 fn readings(db: &std::path::Path, device: &str, metric: &str) -> Result<Vec<(i64, String)>> {
-    let conn = rusqlite::Connection::open(db)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let mut stmt = conn.prepare(
-        "SELECT r.kind, CAST(r.value AS TEXT) FROM readings r JOIN series s ON s.id = r.series_id \
-         WHERE s.device = ?1 AND s.metric = ?2 ORDER BY r.ts_ns",
-    )?;
-    let rows = stmt.query_map([device, metric], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut points: Vec<_> = stored_points(db, "", device, metric)?
+        .into_iter()
+        .flat_map(|(_, p)| p)
+        .collect();
+    points.sort_by_key(|p| p.ts_ns);
+    Ok(points.iter().map(|p| kind_and_text(&p.value)).collect())
 }
 
 /// A TCP device that accepts connections and never says a word.

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 
+use tributary_collector::model::{Point, StoredValue};
 use tributary_tests::cluster::{self, Agent, Collector, PATIENCE, assert_exactly_once};
 use tributary_tests::http_sim::{HttpSim, MeterValues};
 use tributary_tests::modbus_sim::ModbusSim;
@@ -158,15 +159,12 @@ metrics = [
     let mut agent = start_agent(&dir, "edge-dev", &config)?;
     let db = collector.db.clone();
     eventually(PATIENCE, "20 meter polls stored", || async {
-        let conn = rusqlite::Connection::open(&db).ok()?;
-        let n: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM readings r JOIN series s ON s.id = r.series_id \
-                 WHERE s.device = 'meter' AND s.metric = 'count' AND r.kind = 1",
-                [],
-                |r| r.get(0),
-            )
-            .ok()?;
+        let n = cluster::stored_points(&db, "", "meter", "count")
+            .ok()?
+            .iter()
+            .flat_map(|(_, p)| p)
+            .filter(|p| matches!(p.value, StoredValue::I64(_)))
+            .count();
         (n >= 20).then_some(())
     })
     .await?;
@@ -178,18 +176,29 @@ metrics = [
     );
 
     let conn = rusqlite::Connection::open(&collector.db)?;
+    let points = |device: &str, metric: &str| -> Result<Vec<Point>> {
+        Ok(cluster::stored_points(&collector.db, "", device, metric)?
+            .into_iter()
+            .flat_map(|(_, p)| p)
+            .collect())
+    };
     // Each meter poll: power and count come from the same response, so
     // power must be exactly what the simulator served for that count.
-    let mut stmt = conn.prepare(
-        "SELECT c.value, p.value, p.kind FROM readings c \
-         JOIN series sc ON sc.id = c.series_id AND sc.device = 'meter' AND sc.metric = 'count' \
-         JOIN readings p ON p.ts_ns = c.ts_ns \
-         JOIN series sp ON sp.id = p.series_id AND sp.device = 'meter' AND sp.metric = 'power_w' \
-         WHERE c.kind = 1",
-    )?;
-    let rows: Vec<(i64, f64, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
+    let power = points("meter", "power_w")?;
+    let mut rows: Vec<(i64, f64, i64)> = Vec::new();
+    for c in points("meter", "count")? {
+        let StoredValue::I64(count) = c.value else {
+            continue;
+        };
+        for p in power.iter().filter(|p| p.ts_ns == c.ts_ns) {
+            let value = match p.value {
+                StoredValue::F64(v) => v,
+                StoredValue::I64(v) => v as f64,
+                ref other => anyhow::bail!("power at {} is not a number: {other:?}", p.ts_ns),
+            };
+            rows.push((count, value, p.value.kind_code()));
+        }
+    }
     ensure!(rows.len() >= 20, "only {} meter polls", rows.len());
     for (count, power, kind) in &rows {
         assert_eq!(*kind, 0, "power is a double");
@@ -205,15 +214,15 @@ metrics = [
         |r| r.get(0),
     )?;
     assert_eq!(unit, "W");
-    // Typed values and a per-metric failure.
-    let kinds: BTreeMap<String, (i64, String)> = conn
-        .prepare(
-            "SELECT s.metric, r.kind, CAST(r.value AS TEXT) FROM readings r \
-             JOIN series s ON s.id = r.series_id WHERE s.device IN ('meter', 'broken') \
-             GROUP BY s.metric",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
-        .collect::<Result<_, _>>()?;
+    // Typed values and a per-metric failure (one reading per metric).
+    let mut kinds: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    for device in ["meter", "broken"] {
+        for (series, points) in cluster::stored_points(&collector.db, "", device, "")? {
+            if let Some(p) = points.last() {
+                kinds.insert(series.key.metric, cluster::kind_and_text(&p.value));
+            }
+        }
+    }
     assert_eq!(kinds["ok"], (2, "1".to_string()), "bool");
     assert_eq!(kinds["name"].0, 3, "string");
     assert_eq!(kinds["missing"].0, 5, "a missing pointer fails that metric");
@@ -247,13 +256,16 @@ metrics = [
         ("scaled", 21.5),
     ];
     for (metric, value) in expect {
-        let values: Vec<f64> = conn
-            .prepare(
-                "SELECT CAST(r.value AS REAL) FROM readings r JOIN series s ON s.id = r.series_id \
-                 WHERE s.device = 'plc' AND s.metric = ?1",
-            )?
-            .query_map([metric], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        // A failure (text) is not a number, as CAST(... AS REAL) made it 0.
+        let values: Vec<f64> = points("plc", metric)?
+            .iter()
+            .map(|p| match p.value {
+                StoredValue::F64(v) => v,
+                StoredValue::I64(v) => v as f64,
+                StoredValue::Bool(v) => f64::from(u8::from(v)),
+                _ => f64::NAN,
+            })
+            .collect();
         ensure!(!values.is_empty(), "{metric}: nothing stored");
         for v in values {
             ensure!(

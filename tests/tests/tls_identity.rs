@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use rcgen::{
@@ -319,13 +318,7 @@ async fn tls_refusal(
 
 /// Readings stored for `agent` (any metric).
 fn rows_of(db: &Path, agent: &str) -> Result<i64> {
-    let conn = rusqlite::Connection::open(db)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    Ok(conn.query_row(
-        "SELECT count(*) FROM readings r JOIN series s ON s.id = r.series_id WHERE s.agent = ?1",
-        [agent],
-        |r| r.get(0),
-    )?)
+    Ok(cluster::stored_count(db, agent)? as i64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -611,7 +611,24 @@ mod tests {
             100,
             99,
         ];
-        let series = [3, 1, i64::MAX, 1, i64::MIN, 2, 2, 2, 9, 0, -4, 5, 5, 5, 6, 1];
+        let series = [
+            3,
+            1,
+            i64::MAX,
+            1,
+            i64::MIN,
+            2,
+            2,
+            2,
+            9,
+            0,
+            -4,
+            5,
+            5,
+            5,
+            6,
+            1,
+        ];
         let mut head = Encoder::head();
         let mut chunk = Encoder::chunk();
         for (i, v) in values.iter().enumerate() {
@@ -650,7 +667,13 @@ mod tests {
     fn empty_blobs_and_reuse() {
         let mut e = Encoder::chunk();
         let blob = e.finish();
-        assert!(Decoder::new(&blob, 1, 1).unwrap().next_point().unwrap().is_none());
+        assert!(
+            Decoder::new(&blob, 1, 1)
+                .unwrap()
+                .next_point()
+                .unwrap()
+                .is_none()
+        );
         e.push(0, 5, 6, RawValue::I64(1));
         e.clear();
         assert!(e.is_empty() && e.is_sorted());
@@ -672,7 +695,12 @@ mod tests {
     fn regular_float_series_take_about_ten_bytes_a_point() {
         let mut e = Encoder::chunk();
         for i in 0..4096i64 {
-            e.push(0, 1_700_000_000_000_000_000 + i * 1_000_000_000, 0, RawValue::F64(i as f64 * 0.5));
+            e.push(
+                0,
+                1_700_000_000_000_000_000 + i * 1_000_000_000,
+                0,
+                RawValue::F64(i as f64 * 0.5),
+            );
         }
         let blob = e.finish();
         assert!(blob.len() < 4096 * 10 + 64, "{} bytes", blob.len());
@@ -684,9 +712,9 @@ mod tests {
         e.push(9, 10, 0, RawValue::Str("hello"));
         e.push(9, 20, 0, RawValue::F64(2.0));
         let blob = e.finish();
-        let decode = |b: &[u8]| -> Result<Vec<RawPoint<'_>>, CodecError> {
+        fn decode(b: &[u8]) -> Result<Vec<RawPoint<'_>>, CodecError> {
             Decoder::new(b, 0, 0)?.collect_points()
-        };
+        }
         assert!(decode(&blob).is_ok());
         for cut in 0..blob.len() {
             assert!(decode(&blob[..cut]).is_err(), "cut at {cut}");
@@ -695,7 +723,10 @@ mod tests {
         longer.push(0);
         assert!(matches!(
             decode(&longer),
-            Err(CodecError::Trailing { column: "values", .. })
+            Err(CodecError::Trailing {
+                column: "values",
+                ..
+            })
         ));
         // Flip the kind of the first run to 17.
         let kinds_at = blob.len() - (1 + 5 + 8) - 4;
@@ -703,7 +734,13 @@ mod tests {
         assert_eq!(bad[kinds_at], KIND_STR);
         bad[kinds_at] = 17;
         let err = decode(&bad).unwrap_err();
-        assert_eq!(err, CodecError::Kind { kind: 17, series: 9 });
+        assert_eq!(
+            err,
+            CodecError::Kind {
+                kind: 17,
+                series: 9
+            }
+        );
         assert!(err.to_string().contains("unknown kind 17 (series 9)"));
         assert!(decode(&[0xff]).is_err());
         assert!(decode(&[]).is_err());

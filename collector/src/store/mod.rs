@@ -4,7 +4,7 @@
 //!
 //! | URL | write side | read side |
 //! | --- | --- | --- |
-//! | `sqlite:PATH` | [`sqlite::SqliteStore`] | [`sqlite_read::SqliteReader`] |
+//! | `sqlite:PATH` | [`sqlite::SqliteStore`] (+ [`sqlite_compact`], [`codec`]) | [`sqlite_read::SqliteReader`] |
 //! | `postgres://...` | [`postgres::PgStore`] | [`postgres_read::PgReader`] |
 //!
 //! Both write sides keep one contract, so the merger does not know which one
@@ -25,11 +25,16 @@ use std::time::Duration;
 
 use crate::model::{NewReading, SeriesKey, SeriesMeta};
 
+pub mod codec;
 pub mod postgres;
 pub mod postgres_read;
 pub mod read;
 pub mod sqlite;
+pub mod sqlite_compact;
 pub mod sqlite_read;
+pub mod sqlite_scan;
+#[cfg(test)]
+mod sqlite_tests;
 
 use postgres::PgStore;
 use sqlite::SqliteStore;
@@ -381,10 +386,27 @@ pub struct RetainStep {
     pub done: bool,
 }
 
+/// One step of background compaction (SQLite: head rows into per-series
+/// chunks; PostgreSQL has nothing to compact).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactStep {
+    /// Points moved from the head into chunks.
+    pub points: u64,
+    /// Points rewritten by merging small chunks.
+    pub merged_points: u64,
+    pub chunks_written: u64,
+    /// Small chunks merged into larger ones (and deleted).
+    pub chunks_merged: u64,
+    pub head_rows_deleted: u64,
+    /// This step finished a round: its head rows are gone.
+    pub round_done: bool,
+}
+
 /// The write side: one connection, owned by the merger. Every call blocks.
 pub enum Store {
-    Sqlite(SqliteStore),
-    /// Boxed: it carries its runtime and is much larger than SQLite's.
+    /// Boxed: it carries its compaction state.
+    Sqlite(Box<SqliteStore>),
+    /// Boxed: it carries its runtime.
     Postgres(Box<PgStore>),
 }
 
@@ -394,7 +416,9 @@ impl Store {
     /// own small runtime).
     pub fn open(url: &StoreUrl, durability: Durability) -> Result<Store, StoreError> {
         match url {
-            StoreUrl::Sqlite(path) => Ok(Store::Sqlite(SqliteStore::open(path, durability)?)),
+            StoreUrl::Sqlite(path) => Ok(Store::Sqlite(Box::new(SqliteStore::open(
+                path, durability,
+            )?))),
             StoreUrl::Postgres(url) => {
                 Ok(Store::Postgres(Box::new(PgStore::open(url, durability)?)))
             }
@@ -443,6 +467,25 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.commit(set),
             Store::Postgres(s) => s.commit(set),
+        }
+    }
+
+    /// Whether the store has compaction work to do now (a round under way
+    /// or due). Cheap: the merger asks after every group.
+    pub fn compaction_due(&self) -> bool {
+        match self {
+            Store::Sqlite(s) => s.compaction_due(),
+            Store::Postgres(_) => false,
+        }
+    }
+
+    /// One bounded step of compaction, in its own transaction; a no-op
+    /// when nothing is due. After a failure the store waits a moment
+    /// before it reports work again.
+    pub fn compact(&mut self) -> Result<CompactStep, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.compact(),
+            Store::Postgres(_) => Ok(CompactStep::default()),
         }
     }
 

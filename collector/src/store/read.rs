@@ -66,13 +66,23 @@ pub enum ReadError {
         #[source]
         source: serde_json::Error,
     },
-    /// A `readings` row does not match its `kind`.
+    /// A `readings` row does not match its `kind` (PostgreSQL).
     #[error("bad reading of series {series} at ts_ns {ts_ns} in {store}: {reason}")]
     Reading {
         series: i64,
         ts_ns: i64,
         store: String,
         reason: String,
+    },
+    /// A head row or chunk does not decode (SQLite).
+    #[error("{what} in {path}: bad {table} row {id}: {source}")]
+    Blob {
+        what: &'static str,
+        path: std::path::PathBuf,
+        table: &'static str,
+        id: i64,
+        #[source]
+        source: super::codec::CodecError,
     },
     /// The blocking task running an SQLite read failed (panicked).
     #[error("{what}: read task failed: {message}")]
@@ -102,6 +112,7 @@ impl ReadError {
             ReadError::Setup { .. }
             | ReadError::Labels { .. }
             | ReadError::Reading { .. }
+            | ReadError::Blob { .. }
             | ReadError::Task { .. } => false,
         }
     }

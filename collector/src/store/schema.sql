@@ -43,13 +43,47 @@ CREATE TABLE IF NOT EXISTS series (
     UNIQUE (agent, device, metric, labels, unit)
 );
 
--- One row per reading. kind: 0 f64, 1 i64, 2 bool (value 0/1), 3 string,
--- 4 poll timeout, 5 poll error (value holds the failure message).
-CREATE TABLE IF NOT EXISTS readings (
-    series_id   INTEGER NOT NULL,
-    ts_ns       INTEGER NOT NULL,
+-- Readings live in two places (see store/sqlite_compact.rs); each reading is
+-- in exactly one of them in every snapshot. Blobs are columnar, encoded by
+-- store/codec.rs (kind codes: 0 f64, 1 i64, 2 bool, 3 string, 4 poll timeout,
+-- 5 poll error).
+--
+-- The head: one row per committed batch, appended by the merger in the
+-- commit's transaction (so the write path is an append whatever the series).
+-- Ids are assigned by the store and never reused.
+CREATE TABLE IF NOT EXISTS head (
+    id          INTEGER PRIMARY KEY,
     received_ns INTEGER NOT NULL,
-    kind        INTEGER NOT NULL,
-    value
+    min_series  INTEGER NOT NULL,
+    max_series  INTEGER NOT NULL,
+    min_ts      INTEGER NOT NULL,
+    max_ts      INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    data        BLOB    NOT NULL   -- (series_id, ts_ns, kind, value) per reading
 );
-CREATE INDEX IF NOT EXISTS readings_by_series_ts ON readings (series_id, ts_ns);
+-- Covering, so a reader finds the rows that may hold a series without
+-- visiting every row (each row's blob fills its own pages).
+CREATE INDEX IF NOT EXISTS head_by_series ON head (max_series, min_series, max_ts, min_ts);
+
+-- Chunks: points of one series in device-time order, at most 4096 each,
+-- written by compaction (rounds of the head, and merges of small chunks).
+-- Ids are assigned by the store and never reused (meta 'next_chunk_id').
+CREATE TABLE IF NOT EXISTS chunks (
+    id        INTEGER PRIMARY KEY,
+    series_id INTEGER NOT NULL,
+    min_ts    INTEGER NOT NULL,
+    max_ts    INTEGER NOT NULL,
+    count     INTEGER NOT NULL,
+    data      BLOB    NOT NULL     -- (ts_ns, received_ns, kind, value) per point
+);
+-- Covering for range planning: which chunks of a series overlap a span.
+CREATE INDEX IF NOT EXISTS chunks_by_series_ts ON chunks (series_id, max_ts, min_ts, count);
+-- Chunks below 4096 points, which compaction may still merge.
+CREATE INDEX IF NOT EXISTS chunks_small ON chunks (series_id) WHERE count < 4096;
+
+-- Per series: head rows up to head_id are in chunks (their points of this
+-- series must not be read from the head any more).
+CREATE TABLE IF NOT EXISTS compacted (
+    series_id INTEGER PRIMARY KEY,
+    head_id   INTEGER NOT NULL
+);

@@ -1,12 +1,14 @@
 //! The SQLite store's write side: one connection, owned by the merger.
 //!
-//! `open` applies the schema and the durability setting, `load` reads back
-//! what the merger needs to resume (series ids, delivery state),
-//! `resolve_series` creates series rows, and `commit` writes one group of
-//! batches with the new committed sequences in a single `IMMEDIATE`
-//! transaction (the write lock is taken before the committed sequences are
-//! read, so even a second process on the same file could not store a batch
-//! twice).
+//! `open` applies the schema and the durability setting and replays the
+//! head into the compactor, `load` reads back what the merger needs to
+//! resume (series ids, delivery state), `resolve_series` creates series
+//! rows, and `commit` writes one group of batches with the new committed
+//! sequences in a single `IMMEDIATE` transaction (the write lock is taken
+//! before the committed sequences are read, so even a second process on the
+//! same file could not store a batch twice). Each batch is one `head` row
+//! (an append, however many series it touches); `compact` moves the head
+//! into per-series chunks in bounded steps (`sqlite_compact`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,18 +17,24 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::model::{SeriesKey, SeriesMeta, StoredValue};
+use crate::model::{SeriesKey, SeriesMeta};
 
 use super::Plan;
+use super::codec::{Decoder, Encoder, RawValue};
+use super::sqlite_compact::{CHUNK_POINTS, CompactError, Compactor, encode};
 pub use super::{
-    AgentWrite, BatchWrite, CommitReport, Durability, EpochRow, Loaded, RetainStep, StoreError,
-    WriteSet,
+    AgentWrite, BatchWrite, CommitReport, CompactStep, Durability, EpochRow, Loaded, RetainStep,
+    StoreError, WriteSet,
 };
 
 /// The write connection. Not `Sync`: exactly one owner (the merger).
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    compactor: Compactor,
+    /// Reused for every head row.
+    head: Encoder,
+    blob: Vec<u8>,
 }
 
 /// The schema, applied on every open.
@@ -58,9 +66,13 @@ impl SqliteStore {
             [],
         )
         .map_err(err)?;
+        let compactor = Compactor::load(&conn).map_err(|e| compact_err(path, e))?;
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
+            compactor,
+            head: Encoder::head(),
+            blob: Vec::new(),
         })
     }
 
@@ -214,33 +226,34 @@ impl SqliteStore {
         {
             let mut ins = tx
                 .prepare_cached(
-                    "INSERT INTO readings (series_id, ts_ns, received_ns, kind, value) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO head (id, received_ns, min_series, max_series, min_ts, max_ts, \
+                     count, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(err)?;
             for (b, _) in set.batches.iter().zip(&plan.write).filter(|(_, w)| **w) {
-                for r in &b.readings {
-                    let kind = r.value.kind_code();
-                    let res = match &r.value {
-                        StoredValue::F64(v) => {
-                            ins.execute(params![r.series_id, r.ts_ns, b.received_ns, kind, v])
-                        }
-                        StoredValue::I64(v) => {
-                            ins.execute(params![r.series_id, r.ts_ns, b.received_ns, kind, v])
-                        }
-                        StoredValue::Bool(v) => ins.execute(params![
-                            r.series_id,
-                            r.ts_ns,
-                            b.received_ns,
-                            kind,
-                            i64::from(*v)
-                        ]),
-                        StoredValue::Str(v) | StoredValue::Timeout(v) | StoredValue::Error(v) => {
-                            ins.execute(params![r.series_id, r.ts_ns, b.received_ns, kind, v])
-                        }
-                    };
-                    res.map_err(err)?;
+                if b.readings.is_empty() {
+                    continue;
                 }
+                let head = &mut self.head;
+                head.clear();
+                for r in &b.readings {
+                    head.push(r.series_id, r.ts_ns, 0, RawValue::of(&r.value));
+                }
+                self.blob.clear();
+                head.finish_into(&mut self.blob);
+                let (min_series, max_series) = head.series_range();
+                let (min_ts, max_ts) = head.ts_range();
+                ins.execute(params![
+                    self.compactor.next_head_id(),
+                    b.received_ns,
+                    min_series,
+                    max_series,
+                    min_ts,
+                    max_ts,
+                    head.len() as i64,
+                    &self.blob[..]
+                ])
+                .map_err(err)?;
             }
             let mut up = tx
                 .prepare_cached(
@@ -297,30 +310,187 @@ impl SqliteStore {
             }
         }
         tx.commit().map_err(err)?;
+        for (b, _) in set.batches.iter().zip(&plan.write).filter(|(_, w)| **w) {
+            self.compactor.add(b);
+        }
         Ok(plan.report)
     }
 
-    /// Deletes the readings older than `cutoff_ns` among the `max_rows`
-    /// oldest by arrival (rowid). `readings` has no time index (it would
-    /// slow every append), and device time follows arrival closely, so
-    /// walking from the front costs one bounded window per step instead of
-    /// a scan of the whole table. A reading that arrived late with an old
-    /// timestamp, behind more than a window of younger ones, goes in a later
-    /// pass, once those have aged out too.
+    /// Whether [`SqliteStore::compact`] has work now.
+    pub fn compaction_due(&self) -> bool {
+        self.compactor.due()
+    }
+
+    /// One bounded step of compaction (a no-op when none is due).
+    pub fn compact(&mut self) -> Result<CompactStep, StoreError> {
+        self.compactor
+            .step(&mut self.conn)
+            .map_err(|e| compact_err(&self.path, e))
+    }
+
+    /// Starts a compaction round now if anything is pending, due or not;
+    /// `compact` then steps through it (tests and tools).
+    pub fn start_round(&mut self) {
+        self.compactor.start_round();
+    }
+
+    /// Compacts everything pending now, due or not (tests and tools).
+    pub fn compact_all(&mut self) -> Result<(), StoreError> {
+        self.compactor.start_round();
+        while self.compactor.due() {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Sets the work of one compaction step: points, chunk rows (tests).
+    #[cfg(test)]
+    pub(crate) fn set_step_budget(&mut self, points: u64, rows: u64) {
+        self.compactor.set_budget(points, rows);
+    }
+
+    /// Removes readings older than `cutoff_ns` (device time), about
+    /// `max_rows` per call, walking the oldest chunks by id (compaction
+    /// order, which follows device time closely; no time index is kept, it
+    /// would cost every write). A chunk wholly older than the cutoff is
+    /// deleted; a small chunk straddling it is rewritten without its old
+    /// points; a full chunk straddling it stays until all of it is old
+    /// (readers fetch full chunks after their snapshot and rely on them
+    /// never changing, only going away), so up to one chunk per series
+    /// more is kept. Readings still in the head are compacted first, in
+    /// bounded steps; a pass that finds compaction under way ends there and
+    /// the next pass goes on.
     pub fn retain(&mut self, cutoff_ns: i64, max_rows: u64) -> Result<RetainStep, StoreError> {
-        let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
-        let removed = self
+        if self.compactor.pending_before(cutoff_ns) {
+            self.compactor.start_round();
+        }
+        if self.compactor.in_round() {
+            self.compact()?;
+            if self.compactor.in_round() {
+                return Ok(RetainStep {
+                    removed: 0,
+                    done: true,
+                });
+            }
+        }
+        let window = (max_rows / 64).max(16);
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
             .conn
-            .execute(
-                "DELETE FROM readings WHERE rowid IN \
-                 (SELECT rowid FROM readings ORDER BY rowid LIMIT ?2) AND ts_ns < ?1",
-                params![cutoff_ns, limit],
-            )
-            .map_err(|e| self.err(e))? as u64;
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut removed = 0u64;
+        // (series, id, points left) of small chunks changed, for the
+        // compactor once committed.
+        let mut changed: Vec<(i64, i64, usize)> = Vec::new();
+        {
+            let mut oldest = tx
+                .prepare_cached(
+                    "SELECT id, series_id, max_ts, count FROM chunks \
+                     WHERE id IN (SELECT id FROM chunks ORDER BY id LIMIT ?2) AND min_ts < ?1 \
+                     ORDER BY id",
+                )
+                .map_err(err)?;
+            let candidates: Vec<(i64, i64, i64, i64)> = oldest
+                .query_map(params![cutoff_ns, window as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .map_err(err)?
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            let mut delete = tx
+                .prepare_cached("DELETE FROM chunks WHERE id = ?1")
+                .map_err(err)?;
+            for (id, series, max_ts, count) in candidates {
+                let count = usize::try_from(count).unwrap_or(0);
+                let small = count < CHUNK_POINTS;
+                if removed >= max_rows {
+                    break;
+                }
+                if max_ts < cutoff_ns {
+                    if removed > 0 && removed + count as u64 > max_rows {
+                        break;
+                    }
+                    delete.execute([id]).map_err(err)?;
+                    removed += count as u64;
+                    if small {
+                        changed.push((series, id, 0));
+                    }
+                } else if small {
+                    let budget = usize::try_from(max_rows - removed).unwrap_or(usize::MAX);
+                    let left = trim(&tx, id, series, cutoff_ns, budget)
+                        .map_err(|e| compact_err(&self.path, e))?;
+                    removed += (count - left) as u64;
+                    changed.push((series, id, left));
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        for (series, id, left) in changed {
+            if left == 0 {
+                self.compactor.forget(series, id);
+            } else {
+                self.compactor.set_count(series, id, left);
+            }
+        }
         Ok(RetainStep {
             removed,
             done: removed < max_rows,
         })
+    }
+}
+
+/// Rewrites small chunk `id` without up to `budget` of its points older
+/// than `cutoff_ns` (they are its first ones: a chunk is in time order).
+/// Returns the points left.
+fn trim(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    series: i64,
+    cutoff_ns: i64,
+    budget: usize,
+) -> Result<usize, CompactError> {
+    let blob: Vec<u8> =
+        tx.query_row("SELECT data FROM chunks WHERE id = ?1", [id], |r| r.get(0))?;
+    let bad = |source| CompactError::Blob {
+        table: "chunks",
+        id,
+        source,
+    };
+    let points = Decoder::new(&blob, series, 0)
+        .and_then(Decoder::collect_points)
+        .map_err(bad)?;
+    let old = points.iter().take_while(|p| p.ts_ns < cutoff_ns).count();
+    let keep = &points[old.min(budget)..];
+    match (keep.first(), keep.last()) {
+        (Some(first), Some(last)) => {
+            tx.execute(
+                "UPDATE chunks SET min_ts = ?2, max_ts = ?3, count = ?4, data = ?5 WHERE id = ?1",
+                params![id, first.ts_ns, last.ts_ns, keep.len() as i64, encode(keep)],
+            )?;
+        }
+        _ => {
+            tx.execute("DELETE FROM chunks WHERE id = ?1", [id])?;
+        }
+    }
+    Ok(keep.len())
+}
+
+fn compact_err(path: &Path, e: CompactError) -> StoreError {
+    match e {
+        CompactError::Sqlite(source) => StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        },
+        e @ CompactError::Blob { .. } => StoreError::Invalid {
+            store: format!("sqlite {}", path.display()),
+            what: "compaction",
+            message: e.to_string(),
+        },
     }
 }
 

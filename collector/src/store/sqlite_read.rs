@@ -4,11 +4,14 @@
 //! write connection; in WAL mode readers never block it). The functions are
 //! blocking: [`super::read::Reader`] calls them on the blocking pool.
 //!
-//! `SqliteReader::range` pages through each series by `(ts_ns, rowid)` with
-//! one short statement per chunk, so no read snapshot is held while the
-//! caller waits for a slow client (a held snapshot would keep the WAL from
-//! being checkpointed). The price: a range is not one snapshot; readings
-//! committed while it streams may or may not appear, and none appears twice.
+//! Points live in head rows and per-series chunks, and compaction moves
+//! them while queries run; `sqlite_scan` reads them so that each point is
+//! seen exactly once. `SqliteReader::range` takes one short read snapshot
+//! per group of series and fetches full (immutable) chunks afterwards, one
+//! at a time, so no read snapshot is held while the caller waits for a slow
+//! client (a held snapshot would keep the WAL from being checkpointed). The
+//! price: a range is not one snapshot; readings committed while it streams
+//! may or may not appear, and none appears twice.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -16,14 +19,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags};
 
 use super::read::{MAX_CHUNK_POINTS, ReadError, Selector, StoredAgent, TimeSpan};
-use crate::model::{Point, SeriesKey, SeriesMeta, StoredValue};
+use super::sqlite_scan::{self, Merge, ScanError};
+use crate::model::{Point, SeriesKey, SeriesMeta};
 
 /// How long a read waits for a lock before it gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much of the database file a read connection maps.
+const MMAP_BYTES: i64 = 1 << 30;
+
+/// Series whose head points and small chunks one range snapshot reads.
+const RANGE_GROUP: usize = 64;
 
 /// Opens a read-only connection per call to the database at `path`.
 #[derive(Debug, Clone)]
@@ -52,6 +61,10 @@ impl SqliteReader {
         )
         .map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Chunks are read whole: map the file rather than copy every page
+        // through read(2) into a cache that dies with this connection.
+        conn.pragma_update(None, "mmap_size", MMAP_BYTES)
+            .map_err(open_err)?;
         Ok(conn)
     }
 
@@ -60,6 +73,23 @@ impl SqliteReader {
             what,
             path: self.path.clone(),
             source,
+        }
+    }
+
+    fn scan_err(&self, what: &'static str) -> impl Fn(ScanError) -> ReadError + '_ {
+        move |e| match e {
+            ScanError::Sqlite(source) => ReadError::Query {
+                what,
+                path: self.path.clone(),
+                source,
+            },
+            ScanError::Blob { table, id, source } => ReadError::Blob {
+                what,
+                path: self.path.clone(),
+                table,
+                id,
+                source,
+            },
         }
     }
 
@@ -106,16 +136,32 @@ impl SqliteReader {
 
     fn series_on(&self, conn: &Connection, sel: &Selector) -> Result<Vec<SeriesMeta>, ReadError> {
         let err = self.query_err("list series");
+        // Only the fields given, so an agent filter uses the unique index
+        // (agent, device, ...) instead of scanning every series.
+        let mut clauses = Vec::new();
+        let mut values: Vec<&str> = Vec::new();
+        for (column, value) in [
+            ("agent", &sel.agent),
+            ("device", &sel.device),
+            ("metric", &sel.metric),
+        ] {
+            if !value.is_empty() {
+                values.push(value);
+                clauses.push(format!("{column} = ?{}", values.len()));
+            }
+        }
+        let filter = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
         let mut stmt = conn
-            .prepare(
-                "SELECT id, agent, device, metric, labels, unit FROM series \
-                 WHERE (?1 = '' OR agent = ?1) AND (?2 = '' OR device = ?2) \
-                   AND (?3 = '' OR metric = ?3) \
-                 ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT id, agent, device, metric, labels, unit FROM series {filter} ORDER BY id"
+            ))
             .map_err(&err)?;
         let rows = stmt
-            .query_map(params![sel.agent, sel.device, sel.metric], |row| {
+            .query_map(rusqlite::params_from_iter(values), |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, String>(1)?,
@@ -154,22 +200,14 @@ impl SqliteReader {
     pub fn latest(&self, sel: &Selector) -> Result<Vec<(SeriesMeta, Point)>, ReadError> {
         let conn = self.open()?;
         let series = self.series_on(&conn, sel)?;
-        let err = self.query_err("read latest point");
-        let mut stmt = conn
-            .prepare(
-                "SELECT ts_ns, received_ns, kind, value FROM readings \
-                 WHERE series_id = ?1 ORDER BY ts_ns DESC, rowid DESC LIMIT 1",
-            )
-            .map_err(&err)?;
-        let mut out = Vec::with_capacity(series.len());
-        for meta in series {
-            let mut rows = stmt.query([meta.id]).map_err(&err)?;
-            if let Some(row) = rows.next().map_err(&err)? {
-                let point = self.point(meta.id, row).map_err(|e| e.into_read(&err))?;
-                out.push((meta, point));
-            }
-        }
-        Ok(out)
+        let ids: Vec<i64> = series.iter().map(|m| m.id).collect();
+        let newest =
+            sqlite_scan::latest(&conn, &ids).map_err(self.scan_err("read latest point"))?;
+        Ok(series
+            .into_iter()
+            .zip(newest)
+            .filter_map(|(meta, p)| Some((meta, p?)))
+            .collect())
     }
 
     /// Points of every series passing `sel` within `span`, series by series
@@ -189,122 +227,46 @@ impl SqliteReader {
         let limit = max_chunk.clamp(1, MAX_CHUNK_POINTS);
         let conn = self.open()?;
         let series = self.series_on(&conn, sel)?;
-        let err = self.query_err("read range");
-        // First page, then keyset pages after the last (ts_ns, rowid) seen.
-        // `ts_ns >= ?2` keeps the (series_id, ts_ns) index usable for both.
-        let mut first = conn
-            .prepare(
-                "SELECT ts_ns, received_ns, kind, value, rowid FROM readings \
-                 WHERE series_id = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3 \
-                 ORDER BY ts_ns, rowid LIMIT ?4",
-            )
-            .map_err(&err)?;
-        let mut next = conn
-            .prepare(
-                "SELECT ts_ns, received_ns, kind, value, rowid FROM readings \
-                 WHERE series_id = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3 \
-                   AND (ts_ns > ?2 OR rowid > ?4) \
-                 ORDER BY ts_ns, rowid LIMIT ?5",
-            )
-            .map_err(&err)?;
-        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
-        for meta in series {
-            let meta = Arc::new(meta);
-            let mut cursor: Option<(i64, i64)> = None;
-            loop {
-                let mut rows = match cursor {
-                    None => first.query(params![meta.id, lo, hi, limit_sql]),
-                    Some((ts, rowid)) => next.query(params![meta.id, ts, hi, rowid, limit_sql]),
-                }
-                .map_err(&err)?;
-                let mut points = Vec::with_capacity(limit.min(256));
-                while let Some(row) = rows.next().map_err(&err)? {
-                    let point = self.point(meta.id, row).map_err(|e| e.into_read(&err))?;
-                    cursor = Some((point.ts_ns, row.get(4).map_err(&err)?));
-                    points.push(point);
-                }
-                // End the statement (and its read snapshot) before handing over.
-                drop(rows);
-                let full = points.len() == limit;
-                if !points.is_empty() && sink(Arc::clone(&meta), points).is_break() {
-                    return Ok(());
-                }
-                if !full {
-                    break;
+        let err = self.scan_err("read range");
+        for group in series.chunks(RANGE_GROUP) {
+            let ids: Vec<i64> = group.iter().map(|m| m.id).collect();
+            let scans = sqlite_scan::snapshot(&conn, &ids, lo, hi).map_err(&err)?;
+            for (meta, scan) in group.iter().zip(scans) {
+                let meta = Arc::new(meta.clone());
+                let mut merge = Merge::new(&conn, meta.id, lo, hi, scan);
+                loop {
+                    let mut points = Vec::with_capacity(limit);
+                    if !merge.next_points(&mut points, limit).map_err(&err)? {
+                        break;
+                    }
+                    if sink(Arc::clone(&meta), points).is_break() {
+                        return Ok(());
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// Decodes `ts_ns, received_ns, kind, value` at the start of a row.
-    fn point(&self, series: i64, row: &rusqlite::Row<'_>) -> Result<Point, RowError> {
-        let ts_ns: i64 = row.get(0)?;
-        let received_ns: i64 = row.get(1)?;
-        let kind: i64 = row.get(2)?;
-        let bad = |reason: String| {
-            RowError::Bad(ReadError::Reading {
-                series,
-                ts_ns,
-                store: self.path.display().to_string(),
-                reason,
-            })
-        };
-        let value = row.get_ref(3)?;
-        let text = |v: ValueRef<'_>| -> Result<String, RowError> {
-            match v {
-                ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
-                ValueRef::Null => Ok(String::new()),
-                other => Err(bad(format!(
-                    "kind {kind} wants text, found {:?}",
-                    other.data_type()
-                ))),
-            }
-        };
-        let value = match (kind, value) {
-            (0, ValueRef::Real(v)) => StoredValue::F64(v),
-            (0, ValueRef::Integer(v)) => StoredValue::F64(v as f64),
-            // SQLite stores a NaN as NULL.
-            (0, ValueRef::Null) => StoredValue::F64(f64::NAN),
-            (1, ValueRef::Integer(v)) => StoredValue::I64(v),
-            (2, ValueRef::Integer(v)) => StoredValue::Bool(v != 0),
-            (3, v) => StoredValue::Str(text(v)?),
-            (4, v) => StoredValue::Timeout(text(v)?),
-            (5, v) => StoredValue::Error(text(v)?),
-            (0..=2, other) => {
-                return Err(bad(format!(
-                    "kind {kind} with a value of type {:?}",
-                    other.data_type()
-                )));
-            }
-            (other, _) => return Err(bad(format!("unknown kind {other}"))),
-        };
-        Ok(Point {
-            ts_ns,
-            received_ns,
-            value,
-        })
-    }
-}
-
-/// A row that could not be read (SQLite) or decoded (bad data).
-enum RowError {
-    Sqlite(rusqlite::Error),
-    Bad(ReadError),
-}
-
-impl From<rusqlite::Error> for RowError {
-    fn from(e: rusqlite::Error) -> Self {
-        RowError::Sqlite(e)
-    }
-}
-
-impl RowError {
-    fn into_read(self, err: impl Fn(rusqlite::Error) -> ReadError) -> ReadError {
-        match self {
-            RowError::Sqlite(e) => err(e),
-            RowError::Bad(e) => e,
-        }
+    /// Every stored point of every series passing `sel`, series by series
+    /// (by id), each in device-time order: what a full `range` streams, in
+    /// one vector. For tests and tools that check what was stored (the
+    /// layout has no table a plain `SELECT` could count).
+    pub fn points(&self, sel: &Selector) -> Result<Vec<(SeriesMeta, Vec<Point>)>, ReadError> {
+        let mut out: Vec<(SeriesMeta, Vec<Point>)> = Vec::new();
+        self.range(
+            sel,
+            TimeSpan::default(),
+            MAX_CHUNK_POINTS,
+            |meta, points| {
+                match out.last_mut() {
+                    Some((m, all)) if m.id == meta.id => all.extend(points),
+                    _ => out.push((SeriesMeta::clone(&meta), points)),
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(out)
     }
 }
 
@@ -318,62 +280,16 @@ fn counter(v: i64) -> u64 {
 mod tests {
     use super::*;
 
-    /// A database file with the real schema in WAL mode, deleted on drop.
-    /// The writer connection stays open, as the merger's does.
-    struct TempDb {
-        path: PathBuf,
-        conn: Connection,
+    use super::super::sqlite_tests::TempDb;
+    use crate::model::StoredValue;
+
+    /// Runs `check` on what is in the head, then again once all of it is
+    /// compacted into chunks: both layouts answer the same.
+    fn in_head_and_chunks(db: &mut TempDb, check: impl Fn(&SqliteReader)) {
+        check(&db.reader());
+        db.store.compact_all().unwrap();
+        check(&db.reader());
     }
-
-    impl TempDb {
-        fn new(name: &str) -> TempDb {
-            let path = std::env::temp_dir().join(format!(
-                "tributary-read-{name}-{}-{}.db",
-                std::process::id(),
-                crate::model::now_ns()
-            ));
-            let conn = Connection::open(&path).unwrap();
-            conn.pragma_update(None, "journal_mode", "wal").unwrap();
-            conn.execute_batch(include_str!("schema.sql")).unwrap();
-            TempDb { path, conn }
-        }
-
-        fn series(&self, id: i64, agent: &str, device: &str, metric: &str, labels: &str) {
-            self.conn
-                .execute(
-                    "INSERT INTO series (id, agent, device, metric, labels, unit) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'V')",
-                    params![id, agent, device, metric, labels],
-                )
-                .unwrap();
-        }
-
-        fn reading(&self, series: i64, ts: i64, kind: i64, value: rusqlite::types::Value) {
-            self.conn
-                .execute(
-                    "INSERT INTO readings (series_id, ts_ns, received_ns, kind, value) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![series, ts, ts + 1, kind, value],
-                )
-                .unwrap();
-        }
-
-        fn reader(&self) -> SqliteReader {
-            SqliteReader::new(&self.path)
-        }
-    }
-
-    impl Drop for TempDb {
-        fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = self.path.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-
-    use rusqlite::types::Value as V;
 
     fn sel(agent: &str, device: &str, metric: &str) -> Selector {
         Selector {
@@ -446,43 +362,55 @@ mod tests {
 
     #[test]
     fn every_kind_decodes() {
-        let db = TempDb::new("kinds");
+        let mut db = TempDb::new("kinds");
         db.series(1, "a", "d", "m", "{}");
-        db.reading(1, 10, 0, V::Real(1.5));
-        db.reading(1, 20, 1, V::Integer(-7));
-        db.reading(1, 30, 2, V::Integer(1));
-        db.reading(1, 40, 3, V::Text("on, \"really\"".into()));
-        db.reading(1, 50, 4, V::Text("no answer in 1s".into()));
-        db.reading(1, 60, 5, V::Text("connection refused".into()));
-        db.reading(1, 70, 0, V::Null);
-        let mut got = Vec::new();
-        db.reader()
-            .range(&Selector::default(), TimeSpan::default(), 100, |_, p| {
+        db.reading(1, 10, StoredValue::F64(1.5));
+        db.reading(1, 20, StoredValue::I64(-7));
+        db.reading(1, 30, StoredValue::Bool(true));
+        db.reading(1, 40, StoredValue::Str("on, \"really\"".into()));
+        db.reading(1, 50, StoredValue::Timeout("no answer in 1s".into()));
+        db.reading(1, 60, StoredValue::Error("connection refused".into()));
+        db.reading(1, 70, StoredValue::F64(f64::NAN));
+        in_head_and_chunks(&mut db, |r| {
+            let mut got = Vec::new();
+            r.range(&Selector::default(), TimeSpan::default(), 100, |_, p| {
                 got.extend(p);
                 ControlFlow::Continue(())
             })
             .unwrap();
-        let values: Vec<_> = got.iter().map(|p| p.value.clone()).collect();
-        assert_eq!(
-            values[..6],
-            [
-                StoredValue::F64(1.5),
-                StoredValue::I64(-7),
-                StoredValue::Bool(true),
-                StoredValue::Str("on, \"really\"".into()),
-                StoredValue::Timeout("no answer in 1s".into()),
-                StoredValue::Error("connection refused".into()),
-            ]
-        );
-        assert!(matches!(values[6], StoredValue::F64(v) if v.is_nan()));
-        assert_eq!(got[0].received_ns, 11);
+            let values: Vec<_> = got.iter().map(|p| p.value.clone()).collect();
+            assert_eq!(
+                values[..6],
+                [
+                    StoredValue::F64(1.5),
+                    StoredValue::I64(-7),
+                    StoredValue::Bool(true),
+                    StoredValue::Str("on, \"really\"".into()),
+                    StoredValue::Timeout("no answer in 1s".into()),
+                    StoredValue::Error("connection refused".into()),
+                ]
+            );
+            assert!(matches!(values[6], StoredValue::F64(v) if v.is_nan()));
+            assert_eq!(got[0].received_ns, 11);
+        });
     }
 
     #[test]
     fn unknown_kind_is_an_error_naming_the_series() {
         let db = TempDb::new("badkind");
         db.series(9, "a", "d", "m", "{}");
-        db.reading(9, 10, 17, V::Null);
+        let mut e = super::super::codec::Encoder::head();
+        e.push(9, 10, 0, super::super::codec::RawValue::I64(0));
+        let mut blob = e.finish();
+        // flags, count, three column lengths, series 9, ts 10: then the kind.
+        assert_eq!(blob[..8], [1, 1, 1, 1, 2, 18, 20, 1]);
+        blob[7] = 17;
+        db.conn
+            .execute(
+                "INSERT INTO head VALUES (1, 11, 9, 9, 10, 10, 1, ?1)",
+                [blob],
+            )
+            .unwrap();
         let err = db.reader().latest(&Selector::default()).unwrap_err();
         let msg = err.to_string();
         assert!(
@@ -494,66 +422,76 @@ mod tests {
 
     #[test]
     fn latest_is_the_newest_by_device_time_and_skips_empty_series() {
-        let db = TempDb::new("latest");
+        let mut db = TempDb::new("latest");
         db.series(1, "a", "d", "m1", "{}");
         db.series(2, "a", "d", "m2", "{}");
         db.series(3, "a", "d", "m3", "{}");
-        db.reading(1, 300, 1, V::Integer(3));
-        db.reading(1, 100, 1, V::Integer(1)); // arrived late, older
-        db.reading(2, 50, 5, V::Text("boom".into()));
-        let latest = db.reader().latest(&Selector::default()).unwrap();
-        let got: Vec<_> = latest
-            .iter()
-            .map(|(m, p)| (m.id, p.ts_ns, p.value.clone()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                (1, 300, StoredValue::I64(3)),
-                (2, 50, StoredValue::Error("boom".into()))
-            ]
-        );
+        db.reading(1, 300, StoredValue::I64(3));
+        db.reading(1, 100, StoredValue::I64(1)); // arrived late, older
+        db.reading(2, 50, StoredValue::Error("boom".into()));
+        let expect = [
+            (1, 300, StoredValue::I64(3)),
+            (2, 50, StoredValue::Error("boom".into())),
+        ];
+        let check = |r: &SqliteReader, expect: &[(i64, i64, StoredValue)]| {
+            let latest = r.latest(&Selector::default()).unwrap();
+            let got: Vec<_> = latest
+                .iter()
+                .map(|(m, p)| (m.id, p.ts_ns, p.value.clone()))
+                .collect();
+            assert_eq!(got, expect);
+        };
+        in_head_and_chunks(&mut db, |r| check(r, &expect));
+        // Newer in the head than in the chunks, and older.
+        db.reading(1, 400, StoredValue::I64(4));
+        db.reading(2, 10, StoredValue::I64(0));
+        let expect = [
+            (1, 400, StoredValue::I64(4)),
+            (2, 50, StoredValue::Error("boom".into())),
+        ];
+        in_head_and_chunks(&mut db, |r| check(r, &expect));
     }
 
     #[test]
     fn range_is_half_open_ordered_and_chunked() {
-        let db = TempDb::new("range");
+        let mut db = TempDb::new("range");
         db.series(1, "a", "d", "m", "{}");
         db.series(2, "a", "d", "n", "{}");
         db.series(3, "b", "d", "m", "{}");
         // Inserted out of order, with a duplicate timestamp.
         for ts in [5, 3, 9, 1, 7, 3, 10, 0] {
-            db.reading(1, ts, 1, V::Integer(ts));
+            db.reading(1, ts, StoredValue::I64(ts));
         }
-        db.reading(2, 4, 1, V::Integer(400));
+        db.reading(2, 4, StoredValue::I64(400));
         let span = TimeSpan {
             since_ns: Some(1),
             until_ns: Some(10),
         };
-        let mut chunks = Vec::new();
-        db.reader()
-            .range(&sel("a", "", ""), span, 2, |m, p| {
+        in_head_and_chunks(&mut db, |r| {
+            let mut chunks = Vec::new();
+            r.range(&sel("a", "", ""), span, 2, |m, p| {
                 chunks.push((m.id, p.iter().map(|p| p.ts_ns).collect::<Vec<_>>()));
                 ControlFlow::Continue(())
             })
             .unwrap();
-        assert_eq!(
-            chunks,
-            [
-                (1, vec![1, 3]),
-                (1, vec![3, 5]),
-                (1, vec![7, 9]),
-                (2, vec![4]),
-            ]
-        );
+            assert_eq!(
+                chunks,
+                [
+                    (1, vec![1, 3]),
+                    (1, vec![3, 5]),
+                    (1, vec![7, 9]),
+                    (2, vec![4]),
+                ]
+            );
+        });
     }
 
     #[test]
     fn range_stops_when_the_sink_breaks_and_handles_empty_spans() {
-        let db = TempDb::new("rangebreak");
+        let mut db = TempDb::new("rangebreak");
         db.series(1, "a", "d", "m", "{}");
         for ts in 0..10 {
-            db.reading(1, ts, 1, V::Integer(ts));
+            db.reading(1, ts, StoredValue::I64(ts));
         }
         let r = db.reader();
         let mut calls = 0;

@@ -1,6 +1,6 @@
 //! The real `tributary-agent` as a process under test: its TOML config
-//! (default settings; only the spool directory is placed in the work
-//! directory), start, `/proc` samples, graceful stop.
+//! (default settings, except that the spool directory is placed in the
+//! work directory and shutdown waits longer for the last acks), start, `/proc` samples, graceful stop.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -13,8 +13,10 @@ use crate::collector::{WorkDir, tail};
 use crate::options::Format;
 use crate::sys::{self, ProcSample};
 
-/// How long a stopping agent gets to flush its last batches.
-const STOP_PATIENCE: Duration = Duration::from_secs(60);
+/// How long a stopping agent waits for the collector to ack its backlog.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(180);
+/// How long a stopping agent gets to exit.
+const STOP_PATIENCE: Duration = Duration::from_secs(200);
 
 /// A config being written: header, then devices.
 pub struct AgentConfig {
@@ -27,8 +29,12 @@ impl AgentConfig {
         AgentConfig {
             text: format!(
                 "# written by tributary-bench\nid = \"{id}\"\ncollectors = [\"{collector_url}\"]\n\n\
-                 [spool]\ndir = \"{}\"\n",
-                spool.display()
+                 [spool]\ndir = \"{}\"\n\n\
+                 # Only shutdown differs from the defaults: a stopping agent waits\n\
+                 # for the collector to ack its backlog, so the counts can be compared.\n\
+                 [uplink]\nshutdown_timeout = \"{}s\"\n",
+                spool.display(),
+                FLUSH_PATIENCE.as_secs()
             ),
         }
     }

@@ -66,10 +66,30 @@ pub struct CollectorProc {
 
 impl CollectorProc {
     pub async fn start(dir: &WorkDir) -> Result<CollectorProc> {
+        Self::start_with(dir, None).await
+    }
+
+    /// With `[limits] max_connections` set, when given.
+    pub async fn start_with(
+        dir: &WorkDir,
+        max_connections: Option<usize>,
+    ) -> Result<CollectorProc> {
         let addr = free_addr()?;
         let store = format!("sqlite:{}", dir.join("collector.db").display());
-        let mut proc = Proc::builder("tributary-collector")?
-            .args(["serve", "--listen", &addr.to_string(), "--store", &store])
+        let mut builder = Proc::builder("tributary-collector")?.args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--store",
+            &store,
+        ]);
+        if let Some(n) = max_connections {
+            let config = dir.join("collector.toml");
+            std::fs::write(&config, format!("[limits]\nmax_connections = {n}\n"))
+                .with_context(|| format!("write {}", config.display()))?;
+            builder = builder.arg("--config").arg(config);
+        }
+        let mut proc = builder
             .env("RUST_LOG", "info")
             .log_to(dir.join("collector.log"))
             .spawn()?;

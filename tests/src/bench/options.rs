@@ -37,6 +37,7 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --delay D             poll: device answer delay (20ms); vs-prometheus (0ms)
   --format F            poll: json or prometheus              (json)
   --streams M           streams: concurrent streams           (10000)
+  --max-connections N   streams: the collector's [limits] max_connections (its default)
   --prometheus PATH     vs-prometheus: the prometheus binary  (found on PATH)
   --keep                keep the work directories under target/bench/";
 
@@ -100,6 +101,7 @@ pub struct Options {
     pub delay: Option<Duration>,
     pub format: Option<Format>,
     pub streams: Option<usize>,
+    pub max_connections: Option<usize>,
     pub prometheus: Option<PathBuf>,
 }
 
@@ -139,6 +141,9 @@ impl Options {
                 "--targets" => o.targets = Some(positive(&arg, &value(&arg)?)?),
                 "--samples" => o.samples = Some(positive(&arg, &value(&arg)?)?),
                 "--streams" => o.streams = Some(positive(&arg, &value(&arg)?)?),
+                "--max-connections" => {
+                    o.max_connections = Some(positive(&arg, &value(&arg)?)?);
+                }
                 "--prometheus" => o.prometheus = Some(PathBuf::from(value(&arg)?)),
                 "--format" => {
                     o.format = Some(match value(&arg)?.as_str() {

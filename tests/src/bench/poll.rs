@@ -240,7 +240,7 @@ async fn one_run(
     Ok(())
 }
 
-/// Waits until the agent's first request reaches a simulator (building
+/// Waits until the agent's first request reaches the simulators (building
 /// thousands of HTTP clients takes a while); returns the seconds that took.
 pub(crate) async fn await_first_poll(
     agent: &mut AgentProc,
@@ -249,7 +249,8 @@ pub(crate) async fn await_first_poll(
     label: &str,
 ) -> Result<f64> {
     let spawned = Instant::now();
-    while sims.iter().map(HttpListening::requests).sum::<u64>() == 0 {
+    let before: u64 = sims.iter().map(HttpListening::requests).sum();
+    while sims.iter().map(HttpListening::requests).sum::<u64>() == before {
         agent.ensure_running()?;
         anyhow::ensure!(
             spawned.elapsed() < STARTUP_PATIENCE,

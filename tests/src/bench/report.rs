@@ -287,7 +287,7 @@ pub fn fmt_num(v: f64) -> String {
         let digits = n.unsigned_abs().to_string();
         let mut grouped = String::new();
         for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 grouped.push(',');
             }
             grouped.push(c);
@@ -314,7 +314,7 @@ mod tests {
         assert_eq!(fmt_num(1_234_567.4), "1,234,567");
         assert_eq!(fmt_num(12_345.0), "12,345");
         assert_eq!(fmt_num(523.44), "523.4");
-        assert_eq!(fmt_num(3.14159), "3.14");
+        assert_eq!(fmt_num(3.456), "3.46");
         assert_eq!(fmt_num(0.01234), "0.012");
         assert_eq!(fmt_num(0.0), "0.00");
     }

@@ -34,6 +34,7 @@ struct Config {
     pace: Duration,
     idle: Duration,
     open_deadline: Duration,
+    max_connections: Option<usize>,
     keep: bool,
 }
 
@@ -49,12 +50,18 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
             .duration
             .unwrap_or(opts.size(Duration::from_secs(5), Duration::from_millis(200))),
         open_deadline: Duration::from_secs(30) + Duration::from_millis(3 * streams as u64),
+        max_connections: opts.max_connections,
         keep: opts.keep,
     };
     let runs = opts.runs();
     let mut report = Report::new("streams");
     report.config("streams", cfg.streams);
     report.config("connections", "one per stream");
+    report.config(
+        "collector_max_connections",
+        cfg.max_connections
+            .map_or_else(|| "default".to_owned(), |n| n.to_string()),
+    );
     report.config("idle_s", cfg.idle.as_secs_f64());
     report.config(
         "active",
@@ -78,6 +85,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         Some(Target::AtLeast(cfg.streams as f64)),
     );
     report.declare("open_s", "s", None);
+    report.declare("open_retries", "attempts", None);
     report.declare("idle_rss_per_stream_kib", "KiB", None);
     report.declare("collector_idle_rss_mib", "MiB", None);
     report.declare(
@@ -101,13 +109,14 @@ async fn one_run(
 ) -> Result<()> {
     let label = format!("streams run {r}/{runs}");
     let dir = WorkDir::new("streams", cfg.keep)?;
-    let collector = CollectorProc::start(&dir).await?;
+    let collector = CollectorProc::start_with(&dir, cfg.max_connections).await?;
     // Before the streams: the collector may cap connections.
     let mut query = QueryClient::connect(&collector.url).await?;
     let base = collector.sample()?;
 
     let opened = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Shared::default());
     let connects = Arc::new(Semaphore::new(CONNECTS_AT_ONCE));
     let (go_tx, go_rx) = watch::channel(false);
@@ -120,6 +129,7 @@ async fn one_run(
     for i in 0..cfg.streams {
         let url = collector.url.clone();
         let (opened, failed, shared) = (opened.clone(), failed.clone(), shared.clone());
+        let retries = retries.clone();
         let (connects, mut go_rx, give_up, never) = (
             connects.clone(),
             go_rx.clone(),
@@ -133,11 +143,24 @@ async fn one_run(
         spec.base_ts_ns = base_ts;
         let deadline = cfg.open_deadline;
         tasks.push(tokio::spawn(async move {
+            // Like an agent, try again after a failed attempt (each one
+            // counted) until the open deadline.
             let open = async {
-                let permit = connects.acquire().await?;
-                let channel = load::connect(&url).await?;
-                drop(permit);
-                load::open(channel, &spec.agent_id, spec.window).await
+                loop {
+                    let attempt = async {
+                        let permit = connects.acquire().await?;
+                        let channel = load::connect(&url).await?;
+                        drop(permit);
+                        load::open(channel, &spec.agent_id, spec.window).await
+                    };
+                    match attempt.await {
+                        Ok(stream) => return stream,
+                        Err(_) => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
             };
             let stream = tokio::select! {
                 s = tokio::time::timeout(deadline, open) => s,
@@ -146,7 +169,7 @@ async fn one_run(
                     return Ok::<_, anyhow::Error>(None);
                 }
             };
-            let Ok(Ok(stream)) = stream else {
+            let Ok(stream) = stream else {
                 failed.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             };
@@ -231,6 +254,7 @@ async fn one_run(
     report.record("streams_open", open as f64);
     report.record("streams_complete", complete as f64);
     report.record("open_s", open_s);
+    report.record("open_retries", retries.load(Ordering::Relaxed) as f64);
     report.record(
         "idle_rss_per_stream_kib",
         idle.rss.saturating_sub(base.rss) as f64 / 1024.0 / open.max(1) as f64,

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use tributary_proto::v1 as pb;
 use tributary_tests::http_sim::{HttpListening, HttpSim};
 use tributary_tests::process::{free_addr, wait_for_port};
 
-use crate::agent::{AgentConfig, AgentProc, HEALTH_READINGS_PER_POLL};
+use crate::agent::{AgentConfig, AgentProc, HEALTH_READINGS_PER_POLL, UP_METRIC};
 use crate::collector::{CollectorProc, QueryClient, WorkDir};
 use crate::options::{Format, Options};
 use crate::poll::{await_first_poll, device_name};
@@ -89,6 +90,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("tributary_peak_rss_mib", "MiB", None);
     report.declare("prometheus_peak_rss_mib", "MiB", None);
     report.declare("rss_ratio", "", Some(Target::AtMost(0.25)));
+    report.declare("tributary_failed_scrapes", "scrapes", None);
     report.declare("agent_startup_s", "s", None);
     report.declare("agent_cpu_cores", "cores", None);
     report.declare("collector_cpu_cores", "cores", None);
@@ -203,15 +205,20 @@ async fn tributary_side(
     agent.stop().await?;
     let scrapes = served(sims) - start;
     let stored = query.stored(AGENT).await?;
+    // A failed scrape (timeout) stores one failure and `up` = 0.
+    let failed = failed_scrapes(&mut query).await?;
     let per_scrape = cfg.samples as u64 + HEALTH_READINGS_PER_POLL;
+    let ok_scrapes = scrapes - failed.min(scrapes);
+    let expected = ok_scrapes * per_scrape + failed * (1 + HEALTH_READINGS_PER_POLL);
     report.check(
         format!("run {r}: Tributary stored every sample scraped"),
-        stored == scrapes * per_scrape,
+        stored == expected,
         format!(
-            "{stored} stored, {scrapes} scrapes × ({} + up)",
+            "{stored} stored, {scrapes} scrapes: {ok_scrapes} ok × ({} + up), {failed} failed × (failure + up)",
             cfg.samples
         ),
     );
+    report.record("tributary_failed_scrapes", failed as f64);
     let peak = collector.sample()?.hwm + a1.hwm;
     collector.stop().await?;
     let samples = ((s1 - s0) * cfg.samples as u64) as f64;
@@ -226,6 +233,21 @@ async fn tributary_side(
         peak_mib: mib(peak),
         samples_per_s: samples / elapsed,
     })
+}
+
+/// Points of the agent's `up` series that say a scrape failed.
+async fn failed_scrapes(query: &mut QueryClient) -> Result<u64> {
+    let filter = pb::SeriesFilter {
+        agent: AGENT.to_owned(),
+        device: String::new(),
+        metric: UP_METRIC.to_owned(),
+    };
+    let series = query.range_points(filter, 0, 0).await?;
+    Ok(series
+        .iter()
+        .flat_map(|s| &s.points)
+        .filter(|p| matches!(p.value, Some(pb::point::Value::I64(0))))
+        .count() as u64)
 }
 
 fn mib(bytes: u64) -> f64 {

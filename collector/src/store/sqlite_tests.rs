@@ -1,0 +1,500 @@
+//! Tests of the SQLite layout as a whole: readings written through
+//! `SqliteStore` (head rows, compaction steps, reopening), read back through
+//! `SqliteReader`, compared with what was committed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rusqlite::{Connection, params};
+
+use super::read::{Selector, TimeSpan};
+use super::sqlite::SqliteStore;
+use super::sqlite_compact::CHUNK_POINTS;
+use super::sqlite_read::SqliteReader;
+use super::{BatchWrite, Durability, WriteSet};
+use crate::model::{NewReading, Point, StoredValue};
+
+/// A database file with the real schema, written by a real `SqliteStore`
+/// (WAL, as the merger's), plus a plain connection for direct SQL; deleted
+/// on drop.
+pub(crate) struct TempDb {
+    pub path: PathBuf,
+    pub conn: Connection,
+    pub store: SqliteStore,
+    seq: u64,
+}
+
+impl TempDb {
+    pub fn new(name: &str) -> TempDb {
+        let path = std::env::temp_dir().join(format!(
+            "tributary-store-{name}-{}-{}.db",
+            std::process::id(),
+            crate::model::now_ns()
+        ));
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        TempDb {
+            path,
+            conn,
+            store,
+            seq: 0,
+        }
+    }
+
+    pub fn series(&self, id: i64, agent: &str, device: &str, metric: &str, labels: &str) {
+        self.conn
+            .execute(
+                "INSERT INTO series (id, agent, device, metric, labels, unit) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'V')",
+                params![id, agent, device, metric, labels],
+            )
+            .unwrap();
+    }
+
+    /// Commits one reading as its own batch, received at `ts + 1`.
+    pub fn reading(&mut self, series: i64, ts: i64, value: StoredValue) {
+        self.batch(ts + 1, vec![(series, ts, value)]);
+    }
+
+    /// Commits one batch.
+    pub fn batch(&mut self, received_ns: i64, readings: Vec<(i64, i64, StoredValue)>) {
+        self.seq += 1;
+        let set = WriteSet {
+            batches: vec![BatchWrite {
+                agent: Arc::from("test"),
+                epoch: 1,
+                seq: self.seq,
+                received_ns,
+                readings: readings
+                    .into_iter()
+                    .map(|(series_id, ts_ns, value)| NewReading {
+                        series_id,
+                        ts_ns,
+                        value,
+                    })
+                    .collect(),
+            }],
+            ..WriteSet::default()
+        };
+        let report = self.store.commit(&set).unwrap();
+        assert!(report.skipped.is_empty());
+    }
+
+    /// Drops the store (as a crash would: no compaction on the way out)
+    /// and opens it again.
+    pub fn reopen(&mut self) {
+        self.store = SqliteStore::open(&self.path, Durability::Normal).unwrap();
+    }
+
+    pub fn reader(&self) -> SqliteReader {
+        SqliteReader::new(&self.path)
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        self.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Ground truth: what was committed, per series, as (ts, value) sorted.
+type Truth = BTreeMap<i64, Vec<(i64, i64)>>;
+
+/// Everything the reader returns, checked to be in device-time order per
+/// series, as (ts, value) sorted like the truth.
+fn stored(r: &SqliteReader) -> Truth {
+    let mut out = Truth::new();
+    for (meta, points) in r.points(&Selector::default()).unwrap() {
+        assert!(
+            points.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns),
+            "series {} out of order",
+            meta.id
+        );
+        let mut v: Vec<(i64, i64)> = points.iter().map(|p| (p.ts_ns, int(p))).collect();
+        v.sort_unstable();
+        out.insert(meta.id, v);
+    }
+    out
+}
+
+fn int(p: &Point) -> i64 {
+    match p.value {
+        StoredValue::I64(v) => v,
+        ref other => panic!("not an i64: {other:?}"),
+    }
+}
+
+fn check(db: &TempDb, truth: &Truth, when: &str) {
+    let r = db.reader();
+    let got = stored(&r);
+    let want: Truth = truth
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(s, v)| {
+            let mut v = v.clone();
+            v.sort_unstable();
+            (*s, v)
+        })
+        .collect();
+    assert_eq!(got, want, "{when}");
+    // Latest agrees: the newest device time of each series.
+    for (meta, p) in r.latest(&Selector::default()).unwrap() {
+        let newest = want[&meta.id].iter().map(|(ts, _)| *ts).max();
+        assert_eq!(Some(p.ts_ns), newest, "{when}: latest of {}", meta.id);
+    }
+    // A sub-span returns exactly the points within it.
+    let span = TimeSpan {
+        since_ns: Some(100),
+        until_ns: Some(300),
+    };
+    let mut n = 0;
+    r.range(&Selector::default(), span, 7, |_, p| {
+        assert!(p.len() <= 7 && p.iter().all(|p| (100..300).contains(&p.ts_ns)));
+        n += p.len();
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let expect = want
+        .values()
+        .flatten()
+        .filter(|(ts, _)| (100..300).contains(ts))
+        .count();
+    assert_eq!(n, expect, "{when}: points in [100, 300)");
+}
+
+fn make_series(db: &TempDb, n: i64) {
+    for id in 1..=n {
+        db.series(id, "test", &format!("d{id}"), "m", "{}");
+    }
+}
+
+#[test]
+fn compaction_keeps_every_point_once_across_interleaved_commits_and_reads() {
+    let mut db = TempDb::new("interleaved");
+    make_series(&db, 40);
+    // Tiny steps: a round takes many transactions, and reads see it half done.
+    db.store.set_step_budget(30, 4);
+    let mut truth = Truth::new();
+    let mut value = 0;
+    let mut steps = 0;
+    for round in 0..60 {
+        // Wide, shallow batches (one point per series), plus one busy
+        // series that fills full chunks, with late and repeated timestamps.
+        for b in 0..5 {
+            let ts = round * 5 + b;
+            let mut readings = Vec::new();
+            for s in 1..=40 {
+                let ts = if (s + ts) % 7 == 0 { ts - 3 } else { ts };
+                value += 1;
+                readings.push((s, ts, StoredValue::I64(value)));
+                truth.entry(s).or_default().push((ts, value));
+            }
+            for k in 0..300 {
+                value += 1;
+                let ts = ts * 10 + k % 12;
+                readings.push((40, ts, StoredValue::I64(value)));
+                truth.entry(40).or_default().push((ts, value));
+            }
+            db.batch(ts, readings);
+            if round % 3 == 0 {
+                db.store.start_round();
+            }
+            for _ in 0..2 {
+                let step = db.store.compact().unwrap();
+                steps += u64::from(step.chunks_written > 0);
+            }
+            check(&db, &truth, &format!("round {round} batch {b}"));
+        }
+        if round % 17 == 16 {
+            // As after a crash mid-round: the head is replayed, marks kept.
+            db.reopen();
+            db.store.set_step_budget(30, 4);
+            check(&db, &truth, &format!("reopened after round {round}"));
+        }
+    }
+    db.store.compact_all().unwrap();
+    check(&db, &truth, "all compacted");
+    assert!(steps > 100, "only {steps} steps wrote chunks");
+    assert_eq!(db.count("SELECT count(*) FROM head"), 0);
+    // Quiet series were merged: a bounded number of small chunks each.
+    let most_small = db.count(&format!(
+        "SELECT COALESCE(MAX(n), 0) FROM (SELECT count(*) AS n FROM chunks \
+         WHERE count < {CHUNK_POINTS} GROUP BY series_id)"
+    ));
+    assert!(most_small <= 28, "{most_small} small chunks in one series");
+    assert!(
+        db.count(&format!(
+            "SELECT count(*) FROM chunks WHERE count = {CHUNK_POINTS}"
+        )) >= 15,
+        "the busy series fills full chunks"
+    );
+    // Ids are never reused: new head rows after a reopen stay visible.
+    db.reopen();
+    value += 1;
+    db.reading(1, 5, StoredValue::I64(value));
+    truth.entry(1).or_default().push((5, value));
+    check(&db, &truth, "after the last reopen");
+}
+
+#[test]
+fn retention_removes_old_points_in_bounded_steps_and_keeps_the_rest_consistent() {
+    let mut db = TempDb::new("retain");
+    make_series(&db, 4);
+    let mut truth = Truth::new();
+    let mut value = 0;
+    for round in 0..20 {
+        for s in 1..=3 {
+            for k in 0..10 {
+                value += 1;
+                let ts = round * 100 + k;
+                db.reading(s, ts, StoredValue::I64(value));
+                truth.entry(s).or_default().push((ts, value));
+            }
+        }
+        db.store.compact_all().unwrap();
+    }
+    // Series 4 is still in the head: retention compacts it first.
+    for ts in [500, 1500] {
+        value += 1;
+        db.reading(4, ts, StoredValue::I64(value));
+        truth.entry(4).or_default().push((ts, value));
+    }
+    let mut removed = 0;
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        let step = db.store.retain(1000, 64).unwrap();
+        // At most the budget, or one whole small chunk (below 512 here).
+        assert!(step.removed < 512, "{step:?}");
+        removed += step.removed;
+        if step.done {
+            break;
+        }
+        // Mid-pass: what is left is exactly the points not yet removed.
+        let left = stored(&db.reader());
+        let n: usize = left.values().map(Vec::len).sum();
+        assert_eq!(n, truth_after(&truth, removed), "during retention");
+        for (s, points) in &left {
+            assert!(points.iter().all(|p| truth[s].contains(p)), "series {s}");
+        }
+    }
+    assert_eq!(removed, 301, "every point before 1000 (in small chunks)");
+    assert!(steps >= 4, "{steps} steps");
+    for v in truth.values_mut() {
+        v.retain(|(ts, _)| *ts >= 1000);
+    }
+    check(&db, &truth, "after retention");
+    // The compactor knows what was trimmed and deleted: merging goes on.
+    for round in 20..40 {
+        for s in 1..=3 {
+            value += 1;
+            db.reading(s, round * 100, StoredValue::I64(value));
+            truth.entry(s).or_default().push((round * 100, value));
+        }
+        db.store.compact_all().unwrap();
+    }
+    check(&db, &truth, "after more rounds");
+}
+
+/// Points of `truth` once `removed` are gone.
+fn truth_after(truth: &Truth, removed: u64) -> usize {
+    truth.values().map(Vec::len).sum::<usize>() - removed as usize
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A batch: (series 1..=6, ts) per reading.
+        Commit(Vec<(i64, i64)>),
+        Step,
+        StartRound,
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => proptest::collection::vec((1i64..=6, -50i64..400), 0..40).prop_map(Op::Commit),
+            3 => Just(Op::Step),
+            2 => Just(Op::StartRound),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_interleaving_stores_every_point_once(
+            ops in proptest::collection::vec(op(), 1..30),
+            budget in (1u64..50, 1u64..6),
+        ) {
+            let mut db = TempDb::new("prop");
+            make_series(&db, 6);
+            db.store.set_step_budget(budget.0, budget.1);
+            let mut truth = Truth::new();
+            let mut value = 0;
+            for (i, op) in ops.iter().enumerate() {
+                match op {
+                    Op::Commit(readings) => {
+                        let batch = readings
+                            .iter()
+                            .map(|&(s, ts)| {
+                                value += 1;
+                                truth.entry(s).or_default().push((ts, value));
+                                (s, ts, StoredValue::I64(value))
+                            })
+                            .collect();
+                        db.batch(i as i64, batch);
+                    }
+                    Op::Step => {
+                        db.store.compact().unwrap();
+                    }
+                    Op::StartRound => db.store.start_round(),
+                    Op::Reopen => {
+                        db.reopen();
+                        db.store.set_step_budget(budget.0, budget.1);
+                    }
+                }
+                check(&db, &truth, &format!("after op {i} {op:?}"));
+            }
+            db.store.compact_all().unwrap();
+            check(&db, &truth, "all compacted");
+        }
+    }
+}
+
+/// Rough numbers for the write path alone: `cargo test -p
+/// tributary-collector --release --lib -- --ignored --nocapture store_speed`.
+/// Batches like the bench's load agents (1,000 readings over 100 series of
+/// one agent, 100 agents), durable commits of 100 batches, compaction steps
+/// between commits as the merger runs them; then a range read of one series.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn store_speed() {
+    use std::time::Instant;
+    let mut db = TempDb::new("speed");
+    db.store = SqliteStore::open(&db.path, Durability::Full).unwrap();
+    let (agents, per_agent) = (100i64, 100i64);
+    db.conn.execute_batch("BEGIN").unwrap();
+    make_series(&db, agents * per_agent);
+    db.conn.execute_batch("COMMIT").unwrap();
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    let mut seq = 0;
+    let mut compact = std::time::Duration::ZERO;
+    let mut ts = 1_700_000_000_000_000_000i64;
+    while t0.elapsed().as_secs() < 10 {
+        let mut set = WriteSet::default();
+        for a in 0..agents {
+            seq += 1;
+            let readings = (0..1000)
+                .map(|i| NewReading {
+                    series_id: a * per_agent + 1 + i % per_agent,
+                    ts_ns: ts + (i / per_agent) * 10_000_000,
+                    value: StoredValue::F64(i as f64),
+                })
+                .collect();
+            set.batches.push(BatchWrite {
+                agent: Arc::from("test"),
+                epoch: 1,
+                seq,
+                received_ns: ts,
+                readings,
+            });
+        }
+        ts += 100_000_000;
+        db.store.commit(&set).unwrap();
+        n += 100_000;
+        // As the merger does: keep pace with the commit.
+        let c = Instant::now();
+        let mut moved = 0;
+        while db.store.compaction_due() && moved < 200_000 {
+            let step = db.store.compact().unwrap();
+            moved += step.points;
+            if step == super::CompactStep::default() {
+                break;
+            }
+        }
+        compact += c.elapsed();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("");
+    println!(
+        "{n} readings in {secs:.1} s: {:.0} readings/s, {:.1} s in compaction, {hwm}, head {} points",
+        n as f64 / secs,
+        compact.as_secs_f64(),
+        db.count("SELECT COALESCE(SUM(count), 0) FROM head")
+    );
+    let head = db.count("SELECT COALESCE(SUM(count), 0) FROM head");
+    let c = Instant::now();
+    let mut steps = 0;
+    db.store.start_round();
+    while db.store.compaction_due() {
+        db.store.compact().unwrap();
+        steps += 1;
+    }
+    println!(
+        "compacting a round of {head} points: {:?} in {steps} steps",
+        c.elapsed()
+    );
+    let r = db.reader();
+    let sel = Selector {
+        device: "d5".into(),
+        ..Selector::default()
+    };
+    for _ in 0..3 {
+        let t = Instant::now();
+        let points: usize = r.points(&sel).unwrap().iter().map(|(_, p)| p.len()).sum();
+        println!("range of one series: {points} points in {:?}", t.elapsed());
+    }
+}
+
+/// Times reads of an existing database: `TRIBUTARY_DB=path AGENT=id cargo
+/// test -p tributary-collector --release --lib -- --ignored --nocapture read_speed`.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn read_speed() {
+    use std::time::Instant;
+    let Ok(path) = std::env::var("TRIBUTARY_DB") else {
+        return;
+    };
+    let r = SqliteReader::new(&path);
+    let sel = Selector {
+        agent: std::env::var("AGENT").unwrap_or_default(),
+        ..Selector::default()
+    };
+    for _ in 0..5 {
+        let t = Instant::now();
+        let series = r.series(&sel).unwrap();
+        let t1 = t.elapsed();
+        let mut n = 0;
+        r.range(&sel, TimeSpan::default(), 4096, |_, p| {
+            n += p.len();
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        println!(
+            "{} series, {n} points: series {t1:?}, all {:?}",
+            series.len(),
+            t.elapsed()
+        );
+    }
+}
