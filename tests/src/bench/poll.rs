@@ -10,12 +10,14 @@
 //! The agent exports no per-poll lateness yet, so lateness is measured from
 //! outside: the scheduler stamps a reading when its poll starts (after the
 //! concurrency permit), and a device's polls are scheduled at `first + k ×
-//! interval` on the monotonic clock. For each device, `ts_k - ts_0 - k ×
-//! interval`, less its smallest value over the window, is the poll's
-//! lateness relative to the device's most punctual poll: a lower bound of
-//! the true lateness (exact when that poll was on time). A tick without a
-//! poll between a device's first and last poll of the window is a missed
-//! (skipped) poll; a device with no poll at all misses every tick.
+//! interval` on the monotonic clock. Tick numbers `k` come from the gaps
+//! between a device's polls (a gap of about n intervals is n ticks, at least
+//! one). For each device, `ts_k - ts_0 - k × interval`, less its smallest
+//! value over the window, is the poll's lateness relative to the device's
+//! most punctual poll: a lower bound of the true lateness (exact when that
+//! poll was on time). A tick without a poll between a device's first and
+//! last poll of the window is a missed (skipped) poll; a device with no
+//! poll at all misses every tick.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -324,11 +326,19 @@ pub fn analyse(
         }
         points.sort_unstable();
         points.dedup_by_key(|p| p.0);
+        // Tick numbers from the gaps: a gap of about n intervals is n ticks
+        // (at least one, so a late poll followed by a punctual one still
+        // counts as the next tick).
         let first = points[0].0;
+        let mut k = 0i64;
+        let mut prev = first;
         let raw: Vec<(i64, i64)> = points
             .iter()
             .map(|&(ts, _)| {
-                let k = ((ts - first) as f64 / step as f64).round() as i64;
+                if ts != first {
+                    k += ((ts - prev) as f64 / step as f64).round().max(1.0) as i64;
+                }
+                prev = ts;
                 (k, ts - first - k * step)
             })
             .collect();
@@ -336,7 +346,7 @@ pub fn analyse(
         a.lateness_ms
             .extend(raw.iter().map(|r| (r.1 - min) as f64 / 1e6));
         let last_k = raw.last().map_or(0, |r| r.0);
-        a.missed += (last_k + 1).saturating_sub(points.len() as i64) as u64;
+        a.missed += (last_k + 1 - points.len() as i64).max(0) as u64;
         a.failed += points.iter().filter(|p| p.1).count() as u64;
         a.polls += points.len() as u64;
     }

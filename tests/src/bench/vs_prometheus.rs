@@ -204,7 +204,9 @@ async fn tributary_side(
     let (a1, c1, s1) = (agent.sample()?, collector.sample()?, served(sims));
     agent.stop().await?;
     let scrapes = served(sims) - start;
-    let stored = query.stored(AGENT).await?;
+    let agents = query.agents().await?;
+    let stored = agents.get(AGENT).map_or(0, |a| a.readings_stored);
+    let dropped = agents.get(AGENT).map_or(0, |a| a.dropped_at_agent);
     // A failed scrape (timeout) stores one failure and `up` = 0.
     let failed = failed_scrapes(&mut query).await?;
     let per_scrape = cfg.samples as u64 + HEALTH_READINGS_PER_POLL;
@@ -214,7 +216,7 @@ async fn tributary_side(
         format!("run {r}: Tributary stored every sample scraped"),
         stored == expected,
         format!(
-            "{stored} stored, {scrapes} scrapes: {ok_scrapes} ok × ({} + up), {failed} failed × (failure + up)",
+            "{stored} stored, {scrapes} scrapes: {ok_scrapes} ok × ({} + up), {failed} failed × (failure + up); agent reports {dropped} dropped",
             cfg.samples
         ),
     );
