@@ -55,7 +55,7 @@ impl Default for Limits {
         Limits {
             max_name_len: 256,
             max_value_len: 4096,
-            max_series_per_stream: 100_000,
+            max_series_per_stream: 1_000_000,
             max_labels: 32,
             max_readings_per_batch: 100_000,
             hello_timeout: Duration::from_secs(10),
