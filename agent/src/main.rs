@@ -87,11 +87,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let mut devices = Vec::with_capacity(config.devices.len());
-    for d in &config.devices {
-        let driver = Driver::build(d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?;
-        devices.push((d.clone(), driver));
+async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
+    // The device configs move into their tasks (no second copy kept here).
+    let device_count = config.devices.len();
+    let mut devices = Vec::with_capacity(device_count);
+    for d in std::mem::take(&mut config.devices) {
+        let driver = Driver::build(&d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?;
+        devices.push((d, driver));
     }
     let mut uplink_config = UplinkConfig::new(config.id.clone(), config.collectors.clone());
     uplink_config.batch_max_readings = config.batch.max_readings;
@@ -124,19 +126,19 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     // Room for a few polls per device; when the uplink is slower than the
     // devices, polls wait here and are then recorded as skipped.
-    let (tx, rx) = mpsc::channel(config.devices.len().clamp(64, 65_536));
+    let (tx, rx) = mpsc::channel(device_count.clamp(64, 65_536));
     let (uplink, _stats) = Uplink::new(uplink_config, rx, spool);
     let uplink = tokio::spawn(uplink.run());
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let stats = Arc::new(PollStats::default());
-    info!(agent = %config.id, devices = config.devices.len(), "agent started");
+    info!(agent = %config.id, devices = device_count, "agent started");
     scheduler::spawn_all(
         devices,
         config.max_concurrency,
         tx,
-        stats,
+        stats.clone(),
         &tracker,
         shutdown.clone(),
     );
@@ -146,6 +148,21 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     info!("shutdown: finishing polls in flight, then flushing");
     shutdown.cancel();
     tracker.wait().await;
+    let polls = stats.summary();
+    let ms = |d: std::time::Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
+    info!(
+        ok = polls.ok,
+        timeout = polls.timeout,
+        error = polls.error,
+        skipped = polls.skipped,
+        backed_off = polls.backed_off,
+        lateness_p50_ms = %ms(polls.lateness_p50),
+        lateness_p99_ms = %ms(polls.lateness_p99),
+        lateness_max_ms = %ms(polls.lateness_max),
+        first_poll_lateness_p99_ms = %ms(polls.first_lateness_p99),
+        first_poll_lateness_max_ms = %ms(polls.first_lateness_max),
+        "poll stats"
+    );
     // Device tasks have dropped their senders: the uplink seals what is
     // open, waits for acks up to its deadline, and returns.
     uplink.await?;

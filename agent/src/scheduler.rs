@@ -16,6 +16,9 @@
 //! failing backs off: after `n` failures in a row the next poll waits
 //! `interval * 2^(n-1)`, capped at the device's `backoff_max`; the first
 //! success returns it to its interval, without a restart.
+//!
+//! Lateness (how long after its scheduled time a poll starts, permits
+//! included) is recorded in [`PollStats`]; the agent logs it at shutdown.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,7 +34,12 @@ use tracing::{debug, info, warn};
 
 use crate::config::DeviceConfig;
 use crate::drivers::Driver;
-use crate::reading::{FailureKind, Reading, Sample, SeriesKey, Value, now_ns};
+use crate::reading::{
+    FailureKind, Labels, Polled, Reading, SeriesKey, Value, intern, now_ns, series,
+};
+
+mod histogram;
+pub use histogram::Histogram;
 
 /// The metric of the health series every device has.
 pub const UP_METRIC: &str = "up";
@@ -46,6 +54,52 @@ pub struct PollStats {
     pub skipped: AtomicU64,
     /// Ticks not polled because the device was backing off after failures.
     pub backed_off: AtomicU64,
+    /// How late polls started: from the scheduled time to holding every
+    /// permit, just before the driver is called. Every poll but a device's
+    /// first.
+    pub lateness: Histogram,
+    /// The same for the first poll of each device, kept apart: at startup
+    /// every device connects at once, and those polls say how the agent
+    /// starts, not how it keeps time.
+    pub first_lateness: Histogram,
+}
+
+impl PollStats {
+    /// One line's worth: counts and lateness quantiles (for the shutdown
+    /// log).
+    pub fn summary(&self) -> PollSummary {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PollSummary {
+            ok: get(&self.ok),
+            timeout: get(&self.timeout),
+            error: get(&self.error),
+            skipped: get(&self.skipped),
+            backed_off: get(&self.backed_off),
+            lateness_p50: self.lateness.quantile(0.50),
+            lateness_p99: self.lateness.quantile(0.99),
+            lateness_max: self.lateness.max(),
+            first_lateness_p99: self.first_lateness.quantile(0.99),
+            first_lateness_max: self.first_lateness.max(),
+        }
+    }
+}
+
+/// A snapshot of [`PollStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollSummary {
+    pub ok: u64,
+    pub timeout: u64,
+    pub error: u64,
+    pub skipped: u64,
+    pub backed_off: u64,
+    /// Upper bound of the bucket holding the median lateness.
+    pub lateness_p50: Duration,
+    pub lateness_p99: Duration,
+    /// Exact.
+    pub lateness_max: Duration,
+    /// Of first polls only.
+    pub first_lateness_p99: Duration,
+    pub first_lateness_max: Duration,
 }
 
 /// Where device tasks send their readings (one `Vec` per poll).
@@ -68,8 +122,23 @@ pub fn spawn_all(
             .driver
             .endpoint()
             .and_then(|l| endpoints.get(&l.key).cloned());
+        // The task keeps the schedule; the driver holds what it needs of
+        // the protocol settings.
+        let DeviceConfig {
+            name,
+            interval,
+            timeout,
+            backoff_max,
+            driver: _,
+        } = config;
         let task = DeviceTask {
-            config,
+            up: series(&name, UP_METRIC, ""),
+            config: Schedule {
+                name,
+                interval,
+                timeout,
+                backoff_max,
+            },
             driver,
             series: HashMap::new(),
             permits: permits.clone(),
@@ -139,15 +208,26 @@ struct Health {
 }
 
 struct DeviceTask {
-    config: DeviceConfig,
+    config: Schedule,
     driver: Driver,
-    /// Interned series of this device, so readings share one `Arc`.
+    /// Series of drivers that return named samples, interned so readings
+    /// share one `Arc` (drivers that resolve their own series skip this).
     series: HashMap<LocalKey, Arc<SeriesKey>>,
+    /// The device's `up` series.
+    up: Arc<SeriesKey>,
     permits: Arc<Semaphore>,
     endpoint: Option<Endpoint>,
     out: ReadingsTx,
     stats: Arc<PollStats>,
     health: Health,
+}
+
+/// What a device task keeps of its device's configuration.
+struct Schedule {
+    name: String,
+    interval: Duration,
+    timeout: Duration,
+    backoff_max: Duration,
 }
 
 /// How long a device task waits, at shutdown, for the uplink to take its
@@ -162,31 +242,50 @@ impl DeviceTask {
             rand::rng().random_range(0..interval.as_nanos().clamp(1, u64::MAX as u128) as u64),
         );
         let mut next = Instant::now() + jitter;
+        // One registration with the token for the task's life, rather than
+        // one per await.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mut first = true;
         loop {
+            // Shutdown first (`biased`): once it is signalled no new poll
+            // starts, even if this task's time came meanwhile. Unbiased,
+            // `select!` picks a ready branch at random, and a poll due while
+            // 10,000 tasks wake up for shutdown started anyway, 100–350 ms
+            // late: that was the lateness maximum of the `poll` bench.
             tokio::select! {
+                biased;
+                _ = &mut cancelled => return,
                 _ = tokio::time::sleep_until(next) => {}
-                _ = shutdown.cancelled() => return,
             }
             // The endpoint first: a device waiting for its gateway must not
             // hold one of the agent's permits meanwhile.
             // Waiting for a permit ends at shutdown (no poll started yet).
             let endpoint_permit = match &self.endpoint {
                 Some(e) => tokio::select! {
+                    biased;
+                    _ = &mut cancelled => return,
                     p = e.permits.clone().acquire_owned() => match p {
                         Ok(p) => Some((p, e.pause)),
                         Err(_) => return,
                     },
-                    _ = shutdown.cancelled() => return,
                 },
                 None => None,
             };
             let permit = tokio::select! {
+                biased;
+                _ = &mut cancelled => return,
                 p = self.permits.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => return,
                 },
-                _ = shutdown.cancelled() => return,
             };
+            let late = Instant::now().saturating_duration_since(next);
+            if std::mem::replace(&mut first, false) {
+                self.stats.first_lateness.record(late);
+            } else {
+                self.stats.lateness.record(late);
+            }
             let (readings, ok) = self.poll_once().await;
             drop(permit);
             if let Some((p, pause)) = endpoint_permit {
@@ -197,7 +296,7 @@ impl DeviceTask {
             let slot = tokio::select! {
                 biased;
                 slot = self.out.reserve() => slot.ok(),
-                _ = shutdown.cancelled() => {
+                _ = &mut cancelled => {
                     tokio::time::timeout(SHUTDOWN_HANDOVER, self.out.reserve())
                         .await
                         .ok()
@@ -245,16 +344,16 @@ impl DeviceTask {
     /// readings (the `up` reading included); `true` when the device answered.
     async fn poll_once(&mut self) -> (Vec<Reading>, bool) {
         let ts_ns = now_ns();
-        let result = tokio::time::timeout(self.config.timeout, self.driver.poll()).await;
-        let (mut samples, failure) = match result {
-            Ok(Ok(samples)) => {
+        let result = tokio::time::timeout(self.config.timeout, self.driver.poll_values()).await;
+        let (polled, failure) = match result {
+            Ok(Ok(polled)) => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);
-                (samples, None)
+                (polled, None)
             }
             Ok(Err(e)) => {
                 self.stats.error.fetch_add(1, Ordering::Relaxed);
                 debug!(device = %self.config.name, error = %e, "poll failed");
-                (self.failed(e.kind, e.message.clone()), Some(e.message))
+                (self.driver.failed(e.kind, &e.message), Some(e.message))
             }
             Err(_) => {
                 self.stats.timeout.fetch_add(1, Ordering::Relaxed);
@@ -264,22 +363,37 @@ impl DeviceTask {
                 );
                 debug!(device = %self.config.name, %message, "poll timed out");
                 (
-                    self.failed(FailureKind::Timeout, message.clone()),
+                    self.driver.failed(FailureKind::Timeout, &message),
                     Some(message),
                 )
             }
         };
         let ok = failure.is_none();
         self.record_health(failure);
-        samples.push(Sample::new(UP_METRIC, Value::I64(i64::from(ok))));
-        let readings = samples
-            .into_iter()
-            .map(|s| Reading {
-                series: self.intern(s.device, s.metric, s.labels, s.unit),
-                ts_ns,
-                value: s.value,
-            })
-            .collect();
+        let mut readings = match polled {
+            Polled::Readings(mut readings) => {
+                for r in &mut readings {
+                    r.ts_ns = ts_ns;
+                }
+                readings
+            }
+            Polled::Samples(samples) => {
+                let mut readings = Vec::with_capacity(samples.len() + 1);
+                for s in samples {
+                    readings.push(Reading {
+                        series: self.intern(s.device, s.metric, s.labels, s.unit),
+                        ts_ns,
+                        value: s.value,
+                    });
+                }
+                readings
+            }
+        };
+        readings.push(Reading {
+            series: self.up.clone(),
+            ts_ns,
+            value: Value::I64(i64::from(ok)),
+        });
         (readings, ok)
     }
 
@@ -317,12 +431,6 @@ impl DeviceTask {
         }
     }
 
-    /// One failed sample per metric the driver would have produced, on the
-    /// same series its values use.
-    fn failed(&self, kind: FailureKind, message: String) -> Vec<Sample> {
-        self.driver.failure_samples(kind, &message)
-    }
-
     fn intern(
         &mut self,
         device: Option<String>,
@@ -335,10 +443,10 @@ impl DeviceTask {
             return s.clone();
         }
         let series = Arc::new(SeriesKey {
-            device: key.0.clone().unwrap_or_else(|| self.config.name.clone()),
-            metric: key.1.clone(),
-            labels: key.2.clone(),
-            unit: key.3.clone(),
+            device: intern(key.0.as_deref().unwrap_or(&self.config.name)),
+            metric: intern(&key.1),
+            labels: Labels::from_map(&key.2),
+            unit: intern(&key.3),
         });
         self.series.insert(key, series.clone());
         series
@@ -421,7 +529,7 @@ mod tests {
     fn values(readings: &[Reading], device: &str, metric: &str) -> Vec<Value> {
         readings
             .iter()
-            .filter(|r| r.series.device == device && r.series.metric == metric)
+            .filter(|r| &*r.series.device == device && &*r.series.metric == metric)
             .map(|r| r.value.clone())
             .collect()
     }
@@ -465,6 +573,16 @@ mod tests {
             "{connect:?}"
         );
         assert!(stats.backed_off.load(Ordering::Relaxed) > 0);
+        // Every poll's lateness was recorded, the two first polls apart.
+        let polls: u64 = [&stats.ok, &stats.error, &stats.timeout]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(stats.first_lateness.count(), 2);
+        assert_eq!(stats.lateness.count() + 2, polls);
+        let summary = stats.summary();
+        assert!(summary.lateness_p50 <= summary.lateness_p99);
+        assert!(summary.lateness_p99 <= summary.lateness_max);
         // The healthy device is up on every poll.
         assert!(
             values(&all, "sim", UP_METRIC)

@@ -16,10 +16,24 @@
 //!   sequence that may have reached the collector is never reused, even when
 //!   the tail of the spool was lost.
 //! - `DROPPED`: how many readings were dropped because the spool was full.
+//! - `FORMAT`: the layout version (`2`). A directory with an epoch but no
+//!   `FORMAT` was written by an older agent (version 1: series names in
+//!   every record) and is refused with an error saying what to do.
+//! - `SERIES`: the series dictionary of the epoch. Entry `n` (from 1) is the
+//!   key of agent-wide series id `n`:
+//!   `[len: u32 le][crc32c: u32 le][key]`, the key being device, metric,
+//!   unit (each `[u32 le length][UTF-8]`) and the labels (`[u32 le count]`,
+//!   then name and value of each). An entry is appended and made durable
+//!   before the first record that uses its id, so a torn tail only loses
+//!   ids no record uses; it is cut at open like a segment's.
 //! - `<first-seq>.seg`: segments of records
-//!   `[len: u32 le][crc32c: u32 le][seq: u64 le][readings: u32 le][batch]`,
-//!   where the CRC covers everything after it and `batch` is an encoded
-//!   `tributary.v1.Batch` with batch-local series ids.
+//!   `[len: u32 le][crc32c: u32 le][seq: u64 le][readings: u32 le][series: u32 le][batch]`,
+//!   where the CRC covers everything after it, `series` is the highest
+//!   series id the record uses, and `batch` is the record's readings as the
+//!   uplink encodes them (ids from `SERIES`, no names). A record whose
+//!   `series` is beyond the dictionary (which lost entries) cannot be sent:
+//!   at open it ends its segment like a bad CRC, and its readings and those
+//!   of the valid records after it are counted as dropped.
 //!
 //! Why not SQLite or redb: the spool only ever appends, reads in order and
 //! deletes from the front. A segment log does exactly that with one `write`
@@ -29,20 +43,27 @@
 //! count, and the agent carries on.
 //!
 //! The spool does blocking file I/O; its owner (the uplink) calls it from its
-//! task: one small write and fsync per sealed batch.
+//! task: one small write and fsync per sealed batch, and one more for the
+//! dictionary when the batch brings new series.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
+use crate::reading::{Labels, SeriesKey, intern};
+
 /// Bytes before the payload: length and CRC.
 const HEADER: usize = 8;
-/// Bytes of the payload before the batch: sequence and reading count.
-const META: usize = 12;
+/// Bytes of the payload before the batch: sequence, reading count, highest
+/// series id.
+const META: usize = 16;
+/// The layout version in `FORMAT`.
+const FORMAT: u64 = 2;
 /// Sequence numbers reserved per `SEQ` write.
 const SEQ_BLOCK: u64 = 4096;
 /// Largest record accepted when reading back (a larger length is corruption).
@@ -105,6 +126,13 @@ pub struct Recovery {
     pub cut_bytes: u64,
     /// Segments that had a tail cut off.
     pub cut_segments: usize,
+    /// Series in the dictionary.
+    pub series: usize,
+    /// Bytes cut off the dictionary's tail (torn or corrupt entries).
+    pub cut_series_bytes: u64,
+    /// Readings of valid records that used series the dictionary lost;
+    /// they were cut and counted as dropped.
+    pub lost_readings: u64,
 }
 
 /// Result of an append.
@@ -141,6 +169,8 @@ pub struct Record {
     pub readings: u32,
     /// The encoded batch.
     pub batch: Vec<u8>,
+    /// The highest series id the batch uses.
+    pub series: u32,
 }
 
 /// The spool. Exactly one owner (the uplink).
@@ -160,6 +190,13 @@ pub struct Spool {
     /// and above `acked` are in flight and never dropped.
     in_flight_to: u64,
     dropped: u64,
+    /// Append handle of `SERIES` and its length.
+    series_file: File,
+    series_bytes: u64,
+    /// Entries in `SERIES`: ids `1..=series_count` are taken.
+    series_count: u32,
+    /// The dictionary read at open, until the owner takes it.
+    loaded_series: Vec<Arc<SeriesKey>>,
 }
 
 impl Spool {
@@ -208,6 +245,8 @@ impl Spool {
                 seg_paths.clear();
                 let _ = fs::remove_file(dir.join("SEQ"));
                 let _ = fs::remove_file(dir.join("DROPPED"));
+                let _ = fs::remove_file(dir.join("SERIES"));
+                write_atomic(&dir, "FORMAT", &format!("{FORMAT}\n"))?;
                 let e: u64 = rand::random();
                 write_atomic(&dir, "EPOCH", &format!("{e:016x}\n"))?;
                 recovery.new_epoch = true;
@@ -215,14 +254,74 @@ impl Spool {
                 e
             }
         };
+        match read_number(&dir.join("FORMAT"))? {
+            Some(FORMAT) => {}
+            Some(other) => {
+                return Err(SpoolError::Invalid {
+                    path: dir,
+                    message: format!(
+                        "layout version {other} is not the one this agent writes ({FORMAT}); \
+                         run the agent version that wrote it, or remove the directory to start \
+                         a new spool (its unacked readings are lost)"
+                    ),
+                });
+            }
+            // An older agent's spool. Without records there is nothing to
+            // read, so it simply becomes a version 2 spool.
+            None if seg_paths.is_empty() => {
+                let _ = fs::remove_file(dir.join("SERIES"));
+                write_atomic(&dir, "FORMAT", &format!("{FORMAT}\n"))?;
+            }
+            None => {
+                return Err(SpoolError::Invalid {
+                    path: dir,
+                    message: "written by an older agent (layout version 1, series names in \
+                              every record), which this agent cannot read: let the older agent \
+                              deliver it, or remove the directory to start a new spool (its \
+                              unacked readings are lost)"
+                        .into(),
+                });
+            }
+        }
         let reserved = read_number(&dir.join("SEQ"))?.unwrap_or(0);
-        let dropped = read_number(&dir.join("DROPPED"))?.unwrap_or(0);
+        let mut dropped = read_number(&dir.join("DROPPED"))?.unwrap_or(0);
+        let series_path = dir.join("SERIES");
+        let (loaded_series, series_bytes, cut_series) = load_series(&series_path)?;
+        if cut_series > 0 {
+            warn!(
+                path = %series_path.display(),
+                cut_bytes = cut_series,
+                kept = loaded_series.len(),
+                "spool series dictionary had a torn or corrupt tail; cut it off"
+            );
+        }
+        let series_count = u32::try_from(loaded_series.len()).unwrap_or(u32::MAX);
+        recovery.series = loaded_series.len();
+        recovery.cut_series_bytes = cut_series;
+        let series_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&series_path)
+            .map_err(io_err(&series_path))?;
+        if opts.sync {
+            // The file may be new: its directory entry must be durable
+            // before a record relies on its entries.
+            sync_dir(&dir)?;
+        }
 
         let mut segments = VecDeque::new();
         let mut last_seq = 0u64;
         let mut total = 0u64;
         for (_, path) in seg_paths {
-            let (seg, cut) = scan_segment(&path, last_seq)?;
+            let (seg, cut, lost) = scan_segment(&path, last_seq, series_count)?;
+            if lost > 0 {
+                error!(
+                    path = %path.display(),
+                    readings = lost,
+                    "spool records use series the dictionary lost; cut them (counted as dropped)"
+                );
+                recovery.lost_readings += lost;
+            }
             if cut > 0 {
                 recovery.cut_bytes += cut;
                 recovery.cut_segments += 1;
@@ -249,6 +348,10 @@ impl Spool {
             total += seg.size;
             segments.push_back(seg);
         }
+        if recovery.lost_readings > 0 {
+            dropped += recovery.lost_readings;
+            write_atomic(&dir, "DROPPED", &format!("{dropped}\n"))?;
+        }
         // Resume above everything that may have been handed out before.
         let next_seq = reserved.max(last_seq) + 1;
         let segment_bytes = (opts.max_bytes / 8).clamp(16 * 1024, 16 * 1024 * 1024);
@@ -264,6 +367,10 @@ impl Spool {
             acked: 0,
             in_flight_to: 0,
             dropped,
+            series_file,
+            series_bytes,
+            series_count,
+            loaded_series,
         };
         spool.reserve(next_seq)?;
         if recovery.cut_bytes > 0 {
@@ -277,9 +384,63 @@ impl Spool {
         Ok((spool, recovery))
     }
 
+    /// Whether appends are made durable (`fsync`) before they return.
+    pub fn syncs(&self) -> bool {
+        self.opts.sync
+    }
+
     /// The spool's epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The series dictionary read at open: entry `i` is the key of series id
+    /// `i + 1`. Given once (to the owner, which keeps it from then on);
+    /// later calls return an empty list.
+    pub fn take_series(&mut self) -> Vec<Arc<SeriesKey>> {
+        std::mem::take(&mut self.loaded_series)
+    }
+
+    /// Series ids taken in this epoch: `1..=series_count()`.
+    pub fn series_count(&self) -> u32 {
+        self.series_count
+    }
+
+    /// Appends `keys` to the dictionary as ids `series_count() + 1 ..`, in
+    /// one write, durable (with `sync`) before this returns, so a record
+    /// appended afterwards may use them. On failure nothing was added.
+    pub fn add_series(&mut self, keys: &[&SeriesKey]) -> Result<(), SpoolError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let path = self.opts.dir.join("SERIES");
+        let count = u32::try_from(keys.len())
+            .ok()
+            .and_then(|n| self.series_count.checked_add(n))
+            .ok_or_else(|| SpoolError::Invalid {
+                path: path.clone(),
+                message: format!("more than {} series in one epoch", u32::MAX),
+            })?;
+        let mut buf = Vec::with_capacity(keys.len() * 64);
+        for key in keys {
+            encode_series_entry(&mut buf, key);
+        }
+        let before = self.series_bytes;
+        let sync = self.opts.sync;
+        if let Err(e) = self.series_file.write_all(&buf).and_then(|()| {
+            if sync {
+                self.series_file.sync_data()
+            } else {
+                Ok(())
+            }
+        }) {
+            // Cut a partial write so the next entry starts on a boundary.
+            let _ = self.series_file.set_len(before);
+            return Err(io_err(&path)(e));
+        }
+        self.series_bytes += buf.len() as u64;
+        self.series_count = count;
+        Ok(())
     }
 
     /// Readings dropped because the spool was full, over its lifetime.
@@ -330,9 +491,24 @@ impl Spool {
         self.in_flight_to = seq;
     }
 
-    /// Appends one encoded batch of `readings` readings and returns its
-    /// sequence number.
-    pub fn append(&mut self, batch: &[u8], readings: u32) -> Result<Appended, SpoolError> {
+    /// Appends one encoded batch of `readings` readings, whose highest
+    /// series id is `series` (already in the dictionary, see
+    /// [`Spool::add_series`]), and returns its sequence number.
+    pub fn append(
+        &mut self,
+        batch: &[u8],
+        readings: u32,
+        series: u32,
+    ) -> Result<Appended, SpoolError> {
+        if series > self.series_count {
+            return Err(SpoolError::Invalid {
+                path: self.opts.dir.join("SERIES"),
+                message: format!(
+                    "a batch uses series {series}, beyond the {} in the dictionary",
+                    self.series_count
+                ),
+            });
+        }
         let record_len = (HEADER + META + batch.len()) as u64;
         while self.total_bytes + record_len > self.opts.max_bytes {
             match self.opts.policy {
@@ -384,6 +560,7 @@ impl Spool {
         buf.extend_from_slice(&[0; 4]);
         buf.extend_from_slice(&seq.to_le_bytes());
         buf.extend_from_slice(&readings.to_le_bytes());
+        buf.extend_from_slice(&series.to_le_bytes());
         buf.extend_from_slice(batch);
         let crc = CRC.checksum(&buf[HEADER..]);
         buf[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -443,10 +620,11 @@ impl Spool {
             file.read_exact_at(&mut buf, meta.offset)
                 .map_err(io_err(&seg.path))?;
             return match decode_record(&buf) {
-                Some((seq, readings, batch)) if seq == meta.seq => Ok(Some(Record {
+                Some((seq, readings, series, batch)) if seq == meta.seq => Ok(Some(Record {
                     seq,
                     readings,
                     batch: batch.to_vec(),
+                    series,
                 })),
                 _ => Err(SpoolError::Invalid {
                     path: seg.path.clone(),
@@ -608,9 +786,14 @@ impl Spool {
 }
 
 /// Reads a segment's valid records. Cuts the file at the first record that
-/// is torn, fails its CRC, or does not follow `prev_seq`. Returns the segment
-/// and the number of bytes cut.
-fn scan_segment(path: &Path, mut prev_seq: u64) -> Result<(Segment, u64), SpoolError> {
+/// is torn, fails its CRC, does not follow `prev_seq`, or uses a series id
+/// beyond `series_count`. Returns the segment, the number of bytes cut, and
+/// the readings of valid records that were cut for their series.
+fn scan_segment(
+    path: &Path,
+    mut prev_seq: u64,
+    series_count: u32,
+) -> Result<(Segment, u64, u64), SpoolError> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
@@ -619,10 +802,13 @@ fn scan_segment(path: &Path, mut prev_seq: u64) -> Result<(Segment, u64), SpoolE
     let mut pos = 0usize;
     while pos < data.len() {
         let rest = &data[pos..];
-        let Some((seq, readings, _)) = decode_record(rest) else {
+        let Some((seq, readings, series, _)) = decode_record(rest) else {
             break;
         };
         if seq <= prev_seq {
+            break;
+        }
+        if series > series_count {
             break;
         }
         let len = record_len(rest).unwrap_or(0);
@@ -636,13 +822,26 @@ fn scan_segment(path: &Path, mut prev_seq: u64) -> Result<(Segment, u64), SpoolE
         pos += len;
     }
     let cut = (data.len() - pos) as u64;
+    // Valid records cut because the dictionary lost their series: their
+    // readings are known, so they are counted as dropped, not just lost.
+    let mut lost = 0u64;
+    if data
+        .get(pos..)
+        .and_then(decode_record)
+        .is_some_and(|(seq, _, series, _)| seq > prev_seq && series > series_count)
+    {
+        let (mut at, mut seq_at) = (pos, prev_seq);
+        while let Some((seq, readings, _, _)) = data.get(at..).and_then(decode_record) {
+            if seq <= seq_at {
+                break;
+            }
+            lost += u64::from(readings);
+            seq_at = seq;
+            at += record_len(&data[at..]).unwrap_or(data.len());
+        }
+    }
     if cut > 0 {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
-        f.set_len(pos as u64).map_err(io_err(path))?;
-        f.sync_all().map_err(io_err(path))?;
+        truncate(path, pos as u64)?;
     }
     Ok((
         Segment {
@@ -651,6 +850,7 @@ fn scan_segment(path: &Path, mut prev_seq: u64) -> Result<(Segment, u64), SpoolE
             records,
         },
         cut,
+        lost,
     ))
 }
 
@@ -663,8 +863,9 @@ fn record_len(buf: &[u8]) -> Option<usize> {
     Some(HEADER + len)
 }
 
-/// Decodes and checks the record at the start of `buf`: (seq, readings, batch).
-fn decode_record(buf: &[u8]) -> Option<(u64, u32, &[u8])> {
+/// Decodes and checks the record at the start of `buf`: (seq, readings,
+/// highest series id, batch).
+fn decode_record(buf: &[u8]) -> Option<(u64, u32, u32, &[u8])> {
     let total = record_len(buf)?;
     let record = buf.get(..total)?;
     let crc = u32::from_le_bytes(record.get(4..8)?.try_into().ok()?);
@@ -674,7 +875,97 @@ fn decode_record(buf: &[u8]) -> Option<(u64, u32, &[u8])> {
     }
     let seq = u64::from_le_bytes(payload.get(0..8)?.try_into().ok()?);
     let readings = u32::from_le_bytes(payload.get(8..12)?.try_into().ok()?);
-    Some((seq, readings, &payload[META..]))
+    let series = u32::from_le_bytes(payload.get(12..16)?.try_into().ok()?);
+    Some((seq, readings, series, &payload[META..]))
+}
+
+/// Appends the dictionary entry of `key` to `buf`.
+fn encode_series_entry(buf: &mut Vec<u8>, key: &SeriesKey) {
+    fn put(buf: &mut Vec<u8>, s: &str) {
+        buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        buf.extend_from_slice(s.as_bytes());
+    }
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER]);
+    put(buf, &key.device);
+    put(buf, &key.metric);
+    put(buf, &key.unit);
+    buf.extend_from_slice(&(key.labels.len() as u32).to_le_bytes());
+    for (k, v) in key.labels.iter() {
+        put(buf, k);
+        put(buf, v);
+    }
+    let len = (buf.len() - start - HEADER) as u32;
+    let crc = CRC.checksum(&buf[start + HEADER..]);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes the dictionary entry at the start of `buf`: the key and the
+/// entry's length. `None` if it is torn, fails its CRC or does not parse.
+fn decode_series_entry(buf: &[u8]) -> Option<(SeriesKey, usize)> {
+    let len = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
+    let payload = buf.get(HEADER..HEADER.checked_add(len)?)?;
+    if CRC.checksum(payload) != crc {
+        return None;
+    }
+    fn number(rest: &mut &[u8]) -> Option<u32> {
+        let (n, tail) = rest.split_first_chunk::<4>()?;
+        *rest = tail;
+        Some(u32::from_le_bytes(*n))
+    }
+    fn string(rest: &mut &[u8]) -> Option<Arc<str>> {
+        let n = number(rest)? as usize;
+        let bytes = rest.get(..n)?;
+        *rest = &rest[n..];
+        std::str::from_utf8(bytes).ok().map(intern)
+    }
+    let mut rest = payload;
+    let device = string(&mut rest)?;
+    let metric = string(&mut rest)?;
+    let unit = string(&mut rest)?;
+    let mut labels = Vec::new();
+    for _ in 0..number(&mut rest)? {
+        let k = string(&mut rest)?;
+        let v = string(&mut rest)?;
+        labels.push((k, v));
+    }
+    let labels = Labels::from_pairs(labels);
+    if !rest.is_empty() {
+        return None;
+    }
+    Some((
+        SeriesKey {
+            device,
+            metric,
+            labels,
+            unit,
+        },
+        HEADER + len,
+    ))
+}
+
+/// Reads the dictionary at `path` (none: empty), cutting it at the first
+/// entry that is torn, corrupt or does not parse. Returns the keys, the
+/// bytes kept and the bytes cut.
+fn load_series(path: &Path) -> Result<(Vec<Arc<SeriesKey>>, u64, u64), SpoolError> {
+    let data = match fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0, 0)),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mut keys = Vec::new();
+    let mut pos = 0usize;
+    while let Some((key, len)) = data.get(pos..).and_then(decode_series_entry) {
+        keys.push(Arc::new(key));
+        pos += len;
+    }
+    let cut = (data.len() - pos) as u64;
+    if cut > 0 {
+        truncate(path, pos as u64)?;
+    }
+    Ok((keys, pos as u64, cut))
 }
 
 fn read_number(path: &Path) -> Result<Option<u64>, SpoolError> {
@@ -709,6 +1000,16 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+/// Cuts `path` to `len` bytes, durably (a torn tail found at open).
+fn truncate(path: &Path, len: u64) -> Result<(), SpoolError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.set_len(len).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
 }
 
 #[cfg(test)]
@@ -747,15 +1048,15 @@ mod tests {
         let (mut s, r) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
         assert!(r.new_epoch);
         let epoch = s.epoch();
-        assert_eq!(stored(s.append(b"one", 1).unwrap()), 1);
-        assert_eq!(stored(s.append(b"two", 2).unwrap()), 2);
+        assert_eq!(stored(s.append(b"one", 1, 0).unwrap()), 1);
+        assert_eq!(stored(s.append(b"two", 2, 0).unwrap()), 2);
         s.ack(2).unwrap();
         drop(s);
         let (mut s, r) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
         assert!(!r.new_epoch);
         assert_eq!(s.epoch(), epoch);
         // Everything was acked and deleted, yet numbering does not restart.
-        let seq = stored(s.append(b"three", 3).unwrap());
+        let seq = stored(s.append(b"three", 3, 0).unwrap());
         assert!(seq > 2, "seq {seq}");
         let rec = s.read_from(0).unwrap().unwrap();
         assert_eq!(
@@ -770,7 +1071,7 @@ mod tests {
         let dir = tmp("reopen");
         let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
         let seqs: Vec<u64> = (0..100)
-            .map(|i| stored(s.append(format!("batch {i}").as_bytes(), i).unwrap()))
+            .map(|i| stored(s.append(format!("batch {i}").as_bytes(), i, 0).unwrap()))
             .collect();
         s.ack(seqs[49]).unwrap();
         drop(s);
@@ -792,7 +1093,7 @@ mod tests {
         let dir = tmp("torn");
         let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
         for i in 0..10u32 {
-            s.append(&[i as u8; 100], 1).unwrap();
+            s.append(&[i as u8; 100], 1, 0).unwrap();
         }
         let seg = s.segments.back().unwrap().path.clone();
         let last = *s.segments.back().unwrap().records.back().unwrap();
@@ -813,7 +1114,7 @@ mod tests {
         assert_eq!(r.records, 7);
         assert!(r.cut_bytes > 0);
         // New appends never reuse a sequence that may have been sent.
-        let seq = stored(s.append(b"new", 1).unwrap());
+        let seq = stored(s.append(b"new", 1, 0).unwrap());
         assert!(seq > 10, "seq {seq}");
         let _ = fs::remove_dir_all(&dir);
     }
@@ -825,7 +1126,7 @@ mod tests {
         let (mut s, _) = Spool::open(opts(&dir, max, FullPolicy::DropOldest)).unwrap();
         let mut appended = 0u64;
         for _ in 0..1000 {
-            if let Appended::Stored(_) = s.append(&[7u8; 500], 5).unwrap() {
+            if let Appended::Stored(_) = s.append(&[7u8; 500], 5, 0).unwrap() {
                 appended += 5;
             }
         }
@@ -849,13 +1150,13 @@ mod tests {
         let dir = tmp("block");
         let (mut s, _) = Spool::open(opts(&dir, 64 * 1024, FullPolicy::Block)).unwrap();
         let mut last = 0;
-        while let Appended::Stored(seq) = s.append(&[1u8; 1000], 1).unwrap() {
+        while let Appended::Stored(seq) = s.append(&[1u8; 1000], 1, 0).unwrap() {
             last = seq;
         }
         assert_eq!(s.dropped(), 0);
         s.ack(last).unwrap();
         assert!(matches!(
-            s.append(&[1u8; 1000], 1).unwrap(),
+            s.append(&[1u8; 1000], 1, 0).unwrap(),
             Appended::Stored(_)
         ));
         let _ = fs::remove_dir_all(&dir);
@@ -865,15 +1166,15 @@ mod tests {
     fn a_batch_larger_than_the_spool_is_dropped_and_counted_not_blocked() {
         let dir = tmp("huge");
         let (mut s, _) = Spool::open(opts(&dir, 64 * 1024, FullPolicy::Block)).unwrap();
-        assert_eq!(s.append(&[0u8; 100_000], 7).unwrap(), Appended::Dropped);
+        assert_eq!(s.append(&[0u8; 100_000], 7, 0).unwrap(), Appended::Dropped);
         assert_eq!(s.dropped(), 7);
         assert!(matches!(
-            s.append(b"small", 1).unwrap(),
+            s.append(b"small", 1, 0).unwrap(),
             Appended::Stored(_)
         ));
         // An ack beyond what was handed out cannot pre-ack later appends.
         s.ack(1_000_000).unwrap();
-        let seq = stored(s.append(b"later", 1).unwrap());
+        let seq = stored(s.append(b"later", 1, 0).unwrap());
         assert_eq!(s.read_from(0).unwrap().map(|r| r.seq), Some(seq));
         let _ = fs::remove_dir_all(&dir);
     }
@@ -882,8 +1183,8 @@ mod tests {
     fn a_refused_front_batch_can_be_given_up_and_counted() {
         let dir = tmp("refused");
         let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
-        let first = stored(s.append(b"poison", 4).unwrap());
-        let second = stored(s.append(b"fine", 2).unwrap());
+        let first = stored(s.append(b"poison", 4, 0).unwrap());
+        let second = stored(s.append(b"fine", 2, 0).unwrap());
         assert_eq!(s.drop_front(second).unwrap(), 0, "only the oldest unacked");
         assert_eq!(s.drop_front(first).unwrap(), 4);
         assert_eq!(s.dropped(), 4);
@@ -891,14 +1192,113 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    fn key(device: &str, metric: &str) -> SeriesKey {
+        SeriesKey {
+            device: device.into(),
+            metric: metric.into(),
+            labels: Labels::from_map(&[("phase".to_owned(), "a".to_owned())].into()),
+            unit: "V".into(),
+        }
+    }
+
+    #[test]
+    fn the_series_dictionary_survives_reopen_and_a_torn_tail() {
+        let dir = tmp("series");
+        let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        let (a, b, c) = (key("m", "volts"), key("m", "amps"), key("é", ""));
+        s.add_series(&[&a, &b]).unwrap();
+        assert_eq!(s.series_count(), 2);
+        let first = stored(s.append(b"uses 1 and 2", 3, 2).unwrap());
+        s.add_series(&[&c]).unwrap();
+        drop(s);
+        let (mut s, r) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        assert_eq!((r.series, r.cut_series_bytes, r.lost_readings), (3, 0, 0));
+        let keys: Vec<SeriesKey> = s.take_series().iter().map(|k| (**k).clone()).collect();
+        assert_eq!(keys, vec![a.clone(), b.clone(), c.clone()]);
+        assert!(s.take_series().is_empty(), "given once");
+        // A record may not use an id the dictionary does not have.
+        assert!(s.append(b"uses 4", 1, 4).is_err());
+        drop(s);
+        // Tear the last entry: it goes, the others and the record stay.
+        let path = dir.join("SERIES");
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let (mut s, r) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        assert_eq!(r.series, 2);
+        assert!(r.cut_series_bytes > 0);
+        assert_eq!(s.take_series().len(), 2);
+        assert_eq!(
+            s.read_from(0).unwrap().map(|r| (r.seq, r.series)),
+            Some((first, 2))
+        );
+        // The id is handed out again: no record used it.
+        s.add_series(&[&c]).unwrap();
+        assert_eq!(s.series_count(), 3);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn records_using_series_the_dictionary_lost_are_cut_and_counted() {
+        let dir = tmp("lost-series");
+        let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        s.add_series(&[&key("d", "one")]).unwrap();
+        let kept = stored(s.append(b"uses 1", 2, 1).unwrap());
+        s.add_series(&[&key("d", "two")]).unwrap();
+        s.append(b"uses 2", 3, 2).unwrap();
+        s.append(b"uses 1 again", 4, 1).unwrap();
+        drop(s);
+        // Corrupt the second entry (not a torn tail: a bad disk).
+        let path = dir.join("SERIES");
+        let mut data = fs::read(&path).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 0xff;
+        fs::write(&path, &data).unwrap();
+        let (s, r) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        assert_eq!((r.series, r.records, r.lost_readings), (1, 1, 3 + 4));
+        assert_eq!(s.dropped(), 7, "counted exactly, and persisted");
+        assert_eq!(s.read_from(0).unwrap().map(|r| r.seq), Some(kept));
+        assert_eq!(s.read_from(kept + 1).unwrap(), None);
+        drop(s);
+        let (s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        assert_eq!(s.dropped(), 7);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_older_agents_spool_is_refused_unless_it_is_empty() {
+        let dir = tmp("format1");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("EPOCH"), "00000000000000aa\n").unwrap();
+        fs::write(dir.join("00000000000000000001.seg"), b"old records").unwrap();
+        let err = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains(&dir.display().to_string()), "{message}");
+        assert!(message.contains("older agent"), "{message}");
+        assert!(
+            dir.join("00000000000000000001.seg").exists(),
+            "left as it was"
+        );
+        // Without records it simply becomes a current spool, same epoch.
+        fs::remove_file(dir.join("00000000000000000001.seg")).unwrap();
+        let (s, r) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        assert!(!r.new_epoch);
+        assert_eq!(s.epoch(), 0xaa);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn in_flight_records_are_never_dropped() {
         let dir = tmp("inflight");
         let (mut s, _) = Spool::open(opts(&dir, 64 * 1024, FullPolicy::DropOldest)).unwrap();
-        let first = stored(s.append(&[1u8; 1000], 1).unwrap());
+        let first = stored(s.append(&[1u8; 1000], 1, 0).unwrap());
         s.set_in_flight(first);
         for _ in 0..200 {
-            s.append(&[1u8; 1000], 1).unwrap();
+            s.append(&[1u8; 1000], 1, 0).unwrap();
         }
         assert_eq!(s.read_from(0).unwrap().unwrap().seq, first);
         let _ = fs::remove_dir_all(&dir);

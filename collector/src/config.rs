@@ -16,7 +16,7 @@
 //! client_ca = "ca.pem"                    # turns mutual TLS on
 //!
 //! [limits]
-//! max_connections = 512
+//! max_connections = 4096                 # default: 16384 (or the open-file limit - 64)
 //! ```
 //!
 //! Relative paths are relative to the file's directory. Every error names

@@ -29,6 +29,33 @@ use tracing::{debug, info, warn};
 /// full file table does not turn into a busy loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// The most connections the collector admits by default: 16,384, or fewer
+/// when the process may not open that many files (each connection is one
+/// descriptor; 64 are kept for the store, the listener and logs). Read
+/// from `/proc/self/limits`; 1,024 open files are assumed where it cannot
+/// be read.
+pub fn default_max_connections() -> usize {
+    let open_files = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| open_files_limit(&limits))
+        .unwrap_or(1024);
+    usize::try_from(open_files.saturating_sub(64))
+        .unwrap_or(usize::MAX)
+        .clamp(64, 16_384)
+}
+
+/// The soft limit on open files from the text of `/proc/self/limits`
+/// (`Max open files  20000  20000  files`); `None` if absent, `u64::MAX`
+/// when unlimited.
+fn open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
+}
+
 /// An accepted connection holding one of the `max_connections` permits.
 #[derive(Debug)]
 pub struct Conn {
@@ -176,5 +203,35 @@ async fn accept_loop(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_files_limit_is_read_from_proc_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max processes             95043                95043                processes \n\
+                    Max open files            20000                524288               files     \n";
+        assert_eq!(open_files_limit(text), Some(20_000));
+        assert_eq!(
+            open_files_limit(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            Some(u64::MAX)
+        );
+        assert_eq!(open_files_limit("Max processes 1 1 processes\n"), None);
+        assert_eq!(
+            open_files_limit("Max open files  lots  lots  files\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn default_connection_cap_stays_within_bounds() {
+        let n = default_max_connections();
+        assert!((64..=16_384).contains(&n), "{n}");
     }
 }

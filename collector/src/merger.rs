@@ -32,13 +32,16 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::model::{
-    AgentLive, Committed, CommittedChunk, LiveAgents, NewReading, Point, SeriesKey, SeriesMeta,
-    now_ns,
+    AgentLive, Committed, CommittedChunk, IdMap, LiveAgents, NewReading, Point, SeriesKey, now_ns,
 };
 use crate::store::{
     AgentWrite, BatchWrite, CompactStep, Durability, EpochRow, Retention, Store, StoreError,
     StoreUrl, WriteSet,
 };
+
+mod series;
+
+use series::SeriesTable;
 
 /// Most readings written in one transaction; the rest waits for the next.
 const MAX_GROUP_READINGS: usize = 100_000;
@@ -216,8 +219,9 @@ pub struct MergerOptions {
 pub struct Merger {
     store: Store,
     rx: mpsc::Receiver<Command>,
-    by_key: HashMap<SeriesKey, i64>,
-    by_id: HashMap<i64, Arc<SeriesMeta>>,
+    /// Every series key the merger has seen and its global id (keys held
+    /// once, interned: see `series`).
+    series: SeriesTable,
     /// Delivery state per (agent, epoch) as last read from or committed to
     /// the store: never ahead of it.
     epochs: HashMap<(Arc<str>, u64), EpochRow>,
@@ -284,17 +288,14 @@ pub async fn start(
                     return;
                 }
             };
-            let mut by_key = HashMap::with_capacity(loaded.series.len());
-            let mut by_id = HashMap::with_capacity(loaded.series.len());
+            let mut series = SeriesTable::with_capacity(loaded.series.len());
             for s in loaded.series {
-                by_key.insert(s.key.clone(), s.id);
-                by_id.insert(s.id, s);
+                series.insert(&s.key, s.id);
             }
             let merger = Merger {
                 store,
                 rx,
-                by_key,
-                by_id,
+                series,
                 epochs: loaded.epochs,
                 agents: HashMap::new(),
                 live_tx,
@@ -521,26 +522,22 @@ impl Merger {
     /// Global ids of `keys`, asking the store (which assigns them, so
     /// collectors sharing a database agree) for the ones not cached.
     fn resolve(&mut self, keys: Vec<SeriesKey>) -> Vec<i64> {
-        let mut missing: Vec<SeriesKey> = keys
+        let mut missing: Vec<&SeriesKey> = keys
             .iter()
-            .filter(|k| !self.by_key.contains_key(*k))
-            .cloned()
+            .filter(|k| self.series.get(k).is_none())
             .collect();
         missing.sort();
         missing.dedup();
         if !missing.is_empty() {
+            let missing: Vec<SeriesKey> = missing.into_iter().cloned().collect();
             let ids = self.retry("resolve series", |store| store.resolve_series(&missing));
-            for (key, id) in missing.into_iter().zip(ids) {
-                let meta = Arc::new(SeriesMeta {
-                    id,
-                    key: key.clone(),
-                });
-                self.by_key.insert(key, id);
-                self.by_id.insert(id, meta);
+            for (key, id) in missing.iter().zip(ids) {
+                self.series.insert(key, id);
             }
+            debug!(series = self.series.len(), "series resolved");
         }
         keys.iter()
-            .map(|k| self.by_key.get(k).copied().unwrap_or_default())
+            .map(|k| self.series.get(k).unwrap_or_default())
             .collect()
     }
 
@@ -717,7 +714,7 @@ impl Merger {
     /// out the batches the store skipped.
     fn committed_chunks(&self, set: &WriteSet, skipped: &[usize]) -> Committed {
         let mut chunks: Vec<CommittedChunk> = Vec::new();
-        let mut index: HashMap<i64, usize> = HashMap::new();
+        let mut index: IdMap<usize> = IdMap::default();
         for (_, b) in set
             .batches
             .iter()
@@ -725,17 +722,21 @@ impl Merger {
             .filter(|(i, _)| !skipped.contains(i))
         {
             for r in &b.readings {
-                let Some(meta) = self.by_id.get(&r.series_id) else {
-                    warn!(series = r.series_id, "committed reading of unknown series");
-                    continue;
+                let i = match index.get(&r.series_id) {
+                    Some(&i) => i,
+                    None => {
+                        let Some(meta) = self.series.meta(r.series_id) else {
+                            warn!(series = r.series_id, "committed reading of unknown series");
+                            continue;
+                        };
+                        chunks.push(CommittedChunk {
+                            series: Arc::new(meta),
+                            points: Vec::new(),
+                        });
+                        index.insert(r.series_id, chunks.len() - 1);
+                        chunks.len() - 1
+                    }
                 };
-                let i = *index.entry(r.series_id).or_insert_with(|| {
-                    chunks.push(CommittedChunk {
-                        series: meta.clone(),
-                        points: Vec::new(),
-                    });
-                    chunks.len() - 1
-                });
                 chunks[i].points.push(Point {
                     ts_ns: r.ts_ns,
                     received_ns: b.received_ns,

@@ -2,7 +2,8 @@
 //! store and the query service. Generated protobuf types stop at the gRPC
 //! edge (`session`, `query`); everything behind it speaks these.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// Identity of a stored series: the agent that declared it plus what the
@@ -92,3 +93,27 @@ pub fn now_ns() -> i64 {
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// Hasher for series ids (small dense integers): one multiply, no SipHash
+/// on the per-reading path. Not for keys a client chooses freely.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.0 = (self.0 ^ v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by series id.
+pub type IdMap<V> = HashMap<i64, V, BuildHasherDefault<IdHasher>>;

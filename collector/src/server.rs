@@ -64,6 +64,7 @@ pub struct ServerConfig {
     /// Largest decoded message.
     pub max_message_bytes: usize,
     /// Most connections open at once; more wait in the listen backlog.
+    /// Default: [`crate::listener::default_max_connections`].
     pub max_connections: usize,
     /// Time a new connection gets to finish its TLS handshake (or, in
     /// plaintext, to send its first byte).
@@ -95,7 +96,7 @@ impl ServerConfig {
             keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 16,
             max_message_bytes: 8 * 1024 * 1024,
-            max_connections: 512,
+            max_connections: crate::listener::default_max_connections(),
             handshake_timeout: Duration::from_secs(10),
             max_local_error_resets: 256,
             max_header_list_bytes: 16 * 1024,

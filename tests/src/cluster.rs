@@ -7,15 +7,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use prost::Message;
+use anyhow::{Context, Result, anyhow, bail, ensure};
 
 use crate::process::{Proc, TestDir, eventually, wait_for_port};
+use tributary_agent::reading::Value;
 use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
+use tributary_agent::uplink::spooled_readings;
 use tributary_collector::model::{Point, SeriesMeta, StoredValue};
 use tributary_collector::store::read::Selector;
 use tributary_collector::store::sqlite_read::SqliteReader;
-use tributary_proto::v1 as pb;
 
 /// How long anything may take before it is a failure.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -303,30 +303,23 @@ pub fn agent_counters(db: &Path, agent: &str) -> Result<AgentCounters> {
 
 /// What a spool holds: counter values per device, read from a copy of the
 /// spool directory (opening a spool repairs it; the original stays as is).
+/// Records carry series ids; the names come from the spool's dictionary.
 pub fn spooled_counters(spool: &Path, scratch: &Path) -> Result<BTreeMap<String, Vec<i64>>> {
     copy_dir(spool, scratch)?;
-    let (s, _) = Spool::open(SpoolOptions {
+    let (mut s, _) = Spool::open(SpoolOptions {
         dir: scratch.to_path_buf(),
         max_bytes: u64::MAX / 2,
         policy: FullPolicy::Block,
         sync: false,
     })?;
+    let series = s.take_series();
     let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut next = 0;
     while let Some(rec) = s.read_from(next)? {
         next = rec.seq + 1;
-        let batch = pb::Batch::decode(rec.batch.as_slice())?;
-        let names: BTreeMap<u32, (String, String)> = batch
-            .series
-            .iter()
-            .map(|d| (d.id, (d.device.clone(), d.metric.clone())))
-            .collect();
-        for r in batch.readings {
-            let Some((device, metric)) = names.get(&r.series) else {
-                bail!("spooled reading of undeclared series {}", r.series);
-            };
-            if let (true, Some(pb::reading::Value::I64(v))) = (metric == "counter", r.value) {
-                out.entry(device.clone()).or_default().push(v);
+        for r in spooled_readings(&rec, &series).map_err(|e| anyhow!(e))? {
+            if let (true, Value::I64(v)) = (&*r.series.metric == "counter", r.value) {
+                out.entry(r.series.device.to_string()).or_default().push(v);
             }
         }
     }

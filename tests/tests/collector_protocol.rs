@@ -174,6 +174,16 @@ fn reading(series: u32, ts_ns: i64, v: i64) -> pb::Reading {
 }
 
 fn batch(seq: u64, series: Vec<pb::SeriesDecl>, readings: Vec<pb::Reading>) -> pb::AgentFrame {
+    columnar(seq, series, readings, pb::Columns::default())
+}
+
+/// A batch with readings in both forms.
+fn columnar(
+    seq: u64,
+    series: Vec<pb::SeriesDecl>,
+    readings: Vec<pb::Reading>,
+    columns: pb::Columns,
+) -> pb::AgentFrame {
     pb::AgentFrame {
         frame: Some(pb::agent_frame::Frame::Batch(pb::Batch {
             seq,
@@ -182,7 +192,43 @@ fn batch(seq: u64, series: Vec<pb::SeriesDecl>, readings: Vec<pb::Reading>) -> p
             dropped: 0,
             resent: false,
             last_seq: seq,
+            columns: Some(columns),
         })),
+    }
+}
+
+/// `(series_delta, ts_delta)` columns of `(series id, ts_ns)` pairs, the
+/// timestamps relative to `base`.
+fn deltas(keys: &[(u32, i64)], base: i64) -> (Vec<i64>, Vec<i64>) {
+    let mut prev = (0i64, base);
+    keys.iter()
+        .map(|&(id, ts)| {
+            let d = (i64::from(id) - prev.0, ts - prev.1);
+            prev = (i64::from(id), ts);
+            d
+        })
+        .unzip()
+}
+
+fn f64_columns(base_ts_ns: i64, readings: &[(u32, i64, f64)]) -> pb::FloatColumns {
+    let keys: Vec<_> = readings.iter().map(|r| (r.0, r.1)).collect();
+    let (series_delta, ts_delta) = deltas(&keys, base_ts_ns);
+    pb::FloatColumns {
+        series_delta,
+        base_ts_ns,
+        ts_delta,
+        values: readings.iter().map(|r| r.2).collect(),
+    }
+}
+
+fn i64_columns(base_ts_ns: i64, readings: &[(u32, i64, i64)]) -> pb::IntColumns {
+    let keys: Vec<_> = readings.iter().map(|r| (r.0, r.1)).collect();
+    let (series_delta, ts_delta) = deltas(&keys, base_ts_ns);
+    pb::IntColumns {
+        series_delta,
+        base_ts_ns,
+        ts_delta,
+        values: readings.iter().map(|r| r.2).collect(),
     }
 }
 
@@ -303,6 +349,118 @@ async fn bad_frames_are_rejected_with_the_field_named() -> Result<()> {
             )],
             "batch.readings[0].value",
         ),
+        (
+            "columns: fewer values than series ids",
+            vec![columnar(
+                1,
+                vec![decl(1, "d", "m")],
+                vec![],
+                pb::Columns {
+                    f64: Some(pb::FloatColumns {
+                        values: vec![1.0, 2.0, 3.0],
+                        ..f64_columns(1_000, &[(1, 1_000, 0.0); 4])
+                    }),
+                    ..Default::default()
+                },
+            )],
+            "batch.columns.f64: 3 values for 4 series ids",
+        ),
+        (
+            "columns: fewer timestamps than series ids",
+            vec![columnar(
+                1,
+                vec![decl(1, "d", "m")],
+                vec![],
+                pb::Columns {
+                    i64: Some(pb::IntColumns {
+                        ts_delta: vec![0],
+                        ..i64_columns(1_000, &[(1, 1_000, 5), (1, 2_000, 6)])
+                    }),
+                    ..Default::default()
+                },
+            )],
+            "batch.columns.i64: 1 timestamps for 2 series ids",
+        ),
+        (
+            "columns: undeclared series id",
+            vec![columnar(
+                1,
+                vec![decl(1, "d", "m")],
+                vec![],
+                pb::Columns {
+                    f64: Some(f64_columns(1_000, &[(1, 1_000, 1.0), (9, 1_000, 2.0)])),
+                    ..Default::default()
+                },
+            )],
+            "batch.columns.f64.series_delta[1]: series 9 was never declared",
+        ),
+        (
+            "columns: series id below 0",
+            vec![columnar(
+                1,
+                vec![decl(1, "d", "m")],
+                vec![],
+                pb::Columns {
+                    bool: Some(pb::BoolColumns {
+                        series_delta: vec![-1],
+                        base_ts_ns: 1_000,
+                        ts_delta: vec![0],
+                        values: vec![true],
+                    }),
+                    ..Default::default()
+                },
+            )],
+            "batch.columns.bool.series_delta[0]",
+        ),
+        (
+            "columns: timestamp overflows",
+            vec![columnar(
+                1,
+                vec![decl(1, "d", "m")],
+                vec![],
+                pb::Columns {
+                    f64: Some(pb::FloatColumns {
+                        series_delta: vec![1, 0],
+                        base_ts_ns: i64::MAX - 10,
+                        ts_delta: vec![0, 11],
+                        values: vec![1.0, 2.0],
+                    }),
+                    ..Default::default()
+                },
+            )],
+            "batch.columns.f64.ts_delta[1]: 11 after 9223372036854775797 overflows",
+        ),
+        (
+            "columns: timestamp before 1970",
+            vec![columnar(
+                1,
+                vec![decl(1, "d", "m")],
+                vec![],
+                pb::Columns {
+                    i64: Some(i64_columns(1_000, &[(1, 1_000, 1), (1, -5, 2)])),
+                    ..Default::default()
+                },
+            )],
+            "batch.columns.i64.ts_delta[1]: ts_ns -5 is not a time after 1970",
+        ),
+        (
+            "rows and columns together over the reading limit",
+            vec![columnar(
+                1,
+                vec![decl(1, "d", "m")],
+                (0..50_001).map(|i| reading(1, 1_000 + i, i)).collect(),
+                pb::Columns {
+                    f64: Some(pb::FloatColumns {
+                        series_delta: vec![1; 50_000],
+                        base_ts_ns: 1_000,
+                        ts_delta: vec![1; 50_000],
+                        values: vec![0.5; 50_000],
+                    }),
+                    ..Default::default()
+                },
+            )],
+            "batch.readings: 100001 readings (50001 rows, 50000 in columns), more than the limit of 100000",
+        ),
     ];
     for (i, (what, frames, field)) in cases.into_iter().enumerate() {
         let agent = format!("bad-{i}");
@@ -358,6 +516,97 @@ async fn bad_frames_are_rejected_with_the_field_named() -> Result<()> {
         (1..=10).collect::<Vec<_>>()
     );
     drop(good);
+    collector.stop().await?;
+    Ok(())
+}
+
+/// Columnar batches, mixed with rows, store exactly the readings they
+/// carry: every value kind, ids out of order (negative deltas), readings of
+/// a poll sharing one timestamp, extreme values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columnar_batches_store_exactly_what_they_carry() -> Result<()> {
+    let collector = Collector::start("columnar").await?;
+    let mut s = RawStream::open(&collector.url, "col", 1).await?;
+    let t = 1_700_000_000_000_000_000i64;
+    let series = vec![
+        decl(1, "dev", "temp"),
+        decl(5, "dev", "volts"),
+        decl(2, "dev", "count"),
+        decl(3, "dev", "on"),
+        decl(4, "dev", "state"),
+    ];
+    s.send(columnar(
+        1,
+        series,
+        vec![pb::Reading {
+            series: 4,
+            ts_ns: t + 7,
+            value: Some(pb::reading::Value::Str("idle".into())),
+        }],
+        pb::Columns {
+            f64: Some(f64_columns(
+                t,
+                &[
+                    (1, t, 21.5),
+                    (5, t, 230.25),
+                    (1, t + 1_000_000_000, -0.125),
+                    (5, t + 1_000_000_000, f64::MAX),
+                ],
+            )),
+            i64: Some(i64_columns(
+                t + 3,
+                &[(2, t + 5, -7), (2, t + 1_000_000_005, i64::MAX)],
+            )),
+            bool: Some(pb::BoolColumns {
+                series_delta: vec![3],
+                base_ts_ns: t,
+                ts_delta: vec![9],
+                values: vec![true],
+            }),
+        },
+    ))
+    .await?;
+    // The next batch declares nothing and mixes both forms for one series.
+    s.send(columnar(
+        2,
+        vec![],
+        vec![reading(2, t + 2_000_000_005, 8)],
+        pb::Columns {
+            f64: Some(f64_columns(
+                t + 2_000_000_000,
+                &[(5, t + 2_000_000_000, 0.0)],
+            )),
+            i64: Some(i64_columns(0, &[])),
+            ..Default::default()
+        },
+    ))
+    .await?;
+    assert_eq!(s.acked(2).await?, 2);
+    drop(s);
+
+    use tributary_collector::model::StoredValue as V;
+    let mut stored: Vec<(String, i64, V)> = cluster::stored_points(&collector.db, "col", "", "")?
+        .into_iter()
+        .flat_map(|(meta, points)| {
+            points
+                .into_iter()
+                .map(move |p| (meta.key.metric.clone(), p.ts_ns, p.value))
+        })
+        .collect();
+    stored.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let expected = vec![
+        ("count".to_owned(), t + 5, V::I64(-7)),
+        ("count".to_owned(), t + 1_000_000_005, V::I64(i64::MAX)),
+        ("count".to_owned(), t + 2_000_000_005, V::I64(8)),
+        ("on".to_owned(), t + 9, V::Bool(true)),
+        ("state".to_owned(), t + 7, V::Str("idle".into())),
+        ("temp".to_owned(), t, V::F64(21.5)),
+        ("temp".to_owned(), t + 1_000_000_000, V::F64(-0.125)),
+        ("volts".to_owned(), t, V::F64(230.25)),
+        ("volts".to_owned(), t + 1_000_000_000, V::F64(f64::MAX)),
+        ("volts".to_owned(), t + 2_000_000_000, V::F64(0.0)),
+    ];
+    assert_eq!(stored, expected);
     collector.stop().await?;
     Ok(())
 }

@@ -2,6 +2,12 @@
 //! (plain, and with TLS from a private CA plus basic auth through its
 //! `--web.config.file`), bearer auth against a header-checking server, and a
 //! body that is not what the format says.
+//!
+//! The plain `http://` path (the agent's own HTTP/1.1 connection per
+//! device) against the HTTP simulator and scripted servers: keep-alive
+//! reuse, chunked bodies, bodies until close, an idle connection the server
+//! closed, a poll dropped midway, and answers it must refuse (garbage,
+//! truncated, oversized, redirects, conflicting lengths).
 
 use std::io::Write as _;
 
@@ -226,6 +232,288 @@ async fn body_not_in_the_announced_format() -> Result<()> {
         e.message.starts_with("invalid json at line 1 column"),
         "{e}"
     );
+    sim.stop().await?;
+    Ok(())
+}
+
+// The plain `http://` path: the agent's own HTTP/1.1 connection per device.
+
+use tributary_agent::drivers::Driver;
+use tributary_agent::reading::Sample;
+use tributary_tests::http_sim::MeterValues;
+
+/// A JSON device on `url` reading `/a` (and the sim's `/power` and
+/// `/count`), with `timeout`.
+fn json_device(url: &str, timeout: &str) -> Result<tributary_agent::config::DeviceConfig> {
+    device_config(
+        "plain",
+        &format!(
+            "driver = \"http\"\ninterval = \"1s\"\ntimeout = \"{timeout}\"\nurl = \"{url}\"\n\
+             metrics = [{{ name = \"a\", pointer = \"/a\" }}, {{ name = \"power\", pointer = \"/power\" }}, \
+             {{ name = \"count\", pointer = \"/count\" }}]\n"
+        ),
+    )
+}
+
+fn value<'a>(samples: &'a [Sample], metric: &str) -> Option<&'a Value> {
+    value_of(samples, metric)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_keeps_one_connection_and_reads_every_answer() -> Result<()> {
+    let sim = HttpSim::new().bind("127.0.0.1:0".parse()?).await?;
+    let device = json_device(&sim.url("/meter?device=7"), "5s")?;
+    let mut driver = Driver::build(&device)?;
+    for n in 1..=20u64 {
+        let samples = driver
+            .poll()
+            .await
+            .map_err(|e| anyhow::anyhow!("poll {n}: {e}"))?;
+        let expected = MeterValues::nth(n);
+        assert_eq!(value(&samples, "power"), Some(&Value::F64(expected.power)));
+        assert_eq!(
+            value(&samples, "count"),
+            Some(&Value::I64(expected.count as i64))
+        );
+        assert!(
+            matches!(value(&samples, "a"), Some(Value::Failed { message, .. }) if message == "pointer /a not found")
+        );
+    }
+    assert_eq!(sim.requests(), 20);
+    assert_eq!(
+        sim.connections(),
+        1,
+        "keep-alive: one connection for 20 polls"
+    );
+    sim.stop().await?;
+    Ok(())
+}
+
+/// What a scripted server answers to request `r` (from 0) on connection
+/// `c` (from 0); `None` closes the connection instead.
+type Script = fn(usize, usize) -> Option<Vec<u8>>;
+
+/// Serves `script`; with `close`, each connection is closed after its
+/// first answer. Returns the URL and the count of accepted connections.
+async fn scripted(
+    script: Script,
+) -> Result<(String, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    serve_script(script, false).await
+}
+
+async fn serve_script(
+    script: Script,
+    close: bool,
+) -> Result<(String, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let conn = count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                for request in 0.. {
+                    // Read one request head.
+                    loop {
+                        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            break;
+                        }
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let Some(reply) = script(conn, request) else {
+                        return;
+                    };
+                    if sock.write_all(&reply).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((format!("http://{addr}/data"), accepted))
+}
+
+fn connections(c: &std::sync::atomic::AtomicUsize) -> usize {
+    c.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_chunked_body_with_extensions_and_trailers() -> Result<()> {
+    let (url, accepted) = scripted(|_, _| {
+        Some(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\n{\"a\":\r\n4;ext=1\r\n 12}\r\n0\r\nX-Trailer: y\r\n\r\n"
+                .to_vec(),
+        )
+    })
+    .await?;
+    let mut driver = Driver::build(&json_device(&url, "5s")?)?;
+    for _ in 0..3 {
+        let samples = driver.poll().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(value(&samples, "a"), Some(&Value::I64(12)));
+    }
+    assert_eq!(
+        connections(&accepted),
+        1,
+        "chunked answers keep the connection"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_body_until_close_and_connection_close() -> Result<()> {
+    // No length: the body ends with the connection.
+    let (url, accepted) = serve_script(
+        |_, _| Some(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"a\": 1.5}".to_vec()),
+        true,
+    )
+    .await?;
+    let mut driver = Driver::build(&json_device(&url, "5s")?)?;
+    for _ in 0..3 {
+        let samples = driver.poll().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(value(&samples, "a"), Some(&Value::F64(1.5)));
+    }
+    assert_eq!(
+        connections(&accepted),
+        3,
+        "a new connection after each close"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_reconnects_when_an_idle_connection_was_closed() -> Result<()> {
+    // Each connection answers one request with keep-alive, then closes:
+    // the next poll finds its reused connection closed and retries.
+    let (url, accepted) = scripted(|_, request| {
+        (request == 0).then(|| b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"a\": 2}".to_vec())
+    })
+    .await?;
+    let mut driver = Driver::build(&json_device(&url, "5s")?)?;
+    for _ in 0..4 {
+        let samples = driver.poll().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(value(&samples, "a"), Some(&Value::I64(2)));
+    }
+    assert_eq!(connections(&accepted), 4);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_bad_answers_are_errors_naming_the_cause() -> Result<()> {
+    let cases: [(Script, &str); 7] = [
+        (
+            |_, _| Some(b"NOT HTTP AT ALL\r\n\r\n".to_vec()),
+            "invalid http answer",
+        ),
+        (
+            |_, _| Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"a\"".to_vec()),
+            // Then the connection closes (the script ends).
+            "connection closed before the answer was complete",
+        ),
+        (
+            |_, _| Some(b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\n\r\n".to_vec()),
+            "response body exceeds 16777216 bytes",
+        ),
+        (
+            |_, _| {
+                let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+                head.extend_from_slice(format!("X-Big: {}\r\n", "v".repeat(70_000)).as_bytes());
+                Some(head)
+            },
+            "response head exceeds 65536 bytes",
+        ),
+        (
+            |_, _| Some(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec()),
+            "invalid chunk size",
+        ),
+        (
+            |_, _| {
+                Some(
+                    b"HTTP/1.1 302 Found\r\nLocation: http://elsewhere/x\r\nContent-Length: 0\r\n\r\n"
+                        .to_vec(),
+                )
+            },
+            "http 302 Found from GET",
+        ),
+        (
+            |_, _| {
+                Some(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+                )
+            },
+            "conflicting content-length",
+        ),
+    ];
+    for (script, needle) in cases {
+        let (url, _) = serve_script(script, true).await?;
+        let mut driver = Driver::build(&json_device(&url, "5s")?)?;
+        let e = driver.poll().await.expect_err(needle);
+        assert!(e.message.contains(needle), "{needle:?}: {e}");
+        assert!(e.message.contains(&url), "names the url: {e}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_poll_cancelled_midway_leaves_no_half_read_connection() -> Result<()> {
+    // The first connection sends half a body and stalls; later ones answer.
+    let (url, accepted) = scripted(|conn, _| {
+        Some(if conn == 0 {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"a\"".to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"a\": 3}".to_vec()
+        })
+    })
+    .await?;
+    let mut driver = Driver::build(&json_device(&url, "5s")?)?;
+    // Dropped midway, as the scheduler's timeout drops a poll.
+    let first = tokio::time::timeout(std::time::Duration::from_millis(300), driver.poll()).await;
+    assert!(
+        first.is_err(),
+        "the stalled body never completes: {first:?}"
+    );
+    for _ in 0..2 {
+        let samples = driver.poll().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(value(&samples, "a"), Some(&Value::I64(3)));
+    }
+    assert_eq!(
+        connections(&accepted),
+        2,
+        "the stalled connection is not reused"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_prometheus_scrapes_resolve_series_once() -> Result<()> {
+    let sim = HttpSim::new().bind("127.0.0.1:0".parse()?).await?;
+    let device = device_config(
+        "prom",
+        &format!(
+            "driver = \"prometheus\"\ninterval = \"1s\"\nurl = \"{}\"\n",
+            sim.url("/metrics?extra=50")
+        ),
+    )?;
+    let mut driver = Driver::build(&device)?;
+    for n in 1..=3u64 {
+        let samples = driver.poll().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let text = tributary_tests::http_sim::metrics_body_with(n, 50);
+        let expected = tributary_agent::drivers::prometheus::parse(&text)?;
+        assert_eq!(samples.len(), expected.len());
+        for (s, e) in samples.iter().zip(&expected) {
+            assert_eq!((&s.metric, &s.labels), (&e.name, &e.labels));
+            assert_eq!(s.value, Value::F64(e.value), "{}", s.metric);
+        }
+    }
+    assert_eq!(sim.connections(), 1);
     sim.stop().await?;
     Ok(())
 }

@@ -6,7 +6,6 @@
 //! what can be said about the answer. Inputs a fuzzer found to crash belong
 //! here as fixed regression cases.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use proptest::prelude::*;
@@ -16,7 +15,7 @@ use tributary_agent::config::{JsonMetric, RegisterType, WordOrder};
 use tributary_agent::drivers::snmp::{self, ber, usm};
 use tributary_agent::drivers::{http, modbus, prometheus};
 use tributary_collector::config::{self as collector_config, Flags};
-use tributary_collector::session::{self, Limits, PeerAuth};
+use tributary_collector::session::{self, Limits, PeerAuth, StreamSeries};
 use tributary_collector::tls;
 use tributary_proto::v1 as pb;
 
@@ -59,6 +58,26 @@ fn sample_batch() -> pb::Batch {
                 })),
             },
         ],
+        columns: Some(pb::Columns {
+            f64: Some(pb::FloatColumns {
+                series_delta: vec![1, 0, 0],
+                base_ts_ns: 1_700_000_000_000_000_000,
+                ts_delta: vec![3, 1_000_000_000, 1_000_000_000],
+                values: vec![1.0, 2.0, -3.5],
+            }),
+            i64: Some(pb::IntColumns {
+                series_delta: vec![2, -1],
+                base_ts_ns: 1_700_000_000_000_000_000,
+                ts_delta: vec![0, 0],
+                values: vec![7, -7],
+            }),
+            bool: Some(pb::BoolColumns {
+                series_delta: vec![2],
+                base_ts_ns: 1_700_000_000_000_000_000,
+                ts_delta: vec![5],
+                values: vec![true],
+            }),
+        }),
         ..Default::default()
     }
 }
@@ -79,14 +98,39 @@ fn check_frame(bytes: &[u8]) {
             );
         }
         Some(pb::agent_frame::Frame::Batch(batch)) => {
-            let _ = session::check_batch(&batch, "edge-1", 0, &HashMap::new(), &limits);
-            let declared: HashMap<u32, i64> = (0..4).map(|i| (i, i64::from(i))).collect();
+            let _ = session::check_batch(&batch, "edge-1", 0, &StreamSeries::default(), &limits);
+            let mut declared: StreamSeries = (0..4).map(|i| (i, i64::from(i))).collect();
             if let Ok(new) = session::check_batch(&batch, "edge-1", 1, &declared, &limits) {
                 assert!(new.iter().all(|(id, _)| !declared.contains_key(id)));
+                // A batch that passes converts whole: every reading of
+                // both forms, each with a resolved series.
+                declared.extend(new.iter().map(|(id, _)| (*id, 100 + i64::from(*id))));
+                let total = batch.readings.len() + columns_len(batch.columns.as_ref());
+                assert_eq!(session::batch_readings(batch, &declared).len(), total);
             }
         }
         None => {}
     }
+}
+
+/// Readings in the columns of a batch (the series id column's length).
+fn columns_len(columns: Option<&pb::Columns>) -> usize {
+    columns.map_or(0, |c| {
+        c.f64.as_ref().map_or(0, |g| g.series_delta.len())
+            + c.i64.as_ref().map_or(0, |g| g.series_delta.len())
+            + c.bool.as_ref().map_or(0, |g| g.series_delta.len())
+    })
+}
+
+/// Prefix sums of `deltas` from `start`, exactly (no overflow in i128).
+fn prefix_sums(start: i64, deltas: &[i64]) -> Vec<i128> {
+    deltas
+        .iter()
+        .scan(i128::from(start), |acc, d| {
+            *acc += i128::from(*d);
+            Some(*acc)
+        })
+        .collect()
 }
 
 /// `bytes` with `edits` applied: (position, new byte) pairs, positions
@@ -150,8 +194,89 @@ proptest! {
         };
         let referenced = reading_ids.iter().all(|id| decl_ids.contains(id));
         let timed = ts.iter().take(reading_ids.len()).all(|&t| t > 0);
-        let result = session::check_batch(&batch, "a", 0, &HashMap::new(), &Limits::default());
+        let result = session::check_batch(&batch, "a", 0, &StreamSeries::default(), &Limits::default());
         prop_assert_eq!(result.is_ok(), unique && referenced && timed, "{:?}", result.err());
+    }
+
+    #[test]
+    fn a_columnar_batch_passes_exactly_when_lengths_ids_and_times_check(
+        decl_ids in prop::collection::btree_set(0u32..6, 0..4),
+        series_delta in prop::collection::vec(
+            prop_oneof![4 => -3i64..4, 1 => Just(i64::MIN), 1 => Just(i64::MAX), 1 => Just(i64::from(u32::MAX))],
+            0..10,
+        ),
+        base_ts_ns in prop_oneof![Just(1i64), -3i64..3, Just(i64::MAX - 2)],
+        ts_delta in prop::collection::vec(
+            prop_oneof![4 => -2i64..3, 1 => Just(i64::MAX), 1 => Just(i64::MIN), 1 => Just(1i64 << 62)],
+            11,
+        ),
+        (extra_ts, extra_values) in (0usize..2, 0usize..2),
+        kind in 0u8..3,
+    ) {
+        let n = series_delta.len();
+        let ts_delta: Vec<i64> = ts_delta.into_iter().take(n + extra_ts).collect();
+        let columns = match kind {
+            0 => pb::Columns {
+                f64: Some(pb::FloatColumns {
+                    series_delta: series_delta.clone(),
+                    base_ts_ns,
+                    ts_delta: ts_delta.clone(),
+                    values: vec![0.5; n + extra_values],
+                }),
+                ..Default::default()
+            },
+            1 => pb::Columns {
+                i64: Some(pb::IntColumns {
+                    series_delta: series_delta.clone(),
+                    base_ts_ns,
+                    ts_delta: ts_delta.clone(),
+                    values: vec![-1; n + extra_values],
+                }),
+                ..Default::default()
+            },
+            _ => pb::Columns {
+                bool: Some(pb::BoolColumns {
+                    series_delta: series_delta.clone(),
+                    base_ts_ns,
+                    ts_delta: ts_delta.clone(),
+                    values: vec![false; n + extra_values],
+                }),
+                ..Default::default()
+            },
+        };
+        let batch = pb::Batch {
+            seq: 1,
+            series: decl_ids.iter().map(|&id| pb::SeriesDecl {
+                id,
+                device: "d".into(),
+                metric: "m".into(),
+                ..Default::default()
+            }).collect(),
+            columns: Some(columns),
+            ..Default::default()
+        };
+        // The model: exact sums, each id declared, each time in 1..=i64::MAX.
+        let lengths = ts_delta.len() == n && extra_values == 0;
+        let ids_ok = prefix_sums(0, &series_delta)
+            .iter()
+            .all(|&id| u32::try_from(id).is_ok_and(|id| decl_ids.contains(&id)));
+        let times_ok = prefix_sums(base_ts_ns, &ts_delta[..ts_delta.len().min(n)])
+            .iter()
+            .all(|&t| t > 0 && t <= i128::from(i64::MAX));
+        let result = session::check_batch(&batch, "a", 0, &StreamSeries::default(), &Limits::default());
+        prop_assert_eq!(result.is_ok(), lengths && ids_ok && times_ok, "{:?}", result.err());
+        if let Ok(new) = result {
+            // The stored readings are the model's: ids and times as summed.
+            let resolved: StreamSeries = new.iter().map(|(id, _)| (*id, i64::from(*id) + 1000)).collect();
+            let readings = session::batch_readings(batch, &resolved);
+            let want: Vec<(i64, i64)> = prefix_sums(0, &series_delta)
+                .into_iter()
+                .zip(prefix_sums(base_ts_ns, &ts_delta))
+                .map(|(id, t)| (id as i64 + 1000, t as i64))
+                .collect();
+            let got: Vec<(i64, i64)> = readings.iter().map(|r| (r.series_id, r.ts_ns)).collect();
+            prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
@@ -384,6 +509,31 @@ fn a_batch_at_the_limits_validates() {
             .collect(),
         ..Default::default()
     };
-    let new = session::check_batch(&batch, "a", 0, &HashMap::new(), &limits).expect("valid");
+    let new =
+        session::check_batch(&batch, "a", 0, &StreamSeries::default(), &limits).expect("valid");
     assert_eq!(new.len(), n as usize);
+
+    // The same in columns, ids in falling order (every delta -1).
+    let columnar = pb::Batch {
+        readings: Vec::new(),
+        columns: Some(pb::Columns {
+            bool: Some(pb::BoolColumns {
+                series_delta: std::iter::once(i64::from(n) - 1)
+                    .chain(std::iter::repeat_n(-1, n as usize - 1))
+                    .collect(),
+                base_ts_ns: 1,
+                ts_delta: vec![0; n as usize],
+                values: vec![true; n as usize],
+            }),
+            ..Default::default()
+        }),
+        ..batch
+    };
+    let new =
+        session::check_batch(&columnar, "a", 0, &StreamSeries::default(), &limits).expect("valid");
+    assert_eq!(new.len(), n as usize);
+    let declared: StreamSeries = new.iter().map(|(id, _)| (*id, i64::from(*id))).collect();
+    let readings = session::batch_readings(columnar, &declared);
+    assert_eq!(readings.len(), n as usize);
+    assert_eq!(readings.last().map(|r| r.series_id), Some(0));
 }

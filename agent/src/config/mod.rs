@@ -228,16 +228,75 @@ pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
 
 /// Parses and validates a configuration; `origin` only names the file in
 /// error messages.
+///
+/// A large file is parsed a `[[devices]]` table at a time, so memory holds
+/// one device's TOML tree rather than the whole file's (tens of MB for
+/// 10,000 devices). When the pieces do not stand alone (a table header
+/// after the devices, an error anywhere) the whole document is parsed
+/// instead, so results and error messages are those of a whole parse.
 pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, ConfigError> {
-    let src = Source {
-        text,
+    let starts = line_starts(text);
+    let headers = device_headers(text, &starts);
+    if !headers.is_empty()
+        && let Ok(Some(cfg)) = parse_parts(text, origin, &starts, &headers)
+    {
+        return Ok(cfg);
+    }
+    // Without headers to split at, the whole document is one piece, which
+    // always gives an answer.
+    parse_parts(text, origin, &starts, &[])?.ok_or_else(|| ConfigError::Invalid {
         file: origin.display().to_string(),
-        dir: origin.parent().map(Path::to_path_buf).unwrap_or_default(),
+        line: 1,
+        key: String::new(),
+        message: "the file could not be parsed as a whole".into(),
+    })
+}
+
+/// Byte offsets of the lines that are exactly a `[[devices]]` header
+/// (blanks and a comment around it allowed).
+fn device_headers(text: &str, starts: &[usize]) -> Vec<usize> {
+    starts
+        .iter()
+        .copied()
+        .filter(|&start| {
+            let line = text.get(start..).unwrap_or("");
+            let line = line.split('\n').next().unwrap_or("");
+            line.trim_start_matches([' ', '\t'])
+                .strip_prefix("[[devices]]")
+                .map(|rest| rest.trim_start_matches([' ', '\t', '\r']))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('#'))
+        })
+        .collect()
+}
+
+/// Parses the text before `headers[0]` as the top level, then each piece
+/// from one header to the next as a document of its own. `None` when a
+/// piece holds anything besides `devices` (then only a whole parse can
+/// say what the file means). With no headers, parses the whole text.
+fn parse_parts(
+    text: &str,
+    origin: &Path,
+    starts: &[usize],
+    headers: &[usize],
+) -> Result<Option<AgentConfig>, ConfigError> {
+    let file = origin.display().to_string();
+    let dir = origin.parent().map(Path::to_path_buf).unwrap_or_default();
+    let source = |base: usize, end: usize| Source {
+        text: text.get(base..end).unwrap_or(""),
+        base,
+        line_starts: starts,
+        file: file.clone(),
+        dir: dir.clone(),
     };
-    let doc = DeTable::parse(text).map_err(|e| src.syntax_error(&e))?;
+    let top_end = headers.first().copied().unwrap_or(text.len());
+    let src = source(0, top_end);
+    let doc = DeTable::parse(src.text).map_err(|e| src.syntax_error(&e))?;
     let root_span = doc.span();
     let mut root = doc.into_inner();
     let devices = root.remove("devices");
+    if devices.is_some() && !headers.is_empty() {
+        return Ok(None);
+    }
 
     let raw: RawTop = deserialize_table(
         &src,
@@ -251,48 +310,91 @@ pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, ConfigError> {
     )?;
     let mut cfg = raw.validate(&src)?;
 
+    let mut names: HashMap<String, usize> = HashMap::new();
     if let Some(devices) = devices {
-        let span = devices.span();
-        let DeValue::Array(list) = devices.get_ref() else {
-            return Err(src.error(
-                span,
-                "devices",
-                format!(
-                    "expected an array of tables ([[devices]]), found a {}",
-                    devices.get_ref().type_str()
-                ),
-            ));
+        add_devices(&src, devices, &mut names, &mut cfg)?;
+    }
+    for (k, &base) in headers.iter().enumerate() {
+        let end = headers.get(k + 1).copied().unwrap_or(text.len());
+        let src = source(base, end);
+        let doc = DeTable::parse(src.text).map_err(|e| src.syntax_error(&e))?;
+        let mut root = doc.into_inner();
+        let Some(devices) = root.remove("devices") else {
+            return Ok(None);
         };
-        let mut names: HashMap<String, usize> = HashMap::new();
-        for (i, device) in list.iter().enumerate() {
-            let (name_span, dev) = parse_device(&src, i, device.clone())?;
-            let line = src.line(name_span.start);
-            if let Some(first) = names.insert(dev.name.clone(), line) {
-                return Err(src.error(
-                    name_span,
-                    format!("devices[{i}].name"),
-                    format!(
-                        "duplicate device name \"{}\" (first defined at line {first})",
-                        dev.name
-                    ),
-                ));
-            }
-            cfg.devices.push(dev);
+        if !root.is_empty() {
+            return Ok(None);
         }
+        add_devices(&src, devices, &mut names, &mut cfg)?;
     }
     if cfg.devices.is_empty() {
         warn!(config = %src.file, "no [[devices]] configured; the agent will poll nothing");
     }
-    Ok(cfg)
+    Ok(Some(cfg))
+}
+
+/// Validates the `devices` array of one (piece of a) document and appends
+/// its devices to `cfg`; `names` holds the device names seen so far.
+fn add_devices(
+    src: &Source<'_>,
+    devices: Spanned<DeValue<'_>>,
+    names: &mut HashMap<String, usize>,
+    cfg: &mut AgentConfig,
+) -> Result<(), ConfigError> {
+    let span = devices.span();
+    let found = devices.get_ref().type_str();
+    let DeValue::Array(list) = devices.into_inner() else {
+        return Err(src.error(
+            span,
+            "devices",
+            format!("expected an array of tables ([[devices]]), found a {found}"),
+        ));
+    };
+    for device in list {
+        let i = cfg.devices.len();
+        let (name_span, dev) = parse_device(src, i, device)?;
+        let line = src.line(name_span.start);
+        if let Some(first) = names.insert(dev.name.clone(), line) {
+            return Err(src.error(
+                name_span,
+                format!("devices[{i}].name"),
+                format!(
+                    "duplicate device name \"{}\" (first defined at line {first})",
+                    dev.name
+                ),
+            ));
+        }
+        cfg.devices.push(dev);
+    }
+    Ok(())
 }
 
 /// The text being parsed and its name, for error messages.
 struct Source<'a> {
+    /// The part of the file being parsed; spans are relative to it.
     text: &'a str,
+    /// Where `text` starts in the file.
+    base: usize,
+    /// Byte offset where each line of the file starts (built once: looking
+    /// a line up is a binary search, so validating a large file stays
+    /// linear).
+    line_starts: &'a [usize],
     file: String,
     /// The config file's directory; relative paths in the file are resolved
     /// against it.
     dir: PathBuf,
+}
+
+/// Byte offsets of the starts of the lines of `text`.
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(
+            text.bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i + 1),
+        )
+        .collect()
 }
 
 /// How to phrase deserialization errors of one table.
@@ -306,11 +408,9 @@ struct DeContext<'a> {
 impl Source<'_> {
     /// 1-based line of a byte offset.
     fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        1 + self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
+        let end = self.base + offset.min(self.text.len());
+        // Lines starting at or before `end`; line 1 starts at 0.
+        self.line_starts.partition_point(|&start| start <= end)
     }
 
     fn error(
@@ -741,7 +841,7 @@ impl RawTop {
                 return Err(src.error(
                     v.span(),
                     "batch.max_readings",
-                    &format!("at most {MAX_BATCH_READINGS} (the collector refuses larger batches)"),
+                    format!("at most {MAX_BATCH_READINGS} (the collector refuses larger batches)"),
                 ));
             }
             batch.max_readings = at_least_one(
@@ -945,6 +1045,118 @@ mod tests {
             Ok(cfg) => panic!("expected an error, got {cfg:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// A config with `n` devices of several kinds, comments and nested
+    /// tables of arrays.
+    fn many_devices(n: usize) -> String {
+        let mut text = format!("{HEAD}max_concurrency = 8\n\n[spool]\nmax_bytes = \"1MiB\"\n");
+        for i in 0..n {
+            text.push_str(&match i % 3 {
+                0 => format!("\n[[devices]] # sim {i}\nname = \"s{i}\"\ndriver = \"sim\"\ninterval = \"1s\"\nseries = {i}\n"),
+                1 => format!(
+                    "\n  [[devices]]\nname = \"h{i}\"\ndriver = \"http\"\ninterval = \"1s\"\nurl = \"http://127.0.0.1:80/{i}\"\n\
+                     [[devices.metrics]]\nname = \"a\"\npointer = \"/a\"\n[[devices.metrics]]\nname = \"b\"\npointer = \"/b\"\nunit = \"W\"\n"
+                ),
+                _ => format!(
+                    "\n[[devices]]\nname = \"m{i}\"\ndriver = \"modbus\"\ninterval = \"1s\"\naddress = \"h:502\"\n\
+                     metrics = [\n  {{ name = \"a\", register = {i} }},\n]\n"
+                ),
+            });
+        }
+        text
+    }
+
+    /// The whole-document parse (the reference the pieces must match).
+    fn parse_whole(text: &str) -> Result<AgentConfig, ConfigError> {
+        parse_parts(text, Path::new("agent.toml"), &line_starts(text), &[])
+            .map(|cfg| cfg.expect("a whole parse always answers"))
+    }
+
+    #[test]
+    fn line_numbers_match_counting_newlines() {
+        let text = "a\n\nbc\nd";
+        let starts = line_starts(text);
+        let src = Source {
+            text,
+            base: 0,
+            line_starts: &starts,
+            file: String::new(),
+            dir: PathBuf::new(),
+        };
+        for offset in 0..=text.len() + 2 {
+            let counted = 1 + text.as_bytes()[..offset.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            assert_eq!(src.line(offset), counted, "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn parsing_by_device_equals_parsing_the_whole_file() {
+        let text = many_devices(30);
+        let headers = device_headers(&text, &line_starts(&text));
+        assert_eq!(
+            headers.len(),
+            30,
+            "every [[devices]] header is a split point"
+        );
+        let cfg = parse_str(&text).expect("valid");
+        assert_eq!(cfg.devices.len(), 30);
+        assert_eq!(cfg, parse_whole(&text).expect("valid"));
+        let DriverConfig::Http(h) = &cfg.devices[1].driver else {
+            panic!("http device: {:?}", cfg.devices[1]);
+        };
+        assert_eq!(h.metrics.len(), 2);
+    }
+
+    #[test]
+    fn errors_in_a_later_device_name_the_file_line() {
+        let good = many_devices(10);
+        // A bad interval in the last device, and a duplicate name.
+        for (extra, needle) in [
+            (
+                "\n[[devices]]\nname = \"x\"\ndriver = \"sim\"\ninterval = \"soon\"\n",
+                "interval",
+            ),
+            (
+                "\n[[devices]]\nname = \"s0\"\ndriver = \"sim\"\ninterval = \"1s\"\n",
+                "duplicate device name \"s0\"",
+            ),
+            ("\n[[devices]]\nname = = 1\n", "invalid toml"),
+        ] {
+            let text = format!("{good}{extra}");
+            let e = parse_str(&text).expect_err("invalid");
+            let whole = parse_whole(&text).expect_err("invalid");
+            assert_eq!(e.to_string(), whole.to_string());
+            assert!(e.to_string().contains(needle), "{e}");
+            let ConfigError::Invalid { line, .. } = e else {
+                panic!("{e}");
+            };
+            assert!(
+                line > good.lines().count(),
+                "line {line} is in the last device"
+            );
+        }
+    }
+
+    #[test]
+    fn a_table_after_the_devices_is_read_as_toml_says() {
+        // `[batch]` after the devices is a top-level table: the pieces do not
+        // stand alone, and the whole document decides.
+        let text = format!("{}\n[batch]\nmax_readings = 7\n", many_devices(4));
+        let cfg = parse_str(&text).expect("valid");
+        assert_eq!(cfg.batch.max_readings, 7);
+        assert_eq!(cfg, parse_whole(&text).expect("valid"));
+        // A `[[devices]]` header inside a multi-line string is no split point.
+        let text = format!(
+            "{HEAD}[[devices]]\nname = \"e\"\ndriver = \"exec\"\ninterval = \"1s\"\ncommand = \"\"\"\n[[devices]]\n\"\"\"\n"
+        );
+        assert_eq!(
+            parse_str(&text).map_err(|e| e.to_string()),
+            parse_whole(&text).map_err(|e| e.to_string())
+        );
     }
 
     #[test]

@@ -1,18 +1,29 @@
 //! The HTTP driver: one GET per poll, the body read as JSON (values picked
 //! by JSON pointer) or as Prometheus text (every sample kept).
 //!
-//! reqwest keeps idle keep-alive connections in its pool and discards a
-//! connection whose request was dropped midway, so a poll cancelled by the
-//! scheduler's timeout needs no cleanup here. Bodies are read up to
-//! [`MAX_BODY_BYTES`] so a misbehaving device cannot exhaust memory.
+//! Plain `http://` devices go through [`http_plain`]: one keep-alive
+//! connection per device and a request built once. HTTPS, a device's own CA
+//! and URLs with credentials in them go through reqwest, which keeps idle
+//! keep-alive connections in its pool and discards a connection whose
+//! request was dropped midway. Either way a poll cancelled by the
+//! scheduler's timeout needs no cleanup here. Redirects are not followed on
+//! either path (a 3xx is an error naming the `Location`). Bodies are read up
+//! to [`MAX_BODY_BYTES`] so a misbehaving device cannot exhaust memory.
+//!
+//! Series are resolved once: a JSON device's metrics when the driver is
+//! built, a Prometheus target's series the first time a line names them
+//! (a per-device [`prometheus::SeriesCache`]), so a poll allocates no names.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::debug;
 
+use super::http_plain::{self, PlainHttp};
+use super::json_subset::Wanted;
 use super::{BuildError, PollError, error_chain, prometheus};
 use crate::config::{HttpAuth, HttpConfig, HttpFormat, JsonMetric};
-use crate::reading::{FailureKind, Sample, Value};
+use crate::reading::{FailureKind, Polled, Reading, Sample, SeriesKey, Value, series, series_with};
 
 /// Largest response body a poll reads.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -20,72 +31,179 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Metric name a failed Prometheus scrape is reported under.
 pub const SCRAPE_METRIC: &str = "scrape";
 
+/// How a device's requests travel.
+#[derive(Debug)]
+enum Transport {
+    /// `http://`: the driver's own connection.
+    Plain(PlainHttp),
+    /// Everything else: reqwest, with the request's headers prebuilt.
+    Client(reqwest::Client, reqwest::header::HeaderMap),
+}
+
+/// What the body means, with the series it feeds.
+#[derive(Debug)]
+enum Format {
+    /// One series per configured metric, in order, and its JSON pointer;
+    /// the members those pointers need (`None`: the whole document).
+    Json(Vec<(Arc<SeriesKey>, Box<str>)>, Option<Wanted>),
+    Prometheus {
+        /// The series a failed scrape is reported on.
+        scrape: Arc<SeriesKey>,
+        cache: prometheus::SeriesCache<Arc<SeriesKey>>,
+        /// Samples of the last scrape, to size the next one's `Vec`.
+        last_len: usize,
+    },
+}
+
 /// An HTTP device.
 #[derive(Debug)]
 pub struct HttpDriver {
-    client: reqwest::Client,
+    transport: Transport,
     timeout: Duration,
-    url: String,
-    format: HttpFormat,
-    metrics: Vec<JsonMetric>,
-    auth: HttpAuth,
+    url: Box<str>,
+    format: Format,
+    /// Which credentials are configured, for the 401/403 message.
+    auth: AuthKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum AuthKind {
+    None,
+    Basic,
+    Bearer,
 }
 
 impl HttpDriver {
-    /// Builds the client (reading the CA file, if any); `timeout` bounds a
-    /// request even outside the scheduler (as in `check`).
+    /// Builds the client (reading the CA file, if any). `timeout` bounds a
+    /// reqwest request; a plain HTTP poll relies on its caller's timeout
+    /// (the scheduler and `check` both run every poll under one).
     pub fn new(cfg: &HttpConfig, timeout: Duration, device: &str) -> Result<Self, BuildError> {
-        let client = match &cfg.ca {
+        let client_error = |source| BuildError::HttpClient {
+            device: device.to_owned(),
+            source,
+        };
+        // The shared client builds the request once, so the headers (auth
+        // encoded as reqwest encodes it) are the same on both paths.
+        let shared = shared_client().map_err(client_error)?;
+        let accept = match cfg.format {
+            HttpFormat::Json => "application/json",
+            HttpFormat::Prometheus => "text/plain;version=0.0.4",
+        };
+        let mut request = shared.get(&cfg.url).header(reqwest::header::ACCEPT, accept);
+        request = match &cfg.auth {
+            HttpAuth::None => request,
+            HttpAuth::Basic { username, password } => request.basic_auth(username, Some(password)),
+            HttpAuth::Bearer(token) => request.bearer_auth(token),
+        };
+        let headers = request.build().map_err(client_error)?.headers().clone();
+        let plain = match &cfg.ca {
+            Some(_) => None,
+            None => {
+                let pairs: Vec<(&str, &[u8])> = headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_bytes()))
+                    .collect();
+                PlainHttp::for_url(&cfg.url, &pairs, USER_AGENT, MAX_BODY_BYTES)
+            }
+        };
+        let transport = match plain {
+            Some(p) => Transport::Plain(p),
             // Devices without a CA of their own share one client (and its
-            // connection pool): thousands of HTTP devices must not mean
+            // connection pool): thousands of HTTPS devices must not mean
             // thousands of TLS configurations in memory.
-            None => shared_client().map_err(|source| BuildError::HttpClient {
-                device: device.to_owned(),
-                source,
-            })?,
-            Some(_) => Self::own_client(cfg, device)?,
+            None if cfg.ca.is_none() => Transport::Client(shared, headers),
+            None => Transport::Client(Self::own_client(cfg, device)?, headers),
+        };
+        let format = match cfg.format {
+            HttpFormat::Json => Format::Json(
+                cfg.metrics
+                    .iter()
+                    .map(|m| (series(device, &m.name, &m.unit), m.pointer.as_str().into()))
+                    .collect(),
+                Wanted::new(cfg.metrics.iter().map(|m| m.pointer.as_str())),
+            ),
+            HttpFormat::Prometheus => Format::Prometheus {
+                scrape: series(device, SCRAPE_METRIC, ""),
+                cache: prometheus::SeriesCache::default(),
+                last_len: 0,
+            },
         };
         Ok(HttpDriver {
-            client,
+            transport,
             timeout,
-            url: cfg.url.clone(),
-            format: cfg.format,
-            metrics: cfg.metrics.clone(),
-            auth: cfg.auth.clone(),
+            url: cfg.url.as_str().into(),
+            format,
+            auth: match cfg.auth {
+                HttpAuth::None => AuthKind::None,
+                HttpAuth::Basic { .. } => AuthKind::Basic,
+                HttpAuth::Bearer(_) => AuthKind::Bearer,
+            },
         })
     }
 
-    /// (name, unit) of every metric a poll reports.
-    pub fn metrics(&self) -> Box<dyn Iterator<Item = (&str, &str)> + '_> {
-        match self.format {
-            HttpFormat::Json => Box::new(
-                self.metrics
-                    .iter()
-                    .map(|m| (m.name.as_str(), m.unit.as_str())),
-            ),
-            HttpFormat::Prometheus => Box::new(std::iter::once((SCRAPE_METRIC, ""))),
+    /// Whether polls use the driver's own plain HTTP connection.
+    pub fn is_plain(&self) -> bool {
+        matches!(self.transport, Transport::Plain(_))
+    }
+
+    /// One failed reading per series a failed poll reports: each JSON
+    /// metric, or `scrape` for a Prometheus target.
+    pub fn failed(&self, kind: FailureKind, message: &str) -> Vec<Reading> {
+        let failed = || Value::Failed {
+            kind,
+            message: message.to_owned(),
+        };
+        match &self.format {
+            Format::Json(metrics, _) => {
+                let mut out = Vec::with_capacity(metrics.len() + 1);
+                out.extend(metrics.iter().map(|(s, _)| Reading::unstamped(s, failed())));
+                out
+            }
+            Format::Prometheus { scrape, .. } => {
+                let mut out = Vec::with_capacity(2);
+                out.push(Reading::unstamped(scrape, failed()));
+                out
+            }
         }
     }
 
-    pub async fn poll(&mut self) -> Result<Vec<Sample>, PollError> {
-        let body = self.fetch().await?;
-        match self.format {
-            HttpFormat::Json => {
-                let doc = parse_json(&body)?;
-                Ok(extract_json(&doc, &self.metrics))
+    pub async fn poll(&mut self) -> Result<Polled, PollError> {
+        let (body, start) = self.fetch().await?;
+        let body = body.get(start..).unwrap_or_default();
+        match &mut self.format {
+            Format::Json(metrics, wanted) => {
+                // Only the members the pointers need; whatever that does not
+                // cover (and every error) is decided by the full parse.
+                let doc = match wanted.as_ref().and_then(|w| w.parse(body)) {
+                    Some(doc) => doc,
+                    None => parse_json(body)?,
+                };
+                let mut out = Vec::with_capacity(metrics.len() + 1);
+                out.extend(
+                    metrics
+                        .iter()
+                        .map(|(s, pointer)| Reading::unstamped(s, json_value(&doc, pointer))),
+                );
+                Ok(Polled::Readings(out))
             }
-            HttpFormat::Prometheus => {
-                let text = std::str::from_utf8(&body)
+            Format::Prometheus {
+                scrape,
+                cache,
+                last_len,
+            } => {
+                let text = std::str::from_utf8(body)
                     .map_err(|e| PollError::error(format!("prometheus text is not utf-8: {e}")))?;
-                let samples =
-                    prometheus::parse(text).map_err(|e| PollError::error(e.to_string()))?;
-                Ok(samples
-                    .into_iter()
-                    .map(|s| Sample {
-                        labels: s.labels,
-                        ..Sample::new(s.name, Value::F64(s.value))
-                    })
-                    .collect())
+                let device = &scrape.device;
+                let mut out = Vec::with_capacity(*last_len + 1);
+                cache
+                    .parse(
+                        text,
+                        |name, labels| series_with(device, name, &labels, ""),
+                        |s, v| out.push(Reading::unstamped(s, Value::F64(v))),
+                    )
+                    .map_err(|e| PollError::error(e.to_string()))?;
+                *last_len = out.len();
+                Ok(Polled::Readings(out))
             }
         }
     }
@@ -114,70 +232,98 @@ impl HttpDriver {
         })
     }
 
-    /// GETs the url and returns the body of a 2xx answer.
-    async fn fetch(&self) -> Result<Vec<u8>, PollError> {
-        let accept = match self.format {
-            HttpFormat::Json => "application/json",
-            HttpFormat::Prometheus => "text/plain;version=0.0.4",
-        };
-        let mut request = self
-            .client
-            .get(&self.url)
-            .timeout(self.timeout)
-            .header(reqwest::header::ACCEPT, accept);
-        request = match &self.auth {
-            HttpAuth::None => request,
-            HttpAuth::Basic { username, password } => request.basic_auth(username, Some(password)),
-            HttpAuth::Bearer(token) => request.bearer_auth(token),
-        };
-        let mut resp = request
-            .send()
-            .await
-            .map_err(|e| request_error(&self.url, self.timeout, &e))?;
-        let status = resp.status();
-        if matches!(status.as_u16(), 401 | 403) {
-            let sent = match &self.auth {
-                HttpAuth::None => "no credentials configured",
-                HttpAuth::Basic { .. } => "basic auth rejected",
-                HttpAuth::Bearer(_) => "bearer token rejected",
-            };
-            return Err(PollError::error(format!(
-                "http {status} from GET {}: authentication failure ({sent})",
-                self.url
-            )));
-        }
-        if !status.is_success() {
-            return Err(PollError::error(format!(
-                "http {status} from GET {}",
-                self.url
-            )));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| request_error(&self.url, self.timeout, &e))?
-        {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(PollError::error(format!(
-                    "response body of GET {} exceeds {MAX_BODY_BYTES} bytes",
-                    self.url
-                )));
+    /// GETs the url; returns the buffer holding the body of a 2xx answer
+    /// and where the body starts in it.
+    async fn fetch(&mut self) -> Result<(Vec<u8>, usize), PollError> {
+        let (status, location, body, start) = match &mut self.transport {
+            Transport::Plain(plain) => {
+                // No timer of its own: every caller (the scheduler, `check`)
+                // runs the poll under the device's timeout already.
+                let resp = plain.get().await.map_err(|e| plain_error(&self.url, &e))?;
+                (resp.status, resp.location, resp.body, resp.body_start)
             }
-            body.extend_from_slice(&chunk);
-        }
-        debug!(url = %self.url, bytes = body.len(), "http poll answered");
-        Ok(body)
+            Transport::Client(client, headers) => {
+                let mut resp = client
+                    .get(&*self.url)
+                    .timeout(self.timeout)
+                    .headers(headers.clone())
+                    .send()
+                    .await
+                    .map_err(|e| request_error(&self.url, self.timeout, &e))?;
+                let status = resp.status().as_u16();
+                let location = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let mut body = Vec::new();
+                if (200..300).contains(&status) {
+                    while let Some(chunk) = resp
+                        .chunk()
+                        .await
+                        .map_err(|e| request_error(&self.url, self.timeout, &e))?
+                    {
+                        if body.len() + chunk.len() > MAX_BODY_BYTES {
+                            return Err(PollError::error(format!(
+                                "response body of GET {} exceeds {MAX_BODY_BYTES} bytes",
+                                self.url
+                            )));
+                        }
+                        body.extend_from_slice(&chunk);
+                    }
+                }
+                (status, location, body, 0)
+            }
+        };
+        self.check_status(status, location.as_deref())?;
+        debug!(url = %self.url, bytes = body.len() - start, "http poll answered");
+        Ok((body, start))
     }
+
+    /// `Ok` for a 2xx status; the error says what the others mean.
+    fn check_status(&self, status: u16, location: Option<&str>) -> Result<(), PollError> {
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let text = reqwest::StatusCode::from_u16(status)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| status.to_string());
+        let url = &self.url;
+        Err(PollError::error(match status {
+            401 | 403 => {
+                let sent = match self.auth {
+                    AuthKind::None => "no credentials configured",
+                    AuthKind::Basic => "basic auth rejected",
+                    AuthKind::Bearer => "bearer token rejected",
+                };
+                format!("http {text} from GET {url}: authentication failure ({sent})")
+            }
+            300..=399 => format!(
+                "http {text} from GET {url}: redirect to {} not followed (configure the final url)",
+                location.unwrap_or("(no location)")
+            ),
+            _ => format!("http {text} from GET {url}"),
+        }))
+    }
+}
+
+/// The user agent of every request.
+const USER_AGENT: &str = concat!("tributary-agent/", env!("CARGO_PKG_VERSION"));
+
+fn timeout_error(url: &str, timeout: Duration) -> PollError {
+    // Said the way the scheduler says it, whichever timer fired first.
+    PollError::timeout(format!(
+        "timeout after {}: no answer to GET {url}",
+        humantime::format_duration(timeout)
+    ))
+}
+
+fn plain_error(url: &str, e: &http_plain::FetchError) -> PollError {
+    PollError::error(format!("GET {url}: {}", error_chain(e)))
 }
 
 fn request_error(url: &str, timeout: Duration, e: &reqwest::Error) -> PollError {
     if e.is_timeout() {
-        // Said the way the scheduler says it, whichever timer fired first.
-        return PollError::timeout(format!(
-            "timeout after {}: no answer to GET {url}",
-            humantime::format_duration(timeout)
-        ));
+        return timeout_error(url, timeout);
     }
     let kind = FailureKind::Error;
     let chain = error_chain(e);
@@ -209,35 +355,36 @@ pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, PollError> {
 pub fn extract_json(doc: &serde_json::Value, metrics: &[JsonMetric]) -> Vec<Sample> {
     metrics
         .iter()
-        .map(|m| {
-            let value = match doc.pointer(&m.pointer) {
-                None => failed(format!("pointer {} not found", m.pointer)),
-                Some(serde_json::Value::Number(n)) => match n.as_i64() {
-                    Some(i) => Value::I64(i),
-                    None => n.as_f64().map(Value::F64).unwrap_or_else(|| {
-                        failed(format!("pointer {}: number {n} out of range", m.pointer))
-                    }),
-                },
-                Some(serde_json::Value::Bool(b)) => Value::Bool(*b),
-                Some(serde_json::Value::String(s)) => Value::Str(s.clone()),
-                Some(serde_json::Value::Null) => {
-                    failed(format!("pointer {} not found (value is null)", m.pointer))
-                }
-                Some(serde_json::Value::Object(_)) => failed(format!(
-                    "pointer {} not found (value is an object, not a number, bool or string)",
-                    m.pointer
-                )),
-                Some(serde_json::Value::Array(_)) => failed(format!(
-                    "pointer {} not found (value is an array, not a number, bool or string)",
-                    m.pointer
-                )),
-            };
-            Sample {
-                unit: m.unit.clone(),
-                ..Sample::new(m.name.clone(), value)
-            }
+        .map(|m| Sample {
+            unit: m.unit.clone(),
+            ..Sample::new(m.name.clone(), json_value(doc, &m.pointer))
         })
         .collect()
+}
+
+/// The value `pointer` picks out of `doc`, or why there is none.
+fn json_value(doc: &serde_json::Value, pointer: &str) -> Value {
+    match doc.pointer(pointer) {
+        None => failed(format!("pointer {pointer} not found")),
+        Some(serde_json::Value::Number(n)) => match n.as_i64() {
+            Some(i) => Value::I64(i),
+            None => n
+                .as_f64()
+                .map(Value::F64)
+                .unwrap_or_else(|| failed(format!("pointer {pointer}: number {n} out of range"))),
+        },
+        Some(serde_json::Value::Bool(b)) => Value::Bool(*b),
+        Some(serde_json::Value::String(s)) => Value::Str(s.clone()),
+        Some(serde_json::Value::Null) => {
+            failed(format!("pointer {pointer} not found (value is null)"))
+        }
+        Some(serde_json::Value::Object(_)) => failed(format!(
+            "pointer {pointer} not found (value is an object, not a number, bool or string)"
+        )),
+        Some(serde_json::Value::Array(_)) => failed(format!(
+            "pointer {pointer} not found (value is an array, not a number, bool or string)"
+        )),
+    }
 }
 
 fn failed(message: String) -> Value {
@@ -247,11 +394,35 @@ fn failed(message: String) -> Value {
     }
 }
 
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+}
+
+/// The client every device without its own CA uses. Built once; a clone
+/// shares the pool.
+fn shared_client() -> Result<reqwest::Client, reqwest::Error> {
+    static SHARED: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = SHARED.get() {
+        return Ok(c.clone());
+    }
+    let client = client_builder().build()?;
+    Ok(SHARED.get_or_init(|| client).clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    impl HttpDriver {
+        /// One poll as named samples.
+        async fn poll_samples(&mut self) -> Result<Vec<Sample>, PollError> {
+            self.poll().await.map(Polled::into_samples)
+        }
+    }
 
     fn metric(name: &str, pointer: &str) -> JsonMetric {
         JsonMetric {
@@ -366,6 +537,19 @@ mod tests {
         .expect("client")
     }
 
+    #[test]
+    fn plain_connection_only_for_plain_http_urls() {
+        for (url, plain) in [
+            ("http://127.0.0.1:1/x", true),
+            ("http://dev.local:8080/x?q=1", true),
+            ("https://127.0.0.1:1/x", false),
+            ("http://u:p@127.0.0.1/x", false),
+        ] {
+            let d = driver(url.into(), HttpFormat::Json, vec![]);
+            assert_eq!(d.is_plain(), plain, "{url}");
+        }
+    }
+
     #[tokio::test]
     async fn json_device_end_to_end() {
         let url = serve(response(
@@ -383,12 +567,12 @@ mod tests {
                 metric("x", "/x"),
             ],
         );
-        let samples = d.poll().await.expect("poll");
+        let samples = d.poll_samples().await.expect("poll");
         assert_eq!(samples[0].value, Value::F64(12.5));
         assert_eq!(samples[1].value, Value::I64(3));
         assert!(matches!(samples[2].value, Value::Failed { .. }));
         // A second poll works too (fresh connection after `Connection: close`).
-        assert_eq!(d.poll().await.expect("poll").len(), 3);
+        assert_eq!(d.poll_samples().await.expect("poll").len(), 3);
     }
 
     #[tokio::test]
@@ -400,19 +584,21 @@ mod tests {
         ))
         .await;
         let mut d = driver(url, HttpFormat::Prometheus, vec![]);
-        let samples = d.poll().await.expect("poll");
+        let samples = d.poll_samples().await.expect("poll");
         assert_eq!(samples.len(), 2);
         assert_eq!(samples[0].metric, "up");
         assert_eq!(samples[0].labels.get("job").map(String::as_str), Some("a"));
         assert_eq!(samples[1].value, Value::F64(0.5));
-        assert_eq!(d.metrics().collect::<Vec<_>>(), vec![("scrape", "")]);
+        let failed = Polled::Readings(d.failed(FailureKind::Error, "x")).into_samples();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].metric, SCRAPE_METRIC);
     }
 
     #[tokio::test]
     async fn bad_answers_are_poll_errors() {
         let url = serve(response("500 Internal Server Error", "text/plain", "boom")).await;
         let e = driver(url.clone(), HttpFormat::Json, vec![metric("a", "/a")])
-            .poll()
+            .poll_samples()
             .await
             .expect_err("500");
         assert_eq!(
@@ -422,7 +608,7 @@ mod tests {
 
         let url = serve(response("200 OK", "application/json", "{\"a\": ")).await;
         let e = driver(url, HttpFormat::Json, vec![metric("a", "/a")])
-            .poll()
+            .poll_samples()
             .await
             .expect_err("truncated json");
         assert!(
@@ -432,7 +618,7 @@ mod tests {
 
         let url = serve(response("200 OK", "text/plain", "ok 1\nbad line\n")).await;
         let e = driver(url, HttpFormat::Prometheus, vec![])
-            .poll()
+            .poll_samples()
             .await
             .expect_err("bad text");
         assert!(e.message.starts_with("prometheus text line 2: "), "{e}");
@@ -440,35 +626,23 @@ mod tests {
 
     #[tokio::test]
     async fn connection_refused_names_the_cause() {
-        // Bind then drop, so the port is (almost certainly) closed.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        drop(listener);
+        // Bound but not listening: connections are refused, and no other
+        // test can take the port meanwhile.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let addr = socket.local_addr().expect("local addr");
         let e = driver(
             format!("http://{addr}/"),
             HttpFormat::Json,
             vec![metric("a", "/a")],
         )
-        .poll()
+        .poll_samples()
         .await
         .expect_err("refused");
         assert_eq!(e.kind, FailureKind::Error);
         assert!(e.message.contains(&addr.to_string()), "{e}");
         assert!(e.message.to_lowercase().contains("refused"), "{e}");
     }
-}
-
-fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder().user_agent(concat!("tributary-agent/", env!("CARGO_PKG_VERSION")))
-}
-
-/// The client every device without its own CA uses. Built once; a clone
-/// shares the pool.
-fn shared_client() -> Result<reqwest::Client, reqwest::Error> {
-    static SHARED: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    if let Some(c) = SHARED.get() {
-        return Ok(c.clone());
-    }
-    let client = client_builder().build()?;
-    Ok(SHARED.get_or_init(|| client).clone())
 }

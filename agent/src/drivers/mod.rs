@@ -10,6 +10,8 @@
 
 pub mod exec;
 pub mod http;
+pub mod http_plain;
+mod json_subset;
 pub mod modbus;
 pub mod mqtt;
 pub mod prometheus;
@@ -20,7 +22,7 @@ pub mod tcp;
 use std::fmt;
 
 use crate::config::{DeviceConfig, DriverConfig};
-use crate::reading::{FailureKind, Sample, Value};
+use crate::reading::{FailureKind, Polled, Sample, Value};
 
 /// Why a whole poll produced no samples.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +93,7 @@ impl Driver {
     /// are made by the first poll.
     pub fn build(cfg: &DeviceConfig) -> Result<Driver, BuildError> {
         Ok(match &cfg.driver {
-            DriverConfig::Sim(c) => Driver::Sim(sim::SimDriver::new(c)),
+            DriverConfig::Sim(c) => Driver::Sim(sim::SimDriver::new(c, &cfg.name)),
             DriverConfig::Http(c) => {
                 Driver::Http(http::HttpDriver::new(c, cfg.timeout, &cfg.name)?)
             }
@@ -103,32 +105,46 @@ impl Driver {
         })
     }
 
-    /// Polls the device once.
+    /// Polls the device once: values on the driver's own series where it
+    /// resolves them (no names allocated per poll), samples otherwise.
+    ///
+    /// The HTTP poll runs inline; the other drivers' poll futures are boxed
+    /// (allocated for the duration of a poll), so this future, which is
+    /// part of every idle device task's memory, stays the size of the HTTP
+    /// one rather than of the largest driver's.
+    pub async fn poll_values(&mut self) -> Result<Polled, PollError> {
+        Ok(match self {
+            Driver::Sim(d) => Polled::Readings(d.poll()),
+            Driver::Http(d) => d.poll().await?,
+            Driver::Modbus(d) => Polled::Samples(Box::pin(d.poll()).await?),
+            Driver::Snmp(d) => Polled::Samples(Box::pin(d.poll()).await?),
+            Driver::Mqtt(d) => Polled::Samples(Box::pin(d.poll()).await?),
+            Driver::Tcp(d) => Polled::Samples(Box::pin(d.poll()).await?),
+            Driver::Exec(d) => Polled::Samples(Box::pin(d.poll()).await?),
+        })
+    }
+
+    /// Polls the device once, as named samples (for `check` and tests).
     pub async fn poll(&mut self) -> Result<Vec<Sample>, PollError> {
-        match self {
-            Driver::Sim(d) => Ok(d.poll()),
-            Driver::Http(d) => d.poll().await,
-            Driver::Modbus(d) => d.poll().await,
-            Driver::Snmp(d) => d.poll().await,
-            Driver::Mqtt(d) => d.poll().await,
-            Driver::Tcp(d) => d.poll().await,
-            Driver::Exec(d) => d.poll().await,
-        }
+        self.poll_values().await.map(Polled::into_samples)
     }
 
     /// The metrics a failed poll reports as failed (for a Prometheus scrape,
     /// whose metrics are unknown in advance, `scrape`; none for MQTT).
     pub fn metric_names(&self) -> Vec<String> {
-        self.failure_samples(FailureKind::Error, "")
-            .into_iter()
-            .map(|s| s.metric)
-            .collect()
+        let mut names: Vec<String> = Vec::new();
+        for s in self.failure_samples(FailureKind::Error, "") {
+            if !names.contains(&s.metric) {
+                names.push(s.metric);
+            }
+        }
+        names
     }
 
-    /// One failed sample per metric of [`Driver::metric_names`], carrying
-    /// the unit each metric has when it succeeds (so a failure lands on the
+    /// One failed value per metric of [`Driver::metric_names`], on the
+    /// series each metric has when it succeeds (so a failure lands on the
     /// same series as the values).
-    pub fn failure_samples(&self, kind: FailureKind, message: &str) -> Vec<Sample> {
+    pub fn failed(&self, kind: FailureKind, message: &str) -> Polled {
         let failed = |metric: &str, unit: &str| Sample {
             unit: unit.to_owned(),
             ..Sample::new(
@@ -139,9 +155,9 @@ impl Driver {
                 },
             )
         };
-        match self {
-            Driver::Sim(d) => d.metric_names().iter().map(|m| failed(m, "")).collect(),
-            Driver::Http(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
+        Polled::Samples(match self {
+            Driver::Sim(d) => return Polled::Readings(d.failed(kind, message)),
+            Driver::Http(d) => return Polled::Readings(d.failed(kind, message)),
             Driver::Modbus(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
             Driver::Snmp(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
             // Its devices and metrics come from topics: the `up` series of
@@ -149,7 +165,12 @@ impl Driver {
             Driver::Mqtt(_) => Vec::new(),
             Driver::Tcp(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
             Driver::Exec(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
-        }
+        })
+    }
+
+    /// [`Driver::failed`] as named samples.
+    pub fn failure_samples(&self, kind: FailureKind, message: &str) -> Vec<Sample> {
+        self.failed(kind, message).into_samples()
     }
 }
 

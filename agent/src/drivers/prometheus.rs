@@ -5,8 +5,15 @@
 //! checked for shape; other comments are skipped. Sample lines are
 //! `name{label="value",...} value [timestamp]`, with the label value escapes
 //! `\\`, `\"` and `\n`, and values such as `NaN`, `+Inf` and `-Inf`.
+//!
+//! [`SeriesCache`] is the scraping path: a target's series are parsed once,
+//! and a line whose series text (`name{labels}`, byte for byte) was seen
+//! before costs one hash lookup and a float parse.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::reading::intern;
 
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,23 +40,206 @@ const TYPES: &[&str] = &["counter", "gauge", "histogram", "summary", "untyped"];
 /// Parses a whole exposition; the samples come in text order.
 pub fn parse(text: &str) -> Result<Vec<PromSample>, ParseError> {
     let mut samples = Vec::new();
-    for (i, line) in text.split('\n').enumerate() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        let fail = |message: String| ParseError {
-            line: i + 1,
-            message,
-        };
-        let trimmed = line.trim_matches(is_blank);
-        if trimmed.is_empty() {
-            continue;
-        }
-        if let Some(comment) = trimmed.strip_prefix('#') {
-            parse_comment(comment).map_err(fail)?;
-            continue;
-        }
+    for line in sample_lines(text) {
+        let (line, trimmed) = line?;
+        let fail = |message: String| ParseError { line, message };
         samples.push(parse_sample(trimmed).map_err(fail)?);
     }
     Ok(samples)
+}
+
+/// The sample lines of an exposition with their line numbers (from 1),
+/// trimmed; blank lines are skipped and comments checked and skipped.
+fn sample_lines(text: &str) -> impl Iterator<Item = Result<(usize, &str), ParseError>> {
+    text.split('\n').enumerate().filter_map(|(i, line)| {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let trimmed = line.trim_matches(is_blank);
+        if trimmed.is_empty() {
+            return None;
+        }
+        match trimmed.strip_prefix('#') {
+            Some(comment) => parse_comment(comment).err().map(|message| {
+                Err(ParseError {
+                    line: i + 1,
+                    message,
+                })
+            }),
+            None => Some(Ok((i + 1, trimmed))),
+        }
+    })
+}
+
+/// The series of one target seen so far, keyed by the raw series text of
+/// a sample line, with what the caller made of each (an interned key).
+///
+/// A target writes its series in the same order on every scrape, so the
+/// cache also keeps the last scrape's sequence: line `k` is first compared
+/// with entry `k` of that sequence (a sequential walk), and only a line
+/// that differs costs a hash lookup. When a scrape's sequence differs, it
+/// replaces the kept one, and the map is rebuilt from it once it holds more
+/// than about twice as many series (series the target stopped exposing are
+/// forgotten).
+#[derive(Debug)]
+pub struct SeriesCache<T> {
+    /// Keys are shared with `order` (one allocation per series text).
+    map: HashMap<Arc<str>, T>,
+    /// The last scrape's series, in text order.
+    order: Vec<(Arc<str>, T)>,
+}
+
+impl<T> Default for SeriesCache<T> {
+    fn default() -> Self {
+        SeriesCache {
+            map: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone> SeriesCache<T> {
+    /// Series cached.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Parses a whole exposition exactly like [`parse`] (same samples, same
+    /// errors), calling `emit` with each sample's series and value in text
+    /// order. A series not cached yet is made by `make(name, labels)` once.
+    /// On an error, samples before the bad line have been emitted.
+    pub fn parse(
+        &mut self,
+        text: &str,
+        mut make: impl FnMut(&str, BTreeMap<String, String>) -> T,
+        mut emit: impl FnMut(&T, f64),
+    ) -> Result<(), ParseError> {
+        // Samples so far that matched the kept sequence, then (once one
+        // did not) this scrape's series from there on.
+        let mut matched = 0usize;
+        let mut diverged: Option<Vec<(&str, T)>> = None;
+        for line in sample_lines(text) {
+            let (line, trimmed) = line?;
+            let fail = |message: String| ParseError { line, message };
+            let split = split_series(trimmed);
+            // Whether this line continues the kept sequence.
+            let in_order = diverged.is_none()
+                && split.is_some_and(|(series, _)| {
+                    self.order
+                        .get(matched)
+                        .is_some_and(|(key, _)| **key == *series)
+                });
+            let known = match split {
+                Some(_) if in_order => self.order.get(matched).map(|(_, t)| t.clone()),
+                Some((series, _)) => self.map.get(series).cloned(),
+                None => None,
+            };
+            let t = match (known, split) {
+                (Some(t), Some((series, rest))) => {
+                    // Known series: only the value is left to read.
+                    match parse_rest(rest, series.ends_with('}')) {
+                        Some(value) => emit(&t, value),
+                        None => emit(&t, parse_sample(trimmed).map_err(fail)?.value),
+                    }
+                    t
+                }
+                _ => {
+                    let sample = parse_sample(trimmed).map_err(fail)?;
+                    let t = make(&sample.name, sample.labels);
+                    emit(&t, sample.value);
+                    if let Some((series, _)) = split {
+                        self.map.insert(intern(series), t.clone());
+                    }
+                    t
+                }
+            };
+            if in_order {
+                matched += 1;
+            } else {
+                diverged
+                    .get_or_insert_with(Vec::new)
+                    .extend(split.map(|(series, _)| (series, t)));
+            }
+        }
+        if diverged.is_some() || matched != self.order.len() {
+            self.order.truncate(matched);
+            for (series, t) in diverged.unwrap_or_default() {
+                // The map's key (every series of the scrape is in the map).
+                let key = match self.map.get_key_value(series) {
+                    Some((key, _)) => key.clone(),
+                    None => {
+                        let key = intern(series);
+                        self.map.insert(key.clone(), t.clone());
+                        key
+                    }
+                };
+                self.order.push((key, t));
+            }
+            if self.map.len() > 2 * self.order.len() + 16 {
+                self.map = self
+                    .order
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.clone()))
+                    .collect();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a sample line (trimmed) into its series text, read the way
+/// [`parse_sample`] reads it (`name`, or `name` blanks `{...}` with braces
+/// inside quoted values skipped), and the rest; `None` when there is no
+/// name or the label set is not closed.
+fn split_series(line: &str) -> Option<(&str, &str)> {
+    let b = line.as_bytes();
+    let name_end = b
+        .iter()
+        .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b':'))
+        .unwrap_or(b.len());
+    if name_end == 0 {
+        return None;
+    }
+    let open = name_end
+        + b.get(name_end..)?
+            .iter()
+            .take_while(|&&c| c == b' ' || c == b'\t')
+            .count();
+    if b.get(open) != Some(&b'{') {
+        return Some(line.split_at(name_end));
+    }
+    let mut quoted = false;
+    let mut k = open + 1;
+    while let Some(&c) = b.get(k) {
+        match c {
+            b'\\' if quoted => k += 1,
+            b'"' => quoted = !quoted,
+            b'}' if !quoted => return Some(line.split_at(k + 1)),
+            _ => {}
+        }
+        k += 1;
+    }
+    None
+}
+
+/// Reads `value [timestamp]` after the series text of a line whose series
+/// parsed before; `None` if anything is off (the full parser then names
+/// the error). Without labels, a blank must separate name and value.
+fn parse_rest(rest: &str, has_labels: bool) -> Option<f64> {
+    if !has_labels && !rest.starts_with(is_blank) {
+        return None;
+    }
+    let rest = rest.trim_start_matches(is_blank);
+    let (value_text, rest) = rest.split_at(rest.find(is_blank).unwrap_or(rest.len()));
+    let value = parse_value(value_text)?;
+    let rest = rest.trim_start_matches(is_blank);
+    let (ts_text, rest) = rest.split_at(rest.find(is_blank).unwrap_or(rest.len()));
+    if !ts_text.is_empty() {
+        ts_text.parse::<i64>().ok()?;
+    }
+    rest.trim_matches(is_blank).is_empty().then_some(value)
 }
 
 fn is_blank(c: char) -> bool {
@@ -269,12 +459,15 @@ fn parse_label_value(c: &mut Cursor<'_>, name: &str) -> Result<String, String> {
 
 /// A sample value: a float, or `NaN`, `+Inf`, `-Inf` (case-insensitive).
 fn parse_value(s: &str) -> Option<f64> {
-    match s.to_ascii_lowercase().as_str() {
-        "nan" => Some(f64::NAN),
-        "+inf" | "inf" => Some(f64::INFINITY),
-        "-inf" => Some(f64::NEG_INFINITY),
+    if s.eq_ignore_ascii_case("nan") {
+        Some(f64::NAN)
+    } else if s.eq_ignore_ascii_case("+inf") || s.eq_ignore_ascii_case("inf") {
+        Some(f64::INFINITY)
+    } else if s.eq_ignore_ascii_case("-inf") {
+        Some(f64::NEG_INFINITY)
+    } else {
         // Rust also reads "infinity"; Prometheus does not write it, keep it.
-        _ => s.parse::<f64>().ok(),
+        s.parse::<f64>().ok()
     }
 }
 
@@ -375,6 +568,118 @@ nan_metric NaN\n";
                 e.to_string()
                     .starts_with(&format!("prometheus text line {line}: "))
             );
+        }
+    }
+
+    /// What [`SeriesCache::parse`] gives for `text`, as (name, labels,
+    /// value bits), with the error if any.
+    type Seen = Vec<(String, BTreeMap<String, String>, u64)>;
+
+    fn through_cache(
+        cache: &mut SeriesCache<(String, BTreeMap<String, String>)>,
+        text: &str,
+    ) -> (Seen, Option<ParseError>) {
+        let mut out = Vec::new();
+        let result = cache.parse(
+            text,
+            |name, labels| (name.to_owned(), labels),
+            |(name, labels), value| out.push((name.clone(), labels.clone(), value.to_bits())),
+        );
+        (out, result.err())
+    }
+
+    fn direct(text: &str) -> (Seen, Option<ParseError>) {
+        match parse(text) {
+            Ok(samples) => (
+                samples
+                    .into_iter()
+                    .map(|s| (s.name, s.labels, s.value.to_bits()))
+                    .collect(),
+                None,
+            ),
+            Err(e) => {
+                // The cache emits the samples before the bad line.
+                let before: String = text
+                    .split('\n')
+                    .take(e.line - 1)
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                let (seen, _) = direct(&before);
+                (seen, Some(e))
+            }
+        }
+    }
+
+    #[test]
+    fn cached_parse_equals_parse_on_known_and_new_series() {
+        let warm = "a 1\nb{x=\"y\"} 2\nc{p=\"}\\\"{\"} 3\nd {q=\"1\"} 4 100\n";
+        let texts = [
+            warm,
+            "a 5\nb{x=\"y\"} 6 7\nc{p=\"}\\\"{\"} -Inf\nd {q=\"1\"} NaN\n",
+            // Known series text followed by things the full parser refuses.
+            "a+1 2\n",
+            "a-b 2\n",
+            "b{x=\"y\"} 1 2 3\n",
+            "b{x=\"y\"} 1 1.5\n",
+            "b{x=\"y\"}\n",
+            "a\n",
+            "a1 1\n",
+            "b{x=\"y\"}7\n",
+            "a\t8\r\n  b{x=\"y\"}  9  \n",
+        ];
+        for text in texts {
+            let mut cache = SeriesCache::default();
+            through_cache(&mut cache, warm);
+            assert_eq!(through_cache(&mut cache, text), direct(text), "{text:?}");
+            // And a second time, now that its own series are known.
+            assert_eq!(through_cache(&mut cache, text), direct(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn cached_parse_equals_parse_on_random_soup() {
+        use rand::{Rng, SeedableRng};
+        let alphabet: Vec<char> = "ab_:{}=\",\\n #\t\r\n1e.+-éNaI".chars().collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut cache = SeriesCache::default();
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..24);
+            let text: String = (0..len)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect();
+            assert_eq!(through_cache(&mut cache, &text), direct(&text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn cache_makes_a_series_once_and_forgets_vanished_ones() {
+        let mut cache: SeriesCache<usize> = SeriesCache::default();
+        let mut made = 0;
+        let mut scrape = |cache: &mut SeriesCache<usize>, text: &str| {
+            let mut ids = Vec::new();
+            cache
+                .parse(
+                    text,
+                    |_, _| {
+                        made += 1;
+                        made
+                    },
+                    |id, _| ids.push(*id),
+                )
+                .expect("valid");
+            ids
+        };
+        let first = scrape(&mut cache, "a 1\nb{i=\"0\"} 2\n");
+        let second = scrape(&mut cache, "a 3\nb{i=\"0\"} 4\n");
+        assert_eq!(first, second);
+        assert_eq!(first, vec![1, 2]);
+        // 40 new series each scrape: the cache keeps about two scrapes.
+        for round in 0..10 {
+            let text: String = (0..40)
+                .map(|i| format!("g{{r=\"{round}\",i=\"{i}\"}} 1\n"))
+                .collect();
+            scrape(&mut cache, &text);
+            assert!(cache.len() <= 2 * 40 + 16 + 40, "{}", cache.len());
         }
     }
 

@@ -301,6 +301,22 @@ impl Encoder {
     }
 }
 
+/// A [`Decoder`]'s place in its blob, without the borrow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    left: usize,
+    series_default: i64,
+    received_default: i64,
+    has_series: bool,
+    has_received: bool,
+    /// Byte ranges left of the series, ts, received, kinds and values
+    /// columns.
+    columns: [(usize, usize); 5],
+    prev: [i64; 5],
+    run_kind: u8,
+    run_left: u64,
+}
+
 /// Reads a blob point by point.
 #[derive(Debug, Clone)]
 pub struct Decoder<'a> {
@@ -388,6 +404,86 @@ impl<'a> Decoder<'a> {
     /// Points not yet read.
     pub fn remaining(&self) -> usize {
         self.left
+    }
+
+    /// Where this decoder stands in `blob` (the blob it was made from), so
+    /// that [`Decoder::resume`] can go on from here later: a cursor that is
+    /// kept between calls without borrowing its blob.
+    pub fn position(&self, blob: &[u8]) -> Position {
+        let base = blob.as_ptr() as usize;
+        let at = |s: &[u8]| {
+            let start = (s.as_ptr() as usize).wrapping_sub(base);
+            (start, start.wrapping_add(s.len()))
+        };
+        Position {
+            left: self.left,
+            series_default: self.series_default,
+            received_default: self.received_default,
+            has_series: self.has_series,
+            has_received: self.has_received,
+            columns: [
+                at(self.series),
+                at(self.ts),
+                at(self.received),
+                at(self.kinds),
+                at(self.values),
+            ],
+            prev: [
+                self.prev_series,
+                self.prev_ts,
+                self.prev_delta,
+                self.prev_received,
+                self.prev_int,
+            ],
+            run_kind: self.run_kind,
+            run_left: self.run_left,
+        }
+    }
+
+    /// A decoder of `blob` standing at `pos` (taken from a decoder of the
+    /// same blob). A position that does not fit the blob is an error.
+    pub fn resume(blob: &'a [u8], pos: &Position) -> Result<Self, CodecError> {
+        let col = |i: usize| -> Result<&'a [u8], CodecError> {
+            let (start, end) = pos.columns[i];
+            blob.get(start..end)
+                .ok_or(CodecError::Header("position outside the blob"))
+        };
+        Ok(Decoder {
+            left: pos.left,
+            series_default: pos.series_default,
+            received_default: pos.received_default,
+            has_series: pos.has_series,
+            has_received: pos.has_received,
+            series: col(0)?,
+            ts: col(1)?,
+            received: col(2)?,
+            kinds: col(3)?,
+            values: col(4)?,
+            prev_series: pos.prev[0],
+            prev_ts: pos.prev[1],
+            prev_delta: pos.prev[2],
+            prev_received: pos.prev[3],
+            prev_int: pos.prev[4],
+            run_kind: pos.run_kind,
+            run_left: pos.run_left,
+        })
+    }
+
+    /// The series of the next point, without reading it; `None` after the
+    /// last point (or if the series column is broken: reading the point
+    /// then says why).
+    #[inline]
+    pub fn peek_series(&self) -> Option<i64> {
+        if self.left == 0 {
+            return None;
+        }
+        if !self.has_series {
+            return Some(self.series_default);
+        }
+        let mut col = self.series;
+        get_signed(&mut col, "series")
+            .ok()
+            .map(|d| self.prev_series.wrapping_add(d))
     }
 
     /// The next point, `None` after the last (having checked that every
@@ -587,6 +683,45 @@ mod tests {
             StoredValue::Error(String::new()),
             StoredValue::Error("connection refused".into()),
         ]
+    }
+
+    #[test]
+    fn a_decoder_resumed_from_its_position_reads_on_where_it_stood() {
+        let values = every_kind();
+        let mut head = Encoder::head();
+        for (i, v) in values.iter().enumerate() {
+            head.push(i as i64 / 3, 1000 - i as i64 * 7, 0, RawValue::of(v));
+        }
+        let blob = head.finish();
+        let all: Vec<_> = Decoder::new(&blob, 0, 5)
+            .unwrap()
+            .collect_points()
+            .unwrap()
+            .into_iter()
+            .map(owned)
+            .collect();
+        // Read one point per fresh decoder, resuming each time.
+        let mut pos = Decoder::new(&blob, 0, 5).unwrap().position(&blob);
+        let mut got = Vec::new();
+        loop {
+            let mut d = Decoder::resume(&blob, &pos).unwrap();
+            let peeked = d.peek_series();
+            let Some(p) = d.next_point().unwrap() else {
+                assert_eq!(peeked, None);
+                break;
+            };
+            assert_eq!(peeked, Some(p.series));
+            got.push(owned(p));
+            pos = d.position(&blob);
+        }
+        assert_eq!(got.len(), all.len());
+        for (a, b) in got.iter().zip(&all) {
+            assert_eq!((a.0, a.1, a.2), (b.0, b.1, b.2));
+            assert!(same(&a.3, &b.3));
+        }
+        // A position that does not fit the blob is an error, not a panic.
+        let start = Decoder::new(&blob, 0, 5).unwrap().position(&blob);
+        assert!(Decoder::resume(&blob[..blob.len() / 2], &start).is_err());
     }
 
     #[test]

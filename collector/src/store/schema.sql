@@ -82,8 +82,19 @@ CREATE INDEX IF NOT EXISTS chunks_by_series_ts ON chunks (series_id, max_ts, min
 CREATE INDEX IF NOT EXISTS chunks_small ON chunks (series_id) WHERE count < 4096;
 
 -- Per series: head rows up to head_id are in chunks (their points of this
--- series must not be read from the head any more).
+-- series must not be read from the head any more). Written by earlier
+-- versions, one row per series and round; still read.
 CREATE TABLE IF NOT EXISTS compacted (
     series_id INTEGER PRIMARY KEY,
     head_id   INTEGER NOT NULL
+);
+-- The same mark for every series id in [series_lo, series_hi]: one row per
+-- compaction step (which writes a run of series in id order), instead of
+-- one per series. A series' mark is the largest of both tables. A mark
+-- matters only while head rows at or below it exist, so a round deletes
+-- its spans with its last head rows; the table stays a few rows long.
+CREATE TABLE IF NOT EXISTS compacted_span (
+    head_id   INTEGER NOT NULL,
+    series_lo INTEGER NOT NULL,
+    series_hi INTEGER NOT NULL
 );

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::model::{SeriesKey, SeriesMeta};
+use crate::model::{NewReading, SeriesKey, SeriesMeta};
 
 use super::Plan;
 use super::codec::{Decoder, Encoder, RawValue};
@@ -34,7 +34,8 @@ pub struct SqliteStore {
     compactor: Compactor,
     /// Reused for every head row.
     head: Encoder,
-    blob: Vec<u8>,
+    /// Reused: the order of a batch's readings in its head row.
+    order: Vec<u32>,
 }
 
 /// The schema, applied on every open.
@@ -72,7 +73,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             compactor,
             head: Encoder::head(),
-            blob: Vec::new(),
+            order: Vec::new(),
         })
     }
 
@@ -223,6 +224,9 @@ impl SqliteStore {
             }
             Plan::new(set, &stored)
         };
+        // Head rows written: (id, received_ns, points, min_ts, blob), for
+        // the compactor once committed.
+        let mut rows = Vec::new();
         {
             let mut ins = tx
                 .prepare_cached(
@@ -234,26 +238,36 @@ impl SqliteStore {
                 if b.readings.is_empty() {
                     continue;
                 }
+                // In series order: the compactor reads rows that way.
                 let head = &mut self.head;
                 head.clear();
-                for r in &b.readings {
-                    head.push(r.series_id, r.ts_ns, 0, RawValue::of(&r.value));
+                series_order(&b.readings, &mut self.order);
+                if self.order.is_empty() {
+                    for r in &b.readings {
+                        head.push(r.series_id, r.ts_ns, 0, RawValue::of(&r.value));
+                    }
+                } else {
+                    for &i in &self.order {
+                        let r = &b.readings[i as usize];
+                        head.push(r.series_id, r.ts_ns, 0, RawValue::of(&r.value));
+                    }
                 }
-                self.blob.clear();
-                head.finish_into(&mut self.blob);
+                let blob = head.finish();
                 let (min_series, max_series) = head.series_range();
                 let (min_ts, max_ts) = head.ts_range();
+                let id = self.compactor.next_head_id();
                 ins.execute(params![
-                    self.compactor.next_head_id(),
+                    id,
                     b.received_ns,
                     min_series,
                     max_series,
                     min_ts,
                     max_ts,
                     head.len() as i64,
-                    &self.blob[..]
+                    &blob[..]
                 ])
                 .map_err(err)?;
+                rows.push((id, b.received_ns, head.len(), min_ts, blob));
             }
             let mut up = tx
                 .prepare_cached(
@@ -310,8 +324,8 @@ impl SqliteStore {
             }
         }
         tx.commit().map_err(err)?;
-        for (b, _) in set.batches.iter().zip(&plan.write).filter(|(_, w)| **w) {
-            self.compactor.add(b);
+        for (id, received_ns, points, min_ts, blob) in rows {
+            self.compactor.add(id, received_ns, points, min_ts, blob);
         }
         Ok(plan.report)
     }
@@ -384,9 +398,9 @@ impl SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
         let mut removed = 0u64;
-        // (series, id, points left) of small chunks changed, for the
-        // compactor once committed.
-        let mut changed: Vec<(i64, i64, usize)> = Vec::new();
+        // (series, points before, points left) of small chunks changed, for
+        // the compactor once committed.
+        let mut changed: Vec<(i64, usize, usize)> = Vec::new();
         {
             let mut oldest = tx
                 .prepare_cached(
@@ -418,24 +432,20 @@ impl SqliteStore {
                     delete.execute([id]).map_err(err)?;
                     removed += count as u64;
                     if small {
-                        changed.push((series, id, 0));
+                        changed.push((series, count, 0));
                     }
                 } else if small {
                     let budget = usize::try_from(max_rows - removed).unwrap_or(usize::MAX);
                     let left = trim(&tx, id, series, cutoff_ns, budget)
                         .map_err(|e| compact_err(&self.path, e))?;
                     removed += (count - left) as u64;
-                    changed.push((series, id, left));
+                    changed.push((series, count, left));
                 }
             }
         }
         tx.commit().map_err(err)?;
-        for (series, id, left) in changed {
-            if left == 0 {
-                self.compactor.forget(series, id);
-            } else {
-                self.compactor.set_count(series, id, left);
-            }
+        for (series, before, left) in changed {
+            self.compactor.resized(series, before, left);
         }
         Ok(RetainStep {
             removed,
@@ -478,6 +488,21 @@ fn trim(
         }
     }
     Ok(keep.len())
+}
+
+/// The order in which a head row holds `readings`: their indexes sorted
+/// by series id, stable (a series keeps its commit order), in `order`;
+/// left empty when they already are in that order (the usual agent batch:
+/// polls of whole devices, whose series were declared in that order), which
+/// costs one pass.
+fn series_order(readings: &[NewReading], order: &mut Vec<u32>) {
+    order.clear();
+    if readings.is_sorted_by_key(|r| r.series_id) {
+        return;
+    }
+    // A batch holds far fewer than 2^32 readings (the session's limit).
+    order.extend(0..readings.len() as u32);
+    order.sort_by_key(|&i| readings[i as usize].series_id);
 }
 
 fn compact_err(path: &Path, e: CompactError) -> StoreError {

@@ -5,20 +5,26 @@
 //! Owned by [`super::sqlite::SqliteStore`], so it runs on the merger's
 //! thread, between groups: nothing else writes.
 //!
-//! - **Pending points.** After each commit the store hands the batches to
-//!   [`Compactor::add`], which appends every reading to its series' chunk
-//!   encoder in memory. So the head is never read back on the write path;
-//!   it is the durable copy, replayed into memory by [`Compactor::load`]
-//!   when the store opens.
+//! - **Pending points.** The store writes each batch's head row with its
+//!   points in series order (stable, so a series keeps its commit order)
+//!   and, after the commit, hands the compactor that same blob
+//!   ([`Compactor::add`]). So the head is never read back on the write
+//!   path, and what waits for a round costs what the head does (a few bytes
+//!   a point, nothing per series); the head is the durable copy, replayed
+//!   into memory by [`Compactor::load`] when the store opens.
 //! - **Rounds.** Once [`ROUND_POINTS`] points are pending, or the oldest has
 //!   waited [`ROUND_AGE`], a round *seals* them: the head rows up to the
-//!   newest id (`upto`) are now covered by the sealed encoders, and new
-//!   commits collect separately. The round writes the sealed encoders as
-//!   chunks, series by series, in steps of bounded work, one transaction
-//!   each; each step also sets `compacted.head_id = upto` of the series it
-//!   wrote. A reader therefore takes a head point of series `s` from row `h`
-//!   only if `h > compacted.head_id` of `s`: in every snapshot each point is
-//!   in exactly one place. The last steps delete the head rows up to `upto`.
+//!   newest id (`upto`) are now the round's, and new commits collect
+//!   separately. The round writes chunks series by series, in increasing
+//!   series order, taking each series' points from every sealed row in
+//!   turn (a k-way merge over rows that are each in series order, so every
+//!   row is read front to back once), in steps of bounded work, one
+//!   transaction each; each step also records `upto` as the compaction
+//!   mark of the run of series ids it wrote (one `compacted_span` row, see
+//!   [`Marks`]). A reader therefore takes a head point of series `s` from
+//!   row `h` only if `h >` the mark of `s`: in every snapshot each point is
+//!   in exactly one place. The last steps delete the head rows up to `upto`
+//!   and the round's marks.
 //! - **Tiers.** A round writes one chunk per series, as large as that
 //!   series' share of the round. A quiet series would pile up tiny chunks,
 //!   so chunks below [`CHUNK_POINTS`] ("small") are merged by size tier
@@ -28,21 +34,22 @@
 //!   has at most 4 × 7 small chunks. Full chunks are never rewritten, only
 //!   deleted by retention, which readers rely on (`sqlite_read`).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::codec::{CodecError, Decoder, Encoder, RawPoint, RawValue};
-use super::{BatchWrite, CompactStep};
+use super::CompactStep;
+use super::codec::{CodecError, Decoder, Encoder, Position, RawPoint};
+use crate::model::IdMap;
 
 /// Points of a full chunk. Chunks with fewer are "small" and get merged;
 /// `schema.sql`'s partial index `chunks_small` spells the same number.
 pub const CHUNK_POINTS: usize = 4096;
 
 /// A round starts once this many points are pending...
-const ROUND_POINTS: u64 = 1 << 20;
+const ROUND_POINTS: u64 = 1 << 21;
 
 /// ...or once the oldest pending point has waited this long.
 const ROUND_AGE: Duration = Duration::from_secs(10);
@@ -81,91 +88,90 @@ fn bad(table: &'static str, id: i64) -> impl Fn(CodecError) -> CompactError {
     move |source| CompactError::Blob { table, id, source }
 }
 
-/// Hasher for series ids (small dense integers): one multiply, no SipHash
-/// on the per-reading path.
-#[derive(Default)]
-struct IdHasher(u64);
+type SeriesMap<V> = IdMap<V>;
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_i64(&mut self, v: i64) {
-        self.0 = (self.0 ^ v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type SeriesMap<V> = HashMap<i64, V, BuildHasherDefault<IdHasher>>;
-
-/// Pending points of one series, as chunk encoders of at most
-/// [`CHUNK_POINTS`] points each.
-#[derive(Default)]
-struct Pending {
-    chunks: Vec<Encoder>,
-}
-
-impl Pending {
-    #[inline]
-    fn push(&mut self, ts_ns: i64, received_ns: i64, value: RawValue<'_>) {
-        match self.chunks.last_mut() {
-            Some(e) if e.len() < CHUNK_POINTS => e.push(0, ts_ns, received_ns, value),
-            _ => {
-                let mut e = Encoder::chunk();
-                e.push(0, ts_ns, received_ns, value);
-                self.chunks.push(e);
-            }
-        }
-    }
-}
-
-/// A small chunk of a series, as the compactor remembers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Small {
+/// A committed head row, kept in memory as it was written (its points in
+/// series order) until a round moves its points into chunks.
+struct HeadRow {
     id: i64,
-    count: usize,
+    received_ns: i64,
+    blob: Vec<u8>,
 }
+
+/// A head row of a round and how far the round has read it. Its points
+/// are in series order, so the round, which writes series in increasing
+/// order, reads every row front to back once (a k-way merge).
+struct Cursor {
+    row: HeadRow,
+    pos: Position,
+    /// Series of the row's next point; `None` once all are read.
+    next: Option<i64>,
+}
+
+/// How many small chunks a series has of each tier: all the compactor
+/// keeps per series (four bytes). Which chunks they are is read from the
+/// `chunks_small` index when a tier is merged, once every
+/// [`TIER_FANOUT`] rounds or more.
+type Tiers = [u8; 4];
 
 /// log₈ of a small chunk's count: 1–7 → 0, 8–63 → 1, 64–511 → 2,
 /// 512–4095 → 3. Merging [`TIER_FANOUT`] chunks of a tier always gives a
 /// higher one.
-fn tier(count: usize) -> u32 {
-    count.max(1).ilog2() / 3
+fn tier(count: usize) -> usize {
+    (count.max(1).ilog2() / 3).min(3) as usize
+}
+
+/// Counts a small chunk of `count` points in (`add`) or out of `tiers`.
+fn count_small(tiers: &mut Tiers, count: usize, add: bool) {
+    if count == 0 || count >= CHUNK_POINTS {
+        return;
+    }
+    let t = &mut tiers[tier(count)];
+    *t = if add {
+        t.saturating_add(1)
+    } else {
+        t.saturating_sub(1)
+    };
 }
 
 /// A round under way.
 struct Round {
-    /// Head rows up to this id are covered by `series` (or were compacted
+    /// Head rows up to this id are covered by `rows` (or were compacted
     /// before).
     upto: i64,
-    /// Sealed pending points, by series id.
-    series: Vec<(i64, Pending)>,
-    /// First entry of `series` not yet written.
-    next: usize,
+    /// The round's head rows, in id order; an exhausted one keeps its place
+    /// (its index is its identity in `heap`) but not its blob.
+    rows: Vec<Cursor>,
+    /// (next series, row index) of every row with points left: the
+    /// smallest series comes first, and among its rows the oldest.
+    heap: BinaryHeap<Reverse<(i64, usize)>>,
 }
 
 /// The compaction state. Not `Sync`; owned by the store, used by the merger.
+///
+/// Memory: the pending head rows as written (about the size of the head,
+/// ≈ 11 bytes a float reading), one cursor per head row of the round under
+/// way, and one chunk encoder; nothing per series but the small-chunk
+/// lists. So a store with many series does not pay a buffer per series.
 pub struct Compactor {
-    pending: SeriesMap<Pending>,
+    /// Committed head rows not yet in a round, in id order.
+    pending: Vec<HeadRow>,
     pending_points: u64,
     pending_since: Option<Instant>,
     /// Oldest device time among the pending points.
     pending_min_ts: i64,
     round: Option<Round>,
-    /// Small chunks per series, oldest first (ids grow).
-    small: SeriesMap<Vec<Small>>,
+    /// Small chunks per series, counted by tier (series without any are
+    /// left out).
+    small: SeriesMap<Tiers>,
     next_head_id: i64,
     next_chunk_id: i64,
     retry_at: Option<Instant>,
     /// Work of one step: points and chunk rows ([`STEP_POINTS`],
     /// [`STEP_ROWS`]; tests make them tiny).
     budget: (u64, u64),
+    /// Reused for every chunk a round writes.
+    chunk: Encoder,
 }
 
 impl Compactor {
@@ -186,7 +192,7 @@ impl Compactor {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let mut c = Compactor {
-            pending: SeriesMap::default(),
+            pending: Vec::new(),
             pending_points: 0,
             pending_since: None,
             pending_min_ts: i64::MAX,
@@ -198,44 +204,40 @@ impl Compactor {
             next_chunk_id: (max_chunk + 1).max(noted_chunk),
             retry_at: None,
             budget: (STEP_POINTS, STEP_ROWS),
+            chunk: Encoder::chunk(),
         };
         let mut stmt = conn.prepare(&format!(
-            "SELECT series_id, id, count FROM chunks WHERE count < {CHUNK_POINTS} ORDER BY id"
+            "SELECT series_id, count FROM chunks WHERE count < {CHUNK_POINTS}"
         ))?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let count = usize::try_from(r.get::<_, i64>(2)?).unwrap_or(0);
-            c.small.entry(r.get(0)?).or_default().push(Small {
-                id: r.get(1)?,
-                count,
-            });
+            let count = usize::try_from(r.get::<_, i64>(1)?).unwrap_or(0);
+            count_small(c.small.entry(r.get(0)?).or_default(), count, true);
         }
-        let mut marks: SeriesMap<i64> = SeriesMap::default();
-        let mut stmt = conn.prepare("SELECT series_id, head_id FROM compacted")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            marks.insert(r.get(0)?, r.get(1)?);
-        }
+        let marks = Marks::load(conn)?;
+        // Each head row again, without the points a chunk already holds,
+        // in series order (rows written before that order was kept are
+        // sorted here).
         let mut stmt = conn.prepare("SELECT id, received_ns, data FROM head ORDER BY id")?;
         let mut rows = stmt.query([])?;
+        let mut enc = Encoder::head();
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
             let received_ns: i64 = r.get(1)?;
             let blob: Vec<u8> = r.get(2)?;
-            let mut d = Decoder::new(&blob, 0, received_ns).map_err(bad("head", id))?;
-            while let Some(p) = d.next_point().map_err(bad("head", id))? {
-                if id > marks.get(&p.series).copied().unwrap_or(0) {
-                    c.pending
-                        .entry(p.series)
-                        .or_default()
-                        .push(p.ts_ns, p.received_ns, p.value);
-                    c.pending_points += 1;
-                    c.pending_min_ts = c.pending_min_ts.min(p.ts_ns);
-                }
+            let mut points = Decoder::new(&blob, 0, received_ns)
+                .and_then(Decoder::collect_points)
+                .map_err(bad("head", id))?;
+            points.retain(|p| id > marks.of(p.series));
+            if points.is_empty() {
+                continue;
             }
-        }
-        if c.pending_points > 0 {
-            c.pending_since = Some(Instant::now());
+            points.sort_by_key(|p| p.series);
+            enc.clear();
+            for p in &points {
+                enc.push(p.series, p.ts_ns, 0, p.value);
+            }
+            c.add(id, received_ns, enc.len(), enc.ts_range().0, enc.finish());
         }
         Ok(c)
     }
@@ -248,21 +250,22 @@ impl Compactor {
         id
     }
 
-    /// Makes a committed batch's readings pending. Call only after the
-    /// commit that stored its head row succeeded.
-    pub fn add(&mut self, b: &BatchWrite) {
-        for r in &b.readings {
-            self.pending.entry(r.series_id).or_default().push(
-                r.ts_ns,
-                b.received_ns,
-                RawValue::of(&r.value),
-            );
-            self.pending_min_ts = self.pending_min_ts.min(r.ts_ns);
+    /// Makes the `points` points of head row `id` pending (`min_ts`: the
+    /// oldest device time among them); `blob` is what the row holds, in
+    /// series order. Call only after the commit that stored the row
+    /// succeeded.
+    pub fn add(&mut self, id: i64, received_ns: i64, points: usize, min_ts: i64, blob: Vec<u8>) {
+        if points == 0 {
+            return;
         }
-        if !b.readings.is_empty() {
-            self.pending_points += b.readings.len() as u64;
-            self.pending_since.get_or_insert_with(Instant::now);
-        }
+        self.pending_points += points as u64;
+        self.pending_min_ts = self.pending_min_ts.min(min_ts);
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.pending.push(HeadRow {
+            id,
+            received_ns,
+            blob,
+        });
     }
 
     /// Whether a step has work: a round is under way or one is due.
@@ -292,14 +295,15 @@ impl Compactor {
         self.pending_points > 0 && self.pending_min_ts < ts_ns
     }
 
-    /// A small chunk now holds `count` points (retention trimmed it).
-    pub fn set_count(&mut self, series: i64, id: i64, count: usize) {
-        if let Some(c) = self
-            .small
-            .get_mut(&series)
-            .and_then(|list| list.iter_mut().find(|c| c.id == id))
-        {
-            c.count = count;
+    /// A small chunk of `series` that held `old` points now holds `new`
+    /// (retention trimmed it; 0: deleted it).
+    pub fn resized(&mut self, series: i64, old: usize, new: usize) {
+        if let Some(tiers) = self.small.get_mut(&series) {
+            count_small(tiers, old, false);
+            count_small(tiers, new, true);
+            if *tiers == Tiers::default() {
+                self.small.remove(&series);
+            }
         }
     }
 
@@ -309,24 +313,31 @@ impl Compactor {
         self.budget = (points, rows);
     }
 
-    /// A small chunk was deleted (retention).
-    pub fn forget(&mut self, series: i64, id: i64) {
-        if let Some(list) = self.small.get_mut(&series) {
-            list.retain(|c| c.id != id);
-            if list.is_empty() {
-                self.small.remove(&series);
-            }
-        }
-    }
-
     fn seal(&mut self) {
-        let mut series: Vec<(i64, Pending)> = self.pending.drain().collect();
-        // By id: chunk index inserts land in order.
-        series.sort_unstable_by_key(|(id, _)| *id);
+        let mut rows = Vec::with_capacity(self.pending.len());
+        let mut heap = BinaryHeap::with_capacity(self.pending.len());
+        for row in std::mem::take(&mut self.pending) {
+            // A blob this compactor encoded itself; one that does not even
+            // start to decode has no points to give (reading it would fail
+            // the same way at every step), and stays in the head.
+            let d = match Decoder::new(&row.blob, 0, row.received_ns) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(head_id = row.id, error = %e, "head row kept in memory does not decode; its points are not compacted");
+                    continue;
+                }
+            };
+            let pos = d.position(&row.blob);
+            let next = d.peek_series();
+            if let Some(series) = next {
+                heap.push(Reverse((series, rows.len())));
+            }
+            rows.push(Cursor { row, pos, next });
+        }
         self.round = Some(Round {
             upto: self.next_head_id - 1,
-            series,
-            next: 0,
+            rows,
+            heap,
         });
         self.pending_points = 0;
         self.pending_since = None;
@@ -353,7 +364,10 @@ impl Compactor {
         let Some(round) = self.round.as_mut() else {
             return Ok(CompactStep::default());
         };
-        let start = round.next;
+        // Where the cursors stood, to go back there if the step fails.
+        let saved_heap = round.heap.clone();
+        let saved: Vec<(Position, Option<i64>)> =
+            round.rows.iter().map(|c| (c.pos, c.next)).collect();
         let mut work = Work {
             budget: self.budget,
             next_chunk_id: self.next_chunk_id,
@@ -362,7 +376,7 @@ impl Compactor {
         };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let outcome = work
-            .run(&tx, round, &self.small, self.next_chunk_id)
+            .run(&tx, round, &self.small, self.next_chunk_id, &mut self.chunk)
             .and_then(|done| {
                 tx.commit()?;
                 Ok(done)
@@ -370,19 +384,26 @@ impl Compactor {
         let done = match outcome {
             Ok(done) => done,
             Err(e) => {
-                round.next = start;
+                round.heap = saved_heap;
+                for (c, (pos, next)) in round.rows.iter_mut().zip(saved) {
+                    c.pos = pos;
+                    c.next = next;
+                }
                 return Err(e);
             }
         };
-        for (_, pending) in &mut round.series[start..round.next] {
-            // Written: free the memory now rather than at the round's end.
-            *pending = Pending::default();
+        for c in &mut round.rows {
+            if c.next.is_none() && !c.row.blob.is_empty() {
+                // Read to the end: free the memory now rather than at the
+                // round's end.
+                c.row.blob = Vec::new();
+            }
         }
-        for (series, list) in work.changed {
-            if list.is_empty() {
+        for (series, tiers) in work.changed {
+            if tiers == Tiers::default() {
                 self.small.remove(&series);
             } else {
-                self.small.insert(series, list);
+                self.small.insert(series, tiers);
             }
         }
         self.next_chunk_id = work.next_chunk_id;
@@ -399,8 +420,8 @@ impl Compactor {
 struct Work {
     budget: (u64, u64),
     next_chunk_id: i64,
-    /// New small-chunk lists of the series this step touched.
-    changed: Vec<(i64, Vec<Small>)>,
+    /// New small-chunk counts of the series this step touched.
+    changed: Vec<(i64, Tiers)>,
     step: CompactStep,
 }
 
@@ -411,30 +432,74 @@ impl Work {
         &mut self,
         tx: &Transaction<'_>,
         round: &mut Round,
-        small: &SeriesMap<Vec<Small>>,
+        small: &SeriesMap<Tiers>,
         noted_chunk_id: i64,
+        enc: &mut Encoder,
     ) -> Result<bool, CompactError> {
-        let mut mark = tx.prepare_cached(
-            "INSERT INTO compacted (series_id, head_id) VALUES (?1, ?2) \
-             ON CONFLICT (series_id) DO UPDATE SET head_id = excluded.head_id",
-        )?;
-        while let Some((series, pending)) = round.series.get(round.next) {
+        // The run of series this step writes: [first, last].
+        let mut span: Option<(i64, i64)> = None;
+        while let Some(&Reverse((series, _))) = round.heap.peek() {
             if self.step.points + self.step.merged_points >= self.budget.0
                 || self.step.rows() >= self.budget.1
             {
                 break;
             }
-            let mut list = small.get(series).cloned().unwrap_or_default();
-            for enc in &pending.chunks {
-                self.write_pending(tx, *series, enc, &mut list)?;
+            let mut list = small.get(&series).copied().unwrap_or_default();
+            enc.clear();
+            // Every row holding `series`, oldest first: its points in
+            // commit order.
+            while let Some(&Reverse((s, i))) = round.heap.peek() {
+                if s != series {
+                    break;
+                }
+                round.heap.pop();
+                let Some(c) = round.rows.get_mut(i) else {
+                    continue;
+                };
+                let id = c.row.id;
+                let mut d = Decoder::resume(&c.row.blob, &c.pos).map_err(bad("head", id))?;
+                while d.peek_series() == Some(series) {
+                    let Some(p) = d.next_point().map_err(bad("head", id))? else {
+                        break;
+                    };
+                    if enc.len() == CHUNK_POINTS {
+                        self.write_pending(tx, series, enc, &mut list)?;
+                        enc.clear();
+                    }
+                    enc.push(0, p.ts_ns, p.received_ns, p.value);
+                }
+                c.pos = d.position(&c.row.blob);
+                c.next = d.peek_series();
+                match c.next {
+                    // Rows are kept in series order; one that is not would
+                    // be read forever.
+                    Some(next) if next <= series => {
+                        return Err(bad("head", id)(CodecError::Header(
+                            "points not in series order",
+                        )));
+                    }
+                    Some(next) => round.heap.push(Reverse((next, i))),
+                    // Checks that the row was used up exactly.
+                    None => {
+                        d.next_point().map_err(bad("head", id))?;
+                    }
+                }
             }
-            self.merge_tiers(tx, *series, &mut list)?;
-            mark.execute(params![series, round.upto])?;
-            self.changed.push((*series, list));
-            round.next += 1;
+            self.write_pending(tx, series, enc, &mut list)?;
+            self.merge_tiers(tx, series, &mut list)?;
+            span = Some((span.map_or(series, |(first, _)| first), series));
+            self.changed.push((series, list));
+        }
+        if let Some((first, last)) = span {
+            // Series of the range that had no points in the round have
+            // none in its head rows either: the mark covers them too.
+            tx.prepare_cached(
+                "INSERT INTO compacted_span (head_id, series_lo, series_hi) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![round.upto, first, last])?;
         }
         let mut done = false;
-        if round.next == round.series.len() && self.step.rows() < self.budget.1 {
+        if round.heap.is_empty() && self.step.rows() < self.budget.1 {
             let deleted = tx.execute(
                 "DELETE FROM head WHERE id IN \
                  (SELECT id FROM head WHERE id <= ?1 ORDER BY id LIMIT ?2)",
@@ -442,6 +507,14 @@ impl Work {
             )? as u64;
             self.step.head_rows_deleted = deleted;
             done = deleted < STEP_HEAD_ROWS;
+            if done {
+                // No head row at or below `upto` is left: its marks say
+                // nothing any more.
+                tx.execute(
+                    "DELETE FROM compacted_span WHERE head_id <= ?1",
+                    [round.upto],
+                )?;
+            }
         }
         if self.next_chunk_id != noted_chunk_id {
             tx.execute(
@@ -453,14 +526,14 @@ impl Work {
         Ok(done)
     }
 
-    /// Writes one pending encoder as a chunk (sorted first if points came
+    /// Writes the points in `enc` as a chunk (sorted first if they came
     /// out of device-time order).
     fn write_pending(
         &mut self,
         tx: &Transaction<'_>,
         series: i64,
         enc: &Encoder,
-        list: &mut Vec<Small>,
+        list: &mut Tiers,
     ) -> Result<(), CompactError> {
         if enc.is_empty() {
             return Ok(());
@@ -475,13 +548,8 @@ impl Work {
             blob = encode(&points);
         }
         let (min_ts, max_ts) = enc.ts_range();
-        let id = self.insert(tx, series, min_ts, max_ts, enc.len(), &blob)?;
-        if enc.len() < CHUNK_POINTS {
-            list.push(Small {
-                id,
-                count: enc.len(),
-            });
-        }
+        self.insert(tx, series, min_ts, max_ts, enc.len(), &blob)?;
+        count_small(list, enc.len(), true);
         self.step.points += enc.len() as u64;
         Ok(())
     }
@@ -491,24 +559,40 @@ impl Work {
         &mut self,
         tx: &Transaction<'_>,
         series: i64,
-        list: &mut Vec<Small>,
+        tiers: &mut Tiers,
     ) -> Result<(), CompactError> {
         loop {
-            let crowded =
-                (0..4).find(|&t| list.iter().filter(|c| tier(c.count) == t).count() >= TIER_FANOUT);
-            let Some(t) = crowded else {
+            let Some(t) = (0..4).find(|&t| usize::from(tiers[t]) >= TIER_FANOUT) else {
                 return Ok(());
             };
-            let (merge, keep): (Vec<Small>, Vec<Small>) =
-                list.iter().partition(|c| tier(c.count) == t);
-            *list = keep;
-            let mut blobs = Vec::with_capacity(merge.len());
+            // The series' small chunks of tier `t` (the partial index),
+            // oldest first.
+            let ids: Vec<i64> = {
+                let mut list = tx.prepare_cached(&format!(
+                    "SELECT id, count FROM chunks INDEXED BY chunks_small \
+                     WHERE series_id = ?1 AND count < {CHUNK_POINTS} ORDER BY id"
+                ))?;
+                let rows = list.query_map([series], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))?;
+                let mut ids = Vec::with_capacity(TIER_FANOUT);
+                for row in rows {
+                    let (id, count) = row?;
+                    if tier(usize::try_from(count).unwrap_or(0)) == t {
+                        ids.push(id);
+                    }
+                }
+                ids
+            };
             let mut get = tx.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
-            let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
-            for c in &merge {
-                blobs.push((c.id, get.query_row([c.id], |r| r.get::<_, Vec<u8>>(0))?));
-                del.execute([c.id])?;
+            let mut blobs: Vec<(i64, Vec<u8>)> = Vec::with_capacity(ids.len());
+            for id in ids {
+                blobs.push((id, get.query_row([id], |r| r.get(0))?));
             }
+            let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+            for (id, _) in &blobs {
+                del.execute([id])?;
+            }
+            // What the chunks hold is the truth; the counts follow it.
+            tiers[t] = 0;
             let mut points: Vec<RawPoint<'_>> = Vec::new();
             for (id, blob) in &blobs {
                 let mut d = Decoder::new(blob, series, 0).map_err(bad("chunks", *id))?;
@@ -521,16 +605,11 @@ impl Work {
             for piece in points.chunks(CHUNK_POINTS) {
                 let blob = encode(piece);
                 let (min_ts, max_ts) = ts_range(piece);
-                let id = self.insert(tx, series, min_ts, max_ts, piece.len(), &blob)?;
-                if piece.len() < CHUNK_POINTS {
-                    list.push(Small {
-                        id,
-                        count: piece.len(),
-                    });
-                }
+                self.insert(tx, series, min_ts, max_ts, piece.len(), &blob)?;
+                count_small(tiers, piece.len(), true);
             }
             self.step.merged_points += points.len() as u64;
-            self.step.chunks_merged += merge.len() as u64;
+            self.step.chunks_merged += blobs.len() as u64;
         }
     }
 
@@ -558,6 +637,55 @@ impl Work {
 impl CompactStep {
     fn rows(&self) -> u64 {
         self.chunks_written + self.chunks_merged
+    }
+}
+
+/// The compaction marks: head rows up to a series' mark are in chunks for
+/// that series (their points of it must not be read from the head). The
+/// mark of a series is the largest of its `compacted` row (written by
+/// earlier versions) and of the `compacted_span` rows covering its id.
+#[derive(Debug, Default)]
+pub(crate) struct Marks {
+    per_series: SeriesMap<i64>,
+    /// (head id, first series, last series).
+    spans: Vec<(i64, i64, i64)>,
+}
+
+impl Marks {
+    /// Every mark (the compactor's replay).
+    pub fn load(conn: &Connection) -> rusqlite::Result<Marks> {
+        let mut marks = Marks {
+            spans: Marks::spans(conn)?,
+            ..Marks::default()
+        };
+        let mut stmt = conn.prepare("SELECT series_id, head_id FROM compacted")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            marks.per_series.insert(r.get(0)?, r.get(1)?);
+        }
+        Ok(marks)
+    }
+
+    /// The span marks (a few rows; readers take them with the per-series
+    /// marks of the series they read, in the same transaction).
+    pub fn spans(conn: &Connection) -> rusqlite::Result<Vec<(i64, i64, i64)>> {
+        conn.prepare_cached("SELECT head_id, series_lo, series_hi FROM compacted_span")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect()
+    }
+
+    /// The mark of `series` given its `compacted` row, if any.
+    pub fn with_spans(spans: &[(i64, i64, i64)], series: i64, own: i64) -> i64 {
+        spans
+            .iter()
+            .filter(|(_, lo, hi)| (*lo..=*hi).contains(&series))
+            .fold(own, |m, (head, _, _)| m.max(*head))
+    }
+
+    /// The mark of `series` (0: none).
+    pub fn of(&self, series: i64) -> i64 {
+        let own = self.per_series.get(&series).copied().unwrap_or(0);
+        Marks::with_spans(&self.spans, series, own)
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! - One **read transaction** per group of series takes everything that can
 //!   move: the series' compaction marks, the head rows (a head point of
-//!   series `s` in row `h` counts only if `h > compacted.head_id` of `s`),
+//!   series `s` in row `h` counts only if `h >` the mark of `s`),
 //!   the small chunks (compaction may merge them), and the list of the full
 //!   chunks overlapping the span. In that snapshot each point is in exactly
 //!   one of those places.
@@ -23,7 +23,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::{CodecError, Decoder};
-use super::sqlite_compact::CHUNK_POINTS;
+use super::sqlite_compact::{CHUNK_POINTS, Marks};
 use crate::model::Point;
 
 /// Why a scan failed.
@@ -283,12 +283,15 @@ impl<'c> Merge<'c> {
     }
 }
 
-/// The compaction mark of each of `series` (0 when none).
+/// The compaction mark of each of `series` (0 when none; see
+/// [`Marks`]).
 fn marks(conn: &Connection, series: &[i64]) -> Result<Vec<i64>, ScanError> {
+    let spans = Marks::spans(conn)?;
     let mut stmt = conn.prepare_cached("SELECT head_id FROM compacted WHERE series_id = ?1")?;
     let mut out = Vec::with_capacity(series.len());
     for &s in series {
-        out.push(stmt.query_row([s], |r| r.get(0)).optional()?.unwrap_or(0));
+        let own = stmt.query_row([s], |r| r.get(0)).optional()?.unwrap_or(0);
+        out.push(Marks::with_spans(&spans, s, own));
     }
     Ok(out)
 }

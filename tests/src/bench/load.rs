@@ -3,7 +3,8 @@
 //! batches allows or at a fixed pace.
 //!
 //! It declares its series once (interned), then sends batches of float
-//! gauge readings with strictly increasing sequence numbers. An ack covers
+//! gauge readings in columnar form (`Batch.columns.f64`, as the agent sends
+//! them) with strictly increasing sequence numbers. An ack covers
 //! every batch up to its sequence; the time from handing a batch to the
 //! stream until the first ack covering it is that batch's ack latency.
 
@@ -184,7 +185,7 @@ pub async fn send_all(
             .limit
             .map_or(spec.batch as u64, |l| (l - sent).min(spec.batch as u64));
         let batch = generator.batch(seq, room as usize);
-        let n = batch.readings.len() as u64;
+        let n = room;
         pend_tx
             .send(Pending {
                 seq,
@@ -289,24 +290,39 @@ impl Generator {
         }
     }
 
+    /// The next `n` readings as batch `seq`: float columns, series ids and
+    /// timestamps as deltas to the previous reading.
     fn batch(&mut self, seq: u64, n: usize) -> pb::Batch {
         let series = if seq == 1 { self.decls() } else { Vec::new() };
         let s = u64::from(self.series);
-        let readings = (0..n)
-            .map(|_| {
-                let i = self.next;
-                self.next += 1;
-                pb::Reading {
-                    series: (i % s) as u32 + 1,
-                    ts_ns: self.base_ts_ns + (i / s) as i64 * self.step_ns,
-                    value: Some(pb::reading::Value::F64(230.0 + (i % 1000) as f64 * 0.125)),
-                }
-            })
-            .collect();
+        let mut columns = pb::FloatColumns {
+            series_delta: Vec::with_capacity(n),
+            ts_delta: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+            ..Default::default()
+        };
+        let mut prev: Option<(i64, i64)> = None;
+        for _ in 0..n {
+            let i = self.next;
+            self.next += 1;
+            let id = (i % s) as i64 + 1;
+            let ts = self.base_ts_ns + (i / s) as i64 * self.step_ns;
+            let (prev_id, prev_ts) = *prev.get_or_insert_with(|| {
+                columns.base_ts_ns = ts;
+                (0, ts)
+            });
+            columns.series_delta.push(id - prev_id);
+            columns.ts_delta.push(ts - prev_ts);
+            columns.values.push(230.0 + (i % 1000) as f64 * 0.125);
+            prev = Some((id, ts));
+        }
         pb::Batch {
             seq,
             series,
-            readings,
+            columns: Some(pb::Columns {
+                f64: Some(columns),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }

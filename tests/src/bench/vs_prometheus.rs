@@ -33,6 +33,11 @@ const TARGETS_PER_LISTENER: usize = 500;
 const BASE_SAMPLES: usize = 4;
 /// Series Prometheus adds per target and scrape (`up`, `scrape_*`).
 const PROMETHEUS_SYNTHETIC: u64 = 5;
+/// Least share of the configured scrapes a side must make in the window
+/// for its CPU per sample to compare: a side that falls behind (skipped
+/// polls on a loaded machine) does less work per second and would look
+/// cheaper or dearer per sample than it is at the configured load.
+const MIN_RATE_SHARE: f64 = 0.95;
 
 struct Config {
     targets: usize,
@@ -110,18 +115,34 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
                 .await?,
         );
     }
+    let expected_rate = (cfg.targets * cfg.samples) as f64 / cfg.interval.as_secs_f64();
+    // A fairness check for full-size runs; a smoke run lasts too little for
+    // Prometheus's first scrapes (it only checks that the counts agree).
+    let smoke = opts.smoke;
+    let rate_check = |report: &mut Report, r: usize, side: &str, rate: f64| {
+        if smoke {
+            return;
+        }
+        report.check(
+            format!("run {r}: {side} scraped at the configured rate"),
+            rate >= MIN_RATE_SHARE * expected_rate,
+            format!(
+                "{rate:.0} samples/s of {expected_rate:.0} configured (at least {:.0} % needed for a fair CPU comparison)",
+                MIN_RATE_SHARE * 100.0
+            ),
+        );
+    };
     for r in 1..=runs {
         let label = format!("vs-prometheus run {r}/{runs}");
         let t = tributary_side(&cfg, &sims, &label, progress, &mut report, r).await?;
         report.record("tributary_cpu_s_per_million", t.cpu_per_million);
         report.record("tributary_peak_rss_mib", t.peak_mib);
         report.record("tributary_samples_per_s", t.samples_per_s);
-        report.record(
-            "expected_samples_per_s",
-            (cfg.targets * cfg.samples) as f64 / cfg.interval.as_secs_f64(),
-        );
+        report.record("expected_samples_per_s", expected_rate);
+        rate_check(&mut report, r, "Tributary", t.samples_per_s);
         let Some(bin) = &cfg.prometheus else { continue };
         let p = prometheus_side(&cfg, bin, &sims, &label, progress, &mut report, r).await?;
+        rate_check(&mut report, r, "Prometheus", p.samples_per_s);
         report.record("prometheus_cpu_s_per_million", p.cpu_per_million);
         report.record("prometheus_peak_rss_mib", p.peak_mib);
         report.record("prometheus_samples_per_s", p.samples_per_s);
@@ -203,6 +224,10 @@ async fn tributary_side(
     agent.ensure_running()?;
     let (a1, c1, s1) = (agent.sample()?, collector.sample()?, served(sims));
     agent.stop().await?;
+    // The collector's peak through the agent's last batches, before the
+    // checks below: their queries read everything stored, which is the
+    // harness's work, not the scenario's.
+    let collector_peak = collector.sample()?.hwm;
     let scrapes = served(sims) - start;
     let agents = query.agents().await?;
     let stored = agents.get(AGENT).map_or(0, |a| a.readings_stored);
@@ -221,7 +246,7 @@ async fn tributary_side(
         ),
     );
     report.record("tributary_failed_scrapes", failed as f64);
-    let peak = collector.sample()?.hwm + a1.hwm;
+    let peak = collector_peak + a1.hwm;
     collector.stop().await?;
     let samples = ((s1 - s0) * cfg.samples as u64) as f64;
     let cpu = (a1.cpu_s - a0.cpu_s) + (c1.cpu_s - c0.cpu_s);
@@ -229,7 +254,7 @@ async fn tributary_side(
     report.record("agent_cpu_cores", (a1.cpu_s - a0.cpu_s) / elapsed);
     report.record("collector_cpu_cores", (c1.cpu_s - c0.cpu_s) / elapsed);
     report.record("agent_peak_rss_mib", mib(a1.hwm));
-    report.record("collector_peak_rss_mib", mib(c1.hwm));
+    report.record("collector_peak_rss_mib", mib(collector_peak));
     Ok(Side {
         cpu_per_million: cpu / samples.max(1.0) * 1e6,
         peak_mib: mib(peak),
