@@ -177,9 +177,10 @@ async fn a_silent_partition_is_noticed_and_healed() -> Result<()> {
     Ok(())
 }
 
-/// Case 4: the collector commits but its replies are lost; the agent resends
-/// on its next stream, the collector acks the replays without storing them,
-/// and the Welcome confirms what was committed.
+/// Case 4: the collector commits but its replies are lost; on its next
+/// stream the agent resends what it never heard acked (the collector acks
+/// the replays without storing them) and skips what the Welcome confirms as
+/// committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_acks_are_recovered_without_duplicates() -> Result<()> {
     let dir = TestDir::new("fault-lost-acks")?;
@@ -222,13 +223,14 @@ async fn lost_acks_are_recovered_without_duplicates() -> Result<()> {
     wait_for_counters(&collector.db, "deaf", 5, n + 10).await?;
     agent.stop().await?;
     assert_exactly_once(&counters(&collector.db, "deaf")?, 5)?;
-    // The agent resent what it never heard acked; the collector stored it
-    // once and acked it again.
+    // What the agent never heard acked came back either as replays the
+    // collector acked again without storing (`batches_deduplicated`), or
+    // was skipped because the Welcome said it was committed; which one wins
+    // is a race between the agent's first resend and the Welcome, so only
+    // the outcome is asserted: every value exactly once, above. (The
+    // dedup of replays itself is asserted in collector_protocol's
+    // `replayed_batches_are_acked_and_not_stored_twice`.)
     let c = agent_counters(&collector.db, "deaf")?;
-    ensure!(
-        c.batches_deduplicated > 0,
-        "no replay was deduplicated: {c:?}"
-    );
     println!(
         "case 4: {} reply bytes dropped after commit; {} replayed batches deduplicated, {confirmed} confirmed by a welcome",
         proxy.dropped_reply_bytes(),
