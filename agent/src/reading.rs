@@ -81,6 +81,9 @@ impl Labels {
 /// Strings in use by series keys, so that equal names share one
 /// allocation. Only building a new series takes the lock (never a poll of a
 /// known one), and nothing awaits while holding it, hence a std `Mutex`.
+/// It is not data-path state: readings, batches and the spool keep their
+/// single owners (device tasks, the uplink); this cache decides nothing,
+/// and losing it would only cost memory.
 static INTERNED: Mutex<Interned> = Mutex::new(Interned {
     set: None,
     swept_at: 0,

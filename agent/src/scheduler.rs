@@ -599,6 +599,8 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let active = Arc::new(AtomicUsize::new(0));
         let max_active = Arc::new(AtomicUsize::new(0));
+        // The test's fake gateway records timings from its own tasks; a
+        // lock is fine here, outside the agent's data path.
         let last_end = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
         let min_gap = Arc::new(std::sync::Mutex::new(Duration::MAX));
         {

@@ -70,9 +70,11 @@ const TIER_FANOUT: usize = 8;
 /// Pause after a failed step (the merger keeps committing meanwhile).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Why a step or the replay failed.
+/// Why reading or writing the SQLite layout failed: the database, or a
+/// head row or chunk whose blob does not decode. Compaction (steps and the
+/// replay at open) and scans (`sqlite_scan`) fail the same two ways.
 #[derive(Debug, thiserror::Error)]
-pub enum CompactError {
+pub enum LayoutError {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     #[error("bad {table} row {id}: {source}")]
@@ -83,6 +85,9 @@ pub enum CompactError {
         source: CodecError,
     },
 }
+
+/// Why a compaction step or the replay failed.
+pub type CompactError = LayoutError;
 
 fn bad(table: &'static str, id: i64) -> impl Fn(CodecError) -> CompactError {
     move |source| CompactError::Blob { table, id, source }

@@ -23,22 +23,11 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::{CodecError, Decoder};
-use super::sqlite_compact::{CHUNK_POINTS, Marks};
+use super::sqlite_compact::{CHUNK_POINTS, LayoutError, Marks};
 use crate::model::Point;
 
 /// Why a scan failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ScanError {
-    #[error(transparent)]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("bad {table} row {id}: {source}")]
-    Blob {
-        table: &'static str,
-        id: i64,
-        #[source]
-        source: CodecError,
-    },
-}
+pub type ScanError = LayoutError;
 
 /// A full chunk to fetch later.
 #[derive(Debug, Clone, Copy)]
