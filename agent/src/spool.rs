@@ -66,6 +66,15 @@ const META: usize = 16;
 const FORMAT: u64 = 2;
 /// Sequence numbers reserved per `SEQ` write.
 const SEQ_BLOCK: u64 = 4096;
+/// A sole segment whose records are all acked is deleted once it holds
+/// this much, or when an append needs the room. Below that it takes the
+/// next appends: when the collector keeps up, every batch is acked before
+/// the next is sealed, and deleting the file at each ack made every append
+/// start a new one (a create and a directory fsync per batch, on top of the
+/// batch's own `fdatasync`). A clean stop deletes it; after a crash, at most
+/// this much acked data is sent again, and the collector acks it without
+/// storing it twice.
+const ACKED_TAIL_KEEP: u64 = 1024 * 1024;
 /// Largest record accepted when reading back (a larger length is corruption).
 const MAX_RECORD: usize = 256 * 1024 * 1024;
 
@@ -478,7 +487,17 @@ impl Spool {
 
     /// The first unacknowledged sequence, if any.
     pub fn first_unacked(&self) -> Option<u64> {
-        self.records().map(|r| r.seq).find(|s| *s > self.acked)
+        self.first_record_from(self.acked + 1).map(|(_, r)| r.seq)
+    }
+
+    /// The first record with sequence at least `seq`, and its segment.
+    /// Sequences grow along the segments and within each (a kept tail may
+    /// hold many acked records before it), so a binary search finds it.
+    fn first_record_from(&self, seq: u64) -> Option<(&Segment, &RecordMeta)> {
+        self.segments.iter().find_map(|seg| {
+            let i = seg.records.partition_point(|r| r.seq < seq);
+            seg.records.get(i).map(|r| (seg, r))
+        })
     }
 
     fn records(&self) -> impl Iterator<Item = &RecordMeta> {
@@ -514,7 +533,7 @@ impl Spool {
             match self.opts.policy {
                 FullPolicy::Block => {
                     // Acked records still on disk can go first.
-                    if self.delete_acked_front()? {
+                    if self.delete_acked_front(0)? {
                         continue;
                     }
                     if self.first_unacked().is_none() {
@@ -531,7 +550,7 @@ impl Spool {
                     return Ok(Appended::Full);
                 }
                 FullPolicy::DropOldest => {
-                    if self.delete_acked_front()? {
+                    if self.delete_acked_front(0)? {
                         continue;
                     }
                     if !self.drop_oldest_segment()? {
@@ -611,31 +630,28 @@ impl Spool {
     /// The first unacknowledged record with sequence `>= from`.
     pub fn read_from(&self, from: u64) -> Result<Option<Record>, SpoolError> {
         let from = from.max(self.acked + 1);
-        for seg in &self.segments {
-            let Some(meta) = seg.records.iter().find(|r| r.seq >= from) else {
-                continue;
-            };
-            let file = File::open(&seg.path).map_err(io_err(&seg.path))?;
-            let mut buf = vec![0u8; meta.len as usize];
-            file.read_exact_at(&mut buf, meta.offset)
-                .map_err(io_err(&seg.path))?;
-            return match decode_record(&buf) {
-                Some((seq, readings, series, batch)) if seq == meta.seq => Ok(Some(Record {
-                    seq,
-                    readings,
-                    batch: batch.to_vec(),
-                    series,
-                })),
-                _ => Err(SpoolError::Invalid {
-                    path: seg.path.clone(),
-                    message: format!(
-                        "record {} at offset {} changed on disk since it was written",
-                        meta.seq, meta.offset
-                    ),
-                }),
-            };
+        let Some((seg, meta)) = self.first_record_from(from) else {
+            return Ok(None);
+        };
+        let file = File::open(&seg.path).map_err(io_err(&seg.path))?;
+        let mut buf = vec![0u8; meta.len as usize];
+        file.read_exact_at(&mut buf, meta.offset)
+            .map_err(io_err(&seg.path))?;
+        match decode_record(&buf) {
+            Some((seq, readings, series, batch)) if seq == meta.seq => Ok(Some(Record {
+                seq,
+                readings,
+                batch: batch.to_vec(),
+                series,
+            })),
+            _ => Err(SpoolError::Invalid {
+                path: seg.path.clone(),
+                message: format!(
+                    "record {} at offset {} changed on disk since it was written",
+                    meta.seq, meta.offset
+                ),
+            }),
         }
-        Ok(None)
     }
 
     /// Everything up to `seq` is committed at the collector: forget it and
@@ -648,13 +664,14 @@ impl Spool {
             return Ok(());
         }
         self.acked = seq;
-        while self.delete_acked_front()? {}
+        while self.delete_acked_front(ACKED_TAIL_KEEP)? {}
         Ok(())
     }
 
     /// Deletes the oldest segment if every record in it is acked and it is
-    /// not the one being appended to. Returns whether it deleted one.
-    fn delete_acked_front(&mut self) -> Result<bool, SpoolError> {
+    /// not the one being appended to, or it is but holds at least
+    /// `keep_tail` bytes. Returns whether it deleted one.
+    fn delete_acked_front(&mut self, keep_tail: u64) -> Result<bool, SpoolError> {
         if self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.records.is_empty()) {
             if let Some(seg) = self.segments.pop_front() {
                 let _ = fs::remove_file(&seg.path);
@@ -669,11 +686,9 @@ impl Spool {
                 .and_then(|s| s.records.back())
                 .is_some_and(|r| r.seq <= self.acked);
         let all_acked_tail = self.segments.len() == 1
-            && self
-                .segments
-                .front()
-                .and_then(|s| s.records.back())
-                .is_some_and(|r| r.seq <= self.acked);
+            && self.segments.front().is_some_and(|s| {
+                s.size >= keep_tail && s.records.back().is_some_and(|r| r.seq <= self.acked)
+            });
         if all_acked_tail {
             // The only segment is fully acked: remove it; the next append
             // starts a new one.
@@ -782,6 +797,25 @@ impl Spool {
         write_atomic(&self.opts.dir, "SEQ", &format!("{to}\n"))?;
         self.reserved_to = to;
         Ok(())
+    }
+}
+
+/// A clean stop (the uplink ends, or a test drops the spool) deletes the
+/// fully acked segments the running spool kept ([`ACKED_TAIL_KEEP`]), so a
+/// restart sends nothing the collector already has; only a crash leaves
+/// them to be sent again.
+impl Drop for Spool {
+    fn drop(&mut self) {
+        loop {
+            match self.delete_acked_front(0) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    warn!(error = %e, "spool: an acked segment could not be deleted at close");
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -1039,6 +1073,64 @@ mod tests {
         match a {
             Appended::Stored(s) => s,
             other => panic!("spool unexpectedly refused: {other:?}"),
+        }
+    }
+
+    fn segment_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().into_string().ok())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_acked_tail_takes_the_next_appends_and_goes_at_close() {
+        let dir = tmp("acked-tail");
+        let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        let first = stored(s.append(b"one", 1, 0).unwrap());
+        let files = segment_files(&dir);
+        assert_eq!(files.len(), 1);
+        s.ack(first).unwrap();
+        // The collector keeps up: acked before the next append, which goes
+        // to the same file (no new segment, no directory fsync).
+        let second = stored(s.append(b"two", 2, 0).unwrap());
+        assert_eq!(segment_files(&dir), files);
+        assert_eq!(s.first_unacked(), Some(second));
+        assert_eq!(s.read_from(0).unwrap().unwrap().seq, second);
+        s.ack(second).unwrap();
+        assert_eq!(s.first_unacked(), None);
+        assert!(s.read_from(0).unwrap().is_none());
+        // A crash keeps the acked records: sent again, deduplicated by the
+        // collector.
+        std::mem::forget(s);
+        let (s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        assert_eq!(s.first_unacked(), Some(first));
+        let mut s = s;
+        s.ack(second).unwrap();
+        // A clean close deletes them.
+        drop(s);
+        assert_eq!(segment_files(&dir), Vec::<String>::new());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_acked_tail_is_deleted_when_the_room_is_needed() {
+        let dir = tmp("acked-tail-full");
+        // A 64 KiB spool: 10 KiB acked stay in the tail, and a 60 KiB batch
+        // fits only once they are gone.
+        for policy in [FullPolicy::Block, FullPolicy::DropOldest] {
+            let (mut s, _) = Spool::open(opts(&dir, 64 * 1024, policy)).unwrap();
+            let seq = stored(s.append(&[1u8; 10 * 1024], 1, 0).unwrap());
+            s.ack(seq).unwrap();
+            assert_eq!(segment_files(&dir).len(), 1, "{policy:?}");
+            let big = s.append(&[2u8; 60 * 1024], 1, 0).unwrap();
+            assert!(matches!(big, Appended::Stored(_)), "{policy:?}: {big:?}");
+            assert_eq!(s.dropped(), 0, "{policy:?}");
+            drop(s);
+            let _ = fs::remove_dir_all(&dir);
         }
     }
 

@@ -71,8 +71,8 @@ impl UplinkConfig {
         UplinkConfig {
             agent_id,
             collectors,
-            batch_max_readings: 1000,
-            batch_max_delay: Duration::from_millis(100),
+            batch_max_readings: crate::config::DEFAULT_BATCH_MAX_READINGS,
+            batch_max_delay: crate::config::DEFAULT_BATCH_MAX_DELAY,
             shutdown_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),

@@ -31,8 +31,12 @@ pub use drivers::*;
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 /// Largest `batch.max_readings`: the collector's default limit.
 pub const MAX_BATCH_READINGS: usize = 100_000;
-/// Default for [`BatchConfig::max_readings`].
-pub const DEFAULT_BATCH_MAX_READINGS: usize = 1000;
+/// Default for [`BatchConfig::max_readings`]: the OpenTelemetry
+/// Collector's batch processor sends 8192 items a batch. Every batch costs
+/// an fsync at each end (spool, collector commit) and a message, so at high
+/// rates a larger batch is what keeps those costs small; at low rates
+/// `max_delay` seals batches long before they fill.
+pub const DEFAULT_BATCH_MAX_READINGS: usize = 8192;
 /// Default for [`BatchConfig::max_delay`].
 pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(100);
 /// A device's poll timeout is the smaller of this and its interval unless set.

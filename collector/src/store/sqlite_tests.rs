@@ -24,22 +24,34 @@ pub(crate) struct TempDb {
     pub path: PathBuf,
     pub conn: Connection,
     pub store: SqliteStore,
+    durability: Durability,
     seq: u64,
 }
 
 impl TempDb {
     pub fn new(name: &str) -> TempDb {
+        TempDb::with(name, Durability::Normal)
+    }
+
+    /// With `synchronous=FULL`, as the collector's default (an fsync per
+    /// commit, compaction steps excepted).
+    pub fn full(name: &str) -> TempDb {
+        TempDb::with(name, Durability::Full)
+    }
+
+    fn with(name: &str, durability: Durability) -> TempDb {
         let path = std::env::temp_dir().join(format!(
             "tributary-store-{name}-{}-{}.db",
             std::process::id(),
             crate::model::now_ns()
         ));
-        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let store = SqliteStore::open(&path, durability).unwrap();
         let conn = Connection::open(&path).unwrap();
         TempDb {
             path,
             conn,
             store,
+            durability,
             seq: 0,
         }
     }
@@ -86,7 +98,7 @@ impl TempDb {
     /// Drops the store (as a crash would: no compaction on the way out)
     /// and opens it again.
     pub fn reopen(&mut self) {
-        self.store = SqliteStore::open(&self.path, Durability::Normal).unwrap();
+        self.store = SqliteStore::open(&self.path, self.durability).unwrap();
     }
 
     pub fn reader(&self) -> SqliteReader {
@@ -181,7 +193,9 @@ fn make_series(db: &TempDb, n: i64) {
 
 #[test]
 fn compaction_keeps_every_point_once_across_interleaved_commits_and_reads() {
-    let mut db = TempDb::new("interleaved");
+    // FULL, so compaction steps switch `synchronous` back and forth
+    // between the commits.
+    let mut db = TempDb::full("interleaved");
     make_series(&db, 40);
     // Tiny steps: a round takes many transactions, and reads see it half done.
     db.store.set_step_budget(30, 4);
@@ -214,6 +228,8 @@ fn compaction_keeps_every_point_once_across_interleaved_commits_and_reads() {
                 let step = db.store.compact().unwrap();
                 steps += u64::from(step.chunks_written > 0);
             }
+            // 2: FULL. Steps commit without an fsync; acked commits do not.
+            assert_eq!(db.store.synchronous(), 2, "after compaction steps");
             check(&db, &truth, &format!("round {round} batch {b}"));
         }
         if round % 17 == 16 {
