@@ -475,7 +475,15 @@ impl Uplink {
                     }
                 }
             }
-            self.stats_tx.send_replace(self.stats.clone());
+            // Most turns (a poll's readings taken) change no counter:
+            // watchers are told only of changes.
+            self.stats_tx.send_if_modified(|published| {
+                let changed = *published != self.stats;
+                if changed {
+                    published.clone_from(&self.stats);
+                }
+                changed
+            });
         }
         if let Some(c) = connecting {
             c.abort();
@@ -1024,7 +1032,11 @@ async fn connect(
         .map_err(|e| format!("collector {url}: {}", error_chain(&e)))?;
     let mut client =
         pb::ingest_client::IngestClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
-    let (tx, rx) = mpsc::channel(8);
+    // Frames encoded ahead of the stream. Two keep it busy; each may be a
+    // batch of thousands of readings with their series declarations (the
+    // first batches after a start declare every series: megabytes), so
+    // more would only raise the agent's peak memory.
+    let (tx, rx) = mpsc::channel(2);
     tx.send(hello)
         .await
         .map_err(|_| format!("collector {url}: stream closed before hello"))?;
