@@ -1106,9 +1106,8 @@ mod tests {
         // A crash keeps the acked records: sent again, deduplicated by the
         // collector.
         std::mem::forget(s);
-        let (s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+        let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
         assert_eq!(s.first_unacked(), Some(first));
-        let mut s = s;
         s.ack(second).unwrap();
         // A clean close deletes them.
         drop(s);
