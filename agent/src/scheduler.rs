@@ -511,8 +511,15 @@ mod tests {
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..5000 {
                 let offset = start_offset(interval);
-                assert!(offset.is_zero() || offset < interval, "{offset:?} of {interval:?}");
-                assert_eq!(offset.as_nanos() % slot.as_nanos(), 0, "{offset:?} of {interval:?}");
+                assert!(
+                    offset.is_zero() || offset < interval,
+                    "{offset:?} of {interval:?}"
+                );
+                assert_eq!(
+                    offset.as_nanos() % slot.as_nanos(),
+                    0,
+                    "{offset:?} of {interval:?}"
+                );
                 seen.insert(offset);
             }
             let slots = (interval.as_nanos() / slot.as_nanos()).clamp(1, 100) as usize;
