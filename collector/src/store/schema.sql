@@ -78,8 +78,11 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 -- Covering for range planning: which chunks of a series overlap a span.
 CREATE INDEX IF NOT EXISTS chunks_by_series_ts ON chunks (series_id, max_ts, min_ts, count);
--- Chunks below 4096 points, which compaction may still merge.
-CREATE INDEX IF NOT EXISTS chunks_small ON chunks (series_id) WHERE count < 4096;
+-- Compaction finds a series' small chunks (below 4096 points, which it may
+-- still merge) through chunks_by_series_ts, newest first; the partial index
+-- earlier versions kept for them cost a B-tree write per chunk written or
+-- deleted.
+DROP INDEX IF EXISTS chunks_small;
 
 -- Per series: head rows up to head_id are in chunks (their points of this
 -- series must not be read from the head any more). Written by earlier
