@@ -350,10 +350,10 @@ impl SqliteStore {
     /// into chunks, with the marks that say so, in one transaction), so
     /// losing it to a power cut loses no reading, and the WAL keeps commits
     /// in order: after a crash the database holds a prefix of them, and the
-    /// next durable commit's fsync covers the steps before it. With a few
-    /// hundred series per step and rounds over every series, an fsync per
-    /// step was most of the merger's time (`cargo xtask bench
-    /// vs-prometheus`).
+    /// next durable commit's fsync covers the steps before it. With about
+    /// a thousand series per step and rounds over every series, an fsync
+    /// per step was a large share of the merger's time (`cargo xtask bench
+    /// vs-prometheus`, BENCHMARKS.md).
     pub fn compact(&mut self) -> Result<CompactStep, StoreError> {
         if !self.compactor.due() {
             return Ok(CompactStep::default());

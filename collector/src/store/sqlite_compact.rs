@@ -738,5 +738,4 @@ mod tests {
         }
         const { assert!(TIER_FANOUT * 512 >= CHUNK_POINTS) };
     }
-
 }
