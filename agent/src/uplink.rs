@@ -963,14 +963,7 @@ fn encode_value(v: &Value) -> pb::reading::Value {
     }
 }
 
-/// Longest name (device, metric, label, unit) the collector accepts by
-/// default, in bytes.
-const MAX_NAME_BYTES: usize = 256;
-/// Longest string value or failure message it accepts by default.
-const MAX_VALUE_BYTES: usize = 4096;
-/// Most labels on one series it accepts by default (the first ones, in
-/// name order, are kept).
-const MAX_LABELS: usize = 32;
+use tributary_proto::limits::{MAX_LABELS, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 
 /// `s`, cut at a character boundary to at most `max` bytes. The collector
 /// rejects a batch with a longer string, and a batch it rejects would be

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
-use tributary_proto::v1 as pb;
+use tributary_proto::{limits, v1 as pb};
 
 use crate::merger::{IncomingBatch, MergerHandle};
 use crate::model::{NewReading, SeriesKey, StoredValue, now_ns};
@@ -54,11 +54,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_name_len: 256,
-            max_value_len: 4096,
+            max_name_len: limits::MAX_NAME_BYTES,
+            max_value_len: limits::MAX_VALUE_BYTES,
             max_series_per_stream: 1_000_000,
-            max_labels: 32,
-            max_readings_per_batch: 100_000,
+            max_labels: limits::MAX_LABELS,
+            max_readings_per_batch: limits::MAX_READINGS_PER_BATCH,
             hello_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             max_clock_skew: Duration::from_secs(300),

@@ -6,6 +6,21 @@
 
 #![allow(clippy::all)]
 
+/// The limits a collector applies by default to what an agent sends. An
+/// agent cuts its strings and label sets to these before it spools a batch,
+/// because a batch the collector refuses would be resent forever; the
+/// collector's `[limits]` may raise or lower them per deployment.
+pub mod limits {
+    /// Longest name (device, metric, label name or value, unit), in bytes.
+    pub const MAX_NAME_BYTES: usize = 256;
+    /// Longest string value or failure message, in bytes.
+    pub const MAX_VALUE_BYTES: usize = 4096;
+    /// Most labels on one series (an agent keeps the first ones in name order).
+    pub const MAX_LABELS: usize = 32;
+    /// Most readings (rows plus columns) in one batch.
+    pub const MAX_READINGS_PER_BATCH: usize = 100_000;
+}
+
 /// Generated code for package `tributary.v1`.
 pub mod v1 {
     tonic::include_proto!("tributary.v1");

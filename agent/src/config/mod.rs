@@ -30,7 +30,7 @@ pub use drivers::*;
 /// Default for [`AgentConfig::max_concurrency`].
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 /// Largest `batch.max_readings`: the collector's default limit.
-pub const MAX_BATCH_READINGS: usize = 100_000;
+pub const MAX_BATCH_READINGS: usize = tributary_proto::limits::MAX_READINGS_PER_BATCH;
 /// Default for [`BatchConfig::max_readings`]: the OpenTelemetry
 /// Collector's batch processor sends 8192 items a batch. Every batch costs
 /// an fsync at each end (spool, collector commit) and a message, so at high
