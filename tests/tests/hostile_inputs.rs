@@ -12,7 +12,8 @@ use proptest::prelude::*;
 use prost::Message;
 
 use tributary_agent::config::{JsonMetric, RegisterType, WordOrder};
-use tributary_agent::drivers::snmp::{self, ber, usm};
+use tributary_agent::config::{SnmpAuthProtocol, SnmpPrivProtocol};
+use tributary_agent::drivers::snmp::{self, ber, usm, v3};
 use tributary_agent::drivers::{http, modbus, prometheus};
 use tributary_collector::config::{self as collector_config, Flags};
 use tributary_collector::session::{self, Limits, PeerAuth, StreamSeries};
@@ -368,6 +369,22 @@ proptest! {
         check_snmp(&bytes);
     }
 
+    /// An authPriv answer with any byte changed is refused: every byte is
+    /// under the MAC, so only the untouched message is believed.
+    #[test]
+    fn mutated_snmpv3_answers_are_believed_only_when_untouched(
+        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        cut in any::<usize>(),
+    ) {
+        let original = snmpv3_response();
+        let mut bytes = mutate(original.clone(), &edits);
+        bytes.truncate(cut % (bytes.len() + 1));
+        check_snmp(&bytes);
+        if check_snmpv3(&bytes) {
+            prop_assert_eq!(bytes, original);
+        }
+    }
+
     #[test]
     fn modbus_registers_decode_or_report_a_short_response(
         pick in 0usize..6,
@@ -395,9 +412,58 @@ fn check_snmp(bytes: &[u8]) {
     let _ = usm::decode(bytes);
 }
 
+const V3_ENGINE: &[u8] = b"\x80\x00\x1f\x88\x80fuzz";
+
+/// The keys of the SNMPv3 user of these tests, localized once (about a
+/// million hash rounds).
+fn v3_keys() -> &'static usm::Keys {
+    static KEYS: std::sync::OnceLock<usm::Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        usm::Keys::new(
+            (SnmpAuthProtocol::Sha256, "fuzz-auth-1"),
+            Some((SnmpPrivProtocol::Aes128, "fuzz-priv-1")),
+            V3_ENGINE,
+        )
+    })
+}
+
+/// Runs the SNMPv3 verification and decryption on `bytes` as the answer to
+/// request 7 of user `fuzz`: whether it was believed as a Response.
+fn check_snmpv3(bytes: &[u8]) -> bool {
+    let Ok(m) = usm::decode(bytes) else {
+        return false;
+    };
+    let _ = v3::open(&m, bytes, Some(v3_keys()));
+    let mut engine = v3::Engine::discovered(V3_ENGINE.to_vec(), 0, 0, Some(v3_keys().clone()));
+    matches!(
+        v3::check(&mut engine, b"fuzz", &m, bytes, 7),
+        Ok(v3::Verified::Response(_))
+    )
+}
+
+/// The PDU of [`snmp_response`] in an authPriv SNMPv3 message.
+fn snmpv3_response() -> Vec<u8> {
+    usm::encode(&usm::Outgoing {
+        msg_id: 7,
+        engine_id: V3_ENGINE,
+        boots: 3,
+        time: 100,
+        user: b"fuzz",
+        context: b"",
+        keys: Some(v3_keys()),
+        salt: [1, 2, 3, 4, 5, 6, 7, 8],
+        pdu: &snmp_pdu(),
+    })
+}
+
 /// A well-formed v2c response with one value of each kind, built with the
 /// driver's own BER encoder.
 fn snmp_response() -> Vec<u8> {
+    ber::encode_v2c(b"public", &snmp_pdu())
+}
+
+/// A Response PDU (request-id 7) with one value of each kind.
+fn snmp_pdu() -> Vec<u8> {
     use ber::tag;
     let values: Vec<Vec<u8>> = vec![
         ber::int(-42),
@@ -425,11 +491,15 @@ fn snmp_response() -> Vec<u8> {
         })
         .collect();
     let list = ber::tlv(tag::SEQUENCE, &varbinds.concat());
-    let pdu = ber::constructed(
+    ber::constructed(
         tag::RESPONSE,
         &[&ber::int(7), &ber::int(0), &ber::int(0), &list],
-    );
-    ber::encode_v2c(b"public", &pdu)
+    )
+}
+
+#[test]
+fn the_snmpv3_sample_is_believed() {
+    assert!(check_snmpv3(&snmpv3_response()));
 }
 
 #[test]

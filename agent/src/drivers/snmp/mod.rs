@@ -5,8 +5,10 @@
 //! answer to a poll the scheduler cancelled) is ignored, so cancellation
 //! needs no cleanup. An unanswered request is sent again `retries` times,
 //! each try waiting its share of the poll timeout. SNMPv3 discovers the
-//! agent's engine id, boots and time on the first poll (and again when the
-//! agent says they changed) and localizes the keys once per engine.
+//! agent's engine id on the first poll (and again when the agent reports
+//! an unknown engine id), localizes the keys once per engine, and learns
+//! boots and time only from authenticated messages; [`v3`] holds every
+//! check an SNMPv3 answer must pass before it is believed.
 //!
 //! Values: INTEGER, Counter32, Gauge32 and TimeTicks become integers,
 //! Counter64 an integer when it fits `i64` (a float above that: the wire
@@ -17,6 +19,7 @@
 
 pub mod ber;
 pub mod usm;
+pub mod v3;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -29,6 +32,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use self::ber::{Pdu, SnmpValue, tag};
+use self::v3::Engine;
 use super::PollError;
 use crate::config::{SnmpConfig, SnmpSecurity, oid_string};
 use crate::reading::{FailureKind, Sample, Value};
@@ -49,6 +53,11 @@ pub struct SnmpDriver {
     /// scheduler's timeout, so the driver's precise error wins).
     deadline: Instant,
     engine: Option<Engine>,
+    /// The engine forgotten when the agent reported an unknown engine id
+    /// (unauthenticated by nature): if rediscovery finds the same id, it
+    /// comes back whole, keys and authenticated clock included, so a forged
+    /// report costs a round trip, not a key localization.
+    stale_engine: Option<Engine>,
     next_id: i32,
     salt: u64,
 }
@@ -60,23 +69,6 @@ impl std::fmt::Debug for SnmpDriver {
             .field("security", &self.cfg.security)
             .field("connected", &self.socket.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-/// What SNMPv3 learned about the agent's engine.
-struct Engine {
-    id: Vec<u8>,
-    boots: u32,
-    time: u32,
-    /// When `time` was learned.
-    at: Instant,
-    keys: Option<usm::Keys>,
-}
-
-impl Engine {
-    fn time_now(&self) -> u32 {
-        let elapsed = u32::try_from(self.at.elapsed().as_secs()).unwrap_or(u32::MAX);
-        self.time.saturating_add(elapsed)
     }
 }
 
@@ -98,6 +90,7 @@ impl SnmpDriver {
             socket: None,
             deadline: Instant::now(),
             engine: None,
+            stale_engine: None,
             next_id: rng.random_range(1..i32::MAX / 2),
             salt: rng.random(),
         }
@@ -316,6 +309,10 @@ impl SnmpDriver {
                     })
                     .await;
                 match answer {
+                    Ok(pdu) if pdu.kind != tag::RESPONSE => Err(PollError::error(format!(
+                        "snmp {}: {}: answer is a PDU of type 0x{:02x}, not a Response",
+                        self.cfg.address, req.what, pdu.kind
+                    ))),
                     Err(e) if e.kind == FailureKind::Timeout => Err(PollError::timeout(format!(
                         "{} (wrong community, or no SNMP agent listening?)",
                         e.message
@@ -323,118 +320,98 @@ impl SnmpDriver {
                     other => other,
                 }
             }
-            SnmpSecurity::V3(v3) => {
-                // Up to two rounds: a report that the engine id or time is
-                // stale updates them, and the request is sent again.
-                for round in 0..3 {
-                    if self.engine.is_none() {
-                        self.discover(socket, addr, &v3).await?;
-                    }
-                    let id = self.fresh_id();
-                    self.salt = self.salt.wrapping_add(1);
-                    let Some(engine) = &self.engine else {
-                        continue;
-                    };
-                    let pdu = ber::encode_pdu(req.kind, id, req.a, req.b, req.oids);
-                    let msg = usm::encode(&usm::Outgoing {
-                        msg_id: id,
-                        engine_id: &engine.id,
-                        boots: engine.boots,
-                        time: engine.time_now(),
-                        user: v3.user.as_bytes(),
-                        context: v3.context.as_bytes(),
-                        keys: engine.keys.as_ref(),
-                        salt: self.salt.to_be_bytes(),
-                        pdu: &pdu,
-                    });
-                    let keys = engine.keys.clone();
-                    let answer = self
-                        .send_and_wait(socket, addr, &msg, &req.what, id, |bytes| {
-                            let m = usm::decode(bytes).map_err(|e| e.to_string())?;
-                            Ok((m.msg_id, (m, bytes.to_vec())))
-                        })
-                        .await
-                        .map_err(|e| match &keys {
-                            Some(k) if k.has_priv() && e.kind == FailureKind::Timeout => {
-                                PollError::timeout(format!(
-                                    "{} (the engine answered discovery: wrong priv_password or priv_protocol? \
-                                     agents drop requests they cannot decrypt)",
-                                    e.message
-                                ))
-                            }
-                            _ => e,
-                        })?;
-                    let (m, raw) = answer;
-                    let pdu = self.open_v3(&m, &raw, keys.as_ref())?;
-                    if pdu.kind == tag::REPORT {
-                        let oid = pdu
-                            .varbinds
-                            .first()
-                            .map(|(o, _)| o.clone())
-                            .unwrap_or_default();
-                        if round < 2 && usm::is_not_in_time_window(&oid) {
-                            if let Some(e) = &mut self.engine {
-                                e.boots = m.usm.boots;
-                                e.time = m.usm.time;
-                                e.at = Instant::now();
-                            }
-                            continue;
-                        }
-                        if round < 2 && usm::is_unknown_engine_id(&oid) {
-                            self.engine = None;
-                            continue;
-                        }
-                        return Err(report_error(&self.cfg.address, &v3.user, &oid, &req.what));
-                    }
-                    if let Some(e) = &mut self.engine
-                        && m.flags & usm::FLAG_AUTH != 0
-                    {
-                        e.boots = m.usm.boots;
-                        e.time = m.usm.time;
-                        e.at = Instant::now();
-                    }
-                    return Ok(pdu);
-                }
-                Err(PollError::error(format!(
-                    "snmp {}: {}: agent keeps reporting a stale engine id or time",
-                    self.cfg.address, req.what
-                )))
-            }
+            SnmpSecurity::V3(v3) => self.exchange_v3(socket, addr, req, &v3).await,
         }
     }
 
-    /// Checks the MAC, decrypts, and returns the PDU of a v3 answer.
-    fn open_v3(
-        &self,
-        m: &usm::V3Message,
-        raw: &[u8],
-        keys: Option<&usm::Keys>,
+    /// One SNMPv3 request. Up to four rounds: engine discovery when no
+    /// engine is known; the time synchronization RFC 3414 §4 expects (the
+    /// first authenticated request goes out with boots and time 0 and is
+    /// answered by an authenticated notInTimeWindow report); a rediscovery
+    /// when the agent reports an unknown engine id (its id changed); the
+    /// request itself. Every answer goes through [`v3::check`].
+    async fn exchange_v3(
+        &mut self,
+        socket: &UdpSocket,
+        addr: SocketAddr,
+        req: &Request<'_>,
+        v3: &crate::config::SnmpV3,
     ) -> Result<Pdu, PollError> {
-        let address = &self.cfg.address;
-        if m.flags & usm::FLAG_AUTH != 0 {
-            let Some(keys) = keys else {
-                return Err(PollError::error(format!(
-                    "snmp {address}: authenticated answer to an unauthenticated request"
-                )));
+        let address = self.cfg.address.clone();
+        for round in 0..4 {
+            let last = round == 3;
+            if self.engine.is_none() {
+                self.discover(socket, addr, v3).await?;
+            }
+            let id = self.fresh_id();
+            self.salt = self.salt.wrapping_add(1);
+            let Some(engine) = &self.engine else {
+                continue;
             };
-            if !keys.verify(raw, m.auth_offset, &m.usm.auth_params) {
-                return Err(PollError::error(format!(
-                    "snmp {address}: authentication failure: the answer's digest does not match (wrong auth_password or auth_protocol?)"
-                )));
-            }
-        }
-        match &m.data {
-            usm::ScopedData::Plain(pdu) => Ok(pdu.clone()),
-            usm::ScopedData::Encrypted(enc) => {
-                let Some(keys) = keys.filter(|k| k.has_priv()) else {
+            let pdu = ber::encode_pdu(req.kind, id, req.a, req.b, req.oids);
+            let msg = usm::encode(&usm::Outgoing {
+                msg_id: id,
+                engine_id: &engine.id,
+                boots: engine.boots,
+                time: engine.time_now(),
+                user: v3.user.as_bytes(),
+                context: v3.context.as_bytes(),
+                keys: engine.keys.as_ref(),
+                salt: self.salt.to_be_bytes(),
+                pdu: &pdu,
+            });
+            let has_priv = engine.keys.as_ref().is_some_and(usm::Keys::has_priv);
+            let (m, raw) = self
+                .send_and_wait(socket, addr, &msg, &req.what, id, |bytes| {
+                    let m = usm::decode(bytes).map_err(|e| e.to_string())?;
+                    Ok((m.msg_id, (m, bytes.to_vec())))
+                })
+                .await
+                .map_err(|e| {
+                    if has_priv && e.kind == FailureKind::Timeout {
+                        PollError::timeout(format!(
+                            "{} (the engine answered discovery: wrong priv_password or priv_protocol? \
+                             agents drop requests they cannot decrypt)",
+                            e.message
+                        ))
+                    } else {
+                        e
+                    }
+                })?;
+            let Some(engine) = &mut self.engine else {
+                continue;
+            };
+            let verified = v3::check(engine, v3.user.as_bytes(), &m, &raw, id)
+                .map_err(|e| PollError::error(format!("snmp {address}: {}: {e}", req.what)))?;
+            let (oid, authenticated) = match verified {
+                v3::Verified::Response(pdu) => return Ok(pdu),
+                v3::Verified::Report { oid, authenticated } => (oid, authenticated),
+            };
+            if usm::is_not_in_time_window(&oid) {
+                if !authenticated {
                     return Err(PollError::error(format!(
-                        "snmp {address}: encrypted answer but no priv_password configured"
+                        "snmp {address}: {}: agent reported not in time window without authenticating \
+                         the report: refused as a source of time",
+                        req.what
                     )));
-                };
-                usm::decrypt(keys, &m.usm, enc)
-                    .map_err(|e| PollError::error(format!("snmp {address}: {e}")))
+                }
+                // `check` has moved the engine's clock forward.
+                if !last {
+                    continue;
+                }
             }
+            if usm::is_unknown_engine_id(&oid) && !last {
+                // Unauthenticated by nature: rediscover, but keep what an
+                // authenticated message taught us if the id is the same.
+                self.stale_engine = self.engine.take();
+                continue;
+            }
+            return Err(report_error(&address, &v3.user, &oid, &req.what));
         }
+        Err(PollError::error(format!(
+            "snmp {address}: {}: agent keeps reporting a stale engine id or time",
+            req.what
+        )))
     }
 
     /// SNMPv3 engine discovery: an empty unauthenticated GET, answered by a
@@ -458,17 +435,34 @@ impl SnmpDriver {
             salt: [0; 8],
             pdu: &pdu,
         });
-        let (m, _) = self
-            .send_and_wait(socket, addr, &msg, "SNMPv3 engine discovery", id, |bytes| {
+        let what = "SNMPv3 engine discovery";
+        let address = self.cfg.address.clone();
+        let (m, raw) = self
+            .send_and_wait(socket, addr, &msg, what, id, |bytes| {
                 let m = usm::decode(bytes).map_err(|e| e.to_string())?;
-                Ok((m.msg_id, (m, ())))
+                Ok((m.msg_id, (m, bytes.to_vec())))
             })
             .await?;
+        // Nothing can authenticate an answer to discovery (there is no key
+        // yet): it is believed only for the engine id, never for time.
+        let opened = v3::open(&m, &raw, None)
+            .map_err(|e| PollError::error(format!("snmp {address}: {what}: {e}")))?;
+        if opened.pdu.kind != tag::REPORT {
+            return Err(PollError::error(format!(
+                "snmp {address}: {what}: answered a PDU of type 0x{:02x}, not a Report",
+                opened.pdu.kind
+            )));
+        }
         if m.usm.engine_id.is_empty() {
             return Err(PollError::error(format!(
-                "snmp {}: engine discovery answered without an engine id",
-                self.cfg.address
+                "snmp {address}: engine discovery answered without an engine id"
             )));
+        }
+        if let Some(stale) = self.stale_engine.take()
+            && stale.id == m.usm.engine_id
+        {
+            self.engine = Some(stale);
+            return Ok(());
         }
         // About a million hash rounds: off the async threads.
         let (auth, privacy, engine_id) =
@@ -484,14 +478,13 @@ impl SnmpDriver {
         })
         .await
         .map_err(|e| PollError::error(format!("snmp key localization failed: {e}")))?;
-        debug!(address = %self.cfg.address, boots = m.usm.boots, time = m.usm.time, "snmp engine discovered");
-        self.engine = Some(Engine {
-            id: m.usm.engine_id.clone(),
-            boots: m.usm.boots,
-            time: m.usm.time,
-            at: Instant::now(),
+        debug!(address = %address, "snmp engine discovered");
+        self.engine = Some(Engine::discovered(
+            m.usm.engine_id.clone(),
+            m.usm.boots,
+            m.usm.time,
             keys,
-        });
+        ));
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use ring::{digest, hmac};
+use subtle::ConstantTimeEq;
 
 use super::ber::{self, DecodeError, Pdu, Reader, tag};
 use crate::config::{SnmpAuthProtocol, SnmpPrivProtocol};
@@ -174,12 +175,9 @@ impl Keys {
         let mut zeroed = message.to_vec();
         zeroed[auth_offset..auth_offset + n].fill(0);
         let expected = self.mac(&zeroed);
-        // Constant time: fold every byte.
-        expected
-            .iter()
-            .zip(received)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        // Constant time: how many leading bytes match must not show in the
+        // time taken.
+        bool::from(expected.as_slice().ct_eq(received))
     }
 
     fn aes_cfb(&self, iv: [u8; 16], data: &mut [u8], encrypt: bool) {
