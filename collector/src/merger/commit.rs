@@ -9,12 +9,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
-use super::{IncomingBatch, Merger};
+use super::{AckSender, IncomingBatch, Merger};
 use crate::model::{Committed, CommittedChunk, IdMap, Point, SeriesKey};
 use crate::store::{BatchWrite, EpochRow, Store, StoreError, WriteSet};
+
+/// The answer to one batch, to publish on its stream after the commit.
+struct Answer {
+    to: AckSender,
+    /// The sequence it acks: its own, or the committed one for a replay.
+    seq: u64,
+    /// Its index among the group's batch writes; `None` for a replay
+    /// (nothing to write). A batch the store reports as already stored
+    /// (another collector wrote it) is a replay too.
+    write: Option<usize>,
+}
 
 /// Longest wait between two attempts of a failing store call.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -24,8 +34,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 pub(super) struct Group {
     pub(super) set: WriteSet,
     pub(super) readings: usize,
-    /// (stream's ack channel, sequence to publish) after the commit.
-    acks: Vec<(Arc<watch::Sender<u64>>, u64)>,
+    /// The answer to each batch of the group, published after the commit.
+    acks: Vec<Answer>,
     /// (agent, epoch) → new delivery state, for the write set.
     epochs: HashMap<(Arc<str>, u64), EpochRow>,
 }
@@ -61,14 +71,22 @@ impl Merger {
             // A replay (resend after a lost ack, or a second stream of the
             // same agent): ack again, store nothing.
             debug!(agent = %b.agent, seq = b.seq, committed, "duplicate batch acked again");
-            group.acks.push((b.ack, committed));
+            group.acks.push(Answer {
+                to: b.ack,
+                seq: committed,
+                write: None,
+            });
             return;
         }
         let mut epoch = self.epoch_state(&b.agent, b.epoch, group);
         epoch.committed_seq = b.seq;
         group.epochs.insert((b.agent.clone(), b.epoch), epoch);
         group.readings += b.readings.len();
-        group.acks.push((b.ack, b.seq));
+        group.acks.push(Answer {
+            to: b.ack,
+            seq: b.seq,
+            write: Some(group.set.batches.len()),
+        });
         group.set.batches.push(BatchWrite {
             agent: b.agent,
             epoch: b.epoch,
@@ -178,13 +196,15 @@ impl Merger {
             }
             skipped = report.skipped;
         }
-        for (ack, seq) in group.acks {
-            ack.send_if_modified(|cur| {
-                if seq > *cur {
-                    *cur = seq;
-                    true
-                } else {
-                    false
+        for answer in group.acks {
+            let replay = answer.write.is_none_or(|i| skipped.contains(&i));
+            // Always a change, so the session hears of every answer (a
+            // replay's too, though its number may not rise).
+            answer.to.send_modify(|acks| {
+                acks.committed = acks.committed.max(answer.seq);
+                acks.batches += 1;
+                if replay {
+                    acks.replays += 1;
                 }
             });
         }

@@ -6,7 +6,8 @@
 //! one transaction (group commit), records each agent's committed sequence in
 //! the same transaction, commits, and only then acks the sessions. A batch at
 //! or below the committed sequence of its (agent, epoch) is acked again and
-//! not stored.
+//! not stored; the session gives each such replay an Ack frame of its own
+//! ([`StreamAcks`]).
 //!
 //! It runs on its own OS thread because all its work is blocking store I/O
 //! ([`Store`] is blocking for SQLite and PostgreSQL alike); it never awaits,
@@ -76,9 +77,30 @@ pub struct IncomingBatch {
     pub skewed_readings: u64,
     pub received_ns: i64,
     pub readings: Vec<NewReading>,
-    /// Where to publish the highest committed sequence of this stream.
-    pub ack: Arc<watch::Sender<u64>>,
+    /// Where to publish the answer to this batch (the stream's acks).
+    pub ack: AckSender,
 }
+
+/// What the merger has answered on one stream, published after each
+/// commit through a `watch` channel, so the merger never waits for a slow
+/// session. The session turns it into Ack frames: one per replay, since an
+/// agent (or any client) that resends what is committed waits for the ack
+/// of each, even though the acked number does not rise; and one whenever
+/// the number rises, several commits coalescing into one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamAcks {
+    /// Highest sequence of the stream's (agent, epoch) known committed:
+    /// what the Welcome said, then what commits and replays acked.
+    pub committed: u64,
+    /// Batches of this stream answered so far: committed, found already
+    /// stored, or replays.
+    pub batches: u64,
+    /// Of those, replays: batches at or below the committed sequence.
+    pub replays: u64,
+}
+
+/// The merger's end of a stream's acks.
+pub type AckSender = Arc<watch::Sender<StreamAcks>>;
 
 /// A stream's Hello, as the merger takes it.
 #[derive(Debug)]

@@ -16,6 +16,7 @@ use tributary_proto::v1 as pb;
 use super::check::check_name;
 use super::series::StreamSeries;
 use super::{Limits, Outbound, Session, Stream, clamp_counter, format_offset, unavailable};
+use crate::merger::StreamAcks;
 use crate::model::now_ns;
 
 /// Who is on the other end of a stream, as far as TLS can tell.
@@ -79,7 +80,7 @@ impl Session {
         &self,
         inbound: &mut Streaming<pb::AgentFrame>,
         out: &Outbound,
-    ) -> Result<Option<(Stream, watch::Receiver<u64>)>, Status> {
+    ) -> Result<Option<(Stream, watch::Receiver<StreamAcks>)>, Status> {
         let hello = tokio::select! {
             f = tokio::time::timeout(self.limits.hello_timeout, inbound.next()) => match f {
                 Err(_) => return Err(Status::deadline_exceeded("no hello within the hello timeout")),
@@ -132,12 +133,17 @@ impl Session {
             .await
             .map_err(unavailable)?;
         info!(agent = %agent, peer = %self.peer, epoch = hello.epoch, committed, "agent connected");
-        let (ack_tx, ack_rx) = watch::channel(committed);
+        let (ack_tx, ack_rx) = watch::channel(StreamAcks {
+            committed,
+            batches: 0,
+            replays: 0,
+        });
         let stream = Stream {
             agent: agent.clone(),
             epoch: hello.epoch,
             session,
             last_seq: 0,
+            forwarded: 0,
             series: StreamSeries::default(),
             ack_tx: Arc::new(ack_tx),
             clock_skewed,

@@ -6,8 +6,12 @@
 //! columns), resolves the stream's interned series ids to global ids
 //! through the merger, and forwards whole batches. It owns only the stream's
 //! interning table and its last sequence; it holds no store handle. Acks come
-//! back from the merger through a `watch` channel, which coalesces them and
-//! never blocks the merger.
+//! back from the merger through a `watch` channel, which never blocks the
+//! merger: acks that raise the committed sequence coalesce into one frame,
+//! and every replay (a batch at or below it) gets an Ack frame of its own,
+//! even when the number does not rise, so a client that resends what the
+//! Welcome covered and waits for its ack is answered. A stream that ends
+//! (half-close) gets the answer to every batch it sent before its status.
 //!
 //! A bad frame ends the stream with INVALID_ARGUMENT naming the field;
 //! nothing of that batch is forwarded, and other streams are unaffected.
@@ -30,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use tributary_proto::{limits, v1 as pb};
 
-use crate::merger::{IncomingBatch, MergerHandle};
+use crate::merger::{AckSender, IncomingBatch, MergerHandle, StreamAcks};
 use crate::model::{NewReading, SeriesKey, now_ns};
 
 mod check;
@@ -101,9 +105,11 @@ struct Stream {
     /// This stream's id, unique in the process.
     session: u64,
     last_seq: u64,
+    /// Batches handed to the merger on this stream.
+    forwarded: u64,
     /// Stream-local series id → global series id.
     series: StreamSeries,
-    ack_tx: Arc<watch::Sender<u64>>,
+    ack_tx: AckSender,
     /// The agent's clock (in its Hello) was off by more than the limit:
     /// every reading of this stream counts as skewed.
     clock_skewed: bool,
@@ -170,31 +176,29 @@ impl Session {
         &self,
         stream: &mut Stream,
         inbound: &mut Streaming<pb::AgentFrame>,
-        ack_rx: &mut watch::Receiver<u64>,
+        ack_rx: &mut watch::Receiver<StreamAcks>,
         out: &Outbound,
     ) -> Result<(), Status> {
-        let mut acked = *ack_rx.borrow_and_update();
+        // What Ack frames were sent for: at first what the Welcome said.
+        let mut sent = *ack_rx.borrow_and_update();
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => {
-                    return self.drain(stream, ack_rx, out, acked).await;
+                    return self.drain(stream, ack_rx, out, sent).await;
                 }
                 changed = ack_rx.changed() => {
                     if changed.is_err() {
                         return Err(Status::unavailable("collector shutting down"));
                     }
-                    let seq = *ack_rx.borrow_and_update();
-                    if seq > acked {
-                        acked = seq;
-                        if out.send(Ok(ack_frame(seq))).await.is_err() {
-                            return Ok(());
-                        }
+                    let now = *ack_rx.borrow_and_update();
+                    if send_acks(&mut sent, now, out).await.is_err() {
+                        return Ok(());
                     }
                 }
                 frame = inbound.next() => match frame {
                     // The agent half-closed: ack what is in flight, then end.
-                    None => return self.drain(stream, ack_rx, out, acked).await,
+                    None => return self.drain(stream, ack_rx, out, sent).await,
                     // A frame that could not be decoded (too large, not
                     // protobuf) or a reset: end with that status, so an agent
                     // that is still listening learns why.
@@ -208,28 +212,32 @@ impl Session {
         }
     }
 
-    /// Waits (bounded) until everything forwarded is acked, sends the last
-    /// ack and ends the stream.
+    /// Waits (bounded) until every forwarded batch is answered, sends the
+    /// Ack frames still owed and ends the stream.
     async fn drain(
         &self,
         stream: &Stream,
-        ack_rx: &mut watch::Receiver<u64>,
+        ack_rx: &mut watch::Receiver<StreamAcks>,
         out: &Outbound,
-        acked: u64,
+        mut sent: StreamAcks,
     ) -> Result<(), Status> {
-        let target = stream.last_seq;
+        let target = stream.forwarded;
         let reached = tokio::time::timeout(
             self.limits.drain_timeout,
-            ack_rx.wait_for(|seq| *seq >= target),
+            ack_rx.wait_for(|acks| acks.batches >= target),
         )
         .await
         .map(|r| r.is_ok());
-        let seq = *ack_rx.borrow();
-        if seq > acked {
-            let _ = out.send(Ok(ack_frame(seq))).await;
-        }
+        let now = *ack_rx.borrow();
+        let _ = send_acks(&mut sent, now, out).await;
         if reached.is_err() {
-            warn!(agent = %stream.agent, target, acked = seq, "drain deadline passed before every batch was acked");
+            warn!(
+                agent = %stream.agent,
+                forwarded = target,
+                answered = now.batches,
+                acked = now.committed,
+                "drain deadline passed before every batch was acked"
+            );
         }
         if self.shutdown.is_cancelled() {
             Err(Status::unavailable("collector shutting down"))
@@ -279,7 +287,9 @@ impl Session {
                 ack: stream.ack_tx.clone(),
             })
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        stream.forwarded += 1;
+        Ok(())
     }
 
     fn max_skew_ns(&self) -> u64 {
@@ -319,6 +329,23 @@ fn format_offset(ns: i64) -> String {
 /// (signed 64 bit) and summable per agent without overflow.
 fn clamp_counter(n: u64) -> u64 {
     n.min(i64::MAX as u64 / 1024)
+}
+
+/// Sends the Ack frames that `now` owes beyond `sent`: one per replay
+/// answered since (each resend is owed its own ack, though the number may
+/// not rise), else one when the committed sequence rose (commits coalesce).
+/// Every frame carries the newest committed sequence. Errs when the agent
+/// is gone.
+async fn send_acks(sent: &mut StreamAcks, now: StreamAcks, out: &Outbound) -> Result<(), ()> {
+    let replays = now.replays.saturating_sub(sent.replays);
+    let frames = replays.max(u64::from(now.committed > sent.committed));
+    *sent = now;
+    for _ in 0..frames {
+        out.send(Ok(ack_frame(now.committed)))
+            .await
+            .map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 fn ack_frame(seq: u64) -> pb::CollectorFrame {
