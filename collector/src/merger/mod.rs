@@ -251,14 +251,15 @@ pub struct Merger {
     retaining: Option<Retaining>,
 }
 
-/// Why the merger could not start.
+/// Why the merger could not start. The message says what failed; the
+/// cause is the `source()`, so a `{:#}` chain prints it once.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("opening the store: {0}")]
+    #[error("opening the store")]
     Open(#[source] StoreError),
-    #[error("loading merge state: {0}")]
+    #[error("loading merge state")]
     Load(#[source] StoreError),
-    #[error("starting the merger thread: {0}")]
+    #[error("starting the merger thread")]
     Thread(#[from] std::io::Error),
     #[error("the merger thread ended while starting")]
     Died,
