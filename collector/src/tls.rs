@@ -251,10 +251,7 @@ mod tests {
 
     /// A directory of its own under the system's temporary directory.
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "tributary-tls-{name}-{}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("tributary-tls-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
