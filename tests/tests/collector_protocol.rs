@@ -120,6 +120,17 @@ impl RawStream {
         }
     }
 
+    /// Batches `seqs`, one counter value each (equal to the sequence), the
+    /// first declaring the series.
+    async fn send_counters(&self, seqs: std::ops::RangeInclusive<u64>) -> Result<()> {
+        let first = *seqs.start();
+        for seq in seqs {
+            let v = seq as i64;
+            self.send(counter_batch(seq, seq == first, v, v)).await?;
+        }
+        Ok(())
+    }
+
     /// The next frame, which must be an Ack: its sequence.
     async fn next_ack(&mut self) -> Result<u64> {
         match next(&mut self.rx).await? {
@@ -323,10 +334,7 @@ async fn every_replayed_batch_gets_its_own_ack() -> Result<()> {
     let collector = Collector::start("replay-acks").await?;
     let mut s = RawStream::open(&collector.url, "foreign", 3).await?;
     assert_eq!(s.welcome, 0);
-    for seq in 1..=200u64 {
-        let v = seq as i64;
-        s.send(counter_batch(seq, seq == 1, v, v)).await?;
-    }
+    s.send_counters(1..=200).await?;
     assert_eq!(s.acked(200).await?, 200);
     drop(s);
 
@@ -335,10 +343,7 @@ async fn every_replayed_batch_gets_its_own_ack() -> Result<()> {
     // then one more for each other replay, each Ack(200).
     let mut s = RawStream::open(&collector.url, "foreign", 3).await?;
     assert_eq!(s.welcome, 200);
-    for seq in 150..=200u64 {
-        let v = seq as i64;
-        s.send(counter_batch(seq, seq == 150, v, v)).await?;
-    }
+    s.send_counters(150..=200).await?;
     assert_eq!(s.acked(200).await?, 200);
     for _ in 151..=200 {
         assert_eq!(s.next_ack().await?, 200);
@@ -350,10 +355,7 @@ async fn every_replayed_batch_gets_its_own_ack() -> Result<()> {
     // each replay before it ends OK.
     let s = RawStream::open(&collector.url, "foreign", 3).await?;
     assert_eq!(s.welcome, 200);
-    for seq in 190..=200u64 {
-        let v = seq as i64;
-        s.send(counter_batch(seq, seq == 190, v, v)).await?;
-    }
+    s.send_counters(190..=200).await?;
     assert_eq!(s.finish().await?, vec![200; 11]);
 
     // One replay and then a new batch: the replay's ack, then the new one.
