@@ -114,19 +114,21 @@ impl ServerConfig {
     }
 }
 
-/// Errors that stop the server from starting or running.
+/// Errors that stop the server from starting or running. The message says
+/// what failed; the cause is the `source()`, so a `{:#}` chain prints it
+/// once (the merger's own errors already say what failed).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("opening store: {0}")]
+    #[error("opening the store for queries")]
     Store(#[from] crate::store::read::ReadError),
-    #[error("starting merger: {0}")]
+    #[error(transparent)]
     Merger(#[from] merger::SpawnError),
-    #[error("reflection: {0}")]
+    #[error("reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("serving: {0}")]
+    #[error("serving")]
     Serve(#[from] tonic::transport::Error),
-    #[error("tls: {0}")]
-    Tls(tonic::transport::Error),
+    #[error("tls")]
+    Tls(#[source] tonic::transport::Error),
     #[error("merger thread panicked")]
     MergerPanicked,
 }

@@ -56,14 +56,16 @@ impl ServerTls {
     }
 }
 
-/// Why TLS material could not be loaded.
+/// Why TLS material could not be loaded. Each message names the file and
+/// the whole cause, and no variant has a `source()`: the config reports
+/// the message as the problem of its `tls.*` key, and a `{:#}` chain
+/// prints every cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: no PEM certificate in the file", path.display())]
     NoCertificate { path: PathBuf },
@@ -102,9 +104,9 @@ pub fn load(files: &TlsFiles) -> Result<ServerTls, TlsError> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
@@ -228,6 +230,7 @@ fn der_take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -245,6 +248,56 @@ mod tests {
     }
 
     const OID_ORG: &[u8] = &[0x55, 0x04, 0x0a];
+
+    /// A directory of its own under the system's temporary directory.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tributary-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn files(dir: &Path, cert: &str, key: &str) -> TlsFiles {
+        TlsFiles {
+            cert: dir.join(cert),
+            key: dir.join(key),
+            client_ca: None,
+            query_requires_client_cert: true,
+        }
+    }
+
+    /// The message, word for word, and as `main` prints it (`{:#}`): the
+    /// same text, each cause once.
+    fn message(files: &TlsFiles) -> String {
+        let e = load(files).unwrap_err();
+        assert!(std::error::Error::source(&e).is_none(), "{e:?}");
+        let text = e.to_string();
+        assert_eq!(format!("{:#}", anyhow::Error::new(e)), text);
+        text
+    }
+
+    #[test]
+    fn bad_certificate_files_are_named_with_their_cause_once() {
+        let dir = scratch("messages");
+        std::fs::write(dir.join("notes.txt"), "not a certificate\n").unwrap();
+        let missing = files(&dir, "missing.pem", "notes.txt");
+        assert_eq!(
+            message(&missing),
+            format!(
+                "{}: cannot read: No such file or directory (os error 2)",
+                dir.join("missing.pem").display()
+            )
+        );
+        let not_pem = files(&dir, "notes.txt", "notes.txt");
+        assert_eq!(
+            message(&not_pem),
+            format!(
+                "{}: no PEM certificate in the file",
+                dir.join("notes.txt").display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn common_name_is_found_among_other_attributes() {

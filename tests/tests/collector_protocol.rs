@@ -120,6 +120,40 @@ impl RawStream {
         }
     }
 
+    /// Batches `seqs`, one counter value each (equal to the sequence), the
+    /// first declaring the series.
+    async fn send_counters(&self, seqs: std::ops::RangeInclusive<u64>) -> Result<()> {
+        let first = *seqs.start();
+        for seq in seqs {
+            let v = seq as i64;
+            self.send(counter_batch(seq, seq == first, v, v)).await?;
+        }
+        Ok(())
+    }
+
+    /// The next frame, which must be an Ack: its sequence.
+    async fn next_ack(&mut self) -> Result<u64> {
+        match next(&mut self.rx).await? {
+            Some(pb::collector_frame::Frame::Ack(a)) => Ok(a.seq),
+            other => bail!("expected an ack, got {other:?}"),
+        }
+    }
+
+    /// Half-closes the stream and reads it to its end, which must be OK:
+    /// the sequences of the Ack frames that came first.
+    async fn finish(self) -> Result<Vec<u64>> {
+        let RawStream { tx, mut rx, .. } = self;
+        drop(tx);
+        let mut acks = Vec::new();
+        loop {
+            match next(&mut rx).await? {
+                Some(pb::collector_frame::Frame::Ack(a)) => acks.push(a.seq),
+                Some(other) => bail!("expected an ack or the end, got {other:?}"),
+                None => return Ok(acks),
+            }
+        }
+    }
+
     /// Waits for the stream to end with an error status.
     async fn status(&mut self) -> Result<tonic::Status> {
         loop {
@@ -285,6 +319,57 @@ async fn replayed_batches_are_acked_and_not_stored_twice() -> Result<()> {
     let s = RawStream::open(&collector.url, "edge-1", 7).await?;
     assert_eq!(s.welcome, 3);
     drop(s);
+    collector.stop().await?;
+    Ok(())
+}
+
+/// A client that is not the project's agent, doing what README and
+/// ARCHITECTURE promise works: it reconnects, reads the Welcome, resends
+/// what the Welcome covers, and waits for an ack that covers it. Every
+/// replayed batch gets an Ack frame of its own carrying the committed
+/// sequence (which does not rise), on an open stream and on one that only
+/// resends and then ends; nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replayed_batch_gets_its_own_ack() -> Result<()> {
+    let collector = Collector::start("replay-acks").await?;
+    let mut s = RawStream::open(&collector.url, "foreign", 3).await?;
+    assert_eq!(s.welcome, 0);
+    s.send_counters(1..=200).await?;
+    assert_eq!(s.acked(200).await?, 200);
+    drop(s);
+
+    // Reconnect, read Welcome { committed_seq: 200 }, resend 150..=200 and
+    // wait for Ack >= 200 with the stream open: the first replay's ack,
+    // then one more for each other replay, each Ack(200).
+    let mut s = RawStream::open(&collector.url, "foreign", 3).await?;
+    assert_eq!(s.welcome, 200);
+    s.send_counters(150..=200).await?;
+    assert_eq!(s.acked(200).await?, 200);
+    for _ in 151..=200 {
+        assert_eq!(s.next_ack().await?, 200);
+    }
+    // Nothing else is owed: the stream ends OK without another frame.
+    assert_eq!(s.finish().await?, Vec::<u64>::new());
+
+    // A stream that only resends, then half-closes at once: an Ack for
+    // each replay before it ends OK.
+    let s = RawStream::open(&collector.url, "foreign", 3).await?;
+    assert_eq!(s.welcome, 200);
+    s.send_counters(190..=200).await?;
+    assert_eq!(s.finish().await?, vec![200; 11]);
+
+    // One replay and then a new batch: the replay's ack, then the new one.
+    let mut s = RawStream::open(&collector.url, "foreign", 3).await?;
+    s.send(counter_batch(200, true, 200, 200)).await?;
+    assert_eq!(s.next_ack().await?, 200);
+    s.send(counter_batch(201, false, 201, 201)).await?;
+    assert_eq!(s.next_ack().await?, 201);
+    assert_eq!(s.finish().await?, Vec::<u64>::new());
+
+    assert_eq!(
+        collector.counter_values("foreign")?,
+        (1..=201).collect::<Vec<_>>()
+    );
     collector.stop().await?;
     Ok(())
 }

@@ -668,3 +668,73 @@ async fn xtask_certs_make_a_pki_that_agents_and_grpcurl_use() -> Result<()> {
     }
     Ok(())
 }
+
+/// A bad `[tls]` file stops the collector before it listens: exit status 2
+/// and one line naming the config file, line and key, the file, and the
+/// cause, each once (word for word).
+#[tokio::test]
+async fn a_bad_certificate_file_is_one_line_naming_the_key_and_the_cause() -> Result<()> {
+    let dir = TestDir::new("tls-bad-files")?;
+    let now = OffsetDateTime::now_utc();
+    let valid = (
+        now - time::Duration::hours(1),
+        now + time::Duration::days(1),
+    );
+    let (cert, _) =
+        Ca::new("Tributary test CA")?.issue(dir.path(), "collector", "127.0.0.1", true, valid)?;
+    // Two files, so each case names one key (the config tells the keys
+    // apart by path).
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "not a certificate\n")?;
+    let other = dir.join("other.txt");
+    std::fs::write(&other, "not a key either\n")?;
+    let missing = dir.join("missing.pem");
+    let config = dir.join("collector.toml");
+    let cases = [
+        (
+            &missing,
+            &other,
+            format!(
+                "5: tls.cert: {}: cannot read: No such file or directory (os error 2)",
+                missing.display()
+            ),
+        ),
+        (
+            &notes,
+            &other,
+            format!(
+                "5: tls.cert: {}: no PEM certificate in the file",
+                notes.display()
+            ),
+        ),
+        (
+            &cert,
+            &notes,
+            format!(
+                "6: tls.key: {}: no PEM private key in the file",
+                notes.display()
+            ),
+        ),
+    ];
+    for (cert, key, problem) in cases {
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\nstore = \"sqlite:collector.db\"\n\n[tls]\n\
+                 cert = {cert:?}\nkey = {key:?}\n"
+            ),
+        )?;
+        let out = tokio::process::Command::new(tributary_tests::process::bin_path(
+            "tributary-collector",
+        )?)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .output()
+        .await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr, format!("error: {}:{problem}\n", config.display()));
+    }
+    Ok(())
+}

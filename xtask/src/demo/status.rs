@@ -2,7 +2,7 @@
 //! --format json`, read tolerantly, and the live progress line built from it.
 //!
 //! The collector's CLI prints a JSON array of objects with `id`, `connected`
-//! and `readings_stored` (collector/src/cli.rs, `write_agents`). The reader
+//! and `readings_stored` (collector/src/cli/render.rs, `write_agents`). The reader
 //! also accepts `{"agents": [...]}`, JSON lines, and numbers as strings (as
 //! protobuf's JSON mapping writes 64-bit integers), so a change in the CLI's
 //! shape degrades the progress line instead of ending the demo.

@@ -1,0 +1,253 @@
+//! Group commit and dedup: the batches of one group are written in one
+//! transaction with each (agent, epoch)'s new delivery state, and only
+//! after the commit are the sessions acked. A batch at or below the
+//! committed sequence of its (agent, epoch) is a replay: acked again, not
+//! stored. Also the series ids (resolved through the store, cached in the
+//! series table) and what `Query/Tail` sees of each commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, error, warn};
+
+use super::{AckSender, IncomingBatch, Merger};
+use crate::model::{Committed, CommittedChunk, IdMap, Point, SeriesKey};
+use crate::store::{BatchWrite, EpochRow, Store, StoreError, WriteSet};
+
+/// The answer to one batch, to publish on its stream after the commit.
+struct Answer {
+    to: AckSender,
+    /// The sequence it acks: its own, or the committed one for a replay.
+    seq: u64,
+    /// Its index among the group's batch writes; `None` for a replay
+    /// (nothing to write). A batch the store reports as already stored
+    /// (another collector wrote it) is a replay too.
+    write: Option<usize>,
+}
+
+/// Longest wait between two attempts of a failing store call.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// One group being assembled: what to write and whom to ack afterwards.
+#[derive(Default)]
+pub(super) struct Group {
+    pub(super) set: WriteSet,
+    pub(super) readings: usize,
+    /// The answer to each batch of the group, published after the commit.
+    acks: Vec<Answer>,
+    /// (agent, epoch) → new delivery state, for the write set.
+    epochs: HashMap<(Arc<str>, u64), EpochRow>,
+}
+
+impl Merger {
+    /// The committed sequence of (agent, epoch) for a Welcome: only what is
+    /// durable, the store's row (another collector may have advanced it),
+    /// never the group being assembled, which may still fail to commit; the
+    /// agent drops what the Welcome covers. Without the store, the cache is
+    /// safe too: it is never ahead of the store, and a low Welcome only
+    /// means resends, which are deduplicated.
+    pub(super) fn durable_committed(&mut self, agent: &Arc<str>, epoch: u64) -> u64 {
+        let key = (agent.clone(), epoch);
+        match self.store.epoch(agent, epoch) {
+            Ok(Some(row)) => {
+                let cached = self.epochs.entry(key.clone()).or_default();
+                *cached = cached.max(row);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(agent = %agent, epoch, error = %e, "reading the committed sequence failed; welcoming with the cached one");
+            }
+        }
+        self.epochs.get(&key).map(|e| e.committed_seq).unwrap_or(0)
+    }
+
+    pub(super) fn apply_batch(&mut self, b: IncomingBatch, group: &mut Group) {
+        let committed = self.epoch_state(&b.agent, b.epoch, group).committed_seq;
+        self.report(&b.agent, b.epoch, b.dropped, b.last_seq, group);
+        let replay = b.seq <= committed;
+        self.saw_batch(&b.agent, b.received_ns, b.resent, replay);
+        if replay {
+            // A replay (resend after a lost ack, or a second stream of the
+            // same agent): ack again, store nothing.
+            debug!(agent = %b.agent, seq = b.seq, committed, "duplicate batch acked again");
+            group.acks.push(Answer {
+                to: b.ack,
+                seq: committed,
+                write: None,
+            });
+            return;
+        }
+        let mut epoch = self.epoch_state(&b.agent, b.epoch, group);
+        epoch.committed_seq = b.seq;
+        group.epochs.insert((b.agent.clone(), b.epoch), epoch);
+        group.readings += b.readings.len();
+        group.acks.push(Answer {
+            to: b.ack,
+            seq: b.seq,
+            write: Some(group.set.batches.len()),
+        });
+        group.set.batches.push(BatchWrite {
+            agent: b.agent,
+            epoch: b.epoch,
+            seq: b.seq,
+            received_ns: b.received_ns,
+            readings: b.readings,
+        });
+    }
+
+    /// The delivery state of (agent, epoch), counting the group being
+    /// assembled (its batches commit together or not at all).
+    pub(super) fn epoch_state(&self, agent: &Arc<str>, epoch: u64, group: &Group) -> EpochRow {
+        let key = (agent.clone(), epoch);
+        group
+            .epochs
+            .get(&key)
+            .or_else(|| self.epochs.get(&key))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Records what the agent reports about its spool: readings dropped
+    /// and the newest spooled sequence (both only grow; readers sum the
+    /// drops of every epoch).
+    pub(super) fn report(
+        &mut self,
+        agent: &Arc<str>,
+        epoch: u64,
+        dropped: u64,
+        last_seq: u64,
+        group: &mut Group,
+    ) {
+        let mut e = self.epoch_state(agent, epoch, group);
+        if dropped <= e.dropped && last_seq <= e.last_seq {
+            return;
+        }
+        e.dropped = e.dropped.max(dropped);
+        e.last_seq = e.last_seq.max(last_seq);
+        group.epochs.insert((agent.clone(), epoch), e);
+    }
+
+    /// Global ids of `keys`, asking the store (which assigns them, so
+    /// collectors sharing a database agree) for the ones not cached.
+    pub(super) fn resolve(&mut self, keys: Vec<SeriesKey>) -> Vec<i64> {
+        let mut missing: Vec<&SeriesKey> = keys
+            .iter()
+            .filter(|k| self.series.get(k).is_none())
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            let missing: Vec<SeriesKey> = missing.into_iter().cloned().collect();
+            let ids = self.retry("resolve series", |store| store.resolve_series(&missing));
+            for (key, id) in missing.iter().zip(ids) {
+                self.series.insert(key, id);
+            }
+            debug!(series = self.series.len(), "series resolved");
+        }
+        keys.iter()
+            .map(|k| self.series.get(k).unwrap_or_default())
+            .collect()
+    }
+
+    /// Calls `f` until the store takes it. Nothing is acked meanwhile:
+    /// sessions wait, the queue fills, agents spool.
+    fn retry<T>(
+        &mut self,
+        what: &'static str,
+        mut f: impl FnMut(&mut Store) -> Result<T, StoreError>,
+    ) -> T {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match f(&mut self.store) {
+                Ok(v) => return v,
+                Err(e) => {
+                    error!(error = %e, retry_in = ?delay, "{what} failed; nothing acked, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+            }
+        }
+    }
+
+    /// Commits the group (retrying until the store takes it), then acks and
+    /// publishes.
+    pub(super) fn flush(&mut self, mut group: Group) {
+        let mut epochs: Vec<_> = group
+            .epochs
+            .iter()
+            .map(|((a, e), s)| (a.clone(), *e, *s))
+            .collect();
+        epochs.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+        group.set.epochs = epochs;
+        self.agent_writes(&mut group.set);
+        let mut skipped = Vec::new();
+        if !group.set.is_empty() {
+            let set = &group.set;
+            let report = self.retry("commit", |store| store.commit(set));
+            for (agent, epoch, row) in report.epochs {
+                let cached = self.epochs.entry((agent, epoch)).or_default();
+                *cached = cached.max(row);
+            }
+            for &i in &report.skipped {
+                if let Some(b) = group.set.batches.get(i) {
+                    debug!(agent = %b.agent, epoch = b.epoch, seq = b.seq, "batch already stored (another collector); acked, not stored");
+                }
+            }
+            skipped = report.skipped;
+        }
+        for answer in group.acks {
+            let replay = answer.write.is_none_or(|i| skipped.contains(&i));
+            // Always a change, so the session hears of every answer (a
+            // replay's too, though its number may not rise).
+            answer.to.send_modify(|acks| {
+                acks.committed = acks.committed.max(answer.seq);
+                acks.batches += 1;
+                if replay {
+                    acks.replays += 1;
+                }
+            });
+        }
+        if self.tail.receiver_count() > 0 && group.set.batches.len() > skipped.len() {
+            let _ = self.tail.send(self.committed_chunks(&group.set, &skipped));
+        }
+        self.publish_live();
+    }
+
+    /// Groups the committed readings by series for `Query/Tail`, leaving
+    /// out the batches the store skipped.
+    fn committed_chunks(&self, set: &WriteSet, skipped: &[usize]) -> Committed {
+        let mut chunks: Vec<CommittedChunk> = Vec::new();
+        let mut index: IdMap<usize> = IdMap::default();
+        for (_, b) in set
+            .batches
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skipped.contains(i))
+        {
+            for r in &b.readings {
+                let i = match index.get(&r.series_id) {
+                    Some(&i) => i,
+                    None => {
+                        let Some(meta) = self.series.meta(r.series_id) else {
+                            warn!(series = r.series_id, "committed reading of unknown series");
+                            continue;
+                        };
+                        chunks.push(CommittedChunk {
+                            series: Arc::new(meta),
+                            points: Vec::new(),
+                        });
+                        index.insert(r.series_id, chunks.len() - 1);
+                        chunks.len() - 1
+                    }
+                };
+                chunks[i].points.push(Point {
+                    ts_ns: r.ts_ns,
+                    received_ns: b.received_ns,
+                    value: r.value.clone(),
+                });
+            }
+        }
+        Arc::new(chunks)
+    }
+}

@@ -1,0 +1,418 @@
+//! The merger: the single owner of the store's write side and of all merge
+//! state (series ids, committed sequences, agent counters, who is connected).
+//!
+//! Sessions talk to it only through [`MergerHandle`], over one bounded
+//! channel. The merger takes everything waiting on that channel, writes it in
+//! one transaction (group commit), records each agent's committed sequence in
+//! the same transaction, commits, and only then acks the sessions. A batch at
+//! or below the committed sequence of its (agent, epoch) is acked again and
+//! not stored; the session gives each such replay an Ack frame of its own
+//! ([`StreamAcks`]).
+//!
+//! It runs on its own OS thread because all its work is blocking store I/O
+//! ([`Store`] is blocking for SQLite and PostgreSQL alike); it never awaits,
+//! so no lock is needed anywhere around the store. Its committed-sequence
+//! map is a cache of the store's: the store re-checks every batch under its
+//! own lock (several collectors may share a PostgreSQL database) and reports
+//! the batches it skipped, which are acked all the same.
+//!
+//! Retention runs here too, between groups: a timer task sends
+//! [`Command::Retain`] through the same queue, and the merger deletes old
+//! readings in bounded steps when its queue is empty, so retention never
+//! races a commit. So does the store's compaction (SQLite: head rows into
+//! per-series chunks): after each group, bounded steps that move at least
+//! as many points as the group committed, and steps back to back while the
+//! queue is empty; a timer sends [`Command::Compact`] so a quiet store
+//! still compacts on age.
+//!
+//! What it may touch: the store's write side (it owns the [`Store`]), the
+//! ack channel of each stream, the live-agents `watch` and the Tail
+//! broadcast. Files: this one is the handle, the command enum, startup and
+//! the run loop; `commit` group commit, dedup and acks; `agents` what it
+//! knows of each agent; `upkeep` compaction and retention; `series` the
+//! series table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::info;
+
+use crate::model::{Committed, LiveAgents, NewReading, SeriesKey};
+use crate::store::{Durability, EpochRow, Retention, Store, StoreError, StoreUrl};
+
+mod agents;
+mod commit;
+mod series;
+mod upkeep;
+
+use agents::AgentState;
+use commit::Group;
+use series::SeriesTable;
+use upkeep::Retaining;
+
+/// Most readings written in one transaction; the rest waits for the next.
+const MAX_GROUP_READINGS: usize = 100_000;
+
+/// How often an idle merger asks the store whether compaction is due (it
+/// also asks after every group).
+const COMPACT_CHECK: Duration = Duration::from_secs(1);
+
+/// A batch that passed the session's validation.
+#[derive(Debug)]
+pub struct IncomingBatch {
+    pub agent: Arc<str>,
+    pub epoch: u64,
+    pub seq: u64,
+    /// Readings the agent says it dropped so far in this epoch.
+    pub dropped: u64,
+    /// Newest sequence the agent says it has spooled.
+    pub last_seq: u64,
+    /// The agent sent this batch before, on an earlier stream.
+    pub resent: bool,
+    /// Readings of this batch whose timestamps are not to be trusted (too
+    /// far ahead of the collector clock, or from an agent whose clock is
+    /// off); they are stored all the same. Counted by the session.
+    pub skewed_readings: u64,
+    pub received_ns: i64,
+    pub readings: Vec<NewReading>,
+    /// Where to publish the answer to this batch (the stream's acks).
+    pub ack: AckSender,
+}
+
+/// What the merger has answered on one stream, published after each
+/// commit through a `watch` channel, so the merger never waits for a slow
+/// session. The session turns it into Ack frames: one per replay, since an
+/// agent (or any client) that resends what is committed waits for the ack
+/// of each, even though the acked number does not rise; and one whenever
+/// the number rises, several commits coalescing into one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamAcks {
+    /// Highest sequence of the stream's (agent, epoch) known committed:
+    /// what the Welcome said, then what commits and replays acked.
+    pub committed: u64,
+    /// Batches of this stream answered so far: committed, found already
+    /// stored, or replays.
+    pub batches: u64,
+    /// Of those, replays: batches at or below the committed sequence.
+    pub replays: u64,
+}
+
+/// The merger's end of a stream's acks.
+pub type AckSender = Arc<watch::Sender<StreamAcks>>;
+
+/// A stream's Hello, as the merger takes it.
+#[derive(Debug)]
+pub struct Hello {
+    pub agent: Arc<str>,
+    pub epoch: u64,
+    /// Readings dropped and newest spooled sequence, as the agent says.
+    pub dropped: u64,
+    pub last_seq: u64,
+    pub peer: String,
+    /// The stream's id, unique in the process.
+    pub session: u64,
+}
+
+/// Messages to the merger.
+#[derive(Debug)]
+pub enum Command {
+    /// A stream said Hello: mark the agent connected, answer with the
+    /// committed sequence of (agent, epoch).
+    Hello {
+        hello: Hello,
+        reply: oneshot::Sender<u64>,
+    },
+    /// Give global ids to series keys (new ones are stored with the next
+    /// commit, before any reading that uses them).
+    Resolve {
+        keys: Vec<SeriesKey>,
+        reply: oneshot::Sender<Vec<i64>>,
+    },
+    Batch(IncomingBatch),
+    /// A stream ended.
+    Goodbye {
+        agent: Arc<str>,
+        session: u64,
+    },
+    /// Time for a retention pass (sent by the merger's own timer task).
+    Retain,
+    /// Time to see whether compaction is due (sent by the merger's own
+    /// timer task, so an idle merger wakes up for it).
+    Compact,
+}
+
+/// The merger has stopped; the collector is shutting down or broken.
+#[derive(Debug, thiserror::Error)]
+#[error("merger is not running")]
+pub struct MergerGone;
+
+/// Cheap, cloneable way to talk to the merger.
+#[derive(Clone, Debug)]
+pub struct MergerHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl MergerHandle {
+    /// Registers a stream and returns the committed sequence of its epoch.
+    pub async fn hello(
+        &self,
+        agent: Arc<str>,
+        epoch: u64,
+        (dropped, last_seq): (u64, u64),
+        peer: String,
+        session: u64,
+    ) -> Result<u64, MergerGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Hello {
+                hello: Hello {
+                    agent,
+                    epoch,
+                    dropped,
+                    last_seq,
+                    peer,
+                    session,
+                },
+                reply,
+            })
+            .await
+            .map_err(|_| MergerGone)?;
+        rx.await.map_err(|_| MergerGone)
+    }
+
+    /// Resolves series keys to global ids, in order.
+    pub async fn resolve(&self, keys: Vec<SeriesKey>) -> Result<Vec<i64>, MergerGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Resolve { keys, reply })
+            .await
+            .map_err(|_| MergerGone)?;
+        rx.await.map_err(|_| MergerGone)
+    }
+
+    /// Hands a batch over; waits while the merger's queue is full (this is
+    /// the backpressure that reaches agents through HTTP/2 flow control).
+    pub async fn batch(&self, batch: IncomingBatch) -> Result<(), MergerGone> {
+        self.tx
+            .send(Command::Batch(batch))
+            .await
+            .map_err(|_| MergerGone)
+    }
+
+    /// Tells the merger a stream ended. Best effort: never waits.
+    pub fn goodbye(&self, agent: Arc<str>, session: u64) {
+        let tx = self.tx.clone();
+        // try_send first; if the queue is full, hand it to a task so a
+        // closing session never blocks on a busy merger.
+        if let Err(mpsc::error::TrySendError::Full(cmd)) =
+            tx.try_send(Command::Goodbye { agent, session })
+        {
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
+    }
+}
+
+/// Things the query side observes of the merger.
+pub struct MergerOutputs {
+    pub live: watch::Receiver<LiveAgents>,
+    pub tail: broadcast::Sender<Committed>,
+}
+
+/// How the merger runs.
+#[derive(Debug, Clone)]
+pub struct MergerOptions {
+    pub durability: Durability,
+    /// Capacity of the command queue.
+    pub capacity: usize,
+    /// Delete readings older than this, on a schedule; `None` keeps all.
+    pub retention: Option<Retention>,
+}
+
+/// The merger's state. Owned by its thread; nobody else can see it.
+pub struct Merger {
+    store: Store,
+    rx: mpsc::Receiver<Command>,
+    /// Every series key the merger has seen and its global id (keys held
+    /// once, interned: see `series`).
+    series: SeriesTable,
+    /// Delivery state per (agent, epoch) as last read from or committed to
+    /// the store: never ahead of it.
+    epochs: HashMap<(Arc<str>, u64), EpochRow>,
+    agents: HashMap<Arc<str>, AgentState>,
+    live_tx: watch::Sender<LiveAgents>,
+    live_dirty: bool,
+    tail: broadcast::Sender<Committed>,
+    retention: Option<Retention>,
+    /// Cutoff of a retention pass still under way.
+    retaining: Option<Retaining>,
+}
+
+/// Why the merger could not start. The message says what failed; the
+/// cause is the `source()`, so a `{:#}` chain prints it once.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("opening the store")]
+    Open(#[source] StoreError),
+    #[error("loading merge state")]
+    Load(#[source] StoreError),
+    #[error("starting the merger thread")]
+    Thread(#[from] std::io::Error),
+    #[error("the merger thread ended while starting")]
+    Died,
+}
+
+/// Opens the store at `url` on a new thread, loads the merger's state from
+/// it and runs the merger there. Returns once the store is open (or failed
+/// to open). Spawns the retention timer on the current runtime.
+pub async fn start(
+    url: &StoreUrl,
+    options: MergerOptions,
+) -> Result<(MergerHandle, MergerOutputs, std::thread::JoinHandle<()>), SpawnError> {
+    let (tx, rx) = mpsc::channel(options.capacity);
+    let (live_tx, live_rx) = watch::channel(LiveAgents::default());
+    let (tail, _) = broadcast::channel(256);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let url = url.clone();
+    let tail_tx = tail.clone();
+    let retention = options.retention;
+    let compacts = matches!(url, StoreUrl::Sqlite(_));
+    // The store is opened, used and dropped on the merger's thread only:
+    // a PostgreSQL store owns a runtime, which must not be dropped (nor
+    // blocked on) from async code.
+    let join = std::thread::Builder::new()
+        .name("merger".into())
+        .spawn(move || {
+            let opened = Store::open(&url, options.durability)
+                .map_err(SpawnError::Open)
+                .and_then(|mut store| {
+                    let loaded = store.load().map_err(SpawnError::Load)?;
+                    Ok((store, loaded))
+                });
+            let (store, loaded) = match opened {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut series = SeriesTable::with_capacity(loaded.series.len());
+            for s in loaded.series {
+                series.insert(&s.key, s.id);
+            }
+            let merger = Merger {
+                store,
+                rx,
+                series,
+                epochs: loaded.epochs,
+                agents: HashMap::new(),
+                live_tx,
+                live_dirty: false,
+                tail: tail_tx,
+                retention,
+                retaining: None,
+            };
+            let _ = ready_tx.send(Ok(()));
+            merger.run();
+        })?;
+    ready_rx.await.map_err(|_| SpawnError::Died)??;
+    if let Some(retention) = retention {
+        spawn_timer(&tx, retention.check_every, || Command::Retain);
+    }
+    if compacts {
+        spawn_timer(&tx, COMPACT_CHECK, || Command::Compact);
+    }
+    Ok((
+        MergerHandle { tx },
+        MergerOutputs {
+            live: live_rx,
+            tail,
+        },
+        join,
+    ))
+}
+
+/// Sends `command()` to the merger every `every`. Holds only a weak sender
+/// between ticks, so the merger still ends when the last session handle is
+/// dropped.
+fn spawn_timer(tx: &mpsc::Sender<Command>, every: Duration, command: fn() -> Command) {
+    let weak = tx.downgrade();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(tx) = weak.upgrade() else { break };
+            if tx.send(command()).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+impl Merger {
+    /// The loop: wait for work, take all that is waiting, commit, ack.
+    /// While compaction or a retention pass is under way and the queue is
+    /// empty, one step of it runs instead of waiting (compaction first).
+    /// After each group, compaction keeps pace with it (`compact_after`),
+    /// so a merger that never idles still keeps the head and its memory
+    /// bounded; steps are bounded work, and the group's acks are already
+    /// out. Ends when every handle is dropped and the queue is drained.
+    fn run(mut self) {
+        info!(store = %self.store.describe(), "merger started");
+        loop {
+            let first = if self.retaining.is_some() || self.store.compaction_due() {
+                match self.rx.try_recv() {
+                    Ok(cmd) => cmd,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if self.store.compaction_due() {
+                            let _ = self.compact_step();
+                        } else {
+                            self.retain_step();
+                        }
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.blocking_recv() {
+                    Some(cmd) => cmd,
+                    None => break,
+                }
+            };
+            let mut group = Group::default();
+            self.apply(first, &mut group);
+            while group.readings < MAX_GROUP_READINGS {
+                match self.rx.try_recv() {
+                    Ok(cmd) => self.apply(cmd, &mut group),
+                    Err(_) => break,
+                }
+            }
+            let readings = group.readings;
+            self.flush(group);
+            self.compact_after(readings);
+        }
+        info!("merger stopped: every session has ended");
+    }
+
+    fn apply(&mut self, cmd: Command, group: &mut Group) {
+        match cmd {
+            Command::Hello { hello, reply } => {
+                let committed = self.hello(hello, group);
+                let _ = reply.send(committed);
+            }
+            Command::Resolve { keys, reply } => {
+                let ids = self.resolve(keys);
+                let _ = reply.send(ids);
+            }
+            Command::Goodbye { agent, session } => self.goodbye(&agent, session),
+            Command::Batch(b) => self.apply_batch(b, group),
+            Command::Retain => self.start_retention(),
+            // Nothing to do here: the loop asks the store after the group.
+            Command::Compact => {}
+        }
+    }
+}

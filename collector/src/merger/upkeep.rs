@@ -1,0 +1,99 @@
+//! The merger's upkeep between groups: the store's compaction (SQLite:
+//! head rows into per-series chunks) and retention passes, both in bounded
+//! steps so neither ever holds a commit up for long.
+
+use tracing::{debug, info, warn};
+
+use super::Merger;
+use crate::model::now_ns;
+use crate::store::CompactStep;
+
+/// Most readings one retention step removes before the merger looks at its
+/// queue again.
+const RETAIN_STEP_ROWS: u64 = 20_000;
+
+/// A retention pass in progress.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retaining {
+    cutoff_ns: i64,
+    removed: u64,
+}
+
+impl Merger {
+    /// Compaction after a group of `readings`: steps, while compaction is
+    /// due, until twice as many points went from the head into chunks (at
+    /// least one step). So compaction outpaces commits however busy the
+    /// queue is, and a round ends before the next one is due: when it falls
+    /// behind, the next group waits, which is the backpressure that bounds
+    /// the store's memory. An idle merger runs the rest from its loop.
+    pub(super) fn compact_after(&mut self, readings: usize) {
+        let mut moved = 0;
+        while self.store.compaction_due() {
+            let Some(step) = self.compact_step() else {
+                return;
+            };
+            moved += step.points;
+            if moved >= 2 * readings as u64 || step == CompactStep::default() {
+                return;
+            }
+        }
+    }
+
+    /// One bounded step of the store's compaction. A failed step is logged;
+    /// the store pauses compaction for a moment, and commits go on (the
+    /// head keeps every reading meanwhile).
+    pub(super) fn compact_step(&mut self) -> Option<CompactStep> {
+        match self.store.compact() {
+            Ok(step) => {
+                if step.round_done {
+                    debug!("compaction round done");
+                }
+                Some(step)
+            }
+            Err(e) => {
+                warn!(error = %e, "compaction step failed; trying again shortly");
+                None
+            }
+        }
+    }
+
+    /// Starts a retention pass, unless one is under way.
+    pub(super) fn start_retention(&mut self) {
+        let Some(retention) = self.retention else {
+            return;
+        };
+        if self.retaining.is_some() {
+            return;
+        }
+        let keep = i64::try_from(retention.keep.as_nanos()).unwrap_or(i64::MAX);
+        self.retaining = Some(Retaining {
+            cutoff_ns: now_ns().saturating_sub(keep),
+            removed: 0,
+        });
+    }
+
+    /// One bounded step of the retention pass under way. A failed step is
+    /// logged and the pass abandoned; the next tick starts a new one.
+    pub(super) fn retain_step(&mut self) {
+        let Some(mut pass) = self.retaining.take() else {
+            return;
+        };
+        match self.store.retain(pass.cutoff_ns, RETAIN_STEP_ROWS) {
+            Ok(step) => {
+                pass.removed += step.removed;
+                if step.done {
+                    if pass.removed > 0 {
+                        info!(
+                            removed = pass.removed,
+                            cutoff_ns = pass.cutoff_ns,
+                            "retention: old readings removed"
+                        );
+                    }
+                } else {
+                    self.retaining = Some(pass);
+                }
+            }
+            Err(e) => warn!(error = %e, "retention step failed; trying again at the next tick"),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The start of a stream: the Hello (checked, and authorized against the
+//! peer's certificate and the allowlist), the agent's clock, the merger's
+//! committed sequence, and the Welcome that carries it back.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tonic::{Status, Streaming};
+use tracing::{info, warn};
+
+use tributary_proto::v1 as pb;
+
+use super::check::check_name;
+use super::series::StreamSeries;
+use super::{Limits, Outbound, Session, Stream, clamp_counter, format_offset, unavailable};
+use crate::merger::StreamAcks;
+use crate::model::now_ns;
+
+/// Who is on the other end of a stream, as far as TLS can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAuth {
+    /// No client certificates are checked (plaintext, or TLS without a
+    /// client CA): the agent id of the Hello is taken as it is.
+    Unverified,
+    /// Mutual TLS: the identity of the verified client certificate. A Hello
+    /// claiming another agent id is refused with PERMISSION_DENIED.
+    Certificate(Arc<str>),
+    /// Mutual TLS, but the connection presented no certificate (possible
+    /// only when Query does not require one): UNAUTHENTICATED.
+    Missing,
+    /// Mutual TLS, a verified certificate without a usable identity.
+    Invalid(String),
+}
+
+/// Checks that a stream may speak for `agent_id`: the certificate identity
+/// must be that id (mutual TLS), and the id must be on the allowlist when
+/// there is one.
+pub fn authorize(
+    agent_id: &str,
+    auth: &PeerAuth,
+    allowed: Option<&HashSet<String>>,
+) -> Result<(), Status> {
+    match auth {
+        PeerAuth::Unverified => {}
+        PeerAuth::Certificate(identity) if **identity == *agent_id => {}
+        PeerAuth::Certificate(identity) => {
+            return Err(Status::permission_denied(format!(
+                "hello.agent_id: {agent_id:?} does not match the client certificate identity {identity:?}"
+            )));
+        }
+        PeerAuth::Missing => {
+            return Err(Status::unauthenticated(
+                "ingest requires a client certificate",
+            ));
+        }
+        PeerAuth::Invalid(why) => return Err(Status::unauthenticated(why.clone())),
+    }
+    if let Some(allowed) = allowed
+        && !allowed.contains(agent_id)
+    {
+        return Err(Status::permission_denied(format!(
+            "hello.agent_id: {agent_id:?} is not an allowed agent"
+        )));
+    }
+    Ok(())
+}
+
+/// Sessions get unique ids so the merger can tell an agent's old stream
+/// from its new one.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+impl Session {
+    /// Reads and checks the Hello, registers the stream with the merger and
+    /// sends the Welcome. `None` when the agent left before (an empty
+    /// stream, or the Welcome could not be sent).
+    pub(super) async fn handshake(
+        &self,
+        inbound: &mut Streaming<pb::AgentFrame>,
+        out: &Outbound,
+    ) -> Result<Option<(Stream, watch::Receiver<StreamAcks>)>, Status> {
+        let hello = tokio::select! {
+            f = tokio::time::timeout(self.limits.hello_timeout, inbound.next()) => match f {
+                Err(_) => return Err(Status::deadline_exceeded("no hello within the hello timeout")),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(status))) => return Err(status),
+                Ok(Some(Ok(frame))) => frame,
+            },
+            _ = self.shutdown.cancelled() => {
+                return Err(Status::unavailable("collector shutting down"));
+            }
+        };
+        let hello = match hello.frame {
+            Some(pb::agent_frame::Frame::Hello(h)) => h,
+            Some(pb::agent_frame::Frame::Batch(_)) => {
+                return Err(Status::invalid_argument("batch before hello"));
+            }
+            None => return Err(Status::invalid_argument("frame: empty, expected hello")),
+        };
+        check_hello(&hello, &self.limits)?;
+        if let Err(status) = authorize(&hello.agent_id, &self.auth, self.allowed.as_deref()) {
+            warn!(peer = %self.peer, agent = %hello.agent_id, error = %status.message(), "stream refused");
+            return Err(status);
+        }
+        let clock_offset_ns = if hello.agent_time_ns > 0 {
+            hello.agent_time_ns.saturating_sub(now_ns())
+        } else {
+            0
+        };
+        let clock_skewed = clock_offset_ns.unsigned_abs() > self.max_skew_ns();
+        if clock_skewed {
+            warn!(
+                agent = %hello.agent_id,
+                peer = %self.peer,
+                offset = %format_offset(clock_offset_ns),
+                max = ?self.limits.max_clock_skew,
+                "agent clock is off: its readings are stored but counted as skewed"
+            );
+        }
+        let agent: Arc<str> = Arc::from(hello.agent_id.as_str());
+        let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let committed = self
+            .merger
+            .hello(
+                agent.clone(),
+                hello.epoch,
+                (clamp_counter(hello.dropped), clamp_counter(hello.last_seq)),
+                self.peer.clone(),
+                session,
+            )
+            .await
+            .map_err(unavailable)?;
+        info!(agent = %agent, peer = %self.peer, epoch = hello.epoch, committed, "agent connected");
+        let (ack_tx, ack_rx) = watch::channel(StreamAcks {
+            committed,
+            batches: 0,
+            replays: 0,
+        });
+        let stream = Stream {
+            agent: agent.clone(),
+            epoch: hello.epoch,
+            session,
+            last_seq: 0,
+            forwarded: 0,
+            series: StreamSeries::default(),
+            ack_tx: Arc::new(ack_tx),
+            clock_skewed,
+            skew_logged: clock_skewed,
+        };
+        let welcome = pb::CollectorFrame {
+            frame: Some(pb::collector_frame::Frame::Welcome(pb::Welcome {
+                committed_seq: committed,
+                collector_time_ns: now_ns(),
+            })),
+        };
+        if out.send(Ok(welcome)).await.is_err() {
+            self.merger.goodbye(agent, session);
+            return Ok(None);
+        }
+        Ok(Some((stream, ack_rx)))
+    }
+}
+
+/// Checks a Hello's own fields (who it may speak for is [`authorize`]).
+pub fn check_hello(hello: &pb::Hello, limits: &Limits) -> Result<(), Status> {
+    check_name("hello.agent_id", &hello.agent_id, limits.max_name_len)?;
+    if !hello
+        .agent_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(Status::invalid_argument(
+            "hello.agent_id: only letters, digits, '.', '_' and '-' are allowed",
+        ));
+    }
+    Ok(())
+}

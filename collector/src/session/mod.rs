@@ -1,0 +1,359 @@
+//! One session per agent stream: the gRPC edge of ingest.
+//!
+//! A session reads the agent's frames, checks them (Hello first, strictly
+//! increasing sequence numbers, declared series, sane strings and
+//! timestamps, in both forms a batch may carry readings in: rows and
+//! columns), resolves the stream's interned series ids to global ids
+//! through the merger, and forwards whole batches. It owns only the stream's
+//! interning table and its last sequence; it holds no store handle. Acks come
+//! back from the merger through a `watch` channel, which never blocks the
+//! merger: acks that raise the committed sequence coalesce into one frame,
+//! and every replay (a batch at or below it) gets an Ack frame of its own,
+//! even when the number does not rise, so a client that resends what the
+//! Welcome covered and waits for its ack is answered. A stream that ends
+//! (half-close) gets the answer to every batch it sent before its status.
+//!
+//! A bad frame ends the stream with INVALID_ARGUMENT naming the field;
+//! nothing of that batch is forwarded, and other streams are unaffected.
+//!
+//! What it may touch: the merger, through [`MergerHandle`] only; the stream
+//! it serves. Files: this one is the task (the stream loop, drain, acks);
+//! `handshake` the Hello and Welcome; `check` the pure validation of a
+//! batch; `readings` turns a checked batch into the merger's readings;
+//! `series` the stream's interning table.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use tributary_proto::{limits, v1 as pb};
+
+use crate::merger::{AckSender, IncomingBatch, MergerHandle, StreamAcks};
+use crate::model::{NewReading, SeriesKey, now_ns};
+
+mod check;
+mod handshake;
+mod readings;
+mod series;
+
+pub use check::check_batch;
+pub use handshake::{PeerAuth, authorize, check_hello};
+pub use readings::batch_readings;
+pub use series::StreamSeries;
+
+/// Limits a session enforces on what an agent sends.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest agent id, device, metric, label key or value, unit (bytes).
+    pub max_name_len: usize,
+    /// Longest string value or failure message (bytes).
+    pub max_value_len: usize,
+    /// Most series one stream may declare.
+    pub max_series_per_stream: usize,
+    /// Most labels on one series.
+    pub max_labels: usize,
+    /// Most readings in one batch.
+    pub max_readings_per_batch: usize,
+    /// How long a new stream may take to send its Hello.
+    pub hello_timeout: Duration,
+    /// How long a session waits, at shutdown, for its last batches' acks.
+    pub drain_timeout: Duration,
+    /// How far a reading's timestamp may be ahead of the collector's clock,
+    /// and the agent's clock (in its Hello) off in either direction, before
+    /// readings are flagged as skewed. They are stored all the same.
+    pub max_clock_skew: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_name_len: limits::MAX_NAME_BYTES,
+            max_value_len: limits::MAX_VALUE_BYTES,
+            max_series_per_stream: 1_000_000,
+            max_labels: limits::MAX_LABELS,
+            max_readings_per_batch: limits::MAX_READINGS_PER_BATCH,
+            hello_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+            max_clock_skew: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Frames sent back to the agent.
+pub type Outbound = mpsc::Sender<Result<pb::CollectorFrame, Status>>;
+
+/// One agent stream.
+pub struct Session {
+    merger: MergerHandle,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+    peer: String,
+    auth: PeerAuth,
+    allowed: Option<Arc<HashSet<String>>>,
+}
+
+/// Identity and progress of a stream after its Hello.
+struct Stream {
+    agent: Arc<str>,
+    epoch: u64,
+    /// This stream's id, unique in the process.
+    session: u64,
+    last_seq: u64,
+    /// Batches handed to the merger on this stream.
+    forwarded: u64,
+    /// Stream-local series id → global series id.
+    series: StreamSeries,
+    ack_tx: AckSender,
+    /// The agent's clock (in its Hello) was off by more than the limit:
+    /// every reading of this stream counts as skewed.
+    clock_skewed: bool,
+    /// A skewed reading was already logged on this stream (log once).
+    skew_logged: bool,
+}
+
+impl Session {
+    pub fn new(
+        merger: MergerHandle,
+        limits: Arc<Limits>,
+        shutdown: CancellationToken,
+        peer: String,
+    ) -> Self {
+        Session {
+            merger,
+            limits,
+            shutdown,
+            peer,
+            auth: PeerAuth::Unverified,
+            allowed: None,
+        }
+    }
+
+    /// Sets what TLS knows of the peer and the optional allowlist of agent
+    /// ids; by default any agent id is accepted.
+    pub fn with_auth(mut self, auth: PeerAuth, allowed: Option<Arc<HashSet<String>>>) -> Self {
+        self.auth = auth;
+        self.allowed = allowed;
+        self
+    }
+
+    /// Runs the stream to its end. Errors are sent to the agent as the
+    /// stream's final status.
+    pub async fn run(self, inbound: Streaming<pb::AgentFrame>, out: Outbound) {
+        let peer = self.peer.clone();
+        if let Err(status) = self.serve(inbound, &out).await {
+            if status.code() == tonic::Code::InvalidArgument {
+                warn!(%peer, error = %status.message(), "stream rejected");
+            } else {
+                debug!(%peer, status = %status, "stream ended");
+            }
+            let _ = out.send(Err(status)).await;
+        }
+    }
+
+    async fn serve(
+        self,
+        mut inbound: Streaming<pb::AgentFrame>,
+        out: &Outbound,
+    ) -> Result<(), Status> {
+        let Some((mut stream, mut ack_rx)) = self.handshake(&mut inbound, out).await? else {
+            return Ok(());
+        };
+        let result = self
+            .stream_loop(&mut stream, &mut inbound, &mut ack_rx, out)
+            .await;
+        self.merger.goodbye(stream.agent.clone(), stream.session);
+        info!(agent = %stream.agent, peer = %self.peer, "agent stream ended");
+        result
+    }
+
+    async fn stream_loop(
+        &self,
+        stream: &mut Stream,
+        inbound: &mut Streaming<pb::AgentFrame>,
+        ack_rx: &mut watch::Receiver<StreamAcks>,
+        out: &Outbound,
+    ) -> Result<(), Status> {
+        // What Ack frames were sent for: at first what the Welcome said.
+        let mut sent = *ack_rx.borrow_and_update();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    return self.drain(stream, ack_rx, out, sent).await;
+                }
+                changed = ack_rx.changed() => {
+                    if changed.is_err() {
+                        return Err(Status::unavailable("collector shutting down"));
+                    }
+                    let now = *ack_rx.borrow_and_update();
+                    if send_acks(&mut sent, now, out).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                frame = inbound.next() => match frame {
+                    // The agent half-closed: ack what is in flight, then end.
+                    None => return self.drain(stream, ack_rx, out, sent).await,
+                    // A frame that could not be decoded (too large, not
+                    // protobuf) or a reset: end with that status, so an agent
+                    // that is still listening learns why.
+                    Some(Err(status)) => {
+                        debug!(agent = %stream.agent, %status, "inbound stream error");
+                        return Err(status);
+                    }
+                    Some(Ok(frame)) => self.handle_frame(stream, frame).await?,
+                },
+            }
+        }
+    }
+
+    /// Waits (bounded) until every forwarded batch is answered, sends the
+    /// Ack frames still owed and ends the stream.
+    async fn drain(
+        &self,
+        stream: &Stream,
+        ack_rx: &mut watch::Receiver<StreamAcks>,
+        out: &Outbound,
+        mut sent: StreamAcks,
+    ) -> Result<(), Status> {
+        let target = stream.forwarded;
+        let reached = tokio::time::timeout(
+            self.limits.drain_timeout,
+            ack_rx.wait_for(|acks| acks.batches >= target),
+        )
+        .await
+        .map(|r| r.is_ok());
+        let now = *ack_rx.borrow();
+        let _ = send_acks(&mut sent, now, out).await;
+        if reached.is_err() {
+            warn!(
+                agent = %stream.agent,
+                forwarded = target,
+                answered = now.batches,
+                acked = now.committed,
+                "drain deadline passed before every batch was acked"
+            );
+        }
+        if self.shutdown.is_cancelled() {
+            Err(Status::unavailable("collector shutting down"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn handle_frame(&self, stream: &mut Stream, frame: pb::AgentFrame) -> Result<(), Status> {
+        let batch = match frame.frame {
+            Some(pb::agent_frame::Frame::Batch(b)) => b,
+            Some(pb::agent_frame::Frame::Hello(_)) => {
+                return Err(Status::invalid_argument("hello: sent twice on one stream"));
+            }
+            None => return Err(Status::invalid_argument("frame: empty")),
+        };
+        // Validate everything before touching any state, so a bad batch
+        // leaves nothing behind.
+        let new_series = check_batch(
+            &batch,
+            &stream.agent,
+            stream.last_seq,
+            &stream.series,
+            &self.limits,
+        )?;
+        if !new_series.is_empty() {
+            let (new_ids, new_keys): (Vec<u32>, Vec<SeriesKey>) = new_series.into_iter().unzip();
+            let ids = self.merger.resolve(new_keys).await.map_err(unavailable)?;
+            stream.series.extend(new_ids.into_iter().zip(ids));
+        }
+        let seq = batch.seq;
+        let (dropped, last_seq, resent) = (batch.dropped, batch.last_seq, batch.resent);
+        let readings = batch_readings(batch, &stream.series);
+        let skewed_readings = self.count_skewed(stream, &readings);
+        stream.last_seq = seq;
+        self.merger
+            .batch(IncomingBatch {
+                agent: stream.agent.clone(),
+                epoch: stream.epoch,
+                seq,
+                dropped: clamp_counter(dropped),
+                last_seq: clamp_counter(last_seq),
+                resent,
+                skewed_readings,
+                received_ns: now_ns(),
+                readings,
+                ack: stream.ack_tx.clone(),
+            })
+            .await
+            .map_err(unavailable)?;
+        stream.forwarded += 1;
+        Ok(())
+    }
+
+    fn max_skew_ns(&self) -> u64 {
+        u64::try_from(self.limits.max_clock_skew.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Readings of a batch whose time is not to be trusted: all of them when
+    /// the agent's clock is off, else those too far in the future.
+    fn count_skewed(&self, stream: &mut Stream, readings: &[NewReading]) -> u64 {
+        if stream.clock_skewed {
+            return readings.len() as u64;
+        }
+        let limit = now_ns().saturating_add(i64::try_from(self.max_skew_ns()).unwrap_or(i64::MAX));
+        let ahead = readings.iter().filter(|r| r.ts_ns > limit);
+        let n = ahead.clone().count() as u64;
+        if n > 0 && !stream.skew_logged {
+            stream.skew_logged = true;
+            let max_ts = ahead.map(|r| r.ts_ns).max().unwrap_or(limit);
+            warn!(
+                agent = %stream.agent,
+                ahead = %format_offset(max_ts.saturating_sub(now_ns())),
+                "readings time-stamped in the future: stored but counted as skewed (logged once per stream)"
+            );
+        }
+        n
+    }
+}
+
+/// `+3m12s` / `-2h` style offset for logs.
+fn format_offset(ns: i64) -> String {
+    let sign = if ns < 0 { '-' } else { '+' };
+    let d = Duration::from_secs(ns.unsigned_abs() / 1_000_000_000);
+    format!("{sign}{}", humantime::format_duration(d))
+}
+
+/// A counter reported by the agent, kept within what the stores hold
+/// (signed 64 bit) and summable per agent without overflow.
+fn clamp_counter(n: u64) -> u64 {
+    n.min(i64::MAX as u64 / 1024)
+}
+
+/// Sends the Ack frames that `now` owes beyond `sent`: one per replay
+/// answered since (each resend is owed its own ack, though the number may
+/// not rise), else one when the committed sequence rose (commits coalesce).
+/// Every frame carries the newest committed sequence. Errs when the agent
+/// is gone.
+async fn send_acks(sent: &mut StreamAcks, now: StreamAcks, out: &Outbound) -> Result<(), ()> {
+    let replays = now.replays.saturating_sub(sent.replays);
+    let frames = replays.max(u64::from(now.committed > sent.committed));
+    *sent = now;
+    for _ in 0..frames {
+        out.send(Ok(ack_frame(now.committed)))
+            .await
+            .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+fn ack_frame(seq: u64) -> pb::CollectorFrame {
+    pb::CollectorFrame {
+        frame: Some(pb::collector_frame::Frame::Ack(pb::Ack { seq })),
+    }
+}
+
+fn unavailable(_: crate::merger::MergerGone) -> Status {
+    Status::unavailable("collector shutting down: merger stopped")
+}
