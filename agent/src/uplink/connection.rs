@@ -26,6 +26,8 @@ use tonic::Streaming;
 
 use tributary_proto::v1 as pb;
 
+use crate::drivers::error_chain;
+
 use super::UplinkConfig;
 use super::backoff::Backoff;
 use super::declared::Declared;
@@ -282,7 +284,7 @@ pub(super) async fn connect(
         Ok(c) => c,
         Err(e) => {
             return Err(ConnectError::Unreachable {
-                cause: causes(&e),
+                cause: error_chain(&e),
                 url,
             });
         }
@@ -319,23 +321,4 @@ pub(super) async fn connect(
 /// A gRPC status code as a lowercase word (`unavailable`).
 pub(super) fn code_name(code: tonic::Code) -> String {
     format!("{code:?}").to_lowercase()
-}
-
-/// `e` and its causes, `: `-separated, each once: a cause whose text the
-/// one before it already holds is left out (tonic's transport error, for
-/// one, has a `tcp connect error` whose source prints the same words).
-pub(super) fn causes(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut previous = s.clone();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let text = inner.to_string();
-        if !previous.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        previous = text;
-        src = inner.source();
-    }
-    s
 }
