@@ -16,7 +16,7 @@ use tributary_agent::config::{self, AgentConfig, SpoolPolicy};
 use tributary_agent::drivers::Driver;
 use tributary_agent::scheduler::{self, PollStats};
 use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
-use tributary_agent::uplink::{Uplink, UplinkConfig};
+use tributary_agent::uplink::{Collectors, Uplink, UplinkConfig, write_stats_file};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +39,11 @@ enum Command {
         /// Agent config file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Keep the uplink's counters (streams opened and ended, batches
+        /// resent or confirmed by a welcome, ...) in this file, in
+        /// Prometheus text format, rewritten as they change.
+        #[arg(long)]
+        stats_file: Option<PathBuf>,
     },
     /// Poll every device once, print what was read or why not; exit
     /// non-zero if any device failed.
@@ -52,9 +57,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
-    let (path, is_check) = match &cli.command {
-        Command::Run { config } => (config.clone(), false),
-        Command::Check { config } => (config.clone(), true),
+    let (path, stats_file, is_check) = match &cli.command {
+        Command::Run { config, stats_file } => (config.clone(), stats_file.clone(), false),
+        Command::Check { config } => (config.clone(), None, true),
     };
     let config = match config::load(&path) {
         Ok(c) => c,
@@ -77,7 +82,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, stats_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %format!("{e:#}"), "agent failed");
@@ -87,7 +92,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
+async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Result<()> {
     // The device configs move into their tasks (no second copy kept here).
     let device_count = config.devices.len();
     let mut devices = Vec::with_capacity(device_count);
@@ -95,7 +100,8 @@ async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
         let driver = Driver::build(&d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?;
         devices.push((d, driver));
     }
-    let mut uplink_config = UplinkConfig::new(config.id.clone(), config.collectors.clone());
+    let collectors = Collectors::new(config.collectors.clone())?;
+    let mut uplink_config = UplinkConfig::new(config.id.clone(), collectors);
     uplink_config.batch_max_readings = config.batch.max_readings;
     uplink_config.batch_max_delay = config.batch.max_delay;
     uplink_config.shutdown_timeout = config.uplink.shutdown_timeout;
@@ -127,8 +133,9 @@ async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     // Room for a few polls per device; when the uplink is slower than the
     // devices, polls wait here and are then recorded as skipped.
     let (tx, rx) = mpsc::channel(device_count.clamp(64, 65_536));
-    let (uplink, _stats) = Uplink::new(uplink_config, rx, spool);
+    let (uplink, stats_rx) = Uplink::new(uplink_config, rx, spool);
     let uplink = tokio::spawn(uplink.run());
+    let stats_writer = stats_file.map(|path| tokio::spawn(write_stats_file(path, stats_rx)));
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -166,6 +173,9 @@ async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     // Device tasks have dropped their senders: the uplink seals what is
     // open, waits for acks up to its deadline, and returns.
     uplink.await?;
+    if let Some(writer) = stats_writer {
+        writer.await?;
+    }
     info!("agent stopped");
     Ok(())
 }

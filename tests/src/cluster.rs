@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use crate::process::{Proc, TestDir, eventually, wait_for_port};
 use tributary_agent::reading::Value;
 use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
-use tributary_agent::uplink::spooled_readings;
+use tributary_agent::uplink::{UplinkStats, spooled_readings};
 use tributary_collector::model::{Point, SeriesMeta, StoredValue};
 use tributary_collector::store::read::Selector;
 use tributary_collector::store::sqlite_read::SqliteReader;
@@ -88,6 +88,8 @@ pub struct Agent {
     pub spool: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    /// The uplink's counters (`--stats-file`), see [`Agent::uplink_stats`].
+    stats: PathBuf,
 }
 
 impl Agent {
@@ -101,29 +103,48 @@ impl Agent {
             format!("{config}{}", agent_sections(&spool, extra_spool)),
         )?;
         let log = dir.join(format!("{id}.log"));
-        let proc = Self::spawn(&path, &log)?;
+        let stats = dir.join(format!("{id}.stats.prom"));
+        let proc = Self::spawn(&path, &log, &stats)?;
         Ok(Agent {
             proc,
             id: id.to_string(),
             spool,
             config: path,
             log,
+            stats,
         })
     }
 
-    fn spawn(config: &Path, log: &Path) -> Result<Proc> {
+    fn spawn(config: &Path, log: &Path, stats: &Path) -> Result<Proc> {
         Proc::builder("tributary-agent")?
             .arg("run")
             .arg("--config")
             .arg(config)
+            .arg("--stats-file")
+            .arg(stats)
             .log_to(log)
             .spawn()
     }
 
-    /// Starts the agent again with the same config and spool.
+    /// Starts the agent again with the same config and spool (its counters
+    /// start again from zero).
     pub fn restart(&mut self) -> Result<()> {
-        self.proc = Self::spawn(&self.config, &self.log)?;
+        let _ = std::fs::remove_file(&self.stats);
+        self.proc = Self::spawn(&self.config, &self.log, &self.stats)?;
         Ok(())
+    }
+
+    /// The running agent's uplink counters, from its stats file (rewritten
+    /// at most every 100 ms, so a moment behind).
+    pub fn uplink_stats(&self) -> Result<UplinkStats> {
+        let text = std::fs::read_to_string(&self.stats)
+            .with_context(|| format!("read {}", self.stats.display()))?;
+        UplinkStats::from_prometheus_text(&text).ok_or_else(|| {
+            anyhow!(
+                "{}: not the uplink's counters:\n{text}",
+                self.stats.display()
+            )
+        })
     }
 
     /// SIGTERM, and the agent must exit 0 within [`PATIENCE`].

@@ -6,7 +6,8 @@
 //! welcome-confirmation counter above zero).
 //!
 //! Sleeps here only pace the faults (how long a partition lasts); every
-//! check awaits a condition.
+//! check awaits a condition. The uplink is observed through its counters
+//! (the agent's `--stats-file`, read by `Agent::uplink_stats`), not its log.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -144,7 +145,7 @@ async fn a_silent_partition_is_noticed_and_healed() -> Result<()> {
     let config = sim_agent_config("parted", &[format!("http://{}", proxy.addr)], 5, "20ms");
     let mut agent = Agent::start(&dir, "parted", &config, "")?;
     wait_for_counters(&collector.db, "parted", 5, 20).await?;
-    let ended_before = agent.log().matches("collector stream ended").count();
+    let ended_before = agent.uplink_stats()?.streams_ended;
     proxy.set(Mode::Blackhole);
     let cut = tokio::time::Instant::now();
     // Keepalive is 1 s + 2 s here; the partition lasts 20 s, so noticing it
@@ -153,7 +154,8 @@ async fn a_silent_partition_is_noticed_and_healed() -> Result<()> {
         Duration::from_secs(15),
         "the agent notices the dead stream",
         || async {
-            (agent.log().matches("collector stream ended").count() > ended_before).then_some(())
+            let ended = agent.uplink_stats().ok()?.streams_ended;
+            (ended > ended_before).then_some(())
         },
     )
     .await?;
@@ -194,12 +196,15 @@ async fn lost_acks_are_recovered_without_duplicates() -> Result<()> {
     proxy.set(Mode::DropReplies);
     // The collector keeps committing what arrives; the agent hears nothing
     // and its keepalive gives up on the stream.
-    let ended = agent.log().matches("collector stream ended").count();
+    let before = agent.uplink_stats()?;
     wait_for_counters(&collector.db, "deaf", 5, n + 10).await?;
     eventually(
         PATIENCE,
         "the agent gives up on the deaf stream",
-        || async { (agent.log().matches("collector stream ended").count() > ended).then_some(()) },
+        || async {
+            let ended = agent.uplink_stats().ok()?.streams_ended;
+            (ended > before.streams_ended).then_some(())
+        },
     )
     .await?;
     ensure!(proxy.dropped_reply_bytes() > 0);
@@ -208,12 +213,10 @@ async fn lost_acks_are_recovered_without_duplicates() -> Result<()> {
         PATIENCE,
         "a welcome confirms the unacked batches",
         || async {
-            let log = agent.log();
-            log.lines()
-                .filter(|l| l.contains("connected to collector"))
-                .filter_map(|l| l.split("confirmed=").nth(1))
-                .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .find(|c| *c > 0)
+            let confirmed = agent.uplink_stats().ok()?.confirmed_by_welcome;
+            confirmed
+                .checked_sub(before.confirmed_by_welcome)
+                .filter(|c| *c > 0)
         },
     )
     .await?;
@@ -300,7 +303,7 @@ async fn spool_overflow_counts_every_dropped_reading() -> Result<()> {
     config = config.replace("interval = \"10ms\"\n", "interval = \"10ms\"\nseries = 4\n");
     let mut agent = Agent::start(&dir, "tight", &config, "max_bytes = \"64KiB\"\n")?;
     eventually(PATIENCE, "the spool overflows", || async {
-        agent.log().contains("spool full").then_some(())
+        (agent.uplink_stats().ok()?.dropped_readings > 0).then_some(())
     })
     .await?;
     let collector = Collector::start(&dir, addr).await?;

@@ -1,0 +1,292 @@
+//! The spool: the agent's durable queue of sealed batches.
+//!
+//! Owns the spool directory and everything in it; touches nothing else. Its
+//! one owner is the uplink task, which calls it directly (blocking file I/O,
+//! see below). Files: `open.rs` (open and repair), `queue.rs` (append within
+//! the byte bound, read in order, truncate on ack), `segment.rs` (the record
+//! format of a segment and its scan), `dictionary.rs` (`SERIES`),
+//! `durable.rs` (atomic small files, directory syncs).
+//!
+//! A reading is *taken* once the batch holding it is appended here; the
+//! batch's sequence number is assigned at append. The spool survives
+//! `kill -9` and reboots, is bounded in bytes, and is truncated as the
+//! collector acks.
+//!
+//! Layout of the directory:
+//!
+//! - `EPOCH`: the spool's random id (16 hex digits), written once. A new
+//!   spool (or a wiped one) gets a new epoch, so its sequence numbers never
+//!   collide with an old spool's.
+//! - `SEQ`: a reservation of sequence numbers. Before a sequence beyond the
+//!   reservation is handed out, a new reservation is written (atomically, by
+//!   rename). After a restart numbering resumes *above* the reservation, so a
+//!   sequence that may have reached the collector is never reused, even when
+//!   the tail of the spool was lost.
+//! - `DROPPED`: how many readings were dropped because the spool was full.
+//! - `FORMAT`: the layout version (`2`). A directory with an epoch but no
+//!   `FORMAT` was written by an older agent (version 1: series names in
+//!   every record) and is refused with an error saying what to do.
+//! - `SERIES`: the series dictionary of the epoch. Entry `n` (from 1) is the
+//!   key of agent-wide series id `n`:
+//!   `[len: u32 le][crc32c: u32 le][key]`, the key being device, metric,
+//!   unit (each `[u32 le length][UTF-8]`) and the labels (`[u32 le count]`,
+//!   then name and value of each). An entry is appended and made durable
+//!   before the first record that uses its id, so a torn tail only loses
+//!   ids no record uses; it is cut at open like a segment's.
+//! - `<first-seq>.seg`: segments of records
+//!   `[len: u32 le][crc32c: u32 le][seq: u64 le][readings: u32 le][series: u32 le][batch]`,
+//!   where the CRC covers everything after it, `series` is the highest
+//!   series id the record uses, and `batch` is the record's readings as the
+//!   uplink encodes them (ids from `SERIES`, no names). A record whose
+//!   `series` is beyond the dictionary (which lost entries) cannot be sent:
+//!   at open it ends its segment like a bad CRC, and its readings and those
+//!   of the valid records after it are counted as dropped.
+//!
+//! Why not SQLite or redb: the spool only ever appends, reads in order and
+//! deletes from the front. A segment log does exactly that with one `write`
+//! and one `fdatasync` per batch and no page rewrites, and its failure mode is
+//! simple to state: the first record whose length or CRC does not check ends
+//! its segment; the rest of that segment is cut off at open, with a logged
+//! count, and the agent carries on.
+//!
+//! The spool does blocking file I/O; its owner (the uplink) calls it from its
+//! task: one small write and fsync per sealed batch, and one more for the
+//! dictionary when the batch brings new series.
+
+mod dictionary;
+mod durable;
+mod open;
+mod queue;
+mod segment;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::reading::SeriesKey;
+
+pub use open::Recovery;
+use segment::{RecordMeta, Segment};
+
+/// Sequence numbers reserved per `SEQ` write.
+const SEQ_BLOCK: u64 = 4096;
+
+/// What to do when an append would exceed `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Delete the oldest segment (its unacked readings are counted as
+    /// dropped) to make room.
+    #[default]
+    DropOldest,
+    /// Refuse the append; the caller stops taking readings until acks make
+    /// room.
+    Block,
+}
+
+/// Settings of a spool.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub policy: FullPolicy,
+    /// fsync every append (a batch is durable before it is sent).
+    pub sync: bool,
+}
+
+/// Spool errors, with the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("spool {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored under this sequence number.
+    Stored(u64),
+    /// Not stored, and counted as dropped: the spool was full and nothing
+    /// older could make room (or the batch alone is larger than the spool).
+    Dropped,
+    /// The spool is full and the policy is `Block`; nothing was stored.
+    Full,
+}
+
+/// One record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub readings: u32,
+    /// The encoded batch.
+    pub batch: Vec<u8>,
+    /// The highest series id the batch uses.
+    pub series: u32,
+}
+
+/// The spool. Exactly one owner (the uplink).
+#[derive(Debug)]
+pub struct Spool {
+    opts: SpoolOptions,
+    epoch: u64,
+    segments: VecDeque<Segment>,
+    /// Append handle of the newest segment.
+    tail: Option<File>,
+    total_bytes: u64,
+    segment_bytes: u64,
+    next_seq: u64,
+    reserved_to: u64,
+    acked: u64,
+    /// Highest sequence sent on the current stream; records at or below it
+    /// and above `acked` are in flight and never dropped.
+    in_flight_to: u64,
+    dropped: u64,
+    /// Append handle of `SERIES` and its length.
+    series_file: File,
+    series_bytes: u64,
+    /// Entries in `SERIES`: ids `1..=series_count` are taken.
+    series_count: u32,
+    /// The dictionary read at open, until the owner takes it.
+    loaded_series: Vec<Arc<SeriesKey>>,
+}
+
+impl Spool {
+    /// Whether appends are made durable (`fsync`) before they return.
+    pub fn syncs(&self) -> bool {
+        self.opts.sync
+    }
+
+    /// The spool's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The series dictionary read at open: entry `i` is the key of series id
+    /// `i + 1`. Given once (to the owner, which keeps it from then on);
+    /// later calls return an empty list.
+    pub fn take_series(&mut self) -> Vec<Arc<SeriesKey>> {
+        std::mem::take(&mut self.loaded_series)
+    }
+
+    /// Series ids taken in this epoch: `1..=series_count()`.
+    pub fn series_count(&self) -> u32 {
+        self.series_count
+    }
+
+    /// Readings dropped because the spool was full, over its lifetime.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The newest sequence handed out (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Continues numbering above `seq` (the collector has committed `seq` for
+    /// this epoch, which this spool no longer remembers handing out).
+    pub fn advance_past(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+    }
+
+    /// Bytes of all segments.
+    pub fn bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Unacknowledged records.
+    pub fn pending(&self) -> usize {
+        self.records().filter(|r| r.seq > self.acked).count()
+    }
+
+    /// Unacknowledged records with sequence at most `seq`.
+    pub fn unacked_through(&self, seq: u64) -> u64 {
+        self.records()
+            .filter(|r| r.seq > self.acked && r.seq <= seq)
+            .count() as u64
+    }
+
+    /// The first unacknowledged sequence, if any.
+    pub fn first_unacked(&self) -> Option<u64> {
+        self.first_record_from(self.acked + 1).map(|(_, r)| r.seq)
+    }
+
+    /// The first record with sequence at least `seq`, and its segment.
+    /// Sequences grow along the segments and within each (a kept tail may
+    /// hold many acked records before it), so a binary search finds it.
+    fn first_record_from(&self, seq: u64) -> Option<(&Segment, &RecordMeta)> {
+        self.segments.iter().find_map(|seg| {
+            let i = seg.records.partition_point(|r| r.seq < seq);
+            seg.records.get(i).map(|r| (seg, r))
+        })
+    }
+
+    fn records(&self) -> impl Iterator<Item = &RecordMeta> {
+        self.segments.iter().flat_map(|s| s.records.iter())
+    }
+
+    /// Marks sequences up to `seq` as being sent on the current stream
+    /// (they will not be dropped to make room). Reset with 0 on reconnect.
+    pub fn set_in_flight(&mut self, seq: u64) {
+        self.in_flight_to = seq;
+    }
+
+    /// Counts readings lost outside the spool (it could not be written) as
+    /// dropped, so the collector's count stays exact.
+    pub fn count_lost(&mut self, readings: u64) -> Result<(), SpoolError> {
+        self.add_dropped(readings)
+    }
+
+    fn add_dropped(&mut self, n: u64) -> Result<(), SpoolError> {
+        self.dropped += n;
+        durable::write_atomic(&self.opts.dir, "DROPPED", &format!("{}\n", self.dropped))
+    }
+
+    /// Makes sure `seq` is covered by the durable reservation in `SEQ`.
+    fn reserve(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if seq <= self.reserved_to {
+            return Ok(());
+        }
+        let to = seq + SEQ_BLOCK;
+        durable::write_atomic(&self.opts.dir, "SEQ", &format!("{to}\n"))?;
+        self.reserved_to = to;
+        Ok(())
+    }
+}
+
+/// A clean stop (the uplink ends, or a test drops the spool) deletes the
+/// fully acked segments the running spool kept ([`queue::ACKED_TAIL_KEEP`]), so a
+/// restart sends nothing the collector already has; only a crash leaves
+/// them to be sent again.
+impl Drop for Spool {
+    fn drop(&mut self) {
+        loop {
+            match self.delete_acked_front(0) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    warn!(error = %e, "spool: an acked segment could not be deleted at close");
+                    break;
+                }
+            }
+        }
+    }
+}

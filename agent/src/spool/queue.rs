@@ -1,0 +1,287 @@
+//! The queue operations of the spool: append within the byte bound
+//! (drop-oldest or block), read in sequence order, truncate on ack, and give
+//! up on a refused batch.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+
+use tracing::warn;
+
+use super::durable::sync_dir;
+use super::segment::{self, RecordMeta, Segment};
+use super::{Appended, FullPolicy, Record, Spool, SpoolError, io_err};
+
+/// A sole segment whose records are all acked is deleted once it holds
+/// this much, or when an append needs the room. Below that it takes the
+/// next appends: when the collector keeps up, every batch is acked before
+/// the next is sealed, and deleting the file at each ack made every append
+/// start a new one (a create and a directory fsync per batch, on top of the
+/// batch's own `fdatasync`). A clean stop deletes it; after a crash, at most
+/// this much acked data is sent again, and the collector acks it without
+/// storing it twice.
+pub(super) const ACKED_TAIL_KEEP: u64 = 1024 * 1024;
+
+impl Spool {
+    /// Appends one encoded batch of `readings` readings, whose highest
+    /// series id is `series` (already in the dictionary, see
+    /// [`Spool::add_series`]), and returns its sequence number.
+    pub fn append(
+        &mut self,
+        batch: &[u8],
+        readings: u32,
+        series: u32,
+    ) -> Result<Appended, SpoolError> {
+        if series > self.series_count {
+            return Err(SpoolError::Invalid {
+                path: self.opts.dir.join("SERIES"),
+                message: format!(
+                    "a batch uses series {series}, beyond the {} in the dictionary",
+                    self.series_count
+                ),
+            });
+        }
+        let record_len = (segment::HEADER + segment::META + batch.len()) as u64;
+        while self.total_bytes + record_len > self.opts.max_bytes {
+            match self.opts.policy {
+                FullPolicy::Block => {
+                    // Acked records still on disk can go first.
+                    if self.delete_acked_front(0)? {
+                        continue;
+                    }
+                    if self.first_unacked().is_none() {
+                        // Nothing to wait for: this batch alone is larger
+                        // than the spool and would block forever.
+                        self.add_dropped(u64::from(readings))?;
+                        warn!(
+                            readings,
+                            bytes = record_len,
+                            "batch larger than the whole spool: dropped"
+                        );
+                        return Ok(Appended::Dropped);
+                    }
+                    return Ok(Appended::Full);
+                }
+                FullPolicy::DropOldest => {
+                    if self.delete_acked_front(0)? {
+                        continue;
+                    }
+                    if !self.drop_oldest_segment()? {
+                        // Nothing can be dropped (the only data is in
+                        // flight, or this batch alone is larger than the
+                        // spool): drop the new batch itself.
+                        self.add_dropped(u64::from(readings))?;
+                        warn!(readings, "spool full: dropped a new batch");
+                        return Ok(Appended::Dropped);
+                    }
+                }
+            }
+        }
+        let seq = self.next_seq;
+        self.reserve(seq)?;
+        if self.tail.is_none()
+            || self
+                .segments
+                .back()
+                .is_none_or(|s| s.size >= self.segment_bytes)
+        {
+            self.start_segment(seq)?;
+        }
+        let buf = segment::encode_record(seq, readings, series, batch);
+        let Some(seg) = self.segments.back_mut() else {
+            return Err(SpoolError::Invalid {
+                path: self.opts.dir.clone(),
+                message: "no segment to append to".into(),
+            });
+        };
+        let Some(file) = self.tail.as_mut() else {
+            return Err(SpoolError::Invalid {
+                path: seg.path.clone(),
+                message: "segment is not open for appending".into(),
+            });
+        };
+        let offset = seg.size;
+        if let Err(e) = file.write_all(&buf).and_then(|()| {
+            if self.opts.sync {
+                file.sync_data()
+            } else {
+                Ok(())
+            }
+        }) {
+            // A partial write leaves a torn record; cut it now so the next
+            // append starts on a record boundary. A segment that holds
+            // nothing goes away, so no two entries ever share a file.
+            let _ = file.set_len(offset);
+            self.tail = None;
+            let path = seg.path.clone();
+            if seg.records.is_empty() {
+                self.segments.pop_back();
+                let _ = fs::remove_file(&path);
+            }
+            return Err(io_err(&path)(e));
+        }
+        seg.size += record_len;
+        seg.records.push_back(RecordMeta {
+            seq,
+            offset,
+            len: record_len as u32,
+            readings,
+        });
+        self.total_bytes += record_len;
+        self.next_seq += 1;
+        Ok(Appended::Stored(seq))
+    }
+
+    /// The first unacknowledged record with sequence `>= from`.
+    pub fn read_from(&self, from: u64) -> Result<Option<Record>, SpoolError> {
+        let from = from.max(self.acked + 1);
+        let Some((seg, meta)) = self.first_record_from(from) else {
+            return Ok(None);
+        };
+        let file = File::open(&seg.path).map_err(io_err(&seg.path))?;
+        let mut buf = vec![0u8; meta.len as usize];
+        file.read_exact_at(&mut buf, meta.offset)
+            .map_err(io_err(&seg.path))?;
+        match segment::decode_record(&buf) {
+            Some((seq, readings, series, batch)) if seq == meta.seq => Ok(Some(Record {
+                seq,
+                readings,
+                batch: batch.to_vec(),
+                series,
+            })),
+            _ => Err(SpoolError::Invalid {
+                path: seg.path.clone(),
+                message: format!(
+                    "record {} at offset {} changed on disk since it was written",
+                    meta.seq, meta.offset
+                ),
+            }),
+        }
+    }
+
+    /// Everything up to `seq` is committed at the collector: forget it and
+    /// delete segments that hold nothing else.
+    pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
+        // Nothing beyond what was handed out can be acked: a larger value
+        // would make later appends look acked and never be sent.
+        let seq = seq.min(self.last_seq());
+        if seq <= self.acked {
+            return Ok(());
+        }
+        self.acked = seq;
+        while self.delete_acked_front(ACKED_TAIL_KEEP)? {}
+        Ok(())
+    }
+
+    /// Deletes the oldest segment if every record in it is acked and it is
+    /// not the one being appended to, or it is but holds at least
+    /// `keep_tail` bytes. Returns whether it deleted one.
+    pub(super) fn delete_acked_front(&mut self, keep_tail: u64) -> Result<bool, SpoolError> {
+        if self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.records.is_empty()) {
+            if let Some(seg) = self.segments.pop_front() {
+                let _ = fs::remove_file(&seg.path);
+                self.total_bytes -= seg.size;
+            }
+            return Ok(true);
+        }
+        let deletable = self.segments.len() > 1
+            && self
+                .segments
+                .front()
+                .and_then(|s| s.records.back())
+                .is_some_and(|r| r.seq <= self.acked);
+        let all_acked_tail = self.segments.len() == 1
+            && self.segments.front().is_some_and(|s| {
+                s.size >= keep_tail && s.records.back().is_some_and(|r| r.seq <= self.acked)
+            });
+        if all_acked_tail {
+            // The only segment is fully acked: remove it; the next append
+            // starts a new one.
+            self.tail = None;
+        } else if !deletable {
+            return Ok(false);
+        }
+        if let Some(seg) = self.segments.pop_front() {
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            self.total_bytes -= seg.size;
+        }
+        Ok(true)
+    }
+
+    /// Drops the oldest segment, counting its unacked readings. Refuses when
+    /// it holds records in flight. Returns whether it dropped one.
+    fn drop_oldest_segment(&mut self) -> Result<bool, SpoolError> {
+        let Some(front) = self.segments.front() else {
+            return Ok(false);
+        };
+        if front
+            .records
+            .iter()
+            .any(|r| r.seq > self.acked && r.seq <= self.in_flight_to)
+        {
+            return Ok(false);
+        }
+        if self.segments.len() == 1 {
+            // Dropping the segment being appended to: close it first.
+            self.tail = None;
+        }
+        let Some(seg) = self.segments.pop_front() else {
+            return Ok(false);
+        };
+        let lost: u64 = seg
+            .records
+            .iter()
+            .filter(|r| r.seq > self.acked)
+            .map(|r| u64::from(r.readings))
+            .sum();
+        fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+        self.total_bytes -= seg.size;
+        self.add_dropped(lost)?;
+        warn!(
+            readings = lost,
+            first_seq = seg.records.front().map(|r| r.seq),
+            last_seq = seg.records.back().map(|r| r.seq),
+            "spool full: dropped the oldest segment"
+        );
+        Ok(true)
+    }
+
+    /// Gives up on the oldest unacked record `seq` (the collector rejects it
+    /// for good): its readings count as dropped and it is acked locally.
+    /// Returns the readings dropped; 0 if `seq` is not the oldest unacked.
+    pub fn drop_front(&mut self, seq: u64) -> Result<u64, SpoolError> {
+        let Some(readings) = self
+            .records()
+            .find(|r| r.seq > self.acked)
+            .filter(|r| r.seq == seq)
+            .map(|r| u64::from(r.readings))
+        else {
+            return Ok(0);
+        };
+        self.add_dropped(readings)?;
+        self.ack(seq)?;
+        Ok(readings)
+    }
+
+    /// Starts the segment file whose first record will be `first_seq`, and
+    /// appends to it from now on.
+    fn start_segment(&mut self, first_seq: u64) -> Result<(), SpoolError> {
+        let path = self.opts.dir.join(format!("{first_seq:020}.seg"));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        if self.opts.sync {
+            sync_dir(&self.opts.dir)?;
+        }
+        self.tail = Some(file);
+        self.segments.push_back(Segment {
+            path,
+            size: 0,
+            records: VecDeque::new(),
+        });
+        Ok(())
+    }
+}

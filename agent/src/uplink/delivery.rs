@@ -1,0 +1,217 @@
+//! Delivery on an open stream: the batches go out in sequence order from
+//! the oldest unacked one, each declaring the series the stream has not
+//! seen; the collector's Welcome skips what it has committed, its acks
+//! truncate the spool, and a batch it refuses for good is given up on.
+
+use prost::Message;
+use tracing::{debug, error, info, warn};
+
+use tributary_proto::v1 as pb;
+
+use crate::reading::now_ns;
+use crate::spool::SpoolError;
+
+use super::Uplink;
+use super::connection::{Event, Link, Stream, code_name};
+
+impl Uplink {
+    /// Acts on what the connection saw.
+    pub(super) fn on_event(&mut self, link: &mut Link, event: Event) {
+        match event {
+            // The loop turns and `connect_if_due` connects.
+            Event::RetryDue => {}
+            Event::Connected => {
+                if let Some(stream) = link.stream_mut() {
+                    self.opened(stream);
+                }
+            }
+            Event::ConnectFailed { error, retry_in } => {
+                self.stats.connect_failures += 1;
+                warn!(error = %error, retry_in = ?retry_in, "cannot reach collector");
+            }
+            Event::Room(permit) => {
+                let Some(stream) = link.stream_mut() else {
+                    return;
+                };
+                match self.encode_next(stream) {
+                    Ok(Some(frame)) => {
+                        permit.send(frame);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        error!(error = %e, "spool read failed; reconnecting to resend");
+                        link.lost();
+                        self.stats.streams_ended += 1;
+                    }
+                }
+            }
+            Event::Frame(pb::CollectorFrame {
+                frame: Some(pb::collector_frame::Frame::Ack(a)),
+            }) => self.acked(a.seq),
+            Event::Frame(pb::CollectorFrame {
+                frame: Some(pb::collector_frame::Frame::Welcome(w)),
+            }) => {
+                if let Some(stream) = link.stream_mut() {
+                    self.welcome(stream, w.committed_seq);
+                }
+            }
+            Event::Frame(other) => debug!(frame = ?other, "unexpected collector frame ignored"),
+            Event::SendClosed => {
+                warn!("collector stream closed while sending");
+                self.stats.streams_ended += 1;
+            }
+            Event::Ended(Some(status)) => {
+                warn!(code = %code_name(status.code()), message = %status.message(), "collector stream ended");
+                self.rejected(&status);
+                self.stats.streams_ended += 1;
+            }
+            Event::Ended(None) => {
+                warn!("collector closed the stream");
+                self.stats.streams_ended += 1;
+            }
+        }
+    }
+
+    /// A stream opened. Resend from the oldest unacked batch at once,
+    /// without waiting for the Welcome: it saves a round trip, and whatever
+    /// the collector already has is acked again, not stored.
+    fn opened(&mut self, stream: &mut Stream) {
+        debug!(url = %stream.url, "stream open");
+        stream.next_send = self
+            .spool
+            .first_unacked()
+            .unwrap_or(self.spool.last_seq() + 1);
+        self.spool.set_in_flight(0);
+        self.sent_before = self.sent_before.max(self.max_sent);
+        self.stats.connects += 1;
+    }
+
+    fn acked(&mut self, seq: u64) {
+        self.stats.acked_seq = self.stats.acked_seq.max(seq);
+        if let Err(e) = self.spool.ack(seq) {
+            error!(error = %e, seq, "spool truncation failed");
+        }
+        if self.blocked {
+            self.seal();
+        }
+    }
+
+    /// The stream ended with `code`. A batch the collector refuses as
+    /// invalid would be resent forever and hold up everything after it
+    /// (batches go in order): when the stream ends that way three times in a
+    /// row with the same oldest unacked batch, that batch is given up on and
+    /// its readings are counted as dropped.
+    fn rejected(&mut self, status: &tonic::Status) {
+        // Only a refusal of a batch's content counts (the collector names
+        // the field, `batch.…`), or a frame too large to decode.
+        let refused = match status.code() {
+            tonic::Code::InvalidArgument => status.message().starts_with("batch"),
+            tonic::Code::OutOfRange => true,
+            _ => false,
+        };
+        if !refused {
+            self.rejections = None;
+            return;
+        }
+        let Some(front) = self.spool.first_unacked() else {
+            return;
+        };
+        let count = match self.rejections {
+            Some((seq, n)) if seq == front => n + 1,
+            _ => 1,
+        };
+        self.rejections = Some((front, count));
+        if count >= 3 {
+            match self.spool.drop_front(front) {
+                Ok(readings) => error!(
+                    seq = front,
+                    readings, "the collector refuses this batch for good; dropped it (counted)"
+                ),
+                Err(e) => error!(seq = front, error = %e, "cannot drop a refused batch"),
+            }
+            self.rejections = None;
+            self.stats.dropped_readings = self.spool.dropped();
+        }
+    }
+
+    /// The collector's Welcome: it has committed everything up to
+    /// `committed` for this epoch.
+    fn welcome(&mut self, c: &mut Stream, committed: u64) {
+        // Batches sent earlier whose ack never came but which the collector
+        // did commit: the Welcome acks them.
+        let confirmed = self.spool.unacked_through(committed);
+        self.stats.confirmed_by_welcome += confirmed;
+        info!(url = %c.url, committed, confirmed, "connected to collector");
+        if committed > self.spool.last_seq() {
+            warn!(
+                committed,
+                last_seq = self.spool.last_seq(),
+                "collector has committed sequences this spool does not remember; numbering continues above them"
+            );
+            self.spool.advance_past(committed);
+        }
+        self.acked(committed);
+        c.next_send = c.next_send.max(committed.saturating_add(1));
+    }
+
+    pub(super) fn hello(&self) -> pb::AgentFrame {
+        pb::AgentFrame {
+            frame: Some(pb::agent_frame::Frame::Hello(pb::Hello {
+                agent_id: self.config.agent_id.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                epoch: self.spool.epoch(),
+                agent_time_ns: now_ns(),
+                dropped: self.spool.dropped(),
+                last_seq: self.spool.last_seq(),
+            })),
+        }
+    }
+
+    /// Reads the next unsent batch for `c` from the spool, re-interns its
+    /// series for this stream, and advances the stream's cursor.
+    fn encode_next(&mut self, c: &mut Stream) -> Result<Option<pb::AgentFrame>, SpoolError> {
+        let Some(record) = self.spool.read_from(c.next_send)? else {
+            c.next_send = self.spool.last_seq() + 1;
+            return Ok(None);
+        };
+        c.next_send = record.seq + 1;
+        self.spool.set_in_flight(record.seq);
+        let resent = record.seq <= self.sent_before;
+        if resent {
+            self.stats.resent_batches += 1;
+        }
+        self.max_sent = self.max_sent.max(record.seq);
+        let mut batch = match pb::Batch::decode(record.batch.as_slice()) {
+            Ok(b) => b,
+            Err(e) => {
+                // The CRC matched, so this is a bug, not a disk error; skip
+                // the record rather than wedge the stream.
+                error!(seq = record.seq, error = %e, "spooled batch does not decode; skipped");
+                return Ok(None);
+            }
+        };
+        // Declare on this stream the series it has not seen yet.
+        let decls = match c.declared.missing(&batch, &self.ids) {
+            Ok(decls) => decls,
+            Err(id) => {
+                // The spool checks every record's ids against its
+                // dictionary, so this is a bug, not a disk error: skip the
+                // record rather than wedge the stream.
+                error!(
+                    seq = record.seq,
+                    series = id,
+                    "spooled batch uses an unknown series; skipped"
+                );
+                return Ok(None);
+            }
+        };
+        batch.series = decls;
+        batch.seq = record.seq;
+        batch.resent = resent;
+        batch.dropped = self.spool.dropped();
+        batch.last_seq = self.spool.last_seq();
+        Ok(Some(pb::AgentFrame {
+            frame: Some(pb::agent_frame::Frame::Batch(batch)),
+        }))
+    }
+}

@@ -1,0 +1,255 @@
+//! The uplink: owns the agent's spool and its one stream to a collector.
+//!
+//! One task ([`Uplink::run`]) owns the open batch, the agent-wide series ids,
+//! the spool and the connection. It may touch the spool (its only caller)
+//! and the network towards the collectors, nothing else; others reach it
+//! only through the intake channel (readings in) and the `watch` of
+//! [`UplinkStats`] (counters out). Files: `connection.rs` (the connection
+//! state machine, connect and its errors), `collectors.rs`
+//! (the non-empty collector list), `backoff.rs`, `delivery.rs` (what goes
+//! out on a stream and what the collector answers), `seal.rs` (the open
+//! batch into the spool), `series_ids.rs`, `declared.rs` (per-stream
+//! declarations), `encode.rs` / `decode.rs` (the spooled batch format),
+//! `stats.rs` (the counters and their stats file).
+//!
+//! Readings from the scheduler are appended to an open batch in memory; a
+//! batch is sealed when it is full or old enough and appended to the spool,
+//! which assigns its sequence number and makes it durable. From then on the
+//! readings count as taken. Batches stay in the spool until the collector
+//! acks them. On every (re)connect the agent says Hello and resends from the
+//! oldest unacked batch at once; the Welcome then says what the collector
+//! has committed for this spool's epoch, and the spool drops that (a batch
+//! the collector already has is acked again, not stored). Connection
+//! attempts run in their own task so intake never stops while a collector
+//! is unreachable.
+//!
+//! Series ids are agent-wide for the spool's epoch (`SeriesIds`): the
+//! first time the uplink sees a series it gives it the next id and adds its
+//! key to the spool's dictionary (durable before any record uses the id).
+//! Spooled records hold only ids, timestamps and values, in the columnar
+//! form of `tributary.v1.Batch` (strings and failures as rows), so a float
+//! reading costs about 10 bytes in the spool and on the wire. The same ids
+//! are the stream-local ids on every stream: each stream only remembers
+//! which ids it has declared, and a batch declares the ones it uses for the
+//! first time on that stream.
+//!
+//! Batches go out strictly in sequence order: the collector's committed
+//! sequence is a high-water mark, so a newer batch must never overtake an
+//! older one. After an outage the backlog therefore drains first, as fast as
+//! the collector commits it, while new readings keep being spooled.
+
+mod backoff;
+mod collectors;
+mod connection;
+mod declared;
+mod decode;
+mod delivery;
+mod encode;
+mod seal;
+mod series_ids;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::reading::Reading;
+use crate::spool::Spool;
+
+pub use collectors::{Collectors, NoCollectors};
+pub use connection::ConnectError;
+pub use decode::{DecodeError, spooled_readings};
+pub use stats::{UplinkStats, write_stats_file};
+
+use connection::Link;
+use series_ids::SeriesIds;
+
+/// Settings of the uplink.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    pub agent_id: String,
+    /// Collector URLs, tried in order, moving on after a failure.
+    pub collectors: Collectors,
+    pub batch_max_readings: usize,
+    pub batch_max_delay: Duration,
+    /// How long to wait for the last acks at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Reconnect backoff bounds.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// HTTP/2 keepalive: ping interval and how long to wait for the answer.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// TLS towards the collector (`https://` URLs).
+    pub tls: Option<crate::config::TlsConfig>,
+}
+
+impl UplinkConfig {
+    /// The defaults, streaming to `collectors`.
+    pub fn new(agent_id: String, collectors: Collectors) -> Self {
+        UplinkConfig {
+            agent_id,
+            collectors,
+            batch_max_readings: crate::config::DEFAULT_BATCH_MAX_READINGS,
+            batch_max_delay: crate::config::DEFAULT_BATCH_MAX_DELAY,
+            shutdown_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            tls: None,
+        }
+    }
+}
+
+/// Whether the uplink still takes readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intake {
+    Open,
+    /// The scheduler stopped: seal what is open, wait for the last acks
+    /// until `give_up_at`, then stop.
+    Draining {
+        give_up_at: Instant,
+    },
+}
+
+/// The uplink actor. Create with [`Uplink::new`], run with [`Uplink::run`].
+pub struct Uplink {
+    config: Arc<UplinkConfig>,
+    intake: mpsc::Receiver<Vec<Reading>>,
+    spool: Spool,
+    /// The batch being filled (not yet taken).
+    open: Vec<Reading>,
+    /// Agent-wide series ids of the spool's epoch.
+    ids: SeriesIds,
+    open_since: Option<Instant>,
+    /// The spool is full under the `block` policy: intake pauses.
+    blocked: bool,
+    /// Records at or below this were sent by an earlier process or stream.
+    sent_before: u64,
+    /// Highest sequence sent on any stream by this process.
+    max_sent: u64,
+    /// Oldest unacked sequence when streams ended as INVALID_ARGUMENT or
+    /// OUT_OF_RANGE, and how many times in a row.
+    rejections: Option<(u64, u32)>,
+    stats: UplinkStats,
+    stats_tx: watch::Sender<UplinkStats>,
+}
+
+impl Uplink {
+    /// `intake` receives one `Vec` per poll from the scheduler; `spool` is
+    /// the opened spool.
+    pub fn new(
+        config: UplinkConfig,
+        intake: mpsc::Receiver<Vec<Reading>>,
+        mut spool: Spool,
+    ) -> (Self, watch::Receiver<UplinkStats>) {
+        let ids = SeriesIds::new(spool.take_series());
+        let (stats_tx, stats_rx) = watch::channel(UplinkStats::default());
+        let sent_before = spool.last_seq();
+        let stats = UplinkStats {
+            dropped_readings: spool.dropped(),
+            ..Default::default()
+        };
+        (
+            Uplink {
+                config: Arc::new(config),
+                intake,
+                spool,
+                open: Vec::new(),
+                ids,
+                open_since: None,
+                blocked: false,
+                sent_before,
+                max_sent: 0,
+                rejections: None,
+                stats,
+                stats_tx,
+            },
+            stats_rx,
+        )
+    }
+
+    /// Runs until the intake closes (the scheduler stopped) and everything is
+    /// acked, or `shutdown_timeout` after the intake closed.
+    pub async fn run(mut self) {
+        let mut link = Link::new(self.config.clone());
+        let mut intake = Intake::Open;
+        let flush_tick = self.config.batch_max_delay.max(Duration::from_millis(1));
+        let mut ticker = tokio::time::interval(flush_tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            if let Intake::Draining { give_up_at } = intake {
+                self.seal();
+                if self.open.is_empty() && self.spool.first_unacked().is_none() {
+                    info!("uplink: everything acked; stopping");
+                    break;
+                }
+                if Instant::now() >= give_up_at {
+                    warn!(
+                        unacked_batches = self.spool.pending(),
+                        open_readings = self.open.len(),
+                        "uplink: shutdown deadline passed; unacked batches stay in the spool"
+                    );
+                    break;
+                }
+            }
+            if link.stream().is_none() {
+                // Nothing is in flight without a stream: every unacked
+                // record may be dropped to make room again.
+                self.spool.set_in_flight(0);
+            }
+            link.connect_if_due(|| self.hello());
+            let want_send = link
+                .stream()
+                .is_some_and(|s| self.spool.last_seq() >= s.next_send);
+
+            tokio::select! {
+                readings = self.intake.recv(), if intake == Intake::Open && !self.blocked => match readings {
+                    Some(r) => self.push(r),
+                    None => {
+                        intake = Intake::Draining {
+                            give_up_at: Instant::now() + self.config.shutdown_timeout,
+                        };
+                    }
+                },
+                _ = ticker.tick() => {
+                    if self.blocked
+                        || self.open_since.is_some_and(|t| t.elapsed() >= self.config.batch_max_delay)
+                    {
+                        self.seal();
+                    }
+                }
+                _ = sleep_until_deadline(intake) => {}
+                event = link.next_event(want_send) => self.on_event(&mut link, event),
+            }
+            // Most turns (a poll's readings taken) change no counter:
+            // watchers are told only of changes.
+            self.stats_tx.send_if_modified(|published| {
+                let changed = *published != self.stats;
+                if changed {
+                    published.clone_from(&self.stats);
+                }
+                changed
+            });
+        }
+        link.close();
+        self.stats_tx.send_replace(self.stats.clone());
+    }
+}
+
+/// Sleeps until the shutdown deadline, or forever while the intake is open.
+async fn sleep_until_deadline(intake: Intake) {
+    match intake {
+        Intake::Draining { give_up_at } => tokio::time::sleep_until(give_up_at).await,
+        Intake::Open => std::future::pending().await,
+    }
+}

@@ -1,0 +1,125 @@
+//! The open batch: readings taken from the scheduler are gathered here and
+//! sealed into the spool when the batch is full or old enough; from then on
+//! they are taken.
+
+use tokio::time::Instant;
+use tracing::{error, warn};
+
+use crate::reading::{Reading, SeriesKey};
+use crate::spool::{Appended, SpoolError};
+
+use super::Uplink;
+use super::encode::encode_batch;
+
+impl Uplink {
+    pub(super) fn push(&mut self, readings: Vec<Reading>) {
+        if self.open.is_empty() {
+            self.open_since = Some(Instant::now());
+        }
+        self.open.extend(readings);
+        if self.open.len() >= self.config.batch_max_readings {
+            self.seal();
+        }
+    }
+
+    /// Appends the open batch to the spool: from here on it is taken.
+    ///
+    /// A durable append waits for the disk (`fdatasync`, sometimes a
+    /// directory sync), which can take hundreds of milliseconds on a busy
+    /// disk. The uplink must wait for it (nothing is sent or acked before it
+    /// is durable, and the dictionary goes before the records that use it),
+    /// but the scheduler's tasks must not: on the agent's multi-threaded
+    /// runtime the wait runs in [`tokio::task::block_in_place`], which hands
+    /// this worker's other tasks to another thread first. Ordering stays as
+    /// it was, since the uplink itself still does one thing at a time.
+    pub(super) fn seal(&mut self) {
+        if self.open.is_empty() {
+            self.open_since = None;
+            self.blocked = false;
+            self.stats.dropped_readings = self.spool.dropped();
+            return;
+        }
+        if self.spool.syncs() {
+            off_the_workers(|| self.seal_now());
+        } else {
+            self.seal_now();
+        }
+    }
+
+    fn seal_now(&mut self) {
+        // A poll can bring more readings than a batch may hold (a large
+        // scrape): seal them as several batches, so the collector never
+        // sees a batch over its limit.
+        while !self.open.is_empty() {
+            let n = self.open.len().min(self.config.batch_max_readings.max(1));
+            let known = self.ids.len();
+            let (bytes, count, max_series) = encode_batch(&mut self.ids, &self.open[..n]);
+            // New series go to the dictionary first, durable before the
+            // record that uses them.
+            let appended = self
+                .add_new_series(known)
+                .and_then(|()| self.spool.append(&bytes, count, max_series));
+            match appended {
+                Ok(Appended::Stored(_)) => {
+                    self.stats.sealed_batches += 1;
+                }
+                // The spool counted them as dropped.
+                Ok(Appended::Dropped) => {}
+                // `block`: keep the readings and stop taking more until acks
+                // make room; the scheduler's polls wait meanwhile.
+                Ok(Appended::Full) => {
+                    if !self.blocked {
+                        warn!(
+                            readings = self.open.len(),
+                            "spool full: intake paused until the collector acks"
+                        );
+                    }
+                    self.blocked = true;
+                    self.stats.dropped_readings = self.spool.dropped();
+                    return;
+                }
+                Err(e) => {
+                    error!(error = %e, readings = count, "spool append failed; readings lost (counted as dropped)");
+                    self.stats.spool_errors += u64::from(count);
+                    if let Err(e) = self.spool.count_lost(u64::from(count)) {
+                        error!(error = %e, "cannot record the loss in the spool either");
+                    }
+                }
+            }
+            self.open.drain(..n);
+        }
+        self.open_since = None;
+        self.blocked = false;
+        self.stats.dropped_readings = self.spool.dropped();
+    }
+
+    /// Adds the series that got ids above `known` to the spool's
+    /// dictionary; if that fails, they are forgotten again.
+    fn add_new_series(&mut self, known: u32) -> Result<(), SpoolError> {
+        if self.ids.len() == known {
+            return Ok(());
+        }
+        let new: Vec<&SeriesKey> = self.ids.keys[known as usize..]
+            .iter()
+            .map(|k| &**k)
+            .collect();
+        let result = self.spool.add_series(&new);
+        if result.is_err() {
+            self.ids.truncate(known);
+        }
+        result
+    }
+}
+
+/// Runs `f`, which blocks on the disk, without holding up the other tasks
+/// of the current tokio worker: through [`tokio::task::block_in_place`] on a
+/// multi-threaded runtime (the agent's), inline elsewhere (a current-thread
+/// runtime, as in tests, has no other worker to hand its tasks to, and
+/// `block_in_place` would panic there).
+fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

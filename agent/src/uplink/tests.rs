@@ -1,0 +1,392 @@
+//! Tests of the uplink's parts: series ids, the spooled encoding, stream
+//! declarations, clipping, the collector list, backoff and the connect
+//! error.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost::Message;
+
+use tributary_proto::v1 as pb;
+
+use std::time::Duration;
+
+use super::backoff::Backoff;
+use super::collectors::fnv1a64;
+use super::connection::{Event, Link, connect};
+use super::declared::Declared;
+use super::decode::spooled_readings;
+use super::encode::{clip, encode_batch};
+use super::series_ids::SeriesIds;
+use super::{Collectors, NoCollectors, UplinkConfig, UplinkStats};
+use crate::reading::{FailureKind, Labels, Reading, SeriesKey, Value};
+use crate::spool::Record;
+
+fn key(device: &str, metric: &str) -> Arc<SeriesKey> {
+    Arc::new(SeriesKey {
+        device: device.into(),
+        metric: metric.into(),
+        labels: Labels::from_map(&BTreeMap::from([("site".to_owned(), "x".to_owned())])),
+        unit: "W".into(),
+    })
+}
+
+fn record(seq: u64, bytes: Vec<u8>, readings: u32, series: u32) -> Record {
+    Record {
+        seq,
+        readings,
+        batch: bytes,
+        series,
+    }
+}
+
+#[test]
+fn series_ids_are_stable_by_pointer_and_found_again_by_content() {
+    let (a, b) = (key("d", "a"), key("d", "b"));
+    let mut ids = SeriesIds::default();
+    assert_eq!((ids.id(&a), ids.id(&b), ids.id(&a)), (1, 2, 1));
+    // The guess of the next id is only taken when it is right.
+    assert_eq!(
+        (
+            ids.id_after(1, &b),
+            ids.id_after(1, &a),
+            ids.id_after(2, &a)
+        ),
+        (2, 1, 1)
+    );
+    // After a restart the keys come from the dictionary, in other Arcs.
+    let loaded: Vec<Arc<SeriesKey>> = ids.keys.iter().map(|k| Arc::new((**k).clone())).collect();
+    let mut ids = SeriesIds::new(loaded);
+    let b2 = key("d", "b");
+    assert_eq!(ids.id(&b2), 2, "same content, same id");
+    assert!(
+        Arc::ptr_eq(ids.key(2).unwrap(), &b2),
+        "the new Arc is the one kept"
+    );
+    assert_eq!(
+        (ids.keys.len(), ids.by_key.len()),
+        (2, 2),
+        "one entry per id"
+    );
+    assert_eq!(ids.id(&key("d", "c")), 3);
+    ids.truncate(2);
+    assert_eq!(ids.len(), 2);
+    assert_eq!((ids.keys.len(), ids.by_key.len()), (2, 2));
+    assert_eq!(
+        ids.id(&key("d", "other")),
+        3,
+        "a forgotten id is handed out again"
+    );
+}
+
+#[test]
+fn a_spooled_batch_holds_every_reading_and_no_names() {
+    let (volts, count, on, state) = (
+        key("m", "volts"),
+        key("m", "count"),
+        key("m", "on"),
+        key("m", "state"),
+    );
+    let t = 1_700_000_000_000_000_000;
+    let readings = vec![
+        Reading {
+            series: volts.clone(),
+            ts_ns: t,
+            value: Value::F64(230.5),
+        },
+        Reading {
+            series: count.clone(),
+            ts_ns: t,
+            value: Value::I64(-3),
+        },
+        Reading {
+            series: on.clone(),
+            ts_ns: t + 1,
+            value: Value::Bool(true),
+        },
+        Reading {
+            series: state.clone(),
+            ts_ns: t + 2,
+            value: Value::Str("idle".into()),
+        },
+        Reading {
+            series: volts.clone(),
+            ts_ns: t + 1_000_000_000,
+            value: Value::Failed {
+                kind: FailureKind::Timeout,
+                message: "slow".into(),
+            },
+        },
+        Reading {
+            series: volts.clone(),
+            ts_ns: t + 2_000_000_000,
+            value: Value::F64(f64::MIN),
+        },
+    ];
+    let mut ids = SeriesIds::default();
+    let (bytes, count_n, max_series) = encode_batch(&mut ids, &readings);
+    assert_eq!((count_n, max_series), (6, 4));
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        !text.contains("volts") && !text.contains("site"),
+        "no names in records"
+    );
+    let mut back = spooled_readings(&record(1, bytes, 6, 4), &ids.keys).unwrap();
+    // Columns come grouped by kind: compare as sets in a fixed order.
+    let order = |r: &Reading| (r.ts_ns, r.series.metric.clone());
+    back.sort_by_key(order);
+    let mut want = readings;
+    want.sort_by_key(order);
+    assert_eq!(back, want);
+}
+
+#[test]
+fn a_poll_of_floats_costs_at_most_eleven_bytes_a_reading() {
+    // 100 gauges of one poll: consecutive ids, one timestamp.
+    let keys: Vec<_> = (0..100).map(|i| key("dev", &format!("g{i}"))).collect();
+    let mut ids = SeriesIds::default();
+    let mut readings = Vec::new();
+    for poll in 0..10i64 {
+        for k in &keys {
+            readings.push(Reading {
+                series: k.clone(),
+                ts_ns: 1_700_000_000_000_000_000 + poll * 100_000_000,
+                value: Value::F64(poll as f64 * 0.1),
+            });
+        }
+    }
+    let (bytes, n, _) = encode_batch(&mut ids, &readings);
+    // 8 B value + 1 B series delta + 1 B time delta, plus the group's
+    // few bytes of framing.
+    assert!(
+        bytes.len() <= 11 * n as usize,
+        "{} bytes for {n} readings",
+        bytes.len()
+    );
+}
+
+#[test]
+fn a_scrape_spools_about_ten_bytes_a_reading_without_names() {
+    // The vs-prometheus shape: targets of 105 gauges plus `up`, each
+    // scrape stamped once, 1,000 readings per batch. The previous
+    // layout (a declaration per series in every record, rows) took
+    // 67.4 bytes per reading for these very keys.
+    let mut keys = Vec::new();
+    for t in 0..10 {
+        for i in 0..106 {
+            keys.push(Arc::new(SeriesKey {
+                device: format!("target-{t:04}").into(),
+                metric: if i == 105 { "up" } else { "sim_extra_value" }.into(),
+                labels: if i == 105 {
+                    Labels::default()
+                } else {
+                    Labels::from_map(&BTreeMap::from([("i".to_owned(), i.to_string())]))
+                },
+                unit: "".into(),
+            }));
+        }
+    }
+    let readings: Vec<Reading> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, k)| Reading {
+            series: k.clone(),
+            ts_ns: 1_700_000_000_000_000_000 + (n / 106) as i64 * 500_000,
+            value: if &*k.metric == "up" {
+                Value::I64(1)
+            } else {
+                Value::F64((n as f64 + 7.0) / 2.0)
+            },
+        })
+        .collect();
+    let mut ids = SeriesIds::default();
+    let (bytes, n, _) = encode_batch(&mut ids, &readings[..1000]);
+    let per_reading = bytes.len() as f64 / f64::from(n);
+    println!("{per_reading:.2} bytes per reading spooled");
+    assert!(per_reading < 10.5, "{per_reading:.2} bytes per reading");
+}
+
+#[test]
+fn each_stream_declares_a_series_once_the_first_time_it_is_used() {
+    let (a, b) = (key("d", "a"), key("d", "b"));
+    let mut ids = SeriesIds::default();
+    let r = |k: &Arc<SeriesKey>, v: f64| Reading {
+        series: k.clone(),
+        ts_ns: 5,
+        value: Value::F64(v),
+    };
+    let (first, _, _) = encode_batch(&mut ids, &[r(&a, 1.0), r(&a, 2.0)]);
+    let (second, _, _) = encode_batch(&mut ids, &[r(&b, 1.0), r(&a, 3.0)]);
+    let first = pb::Batch::decode(first.as_slice()).unwrap();
+    let second = pb::Batch::decode(second.as_slice()).unwrap();
+    let declared_ids = |d: Vec<pb::SeriesDecl>| {
+        d.iter()
+            .map(|d| (d.id, d.metric.clone()))
+            .collect::<Vec<_>>()
+    };
+    let mut stream = Declared::default();
+    assert_eq!(
+        declared_ids(stream.missing(&first, &ids).unwrap()),
+        vec![(1, "a".to_owned())]
+    );
+    assert_eq!(
+        declared_ids(stream.missing(&second, &ids).unwrap()),
+        vec![(2, "b".to_owned())]
+    );
+    assert!(stream.missing(&second, &ids).unwrap().is_empty());
+    // A new stream declares again what it uses.
+    let mut stream = Declared::default();
+    assert_eq!(stream.missing(&second, &ids).unwrap().len(), 2);
+    // An unknown id declares nothing and leaves nothing marked.
+    let mut stream = Declared::default();
+    let mut bad = second.clone();
+    bad.readings.push(pb::Reading {
+        series: 9,
+        ts_ns: 5,
+        value: Some(pb::reading::Value::I64(1)),
+    });
+    assert_eq!(stream.missing(&bad, &ids), Err(9));
+    assert_eq!(stream.missing(&second, &ids).unwrap().len(), 2);
+}
+
+#[test]
+fn long_strings_are_cut_at_a_character_boundary() {
+    assert_eq!(clip("abc", 5), "abc");
+    assert_eq!(clip("abcdef", 4), "abcd");
+    // 'é' is two bytes: never cut inside it.
+    assert_eq!(clip("aé", 2), "a");
+}
+
+#[test]
+fn agents_spread_over_collectors() {
+    for n in [2u64, 3, 5] {
+        let mut per = vec![0; n as usize];
+        for i in 0..1000 {
+            per[(fnv1a64(format!("edge-{i}").as_bytes()) % n) as usize] += 1;
+        }
+        // Each collector gets a fair share: 1000 / n, within 30 %
+        // (more than 4 standard deviations for these sizes).
+        for c in &per {
+            assert!(*c * n > 700 && *c * n < 1300, "{n} collectors: {per:?}");
+        }
+    }
+    // Stable across runs and platforms.
+    assert_eq!(fnv1a64(b"edge-1"), fnv1a64(b"edge-1"));
+}
+/// A loopback URL nothing listens on (bound a moment ago, then closed).
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn config_for(urls: Vec<String>) -> Arc<UplinkConfig> {
+    let mut config = UplinkConfig::new("edge-1".into(), Collectors::new(urls).unwrap());
+    config.backoff_min = Duration::from_millis(1);
+    config.backoff_max = Duration::from_millis(2);
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn an_unreachable_collector_reads_each_cause_once() {
+    let url = closed_port_url();
+    let err = connect(
+        url.clone(),
+        pb::AgentFrame::default(),
+        config_for(vec![url.clone()]),
+    )
+    .await
+    .err()
+    .unwrap();
+    // tonic's chain is `transport error` → `tcp connect error` → `tcp
+    // connect error` → the OS error; the repeated one is printed once.
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "collector {url}: transport error: tcp connect error: Connection refused (os error 111)"
+        )
+    );
+    assert!(
+        std::error::Error::source(&err).is_none(),
+        "causes are in the message"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_connect_backs_off_and_moves_to_the_next_collector() {
+    let urls = vec![closed_port_url(), closed_port_url()];
+    let config = config_for(urls.clone());
+    let first = config.collectors.start_for("edge-1");
+    let mut link = Link::new(config);
+    let mut tried = Vec::new();
+    for attempt in 1..=3 {
+        assert!(matches!(link.next_event(false).await, Event::RetryDue));
+        link.connect_if_due(pb::AgentFrame::default);
+        match link.next_event(false).await {
+            Event::ConnectFailed { error, retry_in } => {
+                assert!(retry_in <= Duration::from_millis(2), "attempt {attempt}");
+                tried.push(error.to_string());
+            }
+            _ => panic!("attempt {attempt}: connected to a closed port"),
+        }
+        assert!(link.stream().is_none());
+    }
+    for (i, message) in tried.iter().enumerate() {
+        let url = &urls[(first + i) % 2];
+        assert!(
+            message.starts_with(&format!("collector {url}: ")),
+            "{message}"
+        );
+    }
+    link.close();
+}
+
+#[test]
+fn a_collector_list_cannot_be_empty() {
+    assert_eq!(Collectors::new(Vec::new()), Err(NoCollectors));
+    let one = Collectors::new(vec!["http://a".into()]).unwrap();
+    assert_eq!(
+        (one.at(0), one.at(7), one.start_for("any")),
+        ("http://a", "http://a", 0)
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_its_bound_with_jitter_below_it() {
+    let b = Backoff {
+        min: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+    };
+    let ceilings: Vec<u128> = (0..8).map(|n| b.ceiling(n).as_millis()).collect();
+    assert_eq!(ceilings, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    assert_eq!(b.ceiling(u32::MAX), b.max);
+    for attempt in [0, 1, 3, 40] {
+        for _ in 0..100 {
+            let d = b.delay(attempt);
+            assert!(d >= b.min && d <= b.ceiling(attempt), "{attempt}: {d:?}");
+        }
+    }
+}
+
+#[test]
+fn stats_read_back_from_their_text() {
+    let stats = UplinkStats {
+        sealed_batches: 1,
+        acked_seq: 2,
+        dropped_readings: 3,
+        connects: 4,
+        connect_failures: 5,
+        streams_ended: 6,
+        resent_batches: 7,
+        spool_errors: 8,
+        confirmed_by_welcome: 9,
+    };
+    let text = stats.to_prometheus_text();
+    assert!(
+        text.contains("\ntributary_agent_uplink_streams_ended_total 6\n"),
+        "{text}"
+    );
+    assert_eq!(UplinkStats::from_prometheus_text(&text), Some(stats));
+    assert_eq!(UplinkStats::from_prometheus_text("garbage"), None);
+}
