@@ -4,13 +4,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tributary_agent::drivers::snmp::{self, ber, usm};
+use tributary_agent::drivers::snmp::value::to_value;
+use tributary_agent::drivers::snmp::{ber, usm};
 
 fuzz_target!(|data: &[u8]| {
     let _ = ber::message_version(data);
     if let Ok((_, _, pdu)) = ber::decode_v2c(data) {
         for (_, value) in &pdu.varbinds {
-            let _ = snmp::to_value(value);
+            let _ = to_value(value);
         }
     }
     let _ = usm::decode(data);

@@ -8,7 +8,7 @@ use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use ring::{digest, hmac};
 
 use super::ber::{self, DecodeError, Pdu, Reader, tag};
-use crate::config::{SnmpAuthProtocol, SnmpPrivProtocol};
+use super::{SnmpAuthProtocol, SnmpPrivProtocol};
 
 /// msgFlags bits.
 pub const FLAG_AUTH: u8 = 0x01;

@@ -8,8 +8,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::SimConfig;
-use crate::reading::{FailureKind, Reading, SeriesKey, Value, series, series_with};
+mod config;
+
+pub use self::config::SimConfig;
+
+use super::{BuildError, PollError, Poller};
+use crate::config::DeviceConfig;
+use crate::reading::{FailureKind, Polled, Reading, SeriesKey, Value, series, series_with};
 
 /// State of one simulated device.
 #[derive(Debug)]
@@ -64,6 +69,23 @@ impl SimDriver {
             )
         }));
         out
+    }
+}
+
+impl Poller for SimDriver {
+    type Settings = SimConfig;
+
+    fn build(settings: &SimConfig, device: &DeviceConfig) -> Result<Self, BuildError> {
+        Ok(SimDriver::new(settings, &device.name))
+    }
+
+    /// Inline: the future holds no more than `self`.
+    async fn poll(&mut self) -> Result<Polled, PollError> {
+        Ok(Polled::Readings(SimDriver::poll(self)))
+    }
+
+    fn failed(&self, kind: FailureKind, message: &str) -> Polled {
+        Polled::Readings(SimDriver::failed(self, kind, message))
     }
 }
 

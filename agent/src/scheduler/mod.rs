@@ -495,10 +495,12 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::config::{
-        DriverConfig, ModbusConfig, ModbusMetric, RegisterKind, RegisterType, SimConfig, TcpConfig,
-        WordOrder,
+    use crate::drivers::DriverConfig;
+    use crate::drivers::modbus::{
+        ModbusConfig, ModbusMetric, RegisterKind, RegisterType, WordOrder,
     };
+    use crate::drivers::sim::SimConfig;
+    use crate::drivers::tcp::TcpConfig;
 
     #[test]
     fn start_offsets_fall_on_slots_within_the_interval() {
