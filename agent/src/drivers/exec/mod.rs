@@ -6,6 +6,10 @@
 //! so a hanging program never outlives its poll. Output beyond
 //! [`MAX_OUTPUT_BYTES`] fails the poll; a non-zero exit fails it with the
 //! status and the last line of standard error.
+//!
+//! Owns: the child process of the poll in flight (`config.rs`: its
+//! settings). May touch: `crate::reading` and the HTTP driver's body formats
+//! (`drivers::http::{json, prometheus}`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -13,6 +13,11 @@
 //! Series are resolved once: a JSON device's metrics when the driver is
 //! built, a Prometheus target's series the first time a line names them
 //! (a per-device [`prometheus::SeriesCache`]), so a poll allocates no names.
+//!
+//! Owns: one HTTP device's transport and series, and the body formats
+//! (`json.rs`, `json_subset.rs`, `prometheus.rs`) that exec and mqtt reuse;
+//! `config.rs`: its settings (and `driver = "prometheus"`). May touch:
+//! `crate::reading`, reqwest and its own `plain.rs` client.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,6 +10,10 @@
 //! a well-framed answer: a poll dropped by the scheduler's timeout, or one
 //! that failed on the wire, leaves no connection behind, and the next poll
 //! connects afresh instead of reading the stale answer of the cancelled one.
+//!
+//! Owns: one device's connection, read plan and decoding (`config.rs`: its
+//! settings, including the gateway pacing the scheduler applies). May
+//! touch: `crate::reading`, tokio-modbus.
 
 use std::fmt;
 use std::io;

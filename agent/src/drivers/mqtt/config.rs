@@ -91,9 +91,9 @@ struct RawMqttTopic {
 }
 
 /// Checks an MQTT topic filter; returns how many wildcard levels it has.
-pub fn check_topic_filter(filter: &str) -> Result<usize, String> {
+pub fn check_topic_filter(filter: &str) -> Result<usize, TopicFilterError> {
     if filter.is_empty() {
-        return Err("must not be empty".into());
+        return Err(TopicFilterError::Empty);
     }
     let levels: Vec<&str> = filter.split('/').collect();
     let mut wildcards = 0;
@@ -101,16 +101,26 @@ pub fn check_topic_filter(filter: &str) -> Result<usize, String> {
         match *level {
             "+" => wildcards += 1,
             "#" if i + 1 == levels.len() => wildcards += 1,
-            "#" => return Err("`#` must be the last level".into()),
+            "#" => return Err(TopicFilterError::HashNotLast),
             l if l.contains(['+', '#']) => {
-                return Err(format!(
-                    "level \"{l}\": `+` and `#` must stand alone in a level"
-                ));
+                return Err(TopicFilterError::WildcardInLevel(l.to_owned()));
             }
             _ => {}
         }
     }
     Ok(wildcards)
+}
+
+/// Why a text is not an MQTT topic filter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicFilterError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("`#` must be the last level")]
+    HashNotLast,
+    /// A level holding a wildcard and other text, e.g. `b+`.
+    #[error("level \"{0}\": `+` and `#` must stand alone in a level")]
+    WildcardInLevel(String),
 }
 
 impl RawMqtt {
@@ -154,7 +164,7 @@ impl RawMqtt {
             })?;
             let template = |value: &Spanned<String>, name: &str| {
                 Template::parse(value.get_ref(), captures)
-                    .map_err(|e| src.error(value.span(), format!("{tkey}.{name}"), e))
+                    .map_err(|e| src.error(value.span(), format!("{tkey}.{name}"), e.to_string()))
             };
             let device = match &t.device {
                 Some(d) => template(d, "device")?,
@@ -163,8 +173,9 @@ impl RawMqtt {
                     for n in 1..=captures {
                         text.push_str(&format!("/{{{n}}}"));
                     }
-                    Template::parse(&text, captures)
-                        .map_err(|e| src.error(t.filter.span(), format!("{tkey}.device"), e))?
+                    Template::parse(&text, captures).map_err(|e| {
+                        src.error(t.filter.span(), format!("{tkey}.device"), e.to_string())
+                    })?
                 }
             };
             let format = t.format.unwrap_or_default();

@@ -13,6 +13,14 @@
 //! The latest samples sit behind a `std::sync::Mutex` rather than in the
 //! task alone, because the event loop must keep being polled (keepalives)
 //! and the lock is only held to insert or swap a map, never across an await.
+//! Besides the string interner it is the agent's only lock (ARCHITECTURE.md,
+//! "The agent has two locks"): one per MQTT device, shared by that device's
+//! task and its poll alone.
+//!
+//! Owns: one broker subscription (its task, the latest samples, the link
+//! state), topic templates (`template.rs`) and settings (`config.rs`). May
+//! touch: `crate::reading`, rumqttc, and the HTTP driver's body formats
+//! (`drivers::http::{json, prometheus}`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,8 +39,10 @@ use tracing::{debug, info};
 mod config;
 mod template;
 
-pub use self::config::{MqttConfig, MqttTopic, PayloadFormat, check_topic_filter};
-pub use self::template::Template;
+pub use self::config::{
+    MqttConfig, MqttTopic, PayloadFormat, TopicFilterError, check_topic_filter,
+};
+pub use self::template::{Template, TemplateError};
 
 use super::http::{JsonMetric, json, prometheus};
 use super::{BuildError, PollError, Poller};

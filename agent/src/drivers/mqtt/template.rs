@@ -2,6 +2,26 @@
 //! `device` and `metric`): parsed once from the config, rendered for every
 //! message.
 
+/// Why a template does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("unclosed `{{` in \"{0}\"")]
+    Unclosed(String),
+    /// `{n}` with `n` above the filter's number of wildcards.
+    #[error("{{{level}}} in \"{text}\": the filter has {captures} wildcard level(s)")]
+    NoSuchLevel {
+        level: usize,
+        text: String,
+        captures: usize,
+    },
+    #[error(
+        "unknown field {{{field}}} in \"{text}\" (expected {{name}}, {{topic}} or {{1}}, {{2}}, ...)"
+    )]
+    UnknownField { field: String, text: String },
+    #[error("must not be empty")]
+    Empty,
+}
+
 /// A name built from the topic a message arrived on: literal text with
 /// `{name}` (the configured device name), `{topic}` (the whole topic) and
 /// `{1}`, `{2}`, ... (the topic levels matched by the filter's `+` and `#`,
@@ -19,7 +39,7 @@ enum TemplatePart {
 
 impl Template {
     /// Parses `text`; `captures` is how many wildcards the filter has.
-    pub fn parse(text: &str, captures: usize) -> Result<Template, String> {
+    pub fn parse(text: &str, captures: usize) -> Result<Template, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
@@ -29,7 +49,7 @@ impl Template {
             let after = &rest[open + 1..];
             let close = after
                 .find('}')
-                .ok_or_else(|| format!("unclosed `{{` in \"{text}\""))?;
+                .ok_or_else(|| TemplateError::Unclosed(text.to_owned()))?;
             let field = &after[..close];
             parts.push(match field {
                 "name" => TemplatePart::Name,
@@ -37,14 +57,17 @@ impl Template {
                 n => match n.parse::<usize>() {
                     Ok(i) if (1..=captures).contains(&i) => TemplatePart::Capture(i),
                     Ok(i) => {
-                        return Err(format!(
-                            "{{{i}}} in \"{text}\": the filter has {captures} wildcard level(s)"
-                        ));
+                        return Err(TemplateError::NoSuchLevel {
+                            level: i,
+                            text: text.to_owned(),
+                            captures,
+                        });
                     }
                     Err(_) => {
-                        return Err(format!(
-                            "unknown field {{{field}}} in \"{text}\" (expected {{name}}, {{topic}} or {{1}}, {{2}}, ...)"
-                        ));
+                        return Err(TemplateError::UnknownField {
+                            field: field.to_owned(),
+                            text: text.to_owned(),
+                        });
                     }
                 },
             });
@@ -54,7 +77,7 @@ impl Template {
             parts.push(TemplatePart::Text(rest.to_owned()));
         }
         if parts.is_empty() {
-            return Err("must not be empty".into());
+            return Err(TemplateError::Empty);
         }
         Ok(Template(parts))
     }

@@ -4,6 +4,9 @@
 //! poll after it, never skipping or repeating: a poll has no await point, so
 //! it either runs to completion or does not start. `series = N` adds N
 //! synthetic gauges, metric `gauge` with label `i` = "0".."N-1".
+//!
+//! Owns: the counter of one device and its series (`config.rs`: its
+//! settings). May touch: `crate::reading` only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -385,35 +385,59 @@ impl RawSnmp {
 }
 
 /// Parses a numeric OID such as `1.3.6.1.2.1.1.3.0` (a leading dot is allowed).
-pub fn parse_oid(text: &str) -> Result<Vec<u32>, String> {
+pub fn parse_oid(text: &str) -> Result<Vec<u32>, OidError> {
     let trimmed = text.trim().strip_prefix('.').unwrap_or(text.trim());
     if trimmed.is_empty() {
-        return Err("empty".into());
+        return Err(OidError::Empty);
     }
     let mut arcs = Vec::new();
     for (i, arc) in trimmed.split('.').enumerate() {
         let n: u32 = arc.parse().map_err(|_| {
             if arc.is_empty() {
-                format!("empty arc at position {}", i + 1)
+                OidError::EmptyArc(i + 1)
             } else if arc.chars().all(|c| c.is_ascii_digit()) {
-                format!("arc {arc} is larger than 4294967295")
+                OidError::ArcTooLarge(arc.to_owned())
             } else {
-                format!(
-                    "\"{arc}\" is not a number (only numeric OIDs are supported, e.g. 1.3.6.1.2.1.1.3.0)"
-                )
+                OidError::NotNumeric(arc.to_owned())
             }
         })?;
         arcs.push(n);
     }
     match arcs.as_slice() {
-        [_] => Err("an OID has at least two arcs".into()),
-        [first, ..] if *first > 2 => Err(format!("first arc {first} must be 0, 1 or 2")),
-        [first, second, ..] if *first < 2 && *second >= 40 => Err(format!(
-            "second arc {second} must be below 40 when the first is {first}"
-        )),
-        _ if arcs.len() > 128 => Err("more than 128 arcs".into()),
+        [_] => Err(OidError::OneArc),
+        [first, ..] if *first > 2 => Err(OidError::FirstArc(*first)),
+        [first, second, ..] if *first < 2 && *second >= 40 => Err(OidError::SecondArc {
+            first: *first,
+            second: *second,
+        }),
+        _ if arcs.len() > MAX_OID_ARCS => Err(OidError::TooLong),
         _ => Ok(arcs),
     }
+}
+
+/// Most arcs an OID may have (RFC 2578).
+const MAX_OID_ARCS: usize = 128;
+
+/// Why a text is not a numeric OID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OidError {
+    #[error("empty")]
+    Empty,
+    /// The 1-based position of an empty arc (`1..3`).
+    #[error("empty arc at position {0}")]
+    EmptyArc(usize),
+    #[error("arc {0} is larger than 4294967295")]
+    ArcTooLarge(String),
+    #[error("\"{0}\" is not a number (only numeric OIDs are supported, e.g. 1.3.6.1.2.1.1.3.0)")]
+    NotNumeric(String),
+    #[error("an OID has at least two arcs")]
+    OneArc,
+    #[error("first arc {0} must be 0, 1 or 2")]
+    FirstArc(u32),
+    #[error("second arc {second} must be below 40 when the first is {first}")]
+    SecondArc { first: u32, second: u32 },
+    #[error("more than {MAX_OID_ARCS} arcs")]
+    TooLong,
 }
 
 /// The OID in dotted form.

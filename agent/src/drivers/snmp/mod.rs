@@ -14,6 +14,10 @@
 //! is not printable UTF-8), IpAddress and OBJECT IDENTIFIER strings.
 //! noSuchObject, noSuchInstance and endOfMibView fail that metric with the
 //! reason.
+//!
+//! Owns: one agent's UDP socket, request ids and v3 engine state; the BER
+//! codec (`ber.rs`), USM (`usm.rs`), value mapping (`value.rs`) and
+//! settings (`config.rs`). May touch: `crate::reading` only.
 
 pub mod ber;
 pub mod usm;
@@ -32,8 +36,8 @@ mod config;
 pub mod value;
 
 pub use self::config::{
-    SnmpAuthProtocol, SnmpConfig, SnmpMetric, SnmpPrivProtocol, SnmpSecurity, SnmpV3, SnmpWalk,
-    oid_string, parse_oid,
+    OidError, SnmpAuthProtocol, SnmpConfig, SnmpMetric, SnmpPrivProtocol, SnmpSecurity, SnmpV3,
+    SnmpWalk, oid_string, parse_oid,
 };
 
 use self::ber::{Pdu, SnmpValue, tag};

@@ -4,6 +4,9 @@
 //! Samples: `connect_seconds` always, `response_seconds` (from connect to
 //! the expected text) when `expect` is set. Every poll opens a new
 //! connection and closes it, so a cancelled poll leaves nothing behind.
+//!
+//! Owns: nothing between polls (`config.rs`: its settings). May touch:
+//! `crate::reading` only.
 
 use std::io;
 
