@@ -38,9 +38,9 @@ mod tests;
 use std::fmt;
 use std::future::Future;
 
+use self::settings::{DriverTable, EndpointLimits, Settings};
 use crate::config::{ConfigError, DeviceConfig};
 use crate::reading::{FailureKind, Polled, Sample, Value};
-use settings::{DriverTable, EndpointLimits, Settings};
 
 /// Declares the drivers: one line per driver,
 /// `Variant(settings type, driver type) = "name", "alias", ...;`, the first
