@@ -225,7 +225,9 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DriverConfig, HttpConfig, HttpFormat, JsonMetric, SimConfig};
+    use crate::drivers::DriverConfig;
+    use crate::drivers::http::{HttpConfig, HttpFormat, JsonMetric};
+    use crate::drivers::sim::SimConfig;
 
     fn device(name: &str, driver: DriverConfig) -> DeviceConfig {
         DeviceConfig {

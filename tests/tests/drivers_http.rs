@@ -506,7 +506,7 @@ async fn plain_http_prometheus_scrapes_resolve_series_once() -> Result<()> {
     for n in 1..=3u64 {
         let samples = driver.poll().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let text = tributary_tests::http_sim::metrics_body_with(n, 50);
-        let expected = tributary_agent::drivers::prometheus::parse(&text)?;
+        let expected = tributary_agent::drivers::http::prometheus::parse(&text)?;
         assert_eq!(samples.len(), expected.len());
         for (s, e) in samples.iter().zip(&expected) {
             assert_eq!((&s.metric, &s.labels), (&e.name, &e.labels));

@@ -11,10 +11,10 @@ use std::path::Path;
 use proptest::prelude::*;
 use prost::Message;
 
-use tributary_agent::config::{JsonMetric, RegisterType, WordOrder};
-use tributary_agent::config::{SnmpAuthProtocol, SnmpPrivProtocol};
-use tributary_agent::drivers::snmp::{self, ber, usm, v3};
-use tributary_agent::drivers::{http, modbus, prometheus};
+use tributary_agent::drivers::http::{JsonMetric, json, prometheus};
+use tributary_agent::drivers::modbus::{self, RegisterType, WordOrder};
+use tributary_agent::drivers::snmp::value::to_value;
+use tributary_agent::drivers::snmp::{SnmpAuthProtocol, SnmpPrivProtocol, ber, usm, v3};
 use tributary_collector::config::{self as collector_config, Flags};
 use tributary_collector::session::{self, Limits, PeerAuth, StreamSeries};
 use tributary_collector::tls;
@@ -348,9 +348,9 @@ proptest! {
         body in "[\\[\\]{}\",:0-9a-z.\\-e ]{0,120}",
         pointer in "(/[a-z0-9~]{0,3}){0,3}",
     ) {
-        if let Ok(doc) = http::parse_json(body.as_bytes()) {
+        if let Ok(doc) = json::parse_json(body.as_bytes()) {
             let metrics = [JsonMetric { name: "m".into(), pointer, unit: String::new() }];
-            prop_assert_eq!(http::extract_json(&doc, &metrics).len(), 1);
+            prop_assert_eq!(json::extract_json(&doc, &metrics).len(), 1);
         }
     }
 
@@ -406,7 +406,7 @@ fn check_snmp(bytes: &[u8]) {
     let _ = ber::message_version(bytes);
     if let Ok((_, _, pdu)) = ber::decode_v2c(bytes) {
         for (_, value) in &pdu.varbinds {
-            let _ = snmp::to_value(value);
+            let _ = to_value(value);
         }
     }
     let _ = usm::decode(bytes);
@@ -508,7 +508,7 @@ fn the_snmp_sample_decodes_with_every_value() {
     assert_eq!(community, b"public");
     assert_eq!(pdu.varbinds.len(), 10);
     for (_, value) in &pdu.varbinds {
-        let _ = snmp::to_value(value);
+        let _ = to_value(value);
     }
 }
 

@@ -3,8 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tributary_agent::config::JsonMetric;
-use tributary_agent::drivers::http;
+use tributary_agent::drivers::http::{JsonMetric, json};
 
 fuzz_target!(|data: &[u8]| {
     let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
@@ -12,12 +11,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(pointer) = std::str::from_utf8(pointer) else {
         return;
     };
-    if let Ok(doc) = http::parse_json(body) {
+    if let Ok(doc) = json::parse_json(body) {
         let metrics = [JsonMetric {
             name: "m".into(),
             pointer: pointer.to_owned(),
             unit: String::new(),
         }];
-        assert_eq!(http::extract_json(&doc, &metrics).len(), 1);
+        assert_eq!(json::extract_json(&doc, &metrics).len(), 1);
     }
 });

@@ -4,8 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tributary_agent::config::{RegisterType, WordOrder};
-use tributary_agent::drivers::modbus;
+use tributary_agent::drivers::modbus::{self, RegisterType, WordOrder};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else {

@@ -8,8 +8,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tributary_agent::config::{SnmpAuthProtocol, SnmpPrivProtocol};
-use tributary_agent::drivers::snmp::{self, ber, usm, v3};
+use tributary_agent::drivers::snmp::value::to_value;
+use tributary_agent::drivers::snmp::{SnmpAuthProtocol, SnmpPrivProtocol, ber, usm, v3};
 
 const ENGINE: &[u8] = b"\x80\x00\x1f\x88\x80fuzz";
 
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = ber::message_version(data);
     if let Ok((_, _, pdu)) = ber::decode_v2c(data) {
         for (_, value) in &pdu.varbinds {
-            let _ = snmp::to_value(value);
+            let _ = to_value(value);
         }
     }
     if let Ok(m) = usm::decode(data) {
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         let mut engine = v3::Engine::discovered(ENGINE.to_vec(), 0, 0, Some(keys().clone()));
         if let Ok(v3::Verified::Response(pdu)) = v3::check(&mut engine, b"fuzz", &m, data, 7) {
             for (_, value) in &pdu.varbinds {
-                let _ = snmp::to_value(value);
+                let _ = to_value(value);
             }
         }
     }

@@ -12,7 +12,8 @@
 //! Device tables are split by driver: the keys every device has (`name`,
 //! `driver`, `interval`, `timeout`, `backoff_max`) are read here, and the
 //! remaining keys are deserialized into the struct of the chosen driver
-//! ([`drivers`]), so an `url` on a sim device is an unknown key.
+//! (each driver's `config.rs`, reached through the registry in
+//! [`crate::drivers`]), so an `url` on a sim device is an unknown key.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -24,8 +25,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use tracing::warn;
 
-mod drivers;
-pub use drivers::*;
+use crate::drivers::DriverConfig;
+use crate::drivers::settings::DriverTable;
 
 /// Default for [`AgentConfig::max_concurrency`].
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
@@ -374,7 +375,7 @@ fn add_devices(
 }
 
 /// The text being parsed and its name, for error messages.
-struct Source<'a> {
+pub(crate) struct Source<'a> {
     /// The part of the file being parsed; spans are relative to it.
     text: &'a str,
     /// Where `text` starts in the file.
@@ -402,11 +403,11 @@ fn line_starts(text: &str) -> Vec<usize> {
 }
 
 /// How to phrase deserialization errors of one table.
-struct DeContext<'a> {
+pub(crate) struct DeContext<'a> {
     /// Keys the table may hold that the `Raw*` struct does not list.
-    extra_keys: &'a [&'a str],
+    pub(crate) extra_keys: &'a [&'a str],
     /// Appended to "unknown key" and "missing key" messages, e.g. " for driver http".
-    what: &'a str,
+    pub(crate) what: &'a str,
 }
 
 impl Source<'_> {
@@ -417,7 +418,7 @@ impl Source<'_> {
         self.line_starts.partition_point(|&start| start <= end)
     }
 
-    fn error(
+    pub(crate) fn error(
         &self,
         span: Range<usize>,
         key: impl Into<String>,
@@ -432,7 +433,7 @@ impl Source<'_> {
     }
 
     /// A non-empty path from the file, resolved against the file's directory.
-    fn path(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+    pub(crate) fn path(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
         let text = value.get_ref();
         if text.trim().is_empty() {
             return Err(self.error(value.span(), key, "path must not be empty"));
@@ -575,7 +576,7 @@ fn locate_table(value: &DeValue<'_>, span: &Range<usize>, prefix: &str) -> Optio
 }
 
 /// Deserializes a spanned table into `T`, locating errors below `prefix`.
-fn deserialize_table<'i, T: Deserialize<'i>>(
+pub(crate) fn deserialize_table<'i, T: Deserialize<'i>>(
     src: &Source<'_>,
     table: DeTable<'i>,
     span: Range<usize>,
@@ -676,7 +677,14 @@ fn parse_device(
             backoff_max
         }
     };
-    let driver = drivers::parse_driver(src, &raw.driver, rest, span, &key, DEVICE_COMMON_KEYS)?;
+    let driver = crate::drivers::parse_driver(DriverTable {
+        src,
+        driver: &raw.driver,
+        table: rest,
+        span,
+        key: &key,
+        common_keys: DEVICE_COMMON_KEYS,
+    })?;
     Ok((
         raw.name.span(),
         DeviceConfig {
@@ -689,7 +697,7 @@ fn parse_device(
     ))
 }
 
-fn parse_duration(
+pub(crate) fn parse_duration(
     src: &Source<'_>,
     value: &Spanned<String>,
     key: &str,
@@ -704,7 +712,7 @@ fn parse_duration(
 }
 
 /// Checks that `value` is an absolute `http://` or `https://` URL.
-fn check_http_url(
+pub(crate) fn check_http_url(
     src: &Source<'_>,
     value: &Spanned<String>,
     key: &str,
@@ -730,7 +738,7 @@ fn check_http_url(
 }
 
 /// Checks that a metric name is non-empty and unique within its device.
-fn check_metric_name<'a>(
+pub(crate) fn check_metric_name<'a>(
     src: &Source<'_>,
     seen: &mut HashMap<&'a str, usize>,
     name: &'a Spanned<String>,
@@ -1037,6 +1045,9 @@ struct RawDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::http::{HttpAuth, HttpConfig, HttpFormat, JsonMetric};
+    use crate::drivers::modbus::{ModbusMetric, RegisterKind, RegisterType, WordOrder};
+    use crate::drivers::sim::SimConfig;
 
     const HEAD: &str = "id = \"edge-1\"\ncollectors = [\"http://127.0.0.1:7400\"]\n";
 

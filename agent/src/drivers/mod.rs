@@ -1,28 +1,225 @@
 //! Device drivers: each speaks one device protocol and turns one poll into
 //! samples or a typed [`PollError`].
 //!
+//! Owns: one folder per driver (`sim/`, `http/`, `modbus/`, `snmp/`,
+//! `mqtt/`, `tcp/`, `exec/`), each holding that driver's settings (its
+//! `Raw*` TOML structs, their validation and the validated type), its
+//! runtime and its tests; and the registry below, the one other place a
+//! driver is named. May touch: `crate::config` for the generic TOML
+//! machinery (located errors, durations, URLs, metric names) and
+//! `crate::reading` for what a poll produces. Nothing else: the scheduler
+//! and `check` call drivers through [`Driver`] only.
+//!
 //! [`Driver`] dispatches over an enum rather than a trait object, so `poll`
 //! is a plain `async fn` with no boxing. The scheduler runs every poll under
 //! `tokio::time::timeout` and may drop the poll future at any await point:
 //! a driver that keeps a connection takes it out of `self` before a request
 //! and puts it back only after a complete, well-framed answer, so a
 //! cancelled request never leaves a half-read connection behind.
+//!
+//! Adding a driver: a folder `drivers/<name>/` whose settings implement
+//! [`settings::Settings`] and whose driver implements [`Poller`], its
+//! `mod` line, and one line in the `registry!` call below.
 
 pub mod exec;
 pub mod http;
-pub mod http_plain;
-mod json_subset;
 pub mod modbus;
 pub mod mqtt;
-pub mod prometheus;
+pub mod settings;
 pub mod sim;
 pub mod snmp;
 pub mod tcp;
 
-use std::fmt;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 
-use crate::config::{DeviceConfig, DriverConfig};
+use std::fmt;
+use std::future::Future;
+
+use self::settings::{DriverTable, EndpointLimits, Settings};
+use crate::config::{ConfigError, DeviceConfig};
 use crate::reading::{FailureKind, Polled, Sample, Value};
+
+/// Declares the drivers: one line per driver,
+/// `Variant(settings type, driver type) = "name", "alias", ...;`, the first
+/// name being the one [`DriverConfig::name`] reports. From those lines it
+/// builds [`DRIVERS`], [`DriverConfig`] and its `name`/`endpoint`,
+/// [`parse_driver`]'s dispatch, and [`Driver`] with its `build`, `poll` and
+/// `failed` dispatch.
+macro_rules! registry {
+    ($( $variant:ident($settings:ty, $driver:ty) = $name:literal $(, $alias:literal)*; )+) => {
+        /// The drivers a device may name in `driver = "..."`.
+        pub const DRIVERS: &[&str] = &[$( $name, $($alias,)* )+];
+
+        /// Protocol-specific settings of a device.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum DriverConfig {
+            $( $variant($settings), )+
+        }
+
+        impl DriverConfig {
+            /// The name used in `driver = "..."` (`driver = "prometheus"`
+            /// reads as `http` with `format = "prometheus"`).
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( DriverConfig::$variant(_) => $name, )+
+                }
+            }
+
+            /// The shared endpoint this device's polls are paced on, if any
+            /// (a Modbus gateway serves many devices and wants few requests
+            /// at once).
+            pub fn endpoint(&self) -> Option<EndpointLimits> {
+                match self {
+                    $( DriverConfig::$variant(s) => Settings::endpoint(s), )+
+                }
+            }
+        }
+
+        /// Parses the driver-specific keys of one device (every common key
+        /// removed) for the driver `table.driver` names.
+        pub(crate) fn parse_driver(table: DriverTable<'_, '_>) -> Result<DriverConfig, ConfigError> {
+            Ok(match table.driver.get_ref().as_str() {
+                $( $name $(| $alias)* => DriverConfig::$variant(<$settings as Settings>::parse(table)?), )+
+                _ => return Err(table.unknown_driver(DRIVERS)),
+            })
+        }
+
+        /// A device driver, ready to poll.
+        #[derive(Debug)]
+        pub enum Driver {
+            $( $variant($driver), )+
+        }
+
+        impl Driver {
+            /// Builds the driver for one device. Connects to nothing:
+            /// connections are made by the first poll.
+            pub fn build(cfg: &DeviceConfig) -> Result<Driver, BuildError> {
+                Ok(match &cfg.driver {
+                    $( DriverConfig::$variant(s) => Driver::$variant(<$driver as Poller>::build(s, cfg)?), )+
+                })
+            }
+
+            /// Polls the device once: values on the driver's own series
+            /// where it resolves them (no names allocated per poll), samples
+            /// otherwise.
+            ///
+            /// This future is part of every idle device task's memory, so a
+            /// driver whose poll future is large boxes it in its
+            /// [`Poller::poll`] (all but sim and HTTP do), keeping this one
+            /// the size of the largest inline one.
+            pub async fn poll_values(&mut self) -> Result<Polled, PollError> {
+                match self {
+                    $( Driver::$variant(d) => Poller::poll(d).await, )+
+                }
+            }
+
+            /// One failed value per metric of [`Driver::metric_names`], on
+            /// the series each metric has when it succeeds (so a failure
+            /// lands on the same series as the values).
+            pub fn failed(&self, kind: FailureKind, message: &str) -> Polled {
+                match self {
+                    $( Driver::$variant(d) => Poller::failed(d, kind, message), )+
+                }
+            }
+        }
+    };
+}
+
+registry! {
+    Sim(sim::SimConfig, sim::SimDriver) = "sim";
+    Http(http::HttpConfig, http::HttpDriver) = "http", "prometheus";
+    Modbus(modbus::ModbusConfig, modbus::ModbusDriver) = "modbus";
+    Snmp(snmp::SnmpConfig, Box<snmp::SnmpDriver>) = "snmp";
+    Mqtt(mqtt::MqttConfig, mqtt::MqttDriver) = "mqtt";
+    Tcp(tcp::TcpConfig, tcp::TcpDriver) = "tcp";
+    Exec(exec::ExecConfig, exec::ExecDriver) = "exec";
+}
+
+/// What a driver does, as the registry calls it.
+pub(crate) trait Poller: Sized {
+    /// The driver's validated settings.
+    type Settings;
+
+    /// Builds the driver for `device` (whose `driver` field holds
+    /// `settings`; its name and timeout are there too). Connects to nothing.
+    fn build(settings: &Self::Settings, device: &DeviceConfig) -> Result<Self, BuildError>;
+
+    /// Polls the device once. A driver whose future is large boxes it here
+    /// (see [`Driver::poll_values`]).
+    fn poll(&mut self) -> impl Future<Output = Result<Polled, PollError>> + Send;
+
+    /// What a failed poll reports: one failed value per metric, on the
+    /// series the metric has when it succeeds (see [`failed_metrics`]).
+    fn failed(&self, kind: FailureKind, message: &str) -> Polled;
+}
+
+/// A boxed driver is a driver: a registry line may box a driver whose
+/// state would make every [`Driver`] large.
+impl<P: Poller> Poller for Box<P> {
+    type Settings = P::Settings;
+
+    fn build(settings: &Self::Settings, device: &DeviceConfig) -> Result<Self, BuildError> {
+        P::build(settings, device).map(Box::new)
+    }
+
+    fn poll(&mut self) -> impl Future<Output = Result<Polled, PollError>> + Send {
+        P::poll(self)
+    }
+
+    fn failed(&self, kind: FailureKind, message: &str) -> Polled {
+        P::failed(self, kind, message)
+    }
+}
+
+impl Driver {
+    /// Polls the device once, as named samples (for `check` and tests).
+    pub async fn poll(&mut self) -> Result<Vec<Sample>, PollError> {
+        self.poll_values().await.map(Polled::into_samples)
+    }
+
+    /// The metrics a failed poll reports as failed (for a Prometheus scrape,
+    /// whose metrics are unknown in advance, `scrape`; none for MQTT).
+    pub fn metric_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for s in self.failure_samples(FailureKind::Error, "") {
+            if !names.contains(&s.metric) {
+                names.push(s.metric);
+            }
+        }
+        names
+    }
+
+    /// [`Driver::failed`] as named samples.
+    pub fn failure_samples(&self, kind: FailureKind, message: &str) -> Vec<Sample> {
+        self.failed(kind, message).into_samples()
+    }
+}
+
+/// One failed sample per `(metric, unit)`, for drivers that name their
+/// metrics as samples.
+pub(crate) fn failed_metrics<'a>(
+    metrics: impl Iterator<Item = (&'a str, &'a str)>,
+    kind: FailureKind,
+    message: &str,
+) -> Polled {
+    Polled::Samples(
+        metrics
+            .map(|(metric, unit)| Sample {
+                unit: unit.to_owned(),
+                ..Sample::new(
+                    metric,
+                    Value::Failed {
+                        kind,
+                        message: message.to_owned(),
+                    },
+                )
+            })
+            .collect(),
+    )
+}
 
 /// Why a whole poll produced no samples.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,104 +271,6 @@ pub enum BuildError {
         path: std::path::PathBuf,
         message: String,
     },
-}
-
-/// A device driver, ready to poll.
-#[derive(Debug)]
-pub enum Driver {
-    Sim(sim::SimDriver),
-    Http(http::HttpDriver),
-    Modbus(modbus::ModbusDriver),
-    Snmp(Box<snmp::SnmpDriver>),
-    Mqtt(mqtt::MqttDriver),
-    Tcp(tcp::TcpDriver),
-    Exec(exec::ExecDriver),
-}
-
-impl Driver {
-    /// Builds the driver for one device. Connects to nothing: connections
-    /// are made by the first poll.
-    pub fn build(cfg: &DeviceConfig) -> Result<Driver, BuildError> {
-        Ok(match &cfg.driver {
-            DriverConfig::Sim(c) => Driver::Sim(sim::SimDriver::new(c, &cfg.name)),
-            DriverConfig::Http(c) => {
-                Driver::Http(http::HttpDriver::new(c, cfg.timeout, &cfg.name)?)
-            }
-            DriverConfig::Modbus(c) => Driver::Modbus(modbus::ModbusDriver::new(c)),
-            DriverConfig::Snmp(c) => Driver::Snmp(Box::new(snmp::SnmpDriver::new(c, cfg.timeout))),
-            DriverConfig::Mqtt(c) => Driver::Mqtt(mqtt::MqttDriver::new(c, &cfg.name, cfg.timeout)),
-            DriverConfig::Tcp(c) => Driver::Tcp(tcp::TcpDriver::new(c)),
-            DriverConfig::Exec(c) => Driver::Exec(exec::ExecDriver::new(c)),
-        })
-    }
-
-    /// Polls the device once: values on the driver's own series where it
-    /// resolves them (no names allocated per poll), samples otherwise.
-    ///
-    /// The HTTP poll runs inline; the other drivers' poll futures are boxed
-    /// (allocated for the duration of a poll), so this future, which is
-    /// part of every idle device task's memory, stays the size of the HTTP
-    /// one rather than of the largest driver's.
-    pub async fn poll_values(&mut self) -> Result<Polled, PollError> {
-        Ok(match self {
-            Driver::Sim(d) => Polled::Readings(d.poll()),
-            Driver::Http(d) => d.poll().await?,
-            Driver::Modbus(d) => Polled::Samples(Box::pin(d.poll()).await?),
-            Driver::Snmp(d) => Polled::Samples(Box::pin(d.poll()).await?),
-            Driver::Mqtt(d) => Polled::Samples(Box::pin(d.poll()).await?),
-            Driver::Tcp(d) => Polled::Samples(Box::pin(d.poll()).await?),
-            Driver::Exec(d) => Polled::Samples(Box::pin(d.poll()).await?),
-        })
-    }
-
-    /// Polls the device once, as named samples (for `check` and tests).
-    pub async fn poll(&mut self) -> Result<Vec<Sample>, PollError> {
-        self.poll_values().await.map(Polled::into_samples)
-    }
-
-    /// The metrics a failed poll reports as failed (for a Prometheus scrape,
-    /// whose metrics are unknown in advance, `scrape`; none for MQTT).
-    pub fn metric_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for s in self.failure_samples(FailureKind::Error, "") {
-            if !names.contains(&s.metric) {
-                names.push(s.metric);
-            }
-        }
-        names
-    }
-
-    /// One failed value per metric of [`Driver::metric_names`], on the
-    /// series each metric has when it succeeds (so a failure lands on the
-    /// same series as the values).
-    pub fn failed(&self, kind: FailureKind, message: &str) -> Polled {
-        let failed = |metric: &str, unit: &str| Sample {
-            unit: unit.to_owned(),
-            ..Sample::new(
-                metric,
-                Value::Failed {
-                    kind,
-                    message: message.to_owned(),
-                },
-            )
-        };
-        Polled::Samples(match self {
-            Driver::Sim(d) => return Polled::Readings(d.failed(kind, message)),
-            Driver::Http(d) => return Polled::Readings(d.failed(kind, message)),
-            Driver::Modbus(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
-            Driver::Snmp(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
-            // Its devices and metrics come from topics: the `up` series of
-            // the subscription carries the failure.
-            Driver::Mqtt(_) => Vec::new(),
-            Driver::Tcp(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
-            Driver::Exec(d) => d.metrics().map(|(name, unit)| failed(name, unit)).collect(),
-        })
-    }
-
-    /// [`Driver::failed`] as named samples.
-    pub fn failure_samples(&self, kind: FailureKind, message: &str) -> Vec<Sample> {
-        self.failed(kind, message).into_samples()
-    }
 }
 
 /// `err` and its sources joined with `: `, skipping a source whose text the

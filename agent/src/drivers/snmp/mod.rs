@@ -16,6 +16,10 @@
 //! is not printable UTF-8), IpAddress and OBJECT IDENTIFIER strings.
 //! noSuchObject, noSuchInstance and endOfMibView fail that metric with the
 //! reason.
+//!
+//! Owns: one agent's UDP socket, request ids and v3 engine state; the BER
+//! codec (`ber.rs`), USM (`usm.rs`), value mapping (`value.rs`) and
+//! settings (`config.rs`). May touch: `crate::reading` only.
 
 pub mod ber;
 pub mod usm;
@@ -31,11 +35,20 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tracing::debug;
 
+mod config;
+pub mod value;
+
+pub use self::config::{
+    OidError, SnmpAuthProtocol, SnmpConfig, SnmpMetric, SnmpPrivProtocol, SnmpSecurity, SnmpV3,
+    SnmpWalk, oid_string, parse_oid,
+};
+
 use self::ber::{Pdu, SnmpValue, tag};
 use self::v3::Engine;
-use super::PollError;
-use crate::config::{SnmpConfig, SnmpSecurity, oid_string};
-use crate::reading::{FailureKind, Sample, Value};
+use self::value::{failed, to_value};
+use super::{BuildError, PollError, Poller, failed_metrics};
+use crate::config::DeviceConfig;
+use crate::reading::{FailureKind, Polled, Sample};
 
 /// Most varbinds in one GET (larger lists are split).
 const MAX_GET_VARBINDS: usize = 32;
@@ -335,7 +348,7 @@ impl SnmpDriver {
         socket: &UdpSocket,
         addr: SocketAddr,
         req: &Request<'_>,
-        v3: &crate::config::SnmpV3,
+        v3: &SnmpV3,
     ) -> Result<Pdu, PollError> {
         let address = self.cfg.address.clone();
         for round in 0..4 {
@@ -420,7 +433,7 @@ impl SnmpDriver {
         &mut self,
         socket: &UdpSocket,
         addr: SocketAddr,
-        v3: &crate::config::SnmpV3,
+        v3: &SnmpV3,
     ) -> Result<(), PollError> {
         let id = self.fresh_id();
         let pdu = ber::encode_pdu(tag::GET, id, 0, 0, &[]);
@@ -563,82 +576,26 @@ fn report_error(address: &str, user: &str, oid: &[u32], what: &str) -> PollError
     PollError::error(format!("snmp {address}: {what}: agent reported {reason}"))
 }
 
-fn failed(message: String) -> Value {
-    Value::Failed {
-        kind: FailureKind::Error,
-        message,
-    }
-}
+impl Poller for SnmpDriver {
+    type Settings = SnmpConfig;
 
-/// The reading for one varbind value.
-pub fn to_value(v: &SnmpValue) -> Value {
-    match v {
-        SnmpValue::Int(i) => Value::I64(*i),
-        SnmpValue::Counter32(n) | SnmpValue::Gauge32(n) | SnmpValue::TimeTicks(n) => {
-            Value::I64(i64::from(*n))
-        }
-        SnmpValue::Counter64(n) => i64::try_from(*n)
-            .map(Value::I64)
-            .unwrap_or(Value::F64(*n as f64)),
-        SnmpValue::Octets(b) => Value::Str(text_or_hex(b)),
-        SnmpValue::Opaque(b) => Value::Str(hex(b)),
-        SnmpValue::IpAddress(a) => Value::Str(std::net::Ipv4Addr::from(*a).to_string()),
-        SnmpValue::Oid(o) => Value::Str(oid_string(o)),
-        SnmpValue::Null => failed("agent answered NULL".into()),
-        SnmpValue::NoSuchObject => failed("no such object (bad OID?)".into()),
-        SnmpValue::NoSuchInstance => {
-            failed("no such instance (bad OID? scalar OIDs end in .0)".into())
-        }
-        SnmpValue::EndOfMibView => failed("end of MIB view".into()),
+    fn build(settings: &SnmpConfig, device: &DeviceConfig) -> Result<Self, BuildError> {
+        Ok(SnmpDriver::new(settings, device.timeout))
     }
-}
 
-/// Printable UTF-8 as is, anything else as `aa:bb:cc`.
-fn text_or_hex(b: &[u8]) -> String {
-    match std::str::from_utf8(b) {
-        Ok(s)
-            if s.chars()
-                .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t')) =>
-        {
-            s.trim_end_matches('\0').to_owned()
-        }
-        _ => hex(b),
+    /// Boxed: the poll future is large (see [`super::Driver::poll_values`]).
+    async fn poll(&mut self) -> Result<Polled, PollError> {
+        Ok(Polled::Samples(Box::pin(SnmpDriver::poll(self)).await?))
     }
-}
 
-fn hex(b: &[u8]) -> String {
-    let parts: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
-    parts.join(":")
+    fn failed(&self, kind: FailureKind, message: &str) -> Polled {
+        failed_metrics(self.metrics(), kind, message)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SnmpMetric;
-
-    #[test]
-    fn values_map_to_readings() {
-        assert_eq!(
-            to_value(&SnmpValue::Counter64(u64::MAX)),
-            Value::F64(u64::MAX as f64)
-        );
-        assert_eq!(to_value(&SnmpValue::Counter64(5)), Value::I64(5));
-        assert_eq!(
-            to_value(&SnmpValue::Octets(b"eth0".to_vec())),
-            Value::Str("eth0".into())
-        );
-        assert_eq!(
-            to_value(&SnmpValue::Octets(vec![0, 0x1a, 0xff])),
-            Value::Str("00:1a:ff".into())
-        );
-        assert_eq!(
-            to_value(&SnmpValue::IpAddress([10, 0, 0, 1])),
-            Value::Str("10.0.0.1".into())
-        );
-        assert!(
-            matches!(to_value(&SnmpValue::NoSuchObject), Value::Failed { message, .. } if message.contains("bad OID"))
-        );
-    }
 
     fn driver(addr: SocketAddr) -> SnmpDriver {
         SnmpDriver::new(

@@ -9,7 +9,7 @@ use ring::{digest, hmac};
 use subtle::ConstantTimeEq;
 
 use super::ber::{self, DecodeError, Pdu, Reader, tag};
-use crate::config::{SnmpAuthProtocol, SnmpPrivProtocol};
+use super::{SnmpAuthProtocol, SnmpPrivProtocol};
 
 /// msgFlags bits.
 pub const FLAG_AUTH: u8 = 0x01;

@@ -14,7 +14,7 @@ use tokio::net::UdpSocket;
 use super::super::SnmpDriver;
 use super::super::ber::{self, tag};
 use super::super::usm::{self, Keys, Outgoing, ScopedData};
-use crate::config::{
+use crate::drivers::snmp::{
     SnmpAuthProtocol, SnmpConfig, SnmpMetric, SnmpPrivProtocol, SnmpSecurity, SnmpV3,
 };
 use crate::reading::Value;

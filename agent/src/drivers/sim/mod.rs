@@ -4,12 +4,20 @@
 //! poll after it, never skipping or repeating: a poll has no await point, so
 //! it either runs to completion or does not start. `series = N` adds N
 //! synthetic gauges, metric `gauge` with label `i` = "0".."N-1".
+//!
+//! Owns: the counter of one device and its series (`config.rs`: its
+//! settings). May touch: `crate::reading` only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::SimConfig;
-use crate::reading::{FailureKind, Reading, SeriesKey, Value, series, series_with};
+mod config;
+
+pub use self::config::SimConfig;
+
+use super::{BuildError, PollError, Poller};
+use crate::config::DeviceConfig;
+use crate::reading::{FailureKind, Polled, Reading, SeriesKey, Value, series, series_with};
 
 /// State of one simulated device.
 #[derive(Debug)]
@@ -64,6 +72,23 @@ impl SimDriver {
             )
         }));
         out
+    }
+}
+
+impl Poller for SimDriver {
+    type Settings = SimConfig;
+
+    fn build(settings: &SimConfig, device: &DeviceConfig) -> Result<Self, BuildError> {
+        Ok(SimDriver::new(settings, &device.name))
+    }
+
+    /// Inline: the future holds no more than `self`.
+    async fn poll(&mut self) -> Result<Polled, PollError> {
+        Ok(Polled::Readings(SimDriver::poll(self)))
+    }
+
+    fn failed(&self, kind: FailureKind, message: &str) -> Polled {
+        Polled::Readings(SimDriver::failed(self, kind, message))
     }
 }
 

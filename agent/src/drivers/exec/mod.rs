@@ -6,6 +6,10 @@
 //! so a hanging program never outlives its poll. Output beyond
 //! [`MAX_OUTPUT_BYTES`] fails the poll; a non-zero exit fails it with the
 //! status and the last line of standard error.
+//!
+//! Owns: the child process of the poll in flight (`config.rs`: its
+//! settings). May touch: `crate::reading` and the HTTP driver's body formats
+//! (`drivers::http::{json, prometheus}`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,9 +17,14 @@ use std::process::Stdio;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use super::{PollError, http, prometheus};
-use crate::config::{ExecConfig, HttpFormat};
-use crate::reading::{Sample, Value};
+mod config;
+
+pub use self::config::ExecConfig;
+
+use super::http::{HttpFormat, json, prometheus};
+use super::{BuildError, PollError, Poller, failed_metrics};
+use crate::config::DeviceConfig;
+use crate::reading::{FailureKind, Polled, Sample, Value};
 
 /// Largest standard output a poll reads.
 pub const MAX_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
@@ -117,9 +126,9 @@ impl ExecDriver {
         }
         match self.cfg.format {
             HttpFormat::Json => {
-                let doc = http::parse_json(&stdout)
+                let doc = json::parse_json(&stdout)
                     .map_err(|e| PollError::error(format!("{shown}: output is {}", e.message)))?;
-                Ok(http::extract_json(&doc, &self.cfg.metrics))
+                Ok(json::extract_json(&doc, &self.cfg.metrics))
             }
             HttpFormat::Prometheus => {
                 let text = std::str::from_utf8(&stdout)
@@ -152,13 +161,29 @@ fn resolve(command: &Path) -> PathBuf {
         .unwrap_or_else(|| command.to_owned())
 }
 
+impl Poller for ExecDriver {
+    type Settings = ExecConfig;
+
+    fn build(settings: &ExecConfig, _: &DeviceConfig) -> Result<Self, BuildError> {
+        Ok(ExecDriver::new(settings))
+    }
+
+    /// Boxed: the poll future is large (see [`super::Driver::poll_values`]).
+    async fn poll(&mut self) -> Result<Polled, PollError> {
+        Ok(Polled::Samples(Box::pin(ExecDriver::poll(self)).await?))
+    }
+
+    fn failed(&self, kind: FailureKind, message: &str) -> Polled {
+        failed_metrics(self.metrics(), kind, message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::JsonMetric;
-    use crate::reading::FailureKind;
+    use crate::drivers::http::JsonMetric;
 
     fn exec(command: &str, args: &[&str], format: HttpFormat) -> ExecDriver {
         ExecDriver::new(&ExecConfig {

@@ -1,7 +1,7 @@
 //! The HTTP driver: one GET per poll, the body read as JSON (values picked
 //! by JSON pointer) or as Prometheus text (every sample kept).
 //!
-//! Plain `http://` devices go through [`http_plain`]: one keep-alive
+//! Plain `http://` devices go through [`plain`]: one keep-alive
 //! connection per device and a request built once. HTTPS, a device's own CA
 //! and URLs with credentials in them go through reqwest, which keeps idle
 //! keep-alive connections in its pool and discards a connection whose
@@ -13,17 +13,32 @@
 //! Series are resolved once: a JSON device's metrics when the driver is
 //! built, a Prometheus target's series the first time a line names them
 //! (a per-device [`prometheus::SeriesCache`]), so a poll allocates no names.
+//!
+//! Owns: one HTTP device's transport and series, and the body formats
+//! (`json.rs`, `json_subset.rs`, `prometheus.rs`) that exec and mqtt reuse;
+//! `config.rs`: its settings (and `driver = "prometheus"`). May touch:
+//! `crate::reading`, reqwest and its own `plain.rs` client.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::debug;
 
-use super::http_plain::{self, PlainHttp};
-use super::json_subset::Wanted;
-use super::{BuildError, PollError, error_chain, prometheus};
-use crate::config::{HttpAuth, HttpConfig, HttpFormat, JsonMetric};
-use crate::reading::{FailureKind, Polled, Reading, Sample, SeriesKey, Value, series, series_with};
+mod config;
+pub mod json;
+mod json_subset;
+pub mod plain;
+pub mod prometheus;
+
+pub use self::config::{HttpAuth, HttpConfig, HttpFormat, JsonMetric};
+pub(crate) use self::config::{RawJsonMetric, check_pointer, json_metrics};
+
+use self::json::{json_value, parse_json};
+use self::json_subset::Wanted;
+use self::plain::PlainHttp;
+use super::{BuildError, PollError, Poller, error_chain};
+use crate::config::DeviceConfig;
+use crate::reading::{FailureKind, Polled, Reading, SeriesKey, Value, series, series_with};
 
 /// Largest response body a poll reads.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -317,7 +332,7 @@ fn timeout_error(url: &str, timeout: Duration) -> PollError {
     ))
 }
 
-fn plain_error(url: &str, e: &http_plain::FetchError) -> PollError {
+fn plain_error(url: &str, e: &plain::FetchError) -> PollError {
     PollError::error(format!("GET {url}: {}", error_chain(e)))
 }
 
@@ -335,62 +350,21 @@ fn request_error(url: &str, timeout: Duration, e: &reqwest::Error) -> PollError 
     PollError { kind, message }
 }
 
-/// Parses a JSON body; the error names line and column.
-pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, PollError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let text = e.to_string();
-        let suffix = format!(" at line {} column {}", e.line(), e.column());
-        let cause = text.strip_suffix(&suffix).unwrap_or(&text);
-        PollError::error(format!(
-            "invalid json at line {} column {}: {cause}",
-            e.line(),
-            e.column()
-        ))
-    })
-}
+impl Poller for HttpDriver {
+    type Settings = HttpConfig;
 
-/// Picks each metric out of `doc`. A metric whose pointer is missing, or
-/// points at null, an object or an array, becomes a failed sample; the
-/// others still get their values.
-pub fn extract_json(doc: &serde_json::Value, metrics: &[JsonMetric]) -> Vec<Sample> {
-    metrics
-        .iter()
-        .map(|m| Sample {
-            unit: m.unit.clone(),
-            ..Sample::new(m.name.clone(), json_value(doc, &m.pointer))
-        })
-        .collect()
-}
-
-/// The value `pointer` picks out of `doc`, or why there is none.
-fn json_value(doc: &serde_json::Value, pointer: &str) -> Value {
-    match doc.pointer(pointer) {
-        None => failed(format!("pointer {pointer} not found")),
-        Some(serde_json::Value::Number(n)) => match n.as_i64() {
-            Some(i) => Value::I64(i),
-            None => n
-                .as_f64()
-                .map(Value::F64)
-                .unwrap_or_else(|| failed(format!("pointer {pointer}: number {n} out of range"))),
-        },
-        Some(serde_json::Value::Bool(b)) => Value::Bool(*b),
-        Some(serde_json::Value::String(s)) => Value::Str(s.clone()),
-        Some(serde_json::Value::Null) => {
-            failed(format!("pointer {pointer} not found (value is null)"))
-        }
-        Some(serde_json::Value::Object(_)) => failed(format!(
-            "pointer {pointer} not found (value is an object, not a number, bool or string)"
-        )),
-        Some(serde_json::Value::Array(_)) => failed(format!(
-            "pointer {pointer} not found (value is an array, not a number, bool or string)"
-        )),
+    fn build(settings: &HttpConfig, device: &DeviceConfig) -> Result<Self, BuildError> {
+        HttpDriver::new(settings, device.timeout, &device.name)
     }
-}
 
-fn failed(message: String) -> Value {
-    Value::Failed {
-        kind: FailureKind::Error,
-        message,
+    /// Inline: the HTTP poll is the most common one, and the largest
+    /// future the registry does not box.
+    async fn poll(&mut self) -> Result<Polled, PollError> {
+        HttpDriver::poll(self).await
+    }
+
+    fn failed(&self, kind: FailureKind, message: &str) -> Polled {
+        Polled::Readings(HttpDriver::failed(self, kind, message))
     }
 }
 
@@ -412,237 +386,4 @@ fn shared_client() -> Result<reqwest::Client, reqwest::Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    impl HttpDriver {
-        /// One poll as named samples.
-        async fn poll_samples(&mut self) -> Result<Vec<Sample>, PollError> {
-            self.poll().await.map(Polled::into_samples)
-        }
-    }
-
-    fn metric(name: &str, pointer: &str) -> JsonMetric {
-        JsonMetric {
-            name: name.into(),
-            pointer: pointer.into(),
-            unit: String::new(),
-        }
-    }
-
-    #[test]
-    fn json_values_by_type() {
-        let doc: serde_json::Value = serde_json::from_str(
-            r#"{"power": 1500, "volt": 229.7, "on": true, "state": "ok",
-                "big": 18446744073709551615, "nested": {"a": [1, {"b": -2}]},
-                "null": null, "obj": {}, "arr": []}"#,
-        )
-        .expect("valid json");
-        let metrics = [
-            JsonMetric {
-                unit: "W".into(),
-                ..metric("power_w", "/power")
-            },
-            metric("volt", "/volt"),
-            metric("on", "/on"),
-            metric("state", "/state"),
-            metric("big", "/big"),
-            metric("deep", "/nested/a/1/b"),
-            metric("missing", "/nope"),
-            metric("null", "/null"),
-            metric("obj", "/obj"),
-            metric("arr", "/arr"),
-        ];
-        let samples = extract_json(&doc, &metrics);
-        assert_eq!(samples[0].value, Value::I64(1500));
-        assert_eq!(samples[0].unit, "W");
-        assert_eq!(samples[0].metric, "power_w");
-        assert_eq!(samples[1].value, Value::F64(229.7));
-        assert_eq!(samples[2].value, Value::Bool(true));
-        assert_eq!(samples[3].value, Value::Str("ok".into()));
-        assert_eq!(samples[4].value, Value::F64(18446744073709551615.0));
-        assert_eq!(samples[5].value, Value::I64(-2));
-        assert_eq!(
-            samples[6].value,
-            Value::Failed {
-                kind: FailureKind::Error,
-                message: "pointer /nope not found".into()
-            }
-        );
-        for s in &samples[7..] {
-            assert!(
-                matches!(&s.value, Value::Failed { kind: FailureKind::Error, message } if message.starts_with(&format!("pointer /{} not found", s.metric))),
-                "{s:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn invalid_json_names_position() {
-        let e = parse_json(b"{\"a\": tru}").expect_err("invalid json");
-        assert_eq!(e.kind, FailureKind::Error);
-        assert!(
-            e.message
-                .starts_with("invalid json at line 1 column 10: expected ident"),
-            "{e}"
-        );
-    }
-
-    /// Serves `response` verbatim to every connection on 127.0.0.1:0.
-    async fn serve(response: String) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let response = response.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut seen = Vec::new();
-                    // Read the request head, then answer and close.
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = sock.write_all(response.as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
-        format!("http://{addr}/data")
-    }
-
-    fn response(status: &str, content_type: &str, body: &str) -> String {
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    }
-
-    fn driver(url: String, format: HttpFormat, metrics: Vec<JsonMetric>) -> HttpDriver {
-        HttpDriver::new(
-            &HttpConfig {
-                url,
-                format,
-                metrics,
-                auth: HttpAuth::None,
-                ca: None,
-            },
-            Duration::from_secs(5),
-            "test",
-        )
-        .expect("client")
-    }
-
-    #[test]
-    fn plain_connection_only_for_plain_http_urls() {
-        for (url, plain) in [
-            ("http://127.0.0.1:1/x", true),
-            ("http://dev.local:8080/x?q=1", true),
-            ("https://127.0.0.1:1/x", false),
-            ("http://u:p@127.0.0.1/x", false),
-        ] {
-            let d = driver(url.into(), HttpFormat::Json, vec![]);
-            assert_eq!(d.is_plain(), plain, "{url}");
-        }
-    }
-
-    #[tokio::test]
-    async fn json_device_end_to_end() {
-        let url = serve(response(
-            "200 OK",
-            "application/json",
-            r#"{"power": 12.5, "count": 3}"#,
-        ))
-        .await;
-        let mut d = driver(
-            url,
-            HttpFormat::Json,
-            vec![
-                metric("power", "/power"),
-                metric("count", "/count"),
-                metric("x", "/x"),
-            ],
-        );
-        let samples = d.poll_samples().await.expect("poll");
-        assert_eq!(samples[0].value, Value::F64(12.5));
-        assert_eq!(samples[1].value, Value::I64(3));
-        assert!(matches!(samples[2].value, Value::Failed { .. }));
-        // A second poll works too (fresh connection after `Connection: close`).
-        assert_eq!(d.poll_samples().await.expect("poll").len(), 3);
-    }
-
-    #[tokio::test]
-    async fn prometheus_device_end_to_end() {
-        let url = serve(response(
-            "200 OK",
-            "text/plain; version=0.0.4",
-            "# TYPE up gauge\nup{job=\"a\"} 1\nload 0.5 1700000000000\n",
-        ))
-        .await;
-        let mut d = driver(url, HttpFormat::Prometheus, vec![]);
-        let samples = d.poll_samples().await.expect("poll");
-        assert_eq!(samples.len(), 2);
-        assert_eq!(samples[0].metric, "up");
-        assert_eq!(samples[0].labels.get("job").map(String::as_str), Some("a"));
-        assert_eq!(samples[1].value, Value::F64(0.5));
-        let failed = Polled::Readings(d.failed(FailureKind::Error, "x")).into_samples();
-        assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].metric, SCRAPE_METRIC);
-    }
-
-    #[tokio::test]
-    async fn bad_answers_are_poll_errors() {
-        let url = serve(response("500 Internal Server Error", "text/plain", "boom")).await;
-        let e = driver(url.clone(), HttpFormat::Json, vec![metric("a", "/a")])
-            .poll_samples()
-            .await
-            .expect_err("500");
-        assert_eq!(
-            e.message,
-            format!("http 500 Internal Server Error from GET {url}")
-        );
-
-        let url = serve(response("200 OK", "application/json", "{\"a\": ")).await;
-        let e = driver(url, HttpFormat::Json, vec![metric("a", "/a")])
-            .poll_samples()
-            .await
-            .expect_err("truncated json");
-        assert!(
-            e.message.starts_with("invalid json at line 1 column 6"),
-            "{e}"
-        );
-
-        let url = serve(response("200 OK", "text/plain", "ok 1\nbad line\n")).await;
-        let e = driver(url, HttpFormat::Prometheus, vec![])
-            .poll_samples()
-            .await
-            .expect_err("bad text");
-        assert!(e.message.starts_with("prometheus text line 2: "), "{e}");
-    }
-
-    #[tokio::test]
-    async fn connection_refused_names_the_cause() {
-        // Bound but not listening: connections are refused, and no other
-        // test can take the port meanwhile.
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .bind("127.0.0.1:0".parse().expect("addr"))
-            .expect("bind");
-        let addr = socket.local_addr().expect("local addr");
-        let e = driver(
-            format!("http://{addr}/"),
-            HttpFormat::Json,
-            vec![metric("a", "/a")],
-        )
-        .poll_samples()
-        .await
-        .expect_err("refused");
-        assert_eq!(e.kind, FailureKind::Error);
-        assert!(e.message.contains(&addr.to_string()), "{e}");
-        assert!(e.message.to_lowercase().contains("refused"), "{e}");
-    }
-}
+mod tests;

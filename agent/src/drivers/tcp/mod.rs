@@ -4,6 +4,9 @@
 //! Samples: `connect_seconds` always, `response_seconds` (from connect to
 //! the expected text) when `expect` is set. Every poll opens a new
 //! connection and closes it, so a cancelled poll leaves nothing behind.
+//!
+//! Owns: nothing between polls (`config.rs`: its settings). May touch:
+//! `crate::reading` only.
 
 use std::io;
 
@@ -11,9 +14,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::PollError;
-use crate::config::{TCP_MAX_READ, TcpConfig};
-use crate::reading::{Sample, Value};
+mod config;
+
+pub use self::config::TcpConfig;
+
+use super::{BuildError, PollError, Poller, failed_metrics};
+use crate::config::DeviceConfig;
+use crate::reading::{FailureKind, Polled, Sample, Value};
+
+/// Most bytes a TCP probe reads while waiting for `expect`.
+pub const MAX_READ: usize = 64 * 1024;
 
 /// Metric names.
 pub const CONNECT_METRIC: &str = "connect_seconds";
@@ -99,7 +109,7 @@ async fn read_until(stream: &mut TcpStream, needle: &[u8]) -> io::Result<Reply> 
         if got.windows(needle.len().max(1)).any(|w| w == needle) {
             return Ok(Reply::Found);
         }
-        if got.len() >= TCP_MAX_READ {
+        if got.len() >= MAX_READ {
             return Ok(Reply::Missing { got, closed: false });
         }
     }
@@ -110,6 +120,23 @@ fn connect_error(address: &str, e: &io::Error) -> PollError {
         io::ErrorKind::ConnectionRefused => format!("connection refused to {address}"),
         _ => format!("cannot connect to {address}: {e}"),
     })
+}
+
+impl Poller for TcpDriver {
+    type Settings = TcpConfig;
+
+    fn build(settings: &TcpConfig, _: &DeviceConfig) -> Result<Self, BuildError> {
+        Ok(TcpDriver::new(settings))
+    }
+
+    /// Boxed: the poll future is large (see [`super::Driver::poll_values`]).
+    async fn poll(&mut self) -> Result<Polled, PollError> {
+        Ok(Polled::Samples(Box::pin(TcpDriver::poll(self)).await?))
+    }
+
+    fn failed(&self, kind: FailureKind, message: &str) -> Polled {
+        failed_metrics(self.metrics(), kind, message)
+    }
 }
 
 #[cfg(test)]

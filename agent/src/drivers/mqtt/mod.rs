@@ -13,6 +13,14 @@
 //! The latest samples sit behind a `std::sync::Mutex` rather than in the
 //! task alone, because the event loop must keep being polled (keepalives)
 //! and the lock is only held to insert or swap a map, never across an await.
+//! Besides the string interner it is the agent's only lock (ARCHITECTURE.md,
+//! "The agent has two locks"): one per MQTT device, shared by that device's
+//! task and its poll alone.
+//!
+//! Owns: one broker subscription (its task, the latest samples, the link
+//! state), topic templates (`template.rs`) and settings (`config.rs`). May
+//! touch: `crate::reading`, rumqttc, and the HTTP driver's body formats
+//! (`drivers::http::{json, prometheus}`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -28,9 +36,18 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info};
 
-use super::{PollError, http, prometheus};
-use crate::config::{JsonMetric, MqttConfig, MqttTopic, PayloadFormat};
-use crate::reading::{FailureKind, Sample, Value};
+mod config;
+mod template;
+
+pub use self::config::{
+    MqttConfig, MqttTopic, PayloadFormat, TopicFilterError, check_topic_filter,
+};
+pub use self::template::{Template, TemplateError};
+
+use super::http::{JsonMetric, json, prometheus};
+use super::{BuildError, PollError, Poller};
+use crate::config::DeviceConfig;
+use crate::reading::{FailureKind, Polled, Sample, Value};
 
 /// Largest message accepted from the broker.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
@@ -401,7 +418,7 @@ pub fn payload_samples(
             Ok(text) => parse_number(text.trim())
                 .unwrap_or_else(|| bad(format!("not a number: \"{}\"", preview(text)))),
         }),
-        PayloadFormat::Json => match http::parse_json(payload) {
+        PayloadFormat::Json => match json::parse_json(payload) {
             Err(e) => one(bad(e.message)),
             Ok(doc) => {
                 let m = JsonMetric {
@@ -409,7 +426,7 @@ pub fn payload_samples(
                     pointer: t.pointer.clone(),
                     unit: t.unit.clone(),
                 };
-                http::extract_json(&doc, std::slice::from_ref(&m))
+                json::extract_json(&doc, std::slice::from_ref(&m))
                     .into_iter()
                     .map(|mut s| {
                         if let Value::Failed { message, .. } = &mut s.value {
@@ -461,10 +478,28 @@ fn preview(text: &str) -> String {
     out.escape_debug().to_string()
 }
 
+impl Poller for MqttDriver {
+    type Settings = MqttConfig;
+
+    fn build(settings: &MqttConfig, device: &DeviceConfig) -> Result<Self, BuildError> {
+        Ok(MqttDriver::new(settings, &device.name, device.timeout))
+    }
+
+    /// Boxed: the poll future is large (see [`super::Driver::poll_values`]).
+    async fn poll(&mut self) -> Result<Polled, PollError> {
+        Ok(Polled::Samples(Box::pin(MqttDriver::poll(self)).await?))
+    }
+
+    /// Its devices and metrics come from topics: the `up` series of the
+    /// subscription carries the failure.
+    fn failed(&self, _: FailureKind, _: &str) -> Polled {
+        Polled::Samples(Vec::new())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Template;
 
     fn topic(filter: &str, metric: Option<&str>, format: PayloadFormat) -> MqttTopic {
         MqttTopic {

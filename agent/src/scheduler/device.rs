@@ -1,0 +1,316 @@
+//! One device's task: waits for its slot, takes the endpoint's and the
+//! agent's permits, polls under the device's timeout, turns the result into
+//! readings (with the `up` reading), hands them to the uplink, tracks the
+//! device's health and backs off while it keeps failing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::endpoint::{Endpoint, release_after};
+use super::timing::{backoff_delay, start_offset};
+use super::{PollStats, ReadingsTx, UP_METRIC};
+use crate::config::DeviceConfig;
+use crate::drivers::Driver;
+use crate::reading::{
+    FailureKind, Labels, Polled, Reading, SeriesKey, Value, intern, now_ns, series,
+};
+
+/// Cache key of a series within one device task.
+type LocalKey = (Option<String>, String, BTreeMap<String, String>, String);
+
+/// What a device task knows about its device's health.
+#[derive(Debug, Default)]
+struct Health {
+    /// `None` before the first poll.
+    up: Option<bool>,
+    /// Failed polls in a row.
+    failures: u32,
+    /// When the current state began.
+    since: Option<Instant>,
+    /// Whether the last poll overran its interval (to warn once per streak).
+    overrunning: bool,
+}
+
+pub(super) struct DeviceTask {
+    config: Schedule,
+    driver: Driver,
+    /// Series of drivers that return named samples, interned so readings
+    /// share one `Arc` (drivers that resolve their own series skip this).
+    series: HashMap<LocalKey, Arc<SeriesKey>>,
+    /// The device's `up` series.
+    up: Arc<SeriesKey>,
+    permits: Arc<Semaphore>,
+    endpoint: Option<Endpoint>,
+    out: ReadingsTx,
+    stats: Arc<PollStats>,
+    health: Health,
+}
+
+/// What a device task keeps of its device's configuration.
+struct Schedule {
+    name: String,
+    interval: Duration,
+    timeout: Duration,
+    backoff_max: Duration,
+}
+
+/// How long a device task waits, at shutdown, for the uplink to take its
+/// last poll.
+const SHUTDOWN_HANDOVER: Duration = Duration::from_secs(5);
+
+impl DeviceTask {
+    /// The task of one device; the task keeps the schedule, the driver holds
+    /// what it needs of the protocol settings.
+    pub(super) fn new(
+        config: DeviceConfig,
+        driver: Driver,
+        permits: Arc<Semaphore>,
+        endpoint: Option<Endpoint>,
+        out: ReadingsTx,
+        stats: Arc<PollStats>,
+    ) -> Self {
+        let DeviceConfig {
+            name,
+            interval,
+            timeout,
+            backoff_max,
+            driver: _,
+        } = config;
+        DeviceTask {
+            up: series(&name, UP_METRIC, ""),
+            config: Schedule {
+                name,
+                interval,
+                timeout,
+                backoff_max,
+            },
+            driver,
+            series: HashMap::new(),
+            permits,
+            endpoint,
+            out,
+            stats,
+            health: Health::default(),
+        }
+    }
+
+    pub(super) async fn run(mut self, start: Instant, shutdown: CancellationToken) {
+        let interval = self.config.interval;
+        let mut next = start + start_offset(interval);
+        // One registration with the token for the task's life, rather than
+        // one per await.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mut first = true;
+        loop {
+            // Shutdown first (`biased`): once it is signalled no new poll
+            // starts, even if this task's time came meanwhile. Unbiased,
+            // `select!` picks a ready branch at random, and a poll due while
+            // 10,000 tasks wake up for shutdown started anyway, 100–350 ms
+            // late: that was the lateness maximum of the `poll` bench.
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => return,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            // The endpoint first: a device waiting for its gateway must not
+            // hold one of the agent's permits meanwhile.
+            // Waiting for a permit ends at shutdown (no poll started yet).
+            let endpoint_permit = match &self.endpoint {
+                Some(e) => tokio::select! {
+                    biased;
+                    _ = &mut cancelled => return,
+                    p = e.permits.clone().acquire_owned() => match p {
+                        Ok(p) => Some((p, e.pause)),
+                        Err(_) => return,
+                    },
+                },
+                None => None,
+            };
+            let permit = tokio::select! {
+                biased;
+                _ = &mut cancelled => return,
+                p = self.permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let late = Instant::now().saturating_duration_since(next);
+            if std::mem::replace(&mut first, false) {
+                self.stats.first_lateness.record(late);
+            } else {
+                self.stats.lateness.record(late);
+            }
+            let (readings, ok) = self.poll_once().await;
+            drop(permit);
+            if let Some((p, pause)) = endpoint_permit {
+                release_after(p, pause);
+            }
+            // Hand the readings over; at shutdown wait a bounded time for
+            // room (a spool that blocks when full may never make any).
+            let slot = tokio::select! {
+                biased;
+                slot = self.out.reserve() => slot.ok(),
+                _ = &mut cancelled => {
+                    tokio::time::timeout(SHUTDOWN_HANDOVER, self.out.reserve())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+            };
+            let Some(slot) = slot else {
+                if shutdown.is_cancelled() {
+                    warn!(device = %self.config.name, readings = readings.len(), "shutdown: the uplink took no more readings; the last poll is lost");
+                }
+                return;
+            };
+            slot.send(readings);
+            let wait = if ok {
+                interval
+            } else {
+                let wait = backoff_delay(interval, self.health.failures, self.config.backoff_max);
+                let extra = (wait.as_nanos() / interval.as_nanos().max(1)).saturating_sub(1);
+                self.stats
+                    .backed_off
+                    .fetch_add(extra as u64, Ordering::Relaxed);
+                wait
+            };
+            next += wait;
+            let now = Instant::now();
+            if next <= now {
+                // The poll overran: the ticks that passed are skipped.
+                let behind = now.duration_since(next);
+                let missed = 1 + (behind.as_nanos() / interval.as_nanos().max(1)) as u64;
+                self.stats.skipped.fetch_add(missed, Ordering::Relaxed);
+                if self.health.overrunning {
+                    debug!(device = %self.config.name, missed, "poll overran its interval; skipped");
+                } else {
+                    warn!(device = %self.config.name, missed, "poll overran its interval; skipped (further overruns are logged at debug level)");
+                }
+                self.health.overrunning = true;
+                next += interval * missed as u32;
+            } else {
+                self.health.overrunning = false;
+            }
+        }
+    }
+
+    /// One poll under the device's timeout, stamped and turned into
+    /// readings (the `up` reading included); `true` when the device answered.
+    async fn poll_once(&mut self) -> (Vec<Reading>, bool) {
+        let ts_ns = now_ns();
+        let result = tokio::time::timeout(self.config.timeout, self.driver.poll_values()).await;
+        let (polled, failure) = match result {
+            Ok(Ok(polled)) => {
+                self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                (polled, None)
+            }
+            Ok(Err(e)) => {
+                self.stats.error.fetch_add(1, Ordering::Relaxed);
+                debug!(device = %self.config.name, error = %e, "poll failed");
+                (self.driver.failed(e.kind, &e.message), Some(e.message))
+            }
+            Err(_) => {
+                self.stats.timeout.fetch_add(1, Ordering::Relaxed);
+                let message = format!(
+                    "timeout after {}",
+                    humantime::format_duration(self.config.timeout)
+                );
+                debug!(device = %self.config.name, %message, "poll timed out");
+                (
+                    self.driver.failed(FailureKind::Timeout, &message),
+                    Some(message),
+                )
+            }
+        };
+        let ok = failure.is_none();
+        self.record_health(failure);
+        let mut readings = match polled {
+            Polled::Readings(mut readings) => {
+                for r in &mut readings {
+                    r.ts_ns = ts_ns;
+                }
+                readings
+            }
+            Polled::Samples(samples) => {
+                let mut readings = Vec::with_capacity(samples.len() + 1);
+                for s in samples {
+                    readings.push(Reading {
+                        series: self.intern(s.device, s.metric, s.labels, s.unit),
+                        ts_ns,
+                        value: s.value,
+                    });
+                }
+                readings
+            }
+        };
+        readings.push(Reading {
+            series: self.up.clone(),
+            ts_ns,
+            value: Value::I64(i64::from(ok)),
+        });
+        (readings, ok)
+    }
+
+    /// Updates the health after a poll and logs a change of state once.
+    fn record_health(&mut self, failure: Option<String>) {
+        let now = Instant::now();
+        let name = &self.config.name;
+        let h = &mut self.health;
+        match (h.up, failure) {
+            (Some(true), None) => {}
+            (None, None) => {
+                debug!(device = %name, "device up");
+                h.up = Some(true);
+                h.since = Some(now);
+            }
+            (Some(false), None) => {
+                let down_for = h.since.map(|s| now.duration_since(s)).unwrap_or_default();
+                info!(
+                    device = %name,
+                    down_for = %humantime::format_duration(Duration::from_secs(down_for.as_secs())),
+                    failed_polls = h.failures,
+                    "device up again"
+                );
+                h.up = Some(true);
+                h.since = Some(now);
+                h.failures = 0;
+            }
+            (Some(false), Some(_)) => h.failures = h.failures.saturating_add(1),
+            (None | Some(true), Some(cause)) => {
+                warn!(device = %name, cause = %cause, "device down (polls back off while it stays down)");
+                h.up = Some(false);
+                h.since = Some(now);
+                h.failures = 1;
+            }
+        }
+    }
+
+    fn intern(
+        &mut self,
+        device: Option<String>,
+        metric: String,
+        labels: BTreeMap<String, String>,
+        unit: String,
+    ) -> Arc<SeriesKey> {
+        let key = (device, metric, labels, unit);
+        if let Some(s) = self.series.get(&key) {
+            return s.clone();
+        }
+        let series = Arc::new(SeriesKey {
+            device: intern(key.0.as_deref().unwrap_or(&self.config.name)),
+            metric: intern(&key.1),
+            labels: Labels::from_map(&key.2),
+            unit: intern(&key.3),
+        });
+        self.series.insert(key, series.clone());
+        series
+    }
+}

@@ -1,0 +1,93 @@
+//! The scheduler: polls every device on its own interval.
+//!
+//! Each device gets one task that owns its driver, its series cache and its
+//! health, so a slow or dead device only ever delays itself. Two kinds of
+//! semaphore bound the polls in flight: one for the whole agent, and one per
+//! shared endpoint (a Modbus gateway serving many devices), taken first and
+//! held for the endpoint's pause after each poll. Scheduling uses the
+//! monotonic clock (tokio's `Instant`); the wall clock only stamps readings.
+//!
+//! Every scheduled poll has an outcome: ok, timeout, error (each yields
+//! readings), or skipped (the previous poll of the device overran its
+//! interval), which is counted. Device health is data: every poll adds an
+//! `up` reading (1 when the device answered, 0 when it failed or timed out),
+//! and a change of state is logged once (down with the cause, up again with
+//! how long it was down), not on every failed poll. A device that keeps
+//! failing backs off: after `n` failures in a row the next poll waits
+//! `interval * 2^(n-1)`, capped at the device's `backoff_max`; the first
+//! success returns it to its interval, without a restart.
+//!
+//! Lateness (how long after its scheduled time a poll starts, permits
+//! included) is recorded in [`PollStats`]; the agent logs it at shutdown.
+//!
+//! Owns: the device tasks (`device.rs`: one per device, owning its driver,
+//! its series cache and its health), the permits of shared endpoints
+//! (`endpoint.rs`), when polls start and how failing devices back off
+//! (`timing.rs`), and the outcome counters (`stats.rs`, `histogram.rs`).
+//! May touch: drivers through `crate::drivers::Driver` only, readings
+//! through `crate::reading`; it hands every poll's readings to the uplink
+//! over a bounded channel and knows nothing of the spool or the wire.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::DeviceConfig;
+use crate::drivers::Driver;
+use crate::reading::Reading;
+
+mod device;
+mod endpoint;
+mod histogram;
+mod stats;
+mod timing;
+
+#[cfg(test)]
+mod tests;
+
+pub use histogram::Histogram;
+pub use stats::{PollStats, PollSummary};
+
+use self::device::DeviceTask;
+use self::endpoint::endpoints;
+
+/// The metric of the health series every device has.
+pub const UP_METRIC: &str = "up";
+
+/// Where device tasks send their readings (one `Vec` per poll).
+pub type ReadingsTx = mpsc::Sender<Vec<Reading>>;
+
+/// Starts one task per device on `tracker`. Tasks stop at the next
+/// scheduled poll after `shutdown` is cancelled; a poll in flight finishes.
+pub fn spawn_all(
+    devices: Vec<(DeviceConfig, Driver)>,
+    max_concurrency: usize,
+    out: ReadingsTx,
+    stats: Arc<PollStats>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(max_concurrency.max(1)));
+    let endpoints = endpoints(devices.iter().map(|(c, _)| c));
+    // Every schedule is laid out from this one instant, so devices that
+    // draw the same slot share their wake-ups (see [`timing::start_offset`]).
+    let start = Instant::now();
+    for (config, driver) in devices {
+        let endpoint = config
+            .driver
+            .endpoint()
+            .and_then(|l| endpoints.get(&l.key).cloned());
+        let task = DeviceTask::new(
+            config,
+            driver,
+            permits.clone(),
+            endpoint,
+            out.clone(),
+            stats.clone(),
+        );
+        tracker.spawn(task.run(start, shutdown.clone()));
+    }
+}

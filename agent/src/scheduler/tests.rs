@@ -1,0 +1,258 @@
+//! Tests of the scheduler: start slots, backoff, device health and the
+//! pacing of a shared gateway, with real drivers against local peers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::timing::{backoff_delay, start_offset};
+use super::*;
+use crate::drivers::DriverConfig;
+use crate::drivers::modbus::{ModbusConfig, ModbusMetric, RegisterKind, RegisterType, WordOrder};
+use crate::drivers::sim::SimConfig;
+use crate::drivers::tcp::TcpConfig;
+use crate::reading::{Reading, Value};
+
+#[test]
+fn start_offsets_fall_on_slots_within_the_interval() {
+    for (interval, slot) in [
+        (Duration::from_secs(1), Duration::from_millis(10)),
+        (Duration::from_millis(20), Duration::from_millis(1)),
+        (Duration::from_micros(1500), Duration::from_millis(1)),
+        (Duration::from_micros(500), Duration::from_millis(1)),
+    ] {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..5000 {
+            let offset = start_offset(interval);
+            assert!(
+                offset.is_zero() || offset < interval,
+                "{offset:?} of {interval:?}"
+            );
+            assert_eq!(
+                offset.as_nanos() % slot.as_nanos(),
+                0,
+                "{offset:?} of {interval:?}"
+            );
+            seen.insert(offset);
+        }
+        let slots = (interval.as_nanos() / slot.as_nanos()).clamp(1, 100) as usize;
+        // Every slot drawn (5000 draws of at most 100 slots).
+        assert_eq!(seen.len(), slots, "{interval:?}");
+    }
+}
+
+#[test]
+fn backoff_doubles_and_caps() {
+    let s = Duration::from_secs(1);
+    let max = Duration::from_secs(10);
+    let waits: Vec<u64> = (0..7).map(|f| backoff_delay(s, f, max).as_secs()).collect();
+    assert_eq!(waits, [1, 1, 2, 4, 8, 10, 10]);
+    assert_eq!(backoff_delay(s, 1000, max), max);
+    // A cap below the interval never shortens the interval.
+    assert_eq!(backoff_delay(s, 5, Duration::from_millis(10)), s);
+}
+
+fn device(name: &str, interval_ms: u64, driver: DriverConfig) -> (DeviceConfig, Driver) {
+    let config = DeviceConfig {
+        name: name.into(),
+        interval: Duration::from_millis(interval_ms),
+        timeout: Duration::from_millis(interval_ms),
+        backoff_max: Duration::from_millis(interval_ms * 4),
+        driver,
+    };
+    let driver = Driver::build(&config).expect("driver");
+    (config, driver)
+}
+
+/// Runs `devices` until `until` says stop, returning every reading.
+async fn run_until(
+    devices: Vec<(DeviceConfig, Driver)>,
+    mut until: impl FnMut(&[Reading]) -> bool,
+) -> (Vec<Reading>, Arc<PollStats>) {
+    let (tx, mut rx) = mpsc::channel(64);
+    let stats = Arc::new(PollStats::default());
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    spawn_all(devices, 8, tx, stats.clone(), &tracker, shutdown.clone());
+    tracker.close();
+    let mut all = Vec::new();
+    while let Some(batch) = rx.recv().await {
+        all.extend(batch);
+        if until(&all) {
+            break;
+        }
+    }
+    shutdown.cancel();
+    drop(rx);
+    tracker.wait().await;
+    (all, stats)
+}
+
+fn values(readings: &[Reading], device: &str, metric: &str) -> Vec<Value> {
+    readings
+        .iter()
+        .filter(|r| &*r.series.device == device && &*r.series.metric == metric)
+        .map(|r| r.value.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn up_series_follows_a_device_that_fails_and_recovers() {
+    // A TCP endpoint that is closed at first, then listens.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = probe.local_addr().expect("addr");
+    drop(probe);
+    let tcp = DriverConfig::Tcp(TcpConfig {
+        address: addr.to_string(),
+        send: None,
+        expect: None,
+    });
+    let sim = DriverConfig::Sim(SimConfig { series: 0 });
+    let mut listener = None;
+    let (all, stats) = run_until(
+        vec![device("gate", 20, tcp), device("sim", 20, sim)],
+        |all| {
+            let up = values(all, "gate", UP_METRIC);
+            if up.len() == 4 && listener.is_none() {
+                // Four failures in a row: now it comes back.
+                listener = Some(std::net::TcpListener::bind(addr).expect("rebind"));
+            }
+            up.last() == Some(&Value::I64(1)) && up.len() >= 6
+        },
+    )
+    .await;
+    let up = values(&all, "gate", UP_METRIC);
+    let first_up = up
+        .iter()
+        .position(|v| *v == Value::I64(1))
+        .expect("recovered");
+    assert!(first_up >= 4, "{up:?}");
+    assert!(up[..first_up].iter().all(|v| *v == Value::I64(0)), "{up:?}");
+    // The failed polls carry the cause on the device's metric.
+    let connect = values(&all, "gate", "connect_seconds");
+    assert!(
+        matches!(&connect[0], Value::Failed { message, .. } if message.contains("connection refused")),
+        "{connect:?}"
+    );
+    assert!(stats.backed_off.load(Ordering::Relaxed) > 0);
+    // Every poll's lateness was recorded, the two first polls apart.
+    let polls: u64 = [&stats.ok, &stats.error, &stats.timeout]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(stats.first_lateness.count(), 2);
+    assert_eq!(stats.lateness.count() + 2, polls);
+    let summary = stats.summary();
+    assert!(summary.lateness_p50 <= summary.lateness_p99);
+    assert!(summary.lateness_p99 <= summary.lateness_max);
+    // The healthy device is up on every poll.
+    assert!(
+        values(&all, "sim", UP_METRIC)
+            .iter()
+            .all(|v| *v == Value::I64(1))
+    );
+}
+
+#[tokio::test]
+async fn shared_gateway_sees_one_poll_at_a_time_with_pauses() {
+    // A Modbus TCP "gateway" that records how many requests overlap and
+    // the quiet time between them.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let active = Arc::new(AtomicUsize::new(0));
+    let max_active = Arc::new(AtomicUsize::new(0));
+    // The test's fake gateway records timings from its own tasks; a
+    // lock is fine here, outside the agent's data path.
+    let last_end = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let min_gap = Arc::new(std::sync::Mutex::new(Duration::MAX));
+    {
+        let (active, max_active, last_end, min_gap) = (
+            active.clone(),
+            max_active.clone(),
+            last_end.clone(),
+            min_gap.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (active, max_active, last_end, min_gap) = (
+                    active.clone(),
+                    max_active.clone(),
+                    last_end.clone(),
+                    min_gap.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut head = [0u8; 12];
+                    while sock.read_exact(&mut head).await.is_ok() {
+                        let n = active.fetch_add(1, Ordering::SeqCst) + 1;
+                        max_active.fetch_max(n, Ordering::SeqCst);
+                        if let Ok(mut last) = last_end.lock()
+                            && let Some(t) = *last
+                        {
+                            let gap = t.elapsed();
+                            if let Ok(mut g) = min_gap.lock() {
+                                *g = (*g).min(gap);
+                            }
+                            *last = None;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        let reply = [head[0], head[1], 0, 0, 0, 5, head[6], head[7], 2, 0, 42];
+                        active.fetch_sub(1, Ordering::SeqCst);
+                        if let Ok(mut last) = last_end.lock() {
+                            *last = Some(std::time::Instant::now());
+                        }
+                        if sock.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let modbus = |unit_id| {
+        DriverConfig::Modbus(ModbusConfig {
+            address: addr.to_string(),
+            unit_id,
+            metrics: vec![ModbusMetric {
+                name: "v".into(),
+                register: 0,
+                kind: RegisterKind::Holding,
+                data_type: RegisterType::U16,
+                word_order: WordOrder::Big,
+                scale: 1.0,
+                unit: String::new(),
+            }],
+            max_concurrency: 1,
+            connect_delay: Duration::from_millis(1),
+            request_pause: Duration::from_millis(15),
+        })
+    };
+    // A generous timeout: a poll cancelled mid-request would let the
+    // next one start before the gateway answered the first.
+    let devices = (1..=4u8)
+        .map(|u| {
+            let (mut config, driver) = device(&format!("m{u}"), 20, modbus(u));
+            config.timeout = Duration::from_secs(5);
+            (config, driver)
+        })
+        .collect();
+    let (all, _) = run_until(devices, |all| {
+        (1..=4).all(|u| values(all, &format!("m{u}"), "v").len() >= 3)
+    })
+    .await;
+    for u in 1..=4 {
+        assert!(values(&all, &format!("m{u}"), "v").contains(&Value::I64(42)));
+    }
+    assert_eq!(
+        max_active.load(Ordering::SeqCst),
+        1,
+        "one request at a time"
+    );
+    let gap = *min_gap.lock().expect("lock");
+    assert!(
+        gap >= Duration::from_millis(15),
+        "pause between requests: {gap:?}"
+    );
+}
