@@ -63,18 +63,17 @@ pub(crate) fn sqlite_cause(cause: &rusqlite::Error, path: &Path) -> String {
 }
 
 /// `e` and its causes, joined by ": ", each written once: a cause whose
-/// text its parent's message already holds is left out.
+/// text is already in what was written is left out (some libraries repeat
+/// their cause in their own message).
 pub(crate) fn cause_chain(e: &(dyn Error + 'static)) -> String {
     let mut out = e.to_string();
-    let mut last = out.clone();
     let mut next = e.source();
     while let Some(cause) = next {
         let text = cause.to_string();
-        if !last.contains(&text) {
+        if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        last = text;
         next = cause.source();
     }
     out

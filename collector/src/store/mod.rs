@@ -12,15 +12,15 @@
 //! it talks to: the store, not the merger, is the authority on committed
 //! sequences. [`Store::commit`] takes a [`WriteSet`], locks the delivery
 //! state of every (agent, epoch) it touches, skips (and reports) each batch
-//! at or below the stored committed sequence ([`plan`]), writes the rest
+//! at or below the stored committed sequence (`plan.rs`), writes the rest
 //! with the new sequences, and commits. With one collector the merger's
 //! in-memory map is exact and nothing is skipped; with several collectors
 //! on one PostgreSQL database it is only a cache, and the lock is what keeps
 //! a batch from being stored twice.
 //!
 //! What lives where: this folder's files are the contract (types, errors,
-//! the series mapping in [`labels`]) and the two dispatch enums
-//! ([`write`], [`read`]); each backend is a folder ([`sqlite`],
+//! the series mapping in `labels.rs`) and the two dispatch enums
+//! (`write.rs`, `read.rs`); each backend is a folder ([`sqlite`],
 //! [`postgres`]) that uses the contract and nothing of the other backend.
 //! The contract names a backend only to dispatch to it. Nothing here
 //! touches the merger's state, the network or the Query service.

@@ -20,3 +20,18 @@ fn an_unreachable_database_is_named_once_with_its_cause() {
          Connection refused (os error 111)"
     );
 }
+
+/// What Query answers when the database is down: the call, the URL, and
+/// the cause, once (deadpool repeats its cause; tokio-postgres gives its own
+/// only as a source).
+#[tokio::test]
+async fn an_unreachable_database_fails_reads_once_with_its_cause() {
+    let reader = super::PgReader::new("postgres://127.0.0.1:1/x").unwrap();
+    let e = reader.agents().await.unwrap_err();
+    assert!(e.is_unavailable());
+    assert_eq!(
+        format!("{:#}", anyhow::Error::from(e)),
+        "list agents in postgres://127.0.0.1:1/x: no connection: Error occurred while \
+         creating a new object: error connecting to server: Connection refused (os error 111)"
+    );
+}
