@@ -36,7 +36,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::server::ServerConfig;
-use crate::store::sqlite::Durability;
+use crate::store::Durability;
 use crate::store::{Retention, StoreUrl};
 use crate::tls::{self, TlsFiles};
 

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use tributary_collector::cli::ClientCommand;
 use tributary_collector::config;
 use tributary_collector::server::{self, ServerConfig};
-use tributary_collector::store::sqlite::Durability;
+use tributary_collector::store::Durability;
 
 #[derive(Parser)]
 #[command(

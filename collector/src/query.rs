@@ -485,7 +485,7 @@ mod tests {
 
         let (_live_tx, live) = watch::channel(LiveAgents::default());
         let (tail, _) = broadcast::channel(1);
-        let reader = Reader::Sqlite(crate::store::sqlite_read::SqliteReader::new("/nonexistent"));
+        let reader = Reader::Sqlite(crate::store::sqlite::SqliteReader::new("/nonexistent"));
         let svc = QueryService::new(reader, live, tail.clone());
         let filter = pb::SeriesFilter {
             device: "d".into(),

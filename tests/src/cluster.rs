@@ -15,7 +15,7 @@ use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
 use tributary_agent::uplink::{UplinkStats, spooled_readings};
 use tributary_collector::model::{Point, SeriesMeta, StoredValue};
 use tributary_collector::store::read::Selector;
-use tributary_collector::store::sqlite_read::SqliteReader;
+use tributary_collector::store::sqlite::SqliteReader;
 
 /// How long anything may take before it is a failure.
 pub const PATIENCE: Duration = Duration::from_secs(60);

@@ -3,16 +3,18 @@
 //!
 //! Every method is async. SQLite calls run on tokio's blocking pool (each
 //! opens its own read-only connection); PostgreSQL calls use a small pool of
-//! read-only connections (`postgres_read`), never the merger's. `range`
+//! read-only connections (`postgres/read.rs`), never the merger's. `range`
 //! hands chunks over a bounded channel, so a slow client stops the walk.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::StoreUrl;
-use super::postgres_read::PgReader;
-use super::sqlite_read::SqliteReader;
+use super::error::{cause_chain, sqlite_cause};
+use super::labels::BadLabels;
+use super::postgres::PgReader;
+use super::sqlite::SqliteReader;
+use super::url::StoreUrl;
 use crate::model::{Point, SeriesKey, SeriesMeta};
 
 /// Most points `Reader::range` hands over in one chunk.
@@ -21,51 +23,44 @@ pub const MAX_CHUNK_POINTS: usize = 4096;
 /// Chunks `Reader::range` may have read ahead of its consumer.
 const RANGE_AHEAD: usize = 2;
 
-/// Errors of the read side, each naming what failed and where.
+/// Errors of the read side, each naming what failed and where. As on the
+/// write side (see `error.rs`), the message holds the cause and `source()`
+/// is `None`, so a cause is printed once.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The database file could not be opened (missing, unreadable, not SQLite).
-    #[error("open {path} read-only: {source}")]
+    #[error("open {path} read-only: {}", sqlite_cause(cause, path))]
     Open {
         path: std::path::PathBuf,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// An SQLite query failed.
-    #[error("{what} in {path}: {source}")]
+    #[error("{what} in {path}: {cause}")]
     Query {
         what: &'static str,
         path: std::path::PathBuf,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// A PostgreSQL query failed.
-    #[error("{what} in {store}: {source}")]
+    #[error("{what} in {store}: {}", cause_chain(cause))]
     Postgres {
         what: &'static str,
         store: String,
-        #[source]
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
     },
     /// No PostgreSQL connection could be had from the pool.
-    #[error("{what} in {store}: no connection: {source}")]
+    #[error("{what} in {store}: no connection: {}", cause_chain(cause))]
     Pool {
         what: &'static str,
         store: String,
-        #[source]
-        source: deadpool_postgres::PoolError,
+        cause: deadpool_postgres::PoolError,
     },
     /// The reader could not be set up (bad URL, pool settings).
     #[error("{store}: {message}")]
     Setup { store: String, message: String },
     /// A `series.labels` cell is not a JSON object of strings.
-    #[error("bad labels of series {series} in {store}: {source}")]
-    Labels {
-        series: i64,
-        store: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("{store}: {labels}")]
+    Labels { store: String, labels: BadLabels },
     /// A `readings` row does not match its `kind` (PostgreSQL).
     #[error("bad reading of series {series} at ts_ns {ts_ns} in {store}: {reason}")]
     Reading {
@@ -74,15 +69,15 @@ pub enum ReadError {
         store: String,
         reason: String,
     },
-    /// A head row or chunk does not decode (SQLite).
-    #[error("{what} in {path}: bad {table} row {id}: {source}")]
+    /// A stored blob (an SQLite head row or chunk) does not decode; `cause`
+    /// is the backend's decoding error.
+    #[error("{what} in {path}: bad {table} row {id}: {cause}")]
     Blob {
         what: &'static str,
         path: std::path::PathBuf,
         table: &'static str,
         id: i64,
-        #[source]
-        source: super::codec::CodecError,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The blocking task running an SQLite read failed (panicked).
     #[error("{what}: read task failed: {message}")]
@@ -96,11 +91,11 @@ impl ReadError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             ReadError::Open { .. } | ReadError::Pool { .. } => true,
-            ReadError::Query { source, .. } => matches!(
-                source.sqlite_error_code(),
+            ReadError::Query { cause, .. } => matches!(
+                cause.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
-            ReadError::Postgres { source, .. } => match source.code() {
+            ReadError::Postgres { cause, .. } => match cause.code() {
                 // No server answer at all: the connection broke.
                 None => true,
                 // Connection exceptions, insufficient resources (too many
@@ -172,6 +167,11 @@ pub struct StoredAgent {
     /// Newest sequence the agent reported spooling in `epoch` minus the
     /// committed one.
     pub lag: u64,
+}
+
+/// A stored counter as u64; a negative value (never written) reads as 0.
+pub(crate) fn counter(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 /// One chunk of a range: points of one series, in device-time order.

@@ -8,30 +8,31 @@
 //! before the committed sequences are read, so even a second process on the
 //! same file could not store a batch twice). Each batch is one `head` row
 //! (an append, however many series it touches); `compact` moves the head
-//! into per-series chunks in bounded steps (`sqlite_compact`).
+//! into per-series chunks in bounded steps (`compact.rs`); `retain.rs`
+//! removes old readings.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use crate::model::{NewReading, SeriesKey, SeriesMeta};
-
-use super::Plan;
-use super::codec::{Decoder, Encoder, RawValue};
-use super::sqlite_compact::{CHUNK_POINTS, CompactError, Compactor, encode};
-pub use super::{
-    AgentWrite, BatchWrite, CommitReport, CompactStep, Durability, EpochRow, Loaded, RetainStep,
-    StoreError, WriteSet,
+use super::codec::{Encoder, RawValue};
+use super::compact::Compactor;
+use super::layout::LayoutError;
+use super::read::series_row;
+use crate::model::{NewReading, SeriesKey};
+use crate::store::labels::{SERIES_COLUMNS, labels_json};
+use crate::store::{
+    CommitReport, CompactStep, Durability, EpochRow, Loaded, Plan, StoreError, WriteSet,
 };
 
 /// The write connection. Not `Sync`: exactly one owner (the merger).
 pub struct SqliteStore {
-    conn: Connection,
-    path: PathBuf,
-    compactor: Compactor,
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
+    pub(super) compactor: Compactor,
     /// Reused for every head row.
     head: Encoder,
     /// Reused: the order of a batch's readings in its head row.
@@ -49,10 +50,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, in WAL mode with
     /// the given durability, and applies the schema.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
-        let err = |source| StoreError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        };
+        let err = sqlite_err(path);
         let conn = Connection::open(path).map_err(err)?;
         let sync = match durability {
             Durability::Full => "FULL",
@@ -71,7 +69,7 @@ impl SqliteStore {
             [],
         )
         .map_err(err)?;
-        let compactor = Compactor::load(&conn).map_err(|e| compact_err(path, e))?;
+        let compactor = Compactor::load(&conn).map_err(|e| layout_err(path, e))?;
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
@@ -88,11 +86,8 @@ impl SqliteStore {
         &self.path
     }
 
-    fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+    fn err(&self, cause: rusqlite::Error) -> StoreError {
+        sqlite_err(&self.path)(cause)
     }
 
     /// Reads everything the merger keeps in memory.
@@ -100,37 +95,18 @@ impl SqliteStore {
         let mut loaded = Loaded::default();
         let mut stmt = self
             .conn
-            .prepare("SELECT id, agent, device, metric, labels, unit FROM series")
+            .prepare(&format!("SELECT {SERIES_COLUMNS} FROM series"))
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })
-            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], series_row).map_err(|e| self.err(e))?;
         for row in rows {
-            let (id, agent, device, metric, labels, unit) = row.map_err(|e| self.err(e))?;
-            let labels = serde_json::from_str(&labels).map_err(|source| StoreError::Labels {
-                store: format!("sqlite {}", self.path.display()),
-                id,
-                source,
-            })?;
-            loaded.series.push(Arc::new(SeriesMeta {
-                id,
-                key: SeriesKey {
-                    agent,
-                    device,
-                    metric,
+            let meta = row
+                .map_err(|e| self.err(e))?
+                .into_meta()
+                .map_err(|labels| StoreError::Labels {
+                    store: format!("sqlite {}", self.path.display()),
                     labels,
-                    unit,
-                },
-            }));
+                })?;
+            loaded.series.push(Arc::new(meta));
         }
         let mut stmt = self
             .conn
@@ -166,15 +142,8 @@ impl SqliteStore {
 
     /// Ids of `keys`, creating missing series rows in one transaction.
     pub fn resolve_series(&mut self, keys: &[SeriesKey]) -> Result<Vec<i64>, StoreError> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let err = sqlite_err(&self.path);
+        let tx = begin(&mut self.conn, &self.path)?;
         let mut ids = Vec::with_capacity(keys.len());
         {
             let mut ins = tx
@@ -205,15 +174,8 @@ impl SqliteStore {
     pub fn commit(&mut self, set: &WriteSet) -> Result<CommitReport, StoreError> {
         // Acks wait for this commit: it must be as durable as configured.
         self.restore_sync()?;
-        let path = self.path.clone();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let err = sqlite_err(&self.path);
+        let tx = begin(&mut self.conn, &self.path)?;
         let plan = {
             let mut get = tx
                 .prepare_cached(
@@ -367,7 +329,7 @@ impl SqliteStore {
         let step = self
             .compactor
             .step(&mut self.conn)
-            .map_err(|e| compact_err(&self.path, e));
+            .map_err(|e| layout_err(&self.path, e));
         // Back to FULL now if possible; `commit` makes sure of it anyway.
         let restored = self.restore_sync();
         let step = step?;
@@ -400,13 +362,26 @@ impl SqliteStore {
         self.compactor.start_round();
     }
 
-    /// Compacts everything pending now, due or not (tests and tools).
+    /// Compacts everything pending now, due or not (tests and tools). A
+    /// round already under way covers only what was pending when it
+    /// started, so rounds are started until nothing is left.
     pub fn compact_all(&mut self) -> Result<(), StoreError> {
-        self.compactor.start_round();
-        while self.compactor.due() {
-            self.compact()?;
+        loop {
+            self.compactor.start_round();
+            if !self.compactor.in_round() {
+                return Ok(());
+            }
+            while self.compactor.in_round() {
+                if !self.compactor.due() {
+                    return Err(StoreError::Invalid {
+                        store: format!("sqlite {}", self.path.display()),
+                        what: "compaction",
+                        message: "paused after a failed step; try again shortly".into(),
+                    });
+                }
+                self.compact()?;
+            }
         }
-        Ok(())
     }
 
     /// Sets the work of one compaction step: points, chunk rows (tests).
@@ -414,132 +389,6 @@ impl SqliteStore {
     pub(crate) fn set_step_budget(&mut self, points: u64, rows: u64) {
         self.compactor.set_budget(points, rows);
     }
-
-    /// Removes readings older than `cutoff_ns` (device time), about
-    /// `max_rows` per call, walking the oldest chunks by id (compaction
-    /// order, which follows device time closely; no time index is kept, it
-    /// would cost every write). A chunk wholly older than the cutoff is
-    /// deleted; a small chunk straddling it is rewritten without its old
-    /// points; a full chunk straddling it stays until all of it is old
-    /// (readers fetch full chunks after their snapshot and rely on them
-    /// never changing, only going away), so up to one chunk per series
-    /// more is kept. Readings still in the head are compacted first, in
-    /// bounded steps; a pass that finds compaction under way ends there and
-    /// the next pass goes on.
-    pub fn retain(&mut self, cutoff_ns: i64, max_rows: u64) -> Result<RetainStep, StoreError> {
-        if self.compactor.pending_before(cutoff_ns) {
-            self.compactor.start_round();
-        }
-        if self.compactor.in_round() {
-            self.compact()?;
-            if self.compactor.in_round() {
-                return Ok(RetainStep {
-                    removed: 0,
-                    done: true,
-                });
-            }
-        }
-        let window = (max_rows / 64).max(16);
-        let path = self.path.clone();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let mut removed = 0u64;
-        // (series, points before, points left) of small chunks changed, for
-        // the compactor once committed.
-        let mut changed: Vec<(i64, usize, usize)> = Vec::new();
-        {
-            let mut oldest = tx
-                .prepare_cached(
-                    "SELECT id, series_id, max_ts, count FROM chunks \
-                     WHERE id IN (SELECT id FROM chunks ORDER BY id LIMIT ?2) AND min_ts < ?1 \
-                     ORDER BY id",
-                )
-                .map_err(err)?;
-            let candidates: Vec<(i64, i64, i64, i64)> = oldest
-                .query_map(params![cutoff_ns, window as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .map_err(err)?
-                .collect::<Result<_, _>>()
-                .map_err(err)?;
-            let mut delete = tx
-                .prepare_cached("DELETE FROM chunks WHERE id = ?1")
-                .map_err(err)?;
-            for (id, series, max_ts, count) in candidates {
-                let count = usize::try_from(count).unwrap_or(0);
-                let small = count < CHUNK_POINTS;
-                if removed >= max_rows {
-                    break;
-                }
-                if max_ts < cutoff_ns {
-                    if removed > 0 && removed + count as u64 > max_rows {
-                        break;
-                    }
-                    delete.execute([id]).map_err(err)?;
-                    removed += count as u64;
-                    if small {
-                        changed.push((series, count, 0));
-                    }
-                } else if small {
-                    let budget = usize::try_from(max_rows - removed).unwrap_or(usize::MAX);
-                    let left = trim(&tx, id, series, cutoff_ns, budget)
-                        .map_err(|e| compact_err(&self.path, e))?;
-                    removed += (count - left) as u64;
-                    changed.push((series, count, left));
-                }
-            }
-        }
-        tx.commit().map_err(err)?;
-        for (series, before, left) in changed {
-            self.compactor.resized(series, before, left);
-        }
-        Ok(RetainStep {
-            removed,
-            done: removed < max_rows,
-        })
-    }
-}
-
-/// Rewrites small chunk `id` without up to `budget` of its points older
-/// than `cutoff_ns` (they are its first ones: a chunk is in time order).
-/// Returns the points left.
-fn trim(
-    tx: &rusqlite::Transaction<'_>,
-    id: i64,
-    series: i64,
-    cutoff_ns: i64,
-    budget: usize,
-) -> Result<usize, CompactError> {
-    let blob: Vec<u8> =
-        tx.query_row("SELECT data FROM chunks WHERE id = ?1", [id], |r| r.get(0))?;
-    let bad = |source| CompactError::Blob {
-        table: "chunks",
-        id,
-        source,
-    };
-    let points = Decoder::new(&blob, series, 0)
-        .and_then(Decoder::collect_points)
-        .map_err(bad)?;
-    let old = points.iter().take_while(|p| p.ts_ns < cutoff_ns).count();
-    let keep = &points[old.min(budget)..];
-    match (keep.first(), keep.last()) {
-        (Some(first), Some(last)) => {
-            tx.execute(
-                "UPDATE chunks SET min_ts = ?2, max_ts = ?3, count = ?4, data = ?5 WHERE id = ?1",
-                params![id, first.ts_ns, last.ts_ns, keep.len() as i64, encode(keep)],
-            )?;
-        }
-        _ => {
-            tx.execute("DELETE FROM chunks WHERE id = ?1", [id])?;
-        }
-    }
-    Ok(keep.len())
 }
 
 /// The order in which a head row holds `readings`: their indexes sorted
@@ -557,23 +406,34 @@ fn series_order(readings: &[NewReading], order: &mut Vec<u32>) {
     order.sort_by_key(|&i| readings[i as usize].series_id);
 }
 
-fn compact_err(path: &Path, e: CompactError) -> StoreError {
+/// A [`StoreError::Sqlite`] for the database at `path`.
+pub(super) fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + Copy + '_ {
+    move |cause| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
+/// Starts an `IMMEDIATE` transaction: the write lock is taken first, so
+/// what the transaction reads cannot change before it commits.
+pub(super) fn begin<'c>(
+    conn: &'c mut Connection,
+    path: &Path,
+) -> Result<Transaction<'c>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_err(path))
+}
+
+/// A failure of compaction or retention as a [`StoreError`].
+pub(super) fn layout_err(path: &Path, e: LayoutError) -> StoreError {
     match e {
-        CompactError::Sqlite(source) => StoreError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        },
-        e @ CompactError::Blob { .. } => StoreError::Invalid {
+        LayoutError::Sqlite(cause) => sqlite_err(path)(cause),
+        e @ LayoutError::Blob { .. } => StoreError::Invalid {
             store: format!("sqlite {}", path.display()),
             what: "compaction",
             message: e.to_string(),
         },
     }
-}
-
-/// Canonical JSON of a series' labels (keys sorted: it is a `BTreeMap`).
-pub(crate) fn labels_json(key: &SeriesKey) -> String {
-    serde_json::to_string(&key.labels).unwrap_or_else(|_| "{}".into())
 }
 
 /// `committed_seq, dropped, last_seq` from column `first` on.

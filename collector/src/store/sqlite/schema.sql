@@ -43,9 +43,9 @@ CREATE TABLE IF NOT EXISTS series (
     UNIQUE (agent, device, metric, labels, unit)
 );
 
--- Readings live in two places (see store/sqlite_compact.rs); each reading is
+-- Readings live in two places (see store/sqlite/compact.rs); each reading is
 -- in exactly one of them in every snapshot. Blobs are columnar, encoded by
--- store/codec.rs (kind codes: 0 f64, 1 i64, 2 bool, 3 string, 4 poll timeout,
+-- store/sqlite/codec.rs (kind codes: 0 f64, 1 i64, 2 bool, 3 string, 4 poll timeout,
 -- 5 poll error).
 --
 -- The head: one row per committed batch, appended by the merger in the

@@ -1,5 +1,5 @@
 //! Reading points back out of the SQLite layout (`head` rows and per-series
-//! `chunks`, see `sqlite_compact`) so that every stored point is seen
+//! `chunks`, see `compact.rs`) so that every stored point is seen
 //! exactly once, although compaction moves points while queries run.
 //!
 //! - One **read transaction** per group of series takes everything that can
@@ -22,12 +22,9 @@ use std::collections::HashMap;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::codec::{CodecError, Decoder};
-use super::sqlite_compact::{CHUNK_POINTS, LayoutError, Marks};
+use super::codec::{CodecError, Decoder, RawPoint};
+use super::layout::{CHUNK_POINTS, LayoutError, Marks, bad};
 use crate::model::Point;
-
-/// Why a scan failed.
-pub type ScanError = LayoutError;
 
 /// A full chunk to fetch later.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +50,7 @@ pub fn snapshot(
     series: &[i64],
     lo: i64,
     hi: i64,
-) -> Result<Vec<SeriesScan>, ScanError> {
+) -> Result<Vec<SeriesScan>, LayoutError> {
     let tx = conn.unchecked_transaction()?;
     let mut scans: Vec<SeriesScan> = Vec::with_capacity(series.len());
     let marks = marks(&tx, series)?;
@@ -108,7 +105,7 @@ pub fn snapshot(
 
 /// The newest point (by device time; the later arrival among equals) of
 /// each of `series`, read in one transaction.
-pub fn latest(conn: &Connection, series: &[i64]) -> Result<Vec<Option<Point>>, ScanError> {
+pub fn latest(conn: &Connection, series: &[i64]) -> Result<Vec<Option<Point>>, LayoutError> {
     let tx = conn.unchecked_transaction()?;
     let marks = marks(&tx, series)?;
     let mut out: Vec<Option<Point>> = Vec::with_capacity(series.len());
@@ -180,7 +177,7 @@ impl<'c> Merge<'c> {
 
     /// Moves the next points, in order, onto `out` until it holds `limit`
     /// or the series is done. False when nothing was left.
-    pub fn next_points(&mut self, out: &mut Vec<Point>, limit: usize) -> Result<bool, ScanError> {
+    pub fn next_points(&mut self, out: &mut Vec<Point>, limit: usize) -> Result<bool, LayoutError> {
         let mut any = false;
         while out.len() < limit {
             let Some((from, bound)) = self.next_source()? else {
@@ -214,7 +211,7 @@ impl<'c> Merge<'c> {
     /// Which source holds the next point, and the device time below which
     /// that source's following points are next too. Loads the full chunks
     /// that may hold the next point first.
-    fn next_source(&mut self) -> Result<Option<(Source, i64)>, ScanError> {
+    fn next_source(&mut self) -> Result<Option<(Source, i64)>, LayoutError> {
         loop {
             // Every source's next device time, in tie order: loaded full
             // chunks (oldest first), then the snapshot's points.
@@ -252,7 +249,7 @@ impl<'c> Merge<'c> {
 
     /// Fetches a full chunk (in its own short statement); gone means
     /// retention removed it.
-    fn load(&mut self, id: i64) -> Result<(), ScanError> {
+    fn load(&mut self, id: i64) -> Result<(), LayoutError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT data FROM chunks WHERE id = ?1 AND series_id = ?2")?;
@@ -274,7 +271,7 @@ impl<'c> Merge<'c> {
 
 /// The compaction mark of each of `series` (0 when none; see
 /// [`Marks`]).
-fn marks(conn: &Connection, series: &[i64]) -> Result<Vec<i64>, ScanError> {
+fn marks(conn: &Connection, series: &[i64]) -> Result<Vec<i64>, LayoutError> {
     let spans = Marks::spans(conn)?;
     let mut stmt = conn.prepare_cached("SELECT head_id FROM compacted WHERE series_id = ?1")?;
     let mut out = Vec::with_capacity(series.len());
@@ -292,8 +289,8 @@ fn head_points(
     series: &[i64],
     lo: i64,
     hi: i64,
-    mut f: impl FnMut(i64, super::codec::RawPoint<'_>),
-) -> Result<(), ScanError> {
+    mut f: impl FnMut(i64, RawPoint<'_>),
+) -> Result<(), LayoutError> {
     let (Some(&smin), Some(&smax)) = (series.iter().min(), series.iter().max()) else {
         return Ok(());
     };
@@ -333,7 +330,7 @@ fn decode_into(
     lo: i64,
     hi: i64,
     out: &mut Vec<Point>,
-) -> Result<(), ScanError> {
+) -> Result<(), LayoutError> {
     let mut d = Decoder::new(blob, series, 0).map_err(bad("chunks", id))?;
     out.reserve(d.remaining());
     while let Some(p) = d.next_point().map_err(bad("chunks", id))? {
@@ -344,22 +341,18 @@ fn decode_into(
     Ok(())
 }
 
-fn blob<'a>(v: ValueRef<'a>, table: &'static str, id: i64) -> Result<&'a [u8], ScanError> {
+fn blob<'a>(v: ValueRef<'a>, table: &'static str, id: i64) -> Result<&'a [u8], LayoutError> {
     match v {
         ValueRef::Blob(b) => Ok(b),
-        _ => Err(ScanError::Blob {
+        _ => Err(LayoutError::Blob {
             table,
             id,
-            source: CodecError::Header("data is not a blob"),
+            cause: CodecError::Header("data is not a blob"),
         }),
     }
 }
 
-fn bad(table: &'static str, id: i64) -> impl Fn(CodecError) -> ScanError {
-    move |source| ScanError::Blob { table, id, source }
-}
-
-impl super::codec::RawPoint<'_> {
+impl RawPoint<'_> {
     fn point(&self) -> Point {
         Point {
             ts_ns: self.ts_ns,

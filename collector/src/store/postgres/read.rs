@@ -11,7 +11,6 @@
 //! holds neither a connection nor a snapshot. As with SQLite, a range is not
 //! one snapshot; no reading appears twice.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +18,12 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::mpsc;
 use tokio_postgres::{NoTls, Row};
 
-use super::read::{MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, StoredAgent, TimeSpan};
-use super::redact;
-use crate::model::{Point, SeriesKey, SeriesMeta, StoredValue};
+use crate::model::{Point, SeriesMeta, StoredValue};
+use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
+use crate::store::read::{
+    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, StoredAgent, TimeSpan, counter,
+};
+use crate::store::redact;
 
 /// Most connections the Query service holds at once.
 const READ_CONNECTIONS: usize = 4;
@@ -82,18 +84,18 @@ impl PgReader {
     }
 
     async fn conn(&self, what: &'static str) -> Result<deadpool_postgres::Object, ReadError> {
-        self.pool.get().await.map_err(|source| ReadError::Pool {
+        self.pool.get().await.map_err(|cause| ReadError::Pool {
             what,
             store: self.store.to_string(),
-            source,
+            cause,
         })
     }
 
     fn query_err(&self, what: &'static str) -> impl Fn(tokio_postgres::Error) -> ReadError + '_ {
-        move |source| ReadError::Postgres {
+        move |cause| ReadError::Postgres {
             what,
             store: self.store.to_string(),
-            source,
+            cause,
         }
     }
 
@@ -138,10 +140,12 @@ impl PgReader {
         let conn = self.conn(what).await?;
         let rows = conn
             .query(
-                "SELECT id, agent, device, metric, labels, unit FROM series \
+                &format!(
+                    "SELECT {SERIES_COLUMNS} FROM series \
                  WHERE ($1 = '' OR agent = $1) AND ($2 = '' OR device = $2) \
                    AND ($3 = '' OR metric = $3) \
-                 ORDER BY id",
+                 ORDER BY id"
+                ),
                 &[&sel.agent, &sel.device, &sel.metric],
             )
             .await
@@ -254,26 +258,14 @@ impl PgReader {
         Ok(())
     }
 
-    /// `id, agent, device, metric, labels, unit` at the start of a row.
+    /// The series of a row starting with [`SERIES_COLUMNS`].
     fn series_meta(&self, r: &Row) -> Result<SeriesMeta, ReadError> {
-        let id: i64 = r.get(0);
-        let labels: String = r.get(4);
-        let labels: BTreeMap<String, String> =
-            serde_json::from_str(&labels).map_err(|source| ReadError::Labels {
-                series: id,
+        series_row(r)
+            .into_meta()
+            .map_err(|labels| ReadError::Labels {
                 store: self.store.to_string(),
-                source,
-            })?;
-        Ok(SeriesMeta {
-            id,
-            key: SeriesKey {
-                agent: r.get(1),
-                device: r.get(2),
-                metric: r.get(3),
                 labels,
-                unit: r.get(5),
-            },
-        })
+            })
     }
 
     /// Decodes [`POINT_COLUMNS`] starting at column `first`.
@@ -308,7 +300,15 @@ impl PgReader {
     }
 }
 
-/// A stored counter as u64; a negative value (never written) reads as 0.
-fn counter(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
+/// A row starting with [`SERIES_COLUMNS`] (the write side's `load` reads
+/// them the same way).
+pub(super) fn series_row(r: &Row) -> SeriesRow {
+    SeriesRow {
+        id: r.get(0),
+        agent: r.get(1),
+        device: r.get(2),
+        metric: r.get(3),
+        labels: r.get(4),
+        unit: r.get(5),
+    }
 }

@@ -1,0 +1,166 @@
+//! The commit contract both write sides keep, as data: what the merger
+//! hands the store ([`WriteSet`] and its parts), what it gets back
+//! ([`CommitReport`], [`Loaded`], [`RetainStep`], [`CompactStep`]), and the
+//! settings that shape a store ([`Durability`], [`Retention`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::{NewReading, SeriesMeta};
+
+/// How hard a commit is pushed to disk before it is acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// SQLite `synchronous=FULL`: the WAL is fsynced at every commit.
+    /// PostgreSQL: the server's `synchronous_commit` (on by default). An
+    /// acked reading survives power loss. The default.
+    #[default]
+    Full,
+    /// SQLite `synchronous=NORMAL`: the WAL is fsynced at checkpoints only.
+    /// PostgreSQL: `synchronous_commit = off` for the merger's connection.
+    /// An acked reading survives a collector crash, not a crash of the
+    /// database host.
+    Normal,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(format!(
+                "unknown durability {other:?} (expected full or normal)"
+            )),
+        }
+    }
+}
+
+/// How long readings are kept and how often old ones are looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Readings whose device time is older than this are deleted.
+    pub keep: Duration,
+    /// Time between two passes (the first runs at start).
+    pub check_every: Duration,
+}
+
+impl Retention {
+    /// Keeps `keep`, checking every tenth of it (at least every second, at
+    /// most every hour).
+    pub fn new(keep: Duration) -> Self {
+        Retention {
+            keep,
+            check_every: (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// Per-(agent, epoch) delivery state as persisted in the `epochs` table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EpochRow {
+    pub committed_seq: u64,
+    /// Readings the agent reported dropping in this epoch.
+    pub dropped: u64,
+    /// Newest sequence the agent reported spooling in this epoch.
+    pub last_seq: u64,
+}
+
+impl EpochRow {
+    /// Field-wise maximum: every field only grows.
+    pub fn max(self, other: EpochRow) -> EpochRow {
+        EpochRow {
+            committed_seq: self.committed_seq.max(other.committed_seq),
+            dropped: self.dropped.max(other.dropped),
+            last_seq: self.last_seq.max(other.last_seq),
+        }
+    }
+}
+
+/// What the merger needs to resume after a restart.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub series: Vec<Arc<SeriesMeta>>,
+    pub epochs: HashMap<(Arc<str>, u64), EpochRow>,
+}
+
+/// One batch: its identity and its readings, all received at one moment.
+#[derive(Debug, Default)]
+pub struct BatchWrite {
+    pub agent: Arc<str>,
+    pub epoch: u64,
+    pub seq: u64,
+    pub received_ns: i64,
+    pub readings: Vec<NewReading>,
+}
+
+/// What the merger tells the store about an agent. Counters are deltas
+/// (several collectors may add to one agent's row); `readings_stored` is
+/// counted by the store itself from what it actually writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentWrite {
+    /// Newest spool epoch.
+    pub epoch: u64,
+    /// Peer of the newest stream; empty leaves the stored one.
+    pub peer: String,
+    /// Only ever moves forward.
+    pub last_seen_ns: i64,
+    /// Replays the merger recognised without asking the store.
+    pub batches_deduplicated: u64,
+    pub batches_resent: u64,
+}
+
+/// One transaction's worth of changes.
+#[derive(Debug, Default)]
+pub struct WriteSet {
+    /// In arrival order; per (agent, epoch) the sequences strictly increase.
+    pub batches: Vec<BatchWrite>,
+    /// Delivery state per (agent, epoch) as the merger sees it after this
+    /// set (the store keeps the field-wise maximum with what it holds).
+    pub epochs: Vec<(Arc<str>, u64, EpochRow)>,
+    /// Agents seen in this set. Every agent of `batches` is listed.
+    pub agents: Vec<(Arc<str>, AgentWrite)>,
+}
+
+impl WriteSet {
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty() && self.epochs.is_empty() && self.agents.is_empty()
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Indexes into `WriteSet::batches` of the batches not written because
+    /// the stored committed sequence already covered them (another
+    /// collector, or an earlier attempt of this commit, stored them).
+    pub skipped: Vec<usize>,
+    /// The delivery state of every (agent, epoch) of the set, as committed.
+    pub epochs: Vec<(Arc<str>, u64, EpochRow)>,
+}
+
+/// One retention step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetainStep {
+    /// Readings (or, for TimescaleDB, chunks) removed by this step.
+    pub removed: u64,
+    /// Nothing older than the cutoff is left.
+    pub done: bool,
+}
+
+/// One step of background compaction (SQLite: head rows into per-series
+/// chunks; PostgreSQL has nothing to compact).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactStep {
+    /// Points moved from the head into chunks.
+    pub points: u64,
+    /// Points rewritten by merging small chunks.
+    pub merged_points: u64,
+    pub chunks_written: u64,
+    /// Small chunks merged into larger ones (and deleted).
+    pub chunks_merged: u64,
+    pub head_rows_deleted: u64,
+    /// This step finished a round: its head rows are gone.
+    pub round_done: bool,
+}

@@ -1,0 +1,149 @@
+//! The PostgreSQL schema: versioned migrations (`migrations/NNNN_*.sql`),
+//! applied in order, each once, in one transaction under an advisory lock
+//! (so two collectors starting together do not race); the first one makes
+//! `readings` a TimescaleDB hypertable when the extension can be had.
+
+use tokio_postgres::Client;
+use tracing::{info, warn};
+
+use super::connection::{Fail, Step};
+
+/// Versioned migrations, applied in order, each once.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "initial schema",
+    include_str!("migrations/0001_init.sql"),
+)];
+
+/// Key of the advisory lock held while migrating ("trib").
+const MIGRATION_LOCK: i64 = 0x7472_6962;
+/// TimescaleDB chunk size for `readings`: one day of device time, in ns.
+const CHUNK_NS: i64 = 86_400_000_000_000;
+
+/// How `readings` is laid out, decided by the first migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A plain table; retention deletes rows.
+    Table,
+    /// A TimescaleDB hypertable; retention drops whole chunks.
+    Hypertable,
+}
+
+/// Applies pending migrations in one transaction under an advisory lock and
+/// returns the layout of `readings`.
+pub(super) async fn migrate(c: &mut Client) -> Result<Layout, Fail> {
+    let tx = c.transaction().await.step("begin migration")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .step("take the migration lock")?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS tributary_migrations (\
+           version    INTEGER PRIMARY KEY, \
+           name       TEXT NOT NULL, \
+           applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .step("create tributary_migrations")?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT COALESCE(max(version), 0) FROM tributary_migrations",
+            &[],
+        )
+        .await
+        .step("read schema version")?
+        .get(0);
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > latest {
+        return Err(Fail::Invalid(
+            "migrate",
+            format!(
+                "the database is at schema version {current}, newer than this collector's {latest}"
+            ),
+        ));
+    }
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.batch_execute(sql).await.step("apply migration")?;
+        if *version == 1 {
+            let layout = if hypertable(&tx).await? {
+                Layout::Hypertable
+            } else {
+                tx.batch_execute("CREATE INDEX readings_ts ON readings USING brin (ts_ns)")
+                    .await
+                    .step("create the time index")?;
+                Layout::Table
+            };
+            let value = match layout {
+                Layout::Table => "table",
+                Layout::Hypertable => "hypertable",
+            };
+            tx.execute(
+                "INSERT INTO tributary_meta (key, value) VALUES ('readings_layout', $1)",
+                &[&value],
+            )
+            .await
+            .step("record the layout")?;
+        }
+        tx.execute(
+            "INSERT INTO tributary_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .step("record the migration")?;
+        info!(version, name, "applied postgres migration");
+    }
+    let layout: Option<String> = tx
+        .query_opt(
+            "SELECT value FROM tributary_meta WHERE key = 'readings_layout'",
+            &[],
+        )
+        .await
+        .step("read the layout")?
+        .map(|r| r.get(0));
+    tx.commit().await.step("commit migration")?;
+    Ok(match layout.as_deref() {
+        Some("hypertable") => Layout::Hypertable,
+        _ => Layout::Table,
+    })
+}
+
+/// Makes `readings` a TimescaleDB hypertable if the extension can be had;
+/// false (with a log line) when it cannot, leaving the transaction usable.
+async fn hypertable(tx: &tokio_postgres::Transaction<'_>) -> Result<bool, Fail> {
+    let available = tx
+        .query_opt(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'",
+            &[],
+        )
+        .await
+        .step("look for timescaledb")?
+        .is_some();
+    if !available {
+        info!("timescaledb is not available: readings is a plain table with a BRIN time index");
+        return Ok(false);
+    }
+    let sql = format!(
+        "CREATE EXTENSION IF NOT EXISTS timescaledb; \
+         SELECT create_hypertable('readings', 'ts_ns', chunk_time_interval => {CHUNK_NS}::bigint);"
+    );
+    // A savepoint, so a failure (no privilege, library not preloaded) does
+    // not abort the migration.
+    tx.batch_execute("SAVEPOINT timescale")
+        .await
+        .step("savepoint")?;
+    match tx.batch_execute(&sql).await {
+        Ok(()) => {
+            tx.batch_execute("RELEASE SAVEPOINT timescale")
+                .await
+                .step("release savepoint")?;
+            info!("readings is a timescaledb hypertable (1-day chunks)");
+            Ok(true)
+        }
+        Err(e) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT timescale")
+                .await
+                .step("roll back to savepoint")?;
+            warn!(error = %e, "timescaledb is available but could not be used; readings is a plain table");
+            Ok(false)
+        }
+    }
+}

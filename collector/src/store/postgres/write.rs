@@ -1,0 +1,287 @@
+//! [`PgStore`]'s writes and the reads the merger needs: `load` (series and
+//! delivery state at start), `epoch`, `resolve_series` (ids, inserting
+//! missing series) and `commit`: insert missing `epochs` rows, lock the
+//! rows of every (agent, epoch) of the set in sorted order (`SELECT ... FOR
+//! UPDATE`), skip batches at or below the locked `committed_seq`
+//! ([`Plan`]), write the rest with binary COPY, advance the sequences, add
+//! to the agent counters, commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+
+use super::PgStore;
+use super::connection::{Fail, Step};
+use super::read::series_row;
+use crate::model::{SeriesKey, StoredValue};
+use crate::store::labels::{SERIES_COLUMNS, labels_json};
+use crate::store::{CommitReport, EpochRow, Loaded, Plan, StoreError, WriteSet};
+
+impl PgStore {
+    /// Every series and every epoch's delivery state.
+    pub fn load(&mut self) -> Result<Loaded, StoreError> {
+        self.call(async |c: &mut Client| {
+            let mut loaded = Loaded::default();
+            let rows = c
+                .query(&format!("SELECT {SERIES_COLUMNS} FROM series"), &[])
+                .await
+                .step("load series")?;
+            for r in rows {
+                let meta = series_row(&r)
+                    .into_meta()
+                    .map_err(|e| Fail::Invalid("load series", e.to_string()))?;
+                loaded.series.push(Arc::new(meta));
+            }
+            let rows = c
+                .query(
+                    "SELECT agent, epoch, committed_seq, dropped, last_seq FROM epochs",
+                    &[],
+                )
+                .await
+                .step("load epochs")?;
+            for r in rows {
+                let agent: String = r.get(0);
+                let epoch: i64 = r.get(1);
+                loaded
+                    .epochs
+                    .insert((Arc::from(agent), epoch as u64), epoch_row(&r, 2));
+            }
+            Ok(loaded)
+        })
+    }
+
+    /// The stored delivery state of (agent, epoch): what a Welcome tells,
+    /// since another collector may have advanced it.
+    pub fn epoch(&mut self, agent: &str, epoch: u64) -> Result<Option<EpochRow>, StoreError> {
+        self.call(async |c: &mut Client| {
+            let row = c
+                .query_opt(
+                    "SELECT committed_seq, dropped, last_seq FROM epochs \
+                     WHERE agent = $1 AND epoch = $2",
+                    &[&agent, &(epoch as i64)],
+                )
+                .await
+                .step("read epoch")?;
+            Ok(row.map(|r| epoch_row(&r, 0)))
+        })
+    }
+
+    /// Ids of `keys` in order, inserting the missing ones (autocommit: a
+    /// series row without readings is harmless, and it is durable before
+    /// any reading that uses it can commit).
+    pub fn resolve_series(&mut self, keys: &[SeriesKey]) -> Result<Vec<i64>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let labels: Vec<String> = keys.iter().map(labels_json).collect();
+        let col = |f: fn(&SeriesKey) -> &str| keys.iter().map(f).collect::<Vec<&str>>();
+        let (agents, devices, metrics, units) = (
+            col(|k| &k.agent),
+            col(|k| &k.device),
+            col(|k| &k.metric),
+            col(|k| &k.unit),
+        );
+        let ids = self.call(async |c: &mut Client| {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&agents, &devices, &metrics, &labels, &units];
+            c.execute(
+                "INSERT INTO series (agent, device, metric, labels, unit) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                 ON CONFLICT (agent, device, metric, md5(labels), unit) DO NOTHING",
+                &params,
+            )
+            .await
+            .step("insert series")?;
+            // A second statement: a row another collector inserted while
+            // this INSERT waited is visible to it, not to the INSERT.
+            let rows = c
+                .query(
+                    "SELECT u.i, s.id FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                       WITH ORDINALITY AS u(agent, device, metric, labels, unit, i) \
+                     JOIN series s ON s.agent = u.agent AND s.device = u.device \
+                       AND s.metric = u.metric AND md5(s.labels) = md5(u.labels) \
+                       AND s.labels = u.labels AND s.unit = u.unit",
+                    &params,
+                )
+                .await
+                .step("read series ids")?;
+            let mut ids = vec![0i64; keys.len()];
+            for r in rows {
+                let i: i64 = r.get(0);
+                if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| ids.get_mut(i)) {
+                    *slot = r.get(1);
+                }
+            }
+            match ids.iter().position(|id| *id == 0) {
+                Some(i) => Err(Fail::Invalid(
+                    "resolve series",
+                    format!("series {:?} neither inserted nor found", keys[i]),
+                )),
+                None => Ok(ids),
+            }
+        })?;
+        Ok(ids)
+    }
+
+    /// Writes `set` in one transaction, under the row locks of its epochs.
+    pub fn commit(&mut self, set: &WriteSet) -> Result<CommitReport, StoreError> {
+        self.call(async |c: &mut Client| commit(c, set).await)
+    }
+}
+
+/// One commit: lock, plan, COPY, advance, count, commit.
+async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
+    let keys = Plan::keys(set);
+    let key_agents: Vec<&str> = keys.iter().map(|(a, _)| a.as_ref()).collect();
+    let key_epochs: Vec<i64> = keys.iter().map(|(_, e)| *e as i64).collect();
+    let tx = c.transaction().await.step("begin")?;
+    let mut stored = HashMap::new();
+    if !keys.is_empty() {
+        // Rows must exist to be locked; a concurrent insert of the same key
+        // makes this wait for the other transaction, then do nothing.
+        tx.execute(
+            "INSERT INTO epochs (agent, epoch) \
+             SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            &[&key_agents, &key_epochs],
+        )
+        .await
+        .step("insert epochs")?;
+        let rows = tx
+            .query(
+                "SELECT e.agent, e.epoch, e.committed_seq, e.dropped, e.last_seq \
+                 FROM epochs e JOIN unnest($1::text[], $2::bigint[]) AS k(agent, epoch) \
+                   ON e.agent = k.agent AND e.epoch = k.epoch \
+                 ORDER BY e.agent COLLATE \"C\", e.epoch FOR UPDATE OF e",
+                &[&key_agents, &key_epochs],
+            )
+            .await
+            .step("lock epochs")?;
+        for r in rows {
+            let agent: String = r.get(0);
+            let epoch: i64 = r.get(1);
+            stored.insert((Arc::from(agent), epoch as u64), epoch_row(&r, 2));
+        }
+    }
+    let plan = Plan::new(set, &stored);
+
+    let mut rows = set
+        .batches
+        .iter()
+        .zip(&plan.write)
+        .filter(|(_, w)| **w)
+        .flat_map(|(b, _)| b.readings.iter().map(move |r| (b.received_ns, r)))
+        .peekable();
+    if rows.peek().is_some() {
+        let sink = tx
+            .copy_in(
+                "COPY readings (series_id, ts_ns, received_ns, kind, v_f64, v_i64, v_text) \
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await
+            .step("start copy")?;
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::INT2,
+                Type::FLOAT8,
+                Type::INT8,
+                Type::TEXT,
+            ],
+        );
+        let mut writer = std::pin::pin!(writer);
+        for (received_ns, r) in rows {
+            let kind = r.value.kind_code() as i16;
+            let (f, i, t): (Option<f64>, Option<i64>, Option<&str>) = match &r.value {
+                StoredValue::F64(v) => (Some(*v), None, None),
+                StoredValue::I64(v) => (None, Some(*v), None),
+                StoredValue::Bool(v) => (None, Some(i64::from(*v)), None),
+                StoredValue::Str(v) | StoredValue::Timeout(v) | StoredValue::Error(v) => {
+                    (None, None, Some(v.as_str()))
+                }
+            };
+            writer
+                .as_mut()
+                .write(&[&r.series_id, &r.ts_ns, &received_ns, &kind, &f, &i, &t])
+                .await
+                .step("copy readings")?;
+        }
+        writer.finish().await.step("finish copy")?;
+    }
+
+    if !plan.report.epochs.is_empty() {
+        let n = plan.report.epochs.len();
+        let (mut agents, mut epochs, mut committed, mut dropped, mut last) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (a, e, row) in &plan.report.epochs {
+            agents.push(a.as_ref());
+            epochs.push(*e as i64);
+            committed.push(row.committed_seq as i64);
+            dropped.push(row.dropped as i64);
+            last.push(row.last_seq as i64);
+        }
+        tx.execute(
+            "UPDATE epochs AS e SET committed_seq = u.c, dropped = u.d, last_seq = u.l \
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+               AS u(agent, epoch, c, d, l) \
+             WHERE e.agent = u.agent AND e.epoch = u.epoch",
+            &[&agents, &epochs, &committed, &dropped, &last],
+        )
+        .await
+        .step("advance epochs")?;
+    }
+
+    let upserts = plan.agents(set);
+    if !upserts.is_empty() {
+        let ids: Vec<&str> = upserts.iter().map(|(id, _, _)| id.as_ref()).collect();
+        let epochs: Vec<i64> = upserts.iter().map(|(_, a, _)| a.epoch as i64).collect();
+        let peers: Vec<&str> = upserts.iter().map(|(_, a, _)| a.peer.as_str()).collect();
+        let seen: Vec<i64> = upserts.iter().map(|(_, a, _)| a.last_seen_ns).collect();
+        let stored: Vec<i64> = upserts.iter().map(|(_, _, n)| *n as i64).collect();
+        let dedup: Vec<i64> = upserts
+            .iter()
+            .map(|(_, a, _)| a.batches_deduplicated as i64)
+            .collect();
+        let resent: Vec<i64> = upserts
+            .iter()
+            .map(|(_, a, _)| a.batches_resent as i64)
+            .collect();
+        tx.execute(
+            "INSERT INTO agents AS a (id, epoch, peer, last_seen_ns, readings_stored, \
+               batches_deduplicated, batches_resent) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], \
+               $5::bigint[], $6::bigint[], $7::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, \
+               peer = CASE excluded.peer WHEN '' THEN a.peer ELSE excluded.peer END, \
+               last_seen_ns = GREATEST(a.last_seen_ns, excluded.last_seen_ns), \
+               readings_stored = a.readings_stored + excluded.readings_stored, \
+               batches_deduplicated = a.batches_deduplicated + excluded.batches_deduplicated, \
+               batches_resent = a.batches_resent + excluded.batches_resent",
+            &[&ids, &epochs, &peers, &seen, &stored, &dedup, &resent],
+        )
+        .await
+        .step("update agents")?;
+    }
+    tx.commit().await.step("commit")?;
+    Ok(plan.report)
+}
+
+/// `committed_seq, dropped, last_seq` from column `first` on.
+fn epoch_row(r: &tokio_postgres::Row, first: usize) -> EpochRow {
+    let get = |i: usize| r.get::<_, i64>(first + i) as u64;
+    EpochRow {
+        committed_seq: get(0),
+        dropped: get(1),
+        last_seq: get(2),
+    }
+}

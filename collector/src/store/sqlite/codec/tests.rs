@@ -1,0 +1,282 @@
+//! Tests of the blob codec: round trips of every kind, sizes, damaged
+//! blobs, resumed decoders.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::model::StoredValue;
+
+fn owned(p: RawPoint<'_>) -> (i64, i64, i64, StoredValue) {
+    (p.series, p.ts_ns, p.received_ns, p.value.to_stored())
+}
+
+/// Bitwise equality, so NaN payloads and -0.0 count.
+fn same(a: &StoredValue, b: &StoredValue) -> bool {
+    match (a, b) {
+        (StoredValue::F64(x), StoredValue::F64(y)) => x.to_bits() == y.to_bits(),
+        _ => a == b,
+    }
+}
+
+fn every_kind() -> Vec<StoredValue> {
+    vec![
+        StoredValue::F64(1.5),
+        StoredValue::F64(f64::NAN),
+        StoredValue::F64(f64::from_bits(0x7ff8_dead_beef_0001)),
+        StoredValue::F64(f64::INFINITY),
+        StoredValue::F64(f64::NEG_INFINITY),
+        StoredValue::F64(-0.0),
+        StoredValue::I64(i64::MIN),
+        StoredValue::I64(i64::MAX),
+        StoredValue::I64(-7),
+        StoredValue::Bool(true),
+        StoredValue::Bool(false),
+        StoredValue::Str(String::new()),
+        StoredValue::Str("on, \"really\" ✓".into()),
+        StoredValue::Timeout("no answer in 1s".into()),
+        StoredValue::Error(String::new()),
+        StoredValue::Error("connection refused".into()),
+    ]
+}
+
+#[test]
+fn a_decoder_resumed_from_its_position_reads_on_where_it_stood() {
+    let values = every_kind();
+    let mut head = Encoder::head();
+    for (i, v) in values.iter().enumerate() {
+        head.push(i as i64 / 3, 1000 - i as i64 * 7, 0, RawValue::of(v));
+    }
+    let blob = head.finish();
+    let all: Vec<_> = Decoder::new(&blob, 0, 5)
+        .unwrap()
+        .collect_points()
+        .unwrap()
+        .into_iter()
+        .map(owned)
+        .collect();
+    // Read one point per fresh decoder, resuming each time.
+    let mut pos = Decoder::new(&blob, 0, 5).unwrap().position(&blob);
+    let mut got = Vec::new();
+    loop {
+        let mut d = Decoder::resume(&blob, &pos).unwrap();
+        let peeked = d.peek_series();
+        let Some(p) = d.next_point().unwrap() else {
+            assert_eq!(peeked, None);
+            break;
+        };
+        assert_eq!(peeked, Some(p.series));
+        got.push(owned(p));
+        pos = d.position(&blob);
+    }
+    assert_eq!(got.len(), all.len());
+    for (a, b) in got.iter().zip(&all) {
+        assert_eq!((a.0, a.1, a.2), (b.0, b.1, b.2));
+        assert!(same(&a.3, &b.3));
+    }
+    // A position that does not fit the blob is an error, not a panic.
+    let start = Decoder::new(&blob, 0, 5).unwrap().position(&blob);
+    assert!(Decoder::resume(&blob[..blob.len() / 2], &start).is_err());
+}
+
+#[test]
+fn every_kind_round_trips_in_a_head_and_a_chunk() {
+    let values = every_kind();
+    // Timestamps jumping both ways, across the whole i64 range.
+    let ts = [
+        0,
+        -5,
+        i64::MIN,
+        i64::MAX,
+        1,
+        1,
+        -1_000_000_000,
+        3,
+        i64::MAX - 1,
+        i64::MIN + 1,
+        0,
+        7,
+        7,
+        -7,
+        100,
+        99,
+    ];
+    let series = [
+        3,
+        1,
+        i64::MAX,
+        1,
+        i64::MIN,
+        2,
+        2,
+        2,
+        9,
+        0,
+        -4,
+        5,
+        5,
+        5,
+        6,
+        1,
+    ];
+    let mut head = Encoder::head();
+    let mut chunk = Encoder::chunk();
+    for (i, v) in values.iter().enumerate() {
+        head.push(series[i], ts[i], 0, RawValue::of(v));
+        chunk.push(0, ts[i], ts[i].wrapping_mul(3), RawValue::of(v));
+    }
+    assert!(!chunk.is_sorted());
+    assert_eq!(head.series_range(), (i64::MIN, i64::MAX));
+    assert_eq!(chunk.ts_range(), (i64::MIN, i64::MAX));
+    let head_blob = head.finish();
+    let chunk_blob = chunk.finish();
+    let got = Decoder::new(&head_blob, 0, 42)
+        .unwrap()
+        .collect_points()
+        .unwrap();
+    assert_eq!(got.len(), values.len());
+    for (i, p) in got.into_iter().map(owned).enumerate() {
+        assert_eq!((p.0, p.1, p.2), (series[i], ts[i], 42), "head point {i}");
+        assert!(same(&p.3, &values[i]), "head point {i}: {:?}", p.3);
+    }
+    let got = Decoder::new(&chunk_blob, 77, 0)
+        .unwrap()
+        .collect_points()
+        .unwrap();
+    for (i, p) in got.into_iter().map(owned).enumerate() {
+        assert_eq!(
+            (p.0, p.1, p.2),
+            (77, ts[i], ts[i].wrapping_mul(3)),
+            "chunk point {i}"
+        );
+        assert!(same(&p.3, &values[i]), "chunk point {i}: {:?}", p.3);
+    }
+}
+
+#[test]
+fn empty_blobs_and_reuse() {
+    let mut e = Encoder::chunk();
+    let blob = e.finish();
+    assert!(
+        Decoder::new(&blob, 1, 1)
+            .unwrap()
+            .next_point()
+            .unwrap()
+            .is_none()
+    );
+    e.push(0, 5, 6, RawValue::I64(1));
+    e.clear();
+    assert!(e.is_empty() && e.is_sorted());
+    e.push(0, 9, 10, RawValue::Bool(true));
+    let blob = e.finish();
+    let p = Decoder::new(&blob, 1, 0).unwrap().collect_points().unwrap();
+    assert_eq!(
+        p,
+        [RawPoint {
+            series: 1,
+            ts_ns: 9,
+            received_ns: 10,
+            value: RawValue::Bool(true)
+        }]
+    );
+}
+
+#[test]
+fn regular_float_series_take_about_ten_bytes_a_point() {
+    let mut e = Encoder::chunk();
+    for i in 0..4096i64 {
+        e.push(
+            0,
+            1_700_000_000_000_000_000 + i * 1_000_000_000,
+            0,
+            RawValue::F64(i as f64 * 0.5),
+        );
+    }
+    let blob = e.finish();
+    assert!(blob.len() < 4096 * 10 + 64, "{} bytes", blob.len());
+}
+
+#[test]
+fn damaged_blobs_are_errors() {
+    let mut e = Encoder::head();
+    e.push(9, 10, 0, RawValue::Str("hello"));
+    e.push(9, 20, 0, RawValue::F64(2.0));
+    let blob = e.finish();
+    fn decode(b: &[u8]) -> Result<Vec<RawPoint<'_>>, CodecError> {
+        Decoder::new(b, 0, 0)?.collect_points()
+    }
+    assert!(decode(&blob).is_ok());
+    for cut in 0..blob.len() {
+        assert!(decode(&blob[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut longer = blob.clone();
+    longer.push(0);
+    assert!(matches!(
+        decode(&longer),
+        Err(CodecError::Trailing {
+            column: "values",
+            ..
+        })
+    ));
+    // Flip the kind of the first run to 17.
+    let kinds_at = blob.len() - (1 + 5 + 8) - 4;
+    let mut bad = blob.clone();
+    assert_eq!(bad[kinds_at], KIND_STR);
+    bad[kinds_at] = 17;
+    let err = decode(&bad).unwrap_err();
+    assert_eq!(
+        err,
+        CodecError::Kind {
+            kind: 17,
+            series: 9
+        }
+    );
+    assert!(err.to_string().contains("unknown kind 17 (series 9)"));
+    assert!(decode(&[0xff]).is_err());
+    assert!(decode(&[]).is_err());
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = StoredValue> {
+        prop_oneof![
+            any::<u64>().prop_map(|b| StoredValue::F64(f64::from_bits(b))),
+            any::<f64>().prop_map(StoredValue::F64),
+            any::<i64>().prop_map(StoredValue::I64),
+            any::<bool>().prop_map(StoredValue::Bool),
+            ".{0,12}".prop_map(StoredValue::Str),
+            ".{0,12}".prop_map(StoredValue::Timeout),
+            ".{0,12}".prop_map(StoredValue::Error),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_points_round_trip(
+            points in proptest::collection::vec((any::<i64>(), any::<i64>(), any::<i64>(), value()), 0..64),
+            head in any::<bool>(),
+        ) {
+            let mut e = if head { Encoder::head() } else { Encoder::chunk() };
+            for (s, ts, rx, v) in &points {
+                e.push(*s, *ts, *rx, RawValue::of(v));
+            }
+            let blob = e.finish();
+            let got = Decoder::new(&blob, -1, -2).unwrap().collect_points().unwrap();
+            prop_assert_eq!(got.len(), points.len());
+            for (p, (s, ts, rx, v)) in got.iter().zip(&points) {
+                prop_assert_eq!(p.series, if head { *s } else { -1 });
+                prop_assert_eq!(p.received_ns, if head { -2 } else { *rx });
+                prop_assert_eq!(p.ts_ns, *ts);
+                prop_assert!(same(&p.value.to_stored(), v));
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(d) = Decoder::new(&bytes, 0, 0) {
+                let _ = d.collect_points();
+            }
+        }
+    }
+}

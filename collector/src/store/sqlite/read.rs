@@ -1,0 +1,269 @@
+//! The SQLite store's read side: what the Query service asks of the database.
+//!
+//! Every call opens its own read-only connection (the merger owns the only
+//! write connection; in WAL mode readers never block it). The functions are
+//! blocking: [`crate::store::read::Reader`] calls them on the blocking pool.
+//!
+//! Points live in head rows and per-series chunks, and compaction moves
+//! them while queries run; `scan.rs` reads them so that each point is
+//! seen exactly once. `SqliteReader::range` takes one short read snapshot
+//! per group of series and fetches full (immutable) chunks afterwards, one
+//! at a time, so no read snapshot is held while the caller waits for a slow
+//! client (a held snapshot would keep the WAL from being checkpointed). The
+//! price: a range is not one snapshot; readings committed while it streams
+//! may or may not appear, and none appears twice.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::layout::LayoutError;
+use super::scan::{self, Merge};
+use crate::model::{Point, SeriesMeta};
+use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
+use crate::store::read::{MAX_CHUNK_POINTS, ReadError, Selector, StoredAgent, TimeSpan, counter};
+
+/// How long a read waits for a lock before it gives up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much of the database file a read connection maps.
+const MMAP_BYTES: i64 = 1 << 30;
+
+/// Series whose head points and small chunks one range snapshot reads.
+const RANGE_GROUP: usize = 64;
+
+/// Opens a read-only connection per call to the database at `path`.
+#[derive(Debug, Clone)]
+pub struct SqliteReader {
+    path: PathBuf,
+}
+
+impl SqliteReader {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteReader { path: path.into() }
+    }
+
+    /// The database file this reader opens.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&self) -> Result<Connection, ReadError> {
+        let open_err = |cause| ReadError::Open {
+            path: self.path.clone(),
+            cause,
+        };
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Chunks are read whole: map the file rather than copy every page
+        // through read(2) into a cache that dies with this connection.
+        conn.pragma_update(None, "mmap_size", MMAP_BYTES)
+            .map_err(open_err)?;
+        Ok(conn)
+    }
+
+    fn query_err(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> ReadError + '_ {
+        move |cause| ReadError::Query {
+            what,
+            path: self.path.clone(),
+            cause,
+        }
+    }
+
+    fn scan_err(&self, what: &'static str) -> impl Fn(LayoutError) -> ReadError + '_ {
+        move |e| match e {
+            LayoutError::Sqlite(cause) => ReadError::Query {
+                what,
+                path: self.path.clone(),
+                cause,
+            },
+            LayoutError::Blob { table, id, cause } => ReadError::Blob {
+                what,
+                path: self.path.clone(),
+                table,
+                id,
+                cause: Box::new(cause),
+            },
+        }
+    }
+
+    /// Every agent ever seen, by id.
+    pub fn agents(&self) -> Result<Vec<StoredAgent>, ReadError> {
+        let conn = self.open()?;
+        let err = self.query_err("list agents");
+        let mut stmt = conn
+            .prepare(
+                "SELECT a.id, a.epoch, a.peer, a.last_seen_ns, COALESCE(e.committed_seq, 0), \
+                        a.readings_stored, a.batches_deduplicated, \
+                        (SELECT COALESCE(SUM(d.dropped), 0) FROM epochs d WHERE d.agent = a.id), \
+                        a.batches_resent, \
+                        MAX(COALESCE(e.last_seq, 0) - COALESCE(e.committed_seq, 0), 0) \
+                 FROM agents a LEFT JOIN epochs e ON e.agent = a.id AND e.epoch = a.epoch \
+                 ORDER BY a.id",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(StoredAgent {
+                    id: row.get(0)?,
+                    // The epoch is stored as the u64's bits in an i64.
+                    epoch: row.get::<_, i64>(1)? as u64,
+                    peer: row.get(2)?,
+                    last_seen_ns: row.get(3)?,
+                    committed_seq: counter(row.get(4)?),
+                    readings_stored: counter(row.get(5)?),
+                    batches_deduplicated: counter(row.get(6)?),
+                    dropped_at_agent: counter(row.get(7)?),
+                    batches_resent: counter(row.get(8)?),
+                    lag: counter(row.get(9)?),
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// Stored series passing `sel`, by id.
+    pub fn series(&self, sel: &Selector) -> Result<Vec<SeriesMeta>, ReadError> {
+        let conn = self.open()?;
+        self.series_on(&conn, sel)
+    }
+
+    fn series_on(&self, conn: &Connection, sel: &Selector) -> Result<Vec<SeriesMeta>, ReadError> {
+        let err = self.query_err("list series");
+        // Only the fields given, so an agent filter uses the unique index
+        // (agent, device, ...) instead of scanning every series.
+        let mut clauses = Vec::new();
+        let mut values: Vec<&str> = Vec::new();
+        for (column, value) in [
+            ("agent", &sel.agent),
+            ("device", &sel.device),
+            ("metric", &sel.metric),
+        ] {
+            if !value.is_empty() {
+                values.push(value);
+                clauses.push(format!("{column} = ?{}", values.len()));
+            }
+        }
+        let filter = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {SERIES_COLUMNS} FROM series {filter} ORDER BY id"
+            ))
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(values), series_row)
+            .map_err(&err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let meta = row
+                .map_err(&err)?
+                .into_meta()
+                .map_err(|labels| ReadError::Labels {
+                    store: self.path.display().to_string(),
+                    labels,
+                })?;
+            out.push(meta);
+        }
+        Ok(out)
+    }
+
+    /// The newest point (by device time) of every series passing `sel`.
+    /// Series without readings are left out.
+    pub fn latest(&self, sel: &Selector) -> Result<Vec<(SeriesMeta, Point)>, ReadError> {
+        let conn = self.open()?;
+        let series = self.series_on(&conn, sel)?;
+        let ids: Vec<i64> = series.iter().map(|m| m.id).collect();
+        let newest = scan::latest(&conn, &ids).map_err(self.scan_err("read latest point"))?;
+        Ok(series
+            .into_iter()
+            .zip(newest)
+            .filter_map(|(meta, p)| Some((meta, p?)))
+            .collect())
+    }
+
+    /// Points of every series passing `sel` within `span`, series by series
+    /// (by id), each in device-time order, in chunks of at most `max_chunk`
+    /// points (clamped to `1..=MAX_CHUNK_POINTS`). `sink` gets every chunk
+    /// and may stop the walk with `ControlFlow::Break`.
+    pub fn range(
+        &self,
+        sel: &Selector,
+        span: TimeSpan,
+        max_chunk: usize,
+        mut sink: impl FnMut(Arc<SeriesMeta>, Vec<Point>) -> ControlFlow<()>,
+    ) -> Result<(), ReadError> {
+        let Some((lo, hi)) = span.closed() else {
+            return Ok(());
+        };
+        let limit = max_chunk.clamp(1, MAX_CHUNK_POINTS);
+        let conn = self.open()?;
+        let series = self.series_on(&conn, sel)?;
+        let err = self.scan_err("read range");
+        for group in series.chunks(RANGE_GROUP) {
+            let ids: Vec<i64> = group.iter().map(|m| m.id).collect();
+            let scans = scan::snapshot(&conn, &ids, lo, hi).map_err(&err)?;
+            for (meta, scan) in group.iter().zip(scans) {
+                let meta = Arc::new(meta.clone());
+                let mut merge = Merge::new(&conn, meta.id, lo, hi, scan);
+                loop {
+                    let mut points = Vec::with_capacity(limit);
+                    if !merge.next_points(&mut points, limit).map_err(&err)? {
+                        break;
+                    }
+                    if sink(Arc::clone(&meta), points).is_break() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every stored point of every series passing `sel`, series by series
+    /// (by id), each in device-time order: what a full `range` streams, in
+    /// one vector. For tests and tools that check what was stored (the
+    /// layout has no table a plain `SELECT` could count).
+    pub fn points(&self, sel: &Selector) -> Result<Vec<(SeriesMeta, Vec<Point>)>, ReadError> {
+        let mut out: Vec<(SeriesMeta, Vec<Point>)> = Vec::new();
+        self.range(
+            sel,
+            TimeSpan::default(),
+            MAX_CHUNK_POINTS,
+            |meta, points| {
+                match out.last_mut() {
+                    Some((m, all)) if m.id == meta.id => all.extend(points),
+                    _ => out.push((SeriesMeta::clone(&meta), points)),
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+/// A `series` row, columns as [`SERIES_COLUMNS`] lists them (the write
+/// side's `load` reads them the same way).
+pub(super) fn series_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SeriesRow> {
+    Ok(SeriesRow {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        device: r.get(2)?,
+        metric: r.get(3)?,
+        labels: r.get(4)?,
+        unit: r.get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,275 @@
+//! Tests of the SQLite read side, each run on the head and again once
+//! everything is compacted into chunks.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+use super::*;
+
+use super::super::tests::TempDb;
+use crate::model::{SeriesKey, StoredValue};
+
+/// Runs `check` on what is in the head, then again once all of it is
+/// compacted into chunks: both layouts answer the same.
+fn in_head_and_chunks(db: &mut TempDb, check: impl Fn(&SqliteReader)) {
+    check(&db.reader());
+    db.store.compact_all().unwrap();
+    check(&db.reader());
+}
+
+fn sel(agent: &str, device: &str, metric: &str) -> Selector {
+    Selector {
+        agent: agent.into(),
+        device: device.into(),
+        metric: metric.into(),
+    }
+}
+
+#[test]
+fn agents_join_the_committed_seq_of_their_current_epoch() {
+    let db = TempDb::new("agents");
+    let big_epoch = u64::MAX - 5;
+    db.conn
+        .execute_batch(&format!(
+            "INSERT INTO agents VALUES ('b', {}, '10.0.0.2:5000', 77, 10, 2, 3, 4);
+             INSERT INTO agents VALUES ('a', 7, '', 0, 0, 0, 0, 0);
+             INSERT INTO epochs VALUES ('b', 1, 999, 0, 999);
+             INSERT INTO epochs VALUES ('b', {}, 42, 3, 50);",
+            big_epoch as i64, big_epoch as i64
+        ))
+        .unwrap();
+    let agents = db.reader().agents().unwrap();
+    assert_eq!(
+        agents,
+        vec![
+            StoredAgent {
+                id: "a".into(),
+                epoch: 7,
+                ..StoredAgent::default()
+            },
+            StoredAgent {
+                id: "b".into(),
+                epoch: big_epoch,
+                peer: "10.0.0.2:5000".into(),
+                last_seen_ns: 77,
+                committed_seq: 42,
+                readings_stored: 10,
+                batches_deduplicated: 2,
+                dropped_at_agent: 3,
+                batches_resent: 4,
+                lag: 8,
+            },
+        ]
+    );
+}
+
+#[test]
+fn series_filter_by_agent_device_metric() {
+    let db = TempDb::new("series");
+    db.series(1, "a1", "pump", "temp", r#"{"room":"1","zone":"x"}"#);
+    db.series(2, "a1", "pump", "rpm", "{}");
+    db.series(3, "a2", "pump", "temp", "{}");
+    db.series(4, "a2", "fan", "temp", "{}");
+    let r = db.reader();
+    let ids = |s: Selector| -> Vec<i64> { r.series(&s).unwrap().iter().map(|m| m.id).collect() };
+    assert_eq!(ids(sel("", "", "")), [1, 2, 3, 4]);
+    assert_eq!(ids(sel("a1", "", "")), [1, 2]);
+    assert_eq!(ids(sel("", "pump", "temp")), [1, 3]);
+    assert_eq!(ids(sel("a2", "fan", "temp")), [4]);
+    assert!(ids(sel("nope", "", "")).is_empty());
+    let first = &r.series(&sel("", "", "")).unwrap()[0];
+    assert_eq!(
+        first.key.labels,
+        BTreeMap::from([("room".into(), "1".into()), ("zone".into(), "x".into())])
+    );
+    assert_eq!(first.key.unit, "V");
+}
+
+#[test]
+fn every_kind_decodes() {
+    let mut db = TempDb::new("kinds");
+    db.series(1, "a", "d", "m", "{}");
+    db.reading(1, 10, StoredValue::F64(1.5));
+    db.reading(1, 20, StoredValue::I64(-7));
+    db.reading(1, 30, StoredValue::Bool(true));
+    db.reading(1, 40, StoredValue::Str("on, \"really\"".into()));
+    db.reading(1, 50, StoredValue::Timeout("no answer in 1s".into()));
+    db.reading(1, 60, StoredValue::Error("connection refused".into()));
+    db.reading(1, 70, StoredValue::F64(f64::NAN));
+    in_head_and_chunks(&mut db, |r| {
+        let mut got = Vec::new();
+        r.range(&Selector::default(), TimeSpan::default(), 100, |_, p| {
+            got.extend(p);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let values: Vec<_> = got.iter().map(|p| p.value.clone()).collect();
+        assert_eq!(
+            values[..6],
+            [
+                StoredValue::F64(1.5),
+                StoredValue::I64(-7),
+                StoredValue::Bool(true),
+                StoredValue::Str("on, \"really\"".into()),
+                StoredValue::Timeout("no answer in 1s".into()),
+                StoredValue::Error("connection refused".into()),
+            ]
+        );
+        assert!(matches!(values[6], StoredValue::F64(v) if v.is_nan()));
+        assert_eq!(got[0].received_ns, 11);
+    });
+}
+
+#[test]
+fn unknown_kind_is_an_error_naming_the_series() {
+    let db = TempDb::new("badkind");
+    db.series(9, "a", "d", "m", "{}");
+    let mut e = super::super::codec::Encoder::head();
+    e.push(9, 10, 0, super::super::codec::RawValue::I64(0));
+    let mut blob = e.finish();
+    // flags, count, three column lengths, series 9, ts 10: then the kind.
+    assert_eq!(blob[..8], [1, 1, 1, 1, 2, 18, 20, 1]);
+    blob[7] = 17;
+    db.conn
+        .execute(
+            "INSERT INTO head VALUES (1, 11, 9, 9, 10, 10, 1, ?1)",
+            [blob],
+        )
+        .unwrap();
+    let err = db.reader().latest(&Selector::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("series 9") && msg.contains("unknown kind 17"),
+        "{msg}"
+    );
+    assert!(!err.is_unavailable());
+}
+
+#[test]
+fn latest_is_the_newest_by_device_time_and_skips_empty_series() {
+    let mut db = TempDb::new("latest");
+    db.series(1, "a", "d", "m1", "{}");
+    db.series(2, "a", "d", "m2", "{}");
+    db.series(3, "a", "d", "m3", "{}");
+    db.reading(1, 300, StoredValue::I64(3));
+    db.reading(1, 100, StoredValue::I64(1)); // arrived late, older
+    db.reading(2, 50, StoredValue::Error("boom".into()));
+    let expect = [
+        (1, 300, StoredValue::I64(3)),
+        (2, 50, StoredValue::Error("boom".into())),
+    ];
+    let check = |r: &SqliteReader, expect: &[(i64, i64, StoredValue)]| {
+        let latest = r.latest(&Selector::default()).unwrap();
+        let got: Vec<_> = latest
+            .iter()
+            .map(|(m, p)| (m.id, p.ts_ns, p.value.clone()))
+            .collect();
+        assert_eq!(got, expect);
+    };
+    in_head_and_chunks(&mut db, |r| check(r, &expect));
+    // Newer in the head than in the chunks, and older.
+    db.reading(1, 400, StoredValue::I64(4));
+    db.reading(2, 10, StoredValue::I64(0));
+    let expect = [
+        (1, 400, StoredValue::I64(4)),
+        (2, 50, StoredValue::Error("boom".into())),
+    ];
+    in_head_and_chunks(&mut db, |r| check(r, &expect));
+}
+
+#[test]
+fn range_is_half_open_ordered_and_chunked() {
+    let mut db = TempDb::new("range");
+    db.series(1, "a", "d", "m", "{}");
+    db.series(2, "a", "d", "n", "{}");
+    db.series(3, "b", "d", "m", "{}");
+    // Inserted out of order, with a duplicate timestamp.
+    for ts in [5, 3, 9, 1, 7, 3, 10, 0] {
+        db.reading(1, ts, StoredValue::I64(ts));
+    }
+    db.reading(2, 4, StoredValue::I64(400));
+    let span = TimeSpan {
+        since_ns: Some(1),
+        until_ns: Some(10),
+    };
+    in_head_and_chunks(&mut db, |r| {
+        let mut chunks = Vec::new();
+        r.range(&sel("a", "", ""), span, 2, |m, p| {
+            chunks.push((m.id, p.iter().map(|p| p.ts_ns).collect::<Vec<_>>()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(
+            chunks,
+            [
+                (1, vec![1, 3]),
+                (1, vec![3, 5]),
+                (1, vec![7, 9]),
+                (2, vec![4]),
+            ]
+        );
+    });
+}
+
+#[test]
+fn range_stops_when_the_sink_breaks_and_handles_empty_spans() {
+    let mut db = TempDb::new("rangebreak");
+    db.series(1, "a", "d", "m", "{}");
+    for ts in 0..10 {
+        db.reading(1, ts, StoredValue::I64(ts));
+    }
+    let r = db.reader();
+    let mut calls = 0;
+    r.range(&Selector::default(), TimeSpan::default(), 3, |_, _| {
+        calls += 1;
+        ControlFlow::Break(())
+    })
+    .unwrap();
+    assert_eq!(calls, 1);
+    for span in [
+        TimeSpan {
+            since_ns: Some(5),
+            until_ns: Some(5),
+        },
+        TimeSpan {
+            since_ns: None,
+            until_ns: Some(i64::MIN),
+        },
+    ] {
+        r.range(&Selector::default(), span, 3, |_, _| {
+            panic!("no chunk expected")
+        })
+        .unwrap();
+    }
+    let mut n = 0;
+    r.range(&Selector::default(), TimeSpan::default(), 5, |_, p| {
+        n += p.len();
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(n, 10);
+}
+
+#[test]
+fn a_missing_database_is_unavailable() {
+    let path = std::env::temp_dir().join(format!("tributary-missing-{}.db", std::process::id()));
+    let err = SqliteReader::new(&path).agents().unwrap_err();
+    assert!(err.is_unavailable());
+    assert!(err.to_string().contains(&path.display().to_string()));
+}
+
+#[test]
+fn selector_matches_like_the_sql() {
+    let key = SeriesKey {
+        agent: "a".into(),
+        device: "d".into(),
+        metric: "m".into(),
+        labels: BTreeMap::new(),
+        unit: String::new(),
+    };
+    assert!(sel("", "", "").matches(&key));
+    assert!(sel("a", "d", "m").matches(&key));
+    assert!(!sel("", "x", "").matches(&key));
+}
