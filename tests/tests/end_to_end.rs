@@ -464,3 +464,36 @@ async fn a_bad_config_exits_2_naming_file_line_and_key() -> Result<()> {
     ensure!(stderr.contains("intervall"), "{stderr}");
     Ok(())
 }
+
+/// The main startup failures of the collector print one line, each cause
+/// once (an error names its cause in its message or returns it as its
+/// source, never both): checked word for word against the real binary.
+#[tokio::test]
+async fn an_unusable_store_is_one_line_with_each_cause_once() -> Result<()> {
+    let cases = [
+        (
+            "sqlite:/nonexistent/dir/x.db",
+            "error: opening the store: sqlite /nonexistent/dir/x.db: unable to open database file\n",
+        ),
+        (
+            // Nothing listens on port 1.
+            "postgres://127.0.0.1:1/x",
+            "error: opening the store: postgres://127.0.0.1:1/x: connect: error connecting to server: \
+             Connection refused (os error 111)\n",
+        ),
+    ];
+    for (store, expected) in cases {
+        let out = tokio::process::Command::new(tributary_tests::process::bin_path(
+            "tributary-collector",
+        )?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{store}: {stderr}");
+        assert_eq!(stderr, expected, "{store}");
+    }
+    Ok(())
+}
