@@ -223,7 +223,7 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
             {
                 return Err(src.error(
                     id.span(),
-                    &format!("allowed_agents[{i}]"),
+                    format!("allowed_agents[{i}]"),
                     format!("{value:?}: an agent id has only letters, digits, '.', '_' and '-'"),
                 ));
             }
@@ -314,7 +314,7 @@ fn apply_limits(
             *target = fits.ok_or_else(|| {
                 src.error(
                     v.span(),
-                    &format!("limits.{key}"),
+                    format!("limits.{key}"),
                     format!("{n}: expected a whole number from 1 to {}", max_of::<T>()),
                 )
             })?;
@@ -332,7 +332,7 @@ fn apply_limits(
             if d.is_zero() {
                 return Err(src.error(
                     v.span(),
-                    &format!("limits.{key}"),
+                    format!("limits.{key}"),
                     "must be longer than zero",
                 ));
             }

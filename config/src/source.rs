@@ -218,12 +218,16 @@ mod tests {
     }
 
     #[test]
-    fn read_file_names_the_missing_file() {
-        let e = read_file(Path::new("/nonexistent/agent.toml")).expect_err("no such file");
-        assert!(
-            e.to_string()
-                .starts_with("/nonexistent/agent.toml: cannot read config file: "),
-            "{e}"
-        );
+    fn a_read_error_names_the_file_once() {
+        let Err(ConfigError::Read { path, error }) = read_file(Path::new("/nonexistent/x.toml"))
+        else {
+            panic!("a missing file is a read error");
+        };
+        assert_eq!(path, PathBuf::from("/nonexistent/x.toml"));
+        let expected = format!("/nonexistent/x.toml: cannot read config file: {error}");
+        let e = ConfigError::Read { path, error };
+        assert_eq!(e.to_string(), expected);
+        // The cause is in the message, so it is not a `source()` as well.
+        assert!(std::error::Error::source(&e).is_none());
     }
 }
