@@ -50,7 +50,7 @@ struct ServeArgs {
     #[arg(long)]
     store: Option<String>,
     /// Delete readings older than this (e.g. 30d), on a schedule
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = tributary_config::parse_duration)]
     retention: Option<std::time::Duration>,
     /// SQLite durability: full fsyncs every commit before acking; normal
     /// survives a collector crash but not power loss [default: full]

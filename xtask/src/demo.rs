@@ -32,9 +32,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use tributary_config::parse_duration_arg;
 
 use crate::proc::{self, Child};
-use crate::{Workspace, parse_duration, run_checked};
+use crate::{Workspace, run_checked};
 use status::{AgentStats, thousands};
 
 /// Default run time.
@@ -217,7 +218,7 @@ fn parse_args(args: &[String]) -> Result<Duration> {
         } else {
             bail!("unknown demo argument {arg:?}; usage: cargo xtask demo [--duration 20s]");
         };
-        duration = parse_duration(value)?;
+        duration = parse_duration_arg(value)?;
     }
     Ok(duration)
 }

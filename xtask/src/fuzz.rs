@@ -17,8 +17,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use tributary_config::parse_duration_arg;
 
-use crate::{Workspace, parse_duration, run_checked};
+use crate::{Workspace, run_checked};
 
 pub const USAGE: &str = "fuzz [--time 30s] [TARGET...]";
 
@@ -42,7 +43,7 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
         match arg.as_str() {
             "--time" => {
                 let v = it.next().context("--time needs a value such as 30s")?;
-                time = parse_duration(v)?;
+                time = parse_duration_arg(v)?;
             }
             t if TARGETS.iter().any(|(_, name)| *name == t) => wanted.push(t.to_owned()),
             other => bail!(

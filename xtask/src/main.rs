@@ -24,7 +24,6 @@ mod tools;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -161,47 +160,4 @@ pub fn show(command: &Command) -> String {
         .chain(command.get_args())
         .map(|a| a.to_string_lossy().into_owned());
     env.chain(words).collect::<Vec<_>>().join(" ")
-}
-
-/// Parse a duration such as `20s`, `1500ms`, `2m`, `1h` or a plain number of
-/// seconds.
-pub fn parse_duration(text: &str) -> Result<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .with_context(|| format!("invalid duration {text:?}: expected e.g. 20s, 500ms, 2m"))?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" | "secs" => number,
-        "ms" => number / 1000.0,
-        "m" | "min" | "mins" => number * 60.0,
-        "h" => number * 3600.0,
-        other => bail!("invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)"),
-    };
-    Duration::try_from_secs_f64(seconds).with_context(|| format!("invalid duration {text:?}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations_parse_with_and_without_units() {
-        let cases = [
-            ("20s", Duration::from_secs(20)),
-            ("20", Duration::from_secs(20)),
-            ("1500ms", Duration::from_millis(1500)),
-            ("2m", Duration::from_secs(120)),
-            ("0.5s", Duration::from_millis(500)),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(parse_duration(text).ok(), Some(expected), "{text}");
-        }
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 }

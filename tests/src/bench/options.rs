@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use tributary_config::parse_duration_arg;
 
 pub const USAGE: &str = "usage: tributary-bench <SCENARIO>... [FLAGS]
 
@@ -189,22 +190,10 @@ fn positive(flag: &str, text: &str) -> Result<usize> {
     Ok(n)
 }
 
-/// `20s`, `1500ms`, `2m` or plain seconds.
+/// A positive duration: `20s`, `1500ms`, `2m`, plain seconds or a fraction
+/// (`tributary_config::parse_duration_arg`, the parser every Tributary flag uses).
 pub fn duration(flag: &str, text: &str) -> Result<Duration> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .with_context(|| format!("{flag} {text:?}: expected e.g. 10s, 500ms, 2m"))?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" | "min" => number * 60.0,
-        other => bail!("{flag} {text:?}: unknown unit {other:?} (use ms, s or m)"),
-    };
-    let d = Duration::try_from_secs_f64(seconds).with_context(|| format!("{flag} {text:?}"))?;
+    let d = parse_duration_arg(text).with_context(|| flag.to_owned())?;
     if d.is_zero() {
         bail!("{flag}: must be more than zero");
     }

@@ -1,0 +1,206 @@
+//! Tests of `serve`'s settings: values, defaults, flags over the file, and
+//! every error at its file, line and key.
+
+use super::*;
+
+fn resolve_str(text: &str) -> Result<Serve, ConfigError> {
+    resolve_text(
+        text,
+        Path::new("/etc/tributary/collector.toml"),
+        &Flags::default(),
+    )
+}
+
+fn error(text: &str) -> String {
+    match resolve_str(text) {
+        Ok(_) => panic!("expected an error for {text:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn an_empty_file_gives_the_defaults() {
+    let s = resolve_str("").expect("valid");
+    assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(s.server.sqlite_path, PathBuf::from("tributary.db"));
+    assert!(s.server.tls.is_none());
+    assert!(s.plaintext_warning.is_none());
+}
+
+#[test]
+fn values_are_read_and_paths_are_relative_to_the_file() {
+    let s = resolve_str(
+        "listen = \"127.0.0.2:7000\"\nstore = \"sqlite:data/t.db\"\nsynchronous = \"normal\"\n\
+         allowed_agents = [\"edge-1\"]\n[limits]\nmax_connections = 3\nhandshake_timeout = \"2s\"\n\
+         max_clock_skew = \"1m\"\n",
+    )
+    .expect("valid");
+    assert_eq!(s.listen.to_string(), "127.0.0.2:7000");
+    assert_eq!(
+        s.server.sqlite_path,
+        PathBuf::from("/etc/tributary/data/t.db")
+    );
+    assert_eq!(s.server.durability, Durability::Normal);
+    assert_eq!(s.server.max_connections, 3);
+    assert_eq!(s.server.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(s.server.limits.max_clock_skew, Duration::from_secs(60));
+    let allowed = s.server.allowed_agents.expect("allowlist");
+    assert!(allowed.contains("edge-1"));
+}
+
+#[test]
+fn postgres_store_and_retention_from_the_file() {
+    let s = resolve_text(
+        "store = \"postgres://root@127.0.0.1/test\"\nretention = \"30d\"\n",
+        Path::new("c.toml"),
+        &Flags::default(),
+    )
+    .expect("valid");
+    assert!(matches!(s.server.store, Some(StoreUrl::Postgres(_))));
+    assert!(s.server.retention.is_some());
+    let e = resolve_text(
+        "retention = \"forever\"\n",
+        Path::new("c.toml"),
+        &Flags::default(),
+    )
+    .expect_err("bad retention");
+    assert!(e.to_string().contains("c.toml:1: retention"), "{e}");
+    let e = resolve_text(
+        "store = \"mysql://x\"\n",
+        Path::new("c.toml"),
+        &Flags::default(),
+    )
+    .expect_err("bad store");
+    assert!(e.to_string().contains("c.toml:1: store"), "{e}");
+}
+
+#[test]
+fn flags_win_over_the_file() {
+    let flags = Flags {
+        listen: Some("127.0.0.1:9999".parse().expect("addr")),
+        store: Some("sqlite:/tmp/x.db".into()),
+        synchronous: Some(Durability::Full),
+        retention: None,
+        allow_plaintext: false,
+    };
+    let s = resolve_text(
+        "listen = \"127.0.0.2:7000\"\nsynchronous = \"normal\"\n",
+        Path::new("c.toml"),
+        &flags,
+    )
+    .expect("valid");
+    assert_eq!(s.listen.to_string(), "127.0.0.1:9999");
+    assert_eq!(s.server.sqlite_path, PathBuf::from("/tmp/x.db"));
+    assert_eq!(s.server.durability, Durability::Full);
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    assert_eq!(
+        error("\n\nlisten = \"nowhere\"\n"),
+        "/etc/tributary/collector.toml:3: listen: \"nowhere\": invalid socket address syntax \
+         (expected e.g. 0.0.0.0:7400)"
+    );
+    let e = error("[limits]\nmax_conections = 3\n");
+    assert!(
+        e.starts_with("/etc/tributary/collector.toml:2: limits: unknown key `max_conections`"),
+        "{e}"
+    );
+    let e = error("[limits]\nmax_connections = 0\n");
+    assert!(
+        e.starts_with("/etc/tributary/collector.toml:2: limits.max_connections: 0: expected"),
+        "{e}"
+    );
+    let e = error("[limits]\nkeepalive_interval = \"10 parsecs\"\n");
+    assert!(
+        e.starts_with(
+            "/etc/tributary/collector.toml:2: limits.keepalive_interval: invalid duration"
+        ),
+        "{e}"
+    );
+    let e = error("allowed_agents = [\"ok\", \"not ok\"]\n");
+    assert!(
+        e.starts_with("/etc/tributary/collector.toml:1: allowed_agents[1]: \"not ok\""),
+        "{e}"
+    );
+    let e = error("[tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n");
+    assert!(
+        e.starts_with(
+            "/etc/tributary/collector.toml:2: tls.cert: /etc/tributary/missing.pem: cannot read"
+        ),
+        "{e}"
+    );
+    let e = error("synchronous = \"sometimes\"\n");
+    assert!(
+        e.starts_with("/etc/tributary/collector.toml:1: synchronous: unknown durability"),
+        "{e}"
+    );
+    let e = error("listen = [\n");
+    assert!(e.starts_with("/etc/tributary/collector.toml:"), "{e}");
+    assert!(e.contains("invalid toml"), "{e}");
+}
+
+#[test]
+fn plaintext_off_loopback_needs_an_explicit_yes() {
+    let e = error("listen = \"0.0.0.0:7400\"\n");
+    assert!(
+        e.starts_with(
+            "/etc/tributary/collector.toml:1: listen: 0.0.0.0:7400 is not a loopback address"
+        ),
+        "{e}"
+    );
+    let s = resolve_str("listen = \"0.0.0.0:7400\"\nallow_plaintext = true\n").expect("valid");
+    assert!(s.plaintext_warning.is_some());
+    let flags = Flags {
+        listen: Some("[::]:7400".parse().expect("addr")),
+        ..Flags::default()
+    };
+    let e = resolve(None, &flags)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with("--listen: [::]:7400 is not a loopback address"),
+        "{e}"
+    );
+    let s = resolve_str("listen = \"[::1]:7400\"\n").expect("valid");
+    assert!(s.plaintext_warning.is_none());
+}
+
+#[test]
+fn max_of_finds_the_type_bound() {
+    assert_eq!(max_of::<u32>(), u64::from(u32::MAX));
+    assert_eq!(max_of::<u64>(), u64::MAX);
+}
+
+#[test]
+fn durations_are_bounded() {
+    assert_eq!(
+        error("[limits]\nhello_timeout = \"500000000000y\"\n"),
+        "/etc/tributary/collector.toml:2: limits.hello_timeout: invalid duration \
+         \"500000000000y\": longer than the limit of 100years"
+    );
+    let e = error("retention = \"200y\"\n");
+    assert!(
+        e.starts_with(
+            "/etc/tributary/collector.toml:1: retention: invalid duration \"200y\": longer"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unknown_key_lists_the_keys_of_its_table() {
+    assert_eq!(
+        error("[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"x\"\n"),
+        "/etc/tributary/collector.toml:4: tls: unknown key `ca` (expected one of `cert`, `key`, \
+         `client_ca`, `query_requires_client_cert`)"
+    );
+    let e = error("listen = \"127.0.0.1:1\"\nport = 3\n");
+    assert!(
+        e.starts_with(
+            "/etc/tributary/collector.toml:2: unknown key `port` (expected one of `listen`, "
+        ),
+        "{e}"
+    );
+}

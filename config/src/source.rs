@@ -1,0 +1,233 @@
+//! Where a config comes from: [`Layer`] (one file: its name, directory, text
+//! and line index) and [`Source`] (the part of a layer being parsed), which
+//! turn byte spans into located [`ConfigError`]s.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::ConfigError;
+use crate::duration::parse_duration;
+
+/// Reads a config file; the error names the file.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+/// Byte offsets where the lines of a text start, built once: looking a line
+/// up is a binary search, so locating errors in a large file stays linear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(
+                text.bytes()
+                    .enumerate()
+                    .filter(|&(_, b)| b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .collect();
+        LineIndex { starts }
+    }
+
+    /// 1-based line of a byte offset (offsets past the end are on the last line).
+    pub fn line(&self, offset: usize) -> usize {
+        // Lines starting at or before `offset`; line 1 starts at 0.
+        self.starts.partition_point(|&start| start <= offset)
+    }
+
+    /// Byte offsets of the line starts, the first being 0.
+    pub fn starts(&self) -> &[usize] {
+        &self.starts
+    }
+}
+
+/// One config file: the unit errors are located in. A later change stacks
+/// layers (includes, defaults, templates); each keeps its own name and lines.
+#[derive(Debug)]
+pub struct Layer<'t> {
+    /// The file as it was named, for messages.
+    name: String,
+    /// The file's directory; relative paths in the file are resolved against it.
+    dir: PathBuf,
+    text: &'t str,
+    lines: LineIndex,
+}
+
+impl<'t> Layer<'t> {
+    /// The layer of `text`, read from `origin` (which only names it in
+    /// messages and anchors its relative paths).
+    pub fn new(text: &'t str, origin: &Path) -> Self {
+        Layer {
+            name: origin.display().to_string(),
+            dir: origin.parent().map(Path::to_path_buf).unwrap_or_default(),
+            text,
+            lines: LineIndex::new(text),
+        }
+    }
+
+    /// The whole file.
+    pub fn source(&self) -> Source<'_> {
+        self.piece(0..self.text.len())
+    }
+
+    /// The bytes `range` of the file, parsed on their own: spans in them are
+    /// relative to `range.start`, errors still name the file's lines. An
+    /// out-of-range piece is empty.
+    pub fn piece(&self, range: Range<usize>) -> Source<'_> {
+        Source {
+            text: self.text.get(range.clone()).unwrap_or(""),
+            base: range.start,
+            layer: self,
+        }
+    }
+
+    pub fn text(&self) -> &'t str {
+        self.text
+    }
+
+    pub fn lines(&self) -> &LineIndex {
+        &self.lines
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The text being parsed (a whole [`Layer`] or a piece of it), for locating
+/// errors.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// The part of the file being parsed; spans are relative to it.
+    pub text: &'a str,
+    /// Where `text` starts in the file.
+    base: usize,
+    layer: &'a Layer<'a>,
+}
+
+impl<'a> Source<'a> {
+    /// The file's name, for messages.
+    pub fn file(&self) -> &'a str {
+        &self.layer.name
+    }
+
+    /// 1-based line of a byte offset in [`Source::text`].
+    pub fn line(&self, offset: usize) -> usize {
+        self.layer
+            .lines
+            .line(self.base + offset.min(self.text.len()))
+    }
+
+    /// An error at `span` about the key path `key` (empty: the file).
+    pub fn error(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.layer.name.clone(),
+            line: self.line(span.start),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax error, located at its line.
+    pub fn syntax_error(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        self.error(span, "", format!("invalid toml: {}", e.message()))
+    }
+
+    /// A path from the file, resolved against the file's directory (an
+    /// absolute path stays as it is).
+    pub fn resolve(&self, value: &str) -> PathBuf {
+        self.layer.dir.join(value)
+    }
+
+    /// A non-empty path from the file at `key`, resolved against the file's
+    /// directory.
+    pub fn path(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let text = value.get_ref();
+        if text.trim().is_empty() {
+            return Err(self.error(value.span(), key, "path must not be empty"));
+        }
+        Ok(self.resolve(text))
+    }
+
+    /// A duration from the file at `key` (see [`parse_duration`]).
+    pub fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        parse_duration(value.get_ref()).map_err(|e| self.error(value.span(), key, e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_numbers_match_counting_newlines() {
+        let text = "a\n\nbc\nd";
+        let layer = Layer::new(text, Path::new("x.toml"));
+        let src = layer.source();
+        for offset in 0..=text.len() + 2 {
+            let counted = 1 + text.as_bytes()[..offset.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            assert_eq!(src.line(offset), counted, "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn a_piece_reports_lines_of_the_file() {
+        let text = "a = 1\nb = 2\nc = 3\n";
+        let layer = Layer::new(text, Path::new("dir/x.toml"));
+        let piece = layer.piece(6..text.len());
+        assert_eq!(piece.text, "b = 2\nc = 3\n");
+        assert_eq!(piece.line(0), 2);
+        assert_eq!(piece.line(6), 3);
+        assert_eq!(
+            piece.error(6..7, "c", "bad").to_string(),
+            "dir/x.toml:3: c: bad"
+        );
+        assert_eq!(layer.piece(99..100).text, "");
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_file() {
+        let layer = Layer::new("", Path::new("/etc/t/agent.toml"));
+        let src = layer.source();
+        assert_eq!(src.resolve("ca.pem"), PathBuf::from("/etc/t/ca.pem"));
+        assert_eq!(src.resolve("/x/ca.pem"), PathBuf::from("/x/ca.pem"));
+        let empty = Spanned::new(0..0, " ".to_owned());
+        assert_eq!(
+            src.path(&empty, "tls.ca").map_err(|e| e.to_string()),
+            Err("/etc/t/agent.toml:1: tls.ca: path must not be empty".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_read_error_names_the_file_once() {
+        let Err(ConfigError::Read { path, error }) = read_file(Path::new("/nonexistent/x.toml"))
+        else {
+            panic!("a missing file is a read error");
+        };
+        assert_eq!(path, PathBuf::from("/nonexistent/x.toml"));
+        let expected = format!("/nonexistent/x.toml: cannot read config file: {error}");
+        let e = ConfigError::Read { path, error };
+        assert_eq!(e.to_string(), expected);
+        // The cause is in the message, so it is not a `source()` as well.
+        assert!(std::error::Error::source(&e).is_none());
+    }
+}
