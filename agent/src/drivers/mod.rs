@@ -273,18 +273,4 @@ pub enum BuildError {
     },
 }
 
-/// `err` and its sources joined with `: `, skipping a source whose text the
-/// previous level already contains (some libraries repeat their source).
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
-}
+pub(crate) use tributary_process::error_chain;

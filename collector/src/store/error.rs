@@ -3,14 +3,13 @@
 //!
 //! Every store error prints its cause once: the message names the store,
 //! the step and the cause (the database's own words, with their own
-//! causes: [`cause_chain`]), and `source()` is `None`. The causes do not
+//! causes: [`error_chain`]), and `source()` is `None`. The causes do not
 //! agree on the rule (rusqlite and deadpool put their cause in their
 //! message *and* return it as `source()`; tokio-postgres returns it only as
 //! `source()`), and the merger logs these errors with `%e`, which shows the
 //! message only; so the message is the one place a cause is written. The
 //! cause is kept as a field, for code that asks what went wrong.
 
-use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ pub enum StoreError {
     },
     #[error("{store}: {labels}")]
     Labels { store: String, labels: BadLabels },
-    #[error("{store}: {what}: {}", cause_chain(cause))]
+    #[error("{store}: {what}: {}", error_chain(cause))]
     Postgres {
         store: String,
         what: &'static str,
@@ -62,19 +61,4 @@ pub(crate) fn sqlite_cause(cause: &rusqlite::Error, path: &Path) -> String {
     }
 }
 
-/// `e` and its causes, joined by ": ", each written once: a cause whose
-/// text is already in what was written is left out (some libraries repeat
-/// their cause in their own message).
-pub(crate) fn cause_chain(e: &(dyn Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
-}
+pub(crate) use tributary_process::error_chain;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::error::{cause_chain, sqlite_cause};
+use super::error::{error_chain, sqlite_cause};
 use super::labels::BadLabels;
 use super::postgres::PgReader;
 use super::sqlite::SqliteReader;
@@ -42,14 +42,14 @@ pub enum ReadError {
         cause: rusqlite::Error,
     },
     /// A PostgreSQL query failed.
-    #[error("{what} in {store}: {}", cause_chain(cause))]
+    #[error("{what} in {store}: {}", error_chain(cause))]
     Postgres {
         what: &'static str,
         store: String,
         cause: tokio_postgres::Error,
     },
     /// No PostgreSQL connection could be had from the pool.
-    #[error("{what} in {store}: no connection: {}", cause_chain(cause))]
+    #[error("{what} in {store}: no connection: {}", error_chain(cause))]
     Pool {
         what: &'static str,
         store: String,

@@ -9,7 +9,7 @@ use tokio_postgres::{Client, NoTls};
 use tracing::debug;
 
 use super::PgStore;
-use crate::store::error::cause_chain;
+use crate::store::error::error_chain;
 use crate::store::{Durability, StoreError};
 
 /// Longest a single store call (a commit, a resolve) may take before the
@@ -63,7 +63,7 @@ impl PgStore {
                     // The cause alone: the error that repeats it names the
                     // store and the step itself.
                     let why = match &e {
-                        StoreError::Postgres { cause, .. } => cause_chain(cause),
+                        StoreError::Postgres { cause, .. } => error_chain(cause),
                         StoreError::Timeout { after, .. } => {
                             format!("no answer within {after:?}")
                         }

@@ -1,0 +1,104 @@
+//! How a Tributary binary lives as a process, the same for the agent and
+//! the collector: logs go to stderr through `tracing` (filtered by
+//! `RUST_LOG`, text or JSON), the process stops on SIGINT or SIGTERM, and an
+//! error is told with each of its causes once.
+//!
+//! Owns nothing at run time: each function is called once by a `main` (or,
+//! for [`error_chain`], wherever an error from a library must become text).
+
+#![forbid(unsafe_code)]
+
+use std::error::Error;
+
+/// Resolves on SIGINT or SIGTERM (on non-Unix targets, on Ctrl-C only).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Installs the process's log subscriber: stderr, `RUST_LOG` or `info`,
+/// JSON lines when `format` is `"json"`, text otherwise (colour only when
+/// stderr is a terminal, which `tracing-subscriber` decides).
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// `err` and its sources joined with `: `, skipping a source whose text the
+/// previous levels already contain (some libraries, hyper and
+/// tokio-postgres among them, repeat their source in their own message).
+pub fn error_chain(err: &(dyn Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Level(&'static str, Option<Box<Level>>);
+
+    impl std::fmt::Display for Level {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Error for Level {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref().map(|l| l as &(dyn Error + 'static))
+        }
+    }
+
+    #[test]
+    fn each_cause_is_told_once() {
+        let err = Level(
+            "transport error: tcp connect error",
+            Some(Box::new(Level(
+                "tcp connect error",
+                Some(Box::new(Level("Connection refused (os error 111)", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&err),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
+        assert_eq!(error_chain(&Level("alone", None)), "alone");
+    }
+}
