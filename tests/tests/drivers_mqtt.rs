@@ -1,7 +1,8 @@
 //! The MQTT driver against real Mosquitto brokers: the machine's broker on
 //! 127.0.0.1:1883 with messages published by the real `mosquitto_pub`, and
 //! private brokers this test starts, stops and restarts (reconnect and
-//! resubscribe, refused, not authorized).
+//! resubscribe, refused, not authorized), and one publisher's bad topic
+//! against a whole agent and collector.
 
 use std::time::Duration;
 
@@ -10,8 +11,10 @@ use rand::Rng;
 use tributary_agent::config::DeviceConfig;
 use tributary_agent::drivers::Driver;
 use tributary_agent::reading::{Sample, Value};
+use tributary_collector::model::StoredValue;
+use tributary_tests::cluster::{self, Agent, Collector, assert_exactly_once};
 use tributary_tests::peers::{self, SHARED_BROKER, device_config, mqtt_publish, poll_once};
-use tributary_tests::process::TestDir;
+use tributary_tests::process::{TestDir, eventually, free_addr};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -208,5 +211,92 @@ async fn refused_and_unauthorized_are_named() -> Result<()> {
         .await
         .expect_err("not authorized");
     assert!(e.message.contains("auth failure"), "{e}");
+    Ok(())
+}
+
+/// The stored values of `device`'s `metric` on agent `agent`.
+fn stored(db: &std::path::Path, agent: &str, device: &str, metric: &str) -> Vec<StoredValue> {
+    cluster::stored_points(db, agent, device, metric)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|(_, points)| points.into_iter().map(|p| p.value))
+        .collect()
+}
+
+/// A message on `plant//temp` with a `{1}` metric template names an empty
+/// metric. It used to make the collector refuse the batch it was in, and
+/// the agent dropped that batch whole after three refusals, with the
+/// readings of every other device in it. Now it is a failed reading that
+/// says why, and the sim counter on the same agent arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_topic_level_fails_one_reading_not_the_agents_batch() -> Result<()> {
+    let dir = TestDir::new("mqtt-empty-level")?;
+    let collector = Collector::start(&dir, free_addr()?).await?;
+    let p = prefix();
+    let id = "mqtt-edge";
+    let mut config = cluster::sim_agent_config(id, &[collector.url()], 1, "50ms");
+    config.push_str(&format!(
+        r#"
+[[devices]]
+name = "plant"
+driver = "mqtt"
+interval = "100ms"
+broker = "{SHARED_BROKER}"
+qos = 1
+topics = [{{ filter = "{p}/+/temp", device = "{{name}}", metric = "{{1}}" }}]
+"#
+    ));
+    let mut agent = Agent::start(&dir, id, &config, "")?;
+    let db = collector.db.clone();
+
+    // Subscribed and delivering: a good topic's value is stored.
+    eventually(cluster::PATIENCE, "the first good value is stored", || {
+        let db = db.clone();
+        let p = p.clone();
+        async move {
+            mqtt_publish(SHARED_BROKER, &format!("{p}/first/temp"), "1", false)
+                .await
+                .ok()?;
+            (!stored(&db, id, "plant", "first").is_empty()).then_some(())
+        }
+    })
+    .await?;
+    mqtt_publish(SHARED_BROKER, &format!("{p}//temp"), "2", false).await?;
+    // Counter values polled after the bad message, so the batch that held
+    // it is well behind.
+    let seen = cluster::counters(&db, id)?
+        .values()
+        .map(Vec::len)
+        .sum::<usize>();
+    cluster::wait_for_counters(&db, id, 1, seen + 40).await?;
+    mqtt_publish(SHARED_BROKER, &format!("{p}/good/temp"), "3", false).await?;
+    eventually(
+        cluster::PATIENCE,
+        "the value after the bad one is stored",
+        || {
+            let db = db.clone();
+            async move { (!stored(&db, id, "plant", "good").is_empty()).then_some(()) }
+        },
+    )
+    .await?;
+    agent.stop().await?;
+
+    // Ground truth: every counter value once, none lost.
+    let total = assert_exactly_once(&cluster::counters(&db, id)?, 1)
+        .with_context(|| format!("counter values of {id}; its log:\n{}", agent.log()))?;
+    assert!(total as usize >= seen + 40, "{total}");
+    assert_eq!(stored(&db, id, "plant", "good"), [StoredValue::I64(3)]);
+    // The bad message: a failed reading of the device that names the cause.
+    let invalid = stored(&db, id, "plant", "invalid_series");
+    assert_eq!(
+        invalid,
+        [StoredValue::Error(format!(
+            "payload on {p}//temp: the metric template \"{{1}}\" renders an empty name"
+        ))],
+        "{}",
+        agent.log()
+    );
+    let stats = agent.uplink_stats()?;
+    assert_eq!(stats.dropped_readings, 0, "{stats:?}");
     Ok(())
 }

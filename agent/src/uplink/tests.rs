@@ -16,7 +16,7 @@ use super::collectors::fnv1a64;
 use super::connection::{Event, Link, connect};
 use super::declared::Declared;
 use super::decode::spooled_readings;
-use super::encode::{clip, encode_batch};
+use super::encode::{clip, encode_batch, series_decl, wire_refusal};
 use super::series_ids::SeriesIds;
 use super::{Collectors, NoCollectors, UplinkConfig, UplinkStats};
 use crate::reading::{FailureKind, Labels, Reading, SeriesKey, Value};
@@ -29,6 +29,12 @@ fn key(device: &str, metric: &str) -> Arc<SeriesKey> {
         labels: Labels::from_map(&BTreeMap::from([("site".to_owned(), "x".to_owned())])),
         unit: "W".into(),
     })
+}
+
+/// `encode_batch`'s bytes, readings and highest series id.
+fn encode(ids: &mut SeriesIds, readings: &[Reading]) -> (Vec<u8>, u32, u32) {
+    let e = encode_batch(ids, readings);
+    (e.bytes, e.readings, e.max_series)
 }
 
 fn record(seq: u64, bytes: Vec<u8>, readings: u32, series: u32) -> Record {
@@ -124,7 +130,7 @@ fn a_spooled_batch_holds_every_reading_and_no_names() {
         },
     ];
     let mut ids = SeriesIds::default();
-    let (bytes, count_n, max_series) = encode_batch(&mut ids, &readings);
+    let (bytes, count_n, max_series) = encode(&mut ids, &readings);
     assert_eq!((count_n, max_series), (6, 4));
     let text = String::from_utf8_lossy(&bytes);
     assert!(
@@ -155,7 +161,7 @@ fn a_poll_of_floats_costs_at_most_eleven_bytes_a_reading() {
             });
         }
     }
-    let (bytes, n, _) = encode_batch(&mut ids, &readings);
+    let (bytes, n, _) = encode(&mut ids, &readings);
     // 8 B value + 1 B series delta + 1 B time delta, plus the group's
     // few bytes of framing.
     assert!(
@@ -200,7 +206,7 @@ fn a_scrape_spools_about_ten_bytes_a_reading_without_names() {
         })
         .collect();
     let mut ids = SeriesIds::default();
-    let (bytes, n, _) = encode_batch(&mut ids, &readings[..1000]);
+    let (bytes, n, _) = encode(&mut ids, &readings[..1000]);
     let per_reading = bytes.len() as f64 / f64::from(n);
     println!("{per_reading:.2} bytes per reading spooled");
     assert!(per_reading < 10.5, "{per_reading:.2} bytes per reading");
@@ -215,8 +221,8 @@ fn each_stream_declares_a_series_once_the_first_time_it_is_used() {
         ts_ns: 5,
         value: Value::F64(v),
     };
-    let (first, _, _) = encode_batch(&mut ids, &[r(&a, 1.0), r(&a, 2.0)]);
-    let (second, _, _) = encode_batch(&mut ids, &[r(&b, 1.0), r(&a, 3.0)]);
+    let (first, _, _) = encode(&mut ids, &[r(&a, 1.0), r(&a, 2.0)]);
+    let (second, _, _) = encode(&mut ids, &[r(&b, 1.0), r(&a, 3.0)]);
     let first = pb::Batch::decode(first.as_slice()).unwrap();
     let second = pb::Batch::decode(second.as_slice()).unwrap();
     let declared_ids = |d: Vec<pb::SeriesDecl>| {
@@ -247,6 +253,86 @@ fn each_stream_declares_a_series_once_the_first_time_it_is_used() {
     });
     assert_eq!(stream.missing(&bad, &ids), Err(9));
     assert_eq!(stream.missing(&second, &ids).unwrap().len(), 2);
+}
+
+#[test]
+fn a_series_the_collector_would_refuse_is_spooled_as_a_failed_reading() {
+    let named = |device: &str, metric: &str, label: &str| {
+        Arc::new(SeriesKey {
+            device: device.into(),
+            metric: metric.into(),
+            labels: Labels::from_map(&BTreeMap::from([(label.to_owned(), "v".to_owned())])),
+            unit: "".into(),
+        })
+    };
+    let good = named("plant", "temp", "site");
+    let r = |series: &Arc<SeriesKey>, value: Value| Reading {
+        series: series.clone(),
+        ts_ns: 7,
+        value,
+    };
+    let readings = [
+        r(&good, Value::F64(1.0)),
+        r(&named("plant", "", "site"), Value::F64(2.0)),
+        r(&good, Value::F64(3.0)),
+        r(&named("", "temp", "site"), Value::I64(4)),
+        r(&named("plant", "temp", ""), Value::Str("x".into())),
+        r(&named("plant", "", "site"), Value::F64(5.0)),
+    ];
+    let mut ids = SeriesIds::default();
+    let e = encode_batch(&mut ids, &readings);
+    assert_eq!((e.readings, e.invalid), (6, 4));
+    // Only valid series got ids: the good one and two stand-ins.
+    let keys: Vec<(&str, &str)> = ids.keys.iter().map(|k| (&*k.device, &*k.metric)).collect();
+    assert_eq!(
+        keys,
+        [
+            ("plant", "temp"),
+            ("plant", "invalid_series"),
+            ("invalid_series", "invalid_series")
+        ]
+    );
+    for (i, key) in ids.keys.iter().enumerate() {
+        assert_eq!(wire_refusal(key), None, "{key:?}");
+        let decl = series_decl(i as u32 + 1, key);
+        assert!(
+            !decl.device.is_empty() && !decl.metric.is_empty(),
+            "{decl:?}"
+        );
+    }
+    let back = spooled_readings(&record(1, e.bytes, 6, e.max_series), &ids.keys).unwrap();
+    let failure = |device: &str| {
+        back.iter()
+            .filter(|r| &*r.series.device == device && &*r.series.metric == "invalid_series")
+            .map(|r| match &r.value {
+                Value::Failed { kind, message } => {
+                    assert_eq!(*kind, FailureKind::Error);
+                    message.clone()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        failure("plant"),
+        [
+            "series refused before spooling, the metric name is empty: device \"plant\", metric \"\", labels {\"site\"=\"v\"}; its value 2 is not stored",
+            "series refused before spooling, a label name is empty: device \"plant\", metric \"temp\", labels {\"\"=\"v\"}; its value \"x\" is not stored",
+            "series refused before spooling, the metric name is empty: device \"plant\", metric \"\", labels {\"site\"=\"v\"}; its value 5 is not stored",
+        ]
+    );
+    assert_eq!(
+        failure("invalid_series"),
+        [
+            "series refused before spooling, the device name is empty: device \"\", metric \"temp\", labels {\"site\"=\"v\"}; its value 4 is not stored"
+        ]
+    );
+    let good_values: Vec<&Value> = back
+        .iter()
+        .filter(|r| Arc::ptr_eq(&r.series, &ids.keys[0]))
+        .map(|r| &r.value)
+        .collect();
+    assert_eq!(good_values, [&Value::F64(1.0), &Value::F64(3.0)]);
 }
 
 #[test]
@@ -381,6 +467,9 @@ fn stats_read_back_from_their_text() {
         resent_batches: 7,
         spool_errors: 8,
         confirmed_by_welcome: 9,
+        invalid_series_readings: 10,
+        refused_batches: 11,
+        refused_readings: 12,
     };
     let text = stats.to_prometheus_text();
     assert!(

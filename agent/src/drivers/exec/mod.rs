@@ -353,7 +353,10 @@ mod tests {
         // Only the tail of standard error is kept for the message.
         let e = exec(
             "sh",
-            &["-c", "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo >&2; echo last >&2; exit 4"],
+            &[
+                "-c",
+                "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo >&2; echo last >&2; exit 4",
+            ],
             HttpFormat::Json,
         )
         .poll()

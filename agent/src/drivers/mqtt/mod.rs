@@ -47,7 +47,7 @@ pub use self::template::{Template, TemplateError};
 use super::http::{JsonMetric, json, prometheus};
 use super::{BuildError, PollError, Poller};
 use crate::config::DeviceConfig;
-use crate::reading::{FailureKind, Polled, Sample, Value};
+use crate::reading::{FailureKind, INVALID_SERIES_METRIC, Polled, Sample, Value};
 
 /// Largest message accepted from the broker.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
@@ -329,10 +329,46 @@ impl Task {
             let device = t.device.render(&self.device, topic, &captures);
             for mut s in payload_samples(t, &self.device, topic, &captures, payload) {
                 s.device = Some(device.clone());
-                out.push((i, s));
+                out.push((i, valid_names(s, t, &self.device, topic)));
             }
         }
         out
+    }
+}
+
+/// `s`, or, when a template rendered an empty device or metric name (`{1}`
+/// on the empty level of `plant//temp`), a failed reading of the device's
+/// [`INVALID_SERIES_METRIC`] series naming the template: the collector
+/// refuses an empty name, and a sample under it must not reach the uplink.
+/// An empty device name falls back to the configured device's.
+fn valid_names(s: Sample, t: &MqttTopic, configured: &str, topic: &str) -> Sample {
+    let device = s.device.as_deref().unwrap_or(configured);
+    let (field, template) = if device.is_empty() {
+        ("device", t.device.to_string())
+    } else if s.metric.is_empty() {
+        let template = t.metric.as_ref().map(ToString::to_string);
+        ("metric", template.unwrap_or_default())
+    } else {
+        return s;
+    };
+    Sample {
+        device: Some(
+            if device.is_empty() {
+                configured
+            } else {
+                device
+            }
+            .to_owned(),
+        ),
+        ..Sample::new(
+            INVALID_SERIES_METRIC,
+            Value::Failed {
+                kind: FailureKind::Error,
+                message: format!(
+                    "payload on {topic}: the {field} template \"{template}\" renders an empty name"
+                ),
+            },
+        )
     }
 }
 
@@ -554,6 +590,49 @@ mod tests {
         assert_eq!(s.len(), 2);
         let s = payload_samples(&t, "plant", "p/a/t", &["a"], b"x{k=} 1\n");
         assert!(matches!(&s[0].value, Value::Failed { .. }), "{:?}", s[0]);
+    }
+
+    #[test]
+    fn an_empty_rendered_name_is_a_failed_reading_of_the_device() {
+        let mut t = topic("p/+/t", Some("{1}"), PayloadFormat::Number);
+        t.device = Template::parse("{1}", 1).expect("template");
+        let sample = |t: &MqttTopic, topic: &str, level: &str| {
+            let mut s = payload_samples(t, "plant", topic, &[level], b"2");
+            s[0].device = Some(t.device.render("plant", topic, &[level]));
+            valid_names(s.remove(0), t, "plant", topic)
+        };
+        let good = sample(&t, "p/a/t", "a");
+        assert_eq!(
+            (good.device.as_deref(), good.metric.as_str()),
+            (Some("a"), "a")
+        );
+        assert_eq!(good.value, Value::I64(2));
+        let bad = sample(&t, "p//t", "");
+        assert_eq!(bad.device.as_deref(), Some("plant"));
+        assert_eq!(bad.metric, INVALID_SERIES_METRIC);
+        assert_eq!(
+            bad.value,
+            Value::Failed {
+                kind: FailureKind::Error,
+                message: "payload on p//t: the device template \"{1}\" renders an empty name"
+                    .into()
+            }
+        );
+        t.device = Template::parse("{name}-{1}", 1).expect("template");
+        let bad = sample(&t, "p//t", "");
+        assert_eq!(bad.device.as_deref(), Some("plant-"));
+        assert_eq!(
+            bad.value,
+            Value::Failed {
+                kind: FailureKind::Error,
+                message: "payload on p//t: the metric template \"{1}\" renders an empty name"
+                    .into()
+            }
+        );
+        assert_eq!(
+            Template::parse("a{name}/{topic}-{1}", 1).map(|t| t.to_string()),
+            Ok("a{name}/{topic}-{1}".to_string())
+        );
     }
 
     #[tokio::test]
