@@ -14,7 +14,7 @@ use tributary_agent::reading::{Sample, Value};
 use tributary_collector::model::StoredValue;
 use tributary_tests::cluster::{self, Agent, Collector, assert_exactly_once};
 use tributary_tests::peers::{self, SHARED_BROKER, device_config, mqtt_publish, poll_once};
-use tributary_tests::process::{TestDir, eventually, free_addr};
+use tributary_tests::process::{Proc, TestDir, eventually, free_addr, wait_for_port};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -298,5 +298,97 @@ topics = [{{ filter = "{p}/+/temp", device = "{{name}}", metric = "{{1}}" }}]
     );
     let stats = agent.uplink_stats()?;
     assert_eq!(stats.dropped_readings, 0, "{stats:?}");
+    Ok(())
+}
+
+/// A collector configured with tighter `[limits]` than the wire's refuses
+/// a batch the agent built (a 40-byte metric name, `max_name_len = 32`).
+/// One reading per batch, so many batches are in flight when the refusal
+/// ends the stream: the agent must find the refused one (one at a time)
+/// and drop exactly it, not the oldest unacked batch. Ground truth: the
+/// sim counter arrives exactly once, and exactly one reading is counted as
+/// refused and dropped, on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_with_tighter_limits_loses_only_the_batch_it_refuses() -> Result<()> {
+    let dir = TestDir::new("mqtt-tight-limits")?;
+    let addr = free_addr()?;
+    let db = dir.join("collector.db");
+    let conf = dir.join("collector.toml");
+    std::fs::write(&conf, "[limits]\nmax_name_len = 32\n")?;
+    let _collector = Proc::builder("tributary-collector")?
+        .args(["serve", "--listen", &addr.to_string(), "--config"])
+        .arg(&conf)
+        .arg(format!("--store=sqlite:{}", db.display()))
+        .log_to(dir.join("collector.log"))
+        .spawn()?;
+    wait_for_port(addr, cluster::PATIENCE).await?;
+    let p = prefix();
+    let id = "tight";
+    let config = format!(
+        r#"id = "{id}"
+collectors = ["http://{addr}"]
+
+[batch]
+max_readings = 1
+
+[[devices]]
+name = "{id}-counter-0"
+driver = "sim"
+interval = "20ms"
+
+[[devices]]
+name = "plant"
+driver = "mqtt"
+interval = "100ms"
+broker = "{SHARED_BROKER}"
+qos = 1
+topics = [{{ filter = "{p}/+/temp", device = "{{name}}", metric = "{{1}}" }}]
+"#
+    );
+    let mut agent = Agent::start(&dir, id, &config, "")?;
+    eventually(cluster::PATIENCE, "the first good value is stored", || {
+        let db = db.clone();
+        let p = p.clone();
+        async move {
+            mqtt_publish(SHARED_BROKER, &format!("{p}/first/temp"), "1", false)
+                .await
+                .ok()?;
+            (!stored(&db, id, "plant", "first").is_empty()).then_some(())
+        }
+    })
+    .await?;
+    let long = "m".repeat(40);
+    mqtt_publish(SHARED_BROKER, &format!("{p}/{long}/temp"), "2", false).await?;
+    eventually(
+        cluster::PATIENCE,
+        "the refused batch is dropped",
+        || async {
+            let stats = agent.uplink_stats().ok()?;
+            (stats.refused_batches > 0).then_some(())
+        },
+    )
+    .await
+    .with_context(|| agent.log())?;
+    let seen = cluster::counters(&db, id)?
+        .values()
+        .map(Vec::len)
+        .sum::<usize>();
+    cluster::wait_for_counters(&db, id, 1, seen + 20).await?;
+    agent.stop().await?;
+
+    assert_exactly_once(&cluster::counters(&db, id)?, 1)
+        .with_context(|| format!("counter values of {id}; its log:\n{}", agent.log()))?;
+    assert!(stored(&db, id, "plant", &long).is_empty());
+    let stats = agent.uplink_stats()?;
+    assert_eq!(
+        (
+            stats.refused_batches,
+            stats.refused_readings,
+            stats.dropped_readings
+        ),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(cluster::agent_counters(&db, id)?.dropped_at_agent, 1);
     Ok(())
 }

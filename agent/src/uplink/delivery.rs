@@ -112,7 +112,7 @@ impl Uplink {
         self.stats.connects += 1;
     }
 
-    fn acked(&mut self, seq: u64) {
+    pub(super) fn acked(&mut self, seq: u64) {
         self.stats.acked_seq = self.stats.acked_seq.max(seq);
         if let Err(e) = self.spool.ack(seq) {
             error!(error = %e, seq, "spool truncation failed");
@@ -123,22 +123,22 @@ impl Uplink {
         }
     }
 
-    /// Whether a batch may go out on `stream` now: always, except while a
+    /// Whether the batch `next_send` may go out now: always, except while a
     /// refusal is being pinned down, when only with nothing unacked in
-    /// flight.
-    pub(super) fn may_send(&self, stream: &Stream) -> bool {
+    /// flight before it.
+    pub(super) fn may_send(&self, next_send: u64) -> bool {
         self.refusal.is_none()
             || self
                 .spool
                 .first_unacked()
-                .is_none_or(|front| stream.next_send <= front)
+                .is_none_or(|front| next_send <= front)
     }
 
     /// The stream ended with `status`. A batch the collector refuses as
     /// invalid would be resent forever and hold up everything after it
     /// (batches go in order): see the module's comment for how the refused
     /// batch is found and given up on.
-    fn rejected(&mut self, status: &tonic::Status) {
+    pub(super) fn rejected(&mut self, status: &tonic::Status) {
         // Only a refusal of a batch's content counts (the collector names
         // the field, `batch.…`), or a frame too large to decode.
         let refused = match status.code() {

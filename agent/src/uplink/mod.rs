@@ -211,9 +211,9 @@ impl Uplink {
                 self.spool.set_in_flight(0);
             }
             link.connect_if_due(|| self.hello());
-            let want_send = link
-                .stream()
-                .is_some_and(|s| self.spool.last_seq() >= s.next_send && self.may_send(s));
+            let want_send = link.stream().is_some_and(|s| {
+                self.spool.last_seq() >= s.next_send && self.may_send(s.next_send)
+            });
 
             tokio::select! {
                 readings = self.intake.recv(), if intake == Intake::Open && !self.blocked => match readings {

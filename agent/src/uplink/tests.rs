@@ -335,6 +335,94 @@ fn a_series_the_collector_would_refuse_is_spooled_as_a_failed_reading() {
     assert_eq!(good_values, [&Value::F64(1.0), &Value::F64(3.0)]);
 }
 
+/// An uplink on a fresh spool in a temporary directory, sealing one
+/// reading per batch, with `n` batches spooled (sequences `1..=n`).
+fn uplink_with_batches(name: &str, n: usize) -> (super::Uplink, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "tributary-uplink-{name}-{}-{}",
+        std::process::id(),
+        crate::reading::now_ns()
+    ));
+    let (spool, _) = crate::spool::Spool::open(crate::spool::SpoolOptions {
+        dir: dir.clone(),
+        max_bytes: 1 << 20,
+        policy: crate::spool::FullPolicy::DropOldest,
+        sync: false,
+    })
+    .expect("spool");
+    let mut config = UplinkConfig::new(
+        "a".into(),
+        Collectors::new(vec!["http://x".into()]).unwrap(),
+    );
+    config.batch_max_readings = 1;
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let (mut uplink, _) = super::Uplink::new(config, rx, spool);
+    let k = key("d", "m");
+    uplink.push(
+        (0..n)
+            .map(|i| Reading {
+                series: k.clone(),
+                ts_ns: 1 + i as i64,
+                value: Value::I64(i as i64),
+            })
+            .collect(),
+    );
+    assert_eq!(uplink.spool.last_seq(), n as u64);
+    (uplink, dir)
+}
+
+#[test]
+fn a_refused_batch_is_found_alone_in_flight_before_it_is_dropped() {
+    let (mut u, dir) = uplink_with_batches("refused", 3);
+    let refusal = tonic::Status::invalid_argument("batch.series[0].metric: longer than 32 bytes");
+    // Batches 1 to 3 were in flight when the stream was refused, three
+    // times: which one is not known, so none is dropped (the oldest, 1,
+    // used to be, though the collector may well have refused 3).
+    for _ in 0..3 {
+        u.sent_on_stream = 3;
+        u.rejected(&refusal);
+    }
+    assert_eq!(u.spool.first_unacked(), Some(1));
+    assert_eq!((u.stats.refused_batches, u.spool.dropped()), (0, 0));
+    // One at a time now: 1 goes alone, 2 waits for its ack.
+    assert!(u.may_send(1));
+    assert!(!u.may_send(2));
+    u.sent_on_stream = 1;
+    u.acked(1);
+    assert!(u.may_send(2) && !u.may_send(3));
+    u.sent_on_stream = 2;
+    u.acked(2);
+    // 3 alone is refused: after the third time it is given up on, counted.
+    for time in 1..=3 {
+        u.sent_on_stream = 3;
+        u.rejected(&refusal);
+        let expected = if time < 3 { Some(3) } else { None };
+        assert_eq!(u.spool.first_unacked(), expected, "refusal {time}");
+    }
+    assert_eq!(
+        (
+            u.stats.refused_batches,
+            u.stats.refused_readings,
+            u.stats.dropped_readings
+        ),
+        (1, 1, 1)
+    );
+    // Everything that was in flight is dealt with: sending freely again.
+    assert!(u.refusal.is_none());
+    // Other ends of a stream are no refusal.
+    let (mut u, dir2) = uplink_with_batches("not-refused", 1);
+    u.sent_on_stream = 1;
+    for _ in 0..3 {
+        u.rejected(&tonic::Status::unavailable("collector going away"));
+        u.rejected(&tonic::Status::invalid_argument(
+            "hello: sent twice on one stream",
+        ));
+    }
+    assert!(u.refusal.is_none() && u.spool.first_unacked() == Some(1));
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(dir2);
+}
+
 #[test]
 fn long_strings_are_cut_at_a_character_boundary() {
     assert_eq!(clip("abc", 5), "abc");
