@@ -199,11 +199,11 @@ const MAX_CELL_CHARS: usize = 200;
 /// Cuts `cell` to [`MAX_CELL_CHARS`] characters, the last one `…`.
 fn clip_cell(cell: &mut String) {
     // A character at index MAX_CELL_CHARS means there are more than that.
-    if cell.char_indices().nth(MAX_CELL_CHARS).is_some() {
-        if let Some((keep, _)) = cell.char_indices().nth(MAX_CELL_CHARS - 1) {
-            cell.truncate(keep);
-            cell.push('…');
-        }
+    if cell.char_indices().nth(MAX_CELL_CHARS).is_some()
+        && let Some((keep, _)) = cell.char_indices().nth(MAX_CELL_CHARS - 1)
+    {
+        cell.truncate(keep);
+        cell.push('…');
     }
 }
 
