@@ -223,6 +223,22 @@ fn stored(db: &std::path::Path, agent: &str, device: &str, metric: &str) -> Vec<
         .collect()
 }
 
+/// Publishes on `<p>/first/temp` until agent `id`'s device `plant` has
+/// that value stored: the agent is subscribed and delivering.
+async fn first_value_stored(db: &std::path::Path, id: &str, p: &str) -> Result<()> {
+    eventually(
+        cluster::PATIENCE,
+        "the first good value is stored",
+        || async {
+            mqtt_publish(SHARED_BROKER, &format!("{p}/first/temp"), "1", false)
+                .await
+                .ok()?;
+            (!stored(db, id, "plant", "first").is_empty()).then_some(())
+        },
+    )
+    .await
+}
+
 /// A message on `plant//temp` with a `{1}` metric template names an empty
 /// metric. It used to make the collector refuse the batch it was in, and
 /// the agent dropped that batch whole after three refusals, with the
@@ -249,18 +265,7 @@ topics = [{{ filter = "{p}/+/temp", device = "{{name}}", metric = "{{1}}" }}]
     let mut agent = Agent::start(&dir, id, &config, "")?;
     let db = collector.db.clone();
 
-    // Subscribed and delivering: a good topic's value is stored.
-    eventually(cluster::PATIENCE, "the first good value is stored", || {
-        let db = db.clone();
-        let p = p.clone();
-        async move {
-            mqtt_publish(SHARED_BROKER, &format!("{p}/first/temp"), "1", false)
-                .await
-                .ok()?;
-            (!stored(&db, id, "plant", "first").is_empty()).then_some(())
-        }
-    })
-    .await?;
+    first_value_stored(&db, id, &p).await?;
     mqtt_publish(SHARED_BROKER, &format!("{p}//temp"), "2", false).await?;
     // Counter values polled after the bad message, so the batch that held
     // it is well behind.
@@ -346,17 +351,7 @@ topics = [{{ filter = "{p}/+/temp", device = "{{name}}", metric = "{{1}}" }}]
 "#
     );
     let mut agent = Agent::start(&dir, id, &config, "")?;
-    eventually(cluster::PATIENCE, "the first good value is stored", || {
-        let db = db.clone();
-        let p = p.clone();
-        async move {
-            mqtt_publish(SHARED_BROKER, &format!("{p}/first/temp"), "1", false)
-                .await
-                .ok()?;
-            (!stored(&db, id, "plant", "first").is_empty()).then_some(())
-        }
-    })
-    .await?;
+    first_value_stored(&db, id, &p).await?;
     let long = "m".repeat(40);
     mqtt_publish(SHARED_BROKER, &format!("{p}/{long}/temp"), "2", false).await?;
     eventually(
