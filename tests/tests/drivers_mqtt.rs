@@ -223,6 +223,22 @@ fn stored(db: &std::path::Path, agent: &str, device: &str, metric: &str) -> Vec<
         .collect()
 }
 
+/// The `[[devices]]` table of MQTT device `plant`, subscribed to
+/// `<p>/+/temp`, whose metric is the topic's level `{1}`.
+fn plant_device(p: &str) -> String {
+    format!(
+        r#"
+[[devices]]
+name = "plant"
+driver = "mqtt"
+interval = "100ms"
+broker = "{SHARED_BROKER}"
+qos = 1
+topics = [{{ filter = "{p}/+/temp", device = "{{name}}", metric = "{{1}}" }}]
+"#
+    )
+}
+
 /// Publishes on `<p>/first/temp` until agent `id`'s device `plant` has
 /// that value stored: the agent is subscribed and delivering.
 async fn first_value_stored(db: &std::path::Path, id: &str, p: &str) -> Result<()> {
@@ -251,17 +267,7 @@ async fn an_empty_topic_level_fails_one_reading_not_the_agents_batch() -> Result
     let p = prefix();
     let id = "mqtt-edge";
     let mut config = cluster::sim_agent_config(id, &[collector.url()], 1, "50ms");
-    config.push_str(&format!(
-        r#"
-[[devices]]
-name = "plant"
-driver = "mqtt"
-interval = "100ms"
-broker = "{SHARED_BROKER}"
-qos = 1
-topics = [{{ filter = "{p}/+/temp", device = "{{name}}", metric = "{{1}}" }}]
-"#
-    ));
+    config.push_str(&plant_device(&p));
     let mut agent = Agent::start(&dir, id, &config, "")?;
     let db = collector.db.clone();
 
@@ -340,16 +346,8 @@ max_readings = 1
 name = "{id}-counter-0"
 driver = "sim"
 interval = "20ms"
-
-[[devices]]
-name = "plant"
-driver = "mqtt"
-interval = "100ms"
-broker = "{SHARED_BROKER}"
-qos = 1
-topics = [{{ filter = "{p}/+/temp", device = "{{name}}", metric = "{{1}}" }}]
 "#
-    );
+    ) + &plant_device(&p);
     let mut agent = Agent::start(&dir, id, &config, "")?;
     first_value_stored(&db, id, &p).await?;
     let long = "m".repeat(40);
