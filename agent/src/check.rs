@@ -157,6 +157,11 @@ pub fn render(results: &[DeviceResult]) -> String {
             ]);
         }
     }
+    for row in &mut rows {
+        for cell in row.iter_mut() {
+            clip_cell(cell);
+        }
+    }
     let mut widths = [0usize; 4];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -183,6 +188,23 @@ pub fn render(results: &[DeviceResult]) -> String {
         }
     }
     out
+}
+
+/// Longest table cell, in characters. A cell is padded to its column's
+/// width through `format!`, whose width must fit in 16 bits (a 15 MiB
+/// Prometheus label made `check` panic); a table wider than a few screens
+/// is no use either. The `FAILED` lines below the table keep whole causes.
+const MAX_CELL_CHARS: usize = 200;
+
+/// Cuts `cell` to [`MAX_CELL_CHARS`] characters, the last one `…`.
+fn clip_cell(cell: &mut String) {
+    // A character at index MAX_CELL_CHARS means there are more than that.
+    if cell.char_indices().nth(MAX_CELL_CHARS).is_some()
+        && let Some((keep, _)) = cell.char_indices().nth(MAX_CELL_CHARS - 1)
+    {
+        cell.truncate(keep);
+        cell.push('…');
+    }
 }
 
 /// `name` or `name{k="v",...}`.
@@ -363,5 +385,33 @@ mod tests {
         ]
         .concat();
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_huge_label_is_clipped_in_its_cell_not_a_panic() {
+        let huge = "x".repeat(15 * 1024 * 1024);
+        let results = vec![DeviceResult {
+            device: "node".into(),
+            latency: Duration::from_millis(2),
+            outcome: Ok(vec![Sample {
+                labels: [("big".to_string(), huge.clone())].into(),
+                ..Sample::new("m", Value::Str(huge))
+            }]),
+        }];
+        let text = render(&results);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{}", &text[..200.min(text.len())]);
+        let cells: Vec<&str> = lines[1].split("  ").filter(|c| !c.is_empty()).collect();
+        assert_eq!(cells.len(), 4, "{cells:?}");
+        assert_eq!(cells[0], "node");
+        for cell in &cells[1..3] {
+            assert_eq!(cell.chars().count(), MAX_CELL_CHARS, "{cell}");
+            assert!(cell.ends_with("xx…"), "{cell}");
+        }
+        assert_eq!(cells[3], "2.0 ms");
+        // At the limit exactly, nothing is cut.
+        let mut exact = "é".repeat(MAX_CELL_CHARS);
+        clip_cell(&mut exact);
+        assert_eq!(exact, "é".repeat(MAX_CELL_CHARS));
     }
 }

@@ -5,6 +5,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Metric of the failed reading that stands in for a reading whose series
+/// the collector would refuse to declare (an empty device, metric or label
+/// name): the device's `invalid_series` series, no labels, the cause in the
+/// failure message. One series per device, whatever the bad names were, so
+/// a publisher making up names cannot make up series this way. The MQTT
+/// driver uses it for a topic template that renders an empty name, the
+/// uplink for any other reading before it is spooled.
+pub const INVALID_SERIES_METRIC: &str = "invalid_series";
+
 /// Identity of a series within one agent: which device, which metric, which
 /// labels. Shared through `Arc` so a reading costs one pointer, not strings.
 ///

@@ -1,7 +1,8 @@
 //! The MQTT driver against real Mosquitto brokers: the machine's broker on
 //! 127.0.0.1:1883 with messages published by the real `mosquitto_pub`, and
 //! private brokers this test starts, stops and restarts (reconnect and
-//! resubscribe, refused, not authorized).
+//! resubscribe, refused, not authorized), and one publisher's bad topic
+//! against a whole agent and collector.
 
 use std::time::Duration;
 
@@ -10,8 +11,10 @@ use rand::Rng;
 use tributary_agent::config::DeviceConfig;
 use tributary_agent::drivers::Driver;
 use tributary_agent::reading::{Sample, Value};
+use tributary_collector::model::StoredValue;
+use tributary_tests::cluster::{self, Agent, Collector, assert_exactly_once};
 use tributary_tests::peers::{self, SHARED_BROKER, device_config, mqtt_publish, poll_once};
-use tributary_tests::process::TestDir;
+use tributary_tests::process::{Proc, TestDir, eventually, free_addr, wait_for_port};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -208,5 +211,177 @@ async fn refused_and_unauthorized_are_named() -> Result<()> {
         .await
         .expect_err("not authorized");
     assert!(e.message.contains("auth failure"), "{e}");
+    Ok(())
+}
+
+/// The stored values of `device`'s `metric` on agent `agent`.
+fn stored(db: &std::path::Path, agent: &str, device: &str, metric: &str) -> Vec<StoredValue> {
+    cluster::stored_points(db, agent, device, metric)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|(_, points)| points.into_iter().map(|p| p.value))
+        .collect()
+}
+
+/// The `[[devices]]` table of MQTT device `plant`, subscribed to
+/// `<p>/+/temp`, whose metric is the topic's level `{1}`.
+fn plant_device(p: &str) -> String {
+    format!(
+        r#"
+[[devices]]
+name = "plant"
+driver = "mqtt"
+interval = "100ms"
+broker = "{SHARED_BROKER}"
+qos = 1
+topics = [{{ filter = "{p}/+/temp", device = "{{name}}", metric = "{{1}}" }}]
+"#
+    )
+}
+
+/// Publishes on `<p>/first/temp` until agent `id`'s device `plant` has
+/// that value stored: the agent is subscribed and delivering.
+async fn first_value_stored(db: &std::path::Path, id: &str, p: &str) -> Result<()> {
+    eventually(
+        cluster::PATIENCE,
+        "the first good value is stored",
+        || async {
+            mqtt_publish(SHARED_BROKER, &format!("{p}/first/temp"), "1", false)
+                .await
+                .ok()?;
+            (!stored(db, id, "plant", "first").is_empty()).then_some(())
+        },
+    )
+    .await
+}
+
+/// A message on `plant//temp` with a `{1}` metric template names an empty
+/// metric. It used to make the collector refuse the batch it was in, and
+/// the agent dropped that batch whole after three refusals, with the
+/// readings of every other device in it. Now it is a failed reading that
+/// says why, and the sim counter on the same agent arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_topic_level_fails_one_reading_not_the_agents_batch() -> Result<()> {
+    let dir = TestDir::new("mqtt-empty-level")?;
+    let collector = Collector::start(&dir, free_addr()?).await?;
+    let p = prefix();
+    let id = "mqtt-edge";
+    let mut config = cluster::sim_agent_config(id, &[collector.url()], 1, "50ms");
+    config.push_str(&plant_device(&p));
+    let mut agent = Agent::start(&dir, id, &config, "")?;
+    let db = collector.db.clone();
+
+    first_value_stored(&db, id, &p).await?;
+    mqtt_publish(SHARED_BROKER, &format!("{p}//temp"), "2", false).await?;
+    // Counter values polled after the bad message, so the batch that held
+    // it is well behind.
+    let seen = cluster::counters(&db, id)?
+        .values()
+        .map(Vec::len)
+        .sum::<usize>();
+    cluster::wait_for_counters(&db, id, 1, seen + 40).await?;
+    mqtt_publish(SHARED_BROKER, &format!("{p}/good/temp"), "3", false).await?;
+    eventually(
+        cluster::PATIENCE,
+        "the value after the bad one is stored",
+        || {
+            let db = db.clone();
+            async move { (!stored(&db, id, "plant", "good").is_empty()).then_some(()) }
+        },
+    )
+    .await?;
+    agent.stop().await?;
+
+    // Ground truth: every counter value once, none lost.
+    let total = assert_exactly_once(&cluster::counters(&db, id)?, 1)
+        .with_context(|| format!("counter values of {id}; its log:\n{}", agent.log()))?;
+    assert!(total as usize >= seen + 40, "{total}");
+    assert_eq!(stored(&db, id, "plant", "good"), [StoredValue::I64(3)]);
+    // The bad message: a failed reading of the device that names the cause.
+    let invalid = stored(&db, id, "plant", "invalid_series");
+    assert_eq!(
+        invalid,
+        [StoredValue::Error(format!(
+            "payload on {p}//temp: the metric template \"{{1}}\" renders an empty name"
+        ))],
+        "{}",
+        agent.log()
+    );
+    let stats = agent.uplink_stats()?;
+    assert_eq!(stats.dropped_readings, 0, "{stats:?}");
+    Ok(())
+}
+
+/// A collector configured with tighter `[limits]` than the wire's refuses
+/// a batch the agent built (a 40-byte metric name, `max_name_len = 32`).
+/// One reading per batch, so many batches are in flight when the refusal
+/// ends the stream: the agent must find the refused one (one at a time)
+/// and drop exactly it, not the oldest unacked batch. Ground truth: the
+/// sim counter arrives exactly once, and exactly one reading is counted as
+/// refused and dropped, on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_with_tighter_limits_loses_only_the_batch_it_refuses() -> Result<()> {
+    let dir = TestDir::new("mqtt-tight-limits")?;
+    let addr = free_addr()?;
+    let db = dir.join("collector.db");
+    let conf = dir.join("collector.toml");
+    std::fs::write(&conf, "[limits]\nmax_name_len = 32\n")?;
+    let _collector = Proc::builder("tributary-collector")?
+        .args(["serve", "--listen", &addr.to_string(), "--config"])
+        .arg(&conf)
+        .arg(format!("--store=sqlite:{}", db.display()))
+        .log_to(dir.join("collector.log"))
+        .spawn()?;
+    wait_for_port(addr, cluster::PATIENCE).await?;
+    let p = prefix();
+    let id = "tight";
+    let config = format!(
+        r#"id = "{id}"
+collectors = ["http://{addr}"]
+
+[batch]
+max_readings = 1
+
+[[devices]]
+name = "{id}-counter-0"
+driver = "sim"
+interval = "20ms"
+"#
+    ) + &plant_device(&p);
+    let mut agent = Agent::start(&dir, id, &config, "")?;
+    first_value_stored(&db, id, &p).await?;
+    let long = "m".repeat(40);
+    mqtt_publish(SHARED_BROKER, &format!("{p}/{long}/temp"), "2", false).await?;
+    eventually(
+        cluster::PATIENCE,
+        "the refused batch is dropped",
+        || async {
+            let stats = agent.uplink_stats().ok()?;
+            (stats.refused_batches > 0).then_some(())
+        },
+    )
+    .await
+    .with_context(|| agent.log())?;
+    let seen = cluster::counters(&db, id)?
+        .values()
+        .map(Vec::len)
+        .sum::<usize>();
+    cluster::wait_for_counters(&db, id, 1, seen + 20).await?;
+    agent.stop().await?;
+
+    assert_exactly_once(&cluster::counters(&db, id)?, 1)
+        .with_context(|| format!("counter values of {id}; its log:\n{}", agent.log()))?;
+    assert!(stored(&db, id, "plant", &long).is_empty());
+    let stats = agent.uplink_stats()?;
+    assert_eq!(
+        (
+            stats.refused_batches,
+            stats.refused_readings,
+            stats.dropped_readings
+        ),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(cluster::agent_counters(&db, id)?.dropped_at_agent, 1);
     Ok(())
 }

@@ -2,6 +2,17 @@
 //! the oldest unacked one, each declaring the series the stream has not
 //! seen; the collector's Welcome skips what it has committed, its acks
 //! truncate the spool, and a batch it refuses for good is given up on.
+//!
+//! A refusal ends the stream without naming the batch, and several may be
+//! in flight. So after one, batches go one at a time (each sent only when
+//! everything before it is acked) until all that were in flight then are
+//! acked or given up on: a refusal while a single batch is in flight names
+//! that batch, and only such a batch, refused three times in a row, is
+//! dropped (counted in `refused_batches` and `refused_readings`, and as
+//! dropped in the spool, so the collector's `dropped_at_agent` shows it).
+//! The agent never spools a batch the collector's default limits refuse
+//! (`encode.rs`), so this happens only with a collector whose `[limits]`
+//! are tighter than the wire's.
 
 use prost::Message;
 use tracing::{debug, error, info, warn};
@@ -13,6 +24,20 @@ use crate::spool::SpoolError;
 
 use super::Uplink;
 use super::connection::{Event, Link, Stream, code_name};
+
+/// How many times in a row a batch, alone in flight, is refused before it
+/// is given up on.
+const REFUSALS_TO_DROP: u32 = 3;
+
+/// What is known while a refused batch is being pinned down.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    /// Highest sequence in flight at a refusal: the refused batch is at or
+    /// below it, and batches go one at a time until it is acked.
+    through: u64,
+    /// The batch refused while alone in flight, and how many times in a row.
+    alone: Option<(u64, u32)>,
+}
 
 impl Uplink {
     /// Acts on what the connection saw.
@@ -82,26 +107,38 @@ impl Uplink {
             .first_unacked()
             .unwrap_or(self.spool.last_seq() + 1);
         self.spool.set_in_flight(0);
+        self.sent_on_stream = 0;
         self.sent_before = self.sent_before.max(self.max_sent);
         self.stats.connects += 1;
     }
 
-    fn acked(&mut self, seq: u64) {
+    pub(super) fn acked(&mut self, seq: u64) {
         self.stats.acked_seq = self.stats.acked_seq.max(seq);
         if let Err(e) = self.spool.ack(seq) {
             error!(error = %e, seq, "spool truncation failed");
         }
+        self.end_refusal();
         if self.blocked {
             self.seal();
         }
     }
 
-    /// The stream ended with `code`. A batch the collector refuses as
+    /// Whether the batch `next_send` may go out now: always, except while a
+    /// refusal is being pinned down, when only with nothing unacked in
+    /// flight before it.
+    pub(super) fn may_send(&self, next_send: u64) -> bool {
+        self.refusal.is_none()
+            || self
+                .spool
+                .first_unacked()
+                .is_none_or(|front| next_send <= front)
+    }
+
+    /// The stream ended with `status`. A batch the collector refuses as
     /// invalid would be resent forever and hold up everything after it
-    /// (batches go in order): when the stream ends that way three times in a
-    /// row with the same oldest unacked batch, that batch is given up on and
-    /// its readings are counted as dropped.
-    fn rejected(&mut self, status: &tonic::Status) {
+    /// (batches go in order): see the module's comment for how the refused
+    /// batch is found and given up on.
+    pub(super) fn rejected(&mut self, status: &tonic::Status) {
         // Only a refusal of a batch's content counts (the collector names
         // the field, `batch.…`), or a frame too large to decode.
         let refused = match status.code() {
@@ -109,28 +146,69 @@ impl Uplink {
             tonic::Code::OutOfRange => true,
             _ => false,
         };
-        if !refused {
-            self.rejections = None;
-            return;
-        }
         let Some(front) = self.spool.first_unacked() else {
             return;
         };
-        let count = match self.rejections {
+        if !refused || self.sent_on_stream < front {
+            return;
+        }
+        let last = self.sent_on_stream;
+        let refusal = self.refusal.get_or_insert(Refusal {
+            through: last,
+            alone: None,
+        });
+        refusal.through = refusal.through.max(last);
+        if last != front {
+            warn!(
+                first = front,
+                last,
+                "the collector refused one of these batches; sending one at a time to find it"
+            );
+            return;
+        }
+        // `front` was the only batch in flight: it is the one.
+        let count = match refusal.alone {
             Some((seq, n)) if seq == front => n + 1,
             _ => 1,
         };
-        self.rejections = Some((front, count));
-        if count >= 3 {
-            match self.spool.drop_front(front) {
-                Ok(readings) => error!(
+        refusal.alone = Some((front, count));
+        if count < REFUSALS_TO_DROP {
+            warn!(seq = front, count, code = %code_name(status.code()), cause = %status.message(), "the collector refused this batch; trying again");
+            return;
+        }
+        match self.spool.drop_front(front) {
+            Ok(readings) => {
+                error!(
                     seq = front,
-                    readings, "the collector refuses this batch for good; dropped it (counted)"
-                ),
-                Err(e) => error!(seq = front, error = %e, "cannot drop a refused batch"),
+                    readings,
+                    code = %code_name(status.code()),
+                    cause = %status.message(),
+                    "the collector refused this batch {REFUSALS_TO_DROP} times; dropped it (counted in refused_readings and dropped_readings)"
+                );
+                self.stats.refused_batches += 1;
+                self.stats.refused_readings += readings;
             }
-            self.rejections = None;
-            self.stats.dropped_readings = self.spool.dropped();
+            Err(e) => error!(seq = front, error = %e, "cannot drop a refused batch"),
+        }
+        refusal.alone = None;
+        self.stats.dropped_readings = self.spool.dropped();
+        self.end_refusal();
+    }
+
+    /// Back to sending freely once every batch that was in flight at a
+    /// refusal is acked or dropped.
+    fn end_refusal(&mut self) {
+        if let Some(r) = &self.refusal
+            && self
+                .spool
+                .first_unacked()
+                .is_none_or(|front| front > r.through)
+        {
+            info!(
+                through = r.through,
+                "refused batches dealt with; sending freely again"
+            );
+            self.refusal = None;
         }
     }
 
@@ -176,6 +254,7 @@ impl Uplink {
         };
         c.next_send = record.seq + 1;
         self.spool.set_in_flight(record.seq);
+        self.sent_on_stream = record.seq;
         let resent = record.seq <= self.sent_before;
         if resent {
             self.stats.resent_batches += 1;

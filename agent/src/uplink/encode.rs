@@ -1,13 +1,21 @@
 //! The columnar encoding of a spooled batch (`tributary.v1.Batch` with
 //! agent-wide series ids, no names), and the declaration of a series on a
-//! stream. Strings are cut to the wire limits before they are spooled.
+//! stream. Nothing the collector's `check_batch` refuses is spooled:
+//! strings are cut to the wire limits, labels beyond `MAX_LABELS` are left
+//! out, and a reading whose series has an empty device, metric or label
+//! name becomes a failed reading of the device's `invalid_series` series
+//! (see [`wire_refusal`]).
+
+use std::sync::Arc;
 
 use prost::Message;
 
 use tributary_proto::limits::{MAX_LABELS, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 use tributary_proto::v1 as pb;
 
-use crate::reading::{FailureKind, Reading, SeriesKey, Value};
+use crate::reading::{
+    FailureKind, INVALID_SERIES_METRIC, Labels, Reading, SeriesKey, Value, intern,
+};
 
 use super::series_ids::SeriesIds;
 
@@ -35,21 +43,53 @@ impl KeyColumns {
     }
 }
 
+/// A batch encoded for the spool.
+#[derive(Debug)]
+pub(super) struct Encoded {
+    pub(super) bytes: Vec<u8>,
+    pub(super) readings: u32,
+    /// The highest series id used.
+    pub(super) max_series: u32,
+    /// Readings whose series the collector would refuse, spooled as failed
+    /// readings of their device's `invalid_series` series instead.
+    pub(super) invalid: u64,
+    /// The failure message of the first of them (for the log).
+    pub(super) first_invalid: Option<String>,
+}
+
 /// Encodes readings as a spooled batch: agent-wide series ids, floats,
-/// integers and booleans as columns, strings and failures as rows. Gives
-/// the bytes, the number of readings and the highest series id used; new
-/// series get their ids in `ids`.
-pub(super) fn encode_batch(ids: &mut SeriesIds, readings: &[Reading]) -> (Vec<u8>, u32, u32) {
+/// integers and booleans as columns, strings and failures as rows. New
+/// series get their ids in `ids`; a new series the collector would refuse
+/// does not: its reading is encoded as a failure of a valid one instead.
+pub(super) fn encode_batch(ids: &mut SeriesIds, readings: &[Reading]) -> Encoded {
     let (mut f64_keys, mut f64_values) = (KeyColumns::default(), Vec::new());
     let (mut i64_keys, mut i64_values) = (KeyColumns::default(), Vec::new());
     let (mut bool_keys, mut bool_values) = (KeyColumns::default(), Vec::new());
     let mut rows = Vec::new();
     let (mut max_series, mut prev) = (0, 0);
+    let (mut invalid, mut first_invalid) = (0, None);
     for r in readings {
-        let id = ids.id_after(prev, &r.series);
+        let known = ids.len();
+        let mut id = ids.id_after(prev, &r.series);
+        let mut value = &r.value;
+        let stand_in;
+        // Only a series met for the first time is checked: one with an id
+        // passed this check when it got it.
+        if id > known
+            && let Some(why) = wire_refusal(&r.series)
+        {
+            ids.truncate(known);
+            stand_in = invalid_reading(&r.series, why, &r.value);
+            id = ids.id(&stand_in.0);
+            value = &stand_in.1;
+            invalid += 1;
+            if let (None, Value::Failed { message, .. }) = (&first_invalid, value) {
+                first_invalid = Some(message.clone());
+            }
+        }
         prev = id;
         max_series = max_series.max(id);
-        match &r.value {
+        match value {
             Value::F64(v) => {
                 f64_keys.push(id, r.ts_ns);
                 f64_values.push(*v);
@@ -94,7 +134,77 @@ pub(super) fn encode_batch(ids: &mut SeriesIds, readings: &[Reading]) -> (Vec<u8
         columns: Some(columns),
         ..Default::default()
     };
-    (batch.encode_to_vec(), readings.len() as u32, max_series)
+    Encoded {
+        bytes: batch.encode_to_vec(),
+        readings: readings.len() as u32,
+        max_series,
+        invalid,
+        first_invalid,
+    }
+}
+
+/// Why the collector would refuse to declare `key`, if it would. Mirrors
+/// what `check_batch` (collector/src/session/check.rs, `check_decl`)
+/// refuses in a series declaration: an empty device, metric or label name.
+/// The rest of what it checks there cannot fail for a key that went through
+/// [`series_decl`]: names, label values and the unit longer than
+/// `MAX_NAME_BYTES` are cut, labels beyond `MAX_LABELS` are left out, and a
+/// NUL byte is stored as U+FFFD, not refused. A collector configured with
+/// tighter `[limits]` than the wire's may still refuse a batch; delivery
+/// handles that (see `delivery.rs`).
+pub(super) fn wire_refusal(key: &SeriesKey) -> Option<&'static str> {
+    if key.device.is_empty() {
+        Some("the device name is empty")
+    } else if key.metric.is_empty() {
+        Some("the metric name is empty")
+    } else if key.labels.iter().any(|(name, _)| name.is_empty()) {
+        Some("a label name is empty")
+    } else {
+        None
+    }
+}
+
+/// The failed reading that stands in for a reading of `key`, which the
+/// collector would refuse because `why`: the device's (or, without a
+/// device name, `invalid_series`') `invalid_series` series, naming the key
+/// and the value that is not stored.
+fn invalid_reading(key: &SeriesKey, why: &str, value: &Value) -> (Arc<SeriesKey>, Value) {
+    let device = if key.device.is_empty() {
+        intern(INVALID_SERIES_METRIC)
+    } else {
+        key.device.clone()
+    };
+    let series = Arc::new(SeriesKey {
+        device,
+        metric: intern(INVALID_SERIES_METRIC),
+        labels: Labels::default(),
+        unit: intern(""),
+    });
+    let labels: Vec<String> = key
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k:?}={v:?}"))
+        .collect();
+    let value = match value {
+        Value::Failed { message, .. } => format!("failure {message:?}"),
+        Value::F64(v) => v.to_string(),
+        Value::I64(v) => v.to_string(),
+        Value::Bool(v) => v.to_string(),
+        Value::Str(v) => format!("{v:?}"),
+    };
+    let message = format!(
+        "series refused before spooling, {why}: device {:?}, metric {:?}, labels {{{}}}; its value {value} is not stored",
+        key.device,
+        key.metric,
+        labels.join(", ")
+    );
+    (
+        series,
+        Value::Failed {
+            kind: FailureKind::Error,
+            message,
+        },
+    )
 }
 
 /// Calls `f` with the series id of every reading of `batch`, rows and

@@ -136,9 +136,11 @@ pub struct Uplink {
     sent_before: u64,
     /// Highest sequence sent on any stream by this process.
     max_sent: u64,
-    /// Oldest unacked sequence when streams ended as INVALID_ARGUMENT or
-    /// OUT_OF_RANGE, and how many times in a row.
-    rejections: Option<(u64, u32)>,
+    /// Highest sequence sent on the current (or last) stream.
+    sent_on_stream: u64,
+    /// After the collector refused a batch: batches go one at a time until
+    /// the refused one is known (see `delivery.rs`).
+    refusal: Option<delivery::Refusal>,
     stats: UplinkStats,
     stats_tx: watch::Sender<UplinkStats>,
 }
@@ -169,7 +171,8 @@ impl Uplink {
                 blocked: false,
                 sent_before,
                 max_sent: 0,
-                rejections: None,
+                sent_on_stream: 0,
+                refusal: None,
                 stats,
                 stats_tx,
             },
@@ -208,9 +211,9 @@ impl Uplink {
                 self.spool.set_in_flight(0);
             }
             link.connect_if_due(|| self.hello());
-            let want_send = link
-                .stream()
-                .is_some_and(|s| self.spool.last_seq() >= s.next_send);
+            let want_send = link.stream().is_some_and(|s| {
+                self.spool.last_seq() >= s.next_send && self.may_send(s.next_send)
+            });
 
             tokio::select! {
                 readings = self.intake.recv(), if intake == Intake::Open && !self.blocked => match readings {

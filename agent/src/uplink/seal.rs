@@ -9,7 +9,7 @@ use crate::reading::{Reading, SeriesKey};
 use crate::spool::{Appended, SpoolError};
 
 use super::Uplink;
-use super::encode::encode_batch;
+use super::encode::{Encoded, encode_batch};
 
 impl Uplink {
     pub(super) fn push(&mut self, readings: Vec<Reading>) {
@@ -53,12 +53,14 @@ impl Uplink {
         while !self.open.is_empty() {
             let n = self.open.len().min(self.config.batch_max_readings.max(1));
             let known = self.ids.len();
-            let (bytes, count, max_series) = encode_batch(&mut self.ids, &self.open[..n]);
+            let encoded = encode_batch(&mut self.ids, &self.open[..n]);
+            self.count_invalid(&encoded);
+            let count = encoded.readings;
             // New series go to the dictionary first, durable before the
             // record that uses them.
             let appended = self
                 .add_new_series(known)
-                .and_then(|()| self.spool.append(&bytes, count, max_series));
+                .and_then(|()| self.spool.append(&encoded.bytes, count, encoded.max_series));
             match appended {
                 Ok(Appended::Stored(_)) => {
                     self.stats.sealed_batches += 1;
@@ -91,6 +93,25 @@ impl Uplink {
         self.open_since = None;
         self.blocked = false;
         self.stats.dropped_readings = self.spool.dropped();
+    }
+
+    /// Counts the readings spooled as `invalid_series` failures; the first
+    /// is logged (the failure message names the series and the cause, and
+    /// every later one is stored with its own).
+    fn count_invalid(&mut self, encoded: &Encoded) {
+        if encoded.invalid == 0 {
+            return;
+        }
+        if self.stats.invalid_series_readings == 0
+            && let Some(message) = &encoded.first_invalid
+        {
+            warn!(
+                readings = encoded.invalid,
+                cause = %message,
+                "readings of series the collector would refuse are spooled as failed readings of their device's invalid_series series (logged once, counted in invalid_series_readings)"
+            );
+        }
+        self.stats.invalid_series_readings += encoded.invalid;
     }
 
     /// Adds the series that got ids above `known` to the spool's

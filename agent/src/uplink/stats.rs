@@ -32,6 +32,16 @@ pub struct UplinkStats {
     /// Unacked batches a Welcome reported as already committed (their ack
     /// was lost); they are not sent again.
     pub confirmed_by_welcome: u64,
+    /// Readings whose series the collector would refuse to declare (an
+    /// empty device, metric or label name), spooled as failed readings of
+    /// their device's `invalid_series` series instead.
+    pub invalid_series_readings: u64,
+    /// Batches the collector refused, alone in flight, three times in a
+    /// row, and that were given up on (their readings are in
+    /// `dropped_readings` too).
+    pub refused_batches: u64,
+    /// Readings of those batches.
+    pub refused_readings: u64,
 }
 
 /// How often the stats file is rewritten at most.
@@ -39,7 +49,7 @@ const STATS_FILE_EVERY: Duration = Duration::from_millis(100);
 
 impl UplinkStats {
     /// Name, help and value of every counter, in a fixed order.
-    fn fields(&self) -> [(&'static str, &'static str, u64); 9] {
+    fn fields(&self) -> [(&'static str, &'static str, u64); 12] {
         [
             (
                 "sealed_batches_total",
@@ -81,6 +91,21 @@ impl UplinkStats {
                 "confirmed_by_welcome_total",
                 "unacked batches a welcome reported as committed",
                 self.confirmed_by_welcome,
+            ),
+            (
+                "invalid_series_readings_total",
+                "readings of series the collector would refuse, spooled as invalid_series failures",
+                self.invalid_series_readings,
+            ),
+            (
+                "refused_batches_total",
+                "batches the collector refused for good, dropped",
+                self.refused_batches,
+            ),
+            (
+                "refused_readings_total",
+                "readings of the batches the collector refused for good",
+                self.refused_readings,
             ),
         ]
     }
@@ -124,6 +149,9 @@ impl UplinkStats {
             resent_batches: value("resent_batches_total")?,
             spool_errors: value("spool_errors_total")?,
             confirmed_by_welcome: value("confirmed_by_welcome_total")?,
+            invalid_series_readings: value("invalid_series_readings_total")?,
+            refused_batches: value("refused_batches_total")?,
+            refused_readings: value("refused_readings_total")?,
         })
     }
 }

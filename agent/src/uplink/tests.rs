@@ -16,7 +16,7 @@ use super::collectors::fnv1a64;
 use super::connection::{Event, Link, connect};
 use super::declared::Declared;
 use super::decode::spooled_readings;
-use super::encode::{clip, encode_batch};
+use super::encode::{clip, encode_batch, series_decl, wire_refusal};
 use super::series_ids::SeriesIds;
 use super::{Collectors, NoCollectors, UplinkConfig, UplinkStats};
 use crate::reading::{FailureKind, Labels, Reading, SeriesKey, Value};
@@ -29,6 +29,12 @@ fn key(device: &str, metric: &str) -> Arc<SeriesKey> {
         labels: Labels::from_map(&BTreeMap::from([("site".to_owned(), "x".to_owned())])),
         unit: "W".into(),
     })
+}
+
+/// `encode_batch`'s bytes, readings and highest series id.
+fn encode(ids: &mut SeriesIds, readings: &[Reading]) -> (Vec<u8>, u32, u32) {
+    let e = encode_batch(ids, readings);
+    (e.bytes, e.readings, e.max_series)
 }
 
 fn record(seq: u64, bytes: Vec<u8>, readings: u32, series: u32) -> Record {
@@ -124,7 +130,7 @@ fn a_spooled_batch_holds_every_reading_and_no_names() {
         },
     ];
     let mut ids = SeriesIds::default();
-    let (bytes, count_n, max_series) = encode_batch(&mut ids, &readings);
+    let (bytes, count_n, max_series) = encode(&mut ids, &readings);
     assert_eq!((count_n, max_series), (6, 4));
     let text = String::from_utf8_lossy(&bytes);
     assert!(
@@ -155,7 +161,7 @@ fn a_poll_of_floats_costs_at_most_eleven_bytes_a_reading() {
             });
         }
     }
-    let (bytes, n, _) = encode_batch(&mut ids, &readings);
+    let (bytes, n, _) = encode(&mut ids, &readings);
     // 8 B value + 1 B series delta + 1 B time delta, plus the group's
     // few bytes of framing.
     assert!(
@@ -200,7 +206,7 @@ fn a_scrape_spools_about_ten_bytes_a_reading_without_names() {
         })
         .collect();
     let mut ids = SeriesIds::default();
-    let (bytes, n, _) = encode_batch(&mut ids, &readings[..1000]);
+    let (bytes, n, _) = encode(&mut ids, &readings[..1000]);
     let per_reading = bytes.len() as f64 / f64::from(n);
     println!("{per_reading:.2} bytes per reading spooled");
     assert!(per_reading < 10.5, "{per_reading:.2} bytes per reading");
@@ -215,8 +221,8 @@ fn each_stream_declares_a_series_once_the_first_time_it_is_used() {
         ts_ns: 5,
         value: Value::F64(v),
     };
-    let (first, _, _) = encode_batch(&mut ids, &[r(&a, 1.0), r(&a, 2.0)]);
-    let (second, _, _) = encode_batch(&mut ids, &[r(&b, 1.0), r(&a, 3.0)]);
+    let (first, _, _) = encode(&mut ids, &[r(&a, 1.0), r(&a, 2.0)]);
+    let (second, _, _) = encode(&mut ids, &[r(&b, 1.0), r(&a, 3.0)]);
     let first = pb::Batch::decode(first.as_slice()).unwrap();
     let second = pb::Batch::decode(second.as_slice()).unwrap();
     let declared_ids = |d: Vec<pb::SeriesDecl>| {
@@ -247,6 +253,174 @@ fn each_stream_declares_a_series_once_the_first_time_it_is_used() {
     });
     assert_eq!(stream.missing(&bad, &ids), Err(9));
     assert_eq!(stream.missing(&second, &ids).unwrap().len(), 2);
+}
+
+#[test]
+fn a_series_the_collector_would_refuse_is_spooled_as_a_failed_reading() {
+    let named = |device: &str, metric: &str, label: &str| {
+        Arc::new(SeriesKey {
+            device: device.into(),
+            metric: metric.into(),
+            labels: Labels::from_map(&BTreeMap::from([(label.to_owned(), "v".to_owned())])),
+            unit: "".into(),
+        })
+    };
+    let good = named("plant", "temp", "site");
+    let r = |series: &Arc<SeriesKey>, value: Value| Reading {
+        series: series.clone(),
+        ts_ns: 7,
+        value,
+    };
+    let readings = [
+        r(&good, Value::F64(1.0)),
+        r(&named("plant", "", "site"), Value::F64(2.0)),
+        r(&good, Value::F64(3.0)),
+        r(&named("", "temp", "site"), Value::I64(4)),
+        r(&named("plant", "temp", ""), Value::Str("x".into())),
+        r(&named("plant", "", "site"), Value::F64(5.0)),
+    ];
+    let mut ids = SeriesIds::default();
+    let e = encode_batch(&mut ids, &readings);
+    assert_eq!((e.readings, e.invalid), (6, 4));
+    // Only valid series got ids: the good one and two stand-ins.
+    let keys: Vec<(&str, &str)> = ids.keys.iter().map(|k| (&*k.device, &*k.metric)).collect();
+    assert_eq!(
+        keys,
+        [
+            ("plant", "temp"),
+            ("plant", "invalid_series"),
+            ("invalid_series", "invalid_series")
+        ]
+    );
+    for (i, key) in ids.keys.iter().enumerate() {
+        assert_eq!(wire_refusal(key), None, "{key:?}");
+        let decl = series_decl(i as u32 + 1, key);
+        assert!(
+            !decl.device.is_empty() && !decl.metric.is_empty(),
+            "{decl:?}"
+        );
+    }
+    let back = spooled_readings(&record(1, e.bytes, 6, e.max_series), &ids.keys).unwrap();
+    let failure = |device: &str| {
+        back.iter()
+            .filter(|r| &*r.series.device == device && &*r.series.metric == "invalid_series")
+            .map(|r| match &r.value {
+                Value::Failed { kind, message } => {
+                    assert_eq!(*kind, FailureKind::Error);
+                    message.clone()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        failure("plant"),
+        [
+            "series refused before spooling, the metric name is empty: device \"plant\", metric \"\", labels {\"site\"=\"v\"}; its value 2 is not stored",
+            "series refused before spooling, a label name is empty: device \"plant\", metric \"temp\", labels {\"\"=\"v\"}; its value \"x\" is not stored",
+            "series refused before spooling, the metric name is empty: device \"plant\", metric \"\", labels {\"site\"=\"v\"}; its value 5 is not stored",
+        ]
+    );
+    assert_eq!(
+        failure("invalid_series"),
+        [
+            "series refused before spooling, the device name is empty: device \"\", metric \"temp\", labels {\"site\"=\"v\"}; its value 4 is not stored"
+        ]
+    );
+    let good_values: Vec<&Value> = back
+        .iter()
+        .filter(|r| Arc::ptr_eq(&r.series, &ids.keys[0]))
+        .map(|r| &r.value)
+        .collect();
+    assert_eq!(good_values, [&Value::F64(1.0), &Value::F64(3.0)]);
+}
+
+/// An uplink on a fresh spool in a temporary directory, sealing one
+/// reading per batch, with `n` batches spooled (sequences `1..=n`).
+fn uplink_with_batches(name: &str, n: usize) -> (super::Uplink, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "tributary-uplink-{name}-{}-{}",
+        std::process::id(),
+        crate::reading::now_ns()
+    ));
+    let (spool, _) = crate::spool::Spool::open(crate::spool::SpoolOptions {
+        dir: dir.clone(),
+        max_bytes: 1 << 20,
+        policy: crate::spool::FullPolicy::DropOldest,
+        sync: false,
+    })
+    .expect("spool");
+    let mut config = UplinkConfig::new(
+        "a".into(),
+        Collectors::new(vec!["http://x".into()]).unwrap(),
+    );
+    config.batch_max_readings = 1;
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let (mut uplink, _) = super::Uplink::new(config, rx, spool);
+    let k = key("d", "m");
+    uplink.push(
+        (0..n)
+            .map(|i| Reading {
+                series: k.clone(),
+                ts_ns: 1 + i as i64,
+                value: Value::I64(i as i64),
+            })
+            .collect(),
+    );
+    assert_eq!(uplink.spool.last_seq(), n as u64);
+    (uplink, dir)
+}
+
+#[test]
+fn a_refused_batch_is_found_alone_in_flight_before_it_is_dropped() {
+    let (mut u, dir) = uplink_with_batches("refused", 3);
+    let refusal = tonic::Status::invalid_argument("batch.series[0].metric: longer than 32 bytes");
+    // Batches 1 to 3 were in flight when the stream was refused, three
+    // times: which one is not known, so none is dropped (the oldest, 1,
+    // used to be, though the collector may well have refused 3).
+    for _ in 0..3 {
+        u.sent_on_stream = 3;
+        u.rejected(&refusal);
+    }
+    assert_eq!(u.spool.first_unacked(), Some(1));
+    assert_eq!((u.stats.refused_batches, u.spool.dropped()), (0, 0));
+    // One at a time now: 1 goes alone, 2 waits for its ack.
+    assert!(u.may_send(1));
+    assert!(!u.may_send(2));
+    u.sent_on_stream = 1;
+    u.acked(1);
+    assert!(u.may_send(2) && !u.may_send(3));
+    u.sent_on_stream = 2;
+    u.acked(2);
+    // 3 alone is refused: after the third time it is given up on, counted.
+    for time in 1..=3 {
+        u.sent_on_stream = 3;
+        u.rejected(&refusal);
+        let expected = if time < 3 { Some(3) } else { None };
+        assert_eq!(u.spool.first_unacked(), expected, "refusal {time}");
+    }
+    assert_eq!(
+        (
+            u.stats.refused_batches,
+            u.stats.refused_readings,
+            u.stats.dropped_readings
+        ),
+        (1, 1, 1)
+    );
+    // Everything that was in flight is dealt with: sending freely again.
+    assert!(u.refusal.is_none());
+    // Other ends of a stream are no refusal.
+    let (mut u, dir2) = uplink_with_batches("not-refused", 1);
+    u.sent_on_stream = 1;
+    for _ in 0..3 {
+        u.rejected(&tonic::Status::unavailable("collector going away"));
+        u.rejected(&tonic::Status::invalid_argument(
+            "hello: sent twice on one stream",
+        ));
+    }
+    assert!(u.refusal.is_none() && u.spool.first_unacked() == Some(1));
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(dir2);
 }
 
 #[test]
@@ -381,6 +555,9 @@ fn stats_read_back_from_their_text() {
         resent_batches: 7,
         spool_errors: 8,
         confirmed_by_welcome: 9,
+        invalid_series_readings: 10,
+        refused_batches: 11,
+        refused_readings: 12,
     };
     let text = stats.to_prometheus_text();
     assert!(

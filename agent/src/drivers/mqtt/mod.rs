@@ -47,7 +47,7 @@ pub use self::template::{Template, TemplateError};
 use super::http::{JsonMetric, json, prometheus};
 use super::{BuildError, PollError, Poller};
 use crate::config::DeviceConfig;
-use crate::reading::{FailureKind, Polled, Sample, Value};
+use crate::reading::{FailureKind, INVALID_SERIES_METRIC, Polled, Sample, Value};
 
 /// Largest message accepted from the broker.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
@@ -329,10 +329,46 @@ impl Task {
             let device = t.device.render(&self.device, topic, &captures);
             for mut s in payload_samples(t, &self.device, topic, &captures, payload) {
                 s.device = Some(device.clone());
-                out.push((i, s));
+                out.push((i, valid_names(s, t, &self.device, topic)));
             }
         }
         out
+    }
+}
+
+/// `s`, or, when a template rendered an empty device or metric name (`{1}`
+/// on the empty level of `plant//temp`), a failed reading of the device's
+/// [`INVALID_SERIES_METRIC`] series naming the template: the collector
+/// refuses an empty name, and a sample under it must not reach the uplink.
+/// An empty device name falls back to the configured device's.
+fn valid_names(s: Sample, t: &MqttTopic, configured: &str, topic: &str) -> Sample {
+    let device = s.device.as_deref().unwrap_or(configured);
+    let (field, template) = if device.is_empty() {
+        ("device", t.device.to_string())
+    } else if s.metric.is_empty() {
+        let template = t.metric.as_ref().map(ToString::to_string);
+        ("metric", template.unwrap_or_default())
+    } else {
+        return s;
+    };
+    Sample {
+        device: Some(
+            if device.is_empty() {
+                configured
+            } else {
+                device
+            }
+            .to_owned(),
+        ),
+        ..Sample::new(
+            INVALID_SERIES_METRIC,
+            Value::Failed {
+                kind: FailureKind::Error,
+                message: format!(
+                    "payload on {topic}: the {field} template \"{template}\" renders an empty name"
+                ),
+            },
+        )
     }
 }
 
@@ -498,79 +534,4 @@ impl Poller for MqttDriver {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn topic(filter: &str, metric: Option<&str>, format: PayloadFormat) -> MqttTopic {
-        MqttTopic {
-            filter: filter.into(),
-            device: Template::parse("{name}/{1}", 1).expect("template"),
-            metric: metric.map(|m| Template::parse(m, 1).expect("template")),
-            format,
-            pointer: "/v".into(),
-            unit: String::new(),
-        }
-    }
-
-    #[test]
-    fn topics_match_filters() {
-        assert_eq!(
-            match_topic("plant/+/temp", "plant/b1/temp"),
-            Some(vec!["b1"])
-        );
-        assert_eq!(match_topic("plant/+/temp", "plant/b1/hum"), None);
-        assert_eq!(match_topic("plant/+/temp", "plant/b1/temp/x"), None);
-        assert_eq!(match_topic("plant/#", "plant/a/b"), Some(vec!["a/b"]));
-        assert_eq!(match_topic("plant/#", "plant"), Some(vec![""]));
-        assert_eq!(match_topic("a/b", "a/b"), Some(vec![]));
-        assert_eq!(match_topic("+/b", "/b"), Some(vec![""]));
-        assert_eq!(match_topic("#", "$SYS/x"), None);
-    }
-
-    #[test]
-    fn payloads_parse_or_say_why() {
-        let t = topic("p/+/t", Some("temp"), PayloadFormat::Number);
-        let s = payload_samples(&t, "plant", "p/a/t", &["a"], b" 21.5\n");
-        assert_eq!(s[0].value, Value::F64(21.5));
-        let s = payload_samples(&t, "plant", "p/a/t", &["a"], b"42");
-        assert_eq!(s[0].value, Value::I64(42));
-        let s = payload_samples(&t, "plant", "p/a/t", &["a"], b"hot");
-        assert!(
-            matches!(&s[0].value, Value::Failed { message, .. } if message == "payload on p/a/t: not a number: \"hot\""),
-            "{:?}",
-            s[0]
-        );
-        let t = topic("p/+/t", Some("{1}_v"), PayloadFormat::Json);
-        let s = payload_samples(&t, "plant", "p/a/t", &["a"], br#"{"v": 3}"#);
-        assert_eq!((s[0].metric.as_str(), &s[0].value), ("a_v", &Value::I64(3)));
-        let s = payload_samples(&t, "plant", "p/a/t", &["a"], br#"{"v": 3"#);
-        assert!(
-            matches!(&s[0].value, Value::Failed { message, .. } if message.starts_with("payload on p/a/t: invalid json at line 1 column 7")),
-            "{:?}",
-            s[0]
-        );
-        let t = topic("p/+/t", None, PayloadFormat::Prometheus);
-        let s = payload_samples(&t, "plant", "p/a/t", &["a"], b"x{k=\"v\"} 1\ny 2\n");
-        assert_eq!(s.len(), 2);
-        let s = payload_samples(&t, "plant", "p/a/t", &["a"], b"x{k=} 1\n");
-        assert!(matches!(&s[0].value, Value::Failed { .. }), "{:?}", s[0]);
-    }
-
-    #[tokio::test]
-    async fn refused_broker_is_a_clear_failure() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        drop(listener);
-        let cfg = MqttConfig {
-            broker: addr.to_string(),
-            client_id: None,
-            username: None,
-            password: None,
-            qos: 0,
-            topics: vec![topic("p/+/t", Some("temp"), PayloadFormat::Number)],
-        };
-        let mut d = MqttDriver::new(&cfg, "plant", Duration::from_secs(2));
-        let e = d.poll().await.expect_err("refused");
-        assert_eq!(e.message, format!("mqtt broker {addr}: connection refused"));
-    }
-}
+mod tests;

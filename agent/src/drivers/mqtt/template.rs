@@ -82,7 +82,8 @@ impl Template {
         Ok(Template(parts))
     }
 
-    /// Fills in the fields; `captures[0]` is `{1}`.
+    /// Fills in the fields; `captures[0]` is `{1}`. The result may be empty
+    /// (`{1}` on an empty topic level): the caller checks.
     pub fn render(&self, name: &str, topic: &str, captures: &[&str]) -> String {
         let mut out = String::new();
         for part in &self.0 {
@@ -96,5 +97,20 @@ impl Template {
             }
         }
         out
+    }
+}
+
+/// The template as written in the config.
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for part in &self.0 {
+            match part {
+                TemplatePart::Text(t) => f.write_str(t)?,
+                TemplatePart::Name => f.write_str("{name}")?,
+                TemplatePart::Topic => f.write_str("{topic}")?,
+                TemplatePart::Capture(i) => write!(f, "{{{i}}}")?,
+            }
+        }
+        Ok(())
     }
 }
