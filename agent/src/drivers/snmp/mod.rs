@@ -33,7 +33,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 mod config;
 pub mod value;
@@ -315,17 +315,25 @@ impl SnmpDriver {
                 let id = self.fresh_id();
                 let pdu = ber::encode_pdu(req.kind, id, req.a, req.b, req.oids);
                 let msg = ber::encode_v2c(community.as_bytes(), &pdu);
-                let answer = self
-                    .send_and_wait(socket, addr, &msg, &req.what, id, |bytes| {
-                        let (_, _, pdu) = ber::decode_v2c(bytes).map_err(|e| e.to_string())?;
-                        Ok((pdu.request_id, pdu))
-                    })
-                    .await;
+                let budget = self.budget();
+                let answer = send_and_wait(socket, addr, &budget, &msg, &req.what, |bytes| {
+                    let pdu = match ber::decode_v2c(bytes) {
+                        Ok((_, _, pdu)) => pdu,
+                        Err(e) => return Heard::Refused(malformed(bytes, &e)),
+                    };
+                    if pdu.request_id != id {
+                        Heard::Stale(pdu.request_id)
+                    } else if pdu.kind != tag::RESPONSE {
+                        Heard::Refused(format!(
+                            "answer is a PDU of type 0x{:02x}, not a Response",
+                            pdu.kind
+                        ))
+                    } else {
+                        Heard::Answer(pdu)
+                    }
+                })
+                .await;
                 match answer {
-                    Ok(pdu) if pdu.kind != tag::RESPONSE => Err(PollError::error(format!(
-                        "snmp {}: {}: answer is a PDU of type 0x{:02x}, not a Response",
-                        self.cfg.address, req.what, pdu.kind
-                    ))),
                     Err(e) if e.kind == FailureKind::Timeout => Err(PollError::timeout(format!(
                         "{} (wrong community, or no SNMP agent listening?)",
                         e.message
@@ -374,31 +382,45 @@ impl SnmpDriver {
                 pdu: &pdu,
             });
             let has_priv = engine.keys.as_ref().is_some_and(usm::Keys::has_priv);
-            let (m, raw) = self
-                .send_and_wait(socket, addr, &msg, &req.what, id, |bytes| {
-                    let m = usm::decode(bytes).map_err(|e| e.to_string())?;
-                    Ok((m.msg_id, (m, bytes.to_vec())))
-                })
-                .await
-                .map_err(|e| {
-                    if has_priv && e.kind == FailureKind::Timeout {
-                        PollError::timeout(format!(
-                            "{} (the engine answered discovery: wrong priv_password or priv_protocol? \
-                             agents drop requests they cannot decrypt)",
-                            e.message
-                        ))
-                    } else {
-                        e
-                    }
-                })?;
-            let Some(engine) = &mut self.engine else {
-                continue;
-            };
-            let verified = v3::check(engine, v3.user.as_bytes(), &m, &raw, id)
-                .map_err(|e| PollError::error(format!("snmp {address}: {}: {e}", req.what)))?;
-            let (oid, authenticated) = match verified {
-                v3::Verified::Response(pdu) => return Ok(pdu),
-                v3::Verified::Report { oid, authenticated } => (oid, authenticated),
+            let budget = self.budget();
+            let engine = &mut self.engine;
+            let user = v3.user.as_bytes();
+            // RFC 3414 §3.2 steps 6-7: a message that fails a check is
+            // discarded and the wait goes on, so one forged or garbled
+            // datagram cannot fail the poll; its reason is the poll's error
+            // only if nothing valid arrives in time.
+            let verified = send_and_wait(socket, addr, &budget, &msg, &req.what, |bytes| {
+                let m = match usm::decode(bytes) {
+                    Ok(m) => m,
+                    Err(e) => return Heard::Refused(malformed(bytes, &e)),
+                };
+                if m.msg_id != id {
+                    return Heard::Stale(m.msg_id);
+                }
+                let Some(engine) = engine.as_mut() else {
+                    return Heard::Refused("no engine".into());
+                };
+                let before = (engine.boots, engine.latest_received);
+                match v3::check(engine, user, &m, bytes, id) {
+                    Ok(v) => Heard::Answer((v, before != (engine.boots, engine.latest_received))),
+                    Err(e) => Heard::Refused(e.to_string()),
+                }
+            })
+            .await
+            .map_err(|e| {
+                if has_priv && e.kind == FailureKind::Timeout {
+                    PollError::timeout(format!(
+                        "{} (the engine answered discovery: wrong priv_password or priv_protocol? \
+                         agents drop requests they cannot decrypt)",
+                        e.message
+                    ))
+                } else {
+                    e
+                }
+            })?;
+            let (oid, authenticated, clock_moved) = match verified {
+                (v3::Verified::Response(pdu), _) => return Ok(pdu),
+                (v3::Verified::Report { oid, authenticated }, moved) => (oid, authenticated, moved),
             };
             if usm::is_not_in_time_window(&oid) {
                 if !authenticated {
@@ -408,7 +430,19 @@ impl SnmpDriver {
                         req.what
                     )));
                 }
-                // `check` has moved the engine's clock forward.
+                if !clock_moved {
+                    // The engine's clock is behind what it told us before
+                    // (an agent that lost its boot counter over a restart,
+                    // against RFC 3414 §2.2.2): start over from discovery,
+                    // whose first authenticated report is taken as it is.
+                    warn!(
+                        address = %address,
+                        "snmp engine's boots/time went back; discovering it again"
+                    );
+                    self.engine = None;
+                    self.stale_engine = None;
+                }
+                // Otherwise `check` has moved the engine's clock forward.
                 if !last {
                     continue;
                 }
@@ -450,27 +484,30 @@ impl SnmpDriver {
         });
         let what = "SNMPv3 engine discovery";
         let address = self.cfg.address.clone();
-        let (m, raw) = self
-            .send_and_wait(socket, addr, &msg, what, id, |bytes| {
-                let m = usm::decode(bytes).map_err(|e| e.to_string())?;
-                Ok((m.msg_id, (m, bytes.to_vec())))
-            })
-            .await?;
+        let budget = self.budget();
         // Nothing can authenticate an answer to discovery (there is no key
         // yet): it is believed only for the engine id, never for time.
-        let opened = v3::open(&m, &raw, None)
-            .map_err(|e| PollError::error(format!("snmp {address}: {what}: {e}")))?;
-        if opened.pdu.kind != tag::REPORT {
-            return Err(PollError::error(format!(
-                "snmp {address}: {what}: answered a PDU of type 0x{:02x}, not a Report",
-                opened.pdu.kind
-            )));
-        }
-        if m.usm.engine_id.is_empty() {
-            return Err(PollError::error(format!(
-                "snmp {address}: engine discovery answered without an engine id"
-            )));
-        }
+        let m = send_and_wait(socket, addr, &budget, &msg, what, |bytes| {
+            let m = match usm::decode(bytes) {
+                Ok(m) => m,
+                Err(e) => return Heard::Refused(malformed(bytes, &e)),
+            };
+            if m.msg_id != id {
+                return Heard::Stale(m.msg_id);
+            }
+            match v3::open(&m, bytes, None) {
+                Err(e) => Heard::Refused(e.to_string()),
+                Ok(o) if o.pdu.kind != tag::REPORT => Heard::Refused(format!(
+                    "answered a PDU of type 0x{:02x}, not a Report",
+                    o.pdu.kind
+                )),
+                Ok(_) if m.usm.engine_id.is_empty() => {
+                    Heard::Refused("answered without an engine id".into())
+                }
+                Ok(_) => Heard::Answer(m),
+            }
+        })
+        .await?;
         if let Some(stale) = self.stale_engine.take()
             && stale.id == m.usm.engine_id
         {
@@ -501,57 +538,91 @@ impl SnmpDriver {
         Ok(())
     }
 
-    /// Sends `msg` and waits for the answer whose id is `id`, sending again
-    /// after each share of the timeout. `parse` returns the answer's id and
-    /// its decoded form.
-    async fn send_and_wait<T>(
-        &self,
-        socket: &UdpSocket,
-        addr: SocketAddr,
-        msg: &[u8],
-        what: &str,
-        id: i32,
-        parse: impl Fn(&[u8]) -> Result<(i32, T), String>,
-    ) -> Result<T, PollError> {
-        let address = &self.cfg.address;
+    /// How many tries a request gets and how long each may wait: the
+    /// poll's time budget shared out over `retries + 1` tries.
+    fn budget(&self) -> Budget {
         let tries = self.cfg.retries.saturating_add(1);
         let left = self.deadline.saturating_duration_since(Instant::now());
-        let per_try = (self.timeout / tries)
-            .min(left / tries)
-            .max(Duration::from_millis(1));
-        let mut buf = vec![0u8; 65_536];
-        for _ in 0..tries {
-            socket
-                .send(msg)
-                .await
-                .map_err(|e| io_error(address, addr, what, &e))?;
-            let deadline = Instant::now() + per_try;
-            loop {
-                let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
-                    Err(_) => break,
-                    Ok(Err(e)) => return Err(io_error(address, addr, what, &e)),
-                    Ok(Ok(n)) => n,
-                };
-                let bytes = &buf[..n];
-                match parse(bytes) {
-                    Ok((got, answer)) if got == id => return Ok(answer),
-                    Ok((got, _)) => {
-                        debug!(address = %address, expected = id, got, "ignoring a stale snmp answer");
-                    }
-                    Err(e) => {
-                        return Err(PollError::error(format!(
-                            "snmp {address}: {what}: malformed SNMP answer of {n} bytes: {e}"
-                        )));
-                    }
+        Budget {
+            address: self.cfg.address.clone(),
+            tries,
+            per_try: (self.timeout / tries)
+                .min(left / tries)
+                .max(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// The tries of one request.
+struct Budget {
+    address: String,
+    tries: u32,
+    per_try: Duration,
+}
+
+/// What `send_and_wait`'s `hear` made of a datagram.
+enum Heard<T> {
+    /// The answer to this request, checked.
+    Answer(T),
+    /// An answer to an earlier request (a poll the scheduler cancelled).
+    Stale(i32),
+    /// Malformed, or an answer that failed a check: discarded, and the
+    /// reason is the error if nothing valid arrives.
+    Refused(String),
+}
+
+fn malformed(bytes: &[u8], e: &ber::DecodeError) -> String {
+    format!("malformed SNMP answer of {} bytes: {e}", bytes.len())
+}
+
+/// Sends `msg` and waits for the datagram `hear` takes as the answer,
+/// sending again after each share of the time budget.
+async fn send_and_wait<T>(
+    socket: &UdpSocket,
+    addr: SocketAddr,
+    budget: &Budget,
+    msg: &[u8],
+    what: &str,
+    mut hear: impl FnMut(&[u8]) -> Heard<T>,
+) -> Result<T, PollError> {
+    let address = &budget.address;
+    let mut refused: Option<String> = None;
+    let mut buf = vec![0u8; 65_536];
+    for _ in 0..budget.tries {
+        socket
+            .send(msg)
+            .await
+            .map_err(|e| io_error(address, addr, what, &e))?;
+        let deadline = Instant::now() + budget.per_try;
+        loop {
+            let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+                Err(_) => break,
+                Ok(Err(e)) => return Err(io_error(address, addr, what, &e)),
+                Ok(Ok(n)) => n,
+            };
+            match hear(&buf[..n]) {
+                Heard::Answer(answer) => return Ok(answer),
+                Heard::Stale(got) => {
+                    debug!(address = %address, got, "ignoring a stale snmp answer");
+                }
+                Heard::Refused(reason) => {
+                    debug!(address = %address, reason = %reason, "discarding an snmp answer");
+                    refused = Some(reason);
                 }
             }
         }
-        Err(PollError::timeout(format!(
-            "snmp {address}: {what}: no answer after {tries} tr{} of {}",
-            if tries == 1 { "y" } else { "ies" },
-            humantime::format_duration(Duration::from_millis(per_try.as_millis() as u64))
-        )))
     }
+    if let Some(reason) = refused {
+        return Err(PollError::error(format!(
+            "snmp {address}: {what}: {reason}"
+        )));
+    }
+    Err(PollError::timeout(format!(
+        "snmp {address}: {what}: no answer after {} tr{} of {}",
+        budget.tries,
+        if budget.tries == 1 { "y" } else { "ies" },
+        humantime::format_duration(Duration::from_millis(budget.per_try.as_millis() as u64))
+    )))
 }
 
 fn io_error(address: &str, addr: SocketAddr, what: &str, e: &io::Error) -> PollError {

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -54,11 +54,16 @@ enum Answer {
     OldTime,
     /// An unauthenticated unknownEngineID report the first time, then honest.
     UnknownEngineOnce,
+    /// A forged plaintext answer, then the honest one.
+    ForgedThenHonest,
 }
 
 struct Device {
     addr: SocketAddr,
     discoveries: Arc<AtomicUsize>,
+    /// The engine's snmpEngineTime; a test may set it back to play an agent
+    /// that lost its boot counter over a restart.
+    time: Arc<AtomicU32>,
 }
 
 fn keys(privacy: bool) -> Keys {
@@ -127,6 +132,8 @@ async fn device(answer: Answer) -> Device {
     let addr = socket.local_addr().expect("addr");
     let discoveries = Arc::new(AtomicUsize::new(0));
     let seen = discoveries.clone();
+    let time = Arc::new(AtomicU32::new(TIME));
+    let clock = time.clone();
     tokio::spawn(async move {
         let auth_priv = keys(true);
         let auth_only = keys(false);
@@ -139,13 +146,15 @@ async fn device(answer: Answer) -> Device {
             let Ok(m) = usm::decode(&buf[..n]) else {
                 continue;
             };
+            let now = clock.load(Ordering::SeqCst);
+            let mut first: Option<Vec<u8>> = None;
             let reply = if m.usm.engine_id.is_empty() {
                 seen.fetch_add(1, Ordering::SeqCst);
                 encode(Reply {
                     msg_id: m.msg_id,
                     engine: ENGINE,
                     boots: BOOTS,
-                    time: TIME,
+                    time: now,
                     keys: None,
                     pdu: report_pdu(0, UNKNOWN_ENGINE_ID),
                 })
@@ -158,13 +167,13 @@ async fn device(answer: Answer) -> Device {
                     ScopedData::Plain(pdu) => pdu.clone(),
                 };
                 let id = request.request_id;
-                if m.usm.boots != BOOTS || m.usm.time.abs_diff(TIME) > 150 {
+                if m.usm.boots != BOOTS || m.usm.time.abs_diff(now) > 150 {
                     // RFC 3414: authenticated, at authNoPriv.
                     encode(Reply {
                         msg_id: m.msg_id,
                         engine: ENGINE,
                         boots: BOOTS,
-                        time: TIME,
+                        time: now,
                         keys: Some(&auth_only),
                         pdu: report_pdu(id, NOT_IN_TIME_WINDOW),
                     })
@@ -173,7 +182,7 @@ async fn device(answer: Answer) -> Device {
                         msg_id: m.msg_id,
                         engine: ENGINE,
                         boots: BOOTS,
-                        time: TIME,
+                        time: now,
                         keys: Some(&auth_priv),
                         pdu: response_pdu(tag::RESPONSE, id, 42),
                     };
@@ -209,7 +218,7 @@ async fn device(answer: Answer) -> Device {
                             ..honest(id)
                         },
                         Answer::OldTime => Reply {
-                            time: TIME - 151,
+                            time: now - 151,
                             ..honest(id)
                         },
                         Answer::UnknownEngineOnce if !unknown_sent => {
@@ -221,14 +230,29 @@ async fn device(answer: Answer) -> Device {
                             }
                         }
                         Answer::UnknownEngineOnce => honest(id),
+                        Answer::ForgedThenHonest => {
+                            first = Some(encode(Reply {
+                                keys: None,
+                                pdu: response_pdu(tag::RESPONSE, id, 666),
+                                ..honest(id)
+                            }));
+                            honest(id)
+                        }
                     };
                     encode(reply)
                 }
             };
+            if let Some(forged) = first {
+                let _ = socket.send_to(&forged, peer).await;
+            }
             let _ = socket.send_to(&reply, peer).await;
         }
     });
-    Device { addr, discoveries }
+    Device {
+        addr,
+        discoveries,
+        time,
+    }
 }
 
 fn driver(addr: SocketAddr) -> SnmpDriver {
@@ -366,4 +390,27 @@ fn the_clock_moves_only_forward() {
         (3, 100),
         "noAuthNoPriv takes discovery's clock"
     );
+}
+
+/// RFC 3414 §3.2 step 7: a forged answer is discarded and the wait goes on.
+#[tokio::test]
+async fn a_forged_answer_before_the_real_one_is_discarded() {
+    let dev = device(Answer::ForgedThenHonest).await;
+    let mut d = driver(dev.addr);
+    assert_eq!(poll(&mut d).await, Ok(Value::I64(42)));
+    assert_eq!(poll(&mut d).await, Ok(Value::I64(42)));
+}
+
+/// An agent that lost its boot counter over a restart comes back with the
+/// same boots and an earlier time: the driver rediscovers it instead of
+/// refusing it forever.
+#[tokio::test]
+async fn an_engine_whose_clock_went_back_is_discovered_again() {
+    let dev = device(Answer::Honest).await;
+    let mut d = driver(dev.addr);
+    assert_eq!(poll(&mut d).await, Ok(Value::I64(42)));
+    dev.time.store(TIME - 1_000, Ordering::SeqCst);
+    assert_eq!(poll(&mut d).await, Ok(Value::I64(42)));
+    assert_eq!(clock(&d), (BOOTS, TIME - 1_000));
+    assert_eq!(dev.discoveries.load(Ordering::SeqCst), 2);
 }
