@@ -17,6 +17,9 @@
 //!
 //! [limits]
 //! max_connections = 4096                 # default: 16384 (or the open-file limit - 64)
+//! max_connections_per_address = 64      # default: max_connections / 8, at most 64
+//! preface_timeout = "10s"
+//! idle_timeout = "5m"                    # longer than keepalive_interval + keepalive_timeout
 //! ```
 //!
 //! Relative paths are relative to the file's directory. Every error names
