@@ -554,6 +554,12 @@ fn refusals(log: &str, name: &str) -> Result<u64> {
         .with_context(|| format!("{name} in {line}"))
 }
 
+/// The collector logged `message` as a warning.
+fn warned(log: &str, message: &str) -> bool {
+    log.lines()
+        .any(|l| l.contains("WARN") && l.contains(message))
+}
+
 /// A self-signed certificate for 127.0.0.1 as `server.pem` and
 /// `server.key` in `dir`; returns the certificate's PEM.
 fn server_cert(dir: &TestDir) -> Result<String> {
@@ -652,8 +658,7 @@ async fn connections_that_never_speak_http2_give_their_slots_back() -> Result<()
         let log = collector.log();
         assert_eq!(refusals(&log, "preface_timeout")?, 4, "{mode}:\n{log}");
         ensure!(
-            log.lines()
-                .any(|l| l.contains("WARN") && l.contains("no HTTP/2 preface in time")),
+            warned(&log, "no HTTP/2 preface in time"),
             "{mode}: no warning:\n{log}"
         );
     }
@@ -707,8 +712,7 @@ async fn one_address_gets_no_more_than_its_connections() -> Result<()> {
     let log = collector.log();
     ensure!(refusals(&log, "per_address_cap")? >= 1, "{log}");
     ensure!(
-        log.lines()
-            .any(|l| l.contains("WARN") && l.contains("too many connections from this address")),
+        warned(&log, "too many connections from this address"),
         "{log}"
     );
     Ok(())

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
+use super::Admitted;
 use super::stats::{ListenerStats, Refusal};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
@@ -60,12 +61,15 @@ pub struct Guarded<S> {
     failed: Option<io::ErrorKind>,
     peer: Option<SocketAddr>,
     stats: Arc<ListenerStats>,
+    /// The connection's places, given back when it is dropped.
+    _admitted: Admitted,
 }
 
 impl<S> Guarded<S> {
     /// Starts the preface deadline now.
     pub fn new(
         inner: S,
+        admitted: Admitted,
         deadlines: Deadlines,
         peer: Option<SocketAddr>,
         stats: Arc<ListenerStats>,
@@ -80,6 +84,7 @@ impl<S> Guarded<S> {
             failed: None,
             peer,
             stats,
+            _admitted: admitted,
         }
     }
 

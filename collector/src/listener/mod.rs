@@ -8,7 +8,7 @@
 //! here. A connection from an address that already has
 //! `max_connections_per_address` open is closed at once, and its permit
 //! goes to the next one ([`addresses`]). Each admitted connection carries
-//! its permit and its address slot until it is dropped.
+//! its permit and its address slot ([`Admitted`]) until it is dropped.
 //!
 //! Every admitted connection then gets its own task for the handshake
 //! ([`Handshake`]: none in plaintext, TLS with tokio-rustls within
@@ -30,18 +30,16 @@ mod tests;
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use tracing::{info, warn};
 
 use addresses::{AddressSlot, PerAddress};
@@ -84,61 +82,23 @@ pub fn default_max_connections_per_address(max_connections: usize) -> usize {
     (max_connections / 8).clamp(1, 64)
 }
 
-/// An accepted connection holding one of the `max_connections` permits and
-/// one of its address's `max_connections_per_address` places.
+/// What an admitted connection holds until it is dropped: one of the
+/// `max_connections` permits and one of its address's
+/// `max_connections_per_address` places. Carried by its [`Guarded`] stream.
 #[derive(Debug)]
-pub struct Conn {
-    stream: TcpStream,
-    info: TcpConnectInfo,
+pub struct Admitted {
     _permit: OwnedSemaphorePermit,
     _slot: AddressSlot,
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+#[cfg(test)]
+impl Admitted {
+    /// A permit and a place of their own.
+    fn for_test() -> Option<Admitted> {
+        Some(Admitted {
+            _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().ok()?,
+            _slot: PerAddress::new(1).admit(std::net::Ipv4Addr::LOCALHOST.into())?,
+        })
     }
 }
 
@@ -148,7 +108,7 @@ pub trait Handshake: Send + Sync + 'static {
 
     /// The handshake; an error closes the connection (counted as a TLS
     /// handshake failure: plaintext has no handshake to fail).
-    fn handshake(&self, conn: Conn) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
 /// No handshake: HTTP/2 on the TCP stream itself.
@@ -156,20 +116,23 @@ pub trait Handshake: Send + Sync + 'static {
 pub struct Plaintext;
 
 impl Handshake for Plaintext {
-    type Io = Conn;
+    type Io = TcpStream;
 
-    fn handshake(&self, conn: Conn) -> impl Future<Output = io::Result<Conn>> + Send {
-        std::future::ready(Ok(conn))
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        std::future::ready(Ok(tcp))
     }
 }
 
 /// TLS (rustls, with the collector's server config: certificate, client
 /// CA verifier, ALPN `h2`).
 impl Handshake for TlsAcceptor {
-    type Io = TlsStream<Conn>;
+    type Io = TlsStream<TcpStream>;
 
-    fn handshake(&self, conn: Conn) -> impl Future<Output = io::Result<TlsStream<Conn>>> + Send {
-        self.accept(conn)
+    fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> impl Future<Output = io::Result<TlsStream<TcpStream>>> + Send {
+        self.accept(tcp)
     }
 }
 
@@ -264,19 +227,15 @@ async fn accept_loop<H: Handshake>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = Conn {
-            info: TcpConnectInfo {
-                local_addr: stream.local_addr().ok(),
-                remote_addr: Some(remote),
-            },
-            stream,
+        let admitted = Admitted {
             _permit: held,
             _slot: slot,
         };
         let (handshake, stats, tx) = (handshake.clone(), stats.clone(), tx.clone());
         tokio::spawn(async move {
             let shaken =
-                tokio::time::timeout(admission.handshake_timeout, handshake.handshake(conn)).await;
+                tokio::time::timeout(admission.handshake_timeout, handshake.handshake(stream))
+                    .await;
             let io = match shaken {
                 Ok(Ok(io)) => io,
                 Ok(Err(e)) => {
@@ -289,7 +248,7 @@ async fn accept_loop<H: Handshake>(
                     return;
                 }
             };
-            let guarded = Guarded::new(io, admission.deadlines, Some(remote), stats);
+            let guarded = Guarded::new(io, admitted, admission.deadlines, Some(remote), stats);
             let _ = tx.send(Ok(guarded)).await;
         });
     }

@@ -88,7 +88,9 @@ mod deadlines {
     ) -> (Guarded<DuplexStream>, DuplexStream, Arc<ListenerStats>) {
         let (client, server) = tokio::io::duplex(1024);
         let stats = Arc::new(ListenerStats::default());
-        let guarded = Guarded::new(server, Deadlines { preface, idle }, None, stats.clone());
+        let admitted = Admitted::for_test().unwrap();
+        let deadlines = Deadlines { preface, idle };
+        let guarded = Guarded::new(server, admitted, deadlines, None, stats.clone());
         (guarded, client, stats)
     }
 
