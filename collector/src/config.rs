@@ -17,6 +17,9 @@
 //!
 //! [limits]
 //! max_connections = 4096                 # default: 16384 (or the open-file limit - 64)
+//! max_connections_per_address = 64      # default: max_connections / 8, at most 64
+//! preface_timeout = "10s"
+//! idle_timeout = "5m"                    # longer than keepalive_interval + keepalive_timeout
 //! ```
 //!
 //! Relative paths are relative to the file's directory. Every error names
@@ -100,6 +103,9 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_connections: Option<Spanned<u64>>,
+    max_connections_per_address: Option<Spanned<u64>>,
+    preface_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
     max_concurrent_streams: Option<Spanned<u64>>,
     max_message_bytes: Option<Spanned<u64>>,
     max_header_list_bytes: Option<Spanned<u64>>,
@@ -251,7 +257,8 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
                 tls::TlsError::Read { path, .. }
                 | tls::TlsError::NoCertificate { path }
                 | tls::TlsError::NoKey { path }
-                | tls::TlsError::Pem { path, .. } => {
+                | tls::TlsError::Pem { path, .. }
+                | tls::TlsError::Unusable { path, .. } => {
                     if *path == files.key {
                         (t.key.span(), "tls.key")
                     } else if Some(path) == files.client_ca.as_ref() {
@@ -346,6 +353,28 @@ fn apply_limits(
         "max_connections",
         &mut server.max_connections,
     )?;
+    if l.max_connections_per_address.is_some() {
+        let mut n = 0usize;
+        count(
+            src,
+            &l.max_connections_per_address,
+            "max_connections_per_address",
+            &mut n,
+        )?;
+        server.max_connections_per_address = Some(n);
+    }
+    duration(
+        src,
+        &l.preface_timeout,
+        "preface_timeout",
+        &mut server.preface_timeout,
+    )?;
+    duration(
+        src,
+        &l.idle_timeout,
+        "idle_timeout",
+        &mut server.idle_timeout,
+    )?;
     count(
         src,
         &l.max_concurrent_streams,
@@ -388,6 +417,28 @@ fn apply_limits(
         "keepalive_timeout",
         &mut server.keepalive_timeout,
     )?;
+    // A live peer answers the server's pings: something is read from it at
+    // least once per keepalive_interval + keepalive_timeout.
+    let pinged = server.keepalive_interval + server.keepalive_timeout;
+    if server.idle_timeout <= pinged {
+        let keys = [
+            ("idle_timeout", &l.idle_timeout),
+            ("keepalive_interval", &l.keepalive_interval),
+            ("keepalive_timeout", &l.keepalive_timeout),
+        ];
+        if let Some((key, Some(v))) = keys.into_iter().find(|(_, v)| v.is_some()) {
+            return Err(src.error(
+                v.span(),
+                format!("limits.{key}"),
+                format!(
+                    "idle_timeout ({}) must be longer than keepalive_interval + keepalive_timeout \
+                     ({}), or healthy connections that only answer pings are closed",
+                    humantime::format_duration(server.idle_timeout),
+                    humantime::format_duration(pinged)
+                ),
+            ));
+        }
+    }
     let limits = &mut server.limits;
     duration(
         src,

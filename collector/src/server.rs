@@ -8,8 +8,8 @@
 //! session is gone.
 //!
 //! Limits the server enforces below the sessions (see README "Limits"):
-//! connections ([`crate::listener`]), the TLS handshake or first byte
-//! timeout, HTTP/2 concurrent streams per connection, header list size,
+//! connections in all and per address, the TLS handshake, the HTTP/2
+//! preface deadline and the idle timeout ([`crate::listener`]), HTTP/2 concurrent streams per connection, header list size,
 //! decoded message size, keepalive pings, and the number of streams a peer
 //! may get reset by protocol errors before its connection is closed
 //! (tonic leaves that cap off unless it is set, so it is always set here).
@@ -30,7 +30,7 @@ use tracing::info;
 
 use tributary_proto::v1 as pb;
 
-use crate::listener::{self, Admission};
+use crate::listener::{self, Admission, Deadlines, ListenerStats, Plaintext};
 use crate::merger::{self, MergerHandle};
 use crate::query::QueryService;
 use crate::session::{Limits, PeerAuth, Session};
@@ -66,9 +66,17 @@ pub struct ServerConfig {
     /// Most connections open at once; more wait in the listen backlog.
     /// Default: [`crate::listener::default_max_connections`].
     pub max_connections: usize,
-    /// Time a new connection gets to finish its TLS handshake (or, in
-    /// plaintext, to send its first byte).
+    /// Time a new connection gets to finish its TLS handshake.
     pub handshake_timeout: Duration,
+    /// Most connections open at once from one source address; `None`:
+    /// [`crate::listener::default_max_connections_per_address`].
+    pub max_connections_per_address: Option<usize>,
+    /// Time from accept (with TLS: from the end of the handshake) to the
+    /// HTTP/2 client preface and first frame header.
+    pub preface_timeout: Duration,
+    /// A connection with nothing read for this long is closed (the pings
+    /// every `keepalive_interval` keep a live one busy).
+    pub idle_timeout: Duration,
     /// Streams a peer may cause to be reset by its protocol errors before
     /// its connection is closed with GOAWAY.
     pub max_local_error_resets: usize,
@@ -98,6 +106,9 @@ impl ServerConfig {
             max_message_bytes: 8 * 1024 * 1024,
             max_connections: crate::listener::default_max_connections(),
             handshake_timeout: Duration::from_secs(10),
+            max_connections_per_address: None,
+            preface_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
             max_local_error_resets: 256,
             max_header_list_bytes: 16 * 1024,
             tls: None,
@@ -127,8 +138,6 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serving")]
     Serve(#[from] tonic::transport::Error),
-    #[error("tls")]
-    Tls(#[source] tonic::transport::Error),
     #[error("merger thread panicked")]
     MergerPanicked,
 }
@@ -259,34 +268,47 @@ pub async fn run(
         info!("shutdown: no new streams, draining sessions");
         drain.cancel();
     };
-    let mut builder = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .http2_max_local_error_reset_streams(Some(config.max_local_error_resets))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
-        .http2_max_header_list_size(Some(config.max_header_list_bytes));
-    if let Some(tls) = &config.tls {
-        builder = builder
-            .tls_config(tls.server_config(config.handshake_timeout))
-            .map_err(ServerError::Tls)?;
-    }
-    let incoming = listener::incoming(
-        listener,
-        Admission {
-            max_connections: config.max_connections,
-            first_byte_timeout: config.tls.is_none().then_some(config.handshake_timeout),
-        },
-    );
-    let serve = builder
+        .http2_max_header_list_size(Some(config.max_header_list_bytes))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ingest)
-        .add_service(query)
-        .serve_with_incoming_shutdown(incoming, signal);
+        .add_service(query);
+    let admission = Admission {
+        max_connections: config.max_connections,
+        max_connections_per_address: config.max_connections_per_address.unwrap_or_else(|| {
+            listener::default_max_connections_per_address(config.max_connections)
+        }),
+        handshake_timeout: config.handshake_timeout,
+        deadlines: Deadlines {
+            preface: config.preface_timeout,
+            idle: config.idle_timeout,
+        },
+    };
+    // The listener's refusal counters (README "Limits"), logged at the end.
+    let refusals = Arc::new(ListenerStats::default());
+    let stats = refusals.clone();
+    // The listener terminates TLS itself, so tonic sees one stream type or
+    // the other.
+    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &config.tls {
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                listener::incoming(listener, admission, Plaintext, stats),
+                signal,
+            )),
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                listener::incoming(listener, admission, tls.acceptor(), stats),
+                signal,
+            )),
+        };
     // Boxed so it can be dropped below: it owns the last merger handle.
-    let mut serve = Box::pin(serve);
+    let mut serve = serve;
     // Serve; once shutdown has begun, give connections `deadline` to close.
     let served = tokio::select! {
         r = &mut serve => r,
@@ -295,6 +317,7 @@ pub async fn run(
             Ok(())
         }
     };
+    info!(refusals = %refusals.snapshot(), "listener totals");
     served?;
     // The Ingest service (and with it the last merger handle) is gone once
     // `serve` is dropped; the merger then drains its queue and stops.

@@ -1,5 +1,6 @@
 //! TLS for the collector: loading the server's certificate, key and client CA
-//! into a rustls-backed [`ServerTlsConfig`], and reading an agent's identity
+//! into a rustls [`ServerConfig`] (the listener terminates TLS with it,
+//! `collector/src/listener/`), and reading an agent's identity
 //! from the certificate it presented.
 //!
 //! The identity of a client certificate is its first DNS name in the subject
@@ -11,11 +12,13 @@
 //! from a certificate that already passed.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto};
 
 /// Where the collector's TLS material is, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +39,7 @@ pub struct TlsFiles {
 /// TLS material read and checked, ready for the server.
 #[derive(Clone)]
 pub struct ServerTls {
-    config: ServerTlsConfig,
+    config: Arc<ServerConfig>,
     /// Client certificates are verified (mutual TLS).
     pub mutual: bool,
 }
@@ -50,9 +53,9 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
-    /// The tonic configuration with `handshake_timeout` applied.
-    pub fn server_config(&self, handshake_timeout: Duration) -> ServerTlsConfig {
-        self.config.clone().timeout(handshake_timeout)
+    /// What the listener runs each TLS handshake with.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.clone())
     }
 }
 
@@ -73,15 +76,24 @@ pub enum TlsError {
     NoKey { path: PathBuf },
     #[error("{}: invalid PEM: {message}", path.display())]
     Pem { path: PathBuf, message: String },
+    /// rustls refused the contents (a key that does not match the
+    /// certificate, a CA certificate it cannot use as a trust anchor).
+    #[error("{}: unusable: {message}", path.display())]
+    Unusable { path: PathBuf, message: String },
 }
 
 /// Reads and checks the files: every one must exist and hold what its role
 /// needs, so a typo fails at startup instead of at the first handshake.
 pub fn load(files: &TlsFiles) -> Result<ServerTls, TlsError> {
-    let cert = read(&files.cert)?;
-    check_certs(&files.cert, &cert)?;
-    let key = read(&files.key)?;
-    PrivateKeyDer::from_pem_slice(&key).map_err(|e| match e {
+    let unusable = |path: &Path| {
+        let path = path.to_owned();
+        move |e: tokio_rustls::rustls::Error| TlsError::Unusable {
+            path,
+            message: e.to_string(),
+        }
+    };
+    let chain = certs(&files.cert, &read(&files.cert)?)?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
             path: files.key.clone(),
         },
@@ -90,17 +102,42 @@ pub fn load(files: &TlsFiles) -> Result<ServerTls, TlsError> {
             message: other.to_string(),
         },
     })?;
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    // The ring provider explicitly, as tonic's `tls-ring` uses it.
+    let provider = Arc::new(crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(unusable(&files.cert))?;
     let mut mutual = false;
-    if let Some(ca_path) = &files.client_ca {
-        let ca = read(ca_path)?;
-        check_certs(ca_path, &ca)?;
-        config = config
-            .client_ca_root(Certificate::from_pem(ca))
-            .client_auth_optional(!files.query_requires_client_cert);
-        mutual = true;
-    }
-    Ok(ServerTls { config, mutual })
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca_path) => {
+            let mut roots = RootCertStore::empty();
+            for ca in certs(ca_path, &read(ca_path)?)? {
+                roots.add(ca).map_err(unusable(ca_path))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if files.query_requires_client_cert {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            mutual = true;
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| TlsError::Unusable {
+                path: ca_path.clone(),
+                message: e.to_string(),
+            })?)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(unusable(&files.key))?;
+    // gRPC is HTTP/2 only; a client offering other protocols alone is
+    // refused during the handshake.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(ServerTls {
+        config: Arc::new(config),
+        mutual,
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -110,22 +147,21 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// At least one certificate, and every PEM certificate block decodes.
-fn check_certs(path: &Path, pem: &[u8]) -> Result<(), TlsError> {
-    let mut n = 0;
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        cert.map_err(|e| TlsError::Pem {
+/// The certificates of a PEM file: at least one, and every PEM
+/// certificate block decodes.
+fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        n += 1;
-    }
-    if n == 0 {
+    if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             path: path.to_owned(),
         });
     }
-    Ok(())
+    Ok(certs)
 }
 
 /// Why no identity could be read from a client certificate.

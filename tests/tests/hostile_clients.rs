@@ -34,14 +34,26 @@ const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 const MAX_RSS_KIB: u64 = 512 * 1024;
 
 async fn start_collector(dir: &TestDir, addr: SocketAddr) -> Result<Proc> {
+    // 200 idle connections from loopback below: past the per-address cap.
+    start_collector_with(dir, addr, "", "max_connections_per_address = 1000\n").await
+}
+
+/// A collector with `tls` (a `[tls]` section or nothing) and `limits`
+/// added to the `[limits]` above.
+async fn start_collector_with(
+    dir: &TestDir,
+    addr: SocketAddr,
+    tls: &str,
+    limits: &str,
+) -> Result<Proc> {
     let path = dir.join("collector.toml");
     std::fs::write(
         &path,
         format!(
-            "listen = \"{addr}\"\nstore = \"sqlite:collector.db\"\n\n[limits]\n\
+            "listen = \"{addr}\"\nstore = \"sqlite:collector.db\"\n{tls}\n[limits]\n\
              max_concurrent_streams = {MAX_CONCURRENT_STREAMS}\n\
              max_local_error_resets = {MAX_LOCAL_ERROR_RESETS}\n\
-             max_message_bytes = {MAX_MESSAGE_BYTES}\nhandshake_timeout = \"5s\"\n"
+             max_message_bytes = {MAX_MESSAGE_BYTES}\nhandshake_timeout = \"5s\"\n{limits}"
         ),
     )?;
     let proc = Proc::builder("tributary-collector")?
@@ -64,6 +76,7 @@ mod h2 {
     pub const HEADERS: u8 = 0x1;
     pub const RST_STREAM: u8 = 0x3;
     pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
     pub const GOAWAY: u8 = 0x7;
     pub const END_STREAM: u8 = 0x1;
     pub const END_HEADERS: u8 = 0x4;
@@ -126,6 +139,8 @@ mod h2 {
         pub ended: usize,
         /// (last stream id, error code) of a GOAWAY.
         pub goaway: Option<(u32, u32)>,
+        /// PING acknowledgements.
+        pub pongs: usize,
         /// The server closed the connection.
         pub closed: bool,
     }
@@ -160,6 +175,7 @@ mod h2 {
                         Ok(Some((kind, flags, _stream, payload))) => {
                             tx.send_modify(|s| match kind {
                                 RST_STREAM => s.resets += 1,
+                                PING if flags & ACK != 0 => s.pongs += 1,
                                 HEADERS if flags & END_STREAM != 0 => s.ended += 1,
                                 GOAWAY if payload.len() >= 8 => {
                                     let last = u32::from_be_bytes([
@@ -504,5 +520,259 @@ async fn readings_far_from_the_collector_clock_are_stored_and_flagged() -> Resul
         "{log}"
     );
     ensure!(logged("agent clock is off", "agent=behind"), "{log}");
+    Ok(())
+}
+
+/// Reads until the server closes the connection (end of stream, or an
+/// error: a reset, or TLS closed without close_notify); an error if it is
+/// still open after [`PATIENCE`].
+async fn closed_by_server<R: AsyncReadExt + Unpin>(r: &mut R, what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
+            Err(_) => bail!("{what}: still open after {PATIENCE:?}"),
+            Ok(Ok(0) | Err(_)) => return Ok(()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// One counter from the "listener totals" line the collector logs at
+/// shutdown (`refusals=preface_timeout=4 bad_preface=0 ...`).
+fn refusals(log: &str, name: &str) -> Result<u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("listener totals"))
+        .with_context(|| format!("no listener totals logged:\n{log}"))?;
+    let key = format!("{name}=");
+    line.split_whitespace()
+        .map(|t| t.strip_prefix("refusals=").unwrap_or(t))
+        .find_map(|t| t.strip_prefix(key.as_str()))
+        .with_context(|| format!("no {name} in {line}"))?
+        .parse()
+        .with_context(|| format!("{name} in {line}"))
+}
+
+/// The collector logged `message` as a warning.
+fn warned(log: &str, message: &str) -> bool {
+    log.lines()
+        .any(|l| l.contains("WARN") && l.contains(message))
+}
+
+/// A self-signed certificate for 127.0.0.1 as `server.pem` and
+/// `server.key` in `dir`; returns the certificate's PEM.
+fn server_cert(dir: &TestDir) -> Result<String> {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+    std::fs::write(dir.join("server.pem"), cert.pem())?;
+    std::fs::write(dir.join("server.key"), signing_key.serialize_pem())?;
+    Ok(cert.pem())
+}
+
+/// A raw TLS client trusting `pem`, offering HTTP/2 like a gRPC client.
+fn tls_connector(pem: &str) -> Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
+/// ListAgents on a new connection (over TLS trusting `pem`, when given).
+async fn list_agents(addr: SocketAddr, pem: Option<&str>) -> Result<()> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let channel = match pem {
+        None => Endpoint::from_shared(format!("http://{addr}"))?,
+        Some(pem) => Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?,
+    }
+    .connect()
+    .await?;
+    pb::query_client::QueryClient::new(channel)
+        .list_agents(pb::ListAgentsRequest::default())
+        .await?;
+    Ok(())
+}
+
+/// Four connections hold every slot (`max_connections = 4`) without ever
+/// sending the HTTP/2 preface: one byte in plaintext, a finished TLS
+/// handshake and silence with TLS. The preface deadline closes them, so a
+/// Query is answered and each of them sees the server hang up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_speak_http2_give_their_slots_back() -> Result<()> {
+    for tls in [false, true] {
+        let mode = if tls { "tls" } else { "plaintext" };
+        let dir = TestDir::new(&format!("hostile-preface-{mode}"))?;
+        let pem = server_cert(&dir)?;
+        let addr = free_addr()?;
+        let section = if tls {
+            "\n[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n"
+        } else {
+            ""
+        };
+        let mut collector = start_collector_with(
+            &dir,
+            addr,
+            section,
+            "max_connections = 4\nmax_connections_per_address = 16\npreface_timeout = \"1s\"\n",
+        )
+        .await?;
+        let mut held: Vec<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = Vec::new();
+        for _ in 0..4 {
+            let mut tcp = TcpStream::connect(addr).await?;
+            if tls {
+                let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+                let stream = tls_connector(&pem)?
+                    .connect(name, tcp)
+                    .await
+                    .context("TLS handshake")?;
+                held.push(Box::new(stream));
+            } else {
+                tcp.write_all(&h2::PREFACE[..1]).await?;
+                held.push(Box::new(tcp));
+            }
+        }
+        tokio::time::timeout(PATIENCE, list_agents(addr, tls.then_some(pem.as_str())))
+            .await
+            .with_context(|| {
+                format!("{mode}: Query not answered while 4 connections hold every slot")
+            })??;
+        for (i, conn) in held.iter_mut().enumerate() {
+            closed_by_server(conn, &format!("{mode}: silent connection {i}")).await?;
+        }
+        collector.terminate(PATIENCE).await?;
+        let log = collector.log();
+        assert_eq!(refusals(&log, "preface_timeout")?, 4, "{mode}:\n{log}");
+        ensure!(
+            warned(&log, "no HTTP/2 preface in time"),
+            "{mode}: no warning:\n{log}"
+        );
+    }
+    Ok(())
+}
+
+/// With `max_connections_per_address = 3`, a fourth connection from
+/// 127.0.0.1 is closed at once while the three stay open and answer pings;
+/// when one of them closes, its place is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_gets_no_more_than_its_connections() -> Result<()> {
+    let dir = TestDir::new("hostile-per-address")?;
+    let addr = free_addr()?;
+    // Deadlines far beyond PATIENCE: a connection closed within it was
+    // refused for its address.
+    let mut collector = start_collector_with(
+        &dir,
+        addr,
+        "",
+        "max_connections_per_address = 3\npreface_timeout = \"1h\"\nidle_timeout = \"1h\"\n",
+    )
+    .await?;
+    // (wait_for_port's probe may hold a place for a moment: retry.)
+    let mut three =
+        tributary_tests::process::eventually(PATIENCE, "three connections open", || async {
+            let mut conns = Vec::new();
+            for _ in 0..3 {
+                conns.push(h2::Conn::open(addr).await.ok()?);
+            }
+            Some(conns)
+        })
+        .await?;
+    let mut fourth = TcpStream::connect(addr).await?;
+    let _ = fourth.write_all(h2::PREFACE).await;
+    closed_by_server(&mut fourth, "the fourth connection from 127.0.0.1").await?;
+    for conn in &mut three {
+        conn.write
+            .write_all(&h2::frame(h2::PING, 0, 0, &[7; 8]))
+            .await?;
+        let seen = conn
+            .wait("a ping is answered", |s| s.pongs > 0 || s.closed)
+            .await?;
+        ensure!(!seen.closed && seen.pongs == 1, "{seen:?}");
+    }
+    drop(three.pop());
+    tributary_tests::process::eventually(PATIENCE, "a Query gets the freed place", || async {
+        list_agents(addr, None).await.ok()
+    })
+    .await?;
+    collector.terminate(PATIENCE).await?;
+    let log = collector.log();
+    ensure!(refusals(&log, "per_address_cap")? >= 1, "{log}");
+    ensure!(
+        warned(&log, "too many connections from this address"),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// An agent that polls every 5 s and never pings (its keepalive is an
+/// hour) is quiet for longer than the collector's `idle_timeout` (2 s)
+/// between batches; the collector's own pings, answered, are reads, so the
+/// stream lives on: one connect, no stream ended, no idle timeout, every
+/// value once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_agent_keeps_its_stream_past_the_idle_timeout() -> Result<()> {
+    let dir = TestDir::new("hostile-idle")?;
+    let addr = free_addr()?;
+    let mut collector = start_collector_with(
+        &dir,
+        addr,
+        "",
+        "keepalive_interval = \"500ms\"\nkeepalive_timeout = \"1s\"\nidle_timeout = \"2s\"\n",
+    )
+    .await?;
+    let config = dir.join("quiet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[spool]\ndir = \"{}\"\n[uplink]\nkeepalive_interval = \"1h\"\n\
+             keepalive_timeout = \"10s\"\nbackoff_max = \"500ms\"\n",
+            sim_agent_config("quiet", &[format!("http://{addr}")], 1, "5s"),
+            dir.join("quiet-spool").display()
+        ),
+    )?;
+    let stats = dir.join("quiet.stats.prom");
+    let mut agent = Proc::builder("tributary-agent")?
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--stats-file")
+        .arg(&stats)
+        .log_to(dir.join("quiet.log"))
+        .spawn()?;
+    let db = dir.join("collector.db");
+    // Three polls: at least two gaps of 5 s.
+    wait_for_counters(&db, "quiet", 1, 3).await?;
+    let text = std::fs::read_to_string(&stats)?;
+    let uplink = tributary_agent::uplink::UplinkStats::from_prometheus_text(&text)
+        .with_context(|| format!("stats file:\n{text}"))?;
+    let status = agent.terminate(PATIENCE).await?;
+    ensure!(
+        status.success(),
+        "agent exited with {status}:\n{}",
+        agent.log()
+    );
+    collector.terminate(PATIENCE).await?;
+    let log = collector.log();
+    ensure!(
+        uplink.connects == 1 && uplink.streams_ended == 0,
+        "the stream was cut: {uplink:?}\n{log}"
+    );
+    assert_eq!(refusals(&log, "idle_timeout")?, 0, "{log}");
+    let total = assert_exactly_once(&counters(&db, "quiet")?, 1)?;
+    ensure!(total >= 3, "only {total} readings");
     Ok(())
 }

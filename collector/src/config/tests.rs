@@ -204,3 +204,36 @@ fn an_unknown_key_lists_the_keys_of_its_table() {
         "{e}"
     );
 }
+
+#[test]
+fn connection_deadlines_and_the_per_address_cap() {
+    let s = resolve_str("").expect("valid");
+    assert_eq!(s.server.max_connections_per_address, None);
+    assert_eq!(s.server.preface_timeout, Duration::from_secs(10));
+    assert_eq!(s.server.idle_timeout, Duration::from_secs(300));
+    let s = resolve_str(
+        "[limits]\nmax_connections_per_address = 5\npreface_timeout = \"1s\"\n\
+         idle_timeout = \"3s\"\nkeepalive_interval = \"1s\"\nkeepalive_timeout = \"1s\"\n",
+    )
+    .expect("valid");
+    assert_eq!(s.server.max_connections_per_address, Some(5));
+    assert_eq!(s.server.preface_timeout, Duration::from_secs(1));
+    assert_eq!(s.server.idle_timeout, Duration::from_secs(3));
+    assert_eq!(
+        error("[limits]\nmax_connections_per_address = 0\n"),
+        "/etc/tributary/collector.toml:2: limits.max_connections_per_address: 0: expected a \
+         whole number from 1 to 18446744073709551615"
+    );
+    // A live peer that only answers pings must not look idle.
+    assert_eq!(
+        error("[limits]\nidle_timeout = \"15s\"\n"),
+        "/etc/tributary/collector.toml:2: limits.idle_timeout: idle_timeout (15s) must be \
+         longer than keepalive_interval + keepalive_timeout (20s), or healthy connections \
+         that only answer pings are closed"
+    );
+    assert!(
+        error("[limits]\nkeepalive_interval = \"10m\"\n").starts_with(
+            "/etc/tributary/collector.toml:2: limits.keepalive_interval: idle_timeout (5m)"
+        ),
+    );
+}

@@ -69,26 +69,28 @@ impl CollectorProc {
         Self::start_with(dir, None).await
     }
 
-    /// With `[limits] max_connections` set, when given.
+    /// With `[limits] max_connections` set, when given. Every load
+    /// generator connects from loopback, so the per-address cap is lifted
+    /// to `max_connections` (or a million, effectively none).
     pub async fn start_with(
         dir: &WorkDir,
         max_connections: Option<usize>,
     ) -> Result<CollectorProc> {
         let addr = free_addr()?;
         let store = format!("sqlite:{}", dir.join("collector.db").display());
-        let mut builder = Proc::builder("tributary-collector")?.args([
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--store",
-            &store,
-        ]);
+        let config = dir.join("collector.toml");
+        let mut limits = format!(
+            "[limits]\nmax_connections_per_address = {}\n",
+            max_connections.unwrap_or(1_000_000)
+        );
         if let Some(n) = max_connections {
-            let config = dir.join("collector.toml");
-            std::fs::write(&config, format!("[limits]\nmax_connections = {n}\n"))
-                .with_context(|| format!("write {}", config.display()))?;
-            builder = builder.arg("--config").arg(config);
+            limits.push_str(&format!("max_connections = {n}\n"));
         }
+        std::fs::write(&config, limits).with_context(|| format!("write {}", config.display()))?;
+        let builder = Proc::builder("tributary-collector")?
+            .args(["serve", "--listen", &addr.to_string(), "--store", &store])
+            .arg("--config")
+            .arg(config);
         let mut proc = builder
             .env("RUST_LOG", "info")
             .log_to(dir.join("collector.log"))
