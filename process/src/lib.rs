@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 use std::error::Error;
+use std::io::IsTerminal;
 
 /// Resolves on SIGINT or SIGTERM (on non-Unix targets, on Ctrl-C only).
 pub async fn shutdown_signal() {
@@ -35,13 +36,15 @@ pub async fn shutdown_signal() {
 }
 
 /// Installs the process's log subscriber: stderr, `RUST_LOG` or `info`,
-/// JSON lines when `format` is `"json"`, text otherwise (colour only when
-/// stderr is a terminal, which `tracing-subscriber` decides).
+/// JSON lines when `format` is `"json"`, text otherwise, with colour only
+/// when stderr is a terminal (`tracing-subscriber` would colour a log file
+/// or a journal too).
 pub fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

@@ -497,3 +497,39 @@ async fn an_unusable_store_is_one_line_with_each_cause_once() -> Result<()> {
     }
     Ok(())
 }
+
+/// Logs carry no colour codes when stderr is not a terminal (a file, a
+/// pipe, the journal), whatever `NO_COLOR` says.
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_colour_codes() -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = TestDir::new("e2e-no-colour")?;
+    let db = dir.join("c.db");
+    let mut child =
+        tokio::process::Command::new(tributary_tests::process::bin_path("tributary-collector")?)
+            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .arg(format!("sqlite:{}", db.display()))
+            .env_remove("NO_COLOR")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    while let Some(line) = lines.next_line().await? {
+        let listening = line.contains("collector listening");
+        seen.push(line);
+        if listening {
+            break;
+        }
+    }
+    child.kill().await?;
+    ensure!(
+        seen.iter().any(|l| l.contains("collector listening")),
+        "{seen:?}"
+    );
+    ensure!(!seen.iter().any(|l| l.contains('\u{1b}')), "{seen:?}");
+    Ok(())
+}
