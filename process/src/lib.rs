@@ -5,6 +5,9 @@
 //!
 //! Owns nothing at run time: each function is called once by a `main` (or,
 //! for [`error_chain`], wherever an error from a library must become text).
+//!
+//! May touch: `tokio`'s signal handling and `tracing-subscriber`; it imports
+//! no Tributary crate, and nothing in it knows the agent from the collector.
 
 #![forbid(unsafe_code)]
 

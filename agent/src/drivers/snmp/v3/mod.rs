@@ -19,6 +19,11 @@
 //!   the configured security level (authenticated, and encrypted for
 //!   authPriv), and within the time window (RFC 3414 §3.2 step 7b); boots
 //!   and time only move forward, and only on authenticated messages.
+//!
+//! May touch: the driver's BER codec (`super::ber`) and USM primitives
+//! (`super::usm`: keys, MACs, decryption) and the monotonic clock (the
+//! engine's time window); no socket: the driver sends and receives, this
+//! module only judges.
 
 use tokio::time::Instant;
 
