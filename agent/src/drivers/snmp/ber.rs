@@ -7,8 +7,6 @@
 //! was reading, e.g. `at byte 17 (pdu.request-id): expected INTEGER (0x02),
 //! found 0x04`.
 
-use std::fmt;
-
 /// Tags used by SNMP.
 pub mod tag {
     pub const INTEGER: u8 = 0x02;
@@ -48,7 +46,8 @@ fn tag_name(t: u8) -> String {
 }
 
 /// Why bytes could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at byte {offset} ({field}): {reason}")]
 pub struct DecodeError {
     /// Byte offset of the offending element.
     pub offset: usize,
@@ -56,18 +55,6 @@ pub struct DecodeError {
     pub field: String,
     pub reason: String,
 }
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "at byte {} ({}): {}",
-            self.offset, self.field, self.reason
-        )
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 /// A value in a variable binding.
 #[derive(Debug, Clone, PartialEq)]
@@ -355,7 +342,7 @@ impl<'a> Reader<'a> {
     pub fn oid(&mut self, field: &str) -> Result<Vec<u32>, DecodeError> {
         let at = self.offset();
         let content = self.expect(tag::OID, field)?;
-        decode_oid(content.data).map_err(|reason| self.err(at, field, reason))
+        decode_oid(content.data).map_err(|reason| self.err(at, field, reason.to_string()))
     }
 
     /// The bytes of this reader's whole content.
@@ -392,9 +379,24 @@ fn decode_unsigned(bytes: &[u8], max_bits: u32) -> Option<u64> {
     (max_bits == 64 || v >> max_bits == 0).then_some(v)
 }
 
-fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, String> {
+/// Why the content of an OBJECT IDENTIFIER is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum OidDecodeError {
+    #[error("empty OBJECT IDENTIFIER")]
+    Empty,
+    #[error("sub-identifier does not fit 32 bits")]
+    SubidTooLarge,
+    #[error("truncated sub-identifier")]
+    Truncated,
+    #[error("{0} sub-identifiers (more than 128)")]
+    TooMany(usize),
+    #[error("second arc does not fit 32 bits")]
+    SecondArcTooLarge,
+}
+
+fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, OidDecodeError> {
     if bytes.is_empty() {
-        return Err("empty OBJECT IDENTIFIER".into());
+        return Err(OidDecodeError::Empty);
     }
     let mut subids = Vec::new();
     let mut v: u64 = 0;
@@ -402,7 +404,7 @@ fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, String> {
     for &b in bytes {
         v = (v << 7) | u64::from(b & 0x7F);
         if v > u64::from(u32::MAX) + 80 {
-            return Err("sub-identifier does not fit 32 bits".into());
+            return Err(OidDecodeError::SubidTooLarge);
         }
         in_progress = b & 0x80 != 0;
         if !in_progress {
@@ -411,10 +413,10 @@ fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, String> {
         }
     }
     if in_progress {
-        return Err("truncated sub-identifier".into());
+        return Err(OidDecodeError::Truncated);
     }
     if subids.len() > 128 {
-        return Err(format!("{} sub-identifiers (more than 128)", subids.len()));
+        return Err(OidDecodeError::TooMany(subids.len()));
     }
     let first = subids[0];
     let (a, b) = match first {
@@ -424,11 +426,9 @@ fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, String> {
     };
     let mut arcs = Vec::with_capacity(subids.len() + 1);
     arcs.push(a as u32);
-    arcs.push(u32::try_from(b).map_err(|_| "second arc does not fit 32 bits".to_string())?);
+    arcs.push(u32::try_from(b).map_err(|_| OidDecodeError::SecondArcTooLarge)?);
     for s in &subids[1..] {
-        arcs.push(
-            u32::try_from(*s).map_err(|_| "sub-identifier does not fit 32 bits".to_string())?,
-        );
+        arcs.push(u32::try_from(*s).map_err(|_| OidDecodeError::SubidTooLarge)?);
     }
     Ok(arcs)
 }
@@ -463,7 +463,7 @@ fn decode_value(
         })?),
         tag::OCTET_STRING => SnmpValue::Octets(data.to_vec()),
         tag::NULL => SnmpValue::Null,
-        tag::OID => SnmpValue::Oid(decode_oid(data).map_err(err)?),
+        tag::OID => SnmpValue::Oid(decode_oid(data).map_err(|e| err(e.to_string()))?),
         tag::IP_ADDRESS => SnmpValue::IpAddress(
             <[u8; 4]>::try_from(data)
                 .map_err(|_| err(format!("IpAddress of {} bytes (expected 4)", data.len())))?,

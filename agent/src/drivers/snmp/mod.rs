@@ -317,7 +317,7 @@ impl SnmpDriver {
                 let msg = ber::encode_v2c(community.as_bytes(), &pdu);
                 let answer = self
                     .send_and_wait(socket, addr, &msg, &req.what, id, |bytes| {
-                        let (_, _, pdu) = ber::decode_v2c(bytes).map_err(|e| e.to_string())?;
+                        let (_, _, pdu) = ber::decode_v2c(bytes)?;
                         Ok((pdu.request_id, pdu))
                     })
                     .await;
@@ -376,7 +376,7 @@ impl SnmpDriver {
             let has_priv = engine.keys.as_ref().is_some_and(usm::Keys::has_priv);
             let (m, raw) = self
                 .send_and_wait(socket, addr, &msg, &req.what, id, |bytes| {
-                    let m = usm::decode(bytes).map_err(|e| e.to_string())?;
+                    let m = usm::decode(bytes)?;
                     Ok((m.msg_id, (m, bytes.to_vec())))
                 })
                 .await
@@ -452,7 +452,7 @@ impl SnmpDriver {
         let address = self.cfg.address.clone();
         let (m, raw) = self
             .send_and_wait(socket, addr, &msg, what, id, |bytes| {
-                let m = usm::decode(bytes).map_err(|e| e.to_string())?;
+                let m = usm::decode(bytes)?;
                 Ok((m.msg_id, (m, bytes.to_vec())))
             })
             .await?;
@@ -511,7 +511,7 @@ impl SnmpDriver {
         msg: &[u8],
         what: &str,
         id: i32,
-        parse: impl Fn(&[u8]) -> Result<(i32, T), String>,
+        parse: impl Fn(&[u8]) -> Result<(i32, T), ber::DecodeError>,
     ) -> Result<T, PollError> {
         let address = &self.cfg.address;
         let tries = self.cfg.retries.saturating_add(1);

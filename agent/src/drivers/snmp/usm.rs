@@ -400,21 +400,26 @@ fn decode_scoped(r: &mut Reader<'_>) -> Result<Pdu, DecodeError> {
     ber::decode_pdu(&mut scoped)
 }
 
+/// Why an encrypted scoped PDU could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecryptError {
+    #[error("privParameters of {0} bytes (expected an 8-byte salt)")]
+    BadSalt(usize),
+    /// The cause is in the message, so it has no `source()`.
+    #[error("decrypted scoped PDU is malformed (wrong priv_password?): {0}")]
+    Malformed(DecodeError),
+}
+
 /// Decrypts an encrypted scoped PDU of a message from the engine at
 /// `boots`/`time` with salt `priv_params`. Offsets in errors count from the
 /// start of the decrypted plaintext.
-pub fn decrypt(keys: &Keys, usm: &UsmParams, encrypted: &[u8]) -> Result<Pdu, String> {
-    let iv = aes_iv(usm.boots, usm.time, &usm.priv_params).ok_or_else(|| {
-        format!(
-            "privParameters of {} bytes (expected an 8-byte salt)",
-            usm.priv_params.len()
-        )
-    })?;
+pub fn decrypt(keys: &Keys, usm: &UsmParams, encrypted: &[u8]) -> Result<Pdu, DecryptError> {
+    let iv = aes_iv(usm.boots, usm.time, &usm.priv_params)
+        .ok_or(DecryptError::BadSalt(usm.priv_params.len()))?;
     let mut plain = encrypted.to_vec();
     keys.aes_cfb(iv, &mut plain, false);
     let mut r = Reader::new(&plain, 0);
-    decode_scoped(&mut r)
-        .map_err(|e| format!("decrypted scoped PDU is malformed (wrong priv_password?): {e}"))
+    decode_scoped(&mut r).map_err(DecryptError::Malformed)
 }
 
 #[cfg(test)]
@@ -475,7 +480,7 @@ mod tests {
             &engine,
         );
         let e = decrypt(&other, &m.usm, enc).expect_err("wrong key");
-        assert!(e.contains("wrong priv_password"), "{e}");
+        assert!(e.to_string().contains("wrong priv_password"), "{e}");
     }
 
     #[test]

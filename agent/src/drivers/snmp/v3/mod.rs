@@ -143,7 +143,7 @@ pub enum Refused {
     #[error("encrypted answer but no priv_password configured")]
     UnexpectedPriv,
     #[error("{0}")]
-    Decrypt(String),
+    Decrypt(usm::DecryptError),
     #[error(
         "answer is not authenticated (msgFlags 0x{0:02x}) but the user is configured with auth: refused"
     )]
