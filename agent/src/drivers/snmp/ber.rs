@@ -56,6 +56,17 @@ pub struct DecodeError {
     pub reason: String,
 }
 
+impl DecodeError {
+    /// What went wrong at byte `offset` while reading `field`.
+    pub fn new(offset: usize, field: &str, reason: impl Into<String>) -> Self {
+        DecodeError {
+            offset,
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// A value in a variable binding.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SnmpValue {
@@ -248,11 +259,7 @@ impl<'a> Reader<'a> {
     }
 
     fn err(&self, at: usize, field: &str, reason: impl Into<String>) -> DecodeError {
-        DecodeError {
-            offset: at,
-            field: field.to_owned(),
-            reason: reason.into(),
-        }
+        DecodeError::new(at, field, reason)
     }
 
     /// Reads any element: (tag, content, absolute offset of the tag).
@@ -441,11 +448,7 @@ fn decode_value(
     field: &str,
 ) -> Result<SnmpValue, DecodeError> {
     let data = content.data;
-    let err = |reason: String| DecodeError {
-        offset: at,
-        field: field.to_owned(),
-        reason,
-    };
+    let err = |reason: String| DecodeError::new(at, field, reason);
     let unsigned32 = |name: &str| {
         decode_unsigned(data, 32).map(|v| v as u32).ok_or_else(|| {
             err(format!(
@@ -490,18 +493,20 @@ pub fn decode_pdu(r: &mut Reader<'_>) -> Result<Pdu, DecodeError> {
     let at = r.offset();
     let (kind, mut body) = r.any("pdu")?;
     if !matches!(kind, 0xA0..=0xA8) {
-        return Err(DecodeError {
-            offset: at,
-            field: "pdu".into(),
-            reason: format!("expected a PDU (0xa0..0xa8), found {}", tag_name(kind)),
-        });
+        return Err(DecodeError::new(
+            at,
+            "pdu",
+            format!("expected a PDU (0xa0..0xa8), found {}", tag_name(kind)),
+        ));
     }
     let id_at = body.offset();
     let request_id = body.int("pdu.request-id")?;
-    let request_id = i32::try_from(request_id).map_err(|_| DecodeError {
-        offset: id_at,
-        field: "pdu.request-id".into(),
-        reason: format!("request-id {request_id} does not fit 32 bits"),
+    let request_id = i32::try_from(request_id).map_err(|_| {
+        DecodeError::new(
+            id_at,
+            "pdu.request-id",
+            format!("request-id {request_id} does not fit 32 bits"),
+        )
     })?;
     let error_status = body.int("pdu.error-status")?;
     let error_index = body.int("pdu.error-index")?;
