@@ -259,11 +259,12 @@ impl std::error::Error for PollError {}
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The HTTP client could not be set up (the caller names the device).
-    #[error("cannot build http client: {source}")]
+    /// The cause is in the message (each of its own causes once), so there
+    /// is no `source()`.
+    #[error("cannot build http client: {}", error_chain(cause))]
     HttpClient {
         device: String,
-        #[source]
-        source: reqwest::Error,
+        cause: reqwest::Error,
     },
     /// The CA certificate of an HTTPS device could not be read.
     #[error("cannot read ca certificate {}: {message}", path.display())]
