@@ -255,6 +255,15 @@ impl fmt::Display for PollError {
 
 impl std::error::Error for PollError {}
 
+/// A TCP connect to `target` that failed (modbus, tcp): `connection refused
+/// to {target}` when nothing listens there, else the cause.
+pub(crate) fn connect_error(target: &str, e: &std::io::Error) -> PollError {
+    PollError::error(match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => format!("connection refused to {target}"),
+        _ => format!("cannot connect to {target}: {e}"),
+    })
+}
+
 /// Why a driver could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
