@@ -258,13 +258,8 @@ impl Reading {
     }
 }
 
-/// Wall clock now, ns since the Unix epoch (0 if the clock is before 1970).
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Wall clock now, ns since the Unix epoch: what readings are stamped with.
+pub use tributary_process::now_ns;
 
 #[cfg(test)]
 mod tests {

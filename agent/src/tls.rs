@@ -16,29 +16,29 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tributary_process::error_chain;
 
 use crate::config::TlsConfig;
 
 /// How long a TLS handshake with the collector may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why no endpoint could be built.
+/// Why no endpoint could be built. Each cause is in the message, so no
+/// variant has a `source()` (which would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("invalid collector URL {url:?}: {source}")]
+    #[error("invalid collector URL {url:?}: {}", error_chain(cause))]
     Url {
         url: String,
-        #[source]
-        source: tonic::transport::Error,
+        cause: tonic::transport::Error,
     },
     #[error("{url}: [tls] is configured but the URL is not https://")]
     NotHttps { url: String },
-    #[error("tls.{key} {}: cannot read: {source}", path.display())]
+    #[error("tls.{key} {}: cannot read: {cause}", path.display())]
     Read {
         key: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("tls.{key} {}: no PEM {what} in the file", path.display())]
     Pem {
@@ -46,19 +46,18 @@ pub enum TlsError {
         path: PathBuf,
         what: &'static str,
     },
-    #[error("{url}: tls setup: {source}")]
+    #[error("{url}: tls setup: {}", error_chain(cause))]
     Config {
         url: String,
-        #[source]
-        source: tonic::transport::Error,
+        cause: tonic::transport::Error,
     },
 }
 
 /// The endpoint for `url`, with TLS as `tls` and the URL's scheme say.
 pub fn endpoint(url: &str, tls: Option<&TlsConfig>) -> Result<Endpoint, TlsError> {
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|source| TlsError::Url {
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|cause| TlsError::Url {
         url: url.to_owned(),
-        source,
+        cause,
     })?;
     let https = endpoint.uri().scheme_str() == Some("https");
     if !https {
@@ -72,9 +71,9 @@ pub fn endpoint(url: &str, tls: Option<&TlsConfig>) -> Result<Endpoint, TlsError
     let config = client_config(tls)?;
     endpoint
         .tls_config(config)
-        .map_err(|source| TlsError::Config {
+        .map_err(|cause| TlsError::Config {
             url: url.to_owned(),
-            source,
+            cause,
         })
 }
 
@@ -112,10 +111,10 @@ fn read_pem(
     label: &str,
     what: &'static str,
 ) -> Result<Vec<u8>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+    let bytes = std::fs::read(path).map_err(|cause| TlsError::Read {
         key,
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     let text = String::from_utf8_lossy(&bytes);
     let found = text.lines().any(|l| {

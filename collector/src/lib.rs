@@ -1,10 +1,30 @@
 //! Tributary collector: accepts agent streams, merges them in one task and
 //! persists readings; serves queries over gRPC.
 //!
-//! Data path: `server` accepts connections → `session` (one task per agent
-//! stream) validates frames → `merger` (one owner of the store's write side)
-//! commits groups and acks → `store`. `query` reads through its own
-//! connections.
+//! Data path: `listener` accepts connections under a cap → `server` serves
+//! them → `session` (one task per agent stream) validates frames → `merger`
+//! (one owner of the store's write side) commits groups and acks → `store`.
+//! `query` reads through its own connections.
+//!
+//! Each module's own doc says what it owns. What each may import:
+//!
+//! - `model`: the collector's own data types; imports no other module.
+//! - `store`: `model` (and `tributary-process` for error text); nothing of
+//!   the merger, the network or the wire.
+//! - `merger`: `model` and `store` (the write side, which it owns).
+//! - `session`: `merger` (through `MergerHandle`), `model` and
+//!   `tributary-proto`; it holds no store handle.
+//! - `query`: `model`, `store` (the read side) and `tributary-proto`.
+//! - `listener` and `tls`: no other module.
+//! - `server`: wires `listener`, `tls`, `store`, `merger`, `session` and
+//!   `query` together.
+//! - `config`: `tributary-config` (the TOML engine) and the settings types of
+//!   `server`, `store` and `tls`.
+//! - `cli`: a Query client of its own (`query`'s conversions, `model`,
+//!   `tributary-proto`); it shares no state with the server side.
+//!
+//! Only `session`, `query`, `cli` and `server` touch generated protobuf
+//! types.
 
 pub mod cli;
 pub mod config;

@@ -86,13 +86,8 @@ pub struct AgentLive {
 /// Snapshot of which agents are connected, keyed by agent id.
 pub type LiveAgents = Arc<BTreeMap<String, AgentLive>>;
 
-/// Wall clock now, ns since the Unix epoch (0 if the clock is before 1970).
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Wall clock now, ns since the Unix epoch: what receipt is stamped with.
+pub use tributary_process::now_ns;
 
 /// Hasher for series ids (small dense integers): one multiply, no SipHash
 /// on the per-reading path. Not for keys a client chooses freely.

@@ -18,6 +18,11 @@
 //! Layers leave room for what a later change builds here: includes, defaults,
 //! templates, `${VAR}` and `*_file` secrets, each a [`Layer`] whose errors name
 //! the file they came from.
+//!
+//! May touch: `toml`, `serde`, `serde_spanned` and `humantime`, and the file
+//! system only to read a config file ([`read_file`]). It imports no
+//! Tributary crate, so both binaries (and the xtask and the bench, for
+//! [`parse_duration_arg`]) can depend on it.
 
 #![forbid(unsafe_code)]
 

@@ -1,10 +1,15 @@
 //! How a Tributary binary lives as a process, the same for the agent and
 //! the collector: logs go to stderr through `tracing` (filtered by
-//! `RUST_LOG`, text or JSON), the process stops on SIGINT or SIGTERM, and an
-//! error is told with each of its causes once.
+//! `RUST_LOG`, text or JSON), the process stops on SIGINT or SIGTERM, an
+//! error is told with each of its causes once, and the wall clock is read
+//! in one unit ([`now_ns`]).
 //!
 //! Owns nothing at run time: each function is called once by a `main` (or,
-//! for [`error_chain`], wherever an error from a library must become text).
+//! for [`error_chain`], wherever an error from a library must become text,
+//! and for [`now_ns`], wherever a time is stamped).
+//!
+//! May touch: `tokio`'s signal handling and `tracing-subscriber`; it imports
+//! no Tributary crate, and nothing in it knows the agent from the collector.
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +38,16 @@ pub async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Wall clock now, ns since the Unix epoch (0 if the clock is before 1970):
+/// the one time unit both binaries stamp readings, receipts and the
+/// Hello/Welcome clocks with.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Installs the process's log subscriber: stderr, `RUST_LOG` or `info`,

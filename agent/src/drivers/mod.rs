@@ -255,15 +255,25 @@ impl fmt::Display for PollError {
 
 impl std::error::Error for PollError {}
 
+/// A TCP connect to `target` that failed (modbus, tcp): `connection refused
+/// to {target}` when nothing listens there, else the cause.
+pub(crate) fn connect_error(target: &str, e: &std::io::Error) -> PollError {
+    PollError::error(match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => format!("connection refused to {target}"),
+        _ => format!("cannot connect to {target}: {e}"),
+    })
+}
+
 /// Why a driver could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The HTTP client could not be set up (the caller names the device).
-    #[error("cannot build http client: {source}")]
+    /// The cause is in the message (each of its own causes once), so there
+    /// is no `source()`.
+    #[error("cannot build http client: {}", error_chain(cause))]
     HttpClient {
         device: String,
-        #[source]
-        source: reqwest::Error,
+        cause: reqwest::Error,
     },
     /// The CA certificate of an HTTPS device could not be read.
     #[error("cannot read ca certificate {}: {message}", path.display())]

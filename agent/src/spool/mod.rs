@@ -102,20 +102,17 @@ pub struct SpoolOptions {
 /// Spool errors, with the path involved.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The cause is in the message, so there is no `source()`.
+    #[error("spool {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("spool {path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io {
+    move |cause| SpoolError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

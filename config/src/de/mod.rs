@@ -7,6 +7,11 @@
 //! field list, missing key, unknown enum value) and the exact key path and
 //! span of each, so no message text is parsed and no path is guessed from a
 //! byte offset.
+//!
+//! Owns: the deserializer (`value.rs`) and its error type (`error.rs`);
+//! turning a `DeError` into a located `ConfigError` through the `Source`
+//! it was given. May touch: toml's spanned tree and serde, and the
+//! crate's `Source` and `ConfigError`; never what a key means.
 
 use std::ops::Range;
 

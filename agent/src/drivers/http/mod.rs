@@ -93,9 +93,9 @@ impl HttpDriver {
     /// reqwest request; a plain HTTP poll relies on its caller's timeout
     /// (the scheduler and `check` both run every poll under one).
     pub fn new(cfg: &HttpConfig, timeout: Duration, device: &str) -> Result<Self, BuildError> {
-        let client_error = |source| BuildError::HttpClient {
+        let client_error = |cause| BuildError::HttpClient {
             device: device.to_owned(),
-            source,
+            cause,
         };
         // The shared client builds the request once, so the headers (auth
         // encoded as reqwest encodes it) are the same on both paths.
@@ -241,9 +241,9 @@ impl HttpDriver {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        builder.build().map_err(|source| BuildError::HttpClient {
+        builder.build().map_err(|cause| BuildError::HttpClient {
             device: device.to_owned(),
-            source,
+            cause,
         })
     }
 

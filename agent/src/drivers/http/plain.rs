@@ -75,13 +75,9 @@ impl Response {
 /// Why a request failed; the caller adds the URL.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("connect to {target}: {source}")]
-    Connect {
-        target: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{0}")]
+    #[error("connect to {target}: {cause}")]
+    Connect { target: String, cause: io::Error },
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("connection closed before the answer was complete")]
     Closed,
@@ -166,12 +162,12 @@ impl PlainHttp {
             Target::Addr(a) => TcpStream::connect(*a).await,
             Target::Host(h, p) => TcpStream::connect((h.as_str(), *p)).await,
         };
-        let stream = result.map_err(|source| FetchError::Connect {
+        let stream = result.map_err(|cause| FetchError::Connect {
             target: match &self.target {
                 Target::Addr(a) => a.to_string(),
                 Target::Host(h, p) => format!("{h}:{p}"),
             },
-            source,
+            cause,
         })?;
         // One write per request: Nagle would only add latency.
         stream.set_nodelay(true).map_err(FetchError::Io)?;

@@ -34,6 +34,61 @@ pub struct ParseError {
     pub message: String,
 }
 
+/// Why one line is not valid exposition text; [`ParseError`] adds its
+/// number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum LineError {
+    #[error("# {keyword} without a metric name")]
+    CommentWithoutName { keyword: String },
+    #[error("invalid metric name \"{0}\"")]
+    InvalidMetricName(String),
+    #[error("unknown metric type \"{found}\" for {name} (expected one of {})", TYPES.join(", "))]
+    UnknownType { found: String, name: String },
+    #[error("# TYPE {0} without a type")]
+    MissingType(String),
+    #[error("unexpected \"{extra}\" after # TYPE {name}")]
+    AfterType { extra: String, name: String },
+    /// `found` is what [`Cursor::describe_next`] says.
+    #[error("expected a metric name, found {found}")]
+    ExpectedName { found: String },
+    #[error("invalid character {found} in metric name after \"{name}\"")]
+    InvalidNameChar { found: String, name: String },
+    #[error("missing value for {0}")]
+    MissingValue(String),
+    #[error("invalid value \"{value}\" for {name}")]
+    InvalidValue { value: String, name: String },
+    #[error("invalid timestamp \"{timestamp}\" for {name}")]
+    InvalidTimestamp { timestamp: String, name: String },
+    #[error("unexpected \"{rest}\" after the sample of {name}")]
+    AfterSample { rest: String, name: String },
+    /// `found` is a quoted name or what [`Cursor::describe_next`] says.
+    #[error("expected a label name or }}, found {found}")]
+    ExpectedLabelName { found: String },
+    #[error("expected = after label name \"{0}\"")]
+    ExpectedEquals(String),
+    #[error("expected \" to open the value of label \"{0}\"")]
+    ExpectedQuote(String),
+    #[error("duplicate label \"{0}\"")]
+    DuplicateLabel(String),
+    #[error("expected , or }} after label \"{name}\", found {found:?}")]
+    AfterLabel { name: String, found: char },
+    #[error("unterminated label set (missing }})")]
+    UnterminatedLabels,
+    #[error("unterminated value of label \"{0}\"")]
+    UnterminatedValue(String),
+    #[error("invalid escape \\{escape} in value of label \"{name}\"")]
+    InvalidEscape { escape: char, name: String },
+}
+
+impl LineError {
+    fn at(self, line: usize) -> ParseError {
+        ParseError {
+            line,
+            message: self.to_string(),
+        }
+    }
+}
+
 /// The metric types a `# TYPE` line may name.
 const TYPES: &[&str] = &["counter", "gauge", "histogram", "summary", "untyped"];
 
@@ -42,8 +97,7 @@ pub fn parse(text: &str) -> Result<Vec<PromSample>, ParseError> {
     let mut samples = Vec::new();
     for line in sample_lines(text) {
         let (line, trimmed) = line?;
-        let fail = |message: String| ParseError { line, message };
-        samples.push(parse_sample(trimmed).map_err(fail)?);
+        samples.push(parse_sample(trimmed).map_err(|e| e.at(line))?);
     }
     Ok(samples)
 }
@@ -58,12 +112,7 @@ fn sample_lines(text: &str) -> impl Iterator<Item = Result<(usize, &str), ParseE
             return None;
         }
         match trimmed.strip_prefix('#') {
-            Some(comment) => parse_comment(comment).err().map(|message| {
-                Err(ParseError {
-                    line: i + 1,
-                    message,
-                })
-            }),
+            Some(comment) => parse_comment(comment).err().map(|e| Err(e.at(i + 1))),
             None => Some(Ok((i + 1, trimmed))),
         }
     })
@@ -122,7 +171,7 @@ impl<T: Clone> SeriesCache<T> {
         let mut diverged: Option<Vec<(&str, T)>> = None;
         for line in sample_lines(text) {
             let (line, trimmed) = line?;
-            let fail = |message: String| ParseError { line, message };
+            let fail = |e: LineError| e.at(line);
             let split = split_series(trimmed);
             // Whether this line continues the kept sequence.
             let in_order = diverged.is_none()
@@ -247,34 +296,36 @@ fn is_blank(c: char) -> bool {
 }
 
 /// Checks `# HELP name text` and `# TYPE name type`; other comments pass.
-fn parse_comment(comment: &str) -> Result<(), String> {
+fn parse_comment(comment: &str) -> Result<(), LineError> {
     let mut tokens = comment.split(is_blank).filter(|t| !t.is_empty());
     let keyword = tokens.next();
     if keyword != Some("HELP") && keyword != Some("TYPE") {
         return Ok(());
     }
     let Some(name) = tokens.next() else {
-        return Err(format!(
-            "# {} without a metric name",
-            keyword.unwrap_or_default()
-        ));
+        return Err(LineError::CommentWithoutName {
+            keyword: keyword.unwrap_or_default().to_owned(),
+        });
     };
     if !is_metric_name(name) {
-        return Err(format!("invalid metric name \"{name}\""));
+        return Err(LineError::InvalidMetricName(name.to_owned()));
     }
     if keyword == Some("TYPE") {
         match tokens.next() {
             Some(t) if TYPES.contains(&t) => {}
             Some(t) => {
-                return Err(format!(
-                    "unknown metric type \"{t}\" for {name} (expected one of {})",
-                    TYPES.join(", ")
-                ));
+                return Err(LineError::UnknownType {
+                    found: t.to_owned(),
+                    name: name.to_owned(),
+                });
             }
-            None => return Err(format!("# TYPE {name} without a type")),
+            None => return Err(LineError::MissingType(name.to_owned())),
         }
         if let Some(extra) = tokens.next() {
-            return Err(format!("unexpected \"{extra}\" after # TYPE {name}"));
+            return Err(LineError::AfterType {
+                extra: extra.to_owned(),
+                name: name.to_owned(),
+            });
         }
     }
     Ok(())
@@ -336,14 +387,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn parse_sample(line: &str) -> Result<PromSample, String> {
+fn parse_sample(line: &str) -> Result<PromSample, LineError> {
     let mut c = Cursor { s: line, pos: 0 };
     let name = c.take_while(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':');
     if !is_metric_name(name) {
-        return Err(format!(
-            "expected a metric name, found {}",
-            Cursor { s: line, pos: 0 }.describe_next()
-        ));
+        return Err(LineError::ExpectedName {
+            found: Cursor { s: line, pos: 0 }.describe_next(),
+        });
     }
     c.skip_blanks();
     let mut labels = BTreeMap::new();
@@ -352,17 +402,19 @@ fn parse_sample(line: &str) -> Result<PromSample, String> {
         parse_labels(&mut c, &mut labels)?;
         c.skip_blanks();
     } else if c.pos == name.len() && c.peek().is_some() {
-        return Err(format!(
-            "invalid character {} in metric name after \"{name}\"",
-            c.describe_next()
-        ));
+        return Err(LineError::InvalidNameChar {
+            found: c.describe_next(),
+            name: name.to_owned(),
+        });
     }
     let value_text = c.take_while(|ch| !is_blank(ch));
     if value_text.is_empty() {
-        return Err(format!("missing value for {name}"));
+        return Err(LineError::MissingValue(name.to_owned()));
     }
-    let value = parse_value(value_text)
-        .ok_or_else(|| format!("invalid value \"{value_text}\" for {name}"))?;
+    let value = parse_value(value_text).ok_or_else(|| LineError::InvalidValue {
+        value: value_text.to_owned(),
+        name: name.to_owned(),
+    })?;
     c.skip_blanks();
     let ts_text = c.take_while(|ch| !is_blank(ch));
     let timestamp_ms = if ts_text.is_empty() {
@@ -371,15 +423,18 @@ fn parse_sample(line: &str) -> Result<PromSample, String> {
         Some(
             ts_text
                 .parse::<i64>()
-                .map_err(|_| format!("invalid timestamp \"{ts_text}\" for {name}"))?,
+                .map_err(|_| LineError::InvalidTimestamp {
+                    timestamp: ts_text.to_owned(),
+                    name: name.to_owned(),
+                })?,
         )
     };
     c.skip_blanks();
     if !c.rest().is_empty() {
-        return Err(format!(
-            "unexpected \"{}\" after the sample of {name}",
-            c.rest()
-        ));
+        return Err(LineError::AfterSample {
+            rest: c.rest().to_owned(),
+            name: name.to_owned(),
+        });
     }
     Ok(PromSample {
         name: name.to_owned(),
@@ -390,7 +445,10 @@ fn parse_sample(line: &str) -> Result<PromSample, String> {
 }
 
 /// Parses `l="v", ...}` (the `{` is already consumed).
-fn parse_labels(c: &mut Cursor<'_>, labels: &mut BTreeMap<String, String>) -> Result<(), String> {
+fn parse_labels(
+    c: &mut Cursor<'_>,
+    labels: &mut BTreeMap<String, String>,
+) -> Result<(), LineError> {
     loop {
         c.skip_blanks();
         if c.peek() == Some('}') {
@@ -399,58 +457,59 @@ fn parse_labels(c: &mut Cursor<'_>, labels: &mut BTreeMap<String, String>) -> Re
         }
         let name = c.take_while(|ch| ch.is_ascii_alphanumeric() || ch == '_');
         if name.is_empty() || name.starts_with(|ch: char| ch.is_ascii_digit()) {
-            return Err(format!(
-                "expected a label name or }}, found {}",
-                if name.is_empty() {
+            return Err(LineError::ExpectedLabelName {
+                found: if name.is_empty() {
                     c.describe_next()
                 } else {
                     format!("\"{name}\"")
-                }
-            ));
+                },
+            });
         }
         c.skip_blanks();
         if c.bump() != Some('=') {
-            return Err(format!("expected = after label name \"{name}\""));
+            return Err(LineError::ExpectedEquals(name.to_owned()));
         }
         c.skip_blanks();
         if c.bump() != Some('"') {
-            return Err(format!("expected \" to open the value of label \"{name}\""));
+            return Err(LineError::ExpectedQuote(name.to_owned()));
         }
         let value = parse_label_value(c, name)?;
         if labels.insert(name.to_owned(), value).is_some() {
-            return Err(format!("duplicate label \"{name}\""));
+            return Err(LineError::DuplicateLabel(name.to_owned()));
         }
         c.skip_blanks();
         match c.bump() {
             Some(',') => {}
             Some('}') => return Ok(()),
             Some(other) => {
-                return Err(format!(
-                    "expected , or }} after label \"{name}\", found {other:?}"
-                ));
+                return Err(LineError::AfterLabel {
+                    name: name.to_owned(),
+                    found: other,
+                });
             }
-            None => return Err("unterminated label set (missing })".to_owned()),
+            None => return Err(LineError::UnterminatedLabels),
         }
     }
 }
 
 /// Reads a label value up to its closing quote (the opening one is consumed).
-fn parse_label_value(c: &mut Cursor<'_>, name: &str) -> Result<String, String> {
+fn parse_label_value(c: &mut Cursor<'_>, name: &str) -> Result<String, LineError> {
     let mut value = String::new();
     loop {
         match c.bump() {
-            None => return Err(format!("unterminated value of label \"{name}\"")),
+            None => return Err(LineError::UnterminatedValue(name.to_owned())),
             Some('"') => return Ok(value),
             Some('\\') => match c.bump() {
                 Some('\\') => value.push('\\'),
                 Some('"') => value.push('"'),
                 Some('n') => value.push('\n'),
                 Some(other) => {
-                    return Err(format!(
-                        "invalid escape \\{other} in value of label \"{name}\""
-                    ));
+                    return Err(LineError::InvalidEscape {
+                        escape: other,
+                        name: name.to_owned(),
+                    });
                 }
-                None => return Err(format!("unterminated value of label \"{name}\"")),
+                None => return Err(LineError::UnterminatedValue(name.to_owned())),
             },
             Some(ch) => value.push(ch),
         }

@@ -16,7 +16,6 @@
 //! touch: `crate::reading`, tokio-modbus.
 
 use std::fmt;
-use std::io;
 use std::time::Duration;
 
 use tokio_modbus::client::{Client, Context, tcp};
@@ -27,7 +26,7 @@ mod config;
 
 pub use self::config::{ModbusConfig, ModbusMetric, RegisterKind, RegisterType, WordOrder};
 
-use super::{BuildError, PollError, Poller, error_chain, failed_metrics};
+use super::{BuildError, PollError, Poller, connect_error, error_chain, failed_metrics};
 use crate::config::DeviceConfig;
 use crate::reading::{FailureKind, Polled, Sample, Value};
 
@@ -427,10 +426,7 @@ async fn connect(address: &str, unit_id: u8) -> Result<Context, PollError> {
     } else {
         format!("{address} ({addr})")
     };
-    Err(PollError::error(match e.kind() {
-        io::ErrorKind::ConnectionRefused => format!("connection refused to {target}"),
-        _ => format!("cannot connect to {target}: {e}"),
-    }))
+    Err(connect_error(&target, &e))
 }
 
 impl Poller for ModbusDriver {

@@ -7,8 +7,6 @@
 //! was reading, e.g. `at byte 17 (pdu.request-id): expected INTEGER (0x02),
 //! found 0x04`.
 
-use std::fmt;
-
 /// Tags used by SNMP.
 pub mod tag {
     pub const INTEGER: u8 = 0x02;
@@ -48,7 +46,8 @@ fn tag_name(t: u8) -> String {
 }
 
 /// Why bytes could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at byte {offset} ({field}): {reason}")]
 pub struct DecodeError {
     /// Byte offset of the offending element.
     pub offset: usize,
@@ -57,17 +56,16 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "at byte {} ({}): {}",
-            self.offset, self.field, self.reason
-        )
+impl DecodeError {
+    /// What went wrong at byte `offset` while reading `field`.
+    pub fn new(offset: usize, field: &str, reason: impl Into<String>) -> Self {
+        DecodeError {
+            offset,
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
     }
 }
-
-impl std::error::Error for DecodeError {}
 
 /// A value in a variable binding.
 #[derive(Debug, Clone, PartialEq)]
@@ -261,11 +259,7 @@ impl<'a> Reader<'a> {
     }
 
     fn err(&self, at: usize, field: &str, reason: impl Into<String>) -> DecodeError {
-        DecodeError {
-            offset: at,
-            field: field.to_owned(),
-            reason: reason.into(),
-        }
+        DecodeError::new(at, field, reason)
     }
 
     /// Reads any element: (tag, content, absolute offset of the tag).
@@ -355,7 +349,7 @@ impl<'a> Reader<'a> {
     pub fn oid(&mut self, field: &str) -> Result<Vec<u32>, DecodeError> {
         let at = self.offset();
         let content = self.expect(tag::OID, field)?;
-        decode_oid(content.data).map_err(|reason| self.err(at, field, reason))
+        decode_oid(content.data).map_err(|reason| self.err(at, field, reason.to_string()))
     }
 
     /// The bytes of this reader's whole content.
@@ -392,9 +386,24 @@ fn decode_unsigned(bytes: &[u8], max_bits: u32) -> Option<u64> {
     (max_bits == 64 || v >> max_bits == 0).then_some(v)
 }
 
-fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, String> {
+/// Why the content of an OBJECT IDENTIFIER is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum OidDecodeError {
+    #[error("empty OBJECT IDENTIFIER")]
+    Empty,
+    #[error("sub-identifier does not fit 32 bits")]
+    SubidTooLarge,
+    #[error("truncated sub-identifier")]
+    Truncated,
+    #[error("{0} sub-identifiers (more than 128)")]
+    TooMany(usize),
+    #[error("second arc does not fit 32 bits")]
+    SecondArcTooLarge,
+}
+
+fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, OidDecodeError> {
     if bytes.is_empty() {
-        return Err("empty OBJECT IDENTIFIER".into());
+        return Err(OidDecodeError::Empty);
     }
     let mut subids = Vec::new();
     let mut v: u64 = 0;
@@ -402,7 +411,7 @@ fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, String> {
     for &b in bytes {
         v = (v << 7) | u64::from(b & 0x7F);
         if v > u64::from(u32::MAX) + 80 {
-            return Err("sub-identifier does not fit 32 bits".into());
+            return Err(OidDecodeError::SubidTooLarge);
         }
         in_progress = b & 0x80 != 0;
         if !in_progress {
@@ -411,10 +420,10 @@ fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, String> {
         }
     }
     if in_progress {
-        return Err("truncated sub-identifier".into());
+        return Err(OidDecodeError::Truncated);
     }
     if subids.len() > 128 {
-        return Err(format!("{} sub-identifiers (more than 128)", subids.len()));
+        return Err(OidDecodeError::TooMany(subids.len()));
     }
     let first = subids[0];
     let (a, b) = match first {
@@ -424,11 +433,9 @@ fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, String> {
     };
     let mut arcs = Vec::with_capacity(subids.len() + 1);
     arcs.push(a as u32);
-    arcs.push(u32::try_from(b).map_err(|_| "second arc does not fit 32 bits".to_string())?);
+    arcs.push(u32::try_from(b).map_err(|_| OidDecodeError::SecondArcTooLarge)?);
     for s in &subids[1..] {
-        arcs.push(
-            u32::try_from(*s).map_err(|_| "sub-identifier does not fit 32 bits".to_string())?,
-        );
+        arcs.push(u32::try_from(*s).map_err(|_| OidDecodeError::SubidTooLarge)?);
     }
     Ok(arcs)
 }
@@ -441,11 +448,7 @@ fn decode_value(
     field: &str,
 ) -> Result<SnmpValue, DecodeError> {
     let data = content.data;
-    let err = |reason: String| DecodeError {
-        offset: at,
-        field: field.to_owned(),
-        reason,
-    };
+    let err = |reason: String| DecodeError::new(at, field, reason);
     let unsigned32 = |name: &str| {
         decode_unsigned(data, 32).map(|v| v as u32).ok_or_else(|| {
             err(format!(
@@ -463,7 +466,7 @@ fn decode_value(
         })?),
         tag::OCTET_STRING => SnmpValue::Octets(data.to_vec()),
         tag::NULL => SnmpValue::Null,
-        tag::OID => SnmpValue::Oid(decode_oid(data).map_err(err)?),
+        tag::OID => SnmpValue::Oid(decode_oid(data).map_err(|e| err(e.to_string()))?),
         tag::IP_ADDRESS => SnmpValue::IpAddress(
             <[u8; 4]>::try_from(data)
                 .map_err(|_| err(format!("IpAddress of {} bytes (expected 4)", data.len())))?,
@@ -490,18 +493,20 @@ pub fn decode_pdu(r: &mut Reader<'_>) -> Result<Pdu, DecodeError> {
     let at = r.offset();
     let (kind, mut body) = r.any("pdu")?;
     if !matches!(kind, 0xA0..=0xA8) {
-        return Err(DecodeError {
-            offset: at,
-            field: "pdu".into(),
-            reason: format!("expected a PDU (0xa0..0xa8), found {}", tag_name(kind)),
-        });
+        return Err(DecodeError::new(
+            at,
+            "pdu",
+            format!("expected a PDU (0xa0..0xa8), found {}", tag_name(kind)),
+        ));
     }
     let id_at = body.offset();
     let request_id = body.int("pdu.request-id")?;
-    let request_id = i32::try_from(request_id).map_err(|_| DecodeError {
-        offset: id_at,
-        field: "pdu.request-id".into(),
-        reason: format!("request-id {request_id} does not fit 32 bits"),
+    let request_id = i32::try_from(request_id).map_err(|_| {
+        DecodeError::new(
+            id_at,
+            "pdu.request-id",
+            format!("request-id {request_id} does not fit 32 bits"),
+        )
     })?;
     let error_status = body.int("pdu.error-status")?;
     let error_index = body.int("pdu.error-index")?;

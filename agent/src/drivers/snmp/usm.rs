@@ -317,40 +317,42 @@ pub fn decode(bytes: &[u8]) -> Result<V3Message, DecodeError> {
     let at = msg.offset();
     let version = msg.int("message.version")?;
     if version != 3 {
-        return Err(DecodeError {
-            offset: at,
-            field: "message.version".into(),
-            reason: format!("expected 3 (SNMPv3), found {version}"),
-        });
+        return Err(DecodeError::new(
+            at,
+            "message.version",
+            format!("expected 3 (SNMPv3), found {version}"),
+        ));
     }
     let mut global = msg.expect(tag::SEQUENCE, "message.header")?;
     let id_at = global.offset();
     let msg_id = global.int("message.header.msgID")?;
-    let msg_id = i32::try_from(msg_id).map_err(|_| DecodeError {
-        offset: id_at,
-        field: "message.header.msgID".into(),
-        reason: format!("msgID {msg_id} out of range"),
+    let msg_id = i32::try_from(msg_id).map_err(|_| {
+        DecodeError::new(
+            id_at,
+            "message.header.msgID",
+            format!("msgID {msg_id} out of range"),
+        )
     })?;
     global.int("message.header.msgMaxSize")?;
     let flags_at = global.offset();
     let flags = match global.octets("message.header.msgFlags")? {
         [f] => *f,
         other => {
-            return Err(DecodeError {
-                offset: flags_at,
-                field: "message.header.msgFlags".into(),
-                reason: format!("expected 1 byte, found {}", other.len()),
-            });
+            return Err(DecodeError::new(
+                flags_at,
+                "message.header.msgFlags",
+                format!("expected 1 byte, found {}", other.len()),
+            ));
         }
     };
     let model_at = global.offset();
     let model = global.int("message.header.msgSecurityModel")?;
     if model != USM {
-        return Err(DecodeError {
-            offset: model_at,
-            field: "message.header.msgSecurityModel".into(),
-            reason: format!("expected 3 (USM), found {model}"),
-        });
+        return Err(DecodeError::new(
+            model_at,
+            "message.header.msgSecurityModel",
+            format!("expected 3 (USM), found {model}"),
+        ));
     }
     let sec = msg.expect(tag::OCTET_STRING, "message.securityParameters")?;
     let mut sec = Reader::new(sec.bytes(), sec.offset());
@@ -359,11 +361,7 @@ pub fn decode(bytes: &[u8]) -> Result<V3Message, DecodeError> {
     let u32_field = |r: &mut Reader<'_>, field: &str| -> Result<u32, DecodeError> {
         let at = r.offset();
         let v = r.int(field)?;
-        u32::try_from(v).map_err(|_| DecodeError {
-            offset: at,
-            field: field.into(),
-            reason: format!("{v} out of range"),
-        })
+        u32::try_from(v).map_err(|_| DecodeError::new(at, field, format!("{v} out of range")))
     };
     let boots = u32_field(&mut usm, "usm.engineBoots")?;
     let time = u32_field(&mut usm, "usm.engineTime")?;
@@ -400,21 +398,26 @@ fn decode_scoped(r: &mut Reader<'_>) -> Result<Pdu, DecodeError> {
     ber::decode_pdu(&mut scoped)
 }
 
+/// Why an encrypted scoped PDU could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecryptError {
+    #[error("privParameters of {0} bytes (expected an 8-byte salt)")]
+    BadSalt(usize),
+    /// The cause is in the message, so it has no `source()`.
+    #[error("decrypted scoped PDU is malformed (wrong priv_password?): {0}")]
+    Malformed(DecodeError),
+}
+
 /// Decrypts an encrypted scoped PDU of a message from the engine at
 /// `boots`/`time` with salt `priv_params`. Offsets in errors count from the
 /// start of the decrypted plaintext.
-pub fn decrypt(keys: &Keys, usm: &UsmParams, encrypted: &[u8]) -> Result<Pdu, String> {
-    let iv = aes_iv(usm.boots, usm.time, &usm.priv_params).ok_or_else(|| {
-        format!(
-            "privParameters of {} bytes (expected an 8-byte salt)",
-            usm.priv_params.len()
-        )
-    })?;
+pub fn decrypt(keys: &Keys, usm: &UsmParams, encrypted: &[u8]) -> Result<Pdu, DecryptError> {
+    let iv = aes_iv(usm.boots, usm.time, &usm.priv_params)
+        .ok_or(DecryptError::BadSalt(usm.priv_params.len()))?;
     let mut plain = encrypted.to_vec();
     keys.aes_cfb(iv, &mut plain, false);
     let mut r = Reader::new(&plain, 0);
-    decode_scoped(&mut r)
-        .map_err(|e| format!("decrypted scoped PDU is malformed (wrong priv_password?): {e}"))
+    decode_scoped(&mut r).map_err(DecryptError::Malformed)
 }
 
 #[cfg(test)]
@@ -475,7 +478,7 @@ mod tests {
             &engine,
         );
         let e = decrypt(&other, &m.usm, enc).expect_err("wrong key");
-        assert!(e.contains("wrong priv_password"), "{e}");
+        assert!(e.to_string().contains("wrong priv_password"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What an SNMP varbind value becomes: integers, strings (hex when not
 //! printable), or a failed value naming why there is none.
 
+use std::fmt::Write as _;
+
 use super::ber::SnmpValue;
 use super::oid_string;
 use crate::reading::{FailureKind, Value};
@@ -23,7 +25,7 @@ pub fn to_value(v: &SnmpValue) -> Value {
             .map(Value::I64)
             .unwrap_or(Value::F64(*n as f64)),
         SnmpValue::Octets(b) => Value::Str(text_or_hex(b)),
-        SnmpValue::Opaque(b) => Value::Str(hex(b)),
+        SnmpValue::Opaque(b) => Value::Str(hex(b, ":")),
         SnmpValue::IpAddress(a) => Value::Str(std::net::Ipv4Addr::from(*a).to_string()),
         SnmpValue::Oid(o) => Value::Str(oid_string(o)),
         SnmpValue::Null => failed("agent answered NULL".into()),
@@ -44,13 +46,22 @@ fn text_or_hex(b: &[u8]) -> String {
         {
             s.trim_end_matches('\0').to_owned()
         }
-        _ => hex(b),
+        _ => hex(b, ":"),
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    let parts: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
-    parts.join(":")
+/// `bytes` in lowercase hex, two digits a byte, `separator` between bytes
+/// (`aa:bb` for values, none for engine ids).
+pub(super) fn hex(bytes: &[u8], separator: &str) -> String {
+    let mut out = String::with_capacity(bytes.len() * (2 + separator.len()));
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            out.push_str(separator);
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 #[cfg(test)]

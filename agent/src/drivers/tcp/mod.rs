@@ -18,7 +18,7 @@ mod config;
 
 pub use self::config::TcpConfig;
 
-use super::{BuildError, PollError, Poller, failed_metrics};
+use super::{BuildError, PollError, Poller, connect_error, failed_metrics};
 use crate::config::DeviceConfig;
 use crate::reading::{FailureKind, Polled, Sample, Value};
 
@@ -113,13 +113,6 @@ async fn read_until(stream: &mut TcpStream, needle: &[u8]) -> io::Result<Reply> 
             return Ok(Reply::Missing { got, closed: false });
         }
     }
-}
-
-fn connect_error(address: &str, e: &io::Error) -> PollError {
-    PollError::error(match e.kind() {
-        io::ErrorKind::ConnectionRefused => format!("connection refused to {address}"),
-        _ => format!("cannot connect to {address}: {e}"),
-    })
 }
 
 impl Poller for TcpDriver {

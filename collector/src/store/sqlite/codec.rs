@@ -26,6 +26,11 @@
 //! to vectors the encoder keeps (no allocation per reading once they have
 //! grown); decoding borrows strings from the blob. A blob that does not
 //! decode is an error, never a panic.
+//!
+//! Owns: the blob format (`encoder.rs` writes it, `decoder.rs` reads it,
+//! `tests.rs`). May touch: `crate::model::StoredValue` only; no database,
+//! so the SQLite backend is its only user and nothing above `sqlite/` sees
+//! a blob.
 
 use crate::model::StoredValue;
 

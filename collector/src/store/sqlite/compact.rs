@@ -33,6 +33,11 @@
 //!   remainder). A point is rewritten at most about four times, and a series
 //!   has at most 4 × 7 small chunks. Full chunks are never rewritten, only
 //!   deleted by retention, which readers rely on (`scan.rs`).
+//!
+//! Owns: the pending points, the rounds and the tier counts (`compact/step.rs`:
+//! the writes of one step). May touch: the SQLite write connection it is
+//! handed, the blob codec (`codec.rs`), the marks and limits of `layout.rs`,
+//! and the contract's `CompactStep`; nothing of the read side.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -19,11 +19,17 @@
 //!   the configured security level (authenticated, and encrypted for
 //!   authPriv), and within the time window (RFC 3414 §3.2 step 7b); boots
 //!   and time only move forward, and only on authenticated messages.
+//!
+//! May touch: the driver's BER codec (`super::ber`), its USM primitives
+//! (`super::usm`: keys, MACs, decryption), `super::value::hex` for engine
+//! ids in messages, and the monotonic clock (the engine's time window); no
+//! socket: the driver sends and receives, this module only judges.
 
 use tokio::time::Instant;
 
 use super::ber::{Pdu, tag};
 use super::usm::{self, Keys, ScopedData, V3Message};
+use super::value::hex;
 
 /// RFC 3414 §2.2.3: a message more than this many seconds older than the
 /// local notion of the engine's time is outside the time window.
@@ -138,7 +144,7 @@ pub enum Refused {
     #[error("encrypted answer but no priv_password configured")]
     UnexpectedPriv,
     #[error("{0}")]
-    Decrypt(String),
+    Decrypt(usm::DecryptError),
     #[error(
         "answer is not authenticated (msgFlags 0x{0:02x}) but the user is configured with auth: refused"
     )]
@@ -268,10 +274,9 @@ pub fn check(
 }
 
 fn wrong_engine(got: &[u8], expected: &[u8]) -> Refused {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     Refused::WrongEngine {
-        got: hex(got),
-        expected: hex(expected),
+        got: hex(got, ""),
+        expected: hex(expected, ""),
     }
 }
 
