@@ -172,8 +172,8 @@ async fn the_operators_key_names_who_may_query() -> Result<()> {
 }
 
 /// A collector started with `config` (its `listen` included) and `args`,
-/// its output in `collector.log`.
-fn spawn_collector(dir: &TestDir, config: &str, args: &[&str]) -> Result<Proc> {
+/// its output in `log` (appended to: give each run its own).
+fn spawn_collector(dir: &TestDir, config: &str, args: &[&str], log: &str) -> Result<Proc> {
     let path = dir.join("collector.toml");
     std::fs::write(&path, config)?;
     Proc::builder("tributary-collector")?
@@ -181,7 +181,7 @@ fn spawn_collector(dir: &TestDir, config: &str, args: &[&str]) -> Result<Proc> {
         .arg("--config")
         .arg(&path)
         .args(args)
-        .log_to(dir.join("collector.log"))
+        .log_to(dir.join(log))
         .spawn()
 }
 
@@ -231,8 +231,8 @@ async fn tls_without_client_ca_off_loopback_needs_an_explicit_yes() -> Result<()
         ),
         (base.as_str(), &["--allow-unauthenticated-agents"][..]),
     ];
-    for (config, args) in cases {
-        let mut collector = spawn_collector(&dir, config, args)?;
+    for (i, (config, args)) in cases.into_iter().enumerate() {
+        let mut collector = spawn_collector(&dir, config, args, &format!("collector-{i}.log"))?;
         let addr = format!("127.0.0.1:{port}").parse()?;
         wait_for_port(addr, PATIENCE).await?;
         let url = format!("https://{addr}");
