@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use time::OffsetDateTime;
-use tonic::transport::Endpoint;
 
 use tributary_proto::v1 as pb;
 use tributary_tests::cluster::{
@@ -27,7 +26,9 @@ use tributary_tests::cluster::{
 };
 use tributary_tests::process::{TestDir, free_addr, run_bin};
 
-use tls_support::{Ca, MTLS, Pki, agent_tls, client_tls, start_collector, try_ingest};
+use tls_support::{
+    Ca, MTLS, Pki, agent_tls, client_tls, query_client, start_collector, try_ingest,
+};
 
 /// A raw TLS handshake with the collector, then a read: the TLS alert the
 /// collector answers a bad client certificate with, as text. (In TLS 1.3
@@ -373,20 +374,14 @@ async fn without_required_client_certs_query_is_open_but_ingest_is_not() -> Resu
         .context("ingest without a certificate was welcomed")?;
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 
-    let channel = Endpoint::from_shared(url.clone())?
-        .tls_config(client_tls(&pki.ca, None)?)?
-        .connect()
-        .await?;
-    pb::query_client::QueryClient::new(channel)
+    query_client(&url, client_tls(&pki.ca, None)?)
+        .await?
         .list_agents(pb::ListAgentsRequest::default())
         .await
         .context("Query without a certificate")?;
     // A certificate is still held to its role: an agent's may not query.
-    let channel = Endpoint::from_shared(url.clone())?
-        .tls_config(client_tls(&pki.ca, Some(&pki.edge1))?)?
-        .connect()
-        .await?;
-    let status = pb::query_client::QueryClient::new(channel)
+    let status = query_client(&url, client_tls(&pki.ca, Some(&pki.edge1))?)
+        .await?
         .list_agents(pb::ListAgentsRequest::default())
         .await
         .err()

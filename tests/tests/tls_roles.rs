@@ -9,24 +9,13 @@
 mod tls_support;
 
 use anyhow::{Context, Result, ensure};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 use tributary_proto::v1 as pb;
 use tributary_tests::cluster::{self, PATIENCE};
 use tributary_tests::process::{Proc, TestDir, bin_path, free_addr, wait_for_port};
 
-use tls_support::{MTLS, Pki, client_tls, start_collector, try_ingest, valid_now};
-
-async fn query_client(
-    url: &str,
-    tls: ClientTlsConfig,
-) -> Result<pb::query_client::QueryClient<Channel>> {
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .tls_config(tls)?
-        .connect()
-        .await?;
-    Ok(pb::query_client::QueryClient::new(channel))
-}
+use tls_support::{MTLS, Pki, client_tls, query_client, start_collector, try_ingest, valid_now};
 
 /// Calls every Query RPC once; the status of each (`Ok(())` when the call
 /// was answered), named.

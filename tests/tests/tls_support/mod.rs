@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use tributary_proto::v1 as pb;
 use tributary_tests::cluster::PATIENCE;
@@ -245,6 +245,18 @@ pub async fn try_ingest(
             None => bail!("welcomed, then the stream ended before the ack"),
         }
     }
+}
+
+/// A Query client over TLS with `tls`.
+pub async fn query_client(
+    url: &str,
+    tls: ClientTlsConfig,
+) -> Result<pb::query_client::QueryClient<Channel>> {
+    let channel = Endpoint::from_shared(url.to_owned())?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(pb::query_client::QueryClient::new(channel))
 }
 
 /// A status whose message includes its source chain (TLS alerts hide there).
