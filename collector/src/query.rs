@@ -79,7 +79,8 @@ impl QueryService {
         let auth = PeerAuth::of(request, self.mutual_tls);
         self.roles.authorize_query(&auth).inspect_err(|status| {
             let peer = request.remote_addr().map(|a| a.to_string());
-            warn!(peer = peer.as_deref().unwrap_or(""), rpc, error = %status.message(), "query refused");
+            let peer = peer.as_deref().unwrap_or("");
+            warn!(peer, rpc, error = %status.message(), "query refused");
         })
     }
 

@@ -295,6 +295,8 @@ proptest! {
             "listen = \"127.0.0.1:7400\"", "listen = \"0.0.0.0:1\"", "listen = 7",
             "store = \"sqlite:x.db\"", "store = \"pg:x\"", "synchronous = \"normal\"",
             "allow_plaintext = true", "allowed_agents = [\"a\", \"b c\"]", "allowed_agents = []",
+            "operators = [\"a\"]", "operators = [\"x y\"]", "operators = []",
+            "allow_unauthenticated_agents = true", "query_requires_client_cert = false",
             "[tls]", "cert = \"c.pem\"", "key = \"k.pem\"", "client_ca = \"ca.pem\"",
             "[limits]", "max_connections = 0", "max_connections = 99999999999999",
             "keepalive_interval = \"1s\"", "handshake_timeout = \"0s\"", "max_clock_skew = \"x\"",
