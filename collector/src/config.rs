@@ -9,6 +9,7 @@
 //! store = "sqlite:/var/lib/tributary/tributary.db"
 //! synchronous = "full"
 //! allowed_agents = ["edge-1", "edge-2"]   # optional allowlist
+//! operators = ["operator"]                # who may query (mutual TLS)
 //!
 //! [tls]
 //! cert = "collector.pem"
@@ -25,7 +26,9 @@
 //! Relative paths are relative to the file's directory. Every error names
 //! the file, the line and the key (`collector.toml:7: tls.cert: ...`); `main`
 //! exits with status 2 on any of them. Plaintext is served only on loopback
-//! addresses unless `allow_plaintext = true` (or `--allow-plaintext`).
+//! addresses unless `allow_plaintext = true` (or `--allow-plaintext`), and
+//! TLS without `client_ca` (agent ids not authenticated) likewise unless
+//! `allow_unauthenticated_agents = true` (or `--allow-unauthenticated-agents`).
 //!
 //! Reading TOML, locating errors and parsing durations is
 //! `tributary-config`'s; this module says what the keys mean.
@@ -44,6 +47,7 @@ use tributary_config::{DeContext, Layer, Source, deserialize_table, parse_durati
 
 pub use tributary_config::ConfigError;
 
+use crate::roles::{self, Roles};
 use crate::server::ServerConfig;
 use crate::store::Durability;
 use crate::store::{Retention, StoreUrl};
@@ -65,6 +69,8 @@ pub struct Flags {
     pub retention: Option<Duration>,
     /// `--allow-plaintext` (can only turn it on).
     pub allow_plaintext: bool,
+    /// `--allow-unauthenticated-agents` (can only turn it on).
+    pub allow_unauthenticated_agents: bool,
 }
 
 /// Validated settings of `serve`.
@@ -72,9 +78,10 @@ pub struct Flags {
 pub struct Serve {
     pub listen: SocketAddr,
     pub server: ServerConfig,
-    /// Plaintext on a non-loopback address was allowed explicitly; `main`
-    /// logs a warning once tracing is up.
-    pub plaintext_warning: Option<String>,
+    /// What was allowed explicitly and weakens security (plaintext, or TLS
+    /// without `client_ca`, on a non-loopback address; Query without a
+    /// client certificate); `main` logs each once tracing is up.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,7 +92,9 @@ struct RawFile {
     synchronous: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
     allow_plaintext: Option<bool>,
+    allow_unauthenticated_agents: Option<bool>,
     allowed_agents: Option<Spanned<Vec<Spanned<String>>>>,
+    operators: Option<Spanned<Vec<Spanned<String>>>>,
     tls: Option<RawTls>,
     limits: Option<RawLimits>,
 }
@@ -218,31 +227,8 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
         (None, None) => Durability::Full,
     };
 
-    if let (Some(src), Some(list)) = (src, &raw.allowed_agents) {
-        let mut allowed = HashSet::new();
-        for (i, id) in list.get_ref().iter().enumerate() {
-            let value = id.get_ref();
-            if value.is_empty()
-                || !value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
-                return Err(src.error(
-                    id.span(),
-                    format!("allowed_agents[{i}]"),
-                    format!("{value:?}: an agent id has only letters, digits, '.', '_' and '-'"),
-                ));
-            }
-            allowed.insert(value.clone());
-        }
-        if allowed.is_empty() {
-            return Err(src.error(
-                list.span(),
-                "allowed_agents",
-                "empty: no agent could connect (leave the key out to allow every agent)",
-            ));
-        }
-        server.allowed_agents = Some(Arc::new(allowed));
+    if let Some(src) = src {
+        server.roles = Arc::new(parse_roles(src, &raw)?);
     }
 
     if let (Some(src), Some(t)) = (src, &raw.tls) {
@@ -279,7 +265,39 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
     }
 
     let allow_plaintext = flags.allow_plaintext || raw.allow_plaintext.unwrap_or(false);
-    let mut plaintext_warning = None;
+    let allow_unauthenticated =
+        flags.allow_unauthenticated_agents || raw.allow_unauthenticated_agents.unwrap_or(false);
+    let mut warnings = Vec::new();
+    if let Some(t) = &raw.tls
+        && t.client_ca.is_some()
+        && t.query_requires_client_cert == Some(false)
+    {
+        warnings.push(
+            "query_requires_client_cert = false: connections without a client certificate may \
+             call Query and read every agent's data"
+                .to_owned(),
+        );
+    }
+    let server_only_tls = server.tls.as_ref().is_some_and(|t| !t.mutual);
+    if server_only_tls && !listen.ip().is_loopback() {
+        if !allow_unauthenticated {
+            return Err(err(
+                listen_span,
+                "listen",
+                "--listen",
+                format!(
+                    "{listen} is not a loopback address and [tls] has no client_ca, so any \
+                     client could stream as any agent id: set tls.client_ca (see README \
+                     \"Mutual TLS\"), or allow it explicitly with \
+                     allow_unauthenticated_agents = true or --allow-unauthenticated-agents"
+                ),
+            ));
+        }
+        warnings.push(format!(
+            "serving TLS without client_ca on {listen}: agent ids are not authenticated, any \
+             client may stream as any agent id"
+        ));
+    }
     if server.tls.is_none() && !listen.ip().is_loopback() {
         if !allow_plaintext {
             return Err(err(
@@ -292,15 +310,73 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
                 ),
             ));
         }
-        plaintext_warning = Some(format!(
+        warnings.push(format!(
             "serving plaintext on {listen}: traffic is readable and agent ids are not authenticated"
         ));
     }
     Ok(Serve {
         listen,
         server,
-        plaintext_warning,
+        warnings,
     })
+}
+
+/// `allowed_agents` and `operators`: valid ids, no identity in both.
+fn parse_roles(src: &Source<'_>, raw: &RawFile) -> Result<Roles, ConfigError> {
+    let mut roles = Roles::default();
+    if let Some(list) = &raw.operators {
+        // Empty is allowed: no certificate may call Query.
+        roles.operators = id_set(src, list, "operators", "identity")?;
+    }
+    if let Some(list) = &raw.allowed_agents {
+        let allowed = id_set(src, list, "allowed_agents", "agent id")?;
+        if allowed.is_empty() {
+            return Err(src.error(
+                list.span(),
+                "allowed_agents",
+                "empty: no agent could connect (leave the key out to allow every agent)",
+            ));
+        }
+        let mut ids = list.get_ref().iter().enumerate();
+        if let Some((i, id)) = ids.find(|(_, id)| roles.is_operator(id.get_ref())) {
+            return Err(src.error(
+                id.span(),
+                format!("allowed_agents[{i}]"),
+                format!(
+                    "{:?} is also an operator (`operators`, by default [\"operator\"]): an \
+                     identity is an operator (Query) or an agent (Ingest), not both",
+                    id.get_ref()
+                ),
+            ));
+        }
+        roles.allowed_agents = Some(allowed);
+    }
+    Ok(roles)
+}
+
+/// The ids of a list key, each checked with [`roles::is_valid_id`].
+fn id_set(
+    src: &Source<'_>,
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+    noun: &str,
+) -> Result<HashSet<String>, ConfigError> {
+    let mut ids = HashSet::new();
+    for (i, id) in list.get_ref().iter().enumerate() {
+        let value = id.get_ref();
+        if !roles::is_valid_id(value) {
+            return Err(src.error(
+                id.span(),
+                format!("{key}[{i}]"),
+                format!(
+                    "{value:?}: an {noun} has 1 to {} letters, digits, '.', '_' and '-'",
+                    tributary_proto::limits::MAX_NAME_BYTES
+                ),
+            ));
+        }
+        ids.insert(value.clone());
+    }
+    Ok(ids)
 }
 
 fn apply_limits(

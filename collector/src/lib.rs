@@ -32,6 +32,7 @@ pub mod listener;
 pub mod merger;
 pub mod model;
 pub mod query;
+pub mod roles;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -37,8 +37,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// TOML file with the settings below plus [tls], [limits] and
-    /// allowed_agents; flags given on the command line win over it.
+    /// TOML file with the settings below plus [tls], [limits],
+    /// allowed_agents and operators; flags given on the command line win
+    /// over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on for gRPC (ingest, query, health, reflection)
@@ -60,6 +61,10 @@ struct ServeArgs {
     /// not authenticated and traffic is readable)
     #[arg(long)]
     allow_plaintext: bool,
+    /// Serve TLS without client_ca on a non-loopback address (any client
+    /// may then stream as any agent id)
+    #[arg(long)]
+    allow_unauthenticated_agents: bool,
 }
 
 fn main() -> ExitCode {
@@ -75,7 +80,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => match serve_config(&args) {
             Ok(settings) => {
-                if let Some(warning) = &settings.plaintext_warning {
+                for warning in &settings.warnings {
                     tracing::warn!("{warning}");
                 }
                 runtime.block_on(serve(settings.listen, settings.server))
@@ -103,6 +108,7 @@ fn serve_config(args: &ServeArgs) -> Result<config::Serve, config::ConfigError> 
         synchronous: args.synchronous,
         retention: args.retention,
         allow_plaintext: args.allow_plaintext,
+        allow_unauthenticated_agents: args.allow_unauthenticated_agents,
     };
     config::resolve(args.config.as_deref(), &flags)
 }

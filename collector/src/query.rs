@@ -7,8 +7,14 @@
 //! small pool of read-only connections), reads which agents are connected
 //! from the merger's `watch`, and subscribes to the merger's commit
 //! `broadcast` for Tail.
+//!
+//! With mutual TLS, every RPC first checks that the caller's certificate is
+//! an operator's (`crate::roles`): an agent's certificate gets
+//! `PERMISSION_DENIED`. Without it there are no identities and Query is
+//! open.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,6 +24,7 @@ use tracing::{debug, warn};
 use tributary_proto::v1 as pb;
 
 use crate::model::{AgentLive, Committed, LiveAgents, Point, SeriesKey, SeriesMeta, StoredValue};
+use crate::roles::{PeerAuth, Roles};
 use crate::store::read::{MAX_CHUNK_POINTS, ReadError, Reader, Selector, StoredAgent, TimeSpan};
 
 /// Chunks a Range stream may have in flight: enough to keep the reader
@@ -35,6 +42,10 @@ pub struct QueryService {
     live: watch::Receiver<LiveAgents>,
     tail: broadcast::Sender<Committed>,
     shutdown: CancellationToken,
+    /// Who may call (operators, with mutual TLS).
+    roles: Arc<Roles>,
+    /// Client certificates are verified, so callers have identities.
+    mutual_tls: bool,
 }
 
 impl QueryService {
@@ -50,7 +61,27 @@ impl QueryService {
             live,
             tail,
             shutdown: CancellationToken::new(),
+            roles: Arc::default(),
+            mutual_tls: false,
         }
+    }
+
+    /// Lets only operators call when `mutual_tls` (client certificates are
+    /// verified); without it every caller may, as there are no identities.
+    pub fn with_roles(mut self, roles: Arc<Roles>, mutual_tls: bool) -> Self {
+        self.roles = roles;
+        self.mutual_tls = mutual_tls;
+        self
+    }
+
+    /// Refuses `request` unless its caller may query; a refusal is logged.
+    fn authorize<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
+        let auth = PeerAuth::of(request, self.mutual_tls);
+        self.roles.authorize_query(&auth).inspect_err(|status| {
+            let peer = request.remote_addr().map(|a| a.to_string());
+            let peer = peer.as_deref().unwrap_or("");
+            warn!(peer, rpc, error = %status.message(), "query refused");
+        })
     }
 
     /// Ends open Range and Tail streams (with `UNAVAILABLE`) when `token` is
@@ -77,8 +108,9 @@ fn read_status(what: &str, e: &ReadError) -> Status {
 impl pb::query_server::Query for QueryService {
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
+        request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.authorize(&request, "ListAgents")?;
         let stored = self
             .reader
             .agents()
@@ -94,6 +126,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::SeriesFilter>,
     ) -> Result<Response<pb::ListSeriesResponse>, Status> {
+        self.authorize(&request, "ListSeries")?;
         let sel = selector(request.into_inner());
         let series = self
             .reader
@@ -109,6 +142,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::SeriesFilter>,
     ) -> Result<Response<pb::LatestResponse>, Status> {
+        self.authorize(&request, "Latest")?;
         let sel = selector(request.into_inner());
         let latest = self
             .reader
@@ -132,6 +166,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<Self::RangeStream>, Status> {
+        self.authorize(&request, "Range")?;
         let (sel, span) = range_request(request.into_inner())?;
         let (tx, rx) = mpsc::channel(RANGE_BUFFER);
         let mut chunks = self.reader.range(sel, span, MAX_CHUNK_POINTS);
@@ -186,6 +221,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::SeriesFilter>,
     ) -> Result<Response<Self::TailStream>, Status> {
+        self.authorize(&request, "Tail")?;
         let sel = selector(request.into_inner());
         let mut commits = self.tail.subscribe();
         let (tx, rx) = mpsc::channel(TAIL_BUFFER);

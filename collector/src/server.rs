@@ -14,7 +14,6 @@
 //! may get reset by protocol errors before its connection is closed
 //! (tonic leaves that cap off unless it is set, so it is always set here).
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -33,10 +32,11 @@ use tributary_proto::v1 as pb;
 use crate::listener::{self, Admission, Deadlines, ListenerStats, Plaintext};
 use crate::merger::{self, MergerHandle};
 use crate::query::QueryService;
-use crate::session::{Limits, PeerAuth, Session};
+use crate::roles::{PeerAuth, Roles};
+use crate::session::{Limits, Session};
 use crate::store::read::Reader;
 use crate::store::{Durability, Retention, StoreUrl};
-use crate::tls::{self, ServerTls};
+use crate::tls::ServerTls;
 
 /// Streams a peer may open and reset before they are accepted, per
 /// connection (the "rapid reset" guard; h2's default, set explicitly).
@@ -84,8 +84,8 @@ pub struct ServerConfig {
     pub max_header_list_bytes: u32,
     /// TLS material; `None` serves plaintext.
     pub tls: Option<ServerTls>,
-    /// When set, only these agent ids may stream.
-    pub allowed_agents: Option<Arc<HashSet<String>>>,
+    /// Who may query (`operators`) and who may stream (`allowed_agents`).
+    pub roles: Arc<Roles>,
     /// How long shutdown may take before the process gives up on stragglers.
     pub shutdown_deadline: Duration,
 }
@@ -112,7 +112,7 @@ impl ServerConfig {
             max_local_error_resets: 256,
             max_header_list_bytes: 16 * 1024,
             tls: None,
-            allowed_agents: None,
+            roles: Arc::default(),
             shutdown_deadline: Duration::from_secs(15),
         }
     }
@@ -149,24 +149,7 @@ struct IngestService {
     shutdown: CancellationToken,
     /// Client certificates are verified: streams need one.
     mutual_tls: bool,
-    allowed_agents: Option<Arc<HashSet<String>>>,
-}
-
-impl IngestService {
-    /// What TLS tells about the peer of `request`.
-    fn peer_auth<T>(&self, request: &Request<T>) -> PeerAuth {
-        if !self.mutual_tls {
-            return PeerAuth::Unverified;
-        }
-        match request.peer_certs() {
-            Some(certs) => match certs.first().map(|c| tls::cert_identity(c)) {
-                Some(Ok(identity)) => PeerAuth::Certificate(Arc::from(identity)),
-                Some(Err(e)) => PeerAuth::Invalid(e.to_string()),
-                None => PeerAuth::Missing,
-            },
-            None => PeerAuth::Missing,
-        }
-    }
+    roles: Arc<Roles>,
 }
 
 type FrameStream =
@@ -187,7 +170,7 @@ impl pb::ingest_server::Ingest for IngestService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let auth = self.peer_auth(&request);
+        let auth = PeerAuth::of(&request, self.mutual_tls);
         let (tx, rx) = mpsc::channel(16);
         let session = Session::new(
             self.merger.clone(),
@@ -195,7 +178,7 @@ impl pb::ingest_server::Ingest for IngestService {
             self.shutdown.clone(),
             peer,
         )
-        .with_auth(auth, self.allowed_agents.clone());
+        .with_auth(auth, self.roles.clone());
         tokio::spawn(session.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -218,18 +201,20 @@ pub async fn run(
     )
     .await?;
     let token = CancellationToken::new();
+    let mutual_tls = config.tls.as_ref().is_some_and(|t| t.mutual);
 
     let ingest = pb::ingest_server::IngestServer::new(IngestService {
         merger,
         limits: Arc::new(config.limits.clone()),
         shutdown: token.clone(),
-        mutual_tls: config.tls.as_ref().is_some_and(|t| t.mutual),
-        allowed_agents: config.allowed_agents.clone(),
+        mutual_tls,
+        roles: config.roles.clone(),
     })
     .max_decoding_message_size(config.max_message_bytes);
     let query = pb::query_server::QueryServer::new(
         QueryService::new(Reader::open(&store)?, outputs.live, outputs.tail)
-            .with_shutdown(token.clone()),
+            .with_shutdown(token.clone())
+            .with_roles(config.roles.clone(), mutual_tls),
     )
     .max_decoding_message_size(config.max_message_bytes);
 

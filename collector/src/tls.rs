@@ -3,13 +3,24 @@
 //! `collector/src/listener/`), and reading an agent's identity
 //! from the certificate it presented.
 //!
-//! The identity of a client certificate is its first DNS name in the subject
-//! alternative names; a certificate without one is identified by its
-//! subject's common name (CN). `cargo xtask certs` writes both, set to the
-//! agent id. A certificate with several CNs and no DNS name is refused as
-//! ambiguous. The chain itself is verified by rustls during the handshake
-//! (against `client_ca`, with validity dates); this module only reads names
-//! from a certificate that already passed.
+//! The identity of a client certificate, exactly:
+//!
+//! - with a subject alternative name (SAN) extension, the first DNS name in
+//!   it, and only that: the common name is never used, other kinds of names
+//!   (IP addresses, e-mail, URIs) are skipped, and a certificate whose SANs
+//!   hold no DNS name has no identity;
+//! - without that extension, the subject's common name (CN); several CNs are
+//!   ambiguous, and a certificate without one has no identity;
+//! - either must be a valid agent id (1 to 256 ASCII letters, digits, '.',
+//!   '_' and '-'; `crate::roles::is_valid_id`), else the certificate has no
+//!   identity: a first DNS name that is not one is refused, never skipped
+//!   for a later one.
+//!
+//! `cargo xtask certs` writes both, set to the agent id. A certificate
+//! without an identity is refused (UNAUTHENTICATED) by Ingest and Query.
+//! The chain itself is verified by rustls during the handshake (against
+//! `client_ca`, with validity dates); this module only reads names from a
+//! certificate that already passed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -169,24 +180,100 @@ fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsErr
 pub enum IdentityError {
     #[error("client certificate: cannot parse: {0}")]
     Parse(String),
-    #[error("client certificate: no DNS subject alternative name and no common name")]
+    #[error("client certificate: no subject alternative names and no common name")]
     NoName,
+    #[error(
+        "client certificate: subject alternative names without a DNS name (the common name is \
+         not used when they are present)"
+    )]
+    NoDnsName,
+    #[error(
+        "client certificate: identity {0:?} is not a valid agent id (1 to 256 letters, digits, \
+         '.', '_' and '-')"
+    )]
+    NotAnAgentId(String),
     #[error("client certificate: no DNS subject alternative name and more than one common name")]
     AmbiguousName,
     #[error("client certificate: common name is not a text string")]
     NotText,
 }
 
-/// The identity of the leaf certificate `der`: its first DNS subject
-/// alternative name, else its subject's common name.
+/// The identity of the leaf certificate `der` (the rule is in the module
+/// documentation).
 pub fn cert_identity(der: &[u8]) -> Result<String, IdentityError> {
-    let der = CertificateDer::from(der);
-    let cert = webpki::EndEntityCert::try_from(&der)
+    let cert_der = CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&cert_der)
         .map_err(|e| IdentityError::Parse(format!("{e:?}")))?;
-    if let Some(name) = cert.valid_dns_names().next() {
-        return Ok(name.to_owned());
+    let name = match first_dns_name(der)? {
+        Some(name) => name,
+        None => common_name(cert.subject())?.ok_or(IdentityError::NoName)?,
+    };
+    if !crate::roles::is_valid_id(&name) {
+        return Err(IdentityError::NotAnAgentId(name));
     }
-    common_name(cert.subject())?.ok_or(IdentityError::NoName)
+    Ok(name)
+}
+
+/// OID 2.5.29.17 (id-ce-subjectAltName), DER-encoded without tag and length.
+const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+
+/// The first DNS name in the subject alternative names of the certificate
+/// `der` (a whole X.509 certificate): `None` without that extension,
+/// [`IdentityError::NoDnsName`] when it holds no DNS name. The name is
+/// returned as it is (not UTF-8: lossily), for the caller to judge.
+///
+/// Public so the fuzz targets and property tests can reach it.
+pub fn first_dns_name(der: &[u8]) -> Result<Option<String>, IdentityError> {
+    let bad = |what: &str| IdentityError::Parse(format!("certificate: {what}"));
+    let (cert, _) = der_take(der, TAG_SEQUENCE).ok_or_else(|| bad("expected a SEQUENCE"))?;
+    let (mut tbs, _) = der_take(cert, TAG_SEQUENCE).ok_or_else(|| bad("expected a SEQUENCE"))?;
+    // tbsCertificate's fields up to `[3] extensions`, which comes last.
+    let mut extensions = None;
+    while let Some((tag, contents, rest)) = der_next(tbs) {
+        if tag == TAG_EXTENSIONS {
+            extensions = Some(contents);
+        }
+        tbs = rest;
+    }
+    let Some(extensions) = extensions else {
+        return Ok(None);
+    };
+    let (mut list, _) =
+        der_take(extensions, TAG_SEQUENCE).ok_or_else(|| bad("extensions: expected a SEQUENCE"))?;
+    let mut names = None;
+    while !list.is_empty() {
+        let (ext, rest) =
+            der_take(list, TAG_SEQUENCE).ok_or_else(|| bad("extension: expected a SEQUENCE"))?;
+        list = rest;
+        let (oid, mut value) =
+            der_take(ext, TAG_OID).ok_or_else(|| bad("extension: expected an OID"))?;
+        if oid != OID_SUBJECT_ALT_NAME {
+            continue;
+        }
+        if let Some((_critical, rest)) = der_take(value, TAG_BOOLEAN) {
+            value = rest;
+        }
+        let (octets, _) = der_take(value, TAG_OCTET_STRING)
+            .ok_or_else(|| bad("subject alternative names: expected an OCTET STRING"))?;
+        let (seq, _) = der_take(octets, TAG_SEQUENCE)
+            .ok_or_else(|| bad("subject alternative names: expected a SEQUENCE"))?;
+        if names.replace(seq).is_some() {
+            return Err(bad("two subject alternative name extensions"));
+        }
+    }
+    let Some(mut names) = names else {
+        return Ok(None);
+    };
+    while let Some((tag, contents, rest)) = der_next(names) {
+        if tag == TAG_DNS_NAME {
+            return Ok(Some(String::from_utf8_lossy(contents).into_owned()));
+        }
+        names = rest;
+    }
+    if !names.is_empty() {
+        return Err(bad("subject alternative names: bad entry"));
+    }
+    Err(IdentityError::NoDnsName)
 }
 
 /// OID 2.5.4.3 (id-at-commonName), DER-encoded without tag and length.
@@ -199,6 +286,12 @@ const TAG_OID: u8 = 0x06;
 const TAG_UTF8_STRING: u8 = 0x0c;
 const TAG_PRINTABLE_STRING: u8 = 0x13;
 const TAG_IA5_STRING: u8 = 0x16;
+const TAG_BOOLEAN: u8 = 0x01;
+const TAG_OCTET_STRING: u8 = 0x04;
+/// `[3] EXPLICIT Extensions` in a tbsCertificate.
+const TAG_EXTENSIONS: u8 = 0xa3;
+/// `dNSName [2] IA5String` in GeneralNames.
+const TAG_DNS_NAME: u8 = 0x82;
 
 /// The common name in a DER-encoded X.501 `Name` given as the contents of
 /// its outer SEQUENCE (what webpki's `subject()` returns): `None` when there
@@ -239,10 +332,17 @@ pub fn common_name(subject: &[u8]) -> Result<Option<String>, IdentityError> {
 }
 
 /// Splits one DER element with tag `tag` off `input`: (contents, rest).
-/// Only definite lengths of up to four bytes, as DER requires.
 fn der_take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (t, contents, rest) = der_next(input)?;
+    (t == tag).then_some((contents, rest))
+}
+
+/// Splits the next DER element off `input`: (tag, contents, rest). Only
+/// one-byte tags and definite lengths of up to four bytes, as certificates
+/// use.
+fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&t, input) = input.split_first()?;
-    if t != tag {
+    if t & 0x1f == 0x1f {
         return None;
     }
     let (&first, mut input) = input.split_first()?;
@@ -262,7 +362,8 @@ fn der_take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     if input.len() < len {
         return None;
     }
-    Some(input.split_at(len))
+    let (contents, rest) = input.split_at(len);
+    Some((t, contents, rest))
 }
 
 #[cfg(test)]

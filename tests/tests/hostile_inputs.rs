@@ -16,6 +16,7 @@ use tributary_agent::drivers::modbus::{self, RegisterType, WordOrder};
 use tributary_agent::drivers::snmp::value::to_value;
 use tributary_agent::drivers::snmp::{SnmpAuthProtocol, SnmpPrivProtocol, ber, usm, v3};
 use tributary_collector::config::{self as collector_config, Flags};
+use tributary_collector::roles::Roles;
 use tributary_collector::session::{self, Limits, PeerAuth, StreamSeries};
 use tributary_collector::tls;
 use tributary_proto::v1 as pb;
@@ -95,7 +96,7 @@ fn check_frame(bytes: &[u8]) {
             let _ = session::authorize(
                 &hello.agent_id,
                 &PeerAuth::Certificate("edge-1".into()),
-                None,
+                &Roles::default(),
             );
         }
         Some(pb::agent_frame::Frame::Batch(batch)) => {
@@ -294,6 +295,8 @@ proptest! {
             "listen = \"127.0.0.1:7400\"", "listen = \"0.0.0.0:1\"", "listen = 7",
             "store = \"sqlite:x.db\"", "store = \"pg:x\"", "synchronous = \"normal\"",
             "allow_plaintext = true", "allowed_agents = [\"a\", \"b c\"]", "allowed_agents = []",
+            "operators = [\"a\"]", "operators = [\"x y\"]", "operators = []",
+            "allow_unauthenticated_agents = true", "query_requires_client_cert = false",
             "[tls]", "cert = \"c.pem\"", "key = \"k.pem\"", "client_ca = \"ca.pem\"",
             "[limits]", "max_connections = 0", "max_connections = 99999999999999",
             "keepalive_interval = \"1s\"", "handshake_timeout = \"0s\"", "max_clock_skew = \"x\"",
@@ -311,12 +314,15 @@ proptest! {
     fn certificate_identities_of_random_bytes_are_errors_not_panics(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
         prop_assert!(tls::cert_identity(&bytes).is_err());
         let _ = tls::common_name(&bytes);
+        let _ = tls::first_dns_name(&bytes);
     }
 
     #[test]
     fn mutated_certificates_give_a_name_or_an_error(edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
         let der = certificate_der();
-        let _ = tls::cert_identity(&mutate(der, &edits));
+        let mutated = mutate(der, &edits);
+        let _ = tls::cert_identity(&mutated);
+        let _ = tls::first_dns_name(&mutated);
     }
 
     #[test]
@@ -532,6 +538,76 @@ fn a_certificate_is_identified_by_its_dns_name() {
     assert_eq!(
         tls::cert_identity(&certificate_der()).as_deref(),
         Ok("edge-1")
+    );
+}
+
+/// A self-signed certificate with these subject alternative names and
+/// subject common name (DER).
+fn certificate_with(sans: Vec<rcgen::SanType>, cn: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = sans;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.self_signed(&key).expect("cert").der().to_vec()
+}
+
+fn dns(name: &str) -> rcgen::SanType {
+    rcgen::SanType::DnsName(name.try_into().expect("ascii"))
+}
+
+#[test]
+fn with_subject_alternative_names_the_common_name_is_never_used() {
+    // The first DNS name, not the CN.
+    let der = certificate_with(vec![dns("edge-2")], "edge-1");
+    assert_eq!(tls::cert_identity(&der).as_deref(), Ok("edge-2"));
+    // Names, but none of them DNS: no identity, whatever the CN says.
+    for sans in [
+        vec![rcgen::SanType::IpAddress([10, 0, 0, 1].into())],
+        vec![rcgen::SanType::Rfc822Name(
+            "edge-1@example.com".try_into().expect("ascii"),
+        )],
+        vec![rcgen::SanType::URI(
+            "spiffe://example/edge-1".try_into().expect("ascii"),
+        )],
+    ] {
+        assert_eq!(
+            tls::cert_identity(&certificate_with(sans.clone(), "edge-1")),
+            Err(tls::IdentityError::NoDnsName),
+            "{sans:?}"
+        );
+    }
+}
+
+#[test]
+fn a_first_dns_name_that_is_not_an_agent_id_is_refused_not_skipped() {
+    for first in ["bad name", "*.example.com", "edge/1", ""] {
+        let der = certificate_with(vec![dns(first), dns("edge-1")], "edge-1");
+        assert_eq!(
+            tls::cert_identity(&der),
+            Err(tls::IdentityError::NotAnAgentId(first.to_owned())),
+            "{first}"
+        );
+    }
+    // An IP address before the first DNS name does not count.
+    let der = certificate_with(
+        vec![
+            rcgen::SanType::IpAddress([10, 0, 0, 1].into()),
+            dns("edge-1"),
+        ],
+        "other",
+    );
+    assert_eq!(tls::cert_identity(&der).as_deref(), Ok("edge-1"));
+}
+
+#[test]
+fn a_common_name_that_is_not_an_agent_id_is_refused() {
+    let der = certificate_with(Vec::new(), "Edge Host 1");
+    assert_eq!(
+        tls::cert_identity(&der),
+        Err(tls::IdentityError::NotAnAgentId("Edge Host 1".to_owned()))
     );
 }
 

@@ -7,269 +7,28 @@
 //! a row stored. The good agent's counters must still be 1..n.
 //!
 //! Also: grpcurl and the CLI with the operator certificate (and refused
-//! without it), Query without client certificates when the collector allows
-//! it (Ingest still refuses), the allowlist, and `cargo xtask certs`.
+//! without it, or with an agent's), Query without client certificates when
+//! the collector allows it (Ingest still refuses, an agent's certificate
+//! still may not query), the allowlist, and `cargo xtask certs`. The roles
+//! themselves are `tls_roles.rs`.
+
+mod tls_support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use tributary_proto::v1 as pb;
 use tributary_tests::cluster::{
     self, Agent, PATIENCE, assert_exactly_once, counters, sim_agent_config, wait_for_counters,
 };
-use tributary_tests::process::{Proc, TestDir, free_addr, run_bin, wait_for_port};
+use tributary_tests::process::{TestDir, free_addr, run_bin};
 
-/// A CA that signs certificates for the test.
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Result<Ca> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let pem = params.self_signed(&key)?.pem();
-        Ok(Ca { params, key, pem })
-    }
-
-    /// A certificate for `name` (server or client), valid in `[from, until)`;
-    /// written to `dir/<file>.pem` and `dir/<file>.key`.
-    fn issue(
-        &self,
-        dir: &Path,
-        file: &str,
-        name: &str,
-        server: bool,
-        valid: (OffsetDateTime, OffsetDateTime),
-    ) -> Result<(PathBuf, PathBuf)> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![name.to_owned()])?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        (params.not_before, params.not_after) = valid;
-        let cert = params.signed_by(&key, &Issuer::from_params(&self.params, &self.key))?;
-        let (cert_path, key_path) = (
-            dir.join(format!("{file}.pem")),
-            dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem())?;
-        std::fs::write(&key_path, key.serialize_pem())?;
-        Ok((cert_path, key_path))
-    }
-}
-
-/// Every certificate the tests use, in one directory.
-struct Pki {
-    ca: PathBuf,
-    edge1: (PathBuf, PathBuf),
-    edge2: (PathBuf, PathBuf),
-    operator: (PathBuf, PathBuf),
-    /// `edge-3`, signed by a CA the collector does not trust.
-    foreign: (PathBuf, PathBuf),
-    /// `edge-4`, signed by the right CA, expired.
-    expired: (PathBuf, PathBuf),
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Result<Pki> {
-        let now = OffsetDateTime::now_utc();
-        let valid = (
-            now - time::Duration::hours(1),
-            now + time::Duration::days(1),
-        );
-        let ca = Ca::new("Tributary test CA")?;
-        let other = Ca::new("Someone else's CA")?;
-        let ca_path = dir.join("ca.pem");
-        std::fs::write(&ca_path, &ca.pem)?;
-        // The collector's own certificate, for `collector.toml`.
-        ca.issue(dir, "collector", "127.0.0.1", true, valid)?;
-        Ok(Pki {
-            ca: ca_path,
-            edge1: ca.issue(dir, "edge-1", "edge-1", false, valid)?,
-            edge2: ca.issue(dir, "edge-2", "edge-2", false, valid)?,
-            operator: ca.issue(dir, "operator", "operator", false, valid)?,
-            foreign: other.issue(dir, "foreign", "edge-3", false, valid)?,
-            expired: ca.issue(
-                dir,
-                "expired",
-                "edge-4",
-                false,
-                (
-                    now - time::Duration::days(30),
-                    now - time::Duration::days(1),
-                ),
-            )?,
-        })
-    }
-}
-
-/// Starts `tributary-collector serve --config` with `config` (paths in it
-/// are relative to `dir`).
-async fn start_collector(dir: &TestDir, addr: SocketAddr, config: &str) -> Result<Proc> {
-    let path = dir.join("collector.toml");
-    std::fs::write(
-        &path,
-        format!("listen = \"{addr}\"\nstore = \"sqlite:collector.db\"\n{config}"),
-    )?;
-    let proc = Proc::builder("tributary-collector")?
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .log_to(dir.join("collector.log"))
-        .spawn()?;
-    wait_for_port(addr, PATIENCE).await?;
-    Ok(proc)
-}
-
-const MTLS: &str =
-    "[tls]\ncert = \"collector.pem\"\nkey = \"collector.key\"\nclient_ca = \"ca.pem\"\n";
-
-/// `[tls]` of an agent.
-fn agent_tls(ca: &Path, client: Option<&(PathBuf, PathBuf)>) -> String {
-    let mut s = format!("\n[tls]\nca = \"{}\"\n", ca.display());
-    if let Some((cert, key)) = client {
-        s.push_str(&format!(
-            "cert = \"{}\"\nkey = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ));
-    }
-    s
-}
-
-/// Client TLS settings: trust `ca`, present `client` if given.
-fn client_tls(ca: &Path, client: Option<&(PathBuf, PathBuf)>) -> Result<ClientTlsConfig> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
-    if let Some((cert, key)) = client {
-        tls = tls.identity(Identity::from_pem(
-            std::fs::read(cert)?,
-            std::fs::read(key)?,
-        ));
-    }
-    Ok(tls)
-}
-
-/// Opens an Ingest stream as `agent` and says Hello; if a Welcome comes
-/// back, sends one batch with one reading and waits for its ack. Returns the
-/// status the attempt ended with (`Ok` only when the collector welcomed the
-/// stream and stored the reading).
-async fn try_ingest(
-    url: &str,
-    tls: ClientTlsConfig,
-    agent: &str,
-) -> Result<Result<(), tonic::Status>> {
-    let endpoint = Endpoint::from_shared(url.to_owned())?.tls_config(tls)?;
-    let channel = match endpoint.connect().await {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(tonic::Status::unavailable(error_chain(&e)))),
-    };
-    let mut client = pb::ingest_client::IngestClient::new(channel);
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(pb::AgentFrame {
-        frame: Some(pb::agent_frame::Frame::Hello(pb::Hello {
-            agent_id: agent.to_owned(),
-            version: "test".into(),
-            epoch: 7,
-            agent_time_ns: now_ns(),
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut inbound = match client.stream(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => return Ok(Err(with_chain(status))),
-    };
-    match tokio::time::timeout(PATIENCE, inbound.next()).await? {
-        Some(Ok(pb::CollectorFrame {
-            frame: Some(pb::collector_frame::Frame::Welcome(_)),
-        })) => {}
-        Some(Ok(other)) => bail!("expected a welcome or an error, got {other:?}"),
-        Some(Err(status)) => return Ok(Err(with_chain(status))),
-        None => bail!("stream ended without a status"),
-    }
-    // Welcomed: try to get something stored, so "0 rows" means something.
-    tx.send(pb::AgentFrame {
-        frame: Some(pb::agent_frame::Frame::Batch(pb::Batch {
-            seq: 1,
-            series: vec![pb::SeriesDecl {
-                id: 1,
-                device: "intruder".into(),
-                metric: "counter".into(),
-                ..Default::default()
-            }],
-            readings: vec![pb::Reading {
-                series: 1,
-                ts_ns: now_ns(),
-                value: Some(pb::reading::Value::I64(1)),
-            }],
-            ..Default::default()
-        })),
-    })
-    .await?;
-    loop {
-        match tokio::time::timeout(PATIENCE, inbound.next()).await? {
-            Some(Ok(pb::CollectorFrame {
-                frame: Some(pb::collector_frame::Frame::Ack(a)),
-            })) if a.seq >= 1 => return Ok(Ok(())),
-            Some(Ok(_)) => continue,
-            Some(Err(status)) => bail!("welcomed, then the batch failed: {status:?}"),
-            None => bail!("welcomed, then the stream ended before the ack"),
-        }
-    }
-}
-
-/// A status whose message includes its source chain (TLS alerts hide there).
-fn with_chain(status: tonic::Status) -> tonic::Status {
-    let mut message = status.message().to_owned();
-    if let Some(source) = std::error::Error::source(&status) {
-        message.push_str(": ");
-        message.push_str(&error_chain(source));
-    }
-    tonic::Status::new(status.code(), message)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(1)
-}
+use tls_support::{
+    Ca, MTLS, Pki, agent_tls, client_tls, query_client, start_collector, try_ingest,
+};
 
 /// A raw TLS handshake with the collector, then a read: the TLS alert the
 /// collector answers a bad client certificate with, as text. (In TLS 1.3
@@ -511,6 +270,39 @@ async fn the_operator_certificate_opens_query_to_grpcurl_and_the_cli() -> Result
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // An agent's certificate reaches reflection and health, not Query.
+    let (agent_cert, agent_key) = (
+        pki.edge1.0.display().to_string(),
+        pki.edge1.1.display().to_string(),
+    );
+    let as_agent = [
+        "-cacert",
+        &ca,
+        "-cert",
+        &agent_cert,
+        "-key",
+        &agent_key,
+        &target,
+    ];
+    let out = run_grpcurl(&[&as_agent[..], &["list"]].concat()).await?;
+    ensure!(
+        out.status.success(),
+        "grpcurl list with an agent certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_grpcurl(&[&as_agent[..], &["grpc.health.v1.Health/Check"]].concat()).await?;
+    ensure!(
+        out.status.success(),
+        "health with an agent certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_grpcurl(&[&as_agent[..], &["tributary.v1.Query/ListAgents"]].concat()).await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("PermissionDenied") && stderr.contains("edge-1"),
+        "ListAgents with an agent certificate: {stderr}"
+    );
+
     // Without a client certificate the handshake is refused.
     let out = run_grpcurl(&["-cacert", &ca, &target, "list"]).await?;
     ensure!(
@@ -543,6 +335,27 @@ async fn the_operator_certificate_opens_query_to_grpcurl_and_the_cli() -> Result
         refused.is_err(),
         "the CLI without a certificate got {refused:?}"
     );
+    let refused = run_bin(
+        "tributary-collector",
+        [
+            "agents",
+            "--server",
+            &server,
+            "--ca",
+            &ca,
+            "--cert",
+            &agent_cert,
+            "--key",
+            &agent_key,
+        ],
+    )
+    .await
+    .err()
+    .context("the CLI with an agent certificate listed the agents")?;
+    ensure!(
+        format!("{refused:#}").contains("is not an operator"),
+        "{refused:#}"
+    );
     Ok(())
 }
 
@@ -561,14 +374,19 @@ async fn without_required_client_certs_query_is_open_but_ingest_is_not() -> Resu
         .context("ingest without a certificate was welcomed")?;
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 
-    let channel = Endpoint::from_shared(url.clone())?
-        .tls_config(client_tls(&pki.ca, None)?)?
-        .connect()
-        .await?;
-    pb::query_client::QueryClient::new(channel)
+    query_client(&url, client_tls(&pki.ca, None)?)
+        .await?
         .list_agents(pb::ListAgentsRequest::default())
         .await
         .context("Query without a certificate")?;
+    // A certificate is still held to its role: an agent's may not query.
+    let status = query_client(&url, client_tls(&pki.ca, Some(&pki.edge1))?)
+        .await?
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .err()
+        .context("Query with an agent certificate")?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 
     // A certificate still sets the identity.
     try_ingest(&url, client_tls(&pki.ca, Some(&pki.edge1))?, "edge-1")

@@ -16,6 +16,9 @@
 //!   agent id, which is the identity the collector checks.
 //! - `<operator>.pem`, `<operator>.key` for each of `--operators` (default
 //!   `operator`): client certificates for grpcurl and the collector CLI.
+//!   The collector lets only the identities in its `operators` key call
+//!   Query, and that key defaults to `["operator"]`: other names given here
+//!   must be listed there.
 //!
 //! This is for development and tests; production certificates come from the
 //! operator's own CA.

@@ -8,6 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use tributary_collector::roles::Roles;
 use tributary_collector::session::{self, Limits, PeerAuth, StreamSeries};
 use tributary_proto::v1 as pb;
 
@@ -20,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         Some(pb::agent_frame::Frame::Hello(hello)) => {
             let _ = session::check_hello(&hello, &limits);
             let auth = PeerAuth::Certificate("edge-1".into());
-            let _ = session::authorize(&hello.agent_id, &auth, None);
+            let _ = session::authorize(&hello.agent_id, &auth, &Roles::default());
         }
         Some(pb::agent_frame::Frame::Batch(batch)) => {
             let _ = session::check_batch(&batch, "edge-1", 0, &StreamSeries::default(), &limits);

@@ -24,7 +24,7 @@ fn an_empty_file_gives_the_defaults() {
     assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(s.server.sqlite_path, PathBuf::from("tributary.db"));
     assert!(s.server.tls.is_none());
-    assert!(s.plaintext_warning.is_none());
+    assert!(s.warnings.is_empty());
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn values_are_read_and_paths_are_relative_to_the_file() {
     assert_eq!(s.server.max_connections, 3);
     assert_eq!(s.server.handshake_timeout, Duration::from_secs(2));
     assert_eq!(s.server.limits.max_clock_skew, Duration::from_secs(60));
-    let allowed = s.server.allowed_agents.expect("allowlist");
+    let allowed = s.server.roles.allowed_agents.clone().expect("allowlist");
     assert!(allowed.contains("edge-1"));
 }
 
@@ -82,6 +82,7 @@ fn flags_win_over_the_file() {
         synchronous: Some(Durability::Full),
         retention: None,
         allow_plaintext: false,
+        allow_unauthenticated_agents: false,
     };
     let s = resolve_text(
         "listen = \"127.0.0.2:7000\"\nsynchronous = \"normal\"\n",
@@ -150,7 +151,7 @@ fn plaintext_off_loopback_needs_an_explicit_yes() {
         "{e}"
     );
     let s = resolve_str("listen = \"0.0.0.0:7400\"\nallow_plaintext = true\n").expect("valid");
-    assert!(s.plaintext_warning.is_some());
+    assert_eq!(s.warnings.len(), 1);
     let flags = Flags {
         listen: Some("[::]:7400".parse().expect("addr")),
         ..Flags::default()
@@ -164,7 +165,7 @@ fn plaintext_off_loopback_needs_an_explicit_yes() {
         "{e}"
     );
     let s = resolve_str("listen = \"[::1]:7400\"\n").expect("valid");
-    assert!(s.plaintext_warning.is_none());
+    assert!(s.warnings.is_empty());
 }
 
 #[test]
@@ -236,4 +237,116 @@ fn connection_deadlines_and_the_per_address_cap() {
             "/etc/tributary/collector.toml:2: limits.keepalive_interval: idle_timeout (5m)"
         ),
     );
+}
+
+/// A directory holding `c.pem`, `k.pem` and `ca.pem` (a self-signed
+/// certificate, its key, and the same certificate as the client CA: the
+/// config builds the server's TLS configuration, so they must be real), and
+/// the path of a config file in it.
+fn tls_dir(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tributary-config-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    for (file, pem) in [
+        ("c.pem", cert.pem()),
+        ("ca.pem", cert.pem()),
+        ("k.pem", signing_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(file), pem).expect("write pem");
+    }
+    let config = dir.join("collector.toml");
+    (dir, config)
+}
+
+const SERVER_TLS: &str = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+
+#[test]
+fn tls_without_client_ca_off_loopback_needs_an_explicit_yes() {
+    let (dir, path) = tls_dir("no-client-ca");
+    let text = format!("listen = \"0.0.0.0:7400\"\n{SERVER_TLS}");
+    let e = resolve_text(&text, &path, &Flags::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        e,
+        format!(
+            "{}:1: listen: 0.0.0.0:7400 is not a loopback address and [tls] has no client_ca, \
+             so any client could stream as any agent id: set tls.client_ca (see README \
+             \"Mutual TLS\"), or allow it explicitly with allow_unauthenticated_agents = true \
+             or --allow-unauthenticated-agents",
+            path.display()
+        )
+    );
+    let warning = "serving TLS without client_ca on 0.0.0.0:7400: agent ids are not \
+                   authenticated, any client may stream as any agent id";
+    let by_key = format!("allow_unauthenticated_agents = true\n{text}");
+    let s = resolve_text(&by_key, &path, &Flags::default()).expect("allowed by the key");
+    assert_eq!(s.warnings, [warning]);
+    let flags = Flags {
+        allow_unauthenticated_agents: true,
+        ..Flags::default()
+    };
+    let s = resolve_text(&text, &path, &flags).expect("allowed by the flag");
+    assert_eq!(s.warnings, [warning]);
+    // On loopback, or with client_ca, there is nothing to allow.
+    let s = resolve_text(
+        &format!("listen = \"127.0.0.1:7400\"\n{SERVER_TLS}"),
+        &path,
+        &Flags::default(),
+    )
+    .expect("loopback");
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    let mtls = format!("{text}client_ca = \"ca.pem\"\n");
+    let s = resolve_text(&mtls, &path, &Flags::default()).expect("mutual TLS");
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn operators_default_to_the_operator_certificate_and_are_checked() {
+    let s = resolve_str("").expect("valid");
+    assert_eq!(
+        s.server.roles.operators.iter().collect::<Vec<_>>(),
+        ["operator"]
+    );
+    let s = resolve_str("operators = [\"ops-1\", \"ops-2\"]\n").expect("valid");
+    assert!(s.server.roles.is_operator("ops-2"));
+    assert!(!s.server.roles.is_operator("operator"));
+    // An empty list closes Query to every certificate.
+    let s = resolve_str("operators = []\n").expect("valid");
+    assert!(s.server.roles.operators.is_empty());
+    assert_eq!(
+        error("operators = [\"ops 1\"]\n"),
+        "/etc/tributary/collector.toml:1: operators[0]: \"ops 1\": an identity has 1 to 256 \
+         letters, digits, '.', '_' and '-'"
+    );
+    assert_eq!(
+        error("allowed_agents = [\"edge-1\", \"ops\"]\noperators = [\"ops\"]\n"),
+        "/etc/tributary/collector.toml:1: allowed_agents[1]: \"ops\" is also an operator \
+         (`operators`, by default [\"operator\"]): an identity is an operator (Query) or an \
+         agent (Ingest), not both"
+    );
+    let e = error("allowed_agents = [\"operator\"]\n");
+    assert!(
+        e.starts_with("/etc/tributary/collector.toml:1: allowed_agents[0]: \"operator\" is also"),
+        "{e}"
+    );
+    resolve_str("allowed_agents = [\"operator\"]\noperators = [\"ops\"]\n").expect("valid");
+}
+
+#[test]
+fn query_without_client_certificates_is_warned_about() {
+    let (dir, path) = tls_dir("optional-client-cert");
+    let text = format!("{SERVER_TLS}client_ca = \"ca.pem\"\nquery_requires_client_cert = false\n");
+    let s = resolve_text(&text, &path, &Flags::default()).expect("valid");
+    assert_eq!(
+        s.warnings,
+        [
+            "query_requires_client_cert = false: connections without a client certificate may \
+          call Query and read every agent's data"
+        ]
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
 }

@@ -2,7 +2,6 @@
 //! peer's certificate and the allowlist), the agent's clock, the merger's
 //! committed sequence, and the Welcome that carries it back.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,38 +17,21 @@ use super::series::StreamSeries;
 use super::{Limits, Outbound, Session, Stream, clamp_counter, format_offset, unavailable};
 use crate::merger::StreamAcks;
 use crate::model::now_ns;
+use crate::roles::{PeerAuth, Roles, is_id_byte};
 
-/// Who is on the other end of a stream, as far as TLS can tell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerAuth {
-    /// No client certificates are checked (plaintext, or TLS without a
-    /// client CA): the agent id of the Hello is taken as it is.
-    Unverified,
-    /// Mutual TLS: the identity of the verified client certificate. A Hello
-    /// claiming another agent id is refused with PERMISSION_DENIED.
-    Certificate(Arc<str>),
-    /// Mutual TLS, but the connection presented no certificate (possible
-    /// only when Query does not require one): UNAUTHENTICATED.
-    Missing,
-    /// Mutual TLS, a verified certificate without a usable identity.
-    Invalid(String),
-}
-
-/// Checks that a stream may speak for `agent_id`: the certificate identity
-/// must be that id (mutual TLS), and the id must be on the allowlist when
-/// there is one.
-pub fn authorize(
-    agent_id: &str,
-    auth: &PeerAuth,
-    allowed: Option<&HashSet<String>>,
-) -> Result<(), Status> {
+/// Checks that a stream may speak for `agent_id`: with mutual TLS, the
+/// certificate identity must not be an operator's and must be that id; the
+/// id must be on the allowlist when there is one.
+pub fn authorize(agent_id: &str, auth: &PeerAuth, roles: &Roles) -> Result<(), Status> {
     match auth {
         PeerAuth::Unverified => {}
-        PeerAuth::Certificate(identity) if **identity == *agent_id => {}
         PeerAuth::Certificate(identity) => {
-            return Err(Status::permission_denied(format!(
-                "hello.agent_id: {agent_id:?} does not match the client certificate identity {identity:?}"
-            )));
+            roles.authorize_stream(identity)?;
+            if **identity != *agent_id {
+                return Err(Status::permission_denied(format!(
+                    "hello.agent_id: {agent_id:?} does not match the client certificate identity {identity:?}"
+                )));
+            }
         }
         PeerAuth::Missing => {
             return Err(Status::unauthenticated(
@@ -58,9 +40,7 @@ pub fn authorize(
         }
         PeerAuth::Invalid(why) => return Err(Status::unauthenticated(why.clone())),
     }
-    if let Some(allowed) = allowed
-        && !allowed.contains(agent_id)
-    {
+    if !roles.is_allowed_agent(agent_id) {
         return Err(Status::permission_denied(format!(
             "hello.agent_id: {agent_id:?} is not an allowed agent"
         )));
@@ -100,7 +80,7 @@ impl Session {
             None => return Err(Status::invalid_argument("frame: empty, expected hello")),
         };
         check_hello(&hello, &self.limits)?;
-        if let Err(status) = authorize(&hello.agent_id, &self.auth, self.allowed.as_deref()) {
+        if let Err(status) = authorize(&hello.agent_id, &self.auth, &self.roles) {
             warn!(peer = %self.peer, agent = %hello.agent_id, error = %status.message(), "stream refused");
             return Err(status);
         }
@@ -166,11 +146,7 @@ impl Session {
 /// Checks a Hello's own fields (who it may speak for is [`authorize`]).
 pub fn check_hello(hello: &pb::Hello, limits: &Limits) -> Result<(), Status> {
     check_name("hello.agent_id", &hello.agent_id, limits.max_name_len)?;
-    if !hello
-        .agent_id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
+    if !hello.agent_id.bytes().all(is_id_byte) {
         return Err(Status::invalid_argument(
             "hello.agent_id: only letters, digits, '.', '_' and '-' are allowed",
         ));

@@ -22,7 +22,6 @@
 //! batch; `readings` turns a checked batch into the merger's readings;
 //! `series` the stream's interning table.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,14 +35,16 @@ use tributary_proto::{limits, v1 as pb};
 
 use crate::merger::{AckSender, IncomingBatch, MergerHandle, StreamAcks};
 use crate::model::{NewReading, SeriesKey, now_ns};
+use crate::roles::Roles;
 
 mod check;
 mod handshake;
 mod readings;
 mod series;
 
+pub use crate::roles::PeerAuth;
 pub use check::check_batch;
-pub use handshake::{PeerAuth, authorize, check_hello};
+pub use handshake::{authorize, check_hello};
 pub use readings::batch_readings;
 pub use series::StreamSeries;
 
@@ -95,7 +96,7 @@ pub struct Session {
     shutdown: CancellationToken,
     peer: String,
     auth: PeerAuth,
-    allowed: Option<Arc<HashSet<String>>>,
+    roles: Arc<Roles>,
 }
 
 /// Identity and progress of a stream after its Hello.
@@ -130,15 +131,16 @@ impl Session {
             shutdown,
             peer,
             auth: PeerAuth::Unverified,
-            allowed: None,
+            roles: Arc::default(),
         }
     }
 
-    /// Sets what TLS knows of the peer and the optional allowlist of agent
-    /// ids; by default any agent id is accepted.
-    pub fn with_auth(mut self, auth: PeerAuth, allowed: Option<Arc<HashSet<String>>>) -> Self {
+    /// Sets what TLS knows of the peer and the roles of identities (the
+    /// operators, the optional allowlist of agent ids); by default any
+    /// agent id is accepted.
+    pub fn with_auth(mut self, auth: PeerAuth, roles: Arc<Roles>) -> Self {
         self.auth = auth;
-        self.allowed = allowed;
+        self.roles = roles;
         self
     }
 
