@@ -1,0 +1,189 @@
+//! Series cardinality against the real binaries: `ListSeries` in pages
+//! (the CLI and a raw client follow the tokens), the collector's per-agent
+//! series limit across streams, and the agent's per-device series limit
+//! against a Prometheus target that brings new series every scrape.
+//!
+//! The binaries must be built first (`cargo xtask test` does it).
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail, ensure};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use tributary_proto::v1 as pb;
+use tributary_tests::cluster::{Collector, PATIENCE};
+use tributary_tests::process::{TestDir, free_addr, run_bin};
+
+/// One agent stream, opened with a Hello and past its Welcome.
+struct Ingest {
+    tx: mpsc::Sender<pb::AgentFrame>,
+    rx: Streaming<pb::CollectorFrame>,
+}
+
+impl Ingest {
+    async fn open(url: &str, agent: &str, epoch: u64) -> Result<Self> {
+        let mut client = pb::ingest_client::IngestClient::connect(url.to_string()).await?;
+        let (tx, frames) = mpsc::channel(4);
+        let hello = pb::Hello {
+            agent_id: agent.into(),
+            version: "test".into(),
+            epoch,
+            agent_time_ns: 1,
+            ..Default::default()
+        };
+        tx.send(pb::AgentFrame {
+            frame: Some(pb::agent_frame::Frame::Hello(hello)),
+        })
+        .await?;
+        let mut rx = client
+            .stream(ReceiverStream::new(frames))
+            .await?
+            .into_inner();
+        match rx.next().await {
+            Some(Ok(pb::CollectorFrame {
+                frame: Some(pb::collector_frame::Frame::Welcome(_)),
+            })) => Ok(Ingest { tx, rx }),
+            other => bail!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    /// Sends batch `seq` declaring stream ids `ids` (series `m{id}` of
+    /// device `device`, with `labels`), one reading each; waits for its ack
+    /// (`Ok`) or the status the stream ends with (`Err`).
+    async fn declare(
+        &mut self,
+        seq: u64,
+        device: &str,
+        ids: std::ops::Range<u32>,
+        labels: &HashMap<String, String>,
+    ) -> Result<std::result::Result<(), tonic::Status>> {
+        let series = ids
+            .clone()
+            .map(|id| pb::SeriesDecl {
+                id,
+                device: device.into(),
+                metric: format!("m{id}"),
+                labels: labels.clone(),
+                unit: String::new(),
+            })
+            .collect();
+        let readings = ids
+            .map(|id| pb::Reading {
+                series: id,
+                ts_ns: 1_000_000 + i64::from(id),
+                value: Some(pb::reading::Value::I64(i64::from(id))),
+            })
+            .collect();
+        let batch = pb::Batch {
+            seq,
+            series,
+            readings,
+            last_seq: seq,
+            ..Default::default()
+        };
+        self.tx
+            .send(pb::AgentFrame {
+                frame: Some(pb::agent_frame::Frame::Batch(batch)),
+            })
+            .await
+            .context("stream closed")?;
+        loop {
+            match tokio::time::timeout(PATIENCE, self.rx.next()).await? {
+                Some(Ok(pb::CollectorFrame {
+                    frame: Some(pb::collector_frame::Frame::Ack(a)),
+                })) if a.seq >= seq => return Ok(Ok(())),
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return Ok(Err(status)),
+                None => bail!("stream ended without an ack or a status"),
+            }
+        }
+    }
+}
+
+async fn query(url: &str) -> Result<pb::query_client::QueryClient<tonic::transport::Channel>> {
+    Ok(pb::query_client::QueryClient::connect(url.to_string()).await?)
+}
+
+/// Every series id a raw client lists with `page_size`, following the
+/// tokens, and the number of pages.
+async fn list_all(url: &str, page_size: u32) -> Result<(Vec<u64>, usize)> {
+    let mut client = query(url).await?;
+    let mut request = pb::ListSeriesRequest {
+        page_size,
+        ..Default::default()
+    };
+    let (mut ids, mut pages) = (Vec::new(), 0);
+    loop {
+        let page = client.list_series(request.clone()).await?.into_inner();
+        pages += 1;
+        ensure!(pages < 1_000, "the tokens never end");
+        ids.extend(page.series.iter().map(|s| s.id));
+        if page.next_page_token.is_empty() {
+            return Ok((ids, pages));
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+/// More series than fit one message a client accepts by default (4 MiB):
+/// the CLI and a raw client both get every series exactly once, in pages
+/// (by count and by size); a made-up token is `INVALID_ARGUMENT` naming
+/// `page_token`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_series_pages_through_more_than_one_message_holds() -> Result<()> {
+    let dir = TestDir::new("series-pages")?;
+    let collector = Collector::start(&dir, free_addr()?).await?;
+    let url = collector.url();
+    // ≈ 560 bytes a series: 12,000 of them are ≈ 6.7 MB.
+    let labels: HashMap<String, String> = [("a", 'x'), ("b", 'y')]
+        .into_iter()
+        .map(|(k, c)| (k.to_string(), c.to_string().repeat(250)))
+        .collect();
+    let total = 12_000u32;
+    let mut ingest = Ingest::open(&url, "pager", 1).await?;
+    for (seq, ids) in [(1, 1..6_001), (2, 6_001..total + 1)] {
+        if let Err(status) = ingest.declare(seq, "dev", ids, &labels).await? {
+            bail!("batch {seq} refused: {status}");
+        }
+    }
+    let expected: Vec<u64> = (1..=u64::from(total)).collect();
+
+    // A raw client: small pages by count, default pages cut by size.
+    let (ids, pages) = list_all(&url, 1_000).await?;
+    assert_eq!(ids, expected, "every series once, in id order");
+    assert_eq!(pages, 12);
+    let (ids, pages) = list_all(&url, 0).await?;
+    assert_eq!(ids, expected);
+    assert!(pages >= 4, "2 MiB pages of ≈ 560 B series: {pages} pages");
+
+    // The CLI follows the tokens.
+    let csv = run_bin(
+        "tributary-collector",
+        ["series", "--server", &url, "--format", "csv"],
+    )
+    .await?;
+    let ids = csv
+        .lines()
+        .skip(1)
+        .map(|row| row.split(',').next().unwrap_or("").parse::<u64>())
+        .collect::<Result<Vec<u64>, _>>()
+        .context("an id in the first column of every row")?;
+    assert_eq!(ids, expected, "every series once, in id order");
+
+    for token in ["nonsense", "-5", "0"] {
+        let status = query(&url)
+            .await?
+            .list_series(pb::ListSeriesRequest {
+                page_token: token.into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a made-up token is refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with("page_token:"), "{status:?}");
+    }
+    Ok(())
+}
