@@ -14,8 +14,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use tributary_proto::v1 as pb;
-use tributary_tests::cluster::{Collector, PATIENCE};
-use tributary_tests::process::{TestDir, free_addr, run_bin};
+use tributary_tests::cluster::{self, Agent, Collector, PATIENCE};
+use tributary_tests::http_sim::{Endpoint, HttpSim};
+use tributary_tests::process::{TestDir, eventually, free_addr, run_bin};
 
 /// One agent stream, opened with a Hello and past its Welcome.
 struct Ingest {
@@ -185,5 +186,76 @@ async fn list_series_pages_through_more_than_one_message_holds() -> Result<()> {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         assert!(status.message().starts_with("page_token:"), "{status:?}");
     }
+    Ok(())
+}
+
+/// A Prometheus target bringing 20 new series every scrape, behind an
+/// agent with `max_series_per_device = 50`: the collector stores at most 50
+/// series of the device (48 of the target, `up`, `series_dropped_total`),
+/// and every sample the target served either was stored or is counted in
+/// `series_dropped_total`, exactly; the drop is logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_stores_at_most_its_series_limit_and_counts_the_rest() -> Result<()> {
+    const LIMIT: usize = 50;
+    // 4 samples of fixed series and 20 of new ones per scrape.
+    const PER_SCRAPE: i64 = 24;
+    let dir = TestDir::new("device-series-limit")?;
+    let http = HttpSim::new().bind("127.0.0.1:0".parse()?).await?;
+    let collector = Collector::start(&dir, free_addr()?).await?;
+    let config = format!(
+        r#"id = "edge-churn"
+collectors = ["{}"]
+max_series_per_device = {LIMIT}
+
+[[devices]]
+name = "churner"
+driver = "prometheus"
+url = "{}"
+interval = "100ms"
+timeout = "5s"
+"#,
+        collector.url(),
+        http.url("/metrics?churn=20"),
+    );
+    let mut agent = Agent::start(&dir, "edge-churn", &config, "")?;
+    let db = collector.db.clone();
+    // Scrapes 1-2 fit (24 + 20 = 44 of 48), scrape 3 fills the limit,
+    // later ones only drop: wait for a few of those.
+    eventually(PATIENCE, "ten scrapes stored", || async {
+        let up = cluster::stored_points(&db, "edge-churn", "churner", "up").ok()?;
+        (up.first().map_or(0, |(_, p)| p.len()) >= 10).then_some(())
+    })
+    .await?;
+    agent.stop().await?;
+
+    let stored = cluster::stored_points(&db, "edge-churn", "churner", "")?;
+    assert_eq!(stored.len(), LIMIT, "series stored for the device");
+    let points = |metric: &str| {
+        stored
+            .iter()
+            .filter(|(s, _)| s.key.metric == metric)
+            .flat_map(|(_, p)| p.iter().map(|p| p.value.clone()))
+            .collect::<Vec<_>>()
+    };
+    let scrapes = points("up").len() as i64;
+    let dropped = points("series_dropped_total")
+        .iter()
+        .map(cluster::stored_int)
+        .collect::<Result<Vec<_>>>()?;
+    let dropped_total = dropped.iter().copied().max().unwrap_or(0);
+    let target_readings: i64 = stored
+        .iter()
+        .filter(|(s, _)| s.key.metric.starts_with("sim_"))
+        .map(|(_, p)| p.len() as i64)
+        .sum();
+    assert!(scrapes as u64 <= http.requests_to(Endpoint::Metrics));
+    assert_eq!(
+        scrapes * PER_SCRAPE,
+        target_readings + dropped_total,
+        "every sample served was stored or counted as dropped"
+    );
+    assert_eq!(dropped_total, 16 + (scrapes - 3) * 20);
+    let warned = agent.log().matches("reached max_series_per_device").count();
+    assert_eq!(warned, 1, "logged once:\n{}", agent.log());
     Ok(())
 }

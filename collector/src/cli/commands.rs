@@ -131,7 +131,10 @@ async fn series(args: FilterArgs) -> Result<()> {
             break;
         }
         if page.next_page_token == request.page_token {
-            bail!("list series from {server}: the server repeats page token {:?}", request.page_token);
+            bail!(
+                "list series from {server}: the server repeats page token {:?}",
+                request.page_token
+            );
         }
         request.page_token = page.next_page_token;
     }

@@ -21,8 +21,7 @@ use tokio_postgres::{NoTls, Row};
 use crate::model::{Point, SeriesMeta, StoredValue};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
-    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, SeriesPage, StoredAgent, TimeSpan,
-    counter,
+    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, SeriesPage, StoredAgent, TimeSpan, counter,
 };
 use crate::store::redact;
 
