@@ -205,6 +205,7 @@ pub async fn run(
             durability: config.durability,
             capacity: config.merger_queue,
             retention: config.retention,
+            max_series_per_agent: config.limits.max_series_per_agent,
         },
     )
     .await?;

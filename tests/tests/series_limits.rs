@@ -32,7 +32,9 @@ impl Ingest {
             agent_id: agent.into(),
             version: "test".into(),
             epoch,
-            agent_time_ns: 1,
+            agent_time_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as i64,
             ..Default::default()
         };
         tx.send(pb::AgentFrame {
@@ -111,8 +113,14 @@ async fn query(url: &str) -> Result<pb::query_client::QueryClient<tonic::transpo
 /// Every series id a raw client lists with `page_size`, following the
 /// tokens, and the number of pages.
 async fn list_all(url: &str, page_size: u32) -> Result<(Vec<u64>, usize)> {
+    list_of(url, "", page_size).await
+}
+
+/// [`list_all`] of the series of `agent` (all agents when empty).
+async fn list_of(url: &str, agent: &str, page_size: u32) -> Result<(Vec<u64>, usize)> {
     let mut client = query(url).await?;
     let mut request = pb::ListSeriesRequest {
+        agent: agent.into(),
         page_size,
         ..Default::default()
     };
@@ -257,5 +265,86 @@ timeout = "5s"
     assert_eq!(dropped_total, 16 + (scrapes - 3) * 20);
     let warned = agent.log().matches("reached max_series_per_device").count();
     assert_eq!(warned, 1, "logged once:\n{}", agent.log());
+    Ok(())
+}
+
+/// `[limits] max_series_per_agent = 100`: an agent declaring series on
+/// several streams, and after a collector restart, gets to exactly 100;
+/// the batch that would pass it ends its stream with RESOURCE_EXHAUSTED
+/// naming the agent and the limit, and nothing of it is stored. Known
+/// series stay usable and another agent is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_is_held_to_its_series_limit_across_streams() -> Result<()> {
+    let dir = TestDir::new("agent-series-limit")?;
+    let config = dir.join("collector.toml");
+    std::fs::write(&config, "[limits]\nmax_series_per_agent = 100\n")?;
+    let config = config.display().to_string();
+    let addr = free_addr()?;
+    let mut collector = Collector::start_with(&dir, addr, &["--config", &config]).await?;
+    let url = collector.url();
+    let none = HashMap::new();
+    let series_of = |agent: &'static str| {
+        let url = url.clone();
+        async move { Ok::<_, anyhow::Error>(list_of(&url, agent, 0).await?.0.len()) }
+    };
+
+    // Two streams of one epoch, then a new epoch: 60 + 30 series.
+    let mut s = Ingest::open(&url, "edge", 1).await?;
+    ensure!(s.declare(1, "d1", 1..61, &none).await?.is_ok());
+    drop(s);
+    let mut s = Ingest::open(&url, "edge", 1).await?;
+    ensure!(s.declare(2, "d2", 1..31, &none).await?.is_ok());
+    drop(s);
+    let mut s = Ingest::open(&url, "edge", 2).await?;
+    // 90 stored: 11 more would pass 100.
+    let status = match s.declare(1, "d3", 1..12, &none).await? {
+        Err(status) => status,
+        Ok(()) => bail!("the 101st series was accepted"),
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("edge")
+            && status.message().contains("max_series_per_agent (100)"),
+        "{status:?}"
+    );
+    assert_eq!(series_of("edge").await?, 90, "nothing of the refused batch");
+    // Refused again on another stream, logged once.
+    let mut s = Ingest::open(&url, "edge", 2).await?;
+    ensure!(s.declare(1, "d3", 1..12, &none).await?.is_err());
+    let warned = || {
+        collector
+            .log()
+            .matches("reached max_series_per_agent")
+            .count()
+    };
+    assert_eq!(warned(), 1, "logged once:\n{}", collector.log());
+
+    // Another agent has its own count.
+    let mut other = Ingest::open(&url, "other", 1).await?;
+    ensure!(other.declare(1, "d", 1..51, &none).await?.is_ok());
+    drop(other);
+
+    // After a restart the count comes from the store: 10 more fit, then
+    // not one; series already stored may be declared again.
+    collector.proc.terminate(PATIENCE).await?;
+    let collector = Collector::start_with(&dir, addr, &["--config", &config]).await?;
+    let url = collector.url();
+    let mut s = Ingest::open(&url, "edge", 3).await?;
+    ensure!(s.declare(1, "d3", 1..11, &none).await?.is_ok());
+    drop(s);
+    let mut s = Ingest::open(&url, "edge", 4).await?;
+    ensure!(s.declare(1, "d1", 1..61, &none).await?.is_ok());
+    let status = match s.declare(2, "d4", 61..62, &none).await? {
+        Err(status) => status,
+        Ok(()) => bail!("the 101st series was accepted after a restart"),
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(list_of(&url, "edge", 0).await?.0.len(), 100);
+    assert_eq!(list_of(&url, "other", 0).await?.0.len(), 50);
+    let warned = collector
+        .log()
+        .matches("reached max_series_per_agent")
+        .count();
+    assert_eq!(warned, 2, "logged once by each run:\n{}", collector.log());
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tracing::{debug, error, warn};
 
-use super::{AckSender, IncomingBatch, Merger};
+use super::{AckSender, IncomingBatch, Merger, SeriesLimitExceeded};
 use crate::model::{Committed, CommittedChunk, IdMap, Point, SeriesKey};
 use crate::store::{BatchWrite, EpochRow, Store, StoreError, WriteSet};
 
@@ -130,7 +130,12 @@ impl Merger {
 
     /// Global ids of `keys`, asking the store (which assigns them, so
     /// collectors sharing a database agree) for the ones not cached.
-    pub(super) fn resolve(&mut self, keys: Vec<SeriesKey>) -> Vec<i64> {
+    /// Refused, with nothing created, when the new ones would take their
+    /// agent past `max_series_per_agent`.
+    pub(super) fn resolve(
+        &mut self,
+        keys: Vec<SeriesKey>,
+    ) -> Result<Vec<i64>, SeriesLimitExceeded> {
         let mut missing: Vec<&SeriesKey> = keys
             .iter()
             .filter(|k| self.series.get(k).is_none())
@@ -139,15 +144,18 @@ impl Merger {
         missing.dedup();
         if !missing.is_empty() {
             let missing: Vec<SeriesKey> = missing.into_iter().cloned().collect();
+            self.check_series_limit(&missing)?;
             let ids = self.retry("resolve series", |store| store.resolve_series(&missing));
             for (key, id) in missing.iter().zip(ids) {
                 self.series.insert(key, id);
             }
+            self.count_new_series(&missing);
             debug!(series = self.series.len(), "series resolved");
         }
-        keys.iter()
+        Ok(keys
+            .iter()
             .map(|k| self.series.get(k).unwrap_or_default())
-            .collect()
+            .collect())
     }
 
     /// Calls `f` until the store takes it. Nothing is acked meanwhile:

@@ -82,6 +82,8 @@ impl EpochRow {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub series: Vec<Arc<SeriesMeta>>,
+    /// Series stored per agent (for `max_series_per_agent`).
+    pub series_per_agent: HashMap<Arc<str>, u64>,
     pub epochs: HashMap<(Arc<str>, u64), EpochRow>,
 }
 

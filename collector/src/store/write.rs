@@ -58,6 +58,15 @@ impl Store {
         }
     }
 
+    /// Series stored for `agent` (by this collector or any other sharing
+    /// the database).
+    pub fn series_count(&mut self, agent: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.series_count(agent),
+            Store::Postgres(s) => s.series_count(agent),
+        }
+    }
+
     /// Global ids of `keys`, in order, creating the series that do not
     /// exist yet (committed before this returns, so before any reading
     /// that uses them).

@@ -36,6 +36,16 @@ impl PgStore {
                 loaded.series.push(Arc::new(meta));
             }
             let rows = c
+                .query("SELECT agent, count(*) FROM series GROUP BY agent", &[])
+                .await
+                .step("count series per agent")?;
+            for r in rows {
+                let (agent, n): (String, i64) = (r.get(0), r.get(1));
+                loaded
+                    .series_per_agent
+                    .insert(Arc::from(agent), u64::try_from(n).unwrap_or(0));
+            }
+            let rows = c
                 .query(
                     "SELECT agent, epoch, committed_seq, dropped, last_seq FROM epochs",
                     &[],
@@ -66,6 +76,17 @@ impl PgStore {
                 .await
                 .step("read epoch")?;
             Ok(row.map(|r| epoch_row(&r, 0)))
+        })
+    }
+
+    /// Series stored for `agent`, by any collector sharing the database.
+    pub fn series_count(&mut self, agent: &str) -> Result<u64, StoreError> {
+        self.call(async |c: &mut Client| {
+            let row = c
+                .query_one("SELECT count(*) FROM series WHERE agent = $1", &[&agent])
+                .await
+                .step("count series of an agent")?;
+            Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
         })
     }
 

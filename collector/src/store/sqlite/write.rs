@@ -110,6 +110,19 @@ impl SqliteStore {
         }
         let mut stmt = self
             .conn
+            .prepare("SELECT agent, COUNT(*) FROM series GROUP BY agent")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (agent, n) = row.map_err(|e| self.err(e))?;
+            loaded
+                .series_per_agent
+                .insert(Arc::from(agent), u64::try_from(n).unwrap_or(0));
+        }
+        let mut stmt = self
+            .conn
             .prepare("SELECT agent, epoch, committed_seq, dropped, last_seq FROM epochs")
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -137,6 +150,18 @@ impl SqliteStore {
                 |r| epoch_row(r, 0),
             )
             .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Series stored for `agent` (the unique index starts with `agent`).
+    pub fn series_count(&self, agent: &str) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM series WHERE agent = ?1",
+                params![agent],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| u64::try_from(n).unwrap_or(0))
             .map_err(|e| self.err(e))
     }
 
