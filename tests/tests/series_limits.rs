@@ -63,17 +63,32 @@ impl Ingest {
         ids: std::ops::Range<u32>,
         labels: &HashMap<String, String>,
     ) -> Result<std::result::Result<(), tonic::Status>> {
+        self.declare_with(seq, device, ids, &|_| labels.clone(), true)
+            .await
+    }
+
+    /// [`Ingest::declare`] with the labels of each id, with or without the
+    /// readings.
+    async fn declare_with(
+        &mut self,
+        seq: u64,
+        device: &str,
+        ids: std::ops::Range<u32>,
+        labels: &dyn Fn(u32) -> HashMap<String, String>,
+        with_readings: bool,
+    ) -> Result<std::result::Result<(), tonic::Status>> {
         let series = ids
             .clone()
             .map(|id| pb::SeriesDecl {
                 id,
                 device: device.into(),
                 metric: format!("m{id}"),
-                labels: labels.clone(),
+                labels: labels(id),
                 unit: String::new(),
             })
             .collect();
         let readings = ids
+            .filter(|_| with_readings)
             .map(|id| pb::Reading {
                 series: id,
                 ts_ns: 1_000_000 + i64::from(id),
@@ -181,6 +196,38 @@ async fn list_series_pages_through_more_than_one_message_holds() -> Result<()> {
         .collect::<Result<Vec<u64>, _>>()
         .context("an id in the first column of every row")?;
     assert_eq!(ids, expected, "every series once, in id order");
+
+    // grpcurl (reflection): a body without paging gets the first page; the
+    // token it gives leads on.
+    let grpcurl = std::env::var("TRIBUTARY_GRPCURL").unwrap_or_else(|_| "grpcurl".into());
+    let addr = collector.addr.to_string();
+    let call = |body: String| {
+        let (grpcurl, addr) = (grpcurl.clone(), addr.clone());
+        async move {
+            let out = tokio::process::Command::new(&grpcurl)
+                .args(["-plaintext", "-d", &body, &addr])
+                .arg("tributary.v1.Query/ListSeries")
+                .output()
+                .await
+                .with_context(|| format!("run {grpcurl}"))?;
+            ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(serde_json::from_slice::<serde_json::Value>(&out.stdout)?)
+        }
+    };
+    let mut page = call(r#"{"agent": "pager"}"#.into()).await?;
+    let mut listed = 0;
+    loop {
+        listed += page["series"].as_array().map_or(0, Vec::len);
+        let Some(token) = page.get("nextPageToken").and_then(|t| t.as_str()) else {
+            break;
+        };
+        page = call(format!(r#"{{"agent": "pager", "page_token": "{token}"}}"#)).await?;
+    }
+    assert_eq!(listed, total as usize);
 
     for token in ["nonsense", "-5", "0"] {
         let status = query(&url)
@@ -347,4 +394,83 @@ async fn an_agent_is_held_to_its_series_limit_across_streams() -> Result<()> {
         .count();
     assert_eq!(warned, 2, "logged once by each run:\n{}", collector.log());
     Ok(())
+}
+
+/// Not a test: what a series costs the collector's memory, as the slope of
+/// its anonymous RSS (the file cache of the database left out) after a
+/// restart (the series table loaded from the store) between 100,000 and
+/// 300,000 series of unique keys (`m<id>`, no readings), with a label set
+/// per 10,000 series and with a label set of its own per series. Run with
+/// `--ignored --nocapture`; README "Limits" quotes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_collector_memory_per_series() -> Result<()> {
+    let shared = |id: u32| HashMap::from([("i".to_string(), format!("{}", id / 10_000))]);
+    let own = |id: u32| HashMap::from([("request".to_string(), format!("req-{id:08}"))]);
+    for (what, labels) in [
+        (
+            "shared label sets",
+            &shared as &dyn Fn(u32) -> HashMap<String, String>,
+        ),
+        ("a label set each", &own),
+    ] {
+        let per_series = memory_per_series(labels).await?;
+        println!("{what}: ≈ {per_series:.0} bytes per series");
+    }
+    Ok(())
+}
+
+async fn memory_per_series(labels: &dyn Fn(u32) -> HashMap<String, String>) -> Result<f64> {
+    let dir = TestDir::new("series-memory")?;
+    let addr = free_addr()?;
+    let mut collector = Collector::start(&dir, addr).await?;
+    let (mut declared, mut seq, mut rss) = (0u32, 0u64, Vec::new());
+    for target in [100_000u32, 300_000] {
+        let mut s = Ingest::open(&collector.url(), "mem", 1).await?;
+        while declared < target {
+            let next = (declared + 10_000).min(target);
+            seq += 1;
+            if let Err(status) = s
+                .declare_with(seq, "dev", declared + 1..next + 1, labels, false)
+                .await?
+            {
+                bail!("refused: {status}");
+            }
+            declared = next;
+        }
+        drop(s);
+        let pid = collector.proc.id().context("collector pid")?;
+        println!("{declared} series, before the restart: {}", rss_text(pid)?);
+        collector.proc.terminate(PATIENCE).await?;
+        collector = Collector::start(&dir, addr).await?;
+        // Loaded: the store answers once the merger has read it.
+        query(&collector.url())
+            .await?
+            .list_series(pb::ListSeriesRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await?;
+        let pid = collector.proc.id().context("collector pid")?;
+        println!("{declared} series, loaded: {}", rss_text(pid)?);
+        rss.push(rss_anon_kib(pid)?);
+    }
+    Ok((rss[1] as f64 - rss[0] as f64) * 1024.0 / 200_000.0)
+}
+
+/// Anonymous resident memory of a process (its heap, not the file cache).
+fn rss_anon_kib(pid: u32) -> Result<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .context("RssAnon in /proc/PID/status")
+}
+
+fn rss_text(pid: u32) -> Result<String> {
+    let (rss, _) = cluster::rss_kib(pid)?;
+    Ok(format!(
+        "RSS {rss} KiB, anonymous {} KiB",
+        rss_anon_kib(pid)?
+    ))
 }

@@ -310,19 +310,21 @@ pub async fn start(
                 .map_err(SpawnError::Open)
                 .and_then(|mut store| {
                     let loaded = store.load().map_err(SpawnError::Load)?;
-                    Ok((store, loaded))
+                    let count = loaded.series_per_agent.values().sum::<u64>();
+                    let mut series =
+                        SeriesTable::with_capacity(usize::try_from(count).unwrap_or(0));
+                    store
+                        .load_series(&mut |row| series.insert_row(&row))
+                        .map_err(SpawnError::Load)?;
+                    Ok((store, loaded, series))
                 });
-            let (store, loaded) = match opened {
+            let (store, loaded, series) = match opened {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
-            let mut series = SeriesTable::with_capacity(loaded.series.len());
-            for s in loaded.series {
-                series.insert(&s.key, s.id);
-            }
             let merger = Merger {
                 store,
                 rx,

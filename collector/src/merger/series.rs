@@ -2,21 +2,25 @@
 //! and the key of every id (for `Query/Tail`).
 //!
 //! Keys are held once, packed: each string of a key (agent, device, metric,
-//! unit) and each label set is interned, so a key is five `u32`s. An agent
+//! unit, and the label set as the canonical JSON the store keeps, see
+//! `store::labels`) is interned, so a key is five `u32`s. An agent
 //! scraping 2,000 targets of 105 series has 212,000 keys but only a few
 //! thousand distinct strings (every device name repeats for its series,
 //! every metric name and label set for its devices), so the table costs
 //! tens of bytes per series instead of two owned `SeriesKey`s (four
-//! `String`s and a `BTreeMap` node each). Interned values live as long as
-//! the table: series are never deleted (retention keeps them).
+//! `String`s and a `BTreeMap` node each). A label set is a string here, not
+//! a `BTreeMap` (whose leaf node alone is ≈ 544 B): a series whose labels
+//! are its own (a request id in a label) costs its JSON and a few words.
+//! The table is filled at start straight from the store's rows, without a
+//! `SeriesKey` per series in between. Interned values live as long as the
+//! table: series are never deleted (retention keeps them).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 
 use crate::model::{IdMap, SeriesKey, SeriesMeta};
-
-type Labels = BTreeMap<String, String>;
+use crate::store::labels::{SeriesRow, labels_json};
 
 /// Distinct values, each stored once, numbered in order of first sight.
 struct Interner<T: ?Sized> {
@@ -67,8 +71,8 @@ struct Packed {
 
 /// Series keys and their global ids, both ways.
 pub(super) struct SeriesTable {
+    /// Every part of every key, label sets as canonical JSON.
     strings: Interner<str>,
-    labels: Interner<Labels>,
     by_key: HashMap<Packed, i64>,
     by_id: IdMap<Packed>,
 }
@@ -77,7 +81,6 @@ impl SeriesTable {
     pub(super) fn with_capacity(n: usize) -> Self {
         SeriesTable {
             strings: Interner::new(),
-            labels: Interner::new(),
             by_key: HashMap::with_capacity(n),
             by_id: IdMap::with_capacity_and_hasher(n, Default::default()),
         }
@@ -95,20 +98,37 @@ impl SeriesTable {
             device: self.strings.get(&key.device)?,
             metric: self.strings.get(&key.metric)?,
             unit: self.strings.get(&key.unit)?,
-            labels: self.labels.get(&key.labels)?,
+            labels: self.strings.get(&labels_json(key))?,
         };
         self.by_key.get(&packed).copied()
     }
 
     /// Records that `key` has id `id` (the store assigned it).
     pub(super) fn insert(&mut self, key: &SeriesKey, id: i64) {
+        self.insert_parts(
+            [&key.agent, &key.device, &key.metric, &key.unit],
+            &labels_json(key),
+            id,
+        );
+    }
+
+    /// Records a series as the store holds it (labels as stored JSON).
+    pub(super) fn insert_row(&mut self, row: &SeriesRow) {
+        self.insert_parts(
+            [&row.agent, &row.device, &row.metric, &row.unit],
+            &row.labels,
+            row.id,
+        );
+    }
+
+    fn insert_parts(&mut self, [agent, device, metric, unit]: [&str; 4], labels: &str, id: i64) {
         let mut s = |v: &str| self.strings.intern(v, |v: &str| Arc::from(v));
         let packed = Packed {
-            agent: s(&key.agent),
-            device: s(&key.device),
-            metric: s(&key.metric),
-            unit: s(&key.unit),
-            labels: self.labels.intern(&key.labels, |l| Arc::new(l.clone())),
+            agent: s(agent),
+            device: s(device),
+            metric: s(metric),
+            unit: s(unit),
+            labels: s(labels),
         };
         if let Some(old) = self.by_key.insert(packed, id)
             && old != id
@@ -119,20 +139,20 @@ impl SeriesTable {
     }
 
     /// The series with id `id`, as an owned key (built on demand: only
-    /// `Query/Tail` asks, and only while someone tails).
+    /// `Query/Tail` asks, and only while someone tails). `None` also when
+    /// its stored labels are not a JSON object of strings.
     pub(super) fn meta(&self, id: i64) -> Option<SeriesMeta> {
         let p = self.by_id.get(&id)?;
         let s = |n: u32| self.strings.value(n).map(str::to_owned);
-        Some(SeriesMeta {
+        let row = SeriesRow {
             id,
-            key: SeriesKey {
-                agent: s(p.agent)?,
-                device: s(p.device)?,
-                metric: s(p.metric)?,
-                labels: self.labels.value(p.labels)?.clone(),
-                unit: s(p.unit)?,
-            },
-        })
+            agent: s(p.agent)?,
+            device: s(p.device)?,
+            metric: s(p.metric)?,
+            labels: s(p.labels)?,
+            unit: s(p.unit)?,
+        };
+        row.into_meta().ok()
     }
 }
 
@@ -182,9 +202,9 @@ mod tests {
             assert_eq!((meta.id, &meta.key), (id, k));
         }
         assert_eq!(t.meta(99), None);
-        // Strings and label sets are stored once.
-        assert_eq!(t.strings.values.len(), 7, "a d1 m (empty unit) d2 b n");
-        assert_eq!(t.labels.values.len(), 3);
+        // Strings and label sets are stored once: a d1 m (empty unit) d2 b
+        // n, and three label sets.
+        assert_eq!(t.strings.values.len(), 7 + 3);
     }
 
     #[test]

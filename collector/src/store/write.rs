@@ -6,6 +6,7 @@ use super::contract::{
     CommitReport, CompactStep, Durability, EpochRow, Loaded, RetainStep, WriteSet,
 };
 use super::error::StoreError;
+use super::labels::SeriesRow;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use super::url::StoreUrl;
@@ -42,11 +43,24 @@ impl Store {
         }
     }
 
-    /// Everything the merger keeps in memory.
+    /// What the merger keeps in memory besides the series.
     pub fn load(&mut self) -> Result<Loaded, StoreError> {
         match self {
             Store::Sqlite(s) => s.load(),
             Store::Postgres(s) => s.load(),
+        }
+    }
+
+    /// Calls `each` with every stored series, as its row (labels as the
+    /// stored JSON), so the merger fills its table without an owned key
+    /// per series in between.
+    pub(crate) fn load_series(
+        &mut self,
+        each: &mut dyn FnMut(SeriesRow),
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.load_series(each),
+            Store::Postgres(s) => s.load_series(each),
         }
     }
 

@@ -1,5 +1,5 @@
-//! [`PgStore`]'s writes and the reads the merger needs: `load` (series and
-//! delivery state at start), `epoch`, `resolve_series` (ids, inserting
+//! [`PgStore`]'s writes and the reads the merger needs: `load` (delivery
+//! state and series counts at start), `load_series`, `series_count`, `epoch`, `resolve_series` (ids, inserting
 //! missing series) and `commit`: insert missing `epochs` rows, lock the
 //! rows of every (agent, epoch) of the set in sorted order (`SELECT ... FOR
 //! UPDATE`), skip batches at or below the locked `committed_seq`
@@ -12,12 +12,13 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
+use tokio_stream::StreamExt;
 
 use super::PgStore;
 use super::connection::{Fail, Step};
 use super::read::series_row;
 use crate::model::{SeriesKey, StoredValue};
-use crate::store::labels::{SERIES_COLUMNS, labels_json};
+use crate::store::labels::{SERIES_COLUMNS, SeriesRow, labels_json};
 use crate::store::{CommitReport, EpochRow, Loaded, Plan, StoreError, WriteSet};
 
 impl PgStore {
@@ -25,16 +26,6 @@ impl PgStore {
     pub fn load(&mut self) -> Result<Loaded, StoreError> {
         self.call(async |c: &mut Client| {
             let mut loaded = Loaded::default();
-            let rows = c
-                .query(&format!("SELECT {SERIES_COLUMNS} FROM series"), &[])
-                .await
-                .step("load series")?;
-            for r in rows {
-                let meta = series_row(&r)
-                    .into_meta()
-                    .map_err(|e| Fail::Invalid("load series", e.to_string()))?;
-                loaded.series.push(Arc::new(meta));
-            }
             let rows = c
                 .query("SELECT agent, count(*) FROM series GROUP BY agent", &[])
                 .await
@@ -76,6 +67,28 @@ impl PgStore {
                 .await
                 .step("read epoch")?;
             Ok(row.map(|r| epoch_row(&r, 0)))
+        })
+    }
+
+    /// Calls `each` with every series row (streamed from the server, so
+    /// only one row is held at a time).
+    pub(crate) fn load_series(
+        &mut self,
+        each: &mut dyn FnMut(SeriesRow),
+    ) -> Result<(), StoreError> {
+        self.call(async |c: &mut Client| {
+            let rows = c
+                .query_raw(
+                    &format!("SELECT {SERIES_COLUMNS} FROM series"),
+                    std::iter::empty::<i64>(),
+                )
+                .await
+                .step("load series")?;
+            let mut rows = std::pin::pin!(rows);
+            while let Some(row) = rows.next().await {
+                each(series_row(&row.step("load series")?));
+            }
+            Ok(())
         })
     }
 

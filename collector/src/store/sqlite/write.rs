@@ -23,7 +23,7 @@ use super::compact::Compactor;
 use super::layout::LayoutError;
 use super::read::series_row;
 use crate::model::{NewReading, SeriesKey};
-use crate::store::labels::{SERIES_COLUMNS, labels_json};
+use crate::store::labels::{SERIES_COLUMNS, SeriesRow, labels_json};
 use crate::store::{
     CommitReport, CompactStep, Durability, EpochRow, Loaded, Plan, StoreError, WriteSet,
 };
@@ -95,21 +95,6 @@ impl SqliteStore {
         let mut loaded = Loaded::default();
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT {SERIES_COLUMNS} FROM series"))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], series_row).map_err(|e| self.err(e))?;
-        for row in rows {
-            let meta = row
-                .map_err(|e| self.err(e))?
-                .into_meta()
-                .map_err(|labels| StoreError::Labels {
-                    store: format!("sqlite {}", self.path.display()),
-                    labels,
-                })?;
-            loaded.series.push(Arc::new(meta));
-        }
-        let mut stmt = self
-            .conn
             .prepare("SELECT agent, COUNT(*) FROM series GROUP BY agent")
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -151,6 +136,19 @@ impl SqliteStore {
             )
             .optional()
             .map_err(|e| self.err(e))
+    }
+
+    /// Calls `each` with every series row, one at a time.
+    pub(crate) fn load_series(&self, each: &mut dyn FnMut(SeriesRow)) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {SERIES_COLUMNS} FROM series"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], series_row).map_err(|e| self.err(e))?;
+        for row in rows {
+            each(row.map_err(|e| self.err(e))?);
+        }
+        Ok(())
     }
 
     /// Series stored for `agent` (the unique index starts with `agent`).
