@@ -206,6 +206,7 @@ pub async fn run(
             capacity: config.merger_queue,
             retention: config.retention,
             max_series_per_agent: config.limits.max_series_per_agent,
+            max_series_in_memory: config.limits.max_series_in_memory,
         },
     )
     .await?;

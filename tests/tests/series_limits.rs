@@ -1,7 +1,8 @@
 //! Series cardinality against the real binaries: `ListSeries` in pages
 //! (the CLI and a raw client follow the tokens), the collector's per-agent
 //! series limit across streams, and the agent's per-device series limit
-//! against a Prometheus target that brings new series every scrape.
+//! against a Prometheus target that brings new series every scrape, and the
+//! merger's bounded series table (SQLite and PostgreSQL).
 //!
 //! The binaries must be built first (`cargo xtask test` does it).
 
@@ -17,6 +18,9 @@ use tributary_proto::v1 as pb;
 use tributary_tests::cluster::{self, Agent, Collector, PATIENCE};
 use tributary_tests::http_sim::{Endpoint, HttpSim};
 use tributary_tests::process::{TestDir, eventually, free_addr, run_bin};
+
+mod postgres_support;
+use postgres_support::{InProcess, TestSchema};
 
 /// One agent stream, opened with a Hello and past its Welcome.
 struct Ingest {
@@ -67,8 +71,19 @@ impl Ingest {
             .await
     }
 
+    /// Sends batch `seq` with one reading of each of `ids`, declared on
+    /// this stream before; waits as [`Ingest::declare`] does.
+    async fn readings(
+        &mut self,
+        seq: u64,
+        ids: std::ops::Range<u32>,
+    ) -> Result<std::result::Result<(), tonic::Status>> {
+        self.declare_with(seq, "", ids, &|_| HashMap::new(), true)
+            .await
+    }
+
     /// [`Ingest::declare`] with the labels of each id, with or without the
-    /// readings.
+    /// readings; an empty `device` declares nothing.
     async fn declare_with(
         &mut self,
         seq: u64,
@@ -79,6 +94,7 @@ impl Ingest {
     ) -> Result<std::result::Result<(), tonic::Status>> {
         let series = ids
             .clone()
+            .filter(|_| !device.is_empty())
             .map(|id| pb::SeriesDecl {
                 id,
                 device: device.into(),
@@ -473,4 +489,112 @@ fn rss_text(pid: u32) -> Result<String> {
         "RSS {rss} KiB, anonymous {} KiB",
         rss_anon_kib(pid)?
     ))
+}
+
+/// `[limits] max_series_in_memory = 10`: the merger's series table keeps
+/// at most 10 series and evicts the least recently used. An evicted series
+/// is found again in the store when a stream declares it (same id, not
+/// counted again against `max_series_per_agent`), and Tail still names the
+/// series of a reading whose series was evicted after it was declared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_series_are_read_back_from_the_store() -> Result<()> {
+    let dir = TestDir::new("series-eviction")?;
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nmax_series_in_memory = 10\nmax_series_per_agent = 30\n",
+    )?;
+    let config = config.display().to_string();
+    let collector = Collector::start_with(&dir, free_addr()?, &["--config", &config]).await?;
+    eviction_is_invisible(&collector.url()).await
+}
+
+/// The same against PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_series_are_read_back_from_postgres() -> Result<()> {
+    let schema = TestSchema::new("series_eviction").await?;
+    let collector = InProcess::start_with(schema.store(), |c| {
+        c.limits.max_series_in_memory = 10;
+        c.limits.max_series_per_agent = 30;
+    })
+    .await?;
+    eviction_is_invisible(&collector.url()).await?;
+    collector.stop().await
+}
+
+/// What `evicted_series_are_read_back_*` check, against a collector at
+/// `url` holding 10 series in memory and 30 per agent in the store.
+async fn eviction_is_invisible(url: &str) -> Result<()> {
+    let none = HashMap::new();
+    let mut tail = query(url)
+        .await?
+        .tail(pb::SeriesFilter {
+            agent: "a".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+
+    let mut a = Ingest::open(url, "a", 1).await?;
+    ensure!(a.declare(1, "da", 1..11, &none).await?.is_ok());
+    // 30 series of another agent push all of `a`'s out of the table.
+    let mut b = Ingest::open(url, "b", 1).await?;
+    ensure!(b.declare(1, "db", 1..31, &none).await?.is_ok());
+    drop(b);
+    // `a` goes on with the ids it declared: Tail still names its series.
+    ensure!(a.readings(2, 1..11).await?.is_ok());
+    let mut points = 0;
+    while points < 20 {
+        let chunk = tokio::time::timeout(PATIENCE, tail.next())
+            .await?
+            .context("tail ended")??;
+        let series = chunk.series.context("chunk without series")?;
+        for p in &chunk.points {
+            let Some(pb::point::Value::I64(v)) = p.value else {
+                bail!("unexpected point {p:?}");
+            };
+            assert_eq!(
+                (series.device.as_str(), series.metric.clone()),
+                ("da", format!("m{v}"))
+            );
+            points += 1;
+        }
+    }
+    drop(a);
+
+    // Declared again on new streams: the stored series, not new ones, and
+    // not counted twice (`b` is at its limit of 30).
+    let mut a = Ingest::open(url, "a", 2).await?;
+    ensure!(a.declare(1, "da", 1..11, &none).await?.is_ok());
+    let mut b = Ingest::open(url, "b", 2).await?;
+    if let Err(status) = b.declare(1, "db", 1..31, &none).await? {
+        bail!("series already stored refused: {status}");
+    }
+    let a_ids = list_of(url, "a", 0).await?.0;
+    assert_eq!(a_ids.len(), 10);
+    assert_eq!(list_of(url, "b", 0).await?.0.len(), 30);
+    let mut range = query(url)
+        .await?
+        .range(pb::RangeRequest {
+            filter: Some(pb::SeriesFilter {
+                agent: "a".into(),
+                device: "da".into(),
+                metric: "m1".into(),
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let (mut series, mut points) = (std::collections::BTreeSet::new(), 0);
+    while let Some(chunk) = range.next().await {
+        let chunk = chunk?;
+        series.insert(chunk.series.context("chunk without series")?.id);
+        points += chunk.points.len();
+    }
+    assert_eq!(
+        (series.len(), points),
+        (1, 3),
+        "one series m1, three readings"
+    );
+    Ok(())
 }

@@ -5,10 +5,11 @@
 //! Counts are loaded from the store at start, refreshed from it at each
 //! Hello (another collector sharing a PostgreSQL database may have added
 //! series of the agent meanwhile) and raised by each resolve that creates
-//! series. Between two Hellos a series another collector created is
-//! counted again here when this one first resolves it, so with a shared
-//! database the count may run ahead of the store's by that much until the
-//! agent's next stream; it never runs behind, so the limit holds.
+//! series: only keys the store does not have count (the merger looks them
+//! up first, so a series evicted from its table is not counted again).
+//! With a shared database, series another collector creates for the agent
+//! while it streams here too (two streams of one agent at once) are counted
+//! at its next Hello.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub struct SeriesLimitExceeded {
 }
 
 impl Merger {
-    /// Refuses new series (`missing`: keys not in the series table, without
+    /// Refuses new series (`missing`: keys the store does not have, without
     /// repeats) that would take an agent past the limit; nothing is
     /// created then. The refusal is logged once per agent.
     pub(super) fn check_series_limit(

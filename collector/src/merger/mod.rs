@@ -244,14 +244,17 @@ pub struct MergerOptions {
     pub retention: Option<Retention>,
     /// Most series one agent may have in the store, across its streams.
     pub max_series_per_agent: u64,
+    /// Most series the series table holds; the least recently used go
+    /// beyond it (and are read from the store again when needed).
+    pub max_series_in_memory: usize,
 }
 
 /// The merger's state. Owned by its thread; nobody else can see it.
 pub struct Merger {
     store: Store,
     rx: mpsc::Receiver<Command>,
-    /// Every series key the merger has seen and its global id (keys held
-    /// once, interned: see `series`).
+    /// The series keys the merger used last and their global ids (keys
+    /// held once, interned, at most `max_series_in_memory`: see `series`).
     series: SeriesTable,
     /// Series in the store per agent (see `cardinality`).
     series_per_agent: HashMap<Arc<str>, u64>,
@@ -299,6 +302,7 @@ pub async fn start(
     let tail_tx = tail.clone();
     let retention = options.retention;
     let max_series_per_agent = options.max_series_per_agent;
+    let max_series_in_memory = options.max_series_in_memory;
     let compacts = matches!(url, StoreUrl::Sqlite(_));
     // The store is opened, used and dropped on the merger's thread only:
     // a PostgreSQL store owns a runtime, which must not be dropped (nor
@@ -311,10 +315,16 @@ pub async fn start(
                 .and_then(|mut store| {
                     let loaded = store.load().map_err(SpawnError::Load)?;
                     let count = loaded.series_per_agent.values().sum::<u64>();
-                    let mut series =
-                        SeriesTable::with_capacity(usize::try_from(count).unwrap_or(0));
+                    let mut series = SeriesTable::new(
+                        max_series_in_memory,
+                        usize::try_from(count).unwrap_or(usize::MAX),
+                    );
+                    // In id order: what stays is the newest series.
                     store
-                        .load_series(&mut |row| series.insert_row(&row))
+                        .load_series(&mut |row| {
+                            series.insert_row(&row);
+                            series.evict();
+                        })
                         .map_err(SpawnError::Load)?;
                     Ok((store, loaded, series))
                 });

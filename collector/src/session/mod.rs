@@ -59,6 +59,9 @@ pub struct Limits {
     /// Most series one agent may have in the store, across its streams
     /// (enforced by the merger, which counts them).
     pub max_series_per_agent: u64,
+    /// Most series the merger keeps in memory (its series table, a cache
+    /// of the store's).
+    pub max_series_in_memory: usize,
     /// Most labels on one series.
     pub max_labels: usize,
     /// Most readings in one batch.
@@ -80,6 +83,7 @@ impl Default for Limits {
             max_value_len: limits::MAX_VALUE_BYTES,
             max_series_per_stream: 1_000_000,
             max_series_per_agent: 1_000_000,
+            max_series_in_memory: 1_000_000,
             max_labels: limits::MAX_LABELS,
             max_readings_per_batch: limits::MAX_READINGS_PER_BATCH,
             hello_timeout: Duration::from_secs(10),

@@ -81,6 +81,23 @@ impl Store {
         }
     }
 
+    /// Global ids of the `keys` that are stored, in order; creates nothing.
+    pub fn lookup_series(&mut self, keys: &[SeriesKey]) -> Result<Vec<Option<i64>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lookup_series(keys),
+            Store::Postgres(s) => s.lookup_series(keys),
+        }
+    }
+
+    /// The stored rows of the series `ids` (those that exist), for a merger
+    /// whose table no longer holds them.
+    pub(crate) fn series_by_ids(&mut self, ids: &[i64]) -> Result<Vec<SeriesRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.series_by_ids(ids),
+            Store::Postgres(s) => s.series_by_ids(ids),
+        }
+    }
+
     /// Global ids of `keys`, in order, creating the series that do not
     /// exist yet (committed before this returns, so before any reading
     /// that uses them).

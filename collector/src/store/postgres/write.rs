@@ -21,6 +21,26 @@ use crate::model::{SeriesKey, StoredValue};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow, labels_json};
 use crate::store::{CommitReport, EpochRow, Loaded, Plan, StoreError, WriteSet};
 
+/// The ids of the keys given as five arrays (agent, device, metric, labels
+/// JSON, unit): rows of (1-based position, id) for the keys stored.
+const SERIES_IDS_OF_KEYS: &str = "SELECT u.i, s.id FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+       WITH ORDINALITY AS u(agent, device, metric, labels, unit, i) \
+     JOIN series s ON s.agent = u.agent AND s.device = u.device \
+       AND s.metric = u.metric AND md5(s.labels) = md5(u.labels) \
+       AND s.labels = u.labels AND s.unit = u.unit";
+
+/// Rows of [`SERIES_IDS_OF_KEYS`] as the id of each of `n` keys, in order.
+fn ids_in_order(n: usize, rows: &[tokio_postgres::Row]) -> Vec<Option<i64>> {
+    let mut ids = vec![None; n];
+    for r in rows {
+        let i: i64 = r.get(0);
+        if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| ids.get_mut(i)) {
+            *slot = Some(r.get(1));
+        }
+    }
+    ids
+}
+
 impl PgStore {
     /// Every series and every epoch's delivery state.
     pub fn load(&mut self) -> Result<Loaded, StoreError> {
@@ -103,6 +123,44 @@ impl PgStore {
         })
     }
 
+    /// Ids of `keys` that are stored, without creating any.
+    pub fn lookup_series(&mut self, keys: &[SeriesKey]) -> Result<Vec<Option<i64>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let labels: Vec<String> = keys.iter().map(labels_json).collect();
+        let col = |f: fn(&SeriesKey) -> &str| keys.iter().map(f).collect::<Vec<&str>>();
+        let (agents, devices, metrics, units) = (
+            col(|k| &k.agent),
+            col(|k| &k.device),
+            col(|k| &k.metric),
+            col(|k| &k.unit),
+        );
+        self.call(async |c: &mut Client| {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&agents, &devices, &metrics, &labels, &units];
+            let rows = c
+                .query(SERIES_IDS_OF_KEYS, &params)
+                .await
+                .step("look up series ids")?;
+            Ok(ids_in_order(keys.len(), &rows))
+        })
+    }
+
+    /// The stored rows of the series `ids` (those that exist).
+    pub(crate) fn series_by_ids(&mut self, ids: &[i64]) -> Result<Vec<SeriesRow>, StoreError> {
+        self.call(async |c: &mut Client| {
+            let rows = c
+                .query(
+                    &format!("SELECT {SERIES_COLUMNS} FROM series WHERE id = ANY($1)"),
+                    &[&ids],
+                )
+                .await
+                .step("read series by id")?;
+            Ok(rows.iter().map(series_row).collect())
+        })
+    }
+
     /// Ids of `keys` in order, inserting the missing ones (autocommit: a
     /// series row without readings is harmless, and it is durable before
     /// any reading that uses it can commit).
@@ -132,29 +190,16 @@ impl PgStore {
             // A second statement: a row another collector inserted while
             // this INSERT waited is visible to it, not to the INSERT.
             let rows = c
-                .query(
-                    "SELECT u.i, s.id FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-                       WITH ORDINALITY AS u(agent, device, metric, labels, unit, i) \
-                     JOIN series s ON s.agent = u.agent AND s.device = u.device \
-                       AND s.metric = u.metric AND md5(s.labels) = md5(u.labels) \
-                       AND s.labels = u.labels AND s.unit = u.unit",
-                    &params,
-                )
+                .query(SERIES_IDS_OF_KEYS, &params)
                 .await
                 .step("read series ids")?;
-            let mut ids = vec![0i64; keys.len()];
-            for r in rows {
-                let i: i64 = r.get(0);
-                if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| ids.get_mut(i)) {
-                    *slot = r.get(1);
-                }
-            }
-            match ids.iter().position(|id| *id == 0) {
+            let ids = ids_in_order(keys.len(), &rows);
+            match ids.iter().position(Option::is_none) {
                 Some(i) => Err(Fail::Invalid(
                     "resolve series",
                     format!("series {:?} neither inserted nor found", keys[i]),
                 )),
-                None => Ok(ids),
+                None => Ok(ids.into_iter().flatten().collect()),
             }
         })?;
         Ok(ids)

@@ -163,6 +163,48 @@ impl SqliteStore {
             .map_err(|e| self.err(e))
     }
 
+    /// Ids of `keys` that are stored, without creating any.
+    pub fn lookup_series(&self, keys: &[SeriesKey]) -> Result<Vec<Option<i64>>, StoreError> {
+        let mut get = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM series WHERE agent = ?1 AND device = ?2 AND metric = ?3 \
+                 AND labels = ?4 AND unit = ?5",
+            )
+            .map_err(|e| self.err(e))?;
+        keys.iter()
+            .map(|k| {
+                let labels = labels_json(k);
+                get.query_row(params![k.agent, k.device, k.metric, labels, k.unit], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()
+                .map_err(|e| self.err(e))
+            })
+            .collect()
+    }
+
+    /// The stored rows of the series `ids` (those that exist).
+    pub(crate) fn series_by_ids(&self, ids: &[i64]) -> Result<Vec<SeriesRow>, StoreError> {
+        let mut get = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {SERIES_COLUMNS} FROM series WHERE id = ?1"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = get
+                .query_row(params![id], series_row)
+                .optional()
+                .map_err(|e| self.err(e))?
+            {
+                rows.push(row);
+            }
+        }
+        Ok(rows)
+    }
+
     /// Ids of `keys`, creating missing series rows in one transaction.
     pub fn resolve_series(&mut self, keys: &[SeriesKey]) -> Result<Vec<i64>, StoreError> {
         let err = sqlite_err(&self.path);
