@@ -29,6 +29,39 @@ const SERIES_IDS_OF_KEYS: &str = "SELECT u.i, s.id FROM unnest($1::text[], $2::t
        AND s.metric = u.metric AND md5(s.labels) = md5(u.labels) \
        AND s.labels = u.labels AND s.unit = u.unit";
 
+/// Series keys as the five arrays [`SERIES_IDS_OF_KEYS`] and the insert
+/// of `resolve_series` take.
+struct KeyArrays<'a> {
+    agents: Vec<&'a str>,
+    devices: Vec<&'a str>,
+    metrics: Vec<&'a str>,
+    labels: Vec<String>,
+    units: Vec<&'a str>,
+}
+
+impl<'a> KeyArrays<'a> {
+    fn new(keys: &'a [SeriesKey]) -> Self {
+        let col = |f: fn(&SeriesKey) -> &str| keys.iter().map(f).collect::<Vec<&str>>();
+        KeyArrays {
+            agents: col(|k| &k.agent),
+            devices: col(|k| &k.device),
+            metrics: col(|k| &k.metric),
+            labels: keys.iter().map(labels_json).collect(),
+            units: col(|k| &k.unit),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [
+            &self.agents,
+            &self.devices,
+            &self.metrics,
+            &self.labels,
+            &self.units,
+        ]
+    }
+}
+
 /// Rows of [`SERIES_IDS_OF_KEYS`] as the id of each of `n` keys, in order.
 fn ids_in_order(n: usize, rows: &[tokio_postgres::Row]) -> Vec<Option<i64>> {
     let mut ids = vec![None; n];
@@ -128,17 +161,9 @@ impl PgStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let labels: Vec<String> = keys.iter().map(labels_json).collect();
-        let col = |f: fn(&SeriesKey) -> &str| keys.iter().map(f).collect::<Vec<&str>>();
-        let (agents, devices, metrics, units) = (
-            col(|k| &k.agent),
-            col(|k| &k.device),
-            col(|k| &k.metric),
-            col(|k| &k.unit),
-        );
+        let arrays = KeyArrays::new(keys);
         self.call(async |c: &mut Client| {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-                [&agents, &devices, &metrics, &labels, &units];
+            let params = arrays.params();
             let rows = c
                 .query(SERIES_IDS_OF_KEYS, &params)
                 .await
@@ -168,17 +193,9 @@ impl PgStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let labels: Vec<String> = keys.iter().map(labels_json).collect();
-        let col = |f: fn(&SeriesKey) -> &str| keys.iter().map(f).collect::<Vec<&str>>();
-        let (agents, devices, metrics, units) = (
-            col(|k| &k.agent),
-            col(|k| &k.device),
-            col(|k| &k.metric),
-            col(|k| &k.unit),
-        );
+        let arrays = KeyArrays::new(keys);
         let ids = self.call(async |c: &mut Client| {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-                [&agents, &devices, &metrics, &labels, &units];
+            let params = arrays.params();
             c.execute(
                 "INSERT INTO series (agent, device, metric, labels, unit) \
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
