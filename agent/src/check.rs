@@ -266,6 +266,7 @@ mod tests {
             id: "edge-1".into(),
             collectors: vec!["http://127.0.0.1:7400".into()],
             max_concurrency: 2,
+            max_series_per_device: crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
             batch: Default::default(),
             spool: crate::config::SpoolConfig::default_for("edge-1"),
             tls: None,

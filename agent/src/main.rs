@@ -144,6 +144,7 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
     scheduler::spawn_all(
         devices,
         config.max_concurrency,
+        config.max_series_per_device,
         tx,
         stats.clone(),
         &tracker,
@@ -163,6 +164,7 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
         error = polls.error,
         skipped = polls.skipped,
         backed_off = polls.backed_off,
+        series_dropped = polls.series_dropped,
         lateness_p50_ms = %ms(polls.lateness_p50),
         lateness_p99_ms = %ms(polls.lateness_p99),
         lateness_max_ms = %ms(polls.lateness_max),

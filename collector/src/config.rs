@@ -124,6 +124,8 @@ struct RawLimits {
     keepalive_timeout: Option<Spanned<String>>,
     hello_timeout: Option<Spanned<String>>,
     max_series_per_stream: Option<Spanned<u64>>,
+    max_series_per_agent: Option<Spanned<u64>>,
+    max_series_in_memory: Option<Spanned<u64>>,
     max_labels: Option<Spanned<u64>>,
     max_name_len: Option<Spanned<u64>>,
     max_value_len: Option<Spanned<u64>>,
@@ -533,6 +535,18 @@ fn apply_limits(
         &l.max_series_per_stream,
         "max_series_per_stream",
         &mut limits.max_series_per_stream,
+    )?;
+    count(
+        src,
+        &l.max_series_per_agent,
+        "max_series_per_agent",
+        &mut limits.max_series_per_agent,
+    )?;
+    count(
+        src,
+        &l.max_series_in_memory,
+        "max_series_in_memory",
+        &mut limits.max_series_in_memory,
     )?;
     count(src, &l.max_labels, "max_labels", &mut limits.max_labels)?;
     count(

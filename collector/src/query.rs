@@ -25,7 +25,9 @@ use tributary_proto::v1 as pb;
 
 use crate::model::{AgentLive, Committed, LiveAgents, Point, SeriesKey, SeriesMeta, StoredValue};
 use crate::roles::{PeerAuth, Roles};
-use crate::store::read::{MAX_CHUNK_POINTS, ReadError, Reader, Selector, StoredAgent, TimeSpan};
+use crate::store::read::{
+    MAX_CHUNK_POINTS, ReadError, Reader, Selector, SeriesPage, StoredAgent, TimeSpan,
+};
 
 /// Chunks a Range stream may have in flight: enough to keep the reader
 /// busy while the client drains, bounded so a slow client stops it.
@@ -34,6 +36,16 @@ const RANGE_BUFFER: usize = 4;
 /// Chunks a Tail stream may have queued for a slow client before the
 /// broadcast receiver starts to lag.
 const TAIL_BUFFER: usize = 16;
+
+/// Series in a `ListSeries` page when the request names no `page_size`.
+pub const DEFAULT_PAGE_SIZE: usize = 10_000;
+
+/// Most series in a `ListSeries` page; a larger `page_size` is taken as this.
+pub const MAX_PAGE_SIZE: usize = 100_000;
+
+/// A `ListSeries` page ends before its message grows past this, so it fits
+/// the 4 MiB a gRPC client accepts by default, whatever the labels hold.
+pub const MAX_PAGE_BYTES: usize = 2 << 20;
 
 /// The Query service. Cheap to clone the parts it holds; tonic wraps it in an
 /// `Arc`.
@@ -124,18 +136,21 @@ impl pb::query_server::Query for QueryService {
 
     async fn list_series(
         &self,
-        request: Request<pb::SeriesFilter>,
+        request: Request<pb::ListSeriesRequest>,
     ) -> Result<Response<pb::ListSeriesResponse>, Status> {
         self.authorize(&request, "ListSeries")?;
-        let sel = selector(request.into_inner());
+        let (sel, page) = list_series_request(request.into_inner())?;
+        // One more than the page holds, to know whether another follows.
+        let fetch = SeriesPage {
+            limit: page.limit + 1,
+            ..page
+        };
         let series = self
             .reader
-            .series(sel)
+            .series_page(sel, fetch)
             .await
             .map_err(|e| read_status("list series", &e))?;
-        Ok(Response::new(pb::ListSeriesResponse {
-            series: series.iter().map(series_to_proto).collect(),
-        }))
+        Ok(Response::new(series_page(&series, page.limit)))
     }
 
     async fn latest(
@@ -275,6 +290,63 @@ pub fn selector(f: pb::SeriesFilter) -> Selector {
         device: f.device,
         metric: f.metric,
     }
+}
+
+/// Validates a ListSeries request: the filter, and the page it asks for.
+/// A `page_size` of 0 is [`DEFAULT_PAGE_SIZE`], one above
+/// [`MAX_PAGE_SIZE`] is that; a `page_token` that is not one this service
+/// gave out is `INVALID_ARGUMENT` naming the field.
+#[allow(clippy::result_large_err)] // tonic::Status is what tonic wants here
+pub fn list_series_request(req: pb::ListSeriesRequest) -> Result<(Selector, SeriesPage), Status> {
+    let limit = match usize::try_from(req.page_size).unwrap_or(MAX_PAGE_SIZE) {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    // A token is the id of the last series of the previous page.
+    let after_id = if req.page_token.is_empty() {
+        0
+    } else {
+        match req.page_token.parse::<i64>() {
+            Ok(id) if id > 0 && req.page_token.bytes().all(|b| b.is_ascii_digit()) => id,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "page_token: {:?} is not a next_page_token of ListSeries",
+                    req.page_token
+                )));
+            }
+        }
+    };
+    let sel = Selector {
+        agent: req.agent,
+        device: req.device,
+        metric: req.metric,
+    };
+    Ok((sel, SeriesPage { after_id, limit }))
+}
+
+/// The response holding the first of `series` (in id order) that fit in
+/// `limit` series and [`MAX_PAGE_BYTES`] (at least one), with a token for
+/// the rest when some are left.
+pub fn series_page(series: &[SeriesMeta], limit: usize) -> pb::ListSeriesResponse {
+    use prost::Message;
+    let mut out = pb::ListSeriesResponse::default();
+    let mut bytes = 0;
+    for meta in series.iter().take(limit) {
+        let info = series_to_proto(meta);
+        // The field's tag and length prefix take at most 1 + 5 bytes.
+        let size = info.encoded_len() + 6;
+        if !out.series.is_empty() && bytes + size > MAX_PAGE_BYTES {
+            break;
+        }
+        bytes += size;
+        out.series.push(info);
+    }
+    if out.series.len() < series.len()
+        && let Some(last) = out.series.last()
+    {
+        out.next_page_token = last.id.to_string();
+    }
+    out
 }
 
 /// Validates a Range request: 0 means unbounded; `until_ns` before

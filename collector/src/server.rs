@@ -197,6 +197,8 @@ pub async fn run(
             durability: config.durability,
             capacity: config.merger_queue,
             retention: config.retention,
+            max_series_per_agent: config.limits.max_series_per_agent,
+            max_series_in_memory: config.limits.max_series_in_memory,
         },
     )
     .await?;

@@ -32,11 +32,17 @@ impl Collector {
     /// Starts `tributary-collector serve` on `addr` with its database (and
     /// log) in `dir`; a restart with the same `dir` and `addr` reopens it.
     pub async fn start(dir: &TestDir, addr: SocketAddr) -> Result<Self> {
+        Self::start_with(dir, addr, &[]).await
+    }
+
+    /// [`Collector::start`] with more arguments for `serve` (a `--config`).
+    pub async fn start_with(dir: &TestDir, addr: SocketAddr, args: &[&str]) -> Result<Self> {
         let db = dir.join("collector.db");
         let log = dir.join("collector.log");
         let proc = Proc::builder("tributary-collector")?
             .args(["serve", "--listen", &addr.to_string()])
             .arg(format!("--store=sqlite:{}", db.display()))
+            .args(args)
             .log_to(&log)
             .spawn()?;
         wait_for_port(addr, PATIENCE).await?;

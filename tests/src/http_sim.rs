@@ -5,7 +5,7 @@
 //! | path       | answer                                                        |
 //! |------------|---------------------------------------------------------------|
 //! | `/meter`   | 200, JSON [`MeterValues::nth`] of the n-th `/meter` request   |
-//! | `/metrics` | 200, Prometheus text of [`metrics_samples`] of the n-th scrape; `?extra=N` adds N gauges ([`metrics_body_with`]) |
+//! | `/metrics` | 200, Prometheus text of [`metrics_samples`] of the n-th scrape; `?extra=N` adds N gauges ([`metrics_body_with`]), `?churn=N` N gauges on series new in every scrape ([`churn_body`]) |
 //! | `/error`   | 500                                                           |
 //! | `/garbage` | 200 with a body that is not valid JSON                        |
 //! | other      | 404                                                           |
@@ -182,6 +182,22 @@ pub fn metrics_body_with(n: u64, extra: usize) -> String {
         for i in 0..extra.min(MAX_EXTRA_SAMPLES) {
             let value = (n + i as u64) as f64 * 0.5;
             body.push_str(&format!("sim_extra_value{{i=\"{i}\"}} {value}\n"));
+        }
+    }
+    body
+}
+
+/// `churn` gauges `sim_churn_value{scrape="n",i="0"}` .. `{i="churn-1"}`
+/// of the n-th scrape, value `i`: every scrape brings `churn` series never
+/// served before (a label holding a request id does this to a real target).
+pub fn churn_body(n: u64, churn: usize) -> String {
+    let mut body = String::new();
+    if churn > 0 {
+        body.push_str("# TYPE sim_churn_value gauge\n");
+        for i in 0..churn.min(MAX_EXTRA_SAMPLES) {
+            body.push_str(&format!(
+                "sim_churn_value{{scrape=\"{n}\",i=\"{i}\"}} {i}\n"
+            ));
         }
     }
     body
@@ -390,6 +406,8 @@ struct Request {
     delay: Option<Duration>,
     /// `?extra=N` of the request (extra `/metrics` gauges).
     extra: usize,
+    /// `?churn=N` of the request (`/metrics` gauges on new series).
+    churn: usize,
     keep_alive: bool,
 }
 
@@ -455,6 +473,11 @@ where
         .filter_map(|pair| pair.strip_prefix("extra="))
         .find_map(|n| n.parse().ok())
         .unwrap_or(0);
+    let churn = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("churn="))
+        .find_map(|n| n.parse().ok())
+        .unwrap_or(0);
 
     let mut content_length = 0u64;
     let mut connection = String::new();
@@ -508,6 +531,7 @@ where
         path,
         delay,
         extra,
+        churn,
         keep_alive,
     }))
 }
@@ -532,7 +556,11 @@ fn respond(request: &Request, endpoint: Endpoint, n: u64) -> Vec<u8> {
     } else {
         match endpoint {
             Endpoint::Meter => ("200 OK", JSON, MeterValues::nth(n).to_json()),
-            Endpoint::Metrics => ("200 OK", PROMETHEUS, metrics_body_with(n, request.extra)),
+            Endpoint::Metrics => {
+                let mut body = metrics_body_with(n, request.extra);
+                body.push_str(&churn_body(n, request.churn));
+                ("200 OK", PROMETHEUS, body)
+            }
             Endpoint::Error => (
                 "500 Internal Server Error",
                 TEXT,

@@ -33,7 +33,10 @@ async fn every_query(
         ),
         (
             "ListSeries",
-            client.list_series(filter.clone()).await.map(drop),
+            client
+                .list_series(pb::ListSeriesRequest::default())
+                .await
+                .map(drop),
         ),
         ("Latest", client.latest(filter.clone()).await.map(drop)),
         (

@@ -45,6 +45,11 @@ mod tests;
 
 /// Default for [`AgentConfig::max_concurrency`].
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
+/// Default for [`AgentConfig::max_series_per_device`].
+pub const DEFAULT_MAX_SERIES_PER_DEVICE: usize = 100_000;
+/// The smallest [`AgentConfig::max_series_per_device`]: the device's own
+/// `up` and `series_dropped_total` series count toward it.
+pub const MIN_SERIES_PER_DEVICE: usize = 2;
 /// Largest `batch.max_readings`: the collector's default limit.
 pub const MAX_BATCH_READINGS: usize = tributary_proto::limits::MAX_READINGS_PER_BATCH;
 /// Default for [`BatchConfig::max_readings`]: the OpenTelemetry
@@ -69,6 +74,11 @@ pub struct AgentConfig {
     pub collectors: Vec<String>,
     /// Maximum number of polls in flight for the whole agent.
     pub max_concurrency: usize,
+    /// Most distinct series one device may bring while the agent runs, its
+    /// own `up` and `series_dropped_total` included; readings of further new
+    /// series are dropped and counted. At least [`MIN_SERIES_PER_DEVICE`],
+    /// default [`DEFAULT_MAX_SERIES_PER_DEVICE`].
+    pub max_series_per_device: usize,
     /// How readings are grouped before they are sent.
     pub batch: BatchConfig,
     /// The on-disk queue of readings not yet acknowledged (`[spool]`).
@@ -347,6 +357,7 @@ struct RawTop {
     id: Spanned<String>,
     collectors: Spanned<Vec<Spanned<String>>>,
     max_concurrency: Option<Spanned<usize>>,
+    max_series_per_device: Option<Spanned<usize>>,
     batch: Option<RawBatch>,
     spool: Option<RawSpool>,
     tls: Option<RawTls>,
@@ -423,6 +434,19 @@ impl RawTop {
             "max_concurrency",
             DEFAULT_MAX_CONCURRENCY,
         )?;
+        let max_series_per_device = match self.max_series_per_device {
+            None => DEFAULT_MAX_SERIES_PER_DEVICE,
+            Some(v) if *v.get_ref() < MIN_SERIES_PER_DEVICE => {
+                return Err(src.error(
+                    v.span(),
+                    "max_series_per_device",
+                    format!(
+                        "must be at least {MIN_SERIES_PER_DEVICE} (the device's up and series_dropped_total series count)"
+                    ),
+                ));
+            }
+            Some(v) => v.into_inner(),
+        };
         let mut batch = BatchConfig::default();
         if let Some(raw) = self.batch {
             if let Some(v) = raw
@@ -458,6 +482,7 @@ impl RawTop {
             id: id.clone(),
             collectors,
             max_concurrency,
+            max_series_per_device,
             batch,
             spool,
             tls,

@@ -215,8 +215,20 @@ metrics = [
 fn defaults_apply() {
     let cfg = parse_str(HEAD).expect("valid config");
     assert_eq!(cfg.max_concurrency, DEFAULT_MAX_CONCURRENCY);
+    assert_eq!(cfg.max_series_per_device, DEFAULT_MAX_SERIES_PER_DEVICE);
     assert_eq!(cfg.batch, BatchConfig::default());
     assert!(cfg.devices.is_empty());
+}
+
+#[test]
+fn max_series_per_device_is_read_and_at_least_two() {
+    let cfg = parse_str(&format!("{HEAD}max_series_per_device = 7\n")).expect("valid config");
+    assert_eq!(cfg.max_series_per_device, 7);
+    let e = err(&format!("{HEAD}max_series_per_device = 1\n"));
+    assert!(
+        e.starts_with("agent.toml:3: max_series_per_device: must be at least 2"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::endpoint::{Endpoint, release_after};
+use super::series_limit::SeriesLimit;
 use super::timing::{backoff_delay, start_offset};
-use super::{PollStats, ReadingsTx, UP_METRIC};
+use super::{PollStats, ReadingsTx, SERIES_DROPPED_METRIC, UP_METRIC};
 use crate::config::DeviceConfig;
 use crate::drivers::Driver;
 use crate::reading::{
@@ -42,10 +43,15 @@ pub(super) struct DeviceTask {
     config: Schedule,
     driver: Driver,
     /// Series of drivers that return named samples, interned so readings
-    /// share one `Arc` (drivers that resolve their own series skip this).
+    /// share one `Arc` (drivers that resolve their own series skip this);
+    /// at most as many as the series limit lets through.
     series: HashMap<LocalKey, Arc<SeriesKey>>,
+    /// Which series pass `max_series_per_device`.
+    limit: SeriesLimit,
     /// The device's `up` series.
     up: Arc<SeriesKey>,
+    /// The device's `series_dropped_total` series (sent once it drops).
+    series_dropped: Arc<SeriesKey>,
     permits: Arc<Semaphore>,
     endpoint: Option<Endpoint>,
     out: ReadingsTx,
@@ -67,10 +73,12 @@ const SHUTDOWN_HANDOVER: Duration = Duration::from_secs(5);
 
 impl DeviceTask {
     /// The task of one device; the task keeps the schedule, the driver holds
-    /// what it needs of the protocol settings.
+    /// what it needs of the protocol settings. At most `max_series`
+    /// distinct series of the device pass (its own included).
     pub(super) fn new(
         config: DeviceConfig,
         driver: Driver,
+        max_series: usize,
         permits: Arc<Semaphore>,
         endpoint: Option<Endpoint>,
         out: ReadingsTx,
@@ -85,6 +93,8 @@ impl DeviceTask {
         } = config;
         DeviceTask {
             up: series(&name, UP_METRIC, ""),
+            series_dropped: series(&name, SERIES_DROPPED_METRIC, ""),
+            limit: SeriesLimit::new(max_series),
             config: Schedule {
                 name,
                 interval,
@@ -240,22 +250,41 @@ impl DeviceTask {
                 readings
             }
             Polled::Samples(samples) => {
-                let mut readings = Vec::with_capacity(samples.len() + 1);
+                let mut readings = Vec::with_capacity(samples.len() + 2);
+                let mut refused = 0;
                 for s in samples {
-                    readings.push(Reading {
-                        series: self.intern(s.device, s.metric, s.labels, s.unit),
-                        ts_ns,
-                        value: s.value,
-                    });
+                    match self.intern(s.device, s.metric, s.labels, s.unit) {
+                        Some(series) => readings.push(Reading {
+                            series,
+                            ts_ns,
+                            value: s.value,
+                        }),
+                        None => refused += 1,
+                    }
                 }
+                self.limit.count_dropped(&self.config.name, refused);
+                self.stats
+                    .series_dropped
+                    .fetch_add(refused, Ordering::Relaxed);
                 readings
             }
         };
+        let dropped = self.limit.admit(&self.config.name, &mut readings);
+        self.stats
+            .series_dropped
+            .fetch_add(dropped, Ordering::Relaxed);
         readings.push(Reading {
             series: self.up.clone(),
             ts_ns,
             value: Value::I64(i64::from(ok)),
         });
+        if self.limit.dropped() > 0 {
+            readings.push(Reading {
+                series: self.series_dropped.clone(),
+                ts_ns,
+                value: Value::I64(i64::try_from(self.limit.dropped()).unwrap_or(i64::MAX)),
+            });
+        }
         (readings, ok)
     }
 
@@ -293,16 +322,21 @@ impl DeviceTask {
         }
     }
 
+    /// The series of a sample, built once; `None` when it is new and the
+    /// device has reached its series limit (so the cache stays within it).
     fn intern(
         &mut self,
         device: Option<String>,
         metric: String,
         labels: BTreeMap<String, String>,
         unit: String,
-    ) -> Arc<SeriesKey> {
+    ) -> Option<Arc<SeriesKey>> {
         let key = (device, metric, labels, unit);
         if let Some(s) = self.series.get(&key) {
-            return s.clone();
+            return Some(s.clone());
+        }
+        if self.series.len() >= self.limit.max() {
+            return None;
         }
         let series = Arc::new(SeriesKey {
             device: intern(key.0.as_deref().unwrap_or(&self.config.name)),
@@ -311,6 +345,6 @@ impl DeviceTask {
             unit: intern(&key.3),
         });
         self.series.insert(key, series.clone());
-        series
+        Some(series)
     }
 }

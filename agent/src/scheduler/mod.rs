@@ -17,6 +17,11 @@
 //! `interval * 2^(n-1)`, capped at the device's `backoff_max`; the first
 //! success returns it to its interval, without a restart.
 //!
+//! A device brings at most `max_series_per_device` distinct series while
+//! the agent runs (`series_limit.rs`); readings of further new series are
+//! dropped, counted in [`PollStats::series_dropped`] and in the device's
+//! own `series_dropped_total` series, and logged once per device.
+//!
 //! Lateness (how long after its scheduled time a poll starts, permits
 //! included) is recorded in [`PollStats`]; the agent logs it at shutdown.
 //!
@@ -42,6 +47,7 @@ use crate::reading::Reading;
 mod device;
 mod endpoint;
 mod histogram;
+mod series_limit;
 mod stats;
 mod timing;
 
@@ -57,14 +63,21 @@ use self::endpoint::endpoints;
 /// The metric of the health series every device has.
 pub const UP_METRIC: &str = "up";
 
+/// The metric of the series a device gets once it has reached
+/// `max_series_per_device`: readings dropped because their series was
+/// beyond the limit, since the agent started.
+pub const SERIES_DROPPED_METRIC: &str = "series_dropped_total";
+
 /// Where device tasks send their readings (one `Vec` per poll).
 pub type ReadingsTx = mpsc::Sender<Vec<Reading>>;
 
-/// Starts one task per device on `tracker`. Tasks stop at the next
+/// Starts one task per device on `tracker`, each letting at most
+/// `max_series_per_device` distinct series through. Tasks stop at the next
 /// scheduled poll after `shutdown` is cancelled; a poll in flight finishes.
 pub fn spawn_all(
     devices: Vec<(DeviceConfig, Driver)>,
     max_concurrency: usize,
+    max_series_per_device: usize,
     out: ReadingsTx,
     stats: Arc<PollStats>,
     tracker: &TaskTracker,
@@ -83,6 +96,7 @@ pub fn spawn_all(
         let task = DeviceTask::new(
             config,
             driver,
+            max_series_per_device,
             permits.clone(),
             endpoint,
             out.clone(),

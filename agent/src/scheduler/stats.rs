@@ -16,6 +16,9 @@ pub struct PollStats {
     pub skipped: AtomicU64,
     /// Ticks not polled because the device was backing off after failures.
     pub backed_off: AtomicU64,
+    /// Readings dropped because their series was beyond its device's
+    /// `max_series_per_device`.
+    pub series_dropped: AtomicU64,
     /// How late polls started: from the scheduled time to holding every
     /// permit, just before the driver is called. Every poll but a device's
     /// first.
@@ -37,6 +40,7 @@ impl PollStats {
             error: get(&self.error),
             skipped: get(&self.skipped),
             backed_off: get(&self.backed_off),
+            series_dropped: get(&self.series_dropped),
             lateness_p50: self.lateness.quantile(0.50),
             lateness_p99: self.lateness.quantile(0.99),
             lateness_max: self.lateness.max(),
@@ -54,6 +58,7 @@ pub struct PollSummary {
     pub error: u64,
     pub skipped: u64,
     pub backed_off: u64,
+    pub series_dropped: u64,
     /// Upper bound of the bucket holding the median lateness.
     pub lateness_p50: Duration,
     pub lateness_p99: Duration,

@@ -76,7 +76,15 @@ async fn run_until(
     let stats = Arc::new(PollStats::default());
     let tracker = TaskTracker::new();
     let shutdown = CancellationToken::new();
-    spawn_all(devices, 8, tx, stats.clone(), &tracker, shutdown.clone());
+    spawn_all(
+        devices,
+        8,
+        crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
+        tx,
+        stats.clone(),
+        &tracker,
+        shutdown.clone(),
+    );
     tracker.close();
     let mut all = Vec::new();
     while let Some(batch) = rx.recv().await {

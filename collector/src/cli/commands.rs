@@ -108,18 +108,36 @@ async fn agents(args: AgentsArgs) -> Result<()> {
     write_agents(&mut out, args.conn.format, &agents).map_err(write_err)
 }
 
+/// Every page of `ListSeries`, following the tokens until the last page.
 async fn series(args: FilterArgs) -> Result<()> {
     let server = &args.conn.server;
-    let series: Vec<SeriesMeta> = connect(&args.conn)
-        .await?
-        .list_series(args.filter())
-        .await
-        .map_err(|s| rpc_error(server, "list series", &s))?
-        .into_inner()
-        .series
-        .into_iter()
-        .map(series_from_proto)
-        .collect();
+    let mut client = connect(&args.conn).await?;
+    let filter = args.filter();
+    let mut request = pb::ListSeriesRequest {
+        agent: filter.agent,
+        device: filter.device,
+        metric: filter.metric,
+        ..Default::default()
+    };
+    let mut series: Vec<SeriesMeta> = Vec::new();
+    loop {
+        let page = client
+            .list_series(request.clone())
+            .await
+            .map_err(|s| rpc_error(server, "list series", &s))?
+            .into_inner();
+        series.extend(page.series.into_iter().map(series_from_proto));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        if page.next_page_token == request.page_token {
+            bail!(
+                "list series from {server}: the server repeats page token {:?}",
+                request.page_token
+            );
+        }
+        request.page_token = page.next_page_token;
+    }
     let mut out = io::stdout().lock();
     write_series(&mut out, args.conn.format, &series).map_err(write_err)
 }

@@ -31,6 +31,7 @@ impl Merger {
     /// Returns the committed sequence of its epoch, for the Welcome.
     pub(super) fn hello(&mut self, hello: Hello, group: &mut Group) -> u64 {
         let committed = self.durable_committed(&hello.agent, hello.epoch);
+        self.refresh_series_count(&hello.agent);
         self.report(
             &hello.agent,
             hello.epoch,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tracing::{debug, error, warn};
 
-use super::{AckSender, IncomingBatch, Merger};
+use super::{AckSender, IncomingBatch, Merger, SeriesLimitExceeded};
 use crate::model::{Committed, CommittedChunk, IdMap, Point, SeriesKey};
 use crate::store::{BatchWrite, EpochRow, Store, StoreError, WriteSet};
 
@@ -129,8 +129,14 @@ impl Merger {
     }
 
     /// Global ids of `keys`, asking the store (which assigns them, so
-    /// collectors sharing a database agree) for the ones not cached.
-    pub(super) fn resolve(&mut self, keys: Vec<SeriesKey>) -> Vec<i64> {
+    /// collectors sharing a database agree) for the ones the series table
+    /// does not hold: first whether it has them, then to create the rest.
+    /// Refused, with nothing created, when the new ones would take their
+    /// agent past `max_series_per_agent`.
+    pub(super) fn resolve(
+        &mut self,
+        keys: Vec<SeriesKey>,
+    ) -> Result<Vec<i64>, SeriesLimitExceeded> {
         let mut missing: Vec<&SeriesKey> = keys
             .iter()
             .filter(|k| self.series.get(k).is_none())
@@ -139,15 +145,31 @@ impl Merger {
         missing.dedup();
         if !missing.is_empty() {
             let missing: Vec<SeriesKey> = missing.into_iter().cloned().collect();
-            let ids = self.retry("resolve series", |store| store.resolve_series(&missing));
-            for (key, id) in missing.iter().zip(ids) {
-                self.series.insert(key, id);
+            let stored = self.retry("look up series", |store| store.lookup_series(&missing));
+            let mut new = Vec::new();
+            for (key, id) in missing.into_iter().zip(stored) {
+                match id {
+                    Some(id) => self.series.insert(&key, id),
+                    None => new.push(key),
+                }
+            }
+            if !new.is_empty() {
+                self.check_series_limit(&new)?;
+                let ids = self.retry("resolve series", |store| store.resolve_series(&new));
+                for (key, id) in new.iter().zip(ids) {
+                    self.series.insert(key, id);
+                }
+                self.count_new_series(&new);
             }
             debug!(series = self.series.len(), "series resolved");
         }
-        keys.iter()
+        let ids = keys
+            .iter()
             .map(|k| self.series.get(k).unwrap_or_default())
-            .collect()
+            .collect();
+        // After the answer: what was just used is the newest.
+        self.series.evict();
+        Ok(ids)
     }
 
     /// Calls `f` until the store takes it. Nothing is acked meanwhile:
@@ -209,14 +231,41 @@ impl Merger {
             });
         }
         if self.tail.receiver_count() > 0 && group.set.batches.len() > skipped.len() {
-            let _ = self.tail.send(self.committed_chunks(&group.set, &skipped));
+            let chunks = self.committed_chunks(&group.set, &skipped);
+            let _ = self.tail.send(chunks);
         }
         self.publish_live();
     }
 
     /// Groups the committed readings by series for `Query/Tail`, leaving
-    /// out the batches the store skipped.
-    fn committed_chunks(&self, set: &WriteSet, skipped: &[usize]) -> Committed {
+    /// out the batches the store skipped. Series the table no longer holds
+    /// are read back from the store first.
+    fn committed_chunks(&mut self, set: &WriteSet, skipped: &[usize]) -> Committed {
+        let kept = || {
+            set.batches
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !skipped.contains(i))
+                .flat_map(|(_, b)| &b.readings)
+        };
+        let mut evicted: Vec<i64> = kept()
+            .map(|r| r.series_id)
+            .filter(|&id| !self.series.contains(id))
+            .collect();
+        if !evicted.is_empty() {
+            evicted.sort_unstable();
+            evicted.dedup();
+            match self.store.series_by_ids(&evicted) {
+                Ok(rows) => {
+                    for row in &rows {
+                        self.series.insert_row(row);
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, series = evicted.len(), "reading series back for tail failed")
+                }
+            }
+        }
         let mut chunks: Vec<CommittedChunk> = Vec::new();
         let mut index: IdMap<usize> = IdMap::default();
         for (_, b) in set
@@ -248,6 +297,7 @@ impl Merger {
                 });
             }
         }
+        self.series.evict();
         Arc::new(chunks)
     }
 }

@@ -30,9 +30,9 @@
 //! broadcast. Files: this one is the handle, the command enum, startup and
 //! the run loop; `commit` group commit, dedup and acks; `agents` what it
 //! knows of each agent; `upkeep` compaction and retention; `series` the
-//! series table.
+//! series table; `cardinality` the per-agent series limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,11 +43,13 @@ use crate::model::{Committed, LiveAgents, NewReading, SeriesKey};
 use crate::store::{Durability, EpochRow, Retention, Store, StoreError, StoreUrl};
 
 mod agents;
+mod cardinality;
 mod commit;
 mod series;
 mod upkeep;
 
 use agents::AgentState;
+pub use cardinality::SeriesLimitExceeded;
 use commit::Group;
 use series::SeriesTable;
 use upkeep::Retaining;
@@ -128,7 +130,7 @@ pub enum Command {
     /// commit, before any reading that uses them).
     Resolve {
         keys: Vec<SeriesKey>,
-        reply: oneshot::Sender<Vec<i64>>,
+        reply: oneshot::Sender<Result<Vec<i64>, SeriesLimitExceeded>>,
     },
     Batch(IncomingBatch),
     /// A stream ended.
@@ -147,6 +149,15 @@ pub enum Command {
 #[derive(Debug, thiserror::Error)]
 #[error("merger is not running")]
 pub struct MergerGone;
+
+/// Why series could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Gone(#[from] MergerGone),
+    #[error(transparent)]
+    SeriesLimit(#[from] SeriesLimitExceeded),
+}
 
 /// Cheap, cloneable way to talk to the merger.
 #[derive(Clone, Debug)]
@@ -182,14 +193,15 @@ impl MergerHandle {
         rx.await.map_err(|_| MergerGone)
     }
 
-    /// Resolves series keys to global ids, in order.
-    pub async fn resolve(&self, keys: Vec<SeriesKey>) -> Result<Vec<i64>, MergerGone> {
+    /// Resolves series keys to global ids, in order; refused when new
+    /// series would take their agent past `max_series_per_agent`.
+    pub async fn resolve(&self, keys: Vec<SeriesKey>) -> Result<Vec<i64>, ResolveError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Resolve { keys, reply })
             .await
             .map_err(|_| MergerGone)?;
-        rx.await.map_err(|_| MergerGone)
+        Ok(rx.await.map_err(|_| MergerGone)??)
     }
 
     /// Hands a batch over; waits while the merger's queue is full (this is
@@ -230,15 +242,25 @@ pub struct MergerOptions {
     pub capacity: usize,
     /// Delete readings older than this, on a schedule; `None` keeps all.
     pub retention: Option<Retention>,
+    /// Most series one agent may have in the store, across its streams.
+    pub max_series_per_agent: u64,
+    /// Most series the series table holds; the least recently used go
+    /// beyond it (and are read from the store again when needed).
+    pub max_series_in_memory: usize,
 }
 
 /// The merger's state. Owned by its thread; nobody else can see it.
 pub struct Merger {
     store: Store,
     rx: mpsc::Receiver<Command>,
-    /// Every series key the merger has seen and its global id (keys held
-    /// once, interned: see `series`).
+    /// The series keys the merger used last and their global ids (keys
+    /// held once, interned, at most `max_series_in_memory`: see `series`).
     series: SeriesTable,
+    /// Series in the store per agent (see `cardinality`).
+    series_per_agent: HashMap<Arc<str>, u64>,
+    max_series_per_agent: u64,
+    /// Agents whose refusal by the series limit has been logged.
+    series_limit_logged: HashSet<Arc<str>>,
     /// Delivery state per (agent, epoch) as last read from or committed to
     /// the store: never ahead of it.
     epochs: HashMap<(Arc<str>, u64), EpochRow>,
@@ -279,6 +301,8 @@ pub async fn start(
     let url = url.clone();
     let tail_tx = tail.clone();
     let retention = options.retention;
+    let max_series_per_agent = options.max_series_per_agent;
+    let max_series_in_memory = options.max_series_in_memory;
     let compacts = matches!(url, StoreUrl::Sqlite(_));
     // The store is opened, used and dropped on the merger's thread only:
     // a PostgreSQL store owns a runtime, which must not be dropped (nor
@@ -290,23 +314,34 @@ pub async fn start(
                 .map_err(SpawnError::Open)
                 .and_then(|mut store| {
                     let loaded = store.load().map_err(SpawnError::Load)?;
-                    Ok((store, loaded))
+                    let count = loaded.series_per_agent.values().sum::<u64>();
+                    let mut series = SeriesTable::new(
+                        max_series_in_memory,
+                        usize::try_from(count).unwrap_or(usize::MAX),
+                    );
+                    // In id order: what stays is the newest series.
+                    store
+                        .load_series(&mut |row| {
+                            series.insert_row(&row);
+                            series.evict();
+                        })
+                        .map_err(SpawnError::Load)?;
+                    Ok((store, loaded, series))
                 });
-            let (store, loaded) = match opened {
+            let (store, loaded, series) = match opened {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
-            let mut series = SeriesTable::with_capacity(loaded.series.len());
-            for s in loaded.series {
-                series.insert(&s.key, s.id);
-            }
             let merger = Merger {
                 store,
                 rx,
                 series,
+                series_per_agent: loaded.series_per_agent,
+                max_series_per_agent,
+                series_limit_logged: HashSet::new(),
                 epochs: loaded.epochs,
                 agents: HashMap::new(),
                 live_tx,

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use tributary_proto::{limits, v1 as pb};
 
-use crate::merger::{AckSender, IncomingBatch, MergerHandle, StreamAcks};
+use crate::merger::{AckSender, IncomingBatch, MergerHandle, ResolveError, StreamAcks};
 use crate::model::{NewReading, SeriesKey, now_ns};
 use crate::roles::Roles;
 
@@ -57,6 +57,12 @@ pub struct Limits {
     pub max_value_len: usize,
     /// Most series one stream may declare.
     pub max_series_per_stream: usize,
+    /// Most series one agent may have in the store, across its streams
+    /// (enforced by the merger, which counts them).
+    pub max_series_per_agent: u64,
+    /// Most series the merger keeps in memory (its series table, a cache
+    /// of the store's).
+    pub max_series_in_memory: usize,
     /// Most labels on one series.
     pub max_labels: usize,
     /// Most readings in one batch.
@@ -77,6 +83,8 @@ impl Default for Limits {
             max_name_len: limits::MAX_NAME_BYTES,
             max_value_len: limits::MAX_VALUE_BYTES,
             max_series_per_stream: 1_000_000,
+            max_series_per_agent: 1_000_000,
+            max_series_in_memory: 1_000_000,
             max_labels: limits::MAX_LABELS,
             max_readings_per_batch: limits::MAX_READINGS_PER_BATCH,
             hello_timeout: Duration::from_secs(10),
@@ -267,7 +275,12 @@ impl Session {
         )?;
         if !new_series.is_empty() {
             let (new_ids, new_keys): (Vec<u32>, Vec<SeriesKey>) = new_series.into_iter().unzip();
-            let ids = self.merger.resolve(new_keys).await.map_err(unavailable)?;
+            let ids = self.merger.resolve(new_keys).await.map_err(|e| match e {
+                ResolveError::Gone(gone) => unavailable(gone),
+                ResolveError::SeriesLimit(refused) => {
+                    Status::resource_exhausted(refused.to_string())
+                }
+            })?;
             stream.series.extend(new_ids.into_iter().zip(ids));
         }
         let seq = batch.seq;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::model::{NewReading, SeriesMeta};
+use crate::model::NewReading;
 
 /// How hard a commit is pushed to disk before it is acked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,7 +81,8 @@ impl EpochRow {
 /// What the merger needs to resume after a restart.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub series: Vec<Arc<SeriesMeta>>,
+    /// Series stored per agent (for `max_series_per_agent`).
+    pub series_per_agent: HashMap<Arc<str>, u64>,
     pub epochs: HashMap<(Arc<str>, u64), EpochRow>,
 }
 

@@ -130,6 +130,14 @@ impl Selector {
     }
 }
 
+/// A slice of the series list in id order: at most `limit` series whose
+/// id is above `after_id`. What `ListSeries` pages through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesPage {
+    pub after_id: i64,
+    pub limit: usize,
+}
+
 /// A half-open time span `[since_ns, until_ns)`; `None` is unbounded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TimeSpan {
@@ -202,11 +210,17 @@ impl Reader {
         }
     }
 
-    /// Stored series passing `sel`, by id.
-    pub async fn series(&self, sel: Selector) -> Result<Vec<SeriesMeta>, ReadError> {
+    /// One page of the stored series passing `sel`, by id.
+    pub async fn series_page(
+        &self,
+        sel: Selector,
+        page: SeriesPage,
+    ) -> Result<Vec<SeriesMeta>, ReadError> {
         match self {
-            Reader::Sqlite(r) => blocking(r, "list series", move |r| r.series(&sel)).await,
-            Reader::Postgres(r) => r.series(&sel).await,
+            Reader::Sqlite(r) => {
+                blocking(r, "list series", move |r| r.series_page(&sel, page)).await
+            }
+            Reader::Postgres(r) => r.series_page(&sel, page).await,
         }
     }
 

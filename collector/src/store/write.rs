@@ -6,6 +6,7 @@ use super::contract::{
     CommitReport, CompactStep, Durability, EpochRow, Loaded, RetainStep, WriteSet,
 };
 use super::error::StoreError;
+use super::labels::SeriesRow;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use super::url::StoreUrl;
@@ -42,11 +43,24 @@ impl Store {
         }
     }
 
-    /// Everything the merger keeps in memory.
+    /// What the merger keeps in memory besides the series.
     pub fn load(&mut self) -> Result<Loaded, StoreError> {
         match self {
             Store::Sqlite(s) => s.load(),
             Store::Postgres(s) => s.load(),
+        }
+    }
+
+    /// Calls `each` with every stored series, as its row (labels as the
+    /// stored JSON), so the merger fills its table without an owned key
+    /// per series in between.
+    pub(crate) fn load_series(
+        &mut self,
+        each: &mut dyn FnMut(SeriesRow),
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.load_series(each),
+            Store::Postgres(s) => s.load_series(each),
         }
     }
 
@@ -55,6 +69,32 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.epoch(agent, epoch),
             Store::Postgres(s) => s.epoch(agent, epoch),
+        }
+    }
+
+    /// Series stored for `agent` (by this collector or any other sharing
+    /// the database).
+    pub fn series_count(&mut self, agent: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.series_count(agent),
+            Store::Postgres(s) => s.series_count(agent),
+        }
+    }
+
+    /// Global ids of the `keys` that are stored, in order; creates nothing.
+    pub fn lookup_series(&mut self, keys: &[SeriesKey]) -> Result<Vec<Option<i64>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lookup_series(keys),
+            Store::Postgres(s) => s.lookup_series(keys),
+        }
+    }
+
+    /// The stored rows of the series `ids` (those that exist), for a merger
+    /// whose table no longer holds them.
+    pub(crate) fn series_by_ids(&mut self, ids: &[i64]) -> Result<Vec<SeriesRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.series_by_ids(ids),
+            Store::Postgres(s) => s.series_by_ids(ids),
         }
     }
 

@@ -185,14 +185,23 @@ impl QueryClient {
             .sum())
     }
 
-    /// Number of stored series.
+    /// Number of stored series (every page of ListSeries).
     pub async fn series_count(&mut self) -> Result<usize> {
-        let resp = self
-            .client
-            .list_series(pb::SeriesFilter::default())
-            .await
-            .context("Query/ListSeries")?;
-        Ok(resp.into_inner().series.len())
+        let mut request = pb::ListSeriesRequest::default();
+        let mut count = 0;
+        loop {
+            let page = self
+                .client
+                .list_series(request.clone())
+                .await
+                .context("Query/ListSeries")?
+                .into_inner();
+            count += page.series.len();
+            if page.next_page_token.is_empty() {
+                return Ok(count);
+            }
+            request.page_token = page.next_page_token;
+        }
     }
 
     /// Calls Range and reads the stream to its end; returns how many

@@ -253,11 +253,20 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(store: StoreUrl) -> Result<InProcess> {
+        Self::start_with(store, |_| {}).await
+    }
+
+    /// [`InProcess::start`] with settings changed by `configure`.
+    pub async fn start_with(
+        store: StoreUrl,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Result<InProcess> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let mut config = ServerConfig::new("unused.db".into());
         config.store = Some(store);
+        configure(&mut config);
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;

@@ -21,7 +21,7 @@ use tokio_postgres::{NoTls, Row};
 use crate::model::{Point, SeriesMeta, StoredValue};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
-    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, StoredAgent, TimeSpan, counter,
+    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, SeriesPage, StoredAgent, TimeSpan, counter,
 };
 use crate::store::redact;
 
@@ -136,17 +136,31 @@ impl PgReader {
 
     /// Stored series passing `sel`, by id.
     pub async fn series(&self, sel: &Selector) -> Result<Vec<SeriesMeta>, ReadError> {
+        let all = SeriesPage {
+            after_id: i64::MIN,
+            limit: usize::MAX,
+        };
+        self.series_page(sel, all).await
+    }
+
+    /// One page of the series passing `sel`, by id.
+    pub async fn series_page(
+        &self,
+        sel: &Selector,
+        page: SeriesPage,
+    ) -> Result<Vec<SeriesMeta>, ReadError> {
         let what = "list series";
         let conn = self.conn(what).await?;
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
         let rows = conn
             .query(
                 &format!(
                     "SELECT {SERIES_COLUMNS} FROM series \
                  WHERE ($1 = '' OR agent = $1) AND ($2 = '' OR device = $2) \
-                   AND ($3 = '' OR metric = $3) \
-                 ORDER BY id"
+                   AND ($3 = '' OR metric = $3) AND id > $4 \
+                 ORDER BY id LIMIT $5"
                 ),
-                &[&sel.agent, &sel.device, &sel.metric],
+                &[&sel.agent, &sel.device, &sel.metric, &page.after_id, &limit],
             )
             .await
             .map_err(self.query_err(what))?;

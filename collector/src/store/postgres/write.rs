@@ -1,5 +1,5 @@
-//! [`PgStore`]'s writes and the reads the merger needs: `load` (series and
-//! delivery state at start), `epoch`, `resolve_series` (ids, inserting
+//! [`PgStore`]'s writes and the reads the merger needs: `load` (delivery
+//! state and series counts at start), `load_series`, `series_count`, `epoch`, `resolve_series` (ids, inserting
 //! missing series) and `commit`: insert missing `epochs` rows, lock the
 //! rows of every (agent, epoch) of the set in sorted order (`SELECT ... FOR
 //! UPDATE`), skip batches at or below the locked `committed_seq`
@@ -12,13 +12,67 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
+use tokio_stream::StreamExt;
 
 use super::PgStore;
 use super::connection::{Fail, Step};
 use super::read::series_row;
 use crate::model::{SeriesKey, StoredValue};
-use crate::store::labels::{SERIES_COLUMNS, labels_json};
+use crate::store::labels::{SERIES_COLUMNS, SeriesRow, labels_json};
 use crate::store::{CommitReport, EpochRow, Loaded, Plan, StoreError, WriteSet};
+
+/// The ids of the keys given as five arrays (agent, device, metric, labels
+/// JSON, unit): rows of (1-based position, id) for the keys stored.
+const SERIES_IDS_OF_KEYS: &str = "SELECT u.i, s.id FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+       WITH ORDINALITY AS u(agent, device, metric, labels, unit, i) \
+     JOIN series s ON s.agent = u.agent AND s.device = u.device \
+       AND s.metric = u.metric AND md5(s.labels) = md5(u.labels) \
+       AND s.labels = u.labels AND s.unit = u.unit";
+
+/// Series keys as the five arrays [`SERIES_IDS_OF_KEYS`] and the insert
+/// of `resolve_series` take.
+struct KeyArrays<'a> {
+    agents: Vec<&'a str>,
+    devices: Vec<&'a str>,
+    metrics: Vec<&'a str>,
+    labels: Vec<String>,
+    units: Vec<&'a str>,
+}
+
+impl<'a> KeyArrays<'a> {
+    fn new(keys: &'a [SeriesKey]) -> Self {
+        let col = |f: fn(&SeriesKey) -> &str| keys.iter().map(f).collect::<Vec<&str>>();
+        KeyArrays {
+            agents: col(|k| &k.agent),
+            devices: col(|k| &k.device),
+            metrics: col(|k| &k.metric),
+            labels: keys.iter().map(labels_json).collect(),
+            units: col(|k| &k.unit),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [
+            &self.agents,
+            &self.devices,
+            &self.metrics,
+            &self.labels,
+            &self.units,
+        ]
+    }
+}
+
+/// Rows of [`SERIES_IDS_OF_KEYS`] as the id of each of `n` keys, in order.
+fn ids_in_order(n: usize, rows: &[tokio_postgres::Row]) -> Vec<Option<i64>> {
+    let mut ids = vec![None; n];
+    for r in rows {
+        let i: i64 = r.get(0);
+        if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| ids.get_mut(i)) {
+            *slot = Some(r.get(1));
+        }
+    }
+    ids
+}
 
 impl PgStore {
     /// Every series and every epoch's delivery state.
@@ -26,14 +80,14 @@ impl PgStore {
         self.call(async |c: &mut Client| {
             let mut loaded = Loaded::default();
             let rows = c
-                .query(&format!("SELECT {SERIES_COLUMNS} FROM series"), &[])
+                .query("SELECT agent, count(*) FROM series GROUP BY agent", &[])
                 .await
-                .step("load series")?;
+                .step("count series per agent")?;
             for r in rows {
-                let meta = series_row(&r)
-                    .into_meta()
-                    .map_err(|e| Fail::Invalid("load series", e.to_string()))?;
-                loaded.series.push(Arc::new(meta));
+                let (agent, n): (String, i64) = (r.get(0), r.get(1));
+                loaded
+                    .series_per_agent
+                    .insert(Arc::from(agent), u64::try_from(n).unwrap_or(0));
             }
             let rows = c
                 .query(
@@ -69,6 +123,69 @@ impl PgStore {
         })
     }
 
+    /// Calls `each` with every series row (streamed from the server, so
+    /// only one row is held at a time).
+    pub(crate) fn load_series(
+        &mut self,
+        each: &mut dyn FnMut(SeriesRow),
+    ) -> Result<(), StoreError> {
+        self.call(async |c: &mut Client| {
+            let rows = c
+                .query_raw(
+                    &format!("SELECT {SERIES_COLUMNS} FROM series"),
+                    std::iter::empty::<i64>(),
+                )
+                .await
+                .step("load series")?;
+            let mut rows = std::pin::pin!(rows);
+            while let Some(row) = rows.next().await {
+                each(series_row(&row.step("load series")?));
+            }
+            Ok(())
+        })
+    }
+
+    /// Series stored for `agent`, by any collector sharing the database.
+    pub fn series_count(&mut self, agent: &str) -> Result<u64, StoreError> {
+        self.call(async |c: &mut Client| {
+            let row = c
+                .query_one("SELECT count(*) FROM series WHERE agent = $1", &[&agent])
+                .await
+                .step("count series of an agent")?;
+            Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        })
+    }
+
+    /// Ids of `keys` that are stored, without creating any.
+    pub fn lookup_series(&mut self, keys: &[SeriesKey]) -> Result<Vec<Option<i64>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let arrays = KeyArrays::new(keys);
+        self.call(async |c: &mut Client| {
+            let params = arrays.params();
+            let rows = c
+                .query(SERIES_IDS_OF_KEYS, &params)
+                .await
+                .step("look up series ids")?;
+            Ok(ids_in_order(keys.len(), &rows))
+        })
+    }
+
+    /// The stored rows of the series `ids` (those that exist).
+    pub(crate) fn series_by_ids(&mut self, ids: &[i64]) -> Result<Vec<SeriesRow>, StoreError> {
+        self.call(async |c: &mut Client| {
+            let rows = c
+                .query(
+                    &format!("SELECT {SERIES_COLUMNS} FROM series WHERE id = ANY($1)"),
+                    &[&ids],
+                )
+                .await
+                .step("read series by id")?;
+            Ok(rows.iter().map(series_row).collect())
+        })
+    }
+
     /// Ids of `keys` in order, inserting the missing ones (autocommit: a
     /// series row without readings is harmless, and it is durable before
     /// any reading that uses it can commit).
@@ -76,17 +193,9 @@ impl PgStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let labels: Vec<String> = keys.iter().map(labels_json).collect();
-        let col = |f: fn(&SeriesKey) -> &str| keys.iter().map(f).collect::<Vec<&str>>();
-        let (agents, devices, metrics, units) = (
-            col(|k| &k.agent),
-            col(|k| &k.device),
-            col(|k| &k.metric),
-            col(|k| &k.unit),
-        );
+        let arrays = KeyArrays::new(keys);
         let ids = self.call(async |c: &mut Client| {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-                [&agents, &devices, &metrics, &labels, &units];
+            let params = arrays.params();
             c.execute(
                 "INSERT INTO series (agent, device, metric, labels, unit) \
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
@@ -98,29 +207,16 @@ impl PgStore {
             // A second statement: a row another collector inserted while
             // this INSERT waited is visible to it, not to the INSERT.
             let rows = c
-                .query(
-                    "SELECT u.i, s.id FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-                       WITH ORDINALITY AS u(agent, device, metric, labels, unit, i) \
-                     JOIN series s ON s.agent = u.agent AND s.device = u.device \
-                       AND s.metric = u.metric AND md5(s.labels) = md5(u.labels) \
-                       AND s.labels = u.labels AND s.unit = u.unit",
-                    &params,
-                )
+                .query(SERIES_IDS_OF_KEYS, &params)
                 .await
                 .step("read series ids")?;
-            let mut ids = vec![0i64; keys.len()];
-            for r in rows {
-                let i: i64 = r.get(0);
-                if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| ids.get_mut(i)) {
-                    *slot = r.get(1);
-                }
-            }
-            match ids.iter().position(|id| *id == 0) {
+            let ids = ids_in_order(keys.len(), &rows);
+            match ids.iter().position(Option::is_none) {
                 Some(i) => Err(Fail::Invalid(
                     "resolve series",
                     format!("series {:?} neither inserted nor found", keys[i]),
                 )),
-                None => Ok(ids),
+                None => Ok(ids.into_iter().flatten().collect()),
             }
         })?;
         Ok(ids)

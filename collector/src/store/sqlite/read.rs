@@ -24,7 +24,9 @@ use super::layout::LayoutError;
 use super::scan::{self, Merge};
 use crate::model::{Point, SeriesMeta};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
-use crate::store::read::{MAX_CHUNK_POINTS, ReadError, Selector, StoredAgent, TimeSpan, counter};
+use crate::store::read::{
+    MAX_CHUNK_POINTS, ReadError, Selector, SeriesPage, StoredAgent, TimeSpan, counter,
+};
 
 /// How long a read waits for a lock before it gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -132,24 +134,46 @@ impl SqliteReader {
     /// Stored series passing `sel`, by id.
     pub fn series(&self, sel: &Selector) -> Result<Vec<SeriesMeta>, ReadError> {
         let conn = self.open()?;
-        self.series_on(&conn, sel)
+        self.series_on(&conn, sel, None)
     }
 
-    fn series_on(&self, conn: &Connection, sel: &Selector) -> Result<Vec<SeriesMeta>, ReadError> {
+    /// One page of the series passing `sel`, by id.
+    pub fn series_page(
+        &self,
+        sel: &Selector,
+        page: SeriesPage,
+    ) -> Result<Vec<SeriesMeta>, ReadError> {
+        let conn = self.open()?;
+        self.series_on(&conn, sel, Some(page))
+    }
+
+    fn series_on(
+        &self,
+        conn: &Connection,
+        sel: &Selector,
+        page: Option<SeriesPage>,
+    ) -> Result<Vec<SeriesMeta>, ReadError> {
         let err = self.query_err("list series");
         // Only the fields given, so an agent filter uses the unique index
         // (agent, device, ...) instead of scanning every series.
         let mut clauses = Vec::new();
-        let mut values: Vec<&str> = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
         for (column, value) in [
             ("agent", &sel.agent),
             ("device", &sel.device),
             ("metric", &sel.metric),
         ] {
             if !value.is_empty() {
-                values.push(value);
+                values.push(value.clone().into());
                 clauses.push(format!("{column} = ?{}", values.len()));
             }
+        }
+        let mut limit = String::new();
+        if let Some(page) = page {
+            values.push(page.after_id.into());
+            clauses.push(format!("id > ?{}", values.len()));
+            values.push(i64::try_from(page.limit).unwrap_or(i64::MAX).into());
+            limit = format!("LIMIT ?{}", values.len());
         }
         let filter = if clauses.is_empty() {
             String::new()
@@ -158,7 +182,7 @@ impl SqliteReader {
         };
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT {SERIES_COLUMNS} FROM series {filter} ORDER BY id"
+                "SELECT {SERIES_COLUMNS} FROM series {filter} ORDER BY id {limit}"
             ))
             .map_err(&err)?;
         let rows = stmt
@@ -182,7 +206,7 @@ impl SqliteReader {
     /// Series without readings are left out.
     pub fn latest(&self, sel: &Selector) -> Result<Vec<(SeriesMeta, Point)>, ReadError> {
         let conn = self.open()?;
-        let series = self.series_on(&conn, sel)?;
+        let series = self.series_on(&conn, sel, None)?;
         let ids: Vec<i64> = series.iter().map(|m| m.id).collect();
         let newest = scan::latest(&conn, &ids).map_err(self.scan_err("read latest point"))?;
         Ok(series
@@ -208,7 +232,7 @@ impl SqliteReader {
         };
         let limit = max_chunk.clamp(1, MAX_CHUNK_POINTS);
         let conn = self.open()?;
-        let series = self.series_on(&conn, sel)?;
+        let series = self.series_on(&conn, sel, None)?;
         let err = self.scan_err("read range");
         for group in series.chunks(RANGE_GROUP) {
             let ids: Vec<i64> = group.iter().map(|m| m.id).collect();

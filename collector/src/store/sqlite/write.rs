@@ -23,7 +23,7 @@ use super::compact::Compactor;
 use super::layout::LayoutError;
 use super::read::series_row;
 use crate::model::{NewReading, SeriesKey};
-use crate::store::labels::{SERIES_COLUMNS, labels_json};
+use crate::store::labels::{SERIES_COLUMNS, SeriesRow, labels_json};
 use crate::store::{
     CommitReport, CompactStep, Durability, EpochRow, Loaded, Plan, StoreError, WriteSet,
 };
@@ -95,18 +95,16 @@ impl SqliteStore {
         let mut loaded = Loaded::default();
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT {SERIES_COLUMNS} FROM series"))
+            .prepare("SELECT agent, COUNT(*) FROM series GROUP BY agent")
             .map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], series_row).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
         for row in rows {
-            let meta = row
-                .map_err(|e| self.err(e))?
-                .into_meta()
-                .map_err(|labels| StoreError::Labels {
-                    store: format!("sqlite {}", self.path.display()),
-                    labels,
-                })?;
-            loaded.series.push(Arc::new(meta));
+            let (agent, n) = row.map_err(|e| self.err(e))?;
+            loaded
+                .series_per_agent
+                .insert(Arc::from(agent), u64::try_from(n).unwrap_or(0));
         }
         let mut stmt = self
             .conn
@@ -138,6 +136,73 @@ impl SqliteStore {
             )
             .optional()
             .map_err(|e| self.err(e))
+    }
+
+    /// Calls `each` with every series row, one at a time.
+    pub(crate) fn load_series(&self, each: &mut dyn FnMut(SeriesRow)) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {SERIES_COLUMNS} FROM series"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], series_row).map_err(|e| self.err(e))?;
+        for row in rows {
+            each(row.map_err(|e| self.err(e))?);
+        }
+        Ok(())
+    }
+
+    /// Series stored for `agent` (the unique index starts with `agent`).
+    pub fn series_count(&self, agent: &str) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM series WHERE agent = ?1",
+                params![agent],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Ids of `keys` that are stored, without creating any.
+    pub fn lookup_series(&self, keys: &[SeriesKey]) -> Result<Vec<Option<i64>>, StoreError> {
+        let mut get = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM series WHERE agent = ?1 AND device = ?2 AND metric = ?3 \
+                 AND labels = ?4 AND unit = ?5",
+            )
+            .map_err(|e| self.err(e))?;
+        keys.iter()
+            .map(|k| {
+                let labels = labels_json(k);
+                get.query_row(params![k.agent, k.device, k.metric, labels, k.unit], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()
+                .map_err(|e| self.err(e))
+            })
+            .collect()
+    }
+
+    /// The stored rows of the series `ids` (those that exist).
+    pub(crate) fn series_by_ids(&self, ids: &[i64]) -> Result<Vec<SeriesRow>, StoreError> {
+        let mut get = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {SERIES_COLUMNS} FROM series WHERE id = ?1"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = get
+                .query_row(params![id], series_row)
+                .optional()
+                .map_err(|e| self.err(e))?
+            {
+                rows.push(row);
+            }
+        }
+        Ok(rows)
     }
 
     /// Ids of `keys`, creating missing series rows in one transaction.
