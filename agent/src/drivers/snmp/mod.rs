@@ -22,11 +22,11 @@
 //! settings (`config.rs`). May touch: `crate::reading` only.
 
 pub mod ber;
+mod transport;
 pub mod usm;
 pub mod v3;
 
 use std::collections::BTreeMap;
-use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ pub use self::config::{
 };
 
 use self::ber::{Pdu, SnmpValue, tag};
+use self::transport::{Budget, Heard, malformed, send_and_wait};
 use self::v3::Engine;
 use self::value::{failed, to_value};
 use super::{BuildError, PollError, Poller, failed_metrics};
@@ -550,88 +551,6 @@ impl SnmpDriver {
                 .min(left / tries)
                 .max(Duration::from_millis(1)),
         }
-    }
-}
-
-/// The tries of one request.
-struct Budget {
-    address: String,
-    tries: u32,
-    per_try: Duration,
-}
-
-/// What `send_and_wait`'s `hear` made of a datagram.
-enum Heard<T> {
-    /// The answer to this request, checked.
-    Answer(T),
-    /// An answer to an earlier request (a poll the scheduler cancelled).
-    Stale(i32),
-    /// Malformed, or an answer that failed a check: discarded, and the
-    /// reason is the error if nothing valid arrives.
-    Refused(String),
-}
-
-fn malformed(bytes: &[u8], e: &ber::DecodeError) -> String {
-    format!("malformed SNMP answer of {} bytes: {e}", bytes.len())
-}
-
-/// Sends `msg` and waits for the datagram `hear` takes as the answer,
-/// sending again after each share of the time budget.
-async fn send_and_wait<T>(
-    socket: &UdpSocket,
-    addr: SocketAddr,
-    budget: &Budget,
-    msg: &[u8],
-    what: &str,
-    mut hear: impl FnMut(&[u8]) -> Heard<T>,
-) -> Result<T, PollError> {
-    let address = &budget.address;
-    let mut refused: Option<String> = None;
-    let mut buf = vec![0u8; 65_536];
-    for _ in 0..budget.tries {
-        socket
-            .send(msg)
-            .await
-            .map_err(|e| io_error(address, addr, what, &e))?;
-        let deadline = Instant::now() + budget.per_try;
-        loop {
-            let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
-                Err(_) => break,
-                Ok(Err(e)) => return Err(io_error(address, addr, what, &e)),
-                Ok(Ok(n)) => n,
-            };
-            match hear(&buf[..n]) {
-                Heard::Answer(answer) => return Ok(answer),
-                Heard::Stale(got) => {
-                    debug!(address = %address, got, "ignoring a stale snmp answer");
-                }
-                Heard::Refused(reason) => {
-                    debug!(address = %address, reason = %reason, "discarding an snmp answer");
-                    refused = Some(reason);
-                }
-            }
-        }
-    }
-    if let Some(reason) = refused {
-        return Err(PollError::error(format!(
-            "snmp {address}: {what}: {reason}"
-        )));
-    }
-    Err(PollError::timeout(format!(
-        "snmp {address}: {what}: no answer after {} tr{} of {}",
-        budget.tries,
-        if budget.tries == 1 { "y" } else { "ies" },
-        humantime::format_duration(Duration::from_millis(budget.per_try.as_millis() as u64))
-    )))
-}
-
-fn io_error(address: &str, addr: SocketAddr, what: &str, e: &io::Error) -> PollError {
-    if e.kind() == io::ErrorKind::ConnectionRefused {
-        PollError::error(format!(
-            "snmp {address}: {what}: connection refused (nothing listens on udp {addr})"
-        ))
-    } else {
-        PollError::error(format!("snmp {address}: {what}: {e}"))
     }
 }
 
