@@ -17,8 +17,8 @@
 //! - `spool`: `reading` only (the series keys of its dictionary).
 //! - `tls`: `config` (`TlsConfig`).
 //! - `uplink`: `config`, `reading`, `spool`, `tls` and `tributary-proto` (it
-//!   is the agent's only gRPC edge); `drivers::error_chain` is
-//!   `tributary_process::error_chain` re-exported.
+//!   is the agent's only gRPC edge), and `tributary-process` for error
+//!   chains.
 //!
 //! The binary (`main.rs`) wires them together with `tributary-process`
 //! (signals, logs).

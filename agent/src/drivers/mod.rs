@@ -270,7 +270,7 @@ pub enum BuildError {
     /// The HTTP client could not be set up (the caller names the device).
     /// The cause is in the message (each of its own causes once), so there
     /// is no `source()`.
-    #[error("cannot build http client: {}", error_chain(cause))]
+    #[error("cannot build http client: {}", tributary_process::error_chain(cause))]
     HttpClient {
         device: String,
         cause: reqwest::Error,
@@ -282,5 +282,3 @@ pub enum BuildError {
         message: String,
     },
 }
-
-pub(crate) use tributary_process::error_chain;

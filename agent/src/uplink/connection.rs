@@ -26,7 +26,7 @@ use tonic::Streaming;
 
 use tributary_proto::v1 as pb;
 
-use crate::drivers::error_chain;
+use tributary_process::error_chain;
 
 use super::UplinkConfig;
 use super::backoff::Backoff;

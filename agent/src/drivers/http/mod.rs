@@ -36,9 +36,10 @@ pub(crate) use self::config::{RawJsonMetric, check_pointer, json_metrics};
 use self::json::{json_value, parse_json};
 use self::json_subset::Wanted;
 use self::plain::PlainHttp;
-use super::{BuildError, PollError, Poller, error_chain};
+use super::{BuildError, PollError, Poller};
 use crate::config::DeviceConfig;
 use crate::reading::{FailureKind, Polled, Reading, SeriesKey, Value, series, series_with};
+use tributary_process::error_chain;
 
 /// Largest response body a poll reads.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;

@@ -26,9 +26,10 @@ mod config;
 
 pub use self::config::{ModbusConfig, ModbusMetric, RegisterKind, RegisterType, WordOrder};
 
-use super::{BuildError, PollError, Poller, connect_error, error_chain, failed_metrics};
+use super::{BuildError, PollError, Poller, connect_error, failed_metrics};
 use crate::config::DeviceConfig;
 use crate::reading::{FailureKind, Polled, Sample, Value};
+use tributary_process::error_chain;
 
 /// Most registers one read request may ask for (Modbus application
 /// protocol, function codes 3 and 4).
