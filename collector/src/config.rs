@@ -6,6 +6,7 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:7400"
+//! http_listen = "127.0.0.1:7401"         # Prometheus API, /metrics, fleet page; "off" disables
 //! store = "sqlite:/var/lib/tributary/tributary.db"
 //! synchronous = "full"
 //! allowed_agents = ["edge-1", "edge-2"]   # optional allowlist
@@ -63,6 +64,8 @@ pub const DEFAULT_STORE: &str = "sqlite:tributary.db";
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
     pub listen: Option<SocketAddr>,
+    /// `--http-listen`: `Some(None)` is `off`.
+    pub http_listen: Option<Option<SocketAddr>>,
     pub store: Option<String>,
     pub synchronous: Option<Durability>,
     /// `--retention`: delete readings older than this.
@@ -77,6 +80,8 @@ pub struct Flags {
 #[derive(Debug, Clone)]
 pub struct Serve {
     pub listen: SocketAddr,
+    /// The HTTP listener's address; `None`: off.
+    pub http_listen: Option<SocketAddr>,
     pub server: ServerConfig,
     /// What was allowed explicitly and weakens security (plaintext, or TLS
     /// without `client_ca`, on a non-loopback address; Query without a
@@ -88,6 +93,7 @@ pub struct Serve {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     listen: Option<Spanned<String>>,
+    http_listen: Option<Spanned<String>>,
     store: Option<Spanned<String>>,
     synchronous: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
@@ -191,6 +197,20 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
         ),
     };
 
+    let (http_listen, http_span) = match (flags.http_listen, &raw.http_listen) {
+        (Some(addr), _) => (addr, None),
+        (None, Some(v)) => {
+            let addr = parse_http_listen(v.get_ref())
+                .map_err(|e| err(Some(v.span()), "http_listen", "--http-listen", e))?;
+            (addr, Some(v.span()))
+        }
+        (None, None) => (
+            parse_http_listen(crate::http::DEFAULT_HTTP_LISTEN)
+                .map_err(|e| ConfigError::flag("--http-listen", e))?,
+            None,
+        ),
+    };
+
     let (store, store_span) = match (&flags.store, &raw.store) {
         (Some(s), _) => (s.clone(), None),
         (None, Some(v)) => (v.get_ref().clone(), Some(v.span())),
@@ -263,7 +283,7 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
     }
 
     if let (Some(src), Some(l)) = (src, &raw.limits) {
-        apply_limits(src, l, &mut server)?;
+        limits::apply(src, l, &mut server)?;
     }
 
     let allow_plaintext = flags.allow_plaintext || raw.allow_plaintext.unwrap_or(false);
@@ -316,11 +336,42 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
             "serving plaintext on {listen}: traffic is readable and agent ids are not authenticated"
         ));
     }
+    if let Some(addr) = http_listen
+        && server.tls.is_none()
+        && !addr.ip().is_loopback()
+    {
+        if !allow_plaintext {
+            return Err(err(
+                http_span,
+                "http_listen",
+                "--http-listen",
+                format!(
+                    "{addr} is not a loopback address: configure [tls] (see README \"Mutual TLS\"), \
+                     or allow plaintext explicitly with allow_plaintext = true or --allow-plaintext"
+                ),
+            ));
+        }
+        warnings.push(format!(
+            "serving plaintext HTTP on {addr}: anyone who reaches it reads every agent's data"
+        ));
+    }
     Ok(Serve {
         listen,
+        http_listen,
         server,
         warnings,
     })
+}
+
+/// An `http_listen` value: an address, or `off`.
+pub fn parse_http_listen(value: &str) -> Result<Option<SocketAddr>, String> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("{value:?}: {e} (expected e.g. 127.0.0.1:7401, or off)"))
 }
 
 /// `allowed_agents` and `operators`: valid ids, no identity in both.
@@ -381,209 +432,6 @@ fn id_set(
     Ok(ids)
 }
 
-fn apply_limits(
-    src: &Source<'_>,
-    l: &RawLimits,
-    server: &mut ServerConfig,
-) -> Result<(), ConfigError> {
-    // A positive count that fits `T`.
-    fn count<T: TryFrom<u64>>(
-        src: &Source<'_>,
-        v: &Option<Spanned<u64>>,
-        key: &str,
-        target: &mut T,
-    ) -> Result<(), ConfigError> {
-        if let Some(v) = v {
-            let n = *v.get_ref();
-            let fits = T::try_from(n).ok().filter(|_| n > 0);
-            *target = fits.ok_or_else(|| {
-                src.error(
-                    v.span(),
-                    format!("limits.{key}"),
-                    format!("{n}: expected a whole number from 1 to {}", max_of::<T>()),
-                )
-            })?;
-        }
-        Ok(())
-    }
-    fn duration(
-        src: &Source<'_>,
-        v: &Option<Spanned<String>>,
-        key: &str,
-        target: &mut Duration,
-    ) -> Result<(), ConfigError> {
-        if let Some(v) = v {
-            let d = src.duration(v, &format!("limits.{key}"))?;
-            if d.is_zero() {
-                return Err(src.error(
-                    v.span(),
-                    format!("limits.{key}"),
-                    "must be longer than zero",
-                ));
-            }
-            *target = d;
-        }
-        Ok(())
-    }
-    count(
-        src,
-        &l.max_connections,
-        "max_connections",
-        &mut server.max_connections,
-    )?;
-    if l.max_connections_per_address.is_some() {
-        let mut n = 0usize;
-        count(
-            src,
-            &l.max_connections_per_address,
-            "max_connections_per_address",
-            &mut n,
-        )?;
-        server.max_connections_per_address = Some(n);
-    }
-    duration(
-        src,
-        &l.preface_timeout,
-        "preface_timeout",
-        &mut server.preface_timeout,
-    )?;
-    duration(
-        src,
-        &l.idle_timeout,
-        "idle_timeout",
-        &mut server.idle_timeout,
-    )?;
-    count(
-        src,
-        &l.max_concurrent_streams,
-        "max_concurrent_streams",
-        &mut server.max_concurrent_streams,
-    )?;
-    count(
-        src,
-        &l.max_message_bytes,
-        "max_message_bytes",
-        &mut server.max_message_bytes,
-    )?;
-    count(
-        src,
-        &l.max_header_list_bytes,
-        "max_header_list_bytes",
-        &mut server.max_header_list_bytes,
-    )?;
-    count(
-        src,
-        &l.max_local_error_resets,
-        "max_local_error_resets",
-        &mut server.max_local_error_resets,
-    )?;
-    duration(
-        src,
-        &l.handshake_timeout,
-        "handshake_timeout",
-        &mut server.handshake_timeout,
-    )?;
-    duration(
-        src,
-        &l.keepalive_interval,
-        "keepalive_interval",
-        &mut server.keepalive_interval,
-    )?;
-    duration(
-        src,
-        &l.keepalive_timeout,
-        "keepalive_timeout",
-        &mut server.keepalive_timeout,
-    )?;
-    // A live peer answers the server's pings: something is read from it at
-    // least once per keepalive_interval + keepalive_timeout.
-    let pinged = server.keepalive_interval + server.keepalive_timeout;
-    if server.idle_timeout <= pinged {
-        let keys = [
-            ("idle_timeout", &l.idle_timeout),
-            ("keepalive_interval", &l.keepalive_interval),
-            ("keepalive_timeout", &l.keepalive_timeout),
-        ];
-        if let Some((key, Some(v))) = keys.into_iter().find(|(_, v)| v.is_some()) {
-            return Err(src.error(
-                v.span(),
-                format!("limits.{key}"),
-                format!(
-                    "idle_timeout ({}) must be longer than keepalive_interval + keepalive_timeout \
-                     ({}), or healthy connections that only answer pings are closed",
-                    humantime::format_duration(server.idle_timeout),
-                    humantime::format_duration(pinged)
-                ),
-            ));
-        }
-    }
-    let limits = &mut server.limits;
-    duration(
-        src,
-        &l.hello_timeout,
-        "hello_timeout",
-        &mut limits.hello_timeout,
-    )?;
-    duration(
-        src,
-        &l.max_clock_skew,
-        "max_clock_skew",
-        &mut limits.max_clock_skew,
-    )?;
-    count(
-        src,
-        &l.max_series_per_stream,
-        "max_series_per_stream",
-        &mut limits.max_series_per_stream,
-    )?;
-    count(
-        src,
-        &l.max_series_per_agent,
-        "max_series_per_agent",
-        &mut limits.max_series_per_agent,
-    )?;
-    count(
-        src,
-        &l.max_series_in_memory,
-        "max_series_in_memory",
-        &mut limits.max_series_in_memory,
-    )?;
-    count(src, &l.max_labels, "max_labels", &mut limits.max_labels)?;
-    count(
-        src,
-        &l.max_name_len,
-        "max_name_len",
-        &mut limits.max_name_len,
-    )?;
-    count(
-        src,
-        &l.max_value_len,
-        "max_value_len",
-        &mut limits.max_value_len,
-    )?;
-    count(
-        src,
-        &l.max_readings_per_batch,
-        "max_readings_per_batch",
-        &mut limits.max_readings_per_batch,
-    )?;
-    Ok(())
-}
-
-/// The largest value of an unsigned `T` that fits in a u64, for messages.
-fn max_of<T: TryFrom<u64>>() -> u64 {
-    // Binary search for the largest n with T::try_from(n) ok.
-    let (mut lo, mut hi) = (0u64, u64::MAX);
-    while lo < hi {
-        let mid = lo + (hi - lo).div_ceil(2);
-        if T::try_from(mid).is_ok() {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    lo
-}
-
+mod limits;
 #[cfg(test)]
 mod tests;

@@ -16,8 +16,10 @@
 //!   `tributary-proto`; it holds no store handle.
 //! - `query`: `model`, `store` (the read side) and `tributary-proto`.
 //! - `listener` and `tls`: no other module.
-//! - `server`: wires `listener`, `tls`, `store`, `merger`, `session` and
-//!   `query` together.
+//! - `http`: the HTTP listener and its router; `roles`, `tls`, `model` and
+//!   the store's read side (never the merger's write side).
+//! - `server`: wires `listener`, `tls`, `store`, `merger`, `session`,
+//!   `query` and `http` together.
 //! - `config`: `tributary-config` (the TOML engine) and the settings types of
 //!   `server`, `store` and `tls`.
 //! - `cli`: a Query client of its own (`query`'s conversions, `model`,
@@ -28,6 +30,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod listener;
 pub mod merger;
 pub mod model;

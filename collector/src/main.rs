@@ -46,6 +46,10 @@ struct ServeArgs {
     /// [default: 127.0.0.1:7400]
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address for HTTP (Prometheus API, /metrics, fleet page), or `off`
+    /// [default: 127.0.0.1:7401]
+    #[arg(long, value_name = "ADDR|off", value_parser = http_listen)]
+    http_listen: Option<HttpListen>,
     /// Where to store readings: sqlite:PATH, or postgres://USER@HOST/DB to
     /// share one database between collectors [default: sqlite:tributary.db]
     #[arg(long)]
@@ -67,6 +71,15 @@ struct ServeArgs {
     allow_unauthenticated_agents: bool,
 }
 
+/// `--http-listen`: an address, or `None` for `off` (a newtype, as clap
+/// reads `Option<Option<_>>` as a flag with an optional value).
+#[derive(Debug, Clone, Copy)]
+struct HttpListen(Option<SocketAddr>);
+
+fn http_listen(value: &str) -> Result<HttpListen, String> {
+    config::parse_http_listen(value).map(HttpListen)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tributary_process::init_tracing(&cli.log_format);
@@ -83,7 +96,11 @@ fn main() -> ExitCode {
                 for warning in &settings.warnings {
                     tracing::warn!("{warning}");
                 }
-                runtime.block_on(serve(settings.listen, settings.server))
+                runtime.block_on(serve(
+                    settings.listen,
+                    settings.http_listen,
+                    settings.server,
+                ))
             }
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -104,6 +121,7 @@ fn main() -> ExitCode {
 fn serve_config(args: &ServeArgs) -> Result<config::Serve, config::ConfigError> {
     let flags = config::Flags {
         listen: args.listen,
+        http_listen: args.http_listen.map(|h| h.0),
         store: args.store.clone(),
         synchronous: args.synchronous,
         retention: args.retention,
@@ -113,10 +131,22 @@ fn serve_config(args: &ServeArgs) -> Result<config::Serve, config::ConfigError> 
     config::resolve(args.config.as_deref(), &flags)
 }
 
-async fn serve(listen: SocketAddr, config: ServerConfig) -> anyhow::Result<()> {
+async fn serve(
+    listen: SocketAddr,
+    http_listen: Option<SocketAddr>,
+    config: ServerConfig,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    server::run(listener, config, tributary_process::shutdown_signal()).await?;
+    let http = match http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("http_listen: listening on {addr}"))?,
+        ),
+        None => None,
+    };
+    server::run_with_http(listener, http, config, tributary_process::shutdown_signal()).await?;
     Ok(())
 }

@@ -22,6 +22,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use rustls_pki_types::CertificateDer;
 use tonic::{Request, Status};
 
 use tributary_proto::limits::MAX_NAME_BYTES;
@@ -63,15 +64,19 @@ impl PeerAuth {
     /// What TLS tells about the peer of `request`; `mutual` says whether
     /// client certificates are verified at all.
     pub fn of<T>(request: &Request<T>, mutual: bool) -> PeerAuth {
+        let certs = request.peer_certs();
+        PeerAuth::from_certs(certs.as_deref().map(Vec::as_slice), mutual)
+    }
+
+    /// What the certificates a connection presented tell (`None`: it
+    /// presented none); `mutual` says whether they are verified at all.
+    pub fn from_certs(certs: Option<&[CertificateDer<'_>]>, mutual: bool) -> PeerAuth {
         if !mutual {
             return PeerAuth::Unverified;
         }
-        match request.peer_certs() {
-            Some(certs) => match certs.first().map(|c| tls::cert_identity(c)) {
-                Some(Ok(identity)) => PeerAuth::Certificate(Arc::from(identity)),
-                Some(Err(e)) => PeerAuth::Invalid(e.to_string()),
-                None => PeerAuth::Missing,
-            },
+        match certs.and_then(|c| c.first()).map(|c| tls::cert_identity(c)) {
+            Some(Ok(identity)) => PeerAuth::Certificate(Arc::from(identity)),
+            Some(Err(e)) => PeerAuth::Invalid(e.to_string()),
             None => PeerAuth::Missing,
         }
     }

@@ -29,6 +29,7 @@ use tracing::info;
 
 use tributary_proto::v1 as pb;
 
+use crate::http::{self, HttpContext, HttpLimits};
 use crate::listener::{self, Admission, Deadlines, ListenerStats, Plaintext};
 use crate::merger::{self, MergerHandle};
 use crate::query::QueryService;
@@ -88,6 +89,8 @@ pub struct ServerConfig {
     pub roles: Arc<Roles>,
     /// How long shutdown may take before the process gives up on stragglers.
     pub shutdown_deadline: Duration,
+    /// Limits of the HTTP listener (when there is one).
+    pub http_limits: HttpLimits,
 }
 
 impl ServerConfig {
@@ -114,6 +117,7 @@ impl ServerConfig {
             tls: None,
             roles: Arc::default(),
             shutdown_deadline: Duration::from_secs(15),
+            http_limits: HttpLimits::default(),
         }
     }
 
@@ -190,6 +194,17 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_with_http(listener, None, config, shutdown).await
+}
+
+/// Like [`run`], also serving the HTTP router (`crate::http`) on
+/// `http_listener` when there is one.
+pub async fn run_with_http(
+    listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let store = config.store_url();
     let (merger, outputs, merger_join) = merger::start(
         &store,
@@ -213,8 +228,27 @@ pub async fn run(
         roles: config.roles.clone(),
     })
     .max_decoding_message_size(config.max_message_bytes);
+    let reader = Reader::open(&store)?;
+    let http_task = http_listener.map(|http_listener| {
+        let ctx = HttpContext {
+            reader: reader.clone(),
+            live: outputs.live.clone(),
+            tail: outputs.tail.clone(),
+            roles: config.roles.clone(),
+            mutual_tls,
+            shutdown: token.clone(),
+        };
+        tokio::spawn(http::serve(
+            http_listener,
+            config.tls.as_ref().map(|t| t.http_acceptor()),
+            mutual_tls,
+            http::router(ctx),
+            config.http_limits,
+            token.clone(),
+        ))
+    });
     let query = pb::query_server::QueryServer::new(
-        QueryService::new(Reader::open(&store)?, outputs.live, outputs.tail)
+        QueryService::new(reader, outputs.live, outputs.tail)
             .with_shutdown(token.clone())
             .with_roles(config.roles.clone(), mutual_tls),
     )
@@ -305,6 +339,12 @@ pub async fn run(
         }
     };
     info!(refusals = %refusals.snapshot(), "listener totals");
+    if let Some(task) = http_task {
+        // It stops accepting once the token is cancelled (the signal did,
+        // unless serving failed) and drains on its own deadline.
+        token.cancel();
+        let _ = tokio::time::timeout(deadline, task).await;
+    }
     served?;
     // The Ingest service (and with it the last merger handle) is gone once
     // `serve` is dropped; the merger then drains its queue and stops.

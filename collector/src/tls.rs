@@ -51,6 +51,8 @@ pub struct TlsFiles {
 #[derive(Clone)]
 pub struct ServerTls {
     config: Arc<ServerConfig>,
+    /// The same, offering HTTP/1.1 beside HTTP/2 (the HTTP listener).
+    http: Arc<ServerConfig>,
     /// Client certificates are verified (mutual TLS).
     pub mutual: bool,
 }
@@ -67,6 +69,12 @@ impl ServerTls {
     /// What the listener runs each TLS handshake with.
     pub fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.config.clone())
+    }
+
+    /// What the HTTP listener runs each TLS handshake with: the same
+    /// certificate and client verifier, ALPN `h2` and `http/1.1`.
+    pub fn http_acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.http.clone())
     }
 }
 
@@ -144,9 +152,12 @@ pub fn load(files: &TlsFiles) -> Result<ServerTls, TlsError> {
         .map_err(unusable(&files.key))?;
     // gRPC is HTTP/2 only; a client offering other protocols alone is
     // refused during the handshake.
+    let mut http = config.clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
+    http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(ServerTls {
         config: Arc::new(config),
+        http: Arc::new(http),
         mutual,
     })
 }

@@ -24,6 +24,8 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub struct Collector {
     pub proc: Proc,
     pub addr: SocketAddr,
+    /// Where its HTTP listener (Prometheus API, /metrics, fleet page) is.
+    pub http: SocketAddr,
     pub db: PathBuf,
     log: PathBuf,
 }
@@ -39,16 +41,21 @@ impl Collector {
     pub async fn start_with(dir: &TestDir, addr: SocketAddr, args: &[&str]) -> Result<Self> {
         let db = dir.join("collector.db");
         let log = dir.join("collector.log");
+        // Tests run collectors side by side: no fixed HTTP port.
+        let http = crate::process::free_addr()?;
         let proc = Proc::builder("tributary-collector")?
             .args(["serve", "--listen", &addr.to_string()])
+            .args(["--http-listen", &http.to_string()])
             .arg(format!("--store=sqlite:{}", db.display()))
             .args(args)
             .log_to(&log)
             .spawn()?;
         wait_for_port(addr, PATIENCE).await?;
+        wait_for_port(http, PATIENCE).await?;
         Ok(Collector {
             proc,
             addr,
+            http,
             db,
             log,
         })
@@ -56,6 +63,11 @@ impl Collector {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The base URL of its HTTP listener.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
     }
 
     /// The collector's log so far.

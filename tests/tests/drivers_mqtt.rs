@@ -327,7 +327,14 @@ async fn a_collector_with_tighter_limits_loses_only_the_batch_it_refuses() -> Re
     let conf = dir.join("collector.toml");
     std::fs::write(&conf, "[limits]\nmax_name_len = 32\n")?;
     let _collector = Proc::builder("tributary-collector")?
-        .args(["serve", "--listen", &addr.to_string(), "--config"])
+        .args([
+            "serve",
+            "--http-listen",
+            "off",
+            "--listen",
+            &addr.to_string(),
+            "--config",
+        ])
         .arg(&conf)
         .arg(format!("--store=sqlite:{}", db.display()))
         .log_to(dir.join("collector.log"))

@@ -486,7 +486,15 @@ async fn an_unusable_store_is_one_line_with_each_cause_once() -> Result<()> {
         let out = tokio::process::Command::new(tributary_tests::process::bin_path(
             "tributary-collector",
         )?)
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--store",
+            store,
+        ])
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .output()
@@ -507,7 +515,14 @@ async fn logs_to_a_pipe_have_no_colour_codes() -> Result<()> {
     let db = dir.join("c.db");
     let mut child =
         tokio::process::Command::new(tributary_tests::process::bin_path("tributary-collector")?)
-            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "off",
+                "--store",
+            ])
             .arg(format!("sqlite:{}", db.display()))
             .env_remove("NO_COLOR")
             .env_remove("RUST_LOG")

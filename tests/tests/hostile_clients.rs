@@ -57,7 +57,7 @@ async fn start_collector_with(
         ),
     )?;
     let proc = Proc::builder("tributary-collector")?
-        .arg("serve")
+        .args(["serve", "--http-listen", "off"])
         .arg("--config")
         .arg(&path)
         .log_to(dir.join("collector.log"))

@@ -545,7 +545,7 @@ async fn a_bad_certificate_file_is_one_line_naming_the_key_and_the_cause() -> Re
         let out = tokio::process::Command::new(tributary_tests::process::bin_path(
             "tributary-collector",
         )?)
-        .args(["serve", "--config"])
+        .args(["serve", "--http-listen", "off", "--config"])
         .arg(&config)
         .env_remove("RUST_LOG")
         .output()

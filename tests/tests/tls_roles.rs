@@ -169,7 +169,7 @@ fn spawn_collector(dir: &TestDir, config: &str, args: &[&str], log: &str) -> Res
     let path = dir.join("collector.toml");
     std::fs::write(&path, config)?;
     Proc::builder("tributary-collector")?
-        .arg("serve")
+        .args(["serve", "--http-listen", "off"])
         .arg("--config")
         .arg(&path)
         .args(args)
@@ -192,7 +192,7 @@ async fn tls_without_client_ca_off_loopback_needs_an_explicit_yes() -> Result<()
     // Refused before it listens: status 2 and one located line.
     std::fs::write(&path, &base)?;
     let run = tokio::process::Command::new(bin_path("tributary-collector")?)
-        .args(["serve", "--config"])
+        .args(["serve", "--http-listen", "off", "--config"])
         .arg(&path)
         .env_remove("RUST_LOG")
         .kill_on_drop(true)

@@ -78,6 +78,7 @@ fn postgres_store_and_retention_from_the_file() {
 fn flags_win_over_the_file() {
     let flags = Flags {
         listen: Some("127.0.0.1:9999".parse().expect("addr")),
+        http_listen: None,
         store: Some("sqlite:/tmp/x.db".into()),
         synchronous: Some(Durability::Full),
         retention: None,
@@ -170,8 +171,8 @@ fn plaintext_off_loopback_needs_an_explicit_yes() {
 
 #[test]
 fn max_of_finds_the_type_bound() {
-    assert_eq!(max_of::<u32>(), u64::from(u32::MAX));
-    assert_eq!(max_of::<u64>(), u64::MAX);
+    assert_eq!(super::limits::max_of::<u32>(), u64::from(u32::MAX));
+    assert_eq!(super::limits::max_of::<u64>(), u64::MAX);
 }
 
 #[test]
@@ -349,4 +350,58 @@ fn query_without_client_certificates_is_warned_about() {
         ]
     );
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn http_listen_defaults_to_loopback_and_turns_off() {
+    let s = resolve(None, &Flags::default()).expect("defaults");
+    assert_eq!(
+        s.http_listen,
+        Some("127.0.0.1:7401".parse().expect("addr")),
+        "the default"
+    );
+    let s = resolve_str("http_listen = \"off\"\n").expect("off");
+    assert_eq!(s.http_listen, None);
+    let s = resolve_str("http_listen = \"127.0.0.1:9100\"\n").expect("an address");
+    assert_eq!(s.http_listen, Some("127.0.0.1:9100".parse().expect("addr")));
+    let flags = Flags {
+        http_listen: Some(None),
+        ..Flags::default()
+    };
+    let s = resolve_text(
+        "http_listen = \"127.0.0.1:9100\"\n",
+        Path::new("c.toml"),
+        &flags,
+    )
+    .expect("the flag wins");
+    assert_eq!(s.http_listen, None);
+    let e = resolve_str("http_listen = \"localhost:80\"\n")
+        .expect_err("not an address")
+        .to_string();
+    assert!(
+        e.contains("collector.toml:1") && e.contains("http_listen") && e.contains("off"),
+        "{e}"
+    );
+}
+
+#[test]
+fn plaintext_http_off_loopback_needs_allow_plaintext() {
+    let e = resolve_str("http_listen = \"0.0.0.0:7401\"\n")
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("http_listen")
+            && e.contains("not a loopback address")
+            && e.contains("allow_plaintext"),
+        "{e}"
+    );
+    let s =
+        resolve_str("http_listen = \"0.0.0.0:7401\"\nallow_plaintext = true\n").expect("allowed");
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("plaintext HTTP on 0.0.0.0:7401")),
+        "{:?}",
+        s.warnings
+    );
 }

@@ -89,6 +89,7 @@ impl CollectorProc {
         std::fs::write(&config, limits).with_context(|| format!("write {}", config.display()))?;
         let builder = Proc::builder("tributary-collector")?
             .args(["serve", "--listen", &addr.to_string(), "--store", &store])
+            .args(["--http-listen", "off"])
             .arg("--config")
             .arg(config);
         let mut proc = builder

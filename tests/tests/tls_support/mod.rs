@@ -136,9 +136,15 @@ pub fn valid_now() -> (OffsetDateTime, OffsetDateTime) {
 /// are relative to `dir`).
 pub async fn start_collector(dir: &TestDir, addr: SocketAddr, config: &str) -> Result<Proc> {
     let path = dir.join("collector.toml");
+    // Tests run collectors side by side: HTTP only where a test asks.
+    let http = if config.contains("http_listen") {
+        ""
+    } else {
+        "http_listen = \"off\"\n"
+    };
     std::fs::write(
         &path,
-        format!("listen = \"{addr}\"\nstore = \"sqlite:collector.db\"\n{config}"),
+        format!("listen = \"{addr}\"\nstore = \"sqlite:collector.db\"\n{http}{config}"),
     )?;
     let proc = Proc::builder("tributary-collector")?
         .arg("serve")
