@@ -34,6 +34,7 @@ pub mod http;
 pub mod listener;
 pub mod merger;
 pub mod model;
+pub mod prom_labels;
 pub mod query;
 pub mod roles;
 pub mod server;

@@ -317,3 +317,61 @@ async fn both_collectors_ack_a_resent_batch_and_it_is_stored_once() -> Result<()
     b.stop().await?;
     Ok(())
 }
+
+/// The `tributary_readings` view (README "Grafana over PostgreSQL") shows
+/// every numeric reading, and only those, with its time, series and value
+/// as stored: what Grafana's PostgreSQL data source charts with plain SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_view_shows_numeric_readings_as_stored() -> Result<()> {
+    let schema = TestSchema::new("grafana_view").await?;
+    let url = schema.store();
+    // Device times in ns, with sub-microsecond digits the view's `time`
+    // truncates and its `ts_ns` keeps.
+    let base: i64 = 1_764_892_800_123_456_789;
+    let values = [
+        StoredValue::F64(1.5),
+        StoredValue::I64(-7),
+        StoredValue::Bool(true),
+        StoredValue::Bool(false),
+        StoredValue::Str("on".into()),
+        StoredValue::Timeout("no answer in 2s".into()),
+        StoredValue::Error("connection refused".into()),
+        StoredValue::F64(-0.25),
+    ];
+    blocking(move || {
+        let mut store = Store::open(&url, Durability::Full)?;
+        let series = store.resolve_series(&[key("edge", "d1")])?[0];
+        let mut write = set("edge", 1, series, [1]);
+        write.batches[0].readings = values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| NewReading {
+                series_id: series,
+                ts_ns: base + i as i64 * 1_000_000_000,
+                value: value.clone(),
+            })
+            .collect();
+        store.commit(&write)?;
+        Ok(())
+    })
+    .await?;
+
+    let rows = postgres_support::psql(
+        &schema.url(),
+        "SELECT to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), ts_ns, agent, \
+         device, metric, labels->>'site', unit, value FROM tributary_readings ORDER BY ts_ns",
+    )
+    .await?;
+    let expected = [(0, "1.5"), (1, "-7"), (2, "1"), (3, "0"), (7, "-0.25")]
+        .iter()
+        .map(|(i, v)| {
+            format!(
+                "2025-12-05 00:00:{:02}.123456|{}|edge|d1|counter|a||{v}",
+                i,
+                base + i * 1_000_000_000
+            )
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(rows.lines().collect::<Vec<_>>(), expected);
+    Ok(())
+}

@@ -9,11 +9,18 @@ use tracing::{info, warn};
 use super::connection::{Fail, Step};
 
 /// Versioned migrations, applied in order, each once.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial schema",
-    include_str!("migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "initial schema",
+        include_str!("migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "the tributary_readings view for SQL tools",
+        include_str!("migrations/0002_grafana_view.sql"),
+    ),
+];
 
 /// Key of the advisory lock held while migrating ("trib").
 const MIGRATION_LOCK: i64 = 0x7472_6962;
