@@ -271,6 +271,7 @@ mod tests {
             spool: crate::config::SpoolConfig::default_for("edge-1"),
             tls: None,
             uplink: Default::default(),
+            metrics: Default::default(),
             devices,
         }
     }

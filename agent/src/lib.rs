@@ -12,11 +12,14 @@
 //!   driver's settings through the registry in `drivers`, and
 //!   `tributary-proto`'s wire limits (nothing else of the wire).
 //! - `drivers`: `config` (the engine's re-exports) and `reading`.
+//! - `metrics`: the agent's metric names and handles; `tributary-process`'s
+//!   metrics module and `prometheus-client`, no other module of the agent.
 //! - `scheduler` and `check`: `config` (`DeviceConfig`), `drivers` (through
-//!   `Driver`) and `reading`; neither knows of the spool or the wire.
+//!   `Driver`), `reading`, and (`scheduler`) `metrics`; neither knows of the
+//!   spool or the wire.
 //! - `spool`: `reading` only (the series keys of its dictionary).
 //! - `tls`: `config` (`TlsConfig`).
-//! - `uplink`: `config`, `reading`, `spool`, `tls` and `tributary-proto` (it
+//! - `uplink`: `config`, `reading`, `spool`, `tls`, `metrics` and `tributary-proto` (it
 //!   is the agent's only gRPC edge), and `tributary-process` for error
 //!   chains.
 //!
@@ -26,6 +29,7 @@
 pub mod check;
 pub mod config;
 pub mod drivers;
+pub mod metrics;
 pub mod reading;
 pub mod scheduler;
 pub mod spool;

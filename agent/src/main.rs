@@ -1,7 +1,9 @@
 //! `tributary-agent`: `run` polls devices and streams readings to a
-//! collector; `check` polls every device once and reports. Thin: parse,
-//! validate the config, set up tracing, run.
+//! collector, serving its own metrics at `/metrics`; `check` polls every
+//! device once and reports. Thin: parse, validate the config, set up
+//! tracing, run.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,10 +12,11 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use tributary_agent::config::{self, AgentConfig, SpoolPolicy};
 use tributary_agent::drivers::Driver;
+use tributary_agent::metrics::AgentMetrics;
 use tributary_agent::scheduler::{self, PollStats};
 use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
 use tributary_agent::uplink::{Collectors, Uplink, UplinkConfig, write_stats_file};
@@ -44,6 +47,10 @@ enum Command {
         /// Prometheus text format, rewritten as they change.
         #[arg(long)]
         stats_file: Option<PathBuf>,
+        /// Serve the agent's metrics at http://ADDR/metrics, or `off`
+        /// (overrides `[metrics] listen`; default 127.0.0.1:9465).
+        #[arg(long, value_name = "ADDR|off")]
+        metrics_listen: Option<String>,
     },
     /// Poll every device once, print what was read or why not; exit
     /// non-zero if any device failed.
@@ -57,17 +64,35 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tributary_process::init_tracing(&cli.log_format);
-    let (path, stats_file, is_check) = match &cli.command {
-        Command::Run { config, stats_file } => (config.clone(), stats_file.clone(), false),
-        Command::Check { config } => (config.clone(), None, true),
+    let (path, stats_file, metrics_listen, is_check) = match &cli.command {
+        Command::Run {
+            config,
+            stats_file,
+            metrics_listen,
+        } => (
+            config.clone(),
+            stats_file.clone(),
+            metrics_listen.clone(),
+            false,
+        ),
+        Command::Check { config } => (config.clone(), None, None, true),
     };
-    let config = match config::load(&path) {
+    let mut config = match config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(listen) = metrics_listen {
+        match config::parse_listen(&listen) {
+            Ok(addr) => config.metrics.listen = addr,
+            Err(e) => {
+                eprintln!("error: --metrics-listen: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -100,6 +125,17 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
         let driver = Driver::build(&d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?;
         devices.push((d, driver));
     }
+    // Metrics are bound before anything starts, so a taken port is a
+    // startup error rather than a log line.
+    let metrics_shutdown = CancellationToken::new();
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some(start_metrics(addr, &config, metrics_shutdown.clone()).await?),
+        None => None,
+    };
+    let (scheduler_metrics, uplink_metrics) = match metrics {
+        Some((s, u)) => (Some(s), Some(u)),
+        None => (None, None),
+    };
     let collectors = Collectors::new(config.collectors.clone())?;
     let mut uplink_config = UplinkConfig::new(config.id.clone(), collectors);
     uplink_config.batch_max_readings = config.batch.max_readings;
@@ -133,7 +169,10 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
     // Room for a few polls per device; when the uplink is slower than the
     // devices, polls wait here and are then recorded as skipped.
     let (tx, rx) = mpsc::channel(device_count.clamp(64, 65_536));
-    let (uplink, stats_rx) = Uplink::new(uplink_config, rx, spool);
+    let (mut uplink, stats_rx) = Uplink::new(uplink_config, rx, spool);
+    if let Some(m) = uplink_metrics {
+        uplink = uplink.with_metrics(m);
+    }
     let uplink = tokio::spawn(uplink.run());
     let stats_writer = stats_file.map(|path| tokio::spawn(write_stats_file(path, stats_rx)));
 
@@ -146,7 +185,10 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
         config.max_concurrency,
         config.max_series_per_device,
         tx,
-        stats.clone(),
+        scheduler::Report {
+            stats: stats.clone(),
+            metrics: scheduler_metrics.as_deref(),
+        },
         &tracker,
         shutdown.clone(),
     );
@@ -178,6 +220,46 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
     if let Some(writer) = stats_writer {
         writer.await?;
     }
+    metrics_shutdown.cancel();
     info!("agent stopped");
     Ok(())
+}
+
+/// The git commit the binary was built from, for `tributary_agent_build_info`.
+const COMMIT: &str = "unknown";
+
+/// Binds `[metrics] listen` and serves the agent's metrics there until
+/// `shutdown`; returns the handles for the device tasks and the uplink.
+async fn start_metrics(
+    addr: SocketAddr,
+    config: &AgentConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(
+    Arc<tributary_agent::metrics::SchedulerMetrics>,
+    tributary_agent::metrics::UplinkMetrics,
+)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "metrics.listen {addr}: cannot listen: {e} (set [metrics] listen or --metrics-listen to a free address, or to off)"
+        )
+    })?;
+    let AgentMetrics {
+        registry,
+        scheduler,
+        uplink,
+        config_reloads: _,
+    } = AgentMetrics::new(COMMIT, &config.collectors, config.spool.max_bytes);
+    if addr.ip().is_loopback() {
+        info!(listen = %addr, "metrics served at http://{addr}/metrics");
+    } else {
+        warn!(listen = %addr, "metrics served on a non-loopback address: anyone who reaches it can read them (read-only)");
+    }
+    let router = tributary_process::metrics::routes(Arc::new(registry));
+    tokio::spawn(tributary_process::metrics::serve(
+        listener,
+        router,
+        tributary_process::metrics::ServeLimits::default(),
+        shutdown,
+    ));
+    Ok((scheduler, uplink))
 }

@@ -134,8 +134,11 @@ impl Agent {
     }
 
     fn spawn(config: &Path, log: &Path, stats: &Path) -> Result<Proc> {
+        // Metrics off: tests run several agents at once, and the default
+        // port is one (tests/tests/agent_metrics.rs serves them).
         Proc::builder("tributary-agent")?
             .arg("run")
+            .args(["--metrics-listen", "off"])
             .arg("--config")
             .arg(config)
             .arg("--stats-file")

@@ -747,6 +747,7 @@ async fn a_quiet_agent_keeps_its_stream_past_the_idle_timeout() -> Result<()> {
     let stats = dir.join("quiet.stats.prom");
     let mut agent = Proc::builder("tributary-agent")?
         .arg("run")
+        .args(["--metrics-listen", "off"])
         .arg("--config")
         .arg(&config)
         .arg("--stats-file")

@@ -130,7 +130,7 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
             id,
             with_log_level(
                 Command::new(ws.bin("tributary-agent"))
-                    .args(["run", "--config"])
+                    .args(["run", "--metrics-listen", "off", "--config"])
                     .arg(&path),
             ),
             &dir.join(format!("{id}.log")),

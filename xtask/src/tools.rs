@@ -57,6 +57,16 @@ pub const TOOLS: &[Tool] = &[
         env: "TRIBUTARY_MOSQUITTO_PUB",
         ensure: mosquitto_pub,
     },
+    Tool {
+        name: "prometheus",
+        env: "TRIBUTARY_PROMETHEUS",
+        ensure: prometheus,
+    },
+    Tool {
+        name: "promtool",
+        env: "TRIBUTARY_PROMTOOL",
+        ensure: promtool,
+    },
 ];
 
 /// net-snmp's agent, for the SNMP driver tests (Debian package `snmpd`).
@@ -88,6 +98,18 @@ fn mosquitto(_: &Workspace) -> Result<PathBuf> {
 /// A real MQTT publisher for the MQTT driver tests.
 fn mosquitto_pub(_: &Workspace) -> Result<PathBuf> {
     apt_tool("/usr/bin/mosquitto_pub", "mosquitto-clients")
+}
+
+/// The Prometheus server, which scrapes both binaries' `/metrics` in the
+/// metrics tests (Debian package `prometheus`).
+fn prometheus(_: &Workspace) -> Result<PathBuf> {
+    apt_tool("/usr/bin/prometheus", "prometheus")
+}
+
+/// Prometheus's `promtool check metrics`, the lint of a `/metrics` body
+/// (from the same Debian package).
+fn promtool(_: &Workspace) -> Result<PathBuf> {
+    apt_tool("/usr/bin/promtool", "prometheus")
 }
 
 /// `path`, installing the Debian package `package` first if it is missing

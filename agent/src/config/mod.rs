@@ -2,7 +2,7 @@
 //! and the plain types the rest of the agent reads.
 //!
 //! Owns: the `Raw*` structs of the top level, `[batch]`, `[spool]`, `[tls]`,
-//! `[uplink]` and the keys every `[[devices]]` table has, their defaults and
+//! `[uplink]`, `[metrics]` (`metrics.rs`) and the keys every `[[devices]]` table has, their defaults and
 //! checks. May touch: `tributary-config` (the engine that reads TOML and
 //! locates errors) and each driver's config (through the registry in
 //! [`crate::drivers`]); nothing at run time.
@@ -37,8 +37,10 @@ pub use tributary_config::ConfigError;
 pub(crate) use tributary_config::{DeContext, Source, deserialize_table};
 
 mod device;
+mod metrics;
 use device::add_devices;
 pub use device::{DEFAULT_BACKOFF_MAX, DEFAULT_MAX_TIMEOUT, DeviceConfig};
+pub use metrics::{DEFAULT_METRICS_LISTEN, MetricsConfig, parse_listen};
 
 #[cfg(test)]
 mod tests;
@@ -87,6 +89,8 @@ pub struct AgentConfig {
     pub tls: Option<TlsConfig>,
     /// Timers of the connection to the collector (`[uplink]`).
     pub uplink: UplinkSettings,
+    /// The agent's own metrics endpoint (`[metrics]`).
+    pub metrics: MetricsConfig,
     /// The devices to poll, in file order.
     pub devices: Vec<DeviceConfig>,
 }
@@ -362,6 +366,7 @@ struct RawTop {
     spool: Option<RawSpool>,
     tls: Option<RawTls>,
     uplink: Option<RawUplink>,
+    metrics: Option<metrics::RawMetrics>,
 }
 
 #[derive(Deserialize)]
@@ -478,6 +483,10 @@ impl RawTop {
             None => UplinkSettings::default(),
             Some(raw) => raw.validate(src)?,
         };
+        let metrics = match self.metrics {
+            None => MetricsConfig::default(),
+            Some(raw) => raw.validate(src)?,
+        };
         Ok(AgentConfig {
             id: id.clone(),
             collectors,
@@ -487,6 +496,7 @@ impl RawTop {
             spool,
             tls,
             uplink,
+            metrics,
             devices: Vec::new(),
         })
     }

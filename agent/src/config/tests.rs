@@ -221,6 +221,33 @@ fn defaults_apply() {
 }
 
 #[test]
+fn metrics_listen_defaults_to_loopback_and_can_be_off() {
+    let cfg = parse_str(HEAD).expect("valid config");
+    assert_eq!(
+        cfg.metrics.listen,
+        Some("127.0.0.1:9465".parse().expect("address"))
+    );
+    let cfg = parse_str(&format!("{HEAD}[metrics]\nlisten = \"off\"\n")).expect("valid config");
+    assert_eq!(cfg.metrics.listen, None);
+    let cfg =
+        parse_str(&format!("{HEAD}[metrics]\nlisten = \"[::1]:9999\"\n")).expect("valid config");
+    assert_eq!(
+        cfg.metrics.listen,
+        Some("[::1]:9999".parse().expect("address"))
+    );
+    let e = err(&format!("{HEAD}[metrics]\nlisten = \"localhost:9465\"\n"));
+    assert!(
+        e.starts_with("agent.toml:4: metrics.listen: invalid listen address \"localhost:9465\""),
+        "{e}"
+    );
+    let e = err(&format!("{HEAD}[metrics]\nport = 1\n"));
+    assert!(
+        e.starts_with("agent.toml:4: metrics: unknown key `port` (expected one of `listen`)"),
+        "{e}"
+    );
+}
+
+#[test]
 fn max_series_per_device_is_read_and_at_least_two() {
     let cfg = parse_str(&format!("{HEAD}max_series_per_device = 7\n")).expect("valid config");
     assert_eq!(cfg.max_series_per_device, 7);

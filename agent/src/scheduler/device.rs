@@ -19,6 +19,7 @@ use super::timing::{backoff_delay, start_offset};
 use super::{PollStats, ReadingsTx, SERIES_DROPPED_METRIC, UP_METRIC};
 use crate::config::DeviceConfig;
 use crate::drivers::Driver;
+use crate::metrics::{DeviceMetrics, Outcome};
 use crate::reading::{
     FailureKind, Labels, Polled, Reading, SeriesKey, Value, intern, now_ns, series,
 };
@@ -56,6 +57,8 @@ pub(super) struct DeviceTask {
     endpoint: Option<Endpoint>,
     out: ReadingsTx,
     stats: Arc<PollStats>,
+    /// The device's metric handles, when metrics are on.
+    metrics: Option<DeviceMetrics>,
     health: Health,
 }
 
@@ -107,8 +110,15 @@ impl DeviceTask {
             endpoint,
             out,
             stats,
+            metrics: None,
             health: Health::default(),
         }
+    }
+
+    /// Updates `metrics` as it polls.
+    pub(super) fn with_metrics(mut self, metrics: Option<DeviceMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub(super) async fn run(mut self, start: Instant, shutdown: CancellationToken) {
@@ -158,6 +168,9 @@ impl DeviceTask {
             } else {
                 self.stats.lateness.record(late);
             }
+            if let Some(m) = &self.metrics {
+                m.late(late);
+            }
             let (readings, ok) = self.poll_once().await;
             drop(permit);
             if let Some((p, pause)) = endpoint_permit {
@@ -192,6 +205,9 @@ impl DeviceTask {
                     .fetch_add(extra as u64, Ordering::Relaxed);
                 wait
             };
+            if let Some(m) = &self.metrics {
+                m.backoff(wait.saturating_sub(interval));
+            }
             next += wait;
             let now = Instant::now();
             if next <= now {
@@ -199,6 +215,9 @@ impl DeviceTask {
                 let behind = now.duration_since(next);
                 let missed = 1 + (behind.as_nanos() / interval.as_nanos().max(1)) as u64;
                 self.stats.skipped.fetch_add(missed, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.skipped(missed);
+                }
                 if self.health.overrunning {
                     debug!(device = %self.config.name, missed, "poll overran its interval; skipped");
                 } else {
@@ -216,7 +235,17 @@ impl DeviceTask {
     /// readings (the `up` reading included); `true` when the device answered.
     async fn poll_once(&mut self) -> (Vec<Reading>, bool) {
         let ts_ns = now_ns();
+        let started = Instant::now();
         let result = tokio::time::timeout(self.config.timeout, self.driver.poll_values()).await;
+        if let Some(m) = &self.metrics {
+            let outcome = match &result {
+                Ok(Ok(_)) => Outcome::Ok,
+                Ok(Err(_)) => Outcome::Error,
+                Err(_) => Outcome::Timeout,
+            };
+            m.polled(outcome, started.elapsed());
+        }
+        let mut refused_total = 0;
         let (polled, failure) = match result {
             Ok(Ok(polled)) => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);
@@ -266,6 +295,7 @@ impl DeviceTask {
                 self.stats
                     .series_dropped
                     .fetch_add(refused, Ordering::Relaxed);
+                refused_total = refused;
                 readings
             }
         };
@@ -284,6 +314,9 @@ impl DeviceTask {
                 ts_ns,
                 value: Value::I64(i64::try_from(self.limit.dropped()).unwrap_or(i64::MAX)),
             });
+        }
+        if let Some(m) = &self.metrics {
+            m.produced(readings.len(), refused_total + dropped);
         }
         (readings, ok)
     }

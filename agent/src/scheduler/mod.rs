@@ -24,6 +24,8 @@
 //!
 //! Lateness (how long after its scheduled time a poll starts, permits
 //! included) is recorded in [`PollStats`]; the agent logs it at shutdown.
+//! With metrics on, each device task also updates its own handles of
+//! [`crate::metrics`] (outcomes, duration, lateness, health, backoff).
 //!
 //! Owns: the device tasks (`device.rs`: one per device, owning its driver,
 //! its series cache and its health), the permits of shared endpoints
@@ -42,6 +44,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::DeviceConfig;
 use crate::drivers::Driver;
+use crate::metrics::SchedulerMetrics;
 use crate::reading::Reading;
 
 mod device;
@@ -71,18 +74,28 @@ pub const SERIES_DROPPED_METRIC: &str = "series_dropped_total";
 /// Where device tasks send their readings (one `Vec` per poll).
 pub type ReadingsTx = mpsc::Sender<Vec<Reading>>;
 
+/// Where the device tasks report their polls: the agent-wide counters
+/// (always) and the metric families (when metrics are on).
+#[derive(Debug, Clone)]
+pub struct Report<'a> {
+    pub stats: Arc<PollStats>,
+    pub metrics: Option<&'a SchedulerMetrics>,
+}
+
 /// Starts one task per device on `tracker`, each letting at most
-/// `max_series_per_device` distinct series through. Tasks stop at the next
+/// `max_series_per_device` distinct series through, and each with its own
+/// metric handles when `metrics` is given. Tasks stop at the next
 /// scheduled poll after `shutdown` is cancelled; a poll in flight finishes.
 pub fn spawn_all(
     devices: Vec<(DeviceConfig, Driver)>,
     max_concurrency: usize,
     max_series_per_device: usize,
     out: ReadingsTx,
-    stats: Arc<PollStats>,
+    report: Report<'_>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let Report { stats, metrics } = report;
     let permits = Arc::new(Semaphore::new(max_concurrency.max(1)));
     let endpoints = endpoints(devices.iter().map(|(c, _)| c));
     // Every schedule is laid out from this one instant, so devices that
@@ -93,6 +106,7 @@ pub fn spawn_all(
             .driver
             .endpoint()
             .and_then(|l| endpoints.get(&l.key).cloned());
+        let device_metrics = metrics.map(|m| m.device(&config.name, config.driver.name()));
         let task = DeviceTask::new(
             config,
             driver,
@@ -101,7 +115,8 @@ pub fn spawn_all(
             endpoint,
             out.clone(),
             stats.clone(),
-        );
+        )
+        .with_metrics(device_metrics);
         tracker.spawn(task.run(start, shutdown.clone()));
     }
 }

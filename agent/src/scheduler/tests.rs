@@ -76,12 +76,17 @@ async fn run_until(
     let stats = Arc::new(PollStats::default());
     let tracker = TaskTracker::new();
     let shutdown = CancellationToken::new();
+    // With metrics on, so every test also runs their updates.
+    let metrics = crate::metrics::AgentMetrics::new("test", &[], 1);
     spawn_all(
         devices,
         8,
         crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
         tx,
-        stats.clone(),
+        Report {
+            stats: stats.clone(),
+            metrics: Some(&metrics.scheduler),
+        },
         &tracker,
         shutdown.clone(),
     );

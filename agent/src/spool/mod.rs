@@ -209,6 +209,11 @@ impl Spool {
         self.total_bytes
     }
 
+    /// Segment files.
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
     /// Unacknowledged records.
     pub fn pending(&self) -> usize {
         self.records().filter(|r| r.seq > self.acked).count()

@@ -31,6 +31,7 @@ use tributary_process::error_chain;
 use super::UplinkConfig;
 use super::backoff::Backoff;
 use super::declared::Declared;
+use crate::metrics::{LinkState, ReconnectCause};
 
 /// Largest collector frame the agent decodes.
 const MAX_COLLECTOR_FRAME: usize = 16 * 1024 * 1024;
@@ -110,6 +111,17 @@ pub enum ConnectError {
     Task(String),
 }
 
+impl ConnectError {
+    /// The cause the metrics count this failure under.
+    pub(super) fn cause(&self) -> ReconnectCause {
+        match self {
+            ConnectError::Refused { .. } => ReconnectCause::Refused,
+            ConnectError::Timeout { .. } => ReconnectCause::Timeout,
+            _ => ReconnectCause::ConnectFailed,
+        }
+    }
+}
+
 /// The connection, the rotation through the collectors and the backoff.
 pub(super) struct Link {
     state: Connection,
@@ -133,6 +145,15 @@ impl Link {
                 max: config.backoff_max,
             },
             config,
+        }
+    }
+
+    /// Which state the connection is in (for the metrics).
+    pub(super) fn state(&self) -> LinkState {
+        match &self.state {
+            Connection::Disconnected { .. } => LinkState::Disconnected,
+            Connection::Connecting { .. } => LinkState::Connecting,
+            Connection::Streaming(_) => LinkState::Streaming,
         }
     }
 

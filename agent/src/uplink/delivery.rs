@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use tributary_proto::v1 as pb;
 
+use crate::metrics::ReconnectCause;
 use crate::reading::now_ns;
 use crate::spool::SpoolError;
 
@@ -52,6 +53,7 @@ impl Uplink {
             }
             Event::ConnectFailed { error, retry_in } => {
                 self.stats.connect_failures += 1;
+                self.count_reconnect(error.cause());
                 warn!(error = %error, retry_in = ?retry_in, "cannot reach collector");
             }
             Event::Room(permit) => {
@@ -66,6 +68,7 @@ impl Uplink {
                     Err(e) => {
                         error!(error = %e, "spool read failed; reconnecting to resend");
                         link.lost();
+                        self.count_reconnect(ReconnectCause::SpoolError);
                         self.stats.streams_ended += 1;
                     }
                 }
@@ -83,15 +86,18 @@ impl Uplink {
             Event::Frame(other) => debug!(frame = ?other, "unexpected collector frame ignored"),
             Event::SendClosed => {
                 warn!("collector stream closed while sending");
+                self.count_reconnect(ReconnectCause::SendFailed);
                 self.stats.streams_ended += 1;
             }
             Event::Ended(Some(status)) => {
                 warn!(code = %code_name(status.code()), message = %status.message(), "collector stream ended");
                 self.rejected(&status);
+                self.count_reconnect(ReconnectCause::StreamError);
                 self.stats.streams_ended += 1;
             }
             Event::Ended(None) => {
                 warn!("collector closed the stream");
+                self.count_reconnect(ReconnectCause::StreamClosed);
                 self.stats.streams_ended += 1;
             }
         }
@@ -112,8 +118,18 @@ impl Uplink {
         self.stats.connects += 1;
     }
 
+    /// Counts a reconnect in the metrics, when they are on.
+    fn count_reconnect(&mut self, cause: ReconnectCause) {
+        if let Some(m) = &mut self.metrics {
+            m.reconnect(cause);
+        }
+    }
+
     pub(super) fn acked(&mut self, seq: u64) {
         self.stats.acked_seq = self.stats.acked_seq.max(seq);
+        if let Some(m) = &mut self.metrics {
+            m.acked(seq);
+        }
         if let Err(e) = self.spool.ack(seq) {
             error!(error = %e, seq, "spool truncation failed");
         }
@@ -255,6 +271,9 @@ impl Uplink {
         c.next_send = record.seq + 1;
         self.spool.set_in_flight(record.seq);
         self.sent_on_stream = record.seq;
+        if let Some(m) = &mut self.metrics {
+            m.sent(record.seq);
+        }
         let resent = record.seq <= self.sent_before;
         if resent {
             self.stats.resent_batches += 1;

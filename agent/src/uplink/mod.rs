@@ -58,6 +58,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::metrics::{SpoolSample, UplinkMetrics};
 use crate::reading::Reading;
 use crate::spool::Spool;
 
@@ -143,7 +144,12 @@ pub struct Uplink {
     refusal: Option<delivery::Refusal>,
     stats: UplinkStats,
     stats_tx: watch::Sender<UplinkStats>,
+    /// The uplink's and the spool's metrics, when metrics are on.
+    metrics: Option<UplinkMetrics>,
 }
+
+/// How often the spool's gauges are sampled at most.
+const SPOOL_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 impl Uplink {
     /// `intake` receives one `Vec` per poll from the scheduler; `spool` is
@@ -175,9 +181,16 @@ impl Uplink {
                 refusal: None,
                 stats,
                 stats_tx,
+                metrics: None,
             },
             stats_rx,
         )
+    }
+
+    /// Keeps `metrics` up to date while it runs.
+    pub fn with_metrics(mut self, metrics: UplinkMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs until the intake closes (the scheduler stopped) and everything is
@@ -188,6 +201,7 @@ impl Uplink {
         let flush_tick = self.config.batch_max_delay.max(Duration::from_millis(1));
         let mut ticker = tokio::time::interval(flush_tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut spool_sampled: Option<Instant> = None;
 
         loop {
             if let Intake::Draining { give_up_at } = intake {
@@ -230,6 +244,10 @@ impl Uplink {
                     {
                         self.seal();
                     }
+                    if spool_sampled.is_none_or(|t| t.elapsed() >= SPOOL_SAMPLE_EVERY) {
+                        spool_sampled = Some(Instant::now());
+                        self.sample_spool();
+                    }
                 }
                 _ = sleep_until_deadline(intake) => {}
                 event = link.next_event(want_send) => self.on_event(&mut link, event),
@@ -240,12 +258,39 @@ impl Uplink {
                 let changed = *published != self.stats;
                 if changed {
                     published.clone_from(&self.stats);
+                    if let Some(m) = &mut self.metrics {
+                        let s = &self.stats;
+                        m.totals(
+                            s.sealed_batches,
+                            s.resent_batches,
+                            s.dropped_readings,
+                            self.spool.last_seq(),
+                        );
+                    }
                 }
                 changed
             });
+            if let Some(m) = &mut self.metrics {
+                m.link(link.state(), link.stream().map(|s| s.url.as_str()));
+            }
         }
         link.close();
         self.stats_tx.send_replace(self.stats.clone());
+    }
+}
+
+impl Uplink {
+    /// Sets the spool's gauges.
+    fn sample_spool(&mut self) {
+        if let Some(m) = &mut self.metrics {
+            m.spool(SpoolSample {
+                bytes: self.spool.bytes(),
+                segments: self.spool.segments(),
+                unacked_batches: self.spool.pending() as u64,
+                last_seq: self.spool.last_seq(),
+                first_unacked: self.spool.first_unacked(),
+            });
+        }
     }
 }
 

@@ -18,9 +18,11 @@ const FLUSH_PATIENCE: Duration = Duration::from_secs(180);
 /// How long a stopping agent gets to exit.
 const STOP_PATIENCE: Duration = Duration::from_secs(200);
 
-/// A config being written: header, then devices.
+/// A config being written: header, then devices; metrics off unless
+/// [`AgentConfig::metrics`] says where to serve them.
 pub struct AgentConfig {
     text: String,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -36,7 +38,21 @@ impl AgentConfig {
                 spool.display(),
                 FLUSH_PATIENCE.as_secs()
             ),
+            metrics: None,
         }
+    }
+
+    /// Serves the agent's metrics at `listen` (they are off otherwise).
+    pub fn metrics(&mut self, listen: std::net::SocketAddr) {
+        self.metrics = Some(listen);
+    }
+
+    /// The whole file.
+    fn render(&self) -> String {
+        let listen = self
+            .metrics
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        format!("{}\n[metrics]\nlisten = \"{listen}\"\n", self.text)
     }
 
     /// An HTTP device; JSON devices read the simulator's three `/meter`
@@ -86,7 +102,8 @@ pub struct AgentProc {
 impl AgentProc {
     pub fn start(dir: &WorkDir, id: &str, config: AgentConfig) -> Result<AgentProc> {
         let path = dir.join(&format!("{id}.toml"));
-        std::fs::write(&path, config.text).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(&path, config.render())
+            .with_context(|| format!("write {}", path.display()))?;
         let proc = Proc::builder("tributary-agent")?
             .arg("run")
             .arg("--config")
@@ -127,5 +144,29 @@ impl AgentProc {
             );
         }
         Ok(())
+    }
+}
+
+/// Scrapes the agent's `/metrics` once a second until `stop`; fails on a
+/// scrape that is not a 200 with the agent's poll counts. Returns the
+/// number of scrapes.
+pub async fn scrape_every_second(
+    addr: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<u64> {
+    let mut scrapes = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(scrapes),
+            _ = tick.tick() => {}
+        }
+        let (status, body) =
+            tributary_tests::peers::prometheus::http_get(addr, "/metrics", None).await?;
+        anyhow::ensure!(
+            status == 200 && body.contains("tributary_agent_polls_total"),
+            "scrape of {addr}: {status}"
+        );
+        scrapes += 1;
     }
 }

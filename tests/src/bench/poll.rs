@@ -26,6 +26,12 @@
 //! poll was on time). A tick without a poll between a device's first and
 //! last poll of the window is a missed (skipped) poll; a device with no
 //! poll at all misses every tick.
+//!
+//! Each run is done twice, back to back: with the agent's metrics off, then
+//! on (served on loopback and scraped once a second by the harness, as a
+//! Prometheus would, a little more often than usual). `metrics_cpu_ratio`
+//! is the agent's CPU with metrics on over its CPU with them off; the issue
+//! asks for at most 1.03.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -119,22 +125,36 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("agent_peak_rss_mib", "MiB", Some(Target::AtMost(64.0)));
     report.declare("collector_cpu_cores", "cores", None);
     report.declare("harness_cpu_cores", "cores", None);
+    report.declare("agent_cpu_cores_metrics_on", "cores", None);
+    report.declare("agent_cpu_us_per_poll_metrics_on", "µs", None);
+    report.declare("agent_peak_rss_mib_metrics_on", "MiB", None);
+    report.declare("lateness_p99_ms_metrics_on", "ms", None);
+    report.declare("metrics_scrapes", "scrapes", None);
+    report.declare("metrics_cpu_ratio", "×", Some(Target::AtMost(1.03)));
     for r in 1..=runs {
-        one_run(&cfg, r, runs, progress, &mut report).await?;
+        let off = one_run(&cfg, r, runs, false, progress, &mut report).await?;
+        let on = one_run(&cfg, r, runs, true, progress, &mut report).await?;
+        report.record("metrics_cpu_ratio", on / off.max(f64::MIN_POSITIVE));
     }
     report.note("lateness_* is the agent's own (its `poll stats` line: every poll after each device's first, warm-up included; bucket upper bounds, ≤ 12.5 % high); first_poll_lateness_* the first poll of each device (startup); lateness_lb_* the lower bound from the stored poll timestamps over the window (see the bench source)");
     report.note("the HTTP simulators run inside tributary-bench (harness_cpu_cores) on the same cores as the agent and the collector");
     Ok(report.finish())
 }
 
+/// One run, with the agent's metrics served and scraped (`metrics`) or
+/// off; returns the agent's CPU cores over the window.
 async fn one_run(
     cfg: &Config,
     r: usize,
     runs: usize,
+    metrics: bool,
     progress: &Progress,
     report: &mut Report,
-) -> Result<()> {
-    let label = format!("poll run {r}/{runs}");
+) -> Result<f64> {
+    let label = format!(
+        "poll run {r}/{runs} (metrics {})",
+        if metrics { "on" } else { "off" }
+    );
     let dir = WorkDir::new("poll", cfg.keep)?;
     let collector = CollectorProc::start(&dir).await?;
     let mut query = QueryClient::connect(&collector.url).await?;
@@ -157,6 +177,10 @@ async fn one_run(
         let url = sim.url(&format!("{path}?device={i}"));
         config.http_device(&device_name(i), &url, cfg.format, cfg.interval);
     }
+    let metrics_addr = tributary_tests::process::free_addr()?;
+    if metrics {
+        config.metrics(metrics_addr);
+    }
     let requests = |sims: &[HttpListening]| sims.iter().map(HttpListening::requests).sum::<u64>();
     let mut agent = AgentProc::start(&dir, AGENT, config)?;
     let startup = await_first_poll(&mut agent, &sims, progress, &label).await?;
@@ -173,12 +197,24 @@ async fn one_run(
     let h0 = sys::sample_self()?;
     let r0 = requests(&sims);
     let (t0, from_ns) = (Instant::now(), now_ns());
+    let stop_scraping = tokio_util::sync::CancellationToken::new();
+    let scraper = metrics.then(|| {
+        tokio::spawn(crate::agent::scrape_every_second(
+            metrics_addr,
+            stop_scraping.clone(),
+        ))
+    });
     progress
         .wait(cfg.duration, &format!("{label}: polling"), || {
             let polls = requests(&sims) - r0;
             format!("{:.0} polls/s", polls as f64 / t0.elapsed().as_secs_f64())
         })
         .await;
+    stop_scraping.cancel();
+    let scrapes = match scraper {
+        Some(task) => task.await??,
+        None => 0,
+    };
     agent.ensure_running()?;
     let (elapsed, to_ns) = (t0.elapsed().as_secs_f64(), now_ns());
     let r1 = requests(&sims);
@@ -228,6 +264,31 @@ async fn one_run(
     collector.stop().await?;
 
     let polls = (r1 - r0) as f64;
+    let cores = (a1.cpu_s - a0.cpu_s) / elapsed;
+    if metrics {
+        report.record("agent_cpu_cores_metrics_on", cores);
+        report.record(
+            "agent_cpu_us_per_poll_metrics_on",
+            (a1.cpu_s - a0.cpu_s) / polls.max(1.0) * 1e6,
+        );
+        report.record(
+            "agent_peak_rss_mib_metrics_on",
+            a1.hwm as f64 / (1024.0 * 1024.0),
+        );
+        report.record("lateness_p99_ms_metrics_on", own.lateness_p99_ms);
+        report.record("metrics_scrapes", scrapes as f64);
+        report.check(
+            format!("run {r}: the metrics were scraped"),
+            scrapes > 0,
+            format!("{scrapes} scrapes"),
+        );
+        progress.say(&format!(
+            "{label}: {:.0} polls/s, agent {cores:.3} cores, {:.1} MiB, {scrapes} scrapes",
+            polls / elapsed,
+            a1.hwm as f64 / (1024.0 * 1024.0),
+        ));
+        return Ok(cores);
+    }
     report.record("agent_startup_s", startup);
     report.record("polls_per_s", polls / elapsed);
     report.record(
@@ -272,7 +333,7 @@ async fn one_run(
         percentile(&mut a.lateness_ms, 99.0).unwrap_or(0.0),
         a.missed
     ));
-    Ok(())
+    Ok(cores)
 }
 
 /// Waits until the agent's first request reaches the simulators (building

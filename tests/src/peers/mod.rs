@@ -1,6 +1,8 @@
 //! Real device peers that were not written here, for the driver tests:
 //! net-snmp's `snmpd`, `prometheus-node-exporter`, a pymodbus Modbus TCP
-//! server and Mosquitto (a private broker, plus `mosquitto_pub`).
+//! server and Mosquitto (a private broker, plus `mosquitto_pub`); and, for
+//! the metrics tests, a private Prometheus server and `promtool`
+//! (`prometheus.rs`).
 //!
 //! Each program is found through the environment variable `cargo xtask
 //! test` sets (it installs what is missing) or at its well-known path; a
@@ -18,6 +20,8 @@ use anyhow::{Context as _, Result, bail};
 use tokio::process::{Child, Command};
 
 use crate::process::{TestDir, free_addr, wait_for_port};
+
+pub mod prometheus;
 
 /// `snmpd` (Debian package `snmpd`).
 pub const SNMPD_ENV: &str = "TRIBUTARY_SNMPD";

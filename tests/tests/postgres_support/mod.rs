@@ -238,6 +238,7 @@ pub fn start_agent(dir: &TestDir, name: &str, config: &str) -> Result<Proc> {
     )?;
     Proc::builder("tributary-agent")?
         .arg("run")
+        .args(["--metrics-listen", "off"])
         .arg("--config")
         .arg(&path)
         .log_to(dir.join(format!("{name}.log")))
