@@ -2,7 +2,8 @@
 //! the collector: logs go to stderr through `tracing` (filtered by
 //! `RUST_LOG`, text or JSON), the process stops on SIGINT or SIGTERM, an
 //! error is told with each of its causes once, and the wall clock is read
-//! in one unit ([`now_ns`]).
+//! in one unit ([`now_ns`]), and its self-metrics are served the same way
+//! ([`metrics`]).
 //!
 //! Owns nothing at run time: each function is called once by a `main` (or,
 //! for [`error_chain`], wherever an error from a library must become text,
@@ -12,6 +13,8 @@
 //! no Tributary crate, and nothing in it knows the agent from the collector.
 
 #![forbid(unsafe_code)]
+
+pub mod metrics;
 
 use std::error::Error;
 use std::io::IsTerminal;
