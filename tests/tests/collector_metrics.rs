@@ -293,8 +293,18 @@ async fn prometheus_scrapes_agree_with_the_store() -> Result<()> {
     Ok(())
 }
 
+/// The one sample of `series` (name and labels as encoded) in `body`.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Readings of a stream whose agent clock was an hour ahead at its Hello
-/// are all counted as skewed, and shown as such everywhere.
+/// are all counted as skewed, and shown as such everywhere. Also what this
+/// test did itself shows: a refused stream by its reason, the Query RPCs
+/// the CLI made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skewed_readings_are_counted_and_listed() -> Result<()> {
     let dir = TestDir::new("collector-metrics-skew")?;
@@ -352,10 +362,54 @@ async fn skewed_readings_are_counted_and_listed() -> Result<()> {
 
     let body = scrape(&collector).await?;
     ensure!(
-        body.lines()
-            .any(|l| l == "tributary_collector_agent_skewed_readings_total{agent=\"skewed\"} 5"),
+        sample(
+            &body,
+            "tributary_collector_agent_skewed_readings_total{agent=\"skewed\"}"
+        ) == Some(5.0),
         "{body}"
     );
+
+    // A stream that starts with a batch: refused as an invalid frame.
+    let mut client = pb::ingest_client::IngestClient::connect(collector.url()).await?;
+    let (bad_tx, bad_rx) = mpsc::channel(1);
+    bad_tx
+        .send(pb::AgentFrame {
+            frame: Some(pb::agent_frame::Frame::Batch(pb::Batch::default())),
+        })
+        .await?;
+    let mut refused = client
+        .stream(ReceiverStream::new(bad_rx))
+        .await?
+        .into_inner();
+    let status = loop {
+        match tokio::time::timeout(PATIENCE, refused.next()).await? {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => bail!("the stream of a batch before its hello ended without a status"),
+        }
+    };
+    ensure!(status.code() == tonic::Code::InvalidArgument, "{status}");
+    let body = scrape(&collector).await?;
+    for (series, expected) in [
+        (
+            "tributary_collector_streams_refused_total{reason=\"invalid_frame\"}",
+            1.0,
+        ),
+        (
+            "tributary_collector_streams_refused_total{reason=\"identity\"}",
+            0.0,
+        ),
+        ("tributary_collector_streams_opened_total", 1.0),
+        ("tributary_collector_streams_open", 1.0),
+        ("tributary_collector_agent_connected{agent=\"skewed\"}", 1.0),
+        ("tributary_collector_queries_total{rpc=\"ListAgents\"}", 0.0),
+    ] {
+        ensure!(
+            sample(&body, series) == Some(expected),
+            "{series}: expected {expected} in\n{body}"
+        );
+    }
+
     let json = run_bin(
         "tributary-collector",
         ["agents", "--server", &collector.url(), "--format", "json"],
@@ -374,6 +428,18 @@ async fn skewed_readings_are_counted_and_listed() -> Result<()> {
     ensure!(
         table.lines().next().is_some_and(|h| h.contains("SKEWED")),
         "{table}"
+    );
+    let body = scrape(&collector).await?;
+    ensure!(
+        sample(
+            &body,
+            "tributary_collector_queries_total{rpc=\"ListAgents\"}"
+        ) == Some(2.0)
+            && sample(
+                &body,
+                "tributary_collector_query_duration_seconds_count{rpc=\"ListAgents\"}"
+            ) == Some(2.0),
+        "two ListAgents calls (json, table):\n{body}"
     );
     drop(tx);
     Ok(())

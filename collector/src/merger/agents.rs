@@ -128,17 +128,18 @@ impl Merger {
 
     /// Counts a batch of `agent` received at `received_ns`: sent before on
     /// an earlier stream (`resent`), and/or a replay of what is committed
-    /// (`replay`, deduplicated).
+    /// (`replay`, deduplicated), with `skewed` readings.
     pub(super) fn saw_batch(
         &mut self,
         agent: &Arc<str>,
         received_ns: i64,
-        resent: bool,
-        replay: bool,
+        (resent, replay): (bool, bool),
+        skewed: u64,
     ) {
         let state = self.known_agent(agent);
         state.last_seen_ns = state.last_seen_ns.max(received_ns);
         state.stats.saw(resent, replay, received_ns);
+        state.stats.skewed(skewed);
         if resent {
             state.batches_resent += 1;
         }

@@ -67,7 +67,9 @@ impl Merger {
         let committed = self.epoch_state(&b.agent, b.epoch, group).committed_seq;
         self.report(&b.agent, b.epoch, b.dropped, b.last_seq, group);
         let replay = b.seq <= committed;
-        self.saw_batch(&b.agent, b.received_ns, b.resent, replay);
+        // A replay's readings are stored already: not counted again.
+        let skewed = if replay { 0 } else { b.skewed_readings };
+        self.saw_batch(&b.agent, b.received_ns, (b.resent, replay), skewed);
         if replay {
             // A replay (resend after a lost ack, or a second stream of the
             // same agent): ack again, store nothing.
@@ -78,9 +80,6 @@ impl Merger {
                 write: None,
             });
             return;
-        }
-        if let Some(state) = self.agents.get(&b.agent) {
-            state.stats.skewed(b.skewed_readings);
         }
         let mut epoch = self.epoch_state(&b.agent, b.epoch, group);
         epoch.committed_seq = b.seq;
