@@ -18,6 +18,9 @@
 //! - `listener` and `tls`: no other module.
 //! - `http`: the HTTP listener and its router; `roles`, `tls`, `model` and
 //!   the store's read side (never the merger's write side).
+//! - `metrics`: `/metrics`; the handles its owners update (atomics) and
+//!   the collectors that read `listener`'s counters, the merger's queue
+//!   and live agents at scrape time; `model`, `http`'s context type.
 //! - `server`: wires `listener`, `tls`, `store`, `merger`, `session`,
 //!   `query` and `http` together.
 //! - `config`: `tributary-config` (the TOML engine) and the settings types of
@@ -33,6 +36,7 @@ pub mod config;
 pub mod http;
 pub mod listener;
 pub mod merger;
+pub mod metrics;
 pub mod model;
 pub mod prom_labels;
 pub mod query;

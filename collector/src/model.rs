@@ -81,6 +81,10 @@ pub type Committed = Arc<Vec<CommittedChunk>>;
 pub struct AgentLive {
     pub connected: bool,
     pub peer: String,
+    /// What this collector counted of the agent since it started, updated
+    /// by the merger in place (atomics): read it, the snapshot is not
+    /// republished for it.
+    pub stats: Arc<crate::metrics::AgentStats>,
 }
 
 /// Snapshot of which agents are connected, keyed by agent id.

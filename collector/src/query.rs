@@ -8,12 +8,16 @@
 //! from the merger's `watch`, and subscribes to the merger's commit
 //! `broadcast` for Tail.
 //!
+//! Every RPC is counted and timed (`crate::metrics::QueryMetrics`:
+//! atomics, per request).
+//!
 //! With mutual TLS, every RPC first checks that the caller's certificate is
 //! an operator's (`crate::roles`): an agent's certificate gets
 //! `PERMISSION_DENIED`. Without it there are no identities and Query is
 //! open.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, watch};
@@ -23,10 +27,11 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 use tributary_proto::v1 as pb;
 
+use crate::metrics::{QueryMetrics, Rpc};
 use crate::model::{AgentLive, Committed, LiveAgents, Point, SeriesKey, SeriesMeta, StoredValue};
 use crate::roles::{PeerAuth, Roles};
 use crate::store::read::{
-    MAX_CHUNK_POINTS, ReadError, Reader, Selector, SeriesPage, StoredAgent, TimeSpan,
+    MAX_CHUNK_POINTS, RangeChunk, ReadError, Reader, Selector, SeriesPage, StoredAgent, TimeSpan,
 };
 
 /// Chunks a Range stream may have in flight: enough to keep the reader
@@ -58,6 +63,8 @@ pub struct QueryService {
     roles: Arc<Roles>,
     /// Client certificates are verified, so callers have identities.
     mutual_tls: bool,
+    /// Requests, errors and durations per RPC, for `/metrics`.
+    metrics: Arc<QueryMetrics>,
 }
 
 impl QueryService {
@@ -75,7 +82,14 @@ impl QueryService {
             shutdown: CancellationToken::new(),
             roles: Arc::default(),
             mutual_tls: false,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts and times every RPC in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<QueryMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Lets only operators call when `mutual_tls` (client certificates are
@@ -116,9 +130,9 @@ fn read_status(what: &str, e: &ReadError) -> Status {
     }
 }
 
-#[tonic::async_trait]
-impl pb::query_server::Query for QueryService {
-    async fn list_agents(
+/// The unary RPCs' bodies (counted and timed by the `Query` impl below).
+impl QueryService {
+    async fn list_agents_body(
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
@@ -134,7 +148,7 @@ impl pb::query_server::Query for QueryService {
         }))
     }
 
-    async fn list_series(
+    async fn list_series_body(
         &self,
         request: Request<pb::ListSeriesRequest>,
     ) -> Result<Response<pb::ListSeriesResponse>, Status> {
@@ -153,7 +167,7 @@ impl pb::query_server::Query for QueryService {
         Ok(Response::new(series_page(&series, page.limit)))
     }
 
-    async fn latest(
+    async fn latest_body(
         &self,
         request: Request<pb::SeriesFilter>,
     ) -> Result<Response<pb::LatestResponse>, Status> {
@@ -175,57 +189,72 @@ impl pb::query_server::Query for QueryService {
         }))
     }
 
+    /// Runs an RPC's `body`, counted and timed.
+    async fn timed<T>(
+        &self,
+        rpc: Rpc,
+        body: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let timer = self.metrics.start(rpc);
+        let result = body.await;
+        self.metrics.finish(timer, result.is_ok());
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl pb::query_server::Query for QueryService {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.timed(Rpc::ListAgents, self.list_agents_body(request))
+            .await
+    }
+
+    async fn list_series(
+        &self,
+        request: Request<pb::ListSeriesRequest>,
+    ) -> Result<Response<pb::ListSeriesResponse>, Status> {
+        self.timed(Rpc::ListSeries, self.list_series_body(request))
+            .await
+    }
+
+    async fn latest(
+        &self,
+        request: Request<pb::SeriesFilter>,
+    ) -> Result<Response<pb::LatestResponse>, Status> {
+        self.timed(Rpc::Latest, self.latest_body(request)).await
+    }
+
     type RangeStream = ReceiverStream<Result<pb::ReadingsChunk, Status>>;
 
     async fn range(
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<Self::RangeStream>, Status> {
-        self.authorize(&request, "Range")?;
-        let (sel, span) = range_request(request.into_inner())?;
+        let timer = self.metrics.start(Rpc::Range);
+        let checked = self
+            .authorize(&request, "Range")
+            .and_then(|()| range_request(request.into_inner()));
+        let (sel, span) = match checked {
+            Ok(x) => x,
+            Err(status) => {
+                self.metrics.finish(timer, false);
+                return Err(status);
+            }
+        };
         let (tx, rx) = mpsc::channel(RANGE_BUFFER);
         let mut chunks = self.reader.range(sel, span, MAX_CHUNK_POINTS);
         let shutdown = self.shutdown.clone();
+        let metrics = self.metrics.clone();
         // Detached: ends when the walk is done, the client is gone (the
         // next send fails; dropping `chunks` then stops the reader) or the
-        // collector shuts down.
+        // collector shuts down. Timed until then; failed if it ended with
+        // an error status.
         tokio::spawn(async move {
-            loop {
-                let chunk = tokio::select! {
-                    () = shutdown.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
-                        return;
-                    }
-                    chunk = chunks.recv() => chunk,
-                };
-                let msg = match chunk {
-                    None => return,
-                    Some(Ok((meta, points))) => Ok(pb::ReadingsChunk {
-                        series: Some(series_to_proto(&meta)),
-                        points: points.into_iter().map(point_to_proto).collect(),
-                    }),
-                    Some(Err(e)) => {
-                        warn!(error = %e, "range failed");
-                        Err(read_status("range", &e))
-                    }
-                };
-                let failed = msg.is_err();
-                tokio::select! {
-                    sent = tx.send(msg) => if sent.is_err() {
-                        debug!("range client went away");
-                        return;
-                    },
-                    // A client too slow to take the next chunk does not
-                    // hold up shutdown.
-                    () = shutdown.cancelled() => {
-                        let _ = tx.try_send(Err(Status::unavailable("collector shutting down")));
-                        return;
-                    }
-                }
-                if failed {
-                    return;
-                }
-            }
+            let ok = range_walk(&mut chunks, &tx, &shutdown).await;
+            metrics.finish(timer, ok);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -236,7 +265,10 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::SeriesFilter>,
     ) -> Result<Response<Self::TailStream>, Status> {
-        self.authorize(&request, "Tail")?;
+        let timer = self.metrics.start(Rpc::Tail);
+        let authorized = self.authorize(&request, "Tail");
+        self.metrics.finish(timer, authorized.is_ok());
+        authorized?;
         let sel = selector(request.into_inner());
         let mut commits = self.tail.subscribe();
         let (tx, rx) = mpsc::channel(TAIL_BUFFER);
@@ -278,6 +310,52 @@ impl pb::query_server::Query for QueryService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Sends a Range's chunks to `tx` until the walk is done, the client is
+/// gone or the collector shuts down. False when the stream ended with an
+/// error status.
+async fn range_walk(
+    chunks: &mut mpsc::Receiver<Result<RangeChunk, ReadError>>,
+    tx: &mpsc::Sender<Result<pb::ReadingsChunk, Status>>,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let chunk = tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
+                return false;
+            }
+            chunk = chunks.recv() => chunk,
+        };
+        let msg = match chunk {
+            None => return true,
+            Some(Ok((meta, points))) => Ok(pb::ReadingsChunk {
+                series: Some(series_to_proto(&meta)),
+                points: points.into_iter().map(point_to_proto).collect(),
+            }),
+            Some(Err(e)) => {
+                warn!(error = %e, "range failed");
+                Err(read_status("range", &e))
+            }
+        };
+        let failed = msg.is_err();
+        tokio::select! {
+            sent = tx.send(msg) => if sent.is_err() {
+                debug!("range client went away");
+                return true;
+            },
+            // A client too slow to take the next chunk does not
+            // hold up shutdown.
+            () = shutdown.cancelled() => {
+                let _ = tx.try_send(Err(Status::unavailable("collector shutting down")));
+                return false;
+            }
+        }
+        if failed {
+            return false;
+        }
     }
 }
 
@@ -428,6 +506,7 @@ pub fn merge_agents(
                 dropped_at_agent: a.dropped_at_agent,
                 batches_resent: a.batches_resent,
                 lag: a.lag,
+                skewed_readings: 0,
             };
             (a.id, info)
         })
@@ -438,6 +517,7 @@ pub fn merge_agents(
             ..pb::AgentInfo::default()
         });
         info.connected = l.connected;
+        info.skewed_readings = l.stats.skewed_readings();
         if !l.peer.is_empty() {
             info.peer = l.peer.clone();
         }
@@ -570,6 +650,7 @@ mod tests {
                 AgentLive {
                     connected: true,
                     peer: "new:2".into(),
+                    ..AgentLive::default()
                 },
             ),
             (
@@ -577,6 +658,7 @@ mod tests {
                 AgentLive {
                     connected: true,
                     peer: "b:3".into(),
+                    ..AgentLive::default()
                 },
             ),
         ]);

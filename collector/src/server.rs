@@ -1,6 +1,10 @@
 //! The collector's gRPC server: wires the store, the merger, the Ingest and
 //! Query services, health and reflection, and runs until shutdown.
 //!
+//! It also builds the metrics (`crate::metrics`): their handles go to the
+//! merger, the sessions, Query and the listener, the registry to the HTTP
+//! listener's `/metrics`.
+//!
 //! [`run`] takes a bound listener and a shutdown future so tests can bind
 //! port 0 and stop it cleanly. Shutdown is three steps: stop accepting and
 //! tell every session to drain; sessions wait (bounded) for the acks of what
@@ -30,8 +34,9 @@ use tracing::info;
 use tributary_proto::v1 as pb;
 
 use crate::http::{self, HttpContext, HttpLimits};
-use crate::listener::{self, Admission, Deadlines, ListenerStats, Plaintext};
+use crate::listener::{self, Admission, Deadlines, Plaintext};
 use crate::merger::{self, MergerHandle};
+use crate::metrics::{CollectorMetrics, IngestMetrics};
 use crate::query::QueryService;
 use crate::roles::{PeerAuth, Roles};
 use crate::session::{Limits, Session};
@@ -154,6 +159,7 @@ struct IngestService {
     /// Client certificates are verified: streams need one.
     mutual_tls: bool,
     roles: Arc<Roles>,
+    metrics: Arc<IngestMetrics>,
 }
 
 type FrameStream =
@@ -182,7 +188,8 @@ impl pb::ingest_server::Ingest for IngestService {
             self.shutdown.clone(),
             peer,
         )
-        .with_auth(auth, self.roles.clone());
+        .with_auth(auth, self.roles.clone())
+        .with_metrics(self.metrics.clone());
         tokio::spawn(session.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -206,6 +213,9 @@ pub async fn run_with_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let store = config.store_url();
+    // Handles first: the merger, the sessions, Query and the listener
+    // count into them from their first action.
+    let metrics = CollectorMetrics::new();
     let (merger, outputs, merger_join) = merger::start(
         &store,
         merger::MergerOptions {
@@ -214,18 +224,24 @@ pub async fn run_with_http(
             retention: config.retention,
             max_series_per_agent: config.limits.max_series_per_agent,
             max_series_in_memory: config.limits.max_series_in_memory,
+            metrics: metrics.merger.clone(),
         },
     )
     .await?;
     let token = CancellationToken::new();
     let mutual_tls = config.tls.as_ref().is_some_and(|t| t.mutual);
 
+    let (ingest_metrics, query_metrics) = (metrics.ingest.clone(), metrics.query.clone());
+    // The listener's counters (README "Limits"), logged at the end too.
+    let refusals = metrics.listener.clone();
+    let registry = metrics.into_registry(outputs.live.clone(), merger.queue_probe());
     let ingest = pb::ingest_server::IngestServer::new(IngestService {
         merger,
         limits: Arc::new(config.limits.clone()),
         shutdown: token.clone(),
         mutual_tls,
         roles: config.roles.clone(),
+        metrics: ingest_metrics,
     })
     .max_decoding_message_size(config.max_message_bytes);
     let reader = Reader::open(&store)?;
@@ -237,6 +253,7 @@ pub async fn run_with_http(
             roles: config.roles.clone(),
             mutual_tls,
             shutdown: token.clone(),
+            metrics: registry,
         };
         tokio::spawn(http::serve(
             http_listener,
@@ -250,7 +267,8 @@ pub async fn run_with_http(
     let query = pb::query_server::QueryServer::new(
         QueryService::new(reader, outputs.live, outputs.tail)
             .with_shutdown(token.clone())
-            .with_roles(config.roles.clone(), mutual_tls),
+            .with_roles(config.roles.clone(), mutual_tls)
+            .with_metrics(query_metrics),
     )
     .max_decoding_message_size(config.max_message_bytes);
 
@@ -312,8 +330,6 @@ pub async fn run_with_http(
             idle: config.idle_timeout,
         },
     };
-    // The listener's refusal counters (README "Limits"), logged at the end.
-    let refusals = Arc::new(ListenerStats::default());
     let stats = refusals.clone();
     // The listener terminates TLS itself, so tonic sees one stream type or
     // the other.

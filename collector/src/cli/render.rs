@@ -44,6 +44,7 @@ pub fn write_agents(
                         "batches_deduplicated": a.batches_deduplicated,
                         "batches_resent": a.batches_resent,
                         "dropped_at_agent": a.dropped_at_agent,
+                        "skewed_readings": a.skewed_readings,
                     })
                 })
                 .collect();
@@ -65,12 +66,14 @@ pub fn write_agents(
                         a.batches_deduplicated.to_string(),
                         a.batches_resent.to_string(),
                         a.dropped_at_agent.to_string(),
+                        a.skewed_readings.to_string(),
                     ]
                 })
                 .collect();
             if format == Format::Csv {
                 let header = "id,connected,peer,last_seen,epoch,committed_seq,lag,\
-                              readings_stored,batches_deduplicated,batches_resent,dropped_at_agent";
+                              readings_stored,batches_deduplicated,batches_resent,dropped_at_agent,\
+                              skewed_readings";
                 write_csv(out, header, &rows)
             } else {
                 let header = [
@@ -85,6 +88,7 @@ pub fn write_agents(
                     "DEDUPLICATED",
                     "RESENT",
                     "DROPPED AT AGENT",
+                    "SKEWED",
                 ];
                 write_table(out, &header, &rows)
             }
@@ -414,13 +418,14 @@ mod tests {
             dropped_at_agent: 2,
             batches_resent: 3,
             lag: 4,
+            skewed_readings: 5,
         }];
         let csv = render(|out| write_agents(out, Format::Csv, &agents));
         assert_eq!(
             csv,
             "id,connected,peer,last_seen,epoch,committed_seq,lag,readings_stored,\
-             batches_deduplicated,batches_resent,dropped_at_agent\n\
-             edge-1,true,10.0.0.5:4411,,00000000000000ab,7,4,70,1,3,2\n"
+             batches_deduplicated,batches_resent,dropped_at_agent,skewed_readings\n\
+             edge-1,true,10.0.0.5:4411,,00000000000000ab,7,4,70,1,3,2,5\n"
         );
         let table = render(|out| write_agents(out, Format::Table, &agents));
         assert!(table.starts_with("ID "), "{table}");

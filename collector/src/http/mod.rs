@@ -35,6 +35,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tributary_process::metrics::prometheus_client::registry::Registry;
 
 use crate::model::{Committed, LiveAgents};
 use crate::roles::{PeerAuth, Roles};
@@ -61,6 +62,9 @@ pub struct HttpContext {
     /// Cancelled when the collector shuts down: long-lived responses
     /// (event streams) end when it is.
     pub shutdown: CancellationToken,
+    /// The collector's metrics, encoded at each scrape of `/metrics`
+    /// (`crate::metrics`).
+    pub metrics: Arc<Registry>,
 }
 
 /// The whole HTTP surface of the collector.
@@ -69,6 +73,7 @@ pub fn router(ctx: HttpContext) -> Router {
     // are behind `authorize`.
     let protected = Router::new()
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        .merge(crate::metrics::routes())
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize));
     Router::new()
         .route("/-/healthy", get(healthy))

@@ -44,7 +44,7 @@ use tracing::{info, warn};
 
 use addresses::{AddressSlot, PerAddress};
 pub use guard::{Deadlines, Guarded};
-pub use stats::{ListenerStats, Refusal, Snapshot};
+pub use stats::{ListenerStats, OpenConnection, Refusal, Snapshot};
 /// How long to pause accepting after an accept error such as EMFILE, so a
 /// full file table does not turn into a busy loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -89,6 +89,7 @@ pub fn default_max_connections_per_address(max_connections: usize) -> usize {
 pub struct Admitted {
     _permit: OwnedSemaphorePermit,
     _slot: AddressSlot,
+    _open: Option<OpenConnection>,
 }
 
 #[cfg(test)]
@@ -98,6 +99,7 @@ impl Admitted {
         Some(Admitted {
             _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().ok()?,
             _slot: PerAddress::new(1).admit(std::net::Ipv4Addr::LOCALHOST.into())?,
+            _open: None,
         })
     }
 }
@@ -230,6 +232,7 @@ async fn accept_loop<H: Handshake>(
         let admitted = Admitted {
             _permit: held,
             _slot: slot,
+            _open: Some(OpenConnection::new(stats.clone())),
         };
         let (handshake, stats, tx) = (handshake.clone(), stats.clone(), tx.clone());
         tokio::spawn(async move {

@@ -1,16 +1,18 @@
 //! Why the listener closed or held back connections: one counter per reason
-//! and a warning per reason at most once a second.
+//! and a warning per reason at most once a second; and how many it
+//! admitted and holds open ([`OpenConnection`]).
 //!
 //! [`ListenerStats`] is shared (`Arc`) by the accept task and every
 //! admitted connection; nothing else writes it. The counters are relaxed
 //! atomics (each is an independent total, nothing is derived from two of
 //! them). [`ListenerStats::snapshot`] is the accessor for whoever exposes
-//! them (the server logs the totals at shutdown; a `/metrics` endpoint can
-//! read the same snapshot).
+//! them (the server logs the totals at shutdown; `/metrics` reads them at
+//! each scrape, `crate::metrics`).
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use tracing::warn;
@@ -89,6 +91,9 @@ pub struct ListenerStats {
     /// `start` plus one (0: never).
     logged_at: [AtomicU64; Refusal::ALL.len()],
     start: Instant,
+    /// Connections admitted so far, and admitted and not yet closed.
+    accepted: AtomicU64,
+    open: AtomicI64,
 }
 
 impl Default for ListenerStats {
@@ -97,7 +102,28 @@ impl Default for ListenerStats {
             counts: Default::default(),
             logged_at: Default::default(),
             start: Instant::now(),
+            accepted: AtomicU64::new(0),
+            open: AtomicI64::new(0),
         }
+    }
+}
+
+/// Counts one admitted connection as open until it is dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<ListenerStats>);
+
+impl OpenConnection {
+    /// A connection admitted now.
+    pub fn new(stats: Arc<ListenerStats>) -> OpenConnection {
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(stats)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -143,6 +169,16 @@ impl ListenerStats {
     /// How many times `reason` happened so far.
     pub fn get(&self, reason: Refusal) -> u64 {
         self.counts[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Connections admitted since the start.
+    pub fn accepted_connections(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections admitted and not yet closed (handshaking or served).
+    pub fn open_connections(&self) -> i64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Every counter at once.

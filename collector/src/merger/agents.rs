@@ -1,15 +1,17 @@
 //! What the merger knows of each agent: who is connected on which stream,
 //! its peer, when it was last seen, and the counters (batches deduplicated,
 //! resent) that the next commit adds to the store; and the live view the
-//! query side watches.
+//! query side watches, whose `AgentStats` (`/metrics`, the skew count of
+//! `ListAgents`) the merger updates in place after each commit.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::commit::Group;
 use super::{Hello, Merger};
+use crate::metrics::AgentStats;
 use crate::model::{AgentLive, now_ns};
-use crate::store::{AgentWrite, WriteSet};
+use crate::store::{AgentWrite, EpochRow, WriteSet};
 
 /// Per-agent in-memory state: what the next commit tells the store.
 #[derive(Debug, Default)]
@@ -24,12 +26,15 @@ pub(super) struct AgentState {
     /// The session that owns the agent's live stream, if any.
     session: Option<u64>,
     dirty: bool,
+    /// What `/metrics` and `ListAgents` read (shared with the live view).
+    pub(super) stats: Arc<AgentStats>,
 }
 
 impl Merger {
     /// A stream said Hello: the agent is connected through `hello.session`.
     /// Returns the committed sequence of its epoch, for the Welcome.
     pub(super) fn hello(&mut self, hello: Hello, group: &mut Group) -> u64 {
+        self.known_agent(&hello.agent).epoch = hello.epoch;
         let committed = self.durable_committed(&hello.agent, hello.epoch);
         self.refresh_series_count(&hello.agent);
         self.report(
@@ -39,14 +44,75 @@ impl Merger {
             hello.last_seq,
             group,
         );
-        let state = self.agents.entry(hello.agent).or_default();
-        state.epoch = hello.epoch;
+        let row = self
+            .epochs
+            .get(&(hello.agent.clone(), hello.epoch))
+            .copied()
+            .unwrap_or_default();
+        let state = self.known_agent(&hello.agent);
         state.peer = hello.peer;
         state.last_seen_ns = now_ns();
         state.session = Some(hello.session);
         state.dirty = true;
+        state.stats.seen(state.last_seen_ns);
+        state
+            .stats
+            .delivery(row.committed_seq, row.last_seq, state.last_seen_ns);
         self.live_dirty = true;
         committed
+    }
+
+    /// The agent's state, created on first sight: its stats then start
+    /// with the drops of every epoch the merger knows of it (each later
+    /// rise is added by `merge_epoch`), and the live view is republished
+    /// so scrapes see it.
+    fn known_agent(&mut self, agent: &Arc<str>) -> &mut AgentState {
+        if !self.agents.contains_key(agent) {
+            let state = AgentState::default();
+            let dropped = self
+                .epochs
+                .iter()
+                .filter(|((a, _), _)| a == agent)
+                .map(|(_, row)| row.dropped)
+                .fold(0u64, u64::saturating_add);
+            state.stats.dropped(dropped);
+            self.agents.insert(agent.clone(), state);
+            self.live_dirty = true;
+        }
+        self.agents.entry(agent.clone()).or_default()
+    }
+
+    /// Takes `row` into the cached delivery state of (agent, epoch) (field
+    /// by field maximum: it is never ahead of the store) and the agent's
+    /// stats: drops that rose, and where its newest epoch stands.
+    pub(super) fn merge_epoch(&mut self, agent: &Arc<str>, epoch: u64, row: EpochRow) {
+        let cached = self.epochs.entry((agent.clone(), epoch)).or_default();
+        let before = *cached;
+        *cached = cached.max(row);
+        let after = *cached;
+        if let Some(state) = self.agents.get(agent) {
+            state
+                .stats
+                .dropped(after.dropped.saturating_sub(before.dropped));
+            if state.epoch == epoch {
+                state
+                    .stats
+                    .delivery(after.committed_seq, after.last_seq, now_ns());
+            }
+        }
+    }
+
+    /// Counts the batches of `set` that were written (not `skipped`) in
+    /// their agents' stats.
+    pub(super) fn count_committed(&self, set: &WriteSet, skipped: &[usize]) {
+        for (i, b) in set.batches.iter().enumerate() {
+            if skipped.contains(&i) {
+                continue;
+            }
+            if let Some(state) = self.agents.get(&b.agent) {
+                state.stats.committed(b.readings.len() as u64);
+            }
+        }
     }
 
     /// A stream ended: the agent is disconnected, unless a newer stream of
@@ -62,16 +128,18 @@ impl Merger {
 
     /// Counts a batch of `agent` received at `received_ns`: sent before on
     /// an earlier stream (`resent`), and/or a replay of what is committed
-    /// (`replay`, deduplicated).
+    /// (`replay`, deduplicated), with `skewed` readings.
     pub(super) fn saw_batch(
         &mut self,
         agent: &Arc<str>,
         received_ns: i64,
-        resent: bool,
-        replay: bool,
+        (resent, replay): (bool, bool),
+        skewed: u64,
     ) {
-        let state = self.agents.entry(agent.clone()).or_default();
+        let state = self.known_agent(agent);
         state.last_seen_ns = state.last_seen_ns.max(received_ns);
+        state.stats.saw(resent, replay, received_ns);
+        state.stats.skewed(skewed);
         if resent {
             state.batches_resent += 1;
         }
@@ -115,6 +183,7 @@ impl Merger {
                     AgentLive {
                         connected: s.session.is_some(),
                         peer: s.peer.clone(),
+                        stats: s.stats.clone(),
                     },
                 )
             })

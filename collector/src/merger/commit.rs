@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, warn};
 
 use super::{AckSender, IncomingBatch, Merger, SeriesLimitExceeded};
+use crate::metrics::StoreOp;
 use crate::model::{Committed, CommittedChunk, IdMap, Point, SeriesKey};
 use crate::store::{BatchWrite, EpochRow, Store, StoreError, WriteSet};
 
@@ -48,25 +49,27 @@ impl Merger {
     /// safe too: it is never ahead of the store, and a low Welcome only
     /// means resends, which are deduplicated.
     pub(super) fn durable_committed(&mut self, agent: &Arc<str>, epoch: u64) -> u64 {
-        let key = (agent.clone(), epoch);
         match self.store.epoch(agent, epoch) {
-            Ok(Some(row)) => {
-                let cached = self.epochs.entry(key.clone()).or_default();
-                *cached = cached.max(row);
-            }
+            Ok(Some(row)) => self.merge_epoch(agent, epoch, row),
             Ok(None) => {}
             Err(e) => {
+                self.metrics.store_error(StoreOp::ReadEpoch);
                 warn!(agent = %agent, epoch, error = %e, "reading the committed sequence failed; welcoming with the cached one");
             }
         }
-        self.epochs.get(&key).map(|e| e.committed_seq).unwrap_or(0)
+        self.epochs
+            .get(&(agent.clone(), epoch))
+            .map(|e| e.committed_seq)
+            .unwrap_or(0)
     }
 
     pub(super) fn apply_batch(&mut self, b: IncomingBatch, group: &mut Group) {
         let committed = self.epoch_state(&b.agent, b.epoch, group).committed_seq;
         self.report(&b.agent, b.epoch, b.dropped, b.last_seq, group);
         let replay = b.seq <= committed;
-        self.saw_batch(&b.agent, b.received_ns, b.resent, replay);
+        // A replay's readings are stored already: not counted again.
+        let skewed = if replay { 0 } else { b.skewed_readings };
+        self.saw_batch(&b.agent, b.received_ns, (b.resent, replay), skewed);
         if replay {
             // A replay (resend after a lost ack, or a second stream of the
             // same agent): ack again, store nothing.
@@ -145,7 +148,7 @@ impl Merger {
         missing.dedup();
         if !missing.is_empty() {
             let missing: Vec<SeriesKey> = missing.into_iter().cloned().collect();
-            let stored = self.retry("look up series", |store| store.lookup_series(&missing));
+            let stored = self.retry(StoreOp::LookupSeries, |store| store.lookup_series(&missing));
             let mut new = Vec::new();
             for (key, id) in missing.into_iter().zip(stored) {
                 match id {
@@ -155,7 +158,7 @@ impl Merger {
             }
             if !new.is_empty() {
                 self.check_series_limit(&new)?;
-                let ids = self.retry("resolve series", |store| store.resolve_series(&new));
+                let ids = self.retry(StoreOp::ResolveSeries, |store| store.resolve_series(&new));
                 for (key, id) in new.iter().zip(ids) {
                     self.series.insert(key, id);
                 }
@@ -174,16 +177,26 @@ impl Merger {
 
     /// Calls `f` until the store takes it. Nothing is acked meanwhile:
     /// sessions wait, the queue fills, agents spool.
+    /// Each failure counts in `store_errors_total`; `store_retrying` is 1
+    /// until it succeeds.
     fn retry<T>(
         &mut self,
-        what: &'static str,
+        op: StoreOp,
         mut f: impl FnMut(&mut Store) -> Result<T, StoreError>,
     ) -> T {
         let mut delay = Duration::from_millis(50);
         loop {
             match f(&mut self.store) {
-                Ok(v) => return v,
+                Ok(v) => {
+                    if delay > Duration::from_millis(50) {
+                        self.metrics.store_retrying.set(0);
+                    }
+                    return v;
+                }
                 Err(e) => {
+                    self.metrics.store_error(op);
+                    self.metrics.store_retrying.set(1);
+                    let what = op.name();
                     error!(error = %e, retry_in = ?delay, "{what} failed; nothing acked, retrying");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(MAX_RETRY_DELAY);
@@ -206,11 +219,17 @@ impl Merger {
         let mut skipped = Vec::new();
         if !group.set.is_empty() {
             let set = &group.set;
-            let report = self.retry("commit", |store| store.commit(set));
+            let started = Instant::now();
+            let report = self.retry(StoreOp::Commit, |store| store.commit(set));
+            self.metrics.committed(
+                set.batches.len() - report.skipped.len(),
+                group.readings,
+                started.elapsed(),
+            );
             for (agent, epoch, row) in report.epochs {
-                let cached = self.epochs.entry((agent, epoch)).or_default();
-                *cached = cached.max(row);
+                self.merge_epoch(&agent, epoch, row);
             }
+            self.count_committed(&group.set, &report.skipped);
             for &i in &report.skipped {
                 if let Some(b) = group.set.batches.get(i) {
                     debug!(agent = %b.agent, epoch = b.epoch, seq = b.seq, "batch already stored (another collector); acked, not stored");
@@ -262,6 +281,7 @@ impl Merger {
                     }
                 }
                 Err(e) => {
+                    self.metrics.store_error(StoreOp::SeriesByIds);
                     warn!(error = %e, series = evicted.len(), "reading series back for tail failed")
                 }
             }

@@ -27,7 +27,8 @@
 //!
 //! What it may touch: the store's write side (it owns the [`Store`]), the
 //! ack channel of each stream, the live-agents `watch` and the Tail
-//! broadcast. Files: this one is the handle, the command enum, startup and
+//! broadcast, and its metrics (`crate::metrics`: atomics it adds to per
+//! group, per batch and per step, and each agent's `AgentStats`). Files: this one is the handle, the command enum, startup and
 //! the run loop; `commit` group commit, dedup and acks; `agents` what it
 //! knows of each agent; `upkeep` compaction and retention; `series` the
 //! series table; `cardinality` the per-agent series limit.
@@ -39,6 +40,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::info;
 
+use crate::metrics::MergerMetrics;
 use crate::model::{Committed, LiveAgents, NewReading, SeriesKey};
 use crate::store::{Durability, EpochRow, Retention, Store, StoreError, StoreUrl};
 
@@ -213,6 +215,14 @@ impl MergerHandle {
             .map_err(|_| MergerGone)
     }
 
+    /// What `/metrics` reads of the queue (it does not keep the merger
+    /// alive).
+    pub fn queue_probe(&self) -> QueueProbe {
+        QueueProbe {
+            tx: self.tx.downgrade(),
+        }
+    }
+
     /// Tells the merger a stream ended. Best effort: never waits.
     pub fn goodbye(&self, agent: Arc<str>, session: u64) {
         let tx = self.tx.clone();
@@ -225,6 +235,29 @@ impl MergerHandle {
                 let _ = tx.send(cmd).await;
             });
         }
+    }
+}
+
+/// How full the merger's queue is, read at scrape time.
+#[derive(Debug, Clone)]
+pub struct QueueProbe {
+    tx: mpsc::WeakSender<Command>,
+}
+
+impl QueueProbe {
+    /// Commands waiting and the queue's size; `None` once the merger is
+    /// gone.
+    pub fn depth(&self) -> Option<(usize, usize)> {
+        let tx = self.tx.upgrade()?;
+        Some((tx.max_capacity() - tx.capacity(), tx.max_capacity()))
+    }
+}
+
+#[cfg(test)]
+impl QueueProbe {
+    /// A probe of any command channel.
+    pub(crate) fn of(tx: &mpsc::Sender<Command>) -> QueueProbe {
+        QueueProbe { tx: tx.downgrade() }
     }
 }
 
@@ -247,6 +280,8 @@ pub struct MergerOptions {
     /// Most series the series table holds; the least recently used go
     /// beyond it (and are read from the store again when needed).
     pub max_series_in_memory: usize,
+    /// What the merger counts for `/metrics`.
+    pub metrics: Arc<MergerMetrics>,
 }
 
 /// The merger's state. Owned by its thread; nobody else can see it.
@@ -271,6 +306,7 @@ pub struct Merger {
     retention: Option<Retention>,
     /// Cutoff of a retention pass still under way.
     retaining: Option<Retaining>,
+    metrics: Arc<MergerMetrics>,
 }
 
 /// Why the merger could not start. The message says what failed; the
@@ -303,6 +339,7 @@ pub async fn start(
     let retention = options.retention;
     let max_series_per_agent = options.max_series_per_agent;
     let max_series_in_memory = options.max_series_in_memory;
+    let metrics = options.metrics.clone();
     let compacts = matches!(url, StoreUrl::Sqlite(_));
     // The store is opened, used and dropped on the merger's thread only:
     // a PostgreSQL store owns a runtime, which must not be dropped (nor
@@ -349,6 +386,7 @@ pub async fn start(
                 tail: tail_tx,
                 retention,
                 retaining: None,
+                metrics,
             };
             let _ = ready_tx.send(Ok(()));
             merger.run();

@@ -5,6 +5,7 @@
 use tracing::{debug, info, warn};
 
 use super::Merger;
+use crate::metrics::StoreOp;
 use crate::model::now_ns;
 use crate::store::CompactStep;
 
@@ -45,12 +46,18 @@ impl Merger {
     pub(super) fn compact_step(&mut self) -> Option<CompactStep> {
         match self.store.compact() {
             Ok(step) => {
+                if step != CompactStep::default() {
+                    self.metrics.compaction_steps.inc();
+                    self.metrics.compaction_points.inc_by(step.points);
+                }
                 if step.round_done {
+                    self.metrics.compaction_rounds.inc();
                     debug!("compaction round done");
                 }
                 Some(step)
             }
             Err(e) => {
+                self.metrics.store_error(StoreOp::Compact);
                 warn!(error = %e, "compaction step failed; trying again shortly");
                 None
             }
@@ -81,7 +88,9 @@ impl Merger {
         match self.store.retain(pass.cutoff_ns, RETAIN_STEP_ROWS) {
             Ok(step) => {
                 pass.removed += step.removed;
+                self.metrics.retention_removed.inc_by(step.removed);
                 if step.done {
+                    self.metrics.retention_passes.inc();
                     if pass.removed > 0 {
                         info!(
                             removed = pass.removed,
@@ -93,7 +102,10 @@ impl Merger {
                     self.retaining = Some(pass);
                 }
             }
-            Err(e) => warn!(error = %e, "retention step failed; trying again at the next tick"),
+            Err(e) => {
+                self.metrics.store_error(StoreOp::Retain);
+                warn!(error = %e, "retention step failed; trying again at the next tick")
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use super::check::check_name;
 use super::series::StreamSeries;
 use super::{Limits, Outbound, Session, Stream, clamp_counter, format_offset, unavailable};
 use crate::merger::StreamAcks;
+use crate::metrics::StreamRefusal;
 use crate::model::now_ns;
 use crate::roles::{PeerAuth, Roles, is_id_byte};
 
@@ -23,6 +24,12 @@ use crate::roles::{PeerAuth, Roles, is_id_byte};
 /// certificate identity must not be an operator's and must be that id; the
 /// id must be on the allowlist when there is one.
 pub fn authorize(agent_id: &str, auth: &PeerAuth, roles: &Roles) -> Result<(), Status> {
+    check_identity(agent_id, auth, roles)?;
+    check_allowlist(agent_id, roles)
+}
+
+/// What [`authorize`] checks of the certificate.
+fn check_identity(agent_id: &str, auth: &PeerAuth, roles: &Roles) -> Result<(), Status> {
     match auth {
         PeerAuth::Unverified => {}
         PeerAuth::Certificate(identity) => {
@@ -40,6 +47,11 @@ pub fn authorize(agent_id: &str, auth: &PeerAuth, roles: &Roles) -> Result<(), S
         }
         PeerAuth::Invalid(why) => return Err(Status::unauthenticated(why.clone())),
     }
+    Ok(())
+}
+
+/// What [`authorize`] checks of the allowlist.
+fn check_allowlist(agent_id: &str, roles: &Roles) -> Result<(), Status> {
     if !roles.is_allowed_agent(agent_id) {
         return Err(Status::permission_denied(format!(
             "hello.agent_id: {agent_id:?} is not an allowed agent"
@@ -63,7 +75,10 @@ impl Session {
     ) -> Result<Option<(Stream, watch::Receiver<StreamAcks>)>, Status> {
         let hello = tokio::select! {
             f = tokio::time::timeout(self.limits.hello_timeout, inbound.next()) => match f {
-                Err(_) => return Err(Status::deadline_exceeded("no hello within the hello timeout")),
+                Err(_) => {
+                    self.metrics.refused(StreamRefusal::HelloTimeout);
+                    return Err(Status::deadline_exceeded("no hello within the hello timeout"));
+                }
                 Ok(None) => return Ok(None),
                 Ok(Some(Err(status))) => return Err(status),
                 Ok(Some(Ok(frame))) => frame,
@@ -80,7 +95,14 @@ impl Session {
             None => return Err(Status::invalid_argument("frame: empty, expected hello")),
         };
         check_hello(&hello, &self.limits)?;
-        if let Err(status) = authorize(&hello.agent_id, &self.auth, &self.roles) {
+        let authorized = check_identity(&hello.agent_id, &self.auth, &self.roles)
+            .map_err(|s| (StreamRefusal::Identity, s))
+            .and_then(|()| {
+                check_allowlist(&hello.agent_id, &self.roles)
+                    .map_err(|s| (StreamRefusal::Allowlist, s))
+            });
+        if let Err((reason, status)) = authorized {
+            self.metrics.refused(reason);
             warn!(peer = %self.peer, agent = %hello.agent_id, error = %status.message(), "stream refused");
             return Err(status);
         }

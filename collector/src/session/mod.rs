@@ -17,7 +17,8 @@
 //! nothing of that batch is forwarded, and other streams are unaffected.
 //!
 //! What it may touch: the merger, through [`MergerHandle`] only; the stream
-//! it serves. Files: this one is the task (the stream loop, drain, acks);
+//! it serves; its counters in `crate::metrics::IngestMetrics` (streams open,
+//! refusals by reason; atomics, per stream). Files: this one is the task (the stream loop, drain, acks);
 //! `handshake` the Hello and Welcome; `check` the pure validation of a
 //! batch; `readings` turns a checked batch into the merger's readings;
 //! `series` the stream's interning table.
@@ -34,6 +35,7 @@ use tracing::{debug, info, warn};
 use tributary_proto::{limits, v1 as pb};
 
 use crate::merger::{AckSender, IncomingBatch, MergerHandle, ResolveError, StreamAcks};
+use crate::metrics::{IngestMetrics, StreamRefusal};
 use crate::model::{NewReading, SeriesKey, now_ns};
 use crate::roles::Roles;
 
@@ -105,6 +107,7 @@ pub struct Session {
     peer: String,
     auth: PeerAuth,
     roles: Arc<Roles>,
+    metrics: Arc<IngestMetrics>,
 }
 
 /// Identity and progress of a stream after its Hello.
@@ -140,7 +143,14 @@ impl Session {
             peer,
             auth: PeerAuth::Unverified,
             roles: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts this session's stream and refusals in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<IngestMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Sets what TLS knows of the peer and the roles of identities (the
@@ -156,8 +166,10 @@ impl Session {
     /// stream's final status.
     pub async fn run(self, inbound: Streaming<pb::AgentFrame>, out: Outbound) {
         let peer = self.peer.clone();
+        let metrics = self.metrics.clone();
         if let Err(status) = self.serve(inbound, &out).await {
             if status.code() == tonic::Code::InvalidArgument {
+                metrics.refused(StreamRefusal::InvalidFrame);
                 warn!(%peer, error = %status.message(), "stream rejected");
             } else {
                 debug!(%peer, status = %status, "stream ended");
@@ -174,9 +186,12 @@ impl Session {
         let Some((mut stream, mut ack_rx)) = self.handshake(&mut inbound, out).await? else {
             return Ok(());
         };
+        self.metrics.streams_opened.inc();
+        self.metrics.streams_open.inc();
         let result = self
             .stream_loop(&mut stream, &mut inbound, &mut ack_rx, out)
             .await;
+        self.metrics.streams_open.dec();
         self.merger.goodbye(stream.agent.clone(), stream.session);
         info!(agent = %stream.agent, peer = %self.peer, "agent stream ended");
         result
@@ -278,6 +293,7 @@ impl Session {
             let ids = self.merger.resolve(new_keys).await.map_err(|e| match e {
                 ResolveError::Gone(gone) => unavailable(gone),
                 ResolveError::SeriesLimit(refused) => {
+                    self.metrics.refused(StreamRefusal::SeriesLimit);
                     Status::resource_exhausted(refused.to_string())
                 }
             })?;

@@ -1,0 +1,141 @@
+//! The collector's self-metrics, served as `/metrics` on its HTTP listener
+//! in the Prometheus text format (OpenMetrics when the scraper asks).
+//!
+//! Two kinds, so the hot path pays almost nothing:
+//!
+//! - updated by their owner as things happen, each a relaxed atomic
+//!   (`handles`): the sessions count streams and refusals, the merger
+//!   counts groups, commit time, store errors and upkeep, the Query
+//!   service counts and times RPCs. Per batch, group, stream or request;
+//!   never per reading.
+//! - read at scrape time from what the collector keeps anyway, through
+//!   `prometheus-client` `Collector`s: the per-agent numbers from the
+//!   merger's live snapshot (`agents`: each agent's [`AgentStats`], atomics
+//!   the merger writes per batch), the gRPC listener's connection counters
+//!   and the merger's queue depth (`scrape`), and the process metrics and
+//!   build info of `tributary_process::metrics`.
+//!
+//! Cardinality is bounded: the only open-ended label is `agent`, one
+//! series per agent and metric; labels never name a device, a series or a
+//! reading.
+//!
+//! How it is wired (`server::run_with_http`): [`CollectorMetrics::new`]
+//! before anything starts; its handles go to the merger, the sessions, the
+//! Query service and the listener; [`CollectorMetrics::into_registry`]
+//! adds the scrape-time collectors once the merger runs; the registry goes
+//! to the HTTP listener in `HttpContext`, where [`routes`] serves it.
+//!
+//! May import: `model`, `listener` (its counters), `merger` (its queue
+//! probe), `http` (the context type), `tributary-process`. Owns no task and
+//! no lock; every number has one writer.
+
+mod agents;
+mod handles;
+mod scrape;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::watch;
+use tributary_process::metrics::prometheus_client::registry::Registry;
+use tributary_process::metrics::{Format, ProcessCollector, encode, register_build_info};
+
+use crate::http::HttpContext;
+use crate::listener::ListenerStats;
+use crate::merger::QueueProbe;
+use crate::model::LiveAgents;
+
+pub use agents::{AgentCounts, AgentStats, AgentsCollector};
+pub use handles::{
+    IngestMetrics, MergerMetrics, QueryMetrics, QueryTimer, Rpc, StoreOp, StreamRefusal,
+};
+pub use scrape::{ListenerCollector, QueueCollector};
+
+/// The git commit of this build, when the build set `TRIBUTARY_GIT_COMMIT`.
+const COMMIT: &str = match option_env!("TRIBUTARY_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// The collector's metrics: the registry being built and the handles its
+/// parts update.
+#[derive(Debug)]
+pub struct CollectorMetrics {
+    registry: Registry,
+    pub ingest: Arc<IngestMetrics>,
+    pub merger: Arc<MergerMetrics>,
+    pub query: Arc<QueryMetrics>,
+    /// The gRPC listener's counters (it writes them; scrapes read them).
+    pub listener: Arc<ListenerStats>,
+}
+
+impl Default for CollectorMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CollectorMetrics {
+    /// Every handle, registered, with build info and process metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        register_build_info(
+            &mut registry,
+            "tributary_collector",
+            env!("CARGO_PKG_VERSION"),
+            COMMIT,
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        let (ingest, merger, query) = handles::new(&mut registry);
+        CollectorMetrics {
+            registry,
+            ingest: Arc::new(ingest),
+            merger: Arc::new(merger),
+            query: Arc::new(query),
+            listener: Arc::new(ListenerStats::default()),
+        }
+    }
+
+    /// The finished registry, with the collectors that read the merger's
+    /// live agents, its queue and the listener's counters at each scrape.
+    pub fn into_registry(
+        mut self,
+        live: watch::Receiver<LiveAgents>,
+        queue: QueueProbe,
+    ) -> Arc<Registry> {
+        self.registry
+            .register_collector(Box::new(AgentsCollector::new(live)));
+        self.registry
+            .register_collector(Box::new(ListenerCollector(self.listener)));
+        self.registry
+            .register_collector(Box::new(QueueCollector(queue)));
+        Arc::new(self.registry)
+    }
+}
+
+/// `GET /metrics`, merged into the HTTP listener's router (behind its
+/// `authorize`, like every route but health).
+pub fn routes() -> Router<HttpContext> {
+    Router::new().route("/metrics", get(scrape))
+}
+
+async fn scrape(State(ctx): State<HttpContext>, headers: HeaderMap) -> Response {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
+    match encode(&ctx.metrics, format) {
+        Ok(body) => ([(CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be encoded\n",
+        )
+            .into_response(),
+    }
+}
