@@ -100,7 +100,10 @@ impl Uplink {
     /// Cheap when it is not: a few comparisons after an ack.
     pub(super) fn maybe_roll(&mut self, link: &mut Link) {
         let max_bytes = self.spool.max_bytes();
+        // Not while shutting down (the scheduler is gone): a new stream
+        // would only delay the stop; the next start can roll.
         if !should_roll(self.spool.series_bytes(), self.compaction.floor, max_bytes)
+            || self.intake.is_closed()
             || self.spool.first_unacked().is_some()
             || (self.spool.dropped() > 0 && self.dropped_acked != self.spool.dropped())
         {
