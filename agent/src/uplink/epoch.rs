@@ -147,7 +147,16 @@ impl Uplink {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tributary_proto::v1 as pb;
+
+    use super::super::connection::Link;
+    use super::super::{Collectors, Uplink, UplinkConfig};
     use super::should_roll;
+    use crate::reading::{Labels, Reading, SeriesKey, Value};
+    use crate::spool::{FullPolicy, Spool, SpoolOptions};
 
     const MAX: u64 = 1 << 20;
 
@@ -165,5 +174,79 @@ mod tests {
         // Nearly full: a rollover beats dropping batches, floor or not.
         assert!(!should_roll(MAX / 4 * 3, Some(MAX / 2), MAX));
         assert!(should_roll(MAX / 4 * 3 + 1, Some(MAX / 2), MAX));
+    }
+
+    /// One reading each of `n` series of device `d`.
+    fn readings(n: usize) -> Vec<Reading> {
+        (0..n)
+            .map(|i| Reading {
+                series: Arc::new(SeriesKey {
+                    device: "d".into(),
+                    metric: format!("metric_{i}").into(),
+                    labels: Labels::default(),
+                    unit: "V".into(),
+                }),
+                ts_ns: 1,
+                value: Value::I64(i as i64),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rollover_forgets_the_ids_and_says_hello_with_the_new_epoch() {
+        let dir = std::env::temp_dir().join(format!(
+            "tributary-uplink-rollover-{}-{}",
+            std::process::id(),
+            crate::reading::now_ns()
+        ));
+        let max_bytes = 64 * 1024;
+        let (spool, _) = Spool::open(SpoolOptions {
+            dir: dir.clone(),
+            max_bytes,
+            policy: FullPolicy::DropOldest,
+            sync: false,
+        })
+        .expect("spool");
+        let mut config = UplinkConfig::new(
+            "a".into(),
+            Collectors::new(vec!["http://x".into()]).unwrap(),
+        );
+        config.series_settle = Duration::ZERO;
+        // The intake stays open: no rollover happens at shutdown.
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let (mut u, _) = Uplink::new(config, rx, spool);
+        let mut link = Link::new(u.config.clone());
+        // The floor: nothing in use yet.
+        u.compaction.tick(u.spool.series_bytes(), max_bytes);
+        u.push(readings(600));
+        u.seal();
+        let old = u.spool.epoch();
+        assert!(u.spool.series_bytes() > max_bytes / 4);
+        assert_eq!(u.ids.len(), 600);
+        u.maybe_roll(&mut link);
+        assert_eq!(u.spool.epoch(), old, "not while batch 1 is unacked");
+        u.acked(1);
+        u.maybe_roll(&mut link);
+        let new = u.spool.epoch();
+        assert_ne!(new, old);
+        assert_eq!((u.ids.len(), u.spool.series_count()), (0, 0));
+        assert_eq!(u.ids.by_key.len(), 0, "the map is gone too");
+        assert_eq!(
+            (u.stats.epoch_rollovers, u.stats.series_dictionary_bytes),
+            (1, 0)
+        );
+        match u.hello().frame {
+            Some(pb::agent_frame::Frame::Hello(h)) => assert_eq!((h.epoch, h.dropped), (new, 0)),
+            other => panic!("not a hello: {other:?}"),
+        }
+        // The series come back with ids from 1, numbering goes on.
+        u.push(readings(2));
+        u.seal();
+        assert_eq!((u.ids.len(), u.spool.last_seq()), (2, 2));
+        // Not again until the dictionary has grown past its floor.
+        u.acked(2);
+        u.maybe_roll(&mut link);
+        assert_eq!(u.spool.epoch(), new);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
