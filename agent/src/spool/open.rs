@@ -145,7 +145,7 @@ fn list_segments(dir: &Path) -> Result<Vec<PathBuf>, SpoolError> {
 }
 
 /// The epoch in `EPOCH`; `None` if there is none or it is corrupt.
-pub(super) fn read_epoch(dir: &Path) -> Result<Option<u64>, SpoolError> {
+fn read_epoch(dir: &Path) -> Result<Option<u64>, SpoolError> {
     let epoch_path = dir.join("EPOCH");
     match fs::read_to_string(&epoch_path) {
         Ok(s) => match u64::from_str_radix(s.trim(), 16) {
