@@ -135,6 +135,9 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
         readings = recovery.readings,
         cut_bytes = recovery.cut_bytes,
         dropped_so_far = spool.dropped(),
+        series = recovery.series,
+        series_bytes = spool.series_bytes(),
+        max_bytes = spool.max_bytes(),
         "spool opened"
     );
 

@@ -14,6 +14,11 @@
 //! - the dictionary is over a quarter of `max_bytes` and over twice its
 //!   floor, or over three quarters of `max_bytes` whatever its floor.
 //!
+//! After a restart the dictionary comes from the spool, and the floor
+//! counts only what it gained since: the series in use may already be in
+//! it, so the floor can be too low and cost one rollover more, after which
+//! it is measured on an empty dictionary.
+//!
 //! The floor makes a rollover wait until the dictionary has at least
 //! doubled since the series in use were declared, so declaring them again
 //! (what a rollover costs, as an agent restart does) is paid for by at
