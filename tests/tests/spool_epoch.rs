@@ -19,7 +19,7 @@ use tributary_tests::process::{TestDir, eventually, free_addr};
 /// The spool's bound in this test.
 const MAX_BYTES: u64 = 1024 * 1024;
 /// New series the Prometheus target brings every scrape.
-const CHURN: u64 = 300;
+const CHURN: u64 = 200;
 /// The fewest bytes a dictionary entry of one of them takes: header 8,
 /// device `churner` 4 + 7, metric `sim_churn_value` 4 + 15, empty unit 4,
 /// label count 4, `i` 4 + 1 and its value 4 + 1, `scrape` 4 + 6 and its
@@ -46,9 +46,9 @@ fn spool_sizes(spool: &Path) -> (u64, u64) {
     (series, series + segments)
 }
 
-/// A Prometheus target with 300 new series every scrape, beside sim
+/// A Prometheus target with 200 new series every scrape, beside sim
 /// counters, behind an agent with a 1 MiB spool. Without compaction the
-/// dictionary would pass the spool's bound after about 50 scrapes; the test
+/// dictionary would pass the spool's bound after about 70 scrapes; the test
 /// runs past twice that. Every time the spool is looked at, `SERIES` is
 /// within `max_bytes`, and so is the whole spool at the end (the bound the
 /// code enforces, sampled here); the agent rolled its epoch; and the

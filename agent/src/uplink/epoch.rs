@@ -72,7 +72,8 @@ impl Compaction {
     }
 
     /// Measures the floor once `settle` has passed (called on the flush
-    /// tick, so it is taken on time even while nothing is acked).
+    /// tick and after each seal, so it is taken on time even while nothing
+    /// is acked).
     pub(super) fn tick(&mut self, series_bytes: u64, max_bytes: u64) {
         if self.floor.is_some() || self.started.elapsed() < self.settle {
             return;

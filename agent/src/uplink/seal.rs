@@ -102,6 +102,10 @@ impl Uplink {
         self.open_since = None;
         self.blocked = false;
         self.note_spool();
+        // The dictionary just grew: the floor is taken on time even when
+        // the flush tick is late.
+        self.compaction
+            .tick(self.spool.series_bytes(), self.spool.max_bytes());
     }
 
     /// Copies what the spool counts into the stats: drops (this epoch's,
