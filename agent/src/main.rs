@@ -146,6 +146,14 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
     uplink_config.keepalive_timeout = config.uplink.keepalive_timeout;
     uplink_config.connect_timeout = config.uplink.connect_timeout;
     uplink_config.tls = config.tls.clone();
+    // The series in use are declared within the longest poll (see
+    // uplink/epoch.rs): the dictionary's floor is measured after two.
+    uplink_config.series_settle = devices
+        .iter()
+        .map(|(d, _)| d.interval.saturating_add(d.timeout))
+        .max()
+        .unwrap_or_default()
+        .saturating_mul(2);
 
     let (spool, recovery) = Spool::open(SpoolOptions {
         dir: config.spool.dir.clone(),
@@ -163,6 +171,9 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
         readings = recovery.readings,
         cut_bytes = recovery.cut_bytes,
         dropped_so_far = spool.dropped(),
+        series = recovery.series,
+        series_bytes = spool.series_bytes(),
+        max_bytes = spool.max_bytes(),
         "spool opened"
     );
 

@@ -1,6 +1,8 @@
 //! The series dictionary (`SERIES`): entry `n` (from 1) is the key of
 //! agent-wide series id `n`, `[len: u32 le][crc32c: u32 le][key]`, appended
-//! and made durable before the first record that uses its id.
+//! and made durable before the first record that uses its id. Its bytes
+//! count toward the spool's `max_bytes` (room is made in `queue.rs`); it is
+//! emptied by an epoch rollover (`epoch.rs`).
 
 use std::fs;
 use std::io::{self, Write};
@@ -14,28 +16,34 @@ use super::segment::{CRC, HEADER};
 use super::{Spool, SpoolError, io_err};
 
 impl Spool {
-    /// Appends `keys` to the dictionary as ids `series_count() + 1 ..`, in
-    /// one write, durable (with `sync`) before this returns, so a record
-    /// appended afterwards may use them. On failure nothing was added.
-    pub fn add_series(&mut self, keys: &[&SeriesKey]) -> Result<(), SpoolError> {
-        if keys.is_empty() {
+    /// Appends `keys` to the dictionary as ids `series_count() + 1 ..`
+    /// without making room for them (tests; the uplink goes through
+    /// [`Spool::append_with_series`], which does).
+    #[cfg(test)]
+    pub(super) fn add_series(&mut self, keys: &[&SeriesKey]) -> Result<(), SpoolError> {
+        let (buf, n) = encode_series_entries(keys);
+        self.write_series(&buf, n)
+    }
+
+    /// Appends `buf`, `n` encoded entries, to the dictionary as ids
+    /// `series_count() + 1 ..`, in one write, durable (with `sync`) before
+    /// this returns, so a record appended afterwards may use them. On
+    /// failure nothing was added.
+    pub(super) fn write_series(&mut self, buf: &[u8], n: usize) -> Result<(), SpoolError> {
+        if n == 0 {
             return Ok(());
         }
         let path = self.opts.dir.join("SERIES");
-        let count = u32::try_from(keys.len())
+        let count = u32::try_from(n)
             .ok()
             .and_then(|n| self.series_count.checked_add(n))
             .ok_or_else(|| SpoolError::Invalid {
                 path: path.clone(),
                 message: format!("more than {} series in one epoch", u32::MAX),
             })?;
-        let mut buf = Vec::with_capacity(keys.len() * 64);
-        for key in keys {
-            encode_series_entry(&mut buf, key);
-        }
         let before = self.series_bytes;
         let sync = self.opts.sync;
-        if let Err(e) = self.series_file.write_all(&buf).and_then(|()| {
+        if let Err(e) = self.series_file.write_all(buf).and_then(|()| {
             if sync {
                 self.series_file.sync_data()
             } else {
@@ -50,6 +58,15 @@ impl Spool {
         self.series_count = count;
         Ok(())
     }
+}
+
+/// The dictionary entries of `keys`, one after the other, and their number.
+pub(super) fn encode_series_entries(keys: &[&SeriesKey]) -> (Vec<u8>, usize) {
+    let mut buf = Vec::with_capacity(keys.len() * 64);
+    for key in keys {
+        encode_series_entry(&mut buf, key);
+    }
+    (buf, keys.len())
 }
 
 /// Appends the dictionary entry of `key` to `buf`.

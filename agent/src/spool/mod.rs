@@ -5,24 +5,29 @@
 //! see below). Files: `open.rs` (open and repair), `queue.rs` (append within
 //! the byte bound, read in order, truncate on ack), `segment.rs` (the record
 //! format of a segment and its scan), `dictionary.rs` (`SERIES`),
+//! `epoch.rs` (a new epoch while running, which compacts `SERIES`),
 //! `durable.rs` (atomic small files, directory syncs).
 //!
 //! A reading is *taken* once the batch holding it is appended here; the
 //! batch's sequence number is assigned at append. The spool survives
-//! `kill -9` and reboots, is bounded in bytes, and is truncated as the
-//! collector acks.
+//! `kill -9` and reboots, is bounded in bytes (segments and dictionary
+//! together), and is truncated as the collector acks.
 //!
 //! Layout of the directory:
 //!
-//! - `EPOCH`: the spool's random id (16 hex digits), written once. A new
-//!   spool (or a wiped one) gets a new epoch, so its sequence numbers never
-//!   collide with an old spool's.
+//! - `EPOCH`: the spool's random id (16 hex digits). A new spool (or a
+//!   wiped one) gets a new epoch, so its sequence numbers never collide with
+//!   an old spool's; a running spool whose records are all acked may start
+//!   a new one to compact its dictionary (`epoch.rs`).
 //! - `SEQ`: a reservation of sequence numbers. Before a sequence beyond the
 //!   reservation is handed out, a new reservation is written (atomically, by
 //!   rename). After a restart numbering resumes *above* the reservation, so a
 //!   sequence that may have reached the collector is never reused, even when
 //!   the tail of the spool was lost.
-//! - `DROPPED`: how many readings were dropped because the spool was full.
+//! - `DROPPED`: how many readings of the epoch were dropped because the
+//!   spool was full, and the epoch they belong to (`<count> <epoch>`; a
+//!   count of another epoch reads as 0, one without an epoch, as an older
+//!   agent wrote it, as this epoch's).
 //! - `FORMAT`: the layout version (`2`). A directory with an epoch but no
 //!   `FORMAT` was written by an older agent (version 1: series names in
 //!   every record) and is refused with an error saying what to do.
@@ -32,7 +37,8 @@
 //!   unit (each `[u32 le length][UTF-8]`) and the labels (`[u32 le count]`,
 //!   then name and value of each). An entry is appended and made durable
 //!   before the first record that uses its id, so a torn tail only loses
-//!   ids no record uses; it is cut at open like a segment's.
+//!   ids no record uses; it is cut at open like a segment's. Its bytes count
+//!   toward `max_bytes`.
 //! - `<first-seq>.seg`: segments of records
 //!   `[len: u32 le][crc32c: u32 le][seq: u64 le][readings: u32 le][series: u32 le][batch]`,
 //!   where the CRC covers everything after it, `series` is the highest
@@ -55,6 +61,7 @@
 
 mod dictionary;
 mod durable;
+mod epoch;
 mod open;
 mod queue;
 mod segment;
@@ -71,6 +78,7 @@ use tracing::warn;
 
 use crate::reading::SeriesKey;
 
+pub use epoch::Rollover;
 pub use open::Recovery;
 use segment::{RecordMeta, Segment};
 
@@ -188,7 +196,8 @@ impl Spool {
         self.series_count
     }
 
-    /// Readings dropped because the spool was full, over its lifetime.
+    /// Readings of this epoch dropped because the spool was full (what
+    /// Hello and Batch report for the epoch).
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
@@ -204,9 +213,20 @@ impl Spool {
         self.next_seq = self.next_seq.max(seq.saturating_add(1));
     }
 
-    /// Bytes of all segments.
+    /// Bytes of all segments and of the dictionary: what `max_bytes`
+    /// bounds.
     pub fn bytes(&self) -> u64 {
-        self.total_bytes
+        self.total_bytes + self.series_bytes
+    }
+
+    /// Bytes of the dictionary (`SERIES`).
+    pub fn series_bytes(&self) -> u64 {
+        self.series_bytes
+    }
+
+    /// The bound on [`Spool::bytes`].
+    pub fn max_bytes(&self) -> u64 {
+        self.opts.max_bytes
     }
 
     /// Segment files.
@@ -259,7 +279,7 @@ impl Spool {
 
     fn add_dropped(&mut self, n: u64) -> Result<(), SpoolError> {
         self.dropped += n;
-        durable::write_atomic(&self.opts.dir, "DROPPED", &format!("{}\n", self.dropped))
+        epoch::write_dropped(&self.opts.dir, self.dropped, self.epoch)
     }
 
     /// Makes sure `seq` is covered by the durable reservation in `SEQ`.

@@ -16,6 +16,7 @@ use crate::reading::SeriesKey;
 
 use super::dictionary::load_series;
 use super::durable::{read_number, sync_dir, write_atomic};
+use super::epoch::{new_epoch_id, read_dropped, write_dropped, write_epoch};
 use super::segment::{Segment, scan_segment};
 use super::{Spool, SpoolError, SpoolOptions, io_err};
 
@@ -83,13 +84,13 @@ impl Spool {
         };
         check_format(&dir, seg_paths.is_empty())?;
         let reserved = read_number(&dir.join("SEQ"))?.unwrap_or(0);
-        let mut dropped = read_number(&dir.join("DROPPED"))?.unwrap_or(0);
+        let mut dropped = read_dropped(&dir, epoch)?;
         let dictionary = open_dictionary(&dir, opts.sync, &mut recovery)?;
         let series_count = u32::try_from(dictionary.keys.len()).unwrap_or(u32::MAX);
         let kept = scan_segments(seg_paths, series_count, &mut recovery)?;
         if recovery.lost_readings > 0 {
             dropped += recovery.lost_readings;
-            write_atomic(&dir, "DROPPED", &format!("{dropped}\n"))?;
+            write_dropped(&dir, dropped, epoch)?;
         }
         // Resume above everything that may have been handed out before.
         let next_seq = reserved.max(kept.last_seq) + 1;
@@ -167,8 +168,8 @@ fn start_epoch(dir: &Path) -> Result<u64, SpoolError> {
     let _ = fs::remove_file(dir.join("DROPPED"));
     let _ = fs::remove_file(dir.join("SERIES"));
     write_atomic(dir, "FORMAT", &format!("{FORMAT}\n"))?;
-    let e: u64 = rand::random();
-    write_atomic(dir, "EPOCH", &format!("{e:016x}\n"))?;
+    let e = new_epoch_id(None);
+    write_epoch(dir, e)?;
     info!(dir = %dir.display(), epoch = format!("{e:016x}"), "new spool");
     Ok(e)
 }

@@ -1,4 +1,5 @@
-//! The queue operations of the spool: append within the byte bound
+//! The queue operations of the spool: append a batch and its new
+//! dictionary entries within the byte bound, which counts the dictionary
 //! (drop-oldest or block), read in sequence order, truncate on ack, and give
 //! up on a refused batch.
 
@@ -9,6 +10,9 @@ use std::os::unix::fs::FileExt;
 
 use tracing::warn;
 
+use crate::reading::SeriesKey;
+
+use super::dictionary::encode_series_entries;
 use super::durable::sync_dir;
 use super::segment::{self, RecordMeta, Segment};
 use super::{Appended, FullPolicy, Record, Spool, SpoolError, io_err};
@@ -25,59 +29,47 @@ pub(super) const ACKED_TAIL_KEEP: u64 = 1024 * 1024;
 
 impl Spool {
     /// Appends one encoded batch of `readings` readings, whose highest
-    /// series id is `series` (already in the dictionary, see
-    /// [`Spool::add_series`]), and returns its sequence number.
+    /// series id is `series` (already in the dictionary), and returns its
+    /// sequence number.
     pub fn append(
         &mut self,
         batch: &[u8],
         readings: u32,
         series: u32,
     ) -> Result<Appended, SpoolError> {
-        if series > self.series_count {
+        self.append_with_series(&[], batch, readings, series)
+    }
+
+    /// Appends one encoded batch of `readings` readings whose highest series
+    /// id is `series`, after adding `new_series` to the dictionary as ids
+    /// `series_count() + 1 ..`. Room is made for both together (the
+    /// dictionary counts toward `max_bytes`); the entries are durable before
+    /// the record. When the batch is not stored (`Dropped`, `Full`, an
+    /// error), its new entries were not added either, unless the record's
+    /// own write failed after them: [`Spool::series_count`] says which ids
+    /// exist.
+    pub fn append_with_series(
+        &mut self,
+        new_series: &[&SeriesKey],
+        batch: &[u8],
+        readings: u32,
+        series: u32,
+    ) -> Result<Appended, SpoolError> {
+        let known = u64::from(self.series_count) + new_series.len() as u64;
+        if u64::from(series) > known {
             return Err(SpoolError::Invalid {
                 path: self.opts.dir.join("SERIES"),
                 message: format!(
-                    "a batch uses series {series}, beyond the {} in the dictionary",
-                    self.series_count
+                    "a batch uses series {series}, beyond the {known} in the dictionary"
                 ),
             });
         }
+        let (entries, n) = encode_series_entries(new_series);
         let record_len = (segment::HEADER + segment::META + batch.len()) as u64;
-        while self.total_bytes + record_len > self.opts.max_bytes {
-            match self.opts.policy {
-                FullPolicy::Block => {
-                    // Acked records still on disk can go first.
-                    if self.delete_acked_front(0)? {
-                        continue;
-                    }
-                    if self.first_unacked().is_none() {
-                        // Nothing to wait for: this batch alone is larger
-                        // than the spool and would block forever.
-                        self.add_dropped(u64::from(readings))?;
-                        warn!(
-                            readings,
-                            bytes = record_len,
-                            "batch larger than the whole spool: dropped"
-                        );
-                        return Ok(Appended::Dropped);
-                    }
-                    return Ok(Appended::Full);
-                }
-                FullPolicy::DropOldest => {
-                    if self.delete_acked_front(0)? {
-                        continue;
-                    }
-                    if !self.drop_oldest_segment()? {
-                        // Nothing can be dropped (the only data is in
-                        // flight, or this batch alone is larger than the
-                        // spool): drop the new batch itself.
-                        self.add_dropped(u64::from(readings))?;
-                        warn!(readings, "spool full: dropped a new batch");
-                        return Ok(Appended::Dropped);
-                    }
-                }
-            }
+        if let Some(refused) = self.make_room(record_len + entries.len() as u64, readings)? {
+            return Ok(refused);
         }
+        self.write_series(&entries, n)?;
         let seq = self.next_seq;
         self.reserve(seq)?;
         if self.tail.is_none()
@@ -131,6 +123,52 @@ impl Spool {
         self.total_bytes += record_len;
         self.next_seq += 1;
         Ok(Appended::Stored(seq))
+    }
+
+    /// Makes room for `needed` more bytes (segments and dictionary
+    /// together within `max_bytes`): acked segments go first, then, by the
+    /// policy, the oldest unacked segment (`DropOldest`) or nothing
+    /// (`Block`). `None` when there is room; otherwise what the append of a
+    /// batch of `readings` readings comes to (`Dropped` is counted).
+    fn make_room(&mut self, needed: u64, readings: u32) -> Result<Option<Appended>, SpoolError> {
+        while self.bytes() + needed > self.opts.max_bytes {
+            if self.delete_acked_front(0)? {
+                continue;
+            }
+            match self.opts.policy {
+                FullPolicy::Block => {
+                    if self.first_unacked().is_none() {
+                        // Nothing to wait for: this batch (with its new
+                        // dictionary entries, beside the dictionary) is
+                        // larger than the spool and would block forever.
+                        self.add_dropped(u64::from(readings))?;
+                        warn!(
+                            readings,
+                            bytes = needed,
+                            series_bytes = self.series_bytes,
+                            "batch does not fit in the spool beside the series dictionary: dropped"
+                        );
+                        return Ok(Some(Appended::Dropped));
+                    }
+                    return Ok(Some(Appended::Full));
+                }
+                FullPolicy::DropOldest => {
+                    if !self.drop_oldest_segment()? {
+                        // Nothing can be dropped (the only data is in
+                        // flight, or this batch alone is larger than the
+                        // spool): drop the new batch itself.
+                        self.add_dropped(u64::from(readings))?;
+                        warn!(
+                            readings,
+                            series_bytes = self.series_bytes,
+                            "spool full: dropped a new batch"
+                        );
+                        return Ok(Some(Appended::Dropped));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The first unacknowledged record with sequence `>= from`.

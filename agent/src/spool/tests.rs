@@ -1,11 +1,14 @@
 //! Tests of the spool: appends, acks, the byte bound, reopen and repair of
-//! torn or corrupt segments and dictionaries.
+//! torn or corrupt segments and dictionaries; `tests/epoch.rs`: the
+//! dictionary in the byte bound and the epoch rollover.
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::reading::{Labels, SeriesKey};
+
+mod epoch;
 
 fn opts(dir: &Path, max_bytes: u64, policy: FullPolicy) -> SpoolOptions {
     SpoolOptions {

@@ -5,6 +5,7 @@
 //!   Connecting --stream open--> Streaming(Stream)
 //!   Connecting --failed--> Disconnected { attempt + 1, next collector }
 //!   Streaming --ended, closed or a failed send--> Disconnected { attempt: 1, same collector }
+//!   any --new spool epoch--> Disconnected { retry_at: now, attempt: 0 }
 //! ```
 //!
 //! Each state holds only its own data: there is no stream while
@@ -206,6 +207,19 @@ impl Link {
         self.state = Connection::Disconnected {
             retry_at: Instant::now() + self.backoff.delay(1),
             attempt: 1,
+        };
+    }
+
+    /// Drops the stream (or a connect in progress, whose Hello is stale) and
+    /// connects again at once: the spool started a new epoch, and a stream
+    /// carries one epoch only.
+    pub(super) fn restart(&mut self) {
+        if let Connection::Connecting { task, .. } = &self.state {
+            task.abort();
+        }
+        self.state = Connection::Disconnected {
+            retry_at: Instant::now(),
+            attempt: 0,
         };
     }
 

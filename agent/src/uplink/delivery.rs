@@ -75,13 +75,17 @@ impl Uplink {
             }
             Event::Frame(pb::CollectorFrame {
                 frame: Some(pb::collector_frame::Frame::Ack(a)),
-            }) => self.acked(a.seq),
+            }) => {
+                self.acked(a.seq);
+                self.after_ack(link);
+            }
             Event::Frame(pb::CollectorFrame {
                 frame: Some(pb::collector_frame::Frame::Welcome(w)),
             }) => {
                 if let Some(stream) = link.stream_mut() {
                     self.welcome(stream, w.committed_seq);
                 }
+                self.after_ack(link);
             }
             Event::Frame(other) => debug!(frame = ?other, "unexpected collector frame ignored"),
             Event::SendClosed => {
@@ -125,15 +129,26 @@ impl Uplink {
         }
     }
 
+    /// Everything up to `seq` is committed (an Ack, or a Welcome).
     pub(super) fn acked(&mut self, seq: u64) {
         self.stats.acked_seq = self.stats.acked_seq.max(seq);
         if let Some(m) = &mut self.metrics {
             m.acked(seq);
         }
+        if seq >= self.dropped_sent.0 {
+            // The batch that carried this drop count is committed.
+            self.dropped_acked = self.dropped_sent.1;
+        }
         if let Err(e) = self.spool.ack(seq) {
             error!(error = %e, seq, "spool truncation failed");
         }
         self.end_refusal();
+    }
+
+    /// After an ack: maybe a new epoch (the spool may just have become
+    /// empty), then, if intake was blocked on a full spool, the open batch.
+    fn after_ack(&mut self, link: &mut Link) {
+        self.maybe_roll(link);
         if self.blocked {
             self.seal();
         }
@@ -307,6 +322,7 @@ impl Uplink {
         batch.seq = record.seq;
         batch.resent = resent;
         batch.dropped = self.spool.dropped();
+        self.dropped_sent = (record.seq, batch.dropped);
         batch.last_seq = self.spool.last_seq();
         Ok(Some(pb::AgentFrame {
             frame: Some(pb::agent_frame::Frame::Batch(batch)),

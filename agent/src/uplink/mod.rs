@@ -9,8 +9,9 @@
 //! (the non-empty collector list), `backoff.rs`, `delivery.rs` (what goes
 //! out on a stream and what the collector answers), `seal.rs` (the open
 //! batch into the spool), `series_ids.rs`, `declared.rs` (per-stream
-//! declarations), `encode.rs` / `decode.rs` (the spooled batch format),
-//! `stats.rs` (the counters and their stats file).
+//! declarations), `epoch.rs` (when and how a new spool epoch compacts the
+//! series dictionary), `encode.rs` / `decode.rs` (the spooled batch
+//! format), `stats.rs` (the counters and their stats file).
 //!
 //! Readings from the scheduler are appended to an open batch in memory; a
 //! batch is sealed when it is full or old enough and appended to the spool,
@@ -31,7 +32,11 @@
 //! reading costs about 10 bytes in the spool and on the wire. The same ids
 //! are the stream-local ids on every stream: each stream only remembers
 //! which ids it has declared, and a batch declares the ones it uses for the
-//! first time on that stream.
+//! first time on that stream. The dictionary counts toward the spool's
+//! `max_bytes`; when it has grown well past the series in use and every
+//! record is acked, the uplink starts a new epoch (`epoch.rs`): ids and
+//! dictionary start empty, and the stream is opened again with a Hello of
+//! the new epoch.
 //!
 //! Batches go out strictly in sequence order: the collector's committed
 //! sequence is a high-water mark, so a newer batch must never overtake an
@@ -45,6 +50,7 @@ mod declared;
 mod decode;
 mod delivery;
 mod encode;
+mod epoch;
 mod seal;
 mod series_ids;
 mod stats;
@@ -68,6 +74,7 @@ pub use decode::{DecodeError, spooled_readings};
 pub use stats::{UplinkStats, write_stats_file};
 
 use connection::Link;
+use epoch::Compaction;
 use series_ids::SeriesIds;
 
 /// Settings of the uplink.
@@ -89,6 +96,10 @@ pub struct UplinkConfig {
     pub connect_timeout: Duration,
     /// TLS towards the collector (`https://` URLs).
     pub tls: Option<crate::config::TlsConfig>,
+    /// How long after an epoch starts the series in use are taken to be
+    /// declared (2 × the longest device interval + timeout): what the
+    /// dictionary gained by then is its floor (see `epoch.rs`).
+    pub series_settle: Duration,
 }
 
 impl UplinkConfig {
@@ -106,6 +117,7 @@ impl UplinkConfig {
             keepalive_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             tls: None,
+            series_settle: Duration::from_secs(60),
         }
     }
 }
@@ -142,6 +154,15 @@ pub struct Uplink {
     /// After the collector refused a batch: batches go one at a time until
     /// the refused one is known (see `delivery.rs`).
     refusal: Option<delivery::Refusal>,
+    /// When to roll the spool's epoch to compact its dictionary.
+    compaction: Compaction,
+    /// Drops of the epochs this process rolled over (for the stats).
+    dropped_before_epoch: u64,
+    /// The newest batch sent, and the epoch's drop count it carried.
+    dropped_sent: (u64, u64),
+    /// The drop count of the epoch the collector has acked (a batch
+    /// carrying it is acked).
+    dropped_acked: u64,
     stats: UplinkStats,
     stats_tx: watch::Sender<UplinkStats>,
     /// The uplink's and the spool's metrics, when metrics are on.
@@ -164,8 +185,10 @@ impl Uplink {
         let sent_before = spool.last_seq();
         let stats = UplinkStats {
             dropped_readings: spool.dropped(),
+            series_dictionary_bytes: spool.series_bytes(),
             ..Default::default()
         };
+        let compaction = Compaction::new(config.series_settle, spool.series_bytes());
         (
             Uplink {
                 config: Arc::new(config),
@@ -179,6 +202,10 @@ impl Uplink {
                 max_sent: 0,
                 sent_on_stream: 0,
                 refusal: None,
+                compaction,
+                dropped_before_epoch: 0,
+                dropped_sent: (0, 0),
+                dropped_acked: 0,
                 stats,
                 stats_tx,
                 metrics: None,
@@ -239,6 +266,7 @@ impl Uplink {
                     }
                 },
                 _ = ticker.tick() => {
+                    self.compaction.tick(self.spool.series_bytes(), self.spool.max_bytes());
                     if self.blocked
                         || self.open_since.is_some_and(|t| t.elapsed() >= self.config.batch_max_delay)
                     {

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use tracing::{error, warn};
 
 use crate::reading::{Reading, SeriesKey};
-use crate::spool::{Appended, SpoolError};
+use crate::spool::Appended;
 
 use super::Uplink;
 use super::encode::{Encoded, encode_batch};
@@ -36,7 +36,7 @@ impl Uplink {
         if self.open.is_empty() {
             self.open_since = None;
             self.blocked = false;
-            self.stats.dropped_readings = self.spool.dropped();
+            self.note_spool();
             return;
         }
         if self.spool.syncs() {
@@ -57,10 +57,19 @@ impl Uplink {
             self.count_invalid(&encoded);
             let count = encoded.readings;
             // New series go to the dictionary first, durable before the
-            // record that uses them.
-            let appended = self
-                .add_new_series(known)
-                .and_then(|()| self.spool.append(&encoded.bytes, count, encoded.max_series));
+            // record that uses them; room is made for both together.
+            let new: Vec<&SeriesKey> = self.ids.keys[known as usize..]
+                .iter()
+                .map(|k| &**k)
+                .collect();
+            let appended =
+                self.spool
+                    .append_with_series(&new, &encoded.bytes, count, encoded.max_series);
+            // Ids whose keys did not reach the dictionary (the batch was
+            // not stored) are handed out again.
+            if self.spool.series_count() < self.ids.len() {
+                self.ids.truncate(self.spool.series_count());
+            }
             match appended {
                 Ok(Appended::Stored(_)) => {
                     self.stats.sealed_batches += 1;
@@ -77,7 +86,7 @@ impl Uplink {
                         );
                     }
                     self.blocked = true;
-                    self.stats.dropped_readings = self.spool.dropped();
+                    self.note_spool();
                     return;
                 }
                 Err(e) => {
@@ -92,7 +101,19 @@ impl Uplink {
         }
         self.open_since = None;
         self.blocked = false;
-        self.stats.dropped_readings = self.spool.dropped();
+        self.note_spool();
+        // The dictionary just grew: the floor is taken on time even when
+        // the flush tick is late.
+        self.compaction
+            .tick(self.spool.series_bytes(), self.spool.max_bytes());
+    }
+
+    /// Copies what the spool counts into the stats: drops (this epoch's,
+    /// plus those of the epochs this process rolled over) and the
+    /// dictionary's size.
+    pub(super) fn note_spool(&mut self) {
+        self.stats.dropped_readings = self.dropped_before_epoch + self.spool.dropped();
+        self.stats.series_dictionary_bytes = self.spool.series_bytes();
     }
 
     /// Counts the readings spooled as `invalid_series` failures; the first
@@ -113,23 +134,6 @@ impl Uplink {
         }
         self.stats.invalid_series_readings += encoded.invalid;
     }
-
-    /// Adds the series that got ids above `known` to the spool's
-    /// dictionary; if that fails, they are forgotten again.
-    fn add_new_series(&mut self, known: u32) -> Result<(), SpoolError> {
-        if self.ids.len() == known {
-            return Ok(());
-        }
-        let new: Vec<&SeriesKey> = self.ids.keys[known as usize..]
-            .iter()
-            .map(|k| &**k)
-            .collect();
-        let result = self.spool.add_series(&new);
-        if result.is_err() {
-            self.ids.truncate(known);
-        }
-        result
-    }
 }
 
 /// Runs `f`, which blocks on the disk, without holding up the other tasks
@@ -137,7 +141,7 @@ impl Uplink {
 /// multi-threaded runtime (the agent's), inline elsewhere (a current-thread
 /// runtime, as in tests, has no other worker to hand its tasks to, and
 /// `block_in_place` would panic there).
-fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn off_the_workers<R>(f: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),

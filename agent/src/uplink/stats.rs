@@ -42,6 +42,12 @@ pub struct UplinkStats {
     pub refused_batches: u64,
     /// Readings of those batches.
     pub refused_readings: u64,
+    /// New spool epochs started while running, to compact the series
+    /// dictionary.
+    pub epoch_rollovers: u64,
+    /// Bytes of the spool's series dictionary (`SERIES`), which count
+    /// toward `[spool] max_bytes`.
+    pub series_dictionary_bytes: u64,
 }
 
 /// How often the stats file is rewritten at most.
@@ -49,7 +55,7 @@ const STATS_FILE_EVERY: Duration = Duration::from_millis(100);
 
 impl UplinkStats {
     /// Name, help and value of every counter, in a fixed order.
-    fn fields(&self) -> [(&'static str, &'static str, u64); 12] {
+    fn fields(&self) -> [(&'static str, &'static str, u64); 14] {
         [
             (
                 "sealed_batches_total",
@@ -63,7 +69,7 @@ impl UplinkStats {
             ),
             (
                 "dropped_readings_total",
-                "readings dropped by the spool (full or lost), over the spool's life",
+                "readings dropped by the spool (full or lost): the epoch's at start, then every epoch's",
                 self.dropped_readings,
             ),
             ("connects_total", "streams opened", self.connects),
@@ -106,6 +112,16 @@ impl UplinkStats {
                 "refused_readings_total",
                 "readings of the batches the collector refused for good",
                 self.refused_readings,
+            ),
+            (
+                "epoch_rollovers_total",
+                "new spool epochs started while running, to compact the series dictionary",
+                self.epoch_rollovers,
+            ),
+            (
+                "series_dictionary_bytes",
+                "bytes of the spool's series dictionary, counted in spool max_bytes",
+                self.series_dictionary_bytes,
             ),
         ]
     }
@@ -152,6 +168,8 @@ impl UplinkStats {
             invalid_series_readings: value("invalid_series_readings_total")?,
             refused_batches: value("refused_batches_total")?,
             refused_readings: value("refused_readings_total")?,
+            epoch_rollovers: value("epoch_rollovers_total")?,
+            series_dictionary_bytes: value("series_dictionary_bytes")?,
         })
     }
 }

@@ -558,6 +558,8 @@ fn stats_read_back_from_their_text() {
         invalid_series_readings: 10,
         refused_batches: 11,
         refused_readings: 12,
+        epoch_rollovers: 13,
+        series_dictionary_bytes: 14,
     };
     let text = stats.to_prometheus_text();
     assert!(
