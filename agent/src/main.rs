@@ -21,7 +21,7 @@ use tributary_agent::uplink::{Collectors, Uplink, UplinkConfig, write_stats_file
 #[derive(Parser)]
 #[command(
     name = "tributary-agent",
-    version,
+    version = tributary_process::build::VERSION_STRING,
     about = "Tributary agent: polls devices and streams readings to a collector"
 )]
 struct Cli {

@@ -13,6 +13,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
+
 use std::error::Error;
 use std::io::IsTerminal;
 
