@@ -6,7 +6,8 @@
 //!    `Depends`, so dpkg checks them against what is installed here;
 //! 2. both packages install into it with `dpkg --root` (the maintainer
 //!    scripts run on the host with `DPKG_ROOT` set,
-//!    `--force-script-chrootless`, and leave systemd alone then);
+//!    `--force-script-chrootless`: they leave the running system's systemd
+//!    alone then, and deb-systemd-helper keeps its state inside the root);
 //! 3. the installed `tributary-agent check --config` on the installed
 //!    config (a sim device, so it passes offline) and both binaries'
 //!    `--version` run from the scratch root; the units pass
@@ -16,7 +17,8 @@
 //! 4. `dpkg -r` keeps the conffiles and removes everything else, `dpkg
 //!    --purge` removes the rest: every path `dpkg -L` listed is gone (but
 //!    directories that still hold something), and no file is left in the
-//!    scratch root besides dpkg's own database.
+//!    scratch root besides dpkg's own database (so deb-systemd-helper's
+//!    state went with the purge too).
 //!
 //! The machine's own dpkg database is not touched. Needs root (dpkg
 //! chowns what it installs).
@@ -75,7 +77,7 @@ pub fn check(ws: &Workspace, debs: &[Deb]) -> Result<()> {
     for deb in debs {
         let list = capture(dpkg(&root).args(["--listfiles", deb.spec.name]))?;
         listed.extend(list.lines().map(|l| l.to_owned()));
-        run_installed(ws, &root, deb)?;
+        run_installed(&root, deb)?;
     }
     verify_units(&root, debs)?;
 
@@ -210,17 +212,17 @@ fn seed_dependencies(root: &Path, debs: &[Deb]) -> Result<()> {
 /// Step 3 for one package: `--version` from the scratch root matches the
 /// binary that was packaged, and the agent's `check` passes on the
 /// installed config.
-fn run_installed(ws: &Workspace, root: &Path, deb: &Deb) -> Result<()> {
+fn run_installed(root: &Path, deb: &Deb) -> Result<()> {
     let installed = root.join("usr/bin").join(deb.spec.name);
     let version = capture(Command::new(&installed).arg("--version"))?;
-    let built = capture(Command::new(ws.target.join("debug").join(deb.spec.name)).arg("--version"))
-        .unwrap_or_default();
+    let built = capture(Command::new(&deb.binary).arg("--version"))?;
     let expected = format!("{} {} (commit ", deb.spec.name, env!("CARGO_PKG_VERSION"));
     ensure!(
-        version.starts_with(&expected) && (built.is_empty() || version == built),
-        "installed {} --version printed {version:?}, expected {expected:?}… as the packaged binary \
-         ({built:?})",
-        installed.display()
+        version.starts_with(&expected) && version == built,
+        "installed {} --version printed {version:?}, expected {built:?} (what {} prints, \
+         starting {expected:?})",
+        installed.display(),
+        deb.binary.display()
     );
     println!("xtask dist: {} --version: {version}", installed.display());
 
@@ -339,14 +341,23 @@ fn verify_units(root: &Path, debs: &[Deb]) -> Result<()> {
     }
     for unit in &units {
         // Exposure above 2.0 ("OK" ends there) fails: a unit lost hardening.
-        let report = capture(
-            Command::new("systemd-analyze")
-                .args(["security", "--offline=yes", "--threshold=20"])
-                .arg(unit),
-        )?;
-        if let Some(line) = report.lines().last() {
-            println!("xtask dist: {line}");
-        }
+        let mut command = Command::new("systemd-analyze");
+        command
+            .args(["security", "--offline=yes", "--threshold=20"])
+            .arg(unit);
+        let out = command
+            .output()
+            .with_context(|| format!("start {}", crate::show(&command)))?;
+        let report = String::from_utf8_lossy(&out.stdout);
+        let verdict = report.lines().last().unwrap_or_default().trim();
+        ensure!(
+            out.status.success(),
+            "{} ({}): {verdict}{}",
+            crate::show(&command),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        println!("xtask dist: {verdict}");
     }
     remove_if_exists(&dir)
 }

@@ -2,7 +2,7 @@
 //! built without cargo-deb: the package tree is laid out here and
 //! `dpkg-deb --build --root-owner-group` makes the `.deb`.
 //!
-//! Each package holds its binary (`/usr/bin`, debug info stripped), its
+//! Each package holds its binary (`/usr/bin`, stripped), its
 //! systemd unit (`deploy/systemd/`, into `/usr/lib/systemd/system`), its
 //! config (`deploy/agent.toml`, `deploy/collector.toml`, into
 //! `/etc/tributary/`, a conffile), a man page made from the binary's
@@ -115,7 +115,10 @@ impl Profile {
 /// A built package.
 pub struct Deb {
     pub spec: &'static Spec,
+    /// The `.deb` file.
     pub path: PathBuf,
+    /// The binary it was made from (before stripping).
+    pub binary: PathBuf,
 }
 
 /// `cargo xtask dist ARGS`.
@@ -223,6 +226,7 @@ pub fn build_all(ws: &Workspace, profile: Profile, out: &Path) -> Result<Vec<Deb
         debs.push(Deb {
             spec,
             path: deb.canonicalize().unwrap_or(deb),
+            binary: bin_dir.join(spec.name),
         });
     }
     Ok(debs)
@@ -239,17 +243,26 @@ fn stage(
     let deploy = ws.root.join("deploy");
     let bin = root.join("usr/bin").join(spec.name);
     make_parent(&bin)?;
-    // Debug info stays behind (Debian ships it apart); the symbol table
-    // stays, so a panic's backtrace still names functions.
+    // Stripped as dh_strip does (lintian wants it): a backtrace then shows
+    // addresses, which the unstripped binary in target/ resolves (the
+    // build id stays).
     let mut strip = Command::new("strip");
-    strip.arg("--strip-debug").arg("-o").arg(&bin).arg(binary);
+    strip
+        .args([
+            "--remove-section=.comment",
+            "--remove-section=.note",
+            "--strip-unneeded",
+            "-o",
+        ])
+        .arg(&bin)
+        .arg(binary);
     let out = strip
         .output()
         .with_context(|| format!("start strip (binutils) for {}", binary.display()))?;
     if !out.status.success() {
         bail!(
-            "strip --strip-debug {} failed: {}",
-            binary.display(),
+            "{} failed: {}",
+            crate::show(&strip),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
