@@ -24,7 +24,7 @@ use tributary_agent::uplink::{Collectors, Uplink, UplinkConfig, write_stats_file
 #[derive(Parser)]
 #[command(
     name = "tributary-agent",
-    version,
+    version = tributary_process::build::VERSION_STRING,
     about = "Tributary agent: polls devices and streams readings to a collector"
 )]
 struct Cli {
@@ -237,7 +237,7 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
 }
 
 /// The git commit the binary was built from, for `tributary_agent_build_info`.
-const COMMIT: &str = "unknown";
+const COMMIT: &str = tributary_process::build::COMMIT;
 
 /// Binds `[metrics] listen` and serves the agent's metrics there until
 /// `shutdown`; returns the handles for the device tasks and the uplink.

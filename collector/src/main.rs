@@ -16,7 +16,7 @@ use tributary_collector::store::Durability;
 #[derive(Parser)]
 #[command(
     name = "tributary-collector",
-    version,
+    version = tributary_process::build::VERSION_STRING,
     about = "Tributary collector: merges agent streams and stores readings"
 )]
 struct Cli {

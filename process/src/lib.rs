@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod metrics;
 
 use std::error::Error;

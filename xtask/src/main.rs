@@ -7,6 +7,8 @@
 //!   two agents on loopback, with a live progress line and a summary.
 //! - `cargo xtask bench <scenario>...`: release build, then the measuring
 //!   binary `tributary-bench` (see `xtask/src/bench.rs`).
+//! - `cargo xtask dist [--profile release|dev] [--check-install]`: Debian
+//!   packages of the agent and the collector (see `xtask/src/dist/`).
 //!
 //! Dependencies are kept to `anyhow` and `serde_json`: no async runtime and no
 //! argument parser, so the xtask builds in seconds.
@@ -15,6 +17,7 @@ mod bench;
 mod certs;
 mod demo;
 mod deny;
+mod dist;
 mod fuzz;
 mod proc;
 mod services;
@@ -40,6 +43,10 @@ commands:
                            `cargo xtask bench --help` lists every flag
   certs --out DIR [--agents edge-1,edge-2] [--names localhost,127.0.0.1] [--operators operator]
                            a development CA, a collector certificate and client certificates
+  dist [--profile release|dev] [--out DIR] [--check-install]
+                           .deb packages of the agent and the collector in target/dist;
+                           --check-install then installs them into a scratch root, runs
+                           them, purges them and checks nothing is left (root only)
   deny [CHECK...]          cargo-deny against deny.toml (licenses bans sources; `all` adds advisories)
   fuzz [--time 30s] [TARGET...]
                            a short cargo-fuzz run of every fuzz target (needs a nightly toolchain)";
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&Workspace::locate(), &args[1..]),
         Some("bench") => bench::run(&Workspace::locate(), &args[1..]),
         Some("certs") => certs::run(&args[1..]),
+        Some("dist") => dist::run(&Workspace::locate(), &args[1..]),
         Some("deny") => deny::run(&Workspace::locate(), &args[1..]),
         Some("fuzz") => fuzz::run(&Workspace::locate(), &args[1..]),
         Some("-h" | "--help" | "help") => {

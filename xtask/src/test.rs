@@ -5,11 +5,14 @@
 //! 2. `cargo build --workspace --bins`: the end-to-end tests spawn the
 //!    collector, agent and simulator binaries, which `cargo test` alone does
 //!    not build for other packages;
-//! 3. `cargo test --workspace` with every tool's path in its variable.
+//! 3. the packages of those debug binaries install into a scratch root,
+//!    run, and purge without a trace ([`crate::dist::test_step`]; root
+//!    only, a few seconds);
+//! 4. `cargo test --workspace` with every tool's path in its variable.
 
 use anyhow::Result;
 
-use crate::{Workspace, run_checked, services, tools};
+use crate::{Workspace, dist, run_checked, services, tools};
 
 /// Run the suite; `extra` goes to `cargo test`.
 pub fn run(ws: &Workspace, extra: &[String]) -> Result<()> {
@@ -32,6 +35,7 @@ pub fn run(ws: &Workspace, extra: &[String]) -> Result<()> {
         "--exclude",
         "xtask",
     ]))?;
+    dist::test_step(ws)?;
 
     let mut test = ws.cargo_command(["test", "-j2"]);
     // `-p NAME` narrows the run; otherwise every package is tested.

@@ -59,11 +59,8 @@ pub use handles::{
 };
 pub use scrape::{ListenerCollector, QueueCollector};
 
-/// The git commit of this build, when the build set `TRIBUTARY_GIT_COMMIT`.
-const COMMIT: &str = match option_env!("TRIBUTARY_GIT_COMMIT") {
-    Some(c) => c,
-    None => "unknown",
-};
+/// The git commit of this build (`tributary_process::build`).
+const COMMIT: &str = tributary_process::build::COMMIT;
 
 /// The collector's metrics: the registry being built and the handles its
 /// parts update.
