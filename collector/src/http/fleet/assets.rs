@@ -43,6 +43,11 @@ pub const ASSETS: &[Asset] = &[
         body: include_bytes!("assets/chart.js"),
     },
     Asset {
+        name: "icon.svg",
+        content_type: "image/svg+xml",
+        body: include_bytes!("assets/icon.svg"),
+    },
+    Asset {
         name: "format.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("assets/format.js"),

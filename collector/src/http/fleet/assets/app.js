@@ -236,17 +236,17 @@ function renderLegend(s, result) {
     note.textContent = "No series chosen.";
     return;
   }
-  const last = [...state.points].reverse().find((p) => typeof p.v === "number" || typeof p.v === "boolean");
-  const lastText = last ? `${number(Number(last.v))}${s.unit ? ` ${s.unit}` : ""}` : "no value";
+  const last = [...state.points].reverse().find((p) => !p.fail && p.v !== null);
+  let lastText = "no value";
+  if (last && last.s !== undefined) lastText = `"${last.s}"`;
+  else if (last) lastText = `${number(Number(last.v))}${s.unit ? ` ${s.unit}` : ""}`;
   legend.replaceChildren(el("span", { class: "swatch", "aria-hidden": "true" }),
     el("span", { class: "legend-name" }, `${s.agent} / ${s.device} / ${seriesName(s)}`),
     el("span", { class: "legend-last" }, `last ${lastText}`));
   const parts = [`${result.drawn} points in the last ${state.window}`];
   if (result.failures) parts.push(`${result.failures} failed polls (red marks)`);
   if (state.thinned) parts.push(`thinned from ${state.total} to each bucket's low and high`);
-  if (state.points.length && state.points[state.points.length - 1].s !== undefined) {
-    parts.push(`text value: ${state.points[state.points.length - 1].s}`);
-  }
+  if (last && last.s !== undefined) parts.push("text values are not drawn");
   const lastPoint = state.points[state.points.length - 1];
   if (lastPoint) parts.push(`newest at ${dateTime(nsToMs(lastPoint.t))}`);
   note.textContent = `${parts.join("; ")}.`;
