@@ -133,10 +133,11 @@ pub fn updates(commit: &[CommittedChunk]) -> Vec<DeviceJson> {
         let seen = by_device
             .entry((key.agent.as_str(), key.device.as_str()))
             .or_default();
-        if is_up && let Some(newest) = chunk.points.iter().max_by_key(|p| p.ts_ns) {
-            if seen.up.is_none_or(|u| u.ts_ns <= newest.ts_ns) {
-                seen.up = Some(newest);
-            }
+        if is_up
+            && let Some(newest) = chunk.points.iter().max_by_key(|p| p.ts_ns)
+            && seen.up.is_none_or(|u| u.ts_ns <= newest.ts_ns)
+        {
+            seen.up = Some(newest);
         }
         seen.failures.extend(failures);
     }

@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use super::api::{MAX_POINTS, RangeRequest, range_params};
+use super::api::{RangeRequest, range_params};
 use super::assets::{ASSETS, CONTENT_SECURITY_POLICY};
 use super::devices::{Health, health, updates};
 use super::thin::Thinner;
@@ -145,7 +145,6 @@ fn a_window_with_few_points_is_kept_whole_and_a_large_one_keeps_its_extremes() {
             .any(|p| p.value == StoredValue::I64(1_000_000))
     );
     assert!(points.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns));
-    assert!(MAX_POINTS >= 1000);
 }
 
 #[test]
@@ -175,21 +174,24 @@ fn range_parameters_are_checked_by_name() {
     );
 }
 
-fn context() -> HttpContext {
-    let (_live_tx, live) = watch::channel(LiveAgents::default());
+/// A context on a store that cannot be opened, and the sender of its live
+/// agents (an event stream ends when that is dropped).
+fn context() -> (HttpContext, watch::Sender<LiveAgents>) {
+    let (live_tx, live) = watch::channel(LiveAgents::default());
     let (tail, _) = broadcast::channel(4);
-    HttpContext {
+    let ctx = HttpContext {
         reader: Reader::Sqlite(crate::store::sqlite::SqliteReader::new("/nonexistent")),
         live,
         tail,
         roles: Arc::default(),
         mutual_tls: false,
         shutdown: CancellationToken::new(),
-    }
+    };
+    (ctx, live_tx)
 }
 
 async fn get(path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
-    let response = router(context())
+    let response = router(context().0)
         .oneshot(Request::get(path).body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -248,4 +250,79 @@ async fn unknown_paths_and_bad_parameters_are_refused_with_their_name() {
     let (status, _, body) = get("/api/fleet").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.starts_with("list agents:"), "{body}");
+}
+
+#[tokio::test]
+async fn events_carry_health_and_points_and_end_at_shutdown() {
+    use tokio_stream::StreamExt as _;
+
+    let (ctx, _live_tx) = context();
+    let (tail, shutdown) = (ctx.tail.clone(), ctx.shutdown.clone());
+    let response = router(ctx)
+        .oneshot(
+            Request::get("/api/fleet/events?series=7")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut body = response.into_body().into_data_stream();
+    let mut text = String::new();
+    let mut read_until = async |text: &mut String, want: &str| {
+        while !text.contains(want) {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), body.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    read_until(&mut text, "event: hello").await;
+    let series = |id, metric: &str| {
+        Arc::new(SeriesMeta {
+            id,
+            key: SeriesKey {
+                agent: "a".into(),
+                device: "<i>d</i>".into(),
+                metric: metric.into(),
+                labels: BTreeMap::new(),
+                unit: String::new(),
+            },
+        })
+    };
+    tail.send(Arc::new(vec![
+        CommittedChunk {
+            series: series(7, "up"),
+            points: vec![point(5, StoredValue::I64(0))],
+        },
+        CommittedChunk {
+            series: series(8, "power"),
+            points: vec![point(5, StoredValue::Timeout("timeout after 1s".into()))],
+        },
+    ]))
+    .unwrap();
+    read_until(&mut text, "event: points").await;
+    assert!(
+        text.contains(r#"data: [{"agent":"a","device":"<i>d</i>","up":false,"last_poll_ns":"5","outcome":"timeout","cause":"timeout after 1s"}]"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"data: {"series":7,"points":[{"t":"5","v":0}]}"#),
+        "{text}"
+    );
+    // The stream ends when the collector shuts down.
+    shutdown.cancel();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(chunk) = body.next().await {
+            chunk.unwrap();
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the event stream outlived the shutdown");
 }

@@ -78,7 +78,7 @@ function renderTables() {
   const devices = [...state.devices.values()].sort((a, b) =>
     a.agent < b.agent ? -1 : a.agent > b.agent ? 1 : a.device < b.device ? -1 : a.device > b.device ? 1 : 0);
   const tbody = $("devices").tBodies[0];
-  renderDevices(tbody, devices, now(), state.chosen, chooseDevice);
+  renderDevices(tbody, devices, now(), state.chosen, (d) => chooseDevice(d).catch(showError));
   const down = devices.filter((d) => d.up === false).length;
   $("devices-count").textContent = `(${devices.length}, ${down} down)`;
   const note = $("devices-note");
@@ -118,8 +118,12 @@ function connect() {
   state.source = source;
   source.addEventListener("open", () => setLive("live", "ok"));
   source.addEventListener("error", () => setLive("reconnecting…", "bad"));
+  let greeted = false;
   source.addEventListener("hello", () => {
-    // Subscribed: a range read from now on misses no commit.
+    // Subscribed: a read from now on misses no commit. After a reconnect,
+    // what happened meanwhile is read again.
+    if (greeted) loadFleet().catch(showError);
+    greeted = true;
     if (state.series) loadRange();
   });
   source.addEventListener("devices", (e) => {
