@@ -162,13 +162,13 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
     println!("xtask demo: the fleet page is {page} (open it in a browser)");
     let interactive = std::io::stdin().is_terminal();
     println!(
-        "xtask demo: configs and logs in {}/; running for {}{}, Ctrl-C stops early",
+        "xtask demo: configs and logs in {}/; running for {}{}",
         ws.display(&dir),
         seconds(duration),
         if interactive {
             ", then on until Ctrl-C"
         } else {
-            ""
+            " (Ctrl-C stops early)"
         }
     );
 
