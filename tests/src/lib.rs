@@ -16,9 +16,12 @@
 //!   registers, and exceptions for everything else.
 //! - [`peers`]: real device peers not written here (snmpd, node exporter,
 //!   pymodbus, Mosquitto), found or installed by `cargo xtask test`.
+//! - [`browser`]: a headless Chromium driven through playwright-core, for
+//!   the fleet page.
 //! - [`process`]: locate the built binaries, spawn and stop them, wait for a
 //!   port, allocate free ports and per-test temporary directories.
 
+pub mod browser;
 pub mod cluster;
 pub mod http_sim;
 pub mod modbus_sim;

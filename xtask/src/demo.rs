@@ -1,13 +1,21 @@
 //! `cargo xtask demo [--duration 20s]`: the whole system on loopback.
 //!
 //! Builds the binaries, then in `target/demo/` (emptied first): a collector on
-//! a fresh SQLite file, `tributary-sim` with the HTTP and Modbus devices, and
-//! two agents (`edge-1`, `edge-2`) with generated configs. While they run, one
-//! terminal line shows readings stored, readings per second and agents
-//! connected, from `tributary-collector agents` once a second. After
-//! `--duration` or Ctrl-C it stops the agents (SIGTERM, so they flush), then
-//! the collector (SIGTERM, so it commits), and prints a summary and the
-//! commands to look inside.
+//! a fresh SQLite file with its fleet page on `http://127.0.0.1:7401/` (or
+//! another free port when that one is taken), `tributary-sim` with the HTTP
+//! and Modbus devices, and two agents (`edge-1`, `edge-2`) with generated
+//! configs. It prints the page's URL first. While they run, one terminal
+//! line shows readings stored, readings per second and agents connected,
+//! from `tributary-collector agents` once a second. After `--duration` it
+//! prints what was stored so far, and then:
+//!
+//! - when stdin is a terminal (a person), everything keeps running so the
+//!   page stays live in the browser, until Ctrl-C;
+//! - otherwise (CI, scripts) it stops at once, and says so.
+//!
+//! Stopping (Ctrl-C, or the end of `--duration` without a terminal) stops
+//! the agents (SIGTERM, so they flush), then the collector (SIGTERM, so it
+//! commits), and prints a summary and the commands to look inside.
 //!
 //! Ctrl-C without a signal crate: the terminal sends SIGINT to the whole
 //! foreground process group. The xtask itself would just die, leaving no
@@ -79,6 +87,7 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
 
     let addrs = config::Addrs {
         collector: proc::preferred_or_free_addr(7400)?,
+        page: proc::preferred_or_free_addr(7401)?,
         http: proc::free_addr()?,
         modbus: proc::free_addr()?,
     };
@@ -92,6 +101,8 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
                     "serve",
                     "--listen",
                     &addrs.collector.to_string(),
+                    "--http-listen",
+                    &addrs.page.to_string(),
                     "--store",
                     &store,
                 ])
@@ -116,6 +127,7 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
         &dir.join("sim.log"),
     )?;
     proc::wait_for_port(addrs.collector, &mut collector, Duration::from_secs(30))?;
+    proc::wait_for_port(addrs.page, &mut collector, Duration::from_secs(30))?;
     proc::wait_for_port(addrs.http, &mut sim, Duration::from_secs(10))?;
     proc::wait_for_port(addrs.modbus, &mut sim, Duration::from_secs(10))?;
 
@@ -146,14 +158,22 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
         addrs.modbus,
         AGENTS.join(" and ")
     );
+    let page = format!("http://{}/", addrs.page);
+    println!("xtask demo: the fleet page is {page} (open it in a browser)");
+    let interactive = std::io::stdin().is_terminal();
     println!(
-        "xtask demo: configs and logs in {}/; running for {}, Ctrl-C stops early",
+        "xtask demo: configs and logs in {}/; running for {}{}",
         ws.display(&dir),
-        seconds(duration)
+        seconds(duration),
+        if interactive {
+            ", then on until Ctrl-C"
+        } else {
+            " (Ctrl-C stops early)"
+        }
     );
 
     let started = Instant::now();
-    let watched = Watch::run(
+    let mut watched = Watch::run(
         ws,
         addrs.collector,
         duration,
@@ -161,6 +181,28 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
         &mut sim,
         &mut agents,
     )?;
+    if watched.stopped_by.is_none() {
+        if interactive {
+            let so_far = watched.last.clone().unwrap_or_default();
+            println!();
+            print_summary(&so_far, "so far", started.elapsed());
+            println!("\nxtask demo: still running, so you can watch it at {page}; Ctrl-C stops it");
+            // The demo's job is done: now it runs for the person watching.
+            watched = Watch::run(
+                ws,
+                addrs.collector,
+                Duration::MAX,
+                &mut collector,
+                &mut sim,
+                &mut agents,
+            )?;
+        } else {
+            println!(
+                "\n\nxtask demo: stdin is not a terminal, so the demo stops now (from a terminal \
+                 it keeps running, with the fleet page at {page}, until Ctrl-C)"
+            );
+        }
+    }
     let ran_for = started.elapsed();
 
     // Agents first, so they flush to a collector that is still there; then
@@ -185,14 +227,14 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
             seconds(ran_for)
         ),
     }
-    let (agents_seen, exact) = match (final_stats, watched.last) {
-        (Some(stats), _) => (stats, true),
-        (None, Some(stats)) => (stats, false),
-        (None, None) => (Vec::new(), false),
+    let (agents_seen, when) = match (final_stats, watched.last) {
+        (Some(stats), _) => (stats, "after the agents stopped"),
+        (None, Some(stats)) => (stats, "as of the last poll before the stop"),
+        (None, None) => (Vec::new(), "as of the last poll before the stop"),
     };
-    print_summary(&agents_seen, exact, ran_for);
+    print_summary(&agents_seen, when, ran_for);
     let shown_store = format!("sqlite:{}", ws.display(&dir.join("tributary.db")));
-    print_look_inside(ws, addrs.collector, &shown_store);
+    print_look_inside(ws, &addrs, &shown_store);
 
     if !failures.is_empty() {
         bail!("{}", failures.join("\n"));
@@ -356,13 +398,9 @@ impl Watch {
     }
 }
 
-fn print_summary(agents: &[AgentStats], exact: bool, ran_for: Duration) {
+/// The readings stored per agent, `when` saying as of when.
+fn print_summary(agents: &[AgentStats], when: &str, ran_for: Duration) {
     let total = status::total(agents);
-    let when = if exact {
-        "after the agents stopped"
-    } else {
-        "as of the last poll before the stop"
-    };
     println!("\nreadings stored ({when}):");
     println!("  {:<12} {:>12}", "agent", "readings");
     for agent in agents {
@@ -381,7 +419,8 @@ fn print_summary(agents: &[AgentStats], exact: bool, ran_for: Duration) {
     );
 }
 
-fn print_look_inside(ws: &Workspace, addr: SocketAddr, store: &str) {
+fn print_look_inside(ws: &Workspace, addrs: &config::Addrs, store: &str) {
+    let (addr, page) = (addrs.collector, addrs.page);
     let collector = ws.display(&ws.bin("tributary-collector"));
     let venv_grpcurl = ws.target.join("venv/bin/grpcurl");
     let grpcurl = if venv_grpcurl.is_file() && !on_path("grpcurl") {
@@ -392,8 +431,8 @@ fn print_look_inside(ws: &Workspace, addr: SocketAddr, store: &str) {
     let server = format!("http://{addr}");
     println!(
         "\nlook inside: start the collector again on the demo's store (Ctrl-C stops it)\n\
-         \n  {collector} serve --listen {addr} --store {store}\n\
-         \nthen, in another terminal:\n\
+         \n  {collector} serve --listen {addr} --http-listen {page} --store {store}\n\
+         \nthen open the fleet page, http://{page}/, or in another terminal:\n\
          \n  {grpcurl} -plaintext {addr} list\
          \n  {grpcurl} -plaintext {addr} describe tributary.v1.Query\
          \n  {grpcurl} -plaintext {addr} tributary.v1.Query/ListAgents\

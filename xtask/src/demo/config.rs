@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 /// Addresses of this run.
 pub struct Addrs {
     pub collector: SocketAddr,
+    /// The collector's HTTP listener (the fleet page).
+    pub page: SocketAddr,
     pub http: SocketAddr,
     pub modbus: SocketAddr,
 }

@@ -1,0 +1,57 @@
+// The agents and devices tables. Rows are keyed (data-agent, data-device)
+// and rebuilt from the page's state; every cell's text is set with
+// textContent (through `el`), so names are shown, never interpreted.
+
+import { el, nsToMs, ago, count, dateTime } from "./format.js";
+
+// Rebuilds the agents table from `agents` (as /api/fleet lists them).
+export function renderAgents(tbody, agents, now) {
+  const rows = agents.map((a) => {
+    const seen = nsToMs(a.last_seen_ns);
+    return el("tr", { dataset: { agent: a.id, connected: String(a.connected) } },
+      el("th", { scope: "row" }, a.id),
+      el("td", {}, el("span", { class: a.connected ? "pill up" : "pill down" },
+        a.connected ? "connected" : "not connected")),
+      el("td", {}, a.connected ? "this collector" : "—"),
+      el("td", {}, a.peer || "—"),
+      el("td", { title: seen ? dateTime(seen) : "" }, ago(seen, now)),
+      el("td", { class: "num" }, count(a.lag)),
+      el("td", { class: a.dropped > 0 ? "num warn" : "num" }, count(a.dropped)),
+      // Skew: filled when the collector reports it (null until then).
+      el("td", { class: a.skew > 0 ? "num warn" : "num", "data-col": "skew" },
+        a.skew === null || a.skew === undefined ? "—" : count(a.skew)),
+      el("td", { class: "num" }, count(a.readings_stored)));
+  });
+  tbody.replaceChildren(...rows);
+}
+
+function stateCell(d) {
+  const [cls, text] = d.up === true ? ["pill up", "up"] : d.up === false ? ["pill down", "down"]
+    : ["pill unknown", "unknown"];
+  return el("td", {}, el("span", { class: cls }, text));
+}
+
+// Rebuilds the devices table from `devices` (sorted by agent, device);
+// `onChart(device)` is called when a device's Chart button is chosen.
+export function renderDevices(tbody, devices, now, chosen, onChart) {
+  const rows = devices.map((d) => {
+    const polled = nsToMs(d.last_poll_ns);
+    const isChosen = chosen && chosen.agent === d.agent && chosen.device === d.device;
+    const button = el("button", { type: "button", class: "chart-btn",
+      "aria-label": `Chart ${d.device} of ${d.agent}`, "aria-pressed": isChosen ? "true" : "false" },
+    "Chart");
+    button.addEventListener("click", () => onChart(d));
+    const state = d.up === true ? "up" : d.up === false ? "down" : "unknown";
+    return el("tr", { dataset: { agent: d.agent, device: d.device, up: state, outcome: d.outcome },
+      class: isChosen ? "chosen" : null },
+    el("td", {}, d.agent),
+    el("th", { scope: "row" }, d.device),
+    stateCell(d),
+    el("td", { title: polled ? dateTime(polled) : "" }, ago(polled, now)),
+    el("td", { class: `outcome ${d.outcome}` }, d.outcome),
+    el("td", { class: "cause" }, d.cause || ""),
+    el("td", { class: "num" }, d.series === undefined || d.series === null ? "—" : count(d.series)),
+    el("td", {}, button));
+  });
+  tbody.replaceChildren(...rows);
+}

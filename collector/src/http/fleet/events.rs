@@ -1,0 +1,170 @@
+//! `GET /api/fleet/events?series=ID`: server-sent events that keep the page
+//! live without reloading it.
+//!
+//! | event | data | when |
+//! | --- | --- | --- |
+//! | `hello` | `{"now_ns": ...}` | first |
+//! | `devices` | devices whose health a commit tells (`DeviceJson`, without `series`) | after each commit with `up` or failed readings |
+//! | `points` | `{"series": ID, "points": [...]}` | after each commit holding points of the charted series |
+//! | `agents` | every agent (as `/api/fleet` lists them) | when the list changed, checked every [`AGENTS_EVERY`] and when an agent connects or goes |
+//! | `problem` | a message | the agents could not be read |
+//! | `resync` | why | events were skipped: read `/api/fleet` and the range again |
+//!
+//! One task per client reads the merger's Tail broadcast and queues events
+//! on a bounded channel. A client that falls behind the merger (the
+//! broadcast lags) or does not drain its queue loses events rather than
+//! slowing anyone down, and is told with `resync`. The stream ends when the
+//! client goes or the collector shuts down (`HttpContext::shutdown`).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::debug;
+
+use super::api::agents;
+use super::devices::updates;
+use super::json::PointJson;
+use super::params::Params;
+use crate::http::HttpContext;
+use crate::model::{Committed, now_ns};
+
+/// Events queued for one client before it counts as behind.
+const EVENT_BUFFER: usize = 64;
+
+/// How often the agents are read again (lag, last seen and counters live
+/// in the store) and, when nothing changed, a keep-alive comment is sent.
+pub const AGENTS_EVERY: Duration = Duration::from_secs(2);
+
+/// `GET /api/fleet/events`.
+pub async fn events(
+    State(ctx): State<HttpContext>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let series = match Params::new(query, &["series"]).and_then(|p| p.series_id("series")) {
+        Ok(series) => series,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    // Subscribe before answering, so no commit after the page's reads is
+    // missed between them.
+    let commits = ctx.tail.subscribe();
+    tokio::spawn(feed(ctx, series, commits, tx));
+    Sse::new(ReceiverStream::new(rx).map(Ok::<Event, Infallible>)).into_response()
+}
+
+/// The queue to one client, which notes when an event could not be queued.
+struct Outbox {
+    tx: mpsc::Sender<Event>,
+    behind: bool,
+}
+
+impl Outbox {
+    /// Queues `event`, after a `resync` if events were lost before it; a
+    /// full queue loses the event and marks the client behind.
+    fn send(&mut self, event: Event) {
+        if self.behind {
+            let resync = Event::default().event("resync").data("events skipped");
+            if self.tx.try_send(resync).is_err() {
+                return;
+            }
+            self.behind = false;
+        }
+        if self.tx.try_send(event).is_err() {
+            self.behind = true;
+        }
+    }
+
+    fn send_json(&mut self, name: &str, data: &impl Serialize) {
+        match Event::default().event(name).json_data(data) {
+            Ok(event) => self.send(event),
+            Err(e) => debug!(error = %e, "fleet events: {name} not encoded"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Points {
+    series: i64,
+    points: Vec<PointJson>,
+}
+
+/// Feeds one client until it goes, the broadcast closes or the collector
+/// shuts down; dropping `tx` ends the response.
+async fn feed(
+    ctx: HttpContext,
+    series: Option<i64>,
+    mut commits: broadcast::Receiver<Committed>,
+    tx: mpsc::Sender<Event>,
+) {
+    let mut out = Outbox { tx, behind: false };
+    out.send_json(
+        "hello",
+        &serde_json::json!({ "now_ns": now_ns().to_string() }),
+    );
+    let mut live = ctx.live.clone();
+    let mut tick = tokio::time::interval(AGENTS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_agents = String::new();
+    loop {
+        let refresh_agents = tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            () = out.tx.closed() => break,
+            r = commits.recv() => match r {
+                Ok(commit) => {
+                    let devices = updates(&commit);
+                    if !devices.is_empty() {
+                        out.send_json("devices", &devices);
+                    }
+                    if let Some(id) = series {
+                        let points: Vec<PointJson> = commit
+                            .iter()
+                            .filter(|c| c.series.id == id)
+                            .flat_map(|c| c.points.iter().map(PointJson::from))
+                            .collect();
+                        if !points.is_empty() {
+                            out.send_json("points", &Points { series: id, points });
+                        }
+                    }
+                    false
+                }
+                Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                    debug!(skipped, "fleet events: client behind the merger");
+                    out.behind = true;
+                    false
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            changed = live.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                true
+            }
+            _ = tick.tick() => true,
+        };
+        if refresh_agents {
+            match agents(&ctx).await {
+                Ok(list) => match serde_json::to_string(&list) {
+                    Ok(text) if text != last_agents => {
+                        out.send(Event::default().event("agents").data(&text));
+                        last_agents = text;
+                    }
+                    _ => out.send(Event::default().comment("")),
+                },
+                Err(e) => out.send(
+                    Event::default()
+                        .event("problem")
+                        .data(format!("list agents: {e}")),
+                ),
+            }
+        }
+    }
+}

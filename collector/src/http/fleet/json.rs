@@ -1,0 +1,138 @@
+//! The JSON the page reads. Times are ns since the Unix epoch as decimal
+//! strings (a JavaScript number holds 53 bits, a time in ns needs 61);
+//! counters are numbers.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use tributary_proto::v1 as pb;
+
+use crate::model::{Point, SeriesMeta, StoredValue};
+
+/// A series, as the chart's picker and legend show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SeriesJson {
+    pub id: i64,
+    pub agent: String,
+    pub device: String,
+    pub metric: String,
+    pub labels: BTreeMap<String, String>,
+    pub unit: String,
+}
+
+impl From<&SeriesMeta> for SeriesJson {
+    fn from(meta: &SeriesMeta) -> Self {
+        SeriesJson {
+            id: meta.id,
+            agent: meta.key.agent.clone(),
+            device: meta.key.device.clone(),
+            metric: meta.key.metric.clone(),
+            labels: meta.key.labels.clone(),
+            unit: meta.key.unit.clone(),
+        }
+    }
+}
+
+/// A point: `t` (device time), and one of `v` (a number or bool), `s` (a
+/// string) or `fail` (`timeout` or `error`) with `msg`.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct PointJson {
+    pub t: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msg: Option<String>,
+}
+
+impl From<&Point> for PointJson {
+    fn from(p: &Point) -> Self {
+        let t = p.ts_ns.to_string();
+        match &p.value {
+            // A NaN or an infinity has no JSON number: null, drawn as a gap.
+            StoredValue::F64(v) => PointJson {
+                t,
+                v: Some(
+                    serde_json::Number::from_f64(*v)
+                        .map_or(serde_json::Value::Null, serde_json::Value::Number),
+                ),
+                ..PointJson::default()
+            },
+            StoredValue::I64(v) => PointJson {
+                t,
+                v: Some((*v).into()),
+                ..PointJson::default()
+            },
+            StoredValue::Bool(v) => PointJson {
+                t,
+                v: Some((*v).into()),
+                ..PointJson::default()
+            },
+            StoredValue::Str(s) => PointJson {
+                t,
+                s: Some(s.clone()),
+                ..PointJson::default()
+            },
+            StoredValue::Timeout(m) | StoredValue::Error(m) => PointJson {
+                t,
+                fail: Some(outcome_of(&p.value)),
+                msg: Some(m.clone()),
+                ..PointJson::default()
+            },
+        }
+    }
+}
+
+/// A poll's outcome as a value shows it: `timeout`, `error`, or `ok`.
+pub fn outcome_of(value: &StoredValue) -> &'static str {
+    match value {
+        StoredValue::Timeout(_) => "timeout",
+        StoredValue::Error(_) => "error",
+        _ => "ok",
+    }
+}
+
+/// An agent, as ListAgents answers it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AgentJson {
+    pub id: String,
+    /// Streaming to this collector now.
+    pub connected: bool,
+    /// The address its last stream came from.
+    pub peer: String,
+    pub last_seen_ns: String,
+    pub epoch: String,
+    pub committed_seq: u64,
+    /// Sequences spooled by the agent and not yet committed.
+    pub lag: u64,
+    /// Readings the agent dropped because its spool was full.
+    pub dropped: u64,
+    pub readings_stored: u64,
+    pub batches_deduplicated: u64,
+    pub batches_resent: u64,
+    /// Readings stamped with a skewed clock, as ListAgents counts them
+    /// (since this collector started).
+    pub skew: Option<u64>,
+}
+
+impl From<pb::AgentInfo> for AgentJson {
+    fn from(a: pb::AgentInfo) -> Self {
+        AgentJson {
+            id: a.id,
+            connected: a.connected,
+            peer: a.peer,
+            last_seen_ns: a.last_seen_ns.to_string(),
+            epoch: a.epoch.to_string(),
+            committed_seq: a.committed_seq,
+            lag: a.lag,
+            dropped: a.dropped_at_agent,
+            readings_stored: a.readings_stored,
+            batches_deduplicated: a.batches_deduplicated,
+            batches_resent: a.batches_resent,
+            skew: Some(a.skewed_readings),
+        }
+    }
+}
