@@ -186,6 +186,7 @@ fn context() -> (HttpContext, watch::Sender<LiveAgents>) {
         roles: Arc::default(),
         mutual_tls: false,
         shutdown: CancellationToken::new(),
+        metrics: Arc::default(),
     };
     (ctx, live_tx)
 }
