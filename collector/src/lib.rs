@@ -35,6 +35,7 @@ pub mod listener;
 pub mod merger;
 pub mod model;
 pub mod prom_labels;
+pub mod promql;
 pub mod query;
 pub mod roles;
 pub mod server;
