@@ -92,7 +92,15 @@ pub struct Engine {
 pub fn parse(query: &str) -> Result<Box<Expr>, QueryError> {
     promql_parser::parser::parse(query)
         .map(Box::new)
-        .map_err(|e| QueryError::BadData(format!("invalid parameter \"query\": {e}")))
+        .map_err(|e| {
+            // Prometheus 2.x's name of `double_exponential_smoothing`, which
+            // the parser (following Prometheus 3) no longer knows.
+            if e.contains("unknown function with name 'holt_winters'") {
+                QueryError::Unsupported("function holt_winters()".into())
+            } else {
+                QueryError::BadData(format!("invalid parameter \"query\": {e}"))
+            }
+        })
 }
 
 /// Parses a series selector (`match[]` of the metadata endpoints).
