@@ -379,7 +379,9 @@ async fn status_codes(client: &reqwest::Client, url: &str) -> Result<Vec<String>
         ("end", (T0 + 20_000).to_string()),
         ("step", "1".to_owned()),
     ];
-    let checks: Vec<(&str, &str, Vec<(&str, String)>, u16, &str)> = vec![
+    // (endpoint, query, parameters, status, errorType)
+    type Check<'a> = (&'a str, &'a str, Vec<(&'a str, String)>, u16, &'a str);
+    let checks: Vec<Check> = vec![
         ("query", "sum(", t.clone(), 400, "bad_data"),
         ("query", "rate(tr_up)", t.clone(), 400, "bad_data"),
         ("query", "days_in_month(tr_up)", t.clone(), 422, "execution"),

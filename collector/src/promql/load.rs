@@ -25,6 +25,9 @@ pub struct Data {
     pub selections: HashMap<usize, Vec<Series>>,
 }
 
+/// A stored series and its Prometheus labels.
+pub type Listed = (SeriesMeta, Arc<Labels>);
+
 /// Series listed per page from the store.
 const LIST_PAGE: usize = 10_000;
 
@@ -37,10 +40,7 @@ fn unavailable(e: &ReadError) -> QueryError {
 }
 
 /// Every stored series passing `sel`, with its Prometheus labels.
-pub async fn list_series(
-    reader: &Reader,
-    sel: Selector,
-) -> Result<Vec<(SeriesMeta, Arc<Labels>)>, QueryError> {
+pub async fn list_series(reader: &Reader, sel: Selector) -> Result<Vec<Listed>, QueryError> {
     let mut out = Vec::new();
     let mut after_id = i64::MIN;
     loop {
@@ -89,8 +89,8 @@ pub async fn load(
     needs: &[Need<'_>],
     max_samples: usize,
 ) -> Result<Data, QueryError> {
-    let mut lists: HashMap<(String, String, String), Vec<(SeriesMeta, Arc<Labels>)>> =
-        HashMap::new();
+    // The series list per pushed-down filter, listed once per query.
+    let mut lists: HashMap<(String, String, String), Vec<Listed>> = HashMap::new();
     let mut data = Data::default();
     let mut total = 0usize;
     for need in needs {
@@ -101,7 +101,7 @@ pub async fn load(
             lists.insert(list_key.clone(), listed);
         }
         let listed = lists.get(&list_key).map(Vec::as_slice).unwrap_or_default();
-        let chosen: Vec<&(SeriesMeta, Arc<Labels>)> = listed
+        let chosen: Vec<&Listed> = listed
             .iter()
             .filter(|(_, labels)| selector_matches(need.selector, labels))
             .collect();

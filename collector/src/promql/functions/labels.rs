@@ -148,7 +148,7 @@ fn parse_go_float(s: &str) -> Option<f64> {
 /// The quantile of `(upper bound, cumulative count)` buckets, linearly
 /// interpolated within the bucket holding the rank, as Prometheus: NaN
 /// without a `+Inf` bucket or observations; counts forced monotonic.
-fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }
