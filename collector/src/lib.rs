@@ -39,6 +39,7 @@ pub mod merger;
 pub mod metrics;
 pub mod model;
 pub mod prom_labels;
+pub mod promql;
 pub mod query;
 pub mod roles;
 pub mod server;

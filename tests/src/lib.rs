@@ -27,6 +27,7 @@ pub mod http_sim;
 pub mod modbus_sim;
 pub mod peers;
 pub mod process;
+pub mod promql_data;
 pub mod proxy;
 
 pub use http_sim::{HttpListening, HttpSim};

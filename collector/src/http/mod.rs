@@ -7,7 +7,8 @@
 //! - `/-/healthy`, `/-/ready`: here (liveness: the process answers;
 //!   readiness: the collector accepts streams and queries).
 //! - Everything else is added in [`router`] from the module that owns it
-//!   (the Prometheus API, `/metrics`, the fleet page): each is a function
+//!   (the Prometheus API and buildinfo in `prometheus/`, `/metrics`, the
+//!   fleet page): each is a function
 //!   returning a `Router<HttpContext>` merged in one line.
 //!
 //! Who may call: exactly who may call the gRPC Query service
@@ -24,16 +25,17 @@
 //! from the merger's `watch`, commits from its `broadcast`.
 
 mod fleet;
+pub mod prometheus;
 mod serve;
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tributary_process::metrics::prometheus_client::registry::Registry;
@@ -73,7 +75,7 @@ pub fn router(ctx: HttpContext) -> Router {
     // Routes of other modules go here, one `.merge(...)` each: all of them
     // are behind `authorize`.
     let protected = Router::new()
-        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .merge(prometheus::router(ctx.reader.clone()))
         .merge(crate::metrics::routes())
         .merge(fleet::routes())
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize));
@@ -118,23 +120,6 @@ async fn ready(State(ctx): State<HttpContext>) -> Response {
             .into_response();
     }
     "Tributary collector is Ready.\n".into_response()
-}
-
-/// `GET /api/v1/status/buildinfo`, as Prometheus answers it (Grafana asks
-/// it when a data source is saved, to learn the flavour and version).
-async fn buildinfo() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "success",
-        "data": {
-            "version": env!("CARGO_PKG_VERSION"),
-            "revision": "",
-            "branch": "",
-            "buildUser": "",
-            "buildDate": "",
-            "goVersion": "",
-            "application": "tributary-collector",
-        }
-    }))
 }
 
 async fn not_found(request: Request) -> Response {

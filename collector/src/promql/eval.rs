@@ -1,0 +1,238 @@
+//! The evaluator: an expression at one evaluation time, over samples
+//! already in memory ([`Data`]), as Prometheus 2.x evaluates it. Range
+//! queries evaluate at every step. Selectors, subqueries and the
+//! dispatch live here; functions, aggregations and binary operators in
+//! their own files.
+//!
+//! Staleness as Prometheus without stale markers (none are stored): an
+//! instant selector sees the newest sample at most the lookback delta old
+//! (`[t - lookback, t]`, both ends included, as in 2.x); a range selector
+//! sees `[t - range, t]`.
+//!
+//! Pure: imports the parser's AST and the promql module's own files.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use promql_parser::parser::{Expr, MatrixSelector, SubqueryExpr, VectorSelector};
+
+use super::load::{Data, too_many_samples};
+use super::plan::{Bounds, at_ms, duration_ms, offset_ms, selector_key};
+use super::types::{Labels, QueryError, Sample, Series, Value, drop_name};
+
+/// Evaluates expressions of one query.
+pub struct Evaluator<'a> {
+    pub data: &'a Data,
+    pub bounds: Bounds,
+    /// When the query must have finished.
+    pub deadline: Option<Instant>,
+    /// Most samples a result may hold.
+    pub max_samples: usize,
+}
+
+impl Evaluator<'_> {
+    /// `expr` at `ts` (ms).
+    pub fn eval(&self, expr: &Expr, ts: i64) -> Result<Value, QueryError> {
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, ts),
+            Expr::Unary(u) => match self.eval(&u.expr, ts)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(samples) => {
+                    let out: Vec<Sample> = samples
+                        .into_iter()
+                        .map(|s| Sample {
+                            labels: Arc::new(drop_name(&s.labels)),
+                            value: -s.value,
+                        })
+                        .collect();
+                    check_unique(&out)?;
+                    Ok(Value::Vector(out))
+                }
+                other => Err(QueryError::BadData(format!(
+                    "unary minus on {}",
+                    other.type_name()
+                ))),
+            },
+            Expr::VectorSelector(vs) => Ok(Value::Vector(
+                self.instant_selector(vs, ts)?
+                    .into_iter()
+                    .map(|(labels, _, value)| Sample { labels, value })
+                    .collect(),
+            )),
+            Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.range_selector(ms, ts)?)),
+            Expr::Subquery(sq) => Ok(Value::Matrix(self.subquery(sq, ts)?)),
+            Expr::Call(c) => super::functions::call(self, c, ts),
+            Expr::Aggregate(a) => super::aggregate::eval(self, a, ts),
+            Expr::Binary(b) => super::binary::eval(self, b, ts),
+            Expr::Extension(_) => Err(QueryError::Unsupported("extension expressions".into())),
+        }
+    }
+
+    /// Evaluates an argument that must be a scalar.
+    pub fn scalar(&self, expr: &Expr, ts: i64, what: &str) -> Result<f64, QueryError> {
+        match self.eval(expr, ts)? {
+            Value::Scalar(v) => Ok(v),
+            other => Err(QueryError::BadData(format!(
+                "{what}: expected scalar, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// Evaluates an argument that must be an instant vector.
+    pub fn vector(&self, expr: &Expr, ts: i64, what: &str) -> Result<Vec<Sample>, QueryError> {
+        match self.eval(expr, ts)? {
+            Value::Vector(v) => Ok(v),
+            other => Err(QueryError::BadData(format!(
+                "{what}: expected instant vector, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// Fails once the deadline has passed.
+    pub fn check_deadline(&self) -> Result<(), QueryError> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(QueryError::Timeout("query evaluation")),
+            _ => Ok(()),
+        }
+    }
+
+    fn selection(&self, vs: &VectorSelector) -> Result<&[Series], QueryError> {
+        self.data
+            .selections
+            .get(&selector_key(vs))
+            .map(Vec::as_slice)
+            .ok_or_else(|| QueryError::Execution(format!("selector {vs} was not loaded")))
+    }
+
+    /// The newest sample of every selected series within the lookback
+    /// delta of `ts` (after `@` and `offset`): `(labels, its time, value)`.
+    pub fn instant_selector(
+        &self,
+        vs: &VectorSelector,
+        ts: i64,
+    ) -> Result<Vec<(Arc<Labels>, i64, f64)>, QueryError> {
+        let t = at_ms(&vs.at, &self.bounds).unwrap_or(ts) - offset_ms(&vs.offset);
+        let mut out = Vec::new();
+        for s in self.selection(vs)? {
+            let i = s.points.partition_point(|(pt, _)| *pt <= t);
+            if i == 0 {
+                continue;
+            }
+            let (pt, v) = s.points[i - 1];
+            if pt >= t - self.bounds.lookback {
+                out.push((s.labels.clone(), pt, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The samples of every selected series in `[t - range, t]`; series
+    /// without any are left out.
+    fn range_selector(&self, ms: &MatrixSelector, ts: i64) -> Result<Vec<Series>, QueryError> {
+        let (end, range) = self.range_window(&ms.vs.at, &ms.vs.offset, ms.range, ts);
+        let start = end - range;
+        let mut out = Vec::new();
+        for s in self.selection(&ms.vs)? {
+            let lo = s.points.partition_point(|(pt, _)| *pt < start);
+            let hi = s.points.partition_point(|(pt, _)| *pt <= end);
+            if lo < hi {
+                out.push(Series {
+                    labels: s.labels.clone(),
+                    points: s.points[lo..hi].to_vec(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The end of a range's window at `ts` (after `@` and `offset`) and its
+    /// length, in ms.
+    pub fn range_window(
+        &self,
+        at: &Option<promql_parser::parser::AtModifier>,
+        offset: &Option<promql_parser::parser::Offset>,
+        range: std::time::Duration,
+        ts: i64,
+    ) -> (i64, i64) {
+        let end = at_ms(at, &self.bounds).unwrap_or(ts) - offset_ms(offset);
+        (end, duration_ms(range))
+    }
+
+    /// A subquery at `ts`: its expression evaluated at every multiple of
+    /// its step within `[t - range, t]`.
+    fn subquery(&self, sq: &SubqueryExpr, ts: i64) -> Result<Vec<Series>, QueryError> {
+        let (end, range) = self.range_window(&sq.at, &sq.offset, sq.range, ts);
+        let step = match sq.step {
+            Some(d) => duration_ms(d),
+            None => self.bounds.default_step,
+        };
+        if step <= 0 {
+            return Err(QueryError::BadData("zero or negative subquery step".into()));
+        }
+        let start = end - range;
+        // The first multiple of the step at or after the window's start
+        // (Prometheus aligns subquery steps to absolute time).
+        let mut t = start.div_euclid(step) * step;
+        if t < start {
+            t += step;
+        }
+        let mut series: HashMap<Arc<Labels>, Vec<(i64, f64)>> = HashMap::new();
+        let mut total = 0usize;
+        while t <= end {
+            self.check_deadline()?;
+            match self.eval(&sq.expr, t)? {
+                Value::Vector(samples) => {
+                    total += samples.len();
+                    for s in samples {
+                        series.entry(s.labels).or_default().push((t, s.value));
+                    }
+                }
+                Value::Scalar(v) => {
+                    total += 1;
+                    series
+                        .entry(Arc::new(Labels::new()))
+                        .or_default()
+                        .push((t, v));
+                }
+                other => {
+                    return Err(QueryError::BadData(format!(
+                        "subquery of a {}; expected instant vector or scalar",
+                        other.type_name()
+                    )));
+                }
+            }
+            if total > self.max_samples {
+                return Err(too_many_samples(self.max_samples));
+            }
+            t += step;
+        }
+        let mut out: Vec<Series> = series
+            .into_iter()
+            .map(|(labels, points)| Series { labels, points })
+            .collect();
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+}
+
+/// Refuses a vector holding one label set twice, as Prometheus does after
+/// a function dropped the metric name.
+pub fn check_unique(samples: &[Sample]) -> Result<(), QueryError> {
+    if samples.len() < 2 {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(samples.len());
+    for s in samples {
+        if !seen.insert(&*s.labels) {
+            return Err(QueryError::Execution(
+                "vector cannot contain metrics with the same labelset".into(),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! PromQL functions: [`SUPPORTED_FUNCTIONS`] (the plan refuses every
+//! other one before reading) and [`call`], which evaluates one at one
+//! time. Range-vector arithmetic is in `range.rs`, label functions and
+//! `histogram_quantile` in `labels.rs`.
+//!
+//! Output labels as Prometheus: every function drops `__name__` except
+//! `last_over_time`, `sort*`, `label_*` and `vector`'s empty set.
+
+mod labels;
+pub mod range;
+
+use std::sync::Arc;
+
+use promql_parser::parser::{Call, Expr};
+
+use super::eval::{Evaluator, check_unique};
+use super::types::{Labels, NAME, QueryError, Sample, Series, Value, drop_name, set};
+
+/// Every function [`call`] implements.
+pub const SUPPORTED_FUNCTIONS: &[&str] = &[
+    "abs",
+    "absent",
+    "absent_over_time",
+    "avg_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "count_over_time",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_quantile",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "last_over_time",
+    "ln",
+    "log10",
+    "log2",
+    "max_over_time",
+    "min_over_time",
+    "predict_linear",
+    "present_over_time",
+    "quantile_over_time",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "sum_over_time",
+    "time",
+    "timestamp",
+    "vector",
+];
+
+fn arg(c: &Call, i: usize) -> Result<&Expr, QueryError> {
+    c.args.args.get(i).map(|b| &**b).ok_or_else(|| {
+        QueryError::BadData(format!("{}(): missing argument {}", c.func.name, i + 1))
+    })
+}
+
+/// Go's `math.Max`/`math.Min`: NaN wins.
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+/// Evaluates the call `c` at `ts`.
+pub fn call(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, QueryError> {
+    let name = c.func.name;
+    match name {
+        "time" => Ok(Value::Scalar(ts as f64 / 1000.0)),
+        "vector" => Ok(Value::Vector(vec![Sample {
+            labels: Arc::new(Labels::new()),
+            value: ev.scalar(arg(c, 0)?, ts, "vector()")?,
+        }])),
+        "scalar" => {
+            let v = ev.vector(arg(c, 0)?, ts, "scalar()")?;
+            Ok(Value::Scalar(if v.len() == 1 {
+                v[0].value
+            } else {
+                f64::NAN
+            }))
+        }
+        "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" => {
+            let f: fn(f64) -> f64 = match name {
+                "abs" => f64::abs,
+                "ceil" => f64::ceil,
+                "floor" => f64::floor,
+                "exp" => f64::exp,
+                "ln" => f64::ln,
+                "log2" => f64::log2,
+                "log10" => f64::log10,
+                "sqrt" => f64::sqrt,
+                _ => |v: f64| {
+                    if v > 0.0 {
+                        1.0
+                    } else if v < 0.0 {
+                        -1.0
+                    } else {
+                        v
+                    }
+                },
+            };
+            map_values(ev.vector(arg(c, 0)?, ts, name)?, f)
+        }
+        "round" => {
+            let to = match c.args.args.get(1) {
+                Some(e) => ev.scalar(e, ts, "round()")?,
+                None => 1.0,
+            };
+            let inv = 1.0 / to;
+            map_values(ev.vector(arg(c, 0)?, ts, name)?, |v| {
+                (v * inv + 0.5).floor() / inv
+            })
+        }
+        "clamp" => {
+            let v = ev.vector(arg(c, 0)?, ts, name)?;
+            let lo = ev.scalar(arg(c, 1)?, ts, "clamp()")?;
+            let hi = ev.scalar(arg(c, 2)?, ts, "clamp()")?;
+            if hi < lo {
+                return Ok(Value::Vector(Vec::new()));
+            }
+            map_values(v, |x| go_max(lo, go_min(hi, x)))
+        }
+        "clamp_min" => {
+            let v = ev.vector(arg(c, 0)?, ts, name)?;
+            let lo = ev.scalar(arg(c, 1)?, ts, "clamp_min()")?;
+            map_values(v, |x| go_max(x, lo))
+        }
+        "clamp_max" => {
+            let v = ev.vector(arg(c, 0)?, ts, name)?;
+            let hi = ev.scalar(arg(c, 1)?, ts, "clamp_max()")?;
+            map_values(v, |x| go_min(x, hi))
+        }
+        "timestamp" => timestamp(ev, arg(c, 0)?, ts),
+        "sort" | "sort_desc" => {
+            let mut v = ev.vector(arg(c, 0)?, ts, name)?;
+            // NaN first in both orders, as Prometheus's heaps compare.
+            let desc = name == "sort_desc";
+            v.sort_by(|a, b| match (a.value.is_nan(), b.value.is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Less,
+                (false, true) => std::cmp::Ordering::Greater,
+                _ if desc => b.value.total_cmp(&a.value),
+                _ => a.value.total_cmp(&b.value),
+            });
+            Ok(Value::Vector(v))
+        }
+        "absent" => {
+            let v = ev.vector(arg(c, 0)?, ts, name)?;
+            if !v.is_empty() {
+                return Ok(Value::Vector(Vec::new()));
+            }
+            Ok(Value::Vector(vec![Sample {
+                labels: Arc::new(absent_labels(arg(c, 0)?)),
+                value: 1.0,
+            }]))
+        }
+        "label_replace" => labels::label_replace(ev, c, ts),
+        "label_join" => labels::label_join(ev, c, ts),
+        "histogram_quantile" => labels::histogram_quantile(ev, c, ts),
+        _ => range_function(ev, c, ts),
+    }
+}
+
+/// Applies `f` to every value, dropping the metric name.
+fn map_values(v: Vec<Sample>, f: impl Fn(f64) -> f64) -> Result<Value, QueryError> {
+    let out: Vec<Sample> = v
+        .into_iter()
+        .map(|s| Sample {
+            labels: Arc::new(drop_name(&s.labels)),
+            value: f(s.value),
+        })
+        .collect();
+    check_unique(&out)?;
+    Ok(Value::Vector(out))
+}
+
+/// `timestamp(v)`: a selector's samples give their own times, anything
+/// else the evaluation time.
+fn timestamp(ev: &Evaluator<'_>, e: &Expr, ts: i64) -> Result<Value, QueryError> {
+    let mut inner = e;
+    while let Expr::Paren(p) = inner {
+        inner = &p.expr;
+    }
+    let samples: Vec<(Arc<Labels>, i64)> = match inner {
+        Expr::VectorSelector(vs) => ev
+            .instant_selector(vs, ts)?
+            .into_iter()
+            .map(|(l, t, _)| (l, t))
+            .collect(),
+        _ => ev
+            .vector(inner, ts, "timestamp()")?
+            .into_iter()
+            .map(|s| (s.labels, ts))
+            .collect(),
+    };
+    let out: Vec<Sample> = samples
+        .into_iter()
+        .map(|(l, t)| Sample {
+            labels: Arc::new(drop_name(&l)),
+            value: t as f64 / 1000.0,
+        })
+        .collect();
+    check_unique(&out)?;
+    Ok(Value::Vector(out))
+}
+
+/// The labels `absent()` answers with: those a selector pins with `=`
+/// (once; a label pinned twice is left out), nothing for other expressions.
+fn absent_labels(e: &Expr) -> Labels {
+    let vs = match e {
+        Expr::VectorSelector(vs) => vs,
+        Expr::MatrixSelector(ms) => &ms.vs,
+        _ => return Labels::new(),
+    };
+    let mut out = Labels::new();
+    let mut repeated = Vec::new();
+    for m in &vs.matchers.matchers {
+        if m.name == NAME || !matches!(m.op, promql_parser::label::MatchOp::Equal) {
+            continue;
+        }
+        if out.iter().any(|(n, _)| *n == m.name) {
+            repeated.push(m.name.clone());
+        }
+        set(&mut out, &m.name, &m.value);
+    }
+    out.retain(|(n, _)| !repeated.contains(n));
+    out
+}
+
+/// The range vector argument of a function: its series, and the window's
+/// end and length (ms), which extrapolation needs.
+fn matrix_arg(
+    ev: &Evaluator<'_>,
+    e: &Expr,
+    ts: i64,
+) -> Result<(Vec<Series>, i64, i64), QueryError> {
+    let mut inner = e;
+    while let Expr::Paren(p) = inner {
+        inner = &p.expr;
+    }
+    let (end, range) = match inner {
+        Expr::MatrixSelector(ms) => ev.range_window(&ms.vs.at, &ms.vs.offset, ms.range, ts),
+        Expr::Subquery(sq) => ev.range_window(&sq.at, &sq.offset, sq.range, ts),
+        other => {
+            return Err(QueryError::BadData(format!(
+                "expected a range vector, got {other}"
+            )));
+        }
+    };
+    match ev.eval(inner, ts)? {
+        Value::Matrix(m) => Ok((m, end, range)),
+        other => Err(QueryError::BadData(format!(
+            "expected a range vector, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn range_function(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, QueryError> {
+    let name = c.func.name;
+    let (matrix_index, q) = match name {
+        "quantile_over_time" => (1, ev.scalar(arg(c, 0)?, ts, "quantile_over_time()")?),
+        "predict_linear" => (0, ev.scalar(arg(c, 1)?, ts, "predict_linear()")?),
+        _ => (0, f64::NAN),
+    };
+    let (matrix, end, range) = matrix_arg(ev, arg(c, matrix_index)?, ts)?;
+    if name == "absent_over_time" {
+        if matrix.iter().any(|s| !s.points.is_empty()) {
+            return Ok(Value::Vector(Vec::new()));
+        }
+        return Ok(Value::Vector(vec![Sample {
+            labels: Arc::new(absent_labels(arg(c, 0)?)),
+            value: 1.0,
+        }]));
+    }
+    let start = end - range;
+    let mut out = Vec::with_capacity(matrix.len());
+    for s in &matrix {
+        let p = &s.points;
+        if p.is_empty() {
+            continue;
+        }
+        let value = match name {
+            "rate" => range::extrapolated_rate(p, start, end, true, true),
+            "increase" => range::extrapolated_rate(p, start, end, true, false),
+            "delta" => range::extrapolated_rate(p, start, end, false, false),
+            "irate" => range::instant_value(p, true),
+            "idelta" => range::instant_value(p, false),
+            "deriv" if p.len() >= 2 => Some(range::linear_regression(p, p[0].0).0),
+            "predict_linear" if p.len() >= 2 => {
+                let (slope, intercept) = range::linear_regression(p, ts);
+                Some(slope * q + intercept)
+            }
+            "deriv" | "predict_linear" => None,
+            _ => range::over_time(name, p, q),
+        };
+        let Some(value) = value else { continue };
+        let labels = if name == "last_over_time" {
+            s.labels.clone()
+        } else {
+            Arc::new(drop_name(&s.labels))
+        };
+        out.push(Sample { labels, value });
+    }
+    check_unique(&out)?;
+    Ok(Value::Vector(out))
+}

@@ -1,0 +1,214 @@
+//! Functions over a range vector (a matrix selector or a subquery),
+//! one output sample per series: `rate` and friends with Prometheus's
+//! extrapolation and counter-reset rules, `deriv`/`predict_linear` by
+//! least squares, and the `*_over_time` family.
+//!
+//! Pure arithmetic over `(ms, value)` slices; the facts (formulas, edge
+//! cases) are Prometheus 2.x's `promql/functions.go`.
+
+/// `rate`, `increase` (`is_counter`) and `delta`, as Prometheus's
+/// `extrapolatedRate`: the difference between the first and last sample
+/// in the window (plus every counter reset), extrapolated to the window's
+/// edges when they are near (within 1.1 average intervals, else half an
+/// interval), and for counters never below zero. `None` with fewer than
+/// two samples.
+pub fn extrapolated_rate(
+    points: &[(i64, f64)],
+    window_start: i64,
+    window_end: i64,
+    is_counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
+    if points.len() < 2 {
+        return None;
+    }
+    let (first_t, first_v) = points[0];
+    let (last_t, last_v) = points[points.len() - 1];
+    let mut result = last_v - first_v;
+    if is_counter {
+        let mut prev = 0.0;
+        for &(_, v) in points {
+            if v < prev {
+                result += prev;
+            }
+            prev = v;
+        }
+    }
+    let mut to_start = (first_t - window_start) as f64 / 1000.0;
+    let to_end = (window_end - last_t) as f64 / 1000.0;
+    let sampled = (last_t - first_t) as f64 / 1000.0;
+    let average = sampled / (points.len() - 1) as f64;
+    if is_counter && result > 0.0 && first_v >= 0.0 {
+        let to_zero = sampled * (first_v / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    let threshold = average * 1.1;
+    let mut interval = sampled;
+    interval += if to_start < threshold {
+        to_start
+    } else {
+        average / 2.0
+    };
+    interval += if to_end < threshold {
+        to_end
+    } else {
+        average / 2.0
+    };
+    result *= interval / sampled;
+    if is_rate {
+        result /= (window_end - window_start) as f64 / 1000.0;
+    }
+    Some(result)
+}
+
+/// `irate` (`is_rate`) and `idelta`: from the last two samples.
+pub fn instant_value(points: &[(i64, f64)], is_rate: bool) -> Option<f64> {
+    if points.len() < 2 {
+        return None;
+    }
+    let (prev_t, prev_v) = points[points.len() - 2];
+    let (last_t, last_v) = points[points.len() - 1];
+    let mut result = if is_rate && last_v < prev_v {
+        // A counter reset: the counter counted up from zero.
+        last_v
+    } else {
+        last_v - prev_v
+    };
+    let interval = last_t - prev_t;
+    if interval == 0 {
+        return None;
+    }
+    if is_rate {
+        result /= interval as f64 / 1000.0;
+    }
+    Some(result)
+}
+
+/// Kahan-Babuška summation step: `(sum, compensation)` after adding `inc`.
+pub fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// Least-squares slope and intercept (at `intercept_t`) of the samples,
+/// x in seconds. A constant series has slope 0 (NaN for an infinite one).
+pub fn linear_regression(points: &[(i64, f64)], intercept_t: i64) -> (f64, f64) {
+    let (mut n, mut sx, mut cx, mut sy, mut cy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0);
+    let init_y = points.first().map_or(0.0, |p| p.1);
+    let mut const_y = true;
+    for (i, &(t, v)) in points.iter().enumerate() {
+        if const_y && i > 0 && v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (t - intercept_t) as f64 / 1000.0;
+        (sx, cx) = kahan_inc(x, sx, cx);
+        (sy, cy) = kahan_inc(v, sy, cy);
+        (sxy, cxy) = kahan_inc(x * v, sxy, cxy);
+        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sx, sy, sxy, sx2) = (sx + cx, sy + cy, sxy + cxy, sx2 + cx2);
+    let cov_xy = sxy - sx * sy / n;
+    let var_x = sx2 - sx * sx / n;
+    let slope = cov_xy / var_x;
+    let intercept = sy / n - slope * sx / n;
+    (slope, intercept)
+}
+
+/// The φ-quantile of `values` (sorted here), interpolating between the
+/// two nearest ranks; φ outside [0, 1] gives ∓Inf, NaN gives NaN.
+pub fn quantile(q: f64, values: &mut [f64]) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+}
+
+/// An `*_over_time` function of the window's samples (never empty).
+pub fn over_time(name: &str, points: &[(i64, f64)], q: f64) -> Option<f64> {
+    let values = points.iter().map(|p| p.1);
+    Some(match name {
+        "count_over_time" => points.len() as f64,
+        "present_over_time" => 1.0,
+        "last_over_time" => points.last()?.1,
+        "sum_over_time" => {
+            let (s, c) = values.fold((0.0, 0.0), |(s, c), v| kahan_inc(v, s, c));
+            s + c
+        }
+        "avg_over_time" => mean(values),
+        "min_over_time" => values.fold(f64::NAN, |m, v| if v < m || m.is_nan() { v } else { m }),
+        "max_over_time" => values.fold(f64::NAN, |m, v| if v > m || m.is_nan() { v } else { m }),
+        "stddev_over_time" => variance(values).sqrt(),
+        "stdvar_over_time" => variance(values),
+        "quantile_over_time" => quantile(q, &mut values.collect::<Vec<_>>()),
+        "changes" => {
+            let mut n = 0.0;
+            for w in points.windows(2) {
+                let (a, b) = (w[0].1, w[1].1);
+                if a != b && !(a.is_nan() && b.is_nan()) {
+                    n += 1.0;
+                }
+            }
+            n
+        }
+        "resets" => points.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64,
+        _ => return None,
+    })
+}
+
+/// The mean as Prometheus computes it: incrementally, so that large
+/// values do not overflow, and infinities stay as they are.
+pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut mean, mut count, mut c) = (0.0f64, 0.0f64, 0.0f64);
+    for v in values {
+        count += 1.0;
+        if mean.is_infinite() {
+            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+                continue;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                continue;
+            }
+        }
+        (mean, c) = kahan_inc(v / count - mean / count, mean, c);
+    }
+    if mean.is_infinite() { mean } else { mean + c }
+}
+
+/// The population variance (Welford's method).
+pub fn variance(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut count, mut mean, mut aux) = (0.0f64, 0.0f64, 0.0f64);
+    for v in values {
+        count += 1.0;
+        let delta = v - mean;
+        mean += delta / count;
+        aux += delta * (v - mean);
+    }
+    aux / count
+}

@@ -1,0 +1,310 @@
+//! PromQL over the store's read side: [`Engine::instant`] and
+//! [`Engine::range`] parse a query (`promql-parser`), plan it (`plan.rs`:
+//! every selector's window; unsupported functions refused before any
+//! read), read each selected series' samples once (`load.rs`, through
+//! `store::read::Reader`, which uses its own connections: the merger
+//! never waits for a query), then evaluate from memory (`eval.rs`,
+//! `functions/`, `aggregate.rs`, `binary.rs`) on tokio's blocking pool.
+//!
+//! Semantics are Prometheus 2.x's (the differential test in
+//! `tests/tests/promql_differential.rs` holds them to it). Limits: at most
+//! `max_concurrent` queries at once (others wait, within their timeout),
+//! `max_samples` samples held, `max_points` steps per range query, and a
+//! timeout.
+//!
+//! Imports `store::read`, `prom_labels`, `model`; nothing of the HTTP API
+//! (`http/prometheus` calls in and formats the answer).
+
+mod aggregate;
+mod binary;
+mod eval;
+mod functions;
+mod load;
+mod plan;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{Expr, VectorSelector};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::model::SeriesMeta;
+use crate::store::read::Reader;
+
+pub use plan::selector_matches;
+pub use types::{Labels, QueryError, Sample, Series, format_float};
+
+/// Prometheus's defaults, which are ours.
+pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_MAX_SAMPLES: usize = 50_000_000;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+pub const MAX_POINTS_PER_SERIES: i64 = 11_000;
+pub const DEFAULT_MAX_CONCURRENT: usize = 4;
+/// The step of a subquery that names none (Prometheus's default
+/// evaluation interval).
+const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+/// What one query may use.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub lookback: Duration,
+    pub max_samples: usize,
+    pub timeout: Duration,
+    pub max_concurrent: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            lookback: DEFAULT_LOOKBACK,
+            max_samples: DEFAULT_MAX_SAMPLES,
+            timeout: DEFAULT_TIMEOUT,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+        }
+    }
+}
+
+/// A query's answer, in the four shapes of the Prometheus API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryResult {
+    Scalar { t: i64, v: f64 },
+    String { t: i64, s: String },
+    Vector { t: i64, samples: Vec<Sample> },
+    Matrix(Vec<Series>),
+}
+
+/// Runs PromQL queries against the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    reader: Reader,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+}
+
+/// Parses a query, with the parser's message (which carries the position).
+pub fn parse(query: &str) -> Result<Box<Expr>, QueryError> {
+    promql_parser::parser::parse(query)
+        .map(Box::new)
+        .map_err(|e| {
+            // Prometheus 2.x's name of `double_exponential_smoothing`, which
+            // the parser (following Prometheus 3) no longer knows.
+            if e.contains("unknown function with name 'holt_winters'") {
+                QueryError::Unsupported("function holt_winters()".into())
+            } else {
+                QueryError::BadData(format!("invalid parameter \"query\": {e}"))
+            }
+        })
+}
+
+/// Parses a series selector (`match[]` of the metadata endpoints).
+pub fn parse_selector(text: &str) -> Result<VectorSelector, QueryError> {
+    match promql_parser::parser::parse(text) {
+        Ok(Expr::VectorSelector(vs)) => Ok(vs),
+        Ok(_) => Err(QueryError::BadData(format!(
+            "invalid parameter \"match[]\": {text:?} is not a series selector"
+        ))),
+        Err(e) => Err(QueryError::BadData(format!(
+            "invalid parameter \"match[]\": {e}"
+        ))),
+    }
+}
+
+impl Engine {
+    pub fn new(reader: Reader, limits: Limits) -> Engine {
+        let permits = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
+        Engine {
+            reader,
+            limits,
+            permits,
+        }
+    }
+
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+
+    /// Every stored series passing one of `selectors` (all of them when
+    /// there is none), with its labels, in label order.
+    pub async fn series(
+        &self,
+        selectors: &[VectorSelector],
+    ) -> Result<Vec<(SeriesMeta, Arc<Labels>)>, QueryError> {
+        let mut out: HashMap<i64, (SeriesMeta, Arc<Labels>)> = HashMap::new();
+        if selectors.is_empty() {
+            for (meta, labels) in load::list_series(&self.reader, Default::default()).await? {
+                out.insert(meta.id, (meta, labels));
+            }
+        }
+        for vs in selectors {
+            for (meta, labels) in load::list_series(&self.reader, load::pushdown(vs)).await? {
+                if selector_matches(vs, &labels) {
+                    out.insert(meta.id, (meta, labels));
+                }
+            }
+        }
+        let mut out: Vec<_> = out.into_values().collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
+    /// `query` at `t` (ms).
+    pub async fn instant(
+        &self,
+        query: &str,
+        t: i64,
+        timeout: Option<Duration>,
+    ) -> Result<QueryResult, QueryError> {
+        let expr = parse(query)?;
+        self.run(expr, t, t, None, timeout).await
+    }
+
+    /// `query` at every `step` ms from `start` to `end` (ms): a matrix.
+    pub async fn range(
+        &self,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+        timeout: Option<Duration>,
+    ) -> Result<QueryResult, QueryError> {
+        let expr = parse(query)?;
+        match expr.value_type() {
+            ValueType::Vector | ValueType::Scalar => {}
+            other => {
+                return Err(QueryError::BadData(format!(
+                    "invalid expression type \"{other}\" for range query, must be Scalar or instant Vector"
+                )));
+            }
+        }
+        if step <= 0 {
+            return Err(QueryError::BadData(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+            ));
+        }
+        if end < start {
+            return Err(QueryError::BadData(
+                "end timestamp must not be before start time".into(),
+            ));
+        }
+        if (end - start) / step >= MAX_POINTS_PER_SERIES {
+            return Err(QueryError::Limit(format!(
+                "exceeded maximum resolution of {MAX_POINTS_PER_SERIES} points per timeseries. \
+                 Try decreasing the query resolution (?step=XX)"
+            )));
+        }
+        self.run(expr, start, end, Some(step), timeout).await
+    }
+
+    async fn run(
+        &self,
+        expr: Box<Expr>,
+        start: i64,
+        end: i64,
+        step: Option<i64>,
+        timeout: Option<Duration>,
+    ) -> Result<QueryResult, QueryError> {
+        let timeout = timeout.map_or(self.limits.timeout, |t| t.min(self.limits.timeout));
+        let deadline = Instant::now() + timeout;
+        let bounds = plan::Bounds {
+            start,
+            end,
+            lookback: plan::duration_ms(self.limits.lookback),
+            default_step: DEFAULT_SUBQUERY_STEP_MS,
+        };
+        // Refuse unsupported queries before waiting or reading.
+        let needs = plan::plan(&expr, &bounds)?;
+        let _permit = tokio::time::timeout_at(deadline, self.permits.acquire())
+            .await
+            .map_err(|_| QueryError::Timeout("waiting for a query slot"))?
+            .map_err(|_| QueryError::Unavailable("the query engine is shut down".into()))?;
+        let data = tokio::time::timeout_at(
+            deadline,
+            load::load(&self.reader, &needs, self.limits.max_samples),
+        )
+        .await
+        .map_err(|_| QueryError::Timeout("reading the store"))??;
+        drop(needs);
+        let max_samples = self.limits.max_samples;
+        let std_deadline = deadline.into_std();
+        tokio::task::spawn_blocking(move || {
+            let ev = eval::Evaluator {
+                data: &data,
+                bounds,
+                deadline: Some(std_deadline),
+                max_samples,
+            };
+            match step {
+                None => evaluate_instant(&ev, &expr, start),
+                Some(step) => evaluate_range(&ev, &expr, start, end, step),
+            }
+        })
+        .await
+        .map_err(|e| QueryError::Execution(format!("query evaluation failed: {e}")))?
+    }
+}
+
+fn evaluate_instant(
+    ev: &eval::Evaluator<'_>,
+    expr: &Expr,
+    t: i64,
+) -> Result<QueryResult, QueryError> {
+    Ok(match ev.eval(expr, t)? {
+        types::Value::Scalar(v) => QueryResult::Scalar { t, v },
+        types::Value::String(s) => QueryResult::String { t, s },
+        types::Value::Vector(samples) => QueryResult::Vector { t, samples },
+        types::Value::Matrix(series) => QueryResult::Matrix(series),
+    })
+}
+
+fn evaluate_range(
+    ev: &eval::Evaluator<'_>,
+    expr: &Expr,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Result<QueryResult, QueryError> {
+    let mut series: HashMap<Arc<Labels>, Vec<(i64, f64)>> = HashMap::new();
+    let mut total = 0usize;
+    let mut t = start;
+    while t <= end {
+        ev.check_deadline()?;
+        match ev.eval(expr, t)? {
+            types::Value::Scalar(v) => {
+                total += 1;
+                series
+                    .entry(Arc::new(Labels::new()))
+                    .or_default()
+                    .push((t, v));
+            }
+            types::Value::Vector(samples) => {
+                total += samples.len();
+                for s in samples {
+                    series.entry(s.labels).or_default().push((t, s.value));
+                }
+            }
+            other => {
+                return Err(QueryError::BadData(format!(
+                    "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                    other.type_name()
+                )));
+            }
+        }
+        if total > ev.max_samples {
+            return Err(load::too_many_samples(ev.max_samples));
+        }
+        t += step;
+    }
+    let mut out: Vec<Series> = series
+        .into_iter()
+        .map(|(labels, points)| Series { labels, points })
+        .collect();
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(QueryResult::Matrix(out))
+}
