@@ -37,8 +37,12 @@ pub struct Rollover {
     /// Entries and bytes of the dictionary emptied.
     pub series: u32,
     pub series_bytes: u64,
-    /// Readings the old epoch dropped (reported under it).
+    /// Readings the old epoch dropped.
     pub dropped: u64,
+    /// Of those, the ones the collector had not been told of: the new
+    /// epoch starts with them as its own drop count, so they are reported
+    /// once, under it.
+    pub carried: u64,
 }
 
 /// How far a rollover goes; tests stop it after a step to play a crash.
@@ -58,10 +62,22 @@ impl Spool {
     /// caller compares [`Spool::epoch`] and [`Spool::series_count`] with
     /// what it had.
     pub fn roll_epoch(&mut self) -> Result<Rollover, SpoolError> {
-        self.roll_epoch_until(Step::Done)
+        self.roll_epoch_carrying(0)
     }
 
-    pub(super) fn roll_epoch_until(&mut self, last: Step) -> Result<Rollover, SpoolError> {
+    /// [`Spool::roll_epoch`], the new epoch starting with `carry` dropped
+    /// readings (at most the old epoch's): drops of the old epoch no
+    /// committed batch reported yet, so that they are reported under the
+    /// new one instead of never.
+    pub fn roll_epoch_carrying(&mut self, carry: u64) -> Result<Rollover, SpoolError> {
+        self.roll_epoch_until(Step::Done, carry)
+    }
+
+    pub(super) fn roll_epoch_until(
+        &mut self,
+        last: Step,
+        carry: u64,
+    ) -> Result<Rollover, SpoolError> {
         if let Some(seq) = self.first_unacked() {
             return Err(SpoolError::Invalid {
                 path: self.opts.dir.clone(),
@@ -74,6 +90,7 @@ impl Spool {
             series: self.series_count,
             series_bytes: self.series_bytes,
             dropped: self.dropped,
+            carried: carry.min(self.dropped),
         };
         // 1. The segments (every record in them is acked).
         self.tail = None;
@@ -105,13 +122,14 @@ impl Spool {
         // 3. The commit point.
         write_epoch(&self.opts.dir, rollover.new_epoch)?;
         self.epoch = rollover.new_epoch;
-        self.dropped = 0;
+        self.dropped = rollover.carried;
         if last == Step::EpochWritten {
             return Ok(rollover);
         }
-        // 4. Tidy: `DROPPED` of another epoch reads as 0 anyway.
-        if let Err(e) = write_dropped(&self.opts.dir, 0, self.epoch) {
-            warn!(error = %e, "spool: the drop count of the new epoch could not be written (it reads as 0)");
+        // 4. The new epoch's drop count: the carried drops (a crash before
+        // this step loses them: `DROPPED` of another epoch reads as 0).
+        if let Err(e) = write_dropped(&self.opts.dir, self.dropped, self.epoch) {
+            warn!(error = %e, carried = self.dropped, "spool: the drop count of the new epoch could not be written (after a restart it reads as 0)");
         }
         Ok(rollover)
     }

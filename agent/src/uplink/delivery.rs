@@ -222,7 +222,7 @@ impl Uplink {
             Err(e) => error!(seq = front, error = %e, "cannot drop a refused batch"),
         }
         refusal.alone = None;
-        self.stats.dropped_readings = self.spool.dropped();
+        self.note_spool();
         self.end_refusal();
     }
 

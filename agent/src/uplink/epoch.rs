@@ -6,8 +6,6 @@
 //! `spool/epoch.rs`). A rollover is tried after each ack, and happens when
 //!
 //! - every record is acked (nothing of the old epoch is ever sent again),
-//! - the collector has acked a batch carrying the epoch's final drop count
-//!   (drops are reported per epoch; the new one starts at 0),
 //! - the dictionary's *floor* is known: what it gained in `series_settle`
 //!   (2 × the longest device interval + timeout) after the epoch started in
 //!   this process, i.e. the series in use plus a little churn, and
@@ -26,7 +24,10 @@
 //! epoch again and again. Past three quarters of `max_bytes` a rollover
 //! beats dropping batches for lack of room. The rollover then forgets the
 //! uplink's ids (memory shrinks with the dictionary) and drops the stream:
-//! the next one says Hello with the new epoch.
+//! the next one says Hello with the new epoch. Drops of the old epoch that
+//! no acked batch reported yet are carried into the new epoch's count
+//! (drops are reported per epoch), never waited for: when the dictionary
+//! has filled the spool no batch fits, and waiting would last for ever.
 
 use std::time::Duration;
 
@@ -111,15 +112,19 @@ impl Uplink {
         if !should_roll(self.spool.series_bytes(), self.compaction.floor, max_bytes)
             || self.intake.is_closed()
             || self.spool.first_unacked().is_some()
-            || (self.spool.dropped() > 0 && self.dropped_acked != self.spool.dropped())
         {
             return;
         }
         let floor = self.compaction.floor.unwrap_or(0);
+        // Drops no committed batch has reported yet (none could be stored
+        // since, e.g. while the dictionary filled the spool) are carried
+        // into the new epoch rather than waited for: waiting could last
+        // for ever when no batch fits any more.
+        let carry = self.spool.dropped().saturating_sub(self.dropped_acked);
         let result = if self.spool.syncs() {
-            off_the_workers(|| self.spool.roll_epoch())
+            off_the_workers(|| self.spool.roll_epoch_carrying(carry))
         } else {
-            self.spool.roll_epoch()
+            self.spool.roll_epoch_carrying(carry)
         };
         // Whatever step it reached: ids the dictionary lost go, and a
         // stream of the old ids (or the old epoch) must not carry on.
@@ -140,7 +145,7 @@ impl Uplink {
                     "spool epoch rolled over to compact the series dictionary"
                 );
                 self.stats.epoch_rollovers += 1;
-                self.dropped_before_epoch += r.dropped;
+                self.dropped_before_epoch += r.dropped - r.carried;
                 self.dropped_acked = 0;
                 self.dropped_sent = (0, 0);
                 link.restart();

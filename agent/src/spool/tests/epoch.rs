@@ -156,7 +156,7 @@ fn a_crash_at_any_step_of_a_rollover_leaves_one_whole_epoch() {
         let mut s = used_spool(&dir);
         s.ack(3).unwrap();
         let old = s.epoch();
-        let r = s.roll_epoch_until(step).unwrap();
+        let r = s.roll_epoch_until(step, 0).unwrap();
         // The crash: no destructor runs, and a half-done `EPOCH` write of
         // some other epoch is lying around.
         std::mem::forget(s);
@@ -205,5 +205,29 @@ fn a_drop_count_names_its_epoch() {
     fs::write(dir.join("DROPPED"), "9 00000000000000ab\n").unwrap();
     let (s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
     assert_eq!(s.dropped(), 0);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Drops no acked batch reported are carried into the new epoch (never
+/// more than the old epoch had), durably: a restart reads them back.
+#[test]
+fn unreported_drops_are_carried_into_the_new_epoch() {
+    let dir = tmp("dropped-carry");
+    let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+    s.count_lost(7).unwrap();
+    let r = s.roll_epoch_carrying(3).unwrap();
+    assert_eq!((r.dropped, r.carried), (7, 3));
+    assert_eq!(
+        s.dropped(),
+        3,
+        "the new epoch starts with the carried drops"
+    );
+    let epoch = s.epoch();
+    drop(s);
+    let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+    assert_eq!((s.epoch(), s.dropped()), (epoch, 3));
+    // More than the epoch dropped is never carried.
+    let r = s.roll_epoch_carrying(100).unwrap();
+    assert_eq!((r.dropped, r.carried), (3, 3));
     let _ = fs::remove_dir_all(&dir);
 }
