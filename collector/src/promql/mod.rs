@@ -131,8 +131,23 @@ impl Engine {
     }
 
     /// Every stored series passing one of `selectors` (all of them when
-    /// there is none), with its labels, in label order.
+    /// there is none), with its labels, in label order. Like a query, it
+    /// holds one of the `max_concurrent` permits and ends at the timeout.
     pub async fn series(
+        &self,
+        selectors: &[VectorSelector],
+    ) -> Result<Vec<(SeriesMeta, Arc<Labels>)>, QueryError> {
+        let deadline = Instant::now() + self.limits.timeout;
+        let _permit = tokio::time::timeout_at(deadline, self.permits.acquire())
+            .await
+            .map_err(|_| QueryError::Timeout("waiting for a query slot"))?
+            .map_err(|_| QueryError::Unavailable("the query engine is shut down".into()))?;
+        tokio::time::timeout_at(deadline, self.list(selectors))
+            .await
+            .map_err(|_| QueryError::Timeout("reading the series list"))?
+    }
+
+    async fn list(
         &self,
         selectors: &[VectorSelector],
     ) -> Result<Vec<(SeriesMeta, Arc<Labels>)>, QueryError> {
