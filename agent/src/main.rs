@@ -118,6 +118,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before the metrics port and the spool: a SIGTERM from here on is a
+    // clean stop.
+    let stop = tributary_process::shutdown_signal();
     // The device configs move into their tasks (no second copy kept here).
     let device_count = config.devices.len();
     let mut devices = Vec::with_capacity(device_count);
@@ -205,7 +208,7 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
     );
     tracker.close();
 
-    tributary_process::shutdown_signal().await;
+    stop.await;
     info!("shutdown: finishing polls in flight, then flushing");
     shutdown.cancel();
     tracker.wait().await;

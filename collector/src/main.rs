@@ -136,6 +136,8 @@ async fn serve(
     http_listen: Option<SocketAddr>,
     config: ServerConfig,
 ) -> anyhow::Result<()> {
+    // Before the ports: a SIGTERM from here on is a clean stop.
+    let stop = tributary_process::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -147,6 +149,6 @@ async fn serve(
         ),
         None => None,
     };
-    server::run_with_http(listener, http, config, tributary_process::shutdown_signal()).await?;
+    server::run_with_http(listener, http, config, stop).await?;
     Ok(())
 }

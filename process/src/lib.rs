@@ -21,26 +21,37 @@ use std::error::Error;
 use std::io::IsTerminal;
 
 /// Resolves on SIGINT or SIGTERM (on non-Unix targets, on Ctrl-C only).
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+///
+/// The handlers are installed when this is called (inside a runtime), not
+/// when the future is first polled: call it before binding any port, so a
+/// signal that arrives while the process starts up stops it cleanly
+/// instead of killing it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async fn recv(signal: Option<Signal>) {
+            match signal {
+                Some(mut s) => {
+                    s.recv().await;
                 }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
+        }
+        async move {
+            tokio::select! {
+                _ = recv(term) => {},
+                _ = recv(int) => {},
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
