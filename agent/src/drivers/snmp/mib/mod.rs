@@ -260,6 +260,18 @@ impl Mibs {
         }
     }
 
+    /// The names module `module` defines (nodes only, not types), with
+    /// whether each is an OBJECT-TYPE.
+    pub fn defined_names(&mut self, module: &str) -> Result<Vec<(String, bool)>, MibError> {
+        let loaded = self.module(module)?;
+        Ok(loaded
+            .module
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.kind == NodeKind::ObjectType))
+            .collect())
+    }
+
     /// Loads every module of the directories.
     pub fn load_all(&mut self) {
         if self.all_loaded {
@@ -437,9 +449,6 @@ impl Mibs {
                 break;
             };
             current = (defined_in, t.syntax, t.display_hint);
-            if current.1.base == syntax_base_of(&t.name) {
-                break;
-            }
         }
         // The hint of the last TC reached, when no name decided.
         if format.is_none()
@@ -509,11 +518,6 @@ impl Mibs {
             format!(" (did you mean {}?)", best.join(", "))
         }
     }
-}
-
-/// `base` of a builtin type, for the loop guard of [`Mibs::value_format`].
-fn syntax_base_of(name: &str) -> String {
-    name.to_owned()
 }
 
 fn broken(name: &str, b: &Broken) -> MibError {
