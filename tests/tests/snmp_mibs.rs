@@ -8,7 +8,7 @@
 //! name needs it, then named with its line.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -16,23 +16,12 @@ use anyhow::{Context as _, Result, bail, ensure};
 use tributary_agent::drivers::DriverConfig;
 use tributary_agent::drivers::snmp::mib::{Format, Mibs};
 use tributary_agent::drivers::snmp::oid_string;
-use tributary_tests::peers::tool;
+use tributary_tests::peers::{snmp_mib_dirs, tool};
 use tributary_tests::process::TestDir;
 
 /// The two MIB directories: IETF modules from npm, net-snmp's from Debian.
 fn mib_dirs() -> Result<Vec<PathBuf>> {
-    let ietf = tool(
-        "TRIBUTARY_IETF_MIBS",
-        &["target/mibs/node_modules/net-snmp/lib/mibs/IF-MIB.mib"],
-    )?;
-    let netsnmp = tool(
-        "TRIBUTARY_NETSNMP_MIBS",
-        &["/usr/share/snmp/mibs/NET-SNMP-MIB.txt"],
-    )?;
-    Ok([ietf, netsnmp]
-        .iter()
-        .filter_map(|f| f.parent().map(Path::to_path_buf))
-        .collect())
+    snmp_mib_dirs()
 }
 
 fn snmptranslate() -> Result<PathBuf> {
