@@ -8,7 +8,7 @@
 //! name needs it, then named with its line.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -231,5 +231,26 @@ fn config_names_resolve_and_errors_are_located() -> Result<()> {
             && e.contains("BROKEN-MIB.txt:4) is broken: expected `)`"),
         "{e}"
     );
+    Ok(())
+}
+
+#[test]
+fn the_deploy_example_with_mib_names_loads() -> Result<()> {
+    let dir = TestDir::new("snmp-mib-example")?;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/snmp.toml");
+    let text = std::fs::read_to_string(&path)?;
+    let block: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "# mib-example-begin")
+        .skip(1)
+        .take_while(|l| *l != "# mib-example-end")
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect();
+    ensure!(block.len() > 10, "no MIB example block in {}", path.display());
+    let DriverConfig::Snmp(s) = load(&dir, &mib_dirs()?, &block[6..].join("\n")).map_err(anyhow::Error::msg)? else {
+        bail!("not snmp");
+    };
+    ensure!(s.walks.len() == 4 && s.lookups.len() == 2 && s.drop_index);
+    ensure!(s.walks[2].name == "ifOperStatus" && s.walks[2].meaning.enum_label);
     Ok(())
 }

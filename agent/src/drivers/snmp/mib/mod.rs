@@ -132,6 +132,30 @@ impl Mibs {
         }
     }
 
+    /// The modules of one text, as if it were the only file of the only
+    /// directory (for tests and fuzzing: no file system).
+    pub fn from_text(text: &str) -> Result<Self, parse::ParseError> {
+        let file = PathBuf::from("<text>");
+        let mut mibs = Mibs {
+            index: Some(HashMap::new()),
+            all_loaded: true,
+            ..Mibs::default()
+        };
+        mibs.files_read.insert(file.clone());
+        for module in parse_modules(text)? {
+            if let Some(index) = mibs.index.as_mut() {
+                index.entry(module.name.clone()).or_insert_with(|| file.clone());
+            }
+            mibs.loaded.entry(module.name.clone()).or_insert_with(|| {
+                Arc::new(Loaded {
+                    module,
+                    file: file.clone(),
+                })
+            });
+        }
+        Ok(mibs)
+    }
+
     /// Modules parsed so far.
     pub fn loaded_modules(&self) -> usize {
         self.loaded.len()
