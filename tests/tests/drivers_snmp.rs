@@ -219,7 +219,16 @@ fn snmpwalk(addr: &str, oid: &str, prefix: &str, extra: &[&str]) -> Result<Vec<(
     let dirs = snmp_mib_dirs()?;
     let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     let out = std::process::Command::new(tool("TRIBUTARY_SNMPWALK", &["/usr/bin/snmpwalk"])?)
-        .args(["-v2c", "-c", SNMP_COMMUNITY, "-M", &shown.join(":"), "-m", "ALL", "-On"])
+        .args([
+            "-v2c",
+            "-c",
+            SNMP_COMMUNITY,
+            "-M",
+            &shown.join(":"),
+            "-m",
+            "ALL",
+            "-On",
+        ])
         .args(extra)
         .arg(addr)
         .arg(oid)
@@ -279,9 +288,13 @@ async fn mib_names_lookups_and_enums_against_snmpd() -> Result<()> {
 
     // The ground truth: what snmpwalk shows for the same agent.
     let names: BTreeMap<String, String> =
-        snmpwalk(&addr, "IF-MIB::ifName", ".1.3.6.1.2.1.31.1.1.1.1", &[])?.into_iter().collect();
+        snmpwalk(&addr, "IF-MIB::ifName", ".1.3.6.1.2.1.31.1.1.1.1", &[])?
+            .into_iter()
+            .collect();
     let descrs: BTreeMap<String, String> =
-        snmpwalk(&addr, "IF-MIB::ifDescr", ".1.3.6.1.2.1.2.2.1.2", &[])?.into_iter().collect();
+        snmpwalk(&addr, "IF-MIB::ifDescr", ".1.3.6.1.2.1.2.2.1.2", &[])?
+            .into_iter()
+            .collect();
     ensure!(!names.is_empty(), "snmpwalk shows no ifName rows");
     let rows = |metric: &'static str| samples.iter().filter(move |s| s.metric == metric);
 
@@ -296,37 +309,67 @@ async fn mib_names_lookups_and_enums_against_snmpd() -> Result<()> {
             .find(|(_, n)| *n == name)
             .map(|(i, _)| i)
             .context("a name snmpwalk shows")?;
-        ensure!(s.labels.get("ifDescr") == descrs.get(index), "{s:?} vs {descrs:?}");
+        ensure!(
+            s.labels.get("ifDescr") == descrs.get(index),
+            "{s:?} vs {descrs:?}"
+        );
         ensure!(matches!(s.value, Value::I64(n) if n >= 0), "{s:?}");
         labelled.insert(name.clone());
     }
     let want: BTreeSet<String> = names.values().cloned().collect();
-    ensure!(labelled == want, "ifName labels {labelled:?}, snmpwalk {want:?}");
+    ensure!(
+        labelled == want,
+        "ifName labels {labelled:?}, snmpwalk {want:?}"
+    );
 
     // ifOperStatus: the integer, and its name as configured.
     let status: BTreeMap<String, String> =
-        snmpwalk(&addr, "IF-MIB::ifOperStatus", ".1.3.6.1.2.1.2.2.1.8", &[])?.into_iter().collect();
+        snmpwalk(&addr, "IF-MIB::ifOperStatus", ".1.3.6.1.2.1.2.2.1.8", &[])?
+            .into_iter()
+            .collect();
     ensure!(rows("ifOperStatus").count() == status.len());
     for s in rows("ifOperStatus") {
         let name = s.labels.get("ifName").context("ifName")?;
-        let index = names.iter().find(|(_, n)| *n == name).map(|(i, _)| i).context("index")?;
+        let index = names
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(i, _)| i)
+            .context("index")?;
         let Value::I64(n) = s.value else {
             bail!("ifOperStatus is not an integer: {s:?}")
         };
         let label = s.labels.get("ifOperStatus").context("enum label")?;
         // snmpwalk: `up(1)`.
-        ensure!(status.get(index) == Some(&format!("{label}({n})")), "{s:?} vs {status:?}");
+        ensure!(
+            status.get(index) == Some(&format!("{label}({n})")),
+            "{s:?} vs {status:?}"
+        );
     }
 
     // ifPhysAddress: aa:bb:.. as snmpwalk's hex shows it.
-    let macs: BTreeMap<String, String> =
-        snmpwalk(&addr, "IF-MIB::ifPhysAddress", ".1.3.6.1.2.1.2.2.1.6", &["-Ox"])?.into_iter().collect();
+    let macs: BTreeMap<String, String> = snmpwalk(
+        &addr,
+        "IF-MIB::ifPhysAddress",
+        ".1.3.6.1.2.1.2.2.1.6",
+        &["-Ox"],
+    )?
+    .into_iter()
+    .collect();
     for s in rows("ifPhysAddress") {
         let name = s.labels.get("ifName").context("ifName")?;
-        let index = names.iter().find(|(_, n)| *n == name).map(|(i, _)| i).context("index")?;
+        let index = names
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(i, _)| i)
+            .context("index")?;
         let want = macs
             .get(index)
-            .map(|h| h.split_whitespace().collect::<Vec<_>>().join(":").to_lowercase())
+            .map(|h| {
+                h.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(":")
+                    .to_lowercase()
+            })
             .unwrap_or_default();
         ensure!(s.value == Value::Str(want.clone()), "{s:?} vs {want:?}");
     }
@@ -336,7 +379,10 @@ async fn mib_names_lookups_and_enums_against_snmpd() -> Result<()> {
     // drop_index removed the configured index label too.
     ensure!(rows("if_type").count() == names.len());
     for s in rows("if_type") {
-        ensure!(!s.labels.contains_key("ifIndex") && s.labels.contains_key("ifName"), "{s:?}");
+        ensure!(
+            !s.labels.contains_key("ifIndex") && s.labels.contains_key("ifName"),
+            "{s:?}"
+        );
     }
     Ok(())
 }

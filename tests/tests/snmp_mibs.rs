@@ -51,7 +51,11 @@ fn netsnmp_tree(dirs: &[PathBuf]) -> Result<BTreeMap<String, BTreeSet<String>>> 
                 .insert((*oid).to_owned());
         }
     }
-    ensure!(tree.len() > 100, "snmptranslate -Tz printed {} names", tree.len());
+    ensure!(
+        tree.len() > 100,
+        "snmptranslate -Tz printed {} names",
+        tree.len()
+    );
     Ok(tree)
 }
 
@@ -98,7 +102,9 @@ fn every_name_resolves_as_snmptranslate_does() -> Result<()> {
                         translate_one(&dirs, module, &name)? == ours
                     };
                     if !agree {
-                        disagree.push(format!("{module}::{name}: ours {ours}, net-snmp {theirs:?}"));
+                        disagree.push(format!(
+                            "{module}::{name}: ours {ours}, net-snmp {theirs:?}"
+                        ));
                     }
                 }
                 (Ok(ours), None) => only_ours.push(format!("{module}::{name} = {ours}")),
@@ -120,7 +126,11 @@ fn every_name_resolves_as_snmptranslate_does() -> Result<()> {
     for line in only_ours.iter().chain(&only_netsnmp) {
         println!("  {line}");
     }
-    ensure!(disagree.is_empty(), "disagreements:\n{}", disagree.join("\n"));
+    ensure!(
+        disagree.is_empty(),
+        "disagreements:\n{}",
+        disagree.join("\n")
+    );
     ensure!(
         only_netsnmp.is_empty(),
         "names net-snmp resolves and the agent does not:\n{}",
@@ -128,7 +138,10 @@ fn every_name_resolves_as_snmptranslate_does() -> Result<()> {
     );
     // Both sets of modules were really there.
     ensure!(modules.iter().any(|m| m == "IF-MIB") && modules.iter().any(|m| m == "UCD-SNMP-MIB"));
-    ensure!(object_types > 400, "only {object_types} OBJECT-TYPEs compared");
+    ensure!(
+        object_types > 400,
+        "only {object_types} OBJECT-TYPEs compared"
+    );
     Ok(())
 }
 
@@ -152,13 +165,23 @@ fn lazy_loading_and_value_meanings_of_if_mib() -> Result<()> {
         mibs.loaded_modules()
     );
     ensure!(name.format == Format::Text, "{name:?}");
-    ensure!(name.index == Some(vec!["IF-MIB::ifIndex".to_owned()]), "{name:?}");
+    ensure!(
+        name.index == Some(vec!["IF-MIB::ifIndex".to_owned()]),
+        "{name:?}"
+    );
     let status = mibs.object("IF-MIB", "ifOperStatus")?;
     let enums = status.enums.context("ifOperStatus has named values")?;
     ensure!(enums.first() == Some(&(1, "up".to_owned())), "{enums:?}");
     ensure!(mibs.object("IF-MIB", "ifPhysAddress")?.format == Format::Hex);
-    ensure!(mibs.object("IF-MIB", "ifHCInOctets")?.index == Some(vec!["IF-MIB::ifIndex".to_owned()]));
-    ensure!(mibs.object("UCD-SNMP-MIB", "memTotalSwap")?.units.as_deref() == Some("kB"));
+    ensure!(
+        mibs.object("IF-MIB", "ifHCInOctets")?.index == Some(vec!["IF-MIB::ifIndex".to_owned()])
+    );
+    ensure!(
+        mibs.object("UCD-SNMP-MIB", "memTotalSwap")?
+            .units
+            .as_deref()
+            == Some("kB")
+    );
     ensure!(mibs.object("SNMPv2-MIB", "sysUpTime")?.oid == [1, 3, 6, 1, 2, 1, 1, 3]);
     Ok(())
 }
@@ -166,7 +189,10 @@ fn lazy_loading_and_value_meanings_of_if_mib() -> Result<()> {
 /// An agent config with `mib_dirs` and one SNMP device whose driver keys
 /// are `body`; the error text if it does not load.
 fn load(dir: &TestDir, mib_dirs: &[PathBuf], body: &str) -> Result<DriverConfig, String> {
-    let dirs: Vec<String> = mib_dirs.iter().map(|d| format!("{:?}", d.display().to_string())).collect();
+    let dirs: Vec<String> = mib_dirs
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
     let text = format!(
         "id = \"edge-1\"\ncollectors = [\"http://127.0.0.1:7400\"]\nmib_dirs = [{}]\n\
          [[devices]]\nname = \"sw\"\ninterval = \"10s\"\ndriver = \"snmp\"\naddress = \"127.0.0.1:161\"\n{body}",
@@ -191,13 +217,23 @@ fn config_names_resolve_and_errors_are_located() -> Result<()> {
     ensure!(s.pending.is_empty());
     ensure!(s.metrics[0].name == "sysUpTime" && s.metrics[0].oid == [1, 3, 6, 1, 2, 1, 1, 3, 0]);
     ensure!(s.metrics[1].name == "name" && s.metrics[1].oid == [1, 3, 6, 1, 2, 1, 1, 5, 0]);
-    ensure!(s.walks[0].name == "ifHCInOctets" && s.walks[0].oid == [1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 6]);
-    ensure!(s.walks[0].unit.is_empty(), "IF-MIB gives ifHCInOctets no UNITS");
+    ensure!(
+        s.walks[0].name == "ifHCInOctets" && s.walks[0].oid == [1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 6]
+    );
+    ensure!(
+        s.walks[0].unit.is_empty(),
+        "IF-MIB gives ifHCInOctets no UNITS"
+    );
     ensure!(s.walks[1].name == "ifOperStatus" && s.walks[1].meaning.enums.is_some());
     ensure!(s.lookups[0].oid == [1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 1]);
 
     // An unknown name: file, line, key and the closest names.
-    let e = load(&dir, &dirs, "\nwalks = [{ oid = \"IF-MIB::ifHCInOctet\" }]\n").expect_err("typo");
+    let e = load(
+        &dir,
+        &dirs,
+        "\nwalks = [{ oid = \"IF-MIB::ifHCInOctet\" }]\n",
+    )
+    .expect_err("typo");
     ensure!(
         e.contains("agent.toml:10: devices[0].walks[0].oid: cannot resolve IF-MIB::ifHCInOctet")
             && e.contains("did you mean ifHCInOctets"),
@@ -207,12 +243,26 @@ fn config_names_resolve_and_errors_are_located() -> Result<()> {
     ensure!(e.contains("did you mean IF-MIB::ifHCInOctets"), "{e}");
     let e = load(&dir, &dirs, "walks = [{ oid = \"NOPE-MIB::x\" }]\n").expect_err("no module");
     ensure!(e.contains("no MIB module NOPE-MIB in "), "{e}");
-    let e = load(&dir, &dirs, "walks = [{ oid = \"IF-MIB::ifDescr\", enum_label = true }]\n")
-        .expect_err("no enums");
-    ensure!(e.contains("enum_label: IF-MIB::ifDescr is not an enumerated INTEGER"), "{e}");
-    let e = load(&dir, &dirs, "walks = [{ oid = \"IF-MIB::ifDescr\" }, { oid = \"RFC1213-MIB::ifDescr\" }]\n")
-        .expect_err("same default name");
-    ensure!(e.contains("devices[0].walks[1].oid: duplicate metric name \"ifDescr\""), "{e}");
+    let e = load(
+        &dir,
+        &dirs,
+        "walks = [{ oid = \"IF-MIB::ifDescr\", enum_label = true }]\n",
+    )
+    .expect_err("no enums");
+    ensure!(
+        e.contains("enum_label: IF-MIB::ifDescr is not an enumerated INTEGER"),
+        "{e}"
+    );
+    let e = load(
+        &dir,
+        &dirs,
+        "walks = [{ oid = \"IF-MIB::ifDescr\" }, { oid = \"RFC1213-MIB::ifDescr\" }]\n",
+    )
+    .expect_err("same default name");
+    ensure!(
+        e.contains("devices[0].walks[1].oid: duplicate metric name \"ifDescr\""),
+        "{e}"
+    );
 
     // A broken MIB file: skipped while nothing needs it, named with its
     // line when something does.
@@ -246,8 +296,14 @@ fn the_deploy_example_with_mib_names_loads() -> Result<()> {
         .take_while(|l| *l != "# mib-example-end")
         .map(|l| l.strip_prefix("# ").unwrap_or(l))
         .collect();
-    ensure!(block.len() > 10, "no MIB example block in {}", path.display());
-    let DriverConfig::Snmp(s) = load(&dir, &mib_dirs()?, &block[6..].join("\n")).map_err(anyhow::Error::msg)? else {
+    ensure!(
+        block.len() > 10,
+        "no MIB example block in {}",
+        path.display()
+    );
+    let DriverConfig::Snmp(s) =
+        load(&dir, &mib_dirs()?, &block[6..].join("\n")).map_err(anyhow::Error::msg)?
+    else {
         bail!("not snmp");
     };
     ensure!(s.walks.len() == 4 && s.lookups.len() == 2 && s.drop_index);

@@ -12,13 +12,12 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::mib::Format;
+use super::mib::{Enums, Format};
 use crate::config::{ConfigError, Source, check_metric_name};
 use crate::drivers::settings::{DriverTable, Settings, check_address};
 
@@ -66,7 +65,7 @@ pub struct SnmpLookup {
 pub struct ValueMeaning {
     pub format: Format,
     /// Named values of an enumerated INTEGER.
-    pub enums: Option<Arc<[(i64, String)]>>,
+    pub enums: Option<Enums>,
     /// Add the value's name as a label named after the metric.
     pub enum_label: bool,
 }
@@ -498,7 +497,11 @@ impl RawSnmp {
                 }
                 metrics.push(SnmpMetric {
                     oid: arcs,
-                    name: m.name.as_ref().map(|n| n.get_ref().clone()).unwrap_or_default(),
+                    name: m
+                        .name
+                        .as_ref()
+                        .map(|n| n.get_ref().clone())
+                        .unwrap_or_default(),
                     unit: m.unit.clone().unwrap_or_default(),
                     meaning: ValueMeaning {
                         enum_label: m.enum_label.unwrap_or(false),
@@ -542,7 +545,11 @@ impl RawSnmp {
                 }
                 walks.push(SnmpWalk {
                     oid: arcs,
-                    name: w.name.as_ref().map(|n| n.get_ref().clone()).unwrap_or_default(),
+                    name: w
+                        .name
+                        .as_ref()
+                        .map(|n| n.get_ref().clone())
+                        .unwrap_or_default(),
                     unit: w.unit.clone().unwrap_or_default(),
                     index_label,
                     meaning: ValueMeaning {
@@ -575,7 +582,13 @@ impl RawSnmp {
             }
             lookups.push(SnmpLookup {
                 label: label.clone(),
-                oid: oid(&raw.oid, format!("{lkey}.oid"), Target::Lookup(i), None, true)?,
+                oid: oid(
+                    &raw.oid,
+                    format!("{lkey}.oid"),
+                    Target::Lookup(i),
+                    None,
+                    true,
+                )?,
                 index: None,
                 format: Format::Plain,
             });
@@ -593,7 +606,9 @@ impl RawSnmp {
                 let d = src.duration(d, &format!("{key}.lookup_interval"))?;
                 if d.is_zero() {
                     return Err(src.error(
-                        self.lookup_interval.as_ref().map_or(span.clone(), Spanned::span),
+                        self.lookup_interval
+                            .as_ref()
+                            .map_or(span.clone(), Spanned::span),
                         format!("{key}.lookup_interval"),
                         "must be greater than 0",
                     ));

@@ -59,10 +59,9 @@ pub fn resolve_device(mibs: &mut Mibs, s: &mut SnmpConfig) -> Result<(), ConfigE
         let mut oid = object.oid.clone();
         oid.extend_from_slice(&p.suffix);
         if oid.len() > 128 {
-            return Err(p.at.error(format!(
-                "{} resolves to more than 128 arcs",
-                shown(&p)
-            )));
+            return Err(p
+                .at
+                .error(format!("{} resolves to more than 128 arcs", shown(&p))));
         }
         let name = if p.default_name {
             let name = object.name.replace('-', "_");

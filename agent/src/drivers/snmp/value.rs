@@ -173,7 +173,10 @@ mod tests {
             Value::Str("41:42:43:44:45:46".into())
         );
         assert_eq!(
-            to_value_as(&SnmpValue::Octets(vec![0xc3, 0x28, b'x']), &as_(Format::Text)),
+            to_value_as(
+                &SnmpValue::Octets(vec![0xc3, 0x28, b'x']),
+                &as_(Format::Text)
+            ),
             Value::Str("\u{fffd}(x".into())
         );
         let date = [0x07, 0xea, 12, 5, 22, 30, 15, 7, b'+', 1, 30];
@@ -182,12 +185,18 @@ mod tests {
             Value::Str("2026-12-05T22:30:15.7+01:30".into())
         );
         assert_eq!(
-            to_value_as(&SnmpValue::Octets(date[..8].to_vec()), &as_(Format::DateAndTime)),
+            to_value_as(
+                &SnmpValue::Octets(date[..8].to_vec()),
+                &as_(Format::DateAndTime)
+            ),
             Value::Str("2026-12-05T22:30:15.7-00:00".into())
         );
         // Not a date: shown as hex rather than a wrong date.
         assert_eq!(
-            to_value_as(&SnmpValue::Octets(vec![0, 1, 13, 1, 0, 0, 0, 0]), &as_(Format::DateAndTime)),
+            to_value_as(
+                &SnmpValue::Octets(vec![0, 1, 13, 1, 0, 0, 0, 0]),
+                &as_(Format::DateAndTime)
+            ),
             Value::Str("00:01:0d:01:00:00:00:00".into())
         );
         let meaning = ValueMeaning {
@@ -196,7 +205,10 @@ mod tests {
             ..ValueMeaning::default()
         };
         assert_eq!(to_value_as(&SnmpValue::Int(2), &meaning), Value::I64(2));
-        assert_eq!(enum_label(&SnmpValue::Int(2), &meaning), Some("down".into()));
+        assert_eq!(
+            enum_label(&SnmpValue::Int(2), &meaning),
+            Some("down".into())
+        );
         assert_eq!(enum_label(&SnmpValue::Int(7), &meaning), Some("7".into()));
         let quiet = ValueMeaning {
             enum_label: false,

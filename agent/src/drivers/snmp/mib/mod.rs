@@ -53,6 +53,9 @@ pub enum Format {
     DateAndTime,
 }
 
+/// Named values of an enumerated INTEGER: (value, name).
+pub type Enums = Arc<[(i64, String)]>;
+
 /// A resolved object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Object {
@@ -65,7 +68,7 @@ pub struct Object {
     pub units: Option<String>,
     pub format: Format,
     /// Named values of an enumerated INTEGER (through its TCs).
-    pub enums: Option<Arc<[(i64, String)]>>,
+    pub enums: Option<Enums>,
     /// The `INDEX` of the row the object is a column of (an `AUGMENTS`
     /// followed to the augmented row), `Module::name` each.
     pub index: Option<Vec<String>>,
@@ -144,7 +147,9 @@ impl Mibs {
         mibs.files_read.insert(file.clone());
         for module in parse_modules(text)? {
             if let Some(index) = mibs.index.as_mut() {
-                index.entry(module.name.clone()).or_insert_with(|| file.clone());
+                index
+                    .entry(module.name.clone())
+                    .or_insert_with(|| file.clone());
             }
             mibs.loaded.entry(module.name.clone()).or_insert_with(|| {
                 Arc::new(Loaded {
@@ -216,11 +221,14 @@ impl Mibs {
         if let Some(m) = self.loaded.get(name) {
             return Ok(m.clone());
         }
-        let b = self.broken.entry(name.to_owned()).or_insert_with(|| Broken {
-            file: file.clone(),
-            line: 1,
-            message: format!("the file holds no module {name}"),
-        });
+        let b = self
+            .broken
+            .entry(name.to_owned())
+            .or_insert_with(|| Broken {
+                file: file.clone(),
+                line: 1,
+                message: format!("the file holds no module {name}"),
+            });
         Err(broken(name, b))
     }
 
@@ -450,11 +458,7 @@ impl Mibs {
 
     /// The format and enumerations of a SYNTAX, following its textual
     /// conventions.
-    fn value_format(
-        &mut self,
-        module: &str,
-        syntax: &Syntax,
-    ) -> (Format, Option<Arc<[(i64, String)]>>) {
+    fn value_format(&mut self, module: &str, syntax: &Syntax) -> (Format, Option<Enums>) {
         let mut format = None;
         let mut enums = None;
         let mut current = (module.to_owned(), syntax.clone(), None::<String>);
@@ -464,7 +468,8 @@ impl Mibs {
                 enums = Some(Arc::from(syntax.named.clone()));
             }
             if format.is_none() {
-                format = format_of_name(&syntax.base).or_else(|| hint.as_deref().and_then(format_of_hint));
+                format = format_of_name(&syntax.base)
+                    .or_else(|| hint.as_deref().and_then(format_of_hint));
             }
             if format.is_some() && enums.is_some() {
                 break;

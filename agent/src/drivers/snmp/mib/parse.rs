@@ -339,10 +339,7 @@ impl Parser {
             }
         }
         if !pending.is_empty() {
-            return Err(self.error(format!(
-                "in IMPORTS: {} without FROM",
-                pending.join(", ")
-            )));
+            return Err(self.error(format!("in IMPORTS: {} without FROM", pending.join(", "))));
         }
         Ok(())
     }
@@ -508,7 +505,10 @@ impl Parser {
             // `name SomeType ::= value`: not an OID.
             self.syntax(0)?;
         }
-        self.expect(&Tok::Assign, &format!("`::=` in the definition of {}", node.name))?;
+        self.expect(
+            &Tok::Assign,
+            &format!("`::=` in the definition of {}", node.name),
+        )?;
         let oid_valued = node.kind == NodeKind::ObjectIdentifier || is_macro;
         if oid_valued && self.peek() == Some(&Tok::Punct('{')) {
             node.value = self.oid_value()?;

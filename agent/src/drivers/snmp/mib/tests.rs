@@ -185,7 +185,11 @@ fn parses_what_resolution_needs() {
         ]
     );
     let tc = parse_modules(TC).expect("parses");
-    let status = tc[0].types.iter().find(|t| t.name == "Status").expect("Status");
+    let status = tc[0]
+        .types
+        .iter()
+        .find(|t| t.name == "Status")
+        .expect("Status");
     assert_eq!(
         status.syntax.named,
         [(1, "up".into()), (2, "down".into()), (-3, "weird".into())]
@@ -200,30 +204,64 @@ fn resolves_across_imports_with_meanings() {
     assert_eq!(o.oid, [1, 3, 6, 1, 2, 4242, 1, 1, 5]);
     assert_eq!(o.units.as_deref(), Some("octets"));
     assert_eq!(o.index, Some(vec!["TEST-MIB::portIndex".to_owned()]));
-    assert_eq!(mibs.object("TEST-MIB", "portName").expect("name").format, Format::Text);
-    assert_eq!(mibs.object("TEST-MIB", "portMac").expect("mac").format, Format::Hex);
-    assert_eq!(mibs.object("TEST-MIB", "portLabel").expect("hint").format, Format::Text);
+    assert_eq!(
+        mibs.object("TEST-MIB", "portName").expect("name").format,
+        Format::Text
+    );
+    assert_eq!(
+        mibs.object("TEST-MIB", "portMac").expect("mac").format,
+        Format::Hex
+    );
+    assert_eq!(
+        mibs.object("TEST-MIB", "portLabel").expect("hint").format,
+        Format::Text
+    );
     let status = mibs.object("TEST-MIB", "portStatus").expect("status");
     assert_eq!(status.enums.as_deref().map(<[_]>::len), Some(3));
     let mode = mibs.object("TEST-MIB", "portMode").expect("mode");
-    assert_eq!(mode.enums.as_deref().map(|e| e[1].1.as_str()), Some("trunk"));
+    assert_eq!(
+        mode.enums.as_deref().map(|e| e[1].1.as_str()),
+        Some("trunk")
+    );
     // AUGMENTS: the same index as the augmented row.
     let alias = mibs.object("TEST-MIB", "portAlias").expect("alias");
     assert_eq!(alias.oid, [1, 3, 6, 1, 2, 4242, 2, 1, 1]);
     assert_eq!(alias.index, o.index);
-    assert_eq!(mibs.object("TEST-MIB", "portDown").expect("notification").oid, [1, 3, 6, 1, 2, 4242, 0, 1]);
-    assert_eq!(mibs.object("TEST-MIB", "deep").expect("deep").oid, [1, 3, 6, 1, 4, 1, 9]);
+    assert_eq!(
+        mibs.object("TEST-MIB", "portDown")
+            .expect("notification")
+            .oid,
+        [1, 3, 6, 1, 2, 4242, 0, 1]
+    );
+    assert_eq!(
+        mibs.object("TEST-MIB", "deep").expect("deep").oid,
+        [1, 3, 6, 1, 4, 1, 9]
+    );
     // Imported names resolve through the importing module.
-    assert_eq!(mibs.object("TEST-MIB", "mgmt").expect("mgmt").oid, [1, 3, 6, 1, 2]);
-    assert_eq!(mibs.object("TEST-SMI", "afterComment").expect("after").oid, [1, 99]);
+    assert_eq!(
+        mibs.object("TEST-MIB", "mgmt").expect("mgmt").oid,
+        [1, 3, 6, 1, 2]
+    );
+    assert_eq!(
+        mibs.object("TEST-SMI", "afterComment").expect("after").oid,
+        [1, 99]
+    );
     assert_eq!(mibs.loaded_modules(), 3);
     // A bare name.
-    assert_eq!(mibs.object_anywhere("portAlias").expect("bare").oid, alias.oid);
+    assert_eq!(
+        mibs.object_anywhere("portAlias").expect("bare").oid,
+        alias.oid
+    );
 }
 
 #[test]
 fn only_the_modules_needed_are_read() {
-    let dir = dir_with(&[("a.txt", SMI), ("b.txt", TC), ("c.txt", MIB), ("d.txt", "JUNK DEFINITIONS ::= BEGIN x y z END")]);
+    let dir = dir_with(&[
+        ("a.txt", SMI),
+        ("b.txt", TC),
+        ("c.txt", MIB),
+        ("d.txt", "JUNK DEFINITIONS ::= BEGIN x y z END"),
+    ]);
     let mut mibs = mibs(dir.path());
     mibs.object("TEST-SMI", "mgmt").expect("mgmt");
     assert_eq!(mibs.loaded_modules(), 1);
@@ -233,15 +271,35 @@ fn only_the_modules_needed_are_read() {
 #[test]
 fn errors_say_where_and_suggest() {
     let broken = "BROKEN-MIB DEFINITIONS ::= BEGIN\nIMPORTS mgmt FROM TEST-SMI;\nfoo OBJECT IDENTIFIER ::= { mgmt 1 }\nbar OBJECT-TYPE SYNTAX INTEGER { a(x) } ::= { foo 1 }\nEND\n";
-    let dir = dir_with(&[("a.txt", SMI), ("b.txt", TC), ("c.txt", MIB), ("broken.txt", broken)]);
+    let dir = dir_with(&[
+        ("a.txt", SMI),
+        ("b.txt", TC),
+        ("c.txt", MIB),
+        ("broken.txt", broken),
+    ]);
     let mut mibs = mibs(dir.path());
-    let e = mibs.object("TEST-MIB", "portNme").expect_err("typo").to_string();
-    assert!(e.contains("TEST-MIB") && e.contains("defines no portNme"), "{e}");
+    let e = mibs
+        .object("TEST-MIB", "portNme")
+        .expect_err("typo")
+        .to_string();
+    assert!(
+        e.contains("TEST-MIB") && e.contains("defines no portNme"),
+        "{e}"
+    );
     assert!(e.contains("did you mean portName"), "{e}");
-    let e = mibs.object("NO-SUCH-MIB", "x").expect_err("no module").to_string();
+    let e = mibs
+        .object("NO-SUCH-MIB", "x")
+        .expect_err("no module")
+        .to_string();
     assert!(e.starts_with("no MIB module NO-SUCH-MIB in "), "{e}");
-    let e = mibs.object("BROKEN-MIB", "foo").expect_err("broken").to_string();
-    assert!(e.contains("broken.txt:4)") && e.contains("expected the number of a"), "{e}");
+    let e = mibs
+        .object("BROKEN-MIB", "foo")
+        .expect_err("broken")
+        .to_string();
+    assert!(
+        e.contains("broken.txt:4)") && e.contains("expected the number of a"),
+        "{e}"
+    );
     // The broken module does not keep the others from loading.
     assert!(mibs.object_anywhere("portName").is_ok());
     assert_eq!(mibs.broken().len(), 1);
@@ -250,18 +308,40 @@ fn errors_say_where_and_suggest() {
 #[test]
 fn ambiguous_bare_names_are_refused() {
     let other = "OTHER-MIB DEFINITIONS ::= BEGIN\nIMPORTS mgmt FROM TEST-SMI;\nportName OBJECT IDENTIFIER ::= { mgmt 7 }\nEND\n";
-    let dir = dir_with(&[("a.txt", SMI), ("b.txt", TC), ("c.txt", MIB), ("o.txt", other)]);
-    let e = mibs(dir.path()).object_anywhere("portName").expect_err("ambiguous").to_string();
-    assert!(e.contains("ambiguous") && e.contains("OTHER-MIB::portName"), "{e}");
+    let dir = dir_with(&[
+        ("a.txt", SMI),
+        ("b.txt", TC),
+        ("c.txt", MIB),
+        ("o.txt", other),
+    ]);
+    let e = mibs(dir.path())
+        .object_anywhere("portName")
+        .expect_err("ambiguous")
+        .to_string();
+    assert!(
+        e.contains("ambiguous") && e.contains("OTHER-MIB::portName"),
+        "{e}"
+    );
 }
 
 #[test]
 fn cycles_and_garbage_do_not_hang_or_panic() {
     let cyclic = "LOOP-MIB DEFINITIONS ::= BEGIN\na OBJECT IDENTIFIER ::= { b 1 }\nb OBJECT IDENTIFIER ::= { a 1 }\nEND\n";
     let dir = dir_with(&[("l.txt", cyclic)]);
-    let e = mibs(dir.path()).object("LOOP-MIB", "a").expect_err("loop").to_string();
+    let e = mibs(dir.path())
+        .object("LOOP-MIB", "a")
+        .expect_err("loop")
+        .to_string();
     assert!(e.contains("loop"), "{e}");
-    for text in ["", "X", "X DEFINITIONS", "X DEFINITIONS ::= BEGIN a", "X DEFINITIONS ::= BEGIN a OBJECT-TYPE SYNTAX", "X DEFINITIONS ::= BEGIN } END", "X DEFINITIONS ::= BEGIN a OBJECT IDENTIFIER ::= { 99999999999 } END"] {
+    for text in [
+        "",
+        "X",
+        "X DEFINITIONS",
+        "X DEFINITIONS ::= BEGIN a",
+        "X DEFINITIONS ::= BEGIN a OBJECT-TYPE SYNTAX",
+        "X DEFINITIONS ::= BEGIN } END",
+        "X DEFINITIONS ::= BEGIN a OBJECT IDENTIFIER ::= { 99999999999 } END",
+    ] {
         let _ = parse_modules(text);
     }
 }
