@@ -223,28 +223,46 @@ impl SnmpDriver {
                 })
                 .map(|(i, _)| i)
                 .collect();
-            for (suffix, v) in rows {
+            // The lookup labels of each row (empty values name nothing).
+            let named: Vec<Vec<(&str, &str)>> = rows
+                .iter()
+                .map(|(suffix, _)| {
+                    let Some(lookups) = &self.lookups else {
+                        return Vec::new();
+                    };
+                    applies
+                        .iter()
+                        .filter_map(|&i| {
+                            let value = lookups.tables.get(i)?.get(suffix)?;
+                            (!value.is_empty())
+                                .then(|| (self.cfg.lookups[i].label.as_str(), value.as_str()))
+                        })
+                        .collect()
+                })
+                .collect();
+            // drop_index keeps the index of rows whose lookup labels are
+            // not unique (two interfaces with one name): their series
+            // would be one otherwise.
+            let mut seen: HashMap<&[(&str, &str)], usize> = HashMap::new();
+            for n in &named {
+                *seen.entry(n.as_slice()).or_default() += 1;
+            }
+            for ((suffix, v), names) in rows.iter().zip(&named) {
                 let mut labels = BTreeMap::new();
-                labels.insert(w.index_label.clone(), oid_string(&suffix));
-                let mut named = false;
-                if let Some(lookups) = &self.lookups {
-                    for &i in &applies {
-                        if let Some(value) = lookups.tables.get(i).and_then(|t| t.get(&suffix)) {
-                            labels.insert(self.cfg.lookups[i].label.clone(), value.clone());
-                            named = true;
-                        }
-                    }
+                let unique = !names.is_empty() && seen.get(names.as_slice()) == Some(&1);
+                if !(unique && self.cfg.drop_index) {
+                    labels.insert(w.index_label.clone(), oid_string(suffix));
                 }
-                if named && self.cfg.drop_index {
-                    labels.remove(&w.index_label);
+                for (label, value) in names {
+                    labels.insert((*label).to_owned(), (*value).to_owned());
                 }
-                if let Some(name) = enum_label(&v, &w.meaning) {
+                if let Some(name) = enum_label(v, &w.meaning) {
                     labels.insert(w.name.clone(), name);
                 }
                 samples.push(Sample {
                     labels,
                     unit: w.unit.clone(),
-                    ..Sample::new(w.name.clone(), to_value_as(&v, &w.meaning))
+                    ..Sample::new(w.name.clone(), to_value_as(v, &w.meaning))
                 });
             }
         }
@@ -687,6 +705,9 @@ impl Poller for SnmpDriver {
         failed_metrics(self.metrics(), kind, message)
     }
 }
+
+#[cfg(test)]
+mod lookup_tests;
 
 #[cfg(test)]
 mod tests {
