@@ -33,6 +33,7 @@
 pub mod ber;
 pub mod mib;
 mod names;
+mod oid;
 mod transport;
 pub mod usm;
 pub mod v3;

@@ -12,6 +12,13 @@
 //! net-snmp's `-m ALL` does. A file that does not parse is recorded with
 //! its line and skipped: it is an error only for a name that needs it.
 //!
+//! Why a parser of our own: the one maintained Rust SMI crate, `mib-rs`,
+//! is pre-1.0 with breaking changes in every minor release and brings
+//! rayon; OID resolution needs a small subset of SMI (about 1,000 lines of code
+//! here), checked name by name against net-snmp's `snmptranslate` in
+//! `tests/tests/snmp_mibs.rs` and fuzzed (`agent/fuzz`, target
+//! `mib_module`).
+//!
 //! Owns: the [`Mibs`] of one configuration load. The lexer (`lexer.rs`) and
 //! the parser (`parse.rs`) know nothing about files or resolution.
 
