@@ -273,6 +273,7 @@ mod tests {
             uplink: Default::default(),
             metrics: Default::default(),
             devices,
+            mib_dirs: Vec::new(),
         }
     }
 

@@ -1,15 +1,17 @@
 //! The SNMP driver against net-snmp's real `snmpd` (started here on a
 //! loopback port with a config this test writes): SNMPv2c and SNMPv3
 //! authPriv (SHA/AES and SHA-256/AES), GET of scalars, GETBULK walks of
-//! ifTable/ifXTable, and every failure named precisely.
+//! ifTable/ifXTable, and every failure named precisely; and the same walks
+//! written with MIB names, labelled by ifName lookups, with enumerations
+//! and addresses shown as `snmpwalk` shows them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use tributary_agent::reading::Value;
 use tributary_tests::peers::{
     self, SNMP_COMMUNITY, SNMP_SYS_DESCR, SNMP_SYS_LOCATION, SNMP_USER_SHA, SNMP_USER_SHA256,
-    device_config, poll_once, value_of,
+    device_config, poll_once, snmp_mib_dirs, tool, value_of,
 };
 use tributary_tests::process::TestDir;
 
@@ -208,5 +210,179 @@ async fn failures_say_exactly_why() -> Result<()> {
     drop(snmpd);
     let e = poll_once(&dev).await.expect_err("refused");
     assert!(e.message.contains("connection refused"), "{e}");
+    Ok(())
+}
+
+/// `snmpwalk -v2c` of `oid` against `addr` with the test MIBs loaded, and
+/// `extra` flags: (index suffix after `prefix`, value text) per row.
+fn snmpwalk(addr: &str, oid: &str, prefix: &str, extra: &[&str]) -> Result<Vec<(String, String)>> {
+    let dirs = snmp_mib_dirs()?;
+    let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let out = std::process::Command::new(tool("TRIBUTARY_SNMPWALK", &["/usr/bin/snmpwalk"])?)
+        .args([
+            "-v2c",
+            "-c",
+            SNMP_COMMUNITY,
+            "-M",
+            &shown.join(":"),
+            "-m",
+            "ALL",
+            "-On",
+        ])
+        .args(extra)
+        .arg(addr)
+        .arg(oid)
+        .output()?;
+    ensure!(out.status.success(), "snmpwalk {oid}: {out:?}");
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (name, value) = line.split_once(" = ").unwrap_or((line, ""));
+        let index = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .ok_or_else(|| anyhow::anyhow!("snmpwalk line {line:?} is not under {prefix}"))?;
+        // `STRING: lo`, `INTEGER: up(1)`, `Hex-STRING: 52 54 00 ..`.
+        let value = value.split_once(": ").map_or("", |(_, v)| v);
+        rows.push((index.to_owned(), value.trim().trim_matches('"').to_owned()));
+    }
+    Ok(rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mib_names_lookups_and_enums_against_snmpd() -> Result<()> {
+    let dir = TestDir::new("snmp-names")?;
+    let snmpd = peers::snmpd(&dir).await?;
+    let addr = snmpd.addr.to_string();
+    let dirs: Vec<String> = snmp_mib_dirs()?
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
+    let text = format!(
+        "id = \"drivers-test\"\ncollectors = [\"http://127.0.0.1:1\"]\nmib_dirs = [{}]\n\n\
+         [[devices]]\nname = \"switch-1\"\ninterval = \"5s\"\ntimeout = \"3s\"\ndriver = \"snmp\"\n\
+         address = \"{addr}\"\ncommunity = \"{SNMP_COMMUNITY}\"\n\
+         metrics = [{{ oid = \"sysUpTime.0\" }}, {{ oid = \"SNMPv2-MIB::sysName.0\" }}]\n\
+         walks = [\n  {{ oid = \"IF-MIB::ifHCInOctets\" }},\n  {{ oid = \"ifOperStatus\", enum_label = true }},\n\
+           {{ oid = \"IF-MIB::ifPhysAddress\" }},\n  {{ name = \"if_type\", oid = \"IF-MIB::ifType\", index_label = \"ifIndex\" }},\n]\n\
+         lookups = [{{ label = \"ifName\", oid = \"IF-MIB::ifName\" }}, {{ label = \"ifDescr\", oid = \"IF-MIB::ifDescr\" }}]\n\
+         drop_index = true\n",
+        dirs.join(", ")
+    );
+    let cfg = tributary_agent::config::parse(&text, std::path::Path::new("agent.toml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let samples = poll_once(&cfg.devices[0])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", snmpd.log()))?;
+
+    // Scalars by name.
+    ensure!(
+        matches!(value_of(&samples, "sysUpTime"), Some(Value::I64(t)) if *t >= 0),
+        "{samples:?}"
+    );
+    let sys_name = snmpwalk(&addr, "SNMPv2-MIB::sysName", ".1.3.6.1.2.1.1.5", &[])?;
+    ensure!(
+        value_of(&samples, "sysName") == Some(&Value::Str(sys_name[0].1.clone())),
+        "sysName: {:?} vs snmpwalk {sys_name:?}",
+        value_of(&samples, "sysName")
+    );
+
+    // The ground truth: what snmpwalk shows for the same agent.
+    let names: BTreeMap<String, String> =
+        snmpwalk(&addr, "IF-MIB::ifName", ".1.3.6.1.2.1.31.1.1.1.1", &[])?
+            .into_iter()
+            .collect();
+    let descrs: BTreeMap<String, String> =
+        snmpwalk(&addr, "IF-MIB::ifDescr", ".1.3.6.1.2.1.2.2.1.2", &[])?
+            .into_iter()
+            .collect();
+    ensure!(!names.is_empty(), "snmpwalk shows no ifName rows");
+    let rows = |metric: &'static str| samples.iter().filter(move |s| s.metric == metric);
+
+    // Every ifHCInOctets row is labelled with its interface's ifName and
+    // ifDescr, and drop_index removed the index.
+    let mut labelled = BTreeSet::new();
+    for s in rows("ifHCInOctets") {
+        ensure!(!s.labels.contains_key("index"), "drop_index: {s:?}");
+        let name = s.labels.get("ifName").context("an ifName label")?;
+        let index = names
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(i, _)| i)
+            .context("a name snmpwalk shows")?;
+        ensure!(
+            s.labels.get("ifDescr") == descrs.get(index),
+            "{s:?} vs {descrs:?}"
+        );
+        ensure!(matches!(s.value, Value::I64(n) if n >= 0), "{s:?}");
+        labelled.insert(name.clone());
+    }
+    let want: BTreeSet<String> = names.values().cloned().collect();
+    ensure!(
+        labelled == want,
+        "ifName labels {labelled:?}, snmpwalk {want:?}"
+    );
+
+    // ifOperStatus: the integer, and its name as configured.
+    let status: BTreeMap<String, String> =
+        snmpwalk(&addr, "IF-MIB::ifOperStatus", ".1.3.6.1.2.1.2.2.1.8", &[])?
+            .into_iter()
+            .collect();
+    ensure!(rows("ifOperStatus").count() == status.len());
+    for s in rows("ifOperStatus") {
+        let name = s.labels.get("ifName").context("ifName")?;
+        let index = names
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(i, _)| i)
+            .context("index")?;
+        let Value::I64(n) = s.value else {
+            bail!("ifOperStatus is not an integer: {s:?}")
+        };
+        let label = s.labels.get("ifOperStatus").context("enum label")?;
+        // snmpwalk: `up(1)`.
+        ensure!(
+            status.get(index) == Some(&format!("{label}({n})")),
+            "{s:?} vs {status:?}"
+        );
+    }
+
+    // ifPhysAddress: aa:bb:.. as snmpwalk's hex shows it.
+    let macs: BTreeMap<String, String> = snmpwalk(
+        &addr,
+        "IF-MIB::ifPhysAddress",
+        ".1.3.6.1.2.1.2.2.1.6",
+        &["-Ox"],
+    )?
+    .into_iter()
+    .collect();
+    for s in rows("ifPhysAddress") {
+        let name = s.labels.get("ifName").context("ifName")?;
+        let index = names
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(i, _)| i)
+            .context("index")?;
+        let want = macs
+            .get(index)
+            .map(|h| {
+                h.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(":")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        ensure!(s.value == Value::Str(want.clone()), "{s:?} vs {want:?}");
+    }
+    ensure!(rows("ifPhysAddress").count() == macs.len());
+
+    // A configured name and index label: every row got an ifName, so
+    // drop_index removed the configured index label too.
+    ensure!(rows("if_type").count() == names.len());
+    for s in rows("if_type") {
+        ensure!(
+            !s.labels.contains_key("ifIndex") && s.labels.contains_key("ifName"),
+            "{s:?}"
+        );
+    }
     Ok(())
 }

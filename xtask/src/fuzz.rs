@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, &str)] = &[
     ("agent", "json_pointer"),
     ("agent", "modbus_registers"),
     ("agent", "snmp_response"),
+    ("agent", "mib_module"),
 ];
 
 pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {

@@ -78,6 +78,28 @@ pub const TOOLS: &[Tool] = &[
         env: "TRIBUTARY_PLAYWRIGHT_CORE",
         ensure: playwright_core,
     },
+    // The SNMP MIB tests (tests/tests/snmp_mibs.rs): net-snmp's tools and
+    // the MIB modules they and the agent both read.
+    Tool {
+        name: "snmptranslate",
+        env: "TRIBUTARY_SNMPTRANSLATE",
+        ensure: snmptranslate,
+    },
+    Tool {
+        name: "snmpwalk",
+        env: "TRIBUTARY_SNMPWALK",
+        ensure: snmpwalk,
+    },
+    Tool {
+        name: "net-snmp's MIBs (libsnmp-base; its NET-SNMP-MIB.txt)",
+        env: "TRIBUTARY_NETSNMP_MIBS",
+        ensure: netsnmp_mibs,
+    },
+    Tool {
+        name: "IETF MIBs (npm net-snmp's lib/mibs; its IF-MIB.mib)",
+        env: "TRIBUTARY_IETF_MIBS",
+        ensure: ietf_mibs,
+    },
 ];
 
 /// net-snmp's agent, for the SNMP driver tests (Debian package `snmpd`).
@@ -170,6 +192,69 @@ fn playwright_core(ws: &Workspace) -> Result<PathBuf> {
         );
     }
     Ok(cli)
+}
+
+/// net-snmp's `snmptranslate` (Debian package `snmp`): the reference the
+/// agent's MIB name resolution is compared with.
+fn snmptranslate(_: &Workspace) -> Result<PathBuf> {
+    apt_tool("/usr/bin/snmptranslate", "snmp")
+}
+
+/// net-snmp's `snmpwalk` (Debian package `snmp`).
+fn snmpwalk(_: &Workspace) -> Result<PathBuf> {
+    apt_tool("/usr/bin/snmpwalk", "snmp")
+}
+
+/// net-snmp's own MIB modules (NET-SNMP-*, UCD-*), from Debian's
+/// `libsnmp-base`; returns one of them, the tests read its directory.
+fn netsnmp_mibs(_: &Workspace) -> Result<PathBuf> {
+    apt_tool("/usr/share/snmp/mibs/NET-SNMP-MIB.txt", "libsnmp-base")
+}
+
+/// The npm package whose `lib/mibs/` holds the IETF and IANA modules
+/// Debian leaves out for licensing reasons (SNMPv2-SMI/TC/CONF/MIB, IF-MIB,
+/// IANAifType-MIB, RFC1213-MIB, ...).
+const NET_SNMP_NPM: &str = "3.29.2";
+
+/// The IETF MIB modules from npm's `net-snmp`, in `target/mibs/` (installed
+/// once; nothing of them is committed). Returns `IF-MIB.mib`: the tests
+/// read its directory.
+fn ietf_mibs(ws: &Workspace) -> Result<PathBuf> {
+    let dir = ws.target.join("mibs");
+    let package = dir.join("node_modules/net-snmp");
+    let if_mib = package.join("lib/mibs/IF-MIB.mib");
+    let wanted = format!("\"version\": \"{NET_SNMP_NPM}\"");
+    let installed = std::fs::read_to_string(package.join("package.json"))
+        .is_ok_and(|manifest| manifest.contains(&wanted));
+    if installed && if_mib.is_file() {
+        return Ok(if_mib);
+    }
+    println!(
+        "xtask: installing the IETF MIB modules (npm net-snmp {NET_SNMP_NPM}, its lib/mibs) into {}",
+        dir.display()
+    );
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut install = Command::new("npm");
+    install
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .arg(format!("net-snmp@{NET_SNMP_NPM}"));
+    run_checked(&mut install).context("node and npm are needed (Debian: apt-get install npm)")?;
+    if !if_mib.is_file() {
+        bail!(
+            "{} installed, but {} is not there",
+            show(&install),
+            if_mib.display()
+        );
+    }
+    Ok(if_mib)
 }
 
 /// `path`, installing the Debian package `package` first if it is missing

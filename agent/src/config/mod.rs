@@ -93,6 +93,9 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     /// The devices to poll, in file order.
     pub devices: Vec<DeviceConfig>,
+    /// Where SNMP devices' MIB names are looked up (`mib_dirs`; default
+    /// [`crate::drivers::snmp::mib::DEFAULT_MIB_DIRS`]).
+    pub mib_dirs: Vec<PathBuf>,
 }
 
 /// `[spool]`: where and how much the agent keeps on disk.
@@ -212,17 +215,21 @@ pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, ConfigError> {
     let layer = Layer::new(text, origin);
     let headers = device_headers(&layer);
     if !headers.is_empty()
-        && let Ok(Some(cfg)) = parse_parts(&layer, &headers)
+        && let Ok(Some(mut cfg)) = parse_parts(&layer, &headers)
     {
+        crate::drivers::snmp::resolve_names(&mut cfg)?;
         return Ok(cfg);
     }
     // Without headers to split at, the whole document is one piece, which
     // always gives an answer.
-    parse_parts(&layer, &[])?.ok_or_else(|| {
+    let mut cfg = parse_parts(&layer, &[])?.ok_or_else(|| {
         layer
             .source()
             .error(0..0, "", "the file could not be parsed as a whole")
-    })
+    })?;
+    // SNMP MIB names, once every device (and `mib_dirs`) is known.
+    crate::drivers::snmp::resolve_names(&mut cfg)?;
+    Ok(cfg)
 }
 
 /// Byte offsets of the lines that are exactly a `[[devices]]` header
@@ -367,6 +374,7 @@ struct RawTop {
     tls: Option<RawTls>,
     uplink: Option<RawUplink>,
     metrics: Option<metrics::RawMetrics>,
+    mib_dirs: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -498,6 +506,16 @@ impl RawTop {
             uplink,
             metrics,
             devices: Vec::new(),
+            mib_dirs: match &self.mib_dirs {
+                None => crate::drivers::snmp::mib::DEFAULT_MIB_DIRS
+                    .iter()
+                    .map(PathBuf::from)
+                    .collect(),
+                Some(dirs) => dirs
+                    .iter()
+                    .map(|d| src.path(d, "mib_dirs"))
+                    .collect::<Result<_, _>>()?,
+            },
         })
     }
 }

@@ -334,6 +334,24 @@ pub fn device_config(name: &str, body: &str) -> Result<tributary_agent::config::
     cfg.devices.pop().context("one device")
 }
 
+/// The MIB directories of the SNMP tests: the IETF modules of npm's
+/// `net-snmp` (`cargo xtask test` installs them under `target/mibs`) and
+/// net-snmp's own (Debian's `libsnmp-base`).
+pub fn snmp_mib_dirs() -> Result<Vec<PathBuf>> {
+    let ietf = tool(
+        "TRIBUTARY_IETF_MIBS",
+        &["target/mibs/node_modules/net-snmp/lib/mibs/IF-MIB.mib"],
+    )?;
+    let netsnmp = tool(
+        "TRIBUTARY_NETSNMP_MIBS",
+        &["/usr/share/snmp/mibs/NET-SNMP-MIB.txt"],
+    )?;
+    Ok([ietf, netsnmp]
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect())
+}
+
 /// Builds the device's driver and polls it once, under its timeout.
 pub async fn poll_once(
     device: &tributary_agent::config::DeviceConfig,

@@ -1,16 +1,30 @@
 //! Settings of the SNMP driver (`driver = "snmp"`): the agent's address,
-//! version and credentials (v2c community or v3 USM), the scalars to GET and
-//! the table columns to walk, and numeric OIDs ([`parse_oid`],
-//! [`oid_string`]).
+//! version and credentials (v2c community or v3 USM), the scalars to GET,
+//! the table columns to walk and the index lookups, and OIDs as written
+//! ([`OidRef`]: numeric, `MODULE::name[.index]` or `name[.index]`).
+//!
+//! A MIB name cannot be resolved while one device table is read: the MIB
+//! directories are an agent-level setting and loading modules is better
+//! done once for the whole file. So a name is kept here as a
+//! [`PendingName`] with its file, line and key, and
+//! [`super::names::resolve_names`] fills in the OIDs (and default metric
+//! names, units and value formats) when the whole file has been read.
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::mib::{Enums, Format};
+pub use super::oid::{OidError, OidRef, oid_string, parse_oid, parse_oid_ref};
 use crate::config::{ConfigError, Source, check_metric_name};
 use crate::drivers::settings::{DriverTable, Settings, check_address};
+
+/// Default for [`SnmpConfig::lookup_interval`] (as snmp_exporter's users
+/// expect interface names to change rarely).
+pub const DEFAULT_LOOKUP_INTERVAL: Duration = Duration::from_secs(600);
 
 /// An SNMP agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +41,85 @@ pub struct SnmpConfig {
     /// Retransmissions of an unanswered request within the poll timeout; 1
     /// unless set.
     pub retries: u32,
+    /// Columns whose values label the rows of the walks with the same index.
+    pub lookups: Vec<SnmpLookup>,
+    /// Drop a walk row's index label when a lookup labelled the row.
+    pub drop_index: bool,
+    /// How often the lookup columns are walked again.
+    pub lookup_interval: Duration,
+    /// MIB names not resolved yet; empty once the whole config is loaded.
+    pub pending: Vec<PendingName>,
+}
+
+/// An index lookup: `{ label = "ifName", oid = "IF-MIB::ifName" }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnmpLookup {
+    pub label: String,
+    pub oid: Vec<u32>,
+    /// The row's INDEX (`Module::name` each) when the MIB says it.
+    pub index: Option<Vec<String>>,
+    pub format: Format,
+}
+
+/// What the MIB says about a value: how to show it and its named values.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ValueMeaning {
+    pub format: Format,
+    /// Named values of an enumerated INTEGER.
+    pub enums: Option<Enums>,
+    /// Add the value's name as a label named after the metric.
+    pub enum_label: bool,
+}
+
+/// Where in the config something was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct At {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+}
+
+impl At {
+    fn new(src: &Source<'_>, span: Range<usize>, key: String) -> Self {
+        At {
+            file: src.file().to_owned(),
+            line: src.line(span.start),
+            key,
+        }
+    }
+
+    /// A config error here.
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            line: self.line,
+            key: self.key.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Which entry a [`PendingName`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Metric(usize),
+    Walk(usize),
+    Lookup(usize),
+}
+
+/// A MIB name to resolve once the whole config is read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingName {
+    pub target: Target,
+    pub module: Option<String>,
+    pub name: String,
+    pub suffix: Vec<u32>,
+    /// Where the `oid` was written.
+    pub at: At,
+    /// The metric name is the object's (no `name` key).
+    pub default_name: bool,
+    /// The unit comes from the MIB's UNITS (no `unit` key).
+    pub default_unit: bool,
 }
 
 /// SNMP version and credentials.
@@ -89,6 +182,7 @@ pub struct SnmpMetric {
     /// Numeric OID arcs, e.g. `[1, 3, 6, 1, 2, 1, 1, 3, 0]`.
     pub oid: Vec<u32>,
     pub unit: String,
+    pub meaning: ValueMeaning,
 }
 
 /// One table column walked: every row below `oid` becomes a series whose
@@ -100,6 +194,9 @@ pub struct SnmpWalk {
     pub unit: String,
     /// `index` unless set.
     pub index_label: String,
+    pub meaning: ValueMeaning,
+    /// The row's INDEX (`Module::name` each) when the MIB says it.
+    pub index: Option<Vec<String>>,
 }
 
 /// `version = "2c"` or `version = 3`.
@@ -126,23 +223,35 @@ struct RawSnmp {
     walks: Option<Spanned<Vec<Spanned<RawSnmpWalk>>>>,
     max_repetitions: Option<Spanned<u32>>,
     retries: Option<u32>,
+    lookups: Option<Vec<Spanned<RawLookup>>>,
+    drop_index: Option<bool>,
+    lookup_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSnmpMetric {
-    name: Spanned<String>,
+    name: Option<Spanned<String>>,
     oid: Spanned<String>,
     unit: Option<String>,
+    enum_label: Option<bool>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSnmpWalk {
-    name: Spanned<String>,
+    name: Option<Spanned<String>>,
     oid: Spanned<String>,
     unit: Option<String>,
     index_label: Option<Spanned<String>>,
+    enum_label: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLookup {
+    label: Spanned<String>,
+    oid: Spanned<String>,
 }
 
 /// Smallest USM password net-snmp accepts (RFC 3414 recommends 8).
@@ -307,14 +416,49 @@ impl RawSnmp {
                     .unwrap_or_else(|| "public".to_owned()),
             }
         };
-        let oid = |value: &Spanned<String>, key: String| {
-            parse_oid(value.get_ref()).map_err(|e| {
+        let mut pending = Vec::new();
+        // An OID as written: numeric now, a name later.
+        let mut oid = |value: &Spanned<String>,
+                       key: String,
+                       target: Target,
+                       name: Option<&Spanned<String>>,
+                       unit: bool|
+         -> Result<Vec<u32>, ConfigError> {
+            let parsed = parse_oid_ref(value.get_ref()).map_err(|e| {
                 src.error(
                     value.span(),
-                    key,
+                    key.clone(),
                     format!("invalid oid \"{}\": {e}", value.get_ref()),
                 )
-            })
+            })?;
+            match parsed {
+                OidRef::Numeric(arcs) => {
+                    if name.is_none() && !matches!(target, Target::Lookup(_)) {
+                        return Err(src.error(
+                            value.span(),
+                            key,
+                            "a numeric oid needs a `name` (only MIB names default it)",
+                        ));
+                    }
+                    Ok(arcs)
+                }
+                OidRef::Name {
+                    module,
+                    name: object,
+                    suffix,
+                } => {
+                    pending.push(PendingName {
+                        target,
+                        module,
+                        name: object,
+                        suffix,
+                        at: At::new(src, value.span(), key),
+                        default_name: name.is_none(),
+                        default_unit: !unit,
+                    });
+                    Ok(Vec::new())
+                }
+            }
         };
         let mut seen = HashMap::new();
         let mut metrics = Vec::new();
@@ -322,11 +466,35 @@ impl RawSnmp {
             for (i, m) in list.get_ref().iter().enumerate() {
                 let m = m.get_ref();
                 let mkey = format!("{key}.metrics[{i}]");
-                check_metric_name(src, &mut seen, &m.name, &format!("{mkey}.name"))?;
+                if let Some(name) = &m.name {
+                    check_metric_name(src, &mut seen, name, &format!("{mkey}.name"))?;
+                }
+                let arcs = oid(
+                    &m.oid,
+                    format!("{mkey}.oid"),
+                    Target::Metric(i),
+                    m.name.as_ref(),
+                    m.unit.is_some(),
+                )?;
+                if m.enum_label == Some(true) && !arcs.is_empty() {
+                    return Err(src.error(
+                        m.oid.span(),
+                        format!("{mkey}.enum_label"),
+                        "enum_label needs a MIB name in `oid` (the names come from the MIB)",
+                    ));
+                }
                 metrics.push(SnmpMetric {
-                    name: m.name.get_ref().clone(),
-                    oid: oid(&m.oid, format!("{mkey}.oid"))?,
+                    oid: arcs,
+                    name: m
+                        .name
+                        .as_ref()
+                        .map(|n| n.get_ref().clone())
+                        .unwrap_or_default(),
                     unit: m.unit.clone().unwrap_or_default(),
+                    meaning: ValueMeaning {
+                        enum_label: m.enum_label.unwrap_or(false),
+                        ..ValueMeaning::default()
+                    },
                 });
             }
         }
@@ -335,7 +503,9 @@ impl RawSnmp {
             for (i, w) in list.get_ref().iter().enumerate() {
                 let w = w.get_ref();
                 let wkey = format!("{key}.walks[{i}]");
-                check_metric_name(src, &mut seen, &w.name, &format!("{wkey}.name"))?;
+                if let Some(name) = &w.name {
+                    check_metric_name(src, &mut seen, name, &format!("{wkey}.name"))?;
+                }
                 let index_label = match &w.index_label {
                     Some(l) if l.get_ref().is_empty() => {
                         return Err(src.error(
@@ -347,14 +517,93 @@ impl RawSnmp {
                     Some(l) => l.get_ref().clone(),
                     None => "index".to_owned(),
                 };
+                let arcs = oid(
+                    &w.oid,
+                    format!("{wkey}.oid"),
+                    Target::Walk(i),
+                    w.name.as_ref(),
+                    w.unit.is_some(),
+                )?;
+                if w.enum_label == Some(true) && !arcs.is_empty() {
+                    return Err(src.error(
+                        w.oid.span(),
+                        format!("{wkey}.enum_label"),
+                        "enum_label needs a MIB name in `oid` (the names come from the MIB)",
+                    ));
+                }
                 walks.push(SnmpWalk {
-                    name: w.name.get_ref().clone(),
-                    oid: oid(&w.oid, format!("{wkey}.oid"))?,
+                    oid: arcs,
+                    name: w
+                        .name
+                        .as_ref()
+                        .map(|n| n.get_ref().clone())
+                        .unwrap_or_default(),
                     unit: w.unit.clone().unwrap_or_default(),
                     index_label,
+                    meaning: ValueMeaning {
+                        enum_label: w.enum_label.unwrap_or(false),
+                        ..ValueMeaning::default()
+                    },
+                    index: None,
                 });
             }
         }
+        let mut lookups = Vec::new();
+        let mut labels: HashMap<&str, ()> = HashMap::new();
+        for (i, l) in self.lookups.iter().flatten().enumerate() {
+            let lkey = format!("{key}.lookups[{i}]");
+            let raw = l.get_ref();
+            let label = raw.label.get_ref();
+            if !valid_label(label) {
+                return Err(src.error(
+                    raw.label.span(),
+                    format!("{lkey}.label"),
+                    format!("invalid label name \"{label}\" (expected [A-Za-z_][A-Za-z0-9_]*)"),
+                ));
+            }
+            if labels.insert(label, ()).is_some() {
+                return Err(src.error(
+                    raw.label.span(),
+                    format!("{lkey}.label"),
+                    format!("duplicate lookup label \"{label}\""),
+                ));
+            }
+            lookups.push(SnmpLookup {
+                label: label.clone(),
+                oid: oid(
+                    &raw.oid,
+                    format!("{lkey}.oid"),
+                    Target::Lookup(i),
+                    None,
+                    true,
+                )?,
+                index: None,
+                format: Format::Plain,
+            });
+        }
+        if !lookups.is_empty() && walks.is_empty() {
+            return Err(src.error(
+                span,
+                format!("{key}.lookups"),
+                "lookups label the rows of `walks`, and there are none",
+            ));
+        }
+        let lookup_interval = match &self.lookup_interval {
+            None => DEFAULT_LOOKUP_INTERVAL,
+            Some(d) => {
+                let d = src.duration(d, &format!("{key}.lookup_interval"))?;
+                if d.is_zero() {
+                    return Err(src.error(
+                        self.lookup_interval
+                            .as_ref()
+                            .map_or(span.clone(), Spanned::span),
+                        format!("{key}.lookup_interval"),
+                        "must be greater than 0",
+                    ));
+                }
+                d
+            }
+        };
         if metrics.is_empty() && walks.is_empty() {
             return Err(src.error(
                 span,
@@ -380,70 +629,18 @@ impl RawSnmp {
             walks,
             max_repetitions,
             retries: self.retries.unwrap_or(1),
+            lookups,
+            drop_index: self.drop_index.unwrap_or(false),
+            lookup_interval,
+            pending,
         })
     }
 }
 
-/// Parses a numeric OID such as `1.3.6.1.2.1.1.3.0` (a leading dot is allowed).
-pub fn parse_oid(text: &str) -> Result<Vec<u32>, OidError> {
-    let trimmed = text.trim().strip_prefix('.').unwrap_or(text.trim());
-    if trimmed.is_empty() {
-        return Err(OidError::Empty);
-    }
-    let mut arcs = Vec::new();
-    for (i, arc) in trimmed.split('.').enumerate() {
-        let n: u32 = arc.parse().map_err(|_| {
-            if arc.is_empty() {
-                OidError::EmptyArc(i + 1)
-            } else if arc.chars().all(|c| c.is_ascii_digit()) {
-                OidError::ArcTooLarge(arc.to_owned())
-            } else {
-                OidError::NotNumeric(arc.to_owned())
-            }
-        })?;
-        arcs.push(n);
-    }
-    match arcs.as_slice() {
-        [_] => Err(OidError::OneArc),
-        [first, ..] if *first > 2 => Err(OidError::FirstArc(*first)),
-        [first, second, ..] if *first < 2 && *second >= 40 => Err(OidError::SecondArc {
-            first: *first,
-            second: *second,
-        }),
-        _ if arcs.len() > MAX_OID_ARCS => Err(OidError::TooLong),
-        _ => Ok(arcs),
-    }
-}
-
-/// Most arcs an OID may have (RFC 2578).
-const MAX_OID_ARCS: usize = 128;
-
-/// Why a text is not a numeric OID.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OidError {
-    #[error("empty")]
-    Empty,
-    /// The 1-based position of an empty arc (`1..3`).
-    #[error("empty arc at position {0}")]
-    EmptyArc(usize),
-    #[error("arc {0} is larger than 4294967295")]
-    ArcTooLarge(String),
-    #[error("\"{0}\" is not a number (only numeric OIDs are supported, e.g. 1.3.6.1.2.1.1.3.0)")]
-    NotNumeric(String),
-    #[error("an OID has at least two arcs")]
-    OneArc,
-    #[error("first arc {0} must be 0, 1 or 2")]
-    FirstArc(u32),
-    #[error("second arc {second} must be below 40 when the first is {first}")]
-    SecondArc { first: u32, second: u32 },
-    #[error("more than {MAX_OID_ARCS} arcs")]
-    TooLong,
-}
-
-/// The OID in dotted form.
-pub fn oid_string(oid: &[u32]) -> String {
-    let parts: Vec<String> = oid.iter().map(u32::to_string).collect();
-    parts.join(".")
+/// A Prometheus-style label name.
+fn valid_label(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl Settings for SnmpConfig {
@@ -550,15 +747,5 @@ mod tests {
             e.contains("at least one entry in `metrics` or `walks`"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn oids() {
-        assert_eq!(parse_oid("1.3.6.1"), Ok(vec![1, 3, 6, 1]));
-        assert!(parse_oid("1").is_err());
-        assert!(parse_oid("1..3").is_err());
-        assert!(parse_oid("1.3.99999999999").is_err());
-        assert!(parse_oid("1.40").is_err());
-        assert_eq!(oid_string(&[1, 3, 6]), "1.3.6");
     }
 }

@@ -10,10 +10,19 @@
 //! boots and time only from authenticated messages; [`v3`] holds every
 //! check an SNMPv3 answer must pass before it is believed.
 //!
+//! OIDs may be written as MIB names (`IF-MIB::ifName`, `sysUpTime.0`):
+//! `names.rs` resolves them when the configuration loads, with the MIB
+//! modules `mib/` reads, so a poll only ever sees numeric OIDs. Index
+//! lookups (`lookups`) walk their columns every `lookup_interval` and label
+//! the rows of the walks that share the lookup's index.
+//!
 //! Values: INTEGER, Counter32, Gauge32 and TimeTicks become integers,
 //! Counter64 an integer when it fits `i64` (a float above that: the wire
 //! has no unsigned type yet), OCTET STRING a string (hex `aa:bb:..` when it
-//! is not printable UTF-8), IpAddress and OBJECT IDENTIFIER strings.
+//! is not printable UTF-8, or as the MIB's textual convention says:
+//! DisplayString text, PhysAddress `aa:bb:..`, DateAndTime RFC 3339),
+//! IpAddress and OBJECT IDENTIFIER strings; an enumerated INTEGER stays the
+//! integer, its name a label when `enum_label = true`.
 //! noSuchObject, noSuchInstance and endOfMibView fail that metric with the
 //! reason.
 //!
@@ -22,11 +31,14 @@
 //! settings (`config.rs`). May touch: `crate::reading` only.
 
 pub mod ber;
+pub mod mib;
+mod names;
+mod oid;
 mod transport;
 pub mod usm;
 pub mod v3;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -39,17 +51,19 @@ mod config;
 pub mod value;
 
 pub use self::config::{
-    OidError, SnmpAuthProtocol, SnmpConfig, SnmpMetric, SnmpPrivProtocol, SnmpSecurity, SnmpV3,
-    SnmpWalk, oid_string, parse_oid,
+    DEFAULT_LOOKUP_INTERVAL, OidError, OidRef, SnmpAuthProtocol, SnmpConfig, SnmpLookup,
+    SnmpMetric, SnmpPrivProtocol, SnmpSecurity, SnmpV3, SnmpWalk, ValueMeaning, oid_string,
+    parse_oid, parse_oid_ref,
 };
+pub use self::names::{resolve_device, resolve_names};
 
 use self::ber::{Pdu, SnmpValue, tag};
 use self::transport::{Budget, Heard, malformed, send_and_wait};
 use self::v3::Engine;
-use self::value::{failed, to_value};
+use self::value::{enum_label, failed, to_value_as};
 use super::{BuildError, PollError, Poller, failed_metrics};
 use crate::config::DeviceConfig;
-use crate::reading::{FailureKind, Polled, Sample};
+use crate::reading::{FailureKind, Polled, Sample, Value};
 
 /// Most varbinds in one GET (larger lists are split).
 const MAX_GET_VARBINDS: usize = 32;
@@ -74,6 +88,15 @@ pub struct SnmpDriver {
     stale_engine: Option<Engine>,
     next_id: i32,
     salt: u64,
+    /// The lookup columns as last walked.
+    lookups: Option<Lookups>,
+}
+
+/// The values of the lookup columns, by row index.
+struct Lookups {
+    walked: Instant,
+    /// One map per [`SnmpConfig::lookups`] entry: index suffix → value.
+    tables: Vec<HashMap<Vec<u32>, String>>,
 }
 
 impl std::fmt::Debug for SnmpDriver {
@@ -107,6 +130,7 @@ impl SnmpDriver {
             stale_engine: None,
             next_id: rng.random_range(1..i32::MAX / 2),
             salt: rng.random(),
+            lookups: None,
         }
     }
 
@@ -145,8 +169,14 @@ impl SnmpDriver {
                 })
                 .await?;
             for (i, m) in chunk.iter().enumerate() {
+                let mut labels = BTreeMap::new();
                 let value = match pdu.varbinds.get(i) {
-                    Some((oid, v)) if *oid == m.oid => to_value(v),
+                    Some((oid, v)) if *oid == m.oid => {
+                        if let Some(name) = enum_label(v, &m.meaning) {
+                            labels.insert(m.name.clone(), name);
+                        }
+                        to_value_as(v, &m.meaning)
+                    }
                     Some((oid, _)) => failed(format!(
                         "agent answered OID {} for {}",
                         oid_string(oid),
@@ -159,11 +189,13 @@ impl SnmpDriver {
                     )),
                 };
                 samples.push(Sample {
+                    labels,
                     unit: m.unit.clone(),
                     ..Sample::new(m.name.clone(), value)
                 });
             }
         }
+        self.refresh_lookups().await?;
         let walks = self.cfg.walks.clone();
         for w in &walks {
             let rows = self.walk(&w.oid).await?;
@@ -179,17 +211,109 @@ impl SnmpDriver {
                     )
                 });
             }
-            for (suffix, v) in rows {
+            // The lookups that share this walk's index (all of them when
+            // a MIB does not say).
+            let applies: Vec<usize> = self
+                .cfg
+                .lookups
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| match (&l.index, &w.index) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                })
+                .map(|(i, _)| i)
+                .collect();
+            // The lookup labels of each row (empty values name nothing).
+            let named: Vec<Vec<(&str, &str)>> = rows
+                .iter()
+                .map(|(suffix, _)| {
+                    let Some(lookups) = &self.lookups else {
+                        return Vec::new();
+                    };
+                    applies
+                        .iter()
+                        .filter_map(|&i| {
+                            let value = lookups.tables.get(i)?.get(suffix)?;
+                            (!value.is_empty())
+                                .then(|| (self.cfg.lookups[i].label.as_str(), value.as_str()))
+                        })
+                        .collect()
+                })
+                .collect();
+            // drop_index keeps the index of rows whose lookup labels are
+            // not unique (two interfaces with one name): their series
+            // would be one otherwise.
+            let mut seen: HashMap<&[(&str, &str)], usize> = HashMap::new();
+            for n in &named {
+                *seen.entry(n.as_slice()).or_default() += 1;
+            }
+            for ((suffix, v), names) in rows.iter().zip(&named) {
                 let mut labels = BTreeMap::new();
-                labels.insert(w.index_label.clone(), oid_string(&suffix));
+                let unique = !names.is_empty() && seen.get(names.as_slice()) == Some(&1);
+                if !(unique && self.cfg.drop_index) {
+                    labels.insert(w.index_label.clone(), oid_string(suffix));
+                }
+                for (label, value) in names {
+                    labels.insert((*label).to_owned(), (*value).to_owned());
+                }
+                if let Some(name) = enum_label(v, &w.meaning) {
+                    labels.insert(w.name.clone(), name);
+                }
                 samples.push(Sample {
                     labels,
                     unit: w.unit.clone(),
-                    ..Sample::new(w.name.clone(), to_value(&v))
+                    ..Sample::new(w.name.clone(), to_value_as(v, &w.meaning))
                 });
             }
         }
         Ok(samples)
+    }
+
+    /// Walks the lookup columns again when they are older than
+    /// `lookup_interval`. When that fails, the previous values stay (stale
+    /// names beat a failed poll) and the walk is tried on the next poll;
+    /// with no previous values the poll fails.
+    async fn refresh_lookups(&mut self) -> Result<(), PollError> {
+        if self.cfg.lookups.is_empty()
+            || self
+                .lookups
+                .as_ref()
+                .is_some_and(|l| l.walked.elapsed() < self.cfg.lookup_interval)
+        {
+            return Ok(());
+        }
+        let mut tables = Vec::with_capacity(self.cfg.lookups.len());
+        let lookups = self.cfg.lookups.clone();
+        for l in &lookups {
+            let meaning = ValueMeaning {
+                format: l.format,
+                ..ValueMeaning::default()
+            };
+            let rows = match self.walk(&l.oid).await {
+                Ok(rows) => rows,
+                Err(e) if self.lookups.is_some() => {
+                    warn!(device = %self.cfg.address, lookup = %l.label, error = %e.message, "lookup walk failed; keeping the previous values");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            let table = rows
+                .into_iter()
+                .filter_map(|(suffix, v)| match to_value_as(&v, &meaning) {
+                    Value::Str(s) => Some((suffix, s)),
+                    Value::I64(n) => Some((suffix, n.to_string())),
+                    Value::F64(n) => Some((suffix, n.to_string())),
+                    _ => None,
+                })
+                .collect();
+            tables.push(table);
+        }
+        self.lookups = Some(Lookups {
+            walked: Instant::now(),
+            tables,
+        });
+        Ok(())
     }
 
     /// Walks the subtree under `root` with GETBULK: (index suffix, value).
@@ -584,6 +708,9 @@ impl Poller for SnmpDriver {
 }
 
 #[cfg(test)]
+mod lookup_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -598,10 +725,15 @@ mod tests {
                     name: "uptime".into(),
                     oid: vec![1, 3, 6, 1, 2, 1, 1, 3, 0],
                     unit: String::new(),
+                    meaning: ValueMeaning::default(),
                 }],
                 walks: vec![],
                 max_repetitions: 10,
                 retries: 0,
+                lookups: vec![],
+                drop_index: false,
+                lookup_interval: DEFAULT_LOOKUP_INTERVAL,
+                pending: vec![],
             },
             Duration::from_millis(300),
         )
