@@ -399,6 +399,18 @@ impl Mibs {
         name: &str,
         hops: usize,
     ) -> Result<(String, Vec<u32>), MibError> {
+        self.oid_in_chain(module, name, hops, false)
+    }
+
+    /// [`Mibs::oid_of`]; `chained` when `name` is a parent of the name
+    /// asked for, whose error already gets the context.
+    fn oid_in_chain(
+        &mut self,
+        module: &str,
+        name: &str,
+        hops: usize,
+        chained: bool,
+    ) -> Result<(String, Vec<u32>), MibError> {
         if hops > MAX_HOPS {
             return Err(MibError::Other(format!(
                 "{module}::{name}: OID definitions loop (more than {MAX_HOPS} hops)"
@@ -417,7 +429,13 @@ impl Mibs {
                 match part {
                     OidPart::Number(n) | OidPart::Named(_, n) => oid.push(*n),
                     OidPart::Name(parent) if i == 0 => {
-                        let (_, base) = self.oid_of(module, parent, hops + 1).map_err(|e| {
+                        // Context once, at the name asked for: a chain of
+                        // parents (or a loop of them) must not nest it.
+                        let found = self.oid_in_chain(module, parent, hops + 1, true);
+                        let (_, base) = found.map_err(|e| {
+                            if chained {
+                                return e;
+                            }
                             MibError::Other(format!(
                                 "{module}::{name} ({}:{}): parent {parent}: {e}",
                                 loaded.file.display(),
@@ -439,7 +457,7 @@ impl Mibs {
         }
         if let Some((_, from)) = loaded.module.imports.iter().find(|(s, _)| s == name) {
             let from = from.clone();
-            return self.oid_of(&from, name, hops + 1);
+            return self.oid_in_chain(&from, name, hops + 1, chained);
         }
         Err(MibError::NoName {
             module: module.to_owned(),

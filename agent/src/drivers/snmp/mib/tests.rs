@@ -333,6 +333,9 @@ fn cycles_and_garbage_do_not_hang_or_panic() {
         .expect_err("loop")
         .to_string();
     assert!(e.contains("loop"), "{e}");
+    // The context ("LOOP-MIB::a (file:line): parent b") once, not once a hop.
+    assert_eq!(e.matches("parent").count(), 1, "{e}");
+    assert!(e.len() < 400, "{} bytes: {e}", e.len());
     for text in [
         "",
         "X",
