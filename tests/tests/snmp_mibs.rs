@@ -348,3 +348,67 @@ fn the_deploy_example_with_mib_names_loads() -> Result<()> {
     ensure!(s.walks[2].name == "ifOperStatus" && s.walks[2].meaning.enum_label);
     Ok(())
 }
+
+#[test]
+fn lookups_are_labels_matched_to_walks_by_index_oids() -> Result<()> {
+    let dir = TestDir::new("snmp-mib-lookups")?;
+    let dirs = mib_dirs()?;
+    let snmp = |body: &str| match load(&dir, &dirs, body) {
+        Ok(DriverConfig::Snmp(s)) => Ok(s),
+        Ok(other) => Err(format!("not snmp: {other:?}")),
+        Err(e) => Err(e),
+    };
+    // A lookup takes no metric name: the column walked and used as a
+    // label, or a metric named like the lookup's object, are fine.
+    let s = snmp(
+        "walks = [{ oid = \"IF-MIB::ifAlias\" }]\n\
+         lookups = [{ label = \"alias\", oid = \"IF-MIB::ifAlias\" }]\n",
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(s.walks[0].name == "ifAlias" && s.lookups_by_walk() == [vec![0]]);
+    snmp(
+        "metrics = [{ name = \"ifName\", oid = \"1.3.6.1.2.1.1.3.0\" }]\n\
+         walks = [{ oid = \"IF-MIB::ifHCInOctets\" }]\n\
+         lookups = [{ label = \"ifName\", oid = \"IF-MIB::ifName\" }]\n",
+    )
+    .map_err(anyhow::Error::msg)?;
+
+    // RFC1213-MIB::ifIndex and IF-MIB::ifIndex are one object (one OID):
+    // ifName (ifXTable, AUGMENTS ifEntry) labels RFC1213-MIB's ifTable.
+    let s = snmp(
+        "walks = [{ oid = \"RFC1213-MIB::ifInOctets\" }, { oid = \"IF-MIB::ifHCInOctets\" }]\n\
+         lookups = [{ label = \"ifName\", oid = \"IF-MIB::ifName\" }]\n",
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        s.lookups_by_walk() == [vec![0], vec![0]],
+        "{:?}",
+        s.lookups_by_walk()
+    );
+
+    // A numeric walk of another table: ifName labels nothing, an error.
+    let e = snmp(
+        "walks = [{ name = \"used\", oid = \"1.3.6.1.2.1.25.2.3.1.6\" }]\n\
+         lookups = [{ label = \"ifName\", oid = \"IF-MIB::ifName\" }]\n",
+    )
+    .err()
+    .context("ifName labels hrStorageUsed")?;
+    ensure!(
+        e.contains(
+            "devices[0].lookups[0].oid: lookup \"ifName\" (1.3.6.1.2.1.31.1.1.1.1) labels no walk"
+        ),
+        "{e}"
+    );
+    // A lookup label the rows carry already.
+    let e = snmp(
+        "walks = [{ oid = \"IF-MIB::ifOperStatus\", enum_label = true }]\n\
+         lookups = [{ label = \"ifOperStatus\", oid = \"IF-MIB::ifDescr\" }]\n",
+    )
+    .err()
+    .context("label clash")?;
+    ensure!(
+        e.contains("lookup label \"ifOperStatus\" is its enum_label label on the rows of walk \"ifOperStatus\""),
+        "{e}"
+    );
+    Ok(())
+}

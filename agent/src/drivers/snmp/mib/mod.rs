@@ -79,6 +79,10 @@ pub struct Object {
     /// The `INDEX` of the row the object is a column of (an `AUGMENTS`
     /// followed to the augmented row), `Module::name` each.
     pub index: Option<Vec<String>>,
+    /// The OIDs of the `index` objects (`None` when one does not resolve):
+    /// what tells whether two tables share their rows, whatever module
+    /// (IF-MIB or RFC1213-MIB) names `ifIndex`.
+    pub index_oids: Option<Vec<Vec<u32>>>,
 }
 
 /// Why a name does not resolve.
@@ -339,13 +343,17 @@ impl Mibs {
             format: Format::Plain,
             enums: None,
             index: None,
+            index_oids: None,
         };
         if let Some(syntax) = &node.syntax {
             let (format, enums) = self.value_format(&defining, syntax);
             object.format = format;
             object.enums = enums;
         }
-        object.index = self.row_index(&defining, node.value.first());
+        if let Some(index) = self.row_index(&defining, node.value.first()) {
+            object.index_oids = index.iter().map(|(_, oid)| oid.clone()).collect();
+            object.index = Some(index.into_iter().map(|(name, _)| name).collect());
+        }
         Ok(object)
     }
 
@@ -513,8 +521,13 @@ impl Mibs {
         (format.unwrap_or_default(), enums)
     }
 
-    /// The INDEX of the row `parent` names (an AUGMENTS followed).
-    fn row_index(&mut self, module: &str, parent: Option<&OidPart>) -> Option<Vec<String>> {
+    /// The INDEX of the row `parent` names (an AUGMENTS followed):
+    /// `Module::name` of each index object and its OID when it resolves.
+    fn row_index(
+        &mut self,
+        module: &str,
+        parent: Option<&OidPart>,
+    ) -> Option<Vec<(String, Option<Vec<u32>>)>> {
         let Some(OidPart::Name(row)) = parent else {
             return None;
         };
@@ -534,11 +547,11 @@ impl Mibs {
             }
             let mut names = Vec::new();
             for i in &node.index {
-                let m = self
-                    .oid_of(&defining, i, 0)
-                    .map(|(m, _)| m)
-                    .unwrap_or_else(|_| defining.clone());
-                names.push(format!("{m}::{i}"));
+                let (m, oid) = match self.oid_of(&defining, i, 0) {
+                    Ok((m, oid)) => (m, Some(oid)),
+                    Err(_) => (defining.clone(), None),
+                };
+                names.push((format!("{m}::{i}"), oid));
             }
             return Some(names);
         }
