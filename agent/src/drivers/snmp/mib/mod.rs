@@ -383,7 +383,7 @@ impl Mibs {
             return Err(MibError::NoName {
                 module: "any module".into(),
                 file: self.dirs_shown(),
-                name: name.to_owned(),
+                name: parse::clip(name),
                 hint: self.hint(name, None),
             });
         };
@@ -470,7 +470,7 @@ impl Mibs {
         Err(MibError::NoName {
             module: module.to_owned(),
             file: loaded.file.display().to_string(),
-            name: name.to_owned(),
+            name: parse::clip(name),
             hint: self.hint(name, Some(module)),
         })
     }
@@ -560,6 +560,11 @@ impl Mibs {
 
     /// ` (did you mean ...?)`: the closest names of the loaded modules.
     fn hint(&self, name: &str, module: Option<&str>) -> String {
+        // The search is quadratic in the name's length: a name this long is
+        // no typo of a real one.
+        if name.chars().count() > parse::SHOWN_MAX {
+            return String::new();
+        }
         let wanted = name.to_ascii_lowercase();
         let limit = (name.len() / 3).max(2);
         let mut scored: Vec<(usize, String)> = Vec::new();
