@@ -73,6 +73,20 @@ fn translate_one(dirs: &[PathBuf], module: &str, name: &str) -> Result<String> {
     }
 }
 
+/// Names net-snmp lists that the agent does not define, on purpose: the
+/// roots of the OID tree (built in, defined by no module), and RFC-1215's
+/// SMIv1 `TRAP-TYPE`s that SNMPv2-MIB does not redefine as notifications
+/// (nothing to poll; net-snmp also makes up the node `snmp#` for them).
+const NOT_DEFINED: [&str; 7] = [
+    "ccitt",
+    "itu-t",
+    "iso",
+    "joint-iso-ccitt",
+    "joint-iso-itu-t",
+    "egpNeighborLoss",
+    "snmp#",
+];
+
 #[test]
 fn every_name_resolves_as_snmptranslate_does() -> Result<()> {
     let dirs = mib_dirs()?;
@@ -85,11 +99,21 @@ fn every_name_resolves_as_snmptranslate_does() -> Result<()> {
     let mut disagree = Vec::new();
     let mut only_ours = Vec::new();
     let mut only_netsnmp = Vec::new();
+    // A module we fail to load hides its names from the comparison: it is
+    // a failure of its own, and so is a name net-snmp knows that no module
+    // of ours defines.
+    let mut unloadable = Vec::new();
+    let mut ours_anywhere = BTreeSet::new();
     for module in &modules {
-        let Ok(names) = mibs.defined_names(module) else {
-            continue;
+        let names = match mibs.defined_names(module) {
+            Ok(names) => names,
+            Err(e) => {
+                unloadable.push(format!("{module}: {e}"));
+                continue;
+            }
         };
         for (name, is_object_type) in names {
+            ours_anywhere.insert(name.clone());
             let ours = mibs.object(module, &name).map(|o| oid_string(&o.oid));
             let theirs = tree.get(&name);
             match (ours, theirs) {
@@ -126,6 +150,20 @@ fn every_name_resolves_as_snmptranslate_does() -> Result<()> {
     for line in only_ours.iter().chain(&only_netsnmp) {
         println!("  {line}");
     }
+    ensure!(
+        unloadable.is_empty(),
+        "modules the agent cannot load:\n{}",
+        unloadable.join("\n")
+    );
+    let unknown: Vec<&String> = tree
+        .keys()
+        .filter(|n| !ours_anywhere.contains(*n) && !NOT_DEFINED.contains(&n.as_str()))
+        .collect();
+    ensure!(
+        unknown.is_empty(),
+        "{} names net-snmp loads that no module of the agent's defines: {unknown:?}",
+        unknown.len()
+    );
     ensure!(
         disagree.is_empty(),
         "disagreements:\n{}",
@@ -308,5 +346,69 @@ fn the_deploy_example_with_mib_names_loads() -> Result<()> {
     };
     ensure!(s.walks.len() == 4 && s.lookups.len() == 2 && s.drop_index);
     ensure!(s.walks[2].name == "ifOperStatus" && s.walks[2].meaning.enum_label);
+    Ok(())
+}
+
+#[test]
+fn lookups_are_labels_matched_to_walks_by_index_oids() -> Result<()> {
+    let dir = TestDir::new("snmp-mib-lookups")?;
+    let dirs = mib_dirs()?;
+    let snmp = |body: &str| match load(&dir, &dirs, body) {
+        Ok(DriverConfig::Snmp(s)) => Ok(s),
+        Ok(other) => Err(format!("not snmp: {other:?}")),
+        Err(e) => Err(e),
+    };
+    // A lookup takes no metric name: the column walked and used as a
+    // label, or a metric named like the lookup's object, are fine.
+    let s = snmp(
+        "walks = [{ oid = \"IF-MIB::ifAlias\" }]\n\
+         lookups = [{ label = \"alias\", oid = \"IF-MIB::ifAlias\" }]\n",
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(s.walks[0].name == "ifAlias" && s.lookups_by_walk() == [vec![0]]);
+    snmp(
+        "metrics = [{ name = \"ifName\", oid = \"1.3.6.1.2.1.1.3.0\" }]\n\
+         walks = [{ oid = \"IF-MIB::ifHCInOctets\" }]\n\
+         lookups = [{ label = \"ifName\", oid = \"IF-MIB::ifName\" }]\n",
+    )
+    .map_err(anyhow::Error::msg)?;
+
+    // RFC1213-MIB::ifIndex and IF-MIB::ifIndex are one object (one OID):
+    // ifName (ifXTable, AUGMENTS ifEntry) labels RFC1213-MIB's ifTable.
+    let s = snmp(
+        "walks = [{ oid = \"RFC1213-MIB::ifInOctets\" }, { oid = \"IF-MIB::ifHCInOctets\" }]\n\
+         lookups = [{ label = \"ifName\", oid = \"IF-MIB::ifName\" }]\n",
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        s.lookups_by_walk() == [vec![0], vec![0]],
+        "{:?}",
+        s.lookups_by_walk()
+    );
+
+    // A numeric walk of another table: ifName labels nothing, an error.
+    let e = snmp(
+        "walks = [{ name = \"used\", oid = \"1.3.6.1.2.1.25.2.3.1.6\" }]\n\
+         lookups = [{ label = \"ifName\", oid = \"IF-MIB::ifName\" }]\n",
+    )
+    .err()
+    .context("ifName labels hrStorageUsed")?;
+    ensure!(
+        e.contains(
+            "devices[0].lookups[0].oid: lookup \"ifName\" (1.3.6.1.2.1.31.1.1.1.1) labels no walk"
+        ),
+        "{e}"
+    );
+    // A lookup label the rows carry already.
+    let e = snmp(
+        "walks = [{ oid = \"IF-MIB::ifOperStatus\", enum_label = true }]\n\
+         lookups = [{ label = \"ifOperStatus\", oid = \"IF-MIB::ifDescr\" }]\n",
+    )
+    .err()
+    .context("label clash")?;
+    ensure!(
+        e.contains("lookup label \"ifOperStatus\" is its enum_label label on the rows of walk \"ifOperStatus\""),
+        "{e}"
+    );
     Ok(())
 }

@@ -281,4 +281,8 @@ pub enum BuildError {
         path: std::path::PathBuf,
         message: String,
     },
+    /// Settings a driver cannot run with (a check the config load should
+    /// have made, repeated where the driver is built).
+    #[error("{0}")]
+    Settings(String),
 }

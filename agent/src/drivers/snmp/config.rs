@@ -56,9 +56,11 @@ pub struct SnmpConfig {
 pub struct SnmpLookup {
     pub label: String,
     pub oid: Vec<u32>,
-    /// The row's INDEX (`Module::name` each) when the MIB says it.
-    pub index: Option<Vec<String>>,
+    /// The OIDs of the row's INDEX objects when the MIB says them.
+    pub index: Option<Vec<Vec<u32>>>,
     pub format: Format,
+    /// Where the lookup was written.
+    pub at: At,
 }
 
 /// What the MIB says about a value: how to show it and its named values.
@@ -195,8 +197,80 @@ pub struct SnmpWalk {
     /// `index` unless set.
     pub index_label: String,
     pub meaning: ValueMeaning,
-    /// The row's INDEX (`Module::name` each) when the MIB says it.
-    pub index: Option<Vec<String>>,
+    /// The OIDs of the row's INDEX objects when the MIB says them.
+    pub index: Option<Vec<Vec<u32>>>,
+}
+
+impl SnmpLookup {
+    /// Whether this lookup labels the rows of `walk`: when the MIB gives
+    /// both rows' INDEX, when those are the same objects (compared by OID,
+    /// so `IF-MIB::ifIndex` and `RFC1213-MIB::ifIndex` match); otherwise
+    /// (an OID written as numbers, or a table whose INDEX the MIB does not
+    /// give) only when both are columns of the same table entry (their
+    /// OIDs differ in the last arc only).
+    pub fn applies_to(&self, walk: &SnmpWalk) -> bool {
+        match (&self.index, &walk.index) {
+            (Some(a), Some(b)) => a == b,
+            _ => {
+                self.oid.len() == walk.oid.len()
+                    && self.oid.len() > 1
+                    && self.oid[..self.oid.len() - 1] == walk.oid[..walk.oid.len() - 1]
+            }
+        }
+    }
+}
+
+impl SnmpConfig {
+    /// For each walk, the lookups that label its rows (indexes into
+    /// `lookups`).
+    pub fn lookups_by_walk(&self) -> Vec<Vec<usize>> {
+        self.walks
+            .iter()
+            .map(|w| {
+                (0..self.lookups.len())
+                    .filter(|&i| self.lookups[i].applies_to(w))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Checks the lookups once every OID is known: each labels some walk,
+    /// and its label is not one the walk's rows already carry (the index
+    /// label, or the enumeration label named after the walk), which it
+    /// would overwrite, merging rows into one series.
+    pub fn check_lookups(&self) -> Result<(), ConfigError> {
+        let by_walk = self.lookups_by_walk();
+        for (i, l) in self.lookups.iter().enumerate() {
+            if !by_walk.iter().any(|applies| applies.contains(&i)) {
+                return Err(l.at.error(format!(
+                    "lookup \"{}\" ({}) labels no walk: a lookup labels the walks whose rows \
+                     have the same INDEX objects (MIB names for both), or, for an OID written \
+                     as numbers, the walks of columns of the same table",
+                    l.label,
+                    oid_string(&l.oid)
+                )));
+            }
+        }
+        for (w, applies) in self.walks.iter().zip(&by_walk) {
+            for l in applies.iter().filter_map(|&i| self.lookups.get(i)) {
+                let clash = if l.label == w.index_label {
+                    Some("its index label")
+                } else if w.meaning.enum_label && l.label == w.name {
+                    Some("its enum_label label")
+                } else {
+                    None
+                };
+                if let Some(what) = clash {
+                    return Err(l.at.error(format!(
+                        "lookup label \"{}\" is {what} on the rows of walk \"{}\": \
+                         choose another label (or `index_label`)",
+                        l.label, w.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `version = "2c"` or `version = 3`.
@@ -453,7 +527,9 @@ impl RawSnmp {
                         name: object,
                         suffix,
                         at: At::new(src, value.span(), key),
-                        default_name: name.is_none(),
+                        // A lookup is a label, not a metric: it takes no
+                        // metric name.
+                        default_name: name.is_none() && !matches!(target, Target::Lookup(_)),
                         default_unit: !unit,
                     });
                     Ok(Vec::new())
@@ -579,6 +655,7 @@ impl RawSnmp {
                 )?,
                 index: None,
                 format: Format::Plain,
+                at: At::new(src, raw.oid.span(), format!("{lkey}.oid")),
             });
         }
         if !lookups.is_empty() && walks.is_empty() {
@@ -622,7 +699,7 @@ impl RawSnmp {
             }
             Some(n) => *n.get_ref(),
         };
-        Ok(SnmpConfig {
+        let cfg = SnmpConfig {
             address,
             security,
             metrics,
@@ -633,7 +710,12 @@ impl RawSnmp {
             drop_index: self.drop_index.unwrap_or(false),
             lookup_interval,
             pending,
-        })
+        };
+        // With MIB names, once they are resolved (`names.rs`).
+        if cfg.pending.is_empty() {
+            cfg.check_lookups()?;
+        }
+        Ok(cfg)
     }
 }
 

@@ -89,6 +89,14 @@ async fn fake(table: BTreeMap<Vec<u32>, Vec<u8>>) -> Fake {
     }
 }
 
+fn at() -> config::At {
+    config::At {
+        file: "agent.toml".into(),
+        line: 1,
+        key: "devices[0].lookups".into(),
+    }
+}
+
 fn config(addr: SocketAddr) -> SnmpConfig {
     SnmpConfig {
         address: addr.to_string(),
@@ -112,12 +120,14 @@ fn config(addr: SocketAddr) -> SnmpConfig {
                 oid: IF_NAME.iter().copied().chain([1]).collect(),
                 index: None,
                 format: mib::Format::Text,
+                at: at(),
             },
             SnmpLookup {
                 label: "ifAlias".into(),
                 oid: IF_NAME.iter().copied().chain([18]).collect(),
                 index: None,
                 format: mib::Format::Text,
+                at: at(),
             },
         ],
         drop_index: true,
@@ -191,4 +201,112 @@ async fn lookups_label_rows_and_refresh_on_their_interval() {
     let samples = driver.poll().await.expect("poll");
     assert_eq!(rows(&samples)[&10], labels(&[("ifName", "loopback")]));
     assert_eq!(agent.name_walks.load(Ordering::SeqCst), 2);
+}
+
+/// hrStorageUsed (HOST-RESOURCES-MIB), a column of another table.
+const HR_STORAGE_USED: [u32; 11] = [1, 3, 6, 1, 2, 1, 25, 2, 3, 1, 6];
+
+#[tokio::test]
+async fn a_numeric_lookup_labels_only_walks_of_its_own_table() {
+    let mut table = BTreeMap::new();
+    for (row, name) in [(1, "lo"), (2, "eth0")] {
+        table.insert(cell(1, row), ber::octets(name.as_bytes()));
+        table.insert(cell(6, row), ber::tlv(tag::COUNTER64, &[row as u8 * 10]));
+    }
+    // Storage rows 1 and 2: the same index numbers as the interfaces.
+    for row in [1u32, 2] {
+        let mut oid = HR_STORAGE_USED.to_vec();
+        oid.push(row);
+        table.insert(oid, ber::int(i64::from(row) * 100));
+    }
+    let agent = fake(table).await;
+    let mut cfg = config(agent.addr);
+    cfg.lookups.truncate(1);
+    cfg.walks.push(SnmpWalk {
+        name: "hrStorageUsed".into(),
+        oid: HR_STORAGE_USED.to_vec(),
+        unit: String::new(),
+        index_label: "index".into(),
+        meaning: ValueMeaning::default(),
+        index: None,
+    });
+    cfg.check_lookups().expect("ifName labels ifHCInOctets");
+    let mut driver = SnmpDriver::new(&cfg, Duration::from_secs(2));
+    let samples = driver.poll().await.expect("poll");
+    assert_eq!(
+        rows(&samples),
+        BTreeMap::from([
+            (10, labels(&[("ifName", "lo")])),
+            (20, labels(&[("ifName", "eth0")])),
+            // Not interfaces: no ifName, and their index stays.
+            (100, labels(&[("index", "1")])),
+            (200, labels(&[("index", "2")])),
+        ])
+    );
+}
+
+#[test]
+fn lookups_that_label_nothing_or_clash_are_refused() {
+    let addr: SocketAddr = "127.0.0.1:161".parse().expect("addr");
+    // ifName against a walk of hrStorageUsed only.
+    let mut cfg = config(addr);
+    cfg.lookups.truncate(1);
+    cfg.walks[0].oid = HR_STORAGE_USED.to_vec();
+    let e = cfg.check_lookups().expect_err("labels no walk").to_string();
+    assert!(
+        e.contains("lookup \"ifName\" (1.3.6.1.2.1.31.1.1.1.1) labels no walk"),
+        "{e}"
+    );
+    // Known INDEX objects decide, whatever the OIDs look like.
+    let if_index = vec![vec![1, 3, 6, 1, 2, 1, 2, 2, 1, 1]];
+    cfg.walks[0].index = Some(if_index.clone());
+    cfg.lookups[0].index = Some(if_index);
+    cfg.check_lookups().expect("same INDEX");
+
+    // A label the walk's rows already carry.
+    let mut cfg = config(addr);
+    cfg.lookups[0].label = "index".into();
+    let e = cfg.check_lookups().expect_err("index label").to_string();
+    assert!(
+        e.contains(
+            "lookup label \"index\" is its index label on the rows of walk \"ifHCInOctets\""
+        ),
+        "{e}"
+    );
+    let mut cfg = config(addr);
+    cfg.walks[0].meaning.enum_label = true;
+    cfg.walks[0].name = "ifAlias".into();
+    let e = cfg.check_lookups().expect_err("enum label").to_string();
+    assert!(e.contains("is its enum_label label"), "{e}");
+}
+
+#[test]
+fn build_refuses_unresolved_names() {
+    let text = "id = \"edge-1\"\ncollectors = [\"http://127.0.0.1:7400\"]\n[[devices]]\nname = \"d\"\n\
+                interval = \"1s\"\ndriver = \"snmp\"\naddress = \"127.0.0.1:161\"\n\
+                walks = [{ name = \"w\", oid = \"1.3.6.1.2.1.2.2.1.10\" }]\n";
+    let cfg = crate::config::parse(text, std::path::Path::new("agent.toml")).expect("config");
+    let device = &cfg.devices[0];
+    let crate::drivers::DriverConfig::Snmp(s) = &device.driver else {
+        panic!("{device:?}")
+    };
+    SnmpDriver::build(s, device).expect("resolved");
+    let mut s = s.clone();
+    s.pending.push(config::PendingName {
+        target: config::Target::Walk(0),
+        module: Some("IF-MIB".into()),
+        name: "ifInOctets".into(),
+        suffix: vec![],
+        at: at(),
+        default_name: false,
+        default_unit: false,
+    });
+    s.walks[0].oid.clear();
+    let e = SnmpDriver::build(&s, device)
+        .expect_err("pending")
+        .to_string();
+    assert!(
+        e.contains("device d: MIB name ifInOctets") && e.contains("never resolved"),
+        "{e}"
+    );
 }

@@ -90,6 +90,8 @@ pub struct SnmpDriver {
     salt: u64,
     /// The lookup columns as last walked.
     lookups: Option<Lookups>,
+    /// For each walk, the lookups that label its rows.
+    applies: Vec<Vec<usize>>,
 }
 
 /// The values of the lookup columns, by row index.
@@ -131,6 +133,7 @@ impl SnmpDriver {
             next_id: rng.random_range(1..i32::MAX / 2),
             salt: rng.random(),
             lookups: None,
+            applies: cfg.lookups_by_walk(),
         }
     }
 
@@ -151,9 +154,13 @@ impl SnmpDriver {
     pub async fn poll(&mut self) -> Result<Vec<Sample>, PollError> {
         self.deadline = Instant::now() + self.timeout.mul_f64(0.9);
         let mut samples = Vec::new();
-        let metrics = self.cfg.metrics.clone();
-        for chunk in metrics.chunks(MAX_GET_VARBINDS) {
-            let oids: Vec<&[u32]> = chunk.iter().map(|m| m.oid.as_slice()).collect();
+        for start in (0..self.cfg.metrics.len()).step_by(MAX_GET_VARBINDS) {
+            let end = (start + MAX_GET_VARBINDS).min(self.cfg.metrics.len());
+            let oids: Vec<Vec<u32>> = self.cfg.metrics[start..end]
+                .iter()
+                .map(|m| m.oid.clone())
+                .collect();
+            let oids: Vec<&[u32]> = oids.iter().map(Vec::as_slice).collect();
             let what = if oids.len() == 1 {
                 format!("GET {}", oid_string(oids[0]))
             } else {
@@ -168,7 +175,7 @@ impl SnmpDriver {
                     what,
                 })
                 .await?;
-            for (i, m) in chunk.iter().enumerate() {
+            for (i, m) in self.cfg.metrics[start..end].iter().enumerate() {
                 let mut labels = BTreeMap::new();
                 let value = match pdu.varbinds.get(i) {
                     Some((oid, v)) if *oid == m.oid => {
@@ -196,9 +203,10 @@ impl SnmpDriver {
             }
         }
         self.refresh_lookups().await?;
-        let walks = self.cfg.walks.clone();
-        for w in &walks {
-            let rows = self.walk(&w.oid).await?;
+        for wi in 0..self.cfg.walks.len() {
+            let root = self.cfg.walks[wi].oid.clone();
+            let rows = self.walk(&root).await?;
+            let w = &self.cfg.walks[wi];
             if rows.is_empty() {
                 samples.push(Sample {
                     unit: w.unit.clone(),
@@ -211,42 +219,34 @@ impl SnmpDriver {
                     )
                 });
             }
-            // The lookups that share this walk's index (all of them when
-            // a MIB does not say).
-            let applies: Vec<usize> = self
-                .cfg
-                .lookups
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| match (&l.index, &w.index) {
-                    (Some(a), Some(b)) => a == b,
-                    _ => true,
-                })
-                .map(|(i, _)| i)
-                .collect();
-            // The lookup labels of each row (empty values name nothing).
-            let named: Vec<Vec<(&str, &str)>> = rows
-                .iter()
-                .map(|(suffix, _)| {
-                    let Some(lookups) = &self.lookups else {
-                        return Vec::new();
-                    };
-                    applies
-                        .iter()
-                        .filter_map(|&i| {
-                            let value = lookups.tables.get(i)?.get(suffix)?;
-                            (!value.is_empty())
-                                .then(|| (self.cfg.lookups[i].label.as_str(), value.as_str()))
-                        })
-                        .collect()
-                })
-                .collect();
+            // The lookup labels of each row (empty values name nothing),
+            // from the lookups that share this walk's index (see
+            // `SnmpLookup::applies_to`); none without lookups.
+            let applies = self.applies.get(wi).map_or(&[][..], Vec::as_slice);
+            let named: Vec<Vec<(&str, &str)>> = match &self.lookups {
+                Some(lookups) if !applies.is_empty() => rows
+                    .iter()
+                    .map(|(suffix, _)| {
+                        applies
+                            .iter()
+                            .filter_map(|&i| {
+                                let value = lookups.tables.get(i)?.get(suffix)?;
+                                (!value.is_empty())
+                                    .then(|| (self.cfg.lookups[i].label.as_str(), value.as_str()))
+                            })
+                            .collect()
+                    })
+                    .collect(),
+                _ => vec![Vec::new(); rows.len()],
+            };
             // drop_index keeps the index of rows whose lookup labels are
             // not unique (two interfaces with one name): their series
             // would be one otherwise.
             let mut seen: HashMap<&[(&str, &str)], usize> = HashMap::new();
-            for n in &named {
-                *seen.entry(n.as_slice()).or_default() += 1;
+            if !applies.is_empty() {
+                for n in &named {
+                    *seen.entry(n.as_slice()).or_default() += 1;
+                }
             }
             for ((suffix, v), names) in rows.iter().zip(&named) {
                 let mut labels = BTreeMap::new();
@@ -694,6 +694,17 @@ impl Poller for SnmpDriver {
     type Settings = SnmpConfig;
 
     fn build(settings: &SnmpConfig, device: &DeviceConfig) -> Result<Self, BuildError> {
+        // Both checks belong to the config load; a driver built from
+        // settings that skipped it must not walk `[]` (the whole view).
+        if let Some(p) = settings.pending.first() {
+            return Err(BuildError::Settings(format!(
+                "device {}: MIB name {} ({}) was never resolved to an OID",
+                device.name, p.name, p.at.key
+            )));
+        }
+        settings
+            .check_lookups()
+            .map_err(|e| BuildError::Settings(format!("device {}: {e}", device.name)))?;
         Ok(SnmpDriver::new(settings, device.timeout))
     }
 

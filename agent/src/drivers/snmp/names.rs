@@ -108,19 +108,19 @@ pub fn resolve_device(mibs: &mut Mibs, s: &mut SnmpConfig) -> Result<(), ConfigE
                     w.unit = unit.unwrap_or_else(|| w.unit.clone());
                     w.meaning.format = object.format;
                     w.meaning.enums = object.enums.clone();
-                    w.index = object.index.clone();
+                    w.index = object.index_oids.clone();
                 }
             }
             Target::Lookup(i) => {
                 if let Some(l) = s.lookups.get_mut(i) {
                     l.oid = oid;
                     l.format = object.format;
-                    l.index = object.index.clone();
+                    l.index = object.index_oids.clone();
                 }
             }
         }
     }
-    Ok(())
+    s.check_lookups()
 }
 
 fn lookup(mibs: &mut Mibs, p: &PendingName) -> Result<Object, ConfigError> {

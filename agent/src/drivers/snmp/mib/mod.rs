@@ -79,6 +79,10 @@ pub struct Object {
     /// The `INDEX` of the row the object is a column of (an `AUGMENTS`
     /// followed to the augmented row), `Module::name` each.
     pub index: Option<Vec<String>>,
+    /// The OIDs of the `index` objects (`None` when one does not resolve):
+    /// what tells whether two tables share their rows, whatever module
+    /// (IF-MIB or RFC1213-MIB) names `ifIndex`.
+    pub index_oids: Option<Vec<Vec<u32>>>,
 }
 
 /// Why a name does not resolve.
@@ -339,13 +343,17 @@ impl Mibs {
             format: Format::Plain,
             enums: None,
             index: None,
+            index_oids: None,
         };
         if let Some(syntax) = &node.syntax {
             let (format, enums) = self.value_format(&defining, syntax);
             object.format = format;
             object.enums = enums;
         }
-        object.index = self.row_index(&defining, node.value.first());
+        if let Some(index) = self.row_index(&defining, node.value.first()) {
+            object.index_oids = index.iter().map(|(_, oid)| oid.clone()).collect();
+            object.index = Some(index.into_iter().map(|(name, _)| name).collect());
+        }
         Ok(object)
     }
 
@@ -375,7 +383,7 @@ impl Mibs {
             return Err(MibError::NoName {
                 module: "any module".into(),
                 file: self.dirs_shown(),
-                name: name.to_owned(),
+                name: parse::clip(name),
                 hint: self.hint(name, None),
             });
         };
@@ -399,6 +407,18 @@ impl Mibs {
         name: &str,
         hops: usize,
     ) -> Result<(String, Vec<u32>), MibError> {
+        self.oid_in_chain(module, name, hops, false)
+    }
+
+    /// [`Mibs::oid_of`]; `chained` when `name` is a parent of the name
+    /// asked for, whose error already gets the context.
+    fn oid_in_chain(
+        &mut self,
+        module: &str,
+        name: &str,
+        hops: usize,
+        chained: bool,
+    ) -> Result<(String, Vec<u32>), MibError> {
         if hops > MAX_HOPS {
             return Err(MibError::Other(format!(
                 "{module}::{name}: OID definitions loop (more than {MAX_HOPS} hops)"
@@ -417,7 +437,13 @@ impl Mibs {
                 match part {
                     OidPart::Number(n) | OidPart::Named(_, n) => oid.push(*n),
                     OidPart::Name(parent) if i == 0 => {
-                        let (_, base) = self.oid_of(module, parent, hops + 1).map_err(|e| {
+                        // Context once, at the name asked for: a chain of
+                        // parents (or a loop of them) must not nest it.
+                        let found = self.oid_in_chain(module, parent, hops + 1, true);
+                        let (_, base) = found.map_err(|e| {
+                            if chained {
+                                return e;
+                            }
                             MibError::Other(format!(
                                 "{module}::{name} ({}:{}): parent {parent}: {e}",
                                 loaded.file.display(),
@@ -439,12 +465,12 @@ impl Mibs {
         }
         if let Some((_, from)) = loaded.module.imports.iter().find(|(s, _)| s == name) {
             let from = from.clone();
-            return self.oid_of(&from, name, hops + 1);
+            return self.oid_in_chain(&from, name, hops + 1, chained);
         }
         Err(MibError::NoName {
             module: module.to_owned(),
             file: loaded.file.display().to_string(),
-            name: name.to_owned(),
+            name: parse::clip(name),
             hint: self.hint(name, Some(module)),
         })
     }
@@ -495,8 +521,13 @@ impl Mibs {
         (format.unwrap_or_default(), enums)
     }
 
-    /// The INDEX of the row `parent` names (an AUGMENTS followed).
-    fn row_index(&mut self, module: &str, parent: Option<&OidPart>) -> Option<Vec<String>> {
+    /// The INDEX of the row `parent` names (an AUGMENTS followed):
+    /// `Module::name` of each index object and its OID when it resolves.
+    fn row_index(
+        &mut self,
+        module: &str,
+        parent: Option<&OidPart>,
+    ) -> Option<Vec<(String, Option<Vec<u32>>)>> {
         let Some(OidPart::Name(row)) = parent else {
             return None;
         };
@@ -516,11 +547,11 @@ impl Mibs {
             }
             let mut names = Vec::new();
             for i in &node.index {
-                let m = self
-                    .oid_of(&defining, i, 0)
-                    .map(|(m, _)| m)
-                    .unwrap_or_else(|_| defining.clone());
-                names.push(format!("{m}::{i}"));
+                let (m, oid) = match self.oid_of(&defining, i, 0) {
+                    Ok((m, oid)) => (m, Some(oid)),
+                    Err(_) => (defining.clone(), None),
+                };
+                names.push((format!("{m}::{i}"), oid));
             }
             return Some(names);
         }
@@ -529,6 +560,11 @@ impl Mibs {
 
     /// ` (did you mean ...?)`: the closest names of the loaded modules.
     fn hint(&self, name: &str, module: Option<&str>) -> String {
+        // The search is quadratic in the name's length: a name this long is
+        // no typo of a real one.
+        if name.chars().count() > parse::SHOWN_MAX {
+            return String::new();
+        }
         let wanted = name.to_ascii_lowercase();
         let limit = (name.len() / 3).max(2);
         let mut scored: Vec<(usize, String)> = Vec::new();

@@ -206,10 +206,10 @@ impl Parser {
     fn shown(&self) -> String {
         match self.peek() {
             None => "the end of the file".into(),
-            Some(Tok::Ident(w)) => format!("`{w}`"),
-            Some(Tok::Number(n)) => format!("`{n}`"),
+            Some(Tok::Ident(w)) => format!("`{}`", clip(w)),
+            Some(Tok::Number(n)) => format!("`{}`", clip(n)),
             Some(Tok::Text(_)) => "a string".into(),
-            Some(Tok::Binary(b)) => format!("`'{b}'`"),
+            Some(Tok::Binary(b)) => format!("`'{}'`", clip(b)),
             Some(Tok::Assign) => "`::=`".into(),
             Some(Tok::Range) => "`..`".into(),
             Some(Tok::Punct(c)) => format!("`{c}`"),
@@ -339,7 +339,15 @@ impl Parser {
             }
         }
         if !pending.is_empty() {
-            return Err(self.error(format!("in IMPORTS: {} without FROM", pending.join(", "))));
+            let shown: Vec<String> = pending.iter().take(8).map(|p| clip(p)).collect();
+            let more = match pending.len() {
+                n if n > 8 => format!(" and {} more", n - 8),
+                _ => String::new(),
+            };
+            return Err(self.error(format!(
+                "in IMPORTS: {}{more} without FROM",
+                shown.join(", ")
+            )));
         }
         Ok(())
     }
@@ -441,11 +449,12 @@ impl Parser {
             let n = match self.next()? {
                 Tok::Number(n) => n
                     .parse::<i64>()
-                    .map_err(|_| self.error(format!("number {n} out of range")))?,
+                    .map_err(|_| self.error(format!("number {} out of range", clip(&n))))?,
                 _ => {
                     self.pos -= 1;
                     return Err(self.error(format!(
-                        "expected the number of {name}, found {}",
+                        "expected the number of {}, found {}",
+                        clip(&name),
                         self.shown()
                     )));
                 }
@@ -507,7 +516,7 @@ impl Parser {
         }
         self.expect(
             &Tok::Assign,
-            &format!("`::=` in the definition of {}", node.name),
+            &format!("`::=` in the definition of {}", clip(&node.name)),
         )?;
         let oid_valued = node.kind == NodeKind::ObjectIdentifier || is_macro;
         if oid_valued && self.peek() == Some(&Tok::Punct('{')) {
@@ -527,7 +536,9 @@ impl Parser {
                 Some(Tok::Assign) => return Ok(()),
                 None => return Err(self.error("unexpected end of file in a definition")),
                 Some(Tok::Ident(w)) if w == "END" => {
-                    return Err(self.error(format!("definition of {} has no `::=`", node.name)));
+                    return Err(
+                        self.error(format!("definition of {} has no `::=`", clip(&node.name)))
+                    );
                 }
                 Some(Tok::Ident(w)) if w == "SYNTAX" && node.syntax.is_none() => {
                     self.pos += 1;
@@ -580,7 +591,11 @@ impl Parser {
                     if self.eat(&Tok::Punct('(')) {
                         let n = match self.next()? {
                             Tok::Number(n) => self.arc(&n)?,
-                            _ => return Err(self.error(format!("expected the number of {w}"))),
+                            _ => {
+                                return Err(
+                                    self.error(format!("expected the number of {}", clip(&w)))
+                                );
+                            }
                         };
                         self.expect(&Tok::Punct(')'), "`)`")?;
                         parts.push(OidPart::Named(w, n));
@@ -605,6 +620,19 @@ impl Parser {
 
     fn arc(&self, n: &str) -> Result<u32, ParseError> {
         n.parse()
-            .map_err(|_| self.error(format!("OID arc {n} is larger than 4294967295")))
+            .map_err(|_| self.error(format!("OID arc {} is larger than 4294967295", clip(n))))
+    }
+}
+
+/// Longest identifier or number an error message shows whole.
+pub const SHOWN_MAX: usize = 64;
+
+/// `text` for an error message: at most [`SHOWN_MAX`] characters, then
+/// `...` and the full length (a garbled file can hold a megabyte-long
+/// "identifier").
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_MAX) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}... ({} bytes)", &text[..end], text.len()),
     }
 }

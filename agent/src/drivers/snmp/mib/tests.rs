@@ -333,6 +333,9 @@ fn cycles_and_garbage_do_not_hang_or_panic() {
         .expect_err("loop")
         .to_string();
     assert!(e.contains("loop"), "{e}");
+    // The context ("LOOP-MIB::a (file:line): parent b") once, not once a hop.
+    assert_eq!(e.matches("parent").count(), 1, "{e}");
+    assert!(e.len() < 400, "{} bytes: {e}", e.len());
     for text in [
         "",
         "X",
@@ -344,4 +347,41 @@ fn cycles_and_garbage_do_not_hang_or_panic() {
     ] {
         let _ = parse_modules(text);
     }
+}
+
+#[test]
+fn errors_clip_huge_identifiers_and_numbers() {
+    let long_name = format!("a{}", "b".repeat(100_000));
+    let long_number = "9".repeat(100_000);
+    for text in [
+        // An unexpected identifier.
+        format!("X DEFINITIONS ::= {long_name} END"),
+        // Names imported from nowhere.
+        format!("X DEFINITIONS ::= BEGIN IMPORTS {long_name}, {long_name}; END"),
+        // An OID arc and a named number out of range.
+        format!("X DEFINITIONS ::= BEGIN a OBJECT IDENTIFIER ::= {{ iso {long_number} }} END"),
+        format!("X DEFINITIONS ::= BEGIN a OBJECT IDENTIFIER ::= {{ iso b({long_number}) }} END"),
+        format!("X DEFINITIONS ::= BEGIN T ::= INTEGER {{ {long_name}({long_number}) }} END"),
+        format!("X DEFINITIONS ::= BEGIN T ::= INTEGER {{ {long_name}(x) }} END"),
+        format!("X DEFINITIONS ::= BEGIN a OBJECT IDENTIFIER ::= {{ iso {long_name}(x) }} END"),
+    ] {
+        let e = parse_modules(&text).expect_err("garbled").to_string();
+        assert!(
+            e.len() < 300,
+            "{} bytes: {}",
+            e.len(),
+            &e[..300.min(e.len())]
+        );
+        assert!(e.contains("..."), "{e}");
+    }
+    // A name asked for: clipped, and no closest-name search.
+    let dir = dir_with(&[(
+        "x.txt",
+        "X DEFINITIONS ::= BEGIN a OBJECT IDENTIFIER ::= { iso 3 } END\n",
+    )]);
+    let e = mibs(dir.path())
+        .object("X", &long_name)
+        .expect_err("no such name")
+        .to_string();
+    assert!(e.len() < 300, "{} bytes", e.len());
 }
