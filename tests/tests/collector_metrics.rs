@@ -148,7 +148,10 @@ async fn prometheus_scrapes_agree_with_the_store() -> Result<()> {
         "batches committed {batches}, in groups {grouped_batches}"
     );
     ensure!(
-        prometheus.query_one("tributary_collector_streams_open").await? == 0.0,
+        prometheus
+            .query_one("tributary_collector_streams_open")
+            .await?
+            == 0.0,
         "streams still open after the agents stopped"
     );
     ensure!(
@@ -165,7 +168,10 @@ async fn prometheus_scrapes_agree_with_the_store() -> Result<()> {
         "build info: {info:?}"
     );
     ensure!(
-        prometheus.query_one("process_resident_memory_bytes").await? > 0.0,
+        prometheus
+            .query_one("process_resident_memory_bytes")
+            .await?
+            > 0.0,
         "process metrics"
     );
     promtool_check_metrics(&scrape(&collector).await?).await?;
