@@ -96,8 +96,16 @@ impl OnOff {
     }
 
     /// Records the ratio of the medians as `name`, each pair's ratio as
-    /// `pairs`, and a note with both medians and the spread.
-    pub fn record(&self, report: &mut Report, name: &'static str, pairs: &'static str, what: &str) {
+    /// `pairs`, and a note with both medians, the spread and the scrape
+    /// interval `every`.
+    pub fn record(
+        &self,
+        report: &mut Report,
+        name: &'static str,
+        pairs: &'static str,
+        what: &str,
+        every: Duration,
+    ) {
         for (on, off) in self.on.iter().zip(&self.off) {
             report.record(pairs, on / off.max(f64::MIN_POSITIVE));
         }
@@ -117,7 +125,7 @@ impl OnOff {
             join(&self.off),
             spread(&self.on, on),
             spread(&self.off, off),
-            SCRAPE_INTERVAL.as_secs()
+            every.as_secs_f64()
         ));
     }
 }
@@ -163,7 +171,7 @@ mod tests {
             m.add(true, on);
             m.add(false, off);
         }
-        m.record(&mut r, "ratio", "pairs", "µs per poll");
+        m.record(&mut r, "ratio", "pairs", "µs per poll", SCRAPE_INTERVAL);
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).expect("json");
         assert_eq!(json["ratio"], serde_json::json!(1.1));
         assert_eq!(

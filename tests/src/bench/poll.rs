@@ -151,6 +151,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         "metrics_cpu_ratio",
         "metrics_cpu_ratio_pairs",
         "the agent's CPU µs per completed poll",
+        metrics_cost::scrape_interval(cfg.duration),
     );
     report.note("lateness_* is the agent's own (its `poll stats` line: every poll after each device's first, warm-up included; bucket upper bounds, ≤ 12.5 % high); first_poll_lateness_* the first poll of each device (startup); lateness_lb_* the lower bound from the stored poll timestamps over the window (see the bench source)");
     report.note("the HTTP simulators run inside tributary-bench (harness_cpu_cores) on the same cores as the agent and the collector");

@@ -195,6 +195,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         "metrics_cpu_ratio",
         "metrics_cpu_ratio_pairs",
         "Tributary's (agent + collector) CPU-s per million samples",
+        metrics_cost::scrape_interval(cfg.duration),
     );
     for sim in sims {
         sim.stop().await?;
