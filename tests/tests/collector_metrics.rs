@@ -14,14 +14,10 @@
 //! `cargo xtask test` installs `prometheus` and `promtool` and names them
 //! in `TRIBUTARY_PROMETHEUS` and `TRIBUTARY_PROMTOOL`.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,106 +27,21 @@ use tributary_tests::cluster::{
     Agent, Collector, PATIENCE, agent_counters, assert_exactly_once, counters, sim_agent_config,
     stored_count, wait_for_counters,
 };
-use tributary_tests::peers::tool;
-use tributary_tests::process::{TestDir, eventually, free_addr, run_bin, wait_for_port};
+use tributary_tests::peers::prometheus::{Prometheus, promtool_check_metrics};
+use tributary_tests::process::{TestDir, eventually, free_addr, run_bin};
 
-const PROMETHEUS_ENV: &str = "TRIBUTARY_PROMETHEUS";
-const PROMTOOL_ENV: &str = "TRIBUTARY_PROMTOOL";
-
-/// A private Prometheus scraping one target every 500 ms, its data in the
-/// test directory; killed when dropped.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    client: reqwest::Client,
-}
-
-impl Prometheus {
-    async fn start(dir: &TestDir, target: SocketAddr) -> Result<Prometheus> {
-        let bin = tool(PROMETHEUS_ENV, &["/usr/bin/prometheus"])?;
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\n\
-                 scrape_configs:\n  - job_name: collector\n    static_configs:\n      \
-                 - targets: ['{target}']\n"
-            ),
-        )?;
-        let addr = free_addr()?;
-        let log = std::fs::File::create(dir.join("prometheus.log"))?;
-        let child = Command::new(&bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("prometheus-data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        wait_for_port(addr, PATIENCE).await?;
-        Ok(Prometheus {
-            child,
-            addr,
-            client: reqwest::Client::new(),
-        })
-    }
-
-    /// An instant PromQL query: each result's labels and value.
-    async fn query(&self, promql: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>> {
-        let url = format!("http://{}/api/v1/query", self.addr);
-        let text = self
-            .client
-            .get(url)
-            .query(&[("query", promql)])
-            .send()
-            .await?
-            .text()
-            .await?;
-        let body: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{promql}: {text}"))?;
-        ensure!(body["status"] == "success", "{promql}: {body}");
-        let mut out = Vec::new();
-        for r in body["data"]["result"].as_array().into_iter().flatten() {
-            let labels = r["metric"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                .collect();
-            let value = r["value"][1]
-                .as_str()
-                .and_then(|v| v.parse::<f64>().ok())
-                .with_context(|| format!("{promql}: value of {r}"))?;
-            out.push((labels, value));
-        }
-        Ok(out)
-    }
-
-    /// The one value of `promql`, an error when it has none or several.
-    async fn value(&self, promql: &str) -> Result<f64> {
-        match self.query(promql).await?.as_slice() {
-            [(_, v)] => Ok(*v),
-            other => bail!("{promql}: expected one result, got {other:?}"),
-        }
-    }
-
-    /// Waits until Prometheus holds a scrape of the collector that began
-    /// after `after` (Unix seconds).
-    async fn scraped_after(&mut self, after: f64) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("prometheus exited: {status}");
-        }
-        eventually(PATIENCE, "a scrape after the agents stopped", || async {
-            let t = self.value("timestamp(up{job=\"collector\"})").await.ok()?;
-            (t > after).then_some(())
-        })
-        .await
-    }
+/// Waits until `prometheus` holds a scrape of the collector that began
+/// after `after` (Unix seconds).
+async fn scraped_after(prometheus: &Prometheus, after: f64) -> Result<()> {
+    eventually(PATIENCE, "a scrape after the agents stopped", || async {
+        let t = prometheus
+            .query_one("timestamp(up{job=\"collector\"})")
+            .await
+            .ok()?;
+        (t > after).then_some(())
+    })
+    .await
+    .with_context(|| format!("prometheus log:\n{}", prometheus.log()))
 }
 
 fn unix_now() -> f64 {
@@ -146,39 +57,11 @@ async fn scrape(collector: &Collector) -> Result<String> {
     Ok(response.text().await?)
 }
 
-/// `promtool check metrics` on `body`: exit 0 and nothing reported.
-async fn promtool_check(body: &str) -> Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let bin = tool(PROMTOOL_ENV, &["/usr/bin/promtool"])?;
-    let mut child = Command::new(&bin)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let mut stdin = child.stdin.take().context("promtool stdin")?;
-    stdin.write_all(body.as_bytes()).await?;
-    drop(stdin);
-    let out = child.wait_with_output().await?;
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics: {}\n{report}",
-        out.status
-    );
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_agree_with_the_store() -> Result<()> {
     let dir = TestDir::new("collector-metrics")?;
     let collector = Collector::start(&dir, free_addr()?).await?;
-    let mut prometheus = Prometheus::start(&dir, collector.http).await?;
+    let prometheus = Prometheus::start(&dir, &[("collector", collector.http)]).await?;
     let ids = ["metrics-a", "metrics-b"];
     let mut agents = Vec::new();
     for (i, id) in ids.iter().enumerate() {
@@ -189,12 +72,8 @@ async fn prometheus_scrapes_agree_with_the_store() -> Result<()> {
         wait_for_counters(&collector.db, id, 2 + i, 10).await?;
     }
     // While they run: the target is up and its scrapes pass promtool.
-    eventually(PATIENCE, "prometheus sees the collector up", || async {
-        let up = prometheus.value("up{job=\"collector\"}").await.ok()?;
-        (up == 1.0).then_some(())
-    })
-    .await?;
-    promtool_check(&scrape(&collector).await?).await?;
+    prometheus.wait_for("up{job=\"collector\"}", 1.0).await?;
+    promtool_check_metrics(&scrape(&collector).await?).await?;
 
     // Stop the agents: each exits once every batch it took is acked, so
     // everything is committed before `stopped`.
@@ -202,7 +81,7 @@ async fn prometheus_scrapes_agree_with_the_store() -> Result<()> {
         agent.stop().await?;
     }
     let stopped = unix_now();
-    prometheus.scraped_after(stopped).await?;
+    scraped_after(&prometheus, stopped).await?;
 
     let mut total = 0.0;
     for (i, id) in ids.iter().enumerate() {
@@ -211,7 +90,7 @@ async fn prometheus_scrapes_agree_with_the_store() -> Result<()> {
         total += stored as f64;
         let sel = format!("{{agent=\"{id}\"}}");
         let committed = prometheus
-            .value(&format!(
+            .query_one(&format!(
                 "tributary_collector_agent_readings_committed_total{sel}"
             ))
             .await?;
@@ -237,14 +116,14 @@ async fn prometheus_scrapes_agree_with_the_store() -> Result<()> {
             ("tributary_collector_agent_connected", 0),
             ("tributary_collector_agent_skewed_readings_total", 0),
         ] {
-            let got = prometheus.value(&format!("{metric}{sel}")).await?;
+            let got = prometheus.query_one(&format!("{metric}{sel}")).await?;
             ensure!(
                 got == expected as f64,
                 "{id}: {metric} is {got}, expected {expected}"
             );
         }
         let lag = prometheus
-            .value(&format!("tributary_collector_agent_lag_seconds{sel}"))
+            .query_one(&format!("tributary_collector_agent_lag_seconds{sel}"))
             .await?;
         ensure!(lag == 0.0, "{id}: lag {lag} s after it drained");
         // Every device's counter arrived exactly once.
@@ -252,29 +131,32 @@ async fn prometheus_scrapes_agree_with_the_store() -> Result<()> {
     }
     // The histograms add up to the same readings.
     let grouped = prometheus
-        .value("tributary_collector_commit_group_readings_sum")
+        .query_one("tributary_collector_commit_group_readings_sum")
         .await?;
     ensure!(
         grouped == total,
         "commit group readings sum {grouped}, the store holds {total}"
     );
     let batches = prometheus
-        .value("sum(tributary_collector_agent_batches_committed_total)")
+        .query_one("sum(tributary_collector_agent_batches_committed_total)")
         .await?;
     let grouped_batches = prometheus
-        .value("tributary_collector_commit_group_batches_sum")
+        .query_one("tributary_collector_commit_group_batches_sum")
         .await?;
     ensure!(
         batches == grouped_batches && batches > 0.0,
         "batches committed {batches}, in groups {grouped_batches}"
     );
     ensure!(
-        prometheus.value("tributary_collector_streams_open").await? == 0.0,
+        prometheus
+            .query_one("tributary_collector_streams_open")
+            .await?
+            == 0.0,
         "streams still open after the agents stopped"
     );
     ensure!(
         prometheus
-            .value("sum(tributary_collector_store_errors_total)")
+            .query_one("sum(tributary_collector_store_errors_total)")
             .await?
             == 0.0,
         "store errors"
@@ -282,14 +164,17 @@ async fn prometheus_scrapes_agree_with_the_store() -> Result<()> {
     let info = prometheus.query("tributary_collector_build_info").await?;
     ensure!(
         info.len() == 1
-            && info[0].0.get("version").map(String::as_str) == Some(env!("CARGO_PKG_VERSION")),
+            && info[0].labels.get("version").map(String::as_str) == Some(env!("CARGO_PKG_VERSION")),
         "build info: {info:?}"
     );
     ensure!(
-        prometheus.value("process_resident_memory_bytes").await? > 0.0,
+        prometheus
+            .query_one("process_resident_memory_bytes")
+            .await?
+            > 0.0,
         "process metrics"
     );
-    promtool_check(&scrape(&collector).await?).await?;
+    promtool_check_metrics(&scrape(&collector).await?).await?;
     Ok(())
 }
 

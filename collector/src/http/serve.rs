@@ -4,17 +4,35 @@
 //! every request's headers, so a client that trickles bytes (slowloris)
 //! holds its slot for at most `header_read_timeout`.
 //!
+//! A connection also ends when it has been idle (no request in flight, none
+//! begun or ended) for `idle_timeout`, whatever its protocol: an HTTP/2
+//! client answers the server's keep-alive pings, and a plaintext client
+//! that sends nothing is still being asked for its protocol preface, so
+//! neither would otherwise ever give its slot back. And it ends
+//! `max_connection_age` after it was accepted, even when busy (a live event
+//! stream, a client that keeps asking), so no client holds a slot for good;
+//! the fleet page's event stream reconnects by itself. Either way the
+//! connection is asked to finish (HTTP/2 `GOAWAY`, HTTP/1.1 closes after
+//! the response in progress) and is dropped [`DRAIN`] later if it has not.
+//! A request is in flight from when its head is read until its response
+//! body has been sent or dropped ([`Tracked`]).
+//!
 //! Each request carries its connection's [`PeerAuth`] and peer address as
 //! extensions; `super::authorize` reads the first. Shutdown: stop
 //! accepting, ask every connection to finish what it is answering, and drop
 //! the ones still open after [`DRAIN`].
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use hyper::body::Incoming;
+use axum::body::Body;
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -22,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -34,7 +53,8 @@ use crate::roles::PeerAuth;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// How long open connections get to finish at shutdown.
+/// How long open connections get to finish at shutdown, or once idle or
+/// too old.
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// How long to pause accepting after an accept error such as EMFILE.
@@ -52,6 +72,12 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Most concurrent requests on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/1.1, HTTP/2, and a connection that never said which).
+    pub idle_timeout: Duration,
+    /// A connection is asked to close this long after it was accepted,
+    /// even when busy, and dropped [`DRAIN`] later if it has not.
+    pub max_connection_age: Duration,
 }
 
 impl Default for HttpLimits {
@@ -61,6 +87,8 @@ impl Default for HttpLimits {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 64,
+            idle_timeout: Duration::from_secs(60),
+            max_connection_age: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -144,8 +172,8 @@ pub async fn serve(
     }
 }
 
-/// One connection, HTTP/1.1 or HTTP/2, until it closes or shutdown asks
-/// it to finish.
+/// One connection, HTTP/1.1 or HTTP/2, until it closes, shutdown asks it
+/// to finish, or it is idle or too old (see the module doc).
 async fn serve_io<I>(
     io: I,
     auth: PeerAuth,
@@ -156,10 +184,25 @@ async fn serve_io<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = router.map_request(move |mut request: hyper::Request<Incoming>| {
+    let activity = Arc::new(Activity::new());
+    let tracked = activity.clone();
+    let service = tower::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(auth.clone());
         request.extensions_mut().insert(PeerAddr(peer));
-        request
+        // Taken before the router runs, so a request is in flight even
+        // while its handler waits; given to the body, so a streamed
+        // response stays in flight until it ends.
+        let guard = InFlight::begin(tracked.clone());
+        let router = router.clone();
+        async move {
+            let response = router.oneshot(request).await?;
+            Ok::<_, Infallible>(response.map(|body| {
+                Body::new(Tracked {
+                    body,
+                    _guard: guard,
+                })
+            }))
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -175,14 +218,121 @@ async fn serve_io<I>(
     let connection =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);
-    let result = tokio::select! {
-        r = connection.as_mut() => r,
-        _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let why = tokio::select! {
+        r = connection.as_mut() => {
+            if let Err(e) = r {
+                debug!(%peer, error = %e, "http: connection ended with an error");
+            }
+            return;
         }
+        _ = shutdown.cancelled() => "shutdown",
+        why = activity.ended(limits.idle_timeout, limits.max_connection_age) => why,
     };
-    if let Err(e) = result {
-        debug!(%peer, error = %e, "http: connection ended with an error");
+    debug!(%peer, why, "http: asking the connection to close");
+    connection.as_mut().graceful_shutdown();
+    match tokio::time::timeout(DRAIN, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(%peer, error = %e, "http: connection ended with an error"),
+        Err(_) => debug!(%peer, why, "http: connection still busy after the drain; dropped"),
     }
 }
+
+/// What one connection is doing, for its watchdog ([`Activity::ended`]):
+/// requests in flight, and when the last one began or ended. Updated by the
+/// connection's requests (HTTP/2 runs them on tasks of their own, hence
+/// atomics), read by the connection's task.
+#[derive(Debug)]
+struct Activity {
+    accepted: Instant,
+    in_flight: AtomicUsize,
+    /// When a request last began or ended, in ms after `accepted`.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            accepted: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Returns why once the connection has had no request in flight for
+    /// `idle`, or is `max_age` old.
+    async fn ended(&self, idle: Duration, max_age: Duration) -> &'static str {
+        let too_old = self.accepted + max_age;
+        loop {
+            let now = Instant::now();
+            if now >= too_old {
+                return "max_connection_age";
+            }
+            let idle_at = if self.in_flight.load(Ordering::Relaxed) > 0 {
+                // Busy: look again one idle period from now at the
+                // earliest.
+                now + idle
+            } else {
+                self.accepted + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+            };
+            if idle_at <= now {
+                return "idle_timeout";
+            }
+            tokio::time::sleep_until(idle_at.min(too_old)).await;
+        }
+    }
+}
+
+/// One request in flight on its connection, from its head to the end (or
+/// drop) of its response body.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request in flight until it is dropped.
+struct Tracked {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+#[path = "serve_tests.rs"]
+mod tests;

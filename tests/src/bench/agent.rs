@@ -146,27 +146,3 @@ impl AgentProc {
         Ok(())
     }
 }
-
-/// Scrapes the agent's `/metrics` once a second until `stop`; fails on a
-/// scrape that is not a 200 with the agent's poll counts. Returns the
-/// number of scrapes.
-pub async fn scrape_every_second(
-    addr: std::net::SocketAddr,
-    stop: tokio_util::sync::CancellationToken,
-) -> Result<u64> {
-    let mut scrapes = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(scrapes),
-            _ = tick.tick() => {}
-        }
-        let (status, body) =
-            tributary_tests::peers::prometheus::http_get(addr, "/metrics", None).await?;
-        anyhow::ensure!(
-            status == 200 && body.contains("tributary_agent_polls_total"),
-            "scrape of {addr}: {status}"
-        );
-        scrapes += 1;
-    }
-}

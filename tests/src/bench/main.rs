@@ -27,6 +27,7 @@ mod collector;
 mod counting_proxy;
 mod ingest;
 mod load;
+mod metrics_cost;
 mod options;
 mod poll;
 mod progress;

@@ -6,6 +6,14 @@
 //! samples scraped (the simulators count the scrapes; both sides store
 //! every scraped sample, which the checks confirm), and peak RSS (agent and
 //! collector added up for Tributary). The ratios are Tributary / Prometheus.
+//!
+//! The Tributary side runs twice in each run: with its metrics off (the
+//! agent's `[metrics] listen = "off"`, the collector's `--http-listen off`)
+//! and on (both served and scraped every 15 s, Prometheus's default), in
+//! the order off, on, on, off, ... (`metrics_cost`). The comparison with
+//! Prometheus uses the runs with metrics off; `metrics_cpu_ratio` is the
+//! median of Tributary's CPU per sample with metrics on over the median
+//! with them off.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +29,7 @@ use tributary_tests::process::{free_addr, wait_for_port};
 
 use crate::agent::{AgentConfig, AgentProc, HEALTH_READINGS_PER_POLL, UP_METRIC};
 use crate::collector::{CollectorProc, QueryClient, WorkDir};
+use crate::metrics_cost::{self, OnOff};
 use crate::options::{Format, Options};
 use crate::poll::{await_first_poll, device_name};
 use crate::progress::Progress;
@@ -105,6 +114,14 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("tributary_samples_per_s", "samples/s", None);
     report.declare("prometheus_samples_per_s", "samples/s", None);
     report.declare("expected_samples_per_s", "samples/s", None);
+    report.declare("tributary_cpu_s_per_million_metrics_on", "CPU-s/M", None);
+    report.declare("metrics_scrapes", "scrapes", None);
+    OnOff::declare(&mut report, "metrics_cpu_ratio", "metrics_cpu_ratio_pairs");
+    report.config(
+        "metrics_scrape_interval_s",
+        metrics_cost::scrape_interval(cfg.duration).as_secs_f64(),
+    );
+    let mut cost = OnOff::default();
 
     let mut sims: Vec<HttpListening> = Vec::new();
     for _ in 0..cfg.targets.div_ceil(TARGETS_PER_LISTENER) {
@@ -134,12 +151,32 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     };
     for r in 1..=runs {
         let label = format!("vs-prometheus run {r}/{runs}");
-        let t = tributary_side(&cfg, &sims, &label, progress, &mut report, r).await?;
+        let mut off = None;
+        for metrics in metrics_cost::order(r) {
+            let label = format!("{label} (metrics {})", if metrics { "on" } else { "off" });
+            let side =
+                tributary_side(&cfg, &sims, &label, metrics, progress, &mut report, r).await?;
+            rate_check(
+                &mut report,
+                r,
+                &format!("Tributary (metrics {})", if metrics { "on" } else { "off" }),
+                side.samples_per_s,
+            );
+            cost.add(metrics, side.cpu_per_million);
+            if metrics {
+                report.record(
+                    "tributary_cpu_s_per_million_metrics_on",
+                    side.cpu_per_million,
+                );
+            } else {
+                off = Some(side);
+            }
+        }
+        let Some(t) = off else { continue };
         report.record("tributary_cpu_s_per_million", t.cpu_per_million);
         report.record("tributary_peak_rss_mib", t.peak_mib);
         report.record("tributary_samples_per_s", t.samples_per_s);
         report.record("expected_samples_per_s", expected_rate);
-        rate_check(&mut report, r, "Tributary", t.samples_per_s);
         let Some(bin) = &cfg.prometheus else { continue };
         let p = prometheus_side(&cfg, bin, &sims, &label, progress, &mut report, r).await?;
         rate_check(&mut report, r, "Prometheus", p.samples_per_s);
@@ -153,6 +190,13 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
             t.cpu_per_million, p.cpu_per_million, t.peak_mib, p.peak_mib
         ));
     }
+    cost.record(
+        &mut report,
+        "metrics_cpu_ratio",
+        "metrics_cpu_ratio_pairs",
+        "Tributary's (agent + collector) CPU-s per million samples",
+        metrics_cost::scrape_interval(cfg.duration),
+    );
     for sim in sims {
         sim.stop().await?;
     }
@@ -160,8 +204,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         report.note("prometheus not found: only the Tributary side ran");
     }
     report.note("CPU per million counts samples scraped from the targets (simulator request counts × samples per scrape); both sides store them all (see the checks); Tributary also stores its `up` series per target, Prometheus 5 series of its own per target");
-    report
-        .note("the targets run inside tributary-bench; each side runs alone, one after the other");
+    report.note("the targets run inside tributary-bench; each side runs alone, one after the other; the Tributary numbers without a `_metrics_on` suffix (and the ratios to Prometheus) come from its runs with metrics off");
     Ok(report.finish())
 }
 
@@ -179,16 +222,24 @@ fn target_url(sims: &[HttpListening], i: usize, extra: usize) -> String {
     sims[i / TARGETS_PER_LISTENER].url(&format!("/metrics?extra={extra}&device={i}"))
 }
 
+/// One run of the agent and the collector, with their metrics served and
+/// scraped (`metrics`) or off.
 async fn tributary_side(
     cfg: &Config,
     sims: &[HttpListening],
     label: &str,
+    metrics: bool,
     progress: &Progress,
     report: &mut Report,
     r: usize,
 ) -> Result<Side> {
     let dir = WorkDir::new("vs-prometheus-tributary", cfg.keep)?;
-    let collector = CollectorProc::start(&dir).await?;
+    let (agent_metrics, collector_http) = (free_addr()?, free_addr()?);
+    let collector = if metrics {
+        CollectorProc::start_with_http(&dir, collector_http).await?
+    } else {
+        CollectorProc::start(&dir).await?
+    };
     let mut query = QueryClient::connect(&collector.url).await?;
     let mut config = AgentConfig::new(AGENT, &collector.url, &dir);
     let extra = cfg.samples - BASE_SAMPLES;
@@ -199,6 +250,9 @@ async fn tributary_side(
             Format::Prometheus,
             cfg.interval,
         );
+    }
+    if metrics {
+        config.metrics(agent_metrics);
     }
     let start = served(sims);
     let mut agent = AgentProc::start(&dir, AGENT, config)?;
@@ -213,6 +267,24 @@ async fn tributary_side(
     agent.ensure_running()?;
     let (a0, c0, s0) = (agent.sample()?, collector.sample()?, served(sims));
     let t0 = Instant::now();
+    let stop_scraping = tokio_util::sync::CancellationToken::new();
+    let every = metrics_cost::scrape_interval(cfg.duration);
+    let scrapers = metrics.then(|| {
+        [
+            tokio::spawn(metrics_cost::scrape(
+                agent_metrics,
+                "tributary_agent_polls_total",
+                every,
+                stop_scraping.clone(),
+            )),
+            tokio::spawn(metrics_cost::scrape(
+                collector_http,
+                "tributary_collector_",
+                every,
+                stop_scraping.clone(),
+            )),
+        ]
+    });
     progress
         .wait(
             cfg.duration,
@@ -221,6 +293,16 @@ async fn tributary_side(
         )
         .await;
     let elapsed = t0.elapsed().as_secs_f64();
+    stop_scraping.cancel();
+    if let Some([a, c]) = scrapers {
+        let (a, c) = (a.await??, c.await??);
+        report.record("metrics_scrapes", (a + c) as f64);
+        report.check(
+            format!("run {r}: the agent's and the collector's metrics were scraped"),
+            a > 0 && c > 0,
+            format!("{a} scrapes of the agent, {c} of the collector"),
+        );
+    }
     agent.ensure_running()?;
     let (a1, c1, s1) = (agent.sample()?, collector.sample()?, served(sims));
     agent.stop().await?;
@@ -237,24 +319,33 @@ async fn tributary_side(
     let per_scrape = cfg.samples as u64 + HEALTH_READINGS_PER_POLL;
     let ok_scrapes = scrapes - failed.min(scrapes);
     let expected = ok_scrapes * per_scrape + failed * (1 + HEALTH_READINGS_PER_POLL);
+    let side = if metrics { "metrics on" } else { "metrics off" };
     report.check(
-        format!("run {r}: Tributary stored every sample scraped"),
+        format!("run {r}: Tributary ({side}) stored every sample scraped"),
         stored == expected,
         format!(
             "{stored} stored, {scrapes} scrapes: {ok_scrapes} ok × ({} + up), {failed} failed × (failure + up); agent reports {dropped} dropped",
             cfg.samples
         ),
     );
-    report.record("tributary_failed_scrapes", failed as f64);
     let peak = collector_peak + a1.hwm;
     collector.stop().await?;
     let samples = ((s1 - s0) * cfg.samples as u64) as f64;
     let cpu = (a1.cpu_s - a0.cpu_s) + (c1.cpu_s - c0.cpu_s);
-    report.record("agent_startup_s", startup);
-    report.record("agent_cpu_cores", (a1.cpu_s - a0.cpu_s) / elapsed);
-    report.record("collector_cpu_cores", (c1.cpu_s - c0.cpu_s) / elapsed);
-    report.record("agent_peak_rss_mib", mib(a1.hwm));
-    report.record("collector_peak_rss_mib", mib(collector_peak));
+    if !metrics {
+        report.record("tributary_failed_scrapes", failed as f64);
+        report.record("agent_startup_s", startup);
+        report.record("agent_cpu_cores", (a1.cpu_s - a0.cpu_s) / elapsed);
+        report.record("collector_cpu_cores", (c1.cpu_s - c0.cpu_s) / elapsed);
+        report.record("agent_peak_rss_mib", mib(a1.hwm));
+        report.record("collector_peak_rss_mib", mib(collector_peak));
+    }
+    progress.say(&format!(
+        "{label}: Tributary {:.3} CPU-s per million samples (agent {:.3} core, collector {:.3})",
+        cpu / samples.max(1.0) * 1e6,
+        (a1.cpu_s - a0.cpu_s) / elapsed,
+        (c1.cpu_s - c0.cpu_s) / elapsed,
+    ));
     Ok(Side {
         cpu_per_million: cpu / samples.max(1.0) * 1e6,
         peak_mib: mib(peak),

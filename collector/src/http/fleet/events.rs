@@ -15,16 +15,25 @@
 //! broadcast lags) or does not drain its queue loses events rather than
 //! slowing anyone down, and is told with `resync`. The stream ends when the
 //! client goes or the collector shuts down (`HttpContext::shutdown`).
+//!
+//! At most [`MAX_SUBSCRIBERS`] streams are open at once (each holds a task,
+//! a queue and a Tail subscription, and every commit is encoded once per
+//! stream): one more is answered `503 Service Unavailable` with a body that
+//! says so and a `Retry-After`, and the page tries again later.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
@@ -43,20 +52,51 @@ const EVENT_BUFFER: usize = 64;
 /// in the store) and, when nothing changed, a keep-alive comment is sent.
 pub const AGENTS_EVERY: Duration = Duration::from_secs(2);
 
+/// Event streams open at once on one collector; one more is refused with
+/// 503 (see the module doc).
+pub const MAX_SUBSCRIBERS: usize = 128;
+
+/// Seconds a refused client is asked to wait (`Retry-After`).
+const RETRY_AFTER_S: u64 = 10;
+
+/// The open event streams' slots (a request extension, one per router).
+#[derive(Debug, Clone)]
+pub struct Subscribers(Arc<Semaphore>, usize);
+
+impl Subscribers {
+    /// Room for `max` streams at once.
+    pub fn new(max: usize) -> Subscribers {
+        Subscribers(Arc::new(Semaphore::new(max)), max)
+    }
+}
+
 /// `GET /api/fleet/events`.
 pub async fn events(
     State(ctx): State<HttpContext>,
+    Extension(slots): Extension<Subscribers>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
     let series = match Params::new(query, &["series"]).and_then(|p| p.series_id("series")) {
         Ok(series) => series,
         Err(e) => return e.into_response(),
     };
+    let Ok(slot) = slots.0.clone().try_acquire_owned() else {
+        debug!(max = slots.1, "fleet events: refused, every slot taken");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(RETRY_AFTER, RETRY_AFTER_S.to_string())],
+            format!(
+                "too many live event streams: this collector serves at most {} at once (the fleet page's live updates); try again later\n",
+                slots.1
+            ),
+        )
+            .into_response();
+    };
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     // Subscribe before answering, so no commit after the page's reads is
     // missed between them.
     let commits = ctx.tail.subscribe();
-    tokio::spawn(feed(ctx, series, commits, tx));
+    tokio::spawn(feed(ctx, series, commits, tx, slot));
     Sse::new(ReceiverStream::new(rx).map(Ok::<Event, Infallible>)).into_response()
 }
 
@@ -97,12 +137,14 @@ struct Points {
 }
 
 /// Feeds one client until it goes, the broadcast closes or the collector
-/// shuts down; dropping `tx` ends the response.
+/// shuts down; dropping `tx` ends the response, dropping `_slot` frees the
+/// client's slot.
 async fn feed(
     ctx: HttpContext,
     series: Option<i64>,
     mut commits: broadcast::Receiver<Committed>,
     tx: mpsc::Sender<Event>,
+    _slot: OwnedSemaphorePermit,
 ) {
     let mut out = Outbox { tx, behind: false };
     out.send_json(

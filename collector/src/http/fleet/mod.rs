@@ -17,7 +17,7 @@
 //! | `/api/fleet` | agents (as ListAgents) and devices (as ListSeries groups them, with health from the `up` series) |
 //! | `/api/fleet/series?agent=&device=` | a device's series, for the chart's picker |
 //! | `/api/fleet/range?series=ID&window=5m` | the chart's points (as Range, thinned above [`api::MAX_POINTS`]) |
-//! | `/api/fleet/events?series=ID` | server-sent events: devices, agents, the charted series' points, `resync` |
+//! | `/api/fleet/events?series=ID` | server-sent events: devices, agents, the charted series' points, `resync`; at most [`events::MAX_SUBSCRIBERS`] at once, 503 beyond |
 //!
 //! Owns nothing mutable. May import: `crate::query` (the conversions and
 //! `merge_agents`, so the page shows what ListAgents answers), the store's
@@ -36,18 +36,26 @@ mod thin;
 #[cfg(test)]
 mod tests;
 
-use axum::Router;
 use axum::routing::get;
+use axum::{Extension, Router};
 
 use super::HttpContext;
 
 /// The fleet page's routes, merged into the listener's protected router.
 pub fn routes() -> Router<HttpContext> {
+    routes_with(events::MAX_SUBSCRIBERS)
+}
+
+/// The routes with room for `max_subscribers` event streams at once.
+fn routes_with(max_subscribers: usize) -> Router<HttpContext> {
     Router::new()
         .route("/", get(assets::index))
         .route("/assets/{name}", get(assets::asset))
         .route("/api/fleet", get(api::fleet))
         .route("/api/fleet/series", get(api::series))
         .route("/api/fleet/range", get(api::range))
-        .route("/api/fleet/events", get(events::events))
+        .route(
+            "/api/fleet/events",
+            get(events::events).layer(Extension(events::Subscribers::new(max_subscribers))),
+        )
 }

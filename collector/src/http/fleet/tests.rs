@@ -327,3 +327,61 @@ async fn events_carry_health_and_points_and_end_at_shutdown() {
     .await;
     assert!(end.is_ok(), "the event stream outlived the shutdown");
 }
+
+/// Two slots: a third stream is refused with 503 and a body that says why;
+/// once a client goes, its slot takes a new one.
+#[tokio::test]
+async fn event_streams_are_capped() {
+    use tokio_stream::StreamExt as _;
+
+    let (ctx, _live_tx) = context();
+    let app = super::routes_with(2).with_state(ctx);
+    let open = async |app: &axum::Router| {
+        app.clone()
+            .oneshot(
+                Request::get("/api/fleet/events")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let response = open(&app).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body().into_data_stream();
+        let hello = tokio::time::timeout(std::time::Duration::from_secs(10), body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&hello).contains("event: hello"));
+        streams.push(body);
+    }
+    let refused = open(&app).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()[header::RETRY_AFTER], "10");
+    let why = axum::body::to_bytes(refused.into_body(), 4096)
+        .await
+        .unwrap();
+    let why = String::from_utf8_lossy(&why);
+    assert!(
+        why.contains("too many live event streams") && why.contains("at most 2 at once"),
+        "{why}"
+    );
+    // One client goes: its feed notices and gives the slot back.
+    drop(streams.pop());
+    let admitted = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let response = open(&app).await;
+            if response.status() == StatusCode::OK {
+                return response;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slot of the client that went was never freed");
+    drop(admitted);
+}

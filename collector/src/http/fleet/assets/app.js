@@ -117,7 +117,14 @@ function connect() {
   const source = new EventSource(url);
   state.source = source;
   source.addEventListener("open", () => setLive("live", "ok"));
-  source.addEventListener("error", () => setLive("reconnecting…", "bad"));
+  source.addEventListener("error", () => {
+    setLive("reconnecting…", "bad");
+    // A refused stream (503: the collector's cap on live streams) is not
+    // retried by the browser: try again later.
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(() => { if (state.source === source) connect(); }, 10000);
+    }
+  });
   let greeted = false;
   source.addEventListener("hello", () => {
     // Subscribed: a read from now on misses no commit. After a reconnect,
