@@ -1,6 +1,6 @@
 //! `tributary-agent`: `run` polls devices and streams readings to a
 //! collector, serving its own metrics at `/metrics`; `check` polls every
-//! device once and reports. Thin: parse, validate the config, set up
+//! device once and reports; `config` prints the effective config. Thin: parse, validate the config, set up
 //! tracing, run.
 
 use std::net::SocketAddr;
@@ -59,6 +59,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the effective config (every include, default, template and
+    /// inventory row applied, `${VAR}` expanded, secrets shown as
+    /// `<redacted>`) after validating it; exit 2 if it is invalid.
+    Config {
+        /// Agent config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +84,23 @@ fn main() -> ExitCode {
             false,
         ),
         Command::Check { config } => (config.clone(), None, None, true),
+        Command::Config { config } => {
+            return match config::effective(config, &tributary_config::env_lookup) {
+                Ok((cfg, shown)) => {
+                    print!("{shown}");
+                    eprintln!(
+                        "# {}: valid, {} device(s)",
+                        config.display(),
+                        cfg.devices.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     let mut config = match config::load(&path) {
         Ok(c) => c,

@@ -61,6 +61,7 @@ fn device(name: &str, interval_ms: u64, driver: DriverConfig) -> (DeviceConfig, 
         interval: Duration::from_millis(interval_ms),
         timeout: Duration::from_millis(interval_ms),
         backoff_max: Duration::from_millis(interval_ms * 4),
+        labels: Default::default(),
         driver,
     };
     let driver = Driver::build(&config).expect("driver");

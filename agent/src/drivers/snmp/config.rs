@@ -447,6 +447,8 @@ pub fn oid_string(oid: &[u32]) -> String {
 }
 
 impl Settings for SnmpConfig {
+    const SECRETS: &'static [&'static str] = &["community", "auth_password", "priv_password"];
+
     fn parse(mut table: DriverTable<'_, '_>) -> Result<Self, ConfigError> {
         let raw: RawSnmp = table.deserialize()?;
         raw.validate(table.src, table.key, table.span.clone())
