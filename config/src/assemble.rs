@@ -82,6 +82,25 @@ impl Assembler {
         u32::try_from(self.files.len() - 1).unwrap_or(u32::MAX)
     }
 
+    /// A comment line in the shown text only (the parsed text keeps one
+    /// line per origin).
+    /// An empty `text` is a blank line.
+    pub fn comment(&mut self, text: &str) {
+        if !text.is_empty() {
+            self.shown.push_str("# ");
+            self.shown.push_str(text);
+        }
+        self.shown.push('\n');
+    }
+
+    /// `file:line` of an origin.
+    pub fn place(&self, origin: Origin) -> String {
+        match self.files.get(origin.file as usize) {
+            Some(f) => format!("{}:{}", f.display(), origin.line),
+            None => format!("?:{}", origin.line),
+        }
+    }
+
     pub fn push(&mut self, line: &Line) {
         self.text.push_str(&line.text);
         self.text.push('\n');

@@ -202,3 +202,357 @@ fn a_layered_site_equals_the_site_written_out_in_full() -> Result<()> {
     ensure!(layered == full, "the top level differs");
     Ok(())
 }
+
+/// Writes `files` under a fresh directory and loads its `agent.toml`; the
+/// error, with the directory's path shortened to `DIR`.
+fn load_err(name: &str, files: &[(&str, &str)]) -> Result<String> {
+    let dir = TestDir::new(name)?;
+    for (file, text) in files {
+        write(dir.path(), file, text)?;
+    }
+    let main = dir.path().join("agent.toml");
+    let text = std::fs::read_to_string(&main)?;
+    let e = match config::parse_with(&text, &main, &env) {
+        Ok(_) => anyhow::bail!("{name}: the config was accepted"),
+        Err(e) => e.to_string(),
+    };
+    Ok(e.replace(&dir.path().display().to_string(), "DIR"))
+}
+
+const HEAD: &str = "id = \"a\"\ncollectors = [\"http://127.0.0.1:7400\"]\n";
+
+#[test]
+fn each_mistake_is_named_where_it_was_made() -> Result<()> {
+    let snmp = "driver = \"snmp\"\naddress = \"10.0.0.1:161\"\nmetrics = [{ name = \"up\", oid = \"1.3.6.1.2.1.1.3.0\" }]\n";
+    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+        (
+            "unset-var",
+            vec![(
+                "agent.toml",
+                format!(
+                    "{HEAD}\n[[devices]]\nname = \"s\"\ndriver = \"sim\"\ninterval = \"${{POLL_EVERY}}\"\n"
+                ),
+            )],
+            "DIR/agent.toml:7: devices[0].interval: environment variable POLL_EVERY is not set (use ${POLL_EVERY:-default} for a default)",
+        ),
+        (
+            "unset-var-in-include",
+            vec![
+                (
+                    "agent.toml",
+                    format!("{HEAD}include = [\"conf.d/*.toml\"]\n"),
+                ),
+                (
+                    "conf.d/a.toml",
+                    format!(
+                        "[[devices]]\nname = \"r\"\n{snmp}community = \"${{SNMP_COMMUNITY}}\"\n"
+                    ),
+                ),
+            ],
+            "DIR/conf.d/a.toml:6: devices[0].community: environment variable SNMP_COMMUNITY is not set (use ${SNMP_COMMUNITY:-default} for a default)",
+        ),
+        (
+            "missing-secret-file",
+            vec![(
+                "agent.toml",
+                format!(
+                    "{HEAD}\n[[devices]]\nname = \"r\"\n{snmp}community_file = \"nope/community\"\n"
+                ),
+            )],
+            "DIR/agent.toml:9: devices[0].community_file: cannot read secret file DIR/nope/community: No such file or directory (os error 2)",
+        ),
+        (
+            "secret-twice",
+            vec![
+                ("c", "x\n".to_owned()),
+                (
+                    "agent.toml",
+                    format!(
+                        "{HEAD}\n[[devices]]\nname = \"r\"\n{snmp}community = \"a\"\ncommunity_file = \"c\"\n"
+                    ),
+                ),
+            ],
+            "DIR/agent.toml:10: devices[0].community_file: `community` is set twice: use either `community` or `community_file`",
+        ),
+        (
+            "bad-csv-row",
+            vec![
+                (
+                    "agent.toml",
+                    format!(
+                        "{HEAD}\n[templates.sw]\n{snmp}\n[[inventories]]\nfile = \"sw.csv\"\ntemplate = \"sw\"\n"
+                    ),
+                ),
+                (
+                    "sw.csv",
+                    "name,address\nsw1,10.0.0.1:161\nsw2,10.0.0.2:161,extra\n".to_owned(),
+                ),
+            ],
+            "DIR/sw.csv:3: row has 3 fields, the header has 2 (name,address)",
+        ),
+        (
+            "bad-csv-value",
+            vec![
+                (
+                    "agent.toml",
+                    format!(
+                        "{HEAD}\n[templates.sw]\ninterval = \"1m\"\n{snmp}\n[[inventories]]\nfile = \"sw.csv\"\ntemplate = \"sw\"\n"
+                    ),
+                ),
+                ("sw.csv", "name,interval\nsw1,30s\nsw2,5x\n".to_owned()),
+            ],
+            "DIR/sw.csv:3: devices[1].interval: invalid duration \"5x\"",
+        ),
+        (
+            "unknown-csv-column",
+            vec![
+                (
+                    "agent.toml",
+                    format!(
+                        "{HEAD}\n[templates.sw]\ninterval = \"1m\"\n{snmp}\n[[inventories]]\nfile = \"sw.csv\"\ntemplate = \"sw\"\n"
+                    ),
+                ),
+                ("sw.csv", "name,comunity\nsw1,public\n".to_owned()),
+            ],
+            "DIR/sw.csv:2: devices[0]: unknown key `comunity` for driver snmp",
+        ),
+        (
+            "duplicate-across-files",
+            vec![
+                (
+                    "agent.toml",
+                    format!(
+                        "{HEAD}include = [\"conf.d/*.toml\"]\n\n[[devices]]\nname = \"pump\"\ndriver = \"sim\"\ninterval = \"1s\"\n"
+                    ),
+                ),
+                (
+                    "conf.d/b.toml",
+                    "\n[[devices]]\nname = \"pump\"\ndriver = \"sim\"\ninterval = \"1s\"\n"
+                        .to_owned(),
+                ),
+            ],
+            "DIR/conf.d/b.toml:3: devices[1].name: duplicate device name \"pump\" (first defined at DIR/agent.toml:6)",
+        ),
+        (
+            "duplicate-in-csv",
+            vec![
+                (
+                    "agent.toml",
+                    format!(
+                        "{HEAD}\n[[devices]]\nname = \"sw2\"\ndriver = \"sim\"\ninterval = \"1s\"\n\n[templates.sw]\ninterval = \"1m\"\n{snmp}\n[[inventories]]\nfile = \"sw.csv\"\ntemplate = \"sw\"\n"
+                    ),
+                ),
+                ("sw.csv", "name\nsw1\nsw2\n".to_owned()),
+            ],
+            "DIR/sw.csv:3: devices[2].name: duplicate device name \"sw2\" (first defined at DIR/agent.toml:5)",
+        ),
+        (
+            "error-in-template",
+            vec![(
+                "agent.toml",
+                format!(
+                    "{HEAD}\n[templates.t]\ndriver = \"sim\"\ninterval = \"5x\"\n\n[[devices]]\nname = \"s\"\ntemplate = \"t\"\n"
+                ),
+            )],
+            "DIR/agent.toml:6: devices[0].interval: invalid duration \"5x\"",
+        ),
+        (
+            "error-in-defaults",
+            vec![(
+                "agent.toml",
+                format!(
+                    "{HEAD}\n[defaults]\ninterval = \"0s\"\n\n[[devices]]\nname = \"s\"\ndriver = \"sim\"\n"
+                ),
+            )],
+            "DIR/agent.toml:5: devices[0].interval: interval must be greater than 0",
+        ),
+        (
+            "unknown-template",
+            vec![(
+                "agent.toml",
+                format!(
+                    "{HEAD}\n[templates.t]\ndriver = \"sim\"\n\n[[devices]]\nname = \"s\"\ntemplate = \"x\"\n"
+                ),
+            )],
+            "DIR/agent.toml:9: devices[0].template: unknown template \"x\" (expected one of t)",
+        ),
+        (
+            "template-chain",
+            vec![(
+                "agent.toml",
+                format!(
+                    "{HEAD}\n[templates.a]\ndriver = \"sim\"\n[templates.b]\ntemplate = \"a\"\n"
+                ),
+            )],
+            "DIR/agent.toml:7: templates.b.template: a template may not name another template",
+        ),
+        (
+            "nested-include",
+            vec![
+                (
+                    "agent.toml",
+                    format!("{HEAD}include = [\"conf.d/*.toml\"]\n"),
+                ),
+                ("conf.d/a.toml", "include = [\"more/*.toml\"]\n".to_owned()),
+            ],
+            "DIR/conf.d/a.toml:1: include: includes do not nest: only the main config file may include files",
+        ),
+        (
+            "unknown-default",
+            vec![(
+                "agent.toml",
+                format!("{HEAD}\n[defaults]\ncommunity = \"x\"\n"),
+            )],
+            "DIR/agent.toml:5: defaults.community: unknown key `community` in [defaults]",
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (name, files, expected) in &cases {
+        let files: Vec<(&str, &str)> = files.iter().map(|(f, t)| (*f, t.as_str())).collect();
+        let e = load_err(name, &files)?;
+        if !e.starts_with(expected) {
+            failed.push(format!("{name}:\n  got      {e}\n  expected {expected}"));
+        }
+    }
+    ensure!(failed.is_empty(), "{}", failed.join("\n"));
+    Ok(())
+}
+
+/// Runs `tributary-agent <args>` with debug logs and `envs`; stdout and
+/// stderr together, and whether it succeeded.
+fn agent(args: &[&str], config: &Path, envs: &[(&str, &str)]) -> Result<(String, bool)> {
+    let out = std::process::Command::new(bin_path("tributary-agent")?)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "debug")
+        .envs(envs.iter().copied())
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((text, out.status.success()))
+}
+
+#[test]
+fn secrets_never_appear_in_config_or_check_output() -> Result<()> {
+    let dir = TestDir::new("agent-config-secrets")?;
+    let d = dir.path();
+    let mqtt_password = "s3cret-mqtt-41c2";
+    let basic_password = "s3cret-basic-8d77";
+    write(d, "secrets/community", &format!("{COMMUNITY}\n"))?;
+    write(d, "secrets/token", TOKEN)?;
+    write(d, "secrets/mqtt", mqtt_password)?;
+    // An SNMP agent that never answers, an HTTP port that refuses.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let snmp_addr = silent.local_addr()?;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    write(
+        d,
+        "agent.toml",
+        &format!(
+            r#"id = "secrets"
+collectors = ["http://127.0.0.1:7400"]
+
+[defaults]
+timeout = "300ms"
+interval = "10s"
+
+[templates.switch]
+driver = "snmp"
+version = "2c"
+community_file = "secrets/community"
+metrics = [{{ name = "uptime", oid = "1.3.6.1.2.1.1.3.0" }}]
+
+[[devices]]
+name = "switch"
+template = "switch"
+address = "{snmp_addr}"
+
+[[devices]]
+name = "router"
+driver = "snmp"
+address = "{snmp_addr}"
+version = "3"
+user = "monitor"
+auth_protocol = "sha256"
+auth_password = "${{ROUTER_AUTH}}"
+metrics = [{{ name = "uptime", oid = "1.3.6.1.2.1.1.3.0" }}]
+
+[[devices]]
+name = "meter"
+driver = "prometheus"
+url = "http://{closed}/metrics"
+bearer_token_file = "secrets/token"
+
+[[devices]]
+name = "pdu"
+driver = "prometheus"
+url = "http://{closed}/metrics"
+username = "admin"
+password = "${{BASIC_PASSWORD}}"
+
+[[devices]]
+name = "sensors"
+driver = "mqtt"
+broker = "127.0.0.1:1883"
+username = "agent"
+password_file = "secrets/mqtt"
+topics = [{{ filter = "tributary-secrets-test/#", metric = "t" }}]
+"#
+        ),
+    )?;
+    let envs = [
+        ("ROUTER_AUTH", ROUTER_PASSWORD),
+        ("BASIC_PASSWORD", basic_password),
+    ];
+    let secrets = [
+        COMMUNITY,
+        TOKEN,
+        ROUTER_PASSWORD,
+        mqtt_password,
+        basic_password,
+    ];
+    let config = d.join("agent.toml");
+
+    let (shown, ok) = agent(&["config"], &config, &envs)?;
+    ensure!(ok, "config must succeed:\n{shown}");
+    ensure!(
+        shown.matches("\"<redacted>\"").count() == secrets.len(),
+        "every secret is shown redacted:\n{shown}"
+    );
+    ensure!(
+        shown.contains("# ") && shown.contains("valid, 5 device(s)"),
+        "{shown}"
+    );
+
+    let (checked, ok) = agent(&["check"], &config, &envs)?;
+    ensure!(!ok, "check must fail (no device answers):\n{checked}");
+    ensure!(
+        checked.contains("switch") && checked.contains("meter"),
+        "{checked}"
+    );
+
+    // A refused secret is named by its key, never by its value.
+    let (refused, ok) = agent(
+        &["config"],
+        &config,
+        &[("ROUTER_AUTH", "sh0rt"), ("BASIC_PASSWORD", basic_password)],
+    )?;
+    ensure!(!ok && refused.contains("auth_password"), "{refused}");
+    ensure!(
+        !refused.contains("sh0rt"),
+        "the refused secret is not echoed: {refused}"
+    );
+
+    for secret in secrets {
+        ensure!(!shown.contains(secret), "`config` shows a secret:\n{shown}");
+        ensure!(
+            !checked.contains(secret),
+            "`check` shows a secret:\n{checked}"
+        );
+    }
+    Ok(())
+}

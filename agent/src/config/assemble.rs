@@ -462,6 +462,16 @@ impl<'a> Devices<'a> {
             overlay(&mut merged, &own);
             merged
         };
+        // `name` and `driver` first, for the reader of the shown config.
+        let mut merged = merged;
+        merged.sort_by_key(|(k, _)| match k.as_str() {
+            "name" => 0,
+            "driver" => 1,
+            _ => 2,
+        });
+        let place = self.asm.place(origin);
+        self.asm.comment("");
+        self.asm.comment(&place);
         self.asm.push(&Line::new("[[devices]]".to_owned(), origin));
         self.asm.push_entries(merged.iter().map(|(_, e)| e));
         self.count += 1;

@@ -270,3 +270,38 @@ async fn shared_gateway_sees_one_poll_at_a_time_with_pauses() {
         "pause between requests: {gap:?}"
     );
 }
+
+#[tokio::test]
+async fn device_labels_reach_every_series_of_the_device() {
+    let sim = DriverConfig::Sim(SimConfig { series: 2 });
+    let (mut labelled, driver) = device("pump", 10, sim.clone());
+    labelled.labels = [("site", "paris"), ("i", "from-device")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let (all, _) = run_until(vec![(labelled, driver), device("plain", 10, sim)], |all| {
+        values(all, "pump", UP_METRIC).len() >= 2 && values(all, "plain", UP_METRIC).len() >= 2
+    })
+    .await;
+    let mut seen = 0;
+    for r in &all {
+        let labels = r.series.labels.to_map();
+        if &*r.series.device == "pump" {
+            seen += 1;
+            assert_eq!(
+                labels.get("site").map(String::as_str),
+                Some("paris"),
+                "{r:?}"
+            );
+            // A label the driver sets itself (the sim gauges' `i`) wins.
+            if &*r.series.metric == "gauge" {
+                assert_ne!(labels.get("i").map(String::as_str), Some("from-device"));
+            } else {
+                assert_eq!(labels.get("i").map(String::as_str), Some("from-device"));
+            }
+        } else {
+            assert!(!labels.contains_key("site"), "{r:?}");
+        }
+    }
+    assert!(seen > 0);
+}
