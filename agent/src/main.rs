@@ -261,6 +261,9 @@ async fn run(
             }
         }
     }
+    // The fleet holds a sender of the uplink's channel: the uplink ends
+    // once every sender is gone.
+    drop(fleet);
     tracker.close();
     info!("shutdown: finishing polls in flight, then flushing");
     shutdown.cancel();
