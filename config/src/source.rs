@@ -73,8 +73,12 @@ pub struct Layer<'t> {
     lines: LineIndex,
     /// For an assembled text: the files (name, directory) and, per line of
     /// the text, where it came from.
-    assembled: Option<(Vec<(String, PathBuf)>, Vec<Origin>)>,
+    assembled: Option<Assembly>,
 }
+
+/// The files (name, directory) of an assembled layer and, per line, where
+/// it came from.
+type Assembly = (Vec<(String, PathBuf)>, Vec<Origin>);
 
 impl<'t> Layer<'t> {
     /// The layer of `text`, read from `origin` (which only names it in

@@ -42,7 +42,7 @@ fn row(i: usize) -> (String, String, String, &'static str, &'static str) {
     let name = format!("sw{i:05}");
     let address = format!("10.{}.{}.{}:161", i / 65536, (i / 256) % 256, i % 256);
     let site = format!("site-{}", i % 7);
-    let interval = if i % 10 == 0 { "1m" } else { "" };
+    let interval = if i.is_multiple_of(10) { "1m" } else { "" };
     let community = if i % 1000 == 3 { "row-community" } else { "" };
     (name, address, site, interval, community)
 }
@@ -140,11 +140,11 @@ fn full_site() -> Result<String> {
     let mut t = String::from(
         "id = \"site-a\"\ncollectors = [\"http://127.0.0.1:7400\"]\n\n[spool]\ndir = \"spool\"\n\n",
     );
-    t.push_str(&format!(
+    t.push_str(
         "[[devices]]\nname = \"core-router\"\ndriver = \"snmp\"\ninterval = \"30s\"\ntimeout = \"5s\"\n\
          address = \"10.9.0.1:161\"\nversion = \"2c\"\ncommunity = \"pub$lic\"\nretries = 2\n\
-         metrics = [{{ name = \"uptime\", oid = \"1.3.6.1.2.1.1.3.0\" }}]\n\n"
-    ));
+         metrics = [{ name = \"uptime\", oid = \"1.3.6.1.2.1.1.3.0\" }]\n\n",
+    );
     for i in 0..ROWS {
         let (name, address, site, interval, community) = row(i);
         let interval = if interval.is_empty() { "30s" } else { interval };
@@ -224,7 +224,9 @@ const HEAD: &str = "id = \"a\"\ncollectors = [\"http://127.0.0.1:7400\"]\n";
 #[test]
 fn each_mistake_is_named_where_it_was_made() -> Result<()> {
     let snmp = "driver = \"snmp\"\naddress = \"10.0.0.1:161\"\nmetrics = [{ name = \"up\", oid = \"1.3.6.1.2.1.1.3.0\" }]\n";
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    // (name, files, the error's start)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "unset-var",
             vec![(

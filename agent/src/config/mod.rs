@@ -251,7 +251,6 @@ pub fn effective(
 /// after the devices, an error anywhere) the whole document is parsed
 /// instead, so results and error messages are those of a whole parse.
 fn parse_layer(layer: &Layer<'_>) -> Result<AgentConfig, ConfigError> {
-    let layer = layer;
     let headers = device_headers(layer);
     if !headers.is_empty()
         && let Ok(Some(cfg)) = parse_parts(layer, &headers)
