@@ -257,6 +257,7 @@ mod tests {
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            labels: Default::default(),
             driver,
         }
     }

@@ -1,10 +1,10 @@
 //! `tributary-agent`: `run` polls devices and streams readings to a
 //! collector, serving its own metrics at `/metrics`; `check` polls every
-//! device once and reports. Thin: parse, validate the config, set up
+//! device once and reports; `config` prints the effective config. Thin: parse, validate the config, set up
 //! tracing, run.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use tributary_agent::config::{self, AgentConfig, SpoolPolicy};
 use tributary_agent::drivers::Driver;
 use tributary_agent::metrics::AgentMetrics;
-use tributary_agent::scheduler::{self, PollStats};
+use tributary_agent::scheduler::{Fleet, FleetDiff, PollStats};
 use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
 use tributary_agent::uplink::{Collectors, Uplink, UplinkConfig, write_stats_file};
 
@@ -59,6 +59,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the effective config (every include, default, template and
+    /// inventory row applied, `${VAR}` expanded, secrets shown as
+    /// `<redacted>`) after validating it; exit 2 if it is invalid.
+    Config {
+        /// Agent config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +84,23 @@ fn main() -> ExitCode {
             false,
         ),
         Command::Check { config } => (config.clone(), None, None, true),
+        Command::Config { config } => {
+            return match config::effective(config, &tributary_config::env_lookup) {
+                Ok((cfg, shown)) => {
+                    print!("{shown}");
+                    eprintln!(
+                        "# {}: valid, {} device(s)",
+                        config.display(),
+                        cfg.devices.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     let mut config = match config::load(&path) {
         Ok(c) => c,
@@ -107,7 +132,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    match runtime.block_on(run(config, stats_file)) {
+    match runtime.block_on(run(config, path, stats_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %format!("{e:#}"), "agent failed");
@@ -117,7 +142,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(
+    mut config: AgentConfig,
+    path: PathBuf,
+    stats_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
     // Before the metrics port and the spool: a SIGTERM from here on is a
     // clean stop.
     let stop = tributary_process::shutdown_signal();
@@ -135,9 +164,9 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
         Some(addr) => Some(start_metrics(addr, &config, metrics_shutdown.clone()).await?),
         None => None,
     };
-    let (scheduler_metrics, uplink_metrics) = match metrics {
-        Some((s, u)) => (Some(s), Some(u)),
-        None => (None, None),
+    let (scheduler_metrics, uplink_metrics, reloads) = match metrics {
+        Some((s, u, r)) => (Some(s), Some(u), r),
+        None => (None, None, ReloadCounters::default()),
     };
     let collectors = Collectors::new(config.collectors.clone())?;
     let mut uplink_config = UplinkConfig::new(config.id.clone(), collectors);
@@ -194,21 +223,48 @@ async fn run(mut config: AgentConfig, stats_file: Option<PathBuf>) -> anyhow::Re
     let tracker = TaskTracker::new();
     let stats = Arc::new(PollStats::default());
     info!(agent = %config.id, devices = device_count, "agent started");
-    scheduler::spawn_all(
+    let mut fleet = Fleet::start(
         devices,
         config.max_concurrency,
         config.max_series_per_device,
         tx,
-        scheduler::Report {
-            stats: stats.clone(),
-            metrics: scheduler_metrics.as_deref(),
-        },
-        &tracker,
+        stats.clone(),
+        scheduler_metrics,
+        tracker.clone(),
         shutdown.clone(),
     );
-    tracker.close();
 
-    stop.await;
+    // SIGHUP: re-read the config and apply its devices by difference.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hangup.recv() => {
+                match reload(&path, &config, &mut fleet).await {
+                    Ok(diff) => {
+                        reloads.applied.inc();
+                        info!(
+                            added = diff.added,
+                            removed = diff.removed,
+                            changed = diff.changed,
+                            unchanged = diff.unchanged,
+                            devices = fleet.len(),
+                            "config reloaded"
+                        );
+                    }
+                    Err(e) => {
+                        reloads.failed.inc();
+                        error!(error = %format!("{e:#}"), "config reload refused; the running config stays");
+                    }
+                }
+            }
+        }
+    }
+    // The fleet holds a sender of the uplink's channel: the uplink ends
+    // once every sender is gone.
+    drop(fleet);
+    tracker.close();
     info!("shutdown: finishing polls in flight, then flushing");
     shutdown.cancel();
     tracker.wait().await;
@@ -251,6 +307,7 @@ async fn start_metrics(
 ) -> anyhow::Result<(
     Arc<tributary_agent::metrics::SchedulerMetrics>,
     tributary_agent::metrics::UplinkMetrics,
+    ReloadCounters,
 )> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
@@ -261,7 +318,8 @@ async fn start_metrics(
         registry,
         scheduler,
         uplink,
-        config_reloads: _,
+        config_reloads,
+        config_reload_failures,
     } = AgentMetrics::new(COMMIT, &config.collectors, config.spool.max_bytes);
     if addr.ip().is_loopback() {
         info!(listen = %addr, "metrics served at http://{addr}/metrics");
@@ -275,5 +333,79 @@ async fn start_metrics(
         tributary_process::metrics::ServeLimits::default(),
         shutdown,
     ));
-    Ok((scheduler, uplink))
+    Ok((
+        scheduler,
+        uplink,
+        ReloadCounters {
+            applied: config_reloads,
+            failed: config_reload_failures,
+        },
+    ))
+}
+
+/// The agent's reload counters, when metrics are on.
+#[derive(Clone, Default)]
+struct ReloadCounters {
+    applied: prometheus_client::metrics::counter::Counter,
+    failed: prometheus_client::metrics::counter::Counter,
+}
+
+/// Re-reads the config at `path` and applies its devices to `fleet`; the
+/// running config stays on any error (returned, with file:line).
+async fn reload(
+    path: &Path,
+    running: &AgentConfig,
+    fleet: &mut Fleet,
+) -> anyhow::Result<FleetDiff> {
+    let p = path.to_owned();
+    let new = tokio::task::spawn_blocking(move || config::load(&p))
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the config failed: {e}"))??;
+    if new.id != running.id {
+        anyhow::bail!(
+            "id changed from {:?} to {:?}: a restart is needed to apply it",
+            running.id,
+            new.id
+        );
+    }
+    if new.spool.dir != running.spool.dir {
+        anyhow::bail!(
+            "[spool] dir changed from {} to {}: a restart is needed to apply it",
+            running.spool.dir.display(),
+            new.spool.dir.display()
+        );
+    }
+    let mut kept = Vec::new();
+    for (what, same) in [
+        ("collectors", new.collectors == running.collectors),
+        (
+            "max_concurrency",
+            new.max_concurrency == running.max_concurrency,
+        ),
+        (
+            "max_series_per_device",
+            new.max_series_per_device == running.max_series_per_device,
+        ),
+        ("[batch]", new.batch == running.batch),
+        ("[spool]", new.spool == running.spool),
+        ("[tls]", new.tls == running.tls),
+        ("[uplink]", new.uplink == running.uplink),
+        ("[metrics]", new.metrics == running.metrics),
+    ] {
+        if !same {
+            kept.push(what);
+        }
+    }
+    let mut devices = Vec::with_capacity(new.devices.len());
+    for d in new.devices {
+        let driver = Driver::build(&d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?;
+        devices.push((d, driver));
+    }
+    if !kept.is_empty() {
+        warn!(
+            settings = %kept.join(", "),
+            "config reload: these settings changed but apply only at the next restart; the running values stay"
+        );
+    }
+    Ok(fleet.apply(devices))
 }

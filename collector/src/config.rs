@@ -95,6 +95,8 @@ struct RawFile {
     listen: Option<Spanned<String>>,
     http_listen: Option<Spanned<String>>,
     store: Option<Spanned<String>>,
+    /// The PostgreSQL password, read from this file into `store`'s URL.
+    store_password_file: Option<Spanned<String>>,
     synchronous: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
     allow_plaintext: Option<bool>,
@@ -215,6 +217,10 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
         (Some(s), _) => (s.clone(), None),
         (None, Some(v)) => (v.get_ref().clone(), Some(v.span())),
         (None, None) => (DEFAULT_STORE.to_owned(), None),
+    };
+    let store = match (&raw.store_password_file, src) {
+        (Some(file), Some(src)) => with_password_file(src, &store, file)?,
+        _ => store,
     };
     let url: StoreUrl = store
         .parse()
@@ -435,3 +441,52 @@ fn id_set(
 mod limits;
 #[cfg(test)]
 mod tests;
+
+/// `store`, a `postgres://user@host/...` URL, with the password read from
+/// the file `store_password_file` names (percent-encoded into the URL). The
+/// error names the key, never the password.
+fn with_password_file(
+    src: &Source<'_>,
+    store: &str,
+    file: &Spanned<String>,
+) -> Result<String, ConfigError> {
+    let key = "store_password_file";
+    let path = src.path(file, key)?;
+    let password =
+        tributary_config::read_secret_file(&path).map_err(|e| src.error(file.span(), key, e))?;
+    let Some((scheme, rest)) = store
+        .split_once("://")
+        .filter(|(s, _)| matches!(*s, "postgres" | "postgresql"))
+    else {
+        return Err(src.error(
+            file.span(),
+            key,
+            "needs a postgres://user@host/... store URL",
+        ));
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((user, host)) = authority.rsplit_once('@') else {
+        return Err(src.error(
+            file.span(),
+            key,
+            "the store URL names no user (postgres://user@host/...)",
+        ));
+    };
+    if user.contains(':') {
+        return Err(src.error(
+            file.span(),
+            key,
+            "the store URL has a password already: use either it or `store_password_file`",
+        ));
+    }
+    let mut encoded = String::with_capacity(password.len());
+    for b in password.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(format!("{scheme}://{user}:{encoded}@{host}{tail}"))
+}

@@ -15,25 +15,42 @@
 //! - [`parse_duration`] and [`parse_size`]: one syntax for durations and sizes,
 //!   with an upper bound on every duration ([`MAX_DURATION`]).
 //!
-//! Layers leave room for what a later change builds here: includes, defaults,
-//! templates, `${VAR}` and `*_file` secrets, each a [`Layer`] whose errors name
-//! the file they came from.
+//! - [`Assembler`] and [`Renderer`]: one TOML text assembled from parts of
+//!   several files (includes, defaults, templates, CSV inventory rows), each
+//!   line remembering its file and line ([`Origin`]), so a
+//!   [`Layer::assembled`] locates errors in the file a value was written in.
+//!   On the way every string's `${VAR}` is expanded ([`expand`]) and every
+//!   `<key>_file` twin of a secret key is read ([`read_secret_file`]); a
+//!   redacted twin of the text shows each secret as [`REDACTED`].
+//! - [`parse_csv`] (inventories) and [`expand_glob`] (includes).
+//! - [`Secret`]: a string that prints as `<redacted>`.
 //!
-//! May touch: `toml`, `serde`, `serde_spanned` and `humantime`, and the file
-//! system only to read a config file ([`read_file`]). It imports no
+//! May touch: `toml`, `serde`, `serde_spanned` and `humantime`, the
+//! environment (`${VAR}`), and the file system only to read config, secret
+//! and inventory files and list an include's directory. It imports no
 //! Tributary crate, so both binaries (and the xtask and the bench, for
 //! [`parse_duration_arg`]) can depend on it.
 
 #![forbid(unsafe_code)]
 
+mod assemble;
+mod csv;
 mod de;
 mod duration;
 mod error;
+mod glob;
+mod secret;
 mod size;
 mod source;
+mod vars;
 
+pub use assemble::{Assembled, Assembler, Entry, Line, Renderer, toml_key, toml_string};
+pub use csv::{CsvRecord, parse_csv};
 pub use de::{DeContext, deserialize_table};
 pub use duration::{DurationError, MAX_DURATION, parse_duration, parse_duration_arg};
 pub use error::ConfigError;
+pub use glob::expand_glob;
+pub use secret::{REDACTED, Secret, read_secret_file};
 pub use size::{SizeError, parse_size};
-pub use source::{Layer, LineIndex, Source, read_file};
+pub use source::{Layer, LineIndex, Origin, Source, read_file};
+pub use vars::{VarError, env_lookup, expand};

@@ -51,8 +51,18 @@ impl LineIndex {
     }
 }
 
-/// One config file: the unit errors are located in. A later change stacks
-/// layers (includes, defaults, templates); each keeps its own name and lines.
+/// Where one line of an assembled text came from: a file (an index into
+/// the files the text was assembled from) and a 1-based line in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub file: u32,
+    pub line: u32,
+}
+
+/// One config file, or a text assembled from several (includes, defaults,
+/// templates, inventory rows): the unit errors are located in. An assembled
+/// layer maps each of its lines back to the file and line it came from, so
+/// an error names the file the value was written in.
 #[derive(Debug)]
 pub struct Layer<'t> {
     /// The file as it was named, for messages.
@@ -61,7 +71,14 @@ pub struct Layer<'t> {
     dir: PathBuf,
     text: &'t str,
     lines: LineIndex,
+    /// For an assembled text: the files (name, directory) and, per line of
+    /// the text, where it came from.
+    assembled: Option<Assembly>,
 }
+
+/// The files (name, directory) of an assembled layer and, per line, where
+/// it came from.
+type Assembly = (Vec<(String, PathBuf)>, Vec<Origin>);
 
 impl<'t> Layer<'t> {
     /// The layer of `text`, read from `origin` (which only names it in
@@ -72,7 +89,37 @@ impl<'t> Layer<'t> {
             dir: origin.parent().map(Path::to_path_buf).unwrap_or_default(),
             text,
             lines: LineIndex::new(text),
+            assembled: None,
         }
+    }
+
+    /// The layer of a text assembled from `files` (the first being the main
+    /// file, which names the layer), whose line `n` came from `origins[n-1]`.
+    pub fn assembled(text: &'t str, files: &[PathBuf], origins: Vec<Origin>) -> Self {
+        let main = files.first().map(PathBuf::as_path).unwrap_or(Path::new(""));
+        let mut layer = Layer::new(text, main);
+        let files = files
+            .iter()
+            .map(|f| {
+                let dir = f.parent().map(Path::to_path_buf).unwrap_or_default();
+                (f.display().to_string(), dir)
+            })
+            .collect();
+        layer.assembled = Some((files, origins));
+        layer
+    }
+
+    /// The file (its name and directory) and 1-based line where the byte
+    /// `offset` of the text came from.
+    fn place(&self, offset: usize) -> (&str, &Path, usize) {
+        let line = self.lines.line(offset);
+        if let Some((files, origins)) = &self.assembled
+            && let Some(origin) = origins.get(line.saturating_sub(1))
+            && let Some((name, dir)) = files.get(origin.file as usize)
+        {
+            return (name, dir, origin.line as usize);
+        }
+        (&self.name, &self.dir, line)
     }
 
     /// The whole file.
@@ -121,11 +168,17 @@ impl<'a> Source<'a> {
         &self.layer.name
     }
 
-    /// 1-based line of a byte offset in [`Source::text`].
+    /// 1-based line of a byte offset in [`Source::text`], in the file it
+    /// came from (see [`Source::place`]).
     pub fn line(&self, offset: usize) -> usize {
-        self.layer
-            .lines
-            .line(self.base + offset.min(self.text.len()))
+        self.layer.place(self.base + offset.min(self.text.len())).2
+    }
+
+    /// `file:line` of a byte offset in [`Source::text`]: the file it was
+    /// written in, for an assembled text.
+    pub fn place(&self, offset: usize) -> String {
+        let (file, _, line) = self.layer.place(self.base + offset.min(self.text.len()));
+        format!("{file}:{line}")
     }
 
     /// An error at `span` about the key path `key` (empty: the file).
@@ -135,9 +188,12 @@ impl<'a> Source<'a> {
         key: impl Into<String>,
         message: impl Into<String>,
     ) -> ConfigError {
+        let (file, _, line) = self
+            .layer
+            .place(self.base + span.start.min(self.text.len()));
         ConfigError::Invalid {
-            file: self.layer.name.clone(),
-            line: self.line(span.start),
+            file: file.to_owned(),
+            line,
             key: key.into(),
             message: message.into(),
         }
@@ -162,7 +218,11 @@ impl<'a> Source<'a> {
         if text.trim().is_empty() {
             return Err(self.error(value.span(), key, "path must not be empty"));
         }
-        Ok(self.resolve(text))
+        // Relative to the file the value was written in.
+        let (_, dir, _) = self
+            .layer
+            .place(self.base + value.span().start.min(self.text.len()));
+        Ok(dir.join(text))
     }
 
     /// A duration from the file at `key` (see [`parse_duration`]).

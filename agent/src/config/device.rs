@@ -2,7 +2,7 @@
 //! `interval`, `timeout`, `backoff_max`), their defaults and checks, and the
 //! hand-over of the remaining keys to the driver's config.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -18,7 +18,17 @@ use crate::drivers::settings::DriverTable;
 /// A device's poll timeout is the smaller of this and its interval unless set.
 pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(1);
 /// Keys every `[[devices]]` table may have, whatever its driver.
-const DEVICE_COMMON_KEYS: &[&str] = &["name", "driver", "interval", "timeout", "backoff_max"];
+pub(super) const DEVICE_COMMON_KEYS: &[&str] = &[
+    "name",
+    "driver",
+    "interval",
+    "timeout",
+    "backoff_max",
+    "labels",
+];
+/// Label names a device's `labels` may not use: the series → labels
+/// mapping (PromQL, exports) sets them itself.
+const RESERVED_LABELS: &[&str] = &["agent", "device"];
 
 /// A failing device's backoff is capped at the larger of this and its
 /// interval unless `backoff_max` is set.
@@ -37,6 +47,9 @@ pub struct DeviceConfig {
     /// below the interval. Default: the larger of the interval and
     /// [`DEFAULT_BACKOFF_MAX`].
     pub backoff_max: Duration,
+    /// Labels added to every series of the device (`[devices.labels]`, an
+    /// inventory's `label.<k>` columns); a label the driver sets itself wins.
+    pub labels: BTreeMap<String, String>,
     /// The protocol and its settings.
     pub driver: DriverConfig,
 }
@@ -46,7 +59,7 @@ pub struct DeviceConfig {
 pub(super) fn add_devices(
     src: &Source<'_>,
     devices: Spanned<DeValue<'_>>,
-    names: &mut HashMap<String, usize>,
+    names: &mut HashMap<String, String>,
     cfg: &mut AgentConfig,
 ) -> Result<(), ConfigError> {
     let span = devices.span();
@@ -61,13 +74,12 @@ pub(super) fn add_devices(
     for device in list {
         let i = cfg.devices.len();
         let (name_span, dev) = parse_device(src, i, device)?;
-        let line = src.line(name_span.start);
-        if let Some(first) = names.insert(dev.name.clone(), line) {
+        if let Some(first) = names.insert(dev.name.clone(), src.place(name_span.start)) {
             return Err(src.error(
                 name_span,
                 format!("devices[{i}].name"),
                 format!(
-                    "duplicate device name \"{}\" (first defined at line {first})",
+                    "duplicate device name \"{}\" (first defined at {first})",
                     dev.name
                 ),
             ));
@@ -163,6 +175,27 @@ fn parse_device(
             backoff_max
         }
     };
+    let mut labels = BTreeMap::new();
+    for (label, value) in raw.labels.unwrap_or_default() {
+        let valid = label
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !label.starts_with("__")
+            && !RESERVED_LABELS.contains(&label.as_str());
+        if !valid {
+            return Err(src.error(
+                value.span(),
+                format!("{key}.labels.{label}"),
+                format!(
+                    "invalid label name \"{label}\" (expected [A-Za-z_][A-Za-z0-9_]*, not starting with __, not {})",
+                    RESERVED_LABELS.join(" or ")
+                ),
+            ));
+        }
+        labels.insert(label, value.into_inner());
+    }
     let driver = crate::drivers::parse_driver(DriverTable {
         src,
         driver: &raw.driver,
@@ -178,6 +211,7 @@ fn parse_device(
             interval,
             timeout,
             backoff_max,
+            labels,
             driver,
         },
     ))
@@ -192,4 +226,5 @@ struct RawDevice {
     interval: Spanned<String>,
     timeout: Option<Spanned<String>>,
     backoff_max: Option<Spanned<String>>,
+    labels: Option<BTreeMap<String, Spanned<String>>>,
 }

@@ -36,6 +36,7 @@ pub use tributary_config::ConfigError;
 // The engine the drivers' config code reads its tables with.
 pub(crate) use tributary_config::{DeContext, Source, deserialize_table};
 
+mod assemble;
 mod device;
 mod metrics;
 use device::add_devices;
@@ -197,32 +198,72 @@ impl Default for BatchConfig {
     }
 }
 
-/// Reads and validates the configuration file at `path`.
+/// Reads and validates the configuration file at `path` (with its
+/// includes, inventories and secret files; `${VAR}` from the environment).
 pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
     let text = tributary_config::read_file(path)?;
     parse(&text, path)
 }
 
-/// Parses and validates a configuration; `origin` only names the file in
-/// error messages.
+/// Parses and validates a configuration whose main file, at `origin`,
+/// holds `text`; `${VAR}` comes from the environment.
+pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, ConfigError> {
+    parse_with(text, origin, &tributary_config::env_lookup)
+}
+
+/// [`parse`] with the variables of `lookup`.
+pub fn parse_with(
+    text: &str,
+    origin: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<AgentConfig, ConfigError> {
+    if !assemble::needs_assembly(text) {
+        return parse_layer(&Layer::new(text, origin));
+    }
+    let assembled = assemble::assemble(text, origin, lookup)?;
+    parse_layer(&Layer::assembled(
+        &assembled.text,
+        &assembled.files,
+        assembled.origins,
+    ))
+}
+
+/// The configuration at `path` as the agent will run it, written out in
+/// full as TOML (every include, default, template and inventory row
+/// applied, `${VAR}` expanded) with each secret shown as `<redacted>`,
+/// after validating it.
+pub fn effective(
+    path: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(AgentConfig, String), ConfigError> {
+    let text = tributary_config::read_file(path)?;
+    let assembled = assemble::assemble(&text, path, lookup)?;
+    let cfg = parse_layer(&Layer::assembled(
+        &assembled.text,
+        &assembled.files,
+        assembled.origins,
+    ))?;
+    Ok((cfg, assembled.shown))
+}
+
+/// Validates one layer (a file, or an assembled text).
 ///
 /// A large file is parsed a `[[devices]]` table at a time, so memory holds
 /// one device's TOML tree rather than the whole file's (tens of MB for
 /// 10,000 devices). When the pieces do not stand alone (a table header
 /// after the devices, an error anywhere) the whole document is parsed
 /// instead, so results and error messages are those of a whole parse.
-pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, ConfigError> {
-    let layer = Layer::new(text, origin);
-    let headers = device_headers(&layer);
+fn parse_layer(layer: &Layer<'_>) -> Result<AgentConfig, ConfigError> {
+    let headers = device_headers(layer);
     if !headers.is_empty()
-        && let Ok(Some(mut cfg)) = parse_parts(&layer, &headers)
+        && let Ok(Some(mut cfg)) = parse_parts(layer, &headers)
     {
         crate::drivers::snmp::resolve_names(&mut cfg)?;
         return Ok(cfg);
     }
     // Without headers to split at, the whole document is one piece, which
     // always gives an answer.
-    let mut cfg = parse_parts(&layer, &[])?.ok_or_else(|| {
+    let mut cfg = parse_parts(layer, &[])?.ok_or_else(|| {
         layer
             .source()
             .error(0..0, "", "the file could not be parsed as a whole")
@@ -280,7 +321,7 @@ fn parse_parts(layer: &Layer<'_>, headers: &[usize]) -> Result<Option<AgentConfi
     )?;
     let mut cfg = raw.validate(&src)?;
 
-    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut names: HashMap<String, String> = HashMap::new();
     if let Some(devices) = devices {
         add_devices(&src, devices, &mut names, &mut cfg)?;
     }

@@ -275,7 +275,7 @@ fn unknown_device_key_names_device_and_driver() {
     );
     let e = err(&text);
     assert!(
-        e.starts_with("agent.toml:8: devices[0]: unknown key `url` for driver sim (expected one of `name`, `driver`, `interval`, `timeout`, `backoff_max`, `series`)"),
+        e.starts_with("agent.toml:8: devices[0]: unknown key `url` for driver sim (expected one of `name`, `driver`, `interval`, `timeout`, `backoff_max`, `labels`, `series`)"),
         "{e}"
     );
 }
@@ -364,7 +364,7 @@ fn duplicate_device_names_are_rejected() {
     let e = err(&format!("{HEAD}{dev}{dev}"));
     assert_eq!(
         e,
-        "agent.toml:8: devices[1].name: duplicate device name \"a\" (first defined at line 4)"
+        "agent.toml:8: devices[1].name: duplicate device name \"a\" (first defined at agent.toml:4)"
     );
 }
 

@@ -78,6 +78,15 @@ macro_rules! registry {
             }
         }
 
+        /// Every key some driver declares secret ([`Settings::SECRETS`]).
+        pub(crate) fn secret_keys() -> Vec<&'static str> {
+            let mut keys: Vec<&'static str> = Vec::new();
+            $( keys.extend(<$settings as Settings>::SECRETS); )+
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        }
+
         /// Parses the driver-specific keys of one device (every common key
         /// removed) for the driver `table.driver` names.
         pub(crate) fn parse_driver(table: DriverTable<'_, '_>) -> Result<DriverConfig, ConfigError> {

@@ -15,6 +15,11 @@ use crate::config::{ConfigError, DeContext, Source, deserialize_table};
 
 /// A driver's validated settings, parsed from its keys of a device table.
 pub(crate) trait Settings: Sized {
+    /// The driver's keys that hold secrets: shown as `<redacted>` by
+    /// `tributary-agent config`, and readable from a file through their
+    /// `<key>_file` twin (the config engine does both).
+    const SECRETS: &'static [&'static str] = &[];
+
     /// Deserializes and validates the driver's keys.
     fn parse(table: DriverTable<'_, '_>) -> Result<Self, ConfigError>;
 

@@ -45,9 +45,11 @@ pub struct AgentMetrics {
     pub scheduler: std::sync::Arc<SchedulerMetrics>,
     /// For the uplink (moved into it).
     pub uplink: UplinkMetrics,
-    /// Configuration reloads; stays 0 until the agent can reload its
-    /// configuration.
+    /// Configuration reloads applied (SIGHUP).
     pub config_reloads: Counter,
+    /// Configuration reloads refused (invalid config, or a change that
+    /// needs a restart); the running config stays.
+    pub config_reload_failures: Counter,
 }
 
 impl AgentMetrics {
@@ -69,11 +71,18 @@ impl AgentMetrics {
             "Configuration reloads applied since the agent started",
             config_reloads.clone(),
         );
+        let config_reload_failures = Counter::default();
+        agent.register(
+            "config_reload_failures",
+            "Configuration reloads refused (the running configuration stays)",
+            config_reload_failures.clone(),
+        );
         AgentMetrics {
             registry,
             scheduler,
             uplink,
             config_reloads,
+            config_reload_failures,
         }
     }
 }

@@ -49,6 +49,9 @@ pub(super) struct DeviceTask {
     series: HashMap<LocalKey, Arc<SeriesKey>>,
     /// Which series pass `max_series_per_device`.
     limit: SeriesLimit,
+    /// The device's own labels, added to each of its series; `None` when
+    /// it has none.
+    relabel: Option<DeviceLabels>,
     /// The device's `up` series.
     up: Arc<SeriesKey>,
     /// The device's `series_dropped_total` series (sent once it drops).
@@ -92,11 +95,18 @@ impl DeviceTask {
             interval,
             timeout,
             backoff_max,
+            labels,
             driver: _,
         } = config;
+        let mut relabel = DeviceLabels::new(labels);
+        let up = series(&name, UP_METRIC, "");
+        let series_dropped = series(&name, SERIES_DROPPED_METRIC, "");
         DeviceTask {
-            up: series(&name, UP_METRIC, ""),
-            series_dropped: series(&name, SERIES_DROPPED_METRIC, ""),
+            up: relabel.as_mut().map_or(up.clone(), |r| r.apply(&up)),
+            series_dropped: relabel
+                .as_mut()
+                .map_or(series_dropped.clone(), |r| r.apply(&series_dropped)),
+            relabel,
             limit: SeriesLimit::new(max_series),
             config: Schedule {
                 name,
@@ -300,6 +310,12 @@ impl DeviceTask {
             }
         };
         let dropped = self.limit.admit(&self.config.name, &mut readings);
+        if let Some(relabel) = &mut self.relabel {
+            relabel.bound(self.limit.max());
+            for r in &mut readings {
+                r.series = relabel.apply(&r.series);
+            }
+        }
         self.stats
             .series_dropped
             .fetch_add(dropped, Ordering::Relaxed);
@@ -379,5 +395,49 @@ impl DeviceTask {
         });
         self.series.insert(key, series.clone());
         Some(series)
+    }
+}
+
+/// A device's `labels`, added to each series of the device (a label the
+/// driver set itself wins). The labelled series is made once per series:
+/// cached by the address of the driver's series, whose `Arc` the cache
+/// holds so the address cannot be reused by another series.
+struct DeviceLabels {
+    labels: BTreeMap<String, String>,
+    cache: HashMap<usize, (Arc<SeriesKey>, Arc<SeriesKey>)>,
+}
+
+impl DeviceLabels {
+    fn new(labels: BTreeMap<String, String>) -> Option<Self> {
+        (!labels.is_empty()).then(|| DeviceLabels {
+            labels,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// `series` with the device's labels.
+    fn apply(&mut self, series: &Arc<SeriesKey>) -> Arc<SeriesKey> {
+        let at = Arc::as_ptr(series) as usize;
+        if let Some((_, labelled)) = self.cache.get(&at) {
+            return labelled.clone();
+        }
+        let mut map = series.labels.to_map();
+        for (k, v) in &self.labels {
+            map.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        let labelled = Arc::new(SeriesKey {
+            labels: Labels::from_map(&map),
+            ..(**series).clone()
+        });
+        self.cache.insert(at, (series.clone(), labelled.clone()));
+        labelled
+    }
+
+    /// Keeps the cache within a few times the device's series limit (a
+    /// driver that made new series each poll would grow it otherwise).
+    fn bound(&mut self, max_series: usize) {
+        if self.cache.len() > max_series.saturating_mul(2).max(64) {
+            self.cache.clear();
+        }
     }
 }

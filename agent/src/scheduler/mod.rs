@@ -28,7 +28,8 @@
 //! [`crate::metrics`] (outcomes, duration, lateness, health, backoff).
 //!
 //! Owns: the device tasks (`device.rs`: one per device, owning its driver,
-//! its series cache and its health), the permits of shared endpoints
+//! its series cache and its health), the set of running tasks a reload is
+//! applied to by difference (`fleet.rs`), the permits of shared endpoints
 //! (`endpoint.rs`), when polls start and how failing devices back off
 //! (`timing.rs`), and the outcome counters (`stats.rs`, `histogram.rs`).
 //! May touch: drivers through `crate::drivers::Driver` only, readings
@@ -49,6 +50,7 @@ use crate::reading::Reading;
 
 mod device;
 mod endpoint;
+mod fleet;
 mod histogram;
 mod series_limit;
 mod stats;
@@ -57,6 +59,7 @@ mod timing;
 #[cfg(test)]
 mod tests;
 
+pub use fleet::{Fleet, FleetDiff};
 pub use histogram::Histogram;
 pub use stats::{PollStats, PollSummary};
 

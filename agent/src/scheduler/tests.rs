@@ -61,6 +61,7 @@ fn device(name: &str, interval_ms: u64, driver: DriverConfig) -> (DeviceConfig, 
         interval: Duration::from_millis(interval_ms),
         timeout: Duration::from_millis(interval_ms),
         backoff_max: Duration::from_millis(interval_ms * 4),
+        labels: Default::default(),
         driver,
     };
     let driver = Driver::build(&config).expect("driver");
@@ -268,4 +269,144 @@ async fn shared_gateway_sees_one_poll_at_a_time_with_pauses() {
         gap >= Duration::from_millis(15),
         "pause between requests: {gap:?}"
     );
+}
+
+#[tokio::test]
+async fn device_labels_reach_every_series_of_the_device() {
+    let sim = DriverConfig::Sim(SimConfig { series: 2 });
+    let (mut labelled, driver) = device("pump", 10, sim.clone());
+    labelled.labels = [("site", "paris"), ("i", "from-device")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let (all, _) = run_until(vec![(labelled, driver), device("plain", 10, sim)], |all| {
+        values(all, "pump", UP_METRIC).len() >= 2 && values(all, "plain", UP_METRIC).len() >= 2
+    })
+    .await;
+    let mut seen = 0;
+    for r in &all {
+        let labels = r.series.labels.to_map();
+        if &*r.series.device == "pump" {
+            seen += 1;
+            assert_eq!(
+                labels.get("site").map(String::as_str),
+                Some("paris"),
+                "{r:?}"
+            );
+            // A label the driver sets itself (the sim gauges' `i`) wins.
+            if &*r.series.metric == "gauge" {
+                assert_ne!(labels.get("i").map(String::as_str), Some("from-device"));
+            } else {
+                assert_eq!(labels.get("i").map(String::as_str), Some("from-device"));
+            }
+        } else {
+            assert!(!labels.contains_key("site"), "{r:?}");
+        }
+    }
+    assert!(seen > 0);
+}
+
+/// The `counter` values of `device`, in the order they arrived.
+fn counters(readings: &[Reading], device: &str) -> Vec<i64> {
+    values(readings, device, "counter")
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::I64(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reload_touches_only_the_devices_that_changed() {
+    let sim = || DriverConfig::Sim(SimConfig { series: 0 });
+    let (tx, mut rx) = mpsc::channel(1024);
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let mut fleet = Fleet::start(
+        vec![
+            device("kept", 5, sim()),
+            device("removed", 5, sim()),
+            device("changed", 5, sim()),
+        ],
+        8,
+        crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
+        tx,
+        Arc::new(PollStats::default()),
+        None,
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    let mut all: Vec<Reading> = Vec::new();
+    // Until every device has polled a few times.
+    while ["kept", "removed", "changed"]
+        .iter()
+        .any(|d| counters(&all, d).len() < 3)
+    {
+        all.extend(rx.recv().await.expect("readings"));
+    }
+    let before = all.len();
+    let mut changed = device("changed", 7, sim());
+    changed.0.timeout = Duration::from_millis(6);
+    let at = crate::reading::now_ns();
+    let diff = fleet.apply(vec![
+        device("kept", 5, sim()),
+        changed,
+        device("added", 5, sim()),
+    ]);
+    assert_eq!(
+        diff,
+        FleetDiff {
+            added: 1,
+            removed: 1,
+            changed: 1,
+            unchanged: 1
+        }
+    );
+    assert_eq!(fleet.len(), 3);
+    while ["kept", "changed", "added"]
+        .iter()
+        .any(|d| counters(&all[before..], d).len() < 5)
+    {
+        all.extend(rx.recv().await.expect("readings"));
+    }
+    shutdown.cancel();
+    tracker.close();
+    drop(fleet);
+    while let Some(batch) = rx.recv().await {
+        all.extend(batch);
+    }
+    tracker.wait().await;
+
+    // The kept device never noticed: 1, 2, 3, ... with no gap or repeat.
+    let kept = counters(&all, "kept");
+    assert_eq!(kept, (1..=kept.len() as i64).collect::<Vec<_>>());
+    // The added one starts from 1.
+    let added = counters(&all, "added");
+    assert_eq!(added, (1..=added.len() as i64).collect::<Vec<_>>());
+    // The removed one stopped: at most the poll in flight came after.
+    let late = all
+        .iter()
+        .filter(|r| &*r.series.device == "removed" && &*r.series.metric == "counter")
+        .filter(|r| r.ts_ns > at)
+        .count();
+    assert!(
+        late <= 1,
+        "{late} polls of the removed device after the reload"
+    );
+    let removed = counters(&all, "removed");
+    assert_eq!(removed, (1..=removed.len() as i64).collect::<Vec<_>>());
+    // The changed one ran its old settings to their end, then restarted
+    // with the new ones from 1: never both at once.
+    let changed = counters(&all, "changed");
+    let restart = changed
+        .iter()
+        .skip(1)
+        .position(|&n| n == 1)
+        .map(|p| p + 1)
+        .expect("the changed device restarted");
+    let (old, new) = changed.split_at(restart);
+    assert_eq!(old, (1..=old.len() as i64).collect::<Vec<_>>().as_slice());
+    assert_eq!(new, (1..=new.len() as i64).collect::<Vec<_>>().as_slice());
+    assert!(new.len() >= 5);
 }

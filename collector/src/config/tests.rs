@@ -405,3 +405,41 @@ fn plaintext_http_off_loopback_needs_allow_plaintext() {
         s.warnings
     );
 }
+
+#[test]
+fn the_store_password_comes_from_a_file() {
+    let dir = std::env::temp_dir().join(format!("tributary-store-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("pw"), "p@ss w:rd\n").expect("pw");
+    let origin = dir.join("c.toml");
+    let s = resolve_text(
+        "store = \"postgres://tributary@db.example:5432/metrics\"\nstore_password_file = \"pw\"\n",
+        &origin,
+        &Flags::default(),
+    )
+    .expect("valid");
+    let Some(StoreUrl::Postgres(url)) = &s.server.store else {
+        panic!("a postgres store");
+    };
+    assert_eq!(
+        url,
+        "postgres://tributary:p%40ss%20w%3Ard@db.example:5432/metrics"
+    );
+    // Printing the store hides the password.
+    assert!(!format!("{:?}", s.server.store).contains("p%40ss"));
+    let e = resolve_text(
+        "store = \"postgres://tributary:x@db/metrics\"\nstore_password_file = \"pw\"\n",
+        &origin,
+        &Flags::default(),
+    )
+    .expect_err("a password twice");
+    assert!(
+        e.to_string().starts_with(&format!(
+            "{}:2: store_password_file: the store URL has a password already",
+            origin.display()
+        )),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("p@ss"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,6 +14,25 @@ use toml::de::{DeString, DeTable, DeValue};
 
 use super::error::{DeError, Segment};
 
+/// Integer methods that read a decimal string as the integer it spells.
+macro_rules! lenient_integers {
+    ($($method:ident)*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+            if let DeValue::String(s) = &self.value {
+                let span = self.span.clone();
+                let t = s.trim();
+                if let Ok(v) = t.parse::<i64>() {
+                    return visitor.visit_i64(v).map_err(|e: DeError| e.at(span));
+                }
+                if let Ok(v) = t.parse::<u64>() {
+                    return visitor.visit_u64(v).map_err(|e: DeError| e.at(span));
+                }
+            }
+            self.deserialize_any(visitor)
+        }
+    )*};
+}
+
 /// Deserializes one value of the tree.
 pub(crate) struct ValueDe<'de> {
     value: DeValue<'de>,
@@ -98,13 +117,13 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de> {
             }),
             DeValue::Table(table) => visitor.visit_map(MapDe::new(table)),
         }
-        .map_err(|e| e.at(span))
+        .map_err(|e: DeError| e.at(span))
     }
 
     // A present value is `Some`; an absent key never reaches a deserializer.
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         let span = self.span.clone();
-        visitor.visit_some(self).map_err(|e| e.at(span))
+        visitor.visit_some(self).map_err(|e: DeError| e.at(span))
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -113,7 +132,9 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de> {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         let span = self.span.clone();
-        visitor.visit_newtype_struct(self).map_err(|e| e.at(span))
+        visitor
+            .visit_newtype_struct(self)
+            .map_err(|e: DeError| e.at(span))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -143,8 +164,43 @@ impl<'de> de::Deserializer<'de> for ValueDe<'de> {
         .map_err(|e| e.at(self.span))
     }
 
+    // A number or boolean may be written as a string (`port = "${PORT}"`,
+    // an inventory's CSV cell): where one is expected, a string is read as
+    // TOML would read it unquoted.
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match &self.value {
+            DeValue::String(s) if matches!(s.trim(), "true" | "false") => {
+                let span = self.span.clone();
+                visitor
+                    .visit_bool(s.trim() == "true")
+                    .map_err(|e: DeError| e.at(span))
+            }
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_f64(visitor)
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match &self.value {
+            DeValue::String(s) if s.trim().parse::<f64>().is_ok_and(f64::is_finite) => {
+                let span = self.span.clone();
+                let v = s.trim().parse::<f64>().unwrap_or_default();
+                visitor.visit_f64(v).map_err(|e: DeError| e.at(span))
+            }
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
+    lenient_integers! {
+        deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
+        deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_i128
+    }
+
     serde::forward_to_deserialize_any! {
-        bool u8 u16 u32 u64 u128 i8 i16 i32 i64 i128 f32 f64 char str string seq
+        char str string seq
         bytes byte_buf map unit ignored_any unit_struct tuple_struct tuple identifier
     }
 }
@@ -209,7 +265,7 @@ impl<'de> de::MapAccess<'de> for MapDe<'de> {
         let result = seed
             .deserialize(CowStrDeserializer::<DeError>::new(key.clone()))
             .map(Some)
-            .map_err(|e| e.at(span));
+            .map_err(|e: DeError| e.at(span));
         self.value = Some((key, value));
         result
     }

@@ -1,7 +1,7 @@
 //! `tributary-bench`: the measuring side of `cargo xtask bench`.
 //!
 //! ```text
-//! tributary-bench <ingest|poll|streams|wire|vs-prometheus|all|smoke>... [FLAGS]
+//! tributary-bench <ingest|poll|streams|wire|vs-prometheus|config|all|smoke>... [FLAGS]
 //! ```
 //!
 //! Every scenario runs the real `tributary-collector` (and, where it says so,
@@ -24,6 +24,7 @@
 mod agent;
 mod ceiling;
 mod collector;
+mod config;
 mod counting_proxy;
 mod ingest;
 mod load;
@@ -117,5 +118,6 @@ async fn run_one(scenario: Scenario, opts: &Options, progress: &Progress) -> Res
         Scenario::Streams => streams::run(opts, progress).await,
         Scenario::Wire => wire::run(opts, progress).await,
         Scenario::VsPrometheus => vs_prometheus::run(opts, progress).await,
+        Scenario::Config => config::run(opts, progress).await,
     }
 }

@@ -17,6 +17,7 @@ scenarios:
   streams         M concurrent idle-then-active streams on one collector
   wire            bytes on the wire per reading, counted at the socket
   vs-prometheus   agent + collector vs Prometheus scraping the same targets
+  config          the agent loads K devices: a flat file vs a CSV inventory + template + includes
   all             every scenario above, in that order
   smoke           every scenario at tiny sizes; exit 1 if any numbers disagree
 
@@ -31,7 +32,7 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --rate N              ingest: readings/s of the latency run (100000)
   --ceiling-rows N      ingest: rows of the SQLite ceiling    (5000000)
   --range-points N      ingest: points of the Query/Range day series (86400)
-  --devices K           poll: HTTP devices (10000); wire: sim devices (10)
+  --devices K           poll: HTTP devices (10000); wire: sim devices (10); config: devices (10000)
   --targets K           vs-prometheus: HTTP targets           (2000)
   --samples N           vs-prometheus: samples per scrape     (105)
   --interval D          poll, vs-prometheus: poll interval    (1s)
@@ -50,15 +51,17 @@ pub enum Scenario {
     Streams,
     Wire,
     VsPrometheus,
+    Config,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Ingest,
         Scenario::Poll,
         Scenario::Streams,
         Scenario::Wire,
         Scenario::VsPrometheus,
+        Scenario::Config,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Scenario {
             Scenario::Streams => "streams",
             Scenario::Wire => "wire",
             Scenario::VsPrometheus => "vs-prometheus",
+            Scenario::Config => "config",
         }
     }
 }
@@ -120,6 +124,7 @@ impl Options {
                 "streams" => o.scenarios.push(Scenario::Streams),
                 "wire" => o.scenarios.push(Scenario::Wire),
                 "vs-prometheus" => o.scenarios.push(Scenario::VsPrometheus),
+                "config" => o.scenarios.push(Scenario::Config),
                 "all" => o.scenarios.extend(Scenario::ALL),
                 "smoke" => {
                     o.smoke = true;

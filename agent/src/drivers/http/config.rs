@@ -241,6 +241,8 @@ impl RawHttp {
 }
 
 impl Settings for HttpConfig {
+    const SECRETS: &'static [&'static str] = &["password", "bearer_token"];
+
     fn parse(mut table: DriverTable<'_, '_>) -> Result<Self, ConfigError> {
         let (src, key, span) = (table.src, table.key, table.span.clone());
         if table.driver.get_ref() == "prometheus" {

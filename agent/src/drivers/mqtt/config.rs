@@ -231,6 +231,8 @@ impl RawMqtt {
 }
 
 impl Settings for MqttConfig {
+    const SECRETS: &'static [&'static str] = &["password"];
+
     fn parse(mut table: DriverTable<'_, '_>) -> Result<Self, ConfigError> {
         let raw: RawMqtt = table.deserialize()?;
         raw.validate(table.src, table.key)

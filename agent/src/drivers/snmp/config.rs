@@ -726,6 +726,8 @@ fn valid_label(name: &str) -> bool {
 }
 
 impl Settings for SnmpConfig {
+    const SECRETS: &'static [&'static str] = &["community", "auth_password", "priv_password"];
+
     fn parse(mut table: DriverTable<'_, '_>) -> Result<Self, ConfigError> {
         let raw: RawSnmp = table.deserialize()?;
         raw.validate(table.src, table.key, table.span.clone())

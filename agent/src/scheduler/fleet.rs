@@ -1,0 +1,180 @@
+//! [`Fleet`]: the running device tasks, by device name, so a reloaded
+//! configuration is applied by difference: added devices start, removed
+//! ones stop after their poll in flight, changed ones stop and then start
+//! again with the new settings, and unchanged ones are not touched (their
+//! schedule, backoff and series continue). The uplink, the spool and the
+//! stream are elsewhere and never see a reload.
+//!
+//! Owned by the agent's main task, which alone applies reloads; each device
+//! task still owns its own state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::device::DeviceTask;
+use super::endpoint::{Endpoint, endpoints};
+use super::{PollStats, ReadingsTx};
+use crate::config::DeviceConfig;
+use crate::drivers::Driver;
+use crate::metrics::SchedulerMetrics;
+
+/// One running device.
+struct Running {
+    config: DeviceConfig,
+    /// Stops this device only (a child of the agent's shutdown).
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// What a reload changed, by device count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetDiff {
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+    pub unchanged: usize,
+}
+
+/// The device tasks of an agent, by name.
+pub struct Fleet {
+    running: HashMap<String, Running>,
+    permits: Arc<Semaphore>,
+    endpoints: HashMap<String, Endpoint>,
+    /// Every schedule is laid out from this instant, reloaded devices too.
+    start: Instant,
+    max_series: usize,
+    out: ReadingsTx,
+    stats: Arc<PollStats>,
+    metrics: Option<Arc<SchedulerMetrics>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Fleet {
+    /// Starts one task per device on `tracker` (see [`super::spawn_all`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        devices: Vec<(DeviceConfig, Driver)>,
+        max_concurrency: usize,
+        max_series: usize,
+        out: ReadingsTx,
+        stats: Arc<PollStats>,
+        metrics: Option<Arc<SchedulerMetrics>>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Fleet {
+        let mut fleet = Fleet {
+            running: HashMap::with_capacity(devices.len()),
+            permits: Arc::new(Semaphore::new(max_concurrency.max(1))),
+            endpoints: endpoints(devices.iter().map(|(c, _)| c)),
+            start: Instant::now(),
+            max_series,
+            out,
+            stats,
+            metrics,
+            tracker,
+            shutdown,
+        };
+        for (config, driver) in devices {
+            fleet.spawn(config, driver, None);
+        }
+        fleet
+    }
+
+    /// Devices running.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Applies a new device list (names unique, as a valid config has them).
+    pub fn apply(&mut self, devices: Vec<(DeviceConfig, Driver)>) -> FleetDiff {
+        let mut diff = FleetDiff::default();
+        // Endpoints new in this config get their permits; existing ones keep theirs.
+        for (key, endpoint) in endpoints(devices.iter().map(|(c, _)| c)) {
+            self.endpoints.entry(key).or_insert(endpoint);
+        }
+        let mut keep: HashMap<String, Running> = HashMap::with_capacity(devices.len());
+        for (config, driver) in devices {
+            match self.running.remove(&config.name) {
+                Some(old) if old.config == config => {
+                    diff.unchanged += 1;
+                    keep.insert(config.name.clone(), old);
+                }
+                Some(old) => {
+                    diff.changed += 1;
+                    old.stop.cancel();
+                    let name = config.name.clone();
+                    let running = self.spawn_after(config, driver, Some(old.task));
+                    keep.insert(name, running);
+                }
+                None => {
+                    diff.added += 1;
+                    let name = config.name.clone();
+                    let running = self.spawn_after(config, driver, None);
+                    keep.insert(name, running);
+                }
+            }
+        }
+        for (_, old) in self.running.drain() {
+            diff.removed += 1;
+            // Its poll in flight finishes and is handed over; no new one starts.
+            old.stop.cancel();
+        }
+        self.running = keep;
+        diff
+    }
+
+    fn spawn(&mut self, config: DeviceConfig, driver: Driver, after: Option<JoinHandle<()>>) {
+        let name = config.name.clone();
+        let running = self.spawn_after(config, driver, after);
+        self.running.insert(name, running);
+    }
+
+    /// Starts a device task, once `after` (the task it replaces) has ended.
+    fn spawn_after(
+        &self,
+        config: DeviceConfig,
+        driver: Driver,
+        after: Option<JoinHandle<()>>,
+    ) -> Running {
+        let endpoint = config
+            .driver
+            .endpoint()
+            .and_then(|l| self.endpoints.get(&l.key).cloned());
+        let device_metrics = self
+            .metrics
+            .as_ref()
+            .map(|m| m.device(&config.name, config.driver.name()));
+        let task = DeviceTask::new(
+            config.clone(),
+            driver,
+            self.max_series,
+            self.permits.clone(),
+            endpoint,
+            self.out.clone(),
+            self.stats.clone(),
+        )
+        .with_metrics(device_metrics);
+        let stop = self.shutdown.child_token();
+        let start = self.start;
+        let token = stop.clone();
+        let task = self.tracker.spawn(async move {
+            if let Some(previous) = after {
+                // A panic of the old task was already reported by it.
+                let _ = previous.await;
+            }
+            task.run(start, token).await;
+        });
+        Running { config, stop, task }
+    }
+}
