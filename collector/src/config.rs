@@ -103,6 +103,7 @@ struct RawFile {
     operators: Option<Spanned<Vec<Spanned<String>>>>,
     tls: Option<RawTls>,
     limits: Option<RawLimits>,
+    exports: Option<Spanned<Vec<exports::RawExport>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,6 +286,9 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
     if let (Some(src), Some(l)) = (src, &raw.limits) {
         limits::apply(src, l, &mut server)?;
     }
+    if let (Some(src), Some(list)) = (src, &raw.exports) {
+        server.exports = exports::parse(src, list.get_ref(), list.span())?;
+    }
 
     let allow_plaintext = flags.allow_plaintext || raw.allow_plaintext.unwrap_or(false);
     let allow_unauthenticated =
@@ -432,6 +436,7 @@ fn id_set(
     Ok(ids)
 }
 
+pub mod exports;
 mod limits;
 #[cfg(test)]
 mod tests;
