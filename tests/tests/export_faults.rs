@@ -24,7 +24,7 @@ use tributary_tests::cluster::{
     Agent, Collector, PATIENCE, assert_exactly_once, counters, sim_agent_config, wait_for_counters,
 };
 use tributary_tests::peers::receivers::{Kind, Receiver};
-use tributary_tests::process::{TestDir, eventually, free_addr};
+use tributary_tests::process::{TestDir, eventually, free_addr, run_bin};
 
 /// A counter sample: (agent, device, timestamp ms).
 type Key = (String, String, i64);
@@ -302,6 +302,32 @@ async fn refusals_retries_and_hangs_are_counted_exactly() -> Result<()> {
     ensure!(
         log.contains("test proxy: refused for good"),
         "the 400's body is not in the log"
+    );
+    // Where operators look: `tributary-collector exports` reads the same
+    // totals from the store.
+    let json = run_bin(
+        "tributary-collector",
+        [
+            "exports",
+            &format!("--store=sqlite:{}", collector.db.display()),
+            "--config",
+            &config,
+            "--format",
+            "json",
+        ],
+    )
+    .await?;
+    let rows: serde_json::Value = serde_json::from_str(&json).context("exports --format json")?;
+    let row = &rows[0];
+    ensure!(
+        row["name"] == "rx"
+            && row["dropped"].as_f64() == Some(dropped_samples)
+            && row["retried"].as_f64() == Some(retried_metric)
+            && row["lag_readings"] == 0
+            && row["destination"]
+                .as_str()
+                .is_some_and(|d| d.contains(&proxy_addr.to_string())),
+        "exports shows {json}"
     );
     proxy_task.abort();
     println!(
