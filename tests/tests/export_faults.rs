@@ -338,3 +338,59 @@ async fn refusals_retries_and_hangs_are_counted_exactly() -> Result<()> {
     );
     Ok(())
 }
+
+/// A destination that is down for good, with `max_lag = "1s"`: the export
+/// skips what waited longer, and counts exactly what it skipped (every
+/// committed reading, as none could be sent), in the store and the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_lag_the_export_skips_and_counts_exactly() -> Result<()> {
+    let dir = TestDir::new("export-max-lag")?;
+    // Bound, then closed: nothing listens there.
+    let down = free_addr()?;
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[exports]]\nname = \"gone\"\nkind = \"remote_write\"\nurl = \"http://{down}/api/v1/write\"\n\
+             max_lag = \"1s\"\nmax_backoff = \"200ms\"\n"
+        ),
+    )?;
+    let config = config.display().to_string();
+    let collector = Collector::start_with(&dir, free_addr()?, &["--config", &config]).await?;
+    let mut agent = Agent::start(
+        &dir,
+        "lag-0",
+        &sim_agent_config("lag-0", &[collector.url()], 3, "20ms"),
+        "",
+    )?;
+    wait_for_counters(&collector.db, "lag-0", 3, 100).await?;
+    agent.stop().await?;
+    let stored = tributary_tests::cluster::agent_counters(&collector.db, "lag-0")?.readings_stored;
+    let store = format!("--store=sqlite:{}", collector.db.display());
+    let row = eventually(PATIENCE, "the export skipped everything", || async {
+        let json = run_bin(
+            "tributary-collector",
+            ["exports", &store, "--format", "json"],
+        )
+        .await
+        .ok()?;
+        let rows: serde_json::Value = serde_json::from_str(&json).ok()?;
+        let row = rows[0].clone();
+        (row["lag_readings"] == 0 && row["skipped"].as_u64()? > 0).then_some(row)
+    })
+    .await?;
+    ensure!(
+        row["skipped"].as_u64() == Some(stored) && row["sent"] == 0,
+        "stored {stored} readings; exports shows {row}"
+    );
+    ensure!(
+        collector
+            .log()
+            .contains("export skipped committed readings older than max_lag"),
+        "the skip is not logged"
+    );
+    println!(
+        "max_lag: {stored} readings committed, destination down: all {stored} skipped and counted"
+    );
+    Ok(())
+}

@@ -184,13 +184,15 @@ impl RemoteWriteSink {
     /// Sends the samples of `readings` (whose series have `labels`; a
     /// series without labels is filtered out), in order per series, over
     /// the shards. Returns once every request is accepted or dropped, or
-    /// `None` when `cancel` fired first (nothing may be taken as sent).
+    /// `None` when `cancel` fired or `give_up` passed first (nothing may be
+    /// taken as sent).
     pub async fn send(
         &self,
         readings: &[LogReading],
         labels: &HashMap<i64, Option<SeriesLabels>>,
         metrics: &ExportHandles,
         cancel: &CancellationToken,
+        give_up: Option<tokio::time::Instant>,
     ) -> Option<Outcome> {
         // Per shard: series in first-seen order, each with its samples.
         let mut shards: Vec<ShardPage> = (0..self.shards).map(|_| Default::default()).collect();
@@ -248,11 +250,18 @@ impl RemoteWriteSink {
             let cancel = cancel.clone();
             tasks.push(tokio::spawn(async move {
                 let mut out = Outcome::default();
-                for (req, n) in requests {
-                    sink.post(req, n as u64, &mut out, &metrics, &cancel)
-                        .await?;
-                }
-                Some(out)
+                let all = async {
+                    for (req, n) in requests {
+                        sink.post(req, n as u64, &mut out, &metrics, &cancel)
+                            .await?;
+                    }
+                    Some(())
+                };
+                let done = match give_up {
+                    None => all.await,
+                    Some(at) => tokio::time::timeout_at(at, all).await.ok().flatten(),
+                };
+                done.map(|()| out)
             }));
         }
         let mut total = Outcome::default();

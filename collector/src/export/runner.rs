@@ -127,7 +127,10 @@ impl Runner {
             // The page a crash interrupted, exactly as it was.
             page.retain(|b| b.position <= cursor.inflight);
         }
-        let Some(last) = page.last().map(|b| b.position) else {
+        let (Some(last), Some(first_received)) = (
+            page.last().map(|b| b.position),
+            page.first().map(|b| b.received_ns),
+        ) else {
             return Ok(false);
         };
         if cursor.inflight != last {
@@ -158,12 +161,25 @@ impl Runner {
                 cache.insert(id, pass.then(|| series_labels(&key)));
             }
         }
+        // With `max_lag`, a page is tried until its oldest batch is that
+        // old; then the check above skips it.
+        let give_up = self.config.max_lag.map(|max_lag| {
+            let age_ns = tributary_process::now_ns()
+                .saturating_sub(first_received)
+                .max(0);
+            let left = max_lag.saturating_sub(Duration::from_nanos(age_ns as u64));
+            tokio::time::Instant::now() + left
+        });
         let outcome = match &self.sink {
-            Sink::RemoteWrite(s) => s.send(&readings, cache, &self.metrics, cancel).await,
+            Sink::RemoteWrite(s) => {
+                s.send(&readings, cache, &self.metrics, cancel, give_up)
+                    .await
+            }
         };
         let Some(outcome) = outcome else {
-            // Cancelled mid-page: the cursor stays, the page goes again.
-            return Ok(false);
+            // Cancelled mid-page, or past max_lag: the cursor stays; the
+            // page goes again, or is skipped by the next step.
+            return Ok(!cancel.is_cancelled());
         };
         if outcome.dropped > 0 {
             warn!(export = %name, dropped = outcome.dropped, "export dropped samples the destination refused");
