@@ -25,6 +25,7 @@ mod agent;
 mod ceiling;
 mod collector;
 mod counting_proxy;
+mod export;
 mod ingest;
 mod load;
 mod options;
@@ -116,5 +117,6 @@ async fn run_one(scenario: Scenario, opts: &Options, progress: &Progress) -> Res
         Scenario::Streams => streams::run(opts, progress).await,
         Scenario::Wire => wire::run(opts, progress).await,
         Scenario::VsPrometheus => vs_prometheus::run(opts, progress).await,
+        Scenario::Export => export::run(opts, progress).await,
     }
 }

@@ -17,7 +17,8 @@ scenarios:
   streams         M concurrent idle-then-active streams on one collector
   wire            bytes on the wire per reading, counted at the socket
   vs-prometheus   agent + collector vs Prometheus scraping the same targets
-  all             every scenario above, in that order
+  export          a remote_write export to VictoriaMetrics: ingest with and without it, catch-up
+  all             every scenario above but export, in that order
   smoke           every scenario at tiny sizes; exit 1 if any numbers disagree
 
 flags (defaults are per scenario; see BENCHMARKS.md):
@@ -50,6 +51,7 @@ pub enum Scenario {
     Streams,
     Wire,
     VsPrometheus,
+    Export,
 }
 
 impl Scenario {
@@ -68,6 +70,7 @@ impl Scenario {
             Scenario::Streams => "streams",
             Scenario::Wire => "wire",
             Scenario::VsPrometheus => "vs-prometheus",
+            Scenario::Export => "export",
         }
     }
 }
@@ -120,6 +123,7 @@ impl Options {
                 "streams" => o.scenarios.push(Scenario::Streams),
                 "wire" => o.scenarios.push(Scenario::Wire),
                 "vs-prometheus" => o.scenarios.push(Scenario::VsPrometheus),
+                "export" => o.scenarios.push(Scenario::Export),
                 "all" => o.scenarios.extend(Scenario::ALL),
                 "smoke" => {
                     o.smoke = true;
