@@ -105,6 +105,7 @@ struct RawFile {
     operators: Option<Spanned<Vec<Spanned<String>>>>,
     tls: Option<RawTls>,
     limits: Option<RawLimits>,
+    exports: Option<Spanned<Vec<exports::RawExport>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +292,9 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
     if let (Some(src), Some(l)) = (src, &raw.limits) {
         limits::apply(src, l, &mut server)?;
     }
+    if let (Some(src), Some(list)) = (src, &raw.exports) {
+        server.exports = exports::parse(src, list.get_ref(), list.span())?;
+    }
 
     let allow_plaintext = flags.allow_plaintext || raw.allow_plaintext.unwrap_or(false);
     let allow_unauthenticated =
@@ -438,6 +442,7 @@ fn id_set(
     Ok(ids)
 }
 
+pub mod exports;
 mod limits;
 #[cfg(test)]
 mod tests;

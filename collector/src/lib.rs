@@ -25,6 +25,9 @@
 //!   `query` and `http` together.
 //! - `config`: `tributary-config` (the TOML engine) and the settings types of
 //!   `server`, `store` and `tls`.
+//! - `export`: `config::exports`, the store's commit log
+//!   (`store::export`), `prom_labels`, `metrics`' export handles, `model`;
+//!   never the merger.
 //! - `cli`: a Query client of its own (`query`'s conversions, `model`,
 //!   `tributary-proto`); it shares no state with the server side.
 //!
@@ -33,6 +36,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod http;
 pub mod listener;
 pub mod merger;

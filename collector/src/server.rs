@@ -96,6 +96,8 @@ pub struct ServerConfig {
     pub shutdown_deadline: Duration,
     /// Limits of the HTTP listener (when there is one).
     pub http_limits: HttpLimits,
+    /// `[[exports]]`: each a reader of the commit log (`crate::export`).
+    pub exports: Vec<crate::config::exports::ExportConfig>,
 }
 
 impl ServerConfig {
@@ -123,6 +125,7 @@ impl ServerConfig {
             roles: Arc::default(),
             shutdown_deadline: Duration::from_secs(15),
             http_limits: HttpLimits::default(),
+            exports: Vec::new(),
         }
     }
 
@@ -149,6 +152,8 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error("merger thread panicked")]
     MergerPanicked,
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
 }
 
 /// The Ingest service: accepts a stream and hands it to a new session task.
@@ -228,6 +233,8 @@ pub async fn run_with_http(
         },
     )
     .await?;
+    // Exports follow the commit log; set up before anything can commit.
+    let exports = crate::export::start(&store, &config.exports, &metrics.exports).await?;
     let token = CancellationToken::new();
     let mutual_tls = config.tls.as_ref().is_some_and(|t| t.mutual);
 
@@ -361,6 +368,7 @@ pub async fn run_with_http(
         token.cancel();
         let _ = tokio::time::timeout(deadline, task).await;
     }
+    exports.shutdown(deadline).await;
     served?;
     // The Ingest service (and with it the last merger handle) is gone once
     // `serve` is dropped; the merger then drains its queue and stops.

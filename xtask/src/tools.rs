@@ -67,6 +67,12 @@ pub const TOOLS: &[Tool] = &[
         env: "TRIBUTARY_PROMTOOL",
         ensure: promtool,
     },
+    // The remote write exports' receiver (tests/tests/export_*.rs).
+    Tool {
+        name: "victoria-metrics",
+        env: "TRIBUTARY_VICTORIA_METRICS",
+        ensure: victoria_metrics,
+    },
     // The fleet page's browser test (tests/tests/fleet_page.rs).
     Tool {
         name: "chromium",
@@ -259,6 +265,12 @@ fn ietf_mibs(ws: &Workspace) -> Result<PathBuf> {
 
 /// `path`, installing the Debian package `package` first if it is missing
 /// (as root; `apt-get update` runs once per xtask run).
+/// VictoriaMetrics single node, a remote write receiver the export tests
+/// write to (Debian package `victoria-metrics`).
+fn victoria_metrics(_: &Workspace) -> Result<PathBuf> {
+    apt_tool("/usr/bin/victoria-metrics", "victoria-metrics")
+}
+
 fn apt_tool(path: &str, package: &str) -> Result<PathBuf> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static UPDATED: AtomicBool = AtomicBool::new(false);

@@ -27,6 +27,7 @@ pub(super) async fn run(cmd: ClientCommand) -> Result<()> {
         ClientCommand::Latest(a) => latest(a).await,
         ClientCommand::Query(a) => query(a).await,
         ClientCommand::Tail(a) => tail(a).await,
+        ClientCommand::Exports(a) => super::exports::run(a).await,
     };
     match result {
         // The reader of our output went away (`| head`): not an error.

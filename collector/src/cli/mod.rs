@@ -19,10 +19,12 @@ use anyhow::Result;
 use tributary_proto::v1 as pb;
 
 mod commands;
+mod exports;
 mod render;
 mod when;
 mod writers;
 
+pub use exports::ExportsArgs;
 pub use render::{labels_text, write_agents, write_readings, write_series, write_tail_chunk};
 pub use when::{WhenError, parse_when};
 pub use writers::csv_field;
@@ -48,6 +50,8 @@ pub enum ClientCommand {
     Query(QueryArgs),
     /// Print readings as they are committed, until Ctrl-C
     Tail(FilterArgs),
+    /// Show each export's cursor, lag and totals, read from the store
+    Exports(ExportsArgs),
 }
 
 /// Output format.

@@ -443,3 +443,98 @@ fn the_store_password_comes_from_a_file() {
     assert!(!e.to_string().contains("p@ss"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn exports_are_read_with_defaults_and_secrets_from_files() {
+    let dir = std::env::temp_dir().join(format!("tributary-exports-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("token"), "s3cret\n").expect("token");
+    let s = resolve_text(
+        "[[exports]]\nname = \"vm\"\nkind = \"remote_write\"\n\
+         url = \"http://127.0.0.1:8428/api/v1/write\"\nbearer_token_file = \"token\"\n\
+         headers = { X-Scope-OrgID = \"a\" }\nmatch = { agent = \"edge-*\" }\n\
+         [[exports]]\nname = \"b\"\nkind = \"remote_write\"\nurl = \"https://vm:8428/w\"\n\
+         shards = 2\nmax_lag = \"1h\"\nbasic_auth = { username = \"u\", password = \"p\" }\n",
+        &dir.join("collector.toml"),
+        &Flags::default(),
+    )
+    .expect("valid");
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = &s.server.exports;
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0].name, "vm");
+    let crate::config::exports::ExportKind::RemoteWrite(rw) = &e[0].kind;
+    assert_eq!(
+        rw.auth,
+        crate::config::exports::Auth::Bearer("s3cret".into())
+    );
+    assert_eq!(rw.headers, vec![("X-Scope-OrgID".into(), "a".into())]);
+    assert_eq!(rw.shards, 4);
+    assert!(e[0].filter.matches("edge-1", "d", "m"));
+    assert!(!e[0].filter.matches("core-1", "d", "m"));
+    assert_eq!(e[0].max_lag, None);
+    assert_eq!(e[1].max_lag, Some(Duration::from_secs(3600)));
+    let crate::config::exports::ExportKind::RemoteWrite(rw) = &e[1].kind;
+    assert_eq!(rw.shards, 2);
+    assert!(format!("{:?}", rw.auth).contains("<secret>"));
+    assert!(!format!("{:?}", rw.auth).contains("\"p\""));
+}
+
+#[test]
+fn export_errors_name_the_line_and_key() {
+    let head = "[[exports]]\nname = \"vm\"\nkind = \"remote_write\"\n";
+    let cases = [
+        (
+            format!("{head}url = \"ftp://x\"\n"),
+            "collector.toml:4: exports[0].url: \"ftp://x\": expected an http:// or https:// URL",
+        ),
+        (
+            "[[exports]]\nname = \"a b\"\nkind = \"remote_write\"\nurl = \"http://x/w\"\n".into(),
+            "collector.toml:2: exports[0].name: \"a b\": a name has 1 to 64",
+        ),
+        (
+            "[[exports]]\nname = \"vm\"\nkind = \"kafka\"\nurl = \"http://x/w\"\n".into(),
+            "collector.toml:3: exports[0].kind: \"kafka\": expected \"remote_write\"",
+        ),
+        (
+            format!("{head}url = \"http://x/w\"\nshards = 0\n"),
+            "collector.toml:5: exports[0].shards: 0: expected a whole number from 1 to 64",
+        ),
+        (
+            format!("{head}url = \"http://x/w\"\ntimeout = \"0s\"\n"),
+            "collector.toml:5: exports[0].timeout: must be longer than zero",
+        ),
+        (
+            format!("{head}url = \"http://x/w\"\nheaders = {{ Content-Type = \"x\" }}\n"),
+            "collector.toml:5: exports[0].headers.Content-Type: set by the remote write protocol",
+        ),
+        (
+            format!("{head}url = \"http://x/w\"\nbearer_token_file = \"missing-token\"\n"),
+            "collector.toml:5: exports[0].bearer_token_file: /etc/tributary/missing-token:",
+        ),
+        (
+            format!(
+                "{head}url = \"http://x/w\"\nbearer_token = \"t\"\nbearer_token_file = \"f\"\n"
+            ),
+            "collector.toml:5: exports[0].bearer_token: set bearer_token or bearer_token_file, not both",
+        ),
+        (
+            format!("{head}url = \"http://x/w\"\n[exports.tls]\nca = \"ca.pem\"\n"),
+            "exports[0].tls: the url is http://",
+        ),
+        (
+            format!("{head}url = \"http://x/w\"\nbogus = 1\n"),
+            "collector.toml:5: exports[0]: unknown key `bogus`",
+        ),
+        (
+            format!(
+                "{head}url = \"http://x/w\"\n[[exports]]\nname = \"vm\"\nkind = \"remote_write\"\nurl = \"http://y/w\"\n"
+            ),
+            "collector.toml:6: exports[1].name: \"vm\" is used by an earlier export",
+        ),
+    ];
+    for (text, want) in cases {
+        let got = error(&text);
+        assert!(got.contains(want), "{text:?}\n got: {got}\nwant: {want}");
+    }
+}

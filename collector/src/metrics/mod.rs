@@ -30,6 +30,7 @@
 //! no lock; every number has one writer.
 
 mod agents;
+mod exports;
 mod handles;
 mod scrape;
 #[cfg(test)]
@@ -54,6 +55,7 @@ use crate::merger::QueueProbe;
 use crate::model::LiveAgents;
 
 pub use agents::{AgentCounts, AgentStats, AgentsCollector};
+pub use exports::{ExportHandles, ExportMetrics};
 pub use handles::{
     IngestMetrics, MergerMetrics, QueryMetrics, QueryTimer, Rpc, StoreOp, StreamRefusal,
 };
@@ -72,6 +74,8 @@ pub struct CollectorMetrics {
     pub query: Arc<QueryMetrics>,
     /// The gRPC listener's counters (it writes them; scrapes read them).
     pub listener: Arc<ListenerStats>,
+    /// The exports' counters and lag (one series per export).
+    pub exports: Arc<ExportMetrics>,
 }
 
 impl Default for CollectorMetrics {
@@ -92,7 +96,9 @@ impl CollectorMetrics {
         );
         registry.register_collector(Box::new(ProcessCollector));
         let (ingest, merger, query) = handles::new(&mut registry);
+        let exports = Arc::new(ExportMetrics::new(&mut registry));
         CollectorMetrics {
+            exports,
             registry,
             ingest: Arc::new(ingest),
             merger: Arc::new(merger),

@@ -27,6 +27,7 @@
 
 mod contract;
 mod error;
+pub mod export;
 pub(crate) mod labels;
 mod plan;
 pub mod postgres;

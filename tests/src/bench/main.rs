@@ -26,6 +26,7 @@ mod ceiling;
 mod collector;
 mod config;
 mod counting_proxy;
+mod export;
 mod ingest;
 mod load;
 mod metrics_cost;
@@ -119,5 +120,6 @@ async fn run_one(scenario: Scenario, opts: &Options, progress: &Progress) -> Res
         Scenario::Wire => wire::run(opts, progress).await,
         Scenario::VsPrometheus => vs_prometheus::run(opts, progress).await,
         Scenario::Config => config::run(opts, progress).await,
+        Scenario::Export => export::run(opts, progress).await,
     }
 }

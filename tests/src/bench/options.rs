@@ -18,7 +18,8 @@ scenarios:
   wire            bytes on the wire per reading, counted at the socket
   vs-prometheus   agent + collector vs Prometheus scraping the same targets
   config          the agent loads K devices: a flat file vs a CSV inventory + template + includes
-  all             every scenario above, in that order
+  export          a remote_write export to VictoriaMetrics: ingest with and without it, catch-up
+  all             every scenario above but export, in that order
   smoke           every scenario at tiny sizes; exit 1 if any numbers disagree
 
 flags (defaults are per scenario; see BENCHMARKS.md):
@@ -52,6 +53,7 @@ pub enum Scenario {
     Wire,
     VsPrometheus,
     Config,
+    Export,
 }
 
 impl Scenario {
@@ -72,6 +74,7 @@ impl Scenario {
             Scenario::Wire => "wire",
             Scenario::VsPrometheus => "vs-prometheus",
             Scenario::Config => "config",
+            Scenario::Export => "export",
         }
     }
 }
@@ -125,6 +128,7 @@ impl Options {
                 "wire" => o.scenarios.push(Scenario::Wire),
                 "vs-prometheus" => o.scenarios.push(Scenario::VsPrometheus),
                 "config" => o.scenarios.push(Scenario::Config),
+                "export" => o.scenarios.push(Scenario::Export),
                 "all" => o.scenarios.extend(Scenario::ALL),
                 "smoke" => {
                     o.smoke = true;

@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 use crate::process::{TestDir, free_addr, wait_for_port};
 
 pub mod prometheus;
+pub mod receivers;
 
 /// `snmpd` (Debian package `snmpd`).
 pub const SNMPD_ENV: &str = "TRIBUTARY_SNMPD";

@@ -20,6 +20,7 @@
 
 mod codec;
 mod compact;
+mod export_log;
 mod layout;
 mod read;
 mod retain;
@@ -29,5 +30,6 @@ mod write;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use export_log::SqliteLog;
 pub use read::SqliteReader;
 pub use write::SqliteStore;

@@ -1,0 +1,34 @@
+-- The commit log the exports read (store/sqlite/export_log.rs): the SQLite
+-- side of migration 3. Applied when the collector starts with exports
+-- (idempotent); removed when it starts without any.
+
+-- One row per committed batch, copied from `head` in the commit's own
+-- transaction. AUTOINCREMENT: ids are never reused, so a cursor (the last
+-- id sent) stays valid whatever compaction does to `head`.
+CREATE TABLE IF NOT EXISTS export_log (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_ns INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    data        BLOB    NOT NULL   -- the head row's blob (codec.rs)
+);
+
+-- One row per export: how far it got, and its totals.
+CREATE TABLE IF NOT EXISTS export_cursors (
+    name       TEXT PRIMARY KEY,
+    position   INTEGER NOT NULL,   -- the last export_log id sent (or skipped)
+    inflight   INTEGER NOT NULL DEFAULT 0,   -- the last id of the page being sent
+    sent       INTEGER NOT NULL DEFAULT 0,   -- readings delivered
+    dropped    INTEGER NOT NULL DEFAULT 0,   -- readings the destination refused (4xx)
+    skipped    INTEGER NOT NULL DEFAULT 0,   -- readings passed over by max_lag
+    retried    INTEGER NOT NULL DEFAULT 0,   -- requests sent again
+    last_error TEXT
+) WITHOUT ROWID;
+
+-- The copy, and the trim of what every cursor has passed.
+CREATE TRIGGER IF NOT EXISTS export_log_append AFTER INSERT ON head
+BEGIN
+    INSERT INTO export_log (received_ns, count, data)
+        VALUES (NEW.received_ns, NEW.count, NEW.data);
+    DELETE FROM export_log
+        WHERE id <= (SELECT MIN(position) FROM export_cursors);
+END;
