@@ -96,6 +96,8 @@ pub struct ServerConfig {
     pub shutdown_deadline: Duration,
     /// Limits of the HTTP listener (when there is one).
     pub http_limits: HttpLimits,
+    /// What one PromQL query may use (`[query]`).
+    pub query_limits: crate::promql::Limits,
 }
 
 impl ServerConfig {
@@ -123,6 +125,7 @@ impl ServerConfig {
             roles: Arc::default(),
             shutdown_deadline: Duration::from_secs(15),
             http_limits: HttpLimits::default(),
+            query_limits: crate::promql::Limits::default(),
         }
     }
 
@@ -254,6 +257,7 @@ pub async fn run_with_http(
             mutual_tls,
             shutdown: token.clone(),
             metrics: registry,
+            query_limits: config.query_limits,
         };
         tokio::spawn(http::serve(
             http_listener,

@@ -76,6 +76,19 @@ impl CollectorProc {
         dir: &WorkDir,
         max_connections: Option<usize>,
     ) -> Result<CollectorProc> {
+        Self::spawn(dir, max_connections, None).await
+    }
+
+    /// With its HTTP listener (the Prometheus API) on `http`.
+    pub async fn start_http(dir: &WorkDir, http: SocketAddr) -> Result<CollectorProc> {
+        Self::spawn(dir, None, Some(http)).await
+    }
+
+    async fn spawn(
+        dir: &WorkDir,
+        max_connections: Option<usize>,
+        http: Option<SocketAddr>,
+    ) -> Result<CollectorProc> {
         let addr = free_addr()?;
         let store = format!("sqlite:{}", dir.join("collector.db").display());
         let config = dir.join("collector.toml");
@@ -89,7 +102,10 @@ impl CollectorProc {
         std::fs::write(&config, limits).with_context(|| format!("write {}", config.display()))?;
         let builder = Proc::builder("tributary-collector")?
             .args(["serve", "--listen", &addr.to_string(), "--store", &store])
-            .args(["--http-listen", "off"])
+            .args([
+                "--http-listen",
+                &http.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            ])
             .arg("--config")
             .arg(config);
         let mut proc = builder

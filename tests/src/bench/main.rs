@@ -1,7 +1,7 @@
 //! `tributary-bench`: the measuring side of `cargo xtask bench`.
 //!
 //! ```text
-//! tributary-bench <ingest|poll|streams|wire|vs-prometheus|all|smoke>... [FLAGS]
+//! tributary-bench <ingest|poll|streams|wire|vs-prometheus|promql|all|smoke>... [FLAGS]
 //! ```
 //!
 //! Every scenario runs the real `tributary-collector` (and, where it says so,
@@ -30,6 +30,7 @@ mod load;
 mod options;
 mod poll;
 mod progress;
+mod promql;
 mod report;
 mod streams;
 mod sys;
@@ -116,5 +117,6 @@ async fn run_one(scenario: Scenario, opts: &Options, progress: &Progress) -> Res
         Scenario::Streams => streams::run(opts, progress).await,
         Scenario::Wire => wire::run(opts, progress).await,
         Scenario::VsPrometheus => vs_prometheus::run(opts, progress).await,
+        Scenario::Promql => promql::run(opts, progress).await,
     }
 }

@@ -21,7 +21,8 @@ use tokio_postgres::{NoTls, Row};
 use crate::model::{Point, SeriesMeta, StoredValue};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
-    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, SeriesPage, StoredAgent, TimeSpan, counter,
+    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, SeriesPage, SpanSeries, StoredAgent,
+    TimeSpan, counter,
 };
 use crate::store::redact;
 
@@ -165,6 +166,30 @@ impl PgReader {
             .await
             .map_err(self.query_err(what))?;
         rows.iter().map(|r| self.series_meta(r)).collect()
+    }
+
+    /// The series with a reading within `span` (one index probe each).
+    pub async fn series_in_span(&self, span: TimeSpan) -> Result<SpanSeries, ReadError> {
+        let mut out = SpanSeries::default();
+        let Some((lo, hi)) = span.closed() else {
+            return Ok(out);
+        };
+        let what = "list series in a span";
+        let conn = self.conn(what).await?;
+        let rows = conn
+            .query(
+                "SELECT s.id FROM series s WHERE EXISTS (\
+                   SELECT 1 FROM readings r \
+                   WHERE r.series_id = s.id AND r.ts_ns >= $1 AND r.ts_ns <= $2)",
+                &[&lo, &hi],
+            )
+            .await
+            .map_err(self.query_err(what))?;
+        for row in &rows {
+            out.ids
+                .insert(row.try_get(0).map_err(self.query_err(what))?);
+        }
+        Ok(out)
     }
 
     /// The newest point (by device time) of every series passing `sel`, in

@@ -25,7 +25,7 @@ use super::scan::{self, Merge};
 use crate::model::{Point, SeriesMeta};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
-    MAX_CHUNK_POINTS, ReadError, Selector, SeriesPage, StoredAgent, TimeSpan, counter,
+    MAX_CHUNK_POINTS, ReadError, Selector, SeriesPage, SpanSeries, StoredAgent, TimeSpan, counter,
 };
 
 /// How long a read waits for a lock before it gives up.
@@ -199,6 +199,41 @@ impl SqliteReader {
                 })?;
             out.push(meta);
         }
+        Ok(out)
+    }
+
+    /// The series that may have readings within `span`: those with a
+    /// chunk overlapping it, and the id range of every head row
+    /// overlapping it (both found in covering indexes, no blob read).
+    pub fn series_in_span(&self, span: TimeSpan) -> Result<SpanSeries, ReadError> {
+        let mut out = SpanSeries::default();
+        let Some((lo, hi)) = span.closed() else {
+            return Ok(out);
+        };
+        let conn = self.open()?;
+        let err = self.query_err("list series in a span");
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT series_id FROM chunks WHERE max_ts >= ?1 AND min_ts <= ?2",
+            )
+            .map_err(&err)?;
+        let ids = stmt
+            .query_map([lo, hi], |r| r.get::<_, i64>(0))
+            .map_err(&err)?;
+        for id in ids {
+            out.ids.insert(id.map_err(&err)?);
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT min_series, max_series FROM head WHERE max_ts >= ?1 AND min_ts <= ?2",
+            )
+            .map_err(&err)?;
+        let ranges = stmt
+            .query_map([lo, hi], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?;
+        out.add_ranges(ranges);
         Ok(out)
     }
 
