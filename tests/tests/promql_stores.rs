@@ -108,7 +108,13 @@ async fn refused_503(client: &reqwest::Client, base: &str) -> Result<()> {
             "the error names the store: {body}"
         );
     }
-    let (status, body) = ask(client, base, "series", &[("match[]", "tr_up".to_owned())]).await?;
+    // With a time range, the series call reads the readings too.
+    let range = [
+        ("match[]", "tr_up".to_owned()),
+        ("start", T0.to_string()),
+        ("end", (T0 + 600).to_string()),
+    ];
+    let (status, body) = ask(client, base, "series", &range).await?;
     ensure!(
         status == 503 && body["errorType"] == "unavailable",
         "series with the store gone: {status} {body}"

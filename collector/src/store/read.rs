@@ -316,6 +316,43 @@ impl Reader {
         }
         rx
     }
+
+    /// [`range`](Self::range) over exactly `series` (as listed by
+    /// `series_page`), in their order, in one read: one SQLite
+    /// connection, or one PostgreSQL page query per series.
+    pub fn range_series(
+        &self,
+        series: Vec<SeriesMeta>,
+        span: TimeSpan,
+        max_chunk: usize,
+    ) -> mpsc::Receiver<Result<RangeChunk, ReadError>> {
+        let (tx, rx) = mpsc::channel(RANGE_AHEAD);
+        match self {
+            Reader::Sqlite(r) => {
+                let r = r.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = r.range_series(&series, span, max_chunk, |meta, points| {
+                        match tx.blocking_send(Ok((meta, points))) {
+                            Ok(()) => std::ops::ControlFlow::Continue(()),
+                            Err(_) => std::ops::ControlFlow::Break(()),
+                        }
+                    });
+                    if let Err(e) = result {
+                        let _ = tx.blocking_send(Err(e));
+                    }
+                });
+            }
+            Reader::Postgres(r) => {
+                let r = r.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = r.range_series(series, span, max_chunk, &tx).await {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                });
+            }
+        }
+        rx
+    }
 }
 
 /// Runs a blocking SQLite read on tokio's blocking pool.

@@ -231,6 +231,21 @@ impl PgReader {
         max_chunk: usize,
         tx: &mpsc::Sender<Result<RangeChunk, ReadError>>,
     ) -> Result<(), ReadError> {
+        if span.closed().is_none() {
+            return Ok(());
+        }
+        let series = self.series(sel).await?;
+        self.range_series(series, span, max_chunk, tx).await
+    }
+
+    /// [`range`](Self::range) over the given series, in their order.
+    pub async fn range_series(
+        &self,
+        series: Vec<SeriesMeta>,
+        span: TimeSpan,
+        max_chunk: usize,
+        tx: &mpsc::Sender<Result<RangeChunk, ReadError>>,
+    ) -> Result<(), ReadError> {
         let Some((lo, hi)) = span.closed() else {
             return Ok(());
         };
@@ -243,7 +258,7 @@ impl PgReader {
         );
         let same_ts_sql =
             format!("SELECT {POINT_COLUMNS} FROM readings WHERE series_id = $1 AND ts_ns = $2");
-        for meta in self.series(sel).await? {
+        for meta in series {
             let meta = Arc::new(meta);
             // Pages start at `from` (inclusive). A full page may end in the
             // middle of the points sharing its last timestamp: those are

@@ -260,21 +260,51 @@ impl SqliteReader {
         sel: &Selector,
         span: TimeSpan,
         max_chunk: usize,
+        sink: impl FnMut(Arc<SeriesMeta>, Vec<Point>) -> ControlFlow<()>,
+    ) -> Result<(), ReadError> {
+        if span.closed().is_none() {
+            return Ok(());
+        }
+        let conn = self.open()?;
+        let series = self.series_on(&conn, sel, None)?;
+        self.range_on(&conn, &series, span, max_chunk, sink)
+    }
+
+    /// [`range`](Self::range) over the given series (by id, as listed),
+    /// on one connection.
+    pub fn range_series(
+        &self,
+        series: &[SeriesMeta],
+        span: TimeSpan,
+        max_chunk: usize,
+        sink: impl FnMut(Arc<SeriesMeta>, Vec<Point>) -> ControlFlow<()>,
+    ) -> Result<(), ReadError> {
+        if span.closed().is_none() || series.is_empty() {
+            return Ok(());
+        }
+        let conn = self.open()?;
+        self.range_on(&conn, series, span, max_chunk, sink)
+    }
+
+    fn range_on(
+        &self,
+        conn: &Connection,
+        series: &[SeriesMeta],
+        span: TimeSpan,
+        max_chunk: usize,
         mut sink: impl FnMut(Arc<SeriesMeta>, Vec<Point>) -> ControlFlow<()>,
     ) -> Result<(), ReadError> {
         let Some((lo, hi)) = span.closed() else {
             return Ok(());
         };
         let limit = max_chunk.clamp(1, MAX_CHUNK_POINTS);
-        let conn = self.open()?;
-        let series = self.series_on(&conn, sel, None)?;
         let err = self.scan_err("read range");
         for group in series.chunks(RANGE_GROUP) {
             let ids: Vec<i64> = group.iter().map(|m| m.id).collect();
-            let scans = scan::snapshot(&conn, &ids, lo, hi).map_err(&err)?;
+            let scans = scan::snapshot(conn, &ids, lo, hi).map_err(&err)?;
             for (meta, scan) in group.iter().zip(scans) {
                 let meta = Arc::new(meta.clone());
-                let mut merge = Merge::new(&conn, meta.id, lo, hi, scan);
+                let mut merge = Merge::new(conn, meta.id, lo, hi, scan);
                 loop {
                     let mut points = Vec::with_capacity(limit);
                     if !merge.next_points(&mut points, limit).map_err(&err)? {
