@@ -331,11 +331,11 @@ impl Reader {
             Reader::Sqlite(r) => {
                 let r = r.clone();
                 tokio::task::spawn_blocking(move || {
-                    let result = r.range_series(&series, span, max_chunk, |meta, points| {
-                        match tx.blocking_send(Ok((meta, points))) {
-                            Ok(()) => std::ops::ControlFlow::Continue(()),
-                            Err(_) => std::ops::ControlFlow::Break(()),
-                        }
+                    let result = r.range_series(&series, span, max_chunk, |meta, points| match tx
+                        .blocking_send(Ok((meta, points)))
+                    {
+                        Ok(()) => std::ops::ControlFlow::Continue(()),
+                        Err(_) => std::ops::ControlFlow::Break(()),
                     });
                     if let Err(e) = result {
                         let _ = tx.blocking_send(Err(e));
