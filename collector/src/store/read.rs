@@ -200,7 +200,7 @@ impl SpanSeries {
 
     /// Adds the id range `[lo, hi]` (kept sorted and merged).
     pub fn add_ranges(&mut self, mut ranges: Vec<(i64, i64)>) {
-        ranges.extend(self.ranges.drain(..));
+        ranges.append(&mut self.ranges);
         ranges.sort_unstable();
         for (lo, hi) in ranges {
             match self.ranges.last_mut() {
