@@ -22,6 +22,10 @@
 //! max_connections_per_address = 64      # default: max_connections / 8, at most 64
 //! preface_timeout = "10s"
 //! idle_timeout = "5m"                    # longer than keepalive_interval + keepalive_timeout
+//!
+//! [query]                                # PromQL on the HTTP listener (config/query.rs)
+//! timeout = "2m"
+//! lookback_delta = "5m"
 //! ```
 //!
 //! Relative paths are relative to the file's directory. Every error names
@@ -46,6 +50,7 @@ use toml::Spanned;
 use toml::de::DeTable;
 use tributary_config::{DeContext, Layer, Source, deserialize_table, parse_duration};
 
+pub use query::QueryFlags;
 pub use tributary_config::ConfigError;
 
 use crate::roles::{self, Roles};
@@ -74,6 +79,8 @@ pub struct Flags {
     pub allow_plaintext: bool,
     /// `--allow-unauthenticated-agents` (can only turn it on).
     pub allow_unauthenticated_agents: bool,
+    /// `--query-*`: what one PromQL query may use.
+    pub query: QueryFlags,
 }
 
 /// Validated settings of `serve`.
@@ -106,6 +113,7 @@ struct RawFile {
     tls: Option<RawTls>,
     limits: Option<RawLimits>,
     exports: Option<Spanned<Vec<exports::RawExport>>>,
+    query: Option<query::RawQuery>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,6 +303,7 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
     if let (Some(src), Some(list)) = (src, &raw.exports) {
         server.exports = exports::parse(src, list.get_ref(), list.span())?;
     }
+    server.query_limits = query::resolve(src, raw.query.as_ref(), &flags.query)?;
 
     let allow_plaintext = flags.allow_plaintext || raw.allow_plaintext.unwrap_or(false);
     let allow_unauthenticated =
@@ -444,6 +453,7 @@ fn id_set(
 
 pub mod exports;
 mod limits;
+mod query;
 #[cfg(test)]
 mod tests;
 

@@ -69,6 +69,21 @@ struct ServeArgs {
     /// may then stream as any agent id)
     #[arg(long)]
     allow_unauthenticated_agents: bool,
+    /// PromQL: queries evaluated at once; more wait [default: 4]
+    #[arg(long, value_name = "N")]
+    query_max_concurrent: Option<u64>,
+    /// PromQL: most samples one query may hold [default: 50000000]
+    #[arg(long, value_name = "N")]
+    query_max_samples: Option<u64>,
+    /// PromQL: most steps of a range query [default: 11000]
+    #[arg(long, value_name = "N")]
+    query_max_points_per_series: Option<u64>,
+    /// PromQL: longest a query may run [default: 2m]
+    #[arg(long, value_name = "DURATION", value_parser = tributary_config::parse_duration)]
+    query_timeout: Option<std::time::Duration>,
+    /// PromQL: how far back an instant selector looks for a sample [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = tributary_config::parse_duration)]
+    query_lookback_delta: Option<std::time::Duration>,
 }
 
 /// `--http-listen`: an address, or `None` for `off` (a newtype, as clap
@@ -127,6 +142,13 @@ fn serve_config(args: &ServeArgs) -> Result<config::Serve, config::ConfigError> 
         retention: args.retention,
         allow_plaintext: args.allow_plaintext,
         allow_unauthenticated_agents: args.allow_unauthenticated_agents,
+        query: config::QueryFlags {
+            max_concurrent: args.query_max_concurrent,
+            max_samples: args.query_max_samples,
+            max_points_per_series: args.query_max_points_per_series,
+            timeout: args.query_timeout,
+            lookback_delta: args.query_lookback_delta,
+        },
     };
     config::resolve(args.config.as_deref(), &flags)
 }

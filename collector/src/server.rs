@@ -98,6 +98,8 @@ pub struct ServerConfig {
     pub http_limits: HttpLimits,
     /// `[[exports]]`: each a reader of the commit log (`crate::export`).
     pub exports: Vec<crate::config::exports::ExportConfig>,
+    /// What one PromQL query may use (`[query]`).
+    pub query_limits: crate::promql::Limits,
 }
 
 impl ServerConfig {
@@ -126,6 +128,7 @@ impl ServerConfig {
             shutdown_deadline: Duration::from_secs(15),
             http_limits: HttpLimits::default(),
             exports: Vec::new(),
+            query_limits: crate::promql::Limits::default(),
         }
     }
 
@@ -261,6 +264,7 @@ pub async fn run_with_http(
             mutual_tls,
             shutdown: token.clone(),
             metrics: registry,
+            query_limits: config.query_limits,
         };
         tokio::spawn(http::serve(
             http_listener,

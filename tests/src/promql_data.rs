@@ -202,38 +202,107 @@ pub fn generate() -> Vec<GenSeries> {
     out
 }
 
+/// `n` counters named `m` over `samples` samples at [`INTERVAL`] from
+/// `start` (Unix seconds), for the PromQL benchmark: `agents` agents,
+/// each with `devices` devices, each device with as many series as it
+/// takes (label `core`), every series at its own phase, with a rare
+/// counter reset.
+pub fn counters(
+    n: usize,
+    agents: usize,
+    devices: usize,
+    start: i64,
+    samples: i64,
+) -> Vec<GenSeries> {
+    let mut rng = Rng(0x5EED_BE4C_0000_0002);
+    let agents = agents.max(1);
+    let devices = devices.max(1);
+    (0..n)
+        .map(|i| {
+            let phase = (i as i64 * 7919) % (INTERVAL * 1000);
+            let mut v = rng.below(1_000) as i64;
+            let points = (0..samples)
+                .map(|k| {
+                    if rng.below(500) == 0 {
+                        v = 0;
+                    } else {
+                        v += rng.below(100) as i64;
+                    }
+                    ((start + k * INTERVAL) * 1000 + phase, Val::Int(v))
+                })
+                .collect();
+            GenSeries {
+                metric: "m".into(),
+                agent: format!("bench-{:02}", i % agents),
+                device: format!("dev{:03}", (i / agents) % devices),
+                labels: vec![("core".into(), (i / (agents * devices)).to_string())],
+                points,
+            }
+        })
+        .collect()
+}
+
 /// The data set as OpenMetrics text (timestamps in seconds), `# EOF`
 /// at the end.
 pub fn openmetrics(series: &[GenSeries]) -> String {
     let mut out = String::new();
     for s in series {
-        let mut labels = vec![
-            ("agent".to_owned(), s.agent.clone()),
-            ("device".to_owned(), s.device.clone()),
-        ];
-        labels.extend(s.labels.iter().cloned());
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        let labels = labels.join(",");
-        for (t, v) in &s.points {
-            let _ = writeln!(
-                out,
-                "{}{{{labels}}} {} {}.{:03}",
-                s.metric,
-                v.text(),
-                t / 1000,
-                t % 1000
-            );
-        }
+        write_series(&mut out, s);
     }
     out.push_str("# EOF\n");
     out
+}
+
+/// The data set as an OpenMetrics file for `promtool`, written series by
+/// series (a large set never sits in memory as text).
+pub fn write_openmetrics(series: &[GenSeries], path: &std::path::Path) -> Result<()> {
+    use std::io::Write as _;
+    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let mut text = String::new();
+    for s in series {
+        text.clear();
+        write_series(&mut text, s);
+        w.write_all(text.as_bytes())?;
+    }
+    w.write_all(b"# EOF\n")?;
+    w.flush()
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// One series' samples as OpenMetrics lines.
+fn write_series(out: &mut String, s: &GenSeries) {
+    let mut labels = vec![
+        ("agent".to_owned(), s.agent.clone()),
+        ("device".to_owned(), s.device.clone()),
+    ];
+    labels.extend(s.labels.iter().cloned());
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let labels = labels.join(",");
+    for (t, v) in &s.points {
+        let _ = writeln!(
+            out,
+            "{}{{{labels}}} {} {}.{:03}",
+            s.metric,
+            v.text(),
+            t / 1000,
+            t % 1000
+        );
+    }
 }
 
 /// Sends the data set to the collector at `url` through Ingest, one
 /// stream per agent, and waits until every batch is acknowledged (that
 /// is, committed).
 pub async fn ingest(url: &str, series: &[GenSeries]) -> Result<()> {
-    for agent in AGENTS {
+    let mut agents: Vec<&str> = Vec::new();
+    for s in series {
+        if !agents.contains(&s.agent.as_str()) {
+            agents.push(&s.agent);
+        }
+    }
+    for agent in agents {
         let mine: Vec<&GenSeries> = series.iter().filter(|s| s.agent == agent).collect();
         let mut client = pb::ingest_client::IngestClient::connect(url.to_owned())
             .await

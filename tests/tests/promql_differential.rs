@@ -340,15 +340,29 @@ async fn promtool_works(url: &str) -> Result<Vec<String>> {
             ],
             "d01",
         ),
+        // Without --start/--end promtool asks for the last 9999 hours,
+        // long after the data set: Prometheus, and Tributary, answer
+        // nothing then.
         (
             vec![
                 "series".into(),
+                format!("--start={start}"),
+                format!("--end={end}"),
                 "--match=tr_temp_celsius{device=\"d02\"}".into(),
                 url.into(),
             ],
             "d02",
         ),
-        (vec!["labels".into(), url.into(), "device".into()], "d09"),
+        (
+            vec![
+                "labels".into(),
+                format!("--start={start}"),
+                format!("--end={end}"),
+                url.into(),
+                "device".into(),
+            ],
+            "d09",
+        ),
     ];
     let mut failures = Vec::new();
     for (args, expect) in runs {

@@ -3,7 +3,7 @@
 //!
 //! All measuring code lives in `tributary-bench` (`tests/src/bench/`), so
 //! the xtask stays small: it builds, makes sure Prometheus is installed
-//! when `vs-prometheus` needs it (Debian's package, via apt-get, saying so),
+//! when `vs-prometheus` or `promql` needs it (Debian's package, via apt-get, saying so),
 //! and passes every argument through. Its own messages go to stderr, so
 //! `--json` output on stdout stays clean.
 
@@ -19,7 +19,9 @@ const BINARIES: &[&str] = &["tributary-collector", "tributary-agent", "tributary
 
 pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
     let mut extra: Vec<String> = Vec::new();
-    let wants_prometheus = args.iter().any(|a| a == "vs-prometheus" || a == "all");
+    let wants_prometheus = args
+        .iter()
+        .any(|a| a == "vs-prometheus" || a == "promql" || a == "all");
     if wants_prometheus && !args.iter().any(|a| a == "--prometheus") {
         extra.push("--prometheus".into());
         extra.push(ensure_prometheus()?.display().to_string());

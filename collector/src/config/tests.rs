@@ -84,6 +84,7 @@ fn flags_win_over_the_file() {
         retention: None,
         allow_plaintext: false,
         allow_unauthenticated_agents: false,
+        ..Flags::default()
     };
     let s = resolve_text(
         "listen = \"127.0.0.2:7000\"\nsynchronous = \"normal\"\n",
@@ -537,4 +538,78 @@ fn export_errors_name_the_line_and_key() {
         let got = error(&text);
         assert!(got.contains(want), "{text:?}\n got: {got}\nwant: {want}");
     }
+}
+
+#[test]
+fn the_query_table_and_flags_set_the_promql_limits() {
+    let defaults = resolve_str("").expect("no [query]");
+    assert_eq!(
+        defaults.server.query_limits,
+        crate::promql::Limits::default()
+    );
+    let s = resolve_str(
+        "[query]\nmax_concurrent = 2\nmax_samples = 1000\nmax_points_per_series = 500\n\
+         timeout = \"30s\"\nlookback_delta = \"10m\"\n",
+    )
+    .expect("valid");
+    let l = s.server.query_limits;
+    assert_eq!(l.max_concurrent, 2);
+    assert_eq!(l.max_samples, 1000);
+    assert_eq!(l.max_points, 500);
+    assert_eq!(l.timeout, std::time::Duration::from_secs(30));
+    assert_eq!(l.lookback, std::time::Duration::from_secs(600));
+    // A flag wins over the file.
+    let flags = Flags {
+        query: super::QueryFlags {
+            lookback_delta: Some(std::time::Duration::from_secs(60)),
+            ..Default::default()
+        },
+        ..Flags::default()
+    };
+    let s = resolve_text(
+        "[query]\nlookback_delta = \"10m\"\n",
+        Path::new("c.toml"),
+        &flags,
+    )
+    .expect("valid");
+    assert_eq!(
+        s.server.query_limits.lookback,
+        std::time::Duration::from_secs(60)
+    );
+    for (text, names) in [
+        ("[query]\nmax_samples = 0\n", "c.toml:2: query.max_samples"),
+        (
+            "[query]\nmax_concurrent = 0\n",
+            "c.toml:2: query.max_concurrent",
+        ),
+        ("[query]\ntimeout = \"0s\"\n", "c.toml:2: query.timeout"),
+        (
+            "[query]\nlookback_delta = \"soon\"\n",
+            "c.toml:2: query.lookback_delta",
+        ),
+        (
+            "[query]\nlookback_delta = \"1000d\"\n",
+            "c.toml:2: query.lookback_delta",
+        ),
+        ("[query]\nmax_points_per_series = -1\n", "c.toml:2"),
+        ("[query]\nmax_sample = 5\n", "max_sample"),
+    ] {
+        let e = resolve_text(text, Path::new("c.toml"), &Flags::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(names), "{text}: {e}");
+    }
+    let flags = Flags {
+        query: super::QueryFlags {
+            timeout: Some(std::time::Duration::ZERO),
+            ..Default::default()
+        },
+        ..Flags::default()
+    };
+    let e = resolve(None, &flags)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.starts_with("--query-timeout"), "{e}");
 }

@@ -68,6 +68,8 @@ pub struct HttpContext {
     /// The collector's metrics, encoded at each scrape of `/metrics`
     /// (`crate::metrics`).
     pub metrics: Arc<Registry>,
+    /// What one PromQL query may use (`[query]`).
+    pub query_limits: crate::promql::Limits,
 }
 
 /// The whole HTTP surface of the collector.
@@ -75,7 +77,7 @@ pub fn router(ctx: HttpContext) -> Router {
     // Routes of other modules go here, one `.merge(...)` each: all of them
     // are behind `authorize`.
     let protected = Router::new()
-        .merge(prometheus::router(ctx.reader.clone()))
+        .merge(prometheus::router(ctx.reader.clone(), ctx.query_limits))
         .merge(crate::metrics::routes())
         .merge(fleet::routes())
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize));

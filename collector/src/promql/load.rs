@@ -3,12 +3,13 @@
 //! and reversible `__name__` equality pushed down into the `Selector`),
 //! the matchers applied to each series' Prometheus labels
 //! (`prom_labels`), then every selected series' points in its window
-//! through `Reader::range`, converted to samples (`prom_labels::sample_value`;
+//! through `Reader::range_series` (one read over exactly those series, by
+//! id: one SQLite connection however many there are), converted to samples (`prom_labels::sample_value`;
 //! strings and failures are not samples) at ms resolution.
 //!
 //! Imports `store::read`, `prom_labels`, `model` and the plan.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::model::SeriesMeta;
@@ -30,10 +31,6 @@ pub type Listed = (SeriesMeta, Arc<Labels>);
 
 /// Series listed per page from the store.
 const LIST_PAGE: usize = 10_000;
-
-/// Above this many distinct (agent, device, metric) triples, one range walk
-/// over the pushed-down selector is cheaper than one walk per triple.
-const MAX_EXACT_WALKS: usize = 32;
 
 fn unavailable(e: &ReadError) -> QueryError {
     QueryError::Unavailable(e.to_string())
@@ -121,30 +118,11 @@ pub async fn load(
                 )
             })
             .collect();
-        let triples: HashSet<(&str, &str, &str)> = chosen
-            .iter()
-            .map(|(m, _)| {
-                (
-                    m.key.agent.as_str(),
-                    m.key.device.as_str(),
-                    m.key.metric.as_str(),
-                )
-            })
-            .collect();
-        let walks: Vec<Selector> = if triples.len() <= MAX_EXACT_WALKS {
-            triples
-                .into_iter()
-                .map(|(a, d, m)| Selector {
-                    agent: a.to_owned(),
-                    device: d.to_owned(),
-                    metric: m.to_owned(),
-                })
-                .collect()
-        } else {
-            vec![sel]
-        };
-        for walk in walks {
-            let mut rx = reader.range(walk, span, MAX_CHUNK_POINTS);
+        // One read over exactly the chosen series (by id): one SQLite
+        // connection, whatever their number.
+        let metas: Vec<SeriesMeta> = chosen.iter().map(|(meta, _)| meta.clone()).collect();
+        {
+            let mut rx = reader.range_series(metas, span, MAX_CHUNK_POINTS);
             while let Some(chunk) = rx.recv().await {
                 let (meta, points) = chunk.map_err(|e| unavailable(&e))?;
                 let Some(series) = by_id.get_mut(&meta.id) else {

@@ -51,13 +51,20 @@ pub const DEFAULT_MAX_CONCURRENT: usize = 4;
 /// evaluation interval).
 const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
 
-/// What one query may use.
-#[derive(Debug, Clone)]
+/// What one query may use: the `[query]` table of the collector's config
+/// and its `--query-*` flags (`config/query.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// How far back an instant selector looks for a sample.
     pub lookback: Duration,
+    /// Most samples a query may hold at once.
     pub max_samples: usize,
+    /// Longest a query may run, waiting for a slot included.
     pub timeout: Duration,
+    /// Queries evaluated at once; more wait for a slot.
     pub max_concurrent: usize,
+    /// Most steps of a range query (`(end - start) / step`).
+    pub max_points: i64,
 }
 
 impl Default for Limits {
@@ -67,6 +74,7 @@ impl Default for Limits {
             max_samples: DEFAULT_MAX_SAMPLES,
             timeout: DEFAULT_TIMEOUT,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
+            max_points: MAX_POINTS_PER_SERIES,
         }
     }
 }
@@ -131,20 +139,38 @@ impl Engine {
     }
 
     /// Every stored series passing one of `selectors` (all of them when
-    /// there is none), with its labels, in label order. Like a query, it
-    /// holds one of the `max_concurrent` permits and ends at the timeout.
+    /// there is none), with its labels, in label order; with `span`
+    /// (`[start, end]`, ms), only those that may have readings in it
+    /// (`Reader::series_in_span`). Like a query, it holds one of the
+    /// `max_concurrent` permits and ends at the timeout.
     pub async fn series(
         &self,
         selectors: &[VectorSelector],
+        span: Option<(i64, i64)>,
     ) -> Result<Vec<(SeriesMeta, Arc<Labels>)>, QueryError> {
         let deadline = Instant::now() + self.limits.timeout;
         let _permit = tokio::time::timeout_at(deadline, self.permits.acquire())
             .await
             .map_err(|_| QueryError::Timeout("waiting for a query slot"))?
             .map_err(|_| QueryError::Unavailable("the query engine is shut down".into()))?;
-        tokio::time::timeout_at(deadline, self.list(selectors))
+        let listed = tokio::time::timeout_at(deadline, self.list(selectors))
             .await
-            .map_err(|_| QueryError::Timeout("reading the series list"))?
+            .map_err(|_| QueryError::Timeout("reading the series list"))??;
+        let Some((start, end)) = span else {
+            return Ok(listed);
+        };
+        let span = crate::store::read::TimeSpan {
+            since_ns: Some(start.saturating_mul(1_000_000)),
+            until_ns: Some(end.saturating_add(1).saturating_mul(1_000_000)),
+        };
+        let present = tokio::time::timeout_at(deadline, self.reader.series_in_span(span))
+            .await
+            .map_err(|_| QueryError::Timeout("reading the series in the time range"))?
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        Ok(listed
+            .into_iter()
+            .filter(|(meta, _)| present.contains(meta.id))
+            .collect())
     }
 
     async fn list(
@@ -208,9 +234,10 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
-        if (end - start) / step >= MAX_POINTS_PER_SERIES {
+        let max_points = self.limits.max_points;
+        if (end - start) / step >= max_points {
             return Err(QueryError::Limit(format!(
-                "exceeded maximum resolution of {MAX_POINTS_PER_SERIES} points per timeseries. \
+                "exceeded maximum resolution of {max_points} points per timeseries. \
                  Try decreasing the query resolution (?step=XX)"
             )));
         }

@@ -102,6 +102,7 @@ fn walk<'a>(
             Ok(())
         }
         Expr::VectorSelector(vs) => {
+            check_modifiers(&vs.at, &vs.offset, None)?;
             let (lo, hi) = at_times(&vs.at, lo, hi, b);
             let off = offset_ms(&vs.offset);
             out.push(Need {
@@ -112,6 +113,7 @@ fn walk<'a>(
             Ok(())
         }
         Expr::MatrixSelector(ms) => {
+            check_modifiers(&ms.vs.at, &ms.vs.offset, Some(("range", ms.range)))?;
             let (lo, hi) = at_times(&ms.vs.at, lo, hi, b);
             let off = offset_ms(&ms.vs.offset);
             out.push(Need {
@@ -122,6 +124,10 @@ fn walk<'a>(
             Ok(())
         }
         Expr::Subquery(sq) => {
+            check_modifiers(&sq.at, &sq.offset, Some(("subquery range", sq.range)))?;
+            if let Some(step) = sq.step {
+                check_modifiers(&None, &None, Some(("subquery step", step)))?;
+            }
             let (lo, hi) = at_times(&sq.at, lo, hi, b);
             let off = offset_ms(&sq.offset);
             let inner_lo = lo.saturating_sub(off).saturating_sub(duration_ms(sq.range));
@@ -129,6 +135,42 @@ fn walk<'a>(
         }
         Expr::Extension(_) => Err(QueryError::Unsupported("extension expressions".into())),
     }
+}
+
+/// Longest offset, range or step, and farthest `@` time from 1970, that a
+/// query may name: 10,000 years in ms. Every window and step computed
+/// from them stays far inside i64, so nothing wraps.
+pub const MAX_SPAN_MS: i64 = 10_000 * 366 * 86_400_000;
+
+/// Refuses (422, naming it) an `@` time, offset or range beyond
+/// [`MAX_SPAN_MS`].
+fn check_modifiers(
+    at: &Option<AtModifier>,
+    offset: &Option<Offset>,
+    range: Option<(&str, Duration)>,
+) -> Result<(), QueryError> {
+    let too_far = |what: String| {
+        QueryError::Limit(format!(
+            "{what} is out of range: at most 10000y (from 1970 for @)"
+        ))
+    };
+    if let Some(AtModifier::At(t)) = at {
+        let ms = system_time_ms(*t);
+        if ms.unsigned_abs() > MAX_SPAN_MS as u64 {
+            return Err(too_far(format!("@ {}", ms as f64 / 1000.0)));
+        }
+    }
+    if let Some(Offset::Pos(d) | Offset::Neg(d)) = offset
+        && duration_ms(*d) > MAX_SPAN_MS
+    {
+        return Err(too_far(format!("offset {}s", d.as_secs())));
+    }
+    if let Some((what, d)) = range
+        && duration_ms(d) > MAX_SPAN_MS
+    {
+        return Err(too_far(format!("{what} {}s", d.as_secs())));
+    }
+    Ok(())
 }
 
 /// The evaluation times of a node with an `@` modifier (fixed), or those

@@ -177,6 +177,40 @@ pub struct StoredAgent {
     pub lag: u64,
 }
 
+/// The series that may have readings in a span (`Reader::series_in_span`):
+/// ids, and id ranges `[lo, hi]` (sorted, disjoint) of which any may.
+/// Like Prometheus's block-granular answer, it may hold a series without
+/// a reading in the span (SQLite's head rows hold several series), never
+/// leave one out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpanSeries {
+    pub ids: std::collections::HashSet<i64>,
+    pub ranges: Vec<(i64, i64)>,
+}
+
+impl SpanSeries {
+    /// Whether series `id` may have readings in the span.
+    pub fn contains(&self, id: i64) -> bool {
+        if self.ids.contains(&id) {
+            return true;
+        }
+        let i = self.ranges.partition_point(|&(_, hi)| hi < id);
+        self.ranges.get(i).is_some_and(|&(lo, _)| lo <= id)
+    }
+
+    /// Adds the id range `[lo, hi]` (kept sorted and merged).
+    pub fn add_ranges(&mut self, mut ranges: Vec<(i64, i64)>) {
+        ranges.append(&mut self.ranges);
+        ranges.sort_unstable();
+        for (lo, hi) in ranges {
+            match self.ranges.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => self.ranges.push((lo, hi)),
+            }
+        }
+    }
+}
+
 /// A stored counter as u64; a negative value (never written) reads as 0.
 pub(crate) fn counter(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -233,6 +267,16 @@ impl Reader {
         }
     }
 
+    /// The series that may have readings within `span` (see [`SpanSeries`]).
+    pub async fn series_in_span(&self, span: TimeSpan) -> Result<SpanSeries, ReadError> {
+        match self {
+            Reader::Sqlite(r) => {
+                blocking(r, "list series in a span", move |r| r.series_in_span(span)).await
+            }
+            Reader::Postgres(r) => r.series_in_span(span).await,
+        }
+    }
+
     /// Starts walking the points of every series passing `sel` within
     /// `span`, series by series (by id), each in device-time order, in
     /// chunks of at most `max_chunk` points. The walk stops at the first
@@ -265,6 +309,43 @@ impl Reader {
                 let r = r.clone();
                 tokio::spawn(async move {
                     if let Err(e) = r.range(&sel, span, max_chunk, &tx).await {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                });
+            }
+        }
+        rx
+    }
+
+    /// [`range`](Self::range) over exactly `series` (as listed by
+    /// `series_page`), in their order, in one read: one SQLite
+    /// connection, or one PostgreSQL page query per series.
+    pub fn range_series(
+        &self,
+        series: Vec<SeriesMeta>,
+        span: TimeSpan,
+        max_chunk: usize,
+    ) -> mpsc::Receiver<Result<RangeChunk, ReadError>> {
+        let (tx, rx) = mpsc::channel(RANGE_AHEAD);
+        match self {
+            Reader::Sqlite(r) => {
+                let r = r.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = r.range_series(&series, span, max_chunk, |meta, points| match tx
+                        .blocking_send(Ok((meta, points)))
+                    {
+                        Ok(()) => std::ops::ControlFlow::Continue(()),
+                        Err(_) => std::ops::ControlFlow::Break(()),
+                    });
+                    if let Err(e) = result {
+                        let _ = tx.blocking_send(Err(e));
+                    }
+                });
+            }
+            Reader::Postgres(r) => {
+                let r = r.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = r.range_series(series, span, max_chunk, &tx).await {
                         let _ = tx.send(Err(e)).await;
                     }
                 });

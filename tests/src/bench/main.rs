@@ -1,7 +1,7 @@
 //! `tributary-bench`: the measuring side of `cargo xtask bench`.
 //!
 //! ```text
-//! tributary-bench <ingest|poll|streams|wire|vs-prometheus|config|all|smoke>... [FLAGS]
+//! tributary-bench <ingest|poll|streams|wire|vs-prometheus|config|promql|export|all|smoke>... [FLAGS]
 //! ```
 //!
 //! Every scenario runs the real `tributary-collector` (and, where it says so,
@@ -33,6 +33,7 @@ mod metrics_cost;
 mod options;
 mod poll;
 mod progress;
+mod promql;
 mod report;
 mod streams;
 mod sys;
@@ -121,5 +122,6 @@ async fn run_one(scenario: Scenario, opts: &Options, progress: &Progress) -> Res
         Scenario::VsPrometheus => vs_prometheus::run(opts, progress).await,
         Scenario::Config => config::run(opts, progress).await,
         Scenario::Export => export::run(opts, progress).await,
+        Scenario::Promql => promql::run(opts, progress).await,
     }
 }

@@ -18,9 +18,11 @@ scenarios:
   wire            bytes on the wire per reading, counted at the socket
   vs-prometheus   agent + collector vs Prometheus scraping the same targets
   config          the agent loads K devices: a flat file vs a CSV inventory + template + includes
+  promql          the Prometheus HTTP API vs Prometheus on the same data: the PromQL corpus,
+                  sum by (device) (rate(m[5m])), ingest with and without queries
   export          a remote_write export to VictoriaMetrics: ingest with and without it, catch-up
   all             every scenario above but export, in that order
-  smoke           every scenario at tiny sizes; exit 1 if any numbers disagree
+  smoke           every scenario but promql at tiny sizes; exit 1 if any numbers disagree
 
 flags (defaults are per scenario; see BENCHMARKS.md):
   --json                one JSON object per scenario instead of a table
@@ -41,7 +43,10 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --format F            poll: json or prometheus              (json)
   --streams M           streams: concurrent streams           (10000)
   --max-connections N   streams: the collector's [limits] max_connections (its default)
-  --prometheus PATH     vs-prometheus: the prometheus binary  (found on PATH)
+  --prometheus PATH     vs-prometheus, promql: the prometheus binary (found on PATH)
+  --query-series N      promql: counters `m` of the heavy query (10000)
+  --hours N             promql: hours of `m` at a 15 s step   (6)
+  --reps N              promql: repetitions of each query     (5)
   --keep                keep the work directories under target/bench/";
 
 /// What to measure.
@@ -54,6 +59,7 @@ pub enum Scenario {
     VsPrometheus,
     Config,
     Export,
+    Promql,
 }
 
 impl Scenario {
@@ -75,6 +81,7 @@ impl Scenario {
             Scenario::VsPrometheus => "vs-prometheus",
             Scenario::Config => "config",
             Scenario::Export => "export",
+            Scenario::Promql => "promql",
         }
     }
 }
@@ -111,6 +118,9 @@ pub struct Options {
     pub streams: Option<usize>,
     pub max_connections: Option<usize>,
     pub prometheus: Option<PathBuf>,
+    pub query_series: Option<usize>,
+    pub hours: Option<usize>,
+    pub reps: Option<usize>,
 }
 
 impl Options {
@@ -129,7 +139,11 @@ impl Options {
                 "vs-prometheus" => o.scenarios.push(Scenario::VsPrometheus),
                 "config" => o.scenarios.push(Scenario::Config),
                 "export" => o.scenarios.push(Scenario::Export),
-                "all" => o.scenarios.extend(Scenario::ALL),
+                "promql" => o.scenarios.push(Scenario::Promql),
+                "all" => {
+                    o.scenarios.extend(Scenario::ALL);
+                    o.scenarios.push(Scenario::Promql);
+                }
                 "smoke" => {
                     o.smoke = true;
                     o.scenarios.extend(Scenario::ALL);
@@ -154,6 +168,9 @@ impl Options {
                 "--max-connections" => {
                     o.max_connections = Some(positive(&arg, &value(&arg)?)?);
                 }
+                "--query-series" => o.query_series = Some(positive(&arg, &value(&arg)?)?),
+                "--hours" => o.hours = Some(positive(&arg, &value(&arg)?)?),
+                "--reps" => o.reps = Some(positive(&arg, &value(&arg)?)?),
                 "--prometheus" => o.prometheus = Some(PathBuf::from(value(&arg)?)),
                 "--format" => {
                     o.format = Some(match value(&arg)?.as_str() {
@@ -233,7 +250,9 @@ mod tests {
         assert_eq!(o.agents, Some(10));
         assert!(o.json);
         let all = parse(&["all", "ingest"])?;
-        assert_eq!(all.scenarios, Scenario::ALL.to_vec());
+        let mut every = Scenario::ALL.to_vec();
+        every.push(Scenario::Promql);
+        assert_eq!(all.scenarios, every);
         assert!(parse(&[]).is_err());
         assert!(parse(&["ingest", "--agents", "0"]).is_err());
         assert!(parse(&["ingest", "--duration", "5x"]).is_err());

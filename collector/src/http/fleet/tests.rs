@@ -187,6 +187,7 @@ fn context() -> (HttpContext, watch::Sender<LiveAgents>) {
         mutual_tls: false,
         shutdown: CancellationToken::new(),
         metrics: Arc::default(),
+        query_limits: crate::promql::Limits::default(),
     };
     (ctx, live_tx)
 }

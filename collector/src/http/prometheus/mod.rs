@@ -33,9 +33,10 @@ use crate::store::read::Reader;
 
 pub use params::Params;
 
-/// The routes of the Prometheus API, over `reader`.
-pub fn router(reader: Reader) -> Router<HttpContext> {
-    let engine = Engine::new(reader, Limits::default());
+/// The routes of the Prometheus API, over `reader`, queries held to
+/// `limits`.
+pub fn router(reader: Reader, limits: Limits) -> Router<HttpContext> {
+    let engine = Engine::new(reader, limits);
     Router::new()
         .route("/api/v1/query", get(query).post(query))
         .route("/api/v1/query_range", get(query_range).post(query_range))
@@ -131,6 +132,22 @@ fn selectors(p: &Params) -> Result<Vec<promql_parser::parser::VectorSelector>, Q
     p.all("match[]").into_iter().map(parse_selector).collect()
 }
 
+/// `start` and `end` of the series, labels, label values and metadata
+/// calls: `None` when neither is given (all time).
+fn span(p: &Params) -> Result<Option<(i64, i64)>, QueryError> {
+    if p.get("start").is_none() && p.get("end").is_none() {
+        return Ok(None);
+    }
+    let start = p.time("start", i64::MIN)?;
+    let end = p.time("end", i64::MAX)?;
+    if end < start {
+        return Err(QueryError::BadData(
+            "invalid parameter \"end\": end timestamp must not be before start time".into(),
+        ));
+    }
+    Ok(Some((start, end)))
+}
+
 /// Cuts `items` to the request's `limit`, with Prometheus's warning.
 fn limited<T>(items: &mut Vec<T>, limit: Option<usize>) -> Vec<String> {
     match limit {
@@ -150,7 +167,7 @@ async fn series(Extension(engine): Extension<Engine>, p: Params) -> Response {
         if sels.is_empty() {
             return Err(QueryError::BadData("no match[] parameter provided".into()));
         }
-        let mut found = engine.series(&sels).await?;
+        let mut found = engine.series(&sels, span(&p)?).await?;
         warnings = limited(&mut found, p.limit()?);
         Ok(json!(
             found
@@ -167,7 +184,7 @@ async fn series(Extension(engine): Extension<Engine>, p: Params) -> Response {
 async fn labels(Extension(engine): Extension<Engine>, p: Params) -> Response {
     let mut warnings = Vec::new();
     let r = async {
-        let found = engine.series(&selectors(&p)?).await?;
+        let found = engine.series(&selectors(&p)?, span(&p)?).await?;
         let names: BTreeSet<&str> = found
             .iter()
             .flat_map(|(_, l)| l.iter().map(|(n, _)| n.as_str()))
@@ -196,7 +213,7 @@ async fn label_values(
         if !valid {
             return Err(QueryError::BadData(format!("invalid label name: {name:?}")));
         }
-        let found = engine.series(&selectors(&p)?).await?;
+        let found = engine.series(&selectors(&p)?, span(&p)?).await?;
         let values: BTreeSet<&str> = found
             .iter()
             .filter_map(|(_, l)| l.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str()))
@@ -213,7 +230,7 @@ async fn label_values(
 /// units of its series.
 async fn metadata(Extension(engine): Extension<Engine>, p: Params) -> Response {
     let r = async {
-        let found = engine.series(&[]).await?;
+        let found = engine.series(&[], span(&p)?).await?;
         let mut by_name: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for (meta, l) in &found {
             let name = l

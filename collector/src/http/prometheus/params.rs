@@ -1,6 +1,6 @@
 //! Request parameters as Prometheus reads them: from the URL and, for a
 //! form-encoded POST, the body too; times as Unix seconds (with a
-//! fraction) or RFC 3339 in UTC; durations as seconds or PromQL
+//! fraction) or RFC 3339 (`Z` or an offset such as `+02:00`); durations as seconds or PromQL
 //! durations (`15s`, `1m30s`).
 
 use std::time::Duration;
@@ -73,7 +73,8 @@ impl Params {
 const MIN_TIME_MS: i64 = -62_135_596_801_000;
 const MAX_TIME_MS: i64 = 253_402_300_799_000;
 
-/// Unix seconds (`1700000000.123`) or RFC 3339 in UTC → ms.
+/// Unix seconds (`1700000000.123`) or RFC 3339 (`...Z` or with an offset
+/// `...+02:00`) → ms.
 pub fn parse_time(text: &str) -> Option<i64> {
     if let Ok(secs) = text.parse::<f64>() {
         if !secs.is_finite() {
@@ -84,12 +85,39 @@ pub fn parse_time(text: &str) -> Option<i64> {
         let ms = whole * 1000.0 + frac;
         return Some(ms.clamp(MIN_TIME_MS as f64, MAX_TIME_MS as f64) as i64);
     }
-    let t = humantime::parse_rfc3339_weak(text).ok()?;
+    // A numeric offset `±HH:MM` at the end: the same local time in UTC,
+    // moved back by the offset.
+    let split = text
+        .len()
+        .checked_sub(6)
+        .filter(|&i| text.is_char_boundary(i))
+        .map(|i| text.split_at(i));
+    let (local, offset_ms) = match split {
+        Some((local, zone))
+            if local.contains('T')
+                && matches!(zone.as_bytes(), [b'+' | b'-', h1, h2, b':', m1, m2]
+                    if [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit())) =>
+        {
+            let hours: i64 = zone[1..3].parse().ok()?;
+            let minutes: i64 = zone[4..6].parse().ok()?;
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            (local, sign * (hours * 60 + minutes) * 60_000)
+        }
+        _ => (text, 0),
+    };
+    let t = if local.len() == text.len() {
+        humantime::parse_rfc3339_weak(text).ok()?
+    } else {
+        humantime::parse_rfc3339_weak(&format!("{local}Z")).ok()?
+    };
     let ms = match t.duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_millis()).ok()?,
         Err(e) => -i64::try_from(e.duration().as_millis()).ok()?,
     };
-    Some(ms)
+    Some(ms - offset_ms)
 }
 
 /// Seconds (`15`, `0.5`) or a PromQL duration (`15s`, `1m30s`) → ms.
@@ -118,6 +146,21 @@ mod tests {
             Some(1_700_000_000_500)
         );
         assert_eq!(parse_time("yesterday"), None);
+        // Offsets: 10:00 at +02:00 is 08:00 UTC.
+        assert_eq!(
+            parse_time("2026-12-05T10:00:00+02:00"),
+            parse_time("2026-12-05T08:00:00Z")
+        );
+        assert_eq!(
+            parse_time("2023-11-14T17:13:20.5-05:00"),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20+00:00"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(parse_time("2023-11-14T22:13:20+24:00"), None);
+        assert_eq!(parse_time("2023-11-14T22:13:20+0200"), None);
         assert_eq!(parse_duration_ms("15"), Some(15_000));
         assert_eq!(parse_duration_ms("0.5"), Some(500));
         assert_eq!(parse_duration_ms("1m30s"), Some(90_000));

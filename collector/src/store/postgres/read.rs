@@ -21,7 +21,8 @@ use tokio_postgres::{NoTls, Row};
 use crate::model::{Point, SeriesMeta, StoredValue};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
-    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, SeriesPage, StoredAgent, TimeSpan, counter,
+    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, SeriesPage, SpanSeries, StoredAgent,
+    TimeSpan, counter,
 };
 use crate::store::redact;
 
@@ -167,6 +168,30 @@ impl PgReader {
         rows.iter().map(|r| self.series_meta(r)).collect()
     }
 
+    /// The series with a reading within `span` (one index probe each).
+    pub async fn series_in_span(&self, span: TimeSpan) -> Result<SpanSeries, ReadError> {
+        let mut out = SpanSeries::default();
+        let Some((lo, hi)) = span.closed() else {
+            return Ok(out);
+        };
+        let what = "list series in a span";
+        let conn = self.conn(what).await?;
+        let rows = conn
+            .query(
+                "SELECT s.id FROM series s WHERE EXISTS (\
+                   SELECT 1 FROM readings r \
+                   WHERE r.series_id = s.id AND r.ts_ns >= $1 AND r.ts_ns <= $2)",
+                &[&lo, &hi],
+            )
+            .await
+            .map_err(self.query_err(what))?;
+        for row in &rows {
+            out.ids
+                .insert(row.try_get(0).map_err(self.query_err(what))?);
+        }
+        Ok(out)
+    }
+
     /// The newest point (by device time) of every series passing `sel`, in
     /// one query; series without readings are left out.
     pub async fn latest(&self, sel: &Selector) -> Result<Vec<(SeriesMeta, Point)>, ReadError> {
@@ -206,6 +231,21 @@ impl PgReader {
         max_chunk: usize,
         tx: &mpsc::Sender<Result<RangeChunk, ReadError>>,
     ) -> Result<(), ReadError> {
+        if span.closed().is_none() {
+            return Ok(());
+        }
+        let series = self.series(sel).await?;
+        self.range_series(series, span, max_chunk, tx).await
+    }
+
+    /// [`range`](Self::range) over the given series, in their order.
+    pub async fn range_series(
+        &self,
+        series: Vec<SeriesMeta>,
+        span: TimeSpan,
+        max_chunk: usize,
+        tx: &mpsc::Sender<Result<RangeChunk, ReadError>>,
+    ) -> Result<(), ReadError> {
         let Some((lo, hi)) = span.closed() else {
             return Ok(());
         };
@@ -218,7 +258,7 @@ impl PgReader {
         );
         let same_ts_sql =
             format!("SELECT {POINT_COLUMNS} FROM readings WHERE series_id = $1 AND ts_ns = $2");
-        for meta in self.series(sel).await? {
+        for meta in series {
             let meta = Arc::new(meta);
             // Pages start at `from` (inclusive). A full page may end in the
             // middle of the points sharing its last timestamp: those are

@@ -25,7 +25,7 @@ use super::scan::{self, Merge};
 use crate::model::{Point, SeriesMeta};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
-    MAX_CHUNK_POINTS, ReadError, Selector, SeriesPage, StoredAgent, TimeSpan, counter,
+    MAX_CHUNK_POINTS, ReadError, Selector, SeriesPage, SpanSeries, StoredAgent, TimeSpan, counter,
 };
 
 /// How long a read waits for a lock before it gives up.
@@ -202,6 +202,41 @@ impl SqliteReader {
         Ok(out)
     }
 
+    /// The series that may have readings within `span`: those with a
+    /// chunk overlapping it, and the id range of every head row
+    /// overlapping it (both found in covering indexes, no blob read).
+    pub fn series_in_span(&self, span: TimeSpan) -> Result<SpanSeries, ReadError> {
+        let mut out = SpanSeries::default();
+        let Some((lo, hi)) = span.closed() else {
+            return Ok(out);
+        };
+        let conn = self.open()?;
+        let err = self.query_err("list series in a span");
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT series_id FROM chunks WHERE max_ts >= ?1 AND min_ts <= ?2",
+            )
+            .map_err(&err)?;
+        let ids = stmt
+            .query_map([lo, hi], |r| r.get::<_, i64>(0))
+            .map_err(&err)?;
+        for id in ids {
+            out.ids.insert(id.map_err(&err)?);
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT min_series, max_series FROM head WHERE max_ts >= ?1 AND min_ts <= ?2",
+            )
+            .map_err(&err)?;
+        let ranges = stmt
+            .query_map([lo, hi], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?;
+        out.add_ranges(ranges);
+        Ok(out)
+    }
+
     /// The newest point (by device time) of every series passing `sel`.
     /// Series without readings are left out.
     pub fn latest(&self, sel: &Selector) -> Result<Vec<(SeriesMeta, Point)>, ReadError> {
@@ -225,21 +260,51 @@ impl SqliteReader {
         sel: &Selector,
         span: TimeSpan,
         max_chunk: usize,
+        sink: impl FnMut(Arc<SeriesMeta>, Vec<Point>) -> ControlFlow<()>,
+    ) -> Result<(), ReadError> {
+        if span.closed().is_none() {
+            return Ok(());
+        }
+        let conn = self.open()?;
+        let series = self.series_on(&conn, sel, None)?;
+        self.range_on(&conn, &series, span, max_chunk, sink)
+    }
+
+    /// [`range`](Self::range) over the given series (by id, as listed),
+    /// on one connection.
+    pub fn range_series(
+        &self,
+        series: &[SeriesMeta],
+        span: TimeSpan,
+        max_chunk: usize,
+        sink: impl FnMut(Arc<SeriesMeta>, Vec<Point>) -> ControlFlow<()>,
+    ) -> Result<(), ReadError> {
+        if span.closed().is_none() || series.is_empty() {
+            return Ok(());
+        }
+        let conn = self.open()?;
+        self.range_on(&conn, series, span, max_chunk, sink)
+    }
+
+    fn range_on(
+        &self,
+        conn: &Connection,
+        series: &[SeriesMeta],
+        span: TimeSpan,
+        max_chunk: usize,
         mut sink: impl FnMut(Arc<SeriesMeta>, Vec<Point>) -> ControlFlow<()>,
     ) -> Result<(), ReadError> {
         let Some((lo, hi)) = span.closed() else {
             return Ok(());
         };
         let limit = max_chunk.clamp(1, MAX_CHUNK_POINTS);
-        let conn = self.open()?;
-        let series = self.series_on(&conn, sel, None)?;
         let err = self.scan_err("read range");
         for group in series.chunks(RANGE_GROUP) {
             let ids: Vec<i64> = group.iter().map(|m| m.id).collect();
-            let scans = scan::snapshot(&conn, &ids, lo, hi).map_err(&err)?;
+            let scans = scan::snapshot(conn, &ids, lo, hi).map_err(&err)?;
             for (meta, scan) in group.iter().zip(scans) {
                 let meta = Arc::new(meta.clone());
-                let mut merge = Merge::new(&conn, meta.id, lo, hi, scan);
+                let mut merge = Merge::new(conn, meta.id, lo, hi, scan);
                 loop {
                     let mut points = Vec::with_capacity(limit);
                     if !merge.next_points(&mut points, limit).map_err(&err)? {

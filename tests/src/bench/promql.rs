@@ -1,0 +1,535 @@
+//! `promql`: the collector's Prometheus HTTP API against Prometheus itself,
+//! on the same data, in one run.
+//!
+//! The data: the differential test's data set (`promql_data::generate`,
+//! a few hundred series over two hours) and `--series` counters `m`
+//! (default 10,000) over `--hours` hours (6) at 15 s
+//! (`promql_data::counters`), written once as OpenMetrics, turned into
+//! blocks by `promtool tsdb create-blocks-from openmetrics` for Prometheus
+//! and sent to a collector process (SQLite, defaults) through Ingest.
+//!
+//! Measured, each side asked in turn, one query at a time, over HTTP:
+//! 1. the corpus (`tests/promql/corpus.txt`, as the differential test asks
+//!    it: four instants and three ranges per query): each query's time on
+//!    each side is the median of `--reps` repetitions; the ratio
+//!    Tributary / Prometheus per query, and its median over the corpus;
+//! 2. `sum by (device) (rate(m[5m]))` over the whole span at a 15 s step,
+//!    the median of `--reps` repetitions on each side;
+//! 3. ingest throughput, as `ingest` measures it (load agents streaming
+//!    float readings as fast as acks allow, readings acked per second),
+//!    on the same collector: over `--duration` without queries, with the
+//!    query of 2. asked in a loop, and without again; the drop is
+//!    1 − with / (mean of the two without).
+//!
+//! Checks: both sides answer every query with the same status and the
+//! same number of values (the differential test compares the values
+//! themselves), and every reading sent is stored.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use tributary_tests::process::{free_addr, wait_for_port};
+use tributary_tests::promql_data::{self, INTERVAL, T0};
+
+use crate::collector::{CollectorProc, QueryClient, WorkDir, now_ns};
+use crate::ingest::{await_welcomes, join_all, spawn_agent};
+use crate::load::{LoadSpec, Shared};
+use crate::options::Options;
+use crate::progress::Progress;
+use crate::report::{Report, Target};
+use crate::sys::{self, percentile};
+use crate::vs_prometheus::find_prometheus;
+
+/// The heavy query of the issue.
+const HEAVY: &str = "sum by (device) (rate(m[5m]))";
+/// Where the counters `m` start (Unix seconds): a day after the corpus data.
+const M_START: i64 = T0 + 86_400;
+/// Agents and devices the counters are spread over.
+const M_AGENTS: usize = 10;
+const M_DEVICES: usize = 100;
+const NS: i64 = 1_000_000_000;
+const DAY_NS: i64 = 86_400 * NS;
+
+struct Config {
+    series: usize,
+    hours: i64,
+    reps: usize,
+    agents: usize,
+    series_per_agent: usize,
+    batch: usize,
+    duration: Duration,
+    warmup: Duration,
+    prometheus: PathBuf,
+    keep: bool,
+}
+
+pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
+    sys::require_procfs()?;
+    let Some(prometheus) = opts.prometheus.clone().or_else(find_prometheus) else {
+        bail!(
+            "prometheus not found on PATH: install Debian's package (apt-get install prometheus) or pass --prometheus PATH (cargo xtask bench promql installs it)"
+        );
+    };
+    let cfg = Config {
+        series: opts.query_series.unwrap_or(opts.size(10_000, 50)),
+        hours: opts.hours.unwrap_or(opts.size(6, 1)) as i64,
+        reps: opts.reps.unwrap_or(opts.size(5, 1)),
+        agents: opts.agents.unwrap_or(opts.size(100, 2)),
+        series_per_agent: 100,
+        batch: opts.batch.unwrap_or(opts.size(1000, 50)),
+        duration: opts
+            .duration
+            .unwrap_or(opts.size(Duration::from_secs(10), Duration::from_millis(700))),
+        warmup: opts.size(Duration::from_secs(2), Duration::from_millis(200)),
+        prometheus,
+        keep: opts.keep,
+    };
+    let runs = opts.runs();
+    let mut report = Report::new("promql");
+    report.config("series_m", cfg.series);
+    report.config("hours_m", cfg.hours);
+    report.config("heavy_query", HEAVY);
+    report.config("heavy_step_s", INTERVAL);
+    report.config("reps", cfg.reps);
+    report.config("ingest_agents", cfg.agents);
+    report.config("ingest_series_per_agent", cfg.series_per_agent);
+    report.config("ingest_batch", cfg.batch);
+    report.config("duration_s", cfg.duration.as_secs_f64());
+    report.config("runs", runs);
+    report.config("prometheus", prometheus_version(&cfg.prometheus));
+    report.declare("corpus_median_ratio", "", Some(Target::AtMost(1.0)));
+    report.declare("corpus_queries", "", None);
+    report.declare("corpus_tributary_total_ms", "ms", None);
+    report.declare("corpus_prometheus_total_ms", "ms", None);
+    report.declare("corpus_worst_ratio", "", None);
+    report.declare("heavy_tributary_ms", "ms", None);
+    report.declare("heavy_prometheus_ms", "ms", None);
+    report.declare("heavy_ratio", "", Some(Target::AtMost(1.0)));
+    report.declare("ingest_readings_per_s", "readings/s", None);
+    report.declare("ingest_with_queries_readings_per_s", "readings/s", None);
+    report.declare("heavy_queries_during_ingest", "", None);
+    report.declare("ingest_drop", "", Some(Target::AtMost(0.10)));
+    report.declare("load_tributary_s", "s", None);
+    report.declare("load_promtool_s", "s", None);
+    for r in 1..=runs {
+        one_run(&cfg, r, runs, progress, &mut report).await?;
+    }
+    report.note(
+        "latency is the wall time of one HTTP request (a new connection each, for both sides) from tributary-bench, on the same two cores",
+    );
+    report.note(
+        "corpus: per query the sum over its seven evaluations (4 instants, 3 ranges), median of the reps; the ratio is per query, then the median over the corpus",
+    );
+    Ok(report.finish())
+}
+
+async fn one_run(
+    cfg: &Config,
+    r: usize,
+    runs: usize,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    let label = format!("promql run {r}/{runs}");
+    let dir = WorkDir::new("promql", cfg.keep)?;
+    let samples = cfg.hours * 3600 / INTERVAL;
+    let mut data = promql_data::generate();
+    data.extend(promql_data::counters(
+        cfg.series, M_AGENTS, M_DEVICES, M_START, samples,
+    ));
+
+    // Prometheus: OpenMetrics → blocks → a server on them.
+    let om = dir.join("data.om");
+    promql_data::write_openmetrics(&data, &om)?;
+    let t = Instant::now();
+    let blocks = dir.join("prometheus-data");
+    let out = progress
+        .during(
+            &format!("{label}: promtool tsdb create-blocks-from openmetrics"),
+            tokio::process::Command::new(promtool_beside(&cfg.prometheus))
+                .args(["tsdb", "create-blocks-from", "openmetrics"])
+                .arg(&om)
+                .arg(&blocks)
+                .output(),
+        )
+        .await
+        .context("run promtool")?;
+    ensure!(
+        out.status.success(),
+        "promtool tsdb create-blocks-from openmetrics failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let promtool_s = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&om);
+    let (_prometheus, prom_url) = start_prometheus(&cfg.prometheus, &dir, &blocks).await?;
+
+    // Tributary: the same series through Ingest.
+    let http = free_addr()?;
+    let collector = CollectorProc::start_with_http(&dir, http).await?;
+    wait_for_port(http, Duration::from_secs(30)).await?;
+    let trib_url = format!("http://{http}");
+    let t = Instant::now();
+    progress
+        .during(
+            &format!("{label}: ingest {} series", data.len()),
+            promql_data::ingest(&collector.url, &data),
+        )
+        .await?;
+    let load_s = t.elapsed().as_secs_f64();
+    drop(data);
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(600))
+        .build()?;
+
+    // 1. The corpus.
+    let cases = corpus()?;
+    let mut ratios = Vec::new();
+    let (mut trib_total, mut prom_total) = (0.0, 0.0);
+    let mut mismatched = Vec::new();
+    for (i, query) in cases.iter().enumerate() {
+        progress.status(&format!("{label}: corpus {}/{}", i + 1, cases.len()));
+        let (mut tt, mut pt) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.reps {
+            let (mut ts, mut ps) = (0.0, 0.0);
+            for (endpoint, params) in evaluations() {
+                let (p_ms, p_status, p_values) =
+                    ask(&client, &prom_url, endpoint, query, &params).await?;
+                let (t_ms, t_status, t_values) =
+                    ask(&client, &trib_url, endpoint, query, &params).await?;
+                if (p_status, p_values) != (t_status, t_values) && mismatched.len() < 5 {
+                    mismatched.push(format!(
+                        "{query} ({endpoint}): prometheus {p_status} {p_values} values, tributary {t_status} {t_values}"
+                    ));
+                }
+                ps += p_ms;
+                ts += t_ms;
+            }
+            tt.push(ts);
+            pt.push(ps);
+        }
+        let (t_med, p_med) = (
+            percentile(&mut tt, 50.0).unwrap_or(0.0),
+            percentile(&mut pt, 50.0).unwrap_or(0.0),
+        );
+        trib_total += t_med;
+        prom_total += p_med;
+        ratios.push(t_med / p_med.max(1e-6));
+    }
+    report.check(
+        format!("run {r}: corpus answers agree in status and size"),
+        mismatched.is_empty(),
+        if mismatched.is_empty() {
+            format!("{} queries × 7 evaluations", cases.len())
+        } else {
+            mismatched.join("; ")
+        },
+    );
+    let worst = ratios.iter().copied().fold(0.0, f64::max);
+    let median = percentile(&mut ratios, 50.0).unwrap_or(0.0);
+
+    // 2. The heavy query.
+    let heavy = heavy_params(cfg.hours);
+    let (mut tt, mut pt) = (Vec::new(), Vec::new());
+    let mut heavy_sizes = Vec::new();
+    for k in 0..cfg.reps {
+        progress.status(&format!("{label}: {HEAVY} {}/{}", k + 1, cfg.reps));
+        let (p_ms, p_status, p_values) =
+            ask(&client, &prom_url, "query_range", HEAVY, &heavy).await?;
+        let (t_ms, t_status, t_values) =
+            ask(&client, &trib_url, "query_range", HEAVY, &heavy).await?;
+        heavy_sizes.push((p_status, p_values, t_status, t_values));
+        pt.push(p_ms);
+        tt.push(t_ms);
+    }
+    let expected_values = (M_DEVICES.min(cfg.series / M_AGENTS.min(cfg.series).max(1)))
+        * (cfg.hours * 3600 / INTERVAL + 1) as usize;
+    report.check(
+        format!("run {r}: {HEAVY}: both sides answer 200 with the same values"),
+        heavy_sizes
+            .iter()
+            .all(|&(ps, pv, ts, tv)| ps == 200 && ts == 200 && pv == tv && pv > 0),
+        format!("(prometheus status, values, tributary status, values): {heavy_sizes:?}; about {expected_values} expected"),
+    );
+    let heavy_t = percentile(&mut tt, 50.0).unwrap_or(0.0);
+    let heavy_p = percentile(&mut pt, 50.0).unwrap_or(0.0);
+    progress.say(&format!(
+        "{label}: corpus median ratio {median:.2} (worst {worst:.2}), {HEAVY}: {heavy_t:.0} ms vs {heavy_p:.0} ms"
+    ));
+
+    // 3. Ingest with and without queries.
+    let (rates, heavy_done) =
+        ingest_phases(cfg, &collector, &client, &trib_url, &label, progress).await?;
+    let without = (rates[0] + rates[2]) / 2.0;
+    collector.stop().await?;
+
+    report.record("corpus_median_ratio", median);
+    report.record("corpus_queries", cases.len() as f64);
+    report.record("corpus_tributary_total_ms", trib_total);
+    report.record("corpus_prometheus_total_ms", prom_total);
+    report.record("corpus_worst_ratio", worst);
+    report.record("heavy_tributary_ms", heavy_t);
+    report.record("heavy_prometheus_ms", heavy_p);
+    report.record("heavy_ratio", heavy_t / heavy_p.max(1e-6));
+    report.record("ingest_readings_per_s", without);
+    report.record("ingest_with_queries_readings_per_s", rates[1]);
+    report.record("heavy_queries_during_ingest", heavy_done as f64);
+    report.record("ingest_drop", 1.0 - rates[1] / without.max(1e-9));
+    report.record("load_tributary_s", load_s);
+    report.record("load_promtool_s", promtool_s);
+    progress.say(&format!(
+        "{label}: ingest {without:.0} readings/s without queries, {:.0} with ({heavy_done} heavy queries)",
+        rates[1]
+    ));
+    Ok(())
+}
+
+/// Readings acked per second in three phases of `duration`: without
+/// queries, with the heavy query in a loop, without again. Returns the
+/// rates and how many heavy queries completed in the second phase.
+async fn ingest_phases(
+    cfg: &Config,
+    collector: &CollectorProc,
+    client: &reqwest::Client,
+    trib_url: &str,
+    label: &str,
+    progress: &Progress,
+) -> Result<([f64; 3], u64)> {
+    let mut query = QueryClient::connect(&collector.url).await?;
+    let shared = Arc::new(Shared::default());
+    let stop = CancellationToken::new();
+    let base_ts = now_ns() - 14 * DAY_NS;
+    let mut tasks = Vec::new();
+    for i in 0..cfg.agents {
+        let mut spec = LoadSpec::new(
+            format!("load-{i:04}"),
+            cfg.series_per_agent as u32,
+            cfg.batch,
+        );
+        spec.base_ts_ns = base_ts;
+        tasks.push(spawn_agent(
+            &collector.url,
+            spec,
+            &shared,
+            &stop,
+            Duration::from_secs(120),
+        ));
+    }
+    await_welcomes(&shared, cfg.agents as u64, &mut tasks, progress, label).await?;
+    progress
+        .wait(cfg.warmup, &format!("{label}: ingest warm-up"), String::new)
+        .await;
+    let mut rates = [0.0; 3];
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    for (phase, rate) in rates.iter_mut().enumerate() {
+        let queries = CancellationToken::new();
+        let looping = (phase == 1).then(|| {
+            let (client, url, queries, done, failed) = (
+                client.clone(),
+                trib_url.to_owned(),
+                queries.clone(),
+                done.clone(),
+                failed.clone(),
+            );
+            let params = heavy_params(cfg.hours);
+            tokio::spawn(async move {
+                while !queries.is_cancelled() {
+                    let asked = tokio::select! {
+                        a = ask(&client, &url, "query_range", HEAVY, &params) => a,
+                        () = queries.cancelled() => break,
+                    };
+                    match asked {
+                        Ok((_, 200, _)) => done.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        });
+        let what = if phase == 1 {
+            "ingest with queries"
+        } else {
+            "ingest without queries"
+        };
+        let a0 = shared.acked_readings.load(Ordering::Relaxed);
+        let t0 = Instant::now();
+        progress
+            .wait(cfg.duration, &format!("{label}: {what}"), String::new)
+            .await;
+        let a1 = shared.acked_readings.load(Ordering::Relaxed);
+        *rate = (a1 - a0) as f64 / t0.elapsed().as_secs_f64();
+        queries.cancel();
+        if let Some(task) = looping {
+            task.await.context("query loop")?;
+        }
+    }
+    stop.cancel();
+    let totals = progress
+        .during(&format!("{label}: draining"), join_all(tasks))
+        .await?;
+    let stored = query.stored("load-").await?;
+    ensure!(
+        totals.sent == totals.acked && totals.acked == stored,
+        "ingest: {} sent, {} acked, {stored} stored",
+        totals.sent,
+        totals.acked
+    );
+    ensure!(
+        failed.load(Ordering::Relaxed) == 0,
+        "{} heavy queries failed during ingest",
+        failed.load(Ordering::Relaxed)
+    );
+    Ok((rates, done.load(Ordering::Relaxed)))
+}
+
+fn heavy_params(hours: i64) -> Vec<(&'static str, String)> {
+    vec![
+        ("start", M_START.to_string()),
+        ("end", (M_START + hours * 3600).to_string()),
+        ("step", INTERVAL.to_string()),
+    ]
+}
+
+/// The corpus queries both sides answer (lines marked `!422` left out).
+fn corpus() -> Result<Vec<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("promql/corpus.txt");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("!422 "))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The differential test's evaluations of each corpus query.
+fn evaluations() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+    let mut out = Vec::new();
+    for t in [1800.0, 3607.123, 7000.0, 7400.0] {
+        out.push(("query", vec![("time", format!("{}", T0 as f64 + t))]));
+    }
+    for (start, end, step) in [(600, 7500, "60"), (0, 7200, "5m"), (1000, 4000, "37")] {
+        out.push((
+            "query_range",
+            vec![
+                ("start", (T0 + start).to_string()),
+                ("end", (T0 + end).to_string()),
+                ("step", step.to_owned()),
+            ],
+        ));
+    }
+    out
+}
+
+/// Asks one query; returns the wall time in ms, the status and how many
+/// values the answer holds.
+async fn ask(
+    client: &reqwest::Client,
+    base: &str,
+    endpoint: &str,
+    query: &str,
+    params: &[(&str, String)],
+) -> Result<(f64, u16, usize)> {
+    let mut form: Vec<(&str, String)> = vec![("query", query.to_owned())];
+    form.extend(params.iter().cloned());
+    let url = reqwest::Url::parse_with_params(&format!("{base}/api/v1/{endpoint}"), &form)?;
+    let t = Instant::now();
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("ask {base}: {query}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let json: Value = serde_json::from_slice(&body)
+        .with_context(|| format!("{base}: {query}: the answer is not JSON"))?;
+    Ok((ms, status, count_values(&json)))
+}
+
+/// How many values an answer holds.
+fn count_values(answer: &Value) -> usize {
+    let result = &answer["data"]["result"];
+    match answer["data"]["resultType"].as_str() {
+        Some("vector") => result.as_array().map_or(0, Vec::len),
+        Some("matrix") => result.as_array().map_or(0, |a| {
+            a.iter()
+                .map(|s| s["values"].as_array().map_or(0, Vec::len))
+                .sum()
+        }),
+        Some(_) => 1,
+        None => 0,
+    }
+}
+
+/// `promtool` next to the `prometheus` binary, else on PATH.
+fn promtool_beside(prometheus: &Path) -> PathBuf {
+    prometheus
+        .parent()
+        .map(|d| d.join("promtool"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("promtool"))
+}
+
+fn prometheus_version(bin: &Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&[o.stdout, o.stderr].concat())
+                .lines()
+                .next()
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_else(|| bin.display().to_string())
+}
+
+/// Prometheus serving the blocks in `data`, ready.
+async fn start_prometheus(
+    bin: &Path,
+    dir: &WorkDir,
+    data: &Path,
+) -> Result<(tokio::process::Child, String)> {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, "scrape_configs: []\n")?;
+    let addr = free_addr()?;
+    let log = std::fs::File::create(dir.join("prometheus.log"))?;
+    let child = tokio::process::Command::new(bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        // The data is from 2023: keep it.
+        .arg("--storage.tsdb.retention.time=100y")
+        .arg(format!("--web.listen-address={addr}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("start prometheus")?;
+    let url = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = client.get(format!("{url}/-/ready")).send().await
+            && r.status().is_success()
+        {
+            return Ok((child, url));
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "prometheus not ready after 120 s (see {})",
+            dir.join("prometheus.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
