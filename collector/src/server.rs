@@ -271,7 +271,9 @@ pub async fn run_with_http(
             config.tls.as_ref().map(|t| t.http_acceptor()),
             mutual_tls,
             http::router(ctx),
-            config.http_limits,
+            config
+                .http_limits
+                .with_longest_request(config.query_limits.timeout),
             token.clone(),
         ))
     });

@@ -29,6 +29,7 @@ mod api;
 mod assets;
 mod devices;
 mod events;
+pub use events::STREAM_LIFETIME;
 mod json;
 mod params;
 mod thin;
