@@ -57,6 +57,7 @@ use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use super::fleet::STREAM_LIFETIME;
+use crate::metrics::{HttpMetrics, HttpRefusal};
 use crate::roles::PeerAuth;
 
 /// The peer address of a request's connection (a request extension:
@@ -138,13 +139,15 @@ impl Default for HttpLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled. `tls`
-/// (with `mutual` when client certificates are verified) turns TLS on.
+/// (with `mutual` when client certificates are verified) turns TLS on;
+/// failed handshakes are counted in `metrics`.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     mutual: bool,
     router: Router,
     limits: HttpLimits,
+    metrics: Arc<HttpMetrics>,
     shutdown: CancellationToken,
 ) {
     match listener.local_addr() {
@@ -176,6 +179,7 @@ pub async fn serve(
         let router = router.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
+        let metrics = metrics.clone();
         connections.spawn(async move {
             let _permit = permit;
             match tls {
@@ -188,10 +192,12 @@ pub async fn serve(
                             Ok(Ok(stream)) => stream,
                             Ok(Err(e)) => {
                                 debug!(%peer, error = %e, "http: TLS handshake failed");
+                                metrics.refused(HttpRefusal::TlsHandshakeFailed);
                                 return;
                             }
                             Err(_) => {
                                 debug!(%peer, "http: TLS handshake timed out");
+                                metrics.refused(HttpRefusal::TlsHandshakeTimeout);
                                 return;
                             }
                         };

@@ -57,6 +57,7 @@ async fn start(limits: HttpLimits) -> (SocketAddr, CancellationToken) {
         false,
         router(),
         limits,
+        Arc::new(HttpMetrics::default()),
         shutdown.clone(),
     ));
     (addr, shutdown)

@@ -47,6 +47,7 @@ use super::devices::updates;
 use super::json::PointJson;
 use super::params::Params;
 use crate::http::HttpContext;
+use crate::metrics::HttpRefusal;
 use crate::model::{Committed, now_ns};
 
 /// Events queued for one client before it counts as behind.
@@ -67,14 +68,15 @@ pub const MAX_SUBSCRIBERS: usize = 128;
 /// Seconds a refused client is asked to wait (`Retry-After`).
 const RETRY_AFTER_S: u64 = 10;
 
-/// The open event streams' slots (a request extension, one per router).
+/// The open event streams' slots and their lifetime (a request extension,
+/// one per router).
 #[derive(Debug, Clone)]
-pub struct Subscribers(Arc<Semaphore>, usize);
+pub struct Subscribers(Arc<Semaphore>, usize, Duration);
 
 impl Subscribers {
-    /// Room for `max` streams at once.
-    pub fn new(max: usize) -> Subscribers {
-        Subscribers(Arc::new(Semaphore::new(max)), max)
+    /// Room for `max` streams at once, each lasting `lifetime`.
+    pub fn new(max: usize, lifetime: Duration) -> Subscribers {
+        Subscribers(Arc::new(Semaphore::new(max)), max, lifetime)
     }
 }
 
@@ -90,6 +92,7 @@ pub async fn events(
     };
     let Ok(slot) = slots.0.clone().try_acquire_owned() else {
         debug!(max = slots.1, "fleet events: refused, every slot taken");
+        ctx.http_metrics.refused(HttpRefusal::EventStreamsFull);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(RETRY_AFTER, RETRY_AFTER_S.to_string())],
@@ -104,7 +107,7 @@ pub async fn events(
     // Subscribe before answering, so no commit after the page's reads is
     // missed between them.
     let commits = ctx.tail.subscribe();
-    tokio::spawn(feed(ctx, series, commits, tx, slot, STREAM_LIFETIME));
+    tokio::spawn(feed(ctx, series, commits, tx, slot, slots.2));
     Sse::new(ReceiverStream::new(rx).map(Ok::<Event, Infallible>)).into_response()
 }
 
