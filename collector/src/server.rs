@@ -244,6 +244,7 @@ pub async fn run_with_http(
     let (ingest_metrics, query_metrics) = (metrics.ingest.clone(), metrics.query.clone());
     // The listener's counters (README "Limits"), logged at the end too.
     let refusals = metrics.listener.clone();
+    let http_metrics = metrics.http.clone();
     let registry = metrics.into_registry(outputs.live.clone(), merger.queue_probe());
     let ingest = pb::ingest_server::IngestServer::new(IngestService {
         merger,
@@ -265,13 +266,17 @@ pub async fn run_with_http(
             shutdown: token.clone(),
             metrics: registry,
             query_limits: config.query_limits,
+            http_metrics: http_metrics.clone(),
         };
         tokio::spawn(http::serve(
             http_listener,
             config.tls.as_ref().map(|t| t.http_acceptor()),
             mutual_tls,
             http::router(ctx),
-            config.http_limits,
+            config
+                .http_limits
+                .with_longest_request(config.query_limits.timeout),
+            http_metrics,
             token.clone(),
         ))
     });

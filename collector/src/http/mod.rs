@@ -70,6 +70,8 @@ pub struct HttpContext {
     pub metrics: Arc<Registry>,
     /// What one PromQL query may use (`[query]`).
     pub query_limits: crate::promql::Limits,
+    /// The HTTP side's counters (refused event streams).
+    pub http_metrics: Arc<crate::metrics::HttpMetrics>,
 }
 
 /// The whole HTTP surface of the collector.

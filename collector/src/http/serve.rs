@@ -5,22 +5,33 @@
 //! holds its slot for at most `header_read_timeout`.
 //!
 //! A connection also ends when it has been idle (no request in flight, none
-//! begun or ended) for `idle_timeout`, whatever its protocol: an HTTP/2
-//! client answers the server's keep-alive pings, and a plaintext client
-//! that sends nothing is still being asked for its protocol preface, so
-//! neither would otherwise ever give its slot back. And it ends
-//! `max_connection_age` after it was accepted, even when busy (a live event
-//! stream, a client that keeps asking), so no client holds a slot for good;
-//! the fleet page's event stream reconnects by itself. Either way the
-//! connection is asked to finish (HTTP/2 `GOAWAY`, HTTP/1.1 closes after
-//! the response in progress) and is dropped [`DRAIN`] later if it has not.
-//! A request is in flight from when its head is read until its response
-//! body has been sent or dropped ([`Tracked`]).
+//! begun or ended) for `idle_timeout`: an HTTP/2 client answers the
+//! server's keep-alive pings, and a plaintext client that sends nothing is
+//! still being asked for its protocol preface, so neither would otherwise
+//! ever give its slot back. (An HTTP/1.1 connection waiting for its next
+//! request is already closed by hyper's `header_read_timeout`, which runs
+//! from when hyper starts reading a request head, the next one on a
+//! keep-alive connection included.) The connection is asked to finish
+//! (HTTP/2 `GOAWAY`, HTTP/1.1 closes) and dropped `drain` later if it has
+//! not.
+//!
+//! And a connection is asked to finish `max_connection_age` after it was
+//! accepted, even when busy (a client that keeps asking), so no client
+//! holds a slot for good: HTTP/2 `GOAWAY`, HTTP/1.1 closes after the
+//! response in progress. Requests in flight then get `age_grace`, at least
+//! the longest request deadline (the PromQL `[query] timeout`, see
+//! [`HttpLimits::with_longest_request`]) so that a query is not cut with a
+//! reset; the fleet page's event stream ends by itself within
+//! [`STREAM_LIFETIME`] and reconnects.
+//!
+//! A request is in flight from when hyper hands over its head (hyper calls
+//! the service at once, on the connection's task for HTTP/2 too) until its
+//! response body has been sent or dropped ([`Tracked`]).
 //!
 //! Each request carries its connection's [`PeerAuth`] and peer address as
 //! extensions; `super::authorize` reads the first. Shutdown: stop
 //! accepting, ask every connection to finish what it is answering, and drop
-//! the ones still open after [`DRAIN`].
+//! the ones still open after `drain`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,7 +46,6 @@ use axum::body::Body;
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -46,6 +56,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
+use super::fleet::STREAM_LIFETIME;
+use crate::metrics::{HttpMetrics, HttpRefusal};
 use crate::roles::PeerAuth;
 
 /// The peer address of a request's connection (a request extension:
@@ -53,9 +65,13 @@ use crate::roles::PeerAuth;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// How long open connections get to finish at shutdown, or once idle or
-/// too old.
-const DRAIN: Duration = Duration::from_secs(5);
+/// Added to the longest request deadline for the grace after
+/// `max_connection_age` (the answer still has to be written).
+const GRACE_MARGIN: Duration = Duration::from_secs(10);
+
+/// How often a busy connection's watchdog looks again when `idle_timeout`
+/// is zero.
+const BUSY_RECHECK: Duration = Duration::from_secs(1);
 
 /// How long to pause accepting after an accept error such as EMFILE.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -73,11 +89,35 @@ pub struct HttpLimits {
     /// Most concurrent requests on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
     /// A connection with no request in flight for this long is closed
-    /// (HTTP/1.1, HTTP/2, and a connection that never said which).
+    /// (HTTP/2, and a connection that never said which; an HTTP/1.1
+    /// connection waiting for a request meets `header_read_timeout` first).
     pub idle_timeout: Duration,
     /// A connection is asked to close this long after it was accepted,
-    /// even when busy, and dropped [`DRAIN`] later if it has not.
+    /// even when busy, and dropped `age_grace` later if it has not.
     pub max_connection_age: Duration,
+    /// How long the requests in flight get once `max_connection_age` has
+    /// passed: at least the longest request deadline (see
+    /// [`HttpLimits::with_longest_request`]).
+    pub age_grace: Duration,
+    /// How long open connections get to finish at shutdown or once idle.
+    pub drain: Duration,
+}
+
+impl HttpLimits {
+    /// These limits with an `age_grace` long enough (it is never
+    /// shortened) for a request whose deadline is `longest` (the PromQL
+    /// `[query] timeout`), and a fleet event stream, to finish after
+    /// `max_connection_age`.
+    #[must_use]
+    pub fn with_longest_request(self, longest: Duration) -> HttpLimits {
+        HttpLimits {
+            age_grace: longest
+                .max(STREAM_LIFETIME)
+                .saturating_add(GRACE_MARGIN)
+                .max(self.age_grace),
+            ..self
+        }
+    }
 }
 
 impl Default for HttpLimits {
@@ -87,20 +127,27 @@ impl Default for HttpLimits {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 64,
-            idle_timeout: Duration::from_secs(60),
+            // Longer than the 90 s for which Go's HTTP client (Prometheus,
+            // Grafana) keeps an idle connection, as the gRPC listener's.
+            idle_timeout: Duration::from_secs(5 * 60),
             max_connection_age: Duration::from_secs(30 * 60),
+            drain: Duration::from_secs(5),
+            age_grace: Duration::ZERO,
         }
+        .with_longest_request(crate::promql::Limits::default().timeout)
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled. `tls`
-/// (with `mutual` when client certificates are verified) turns TLS on.
+/// (with `mutual` when client certificates are verified) turns TLS on;
+/// failed handshakes are counted in `metrics`.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     mutual: bool,
     router: Router,
     limits: HttpLimits,
+    metrics: Arc<HttpMetrics>,
     shutdown: CancellationToken,
 ) {
     match listener.local_addr() {
@@ -132,6 +179,7 @@ pub async fn serve(
         let router = router.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
+        let metrics = metrics.clone();
         connections.spawn(async move {
             let _permit = permit;
             match tls {
@@ -144,10 +192,12 @@ pub async fn serve(
                             Ok(Ok(stream)) => stream,
                             Ok(Err(e)) => {
                                 debug!(%peer, error = %e, "http: TLS handshake failed");
+                                metrics.refused(HttpRefusal::TlsHandshakeFailed);
                                 return;
                             }
                             Err(_) => {
                                 debug!(%peer, "http: TLS handshake timed out");
+                                metrics.refused(HttpRefusal::TlsHandshakeTimeout);
                                 return;
                             }
                         };
@@ -160,7 +210,7 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
-    let drained = tokio::time::timeout(DRAIN, async {
+    let drained = tokio::time::timeout(limits.drain, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
@@ -186,7 +236,10 @@ async fn serve_io<I>(
 {
     let activity = Arc::new(Activity::new());
     let tracked = activity.clone();
-    let service = tower::service_fn(move |mut request: hyper::Request<Incoming>| {
+    // hyper's own `service_fn`: hyper calls it as soon as a request's head
+    // is read (for HTTP/2 on the connection's task, before the stream's
+    // task first runs), so the request is counted from then on.
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(auth.clone());
         request.extensions_mut().insert(PeerAddr(peer));
         // Taken before the router runs, so a request is in flight even
@@ -215,8 +268,7 @@ async fn serve_io<I>(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let connection =
-        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let why = tokio::select! {
         r = connection.as_mut() => {
@@ -230,17 +282,30 @@ async fn serve_io<I>(
     };
     debug!(%peer, why, "http: asking the connection to close");
     connection.as_mut().graceful_shutdown();
-    match tokio::time::timeout(DRAIN, connection).await {
+    let grace = if why == MAX_AGE {
+        limits.age_grace
+    } else {
+        limits.drain
+    };
+    // Shutdown during a longer grace: the listener drops this task after
+    // its own `drain`.
+    match tokio::time::timeout(grace, connection).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(%peer, error = %e, "http: connection ended with an error"),
         Err(_) => debug!(%peer, why, "http: connection still busy after the drain; dropped"),
     }
 }
 
+/// Why the watchdog asks a connection to close once it is too old.
+const MAX_AGE: &str = "max_connection_age";
+
 /// What one connection is doing, for its watchdog ([`Activity::ended`]):
 /// requests in flight, and when the last one began or ended. Updated by the
-/// connection's requests (HTTP/2 runs them on tasks of their own, hence
-/// atomics), read by the connection's task.
+/// connection's requests (HTTP/2 runs their bodies on tasks of their own,
+/// hence atomics), read by the connection's task. A request that ends
+/// notes the time before it leaves `in_flight` (Release), and the watchdog
+/// reads `in_flight` (Acquire) before the time, so when it sees nothing in
+/// flight it also sees when the last request ended.
 #[derive(Debug)]
 struct Activity {
     accepted: Instant,
@@ -260,29 +325,39 @@ impl Activity {
 
     fn touch(&self) {
         let ms = u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_ms.fetch_max(ms, Ordering::Release);
     }
 
     /// Returns why once the connection has had no request in flight for
-    /// `idle`, or is `max_age` old.
+    /// `idle`, or is `max_age` old. A limit too far to be an `Instant` is
+    /// never reached.
     async fn ended(&self, idle: Duration, max_age: Duration) -> &'static str {
-        let too_old = self.accepted + max_age;
+        let too_old = self.accepted.checked_add(max_age);
         loop {
             let now = Instant::now();
-            if now >= too_old {
-                return "max_connection_age";
+            if too_old.is_some_and(|t| now >= t) {
+                return MAX_AGE;
             }
-            let idle_at = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            let next = if self.in_flight.load(Ordering::Acquire) > 0 {
                 // Busy: look again one idle period from now at the
                 // earliest.
-                now + idle
+                now.checked_add(idle.max(BUSY_RECHECK))
             } else {
-                self.accepted + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+                let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+                let idle_at = self
+                    .accepted
+                    .checked_add(last)
+                    .and_then(|t| t.checked_add(idle));
+                if idle_at.is_some_and(|t| t <= now) {
+                    return "idle_timeout";
+                }
+                idle_at
             };
-            if idle_at <= now {
-                return "idle_timeout";
+            match (next, too_old) {
+                (Some(a), Some(b)) => tokio::time::sleep_until(a.min(b)).await,
+                (Some(t), None) | (None, Some(t)) => tokio::time::sleep_until(t).await,
+                (None, None) => std::future::pending::<()>().await,
             }
-            tokio::time::sleep_until(idle_at.min(too_old)).await;
         }
     }
 }
@@ -294,7 +369,7 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn begin(activity: Arc<Activity>) -> InFlight {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.touch();
         InFlight(activity)
     }
@@ -303,7 +378,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

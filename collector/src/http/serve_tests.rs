@@ -57,6 +57,7 @@ async fn start(limits: HttpLimits) -> (SocketAddr, CancellationToken) {
         false,
         router(),
         limits,
+        Arc::new(HttpMetrics::default()),
         shutdown.clone(),
     ));
     (addr, shutdown)
@@ -105,7 +106,10 @@ async fn idle_connections_are_closed_and_their_slots_reused() {
     let (addr, shutdown) = start(HttpLimits {
         max_connections: 3,
         header_read_timeout: Duration::from_secs(600),
-        idle_timeout: Duration::from_millis(300),
+        // Long enough for the HTTP/2 client's hello to be read first (else
+        // the connection could close before it as one that never spoke).
+        idle_timeout: Duration::from_secs(1),
+        drain: Duration::from_millis(500),
         ..HttpLimits::default()
     })
     .await;
@@ -139,36 +143,28 @@ async fn idle_connections_are_closed_and_their_slots_reused() {
 }
 
 /// A response that streams for longer than the idle limit is in flight the
-/// whole time: it arrives whole, and the connection is still open for a
-/// second request after it (had the idle limit fired during the stream,
-/// the connection would close after its response).
+/// whole time: it arrives whole, and the connection still answers the
+/// request pipelined behind it (had the idle limit fired during the
+/// stream, the connection would close after the first response).
 #[tokio::test]
 async fn a_streaming_response_is_not_idle() {
     let (addr, shutdown) = start(HttpLimits {
         idle_timeout: Duration::from_millis(250),
+        drain: Duration::from_millis(500),
         ..HttpLimits::default()
     })
     .await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut first = Vec::new();
-    tokio::time::timeout(PATIENCE, async {
-        let mut buf = [0u8; 1024];
-        while !first.ends_with(b"0\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "closed during the stream: {}",
-                String::from_utf8_lossy(&first)
-            );
-            first.extend_from_slice(&buf[..n]);
-        }
-    })
+    // Both at once, so the second is waiting when the first ends.
+    s.write_all(
+        b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
     .await
-    .expect("the streamed response did not end");
-    let first = String::from_utf8_lossy(&first);
+    .unwrap();
+    let got = String::from_utf8_lossy(&until_closed(&mut s, "two requests").await).into_owned();
+    let Some((first, second)) = got.split_once("0\r\n\r\n") else {
+        panic!("the streamed response did not end: {got}");
+    };
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     for i in 0..8 {
         assert!(
@@ -176,24 +172,79 @@ async fn a_streaming_response_is_not_idle() {
             "chunk {i} missing: {first}"
         );
     }
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let second =
-        String::from_utf8_lossy(&until_closed(&mut s, "second request").await).into_owned();
     assert!(
         second.starts_with("HTTP/1.1 200") && second.ends_with("hi"),
-        "{second}"
+        "the pipelined request was not answered: {second}"
     );
     shutdown.cancel();
 }
 
+/// A response still streaming when the connection reaches its maximum age
+/// gets `age_grace` to finish: it arrives whole (8 chunks over 800 ms,
+/// with the age at 200 ms and `drain` far shorter than the stream), then
+/// the connection closes.
+#[tokio::test]
+async fn a_request_in_flight_at_the_maximum_age_gets_the_age_grace() {
+    let (addr, shutdown) = start(HttpLimits {
+        max_connection_age: Duration::from_millis(200),
+        drain: Duration::from_millis(50),
+        age_grace: Duration::from_secs(15),
+        ..HttpLimits::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = String::from_utf8_lossy(&until_closed(&mut s, "slow response").await).into_owned();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        got.contains("chunk 7\n") && got.ends_with("0\r\n\r\n"),
+        "cut before its end: {got}"
+    );
+    shutdown.cancel();
+}
+
+/// The watchdog with a zero idle limit does not call a busy connection
+/// idle, and limits too far to be an `Instant` (`Duration::MAX`) are never
+/// reached rather than a panic.
+#[tokio::test]
+async fn the_watchdog_handles_zero_and_endless_limits() {
+    let activity = Arc::new(Activity::new());
+    let guard = InFlight::begin(activity.clone());
+    let why = tokio::time::timeout(
+        PATIENCE,
+        activity.ended(Duration::ZERO, Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(why, MAX_AGE);
+    let endless = tokio::time::timeout(
+        Duration::from_millis(300),
+        activity.ended(Duration::MAX, Duration::MAX),
+    )
+    .await;
+    assert!(endless.is_err(), "ended with {endless:?}");
+    drop(guard);
+    let idle = tokio::time::timeout(
+        Duration::from_millis(300),
+        activity.ended(Duration::MAX, Duration::MAX),
+    )
+    .await;
+    assert!(idle.is_err(), "ended with {idle:?}");
+    let why = tokio::time::timeout(PATIENCE, activity.ended(Duration::ZERO, Duration::MAX))
+        .await
+        .unwrap();
+    assert_eq!(why, "idle_timeout");
+}
+
 /// A response that never ends holds its connection only until the
-/// connection's maximum age (and the drain after it).
+/// connection's maximum age (and the grace after it).
 #[tokio::test]
 async fn a_connection_ends_at_its_maximum_age_even_when_busy() {
     let (addr, shutdown) = start(HttpLimits {
         max_connection_age: Duration::from_millis(300),
+        age_grace: Duration::from_millis(300),
         ..HttpLimits::default()
     })
     .await;

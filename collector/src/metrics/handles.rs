@@ -390,3 +390,62 @@ pub(super) fn new(registry: &mut Registry) -> (IngestMetrics, MergerMetrics, Que
         QueryMetrics::new(registry),
     )
 }
+
+/// Why the HTTP listener refused a connection or a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRefusal {
+    /// A TLS handshake failed.
+    TlsHandshakeFailed,
+    /// A TLS handshake did not finish within `handshake_timeout`.
+    TlsHandshakeTimeout,
+    /// A fleet event stream was refused: every slot was taken (503).
+    EventStreamsFull,
+}
+
+impl HttpRefusal {
+    const ALL: [HttpRefusal; 3] = [
+        HttpRefusal::TlsHandshakeFailed,
+        HttpRefusal::TlsHandshakeTimeout,
+        HttpRefusal::EventStreamsFull,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            HttpRefusal::TlsHandshakeFailed => "tls_handshake_failed",
+            HttpRefusal::TlsHandshakeTimeout => "tls_handshake_timeout",
+            HttpRefusal::EventStreamsFull => "event_streams_full",
+        }
+    }
+}
+
+/// What the HTTP listener and its routes count.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    refused: [Counter; HttpRefusal::ALL.len()],
+}
+
+impl HttpMetrics {
+    pub(super) fn new(registry: &mut Registry) -> Self {
+        HttpMetrics {
+            refused: labelled_counters(
+                registry,
+                "tributary_collector_http_refused",
+                "Connections and requests the HTTP listener refused, by reason (fleet event streams over their cap, TLS handshakes)",
+                "reason",
+                HttpRefusal::ALL.map(HttpRefusal::name),
+            ),
+        }
+    }
+
+    /// Counts one refusal for `reason`.
+    pub fn refused(&self, reason: HttpRefusal) {
+        self.refused[reason as usize].inc();
+    }
+
+    /// The refusals counted for `reason`.
+    pub fn refusals(&self, reason: HttpRefusal) -> u64 {
+        self.refused[reason as usize].get()
+    }
+}
+
+unregistered_default!(HttpMetrics);

@@ -56,6 +56,7 @@ use crate::model::LiveAgents;
 
 pub use agents::{AgentCounts, AgentStats, AgentsCollector};
 pub use exports::{ExportHandles, ExportMetrics};
+pub use handles::{HttpMetrics, HttpRefusal};
 pub use handles::{
     IngestMetrics, MergerMetrics, QueryMetrics, QueryTimer, Rpc, StoreOp, StreamRefusal,
 };
@@ -76,6 +77,9 @@ pub struct CollectorMetrics {
     pub listener: Arc<ListenerStats>,
     /// The exports' counters and lag (one series per export).
     pub exports: Arc<ExportMetrics>,
+    /// The HTTP listener's refusals (its TLS handshakes, the fleet page's
+    /// event streams over their cap).
+    pub http: Arc<HttpMetrics>,
 }
 
 impl Default for CollectorMetrics {
@@ -97,6 +101,7 @@ impl CollectorMetrics {
         registry.register_collector(Box::new(ProcessCollector));
         let (ingest, merger, query) = handles::new(&mut registry);
         let exports = Arc::new(ExportMetrics::new(&mut registry));
+        let http = Arc::new(HttpMetrics::new(&mut registry));
         CollectorMetrics {
             exports,
             registry,
@@ -104,6 +109,7 @@ impl CollectorMetrics {
             merger: Arc::new(merger),
             query: Arc::new(query),
             listener: Arc::new(ListenerStats::default()),
+            http,
         }
     }
 

@@ -32,6 +32,7 @@ fn every_family_is_encoded_with_what_was_counted() {
         metrics.query.clone(),
         metrics.listener.clone(),
     );
+    let http = metrics.http.clone();
     let stats = Arc::new(AgentStats::default());
     stats.committed(100);
     stats.committed(50);
@@ -54,6 +55,8 @@ fn every_family_is_encoded_with_what_was_counted() {
     ingest.streams_opened.inc();
     ingest.streams_open.inc();
     ingest.refused(StreamRefusal::Allowlist);
+    http.refused(HttpRefusal::EventStreamsFull);
+    http.refused(HttpRefusal::EventStreamsFull);
     merger.committed(2, 150, Duration::from_millis(3));
     merger.store_error(StoreOp::Commit);
     let t = query.start(Rpc::Latest);
@@ -98,6 +101,20 @@ fn every_family_is_encoded_with_what_was_counted() {
         Some(1.0)
     );
     assert_eq!(sample(&body, "tributary_collector_streams_open"), Some(1.0));
+    assert_eq!(
+        sample(
+            &body,
+            "tributary_collector_http_refused_total{reason=\"event_streams_full\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "tributary_collector_http_refused_total{reason=\"tls_handshake_timeout\"}"
+        ),
+        Some(0.0)
+    );
     assert_eq!(
         sample(
             &body,

@@ -7,13 +7,22 @@
 //! every scraped sample, which the checks confirm), and peak RSS (agent and
 //! collector added up for Tributary). The ratios are Tributary / Prometheus.
 //!
-//! The Tributary side runs twice in each run: with its metrics off (the
-//! agent's `[metrics] listen = "off"`, the collector's `--http-listen off`)
-//! and on (both served and scraped every 15 s, Prometheus's default), in
-//! the order off, on, on, off, ... (`metrics_cost`). The comparison with
-//! Prometheus uses the runs with metrics off; `metrics_cpu_ratio` is the
-//! median of Tributary's CPU per sample with metrics on over the median
-//! with them off.
+//! The Tributary side runs twice in each run: "metrics off" and "metrics
+//! on" (served and scraped every 15 s, Prometheus's default), in the order
+//! off, on, on, off, ... (`metrics_cost`). The two legs differ unequally:
+//!
+//! - the agent's off leg (`[metrics] listen = "off"`) builds no metric
+//!   handles at all, so its polls and uplink update none: agent off vs on
+//!   is the whole cost of its metrics (updates, listener, scrapes);
+//! - the collector's off leg (`--http-listen off`) has no HTTP listener and
+//!   no scrapes, but `server.rs` builds `CollectorMetrics` either way, so
+//!   its sessions, merger and Query service still update their handles on
+//!   every batch and commit: collector off vs on is the listener and the
+//!   scrapes (encoding, the scrape-time collectors), not the updates.
+//!
+//! The comparison with Prometheus uses the runs with metrics off;
+//! `metrics_cpu_ratio` is the median of Tributary's CPU per sample with
+//! metrics on over the median with them off.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -223,7 +232,9 @@ fn target_url(sims: &[HttpListening], i: usize, extra: usize) -> String {
 }
 
 /// One run of the agent and the collector, with their metrics served and
-/// scraped (`metrics`) or off.
+/// scraped (`metrics`) or off: off, the agent keeps no metrics and the
+/// collector serves and is scraped for none but still updates its handles
+/// (see the module doc).
 async fn tributary_side(
     cfg: &Config,
     sims: &[HttpListening],

@@ -14,7 +14,11 @@
 //! on a bounded channel. A client that falls behind the merger (the
 //! broadcast lags) or does not drain its queue loses events rather than
 //! slowing anyone down, and is told with `resync`. The stream ends when the
-//! client goes or the collector shuts down (`HttpContext::shutdown`).
+//! client goes, the collector shuts down (`HttpContext::shutdown`), or
+//! after [`STREAM_LIFETIME`]: the browser's `EventSource` then reconnects
+//! by itself and the page reads what it missed (its `hello` handler), and
+//! the stream does not hold its connection open past the listener's
+//! `max_connection_age` (the listener's grace after it is longer).
 //!
 //! At most [`MAX_SUBSCRIBERS`] streams are open at once (each holds a task,
 //! a queue and a Tail subscription, and every commit is encoded once per
@@ -43,6 +47,7 @@ use super::devices::updates;
 use super::json::PointJson;
 use super::params::Params;
 use crate::http::HttpContext;
+use crate::metrics::HttpRefusal;
 use crate::model::{Committed, now_ns};
 
 /// Events queued for one client before it counts as behind.
@@ -52,6 +57,10 @@ const EVENT_BUFFER: usize = 64;
 /// in the store) and, when nothing changed, a keep-alive comment is sent.
 pub const AGENTS_EVERY: Duration = Duration::from_secs(2);
 
+/// How long one event stream lasts before it ends itself (see the module
+/// doc).
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(5 * 60);
+
 /// Event streams open at once on one collector; one more is refused with
 /// 503 (see the module doc).
 pub const MAX_SUBSCRIBERS: usize = 128;
@@ -59,14 +68,15 @@ pub const MAX_SUBSCRIBERS: usize = 128;
 /// Seconds a refused client is asked to wait (`Retry-After`).
 const RETRY_AFTER_S: u64 = 10;
 
-/// The open event streams' slots (a request extension, one per router).
+/// The open event streams' slots and their lifetime (a request extension,
+/// one per router).
 #[derive(Debug, Clone)]
-pub struct Subscribers(Arc<Semaphore>, usize);
+pub struct Subscribers(Arc<Semaphore>, usize, Duration);
 
 impl Subscribers {
-    /// Room for `max` streams at once.
-    pub fn new(max: usize) -> Subscribers {
-        Subscribers(Arc::new(Semaphore::new(max)), max)
+    /// Room for `max` streams at once, each lasting `lifetime`.
+    pub fn new(max: usize, lifetime: Duration) -> Subscribers {
+        Subscribers(Arc::new(Semaphore::new(max)), max, lifetime)
     }
 }
 
@@ -82,6 +92,7 @@ pub async fn events(
     };
     let Ok(slot) = slots.0.clone().try_acquire_owned() else {
         debug!(max = slots.1, "fleet events: refused, every slot taken");
+        ctx.http_metrics.refused(HttpRefusal::EventStreamsFull);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(RETRY_AFTER, RETRY_AFTER_S.to_string())],
@@ -96,7 +107,7 @@ pub async fn events(
     // Subscribe before answering, so no commit after the page's reads is
     // missed between them.
     let commits = ctx.tail.subscribe();
-    tokio::spawn(feed(ctx, series, commits, tx, slot));
+    tokio::spawn(feed(ctx, series, commits, tx, slot, slots.2));
     Sse::new(ReceiverStream::new(rx).map(Ok::<Event, Infallible>)).into_response()
 }
 
@@ -136,8 +147,8 @@ struct Points {
     points: Vec<PointJson>,
 }
 
-/// Feeds one client until it goes, the broadcast closes or the collector
-/// shuts down; dropping `tx` ends the response, dropping `_slot` frees the
+/// Feeds one client until it goes, the broadcast closes, the collector
+/// shuts down or `lifetime` has passed; dropping `tx` ends the response, dropping `_slot` frees the
 /// client's slot.
 async fn feed(
     ctx: HttpContext,
@@ -145,7 +156,10 @@ async fn feed(
     mut commits: broadcast::Receiver<Committed>,
     tx: mpsc::Sender<Event>,
     _slot: OwnedSemaphorePermit,
+    lifetime: Duration,
 ) {
+    let end = tokio::time::sleep(lifetime);
+    tokio::pin!(end);
     let mut out = Outbox { tx, behind: false };
     out.send_json(
         "hello",
@@ -158,6 +172,10 @@ async fn feed(
     loop {
         let refresh_agents = tokio::select! {
             () = ctx.shutdown.cancelled() => break,
+            () = end.as_mut() => {
+                debug!("fleet events: stream lifetime reached; the client reconnects");
+                break;
+            }
             () = out.tx.closed() => break,
             r = commits.recv() => match r {
                 Ok(commit) => {

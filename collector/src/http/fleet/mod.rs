@@ -29,6 +29,7 @@ mod api;
 mod assets;
 mod devices;
 mod events;
+pub use events::STREAM_LIFETIME;
 mod json;
 mod params;
 mod thin;
@@ -43,11 +44,12 @@ use super::HttpContext;
 
 /// The fleet page's routes, merged into the listener's protected router.
 pub fn routes() -> Router<HttpContext> {
-    routes_with(events::MAX_SUBSCRIBERS)
+    routes_with(events::MAX_SUBSCRIBERS, STREAM_LIFETIME)
 }
 
-/// The routes with room for `max_subscribers` event streams at once.
-fn routes_with(max_subscribers: usize) -> Router<HttpContext> {
+/// The routes with room for `max_subscribers` event streams at once, each
+/// ending itself after `lifetime`.
+fn routes_with(max_subscribers: usize, lifetime: std::time::Duration) -> Router<HttpContext> {
     Router::new()
         .route("/", get(assets::index))
         .route("/assets/{name}", get(assets::asset))
@@ -56,6 +58,9 @@ fn routes_with(max_subscribers: usize) -> Router<HttpContext> {
         .route("/api/fleet/range", get(api::range))
         .route(
             "/api/fleet/events",
-            get(events::events).layer(Extension(events::Subscribers::new(max_subscribers))),
+            get(events::events).layer(Extension(events::Subscribers::new(
+                max_subscribers,
+                lifetime,
+            ))),
         )
 }

@@ -188,6 +188,7 @@ fn context() -> (HttpContext, watch::Sender<LiveAgents>) {
         shutdown: CancellationToken::new(),
         metrics: Arc::default(),
         query_limits: crate::promql::Limits::default(),
+        http_metrics: Arc::default(),
     };
     (ctx, live_tx)
 }
@@ -336,7 +337,8 @@ async fn event_streams_are_capped() {
     use tokio_stream::StreamExt as _;
 
     let (ctx, _live_tx) = context();
-    let app = super::routes_with(2).with_state(ctx);
+    let counted = ctx.http_metrics.clone();
+    let app = super::routes_with(2, super::STREAM_LIFETIME).with_state(ctx);
     let open = async |app: &axum::Router| {
         app.clone()
             .oneshot(
@@ -371,6 +373,10 @@ async fn event_streams_are_capped() {
         why.contains("too many live event streams") && why.contains("at most 2 at once"),
         "{why}"
     );
+    assert_eq!(
+        counted.refusals(crate::metrics::HttpRefusal::EventStreamsFull),
+        1
+    );
     // One client goes: its feed notices and gives the slot back.
     drop(streams.pop());
     let admitted = tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -385,4 +391,48 @@ async fn event_streams_are_capped() {
     .await
     .expect("the slot of the client that went was never freed");
     drop(admitted);
+}
+
+/// A stream ends itself after its lifetime, with the collector still up
+/// (the browser reconnects), and gives its slot back.
+#[tokio::test]
+async fn an_event_stream_ends_after_its_lifetime() {
+    use tokio_stream::StreamExt as _;
+
+    let (ctx, _live_tx) = context();
+    let app = super::routes_with(1, std::time::Duration::from_millis(300)).with_state(ctx);
+    let open = async |app: &axum::Router| {
+        app.clone()
+            .oneshot(
+                Request::get("/api/fleet/events")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+    };
+    let response = open(&app).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    let mut got = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(chunk) = body.next().await {
+            got.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+    })
+    .await
+    .expect("the event stream outlived its lifetime");
+    assert!(got.contains("event: hello"), "{got}");
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let response = open(&app).await;
+            if response.status() == StatusCode::OK {
+                return response;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slot of the ended stream was never freed");
+    drop(again);
 }
