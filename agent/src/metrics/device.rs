@@ -103,12 +103,13 @@ impl SchedulerMetrics {
     /// call for the same device returns handles to the same counts).
     pub fn device(&self, device: &str, driver: &str) -> DeviceMetrics {
         let cells = {
-            let mut devices = self
+            let mut state = self
                 .devices
-                .devices
+                .state
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            devices
+            state
+                .devices
                 .entry(device.to_owned())
                 .or_insert_with(|| Arc::new(DeviceCells::new(device)))
                 .clone()
@@ -181,74 +182,136 @@ impl EncodeLabelSet for Encoded<'_> {
 }
 
 /// Every device's cells, by device name (sorted, so a scrape lists the
-/// devices in order). The lock is taken when a device task starts and at
-/// scrapes, never by a poll.
+/// devices in order), and the scrape's scratch text. The lock is taken when
+/// a device task starts and at scrapes, never by a poll.
 #[derive(Debug, Default)]
 struct DeviceFamilies {
-    devices: Mutex<BTreeMap<String, Arc<DeviceCells>>>,
+    state: Mutex<FamiliesState>,
+}
+
+#[derive(Debug, Default)]
+struct FamiliesState {
+    devices: BTreeMap<String, Arc<DeviceCells>>,
+    /// Reused by every scrape (no allocation once it has grown).
+    scratch: String,
+}
+
+/// A sample's value.
+#[derive(Clone, Copy)]
+enum Value {
+    Counter(u64),
+    Int(i64),
+    Float(f64),
+}
+
+/// Writes one family: its `# HELP`/`# TYPE` lines and first sample name
+/// through `prometheus-client` (so both text formats get theirs), every
+/// sample but the last as plain text (`labels} value\nNAME{`, `sample` being
+/// the full sample name, e.g. `tributary_agent_polls_total`), handed over
+/// as the label set of the last sample, whose value the encoder writes.
+/// So a scrape costs a copy of each pre-encoded label set and one number
+/// per sample, not `prometheus-client`'s per-sample calls (~580
+/// instructions a line).
+#[allow(clippy::too_many_arguments)]
+fn write_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    scratch: &mut String,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric_type: MetricType,
+    sample: &str,
+    samples: impl Iterator<Item = (&'a str, Value)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, unit, metric_type)?;
+    scratch.clear();
+    let mut last = None;
+    for (labels, value) in samples {
+        if let Some(prev) = last {
+            scratch.push_str("} ");
+            match prev {
+                Value::Counter(v) => write!(scratch, "{v}")?,
+                Value::Int(v) => write!(scratch, "{v}")?,
+                Value::Float(v) => write!(scratch, "{v}")?,
+            }
+            scratch.push('\n');
+            scratch.push_str(sample);
+            scratch.push('{');
+        }
+        scratch.push_str(labels);
+        last = Some(value);
+    }
+    let Some(value) = last else {
+        return Ok(());
+    };
+    let labels = Encoded(scratch);
+    let mut s = m.encode_family(&labels)?;
+    match value {
+        Value::Counter(v) => s.encode_counter::<NoLabelSet, u64, u64>(&v, None),
+        Value::Int(v) => s.encode_gauge(&v),
+        Value::Float(v) => s.encode_gauge(&v),
+    }
 }
 
 impl Collector for DeviceFamilies {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let devices = self
-            .devices
+        let mut state = self
+            .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        {
-            let mut m = encoder.encode_descriptor(
-                "polls",
-                "Scheduled polls by device and outcome (ok, timeout, error, skipped)",
-                None,
-                MetricType::Counter,
-            )?;
-            for d in devices.values() {
-                for (count, labels) in d.polls.iter().zip(&d.poll_labels) {
-                    m.encode_family(&Encoded(labels))?
-                        .encode_counter::<NoLabelSet, u64, u64>(
-                            &count.load(Ordering::Relaxed),
-                            None,
-                        )?;
-                }
-            }
-        }
-        {
-            let mut m = encoder.encode_descriptor(
-                "device_up",
-                "Whether the device answered its last poll (1) or not (0; also before its first poll)",
-                None,
-                MetricType::Gauge,
-            )?;
-            for d in devices.values() {
-                m.encode_family(&Encoded(&d.label))?
-                    .encode_gauge(&d.up.load(Ordering::Relaxed))?;
-            }
-        }
-        {
-            let mut m = encoder.encode_descriptor(
-                "device_backoff",
-                "How much longer than its interval the device waits before its next poll, because its polls keep failing (0 when it is not backing off)",
-                Some(&Unit::Seconds),
-                MetricType::Gauge,
-            )?;
-            for d in devices.values() {
-                m.encode_family(&Encoded(&d.label))?
-                    .encode_gauge(&f64::from_bits(d.backoff.load(Ordering::Relaxed)))?;
-            }
-        }
-        let mut m = encoder.encode_descriptor(
+        let FamiliesState { devices, scratch } = &mut *state;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        write_family(
+            &mut encoder,
+            scratch,
+            "polls",
+            "Scheduled polls by device and outcome (ok, timeout, error, skipped)",
+            None,
+            MetricType::Counter,
+            "tributary_agent_polls_total",
+            devices.values().flat_map(|d| {
+                d.poll_labels
+                    .iter()
+                    .zip(&d.polls)
+                    .map(|(l, c)| (&**l, Value::Counter(load(c))))
+            }),
+        )?;
+        write_family(
+            &mut encoder,
+            scratch,
+            "device_up",
+            "Whether the device answered its last poll (1) or not (0; also before its first poll)",
+            None,
+            MetricType::Gauge,
+            "tributary_agent_device_up",
+            devices
+                .values()
+                .map(|d| (&*d.label, Value::Int(d.up.load(Ordering::Relaxed)))),
+        )?;
+        write_family(
+            &mut encoder,
+            scratch,
+            "device_backoff",
+            "How much longer than its interval the device waits before its next poll, because its polls keep failing (0 when it is not backing off)",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+            "tributary_agent_device_backoff_seconds",
+            devices
+                .values()
+                .map(|d| (&*d.label, Value::Float(f64::from_bits(load(&d.backoff))))),
+        )?;
+        write_family(
+            &mut encoder,
+            scratch,
             "readings",
             "Readings produced by the device's polls and handed to the uplink (its up reading included)",
             None,
             MetricType::Counter,
-        )?;
-        for d in devices.values() {
-            m.encode_family(&Encoded(&d.label))?
-                .encode_counter::<NoLabelSet, u64, u64>(
-                    &d.readings.load(Ordering::Relaxed),
-                    None,
-                )?;
-        }
-        Ok(())
+            "tributary_agent_readings_total",
+            devices
+                .values()
+                .map(|d| (&*d.label, Value::Counter(load(&d.readings)))),
+        )
     }
 }
 
