@@ -168,3 +168,36 @@ fn uplink_updates_show_as_counters_gauges_and_latency() {
     });
     assert_eq!(age(&m), Some(0.0));
 }
+
+/// Device names are label values: escaped once, when the device's handles
+/// are made, and listed in name order with every outcome.
+#[test]
+fn device_labels_are_escaped_and_listed_in_order() {
+    let m = AgentMetrics::new("abc", &[], 1 << 20);
+    let b = m.scheduler.device("b \"quoted\" \\ name", "http");
+    let a = m.scheduler.device("a", "http");
+    b.polled(Outcome::Ok, Duration::from_millis(1));
+    a.produced(4, 0);
+    let text = scrape(&m);
+    assert_eq!(
+        value(
+            &text,
+            "tributary_agent_polls_total{device=\"b \\\"quoted\\\" \\\\ name\",outcome=\"ok\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "tributary_agent_readings_total{device=\"a\"}"),
+        Some(4.0)
+    );
+    let polls: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("tributary_agent_polls_total"))
+        .collect();
+    assert_eq!(polls.len(), 8, "{text}");
+    assert!(
+        polls[..4].iter().all(|l| l.contains("device=\"a\"")),
+        "{text}"
+    );
+}

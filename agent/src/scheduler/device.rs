@@ -247,13 +247,15 @@ impl DeviceTask {
         let ts_ns = now_ns();
         let started = Instant::now();
         let result = tokio::time::timeout(self.config.timeout, self.driver.poll_values()).await;
+        // One clock read for the poll's duration and the health's.
+        let ended = Instant::now();
         if let Some(m) = &self.metrics {
             let outcome = match &result {
                 Ok(Ok(_)) => Outcome::Ok,
                 Ok(Err(_)) => Outcome::Error,
                 Err(_) => Outcome::Timeout,
             };
-            m.polled(outcome, started.elapsed());
+            m.polled(outcome, ended.saturating_duration_since(started));
         }
         let mut refused_total = 0;
         let (polled, failure) = match result {
@@ -280,7 +282,7 @@ impl DeviceTask {
             }
         };
         let ok = failure.is_none();
-        self.record_health(failure);
+        self.record_health(failure, ended);
         let mut readings = match polled {
             Polled::Readings(mut readings) => {
                 for r in &mut readings {
@@ -337,9 +339,11 @@ impl DeviceTask {
         (readings, ok)
     }
 
-    /// Updates the health after a poll and logs a change of state once.
-    fn record_health(&mut self, failure: Option<String>) {
-        let now = Instant::now();
+    /// Updates the health after a poll that ended `now` and logs a change
+    /// of state once.
+    // Not inlined: `tests/src/bench/metrics-cost.sh` counts polls by its calls.
+    #[inline(never)]
+    fn record_health(&mut self, failure: Option<String>, now: Instant) {
         let name = &self.config.name;
         let h = &mut self.health;
         match (h.up, failure) {

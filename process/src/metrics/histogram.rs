@@ -30,6 +30,9 @@ pub struct Histogram {
 struct Inner {
     /// Upper bounds, ascending, finite; `+Inf` is implicit.
     bounds: Box<[f64]>,
+    /// The same bounds in nanounits (rounded), for [`Histogram::observe_duration`]:
+    /// a duration's bucket is found without converting it to a float.
+    bounds_nano: Box<[u64]>,
     /// Per bucket (not cumulative); one more than `bounds`, for `+Inf`.
     counts: Box<[AtomicU64]>,
     /// Sum of the observations in nanounits (ns for durations), so it can
@@ -45,9 +48,12 @@ impl Histogram {
         bounds.sort_by(f64::total_cmp);
         bounds.dedup();
         let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        // `as` saturates: negative bounds become 0, huge ones u64::MAX.
+        let bounds_nano = bounds.iter().map(|b| (b * 1e9).round() as u64).collect();
         Histogram {
             inner: Arc::new(Inner {
                 bounds: bounds.into_boxed_slice(),
+                bounds_nano,
                 counts,
                 sum_nano: AtomicU64::new(0),
             }),
@@ -61,8 +67,13 @@ impl Histogram {
 
     /// Records `d` (in seconds, as the bounds are).
     pub fn observe_duration(&self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.record(d.as_secs_f64(), ns);
+        let ns = d
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()));
+        let i = self.inner.bounds_nano.partition_point(|b| *b < ns);
+        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum_nano.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// Records `v` (negative and NaN values count as 0 in the sum; they

@@ -204,3 +204,37 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert!(!got.contains("200 OK"), "{got}");
     shutdown.cancel();
 }
+
+/// `observe_duration` finds buckets on integer nanoseconds: the same
+/// buckets as `observe` of the same value in seconds, bounds included.
+#[test]
+fn durations_land_in_the_buckets_of_their_seconds() {
+    let by_duration = Histogram::durations();
+    let by_seconds = Histogram::durations();
+    let mut values: Vec<Duration> = super::DURATION_BUCKETS
+        .iter()
+        .flat_map(|b| {
+            let d = Duration::from_secs_f64(*b);
+            [
+                d,
+                d + Duration::from_nanos(1),
+                d.saturating_sub(Duration::from_nanos(1)),
+            ]
+        })
+        .collect();
+    values.extend([Duration::ZERO, Duration::from_secs(3600), Duration::MAX]);
+    for d in values {
+        by_duration.observe_duration(d);
+        by_seconds.observe(d.as_secs_f64());
+    }
+    let scrape = |h: &Histogram| {
+        let mut registry = Registry::default();
+        registry.register("t", "test", h.clone());
+        let text = encode(&registry, Format::Text).expect("encodes");
+        text.lines()
+            .filter(|l| l.starts_with("t_bucket"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(scrape(&by_duration), scrape(&by_seconds));
+}
