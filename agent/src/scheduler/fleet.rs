@@ -46,7 +46,8 @@ pub struct Fleet {
     running: HashMap<String, Running>,
     permits: Arc<Semaphore>,
     endpoints: HashMap<String, Endpoint>,
-    /// Every schedule is laid out from this instant, reloaded devices too.
+    /// Every schedule is laid out from this instant; a device a reload
+    /// starts begins at its first slot after the reload.
     start: Instant,
     max_series: usize,
     out: ReadingsTx,
@@ -82,7 +83,9 @@ impl Fleet {
             shutdown,
         };
         for (config, driver) in devices {
-            fleet.spawn(config, driver, None);
+            let name = config.name.clone();
+            let running = fleet.spawn_after(config, driver, None, false);
+            fleet.running.insert(name, running);
         }
         fleet
     }
@@ -114,13 +117,13 @@ impl Fleet {
                     diff.changed += 1;
                     old.stop.cancel();
                     let name = config.name.clone();
-                    let running = self.spawn_after(config, driver, Some(old.task));
+                    let running = self.spawn_after(config, driver, Some(old.task), true);
                     keep.insert(name, running);
                 }
                 None => {
                     diff.added += 1;
                     let name = config.name.clone();
-                    let running = self.spawn_after(config, driver, None);
+                    let running = self.spawn_after(config, driver, None, true);
                     keep.insert(name, running);
                 }
             }
@@ -134,18 +137,15 @@ impl Fleet {
         diff
     }
 
-    fn spawn(&mut self, config: DeviceConfig, driver: Driver, after: Option<JoinHandle<()>>) {
-        let name = config.name.clone();
-        let running = self.spawn_after(config, driver, after);
-        self.running.insert(name, running);
-    }
-
-    /// Starts a device task, once `after` (the task it replaces) has ended.
+    /// Starts a device task, once `after` (the task it replaces) has ended;
+    /// `reloaded` when a reload starts it (it begins at its first slot
+    /// from then, not from the agent's start).
     fn spawn_after(
         &self,
         config: DeviceConfig,
         driver: Driver,
         after: Option<JoinHandle<()>>,
+        reloaded: bool,
     ) -> Running {
         let endpoint = config
             .driver
@@ -173,7 +173,7 @@ impl Fleet {
                 // A panic of the old task was already reported by it.
                 let _ = previous.await;
             }
-            task.run(start, token).await;
+            task.run(start, reloaded, token).await;
         });
         Running { config, stop, task }
     }

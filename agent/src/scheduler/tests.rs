@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::timing::{backoff_delay, start_offset};
+use super::timing::{backoff_delay, first_slot_from, start_offset};
 use super::*;
 use crate::drivers::DriverConfig;
 use crate::drivers::modbus::{ModbusConfig, ModbusMetric, RegisterKind, RegisterType, WordOrder};
@@ -409,4 +409,64 @@ async fn a_reload_touches_only_the_devices_that_changed() {
     assert_eq!(old, (1..=old.len() as i64).collect::<Vec<_>>().as_slice());
     assert_eq!(new, (1..=new.len() as i64).collect::<Vec<_>>().as_slice());
     assert!(new.len() >= 5);
+}
+
+#[test]
+fn a_reloaded_schedule_begins_at_its_next_slot() {
+    let t0 = tokio::time::Instant::now();
+    let ms = Duration::from_millis;
+    assert_eq!(first_slot_from(t0 + ms(5), ms(10), t0), t0 + ms(5));
+    assert_eq!(first_slot_from(t0, ms(10), t0 + ms(25)), t0 + ms(30));
+    assert_eq!(first_slot_from(t0, ms(10), t0 + ms(30)), t0 + ms(30));
+}
+
+/// Devices a reload adds or changes, long after the agent started, do
+/// not count the agent's uptime as lateness or skipped polls.
+#[tokio::test]
+async fn devices_a_reload_starts_skip_no_polls() {
+    let sim = || DriverConfig::Sim(SimConfig { series: 0 });
+    let (tx, mut rx) = mpsc::channel(1024);
+    let stats = Arc::new(PollStats::default());
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let mut fleet = Fleet::start(
+        vec![device("changed", 200, sim())],
+        8,
+        crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
+        tx,
+        stats.clone(),
+        None,
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    let uptime = Duration::from_millis(1500);
+    let deadline = tokio::time::Instant::now() + uptime;
+    let mut all: Vec<Reading> = Vec::new();
+    while let Ok(Some(batch)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        all.extend(batch);
+    }
+    let skipped_before = stats.skipped.load(Ordering::Relaxed);
+    let before = all.len();
+    let mut changed = device("changed", 250, sim());
+    changed.0.timeout = Duration::from_millis(100);
+    let diff = fleet.apply(vec![changed, device("added", 200, sim())]);
+    assert_eq!((diff.added, diff.changed), (1, 1));
+    while ["changed", "added"]
+        .iter()
+        .any(|d| counters(&all[before..], d).len() < 3)
+    {
+        all.extend(rx.recv().await.expect("readings"));
+    }
+    shutdown.cancel();
+    tracker.close();
+    drop(fleet);
+    tracker.wait().await;
+    assert_eq!(
+        stats.skipped.load(Ordering::Relaxed),
+        skipped_before,
+        "polls skipped by the devices the reload started"
+    );
+    // Their first polls were on time, not the uptime late.
+    let late = stats.first_lateness.max().max(stats.lateness.max());
+    assert!(late < uptime / 2, "lateness {late:?}");
 }
