@@ -44,6 +44,10 @@ pub struct FleetDiff {
 /// The device tasks of an agent, by name.
 pub struct Fleet {
     running: HashMap<String, Running>,
+    /// Tasks of removed devices, still finishing their poll in flight (kept
+    /// until they end): a device added again under the same name starts
+    /// after its old task has ended, as a changed one does.
+    stopping: HashMap<String, JoinHandle<()>>,
     permits: Arc<Semaphore>,
     endpoints: HashMap<String, Endpoint>,
     /// Every schedule is laid out from this instant; a device a reload
@@ -72,6 +76,7 @@ impl Fleet {
     ) -> Fleet {
         let mut fleet = Fleet {
             running: HashMap::with_capacity(devices.len()),
+            stopping: HashMap::new(),
             permits: Arc::new(Semaphore::new(max_concurrency.max(1))),
             endpoints: endpoints(devices.iter().map(|(c, _)| c)),
             start: Instant::now(),
@@ -106,6 +111,7 @@ impl Fleet {
         for (key, endpoint) in endpoints(devices.iter().map(|(c, _)| c)) {
             self.endpoints.entry(key).or_insert(endpoint);
         }
+        self.stopping.retain(|_, task| !task.is_finished());
         let mut keep: HashMap<String, Running> = HashMap::with_capacity(devices.len());
         for (config, driver) in devices {
             match self.running.remove(&config.name) {
@@ -123,15 +129,17 @@ impl Fleet {
                 None => {
                     diff.added += 1;
                     let name = config.name.clone();
-                    let running = self.spawn_after(config, driver, None, true);
+                    let previous = self.stopping.remove(&config.name);
+                    let running = self.spawn_after(config, driver, previous, true);
                     keep.insert(name, running);
                 }
             }
         }
-        for (_, old) in self.running.drain() {
+        for (name, old) in self.running.drain() {
             diff.removed += 1;
             // Its poll in flight finishes and is handed over; no new one starts.
             old.stop.cancel();
+            self.stopping.insert(name, old.task);
         }
         self.running = keep;
         diff

@@ -470,3 +470,79 @@ async fn devices_a_reload_starts_skip_no_polls() {
     let late = stats.first_lateness.max().max(stats.lateness.max());
     assert!(late < uptime / 2, "lateness {late:?}");
 }
+
+/// A device removed by one reload and added again by the next starts only
+/// once its old task has finished the poll it had in flight.
+#[tokio::test]
+async fn a_device_removed_and_added_again_never_polls_twice_at_once() {
+    // A TCP peer that answers slowly and records overlapping requests.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let active = Arc::new(AtomicUsize::new(0));
+    let max_active = Arc::new(AtomicUsize::new(0));
+    {
+        let (active, max_active) = (active.clone(), max_active.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (active, max_active) = (active.clone(), max_active.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 5];
+                    if sock.read_exact(&mut buf).await.is_err() {
+                        return;
+                    }
+                    let n = active.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_active.fetch_max(n, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    let _ = sock.write_all(b"PONG\n").await;
+                });
+            }
+        });
+    }
+    let probe = || {
+        let (mut config, driver) = device(
+            "probe",
+            50,
+            DriverConfig::Tcp(TcpConfig {
+                address: addr.to_string(),
+                send: Some("PING\n".into()),
+                expect: Some("PONG".into()),
+            }),
+        );
+        config.timeout = Duration::from_secs(5);
+        (config, driver)
+    };
+    let (tx, mut rx) = mpsc::channel(1024);
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let mut fleet = Fleet::start(
+        vec![probe()],
+        8,
+        crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
+        tx,
+        Arc::new(PollStats::default()),
+        None,
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    // Until a request is in flight.
+    while active.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(fleet.apply(Vec::new()).removed, 1);
+    assert_eq!(fleet.apply(vec![probe()]).added, 1);
+    let mut polls = 0;
+    while polls < 3 {
+        let batch = rx.recv().await.expect("readings");
+        polls += values(&batch, "probe", UP_METRIC).len();
+    }
+    shutdown.cancel();
+    tracker.close();
+    drop(fleet);
+    tracker.wait().await;
+    assert_eq!(
+        max_active.load(Ordering::SeqCst),
+        1,
+        "the old and the new task of the device polled at once"
+    );
+}
