@@ -8,7 +8,7 @@
 //! Owned by the agent's main task, which alone applies reloads; each device
 //! task still owns its own state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -95,6 +95,14 @@ impl Fleet {
         fleet
     }
 
+    /// The limits of the endpoint `key` (concurrency, pause), if a device uses it.
+    #[cfg(test)]
+    pub(super) fn endpoint_limits(&self, key: &str) -> Option<(usize, std::time::Duration)> {
+        self.endpoints
+            .get(key)
+            .map(|e| (e.max_concurrency, e.pause))
+    }
+
     /// Devices running.
     pub fn len(&self) -> usize {
         self.running.len()
@@ -107,15 +115,33 @@ impl Fleet {
     /// Applies a new device list (names unique, as a valid config has them).
     pub fn apply(&mut self, devices: Vec<(DeviceConfig, Driver)>) -> FleetDiff {
         let mut diff = FleetDiff::default();
-        // Endpoints new in this config get their permits; existing ones keep theirs.
-        for (key, endpoint) in endpoints(devices.iter().map(|(c, _)| c)) {
-            self.endpoints.entry(key).or_insert(endpoint);
+        // An endpoint whose limits are the same keeps its permits; one
+        // whose limits changed gets new ones, and every device on it
+        // restarts (as changed) to use them. Endpoints no device uses any
+        // more are dropped.
+        let mut renewed: HashSet<String> = HashSet::new();
+        let mut next_endpoints = endpoints(devices.iter().map(|(c, _)| c));
+        for (key, endpoint) in next_endpoints.iter_mut() {
+            match self.endpoints.get(key) {
+                Some(old) if old.same_limits(endpoint) => *endpoint = old.clone(),
+                Some(_) => {
+                    renewed.insert(key.clone());
+                }
+                None => {}
+            }
         }
+        self.endpoints = next_endpoints;
         self.stopping.retain(|_, task| !task.is_finished());
         let mut keep: HashMap<String, Running> = HashMap::with_capacity(devices.len());
         for (config, driver) in devices {
             match self.running.remove(&config.name) {
-                Some(old) if old.config == config => {
+                Some(old)
+                    if old.config == config
+                        && !config
+                            .driver
+                            .endpoint()
+                            .is_some_and(|l| renewed.contains(&l.key)) =>
+                {
                     diff.unchanged += 1;
                     keep.insert(config.name.clone(), old);
                 }

@@ -546,3 +546,67 @@ async fn a_device_removed_and_added_again_never_polls_twice_at_once() {
         "the old and the new task of the device polled at once"
     );
 }
+
+/// New limits of a shared gateway apply on reload: the gateway gets new
+/// permits and every device on it restarts to use them, even one whose own
+/// settings did not change.
+#[tokio::test]
+async fn a_reload_applies_new_gateway_limits_to_every_device_on_it() {
+    let modbus = |unit_id, max_concurrency, pause_ms| {
+        DriverConfig::Modbus(ModbusConfig {
+            address: "127.0.0.1:1".into(),
+            unit_id,
+            metrics: vec![ModbusMetric {
+                name: "v".into(),
+                register: 0,
+                kind: RegisterKind::Holding,
+                data_type: RegisterType::U16,
+                word_order: WordOrder::Big,
+                scale: 1.0,
+                unit: String::new(),
+            }],
+            max_concurrency,
+            connect_delay: Duration::from_millis(1),
+            request_pause: Duration::from_millis(pause_ms),
+        })
+    };
+    let (tx, mut rx) = mpsc::channel(1024);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let mut fleet = Fleet::start(
+        vec![
+            device("m1", 1000, modbus(1, 2, 0)),
+            device("m2", 1000, modbus(2, 2, 0)),
+        ],
+        8,
+        crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
+        tx,
+        Arc::new(PollStats::default()),
+        None,
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    let key = "modbus://127.0.0.1:1";
+    assert_eq!(fleet.endpoint_limits(key), Some((2, Duration::ZERO)));
+    // The same limits: nothing restarts.
+    let diff = fleet.apply(vec![
+        device("m1", 1000, modbus(1, 2, 0)),
+        device("m2", 1000, modbus(2, 2, 0)),
+    ]);
+    assert_eq!((diff.changed, diff.unchanged), (0, 2));
+    // m1 asks for one poll at a time and a pause: m2 restarts as well.
+    let diff = fleet.apply(vec![
+        device("m1", 1000, modbus(1, 1, 20)),
+        device("m2", 1000, modbus(2, 2, 0)),
+    ]);
+    assert_eq!((diff.changed, diff.unchanged), (2, 0));
+    assert_eq!(
+        fleet.endpoint_limits(key),
+        Some((1, Duration::from_millis(20)))
+    );
+    shutdown.cancel();
+    tracker.close();
+    drop(fleet);
+    tracker.wait().await;
+}
