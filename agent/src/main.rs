@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use tributary_agent::config::{self, AgentConfig, SpoolPolicy};
+use tributary_agent::config::{self, AgentConfig, DeviceConfig, SpoolPolicy};
 use tributary_agent::drivers::Driver;
 use tributary_agent::metrics::AgentMetrics;
-use tributary_agent::scheduler::{Fleet, FleetDiff, PollStats};
+use tributary_agent::scheduler::{Fleet, PollStats};
 use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
 use tributary_agent::uplink::{Collectors, Uplink, UplinkConfig, write_stats_file};
 
@@ -132,7 +132,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    match runtime.block_on(run(config, path, stats_file)) {
+    let result = runtime.block_on(run(config, path, stats_file));
+    // A reload dropped at shutdown may leave its reading thread blocked
+    // (a FIFO, a hung mount): do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %format!("{e:#}"), "agent failed");
@@ -241,7 +245,17 @@ async fn run(
         tokio::select! {
             _ = &mut stop => break,
             _ = hangup.recv() => {
-                match reload(&path, &config, &mut fleet).await {
+                // Reading the new config may block (a `*_file` on a FIFO or
+                // a hung mount): a stop meanwhile wins and drops the reload.
+                let loaded = tokio::select! {
+                    biased;
+                    _ = &mut stop => {
+                        warn!("shutdown during a config reload: the reload is dropped");
+                        break;
+                    }
+                    loaded = load_reload(&path, &config) => loaded,
+                };
+                match loaded.map(|devices| fleet.apply(devices)) {
                     Ok(diff) => {
                         reloads.applied.inc();
                         info!(
@@ -350,13 +364,12 @@ struct ReloadCounters {
     failed: prometheus_client::metrics::counter::Counter,
 }
 
-/// Re-reads the config at `path` and applies its devices to `fleet`; the
+/// Re-reads the config at `path` and builds the devices to apply; the
 /// running config stays on any error (returned, with file:line).
-async fn reload(
+async fn load_reload(
     path: &Path,
     running: &AgentConfig,
-    fleet: &mut Fleet,
-) -> anyhow::Result<FleetDiff> {
+) -> anyhow::Result<Vec<(DeviceConfig, Driver)>> {
     let p = path.to_owned();
     let new = tokio::task::spawn_blocking(move || config::load(&p))
         .await
@@ -407,5 +420,5 @@ async fn reload(
             "config reload: these settings changed but apply only at the next restart; the running values stay"
         );
     }
-    Ok(fleet.apply(devices))
+    Ok(devices)
 }
