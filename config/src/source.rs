@@ -11,12 +11,37 @@ use toml::Spanned;
 use crate::ConfigError;
 use crate::duration::parse_duration;
 
-/// Reads a config file; the error names the file.
+/// Most bytes a config file (the main one or an included one) may have.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Most bytes a CSV inventory may have.
+pub const MAX_CSV_BYTES: u64 = 256 << 20;
+/// Most bytes a `<key>_file` secret may have.
+pub const MAX_SECRET_BYTES: u64 = 64 << 10;
+
+/// Reads a config file (at most [`MAX_CONFIG_BYTES`]); the error names the
+/// file.
 pub fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+    read_limited(path, MAX_CONFIG_BYTES).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
         error,
     })
+}
+
+/// Reads a text file of at most `limit` bytes: a larger one (or an endless
+/// one, `/dev/zero`) is refused after `limit + 1` bytes, never read whole.
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    file.take(limit.saturating_add(1))
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes, the most this file may have"),
+        ));
+    }
+    Ok(text)
 }
 
 /// Byte offsets where the lines of a text start, built once: looking a line
@@ -247,6 +272,16 @@ mod tests {
                 .count();
             assert_eq!(src.line(offset), counted, "offset {offset}");
         }
+    }
+
+    #[test]
+    fn an_endless_config_file_is_refused_naming_it() {
+        let e = read_file(Path::new("/dev/zero")).expect_err("refused");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("/dev/zero") && shown.contains("larger than 16777216 bytes"),
+            "{shown}"
+        );
     }
 
     #[test]

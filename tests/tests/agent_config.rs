@@ -407,6 +407,31 @@ fn each_mistake_is_named_where_it_was_made() -> Result<()> {
             )],
             "DIR/agent.toml:5: defaults.community: unknown key `community` in [defaults]",
         ),
+        (
+            "endless-secret-file",
+            vec![(
+                "agent.toml",
+                format!(
+                    "{HEAD}\n[[devices]]\nname = \"r\"\n{snmp}community_file = \"/dev/zero\"\n"
+                ),
+            )],
+            "DIR/agent.toml:9: devices[0].community_file: cannot read secret file /dev/zero: larger than 65536 bytes",
+        ),
+        (
+            "endless-inventory",
+            vec![(
+                "agent.toml",
+                format!(
+                    "{HEAD}\n[templates.sw]\n{snmp}\n[[inventories]]\nfile = \"/dev/zero\"\ntemplate = \"sw\"\n"
+                ),
+            )],
+            "DIR/agent.toml:10: inventories[0].file: cannot read inventory /dev/zero: larger than 268435456 bytes",
+        ),
+        (
+            "endless-include",
+            vec![("agent.toml", format!("{HEAD}include = [\"/dev/zero\"]\n"))],
+            "/dev/zero: cannot read config file: larger than 16777216 bytes",
+        ),
     ];
     let mut failed = Vec::new();
     for (name, files, expected) in &cases {

@@ -28,9 +28,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 use tributary_config::{
-    Assembled, Assembler, ConfigError, DeContext, Entry, Layer, Line, Origin, REDACTED, Renderer,
-    Source, deserialize_table, expand, expand_glob, parse_csv, read_file, read_secret_file,
-    toml_key, toml_string,
+    Assembled, Assembler, ConfigError, DeContext, Entry, Layer, Line, MAX_CSV_BYTES, Origin,
+    REDACTED, Renderer, Source, deserialize_table, expand, expand_glob, parse_csv, read_file,
+    read_limited, read_secret_file, toml_key, toml_string,
 };
 
 use super::device::DEVICE_COMMON_KEYS;
@@ -502,7 +502,7 @@ impl<'a> Devices<'a> {
                 .r
                 .expand(src, raw.file.get_ref(), raw.file.span(), &file_key)?;
             let csv_path = src.path(&Spanned::new(raw.file.span(), name), &file_key)?;
-            let text = std::fs::read_to_string(&csv_path).map_err(|e| {
+            let text = read_limited(&csv_path, MAX_CSV_BYTES).map_err(|e| {
                 src.error(
                     raw.file.span(),
                     &file_key,
