@@ -87,8 +87,8 @@ pub struct Origin {
 /// One config file, or a text assembled from several (includes, defaults,
 /// templates, inventory rows): the unit errors are located in. An assembled
 /// layer maps each of its lines back to the file and line it came from, so
-/// an error names the file the value was written in.
-#[derive(Debug)]
+/// an error names the file the value was written in. Its `Debug` leaves
+/// the text out (an assembled one holds secrets in clear).
 pub struct Layer<'t> {
     /// The file as it was named, for messages.
     name: String,
@@ -104,6 +104,27 @@ pub struct Layer<'t> {
 /// The files (name, directory) of an assembled layer and, per line, where
 /// it came from.
 type Assembly = (Vec<(String, PathBuf)>, Vec<Origin>);
+
+impl std::fmt::Debug for Layer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .field("bytes", &self.text.len())
+            .field("assembled", &self.assembled.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("file", &self.layer.name)
+            .field("base", &self.base)
+            .field("bytes", &self.text.len())
+            .finish_non_exhaustive()
+    }
+}
 
 impl<'t> Layer<'t> {
     /// The layer of `text`, read from `origin` (which only names it in
@@ -177,8 +198,8 @@ impl<'t> Layer<'t> {
 }
 
 /// The text being parsed (a whole [`Layer`] or a piece of it), for locating
-/// errors.
-#[derive(Debug, Clone, Copy)]
+/// errors. Its `Debug` leaves the text out, as [`Layer`]'s does.
+#[derive(Clone, Copy)]
 pub struct Source<'a> {
     /// The part of the file being parsed; spans are relative to it.
     pub text: &'a str,
