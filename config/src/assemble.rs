@@ -308,7 +308,15 @@ impl Renderer<'_> {
             let DeValue::String(s) = value.get_ref() else {
                 return Err(src.error(value.span(), errkey, "expected a string"));
             };
-            let s = self.expand(src, s, value.span(), &errkey)?;
+            let s = if twin.is_some() {
+                // A path: named in full.
+                self.expand(src, s, value.span(), &errkey)?
+            } else {
+                // The error names the key only: a `${` may be part of the secret.
+                expand(s, self.lookup)
+                    .map(|c| c.into_owned())
+                    .map_err(|e| src.error(value.span(), &errkey, e.secret_message()))?
+            };
             let (name, secret) = match twin {
                 Some(stem) => {
                     let path = src.path(&Spanned::new(value.span(), s), &errkey)?;

@@ -18,6 +18,20 @@ pub enum VarError {
     BadName(String),
 }
 
+impl VarError {
+    /// The message for an error in a secret's value: what went wrong,
+    /// without any part of the value (a `${` may be part of the secret).
+    pub fn secret_message(&self) -> String {
+        let what = match self {
+            VarError::Unset(_) | VarError::BadName(_) => {
+                "a ${...} in this secret's value is not a set environment variable"
+            }
+            VarError::Unterminated => "an unterminated ${ in this secret's value",
+        };
+        format!("{what} (the value is not shown; write $$ for a literal $)")
+    }
+}
+
 /// Expands `${NAME}`, `${NAME:-default}` and `$$` in `text`, looking
 /// variables up with `lookup` (the process environment in the binaries).
 pub fn expand<'a>(
@@ -95,6 +109,8 @@ mod tests {
         assert_eq!(x("${NOPE}"), Err(VarError::Unset("NOPE".into())));
         assert_eq!(x("${HOST"), Err(VarError::Unterminated));
         assert_eq!(x("${1X}"), Err(VarError::BadName("1X".into())));
+        let secret = VarError::Unset("ss".into()).secret_message();
+        assert!(!secret.contains("ss"), "{secret}");
         assert_eq!(
             VarError::Unset("P".into()).to_string(),
             "environment variable P is not set (use ${P:-default} for a default)"

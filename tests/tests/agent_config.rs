@@ -251,7 +251,8 @@ fn each_mistake_is_named_where_it_was_made() -> Result<()> {
                     ),
                 ),
             ],
-            "DIR/conf.d/a.toml:6: devices[0].community: environment variable SNMP_COMMUNITY is not set (use ${SNMP_COMMUNITY:-default} for a default)",
+            // A secret's error names its key only: a `${` may be part of the secret.
+            "DIR/conf.d/a.toml:6: devices[0].community: a ${...} in this secret's value is not a set environment variable (the value is not shown; write $$ for a literal $)",
         ),
         (
             "missing-secret-file",
@@ -406,6 +407,30 @@ fn each_mistake_is_named_where_it_was_made() -> Result<()> {
                 format!("{HEAD}\n[defaults]\ncommunity = \"x\"\n"),
             )],
             "DIR/agent.toml:5: defaults.community: unknown key `community` in [defaults]",
+        ),
+        (
+            "secret-with-dollar-brace",
+            vec![(
+                "agent.toml",
+                format!("{HEAD}\n[[devices]]\nname = \"r\"\n{snmp}community = \"pa${{ss}}wd\"\n"),
+            )],
+            "DIR/agent.toml:9: devices[0].community: a ${...} in this secret's value is not a set environment variable (the value is not shown; write $$ for a literal $)",
+        ),
+        (
+            "secret-with-dollar-brace-in-csv",
+            vec![
+                (
+                    "agent.toml",
+                    format!(
+                        "{HEAD}\n[templates.sw]\n{snmp}\n[[inventories]]\nfile = \"sw.csv\"\ntemplate = \"sw\"\n"
+                    ),
+                ),
+                (
+                    "sw.csv",
+                    "name,address,community\nsw1,10.0.0.1:161,pa${ss}wd\n".to_owned(),
+                ),
+            ],
+            "DIR/sw.csv:2: column community: a ${...} in this secret's value is not a set environment variable (the value is not shown; write $$ for a literal $)",
         ),
         (
             "endless-secret-file",

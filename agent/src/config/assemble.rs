@@ -594,8 +594,18 @@ impl<'a> Devices<'a> {
                 if cell.is_empty() {
                     continue;
                 }
+                let (secret, twin) = self.r.secret(col);
                 let value = expand(cell, self.r.lookup)
-                    .map_err(|e| at(row.line, &format!("column {col}"), e.to_string()))?
+                    .map_err(|e| {
+                        // A secret's error names the column only: a `${`
+                        // may be part of the secret.
+                        let message = if secret {
+                            e.secret_message()
+                        } else {
+                            e.to_string()
+                        };
+                        at(row.line, &format!("column {col}"), message)
+                    })?
                     .into_owned();
                 if let Some(label) = col.strip_prefix("label.") {
                     labels.push(Line::new(
@@ -612,7 +622,6 @@ impl<'a> Devices<'a> {
                     "driver" => driver = Some(value.clone()),
                     _ => {}
                 }
-                let (secret, twin) = self.r.secret(col);
                 let (key, value, shown) = match twin {
                     Some(stem) => {
                         let secret = read_secret_file(&dir.join(&value))
