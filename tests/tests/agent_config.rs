@@ -608,3 +608,43 @@ topics = [{{ filter = "tributary-secrets-test/#", metric = "t" }}]
     }
     Ok(())
 }
+
+/// `include = ["*.toml"]` beside a main file named without a directory
+/// lists the current one, skips the main file itself, and reads a file two
+/// patterns match once.
+#[test]
+fn a_wildcard_include_beside_the_main_file_skips_it() -> Result<()> {
+    let dir = TestDir::new("agent-config-include-here")?;
+    write(
+        dir.path(),
+        "agent.toml",
+        &format!("{HEAD}include = [\"*.toml\", \"a.toml\"]\n"),
+    )?;
+    write(
+        dir.path(),
+        "a.toml",
+        "[[devices]]\nname = \"a\"\ndriver = \"sim\"\ninterval = \"1s\"\n",
+    )?;
+    write(
+        dir.path(),
+        "b.toml",
+        "[[devices]]\nname = \"b\"\ndriver = \"sim\"\ninterval = \"1s\"\n",
+    )?;
+    let out = std::process::Command::new(bin_path("tributary-agent")?)
+        .args(["config", "--config", "agent.toml"])
+        .current_dir(dir.path())
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "{text}");
+    for name in ["a", "b"] {
+        ensure!(
+            text.matches(&format!("name = \"{name}\"")).count() == 1,
+            "device {name} once:\n{text}"
+        );
+    }
+    Ok(())
+}

@@ -21,7 +21,7 @@
 //! Owns: these rules. The TOML rendering, `${VAR}`, secret files, CSV and
 //! globs are the config engine's ([`tributary_config`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -181,6 +181,7 @@ pub(super) fn assemble(
 
     // Includes: read them all first, so templates anywhere serve devices anywhere.
     let mut included: Vec<PathBuf> = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::from([same_file(path)]);
     if let Some(inc) = main.top.remove("include") {
         let DeValue::Array(patterns) = inc.get_ref() else {
             return Err(main.src.error(
@@ -199,7 +200,13 @@ pub(super) fn assemble(
             let dir = main_layer_dir(path);
             let files = expand_glob(&dir, &pattern)
                 .map_err(|e| main.src.error(p.span(), format!("include[{i}]"), e))?;
-            included.extend(files);
+            // The main file (`*.toml` beside it matches it) and a file two
+            // patterns match are read once, as the main file / the first time.
+            for f in files {
+                if seen.insert(same_file(&f)) {
+                    included.push(f);
+                }
+            }
         }
     }
     let texts = included
@@ -352,6 +359,12 @@ pub(super) fn assemble(
         }
     }
     Ok(out.asm.finish())
+}
+
+/// What two paths naming the same file have in common: the canonical path
+/// (or the path itself when it cannot be resolved, e.g. it does not exist).
+fn same_file(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
 fn main_layer_dir(path: &Path) -> PathBuf {
