@@ -109,9 +109,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `--metrics-listen` overrides the file's `[metrics] listen`, at every
+    // reload too.
+    let mut metrics_override = None;
     if let Some(listen) = metrics_listen {
         match config::parse_listen(&listen) {
-            Ok(addr) => config.metrics.listen = addr,
+            Ok(addr) => {
+                config.metrics.listen = addr;
+                metrics_override = Some(addr);
+            }
             Err(e) => {
                 eprintln!("error: --metrics-listen: {e}");
                 return ExitCode::from(2);
@@ -132,7 +138,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    let result = runtime.block_on(run(config, path, stats_file));
+    let result = runtime.block_on(run(config, path, stats_file, metrics_override));
     // A reload dropped at shutdown may leave its reading thread blocked
     // (a FIFO, a hung mount): do not wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -150,10 +156,13 @@ async fn run(
     mut config: AgentConfig,
     path: PathBuf,
     stats_file: Option<PathBuf>,
+    metrics_override: Option<Option<SocketAddr>>,
 ) -> anyhow::Result<()> {
     // Before the metrics port and the spool: a SIGTERM from here on is a
-    // clean stop.
+    // clean stop, and a SIGHUP (which would end the process while no
+    // handler is installed) waits for the reload loop.
     let stop = tributary_process::shutdown_signal();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // The device configs move into their tasks (no second copy kept here).
     let device_count = config.devices.len();
     let mut devices = Vec::with_capacity(device_count);
@@ -239,7 +248,6 @@ async fn run(
     );
 
     // SIGHUP: re-read the config and apply its devices by difference.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -253,7 +261,7 @@ async fn run(
                         warn!("shutdown during a config reload: the reload is dropped");
                         break;
                     }
-                    loaded = load_reload(&path, &config) => loaded,
+                    loaded = load_reload(&path, &config, metrics_override) => loaded,
                 };
                 match loaded.map(|devices| fleet.apply(devices)) {
                     Ok(diff) => {
@@ -369,11 +377,15 @@ struct ReloadCounters {
 async fn load_reload(
     path: &Path,
     running: &AgentConfig,
+    metrics_override: Option<Option<SocketAddr>>,
 ) -> anyhow::Result<Vec<(DeviceConfig, Driver)>> {
     let p = path.to_owned();
-    let new = tokio::task::spawn_blocking(move || config::load(&p))
+    let mut new = tokio::task::spawn_blocking(move || config::load(&p))
         .await
         .map_err(|e| anyhow::anyhow!("reading the config failed: {e}"))??;
+    if let Some(listen) = metrics_override {
+        new.metrics.listen = listen;
+    }
     if new.id != running.id {
         anyhow::bail!(
             "id changed from {:?} to {:?}: a restart is needed to apply it",

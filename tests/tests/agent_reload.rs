@@ -218,3 +218,45 @@ async fn sigterm_during_a_blocked_reload_stops_the_agent() -> Result<()> {
     );
     Ok(())
 }
+
+/// A reload that changes only devices warns of no pending setting: the
+/// `--metrics-listen off` the agent runs with overrides the file's default
+/// `[metrics] listen` at the reload too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_listen_flag_is_no_pending_change_at_reload() -> Result<()> {
+    const ID: &str = "reload-flag";
+    let dir = TestDir::new("agent-reload-flag")?;
+    let collector = format!("http://{}", free_addr()?);
+    let device = |n: &str| {
+        format!("\n[[devices]]\nname = \"{n}\"\ndriver = \"sim\"\ninterval = \"100ms\"\n")
+    };
+    let base = format!(
+        "id = \"{ID}\"\ncollectors = [\"{collector}\"]\n{}",
+        device("a")
+    );
+    let mut agent = Agent::start(&dir, ID, &base, "")?;
+    eventually(PATIENCE, "the agent starts", || async {
+        agent.log().contains("agent started").then_some(())
+    })
+    .await?;
+    std::fs::write(
+        dir.join(format!("{ID}.toml")),
+        format!("{base}{}{}", device("b"), agent_sections(&agent.spool, "")),
+    )?;
+    agent.proc.signal("HUP").await?;
+    eventually(PATIENCE, "the agent reloads", || async {
+        agent.log().contains("config reloaded").then_some(())
+    })
+    .await?;
+    let log = agent.log();
+    ensure!(
+        log.contains("added=1 removed=0 changed=0 unchanged=1"),
+        "{log}"
+    );
+    ensure!(
+        !log.contains("apply only at the next restart"),
+        "a false pending change:\n{log}"
+    );
+    agent.stop().await?;
+    Ok(())
+}
