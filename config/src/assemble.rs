@@ -315,7 +315,7 @@ impl Renderer<'_> {
                 // The error names the key only: a `${` may be part of the secret.
                 expand(s, self.lookup)
                     .map(|c| c.into_owned())
-                    .map_err(|e| src.error(value.span(), &errkey, e.secret_message()))?
+                    .map_err(|e| src.error(value.span(), &errkey, e.secret_message(s)))?
             };
             let (name, secret) = match twin {
                 Some(stem) => {

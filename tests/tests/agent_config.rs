@@ -251,8 +251,8 @@ fn each_mistake_is_named_where_it_was_made() -> Result<()> {
                     ),
                 ),
             ],
-            // A secret's error names its key only: a `${` may be part of the secret.
-            "DIR/conf.d/a.toml:6: devices[0].community: a ${...} in this secret's value is not a set environment variable (the value is not shown; write $$ for a literal $)",
+            // The value is the reference alone: the variable is named.
+            "DIR/conf.d/a.toml:6: devices[0].community: environment variable SNMP_COMMUNITY is not set (use ${SNMP_COMMUNITY:-default} for a default)",
         ),
         (
             "missing-secret-file",

@@ -613,7 +613,7 @@ impl<'a> Devices<'a> {
                         // A secret's error names the column only: a `${`
                         // may be part of the secret.
                         let message = if secret {
-                            e.secret_message()
+                            e.secret_message(cell)
                         } else {
                             e.to_string()
                         };
