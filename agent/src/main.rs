@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use tributary_agent::config::{self, AgentConfig, SpoolPolicy};
+use tributary_agent::config::{self, AgentConfig, DeviceConfig, SpoolPolicy};
 use tributary_agent::drivers::Driver;
 use tributary_agent::metrics::AgentMetrics;
-use tributary_agent::scheduler::{Fleet, FleetDiff, PollStats};
+use tributary_agent::scheduler::{Fleet, PollStats};
 use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
 use tributary_agent::uplink::{Collectors, Uplink, UplinkConfig, write_stats_file};
 
@@ -109,9 +109,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `--metrics-listen` overrides the file's `[metrics] listen`, at every
+    // reload too.
+    let mut metrics_override = None;
     if let Some(listen) = metrics_listen {
         match config::parse_listen(&listen) {
-            Ok(addr) => config.metrics.listen = addr,
+            Ok(addr) => {
+                config.metrics.listen = addr;
+                metrics_override = Some(addr);
+            }
             Err(e) => {
                 eprintln!("error: --metrics-listen: {e}");
                 return ExitCode::from(2);
@@ -132,7 +138,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    match runtime.block_on(run(config, path, stats_file)) {
+    let result = runtime.block_on(run(config, path, stats_file, metrics_override));
+    // A reload dropped at shutdown may leave its reading thread blocked
+    // (a FIFO, a hung mount): do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %format!("{e:#}"), "agent failed");
@@ -146,10 +156,13 @@ async fn run(
     mut config: AgentConfig,
     path: PathBuf,
     stats_file: Option<PathBuf>,
+    metrics_override: Option<Option<SocketAddr>>,
 ) -> anyhow::Result<()> {
     // Before the metrics port and the spool: a SIGTERM from here on is a
-    // clean stop.
+    // clean stop, and a SIGHUP (which would end the process while no
+    // handler is installed) waits for the reload loop.
     let stop = tributary_process::shutdown_signal();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // The device configs move into their tasks (no second copy kept here).
     let device_count = config.devices.len();
     let mut devices = Vec::with_capacity(device_count);
@@ -235,13 +248,22 @@ async fn run(
     );
 
     // SIGHUP: re-read the config and apply its devices by difference.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
             _ = hangup.recv() => {
-                match reload(&path, &config, &mut fleet).await {
+                // Reading the new config may block (a `*_file` on a FIFO or
+                // a hung mount): a stop meanwhile wins and drops the reload.
+                let loaded = tokio::select! {
+                    biased;
+                    _ = &mut stop => {
+                        warn!("shutdown during a config reload: the reload is dropped");
+                        break;
+                    }
+                    loaded = load_reload(&path, &config, metrics_override) => loaded,
+                };
+                match loaded.map(|devices| fleet.apply(devices)) {
                     Ok(diff) => {
                         reloads.applied.inc();
                         info!(
@@ -350,17 +372,20 @@ struct ReloadCounters {
     failed: prometheus_client::metrics::counter::Counter,
 }
 
-/// Re-reads the config at `path` and applies its devices to `fleet`; the
+/// Re-reads the config at `path` and builds the devices to apply; the
 /// running config stays on any error (returned, with file:line).
-async fn reload(
+async fn load_reload(
     path: &Path,
     running: &AgentConfig,
-    fleet: &mut Fleet,
-) -> anyhow::Result<FleetDiff> {
+    metrics_override: Option<Option<SocketAddr>>,
+) -> anyhow::Result<Vec<(DeviceConfig, Driver)>> {
     let p = path.to_owned();
-    let new = tokio::task::spawn_blocking(move || config::load(&p))
+    let mut new = tokio::task::spawn_blocking(move || config::load(&p))
         .await
         .map_err(|e| anyhow::anyhow!("reading the config failed: {e}"))??;
+    if let Some(listen) = metrics_override {
+        new.metrics.listen = listen;
+    }
     if new.id != running.id {
         anyhow::bail!(
             "id changed from {:?} to {:?}: a restart is needed to apply it",
@@ -407,5 +432,5 @@ async fn reload(
             "config reload: these settings changed but apply only at the next restart; the running values stay"
         );
     }
-    Ok(fleet.apply(devices))
+    Ok(devices)
 }

@@ -18,8 +18,9 @@ use crate::secret::{REDACTED, read_secret_file};
 use crate::vars::expand;
 use crate::{ConfigError, Origin, Source};
 
-/// One line of an assembled text (no newline in it).
-#[derive(Debug, Clone)]
+/// One line of an assembled text (no newline in it). Its `Debug` shows
+/// where it came from, never its text (which may hold a secret).
+#[derive(Clone)]
 pub struct Line {
     pub text: String,
     /// What to show instead of `text` (a secret redacted), if it differs.
@@ -40,14 +41,14 @@ impl Line {
 /// The value of one key, rendered: a `key = value` line, or a block of
 /// `[table]` / `[[array]]` headers and their lines (which TOML wants after
 /// every plain key of the enclosing table).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Entry {
     Inline(Line),
     Block(Vec<Line>),
 }
 
 /// The text being assembled.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Assembler {
     files: Vec<PathBuf>,
     text: String,
@@ -56,7 +57,9 @@ pub struct Assembler {
 }
 
 /// An assembled text, its redacted twin, and where each line came from.
-#[derive(Debug, Default)]
+/// Its `Debug` shows the files and the size of the text, never the text
+/// (which holds the secrets in clear).
+#[derive(Default)]
 pub struct Assembled {
     /// The files the text was assembled from, the main file first.
     pub files: Vec<PathBuf>,
@@ -65,6 +68,45 @@ pub struct Assembled {
     pub shown: String,
     /// Per line of `text`.
     pub origins: Vec<Origin>,
+}
+
+// `Debug` by hand: the texts hold secrets in clear, so they are left out.
+impl std::fmt::Debug for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Line")
+            .field("origin", &self.origin)
+            .field("bytes", &self.text.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::Inline(line) => f.debug_tuple("Inline").field(line).finish(),
+            Entry::Block(lines) => f.debug_tuple("Block").field(lines).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Assembler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assembler")
+            .field("files", &self.files)
+            .field("bytes", &self.text.len())
+            .field("lines", &self.origins.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Assembled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assembled")
+            .field("files", &self.files)
+            .field("bytes", &self.text.len())
+            .field("lines", &self.origins.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Assembler {
@@ -266,7 +308,15 @@ impl Renderer<'_> {
             let DeValue::String(s) = value.get_ref() else {
                 return Err(src.error(value.span(), errkey, "expected a string"));
             };
-            let s = self.expand(src, s, value.span(), &errkey)?;
+            let s = if twin.is_some() {
+                // A path: named in full.
+                self.expand(src, s, value.span(), &errkey)?
+            } else {
+                // The error names the key only: a `${` may be part of the secret.
+                expand(s, self.lookup)
+                    .map(|c| c.into_owned())
+                    .map_err(|e| src.error(value.span(), &errkey, e.secret_message(s)))?
+            };
             let (name, secret) = match twin {
                 Some(stem) => {
                     let path = src.path(&Spanned::new(value.span(), s), &errkey)?;

@@ -23,15 +23,22 @@ pub fn expand_glob(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     if !name.contains(['*', '?']) {
         return Ok(vec![parent.join(name)]);
     }
-    let entries = std::fs::read_dir(&parent).map_err(|e| {
+    // A pattern next to a main file named without a directory lists the
+    // current one (`read_dir("")` fails); the matches stay relative.
+    let listed = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent.as_path()
+    };
+    let entries = std::fs::read_dir(listed).map_err(|e| {
         format!(
             "pattern \"{pattern}\": cannot list {}: {e}",
-            parent.display()
+            listed.display()
         )
     })?;
     let mut out = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| format!("cannot list {}: {e}", parent.display()))?;
+        let entry = entry.map_err(|e| format!("cannot list {}: {e}", listed.display()))?;
         let file_name = entry.file_name();
         let Some(file_name) = file_name.to_str() else {
             continue;

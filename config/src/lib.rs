@@ -52,5 +52,8 @@ pub use error::ConfigError;
 pub use glob::expand_glob;
 pub use secret::{REDACTED, Secret, read_secret_file};
 pub use size::{SizeError, parse_size};
-pub use source::{Layer, LineIndex, Origin, Source, read_file};
+pub use source::{
+    Layer, LineIndex, MAX_CONFIG_BYTES, MAX_CSV_BYTES, MAX_SECRET_BYTES, Origin, Source, read_file,
+    read_limited,
+};
 pub use vars::{VarError, env_lookup, expand};

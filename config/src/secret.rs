@@ -35,11 +35,11 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// Reads a secret file: its whole content without one trailing newline
+/// Reads a secret file (at most [`crate::MAX_SECRET_BYTES`]): its whole content without one trailing newline
 /// (`echo secret > file` writes one). The error names the file, never its
 /// content.
 pub fn read_secret_file(path: &Path) -> Result<String, String> {
-    let mut text = std::fs::read_to_string(path)
+    let mut text = crate::source::read_limited(path, crate::source::MAX_SECRET_BYTES)
         .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
     if text.ends_with('\n') {
         text.pop();
@@ -65,5 +65,14 @@ mod tests {
             "<redacted> <redacted> Some(<redacted>)"
         );
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn an_endless_secret_file_is_refused_naming_it() {
+        let e = read_secret_file(Path::new("/dev/zero")).expect_err("refused");
+        assert!(
+            e.contains("/dev/zero") && e.contains("larger than 65536 bytes"),
+            "{e}"
+        );
     }
 }

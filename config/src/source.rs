@@ -11,12 +11,37 @@ use toml::Spanned;
 use crate::ConfigError;
 use crate::duration::parse_duration;
 
-/// Reads a config file; the error names the file.
+/// Most bytes a config file (the main one or an included one) may have.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Most bytes a CSV inventory may have.
+pub const MAX_CSV_BYTES: u64 = 256 << 20;
+/// Most bytes a `<key>_file` secret may have.
+pub const MAX_SECRET_BYTES: u64 = 64 << 10;
+
+/// Reads a config file (at most [`MAX_CONFIG_BYTES`]); the error names the
+/// file.
 pub fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+    read_limited(path, MAX_CONFIG_BYTES).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
         error,
     })
+}
+
+/// Reads a text file of at most `limit` bytes: a larger one (or an endless
+/// one, `/dev/zero`) is refused after `limit + 1` bytes, never read whole.
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    file.take(limit.saturating_add(1))
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes, the most this file may have"),
+        ));
+    }
+    Ok(text)
 }
 
 /// Byte offsets where the lines of a text start, built once: looking a line
@@ -62,8 +87,8 @@ pub struct Origin {
 /// One config file, or a text assembled from several (includes, defaults,
 /// templates, inventory rows): the unit errors are located in. An assembled
 /// layer maps each of its lines back to the file and line it came from, so
-/// an error names the file the value was written in.
-#[derive(Debug)]
+/// an error names the file the value was written in. Its `Debug` leaves
+/// the text out (an assembled one holds secrets in clear).
 pub struct Layer<'t> {
     /// The file as it was named, for messages.
     name: String,
@@ -79,6 +104,27 @@ pub struct Layer<'t> {
 /// The files (name, directory) of an assembled layer and, per line, where
 /// it came from.
 type Assembly = (Vec<(String, PathBuf)>, Vec<Origin>);
+
+impl std::fmt::Debug for Layer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .field("bytes", &self.text.len())
+            .field("assembled", &self.assembled.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("file", &self.layer.name)
+            .field("base", &self.base)
+            .field("bytes", &self.text.len())
+            .finish_non_exhaustive()
+    }
+}
 
 impl<'t> Layer<'t> {
     /// The layer of `text`, read from `origin` (which only names it in
@@ -152,8 +198,8 @@ impl<'t> Layer<'t> {
 }
 
 /// The text being parsed (a whole [`Layer`] or a piece of it), for locating
-/// errors.
-#[derive(Debug, Clone, Copy)]
+/// errors. Its `Debug` leaves the text out, as [`Layer`]'s does.
+#[derive(Clone, Copy)]
 pub struct Source<'a> {
     /// The part of the file being parsed; spans are relative to it.
     pub text: &'a str,
@@ -247,6 +293,16 @@ mod tests {
                 .count();
             assert_eq!(src.line(offset), counted, "offset {offset}");
         }
+    }
+
+    #[test]
+    fn an_endless_config_file_is_refused_naming_it() {
+        let e = read_file(Path::new("/dev/zero")).expect_err("refused");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("/dev/zero") && shown.contains("larger than 16777216 bytes"),
+            "{shown}"
+        );
     }
 
     #[test]

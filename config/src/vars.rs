@@ -18,6 +18,27 @@ pub enum VarError {
     BadName(String),
 }
 
+impl VarError {
+    /// The message for an error in a secret's value: what went wrong,
+    /// without any part of the value (a `${` may be part of the secret).
+    pub fn secret_message(&self, value: &str) -> String {
+        // A value that is the reference and nothing else holds no part of
+        // the secret: the variable is named, as everywhere else.
+        if let VarError::Unset(name) = self
+            && value.trim() == format!("${{{name}}}")
+        {
+            return self.to_string();
+        }
+        let what = match self {
+            VarError::Unset(_) | VarError::BadName(_) => {
+                "a ${...} in this secret's value is not a set environment variable"
+            }
+            VarError::Unterminated => "an unterminated ${ in this secret's value",
+        };
+        format!("{what} (the value is not shown; write $$ for a literal $)")
+    }
+}
+
 /// Expands `${NAME}`, `${NAME:-default}` and `$$` in `text`, looking
 /// variables up with `lookup` (the process environment in the binaries).
 pub fn expand<'a>(
@@ -95,6 +116,10 @@ mod tests {
         assert_eq!(x("${NOPE}"), Err(VarError::Unset("NOPE".into())));
         assert_eq!(x("${HOST"), Err(VarError::Unterminated));
         assert_eq!(x("${1X}"), Err(VarError::BadName("1X".into())));
+        let secret = VarError::Unset("ss".into()).secret_message("pa${ss}wd");
+        assert!(!secret.contains("ss"), "{secret}");
+        let whole = VarError::Unset("SNMP_COMMUNITY".into()).secret_message("${SNMP_COMMUNITY}");
+        assert!(whole.contains("SNMP_COMMUNITY"), "{whole}");
         assert_eq!(
             VarError::Unset("P".into()).to_string(),
             "environment variable P is not set (use ${P:-default} for a default)"

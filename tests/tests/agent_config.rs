@@ -251,6 +251,7 @@ fn each_mistake_is_named_where_it_was_made() -> Result<()> {
                     ),
                 ),
             ],
+            // The value is the reference alone: the variable is named.
             "DIR/conf.d/a.toml:6: devices[0].community: environment variable SNMP_COMMUNITY is not set (use ${SNMP_COMMUNITY:-default} for a default)",
         ),
         (
@@ -407,6 +408,55 @@ fn each_mistake_is_named_where_it_was_made() -> Result<()> {
             )],
             "DIR/agent.toml:5: defaults.community: unknown key `community` in [defaults]",
         ),
+        (
+            "secret-with-dollar-brace",
+            vec![(
+                "agent.toml",
+                format!("{HEAD}\n[[devices]]\nname = \"r\"\n{snmp}community = \"pa${{ss}}wd\"\n"),
+            )],
+            "DIR/agent.toml:9: devices[0].community: a ${...} in this secret's value is not a set environment variable (the value is not shown; write $$ for a literal $)",
+        ),
+        (
+            "secret-with-dollar-brace-in-csv",
+            vec![
+                (
+                    "agent.toml",
+                    format!(
+                        "{HEAD}\n[templates.sw]\n{snmp}\n[[inventories]]\nfile = \"sw.csv\"\ntemplate = \"sw\"\n"
+                    ),
+                ),
+                (
+                    "sw.csv",
+                    "name,address,community\nsw1,10.0.0.1:161,pa${ss}wd\n".to_owned(),
+                ),
+            ],
+            "DIR/sw.csv:2: column community: a ${...} in this secret's value is not a set environment variable (the value is not shown; write $$ for a literal $)",
+        ),
+        (
+            "endless-secret-file",
+            vec![(
+                "agent.toml",
+                format!(
+                    "{HEAD}\n[[devices]]\nname = \"r\"\n{snmp}community_file = \"/dev/zero\"\n"
+                ),
+            )],
+            "DIR/agent.toml:9: devices[0].community_file: cannot read secret file /dev/zero: larger than 65536 bytes",
+        ),
+        (
+            "endless-inventory",
+            vec![(
+                "agent.toml",
+                format!(
+                    "{HEAD}\n[templates.sw]\n{snmp}\n[[inventories]]\nfile = \"/dev/zero\"\ntemplate = \"sw\"\n"
+                ),
+            )],
+            "DIR/agent.toml:10: inventories[0].file: cannot read inventory /dev/zero: larger than 268435456 bytes",
+        ),
+        (
+            "endless-include",
+            vec![("agent.toml", format!("{HEAD}include = [\"/dev/zero\"]\n"))],
+            "/dev/zero: cannot read config file: larger than 16777216 bytes",
+        ),
     ];
     let mut failed = Vec::new();
     for (name, files, expected) in &cases {
@@ -554,6 +604,46 @@ topics = [{{ filter = "tributary-secrets-test/#", metric = "t" }}]
         ensure!(
             !checked.contains(secret),
             "`check` shows a secret:\n{checked}"
+        );
+    }
+    Ok(())
+}
+
+/// `include = ["*.toml"]` beside a main file named without a directory
+/// lists the current one, skips the main file itself, and reads a file two
+/// patterns match once.
+#[test]
+fn a_wildcard_include_beside_the_main_file_skips_it() -> Result<()> {
+    let dir = TestDir::new("agent-config-include-here")?;
+    write(
+        dir.path(),
+        "agent.toml",
+        &format!("{HEAD}include = [\"*.toml\", \"a.toml\"]\n"),
+    )?;
+    write(
+        dir.path(),
+        "a.toml",
+        "[[devices]]\nname = \"a\"\ndriver = \"sim\"\ninterval = \"1s\"\n",
+    )?;
+    write(
+        dir.path(),
+        "b.toml",
+        "[[devices]]\nname = \"b\"\ndriver = \"sim\"\ninterval = \"1s\"\n",
+    )?;
+    let out = std::process::Command::new(bin_path("tributary-agent")?)
+        .args(["config", "--config", "agent.toml"])
+        .current_dir(dir.path())
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "{text}");
+    for name in ["a", "b"] {
+        ensure!(
+            text.matches(&format!("name = \"{name}\"")).count() == 1,
+            "device {name} once:\n{text}"
         );
     }
     Ok(())

@@ -21,16 +21,16 @@
 //! Owns: these rules. The TOML rendering, `${VAR}`, secret files, CSV and
 //! globs are the config engine's ([`tributary_config`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 use tributary_config::{
-    Assembled, Assembler, ConfigError, DeContext, Entry, Layer, Line, Origin, REDACTED, Renderer,
-    Source, deserialize_table, expand, expand_glob, parse_csv, read_file, read_secret_file,
-    toml_key, toml_string,
+    Assembled, Assembler, ConfigError, DeContext, Entry, Layer, Line, MAX_CSV_BYTES, Origin,
+    REDACTED, Renderer, Source, deserialize_table, expand, expand_glob, parse_csv, read_file,
+    read_limited, read_secret_file, toml_key, toml_string,
 };
 
 use super::device::DEVICE_COMMON_KEYS;
@@ -181,6 +181,7 @@ pub(super) fn assemble(
 
     // Includes: read them all first, so templates anywhere serve devices anywhere.
     let mut included: Vec<PathBuf> = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::from([same_file(path)]);
     if let Some(inc) = main.top.remove("include") {
         let DeValue::Array(patterns) = inc.get_ref() else {
             return Err(main.src.error(
@@ -199,7 +200,13 @@ pub(super) fn assemble(
             let dir = main_layer_dir(path);
             let files = expand_glob(&dir, &pattern)
                 .map_err(|e| main.src.error(p.span(), format!("include[{i}]"), e))?;
-            included.extend(files);
+            // The main file (`*.toml` beside it matches it) and a file two
+            // patterns match are read once, as the main file / the first time.
+            for f in files {
+                if seen.insert(same_file(&f)) {
+                    included.push(f);
+                }
+            }
         }
     }
     let texts = included
@@ -354,6 +361,12 @@ pub(super) fn assemble(
     Ok(out.asm.finish())
 }
 
+/// What two paths naming the same file have in common: the canonical path
+/// (or the path itself when it cannot be resolved, e.g. it does not exist).
+fn same_file(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
 fn main_layer_dir(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
@@ -502,7 +515,7 @@ impl<'a> Devices<'a> {
                 .r
                 .expand(src, raw.file.get_ref(), raw.file.span(), &file_key)?;
             let csv_path = src.path(&Spanned::new(raw.file.span(), name), &file_key)?;
-            let text = std::fs::read_to_string(&csv_path).map_err(|e| {
+            let text = read_limited(&csv_path, MAX_CSV_BYTES).map_err(|e| {
                 src.error(
                     raw.file.span(),
                     &file_key,
@@ -594,8 +607,18 @@ impl<'a> Devices<'a> {
                 if cell.is_empty() {
                     continue;
                 }
+                let (secret, twin) = self.r.secret(col);
                 let value = expand(cell, self.r.lookup)
-                    .map_err(|e| at(row.line, &format!("column {col}"), e.to_string()))?
+                    .map_err(|e| {
+                        // A secret's error names the column only: a `${`
+                        // may be part of the secret.
+                        let message = if secret {
+                            e.secret_message(cell)
+                        } else {
+                            e.to_string()
+                        };
+                        at(row.line, &format!("column {col}"), message)
+                    })?
                     .into_owned();
                 if let Some(label) = col.strip_prefix("label.") {
                     labels.push(Line::new(
@@ -612,7 +635,6 @@ impl<'a> Devices<'a> {
                     "driver" => driver = Some(value.clone()),
                     _ => {}
                 }
-                let (secret, twin) = self.r.secret(col);
                 let (key, value, shown) = match twin {
                     Some(stem) => {
                         let secret = read_secret_file(&dir.join(&value))

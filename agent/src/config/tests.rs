@@ -573,3 +573,32 @@ fn durations_are_bounded() {
         "{e}"
     );
 }
+
+/// The assembled config holds its secrets in clear; its `Debug` (and that
+/// of a layer of it) never shows them.
+#[test]
+fn debug_of_an_assembled_config_shows_no_secret() {
+    let dir = std::env::temp_dir().join(format!(
+        "tributary-debug-secret-{}-{}",
+        std::process::id(),
+        crate::reading::now_ns()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let secret = "s3cret-in-debug-4711";
+    std::fs::write(dir.join("community"), format!("{secret}\n")).expect("write secret");
+    let path = dir.join("agent.toml");
+    let text = "id = \"a\"\ncollectors = [\"http://127.0.0.1:7400\"]\n\n[[devices]]\nname = \"r\"\ndriver = \"snmp\"\naddress = \"10.0.0.1:161\"\nmetrics = [{ name = \"up\", oid = \"1.3.6.1.2.1.1.3.0\" }]\ncommunity_file = \"community\"\n";
+    let assembled = super::assemble::assemble(text, &path, &|_| None).expect("assembled");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(assembled.text.contains(secret), "the secret was read");
+    let layer = tributary_config::Layer::new(&assembled.text, &path);
+    let shown = format!("{assembled:?} {layer:?} {:?}", layer.source());
+    assert!(!shown.contains(secret), "{shown}");
+    let line = tributary_config::Line::new(
+        format!("community = \"{secret}\""),
+        tributary_config::Origin { file: 0, line: 1 },
+    );
+    let entry = tributary_config::Entry::Inline(line.clone());
+    let shown = format!("{line:?} {entry:?}");
+    assert!(!shown.contains(secret), "{shown}");
+}

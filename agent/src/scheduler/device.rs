@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::endpoint::{Endpoint, release_after};
 use super::series_limit::SeriesLimit;
-use super::timing::{backoff_delay, start_offset};
+use super::timing::{backoff_delay, first_slot_from, start_offset};
 use super::{PollStats, ReadingsTx, SERIES_DROPPED_METRIC, UP_METRIC};
 use crate::config::DeviceConfig;
 use crate::drivers::Driver;
@@ -131,9 +131,16 @@ impl DeviceTask {
         self
     }
 
-    pub(super) async fn run(mut self, start: Instant, shutdown: CancellationToken) {
+    /// Polls from `start` (the agent's) on the device's slot; a task
+    /// `reloaded` into a running agent begins at its first slot from now,
+    /// so the agent's uptime before it counts as neither lateness nor
+    /// skipped polls.
+    pub(super) async fn run(mut self, start: Instant, reloaded: bool, shutdown: CancellationToken) {
         let interval = self.config.interval;
         let mut next = start + start_offset(interval);
+        if reloaded {
+            next = first_slot_from(next, interval, Instant::now());
+        }
         // One registration with the token for the task's life, rather than
         // one per await.
         let cancelled = shutdown.cancelled();

@@ -15,6 +15,15 @@ use crate::config::DeviceConfig;
 pub(super) struct Endpoint {
     pub(super) permits: Arc<Semaphore>,
     pub(super) pause: Duration,
+    /// Polls in flight at once (the semaphore's size).
+    pub(super) max_concurrency: usize,
+}
+
+impl Endpoint {
+    /// Whether `other` has the same limits (a reload keeps this one then).
+    pub(super) fn same_limits(&self, other: &Endpoint) -> bool {
+        self.max_concurrency == other.max_concurrency && self.pause == other.pause
+    }
 }
 
 /// One [`Endpoint`] per key, with the smallest concurrency and the longest
@@ -36,6 +45,7 @@ pub(super) fn endpoints<'a>(
             let endpoint = Endpoint {
                 permits: Arc::new(Semaphore::new(n.max(1))),
                 pause,
+                max_concurrency: n.max(1),
             };
             (key, endpoint)
         })

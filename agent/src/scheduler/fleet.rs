@@ -8,7 +8,7 @@
 //! Owned by the agent's main task, which alone applies reloads; each device
 //! task still owns its own state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -44,9 +44,14 @@ pub struct FleetDiff {
 /// The device tasks of an agent, by name.
 pub struct Fleet {
     running: HashMap<String, Running>,
+    /// Tasks of removed devices, still finishing their poll in flight (kept
+    /// until they end): a device added again under the same name starts
+    /// after its old task has ended, as a changed one does.
+    stopping: HashMap<String, JoinHandle<()>>,
     permits: Arc<Semaphore>,
     endpoints: HashMap<String, Endpoint>,
-    /// Every schedule is laid out from this instant, reloaded devices too.
+    /// Every schedule is laid out from this instant; a device a reload
+    /// starts begins at its first slot after the reload.
     start: Instant,
     max_series: usize,
     out: ReadingsTx,
@@ -71,6 +76,7 @@ impl Fleet {
     ) -> Fleet {
         let mut fleet = Fleet {
             running: HashMap::with_capacity(devices.len()),
+            stopping: HashMap::new(),
             permits: Arc::new(Semaphore::new(max_concurrency.max(1))),
             endpoints: endpoints(devices.iter().map(|(c, _)| c)),
             start: Instant::now(),
@@ -82,9 +88,19 @@ impl Fleet {
             shutdown,
         };
         for (config, driver) in devices {
-            fleet.spawn(config, driver, None);
+            let name = config.name.clone();
+            let running = fleet.spawn_after(config, driver, None, false);
+            fleet.running.insert(name, running);
         }
         fleet
+    }
+
+    /// The limits of the endpoint `key` (concurrency, pause), if a device uses it.
+    #[cfg(test)]
+    pub(super) fn endpoint_limits(&self, key: &str) -> Option<(usize, std::time::Duration)> {
+        self.endpoints
+            .get(key)
+            .map(|e| (e.max_concurrency, e.pause))
     }
 
     /// Devices running.
@@ -99,14 +115,33 @@ impl Fleet {
     /// Applies a new device list (names unique, as a valid config has them).
     pub fn apply(&mut self, devices: Vec<(DeviceConfig, Driver)>) -> FleetDiff {
         let mut diff = FleetDiff::default();
-        // Endpoints new in this config get their permits; existing ones keep theirs.
-        for (key, endpoint) in endpoints(devices.iter().map(|(c, _)| c)) {
-            self.endpoints.entry(key).or_insert(endpoint);
+        // An endpoint whose limits are the same keeps its permits; one
+        // whose limits changed gets new ones, and every device on it
+        // restarts (as changed) to use them. Endpoints no device uses any
+        // more are dropped.
+        let mut renewed: HashSet<String> = HashSet::new();
+        let mut next_endpoints = endpoints(devices.iter().map(|(c, _)| c));
+        for (key, endpoint) in next_endpoints.iter_mut() {
+            match self.endpoints.get(key) {
+                Some(old) if old.same_limits(endpoint) => *endpoint = old.clone(),
+                Some(_) => {
+                    renewed.insert(key.clone());
+                }
+                None => {}
+            }
         }
+        self.endpoints = next_endpoints;
+        self.stopping.retain(|_, task| !task.is_finished());
         let mut keep: HashMap<String, Running> = HashMap::with_capacity(devices.len());
         for (config, driver) in devices {
             match self.running.remove(&config.name) {
-                Some(old) if old.config == config => {
+                Some(old)
+                    if old.config == config
+                        && !config
+                            .driver
+                            .endpoint()
+                            .is_some_and(|l| renewed.contains(&l.key)) =>
+                {
                     diff.unchanged += 1;
                     keep.insert(config.name.clone(), old);
                 }
@@ -114,38 +149,37 @@ impl Fleet {
                     diff.changed += 1;
                     old.stop.cancel();
                     let name = config.name.clone();
-                    let running = self.spawn_after(config, driver, Some(old.task));
+                    let running = self.spawn_after(config, driver, Some(old.task), true);
                     keep.insert(name, running);
                 }
                 None => {
                     diff.added += 1;
                     let name = config.name.clone();
-                    let running = self.spawn_after(config, driver, None);
+                    let previous = self.stopping.remove(&config.name);
+                    let running = self.spawn_after(config, driver, previous, true);
                     keep.insert(name, running);
                 }
             }
         }
-        for (_, old) in self.running.drain() {
+        for (name, old) in self.running.drain() {
             diff.removed += 1;
             // Its poll in flight finishes and is handed over; no new one starts.
             old.stop.cancel();
+            self.stopping.insert(name, old.task);
         }
         self.running = keep;
         diff
     }
 
-    fn spawn(&mut self, config: DeviceConfig, driver: Driver, after: Option<JoinHandle<()>>) {
-        let name = config.name.clone();
-        let running = self.spawn_after(config, driver, after);
-        self.running.insert(name, running);
-    }
-
-    /// Starts a device task, once `after` (the task it replaces) has ended.
+    /// Starts a device task, once `after` (the task it replaces) has ended;
+    /// `reloaded` when a reload starts it (it begins at its first slot
+    /// from then, not from the agent's start).
     fn spawn_after(
         &self,
         config: DeviceConfig,
         driver: Driver,
         after: Option<JoinHandle<()>>,
+        reloaded: bool,
     ) -> Running {
         let endpoint = config
             .driver
@@ -173,7 +207,7 @@ impl Fleet {
                 // A panic of the old task was already reported by it.
                 let _ = previous.await;
             }
-            task.run(start, token).await;
+            task.run(start, reloaded, token).await;
         });
         Running { config, stop, task }
     }

@@ -120,6 +120,6 @@ pub fn spawn_all(
             stats.clone(),
         )
         .with_metrics(device_metrics);
-        tracker.spawn(task.run(start, shutdown.clone()));
+        tracker.spawn(task.run(start, false, shutdown.clone()));
     }
 }

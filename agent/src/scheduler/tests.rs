@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::timing::{backoff_delay, start_offset};
+use super::timing::{backoff_delay, first_slot_from, start_offset};
 use super::*;
 use crate::drivers::DriverConfig;
 use crate::drivers::modbus::{ModbusConfig, ModbusMetric, RegisterKind, RegisterType, WordOrder};
@@ -409,4 +409,204 @@ async fn a_reload_touches_only_the_devices_that_changed() {
     assert_eq!(old, (1..=old.len() as i64).collect::<Vec<_>>().as_slice());
     assert_eq!(new, (1..=new.len() as i64).collect::<Vec<_>>().as_slice());
     assert!(new.len() >= 5);
+}
+
+#[test]
+fn a_reloaded_schedule_begins_at_its_next_slot() {
+    let t0 = tokio::time::Instant::now();
+    let ms = Duration::from_millis;
+    assert_eq!(first_slot_from(t0 + ms(5), ms(10), t0), t0 + ms(5));
+    assert_eq!(first_slot_from(t0, ms(10), t0 + ms(25)), t0 + ms(30));
+    assert_eq!(first_slot_from(t0, ms(10), t0 + ms(30)), t0 + ms(30));
+}
+
+/// Devices a reload adds or changes, long after the agent started, do
+/// not count the agent's uptime as lateness or skipped polls.
+#[tokio::test]
+async fn devices_a_reload_starts_skip_no_polls() {
+    let sim = || DriverConfig::Sim(SimConfig { series: 0 });
+    let (tx, mut rx) = mpsc::channel(1024);
+    let stats = Arc::new(PollStats::default());
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let mut fleet = Fleet::start(
+        vec![device("changed", 200, sim())],
+        8,
+        crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
+        tx,
+        stats.clone(),
+        None,
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    let uptime = Duration::from_millis(1500);
+    let deadline = tokio::time::Instant::now() + uptime;
+    let mut all: Vec<Reading> = Vec::new();
+    while let Ok(Some(batch)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        all.extend(batch);
+    }
+    let skipped_before = stats.skipped.load(Ordering::Relaxed);
+    let before = all.len();
+    let mut changed = device("changed", 250, sim());
+    changed.0.timeout = Duration::from_millis(100);
+    let diff = fleet.apply(vec![changed, device("added", 200, sim())]);
+    assert_eq!((diff.added, diff.changed), (1, 1));
+    while ["changed", "added"]
+        .iter()
+        .any(|d| counters(&all[before..], d).len() < 3)
+    {
+        all.extend(rx.recv().await.expect("readings"));
+    }
+    shutdown.cancel();
+    tracker.close();
+    drop(fleet);
+    tracker.wait().await;
+    assert_eq!(
+        stats.skipped.load(Ordering::Relaxed),
+        skipped_before,
+        "polls skipped by the devices the reload started"
+    );
+    // Their first polls were on time, not the uptime late.
+    let late = stats.first_lateness.max().max(stats.lateness.max());
+    assert!(late < uptime / 2, "lateness {late:?}");
+}
+
+/// A device removed by one reload and added again by the next starts only
+/// once its old task has finished the poll it had in flight.
+#[tokio::test]
+async fn a_device_removed_and_added_again_never_polls_twice_at_once() {
+    // A TCP peer that answers slowly and records overlapping requests.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let active = Arc::new(AtomicUsize::new(0));
+    let max_active = Arc::new(AtomicUsize::new(0));
+    {
+        let (active, max_active) = (active.clone(), max_active.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (active, max_active) = (active.clone(), max_active.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 5];
+                    if sock.read_exact(&mut buf).await.is_err() {
+                        return;
+                    }
+                    let n = active.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_active.fetch_max(n, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    let _ = sock.write_all(b"PONG\n").await;
+                });
+            }
+        });
+    }
+    let probe = || {
+        let (mut config, driver) = device(
+            "probe",
+            50,
+            DriverConfig::Tcp(TcpConfig {
+                address: addr.to_string(),
+                send: Some("PING\n".into()),
+                expect: Some("PONG".into()),
+            }),
+        );
+        config.timeout = Duration::from_secs(5);
+        (config, driver)
+    };
+    let (tx, mut rx) = mpsc::channel(1024);
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let mut fleet = Fleet::start(
+        vec![probe()],
+        8,
+        crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
+        tx,
+        Arc::new(PollStats::default()),
+        None,
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    // Until a request is in flight.
+    while active.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(fleet.apply(Vec::new()).removed, 1);
+    assert_eq!(fleet.apply(vec![probe()]).added, 1);
+    let mut polls = 0;
+    while polls < 3 {
+        let batch = rx.recv().await.expect("readings");
+        polls += values(&batch, "probe", UP_METRIC).len();
+    }
+    shutdown.cancel();
+    tracker.close();
+    drop(fleet);
+    tracker.wait().await;
+    assert_eq!(
+        max_active.load(Ordering::SeqCst),
+        1,
+        "the old and the new task of the device polled at once"
+    );
+}
+
+/// New limits of a shared gateway apply on reload: the gateway gets new
+/// permits and every device on it restarts to use them, even one whose own
+/// settings did not change.
+#[tokio::test]
+async fn a_reload_applies_new_gateway_limits_to_every_device_on_it() {
+    let modbus = |unit_id, max_concurrency, pause_ms| {
+        DriverConfig::Modbus(ModbusConfig {
+            address: "127.0.0.1:1".into(),
+            unit_id,
+            metrics: vec![ModbusMetric {
+                name: "v".into(),
+                register: 0,
+                kind: RegisterKind::Holding,
+                data_type: RegisterType::U16,
+                word_order: WordOrder::Big,
+                scale: 1.0,
+                unit: String::new(),
+            }],
+            max_concurrency,
+            connect_delay: Duration::from_millis(1),
+            request_pause: Duration::from_millis(pause_ms),
+        })
+    };
+    let (tx, mut rx) = mpsc::channel(1024);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let mut fleet = Fleet::start(
+        vec![
+            device("m1", 1000, modbus(1, 2, 0)),
+            device("m2", 1000, modbus(2, 2, 0)),
+        ],
+        8,
+        crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
+        tx,
+        Arc::new(PollStats::default()),
+        None,
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    let key = "modbus://127.0.0.1:1";
+    assert_eq!(fleet.endpoint_limits(key), Some((2, Duration::ZERO)));
+    // The same limits: nothing restarts.
+    let diff = fleet.apply(vec![
+        device("m1", 1000, modbus(1, 2, 0)),
+        device("m2", 1000, modbus(2, 2, 0)),
+    ]);
+    assert_eq!((diff.changed, diff.unchanged), (0, 2));
+    // m1 asks for one poll at a time and a pause: m2 restarts as well.
+    let diff = fleet.apply(vec![
+        device("m1", 1000, modbus(1, 1, 20)),
+        device("m2", 1000, modbus(2, 2, 0)),
+    ]);
+    assert_eq!((diff.changed, diff.unchanged), (2, 0));
+    assert_eq!(
+        fleet.endpoint_limits(key),
+        Some((1, Duration::from_millis(20)))
+    );
+    shutdown.cancel();
+    tracker.close();
+    drop(fleet);
+    tracker.wait().await;
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::time::Instant;
 
 /// How long to wait before the next poll after `failures` failed polls in a
 /// row: the interval, doubled per failure after the first, capped.
@@ -35,4 +36,18 @@ pub(super) fn start_offset(interval: Duration) -> Duration {
     let slot = (interval / SLOTS).max(MIN_SLOT);
     let slots = (interval.as_nanos() / slot.as_nanos()).clamp(1, u128::from(SLOTS)) as u32;
     slot * rand::rng().random_range(0..slots)
+}
+
+/// The first slot at or after `now` of a schedule laid out from `first`
+/// every `interval`: where a device started by a reload begins, so the
+/// time the agent ran before it is neither lateness nor skipped polls.
+pub(super) fn first_slot_from(first: Instant, interval: Duration, now: Instant) -> Instant {
+    if first >= now {
+        return first;
+    }
+    let step = interval.as_nanos().max(1);
+    let behind = now.duration_since(first).as_nanos();
+    let ticks = behind.div_ceil(step);
+    let ahead = u64::try_from(ticks.saturating_mul(step)).unwrap_or(u64::MAX);
+    first + Duration::from_nanos(ahead)
 }
