@@ -35,7 +35,14 @@ fn every_bench_scenario_runs_and_its_counts_agree() -> Result<()> {
         .collect();
     assert_eq!(
         names,
-        ["ingest", "poll", "streams", "wire", "vs-prometheus", "config"],
+        [
+            "ingest",
+            "poll",
+            "streams",
+            "wire",
+            "vs-prometheus",
+            "config"
+        ],
         "every scenario reports once"
     );
     for report in &reports {
