@@ -19,6 +19,13 @@
 //! so the old epoch's drops (already reported under it) are not reported
 //! twice. `SEQ` is kept: numbering goes on above the old epoch's, so a
 //! sequence is never reused in the directory at all.
+//!
+//! If writing `EPOCH` fails, the file may hold either epoch (the rename may
+//! have happened before the directory's fsync failed). The spool goes on in
+//! the new epoch, which has no record, and writes `EPOCH` again before its
+//! first record is appended ([`Spool::sync_epoch`]): until that succeeds no
+//! record is stored, so none is ever sent under an epoch a restart reads
+//! differently.
 
 use std::fs;
 use std::io;
@@ -119,10 +126,16 @@ impl Spool {
         if last == Step::SeriesEmptied {
             return Ok(rollover);
         }
-        // 3. The commit point.
-        write_epoch(&self.opts.dir, rollover.new_epoch)?;
+        // 3. The commit point. A failed write (even after its rename, when
+        // only the directory's fsync failed) leaves the file on disk
+        // unknown: the spool goes on in the new epoch, which holds no
+        // record yet, and writes `EPOCH` again before its first record.
         self.epoch = rollover.new_epoch;
         self.dropped = rollover.carried;
+        if let Err(e) = write_epoch(&self.opts.dir, rollover.new_epoch) {
+            warn!(error = %e, "spool: the new epoch could not be written; it is written again before the next record");
+            self.epoch_unsynced = true;
+        }
         if last == Step::EpochWritten {
             return Ok(rollover);
         }
@@ -148,6 +161,19 @@ pub(super) fn new_epoch_id(old: Option<u64>) -> u64 {
 /// Writes `EPOCH` atomically.
 pub(super) fn write_epoch(dir: &Path, epoch: u64) -> Result<(), SpoolError> {
     write_atomic(dir, "EPOCH", &format!("{epoch:016x}\n"))
+}
+
+impl Spool {
+    /// Writes `EPOCH` again if a rollover's write of it failed: called
+    /// before a record is appended, so that no record exists in an epoch a
+    /// restart could read differently.
+    pub(super) fn sync_epoch(&mut self) -> Result<(), SpoolError> {
+        if self.epoch_unsynced {
+            write_epoch(&self.opts.dir, self.epoch)?;
+            self.epoch_unsynced = false;
+        }
+        Ok(())
+    }
 }
 
 /// Writes `DROPPED` atomically: `dropped` readings of `epoch`.

@@ -171,6 +171,11 @@ pub struct Spool {
     series_count: u32,
     /// The dictionary read at open, until the owner takes it.
     loaded_series: Vec<Arc<SeriesKey>>,
+    /// A rollover's `EPOCH` write failed, possibly after its rename: the
+    /// file on disk may hold the old epoch or `epoch`. It is written again
+    /// before any record is appended, so no record is ever sent under an
+    /// epoch that a restart would not read back.
+    epoch_unsynced: bool,
 }
 
 impl Spool {

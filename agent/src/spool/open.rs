@@ -111,6 +111,7 @@ impl Spool {
             series_bytes: dictionary.bytes,
             series_count,
             loaded_series: dictionary.keys,
+            epoch_unsynced: false,
         };
         spool.reserve(next_seq)?;
         if recovery.cut_bytes > 0 {

@@ -64,6 +64,7 @@ impl Spool {
                 ),
             });
         }
+        self.sync_epoch()?;
         let (entries, n) = encode_series_entries(new_series);
         let record_len = (segment::HEADER + segment::META + batch.len()) as u64;
         if let Some(refused) = self.make_room(record_len + entries.len() as u64, readings)? {

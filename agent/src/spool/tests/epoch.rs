@@ -187,6 +187,40 @@ fn a_crash_at_any_step_of_a_rollover_leaves_one_whole_epoch() {
     }
 }
 
+/// `EPOCH` cannot be written (here a directory squats its temp file's
+/// name): the spool goes on in the new epoch, but stores no record until
+/// `EPOCH` says so on disk too.
+#[test]
+fn no_record_is_stored_until_the_new_epoch_is_on_disk() {
+    let dir = tmp("rollover-epoch-unwritten");
+    let mut s = used_spool(&dir);
+    s.ack(3).unwrap();
+    let old = s.epoch();
+    let squat = dir.join(".EPOCH.tmp");
+    fs::create_dir(&squat).unwrap();
+    let r = s.roll_epoch().unwrap();
+    assert_eq!(s.epoch(), r.new_epoch);
+    assert_eq!(
+        fs::read_to_string(dir.join("EPOCH")).unwrap(),
+        format!("{old:016x}\n")
+    );
+    let k = key("d", "after");
+    let last = s.last_seq();
+    assert!(s.append_with_series(&[&k], b"after", 1, 1).is_err());
+    assert_eq!((s.last_seq(), s.pending(), s.series_count()), (last, 0, 0));
+    fs::remove_dir(&squat).unwrap();
+    let seq = stored(s.append_with_series(&[&k], b"after", 1, 1).unwrap());
+    assert_eq!(
+        fs::read_to_string(dir.join("EPOCH")).unwrap(),
+        format!("{:016x}\n", r.new_epoch)
+    );
+    drop(s);
+    let (s, rec) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+    assert_eq!((s.epoch(), rec.records), (r.new_epoch, 1));
+    assert_eq!(s.read_from(0).unwrap().map(|r| r.seq), Some(seq));
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_drop_count_names_its_epoch() {
     let dir = tmp("dropped-epoch");
