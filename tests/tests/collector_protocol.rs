@@ -90,6 +90,8 @@ struct RawStream {
     tx: mpsc::Sender<pb::AgentFrame>,
     rx: Streaming<pb::CollectorFrame>,
     welcome: u64,
+    /// The Welcome's committed drop count.
+    welcome_dropped: Option<u64>,
 }
 
 impl RawStream {
@@ -98,11 +100,16 @@ impl RawStream {
         let (tx, rx) = mpsc::channel(16);
         tx.send(hello(agent, epoch)).await?;
         let mut rx = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-        let welcome = match next(&mut rx).await? {
-            Some(pb::collector_frame::Frame::Welcome(w)) => w.committed_seq,
+        let (welcome, welcome_dropped) = match next(&mut rx).await? {
+            Some(pb::collector_frame::Frame::Welcome(w)) => (w.committed_seq, w.committed_dropped),
             other => bail!("expected welcome, got {other:?}"),
         };
-        Ok(RawStream { tx, rx, welcome })
+        Ok(RawStream {
+            tx,
+            rx,
+            welcome,
+            welcome_dropped,
+        })
     }
 
     async fn send(&self, frame: pb::AgentFrame) -> Result<()> {
@@ -329,6 +336,41 @@ async fn replayed_batches_are_acked_and_not_stored_twice() -> Result<()> {
 /// replayed batch gets an Ack frame of its own carrying the committed
 /// sequence (which does not rise), on an open stream and on one that only
 /// resends and then ends; nothing is stored twice.
+/// The Welcome carries the drop count the store holds, which a resend with
+/// a higher count raises only once it is committed (the agent's rollover
+/// carries what no Welcome or Ack confirmed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_welcome_carries_the_committed_drop_count() -> Result<()> {
+    let collector = Collector::start("welcome-drops").await?;
+    let with_drops = |frame: pb::AgentFrame, dropped: u64| match frame.frame {
+        Some(pb::agent_frame::Frame::Batch(mut b)) => {
+            b.dropped = dropped;
+            pb::AgentFrame {
+                frame: Some(pb::agent_frame::Frame::Batch(b)),
+            }
+        }
+        other => panic!("not a batch: {other:?}"),
+    };
+    let mut s = RawStream::open(&collector.url, "edge-d", 3).await?;
+    assert_eq!((s.welcome, s.welcome_dropped), (0, Some(0)));
+    s.send(with_drops(counter_batch(1, true, 1, 10), 2)).await?;
+    assert_eq!(s.acked(1).await?, 1);
+    drop(s);
+    let mut s = RawStream::open(&collector.url, "edge-d", 3).await?;
+    assert_eq!((s.welcome, s.welcome_dropped), (1, Some(2)));
+    // Batch 1 resent with the agent's newer count: acked, and its count
+    // committed before the ack.
+    s.send(with_drops(counter_batch(1, true, 1, 10), 5)).await?;
+    assert_eq!(s.acked(1).await?, 1);
+    drop(s);
+    let s = RawStream::open(&collector.url, "edge-d", 3).await?;
+    assert_eq!((s.welcome, s.welcome_dropped), (1, Some(5)));
+    drop(s);
+    assert_eq!(collector.count_readings()?, 10, "stored once");
+    collector.stop().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replayed_batch_gets_its_own_ack() -> Result<()> {
     let collector = Collector::start("replay-acks").await?;

@@ -83,7 +83,7 @@ impl Uplink {
                 frame: Some(pb::collector_frame::Frame::Welcome(w)),
             }) => {
                 if let Some(stream) = link.stream_mut() {
-                    self.welcome(stream, w.committed_seq);
+                    self.welcome(stream, &w);
                 }
                 self.after_ack(link);
             }
@@ -129,15 +129,22 @@ impl Uplink {
         }
     }
 
-    /// Everything up to `seq` is committed (an Ack, or a Welcome).
+    /// An Ack: everything up to `seq` is committed, each batch with the
+    /// drop count it carried (the collector commits a resent batch's count
+    /// too, before acking it).
     pub(super) fn acked(&mut self, seq: u64) {
-        self.stats.acked_seq = self.stats.acked_seq.max(seq);
-        if let Some(m) = &mut self.metrics {
-            m.acked(seq);
-        }
         if seq >= self.dropped_sent.0 {
             // The batch that carried this drop count is committed.
             self.dropped_acked = self.dropped_sent.1;
+        }
+        self.committed(seq);
+    }
+
+    /// Everything up to `seq` is committed (an Ack, or a Welcome).
+    fn committed(&mut self, seq: u64) {
+        self.stats.acked_seq = self.stats.acked_seq.max(seq);
+        if let Some(m) = &mut self.metrics {
+            m.acked(seq);
         }
         if let Err(e) = self.spool.ack(seq) {
             error!(error = %e, seq, "spool truncation failed");
@@ -244,8 +251,9 @@ impl Uplink {
     }
 
     /// The collector's Welcome: it has committed everything up to
-    /// `committed` for this epoch.
-    fn welcome(&mut self, c: &mut Stream, committed: u64) {
+    /// `committed_seq` for this epoch, and holds its drop count.
+    fn welcome(&mut self, c: &mut Stream, w: &pb::Welcome) {
+        let committed = w.committed_seq;
         // Batches sent earlier whose ack never came but which the collector
         // did commit: the Welcome acks them.
         let confirmed = self.spool.unacked_through(committed);
@@ -259,8 +267,25 @@ impl Uplink {
             );
             self.spool.advance_past(committed);
         }
-        self.acked(committed);
+        self.welcomed(committed, w.committed_dropped);
         c.next_send = c.next_send.max(committed.saturating_add(1));
+    }
+
+    /// What a Welcome commits: everything up to `committed`, and the drop
+    /// count the store holds (`None` from an older collector).
+    pub(super) fn welcomed(&mut self, committed: u64, committed_dropped: Option<u64>) {
+        match committed_dropped {
+            // The store's own count. Not the count of the newest batch sent:
+            // on this stream it may have gone out before the Welcome and
+            // been committed earlier, on the old stream, with a smaller one.
+            Some(dropped) => {
+                self.dropped_acked = self.dropped_acked.max(dropped).min(self.spool.dropped());
+            }
+            // An older collector: the newest committed batch's count.
+            None if committed >= self.dropped_sent.0 => self.dropped_acked = self.dropped_sent.1,
+            None => {}
+        }
+        self.committed(committed);
     }
 
     pub(super) fn hello(&self) -> pb::AgentFrame {

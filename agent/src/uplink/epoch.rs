@@ -203,6 +203,52 @@ mod tests {
             .collect()
     }
 
+    /// Batch 2 was committed on an old stream with 2 drops, its ack lost;
+    /// resent on the new stream with 5 before the Welcome came, which says
+    /// 2 is committed: the 3 later drops are still unreported, so a
+    /// rollover carries them.
+    #[test]
+    fn a_welcome_acks_the_drop_count_the_store_holds() {
+        let dir = std::env::temp_dir().join(format!(
+            "tributary-uplink-welcome-drops-{}-{}",
+            std::process::id(),
+            crate::reading::now_ns()
+        ));
+        let (spool, _) = Spool::open(SpoolOptions {
+            dir: dir.clone(),
+            max_bytes: 1 << 20,
+            policy: FullPolicy::DropOldest,
+            sync: false,
+        })
+        .expect("spool");
+        let config = UplinkConfig::new(
+            "a".into(),
+            Collectors::new(vec!["http://x".into()]).unwrap(),
+        );
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let (mut u, _) = Uplink::new(config, rx, spool);
+        u.spool.count_lost(2).unwrap();
+        for _ in 0..2 {
+            u.push(readings(1));
+            u.seal();
+        }
+        u.dropped_sent = (1, 2);
+        u.acked(1);
+        assert_eq!(u.dropped_acked, 2);
+        u.spool.count_lost(3).unwrap();
+        u.dropped_sent = (2, 5);
+        u.welcomed(2, Some(2));
+        assert_eq!(u.dropped_acked, 2, "the resent count is not committed");
+        assert_eq!(u.spool.first_unacked(), None);
+        // An older collector says nothing of drops: the newest batch's count.
+        u.welcomed(2, None);
+        assert_eq!(u.dropped_acked, 5);
+        // Never above what the spool counted.
+        u.welcomed(2, Some(9));
+        assert_eq!(u.dropped_acked, 5);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_rollover_forgets_the_ids_and_says_hello_with_the_new_epoch() {
         let dir = std::env::temp_dir().join(format!(

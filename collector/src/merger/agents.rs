@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::commit::Group;
-use super::{Hello, Merger};
+use super::{Hello, Merger, Welcomed};
 use crate::metrics::AgentStats;
 use crate::model::{AgentLive, now_ns};
 use crate::store::{AgentWrite, EpochRow, WriteSet};
@@ -32,10 +32,15 @@ pub(super) struct AgentState {
 
 impl Merger {
     /// A stream said Hello: the agent is connected through `hello.session`.
-    /// Returns the committed sequence of its epoch, for the Welcome.
-    pub(super) fn hello(&mut self, hello: Hello, group: &mut Group) -> u64 {
+    /// Returns the committed sequence and drop count of its epoch, for the
+    /// Welcome.
+    pub(super) fn hello(&mut self, hello: Hello, group: &mut Group) -> Welcomed {
         self.known_agent(&hello.agent).epoch = hello.epoch;
-        let committed = self.durable_committed(&hello.agent, hello.epoch);
+        let durable = self.durable_committed(&hello.agent, hello.epoch);
+        let welcomed = Welcomed {
+            committed_seq: durable.committed_seq,
+            committed_dropped: durable.dropped,
+        };
         self.refresh_series_count(&hello.agent);
         self.report(
             &hello.agent,
@@ -59,7 +64,7 @@ impl Merger {
             .stats
             .delivery(row.committed_seq, row.last_seq, state.last_seen_ns);
         self.live_dirty = true;
-        committed
+        welcomed
     }
 
     /// The agent's state, created on first sight: its stats then start

@@ -48,7 +48,7 @@ impl Merger {
     /// agent drops what the Welcome covers. Without the store, the cache is
     /// safe too: it is never ahead of the store, and a low Welcome only
     /// means resends, which are deduplicated.
-    pub(super) fn durable_committed(&mut self, agent: &Arc<str>, epoch: u64) -> u64 {
+    pub(super) fn durable_committed(&mut self, agent: &Arc<str>, epoch: u64) -> EpochRow {
         match self.store.epoch(agent, epoch) {
             Ok(Some(row)) => self.merge_epoch(agent, epoch, row),
             Ok(None) => {}
@@ -59,8 +59,8 @@ impl Merger {
         }
         self.epochs
             .get(&(agent.clone(), epoch))
-            .map(|e| e.committed_seq)
-            .unwrap_or(0)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub(super) fn apply_batch(&mut self, b: IncomingBatch, group: &mut Group) {

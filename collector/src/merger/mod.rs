@@ -126,7 +126,7 @@ pub enum Command {
     /// committed sequence of (agent, epoch).
     Hello {
         hello: Hello,
-        reply: oneshot::Sender<u64>,
+        reply: oneshot::Sender<Welcomed>,
     },
     /// Give global ids to series keys (new ones are stored with the next
     /// commit, before any reading that uses them).
@@ -162,13 +162,25 @@ pub enum ResolveError {
 }
 
 /// Cheap, cloneable way to talk to the merger.
+/// What the store holds of an epoch when a stream says Hello, for its
+/// Welcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Welcomed {
+    /// The committed sequence.
+    pub committed_seq: u64,
+    /// The drop count the store holds for the epoch (durable, unlike the
+    /// Hello's own, which commits with the next group).
+    pub committed_dropped: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct MergerHandle {
     tx: mpsc::Sender<Command>,
 }
 
 impl MergerHandle {
-    /// Registers a stream and returns the committed sequence of its epoch.
+    /// Registers a stream and returns the committed sequence and drop count
+    /// of its epoch.
     pub async fn hello(
         &self,
         agent: Arc<str>,
@@ -176,7 +188,7 @@ impl MergerHandle {
         (dropped, last_seq): (u64, u64),
         peer: String,
         session: u64,
-    ) -> Result<u64, MergerGone> {
+    ) -> Result<Welcomed, MergerGone> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Hello {
@@ -474,8 +486,8 @@ impl Merger {
     fn apply(&mut self, cmd: Command, group: &mut Group) {
         match cmd {
             Command::Hello { hello, reply } => {
-                let committed = self.hello(hello, group);
-                let _ = reply.send(committed);
+                let welcomed = self.hello(hello, group);
+                let _ = reply.send(welcomed);
             }
             Command::Resolve { keys, reply } => {
                 let ids = self.resolve(keys);

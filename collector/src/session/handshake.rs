@@ -123,7 +123,7 @@ impl Session {
         }
         let agent: Arc<str> = Arc::from(hello.agent_id.as_str());
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        let committed = self
+        let welcomed = self
             .merger
             .hello(
                 agent.clone(),
@@ -134,6 +134,7 @@ impl Session {
             )
             .await
             .map_err(unavailable)?;
+        let committed = welcomed.committed_seq;
         info!(agent = %agent, peer = %self.peer, epoch = hello.epoch, committed, "agent connected");
         let (ack_tx, ack_rx) = watch::channel(StreamAcks {
             committed,
@@ -155,6 +156,7 @@ impl Session {
             frame: Some(pb::collector_frame::Frame::Welcome(pb::Welcome {
                 committed_seq: committed,
                 collector_time_ns: now_ns(),
+                committed_dropped: Some(welcomed.committed_dropped),
             })),
         };
         if out.send(Ok(welcome)).await.is_err() {
