@@ -650,9 +650,15 @@ fn dotted(oid: &[u32]) -> String {
     super::oid_string(oid)
 }
 
+/// The largest file read as a MIB (the largest IETF module is under
+/// 1 MiB): a stray large file in a MIB directory is skipped, not read.
+pub const MAX_MIB_FILE: u64 = 8 * 1024 * 1024;
+
 /// Module name → file for every module in `dirs` (first directory wins).
-/// Reads each file's words, comments stripped: the word before every
-/// `DEFINITIONS` names a module.
+/// A module header is `NAME DEFINITIONS ::= BEGIN` (or `DEFINITIONS
+/// IMPLICIT TAGS ::=`...) outside comments and strings: a description that
+/// mentions "X DEFINITIONS" names no module. Files over [`MAX_MIB_FILE`]
+/// are skipped with a warning.
 fn scan(dirs: &[PathBuf]) -> HashMap<String, PathBuf> {
     let mut index = HashMap::new();
     for dir in dirs {
@@ -672,36 +678,92 @@ fn scan(dirs: &[PathBuf]) -> HashMap<String, PathBuf> {
             .collect();
         files.sort();
         for file in files {
+            match std::fs::metadata(&file) {
+                Ok(m) if m.len() > MAX_MIB_FILE => {
+                    tracing::warn!(file = %file.display(), bytes = m.len(), max = MAX_MIB_FILE, "MIB directory: file skipped, larger than any MIB");
+                    continue;
+                }
+                Ok(_) => {}
+                Err(_) => continue,
+            }
             let Ok(bytes) = std::fs::read(&file) else {
                 continue;
             };
-            let text = String::from_utf8_lossy(&bytes);
-            let mut prev: Option<&str> = None;
-            let mut in_string = false;
-            for line in text.lines() {
-                let mut code = line;
-                if !in_string && let Some(at) = line.find("--") {
-                    code = &line[..at];
-                }
-                if code.matches('"').count() % 2 == 1 {
-                    in_string = !in_string;
-                }
-                for word in code.split(|c: char| c.is_whitespace() || c == '{') {
-                    if word.is_empty() {
-                        continue;
-                    }
-                    if word == "DEFINITIONS"
-                        && let Some(name) = prev
-                        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-                    {
-                        index.entry(name.to_owned()).or_insert_with(|| file.clone());
-                    }
-                    prev = Some(word);
-                }
+            for name in module_headers(&String::from_utf8_lossy(&bytes)) {
+                index.entry(name).or_insert_with(|| file.clone());
             }
         }
     }
     index
+}
+
+/// The names of the modules `text` defines: every `NAME DEFINITIONS` whose
+/// next word is `::=` or a tagging word, words taken outside `--` comments
+/// (to the end of the line or the next `--`) and `"` strings (which may
+/// span lines).
+pub(crate) fn module_headers(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    // The last two words seen: (before, DEFINITIONS) waits for its third.
+    let mut last: [Option<&str>; 2] = [None, None];
+    let mut in_string = false;
+    for line in text.lines() {
+        let mut in_comment = false;
+        let mut start: Option<usize> = None;
+        let mut words: Vec<&str> = Vec::new();
+        let bytes = line.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let word_char = !(b.is_ascii_whitespace() || b == b'{' || b == b'"');
+            if in_string {
+                if b == b'"' {
+                    in_string = false;
+                }
+                i += 1;
+                continue;
+            }
+            if b == b'-' && bytes.get(i + 1) == Some(&b'-') {
+                if let Some(s) = start.take()
+                    && !in_comment
+                {
+                    words.push(&line[s..i]);
+                }
+                in_comment = !in_comment;
+                i += 2;
+                continue;
+            }
+            if in_comment {
+                i += 1;
+                continue;
+            }
+            if word_char {
+                start.get_or_insert(i);
+            } else {
+                if let Some(s) = start.take() {
+                    words.push(&line[s..i]);
+                }
+                if b == b'"' {
+                    in_string = true;
+                }
+            }
+            i += 1;
+        }
+        if let Some(s) = start
+            && !in_comment
+        {
+            words.push(&line[s..]);
+        }
+        for word in words {
+            if let [Some(name), Some("DEFINITIONS")] = last
+                && matches!(word, "::=" | "IMPLICIT" | "EXPLICIT" | "AUTOMATIC")
+                && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            {
+                names.push(name.to_owned());
+            }
+            last = [last[1], Some(word)];
+        }
+    }
+    names
 }
 
 #[cfg(test)]

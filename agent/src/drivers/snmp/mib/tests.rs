@@ -385,3 +385,34 @@ fn errors_clip_huge_identifiers_and_numbers() {
         .to_string();
     assert!(e.len() < 300, "{} bytes", e.len());
 }
+
+#[test]
+fn module_headers_are_read_outside_comments_and_strings() {
+    let text = r#"
+-- OLD-MIB DEFINITIONS ::= BEGIN   (a comment)
+REAL-MIB DEFINITIONS ::= BEGIN
+  x OBJECT-TYPE
+    DESCRIPTION "quoted: FAKE-MIB DEFINITIONS ::= BEGIN
+       and a second line: OTHER-MIB DEFINITIONS ::= BEGIN"
+  -- a comment -- HALF-MIB DEFINITIONS ::= BEGIN -- commented again
+  Prose DEFINITIONS are words
+END
+TAGGED-MIB DEFINITIONS IMPLICIT TAGS ::= BEGIN END
+SPLIT-MIB
+  DEFINITIONS
+  ::= BEGIN END
+"#;
+    assert_eq!(
+        super::module_headers(text),
+        ["REAL-MIB", "HALF-MIB", "TAGGED-MIB", "SPLIT-MIB"]
+    );
+}
+
+#[test]
+fn a_file_larger_than_any_mib_is_not_read() {
+    let dir = dir_with(&[("small.txt", "SMALL DEFINITIONS ::= BEGIN END\n")]);
+    let big = std::fs::File::create(dir.path().join("big.txt")).expect("create");
+    big.set_len(super::MAX_MIB_FILE + 1).expect("grow");
+    drop(big);
+    assert_eq!(mibs(dir.path()).module_names(), ["SMALL"]);
+}
