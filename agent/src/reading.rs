@@ -189,7 +189,7 @@ impl Sample {
 pub enum Polled {
     /// Values on series of the polled device that the driver resolved
     /// itself (built once, shared by every poll): readings whose `ts_ns`
-    /// the scheduler fills in. The `Vec` has room for one more reading
+    /// the scheduler fills in where the driver left it 0. The `Vec` has room for one more reading
     /// (the scheduler's `up`).
     Readings(Vec<Reading>),
     /// Samples named by strings; the scheduler interns them.

@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, &str)] = &[
     ("agent", "modbus_registers"),
     ("agent", "snmp_response"),
     ("agent", "mib_module"),
+    ("agent", "snmp_notification"),
 ];
 
 pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {

@@ -2,7 +2,7 @@
 //! samples or a typed [`PollError`].
 //!
 //! Owns: one folder per driver (`sim/`, `http/`, `modbus/`, `snmp/`,
-//! `mqtt/`, `tcp/`, `exec/`), each holding that driver's settings (its
+//! `snmp_trap/`, `mqtt/`, `tcp/`, `exec/`), each holding that driver's settings (its
 //! `Raw*` TOML structs, their validation and the validated type), its
 //! runtime and its tests; and the registry below, the one other place a
 //! driver is named. May touch: `crate::config` for the generic TOML
@@ -28,6 +28,7 @@ pub mod mqtt;
 pub mod settings;
 pub mod sim;
 pub mod snmp;
+pub mod snmp_trap;
 pub mod tcp;
 
 #[cfg(test)]
@@ -142,6 +143,7 @@ registry! {
     Http(http::HttpConfig, http::HttpDriver) = "http", "prometheus";
     Modbus(modbus::ModbusConfig, modbus::ModbusDriver) = "modbus";
     Snmp(snmp::SnmpConfig, Box<snmp::SnmpDriver>) = "snmp";
+    SnmpTrap(snmp_trap::SnmpTrapConfig, snmp_trap::SnmpTrapDriver) = "snmp_trap";
     Mqtt(mqtt::MqttConfig, mqtt::MqttDriver) = "mqtt";
     Tcp(tcp::TcpConfig, tcp::TcpDriver) = "tcp";
     Exec(exec::ExecConfig, exec::ExecDriver) = "exec";

@@ -292,7 +292,9 @@ impl DeviceTask {
         self.record_health(failure, ended);
         let mut readings = match polled {
             Polled::Readings(mut readings) => {
-                for r in &mut readings {
+                // A driver that knows when a value was true (a notification
+                // received between polls) stamps it itself.
+                for r in readings.iter_mut().filter(|r| r.ts_ns == 0) {
                     r.ts_ns = ts_ns;
                 }
                 readings

@@ -26,7 +26,11 @@ pub mod tag {
     pub const GET: u8 = 0xA0;
     pub const GET_NEXT: u8 = 0xA1;
     pub const RESPONSE: u8 = 0xA2;
+    /// SNMPv1 Trap-PDU (RFC 1157), a different layout from the others.
+    pub const TRAP_V1: u8 = 0xA4;
     pub const GET_BULK: u8 = 0xA5;
+    pub const INFORM: u8 = 0xA6;
+    pub const TRAP_V2: u8 = 0xA7;
     pub const REPORT: u8 = 0xA8;
 }
 
@@ -356,6 +360,16 @@ impl<'a> Reader<'a> {
     pub fn bytes(&self) -> &'a [u8] {
         self.data
     }
+
+    /// The bytes not read yet.
+    pub fn rest(&self) -> &'a [u8] {
+        self.data.get(self.pos..).unwrap_or(&[])
+    }
+
+    /// The tag of the next element, without reading it.
+    pub fn peek_tag(&self) -> Option<u8> {
+        self.rest().first().copied()
+    }
 }
 
 /// Signed big-endian two's complement, 1..=8 bytes.
@@ -510,11 +524,27 @@ pub fn decode_pdu(r: &mut Reader<'_>) -> Result<Pdu, DecodeError> {
     })?;
     let error_status = body.int("pdu.error-status")?;
     let error_index = body.int("pdu.error-index")?;
-    let mut list = body.expect(tag::SEQUENCE, "pdu.varbinds")?;
+    let varbinds = decode_varbinds(&mut body, "pdu")?;
+    Ok(Pdu {
+        kind,
+        request_id,
+        error_status,
+        error_index,
+        varbinds,
+    })
+}
+
+/// Decodes a varbind list (`SEQUENCE OF SEQUENCE { name, value }`), the
+/// fields named under `pdu` (`pdu.varbind[2].value`).
+pub fn decode_varbinds(
+    r: &mut Reader<'_>,
+    pdu: &str,
+) -> Result<Vec<(Vec<u32>, SnmpValue)>, DecodeError> {
+    let mut list = r.expect(tag::SEQUENCE, &format!("{pdu}.varbinds"))?;
     let mut varbinds = Vec::new();
     let mut i = 0;
     while !list.is_empty() {
-        let field = format!("pdu.varbind[{i}]");
+        let field = format!("{pdu}.varbind[{i}]");
         let mut vb = list.expect(tag::SEQUENCE, &field)?;
         let name = vb.oid(&format!("{field}.name"))?;
         let vfield = format!("{field}.value");
@@ -523,11 +553,46 @@ pub fn decode_pdu(r: &mut Reader<'_>) -> Result<Pdu, DecodeError> {
         varbinds.push((name, decode_value(t, &content, vat, &vfield)?));
         i += 1;
     }
-    Ok(Pdu {
-        kind,
-        request_id,
-        error_status,
-        error_index,
+    Ok(varbinds)
+}
+
+/// An SNMPv1 Trap-PDU (RFC 1157 §4.1.6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrapV1 {
+    pub enterprise: Vec<u32>,
+    pub agent_addr: [u8; 4],
+    pub generic: i64,
+    pub specific: i64,
+    pub time_stamp: u32,
+    pub varbinds: Vec<(Vec<u32>, SnmpValue)>,
+}
+
+/// Decodes the content of a Trap-PDU (its tag already read).
+pub fn decode_trap_v1(body: &mut Reader<'_>) -> Result<TrapV1, DecodeError> {
+    let enterprise = body.oid("trap.enterprise")?;
+    let at = body.offset();
+    let addr = body.expect(tag::IP_ADDRESS, "trap.agent-addr")?;
+    let agent_addr: [u8; 4] = addr.bytes().try_into().map_err(|_| {
+        DecodeError::new(
+            at,
+            "trap.agent-addr",
+            format!("an IpAddress of {} bytes (expected 4)", addr.bytes().len()),
+        )
+    })?;
+    let generic = body.int("trap.generic-trap")?;
+    let specific = body.int("trap.specific-trap")?;
+    let at = body.offset();
+    let ticks = body.expect(tag::TIMETICKS, "trap.time-stamp")?;
+    let time_stamp = decode_unsigned(ticks.bytes(), 32)
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| DecodeError::new(at, "trap.time-stamp", "TimeTicks does not fit 32 bits"))?;
+    let varbinds = decode_varbinds(body, "trap")?;
+    Ok(TrapV1 {
+        enterprise,
+        agent_addr,
+        generic,
+        specific,
+        time_stamp,
         varbinds,
     })
 }

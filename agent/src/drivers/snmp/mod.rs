@@ -53,7 +53,7 @@ mod config;
 pub mod value;
 
 pub use self::config::{
-    DEFAULT_LOOKUP_INTERVAL, OidError, OidRef, SnmpAuthProtocol, SnmpConfig, SnmpLookup,
+    At, DEFAULT_LOOKUP_INTERVAL, OidError, OidRef, SnmpAuthProtocol, SnmpConfig, SnmpLookup,
     SnmpMetric, SnmpPrivProtocol, SnmpSecurity, SnmpV3, SnmpWalk, ValueMeaning, oid_string,
     parse_oid, parse_oid_ref,
 };

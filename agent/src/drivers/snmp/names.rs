@@ -19,10 +19,11 @@ use crate::drivers::DriverConfig;
 /// Resolves every MIB name of every SNMP device of `cfg`, reading MIB
 /// modules from `cfg.mib_dirs`.
 pub fn resolve_names(cfg: &mut AgentConfig) -> Result<(), ConfigError> {
-    let any = cfg
-        .devices
-        .iter()
-        .any(|d| matches!(&d.driver, DriverConfig::Snmp(s) if !s.pending.is_empty()));
+    let any = cfg.devices.iter().any(|d| match &d.driver {
+        DriverConfig::Snmp(s) => !s.pending.is_empty(),
+        DriverConfig::SnmpTrap(t) => !t.mibs.is_empty(),
+        _ => false,
+    });
     if !any {
         return Ok(());
     }
@@ -30,9 +31,16 @@ pub fn resolve_names(cfg: &mut AgentConfig) -> Result<(), ConfigError> {
     let mut mibs = Mibs::new(cfg.mib_dirs.clone());
     let mut names = 0;
     for device in &mut cfg.devices {
-        if let DriverConfig::Snmp(s) = &mut device.driver {
-            names += s.pending.len();
-            resolve_device(&mut mibs, s)?;
+        match &mut device.driver {
+            DriverConfig::Snmp(s) => {
+                names += s.pending.len();
+                resolve_device(&mut mibs, s)?;
+            }
+            DriverConfig::SnmpTrap(t) => {
+                crate::drivers::snmp_trap::resolve_trap_names(&mut mibs, t)?;
+                names += t.names.0.len();
+            }
+            _ => {}
         }
     }
     info!(

@@ -1,0 +1,218 @@
+//! The SNMP notification receiver against net-snmp's own senders:
+//! `snmptrap` (v1 and v2c) and `snmpinform` (v2c, which exits 0 only when
+//! the inform was acknowledged). The OIDs are sent numerically and the
+//! readings must carry the names IF-MIB and SNMPv2-MIB give them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use tributary_agent::drivers::Driver;
+use tributary_agent::reading::{Polled, Reading, Value};
+use tributary_tests::peers::{snmp_mib_dirs, tool};
+
+/// A net-snmp command next to `snmpwalk` (Debian's `snmp` package).
+fn netsnmp(name: &str) -> Result<std::path::PathBuf> {
+    let walk = tool("TRIBUTARY_SNMPWALK", &["/usr/bin/snmpwalk"])?;
+    Ok(walk.with_file_name(name))
+}
+
+fn run(cmd: &mut Command) -> Result<bool> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        eprintln!(
+            "{cmd:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.status.success())
+}
+
+fn free_udp_port() -> Result<u16> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?.port())
+}
+
+async fn poll(driver: &mut Driver) -> Result<Vec<Reading>> {
+    match driver
+        .poll_values()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        Polled::Readings(r) => Ok(r),
+        Polled::Samples(s) => anyhow::bail!("samples, not readings: {s:?}"),
+    }
+}
+
+/// (metric, trap, index) of each reading, with its value.
+fn shown(readings: &[Reading]) -> Vec<(String, String, String, Value)> {
+    readings
+        .iter()
+        .map(|r| {
+            let l = |k: &str| r.series.labels.get(k).unwrap_or("").to_owned();
+            (
+                r.series.metric.to_string(),
+                l("trap"),
+                l("index"),
+                r.value.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traps_and_informs_from_net_snmp() -> Result<()> {
+    let dirs: Vec<String> = snmp_mib_dirs()?
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
+    let port = free_udp_port()?;
+    let target = format!("127.0.0.1:{port}");
+    let text = format!(
+        "id = \"trap-test\"\ncollectors = [\"http://127.0.0.1:1\"]\nmib_dirs = [{}]\n\n\
+         [[devices]]\nname = \"traps\"\ndriver = \"snmp_trap\"\ninterval = \"1s\"\n\
+         listen = \"{target}\"\ncommunity = \"public\"\n",
+        dirs.join(", ")
+    );
+    let cfg = tributary_agent::config::parse(&text, std::path::Path::new("agent.toml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut driver = Driver::build(&cfg.devices[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let counts = poll(&mut driver).await?;
+    ensure!(
+        counts.len() == 2,
+        "only the counts before any trap: {counts:?}"
+    );
+
+    let snmptrap = netsnmp("snmptrap")?;
+    let snmpinform = netsnmp("snmpinform")?;
+    // Numeric OIDs only: no MIB is needed on the sending side.
+    let (if_index, if_descr, if_oper) = (
+        "1.3.6.1.2.1.2.2.1.1.3",
+        "1.3.6.1.2.1.2.2.1.2.3",
+        "1.3.6.1.2.1.2.2.1.8.3",
+    );
+    // v2c linkDown.
+    ensure!(run(Command::new(&snmptrap).args([
+        "-v",
+        "2c",
+        "-c",
+        "public",
+        &target,
+        "",
+        "1.3.6.1.6.3.1.1.5.3",
+        if_index,
+        "i",
+        "3",
+        if_descr,
+        "s",
+        "eth3",
+        if_oper,
+        "i",
+        "2",
+    ]))?);
+    // v1 linkDown (generic-trap 2) from an agent address of its own.
+    ensure!(run(Command::new(&snmptrap).args([
+        "-v",
+        "1",
+        "-c",
+        "public",
+        &target,
+        "1.3.6.1.4.1.8072.3.2.10",
+        "10.0.0.9",
+        "2",
+        "0",
+        "",
+        if_index,
+        "i",
+        "3",
+    ]))?);
+    // An inform with the wrong community: not acknowledged (snmpinform
+    // gives up after its one try).
+    ensure!(
+        !run(Command::new(&snmpinform).args([
+            "-v",
+            "2c",
+            "-c",
+            "wrong",
+            "-r",
+            "0",
+            "-t",
+            "1",
+            &target,
+            "",
+            "1.3.6.1.6.3.1.1.5.4",
+            if_index,
+            "i",
+            "3",
+        ]))?,
+        "an inform with the wrong community was acknowledged"
+    );
+    // linkUp as an inform: acknowledged (and, the datagrams being handled in
+    // order, everything above is queued by then).
+    ensure!(
+        run(Command::new(&snmpinform).args([
+            "-v",
+            "2c",
+            "-c",
+            "public",
+            "-r",
+            "2",
+            "-t",
+            "3",
+            &target,
+            "",
+            "1.3.6.1.6.3.1.1.5.4",
+            if_index,
+            "i",
+            "3",
+            if_oper,
+            "i",
+            "1",
+        ]))?,
+        "the inform was not acknowledged"
+    );
+
+    let readings = poll(&mut driver).await?;
+    let s = |m: &str, t: &str, i: &str, v: Value| (m.to_owned(), t.to_owned(), i.to_owned(), v);
+    assert_eq!(
+        shown(&readings),
+        vec![
+            s("snmp_trap", "linkDown", "", Value::I64(1)),
+            s("ifIndex", "linkDown", "3", Value::I64(3)),
+            s("ifDescr", "linkDown", "3", Value::Str("eth3".into())),
+            s("ifOperStatus", "linkDown", "3", Value::I64(2)),
+            s("snmp_trap", "linkDown", "", Value::I64(1)),
+            s("ifIndex", "linkDown", "3", Value::I64(3)),
+            s("snmp_trap", "linkUp", "", Value::I64(1)),
+            s("ifIndex", "linkUp", "3", Value::I64(3)),
+            s("ifOperStatus", "linkUp", "3", Value::I64(1)),
+            s("snmp_trap_rejected_total", "", "", Value::I64(1)),
+            s("snmp_trap_dropped_total", "", "", Value::I64(0)),
+        ]
+    );
+    for r in &readings[..9] {
+        assert_eq!(r.series.labels.get("source"), Some("127.0.0.1"));
+        assert!(r.ts_ns > 0, "stamped when it arrived");
+    }
+    // Nothing more arrived: the next poll has the counts only.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(poll(&mut driver).await?.len(), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_a_poll_error_that_names_it() -> Result<()> {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?;
+    let text = format!(
+        "id = \"trap-test\"\ncollectors = [\"http://127.0.0.1:1\"]\n\n[[devices]]\nname = \"traps\"\n\
+         driver = \"snmp_trap\"\ninterval = \"1s\"\nlisten = \"{addr}\"\ncommunity = \"public\"\nmibs = []\n"
+    );
+    let cfg = tributary_agent::config::parse(&text, std::path::Path::new("agent.toml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut driver = Driver::build(&cfg.devices[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let e = poll(&mut driver).await.expect_err("port taken").to_string();
+    ensure!(e.contains(&format!("cannot listen on udp {addr}")), "{e}");
+    Ok(())
+}
