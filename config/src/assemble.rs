@@ -7,7 +7,8 @@
 //! value was written at.
 //!
 //! Every line is kept twice: as it will be parsed, and as it may be shown
-//! (`shown`), where each secret is [`REDACTED`].
+//! (`shown`), where each secret is [`REDACTED`] (a secret key holding a
+//! list of strings, each item).
 
 use std::path::{Path, PathBuf};
 
@@ -304,6 +305,33 @@ impl Renderer<'_> {
             line: u32::try_from(src.line(value.span().start)).unwrap_or(u32::MAX),
         };
         let (secret, twin) = self.secret(key);
+        if secret
+            && twin.is_none()
+            && let DeValue::Array(items) = value.get_ref()
+        {
+            // A list of secrets (`communities`): each one expanded, each
+            // one shown redacted.
+            let mut texts = Vec::with_capacity(items.len());
+            for item in items.iter() {
+                let DeValue::String(s) = item.get_ref() else {
+                    return Err(src.error(item.span(), errkey, "expected a list of strings"));
+                };
+                let s = expand(s, self.lookup)
+                    .map(|c| c.into_owned())
+                    .map_err(|e| src.error(item.span(), &errkey, e.secret_message(s)))?;
+                texts.push(toml_string(&s));
+            }
+            let k = toml_key(key);
+            let shown = vec![toml_string(REDACTED); texts.len()];
+            return Ok((
+                key.to_owned(),
+                Entry::Inline(Line {
+                    text: format!("{k} = [{}]", texts.join(", ")),
+                    shown: Some(format!("{k} = [{}]", shown.join(", "))),
+                    origin,
+                }),
+            ));
+        }
         if secret || twin.is_some() {
             let DeValue::String(s) = value.get_ref() else {
                 return Err(src.error(value.span(), errkey, "expected a string"));

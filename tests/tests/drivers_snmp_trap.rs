@@ -45,16 +45,18 @@ async fn poll(driver: &mut Driver) -> Result<Vec<Reading>> {
     }
 }
 
-/// (metric, trap, index) of each reading, with its value.
-fn shown(readings: &[Reading]) -> Vec<(String, String, String, Value)> {
+/// (device, metric, snmpTrapOID, index or cause) of each reading, with its
+/// value.
+fn shown(readings: &[Reading]) -> Vec<(String, String, String, String, Value)> {
     readings
         .iter()
         .map(|r| {
             let l = |k: &str| r.series.labels.get(k).unwrap_or("").to_owned();
             (
+                r.series.device.to_string(),
                 r.series.metric.to_string(),
-                l("trap"),
-                l("index"),
+                l("snmpTrapOID"),
+                l("index") + &l("cause"),
                 r.value.clone(),
             )
         })
@@ -72,7 +74,8 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
     let text = format!(
         "id = \"trap-test\"\ncollectors = [\"http://127.0.0.1:1\"]\nmib_dirs = [{}]\n\n\
          [[devices]]\nname = \"traps\"\ndriver = \"snmp_trap\"\ninterval = \"1s\"\n\
-         listen = \"{target}\"\ncommunity = \"public\"\n",
+         listen = \"{target}\"\ncommunities = [\"public\", \"other\"]\n\
+         senders = [{{ address = \"127.0.0.1\", name = \"lab-switch\" }}]\n",
         dirs.join(", ")
     );
     let cfg = tributary_agent::config::parse(&text, std::path::Path::new("agent.toml"))
@@ -80,7 +83,7 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
     let mut driver = Driver::build(&cfg.devices[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let counts = poll(&mut driver).await?;
     ensure!(
-        counts.len() == 2,
+        counts.len() == 4,
         "only the counts before any trap: {counts:?}"
     );
 
@@ -148,6 +151,27 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
         ]))?,
         "an inform with the wrong community was acknowledged"
     );
+    // Not notifications: random bytes, and an SNMPv3 message (not received
+    // yet), sent with net-snmp's own v3 GET.
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    junk.send_to(b"\x30\x03\x02\x01", &target)?;
+    ensure!(
+        !run(Command::new(netsnmp("snmpget")?).args([
+            "-v",
+            "3",
+            "-l",
+            "noAuthNoPriv",
+            "-u",
+            "nobody",
+            "-r",
+            "0",
+            "-t",
+            "1",
+            &target,
+            "1.3.6.1.2.1.1.3.0",
+        ]))?,
+        "a v3 request was answered"
+    );
     // linkUp as an inform: acknowledged (and, the datagrams being handled in
     // order, everything above is queued by then).
     ensure!(
@@ -174,30 +198,59 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
     );
 
     let readings = poll(&mut driver).await?;
-    let s = |m: &str, t: &str, i: &str, v: Value| (m.to_owned(), t.to_owned(), i.to_owned(), v);
+    let s = |m: &str, t: &str, i: &str, v: Value| {
+        (
+            "lab-switch".to_owned(),
+            m.to_owned(),
+            t.to_owned(),
+            i.to_owned(),
+            v,
+        )
+    };
+    let count = |m: &str, cause: &str, n: i64| {
+        (
+            "traps".to_owned(),
+            m.to_owned(),
+            String::new(),
+            cause.to_owned(),
+            Value::I64(n),
+        )
+    };
     assert_eq!(
         shown(&readings),
         vec![
-            s("snmp_trap", "linkDown", "", Value::I64(1)),
+            s("linkDown", "linkDown", "", Value::I64(1)),
             s("ifIndex", "linkDown", "3", Value::I64(3)),
             s("ifDescr", "linkDown", "3", Value::Str("eth3".into())),
             s("ifOperStatus", "linkDown", "3", Value::I64(2)),
-            s("snmp_trap", "linkDown", "", Value::I64(1)),
+            s("linkDown", "linkDown", "", Value::I64(1)),
             s("ifIndex", "linkDown", "3", Value::I64(3)),
-            s("snmp_trap", "linkUp", "", Value::I64(1)),
+            s("linkUp", "linkUp", "", Value::I64(1)),
             s("ifIndex", "linkUp", "3", Value::I64(3)),
             s("ifOperStatus", "linkUp", "3", Value::I64(1)),
-            s("snmp_trap_rejected_total", "", "", Value::I64(1)),
-            s("snmp_trap_dropped_total", "", "", Value::I64(0)),
+            count("snmp_trap_rejected_total", "community", 1),
+            count("snmp_trap_rejected_total", "malformed", 1),
+            count("snmp_trap_rejected_total", "version", 1),
+            count("snmp_trap_dropped_total", "", 0),
         ]
     );
     for r in &readings[..9] {
-        assert_eq!(r.series.labels.get("source"), Some("127.0.0.1"));
         assert!(r.ts_ns > 0, "stamped when it arrived");
     }
     // Nothing more arrived: the next poll has the counts only.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(poll(&mut driver).await?.len(), 2);
+    assert_eq!(poll(&mut driver).await?.len(), 4);
+    // The communities are secrets: `tributary-agent config` shows neither.
+    let dir = tributary_tests::process::TestDir::new("snmp-trap-config")?;
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, &text)?;
+    let (_, shown) =
+        tributary_agent::config::effective(&path, &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(
+        shown.contains("communities = [\"<redacted>\", \"<redacted>\"]")
+            && !shown.contains("other\""),
+        "{shown}"
+    );
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! next poll.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -22,14 +22,18 @@ pub const DEFAULT_MAX_PENDING: usize = 10_000;
 pub const DEFAULT_MIBS: &[&str] = &["SNMPv2-MIB", "IF-MIB"];
 
 /// An SNMP notification receiver.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct SnmpTrapConfig {
     /// UDP address to receive on (`0.0.0.0:162` needs the privilege to
     /// bind a low port).
     pub listen: SocketAddr,
-    /// The community an SNMPv1/v2c notification must carry; others are
-    /// counted and dropped (and an inform is not acknowledged).
-    pub community: String,
+    /// The communities an SNMPv1/v2c notification may carry (`community`
+    /// and `communities` together); others are counted and dropped (and an
+    /// inform is not acknowledged).
+    pub communities: Vec<String>,
+    /// Device name by sender address; a sender not listed is named by its
+    /// address.
+    pub senders: BTreeMap<IpAddr, String>,
     /// MIB modules whose object and notification names label readings.
     pub mibs: Vec<String>,
     /// Notifications kept for the next poll; beyond that they are counted
@@ -74,13 +78,39 @@ impl OidNames {
     }
 }
 
+impl std::fmt::Debug for SnmpTrapConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnmpTrapConfig")
+            .field("listen", &self.listen)
+            .field(
+                "communities",
+                &format!("<{} redacted>", self.communities.len()),
+            )
+            .field("senders", &self.senders)
+            .field("mibs", &self.mibs)
+            .field("max_pending", &self.max_pending)
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSnmpTrap {
     listen: Spanned<String>,
-    community: Spanned<String>,
+    community: Option<Spanned<String>>,
+    communities: Option<Spanned<Vec<String>>>,
+    senders: Option<Vec<Spanned<RawSender>>>,
     mibs: Option<Vec<Spanned<String>>>,
     max_pending: Option<Spanned<usize>>,
+}
+
+/// `{ address = "10.0.0.5", name = "sw-5" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSender {
+    address: Spanned<String>,
+    name: Spanned<String>,
 }
 
 impl RawSnmpTrap {
@@ -100,12 +130,55 @@ impl RawSnmpTrap {
                     ),
                 )
             })?;
-        if self.community.get_ref().is_empty() {
+        let mut communities = Vec::new();
+        if let Some(c) = &self.community {
+            if c.get_ref().is_empty() {
+                return Err(src.error(c.span(), format!("{key}.community"), "must not be empty"));
+            }
+            communities.push(c.get_ref().clone());
+        }
+        if let Some(list) = &self.communities {
+            if list.get_ref().iter().any(String::is_empty) {
+                return Err(src.error(
+                    list.span(),
+                    format!("{key}.communities"),
+                    "a community must not be empty",
+                ));
+            }
+            communities.extend(list.get_ref().iter().cloned());
+        }
+        if communities.is_empty() {
             return Err(src.error(
-                self.community.span(),
-                format!("{key}.community"),
-                "must not be empty",
+                self.listen.span(),
+                key.to_owned(),
+                "set `community` (or `community_file`) or `communities`: the communities a notification may carry",
             ));
+        }
+        let mut senders = BTreeMap::new();
+        for s in self.senders.unwrap_or_default() {
+            let s = s.into_inner();
+            let address = s.address.get_ref().trim().parse::<IpAddr>().map_err(|_| {
+                src.error(
+                    s.address.span(),
+                    format!("{key}.senders.address"),
+                    format!("\"{}\" is not an IP address", s.address.get_ref()),
+                )
+            })?;
+            let name = s.name.get_ref();
+            if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+                return Err(src.error(
+                    s.name.span(),
+                    format!("{key}.senders.name"),
+                    "must be 1 to 256 printable characters",
+                ));
+            }
+            if let Some(before) = senders.insert(address, name.clone()) {
+                return Err(src.error(
+                    s.address.span(),
+                    format!("{key}.senders.address"),
+                    format!("{address} is listed twice (also as \"{before}\")"),
+                ));
+            }
         }
         let mibs_written = self.mibs.is_some();
         let at = At {
@@ -148,7 +221,8 @@ impl RawSnmpTrap {
         };
         Ok(SnmpTrapConfig {
             listen,
-            community: self.community.into_inner(),
+            communities,
+            senders,
             mibs,
             max_pending,
             mibs_written,
@@ -159,7 +233,7 @@ impl RawSnmpTrap {
 }
 
 impl Settings for SnmpTrapConfig {
-    const SECRETS: &'static [&'static str] = &["community"];
+    const SECRETS: &'static [&'static str] = &["community", "communities"];
 
     fn parse(mut table: DriverTable<'_, '_>) -> Result<Self, ConfigError> {
         let raw: RawSnmpTrap = table.deserialize()?;

@@ -12,15 +12,18 @@
 //! shared. The device is up while the socket is bound; a poll that cannot
 //! bind fails with the reason (port taken, no privilege for port 162).
 //!
-//! Readings of one notification from `source` (the sender's IP address),
-//! `trap` being the notification's MIB name (`linkDown`) or its numeric OID:
-//! `snmp_trap{trap, source} = 1`, and one reading per varbind named by its
-//! MIB object (`ifOperStatus{trap, source, index="3"} = 2`), or
-//! `snmp_trap_varbind{trap, source, oid}` when no module of `mibs` names
-//! it. Every poll also reports `snmp_trap_rejected_total` (datagrams that
-//! are not a v1/v2c notification with the right community) and
-//! `snmp_trap_dropped_total` (notifications that found the queue full).
-//! SNMPv3 notifications are rejected (counted) for now.
+//! Readings of one notification, on the device named after its sender
+//! (`senders` maps an address to a name; otherwise the address itself):
+//! one reading named after the notification (`linkDown`, from the MIBs of
+//! `mibs`, or its numeric OID) with the value 1, and one per varbind named
+//! after its MIB object (`ifOperStatus`, the instance in `index`) or its
+//! numeric OID; each carries the notification as the label `snmpTrapOID`.
+//! Every poll also reports, on the receiving device itself,
+//! `snmp_trap_rejected_total{cause}` (`community`: no configured community;
+//! `malformed`: not a well-formed v1/v2c notification; `version`: SNMPv3
+//! or unknown, not received yet) and `snmp_trap_dropped_total`
+//! (notifications that found the queue full). A rejected sender is logged
+//! at most once a minute.
 //!
 //! Owns: one UDP socket, its task and queue. May touch: the SNMP driver's
 //! BER codec, value mapping and MIB loader, and `crate::reading`.
@@ -33,7 +36,8 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -52,6 +56,12 @@ use crate::reading::{FailureKind, Polled, Reading, SeriesKey, Value, now_ns, ser
 /// Largest datagram read (the largest UDP payload).
 const MAX_DATAGRAM: usize = 65_535;
 
+/// How often one sender's rejections are logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Senders remembered for that (beyond, the others are not logged).
+const MAX_TOLD: usize = 10_000;
+
 /// Series kept for reuse; beyond this the cache starts again (the
 /// scheduler's series limit bounds what is stored).
 const MAX_CACHED_SERIES: usize = 10_000;
@@ -61,8 +71,11 @@ pub struct SnmpTrapDriver {
     cfg: Arc<SnmpTrapConfig>,
     device: String,
     receiver: Option<Receiver>,
-    series: HashMap<(String, BTreeMap<String, String>), Arc<SeriesKey>>,
+    series: HashMap<SeriesName, Arc<SeriesKey>>,
 }
+
+/// (device, metric, labels).
+type SeriesName = (String, String, BTreeMap<String, String>);
 
 impl std::fmt::Debug for SnmpTrapDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,12 +100,30 @@ impl Drop for Receiver {
     }
 }
 
+/// Why a datagram was rejected.
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    Community,
+    Malformed,
+    Version,
+}
+
+impl Cause {
+    const ALL: [Cause; 3] = [Cause::Community, Cause::Malformed, Cause::Version];
+
+    fn label(self) -> &'static str {
+        match self {
+            Cause::Community => "community",
+            Cause::Malformed => "malformed",
+            Cause::Version => "version",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counts {
-    rejected: AtomicU64,
+    rejected: [AtomicU64; 3],
     dropped: AtomicU64,
-    /// A rejection was logged at warn level (later ones at debug).
-    rejection_told: AtomicBool,
 }
 
 /// A notification and where and when it came from.
@@ -142,13 +173,22 @@ impl SnmpTrapDriver {
             self.readings_of(received, &mut readings);
         }
         if let Some(r) = &self.receiver {
-            let rejected = r.counts.rejected.load(Ordering::Relaxed);
-            let dropped = r.counts.dropped.load(Ordering::Relaxed);
-            for (metric, n) in [
-                ("snmp_trap_rejected_total", rejected),
-                ("snmp_trap_dropped_total", dropped),
-            ] {
-                let series = self.series(metric, BTreeMap::new());
+            let mut counts: Vec<(&str, BTreeMap<String, String>, u64)> = Cause::ALL
+                .iter()
+                .map(|&c| {
+                    let labels = BTreeMap::from([("cause".to_owned(), c.label().to_owned())]);
+                    let n = r.counts.rejected[c as usize].load(Ordering::Relaxed);
+                    ("snmp_trap_rejected_total", labels, n)
+                })
+                .collect();
+            counts.push((
+                "snmp_trap_dropped_total",
+                BTreeMap::new(),
+                r.counts.dropped.load(Ordering::Relaxed),
+            ));
+            let device = self.device.clone();
+            for (metric, labels, n) in counts {
+                let series = self.series(&device, metric, labels);
                 readings.push(Reading {
                     series,
                     // Stamped by the scheduler with the poll's time.
@@ -162,17 +202,21 @@ impl SnmpTrapDriver {
 
     /// The readings of one notification, stamped when it arrived.
     fn readings_of(&mut self, r: Received, out: &mut Vec<Reading>) {
-        let names = self.cfg.names.clone();
+        let cfg = self.cfg.clone();
+        let names = &cfg.names;
         let n = &r.notification;
+        let device = cfg
+            .senders
+            .get(&r.source)
+            .cloned()
+            .unwrap_or_else(|| r.source.to_string());
         let trap = match names.find(&n.trap_oid) {
             Some((name, [])) => name.name.clone(),
             _ => oid_string(&n.trap_oid),
         };
-        let mut labels = BTreeMap::new();
-        labels.insert("trap".to_owned(), trap);
-        labels.insert("source".to_owned(), r.source.to_string());
+        let labels = BTreeMap::from([("snmpTrapOID".to_owned(), trap.clone())]);
         out.push(Reading {
-            series: self.series("snmp_trap", labels.clone()),
+            series: self.series(&device, &trap, labels.clone()),
             ts_ns: r.ts_ns,
             value: Value::I64(1),
         });
@@ -188,28 +232,30 @@ impl SnmpTrapDriver {
                         to_value_as(value, &name.meaning),
                     )
                 }
-                None => {
-                    labels.insert("oid".to_owned(), oid_string(oid));
-                    ("snmp_trap_varbind".to_owned(), to_value(value))
-                }
+                None => (oid_string(oid), to_value(value)),
             };
             out.push(Reading {
-                series: self.series(&metric, labels),
+                series: self.series(&device, &metric, labels),
                 ts_ns: r.ts_ns,
                 value,
             });
         }
     }
 
-    fn series(&mut self, metric: &str, labels: BTreeMap<String, String>) -> Arc<SeriesKey> {
+    fn series(
+        &mut self,
+        device: &str,
+        metric: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Arc<SeriesKey> {
         if self.series.len() >= MAX_CACHED_SERIES {
             self.series.clear();
         }
-        let key = (metric.to_owned(), labels);
+        let key = (device.to_owned(), metric.to_owned(), labels);
         if let Some(s) = self.series.get(&key) {
             return s.clone();
         }
-        let s = series_with(&self.device, metric, &key.1, "");
+        let s = series_with(device, metric, &key.2, "");
         self.series.insert(key, s.clone());
         s
     }
@@ -223,24 +269,36 @@ async fn receive(
     counts: Arc<Counts>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut told = Told::default();
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
             Err(e) => {
                 debug!(listen = %cfg.listen, error = %e, "snmp_trap: receive failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         let ts_ns = now_ns();
         let notification = match decode(&buf[..len]) {
-            Ok(n) if n.community == cfg.community.as_bytes() => n,
+            Ok(n) if cfg.communities.iter().any(|c| c.as_bytes() == n.community) => n,
             Ok(_) => {
-                reject(&counts, &cfg, from, "wrong community");
+                told.reject(
+                    &counts,
+                    &cfg,
+                    from,
+                    Cause::Community,
+                    "no configured community",
+                );
                 continue;
             }
             Err(e) => {
-                reject(&counts, &cfg, from, &e.to_string());
+                let cause = if e.field == "message.version" && e.reason.contains("SNMP") {
+                    Cause::Version
+                } else {
+                    Cause::Malformed
+                };
+                told.reject(&counts, &cfg, from, cause, &e.to_string());
                 continue;
             }
         };
@@ -268,14 +326,34 @@ async fn receive(
     }
 }
 
-/// Counts a rejected datagram; the first is logged at warn level, the rest
-/// at debug (a flood must not flood the log).
-fn reject(counts: &Counts, cfg: &SnmpTrapConfig, from: SocketAddr, why: &str) {
-    counts.rejected.fetch_add(1, Ordering::Relaxed);
-    if counts.rejection_told.swap(true, Ordering::Relaxed) {
-        debug!(listen = %cfg.listen, %from, reason = why, "snmp_trap: datagram rejected");
-    } else {
-        warn!(listen = %cfg.listen, %from, reason = why, "snmp_trap: datagram rejected (further rejections are counted in snmp_trap_rejected_total and logged at debug level)");
+/// When each sender was last logged as rejected.
+#[derive(Default)]
+struct Told(HashMap<IpAddr, Instant>);
+
+impl Told {
+    /// Counts a rejected datagram and logs it, at most once a minute per
+    /// sender (a flood must not flood the log; the counts say how many).
+    fn reject(
+        &mut self,
+        counts: &Counts,
+        cfg: &SnmpTrapConfig,
+        from: SocketAddr,
+        cause: Cause,
+        why: &str,
+    ) {
+        counts.rejected[cause as usize].fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if self.0.len() >= MAX_TOLD {
+            self.0.retain(|_, at| now.duration_since(*at) < LOG_EVERY);
+        }
+        let due = self
+            .0
+            .get(&from.ip())
+            .is_none_or(|at| now.duration_since(*at) >= LOG_EVERY);
+        if due && self.0.len() < MAX_TOLD {
+            self.0.insert(from.ip(), now);
+            warn!(listen = %cfg.listen, %from, cause = cause.label(), reason = why, "snmp_trap: datagram rejected (counted in snmp_trap_rejected_total; this sender is logged again in a minute at the earliest)");
+        }
     }
 }
 

@@ -131,12 +131,24 @@ fn what_is_not_a_notification_says_what_it_is() {
 
 #[test]
 fn settings_and_their_errors() {
-    let d = device("driver = \"snmp_trap\"\nlisten = \"127.0.0.1:9162\"\ncommunity = \"s3cret\"\n")
-        .expect("valid");
+    let d = device(
+        "driver = \"snmp_trap\"\nlisten = \"127.0.0.1:9162\"\ncommunity = \"s3cret\"\n\
+         communities = [\"other-s3cret\"]\nsenders = [{ address = \"10.0.0.5\", name = \"sw-5\" }]\n",
+    )
+    .expect("valid");
     let DriverConfig::SnmpTrap(t) = d else {
         panic!("not snmp_trap: {d:?}");
     };
     assert_eq!(t.listen, "127.0.0.1:9162".parse().expect("addr"));
+    assert_eq!(t.communities, ["s3cret", "other-s3cret"]);
+    assert_eq!(
+        t.senders
+            .get(&"10.0.0.5".parse().expect("ip"))
+            .map(String::as_str),
+        Some("sw-5")
+    );
+    let shown = format!("{t:?}");
+    assert!(!shown.contains("s3cret"), "a community in Debug: {shown}");
     assert_eq!(t.mibs, DEFAULT_MIBS);
     assert!(!t.mibs_written);
     assert_eq!(t.max_pending, DEFAULT_MAX_PENDING);
@@ -157,7 +169,22 @@ fn settings_and_their_errors() {
             "listen = \"127.0.0.1:9162\"\ncommunity = \"c\"\nmax_pending = 0\n",
             "max_pending: 0 is out of range",
         ),
-        ("listen = \"127.0.0.1:9162\"\n", "community"),
+        (
+            "listen = \"127.0.0.1:9162\"\n",
+            "set `community` (or `community_file`) or `communities`",
+        ),
+        (
+            "listen = \"127.0.0.1:9162\"\ncommunities = [\"\"]\n",
+            "communities: a community must not be empty",
+        ),
+        (
+            "listen = \"127.0.0.1:9162\"\ncommunity = \"c\"\nsenders = [{ address = \"sw\", name = \"x\" }]\n",
+            "senders.address: \"sw\" is not an IP address",
+        ),
+        (
+            "listen = \"127.0.0.1:9162\"\ncommunity = \"c\"\nsenders = [{ address = \"10.0.0.1\", name = \"a\" }, { address = \"10.0.0.1\", name = \"b\" }]\n",
+            "10.0.0.1 is listed twice (also as \"a\")",
+        ),
     ] {
         let e = device(&format!("driver = \"snmp_trap\"\n{body}"))
             .expect_err(body)
@@ -184,7 +211,7 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
     cfg.listen = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut d = SnmpTrapDriver::new(&cfg, "traps");
     let first = d.poll().await.expect("bound");
-    assert_eq!(first.len(), 2, "the two counts: {first:?}");
+    assert_eq!(first.len(), 4, "the counts: {first:?}");
     let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("sender");
@@ -217,32 +244,56 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
     let (_, _, pdu) = ber::decode_v2c(&ack[..n]).expect("a response");
     assert_eq!((pdu.kind, pdu.request_id), (tag::RESPONSE, 77));
     let readings = d.poll().await.expect("polled");
-    let named: Vec<(String, Option<String>, &Value)> = readings
+    let shown: Vec<(String, String, Option<String>, &Value)> = readings
         .iter()
         .map(|r| {
             (
+                r.series.device.to_string(),
                 r.series.metric.to_string(),
-                r.series.labels.get("oid").map(str::to_owned),
+                r.series.labels.get("cause").map(str::to_owned),
                 &r.value,
             )
         })
         .collect();
-    let oid = Some("1.3.6.1.2.1.2.2.1.8.3".to_owned());
+    let (sender, here) = ("127.0.0.1".to_owned(), "traps".to_owned());
+    let (trap, varbind) = (
+        "1.3.6.1.6.3.1.1.5.3".to_owned(),
+        "1.3.6.1.2.1.2.2.1.8.3".to_owned(),
+    );
+    let cause = |c: &str| Some(c.to_owned());
     assert_eq!(
-        named,
+        shown,
         vec![
-            ("snmp_trap".to_owned(), None, &Value::I64(1)),
-            ("snmp_trap_varbind".to_owned(), oid.clone(), &Value::I64(2)),
-            ("snmp_trap".to_owned(), None, &Value::I64(1)),
-            ("snmp_trap_varbind".to_owned(), oid, &Value::I64(2)),
-            ("snmp_trap_rejected_total".to_owned(), None, &Value::I64(2)),
-            ("snmp_trap_dropped_total".to_owned(), None, &Value::I64(0)),
+            (sender.clone(), trap.clone(), None, &Value::I64(1)),
+            (sender.clone(), varbind.clone(), None, &Value::I64(2)),
+            (sender.clone(), trap.clone(), None, &Value::I64(1)),
+            (sender, varbind, None, &Value::I64(2)),
+            (
+                here.clone(),
+                "snmp_trap_rejected_total".into(),
+                cause("community"),
+                &Value::I64(1)
+            ),
+            (
+                here.clone(),
+                "snmp_trap_rejected_total".into(),
+                cause("malformed"),
+                &Value::I64(1)
+            ),
+            (
+                here.clone(),
+                "snmp_trap_rejected_total".into(),
+                cause("version"),
+                &Value::I64(0)
+            ),
+            (here, "snmp_trap_dropped_total".into(), None, &Value::I64(0)),
         ]
     );
-    let trap = &readings[0];
-    assert_eq!(trap.series.labels.get("trap"), Some("1.3.6.1.6.3.1.1.5.3"));
-    assert_eq!(trap.series.labels.get("source"), Some("127.0.0.1"));
-    assert!(trap.ts_ns >= before, "stamped on arrival");
+    assert_eq!(
+        readings[1].series.labels.get("snmpTrapOID"),
+        Some(trap.as_str())
+    );
+    assert!(readings[0].ts_ns >= before, "stamped on arrival");
     assert_eq!(
         readings[4].ts_ns, 0,
         "the counts are stamped by the scheduler"
