@@ -83,7 +83,7 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
     let mut driver = Driver::build(&cfg.devices[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let counts = poll(&mut driver).await?;
     ensure!(
-        counts.len() == 4,
+        counts.len() == 5,
         "only the counts before any trap: {counts:?}"
     );
 
@@ -231,7 +231,8 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
             count("snmp_trap_rejected_total", "community", 1),
             count("snmp_trap_rejected_total", "malformed", 1),
             count("snmp_trap_rejected_total", "version", 1),
-            count("snmp_trap_dropped_total", "", 0),
+            count("snmp_trap_dropped_total", "rate", 0),
+            count("snmp_trap_dropped_total", "queue", 0),
         ]
     );
     for r in &readings[..9] {
@@ -239,7 +240,7 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
     }
     // Nothing more arrived: the next poll has the counts only.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(poll(&mut driver).await?.len(), 4);
+    assert_eq!(poll(&mut driver).await?.len(), 5);
     // The communities are secrets: `tributary-agent config` shows neither.
     let dir = tributary_tests::process::TestDir::new("snmp-trap-config")?;
     let path = dir.path().join("agent.toml");

@@ -17,6 +17,13 @@ use crate::drivers::snmp::At;
 /// Notifications kept between two polls unless `max_pending` says.
 pub const DEFAULT_MAX_PENDING: usize = 10_000;
 
+/// Notifications per second accepted from one sender unless
+/// `max_rate_per_sender` says.
+pub const DEFAULT_MAX_RATE_PER_SENDER: u32 = 1_000;
+
+/// Notifications per second accepted in all unless `max_rate` says.
+pub const DEFAULT_MAX_RATE: u32 = 20_000;
+
 /// Modules whose names are used unless `mibs` says: the generic traps
 /// (`coldStart`, `linkDown`, ...) and the interface objects they carry.
 pub const DEFAULT_MIBS: &[&str] = &["SNMPv2-MIB", "IF-MIB"];
@@ -40,6 +47,11 @@ pub struct SnmpTrapConfig {
     /// as dropped (an inform is then not acknowledged, so its sender
     /// retries).
     pub max_pending: usize,
+    /// Notifications per second accepted from one sender, and in all;
+    /// beyond them they are dropped and counted (a flood costs decoding,
+    /// not memory or the uplink).
+    pub max_rate_per_sender: u32,
+    pub max_rate: u32,
     /// `mibs` was written (a module missing is then an error; the default
     /// modules are used when present).
     pub mibs_written: bool,
@@ -89,6 +101,8 @@ impl std::fmt::Debug for SnmpTrapConfig {
             .field("senders", &self.senders)
             .field("mibs", &self.mibs)
             .field("max_pending", &self.max_pending)
+            .field("max_rate_per_sender", &self.max_rate_per_sender)
+            .field("max_rate", &self.max_rate)
             .field("names", &self.names)
             .finish_non_exhaustive()
     }
@@ -103,6 +117,8 @@ struct RawSnmpTrap {
     senders: Option<Vec<Spanned<RawSender>>>,
     mibs: Option<Vec<Spanned<String>>>,
     max_pending: Option<Spanned<usize>>,
+    max_rate_per_sender: Option<Spanned<u32>>,
+    max_rate: Option<Spanned<u32>>,
 }
 
 /// `{ address = "10.0.0.5", name = "sw-5" }`.
@@ -219,12 +235,29 @@ impl RawSnmpTrap {
                 ));
             }
         };
+        let rate = |v: Option<Spanned<u32>>, name: &str, default: u32| match v {
+            None => Ok(default),
+            Some(n) if (1..=1_000_000).contains(n.get_ref()) => Ok(n.into_inner()),
+            Some(n) => Err(src.error(
+                n.span(),
+                format!("{key}.{name}"),
+                format!("{} is out of range (1..=1000000 per second)", n.get_ref()),
+            )),
+        };
+        let max_rate_per_sender = rate(
+            self.max_rate_per_sender,
+            "max_rate_per_sender",
+            DEFAULT_MAX_RATE_PER_SENDER,
+        )?;
+        let max_rate = rate(self.max_rate, "max_rate", DEFAULT_MAX_RATE)?;
         Ok(SnmpTrapConfig {
             listen,
             communities,
             senders,
             mibs,
             max_pending,
+            max_rate_per_sender,
+            max_rate,
             mibs_written,
             at,
             names: OidNames::default(),

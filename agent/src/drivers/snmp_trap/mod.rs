@@ -21,9 +21,10 @@
 //! Every poll also reports, on the receiving device itself,
 //! `snmp_trap_rejected_total{cause}` (`community`: no configured community;
 //! `malformed`: not a well-formed v1/v2c notification; `version`: SNMPv3
-//! or unknown, not received yet) and `snmp_trap_dropped_total`
-//! (notifications that found the queue full). A rejected sender is logged
-//! at most once a minute.
+//! or unknown, not received yet) and `snmp_trap_dropped_total{cause}`
+//! (`rate`: beyond `max_rate_per_sender` or `max_rate`, token buckets of
+//! one second's worth; `queue`: the queue was full). A rejected sender is
+//! logged at most once a minute.
 //!
 //! Owns: one UDP socket, its task and queue. May touch: the SNMP driver's
 //! BER codec, value mapping and MIB loader, and `crate::reading`.
@@ -61,6 +62,9 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Senders remembered for that (beyond, the others are not logged).
 const MAX_TOLD: usize = 10_000;
+
+/// Senders with a rate bucket of their own.
+const MAX_SENDERS: usize = 10_000;
 
 /// Series kept for reuse; beyond this the cache starts again (the
 /// scheduler's series limit bounds what is stored).
@@ -123,7 +127,9 @@ impl Cause {
 #[derive(Default)]
 struct Counts {
     rejected: [AtomicU64; 3],
-    dropped: AtomicU64,
+    /// By cause: over a rate, the queue full.
+    dropped_rate: AtomicU64,
+    dropped_queue: AtomicU64,
 }
 
 /// A notification and where and when it came from.
@@ -181,11 +187,13 @@ impl SnmpTrapDriver {
                     ("snmp_trap_rejected_total", labels, n)
                 })
                 .collect();
-            counts.push((
-                "snmp_trap_dropped_total",
-                BTreeMap::new(),
-                r.counts.dropped.load(Ordering::Relaxed),
-            ));
+            for (cause, n) in [
+                ("rate", &r.counts.dropped_rate),
+                ("queue", &r.counts.dropped_queue),
+            ] {
+                let labels = BTreeMap::from([("cause".to_owned(), cause.to_owned())]);
+                counts.push(("snmp_trap_dropped_total", labels, n.load(Ordering::Relaxed)));
+            }
             let device = self.device.clone();
             for (metric, labels, n) in counts {
                 let series = self.series(&device, metric, labels);
@@ -270,6 +278,8 @@ async fn receive(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut told = Told::default();
+    let mut total = Bucket::new(cfg.max_rate, Instant::now());
+    let mut per_sender: HashMap<IpAddr, Bucket> = HashMap::new();
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -280,6 +290,24 @@ async fn receive(
             }
         };
         let ts_ns = now_ns();
+        // Rates first: a flood is dropped before it costs decoding.
+        let now = Instant::now();
+        if per_sender.len() >= MAX_SENDERS {
+            per_sender.retain(|_, b| !b.full(now));
+        }
+        let busy = per_sender.len() >= MAX_SENDERS;
+        let sender_ok = match per_sender.entry(from.ip()) {
+            std::collections::hash_map::Entry::Occupied(mut b) => b.get_mut().take(now),
+            // Past MAX_SENDERS busy senders, new ones share the total only.
+            std::collections::hash_map::Entry::Vacant(_) if busy => true,
+            std::collections::hash_map::Entry::Vacant(v) => v
+                .insert(Bucket::new(cfg.max_rate_per_sender, now))
+                .take(now),
+        };
+        if !sender_ok || !total.take(now) {
+            counts.dropped_rate.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let notification = match decode(&buf[..len]) {
             Ok(n) if cfg.communities.iter().any(|c| c.as_bytes() == n.community) => n,
             Ok(_) => {
@@ -319,10 +347,50 @@ async fn receive(
                 }
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                counts.dropped.fetch_add(1, Ordering::Relaxed);
+                counts.dropped_queue.fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+/// A token bucket: `rate` tokens a second, at most one second's worth.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, now: Instant) -> Self {
+        Bucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.at = now;
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether it is back to full (its sender idle): forgettable.
+    fn full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.rate
     }
 }
 

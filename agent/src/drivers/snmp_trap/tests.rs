@@ -211,7 +211,7 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
     cfg.listen = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut d = SnmpTrapDriver::new(&cfg, "traps");
     let first = d.poll().await.expect("bound");
-    assert_eq!(first.len(), 4, "the counts: {first:?}");
+    assert_eq!(first.len(), 5, "the counts: {first:?}");
     let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("sender");
@@ -286,7 +286,18 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
                 cause("version"),
                 &Value::I64(0)
             ),
-            (here, "snmp_trap_dropped_total".into(), None, &Value::I64(0)),
+            (
+                here.clone(),
+                "snmp_trap_dropped_total".into(),
+                cause("rate"),
+                &Value::I64(0)
+            ),
+            (
+                here,
+                "snmp_trap_dropped_total".into(),
+                cause("queue"),
+                &Value::I64(0)
+            ),
         ]
     );
     assert_eq!(
@@ -297,6 +308,74 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
     assert_eq!(
         readings[4].ts_ns, 0,
         "the counts are stamped by the scheduler"
+    );
+}
+
+/// A sender over its rate is dropped before decoding, and counted: what
+/// was sent is what was queued plus what was dropped.
+#[tokio::test]
+async fn a_flooding_sender_is_held_to_its_rate_and_every_drop_counted() {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("probe");
+    let port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    let cfg = match device(&format!(
+        "driver = \"snmp_trap\"\nlisten = \"127.0.0.1:{port}\"\ncommunity = \"public\"\nmibs = []\n\
+         max_rate_per_sender = 1\n"
+    ))
+    .expect("valid")
+    {
+        DriverConfig::SnmpTrap(t) => t,
+        other => panic!("{other:?}"),
+    };
+    let mut d = SnmpTrapDriver::new(&cfg, "traps");
+    d.poll().await.expect("bound");
+    let flood = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("flood");
+    let sent = 50;
+    for _ in 0..sent {
+        flood
+            .send_to(&link_down(tag::TRAP_V2), cfg.listen)
+            .await
+            .expect("sent");
+    }
+    // Another sender's inform, acknowledged once queued: everything the
+    // flood sent before it has been handled by then.
+    let other = tokio::net::UdpSocket::bind("127.0.0.2:0")
+        .await
+        .expect("127.0.0.2");
+    other
+        .send_to(&link_down(tag::INFORM), cfg.listen)
+        .await
+        .expect("sent");
+    let mut ack = [0u8; 512];
+    tokio::time::timeout(std::time::Duration::from_secs(5), other.recv_from(&mut ack))
+        .await
+        .expect("an acknowledgement")
+        .expect("received");
+    let readings = d.poll().await.expect("polled");
+    let from_flood = readings
+        .iter()
+        .filter(|r| &*r.series.device == "127.0.0.1" && r.series.metric.starts_with("1.3.6.1.6"))
+        .count() as i64;
+    let dropped = readings
+        .iter()
+        .find(|r| {
+            &*r.series.metric == "snmp_trap_dropped_total"
+                && r.series.labels.get("cause") == Some("rate")
+        })
+        .map(|r| r.value.clone());
+    let Some(Value::I64(dropped)) = dropped else {
+        panic!("no rate drop count: {readings:?}");
+    };
+    assert_eq!(
+        from_flood + dropped,
+        sent,
+        "queued {from_flood}, dropped {dropped}"
+    );
+    assert!(
+        dropped >= 1,
+        "a burst of {sent} at a rate of 1/s all queued"
     );
 }
 
