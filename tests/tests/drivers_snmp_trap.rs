@@ -270,3 +270,90 @@ async fn a_taken_port_is_a_poll_error_that_names_it() -> Result<()> {
     ensure!(e.contains(&format!("cannot listen on udp {addr}")), "{e}");
     Ok(())
 }
+
+/// Through a whole agent and collector: 40 informs from `snmpinform`, each
+/// acknowledged, each stored exactly once (its `ifIndex` value is its
+/// number), with the collector killed and started again half way (the
+/// agent spools and sends again; the collector stores none twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_inform_is_stored_once() -> Result<()> {
+    use tributary_collector::model::StoredValue;
+    use tributary_tests::cluster::{self, Agent, Collector};
+    use tributary_tests::process::{TestDir, eventually, free_addr};
+
+    let dir = TestDir::new("snmp-trap-e2e")?;
+    let addr = free_addr()?;
+    let mut collector = Collector::start(&dir, addr).await?;
+    let port = free_udp_port()?;
+    let target = format!("127.0.0.1:{port}");
+    let id = "trap-e2e";
+    let dirs: Vec<String> = snmp_mib_dirs()?
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
+    let config = format!(
+        "id = \"{id}\"\ncollectors = [\"{}\"]\nmib_dirs = [{}]\n\n[[devices]]\nname = \"traps\"\n\
+         driver = \"snmp_trap\"\ninterval = \"200ms\"\nlisten = \"{target}\"\ncommunity = \"public\"\n\
+         senders = [{{ address = \"127.0.0.1\", name = \"edge-switch\" }}]\n",
+        collector.url(),
+        dirs.join(", ")
+    );
+    let mut agent = Agent::start(&dir, id, &config, "")?;
+    let snmpinform = netsnmp("snmpinform")?;
+    let n = 40;
+    for i in 1..=n {
+        if i == n / 2 {
+            collector.proc.kill().await?;
+            collector = Collector::start(&dir, addr).await?;
+        }
+        // The agent binds its port with its first poll: retried until then.
+        eventually(cluster::PATIENCE, "the inform is acknowledged", || async {
+            run(Command::new(&snmpinform).args([
+                "-v",
+                "2c",
+                "-c",
+                "public",
+                "-r",
+                "0",
+                "-t",
+                "1",
+                &target,
+                "",
+                "1.3.6.1.6.3.1.1.5.3",
+                "1.3.6.1.2.1.2.2.1.1.7",
+                "i",
+                &i.to_string(),
+            ]))
+            .ok()
+            .filter(|ok| *ok)
+        })
+        .await?;
+    }
+    let db = collector.db.clone();
+    let stored = || -> Vec<i64> {
+        let mut v: Vec<i64> = cluster::stored_points(&db, id, "edge-switch", "ifIndex")
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|(_, p)| p)
+            .filter_map(|p| match p.value {
+                StoredValue::I64(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    eventually(cluster::PATIENCE, "every inform is stored", || async {
+        (stored().len() >= n as usize).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    agent.stop().await?;
+    assert_eq!(stored(), (1..=n).collect::<Vec<i64>>(), "each inform once");
+    let events = cluster::stored_points(&db, id, "edge-switch", "linkDown")?;
+    ensure!(
+        events.iter().map(|(_, p)| p.len()).sum::<usize>() == n as usize,
+        "one linkDown event per inform: {events:?}"
+    );
+    Ok(())
+}
