@@ -201,8 +201,8 @@ impl pb::ingest_server::Ingest for IngestService {
         let (tx, rx) = mpsc::channel(16);
         let limits = self.limits.borrow().clone();
         let session = Session::new(self.merger.clone(), limits, self.shutdown.clone(), peer)
-        .with_auth(auth, self.roles.clone())
-        .with_metrics(self.metrics.clone());
+            .with_auth(auth, self.roles.clone())
+            .with_metrics(self.metrics.clone());
         tokio::spawn(session.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -413,7 +413,9 @@ pub async fn run_reloadable(
     }
     match reload_task.await {
         Ok(exports) => exports.shutdown(deadline).await,
-        Err(e) => tracing::warn!(error = %e, "the reload task failed; exports stop with the process"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the reload task failed; exports stop with the process")
+        }
     }
     served?;
     // The Ingest service (and with it the last merger handle) is gone once

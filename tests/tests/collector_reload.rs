@@ -47,18 +47,25 @@ fn log_count(collector: &Proc, needle: &str) -> usize {
 /// Sends SIGHUP and waits until the collector logged one more reload
 /// outcome (`config reloaded` or `config reload refused`).
 async fn reload(collector: &Proc) -> Result<()> {
-    let outcomes = |c: &Proc| log_count(c, "config reloaded") + log_count(c, "config reload refused");
+    let outcomes =
+        |c: &Proc| log_count(c, "config reloaded") + log_count(c, "config reload refused");
     let before = outcomes(collector);
     collector.signal("HUP").await?;
-    eventually(PATIENCE, "the collector logs the reload's outcome", || async {
-        (outcomes(collector) > before).then_some(())
-    })
+    eventually(
+        PATIENCE,
+        "the collector logs the reload's outcome",
+        || async { (outcomes(collector) > before).then_some(()) },
+    )
     .await
 }
 
 /// The leaf certificate (DER) a new TLS connection to `addr` is served,
 /// presenting `client`.
-async fn served_certificate(addr: SocketAddr, ca: &Path, client: &(PathBuf, PathBuf)) -> Result<Vec<u8>> {
+async fn served_certificate(
+    addr: SocketAddr,
+    ca: &Path,
+    client: &(PathBuf, PathBuf),
+) -> Result<Vec<u8>> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio_rustls::rustls;
@@ -121,13 +128,16 @@ async fn a_rotated_certificate_is_served_to_new_connections_while_streams_go_on(
     let mut agent = Agent::start(&dir, "edge-1", &config, "")?;
     wait_for_counters(&db, "edge-1", 3, 10).await?;
     let before = agent.uplink_stats()?;
-    ensure!(before.connects == 1 && before.streams_ended == 0, "{before:?}");
+    ensure!(
+        before.connects == 1 && before.streams_ended == 0,
+        "{before:?}"
+    );
 
     // A new certificate for the same address, from the same CA (a new key,
     // so a new serial), moved over the configured files.
-    let (cert, key) = pki
-        .authority
-        .issue(dir.path(), "collector-next", "127.0.0.1", true, valid_now())?;
+    let (cert, key) =
+        pki.authority
+            .issue(dir.path(), "collector-next", "127.0.0.1", true, valid_now())?;
     let new = pem_certificate(&cert)?;
     ensure!(new != old);
     std::fs::rename(&key, dir.join("collector.key"))?;
@@ -151,13 +161,17 @@ async fn a_rotated_certificate_is_served_to_new_connections_while_streams_go_on(
     // The stream opened before the reload goes on: more batches acked on it,
     // and still one connect and no stream ended.
     let acked = agent.uplink_stats()?.acked_seq;
-    eventually(PATIENCE, "20 more batches acked on the old stream", || async {
-        agent
-            .uplink_stats()
-            .ok()
-            .filter(|s| s.acked_seq >= acked + 20)
-            .map(drop)
-    })
+    eventually(
+        PATIENCE,
+        "20 more batches acked on the old stream",
+        || async {
+            agent
+                .uplink_stats()
+                .ok()
+                .filter(|s| s.acked_seq >= acked + 20)
+                .map(drop)
+        },
+    )
     .await?;
     let after = agent.uplink_stats()?;
     ensure!(
@@ -200,7 +214,11 @@ async fn an_agent_taken_off_allowed_agents_is_closed_and_refused() -> Result<()>
     wait_for_counters(&db, "edge-1", 2, 5).await?;
     wait_for_counters(&db, "edge-2", 2, 5).await?;
 
-    write_config(&dir, addr, &format!("allowed_agents = [\"edge-1\"]\n{MTLS}"))?;
+    write_config(
+        &dir,
+        addr,
+        &format!("allowed_agents = [\"edge-1\"]\n{MTLS}"),
+    )?;
     reload(&collector).await?;
     ensure!(
         log_count(&collector, "config reloaded") == 1,
@@ -285,8 +303,12 @@ async fn refused_reloads_change_nothing_and_are_counted() -> Result<()> {
     let (addr, http) = (free_addr()?, free_addr()?);
     let url = format!("https://{addr}");
     let base = format!("http_listen = \"{http}\"\n{MTLS}");
-    let mut collector =
-        start_collector(&dir, addr, &format!("allowed_agents = [\"edge-1\"]\n{base}")).await?;
+    let mut collector = start_collector(
+        &dir,
+        addr,
+        &format!("allowed_agents = [\"edge-1\"]\n{base}"),
+    )
+    .await?;
     wait_for_port(http, PATIENCE).await?;
     let edge1 = || client_tls(&pki.ca, Some(&pki.edge1));
 
@@ -351,13 +373,20 @@ async fn refused_reloads_change_nothing_and_are_counted() -> Result<()> {
     );
 
     // A valid one applies.
-    write_config(&dir, addr, &format!("allowed_agents = [\"edge-9\"]\n{base}"))?;
+    write_config(
+        &dir,
+        addr,
+        &format!("allowed_agents = [\"edge-9\"]\n{base}"),
+    )?;
     reload(&collector).await?;
     let refused = try_ingest(&url, edge1()?, "edge-1")
         .await?
         .err()
         .context("edge-1 streamed after it was taken off allowed_agents")?;
-    ensure!(refused.code() == tonic::Code::PermissionDenied, "{refused:?}");
+    ensure!(
+        refused.code() == tonic::Code::PermissionDenied,
+        "{refused:?}"
+    );
     let metrics = scrape(http, &pki).await?;
     ensure!(
         sample(&metrics, "tributary_collector_config_reload_failures_total") == Some(3.0)
@@ -365,5 +394,101 @@ async fn refused_reloads_change_nothing_and_are_counted() -> Result<()> {
         "{metrics}"
     );
     collector.kill().await?;
+    Ok(())
+}
+
+/// Exports by difference: added by a reload (from the end of the commit
+/// log), changed (restarted from its cursor), removed (its cursor gone);
+/// what VictoriaMetrics received is, per counter, one run without a gap
+/// whose every value is the stored one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_are_added_restarted_and_removed_by_a_reload() -> Result<()> {
+    use std::collections::BTreeMap;
+    use tributary_tests::cluster::Collector;
+    use tributary_tests::peers::receivers::{Kind, Receiver};
+
+    let dir = TestDir::new("reload-exports")?;
+    let rx = Receiver::start(&dir, Kind::Victoria, "victoria").await?;
+    let path = dir.join("collector.toml");
+    std::fs::write(&path, "")?;
+    let config = path.display().to_string();
+    let mut collector = Collector::start_with(&dir, free_addr()?, &["--config", &config]).await?;
+    let agent_config = sim_agent_config("rw-0", &[collector.url()], 2, "20ms");
+    let mut agent = Agent::start(&dir, "rw-0", &agent_config, "")?;
+    wait_for_counters(&collector.db, "rw-0", 2, 10).await?;
+
+    let export = |shards: u32| {
+        format!(
+            "[[exports]]\nname = \"rx\"\nkind = \"remote_write\"\nurl = \"{}\"\nshards = {shards}\n\
+             max_backoff = \"1s\"\ntimeout = \"5s\"\n",
+            rx.write_url()
+        )
+    };
+    let received = || async {
+        let raw = rx.raw("counter").await.ok()?;
+        Some(raw.values().map(Vec::len).sum::<usize>())
+    };
+    for (file, outcome, more) in [
+        (export(4), "added [\"rx\"]", true),
+        (export(2), "restarted [\"rx\"]", true),
+        (String::new(), "removed [\"rx\"]", false),
+    ] {
+        let before = received().await.unwrap_or(0);
+        std::fs::write(&path, file)?;
+        reload(&collector.proc).await?;
+        ensure!(
+            collector.log().contains(outcome),
+            "expected {outcome}:\n{}",
+            collector.log()
+        );
+        if more {
+            eventually(PATIENCE, "the receiver gets 40 more samples", || async {
+                received().await.filter(|&n| n >= before + 40).map(drop)
+            })
+            .await?;
+        }
+    }
+    agent.stop().await?;
+
+    let stored = counters(&collector.db, "rw-0")?;
+    assert_exactly_once(&stored, 2)?;
+    let raw = rx.raw("counter").await?;
+    ensure!(raw.len() == 2, "{} series received", raw.len());
+    for (labels, samples) in &raw {
+        let device = labels.get("device").cloned().unwrap_or_default();
+        let truth: BTreeMap<i64, f64> = stored
+            .get(&device)
+            .with_context(|| format!("{device}: received, not stored"))?
+            .iter()
+            .map(|p| (p.ts_ns.div_euclid(1_000_000), p.value as f64))
+            .collect();
+        let mut run: Vec<f64> = Vec::new();
+        let mut last_ts = None;
+        for &(ts, v) in samples {
+            ensure!(
+                truth.get(&ts) == Some(&v),
+                "{device}: {v} at {ts} was not stored so"
+            );
+            if last_ts == Some(ts) {
+                continue; // the page in flight at the restart, sent again
+            }
+            last_ts = Some(ts);
+            run.push(v);
+        }
+        ensure!(run.len() >= 40, "{device}: only {} samples", run.len());
+        ensure!(
+            run.windows(2).all(|w| w[1] == w[0] + 1.0),
+            "{device}: a gap or a repeat in what was exported: {run:?}"
+        );
+    }
+    // The removed export's cursor is gone (with no export left, the log).
+    let db = rusqlite::Connection::open(&collector.db)?;
+    let cursors: i64 = db.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'export_cursors'",
+        [],
+        |r| r.get(0),
+    )?;
+    ensure!(cursors == 0, "export_cursors still there");
+    collector.proc.kill().await?;
     Ok(())
 }

@@ -138,9 +138,9 @@ fn sink(config: &ExportConfig) -> Result<Sink, ExportError> {
         ExportKind::RemoteWrite(rw) => Sink::RemoteWrite(
             remote_write::RemoteWriteSink::new(&config.name, &config.url, rw, config.max_backoff)
                 .map_err(|cause| ExportError::Sink {
-                    name: config.name.clone(),
-                    cause,
-                })?,
+                name: config.name.clone(),
+                cause,
+            })?,
         ),
     })
 }

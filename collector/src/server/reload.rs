@@ -105,8 +105,14 @@ pub fn needs_restart(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static
     let checks = [
         ("store", running.store_url() == new.store_url()),
         ("synchronous", running.durability == new.durability),
-        ("[tls] (on or off)", running.tls.is_some() == new.tls.is_some()),
-        ("tls.client_ca (mutual TLS on or off)", mutual(running) == mutual(new)),
+        (
+            "[tls] (on or off)",
+            running.tls.is_some() == new.tls.is_some(),
+        ),
+        (
+            "tls.client_ca (mutual TLS on or off)",
+            mutual(running) == mutual(new),
+        ),
         ("operators", running.roles.operators == new.roles.operators),
         (
             "limits.max_concurrent_streams",

@@ -99,8 +99,7 @@ impl Session {
         let authorized = check_identity(&hello.agent_id, &self.auth, &roles)
             .map_err(|s| (StreamRefusal::Identity, s))
             .and_then(|()| {
-                check_allowlist(&hello.agent_id, &roles)
-                    .map_err(|s| (StreamRefusal::Allowlist, s))
+                check_allowlist(&hello.agent_id, &roles).map_err(|s| (StreamRefusal::Allowlist, s))
             });
         if let Err((reason, status)) = authorized {
             self.metrics.refused(reason);

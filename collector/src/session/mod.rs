@@ -16,6 +16,12 @@
 //! A bad frame ends the stream with INVALID_ARGUMENT naming the field;
 //! nothing of that batch is forwarded, and other streams are unaffected.
 //!
+//! A stream keeps the [`Limits`] it started with. It watches the roles
+//! (a `watch` the reload task sends on, `server/reload.rs`): when a reload
+//! takes its agent off `allowed_agents`, the stream is drained (what it
+//! sent is answered) and ended with PERMISSION_DENIED, as a new Hello of
+//! that agent would be.
+//!
 //! What it may touch: the merger, through [`MergerHandle`] only; the stream
 //! it serves; its counters in `crate::metrics::IngestMetrics` (streams open,
 //! refusals by reason; atomics, per stream). Files: this one is the task (the stream loop, drain, acks);

@@ -69,8 +69,8 @@ impl LiveTls {
         let mutual = tls.mutual;
         let (current, rx) = watch::channel(tls);
         let provider = provider();
-        let builder =
-            ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
         let builder = if mutual {
             builder.with_client_cert_verifier(Arc::new(Verifier {
                 current: rx.clone(),
