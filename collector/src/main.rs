@@ -197,12 +197,15 @@ async fn read_reloads(
         let args = args.clone();
         // Blocking file reads (secrets, TLS files) off the runtime.
         let read = tokio::task::spawn_blocking(move || serve_config(&args)).await;
-        let settings = match read {
-            Err(e) => Err(format!("reading the config failed: {e}")),
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Ok(Ok(new)) => bound_addresses(bound, &new).map(|()| new.server),
+        let (settings, warnings) = match read {
+            Err(e) => (Err(format!("reading the config failed: {e}")), Vec::new()),
+            Ok(Err(e)) => (Err(format!("{e:#}")), Vec::new()),
+            Ok(Ok(new)) => (
+                bound_addresses(bound, &new).map(|()| new.server),
+                new.warnings,
+            ),
         };
-        if reloads.send(Reload { settings }).await.is_err() {
+        if reloads.send(Reload { settings, warnings }).await.is_err() {
             return;
         }
     }

@@ -244,6 +244,9 @@ impl Exports {
                 self.spawn(config, sink, log.clone());
             }
         }
+        for name in &diff.removed {
+            self.metrics.remove(name);
+        }
         if !diff.removed.is_empty() {
             let names: Vec<String> = self.running.keys().cloned().collect();
             // Only the cursors of removed exports go (none: the log).

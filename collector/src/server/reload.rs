@@ -58,6 +58,9 @@ use crate::tls::LiveTls;
 #[derive(Debug)]
 pub struct Reload {
     pub settings: Result<ServerConfig, String>,
+    /// What the new settings allow that weakens security (as at start),
+    /// logged once they are applied.
+    pub warnings: Vec<String>,
 }
 
 /// The reload task's state: the settings running now and a way to reach
@@ -158,7 +161,7 @@ pub(super) async fn run(
     stop: CancellationToken,
 ) -> Exports {
     loop {
-        let reload = tokio::select! {
+        let mut reload = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             r = reloads.recv() => match r {
@@ -170,10 +173,14 @@ pub(super) async fn run(
                 }
             },
         };
+        let warnings = std::mem::take(&mut reload.warnings);
         match owners.apply(reload).await {
             Ok(done) => {
                 owners.metrics.applied.inc();
                 info!(changed = %done, "config reloaded");
+                for warning in warnings {
+                    warn!("{warning}");
+                }
             }
             Err(e) => {
                 owners.metrics.failed.inc();
@@ -263,5 +270,39 @@ impl Owners {
             text.push_str("nothing");
         }
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Retention;
+
+    #[test]
+    fn only_settings_fixed_while_running_need_a_restart() {
+        let running = ServerConfig::new("a.db".into());
+        let mut new = running.clone();
+        assert!(needs_restart(&running, &new).is_empty());
+        new.limits.hello_timeout = Duration::from_secs(1);
+        new.limits.max_series_per_agent = 5;
+        new.max_connections = 7;
+        new.idle_timeout = Duration::from_secs(60);
+        new.retention = Some(Retention::new(Duration::from_secs(3600)));
+        new.roles = Arc::new(Roles {
+            allowed_agents: Some(["edge-1".to_owned()].into()),
+            ..Roles::default()
+        });
+        assert!(needs_restart(&running, &new).is_empty());
+        new.keepalive_interval = Duration::from_secs(30);
+        new.sqlite_path = "b.db".into();
+        new.limits.max_series_in_memory = 10;
+        assert_eq!(
+            needs_restart(&running, &new),
+            [
+                "store",
+                "limits.keepalive_interval",
+                "limits.max_series_in_memory"
+            ]
+        );
     }
 }
