@@ -1,8 +1,9 @@
 //! SIGHUP on the collector, with the real binaries and mutual TLS:
 //!
 //! - certificate rotation: the certificate and key files are replaced by a
-//!   new certificate (another key, serial and subject), SIGHUP; a new TLS
-//!   connection is served the new certificate, and the agent that streamed
+//!   new certificate from the same CA (another key, so another
+//!   certificate), SIGHUP; a new TLS connection to either listener (gRPC,
+//!   HTTP) is served the new certificate, and the agent that streamed
 //!   before keeps its one stream (no reconnect, no stream ended) while its
 //!   readings keep arriving, each stored once;
 //! - `allowed_agents`: an agent taken off the list has its open stream
@@ -115,13 +116,18 @@ async fn a_rotated_certificate_is_served_to_new_connections_while_streams_go_on(
     let pki = Pki::new(dir.path())?;
     let addr = free_addr()?;
     let url = format!("https://{addr}");
-    let mut collector = start_collector(&dir, addr, MTLS).await?;
+    let http = free_addr()?;
+    let config = format!("http_listen = \"{http}\"\n{MTLS}");
+    let mut collector = start_collector(&dir, addr, &config).await?;
+    wait_for_port(http, PATIENCE).await?;
     let db = dir.join("collector.db");
     let old = pem_certificate(&dir.join("collector.pem"))?;
-    ensure!(
-        served_certificate(addr, &pki.ca, &pki.operator).await? == old,
-        "before the reload, the collector serves its first certificate"
-    );
+    for listener in [addr, http] {
+        ensure!(
+            served_certificate(listener, &pki.ca, &pki.operator).await? == old,
+            "before the reload, {listener} serves the first certificate"
+        );
+    }
 
     let config = sim_agent_config("edge-1", std::slice::from_ref(&url), 3, "20ms")
         + &agent_tls(&pki.ca, Some(&pki.edge1));
@@ -149,10 +155,13 @@ async fn a_rotated_certificate_is_served_to_new_connections_while_streams_go_on(
         collector.log()
     );
 
-    ensure!(
-        served_certificate(addr, &pki.ca, &pki.operator).await? == new,
-        "after the reload, a new connection is served the new certificate"
-    );
+    // Both listeners, gRPC and HTTP.
+    for listener in [addr, http] {
+        ensure!(
+            served_certificate(listener, &pki.ca, &pki.operator).await? == new,
+            "after the reload, a new connection to {listener} is served the new certificate"
+        );
+    }
     // A new agent stream handshakes with it too.
     try_ingest(&url, client_tls(&pki.ca, Some(&pki.edge2))?, "edge-2")
         .await?
