@@ -47,7 +47,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use addresses::{AddressSlot, PerAddress};
 pub use guard::{Deadlines, Guarded};
@@ -247,7 +247,7 @@ async fn accept_loop<H: Handshake>(
             admission = *admissions.borrow_and_update();
             capacity.resize(admission.max_connections);
             per_address.set_cap(admission.max_connections_per_address);
-            info!(
+            debug!(
                 max_connections = admission.max_connections,
                 max_connections_per_address = admission.max_connections_per_address,
                 "listener limits reloaded"

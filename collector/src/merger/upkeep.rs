@@ -93,10 +93,11 @@ impl Merger {
     /// applies to the next resolve.
     pub(super) fn settings(&mut self, settings: MergerSettings) {
         if settings.retention != self.retention {
-            info!(
-                keep = ?settings.retention.map(|r| r.keep),
-                "retention reloaded"
+            let keep = settings.retention.map_or_else(
+                || "forever".to_owned(),
+                |r| humantime::format_duration(r.keep).to_string(),
             );
+            info!(%keep, "retention reloaded");
             self.retention = settings.retention;
             self.last_retention = None;
         }

@@ -243,12 +243,17 @@ impl Owners {
         }) {
             done.push("connection limits");
         }
-        let merger = merger_settings(&new);
-        if merger != merger_settings(&self.running) {
+        let (merger, was) = (merger_settings(&new), merger_settings(&self.running));
+        if merger != was {
             if self.merger.send(merger).await.is_err() {
                 warn!("merger stopped: retention and max_series_per_agent not applied");
             }
-            done.push("retention and series limits");
+            if merger.retention != was.retention {
+                done.push("retention");
+            }
+            if merger.max_series_per_agent != was.max_series_per_agent {
+                done.push("max_series_per_agent");
+            }
         }
         let mut exports_done = String::new();
         if let Some(prepared) = exports {
