@@ -7,10 +7,10 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future so tests can bind
 //! port 0 and stop it cleanly; [`run_reloadable`] also takes the reloads
-//! `main` reads on SIGHUP, which the reload task (`reload.rs`) applies. Shutdown is three steps: stop accepting and
-//! tell every session to drain; sessions wait (bounded) for the acks of what
-//! they forwarded; the merger commits what is queued and exits once the last
-//! session is gone.
+//! `main` reads on SIGHUP, which the reload task (`reload.rs`) applies.
+//! Shutdown is three steps: stop accepting and tell every session to drain;
+//! sessions wait (bounded) for the acks of what they forwarded; the merger
+//! commits what is queued and exits once the last session is gone.
 //!
 //! Limits the server enforces below the sessions (see README "Limits"):
 //! connections in all and per address, the TLS handshake, the HTTP/2
