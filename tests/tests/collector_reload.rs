@@ -6,6 +6,8 @@
 //!   HTTP) is served the new certificate, and the agent that streamed
 //!   before keeps its one stream (no reconnect, no stream ended) while its
 //!   readings keep arriving, each stored once;
+//! - `client_ca`: a CA added to the bundle lets its agents in, a CA taken
+//!   out keeps its agents out, from the next handshake;
 //! - `allowed_agents`: an agent taken off the list has its open stream
 //!   ended and its new streams refused (PERMISSION_DENIED), while the
 //!   other agent's stream goes on;
@@ -499,5 +501,59 @@ async fn exports_are_added_restarted_and_removed_by_a_reload() -> Result<()> {
     )?;
     ensure!(cursors == 0, "export_cursors still there");
     collector.proc.kill().await?;
+    Ok(())
+}
+
+/// `client_ca` is reloaded too: a CA added to the bundle lets its agents
+/// in from the next handshake, a CA taken out keeps its agents out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_client_ca_bundle_applies_to_new_handshakes() -> Result<()> {
+    let dir = TestDir::new("reload-client-ca")?;
+    let pki = Pki::new(dir.path())?;
+    // Another CA, with its own edge-1, in a directory of its own.
+    let other_dir = dir.join("other");
+    std::fs::create_dir_all(&other_dir)?;
+    let other = Pki::new(&other_dir)?;
+    let addr = free_addr()?;
+    let url = format!("https://{addr}");
+    let mut collector = start_collector(&dir, addr, MTLS).await?;
+    // The client trusts the collector's CA and presents the other CA's
+    // certificate.
+    let stranger = || client_tls(&pki.ca, Some(&other.edge1));
+    ensure!(
+        try_ingest(&url, stranger()?, "edge-1").await?.is_err(),
+        "a certificate of an untrusted CA streamed"
+    );
+
+    let mut both = std::fs::read(&pki.ca)?;
+    both.extend(std::fs::read(&other.ca)?);
+    std::fs::write(dir.join("both.pem"), both)?;
+    let with = |ca: &str| MTLS.replace("client_ca = \"ca.pem\"", &format!("client_ca = \"{ca}\""));
+    write_config(&dir, addr, &with("both.pem"))?;
+    reload(&collector).await?;
+    try_ingest(&url, stranger()?, "edge-1")
+        .await?
+        .map_err(|s| anyhow::anyhow!("the added CA's edge-1 after the reload: {s:?}"))?;
+    try_ingest(&url, client_tls(&pki.ca, Some(&pki.edge1))?, "edge-1")
+        .await?
+        .map_err(|s| anyhow::anyhow!("the first CA's edge-1 after the reload: {s:?}"))?;
+
+    write_config(&dir, addr, &with("other/ca.pem"))?;
+    reload(&collector).await?;
+    ensure!(
+        log_count(&collector, "config reloaded") == 2,
+        "{}",
+        collector.log()
+    );
+    ensure!(
+        try_ingest(&url, client_tls(&pki.ca, Some(&pki.edge1))?, "edge-1")
+            .await?
+            .is_err(),
+        "the removed CA's certificate streamed"
+    );
+    try_ingest(&url, stranger()?, "edge-1")
+        .await?
+        .map_err(|s| anyhow::anyhow!("the remaining CA's edge-1: {s:?}"))?;
+    collector.kill().await?;
     Ok(())
 }
