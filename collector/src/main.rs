@@ -1,5 +1,9 @@
 //! `tributary-collector`: `serve` runs the collector; the other subcommands
 //! are clients of a running one. Thin: parse, validate, set up tracing, run.
+//! On SIGHUP, `serve` reads its config again (same file, same flags, same
+//! checks) and hands the result to the server's reload task
+//! (`server/reload.rs`); a change of `listen` or `http_listen` is refused
+//! here, since the sockets are bound here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 use tributary_collector::cli::ClientCommand;
 use tributary_collector::config;
-use tributary_collector::server::{self, ServerConfig};
+use tributary_collector::server::{self, Reload};
 use tributary_collector::store::Durability;
 
 #[derive(Parser)]
@@ -35,7 +39,7 @@ enum Command {
     Client(ClientCommand),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct ServeArgs {
     /// TOML file with the settings below plus [tls], [limits],
     /// allowed_agents and operators; flags given on the command line win
@@ -111,11 +115,11 @@ fn main() -> ExitCode {
                 for warning in &settings.warnings {
                     tracing::warn!("{warning}");
                 }
-                runtime.block_on(serve(
-                    settings.listen,
-                    settings.http_listen,
-                    settings.server,
-                ))
+                let result = runtime.block_on(serve(args, settings));
+                // A reload's reading thread may be blocked (a secret file
+                // on a FIFO, a hung mount): do not wait for it.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                result
             }
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -153,13 +157,14 @@ fn serve_config(args: &ServeArgs) -> Result<config::Serve, config::ConfigError> 
     config::resolve(args.config.as_deref(), &flags)
 }
 
-async fn serve(
-    listen: SocketAddr,
-    http_listen: Option<SocketAddr>,
-    config: ServerConfig,
-) -> anyhow::Result<()> {
-    // Before the ports: a SIGTERM from here on is a clean stop.
+async fn serve(args: ServeArgs, settings: config::Serve) -> anyhow::Result<()> {
+    // Before the ports: a SIGTERM from here on is a clean stop, and a
+    // SIGHUP (which would end the process while no handler is installed)
+    // is a reload.
     let stop = tributary_process::shutdown_signal();
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let (listen, http_listen) = (settings.listen, settings.http_listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -171,6 +176,63 @@ async fn serve(
         ),
         None => None,
     };
-    server::run_with_http(listener, http, config, stop).await?;
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(read_reloads(args, (listen, http_listen), hangup, reload_tx));
+    let served = server::run_reloadable(listener, http, settings.server, reload_rx, stop).await;
+    reader.abort();
+    served?;
     Ok(())
+}
+
+/// On each SIGHUP, reads the config again as at start and sends the result
+/// to the server; `listen` and `http_listen` must stay as bound.
+async fn read_reloads(
+    args: ServeArgs,
+    bound: (SocketAddr, Option<SocketAddr>),
+    mut hangup: tokio::signal::unix::Signal,
+    reloads: tokio::sync::mpsc::Sender<Reload>,
+) {
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        let args = args.clone();
+        // Blocking file reads (secrets, TLS files) off the runtime.
+        let read = tokio::task::spawn_blocking(move || serve_config(&args)).await;
+        let (settings, warnings) = match read {
+            Err(e) => (Err(format!("reading the config failed: {e}")), Vec::new()),
+            Ok(Err(e)) => (Err(format!("{e:#}")), Vec::new()),
+            Ok(Ok(new)) => (
+                bound_addresses(bound, &new).map(|()| new.server),
+                new.warnings,
+            ),
+        };
+        if reloads.send(Reload { settings, warnings }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Refuses a reload that moves a listener: the sockets stay as bound.
+fn bound_addresses(
+    (listen, http_listen): (SocketAddr, Option<SocketAddr>),
+    new: &config::Serve,
+) -> Result<(), String> {
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let mut moved = Vec::new();
+    if new.listen != listen {
+        moved.push(format!("listen changed from {listen} to {}", new.listen));
+    }
+    if new.http_listen != http_listen {
+        moved.push(format!(
+            "http_listen changed from {} to {}",
+            show(http_listen),
+            show(new.http_listen)
+        ));
+    }
+    if moved.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: a restart is needed to apply it; nothing was applied",
+        moved.join(", ")
+    ))
 }

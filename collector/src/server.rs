@@ -6,10 +6,11 @@
 //! listener's `/metrics`.
 //!
 //! [`run`] takes a bound listener and a shutdown future so tests can bind
-//! port 0 and stop it cleanly. Shutdown is three steps: stop accepting and
-//! tell every session to drain; sessions wait (bounded) for the acks of what
-//! they forwarded; the merger commits what is queued and exits once the last
-//! session is gone.
+//! port 0 and stop it cleanly; [`run_reloadable`] also takes the reloads
+//! `main` reads on SIGHUP, which the reload task (`reload.rs`) applies.
+//! Shutdown is three steps: stop accepting and tell every session to drain;
+//! sessions wait (bounded) for the acks of what they forwarded; the merger
+//! commits what is queued and exits once the last session is gone.
 //!
 //! Limits the server enforces below the sessions (see README "Limits"):
 //! connections in all and per address, the TLS handshake, the HTTP/2
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -34,7 +35,7 @@ use tracing::info;
 use tributary_proto::v1 as pb;
 
 use crate::http::{self, HttpContext, HttpLimits};
-use crate::listener::{self, Admission, Deadlines, Plaintext};
+use crate::listener::{self, Plaintext};
 use crate::merger::{self, MergerHandle};
 use crate::metrics::{CollectorMetrics, IngestMetrics};
 use crate::query::QueryService;
@@ -42,7 +43,11 @@ use crate::roles::{PeerAuth, Roles};
 use crate::session::{Limits, Session};
 use crate::store::read::Reader;
 use crate::store::{Durability, Retention, StoreUrl};
-use crate::tls::ServerTls;
+use crate::tls::{LiveTls, ServerTls};
+
+mod reload;
+
+pub use reload::{Reload, needs_restart};
 
 /// Streams a peer may open and reset before they are accepted, per
 /// connection (the "rapid reset" guard; h2's default, set explicitly).
@@ -157,16 +162,20 @@ pub enum ServerError {
     MergerPanicked,
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
+    #[error("tls")]
+    Tls(#[from] tokio_rustls::rustls::Error),
 }
 
 /// The Ingest service: accepts a stream and hands it to a new session task.
 struct IngestService {
     merger: MergerHandle,
-    limits: Arc<Limits>,
+    /// The limits of new streams, as the last reload left them.
+    limits: watch::Receiver<Arc<Limits>>,
     shutdown: CancellationToken,
     /// Client certificates are verified: streams need one.
     mutual_tls: bool,
-    roles: Arc<Roles>,
+    /// The roles, as the last reload left them (each session watches them).
+    roles: watch::Receiver<Arc<Roles>>,
     metrics: Arc<IngestMetrics>,
 }
 
@@ -190,14 +199,10 @@ impl pb::ingest_server::Ingest for IngestService {
             .unwrap_or_default();
         let auth = PeerAuth::of(&request, self.mutual_tls);
         let (tx, rx) = mpsc::channel(16);
-        let session = Session::new(
-            self.merger.clone(),
-            self.limits.clone(),
-            self.shutdown.clone(),
-            peer,
-        )
-        .with_auth(auth, self.roles.clone())
-        .with_metrics(self.metrics.clone());
+        let limits = self.limits.borrow().clone();
+        let session = Session::new(self.merger.clone(), limits, self.shutdown.clone(), peer)
+            .with_auth(auth, self.roles.clone())
+            .with_metrics(self.metrics.clone());
         tokio::spawn(session.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -220,6 +225,20 @@ pub async fn run_with_http(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // The sender goes at once: no reloads.
+    let (_, reloads) = mpsc::channel(1);
+    run_reloadable(listener, http_listener, config, reloads, shutdown).await
+}
+
+/// Like [`run_with_http`], applying each [`Reload`] that arrives on
+/// `reloads` (`reload.rs`).
+pub async fn run_reloadable(
+    listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    config: ServerConfig,
+    reloads: mpsc::Receiver<Reload>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let store = config.store_url();
     // Handles first: the merger, the sessions, Query and the listener
     // count into them from their first action.
@@ -240,6 +259,13 @@ pub async fn run_with_http(
     let exports = crate::export::start(&store, &config.exports, &metrics.exports).await?;
     let token = CancellationToken::new();
     let mutual_tls = config.tls.as_ref().is_some_and(|t| t.mutual);
+    let tls = config.tls.clone().map(LiveTls::new).transpose()?;
+    // What a reload changes, each through the channel its owner reads.
+    let (roles_tx, roles_rx) = watch::channel(config.roles.clone());
+    let (limits_tx, limits_rx) = watch::channel(Arc::new(config.limits.clone()));
+    let (admission_tx, admission_rx) = watch::channel(reload::admission(&config));
+    let merger_settings = merger.settings_handle();
+    let reload_metrics = metrics.reloads.clone();
 
     let (ingest_metrics, query_metrics) = (metrics.ingest.clone(), metrics.query.clone());
     // The listener's counters (README "Limits"), logged at the end too.
@@ -248,10 +274,10 @@ pub async fn run_with_http(
     let registry = metrics.into_registry(outputs.live.clone(), merger.queue_probe());
     let ingest = pb::ingest_server::IngestServer::new(IngestService {
         merger,
-        limits: Arc::new(config.limits.clone()),
+        limits: limits_rx,
         shutdown: token.clone(),
         mutual_tls,
-        roles: config.roles.clone(),
+        roles: roles_rx,
         metrics: ingest_metrics,
     })
     .max_decoding_message_size(config.max_message_bytes);
@@ -270,7 +296,7 @@ pub async fn run_with_http(
         };
         tokio::spawn(http::serve(
             http_listener,
-            config.tls.as_ref().map(|t| t.http_acceptor()),
+            tls.as_ref().map(|t| t.http_acceptor()),
             mutual_tls,
             http::router(ctx),
             config
@@ -335,31 +361,37 @@ pub async fn run_with_http(
         .add_service(reflection_v1alpha)
         .add_service(ingest)
         .add_service(query);
-    let admission = Admission {
-        max_connections: config.max_connections,
-        max_connections_per_address: config.max_connections_per_address.unwrap_or_else(|| {
-            listener::default_max_connections_per_address(config.max_connections)
-        }),
-        handshake_timeout: config.handshake_timeout,
-        deadlines: Deadlines {
-            preface: config.preface_timeout,
-            idle: config.idle_timeout,
-        },
-    };
     let stats = refusals.clone();
     // The listener terminates TLS itself, so tonic sees one stream type or
     // the other.
     let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match &config.tls {
+        match &tls {
             None => Box::pin(router.serve_with_incoming_shutdown(
-                listener::incoming(listener, admission, Plaintext, stats),
+                listener::incoming(listener, admission_rx, Plaintext, stats),
                 signal,
             )),
             Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                listener::incoming(listener, admission, tls.acceptor(), stats),
+                listener::incoming(listener, admission_rx, tls.acceptor(), stats),
                 signal,
             )),
         };
+    // The reload task owns the running settings and the exports until
+    // shutdown.
+    let reload_task = tokio::spawn(reload::run(
+        reload::Owners {
+            running: config.clone(),
+            roles: roles_tx,
+            limits: limits_tx,
+            admission: admission_tx,
+            tls,
+            merger: merger_settings,
+            exports,
+            metrics: reload_metrics,
+            deadline,
+        },
+        reloads,
+        token.clone(),
+    ));
     // Boxed so it can be dropped below: it owns the last merger handle.
     let mut serve = serve;
     // Serve; once shutdown has begun, give connections `deadline` to close.
@@ -371,13 +403,20 @@ pub async fn run_with_http(
         }
     };
     info!(refusals = %refusals.snapshot(), "listener totals");
+    // The HTTP listener stops accepting once the token is cancelled (the
+    // signal did, unless serving failed) and drains on its own deadline;
+    // the reload task ends (a reload under way first) and hands back the
+    // exports.
+    token.cancel();
     if let Some(task) = http_task {
-        // It stops accepting once the token is cancelled (the signal did,
-        // unless serving failed) and drains on its own deadline.
-        token.cancel();
         let _ = tokio::time::timeout(deadline, task).await;
     }
-    exports.shutdown(deadline).await;
+    match reload_task.await {
+        Ok(exports) => exports.shutdown(deadline).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "the reload task failed; exports stop with the process")
+        }
+    }
     served?;
     // The Ingest service (and with it the last merger handle) is gone once
     // `serve` is dropped; the merger then drains its queue and stops.

@@ -1,7 +1,9 @@
 //! TLS for the collector: loading the server's certificate, key and client CA
-//! into a rustls [`ServerConfig`] (the listener terminates TLS with it,
-//! `collector/src/listener/`), and reading an agent's identity
-//! from the certificate it presented.
+//! ([`ServerTls`]), serving them through rustls configs whose certificate
+//! and client verifier a reload replaces ([`LiveTls`], `live.rs`; the
+//! listeners terminate TLS with them, `collector/src/listener/` and
+//! `collector/src/http/serve.rs`), and reading an agent's identity from
+//! the certificate it presented.
 //!
 //! The identity of a client certificate, exactly:
 //!
@@ -27,9 +29,14 @@ use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::RootCertStore;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto};
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
+use tokio_rustls::rustls::sign::CertifiedKey;
+
+mod live;
+
+pub use live::LiveTls;
 
 /// Where the collector's TLS material is, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,12 +54,15 @@ pub struct TlsFiles {
     pub query_requires_client_cert: bool,
 }
 
-/// TLS material read and checked, ready for the server.
+/// TLS material read and checked: the certificate chain with its key and,
+/// with mutual TLS, the verifier of client certificates. The listeners
+/// serve it through a [`LiveTls`], which a reload gives the next one.
 #[derive(Clone)]
 pub struct ServerTls {
-    config: Arc<ServerConfig>,
-    /// The same, offering HTTP/1.1 beside HTTP/2 (the HTTP listener).
-    http: Arc<ServerConfig>,
+    key: Arc<CertifiedKey>,
+    /// How client certificates are verified; `None`: they are not asked
+    /// for.
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// Client certificates are verified (mutual TLS).
     pub mutual: bool,
 }
@@ -66,15 +76,9 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
-    /// What the listener runs each TLS handshake with.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.config.clone())
-    }
-
-    /// What the HTTP listener runs each TLS handshake with: the same
-    /// certificate and client verifier, ALPN `h2` and `http/1.1`.
-    pub fn http_acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.http.clone())
+    /// The leaf certificate served (DER).
+    pub fn leaf(&self) -> Option<&CertificateDer<'static>> {
+        self.key.cert.first()
     }
 }
 
@@ -122,43 +126,33 @@ pub fn load(files: &TlsFiles) -> Result<ServerTls, TlsError> {
         },
     })?;
     // The ring provider explicitly, as tonic's `tls-ring` uses it.
-    let provider = Arc::new(crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(unusable(&files.cert))?;
-    let mut mutual = false;
-    let builder = match &files.client_ca {
-        None => builder.with_no_client_auth(),
+    let provider = live::provider();
+    let verifier = match &files.client_ca {
+        None => None,
         Some(ca_path) => {
             let mut roots = RootCertStore::empty();
             for ca in certs(ca_path, &read(ca_path)?)? {
                 roots.add(ca).map_err(unusable(ca_path))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
             let verifier = if files.query_requires_client_cert {
                 verifier
             } else {
                 verifier.allow_unauthenticated()
             };
-            mutual = true;
-            builder.with_client_cert_verifier(verifier.build().map_err(|e| TlsError::Unusable {
+            Some(verifier.build().map_err(|e| TlsError::Unusable {
                 path: ca_path.clone(),
                 message: e.to_string(),
             })?)
         }
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(unusable(&files.key))?;
-    // gRPC is HTTP/2 only; a client offering other protocols alone is
-    // refused during the handshake.
-    let mut http = config.clone();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Checks that the key is the certificate's, as `with_single_cert` does.
+    let key = CertifiedKey::from_der(chain, key, &provider).map_err(unusable(&files.key))?;
     Ok(ServerTls {
-        config: Arc::new(config),
-        http: Arc::new(http),
-        mutual,
+        key: Arc::new(key),
+        mutual: verifier.is_some(),
+        verifier,
     })
 }
 

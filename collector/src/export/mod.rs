@@ -18,9 +18,11 @@
 mod remote_write;
 mod runner;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -42,12 +44,50 @@ pub enum ExportError {
     Sink { name: String, cause: SinkError },
 }
 
-/// The running export tasks.
+/// The running export tasks, by name. Owned by the server's reload task
+/// (`server/reload.rs`), which applies a reload's `[[exports]]` with
+/// [`Exports::prepare`] and [`Exports::apply`].
 #[derive(Debug)]
 pub struct Exports {
-    tasks: JoinSet<()>,
+    url: StoreUrl,
+    metrics: Arc<ExportMetrics>,
+    running: HashMap<String, Running>,
+    /// Parents of every task's tokens: shutdown cancels them all.
     stop: CancellationToken,
     abort: CancellationToken,
+}
+
+/// One export's task.
+#[derive(Debug)]
+struct Running {
+    config: ExportConfig,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// A reload's `[[exports]]`, checked: the sinks of the added and changed
+/// exports built, the commit log set up for the old and new names alike.
+/// Nothing runs differently until [`Exports::apply`].
+#[derive(Debug)]
+pub struct Prepared {
+    configs: Vec<ExportConfig>,
+    start: Vec<(ExportConfig, Sink)>,
+    log: Option<CommitLog>,
+}
+
+/// What a reload did to the exports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportsDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl ExportsDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
 }
 
 /// Sets up the commit log for `configs` (removing it when there are none)
@@ -56,10 +96,12 @@ pub struct Exports {
 pub async fn start(
     url: &StoreUrl,
     configs: &[ExportConfig],
-    metrics: &ExportMetrics,
+    metrics: &Arc<ExportMetrics>,
 ) -> Result<Exports, ExportError> {
     let mut exports = Exports {
-        tasks: JoinSet::new(),
+        url: url.clone(),
+        metrics: metrics.clone(),
+        running: HashMap::new(),
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
@@ -68,6 +110,16 @@ pub async fn start(
         return Ok(exports);
     }
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+    let log = setup(url, names).await?;
+    for config in configs {
+        let sink = sink(config)?;
+        exports.spawn(config.clone(), sink, log.clone());
+    }
+    Ok(exports)
+}
+
+/// The commit log set up for `names` (blocking work, on the pool).
+async fn setup(url: &StoreUrl, names: Vec<String>) -> Result<CommitLog, ExportError> {
     let url2 = url.clone();
     let log = tokio::task::spawn_blocking(move || CommitLog::setup(&url2, &names))
         .await
@@ -77,47 +129,156 @@ pub async fn start(
                 message: format!("setup task failed: {e}"),
             })
         })??;
-    for config in configs {
-        let sink = match &config.kind {
-            ExportKind::RemoteWrite(rw) => Sink::RemoteWrite(
-                remote_write::RemoteWriteSink::new(
-                    &config.name,
-                    &config.url,
-                    rw,
-                    config.max_backoff,
-                )
+    Ok(log)
+}
+
+/// The destination of `config`.
+fn sink(config: &ExportConfig) -> Result<Sink, ExportError> {
+    Ok(match &config.kind {
+        ExportKind::RemoteWrite(rw) => Sink::RemoteWrite(
+            remote_write::RemoteWriteSink::new(&config.name, &config.url, rw, config.max_backoff)
                 .map_err(|cause| ExportError::Sink {
-                    name: config.name.clone(),
-                    cause,
-                })?,
-            ),
-        };
-        let runner = Runner {
-            config: config.clone(),
-            sink,
-            log: log.clone(),
-            metrics: metrics.handles(&config.name),
-        };
-        exports
-            .tasks
-            .spawn(runner.run(exports.stop.clone(), exports.abort.clone()));
-    }
-    Ok(exports)
+                name: config.name.clone(),
+                cause,
+            })?,
+        ),
+    })
 }
 
 impl Exports {
+    /// Starts the task of one export.
+    fn spawn(&mut self, config: ExportConfig, sink: Sink, log: CommitLog) {
+        let (stop, abort) = (self.stop.child_token(), self.abort.child_token());
+        let runner = Runner {
+            config: config.clone(),
+            sink,
+            log,
+            metrics: self.metrics.handles(&config.name),
+        };
+        let task = tokio::spawn(runner.run(stop.clone(), abort.clone()));
+        self.running.insert(
+            config.name.clone(),
+            Running {
+                config,
+                stop,
+                abort,
+                task,
+            },
+        );
+    }
+
+    /// Checks a reload's `configs` without changing what runs: builds the
+    /// sinks of new and changed exports and sets the commit log up for
+    /// every name old and new (cursors of new exports start at the log's
+    /// end). An error leaves the running exports as they are.
+    pub async fn prepare(&self, configs: &[ExportConfig]) -> Result<Prepared, ExportError> {
+        let mut start = Vec::new();
+        for config in configs {
+            if self.running.get(&config.name).map(|r| &r.config) != Some(config) {
+                start.push((config.clone(), sink(config)?));
+            }
+        }
+        let mut names: Vec<String> = self.running.keys().cloned().collect();
+        for config in configs {
+            if !self.running.contains_key(&config.name) {
+                names.push(config.name.clone());
+            }
+        }
+        let log = if start.is_empty() {
+            None
+        } else {
+            Some(setup(&self.url, names).await?)
+        };
+        Ok(Prepared {
+            configs: configs.to_vec(),
+            start,
+            log,
+        })
+    }
+
+    /// Applies what [`Exports::prepare`] checked: removed and changed
+    /// exports stop (the page in flight finishes within `deadline`, else
+    /// it is sent again by the next task), added and changed ones start
+    /// (a changed one resumes from its durable cursor), unchanged ones are
+    /// not touched. The cursors of removed exports are deleted last.
+    pub async fn apply(&mut self, prepared: Prepared, deadline: Duration) -> ExportsDiff {
+        let mut diff = ExportsDiff::default();
+        let keep: HashMap<&str, &ExportConfig> = prepared
+            .configs
+            .iter()
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        let mut stopping = Vec::new();
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            let Some(running) = self.running.get(&name) else {
+                continue;
+            };
+            match keep.get(name.as_str()) {
+                Some(c) if **c == running.config => continue,
+                Some(_) => diff.changed.push(name.clone()),
+                None => diff.removed.push(name.clone()),
+            }
+            if let Some(running) = self.running.remove(&name) {
+                running.stop.cancel();
+                stopping.push(running);
+            }
+        }
+        for running in stopping {
+            let Running { abort, task, .. } = running;
+            let mut task = task;
+            if tokio::time::timeout(deadline, &mut task).await.is_err() {
+                warn!(
+                    ?deadline,
+                    "export still sending at the reload deadline; its page goes again"
+                );
+                abort.cancel();
+                let _ = task.await;
+            }
+        }
+        if let Some(log) = prepared.log {
+            for (config, sink) in prepared.start {
+                if !diff.changed.contains(&config.name) {
+                    diff.added.push(config.name.clone());
+                }
+                self.spawn(config, sink, log.clone());
+            }
+        }
+        for name in &diff.removed {
+            self.metrics.remove(name);
+        }
+        if !diff.removed.is_empty() {
+            let names: Vec<String> = self.running.keys().cloned().collect();
+            // Only the cursors of removed exports go (none: the log).
+            if let Err(e) = setup(&self.url, names).await {
+                warn!(error = %e, "removing the cursors of removed exports failed; retried at the next reload or start");
+            }
+        }
+        diff
+    }
+
     /// Stops reading new pages, lets the pages in flight finish within
     /// `deadline`, then abandons them (unsaved: sent again after restart).
-    pub async fn shutdown(mut self, deadline: Duration) {
+    pub async fn shutdown(self, deadline: Duration) {
         self.stop.cancel();
-        let all = async { while self.tasks.join_next().await.is_some() {} };
+        let mut tasks: Vec<JoinHandle<()>> = self.running.into_values().map(|r| r.task).collect();
+        // A task leaves the list once it has ended (a finished handle must
+        // not be awaited again).
+        let all = async {
+            while let Some(task) = tasks.last_mut() {
+                let _ = task.await;
+                tasks.pop();
+            }
+        };
         if tokio::time::timeout(deadline, all).await.is_err() {
             warn!(
                 ?deadline,
                 "exports still sending at the shutdown deadline; the rest goes after the restart"
             );
             self.abort.cancel();
-            while self.tasks.join_next().await.is_some() {}
+            for task in tasks {
+                let _ = task.await;
+            }
         }
     }
 }

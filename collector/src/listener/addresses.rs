@@ -11,19 +11,22 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// How many connections each source address has open, under a cap.
 #[derive(Debug)]
 pub struct PerAddress {
-    cap: usize,
+    /// Set by the accept task only (at start and at a reload); a lower cap
+    /// leaves connections open and refuses new ones until below it.
+    cap: AtomicUsize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl PerAddress {
     pub fn new(cap: usize) -> Arc<PerAddress> {
         Arc::new(PerAddress {
-            cap: cap.max(1),
+            cap: AtomicUsize::new(cap.max(1)),
             open: Mutex::new(HashMap::new()),
         })
     }
@@ -34,7 +37,7 @@ impl PerAddress {
         let ip = ip.to_canonical();
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(ip).or_insert(0);
-        if *n >= self.cap {
+        if *n >= self.cap.load(Ordering::Relaxed) {
             return None;
         }
         *n += 1;
@@ -42,6 +45,11 @@ impl PerAddress {
             table: self.clone(),
             ip,
         })
+    }
+
+    /// A new cap, for the connections admitted from now on.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap.max(1), Ordering::Relaxed);
     }
 
     /// Connections open from `ip`.

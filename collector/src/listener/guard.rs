@@ -34,7 +34,7 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const PREFACE_AND_FRAME_HEADER: usize = PREFACE.len() + 9;
 
 /// The two deadlines of a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
     /// From admission (after the TLS handshake) to the end of the first
     /// frame header.

@@ -20,6 +20,13 @@
 //! (`Request::peer_certs`), since the connect info is tokio-rustls' own.
 //! Every refusal is counted and logged per reason ([`stats`]). The
 //! connections reach tonic through a bounded channel, as a stream.
+//!
+//! The [`Admission`] comes through a `watch`, so a reload changes it
+//! while the listener runs: the accept task reads it before each accept.
+//! A higher `max_connections` adds permits at once; a lower one takes
+//! back free permits and the rest as connections close (open connections
+//! are never cut); the per-address cap, the handshake timeout and the
+//! deadlines apply to connections accepted from then on.
 
 mod addresses;
 mod guard;
@@ -35,12 +42,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use addresses::{AddressSlot, PerAddress};
 pub use guard::{Deadlines, Guarded};
@@ -139,7 +146,7 @@ impl Handshake for TlsAcceptor {
 }
 
 /// How connections are admitted.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
     /// Most connections open at once (including ones still handshaking).
     pub max_connections: usize,
@@ -153,10 +160,11 @@ pub struct Admission {
 
 /// Starts the accept task; the returned stream yields admitted connections
 /// until it is dropped, which also stops the task. `stats` counts every
-/// refusal.
+/// refusal; `admission` is read before each accept (a reload may change
+/// it).
 pub fn incoming<H: Handshake>(
     listener: TcpListener,
-    admission: Admission,
+    admission: watch::Receiver<Admission>,
     handshake: H,
     stats: Arc<ListenerStats>,
 ) -> ReceiverStream<io::Result<Guarded<H::Io>>> {
@@ -171,35 +179,107 @@ pub fn incoming<H: Handshake>(
     ReceiverStream::new(rx)
 }
 
+/// `max_connections` as the accept task applies it: the semaphore's
+/// size, and permits still to take back after a reload lowered it.
+struct Capacity {
+    permits: Arc<Semaphore>,
+    size: usize,
+    /// Permits held by open connections that are forgotten, not returned,
+    /// when they come back (the semaphore cannot shrink below what is
+    /// taken).
+    owed: usize,
+}
+
+impl Capacity {
+    fn new(size: usize) -> Capacity {
+        let size = size.max(1);
+        Capacity {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+            owed: 0,
+        }
+    }
+
+    /// Grows or shrinks the semaphore to `size`.
+    fn resize(&mut self, size: usize) {
+        let size = size.max(1);
+        if size > self.size {
+            let grow = size - self.size;
+            let repaid = grow.min(self.owed);
+            self.owed -= repaid;
+            self.permits.add_permits(grow - repaid);
+        } else if size < self.size {
+            let shrink = self.size - size;
+            let forgotten = self.permits.forget_permits(shrink);
+            self.owed += shrink - forgotten;
+        }
+        self.size = size;
+    }
+
+    /// A permit that counts, or `None` when the one taken paid a debt.
+    fn keep(&mut self, permit: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        if self.owed > 0 {
+            self.owed -= 1;
+            permit.forget();
+            return None;
+        }
+        Some(permit)
+    }
+}
+
 async fn accept_loop<H: Handshake>(
     listener: TcpListener,
-    admission: Admission,
+    mut admissions: watch::Receiver<Admission>,
     handshake: Arc<H>,
     stats: Arc<ListenerStats>,
     tx: mpsc::Sender<io::Result<Guarded<H::Io>>>,
 ) {
-    let permits = Arc::new(Semaphore::new(admission.max_connections.max(1)));
+    let mut admission = *admissions.borrow_and_update();
+    let mut capacity = Capacity::new(admission.max_connections);
     let per_address = PerAddress::new(admission.max_connections_per_address);
+    // False once the sender is gone (no reloads).
+    let mut reloadable = true;
     // Kept across iterations: a connection refused for its address gives
     // its permit to the next one.
     let mut permit: Option<OwnedSemaphorePermit> = None;
     loop {
+        if reloadable && admissions.has_changed().unwrap_or(false) {
+            admission = *admissions.borrow_and_update();
+            capacity.resize(admission.max_connections);
+            per_address.set_cap(admission.max_connections_per_address);
+            debug!(
+                max_connections = admission.max_connections,
+                max_connections_per_address = admission.max_connections_per_address,
+                "listener limits reloaded"
+            );
+        }
         let held = match permit.take() {
             Some(p) => p,
-            None => match permits.clone().try_acquire_owned() {
-                Ok(p) => p,
+            None => match capacity.permits.clone().try_acquire_owned() {
+                Ok(p) => match capacity.keep(p) {
+                    Some(p) => p,
+                    None => continue,
+                },
                 Err(_) => {
                     let detail = format!("max_connections={}", admission.max_connections);
                     stats.record(Refusal::GlobalCapWait, None, &detail);
                     let acquired = tokio::select! {
-                        p = permits.clone().acquire_owned() => p,
+                        p = capacity.permits.clone().acquire_owned() => p,
+                        changed = admissions.changed(), if reloadable => {
+                            // A reload may have raised the cap: look again.
+                            reloadable = changed.is_ok();
+                            continue;
+                        }
                         _ = tx.closed() => return,
                     };
                     match acquired {
-                        Ok(p) => {
-                            info!("below the connection limit again: accepting");
-                            p
-                        }
+                        Ok(p) => match capacity.keep(p) {
+                            Some(p) => {
+                                info!("below the connection limit again: accepting");
+                                p
+                            }
+                            None => continue,
+                        },
                         Err(_) => return,
                     }
                 }

@@ -181,3 +181,49 @@ mod deadlines {
         assert_eq!(stats.get(Refusal::PrefaceTimeout), 0);
     }
 }
+
+#[test]
+fn a_reload_resizes_max_connections_without_closing_any() {
+    let mut cap = Capacity::new(4);
+    let take = |c: &Capacity| c.permits.clone().try_acquire_owned().ok();
+    let held: Vec<_> = (0..3).map(|_| take(&cap).unwrap()).collect();
+    // Down to 1 with 3 open: the free permit goes now, 2 are owed.
+    cap.resize(1);
+    assert_eq!(cap.permits.available_permits(), 0);
+    assert_eq!(cap.owed, 2);
+    drop(held);
+    // Two of the three returned pay the debt; one connection may open.
+    let mut admitted = 0;
+    while let Some(p) = take(&cap) {
+        if let Some(p) = cap.keep(p) {
+            admitted += 1;
+            p.forget();
+        }
+    }
+    assert_eq!((admitted, cap.owed), (1, 0));
+    // Up to 3: two more permits.
+    cap.resize(3);
+    assert_eq!(cap.permits.available_permits(), 2);
+    // A rise while permits are owed pays the debt first.
+    let mut cap = Capacity::new(2);
+    let held: Vec<_> = (0..2).map(|_| take(&cap).unwrap()).collect();
+    cap.resize(1);
+    assert_eq!(cap.owed, 1);
+    cap.resize(3);
+    assert_eq!((cap.owed, cap.permits.available_permits()), (0, 1));
+    drop(held);
+    assert_eq!(cap.permits.available_permits(), 3);
+}
+
+#[test]
+fn a_lower_per_address_cap_refuses_new_connections_only() {
+    let table = PerAddress::new(3);
+    let ip = std::net::Ipv4Addr::LOCALHOST.into();
+    let slots: Vec<_> = (0..3).map(|_| table.admit(ip).unwrap()).collect();
+    table.set_cap(1);
+    assert!(table.admit(ip).is_none());
+    assert_eq!(table.open(ip), 3);
+    drop(slots);
+    let _one = table.admit(ip).unwrap();
+    assert!(table.admit(ip).is_none());
+}

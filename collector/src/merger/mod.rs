@@ -17,9 +17,11 @@
 //! the batches it skipped, which are acked all the same.
 //!
 //! Retention runs here too, between groups: a timer task sends
-//! [`Command::Retain`] through the same queue, and the merger deletes old
-//! readings in bounded steps when its queue is empty, so retention never
-//! races a commit. So does the store's compaction (SQLite: head rows into
+//! [`Command::Retain`] through the same queue every second, the merger
+//! starts a pass when `check_every` has passed since the last one, and
+//! deletes old readings in bounded steps when its queue is empty, so
+//! retention never races a commit. A reload changes the retention and
+//! `max_series_per_agent` with [`Command::Settings`] ([`SettingsHandle`]). So does the store's compaction (SQLite: head rows into
 //! per-series chunks): after each group, bounded steps that move at least
 //! as many points as the group committed, and steps back to back while the
 //! queue is empty; a timer sends [`Command::Compact`] so a quiet store
@@ -62,6 +64,10 @@ const MAX_GROUP_READINGS: usize = 100_000;
 /// How often an idle merger asks the store whether compaction is due (it
 /// also asks after every group).
 const COMPACT_CHECK: Duration = Duration::from_secs(1);
+
+/// How often the merger is asked whether a retention pass is due (a pass
+/// starts once the retention's `check_every` has passed since the last).
+const RETAIN_CHECK: Duration = Duration::from_secs(1);
 
 /// A batch that passed the session's validation.
 #[derive(Debug)]
@@ -140,11 +146,42 @@ pub enum Command {
         agent: Arc<str>,
         session: u64,
     },
-    /// Time for a retention pass (sent by the merger's own timer task).
+    /// Time to see whether a retention pass is due (sent by the merger's
+    /// own timer task).
     Retain,
+    /// A reload's new settings.
+    Settings(MergerSettings),
     /// Time to see whether compaction is due (sent by the merger's own
     /// timer task, so an idle merger wakes up for it).
     Compact,
+}
+
+/// What a reload may change in the merger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergerSettings {
+    /// Delete readings older than this; `None` keeps all.
+    pub retention: Option<Retention>,
+    /// Most series one agent may have in the store (new series past it are
+    /// refused from now on; what is stored stays).
+    pub max_series_per_agent: u64,
+}
+
+/// Sends a reload's settings to the merger. Holds a weak sender, so it
+/// does not keep the merger alive at shutdown.
+#[derive(Debug, Clone)]
+pub struct SettingsHandle {
+    tx: mpsc::WeakSender<Command>,
+}
+
+impl SettingsHandle {
+    /// Queues `settings` behind what is waiting; they apply from the next
+    /// command on.
+    pub async fn send(&self, settings: MergerSettings) -> Result<(), MergerGone> {
+        let tx = self.tx.upgrade().ok_or(MergerGone)?;
+        tx.send(Command::Settings(settings))
+            .await
+            .map_err(|_| MergerGone)
+    }
 }
 
 /// The merger has stopped; the collector is shutting down or broken.
@@ -225,6 +262,14 @@ impl MergerHandle {
             .send(Command::Batch(batch))
             .await
             .map_err(|_| MergerGone)
+    }
+
+    /// Where a reload sends the merger's new settings (it does not keep
+    /// the merger alive).
+    pub fn settings_handle(&self) -> SettingsHandle {
+        SettingsHandle {
+            tx: self.tx.downgrade(),
+        }
     }
 
     /// What `/metrics` reads of the queue (it does not keep the merger
@@ -316,6 +361,9 @@ pub struct Merger {
     live_dirty: bool,
     tail: broadcast::Sender<Committed>,
     retention: Option<Retention>,
+    /// When the last retention pass started (`None`: none yet with the
+    /// current retention).
+    last_retention: Option<std::time::Instant>,
     /// Cutoff of a retention pass still under way.
     retaining: Option<Retaining>,
     metrics: Arc<MergerMetrics>,
@@ -397,6 +445,7 @@ pub async fn start(
                 live_dirty: false,
                 tail: tail_tx,
                 retention,
+                last_retention: None,
                 retaining: None,
                 metrics,
             };
@@ -404,9 +453,8 @@ pub async fn start(
             merger.run();
         })?;
     ready_rx.await.map_err(|_| SpawnError::Died)??;
-    if let Some(retention) = retention {
-        spawn_timer(&tx, retention.check_every, || Command::Retain);
-    }
+    // Always: a reload may turn retention on.
+    spawn_timer(&tx, RETAIN_CHECK, || Command::Retain);
     if compacts {
         spawn_timer(&tx, COMPACT_CHECK, || Command::Compact);
     }
@@ -496,6 +544,7 @@ impl Merger {
             Command::Goodbye { agent, session } => self.goodbye(&agent, session),
             Command::Batch(b) => self.apply_batch(b, group),
             Command::Retain => self.start_retention(),
+            Command::Settings(settings) => self.settings(settings),
             // Nothing to do here: the loop asks the store after the group.
             Command::Compact => {}
         }

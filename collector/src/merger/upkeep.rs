@@ -4,7 +4,7 @@
 
 use tracing::{debug, info, warn};
 
-use super::Merger;
+use super::{Merger, MergerSettings};
 use crate::metrics::StoreOp;
 use crate::model::now_ns;
 use crate::store::CompactStep;
@@ -64,7 +64,8 @@ impl Merger {
         }
     }
 
-    /// Starts a retention pass, unless one is under way.
+    /// Starts a retention pass, unless one is under way or the last one
+    /// started less than `check_every` ago.
     pub(super) fn start_retention(&mut self) {
         let Some(retention) = self.retention else {
             return;
@@ -72,11 +73,43 @@ impl Merger {
         if self.retaining.is_some() {
             return;
         }
+        let now = std::time::Instant::now();
+        if self
+            .last_retention
+            .is_some_and(|last| now.duration_since(last) < retention.check_every)
+        {
+            return;
+        }
+        self.last_retention = Some(now);
         let keep = i64::try_from(retention.keep.as_nanos()).unwrap_or(i64::MAX);
         self.retaining = Some(Retaining {
             cutoff_ns: now_ns().saturating_sub(keep),
             removed: 0,
         });
+    }
+
+    /// A reload's settings: a new retention starts a pass at the next check
+    /// (a pass under way goes on with its cutoff); a new series limit
+    /// applies to the next resolve.
+    pub(super) fn settings(&mut self, settings: MergerSettings) {
+        if settings.retention != self.retention {
+            let keep = settings.retention.map_or_else(
+                || "forever".to_owned(),
+                |r| humantime::format_duration(r.keep).to_string(),
+            );
+            info!(%keep, "retention reloaded");
+            self.retention = settings.retention;
+            self.last_retention = None;
+        }
+        if settings.max_series_per_agent != self.max_series_per_agent {
+            info!(
+                max_series_per_agent = settings.max_series_per_agent,
+                "max_series_per_agent reloaded"
+            );
+            self.max_series_per_agent = settings.max_series_per_agent;
+            // A refusal under the new limit is logged again.
+            self.series_limit_logged.clear();
+        }
     }
 
     /// One bounded step of the retention pass under way. A failed step is

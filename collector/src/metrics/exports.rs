@@ -86,6 +86,18 @@ impl ExportMetrics {
         m
     }
 
+    /// Drops the series of export `name` (a reload removed it).
+    pub fn remove(&self, name: &str) {
+        let l: ExportLabel = [("export", name.to_owned())];
+        self.sent.remove(&l);
+        self.dropped.remove(&l);
+        self.skipped.remove(&l);
+        self.retried.remove(&l);
+        self.failed.remove(&l);
+        self.lag_readings.remove(&l);
+        self.lag_seconds.remove(&l);
+    }
+
     /// The handles of export `name`.
     pub fn handles(&self, name: &str) -> ExportHandles {
         let l: ExportLabel = [("export", name.to_owned())];

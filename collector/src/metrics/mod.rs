@@ -6,7 +6,8 @@
 //! - updated by their owner as things happen, each a relaxed atomic
 //!   (`handles`): the sessions count streams and refusals, the merger
 //!   counts groups, commit time, store errors and upkeep, the Query
-//!   service counts and times RPCs. Per batch, group, stream or request;
+//!   service counts and times RPCs, the reload task counts reloads
+//!   ([`ReloadMetrics`]). Per batch, group, stream, request or reload;
 //!   never per reading.
 //! - read at scrape time from what the collector keeps anyway, through
 //!   `prometheus-client` `Collector`s: the per-agent numbers from the
@@ -46,6 +47,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
+use tributary_process::metrics::prometheus_client::metrics::counter::Counter;
 use tributary_process::metrics::prometheus_client::registry::Registry;
 use tributary_process::metrics::{Format, ProcessCollector, encode, register_build_info};
 
@@ -61,6 +63,34 @@ pub use handles::{
     IngestMetrics, MergerMetrics, QueryMetrics, QueryTimer, Rpc, StoreOp, StreamRefusal,
 };
 pub use scrape::{ListenerCollector, QueueCollector};
+
+/// The reload task's counters (SIGHUP, `server/reload.rs`), named as the
+/// agent's are.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadMetrics {
+    /// Reloads applied.
+    pub applied: Counter,
+    /// Reloads refused (an invalid file, or a change that needs a
+    /// restart): the running settings stay.
+    pub failed: Counter,
+}
+
+impl ReloadMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let m = ReloadMetrics::default();
+        registry.register(
+            "tributary_collector_config_reloads",
+            "Configuration reloads applied since the collector started",
+            m.applied.clone(),
+        );
+        registry.register(
+            "tributary_collector_config_reload_failures",
+            "Configuration reloads refused (the running configuration stays)",
+            m.failed.clone(),
+        );
+        m
+    }
+}
 
 /// The git commit of this build (`tributary_process::build`).
 const COMMIT: &str = tributary_process::build::COMMIT;
@@ -80,6 +110,8 @@ pub struct CollectorMetrics {
     /// The HTTP listener's refusals (its TLS handshakes, the fleet page's
     /// event streams over their cap).
     pub http: Arc<HttpMetrics>,
+    /// Configuration reloads applied and refused.
+    pub reloads: ReloadMetrics,
 }
 
 impl Default for CollectorMetrics {
@@ -102,7 +134,9 @@ impl CollectorMetrics {
         let (ingest, merger, query) = handles::new(&mut registry);
         let exports = Arc::new(ExportMetrics::new(&mut registry));
         let http = Arc::new(HttpMetrics::new(&mut registry));
+        let reloads = ReloadMetrics::new(&mut registry);
         CollectorMetrics {
+            reloads,
             exports,
             registry,
             ingest: Arc::new(ingest),

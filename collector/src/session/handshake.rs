@@ -95,11 +95,11 @@ impl Session {
             None => return Err(Status::invalid_argument("frame: empty, expected hello")),
         };
         check_hello(&hello, &self.limits)?;
-        let authorized = check_identity(&hello.agent_id, &self.auth, &self.roles)
+        let roles = self.roles.borrow().clone();
+        let authorized = check_identity(&hello.agent_id, &self.auth, &roles)
             .map_err(|s| (StreamRefusal::Identity, s))
             .and_then(|()| {
-                check_allowlist(&hello.agent_id, &self.roles)
-                    .map_err(|s| (StreamRefusal::Allowlist, s))
+                check_allowlist(&hello.agent_id, &roles).map_err(|s| (StreamRefusal::Allowlist, s))
             });
         if let Err((reason, status)) = authorized {
             self.metrics.refused(reason);

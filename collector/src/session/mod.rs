@@ -16,6 +16,12 @@
 //! A bad frame ends the stream with INVALID_ARGUMENT naming the field;
 //! nothing of that batch is forwarded, and other streams are unaffected.
 //!
+//! A stream keeps the [`Limits`] it started with. It watches the roles
+//! (a `watch` the reload task sends on, `server/reload.rs`): when a reload
+//! takes its agent off `allowed_agents`, the stream is drained (what it
+//! sent is answered) and ended with PERMISSION_DENIED, as a new Hello of
+//! that agent would be.
+//!
 //! What it may touch: the merger, through [`MergerHandle`] only; the stream
 //! it serves; its counters in `crate::metrics::IngestMetrics` (streams open,
 //! refusals by reason; atomics, per stream). Files: this one is the task (the stream loop, drain, acks);
@@ -50,8 +56,10 @@ pub use handshake::{authorize, check_hello};
 pub use readings::batch_readings;
 pub use series::StreamSeries;
 
-/// Limits a session enforces on what an agent sends.
-#[derive(Debug, Clone)]
+/// Limits a session enforces on what an agent sends. A stream keeps the
+/// limits it started with; a reload's apply to the streams that start
+/// after it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Longest agent id, device, metric, label key or value, unit (bytes).
     pub max_name_len: usize,
@@ -106,7 +114,9 @@ pub struct Session {
     shutdown: CancellationToken,
     peer: String,
     auth: PeerAuth,
-    roles: Arc<Roles>,
+    /// The roles, which a reload may change: a stream whose agent leaves
+    /// `allowed_agents` is ended (see [`Session::stream_loop`]).
+    roles: watch::Receiver<Arc<Roles>>,
     metrics: Arc<IngestMetrics>,
 }
 
@@ -142,7 +152,7 @@ impl Session {
             shutdown,
             peer,
             auth: PeerAuth::Unverified,
-            roles: Arc::default(),
+            roles: watch::channel(Arc::default()).1,
             metrics: Arc::default(),
         }
     }
@@ -154,9 +164,9 @@ impl Session {
     }
 
     /// Sets what TLS knows of the peer and the roles of identities (the
-    /// operators, the optional allowlist of agent ids); by default any
-    /// agent id is accepted.
-    pub fn with_auth(mut self, auth: PeerAuth, roles: Arc<Roles>) -> Self {
+    /// operators, the optional allowlist of agent ids), as they are now and
+    /// after each reload; by default any agent id is accepted.
+    pub fn with_auth(mut self, auth: PeerAuth, roles: watch::Receiver<Arc<Roles>>) -> Self {
         self.auth = auth;
         self.roles = roles;
         self
@@ -206,11 +216,36 @@ impl Session {
     ) -> Result<(), Status> {
         // What Ack frames were sent for: at first what the Welcome said.
         let mut sent = *ack_rx.borrow_and_update();
+        // Not marked seen: a reload since the service's receiver was made
+        // (maybe between the Hello's check and here) is checked at once.
+        let mut roles = self.roles.clone();
+        // False once the roles' sender is gone (no reloads): `changed`
+        // would then be ready at once, forever.
+        let mut reloadable = true;
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => {
                     return self.drain(stream, ack_rx, out, sent).await;
+                }
+                changed = roles.changed(), if reloadable => {
+                    if changed.is_err() {
+                        reloadable = false;
+                        continue;
+                    }
+                    let allowed = roles.borrow_and_update().is_allowed_agent(&stream.agent);
+                    if !allowed {
+                        // A reload took the agent off `allowed_agents`: what
+                        // it sent is answered, then the stream ends as a new
+                        // one would be refused.
+                        self.metrics.refused(StreamRefusal::Allowlist);
+                        warn!(agent = %stream.agent, peer = %self.peer, "agent no longer in allowed_agents after a reload: ending its stream");
+                        self.drain(stream, ack_rx, out, sent).await?;
+                        return Err(Status::permission_denied(format!(
+                            "hello.agent_id: {:?} is not an allowed agent (allowed_agents changed)",
+                            &*stream.agent
+                        )));
+                    }
                 }
                 changed = ack_rx.changed() => {
                     if changed.is_err() {
