@@ -7,9 +7,12 @@
 //! - `remote_write.rs`: samples, shards, requests, retries.
 //!
 //! Exports never slow ingest: the merger does not know they exist (the
-//! store's trigger copies each committed batch into the log in the
-//! commit's transaction); each task reads through a connection of its own
-//! and falls behind when its destination is slow or down.
+//! store copies each committed batch into the log in the commit's
+//! transaction: a trigger on SQLite, the commit's last statement on
+//! PostgreSQL); each task reads through a connection of its own and falls
+//! behind when its destination is slow or down. On PostgreSQL each task
+//! first takes its export's advisory lock, so with several collectors on
+//! one database each export runs in one of them (`runner.rs`).
 //!
 //! May import: `config::exports` (settings), `store::export` (the log),
 //! `prom_labels` (the one series → labels mapping), `metrics` (its
@@ -50,9 +53,8 @@ pub struct Exports {
     abort: CancellationToken,
 }
 
-/// Sets up the commit log for `configs` (removing it when there are none)
-/// and starts one task per export. Blocking store work: call before
-/// serving.
+/// Sets up the commit log for `configs` (on SQLite, removing it when
+/// there are none) and starts one task per export. Call before serving.
 pub async fn start(
     url: &StoreUrl,
     configs: &[ExportConfig],
@@ -63,20 +65,8 @@ pub async fn start(
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
-    let sqlite = matches!(url, StoreUrl::Sqlite(_));
-    if configs.is_empty() && !sqlite {
-        return Ok(exports);
-    }
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
-    let url2 = url.clone();
-    let log = tokio::task::spawn_blocking(move || CommitLog::setup(&url2, &names))
-        .await
-        .map_err(|e| {
-            ExportError::Log(ReadError::Setup {
-                store: url.to_string(),
-                message: format!("setup task failed: {e}"),
-            })
-        })??;
+    let log = CommitLog::setup(url, &names).await?;
     for config in configs {
         let sink = match &config.kind {
             ExportKind::RemoteWrite(rw) => Sink::RemoteWrite(

@@ -2,6 +2,13 @@
 //! page, sends each page, and saves the cursor (with its totals) once the
 //! page is delivered, so a crash resends at most the page in flight.
 //!
+//! On PostgreSQL the task first takes its export's advisory lock on its
+//! own connection and runs only while it holds it: a collector sharing the
+//! database that holds it already makes this one wait, trying again every
+//! [`HOLD_RETRY`], and take over when that holder's connection ends. A
+//! lost connection (and so a lost lock) sends the task back to connect,
+//! take the lock and read the cursor as stored.
+//!
 //! Owns: its log connection, its cursor, its series cache, its sink.
 //! Never talks to the merger; a slow or dead destination only makes this
 //! task fall behind (lag in readings and seconds, in its metrics), and it
@@ -22,6 +29,8 @@ use crate::store::export::{CommitLog, CursorRow, LogConn, LogReading};
 const PAGE_READINGS: usize = 50_000;
 /// Wait when the log has nothing new.
 const IDLE: Duration = Duration::from_millis(100);
+/// Wait between tries to take an export held by another collector.
+const HOLD_RETRY: Duration = Duration::from_secs(2);
 /// Wait after a failed read of the store.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Series labels kept at most; the cache starts over past it.
@@ -49,47 +58,76 @@ impl Runner {
     pub async fn run(self, stop: CancellationToken, abort: CancellationToken) {
         let cancel = stop;
         let name = self.config.name.clone();
-        let mut conn = loop {
-            match self.log.connect().await {
-                Ok(c) => break c,
+        let mut cache: HashMap<i64, Option<SeriesLabels>> = HashMap::new();
+        // Each round: a connection, the export's lock (PostgreSQL: one
+        // collector runs it), the cursor as stored (another collector may
+        // have moved it), then pages until the connection is lost.
+        'connect: while !cancel.is_cancelled() {
+            let mut conn = match self.log.connect().await {
+                Ok(c) => c,
                 Err(e) => {
                     error!(export = %name, error = %e, "export cannot open the store; retrying");
                     if sleep_or_cancel(STORE_RETRY, &cancel).await {
                         return;
                     }
+                    continue;
+                }
+            };
+            let mut waiting = false;
+            loop {
+                match conn.hold(&name).await {
+                    Ok(true) => break,
+                    Ok(false) => {
+                        if !waiting {
+                            info!(export = %name, "export runs in another collector sharing the store; taking over if it stops");
+                            waiting = true;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(export = %name, error = %e, "export cannot take its lock; retrying");
+                    }
+                }
+                if sleep_or_cancel(HOLD_RETRY, &cancel).await {
+                    return;
+                }
+                if conn.lost() {
+                    continue 'connect;
                 }
             }
-        };
-        let mut cursor = loop {
-            match conn.cursor(name.clone()).await {
-                Ok(c) => break c,
+            let mut cursor = match conn.cursor(name.clone()).await {
+                Ok(c) => c,
                 Err(e) => {
                     error!(export = %name, error = %e, "export cannot read its cursor; retrying");
                     if sleep_or_cancel(STORE_RETRY, &cancel).await {
                         return;
                     }
+                    continue;
                 }
-            }
-        };
-        info!(export = %name, kind = self.config.kind.name(), url = %self.config.url, position = cursor.position, "export started");
-        let mut cache: HashMap<i64, Option<SeriesLabels>> = HashMap::new();
-        while !cancel.is_cancelled() {
-            match self.step(&mut conn, &mut cursor, &mut cache, &abort).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    if sleep_or_cancel(IDLE, &cancel).await {
-                        break;
+            };
+            info!(export = %name, kind = self.config.kind.name(), url = %self.config.url, position = cursor.position, "export started");
+            while !cancel.is_cancelled() {
+                match self.step(&mut conn, &mut cursor, &mut cache, &abort).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if sleep_or_cancel(IDLE, &cancel).await {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        error!(export = %name, error = %e, "export cannot read the store; retrying");
+                        if sleep_or_cancel(STORE_RETRY, &cancel).await {
+                            break;
+                        }
+                        if conn.lost() {
+                            warn!(export = %name, "export lost its store connection (and its lock); connecting again");
+                            continue 'connect;
+                        }
                     }
                 }
-                Err(e) => {
-                    error!(export = %name, error = %e, "export cannot read the store; retrying");
-                    if sleep_or_cancel(STORE_RETRY, &cancel).await {
-                        break;
-                    }
-                }
             }
+            info!(export = %name, position = cursor.position, sent = cursor.sent, "export stopped");
+            return;
         }
-        info!(export = %name, position = cursor.position, sent = cursor.sent, "export stopped");
     }
 
     /// One page; `Ok(false)` when there was nothing to send.
@@ -101,6 +139,11 @@ impl Runner {
         cancel: &CancellationToken,
     ) -> Result<bool, crate::store::read::ReadError> {
         let name = &self.config.name;
+        // What every cursor has passed goes here, a bounded piece per step,
+        // off the merger's commit (a failure only delays it).
+        if let Err(e) = conn.trim().await {
+            warn!(export = %name, error = %e, "export cannot trim the log; trying again later");
+        }
         if let Some(max_lag) = self.config.max_lag {
             let before = tributary_process::now_ns()
                 .saturating_sub(i64::try_from(max_lag.as_nanos()).unwrap_or(i64::MAX));
