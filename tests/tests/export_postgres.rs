@@ -291,6 +291,18 @@ async fn two_collectors_run_one_export_and_lose_nothing_across_kills() -> Result
         row["name"] == EXPORT && row["dropped"] == 0 && row["sent"].as_u64() > Some(0),
         "exports shows {row}"
     );
+    // The holder trims what the cursor has passed (off the commits).
+    eventually(PATIENCE, "the export log is trimmed", || async {
+        let left = schema
+            .number(
+                "SELECT count(*) FROM export_log \
+                 WHERE id <= (SELECT MIN(position) FROM export_cursors)",
+            )
+            .await
+            .ok()?;
+        (left == 0).then_some(())
+    })
+    .await?;
     for m in &mut members {
         if let Some(mut p) = m.proc.take() {
             let status = p.terminate(Duration::from_secs(20)).await?;

@@ -49,7 +49,12 @@ pub async fn run(args: ExportsArgs) -> Result<()> {
             .server
             .exports
             .iter()
-            .map(|e| (e.name.clone(), format!("{} {}", e.kind.name(), e.url)))
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    format!("{} {}", e.kind.name(), crate::export::redact_url(&e.url)),
+                )
+            })
             .collect(),
     };
     let rows = CommitLog::existing(&url)

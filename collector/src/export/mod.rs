@@ -36,6 +36,20 @@ use crate::store::StoreUrl;
 use crate::store::export::CommitLog;
 use crate::store::read::ReadError;
 
+/// `url` as logs and the CLI show it: user info (credentials) replaced by
+/// `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
 /// Why the exports could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -109,5 +123,21 @@ impl Exports {
             self.abort.cancel();
             while self.tasks.join_next().await.is_some() {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_in_a_url_are_not_shown() {
+        assert_eq!(
+            redact_url("https://u:p@vm:8428/api/v1/write?x=@"),
+            "https://***@vm:8428/api/v1/write?x=@"
+        );
+        assert_eq!(redact_url("http://token@vm/w"), "http://***@vm/w");
+        assert_eq!(redact_url("http://vm:8428/w"), "http://vm:8428/w");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 }

@@ -97,7 +97,7 @@ pub struct Outcome {
 }
 
 /// The remote write client of one export.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteWriteSink {
     client: reqwest::Client,
     url: String,
@@ -107,6 +107,19 @@ pub struct RemoteWriteSink {
     max_samples: usize,
     max_backoff: Duration,
     name: Arc<str>,
+}
+
+impl std::fmt::Debug for RemoteWriteSink {
+    // No credentials: the URL's user info, header values and auth are out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteWriteSink")
+            .field("name", &self.name)
+            .field("url", &super::redact_url(&self.url))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("auth", &self.auth)
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemoteWriteSink {
@@ -166,8 +179,9 @@ impl RemoteWriteSink {
         for (k, v) in &cfg.headers {
             let name = HeaderName::try_from(k.as_str())
                 .map_err(|e| SinkError::Client(format!("header {k}: {e}")))?;
-            let value = HeaderValue::try_from(v.as_str())
+            let mut value = HeaderValue::try_from(v.as_str())
                 .map_err(|e| SinkError::Client(format!("header {k}: {e}")))?;
+            value.set_sensitive(true);
             headers.insert(name, value);
         }
         Ok(RemoteWriteSink {
@@ -351,7 +365,8 @@ impl RemoteWriteSink {
                 }
                 Err(e) => {
                     metrics.failed.inc();
-                    let message = tributary_process::error_chain(&e);
+                    // Without the URL: it may carry credentials.
+                    let message = tributary_process::error_chain(&e.without_url());
                     warn!(export = %self.name, error = %message, "remote write failed; retrying");
                     out.last_error = Some(message);
                     None

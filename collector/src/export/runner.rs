@@ -23,18 +23,28 @@ use tracing::{error, info, warn};
 use super::remote_write::{RemoteWriteSink, SeriesLabels, series_labels};
 use crate::config::exports::{ExportConfig, Filter};
 use crate::metrics::ExportHandles;
-use crate::store::export::{CommitLog, CursorRow, LogConn, LogReading};
+use crate::store::export::{CommitLog, CursorRow, LogConn, LogReading, TRIM_ROWS};
 
 /// Readings one page reads at most (a batch is never split).
 const PAGE_READINGS: usize = 50_000;
 /// Wait when the log has nothing new.
 const IDLE: Duration = Duration::from_millis(100);
+/// How often the lag gauges and the `max_lag` check read the backlog.
+const LAG_REFRESH: Duration = Duration::from_secs(2);
 /// Wait between tries to take an export held by another collector.
 const HOLD_RETRY: Duration = Duration::from_secs(2);
 /// Wait after a failed read of the store.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Series labels kept at most; the cache starts over past it.
 const MAX_CACHED_SERIES: usize = 1 << 20;
+
+/// When the task next reads the backlog's size, and whether the last trim
+/// left more to trim.
+#[derive(Debug)]
+struct Pace {
+    measure_at: tokio::time::Instant,
+    trim_more: bool,
+}
 
 /// The destination of one export.
 #[derive(Debug, Clone)]
@@ -104,9 +114,16 @@ impl Runner {
                     continue;
                 }
             };
-            info!(export = %name, kind = self.config.kind.name(), url = %self.config.url, position = cursor.position, "export started");
+            let mut pace = Pace {
+                measure_at: tokio::time::Instant::now(),
+                trim_more: true,
+            };
+            info!(export = %name, kind = self.config.kind.name(), url = %super::redact_url(&self.config.url), position = cursor.position, "export started");
             while !cancel.is_cancelled() {
-                match self.step(&mut conn, &mut cursor, &mut cache, &abort).await {
+                match self
+                    .step(&mut conn, &mut cursor, &mut cache, &mut pace, &abort)
+                    .await
+                {
                     Ok(true) => {}
                     Ok(false) => {
                         if sleep_or_cancel(IDLE, &cancel).await {
@@ -136,34 +153,45 @@ impl Runner {
         conn: &mut LogConn,
         cursor: &mut CursorRow,
         cache: &mut HashMap<i64, Option<SeriesLabels>>,
+        pace: &mut Pace,
         cancel: &CancellationToken,
     ) -> Result<bool, crate::store::read::ReadError> {
         let name = &self.config.name;
+        let now = tokio::time::Instant::now();
+        let due = now >= pace.measure_at;
         // What every cursor has passed goes here, a bounded piece per step,
         // off the merger's commit (a failure only delays it).
-        if let Err(e) = conn.trim().await {
-            warn!(export = %name, error = %e, "export cannot trim the log; trying again later");
-        }
-        if let Some(max_lag) = self.config.max_lag {
-            let before = tributary_process::now_ns()
-                .saturating_sub(i64::try_from(max_lag.as_nanos()).unwrap_or(i64::MAX));
-            if let Some((end, readings)) = conn.older_than(cursor.position, before).await? {
-                error!(export = %name, from = cursor.position + 1, to = end, readings, max_lag = ?max_lag, "export skipped committed readings older than max_lag; they were not sent");
-                cursor.position = end;
-                cursor.skipped += readings;
-                self.metrics.skipped.inc_by(readings);
-                conn.save(cursor.clone()).await?;
+        if due || pace.trim_more {
+            match conn.trim().await {
+                Ok(n) => pace.trim_more = n >= TRIM_ROWS as u64,
+                Err(e) => {
+                    pace.trim_more = false;
+                    warn!(export = %name, error = %e, "export cannot trim the log; trying again later");
+                }
             }
         }
-        let pending = conn.pending(cursor.position).await?;
-        self.metrics.lag_readings.set(pending.readings as i64);
-        self.metrics
-            .lag_seconds
-            .set(pending.oldest_received_ns.map_or(0.0, |t| {
-                (tributary_process::now_ns().saturating_sub(t)).max(0) as f64 / 1e9
-            }));
-        if pending.readings == 0 && pending.end == cursor.position {
-            return Ok(false);
+        // The lag and the `max_lag` check sum over the backlog: every
+        // LAG_REFRESH, not every page.
+        if due {
+            pace.measure_at = now + LAG_REFRESH;
+            if let Some(max_lag) = self.config.max_lag {
+                let before = tributary_process::now_ns()
+                    .saturating_sub(i64::try_from(max_lag.as_nanos()).unwrap_or(i64::MAX));
+                if let Some((end, readings)) = conn.older_than(cursor.position, before).await? {
+                    error!(export = %name, from = cursor.position + 1, to = end, readings, max_lag = ?max_lag, "export skipped committed readings older than max_lag; they were not sent");
+                    cursor.position = end;
+                    cursor.skipped += readings;
+                    self.metrics.skipped.inc_by(readings);
+                    conn.save(cursor.clone()).await?;
+                }
+            }
+            let pending = conn.pending(cursor.position).await?;
+            self.metrics.lag_readings.set(pending.readings as i64);
+            self.metrics
+                .lag_seconds
+                .set(pending.oldest_received_ns.map_or(0.0, |t| {
+                    (tributary_process::now_ns().saturating_sub(t)).max(0) as f64 / 1e9
+                }));
         }
         let mut page = conn.read(cursor.position, PAGE_READINGS).await?;
         if cursor.inflight > cursor.position {
@@ -174,6 +202,9 @@ impl Runner {
             page.last().map(|b| b.position),
             page.first().map(|b| b.received_ns),
         ) else {
+            // Caught up.
+            self.metrics.lag_readings.set(0);
+            self.metrics.lag_seconds.set(0.0);
             return Ok(false);
         };
         if cursor.inflight != last {
@@ -221,7 +252,9 @@ impl Runner {
         };
         let Some(outcome) = outcome else {
             // Cancelled mid-page, or past max_lag: the cursor stays; the
-            // page goes again, or is skipped by the next step.
+            // page goes again, or is skipped by the next step (which checks
+            // now).
+            pace.measure_at = tokio::time::Instant::now();
             return Ok(!cancel.is_cancelled());
         };
         if outcome.dropped > 0 {

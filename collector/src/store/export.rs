@@ -16,6 +16,10 @@ use super::read::ReadError;
 use super::sqlite::SqliteLog;
 use crate::model::{SeriesKey, StoredValue};
 
+/// Log rows one trim deletes at most: one short write transaction, taken
+/// by an export task, never by the merger's commit.
+pub const TRIM_ROWS: i64 = 2_000;
+
 /// One reading of a committed batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogReading {

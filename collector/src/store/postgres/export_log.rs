@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use super::connection::{CONNECT_TIMEOUT, Fail, Step};
 use super::read::series_row;
 use crate::model::{NewReading, SeriesKey, StoredValue};
-use crate::store::export::{CursorRow, LogBatch, LogReading, Pending};
+use crate::store::export::{CursorRow, LogBatch, LogReading, Pending, TRIM_ROWS};
 use crate::store::labels::SERIES_COLUMNS;
 use crate::store::read::ReadError;
 use crate::store::redact;
@@ -44,8 +44,6 @@ const EXPORT_LOCK: &str = "SELECT pg_try_advisory_lock(\
      hashtextextended('tributary export ' || current_schema() || ' ' || $1, 0))";
 /// Longest one log call may take before its connection is given up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Log rows one trim deletes at most.
-pub const TRIM_ROWS: i64 = 2_000;
 /// Log rows fetched per query while filling a page.
 const READ_ROWS: i64 = 64;
 /// First byte of an encoded row: the format's version.

@@ -24,15 +24,12 @@ use tracing::warn;
 
 use super::codec::Decoder;
 use crate::model::SeriesKey;
-use crate::store::export::{CursorRow, LogBatch, LogReading, Pending};
+use crate::store::export::{CursorRow, LogBatch, LogReading, Pending, TRIM_ROWS};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::ReadError;
 
 /// How long a statement waits for the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Log rows one trim deletes at most (one short write transaction).
-pub const TRIM_ROWS: i64 = 2_000;
 
 /// The log's tables and trigger (idempotent).
 const SCHEMA: &str = include_str!("export.sql");

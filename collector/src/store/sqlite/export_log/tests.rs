@@ -6,8 +6,9 @@
 
 use rusqlite::params;
 
-use super::{SqliteLog, TRIM_ROWS};
+use super::SqliteLog;
 use crate::model::StoredValue;
+use crate::store::export::TRIM_ROWS;
 use crate::store::sqlite::tests::TempDb;
 
 fn log_rows(db: &TempDb) -> i64 {
