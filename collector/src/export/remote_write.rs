@@ -425,6 +425,13 @@ fn in_time_order(mut samples: Vec<(i64, f64)>) -> Vec<pb::Sample> {
     out
 }
 
+/// The shard of a series: stable, so a series always uses one.
+fn shard_of(series: i64, shards: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    series.hash(&mut h);
+    (h.finish() % shards as u64) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::{in_time_order, pb};
@@ -450,11 +457,4 @@ mod tests {
         assert_eq!(got, samples(&[(-2, -1.0), (2, 2.9), (5, 5.0), (7, 7.5)]));
         assert!(in_time_order(Vec::new()).is_empty());
     }
-}
-
-/// The shard of a series: stable, so a series always uses one.
-fn shard_of(series: i64, shards: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    series.hash(&mut h);
-    (h.finish() % shards as u64) as usize
 }

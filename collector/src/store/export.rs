@@ -117,7 +117,7 @@ impl CommitLog {
                     conn: Some(conn),
                 }
             }
-            CommitLog::Postgres(l) => LogConn::Postgres(l.connect().await?),
+            CommitLog::Postgres(l) => LogConn::Postgres(Box::new(l.connect().await?)),
         })
     }
 
@@ -141,7 +141,7 @@ pub enum LogConn {
         /// Taken while a call runs on the blocking pool.
         conn: Option<rusqlite::Connection>,
     },
-    Postgres(PgLogConn),
+    Postgres(Box<PgLogConn>),
 }
 
 /// Runs `$sqlite` (a blocking call given `(log, conn)`) on the blocking

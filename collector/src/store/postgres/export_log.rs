@@ -163,7 +163,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Vec<LogReading>, String> {
 /// The commit log of one PostgreSQL store, as the exports reach it.
 #[derive(Debug, Clone)]
 pub struct PgLog {
-    config: Config,
+    config: std::sync::Arc<Config>,
     describe: String,
 }
 
@@ -186,7 +186,10 @@ impl PgLog {
         config.keepalives_idle(Duration::from_secs(15));
         config.keepalives_interval(Duration::from_secs(5));
         config.keepalives_retries(3);
-        Ok(PgLog { config, describe })
+        Ok(PgLog {
+            config: std::sync::Arc::new(config),
+            describe,
+        })
     }
 
     fn err(&self, what: &'static str) -> impl Fn(tokio_postgres::Error) -> ReadError + '_ {
