@@ -19,7 +19,7 @@ use crate::store::export::CommitLog;
 /// `exports` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExportsArgs {
-    /// The store the collector writes (only SQLite keeps a commit log).
+    /// The store the collector writes (SQLite or PostgreSQL).
     #[arg(long, value_name = "URL", default_value = crate::config::DEFAULT_STORE)]
     pub store: String,
     /// The collector's config, for each export's destination.
@@ -35,14 +35,13 @@ pub async fn run(args: ExportsArgs) -> Result<()> {
         .store
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--store: {e}"))?;
-    let StoreUrl::Sqlite(path) = &url else {
-        anyhow::bail!("--store {url}: exports keep their commit log in an SQLite store only");
-    };
-    anyhow::ensure!(
-        path.exists(),
-        "--store {url}: {} does not exist",
-        path.display()
-    );
+    if let StoreUrl::Sqlite(path) = &url {
+        anyhow::ensure!(
+            path.exists(),
+            "--store {url}: {} does not exist",
+            path.display()
+        );
+    }
     let destinations: Vec<(String, String)> = match &args.config {
         None => Vec::new(),
         Some(p) => crate::config::resolve(Some(p), &crate::config::Flags::default())
@@ -50,10 +49,16 @@ pub async fn run(args: ExportsArgs) -> Result<()> {
             .server
             .exports
             .iter()
-            .map(|e| (e.name.clone(), format!("{} {}", e.kind.name(), e.url)))
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    format!("{} {}", e.kind.name(), crate::export::redact_url(&e.url)),
+                )
+            })
             .collect(),
     };
-    let rows = CommitLog::sqlite(path.clone())
+    let rows = CommitLog::existing(&url)
+        .with_context(|| format!("--store {url}"))?
         .status()
         .await
         .with_context(|| format!("read the export cursors in {url}"))?;

@@ -37,8 +37,8 @@ use tributary_config::{ConfigError, Source};
 /// Longest export name.
 pub const MAX_NAME_LEN: usize = 64;
 
-/// One validated `[[exports]]` table.
-#[derive(Debug, Clone, PartialEq)]
+/// One validated `[[exports]]` table (its Debug hides the URL's user info).
+#[derive(Clone, PartialEq)]
 pub struct ExportConfig {
     /// Unique among the exports; names the cursor in the store.
     pub name: String,
@@ -70,8 +70,9 @@ impl ExportKind {
     }
 }
 
-/// `kind = "remote_write"` settings.
-#[derive(Debug, Clone, PartialEq)]
+/// `kind = "remote_write"` settings (their Debug shows header names only:
+/// a header may carry a credential).
+#[derive(Clone, PartialEq)]
 pub struct RemoteWrite {
     /// Extra request headers (after the protocol's own, which they cannot
     /// replace).
@@ -95,6 +96,37 @@ pub enum Auth {
         password: String,
     },
     Bearer(String),
+}
+
+impl std::fmt::Debug for ExportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportConfig")
+            .field("name", &self.name)
+            .field("url", &crate::export::redact_url(&self.url))
+            .field("kind", &self.kind)
+            .field("filter", &self.filter)
+            .field("max_lag", &self.max_lag)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RemoteWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(k, _)| format!("{k}: <redacted>"))
+            .collect();
+        f.debug_struct("RemoteWrite")
+            .field("headers", &headers)
+            .field("auth", &self.auth)
+            .field("shards", &self.shards)
+            .field("max_samples_per_request", &self.max_samples_per_request)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Auth {
@@ -321,6 +353,20 @@ fn one(src: &Source<'_>, r: &RawExport, i: usize) -> Result<ExportConfig, Config
                 headers.push((h.clone(), v.get_ref().clone()));
             }
             let auth = auth(src, r, i)?;
+            // Both would send two Authorization headers.
+            if auth != Auth::None
+                && let Some((h, v)) = r
+                    .headers
+                    .iter()
+                    .flatten()
+                    .find(|(h, _)| h.eq_ignore_ascii_case("authorization"))
+            {
+                return Err(src.error(
+                    v.span(),
+                    key(&format!("headers.{h}")),
+                    "an Authorization header and basic_auth or bearer_token are both set: keep one",
+                ));
+            }
             let tls = match &r.tls {
                 None => None,
                 Some(t) => {
@@ -479,6 +525,26 @@ fn auth(src: &Source<'_>, r: &RawExport, i: usize) -> Result<Auth, ConfigError> 
 #[cfg(test)]
 mod tests {
     use super::glob_match;
+
+    #[test]
+    fn an_authorization_header_beside_credentials_is_refused() {
+        let text = "[[exports]]\nname = \"vm\"\nkind = \"remote_write\"\n\
+                    url = \"http://x/w\"\nbearer_token = \"t\"\n\
+                    headers = { authorization = \"Bearer u\" }\n";
+        let got = crate::config::resolve_text(
+            text,
+            std::path::Path::new("/etc/tributary/collector.toml"),
+            &crate::config::Flags::default(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+        let want = "collector.toml:6: exports[0].headers.authorization: an Authorization header \
+                    and basic_auth or bearer_token are both set";
+        assert!(
+            got.as_ref().is_err_and(|e| e.contains(want)),
+            "got {got:?}, want {want}"
+        );
+    }
 
     #[test]
     fn globs_match_as_shells_do() {

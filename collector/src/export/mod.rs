@@ -7,9 +7,12 @@
 //! - `remote_write.rs`: samples, shards, requests, retries.
 //!
 //! Exports never slow ingest: the merger does not know they exist (the
-//! store's trigger copies each committed batch into the log in the
-//! commit's transaction); each task reads through a connection of its own
-//! and falls behind when its destination is slow or down.
+//! store copies each committed batch into the log in the commit's
+//! transaction: a trigger on SQLite, the commit's last statement on
+//! PostgreSQL); each task reads through a connection of its own and falls
+//! behind when its destination is slow or down. On PostgreSQL each task
+//! first takes its export's advisory lock, so with several collectors on
+//! one database each export runs in one of them (`runner.rs`).
 //!
 //! May import: `config::exports` (settings), `store::export` (the log),
 //! `prom_labels` (the one series → labels mapping), `metrics` (its
@@ -34,6 +37,20 @@ use crate::metrics::ExportMetrics;
 use crate::store::StoreUrl;
 use crate::store::export::CommitLog;
 use crate::store::read::ReadError;
+
+/// `url` as logs and the CLI show it: user info (credentials) replaced by
+/// `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
 
 /// Why the exports could not start.
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +107,8 @@ impl ExportsDiff {
     }
 }
 
-/// Sets up the commit log for `configs` (removing it when there are none)
-/// and starts one task per export. Blocking store work: call before
-/// serving.
+/// Sets up the commit log for `configs` (on SQLite, removing it when
+/// there are none) and starts one task per export. Call before serving.
 pub async fn start(
     url: &StoreUrl,
     configs: &[ExportConfig],
@@ -105,10 +121,6 @@ pub async fn start(
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
-    let sqlite = matches!(url, StoreUrl::Sqlite(_));
-    if configs.is_empty() && !sqlite {
-        return Ok(exports);
-    }
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     let log = setup(url, names).await?;
     for config in configs {
@@ -118,18 +130,9 @@ pub async fn start(
     Ok(exports)
 }
 
-/// The commit log set up for `names` (blocking work, on the pool).
+/// The commit log set up for `names`.
 async fn setup(url: &StoreUrl, names: Vec<String>) -> Result<CommitLog, ExportError> {
-    let url2 = url.clone();
-    let log = tokio::task::spawn_blocking(move || CommitLog::setup(&url2, &names))
-        .await
-        .map_err(|e| {
-            ExportError::Log(ReadError::Setup {
-                store: url.to_string(),
-                message: format!("setup task failed: {e}"),
-            })
-        })??;
-    Ok(log)
+    Ok(CommitLog::setup(url, &names).await?)
 }
 
 /// The destination of `config`.
@@ -280,5 +283,21 @@ impl Exports {
                 let _ = task.await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_in_a_url_are_not_shown() {
+        assert_eq!(
+            redact_url("https://u:p@vm:8428/api/v1/write?x=@"),
+            "https://***@vm:8428/api/v1/write?x=@"
+        );
+        assert_eq!(redact_url("http://token@vm/w"), "http://***@vm/w");
+        assert_eq!(redact_url("http://vm:8428/w"), "http://vm:8428/w");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 }

@@ -1,8 +1,9 @@
 //! `kind = "remote_write"`: Prometheus remote write 1.0. A page of the
 //! commit log becomes samples (labels from `prom_labels`, the one
 //! mapping; strings and failed readings are not samples), split over
-//! `shards` by series, so each series' samples stay in commit order in one
-//! request stream; the shards' requests go out in parallel, each a
+//! `shards` by series, so a page's samples of one series go, sorted by
+//! time and one per millisecond (`in_time_order`), in order in one request
+//! stream; the shards' requests go out in parallel, each a
 //! snappy-compressed protobuf `WriteRequest` with the protocol's headers.
 //!
 //! A request that fails with a connection error, a timeout, a 5xx or a 429
@@ -96,7 +97,7 @@ pub struct Outcome {
 }
 
 /// The remote write client of one export.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteWriteSink {
     client: reqwest::Client,
     url: String,
@@ -106,6 +107,19 @@ pub struct RemoteWriteSink {
     max_samples: usize,
     max_backoff: Duration,
     name: Arc<str>,
+}
+
+impl std::fmt::Debug for RemoteWriteSink {
+    // No credentials: the URL's user info, header values and auth are out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteWriteSink")
+            .field("name", &self.name)
+            .field("url", &super::redact_url(&self.url))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("auth", &self.auth)
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemoteWriteSink {
@@ -165,8 +179,9 @@ impl RemoteWriteSink {
         for (k, v) in &cfg.headers {
             let name = HeaderName::try_from(k.as_str())
                 .map_err(|e| SinkError::Client(format!("header {k}: {e}")))?;
-            let value = HeaderValue::try_from(v.as_str())
+            let mut value = HeaderValue::try_from(v.as_str())
                 .map_err(|e| SinkError::Client(format!("header {k}: {e}")))?;
+            value.set_sensitive(true);
             headers.insert(name, value);
         }
         Ok(RemoteWriteSink {
@@ -208,10 +223,7 @@ impl RemoteWriteSink {
                 shard.0.push(r.series_id);
                 Vec::new()
             });
-            samples.push(pb::Sample {
-                value,
-                timestamp: r.ts_ns.div_euclid(1_000_000),
-            });
+            samples.push((r.ts_ns, value));
         }
         let mut tasks = Vec::new();
         for (order, mut by_series) in shards {
@@ -225,6 +237,7 @@ impl RemoteWriteSink {
                 let Some(samples) = by_series.remove(&id) else {
                     continue;
                 };
+                let samples = in_time_order(samples);
                 let Some(Some(l)) = labels.get(&id) else {
                     continue;
                 };
@@ -336,8 +349,7 @@ impl RemoteWriteSink {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    let text = resp.text().await.unwrap_or_default();
-                    let text: String = text.chars().take(512).collect();
+                    let text = body_start(resp).await;
                     metrics.failed.inc();
                     let message = format!("{status}: {}", text.trim());
                     out.last_error = Some(message.clone());
@@ -353,7 +365,8 @@ impl RemoteWriteSink {
                 }
                 Err(e) => {
                     metrics.failed.inc();
-                    let message = tributary_process::error_chain(&e);
+                    // Without the URL: it may carry credentials.
+                    let message = tributary_process::error_chain(&e.without_url());
                     warn!(export = %self.name, error = %message, "remote write failed; retrying");
                     out.last_error = Some(message);
                     None
@@ -371,13 +384,77 @@ impl RemoteWriteSink {
     }
 }
 
+/// Bytes of a refusal's body kept for the log and the cursor's last error.
+const ERROR_BODY_BYTES: usize = 4096;
+
+/// The start of a response body, at most [`ERROR_BODY_BYTES`] read (a
+/// destination's error page may be large, or endless).
+async fn body_start(mut resp: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < ERROR_BODY_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    buf.truncate(ERROR_BODY_BYTES);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// One shard's part of a page: series ids in first-seen order, and each
-/// series' samples in commit order.
-type ShardPage = (Vec<i64>, HashMap<i64, Vec<pb::Sample>>);
+/// series' (timestamp ns, value) in commit order.
+type ShardPage = (Vec<i64>, HashMap<i64, Vec<(i64, f64)>>);
+
+/// One series' samples as a receiver accepts them: in time order, one per
+/// millisecond. Prometheus-style receivers refuse a request (400, every
+/// series in it lost) holding a sample older than one before it, or two
+/// values at one timestamp. So: a stable sort by the reading's time (equal
+/// times keep commit order), then, of the readings in one millisecond, the
+/// latest stands, as PromQL over the store sees them (`promql/load.rs`).
+/// Deterministic, so a replay after a crash sends identical samples.
+fn in_time_order(mut samples: Vec<(i64, f64)>) -> Vec<pb::Sample> {
+    samples.sort_by_key(|&(ts_ns, _)| ts_ns);
+    let mut out: Vec<pb::Sample> = Vec::with_capacity(samples.len());
+    for (ts_ns, value) in samples {
+        let timestamp = ts_ns.div_euclid(1_000_000);
+        match out.last_mut() {
+            Some(last) if last.timestamp == timestamp => last.value = value,
+            _ => out.push(pb::Sample { value, timestamp }),
+        }
+    }
+    out
+}
 
 /// The shard of a series: stable, so a series always uses one.
 fn shard_of(series: i64, shards: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     series.hash(&mut h);
     (h.finish() % shards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{in_time_order, pb};
+
+    fn samples(v: &[(i64, f64)]) -> Vec<pb::Sample> {
+        v.iter()
+            .map(|&(timestamp, value)| pb::Sample { value, timestamp })
+            .collect()
+    }
+
+    #[test]
+    fn samples_are_sorted_and_the_latest_reading_of_a_millisecond_stands() {
+        let ms = 1_000_000;
+        let got = in_time_order(vec![
+            (5 * ms, 5.0),
+            (2 * ms + 300, 2.3),
+            (2 * ms + 900, 2.9),
+            (2 * ms + 100, 2.1),
+            (7 * ms, 7.0),
+            (7 * ms, 7.5), // same instant: the later in commit order
+            (-ms - 1, -1.0),
+        ]);
+        assert_eq!(got, samples(&[(-2, -1.0), (2, 2.9), (5, 5.0), (7, 7.5)]));
+        assert!(in_time_order(Vec::new()).is_empty());
+    }
 }

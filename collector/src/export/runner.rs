@@ -2,6 +2,13 @@
 //! page, sends each page, and saves the cursor (with its totals) once the
 //! page is delivered, so a crash resends at most the page in flight.
 //!
+//! On PostgreSQL the task first takes its export's advisory lock on its
+//! own connection and runs only while it holds it: a collector sharing the
+//! database that holds it already makes this one wait, trying again every
+//! [`HOLD_RETRY`], and take over when that holder's connection ends. A
+//! lost connection (and so a lost lock) sends the task back to connect,
+//! take the lock and read the cursor as stored.
+//!
 //! Owns: its log connection, its cursor, its series cache, its sink.
 //! Never talks to the merger; a slow or dead destination only makes this
 //! task fall behind (lag in readings and seconds, in its metrics), and it
@@ -16,16 +23,28 @@ use tracing::{error, info, warn};
 use super::remote_write::{RemoteWriteSink, SeriesLabels, series_labels};
 use crate::config::exports::{ExportConfig, Filter};
 use crate::metrics::ExportHandles;
-use crate::store::export::{CommitLog, CursorRow, LogConn, LogReading};
+use crate::store::export::{CommitLog, CursorRow, LogConn, LogReading, TRIM_ROWS};
 
 /// Readings one page reads at most (a batch is never split).
 const PAGE_READINGS: usize = 50_000;
 /// Wait when the log has nothing new.
 const IDLE: Duration = Duration::from_millis(100);
+/// How often the lag gauges and the `max_lag` check read the backlog.
+const LAG_REFRESH: Duration = Duration::from_secs(2);
+/// Wait between tries to take an export held by another collector.
+const HOLD_RETRY: Duration = Duration::from_secs(2);
 /// Wait after a failed read of the store.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Series labels kept at most; the cache starts over past it.
 const MAX_CACHED_SERIES: usize = 1 << 20;
+
+/// When the task next reads the backlog's size, and whether the last trim
+/// left more to trim.
+#[derive(Debug)]
+struct Pace {
+    measure_at: tokio::time::Instant,
+    trim_more: bool,
+}
 
 /// The destination of one export.
 #[derive(Debug, Clone)]
@@ -49,47 +68,83 @@ impl Runner {
     pub async fn run(self, stop: CancellationToken, abort: CancellationToken) {
         let cancel = stop;
         let name = self.config.name.clone();
-        let mut conn = loop {
-            match self.log.connect().await {
-                Ok(c) => break c,
+        let mut cache: HashMap<i64, Option<SeriesLabels>> = HashMap::new();
+        // Each round: a connection, the export's lock (PostgreSQL: one
+        // collector runs it), the cursor as stored (another collector may
+        // have moved it), then pages until the connection is lost.
+        'connect: while !cancel.is_cancelled() {
+            let mut conn = match self.log.connect().await {
+                Ok(c) => c,
                 Err(e) => {
                     error!(export = %name, error = %e, "export cannot open the store; retrying");
                     if sleep_or_cancel(STORE_RETRY, &cancel).await {
                         return;
                     }
+                    continue;
+                }
+            };
+            let mut waiting = false;
+            loop {
+                match conn.hold(&name).await {
+                    Ok(true) => break,
+                    Ok(false) => {
+                        if !waiting {
+                            info!(export = %name, "export runs in another collector sharing the store; taking over if it stops");
+                            waiting = true;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(export = %name, error = %e, "export cannot take its lock; retrying");
+                    }
+                }
+                if sleep_or_cancel(HOLD_RETRY, &cancel).await {
+                    return;
+                }
+                if conn.lost() {
+                    continue 'connect;
                 }
             }
-        };
-        let mut cursor = loop {
-            match conn.cursor(name.clone()).await {
-                Ok(c) => break c,
+            let mut cursor = match conn.cursor(name.clone()).await {
+                Ok(c) => c,
                 Err(e) => {
                     error!(export = %name, error = %e, "export cannot read its cursor; retrying");
                     if sleep_or_cancel(STORE_RETRY, &cancel).await {
                         return;
                     }
+                    continue;
                 }
-            }
-        };
-        info!(export = %name, kind = self.config.kind.name(), url = %self.config.url, position = cursor.position, "export started");
-        let mut cache: HashMap<i64, Option<SeriesLabels>> = HashMap::new();
-        while !cancel.is_cancelled() {
-            match self.step(&mut conn, &mut cursor, &mut cache, &abort).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    if sleep_or_cancel(IDLE, &cancel).await {
-                        break;
+            };
+            let mut pace = Pace {
+                measure_at: tokio::time::Instant::now(),
+                trim_more: true,
+            };
+            info!(export = %name, kind = self.config.kind.name(), url = %super::redact_url(&self.config.url), position = cursor.position, "export started");
+            while !cancel.is_cancelled() {
+                match self
+                    .step(&mut conn, &mut cursor, &mut cache, &mut pace, &abort)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if sleep_or_cancel(IDLE, &cancel).await {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        error!(export = %name, error = %e, "export cannot read the store; retrying");
+                        if sleep_or_cancel(STORE_RETRY, &cancel).await {
+                            break;
+                        }
+                        if conn.lost() {
+                            warn!(export = %name, "export lost its store connection (and its lock); connecting again");
+                            continue 'connect;
+                        }
                     }
                 }
-                Err(e) => {
-                    error!(export = %name, error = %e, "export cannot read the store; retrying");
-                    if sleep_or_cancel(STORE_RETRY, &cancel).await {
-                        break;
-                    }
-                }
             }
+            info!(export = %name, position = cursor.position, sent = cursor.sent, "export stopped");
+            return;
         }
-        info!(export = %name, position = cursor.position, sent = cursor.sent, "export stopped");
     }
 
     /// One page; `Ok(false)` when there was nothing to send.
@@ -98,29 +153,45 @@ impl Runner {
         conn: &mut LogConn,
         cursor: &mut CursorRow,
         cache: &mut HashMap<i64, Option<SeriesLabels>>,
+        pace: &mut Pace,
         cancel: &CancellationToken,
     ) -> Result<bool, crate::store::read::ReadError> {
         let name = &self.config.name;
-        if let Some(max_lag) = self.config.max_lag {
-            let before = tributary_process::now_ns()
-                .saturating_sub(i64::try_from(max_lag.as_nanos()).unwrap_or(i64::MAX));
-            if let Some((end, readings)) = conn.older_than(cursor.position, before).await? {
-                error!(export = %name, from = cursor.position + 1, to = end, readings, max_lag = ?max_lag, "export skipped committed readings older than max_lag; they were not sent");
-                cursor.position = end;
-                cursor.skipped += readings;
-                self.metrics.skipped.inc_by(readings);
-                conn.save(cursor.clone()).await?;
+        let now = tokio::time::Instant::now();
+        let due = now >= pace.measure_at;
+        // What every cursor has passed goes here, a bounded piece per step,
+        // off the merger's commit (a failure only delays it).
+        if due || pace.trim_more {
+            match conn.trim().await {
+                Ok(n) => pace.trim_more = n >= TRIM_ROWS as u64,
+                Err(e) => {
+                    pace.trim_more = false;
+                    warn!(export = %name, error = %e, "export cannot trim the log; trying again later");
+                }
             }
         }
-        let pending = conn.pending(cursor.position).await?;
-        self.metrics.lag_readings.set(pending.readings as i64);
-        self.metrics
-            .lag_seconds
-            .set(pending.oldest_received_ns.map_or(0.0, |t| {
-                (tributary_process::now_ns().saturating_sub(t)).max(0) as f64 / 1e9
-            }));
-        if pending.readings == 0 && pending.end == cursor.position {
-            return Ok(false);
+        // The lag and the `max_lag` check sum over the backlog: every
+        // LAG_REFRESH, not every page.
+        if due {
+            pace.measure_at = now + LAG_REFRESH;
+            if let Some(max_lag) = self.config.max_lag {
+                let before = tributary_process::now_ns()
+                    .saturating_sub(i64::try_from(max_lag.as_nanos()).unwrap_or(i64::MAX));
+                if let Some((end, readings)) = conn.older_than(cursor.position, before).await? {
+                    error!(export = %name, from = cursor.position + 1, to = end, readings, max_lag = ?max_lag, "export skipped committed readings older than max_lag; they were not sent");
+                    cursor.position = end;
+                    cursor.skipped += readings;
+                    self.metrics.skipped.inc_by(readings);
+                    conn.save(cursor.clone()).await?;
+                }
+            }
+            let pending = conn.pending(cursor.position).await?;
+            self.metrics.lag_readings.set(pending.readings as i64);
+            self.metrics
+                .lag_seconds
+                .set(pending.oldest_received_ns.map_or(0.0, |t| {
+                    (tributary_process::now_ns().saturating_sub(t)).max(0) as f64 / 1e9
+                }));
         }
         let mut page = conn.read(cursor.position, PAGE_READINGS).await?;
         if cursor.inflight > cursor.position {
@@ -131,6 +202,9 @@ impl Runner {
             page.last().map(|b| b.position),
             page.first().map(|b| b.received_ns),
         ) else {
+            // Caught up.
+            self.metrics.lag_readings.set(0);
+            self.metrics.lag_seconds.set(0.0);
             return Ok(false);
         };
         if cursor.inflight != last {
@@ -178,7 +252,9 @@ impl Runner {
         };
         let Some(outcome) = outcome else {
             // Cancelled mid-page, or past max_lag: the cursor stays; the
-            // page goes again, or is skipped by the next step.
+            // page goes again, or is skipped by the next step (which checks
+            // now).
+            pace.measure_at = tokio::time::Instant::now();
             return Ok(!cancel.is_cancelled());
         };
         if outcome.dropped > 0 {

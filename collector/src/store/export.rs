@@ -4,16 +4,21 @@
 //! log), and saves the cursor in the same store. Each export task holds
 //! one [`LogConn`] of its own: the merger never waits for it.
 //!
-//! SQLite keeps the log (`sqlite/export_log.rs`); PostgreSQL stores have
-//! no commit log yet, and a collector with exports on one is refused at
-//! start with a message saying so (README "Exports").
-
-use std::path::PathBuf;
+//! SQLite keeps the log in `sqlite/export_log.rs` (a trigger on `head`),
+//! PostgreSQL in `postgres/export_log.rs` (appended by the commit, ids in
+//! commit order across collectors). On PostgreSQL an export task runs only
+//! while its connection holds the export's advisory lock ([`LogConn::hold`]):
+//! with several collectors on one database, each export runs once.
 
 use super::StoreUrl;
+use super::postgres::{PgLog, PgLogConn};
 use super::read::ReadError;
 use super::sqlite::SqliteLog;
 use crate::model::{SeriesKey, StoredValue};
+
+/// Log rows one trim deletes at most: one short write transaction, taken
+/// by an export task, never by the merger's commit.
+pub const TRIM_ROWS: i64 = 2_000;
 
 /// One reading of a committed batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,105 +69,139 @@ pub struct Pending {
 #[derive(Debug, Clone)]
 pub enum CommitLog {
     Sqlite(SqliteLog),
+    Postgres(PgLog),
 }
 
 impl CommitLog {
-    /// Sets the log up for the exports `names` (blocking; the server calls
-    /// it once at start, before serving). No names: removes the log.
-    pub fn setup(url: &StoreUrl, names: &[String]) -> Result<CommitLog, ReadError> {
+    /// Sets the log up for the exports `names` (the server calls it once
+    /// at start, before serving). No names: SQLite removes the log (saying
+    /// what was pending); PostgreSQL leaves it to the collectors that
+    /// share the database.
+    pub async fn setup(url: &StoreUrl, names: &[String]) -> Result<CommitLog, ReadError> {
         match url {
-            StoreUrl::Sqlite(path) => Ok(CommitLog::Sqlite(SqliteLog::setup(path, names)?)),
-            StoreUrl::Postgres(_) if names.is_empty() => Err(ReadError::Setup {
-                store: url.to_string(),
-                message: "no commit log".to_owned(),
-            }),
-            StoreUrl::Postgres(_) => Err(ReadError::Setup {
-                store: url.to_string(),
-                message: "exports need an SQLite store in this version (PostgreSQL has no \
-                          commit log yet; see README \"Exports\")"
-                    .to_owned(),
-            }),
+            StoreUrl::Sqlite(path) => {
+                let (path, names) = (path.clone(), names.to_vec());
+                let log = blocking(move || SqliteLog::setup(&path, &names)).await?;
+                Ok(CommitLog::Sqlite(log))
+            }
+            StoreUrl::Postgres(u) => {
+                let log = PgLog::new(u)?;
+                log.setup(names).await?;
+                Ok(CommitLog::Postgres(log))
+            }
         }
     }
 
     /// The log of an SQLite file as it is (read-only use).
-    pub fn sqlite(path: PathBuf) -> CommitLog {
+    pub fn sqlite(path: std::path::PathBuf) -> CommitLog {
         CommitLog::Sqlite(SqliteLog::existing(&path))
+    }
+
+    /// The log of a store as it is (read-only use: the `exports`
+    /// subcommand).
+    pub fn existing(url: &StoreUrl) -> Result<CommitLog, ReadError> {
+        Ok(match url {
+            StoreUrl::Sqlite(path) => CommitLog::Sqlite(SqliteLog::existing(path)),
+            StoreUrl::Postgres(u) => CommitLog::Postgres(PgLog::new(u)?),
+        })
     }
 
     /// A connection of its own for one export task.
     pub async fn connect(&self) -> Result<LogConn, ReadError> {
-        let log = self.clone();
-        let conn = blocking(move || match &log {
-            CommitLog::Sqlite(l) => l.connect(),
-        })
-        .await?;
-        Ok(LogConn {
-            log: self.clone(),
-            conn: Some(conn),
+        Ok(match self {
+            CommitLog::Sqlite(l) => {
+                let l2 = l.clone();
+                let conn = blocking(move || l2.connect()).await?;
+                LogConn::Sqlite {
+                    log: l.clone(),
+                    conn: Some(conn),
+                }
+            }
+            CommitLog::Postgres(l) => LogConn::Postgres(Box::new(l.connect().await?)),
         })
     }
 
     /// Every export's cursor and what waits after it.
     pub async fn status(&self) -> Result<Vec<(CursorRow, Pending)>, ReadError> {
-        let log = self.clone();
-        blocking(move || match &log {
-            CommitLog::Sqlite(l) => l.status(),
-        })
-        .await
+        match self {
+            CommitLog::Sqlite(l) => {
+                let l = l.clone();
+                blocking(move || l.status()).await
+            }
+            CommitLog::Postgres(l) => l.status().await,
+        }
     }
 }
 
 /// One export task's connection to the log.
 #[derive(Debug)]
-pub struct LogConn {
-    log: CommitLog,
-    /// Taken while a call runs on the blocking pool.
-    conn: Option<rusqlite::Connection>,
+pub enum LogConn {
+    Sqlite {
+        log: SqliteLog,
+        /// Taken while a call runs on the blocking pool.
+        conn: Option<rusqlite::Connection>,
+    },
+    Postgres(Box<PgLogConn>),
+}
+
+/// Runs `$sqlite` (a blocking call given `(log, conn)`) on the blocking
+/// pool, or `$pg` (given the PostgreSQL connection) in place.
+macro_rules! on_log {
+    ($self:ident, |$l:ident, $c:ident| $sqlite:expr, |$p:ident| $pg:expr) => {
+        match $self {
+            LogConn::Sqlite { log, conn } => {
+                let $l = log.clone();
+                let $c = match conn.take() {
+                    Some(c) => c,
+                    None => $l.connect()?,
+                };
+                let joined = tokio::task::spawn_blocking(move || {
+                    let r = $sqlite;
+                    ($c, r)
+                })
+                .await;
+                match joined {
+                    Ok((c, r)) => {
+                        *conn = Some(c);
+                        r
+                    }
+                    Err(e) => Err(ReadError::Setup {
+                        store: "export log".to_owned(),
+                        message: format!("blocking task failed: {e}"),
+                    }),
+                }
+            }
+            LogConn::Postgres($p) => $pg,
+        }
+    };
 }
 
 impl LogConn {
-    /// Runs `f` with the connection on the blocking pool.
-    async fn call<T: Send + 'static>(
-        &mut self,
-        f: impl FnOnce(&CommitLog, &rusqlite::Connection) -> Result<T, ReadError> + Send + 'static,
-    ) -> Result<T, ReadError> {
-        let log = self.log.clone();
-        let conn = match self.conn.take() {
-            Some(c) => c,
-            None => match &log {
-                CommitLog::Sqlite(l) => l.connect()?,
-            },
-        };
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = f(&log, &conn);
-            (conn, r)
-        })
-        .await;
-        match joined {
-            Ok((conn, r)) => {
-                self.conn = Some(conn);
-                r
-            }
-            Err(e) => Err(ReadError::Setup {
-                store: "export log".to_owned(),
-                message: format!("blocking task failed: {e}"),
-            }),
+    /// Tries to become the one runner of export `name`: always on SQLite
+    /// (one collector per file); on PostgreSQL, while this connection
+    /// holds the export's advisory lock.
+    pub async fn hold(&mut self, name: &str) -> Result<bool, ReadError> {
+        match self {
+            LogConn::Sqlite { .. } => Ok(true),
+            LogConn::Postgres(p) => p.hold(name).await,
+        }
+    }
+
+    /// True when the connection is gone, and with it the export's lock:
+    /// connect and hold again before anything else.
+    pub fn lost(&self) -> bool {
+        match self {
+            LogConn::Sqlite { .. } => false,
+            LogConn::Postgres(p) => p.lost(),
         }
     }
 
     pub async fn cursor(&mut self, name: String) -> Result<CursorRow, ReadError> {
-        self.call(move |log, c| match log {
-            CommitLog::Sqlite(l) => l.cursor(c, &name),
-        })
-        .await
+        on_log!(self, |l, c| l.cursor(&c, &name), |p| p.cursor(&name).await)
     }
 
     pub async fn save(&mut self, row: CursorRow) -> Result<(), ReadError> {
-        self.call(move |log, c| match log {
-            CommitLog::Sqlite(l) => l.save(c, &row),
-        })
-        .await
+        on_log!(self, |l, c| l.save(&c, &row), |p| p.save(&row).await)
     }
 
     pub async fn read(
@@ -170,17 +209,21 @@ impl LogConn {
         position: i64,
         max_readings: usize,
     ) -> Result<Vec<LogBatch>, ReadError> {
-        self.call(move |log, c| match log {
-            CommitLog::Sqlite(l) => l.read(c, position, max_readings),
-        })
-        .await
+        on_log!(self, |l, c| l.read(&c, position, max_readings), |p| p
+            .read(position, max_readings)
+            .await)
+    }
+
+    /// Deletes one bounded piece of what every cursor has passed; returns
+    /// the rows deleted.
+    pub async fn trim(&mut self) -> Result<u64, ReadError> {
+        on_log!(self, |l, c| l.trim(&c), |p| p.trim().await)
     }
 
     pub async fn pending(&mut self, position: i64) -> Result<Pending, ReadError> {
-        self.call(move |log, c| match log {
-            CommitLog::Sqlite(l) => l.pending(c, position),
-        })
-        .await
+        on_log!(self, |l, c| l.pending(&c, position), |p| p
+            .pending(position)
+            .await)
     }
 
     pub async fn older_than(
@@ -188,17 +231,13 @@ impl LogConn {
         position: i64,
         before_ns: i64,
     ) -> Result<Option<(i64, u64)>, ReadError> {
-        self.call(move |log, c| match log {
-            CommitLog::Sqlite(l) => l.older_than(c, position, before_ns),
-        })
-        .await
+        on_log!(self, |l, c| l.older_than(&c, position, before_ns), |p| p
+            .older_than(position, before_ns)
+            .await)
     }
 
     pub async fn series(&mut self, ids: Vec<i64>) -> Result<Vec<(i64, SeriesKey)>, ReadError> {
-        self.call(move |log, c| match log {
-            CommitLog::Sqlite(l) => l.series(c, &ids),
-        })
-        .await
+        on_log!(self, |l, c| l.series(&c, &ids), |p| p.series(&ids).await)
     }
 }
 

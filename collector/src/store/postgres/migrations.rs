@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "the tributary_readings view for SQL tools",
         include_str!("migrations/0002_grafana_view.sql"),
     ),
+    (
+        3,
+        "the commit log and cursors of the exports",
+        include_str!("migrations/0003_exports.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("trib").

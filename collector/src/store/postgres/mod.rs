@@ -26,7 +26,8 @@
 //!   `call` (connect if needed, bound by a timeout, drop a broken
 //!   connection); `migrations.rs` (+ `migrations/NNNN_*.sql`): the schema;
 //!   `write.rs`: load, resolve series, commit; `retention.rs`: removing old
-//!   readings; `read.rs`: [`PgReader`].
+//!   readings; `read.rs`: [`PgReader`]; `export_log.rs`: the exports'
+//!   commit log, appended by `commit`, read by [`PgLog`].
 //!
 //! Owns the database's schema; uses the store contract (`super`), never
 //! the SQLite backend.
@@ -40,6 +41,7 @@ use tracing::info;
 use super::{Durability, StoreError, redact};
 
 mod connection;
+mod export_log;
 mod migrations;
 mod read;
 mod retention;
@@ -48,6 +50,7 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+pub use export_log::{PgLog, PgLogConn};
 pub use migrations::Layout;
 pub use read::PgReader;
 

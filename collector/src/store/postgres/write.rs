@@ -4,7 +4,8 @@
 //! rows of every (agent, epoch) of the set in sorted order (`SELECT ... FOR
 //! UPDATE`), skip batches at or below the locked `committed_seq`
 //! ([`Plan`]), write the rest with binary COPY, advance the sequences, add
-//! to the agent counters, commit.
+//! to the agent counters, append to the export log when exports exist
+//! (`export_log.rs`), commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -368,6 +369,14 @@ async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
         .await
         .step("update agents")?;
     }
+    // Last: it takes the export log's lock, held until the commit.
+    let written = set
+        .batches
+        .iter()
+        .zip(&plan.write)
+        .filter(|(_, w)| **w)
+        .flat_map(|(b, _)| b.readings.iter().map(move |r| (b.received_ns, r)));
+    super::export_log::append(&tx, written).await?;
     tx.commit().await.step("commit")?;
     Ok(plan.report)
 }

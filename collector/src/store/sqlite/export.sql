@@ -24,11 +24,18 @@ CREATE TABLE IF NOT EXISTS export_cursors (
     last_error TEXT
 ) WITHOUT ROWID;
 
--- The copy, and the trim of what every cursor has passed.
-CREATE TRIGGER IF NOT EXISTS export_log_append AFTER INSERT ON head
+-- The copy. The trim of what every cursor has passed is not here: a cursor
+-- that jumps (a `max_lag` skip, a removed export) would make one commit
+-- delete the whole backlog while it holds the write lock. The export tasks
+-- trim in bounded pieces instead (export_log.rs `trim`). Dropped first:
+-- databases from before kept the trimming trigger.
+DROP TRIGGER IF EXISTS export_log_append;
+CREATE TRIGGER export_log_append AFTER INSERT ON head
 BEGIN
     INSERT INTO export_log (received_ns, count, data)
         VALUES (NEW.received_ns, NEW.count, NEW.data);
-    DELETE FROM export_log
-        WHERE id <= (SELECT MIN(position) FROM export_cursors);
 END;
+
+-- What `pending` and `max_lag` read at each step: sums over the log past a
+-- cursor without reading the blobs.
+CREATE INDEX IF NOT EXISTS export_log_lag ON export_log (id, received_ns, count);

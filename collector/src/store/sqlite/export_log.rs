@@ -2,10 +2,13 @@
 //! `head` copies each committed batch into `export_log` inside the
 //! merger's own transaction, so the log holds exactly what committed, in
 //! commit order (one writer; `AUTOINCREMENT` ids are never reused, unlike
-//! head ids, which compaction frees). The same trigger trims the rows every
-//! export's cursor has passed. Compaction and retention never touch the
-//! log: what an export has not sent stays until it is sent or the export
-//! skips it (`max_lag`, counted by the export).
+//! head ids, which compaction frees). The export tasks trim the rows every
+//! export's cursor has passed, [`TRIM_ROWS`] per transaction ([`SqliteLog::trim`]),
+//! never the merger's commit: a cursor that jumps past a large backlog
+//! (`max_lag`, a removed export) must not make one commit delete it all
+//! under the write lock. Compaction and retention never touch the log:
+//! what an export has not sent stays until it is sent or the export skips
+//! it (`max_lag`, counted by the export).
 //!
 //! The export tasks open their own connections here: reads never block the
 //! merger (WAL), and a cursor save is one short write transaction, taken
@@ -17,10 +20,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tracing::warn;
 
 use super::codec::Decoder;
 use crate::model::SeriesKey;
-use crate::store::export::{CursorRow, LogBatch, LogReading, Pending};
+use crate::store::export::{CursorRow, LogBatch, LogReading, Pending, TRIM_ROWS};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::ReadError;
 
@@ -47,6 +51,10 @@ impl SqliteLog {
         let mut conn = log.open(false)?;
         let err = log.err("set up the export log");
         if names.is_empty() {
+            // Said, not silent: what the removed exports had not sent.
+            for (c, p) in log.status()? {
+                warn!(export = %c.name, position = c.position, pending = p.readings, "no [[exports]] configured: the export's cursor and the commit log are removed; what it had not sent will not be sent");
+            }
             conn.execute_batch(
                 "DROP TRIGGER IF EXISTS export_log_append; DROP TABLE IF EXISTS export_log; \
                  DROP TABLE IF EXISTS export_cursors;",
@@ -72,6 +80,21 @@ impl SqliteLog {
             keep.push_str(if i == 0 { "?" } else { ", ?" });
         }
         keep.push(')');
+        {
+            let mut gone =
+                String::from("SELECT name, position FROM export_cursors WHERE name NOT IN (");
+            gone.push_str(&keep[keep.find('(').map_or(0, |i| i + 1)..]);
+            let mut stmt = tx.prepare(&gone).map_err(&err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(names.iter()), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(&err)?;
+            for row in rows {
+                let (name, position) = row.map_err(&err)?;
+                warn!(export = %name, position, "export no longer configured: its cursor is removed");
+            }
+        }
         tx.execute(&keep, rusqlite::params_from_iter(names.iter()))
             .map_err(&err)?;
         for name in names {
@@ -159,6 +182,20 @@ impl SqliteLog {
         Ok(())
     }
 
+    /// Deletes up to [`TRIM_ROWS`] log rows that every cursor has passed,
+    /// oldest first, in one transaction; returns how many went (fewer than
+    /// [`TRIM_ROWS`]: nothing more to trim for now).
+    pub fn trim(&self, conn: &Connection) -> Result<u64, ReadError> {
+        let n = conn
+            .execute(
+                "DELETE FROM export_log WHERE id IN (SELECT id FROM export_log \
+                 WHERE id <= (SELECT MIN(position) FROM export_cursors) ORDER BY id LIMIT ?1)",
+                params![TRIM_ROWS],
+            )
+            .map_err(self.err("trim the export log"))?;
+        Ok(n as u64)
+    }
+
     /// Committed batches after `position`, in commit order, up to about
     /// `max_readings` readings (at least one batch).
     pub fn read(
@@ -239,8 +276,10 @@ impl SqliteLog {
         .map_err(self.err("measure export lag"))
     }
 
-    /// The batches after `position` received before `before_ns`: the last
-    /// one's position and their readings (what `max_lag` skips).
+    /// The batches after `position` up to the last one received before
+    /// `before_ns`: its position and the readings of them all (what
+    /// `max_lag` skips; a later-received batch committed before it is
+    /// skipped and counted with them).
     pub fn older_than(
         &self,
         conn: &Connection,
@@ -249,8 +288,10 @@ impl SqliteLog {
     ) -> Result<Option<(i64, u64)>, ReadError> {
         let (end, count): (Option<i64>, i64) = conn
             .query_row(
-                "SELECT MAX(id), COALESCE(SUM(count), 0) FROM export_log \
-                 WHERE id > ?1 AND received_ns < ?2",
+                "WITH old AS (SELECT MAX(id) AS m FROM export_log \
+                   WHERE id > ?1 AND received_ns < ?2) \
+                 SELECT old.m, (SELECT COALESCE(SUM(count), 0) FROM export_log \
+                   WHERE id > ?1 AND id <= old.m) FROM old",
                 params![position, before_ns],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -342,3 +383,6 @@ fn cursor_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CursorRow> {
         last_error: r.get(7)?,
     })
 }
+
+#[cfg(test)]
+mod tests;
