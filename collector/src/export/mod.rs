@@ -5,6 +5,8 @@
 //!
 //! - `runner.rs`: the task (a page of the log → the sink → the cursor).
 //! - `remote_write.rs`: samples, shards, requests, retries.
+//! - `nats.rs`: JetStream messages with stable ids, PubAcks, retries
+//!   (`nats/client.rs`: the NATS text protocol).
 //!
 //! Exports never slow ingest: the merger does not know they exist (the
 //! store's trigger copies each committed batch into the log in the
@@ -15,6 +17,7 @@
 //! `prom_labels` (the one series → labels mapping), `metrics` (its
 //! handles), `model`. Owns each export's cursor, cache and client.
 
+pub mod nats;
 mod remote_write;
 mod runner;
 
@@ -91,6 +94,12 @@ pub async fn start(
                     cause,
                 })?,
             ),
+            ExportKind::Nats(n) => Sink::Nats(Box::new(nats::NatsSink::new(
+                &config.name,
+                n,
+                &config.filter,
+                config.max_backoff,
+            ))),
         };
         let runner = Runner {
             config: config.clone(),
