@@ -50,7 +50,15 @@ pub async fn run(args: ExportsArgs) -> Result<()> {
             .server
             .exports
             .iter()
-            .map(|e| (e.name.clone(), format!("{} {}", e.kind.name(), e.url)))
+            .map(|e| {
+                let dest = match &e.kind {
+                    crate::config::exports::ExportKind::Nats(n) => {
+                        format!("nats {} stream {}", e.url, n.stream)
+                    }
+                    kind => format!("{} {}", kind.name(), e.url),
+                };
+                (e.name.clone(), dest)
+            })
             .collect(),
     };
     let rows = CommitLog::sqlite(path.clone())
