@@ -22,8 +22,7 @@ use tributary_collector::query::{chunk_from_proto, series_from_proto};
 use tributary_collector::store::export::CommitLog;
 use tributary_proto::v1 as pb;
 use tributary_tests::cluster::{
-    Agent, Collector, PATIENCE, kind_and_text, sim_agent_config, stored_points,
-    wait_for_counters,
+    Agent, Collector, PATIENCE, kind_and_text, sim_agent_config, stored_points, wait_for_counters,
 };
 use tributary_tests::peers::nats::{
     NatsCluster, SHARED_NATS, StreamMsg, delete_stream, read_stream,
@@ -71,7 +70,8 @@ fn stored(db: &std::path::Path, prefix: &str) -> Result<HashMap<Identity, usize>
             continue;
         }
         for p in points {
-            *out.entry(identity(&meta.key, p.ts_ns, &p.value)).or_default() += 1;
+            *out.entry(identity(&meta.key, p.ts_ns, &p.value))
+                .or_default() += 1;
         }
     }
     Ok(out)
@@ -88,7 +88,10 @@ fn json_readings(v: &Value) -> Result<Vec<Identity>> {
             labels: serde_json::from_value(s["labels"].clone())?,
             unit: s["unit"].as_str().context("unit")?.to_owned(),
         };
-        ensure!(key.agent == v["agent"].as_str().unwrap_or(""), "series of another agent");
+        ensure!(
+            key.agent == v["agent"].as_str().unwrap_or(""),
+            "series of another agent"
+        );
         for p in s["points"].as_array().context("no points")? {
             let ts = p["ts_ns"].as_i64().context("ts_ns")?;
             let value = if let Some(x) = p.get("f64") {
@@ -148,7 +151,10 @@ fn streamed(
     let mut ids: HashMap<&str, usize> = HashMap::new();
     let mut out = HashMap::new();
     for m in msgs {
-        let id = m.msg_id.as_deref().context("a message without Nats-Msg-Id")?;
+        let id = m
+            .msg_id
+            .as_deref()
+            .context("a message without Nats-Msg-Id")?;
         *ids.entry(id).or_default() += 1;
         let readings = if json {
             let v: Value = serde_json::from_slice(&m.payload).context("message is not JSON")?;
@@ -160,12 +166,19 @@ fn streamed(
         for r in readings {
             // tributary.{agent}.{device}, sanitised (the test's names are).
             let want = format!("{subject_prefix}.{}.{}", r.0, r.1);
-            ensure!(m.subject == want, "subject {} for a reading of {want}", m.subject);
+            ensure!(
+                m.subject == want,
+                "subject {} for a reading of {want}",
+                m.subject
+            );
             *out.entry(r).or_default() += 1;
         }
     }
     let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
-    ensure!(twice.is_empty(), "message ids in the stream more than once: {twice:?}");
+    ensure!(
+        twice.is_empty(),
+        "message ids in the stream more than once: {twice:?}"
+    );
     Ok(out)
 }
 
@@ -195,14 +208,18 @@ fn compare(want: &HashMap<Identity, usize>, got: &HashMap<Identity, usize>) -> R
 /// Waits until the export's cursor has passed everything committed.
 async fn caught_up(db: &std::path::Path) -> Result<()> {
     let log = CommitLog::sqlite(db.to_path_buf());
-    eventually(PATIENCE, "the nats export has sent every committed batch", || {
-        let log = log.clone();
-        async move {
-            let rows = log.status().await.ok()?;
-            let (c, p) = rows.first()?;
-            (p.readings == 0 && p.end == c.position).then_some(())
-        }
-    })
+    eventually(
+        PATIENCE,
+        "the nats export has sent every committed batch",
+        || {
+            let log = log.clone();
+            async move {
+                let rows = log.status().await.ok()?;
+                let (c, p) = rows.first()?;
+                (p.readings == 0 && p.end == c.position).then_some(())
+            }
+        },
+    )
     .await
 }
 
@@ -210,11 +227,10 @@ async fn caught_up(db: &std::path::Path) -> Result<()> {
 /// commit log (the collector is stopped); returns how many batches that is.
 fn rewind(db: &std::path::Path) -> Result<i64> {
     let c = rusqlite::Connection::open(db)?;
-    let (first, n): (Option<i64>, i64) = c.query_row(
-        "SELECT MIN(id), COUNT(*) FROM export_log",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (first, n): (Option<i64>, i64) =
+        c.query_row("SELECT MIN(id), COUNT(*) FROM export_log", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     let Some(first) = first else {
         return Ok(0);
     };
@@ -301,7 +317,10 @@ async fn kills_and_compares(
     }
     let want = stored(&collector.db, &agent_prefix)?;
     let total: usize = want.values().sum();
-    ensure!(total >= AGENTS * DEVICES * 50, "only {total} readings stored");
+    ensure!(
+        total >= AGENTS * DEVICES * 50,
+        "only {total} readings stored"
+    );
     if let Err(e) = caught_up(&collector.db).await {
         bail!("{e:#}\ncollector log:\n{}", collector.log());
     }

@@ -146,7 +146,8 @@ impl NatsSink {
             self.series.insert(id, None);
         }
         for (id, key) in keys {
-            let pass = self.filter.is_all() || self.filter.matches(&key.agent, &key.device, &key.metric);
+            let pass =
+                self.filter.is_all() || self.filter.matches(&key.agent, &key.device, &key.metric);
             self.series
                 .insert(id, pass.then(|| Arc::new(SeriesMeta { id, key })));
         }
@@ -375,7 +376,11 @@ impl NatsSink {
         let stream = &self.cfg.stream;
         let timeout = self.cfg.timeout;
         let found = c
-            .js_api(&format!("$JS.API.STREAM.INFO.{stream}"), &json!({}), timeout)
+            .js_api(
+                &format!("$JS.API.STREAM.INFO.{stream}"),
+                &json!({}),
+                timeout,
+            )
             .await;
         let info = match found {
             Ok(v) => v,

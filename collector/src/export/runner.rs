@@ -151,7 +151,10 @@ impl Runner {
         });
         let outcome = match &mut self.sink {
             Sink::Nats(s) => s.send(conn, &page, &self.metrics, cancel, give_up).await?,
-            Sink::RemoteWrite(_) => self.remote_write(conn, page, cache, cancel, give_up).await?,
+            Sink::RemoteWrite(_) => {
+                self.remote_write(conn, page, cache, cancel, give_up)
+                    .await?
+            }
         };
         let Some(outcome) = outcome else {
             // Cancelled mid-page, or past max_lag: the cursor stays; the

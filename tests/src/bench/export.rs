@@ -76,7 +76,11 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("ingest_with_nats", "readings/s", None);
     report.declare("ingest_ratio_nats", "x", Some(Target::AtLeast(0.8)));
     report.declare("nats_live", "readings/s", None);
-    report.declare("nats_catch_up", "readings/s", Some(Target::AtLeast(1_000_000.0)));
+    report.declare(
+        "nats_catch_up",
+        "readings/s",
+        Some(Target::AtLeast(1_000_000.0)),
+    );
     for run in 0..opts.runs() {
         progress.status(&format!("export: run {}", run + 1));
         let dir = TestDir::new("bench-export")?;
@@ -90,7 +94,8 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
 
         // (2) with the export, VictoriaMetrics up.
         let mut vm = Receiver::start(&dir, Kind::Victoria, "victoria").await?;
-        let (c, db) = start_collector(&dir, "export", Some(&rw_export(&vm.write_url())), None).await?;
+        let (c, db) =
+            start_collector(&dir, "export", Some(&rw_export(&vm.write_url())), None).await?;
         let start = Instant::now();
         let (acked, took) = load(&c.1, &cfg, "live").await?;
         let with = acked as f64 / took;
@@ -165,7 +170,10 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         stop(c.0).await?;
         let messages = stream_info(SHARED_NATS, &stream)
             .await?
-            .and_then(|i| i.pointer("/state/messages").and_then(serde_json::Value::as_u64))
+            .and_then(|i| {
+                i.pointer("/state/messages")
+                    .and_then(serde_json::Value::as_u64)
+            })
             .unwrap_or(0);
         report.check(
             "nats: the stream holds messages",

@@ -147,7 +147,10 @@ struct Node {
 impl NatsCluster {
     /// Starts `n` nodes, each with its store in `dir/<name>-<i>`.
     pub async fn start(dir: &TestDir, name: &str, n: usize) -> Result<NatsCluster> {
-        let program = tool(NATS_SERVER_ENV, &["/usr/sbin/nats-server", "/usr/bin/nats-server"])?;
+        let program = tool(
+            NATS_SERVER_ENV,
+            &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+        )?;
         let mut clients = Vec::new();
         let mut routes = Vec::new();
         for _ in 0..n {

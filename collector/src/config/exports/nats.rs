@@ -262,7 +262,10 @@ fn present(r: &RawExport, keys: &[&str]) -> Option<(&'static str, Range<usize>)>
         ("subjects", r.subjects.as_ref().map(Spanned::span)),
         ("replicas", r.replicas.as_ref().map(Spanned::span)),
         ("max_age", r.max_age.as_ref().map(Spanned::span)),
-        ("duplicate_window", r.duplicate_window.as_ref().map(Spanned::span)),
+        (
+            "duplicate_window",
+            r.duplicate_window.as_ref().map(Spanned::span),
+        ),
         ("subject", r.subject.as_ref().map(Spanned::span)),
         ("format", r.format.as_ref().map(Spanned::span)),
         ("user", r.user.as_ref().map(Spanned::span)),
@@ -294,8 +297,12 @@ fn present(r: &RawExport, keys: &[&str]) -> Option<(&'static str, Range<usize>)>
         ),
         ("tls", r.tls.as_ref().map(Spanned::span)),
     ];
-    all.into_iter()
-        .find_map(|(k, span)| (keys.contains(&k)).then_some(span).flatten().map(|s| (k, s)))
+    all.into_iter().find_map(|(k, span)| {
+        (keys.contains(&k))
+            .then_some(span)
+            .flatten()
+            .map(|s| (k, s))
+    })
 }
 
 /// A key of another kind is an error naming it.
@@ -330,11 +337,7 @@ pub(super) fn parse(
         } else {
             ""
         };
-        return Err(src.error(
-            span,
-            key(k),
-            format!("not a key of kind = \"nats\"{hint}"),
-        ));
+        return Err(src.error(span, key(k), format!("not a key of kind = \"nats\"{hint}")));
     }
     let servers = servers(url).map_err(|e| src.error(r.url.span(), key("url"), e))?;
     let stream = match &r.stream {
@@ -367,7 +370,11 @@ pub(super) fn parse(
     };
     let subject = match &r.subject {
         None => SubjectTemplate::parse("tributary.{agent}.{device}").map_err(|e| {
-            src.error(r.kind.span(), key("subject"), format!("default subject: {e}"))
+            src.error(
+                r.kind.span(),
+                key("subject"),
+                format!("default subject: {e}"),
+            )
         })?,
         Some(s) => SubjectTemplate::parse(s.get_ref())
             .map_err(|e| src.error(s.span(), key("subject"), e))?,
@@ -383,18 +390,19 @@ pub(super) fn parse(
             ));
         }
     };
-    let duration = |v: &Option<Spanned<String>>, k: &str| -> Result<Option<Duration>, ConfigError> {
-        match v {
-            None => Ok(None),
-            Some(v) => {
-                let d = src.duration(v, &key(k))?;
-                if d.is_zero() {
-                    return Err(src.error(v.span(), key(k), "must be longer than zero"));
+    let duration =
+        |v: &Option<Spanned<String>>, k: &str| -> Result<Option<Duration>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(v) => {
+                    let d = src.duration(v, &key(k))?;
+                    if d.is_zero() {
+                        return Err(src.error(v.span(), key(k), "must be longer than zero"));
+                    }
+                    Ok(Some(d))
                 }
-                Ok(Some(d))
             }
-        }
-    };
+        };
     let count = |v: &Option<Spanned<u64>>, k: &str, default: u64, max: u64| match v {
         None => Ok(default),
         Some(v) => {
@@ -502,7 +510,10 @@ fn servers(url: &str) -> Result<Vec<String>, String> {
                 "credentials go in user/password or token (and their *_file twins), not the url",
             ));
         }
-        if host_port.is_empty() || host_port.contains(['/', '?', '#']) || host_port.contains(char::is_whitespace) {
+        if host_port.is_empty()
+            || host_port.contains(['/', '?', '#'])
+            || host_port.contains(char::is_whitespace)
+        {
             return Err(bad(&format!("{one:?} is not nats://host:port")));
         }
         let with_port = match host_port.rsplit_once(':') {
@@ -537,11 +548,9 @@ fn auth(src: &Source<'_>, r: &RawExport, i: usize) -> Result<NatsAuth, ConfigErr
                   k: &str|
      -> Result<Option<String>, ConfigError> {
         match (a, b) {
-            (Some(v), Some(_)) => Err(src.error(
-                v.span(),
-                key(k),
-                format!("set {k} or {k}_file, not both"),
-            )),
+            (Some(v), Some(_)) => {
+                Err(src.error(v.span(), key(k), format!("set {k} or {k}_file, not both")))
+            }
             (Some(v), None) => Ok(Some(v.get_ref().clone())),
             (None, Some(f)) => Ok(Some(secret(f, &format!("{k}_file"))?)),
             (None, None) => Ok(None),
@@ -552,7 +561,8 @@ fn auth(src: &Source<'_>, r: &RawExport, i: usize) -> Result<NatsAuth, ConfigErr
     let span = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span).unwrap_or(0..0);
     match (&r.user, password, token) {
         (Some(_), Some(_), Some(_)) | (None, Some(_), Some(_)) => Err(src.error(
-            span(&r.token).start.max(span(&r.token_file).start)..span(&r.token).end.max(span(&r.token_file).end),
+            span(&r.token).start.max(span(&r.token_file).start)
+                ..span(&r.token).end.max(span(&r.token_file).end),
             key("token"),
             "set user and password, or a token, not both",
         )),
@@ -566,7 +576,8 @@ fn auth(src: &Source<'_>, r: &RawExport, i: usize) -> Result<NatsAuth, ConfigErr
             "a user needs password or password_file",
         )),
         (None, Some(_), None) => Err(src.error(
-            span(&r.password).start.max(span(&r.password_file).start)..span(&r.password).end.max(span(&r.password_file).end),
+            span(&r.password).start.max(span(&r.password_file).start)
+                ..span(&r.password).end.max(span(&r.password_file).end),
             key("password"),
             "a password needs user",
         )),
@@ -585,9 +596,13 @@ mod tests {
     use crate::config::{Flags, resolve_text};
 
     fn resolve(text: &str) -> Result<Vec<super::super::ExportConfig>, String> {
-        resolve_text(text, Path::new("/etc/tributary/collector.toml"), &Flags::default())
-            .map(|s| s.server.exports)
-            .map_err(|e| e.to_string())
+        resolve_text(
+            text,
+            Path::new("/etc/tributary/collector.toml"),
+            &Flags::default(),
+        )
+        .map(|s| s.server.exports)
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -675,25 +690,36 @@ mod tests {
     #[test]
     fn subjects_are_rendered_with_sanitised_tokens() {
         let t = SubjectTemplate::parse("tributary.{agent}.{device}").unwrap();
-        assert_eq!(t.render("edge-1", "pump.3 *>", "m"), "tributary.edge-1.pump_3___");
+        assert_eq!(
+            t.render("edge-1", "pump.3 *>", "m"),
+            "tributary.edge-1.pump_3___"
+        );
         assert_eq!(t.render("", "d", "m"), "tributary._.d");
         assert_eq!(t.wildcard(), "tributary.*.*");
         let t = SubjectTemplate::parse("x.dev-{device}.{metric}").unwrap();
         assert_eq!(t.render("a", "ü", "m"), "x.dev-_.m");
         assert_eq!(t.wildcard(), "x.*.*");
-        for bad in ["", "a..b", ".a", "a.", "a.{nope}", "a.{agent", "a b", "a.*", "a.>"] {
+        for bad in [
+            "", "a..b", ".a", "a.", "a.{nope}", "a.{agent", "a b", "a.*", "a.>",
+        ] {
             assert!(SubjectTemplate::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn urls_are_lists_of_servers() {
-        assert_eq!(servers("nats://127.0.0.1:4222").unwrap(), ["127.0.0.1:4222"]);
         assert_eq!(
-            servers("nats://a:1, nats://b").unwrap(),
-            ["a:1", "b:4222"]
+            servers("nats://127.0.0.1:4222").unwrap(),
+            ["127.0.0.1:4222"]
         );
-        for bad in ["http://a:1", "nats://", "nats://u:p@a:1", "nats://a:x", "tls://a:1"] {
+        assert_eq!(servers("nats://a:1, nats://b").unwrap(), ["a:1", "b:4222"]);
+        for bad in [
+            "http://a:1",
+            "nats://",
+            "nats://u:p@a:1",
+            "nats://a:x",
+            "tls://a:1",
+        ] {
             assert!(servers(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -106,7 +106,11 @@ fn nuid() -> String {
 impl Client {
     /// Connects to `addr` (`host:port`), sends `CONNECT` with `auth`, and
     /// waits for the server's `PONG` (or its refusal), all within `timeout`.
-    pub async fn connect(addr: &str, auth: &NatsAuth, timeout: Duration) -> Result<Client, NatsError> {
+    pub async fn connect(
+        addr: &str,
+        auth: &NatsAuth,
+        timeout: Duration,
+    ) -> Result<Client, NatsError> {
         let io = |cause| NatsError::Connect {
             addr: addr.to_owned(),
             cause,
