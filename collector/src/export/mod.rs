@@ -94,12 +94,12 @@ pub async fn start(
                     cause,
                 })?,
             ),
-            ExportKind::Nats(n) => Sink::Nats(Box::new(nats::NatsSink::new(
+            ExportKind::Nats(n) => Sink::Nats(nats::NatsSink::new(
                 &config.name,
                 n,
                 &config.filter,
                 config.max_backoff,
-            ))),
+            )),
         };
         let runner = Runner {
             config: config.clone(),

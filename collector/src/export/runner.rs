@@ -29,11 +29,13 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 const MAX_CACHED_SERIES: usize = 1 << 20;
 
 /// The destination of one export.
+// One per export task, built once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Sink {
     RemoteWrite(RemoteWriteSink),
     /// Keeps its own series cache and connection (`nats.rs`).
-    Nats(Box<NatsSink>),
+    Nats(NatsSink),
 }
 
 /// One export, ready to run.

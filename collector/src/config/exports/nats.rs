@@ -639,7 +639,7 @@ mod tests {
     fn nats_errors_name_the_line_and_key() {
         let head = "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"nats://a:1\"\n";
         let cases = [
-            (format!("{head}"), "exports[0].stream: kind = \"nats\" needs stream"),
+            (head.to_string(), "exports[0].stream: kind = \"nats\" needs stream"),
             (
                 format!("{head}stream = \"a.b\"\n"),
                 "collector.toml:5: exports[0].stream: \"a.b\": a stream name",
