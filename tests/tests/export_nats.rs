@@ -260,9 +260,10 @@ struct Run<'a> {
 
 /// Starts the agents and the collector with a nats export, SIGKILLs and
 /// restarts the collector `kills` times (with a cluster: node 0, the
-/// first server of the url, dies with the first kill and comes back while
-/// the restarted collector publishes), then compares the stream with the
-/// store.
+/// first server of the url and so the one the collector publishes
+/// through, is SIGKILLed before the first collector kill and comes back
+/// while the restarted collector publishes through another node), then
+/// compares the stream with the store.
 async fn kills_and_compares(
     run: Run<'_>,
     dir: &TestDir,
@@ -300,11 +301,13 @@ async fn kills_and_compares(
     }
     for round in 0..kills {
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        collector.proc.kill().await?;
         let node_down = round == 0 && cluster.is_some();
         if node_down && let Some(c) = cluster.as_deref_mut() {
+            // Under the publishing collector: PubAcks in flight are lost.
             c.kill(0).await?;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
         }
+        collector.proc.kill().await?;
         collector = Collector::start_with(dir, addr, &args).await?;
         if node_down && let Some(c) = cluster.as_deref_mut() {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -330,6 +333,13 @@ async fn kills_and_compares(
         bail!("{e:#}\ncollector log:\n{}", collector.log());
     }
     let resent = collector.log().matches("sending again").count();
+    if cluster.is_some() {
+        ensure!(
+            resent > 0,
+            "a node died under the collector and nothing was published again:\n{}",
+            collector.log()
+        );
+    }
     let status = collector
         .proc
         .terminate(Duration::from_secs(20))
@@ -360,7 +370,7 @@ async fn kills_and_compares(
     println!(
         "{}: {total} readings committed, each in stream {stream} exactly once ({} messages, \
          no id twice) after {kills} collector SIGKILLs; {resent} publish failures retried in \
-         the last collector's log; a replay of {replayed} batches added no message",
+         the collectors' log; a replay of {replayed} batches added no message",
         run.label,
         msgs.len()
     );
