@@ -65,7 +65,9 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.config("duration_s", cfg.duration.as_secs_f64());
     report.config(
         "export",
-        "remote_write to VictoriaMetrics, 4 shards, 2000 samples/request",
+        "remote_write to VictoriaMetrics, 4 shards, 2000 samples/request; nats to the \
+         machine's nats-server (one node, file storage, R1), protobuf, \
+         subject <prefix>.{agent}.{device}, 256 messages in flight",
     );
     report.declare("ingest_without_export", "readings/s", None);
     report.declare("ingest_with_export", "readings/s", None);
