@@ -34,7 +34,7 @@ const SERVICES: &[Service] = &[
     Service {
         name: "NATS (JetStream)",
         addr: "127.0.0.1:4222",
-        start: "mkdir -p /var/lib/nats-server && nohup nats-server -a 127.0.0.1 -p 4222 -js \
+        start: "mkdir -p /var/lib/nats-server && nohup /usr/sbin/nats-server -a 127.0.0.1 -p 4222 -js \
                 -sd /var/lib/nats-server -l /var/log/nats-server.log >/dev/null 2>&1 &",
     },
 ];
