@@ -22,6 +22,8 @@
 //! key = "client.key"
 //! ```
 //!
+//! `kind = "nats"` (JetStream) has its own keys: `exports/nats.rs`.
+//!
 //! Secrets given as `*_file` are read here, once, relative to the config
 //! file; a missing or empty file is a located error. Says what the keys
 //! mean; reading TOML is `tributary-config`'s.
