@@ -1,5 +1,6 @@
 //! Services the tests talk to over the network: PostgreSQL on
-//! 127.0.0.1:5432 and the Mosquitto broker on 127.0.0.1:1883. This kind of
+//! 127.0.0.1:5432, the Mosquitto broker on 127.0.0.1:1883 and NATS with
+//! JetStream on 127.0.0.1:4222 (the nats export tests). This kind of
 //! machine starts both before a session or CI run; if one is down anyway,
 //! `cargo xtask test` starts it with the machine's own command and says so.
 
@@ -29,6 +30,12 @@ const SERVICES: &[Service] = &[
         name: "Mosquitto",
         addr: "127.0.0.1:1883",
         start: "mosquitto -d -c /etc/mosquitto/mosquitto.conf",
+    },
+    Service {
+        name: "NATS (JetStream)",
+        addr: "127.0.0.1:4222",
+        start: "mkdir -p /var/lib/nats-server && nohup /usr/sbin/nats-server -a 127.0.0.1 -p 4222 -js \
+                -sd /var/lib/nats-server -l /var/log/nats-server.log >/dev/null 2>&1 &",
     },
 ];
 

@@ -50,10 +50,14 @@ pub async fn run(args: ExportsArgs) -> Result<()> {
             .exports
             .iter()
             .map(|e| {
-                (
-                    e.name.clone(),
-                    format!("{} {}", e.kind.name(), crate::export::redact_url(&e.url)),
-                )
+                let url = crate::export::redact_url(&e.url);
+                let dest = match &e.kind {
+                    crate::config::exports::ExportKind::Nats(n) => {
+                        format!("nats {url} stream {}", n.stream)
+                    }
+                    kind => format!("{} {url}", kind.name()),
+                };
+                (e.name.clone(), dest)
             })
             .collect(),
     };

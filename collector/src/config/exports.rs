@@ -22,6 +22,8 @@
 //! key = "client.key"
 //! ```
 //!
+//! `kind = "nats"` (JetStream) has its own keys: `exports/nats.rs`.
+//!
 //! Secrets given as `*_file` are read here, once, relative to the config
 //! file; a missing or empty file is a located error. Says what the keys
 //! mean; reading TOML is `tributary-config`'s.
@@ -33,6 +35,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 use tributary_config::{ConfigError, Source};
+
+mod nats;
+pub use nats::{Nats, NatsAuth, NatsFormat, StreamSpec, SubjectPart, SubjectTemplate};
 
 /// Longest export name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -59,6 +64,8 @@ pub struct ExportConfig {
 pub enum ExportKind {
     /// Prometheus remote write 1.0.
     RemoteWrite(RemoteWrite),
+    /// A NATS JetStream stream (`config/exports/nats.rs`).
+    Nats(Nats),
 }
 
 impl ExportKind {
@@ -66,6 +73,7 @@ impl ExportKind {
     pub fn name(&self) -> &'static str {
         match self {
             ExportKind::RemoteWrite(_) => "remote_write",
+            ExportKind::Nats(_) => "nats",
         }
     }
 }
@@ -213,6 +221,22 @@ pub(super) struct RawExport {
     #[serde(rename = "match")]
     filter: Option<RawFilter>,
     tls: Option<Spanned<RawTls>>,
+    // kind = "nats" (config/exports/nats.rs)
+    stream: Option<Spanned<String>>,
+    create_stream: Option<Spanned<bool>>,
+    subjects: Option<Spanned<Vec<String>>>,
+    replicas: Option<Spanned<u64>>,
+    max_age: Option<Spanned<String>>,
+    duplicate_window: Option<Spanned<String>>,
+    subject: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    max_readings_per_message: Option<Spanned<u64>>,
+    max_in_flight: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,7 +344,9 @@ fn one(src: &Source<'_>, r: &RawExport, i: usize) -> Result<ExportConfig, Config
         })
         .unwrap_or_default();
     let kind = match r.kind.get_ref().as_str() {
+        "nats" => ExportKind::Nats(nats::parse(src, r, i, &url)?),
         "remote_write" => {
+            nats::refuse_other_keys(src, r, i, nats::NATS_KEYS)?;
             if !(url.starts_with("http://") || url.starts_with("https://"))
                 || reqwest_url_ok(&url).is_err()
             {
@@ -424,7 +450,7 @@ fn one(src: &Source<'_>, r: &RawExport, i: usize) -> Result<ExportConfig, Config
             return Err(src.error(
                 r.kind.span(),
                 key("kind"),
-                format!("{other:?}: expected \"remote_write\""),
+                format!("{other:?}: expected \"remote_write\" or \"nats\""),
             ));
         }
     };

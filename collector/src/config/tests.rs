@@ -464,7 +464,9 @@ fn exports_are_read_with_defaults_and_secrets_from_files() {
     let e = &s.server.exports;
     assert_eq!(e.len(), 2);
     assert_eq!(e[0].name, "vm");
-    let crate::config::exports::ExportKind::RemoteWrite(rw) = &e[0].kind;
+    let crate::config::exports::ExportKind::RemoteWrite(rw) = &e[0].kind else {
+        panic!("not remote_write: {:?}", e[0].kind)
+    };
     assert_eq!(
         rw.auth,
         crate::config::exports::Auth::Bearer("s3cret".into())
@@ -475,7 +477,9 @@ fn exports_are_read_with_defaults_and_secrets_from_files() {
     assert!(!e[0].filter.matches("core-1", "d", "m"));
     assert_eq!(e[0].max_lag, None);
     assert_eq!(e[1].max_lag, Some(Duration::from_secs(3600)));
-    let crate::config::exports::ExportKind::RemoteWrite(rw) = &e[1].kind;
+    let crate::config::exports::ExportKind::RemoteWrite(rw) = &e[1].kind else {
+        panic!("not remote_write: {:?}", e[1].kind)
+    };
     assert_eq!(rw.shards, 2);
     assert!(format!("{:?}", rw.auth).contains("<secret>"));
     assert!(!format!("{:?}", rw.auth).contains("\"p\""));
@@ -495,7 +499,7 @@ fn export_errors_name_the_line_and_key() {
         ),
         (
             "[[exports]]\nname = \"vm\"\nkind = \"kafka\"\nurl = \"http://x/w\"\n".into(),
-            "collector.toml:3: exports[0].kind: \"kafka\": expected \"remote_write\"",
+            "collector.toml:3: exports[0].kind: \"kafka\": expected \"remote_write\" or \"nats\"",
         ),
         (
             format!("{head}url = \"http://x/w\"\nshards = 0\n"),

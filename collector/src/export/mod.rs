@@ -5,6 +5,8 @@
 //!
 //! - `runner.rs`: the task (a page of the log → the sink → the cursor).
 //! - `remote_write.rs`: samples, shards, requests, retries.
+//! - `nats.rs`: JetStream messages with stable ids, PubAcks, retries
+//!   (`nats/client.rs`: the NATS text protocol).
 //!
 //! Exports never slow ingest: the merger does not know they exist (the
 //! store copies each committed batch into the log in the commit's
@@ -18,6 +20,7 @@
 //! `prom_labels` (the one series → labels mapping), `metrics` (its
 //! handles), `model`. Owns each export's cursor, cache and client.
 
+pub mod nats;
 mod remote_write;
 mod runner;
 
@@ -145,6 +148,12 @@ fn sink(config: &ExportConfig) -> Result<Sink, ExportError> {
                 cause,
             })?,
         ),
+        ExportKind::Nats(n) => Sink::Nats(nats::NatsSink::new(
+            &config.name,
+            n,
+            &config.filter,
+            config.max_backoff,
+        )),
     })
 }
 

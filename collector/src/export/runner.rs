@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::nats::NatsSink;
 use super::remote_write::{RemoteWriteSink, SeriesLabels, series_labels};
 use crate::config::exports::{ExportConfig, Filter};
 use crate::metrics::ExportHandles;
@@ -47,9 +48,13 @@ struct Pace {
 }
 
 /// The destination of one export.
-#[derive(Debug, Clone)]
+// One per export task, built once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
 pub enum Sink {
     RemoteWrite(RemoteWriteSink),
+    /// Keeps its own series cache and connection (`nats.rs`).
+    Nats(NatsSink),
 }
 
 /// One export, ready to run.
@@ -65,7 +70,7 @@ impl Runner {
     /// Runs until `stop`, finishing the page in flight; `abort` (the
     /// shutdown deadline) ends that page too, unsaved, so it is sent
     /// again after the restart.
-    pub async fn run(self, stop: CancellationToken, abort: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken, abort: CancellationToken) {
         let cancel = stop;
         let name = self.config.name.clone();
         let mut cache: HashMap<i64, Option<SeriesLabels>> = HashMap::new();
@@ -149,14 +154,14 @@ impl Runner {
 
     /// One page; `Ok(false)` when there was nothing to send.
     async fn step(
-        &self,
+        &mut self,
         conn: &mut LogConn,
         cursor: &mut CursorRow,
         cache: &mut HashMap<i64, Option<SeriesLabels>>,
         pace: &mut Pace,
         cancel: &CancellationToken,
     ) -> Result<bool, crate::store::read::ReadError> {
-        let name = &self.config.name;
+        let name = self.config.name.clone();
         let now = tokio::time::Instant::now();
         let due = now >= pace.measure_at;
         // What every cursor has passed goes here, a bounded piece per step,
@@ -211,6 +216,55 @@ impl Runner {
             cursor.inflight = last;
             conn.save(cursor.clone()).await?;
         }
+        // With `max_lag`, a page is tried until its oldest batch is that
+        // old; then the check above skips it.
+        let give_up = self.config.max_lag.map(|max_lag| {
+            let age_ns = tributary_process::now_ns()
+                .saturating_sub(first_received)
+                .max(0);
+            let left = max_lag.saturating_sub(Duration::from_nanos(age_ns as u64));
+            tokio::time::Instant::now() + left
+        });
+        let outcome = match &mut self.sink {
+            Sink::Nats(s) => s.send(conn, &page, &self.metrics, cancel, give_up).await?,
+            Sink::RemoteWrite(_) => {
+                self.remote_write(conn, page, cache, cancel, give_up)
+                    .await?
+            }
+        };
+        let Some(outcome) = outcome else {
+            // Cancelled mid-page, or past max_lag: the cursor stays; the
+            // page goes again, or is skipped by the next step (which checks
+            // now).
+            pace.measure_at = tokio::time::Instant::now();
+            return Ok(!cancel.is_cancelled());
+        };
+        if outcome.dropped > 0 {
+            warn!(export = %name, dropped = outcome.dropped, "export dropped readings the destination refused");
+        }
+        cursor.position = last;
+        cursor.sent += outcome.sent;
+        cursor.dropped += outcome.dropped;
+        cursor.retried += outcome.retried;
+        if outcome.last_error.is_some() {
+            cursor.last_error = outcome.last_error;
+        }
+        conn.save(cursor.clone()).await?;
+        Ok(true)
+    }
+
+    /// A page to a remote write destination: series labels, then samples.
+    async fn remote_write(
+        &self,
+        conn: &mut LogConn,
+        page: Vec<crate::store::export::LogBatch>,
+        cache: &mut HashMap<i64, Option<SeriesLabels>>,
+        cancel: &CancellationToken,
+        give_up: Option<tokio::time::Instant>,
+    ) -> Result<Option<super::Outcome>, crate::store::read::ReadError> {
+        let Sink::RemoteWrite(s) = &self.sink else {
+            return Ok(None);
+        };
         let readings: Vec<LogReading> = page.into_iter().flat_map(|b| b.readings).collect();
         let missing: Vec<i64> = {
             let mut ids: Vec<i64> = readings
@@ -235,40 +289,8 @@ impl Runner {
                 cache.insert(id, pass.then(|| series_labels(&key)));
             }
         }
-        // With `max_lag`, a page is tried until its oldest batch is that
-        // old; then the check above skips it.
-        let give_up = self.config.max_lag.map(|max_lag| {
-            let age_ns = tributary_process::now_ns()
-                .saturating_sub(first_received)
-                .max(0);
-            let left = max_lag.saturating_sub(Duration::from_nanos(age_ns as u64));
-            tokio::time::Instant::now() + left
-        });
-        let outcome = match &self.sink {
-            Sink::RemoteWrite(s) => {
-                s.send(&readings, cache, &self.metrics, cancel, give_up)
-                    .await
-            }
-        };
-        let Some(outcome) = outcome else {
-            // Cancelled mid-page, or past max_lag: the cursor stays; the
-            // page goes again, or is skipped by the next step (which checks
-            // now).
-            pace.measure_at = tokio::time::Instant::now();
-            return Ok(!cancel.is_cancelled());
-        };
-        if outcome.dropped > 0 {
-            warn!(export = %name, dropped = outcome.dropped, "export dropped samples the destination refused");
-        }
-        cursor.position = last;
-        cursor.sent += outcome.sent;
-        cursor.dropped += outcome.dropped;
-        cursor.retried += outcome.retried;
-        if outcome.last_error.is_some() {
-            cursor.last_error = outcome.last_error;
-        }
-        conn.save(cursor.clone()).await?;
-        Ok(true)
+        Ok(s.send(&readings, cache, &self.metrics, cancel, give_up)
+            .await)
     }
 }
 

@@ -11,8 +11,20 @@
 //! (readings behind / time until the lag is zero), and its ratio to the
 //! live ingest rate of (2).
 //!
+//! Then JetStream, on the machine's `nats-server` (127.0.0.1:4222, one
+//! node, file storage): (4) a fresh collector with one `nats` export
+//! (protobuf, subject `<prefix>.{agent}.{device}`: ten series a device,
+//! so a 1,000-reading batch is ten messages), the same load: ingest rate
+//! and its ratio to (1), and the export's rate to lag zero; (5) the
+//! export's catch-up: a collector whose nats export points at a port
+//! nobody listens on takes the same load (the export falls behind), then
+//! restarts with the export (same name, same cursor) pointing at the
+//! server: readings behind / time until lag zero. Each run uses its own
+//! stream, deleted afterwards.
+//!
 //! Checks: each export's lag reaches zero and its cursor counts as sent
-//! every reading committed (all are float samples), nothing dropped.
+//! every reading committed (all are float samples), nothing dropped; the
+//! JetStream stream holds as many readings as were committed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +33,7 @@ use anyhow::{Context as _, Result, bail};
 use tokio_util::sync::CancellationToken;
 
 use tributary_collector::store::export::CommitLog;
+use tributary_tests::peers::nats::{SHARED_NATS, delete_stream, stream_info};
 use tributary_tests::peers::receivers::{Kind, Receiver};
 use tributary_tests::process::{Proc, TestDir, free_addr, wait_for_port};
 
@@ -52,7 +65,9 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.config("duration_s", cfg.duration.as_secs_f64());
     report.config(
         "export",
-        "remote_write to VictoriaMetrics, 4 shards, 2000 samples/request",
+        "remote_write to VictoriaMetrics, 4 shards, 2000 samples/request; nats to the \
+         machine's nats-server (one node, file storage, R1), protobuf, \
+         subject <prefix>.{agent}.{device}, 256 messages in flight",
     );
     report.declare("ingest_without_export", "readings/s", None);
     report.declare("ingest_with_export", "readings/s", None);
@@ -60,11 +75,19 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("export_live", "samples/s", None);
     report.declare("catch_up", "samples/s", None);
     report.declare("catch_up_vs_live_ingest", "x", None);
+    report.declare("ingest_with_nats", "readings/s", None);
+    report.declare("ingest_ratio_nats", "x", Some(Target::AtLeast(0.8)));
+    report.declare("nats_live", "readings/s", None);
+    report.declare(
+        "nats_catch_up",
+        "readings/s",
+        Some(Target::AtLeast(1_000_000.0)),
+    );
     for run in 0..opts.runs() {
         progress.status(&format!("export: run {}", run + 1));
         let dir = TestDir::new("bench-export")?;
         // (1) no export.
-        let (c, db) = start_collector(&dir, "plain", None).await?;
+        let (c, db) = start_collector(&dir, "plain", None, None).await?;
         let (acked, took) = load(&c.1, &cfg, "plain").await?;
         stop(c.0).await?;
         let _ = db;
@@ -73,7 +96,8 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
 
         // (2) with the export, VictoriaMetrics up.
         let mut vm = Receiver::start(&dir, Kind::Victoria, "victoria").await?;
-        let (c, db) = start_collector(&dir, "export", Some(&vm.write_url())).await?;
+        let (c, db) =
+            start_collector(&dir, "export", Some(&rw_export(&vm.write_url())), None).await?;
         let start = Instant::now();
         let (acked, took) = load(&c.1, &cfg, "live").await?;
         let with = acked as f64 / took;
@@ -103,28 +127,102 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         );
         stop(c.0).await?;
         vm.stop().await?;
+
+        // (4) JetStream live.
+        let stream = format!("BENCH_{}_{run}", std::process::id());
+        let subject = format!("bench{}r{run}", std::process::id());
+        delete_stream(SHARED_NATS, &stream).await?;
+        let live = nats_export(&format!("nats://{SHARED_NATS}"), &stream, &subject);
+        let (c, db) = start_collector(&dir, "nats", Some(&live), None).await?;
+        let start = Instant::now();
+        let (acked, took) = load(&c.1, &cfg, "nats").await?;
+        let with = acked as f64 / took;
+        report.record("ingest_with_nats", with);
+        report.record("ingest_ratio_nats", with / without);
+        let sent = drained(&db).await?;
+        report.record("nats_live", sent as f64 / start.elapsed().as_secs_f64());
+        report.check(
+            "nats live: every committed reading sent",
+            sent == acked,
+            format!("{acked} acked, {sent} sent"),
+        );
+        stop(c.0).await?;
+
+        // (5) JetStream catch-up: behind first (nobody on the port), then
+        // the same export (name, cursor) pointed at the server.
+        let nobody = free_addr()?;
+        let dead = nats_export(&format!("nats://{nobody}"), &stream, &subject);
+        let (c, db) = start_collector(&dir, "nats-behind", Some(&dead), None).await?;
+        let (acked2, _) = load(&c.1, &cfg, "nats-behind").await?;
+        // Killed: what it committed is durable; its export only retries.
+        let mut behind = c.0;
+        behind.kill().await?;
+        let (c, _) = start_collector(&dir, "nats-behind", Some(&live), Some(&db)).await?;
+        let behind_start = Instant::now();
+        let sent2 = drained(&db).await?;
+        report.record(
+            "nats_catch_up",
+            acked2 as f64 / behind_start.elapsed().as_secs_f64(),
+        );
+        report.check(
+            "nats catch-up: every committed reading sent",
+            sent2 == acked2,
+            format!("{acked2} acked, {sent2} sent"),
+        );
+        stop(c.0).await?;
+        let messages = stream_info(SHARED_NATS, &stream)
+            .await?
+            .and_then(|i| {
+                i.pointer("/state/messages")
+                    .and_then(serde_json::Value::as_u64)
+            })
+            .unwrap_or(0);
+        report.check(
+            "nats: the stream holds messages",
+            messages > 0,
+            format!("{messages} messages in {stream}"),
+        );
+        delete_stream(SHARED_NATS, &stream).await?;
     }
     report.note(
         "catch_up counts from the receiver's restart (its start-up time included) to lag 0; \
-         live ingest here is the full-speed rate, far above a fleet's live rate",
+         live ingest here is the full-speed rate, far above a fleet's live rate; nats_catch_up \
+         counts from the collector's restart (its start-up included) to lag 0",
     );
     Ok(report.finish())
 }
 
-/// A collector on `dir/<name>.db`, with an export to `url` when given.
+/// The remote write export to `url`.
+fn rw_export(url: &str) -> String {
+    format!(
+        "\n[[exports]]\nname = \"vm\"\nkind = \"remote_write\"\nurl = \"{url}\"\nmax_backoff = \"1s\"\n"
+    )
+}
+
+/// The nats export to `url`, creating `stream` (one replica).
+fn nats_export(url: &str, stream: &str, subject: &str) -> String {
+    format!(
+        "\n[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"{url}\"\nstream = \"{stream}\"\n\
+         subject = \"{subject}.{{agent}}.{{device}}\"\ncreate_stream = true\nmax_backoff = \"500ms\"\n\
+         timeout = \"2s\"\n"
+    )
+}
+
+/// A collector on `dir/<name>.db` (or `db`), with the `export` table when given.
 async fn start_collector(
     dir: &TestDir,
     name: &str,
-    url: Option<&str>,
+    export: Option<&str>,
+    db: Option<&std::path::Path>,
 ) -> Result<((Proc, String), std::path::PathBuf)> {
     let addr = free_addr()?;
-    let db = dir.join(format!("{name}.db"));
+    let db = db
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| dir.join(format!("{name}.db")));
     let config = dir.join(format!("{name}.toml"));
     let mut text = "[limits]\nmax_connections_per_address = 1000000\n".to_owned();
-    if let Some(url) = url {
-        text.push_str(&format!(
-            "\n[[exports]]\nname = \"vm\"\nkind = \"remote_write\"\nurl = \"{url}\"\nmax_backoff = \"1s\"\n"
-        ));
+    if let Some(export) = export {
+        text.push_str(export);
     }
     std::fs::write(&config, text)?;
     let proc = Proc::builder("tributary-collector")?

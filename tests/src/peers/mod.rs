@@ -21,6 +21,7 @@ use tokio::process::{Child, Command};
 
 use crate::process::{TestDir, free_addr, wait_for_port};
 
+pub mod nats;
 pub mod prometheus;
 pub mod receivers;
 

@@ -1,0 +1,726 @@
+//! `kind = "nats"` settings (README "Exports"): a JetStream stream that
+//! receives the committed readings.
+//!
+//! ```toml
+//! [[exports]]
+//! name = "bus"
+//! kind = "nats"
+//! url = "nats://127.0.0.1:4222"            # several: "nats://a:4222,nats://b:4222"
+//! stream = "TRIBUTARY"
+//! subject = "tributary.{agent}.{device}"   # {agent} {device} {metric}, sanitised
+//! format = "protobuf"                      # or "json"
+//! create_stream = true                     # else the stream must exist
+//! subjects = ["tributary.>"]               # default: the subject, placeholders as *
+//! replicas = 3
+//! max_age = "7d"                           # default: kept until the stream's limits
+//! duplicate_window = "10m"                 # default 2m (JetStream's)
+//! user = "tributary"                       # with password / password_file,
+//! password_file = "/etc/tributary/nats.pw" # or token / token_file
+//! max_readings_per_message = 1000
+//! max_in_flight = 256                      # messages awaiting their PubAck
+//! timeout = "5s"                           # connect, and a PubAck's wait
+//! ```
+
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+use tributary_config::{ConfigError, Source};
+
+use super::RawExport;
+
+/// Keys only `kind = "nats"` has.
+pub(super) const NATS_KEYS: &[&str] = &[
+    "stream",
+    "create_stream",
+    "subjects",
+    "replicas",
+    "max_age",
+    "duplicate_window",
+    "subject",
+    "format",
+    "user",
+    "password",
+    "password_file",
+    "token",
+    "token_file",
+    "max_readings_per_message",
+    "max_in_flight",
+];
+
+/// Keys only `kind = "remote_write"` has.
+const REMOTE_WRITE_KEYS: &[&str] = &[
+    "headers",
+    "basic_auth",
+    "bearer_token",
+    "bearer_token_file",
+    "shards",
+    "max_samples_per_request",
+    "tls",
+];
+
+/// `kind = "nats"` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nats {
+    /// `host:port` of each server, tried in turn.
+    pub servers: Vec<String>,
+    pub stream: String,
+    /// Create the stream when it is missing, with these settings.
+    pub create_stream: Option<StreamSpec>,
+    pub subject: SubjectTemplate,
+    pub format: NatsFormat,
+    pub auth: NatsAuth,
+    /// Connecting, and waiting for a PubAck (past it the connection is
+    /// taken as broken and the messages go again).
+    pub timeout: Duration,
+    pub max_readings_per_message: usize,
+    pub max_in_flight: usize,
+}
+
+impl Nats {
+    /// What shapes the messages: a change makes new message ids, so a
+    /// replay under another shape is never taken for a duplicate.
+    pub fn shape(&self) -> String {
+        format!(
+            "{}|{:?}|{}",
+            self.subject.text, self.format, self.max_readings_per_message
+        )
+    }
+}
+
+/// A stream to create when missing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSpec {
+    pub subjects: Vec<String>,
+    pub replicas: u8,
+    /// `None`: no age limit.
+    pub max_age: Option<Duration>,
+    pub duplicate_window: Duration,
+}
+
+/// `format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsFormat {
+    /// `tributary.v1.ExportMessage`.
+    Protobuf,
+    /// One JSON object per message (README "Exports").
+    Json,
+}
+
+/// Credentials sent in `CONNECT`.
+#[derive(Clone, PartialEq, Default)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::UserPassword { user, .. } => write!(f, "UserPassword({user}, <secret>)"),
+            NatsAuth::Token(_) => f.write_str("Token(<secret>)"),
+        }
+    }
+}
+
+/// One piece of a subject template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectPart {
+    Text(String),
+    Agent,
+    Device,
+    Metric,
+}
+
+/// `subject`: literal text (subject tokens of letters, digits, `_` and
+/// `-`, separated by `.`) and the placeholders `{agent}`, `{device}`,
+/// `{metric}`, each replaced by its value sanitised into one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectTemplate {
+    pub text: String,
+    pub parts: Vec<SubjectPart>,
+}
+
+impl SubjectTemplate {
+    /// Parses a template, or says what is wrong with it.
+    pub fn parse(text: &str) -> Result<SubjectTemplate, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        let mut literal = String::new();
+        while let Some(open) = rest.find('{') {
+            literal.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('}') else {
+                return Err(format!("{text:?}: a '{{' without its '}}'"));
+            };
+            let part = match &after[..close] {
+                "agent" => SubjectPart::Agent,
+                "device" => SubjectPart::Device,
+                "metric" => SubjectPart::Metric,
+                other => {
+                    return Err(format!(
+                        "{text:?}: unknown placeholder {{{other}}}: expected {{agent}}, \
+                         {{device}} or {{metric}}"
+                    ));
+                }
+            };
+            if !literal.is_empty() {
+                parts.push(SubjectPart::Text(std::mem::take(&mut literal)));
+            }
+            parts.push(part);
+            rest = &after[close + 1..];
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(SubjectPart::Text(literal));
+        }
+        // Every token non-empty; literal text only of safe characters.
+        let shape: String = parts
+            .iter()
+            .map(|p| match p {
+                SubjectPart::Text(t) => t.clone(),
+                _ => "x".to_owned(),
+            })
+            .collect();
+        if shape.is_empty()
+            || shape.split('.').any(str::is_empty)
+            || !shape
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            return Err(format!(
+                "{text:?}: a subject is tokens of letters, digits, '_' and '-' (or a \
+                 placeholder) separated by single dots, e.g. \"tributary.{{agent}}.{{device}}\""
+            ));
+        }
+        Ok(SubjectTemplate {
+            text: text.to_owned(),
+            parts,
+        })
+    }
+
+    /// The subject of a series.
+    pub fn render(&self, agent: &str, device: &str, metric: &str) -> String {
+        let mut out = String::with_capacity(self.text.len() + 32);
+        for p in &self.parts {
+            match p {
+                SubjectPart::Text(t) => out.push_str(t),
+                SubjectPart::Agent => push_token(&mut out, agent),
+                SubjectPart::Device => push_token(&mut out, device),
+                SubjectPart::Metric => push_token(&mut out, metric),
+            }
+        }
+        out
+    }
+
+    /// The subjects this template can produce, as a filter: each token
+    /// with a placeholder becomes `*`.
+    pub fn wildcard(&self) -> String {
+        let mut shape = String::new();
+        for p in &self.parts {
+            match p {
+                SubjectPart::Text(t) => shape.push_str(t),
+                _ => shape.push('\u{0}'),
+            }
+        }
+        shape
+            .split('.')
+            .map(|t| if t.contains('\u{0}') { "*" } else { t })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
+/// A value as one subject token: every character other than an ASCII
+/// letter, digit, `_` or `-` becomes `_`; an empty value is `_`.
+pub fn push_token(out: &mut String, value: &str) {
+    if value.is_empty() {
+        out.push('_');
+        return;
+    }
+    out.extend(value.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            c
+        } else {
+            '_'
+        }
+    }));
+}
+
+/// The present keys of `r` among `keys`, with their spans.
+fn present(r: &RawExport, keys: &[&str]) -> Option<(&'static str, Range<usize>)> {
+    let all: [(&'static str, Option<Range<usize>>); 22] = [
+        ("stream", r.stream.as_ref().map(Spanned::span)),
+        ("create_stream", r.create_stream.as_ref().map(Spanned::span)),
+        ("subjects", r.subjects.as_ref().map(Spanned::span)),
+        ("replicas", r.replicas.as_ref().map(Spanned::span)),
+        ("max_age", r.max_age.as_ref().map(Spanned::span)),
+        (
+            "duplicate_window",
+            r.duplicate_window.as_ref().map(Spanned::span),
+        ),
+        ("subject", r.subject.as_ref().map(Spanned::span)),
+        ("format", r.format.as_ref().map(Spanned::span)),
+        ("user", r.user.as_ref().map(Spanned::span)),
+        ("password", r.password.as_ref().map(Spanned::span)),
+        ("password_file", r.password_file.as_ref().map(Spanned::span)),
+        ("token", r.token.as_ref().map(Spanned::span)),
+        ("token_file", r.token_file.as_ref().map(Spanned::span)),
+        (
+            "max_readings_per_message",
+            r.max_readings_per_message.as_ref().map(Spanned::span),
+        ),
+        ("max_in_flight", r.max_in_flight.as_ref().map(Spanned::span)),
+        (
+            "headers",
+            r.headers
+                .as_ref()
+                .map(|h| h.values().next().map(Spanned::span).unwrap_or(0..0)),
+        ),
+        ("basic_auth", r.basic_auth.as_ref().map(Spanned::span)),
+        ("bearer_token", r.bearer_token.as_ref().map(Spanned::span)),
+        (
+            "bearer_token_file",
+            r.bearer_token_file.as_ref().map(Spanned::span),
+        ),
+        ("shards", r.shards.as_ref().map(Spanned::span)),
+        (
+            "max_samples_per_request",
+            r.max_samples_per_request.as_ref().map(Spanned::span),
+        ),
+        ("tls", r.tls.as_ref().map(Spanned::span)),
+    ];
+    all.into_iter().find_map(|(k, span)| {
+        (keys.contains(&k))
+            .then_some(span)
+            .flatten()
+            .map(|s| (k, s))
+    })
+}
+
+/// A key of another kind is an error naming it.
+pub(super) fn refuse_other_keys(
+    src: &Source<'_>,
+    r: &RawExport,
+    i: usize,
+    keys: &[&str],
+) -> Result<(), ConfigError> {
+    if let Some((k, span)) = present(r, keys) {
+        return Err(src.error(
+            span,
+            format!("exports[{i}].{k}"),
+            format!("not a key of kind = {:?}", r.kind.get_ref()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a `kind = "nats"` table.
+pub(super) fn parse(
+    src: &Source<'_>,
+    r: &RawExport,
+    i: usize,
+    url: &str,
+) -> Result<Nats, ConfigError> {
+    let key = |k: &str| format!("exports[{i}].{k}");
+    if let Some((k, span)) = present(r, REMOTE_WRITE_KEYS) {
+        let hint = if k == "tls" {
+            ": this version's nats export speaks plain TCP only (run it over loopback or a \
+             private network, or terminate TLS in front of the server)"
+        } else {
+            ""
+        };
+        return Err(src.error(span, key(k), format!("not a key of kind = \"nats\"{hint}")));
+    }
+    let servers = servers(url).map_err(|e| src.error(r.url.span(), key("url"), e))?;
+    let stream = match &r.stream {
+        None => {
+            return Err(src.error(
+                r.kind.span(),
+                key("stream"),
+                "kind = \"nats\" needs stream = \"<JetStream stream name>\"",
+            ));
+        }
+        Some(s) => {
+            let name = s.get_ref();
+            if name.is_empty()
+                || name.len() > 255
+                || name
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+            {
+                return Err(src.error(
+                    s.span(),
+                    key("stream"),
+                    format!(
+                        "{name:?}: a stream name is 1 to 255 characters without whitespace, \
+                         '.', '*', '>', '/' or '\\'"
+                    ),
+                ));
+            }
+            name.clone()
+        }
+    };
+    let subject = match &r.subject {
+        None => SubjectTemplate::parse("tributary.{agent}.{device}").map_err(|e| {
+            src.error(
+                r.kind.span(),
+                key("subject"),
+                format!("default subject: {e}"),
+            )
+        })?,
+        Some(s) => SubjectTemplate::parse(s.get_ref())
+            .map_err(|e| src.error(s.span(), key("subject"), e))?,
+    };
+    let format = match r.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+        None | Some(("protobuf", _)) => NatsFormat::Protobuf,
+        Some(("json", _)) => NatsFormat::Json,
+        Some((other, span)) => {
+            return Err(src.error(
+                span,
+                key("format"),
+                format!("{other:?}: expected \"protobuf\" or \"json\""),
+            ));
+        }
+    };
+    let duration =
+        |v: &Option<Spanned<String>>, k: &str| -> Result<Option<Duration>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(v) => {
+                    let d = src.duration(v, &key(k))?;
+                    if d.is_zero() {
+                        return Err(src.error(v.span(), key(k), "must be longer than zero"));
+                    }
+                    Ok(Some(d))
+                }
+            }
+        };
+    let count = |v: &Option<Spanned<u64>>, k: &str, default: u64, max: u64| match v {
+        None => Ok(default),
+        Some(v) => {
+            let n = *v.get_ref();
+            if n == 0 || n > max {
+                return Err(src.error(
+                    v.span(),
+                    key(k),
+                    format!("{n}: expected a whole number from 1 to {max}"),
+                ));
+            }
+            Ok(n)
+        }
+    };
+    let create = r.create_stream.as_ref().map(|c| *c.get_ref()) == Some(true);
+    let create_stream = if create {
+        let subjects = match &r.subjects {
+            Some(s) if s.get_ref().is_empty() => {
+                return Err(src.error(s.span(), key("subjects"), "list at least one subject"));
+            }
+            Some(s) => {
+                for subj in s.get_ref() {
+                    if subj.is_empty()
+                        || subj.split('.').any(str::is_empty)
+                        || subj.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        return Err(src.error(
+                            s.span(),
+                            key("subjects"),
+                            format!("{subj:?} is not a subject filter"),
+                        ));
+                    }
+                }
+                s.get_ref().clone()
+            }
+            None => vec![subject.wildcard()],
+        };
+        Some(StreamSpec {
+            subjects,
+            replicas: count(&r.replicas, "replicas", 1, 5)? as u8,
+            max_age: duration(&r.max_age, "max_age")?,
+            duplicate_window: duration(&r.duplicate_window, "duplicate_window")?
+                .unwrap_or(Duration::from_secs(120)),
+        })
+    } else {
+        // Settings of a stream this export does not create.
+        for (k, span) in [
+            ("subjects", r.subjects.as_ref().map(Spanned::span)),
+            ("replicas", r.replicas.as_ref().map(Spanned::span)),
+            ("max_age", r.max_age.as_ref().map(Spanned::span)),
+            (
+                "duplicate_window",
+                r.duplicate_window.as_ref().map(Spanned::span),
+            ),
+        ] {
+            if let Some(span) = span {
+                return Err(src.error(
+                    span,
+                    key(k),
+                    "only used with create_stream = true (the stream's own settings apply)",
+                ));
+            }
+        }
+        None
+    };
+    let auth = auth(src, r, i)?;
+    Ok(Nats {
+        servers,
+        stream,
+        create_stream,
+        subject,
+        format,
+        auth,
+        timeout: duration(&r.timeout, "timeout")?.unwrap_or(Duration::from_secs(5)),
+        max_readings_per_message: count(
+            &r.max_readings_per_message,
+            "max_readings_per_message",
+            1000,
+            100_000,
+        )? as usize,
+        max_in_flight: count(&r.max_in_flight, "max_in_flight", 256, 65_536)? as usize,
+    })
+}
+
+/// `nats://host:port[,nats://host:port...]` → `host:port` each.
+fn servers(url: &str) -> Result<Vec<String>, String> {
+    let bad = |what: &str| {
+        format!(
+            "{url:?}: {what}; expected nats://host:port, or several separated by commas, e.g. \
+             nats://127.0.0.1:4222"
+        )
+    };
+    let mut out = Vec::new();
+    for one in url.split(',') {
+        let one = one.trim();
+        let Some(rest) = one.strip_prefix("nats://") else {
+            if one.starts_with("tls://") {
+                return Err(bad("tls:// is not supported by this version's nats export"));
+            }
+            return Err(bad(&format!("{one:?} does not start with nats://")));
+        };
+        let host_port = rest.strip_suffix('/').unwrap_or(rest);
+        if host_port.contains('@') {
+            return Err(bad(
+                "credentials go in user/password or token (and their *_file twins), not the url",
+            ));
+        }
+        if host_port.is_empty()
+            || host_port.contains(['/', '?', '#'])
+            || host_port.contains(char::is_whitespace)
+        {
+            return Err(bad(&format!("{one:?} is not nats://host:port")));
+        }
+        let with_port = match host_port.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => {
+                if p.parse::<u16>().is_err() {
+                    return Err(bad(&format!("{p:?} is not a port")));
+                }
+                host_port.to_owned()
+            }
+            _ => format!("{host_port}:4222"),
+        };
+        out.push(with_port);
+    }
+    Ok(out)
+}
+
+/// `user` + `password`/`password_file`, or `token`/`token_file`.
+fn auth(src: &Source<'_>, r: &RawExport, i: usize) -> Result<NatsAuth, ConfigError> {
+    let key = |k: &str| format!("exports[{i}].{k}");
+    let secret = |v: &Spanned<String>, k: &str| -> Result<String, ConfigError> {
+        let path = src.path(v, &key(k))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| src.error(v.span(), key(k), format!("{}: {e}", path.display())))?;
+        let text = text.trim_end_matches(['\n', '\r']).to_owned();
+        if text.is_empty() {
+            return Err(src.error(v.span(), key(k), format!("{} is empty", path.display())));
+        }
+        Ok(text)
+    };
+    let one_of = |a: &Option<Spanned<String>>,
+                  b: &Option<Spanned<String>>,
+                  k: &str|
+     -> Result<Option<String>, ConfigError> {
+        match (a, b) {
+            (Some(v), Some(_)) => {
+                Err(src.error(v.span(), key(k), format!("set {k} or {k}_file, not both")))
+            }
+            (Some(v), None) => Ok(Some(v.get_ref().clone())),
+            (None, Some(f)) => Ok(Some(secret(f, &format!("{k}_file"))?)),
+            (None, None) => Ok(None),
+        }
+    };
+    let password = one_of(&r.password, &r.password_file, "password")?;
+    let token = one_of(&r.token, &r.token_file, "token")?;
+    let span = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span).unwrap_or(0..0);
+    match (&r.user, password, token) {
+        (Some(_), Some(_), Some(_)) | (None, Some(_), Some(_)) => Err(src.error(
+            span(&r.token).start.max(span(&r.token_file).start)
+                ..span(&r.token).end.max(span(&r.token_file).end),
+            key("token"),
+            "set user and password, or a token, not both",
+        )),
+        (Some(u), Some(p), None) => Ok(NatsAuth::UserPassword {
+            user: u.get_ref().clone(),
+            password: p,
+        }),
+        (Some(u), None, _) => Err(src.error(
+            u.span(),
+            key("user"),
+            "a user needs password or password_file",
+        )),
+        (None, Some(_), None) => Err(src.error(
+            span(&r.password).start.max(span(&r.password_file).start)
+                ..span(&r.password).end.max(span(&r.password_file).end),
+            key("password"),
+            "a password needs user",
+        )),
+        (None, None, Some(t)) => Ok(NatsAuth::Token(t)),
+        (None, None, None) => Ok(NatsAuth::None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::{NatsAuth, NatsFormat, SubjectTemplate, servers};
+    use crate::config::exports::ExportKind;
+    use crate::config::{Flags, resolve_text};
+
+    fn resolve(text: &str) -> Result<Vec<super::super::ExportConfig>, String> {
+        resolve_text(
+            text,
+            Path::new("/etc/tributary/collector.toml"),
+            &Flags::default(),
+        )
+        .map(|s| s.server.exports)
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_nats_export_is_read_with_its_defaults() {
+        let e = resolve(
+            "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222,nats://h\"\n\
+             stream = \"T\"\ncreate_stream = true\nreplicas = 3\nuser = \"u\"\npassword = \"p\"\n\
+             format = \"json\"\n",
+        )
+        .unwrap();
+        let ExportKind::Nats(n) = &e[0].kind else {
+            panic!("not nats: {:?}", e[0].kind)
+        };
+        assert_eq!(n.servers, ["127.0.0.1:4222", "h:4222"]);
+        assert_eq!(n.subject.text, "tributary.{agent}.{device}");
+        assert_eq!(n.format, NatsFormat::Json);
+        let spec = n.create_stream.as_ref().unwrap();
+        assert_eq!(spec.subjects, ["tributary.*.*"]);
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(spec.duplicate_window, Duration::from_secs(120));
+        assert_eq!(spec.max_age, None);
+        assert_eq!(
+            n.auth,
+            NatsAuth::UserPassword {
+                user: "u".into(),
+                password: "p".into()
+            }
+        );
+        assert!(!format!("{:?}", n.auth).contains("\"p\""));
+        assert_eq!(n.max_readings_per_message, 1000);
+    }
+
+    #[test]
+    fn nats_errors_name_the_line_and_key() {
+        let head = "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"nats://a:1\"\n";
+        let cases = [
+            (head.to_string(), "exports[0].stream: kind = \"nats\" needs stream"),
+            (
+                format!("{head}stream = \"a.b\"\n"),
+                "collector.toml:5: exports[0].stream: \"a.b\": a stream name",
+            ),
+            (
+                format!("{head}stream = \"S\"\nsubject = \"x.{{site}}\"\n"),
+                "collector.toml:6: exports[0].subject: \"x.{site}\": unknown placeholder {site}",
+            ),
+            (
+                format!("{head}stream = \"S\"\nformat = \"xml\"\n"),
+                "exports[0].format: \"xml\": expected \"protobuf\" or \"json\"",
+            ),
+            (
+                format!("{head}stream = \"S\"\nreplicas = 3\n"),
+                "collector.toml:6: exports[0].replicas: only used with create_stream = true",
+            ),
+            (
+                format!("{head}stream = \"S\"\nuser = \"u\"\n"),
+                "exports[0].user: a user needs password or password_file",
+            ),
+            (
+                format!("{head}stream = \"S\"\ntoken_file = \"missing\"\n"),
+                "exports[0].token_file: /etc/tributary/missing:",
+            ),
+            (
+                format!("{head}stream = \"S\"\nshards = 2\n"),
+                "collector.toml:6: exports[0].shards: not a key of kind = \"nats\"",
+            ),
+            (
+                format!("{head}stream = \"S\"\n[exports.tls]\nca = \"x\"\n"),
+                "exports[0].tls: not a key of kind = \"nats\": this version's nats export speaks plain TCP",
+            ),
+            (
+                "[[exports]]\nname = \"b\"\nkind = \"nats\"\nurl = \"http://a\"\nstream = \"S\"\n".into(),
+                "collector.toml:4: exports[0].url: \"http://a\": \"http://a\" does not start with nats://",
+            ),
+            (
+                "[[exports]]\nname = \"vm\"\nkind = \"remote_write\"\nurl = \"http://x/w\"\nstream = \"S\"\n".into(),
+                "collector.toml:5: exports[0].stream: not a key of kind = \"remote_write\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = resolve(&text).err().unwrap_or_default();
+            assert!(got.contains(want), "{text:?}\n got: {got}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn subjects_are_rendered_with_sanitised_tokens() {
+        let t = SubjectTemplate::parse("tributary.{agent}.{device}").unwrap();
+        assert_eq!(
+            t.render("edge-1", "pump.3 *>", "m"),
+            "tributary.edge-1.pump_3___"
+        );
+        assert_eq!(t.render("", "d", "m"), "tributary._.d");
+        assert_eq!(t.wildcard(), "tributary.*.*");
+        let t = SubjectTemplate::parse("x.dev-{device}.{metric}").unwrap();
+        assert_eq!(t.render("a", "ü", "m"), "x.dev-_.m");
+        assert_eq!(t.wildcard(), "x.*.*");
+        for bad in [
+            "", "a..b", ".a", "a.", "a.{nope}", "a.{agent", "a b", "a.*", "a.>",
+        ] {
+            assert!(SubjectTemplate::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn urls_are_lists_of_servers() {
+        assert_eq!(
+            servers("nats://127.0.0.1:4222").unwrap(),
+            ["127.0.0.1:4222"]
+        );
+        assert_eq!(servers("nats://a:1, nats://b").unwrap(), ["a:1", "b:4222"]);
+        for bad in [
+            "http://a:1",
+            "nats://",
+            "nats://u:p@a:1",
+            "nats://a:x",
+            "tls://a:1",
+        ] {
+            assert!(servers(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! `kind = "nats"`: committed readings published to a JetStream stream
+//! (README "Exports").
+//!
+//! A page of the commit log becomes messages: each batch's readings that
+//! pass the filter, grouped by subject (the template rendered per series,
+//! groups in first-seen order), each group cut into parts of at most
+//! `max_readings_per_message`; the parts of a batch are numbered from 0.
+//! Each message carries `Nats-Msg-Id: <export>.<shape>.<position>.<received_ns>.<part>`
+//! (the batch's commit log position and receive time: the same batch
+//! gives the same ids on every replay; `shape` is a hash of the subject
+//! template, format, filter and part size, so a config change never
+//! reuses an id for other contents) and `Nats-Expected-Stream`, and is
+//! published with a reply subject; the page counts as sent when every
+//! message has its PubAck. A message without a PubAck within `timeout`, a
+//! broken connection, "no responders" or a JetStream error sends it again
+//! (same id) after a capped backoff, over a new connection to the next
+//! server of the list when the old one broke; JetStream drops the copies
+//! that arrive within the stream's duplicate window.
+//!
+//! The client is ours (`nats/client.rs`, the text protocol: CONNECT, PING,
+//! SUB, HPUB, MSG/HMSG): `async-nats` would bring a second TLS stack
+//! configuration, nkeys/ed25519 and a background connection task for the
+//! five operations this needs.
+//!
+//! Uses `query`'s series/point → protobuf conversions (the wire format is
+//! the Query API's `ReadingsChunk`).
+
+pub mod client;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use tributary_proto::v1 as pb;
+
+use self::client::{Client, NatsError};
+use super::remote_write::Outcome;
+use crate::config::exports::{Filter, Nats, NatsFormat};
+use crate::metrics::ExportHandles;
+use crate::model::{Point, SeriesKey, SeriesMeta, StoredValue};
+use crate::store::export::{LogBatch, LogConn};
+use crate::store::read::ReadError;
+
+/// Series keys kept at most; the cache starts over past it.
+const MAX_CACHED_SERIES: usize = 1 << 20;
+
+/// One message to publish until acknowledged.
+#[derive(Debug)]
+struct Outgoing {
+    subject: String,
+    id: String,
+    payload: Vec<u8>,
+    readings: u64,
+}
+
+/// The JetStream client of one export; owned by its task.
+#[derive(Debug)]
+pub struct NatsSink {
+    name: Arc<str>,
+    cfg: Nats,
+    filter: Filter,
+    /// Hash of what shapes the messages (part of every id).
+    shape: u32,
+    max_backoff: Duration,
+    conn: Option<Client>,
+    /// The server to try next.
+    next_server: usize,
+    /// The stream was found (or created) over the current connection.
+    stream_ready: bool,
+    /// Series by id; `None`: filtered out.
+    series: HashMap<i64, Option<Arc<SeriesMeta>>>,
+}
+
+impl NatsSink {
+    pub fn new(name: &str, cfg: &Nats, filter: &Filter, max_backoff: Duration) -> NatsSink {
+        let shape = format!("{}|{filter:?}", cfg.shape());
+        NatsSink {
+            name: name.into(),
+            cfg: cfg.clone(),
+            filter: filter.clone(),
+            shape: fnv1a(shape.as_bytes()),
+            max_backoff,
+            conn: None,
+            next_server: 0,
+            stream_ready: false,
+            series: HashMap::new(),
+        }
+    }
+
+    /// Publishes the readings of `page` and waits for every PubAck.
+    /// `Ok(None)` when `cancel` fired or `give_up` passed first (nothing
+    /// may be taken as sent); `Err` when the store could not be read.
+    pub async fn send(
+        &mut self,
+        log: &mut LogConn,
+        page: &[LogBatch],
+        metrics: &ExportHandles,
+        cancel: &CancellationToken,
+        give_up: Option<tokio::time::Instant>,
+    ) -> Result<Option<Outcome>, ReadError> {
+        self.resolve(log, page).await?;
+        let mut out = Outcome::default();
+        let mut queue: VecDeque<Outgoing> = VecDeque::new();
+        for batch in page {
+            self.messages(batch, &mut queue);
+        }
+        if queue.is_empty() {
+            return Ok(Some(out));
+        }
+        let never = tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 30);
+        let at = give_up.unwrap_or(never);
+        let done = tokio::select! {
+            () = self.publish_all(queue, &mut out, metrics) => true,
+            () = cancel.cancelled() => false,
+            () = tokio::time::sleep_until(at) => false,
+        };
+        if !done {
+            // The connection may be mid-frame: start over next time.
+            self.conn = None;
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    /// Looks up the series of `page` not cached yet.
+    async fn resolve(&mut self, log: &mut LogConn, page: &[LogBatch]) -> Result<(), ReadError> {
+        let mut missing: Vec<i64> = page
+            .iter()
+            .flat_map(|b| b.readings.iter().map(|r| r.series_id))
+            .filter(|id| !self.series.contains_key(id))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if self.series.len() + missing.len() > MAX_CACHED_SERIES {
+            self.series.clear();
+        }
+        let keys = log.series(missing.clone()).await?;
+        for id in missing {
+            self.series.insert(id, None);
+        }
+        for (id, key) in keys {
+            let pass =
+                self.filter.is_all() || self.filter.matches(&key.agent, &key.device, &key.metric);
+            self.series
+                .insert(id, pass.then(|| Arc::new(SeriesMeta { id, key })));
+        }
+        Ok(())
+    }
+
+    /// The messages of one batch, in part order, onto `queue`.
+    fn messages(&self, batch: &LogBatch, queue: &mut VecDeque<Outgoing>) {
+        // Subject → readings (index into batch.readings), first-seen order.
+        let mut order: Vec<String> = Vec::new();
+        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut subjects: HashMap<i64, String> = HashMap::new();
+        let mut agent = None;
+        for (i, r) in batch.readings.iter().enumerate() {
+            let Some(Some(meta)) = self.series.get(&r.series_id) else {
+                continue;
+            };
+            agent.get_or_insert_with(|| meta.key.agent.clone());
+            let subject = subjects.entry(r.series_id).or_insert_with(|| {
+                let k: &SeriesKey = &meta.key;
+                self.cfg.subject.render(&k.agent, &k.device, &k.metric)
+            });
+            groups
+                .entry(subject.clone())
+                .or_insert_with(|| {
+                    order.push(subject.clone());
+                    Vec::new()
+                })
+                .push(i);
+        }
+        let agent = agent.unwrap_or_default();
+        let mut part: u32 = 0;
+        for subject in order {
+            let Some(indexes) = groups.remove(&subject) else {
+                continue;
+            };
+            for chunk in indexes.chunks(self.cfg.max_readings_per_message) {
+                let payload = self.encode(batch, &agent, part, chunk);
+                let id = format!(
+                    "{}.{:08x}.{}.{}.{part}",
+                    self.name, self.shape, batch.position, batch.received_ns
+                );
+                part += 1;
+                queue.push_back(Outgoing {
+                    subject: subject.clone(),
+                    id,
+                    payload,
+                    readings: chunk.len() as u64,
+                });
+            }
+        }
+    }
+
+    /// One message's payload: the readings `chunk` of `batch`, by series.
+    fn encode(&self, batch: &LogBatch, agent: &str, part: u32, chunk: &[usize]) -> Vec<u8> {
+        // Series in first-seen order, each with its readings in order.
+        let mut order: Vec<i64> = Vec::new();
+        let mut by_series: HashMap<i64, Vec<usize>> = HashMap::new();
+        for &i in chunk {
+            let id = batch.readings[i].series_id;
+            by_series
+                .entry(id)
+                .or_insert_with(|| {
+                    order.push(id);
+                    Vec::new()
+                })
+                .push(i);
+        }
+        let point = |i: usize| Point {
+            ts_ns: batch.readings[i].ts_ns,
+            received_ns: batch.received_ns,
+            value: batch.readings[i].value.clone(),
+        };
+        match self.cfg.format {
+            NatsFormat::Protobuf => {
+                let series = order
+                    .iter()
+                    .filter_map(|id| {
+                        let Some(Some(meta)) = self.series.get(id) else {
+                            return None;
+                        };
+                        let points = by_series.get(id)?;
+                        Some(pb::ReadingsChunk {
+                            series: Some(crate::query::series_to_proto(meta)),
+                            points: points
+                                .iter()
+                                .map(|&i| crate::query::point_to_proto(point(i)))
+                                .collect(),
+                        })
+                    })
+                    .collect();
+                pb::ExportMessage {
+                    agent: agent.to_owned(),
+                    position: u64::try_from(batch.position).unwrap_or(0),
+                    part,
+                    received_ns: batch.received_ns,
+                    series,
+                }
+                .encode_to_vec()
+            }
+            NatsFormat::Json => {
+                let series: Vec<Value> = order
+                    .iter()
+                    .filter_map(|id| {
+                        let Some(Some(meta)) = self.series.get(id) else {
+                            return None;
+                        };
+                        let points = by_series.get(id)?;
+                        Some(json!({
+                            "id": meta.id,
+                            "agent": meta.key.agent,
+                            "device": meta.key.device,
+                            "metric": meta.key.metric,
+                            "labels": meta.key.labels,
+                            "unit": meta.key.unit,
+                            "points": points.iter().map(|&i| json_point(&batch.readings[i].value, batch.readings[i].ts_ns)).collect::<Vec<_>>(),
+                        }))
+                    })
+                    .collect();
+                json!({
+                    "agent": agent,
+                    "position": batch.position,
+                    "part": part,
+                    "received_ns": batch.received_ns,
+                    "series": series,
+                })
+                .to_string()
+                .into_bytes()
+            }
+        }
+    }
+
+    /// Publishes every message of `queue` until each has its PubAck.
+    async fn publish_all(
+        &mut self,
+        mut queue: VecDeque<Outgoing>,
+        out: &mut Outcome,
+        metrics: &ExportHandles,
+    ) {
+        let mut backoff = Duration::from_millis(100).min(self.max_backoff);
+        // Reply token → message.
+        let mut waiting: HashMap<String, Outgoing> = HashMap::new();
+        let mut token: u64 = 0;
+        let mut duplicates: u64 = 0;
+        loop {
+            if queue.is_empty() && waiting.is_empty() {
+                if duplicates > 0 {
+                    info!(export = %self.name, duplicates, "nats messages already in the stream (a replay): JetStream's duplicate window dropped the copies");
+                }
+                return;
+            }
+            let failure = match self.ready().await {
+                Err(e) => Some(e),
+                Ok(()) => {
+                    match self
+                        .exchange(
+                            &mut queue,
+                            &mut waiting,
+                            &mut token,
+                            &mut duplicates,
+                            out,
+                            metrics,
+                        )
+                        .await
+                    {
+                        Ok(progress) => {
+                            if progress {
+                                backoff = Duration::from_millis(100).min(self.max_backoff);
+                            }
+                            None
+                        }
+                        Err(e) => Some(e),
+                    }
+                }
+            };
+            let Some(e) = failure else {
+                continue;
+            };
+            let message = e.to_string();
+            metrics.failed.inc();
+            warn!(export = %self.name, error = %message, waiting = waiting.len() + queue.len(), "nats publish failed; sending again");
+            out.last_error = Some(message);
+            if matches!(e, Failure::Broken(_)) {
+                self.conn = None;
+            }
+            // Everything unacknowledged goes again, same ids.
+            let resend = waiting.len() as u64;
+            for (_, m) in waiting.drain() {
+                queue.push_front(m);
+            }
+            if resend > 0 {
+                out.retried += resend;
+                metrics.retried.inc_by(resend);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.max_backoff);
+        }
+    }
+
+    /// A connection with the stream in place.
+    async fn ready(&mut self) -> Result<(), Failure> {
+        if self.conn.is_none() {
+            self.stream_ready = false;
+            let servers = &self.cfg.servers;
+            let addr = &servers[self.next_server % servers.len()];
+            self.next_server = (self.next_server + 1) % servers.len();
+            let mut c = Client::connect(addr, &self.cfg.auth, self.cfg.timeout)
+                .await
+                .map_err(Failure::Broken)?;
+            c.subscribe_inbox().await.map_err(Failure::Broken)?;
+            info!(export = %self.name, server = %addr, "nats export connected");
+            self.conn = Some(c);
+        }
+        if !self.stream_ready {
+            self.ensure_stream().await?;
+            self.stream_ready = true;
+        }
+        Ok(())
+    }
+
+    /// Finds the stream, or creates it when allowed.
+    async fn ensure_stream(&mut self) -> Result<(), Failure> {
+        let Some(c) = self.conn.as_mut() else {
+            return Err(Failure::Broken(NatsError::Closed));
+        };
+        let stream = &self.cfg.stream;
+        let timeout = self.cfg.timeout;
+        let found = c
+            .js_api(
+                &format!("$JS.API.STREAM.INFO.{stream}"),
+                &json!({}),
+                timeout,
+            )
+            .await;
+        let info = match found {
+            Ok(v) => v,
+            Err(NatsError::Server(e)) if e.contains("code 404") => {
+                let Some(spec) = &self.cfg.create_stream else {
+                    return Err(Failure::Refused(format!(
+                        "stream {stream:?} does not exist: create it, or set create_stream = true"
+                    )));
+                };
+                let mut config = json!({
+                    "name": stream,
+                    "subjects": spec.subjects,
+                    "retention": "limits",
+                    "storage": "file",
+                    "discard": "old",
+                    "num_replicas": spec.replicas,
+                    "duplicate_window": spec.duplicate_window.as_nanos() as u64,
+                });
+                if let Some(age) = spec.max_age {
+                    config["max_age"] = json!(age.as_nanos() as u64);
+                }
+                let created = c
+                    .js_api(&format!("$JS.API.STREAM.CREATE.{stream}"), &config, timeout)
+                    .await
+                    .map_err(|e| match e {
+                        NatsError::Server(m) => {
+                            Failure::Refused(format!("create stream {stream:?}: {m}"))
+                        }
+                        other => Failure::Broken(other),
+                    })?;
+                info!(export = %self.name, stream = %stream, replicas = spec.replicas, subjects = ?spec.subjects, "nats export created its stream");
+                created
+            }
+            Err(NatsError::Server(m)) => {
+                return Err(Failure::Refused(format!("stream {stream:?}: {m}")));
+            }
+            Err(e) => return Err(Failure::Broken(e)),
+        };
+        let window_ns = info
+            .pointer("/config/duplicate_window")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        info!(export = %self.name, stream = %stream, duplicate_window = ?Duration::from_nanos(window_ns), "nats export stream ready; a replay later than the duplicate window after the first publish would be stored twice");
+        Ok(())
+    }
+
+    /// Publishes what the in-flight window allows, then handles one frame
+    /// from the server. `Ok(true)` when a message was acknowledged.
+    async fn exchange(
+        &mut self,
+        queue: &mut VecDeque<Outgoing>,
+        waiting: &mut HashMap<String, Outgoing>,
+        token: &mut u64,
+        duplicates: &mut u64,
+        out: &mut Outcome,
+        metrics: &ExportHandles,
+    ) -> Result<bool, Failure> {
+        let Some(c) = self.conn.as_mut() else {
+            return Err(Failure::Broken(NatsError::Closed));
+        };
+        let max = c.max_payload();
+        while waiting.len() < self.cfg.max_in_flight {
+            let Some(m) = queue.pop_front() else {
+                break;
+            };
+            let size = m.payload.len() + m.id.len() + self.cfg.stream.len() + 64;
+            if size > max {
+                error!(export = %self.name, id = %m.id, bytes = size, max_payload = max, readings = m.readings, "nats message larger than the server's max_payload; its readings are dropped (lower max_readings_per_message)");
+                out.dropped += m.readings;
+                metrics.dropped.inc_by(m.readings);
+                out.last_error = Some(format!(
+                    "message {} of {size} bytes is over max_payload {max}",
+                    m.id
+                ));
+                continue;
+            }
+            *token += 1;
+            let reply = format!("{}.{}", c.inbox(), *token);
+            c.publish(
+                &m.subject,
+                Some(&reply),
+                &[
+                    ("Nats-Msg-Id", &m.id),
+                    ("Nats-Expected-Stream", &self.cfg.stream),
+                ],
+                &m.payload,
+            )
+            .await
+            .map_err(Failure::Broken)?;
+            waiting.insert(reply, m);
+        }
+        if waiting.is_empty() {
+            return Ok(false);
+        }
+        c.flush().await.map_err(Failure::Broken)?;
+        let msg = match tokio::time::timeout(self.cfg.timeout, c.next()).await {
+            Err(_) => {
+                return Err(Failure::Broken(NatsError::Timeout(self.cfg.timeout)));
+            }
+            Ok(r) => r.map_err(Failure::Broken)?,
+        };
+        let Some(m) = waiting.remove(&msg.subject) else {
+            return Ok(false); // a late answer to a message sent again since
+        };
+        if msg.status() == Some(503) {
+            waiting.insert(msg.subject, m);
+            self.stream_ready = false;
+            return Err(Failure::Refused(
+                "no responders: the stream is not available".to_owned(),
+            ));
+        }
+        let ack: Value = match serde_json::from_slice(&msg.payload) {
+            Ok(v) => v,
+            Err(e) => {
+                waiting.insert(msg.subject, m);
+                return Err(Failure::Refused(format!("PubAck is not JSON: {e}")));
+            }
+        };
+        if let Some(e) = ack.get("error") {
+            waiting.insert(msg.subject, m);
+            return Err(Failure::Refused(client::api_error(e)));
+        }
+        if ack.get("duplicate").and_then(Value::as_bool) == Some(true) {
+            *duplicates += 1;
+        }
+        out.sent += m.readings;
+        metrics.sent.inc_by(m.readings);
+        Ok(true)
+    }
+}
+
+/// Why a publish round failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The connection is unusable (dropped; the next try connects again).
+    #[error("{0}")]
+    Broken(NatsError),
+    /// JetStream answered with an error; the connection stays.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A point as JSON: `{"ts_ns": .., "<kind>": value}` (README "Exports").
+fn json_point(v: &StoredValue, ts_ns: i64) -> Value {
+    match v {
+        StoredValue::F64(x) if x.is_finite() => json!({"ts_ns": ts_ns, "f64": x}),
+        StoredValue::F64(x) => {
+            let text = if x.is_nan() {
+                "NaN"
+            } else if *x > 0.0 {
+                "+Inf"
+            } else {
+                "-Inf"
+            };
+            json!({"ts_ns": ts_ns, "f64": text})
+        }
+        StoredValue::I64(x) => json!({"ts_ns": ts_ns, "i64": x}),
+        StoredValue::Bool(x) => json!({"ts_ns": ts_ns, "bool": x}),
+        StoredValue::Str(s) => json!({"ts_ns": ts_ns, "str": s}),
+        StoredValue::Timeout(m) => {
+            json!({"ts_ns": ts_ns, "failure": {"status": "timeout", "message": m}})
+        }
+        StoredValue::Error(m) => {
+            json!({"ts_ns": ts_ns, "failure": {"status": "error", "message": m}})
+        }
+    }
+}
+
+/// FNV-1a, 32 bits: stable across builds and platforms.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in bytes {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fnv1a, json_point};
+    use crate::model::StoredValue;
+
+    #[test]
+    fn ids_hash_is_stable() {
+        // Message ids must not change between builds: a replay after an
+        // upgrade is still recognised.
+        assert_eq!(fnv1a(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a(b"a"), 0xe40c_292c);
+    }
+
+    #[test]
+    fn json_points_keep_every_kind() {
+        use serde_json::json;
+        assert_eq!(
+            json_point(&StoredValue::F64(f64::NAN), 1),
+            json!({"ts_ns": 1, "f64": "NaN"})
+        );
+        assert_eq!(
+            json_point(&StoredValue::F64(-2.5), 1),
+            json!({"ts_ns": 1, "f64": -2.5})
+        );
+        assert_eq!(
+            json_point(&StoredValue::Timeout("slow".into()), 2),
+            json!({"ts_ns": 2, "failure": {"status": "timeout", "message": "slow"}})
+        );
+    }
+}

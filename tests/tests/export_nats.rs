@@ -1,0 +1,410 @@
+//! NATS JetStream exports against real servers: the machine's
+//! `nats-server` (127.0.0.1:4222, JetStream; JSON messages) and a
+//! three-node JetStream cluster this test starts on loopback with a
+//! replicated stream (R3; protobuf messages). Sim agents stream while the
+//! collector is SIGKILLed and restarted several times (and, on the
+//! cluster, one node is SIGKILLed and restarted): afterwards every reading
+//! the store holds is in the stream exactly once — counted by reading
+//! identity (series key, timestamp, value) and by `Nats-Msg-Id` (no id
+//! twice) — and the stream holds nothing else.
+//!
+//! Each test uses its own stream name and subject prefix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use prost::Message as _;
+use serde_json::Value;
+
+use tributary_collector::model::StoredValue;
+use tributary_collector::query::{chunk_from_proto, series_from_proto};
+use tributary_collector::store::export::CommitLog;
+use tributary_proto::v1 as pb;
+use tributary_tests::cluster::{
+    Agent, Collector, PATIENCE, kind_and_text, sim_agent_config, stored_points, wait_for_counters,
+};
+use tributary_tests::peers::nats::{
+    NatsCluster, SHARED_NATS, StreamMsg, delete_stream, read_stream,
+};
+use tributary_tests::process::{TestDir, eventually, free_addr};
+
+const AGENTS: usize = 2;
+const DEVICES: usize = 3;
+
+/// A reading as (agent, device, metric, labels, unit, ts_ns, kind, value text).
+type Identity = (
+    String,
+    String,
+    String,
+    BTreeMap<String, String>,
+    String,
+    i64,
+    i64,
+    String,
+);
+
+fn identity(
+    key: &tributary_collector::model::SeriesKey,
+    ts_ns: i64,
+    value: &StoredValue,
+) -> Identity {
+    let (kind, text) = kind_and_text(value);
+    (
+        key.agent.clone(),
+        key.device.clone(),
+        key.metric.clone(),
+        key.labels.clone(),
+        key.unit.clone(),
+        ts_ns,
+        kind,
+        text,
+    )
+}
+
+/// Every reading of the test's agents in the store, counted.
+fn stored(db: &std::path::Path, prefix: &str) -> Result<HashMap<Identity, usize>> {
+    let mut out = HashMap::new();
+    for (meta, points) in stored_points(db, "", "", "")? {
+        if !meta.key.agent.starts_with(prefix) {
+            continue;
+        }
+        for p in points {
+            *out.entry(identity(&meta.key, p.ts_ns, &p.value))
+                .or_default() += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// A JSON message's readings (README "Exports").
+fn json_readings(v: &Value) -> Result<Vec<Identity>> {
+    let mut out = Vec::new();
+    for s in v["series"].as_array().context("no series array")? {
+        let key = tributary_collector::model::SeriesKey {
+            agent: s["agent"].as_str().context("agent")?.to_owned(),
+            device: s["device"].as_str().context("device")?.to_owned(),
+            metric: s["metric"].as_str().context("metric")?.to_owned(),
+            labels: serde_json::from_value(s["labels"].clone())?,
+            unit: s["unit"].as_str().context("unit")?.to_owned(),
+        };
+        ensure!(
+            key.agent == v["agent"].as_str().unwrap_or(""),
+            "series of another agent"
+        );
+        for p in s["points"].as_array().context("no points")? {
+            let ts = p["ts_ns"].as_i64().context("ts_ns")?;
+            let value = if let Some(x) = p.get("f64") {
+                match x {
+                    Value::String(t) if t == "NaN" => StoredValue::F64(f64::NAN),
+                    Value::String(t) if t == "+Inf" => StoredValue::F64(f64::INFINITY),
+                    Value::String(t) if t == "-Inf" => StoredValue::F64(f64::NEG_INFINITY),
+                    x => StoredValue::F64(x.as_f64().context("f64")?),
+                }
+            } else if let Some(x) = p.get("i64") {
+                StoredValue::I64(x.as_i64().context("i64")?)
+            } else if let Some(x) = p.get("bool") {
+                StoredValue::Bool(x.as_bool().context("bool")?)
+            } else if let Some(x) = p.get("str") {
+                StoredValue::Str(x.as_str().context("str")?.to_owned())
+            } else if let Some(f) = p.get("failure") {
+                let m = f["message"].as_str().context("message")?.to_owned();
+                match f["status"].as_str() {
+                    Some("timeout") => StoredValue::Timeout(m),
+                    Some("error") => StoredValue::Error(m),
+                    other => bail!("failure status {other:?}"),
+                }
+            } else {
+                bail!("point without a value: {p}");
+            };
+            out.push(identity(&key, ts, &value));
+        }
+    }
+    Ok(out)
+}
+
+/// A protobuf message's readings.
+fn protobuf_readings(payload: &[u8]) -> Result<Vec<Identity>> {
+    let m = pb::ExportMessage::decode(payload).context("decode ExportMessage")?;
+    let mut out = Vec::new();
+    for chunk in m.series {
+        if let Some(s) = &chunk.series {
+            ensure!(s.agent == m.agent, "series of another agent");
+            let _ = series_from_proto(s.clone());
+        }
+        let (meta, points) = chunk_from_proto(chunk)?;
+        for p in points {
+            ensure!(p.received_ns == m.received_ns, "point received_ns differs");
+            out.push(identity(&meta.key, p.ts_ns, &p.value));
+        }
+    }
+    Ok(out)
+}
+
+/// The stream's readings counted, and checks that no message id is there
+/// twice and every subject is the template's.
+fn streamed(
+    msgs: &[StreamMsg],
+    json: bool,
+    subject_prefix: &str,
+) -> Result<HashMap<Identity, usize>> {
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut out = HashMap::new();
+    for m in msgs {
+        let id = m
+            .msg_id
+            .as_deref()
+            .context("a message without Nats-Msg-Id")?;
+        *ids.entry(id).or_default() += 1;
+        let readings = if json {
+            let v: Value = serde_json::from_slice(&m.payload).context("message is not JSON")?;
+            json_readings(&v)?
+        } else {
+            protobuf_readings(&m.payload)?
+        };
+        ensure!(!readings.is_empty(), "message {id} holds no reading");
+        for r in readings {
+            // tributary.{agent}.{device}, sanitised (the test's names are).
+            let want = format!("{subject_prefix}.{}.{}", r.0, r.1);
+            ensure!(
+                m.subject == want,
+                "subject {} for a reading of {want}",
+                m.subject
+            );
+            *out.entry(r).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    ensure!(
+        twice.is_empty(),
+        "message ids in the stream more than once: {twice:?}"
+    );
+    Ok(out)
+}
+
+/// Compares, printing what differs.
+fn compare(want: &HashMap<Identity, usize>, got: &HashMap<Identity, usize>) -> Result<()> {
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    let stored_twice: Vec<_> = want.iter().filter(|(_, n)| **n > 1).collect();
+    ensure!(
+        missing.is_empty() && extra.is_empty() && twice.is_empty() && stored_twice.is_empty(),
+        "stream vs store: {} stored, {} streamed; missing {} (e.g. {:?}), extra {} (e.g. {:?}), \
+         streamed twice {} (e.g. {:?}), stored twice {}",
+        want.len(),
+        got.len(),
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first(),
+        twice.len(),
+        twice.first(),
+        stored_twice.len()
+    );
+    Ok(())
+}
+
+/// Waits until the export's cursor has passed everything committed.
+async fn caught_up(db: &std::path::Path) -> Result<()> {
+    let log = CommitLog::sqlite(db.to_path_buf());
+    eventually(
+        PATIENCE,
+        "the nats export has sent every committed batch",
+        || {
+            let log = log.clone();
+            async move {
+                let rows = log.status().await.ok()?;
+                let (c, p) = rows.first()?;
+                (p.readings == 0 && p.end == c.position).then_some(())
+            }
+        },
+    )
+    .await
+}
+
+/// Puts the export's cursor back before the oldest batch left in the
+/// commit log (the collector is stopped); returns how many batches that is.
+fn rewind(db: &std::path::Path) -> Result<i64> {
+    let c = rusqlite::Connection::open(db)?;
+    let (first, n): (Option<i64>, i64) =
+        c.query_row("SELECT MIN(id), COUNT(*) FROM export_log", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let Some(first) = first else {
+        return Ok(0);
+    };
+    c.execute(
+        "UPDATE export_cursors SET position = ?1, inflight = 0",
+        [first - 1],
+    )?;
+    Ok(n)
+}
+
+fn unique(label: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{label}_{}_{nanos}", std::process::id())
+}
+
+struct Run<'a> {
+    label: &'a str,
+    url: String,
+    /// An address to read the stream from afterwards.
+    read_from: String,
+    replicas: u8,
+    json: bool,
+}
+
+/// Starts the agents and the collector with a nats export, SIGKILLs and
+/// restarts the collector `kills` times (with a cluster: node 0, the
+/// first server of the url and so the one the collector publishes
+/// through, is SIGKILLed before the first collector kill and comes back
+/// while the restarted collector publishes through another node), then
+/// compares the stream with the store.
+async fn kills_and_compares(
+    run: Run<'_>,
+    dir: &TestDir,
+    kills: usize,
+    mut cluster: Option<&mut NatsCluster>,
+) -> Result<()> {
+    let stream = unique(&run.label.to_uppercase().replace('-', "_"));
+    let prefix = unique("tribtest");
+    let agent_prefix = format!("{}-", run.label);
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"{}\"\nstream = \"{stream}\"\n\
+             subject = \"{prefix}.{{agent}}.{{device}}\"\nformat = \"{}\"\ncreate_stream = true\n\
+             replicas = {}\nduplicate_window = \"10m\"\nmax_readings_per_message = 50\n\
+             timeout = \"2s\"\nmax_backoff = \"1s\"\n",
+            run.url,
+            if run.json { "json" } else { "protobuf" },
+            run.replicas
+        ),
+    )?;
+    let config = config.display().to_string();
+    let args = ["--config", config.as_str()];
+    let addr = free_addr()?;
+    let mut collector = Collector::start_with(dir, addr, &args).await?;
+    let mut agents = Vec::new();
+    for a in 0..AGENTS {
+        let id = format!("{agent_prefix}{a}");
+        let cfg = sim_agent_config(&id, &[collector.url()], DEVICES, "20ms");
+        agents.push(Agent::start(dir, &id, &cfg, "")?);
+    }
+    for a in &agents {
+        wait_for_counters(&collector.db, &a.id, DEVICES, 20).await?;
+    }
+    for round in 0..kills {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let node_down = round == 0 && cluster.is_some();
+        if node_down && let Some(c) = cluster.as_deref_mut() {
+            // Under the publishing collector: PubAcks in flight are lost.
+            c.kill(0).await?;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        collector.proc.kill().await?;
+        collector = Collector::start_with(dir, addr, &args).await?;
+        if node_down && let Some(c) = cluster.as_deref_mut() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            c.restart(dir, 0).await?;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for a in &mut agents {
+        a.stop().await?;
+    }
+    let want = stored(&collector.db, &agent_prefix)?;
+    let total: usize = want.values().sum();
+    ensure!(
+        total >= AGENTS * DEVICES * 50,
+        "only {total} readings stored"
+    );
+    if let Err(e) = caught_up(&collector.db).await {
+        bail!("{e:#}\ncollector log:\n{}", collector.log());
+    }
+    let msgs = read_stream(&run.read_from, &stream).await?;
+    let got = streamed(&msgs, run.json, &prefix)?;
+    if let Err(e) = compare(&want, &got) {
+        bail!("{e:#}\ncollector log:\n{}", collector.log());
+    }
+    let resent = collector.log().matches("sending again").count();
+    if cluster.is_some() {
+        ensure!(
+            resent > 0,
+            "a node died under the collector and nothing was published again:\n{}",
+            collector.log()
+        );
+    }
+    let status = collector
+        .proc
+        .terminate(Duration::from_secs(20))
+        .await
+        .context("stop the collector")?;
+    ensure!(status.success(), "collector exited with {status}");
+    // A replay: the cursor put back to the oldest batch still in the log;
+    // the restarted collector publishes those batches again with the same
+    // ids, and JetStream keeps none of the copies.
+    let replayed = rewind(&collector.db)?;
+    ensure!(replayed > 0, "nothing left in the commit log to replay");
+    let collector = Collector::start_with(dir, addr, &args).await?;
+    if let Err(e) = caught_up(&collector.db).await {
+        bail!("{e:#}\ncollector log:\n{}", collector.log());
+    }
+    let again = read_stream(&run.read_from, &stream).await?;
+    ensure!(
+        again.len() == msgs.len(),
+        "the replay of {replayed} batches added {} messages",
+        again.len() as i64 - msgs.len() as i64
+    );
+    compare(&want, &streamed(&again, run.json, &prefix)?)?;
+    ensure!(
+        collector.log().contains("already in the stream"),
+        "the collector did not see its replay acknowledged as duplicates:\n{}",
+        collector.log()
+    );
+    println!(
+        "{}: {total} readings committed, each in stream {stream} exactly once ({} messages, \
+         no id twice) after {kills} collector SIGKILLs; {resent} publish failures retried in \
+         the collectors' log; a replay of {replayed} batches added no message",
+        run.label,
+        msgs.len()
+    );
+    delete_stream(&run.read_from, &stream).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_jetstream_holds_each_committed_reading_once_across_kills() -> Result<()> {
+    let dir = TestDir::new("export-nats-single")?;
+    let run = Run {
+        label: "nats1",
+        url: format!("nats://{SHARED_NATS}"),
+        read_from: SHARED_NATS.to_owned(),
+        replicas: 1,
+        json: true,
+    };
+    kills_and_compares(run, &dir, 3, None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_stream_on_a_three_node_cluster_holds_each_reading_once() -> Result<()> {
+    let dir = TestDir::new("export-nats-cluster")?;
+    let mut cluster = NatsCluster::start(&dir, "tribjs", 3).await?;
+    let run = Run {
+        label: "nats3",
+        url: cluster.url(),
+        read_from: cluster.addr(1),
+        replicas: 3,
+        json: false,
+    };
+    let result = kills_and_compares(run, &dir, 3, Some(&mut cluster)).await;
+    if let Err(e) = result {
+        bail!("{e:#}\nnats logs:\n{}", cluster.logs());
+    }
+    Ok(())
+}
