@@ -660,6 +660,8 @@ fn the_collector_name_comes_from_the_flag_the_file_or_the_host() {
         name: Some(String::new()),
         ..Flags::default()
     };
-    let e = resolve(None, &flags).err().expect("an empty --name");
+    let Err(e) = resolve(None, &flags) else {
+        panic!("an empty --name was taken");
+    };
     assert!(e.to_string().contains("--name"), "{e}");
 }
