@@ -5,6 +5,7 @@
 //! The file mirrors the flags and adds what only a file holds:
 //!
 //! ```toml
+//! name = "collector-1"                   # shown per agent (ListAgents, fleet page); default: host name
 //! listen = "0.0.0.0:7400"
 //! http_listen = "127.0.0.1:7401"         # Prometheus API, /metrics, fleet page; "off" disables
 //! store = "sqlite:/var/lib/tributary/tributary.db"
@@ -68,6 +69,8 @@ pub const DEFAULT_STORE: &str = "sqlite:tributary.db";
 /// default) in place.
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
+    /// `--name`: this collector's name (`name`).
+    pub name: Option<String>,
     pub listen: Option<SocketAddr>,
     /// `--http-listen`: `Some(None)` is `off`.
     pub http_listen: Option<Option<SocketAddr>>,
@@ -100,6 +103,7 @@ pub struct Serve {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     listen: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
     http_listen: Option<Spanned<String>>,
     store: Option<Spanned<String>>,
     /// The PostgreSQL password, read from this file into `store`'s URL.
@@ -222,6 +226,14 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
         ),
     };
 
+    let name = match (&flags.name, &raw.name) {
+        (Some(n), _) => check_name(n).map_err(|e| ConfigError::flag("--name", e))?,
+        (None, Some(v)) => {
+            check_name(v.get_ref()).map_err(|e| err(Some(v.span()), "name", "--name", e))?
+        }
+        (None, None) => default_name(listen),
+    };
+
     let (store, store_span) = match (&flags.store, &raw.store) {
         (Some(s), _) => (s.clone(), None),
         (None, Some(v)) => (v.get_ref().clone(), Some(v.span())),
@@ -247,6 +259,7 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
         StoreUrl::Postgres(_) => PathBuf::new(),
     });
     server.store = Some(url);
+    server.name = name;
     server.retention = match (flags.retention, &raw.retention) {
         (Some(d), _) => Some(Retention::new(d)),
         (None, Some(v)) => Some(Retention::new(
@@ -380,6 +393,39 @@ fn build(src: Option<&Source<'_>>, raw: RawFile, flags: &Flags) -> Result<Serve,
         server,
         warnings,
     })
+}
+
+/// Longest collector `name`, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// A collector `name`: not empty, at most [`MAX_NAME_CHARS`] characters,
+/// none of them a control character (it is shown in tables, CSV and pages).
+pub fn check_name(name: &str) -> Result<String, String> {
+    if name.trim().is_empty() {
+        return Err("the collector name is empty".to_owned());
+    }
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(format!(
+            "the collector name has {chars} characters, more than {MAX_NAME_CHARS}"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the collector name {name:?} holds the control character {c:?}"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The default `name`: the host name (`/proc/sys/kernel/hostname`, or
+/// `$HOSTNAME`), or the gRPC listen address when neither is a valid name.
+pub fn default_name(listen: SocketAddr) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .and_then(|h| check_name(h.trim()).ok())
+        .unwrap_or_else(|| listen.to_string())
 }
 
 /// An `http_listen` value: an address, or `off`.

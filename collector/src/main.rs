@@ -46,6 +46,11 @@ struct ServeArgs {
     /// over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// This collector's name, stored with the agents whose streams it
+    /// accepts and shown by `agents` and the fleet page [default: the host
+    /// name]
+    #[arg(long)]
+    name: Option<String>,
     /// Address to listen on for gRPC (ingest, query, health, reflection)
     /// [default: 127.0.0.1:7400]
     #[arg(long)]
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
 
 fn serve_config(args: &ServeArgs) -> Result<config::Serve, config::ConfigError> {
     let flags = config::Flags {
+        name: args.name.clone(),
         listen: args.listen,
         http_listen: args.http_listen.map(|h| h.0),
         store: args.store.clone(),

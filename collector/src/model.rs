@@ -81,6 +81,8 @@ pub type Committed = Arc<Vec<CommittedChunk>>;
 pub struct AgentLive {
     pub connected: bool,
     pub peer: String,
+    /// This collector's name (the agent streams here when `connected`).
+    pub collector: Arc<str>,
     /// What this collector counted of the agent since it started, updated
     /// by the merger in place (atomics): read it, the snapshot is not
     /// republished for it.

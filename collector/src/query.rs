@@ -498,6 +498,7 @@ pub fn merge_agents(
                 id: a.id.clone(),
                 connected: false,
                 peer: a.peer,
+                collector: a.collector,
                 last_seen_ns: a.last_seen_ns,
                 epoch: a.epoch,
                 committed_seq: a.committed_seq,
@@ -520,6 +521,9 @@ pub fn merge_agents(
         info.skewed_readings = l.stats.skewed_readings();
         if !l.peer.is_empty() {
             info.peer = l.peer.clone();
+        }
+        if l.connected {
+            info.collector = l.collector.to_string();
         }
     }
     out.into_values().collect()
@@ -638,18 +642,37 @@ mod tests {
 
     #[test]
     fn live_state_overrides_stored_and_adds_new_agents() {
-        let stored = vec![StoredAgent {
-            id: "a".into(),
-            peer: "old:1".into(),
-            readings_stored: 5,
-            ..StoredAgent::default()
-        }];
+        let stored = vec![
+            StoredAgent {
+                id: "a".into(),
+                peer: "old:1".into(),
+                collector: "col-b".into(),
+                readings_stored: 5,
+                ..StoredAgent::default()
+            },
+            // Streams to another collector sharing the store: this one
+            // knew it once (disconnected here), the row names the other.
+            StoredAgent {
+                id: "c".into(),
+                collector: "col-b".into(),
+                ..StoredAgent::default()
+            },
+        ];
         let live = BTreeMap::from([
             (
                 "a".to_string(),
                 AgentLive {
                     connected: true,
                     peer: "new:2".into(),
+                    collector: "col-a".into(),
+                    ..AgentLive::default()
+                },
+            ),
+            (
+                "c".to_string(),
+                AgentLive {
+                    connected: false,
+                    collector: "col-a".into(),
                     ..AgentLive::default()
                 },
             ),
@@ -663,9 +686,11 @@ mod tests {
             ),
         ]);
         let merged = merge_agents(stored, &live);
-        assert_eq!(merged.len(), 2);
+        assert_eq!(merged.len(), 3);
         assert!(merged[0].connected && merged[0].peer == "new:2" && merged[0].readings_stored == 5);
+        assert_eq!(merged[0].collector, "col-a");
         assert!(merged[1].connected && merged[1].id == "b" && merged[1].readings_stored == 0);
+        assert!(!merged[2].connected && merged[2].collector == "col-b");
     }
 
     #[tokio::test]

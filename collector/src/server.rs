@@ -56,6 +56,9 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Everything `run` needs, already validated.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// This collector's name (`name`): stored with each agent whose stream
+    /// it accepted, shown by ListAgents and the fleet page.
+    pub name: String,
     /// SQLite database file, used when `store` is `None`.
     pub sqlite_path: PathBuf,
     /// Where readings go (`sqlite:PATH` or `postgres://...`); overrides
@@ -111,6 +114,7 @@ impl ServerConfig {
     /// Defaults for a store at `sqlite_path`.
     pub fn new(sqlite_path: PathBuf) -> Self {
         ServerConfig {
+            name: crate::config::default_name(std::net::SocketAddr::from(([127, 0, 0, 1], 7400))),
             sqlite_path,
             store: None,
             durability: Durability::Full,
@@ -242,10 +246,12 @@ pub async fn run_reloadable(
     let store = config.store_url();
     // Handles first: the merger, the sessions, Query and the listener
     // count into them from their first action.
-    let metrics = CollectorMetrics::new();
+    let mut metrics = CollectorMetrics::new();
+    metrics.register_name(&config.name);
     let (merger, outputs, merger_join) = merger::start(
         &store,
         merger::MergerOptions {
+            name: Arc::from(config.name.as_str()),
             durability: config.durability,
             capacity: config.merger_queue,
             retention: config.retention,

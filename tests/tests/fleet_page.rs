@@ -1,6 +1,7 @@
 //! The fleet page (`/` on the collector's HTTP listener) in a real headless
 //! Chromium, against a real collector and agents: what it shows equals what
-//! the Query service answers (ListAgents, ListSeries, Range), a device
+//! the Query service answers (ListAgents with the name of the collector each
+//! agent streams to, ListSeries, Range), a device
 //! called `<script>alert(1)</script>` shows as text, a device that stops
 //! answering turns down on the page with the cause its agent stored, all
 //! without reloading. Screenshots land in `target/fleet-page.png` (1280×800),
@@ -20,19 +21,21 @@ use tributary_tests::cluster::{Agent, Collector, PATIENCE, stored_points, wait_f
 use tributary_tests::process::{TestDir, eventually, free_addr, target_dir};
 
 const SCRIPT_NAME: &str = "<script>alert(1)</script>";
+/// The collector's name (`--name`), with markup too.
+const COLLECTOR_NAME: &str = "<i>collector</i> 1";
 /// A label value and a string value with markup, from exec devices.
 const LABEL_MARKUP: &str = "<img src=x onerror=alert(2)>";
 const STRING_MARKUP: &str = "<b onmouseover=alert(3)>bold</b>";
 
 type Query = pb::query_client::QueryClient<tonic::transport::Channel>;
 
-/// (agent, connected) as ListAgents answers.
-async fn list_agents(q: &mut Query) -> Result<BTreeSet<(String, bool)>> {
+/// (agent, connected, collector) as ListAgents answers.
+async fn list_agents(q: &mut Query) -> Result<BTreeSet<(String, bool, String)>> {
     let agents = q.list_agents(pb::ListAgentsRequest {}).await?.into_inner();
     Ok(agents
         .agents
         .into_iter()
-        .map(|a| (a.id, a.connected))
+        .map(|a| (a.id, a.connected, a.collector))
         .collect())
 }
 
@@ -56,15 +59,16 @@ async fn list_devices(q: &mut Query) -> Result<BTreeSet<(String, String)>> {
     }
 }
 
-/// The page's agents table as (agent, connected).
-async fn page_agents(b: &Browser) -> Result<BTreeSet<(String, bool)>> {
+/// The page's agents table as (agent, connected, the collector shown).
+async fn page_agents(b: &Browser) -> Result<BTreeSet<(String, bool, String)>> {
     let rows = b
         .eval(
             "[...document.querySelectorAll('#agents tbody tr')]\
-             .map(tr => [tr.dataset.agent, tr.dataset.connected === 'true'])",
+             .map(tr => [tr.dataset.agent, tr.dataset.connected === 'true', \
+             tr.querySelector('td[data-col=collector]').textContent])",
         )
         .await?;
-    let rows: Vec<(String, bool)> = serde_json::from_value(rows)?;
+    let rows: Vec<(String, bool, String)> = serde_json::from_value(rows)?;
     Ok(rows.into_iter().collect())
 }
 
@@ -108,7 +112,7 @@ async fn flag(b: &Browser, js: &str) -> Option<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_page_shows_what_query_answers_and_stays_live() -> Result<()> {
     let dir = TestDir::new("fleet-page")?;
-    let collector = Collector::start(&dir, free_addr()?).await?;
+    let collector = Collector::start_with(&dir, free_addr()?, &["--name", COLLECTOR_NAME]).await?;
     let meter = HttpSim::new().bind("127.0.0.1:0".parse()?).await?;
     let url = collector.url();
     let edge_1 = format!(
@@ -151,12 +155,32 @@ async fn the_fleet_page_shows_what_query_answers_and_stays_live() -> Result<()> 
     b.eval("window.__notReloaded = true").await?;
 
     // Agents and devices equal ListAgents and ListSeries.
+    // Both stream to this collector, which ListAgents names.
     let agents = list_agents(&mut query).await?;
     ensure!(
-        agents.len() == 2 && agents.iter().all(|(_, c)| *c),
+        agents.len() == 2
+            && agents
+                .iter()
+                .all(|(_, c, name)| *c && name == COLLECTOR_NAME),
         "{agents:?}"
     );
-    ensure!(page_agents(b).await? == agents, "agents differ");
+    let shown = page_agents(b).await?;
+    ensure!(
+        shown == agents,
+        "page shows {shown:?}, ListAgents {agents:?}"
+    );
+    // The name is text, not markup.
+    let name_escaped = b
+        .eval(&format!(
+            "document.querySelectorAll('#agents i').length === 0 && \
+             document.getElementById('agents').innerHTML.includes({html:?})",
+            html = "&lt;i&gt;collector&lt;/i&gt; 1"
+        ))
+        .await?;
+    ensure!(
+        name_escaped == Value::Bool(true),
+        "the collector name was not shown as text"
+    );
     let devices = list_devices(&mut query).await?;
     ensure!(devices.contains(&("edge-1".into(), SCRIPT_NAME.into())));
     let shown: BTreeSet<_> = page_devices(b).await?.into_keys().collect();

@@ -2,12 +2,15 @@
 //! collectors that share one database (a schema of this test's own), and
 //! the ground truth (every counter value exactly once) read back from the
 //! database after each fault: a collector SIGKILLed under ten agents, and
-//! the database out of reach for ten seconds.
+//! the database out of reach for ten seconds. With two collectors, both
+//! name the collector each agent streams to (ListAgents, `agents`), before
+//! and after the agents fail over.
 //!
 //! The agent binaries must be built first (`cargo xtask test` does it).
 
 mod postgres_support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -88,8 +91,20 @@ async fn three_agents_store_every_counter_value_exactly_once() -> Result<()> {
 async fn two_collectors_one_killed_agents_fail_over_and_store_every_value_once() -> Result<()> {
     let dir = TestDir::new("pg-failover")?;
     let schema = TestSchema::new("failover").await?;
-    let mut a = Child::start(free_addr()?, &schema.url(), &dir.join("collector-a.log")).await?;
-    let b = Child::start(free_addr()?, &schema.url(), &dir.join("collector-b.log")).await?;
+    let mut a = Child::start_named(
+        free_addr()?,
+        &schema.url(),
+        &dir.join("collector-a.log"),
+        Some(COL_A),
+    )
+    .await?;
+    let b = Child::start_named(
+        free_addr()?,
+        &schema.url(),
+        &dir.join("collector-b.log"),
+        Some(COL_B),
+    )
+    .await?;
     // Ten agents listing both collectors; each starts on the one its id
     // hashes to (edge-0, 2, 5, 6 and 8 on a), and moves on after a failure.
     let mut agents = Vec::new();
@@ -103,6 +118,22 @@ async fn two_collectors_one_killed_agents_fail_over_and_store_every_value_once()
         least.push(schema.wait_for_counters(id, 3, 10).await?);
     }
 
+    // Which collector each agent is on: both collectors' ListAgents name
+    // the one whose own session has it connected.
+    let ids: Vec<String> = agents.iter().map(|(id, _)| id.clone()).collect();
+    let (url_a, url_b) = (a.url(), b.url());
+    let on = eventually(
+        PATIENCE,
+        "both collectors name each agent's collector",
+        || names_agree(&ids, &url_a, &url_b),
+    )
+    .await?;
+    let on_a = on.values().filter(|c| c.as_str() == COL_A).count();
+    ensure!(
+        on_a > 0 && on_a < ids.len(),
+        "the agents should start on both collectors: {on:?}"
+    );
+
     // Freeze a for a moment so its agents have batches in flight, then
     // crash it: they must resend those to b.
     let pid = a.id().map(|p| p.to_string()).unwrap_or_default();
@@ -114,6 +145,62 @@ async fn two_collectors_one_killed_agents_fail_over_and_store_every_value_once()
     for ((id, _), n) in agents.iter().zip(&least) {
         schema.wait_for_counters(id, 3, n + 20).await?;
     }
+    // b names itself for every agent now, those that failed over included,
+    // in ListAgents and in `tributary-collector agents`; and so does the
+    // database: a third collector, which no agent streams to, reads b's
+    // name for each from there.
+    let c = Child::start_named(
+        free_addr()?,
+        &schema.url(),
+        &dir.join("collector-c.log"),
+        Some("collector-c"),
+    )
+    .await?;
+    let url_c = c.url();
+    eventually(
+        PATIENCE,
+        "b and the store name b for every agent",
+        || async {
+            let listed = list_agents(&url_b).await.ok()?;
+            let stored = list_agents(&url_c).await.ok()?;
+            (listed.len() == ids.len()
+                && listed
+                    .values()
+                    .all(|(connected, c)| *connected && c == COL_B)
+                && stored.len() == ids.len()
+                && stored
+                    .values()
+                    .all(|(connected, c)| !*connected && c == COL_B))
+            .then_some(())
+        },
+    )
+    .await?;
+    for format in ["json", "csv", "table"] {
+        let out = run_bin(
+            "tributary-collector",
+            ["agents", "--server", &b.url(), "--format", format],
+        )
+        .await?;
+        match format {
+            "json" => {
+                let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+                ensure!(rows.len() == ids.len(), "{out}");
+                ensure!(rows.iter().all(|r| r["collector"] == COL_B), "{out}");
+            }
+            "csv" => {
+                let mut lines = out.lines();
+                let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+                let col = header.iter().position(|h| *h == "collector");
+                let col = col.ok_or_else(|| anyhow::anyhow!("no collector column: {out}"))?;
+                ensure!(lines.all(|l| l.split(',').nth(col) == Some(COL_B)), "{out}");
+            }
+            _ => ensure!(
+                out.lines().next().is_some_and(|h| h.contains("COLLECTOR"))
+                    && out.lines().skip(1).all(|l| l.contains(COL_B)),
+                "{out}"
+            ),
+        }
+    }
     stop_agents(&mut agents).await?;
     for (id, _) in &agents {
         assert_exactly_once(id, &schema.counters(id).await?, 3)?;
@@ -123,7 +210,45 @@ async fn two_collectors_one_killed_agents_fail_over_and_store_every_value_once()
         .await?;
     ensure!(resent > 0, "no batch was resent after the crash");
     drop(b);
+    drop(c);
     Ok(())
+}
+
+/// The collectors' names in the failover test.
+const COL_A: &str = "collector-a";
+const COL_B: &str = "collector-b";
+
+/// ListAgents of the collector at `url`: agent → (connected, collector).
+async fn list_agents(url: &str) -> Result<BTreeMap<String, (bool, String)>> {
+    let mut q = pb::query_client::QueryClient::connect(url.to_owned()).await?;
+    let agents = q.list_agents(pb::ListAgentsRequest {}).await?.into_inner();
+    Ok(agents
+        .agents
+        .into_iter()
+        .map(|a| (a.id, (a.connected, a.collector)))
+        .collect())
+}
+
+/// Agent → the collector it streams to, once every agent of `ids` is
+/// connected to exactly one of a and b and both collectors' ListAgents
+/// name that one.
+async fn names_agree(ids: &[String], a: &str, b: &str) -> Option<BTreeMap<String, String>> {
+    let (from_a, from_b) = (list_agents(a).await.ok()?, list_agents(b).await.ok()?);
+    let mut on = BTreeMap::new();
+    for id in ids {
+        let (a_has, a_says) = from_a.get(id)?;
+        let (b_has, b_says) = from_b.get(id)?;
+        let truth = match (a_has, b_has) {
+            (true, false) => COL_A,
+            (false, true) => COL_B,
+            _ => return None,
+        };
+        if a_says != truth || b_says != truth {
+            return None;
+        }
+        on.insert(id.clone(), truth.to_owned());
+    }
+    Some(on)
 }
 
 /// `kill SIGNAL PID` with the system's kill.

@@ -4,6 +4,7 @@
 //! All measuring code lives in `tributary-bench` (`tests/src/bench/`), so
 //! the xtask stays small: it builds, makes sure Prometheus is installed
 //! when `vs-prometheus` or `promql` needs it (Debian's package, via apt-get, saying so),
+//! and valgrind when `metrics-cost` does (the same way),
 //! and passes every argument through. Its own messages go to stderr, so
 //! `--json` output on stdout stays clean.
 
@@ -25,6 +26,10 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
     if wants_prometheus && !args.iter().any(|a| a == "--prometheus") {
         extra.push("--prometheus".into());
         extra.push(ensure_prometheus()?.display().to_string());
+    }
+
+    if args.iter().any(|a| a == "metrics-cost") {
+        crate::tools::valgrind()?;
     }
 
     let mut build = ws.cargo_command(["build", "--release", "-j2"]);

@@ -271,6 +271,13 @@ fn victoria_metrics(_: &Workspace) -> Result<PathBuf> {
     apt_tool("/usr/bin/victoria-metrics", "victoria-metrics")
 }
 
+/// valgrind (with `callgrind_control`), which `bench metrics-cost` counts
+/// the agent's instructions with (Debian package `valgrind`).
+pub fn valgrind() -> Result<PathBuf> {
+    apt_tool("/usr/bin/callgrind_control", "valgrind")?;
+    apt_tool("/usr/bin/valgrind", "valgrind")
+}
+
 fn apt_tool(path: &str, package: &str) -> Result<PathBuf> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static UPDATED: AtomicBool = AtomicBool::new(false);

@@ -34,6 +34,7 @@ pub fn write_agents(
                     json!({
                         "id": a.id,
                         "connected": a.connected,
+                        "collector": a.collector,
                         "peer": a.peer,
                         "last_seen_ns": a.last_seen_ns,
                         "last_seen": last_seen(a),
@@ -57,6 +58,7 @@ pub fn write_agents(
                     vec![
                         a.id.clone(),
                         a.connected.to_string(),
+                        a.collector.clone(),
                         a.peer.clone(),
                         last_seen(a),
                         format!("{:016x}", a.epoch),
@@ -71,7 +73,7 @@ pub fn write_agents(
                 })
                 .collect();
             if format == Format::Csv {
-                let header = "id,connected,peer,last_seen,epoch,committed_seq,lag,\
+                let header = "id,connected,collector,peer,last_seen,epoch,committed_seq,lag,\
                               readings_stored,batches_deduplicated,batches_resent,dropped_at_agent,\
                               skewed_readings";
                 write_csv(out, header, &rows)
@@ -79,6 +81,7 @@ pub fn write_agents(
                 let header = [
                     "ID",
                     "CONNECTED",
+                    "COLLECTOR",
                     "PEER",
                     "LAST SEEN",
                     "EPOCH",
@@ -419,15 +422,23 @@ mod tests {
             batches_resent: 3,
             lag: 4,
             skewed_readings: 5,
+            collector: "col-a".into(),
         }];
         let csv = render(|out| write_agents(out, Format::Csv, &agents));
         assert_eq!(
             csv,
-            "id,connected,peer,last_seen,epoch,committed_seq,lag,readings_stored,\
+            "id,connected,collector,peer,last_seen,epoch,committed_seq,lag,readings_stored,\
              batches_deduplicated,batches_resent,dropped_at_agent,skewed_readings\n\
-             edge-1,true,10.0.0.5:4411,,00000000000000ab,7,4,70,1,3,2,5\n"
+             edge-1,true,col-a,10.0.0.5:4411,,00000000000000ab,7,4,70,1,3,2,5\n"
         );
         let table = render(|out| write_agents(out, Format::Table, &agents));
         assert!(table.starts_with("ID "), "{table}");
+        assert!(
+            table.contains(" COLLECTOR ") && table.contains(" col-a "),
+            "{table}"
+        );
+        let json = render(|out| write_agents(out, Format::Json, &agents));
+        let v: Json = serde_json::from_str(&json).unwrap();
+        assert_eq!(v[0]["collector"], "col-a");
     }
 }

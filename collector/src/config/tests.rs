@@ -617,3 +617,55 @@ fn the_query_table_and_flags_set_the_promql_limits() {
         .unwrap_or_default();
     assert!(e.starts_with("--query-timeout"), "{e}");
 }
+
+#[test]
+fn the_collector_name_comes_from_the_flag_the_file_or_the_host() {
+    let s = resolve_str("name = \"collector <1>\"\n").expect("a name");
+    assert_eq!(s.server.name, "collector <1>");
+    let flags = Flags {
+        name: Some("from-flag".into()),
+        ..Flags::default()
+    };
+    let s = resolve_text(
+        "name = \"from-file\"\n",
+        Path::new("/etc/tributary/collector.toml"),
+        &flags,
+    )
+    .expect("a name");
+    assert_eq!(s.server.name, "from-flag");
+    // Default: the host name, or the listen address.
+    let s = resolve_str("listen = \"127.0.0.1:7411\"\n").expect("defaults");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let expected = if host.is_empty() {
+        "127.0.0.1:7411".to_owned()
+    } else {
+        host
+    };
+    assert_eq!(s.server.name, expected);
+
+    for (bad, why) in [
+        ("name = \"\"\n", "empty"),
+        ("name = \"  \"\n", "empty"),
+        ("name = \"a\\nb\"\n", "control character"),
+        (
+            &format!("name = \"{}\"\n", "x".repeat(MAX_NAME_CHARS + 1)) as &str,
+            "more than 128",
+        ),
+    ] {
+        let e = error(bad);
+        assert!(
+            e.contains("collector.toml:1: name") && e.contains(why),
+            "{e}"
+        );
+    }
+    let flags = Flags {
+        name: Some(String::new()),
+        ..Flags::default()
+    };
+    let Err(e) = resolve(None, &flags) else {
+        panic!("an empty --name was taken");
+    };
+    assert!(e.to_string().contains("--name"), "{e}");
+}

@@ -1,5 +1,5 @@
 //! What the merger knows of each agent: who is connected on which stream,
-//! its peer, when it was last seen, and the counters (batches deduplicated,
+//! its peer, which collector (this one, by name, while it streams here), when it was last seen, and the counters (batches deduplicated,
 //! resent) that the next commit adds to the store; and the live view the
 //! query side watches, whose `AgentStats` (`/metrics`, the skew count of
 //! `ListAgents`) the merger updates in place after each commit.
@@ -164,6 +164,13 @@ impl Merger {
                     AgentWrite {
                         epoch: state.epoch,
                         peer: state.peer.clone(),
+                        // Written while the agent streams here, so the
+                        // row names the collector of its newest stream.
+                        collector: if state.session.is_some() {
+                            self.name.to_string()
+                        } else {
+                            String::new()
+                        },
                         last_seen_ns: state.last_seen_ns,
                         batches_deduplicated: std::mem::take(&mut state.batches_deduplicated),
                         batches_resent: std::mem::take(&mut state.batches_resent),
@@ -188,6 +195,7 @@ impl Merger {
                     AgentLive {
                         connected: s.session.is_some(),
                         peer: s.peer.clone(),
+                        collector: self.name.clone(),
                         stats: s.stats.clone(),
                     },
                 )

@@ -327,6 +327,9 @@ pub struct MergerOutputs {
 /// How the merger runs.
 #[derive(Debug, Clone)]
 pub struct MergerOptions {
+    /// This collector's name, stored with each agent whose stream it
+    /// accepted.
+    pub name: Arc<str>,
     pub durability: Durability,
     /// Capacity of the command queue.
     pub capacity: usize,
@@ -357,6 +360,8 @@ pub struct Merger {
     /// the store: never ahead of it.
     epochs: HashMap<(Arc<str>, u64), EpochRow>,
     agents: HashMap<Arc<str>, AgentState>,
+    /// This collector's name (`MergerOptions::name`).
+    name: Arc<str>,
     live_tx: watch::Sender<LiveAgents>,
     live_dirty: bool,
     tail: broadcast::Sender<Committed>,
@@ -400,6 +405,7 @@ pub async fn start(
     let max_series_per_agent = options.max_series_per_agent;
     let max_series_in_memory = options.max_series_in_memory;
     let metrics = options.metrics.clone();
+    let name = options.name.clone();
     let compacts = matches!(url, StoreUrl::Sqlite(_));
     // The store is opened, used and dropped on the merger's thread only:
     // a PostgreSQL store owns a runtime, which must not be dropped (nor
@@ -441,6 +447,7 @@ pub async fn start(
                 series_limit_logged: HashSet::new(),
                 epochs: loaded.epochs,
                 agents: HashMap::new(),
+                name,
                 live_tx,
                 live_dirty: false,
                 tail: tail_tx,

@@ -48,6 +48,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 use tributary_process::metrics::prometheus_client::metrics::counter::Counter;
+use tributary_process::metrics::prometheus_client::metrics::info::Info;
 use tributary_process::metrics::prometheus_client::registry::Registry;
 use tributary_process::metrics::{Format, ProcessCollector, encode, register_build_info};
 
@@ -145,6 +146,18 @@ impl CollectorMetrics {
             listener: Arc::new(ListenerStats::default()),
             http,
         }
+    }
+
+    /// Registers `tributary_collector_info{name="…"} 1`: this collector's
+    /// `name`, as ListAgents and the fleet page show it per agent (join on
+    /// it to tell collectors sharing a database apart).
+    pub fn register_name(&mut self, name: &str) {
+        // An info metric: `_info` is added by the encoder.
+        self.registry.register(
+            "tributary_collector",
+            "This collector's name (always 1)",
+            Info::new(vec![("name".to_owned(), name.to_owned())]),
+        );
     }
 
     /// The finished registry, with the collectors that read the merger's

@@ -25,7 +25,8 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn every_family_is_encoded_with_what_was_counted() {
-    let metrics = CollectorMetrics::new();
+    let mut metrics = CollectorMetrics::new();
+    metrics.register_name("col \"a\"");
     let (ingest, merger, query, listener) = (
         metrics.ingest.clone(),
         metrics.merger.clone(),
@@ -45,6 +46,7 @@ fn every_family_is_encoded_with_what_was_counted() {
         AgentLive {
             connected: true,
             peer: "127.0.0.1:1".into(),
+            collector: "col \"a\"".into(),
             stats,
         },
     )]);
@@ -184,6 +186,10 @@ fn every_family_is_encoded_with_what_was_counted() {
         Some(8.0)
     );
     assert!(body.contains("tributary_collector_build_info{"), "{body}");
+    assert_eq!(
+        sample(&body, "tributary_collector_info{name=\"col \\\"a\\\"\"}"),
+        Some(1.0)
+    );
     drop(open);
     let body = encode(&registry, Format::Text).unwrap();
     assert_eq!(
@@ -204,7 +210,8 @@ fn every_family_is_encoded_with_what_was_counted() {
                         "rpc",
                         "le",
                         "version",
-                        "commit"
+                        "commit",
+                        "name"
                     ]
                     .contains(&key.trim()),
                     "unexpected label in {line}"

@@ -146,6 +146,7 @@ pub fn needs_restart(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static
             running.limits.max_series_in_memory == new.limits.max_series_in_memory,
         ),
         ("[query]", running.query_limits == new.query_limits),
+        ("name", running.name == new.name),
     ];
     checks
         .into_iter()

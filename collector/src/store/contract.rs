@@ -105,6 +105,9 @@ pub struct AgentWrite {
     pub epoch: u64,
     /// Peer of the newest stream; empty leaves the stored one.
     pub peer: String,
+    /// Name of the collector the agent streams to; empty leaves the
+    /// stored one.
+    pub collector: String,
     /// Only ever moves forward.
     pub last_seen_ns: i64,
     /// Replays the merger recognised without asking the store.

@@ -165,6 +165,9 @@ pub struct StoredAgent {
     pub epoch: u64,
     /// Peer address of the last stream.
     pub peer: String,
+    /// Name of the collector that accepted its newest stream ('' before
+    /// any collector recorded one).
+    pub collector: String,
     pub last_seen_ns: i64,
     /// Last committed sequence of `epoch`; 0 when none.
     pub committed_seq: u64,

@@ -44,9 +44,13 @@ impl ProcessStats {
         let proc = Path::new("/proc/self");
         let mut stats = ProcessStats::default();
         if let Ok(stat) = std::fs::read_to_string(proc.join("stat")) {
-            let boot = std::fs::read_to_string("/proc/stat")
-                .ok()
-                .and_then(|s| boot_time(&s));
+            // The boot time does not change: read once, not per scrape.
+            static BOOT: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+            let boot = *BOOT.get_or_init(|| {
+                std::fs::read_to_string("/proc/stat")
+                    .ok()
+                    .and_then(|s| boot_time(&s))
+            });
             if let Some((cpu, start_ticks)) = parse_stat(&stat) {
                 stats.cpu_seconds = Some(cpu);
                 stats.start_time_seconds = boot.map(|b| b + start_ticks / TICKS_PER_SECOND);

@@ -48,7 +48,7 @@ impl AgentConfig {
     }
 
     /// The whole file.
-    fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let listen = self
             .metrics
             .map_or_else(|| "off".to_owned(), |a| a.to_string());

@@ -1,7 +1,7 @@
 //! `tributary-bench`: the measuring side of `cargo xtask bench`.
 //!
 //! ```text
-//! tributary-bench <ingest|poll|streams|wire|vs-prometheus|config|promql|export|all|smoke>... [FLAGS]
+//! tributary-bench <ingest|poll|streams|wire|vs-prometheus|config|promql|export|metrics-cost|all|smoke>... [FLAGS]
 //! ```
 //!
 //! Every scenario runs the real `tributary-collector` (and, where it says so,
@@ -30,6 +30,7 @@ mod export;
 mod ingest;
 mod load;
 mod metrics_cost;
+mod metrics_instr;
 mod options;
 mod poll;
 mod progress;
@@ -123,5 +124,6 @@ async fn run_one(scenario: Scenario, opts: &Options, progress: &Progress) -> Res
         Scenario::Config => config::run(opts, progress).await,
         Scenario::Export => export::run(opts, progress).await,
         Scenario::Promql => promql::run(opts, progress).await,
+        Scenario::MetricsCost => metrics_instr::run(opts, progress).await,
     }
 }

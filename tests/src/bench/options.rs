@@ -21,6 +21,8 @@ scenarios:
   promql          the Prometheus HTTP API vs Prometheus on the same data: the PromQL corpus,
                   sum by (device) (rate(m[5m])), ingest with and without queries
   export          a remote_write export to VictoriaMetrics: ingest with and without it, catch-up
+  metrics-cost    the agent's metrics in instructions (callgrind): metrics off and on side by
+                  side, 100 devices at 1 s and at 10 s intervals, scraped every 15 s (valgrind)
   all             every scenario above but export, in that order
   smoke           every scenario but promql at tiny sizes; exit 1 if any numbers disagree
 
@@ -35,11 +37,12 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --rate N              ingest: readings/s of the latency run (100000)
   --ceiling-rows N      ingest: rows of the SQLite ceiling    (5000000)
   --range-points N      ingest: points of the Query/Range day series (86400)
-  --devices K           poll: HTTP devices (10000); wire: sim devices (10); config: devices (10000)
+  --devices K           poll: HTTP devices (10000); wire: sim devices (10); config: devices (10000);
+                        metrics-cost: HTTP devices (100)
   --targets K           vs-prometheus: HTTP targets           (2000)
   --samples N           vs-prometheus: samples per scrape     (105)
-  --interval D          poll, vs-prometheus: poll interval    (1s)
-  --delay D             poll: device answer delay (20ms); vs-prometheus (0ms)
+  --interval D          poll, vs-prometheus: poll interval    (1s); metrics-cost: one interval (1s and 10s)
+  --delay D             poll, metrics-cost: device answer delay (20ms); vs-prometheus (0ms)
   --format F            poll: json or prometheus              (json)
   --streams M           streams: concurrent streams           (10000)
   --max-connections N   streams: the collector's [limits] max_connections (its default)
@@ -60,6 +63,7 @@ pub enum Scenario {
     Config,
     Export,
     Promql,
+    MetricsCost,
 }
 
 impl Scenario {
@@ -82,6 +86,7 @@ impl Scenario {
             Scenario::Config => "config",
             Scenario::Export => "export",
             Scenario::Promql => "promql",
+            Scenario::MetricsCost => "metrics-cost",
         }
     }
 }
@@ -140,6 +145,7 @@ impl Options {
                 "config" => o.scenarios.push(Scenario::Config),
                 "export" => o.scenarios.push(Scenario::Export),
                 "promql" => o.scenarios.push(Scenario::Promql),
+                "metrics-cost" => o.scenarios.push(Scenario::MetricsCost),
                 "all" => {
                     o.scenarios.extend(Scenario::ALL);
                     o.scenarios.push(Scenario::Promql);

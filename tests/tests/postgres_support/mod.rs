@@ -35,6 +35,8 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// Environment variable that turns this executable into a child collector:
 /// `LISTEN_ADDR STORE_URL`.
 const CHILD_ENV: &str = "TRIBUTARY_CHILD_COLLECTOR";
+/// The child collector's `name`, when set and not empty.
+const CHILD_NAME_ENV: &str = "TRIBUTARY_CHILD_COLLECTOR_NAME";
 
 /// The database every test schema lives in.
 pub fn base_url() -> String {
@@ -307,6 +309,17 @@ pub struct Child {
 impl Child {
     /// Starts it on `addr` with `store`, output in `log`.
     pub async fn start(addr: SocketAddr, store: &str, log: &Path) -> Result<Child> {
+        Self::start_named(addr, store, log, None).await
+    }
+
+    /// [`Child::start`] with the collector's `name` set (else its default,
+    /// the host name).
+    pub async fn start_named(
+        addr: SocketAddr,
+        store: &str,
+        log: &Path,
+        name: Option<&str>,
+    ) -> Result<Child> {
         let exe = std::env::current_exe().context("locate the test executable")?;
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -322,6 +335,7 @@ impl Child {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, format!("{addr} {store}"))
+            .env(CHILD_NAME_ENV, name.unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -380,6 +394,9 @@ fn child_collector() {
         let listener = TcpListener::bind(addr).await.expect("bind");
         let mut config = ServerConfig::new("unused.db".into());
         config.store = Some(store.parse().expect("store URL"));
+        if let Some(name) = std::env::var(CHILD_NAME_ENV).ok().filter(|n| !n.is_empty()) {
+            config.name = name;
+        }
         let shutdown = async {
             if let Ok(mut term) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

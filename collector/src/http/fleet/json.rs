@@ -101,6 +101,8 @@ pub struct AgentJson {
     pub id: String,
     /// Streaming to this collector now.
     pub connected: bool,
+    /// Name of the collector its newest stream is (or was) on.
+    pub collector: String,
     /// The address its last stream came from.
     pub peer: String,
     pub last_seen_ns: String,
@@ -123,6 +125,7 @@ impl From<pb::AgentInfo> for AgentJson {
         AgentJson {
             id: a.id,
             connected: a.connected,
+            collector: a.collector,
             peer: a.peer,
             last_seen_ns: a.last_seen_ns.to_string(),
             epoch: a.epoch.to_string(),

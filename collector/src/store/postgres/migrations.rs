@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "the commit log and cursors of the exports",
         include_str!("migrations/0003_exports.sql"),
     ),
+    (
+        4,
+        "agents.collector: the collector of each agent's newest stream",
+        include_str!("migrations/0004_collector_name.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("trib").
@@ -56,14 +61,16 @@ pub(super) async fn migrate(c: &mut Client) -> Result<Layout, Fail> {
     )
     .await
     .step("create tributary_migrations")?;
-    let current: i32 = tx
-        .query_one(
-            "SELECT COALESCE(max(version), 0) FROM tributary_migrations",
-            &[],
-        )
+    // Each migration is applied unless recorded (not "every one above the
+    // newest recorded"), so a number filled in later is applied too.
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM tributary_migrations", &[])
         .await
         .step("read schema version")?
-        .get(0);
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let current = applied.iter().copied().max().unwrap_or(0);
     let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if current > latest {
         return Err(Fail::Invalid(
@@ -73,7 +80,7 @@ pub(super) async fn migrate(c: &mut Client) -> Result<Layout, Fail> {
             ),
         ));
     }
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| !applied.contains(&m.0)) {
         tx.batch_execute(sql).await.step("apply migration")?;
         if *version == 1 {
             let layout = if hypertable(&tx).await? {

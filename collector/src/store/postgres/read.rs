@@ -110,7 +110,8 @@ impl PgReader {
                         a.readings_stored, a.batches_deduplicated, \
                         (SELECT COALESCE(sum(d.dropped), 0)::bigint FROM epochs d WHERE d.agent = a.id), \
                         a.batches_resent, \
-                        GREATEST(COALESCE(e.last_seq, 0) - COALESCE(e.committed_seq, 0), 0) \
+                        GREATEST(COALESCE(e.last_seq, 0) - COALESCE(e.committed_seq, 0), 0), \
+                        a.collector \
                  FROM agents a LEFT JOIN epochs e ON e.agent = a.id AND e.epoch = a.epoch \
                  ORDER BY a.id COLLATE \"C\"",
                 &[],
@@ -131,6 +132,7 @@ impl PgReader {
                 dropped_at_agent: counter(r.get(7)),
                 batches_resent: counter(r.get(8)),
                 lag: counter(r.get(9)),
+                collector: r.get(10),
             })
             .collect())
     }

@@ -353,18 +353,33 @@ async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
             .iter()
             .map(|(_, a, _)| a.batches_resent as i64)
             .collect();
+        let collectors: Vec<&str> = upserts
+            .iter()
+            .map(|(_, a, _)| a.collector.as_str())
+            .collect();
         tx.execute(
             "INSERT INTO agents AS a (id, epoch, peer, last_seen_ns, readings_stored, \
-               batches_deduplicated, batches_resent) \
+               batches_deduplicated, batches_resent, collector) \
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], \
-               $5::bigint[], $6::bigint[], $7::bigint[]) \
+               $5::bigint[], $6::bigint[], $7::bigint[], $8::text[]) \
              ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, \
                peer = CASE excluded.peer WHEN '' THEN a.peer ELSE excluded.peer END, \
+               collector = CASE excluded.collector WHEN '' THEN a.collector \
+                 ELSE excluded.collector END, \
                last_seen_ns = GREATEST(a.last_seen_ns, excluded.last_seen_ns), \
                readings_stored = a.readings_stored + excluded.readings_stored, \
                batches_deduplicated = a.batches_deduplicated + excluded.batches_deduplicated, \
                batches_resent = a.batches_resent + excluded.batches_resent",
-            &[&ids, &epochs, &peers, &seen, &stored, &dedup, &resent],
+            &[
+                &ids,
+                &epochs,
+                &peers,
+                &seen,
+                &stored,
+                &dedup,
+                &resent,
+                &collectors,
+            ],
         )
         .await
         .step("update agents")?;

@@ -106,7 +106,8 @@ impl SqliteReader {
                         a.readings_stored, a.batches_deduplicated, \
                         (SELECT COALESCE(SUM(d.dropped), 0) FROM epochs d WHERE d.agent = a.id), \
                         a.batches_resent, \
-                        MAX(COALESCE(e.last_seq, 0) - COALESCE(e.committed_seq, 0), 0) \
+                        MAX(COALESCE(e.last_seq, 0) - COALESCE(e.committed_seq, 0), 0), \
+                        a.collector \
                  FROM agents a LEFT JOIN epochs e ON e.agent = a.id AND e.epoch = a.epoch \
                  ORDER BY a.id",
             )
@@ -125,6 +126,7 @@ impl SqliteReader {
                     dropped_at_agent: counter(row.get(7)?),
                     batches_resent: counter(row.get(8)?),
                     lag: counter(row.get(9)?),
+                    collector: row.get(10)?,
                 })
             })
             .map_err(&err)?;

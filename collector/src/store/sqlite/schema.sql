@@ -16,7 +16,10 @@ CREATE TABLE IF NOT EXISTS agents (
     readings_stored      INTEGER NOT NULL DEFAULT 0,
     batches_deduplicated INTEGER NOT NULL DEFAULT 0,
     dropped_at_agent     INTEGER NOT NULL DEFAULT 0,  -- sum of epochs.dropped, kept by each commit
-    batches_resent       INTEGER NOT NULL DEFAULT 0
+    batches_resent       INTEGER NOT NULL DEFAULT 0,
+    -- Name of the collector that accepted its newest stream. Added after
+    -- version 1: last, as `upgrade` (write.rs) adds it to an older file.
+    collector            TEXT    NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 
 -- The delivery contract: last committed sequence per (agent, epoch), written

@@ -416,3 +416,69 @@ fn a_file_that_cannot_be_opened_is_named_once_with_its_cause() {
         "open /nonexistent/dir/x.db read-only: unable to open database file"
     );
 }
+
+/// A file made before `agents.collector` existed is upgraded when opened
+/// (its rows kept, named by no collector); a commit then records the name
+/// of the collector an agent streams to, and one with no name (`""`: the
+/// agent streams elsewhere) leaves it.
+#[test]
+fn an_older_file_gains_the_collector_column_and_commits_fill_it() {
+    let path = std::env::temp_dir().join(format!(
+        "tributary-store-upgrade-{}-{}.db",
+        std::process::id(),
+        crate::model::now_ns()
+    ));
+    let old = Connection::open(&path).unwrap();
+    old.execute_batch(
+        "CREATE TABLE agents (id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, \
+         peer TEXT NOT NULL DEFAULT '', last_seen_ns INTEGER NOT NULL DEFAULT 0, \
+         readings_stored INTEGER NOT NULL DEFAULT 0, \
+         batches_deduplicated INTEGER NOT NULL DEFAULT 0, \
+         dropped_at_agent INTEGER NOT NULL DEFAULT 0, \
+         batches_resent INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+         INSERT INTO agents VALUES ('old', 3, '10.0.0.1:1', 5, 0, 0, 0, 0);",
+    )
+    .unwrap();
+    drop(old);
+    let mut store = SqliteStore::open(&path, Durability::Normal).unwrap();
+    let reader = SqliteReader::new(&path);
+    let names = |r: &SqliteReader| -> Vec<(String, String)> {
+        r.agents()
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.id, a.collector))
+            .collect()
+    };
+    assert_eq!(names(&reader), [("old".to_owned(), String::new())]);
+    let write = |store: &mut SqliteStore, agent: &str, collector: &str| {
+        let set = WriteSet {
+            agents: vec![(
+                Arc::from(agent),
+                crate::store::AgentWrite {
+                    epoch: 3,
+                    collector: collector.into(),
+                    ..Default::default()
+                },
+            )],
+            ..WriteSet::default()
+        };
+        store.commit(&set).unwrap();
+    };
+    write(&mut store, "old", "col-a");
+    write(&mut store, "new", "col-b");
+    write(&mut store, "old", "");
+    assert_eq!(
+        names(&reader),
+        [
+            ("new".to_owned(), "col-b".to_owned()),
+            ("old".to_owned(), "col-a".to_owned())
+        ]
+    );
+    // Opening it again changes nothing.
+    drop(store);
+    let _store = SqliteStore::open(&path, Durability::Normal).unwrap();
+    assert_eq!(names(&reader).len(), 2);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}

@@ -46,6 +46,20 @@ pub struct SqliteStore {
 /// The schema, applied on every open.
 pub const SCHEMA: &str = include_str!("schema.sql");
 
+/// Brings a file made by an older collector up to [`SCHEMA`]: columns
+/// added since are added to the existing tables (with their defaults).
+fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    let has_collector: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('agents') WHERE name = 'collector'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_collector {
+        conn.execute_batch("ALTER TABLE agents ADD COLUMN collector TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, in WAL mode with
     /// the given durability, and applies the schema.
@@ -64,6 +78,7 @@ impl SqliteStore {
         // it instead of failing the commit (the merger retries on error too).
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        upgrade(&conn).map_err(err)?;
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')",
             [],
@@ -325,10 +340,12 @@ impl SqliteStore {
             let mut up = tx
                 .prepare_cached(
                     "INSERT INTO agents (id, epoch, peer, last_seen_ns, readings_stored, \
-                     batches_deduplicated, batches_resent) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                     batches_deduplicated, batches_resent, collector) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                      ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, \
                      peer = CASE excluded.peer WHEN '' THEN peer ELSE excluded.peer END, \
+                     collector = CASE excluded.collector WHEN '' THEN collector \
+                     ELSE excluded.collector END, \
                      last_seen_ns = max(last_seen_ns, excluded.last_seen_ns), \
                      readings_stored = readings_stored + excluded.readings_stored, \
                      batches_deduplicated = batches_deduplicated + excluded.batches_deduplicated, \
@@ -352,7 +369,8 @@ impl SqliteStore {
                     a.last_seen_ns,
                     stored as i64,
                     a.batches_deduplicated as i64,
-                    a.batches_resent as i64
+                    a.batches_resent as i64,
+                    a.collector
                 ])
                 .map_err(err)?;
                 dropped.execute(params![id.as_ref()]).map_err(err)?;

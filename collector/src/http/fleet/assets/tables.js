@@ -8,11 +8,11 @@ import { el, nsToMs, ago, count, dateTime } from "./format.js";
 export function renderAgents(tbody, agents, now) {
   const rows = agents.map((a) => {
     const seen = nsToMs(a.last_seen_ns);
-    return el("tr", { dataset: { agent: a.id, connected: String(a.connected) } },
+    return el("tr", { dataset: { agent: a.id, connected: String(a.connected), collector: a.collector || "" } },
       el("th", { scope: "row" }, a.id),
       el("td", {}, el("span", { class: a.connected ? "pill up" : "pill down" },
         a.connected ? "connected" : "not connected")),
-      el("td", {}, a.connected ? "this collector" : "—"),
+      el("td", { "data-col": "collector" }, a.collector || "—"),
       el("td", {}, a.peer || "—"),
       el("td", { title: seen ? dateTime(seen) : "" }, ago(seen, now)),
       el("td", { class: "num" }, count(a.lag)),

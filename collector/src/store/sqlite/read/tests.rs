@@ -33,8 +33,8 @@ fn agents_join_the_committed_seq_of_their_current_epoch() {
     let big_epoch = u64::MAX - 5;
     db.conn
         .execute_batch(&format!(
-            "INSERT INTO agents VALUES ('b', {}, '10.0.0.2:5000', 77, 10, 2, 3, 4);
-             INSERT INTO agents VALUES ('a', 7, '', 0, 0, 0, 0, 0);
+            "INSERT INTO agents VALUES ('b', {}, '10.0.0.2:5000', 77, 10, 2, 3, 4, 'col-a');
+             INSERT INTO agents VALUES ('a', 7, '', 0, 0, 0, 0, 0, '');
              INSERT INTO epochs VALUES ('b', 1, 999, 0, 999);
              INSERT INTO epochs VALUES ('b', {}, 42, 3, 50);",
             big_epoch as i64, big_epoch as i64
@@ -60,6 +60,7 @@ fn agents_join_the_committed_seq_of_their_current_epoch() {
                 dropped_at_agent: 3,
                 batches_resent: 4,
                 lag: 8,
+                collector: "col-a".into(),
             },
         ]
     );
