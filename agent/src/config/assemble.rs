@@ -164,11 +164,14 @@ fn string_at<'t>(
     }
 }
 
-/// Assembles the config whose main file `path` holds `text`.
+/// Assembles the config whose main file `path` holds `text`;
+/// `watched_patterns` receives each include pattern with a wildcard, joined to its directory
+/// (for `run --watch`: a new file it matches is a change).
 pub(super) fn assemble(
     text: &str,
     path: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
+    watched_patterns: &mut Vec<PathBuf>,
 ) -> Result<Assembled, ConfigError> {
     let secrets = crate::drivers::secret_keys();
     let r = Renderer {
@@ -198,6 +201,9 @@ pub(super) fn assemble(
             };
             let pattern = r.expand(&main.src, pattern, p.span(), &format!("include[{i}]"))?;
             let dir = main_layer_dir(path);
+            if pattern.contains(['*', '?']) {
+                watched_patterns.push(dir.join(&pattern));
+            }
             let files = expand_glob(&dir, &pattern)
                 .map_err(|e| main.src.error(p.span(), format!("include[{i}]"), e))?;
             // The main file (`*.toml` beside it matches it) and a file two
