@@ -294,6 +294,22 @@ fn each_mistake_is_named_where_it_was_made() -> Result<()> {
             "DIR/sw.csv:3: row has 3 fields, the header has 2 (name,address)",
         ),
         (
+            "csv-secret-twice",
+            vec![
+                (
+                    "agent.toml",
+                    format!(
+                        "{HEAD}\n[templates.sw]\n{snmp}\n[[inventories]]\nfile = \"sw.csv\"\ntemplate = \"sw\"\n"
+                    ),
+                ),
+                (
+                    "sw.csv",
+                    "name,address,community,community_file\nsw1,10.0.0.1:161,a,c\n".to_owned(),
+                ),
+            ],
+            "DIR/sw.csv:1: community_file: columns `community` and `community_file` both set `community`: use either `community` or `community_file`",
+        ),
+        (
             "bad-csv-value",
             vec![
                 (

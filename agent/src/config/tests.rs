@@ -602,3 +602,50 @@ fn debug_of_an_assembled_config_shows_no_secret() {
     let shown = format!("{line:?} {entry:?}");
     assert!(!shown.contains(secret), "{shown}");
 }
+
+/// `labels` merge label by label across `[defaults]`, a template, a CSV
+/// row's `label.<k>` columns and a device's own table: the later layer's
+/// value wins, the other labels stay.
+#[test]
+fn labels_merge_across_layers() {
+    let dir = std::env::temp_dir().join(format!(
+        "tributary-labels-merge-{}-{}",
+        std::process::id(),
+        crate::reading::now_ns()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("sw.csv"), "name,label.site\ncsv-1,from-csv\n").expect("write csv");
+    let text = "id = \"a\"\ncollectors = [\"http://127.0.0.1:7400\"]\n\n\
+                [defaults]\nlabels = { rack = \"r1\", site = \"default\", \"odd key\" = \"d\" }\n\n\
+                [templates.t]\ndriver = \"sim\"\nlabels = { role = \"edge\", rack = \"r2\" }\n\n\
+                [[inventories]]\nfile = \"sw.csv\"\ntemplate = \"t\"\n\n\
+                [[devices]]\nname = \"own\"\ndriver = \"sim\"\n[devices.labels]\n\"odd key\" = \"own\"\n";
+    let cfg = super::parse_with(text, &dir.join("agent.toml"), &|_| None);
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = cfg.expect("valid");
+    let labels = |name: &str| -> Vec<(String, String)> {
+        cfg.devices
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.labels.clone().into_iter().collect())
+            .unwrap_or_default()
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        labels("csv-1"),
+        pairs(&[
+            ("odd key", "d"),
+            ("rack", "r2"),
+            ("role", "edge"),
+            ("site", "from-csv")
+        ])
+    );
+    assert_eq!(
+        labels("own"),
+        pairs(&[("odd key", "own"), ("rack", "r1"), ("site", "default")])
+    );
+}
