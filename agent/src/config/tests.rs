@@ -616,10 +616,10 @@ fn labels_merge_across_layers() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("sw.csv"), "name,label.site\ncsv-1,from-csv\n").expect("write csv");
     let text = "id = \"a\"\ncollectors = [\"http://127.0.0.1:7400\"]\n\n\
-                [defaults]\nlabels = { rack = \"r1\", site = \"default\", \"odd key\" = \"d\" }\n\n\
+                [defaults]\ninterval = \"1s\"\nlabels = { rack = \"r1\", site = \"default\", \"zone\" = \"d\" }\n\n\
                 [templates.t]\ndriver = \"sim\"\nlabels = { role = \"edge\", rack = \"r2\" }\n\n\
                 [[inventories]]\nfile = \"sw.csv\"\ntemplate = \"t\"\n\n\
-                [[devices]]\nname = \"own\"\ndriver = \"sim\"\n[devices.labels]\n\"odd key\" = \"own\"\n";
+                [[devices]]\nname = \"own\"\ndriver = \"sim\"\n[devices.labels]\n\"zone\" = \"own\"\n";
     let cfg = super::parse_with(text, &dir.join("agent.toml"), &|_| None);
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = cfg.expect("valid");
@@ -638,14 +638,14 @@ fn labels_merge_across_layers() {
     assert_eq!(
         labels("csv-1"),
         pairs(&[
-            ("odd key", "d"),
             ("rack", "r2"),
             ("role", "edge"),
-            ("site", "from-csv")
+            ("site", "from-csv"),
+            ("zone", "d")
         ])
     );
     assert_eq!(
         labels("own"),
-        pairs(&[("odd key", "own"), ("rack", "r1"), ("site", "default")])
+        pairs(&[("rack", "r1"), ("site", "default"), ("zone", "own")])
     );
 }
