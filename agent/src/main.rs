@@ -14,14 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use tributary_agent::config::{self, AgentConfig, ConfigWatcher, DeviceConfig, SpoolPolicy, Watched};
+use tributary_agent::config::{
+    self, AgentConfig, ConfigWatcher, DeviceConfig, SpoolPolicy, Watched,
+};
 use tributary_agent::drivers::Driver;
 use tributary_agent::metrics::AgentMetrics;
 use tributary_agent::scheduler::{self, Fleet, PollStats};
 use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
-use tributary_agent::uplink::{
-    Collectors, Uplink, UplinkConfig, UplinkUpdate, write_stats_file,
-};
+use tributary_agent::uplink::{Collectors, Uplink, UplinkConfig, UplinkUpdate, write_stats_file};
 
 #[derive(Parser)]
 #[command(

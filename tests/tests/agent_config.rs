@@ -667,9 +667,7 @@ fn a_wildcard_include_beside_the_main_file_skips_it() -> Result<()> {
 
 /// The block of kind `lang` (```lang) that follows `after` in `text`.
 fn block_after<'a>(text: &'a str, after: &str, lang: &str) -> Result<&'a str> {
-    let start = text
-        .find(after)
-        .with_context(|| format!("no {after:?}"))?;
+    let start = text.find(after).with_context(|| format!("no {after:?}"))?;
     let fence = format!("```{lang}\n");
     let body = &text[start..];
     let open = body
@@ -687,9 +685,8 @@ fn block_after<'a>(text: &'a str, after: &str, lang: &str) -> Result<&'a str> {
 /// the 1,000 others equal (a reload's added=1 unchanged=1000).
 #[test]
 fn the_readme_worked_example_is_true() -> Result<()> {
-    let readme = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
-    )?;
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
     let section = "### Worked example: 1,000 switches from one CSV";
     let toml = block_after(&readme, section, "toml")?;
     let csv = block_after(&readme, section, "csv")?;
@@ -704,7 +701,13 @@ fn the_readme_worked_example_is_true() -> Result<()> {
     std::fs::create_dir_all(d.join("conf.d"))?;
     let mut rows = csv.to_owned();
     for i in 4..=1000 {
-        writeln!(rows, "sw-{i:04},10.20.{}.{}:161,paris,r{},,", i / 256, i % 256, i % 9 + 1)?;
+        writeln!(
+            rows,
+            "sw-{i:04},10.20.{}.{}:161,paris,r{},,",
+            i / 256,
+            i % 256,
+            i % 9 + 1
+        )?;
     }
     write(d, "switches.csv", &rows)?;
     let lookup = |_: &str| None;
@@ -713,7 +716,11 @@ fn the_readme_worked_example_is_true() -> Result<()> {
         Ok(config::parse_with(&text, &d.join("agent.toml"), &lookup)?)
     };
     let before = load()?;
-    ensure!(before.devices.len() == 1000, "{} devices", before.devices.len());
+    ensure!(
+        before.devices.len() == 1000,
+        "{} devices",
+        before.devices.len()
+    );
     let sw3 = &before.devices[2];
     ensure!(
         sw3.name == "sw-0003" && sw3.interval == std::time::Duration::from_secs(60),
@@ -744,9 +751,20 @@ fn the_readme_worked_example_is_true() -> Result<()> {
     rows.push('\n');
     write(d, "switches.csv", &rows)?;
     let after = load()?;
-    ensure!(after.devices.len() == 1001, "{} devices", after.devices.len());
-    ensure!(after.devices[..1000] == before.devices[..], "the others changed");
-    ensure!(after.devices[1000].name == "sw-1001", "{:?}", after.devices[1000].name);
+    ensure!(
+        after.devices.len() == 1001,
+        "{} devices",
+        after.devices.len()
+    );
+    ensure!(
+        after.devices[..1000] == before.devices[..],
+        "the others changed"
+    );
+    ensure!(
+        after.devices[1000].name == "sw-1001",
+        "{:?}",
+        after.devices[1000].name
+    );
     ensure!(
         readme.contains("added=1 removed=0 changed=0 unchanged=1000"),
         "the README states the reload's counts"

@@ -276,7 +276,10 @@ async fn a_new_collector_list_applies_at_the_next_reconnect() -> Result<()> {
     let mut agent = Agent::start(
         &dir,
         ID,
-        &format!("id = \"{ID}\"\ncollectors = [\"{}\"]\n{device}", first.url()),
+        &format!(
+            "id = \"{ID}\"\ncollectors = [\"{}\"]\n{device}",
+            first.url()
+        ),
         "",
     )?;
     wait_for_counters(&first.db, ID, 1, 3).await?;
@@ -338,7 +341,12 @@ async fn a_changed_id_or_spool_dir_needs_a_restart() -> Result<()> {
     let dir = TestDir::new("agent-reload-identity")?;
     let collector = Collector::start(&dir, free_addr()?).await?;
     let device = "\n[[devices]]\nname = \"c\"\ndriver = \"sim\"\ninterval = \"100ms\"\n";
-    let head = |id: &str| format!("id = \"{id}\"\ncollectors = [\"{}\"]\n{device}", collector.url());
+    let head = |id: &str| {
+        format!(
+            "id = \"{id}\"\ncollectors = [\"{}\"]\n{device}",
+            collector.url()
+        )
+    };
     let mut agent = Agent::start(&dir, ID, &head(ID), "")?;
     wait_for_counters(&collector.db, ID, 1, 3).await?;
     let path = dir.join(format!("{ID}.toml"));
@@ -354,12 +362,11 @@ async fn a_changed_id_or_spool_dir_needs_a_restart() -> Result<()> {
     })
     .await?;
     ensure!(
-        agent
+        agent.log().contains(
+            "id changed from \\\"reload-identity\\\" to \\\"another-id\\\": a restart is needed"
+        ) || agent
             .log()
-            .contains("id changed from \\\"reload-identity\\\" to \\\"another-id\\\": a restart is needed")
-            || agent
-                .log()
-                .contains("id changed from \"reload-identity\" to \"another-id\": a restart is needed"),
+            .contains("id changed from \"reload-identity\" to \"another-id\": a restart is needed"),
         "{}",
         agent.log()
     );
@@ -386,7 +393,10 @@ async fn a_changed_id_or_spool_dir_needs_a_restart() -> Result<()> {
     // Still the same agent, polling on.
     let before = counters(&collector.db, ID)?.get("c").map_or(0, Vec::len);
     eventually(PATIENCE, "the device polls on", || async {
-        let now = counters(&collector.db, ID).ok()?.get("c").map_or(0, Vec::len);
+        let now = counters(&collector.db, ID)
+            .ok()?
+            .get("c")
+            .map_or(0, Vec::len);
         (now >= before + 5).then_some(())
     })
     .await?;

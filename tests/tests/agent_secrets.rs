@@ -183,9 +183,7 @@ async fn secrets_appear_in_no_log_line_of_a_running_agent() -> Result<()> {
     // The switch fails again with the rotated community.
     let polls_after = agent_log().len();
     eventually(PATIENCE, "the switch polls again", || async {
-        agent_log()[polls_after..]
-            .contains("switch")
-            .then_some(())
+        agent_log()[polls_after..].contains("switch").then_some(())
     })
     .await?;
     let status = agent.terminate(PATIENCE).await?;

@@ -588,7 +588,8 @@ fn debug_of_an_assembled_config_shows_no_secret() {
     std::fs::write(dir.join("community"), format!("{secret}\n")).expect("write secret");
     let path = dir.join("agent.toml");
     let text = "id = \"a\"\ncollectors = [\"http://127.0.0.1:7400\"]\n\n[[devices]]\nname = \"r\"\ndriver = \"snmp\"\naddress = \"10.0.0.1:161\"\nmetrics = [{ name = \"up\", oid = \"1.3.6.1.2.1.1.3.0\" }]\ncommunity_file = \"community\"\n";
-    let assembled = super::assemble::assemble(text, &path, &|_| None, &mut Vec::new()).expect("assembled");
+    let assembled =
+        super::assemble::assemble(text, &path, &|_| None, &mut Vec::new()).expect("assembled");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(assembled.text.contains(secret), "the secret was read");
     let layer = tributary_config::Layer::new(&assembled.text, &path);

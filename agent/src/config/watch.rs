@@ -76,7 +76,9 @@ impl Filter {
         else {
             return false;
         };
-        self.files.get(dir).is_some_and(|names| names.contains(name))
+        self.files
+            .get(dir)
+            .is_some_and(|names| names.contains(name))
             || self.patterns.get(dir).is_some_and(|patterns| {
                 patterns
                     .iter()
@@ -92,7 +94,10 @@ fn split(path: &Path) -> Option<(PathBuf, String)> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    Some((std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()), name))
+    Some((
+        std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()),
+        name,
+    ))
 }
 
 /// Whether an event of this kind can mean new content (reads and opens,
@@ -131,17 +136,18 @@ impl ConfigWatcher {
         let filter = Filter::new(set);
         let dirs: Vec<PathBuf> = filter.dirs().into_iter().cloned().collect();
         let tx = self.tx.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else {
-                // An overflow of the kernel's queue, say: reload to be sure.
-                let _ = tx.try_send(());
-                return;
-            };
-            if is_change(&event.kind) && event.paths.iter().any(|p| filter.matches(p)) {
-                // Full: a change is already waiting, which is enough.
-                let _ = tx.try_send(());
-            }
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else {
+                    // An overflow of the kernel's queue, say: reload to be sure.
+                    let _ = tx.try_send(());
+                    return;
+                };
+                if is_change(&event.kind) && event.paths.iter().any(|p| filter.matches(p)) {
+                    // Full: a change is already waiting, which is enough.
+                    let _ = tx.try_send(());
+                }
+            })?;
         for dir in &dirs {
             if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
                 warn!(dir = %dir.display(), error = %e, "--watch: cannot watch this directory; its files' changes need a SIGHUP");

@@ -76,7 +76,6 @@ pub const UP_METRIC: &str = "up";
 /// beyond the limit, since the agent started.
 pub const SERIES_DROPPED_METRIC: &str = "series_dropped_total";
 
-
 /// Where the device tasks report their polls: the agent-wide counters
 /// (always) and the metric families (when metrics are on).
 #[derive(Debug, Clone)]

@@ -355,11 +355,13 @@ async fn a_reload_touches_only_the_devices_that_changed() {
     let mut changed = device("changed", 7, sim());
     changed.0.timeout = Duration::from_millis(6);
     let at = crate::reading::now_ns();
-    let diff = fleet.apply(configs(vec![
-        device("kept", 5, sim()),
-        changed,
-        device("added", 5, sim()),
-    ])).expect("the drivers build");
+    let diff = fleet
+        .apply(configs(vec![
+            device("kept", 5, sim()),
+            changed,
+            device("added", 5, sim()),
+        ]))
+        .expect("the drivers build");
     assert_eq!(
         diff,
         FleetDiff {
@@ -455,7 +457,9 @@ async fn devices_a_reload_starts_skip_no_polls() {
     let before = all.len();
     let mut changed = device("changed", 250, sim());
     changed.0.timeout = Duration::from_millis(100);
-    let diff = fleet.apply(configs(vec![changed, device("added", 200, sim())])).expect("the drivers build");
+    let diff = fleet
+        .apply(configs(vec![changed, device("added", 200, sim())]))
+        .expect("the drivers build");
     assert_eq!((diff.added, diff.changed), (1, 1));
     while ["changed", "added"]
         .iter()
@@ -535,8 +539,20 @@ async fn a_device_removed_and_added_again_never_polls_twice_at_once() {
     while active.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(fleet.apply(configs(Vec::new())).expect("the drivers build").removed, 1);
-    assert_eq!(fleet.apply(configs(vec![probe()])).expect("the drivers build").added, 1);
+    assert_eq!(
+        fleet
+            .apply(configs(Vec::new()))
+            .expect("the drivers build")
+            .removed,
+        1
+    );
+    assert_eq!(
+        fleet
+            .apply(configs(vec![probe()]))
+            .expect("the drivers build")
+            .added,
+        1
+    );
     let mut polls = 0;
     while polls < 3 {
         let batch = rx.recv().await.expect("readings");
@@ -596,16 +612,20 @@ async fn a_reload_applies_new_gateway_limits_to_every_device_on_it() {
     let key = "modbus://127.0.0.1:1";
     assert_eq!(fleet.endpoint_limits(key), Some((2, Duration::ZERO)));
     // The same limits: nothing restarts.
-    let diff = fleet.apply(configs(vec![
-        device("m1", 1000, modbus(1, 2, 0)),
-        device("m2", 1000, modbus(2, 2, 0)),
-    ])).expect("the drivers build");
+    let diff = fleet
+        .apply(configs(vec![
+            device("m1", 1000, modbus(1, 2, 0)),
+            device("m2", 1000, modbus(2, 2, 0)),
+        ]))
+        .expect("the drivers build");
     assert_eq!((diff.changed, diff.unchanged), (0, 2));
     // m1 asks for one poll at a time and a pause: m2 restarts as well.
-    let diff = fleet.apply(configs(vec![
-        device("m1", 1000, modbus(1, 1, 20)),
-        device("m2", 1000, modbus(2, 2, 0)),
-    ])).expect("the drivers build");
+    let diff = fleet
+        .apply(configs(vec![
+            device("m1", 1000, modbus(1, 1, 20)),
+            device("m2", 1000, modbus(2, 2, 0)),
+        ]))
+        .expect("the drivers build");
     assert_eq!((diff.changed, diff.unchanged), (2, 0));
     assert_eq!(
         fleet.endpoint_limits(key),

@@ -33,8 +33,8 @@ use tributary_proto::v1 as pb;
 use tributary_process::error_chain;
 
 use super::UplinkConfig;
-use super::collectors::Collectors;
 use super::backoff::Backoff;
+use super::collectors::Collectors;
 use super::declared::Declared;
 use crate::metrics::{LinkState, ReconnectCause};
 

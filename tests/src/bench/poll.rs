@@ -193,7 +193,14 @@ async fn one_run(
         );
     }
     let metrics_addr = tributary_tests::process::free_addr()?;
-    let config = agent_config(cfg, &collector.url, &dir, &sims, metrics.then_some(metrics_addr), false);
+    let config = agent_config(
+        cfg,
+        &collector.url,
+        &dir,
+        &sims,
+        metrics.then_some(metrics_addr),
+        false,
+    );
     let requests = |sims: &[HttpListening]| sims.iter().map(HttpListening::requests).sum::<u64>();
     let mut agent = AgentProc::start(&dir, AGENT, config)?;
     let startup = await_first_poll(&mut agent, &sims, progress, &label).await?;
@@ -243,7 +250,10 @@ async fn one_run(
         // devices changed, timed by the agent (SIGHUP to the fleet applied).
         let new = agent_config(cfg, &collector.url, &dir, &sims, None, true);
         let (took_ms, counts) = progress
-            .during(&format!("{label}: reloading the config"), reload(&agent, new))
+            .during(
+                &format!("{label}: reloading the config"),
+                reload(&agent, new),
+            )
             .await?;
         let changed = (0..cfg.devices).filter(|&i| reloaded(i)).count() as u64;
         report.record("reload_s", took_ms / 1e3);
@@ -379,7 +389,11 @@ fn agent_config(
     };
     for i in 0..cfg.devices {
         let sim = &sims[i / DEVICES_PER_LISTENER];
-        let mark = if reload && reloaded(i) { "&reload=1" } else { "" };
+        let mark = if reload && reloaded(i) {
+            "&reload=1"
+        } else {
+            ""
+        };
         let url = sim.url(&format!("{path}?device={i}{mark}"));
         config.http_device(&device_name(i), &url, cfg.format, cfg.interval);
     }
@@ -397,13 +411,21 @@ fn reloaded(i: usize) -> bool {
 /// Sends the agent `config` and SIGHUP; returns the reload's time as the
 /// agent logged it (ms) and its counts (added, removed, changed, unchanged).
 async fn reload(agent: &AgentProc, config: AgentConfig) -> Result<(f64, [u64; 4])> {
-    let count = |log: &str| log.lines().filter(|l| l.contains("config reloaded")).count();
+    let count = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("config reloaded"))
+            .count()
+    };
     let before = count(&agent.log());
     agent.reload(config).await?;
     let started = Instant::now();
     loop {
         let log = agent.log();
-        if let Some(line) = log.lines().filter(|l| l.contains("config reloaded")).nth(before) {
+        if let Some(line) = log
+            .lines()
+            .filter(|l| l.contains("config reloaded"))
+            .nth(before)
+        {
             let line = strip_ansi(line);
             let field = |key: &str| -> Result<f64> {
                 let prefix = format!("{key}=");
