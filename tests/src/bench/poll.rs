@@ -405,7 +405,7 @@ fn agent_config(
 
 /// Whether the reload changes device `i` (1%, at least one).
 fn reloaded(i: usize) -> bool {
-    i % 100 == 0
+    i.is_multiple_of(100)
 }
 
 /// Sends the agent `config` and SIGHUP; returns the reload's time as the
