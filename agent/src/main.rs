@@ -9,17 +9,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use tributary_agent::config::{self, AgentConfig, DeviceConfig, SpoolPolicy};
+use tributary_agent::config::{
+    self, AgentConfig, ConfigWatcher, DeviceConfig, SpoolPolicy, Watched,
+};
 use tributary_agent::drivers::Driver;
 use tributary_agent::metrics::AgentMetrics;
-use tributary_agent::scheduler::{Fleet, PollStats};
+use tributary_agent::scheduler::{self, Fleet, PollStats};
 use tributary_agent::spool::{FullPolicy, Spool, SpoolOptions};
-use tributary_agent::uplink::{Collectors, Uplink, UplinkConfig, write_stats_file};
+use tributary_agent::uplink::{Collectors, Uplink, UplinkConfig, UplinkUpdate, write_stats_file};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +53,11 @@ enum Command {
         /// (overrides `[metrics] listen`; default 127.0.0.1:9465).
         #[arg(long, value_name = "ADDR|off")]
         metrics_listen: Option<String>,
+        /// Reload the config, as on SIGHUP, when the config file, a file it
+        /// includes or an inventory CSV changes (or a new file matches an
+        /// include pattern).
+        #[arg(long)]
+        watch: bool,
     },
     /// Poll every device once, print what was read or why not; exit
     /// non-zero if any device failed.
@@ -72,18 +79,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tributary_process::init_tracing(&cli.log_format);
-    let (path, stats_file, metrics_listen, is_check) = match &cli.command {
+    let (path, stats_file, metrics_listen, watch, is_check) = match &cli.command {
         Command::Run {
             config,
             stats_file,
             metrics_listen,
+            watch,
         } => (
             config.clone(),
             stats_file.clone(),
             metrics_listen.clone(),
+            *watch,
             false,
         ),
-        Command::Check { config } => (config.clone(), None, None, true),
+        Command::Check { config } => (config.clone(), None, None, false, true),
         Command::Config { config } => {
             return match config::effective(config, &tributary_config::env_lookup) {
                 Ok((cfg, shown)) => {
@@ -102,7 +111,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let mut config = match config::load(&path) {
+    let (mut config, watched) = match config::load_watched(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -138,7 +147,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    let result = runtime.block_on(run(config, path, stats_file, metrics_override));
+    let watched = watch.then_some(watched);
+    let result = runtime.block_on(run(config, path, stats_file, metrics_override, watched));
     // A reload dropped at shutdown may leave its reading thread blocked
     // (a FIFO, a hung mount): do not wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -157,12 +167,27 @@ async fn run(
     path: PathBuf,
     stats_file: Option<PathBuf>,
     metrics_override: Option<Option<SocketAddr>>,
+    watched: Option<Watched>,
 ) -> anyhow::Result<()> {
     // Before the metrics port and the spool: a SIGTERM from here on is a
     // clean stop, and a SIGHUP (which would end the process while no
     // handler is installed) waits for the reload loop.
     let stop = tributary_process::shutdown_signal();
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut watcher = match watched {
+        Some(set) => {
+            let mut w = ConfigWatcher::new();
+            w.watch(&set)
+                .map_err(|e| anyhow::anyhow!("--watch: cannot watch the config's files: {e}"))?;
+            info!(
+                files = set.files.len(),
+                patterns = set.patterns.len(),
+                "--watch: the config reloads when its files change"
+            );
+            Some(w)
+        }
+        None => None,
+    };
     // The device configs move into their tasks (no second copy kept here).
     let device_count = config.devices.len();
     let mut devices = Vec::with_capacity(device_count);
@@ -193,12 +218,12 @@ async fn run(
     uplink_config.tls = config.tls.clone();
     // The series in use are declared within the longest poll (see
     // uplink/epoch.rs): the dictionary's floor is measured after two.
-    uplink_config.series_settle = devices
-        .iter()
-        .map(|(d, _)| d.interval.saturating_add(d.timeout))
-        .max()
-        .unwrap_or_default()
-        .saturating_mul(2);
+    uplink_config.series_settle = series_settle(devices.iter().map(|(d, _)| d));
+    let (updates, updates_rx) = watch::channel(UplinkUpdate {
+        collectors: uplink_config.collectors.clone(),
+        series_settle: uplink_config.series_settle,
+        devices_started: false,
+    });
 
     let (spool, recovery) = Spool::open(SpoolOptions {
         dir: config.spool.dir.clone(),
@@ -222,10 +247,12 @@ async fn run(
         "spool opened"
     );
 
-    // Room for a few polls per device; when the uplink is slower than the
-    // devices, polls wait here and are then recorded as skipped.
-    let (tx, rx) = mpsc::channel(device_count.clamp(64, 65_536));
+    // Room for a poll per device (grown by reloads); when the uplink is
+    // slower than the devices, polls wait here and are then recorded as
+    // skipped.
+    let (tx, room, rx) = scheduler::intake(device_count);
     let (mut uplink, stats_rx) = Uplink::new(uplink_config, rx, spool);
+    uplink = uplink.with_room(room).with_updates(updates_rx);
     if let Some(m) = uplink_metrics {
         uplink = uplink.with_metrics(m);
     }
@@ -247,39 +274,59 @@ async fn run(
         shutdown.clone(),
     );
 
-    // SIGHUP: re-read the config and apply its devices by difference.
+    // SIGHUP (or a watched file's change): re-read the config and apply
+    // its devices by difference.
     tokio::pin!(stop);
     loop {
-        tokio::select! {
+        let cause = tokio::select! {
             _ = &mut stop => break,
-            _ = hangup.recv() => {
-                // Reading the new config may block (a `*_file` on a FIFO or
-                // a hung mount): a stop meanwhile wins and drops the reload.
-                let loaded = tokio::select! {
-                    biased;
-                    _ = &mut stop => {
-                        warn!("shutdown during a config reload: the reload is dropped");
-                        break;
-                    }
-                    loaded = load_reload(&path, &config, metrics_override) => loaded,
-                };
-                match loaded.map(|devices| fleet.apply(devices)) {
-                    Ok(diff) => {
-                        reloads.applied.inc();
-                        info!(
-                            added = diff.added,
-                            removed = diff.removed,
-                            changed = diff.changed,
-                            unchanged = diff.unchanged,
-                            devices = fleet.len(),
-                            "config reloaded"
-                        );
-                    }
-                    Err(e) => {
-                        reloads.failed.inc();
-                        error!(error = %format!("{e:#}"), "config reload refused; the running config stays");
-                    }
+            _ = hangup.recv() => "SIGHUP",
+            () = watched_change(&mut watcher) => "a watched file changed",
+        };
+        let started = std::time::Instant::now();
+        // Reading the new config may block (a `*_file` on a FIFO or a
+        // hung mount): a stop meanwhile wins and drops the reload.
+        let loaded = tokio::select! {
+            biased;
+            _ = &mut stop => {
+                warn!("shutdown during a config reload: the reload is dropped");
+                break;
+            }
+            loaded = load_reload(&path, &config, metrics_override) => loaded,
+        };
+        let applied = loaded.and_then(|(new, watched)| {
+            let settle = series_settle(new.devices.iter());
+            let collectors = Collectors::new(new.collectors)?;
+            let diff = fleet.apply(new.devices)?;
+            Ok((diff, collectors, settle, watched))
+        });
+        match applied {
+            Ok((diff, collectors, series_settle, watched)) => {
+                updates.send_replace(UplinkUpdate {
+                    collectors,
+                    series_settle,
+                    devices_started: diff.added + diff.changed > 0,
+                });
+                if let Some(w) = &mut watcher
+                    && let Err(e) = w.watch(&watched)
+                {
+                    warn!(error = %e, "--watch: cannot watch the reloaded config's files; the previous ones stay watched");
                 }
+                reloads.applied.inc();
+                info!(
+                    added = diff.added,
+                    removed = diff.removed,
+                    changed = diff.changed,
+                    unchanged = diff.unchanged,
+                    devices = fleet.len(),
+                    took_ms = %format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+                    cause,
+                    "config reloaded"
+                );
+            }
+            Err(e) => {
+                reloads.failed.inc();
+                error!(cause, error = %format!("{e:#}"), "config reload refused; the running config stays");
             }
         }
     }
@@ -372,15 +419,36 @@ struct ReloadCounters {
     failed: prometheus_client::metrics::counter::Counter,
 }
 
-/// Re-reads the config at `path` and builds the devices to apply; the
-/// running config stays on any error (returned, with file:line).
+/// Waits for a change of the watched files; never without `--watch`.
+async fn watched_change(watcher: &mut Option<ConfigWatcher>) {
+    match watcher {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long after an epoch starts the series in use are declared: two of
+/// the longest poll (interval + timeout) of `devices` (see uplink/epoch.rs).
+fn series_settle<'a>(devices: impl Iterator<Item = &'a DeviceConfig>) -> std::time::Duration {
+    devices
+        .map(|d| d.interval.saturating_add(d.timeout))
+        .max()
+        .unwrap_or_default()
+        .saturating_mul(2)
+}
+
+/// Re-reads the config at `path` (the devices to apply, and the files it
+/// was read from); the running config stays on any error (returned, with
+/// file:line). `id` and `[spool] dir` cannot change without a restart;
+/// `collectors` apply at the uplink's next connect; other settings that
+/// changed are named in a warning and wait for a restart.
 async fn load_reload(
     path: &Path,
     running: &AgentConfig,
     metrics_override: Option<Option<SocketAddr>>,
-) -> anyhow::Result<Vec<(DeviceConfig, Driver)>> {
+) -> anyhow::Result<(AgentConfig, Watched)> {
     let p = path.to_owned();
-    let mut new = tokio::task::spawn_blocking(move || config::load(&p))
+    let (mut new, watched) = tokio::task::spawn_blocking(move || config::load_watched(&p))
         .await
         .map_err(|e| anyhow::anyhow!("reading the config failed: {e}"))??;
     if let Some(listen) = metrics_override {
@@ -402,7 +470,6 @@ async fn load_reload(
     }
     let mut kept = Vec::new();
     for (what, same) in [
-        ("collectors", new.collectors == running.collectors),
         (
             "max_concurrency",
             new.max_concurrency == running.max_concurrency,
@@ -421,16 +488,11 @@ async fn load_reload(
             kept.push(what);
         }
     }
-    let mut devices = Vec::with_capacity(new.devices.len());
-    for d in new.devices {
-        let driver = Driver::build(&d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?;
-        devices.push((d, driver));
-    }
     if !kept.is_empty() {
         warn!(
             settings = %kept.join(", "),
             "config reload: these settings changed but apply only at the next restart; the running values stay"
         );
     }
-    Ok(devices)
+    Ok((new, watched))
 }

@@ -55,6 +55,12 @@ pub fn expand_glob(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
+/// Whether the file name `name` matches the file-name pattern `pattern`
+/// as [`expand_glob`] matches it (for a watcher of an include's directory).
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    matches(pattern.as_bytes(), name.as_bytes())
+}
+
 /// Whether `name` matches `pattern` (`*` and `?`); a leading `.` must be
 /// matched literally, as shells do.
 fn matches(pattern: &[u8], name: &[u8]) -> bool {

@@ -49,7 +49,7 @@ pub use csv::{CsvRecord, parse_csv};
 pub use de::{DeContext, deserialize_table};
 pub use duration::{DurationError, MAX_DURATION, parse_duration, parse_duration_arg};
 pub use error::ConfigError;
-pub use glob::expand_glob;
+pub use glob::{expand_glob, glob_matches};
 pub use secret::{REDACTED, Secret, read_secret_file};
 pub use size::{SizeError, parse_size};
 pub use source::{

@@ -2,6 +2,9 @@
 //! variable's value, `${NAME:-default}` with the default when the variable
 //! is unset or empty, and `$$` with a literal `$`. Any other `$` stays as it
 //! is, so a `$` in a password needs no escaping unless `{` or `$` follows it.
+//! A default may hold references itself (`${A:-${B:-x}}`), up to
+//! [`MAX_NESTING`] deep; it is expanded only when it is used, as a shell
+//! does.
 
 use std::borrow::Cow;
 
@@ -16,7 +19,12 @@ pub enum VarError {
     Unterminated,
     #[error("invalid variable name \"{0}\" (expected [A-Za-z_][A-Za-z0-9_]*)")]
     BadName(String),
+    #[error("${{...}} nested more than {MAX_NESTING} deep in a default")]
+    TooDeep,
 }
+
+/// How deep `${A:-${B:-...}}` may nest.
+pub const MAX_NESTING: usize = 8;
 
 impl VarError {
     /// The message for an error in a secret's value: what went wrong,
@@ -34,6 +42,7 @@ impl VarError {
                 "a ${...} in this secret's value is not a set environment variable"
             }
             VarError::Unterminated => "an unterminated ${ in this secret's value",
+            VarError::TooDeep => "${...} nested too deep in this secret's value",
         };
         format!("{what} (the value is not shown; write $$ for a literal $)")
     }
@@ -49,6 +58,42 @@ pub fn expand<'a>(
         return Ok(Cow::Borrowed(text));
     }
     let mut out = String::with_capacity(text.len());
+    expand_into(text, lookup, 0, &mut out)?;
+    Ok(Cow::Owned(out))
+}
+
+/// The position in `body` (what follows a `${`) of the `}` that closes it:
+/// a `${` inside opens a nested reference, `$$` is a literal `$`.
+fn closing_brace(body: &str) -> Option<usize> {
+    let b = body.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1)) {
+            (b'$', Some(b'$')) => i += 1,
+            (b'$', Some(b'{')) => {
+                depth += 1;
+                i += 1;
+            }
+            (b'}', _) if depth == 0 => return Some(i),
+            (b'}', _) => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// [`expand`] of `text`, appended to `out`; `depth` references around it.
+fn expand_into(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), VarError> {
+    if depth > MAX_NESTING {
+        return Err(VarError::TooDeep);
+    }
     let mut rest = text;
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
@@ -57,7 +102,7 @@ pub fn expand<'a>(
             out.push('$');
             rest = after;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or(VarError::Unterminated)?;
+            let end = closing_brace(body).ok_or(VarError::Unterminated)?;
             let inner = &body[..end];
             let (name, default) = match inner.split_once(":-") {
                 Some((name, default)) => (name, Some(default)),
@@ -72,9 +117,9 @@ pub fn expand<'a>(
                 return Err(VarError::BadName(name.to_owned()));
             }
             match (lookup(name), default) {
-                (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+                (Some(v), Some(d)) if v.is_empty() => expand_into(d, lookup, depth + 1, out)?,
                 (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
+                (None, Some(d)) => expand_into(d, lookup, depth + 1, out)?,
                 (None, None) => return Err(VarError::Unset(name.to_owned())),
             }
             rest = &body[end + 1..];
@@ -84,7 +129,7 @@ pub fn expand<'a>(
         }
     }
     out.push_str(rest);
-    Ok(Cow::Owned(out))
+    Ok(())
 }
 
 /// Looks a variable up in the process environment.
@@ -116,6 +161,16 @@ mod tests {
         assert_eq!(x("${NOPE}"), Err(VarError::Unset("NOPE".into())));
         assert_eq!(x("${HOST"), Err(VarError::Unterminated));
         assert_eq!(x("${1X}"), Err(VarError::BadName("1X".into())));
+        // Defaults may hold references, expanded only when used.
+        assert_eq!(x("${NOPE:-${HOST}}:161"), Ok("h1:161".into()));
+        assert_eq!(x("${NOPE:-a${NADA:-${HOST}}b}"), Ok("ah1b".into()));
+        assert_eq!(x("${HOST:-${NOPE}}"), Ok("h1".into()));
+        assert_eq!(x("${NOPE:-${ALSO}}"), Err(VarError::Unset("ALSO".into())));
+        assert_eq!(x("${NOPE:-$${HOST}}"), Ok("${HOST}".into()));
+        assert_eq!(x("${NOPE:-x}}"), Ok("x}".into()));
+        assert_eq!(x("${NOPE:-${HOST}"), Err(VarError::Unterminated));
+        let deep = format!("{}x{}", "${N:-".repeat(20), "}".repeat(20));
+        assert_eq!(x(&deep), Err(VarError::TooDeep));
         let secret = VarError::Unset("ss".into()).secret_message("pa${ss}wd");
         assert!(!secret.contains("ss"), "{secret}");
         let whole = VarError::Unset("SNMP_COMMUNITY".into()).secret_message("${SNMP_COMMUNITY}");

@@ -294,6 +294,22 @@ fn each_mistake_is_named_where_it_was_made() -> Result<()> {
             "DIR/sw.csv:3: row has 3 fields, the header has 2 (name,address)",
         ),
         (
+            "csv-secret-twice",
+            vec![
+                (
+                    "agent.toml",
+                    format!(
+                        "{HEAD}\n[templates.sw]\n{snmp}\n[[inventories]]\nfile = \"sw.csv\"\ntemplate = \"sw\"\n"
+                    ),
+                ),
+                (
+                    "sw.csv",
+                    "name,address,community,community_file\nsw1,10.0.0.1:161,a,c\n".to_owned(),
+                ),
+            ],
+            "DIR/sw.csv:1: community_file: columns `community` and `community_file` both set `community`: use either `community` or `community_file`",
+        ),
+        (
             "bad-csv-value",
             vec![
                 (
@@ -646,5 +662,112 @@ fn a_wildcard_include_beside_the_main_file_skips_it() -> Result<()> {
             "device {name} once:\n{text}"
         );
     }
+    Ok(())
+}
+
+/// The block of kind `lang` (```lang) that follows `after` in `text`.
+fn block_after<'a>(text: &'a str, after: &str, lang: &str) -> Result<&'a str> {
+    let start = text.find(after).with_context(|| format!("no {after:?}"))?;
+    let fence = format!("```{lang}\n");
+    let body = &text[start..];
+    let open = body
+        .find(&fence)
+        .with_context(|| format!("no ```{lang} block after {after:?}"))?
+        + fence.len();
+    let len = body[open..].find("```").context("unclosed block")?;
+    Ok(&body[open..open + len])
+}
+
+/// README's worked example, as written there: its `agent.toml`, its
+/// secret file and its CSV grown to 1,000 rows (the three shown, then
+/// more like them) is a valid config of 1,000 switches with the values
+/// the README says; the row its `echo` appends adds one device and leaves
+/// the 1,000 others equal (a reload's added=1 unchanged=1000).
+#[test]
+fn the_readme_worked_example_is_true() -> Result<()> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
+    let section = "### Worked example: 1,000 switches from one CSV";
+    let toml = block_after(&readme, section, "toml")?;
+    let csv = block_after(&readme, section, "csv")?;
+    ensure!(
+        toml.contains("community_file = \"secrets/community\""),
+        "{toml}"
+    );
+    let dir = TestDir::new("agent-config-readme")?;
+    let d = dir.path();
+    write(d, "agent.toml", toml)?;
+    write(d, "secrets/community", "n0t-public\n")?;
+    std::fs::create_dir_all(d.join("conf.d"))?;
+    let mut rows = csv.to_owned();
+    for i in 4..=1000 {
+        writeln!(
+            rows,
+            "sw-{i:04},10.20.{}.{}:161,paris,r{},,",
+            i / 256,
+            i % 256,
+            i % 9 + 1
+        )?;
+    }
+    write(d, "switches.csv", &rows)?;
+    let lookup = |_: &str| None;
+    let load = || -> Result<AgentConfig> {
+        let text = std::fs::read_to_string(d.join("agent.toml"))?;
+        Ok(config::parse_with(&text, &d.join("agent.toml"), &lookup)?)
+    };
+    let before = load()?;
+    ensure!(
+        before.devices.len() == 1000,
+        "{} devices",
+        before.devices.len()
+    );
+    let sw3 = &before.devices[2];
+    ensure!(
+        sw3.name == "sw-0003" && sw3.interval == std::time::Duration::from_secs(60),
+        "{sw3:?}"
+    );
+    ensure!(
+        sw3.labels.get("rack").map(String::as_str) == Some("r2")
+            && sw3.labels.get("site").map(String::as_str) == Some("paris"),
+        "{:?}",
+        sw3.labels
+    );
+    ensure!(
+        before.devices[0].interval == std::time::Duration::from_secs(30),
+        "the default interval"
+    );
+
+    // The row the README's `echo` appends.
+    let echo = readme
+        .lines()
+        .find(|l| l.starts_with("echo '") && l.ends_with(">> /etc/tributary/switches.csv"))
+        .context("no echo >> switches.csv")?;
+    let row = echo
+        .trim_start_matches("echo '")
+        .split('\'')
+        .next()
+        .context("the echoed row")?;
+    rows.push_str(row);
+    rows.push('\n');
+    write(d, "switches.csv", &rows)?;
+    let after = load()?;
+    ensure!(
+        after.devices.len() == 1001,
+        "{} devices",
+        after.devices.len()
+    );
+    ensure!(
+        after.devices[..1000] == before.devices[..],
+        "the others changed"
+    );
+    ensure!(
+        after.devices[1000].name == "sw-1001",
+        "{:?}",
+        after.devices[1000].name
+    );
+    ensure!(
+        readme.contains("added=1 removed=0 changed=0 unchanged=1000"),
+        "the README states the reload's counts"
+    );
     Ok(())
 }

@@ -260,3 +260,147 @@ async fn a_metrics_listen_flag_is_no_pending_change_at_reload() -> Result<()> {
     agent.stop().await?;
     Ok(())
 }
+
+/// A reload with a new `collectors` list keeps the stream it has (the
+/// first collector keeps storing), and the next connect goes to the new
+/// list: once the first collector is killed, the agent streams to the
+/// second. Between them the two stores hold every counter value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_collector_list_applies_at_the_next_reconnect() -> Result<()> {
+    const ID: &str = "reload-collectors";
+    let dir = TestDir::new("agent-reload-collectors")?;
+    let dir_b = TestDir::new("agent-reload-collectors-b")?;
+    let mut first = Collector::start(&dir, free_addr()?).await?;
+    let second = Collector::start(&dir_b, free_addr()?).await?;
+    let device = "\n[[devices]]\nname = \"c\"\ndriver = \"sim\"\ninterval = \"100ms\"\n";
+    let mut agent = Agent::start(
+        &dir,
+        ID,
+        &format!(
+            "id = \"{ID}\"\ncollectors = [\"{}\"]\n{device}",
+            first.url()
+        ),
+        "",
+    )?;
+    wait_for_counters(&first.db, ID, 1, 3).await?;
+    std::fs::write(
+        dir.join(format!("{ID}.toml")),
+        format!(
+            "id = \"{ID}\"\ncollectors = [\"{}\"]\n{device}{}",
+            second.url(),
+            agent_sections(&agent.spool, "")
+        ),
+    )?;
+    agent.proc.signal("HUP").await?;
+    eventually(PATIENCE, "the agent reloads", || async {
+        agent.log().contains("config reloaded").then_some(())
+    })
+    .await?;
+    ensure!(
+        agent.log().contains("new collector list"),
+        "{}",
+        agent.log()
+    );
+    // The stream to the first collector goes on.
+    let at_reload = counters(&first.db, ID)?.get("c").map_or(0, Vec::len);
+    eventually(PATIENCE, "the first collector keeps storing", || async {
+        let now = counters(&first.db, ID).ok()?.get("c").map_or(0, Vec::len);
+        (now >= at_reload + 5).then_some(())
+    })
+    .await?;
+    ensure!(
+        counters(&second.db, ID)?.is_empty(),
+        "the second collector got readings before any reconnect"
+    );
+    // Killed, the first is not tried again: the next connect is to the second.
+    first.proc.kill().await?;
+    wait_for_counters(&second.db, ID, 1, 5).await?;
+    agent.stop().await?;
+
+    // Every value is in one store or the other (a batch committed by the
+    // first collector but not acked before it died is resent to the
+    // second, so a value may be in both).
+    let mut all: Vec<i64> = [&first.db, &second.db]
+        .iter()
+        .map(|db| counters(db, ID))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flat_map(|c| c.get("c").map(|s| values(s)).unwrap_or_default())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    check_run("c", &all)?;
+    Ok(())
+}
+
+/// A reload that changes the agent's `id` or its `[spool] dir` is refused
+/// with a message that a restart is needed; the agent polls on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_id_or_spool_dir_needs_a_restart() -> Result<()> {
+    const ID: &str = "reload-identity";
+    let dir = TestDir::new("agent-reload-identity")?;
+    let collector = Collector::start(&dir, free_addr()?).await?;
+    let device = "\n[[devices]]\nname = \"c\"\ndriver = \"sim\"\ninterval = \"100ms\"\n";
+    let head = |id: &str| {
+        format!(
+            "id = \"{id}\"\ncollectors = [\"{}\"]\n{device}",
+            collector.url()
+        )
+    };
+    let mut agent = Agent::start(&dir, ID, &head(ID), "")?;
+    wait_for_counters(&collector.db, ID, 1, 3).await?;
+    let path = dir.join(format!("{ID}.toml"));
+    let refusals = |log: &str| log.matches("config reload refused").count();
+
+    std::fs::write(
+        &path,
+        format!("{}{}", head("another-id"), agent_sections(&agent.spool, "")),
+    )?;
+    agent.proc.signal("HUP").await?;
+    eventually(PATIENCE, "the new id is refused", || async {
+        (refusals(&agent.log()) == 1).then_some(())
+    })
+    .await?;
+    ensure!(
+        agent.log().contains(
+            "id changed from \\\"reload-identity\\\" to \\\"another-id\\\": a restart is needed"
+        ) || agent
+            .log()
+            .contains("id changed from \"reload-identity\" to \"another-id\": a restart is needed"),
+        "{}",
+        agent.log()
+    );
+
+    std::fs::write(
+        &path,
+        format!(
+            "{}{}",
+            head(ID),
+            agent_sections(&dir.join("another-spool"), "")
+        ),
+    )?;
+    agent.proc.signal("HUP").await?;
+    eventually(PATIENCE, "the new spool dir is refused", || async {
+        (refusals(&agent.log()) == 2).then_some(())
+    })
+    .await?;
+    let log = agent.log();
+    ensure!(
+        log.contains("[spool] dir changed from") && log.contains("a restart is needed to apply it"),
+        "{log}"
+    );
+    ensure!(!log.contains("config reloaded"), "{log}");
+    // Still the same agent, polling on.
+    let before = counters(&collector.db, ID)?.get("c").map_or(0, Vec::len);
+    eventually(PATIENCE, "the device polls on", || async {
+        let now = counters(&collector.db, ID)
+            .ok()?
+            .get("c")
+            .map_or(0, Vec::len);
+        (now >= before + 5).then_some(())
+    })
+    .await?;
+    agent.stop().await?;
+    check_run("c", &values(&counters(&collector.db, ID)?["c"]))?;
+    Ok(())
+}

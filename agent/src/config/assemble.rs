@@ -12,7 +12,8 @@
 //!   `[[devices]]`, `[templates.*]` and `[[inventories]]` only, no further
 //!   `include`.
 //! - A device is, key by key, the first of: its own key, its template's,
-//!   `[defaults.<driver>]`, `[defaults]`. `[defaults]` holds the keys every
+//!   `[defaults.<driver>]`, `[defaults]`; `labels` merge label by label in
+//!   the same order (a CSV row's `label.<k>` columns are its own). `[defaults]` holds the keys every
 //!   device has (`interval`, `timeout`, `backoff_max`, `labels`) and one
 //!   table per driver name. A template names no other template.
 //! - An inventory CSV's header names device keys (`label.<k>` sets the
@@ -48,14 +49,59 @@ pub(super) fn needs_assembly(text: &str) -> bool {
 /// A key's rendered value, keyed by the key it sets.
 type Entries = Vec<(String, Entry)>;
 
-/// Sets each of `from`'s keys in `into` (replacing one already there).
+/// Sets each of `from`'s keys in `into` (replacing one already there;
+/// `labels` merge label by label, see [`merge_labels`]).
 fn overlay(into: &mut Entries, from: &Entries) {
     for (k, e) in from {
         match into.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) if k == "labels" => merge_labels(&mut slot.1, e),
             Some(slot) => slot.1 = e.clone(),
             None => into.push((k.clone(), e.clone())),
         }
     }
+}
+
+/// `labels` of a later layer (a template, the device, a CSV row's
+/// `label.<k>` columns) over those of an earlier one (`[defaults]`, the
+/// template): a label both set takes the later value, the others stay.
+/// Anything but two tables (an error the validation reports) is replaced.
+fn merge_labels(into: &mut Entry, from: &Entry) {
+    let (Entry::Block(old), Entry::Block(new)) = (&mut *into, from) else {
+        *into = from.clone();
+        return;
+    };
+    let is_table = |b: &[Line]| b.first().is_some_and(|l| l.text.starts_with('['));
+    if !is_table(old) || !is_table(new) {
+        *into = from.clone();
+        return;
+    }
+    let later: HashSet<&str> = new[1..].iter().map(|l| line_key(&l.text)).collect();
+    let mut merged = vec![new[0].clone()];
+    merged.extend(
+        old[1..]
+            .iter()
+            .filter(|l| !later.contains(line_key(&l.text)))
+            .cloned(),
+    );
+    merged.extend(new[1..].iter().cloned());
+    *old = merged;
+}
+
+/// The key of a rendered `key = value` line, as written (bare or quoted).
+fn line_key(text: &str) -> &str {
+    if let Some(rest) = text.strip_prefix('"') {
+        // A quoted key: up to its closing quote (`\"` escapes one).
+        let mut escaped = false;
+        for (i, c) in rest.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => return &text[..i + 2],
+                _ => escaped = false,
+            }
+        }
+        return text;
+    }
+    text.split(" = ").next().unwrap_or(text)
 }
 
 /// One `[templates.<name>]`.
@@ -164,11 +210,14 @@ fn string_at<'t>(
     }
 }
 
-/// Assembles the config whose main file `path` holds `text`.
+/// Assembles the config whose main file `path` holds `text`;
+/// `watched_patterns` receives each include pattern with a wildcard, joined to its directory
+/// (for `run --watch`: a new file it matches is a change).
 pub(super) fn assemble(
     text: &str,
     path: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
+    watched_patterns: &mut Vec<PathBuf>,
 ) -> Result<Assembled, ConfigError> {
     let secrets = crate::drivers::secret_keys();
     let r = Renderer {
@@ -198,6 +247,9 @@ pub(super) fn assemble(
             };
             let pattern = r.expand(&main.src, pattern, p.span(), &format!("include[{i}]"))?;
             let dir = main_layer_dir(path);
+            if pattern.contains(['*', '?']) {
+                watched_patterns.push(dir.join(&pattern));
+            }
             let files = expand_glob(&dir, &pattern)
                 .map_err(|e| main.src.error(p.span(), format!("include[{i}]"), e))?;
             // The main file (`*.toml` beside it matches it) and a file two
@@ -570,6 +622,18 @@ impl<'a> Devices<'a> {
                     header.line,
                     col,
                     format!("column `{col}` appears twice"),
+                ));
+            }
+            // `community` and `community_file` set the same key.
+            let sets = |col: &'_ str| self.r.secret(col).1.unwrap_or(col).to_owned();
+            if let Some(first) = columns[..c].iter().find(|other| sets(other) == sets(col)) {
+                let key = sets(col);
+                return Err(at(
+                    header.line,
+                    col,
+                    format!(
+                        "columns `{first}` and `{col}` both set `{key}`: use either `{key}` or `{key}_file`"
+                    ),
                 ));
             }
         }

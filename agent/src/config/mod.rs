@@ -39,9 +39,11 @@ pub(crate) use tributary_config::{DeContext, Source, deserialize_table};
 mod assemble;
 mod device;
 mod metrics;
+mod watch;
 use device::add_devices;
 pub use device::{DEFAULT_BACKOFF_MAX, DEFAULT_MAX_TIMEOUT, DeviceConfig};
 pub use metrics::{DEFAULT_METRICS_LISTEN, MetricsConfig, parse_listen};
+pub use watch::{ConfigWatcher, Watched};
 
 #[cfg(test)]
 mod tests;
@@ -205,6 +207,22 @@ pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
     parse(&text, path)
 }
 
+/// [`load`], and the files the config was read from, for `run --watch`.
+pub fn load_watched(path: &Path) -> Result<(AgentConfig, Watched), ConfigError> {
+    let text = tributary_config::read_file(path)?;
+    let mut watched = Watched {
+        files: vec![path.to_owned()],
+        patterns: Vec::new(),
+    };
+    let cfg = parse_inner(
+        &text,
+        path,
+        &tributary_config::env_lookup,
+        Some(&mut watched),
+    )?;
+    Ok((cfg, watched))
+}
+
 /// Parses and validates a configuration whose main file, at `origin`,
 /// holds `text`; `${VAR}` comes from the environment.
 pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, ConfigError> {
@@ -217,10 +235,24 @@ pub fn parse_with(
     origin: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<AgentConfig, ConfigError> {
+    parse_inner(text, origin, lookup, None)
+}
+
+fn parse_inner(
+    text: &str,
+    origin: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    watched: Option<&mut Watched>,
+) -> Result<AgentConfig, ConfigError> {
     if !assemble::needs_assembly(text) {
         return parse_layer(&Layer::new(text, origin));
     }
-    let assembled = assemble::assemble(text, origin, lookup)?;
+    let mut patterns = Vec::new();
+    let assembled = assemble::assemble(text, origin, lookup, &mut patterns)?;
+    if let Some(w) = watched {
+        w.files.clone_from(&assembled.files);
+        w.patterns = patterns;
+    }
     parse_layer(&Layer::assembled(
         &assembled.text,
         &assembled.files,
@@ -237,7 +269,7 @@ pub fn effective(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(AgentConfig, String), ConfigError> {
     let text = tributary_config::read_file(path)?;
-    let assembled = assemble::assemble(&text, path, lookup)?;
+    let assembled = assemble::assemble(&text, path, lookup, &mut Vec::new())?;
     let cfg = parse_layer(&Layer::assembled(
         &assembled.text,
         &assembled.files,

@@ -588,7 +588,8 @@ fn debug_of_an_assembled_config_shows_no_secret() {
     std::fs::write(dir.join("community"), format!("{secret}\n")).expect("write secret");
     let path = dir.join("agent.toml");
     let text = "id = \"a\"\ncollectors = [\"http://127.0.0.1:7400\"]\n\n[[devices]]\nname = \"r\"\ndriver = \"snmp\"\naddress = \"10.0.0.1:161\"\nmetrics = [{ name = \"up\", oid = \"1.3.6.1.2.1.1.3.0\" }]\ncommunity_file = \"community\"\n";
-    let assembled = super::assemble::assemble(text, &path, &|_| None).expect("assembled");
+    let assembled =
+        super::assemble::assemble(text, &path, &|_| None, &mut Vec::new()).expect("assembled");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(assembled.text.contains(secret), "the secret was read");
     let layer = tributary_config::Layer::new(&assembled.text, &path);
@@ -601,4 +602,51 @@ fn debug_of_an_assembled_config_shows_no_secret() {
     let entry = tributary_config::Entry::Inline(line.clone());
     let shown = format!("{line:?} {entry:?}");
     assert!(!shown.contains(secret), "{shown}");
+}
+
+/// `labels` merge label by label across `[defaults]`, a template, a CSV
+/// row's `label.<k>` columns and a device's own table: the later layer's
+/// value wins, the other labels stay.
+#[test]
+fn labels_merge_across_layers() {
+    let dir = std::env::temp_dir().join(format!(
+        "tributary-labels-merge-{}-{}",
+        std::process::id(),
+        crate::reading::now_ns()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("sw.csv"), "name,label.site\ncsv-1,from-csv\n").expect("write csv");
+    let text = "id = \"a\"\ncollectors = [\"http://127.0.0.1:7400\"]\n\n\
+                [defaults]\ninterval = \"1s\"\nlabels = { rack = \"r1\", site = \"default\", \"zone\" = \"d\" }\n\n\
+                [templates.t]\ndriver = \"sim\"\nlabels = { role = \"edge\", rack = \"r2\" }\n\n\
+                [[inventories]]\nfile = \"sw.csv\"\ntemplate = \"t\"\n\n\
+                [[devices]]\nname = \"own\"\ndriver = \"sim\"\n[devices.labels]\n\"zone\" = \"own\"\n";
+    let cfg = super::parse_with(text, &dir.join("agent.toml"), &|_| None);
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = cfg.expect("valid");
+    let labels = |name: &str| -> Vec<(String, String)> {
+        cfg.devices
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.labels.clone().into_iter().collect())
+            .unwrap_or_default()
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        labels("csv-1"),
+        pairs(&[
+            ("rack", "r2"),
+            ("role", "edge"),
+            ("site", "from-csv"),
+            ("zone", "d")
+        ])
+    );
+    assert_eq!(
+        labels("own"),
+        pairs(&[("rack", "r1"), ("site", "default"), ("zone", "own")])
+    );
 }

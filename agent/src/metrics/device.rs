@@ -124,6 +124,21 @@ impl SchedulerMetrics {
     }
 }
 
+impl SchedulerMetrics {
+    /// Drops `device`'s series from the families (a reload removed it):
+    /// the next scrape no longer shows them. Handles its task still holds
+    /// keep counting into cells no scrape reads; a device of that name
+    /// added later starts from zero.
+    pub fn remove_device(&self, device: &str) {
+        self.devices
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .devices
+            .remove(device);
+    }
+}
+
 /// The counts of one device and its label sets, encoded once.
 #[derive(Debug)]
 struct DeviceCells {

@@ -201,3 +201,32 @@ fn device_labels_are_escaped_and_listed_in_order() {
         "{text}"
     );
 }
+
+/// A device a reload removed leaves every family; one added again under
+/// its name starts from zero.
+#[test]
+fn a_removed_device_leaves_the_scrape() {
+    let m = AgentMetrics::new("abc", &[], 1 << 20);
+    let gone = m.scheduler.device("gone", "sim");
+    let kept = m.scheduler.device("kept", "sim");
+    gone.polled(Outcome::Ok, Duration::from_millis(1));
+    kept.polled(Outcome::Ok, Duration::from_millis(1));
+    m.scheduler.remove_device("gone");
+    // Its task's poll in flight still counts, into cells no scrape reads.
+    gone.produced(3, 0);
+    let text = scrape(&m);
+    assert!(!text.contains("device=\"gone\""), "{text}");
+    assert_eq!(
+        value(&text, "tributary_agent_device_up{device=\"kept\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    let again = m.scheduler.device("gone", "sim");
+    again.produced(1, 0);
+    let text = scrape(&m);
+    assert_eq!(
+        value(&text, "tributary_agent_readings_total{device=\"gone\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}

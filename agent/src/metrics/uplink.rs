@@ -155,6 +155,7 @@ pub struct UplinkMetrics {
     state_now: Option<LinkState>,
     /// A gauge per configured collector URL.
     collectors: Vec<(String, Gauge)>,
+    collectors_family: Family<[(&'static str, String); 1], Gauge>,
     /// The index in `collectors` streamed to now.
     current: Option<usize>,
     reconnects: [Counter; 7],
@@ -285,9 +286,31 @@ impl UplinkMetrics {
             states,
             state_now: None,
             collectors,
+            collectors_family,
             current: None,
             reconnects,
         }
+    }
+
+    /// A reload changed the collector list: a gauge per URL of `urls`,
+    /// those of URLs no longer listed removed.
+    pub fn set_collectors(&mut self, urls: &[String]) {
+        let current = self.current.map(|i| self.collectors[i].0.clone());
+        for (url, _) in &self.collectors {
+            if !urls.contains(url) {
+                self.collectors_family.remove(&[("url", url.clone())]);
+            }
+        }
+        self.collectors = urls
+            .iter()
+            .map(|url| {
+                let g = self
+                    .collectors_family
+                    .get_or_create_owned(&[("url", url.clone())]);
+                (url.clone(), g)
+            })
+            .collect();
+        self.current = current.and_then(|u| self.collectors.iter().position(|(c, _)| *c == u));
     }
 
     /// The uplink's own counters changed: batches sealed and resent, and

@@ -197,12 +197,12 @@ impl DeviceTask {
             // room (a spool that blocks when full may never make any).
             let slot = tokio::select! {
                 biased;
-                slot = self.out.reserve() => slot.ok(),
+                slot = self.out.reserve() => slot,
                 _ = &mut cancelled => {
                     tokio::time::timeout(SHUTDOWN_HANDOVER, self.out.reserve())
                         .await
                         .ok()
-                        .and_then(Result::ok)
+                        .flatten()
                 }
             };
             let Some(slot) = slot else {

@@ -41,6 +41,15 @@ pub struct FleetDiff {
     pub unchanged: usize,
 }
 
+/// A reload's device whose driver could not be built (nothing was applied).
+#[derive(Debug, thiserror::Error)]
+#[error("device {device}: {cause}")]
+pub struct StartError {
+    pub device: String,
+    /// In the message, so not a `source()` (each cause once).
+    pub cause: crate::drivers::BuildError,
+}
+
 /// The device tasks of an agent, by name.
 pub struct Fleet {
     running: HashMap<String, Running>,
@@ -68,7 +77,7 @@ impl Fleet {
         devices: Vec<(DeviceConfig, Driver)>,
         max_concurrency: usize,
         max_series: usize,
-        out: ReadingsTx,
+        out: impl Into<ReadingsTx>,
         stats: Arc<PollStats>,
         metrics: Option<Arc<SchedulerMetrics>>,
         tracker: TaskTracker,
@@ -81,7 +90,7 @@ impl Fleet {
             endpoints: endpoints(devices.iter().map(|(c, _)| c)),
             start: Instant::now(),
             max_series,
-            out,
+            out: out.into(),
             stats,
             metrics,
             tracker,
@@ -113,14 +122,19 @@ impl Fleet {
     }
 
     /// Applies a new device list (names unique, as a valid config has them).
-    pub fn apply(&mut self, devices: Vec<(DeviceConfig, Driver)>) -> FleetDiff {
+    ///
+    /// Devices are compared by their parsed config; a driver is built only
+    /// for a device that starts (added, or changed), and all of them are
+    /// built before anything changes: a driver that cannot be built leaves
+    /// the fleet as it runs.
+    pub fn apply(&mut self, devices: Vec<DeviceConfig>) -> Result<FleetDiff, StartError> {
         let mut diff = FleetDiff::default();
         // An endpoint whose limits are the same keeps its permits; one
         // whose limits changed gets new ones, and every device on it
         // restarts (as changed) to use them. Endpoints no device uses any
         // more are dropped.
         let mut renewed: HashSet<String> = HashSet::new();
-        let mut next_endpoints = endpoints(devices.iter().map(|(c, _)| c));
+        let mut next_endpoints = endpoints(devices.iter());
         for (key, endpoint) in next_endpoints.iter_mut() {
             match self.endpoints.get(key) {
                 Some(old) if old.same_limits(endpoint) => *endpoint = old.clone(),
@@ -130,45 +144,73 @@ impl Fleet {
                 None => {}
             }
         }
+        // The plan: `None` for an unchanged device, its new driver for one
+        // that starts.
+        let mut plan: Vec<(DeviceConfig, Option<Driver>)> = Vec::with_capacity(devices.len());
+        for config in devices {
+            let unchanged = self.running.get(&config.name).is_some_and(|old| {
+                old.config == config
+                    && !config
+                        .driver
+                        .endpoint()
+                        .is_some_and(|l| renewed.contains(&l.key))
+            });
+            let driver = if unchanged {
+                None
+            } else {
+                Some(Driver::build(&config).map_err(|cause| StartError {
+                    device: config.name.clone(),
+                    cause,
+                })?)
+            };
+            plan.push((config, driver));
+        }
+
         self.endpoints = next_endpoints;
         self.stopping.retain(|_, task| !task.is_finished());
-        let mut keep: HashMap<String, Running> = HashMap::with_capacity(devices.len());
-        for (config, driver) in devices {
-            match self.running.remove(&config.name) {
-                Some(old)
-                    if old.config == config
-                        && !config
-                            .driver
-                            .endpoint()
-                            .is_some_and(|l| renewed.contains(&l.key)) =>
-                {
+        self.out.grow_to(plan.len());
+        let mut keep: HashMap<String, Running> = HashMap::with_capacity(plan.len());
+        for (config, driver) in plan {
+            let old = self.running.remove(&config.name);
+            let name = config.name.clone();
+            let running = match (old, driver) {
+                (Some(old), None) => {
                     diff.unchanged += 1;
-                    keep.insert(config.name.clone(), old);
+                    old
                 }
-                Some(old) => {
+                (Some(old), Some(driver)) => {
                     diff.changed += 1;
                     old.stop.cancel();
-                    let name = config.name.clone();
-                    let running = self.spawn_after(config, driver, Some(old.task), true);
-                    keep.insert(name, running);
+                    self.spawn_after(config, driver, Some(old.task), true)
                 }
-                None => {
+                (None, Some(driver)) => {
                     diff.added += 1;
-                    let name = config.name.clone();
                     let previous = self.stopping.remove(&config.name);
-                    let running = self.spawn_after(config, driver, previous, true);
-                    keep.insert(name, running);
+                    self.spawn_after(config, driver, previous, true)
                 }
-            }
+                // Only a running device is unchanged.
+                (None, None) => continue,
+            };
+            keep.insert(name, running);
         }
         for (name, old) in self.running.drain() {
             diff.removed += 1;
-            // Its poll in flight finishes and is handed over; no new one starts.
+            // Its poll in flight finishes and is handed over; no new one
+            // starts. Its series leave the agent's /metrics now (what the
+            // poll in flight adds goes to handles no scrape reads).
             old.stop.cancel();
+            if let Some(m) = &self.metrics {
+                m.remove_device(&name);
+            }
             self.stopping.insert(name, old.task);
         }
         self.running = keep;
-        diff
+        Ok(diff)
+    }
+
+    /// The room of the channel to the uplink (polls that may wait there).
+    pub fn intake_room(&self) -> usize {
+        self.out.room()
     }
 
     /// Starts a device task, once `after` (the task it replaces) has ended;

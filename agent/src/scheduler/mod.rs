@@ -34,11 +34,12 @@
 //! (`timing.rs`), and the outcome counters (`stats.rs`, `histogram.rs`).
 //! May touch: drivers through `crate::drivers::Driver` only, readings
 //! through `crate::reading`; it hands every poll's readings to the uplink
-//! over a bounded channel and knows nothing of the spool or the wire.
+//! over a bounded channel (`intake.rs`, whose room a reload grows) and
+//! knows nothing of the spool or the wire.
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,12 +47,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::DeviceConfig;
 use crate::drivers::Driver;
 use crate::metrics::SchedulerMetrics;
-use crate::reading::Reading;
 
 mod device;
 mod endpoint;
 mod fleet;
 mod histogram;
+mod intake;
 mod series_limit;
 mod stats;
 mod timing;
@@ -59,8 +60,9 @@ mod timing;
 #[cfg(test)]
 mod tests;
 
-pub use fleet::{Fleet, FleetDiff};
+pub use fleet::{Fleet, FleetDiff, StartError};
 pub use histogram::Histogram;
+pub use intake::{MAX_ROOM, MIN_ROOM, ReadingsTx, Room, Slot, intake, room_for};
 pub use stats::{PollStats, PollSummary};
 
 use self::device::DeviceTask;
@@ -73,9 +75,6 @@ pub const UP_METRIC: &str = "up";
 /// `max_series_per_device`: readings dropped because their series was
 /// beyond the limit, since the agent started.
 pub const SERIES_DROPPED_METRIC: &str = "series_dropped_total";
-
-/// Where device tasks send their readings (one `Vec` per poll).
-pub type ReadingsTx = mpsc::Sender<Vec<Reading>>;
 
 /// Where the device tasks report their polls: the agent-wide counters
 /// (always) and the metric families (when metrics are on).
@@ -93,12 +92,13 @@ pub fn spawn_all(
     devices: Vec<(DeviceConfig, Driver)>,
     max_concurrency: usize,
     max_series_per_device: usize,
-    out: ReadingsTx,
+    out: impl Into<ReadingsTx>,
     report: Report<'_>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
     let Report { stats, metrics } = report;
+    let out = out.into();
     let permits = Arc::new(Semaphore::new(max_concurrency.max(1)));
     let endpoints = endpoints(devices.iter().map(|(c, _)| c));
     // Every schedule is laid out from this one instant, so devices that

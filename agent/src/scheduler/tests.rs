@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use super::timing::{backoff_delay, first_slot_from, start_offset};
 use super::*;
@@ -306,6 +307,11 @@ async fn device_labels_reach_every_series_of_the_device() {
     assert!(seen > 0);
 }
 
+/// The configs of `devices` (a reload builds the drivers it needs).
+fn configs(devices: Vec<(DeviceConfig, Driver)>) -> Vec<DeviceConfig> {
+    devices.into_iter().map(|(c, _)| c).collect()
+}
+
 /// The `counter` values of `device`, in the order they arrived.
 fn counters(readings: &[Reading], device: &str) -> Vec<i64> {
     values(readings, device, "counter")
@@ -349,11 +355,13 @@ async fn a_reload_touches_only_the_devices_that_changed() {
     let mut changed = device("changed", 7, sim());
     changed.0.timeout = Duration::from_millis(6);
     let at = crate::reading::now_ns();
-    let diff = fleet.apply(vec![
-        device("kept", 5, sim()),
-        changed,
-        device("added", 5, sim()),
-    ]);
+    let diff = fleet
+        .apply(configs(vec![
+            device("kept", 5, sim()),
+            changed,
+            device("added", 5, sim()),
+        ]))
+        .expect("the drivers build");
     assert_eq!(
         diff,
         FleetDiff {
@@ -449,7 +457,9 @@ async fn devices_a_reload_starts_skip_no_polls() {
     let before = all.len();
     let mut changed = device("changed", 250, sim());
     changed.0.timeout = Duration::from_millis(100);
-    let diff = fleet.apply(vec![changed, device("added", 200, sim())]);
+    let diff = fleet
+        .apply(configs(vec![changed, device("added", 200, sim())]))
+        .expect("the drivers build");
     assert_eq!((diff.added, diff.changed), (1, 1));
     while ["changed", "added"]
         .iter()
@@ -529,8 +539,20 @@ async fn a_device_removed_and_added_again_never_polls_twice_at_once() {
     while active.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(fleet.apply(Vec::new()).removed, 1);
-    assert_eq!(fleet.apply(vec![probe()]).added, 1);
+    assert_eq!(
+        fleet
+            .apply(configs(Vec::new()))
+            .expect("the drivers build")
+            .removed,
+        1
+    );
+    assert_eq!(
+        fleet
+            .apply(configs(vec![probe()]))
+            .expect("the drivers build")
+            .added,
+        1
+    );
     let mut polls = 0;
     while polls < 3 {
         let batch = rx.recv().await.expect("readings");
@@ -590,16 +612,20 @@ async fn a_reload_applies_new_gateway_limits_to_every_device_on_it() {
     let key = "modbus://127.0.0.1:1";
     assert_eq!(fleet.endpoint_limits(key), Some((2, Duration::ZERO)));
     // The same limits: nothing restarts.
-    let diff = fleet.apply(vec![
-        device("m1", 1000, modbus(1, 2, 0)),
-        device("m2", 1000, modbus(2, 2, 0)),
-    ]);
+    let diff = fleet
+        .apply(configs(vec![
+            device("m1", 1000, modbus(1, 2, 0)),
+            device("m2", 1000, modbus(2, 2, 0)),
+        ]))
+        .expect("the drivers build");
     assert_eq!((diff.changed, diff.unchanged), (0, 2));
     // m1 asks for one poll at a time and a pause: m2 restarts as well.
-    let diff = fleet.apply(vec![
-        device("m1", 1000, modbus(1, 1, 20)),
-        device("m2", 1000, modbus(2, 2, 0)),
-    ]);
+    let diff = fleet
+        .apply(configs(vec![
+            device("m1", 1000, modbus(1, 1, 20)),
+            device("m2", 1000, modbus(2, 2, 0)),
+        ]))
+        .expect("the drivers build");
     assert_eq!((diff.changed, diff.unchanged), (2, 0));
     assert_eq!(
         fleet.endpoint_limits(key),
@@ -608,5 +634,49 @@ async fn a_reload_applies_new_gateway_limits_to_every_device_on_it() {
     shutdown.cancel();
     tracker.close();
     drop(fleet);
+    tracker.wait().await;
+}
+
+/// A reload from a few devices to many grows the room of the channel to
+/// the uplink; polls wait there only within it.
+#[tokio::test]
+async fn a_reload_to_more_devices_grows_the_intake() {
+    let sim = || DriverConfig::Sim(SimConfig { series: 0 });
+    let (tx, room, mut rx) = intake(2);
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let mut fleet = Fleet::start(
+        vec![device("a", 1000, sim()), device("b", 1000, sim())],
+        8,
+        crate::config::DEFAULT_MAX_SERIES_PER_DEVICE,
+        tx,
+        Arc::new(PollStats::default()),
+        None,
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    assert_eq!(fleet.intake_room(), MIN_ROOM);
+    let many: Vec<_> = (0..500)
+        .map(|i| device(&format!("d{i}"), 1000, sim()))
+        .collect();
+    let diff = fleet.apply(configs(many)).expect("the drivers build");
+    assert_eq!((diff.added, diff.removed), (500, 2));
+    assert_eq!(fleet.intake_room(), 500);
+    // Back to two devices: the room stays.
+    fleet
+        .apply(configs(vec![device("a", 1000, sim())]))
+        .expect("the drivers build");
+    assert_eq!(fleet.intake_room(), 500);
+    // Nobody takes the readings: at most the room's worth of polls wait
+    // (the uplink gives a permit back per poll it takes).
+    let first = rx.recv().await.expect("a poll");
+    room.taken();
+    assert!(!first.is_empty());
+    shutdown.cancel();
+    tracker.close();
+    drop(fleet);
+    while rx.recv().await.is_some() {
+        room.taken();
+    }
     tracker.wait().await;
 }

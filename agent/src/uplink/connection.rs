@@ -8,6 +8,9 @@
 //!   any --new spool epoch--> Disconnected { retry_at: now, attempt: 0 }
 //! ```
 //!
+//! A reload's new collector list ([`Link::set_collectors`]) changes no
+//! state: the next connect, whenever the current stream ends, uses it.
+//!
 //! Each state holds only its own data: there is no stream while
 //! disconnected and no retry time while streaming. The connect runs in its
 //! own task so intake and sealing never stop while a collector is
@@ -31,6 +34,7 @@ use tributary_process::error_chain;
 
 use super::UplinkConfig;
 use super::backoff::Backoff;
+use super::collectors::Collectors;
 use super::declared::Declared;
 use crate::metrics::{LinkState, ReconnectCause};
 
@@ -126,6 +130,9 @@ impl ConnectError {
 /// The connection, the rotation through the collectors and the backoff.
 pub(super) struct Link {
     state: Connection,
+    /// The collectors to connect to: the config's, or a reload's
+    /// ([`Link::set_collectors`]).
+    collectors: Collectors,
     /// Position in the collector list of the next connect.
     next_collector: usize,
     backoff: Backoff,
@@ -140,6 +147,7 @@ impl Link {
                 retry_at: Instant::now(),
                 attempt: 0,
             },
+            collectors: config.collectors.clone(),
             next_collector: config.collectors.start_for(&config.agent_id),
             backoff: Backoff {
                 min: config.backoff_min,
@@ -183,7 +191,7 @@ impl Link {
         if Instant::now() < retry_at {
             return;
         }
-        let url = self.config.collectors.at(self.next_collector).to_owned();
+        let url = self.collectors.at(self.next_collector).to_owned();
         let config = self.config.clone();
         let hello = hello();
         // The whole handshake is bounded: a collector behind a dead network
@@ -199,6 +207,23 @@ impl Link {
             }
         });
         self.state = Connection::Connecting { task, attempt };
+    }
+
+    /// A reload changed the collector list: the next connect uses it,
+    /// starting at this agent's place in it; a stream (or a connect) in
+    /// progress goes on. `false` when the list is the same.
+    pub(super) fn set_collectors(&mut self, collectors: Collectors) -> bool {
+        if collectors == self.collectors {
+            return false;
+        }
+        self.next_collector = collectors.start_for(&self.config.agent_id);
+        self.collectors = collectors;
+        true
+    }
+
+    /// The collectors the next connect chooses from.
+    pub(super) fn collectors(&self) -> &Collectors {
+        &self.collectors
     }
 
     /// The stream was given up on (a failed send or a spool error): back to

@@ -65,6 +65,14 @@ impl Compaction {
         }
     }
 
+    /// A reload changed the devices: the series in use may have changed,
+    /// so the floor is measured again, `settle` (the new fleet's) from now.
+    pub(super) fn resettle(&mut self, settle: Duration) {
+        self.settle = settle;
+        self.started = Instant::now();
+        self.floor = None;
+    }
+
     /// The epoch started again (empty dictionary).
     fn restart(&mut self) {
         self.started = Instant::now();

@@ -66,6 +66,7 @@ use tracing::{info, warn};
 
 use crate::metrics::{SpoolSample, UplinkMetrics};
 use crate::reading::Reading;
+use crate::scheduler::Room;
 use crate::spool::Spool;
 
 pub use collectors::{Collectors, NoCollectors};
@@ -122,6 +123,19 @@ impl UplinkConfig {
     }
 }
 
+/// What a config reload changes in a running uplink (sent through the
+/// `watch` given to [`Uplink::with_updates`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UplinkUpdate {
+    /// The collectors of the next connect (the stream in progress goes on).
+    pub collectors: Collectors,
+    /// The new fleet's `series_settle` (see [`UplinkConfig::series_settle`]).
+    pub series_settle: Duration,
+    /// Devices started (added or changed): the dictionary's floor is
+    /// measured again.
+    pub devices_started: bool,
+}
+
 /// Whether the uplink still takes readings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intake {
@@ -167,6 +181,11 @@ pub struct Uplink {
     stats_tx: watch::Sender<UplinkStats>,
     /// The uplink's and the spool's metrics, when metrics are on.
     metrics: Option<UplinkMetrics>,
+    /// The intake's room, given back for each poll taken (when the
+    /// scheduler's channel has one, see `scheduler/intake.rs`).
+    room: Option<Room>,
+    /// Config reloads.
+    updates: Option<watch::Receiver<UplinkUpdate>>,
 }
 
 /// How often the spool's gauges are sampled at most.
@@ -209,6 +228,8 @@ impl Uplink {
                 stats,
                 stats_tx,
                 metrics: None,
+                room: None,
+                updates: None,
             },
             stats_rx,
         )
@@ -217,6 +238,18 @@ impl Uplink {
     /// Keeps `metrics` up to date while it runs.
     pub fn with_metrics(mut self, metrics: UplinkMetrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Gives a permit back to `room` for each poll taken off the intake.
+    pub fn with_room(mut self, room: Room) -> Self {
+        self.room = Some(room);
+        self
+    }
+
+    /// Applies what a config reload sends on `updates`.
+    pub fn with_updates(mut self, updates: watch::Receiver<UplinkUpdate>) -> Self {
+        self.updates = Some(updates);
         self
     }
 
@@ -258,7 +291,12 @@ impl Uplink {
 
             tokio::select! {
                 readings = self.intake.recv(), if intake == Intake::Open && !self.blocked => match readings {
-                    Some(r) => self.push(r),
+                    Some(r) => {
+                        if let Some(room) = &self.room {
+                            room.taken();
+                        }
+                        self.push(r);
+                    }
                     None => {
                         intake = Intake::Draining {
                             give_up_at: Instant::now() + self.config.shutdown_timeout,
@@ -278,6 +316,7 @@ impl Uplink {
                     }
                 }
                 _ = sleep_until_deadline(intake) => {}
+                update = next_update(&mut self.updates) => self.apply_update(&mut link, update),
                 event = link.next_event(want_send) => self.on_event(&mut link, event),
             }
             // Most turns (a poll's readings taken) change no counter:
@@ -320,6 +359,36 @@ impl Uplink {
             });
         }
     }
+}
+
+impl Uplink {
+    /// A reload's new settings.
+    fn apply_update(&mut self, link: &mut Link, update: UplinkUpdate) {
+        if link.set_collectors(update.collectors) {
+            info!(
+                collectors = %link.collectors().urls().join(", "),
+                "uplink: new collector list; it applies at the next connect"
+            );
+            if let Some(m) = &mut self.metrics {
+                m.set_collectors(link.collectors().urls());
+            }
+        }
+        if update.devices_started {
+            self.compaction.resettle(update.series_settle);
+        }
+    }
+}
+
+/// The next update of `updates`; never, without updates or once their
+/// sender is gone (the agent is stopping).
+async fn next_update(updates: &mut Option<watch::Receiver<UplinkUpdate>>) -> UplinkUpdate {
+    if let Some(rx) = updates {
+        if rx.changed().await.is_ok() {
+            return rx.borrow_and_update().clone();
+        }
+        *updates = None;
+    }
+    std::future::pending().await
 }
 
 /// Sleeps until the shutdown deadline, or forever while the intake is open.

@@ -97,6 +97,8 @@ pub const JSON_READINGS_PER_POLL: u64 = 3 + HEALTH_READINGS_PER_POLL;
 pub struct AgentProc {
     proc: Proc,
     pub id: String,
+    /// Its config file.
+    path: std::path::PathBuf,
 }
 
 impl AgentProc {
@@ -114,7 +116,20 @@ impl AgentProc {
         Ok(AgentProc {
             proc,
             id: id.to_owned(),
+            path,
         })
+    }
+
+    /// Writes `config` over the agent's config file and sends SIGHUP.
+    pub async fn reload(&self, config: AgentConfig) -> Result<()> {
+        std::fs::write(&self.path, config.render())
+            .with_context(|| format!("write {}", self.path.display()))?;
+        self.proc.signal("HUP").await
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.proc.log()
     }
 
     pub fn sample(&self) -> Result<ProcSample> {
