@@ -83,7 +83,7 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
     let mut driver = Driver::build(&cfg.devices[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let counts = poll(&mut driver).await?;
     ensure!(
-        counts.len() == 5,
+        counts.len() == 6,
         "only the counts before any trap: {counts:?}"
     );
 
@@ -233,6 +233,7 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
             count("snmp_trap_rejected_total", "version", 1),
             count("snmp_trap_dropped_total", "rate", 0),
             count("snmp_trap_dropped_total", "queue", 0),
+            count("snmp_trap_informs_repeated_total", "", 0),
         ]
     );
     for r in &readings[..9] {
@@ -240,7 +241,7 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
     }
     // Nothing more arrived: the next poll has the counts only.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(poll(&mut driver).await?.len(), 5);
+    assert_eq!(poll(&mut driver).await?.len(), 6);
     // The communities are secrets: `tributary-agent config` shows neither.
     let dir = tributary_tests::process::TestDir::new("snmp-trap-config")?;
     let path = dir.path().join("agent.toml");

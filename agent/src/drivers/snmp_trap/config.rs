@@ -17,6 +17,10 @@ use crate::drivers::snmp::At;
 /// Notifications kept between two polls unless `max_pending` says.
 pub const DEFAULT_MAX_PENDING: usize = 10_000;
 
+/// Bytes of queued datagrams unless `max_pending_bytes` says (a typical
+/// notification is 100 to 400 bytes).
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
+
 /// Notifications per second accepted from one sender unless
 /// `max_rate_per_sender` says.
 pub const DEFAULT_MAX_RATE_PER_SENDER: u32 = 1_000;
@@ -47,6 +51,9 @@ pub struct SnmpTrapConfig {
     /// as dropped (an inform is then not acknowledged, so its sender
     /// retries).
     pub max_pending: usize,
+    /// Bytes of queued datagrams kept between two polls at most (decoded,
+    /// a notification takes several times its size).
+    pub max_pending_bytes: usize,
     /// Notifications per second accepted from one sender, and in all;
     /// beyond them they are dropped and counted (a flood costs decoding,
     /// not memory or the uplink).
@@ -101,6 +108,7 @@ impl std::fmt::Debug for SnmpTrapConfig {
             .field("senders", &self.senders)
             .field("mibs", &self.mibs)
             .field("max_pending", &self.max_pending)
+            .field("max_pending_bytes", &self.max_pending_bytes)
             .field("max_rate_per_sender", &self.max_rate_per_sender)
             .field("max_rate", &self.max_rate)
             .field("names", &self.names)
@@ -117,6 +125,7 @@ struct RawSnmpTrap {
     senders: Option<Vec<Spanned<RawSender>>>,
     mibs: Option<Vec<Spanned<String>>>,
     max_pending: Option<Spanned<usize>>,
+    max_pending_bytes: Option<Spanned<String>>,
     max_rate_per_sender: Option<Spanned<u32>>,
     max_rate: Option<Spanned<u32>>,
 }
@@ -235,6 +244,24 @@ impl RawSnmpTrap {
                 ));
             }
         };
+        let max_pending_bytes = match self.max_pending_bytes {
+            None => DEFAULT_MAX_PENDING_BYTES,
+            Some(b) => {
+                let n = tributary_config::parse_size(b.get_ref()).map_err(|e| {
+                    src.error(b.span(), format!("{key}.max_pending_bytes"), e.to_string())
+                })?;
+                usize::try_from(n)
+                    .ok()
+                    .filter(|n| (64 * 1024..=1 << 30).contains(n))
+                    .ok_or_else(|| {
+                        src.error(
+                            b.span(),
+                            format!("{key}.max_pending_bytes"),
+                            format!("{} is out of range (64 KiB to 1 GiB)", b.get_ref()),
+                        )
+                    })?
+            }
+        };
         let rate = |v: Option<Spanned<u32>>, name: &str, default: u32| match v {
             None => Ok(default),
             Some(n) if (1..=1_000_000).contains(n.get_ref()) => Ok(n.into_inner()),
@@ -256,6 +283,7 @@ impl RawSnmpTrap {
             senders,
             mibs,
             max_pending,
+            max_pending_bytes,
             max_rate_per_sender,
             max_rate,
             mibs_written,

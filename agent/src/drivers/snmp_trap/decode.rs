@@ -13,6 +13,19 @@ pub const SNMP_TRAP_OID_0: &[u32] = &[1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0];
 /// `snmpTraps`: the generic traps of v1 are its arcs 1..=6.
 const SNMP_TRAPS: &[u32] = &[1, 3, 6, 1, 6, 3, 1, 1, 5];
 
+/// Varbinds a notification may carry besides `sysUpTime.0` and
+/// `snmpTrapOID.0` (real ones carry a handful); more is refused as
+/// malformed, so a queued notification's decoded size stays bounded.
+pub const MAX_VARBINDS: usize = 256;
+
+fn too_many(at: usize, n: usize) -> DecodeError {
+    DecodeError::new(
+        at,
+        "pdu.varbinds",
+        format!("{n} varbinds: more than the {MAX_VARBINDS} a notification may carry"),
+    )
+}
+
 /// One notification as received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
@@ -56,6 +69,9 @@ pub fn decode(bytes: &[u8]) -> Result<Notification, DecodeError> {
         Some(tag::TRAP_V1) => {
             let mut body = msg.expect(tag::TRAP_V1, "pdu")?;
             let trap = decode_trap_v1(&mut body)?;
+            if trap.varbinds.len() > MAX_VARBINDS {
+                return Err(too_many(at, trap.varbinds.len()));
+            }
             let trap_oid = if (0..6).contains(&trap.generic) {
                 let mut oid = SNMP_TRAPS.to_vec();
                 oid.push(trap.generic as u32 + 1);
@@ -84,6 +100,9 @@ pub fn decode(bytes: &[u8]) -> Result<Notification, DecodeError> {
         Some(kind @ (tag::TRAP_V2 | tag::INFORM)) => {
             let raw = msg.rest();
             let pdu = decode_pdu(&mut msg)?;
+            if pdu.varbinds.len() > MAX_VARBINDS + 2 {
+                return Err(too_many(at, pdu.varbinds.len() - 2));
+            }
             let mut varbinds = pdu.varbinds.into_iter();
             let uptime = match varbinds.next() {
                 Some((oid, SnmpValue::TimeTicks(t))) if oid == SYS_UPTIME_0 => t,

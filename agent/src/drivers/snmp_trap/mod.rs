@@ -8,7 +8,11 @@
 //! the community, queues the notification for the next poll (a bounded
 //! channel: `max_pending`) and acknowledges an inform only once it is
 //! queued, so an inform that finds the queue full is sent again by its
-//! sender rather than lost here. A poll takes what is queued: no lock is
+//! sender rather than lost here; a resend of an inform already queued (same
+//! sender, community and request id within a minute) is acknowledged again,
+//! not queued twice. The queue is bounded by count and by datagram bytes.
+//! Between the acknowledgement and the next poll an inform is only in
+//! memory (a crash or the device's stop loses it; the stop logs how many). A poll takes what is queued: no lock is
 //! shared. The device is up while the socket is bound; a poll that cannot
 //! bind fails with the reason (port taken, no privilege for port 162).
 //!
@@ -37,7 +41,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -65,6 +69,12 @@ const MAX_TOLD: usize = 10_000;
 
 /// Senders with a rate bucket of their own.
 const MAX_SENDERS: usize = 10_000;
+
+/// How long a queued inform is remembered, to recognise its resends.
+const INFORM_MEMORY: Duration = Duration::from_secs(60);
+
+/// Informs remembered at most.
+const MAX_INFORMS: usize = 100_000;
 
 /// Series kept for reuse; beyond this the cache starts again (the
 /// scheduler's series limit bounds what is stored).
@@ -99,8 +109,17 @@ struct Receiver {
 }
 
 impl Drop for Receiver {
+    /// The device stopped (a reload removed or changed it, or the agent is
+    /// stopping): what is queued and not polled yet is lost, and said so.
     fn drop(&mut self) {
         self.task.abort();
+        let queued = self.rx.len();
+        if queued > 0 {
+            warn!(
+                queued,
+                "snmp_trap: the device stopped with notifications not yet polled; they are lost (informs among them were acknowledged)"
+            );
+        }
     }
 }
 
@@ -130,12 +149,19 @@ struct Counts {
     /// By cause: over a rate, the queue full.
     dropped_rate: AtomicU64,
     dropped_queue: AtomicU64,
+    /// Informs sent again and acknowledged again, not queued twice.
+    repeated: AtomicU64,
+    /// Bytes of the datagrams queued and not yet taken by a poll.
+    pending_bytes: AtomicUsize,
 }
 
 /// A notification and where and when it came from.
 struct Received {
     ts_ns: i64,
     source: IpAddr,
+    /// The datagram's size, counted in [`Counts::pending_bytes`] while
+    /// queued.
+    bytes: usize,
     notification: Notification,
 }
 
@@ -170,7 +196,12 @@ impl SnmpTrapDriver {
         if let Some(r) = &mut self.receiver {
             while taken.len() < self.cfg.max_pending {
                 match r.rx.try_recv() {
-                    Ok(received) => taken.push(received),
+                    Ok(received) => {
+                        r.counts
+                            .pending_bytes
+                            .fetch_sub(received.bytes, Ordering::Relaxed);
+                        taken.push(received);
+                    }
                     Err(_) => break,
                 }
             }
@@ -194,6 +225,11 @@ impl SnmpTrapDriver {
                 let labels = BTreeMap::from([("cause".to_owned(), cause.to_owned())]);
                 counts.push(("snmp_trap_dropped_total", labels, n.load(Ordering::Relaxed)));
             }
+            counts.push((
+                "snmp_trap_informs_repeated_total",
+                BTreeMap::new(),
+                r.counts.repeated.load(Ordering::Relaxed),
+            ));
             let device = self.device.clone();
             for (metric, labels, n) in counts {
                 let series = self.series(&device, metric, labels);
@@ -280,6 +316,7 @@ async fn receive(
     let mut told = Told::default();
     let mut total = Bucket::new(cfg.max_rate, Instant::now());
     let mut per_sender: HashMap<IpAddr, Bucket> = HashMap::new();
+    let mut informs = Informs::default();
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -330,27 +367,81 @@ async fn receive(
                 continue;
             }
         };
-        let ack = notification.inform.as_ref().map(|(id, varbinds)| {
-            response(notification.version, &notification.community, *id, varbinds)
+        let inform = notification.inform.as_ref().map(|(id, varbinds)| {
+            let ack = response(notification.version, &notification.community, *id, varbinds);
+            ((from.ip(), notification.community.clone(), *id), ack)
         });
+        // An inform sent again (its acknowledgement lost or late) that was
+        // queued already: acknowledged again, not queued twice.
+        if let Some((key, ack)) = &inform
+            && informs.seen(key, now)
+        {
+            counts.repeated.fetch_add(1, Ordering::Relaxed);
+            send_ack(&socket, ack, from).await;
+            continue;
+        }
+        // Memory is bounded by bytes as well as by count.
+        if counts.pending_bytes.load(Ordering::Relaxed) + len > cfg.max_pending_bytes {
+            counts.dropped_queue.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let received = Received {
             ts_ns,
             source: from.ip(),
+            bytes: len,
             notification,
         };
+        counts.pending_bytes.fetch_add(len, Ordering::Relaxed);
         match tx.try_send(received) {
             Ok(()) => {
-                if let Some(ack) = ack
-                    && let Err(e) = socket.send_to(&ack, from).await
-                {
-                    debug!(to = %from, error = %e, "snmp_trap: inform acknowledgement not sent");
+                if let Some((key, ack)) = inform {
+                    informs.remember(key, now);
+                    send_ack(&socket, &ack, from).await;
                 }
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
+                counts.pending_bytes.fetch_sub(len, Ordering::Relaxed);
                 counts.dropped_queue.fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+async fn send_ack(socket: &UdpSocket, ack: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.send_to(ack, to).await {
+        debug!(%to, error = %e, "snmp_trap: inform acknowledgement not sent");
+    }
+}
+
+/// (sender, community, request id) of an inform.
+type InformKey = (IpAddr, Vec<u8>, i32);
+
+/// The informs queued in the last [`INFORM_MEMORY`], so that a resend is
+/// recognised (senders retry after about a second, a few times).
+#[derive(Default)]
+struct Informs {
+    seen: HashMap<InformKey, Instant>,
+}
+
+impl Informs {
+    fn seen(&mut self, key: &InformKey, now: Instant) -> bool {
+        self.seen
+            .get(key)
+            .is_some_and(|at| now.duration_since(*at) < INFORM_MEMORY)
+    }
+
+    fn remember(&mut self, key: InformKey, now: Instant) {
+        if self.seen.len() >= MAX_INFORMS {
+            self.seen
+                .retain(|_, at| now.duration_since(*at) < INFORM_MEMORY);
+        }
+        // Still full of recent ones (a flood): forgotten all at once, and
+        // a resend of one of those may then be queued twice.
+        if self.seen.len() >= MAX_INFORMS {
+            self.seen.clear();
+        }
+        self.seen.insert(key, now);
     }
 }
 

@@ -121,6 +121,22 @@ fn what_is_not_a_notification_says_what_it_is() {
         e.contains("SNMPv3 notifications are not received yet"),
         "{e}"
     );
+    let many: Vec<Vec<u8>> = [
+        varbind(SYS_UPTIME_0, &tlv(tag::TIMETICKS, &[1])),
+        varbind(SNMP_TRAP_OID_0, &ber::oid(LINK_DOWN)),
+    ]
+    .into_iter()
+    .chain((0..257).map(|_| varbind(IF_OPER_STATUS_3, &ber::null())))
+    .collect();
+    let e = decode(&v2_message(tag::TRAP_V2, b"public", &many))
+        .expect_err("too many varbinds")
+        .to_string();
+    assert!(e.contains("257 varbinds: more than the 256"), "{e}");
+    let e = decode(&v3).expect_err("v3").to_string();
+    assert!(
+        e.contains("SNMPv3 notifications are not received yet"),
+        "{e}"
+    );
     for cut in 0..link_down(tag::TRAP_V2).len() {
         assert!(
             decode(&link_down(tag::TRAP_V2)[..cut]).is_err(),
@@ -211,7 +227,7 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
     cfg.listen = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut d = SnmpTrapDriver::new(&cfg, "traps");
     let first = d.poll().await.expect("bound");
-    assert_eq!(first.len(), 5, "the counts: {first:?}");
+    assert_eq!(first.len(), 6, "the counts: {first:?}");
     let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("sender");
@@ -293,9 +309,15 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
                 &Value::I64(0)
             ),
             (
-                here,
+                here.clone(),
                 "snmp_trap_dropped_total".into(),
                 cause("queue"),
+                &Value::I64(0)
+            ),
+            (
+                here,
+                "snmp_trap_informs_repeated_total".into(),
+                None,
                 &Value::I64(0)
             ),
         ]
@@ -309,6 +331,131 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
         readings[4].ts_ns, 0,
         "the counts are stamped by the scheduler"
     );
+}
+
+/// A free loopback UDP address, and the driver listening there with
+/// `extra` settings, bound by its first poll.
+async fn listening(extra: &str) -> (SnmpTrapDriver, std::net::SocketAddr) {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("probe");
+    let addr = probe.local_addr().expect("addr");
+    drop(probe);
+    let cfg = match device(&format!(
+        "driver = \"snmp_trap\"\nlisten = \"{addr}\"\ncommunity = \"public\"\nmibs = []\n{extra}"
+    ))
+    .expect("valid")
+    {
+        DriverConfig::SnmpTrap(t) => t,
+        other => panic!("{other:?}"),
+    };
+    let mut d = SnmpTrapDriver::new(&cfg, "traps");
+    d.poll().await.expect("bound");
+    (d, addr)
+}
+
+/// The value of the count `metric` (with `cause`, if any).
+fn count_of(readings: &[Reading], metric: &str, cause: Option<&str>) -> i64 {
+    match readings
+        .iter()
+        .find(|r| &*r.series.metric == metric && r.series.labels.get("cause") == cause)
+        .map(|r| &r.value)
+    {
+        Some(Value::I64(n)) => *n,
+        other => panic!("{metric} {cause:?}: {other:?} in {readings:?}"),
+    }
+}
+
+/// An inform sent again with the same request id (its acknowledgement
+/// lost): acknowledged both times, stored once.
+#[tokio::test]
+async fn an_inform_sent_again_is_acknowledged_again_and_queued_once() {
+    let (mut d, addr) = listening("").await;
+    let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("sender");
+    let mut ack = [0u8; 512];
+    for _ in 0..3 {
+        sender
+            .send_to(&link_down(tag::INFORM), addr)
+            .await
+            .expect("sent");
+        let (n, _) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            sender.recv_from(&mut ack),
+        )
+        .await
+        .expect("an acknowledgement")
+        .expect("received");
+        let (_, _, pdu) = ber::decode_v2c(&ack[..n]).expect("a response");
+        assert_eq!((pdu.kind, pdu.request_id), (tag::RESPONSE, 77));
+    }
+    let readings = d.poll().await.expect("polled");
+    let events = readings
+        .iter()
+        .filter(|r| r.series.metric.starts_with("1.3.6.1.6"))
+        .count();
+    assert_eq!(events, 1, "stored once: {readings:?}");
+    assert_eq!(
+        count_of(&readings, "snmp_trap_informs_repeated_total", None),
+        2
+    );
+}
+
+/// Queued datagrams are bounded by bytes: what does not fit is dropped
+/// and counted, what fits is kept.
+#[tokio::test]
+async fn the_queue_is_bounded_by_bytes_and_every_drop_counted() {
+    let (mut d, addr) = listening("max_pending_bytes = \"64KiB\"\n").await;
+    // A trap of about 1,000 bytes: a long string varbind.
+    let big = v2_message(
+        tag::TRAP_V2,
+        b"public",
+        &[
+            varbind(SYS_UPTIME_0, &tlv(tag::TIMETICKS, &[1])),
+            varbind(SNMP_TRAP_OID_0, &ber::oid(LINK_DOWN)),
+            varbind(IF_OPER_STATUS_3, &ber::octets(&[b'x'; 1000])),
+        ],
+    );
+    let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("sender");
+    let sent = 100;
+    let counts = d.receiver.as_ref().expect("bound").counts.clone();
+    // In chunks of 10, each handled before the next goes (the socket's
+    // buffer would drop a burst of 100 kB before the task sees it).
+    for chunk in 1..=sent / 10 {
+        for _ in 0..10 {
+            sender.send_to(&big, addr).await.expect("sent");
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let queued = counts.pending_bytes.load(Ordering::Relaxed) / big.len();
+                let dropped = counts.dropped_queue.load(Ordering::Relaxed) as usize;
+                if queued + dropped >= chunk * 10 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("the chunk handled");
+    }
+    let readings = d.poll().await.expect("polled");
+    let queued = readings
+        .iter()
+        .filter(|r| &*r.series.device == "127.0.0.1" && r.series.metric.starts_with("1.3.6.1.6"))
+        .count() as i64;
+    let dropped = count_of(&readings, "snmp_trap_dropped_total", Some("queue"));
+    assert_eq!(
+        queued + dropped,
+        sent as i64,
+        "queued {queued}, dropped {dropped}"
+    );
+    assert!(
+        queued * big.len() as i64 <= 64 * 1024,
+        "{queued} of {} bytes queued",
+        big.len()
+    );
+    assert!(queued > 0 && dropped > 0);
 }
 
 /// A sender over its rate is dropped before decoding, and counted: what
