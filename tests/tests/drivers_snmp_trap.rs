@@ -83,7 +83,7 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
     let mut driver = Driver::build(&cfg.devices[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let counts = poll(&mut driver).await?;
     ensure!(
-        counts.len() == 6,
+        counts.len() == 8,
         "only the counts before any trap: {counts:?}"
     );
 
@@ -151,8 +151,8 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
         ]))?,
         "an inform with the wrong community was acknowledged"
     );
-    // Not notifications: random bytes, and an SNMPv3 message (not received
-    // yet), sent with net-snmp's own v3 GET.
+    // Not notifications: random bytes, and an SNMPv3 message from a user
+    // this receiver does not have (net-snmp's own v3 GET).
     let junk = std::net::UdpSocket::bind("127.0.0.1:0")?;
     junk.send_to(b"\x30\x03\x02\x01", &target)?;
     ensure!(
@@ -230,7 +230,9 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
             s("ifOperStatus", "linkUp", "3", Value::I64(1)),
             count("snmp_trap_rejected_total", "community", 1),
             count("snmp_trap_rejected_total", "malformed", 1),
-            count("snmp_trap_rejected_total", "version", 1),
+            count("snmp_trap_rejected_total", "version", 0),
+            count("snmp_trap_rejected_total", "user", 1),
+            count("snmp_trap_rejected_total", "auth", 0),
             count("snmp_trap_dropped_total", "rate", 0),
             count("snmp_trap_dropped_total", "queue", 0),
             count("snmp_trap_informs_repeated_total", "", 0),
@@ -241,7 +243,7 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
     }
     // Nothing more arrived: the next poll has the counts only.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(poll(&mut driver).await?.len(), 6);
+    assert_eq!(poll(&mut driver).await?.len(), 8);
     // The communities are secrets: `tributary-agent config` shows neither.
     let dir = tributary_tests::process::TestDir::new("snmp-trap-config")?;
     let path = dir.path().join("agent.toml");
@@ -356,5 +358,118 @@ async fn every_acknowledged_inform_is_stored_once() -> Result<()> {
         events.iter().map(|(_, p)| p.len()).sum::<usize>() == n as usize,
         "one linkDown event per inform: {events:?}"
     );
+    Ok(())
+}
+
+/// SNMPv3 traps from net-snmp's `snmptrap`: authPriv (SHA-256, AES) with
+/// the configured user is stored; a wrong password, an unknown user and a
+/// trap below the user's level are refused and counted by cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_traps_from_net_snmp() -> Result<()> {
+    let dirs: Vec<String> = snmp_mib_dirs()?
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
+    let port = free_udp_port()?;
+    let target = format!("127.0.0.1:{port}");
+    let engine = "0x80001f8880c0ffee0001";
+    let text = format!(
+        "id = \"trap-test\"\ncollectors = [\"http://127.0.0.1:1\"]\nmib_dirs = [{}]\n\n\
+         [[devices]]\nname = \"traps\"\ndriver = \"snmp_trap\"\ninterval = \"1s\"\n\
+         listen = \"{target}\"\ncommunity = \"public\"\nuser = \"trapper\"\nauth_protocol = \"sha256\"\n\
+         auth_password = \"auth-pass-1\"\npriv_protocol = \"aes\"\npriv_password = \"priv-pass-1\"\n",
+        dirs.join(", ")
+    );
+    let cfg = tributary_agent::config::parse(&text, std::path::Path::new("agent.toml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut driver = Driver::build(&cfg.devices[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    poll(&mut driver).await?;
+    let snmptrap = netsnmp("snmptrap")?;
+    let v3 = |user: &str, level: &str, auth: &str, trap: &str| {
+        let mut c = Command::new(&snmptrap);
+        c.args(["-v", "3", "-e", engine, "-u", user, "-l", level]);
+        if level != "noAuthNoPriv" {
+            c.args(["-a", "SHA-256", "-A", auth]);
+        }
+        if level == "authPriv" {
+            c.args(["-x", "AES", "-X", "priv-pass-1"]);
+        }
+        c.args([&target, "", trap, "1.3.6.1.2.1.2.2.1.1.9", "i", "9"]);
+        c
+    };
+    // linkDown, as configured: stored.
+    ensure!(run(&mut v3(
+        "trapper",
+        "authPriv",
+        "auth-pass-1",
+        "1.3.6.1.6.3.1.1.5.3"
+    ))?);
+    // Refused: a wrong password, an unknown user, below the user's level.
+    ensure!(run(&mut v3(
+        "trapper",
+        "authPriv",
+        "wrong-pass-1",
+        "1.3.6.1.6.3.1.1.5.4"
+    ))?);
+    ensure!(run(&mut v3(
+        "intruder",
+        "authPriv",
+        "auth-pass-1",
+        "1.3.6.1.6.3.1.1.5.4"
+    ))?);
+    ensure!(run(&mut v3(
+        "trapper",
+        "noAuthNoPriv",
+        "",
+        "1.3.6.1.6.3.1.1.5.4"
+    ))?);
+    // coldStart, authPriv again: stored (the engine's clock moves forward).
+    ensure!(run(&mut v3(
+        "trapper",
+        "authPriv",
+        "auth-pass-1",
+        "1.3.6.1.6.3.1.1.5.1"
+    ))?);
+    // A v2c inform, acknowledged once queued: everything above is handled.
+    ensure!(run(Command::new(netsnmp("snmpinform")?).args([
+        "-v",
+        "2c",
+        "-c",
+        "public",
+        "-r",
+        "2",
+        "-t",
+        "3",
+        &target,
+        "",
+        "1.3.6.1.6.3.1.1.5.4",
+    ]))?);
+    let readings = poll(&mut driver).await?;
+    let events: Vec<String> = readings
+        .iter()
+        .filter(|r| r.series.labels.get("snmpTrapOID") == Some(&*r.series.metric))
+        .map(|r| r.series.metric.to_string())
+        .collect();
+    assert_eq!(events, ["linkDown", "coldStart", "linkUp"]);
+    let rejected = |cause: &str| {
+        readings
+            .iter()
+            .find(|r| {
+                &*r.series.metric == "snmp_trap_rejected_total"
+                    && r.series.labels.get("cause") == Some(cause)
+            })
+            .map(|r| r.value.clone())
+    };
+    assert_eq!(
+        rejected("auth"),
+        Some(Value::I64(2)),
+        "wrong password, noAuthNoPriv"
+    );
+    assert_eq!(rejected("user"), Some(Value::I64(1)), "unknown user");
+    let index = readings
+        .iter()
+        .find(|r| &*r.series.metric == "ifIndex")
+        .map(|r| r.value.clone());
+    assert_eq!(index, Some(Value::I64(9)));
     Ok(())
 }

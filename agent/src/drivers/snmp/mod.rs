@@ -49,7 +49,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-mod config;
+pub(crate) mod config;
 pub mod value;
 
 pub use self::config::{

@@ -12,7 +12,24 @@ use toml::Spanned;
 
 use crate::config::{ConfigError, Source};
 use crate::drivers::settings::{DriverTable, Settings};
-use crate::drivers::snmp::At;
+use crate::drivers::snmp::config::usm_credentials;
+use crate::drivers::snmp::{At, SnmpAuthProtocol, SnmpPrivProtocol};
+
+/// An engine id written in hex (`0x` optional): 5 to 32 bytes.
+fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    if !t.len().is_multiple_of(2) || !(10..=64).contains(&t.len()) {
+        return None;
+    }
+    (0..t.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(t.get(i..i + 2)?, 16).ok())
+        .collect()
+}
 
 /// Notifications kept between two polls unless `max_pending` says.
 pub const DEFAULT_MAX_PENDING: usize = 10_000;
@@ -42,6 +59,8 @@ pub struct SnmpTrapConfig {
     /// and `communities` together); others are counted and dropped (and an
     /// inform is not acknowledged).
     pub communities: Vec<String>,
+    /// The SNMPv3 user notifications may come from (USM), if any.
+    pub user: Option<TrapUser>,
     /// Device name by sender address; a sender not listed is named by its
     /// address.
     pub senders: BTreeMap<IpAddr, String>,
@@ -97,6 +116,21 @@ impl OidNames {
     }
 }
 
+/// An SNMPv3 user whose traps are accepted.
+#[derive(Clone, PartialEq)]
+pub struct TrapUser {
+    pub name: String,
+    pub auth: Option<(SnmpAuthProtocol, String)>,
+    pub privacy: Option<(SnmpPrivProtocol, String)>,
+    /// The sender's engine id (`engine_id`, hex), when set: traps of other
+    /// engines are refused. Unset, keys are localized for each engine that
+    /// sends, at most one new engine a second and [`MAX_ENGINES`] in all.
+    pub engine_id: Option<Vec<u8>>,
+}
+
+/// Engines a receiver keeps keys and clocks for.
+pub const MAX_ENGINES: usize = 1_000;
+
 impl std::fmt::Debug for SnmpTrapConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SnmpTrapConfig")
@@ -105,6 +139,7 @@ impl std::fmt::Debug for SnmpTrapConfig {
                 "communities",
                 &format!("<{} redacted>", self.communities.len()),
             )
+            .field("user", &self.user.as_ref().map(|u| &u.name))
             .field("senders", &self.senders)
             .field("mibs", &self.mibs)
             .field("max_pending", &self.max_pending)
@@ -122,6 +157,12 @@ struct RawSnmpTrap {
     listen: Spanned<String>,
     community: Option<Spanned<String>>,
     communities: Option<Spanned<Vec<String>>>,
+    user: Option<Spanned<String>>,
+    auth_protocol: Option<Spanned<String>>,
+    auth_password: Option<Spanned<String>>,
+    priv_protocol: Option<Spanned<String>>,
+    priv_password: Option<Spanned<String>>,
+    engine_id: Option<Spanned<String>>,
     senders: Option<Vec<Spanned<RawSender>>>,
     mibs: Option<Vec<Spanned<String>>>,
     max_pending: Option<Spanned<usize>>,
@@ -172,11 +213,61 @@ impl RawSnmpTrap {
             }
             communities.extend(list.get_ref().iter().cloned());
         }
-        if communities.is_empty() {
+        let user = match &self.user {
+            None => {
+                for (v, name) in [
+                    (&self.auth_protocol, "auth_protocol"),
+                    (&self.auth_password, "auth_password"),
+                    (&self.priv_protocol, "priv_protocol"),
+                    (&self.priv_password, "priv_password"),
+                    (&self.engine_id, "engine_id"),
+                ] {
+                    if let Some(v) = v {
+                        return Err(src.error(
+                            v.span(),
+                            format!("{key}.{name}"),
+                            format!("`{name}` needs `user` (the SNMPv3 user)"),
+                        ));
+                    }
+                }
+                None
+            }
+            Some(u) if u.get_ref().is_empty() => {
+                return Err(src.error(u.span(), format!("{key}.user"), "must not be empty"));
+            }
+            Some(u) => {
+                let (auth, privacy) = usm_credentials(
+                    src,
+                    key,
+                    (&self.auth_protocol, &self.auth_password),
+                    (&self.priv_protocol, &self.priv_password),
+                )?;
+                let engine_id = match &self.engine_id {
+                    None => None,
+                    Some(e) => Some(parse_hex(e.get_ref()).ok_or_else(|| {
+                        src.error(
+                            e.span(),
+                            format!("{key}.engine_id"),
+                            format!(
+                                "\"{}\" is not an engine id (5 to 32 bytes in hex, e.g. 0x80001f8880...)",
+                                e.get_ref()
+                            ),
+                        )
+                    })?),
+                };
+                Some(TrapUser {
+                    name: u.get_ref().clone(),
+                    auth,
+                    privacy,
+                    engine_id,
+                })
+            }
+        };
+        if communities.is_empty() && user.is_none() {
             return Err(src.error(
                 self.listen.span(),
                 key.to_owned(),
-                "set `community` (or `community_file`) or `communities`: the communities a notification may carry",
+                "set `community` (or `community_file`), `communities` or an SNMPv3 `user`: who may send notifications",
             ));
         }
         let mut senders = BTreeMap::new();
@@ -280,6 +371,7 @@ impl RawSnmpTrap {
         Ok(SnmpTrapConfig {
             listen,
             communities,
+            user,
             senders,
             mibs,
             max_pending,
@@ -294,7 +386,8 @@ impl RawSnmpTrap {
 }
 
 impl Settings for SnmpTrapConfig {
-    const SECRETS: &'static [&'static str] = &["community", "communities"];
+    const SECRETS: &'static [&'static str] =
+        &["community", "communities", "auth_password", "priv_password"];
 
     fn parse(mut table: DriverTable<'_, '_>) -> Result<Self, ConfigError> {
         let raw: RawSnmpTrap = table.deserialize()?;

@@ -3,7 +3,7 @@
 //! acknowledgement ([`response`]) echoes its request id and varbinds.
 
 use crate::drivers::snmp::ber::{
-    self, DecodeError, Reader, SnmpValue, constructed, decode_pdu, decode_trap_v1, tag,
+    self, DecodeError, Pdu, Reader, SnmpValue, constructed, decode_pdu, decode_trap_v1, tag,
 };
 
 /// `sysUpTime.0`, the first varbind of a v2 notification.
@@ -100,41 +100,10 @@ pub fn decode(bytes: &[u8]) -> Result<Notification, DecodeError> {
         Some(kind @ (tag::TRAP_V2 | tag::INFORM)) => {
             let raw = msg.rest();
             let pdu = decode_pdu(&mut msg)?;
-            if pdu.varbinds.len() > MAX_VARBINDS + 2 {
-                return Err(too_many(at, pdu.varbinds.len() - 2));
-            }
-            let mut varbinds = pdu.varbinds.into_iter();
-            let uptime = match varbinds.next() {
-                Some((oid, SnmpValue::TimeTicks(t))) if oid == SYS_UPTIME_0 => t,
-                _ => {
-                    return Err(DecodeError::new(
-                        at,
-                        "pdu.varbind[0]",
-                        "a notification starts with sysUpTime.0 (TimeTicks)",
-                    ));
-                }
-            };
-            let trap_oid = match varbinds.next() {
-                Some((oid, SnmpValue::Oid(t))) if oid == SNMP_TRAP_OID_0 => t,
-                _ => {
-                    return Err(DecodeError::new(
-                        at,
-                        "pdu.varbind[1]",
-                        "a notification's second varbind is snmpTrapOID.0 (an OID)",
-                    ));
-                }
-            };
             let inform = (kind == tag::INFORM)
                 .then(|| varbind_list(raw).map(|list| (pdu.request_id, list.to_vec())))
                 .flatten();
-            Ok(Notification {
-                version,
-                community,
-                trap_oid,
-                uptime,
-                varbinds: varbinds.collect(),
-                inform,
-            })
+            from_v2_pdu(version, community, pdu, inform, at)
         }
         Some(other) => Err(DecodeError::new(
             at,
@@ -143,6 +112,49 @@ pub fn decode(bytes: &[u8]) -> Result<Notification, DecodeError> {
         )),
         None => Err(DecodeError::new(at, "pdu", "truncated: no PDU")),
     }
+}
+
+/// The notification a decoded v2 Trap or InformRequest PDU carries (also
+/// an SNMPv3 one, once opened): `sysUpTime.0` and `snmpTrapOID.0` first.
+pub fn from_v2_pdu(
+    version: i64,
+    community: Vec<u8>,
+    pdu: Pdu,
+    inform: Option<(i32, Vec<u8>)>,
+    at: usize,
+) -> Result<Notification, DecodeError> {
+    if pdu.varbinds.len() > MAX_VARBINDS + 2 {
+        return Err(too_many(at, pdu.varbinds.len() - 2));
+    }
+    let mut varbinds = pdu.varbinds.into_iter();
+    let uptime = match varbinds.next() {
+        Some((oid, SnmpValue::TimeTicks(t))) if oid == SYS_UPTIME_0 => t,
+        _ => {
+            return Err(DecodeError::new(
+                at,
+                "pdu.varbind[0]",
+                "a notification starts with sysUpTime.0 (TimeTicks)",
+            ));
+        }
+    };
+    let trap_oid = match varbinds.next() {
+        Some((oid, SnmpValue::Oid(t))) if oid == SNMP_TRAP_OID_0 => t,
+        _ => {
+            return Err(DecodeError::new(
+                at,
+                "pdu.varbind[1]",
+                "a notification's second varbind is snmpTrapOID.0 (an OID)",
+            ));
+        }
+    };
+    Ok(Notification {
+        version,
+        community,
+        trap_oid,
+        uptime,
+        varbinds: varbinds.collect(),
+        inform,
+    })
 }
 
 /// The raw varbind list of a PDU element (tag, length, three integers,

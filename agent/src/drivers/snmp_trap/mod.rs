@@ -37,6 +37,7 @@ mod config;
 mod decode;
 #[cfg(test)]
 mod tests;
+mod v3;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +52,7 @@ use tracing::{debug, info, warn};
 pub use self::config::{DEFAULT_MAX_PENDING, DEFAULT_MIBS, OidName, OidNames, SnmpTrapConfig};
 pub use self::decode::{Notification, decode, response};
 
+use super::snmp::ber;
 use super::snmp::mib::Mibs;
 use super::snmp::value::{to_value, to_value_as};
 use super::snmp::{ValueMeaning, oid_string};
@@ -129,23 +131,33 @@ enum Cause {
     Community,
     Malformed,
     Version,
+    User,
+    Auth,
 }
 
 impl Cause {
-    const ALL: [Cause; 3] = [Cause::Community, Cause::Malformed, Cause::Version];
+    const ALL: [Cause; 5] = [
+        Cause::Community,
+        Cause::Malformed,
+        Cause::Version,
+        Cause::User,
+        Cause::Auth,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Cause::Community => "community",
             Cause::Malformed => "malformed",
             Cause::Version => "version",
+            Cause::User => "user",
+            Cause::Auth => "auth",
         }
     }
 }
 
 #[derive(Default)]
 struct Counts {
-    rejected: [AtomicU64; 3],
+    rejected: [AtomicU64; 5],
     /// By cause: over a rate, the queue full.
     dropped_rate: AtomicU64,
     dropped_queue: AtomicU64,
@@ -317,6 +329,7 @@ async fn receive(
     let mut total = Bucket::new(cfg.max_rate, Instant::now());
     let mut per_sender: HashMap<IpAddr, Bucket> = HashMap::new();
     let mut informs = Informs::default();
+    let mut v3 = v3::V3::new(Instant::now());
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -345,25 +358,23 @@ async fn receive(
             counts.dropped_rate.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let notification = match decode(&buf[..len]) {
-            Ok(n) if cfg.communities.iter().any(|c| c.as_bytes() == n.community) => n,
-            Ok(_) => {
-                told.reject(
-                    &counts,
-                    &cfg,
-                    from,
-                    Cause::Community,
-                    "no configured community",
-                );
-                continue;
+        let raw = &buf[..len];
+        let opened = if ber::message_version(raw).ok() == Some(3) {
+            v3.open(&cfg, raw, now)
+        } else {
+            match decode(raw) {
+                Ok(n) if cfg.communities.iter().any(|c| c.as_bytes() == n.community) => Ok(n),
+                Ok(_) => Err((Cause::Community, "no configured community".to_owned())),
+                Err(e) if e.field == "message.version" && e.reason.contains("SNMP") => {
+                    Err((Cause::Version, e.to_string()))
+                }
+                Err(e) => Err((Cause::Malformed, e.to_string())),
             }
-            Err(e) => {
-                let cause = if e.field == "message.version" && e.reason.contains("SNMP") {
-                    Cause::Version
-                } else {
-                    Cause::Malformed
-                };
-                told.reject(&counts, &cfg, from, cause, &e.to_string());
+        };
+        let notification = match opened {
+            Ok(n) => n,
+            Err((cause, why)) => {
+                told.reject(&counts, &cfg, from, cause, &why);
                 continue;
             }
         };

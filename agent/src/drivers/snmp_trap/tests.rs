@@ -165,6 +165,23 @@ fn settings_and_their_errors() {
     );
     let shown = format!("{t:?}");
     assert!(!shown.contains("s3cret"), "a community in Debug: {shown}");
+    let d = device(
+        "driver = \"snmp_trap\"\nlisten = \"127.0.0.1:9162\"\nuser = \"trapper\"\n\
+         auth_protocol = \"sha256\"\nauth_password = \"auth-s3cret\"\npriv_password = \"priv-s3cret\"\n\
+         engine_id = \"0x8000000001020304\"\n",
+    )
+    .expect("valid");
+    let DriverConfig::SnmpTrap(t) = d else {
+        panic!("not snmp_trap: {d:?}");
+    };
+    let u = t.user.as_ref().expect("a user");
+    assert_eq!(
+        u.engine_id.as_deref(),
+        Some(&[0x80, 0, 0, 0, 1, 2, 3, 4][..])
+    );
+    assert!(u.auth.is_some() && u.privacy.is_some() && t.communities.is_empty());
+    let shown = format!("{t:?}");
+    assert!(!shown.contains("s3cret"), "a password in Debug: {shown}");
     assert_eq!(t.mibs, DEFAULT_MIBS);
     assert!(!t.mibs_written);
     assert_eq!(t.max_pending, DEFAULT_MAX_PENDING);
@@ -187,7 +204,19 @@ fn settings_and_their_errors() {
         ),
         (
             "listen = \"127.0.0.1:9162\"\n",
-            "set `community` (or `community_file`) or `communities`",
+            "set `community` (or `community_file`), `communities` or an SNMPv3 `user`",
+        ),
+        (
+            "listen = \"127.0.0.1:9162\"\ncommunity = \"c\"\nauth_password = \"longenough\"\n",
+            "auth_password: `auth_password` needs `user`",
+        ),
+        (
+            "listen = \"127.0.0.1:9162\"\nuser = \"u\"\nauth_password = \"short\"\n",
+            "auth_password: must be at least 8 characters",
+        ),
+        (
+            "listen = \"127.0.0.1:9162\"\nuser = \"u\"\nauth_password = \"longenough\"\nengine_id = \"0x12\"\n",
+            "engine_id: \"0x12\" is not an engine id",
         ),
         (
             "listen = \"127.0.0.1:9162\"\ncommunities = [\"\"]\n",
@@ -227,7 +256,7 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
     cfg.listen = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut d = SnmpTrapDriver::new(&cfg, "traps");
     let first = d.poll().await.expect("bound");
-    assert_eq!(first.len(), 6, "the counts: {first:?}");
+    assert_eq!(first.len(), 8, "the counts: {first:?}");
     let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("sender");
@@ -300,6 +329,18 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
                 here.clone(),
                 "snmp_trap_rejected_total".into(),
                 cause("version"),
+                &Value::I64(0)
+            ),
+            (
+                here.clone(),
+                "snmp_trap_rejected_total".into(),
+                cause("user"),
+                &Value::I64(0)
+            ),
+            (
+                here.clone(),
+                "snmp_trap_rejected_total".into(),
+                cause("auth"),
                 &Value::I64(0)
             ),
             (
