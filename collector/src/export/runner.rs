@@ -133,6 +133,13 @@ impl Runner {
                             break;
                         }
                     }
+                    Err(e @ crate::store::read::ReadError::CursorRemoved { .. }) => {
+                        // Its cursor is gone, so the trim no longer waits for
+                        // it: sending on would skip rows. It runs again when
+                        // configured again (reload or restart).
+                        error!(export = %name, error = %e, "export stopped: its cursor was removed");
+                        return;
+                    }
                     Err(e) => {
                         error!(export = %name, error = %e, "export cannot read the store; retrying");
                         if sleep_or_cancel(STORE_RETRY, &cancel).await {

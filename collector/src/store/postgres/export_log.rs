@@ -301,6 +301,8 @@ impl PgLogConn {
         })
     }
 
+    /// Saves a cursor (position and counters); an error when its row is
+    /// gone (`setup` without this export).
     pub async fn save(&mut self, c: &CursorRow) -> Result<(), ReadError> {
         let (sent, dropped, skipped, retried) = (
             c.sent as i64,
@@ -308,24 +310,30 @@ impl PgLogConn {
             c.skipped as i64,
             c.retried as i64,
         );
-        self.bounded("save an export cursor", async |cl| {
-            cl.execute(
-                "UPDATE export_cursors SET position = $2, sent = $3, dropped = $4, \
+        let n = self
+            .bounded("save an export cursor", async |cl| {
+                cl.execute(
+                    "UPDATE export_cursors SET position = $2, sent = $3, dropped = $4, \
                  skipped = $5, retried = $6, last_error = $7, inflight = $8 WHERE name = $1",
-                &[
-                    &c.name,
-                    &c.position,
-                    &sent,
-                    &dropped,
-                    &skipped,
-                    &retried,
-                    &c.last_error,
-                    &c.inflight,
-                ],
-            )
-            .await
-        })
-        .await?;
+                    &[
+                        &c.name,
+                        &c.position,
+                        &sent,
+                        &dropped,
+                        &skipped,
+                        &retried,
+                        &c.last_error,
+                        &c.inflight,
+                    ],
+                )
+                .await
+            })
+            .await?;
+        if n != 1 {
+            return Err(ReadError::CursorRemoved {
+                name: c.name.clone(),
+            });
+        }
         Ok(())
     }
 
