@@ -112,8 +112,18 @@ impl PgLog {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("tributary-collector export");
-        // A holder that vanished without a FIN loses its lock in about a
-        // minute, not hours.
+        // The server drops the session of a holder whose host vanished
+        // without a FIN (and so its advisory lock) in about 30 s, not after
+        // the OS default of hours: server-side keepalives. The client-side
+        // ones below only notice a dead server.
+        // Whatever options the URL has (a search_path), plus these.
+        let keepalives = "-c tcp_keepalives_idle=15 -c tcp_keepalives_interval=5 \
+                          -c tcp_keepalives_count=3";
+        let options = match config.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} {keepalives}"),
+            _ => keepalives.to_owned(),
+        };
+        config.options(&options);
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(15));
         config.keepalives_interval(Duration::from_secs(5));
@@ -273,6 +283,17 @@ impl PgLogConn {
                 })
             }
         }
+    }
+
+    /// The value of the server setting `name` on this connection (tests
+    /// and diagnostics).
+    pub async fn setting(&mut self, name: &str) -> Result<String, ReadError> {
+        self.bounded("read a server setting", async |c| {
+            Ok(c.query_one("SELECT current_setting($1)", &[&name])
+                .await?
+                .get(0))
+        })
+        .await
     }
 
     /// Tries to become the one runner of export `name` (a session advisory
