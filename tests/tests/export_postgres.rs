@@ -318,3 +318,44 @@ async fn two_collectors_run_one_export_and_lose_nothing_across_kills() -> Result
     );
     Ok(())
 }
+
+/// A cursor removed by another collector's setup (started or reloaded
+/// without the export) makes the holder's next save fail instead of
+/// updating nothing: the trim no longer waits for that cursor, so sending
+/// on would lose rows. The export connections ask the server for TCP
+/// keepalives, so a holder whose host vanished loses its lock in about
+/// 30 s (the client-side ones only notice a dead server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_cursor_fails_the_save_and_export_sessions_keep_alive() -> Result<()> {
+    use tributary_collector::store::postgres::{PgLog, PgStore};
+    use tributary_collector::store::read::ReadError;
+
+    let schema = TestSchema::new("export_pg_cursor").await?;
+    let url = schema.url();
+    let open = url.clone();
+    tokio::task::spawn_blocking(move || {
+        PgStore::open(&open, tributary_collector::store::Durability::Full).map(drop)
+    })
+    .await
+    .context("store task")??;
+    let log = PgLog::new(&url)?;
+    log.setup(&["x".to_owned()]).await?;
+    let mut conn = log.connect().await?;
+    ensure!(conn.hold("x").await?, "nothing else holds export x");
+    let mut cursor = conn.cursor("x").await?;
+    cursor.sent = 7;
+    conn.save(&cursor).await?;
+    ensure!(conn.cursor("x").await?.sent == 7, "the save did not land");
+    // Another collector, configured with y only, sets the log up.
+    log.setup(&["y".to_owned()]).await?;
+    match conn.save(&cursor).await {
+        Err(ReadError::CursorRemoved { name }) => ensure!(name == "x"),
+        other => bail!("save of a removed cursor: {other:?}"),
+    }
+    // The URL's own options (the search path) are kept beside them.
+    ensure!(conn.setting("tcp_keepalives_idle").await? == "15");
+    ensure!(conn.setting("tcp_keepalives_interval").await? == "5");
+    ensure!(conn.setting("tcp_keepalives_count").await? == "3");
+    ensure!(conn.setting("search_path").await? == schema.name);
+    Ok(())
+}

@@ -55,6 +55,35 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Series labels (or keys) an export task keeps at most; its cache starts
+/// over past it.
+pub(crate) const MAX_CACHED_SERIES: usize = 1 << 20;
+
+/// The series ids of a page (`ids`, in any order, repeated or not) to look
+/// up before sending it: those not in `cache`, or — when adding them would
+/// take `cache` past `cap` — all of them, after clearing `cache`, so every
+/// series of the page has its entry when the page is sent (a reading whose
+/// series has none would be skipped).
+pub(crate) fn series_to_look_up<V>(
+    cache: &mut HashMap<i64, V>,
+    ids: impl Iterator<Item = i64>,
+    cap: usize,
+) -> Vec<i64> {
+    let mut all: Vec<i64> = ids.collect();
+    all.sort_unstable();
+    all.dedup();
+    let missing = all.iter().filter(|id| !cache.contains_key(id)).count();
+    if missing == 0 {
+        return Vec::new();
+    }
+    if cache.len() + missing > cap {
+        cache.clear();
+        return all;
+    }
+    all.retain(|id| !cache.contains_key(id));
+    all
+}
+
 /// Why the exports could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -297,7 +326,27 @@ impl Exports {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use std::collections::HashMap;
+
+    use super::{redact_url, series_to_look_up};
+
+    #[test]
+    fn a_full_series_cache_starts_over_with_every_series_of_the_page() {
+        let cap = 8;
+        let mut cache: HashMap<i64, ()> = (0..cap as i64).map(|id| (id, ())).collect();
+        // 2 and 5 cached, 100 and 101 new: the cache would pass its cap.
+        let page = [2, 100, 5, 2, 101, 100];
+        let look_up = series_to_look_up(&mut cache, page.into_iter(), cap);
+        assert_eq!(look_up, vec![2, 5, 100, 101]);
+        assert!(cache.is_empty());
+        cache.extend(look_up.into_iter().map(|id| (id, ())));
+        assert!(page.iter().all(|id| cache.contains_key(id)));
+        // Below the cap: only what is missing; nothing when all is cached.
+        let look_up = series_to_look_up(&mut cache, [5, 7, 7].into_iter(), cap);
+        assert_eq!(look_up, vec![7]);
+        assert_eq!(cache.len(), 4);
+        assert!(series_to_look_up(&mut cache, [2, 5].into_iter(), cap).is_empty());
+    }
 
     #[test]
     fn credentials_in_a_url_are_not_shown() {

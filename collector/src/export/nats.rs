@@ -45,9 +45,6 @@ use crate::model::{Point, SeriesKey, SeriesMeta, StoredValue};
 use crate::store::export::{LogBatch, LogConn};
 use crate::store::read::ReadError;
 
-/// Series keys kept at most; the cache starts over past it.
-const MAX_CACHED_SERIES: usize = 1 << 20;
-
 /// One message to publish until acknowledged.
 #[derive(Debug)]
 struct Outgoing {
@@ -128,18 +125,14 @@ impl NatsSink {
 
     /// Looks up the series of `page` not cached yet.
     async fn resolve(&mut self, log: &mut LogConn, page: &[LogBatch]) -> Result<(), ReadError> {
-        let mut missing: Vec<i64> = page
-            .iter()
-            .flat_map(|b| b.readings.iter().map(|r| r.series_id))
-            .filter(|id| !self.series.contains_key(id))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
+        let missing = super::series_to_look_up(
+            &mut self.series,
+            page.iter()
+                .flat_map(|b| b.readings.iter().map(|r| r.series_id)),
+            super::MAX_CACHED_SERIES,
+        );
         if missing.is_empty() {
             return Ok(());
-        }
-        if self.series.len() + missing.len() > MAX_CACHED_SERIES {
-            self.series.clear();
         }
         let keys = log.series(missing.clone()).await?;
         for id in missing {

@@ -36,8 +36,6 @@ const LAG_REFRESH: Duration = Duration::from_secs(2);
 const HOLD_RETRY: Duration = Duration::from_secs(2);
 /// Wait after a failed read of the store.
 const STORE_RETRY: Duration = Duration::from_secs(1);
-/// Series labels kept at most; the cache starts over past it.
-const MAX_CACHED_SERIES: usize = 1 << 20;
 
 /// When the task next reads the backlog's size, and whether the last trim
 /// left more to trim.
@@ -134,6 +132,13 @@ impl Runner {
                         if sleep_or_cancel(IDLE, &cancel).await {
                             break;
                         }
+                    }
+                    Err(e @ crate::store::read::ReadError::CursorRemoved { .. }) => {
+                        // Its cursor is gone, so the trim no longer waits for
+                        // it: sending on would skip rows. It runs again when
+                        // configured again (reload or restart).
+                        error!(export = %name, error = %e, "export stopped: its cursor was removed");
+                        return;
                     }
                     Err(e) => {
                         error!(export = %name, error = %e, "export cannot read the store; retrying");
@@ -266,20 +271,12 @@ impl Runner {
             return Ok(None);
         };
         let readings: Vec<LogReading> = page.into_iter().flat_map(|b| b.readings).collect();
-        let missing: Vec<i64> = {
-            let mut ids: Vec<i64> = readings
-                .iter()
-                .map(|r| r.series_id)
-                .filter(|id| !cache.contains_key(id))
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        };
+        let missing = super::series_to_look_up(
+            cache,
+            readings.iter().map(|r| r.series_id),
+            super::MAX_CACHED_SERIES,
+        );
         if !missing.is_empty() {
-            if cache.len() + missing.len() > MAX_CACHED_SERIES {
-                cache.clear();
-            }
             let keys = conn.series(missing.clone()).await?;
             for id in missing {
                 cache.insert(id, None);

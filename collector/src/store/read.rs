@@ -79,6 +79,13 @@ pub enum ReadError {
         id: i64,
         cause: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An export's cursor row is gone: a collector sharing the store was
+    /// started or reloaded without that export. Saving on would let the
+    /// trim delete rows the export has not sent.
+    #[error(
+        "export cursor {name:?} was removed (a collector sharing the store no longer configures it)"
+    )]
+    CursorRemoved { name: String },
     /// The blocking task running an SQLite read failed (panicked).
     #[error("{what}: read task failed: {message}")]
     Task { what: &'static str, message: String },
@@ -108,6 +115,7 @@ impl ReadError {
             | ReadError::Labels { .. }
             | ReadError::Reading { .. }
             | ReadError::Blob { .. }
+            | ReadError::CursorRemoved { .. }
             | ReadError::Task { .. } => false,
         }
     }

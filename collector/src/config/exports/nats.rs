@@ -487,11 +487,29 @@ pub(super) fn parse(
     })
 }
 
+/// `url` as an error shows it: in each comma-separated server, whatever
+/// comes before its last `@` (credentials) replaced by `***`.
+fn redact_servers(url: &str) -> String {
+    let one = |part: &str| {
+        let part = part.trim();
+        let (scheme, rest) = match part.split_once("://") {
+            Some((scheme, rest)) => (format!("{scheme}://"), rest),
+            None => (String::new(), part),
+        };
+        match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}***@{host}"),
+            None => part.to_owned(),
+        }
+    };
+    url.split(',').map(one).collect::<Vec<_>>().join(",")
+}
+
 /// `nats://host:port[,nats://host:port...]` → `host:port` each.
 fn servers(url: &str) -> Result<Vec<String>, String> {
+    let shown = redact_servers(url);
     let bad = |what: &str| {
         format!(
-            "{url:?}: {what}; expected nats://host:port, or several separated by commas, e.g. \
+            "{shown:?}: {what}; expected nats://host:port, or several separated by commas, e.g. \
              nats://127.0.0.1:4222"
         )
     };
@@ -502,6 +520,7 @@ fn servers(url: &str) -> Result<Vec<String>, String> {
             if one.starts_with("tls://") {
                 return Err(bad("tls:// is not supported by this version's nats export"));
             }
+            let one = redact_servers(one);
             return Err(bad(&format!("{one:?} does not start with nats://")));
         };
         let host_port = rest.strip_suffix('/').unwrap_or(rest);
@@ -514,6 +533,7 @@ fn servers(url: &str) -> Result<Vec<String>, String> {
             || host_port.contains(['/', '?', '#'])
             || host_port.contains(char::is_whitespace)
         {
+            let one = redact_servers(one);
             return Err(bad(&format!("{one:?} is not nats://host:port")));
         }
         let with_port = match host_port.rsplit_once(':') {
@@ -721,6 +741,21 @@ mod tests {
             "tls://a:1",
         ] {
             assert!(servers(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn credentials_in_a_bad_url_are_not_shown() {
+        for bad in [
+            "nats://u:secret@a:1",
+            "nats://a:1,nats://u:secret@b:1",
+            "nats://a:1, u:secret@b:1",
+            "nats://a:1,http://u:secret@b:1/x",
+            "nats://u:secret@a/x",
+        ] {
+            let e = servers(bad).unwrap_err();
+            assert!(!e.contains("secret"), "{bad:?}: {e}");
+            assert!(e.contains("***@"), "{bad:?}: {e}");
         }
     }
 }

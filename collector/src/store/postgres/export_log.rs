@@ -112,8 +112,18 @@ impl PgLog {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("tributary-collector export");
-        // A holder that vanished without a FIN loses its lock in about a
-        // minute, not hours.
+        // The server drops the session of a holder whose host vanished
+        // without a FIN (and so its advisory lock) in about 30 s, not after
+        // the OS default of hours: server-side keepalives. The client-side
+        // ones below only notice a dead server.
+        // Whatever options the URL has (a search_path), plus these.
+        let keepalives = "-c tcp_keepalives_idle=15 -c tcp_keepalives_interval=5 \
+                          -c tcp_keepalives_count=3";
+        let options = match config.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} {keepalives}"),
+            _ => keepalives.to_owned(),
+        };
+        config.options(&options);
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(15));
         config.keepalives_interval(Duration::from_secs(5));
@@ -275,6 +285,17 @@ impl PgLogConn {
         }
     }
 
+    /// The value of the server setting `name` on this connection (tests
+    /// and diagnostics).
+    pub async fn setting(&mut self, name: &str) -> Result<String, ReadError> {
+        self.bounded("read a server setting", async |c| {
+            Ok(c.query_one("SELECT current_setting($1)", &[&name])
+                .await?
+                .get(0))
+        })
+        .await
+    }
+
     /// Tries to become the one runner of export `name` (a session advisory
     /// lock, released when this connection ends).
     pub async fn hold(&mut self, name: &str) -> Result<bool, ReadError> {
@@ -301,6 +322,8 @@ impl PgLogConn {
         })
     }
 
+    /// Saves a cursor (position and counters); an error when its row is
+    /// gone (`setup` without this export).
     pub async fn save(&mut self, c: &CursorRow) -> Result<(), ReadError> {
         let (sent, dropped, skipped, retried) = (
             c.sent as i64,
@@ -308,24 +331,30 @@ impl PgLogConn {
             c.skipped as i64,
             c.retried as i64,
         );
-        self.bounded("save an export cursor", async |cl| {
-            cl.execute(
-                "UPDATE export_cursors SET position = $2, sent = $3, dropped = $4, \
+        let n = self
+            .bounded("save an export cursor", async |cl| {
+                cl.execute(
+                    "UPDATE export_cursors SET position = $2, sent = $3, dropped = $4, \
                  skipped = $5, retried = $6, last_error = $7, inflight = $8 WHERE name = $1",
-                &[
-                    &c.name,
-                    &c.position,
-                    &sent,
-                    &dropped,
-                    &skipped,
-                    &retried,
-                    &c.last_error,
-                    &c.inflight,
-                ],
-            )
-            .await
-        })
-        .await?;
+                    &[
+                        &c.name,
+                        &c.position,
+                        &sent,
+                        &dropped,
+                        &skipped,
+                        &retried,
+                        &c.last_error,
+                        &c.inflight,
+                    ],
+                )
+                .await
+            })
+            .await?;
+        if n != 1 {
+            return Err(ReadError::CursorRemoved {
+                name: c.name.clone(),
+            });
+        }
         Ok(())
     }
 

@@ -162,23 +162,30 @@ impl SqliteLog {
         })
     }
 
-    /// Saves a cursor (position and counters).
+    /// Saves a cursor (position and counters); an error when its row is
+    /// gone (`setup` without this export).
     pub fn save(&self, conn: &Connection, c: &CursorRow) -> Result<(), ReadError> {
-        conn.execute(
-            "UPDATE export_cursors SET position = ?2, sent = ?3, dropped = ?4, skipped = ?5, \
+        let n = conn
+            .execute(
+                "UPDATE export_cursors SET position = ?2, sent = ?3, dropped = ?4, skipped = ?5, \
              retried = ?6, last_error = ?7, inflight = ?8 WHERE name = ?1",
-            params![
-                c.name,
-                c.position,
-                c.sent as i64,
-                c.dropped as i64,
-                c.skipped as i64,
-                c.retried as i64,
-                c.last_error,
-                c.inflight
-            ],
-        )
-        .map_err(self.err("save an export cursor"))?;
+                params![
+                    c.name,
+                    c.position,
+                    c.sent as i64,
+                    c.dropped as i64,
+                    c.skipped as i64,
+                    c.retried as i64,
+                    c.last_error,
+                    c.inflight
+                ],
+            )
+            .map_err(self.err("save an export cursor"))?;
+        if n != 1 {
+            return Err(ReadError::CursorRemoved {
+                name: c.name.clone(),
+            });
+        }
         Ok(())
     }
 

@@ -99,3 +99,22 @@ fn an_old_trimming_trigger_is_replaced_when_the_log_is_set_up() {
         "the old trimming trigger stayed: {sql}"
     );
 }
+
+/// A cursor removed by another collector's setup (started or reloaded
+/// without the export) makes the holder's next save fail instead of
+/// updating nothing: the trim no longer waits for that cursor.
+#[test]
+fn saving_a_cursor_another_setup_removed_fails() {
+    let db = TempDb::new("export-removed-cursor");
+    let log = SqliteLog::setup(&db.path, &["x".to_owned()]).unwrap();
+    let conn = log.connect().unwrap();
+    let mut cursor = log.cursor(&conn, "x").unwrap();
+    cursor.sent = 7;
+    log.save(&conn, &cursor).unwrap();
+    assert_eq!(log.cursor(&conn, "x").unwrap().sent, 7);
+    SqliteLog::setup(&db.path, &["y".to_owned()]).unwrap();
+    match log.save(&conn, &cursor) {
+        Err(crate::store::read::ReadError::CursorRemoved { name }) => assert_eq!(name, "x"),
+        other => panic!("save of a removed cursor: {other:?}"),
+    }
+}
