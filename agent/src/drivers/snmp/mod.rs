@@ -50,6 +50,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 pub(crate) mod config;
+pub(crate) mod credentials;
 pub mod value;
 
 pub use self::config::{

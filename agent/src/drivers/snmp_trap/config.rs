@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use crate::config::{ConfigError, Source};
 use crate::drivers::settings::{DriverTable, Settings};
-use crate::drivers::snmp::config::usm_credentials;
+use crate::drivers::snmp::credentials::usm_credentials;
 use crate::drivers::snmp::{At, SnmpAuthProtocol, SnmpPrivProtocol};
 
 /// An engine id written in hex (`0x` optional): 5 to 32 bytes.

@@ -364,7 +364,8 @@ async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
                $5::bigint[], $6::bigint[], $7::bigint[], $8::text[]) \
              ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, \
                peer = CASE excluded.peer WHEN '' THEN a.peer ELSE excluded.peer END, \
-               collector = CASE excluded.collector WHEN '' THEN a.collector \
+               collector = CASE WHEN excluded.collector = '' \
+                 OR excluded.last_seen_ns < a.last_seen_ns THEN a.collector \
                  ELSE excluded.collector END, \
                last_seen_ns = GREATEST(a.last_seen_ns, excluded.last_seen_ns), \
                readings_stored = a.readings_stored + excluded.readings_stored, \

@@ -420,7 +420,9 @@ fn a_file_that_cannot_be_opened_is_named_once_with_its_cause() {
 /// A file made before `agents.collector` existed is upgraded when opened
 /// (its rows kept, named by no collector); a commit then records the name
 /// of the collector an agent streams to, and one with no name (`""`: the
-/// agent streams elsewhere) leaves it.
+/// agent streams elsewhere) leaves it, and so does one that saw the agent
+/// before the stored row's collector did (a late commit of the collector
+/// an agent left: collectors sharing PostgreSQL write the same way).
 #[test]
 fn an_older_file_gains_the_collector_column_and_commits_fill_it() {
     let path = std::env::temp_dir().join(format!(
@@ -450,19 +452,23 @@ fn an_older_file_gains_the_collector_column_and_commits_fill_it() {
             .collect()
     };
     assert_eq!(names(&reader), [("old".to_owned(), String::new())]);
-    let write = |store: &mut SqliteStore, agent: &str, collector: &str| {
+    let write_seen = |store: &mut SqliteStore, agent: &str, collector: &str, seen: i64| {
         let set = WriteSet {
             agents: vec![(
                 Arc::from(agent),
                 crate::store::AgentWrite {
                     epoch: 3,
                     collector: collector.into(),
+                    last_seen_ns: seen,
                     ..Default::default()
                 },
             )],
             ..WriteSet::default()
         };
         store.commit(&set).unwrap();
+    };
+    let write = |store: &mut SqliteStore, agent: &str, collector: &str| {
+        write_seen(store, agent, collector, 5)
     };
     write(&mut store, "old", "col-a");
     write(&mut store, "new", "col-b");
@@ -474,6 +480,11 @@ fn an_older_file_gains_the_collector_column_and_commits_fill_it() {
             ("old".to_owned(), "col-a".to_owned())
         ]
     );
+    // The agent moved to col-c (seen at 9); col-a's late commit (seen at 7)
+    // does not take the name back.
+    write_seen(&mut store, "old", "col-c", 9);
+    write_seen(&mut store, "old", "col-a", 7);
+    assert_eq!(names(&reader)[1], ("old".to_owned(), "col-c".to_owned()));
     // Opening it again changes nothing.
     drop(store);
     let _store = SqliteStore::open(&path, Durability::Normal).unwrap();

@@ -344,7 +344,8 @@ impl SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                      ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, \
                      peer = CASE excluded.peer WHEN '' THEN peer ELSE excluded.peer END, \
-                     collector = CASE excluded.collector WHEN '' THEN collector \
+                     collector = CASE WHEN excluded.collector = '' \
+                     OR excluded.last_seen_ns < last_seen_ns THEN collector \
                      ELSE excluded.collector END, \
                      last_seen_ns = max(last_seen_ns, excluded.last_seen_ns), \
                      readings_stored = readings_stored + excluded.readings_stored, \
