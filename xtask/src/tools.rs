@@ -164,40 +164,51 @@ const PLAYWRIGHT_CORE: &str = "1.65.2";
 /// different version there is replaced). Returns its `cli.js`: the test
 /// loads the package from that file's directory with node.
 fn playwright_core(ws: &Workspace) -> Result<PathBuf> {
-    let dir = ws.target.join("playwright");
-    let package = dir.join("node_modules/playwright-core");
-    let cli = package.join("cli.js");
-    let wanted = format!("\"version\": \"{PLAYWRIGHT_CORE}\"");
+    npm_package(
+        &ws.target.join("playwright"),
+        ("playwright-core", PLAYWRIGHT_CORE),
+        "cli.js",
+        &format!("playwright-core {PLAYWRIGHT_CORE} (no browser download)"),
+        &[],
+    )
+}
+
+/// npm package `name@version` installed under `dir` (once; another version
+/// there is replaced), with `extra` flags for `npm install`. Returns the
+/// package's file `file`, which must exist afterwards.
+fn npm_package(
+    dir: &Path,
+    (name, version): (&str, &str),
+    file: &str,
+    what: &str,
+    extra: &[&str],
+) -> Result<PathBuf> {
+    let package = dir.join("node_modules").join(name);
+    let wanted_file = package.join(file);
+    let wanted = format!("\"version\": \"{version}\"");
     let installed = std::fs::read_to_string(package.join("package.json"))
         .is_ok_and(|manifest| manifest.contains(&wanted));
-    if installed && cli.is_file() {
-        return Ok(cli);
+    if installed && wanted_file.is_file() {
+        return Ok(wanted_file);
     }
-    println!(
-        "xtask: installing playwright-core {PLAYWRIGHT_CORE} from npm into {} (no browser download)",
-        dir.display()
-    );
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    println!("xtask: installing {what} from npm into {}", dir.display());
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let mut install = Command::new("npm");
     install
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "--prefix",
-        ])
-        .arg(&dir)
-        .arg(format!("playwright-core@{PLAYWRIGHT_CORE}"));
+        .args(["install", "--no-audit", "--no-fund"])
+        .args(extra)
+        .args(["--loglevel=error", "--prefix"])
+        .arg(dir)
+        .arg(format!("{name}@{version}"));
     run_checked(&mut install).context("node and npm are needed (Debian: apt-get install npm)")?;
-    if !cli.is_file() {
+    if !wanted_file.is_file() {
         bail!(
             "{} installed, but {} is not there",
             show(&install),
-            cli.display()
+            wanted_file.display()
         );
     }
-    Ok(cli)
+    Ok(wanted_file)
 }
 
 /// net-snmp's `snmptranslate` (Debian package `snmp`): the reference the
@@ -226,41 +237,13 @@ const NET_SNMP_NPM: &str = "3.29.2";
 /// once; nothing of them is committed). Returns `IF-MIB.mib`: the tests
 /// read its directory.
 fn ietf_mibs(ws: &Workspace) -> Result<PathBuf> {
-    let dir = ws.target.join("mibs");
-    let package = dir.join("node_modules/net-snmp");
-    let if_mib = package.join("lib/mibs/IF-MIB.mib");
-    let wanted = format!("\"version\": \"{NET_SNMP_NPM}\"");
-    let installed = std::fs::read_to_string(package.join("package.json"))
-        .is_ok_and(|manifest| manifest.contains(&wanted));
-    if installed && if_mib.is_file() {
-        return Ok(if_mib);
-    }
-    println!(
-        "xtask: installing the IETF MIB modules (npm net-snmp {NET_SNMP_NPM}, its lib/mibs) into {}",
-        dir.display()
-    );
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut install = Command::new("npm");
-    install
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--ignore-scripts",
-            "--loglevel=error",
-            "--prefix",
-        ])
-        .arg(&dir)
-        .arg(format!("net-snmp@{NET_SNMP_NPM}"));
-    run_checked(&mut install).context("node and npm are needed (Debian: apt-get install npm)")?;
-    if !if_mib.is_file() {
-        bail!(
-            "{} installed, but {} is not there",
-            show(&install),
-            if_mib.display()
-        );
-    }
-    Ok(if_mib)
+    npm_package(
+        &ws.target.join("mibs"),
+        ("net-snmp", NET_SNMP_NPM),
+        "lib/mibs/IF-MIB.mib",
+        &format!("the IETF MIB modules (npm net-snmp {NET_SNMP_NPM}, its lib/mibs)"),
+        &["--ignore-scripts"],
+    )
 }
 
 /// `path`, installing the Debian package `package` first if it is missing
