@@ -378,7 +378,7 @@ async fn start_metrics(
     tributary_agent::metrics::UplinkMetrics,
     ReloadCounters,
 )> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    let listener = tributary_process::metrics::bind(addr).map_err(|e| {
         anyhow::anyhow!(
             "metrics.listen {addr}: cannot listen: {e} (set [metrics] listen or --metrics-listen to a free address, or to off)"
         )

@@ -176,8 +176,7 @@ async fn serve(args: ServeArgs, settings: config::Serve) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {listen}"))?;
     let http = match http_listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            tributary_process::metrics::bind(addr)
                 .with_context(|| format!("http_listen: listening on {addr}"))?,
         ),
         None => None,

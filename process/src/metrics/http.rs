@@ -7,6 +7,7 @@
 //! headers (a slowloris client is cut off, an idle keep-alive connection
 //! too), and a maximum age per connection.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +21,34 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{Format, encode};
+
+/// The listen backlog of [`bind`]: the kernel caps it at
+/// `net.core.somaxconn` (4096 on current kernels).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener for an HTTP endpoint that scrapers hammer, with a
+/// backlog of [`LISTEN_BACKLOG`] rather than tokio's 1,024: clients past
+/// [`ServeLimits::max_connections`] wait in the kernel's accept queue, and
+/// when that queue overflows the kernel drops their handshakes and
+/// requests, which then come back by TCP retransmission seconds later
+/// (possibly after the header deadline), so a deeper queue keeps a scrape
+/// storm fast.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// A router with `GET /metrics` serving `registry`, in OpenMetrics when the
 /// scraper's `Accept` asks for it (Prometheus does), in the Prometheus text

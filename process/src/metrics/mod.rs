@@ -32,7 +32,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub use histogram::{DURATION_BUCKETS, Histogram};
-pub use http::{ServeLimits, routes, serve};
+pub use http::{LISTEN_BACKLOG, ServeLimits, bind, routes, serve};
 pub use process::ProcessCollector;
 
 /// `Content-Type` of the Prometheus text format (version 0.0.4).

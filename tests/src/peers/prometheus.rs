@@ -186,6 +186,37 @@ pub async fn promtool_check_metrics(body: &str) -> Result<String> {
 /// GET `path` from `addr` over HTTP/1.0 (one request, the server closes),
 /// with an optional `Accept`; the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Result<(u16, String)> {
+    let raw = http_get_raw(addr, path, accept).await?;
+    parse_response(addr, path, &raw)
+}
+
+/// [`http_get`], sent again (up to `attempts` times in all) when the server
+/// closed the connection without a single byte of answer, as Go's
+/// `net/http` (Prometheus's scraper) retries an idempotent request on a
+/// connection closed before any response byte. Under a connection storm the
+/// kernel's accept queue overflows: a request whose segments it dropped
+/// arrives by TCP retransmission, whose backoff can outlast the server's
+/// header deadline, and the server then closes the connection unanswered.
+/// Also returns how many attempts were answered with nothing.
+pub async fn http_get_retrying_unanswered(
+    addr: SocketAddr,
+    path: &str,
+    accept: Option<&str>,
+    attempts: u32,
+) -> Result<((u16, String), u32)> {
+    let mut unanswered = 0;
+    loop {
+        let raw = http_get_raw(addr, path, accept).await?;
+        if raw.is_empty() && unanswered + 1 < attempts {
+            unanswered += 1;
+            continue;
+        }
+        return Ok((parse_response(addr, path, &raw)?, unanswered));
+    }
+}
+
+/// The raw bytes of the answer to one HTTP/1.0 GET.
+async fn http_get_raw(addr: SocketAddr, path: &str, accept: Option<&str>) -> Result<Vec<u8>> {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect {addr}"))?;
@@ -196,7 +227,12 @@ pub async fn http_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Res
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
+    Ok(raw)
+}
+
+/// The status code and the body of an HTTP answer.
+fn parse_response(addr: SocketAddr, path: &str, raw: &[u8]) -> Result<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .with_context(|| format!("GET {path} from {addr}: no header end in {text:?}"))?;
