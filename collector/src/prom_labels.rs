@@ -77,6 +77,8 @@ pub fn sample_value(value: &StoredValue) -> Option<f64> {
         StoredValue::F64(v) => Some(*v),
         // Exact up to 2^53, as in Prometheus, whose samples are doubles.
         StoredValue::I64(v) => Some(*v as f64),
+        // The nearest double (exact up to 2^53): 2^64 - 1 becomes 2^64.
+        StoredValue::U64(v) => Some(*v as f64),
         StoredValue::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
         StoredValue::Str(_) | StoredValue::Timeout(_) | StoredValue::Error(_) => None,
     }

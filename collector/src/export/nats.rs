@@ -531,6 +531,9 @@ fn json_point(v: &StoredValue, ts_ns: i64) -> Value {
             json!({"ts_ns": ts_ns, "f64": text})
         }
         StoredValue::I64(x) => json!({"ts_ns": ts_ns, "i64": x}),
+        // The exact decimal integer, as for i64 (serde_json writes u64
+        // without going through f64).
+        StoredValue::U64(x) => json!({"ts_ns": ts_ns, "u64": x}),
         StoredValue::Bool(x) => json!({"ts_ns": ts_ns, "bool": x}),
         StoredValue::Str(s) => json!({"ts_ns": ts_ns, "str": s}),
         StoredValue::Timeout(m) => {
