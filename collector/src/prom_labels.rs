@@ -171,6 +171,15 @@ mod tests {
             Some(f64::NEG_INFINITY)
         );
         assert_eq!(sample_value(&StoredValue::I64(-7)), Some(-7.0));
+        // The nearest double: 2^64 - 1 is 2^64, 2^63 + 1 is 2^63.
+        assert_eq!(
+            sample_value(&StoredValue::U64(u64::MAX)),
+            Some(18_446_744_073_709_551_616.0)
+        );
+        assert_eq!(
+            sample_value(&StoredValue::U64((1 << 63) + 1)),
+            Some(9_223_372_036_854_775_808.0)
+        );
         assert_eq!(sample_value(&StoredValue::Bool(true)), Some(1.0));
         assert_eq!(sample_value(&StoredValue::Bool(false)), Some(0.0));
         assert_eq!(sample_value(&StoredValue::Str("on".into())), None);

@@ -419,13 +419,16 @@ fn counter64_pass_script() -> String {
 /// store: snmpd serves 2^64 - 1 and 2^63 + 1 through a `pass` script
 /// (`snmpwalk` shows them, the ground truth); an agent GETs and walks them
 /// into a collector; the SQLite store, Query/Range and the CLI (CSV and
-/// JSON) all give back the exact integers.
+/// JSON) all give back the exact integers. Where values are floats, the
+/// nearest double: the collector's PromQL answers what Prometheus answers
+/// for the same query over the samples its remote_write export sent there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter64_above_2_63_arrives_bit_exact() -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     use tributary_collector::model::StoredValue;
     use tributary_proto::v1 as pb;
     use tributary_tests::cluster::{Agent, Collector, PATIENCE, stored_points};
+    use tributary_tests::peers::receivers::{Kind, Receiver};
     use tributary_tests::process::{eventually, free_addr, run_bin};
 
     let dir = TestDir::new("snmp-counter64")?;
@@ -444,23 +447,33 @@ async fn counter64_above_2_63_arrives_bit_exact() -> Result<()> {
     ];
     ensure!(shown == want, "snmpwalk shows {shown:?}\n{}", snmpd.log());
 
-    let collector = Collector::start(&dir, free_addr()?).await?;
+    let rx = Receiver::start(&dir, Kind::Prometheus, "receiver").await?;
+    let export = dir.join("collector.toml");
+    std::fs::write(
+        &export,
+        format!(
+            "[[exports]]\nname = \"rx\"\nkind = \"remote_write\"\nurl = \"{}\"\n",
+            rx.write_url()
+        ),
+    )?;
+    let export = export.display().to_string();
+    let collector = Collector::start_with(&dir, free_addr()?, &["--config", &export]).await?;
     let config = format!(
         "id = \"edge-c64\"\ncollectors = [\"{}\"]\n\n[[devices]]\nname = \"router\"\n\
          driver = \"snmp\"\ninterval = \"1s\"\ntimeout = \"3s\"\naddress = \"{addr}\"\n\
          version = \"2c\"\ncommunity = \"{SNMP_COMMUNITY}\"\n\
-         metrics = [{{ name = \"max\", oid = \"{PASS_BASE}.1\" }}, {{ name = \"above\", oid = \"{PASS_BASE}.2\" }}]\n\
-         walks = [{{ name = \"walked\", oid = \"{PASS_BASE}\" }}]\n",
+         metrics = [{{ name = \"c64_max\", oid = \"{PASS_BASE}.1\" }}, {{ name = \"c64_above\", oid = \"{PASS_BASE}.2\" }}]\n\
+         walks = [{{ name = \"c64_walked\", oid = \"{PASS_BASE}\" }}]\n",
         collector.url()
     );
     let mut agent = Agent::start(&dir, "edge-c64", &config, "")?;
 
     // The store: both GETs and both walked rows, as u64, every bit.
     let expected = [
-        ("above", None, COUNTER64_VALUES[1]),
-        ("max", None, COUNTER64_VALUES[0]),
-        ("walked", Some("1"), COUNTER64_VALUES[0]),
-        ("walked", Some("2"), COUNTER64_VALUES[1]),
+        ("c64_above", None, COUNTER64_VALUES[1]),
+        ("c64_max", None, COUNTER64_VALUES[0]),
+        ("c64_walked", Some("1"), COUNTER64_VALUES[0]),
+        ("c64_walked", Some("2"), COUNTER64_VALUES[1]),
     ];
     let db = collector.db.clone();
     let stored = eventually(PATIENCE, "the Counter64 readings stored", || {
@@ -503,7 +516,7 @@ async fn counter64_above_2_63_arrives_bit_exact() -> Result<()> {
             filter: Some(pb::SeriesFilter {
                 agent: "edge-c64".into(),
                 device: "router".into(),
-                metric: "above".into(),
+                metric: "c64_above".into(),
             }),
             ..Default::default()
         })
@@ -546,7 +559,7 @@ async fn counter64_above_2_63_arrives_bit_exact() -> Result<()> {
     let json = run_bin(
         "tributary-collector",
         [
-            "query", "--server", &server, "--device", "router", "--metric", "max", "--format",
+            "query", "--server", &server, "--device", "router", "--metric", "c64_max", "--format",
             "json",
         ],
     )
@@ -559,6 +572,47 @@ async fn counter64_above_2_63_arrives_bit_exact() -> Result<()> {
             "JSON row {row}"
         );
     }
+
+    // PromQL (the collector's) and remote_write (into Prometheus): floats.
+    for (metric, value) in [
+        ("c64_max", COUNTER64_VALUES[0]),
+        ("c64_above", COUNTER64_VALUES[1]),
+    ] {
+        let want = value as f64;
+        let sent = eventually(
+            PATIENCE,
+            "Prometheus has the remote-written samples",
+            || async {
+                let raw = rx.raw(metric).await.ok()?;
+                let samples: Vec<f64> = raw.into_values().flatten().map(|(_, v)| v).collect();
+                (!samples.is_empty()).then_some(samples)
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", collector.log(), rx.log()))?;
+        ensure!(
+            sent.iter().all(|v| *v == want),
+            "{metric}: sent {sent:?}, want {want}"
+        );
+        let path = format!("/api/v1/query?query={metric}");
+        let ours = instant_value(collector.http, &path).await?;
+        let theirs = instant_value(rx.addr(), &path).await?;
+        ensure!(ours.parse::<f64>()? == want, "{metric}: PromQL gave {ours}");
+        ensure!(
+            ours == theirs,
+            "{metric}: PromQL {ours}, Prometheus {theirs}"
+        );
+    }
     agent.stop().await?;
     Ok(())
+}
+
+/// The value text of the one sample an instant query at `path` answers.
+async fn instant_value(addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    let (status, body) = peers::prometheus::http_get(addr, path, None).await?;
+    ensure!(status == 200, "{path}: {status}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let result = v["data"]["result"].as_array().context("result")?;
+    ensure!(result.len() == 1, "{path}: {body}");
+    Ok(result[0]["value"][1].as_str().context("value")?.to_owned())
 }

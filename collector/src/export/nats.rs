@@ -579,6 +579,11 @@ mod tests {
             json_point(&StoredValue::F64(-2.5), 1),
             json!({"ts_ns": 1, "f64": -2.5})
         );
+        // Exact integers, not doubles: the text keeps every digit.
+        assert_eq!(
+            serde_json::to_string(&json_point(&StoredValue::U64(u64::MAX), 1)).unwrap(),
+            r#"{"ts_ns":1,"u64":18446744073709551615}"#
+        );
         assert_eq!(
             json_point(&StoredValue::Timeout("slow".into()), 2),
             json!({"ts_ns": 2, "failure": {"status": "timeout", "message": "slow"}})
