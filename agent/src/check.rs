@@ -220,6 +220,7 @@ fn value_text(s: &Sample) -> String {
     let value = match &s.value {
         Value::F64(v) => v.to_string(),
         Value::I64(v) => v.to_string(),
+        Value::U64(v) => v.to_string(),
         Value::Bool(v) => v.to_string(),
         Value::Str(v) => format!("{v:?}"),
         Value::Failed { kind, message } => return failed_text(*kind, message),

@@ -138,9 +138,14 @@ pub enum FailureKind {
 pub enum Value {
     F64(f64),
     I64(i64),
+    /// Unsigned 64-bit (SNMP Counter64), every bit kept.
+    U64(u64),
     Bool(bool),
     Str(String),
-    Failed { kind: FailureKind, message: String },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
 }
 
 /// One metric value read from a device, before the scheduler stamps it.

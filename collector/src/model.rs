@@ -29,6 +29,8 @@ pub struct SeriesMeta {
 pub enum StoredValue {
     F64(f64),
     I64(i64),
+    /// Unsigned 64-bit (SNMP Counter64), every bit kept.
+    U64(u64),
     Bool(bool),
     Str(String),
     Timeout(String),
@@ -45,6 +47,7 @@ impl StoredValue {
             StoredValue::Str(_) => 3,
             StoredValue::Timeout(_) => 4,
             StoredValue::Error(_) => 5,
+            StoredValue::U64(_) => 6,
         }
     }
 }

@@ -77,6 +77,8 @@ pub fn sample_value(value: &StoredValue) -> Option<f64> {
         StoredValue::F64(v) => Some(*v),
         // Exact up to 2^53, as in Prometheus, whose samples are doubles.
         StoredValue::I64(v) => Some(*v as f64),
+        // The nearest double (exact up to 2^53): 2^64 - 1 becomes 2^64.
+        StoredValue::U64(v) => Some(*v as f64),
         StoredValue::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
         StoredValue::Str(_) | StoredValue::Timeout(_) | StoredValue::Error(_) => None,
     }
@@ -169,6 +171,15 @@ mod tests {
             Some(f64::NEG_INFINITY)
         );
         assert_eq!(sample_value(&StoredValue::I64(-7)), Some(-7.0));
+        // The nearest double: 2^64 - 1 is 2^64, 2^63 + 1 is 2^63.
+        assert_eq!(
+            sample_value(&StoredValue::U64(u64::MAX)),
+            Some(18_446_744_073_709_551_616.0)
+        );
+        assert_eq!(
+            sample_value(&StoredValue::U64((1 << 63) + 1)),
+            Some(9_223_372_036_854_775_808.0)
+        );
         assert_eq!(sample_value(&StoredValue::Bool(true)), Some(1.0));
         assert_eq!(sample_value(&StoredValue::Bool(false)), Some(0.0));
         assert_eq!(sample_value(&StoredValue::Str("on".into())), None);

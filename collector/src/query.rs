@@ -473,6 +473,7 @@ pub fn point_to_proto(p: Point) -> pb::Point {
     let value = match p.value {
         StoredValue::F64(v) => Value::F64(v),
         StoredValue::I64(v) => Value::I64(v),
+        StoredValue::U64(v) => Value::U64(v),
         StoredValue::Bool(v) => Value::Bool(v),
         StoredValue::Str(v) => Value::Str(v),
         StoredValue::Timeout(m) => failure(pb::PollStatus::Timeout, m),
@@ -558,6 +559,7 @@ pub fn point_from_proto(p: pb::Point) -> Result<Point, ConvertError> {
     let value = match p.value {
         Some(Value::F64(v)) => StoredValue::F64(v),
         Some(Value::I64(v)) => StoredValue::I64(v),
+        Some(Value::U64(v)) => StoredValue::U64(v),
         Some(Value::Bool(v)) => StoredValue::Bool(v),
         Some(Value::Str(v)) => StoredValue::Str(v),
         Some(Value::Failure(f)) => match pb::PollStatus::try_from(f.status) {

@@ -224,11 +224,12 @@ pub fn stored_count(db: &Path, agent: &str) -> Result<usize> {
 
 /// A stored value's kind code and text, as the `readings` table had them
 /// (`kind`, `CAST(value AS TEXT)`): 0 f64, 1 i64, 2 bool (`0`/`1`),
-/// 3 string, 4 timeout, 5 error (the text is the message).
+/// 3 string, 4 timeout, 5 error (the text is the message), 6 u64.
 pub fn kind_and_text(v: &StoredValue) -> (i64, String) {
     let text = match v {
         StoredValue::F64(v) => format!("{v:?}"),
         StoredValue::I64(v) => v.to_string(),
+        StoredValue::U64(v) => v.to_string(),
         StoredValue::Bool(v) => i64::from(*v).to_string(),
         StoredValue::Str(s) | StoredValue::Timeout(s) | StoredValue::Error(s) => s.clone(),
     };

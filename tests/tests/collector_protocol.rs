@@ -661,6 +661,7 @@ async fn columnar_batches_store_exactly_what_they_carry() -> Result<()> {
         decl(2, "dev", "count"),
         decl(3, "dev", "on"),
         decl(4, "dev", "state"),
+        decl(6, "dev", "octets"),
     ];
     s.send(columnar(
         1,
@@ -690,6 +691,12 @@ async fn columnar_batches_store_exactly_what_they_carry() -> Result<()> {
                 ts_delta: vec![9],
                 values: vec![true],
             }),
+            u64: Some(pb::UintColumns {
+                series_delta: vec![6, 0],
+                base_ts_ns: t,
+                ts_delta: vec![11, 1_000_000_000],
+                values: vec![u64::MAX, (1 << 63) + 1],
+            }),
         },
     ))
     .await?;
@@ -697,7 +704,14 @@ async fn columnar_batches_store_exactly_what_they_carry() -> Result<()> {
     s.send(columnar(
         2,
         vec![],
-        vec![reading(2, t + 2_000_000_005, 8)],
+        vec![
+            reading(2, t + 2_000_000_005, 8),
+            pb::Reading {
+                series: 6,
+                ts_ns: t + 2_000_000_011,
+                value: Some(pb::reading::Value::U64(0)),
+            },
+        ],
         pb::Columns {
             f64: Some(f64_columns(
                 t + 2_000_000_000,
@@ -725,6 +739,13 @@ async fn columnar_batches_store_exactly_what_they_carry() -> Result<()> {
         ("count".to_owned(), t + 5, V::I64(-7)),
         ("count".to_owned(), t + 1_000_000_005, V::I64(i64::MAX)),
         ("count".to_owned(), t + 2_000_000_005, V::I64(8)),
+        ("octets".to_owned(), t + 11, V::U64(u64::MAX)),
+        (
+            "octets".to_owned(),
+            t + 1_000_000_011,
+            V::U64((1 << 63) + 1),
+        ),
+        ("octets".to_owned(), t + 2_000_000_011, V::U64(0)),
         ("on".to_owned(), t + 9, V::Bool(true)),
         ("state".to_owned(), t + 7, V::Str("idle".into())),
         ("temp".to_owned(), t, V::F64(21.5)),

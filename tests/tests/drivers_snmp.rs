@@ -3,7 +3,9 @@
 //! authPriv (SHA/AES and SHA-256/AES), GET of scalars, GETBULK walks of
 //! ifTable/ifXTable, and every failure named precisely; and the same walks
 //! written with MIB names, labelled by ifName lookups, with enumerations
-//! and addresses shown as `snmpwalk` shows them.
+//! and addresses shown as `snmpwalk` shows them; and Counter64 values
+//! above 2^63 (served by a `pass` script) stored bit-exact through a real
+//! agent and collector.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -84,9 +86,15 @@ async fn v2c_get_and_walk_against_snmpd() -> Result<()> {
         assert_eq!(rows.len(), descr.len(), "{column} has a row per interface");
         for r in rows {
             assert!(r.labels.contains_key("index"), "{r:?}");
+            // ifInOctets is a Counter32, ifHCInOctets a Counter64.
             assert!(
-                matches!(r.value, Value::I64(n) if n >= 0),
+                matches!(r.value, Value::I64(n) if n >= 0) || matches!(r.value, Value::U64(_)),
                 "{column}: {r:?}"
+            );
+            assert_eq!(
+                matches!(r.value, Value::U64(_)),
+                column == "if_hc_in_octets",
+                "{r:?}"
             );
         }
     }
@@ -313,7 +321,7 @@ async fn mib_names_lookups_and_enums_against_snmpd() -> Result<()> {
             s.labels.get("ifDescr") == descrs.get(index),
             "{s:?} vs {descrs:?}"
         );
-        ensure!(matches!(s.value, Value::I64(n) if n >= 0), "{s:?}");
+        ensure!(matches!(s.value, Value::U64(_)), "Counter64: {s:?}");
         labelled.insert(name.clone());
     }
     let want: BTreeSet<String> = names.values().cloned().collect();
@@ -385,4 +393,226 @@ async fn mib_names_lookups_and_enums_against_snmpd() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the `pass` script of [`counter64_above_2_63_arrives_bit_exact`]
+/// serves its objects: NET-SNMP-MIB's netSnmpPlaypen (experiments) `.64`.
+const PASS_BASE: &str = ".1.3.6.1.4.1.8072.9999.64";
+/// What it serves: 2^64 - 1 at `.1`, 2^63 + 1 at `.2` (both lose bits as
+/// doubles, and neither fits an i64).
+const COUNTER64_VALUES: [u64; 2] = [u64::MAX, (1 << 63) + 1];
+
+/// A net-snmp `pass` script (`-g OID` for GET, `-n OID` for GETNEXT: the
+/// OID, the type and the value on three lines, nothing past the end) that
+/// serves [`COUNTER64_VALUES`] as Counter64 objects under [`PASS_BASE`].
+fn counter64_pass_script() -> String {
+    let [max, above] = COUNTER64_VALUES;
+    format!(
+        "#!/bin/sh\nB={PASS_BASE}\ncase \"$1 $2\" in\n\
+         \"-g $B.1\"|\"-n $B\"|\"-n $B.0\") printf '%s\\ncounter64\\n%s\\n' \"$B.1\" {max} ;;\n\
+         \"-g $B.2\"|\"-n $B.1\") printf '%s\\ncounter64\\n%s\\n' \"$B.2\" {above} ;;\n\
+         esac\n"
+    )
+}
+
+/// A Counter64 set above 2^63 in snmpd arrives bit-exact through the
+/// store: snmpd serves 2^64 - 1 and 2^63 + 1 through a `pass` script
+/// (`snmpwalk` shows them, the ground truth); an agent GETs and walks them
+/// into a collector; the SQLite store, Query/Range and the CLI (CSV and
+/// JSON) all give back the exact integers. Where values are floats, the
+/// nearest double: the collector's PromQL answers what Prometheus answers
+/// for the same query over the samples its remote_write export sent there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter64_above_2_63_arrives_bit_exact() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    use tributary_collector::model::StoredValue;
+    use tributary_proto::v1 as pb;
+    use tributary_tests::cluster::{Agent, Collector, PATIENCE, stored_points};
+    use tributary_tests::peers::receivers::{Kind, Receiver};
+    use tributary_tests::process::{eventually, free_addr, run_bin};
+
+    let dir = TestDir::new("snmp-counter64")?;
+    let script = dir.join("counter64.sh");
+    std::fs::write(&script, counter64_pass_script())?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let snmpd =
+        peers::snmpd_with(&dir, &format!("pass {PASS_BASE} {}\n", script.display())).await?;
+    let addr = snmpd.addr.to_string();
+
+    // net-snmp's own view of what it serves.
+    let shown = snmpwalk(&addr, PASS_BASE, PASS_BASE, &[])?;
+    let want: Vec<(String, String)> = vec![
+        ("1".into(), COUNTER64_VALUES[0].to_string()),
+        ("2".into(), COUNTER64_VALUES[1].to_string()),
+    ];
+    ensure!(shown == want, "snmpwalk shows {shown:?}\n{}", snmpd.log());
+
+    let rx = Receiver::start(&dir, Kind::Prometheus, "receiver").await?;
+    let export = dir.join("collector.toml");
+    std::fs::write(
+        &export,
+        format!(
+            "[[exports]]\nname = \"rx\"\nkind = \"remote_write\"\nurl = \"{}\"\n",
+            rx.write_url()
+        ),
+    )?;
+    let export = export.display().to_string();
+    let collector = Collector::start_with(&dir, free_addr()?, &["--config", &export]).await?;
+    let config = format!(
+        "id = \"edge-c64\"\ncollectors = [\"{}\"]\n\n[[devices]]\nname = \"router\"\n\
+         driver = \"snmp\"\ninterval = \"1s\"\ntimeout = \"3s\"\naddress = \"{addr}\"\n\
+         version = \"2c\"\ncommunity = \"{SNMP_COMMUNITY}\"\n\
+         metrics = [{{ name = \"c64_max\", oid = \"{PASS_BASE}.1\" }}, {{ name = \"c64_above\", oid = \"{PASS_BASE}.2\" }}]\n\
+         walks = [{{ name = \"c64_walked\", oid = \"{PASS_BASE}\" }}]\n",
+        collector.url()
+    );
+    let mut agent = Agent::start(&dir, "edge-c64", &config, "")?;
+
+    // The store: both GETs and both walked rows, as u64, every bit.
+    let expected = [
+        ("c64_above", None, COUNTER64_VALUES[1]),
+        ("c64_max", None, COUNTER64_VALUES[0]),
+        ("c64_walked", Some("1"), COUNTER64_VALUES[0]),
+        ("c64_walked", Some("2"), COUNTER64_VALUES[1]),
+    ];
+    let db = collector.db.clone();
+    let stored = eventually(PATIENCE, "the Counter64 readings stored", || {
+        let db = db.clone();
+        async move {
+            let series = stored_points(&db, "edge-c64", "router", "").ok()?;
+            let mut firsts: Vec<(String, Option<String>, StoredValue)> = series
+                .into_iter()
+                .filter(|(meta, _)| meta.key.metric != "up")
+                .filter_map(|(meta, points)| {
+                    let p = points.into_iter().next()?;
+                    Some((
+                        meta.key.metric,
+                        meta.key.labels.get("index").cloned(),
+                        p.value,
+                    ))
+                })
+                .collect();
+            firsts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            (firsts.len() == expected.len()).then_some(firsts)
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", agent.log(), collector.log()))?;
+    for ((metric, index, value), (want_metric, want_index, want)) in stored.iter().zip(&expected) {
+        ensure!(
+            metric == want_metric && index.as_deref() == *want_index,
+            "{stored:?}"
+        );
+        ensure!(
+            *value == StoredValue::U64(*want),
+            "{metric} {index:?}: {value:?}"
+        );
+    }
+
+    // Query/Range: the u64 variant with the exact value.
+    let mut query = pb::query_client::QueryClient::connect(collector.url()).await?;
+    let mut chunks = query
+        .range(pb::RangeRequest {
+            filter: Some(pb::SeriesFilter {
+                agent: "edge-c64".into(),
+                device: "router".into(),
+                metric: "c64_above".into(),
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut points = Vec::new();
+    while let Some(chunk) = chunks.message().await? {
+        points.extend(chunk.points);
+    }
+    ensure!(!points.is_empty(), "Range gave no points");
+    for p in &points {
+        ensure!(
+            p.value == Some(pb::point::Value::U64(COUNTER64_VALUES[1])),
+            "Range point {p:?}"
+        );
+    }
+
+    // The CLI prints the exact integer, in CSV and in JSON.
+    let server = collector.url();
+    let csv = run_bin(
+        "tributary-collector",
+        [
+            "latest", "--server", &server, "--device", "router", "--format", "csv",
+        ],
+    )
+    .await?;
+    for (metric, index, want) in expected {
+        if index.is_some() {
+            continue;
+        }
+        let line = csv
+            .lines()
+            .find(|l| l.split(',').nth(2) == Some(metric))
+            .with_context(|| format!("no {metric} line in {csv}"))?;
+        ensure!(
+            line.split(',').nth(4) == Some(want.to_string().as_str()),
+            "{line}"
+        );
+    }
+    let json = run_bin(
+        "tributary-collector",
+        [
+            "query", "--server", &server, "--device", "router", "--metric", "c64_max", "--format",
+            "json",
+        ],
+    )
+    .await?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json)?;
+    ensure!(!rows.is_empty(), "no JSON rows: {json}");
+    for row in &rows {
+        ensure!(
+            row["value"].as_u64() == Some(COUNTER64_VALUES[0]),
+            "JSON row {row}"
+        );
+    }
+
+    // PromQL (the collector's) and remote_write (into Prometheus): floats.
+    for (metric, value) in [
+        ("c64_max", COUNTER64_VALUES[0]),
+        ("c64_above", COUNTER64_VALUES[1]),
+    ] {
+        let want = value as f64;
+        let sent = eventually(
+            PATIENCE,
+            "Prometheus has the remote-written samples",
+            || async {
+                let raw = rx.raw(metric).await.ok()?;
+                let samples: Vec<f64> = raw.into_values().flatten().map(|(_, v)| v).collect();
+                (!samples.is_empty()).then_some(samples)
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", collector.log(), rx.log()))?;
+        ensure!(
+            sent.iter().all(|v| *v == want),
+            "{metric}: sent {sent:?}, want {want}"
+        );
+        let path = format!("/api/v1/query?query={metric}");
+        let ours = instant_value(collector.http, &path).await?;
+        let theirs = instant_value(rx.addr(), &path).await?;
+        ensure!(ours.parse::<f64>()? == want, "{metric}: PromQL gave {ours}");
+        ensure!(
+            ours == theirs,
+            "{metric}: PromQL {ours}, Prometheus {theirs}"
+        );
+    }
+    agent.stop().await?;
+    Ok(())
+}
+
+/// The value text of the one sample an instant query at `path` answers.
+async fn instant_value(addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    let (status, body) = peers::prometheus::http_get(addr, path, None).await?;
+    ensure!(status == 200, "{path}: {status}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let result = v["data"]["result"].as_array().context("result")?;
+    ensure!(result.len() == 1, "{path}: {body}");
+    Ok(result[0]["value"][1].as_str().context("value")?.to_owned())
 }

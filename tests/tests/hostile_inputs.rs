@@ -79,6 +79,12 @@ fn sample_batch() -> pb::Batch {
                 ts_delta: vec![5],
                 values: vec![true],
             }),
+            u64: Some(pb::UintColumns {
+                series_delta: vec![1],
+                base_ts_ns: 1_700_000_000_000_000_000,
+                ts_delta: vec![7],
+                values: vec![u64::MAX],
+            }),
         }),
         ..Default::default()
     }
@@ -121,6 +127,7 @@ fn columns_len(columns: Option<&pb::Columns>) -> usize {
         c.f64.as_ref().map_or(0, |g| g.series_delta.len())
             + c.i64.as_ref().map_or(0, |g| g.series_delta.len())
             + c.bool.as_ref().map_or(0, |g| g.series_delta.len())
+            + c.u64.as_ref().map_or(0, |g| g.series_delta.len())
     })
 }
 

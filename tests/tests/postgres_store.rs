@@ -375,3 +375,65 @@ async fn the_sql_view_shows_numeric_readings_as_stored() -> Result<()> {
     assert_eq!(rows.lines().collect::<Vec<_>>(), expected);
     Ok(())
 }
+
+/// u64 readings (SNMP Counter64) keep every bit in PostgreSQL: stored as
+/// kind 6 with their bits in `v_i64`, read back exact through the
+/// collector's reader, and shown by the `tributary_readings` view with
+/// `value_exact` the exact integer and `value` its nearest double.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u64_readings_keep_every_bit() -> Result<()> {
+    use tributary_collector::store::read::{Reader, Selector, TimeSpan};
+    let schema = TestSchema::new("u64").await?;
+    let url = schema.store();
+    let base: i64 = 1_764_892_800_000_000_000;
+    // Above 2^63 (negative as a bigint), 0, and one a double cannot hold.
+    let values = [u64::MAX, (1 << 63) + 1, 0, (1 << 53) + 1];
+    let write_url = url.clone();
+    blocking(move || {
+        let mut store = Store::open(&write_url, Durability::Full)?;
+        let series = store.resolve_series(&[key("edge", "d1")])?[0];
+        let mut write = set("edge", 1, series, [1]);
+        write.batches[0].readings = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| NewReading {
+                series_id: series,
+                ts_ns: base + i as i64,
+                value: StoredValue::U64(*v),
+            })
+            .collect();
+        store.commit(&write)?;
+        Ok(())
+    })
+    .await?;
+
+    let reader = Reader::open(&url)?;
+    let sel = Selector {
+        agent: "edge".into(),
+        device: "d1".into(),
+        metric: "counter".into(),
+    };
+    let span = TimeSpan {
+        since_ns: None,
+        until_ns: None,
+    };
+    let mut chunks = reader.range(sel, span, 100);
+    let mut got = Vec::new();
+    while let Some(chunk) = chunks.recv().await {
+        got.extend(chunk?.1.into_iter().map(|p| p.value));
+    }
+    assert_eq!(got, values.map(StoredValue::U64).to_vec());
+
+    let rows = postgres_support::psql(
+        &schema.url(),
+        "SELECT value_exact, value FROM tributary_readings ORDER BY ts_ns",
+    )
+    .await?;
+    let rows: Vec<(&str, &str)> = rows.lines().filter_map(|l| l.split_once('|')).collect();
+    assert_eq!(rows.len(), values.len(), "{rows:?}");
+    for ((exact, value), want) in rows.iter().zip(values) {
+        assert_eq!(*exact, want.to_string());
+        assert_eq!(value.parse::<f64>()?, want as f64, "{value}");
+    }
+    Ok(())
+}

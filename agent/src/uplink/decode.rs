@@ -57,6 +57,7 @@ pub fn spooled_readings(
             },
             Some(pb::reading::Value::F64(v)) => Value::F64(*v),
             Some(pb::reading::Value::I64(v)) => Value::I64(*v),
+            Some(pb::reading::Value::U64(v)) => Value::U64(*v),
             Some(pb::reading::Value::Bool(v)) => Value::Bool(*v),
             None => return Err(DecodeError::NoValue { seq }),
         };
@@ -90,6 +91,10 @@ pub fn spooled_readings(
     }
     if let Some(g) = &c.bool {
         let values = g.values.iter().map(|v| Value::Bool(*v)).collect();
+        group(&g.series_delta, g.base_ts_ns, &g.ts_delta, values)?;
+    }
+    if let Some(g) = &c.u64 {
+        let values = g.values.iter().map(|v| Value::U64(*v)).collect();
         group(&g.series_delta, g.base_ts_ns, &g.ts_delta, values)?;
     }
     Ok(out)

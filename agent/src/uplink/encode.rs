@@ -58,12 +58,13 @@ pub(super) struct Encoded {
 }
 
 /// Encodes readings as a spooled batch: agent-wide series ids, floats,
-/// integers and booleans as columns, strings and failures as rows. New
+/// signed and unsigned integers and booleans as columns, strings and failures as rows. New
 /// series get their ids in `ids`; a new series the collector would refuse
 /// does not: its reading is encoded as a failure of a valid one instead.
 pub(super) fn encode_batch(ids: &mut SeriesIds, readings: &[Reading]) -> Encoded {
     let (mut f64_keys, mut f64_values) = (KeyColumns::default(), Vec::new());
     let (mut i64_keys, mut i64_values) = (KeyColumns::default(), Vec::new());
+    let (mut u64_keys, mut u64_values) = (KeyColumns::default(), Vec::new());
     let (mut bool_keys, mut bool_values) = (KeyColumns::default(), Vec::new());
     let mut rows = Vec::new();
     let (mut max_series, mut prev) = (0, 0);
@@ -98,6 +99,10 @@ pub(super) fn encode_batch(ids: &mut SeriesIds, readings: &[Reading]) -> Encoded
                 i64_keys.push(id, r.ts_ns);
                 i64_values.push(*v);
             }
+            Value::U64(v) => {
+                u64_keys.push(id, r.ts_ns);
+                u64_values.push(*v);
+            }
             Value::Bool(v) => {
                 bool_keys.push(id, r.ts_ns);
                 bool_values.push(*v);
@@ -127,6 +132,12 @@ pub(super) fn encode_batch(ids: &mut SeriesIds, readings: &[Reading]) -> Encoded
             base_ts_ns: bool_keys.base_ts_ns,
             ts_delta: bool_keys.ts_delta,
             values: bool_values,
+        }),
+        u64: (!u64_values.is_empty()).then_some(pb::UintColumns {
+            series_delta: u64_keys.series_delta,
+            base_ts_ns: u64_keys.base_ts_ns,
+            ts_delta: u64_keys.ts_delta,
+            values: u64_values,
         }),
     };
     let batch = pb::Batch {
@@ -189,6 +200,7 @@ fn invalid_reading(key: &SeriesKey, why: &str, value: &Value) -> (Arc<SeriesKey>
         Value::Failed { message, .. } => format!("failure {message:?}"),
         Value::F64(v) => v.to_string(),
         Value::I64(v) => v.to_string(),
+        Value::U64(v) => v.to_string(),
         Value::Bool(v) => v.to_string(),
         Value::Str(v) => format!("{v:?}"),
     };
@@ -220,6 +232,7 @@ pub(super) fn for_each_series(batch: &pb::Batch, mut f: impl FnMut(u32)) {
         c.f64.as_ref().map(|g| &g.series_delta),
         c.i64.as_ref().map(|g| &g.series_delta),
         c.bool.as_ref().map(|g| &g.series_delta),
+        c.u64.as_ref().map(|g| &g.series_delta),
     ];
     for deltas in groups.into_iter().flatten() {
         let mut id = 0i64;
@@ -251,6 +264,7 @@ fn encode_value(v: &Value) -> pb::reading::Value {
     match v {
         Value::F64(x) => V::F64(*x),
         Value::I64(x) => V::I64(*x),
+        Value::U64(x) => V::U64(*x),
         Value::Bool(x) => V::Bool(*x),
         Value::Str(x) => V::Str(clip(x, MAX_VALUE_BYTES)),
         Value::Failed { kind, message } => V::Failure(pb::Failure {

@@ -569,3 +569,108 @@ fn stats_read_back_from_their_text() {
     assert_eq!(UplinkStats::from_prometheus_text(&text), Some(stats));
     assert_eq!(UplinkStats::from_prometheus_text("garbage"), None);
 }
+
+/// A spooled batch as an agent from before the u64 kind wrote it
+/// (`encode_batch` of `volts` 230.5 and `count` -3 at t, `on` true at
+/// t + 1, `state` "idle" at t + 2, series ids 1 to 4 in that order).
+const BATCH_BEFORE_U64: &[u8] = &[
+    0x1a, 0x12, 0x08, 0x04, 0x10, 0x82, 0x80, 0xa8, 0xb1, 0xe3, 0x9f, 0xe7, 0xcb, 0x17, 0x32, 0x04,
+    0x69, 0x64, 0x6c, 0x65, 0x3a, 0x46, 0x0a, 0x1a, 0x0a, 0x01, 0x02, 0x10, 0x80, 0x80, 0xa8, 0xb1,
+    0xe3, 0x9f, 0xe7, 0xcb, 0x17, 0x1a, 0x01, 0x00, 0x22, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0xd0,
+    0x6c, 0x40, 0x12, 0x13, 0x0a, 0x01, 0x04, 0x10, 0x80, 0x80, 0xa8, 0xb1, 0xe3, 0x9f, 0xe7, 0xcb,
+    0x17, 0x1a, 0x01, 0x00, 0x22, 0x01, 0x05, 0x1a, 0x13, 0x0a, 0x01, 0x06, 0x10, 0x81, 0x80, 0xa8,
+    0xb1, 0xe3, 0x9f, 0xe7, 0xcb, 0x17, 0x1a, 0x01, 0x00, 0x22, 0x01, 0x01,
+];
+
+/// Spool records survive the u64 kind: a record written before it reads
+/// back the same through a reopened spool, and u64 readings (2^64 - 1,
+/// 2^63 + 1) go in and come out of the spool with every bit.
+#[test]
+fn spooled_records_before_and_with_u64_read_back_exactly() {
+    let dir = std::env::temp_dir().join(format!(
+        "tributary-uplink-u64-{}-{}",
+        std::process::id(),
+        crate::reading::now_ns()
+    ));
+    let opts = || crate::spool::SpoolOptions {
+        dir: dir.clone(),
+        max_bytes: 1 << 20,
+        policy: crate::spool::FullPolicy::DropOldest,
+        sync: false,
+    };
+    let (volts, count, on, state) = (
+        key("m", "volts"),
+        key("m", "count"),
+        key("m", "on"),
+        key("m", "state"),
+    );
+    let t = 1_700_000_000_000_000_000;
+    let old = vec![
+        Reading {
+            series: volts.clone(),
+            ts_ns: t,
+            value: Value::F64(230.5),
+        },
+        Reading {
+            series: count.clone(),
+            ts_ns: t,
+            value: Value::I64(-3),
+        },
+        Reading {
+            series: on.clone(),
+            ts_ns: t + 1,
+            value: Value::Bool(true),
+        },
+        Reading {
+            series: state.clone(),
+            ts_ns: t + 2,
+            value: Value::Str("idle".into()),
+        },
+    ];
+    let mut ids = SeriesIds::default();
+    for r in &old {
+        ids.id(&r.series);
+    }
+    let octets = key("m", "octets");
+    let new = vec![
+        Reading {
+            series: octets.clone(),
+            ts_ns: t + 3,
+            value: Value::U64(u64::MAX),
+        },
+        Reading {
+            series: octets.clone(),
+            ts_ns: t + 4,
+            value: Value::U64((1 << 63) + 1),
+        },
+        Reading {
+            series: volts.clone(),
+            ts_ns: t + 4,
+            value: Value::F64(1.0),
+        },
+    ];
+    let (new_bytes, new_n, new_max) = encode(&mut ids, &new);
+    assert_eq!((new_n, new_max), (3, 5));
+    {
+        let (mut spool, _) = crate::spool::Spool::open(opts()).expect("spool");
+        let keys: Vec<&SeriesKey> = ids.keys.iter().map(|k| k.as_ref()).collect();
+        spool
+            .append_with_series(&keys, BATCH_BEFORE_U64, 4, 4)
+            .expect("old record");
+        spool
+            .append(&new_bytes, new_n, new_max)
+            .expect("new record");
+    }
+    let (mut spool, _) = crate::spool::Spool::open(opts()).expect("reopen");
+    let dictionary = spool.take_series();
+    let order = |r: &Reading| (r.ts_ns, r.series.metric.clone());
+    for (seq, want) in [(1, old), (2, new)] {
+        let record = spool.read_from(seq).expect("read").expect("a record");
+        let mut back = spooled_readings(&record, &dictionary).expect("decode");
+        back.sort_by_key(order);
+        let mut want = want;
+        want.sort_by_key(order);
+        assert_eq!(back, want, "record {seq}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

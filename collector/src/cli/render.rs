@@ -197,6 +197,7 @@ fn value_parts(v: &StoredValue) -> (String, &'static str, Option<&str>) {
     match v {
         StoredValue::F64(x) => (x.to_string(), "ok", None),
         StoredValue::I64(x) => (x.to_string(), "ok", None),
+        StoredValue::U64(x) => (x.to_string(), "ok", None),
         StoredValue::Bool(x) => (x.to_string(), "ok", None),
         StoredValue::Str(x) => (x.clone(), "ok", None),
         StoredValue::Timeout(m) => (String::new(), "timeout", Some(m)),
@@ -242,6 +243,8 @@ fn reading_json(s: &SeriesMeta, p: &Point) -> Json {
         // NaN and infinities have no JSON form and become null.
         StoredValue::F64(x) => json!(x),
         StoredValue::I64(x) => json!(x),
+        // serde_json writes a u64 as its exact decimal integer.
+        StoredValue::U64(x) => json!(x),
         StoredValue::Bool(x) => json!(x),
         StoredValue::Str(x) => json!(x),
         StoredValue::Timeout(_) | StoredValue::Error(_) => Json::Null,

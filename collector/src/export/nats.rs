@@ -531,6 +531,9 @@ fn json_point(v: &StoredValue, ts_ns: i64) -> Value {
             json!({"ts_ns": ts_ns, "f64": text})
         }
         StoredValue::I64(x) => json!({"ts_ns": ts_ns, "i64": x}),
+        // The exact decimal integer, as for i64 (serde_json writes u64
+        // without going through f64).
+        StoredValue::U64(x) => json!({"ts_ns": ts_ns, "u64": x}),
         StoredValue::Bool(x) => json!({"ts_ns": ts_ns, "bool": x}),
         StoredValue::Str(s) => json!({"ts_ns": ts_ns, "str": s}),
         StoredValue::Timeout(m) => {
@@ -575,6 +578,11 @@ mod tests {
         assert_eq!(
             json_point(&StoredValue::F64(-2.5), 1),
             json!({"ts_ns": 1, "f64": -2.5})
+        );
+        // Exact integers, not doubles: the text keeps every digit.
+        assert_eq!(
+            serde_json::to_string(&json_point(&StoredValue::U64(u64::MAX), 1)).unwrap(),
+            r#"{"ts_ns":1,"u64":18446744073709551615}"#
         );
         assert_eq!(
             json_point(&StoredValue::Timeout("slow".into()), 2),

@@ -112,7 +112,7 @@ pub fn check_batch(
 /// One value group of `Batch.columns`, seen through the shape all kinds
 /// share (only the value column's type differs).
 struct Group<'a> {
-    /// Field name in errors: `f64`, `i64` or `bool`.
+    /// Field name in errors: `f64`, `i64`, `bool` or `u64`.
     name: &'static str,
     series_delta: &'a [i64],
     base_ts_ns: i64,
@@ -121,9 +121,9 @@ struct Group<'a> {
     values: usize,
 }
 
-fn column_groups(columns: Option<&pb::Columns>) -> [Option<Group<'_>>; 3] {
+fn column_groups(columns: Option<&pb::Columns>) -> [Option<Group<'_>>; 4] {
     let Some(c) = columns else {
-        return [None, None, None];
+        return [None, None, None, None];
     };
     [
         c.f64.as_ref().map(|g| Group {
@@ -142,6 +142,13 @@ fn column_groups(columns: Option<&pb::Columns>) -> [Option<Group<'_>>; 3] {
         }),
         c.bool.as_ref().map(|g| Group {
             name: "bool",
+            series_delta: &g.series_delta,
+            base_ts_ns: g.base_ts_ns,
+            ts_delta: &g.ts_delta,
+            values: g.values.len(),
+        }),
+        c.u64.as_ref().map(|g| Group {
+            name: "u64",
             series_delta: &g.series_delta,
             base_ts_ns: g.base_ts_ns,
             ts_delta: &g.ts_delta,

@@ -8,13 +8,14 @@ use super::series::StreamSeries;
 use crate::model::{NewReading, StoredValue};
 
 /// The readings of a batch that [`check_batch`](super::check_batch)
-/// accepted, rows first, then the f64, i64 and bool columns, with stream ids
+/// accepted, rows first, then the f64, i64, bool and u64 columns, with stream ids
 /// resolved through `series` (a reading of an id missing there is left out).
 pub fn batch_readings(batch: pb::Batch, series: &StreamSeries) -> Vec<NewReading> {
     let columns = batch.columns.unwrap_or_default();
     let in_columns = columns.f64.as_ref().map_or(0, |g| g.values.len())
         + columns.i64.as_ref().map_or(0, |g| g.values.len())
-        + columns.bool.as_ref().map_or(0, |g| g.values.len());
+        + columns.bool.as_ref().map_or(0, |g| g.values.len())
+        + columns.u64.as_ref().map_or(0, |g| g.values.len());
     let mut out = Vec::with_capacity(batch.readings.len() + in_columns);
     out.extend(batch.readings.into_iter().filter_map(|r| {
         Some(NewReading {
@@ -48,6 +49,15 @@ pub fn batch_readings(batch: pb::Batch, series: &StreamSeries) -> Vec<NewReading
             (&g.series_delta, g.base_ts_ns, &g.ts_delta),
             &g.values,
             StoredValue::Bool,
+        );
+    }
+    if let Some(g) = &columns.u64 {
+        extend_group(
+            &mut out,
+            series,
+            (&g.series_delta, g.base_ts_ns, &g.ts_delta),
+            &g.values,
+            StoredValue::U64,
         );
     }
     out
@@ -84,6 +94,7 @@ fn convert_value(value: pb::reading::Value) -> StoredValue {
     match value {
         V::F64(v) => StoredValue::F64(v),
         V::I64(v) => StoredValue::I64(v),
+        V::U64(v) => StoredValue::U64(v),
         V::Bool(v) => StoredValue::Bool(v),
         V::Str(v) => StoredValue::Str(no_nul(v)),
         V::Failure(f) => match pb::PollStatus::try_from(f.status) {

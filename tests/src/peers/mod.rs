@@ -186,6 +186,12 @@ pub const SNMP_SYS_LOCATION: &str = "rack-3";
 /// net-snmp's agent on a free UDP port: community [`SNMP_COMMUNITY`] and
 /// the SNMPv3 users above (authPriv with AES).
 pub async fn snmpd(dir: &TestDir) -> Result<Peer> {
+    snmpd_with(dir, "").await
+}
+
+/// [`snmpd`] with `extra` lines at the end of its `snmpd.conf` (a `pass`
+/// script, say).
+pub async fn snmpd_with(dir: &TestDir, extra: &str) -> Result<Peer> {
     let program = tool(SNMPD_ENV, &["/usr/sbin/snmpd"])?;
     let addr = free_udp_addr()?;
     let persist = dir.join("snmp-persist");
@@ -205,7 +211,7 @@ pub async fn snmpd(dir: &TestDir) -> Result<Peer> {
              sysDescr {SNMP_SYS_DESCR}\n\
              sysLocation {SNMP_SYS_LOCATION}\n\
              sysContact ops@example.invalid\n\
-             sysServices 72\n"
+             sysServices 72\n{extra}"
         ),
     )?;
     let args = vec![

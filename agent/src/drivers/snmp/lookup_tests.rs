@@ -136,12 +136,14 @@ fn config(addr: SocketAddr) -> SnmpConfig {
     }
 }
 
-/// Labels of every row, by the row's octets value.
-fn rows(samples: &[Sample]) -> BTreeMap<i64, BTreeMap<String, String>> {
+/// Labels of every row, by the row's value (octets, a Counter64, or an
+/// INTEGER).
+fn rows(samples: &[Sample]) -> BTreeMap<u64, BTreeMap<String, String>> {
     samples
         .iter()
         .filter_map(|s| match s.value {
-            Value::I64(n) => Some((n, s.labels.clone())),
+            Value::U64(n) => Some((n, s.labels.clone())),
+            Value::I64(n) => Some((u64::try_from(n).ok()?, s.labels.clone())),
             _ => None,
         })
         .collect()

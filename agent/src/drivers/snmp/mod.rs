@@ -17,8 +17,8 @@
 //! the rows of the walks that share the lookup's index.
 //!
 //! Values: INTEGER, Counter32, Gauge32 and TimeTicks become integers,
-//! Counter64 an integer when it fits `i64` (a float above that: the wire
-//! has no unsigned type yet), OCTET STRING a string (hex `aa:bb:..` when it
+//! Counter64 an unsigned 64-bit integer (`Value::U64`, every bit kept),
+//! OCTET STRING a string (hex `aa:bb:..` when it
 //! is not printable UTF-8, or as the MIB's textual convention says:
 //! DisplayString text, PhysAddress `aa:bb:..`, DateAndTime RFC 3339),
 //! IpAddress and OBJECT IDENTIFIER strings; an enumerated INTEGER stays the

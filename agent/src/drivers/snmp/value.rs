@@ -25,9 +25,7 @@ pub fn to_value(v: &SnmpValue) -> Value {
         SnmpValue::Counter32(n) | SnmpValue::Gauge32(n) | SnmpValue::TimeTicks(n) => {
             Value::I64(i64::from(*n))
         }
-        SnmpValue::Counter64(n) => i64::try_from(*n)
-            .map(Value::I64)
-            .unwrap_or(Value::F64(*n as f64)),
+        SnmpValue::Counter64(n) => Value::U64(*n),
         SnmpValue::Octets(b) => Value::Str(text_or_hex(b)),
         SnmpValue::Opaque(b) => Value::Str(hex(b, ":")),
         SnmpValue::IpAddress(a) => Value::Str(std::net::Ipv4Addr::from(*a).to_string()),
@@ -141,9 +139,13 @@ mod tests {
     fn values_map_to_readings() {
         assert_eq!(
             to_value(&SnmpValue::Counter64(u64::MAX)),
-            Value::F64(u64::MAX as f64)
+            Value::U64(u64::MAX)
         );
-        assert_eq!(to_value(&SnmpValue::Counter64(5)), Value::I64(5));
+        assert_eq!(
+            to_value(&SnmpValue::Counter64((1 << 63) + 1)),
+            Value::U64(9_223_372_036_854_775_809)
+        );
+        assert_eq!(to_value(&SnmpValue::Counter64(5)), Value::U64(5));
         assert_eq!(
             to_value(&SnmpValue::Octets(b"eth0".to_vec())),
             Value::Str("eth0".into())

@@ -66,6 +66,14 @@ impl From<&Point> for PointJson {
                 v: Some((*v).into()),
                 ..PointJson::default()
             },
+            // The exact integer, as for i64; the page's JSON.parse rounds
+            // it to a double (above 2^53), which it draws and shows to
+            // three or four digits anyway.
+            StoredValue::U64(v) => PointJson {
+                t,
+                v: Some((*v).into()),
+                ..PointJson::default()
+            },
             StoredValue::Bool(v) => PointJson {
                 t,
                 v: Some((*v).into()),

@@ -28,6 +28,7 @@ fn number(p: &Point) -> Option<f64> {
     match p.value {
         StoredValue::F64(v) if v.is_finite() => Some(v),
         StoredValue::I64(v) => Some(v as f64),
+        StoredValue::U64(v) => Some(v as f64),
         StoredValue::Bool(v) => Some(f64::from(u8::from(v))),
         _ => None,
     }

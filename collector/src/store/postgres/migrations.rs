@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "agents.collector: the collector of each agent's newest stream",
         include_str!("migrations/0004_collector_name.sql"),
     ),
+    (
+        5,
+        "u64 readings: kind 6, and the tributary_readings view reads them",
+        include_str!("migrations/0005_u64.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("trib").

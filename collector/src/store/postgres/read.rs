@@ -342,10 +342,11 @@ impl PgReader {
             (0, Some(v), _) => StoredValue::F64(v),
             (1, _, Some(v)) => StoredValue::I64(v),
             (2, _, Some(v)) => StoredValue::Bool(v != 0),
+            (6, _, Some(v)) => StoredValue::U64(v as u64),
             (3, _, _) => StoredValue::Str(t.unwrap_or_default()),
             (4, _, _) => StoredValue::Timeout(t.unwrap_or_default()),
             (5, _, _) => StoredValue::Error(t.unwrap_or_default()),
-            (0..=2, _, _) => return Err(bad(format!("kind {kind} without its value"))),
+            (0..=2 | 6, _, _) => return Err(bad(format!("kind {kind} without its value"))),
             (other, _, _) => return Err(bad(format!("unknown kind {other}"))),
         };
         Ok(Point {

@@ -297,6 +297,8 @@ async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
             let (f, i, t): (Option<f64>, Option<i64>, Option<&str>) = match &r.value {
                 StoredValue::F64(v) => (Some(*v), None, None),
                 StoredValue::I64(v) => (None, Some(*v), None),
+                // The bits as a bigint (kind 6 tells them apart).
+                StoredValue::U64(v) => (None, Some(*v as i64), None),
                 StoredValue::Bool(v) => (None, Some(i64::from(*v)), None),
                 StoredValue::Str(v) | StoredValue::Timeout(v) | StoredValue::Error(v) => {
                     (None, None, Some(v.as_str()))

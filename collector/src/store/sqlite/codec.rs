@@ -18,7 +18,9 @@
 //! | received: zigzag varint delta from the previous receive time
 //! | kinds: runs of (kind u8, length varint)
 //! | values: f64 as 8 bytes LE (every bit kept: NaN payloads, -0.0, ±Inf);
-//! |         i64 as zigzag varint delta from the previous i64 of the blob;
+//! |         i64 as zigzag varint delta from the previous i64 or u64 of the blob;
+//! |         u64 the same, on its bits as an i64 (kind 6, added later: a
+//! |         blob without it reads as before);
 //! |         bool as one byte; strings and failure messages as varint length + UTF-8
 //! ```
 //!
@@ -54,6 +56,7 @@ const KIND_BOOL: u8 = 2;
 const KIND_STR: u8 = 3;
 const KIND_TIMEOUT: u8 = 4;
 const KIND_ERROR: u8 = 5;
+const KIND_U64: u8 = 6;
 
 /// Why a blob could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +82,7 @@ pub enum CodecError {
 pub enum RawValue<'a> {
     F64(f64),
     I64(i64),
+    U64(u64),
     Bool(bool),
     Str(&'a str),
     Timeout(&'a str),
@@ -90,6 +94,7 @@ impl<'a> RawValue<'a> {
         match v {
             StoredValue::F64(v) => RawValue::F64(*v),
             StoredValue::I64(v) => RawValue::I64(*v),
+            StoredValue::U64(v) => RawValue::U64(*v),
             StoredValue::Bool(v) => RawValue::Bool(*v),
             StoredValue::Str(s) => RawValue::Str(s),
             StoredValue::Timeout(s) => RawValue::Timeout(s),
@@ -101,6 +106,7 @@ impl<'a> RawValue<'a> {
         match self {
             RawValue::F64(v) => StoredValue::F64(v),
             RawValue::I64(v) => StoredValue::I64(v),
+            RawValue::U64(v) => StoredValue::U64(v),
             RawValue::Bool(v) => StoredValue::Bool(v),
             RawValue::Str(s) => StoredValue::Str(s.to_owned()),
             RawValue::Timeout(s) => StoredValue::Timeout(s.to_owned()),
@@ -112,6 +118,7 @@ impl<'a> RawValue<'a> {
         match self {
             RawValue::F64(_) => KIND_F64,
             RawValue::I64(_) => KIND_I64,
+            RawValue::U64(_) => KIND_U64,
             RawValue::Bool(_) => KIND_BOOL,
             RawValue::Str(_) => KIND_STR,
             RawValue::Timeout(_) => KIND_TIMEOUT,

@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS series (
 -- Readings live in two places (see store/sqlite/compact.rs); each reading is
 -- in exactly one of them in every snapshot. Blobs are columnar, encoded by
 -- store/sqlite/codec.rs (kind codes: 0 f64, 1 i64, 2 bool, 3 string, 4 poll timeout,
--- 5 poll error).
+-- 5 poll error, 6 u64).
 --
 -- The head: one row per committed batch, appended by the merger in the
 -- commit's transaction (so the write path is an append whatever the series).

@@ -1,7 +1,8 @@
 //! How the readings of one commit are encoded in an `export_log` row's
 //! `data`: a format byte, then per reading its kind
 //! (`StoredValue::kind_code`), series and time (little-endian i64), then
-//! the value: f64 or i64 (8 bytes), bool (1), text (u32 length, UTF-8).
+//! the value: f64, i64 or u64 (8 bytes), bool (1), text (u32 length,
+//! UTF-8).
 
 use crate::model::StoredValue;
 use crate::store::export::LogReading;
@@ -10,8 +11,8 @@ use crate::store::export::LogReading;
 pub(super) const FORMAT: u8 = 1;
 
 /// Appends one reading: kind (`StoredValue::kind_code`), series, time
-/// (little-endian i64), then the value: f64 or i64 (8 bytes), bool (1),
-/// text (u32 length, UTF-8).
+/// (little-endian i64), then the value: f64, i64 or u64 (8 bytes), bool
+/// (1), text (u32 length, UTF-8).
 pub(super) fn encode(out: &mut Vec<u8>, series: i64, ts_ns: i64, value: &StoredValue) {
     out.push(value.kind_code() as u8);
     out.extend_from_slice(&series.to_le_bytes());
@@ -19,6 +20,7 @@ pub(super) fn encode(out: &mut Vec<u8>, series: i64, ts_ns: i64, value: &StoredV
     match value {
         StoredValue::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
         StoredValue::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        StoredValue::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
         StoredValue::Bool(v) => out.push(u8::from(*v)),
         StoredValue::Str(t) | StoredValue::Timeout(t) | StoredValue::Error(t) => {
             // Readings are bounded far below 4 GiB by the wire's limits.
@@ -68,6 +70,7 @@ pub(super) fn decode(data: &[u8]) -> Result<Vec<LogReading>, String> {
             3 => StoredValue::Str(text(&mut rest)?),
             4 => StoredValue::Timeout(text(&mut rest)?),
             5 => StoredValue::Error(text(&mut rest)?),
+            6 => StoredValue::U64(i64_of(take(&mut rest, 8)?) as u64),
             k => return Err(format!("unknown reading kind {k}")),
         };
         out.push(LogReading {
@@ -93,6 +96,8 @@ mod tests {
             StoredValue::Str("é".into()),
             StoredValue::Timeout(String::new()),
             StoredValue::Error("refused".into()),
+            StoredValue::U64(u64::MAX),
+            StoredValue::U64((1 << 63) + 1),
         ];
         let mut data = vec![FORMAT];
         for (i, v) in values.iter().enumerate() {

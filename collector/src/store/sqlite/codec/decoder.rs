@@ -3,7 +3,7 @@
 
 use super::{
     CodecError, FLAG_RECEIVED, FLAG_SERIES, KIND_BOOL, KIND_ERROR, KIND_F64, KIND_I64, KIND_STR,
-    KIND_TIMEOUT, RawPoint, RawValue, get_signed, get_varint,
+    KIND_TIMEOUT, KIND_U64, RawPoint, RawValue, get_signed, get_varint,
 };
 
 /// A [`Decoder`]'s place in its blob, without the borrow.
@@ -244,6 +244,12 @@ impl<'a> Decoder<'a> {
                     .prev_int
                     .wrapping_add(get_signed(&mut self.values, "values")?);
                 RawValue::I64(self.prev_int)
+            }
+            KIND_U64 => {
+                self.prev_int = self
+                    .prev_int
+                    .wrapping_add(get_signed(&mut self.values, "values")?);
+                RawValue::U64(self.prev_int as u64)
             }
             KIND_BOOL => {
                 let (&byte, tail) = self

@@ -117,6 +117,13 @@ impl Encoder {
                 put_signed(&mut self.values, v.wrapping_sub(self.prev_int));
                 self.prev_int = v;
             }
+            // The same delta column as i64, on the value's bits: a counter
+            // that grows by little costs one or two bytes either way.
+            RawValue::U64(v) => {
+                let bits = v as i64;
+                put_signed(&mut self.values, bits.wrapping_sub(self.prev_int));
+                self.prev_int = bits;
+            }
             RawValue::Bool(v) => self.values.push(u8::from(v)),
             RawValue::Str(s) | RawValue::Timeout(s) | RawValue::Error(s) => {
                 put_varint(&mut self.values, s.len() as u64);

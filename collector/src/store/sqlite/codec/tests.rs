@@ -29,6 +29,9 @@ fn every_kind() -> Vec<StoredValue> {
         StoredValue::I64(i64::MIN),
         StoredValue::I64(i64::MAX),
         StoredValue::I64(-7),
+        StoredValue::U64(u64::MAX),
+        StoredValue::U64((1 << 63) + 1),
+        StoredValue::U64(0),
         StoredValue::Bool(true),
         StoredValue::Bool(false),
         StoredValue::Str(String::new()),
@@ -99,6 +102,9 @@ fn every_kind_round_trips_in_a_head_and_a_chunk() {
         -7,
         100,
         99,
+        5,
+        6,
+        i64::MIN,
     ];
     let series = [
         3,
@@ -117,6 +123,9 @@ fn every_kind_round_trips_in_a_head_and_a_chunk() {
         5,
         6,
         1,
+        8,
+        i64::MAX,
+        8,
     ];
     let mut head = Encoder::head();
     let mut chunk = Encoder::chunk();
@@ -244,6 +253,7 @@ mod prop {
             any::<u64>().prop_map(|b| StoredValue::F64(f64::from_bits(b))),
             any::<f64>().prop_map(StoredValue::F64),
             any::<i64>().prop_map(StoredValue::I64),
+            any::<u64>().prop_map(StoredValue::U64),
             any::<bool>().prop_map(StoredValue::Bool),
             ".{0,12}".prop_map(StoredValue::Str),
             ".{0,12}".prop_map(StoredValue::Timeout),
@@ -279,4 +289,69 @@ mod prop {
             }
         }
     }
+}
+
+/// A head blob as a collector from before the u64 kind wrote it (kinds
+/// 0 to 5 only).
+const HEAD_BEFORE_U64: &[u8] = &[
+    0x01, 0x06, 0x06, 0x22, 0x0a, 0x06, 0x02, 0x00, 0x02, 0x02, 0x00, 0x80, 0x80, 0xd0, 0xe2, 0xc6,
+    0xbf, 0xce, 0x97, 0x2f, 0xff, 0xff, 0xcf, 0xe2, 0xc6, 0xbf, 0xce, 0x97, 0x2f, 0x80, 0xa8, 0xd6,
+    0xb9, 0x07, 0xff, 0xa7, 0xd6, 0xb9, 0x07, 0x80, 0xa8, 0xd6, 0xb9, 0x07, 0x00, 0x00, 0x01, 0x01,
+    0x02, 0x02, 0x01, 0x03, 0x01, 0x05, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x35, 0x40, 0x0d,
+    0x90, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20, 0x01, 0x04, 0x69, 0x64, 0x6c, 0x65, 0x07, 0x72,
+    0x65, 0x66, 0x75, 0x73, 0x65, 0x64,
+];
+
+/// Blobs written before u64 read as they did; a u64 after an i64 shares
+/// its delta column and both come back with every bit.
+#[test]
+fn a_blob_from_before_u64_reads_as_before_and_u64_shares_the_integer_column() {
+    let t = 1_700_000_000_000_000_000;
+    let want = vec![
+        (3, t, 9, StoredValue::F64(21.5)),
+        (4, t, 9, StoredValue::I64(-7)),
+        (
+            4,
+            t + 1_000_000_000,
+            9,
+            StoredValue::I64(9_007_199_254_740_993),
+        ),
+        (5, t + 1_000_000_000, 9, StoredValue::Bool(true)),
+        (6, t + 2_000_000_000, 9, StoredValue::Str("idle".into())),
+        (
+            6,
+            t + 3_000_000_000,
+            9,
+            StoredValue::Error("refused".into()),
+        ),
+    ];
+    let got: Vec<_> = Decoder::new(HEAD_BEFORE_U64, 0, 9)
+        .unwrap()
+        .collect_points()
+        .unwrap()
+        .into_iter()
+        .map(owned)
+        .collect();
+    assert_eq!(got, want);
+
+    let mixed = [
+        StoredValue::I64(-7),
+        StoredValue::U64(u64::MAX),
+        StoredValue::U64(u64::MAX - 1),
+        StoredValue::I64(i64::MAX),
+        StoredValue::U64((1 << 63) + 1),
+    ];
+    let mut head = Encoder::head();
+    for (i, v) in mixed.iter().enumerate() {
+        head.push(1, t + i as i64, 0, RawValue::of(v));
+    }
+    let blob = head.finish();
+    let back: Vec<StoredValue> = Decoder::new(&blob, 0, 0)
+        .unwrap()
+        .collect_points()
+        .unwrap()
+        .into_iter()
+        .map(|p| owned(p).3)
+        .collect();
+    assert_eq!(back, mixed);
 }
