@@ -69,7 +69,7 @@ pub fn next_boots(dir: Option<&Path>, id: &[u8]) -> u32 {
     let path = boots_path(dir, id);
     let before = match std::fs::read_to_string(&path) {
         Ok(text) => text.trim().parse::<u32>().unwrap_or_else(|_| {
-            warn!(path = %path.display(), "snmp_trap: boots file is not a number; counting from it again as if it held the maximum");
+            warn!(path = %path.display(), "snmp_trap: boots file is not a number; the engine's boots are set to the maximum, so no SNMPv3 inform is accepted (RFC 3414 §2.2.2): set a new `engine_id` and remove the file");
             MAX_BOOTS - 1
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,

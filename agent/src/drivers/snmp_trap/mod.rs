@@ -1,5 +1,6 @@
 //! The SNMP notification receiver (`driver = "snmp_trap"`): SNMPv1 traps,
-//! SNMPv2c traps and informs on a UDP port, each turned into readings
+//! SNMPv2c and SNMPv3 traps and informs on a UDP port (v3: `v3.rs`, the
+//! receiver's own engine for informs in `engine.rs`), each turned into readings
 //! stamped with the time it arrived, so a link-down between two polls is
 //! stored when it happened.
 //!
@@ -24,8 +25,10 @@
 //! numeric OID; each carries the notification as the label `snmpTrapOID`.
 //! Every poll also reports, on the receiving device itself,
 //! `snmp_trap_rejected_total{cause}` (`community`: no configured community;
-//! `malformed`: not a well-formed v1/v2c notification; `version`: SNMPv3
-//! or unknown, not received yet) and `snmp_trap_dropped_total{cause}`
+//! `malformed`: not a well-formed notification; `user`: an SNMPv3 user or
+//! engine not accepted; `auth`: an SNMPv3 MAC, level, time window or
+//! decryption failed; `version`: an unknown SNMP version) and
+//! `snmp_trap_dropped_total{cause}`
 //! (`rate`: beyond `max_rate_per_sender` or `max_rate`, token buckets of
 //! one second's worth; `queue`: the queue was full). A rejected sender is
 //! logged at most once a minute.

@@ -627,3 +627,37 @@ fn mutated_notifications_decode_or_fail() {
         }
     }
 }
+
+#[test]
+fn the_own_engine_keeps_its_boots_and_its_time_window() {
+    let id = own_engine_id("agent-1", "traps");
+    assert_eq!(id, own_engine_id("agent-1", "traps"), "stable");
+    assert_ne!(id, own_engine_id("agent-1", "traps-2"), "per device");
+    assert_eq!(&id[..5], &[0x80, 0, 0, 0, 5], "RFC 3411 format 5");
+    assert_eq!(id.len(), 17);
+    let dir = std::env::temp_dir().join(format!("tributary-trap-boots-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    assert_eq!(engine::next_boots(Some(&dir), &id), 1);
+    assert_eq!(engine::next_boots(Some(&dir), &id), 2);
+    std::fs::write(engine::boots_path(&dir, &id), "garbage").expect("write");
+    assert_eq!(
+        engine::next_boots(Some(&dir), &id),
+        engine::MAX_BOOTS,
+        "a corrupt file: the maximum, never a boots value used before"
+    );
+    assert_eq!(engine::next_boots(None, &id), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    let start = Instant::now();
+    let own = engine::OwnEngine::new(id, 7, 1, start);
+    let later = start + Duration::from_secs(1_000);
+    assert!(own.timely(7, 1_000, later));
+    assert!(own.timely(7, 1_150, later) && own.timely(7, 850, later));
+    assert!(!own.timely(7, 849, later), "older than the window");
+    assert!(!own.timely(7, 1_151, later), "ahead of the window");
+    assert!(!own.timely(6, 1_000, later), "another boot");
+    let maxed = engine::OwnEngine::new(vec![0x80, 0, 0, 0, 5, 1], engine::MAX_BOOTS, 0, start);
+    assert!(
+        !maxed.timely(engine::MAX_BOOTS, 0, start),
+        "boots at the maximum"
+    );
+}

@@ -129,7 +129,7 @@ impl V3 {
                 report: Some(report),
             });
         }
-        self.from_sender(cfg, &m, raw, now)
+        self.sent_by_sender(cfg, &m, raw, now)
     }
 
     /// A message for this engine (an inform, as RFC 3414 §3.2 checks it).
@@ -242,7 +242,7 @@ impl V3 {
     }
 
     /// A trap from the engine that sent it (authoritative itself).
-    fn from_sender(
+    fn sent_by_sender(
         &mut self,
         cfg: &SnmpTrapConfig,
         m: &usm::V3Message,
@@ -293,23 +293,25 @@ impl V3 {
         let Some(sender) = self.engines.get_mut(&m.usm.engine_id) else {
             return Err(Refusal::new(Cause::User, "unknown engine id"));
         };
-        if !sender.keys.contains_key(&index) {
-            if user.auth.is_some() && !self.localize.take(now) {
-                return Err(Refusal::new(
-                    Cause::User,
-                    "a new engine or user, over one key localization a second",
-                ));
+        let keys = match sender.keys.entry(index) {
+            std::collections::hash_map::Entry::Occupied(k) => k.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                if user.auth.is_some() && !self.localize.take(now) {
+                    return Err(Refusal::new(
+                        Cause::User,
+                        "a new engine or user, over one key localization a second",
+                    ));
+                }
+                slot.insert(user.auth.as_ref().map(|(p, pw)| {
+                    Keys::new(
+                        (*p, pw),
+                        user.privacy.as_ref().map(|(pp, ppw)| (*pp, ppw.as_str())),
+                        &m.usm.engine_id,
+                    )
+                }))
             }
-            let keys = user.auth.as_ref().map(|(p, pw)| {
-                Keys::new(
-                    (*p, pw),
-                    user.privacy.as_ref().map(|(pp, ppw)| (*pp, ppw.as_str())),
-                    &m.usm.engine_id,
-                )
-            });
-            sender.keys.insert(index, keys);
-        }
-        let keys = sender.keys.get(&index).and_then(Option::as_ref);
+        };
+        let keys = keys.as_ref();
         let opened = open(m, raw, keys).map_err(|e| Refusal::new(Cause::Auth, e.to_string()))?;
         if opened.authenticated {
             sender

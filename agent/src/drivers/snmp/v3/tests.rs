@@ -265,7 +265,6 @@ fn driver(addr: SocketAddr) -> SnmpDriver {
                 auth: Some((SnmpAuthProtocol::Sha256, AUTH.into())),
                 privacy: Some((SnmpPrivProtocol::Aes128, PRIV.into())),
                 context: String::new(),
-                context_engine: None,
             }),
             metrics: vec![SnmpMetric {
                 name: "uptime".into(),
