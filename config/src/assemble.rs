@@ -304,62 +304,13 @@ impl Renderer<'_> {
             file,
             line: u32::try_from(src.line(value.span().start)).unwrap_or(u32::MAX),
         };
-        let (secret, twin) = self.secret(key);
-        if secret
-            && twin.is_none()
-            && let DeValue::Array(items) = value.get_ref()
-        {
-            // A list of secrets (`communities`): each one expanded, each
-            // one shown redacted.
-            let mut texts = Vec::with_capacity(items.len());
-            for item in items.iter() {
-                let DeValue::String(s) = item.get_ref() else {
-                    return Err(src.error(item.span(), errkey, "expected a list of strings"));
-                };
-                let s = expand(s, self.lookup)
-                    .map(|c| c.into_owned())
-                    .map_err(|e| src.error(item.span(), &errkey, e.secret_message(s)))?;
-                texts.push(toml_string(&s));
-            }
-            let k = toml_key(key);
-            let shown = vec![toml_string(REDACTED); texts.len()];
+        if let Some((name, text, shown)) = self.secret_value(src, &errkey, key, value)? {
+            let k = toml_key(&name);
             return Ok((
-                key.to_owned(),
+                name,
                 Entry::Inline(Line {
-                    text: format!("{k} = [{}]", texts.join(", ")),
-                    shown: Some(format!("{k} = [{}]", shown.join(", "))),
-                    origin,
-                }),
-            ));
-        }
-        if secret || twin.is_some() {
-            let DeValue::String(s) = value.get_ref() else {
-                return Err(src.error(value.span(), errkey, "expected a string"));
-            };
-            let s = if twin.is_some() {
-                // A path: named in full.
-                self.expand(src, s, value.span(), &errkey)?
-            } else {
-                // The error names the key only: a `${` may be part of the secret.
-                expand(s, self.lookup)
-                    .map(|c| c.into_owned())
-                    .map_err(|e| src.error(value.span(), &errkey, e.secret_message(s)))?
-            };
-            let (name, secret) = match twin {
-                Some(stem) => {
-                    let path = src.path(&Spanned::new(value.span(), s), &errkey)?;
-                    let secret =
-                        read_secret_file(&path).map_err(|e| src.error(value.span(), &errkey, e))?;
-                    (stem, secret)
-                }
-                None => (key, s),
-            };
-            let k = toml_key(name);
-            return Ok((
-                name.to_owned(),
-                Entry::Inline(Line {
-                    text: format!("{k} = {}", toml_string(&secret)),
-                    shown: Some(format!("{k} = {}", toml_string(REDACTED))),
+                    text: format!("{k} = {text}"),
+                    shown: Some(format!("{k} = {shown}")),
                     origin,
                 }),
             ));
@@ -392,10 +343,15 @@ impl Renderer<'_> {
                 }
                 Entry::Block(lines)
             }
-            _ => Entry::Inline(Line::new(
-                format!("{} = {}", toml_key(key), self.inline(src, &errkey, value)?),
-                origin,
-            )),
+            _ => {
+                let (text, shown) = self.inline(src, &errkey, value)?;
+                let k = toml_key(key);
+                Entry::Inline(Line {
+                    shown: (shown != text).then(|| format!("{k} = {shown}")),
+                    text: format!("{k} = {text}"),
+                    origin,
+                })
+            }
         };
         Ok((key.to_owned(), entry))
     }
@@ -424,41 +380,212 @@ impl Renderer<'_> {
         Ok(())
     }
 
-    /// A value written on one line.
+    /// The value of `key` when it is a secret or the `_file` twin of one:
+    /// the key it sets, its TOML text and that text redacted. A secret
+    /// holding a list of strings (`communities`) is redacted item by item.
+    fn secret_value(
+        &self,
+        src: &Source<'_>,
+        errkey: &str,
+        key: &str,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Result<Option<(String, String, String)>, ConfigError> {
+        let (secret, twin) = self.secret(key);
+        if secret
+            && twin.is_none()
+            && let DeValue::Array(items) = value.get_ref()
+        {
+            let mut texts = Vec::with_capacity(items.len());
+            for item in items.iter() {
+                let DeValue::String(s) = item.get_ref() else {
+                    return Err(src.error(item.span(), errkey, "expected a list of strings"));
+                };
+                let s = expand(s, self.lookup)
+                    .map(|c| c.into_owned())
+                    .map_err(|e| src.error(item.span(), errkey, e.secret_message(s)))?;
+                texts.push(toml_string(&s));
+            }
+            let shown = vec![toml_string(REDACTED); texts.len()];
+            return Ok(Some((
+                key.to_owned(),
+                format!("[{}]", texts.join(", ")),
+                format!("[{}]", shown.join(", ")),
+            )));
+        }
+        if !secret && twin.is_none() {
+            return Ok(None);
+        }
+        let DeValue::String(s) = value.get_ref() else {
+            return Err(src.error(value.span(), errkey, "expected a string"));
+        };
+        let s = if twin.is_some() {
+            // A path: named in full.
+            self.expand(src, s, value.span(), errkey)?
+        } else {
+            // The error names the key only: a `${` may be part of the secret.
+            expand(s, self.lookup)
+                .map(|c| c.into_owned())
+                .map_err(|e| src.error(value.span(), errkey, e.secret_message(s)))?
+        };
+        let (name, secret) = match twin {
+            Some(stem) => {
+                let path = src.path(&Spanned::new(value.span(), s), errkey)?;
+                let secret =
+                    read_secret_file(&path).map_err(|e| src.error(value.span(), errkey, e))?;
+                (stem, secret)
+            }
+            None => (key, s),
+        };
+        Ok(Some((
+            name.to_owned(),
+            toml_string(&secret),
+            toml_string(REDACTED),
+        )))
+    }
+
+    /// A value written on one line, and as it is shown: a secret anywhere
+    /// inside it (a key of an inline table, at any depth) is redacted there
+    /// and read from its `_file` twin, as on a line of its own.
     fn inline(
         &self,
         src: &Source<'_>,
         err: &str,
         value: &Spanned<DeValue<'_>>,
-    ) -> Result<String, ConfigError> {
+    ) -> Result<(String, String), ConfigError> {
+        let plain = |text: String| (text.clone(), text);
         Ok(match value.get_ref() {
-            DeValue::String(s) => toml_string(&self.expand(src, s, value.span(), err)?),
+            DeValue::String(s) => plain(toml_string(&self.expand(src, s, value.span(), err)?)),
             DeValue::Integer(n) => match i128::from_str_radix(n.as_str(), n.radix()) {
-                Ok(v) => v.to_string(),
+                Ok(v) => plain(v.to_string()),
                 Err(_) => return Err(src.error(value.span(), err, "integer number overflowed")),
             },
-            DeValue::Float(f) => f.as_str().to_owned(),
-            DeValue::Boolean(b) => b.to_string(),
-            DeValue::Datetime(d) => d.to_string(),
+            DeValue::Float(f) => plain(f.as_str().to_owned()),
+            DeValue::Boolean(b) => plain(b.to_string()),
+            DeValue::Datetime(d) => plain(d.to_string()),
             DeValue::Array(items) => {
-                let mut parts = Vec::with_capacity(items.len());
+                let mut texts = Vec::with_capacity(items.len());
+                let mut shown = Vec::with_capacity(items.len());
                 for (n, item) in items.iter().enumerate() {
-                    parts.push(self.inline(src, &format!("{err}[{n}]"), item)?);
+                    let (t, s) = self.inline(src, &format!("{err}[{n}]"), item)?;
+                    texts.push(t);
+                    shown.push(s);
                 }
-                format!("[{}]", parts.join(", "))
+                (
+                    format!("[{}]", texts.join(", ")),
+                    format!("[{}]", shown.join(", ")),
+                )
             }
             DeValue::Table(t) => {
-                let mut parts = Vec::with_capacity(t.len());
+                let mut texts: Vec<(String, String)> = Vec::with_capacity(t.len());
+                let mut shown = Vec::with_capacity(t.len());
                 for (k, v) in t {
                     let errkey = join_err(err, k.get_ref());
-                    parts.push(format!(
-                        "{} = {}",
-                        toml_key(k.get_ref()),
-                        self.inline(src, &errkey, v)?
-                    ));
+                    let (name, text, s) = match self.secret_value(src, &errkey, k.get_ref(), v)? {
+                        Some(secret) => secret,
+                        None => {
+                            let (text, s) = self.inline(src, &errkey, v)?;
+                            (k.get_ref().to_string(), text, s)
+                        }
+                    };
+                    if texts.iter().any(|(n, _)| *n == name) {
+                        return Err(src.error(
+                            k.span(),
+                            errkey,
+                            format!("`{name}` is set twice: use either `{name}` or `{name}_file`"),
+                        ));
+                    }
+                    let key = toml_key(&name);
+                    shown.push(format!("{key} = {s}"));
+                    texts.push((name, format!("{key} = {text}")));
                 }
-                format!("{{ {} }}", parts.join(", "))
+                let texts: Vec<String> = texts.into_iter().map(|(_, t)| t).collect();
+                (
+                    format!("{{ {} }}", texts.join(", ")),
+                    format!("{{ {} }}", shown.join(", ")),
+                )
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Layer;
+
+    /// Renders every key of `text` as [`Assembler::push_entries`] would.
+    fn render(text: &str, dir: &Path) -> Result<Assembled, ConfigError> {
+        let path = dir.join("main.toml");
+        let layer = Layer::new(text, &path);
+        let src = layer.source();
+        let table = DeTable::parse(text)
+            .map_err(|e| src.syntax_error(&e))?
+            .into_inner();
+        let r = Renderer {
+            lookup: &|name| (name == "PW").then(|| "env-s3cret".to_owned()),
+            secrets: &["auth_password", "priv_password", "communities"],
+        };
+        let entries = r.entries(&src, 0, "", "", &table)?;
+        let mut asm = Assembler::new(&path);
+        asm.push_entries(entries.iter().map(|(_, e)| e));
+        Ok(asm.finish())
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_read_from_files_at_any_depth() {
+        let dir =
+            std::env::temp_dir().join(format!("tributary-config-nested-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("pw"), "file-s3cret\n").expect("secret file");
+        // Each place a table can sit: an array of inline tables (rendered
+        // as `[[users]]`), a table in a table, an inline table among other
+        // values and inside an array of arrays.
+        let text = "users = [{ user = \"a\", auth_password = \"inline-s3cret\" }, \
+                    { user = \"b\", auth_password_file = \"pw\", priv_password = \"${PW}\" }]\n\
+                    deep = { inner = { auth_password = \"deep-s3cret\" } }\n\
+                    mixed = [1, { priv_password = \"mixed-s3cret\", communities = [\"c-s3cret\"] }]\n\
+                    nested = [[{ auth_password_file = \"pw\" }]]\n";
+        let a = render(text, &dir).expect("renders");
+        assert!(!a.shown.contains("s3cret"), "a secret shown:\n{}", a.shown);
+        assert_eq!(a.shown.matches(REDACTED).count(), 7, "{}", a.shown);
+        // The parsed text holds each secret, under the key it sets.
+        let parsed: toml::Table = toml::from_str(&a.text).expect("the text parses");
+        let users = parsed["users"].as_array().expect("users");
+        assert_eq!(users[0]["auth_password"].as_str(), Some("inline-s3cret"));
+        assert_eq!(users[1]["auth_password"].as_str(), Some("file-s3cret"));
+        assert_eq!(users[1]["priv_password"].as_str(), Some("env-s3cret"));
+        assert_eq!(
+            parsed["deep"]["inner"]["auth_password"].as_str(),
+            Some("deep-s3cret")
+        );
+        assert_eq!(
+            parsed["mixed"][1]["priv_password"].as_str(),
+            Some("mixed-s3cret")
+        );
+        assert_eq!(
+            parsed["mixed"][1]["communities"][0].as_str(),
+            Some("c-s3cret")
+        );
+        assert_eq!(
+            parsed["nested"][0][0]["auth_password"].as_str(),
+            Some("file-s3cret")
+        );
+        // Both ways at once is an error, inline too; an error in a nested
+        // secret's `${}` does not show the value.
+        let e = render(
+            "mixed = [1, { auth_password = \"x\", auth_password_file = \"pw\" }]\n",
+            &dir,
+        )
+        .expect_err("set twice")
+        .to_string();
+        assert!(e.contains("`auth_password` is set twice"), "{e}");
+        let e = render("mixed = [1, { auth_password = \"ab${NOPE}cd\" }]\n", &dir)
+            .expect_err("unset variable")
+            .to_string();
+        assert!(
+            e.contains("mixed[1].auth_password") && !e.contains("NOPE"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

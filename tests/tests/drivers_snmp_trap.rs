@@ -473,3 +473,150 @@ async fn v3_traps_from_net_snmp() -> Result<()> {
     assert_eq!(index, Some(Value::I64(9)));
     Ok(())
 }
+
+/// SNMPv3 informs from net-snmp's `snmpinform`: the receiver is the
+/// authoritative engine, so `snmpinform` discovers its engine id, boots and
+/// time (a usmStatsUnknownEngineIDs Report), sends the inform authPriv
+/// with keys localized to that id, and exits 0 only on an authenticated,
+/// encrypted Response. Each of two users works; a wrong password is
+/// counted as `auth` and not acknowledged. The engine's boots are kept in
+/// the spool directory, one more at each start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_informs_from_net_snmp() -> Result<()> {
+    let dir = tributary_tests::process::TestDir::new("snmp-trap-v3-inform")?;
+    let port = free_udp_port()?;
+    let target = format!("127.0.0.1:{port}");
+    let text = format!(
+        "id = \"inform-test\"\ncollectors = [\"http://127.0.0.1:1\"]\n\n[spool]\ndir = {:?}\n\n\
+         [[devices]]\nname = \"informs\"\ndriver = \"snmp_trap\"\ninterval = \"1s\"\n\
+         listen = \"{target}\"\nmibs = []\n\
+         users = [{{ user = \"informer\", auth_protocol = \"sha\", auth_password = \"auth-pass-2\", \
+         priv_protocol = \"aes\", priv_password = \"priv-pass-2\" }}, \
+         {{ user = \"second\", auth_protocol = \"sha256\", auth_password = \"auth-pass-3\" }}]\n",
+        dir.path().display().to_string()
+    );
+    let cfg = tributary_agent::config::parse(&text, &dir.path().join("agent.toml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut driver = Driver::build(&cfg.devices[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    poll(&mut driver).await?;
+    let engine = tributary_agent::drivers::snmp_trap::own_engine_id("inform-test", "informs");
+    let hex: String = engine.iter().map(|b| format!("{b:02x}")).collect();
+    let boots_file = dir.path().join(format!("snmp_trap-{hex}.boots"));
+    ensure!(
+        std::fs::read_to_string(&boots_file)?.trim() == "1",
+        "first start: boots 1"
+    );
+
+    let snmpinform = netsnmp("snmpinform")?;
+    let netsnmp_state = dir.path().join("net-snmp");
+    std::fs::create_dir_all(&netsnmp_state)?;
+    let inform = |user: &str, level: &str, auth: (&str, &str), n: &str| {
+        let mut c = Command::new(&snmpinform);
+        // net-snmp keeps its own engine's state in a file; tests running
+        // net-snmp commands at once would read each other's half-written
+        // one (and then never send).
+        c.env("SNMP_PERSISTENT_DIR", &netsnmp_state);
+        c.args([
+            "-v", "3", "-u", user, "-l", level, "-a", auth.0, "-A", auth.1,
+        ]);
+        if level == "authPriv" {
+            c.args(["-x", "AES", "-X", "priv-pass-2"]);
+        }
+        c.args(["-r", "0", "-t", "3", &target, "", "1.3.6.1.6.3.1.1.5.3"]);
+        c.args(["1.3.6.1.2.1.2.2.1.1.5", "i", n]);
+        c
+    };
+    ensure!(
+        run(&mut inform(
+            "informer",
+            "authPriv",
+            ("SHA", "auth-pass-2"),
+            "5"
+        ))?,
+        "the authPriv inform was not acknowledged"
+    );
+    ensure!(
+        run(&mut inform(
+            "second",
+            "authNoPriv",
+            ("SHA-256", "auth-pass-3"),
+            "6"
+        ))?,
+        "the second user's authNoPriv inform was not acknowledged"
+    );
+    ensure!(
+        !run(&mut inform(
+            "informer",
+            "authPriv",
+            ("SHA", "wrong-pass-2"),
+            "7"
+        ))?,
+        "an inform with the wrong password was acknowledged"
+    );
+    let readings = poll(&mut driver).await?;
+    let index: Vec<Value> = readings
+        .iter()
+        .filter(|r| r.series.metric.ends_with("1.3.6.1.2.1.2.2.1.1.5"))
+        .map(|r| r.value.clone())
+        .collect();
+    assert_eq!(index, [Value::I64(5), Value::I64(6)], "each inform once");
+    let count = |metric: &str, cause: &str| {
+        readings
+            .iter()
+            .find(|r| &*r.series.metric == metric && r.series.labels.get("cause") == Some(cause))
+            .map(|r| r.value.clone())
+    };
+    assert_eq!(
+        count("snmp_trap_rejected_total", "auth"),
+        Some(Value::I64(1)),
+        "the wrong password"
+    );
+    assert_eq!(
+        count("snmp_trap_rejected_total", "user"),
+        Some(Value::I64(0))
+    );
+    assert_eq!(
+        readings
+            .iter()
+            .find(|r| &*r.series.metric == "snmp_trap_informs_repeated_total")
+            .map(|r| r.value.clone()),
+        Some(Value::I64(0))
+    );
+    // A restart (the device built again) counts one more boot, and informs
+    // still work against the new boots.
+    drop(driver);
+    let mut driver = Driver::build(&cfg.devices[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    eventually_bound(&mut driver).await?;
+    ensure!(
+        std::fs::read_to_string(&boots_file)?.trim() == "2",
+        "second start: boots 2"
+    );
+    ensure!(run(&mut inform(
+        "informer",
+        "authPriv",
+        ("SHA", "auth-pass-2"),
+        "8"
+    ))?);
+    // The passwords are secrets, inside `users` too.
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, &text)?;
+    let (_, shown) =
+        tributary_agent::config::effective(&path, &|_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(
+        !shown.contains("pass-2") && !shown.contains("pass-3") && shown.contains("informer"),
+        "{shown}"
+    );
+    Ok(())
+}
+
+/// Polls until the socket is bound (the port of a dropped receiver is free
+/// again at once, the task aborted).
+async fn eventually_bound(driver: &mut Driver) -> Result<()> {
+    for _ in 0..50 {
+        if poll(driver).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the receiver never bound its port again")
+}

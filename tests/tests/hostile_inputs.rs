@@ -463,6 +463,7 @@ fn snmpv3_response() -> Vec<u8> {
         time: 100,
         user: b"fuzz",
         context: b"",
+        context_engine: None,
         keys: Some(v3_keys()),
         salt: [1, 2, 3, 4, 5, 6, 7, 8],
         pdu: &snmp_pdu(),

@@ -159,6 +159,16 @@ impl Keys {
         self.priv_key.is_some()
     }
 
+    /// The same keys without privacy: for a message that must be
+    /// authenticated and not encrypted (RFC 3414's notInTimeWindow report).
+    pub fn auth_only(&self) -> Keys {
+        Keys {
+            auth: self.auth,
+            auth_key: self.auth_key.clone(),
+            priv_key: None,
+        }
+    }
+
     /// The truncated MAC of `message`, whose auth params are zeroed.
     fn mac(&self, message: &[u8]) -> Vec<u8> {
         let key = hmac::Key::new(hmac_alg(self.auth), &self.auth_key);
@@ -224,6 +234,9 @@ pub struct Outgoing<'a> {
     pub time: u32,
     pub user: &'a [u8],
     pub context: &'a [u8],
+    /// The scoped PDU's contextEngineID when it is not `engine_id` (a
+    /// Response echoes its request's).
+    pub context_engine: Option<&'a [u8]>,
     /// `None`: noAuthNoPriv (engine discovery).
     pub keys: Option<&'a Keys>,
     /// 8 bytes, unique per message, when encrypting.
@@ -232,14 +245,20 @@ pub struct Outgoing<'a> {
     pub pdu: &'a [u8],
 }
 
-/// Builds an SNMPv3 message, authenticated and encrypted as `keys` allow.
+/// Builds an SNMPv3 message, authenticated and encrypted as `keys` allow;
+/// reportable unless its PDU is of the response or unconfirmed class (a
+/// Response, Report or Trap: RFC 3412 §6.4), which nothing answers.
 pub fn encode(out: &Outgoing<'_>) -> Vec<u8> {
-    let mut flags = FLAG_REPORTABLE;
+    let unanswered = matches!(
+        out.pdu.first(),
+        Some(&(tag::RESPONSE | tag::REPORT | tag::TRAP_V2))
+    );
+    let mut flags = if unanswered { 0 } else { FLAG_REPORTABLE };
     let mut priv_params = Vec::new();
     let scoped = ber::constructed(
         tag::SEQUENCE,
         &[
-            &ber::octets(out.engine_id),
+            &ber::octets(out.context_engine.unwrap_or(out.engine_id)),
             &ber::octets(out.context),
             out.pdu,
         ],
@@ -412,12 +431,22 @@ pub enum DecryptError {
 /// `boots`/`time` with salt `priv_params`. Offsets in errors count from the
 /// start of the decrypted plaintext.
 pub fn decrypt(keys: &Keys, usm: &UsmParams, encrypted: &[u8]) -> Result<Pdu, DecryptError> {
+    let plain = decrypt_bytes(keys, usm, encrypted)?;
+    let mut r = Reader::new(&plain, 0);
+    decode_scoped(&mut r).map_err(DecryptError::Malformed)
+}
+
+/// The plaintext of an encrypted scoped PDU (not checked to be one).
+pub fn decrypt_bytes(
+    keys: &Keys,
+    usm: &UsmParams,
+    encrypted: &[u8],
+) -> Result<Vec<u8>, DecryptError> {
     let iv = aes_iv(usm.boots, usm.time, &usm.priv_params)
         .ok_or(DecryptError::BadSalt(usm.priv_params.len()))?;
     let mut plain = encrypted.to_vec();
     keys.aes_cfb(iv, &mut plain, false);
-    let mut r = Reader::new(&plain, 0);
-    decode_scoped(&mut r).map_err(DecryptError::Malformed)
+    Ok(plain)
 }
 
 #[cfg(test)]
@@ -452,6 +481,7 @@ mod tests {
             time: 1234,
             user: b"tuser",
             context: b"",
+            context_engine: None,
             keys: Some(&keys),
             salt: [1, 2, 3, 4, 5, 6, 7, 8],
             pdu: &pdu,
@@ -492,6 +522,7 @@ mod tests {
             time: 0,
             user: b"",
             context: b"",
+            context_engine: None,
             keys: None,
             salt: [0; 8],
             pdu: &pdu,

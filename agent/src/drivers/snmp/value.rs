@@ -119,7 +119,7 @@ fn text_or_hex(b: &[u8]) -> String {
 
 /// `bytes` in lowercase hex, two digits a byte, `separator` between bytes
 /// (`aa:bb` for values, none for engine ids).
-pub(super) fn hex(bytes: &[u8], separator: &str) -> String {
+pub(crate) fn hex(bytes: &[u8], separator: &str) -> String {
     let mut out = String::with_capacity(bytes.len() * (2 + separator.len()));
     for (i, b) in bytes.iter().enumerate() {
         if i > 0 {

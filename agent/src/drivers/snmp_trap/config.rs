@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -59,8 +60,13 @@ pub struct SnmpTrapConfig {
     /// and `communities` together); others are counted and dropped (and an
     /// inform is not acknowledged).
     pub communities: Vec<String>,
-    /// The SNMPv3 user notifications may come from (USM), if any.
-    pub user: Option<TrapUser>,
+    /// The SNMPv3 users notifications may come from (USM): `user` and
+    /// its keys, then each of `users`.
+    pub users: Vec<TrapUser>,
+    /// This receiver's own SNMPv3 engine id (`engine_id`, hex), the
+    /// authoritative engine of the informs sent to it; unset, derived from
+    /// the agent id and the device name ([`own_engine_id`]).
+    pub engine_id: Option<Vec<u8>>,
     /// Device name by sender address; a sender not listed is named by its
     /// address.
     pub senders: BTreeMap<IpAddr, String>,
@@ -86,6 +92,26 @@ pub struct SnmpTrapConfig {
     /// Names of the OIDs of `mibs`, filled in when the whole config is
     /// read (`drivers::snmp::resolve_names`).
     pub names: OidNames,
+    /// The agent's id and the directory its engine's boots are kept in
+    /// (the spool's), filled in when the whole config is read
+    /// ([`super::place`]); `None`: boots are not kept (tests).
+    pub agent_id: String,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The engine id of a receiver with no `engine_id`: RFC 3411's format
+/// (first bit set, an enterprise number of 0, format 5: octets) followed by
+/// the first 12 bytes of SHA-256 over the agent id and the device name, so
+/// it stays the same across restarts and differs between receivers.
+pub fn own_engine_id(agent_id: &str, device: &str) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in ["tributary snmp_trap", agent_id, device] {
+        ctx.update(part.as_bytes());
+        ctx.update(&[0]);
+    }
+    let mut id = vec![0x80, 0, 0, 0, 5];
+    id.extend_from_slice(&ctx.finish().as_ref()[..12]);
+    id
 }
 
 /// What an OID is called and how its values read.
@@ -116,16 +142,29 @@ impl OidNames {
     }
 }
 
-/// An SNMPv3 user whose traps are accepted.
+/// An SNMPv3 user whose traps and informs are accepted. Its `Debug` shows
+/// the name and the levels, never a password.
 #[derive(Clone, PartialEq)]
 pub struct TrapUser {
     pub name: String,
     pub auth: Option<(SnmpAuthProtocol, String)>,
     pub privacy: Option<(SnmpPrivProtocol, String)>,
-    /// The sender's engine id (`engine_id`, hex), when set: traps of other
-    /// engines are refused. Unset, keys are localized for each engine that
-    /// sends, at most one new engine a second and [`MAX_ENGINES`] in all.
-    pub engine_id: Option<Vec<u8>>,
+    /// The sender's engine id (`sender_engine_id`, hex), when set: traps
+    /// of other engines are refused. Unset, keys are localized for each
+    /// engine that sends, at most one new engine a second and
+    /// [`MAX_ENGINES`] in all.
+    pub sender_engine_id: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TrapUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrapUser")
+            .field("name", &self.name)
+            .field("auth", &self.auth.as_ref().map(|(p, _)| p))
+            .field("privacy", &self.privacy.as_ref().map(|(p, _)| p))
+            .field("sender_engine_id", &self.sender_engine_id)
+            .finish()
+    }
 }
 
 /// Engines a receiver keeps keys and clocks for.
@@ -139,7 +178,8 @@ impl std::fmt::Debug for SnmpTrapConfig {
                 "communities",
                 &format!("<{} redacted>", self.communities.len()),
             )
-            .field("user", &self.user.as_ref().map(|u| &u.name))
+            .field("users", &self.users)
+            .field("engine_id", &self.engine_id)
             .field("senders", &self.senders)
             .field("mibs", &self.mibs)
             .field("max_pending", &self.max_pending)
@@ -162,6 +202,8 @@ struct RawSnmpTrap {
     auth_password: Option<Spanned<String>>,
     priv_protocol: Option<Spanned<String>>,
     priv_password: Option<Spanned<String>>,
+    sender_engine_id: Option<Spanned<String>>,
+    users: Option<Vec<Spanned<RawUser>>>,
     engine_id: Option<Spanned<String>>,
     senders: Option<Vec<Spanned<RawSender>>>,
     mibs: Option<Vec<Spanned<String>>>,
@@ -169,6 +211,65 @@ struct RawSnmpTrap {
     max_pending_bytes: Option<Spanned<String>>,
     max_rate_per_sender: Option<Spanned<u32>>,
     max_rate: Option<Spanned<u32>>,
+}
+
+/// One of `users`: `{ user = "ops", auth_password = "...", ... }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    user: Spanned<String>,
+    auth_protocol: Option<Spanned<String>>,
+    auth_password: Option<Spanned<String>>,
+    priv_protocol: Option<Spanned<String>>,
+    priv_password: Option<Spanned<String>>,
+    sender_engine_id: Option<Spanned<String>>,
+}
+
+impl RawUser {
+    fn validate(&self, src: &Source<'_>, key: &str) -> Result<TrapUser, ConfigError> {
+        let u = &self.user;
+        if u.get_ref().is_empty() || u.get_ref().len() > 32 {
+            return Err(src.error(
+                u.span(),
+                format!("{key}.user"),
+                "must be 1 to 32 characters (RFC 3414)",
+            ));
+        }
+        let (auth, privacy) = usm_credentials(
+            src,
+            key,
+            (&self.auth_protocol, &self.auth_password),
+            (&self.priv_protocol, &self.priv_password),
+        )?;
+        Ok(TrapUser {
+            name: u.get_ref().clone(),
+            auth,
+            privacy,
+            sender_engine_id: engine_id(src, key, "sender_engine_id", &self.sender_engine_id)?,
+        })
+    }
+}
+
+/// An engine id setting, checked.
+fn engine_id(
+    src: &Source<'_>,
+    key: &str,
+    name: &str,
+    value: &Option<Spanned<String>>,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    let Some(e) = value else {
+        return Ok(None);
+    };
+    parse_hex(e.get_ref()).map(Some).ok_or_else(|| {
+        src.error(
+            e.span(),
+            format!("{key}.{name}"),
+            format!(
+                "\"{}\" is not an engine id (5 to 32 bytes in hex, e.g. 0x80001f8880...)",
+                e.get_ref()
+            ),
+        )
+    })
 }
 
 /// `{ address = "10.0.0.5", name = "sw-5" }`.
@@ -213,14 +314,15 @@ impl RawSnmpTrap {
             }
             communities.extend(list.get_ref().iter().cloned());
         }
-        let user = match &self.user {
+        let mut users = Vec::new();
+        match &self.user {
             None => {
                 for (v, name) in [
                     (&self.auth_protocol, "auth_protocol"),
                     (&self.auth_password, "auth_password"),
                     (&self.priv_protocol, "priv_protocol"),
                     (&self.priv_password, "priv_password"),
-                    (&self.engine_id, "engine_id"),
+                    (&self.sender_engine_id, "sender_engine_id"),
                 ] {
                     if let Some(v) = v {
                         return Err(src.error(
@@ -230,44 +332,36 @@ impl RawSnmpTrap {
                         ));
                     }
                 }
-                None
-            }
-            Some(u) if u.get_ref().is_empty() => {
-                return Err(src.error(u.span(), format!("{key}.user"), "must not be empty"));
             }
             Some(u) => {
-                let (auth, privacy) = usm_credentials(
-                    src,
-                    key,
-                    (&self.auth_protocol, &self.auth_password),
-                    (&self.priv_protocol, &self.priv_password),
-                )?;
-                let engine_id = match &self.engine_id {
-                    None => None,
-                    Some(e) => Some(parse_hex(e.get_ref()).ok_or_else(|| {
-                        src.error(
-                            e.span(),
-                            format!("{key}.engine_id"),
-                            format!(
-                                "\"{}\" is not an engine id (5 to 32 bytes in hex, e.g. 0x80001f8880...)",
-                                e.get_ref()
-                            ),
-                        )
-                    })?),
+                let flat = RawUser {
+                    user: u.clone(),
+                    auth_protocol: self.auth_protocol.clone(),
+                    auth_password: self.auth_password.clone(),
+                    priv_protocol: self.priv_protocol.clone(),
+                    priv_password: self.priv_password.clone(),
+                    sender_engine_id: self.sender_engine_id.clone(),
                 };
-                Some(TrapUser {
-                    name: u.get_ref().clone(),
-                    auth,
-                    privacy,
-                    engine_id,
-                })
+                users.push(flat.validate(src, key)?);
             }
-        };
-        if communities.is_empty() && user.is_none() {
+        }
+        for (i, u) in self.users.iter().flatten().enumerate() {
+            let user = u.get_ref().validate(src, &format!("{key}.users[{i}]"))?;
+            if users.iter().any(|known: &TrapUser| known.name == user.name) {
+                return Err(src.error(
+                    u.get_ref().user.span(),
+                    format!("{key}.users[{i}].user"),
+                    format!("user \"{}\" is listed twice", user.name),
+                ));
+            }
+            users.push(user);
+        }
+        let own_engine_id = engine_id(src, key, "engine_id", &self.engine_id)?;
+        if communities.is_empty() && users.is_empty() {
             return Err(src.error(
                 self.listen.span(),
                 key.to_owned(),
-                "set `community` (or `community_file`), `communities` or an SNMPv3 `user`: who may send notifications",
+                "set `community` (or `community_file`), `communities`, or an SNMPv3 `user` or `users`: who may send notifications",
             ));
         }
         let mut senders = BTreeMap::new();
@@ -371,7 +465,8 @@ impl RawSnmpTrap {
         Ok(SnmpTrapConfig {
             listen,
             communities,
-            user,
+            users,
+            engine_id: own_engine_id,
             senders,
             mibs,
             max_pending,
@@ -381,6 +476,8 @@ impl RawSnmpTrap {
             mibs_written,
             at,
             names: OidNames::default(),
+            agent_id: String::new(),
+            state_dir: None,
         })
     }
 }

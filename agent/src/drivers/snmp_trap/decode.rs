@@ -53,7 +53,7 @@ pub fn decode(bytes: &[u8]) -> Result<Notification, DecodeError> {
         return Err(DecodeError::new(
             0,
             "message.version",
-            "SNMPv3 notifications are not received yet (v1 and v2c are)",
+            "an SNMPv3 message (opened with its user's keys, not decoded here)",
         ));
     }
     if version != 0 && version != 1 {
@@ -159,7 +159,7 @@ pub fn from_v2_pdu(
 
 /// The raw varbind list of a PDU element (tag, length, three integers,
 /// then the list).
-fn varbind_list(pdu: &[u8]) -> Option<&[u8]> {
+pub(super) fn varbind_list(pdu: &[u8]) -> Option<&[u8]> {
     let mut r = Reader::new(pdu, 0);
     let (_, mut body) = r.any("pdu").ok()?;
     for field in ["request-id", "error-status", "error-index"] {

@@ -1,5 +1,6 @@
 //! The SNMP notification receiver (`driver = "snmp_trap"`): SNMPv1 traps,
-//! SNMPv2c traps and informs on a UDP port, each turned into readings
+//! SNMPv2c and SNMPv3 traps and informs on a UDP port (v3: `v3.rs`, the
+//! receiver's own engine for informs in `engine.rs`), each turned into readings
 //! stamped with the time it arrived, so a link-down between two polls is
 //! stored when it happened.
 //!
@@ -24,8 +25,10 @@
 //! numeric OID; each carries the notification as the label `snmpTrapOID`.
 //! Every poll also reports, on the receiving device itself,
 //! `snmp_trap_rejected_total{cause}` (`community`: no configured community;
-//! `malformed`: not a well-formed v1/v2c notification; `version`: SNMPv3
-//! or unknown, not received yet) and `snmp_trap_dropped_total{cause}`
+//! `malformed`: not a well-formed notification; `user`: an SNMPv3 user or
+//! engine not accepted; `auth`: an SNMPv3 MAC, level, time window or
+//! decryption failed; `version`: an unknown SNMP version) and
+//! `snmp_trap_dropped_total{cause}`
 //! (`rate`: beyond `max_rate_per_sender` or `max_rate`, token buckets of
 //! one second's worth; `queue`: the queue was full). A rejected sender is
 //! logged at most once a minute.
@@ -35,6 +38,7 @@
 
 mod config;
 mod decode;
+mod engine;
 #[cfg(test)]
 mod tests;
 mod v3;
@@ -49,7 +53,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-pub use self::config::{DEFAULT_MAX_PENDING, DEFAULT_MIBS, OidName, OidNames, SnmpTrapConfig};
+pub use self::config::{
+    DEFAULT_MAX_PENDING, DEFAULT_MIBS, OidName, OidNames, SnmpTrapConfig, own_engine_id,
+};
 pub use self::decode::{Notification, decode, response};
 
 use super::snmp::ber;
@@ -57,7 +63,8 @@ use super::snmp::mib::Mibs;
 use super::snmp::value::{to_value, to_value_as};
 use super::snmp::{ValueMeaning, oid_string};
 use super::{BuildError, PollError, Poller};
-use crate::config::{ConfigError, DeviceConfig};
+use crate::config::{AgentConfig, ConfigError, DeviceConfig};
+use crate::drivers::DriverConfig;
 use crate::reading::{FailureKind, Polled, Reading, SeriesKey, Value, now_ns, series_with};
 
 /// Largest datagram read (the largest UDP payload).
@@ -197,10 +204,17 @@ impl SnmpTrapDriver {
                     self.cfg.listen
                 ))
             })?;
-            info!(device = %self.device, listen = %self.cfg.listen, "receiving SNMP notifications");
+            let own = self.own_engine();
+            info!(
+                device = %self.device,
+                listen = %self.cfg.listen,
+                engine_id = %format!("0x{}", super::snmp::value::hex(&own.id, "")),
+                engine_boots = own.boots,
+                "receiving SNMP notifications"
+            );
             let (tx, rx) = mpsc::channel(self.cfg.max_pending);
             let counts = Arc::new(Counts::default());
-            let task = tokio::spawn(receive(socket, self.cfg.clone(), tx, counts.clone()));
+            let task = tokio::spawn(receive(socket, self.cfg.clone(), tx, counts.clone(), own));
             self.receiver = Some(Receiver { rx, counts, task });
         }
         let mut readings = Vec::new();
@@ -254,6 +268,24 @@ impl SnmpTrapDriver {
             }
         }
         Ok(readings)
+    }
+
+    /// This receiver's SNMPv3 engine, started: its id (configured, or
+    /// derived from the agent id and the device name) and the next boots
+    /// (kept beside the spool). Without SNMPv3 users it answers nothing,
+    /// and no boots are counted.
+    fn own_engine(&self) -> engine::OwnEngine {
+        let id = self
+            .cfg
+            .engine_id
+            .clone()
+            .unwrap_or_else(|| own_engine_id(&self.cfg.agent_id, &self.device));
+        let boots = if self.cfg.users.is_empty() {
+            1
+        } else {
+            engine::next_boots(self.cfg.state_dir.as_deref(), &id)
+        };
+        engine::OwnEngine::new(id, boots, self.cfg.users.len(), Instant::now())
     }
 
     /// The readings of one notification, stamped when it arrived.
@@ -323,13 +355,14 @@ async fn receive(
     cfg: Arc<SnmpTrapConfig>,
     tx: mpsc::Sender<Received>,
     counts: Arc<Counts>,
+    own: engine::OwnEngine,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut told = Told::default();
     let mut total = Bucket::new(cfg.max_rate, Instant::now());
     let mut per_sender: HashMap<IpAddr, Bucket> = HashMap::new();
     let mut informs = Informs::default();
-    let mut v3 = v3::V3::new(Instant::now());
+    let mut v3 = v3::V3::new(own, Instant::now());
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -362,26 +395,29 @@ async fn receive(
         let opened = if ber::message_version(raw).ok() == Some(3) {
             v3.open(&cfg, raw, now)
         } else {
-            match decode(raw) {
-                Ok(n) if cfg.communities.iter().any(|c| c.as_bytes() == n.community) => Ok(n),
-                Ok(_) => Err((Cause::Community, "no configured community".to_owned())),
-                Err(e) if e.field == "message.version" && e.reason.contains("SNMP") => {
-                    Err((Cause::Version, e.to_string()))
-                }
-                Err(e) => Err((Cause::Malformed, e.to_string())),
-            }
+            open_community(&cfg, raw)
         };
-        let notification = match opened {
-            Ok(n) => n,
-            Err((cause, why)) => {
-                told.reject(&counts, &cfg, from, cause, &why);
+        let v3::Accepted { notification, ack } = match opened {
+            Ok(accepted) => accepted,
+            Err(refusal) => {
+                if let Some(report) = &refusal.report {
+                    send_ack(&socket, report, from).await;
+                }
+                match refusal.cause {
+                    Some(cause) => told.reject(&counts, &cfg, from, cause, &refusal.why),
+                    None => {
+                        debug!(%from, reason = refusal.why, "snmp_trap: SNMPv3 engine discovery answered")
+                    }
+                }
                 continue;
             }
         };
-        let inform = notification.inform.as_ref().map(|(id, varbinds)| {
-            let ack = response(notification.version, &notification.community, *id, varbinds);
-            ((from.ip(), notification.community.clone(), *id), ack)
-        });
+        // (sender, community or SNMPv3 user, request id) names an inform.
+        let inform = notification
+            .inform
+            .as_ref()
+            .zip(ack)
+            .map(|((id, _), ack)| ((from.ip(), notification.community.clone(), *id), ack));
         // An inform sent again (its acknowledgement lost or late) that was
         // queued already: acknowledged again, not queued twice.
         if let Some((key, ack)) = &inform
@@ -416,6 +452,35 @@ async fn receive(
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+/// An SNMPv1/v2c datagram, checked against the communities.
+fn open_community(cfg: &SnmpTrapConfig, raw: &[u8]) -> Result<v3::Accepted, v3::Refusal> {
+    let refused = |cause, why: String| v3::Refusal {
+        cause: Some(cause),
+        why,
+        report: None,
+    };
+    match decode(raw) {
+        Ok(n) if cfg.communities.iter().any(|c| c.as_bytes() == n.community) => {
+            let ack = n
+                .inform
+                .as_ref()
+                .map(|(id, varbinds)| response(n.version, &n.community, *id, varbinds));
+            Ok(v3::Accepted {
+                notification: n,
+                ack,
+            })
+        }
+        Ok(_) => Err(refused(
+            Cause::Community,
+            "no configured community".to_owned(),
+        )),
+        Err(e) if e.field == "message.version" && e.reason.contains("SNMP") => {
+            Err(refused(Cause::Version, e.to_string()))
+        }
+        Err(e) => Err(refused(Cause::Malformed, e.to_string())),
     }
 }
 
@@ -523,6 +588,18 @@ impl Told {
         if due && self.0.len() < MAX_TOLD {
             self.0.insert(from.ip(), now);
             warn!(listen = %cfg.listen, %from, cause = cause.label(), reason = why, "snmp_trap: datagram rejected (counted in snmp_trap_rejected_total; this sender is logged again in a minute at the earliest)");
+        }
+    }
+}
+
+/// Tells every receiver of `cfg` the agent's id (its engine id is derived
+/// from it unless `engine_id` is set) and where to keep its engine's boots
+/// (the spool directory).
+pub fn place(cfg: &mut AgentConfig) {
+    for device in &mut cfg.devices {
+        if let DriverConfig::SnmpTrap(t) = &mut device.driver {
+            t.agent_id.clone_from(&cfg.id);
+            t.state_dir = Some(cfg.spool.dir.clone());
         }
     }
 }

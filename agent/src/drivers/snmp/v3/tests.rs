@@ -120,6 +120,7 @@ fn encode(r: Reply<'_>) -> Vec<u8> {
         time: r.time,
         user: USER.as_bytes(),
         context: b"",
+        context_engine: None,
         keys: r.keys,
         salt: [9, 8, 7, 6, 5, 4, 3, 2],
         pdu: &r.pdu,
@@ -313,7 +314,7 @@ async fn a_plaintext_answer_to_an_auth_priv_request_is_refused() {
         let e = poll(&mut driver(dev.addr)).await.expect_err("forged");
         assert!(
             e.ends_with(
-                "GET 1.3.6.1.2.1.1.3.0: answer is not authenticated (msgFlags 0x04) but the user is configured with auth: refused"
+                "GET 1.3.6.1.2.1.1.3.0: answer is not authenticated (msgFlags 0x00) but the user is configured with auth: refused"
             ),
             "{answer:?}: {e}"
         );
@@ -327,7 +328,7 @@ async fn an_authenticated_answer_must_be_the_response_to_this_request() {
         (Answer::NotAResponse, "not a Response"),
         (
             Answer::NotEncrypted,
-            "answer is not encrypted (msgFlags 0x05) but the user is configured with priv: refused",
+            "answer is not encrypted (msgFlags 0x01) but the user is configured with priv: refused",
         ),
     ] {
         let dev = device(answer).await;
