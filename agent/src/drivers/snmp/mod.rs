@@ -306,6 +306,7 @@ impl SnmpDriver {
                 .filter_map(|(suffix, v)| match to_value_as(&v, &meaning) {
                     Value::Str(s) => Some((suffix, s)),
                     Value::I64(n) => Some((suffix, n.to_string())),
+                    Value::U64(n) => Some((suffix, n.to_string())),
                     Value::F64(n) => Some((suffix, n.to_string())),
                     _ => None,
                 })

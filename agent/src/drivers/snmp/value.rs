@@ -25,7 +25,11 @@ pub fn to_value(v: &SnmpValue) -> Value {
         SnmpValue::Counter32(n) | SnmpValue::Gauge32(n) | SnmpValue::TimeTicks(n) => {
             Value::I64(i64::from(*n))
         }
-        SnmpValue::Counter64(n) => Value::U64(*n),
+        // An i64 while it fits, as before the u64 kind existed, so a
+        // counter's series keeps the kind every older collector and query
+        // client reads; only values from 2^63 on (which were doubles then)
+        // need the u64 kind, and keep every bit.
+        SnmpValue::Counter64(n) => i64::try_from(*n).map_or(Value::U64(*n), Value::I64),
         SnmpValue::Octets(b) => Value::Str(text_or_hex(b)),
         SnmpValue::Opaque(b) => Value::Str(hex(b, ":")),
         SnmpValue::IpAddress(a) => Value::Str(std::net::Ipv4Addr::from(*a).to_string()),
@@ -145,7 +149,11 @@ mod tests {
             to_value(&SnmpValue::Counter64((1 << 63) + 1)),
             Value::U64(9_223_372_036_854_775_809)
         );
-        assert_eq!(to_value(&SnmpValue::Counter64(5)), Value::U64(5));
+        assert_eq!(to_value(&SnmpValue::Counter64(5)), Value::I64(5));
+        assert_eq!(
+            to_value(&SnmpValue::Counter64(i64::MAX as u64)),
+            Value::I64(i64::MAX)
+        );
         assert_eq!(
             to_value(&SnmpValue::Octets(b"eth0".to_vec())),
             Value::Str("eth0".into())

@@ -65,6 +65,7 @@ pub fn health<'a>(up: Option<&Point>, failures: impl IntoIterator<Item = &'a Poi
         Some(up) => {
             let answered = match up.value {
                 StoredValue::I64(v) => v != 0,
+                StoredValue::U64(v) => v != 0,
                 StoredValue::F64(v) => v != 0.0,
                 StoredValue::Bool(v) => v,
                 _ => false,
