@@ -4,6 +4,7 @@
 //! to its destination (`remote_write.rs`: Prometheus remote write 1.0).
 //!
 //! - `runner.rs`: the task (a page of the log → the sink → the cursor).
+//! - `status.rs`: what operators see (`Query/ListExports`).
 //! - `remote_write.rs`: samples, shards, requests, retries.
 //! - `nats.rs`: JetStream messages with stable ids, PubAcks, retries
 //!   (`nats/client.rs`: the NATS text protocol).
@@ -23,17 +24,20 @@
 pub mod nats;
 mod remote_write;
 mod runner;
+mod status;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub use remote_write::{Outcome, SinkError, pb as remote_write_pb};
 use runner::{Runner, Sink};
+pub use status::{Configured, ExportRow, ExportsView, destination, rows};
 
 use crate::config::exports::{ExportConfig, ExportKind};
 use crate::metrics::ExportMetrics;
@@ -104,6 +108,8 @@ pub struct Exports {
     /// Parents of every task's tokens: shutdown cancels them all.
     stop: CancellationToken,
     abort: CancellationToken,
+    /// The running exports' settings, for [`ExportsView`].
+    configured: watch::Sender<Vec<Configured>>,
 }
 
 /// One export's task.
@@ -152,6 +158,7 @@ pub async fn start(
         running: HashMap::new(),
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
+        configured: watch::Sender::new(Vec::new()),
     };
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     let log = setup(url, names).await?;
@@ -159,6 +166,7 @@ pub async fn start(
         let sink = sink(config)?;
         exports.spawn(config.clone(), sink, log.clone());
     }
+    exports.publish();
     Ok(exports)
 }
 
@@ -177,16 +185,35 @@ fn sink(config: &ExportConfig) -> Result<Sink, ExportError> {
                 cause,
             })?,
         ),
-        ExportKind::Nats(n) => Sink::Nats(nats::NatsSink::new(
-            &config.name,
-            n,
-            &config.filter,
-            config.max_backoff,
-        )),
+        ExportKind::Nats(n) => Sink::Nats(
+            nats::NatsSink::new(&config.name, n, &config.filter, config.max_backoff).map_err(
+                |e| ExportError::Sink {
+                    name: config.name.clone(),
+                    cause: SinkError::Nats(e),
+                },
+            )?,
+        ),
     })
 }
 
 impl Exports {
+    /// What the Query service reads: every cursor in the store, with the
+    /// settings of the exports running here (kept current by reloads).
+    pub fn view(&self) -> ExportsView {
+        ExportsView::new(self.url.clone(), self.configured.subscribe())
+    }
+
+    /// Tells the views which exports run now.
+    fn publish(&self) {
+        let mut now: Vec<Configured> = self
+            .running
+            .values()
+            .map(|r| Configured::of(&r.config))
+            .collect();
+        now.sort_by(|a, b| a.name.cmp(&b.name));
+        self.configured.send_replace(now);
+    }
+
     /// Starts the task of one export.
     fn spawn(&mut self, config: ExportConfig, sink: Sink, log: CommitLog) {
         let (stop, abort) = (self.stop.child_token(), self.abort.child_token());
@@ -288,6 +315,7 @@ impl Exports {
         for name in &diff.removed {
             self.metrics.remove(name);
         }
+        self.publish();
         if !diff.removed.is_empty() {
             let names: Vec<String> = self.running.keys().cloned().collect();
             // Only the cursors of removed exports go (none: the log).
