@@ -18,6 +18,32 @@ fn resolve(text: &str) -> Result<Vec<super::super::ExportConfig>, String> {
 }
 
 #[test]
+fn tls_comes_from_the_scheme_or_the_table() {
+    let tls_of = |text: &str| {
+        let e = resolve(text).unwrap();
+        let ExportKind::Nats(n) = &e[0].kind else {
+            panic!("not nats: {:?}", e[0].kind)
+        };
+        n.tls.clone()
+    };
+    let head = "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nstream = \"T\"\n";
+    assert_eq!(tls_of(&format!("{head}url = \"nats://a:1\"\n")), None);
+    // tls:// alone: the system's roots, no client certificate.
+    let t = tls_of(&format!("{head}url = \"tls://a:1,tls://b\"\n")).unwrap();
+    assert_eq!((t.ca, t.identity), (None, None));
+    // The table turns TLS on with nats:// too; paths beside the config.
+    let t = tls_of(&format!(
+        "{head}url = \"nats://a:1\"\n[exports.tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n"
+    ))
+    .unwrap();
+    assert_eq!(t.ca.as_deref(), Some(Path::new("/etc/tributary/ca.pem")));
+    assert_eq!(
+        t.identity,
+        Some(("/etc/tributary/c.pem".into(), "/etc/tributary/c.key".into()))
+    );
+}
+
+#[test]
 fn a_nats_export_is_read_with_its_defaults() {
     let e = resolve(
         "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222,nats://h\"\n\
@@ -81,8 +107,12 @@ fn nats_errors_name_the_line_and_key() {
             "collector.toml:6: exports[0].shards: not a key of kind = \"nats\"",
         ),
         (
-            format!("{head}stream = \"S\"\n[exports.tls]\nca = \"x\"\n"),
-            "exports[0].tls: not a key of kind = \"nats\": this version's nats export speaks plain TCP",
+            format!("{head}stream = \"S\"\n[exports.tls]\ncert = \"c.pem\"\n"),
+            "exports[0].tls: cert and key go together",
+        ),
+        (
+            "[[exports]]\nname = \"b\"\nkind = \"nats\"\nurl = \"tls://a:1,nats://b:1\"\nstream = \"S\"\n".into(),
+            "exports[0].url: \"tls://a:1,nats://b:1\": mixes nats:// and tls://",
         ),
         (
             "[[exports]]\nname = \"b\"\nkind = \"nats\"\nurl = \"http://a\"\nstream = \"S\"\n".into(),
