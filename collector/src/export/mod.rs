@@ -4,6 +4,8 @@
 //! to its destination (`remote_write.rs`: Prometheus remote write 1.0).
 //!
 //! - `runner.rs`: the task (a page of the log → the sink → the cursor).
+//! - `runtime.rs`: the runtime the tasks run on, its threads at a lower
+//!   OS scheduling priority than ingest's.
 //! - `status.rs`: what operators see (`Query/ListExports`).
 //! - `remote_write.rs`: samples, shards, requests, retries.
 //! - `nats.rs`: JetStream messages with stable ids, PubAcks, retries
@@ -24,6 +26,7 @@
 pub mod nats;
 mod remote_write;
 mod runner;
+mod runtime;
 mod status;
 
 use std::collections::HashMap;
@@ -95,6 +98,8 @@ pub enum ExportError {
     Log(#[from] ReadError),
     #[error("export {name:?}: {cause}")]
     Sink { name: String, cause: SinkError },
+    #[error("exports: start their runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// The running export tasks, by name. Owned by the server's reload task
@@ -110,6 +115,8 @@ pub struct Exports {
     abort: CancellationToken,
     /// The running exports' settings, for [`ExportsView`].
     configured: watch::Sender<Vec<Configured>>,
+    /// Where the tasks run (`runtime.rs`).
+    runtime: runtime::ExportRuntime,
 }
 
 /// One export's task.
@@ -159,6 +166,7 @@ pub async fn start(
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
         configured: watch::Sender::new(Vec::new()),
+        runtime: runtime::ExportRuntime::start().map_err(ExportError::Runtime)?,
     };
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     let log = setup(url, names).await?;
@@ -223,7 +231,10 @@ impl Exports {
             log,
             metrics: self.metrics.handles(&config.name),
         };
-        let task = tokio::spawn(runner.run(stop.clone(), abort.clone()));
+        let task = self
+            .runtime
+            .handle()
+            .spawn(runner.run(stop.clone(), abort.clone()));
         self.running.insert(
             config.name.clone(),
             Running {
@@ -330,6 +341,7 @@ impl Exports {
     /// `deadline`, then abandons them (unsaved: sent again after restart).
     pub async fn shutdown(self, deadline: Duration) {
         self.stop.cancel();
+        let runtime = self.runtime;
         let mut tasks: Vec<JoinHandle<()>> = self.running.into_values().map(|r| r.task).collect();
         // A task leaves the list once it has ended (a finished handle must
         // not be awaited again).
@@ -349,6 +361,7 @@ impl Exports {
                 let _ = task.await;
             }
         }
+        runtime.stop().await;
     }
 }
 
