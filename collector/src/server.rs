@@ -263,6 +263,7 @@ pub async fn run_reloadable(
     .await?;
     // Exports follow the commit log; set up before anything can commit.
     let exports = crate::export::start(&store, &config.exports, &metrics.exports).await?;
+    let exports_view = exports.view();
     let token = CancellationToken::new();
     let mutual_tls = config.tls.as_ref().is_some_and(|t| t.mutual);
     let tls = config.tls.clone().map(LiveTls::new).transpose()?;
@@ -316,7 +317,8 @@ pub async fn run_reloadable(
         QueryService::new(reader, outputs.live, outputs.tail)
             .with_shutdown(token.clone())
             .with_roles(config.roles.clone(), mutual_tls)
-            .with_metrics(query_metrics),
+            .with_metrics(query_metrics)
+            .with_exports(exports_view),
     )
     .max_decoding_message_size(config.max_message_bytes);
 

@@ -165,7 +165,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// The certificates of a PEM file: at least one, and every PEM
 /// certificate block decodes.
-fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {

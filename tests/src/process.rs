@@ -318,6 +318,28 @@ impl Proc {
 
 /// Run a workspace binary to completion (a CLI client subcommand) and
 /// return its stdout; a non-zero exit is an error carrying stderr.
+/// Runs grpcurl (`$TRIBUTARY_GRPCURL`, set by `cargo xtask test`, or
+/// `grpcurl` on PATH) with `args`; its stdout, or an error with its
+/// stderr.
+pub async fn run_grpcurl(args: &[&str]) -> Result<String> {
+    let grpcurl = std::env::var("TRIBUTARY_GRPCURL").unwrap_or_else(|_| "grpcurl".into());
+    let out = Command::new(grpcurl)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running grpcurl (install it, or run `cargo xtask test`, which does)")?;
+    if !out.status.success() {
+        bail!(
+            "grpcurl {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub async fn run_bin<I, S>(bin: &str, args: I) -> Result<String>
 where
     I: IntoIterator<Item = S>,

@@ -14,7 +14,7 @@ use tributary_collector::model::{Point, StoredValue};
 use tributary_tests::cluster::{self, Agent, Collector, PATIENCE, assert_exactly_once};
 use tributary_tests::http_sim::{HttpSim, MeterValues};
 use tributary_tests::modbus_sim::ModbusSim;
-use tributary_tests::process::{Proc, TestDir, eventually, free_addr, run_bin};
+use tributary_tests::process::{Proc, TestDir, eventually, free_addr, run_bin, run_grpcurl};
 
 /// Counter values stored per device of `agent`, in device-time order.
 fn counters(db: &Path, agent: &str) -> Result<BTreeMap<String, Vec<i64>>> {
@@ -308,27 +308,6 @@ async fn collector_crash_loses_nothing_that_was_acked() -> Result<()> {
     let status = collector.proc.terminate(PATIENCE).await?;
     ensure!(status.success(), "collector exited with {status}");
     Ok(())
-}
-
-/// The grpcurl binary: `$TRIBUTARY_GRPCURL` (set by `cargo xtask test`), or
-/// `grpcurl` on PATH.
-fn grpcurl() -> String {
-    std::env::var("TRIBUTARY_GRPCURL").unwrap_or_else(|_| "grpcurl".into())
-}
-
-async fn run_grpcurl(args: &[&str]) -> Result<String> {
-    let out = tokio::process::Command::new(grpcurl())
-        .args(args)
-        .output()
-        .await
-        .context("running grpcurl (install it, or run `cargo xtask test`, which does)")?;
-    ensure!(
-        out.status.success(),
-        "grpcurl {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use tributary_tests::cluster::{
     Agent, Collector, PATIENCE, assert_exactly_once, counters, sim_agent_config, wait_for_counters,
 };
 use tributary_tests::peers::receivers::{Kind, Receiver};
-use tributary_tests::process::{TestDir, eventually, free_addr, run_bin};
+use tributary_tests::process::{TestDir, eventually, free_addr, run_bin, run_grpcurl};
 
 /// A counter sample: (agent, device, timestamp ms).
 type Key = (String, String, i64);
@@ -352,7 +352,7 @@ async fn past_max_lag_the_export_skips_and_counts_exactly() -> Result<()> {
         &config,
         format!(
             "[[exports]]\nname = \"gone\"\nkind = \"remote_write\"\nurl = \"http://{down}/api/v1/write\"\n\
-             max_lag = \"1s\"\nmax_backoff = \"200ms\"\n"
+             bearer_token = \"sekrit-token\"\nmax_lag = \"1s\"\nmax_backoff = \"200ms\"\n"
         ),
     )?;
     let config = config.display().to_string();
@@ -389,8 +389,47 @@ async fn past_max_lag_the_export_skips_and_counts_exactly() -> Result<()> {
             .contains("export skipped committed readings older than max_lag"),
         "the skip is not logged"
     );
+    // The running collector answers the same through `Query/ListExports`:
+    // the CLI's default path, and grpcurl through reflection.
+    let server = format!("--server=http://{}", collector.addr);
+    let json = run_bin(
+        "tributary-collector",
+        ["exports", &server, "--format", "json"],
+    )
+    .await?;
+    let rows: serde_json::Value = serde_json::from_str(&json).context("exports --format json")?;
+    let via_rpc = &rows[0];
+    let addr = collector.addr.to_string();
+    let answer = run_grpcurl(&[
+        "-plaintext",
+        "-d",
+        "{}",
+        &addr,
+        "tributary.v1.Query/ListExports",
+    ])
+    .await?;
+    let grpc: serde_json::Value = serde_json::from_str(&answer).context("grpcurl's answer")?;
+    let via_grpcurl = &grpc["exports"][0];
+    // grpcurl prints 64-bit integers as strings.
+    let num = |v: &serde_json::Value| v.as_u64().or_else(|| v.as_str()?.parse().ok());
+    for shown in [via_rpc, via_grpcurl] {
+        let destination = shown["destination"].as_str().unwrap_or_default();
+        ensure!(
+            shown["name"] == "gone"
+                && shown["kind"] == "remote_write"
+                && destination.contains(&down.to_string())
+                && num(&shown["position"]).is_some()
+                && num(&shown["position"]) == num(&row["position"])
+                && num(&shown["skipped"]) == Some(stored),
+            "ListExports shows {shown}, the store {row}"
+        );
+    }
+    ensure!(
+        !json.contains("sekrit") && !answer.contains("sekrit"),
+        "a credential in ListExports: {json} {answer}"
+    );
     println!(
-        "max_lag: {stored} readings committed, destination down: all {stored} skipped and counted"
+        "max_lag: {stored} readings committed, destination down: all {stored} skipped and counted; ListExports (CLI and grpcurl) shows the same"
     );
     Ok(())
 }

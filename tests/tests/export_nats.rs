@@ -8,6 +8,10 @@
 //! identity (series key, timestamp, value) and by `Nats-Msg-Id` (no id
 //! twice) — and the stream holds nothing else.
 //!
+//! A third test reaches a nats-server that speaks only TLS, verifies
+//! client certificates and wants a token: `tls://` with `[exports.tls]`
+//! and `token_file`.
+//!
 //! Each test uses its own stream name and subject prefix.
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +21,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use prost::Message as _;
 use serde_json::Value;
 
+use tributary_collector::config::exports::{ExportTls, NatsAuth};
+use tributary_collector::export::nats::NatsTls;
 use tributary_collector::model::StoredValue;
 use tributary_collector::query::{chunk_from_proto, series_from_proto};
 use tributary_collector::store::export::CommitLog;
@@ -25,9 +31,12 @@ use tributary_tests::cluster::{
     Agent, Collector, PATIENCE, kind_and_text, sim_agent_config, stored_points, wait_for_counters,
 };
 use tributary_tests::peers::nats::{
-    NatsCluster, SHARED_NATS, StreamMsg, delete_stream, read_stream,
+    Access, NatsCluster, SHARED_NATS, StreamMsg, TlsNats, delete_stream, read_stream,
+    read_stream_with,
 };
 use tributary_tests::process::{TestDir, eventually, free_addr};
+
+mod tls_support;
 
 const AGENTS: usize = 2;
 const DEVICES: usize = 3;
@@ -156,12 +165,26 @@ fn streamed(
             .as_deref()
             .context("a message without Nats-Msg-Id")?;
         *ids.entry(id).or_default() += 1;
-        let readings = if json {
+        // The id names the agent batch (agent, epoch, seq) and the part.
+        let (readings, batch) = if json {
             let v: Value = serde_json::from_slice(&m.payload).context("message is not JSON")?;
-            json_readings(&v)?
+            let batch = format!(
+                ".{}.{}.{}.{}",
+                v["agent"].as_str().context("no agent")?,
+                v["epoch"].as_u64().context("no epoch")?,
+                v["seq"].as_u64().context("no seq")?,
+                v["part"].as_u64().context("no part")?
+            );
+            (json_readings(&v)?, batch)
         } else {
-            protobuf_readings(&m.payload)?
+            let msg = pb::ExportMessage::decode(&m.payload[..]).context("decode ExportMessage")?;
+            let batch = format!(".{}.{}.{}.{}", msg.agent, msg.epoch, msg.seq, msg.part);
+            (protobuf_readings(&m.payload)?, batch)
         };
+        ensure!(
+            id.ends_with(&batch) && msg_seq(&batch) != Some(0),
+            "message id {id} does not name its batch {batch}"
+        );
         ensure!(!readings.is_empty(), "message {id} holds no reading");
         for r in readings {
             // tributary.{agent}.{device}, sanitised (the test's names are).
@@ -180,6 +203,12 @@ fn streamed(
         "message ids in the stream more than once: {twice:?}"
     );
     Ok(out)
+}
+
+/// The seq of a `.agent.epoch.seq.part` suffix (agents number batches
+/// from 1: 0 means the message carried no batch identity).
+fn msg_seq(batch: &str) -> Option<u64> {
+    batch.rsplit('.').nth(1)?.parse().ok()
 }
 
 /// Compares, printing what differs.
@@ -223,10 +252,17 @@ async fn caught_up(db: &std::path::Path) -> Result<()> {
     .await
 }
 
-/// Puts the export's cursor back before the oldest batch left in the
-/// commit log (the collector is stopped); returns how many batches that is.
+/// Rewrites the commit log as a rebuilt log (or another collector's)
+/// would number it (every position moved by a million) and puts the
+/// export's cursor back before the oldest batch left (the collector is
+/// stopped); returns how many batches that is. Ids tied to log positions
+/// would all be new.
 fn rewind(db: &std::path::Path) -> Result<i64> {
     let c = rusqlite::Connection::open(db)?;
+    c.execute_batch(
+        "UPDATE export_log SET id = id + 1000000; \
+         UPDATE sqlite_sequence SET seq = seq + 1000000 WHERE name = 'export_log';",
+    )?;
     let (first, n): (Option<i64>, i64) =
         c.query_row("SELECT MIN(id), COUNT(*) FROM export_log", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -346,9 +382,10 @@ async fn kills_and_compares(
         .await
         .context("stop the collector")?;
     ensure!(status.success(), "collector exited with {status}");
-    // A replay: the cursor put back to the oldest batch still in the log;
-    // the restarted collector publishes those batches again with the same
-    // ids, and JetStream keeps none of the copies.
+    // A replay from a rewritten log: positions moved, the cursor put back
+    // to the oldest batch still in the log; the restarted collector
+    // publishes those batches again with the same ids (the batches'
+    // identities), and JetStream keeps none of the copies.
     let replayed = rewind(&collector.db)?;
     ensure!(replayed > 0, "nothing left in the commit log to replay");
     let collector = Collector::start_with(dir, addr, &args).await?;
@@ -406,5 +443,101 @@ async fn replicated_stream_on_a_three_node_cluster_holds_each_reading_once() -> 
     if let Err(e) = result {
         bail!("{e:#}\nnats logs:\n{}", cluster.logs());
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate_and_a_token_reaches_a_verifying_server() -> Result<()> {
+    let dir = TestDir::new("export-nats-tls")?;
+    // The test CA signed the server's certificate (for 127.0.0.1) and an
+    // operator's client certificate; the server verifies clients with it.
+    let pki = tls_support::Pki::new(dir.path())?;
+    let server_cert = (dir.join("collector.pem"), dir.join("collector.key"));
+    let token = "tok-3f9a";
+    let nats = TlsNats::start(
+        &dir,
+        "natstls",
+        (&server_cert.0, &server_cert.1),
+        &pki.ca,
+        token,
+    )
+    .await?;
+    let addr = nats.peer.addr.to_string();
+    std::fs::write(dir.join("nats.token"), format!("{token}\n"))?;
+    let stream = unique("NATSTLS");
+    let prefix = unique("tribtls");
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"tls://{addr}\"\n\
+             stream = \"{stream}\"\nsubject = \"{prefix}.{{agent}}.{{device}}\"\nformat = \"json\"\n\
+             create_stream = true\ntoken_file = \"nats.token\"\ntimeout = \"2s\"\nmax_backoff = \"1s\"\n\
+             [exports.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.ca.display(),
+            pki.operator.0.display(),
+            pki.operator.1.display()
+        ),
+    )?;
+    let config = config.display().to_string();
+    let collector =
+        Collector::start_with(&dir, free_addr()?, &["--config", config.as_str()]).await?;
+    let mut agent = Agent::start(
+        &dir,
+        "tls-0",
+        &sim_agent_config("tls-0", &[collector.url()], DEVICES, "20ms"),
+        "",
+    )?;
+    wait_for_counters(&collector.db, "tls-0", DEVICES, 20).await?;
+    agent.stop().await?;
+    let want = stored(&collector.db, "tls-")?;
+    if let Err(e) = caught_up(&collector.db).await {
+        bail!(
+            "{e:#}\ncollector log:\n{}\nnats log:\n{}",
+            collector.log(),
+            nats.peer.log()
+        );
+    }
+    // Read back over TLS with the same client certificate and token.
+    let access = Access {
+        auth: NatsAuth::Token(token.to_owned()),
+        tls: Some(
+            NatsTls::new(&ExportTls {
+                ca: Some(pki.ca.clone()),
+                identity: Some(pki.operator.clone()),
+            })
+            .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    let msgs = read_stream_with(&addr, &stream, &access).await?;
+    compare(&want, &streamed(&msgs, true, &prefix)?)?;
+    // Without the client certificate the server refuses the handshake;
+    // without TLS the client says the server requires it.
+    let no_cert = Access {
+        auth: access.auth.clone(),
+        tls: Some(
+            NatsTls::new(&ExportTls {
+                ca: Some(pki.ca.clone()),
+                identity: None,
+            })
+            .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    ensure!(
+        read_stream_with(&addr, &stream, &no_cert).await.is_err(),
+        "a client without a certificate was let in"
+    );
+    let plain = read_stream(&addr, &stream).await;
+    ensure!(
+        plain
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("requires TLS")),
+        "a plain client: {plain:?}"
+    );
+    println!(
+        "nats over TLS (client certificate, token): {} readings committed, each in the stream once ({} messages)",
+        want.values().sum::<usize>(),
+        msgs.len()
+    );
     Ok(())
 }

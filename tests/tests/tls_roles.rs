@@ -50,6 +50,13 @@ async fn every_query(
                 .map(drop),
         ),
         ("Tail", client.tail(filter).await.map(drop)),
+        (
+            "ListExports",
+            client
+                .list_exports(pb::ListExportsRequest {})
+                .await
+                .map(drop),
+        ),
     ]
 }
 

@@ -43,7 +43,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-async fn connect(conn: &ConnArgs) -> Result<QueryClient<Channel>> {
+pub(super) async fn connect(conn: &ConnArgs) -> Result<QueryClient<Channel>> {
     let server = &conn.server;
     let mut endpoint = Endpoint::from_shared(server.to_string())
         .with_context(|| format!("invalid server URL {server:?}"))?
@@ -83,7 +83,7 @@ fn client_tls(conn: &ConnArgs) -> Result<ClientTlsConfig> {
 }
 
 /// A failed call as one line: what, where, the server's message and code.
-fn rpc_error(server: &str, what: &str, s: &tonic::Status) -> anyhow::Error {
+pub(super) fn rpc_error(server: &str, what: &str, s: &tonic::Status) -> anyhow::Error {
     let message = if s.message().is_empty() {
         s.code().description()
     } else {

@@ -50,7 +50,7 @@ pub enum ClientCommand {
     Query(QueryArgs),
     /// Print readings as they are committed, until Ctrl-C
     Tail(FilterArgs),
-    /// Show each export's cursor, lag and totals, read from the store
+    /// Show each export's destination, cursor, lag and totals
     Exports(ExportsArgs),
 }
 

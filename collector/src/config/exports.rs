@@ -393,45 +393,16 @@ fn one(src: &Source<'_>, r: &RawExport, i: usize) -> Result<ExportConfig, Config
                     "an Authorization header and basic_auth or bearer_token are both set: keep one",
                 ));
             }
-            let tls = match &r.tls {
-                None => None,
-                Some(t) => {
-                    if url.starts_with("http://") {
-                        return Err(src.error(
-                            t.span(),
-                            key("tls"),
-                            "the url is http://: use https:// with [exports.tls]",
-                        ));
-                    }
-                    let t = t.get_ref();
-                    let path = |v: &Option<Spanned<String>>, k: &str| {
-                        v.as_ref()
-                            .map(|v| src.path(v, &key(&format!("tls.{k}"))))
-                            .transpose()
-                    };
-                    let identity = match (path(&t.cert, "cert")?, path(&t.key, "key")?) {
-                        (Some(c), Some(k)) => Some((c, k)),
-                        (None, None) => None,
-                        (Some(_), None) | (None, Some(_)) => {
-                            let span = t
-                                .cert
-                                .as_ref()
-                                .or(t.key.as_ref())
-                                .map(|v| v.span())
-                                .unwrap_or(0..0);
-                            return Err(src.error(
-                                span,
-                                key("tls"),
-                                "cert and key go together: set both or neither",
-                            ));
-                        }
-                    };
-                    Some(ExportTls {
-                        ca: path(&t.ca, "ca")?,
-                        identity,
-                    })
-                }
-            };
+            if let Some(t) = &r.tls
+                && url.starts_with("http://")
+            {
+                return Err(src.error(
+                    t.span(),
+                    key("tls"),
+                    "the url is http://: use https:// with [exports.tls]",
+                ));
+            }
+            let tls = tls(src, r, i)?;
             ExportKind::RemoteWrite(RemoteWrite {
                 headers,
                 auth,
@@ -546,6 +517,45 @@ fn auth(src: &Source<'_>, r: &RawExport, i: usize) -> Result<Auth, ConfigError> 
         (None, Some(t)) => Ok(Auth::Bearer(t)),
         (None, None) => Ok(Auth::None),
     }
+}
+
+/// `[exports.tls]`: the CA and client certificate files (both kinds).
+pub(super) fn tls(
+    src: &Source<'_>,
+    r: &RawExport,
+    i: usize,
+) -> Result<Option<ExportTls>, ConfigError> {
+    let key = |k: &str| format!("exports[{i}].{k}");
+    let Some(t) = &r.tls else {
+        return Ok(None);
+    };
+    let t = t.get_ref();
+    let path = |v: &Option<Spanned<String>>, k: &str| {
+        v.as_ref()
+            .map(|v| src.path(v, &key(&format!("tls.{k}"))))
+            .transpose()
+    };
+    let identity = match (path(&t.cert, "cert")?, path(&t.key, "key")?) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            let span = t
+                .cert
+                .as_ref()
+                .or(t.key.as_ref())
+                .map(|v| v.span())
+                .unwrap_or(0..0);
+            return Err(src.error(
+                span,
+                key("tls"),
+                "cert and key go together: set both or neither",
+            ));
+        }
+    };
+    Ok(Some(ExportTls {
+        ca: path(&t.ca, "ca")?,
+        identity,
+    }))
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@
 //! to its destination (`remote_write.rs`: Prometheus remote write 1.0).
 //!
 //! - `runner.rs`: the task (a page of the log → the sink → the cursor).
+//! - `runtime.rs`: the runtime the tasks run on, its threads at a lower
+//!   OS scheduling priority than ingest's.
+//! - `status.rs`: what operators see (`Query/ListExports`).
 //! - `remote_write.rs`: samples, shards, requests, retries.
 //! - `nats.rs`: JetStream messages with stable ids, PubAcks, retries
 //!   (`nats/client.rs`: the NATS text protocol).
@@ -23,17 +26,21 @@
 pub mod nats;
 mod remote_write;
 mod runner;
+mod runtime;
+mod status;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub use remote_write::{Outcome, SinkError, pb as remote_write_pb};
 use runner::{Runner, Sink};
+pub use status::{Configured, ExportRow, ExportsView, destination, rows};
 
 use crate::config::exports::{ExportConfig, ExportKind};
 use crate::metrics::ExportMetrics;
@@ -91,6 +98,8 @@ pub enum ExportError {
     Log(#[from] ReadError),
     #[error("export {name:?}: {cause}")]
     Sink { name: String, cause: SinkError },
+    #[error("exports: start their runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// The running export tasks, by name. Owned by the server's reload task
@@ -104,6 +113,10 @@ pub struct Exports {
     /// Parents of every task's tokens: shutdown cancels them all.
     stop: CancellationToken,
     abort: CancellationToken,
+    /// The running exports' settings, for [`ExportsView`].
+    configured: watch::Sender<Vec<Configured>>,
+    /// Where the tasks run (`runtime.rs`).
+    runtime: runtime::ExportRuntime,
 }
 
 /// One export's task.
@@ -152,6 +165,8 @@ pub async fn start(
         running: HashMap::new(),
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
+        configured: watch::Sender::new(Vec::new()),
+        runtime: runtime::ExportRuntime::start().map_err(ExportError::Runtime)?,
     };
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     let log = setup(url, names).await?;
@@ -159,6 +174,7 @@ pub async fn start(
         let sink = sink(config)?;
         exports.spawn(config.clone(), sink, log.clone());
     }
+    exports.publish();
     Ok(exports)
 }
 
@@ -177,16 +193,35 @@ fn sink(config: &ExportConfig) -> Result<Sink, ExportError> {
                 cause,
             })?,
         ),
-        ExportKind::Nats(n) => Sink::Nats(nats::NatsSink::new(
-            &config.name,
-            n,
-            &config.filter,
-            config.max_backoff,
-        )),
+        ExportKind::Nats(n) => Sink::Nats(
+            nats::NatsSink::new(&config.name, n, &config.filter, config.max_backoff).map_err(
+                |e| ExportError::Sink {
+                    name: config.name.clone(),
+                    cause: SinkError::Nats(e),
+                },
+            )?,
+        ),
     })
 }
 
 impl Exports {
+    /// What the Query service reads: every cursor in the store, with the
+    /// settings of the exports running here (kept current by reloads).
+    pub fn view(&self) -> ExportsView {
+        ExportsView::new(self.url.clone(), self.configured.subscribe())
+    }
+
+    /// Tells the views which exports run now.
+    fn publish(&self) {
+        let mut now: Vec<Configured> = self
+            .running
+            .values()
+            .map(|r| Configured::of(&r.config))
+            .collect();
+        now.sort_by(|a, b| a.name.cmp(&b.name));
+        self.configured.send_replace(now);
+    }
+
     /// Starts the task of one export.
     fn spawn(&mut self, config: ExportConfig, sink: Sink, log: CommitLog) {
         let (stop, abort) = (self.stop.child_token(), self.abort.child_token());
@@ -196,7 +231,10 @@ impl Exports {
             log,
             metrics: self.metrics.handles(&config.name),
         };
-        let task = tokio::spawn(runner.run(stop.clone(), abort.clone()));
+        let task = self
+            .runtime
+            .handle()
+            .spawn(runner.run(stop.clone(), abort.clone()));
         self.running.insert(
             config.name.clone(),
             Running {
@@ -288,6 +326,7 @@ impl Exports {
         for name in &diff.removed {
             self.metrics.remove(name);
         }
+        self.publish();
         if !diff.removed.is_empty() {
             let names: Vec<String> = self.running.keys().cloned().collect();
             // Only the cursors of removed exports go (none: the log).
@@ -302,6 +341,7 @@ impl Exports {
     /// `deadline`, then abandons them (unsaved: sent again after restart).
     pub async fn shutdown(self, deadline: Duration) {
         self.stop.cancel();
+        let runtime = self.runtime;
         let mut tasks: Vec<JoinHandle<()>> = self.running.into_values().map(|r| r.task).collect();
         // A task leaves the list once it has ended (a finished handle must
         // not be awaited again).
@@ -321,6 +361,7 @@ impl Exports {
                 let _ = task.await;
             }
         }
+        runtime.stop().await;
     }
 }
 

@@ -5,11 +5,13 @@
 //! pass the filter, grouped by subject (the template rendered per series,
 //! groups in first-seen order), each group cut into parts of at most
 //! `max_readings_per_message`; the parts of a batch are numbered from 0.
-//! Each message carries `Nats-Msg-Id: <export>.<shape>.<position>.<received_ns>.<part>`
-//! (the batch's commit log position and receive time: the same batch
-//! gives the same ids on every replay; `shape` is a hash of the subject
-//! template, format, filter and part size, so a config change never
-//! reuses an id for other contents) and `Nats-Expected-Stream`, and is
+//! Each message carries `Nats-Msg-Id: <export>.<shape>.<agent>.<epoch>.<seq>.<part>`
+//! (the agent batch's identity, which the delivery contract commits once:
+//! the same batch gives the same ids on every replay, from a rewritten
+//! log, a reset cursor or another collector sharing the store, as the
+//! parts of one batch come out in the same order from the same content;
+//! `shape` is a hash of the subject template, format, filter and part
+//! size, so a config change never reuses an id for other contents) and `Nats-Expected-Stream`, and is
 //! published with a reply subject; the page counts as sent when every
 //! message has its PubAck. A message without a PubAck within `timeout`, a
 //! broken connection, "no responders" or a JetStream error sends it again
@@ -18,7 +20,7 @@
 //! that arrive within the stream's duplicate window.
 //!
 //! The client is ours (`nats/client.rs`, the text protocol: CONNECT, PING,
-//! SUB, HPUB, MSG/HMSG): `async-nats` would bring a second TLS stack
+//! SUB, HPUB, MSG/HMSG; `nats/tls.rs`, TLS with rustls as remote_write has): `async-nats` would bring a second TLS stack
 //! configuration, nkeys/ed25519 and a background connection task for the
 //! five operations this needs.
 //!
@@ -26,6 +28,9 @@
 //! the Query API's `ReadingsChunk`).
 
 pub mod client;
+mod tls;
+
+pub use tls::NatsTls;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -62,6 +67,8 @@ pub struct NatsSink {
     filter: Filter,
     /// Hash of what shapes the messages (part of every id).
     shape: u32,
+    /// Set: every connection is TLS.
+    tls: Option<NatsTls>,
     max_backoff: Duration,
     conn: Option<Client>,
     /// The server to try next.
@@ -73,9 +80,18 @@ pub struct NatsSink {
 }
 
 impl NatsSink {
-    pub fn new(name: &str, cfg: &Nats, filter: &Filter, max_backoff: Duration) -> NatsSink {
+    /// The sink of export `name`; an error when its TLS files cannot be
+    /// used.
+    pub fn new(
+        name: &str,
+        cfg: &Nats,
+        filter: &Filter,
+        max_backoff: Duration,
+    ) -> Result<NatsSink, String> {
         let shape = format!("{}|{filter:?}", cfg.shape());
-        NatsSink {
+        let tls = cfg.tls.as_ref().map(NatsTls::new).transpose()?;
+        Ok(NatsSink {
+            tls,
             name: name.into(),
             cfg: cfg.clone(),
             filter: filter.clone(),
@@ -85,7 +101,7 @@ impl NatsSink {
             next_server: 0,
             stream_ready: false,
             series: HashMap::new(),
-        }
+        })
     }
 
     /// Publishes the readings of `page` and waits for every PubAck.
@@ -171,7 +187,12 @@ impl NatsSink {
                 })
                 .push(i);
         }
-        let agent = agent.unwrap_or_default();
+        // The batch's own agent; a row logged before identities were kept
+        // has none, and takes its first reading's.
+        let agent = match &batch.origin {
+            Some(o) => o.agent.clone(),
+            None => agent.unwrap_or_default(),
+        };
         let mut part: u32 = 0;
         for subject in order {
             let Some(indexes) = groups.remove(&subject) else {
@@ -179,10 +200,7 @@ impl NatsSink {
             };
             for chunk in indexes.chunks(self.cfg.max_readings_per_message) {
                 let payload = self.encode(batch, &agent, part, chunk);
-                let id = format!(
-                    "{}.{:08x}.{}.{}.{part}",
-                    self.name, self.shape, batch.position, batch.received_ns
-                );
+                let id = message_id(&self.name, self.shape, batch, part);
                 part += 1;
                 queue.push_back(Outgoing {
                     subject: subject.clone(),
@@ -238,6 +256,8 @@ impl NatsSink {
                     part,
                     received_ns: batch.received_ns,
                     series,
+                    epoch: batch.origin.as_ref().map_or(0, |o| o.epoch),
+                    seq: batch.origin.as_ref().map_or(0, |o| o.seq),
                 }
                 .encode_to_vec()
             }
@@ -262,6 +282,8 @@ impl NatsSink {
                     .collect();
                 json!({
                     "agent": agent,
+                    "epoch": batch.origin.as_ref().map_or(0, |o| o.epoch),
+                    "seq": batch.origin.as_ref().map_or(0, |o| o.seq),
                     "position": batch.position,
                     "part": part,
                     "received_ns": batch.received_ns,
@@ -347,7 +369,7 @@ impl NatsSink {
             let servers = &self.cfg.servers;
             let addr = &servers[self.next_server % servers.len()];
             self.next_server = (self.next_server + 1) % servers.len();
-            let mut c = Client::connect(addr, &self.cfg.auth, self.cfg.timeout)
+            let mut c = Client::connect(addr, &self.cfg.auth, self.tls.as_ref(), self.cfg.timeout)
                 .await
                 .map_err(Failure::Broken)?;
             c.subscribe_inbox().await.map_err(Failure::Broken)?;
@@ -545,6 +567,34 @@ fn json_point(v: &StoredValue, ts_ns: i64) -> Value {
     }
 }
 
+/// The `Nats-Msg-Id` of part `part` of `batch`:
+/// `<export>.<shape>.<agent>.<epoch>.<seq>.<part>`, the agent batch's
+/// identity, the same on every replay and every collector sharing the
+/// store (the agent id with every byte outside `[A-Za-z0-9_-]`
+/// percent-encoded, so the id is one header token and ids of different
+/// agents never meet). A batch logged before identities were kept has
+/// `<export>.<shape>.<position>.<received_ns>.<part>` (a position of that
+/// log).
+fn message_id(export: &str, shape: u32, batch: &LogBatch, part: u32) -> String {
+    match &batch.origin {
+        Some(o) => {
+            let mut agent = String::with_capacity(o.agent.len());
+            for b in o.agent.bytes() {
+                if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                    agent.push(char::from(b));
+                } else {
+                    agent.push_str(&format!("%{b:02X}"));
+                }
+            }
+            format!("{export}.{shape:08x}.{agent}.{}.{}.{part}", o.epoch, o.seq)
+        }
+        None => format!(
+            "{export}.{shape:08x}.{}.{}.{part}",
+            batch.position, batch.received_ns
+        ),
+    }
+}
+
 /// FNV-1a, 32 bits: stable across builds and platforms.
 fn fnv1a(bytes: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -557,8 +607,48 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{fnv1a, json_point};
+    use super::{fnv1a, json_point, message_id};
     use crate::model::StoredValue;
+    use crate::store::export::{LogBatch, Origin};
+
+    #[test]
+    fn message_ids_name_the_agent_batch_not_the_log_position() {
+        let batch = |position, agent: &str| LogBatch {
+            position,
+            received_ns: position * 10,
+            readings: Vec::new(),
+            origin: Some(Origin {
+                agent: agent.into(),
+                epoch: 3,
+                seq: 41,
+            }),
+        };
+        // The same batch at another position (a rewritten log, another
+        // collector's commit): the same id.
+        assert_eq!(
+            message_id("bus", 0xab, &batch(5, "edge-1"), 2),
+            "bus.000000ab.edge-1.3.41.2"
+        );
+        assert_eq!(
+            message_id("bus", 0xab, &batch(9, "edge-1"), 2),
+            message_id("bus", 0xab, &batch(5, "edge-1"), 2)
+        );
+        // Separators and control bytes in an agent id stay inside its token.
+        assert_eq!(
+            message_id("bus", 0xab, &batch(5, "a.b\r\n"), 0),
+            "bus.000000ab.a%2Eb%0D%0A.3.41.0"
+        );
+        assert_ne!(
+            message_id("bus", 1, &batch(5, "a.3"), 0),
+            message_id("bus", 1, &batch(5, "a"), 0)
+        );
+        // A row from before identities: its position.
+        let old = LogBatch {
+            origin: None,
+            ..batch(5, "x")
+        };
+        assert_eq!(message_id("bus", 0xab, &old, 1), "bus.000000ab.5.50.1");
+    }
 
     #[test]
     fn ids_hash_is_stable() {

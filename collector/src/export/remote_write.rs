@@ -81,6 +81,8 @@ pub enum SinkError {
     File { path: String, cause: std::io::Error },
     #[error("http client: {0}")]
     Client(String),
+    #[error("nats client: {0}")]
+    Nats(String),
 }
 
 /// What a page's requests came to.

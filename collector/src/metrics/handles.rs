@@ -276,15 +276,17 @@ pub enum Rpc {
     Latest,
     Range,
     Tail,
+    ListExports,
 }
 
 impl Rpc {
-    const ALL: [Rpc; 5] = [
+    const ALL: [Rpc; 6] = [
         Rpc::ListAgents,
         Rpc::ListSeries,
         Rpc::Latest,
         Rpc::Range,
         Rpc::Tail,
+        Rpc::ListExports,
     ];
 
     fn name(self) -> &'static str {
@@ -294,6 +296,7 @@ impl Rpc {
             Rpc::Latest => "Latest",
             Rpc::Range => "Range",
             Rpc::Tail => "Tail",
+            Rpc::ListExports => "ListExports",
         }
     }
 }

@@ -28,12 +28,26 @@ pub struct LogReading {
     pub value: StoredValue,
 }
 
-/// One committed batch, at its position in the log.
+/// One committed batch, at its position in the log. A log row holds one
+/// batch on SQLite and one commit (several batches, each a `LogBatch` of
+/// the same position) on PostgreSQL.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogBatch {
     pub position: i64,
     pub received_ns: i64,
     pub readings: Vec<LogReading>,
+    /// The agent batch these readings came in; `None` for rows logged
+    /// before the log kept it.
+    pub origin: Option<Origin>,
+}
+
+/// The identity of an agent batch: the same on every collector and every
+/// replay (the delivery contract commits it once).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub agent: String,
+    pub epoch: u64,
+    pub seq: u64,
 }
 
 /// An export's cursor and totals, as stored.

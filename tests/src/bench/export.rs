@@ -22,6 +22,14 @@
 //! server: readings behind / time until lag zero. Each run uses its own
 //! stream, deleted afterwards.
 //!
+//! Then both exports at once: (6) a fresh collector with the remote
+//! write export and the nats export, the same full-speed load: ingest
+//! rate and its ratio to (1); (7) the same two exports with the load held
+//! at a fixed rate (100,000 readings/s; 10,000 under `--smoke`; spread
+//! over the agents, one batch per agent every `agents × batch / rate`): each
+//! export's lag in seconds (the age of its oldest unsent reading, as its
+//! cursor's status reads it) sampled every 100 ms, its p99.
+//!
 //! Checks: each export's lag reaches zero and its cursor counts as sent
 //! every reading committed (all are float samples), nothing dropped; the
 //! JetStream stream holds as many readings as were committed.
@@ -83,6 +91,13 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         "readings/s",
         Some(Target::AtLeast(1_000_000.0)),
     );
+    let rate = opts.size(100_000.0, 10_000.0);
+    report.config("paced_rate", rate);
+    report.declare("ingest_with_two", "readings/s", None);
+    report.declare("ingest_ratio_two", "x", Some(Target::AtLeast(0.8)));
+    report.declare("paced_ingest", "readings/s", None);
+    report.declare("lag_p99_remote_write", "s", Some(Target::AtMost(2.0)));
+    report.declare("lag_p99_nats", "s", Some(Target::AtMost(2.0)));
     for run in 0..opts.runs() {
         progress.status(&format!("export: run {}", run + 1));
         let dir = TestDir::new("bench-export")?;
@@ -183,6 +198,51 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
             format!("{messages} messages in {stream}"),
         );
         delete_stream(SHARED_NATS, &stream).await?;
+
+        // (6) both exports, full speed; (7) both, at a fixed rate.
+        let mut vm = Receiver::start(&dir, Kind::Victoria, "victoria-two").await?;
+        let stream = format!("BENCH2_{}_{run}", std::process::id());
+        delete_stream(SHARED_NATS, &stream).await?;
+        let two = format!(
+            "{}{}",
+            rw_export(&vm.write_url()),
+            nats_export(&format!("nats://{SHARED_NATS}"), &stream, &subject)
+        );
+        let (c, db) = start_collector(&dir, "two", Some(&two), None).await?;
+        let (acked, took) = load(&c.1, &cfg, "two").await?;
+        let with = acked as f64 / took;
+        report.record("ingest_with_two", with);
+        report.record("ingest_ratio_two", with / without);
+        let sent = drained_all(&db, 2).await?;
+        report.check(
+            "two exports: every committed reading sent by each",
+            sent.iter().all(|&s| s == acked),
+            format!("{acked} acked, sent {sent:?}"),
+        );
+        let sampling = CancellationToken::new();
+        let sampler = tokio::spawn(sample_lags(db.clone(), sampling.clone()));
+        let (acked2, took2) = paced(&c.1, &cfg, rate, "paced").await?;
+        sampling.cancel();
+        let lags = sampler.await.context("lag sampler")??;
+        report.record("paced_ingest", acked2 as f64 / took2);
+        for (name, metric) in [("vm", "lag_p99_remote_write"), ("bus", "lag_p99_nats")] {
+            let mut v = lags.get(name).cloned().unwrap_or_default();
+            v.sort_by(f64::total_cmp);
+            let p99 = v
+                .get(((v.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(f64::NAN);
+            report.record(metric, p99);
+        }
+        let sent = drained_all(&db, 2).await?;
+        report.check(
+            "paced: every committed reading sent by each export",
+            sent.iter().all(|&s| s == acked + acked2),
+            format!("{} acked, sent {sent:?}", acked + acked2),
+        );
+        stop(c.0).await?;
+        vm.stop().await?;
+        delete_stream(SHARED_NATS, &stream).await?;
     }
     report.note(
         "catch_up counts from the receiver's restart (its start-up time included) to lag 0; \
@@ -272,6 +332,77 @@ async fn load(url: &str, cfg: &Config, tag: &str) -> Result<(u64, f64)> {
         acked += t.await.context("load task")??.acked;
     }
     Ok((acked, start.elapsed().as_secs_f64()))
+}
+
+/// The load held at `rate` readings/s (each agent one batch every
+/// `agents × batch / rate`) for `cfg.duration`: readings acked and
+/// seconds.
+async fn paced(url: &str, cfg: &Config, rate: f64, tag: &str) -> Result<(u64, f64)> {
+    let shared = Arc::new(Shared::default());
+    let stop = CancellationToken::new();
+    let pace = Duration::from_secs_f64(cfg.agents as f64 * cfg.batch as f64 / rate);
+    let mut tasks = Vec::new();
+    for a in 0..cfg.agents {
+        let channel = load::connect(url).await?;
+        let mut spec = LoadSpec::new(format!("{tag}-{a}"), cfg.series, cfg.batch);
+        spec.base_ts_ns = crate::collector::now_ns();
+        spec.step_ns = 1_000_000;
+        spec.pace = Some(pace);
+        spec.offset = pace.mul_f64(a as f64 / cfg.agents as f64);
+        tasks.push(tokio::spawn(load::run(
+            channel,
+            spec,
+            shared.clone(),
+            stop.clone(),
+            Duration::from_secs(30),
+        )));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(cfg.duration).await;
+    stop.cancel();
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.context("load task")??.acked;
+    }
+    Ok((acked, start.elapsed().as_secs_f64()))
+}
+
+/// Each export's lag in seconds, read from its cursor's status every
+/// 100 ms until `stop`.
+async fn sample_lags(
+    db: std::path::PathBuf,
+    stop: CancellationToken,
+) -> Result<std::collections::HashMap<String, Vec<f64>>> {
+    let log = CommitLog::sqlite(db);
+    let mut out: std::collections::HashMap<String, Vec<f64>> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !stop.is_cancelled() {
+        tick.tick().await;
+        let now = crate::collector::now_ns();
+        for (c, p) in log.status().await.context("export status")? {
+            let lag = p
+                .oldest_received_ns
+                .map_or(0.0, |t| (now - t).max(0) as f64 / 1e9);
+            out.entry(c.name).or_default().push(lag);
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until `n` exports have nothing pending; their `sent` totals.
+async fn drained_all(db: &std::path::Path, n: usize) -> Result<Vec<u64>> {
+    let log = CommitLog::sqlite(db.to_owned());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let rows = log.status().await.context("export status")?;
+        if rows.len() == n && rows.iter().all(|(c, p)| p.readings == 0 && c.sent > 0) {
+            return Ok(rows.iter().map(|(c, _)| c.sent).collect());
+        }
+        if Instant::now() > deadline {
+            bail!("the exports did not catch up within 300 s: {rows:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until the export has nothing pending; its `sent` total.

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
+use tributary_collector::export::nats::NatsTls;
 use tributary_collector::export::nats::client::{Client, NatsAuth};
 
 use super::{Peer, tool};
@@ -36,11 +37,28 @@ pub struct StreamMsg {
     pub payload: Vec<u8>,
 }
 
+/// How a test reaches a server: credentials, and TLS when it speaks it.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub auth: NatsAuth,
+    pub tls: Option<NatsTls>,
+}
+
 /// Connects to `addr` (`host:port`).
 pub async fn connect(addr: &str) -> Result<Client> {
-    Client::connect(addr, &NatsAuth::None, Duration::from_secs(5))
-        .await
-        .with_context(|| format!("connect to nats at {addr}"))
+    connect_with(addr, &Access::default()).await
+}
+
+/// Connects to `addr` (`host:port`) with `access`.
+pub async fn connect_with(addr: &str, access: &Access) -> Result<Client> {
+    Client::connect(
+        addr,
+        &access.auth,
+        access.tls.as_ref(),
+        Duration::from_secs(5),
+    )
+    .await
+    .with_context(|| format!("connect to nats at {addr}"))
 }
 
 /// A JetStream API call; the JSON answer or the API's error.
@@ -53,7 +71,11 @@ pub async fn js_api(addr: &str, subject: &str, body: &Value) -> Result<Value> {
 
 /// The stream's info (`state.messages`, ...), or `None` when it does not exist.
 pub async fn stream_info(addr: &str, stream: &str) -> Result<Option<Value>> {
-    let mut c = connect(addr).await?;
+    stream_info_with(addr, stream, &Access::default()).await
+}
+
+async fn stream_info_with(addr: &str, stream: &str, access: &Access) -> Result<Option<Value>> {
+    let mut c = connect_with(addr, access).await?;
     match c
         .js_api(
             &format!("$JS.API.STREAM.INFO.{stream}"),
@@ -78,14 +100,19 @@ pub async fn delete_stream(addr: &str, stream: &str) -> Result<()> {
 
 /// Every message of `stream`, in stream order.
 pub async fn read_stream(addr: &str, stream: &str) -> Result<Vec<StreamMsg>> {
-    let info = stream_info(addr, stream)
+    read_stream_with(addr, stream, &Access::default()).await
+}
+
+/// Every message of `stream`, in stream order, reached with `access`.
+pub async fn read_stream_with(addr: &str, stream: &str, access: &Access) -> Result<Vec<StreamMsg>> {
+    let info = stream_info_with(addr, stream, access)
         .await?
         .with_context(|| format!("stream {stream} does not exist"))?;
     let count = info
         .pointer("/state/messages")
         .and_then(Value::as_u64)
         .context("stream info without state.messages")? as usize;
-    let mut c = connect(addr).await?;
+    let mut c = connect_with(addr, access).await?;
     let deliver = format!("{}.deliver", c.inbox());
     let sid = c.subscribe(&deliver).await?;
     c.js_api(
@@ -127,6 +154,55 @@ pub async fn read_stream(addr: &str, stream: &str) -> Result<Vec<StreamMsg>> {
         });
     }
     Ok(out)
+}
+
+/// One `nats-server` with JetStream that speaks only TLS (its
+/// certificate `cert`/`key`; with `client_ca`, it verifies client
+/// certificates too) and wants `token`.
+pub struct TlsNats {
+    pub peer: Peer,
+}
+
+impl TlsNats {
+    pub async fn start(
+        dir: &TestDir,
+        name: &str,
+        (cert, key): (&std::path::Path, &std::path::Path),
+        client_ca: &std::path::Path,
+        token: &str,
+    ) -> Result<TlsNats> {
+        let program = tool(
+            NATS_SERVER_ENV,
+            &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+        )?;
+        let addr = free_addr()?;
+        let store = dir.join(format!("{name}-js"));
+        std::fs::create_dir_all(&store)?;
+        let config = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "server_name: \"{name}\"\nlisten: \"{addr}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n\
+                 tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n\
+                 authorization {{\n  token: \"{token}\"\n}}\n",
+                store.display(),
+                cert.display(),
+                key.display(),
+                client_ca.display()
+            ),
+        )
+        .with_context(|| format!("write {}", config.display()))?;
+        let peer = Peer::spawn(
+            name,
+            &program,
+            &["-c".to_owned(), config.display().to_string()],
+            dir,
+            addr,
+        )?
+        .wait_tcp()
+        .await?;
+        Ok(TlsNats { peer })
+    }
 }
 
 /// A JetStream cluster of `nats-server` processes on loopback.

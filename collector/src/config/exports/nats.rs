@@ -16,6 +16,7 @@
 //! duplicate_window = "10m"                 # default 2m (JetStream's)
 //! user = "tributary"                       # with password / password_file,
 //! password_file = "/etc/tributary/nats.pw" # or token / token_file
+//! # TLS: tls:// servers, or [exports.tls] ca / cert / key (as remote_write)
 //! max_readings_per_message = 1000
 //! max_in_flight = 256                      # messages awaiting their PubAck
 //! timeout = "5s"                           # connect, and a PubAck's wait
@@ -27,7 +28,7 @@ use std::time::Duration;
 use toml::Spanned;
 use tributary_config::{ConfigError, Source};
 
-use super::RawExport;
+use super::{ExportTls, RawExport};
 
 /// Keys only `kind = "nats"` has.
 pub(super) const NATS_KEYS: &[&str] = &[
@@ -56,7 +57,6 @@ const REMOTE_WRITE_KEYS: &[&str] = &[
     "bearer_token_file",
     "shards",
     "max_samples_per_request",
-    "tls",
 ];
 
 /// `kind = "nats"` settings.
@@ -64,6 +64,8 @@ const REMOTE_WRITE_KEYS: &[&str] = &[
 pub struct Nats {
     /// `host:port` of each server, tried in turn.
     pub servers: Vec<String>,
+    /// Set: every connection is TLS (`tls://` servers or `[exports.tls]`).
+    pub tls: Option<ExportTls>,
     pub stream: String,
     /// Create the stream when it is missing, with these settings.
     pub create_stream: Option<StreamSpec>,
@@ -256,7 +258,7 @@ pub fn push_token(out: &mut String, value: &str) {
 
 /// The present keys of `r` among `keys`, with their spans.
 fn present(r: &RawExport, keys: &[&str]) -> Option<(&'static str, Range<usize>)> {
-    let all: [(&'static str, Option<Range<usize>>); 22] = [
+    let all: [(&'static str, Option<Range<usize>>); 21] = [
         ("stream", r.stream.as_ref().map(Spanned::span)),
         ("create_stream", r.create_stream.as_ref().map(Spanned::span)),
         ("subjects", r.subjects.as_ref().map(Spanned::span)),
@@ -295,7 +297,6 @@ fn present(r: &RawExport, keys: &[&str]) -> Option<(&'static str, Range<usize>)>
             "max_samples_per_request",
             r.max_samples_per_request.as_ref().map(Spanned::span),
         ),
-        ("tls", r.tls.as_ref().map(Spanned::span)),
     ];
     all.into_iter().find_map(|(k, span)| {
         (keys.contains(&k))
@@ -331,15 +332,19 @@ pub(super) fn parse(
 ) -> Result<Nats, ConfigError> {
     let key = |k: &str| format!("exports[{i}].{k}");
     if let Some((k, span)) = present(r, REMOTE_WRITE_KEYS) {
-        let hint = if k == "tls" {
-            ": this version's nats export speaks plain TCP only (run it over loopback or a \
-             private network, or terminate TLS in front of the server)"
-        } else {
-            ""
-        };
-        return Err(src.error(span, key(k), format!("not a key of kind = \"nats\"{hint}")));
+        return Err(src.error(span, key(k), "not a key of kind = \"nats\""));
     }
-    let servers = servers(url).map_err(|e| src.error(r.url.span(), key("url"), e))?;
+    let (servers, tls_scheme) = servers(url).map_err(|e| src.error(r.url.span(), key("url"), e))?;
+    // tls:// servers, or [exports.tls]: TLS (the system's roots unless a
+    // CA is set).
+    let tls = match super::tls(src, r, i)? {
+        Some(t) => Some(t),
+        None if tls_scheme => Some(ExportTls {
+            ca: None,
+            identity: None,
+        }),
+        None => None,
+    };
     let stream = match &r.stream {
         None => {
             return Err(src.error(
@@ -471,6 +476,7 @@ pub(super) fn parse(
     let auth = auth(src, r, i)?;
     Ok(Nats {
         servers,
+        tls,
         stream,
         create_stream,
         subject,
@@ -504,25 +510,30 @@ fn redact_servers(url: &str) -> String {
     url.split(',').map(one).collect::<Vec<_>>().join(",")
 }
 
-/// `nats://host:port[,nats://host:port...]` → `host:port` each.
-fn servers(url: &str) -> Result<Vec<String>, String> {
+/// `nats://host:port[,nats://host:port...]` (or `tls://` each) →
+/// `host:port` each, and whether the scheme is `tls://`.
+fn servers(url: &str) -> Result<(Vec<String>, bool), String> {
     let shown = redact_servers(url);
     let bad = |what: &str| {
         format!(
-            "{shown:?}: {what}; expected nats://host:port, or several separated by commas, e.g. \
-             nats://127.0.0.1:4222"
+            "{shown:?}: {what}; expected nats://host:port (or tls://host:port), or several \
+             separated by commas, e.g. nats://127.0.0.1:4222"
         )
     };
     let mut out = Vec::new();
+    let mut schemes = Vec::new();
     for one in url.split(',') {
         let one = one.trim();
-        let Some(rest) = one.strip_prefix("nats://") else {
-            if one.starts_with("tls://") {
-                return Err(bad("tls:// is not supported by this version's nats export"));
+        let (scheme, rest) = match one.split_once("://") {
+            Some((s @ ("nats" | "tls"), rest)) => (s, rest),
+            _ => {
+                let one = redact_servers(one);
+                return Err(bad(&format!(
+                    "{one:?} does not start with nats:// or tls://"
+                )));
             }
-            let one = redact_servers(one);
-            return Err(bad(&format!("{one:?} does not start with nats://")));
         };
+        schemes.push(scheme);
         let host_port = rest.strip_suffix('/').unwrap_or(rest);
         if host_port.contains('@') {
             return Err(bad(
@@ -547,7 +558,13 @@ fn servers(url: &str) -> Result<Vec<String>, String> {
         };
         out.push(with_port);
     }
-    Ok(out)
+    let tls = schemes.contains(&"tls");
+    if tls && schemes.contains(&"nats") {
+        return Err(bad(
+            "mixes nats:// and tls://: one export speaks TLS to every server or to none",
+        ));
+    }
+    Ok((out, tls))
 }
 
 /// `user` + `password`/`password_file`, or `token`/`token_file`.
@@ -607,155 +624,4 @@ fn auth(src: &Source<'_>, r: &RawExport, i: usize) -> Result<NatsAuth, ConfigErr
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-    use std::time::Duration;
-
-    use super::{NatsAuth, NatsFormat, SubjectTemplate, servers};
-    use crate::config::exports::ExportKind;
-    use crate::config::{Flags, resolve_text};
-
-    fn resolve(text: &str) -> Result<Vec<super::super::ExportConfig>, String> {
-        resolve_text(
-            text,
-            Path::new("/etc/tributary/collector.toml"),
-            &Flags::default(),
-        )
-        .map(|s| s.server.exports)
-        .map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn a_nats_export_is_read_with_its_defaults() {
-        let e = resolve(
-            "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222,nats://h\"\n\
-             stream = \"T\"\ncreate_stream = true\nreplicas = 3\nuser = \"u\"\npassword = \"p\"\n\
-             format = \"json\"\n",
-        )
-        .unwrap();
-        let ExportKind::Nats(n) = &e[0].kind else {
-            panic!("not nats: {:?}", e[0].kind)
-        };
-        assert_eq!(n.servers, ["127.0.0.1:4222", "h:4222"]);
-        assert_eq!(n.subject.text, "tributary.{agent}.{device}");
-        assert_eq!(n.format, NatsFormat::Json);
-        let spec = n.create_stream.as_ref().unwrap();
-        assert_eq!(spec.subjects, ["tributary.*.*"]);
-        assert_eq!(spec.replicas, 3);
-        assert_eq!(spec.duplicate_window, Duration::from_secs(120));
-        assert_eq!(spec.max_age, None);
-        assert_eq!(
-            n.auth,
-            NatsAuth::UserPassword {
-                user: "u".into(),
-                password: "p".into()
-            }
-        );
-        assert!(!format!("{:?}", n.auth).contains("\"p\""));
-        assert_eq!(n.max_readings_per_message, 1000);
-    }
-
-    #[test]
-    fn nats_errors_name_the_line_and_key() {
-        let head = "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"nats://a:1\"\n";
-        let cases = [
-            (head.to_string(), "exports[0].stream: kind = \"nats\" needs stream"),
-            (
-                format!("{head}stream = \"a.b\"\n"),
-                "collector.toml:5: exports[0].stream: \"a.b\": a stream name",
-            ),
-            (
-                format!("{head}stream = \"S\"\nsubject = \"x.{{site}}\"\n"),
-                "collector.toml:6: exports[0].subject: \"x.{site}\": unknown placeholder {site}",
-            ),
-            (
-                format!("{head}stream = \"S\"\nformat = \"xml\"\n"),
-                "exports[0].format: \"xml\": expected \"protobuf\" or \"json\"",
-            ),
-            (
-                format!("{head}stream = \"S\"\nreplicas = 3\n"),
-                "collector.toml:6: exports[0].replicas: only used with create_stream = true",
-            ),
-            (
-                format!("{head}stream = \"S\"\nuser = \"u\"\n"),
-                "exports[0].user: a user needs password or password_file",
-            ),
-            (
-                format!("{head}stream = \"S\"\ntoken_file = \"missing\"\n"),
-                "exports[0].token_file: /etc/tributary/missing:",
-            ),
-            (
-                format!("{head}stream = \"S\"\nshards = 2\n"),
-                "collector.toml:6: exports[0].shards: not a key of kind = \"nats\"",
-            ),
-            (
-                format!("{head}stream = \"S\"\n[exports.tls]\nca = \"x\"\n"),
-                "exports[0].tls: not a key of kind = \"nats\": this version's nats export speaks plain TCP",
-            ),
-            (
-                "[[exports]]\nname = \"b\"\nkind = \"nats\"\nurl = \"http://a\"\nstream = \"S\"\n".into(),
-                "collector.toml:4: exports[0].url: \"http://a\": \"http://a\" does not start with nats://",
-            ),
-            (
-                "[[exports]]\nname = \"vm\"\nkind = \"remote_write\"\nurl = \"http://x/w\"\nstream = \"S\"\n".into(),
-                "collector.toml:5: exports[0].stream: not a key of kind = \"remote_write\"",
-            ),
-        ];
-        for (text, want) in cases {
-            let got = resolve(&text).err().unwrap_or_default();
-            assert!(got.contains(want), "{text:?}\n got: {got}\nwant: {want}");
-        }
-    }
-
-    #[test]
-    fn subjects_are_rendered_with_sanitised_tokens() {
-        let t = SubjectTemplate::parse("tributary.{agent}.{device}").unwrap();
-        assert_eq!(
-            t.render("edge-1", "pump.3 *>", "m"),
-            "tributary.edge-1.pump_3___"
-        );
-        assert_eq!(t.render("", "d", "m"), "tributary._.d");
-        assert_eq!(t.wildcard(), "tributary.*.*");
-        let t = SubjectTemplate::parse("x.dev-{device}.{metric}").unwrap();
-        assert_eq!(t.render("a", "ü", "m"), "x.dev-_.m");
-        assert_eq!(t.wildcard(), "x.*.*");
-        for bad in [
-            "", "a..b", ".a", "a.", "a.{nope}", "a.{agent", "a b", "a.*", "a.>",
-        ] {
-            assert!(SubjectTemplate::parse(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn urls_are_lists_of_servers() {
-        assert_eq!(
-            servers("nats://127.0.0.1:4222").unwrap(),
-            ["127.0.0.1:4222"]
-        );
-        assert_eq!(servers("nats://a:1, nats://b").unwrap(), ["a:1", "b:4222"]);
-        for bad in [
-            "http://a:1",
-            "nats://",
-            "nats://u:p@a:1",
-            "nats://a:x",
-            "tls://a:1",
-        ] {
-            assert!(servers(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn credentials_in_a_bad_url_are_not_shown() {
-        for bad in [
-            "nats://u:secret@a:1",
-            "nats://a:1,nats://u:secret@b:1",
-            "nats://a:1, u:secret@b:1",
-            "nats://a:1,http://u:secret@b:1/x",
-            "nats://u:secret@a/x",
-        ] {
-            let e = servers(bad).unwrap_err();
-            assert!(!e.contains("secret"), "{bad:?}: {e}");
-            assert!(e.contains("***@"), "{bad:?}: {e}");
-        }
-    }
-}
+mod tests;

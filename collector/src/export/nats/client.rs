@@ -1,6 +1,7 @@
 //! A small client of the NATS text protocol (<https://docs.nats.io/reference/reference-protocols/nats-protocol>),
 //! only what the JetStream export and its tests need: `CONNECT` (user and
-//! password, or a token), `PING`/`PONG`, `SUB`, `PUB`/`HPUB` (headers, for
+//! password, or a token; over TLS when asked or when the server requires
+//! it, `tls.rs`), `PING`/`PONG`, `SUB`, `PUB`/`HPUB` (headers, for
 //! `Nats-Msg-Id`), and incoming `MSG`/`HMSG`; JetStream's API is requests
 //! on `$JS.API.*` with JSON bodies, made with [`Client::request`].
 //!
@@ -16,11 +17,20 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+    ReadHalf, WriteHalf,
+};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use super::tls::NatsTls;
 pub use crate::config::exports::NatsAuth;
+
+/// A connection's byte stream: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+
+type Stream = Box<dyn Io>;
 
 /// Longest protocol line read (an `INFO` with many cluster URLs fits).
 const MAX_LINE: usize = 64 * 1024;
@@ -78,10 +88,9 @@ impl Msg {
 }
 
 /// A connection to one NATS server.
-#[derive(Debug)]
 pub struct Client {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: BufReader<ReadHalf<Stream>>,
+    writer: BufWriter<WriteHalf<Stream>>,
     /// Largest payload (headers included) the server accepts.
     max_payload: usize,
     /// `_INBOX.<random>`: replies to this client's requests.
@@ -94,6 +103,15 @@ pub struct Client {
     line: Vec<u8>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("inbox", &self.inbox)
+            .field("max_payload", &self.max_payload)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A random token for inbox names.
 fn nuid() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -104,99 +122,133 @@ fn nuid() -> String {
 }
 
 impl Client {
-    /// Connects to `addr` (`host:port`), sends `CONNECT` with `auth`, and
-    /// waits for the server's `PONG` (or its refusal), all within `timeout`.
+    /// Connects to `addr` (`host:port`), upgrades to TLS after the
+    /// server's `INFO` when `tls` is given (a server that requires TLS
+    /// without it is refused, naming the settings), sends `CONNECT` with
+    /// `auth`, and waits for the server's `PONG` (or its refusal), all
+    /// within `timeout`.
     pub async fn connect(
         addr: &str,
         auth: &NatsAuth,
+        tls: Option<&NatsTls>,
         timeout: Duration,
     ) -> Result<Client, NatsError> {
         let io = |cause| NatsError::Connect {
             addr: addr.to_owned(),
             cause,
         };
-        let connecting = async {
-            let stream = TcpStream::connect(addr).await.map_err(io)?;
-            stream.set_nodelay(true).map_err(io)?;
-            let (r, w) = stream.into_split();
-            let mut c = Client {
-                reader: BufReader::with_capacity(256 * 1024, r),
-                writer: BufWriter::with_capacity(256 * 1024, w),
-                max_payload: 1024 * 1024,
-                inbox: format!("_INBOX.{}", nuid()),
-                inbox_sid: None,
-                next_sid: 1,
-                next_request: 0,
-                queued: VecDeque::new(),
-                line: Vec::new(),
-            };
-            c.read_line().await?;
-            let line = String::from_utf8_lossy(&c.line).into_owned();
-            let Some(info) = line.strip_prefix("INFO ") else {
-                return Err(NatsError::Protocol(format!(
-                    "expected INFO first, got {:?}",
-                    line.chars().take(80).collect::<String>()
-                )));
-            };
-            let info: Value = serde_json::from_str(info)
-                .map_err(|e| NatsError::Protocol(format!("INFO: {e}")))?;
-            if info.get("tls_required").and_then(Value::as_bool) == Some(true) {
-                return Err(NatsError::Protocol(
-                    "the server requires TLS, which this version's nats export does not speak"
-                        .to_owned(),
-                ));
-            }
-            if info.get("headers").and_then(Value::as_bool) != Some(true) {
-                return Err(NatsError::Protocol(
-                    "the server does not support headers (NATS 2.2 or later is needed)".to_owned(),
-                ));
-            }
-            if let Some(m) = info.get("max_payload").and_then(Value::as_u64) {
-                c.max_payload = usize::try_from(m).unwrap_or(usize::MAX);
-            }
-            let mut connect = json!({
-                "verbose": false,
-                "pedantic": false,
-                "lang": "rust",
-                "version": env!("CARGO_PKG_VERSION"),
-                "name": "tributary-collector",
-                "protocol": 1,
-                "headers": true,
-                "no_responders": true,
-            });
-            match auth {
-                NatsAuth::None => {}
-                NatsAuth::UserPassword { user, password } => {
-                    connect["user"] = json!(user);
-                    connect["pass"] = json!(password);
+        let connecting =
+            async {
+                let stream = TcpStream::connect(addr).await.map_err(io)?;
+                stream.set_nodelay(true).map_err(io)?;
+                // The server's INFO comes in plain text, before any TLS; it
+                // sends nothing more until the client speaks.
+                let mut plain = BufReader::new(stream);
+                let mut first = Vec::new();
+                let n = (&mut plain)
+                    .take(MAX_LINE as u64)
+                    .read_until(b'\n', &mut first)
+                    .await?;
+                if n == 0 {
+                    return Err(NatsError::Closed);
                 }
-                NatsAuth::Token(t) => connect["auth_token"] = json!(t),
-            }
-            let text = format!("CONNECT {connect}\r\nPING\r\n");
-            c.writer.write_all(text.as_bytes()).await?;
-            c.writer.flush().await?;
-            loop {
-                c.read_line().await?;
-                match c.line.as_slice() {
-                    b"PONG" => break,
-                    b"+OK" => {}
-                    b"PING" => c.writer.write_all(b"PONG\r\n").await?,
-                    l if l.starts_with(b"INFO ") => {}
-                    l if l.starts_with(b"-ERR") => {
-                        return Err(NatsError::Server(
-                            String::from_utf8_lossy(&l[4..]).trim().to_owned(),
-                        ));
+                let line = String::from_utf8_lossy(&first).trim_end().to_owned();
+                let Some(info) = line.strip_prefix("INFO ") else {
+                    return Err(NatsError::Protocol(format!(
+                        "expected INFO first, got {:?}",
+                        line.chars().take(80).collect::<String>()
+                    )));
+                };
+                let info: Value = serde_json::from_str(info)
+                    .map_err(|e| NatsError::Protocol(format!("INFO: {e}")))?;
+                if !plain.buffer().is_empty() {
+                    return Err(NatsError::Protocol(
+                        "the server sent more than INFO before CONNECT".to_owned(),
+                    ));
+                }
+                let tcp = plain.into_inner();
+                let stream: Stream =
+                    match tls {
+                        Some(tls) => Box::new(tls.wrap(addr, tcp).await.map_err(|cause| {
+                            NatsError::Connect {
+                                addr: addr.to_owned(),
+                                cause: std::io::Error::new(cause.kind(), format!("tls: {cause}")),
+                            }
+                        })?),
+                        None => {
+                            if info.get("tls_required").and_then(Value::as_bool) == Some(true) {
+                                return Err(NatsError::Protocol(
+                                    "the server requires TLS: use tls:// servers or [exports.tls]"
+                                        .to_owned(),
+                                ));
+                            }
+                            Box::new(tcp)
+                        }
+                    };
+                let (r, w) = tokio::io::split(stream);
+                let mut c = Client {
+                    reader: BufReader::with_capacity(256 * 1024, r),
+                    writer: BufWriter::with_capacity(256 * 1024, w),
+                    max_payload: 1024 * 1024,
+                    inbox: format!("_INBOX.{}", nuid()),
+                    inbox_sid: None,
+                    next_sid: 1,
+                    next_request: 0,
+                    queued: VecDeque::new(),
+                    line: Vec::new(),
+                };
+                if info.get("headers").and_then(Value::as_bool) != Some(true) {
+                    return Err(NatsError::Protocol(
+                        "the server does not support headers (NATS 2.2 or later is needed)"
+                            .to_owned(),
+                    ));
+                }
+                if let Some(m) = info.get("max_payload").and_then(Value::as_u64) {
+                    c.max_payload = usize::try_from(m).unwrap_or(usize::MAX);
+                }
+                let mut connect = json!({
+                    "verbose": false,
+                    "pedantic": false,
+                    "lang": "rust",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "name": "tributary-collector",
+                    "protocol": 1,
+                    "headers": true,
+                    "no_responders": true,
+                });
+                match auth {
+                    NatsAuth::None => {}
+                    NatsAuth::UserPassword { user, password } => {
+                        connect["user"] = json!(user);
+                        connect["pass"] = json!(password);
                     }
-                    l => {
-                        return Err(NatsError::Protocol(format!(
-                            "unexpected {:?} after CONNECT",
-                            String::from_utf8_lossy(l)
-                        )));
+                    NatsAuth::Token(t) => connect["auth_token"] = json!(t),
+                }
+                let text = format!("CONNECT {connect}\r\nPING\r\n");
+                c.writer.write_all(text.as_bytes()).await?;
+                c.writer.flush().await?;
+                loop {
+                    c.read_line().await?;
+                    match c.line.as_slice() {
+                        b"PONG" => break,
+                        b"+OK" => {}
+                        b"PING" => c.writer.write_all(b"PONG\r\n").await?,
+                        l if l.starts_with(b"INFO ") => {}
+                        l if l.starts_with(b"-ERR") => {
+                            return Err(NatsError::Server(
+                                String::from_utf8_lossy(&l[4..]).trim().to_owned(),
+                            ));
+                        }
+                        l => {
+                            return Err(NatsError::Protocol(format!(
+                                "unexpected {:?} after CONNECT",
+                                String::from_utf8_lossy(l)
+                            )));
+                        }
                     }
                 }
-            }
-            Ok(c)
-        };
+                Ok(c)
+            };
         tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| NatsError::Timeout(timeout))?

@@ -28,12 +28,13 @@ use tracing::{debug, warn};
 
 mod codec;
 
-use codec::{FORMAT, decode, encode};
+use codec::{FORMAT, decode, encode, encode_batch};
 
 use super::connection::{CONNECT_TIMEOUT, Fail, Step};
 use super::read::series_row;
-use crate::model::{NewReading, SeriesKey};
-use crate::store::export::{CursorRow, LogBatch, Pending, TRIM_ROWS};
+use crate::model::SeriesKey;
+use crate::store::BatchWrite;
+use crate::store::export::{CursorRow, LogBatch, Origin, Pending, TRIM_ROWS};
 use crate::store::labels::SERIES_COLUMNS;
 use crate::store::read::ReadError;
 use crate::store::redact;
@@ -53,12 +54,13 @@ const READ_ROWS: i64 = 64;
 
 /// Appends what a commit stores to the log, when any export has a cursor:
 /// call as the last statement before `COMMIT` (it takes [`LOG_LOCK`]).
+/// One row per commit, each agent batch with its identity (`codec.rs`).
 pub(super) async fn append<'a>(
     tx: &Transaction<'_>,
-    rows: impl Iterator<Item = (i64, &'a NewReading)>,
+    batches: impl Iterator<Item = &'a BatchWrite>,
 ) -> Result<(), Fail> {
-    let mut rows = rows.peekable();
-    if rows.peek().is_none() {
+    let mut batches = batches.filter(|b| !b.readings.is_empty()).peekable();
+    if batches.peek().is_none() {
         return Ok(());
     }
     let on: bool = tx
@@ -71,13 +73,20 @@ pub(super) async fn append<'a>(
     }
     let mut data = vec![FORMAT];
     let (mut count, mut received) = (0i64, i64::MAX);
-    for (received_ns, r) in rows {
-        encode(&mut data, r.series_id, r.ts_ns, &r.value);
-        count += 1;
-        received = received.min(received_ns);
-    }
-    if count == 0 {
-        return Ok(());
+    for b in batches {
+        let origin = Origin {
+            agent: b.agent.to_string(),
+            epoch: b.epoch,
+            seq: b.seq,
+        };
+        // A batch is bounded far below 4 G readings by the wire's limits.
+        let n = u32::try_from(b.readings.len()).unwrap_or(u32::MAX);
+        encode_batch(&mut data, &origin, b.received_ns, n);
+        for r in b.readings.iter().take(n as usize) {
+            encode(&mut data, r.series_id, r.ts_ns, &r.value);
+        }
+        count += i64::from(n);
+        received = received.min(b.received_ns);
     }
     tx.execute(LOG_LOCK, &[])
         .await
@@ -381,17 +390,22 @@ impl PgLogConn {
             let full = rows.len() as i64 == READ_ROWS;
             for r in rows {
                 let (id, received_ns, data): (i64, i64, &[u8]) = (r.get(0), r.get(1), r.get(2));
-                let readings = decode(data).map_err(|reason| ReadError::Setup {
+                let groups = decode(data).map_err(|reason| ReadError::Setup {
                     store: self.log.describe.clone(),
                     message: format!("export_log row {id}: {reason}"),
                 })?;
-                total += readings.len();
                 after = id;
-                out.push(LogBatch {
-                    position: id,
-                    received_ns,
-                    readings,
-                });
+                // A row is one commit: each of its agent batches is a
+                // `LogBatch` at the row's position.
+                for g in groups {
+                    total += g.readings.len();
+                    out.push(LogBatch {
+                        position: id,
+                        received_ns: g.received_ns.unwrap_or(received_ns),
+                        readings: g.readings,
+                        origin: g.origin,
+                    });
+                }
                 if total >= max_readings {
                     break;
                 }

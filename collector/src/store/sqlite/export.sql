@@ -9,7 +9,12 @@ CREATE TABLE IF NOT EXISTS export_log (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     received_ns INTEGER NOT NULL,
     count       INTEGER NOT NULL,
-    data        BLOB    NOT NULL   -- the head row's blob (codec.rs)
+    data        BLOB    NOT NULL,  -- the head row's blob (codec.rs)
+    -- The head row's agent batch (NULL in rows logged before it was
+    -- kept); a log from before gets these columns from `setup`.
+    agent       TEXT,
+    epoch       INTEGER,
+    seq         INTEGER
 );
 
 -- One row per export: how far it got, and its totals.
@@ -32,8 +37,8 @@ CREATE TABLE IF NOT EXISTS export_cursors (
 DROP TRIGGER IF EXISTS export_log_append;
 CREATE TRIGGER export_log_append AFTER INSERT ON head
 BEGIN
-    INSERT INTO export_log (received_ns, count, data)
-        VALUES (NEW.received_ns, NEW.count, NEW.data);
+    INSERT INTO export_log (received_ns, count, data, agent, epoch, seq)
+        VALUES (NEW.received_ns, NEW.count, NEW.data, NEW.agent, NEW.epoch, NEW.seq);
 END;
 
 -- What `pending` and `max_lag` read at each step: sums over the log past a

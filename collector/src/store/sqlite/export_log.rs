@@ -24,7 +24,7 @@ use tracing::warn;
 
 use super::codec::Decoder;
 use crate::model::SeriesKey;
-use crate::store::export::{CursorRow, LogBatch, LogReading, Pending, TRIM_ROWS};
+use crate::store::export::{CursorRow, LogBatch, LogReading, Origin, Pending, TRIM_ROWS};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::ReadError;
 
@@ -67,6 +67,31 @@ impl SqliteLog {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(&err)?;
+        // A head and a log from before batch identities get their columns
+        // first: the trigger copies them.
+        super::write::upgrade_head(&tx).map_err(&err)?;
+        let has_origin: bool = tx
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info('export_log') WHERE name = 'seq'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(&err)?;
+        let has_log: bool = tx
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'export_log'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(&err)?;
+        if has_log && !has_origin {
+            tx.execute_batch(
+                "ALTER TABLE export_log ADD COLUMN agent TEXT; \
+                 ALTER TABLE export_log ADD COLUMN epoch INTEGER; \
+                 ALTER TABLE export_log ADD COLUMN seq INTEGER;",
+            )
+            .map_err(&err)?;
+        }
         tx.execute_batch(SCHEMA).map_err(&err)?;
         let end: i64 = tx
             .query_row(
@@ -218,7 +243,8 @@ impl SqliteLog {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT id, received_ns, data FROM export_log WHERE id > ?1 ORDER BY id",
+                    "SELECT id, received_ns, data, agent, epoch, seq FROM export_log \
+                     WHERE id > ?1 ORDER BY id",
                 )
                 .map_err(&err)?;
             let mut rows = stmt.query(params![position]).map_err(&err)?;
@@ -250,11 +276,23 @@ impl SqliteLog {
                         value: p.value.to_stored(),
                     })
                     .collect();
+                let agent: Option<String> = row.get(3).map_err(&err)?;
+                let epoch: Option<i64> = row.get(4).map_err(&err)?;
+                let seq: Option<i64> = row.get(5).map_err(&err)?;
+                let origin = match (agent, epoch, seq) {
+                    (Some(agent), Some(epoch), Some(seq)) => Some(Origin {
+                        agent,
+                        epoch: epoch as u64,
+                        seq: seq as u64,
+                    }),
+                    _ => None,
+                };
                 total += readings.len();
                 out.push(LogBatch {
                     position: id,
                     received_ns,
                     readings,
+                    origin,
                 });
                 if total >= max_readings {
                     break;

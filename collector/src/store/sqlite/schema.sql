@@ -62,7 +62,13 @@ CREATE TABLE IF NOT EXISTS head (
     min_ts      INTEGER NOT NULL,
     max_ts      INTEGER NOT NULL,
     count       INTEGER NOT NULL,
-    data        BLOB    NOT NULL   -- (series_id, ts_ns, kind, value) per reading
+    data        BLOB    NOT NULL,  -- (series_id, ts_ns, kind, value) per reading
+    -- The agent batch of the row (the exports' message ids). Added after
+    -- version 1: last, as `upgrade` (write.rs) adds them to an older file;
+    -- NULL in rows written before.
+    agent       TEXT,
+    epoch       INTEGER,            -- u64 bits as i64
+    seq         INTEGER             -- u64 bits as i64
 );
 -- Covering, so a reader finds the rows that may hold a series without
 -- visiting every row (each row's blob fills its own pages).

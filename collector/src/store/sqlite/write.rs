@@ -57,6 +57,24 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
     if !has_collector {
         conn.execute_batch("ALTER TABLE agents ADD COLUMN collector TEXT NOT NULL DEFAULT ''")?;
     }
+    upgrade_head(conn)
+}
+
+/// Adds the batch identity columns (`agent`, `epoch`, `seq`) to a `head`
+/// made before them; the export log's trigger copies them
+/// (`export_log.rs`).
+pub(super) fn upgrade_head(conn: &Connection) -> rusqlite::Result<()> {
+    let has_origin: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('head') WHERE name = 'seq'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_origin {
+        conn.execute_batch(
+            "ALTER TABLE head ADD COLUMN agent TEXT; ALTER TABLE head ADD COLUMN epoch INTEGER; \
+             ALTER TABLE head ADD COLUMN seq INTEGER;",
+        )?;
+    }
     Ok(())
 }
 
@@ -281,7 +299,8 @@ impl SqliteStore {
             let mut ins = tx
                 .prepare_cached(
                     "INSERT INTO head (id, received_ns, min_series, max_series, min_ts, max_ts, \
-                     count, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     count, data, agent, epoch, seq) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(err)?;
             for (b, _) in set.batches.iter().zip(&plan.write).filter(|(_, w)| **w) {
@@ -314,7 +333,10 @@ impl SqliteStore {
                     min_ts,
                     max_ts,
                     head.len() as i64,
-                    &blob[..]
+                    &blob[..],
+                    b.agent.as_ref(),
+                    b.epoch as i64,
+                    b.seq as i64
                 ])
                 .map_err(err)?;
                 rows.push((id, b.received_ns, head.len(), min_ts, blob));

@@ -135,7 +135,8 @@ fn unknown_kind_is_an_error_naming_the_series() {
     blob[7] = 17;
     db.conn
         .execute(
-            "INSERT INTO head VALUES (1, 11, 9, 9, 10, 10, 1, ?1)",
+            "INSERT INTO head (id, received_ns, min_series, max_series, min_ts, max_ts, count, data) \
+             VALUES (1, 11, 9, 9, 10, 10, 1, ?1)",
             [blob],
         )
         .unwrap();
