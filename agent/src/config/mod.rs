@@ -290,7 +290,7 @@ fn parse_layer(layer: &Layer<'_>) -> Result<AgentConfig, ConfigError> {
     if !headers.is_empty()
         && let Ok(Some(mut cfg)) = parse_parts(layer, &headers)
     {
-        crate::drivers::snmp_trap::place(&mut cfg);
+        crate::drivers::snmp_trap::place(&mut cfg)?;
         crate::drivers::snmp::resolve_names(&mut cfg)?;
         return Ok(cfg);
     }
@@ -303,7 +303,7 @@ fn parse_layer(layer: &Layer<'_>) -> Result<AgentConfig, ConfigError> {
     })?;
     // SNMP MIB names and trap receivers' engines, once every device (and
     // `mib_dirs`, the agent id and the spool) is known.
-    crate::drivers::snmp_trap::place(&mut cfg);
+    crate::drivers::snmp_trap::place(&mut cfg)?;
     crate::drivers::snmp::resolve_names(&mut cfg)?;
     Ok(cfg)
 }

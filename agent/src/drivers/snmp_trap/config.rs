@@ -63,10 +63,11 @@ pub struct SnmpTrapConfig {
     /// The SNMPv3 users notifications may come from (USM): `user` and
     /// its keys, then each of `users`.
     pub users: Vec<TrapUser>,
-    /// This receiver's own SNMPv3 engine id (`engine_id`, hex), the
+    /// This receiver's own SNMPv3 engine id (`local_engine_id`, hex), the
     /// authoritative engine of the informs sent to it; unset, derived from
-    /// the agent id and the device name ([`own_engine_id`]).
-    pub engine_id: Option<Vec<u8>>,
+    /// the agent id and the device name ([`own_engine_id`]). (A device-level
+    /// `engine_id` is refused: it once meant the sender's engine.)
+    pub local_engine_id: Option<Vec<u8>>,
     /// Device name by sender address; a sender not listed is named by its
     /// address.
     pub senders: BTreeMap<IpAddr, String>,
@@ -99,7 +100,7 @@ pub struct SnmpTrapConfig {
     pub state_dir: Option<PathBuf>,
 }
 
-/// The engine id of a receiver with no `engine_id`: RFC 3411's format
+/// The engine id of a receiver with no `local_engine_id`: RFC 3411's format
 /// (first bit set, an enterprise number of 0, format 5: octets) followed by
 /// the first 12 bytes of SHA-256 over the agent id and the device name, so
 /// it stays the same across restarts and differs between receivers.
@@ -179,7 +180,7 @@ impl std::fmt::Debug for SnmpTrapConfig {
                 &format!("<{} redacted>", self.communities.len()),
             )
             .field("users", &self.users)
-            .field("engine_id", &self.engine_id)
+            .field("local_engine_id", &self.local_engine_id)
             .field("senders", &self.senders)
             .field("mibs", &self.mibs)
             .field("max_pending", &self.max_pending)
@@ -204,7 +205,10 @@ struct RawSnmpTrap {
     priv_password: Option<Spanned<String>>,
     sender_engine_id: Option<Spanned<String>>,
     users: Option<Vec<Spanned<RawUser>>>,
+    /// Refused (once the sender's engine filter; now ambiguous): read only
+    /// to say which key is meant.
     engine_id: Option<Spanned<String>>,
+    local_engine_id: Option<Spanned<String>>,
     senders: Option<Vec<Spanned<RawSender>>>,
     mibs: Option<Vec<Spanned<String>>>,
     max_pending: Option<Spanned<usize>>,
@@ -356,7 +360,28 @@ impl RawSnmpTrap {
             }
             users.push(user);
         }
-        let own_engine_id = engine_id(src, key, "engine_id", &self.engine_id)?;
+        if let Some(e) = &self.engine_id {
+            return Err(src.error(
+                e.span(),
+                format!("{key}.engine_id"),
+                "`engine_id` is ambiguous and no longer read: set `sender_engine_id` to accept traps from that sending engine only, or `local_engine_id` for this receiver's own engine id (informs)",
+            ));
+        }
+        let own_engine_id = engine_id(src, key, "local_engine_id", &self.local_engine_id)?;
+        if let (Some(own), Some(e)) = (&own_engine_id, &self.local_engine_id)
+            && let Some(u) = users
+                .iter()
+                .find(|u| u.sender_engine_id.as_ref() == Some(own))
+        {
+            return Err(src.error(
+                e.span(),
+                format!("{key}.local_engine_id"),
+                format!(
+                    "is user \"{}\"'s `sender_engine_id`: this receiver's own engine id must differ from the engine that sends to it",
+                    u.name
+                ),
+            ));
+        }
         if communities.is_empty() && users.is_empty() {
             return Err(src.error(
                 self.listen.span(),
@@ -466,7 +491,7 @@ impl RawSnmpTrap {
             listen,
             communities,
             users,
-            engine_id: own_engine_id,
+            local_engine_id: own_engine_id,
             senders,
             mibs,
             max_pending,

@@ -61,7 +61,9 @@ pub fn boots_path(dir: &Path, id: &[u8]) -> PathBuf {
 /// no file), written back. Without a directory, or when the file cannot be
 /// written (logged), the boots are 1 or the count read: a restart may then
 /// repeat a boots value, and a message recorded before it could be
-/// replayed within the 150 s window.
+/// replayed within the 150 s window. A file that cannot be read (other than
+/// missing) or is not a number locks the engine at [`MAX_BOOTS`] (logged);
+/// one unreadable is not written.
 pub fn next_boots(dir: Option<&Path>, id: &[u8]) -> u32 {
     let Some(dir) = dir else {
         return 1;
@@ -69,13 +71,15 @@ pub fn next_boots(dir: Option<&Path>, id: &[u8]) -> u32 {
     let path = boots_path(dir, id);
     let before = match std::fs::read_to_string(&path) {
         Ok(text) => text.trim().parse::<u32>().unwrap_or_else(|_| {
-            warn!(path = %path.display(), "snmp_trap: boots file is not a number; the engine's boots are set to the maximum, so no SNMPv3 inform is accepted (RFC 3414 §2.2.2): set a new `engine_id` and remove the file");
+            warn!(path = %path.display(), "snmp_trap: boots file is not a number; the engine's boots are set to the maximum, so no SNMPv3 inform is accepted (RFC 3414 §2.2.2): set a new `local_engine_id` and remove the file");
             MAX_BOOTS - 1
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => {
-            warn!(path = %path.display(), error = %e, "snmp_trap: cannot read the engine's boots; starting at 1");
-            0
+            // The count is unknown: starting low could repeat a boots value
+            // (replays), and writing would overwrite a good file.
+            warn!(path = %path.display(), error = %e, "snmp_trap: cannot read the engine's boots; the engine's boots are set to the maximum, so no SNMPv3 inform is accepted (RFC 3414 §2.2.2) until the file can be read, and it is left as it is");
+            return MAX_BOOTS;
         }
     };
     let boots = before.saturating_add(1).min(MAX_BOOTS);

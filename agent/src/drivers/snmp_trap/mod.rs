@@ -40,6 +40,8 @@ mod config;
 mod decode;
 mod engine;
 #[cfg(test)]
+mod engine_tests;
+#[cfg(test)]
 mod tests;
 mod v3;
 
@@ -208,7 +210,7 @@ impl SnmpTrapDriver {
             info!(
                 device = %self.device,
                 listen = %self.cfg.listen,
-                engine_id = %format!("0x{}", super::snmp::value::hex(&own.id, "")),
+                local_engine_id = %format!("0x{}", super::snmp::value::hex(&own.id, "")),
                 engine_boots = own.boots,
                 "receiving SNMP notifications"
             );
@@ -277,7 +279,7 @@ impl SnmpTrapDriver {
     fn own_engine(&self) -> engine::OwnEngine {
         let id = self
             .cfg
-            .engine_id
+            .local_engine_id
             .clone()
             .unwrap_or_else(|| own_engine_id(&self.cfg.agent_id, &self.device));
         let boots = if self.cfg.users.is_empty() {
@@ -593,15 +595,36 @@ impl Told {
 }
 
 /// Tells every receiver of `cfg` the agent's id (its engine id is derived
-/// from it unless `engine_id` is set) and where to keep its engine's boots
-/// (the spool directory).
-pub fn place(cfg: &mut AgentConfig) {
+/// from it unless `local_engine_id` is set) and where to keep its engine's
+/// boots (the spool directory). Two receivers with the same own engine id
+/// (configured or derived) are an error: they would share a boots file
+/// and the keys localized to it.
+pub fn place(cfg: &mut AgentConfig) -> Result<(), ConfigError> {
+    let mut seen: HashMap<Vec<u8>, String> = HashMap::new();
     for device in &mut cfg.devices {
         if let DriverConfig::SnmpTrap(t) = &mut device.driver {
             t.agent_id.clone_from(&cfg.id);
             t.state_dir = Some(cfg.spool.dir.clone());
+            let id = t
+                .local_engine_id
+                .clone()
+                .unwrap_or_else(|| own_engine_id(&cfg.id, &device.name));
+            if let Some(first) = seen.insert(id.clone(), device.name.clone()) {
+                let device_key = t.at.key.strip_suffix(".mibs").unwrap_or(&t.at.key);
+                let at = super::snmp::At {
+                    file: t.at.file.clone(),
+                    line: t.at.line,
+                    key: format!("{device_key}.local_engine_id"),
+                };
+                return Err(at.error(format!(
+                    "devices \"{first}\" and \"{}\" have the same own SNMPv3 engine id 0x{} (configured or derived): they would share a boots file and localized keys; give one a different `local_engine_id`",
+                    device.name,
+                    super::snmp::value::hex(&id, "")
+                )));
+            }
         }
     }
+    Ok(())
 }
 
 /// Fills `cfg.names` from its `mibs` with `mibs_loader`: every object and

@@ -160,7 +160,7 @@ fn settings_and_their_errors() {
     let d = device(
         "driver = \"snmp_trap\"\nlisten = \"127.0.0.1:9162\"\nuser = \"trapper\"\n\
          auth_protocol = \"sha256\"\nauth_password = \"auth-s3cret\"\npriv_password = \"priv-s3cret\"\n\
-         sender_engine_id = \"0x8000000001020304\"\nengine_id = \"0x80000000050a0b0c\"\n\
+         sender_engine_id = \"0x8000000001020304\"\nlocal_engine_id = \"0x80000000050a0b0c\"\n\
          users = [{ user = \"ops\", auth_protocol = \"sha512\", auth_password = \"ops-auth-s3cret\" }, \
          { user = \"noc\", auth_password = \"noc-auth-s3cret\", priv_protocol = \"aes\", priv_password = \"noc-priv-s3cret\" }]\n",
     )
@@ -171,7 +171,7 @@ fn settings_and_their_errors() {
     let names: Vec<&str> = t.users.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["trapper", "ops", "noc"]);
     assert_eq!(
-        t.engine_id.as_deref(),
+        t.local_engine_id.as_deref(),
         Some(&[0x80, 0, 0, 0, 5, 0x0a, 0x0b, 0x0c][..])
     );
     let u = &t.users[0];
@@ -220,8 +220,8 @@ fn settings_and_their_errors() {
             "auth_password: must be at least 8 characters",
         ),
         (
-            "listen = \"127.0.0.1:9162\"\nuser = \"u\"\nauth_password = \"longenough\"\nengine_id = \"0x12\"\n",
-            "engine_id: \"0x12\" is not an engine id",
+            "listen = \"127.0.0.1:9162\"\nuser = \"u\"\nauth_password = \"longenough\"\nlocal_engine_id = \"0x12\"\n",
+            "local_engine_id: \"0x12\" is not an engine id",
         ),
         (
             "listen = \"127.0.0.1:9162\"\nuser = \"u\"\nauth_password = \"longenough\"\nsender_engine_id = \"0x12\"\n",
@@ -255,12 +255,35 @@ fn settings_and_their_errors() {
             "listen = \"127.0.0.1:9162\"\ncommunity = \"c\"\nsenders = [{ address = \"10.0.0.1\", name = \"a\" }, { address = \"10.0.0.1\", name = \"b\" }]\n",
             "10.0.0.1 is listed twice (also as \"a\")",
         ),
+        (
+            "listen = \"127.0.0.1:9162\"\nuser = \"u\"\nauth_password = \"longenough\"\nusers = [{ user = \"v\", sender_engine_id = \"0x8000000001020304\" }]\nlocal_engine_id = \"0x8000000001020304\"\n",
+            "local_engine_id: is user \"v\"'s `sender_engine_id`",
+        ),
     ] {
         let e = device(&format!("driver = \"snmp_trap\"\n{body}"))
             .expect_err(body)
             .to_string();
         assert!(e.contains(expected), "{body}: {e}");
     }
+}
+
+/// `engine_id` once filtered the sender's engine; an old config must not
+/// silently become this receiver's own engine id.
+#[test]
+fn a_device_level_engine_id_is_refused_naming_both_keys() {
+    let e = device(
+        "driver = \"snmp_trap\"\nlisten = \"127.0.0.1:9162\"\nuser = \"u\"\n\
+         auth_password = \"longenough\"\nengine_id = \"0x8000000001020304\"\n",
+    )
+    .expect_err("engine_id is refused");
+    assert!(
+        e.contains("conf/agent.toml:10: devices[0].engine_id"),
+        "file:line and key: {e}"
+    );
+    assert!(
+        e.contains("`sender_engine_id`") && e.contains("`local_engine_id`"),
+        "says which key to use: {e}"
+    );
 }
 
 #[tokio::test]
@@ -626,38 +649,4 @@ fn mutated_notifications_decode_or_fail() {
             assert!(ber::decode_v2c(&ack).is_ok(), "round {round}: {m:02x?}");
         }
     }
-}
-
-#[test]
-fn the_own_engine_keeps_its_boots_and_its_time_window() {
-    let id = own_engine_id("agent-1", "traps");
-    assert_eq!(id, own_engine_id("agent-1", "traps"), "stable");
-    assert_ne!(id, own_engine_id("agent-1", "traps-2"), "per device");
-    assert_eq!(&id[..5], &[0x80, 0, 0, 0, 5], "RFC 3411 format 5");
-    assert_eq!(id.len(), 17);
-    let dir = std::env::temp_dir().join(format!("tributary-trap-boots-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    assert_eq!(engine::next_boots(Some(&dir), &id), 1);
-    assert_eq!(engine::next_boots(Some(&dir), &id), 2);
-    std::fs::write(engine::boots_path(&dir, &id), "garbage").expect("write");
-    assert_eq!(
-        engine::next_boots(Some(&dir), &id),
-        engine::MAX_BOOTS,
-        "a corrupt file: the maximum, never a boots value used before"
-    );
-    assert_eq!(engine::next_boots(None, &id), 1);
-    let _ = std::fs::remove_dir_all(&dir);
-    let start = Instant::now();
-    let own = engine::OwnEngine::new(id, 7, 1, start);
-    let later = start + Duration::from_secs(1_000);
-    assert!(own.timely(7, 1_000, later));
-    assert!(own.timely(7, 1_150, later) && own.timely(7, 850, later));
-    assert!(!own.timely(7, 849, later), "older than the window");
-    assert!(!own.timely(7, 1_151, later), "ahead of the window");
-    assert!(!own.timely(6, 1_000, later), "another boot");
-    let maxed = engine::OwnEngine::new(vec![0x80, 0, 0, 0, 5, 1], engine::MAX_BOOTS, 0, start);
-    assert!(
-        !maxed.timely(engine::MAX_BOOTS, 0, start),
-        "boots at the maximum"
-    );
 }

@@ -4,7 +4,9 @@
 //! - **Traps** (unconfirmed, not reportable): the sender is authoritative,
 //!   so a user's keys are localized to the sender's engine id (once per
 //!   engine and user: at most one new localization a second, keys for at
-//!   most [`MAX_ENGINES`] engines, or only the user's `sender_engine_id`);
+//!   most [`MAX_ENGINES`] engines, or only the user's `sender_engine_id`;
+//!   an engine's keys and clock are kept only once a message from it
+//!   authenticated, and none for noAuthNoPriv users);
 //!   the MAC is checked and the PDU decrypted with the code the SNMP driver
 //!   trusts answers with (`drivers::snmp::v3::open`), and each engine's
 //!   boots and time are learned from authenticated traps only, refusing
@@ -62,11 +64,13 @@ impl Refusal {
     }
 }
 
-/// A sending engine: its clock and each user's keys localized to it.
+/// A sending engine, kept once a message from it authenticated: its clock
+/// and each user's keys localized to it.
 struct Sender {
     clock: Engine,
-    /// By the user's index in the config's `users`.
-    keys: HashMap<usize, Option<Keys>>,
+    /// By the user's index in the config's `users` (users with
+    /// authentication only), each kept once a message authenticated.
+    keys: HashMap<usize, Keys>,
 }
 
 /// The engines heard from, and this receiver's own.
@@ -268,70 +272,95 @@ impl V3 {
         if level(m.flags) != user_level(user) {
             return Err(Refusal::new(Cause::Auth, wrong_level(m.flags, user)));
         }
-        if !self.engines.contains_key(&m.usm.engine_id) {
-            if m.usm.engine_id.len() < 5 || m.usm.engine_id.len() > 32 {
+        let Some((auth, pw)) = &user.auth else {
+            // noAuthNoPriv: nothing to localize, no clock to trust; no
+            // engine state is kept for it.
+            let opened =
+                open(m, raw, None).map_err(|e| Refusal::new(Cause::Auth, e.to_string()))?;
+            return trap_of(m, opened);
+        };
+        let id = &m.usm.engine_id;
+        let known = self.engines.get(id);
+        // Keys localized for this message, when none are kept yet for this
+        // engine and user: kept only once the message authenticates, so a
+        // spoofed engine id costs a localization (one a second at most) and
+        // never a place in the table.
+        let fresh = if known.is_some_and(|s| s.keys.contains_key(&index)) {
+            None
+        } else {
+            if id.len() < 5 || id.len() > 32 {
                 return Err(Refusal::new(
                     Cause::Malformed,
                     "engine id not 5 to 32 bytes",
                 ));
             }
-            if self.engines.len() >= MAX_ENGINES {
+            if known.is_none() && self.engines.len() >= MAX_ENGINES {
                 return Err(Refusal::new(
                     Cause::User,
                     format!("more than {MAX_ENGINES} engines"),
                 ));
             }
-            let clock = Engine::discovered(m.usm.engine_id.clone(), 0, 0, None);
-            self.engines.insert(
-                m.usm.engine_id.clone(),
-                Sender {
-                    clock,
-                    keys: HashMap::new(),
-                },
-            );
-        }
-        let Some(sender) = self.engines.get_mut(&m.usm.engine_id) else {
-            return Err(Refusal::new(Cause::User, "unknown engine id"));
-        };
-        let keys = match sender.keys.entry(index) {
-            std::collections::hash_map::Entry::Occupied(k) => k.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                if user.auth.is_some() && !self.localize.take(now) {
-                    return Err(Refusal::new(
-                        Cause::User,
-                        "a new engine or user, over one key localization a second",
-                    ));
-                }
-                slot.insert(user.auth.as_ref().map(|(p, pw)| {
-                    Keys::new(
-                        (*p, pw),
-                        user.privacy.as_ref().map(|(pp, ppw)| (*pp, ppw.as_str())),
-                        &m.usm.engine_id,
-                    )
-                }))
+            if !self.localize.take(now) {
+                return Err(Refusal::new(
+                    Cause::User,
+                    "a new engine or user, over one key localization a second",
+                ));
             }
+            Some(Keys::new(
+                (*auth, pw),
+                user.privacy.as_ref().map(|(pp, ppw)| (*pp, ppw.as_str())),
+                id,
+            ))
         };
-        let keys = keys.as_ref();
+        let keys = match &fresh {
+            Some(k) => Some(k),
+            None => known.and_then(|s| s.keys.get(&index)),
+        };
         let opened = open(m, raw, keys).map_err(|e| Refusal::new(Cause::Auth, e.to_string()))?;
-        if opened.authenticated {
-            sender
-                .clock
-                .observe(m.usm.boots, m.usm.time)
-                .map_err(|e| Refusal::new(Cause::Auth, e.to_string()))?;
+        if !opened.authenticated {
+            return Err(Refusal::new(
+                Cause::Auth,
+                "not authenticated, and the user has an auth_password",
+            ));
         }
-        match opened.pdu.kind {
-            tag::TRAP_V2 => from_v2_pdu(3, m.usm.user.clone(), opened.pdu, None, 0)
-                .map(|notification| Accepted {
-                    notification,
-                    ack: None,
-                })
-                .map_err(|e| Refusal::new(Cause::Malformed, e.to_string())),
-            tag::INFORM => Err(Refusal::new(
-                Cause::User,
-                "an inform not marked reportable, for another engine than this receiver's",
-            )),
-            other => Err(not_a_notification(other)),
+        let sender = self.engines.entry(id.clone()).or_insert_with(|| Sender {
+            clock: Engine::discovered(id.clone(), 0, 0, None),
+            keys: HashMap::new(),
+        });
+        if let Some(keys) = fresh {
+            sender.keys.insert(index, keys);
         }
+        sender
+            .clock
+            .observe(m.usm.boots, m.usm.time)
+            .map_err(|e| Refusal::new(Cause::Auth, e.to_string()))?;
+        trap_of(m, opened)
+    }
+
+    /// The engines whose keys and clocks are kept (tests).
+    #[cfg(test)]
+    pub(super) fn engines_kept(&self) -> usize {
+        self.engines.len()
+    }
+}
+
+/// The notification of an opened trap from its sending engine.
+fn trap_of(
+    m: &usm::V3Message,
+    opened: crate::drivers::snmp::v3::Opened,
+) -> Result<Accepted, Refusal> {
+    match opened.pdu.kind {
+        tag::TRAP_V2 => from_v2_pdu(3, m.usm.user.clone(), opened.pdu, None, 0)
+            .map(|notification| Accepted {
+                notification,
+                ack: None,
+            })
+            .map_err(|e| Refusal::new(Cause::Malformed, e.to_string())),
+        tag::INFORM => Err(Refusal::new(
+            Cause::User,
+            "an inform not marked reportable, for another engine than this receiver's",
+        )),
+        other => Err(not_a_notification(other)),
     }
 }
 
