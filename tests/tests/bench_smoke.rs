@@ -41,7 +41,8 @@ fn every_bench_scenario_runs_and_its_counts_agree() -> Result<()> {
             "streams",
             "wire",
             "vs-prometheus",
-            "config"
+            "config",
+            "snmp"
         ],
         "every scenario reports once"
     );
@@ -63,6 +64,18 @@ fn every_bench_scenario_runs_and_its_counts_agree() -> Result<()> {
         assert!(
             ingest[key].as_f64().is_some_and(|v| v > 0.0),
             "ingest {key}: {ingest:#}"
+        );
+    }
+    // The SNMP walk was measured on both sides, and traps were stored.
+    let snmp = &reports[6];
+    for key in [
+        "agent_us_per_varbind",
+        "netsnmp_us_per_varbind_with_startup",
+        "traps_per_cpu_s",
+    ] {
+        assert!(
+            snmp[key].as_f64().is_some_and(|v| v > 0.0),
+            "snmp {key}: {snmp:#}"
         );
     }
     Ok(())

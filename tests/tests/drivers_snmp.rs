@@ -434,8 +434,12 @@ async fn counter64_above_2_63_arrives_bit_exact() -> Result<()> {
     let script = dir.join("counter64.sh");
     std::fs::write(&script, counter64_pass_script())?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    let snmpd =
-        peers::snmpd_with(&dir, &format!("pass {PASS_BASE} {}\n", script.display())).await?;
+    let snmpd = peers::snmpd_with(
+        &dir,
+        &format!("pass {PASS_BASE} {}\n", script.display()),
+        &[],
+    )
+    .await?;
     let addr = snmpd.addr.to_string();
 
     // net-snmp's own view of what it serves.

@@ -5,7 +5,9 @@
 //! the xtask stays small: it builds, makes sure Prometheus is installed
 //! when `vs-prometheus` or `promql` needs it (Debian's package, via apt-get, saying so),
 //! and valgrind when `metrics-cost` does (the same way),
-//! and passes every argument through. Its own messages go to stderr, so
+//! net-snmp's snmpd and snmpbulkwalk and the MIB modules when `snmp` does
+//! (as `cargo xtask test` finds or installs them, passed in the same
+//! variables), and passes every argument through. Its own messages go to stderr, so
 //! `--json` output on stdout stays clean.
 
 use std::path::PathBuf;
@@ -32,6 +34,21 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
         crate::tools::valgrind()?;
     }
 
+    // `snmp` walks a real snmpd, compares with snmpbulkwalk (next to
+    // snmpwalk) and names traps from the IETF MIB modules.
+    let mut env: Vec<(&str, PathBuf)> = Vec::new();
+    if args
+        .iter()
+        .any(|a| a == "snmp" || a == "all" || a == "smoke")
+    {
+        for tool in crate::tools::TOOLS
+            .iter()
+            .filter(|t| SNMP_TOOLS.contains(&t.env))
+        {
+            env.push((tool.env, (tool.ensure)(ws)?));
+        }
+    }
+
     let mut build = ws.cargo_command(["build", "--release", "-j2"]);
     for bin in BINARIES {
         build.args(["--bin", bin]);
@@ -43,9 +60,22 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
         .join("release")
         .join(format!("tributary-bench{}", std::env::consts::EXE_SUFFIX));
     let mut command = Command::new(&bench);
-    command.args(args).args(&extra).current_dir(&ws.root);
+    command
+        .args(args)
+        .args(&extra)
+        .envs(env)
+        .current_dir(&ws.root);
     checked(&mut command)
 }
+
+/// The tools (by their variable in [`crate::tools::TOOLS`]) `bench snmp`
+/// runs.
+const SNMP_TOOLS: &[&str] = &[
+    "TRIBUTARY_SNMPD",
+    "TRIBUTARY_SNMPWALK",
+    "TRIBUTARY_NETSNMP_MIBS",
+    "TRIBUTARY_IETF_MIBS",
+];
 
 /// Runs `command` with inherited output, saying so on stderr.
 fn checked(command: &mut Command) -> Result<()> {

@@ -73,6 +73,20 @@ impl AgentConfig {
         }
     }
 
+    /// Where MIB names are looked up (a top-level key, so it goes first).
+    pub fn mib_dirs(&mut self, dirs: &[std::path::PathBuf]) {
+        let list: Vec<String> = dirs
+            .iter()
+            .map(|d| format!("{:?}", d.display().to_string()))
+            .collect();
+        self.text = format!("mib_dirs = [{}]\n{}", list.join(", "), self.text);
+    }
+
+    /// A device of any driver: `body` holds its keys after `name`.
+    pub fn device(&mut self, name: &str, body: &str) {
+        let _ = write!(self.text, "\n[[devices]]\nname = \"{name}\"\n{body}");
+    }
+
     /// A simulated device with `series` float gauges besides its counter.
     pub fn sim_device(&mut self, name: &str, series: usize, interval: Duration) {
         let interval_ms = interval.as_millis();

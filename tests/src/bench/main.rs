@@ -1,7 +1,7 @@
 //! `tributary-bench`: the measuring side of `cargo xtask bench`.
 //!
 //! ```text
-//! tributary-bench <ingest|poll|streams|wire|vs-prometheus|config|promql|export|metrics-cost|all|smoke>... [FLAGS]
+//! tributary-bench <ingest|poll|streams|wire|vs-prometheus|config|promql|export|metrics-cost|snmp|all|smoke>... [FLAGS]
 //! ```
 //!
 //! Every scenario runs the real `tributary-collector` (and, where it says so,
@@ -36,6 +36,8 @@ mod poll;
 mod progress;
 mod promql;
 mod report;
+mod snmp;
+mod snmp_traps;
 mod streams;
 mod sys;
 mod vs_prometheus;
@@ -125,5 +127,6 @@ async fn run_one(scenario: Scenario, opts: &Options, progress: &Progress) -> Res
         Scenario::Export => export::run(opts, progress).await,
         Scenario::Promql => promql::run(opts, progress).await,
         Scenario::MetricsCost => metrics_instr::run(opts, progress).await,
+        Scenario::Snmp => snmp::run(opts, progress).await,
     }
 }

@@ -23,6 +23,9 @@ scenarios:
   export          a remote_write export to VictoriaMetrics: ingest with and without it, catch-up
   metrics-cost    the agent's metrics in instructions (callgrind): metrics off and on side by
                   side, 100 devices at 1 s and at 10 s intervals, scraped every 15 s (valgrind)
+  snmp            one agent walks a 48 x 10 ifXTable on --devices through one snmpd, against
+                  net-snmp's snmpbulkwalk CPU per varbind on the same walk; SNMPv2c trap ingest
+                  at rising rates, traps stored per agent CPU-second
   all             every scenario above but export, in that order
   smoke           every scenario but promql at tiny sizes; exit 1 if any numbers disagree
 
@@ -34,14 +37,15 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --series N            ingest: series per agent (100); wire: gauges per sim device (100)
   --batch N             ingest: readings per batch            (1000)
   --window N            ingest: unacked batches per agent     (4)
-  --rate N              ingest: readings/s of the latency run (100000)
+  --rate N              ingest: readings/s of the latency run (100000); snmp: top trap rate (40000)
   --ceiling-rows N      ingest: rows of the SQLite ceiling    (5000000)
   --range-points N      ingest: points of the Query/Range day series (86400)
   --devices K           poll: HTTP devices (10000); wire: sim devices (10); config: devices (10000);
-                        metrics-cost: HTTP devices (100)
+                        metrics-cost: HTTP devices (100); snmp: SNMP devices (50)
   --targets K           vs-prometheus: HTTP targets           (2000)
   --samples N           vs-prometheus: samples per scrape     (105)
-  --interval D          poll, vs-prometheus: poll interval    (1s); metrics-cost: one interval (1s and 10s)
+  --interval D          poll, vs-prometheus: poll interval    (1s); metrics-cost: one interval (1s and 10s);
+                        snmp: walk interval (10s)
   --delay D             poll, metrics-cost: device answer delay (20ms); vs-prometheus (0ms)
   --format F            poll: json or prometheus              (json)
   --streams M           streams: concurrent streams           (10000)
@@ -49,7 +53,7 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --prometheus PATH     vs-prometheus, promql: the prometheus binary (found on PATH)
   --query-series N      promql: counters `m` of the heavy query (10000)
   --hours N             promql: hours of `m` at a 15 s step   (6)
-  --reps N              promql: repetitions of each query     (5)
+  --reps N              promql: repetitions of each query     (5); snmp: snmpbulkwalk runs of each kind (100)
   --keep                keep the work directories under target/bench/";
 
 /// What to measure.
@@ -64,16 +68,18 @@ pub enum Scenario {
     Export,
     Promql,
     MetricsCost,
+    Snmp,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Ingest,
         Scenario::Poll,
         Scenario::Streams,
         Scenario::Wire,
         Scenario::VsPrometheus,
         Scenario::Config,
+        Scenario::Snmp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +93,7 @@ impl Scenario {
             Scenario::Export => "export",
             Scenario::Promql => "promql",
             Scenario::MetricsCost => "metrics-cost",
+            Scenario::Snmp => "snmp",
         }
     }
 }
@@ -146,6 +153,7 @@ impl Options {
                 "export" => o.scenarios.push(Scenario::Export),
                 "promql" => o.scenarios.push(Scenario::Promql),
                 "metrics-cost" => o.scenarios.push(Scenario::MetricsCost),
+                "snmp" => o.scenarios.push(Scenario::Snmp),
                 "all" => {
                     o.scenarios.extend(Scenario::ALL);
                     o.scenarios.push(Scenario::Promql);

@@ -21,20 +21,8 @@ pub struct ProcSample {
 pub fn sample(pid: u32) -> Result<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("read /proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; fields after it follow
-    // the last ')'. utime and stime are fields 14 and 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .with_context(|| format!("/proc/{pid}/stat: no ')'"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .with_context(|| format!("/proc/{pid}/stat: field {}", i + 3))
-    };
-    let cpu_ticks = ticks(11)? + ticks(12)?;
+    // utime and stime are fields 14 and 15.
+    let cpu_ticks = stat_field(&stat, 14)? + stat_field(&stat, 15)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("read /proc/{pid}/status"))?;
     let kib = |name: &str| {
@@ -50,6 +38,28 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         rss: kib("VmRSS:") * 1024,
         hwm: kib("VmHWM:") * 1024,
     })
+}
+
+/// Field `n` (numbered from 1, as `man 5 proc` does) of a `/proc/<pid>/stat`
+/// text, for the numeric fields after the command name.
+fn stat_field(stat: &str, n: usize) -> Result<u64> {
+    // The command name (field 2) may hold spaces; fields after it follow
+    // the last ')', the first of them field 3.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("/proc/<pid>/stat: no ')'")?;
+    rest.split_whitespace()
+        .nth(n.saturating_sub(3))
+        .and_then(|f| f.parse().ok())
+        .with_context(|| format!("/proc/<pid>/stat: field {n}"))
+}
+
+/// The CPU seconds (user + system) of the children a process waited for,
+/// from a `/proc/<pid>/stat` text (`cutime` + `cstime`, fields 16 and 17).
+pub fn children_cpu_s(stat: &str) -> Result<f64> {
+    let ticks = stat_field(stat, 16)? + stat_field(stat, 17)?;
+    Ok(ticks as f64 / clock_ticks() as f64)
 }
 
 /// This process.
@@ -166,6 +176,18 @@ mod tests {
         assert_eq!(percentile(&mut v, 100.0), Some(100.0));
         assert_eq!(percentile(&mut [], 50.0), None);
         assert_eq!(percentile(&mut [7.0], 99.0), Some(7.0));
+    }
+
+    #[test]
+    fn stat_fields_follow_the_command_name() -> Result<()> {
+        // A command name with a space and a ')' in it.
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 250 150 20 0";
+        assert_eq!(stat_field(stat, 14)?, 7);
+        assert_eq!(stat_field(stat, 15)?, 3);
+        let ticks = clock_ticks() as f64;
+        assert!((children_cpu_s(stat)? - 400.0 / ticks).abs() < 1e-9);
+        assert!(children_cpu_s("42 (short) S 1").is_err());
+        Ok(())
     }
 
     #[test]

@@ -186,12 +186,12 @@ pub const SNMP_SYS_LOCATION: &str = "rack-3";
 /// net-snmp's agent on a free UDP port: community [`SNMP_COMMUNITY`] and
 /// the SNMPv3 users above (authPriv with AES).
 pub async fn snmpd(dir: &TestDir) -> Result<Peer> {
-    snmpd_with(dir, "").await
+    snmpd_with(dir, "", &[]).await
 }
 
-/// [`snmpd`] with `extra` lines at the end of its `snmpd.conf` (a `pass`
-/// script, say).
-pub async fn snmpd_with(dir: &TestDir, extra: &str) -> Result<Peer> {
+/// [`snmpd`] with more lines in its config (`pass_persist ...`) and more
+/// arguments (`-I -ifXTable` leaves a MIB module out).
+pub async fn snmpd_with(dir: &TestDir, extra_conf: &str, extra_args: &[&str]) -> Result<Peer> {
     let program = tool(SNMPD_ENV, &["/usr/sbin/snmpd"])?;
     let addr = free_udp_addr()?;
     let persist = dir.join("snmp-persist");
@@ -211,10 +211,11 @@ pub async fn snmpd_with(dir: &TestDir, extra: &str) -> Result<Peer> {
              sysDescr {SNMP_SYS_DESCR}\n\
              sysLocation {SNMP_SYS_LOCATION}\n\
              sysContact ops@example.invalid\n\
-             sysServices 72\n{extra}"
+             sysServices 72\n{extra_conf}"
         ),
     )?;
-    let args = vec![
+    let mut args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
+    args.extend([
         "-f".into(),
         "-Lo".into(),
         "-C".into(),
@@ -222,7 +223,7 @@ pub async fn snmpd_with(dir: &TestDir, extra: &str) -> Result<Peer> {
         conf.display().to_string(),
         "-p".into(),
         dir.join("snmpd.pid").display().to_string(),
-    ];
+    ]);
     let env = [
         ("SNMP_PERSISTENT_DIR", persist.display().to_string()),
         ("MIBS", String::new()),

@@ -419,7 +419,13 @@ fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, OidDecodeError> {
     if bytes.is_empty() {
         return Err(OidDecodeError::Empty);
     }
-    let mut subids = Vec::new();
+    // Straight into the arcs (at most one per byte, plus the first
+    // subidentifier's two): a walk decodes an OID per varbind. Errors are
+    // reported in the order the checks below make them.
+    let mut arcs: Vec<u32> = Vec::with_capacity(bytes.len() + 1);
+    let mut subids = 0usize;
+    let mut second_too_large = false;
+    let mut later_too_large = false;
     let mut v: u64 = 0;
     let mut in_progress = false;
     for &b in bytes {
@@ -429,27 +435,38 @@ fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, OidDecodeError> {
         }
         in_progress = b & 0x80 != 0;
         if !in_progress {
-            subids.push(v);
+            if subids == 0 {
+                let (a, second) = match v {
+                    0..=39 => (0, v),
+                    40..=79 => (1, v - 40),
+                    _ => (2, v - 80),
+                };
+                arcs.push(a);
+                arcs.push(u32::try_from(second).unwrap_or_else(|_| {
+                    second_too_large = true;
+                    0
+                }));
+            } else {
+                arcs.push(u32::try_from(v).unwrap_or_else(|_| {
+                    later_too_large = true;
+                    0
+                }));
+            }
+            subids += 1;
             v = 0;
         }
     }
     if in_progress {
         return Err(OidDecodeError::Truncated);
     }
-    if subids.len() > 128 {
-        return Err(OidDecodeError::TooMany(subids.len()));
+    if subids > 128 {
+        return Err(OidDecodeError::TooMany(subids));
     }
-    let first = subids[0];
-    let (a, b) = match first {
-        0..=39 => (0, first),
-        40..=79 => (1, first - 40),
-        _ => (2, first - 80),
-    };
-    let mut arcs = Vec::with_capacity(subids.len() + 1);
-    arcs.push(a as u32);
-    arcs.push(u32::try_from(b).map_err(|_| OidDecodeError::SecondArcTooLarge)?);
-    for s in &subids[1..] {
-        arcs.push(u32::try_from(*s).map_err(|_| OidDecodeError::SubidTooLarge)?);
+    if second_too_large {
+        return Err(OidDecodeError::SecondArcTooLarge);
+    }
+    if later_too_large {
+        return Err(OidDecodeError::SubidTooLarge);
     }
     Ok(arcs)
 }
@@ -540,17 +557,28 @@ pub fn decode_varbinds(
     r: &mut Reader<'_>,
     pdu: &str,
 ) -> Result<Vec<(Vec<u32>, SnmpValue)>, DecodeError> {
-    let mut list = r.expect(tag::SEQUENCE, &format!("{pdu}.varbinds"))?;
+    // Field names are written only into an error: a walk decodes
+    // thousands of varbinds a second, and formatting three names for each
+    // cost more than decoding it.
+    let named = |i: Option<usize>, part: &'static str| {
+        move |mut e: DecodeError| {
+            e.field = match i {
+                Some(i) => format!("{pdu}.varbind[{i}]{part}"),
+                None => format!("{pdu}.varbinds"),
+            };
+            e
+        }
+    };
+    let mut list = r.expect(tag::SEQUENCE, "").map_err(named(None, ""))?;
     let mut varbinds = Vec::new();
     let mut i = 0;
     while !list.is_empty() {
-        let field = format!("{pdu}.varbind[{i}]");
-        let mut vb = list.expect(tag::SEQUENCE, &field)?;
-        let name = vb.oid(&format!("{field}.name"))?;
-        let vfield = format!("{field}.value");
+        let mut vb = list.expect(tag::SEQUENCE, "").map_err(named(Some(i), ""))?;
+        let name = vb.oid("").map_err(named(Some(i), ".name"))?;
         let vat = vb.offset();
-        let (t, content) = vb.any(&vfield)?;
-        varbinds.push((name, decode_value(t, &content, vat, &vfield)?));
+        let (t, content) = vb.any("").map_err(named(Some(i), ".value"))?;
+        let value = decode_value(t, &content, vat, "").map_err(named(Some(i), ".value"))?;
+        varbinds.push((name, value));
         i += 1;
     }
     Ok(varbinds)
@@ -656,6 +684,59 @@ mod tests {
             assert_eq!(r.oid("x"), Ok(arcs.clone()), "{enc:02x?}");
         }
         assert_eq!(oid(&[1, 3, 6, 1]), vec![6, 3, 0x2B, 6, 1]);
+    }
+
+    #[test]
+    fn bad_oids_say_why() {
+        use OidDecodeError as E;
+        assert_eq!(decode_oid(&[]), Err(E::Empty));
+        assert_eq!(decode_oid(&[0x2B, 0x86]), Err(E::Truncated));
+        // A later sub-identifier of 2^32: too large, found after the loop.
+        assert_eq!(
+            decode_oid(&[0x2B, 0x90, 0x80, 0x80, 0x80, 0x00]),
+            Err(E::SubidTooLarge)
+        );
+        // Far too large: refused while reading.
+        assert_eq!(
+            decode_oid(&[0x2B, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]),
+            Err(E::SubidTooLarge)
+        );
+        let mut many = vec![0x2B];
+        many.extend([1u8; 128]);
+        assert_eq!(decode_oid(&many), Err(E::TooMany(129)));
+        many.pop();
+        assert_eq!(decode_oid(&many).map(|a| a.len()), Ok(129));
+        // The first sub-identifier holds the first two arcs.
+        assert_eq!(decode_oid(&[0x27]), Ok(vec![0, 39]));
+        assert_eq!(decode_oid(&[0x4F, 0x05]), Ok(vec![1, 39, 5]));
+        assert_eq!(decode_oid(&[0x88, 0x37]), Ok(vec![2, 999]));
+    }
+
+    #[test]
+    fn varbind_errors_name_the_varbind() {
+        let pdu = encode_pdu(tag::RESPONSE, 7, 0, 0, &[&[1, 3, 6, 1], &[1, 3, 6, 2]]);
+        let msg = encode_v2c(b"public", &pdu);
+        // The second varbind's value (its NULL, the last two bytes).
+        let mut bad = msg.clone();
+        let at = bad.len() - 2;
+        bad[at] = 0x47;
+        let e = decode_v2c(&bad).expect_err("unsupported type");
+        assert_eq!(e.field, "pdu.varbind[1].value", "{e}");
+        assert_eq!(e.offset, at);
+        // The second varbind's name (OID tag 0x06, before 1.3.6.2).
+        let mut bad = msg.clone();
+        let at = bad.len() - 7;
+        assert_eq!(bad[at], tag::OID);
+        bad[at] = tag::INTEGER;
+        let e = decode_v2c(&bad).expect_err("name not an OID");
+        assert_eq!(e.field, "pdu.varbind[1].name", "{e}");
+        // The list itself.
+        let e = decode_v2c(&encode_v2c(
+            b"public",
+            &constructed(tag::RESPONSE, &[&int(7), &int(0), &int(0), &int(5)]),
+        ))
+        .expect_err("no list");
+        assert_eq!(e.field, "pdu.varbinds", "{e}");
     }
 
     #[test]

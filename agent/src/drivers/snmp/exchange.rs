@@ -218,7 +218,12 @@ impl SnmpDriver {
                 self.stale_engine = self.engine.take();
                 continue;
             }
-            return Err(report_error(&address, &v3.user, &oid, &req.what));
+            return Err(report_error(
+                &address,
+                &v3.user,
+                &oid,
+                &req.what.to_string(),
+            ));
         }
         Err(PollError::error(format!(
             "snmp {address}: {}: agent keeps reporting a stale engine id or time",
@@ -253,7 +258,7 @@ impl SnmpDriver {
         let budget = self.budget();
         // Nothing can authenticate an answer to discovery (there is no key
         // yet): it is believed only for the engine id, never for time.
-        let m = send_and_wait(socket, addr, &budget, &msg, what, |bytes| {
+        let m = send_and_wait(socket, addr, &budget, &msg, &what, |bytes| {
             let m = match usm::decode(bytes) {
                 Ok(m) => m,
                 Err(e) => return Heard::Refused(malformed(bytes, &e)),

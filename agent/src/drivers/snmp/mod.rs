@@ -17,7 +17,8 @@
 //! the rows of the walks that share the lookup's index.
 //!
 //! Values: INTEGER, Counter32, Gauge32 and TimeTicks become integers,
-//! Counter64 an unsigned 64-bit integer (`Value::U64`, every bit kept),
+//! Counter64 an integer with every bit kept (`Value::I64` below 2^63,
+//! `Value::U64` from there on),
 //! OCTET STRING a string (hex `aa:bb:..` when it
 //! is not printable UTF-8, or as the MIB's textual convention says:
 //! DisplayString text, PhysAddress `aa:bb:..`, DateAndTime RFC 3339),
@@ -36,6 +37,7 @@ mod exchange;
 pub mod mib;
 mod names;
 mod oid;
+mod series;
 mod transport;
 pub mod usm;
 pub mod v3;
@@ -61,12 +63,13 @@ pub use self::config::{
 pub use self::names::{resolve_device, resolve_names};
 
 use self::ber::{Pdu, SnmpValue, tag};
+use self::series::{PlainWalk, SeriesCache};
 use self::transport::{Budget, Heard, malformed, send_and_wait};
 use self::v3::Engine;
 use self::value::{enum_label, failed, to_value_as};
 use super::{BuildError, PollError, Poller, failed_metrics};
 use crate::config::DeviceConfig;
-use crate::reading::{FailureKind, Polled, Sample, Value};
+use crate::reading::{FailureKind, Polled, Reading, Sample, Value};
 
 /// Most varbinds in one GET (larger lists are split).
 const MAX_GET_VARBINDS: usize = 32;
@@ -95,6 +98,12 @@ pub struct SnmpDriver {
     lookups: Option<Lookups>,
     /// For each walk, the lookups that label its rows.
     applies: Vec<Vec<usize>>,
+    /// The device's name, which its series carry.
+    device: String,
+    /// The series of its readings, built once.
+    series: SeriesCache,
+    /// Readings of the last poll (the next one's room).
+    last_len: usize,
 }
 
 /// The values of the lookup columns, by row index.
@@ -120,7 +129,29 @@ struct Request<'a> {
     a: i64,
     b: i64,
     oids: &'a [&'a [u32]],
-    what: String,
+    what: What<'a>,
+}
+
+/// What a request asks, for its errors; written out only when one is (a
+/// walk sends a request per `max_repetitions` rows).
+enum What<'a> {
+    Get(&'a [&'a [u32]]),
+    Walk { root: &'a [u32], at: &'a [u32] },
+}
+
+impl std::fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            What::Get([oid]) => write!(f, "GET {}", oid_string(oid)),
+            What::Get(oids) => write!(f, "GET of {} OIDs", oids.len()),
+            What::Walk { root, at } => write!(
+                f,
+                "GETBULK walk of {} at {}",
+                oid_string(root),
+                oid_string(at)
+            ),
+        }
+    }
 }
 
 impl SnmpDriver {
@@ -137,6 +168,17 @@ impl SnmpDriver {
             salt: rng.random(),
             lookups: None,
             applies: cfg.lookups_by_walk(),
+            device: String::new(),
+            series: SeriesCache::default(),
+            last_len: 0,
+        }
+    }
+
+    /// [`SnmpDriver::new`] for the device named `device`.
+    pub fn for_device(cfg: &SnmpConfig, timeout: Duration, device: &str) -> Self {
+        SnmpDriver {
+            device: device.to_owned(),
+            ..SnmpDriver::new(cfg, timeout)
         }
     }
 
@@ -154,9 +196,23 @@ impl SnmpDriver {
             )
     }
 
+    /// One poll as samples (for tests and `check`; the scheduler takes
+    /// [`SnmpDriver::poll_readings`]).
     pub async fn poll(&mut self) -> Result<Vec<Sample>, PollError> {
+        Ok(self
+            .poll_readings()
+            .await?
+            .into_iter()
+            .map(Sample::of_reading)
+            .collect())
+    }
+
+    /// One poll: every metric's reading, then every walk's rows, on the
+    /// device's series (built on first sight, then shared).
+    pub async fn poll_readings(&mut self) -> Result<Vec<Reading>, PollError> {
         self.deadline = Instant::now() + self.timeout.mul_f64(0.9);
-        let mut samples = Vec::new();
+        // Room for the scheduler's `up` too.
+        let mut readings = Vec::with_capacity(self.last_len + 1);
         for start in (0..self.cfg.metrics.len()).step_by(MAX_GET_VARBINDS) {
             let end = (start + MAX_GET_VARBINDS).min(self.cfg.metrics.len());
             let oids: Vec<Vec<u32>> = self.cfg.metrics[start..end]
@@ -164,18 +220,13 @@ impl SnmpDriver {
                 .map(|m| m.oid.clone())
                 .collect();
             let oids: Vec<&[u32]> = oids.iter().map(Vec::as_slice).collect();
-            let what = if oids.len() == 1 {
-                format!("GET {}", oid_string(oids[0]))
-            } else {
-                format!("GET of {} OIDs", oids.len())
-            };
             let pdu = self
                 .request(Request {
                     kind: tag::GET,
                     a: 0,
                     b: 0,
                     oids: &oids,
-                    what,
+                    what: What::Get(&oids),
                 })
                 .await?;
             for (i, m) in self.cfg.metrics[start..end].iter().enumerate() {
@@ -198,11 +249,8 @@ impl SnmpDriver {
                         oids.len()
                     )),
                 };
-                samples.push(Sample {
-                    labels,
-                    unit: m.unit.clone(),
-                    ..Sample::new(m.name.clone(), value)
-                });
+                let series = self.series.named(&self.device, &m.name, labels, &m.unit);
+                readings.push(Reading::unstamped(&series, value));
             }
         }
         self.refresh_lookups().await?;
@@ -211,21 +259,37 @@ impl SnmpDriver {
             let rows = self.walk(&root).await?;
             let w = &self.cfg.walks[wi];
             if rows.is_empty() {
-                samples.push(Sample {
-                    unit: w.unit.clone(),
-                    ..Sample::new(
-                        w.name.clone(),
-                        failed(format!(
-                            "walk of {} returned no rows (no such table or column: bad OID?)",
-                            oid_string(&w.oid)
-                        )),
-                    )
-                });
+                let series = self
+                    .series
+                    .named(&self.device, &w.name, BTreeMap::new(), &w.unit);
+                readings.push(Reading::unstamped(
+                    &series,
+                    failed(format!(
+                        "walk of {} returned no rows (no such table or column: bad OID?)",
+                        oid_string(&w.oid)
+                    )),
+                ));
             }
             // The lookup labels of each row (empty values name nothing),
             // from the lookups that share this walk's index (see
             // `SnmpLookup::applies_to`); none without lookups.
             let applies = self.applies.get(wi).map_or(&[][..], Vec::as_slice);
+            if applies.is_empty() && !w.meaning.enum_label {
+                // Rows labelled by their index alone: a series per index.
+                let plain = PlainWalk {
+                    index: wi,
+                    device: &self.device,
+                    metric: &w.name,
+                    index_label: &w.index_label,
+                    unit: &w.unit,
+                };
+                self.series.prepare(wi, rows.len());
+                for (suffix, v) in &rows {
+                    let series = self.series.row(&plain, suffix);
+                    readings.push(Reading::unstamped(&series, to_value_as(v, &w.meaning)));
+                }
+                continue;
+            }
             let named: Vec<Vec<(&str, &str)>> = match &self.lookups {
                 Some(lookups) if !applies.is_empty() => rows
                     .iter()
@@ -263,14 +327,12 @@ impl SnmpDriver {
                 if let Some(name) = enum_label(v, &w.meaning) {
                     labels.insert(w.name.clone(), name);
                 }
-                samples.push(Sample {
-                    labels,
-                    unit: w.unit.clone(),
-                    ..Sample::new(w.name.clone(), to_value_as(v, &w.meaning))
-                });
+                let series = self.series.named(&self.device, &w.name, labels, &w.unit);
+                readings.push(Reading::unstamped(&series, to_value_as(v, &w.meaning)));
             }
         }
-        Ok(samples)
+        self.last_len = readings.len();
+        Ok(readings)
     }
 
     /// Walks the lookup columns again when they are older than
@@ -332,30 +394,34 @@ impl SnmpDriver {
                     a: 0,
                     b: i64::from(self.cfg.max_repetitions),
                     oids: &oids,
-                    what: format!(
-                        "GETBULK walk of {} at {}",
-                        oid_string(root),
-                        oid_string(&cursor)
-                    ),
+                    what: What::Walk { root, at: &cursor },
                 })
                 .await?;
             if pdu.varbinds.is_empty() {
                 return Ok(rows);
             }
-            for (oid, value) in pdu.varbinds {
+            // Each varbind's OID must follow the one before it; the rows
+            // keep the OIDs' own vectors, cut to the index (no copy per
+            // varbind), and the cursor is the last one's.
+            let first = rows.len();
+            for (mut oid, value) in pdu.varbinds {
                 if value == SnmpValue::EndOfMibView
                     || !oid.starts_with(root)
                     || oid.len() == root.len()
                 {
                     return Ok(rows);
                 }
-                if oid <= cursor {
+                let previous = match rows.len() {
+                    n if n > first => Previous::Row(&rows[n - 1].0),
+                    _ => Previous::Cursor(&cursor),
+                };
+                if !previous.before(root, &oid) {
                     return Err(PollError::error(format!(
                         "snmp {}: walk of {} went backwards ({} after {}): agent bug",
                         self.cfg.address,
                         oid_string(root),
                         oid_string(&oid),
-                        oid_string(&cursor)
+                        previous.shown(root)
                     )));
                 }
                 if rows.len() >= MAX_WALK_ROWS {
@@ -365,9 +431,37 @@ impl SnmpDriver {
                         oid_string(root)
                     )));
                 }
-                cursor = oid.clone();
-                rows.push((oid[root.len()..].to_vec(), value));
+                oid.drain(..root.len());
+                rows.push((oid, value));
             }
+            if let Some((suffix, _)) = rows.last() {
+                cursor.truncate(root.len());
+                cursor.extend_from_slice(suffix);
+            }
+        }
+    }
+}
+
+/// What a walk's next OID must come after: the request's cursor (a full
+/// OID), or the row before it in the same answer (its index under `root`).
+enum Previous<'a> {
+    Cursor(&'a [u32]),
+    Row(&'a [u32]),
+}
+
+impl Previous<'_> {
+    /// Whether `oid` (under `root`) comes after it.
+    fn before(&self, root: &[u32], oid: &[u32]) -> bool {
+        match self {
+            Previous::Cursor(c) => oid > *c,
+            Previous::Row(suffix) => oid[root.len()..] > **suffix,
+        }
+    }
+
+    fn shown(&self, root: &[u32]) -> String {
+        match self {
+            Previous::Cursor(c) => oid_string(c),
+            Previous::Row(suffix) => oid_string(&[root, suffix].concat()),
         }
     }
 }
@@ -387,12 +481,18 @@ impl Poller for SnmpDriver {
         settings
             .check_lookups()
             .map_err(|e| BuildError::Settings(format!("device {}: {e}", device.name)))?;
-        Ok(SnmpDriver::new(settings, device.timeout))
+        Ok(SnmpDriver::for_device(
+            settings,
+            device.timeout,
+            &device.name,
+        ))
     }
 
     /// Boxed: the poll future is large (see [`super::Driver::poll_values`]).
     async fn poll(&mut self) -> Result<Polled, PollError> {
-        Ok(Polled::Samples(Box::pin(SnmpDriver::poll(self)).await?))
+        Ok(Polled::Readings(
+            Box::pin(SnmpDriver::poll_readings(self)).await?,
+        ))
     }
 
     fn failed(&self, kind: FailureKind, message: &str) -> Polled {

@@ -132,8 +132,16 @@ pub enum OidError {
 
 /// The OID in dotted form.
 pub fn oid_string(oid: &[u32]) -> String {
-    let parts: Vec<String> = oid.iter().map(u32::to_string).collect();
-    parts.join(".")
+    use std::fmt::Write as _;
+    // One allocation: a walk labels every row with its index.
+    let mut s = String::with_capacity(oid.len() * 4);
+    for (i, arc) in oid.iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        let _ = write!(s, "{arc}");
+    }
+    s
 }
 
 #[cfg(test)]

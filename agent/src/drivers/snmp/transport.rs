@@ -18,6 +18,9 @@ use tracing::debug;
 use super::ber;
 use crate::drivers::PollError;
 
+/// The largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+
 /// The tries of one request.
 pub(super) struct Budget {
     pub(super) address: String,
@@ -47,12 +50,15 @@ pub(super) async fn send_and_wait<T>(
     addr: SocketAddr,
     budget: &Budget,
     msg: &[u8],
-    what: &str,
+    what: &(dyn std::fmt::Display + Sync),
     mut hear: impl FnMut(&[u8]) -> Heard<T>,
 ) -> Result<T, PollError> {
     let address = &budget.address;
     let mut refused: Option<String> = None;
-    let mut buf = vec![0u8; 65_536];
+    // Room for the largest datagram, not zeroed: a walk sends a request
+    // per max-repetitions varbinds, and zeroing 64 KiB each time cost more
+    // than decoding the answer.
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
     for _ in 0..budget.tries {
         socket
             .send(msg)
@@ -60,7 +66,8 @@ pub(super) async fn send_and_wait<T>(
             .map_err(|e| io_error(address, addr, what, &e))?;
         let deadline = Instant::now() + budget.per_try;
         loop {
-            let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+            buf.clear();
+            let n = match tokio::time::timeout_at(deadline, socket.recv_buf(&mut buf)).await {
                 Err(_) => break,
                 Ok(Err(e)) => return Err(io_error(address, addr, what, &e)),
                 Ok(Ok(n)) => n,
@@ -90,7 +97,12 @@ pub(super) async fn send_and_wait<T>(
     )))
 }
 
-fn io_error(address: &str, addr: SocketAddr, what: &str, e: &io::Error) -> PollError {
+fn io_error(
+    address: &str,
+    addr: SocketAddr,
+    what: &(dyn std::fmt::Display + Sync),
+    e: &io::Error,
+) -> PollError {
     if e.kind() == io::ErrorKind::ConnectionRefused {
         PollError::error(format!(
             "snmp {address}: {what}: connection refused (nothing listens on udp {addr})"
