@@ -415,14 +415,21 @@ enum OidDecodeError {
     SecondArcTooLarge,
 }
 
+/// The most sub-identifiers an OBJECT IDENTIFIER may have (RFC 2578 3.5).
+const MAX_SUBIDS: usize = 128;
+
 fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, OidDecodeError> {
     if bytes.is_empty() {
         return Err(OidDecodeError::Empty);
     }
     // Straight into the arcs (at most one per byte, plus the first
     // subidentifier's two): a walk decodes an OID per varbind. Errors are
-    // reported in the order the checks below make them.
-    let mut arcs: Vec<u32> = Vec::with_capacity(bytes.len() + 1);
+    // reported in the order the checks below make them. The reservation
+    // stops at the most arcs an accepted OID has (128 sub-identifiers, the
+    // first giving two): sub-identifiers padded with 0x80 bytes make an
+    // OID's encoding as long as a peer likes, and walk rows keep these
+    // vectors.
+    let mut arcs: Vec<u32> = Vec::with_capacity(bytes.len().min(MAX_SUBIDS) + 1);
     let mut subids = 0usize;
     let mut second_too_large = false;
     let mut later_too_large = false;
@@ -459,7 +466,7 @@ fn decode_oid(bytes: &[u8]) -> Result<Vec<u32>, OidDecodeError> {
     if in_progress {
         return Err(OidDecodeError::Truncated);
     }
-    if subids > 128 {
+    if subids > MAX_SUBIDS {
         return Err(OidDecodeError::TooMany(subids));
     }
     if second_too_large {
@@ -845,5 +852,16 @@ mod tests {
             let soup: Vec<u8> = (0..len).map(|_| rng.random()).collect();
             let _ = decode_v2c(&soup);
         }
+    }
+
+    #[test]
+    fn a_padded_oid_reserves_no_more_than_the_longest_accepted_one() {
+        // 1.3.6.1 with 60,000 padding bytes before its last sub-identifier.
+        let mut bytes = vec![0x2b, 6];
+        bytes.extend(std::iter::repeat_n(0x80, 60_000));
+        bytes.push(1);
+        let arcs = decode_oid(&bytes).expect("padding is still read");
+        assert_eq!(arcs, vec![1, 3, 6, 1]);
+        assert!(arcs.capacity() <= MAX_SUBIDS + 1, "{}", arcs.capacity());
     }
 }
