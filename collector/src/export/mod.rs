@@ -48,18 +48,38 @@ use crate::store::StoreUrl;
 use crate::store::export::CommitLog;
 use crate::store::read::ReadError;
 
-/// `url` as logs and the CLI show it: user info (credentials) replaced by
-/// `***`.
+/// `url` as logs, the CLI and ListExports show it: user info
+/// (credentials) replaced by `***`, and so is every query parameter's
+/// value (`?api_key=…` is how some hosted receivers take a key); the
+/// parameters' names stay.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
-        None => url.to_owned(),
-    }
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let (tail, fragment) = match tail.find('#') {
+        Some(i) => tail.split_at(i),
+        None => (tail, ""),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((name, _)) => format!("{name}=***"),
+                    None => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}{fragment}")
 }
 
 /// Series labels (or keys) an export task keeps at most; its cache starts
@@ -393,7 +413,11 @@ mod tests {
     fn credentials_in_a_url_are_not_shown() {
         assert_eq!(
             redact_url("https://u:p@vm:8428/api/v1/write?x=@"),
-            "https://***@vm:8428/api/v1/write?x=@"
+            "https://***@vm:8428/api/v1/write?x=***"
+        );
+        assert_eq!(
+            redact_url("https://vm/api/v1/write?api_key=s3cret&extra_label=site%3Da&flag#f"),
+            "https://vm/api/v1/write?api_key=***&extra_label=***&flag#f"
         );
         assert_eq!(redact_url("http://token@vm/w"), "http://***@vm/w");
         assert_eq!(redact_url("http://vm:8428/w"), "http://vm:8428/w");
