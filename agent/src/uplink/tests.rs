@@ -85,15 +85,14 @@ fn series_ids_are_stable_by_pointer_and_found_again_by_content() {
     );
 }
 
-#[test]
-fn a_spooled_batch_holds_every_reading_and_no_names() {
-    let (volts, count, on, state) = (
-        key("m", "volts"),
-        key("m", "count"),
-        key("m", "on"),
-        key("m", "state"),
-    );
-    let t = 1_700_000_000_000_000_000;
+/// The time of [`mixed_readings`]' first reading.
+const MIXED_T: i64 = 1_700_000_000_000_000_000;
+
+/// Four readings of four series, one of each older kind (f64, i64, bool,
+/// string), and the key of the f64 one.
+fn mixed_readings() -> (Vec<Reading>, Arc<SeriesKey>) {
+    let volts = key("m", "volts");
+    let t = MIXED_T;
     let readings = vec![
         Reading {
             series: volts.clone(),
@@ -101,20 +100,30 @@ fn a_spooled_batch_holds_every_reading_and_no_names() {
             value: Value::F64(230.5),
         },
         Reading {
-            series: count.clone(),
+            series: key("m", "count"),
             ts_ns: t,
             value: Value::I64(-3),
         },
         Reading {
-            series: on.clone(),
+            series: key("m", "on"),
             ts_ns: t + 1,
             value: Value::Bool(true),
         },
         Reading {
-            series: state.clone(),
+            series: key("m", "state"),
             ts_ns: t + 2,
             value: Value::Str("idle".into()),
         },
+    ];
+    (readings, volts)
+}
+
+#[test]
+fn a_spooled_batch_holds_every_reading_and_no_names() {
+    let t = MIXED_T;
+    let (mixed, volts) = mixed_readings();
+    let mut readings = mixed.clone();
+    readings.extend([
         Reading {
             series: volts.clone(),
             ts_ns: t + 1_000_000_000,
@@ -128,7 +137,7 @@ fn a_spooled_batch_holds_every_reading_and_no_names() {
             ts_ns: t + 2_000_000_000,
             value: Value::F64(f64::MIN),
         },
-    ];
+    ]);
     let mut ids = SeriesIds::default();
     let (bytes, count_n, max_series) = encode(&mut ids, &readings);
     assert_eq!((count_n, max_series), (6, 4));
@@ -598,35 +607,8 @@ fn spooled_records_before_and_with_u64_read_back_exactly() {
         policy: crate::spool::FullPolicy::DropOldest,
         sync: false,
     };
-    let (volts, count, on, state) = (
-        key("m", "volts"),
-        key("m", "count"),
-        key("m", "on"),
-        key("m", "state"),
-    );
-    let t = 1_700_000_000_000_000_000;
-    let old = vec![
-        Reading {
-            series: volts.clone(),
-            ts_ns: t,
-            value: Value::F64(230.5),
-        },
-        Reading {
-            series: count.clone(),
-            ts_ns: t,
-            value: Value::I64(-3),
-        },
-        Reading {
-            series: on.clone(),
-            ts_ns: t + 1,
-            value: Value::Bool(true),
-        },
-        Reading {
-            series: state.clone(),
-            ts_ns: t + 2,
-            value: Value::Str("idle".into()),
-        },
-    ];
+    let t = MIXED_T;
+    let (old, volts) = mixed_readings();
     let mut ids = SeriesIds::default();
     for r in &old {
         ids.id(&r.series);
