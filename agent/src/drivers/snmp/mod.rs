@@ -302,8 +302,8 @@ impl SnmpDriver {
                     unit: &w.unit,
                 };
                 self.series.prepare(wi, rows.len());
-                for (suffix, v) in &rows {
-                    let series = self.series.row(&plain, suffix);
+                for (position, (suffix, v)) in rows.iter().enumerate() {
+                    let series = self.series.row_at(&plain, position, suffix);
                     readings.push(Reading::unstamped(&series, to_value_as(v, &w.meaning)));
                 }
                 continue;
