@@ -202,7 +202,10 @@ async fn bulkwalk_instr(
         .status()
         .await
         .context("run snmpbulkwalk under valgrind")?;
-    ensure!(status.success(), "snmpbulkwalk of {oid} under callgrind: {status}");
+    ensure!(
+        status.success(),
+        "snmpbulkwalk of {oid} under callgrind: {status}"
+    );
     let text = std::fs::read_to_string(&out).with_context(|| format!("read {}", out.display()))?;
     metrics_instr::parse_dump(&text)
         .0
