@@ -97,6 +97,66 @@ async fn v2c_get_and_walk_against_snmpd() -> Result<()> {
     Ok(())
 }
 
+/// A device's walks go out together, several columns per GETBULK; here
+/// snmpd answers at most 4 varbinds a request (`maxGetbulkResponses`), so
+/// every answer is cut short of the 10 repetitions asked, and the columns
+/// end at different rows (two tables). Each column still holds exactly
+/// the rows `snmpwalk` shows, in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_walked_together_match_snmpwalk() -> Result<()> {
+    let dir = TestDir::new("snmp-columns")?;
+    let snmpd = peers::snmpd_with(&dir, "maxGetbulkResponses 4\n", &[]).await?;
+    let addr = snmpd.addr;
+    let columns = [
+        ("if_descr", "1.3.6.1.2.1.2.2.1.2"),
+        ("if_type", "1.3.6.1.2.1.2.2.1.3"),
+        ("sys_or_descr", "1.3.6.1.2.1.1.9.1.3"),
+    ];
+    let walks: Vec<String> = columns
+        .iter()
+        .map(|(name, oid)| {
+            format!("  {{ name = \"{name}\", oid = \"{oid}\", index_label = \"i\" }},")
+        })
+        .collect();
+    let device = device_config(
+        "switch-columns",
+        &format!(
+            "driver = \"snmp\"\ninterval = \"5s\"\ntimeout = \"3s\"\naddress = \"{addr}\"\nversion = \"2c\"\n\
+             community = \"{SNMP_COMMUNITY}\"\nmax_repetitions = 10\nwalks = [\n{}\n]\n",
+            walks.join("\n")
+        ),
+    )?;
+    let samples = poll_once(&device)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", snmpd.log()))?;
+    let mut lengths = Vec::new();
+    for (name, oid) in columns {
+        let want = snmpwalk(&addr.to_string(), oid, &format!(".{oid}"), &["-Oe"])?;
+        let got: Vec<(String, String)> = samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| {
+                let value = match &s.value {
+                    Value::Str(v) => v.clone(),
+                    Value::I64(n) => n.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (s.labels.get("i").cloned().unwrap_or_default(), value)
+            })
+            .collect();
+        ensure!(!want.is_empty(), "snmpwalk of {oid} found no rows");
+        assert_eq!(got, want, "{name}: the agent's rows against snmpwalk's");
+        lengths.push(want.len());
+    }
+    ensure!(
+        lengths[2] > lengths[0],
+        "sysORTable ({}) should outlast ifTable ({}): the columns end apart",
+        lengths[2],
+        lengths[0]
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v3_auth_priv_sha_and_sha256_with_aes() -> Result<()> {
     let dir = TestDir::new("snmp-v3")?;

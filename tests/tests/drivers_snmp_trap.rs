@@ -83,7 +83,7 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
     let mut driver = Driver::build(&cfg.devices[0]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let counts = poll(&mut driver).await?;
     ensure!(
-        counts.len() == 8,
+        counts.len() == 9,
         "only the counts before any trap: {counts:?}"
     );
 
@@ -225,6 +225,14 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
             s("ifOperStatus", "linkDown", "3", Value::I64(2)),
             s("linkDown", "linkDown", "", Value::I64(1)),
             s("ifIndex", "linkDown", "3", Value::I64(3)),
+            // The v1 trap's agent-addr (RFC 3584's snmpTrapAddress.0); the
+            // device is still named after the UDP source.
+            s(
+                "snmpTrapAddress",
+                "linkDown",
+                "",
+                Value::Str("10.0.0.9".into())
+            ),
             s("linkUp", "linkUp", "", Value::I64(1)),
             s("ifIndex", "linkUp", "3", Value::I64(3)),
             s("ifOperStatus", "linkUp", "3", Value::I64(1)),
@@ -236,14 +244,15 @@ async fn traps_and_informs_from_net_snmp() -> Result<()> {
             count("snmp_trap_dropped_total", "rate", 0),
             count("snmp_trap_dropped_total", "queue", 0),
             count("snmp_trap_informs_repeated_total", "", 0),
+            count("snmp_trap_discoveries_total", "", 0),
         ]
     );
-    for r in &readings[..9] {
+    for r in &readings[..10] {
         assert!(r.ts_ns > 0, "stamped when it arrived");
     }
     // Nothing more arrived: the next poll has the counts only.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(poll(&mut driver).await?.len(), 8);
+    assert_eq!(poll(&mut driver).await?.len(), 9);
     // The communities are secrets: `tributary-agent config` shows neither.
     let dir = tributary_tests::process::TestDir::new("snmp-trap-config")?;
     let path = dir.path().join("agent.toml");
@@ -581,6 +590,15 @@ async fn v3_informs_from_net_snmp() -> Result<()> {
             .find(|r| &*r.series.metric == "snmp_trap_informs_repeated_total")
             .map(|r| r.value.clone()),
         Some(Value::I64(0))
+    );
+    // Each snmpinform process discovered this receiver's engine first.
+    assert_eq!(
+        readings
+            .iter()
+            .find(|r| &*r.series.metric == "snmp_trap_discoveries_total")
+            .map(|r| r.value.clone()),
+        Some(Value::I64(3)),
+        "one discovery per snmpinform"
     );
     // A restart (the device built again) counts one more boot, and informs
     // still work against the new boots.

@@ -449,7 +449,7 @@ fn check_snmpv3(bytes: &[u8]) -> bool {
     let _ = v3::open(&m, bytes, Some(v3_keys()));
     let mut engine = v3::Engine::discovered(V3_ENGINE.to_vec(), 0, 0, Some(v3_keys().clone()));
     matches!(
-        v3::check(&mut engine, b"fuzz", &m, bytes, 7),
+        v3::check(&mut engine, b"fuzz", b"", &m, bytes, 7),
         Ok(v3::Verified::Response(_))
     )
 }

@@ -4,7 +4,7 @@
 //! All measuring code lives in `tributary-bench` (`tests/src/bench/`), so
 //! the xtask stays small: it builds, makes sure Prometheus is installed
 //! when `vs-prometheus` or `promql` needs it (Debian's package, via apt-get, saying so),
-//! and valgrind when `metrics-cost` does (the same way),
+//! and valgrind when `metrics-cost` or `snmp` (its instruction counts) does (the same way),
 //! net-snmp's snmpd and snmpbulkwalk and the MIB modules when `snmp` does
 //! (as `cargo xtask test` finds or installs them, passed in the same
 //! variables), and passes every argument through. Its own messages go to stderr, so
@@ -30,7 +30,10 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
         extra.push(ensure_prometheus()?.display().to_string());
     }
 
-    if args.iter().any(|a| a == "metrics-cost") {
+    if args
+        .iter()
+        .any(|a| a == "metrics-cost" || a == "snmp" || a == "all" || a == "smoke")
+    {
         crate::tools::valgrind()?;
     }
 

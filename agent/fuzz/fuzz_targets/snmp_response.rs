@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = v3::open(&m, data, None);
         let _ = v3::open(&m, data, Some(keys()));
         let mut engine = v3::Engine::discovered(ENGINE.to_vec(), 0, 0, Some(keys().clone()));
-        if let Ok(v3::Verified::Response(pdu)) = v3::check(&mut engine, b"fuzz", &m, data, 7) {
+        if let Ok(v3::Verified::Response(pdu)) = v3::check(&mut engine, b"fuzz", b"", &m, data, 7) {
             for (_, value) in &pdu.varbinds {
                 let _ = to_value(value);
             }

@@ -37,6 +37,7 @@ mod progress;
 mod promql;
 mod report;
 mod snmp;
+mod snmp_instr;
 mod snmp_traps;
 mod streams;
 mod sys;

@@ -271,7 +271,7 @@ async fn measure(
 }
 
 /// `name` on PATH or in `/usr/bin`.
-fn tool(name: &str) -> Result<PathBuf> {
+pub(crate) fn tool(name: &str) -> Result<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -279,11 +279,11 @@ fn tool(name: &str) -> Result<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .with_context(|| {
-            format!("{name} not found: install valgrind (`cargo xtask bench metrics-cost` does, as root)")
+            format!("{name} not found: install valgrind (`cargo xtask bench metrics-cost` and `snmp` do, as root)")
         })
 }
 
-fn running(id: &str, child: &mut Child, dir: &WorkDir) -> Result<()> {
+pub(crate) fn running(id: &str, child: &mut Child, dir: &WorkDir) -> Result<()> {
     if let Some(status) = child.try_wait()? {
         let log = std::fs::read_to_string(dir.join(&format!("{id}.log"))).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -296,7 +296,7 @@ fn running(id: &str, child: &mut Child, dir: &WorkDir) -> Result<()> {
 }
 
 /// `callgrind_control FLAG PID`.
-async fn callgrind(control: &Path, flag: &str, child: &Child) -> Result<()> {
+pub(crate) async fn callgrind(control: &Path, flag: &str, child: &Child) -> Result<()> {
     let pid = child.id().context("agent has exited")?;
     let out = Command::new(control)
         .args([flag, &pid.to_string()])
@@ -313,7 +313,7 @@ async fn callgrind(control: &Path, flag: &str, child: &Child) -> Result<()> {
 
 /// The dump `callgrind_control -d` wrote next to `out` (`out.1`, ...),
 /// once it is complete (it ends with its `totals:` line).
-async fn wait_for_dump(out: &Path) -> Result<PathBuf> {
+pub(crate) async fn wait_for_dump(out: &Path) -> Result<PathBuf> {
     let dir = out.parent().context("dump path without a directory")?;
     let prefix = format!(
         "{}.",
@@ -340,7 +340,7 @@ async fn wait_for_dump(out: &Path) -> Result<PathBuf> {
 }
 
 /// (instructions, calls of [`POLL_FUNCTION`]) in a dump.
-fn count(path: &Path) -> Result<(u64, u64)> {
+pub(crate) fn count(path: &Path) -> Result<(u64, u64)> {
     let text = std::fs::read_to_string(path)?;
     let (total, polls) = parse_dump(&text);
     let total = total.context("no totals: line")?;

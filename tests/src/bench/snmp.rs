@@ -1,5 +1,6 @@
 //! `snmp`: what an SNMP walk costs the agent, measured against net-snmp's
-//! own `snmpbulkwalk` on the same walk in the same run; and trap ingest
+//! own `snmpbulkwalk` on the same walk in the same run, in CPU time (here)
+//! and in instructions under callgrind (`snmp_instr.rs`); and trap ingest
 //! (`snmp_traps.rs`).
 //!
 //! The table: one real `snmpd` (Debian's, on a loopback port, started by
@@ -51,6 +52,7 @@ use crate::collector::{CollectorProc, QueryClient, WorkDir, now_ns};
 use crate::options::Options;
 use crate::progress::Progress;
 use crate::report::{Report, Target};
+use crate::snmp_instr;
 use crate::snmp_traps;
 use crate::sys;
 
@@ -71,19 +73,19 @@ pub const COLUMNS: [&str; 10] = [
     "ifHCOutOctets",
 ];
 /// IF-MIB's ifXEntry.
-const IF_X_ENTRY: &str = "1.3.6.1.2.1.31.1.1.1";
+pub const IF_X_ENTRY: &str = "1.3.6.1.2.1.31.1.1.1";
 /// GETBULK max-repetitions of both clients (the agent's default and
 /// snmpbulkwalk's).
 pub const MAX_REPETITIONS: u32 = 10;
 /// The most the Tributary CPU per varbind may be, as a share of net-snmp's.
-const MAX_RATIO: f64 = 0.5;
+pub const MAX_RATIO: f64 = 0.5;
 /// What runs the table's helper (Debian's python3).
 const PYTHON: &str = "/usr/bin/python3";
 /// How long the agent may take from start to its first stored readings.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Varbinds of one walk of the whole table.
-const VARBINDS_PER_WALK: u64 = (ROWS * COLUMNS.len()) as u64;
+pub const VARBINDS_PER_WALK: u64 = (ROWS * COLUMNS.len()) as u64;
 
 struct Config {
     devices: usize,
@@ -133,9 +135,11 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("netsnmp_us_per_varbind_with_startup", "µs", None);
     report.declare("netsnmp_startup_ms", "ms", None);
     report.declare("cpu_ratio", "×", Some(Target::AtMost(MAX_RATIO)));
+    snmp_instr::declare(&mut report);
     snmp_traps::declare(&mut report);
     for r in 1..=runs {
         walk_run(&cfg, r, runs, progress, &mut report).await?;
+        snmp_instr::run_once(r, runs, cfg.duration, cfg.keep, progress, &mut report).await?;
         snmp_traps::run_once(opts, r, runs, progress, &mut report).await?;
     }
     report.note(
@@ -148,7 +152,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
 }
 
 /// net-snmp's agent serving the table, in `dir`.
-async fn table_snmpd(dir: &TestDir) -> Result<peers::Peer> {
+pub(crate) async fn table_snmpd(dir: &TestDir) -> Result<peers::Peer> {
     let script = dir.join("snmp_table.py");
     std::fs::write(&script, include_str!("snmp_table.py"))
         .with_context(|| format!("write {}", script.display()))?;
@@ -167,7 +171,7 @@ async fn table_snmpd(dir: &TestDir) -> Result<peers::Peer> {
 }
 
 /// The device walking the table.
-fn device_body(addr: std::net::SocketAddr, interval: Duration) -> String {
+pub(crate) fn device_body(addr: std::net::SocketAddr, interval: Duration) -> String {
     let walks: Vec<String> = COLUMNS
         .iter()
         .map(|c| {
@@ -259,10 +263,10 @@ async fn walk_run(
         .await?;
 
     // What the window's polls stored, and everything stored.
-    let window_polls = count(&mut query, UP_METRIC, from_ns, to_ns).await?;
-    let window_readings = count(&mut query, "", from_ns, to_ns).await?;
-    let all_polls = count(&mut query, UP_METRIC, 0, 0).await?;
-    let all_readings = count(&mut query, "", 0, 0).await?;
+    let window_polls = count(&mut query, AGENT, UP_METRIC, from_ns, to_ns).await?;
+    let window_readings = count(&mut query, AGENT, "", from_ns, to_ns).await?;
+    let all_polls = count(&mut query, AGENT, UP_METRIC, 0, 0).await?;
+    let all_readings = count(&mut query, AGENT, "", 0, 0).await?;
     let stored = query.stored(AGENT).await?;
     collector.stop().await?;
     let per_poll = VARBINDS_PER_WALK + HEALTH_READINGS_PER_POLL;
@@ -326,11 +330,17 @@ async fn walk_run(
     Ok(())
 }
 
-/// Points of the agent's readings of `metric` (every metric when empty)
+/// Points of `agent`'s readings of `metric` (every metric when empty)
 /// stamped in `since..until` (0: no bound).
-async fn count(query: &mut QueryClient, metric: &str, since: i64, until: i64) -> Result<u64> {
+pub(crate) async fn count(
+    query: &mut QueryClient,
+    agent: &str,
+    metric: &str,
+    since: i64,
+    until: i64,
+) -> Result<u64> {
     let filter = pb::SeriesFilter {
-        agent: AGENT.to_owned(),
+        agent: agent.to_owned(),
         device: String::new(),
         metric: metric.to_owned(),
     };
@@ -338,15 +348,15 @@ async fn count(query: &mut QueryClient, metric: &str, since: i64, until: i64) ->
 }
 
 /// net-snmp's `snmpbulkwalk` against the table's snmpd.
-struct BulkWalk {
-    program: PathBuf,
+pub(crate) struct BulkWalk {
+    pub(crate) program: PathBuf,
     addr: std::net::SocketAddr,
     /// Its persistent state (it writes there), inside the run's directory.
     persist: PathBuf,
 }
 
 impl BulkWalk {
-    fn new(dir: &TestDir, addr: std::net::SocketAddr) -> Result<BulkWalk> {
+    pub(crate) fn new(dir: &TestDir, addr: std::net::SocketAddr) -> Result<BulkWalk> {
         let walk = tool("TRIBUTARY_SNMPWALK", &["/usr/bin/snmpwalk"])?;
         let program = walk.with_file_name("snmpbulkwalk");
         ensure!(
@@ -364,7 +374,7 @@ impl BulkWalk {
     }
 
     /// Its arguments for a walk of `oid`.
-    fn args(&self, oid: &str) -> Vec<String> {
+    pub(crate) fn args(&self, oid: &str) -> Vec<String> {
         [
             "-v2c",
             "-c",
@@ -384,7 +394,7 @@ impl BulkWalk {
         .to_vec()
     }
 
-    fn command(&self, program: &Path) -> Command {
+    pub(crate) fn command(&self, program: &Path) -> Command {
         let mut c = Command::new(program);
         c.env("SNMP_PERSISTENT_DIR", &self.persist)
             .env("MIBS", "")

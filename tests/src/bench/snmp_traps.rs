@@ -26,7 +26,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
 use tributary_agent::drivers::snmp::ber::{self, tag};
 use tributary_proto::v1 as pb;
@@ -135,7 +135,8 @@ fn send(to: SocketAddr, variants: &[Vec<u8>], rate: u64, span: Duration) -> Resu
 }
 
 /// The kernel's count of datagrams dropped for the UDP socket bound to
-/// `addr` (`/proc/net/udp`, the last column), 0 when none is listed.
+/// `addr` (`/proc/net/udp`, the last column); an error when no socket is
+/// bound there (a count of 0 would pass unnoticed).
 fn socket_drops(addr: SocketAddr) -> Result<u64> {
     let text = std::fs::read_to_string("/proc/net/udp").context("read /proc/net/udp")?;
     let local = match addr {
@@ -146,12 +147,21 @@ fn socket_drops(addr: SocketAddr) -> Result<u64> {
         ),
         SocketAddr::V6(_) => bail!("{addr}: IPv4 only"),
     };
-    Ok(text
+    let mut found = false;
+    let mut drops = 0;
+    for line in text
         .lines()
         .skip(1)
         .filter(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-        .sum())
+    {
+        found = true;
+        let last = line.split_whitespace().last().unwrap_or_default();
+        drops += last
+            .parse::<u64>()
+            .with_context(|| format!("/proc/net/udp: drops {last:?} of {addr} is not a number"))?;
+    }
+    ensure!(found, "no UDP socket bound to {addr} in /proc/net/udp");
+    Ok(drops)
 }
 
 /// The agent's stored `linkDown` readings, and its latest counted drops
@@ -353,7 +363,11 @@ mod tests {
     #[test]
     fn a_socket_is_found_in_proc_net_udp() -> Result<()> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
-        assert_eq!(socket_drops(socket.local_addr()?)?, 0);
+        let addr = socket.local_addr()?;
+        assert_eq!(socket_drops(addr)?, 0);
+        drop(socket);
+        let e = socket_drops(addr).expect_err("no socket there now");
+        assert!(e.to_string().contains("no UDP socket bound to"), "{e}");
         Ok(())
     }
 }

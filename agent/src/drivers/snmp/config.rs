@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::credentials::usm_credentials;
+use super::credentials::{usm_credentials, usm_user};
 use super::mib::{Enums, Format};
 pub use super::oid::{OidError, OidRef, oid_string, parse_oid, parse_oid_ref};
 use crate::config::{ConfigError, Source, check_metric_name};
@@ -377,9 +377,7 @@ impl RawSnmp {
                     "missing key `user` for driver snmp with version \"3\"",
                 )
             })?;
-            if user.get_ref().is_empty() {
-                return Err(src.error(user.span(), format!("{key}.user"), "must not be empty"));
-            }
+            let user = usm_user(src, key, user)?;
             let (auth, privacy) = usm_credentials(
                 src,
                 key,
@@ -387,7 +385,7 @@ impl RawSnmp {
                 (&self.priv_protocol, &self.priv_password),
             )?;
             SnmpSecurity::V3(SnmpV3 {
-                user: user.get_ref().clone(),
+                user,
                 auth,
                 privacy,
                 context: self
@@ -751,6 +749,21 @@ mod tests {
             "{base}version = \"3\"\nuser = \"u\"\npriv_password = \"longenough\"\nmetrics = [{{ name = \"a\", oid = \"1.3\" }}]\n"
         ));
         assert!(e.contains("privacy needs authentication"), "{e}");
+        let e = err(&format!(
+            "{base}version = \"3\"\nuser = \"u\"\nauth_password = \"longenough\"\npriv_protocol = \"DES\"\npriv_password = \"longenough\"\nmetrics = [{{ name = \"a\", oid = \"1.3\" }}]\n"
+        ));
+        assert!(
+            e.contains("devices[0].priv_protocol: DES privacy (\"DES\") is not supported"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}version = \"3\"\nuser = \"{}\"\nmetrics = [{{ name = \"a\", oid = \"1.3\" }}]\n",
+            "u".repeat(33)
+        ));
+        assert!(
+            e.contains("devices[0].user: must be 1 to 32 characters"),
+            "{e}"
+        );
         let e = err(base);
         assert!(
             e.contains("at least one entry in `metrics` or `walks`"),

@@ -11,6 +11,24 @@ use crate::config::{ConfigError, Source};
 /// Type of an optional spanned string key.
 type Key = Option<Spanned<String>>;
 
+/// An SNMPv3 user name (`user`), checked as both drivers check it: 1 to 32
+/// octets (RFC 3414's securityName, an SnmpAdminString of 1..32).
+pub(crate) fn usm_user(
+    src: &Source<'_>,
+    key: &str,
+    user: &Spanned<String>,
+) -> Result<String, ConfigError> {
+    let name = user.get_ref();
+    if name.is_empty() || name.len() > 32 {
+        return Err(src.error(
+            user.span(),
+            format!("{key}.user"),
+            "must be 1 to 32 characters (RFC 3414)",
+        ));
+    }
+    Ok(name.clone())
+}
+
 /// SNMPv3 USM credentials from `auth_protocol`/`auth_password` and
 /// `priv_protocol`/`priv_password` (shared by the `snmp` and `snmp_trap`
 /// drivers): protocols named as net-snmp names them, passwords at least
@@ -95,6 +113,16 @@ pub(crate) fn usm_credentials(
                 None => SnmpPrivProtocol::Aes128,
                 Some((_, p)) if p == "aes" || p == "aes128" || p == "aes-128" => {
                     SnmpPrivProtocol::Aes128
+                }
+                Some((p, name)) if name.contains("des") => {
+                    return Err(src.error(
+                        p.span(),
+                        format!("{key}.priv_protocol"),
+                        format!(
+                            "DES privacy (\"{}\") is not supported: DES is broken (56-bit keys) and not among this agent's ciphers; configure the device's user with AES (priv_protocol = \"aes\")",
+                            p.get_ref()
+                        ),
+                    ));
                 }
                 Some((p, _)) => {
                     return Err(src.error(

@@ -150,6 +150,7 @@ impl SnmpDriver {
             let budget = self.budget();
             let engine = &mut self.engine;
             let user = v3.user.as_bytes();
+            let context = v3.context.as_bytes();
             // RFC 3414 §3.2 steps 6-7: a message that fails a check is
             // discarded and the wait goes on, so one forged or garbled
             // datagram cannot fail the poll; its reason is the poll's error
@@ -166,7 +167,7 @@ impl SnmpDriver {
                     return Heard::Refused("no engine".into());
                 };
                 let before = (engine.boots, engine.latest_received);
-                match v3::check(engine, user, &m, bytes, id) {
+                match v3::check(engine, user, context, &m, bytes, id) {
                     Ok(v) => Heard::Answer((v, before != (engine.boots, engine.latest_received))),
                     Err(e) => Heard::Refused(e.to_string()),
                 }

@@ -44,26 +44,26 @@ async fn fake(table: BTreeMap<Vec<u32>, Vec<u8>>) -> Fake {
             if start.starts_with(&cell(1, 0)[..11]) {
                 n.fetch_add(1, Ordering::SeqCst);
             }
+            // GETBULK (error-index is max-repetitions): repetition after
+            // repetition, the next OID after each varbind's own.
+            let mut cursors: Vec<Vec<u32>> = pdu.varbinds.iter().map(|(o, _)| o.clone()).collect();
             let mut varbinds = Vec::new();
             {
                 let table = t.lock().expect("table");
-                let mut next = table.range::<Vec<u32>, _>((
-                    std::ops::Bound::Excluded(start.clone()),
-                    std::ops::Bound::Unbounded,
-                ));
-                // For GETBULK, error-index is max-repetitions.
                 for _ in 0..pdu.error_index.max(1) {
-                    match next.next() {
-                        Some((oid, value)) => {
-                            varbinds.push(ber::constructed(tag::SEQUENCE, &[&ber::oid(oid), value]))
-                        }
-                        None => {
-                            varbinds.push(ber::constructed(
-                                tag::SEQUENCE,
-                                &[&ber::oid(start), &ber::tlv(tag::END_OF_MIB_VIEW, &[])],
-                            ));
-                            break;
-                        }
+                    for cursor in &mut cursors {
+                        let next = table
+                            .range::<Vec<u32>, _>((
+                                std::ops::Bound::Excluded(cursor.clone()),
+                                std::ops::Bound::Unbounded,
+                            ))
+                            .next();
+                        let (oid, value) = match next {
+                            Some((oid, value)) => (oid.clone(), value.clone()),
+                            None => (cursor.clone(), ber::tlv(tag::END_OF_MIB_VIEW, &[])),
+                        };
+                        varbinds.push(ber::constructed(tag::SEQUENCE, &[&ber::oid(&oid), &value]));
+                        *cursor = oid;
                     }
                 }
             }

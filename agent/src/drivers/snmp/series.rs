@@ -26,6 +26,11 @@ pub(super) struct SeriesCache {
     /// For each walk whose rows carry only their index (no lookups, no
     /// enumeration label): the series of each row, by index suffix.
     rows: Vec<HashMap<Vec<u32>, Arc<SeriesKey>>>,
+    /// For each such walk, its rows in the order the last poll walked
+    /// them: a table's rows come back in the same order poll after poll,
+    /// so the row at the same position is compared (a few words) before
+    /// the index is hashed.
+    order: Vec<Vec<(Vec<u32>, Arc<SeriesKey>)>>,
     /// Every other series, by metric and labels.
     named: HashMap<(String, BTreeMap<String, String>), Arc<SeriesKey>>,
 }
@@ -45,11 +50,40 @@ impl SeriesCache {
     pub(super) fn prepare(&mut self, walk: usize, rows: usize) {
         if self.rows.len() <= walk {
             self.rows.resize_with(walk + 1, HashMap::new);
+            self.order.resize_with(walk + 1, Vec::new);
         }
         let cache = &mut self.rows[walk];
         if cache.len() > rows.saturating_add(SPARE_ROWS) {
             cache.clear();
         }
+        self.order[walk].truncate(rows);
+    }
+
+    /// The series of the row `suffix` of `walk`, the `position`th row of
+    /// this poll's walk (after [`Self::prepare`]).
+    pub(super) fn row_at(
+        &mut self,
+        walk: &PlainWalk<'_>,
+        position: usize,
+        suffix: &[u32],
+    ) -> Arc<SeriesKey> {
+        if let Some((known, series)) = self
+            .order
+            .get(walk.index)
+            .and_then(|order| order.get(position))
+            && known == suffix
+        {
+            return series.clone();
+        }
+        let series = self.row(walk, suffix);
+        if let Some(order) = self.order.get_mut(walk.index) {
+            if let Some(slot) = order.get_mut(position) {
+                *slot = (suffix.to_vec(), series.clone());
+            } else if order.len() == position {
+                order.push((suffix.to_vec(), series.clone()));
+            }
+        }
+        series
     }
 
     /// The series of the row `suffix` of `walk` (after [`Self::prepare`]).
@@ -122,6 +156,41 @@ mod tests {
         assert_eq!(cache.rows[1].len(), 0);
         let again = cache.row(&walk, &[3]);
         assert!(!Arc::ptr_eq(&a, &again) && a == again);
+    }
+
+    #[test]
+    fn rows_at_their_last_position_are_found_without_hashing_and_moved_rows_still_right() {
+        let mut cache = SeriesCache::default();
+        let walk = PlainWalk {
+            index: 0,
+            device: "sw",
+            metric: "ifHCInOctets",
+            index_label: "ifIndex",
+            unit: "",
+        };
+        cache.prepare(0, 3);
+        let first: Vec<_> = [[1], [2], [3]]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| cache.row_at(&walk, i, s))
+            .collect();
+        // The same rows in the same order: the same series.
+        cache.prepare(0, 3);
+        for (i, s) in [[1], [2], [3]].iter().enumerate() {
+            assert!(Arc::ptr_eq(&first[i], &cache.row_at(&walk, i, s)));
+        }
+        // Row 2 gone: row 3 moves up a position and keeps its series.
+        cache.prepare(0, 2);
+        assert!(Arc::ptr_eq(&first[0], &cache.row_at(&walk, 0, &[1])));
+        let moved = cache.row_at(&walk, 1, &[3]);
+        assert!(Arc::ptr_eq(&first[2], &moved));
+        assert_eq!(moved.labels.to_map()["ifIndex"], "3");
+        // And back: each position answers for the row now there.
+        cache.prepare(0, 3);
+        for (i, s) in [[1], [2], [3]].iter().enumerate() {
+            let series = cache.row_at(&walk, i, s);
+            assert_eq!(series.labels.to_map()["ifIndex"], s[0].to_string());
+        }
     }
 
     #[test]

@@ -69,11 +69,19 @@ pub struct V3Message {
     pub data: ScopedData,
 }
 
-/// The scoped PDU, plain or still encrypted.
+/// The scoped PDU, plain (with its context) or still encrypted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScopedData {
-    Plain(Pdu),
+    Plain(Pdu, Context),
     Encrypted(Vec<u8>),
+}
+
+/// A scoped PDU's context (RFC 3412 §6.8): whose MIB instances, and which
+/// of them, the PDU is about.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Context {
+    pub engine_id: Vec<u8>,
+    pub name: Vec<u8>,
 }
 
 /// Localized keys of one user at one engine.
@@ -392,7 +400,8 @@ pub fn decode(bytes: &[u8]) -> Result<V3Message, DecodeError> {
     let data = if flags & FLAG_PRIV != 0 {
         ScopedData::Encrypted(msg.octets("message.encryptedPDU")?.to_vec())
     } else {
-        ScopedData::Plain(decode_scoped(&mut msg)?)
+        let (pdu, context) = decode_scoped(&mut msg)?;
+        ScopedData::Plain(pdu, context)
     };
     Ok(V3Message {
         msg_id,
@@ -410,11 +419,11 @@ pub fn decode(bytes: &[u8]) -> Result<V3Message, DecodeError> {
     })
 }
 
-fn decode_scoped(r: &mut Reader<'_>) -> Result<Pdu, DecodeError> {
+fn decode_scoped(r: &mut Reader<'_>) -> Result<(Pdu, Context), DecodeError> {
     let mut scoped = r.expect(tag::SEQUENCE, "scopedPDU")?;
-    scoped.octets("scopedPDU.contextEngineID")?;
-    scoped.octets("scopedPDU.contextName")?;
-    ber::decode_pdu(&mut scoped)
+    let engine_id = scoped.octets("scopedPDU.contextEngineID")?.to_vec();
+    let name = scoped.octets("scopedPDU.contextName")?.to_vec();
+    Ok((ber::decode_pdu(&mut scoped)?, Context { engine_id, name }))
 }
 
 /// Why an encrypted scoped PDU could not be read.
@@ -430,7 +439,11 @@ pub enum DecryptError {
 /// Decrypts an encrypted scoped PDU of a message from the engine at
 /// `boots`/`time` with salt `priv_params`. Offsets in errors count from the
 /// start of the decrypted plaintext.
-pub fn decrypt(keys: &Keys, usm: &UsmParams, encrypted: &[u8]) -> Result<Pdu, DecryptError> {
+pub fn decrypt(
+    keys: &Keys,
+    usm: &UsmParams,
+    encrypted: &[u8],
+) -> Result<(Pdu, Context), DecryptError> {
     let plain = decrypt_bytes(keys, usm, encrypted)?;
     let mut r = Reader::new(&plain, 0);
     decode_scoped(&mut r).map_err(DecryptError::Malformed)
@@ -498,7 +511,7 @@ mod tests {
         let ScopedData::Encrypted(enc) = &m.data else {
             panic!("expected encrypted data")
         };
-        let pdu = decrypt(&keys, &m.usm, enc).expect("decrypts");
+        let (pdu, _) = decrypt(&keys, &m.usm, enc).expect("decrypts");
         assert_eq!(pdu.request_id, 99);
         assert_eq!(pdu.varbinds[0].0, vec![1, 3, 6, 1, 2, 1, 1, 3, 0]);
         // The wrong key gives a clear error, not a panic.

@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use crate::config::{ConfigError, Source};
 use crate::drivers::settings::{DriverTable, Settings};
-use crate::drivers::snmp::credentials::usm_credentials;
+use crate::drivers::snmp::credentials::{usm_credentials, usm_user};
 use crate::drivers::snmp::{At, SnmpAuthProtocol, SnmpPrivProtocol};
 
 /// An engine id written in hex (`0x` optional): 5 to 32 bytes.
@@ -231,14 +231,7 @@ struct RawUser {
 
 impl RawUser {
     fn validate(&self, src: &Source<'_>, key: &str) -> Result<TrapUser, ConfigError> {
-        let u = &self.user;
-        if u.get_ref().is_empty() || u.get_ref().len() > 32 {
-            return Err(src.error(
-                u.span(),
-                format!("{key}.user"),
-                "must be 1 to 32 characters (RFC 3414)",
-            ));
-        }
+        let name = usm_user(src, key, &self.user)?;
         let (auth, privacy) = usm_credentials(
             src,
             key,
@@ -246,7 +239,7 @@ impl RawUser {
             (&self.priv_protocol, &self.priv_password),
         )?;
         Ok(TrapUser {
-            name: u.get_ref().clone(),
+            name,
             auth,
             privacy,
             sender_engine_id: engine_id(src, key, "sender_engine_id", &self.sender_engine_id)?,

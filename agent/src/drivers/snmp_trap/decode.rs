@@ -12,6 +12,9 @@ pub const SYS_UPTIME_0: &[u32] = &[1, 3, 6, 1, 2, 1, 1, 3, 0];
 pub const SNMP_TRAP_OID_0: &[u32] = &[1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0];
 /// `snmpTraps`: the generic traps of v1 are its arcs 1..=6.
 const SNMP_TRAPS: &[u32] = &[1, 3, 6, 1, 6, 3, 1, 1, 5];
+/// `snmpTrapAddress.0` (SNMP-COMMUNITY-MIB): a v1 trap's agent-addr, as
+/// RFC 3584 §3.1 (4) appends it to the translated notification.
+pub const SNMP_TRAP_ADDRESS_0: &[u32] = &[1, 3, 6, 1, 6, 3, 18, 1, 3, 0];
 
 /// Varbinds a notification may carry besides `sysUpTime.0` and
 /// `snmpTrapOID.0` (real ones carry a handful); more is refused as
@@ -88,12 +91,24 @@ pub fn decode(bytes: &[u8]) -> Result<Notification, DecodeError> {
                 oid.extend([0, specific]);
                 oid
             };
+            // RFC 3584 §3.1 (4): the agent-addr field becomes a varbind
+            // snmpTrapAddress.0 (unless the trap carries one), so the
+            // address the trap names survives beside its UDP source (which
+            // names the device; a relay's when the trap came through one).
+            // snmpTrapCommunity.0 is not appended: a community is a secret.
+            let mut varbinds = trap.varbinds;
+            if !varbinds.iter().any(|(oid, _)| oid == SNMP_TRAP_ADDRESS_0) {
+                varbinds.push((
+                    SNMP_TRAP_ADDRESS_0.to_vec(),
+                    SnmpValue::IpAddress(trap.agent_addr),
+                ));
+            }
             Ok(Notification {
                 version,
                 community,
                 trap_oid,
                 uptime: trap.time_stamp,
-                varbinds: trap.varbinds,
+                varbinds,
                 inform: None,
             })
         }

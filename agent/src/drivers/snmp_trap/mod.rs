@@ -10,7 +10,8 @@
 //! channel: `max_pending`) and acknowledges an inform only once it is
 //! queued, so an inform that finds the queue full is sent again by its
 //! sender rather than lost here; a resend of an inform already queued (same
-//! sender, community and request id within a minute) is acknowledged again,
+//! sender, community or user and request id within 150 s, SNMPv3's time
+//! window) is acknowledged again,
 //! not queued twice. The queue is bounded by count and by datagram bytes.
 //! Between the acknowledgement and the next poll an inform is only in
 //! memory (a crash or the device's stop loses it; the stop logs how many). A poll takes what is queued: no lock is
@@ -81,8 +82,10 @@ const MAX_TOLD: usize = 10_000;
 /// Senders with a rate bucket of their own.
 const MAX_SENDERS: usize = 10_000;
 
-/// How long a queued inform is remembered, to recognise its resends.
-const INFORM_MEMORY: Duration = Duration::from_secs(60);
+/// How long a queued inform is remembered, to recognise its resends: as
+/// long as SNMPv3's time window (RFC 3414 §2.2.3), inside which a replayed
+/// inform still authenticates and would otherwise be queued again.
+const INFORM_MEMORY: Duration = Duration::from_secs(crate::drivers::snmp::v3::TIME_WINDOW_SECS);
 
 /// Informs remembered at most.
 const MAX_INFORMS: usize = 100_000;
@@ -172,6 +175,10 @@ struct Counts {
     dropped_queue: AtomicU64,
     /// Informs sent again and acknowledged again, not queued twice.
     repeated: AtomicU64,
+    /// SNMPv3 engine discoveries answered (a usmStatsUnknownEngineIDs
+    /// Report to a request for no engine id): a sender learning this
+    /// receiver's engine before its inform, not a rejection.
+    discoveries: AtomicU64,
     /// Bytes of the datagrams queued and not yet taken by a poll.
     pending_bytes: AtomicUsize,
 }
@@ -206,7 +213,11 @@ impl SnmpTrapDriver {
                     self.cfg.listen
                 ))
             })?;
-            let own = self.own_engine();
+            // Reading and fsyncing the boots file blocks: off the runtime.
+            let (cfg, device) = (self.cfg.clone(), self.device.clone());
+            let own = tokio::task::spawn_blocking(move || own_engine(&cfg, &device))
+                .await
+                .map_err(|e| PollError::error(format!("snmp_trap: engine start failed: {e}")))?;
             info!(
                 device = %self.device,
                 listen = %self.cfg.listen,
@@ -258,6 +269,11 @@ impl SnmpTrapDriver {
                 BTreeMap::new(),
                 r.counts.repeated.load(Ordering::Relaxed),
             ));
+            counts.push((
+                "snmp_trap_discoveries_total",
+                BTreeMap::new(),
+                r.counts.discoveries.load(Ordering::Relaxed),
+            ));
             let device = self.device.clone();
             for (metric, labels, n) in counts {
                 let series = self.series(&device, metric, labels);
@@ -270,24 +286,6 @@ impl SnmpTrapDriver {
             }
         }
         Ok(readings)
-    }
-
-    /// This receiver's SNMPv3 engine, started: its id (configured, or
-    /// derived from the agent id and the device name) and the next boots
-    /// (kept beside the spool). Without SNMPv3 users it answers nothing,
-    /// and no boots are counted.
-    fn own_engine(&self) -> engine::OwnEngine {
-        let id = self
-            .cfg
-            .local_engine_id
-            .clone()
-            .unwrap_or_else(|| own_engine_id(&self.cfg.agent_id, &self.device));
-        let boots = if self.cfg.users.is_empty() {
-            1
-        } else {
-            engine::next_boots(self.cfg.state_dir.as_deref(), &id)
-        };
-        engine::OwnEngine::new(id, boots, self.cfg.users.len(), Instant::now())
     }
 
     /// The readings of one notification, stamped when it arrived.
@@ -313,6 +311,11 @@ impl SnmpTrapDriver {
         for (oid, value) in &n.varbinds {
             let mut labels = labels.clone();
             let (metric, value) = match names.find(oid) {
+                // A v1 trap's agent-addr (appended by `decode`): named so
+                // whether SNMP-COMMUNITY-MIB is loaded or not.
+                _ if oid == decode::SNMP_TRAP_ADDRESS_0 => {
+                    ("snmpTrapAddress".to_owned(), to_value(value))
+                }
                 Some((name, instance)) => {
                     if !instance.is_empty() {
                         labels.insert("index".to_owned(), oid_string(instance));
@@ -349,6 +352,23 @@ impl SnmpTrapDriver {
         self.series.insert(key, s.clone());
         s
     }
+}
+
+/// The SNMPv3 engine of the receiver `device`, started: its id
+/// (configured, or derived from the agent id and the device name) and the
+/// next boots (kept beside the spool; blocking file I/O). Without SNMPv3
+/// users it answers nothing, and no boots are counted.
+fn own_engine(cfg: &SnmpTrapConfig, device: &str) -> engine::OwnEngine {
+    let id = cfg
+        .local_engine_id
+        .clone()
+        .unwrap_or_else(|| own_engine_id(&cfg.agent_id, device));
+    let boots = if cfg.users.is_empty() {
+        1
+    } else {
+        engine::next_boots(cfg.state_dir.as_deref(), &id)
+    };
+    engine::OwnEngine::new(id, boots, cfg.users.len(), Instant::now())
 }
 
 /// The receiving task: decode, check, queue, acknowledge informs.
@@ -408,6 +428,7 @@ async fn receive(
                 match refusal.cause {
                     Some(cause) => told.reject(&counts, &cfg, from, cause, &refusal.why),
                     None => {
+                        counts.discoveries.fetch_add(1, Ordering::Relaxed);
                         debug!(%from, reason = refusal.why, "snmp_trap: SNMPv3 engine discovery answered")
                     }
                 }

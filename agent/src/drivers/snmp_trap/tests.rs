@@ -90,7 +90,15 @@ fn a_v1_trap_is_translated_as_rfc_3584_says() {
     let n = decode(&v1(2, 0)).expect("linkDown");
     assert_eq!((n.version, n.uptime), (0, 16));
     assert_eq!(n.trap_oid, LINK_DOWN);
-    assert_eq!(n.varbinds.len(), 1);
+    // The varbind, then the agent-addr as snmpTrapAddress.0 (§3.1 (4)).
+    assert_eq!(n.varbinds.len(), 2);
+    assert_eq!(
+        n.varbinds[1],
+        (
+            super::decode::SNMP_TRAP_ADDRESS_0.to_vec(),
+            SnmpValue::IpAddress([10, 0, 0, 9])
+        )
+    );
     let n = decode(&v1(6, 42)).expect("enterprise specific");
     assert_eq!(n.trap_oid, [1, 3, 6, 1, 4, 1, 8072, 0, 42]);
 }
@@ -304,7 +312,7 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
     cfg.listen = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut d = SnmpTrapDriver::new(&cfg, "traps");
     let first = d.poll().await.expect("bound");
-    assert_eq!(first.len(), 8, "the counts: {first:?}");
+    assert_eq!(first.len(), 9, "the counts: {first:?}");
     let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("sender");
@@ -404,8 +412,14 @@ async fn a_trap_becomes_readings_stamped_when_it_arrived() {
                 &Value::I64(0)
             ),
             (
-                here,
+                here.clone(),
                 "snmp_trap_informs_repeated_total".into(),
+                None,
+                &Value::I64(0)
+            ),
+            (
+                here,
+                "snmp_trap_discoveries_total".into(),
                 None,
                 &Value::I64(0)
             ),

@@ -187,7 +187,7 @@ impl V3 {
         }
         let plain;
         let scoped_bytes = match (&m.data, &keys) {
-            (ScopedData::Plain(_), _) => scoped_of(raw)
+            (ScopedData::Plain(..), _) => scoped_of(raw)
                 .ok_or_else(|| Refusal::new(Cause::Malformed, "no scoped PDU in the message"))?,
             (ScopedData::Encrypted(enc), Some(keys)) if keys.has_priv() => {
                 plain = usm::decrypt_bytes(keys, &m.usm, enc).map_err(|e| {
@@ -409,7 +409,7 @@ fn not_a_notification(kind: u8) -> Refusal {
 /// be read before the message is authenticated).
 fn plain_request_id(m: &usm::V3Message) -> i32 {
     match &m.data {
-        ScopedData::Plain(pdu) => pdu.request_id,
+        ScopedData::Plain(pdu, _) => pdu.request_id,
         ScopedData::Encrypted(_) => 0,
     }
 }

@@ -28,7 +28,7 @@
 use tokio::time::Instant;
 
 use super::ber::{Pdu, tag};
-use super::usm::{self, Keys, ScopedData, V3Message};
+use super::usm::{self, Context, Keys, ScopedData, V3Message};
 use super::value::hex;
 
 /// RFC 3414 §2.2.3: a message more than this many seconds older than the
@@ -162,6 +162,15 @@ pub enum Refused {
     #[error("answer is for user \"{0}\", not the configured user")]
     WrongUser(String),
     #[error(
+        "answer is in context (engine {engine}, name \"{name}\"), not the request's (engine {sent_engine}, name \"{sent_name}\")"
+    )]
+    WrongContext {
+        engine: String,
+        name: String,
+        sent_engine: String,
+        sent_name: String,
+    },
+    #[error(
         "answer is outside the time window (boots {boots}, time {time}; the engine was at boots {local_boots}, time {local_time})"
     )]
     NotInTimeWindow {
@@ -187,8 +196,8 @@ pub fn open(m: &V3Message, raw: &[u8], keys: Option<&Keys>) -> Result<Opened, Re
             return Err(Refused::BadDigest);
         }
     }
-    let pdu = match &m.data {
-        ScopedData::Plain(pdu) => pdu.clone(),
+    let (pdu, context) = match &m.data {
+        ScopedData::Plain(pdu, context) => (pdu.clone(), context.clone()),
         ScopedData::Encrypted(enc) => {
             let keys = keys
                 .filter(|k| k.has_priv())
@@ -198,6 +207,7 @@ pub fn open(m: &V3Message, raw: &[u8], keys: Option<&Keys>) -> Result<Opened, Re
     };
     Ok(Opened {
         pdu,
+        context,
         authenticated: auth,
         encrypted,
     })
@@ -207,16 +217,21 @@ pub fn open(m: &V3Message, raw: &[u8], keys: Option<&Keys>) -> Result<Opened, Re
 #[derive(Debug)]
 pub struct Opened {
     pub pdu: Pdu,
+    /// The scoped PDU's contextEngineID and contextName.
+    pub context: Context,
     pub authenticated: bool,
     pub encrypted: bool,
 }
 
 /// Every check of an answer to the request `request_id` sent by `user` to
-/// `engine`. A Report is returned for the caller to decide on (and, when
-/// authenticated, has already moved the engine's time forward if newer).
+/// `engine` in the context named `context` (its contextEngineID being the
+/// engine's id). A Report is returned for the caller to decide on (and,
+/// when authenticated, has already moved the engine's time forward if
+/// newer).
 pub fn check(
     engine: &mut Engine,
     user: &[u8],
+    context: &[u8],
     m: &V3Message,
     raw: &[u8],
     request_id: i32,
@@ -266,6 +281,16 @@ pub fn check(
         return Err(Refused::WrongUser(
             String::from_utf8_lossy(&m.usm.user).into_owned(),
         ));
+    }
+    // RFC 3412 §7.2 step 12: a Response's contextEngineID and contextName
+    // are its request's (net-snmp discards one that differs, too).
+    if opened.context.engine_id != engine.id || opened.context.name != context {
+        return Err(Refused::WrongContext {
+            engine: hex(&opened.context.engine_id, ""),
+            name: String::from_utf8_lossy(&opened.context.name).into_owned(),
+            sent_engine: hex(&engine.id, ""),
+            sent_name: String::from_utf8_lossy(context).into_owned(),
+        });
     }
     if opened.authenticated {
         engine.observe(m.usm.boots, m.usm.time)?;

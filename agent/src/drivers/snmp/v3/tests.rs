@@ -56,6 +56,10 @@ enum Answer {
     UnknownEngineOnce,
     /// A forged plaintext answer, then the honest one.
     ForgedThenHonest,
+    /// Authenticated and encrypted, in the context named "other".
+    OtherContextName,
+    /// Authenticated and encrypted, with another contextEngineID.
+    OtherContextEngine,
 }
 
 struct Device {
@@ -110,6 +114,8 @@ struct Reply<'a> {
     time: u32,
     keys: Option<&'a Keys>,
     pdu: Vec<u8>,
+    /// (contextEngineID when not `engine`, contextName).
+    context: (Option<&'a [u8]>, &'a [u8]),
 }
 
 fn encode(r: Reply<'_>) -> Vec<u8> {
@@ -119,8 +125,8 @@ fn encode(r: Reply<'_>) -> Vec<u8> {
         boots: r.boots,
         time: r.time,
         user: USER.as_bytes(),
-        context: b"",
-        context_engine: None,
+        context: r.context.1,
+        context_engine: r.context.0,
         keys: r.keys,
         salt: [9, 8, 7, 6, 5, 4, 3, 2],
         pdu: &r.pdu,
@@ -158,14 +164,15 @@ async fn device(answer: Answer) -> Device {
                     time: now,
                     keys: None,
                     pdu: report_pdu(0, UNKNOWN_ENGINE_ID),
+                    context: (None, b""),
                 })
             } else {
                 let request = match &m.data {
                     ScopedData::Encrypted(enc) => match usm::decrypt(&auth_priv, &m.usm, enc) {
-                        Ok(pdu) => pdu,
+                        Ok((pdu, _)) => pdu,
                         Err(_) => continue,
                     },
-                    ScopedData::Plain(pdu) => pdu.clone(),
+                    ScopedData::Plain(pdu, _) => pdu.clone(),
                 };
                 let id = request.request_id;
                 if m.usm.boots != BOOTS || m.usm.time.abs_diff(now) > 150 {
@@ -177,6 +184,7 @@ async fn device(answer: Answer) -> Device {
                         time: now,
                         keys: Some(&auth_only),
                         pdu: report_pdu(id, NOT_IN_TIME_WINDOW),
+                        context: (None, b""),
                     })
                 } else {
                     let honest = |id| Reply {
@@ -186,6 +194,7 @@ async fn device(answer: Answer) -> Device {
                         time: now,
                         keys: Some(&auth_priv),
                         pdu: response_pdu(tag::RESPONSE, id, 42),
+                        context: (None, b""),
                     };
                     let reply = match answer {
                         Answer::Honest => honest(id),
@@ -231,6 +240,14 @@ async fn device(answer: Answer) -> Device {
                             }
                         }
                         Answer::UnknownEngineOnce => honest(id),
+                        Answer::OtherContextName => Reply {
+                            context: (None, b"other"),
+                            ..honest(id)
+                        },
+                        Answer::OtherContextEngine => Reply {
+                            context: (Some(b"\x80\x00\x1f\x88\x80else"), b""),
+                            ..honest(id)
+                        },
                         Answer::ForgedThenHonest => {
                             first = Some(encode(Reply {
                                 keys: None,
@@ -329,6 +346,25 @@ async fn an_authenticated_answer_must_be_the_response_to_this_request() {
         (
             Answer::NotEncrypted,
             "answer is not encrypted (msgFlags 0x01) but the user is configured with priv: refused",
+        ),
+    ] {
+        let dev = device(answer).await;
+        let e = poll(&mut driver(dev.addr)).await.expect_err("refused");
+        assert!(e.contains(expected), "{answer:?}: {e}");
+    }
+}
+
+/// RFC 3412 §7.2 step 12: a Response is in its request's context.
+#[tokio::test]
+async fn an_answer_in_another_context_is_refused() {
+    for (answer, expected) in [
+        (
+            Answer::OtherContextName,
+            "answer is in context (engine 80001f888066616b652d656e67696e65, name \"other\"), not the request's (engine 80001f888066616b652d656e67696e65, name \"\")",
+        ),
+        (
+            Answer::OtherContextEngine,
+            "answer is in context (engine 80001f8880656c7365, name \"\")",
         ),
     ] {
         let dev = device(answer).await;
