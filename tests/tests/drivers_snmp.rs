@@ -107,9 +107,16 @@ async fn columns_walked_together_match_snmpwalk() -> Result<()> {
     let dir = TestDir::new("snmp-columns")?;
     let snmpd = peers::snmpd_with(&dir, "maxGetbulkResponses 4\n", &[]).await?;
     let addr = snmpd.addr;
+    // Six columns in one request outnumber snmpd's 4 varbinds an answer:
+    // it gives each 4 / 6 = 0 repetitions and answers with no varbinds at
+    // all, so the walk must ask for fewer columns, not take every column
+    // as ended.
     let columns = [
         ("if_descr", "1.3.6.1.2.1.2.2.1.2"),
         ("if_type", "1.3.6.1.2.1.2.2.1.3"),
+        ("if_mtu", "1.3.6.1.2.1.2.2.1.4"),
+        ("if_admin", "1.3.6.1.2.1.2.2.1.7"),
+        ("if_oper", "1.3.6.1.2.1.2.2.1.8"),
         ("sys_or_descr", "1.3.6.1.2.1.1.9.1.3"),
     ];
     let walks: Vec<String> = columns
@@ -149,9 +156,9 @@ async fn columns_walked_together_match_snmpwalk() -> Result<()> {
         lengths.push(want.len());
     }
     ensure!(
-        lengths[2] > lengths[0],
+        lengths[5] > lengths[0],
         "sysORTable ({}) should outlast ifTable ({}): the columns end apart",
-        lengths[2],
+        lengths[5],
         lengths[0]
     );
     Ok(())

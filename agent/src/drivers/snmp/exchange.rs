@@ -8,31 +8,44 @@ use super::*;
 impl SnmpDriver {
     /// Sends one request (with retries) and returns the Response PDU.
     pub(super) async fn request(&mut self, req: Request<'_>) -> Result<Pdu, PollError> {
+        let pdu = self.request_any_status(&req).await?;
+        if pdu.error_status != 0 {
+            return Err(self.status_error(&req, &pdu));
+        }
+        Ok(pdu)
+    }
+
+    /// Sends one request (with retries) and returns the Response PDU
+    /// whatever its error-status: for a caller that can answer some
+    /// statuses itself (a walk asks for fewer columns on `tooBig`).
+    pub(super) async fn request_any_status(&mut self, req: &Request<'_>) -> Result<Pdu, PollError> {
         let (socket, addr) = match self.socket.take() {
             Some(s) => s,
             None => self.open().await?,
         };
-        let result = self.exchange(&socket, addr, &req).await;
+        let result = self.exchange(&socket, addr, req).await;
         // The socket stays usable whatever happened: stale answers are
         // recognized by their ids.
         self.socket = Some((socket, addr));
-        let pdu = result?;
-        if pdu.error_status != 0 {
-            let index = usize::try_from(pdu.error_index).unwrap_or(0);
-            let culprit = index
-                .checked_sub(1)
-                .and_then(|i| req.oids.get(i))
-                .map(|o| format!(" for {}", oid_string(o)))
-                .unwrap_or_default();
-            return Err(PollError::error(format!(
-                "snmp {}: {}: agent answered {} ({}){culprit}",
-                self.cfg.address,
-                req.what,
-                ber::error_status_name(pdu.error_status),
-                pdu.error_status
-            )));
-        }
-        Ok(pdu)
+        result
+    }
+
+    /// The poll error for an answer whose error-status is not noError,
+    /// naming the status and the varbind it points at.
+    pub(super) fn status_error(&self, req: &Request<'_>, pdu: &Pdu) -> PollError {
+        let index = usize::try_from(pdu.error_index).unwrap_or(0);
+        let culprit = index
+            .checked_sub(1)
+            .and_then(|i| req.oids.get(i))
+            .map(|o| format!(" for {}", oid_string(o)))
+            .unwrap_or_default();
+        PollError::error(format!(
+            "snmp {}: {}: agent answered {} ({}){culprit}",
+            self.cfg.address,
+            req.what,
+            ber::error_status_name(pdu.error_status),
+            pdu.error_status
+        ))
     }
 
     pub(super) async fn open(&self) -> Result<(UdpSocket, SocketAddr), PollError> {

@@ -82,6 +82,10 @@ pub const MAX_WALK_ROWS: usize = 100_000;
 /// (`maxGetbulkResponses`), and an answer cut short costs a request more.
 const MAX_BULK_VARBINDS: usize = 100;
 
+/// The error-status values a walk answers by asking for fewer columns.
+const TOO_BIG: i64 = 1;
+const GEN_ERR: i64 = 5;
+
 /// An SNMP agent.
 pub struct SnmpDriver {
     cfg: SnmpConfig,
@@ -413,7 +417,9 @@ impl SnmpDriver {
         let mut rows: Vec<Rows> = roots.iter().map(|_| Vec::new()).collect();
         let mut cursors: Vec<Vec<u32>> = roots.iter().map(|r| r.to_vec()).collect();
         let repetitions = usize::try_from(self.cfg.max_repetitions.max(1)).unwrap_or(1);
-        let per_request = (MAX_BULK_VARBINDS / repetitions).max(1);
+        // Columns asked together; halved when an agent cannot answer that
+        // many (below).
+        let mut per_request = (MAX_BULK_VARBINDS / repetitions).max(1);
         let mut active: Vec<usize> = (0..roots.len()).collect();
         let mut asked = Vec::with_capacity(per_request.min(roots.len()));
         let mut done = Vec::with_capacity(per_request.min(roots.len()));
@@ -423,7 +429,7 @@ impl SnmpDriver {
             asked.extend(active.iter().take(per_request).copied());
             let pdu = {
                 let oids: Vec<&[u32]> = asked.iter().map(|&c| cursors[c].as_slice()).collect();
-                self.request(Request {
+                let req = Request {
                     kind: tag::GET_BULK,
                     a: 0,
                     b: i64::from(self.cfg.max_repetitions),
@@ -433,11 +439,30 @@ impl SnmpDriver {
                         at: &cursors[asked[0]],
                         columns: asked.len(),
                     },
-                })
-                .await?
+                };
+                let pdu = self.request_any_status(&req).await?;
+                // An agent that cannot fit the columns asked answers with
+                // no varbinds at all (net-snmp gives each column
+                // `maxGetbulkResponses / columns` repetitions, 0 when the
+                // columns outnumber it; RFC 3416 4.2.3 allows it) or, some
+                // embedded ones, tooBig or genErr: ask for half as many
+                // columns, down to one, which then answers for itself.
+                let cannot_fit = match pdu.error_status {
+                    0 => pdu.varbinds.is_empty(),
+                    TOO_BIG | GEN_ERR => true,
+                    _ => false,
+                };
+                if cannot_fit && asked.len() > 1 {
+                    per_request = asked.len() / 2;
+                    continue;
+                }
+                if pdu.error_status != 0 {
+                    return Err(self.status_error(&req, &pdu));
+                }
+                pdu
             };
             done.clear();
-            // Nothing at all: every column asked has ended.
+            // Nothing at all for one column: it has ended.
             done.resize(asked.len(), pdu.varbinds.is_empty());
             firsts.clear();
             firsts.extend(asked.iter().map(|&c| rows[c].len()));
