@@ -598,8 +598,12 @@ fn nats_jwt(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> String 
 async fn cursor(
     db: &std::path::Path,
     name: &str,
-) -> Result<Option<(tributary_collector::store::export::CursorRow, tributary_collector::store::export::Pending)>>
-{
+) -> Result<
+    Option<(
+        tributary_collector::store::export::CursorRow,
+        tributary_collector::store::export::Pending,
+    )>,
+> {
     let rows = CommitLog::sqlite(db.to_path_buf()).status().await?;
     Ok(rows.into_iter().find(|(c, _)| c.name == name))
 }
@@ -804,10 +808,7 @@ async fn nkey_seeds_and_creds_files_authenticate_and_a_wrong_key_is_counted() ->
         read_stream(&nk.addr.to_string(), &s_nk).await.is_err(),
         "the nkey server let a client without a key in"
     );
-    ensure!(
-        collector.proc.try_wait()?.is_none(),
-        "the collector exited"
-    );
+    ensure!(collector.proc.try_wait()?.is_none(), "the collector exited");
     println!(
         "nats with an nkey and with a .creds file: {} readings committed, each in both streams once \
          ({} and {} messages); a wrong key: {failed} failed requests, nothing sent",

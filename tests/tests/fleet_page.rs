@@ -349,10 +349,14 @@ async fn the_fleet_page_shows_what_query_answers_and_stays_live() -> Result<()> 
             && listed.destination.contains(&nobody.to_string()),
         "{listed:?}"
     );
-    let row = eventually(PATIENCE, "the page shows the export behind, with its error", || async {
-        let row = page_exports(b).await.ok()?.remove("vm")?;
-        (row.lag > 0 && !row.error.is_empty()).then_some(row)
-    })
+    let row = eventually(
+        PATIENCE,
+        "the page shows the export behind, with its error",
+        || async {
+            let row = page_exports(b).await.ok()?.remove("vm")?;
+            (row.lag > 0 && !row.error.is_empty()).then_some(row)
+        },
+    )
     .await?;
     let listed = query
         .list_exports(pb::ListExportsRequest {})
@@ -372,7 +376,10 @@ async fn the_fleet_page_shows_what_query_answers_and_stays_live() -> Result<()> 
         "page {row:?}, ListExports {listed:?}"
     );
     ensure!(
-        !b.eval("document.body.innerHTML").await?.to_string().contains(EXPORT_SECRET),
+        !b.eval("document.body.innerHTML")
+            .await?
+            .to_string()
+            .contains(EXPORT_SECRET),
         "the page shows the export's password"
     );
 

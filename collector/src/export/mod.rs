@@ -40,8 +40,8 @@ use tracing::warn;
 
 pub use remote_write::{Outcome, SinkError, pb as remote_write_pb};
 use runner::{Runner, Sink};
-pub use status::{Configured, ExportRow, ExportsView, FailingNow, destination, rows};
 use status::FailingBoard;
+pub use status::{Configured, ExportRow, ExportsView, FailingNow, destination, rows};
 
 use crate::config::exports::{ExportConfig, ExportKind};
 use crate::metrics::ExportMetrics;

@@ -289,7 +289,10 @@ fn present(r: &RawExport, keys: &[&str]) -> Option<(&'static str, Range<usize>)>
         ("token", r.token.as_ref().map(Spanned::span)),
         ("token_file", r.token_file.as_ref().map(Spanned::span)),
         ("nkey_seed", r.nkey_seed.as_ref().map(Spanned::span)),
-        ("nkey_seed_file", r.nkey_seed_file.as_ref().map(Spanned::span)),
+        (
+            "nkey_seed_file",
+            r.nkey_seed_file.as_ref().map(Spanned::span),
+        ),
         (
             "credentials_file",
             r.credentials_file.as_ref().map(Spanned::span),
@@ -672,9 +675,8 @@ fn auth(src: &Source<'_>, r: &RawExport, i: usize) -> Result<NatsAuth, ConfigErr
         return Ok(NatsAuth::Nkey(pair));
     }
     if let Some((text, span)) = creds {
-        let c = Credentials::parse(&text).map_err(|e| {
-            src.error(span, key("credentials_file"), e)
-        })?;
+        let c =
+            Credentials::parse(&text).map_err(|e| src.error(span, key("credentials_file"), e))?;
         return Ok(NatsAuth::Credentials(c));
     }
     Ok(NatsAuth::None)

@@ -91,7 +91,8 @@ fn nkey_seeds_and_creds_files_are_read_checked_and_never_shown() {
     )
     .unwrap();
     std::fs::write(dir.join("broken.creds"), "just text\n").unwrap();
-    let head = "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"nats://a:1\"\nstream = \"S\"\n";
+    let head =
+        "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"nats://a:1\"\nstream = \"S\"\n";
     let auth_of = |extra: &str| -> Result<NatsAuth, String> {
         let e = resolve(&format!("{head}{extra}"))?;
         let ExportKind::Nats(n) = &e[0].kind else {
@@ -116,7 +117,10 @@ fn nkey_seeds_and_creds_files_are_read_checked_and_never_shown() {
     assert_eq!(c.key.public_key(), user.public_key());
     // Debug shows neither the seed nor the JWT.
     let shown = format!("{creds:?} {:?}", NatsAuth::Nkey(k));
-    assert!(!shown.contains(&seed[2..]) && !shown.contains("eyJ"), "{shown}");
+    assert!(
+        !shown.contains(&seed[2..]) && !shown.contains("eyJ"),
+        "{shown}"
+    );
     // Errors name the key and never repeat the secret.
     let account_seed = account.seed_text();
     for (extra, want) in [
@@ -151,7 +155,10 @@ fn nkey_seeds_and_creds_files_are_read_checked_and_never_shown() {
     ] {
         let got = auth_of(&extra).err().unwrap_or_default();
         assert!(got.contains(want), "{extra:?}\n got: {got}\nwant: {want}");
-        assert!(!got.contains(&seed[2..]) && !got.contains(&account_seed[2..]), "{got}");
+        assert!(
+            !got.contains(&seed[2..]) && !got.contains(&account_seed[2..]),
+            "{got}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
