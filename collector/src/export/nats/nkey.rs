@@ -56,11 +56,13 @@ impl KeyKind {
     }
 }
 
-/// An Ed25519 key pair from an nkey seed.
+/// An Ed25519 key pair from an nkey seed. Holds the seed only; the key
+/// pair is derived when signing (once per connection) or showing the
+/// public key.
+#[derive(Clone, PartialEq)]
 pub struct KeyPair {
     kind: KeyKind,
     seed: [u8; 32],
-    pair: Ed25519KeyPair,
 }
 
 impl std::fmt::Debug for KeyPair {
@@ -70,24 +72,16 @@ impl std::fmt::Debug for KeyPair {
     }
 }
 
-impl Clone for KeyPair {
-    fn clone(&self) -> Self {
-        KeyPair::from_raw(self.kind, self.seed)
-    }
-}
-
-impl PartialEq for KeyPair {
-    fn eq(&self, other: &Self) -> bool {
-        self.kind == other.kind && self.seed == other.seed
-    }
-}
-
 impl KeyPair {
     fn from_raw(kind: KeyKind, seed: [u8; 32]) -> KeyPair {
+        KeyPair { kind, seed }
+    }
+
+    /// The Ed25519 pair of the seed.
+    fn pair(&self) -> Ed25519KeyPair {
         // Any 32 bytes are an Ed25519 seed.
-        let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
-            .unwrap_or_else(|_| unreachable!("ring takes any 32-byte Ed25519 seed"));
-        KeyPair { kind, seed, pair }
+        Ed25519KeyPair::from_seed_unchecked(&self.seed)
+            .unwrap_or_else(|_| unreachable!("ring takes any 32-byte Ed25519 seed"))
     }
 
     /// A new random key pair of `kind` (tests make their operator,
@@ -158,14 +152,14 @@ impl KeyPair {
     pub fn public_key(&self) -> String {
         let mut raw = Vec::with_capacity(35);
         raw.push(self.kind.byte());
-        raw.extend_from_slice(self.pair.public_key().as_ref());
+        raw.extend_from_slice(self.pair().public_key().as_ref());
         raw.extend_from_slice(&crc16(&raw).to_le_bytes());
         base32_encode(&raw)
     }
 
     /// The Ed25519 signature of `message`.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        self.pair.sign(message).as_ref().to_vec()
+        self.pair().sign(message).as_ref().to_vec()
     }
 }
 
@@ -191,10 +185,12 @@ impl Credentials {
         let mut blocks = Vec::new();
         let mut lines = text.lines().map(str::trim);
         while let Some(line) = lines.next() {
-            if line.starts_with("---") && line.ends_with("---") && line.contains("BEGIN") {
-                if let Some(item) = lines.by_ref().find(|l| !l.is_empty()) {
-                    blocks.push(item);
-                }
+            if line.starts_with("---")
+                && line.ends_with("---")
+                && line.contains("BEGIN")
+                && let Some(item) = lines.by_ref().find(|l| !l.is_empty())
+            {
+                blocks.push(item);
             }
         }
         let [jwt, seed, ..] = blocks.as_slice() else {
@@ -357,7 +353,7 @@ mod tests {
         assert!(!format!("{user:?}").contains(&text[2..]));
         // A signature verifies with the public half.
         let sig = user.sign(b"nonce");
-        let public = user.pair.public_key().as_ref().to_vec();
+        let public = user.pair().public_key().as_ref().to_vec();
         ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
             .verify(b"nonce", &sig)
             .unwrap();
