@@ -300,6 +300,7 @@ pub async fn run_reloadable(
             metrics: registry,
             query_limits: config.query_limits,
             http_metrics: http_metrics.clone(),
+            exports: Some(exports_view.clone()),
         };
         tokio::spawn(http::serve(
             http_listener,

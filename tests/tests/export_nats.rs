@@ -10,7 +10,13 @@
 //!
 //! A third test reaches a nats-server that speaks only TLS, verifies
 //! client certificates and wants a token: `tls://` with `[exports.tls]`
-//! and `token_file`.
+//! and `token_file`, and refuses a server whose certificate another CA
+//! signed. A fourth authenticates with nkeys: a server that
+//! knows one user nkey (`nkey_seed_file`), a server in operator mode (an
+//! operator, an account and a user JWT this test signs; `credentials_file`
+//! holds the user's `.creds`), and an export with a seed the first server
+//! does not know, whose refusals are counted and logged under its name
+//! while the others deliver.
 //!
 //! Each test uses its own stream name and subject prefix.
 
@@ -23,6 +29,7 @@ use serde_json::Value;
 
 use tributary_collector::config::exports::{ExportTls, NatsAuth};
 use tributary_collector::export::nats::NatsTls;
+use tributary_collector::export::nats::nkey::{Credentials, KeyKind, KeyPair, base64url};
 use tributary_collector::model::StoredValue;
 use tributary_collector::query::{chunk_from_proto, series_from_proto};
 use tributary_collector::store::export::CommitLog;
@@ -32,7 +39,7 @@ use tributary_tests::cluster::{
 };
 use tributary_tests::peers::nats::{
     Access, NatsCluster, SHARED_NATS, StreamMsg, TlsNats, delete_stream, read_stream,
-    read_stream_with,
+    read_stream_with, start_server,
 };
 use tributary_tests::process::{TestDir, eventually, free_addr};
 
@@ -527,6 +534,29 @@ async fn tls_with_a_client_certificate_and_a_token_reaches_a_verifying_server() 
         read_stream_with(&addr, &stream, &no_cert).await.is_err(),
         "a client without a certificate was let in"
     );
+    // A CA that did not sign the server's certificate: the handshake is
+    // refused, saying why.
+    let other = dir.join("other-pki");
+    std::fs::create_dir_all(&other)?;
+    let other = tls_support::Pki::new(&other)?;
+    let untrusted = Access {
+        auth: access.auth.clone(),
+        tls: Some(
+            NatsTls::new(&ExportTls {
+                ca: Some(other.ca.clone()),
+                identity: Some(pki.operator.clone()),
+            })
+            .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    let refused = read_stream_with(&addr, &stream, &untrusted).await;
+    ensure!(
+        refused.as_ref().is_err_and(|e| {
+            let text = format!("{e:#}");
+            text.contains("tls: ") && text.contains("certificate")
+        }),
+        "a server certificate from an untrusted CA: {refused:?}"
+    );
     let plain = read_stream(&addr, &stream).await;
     ensure!(
         plain
@@ -538,6 +568,253 @@ async fn tls_with_a_client_certificate_and_a_token_reaches_a_verifying_server() 
         "nats over TLS (client certificate, token): {} readings committed, each in the stream once ({} messages)",
         want.values().sum::<usize>(),
         msgs.len()
+    );
+    Ok(())
+}
+
+/// A JWT as NATS reads them (header `ed25519-nkey`), `claims` signed by
+/// `issuer` about `subject`.
+fn nats_jwt(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> String {
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .saturating_sub(5);
+    let header = base64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": unique("JTI"),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
+    let sig = base64url(&issuer.sign(signed.as_bytes()));
+    format!("{signed}.{sig}")
+}
+
+/// The export's row in the store, by name.
+async fn cursor(
+    db: &std::path::Path,
+    name: &str,
+) -> Result<
+    Option<(
+        tributary_collector::store::export::CursorRow,
+        tributary_collector::store::export::Pending,
+    )>,
+> {
+    let rows = CommitLog::sqlite(db.to_path_buf()).status().await?;
+    Ok(rows.into_iter().find(|(c, _)| c.name == name))
+}
+
+/// `tributary_export_failed_requests_total{export="<name>"}` from the
+/// collector's `/metrics`.
+async fn failed_requests(collector: &Collector, name: &str) -> Result<f64> {
+    let text = reqwest::get(format!("{}/metrics", collector.http_url()))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let prefix = format!("tributary_export_failed_requests_total{{export=\"{name}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .with_context(|| format!("no {prefix} in /metrics"))?
+        .trim()
+        .parse()
+        .context("a counter that is not a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_seeds_and_creds_files_authenticate_and_a_wrong_key_is_counted() -> Result<()> {
+    let dir = TestDir::new("export-nats-nkey")?;
+    // A server that knows one user by its public nkey.
+    let user = KeyPair::generate(KeyKind::User).map_err(anyhow::Error::msg)?;
+    let stranger = KeyPair::generate(KeyKind::User).map_err(anyhow::Error::msg)?;
+    let nk = start_server(
+        &dir,
+        "natsnkey",
+        &format!(
+            "authorization {{\n  users = [ {{ nkey: \"{}\" }} ]\n}}",
+            user.public_key()
+        ),
+    )
+    .await?;
+    // A server in operator mode: operator → account (JetStream allowed) →
+    // user, each JWT signed by the key above it; the user's .creds file.
+    let operator = KeyPair::generate(KeyKind::Operator).map_err(anyhow::Error::msg)?;
+    let account = KeyPair::generate(KeyKind::Account).map_err(anyhow::Error::msg)?;
+    let jwt_user = KeyPair::generate(KeyKind::User).map_err(anyhow::Error::msg)?;
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "test-operator",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    // JetStream in operator mode needs a system account too.
+    let system = KeyPair::generate(KeyKind::Account).map_err(anyhow::Error::msg)?;
+    let account_jwt = |key: &KeyPair, name: &str, jetstream: i64| {
+        nats_jwt(
+            &operator,
+            &key.public_key(),
+            name,
+            serde_json::json!({
+                "limits": {
+                    "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                    "wildcards": true, "conn": -1, "leaf": -1,
+                    "mem_storage": jetstream, "disk_storage": jetstream,
+                    "streams": jetstream, "consumer": jetstream
+                },
+                "default_permissions": {"pub": {}, "sub": {}},
+                "type": "account",
+                "version": 2
+            }),
+        )
+    };
+    let system_jwt = account_jwt(&system, "SYS", 0);
+    let account_jwt = account_jwt(&account, "test-account", -1);
+    let user_jwt = nats_jwt(
+        &account,
+        &jwt_user.public_key(),
+        "tributary",
+        serde_json::json!({
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+            "type": "user", "version": 2
+        }),
+    );
+    std::fs::write(dir.join("operator.jwt"), &operator_jwt)?;
+    let op = start_server(
+        &dir,
+        "natsop",
+        &format!(
+            "operator: \"{}\"\nsystem_account: \"{}\"\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: \"{account_jwt}\"\n  {}: \"{system_jwt}\"\n}}",
+            dir.join("operator.jwt").display(),
+            system.public_key(),
+            account.public_key(),
+            system.public_key()
+        ),
+    )
+    .await?;
+    let creds_text = format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+        jwt_user.seed_text()
+    );
+    std::fs::write(dir.join("tributary.creds"), &creds_text)?;
+    std::fs::write(dir.join("user.nk"), format!("{}\n", user.seed_text()))?;
+
+    let (s_nk, s_op, s_wrong) = (unique("NKEY"), unique("CREDS"), unique("WRONG"));
+    let prefix = unique("tribnk");
+    let export = |name: &str, addr: &std::net::SocketAddr, stream: &str, auth: &str| {
+        format!(
+            "[[exports]]\nname = \"{name}\"\nkind = \"nats\"\nurl = \"nats://{addr}\"\n\
+             stream = \"{stream}\"\nsubject = \"{prefix}.{{agent}}.{{device}}\"\nformat = \"json\"\n\
+             create_stream = true\n{auth}\ntimeout = \"2s\"\nmax_backoff = \"500ms\"\n\n"
+        )
+    };
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}{}",
+            export("nk", &nk.addr, &s_nk, "nkey_seed_file = \"user.nk\""),
+            export(
+                "creds",
+                &op.addr,
+                &s_op,
+                "credentials_file = \"tributary.creds\""
+            ),
+            export(
+                "wrong",
+                &nk.addr,
+                &s_wrong,
+                &format!("nkey_seed = \"{}\"", stranger.seed_text())
+            ),
+        ),
+    )?;
+    let config = config.display().to_string();
+    let mut collector =
+        Collector::start_with(&dir, free_addr()?, &["--config", config.as_str()]).await?;
+    let mut agent = Agent::start(
+        &dir,
+        "nk-0",
+        &sim_agent_config("nk-0", &[collector.url()], DEVICES, "20ms"),
+        "",
+    )?;
+    wait_for_counters(&collector.db, "nk-0", DEVICES, 20).await?;
+    agent.stop().await?;
+    let want = stored(&collector.db, "nk-")?;
+    let db = collector.db.clone();
+    for name in ["nk", "creds"] {
+        let done = eventually(PATIENCE, &format!("export {name} caught up"), || {
+            let db = db.clone();
+            async move {
+                let (c, p) = cursor(&db, name).await.ok()??;
+                (p.readings == 0 && p.end == c.position && c.sent > 0).then_some(())
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            bail!(
+                "{e:#}\ncollector log:\n{}\nnkey server log:\n{}\noperator server log:\n{}",
+                collector.log(),
+                nk.log(),
+                op.log()
+            );
+        }
+    }
+    // Read back with the same credentials: every stored reading once.
+    let nk_access = Access {
+        auth: NatsAuth::Nkey(user.clone()),
+        tls: None,
+    };
+    let msgs = read_stream_with(&nk.addr.to_string(), &s_nk, &nk_access).await?;
+    compare(&want, &streamed(&msgs, true, &prefix)?)?;
+    let creds = Credentials::parse(&creds_text).map_err(anyhow::Error::msg)?;
+    let op_access = Access {
+        auth: NatsAuth::Credentials(creds),
+        tls: None,
+    };
+    let creds_msgs = read_stream_with(&op.addr.to_string(), &s_op, &op_access).await?;
+    compare(&want, &streamed(&creds_msgs, true, &prefix)?)?;
+    // The stranger's key: refused by the server, counted as failed
+    // requests, logged under the export's name; nothing sent, the lag
+    // stands, and the collector runs on.
+    let failed = failed_requests(&collector, "wrong").await?;
+    ensure!(failed >= 1.0, "wrong: {failed} failed requests");
+    let (c, p) = cursor(&db, "wrong")
+        .await?
+        .context("no cursor for export wrong")?;
+    ensure!(
+        c.sent == 0 && p.readings as usize == want.values().sum::<usize>(),
+        "wrong: {c:?} {p:?}"
+    );
+    let log = collector.log();
+    ensure!(
+        log.lines().any(|l| l.contains("wrong")
+            && l.contains("refused the connection")
+            && l.contains("Authorization Violation")),
+        "no log line names export wrong and the refusal:\n{log}"
+    );
+    ensure!(
+        !log.contains(&stranger.seed_text()[2..]) && !log.contains(&user.seed_text()[2..]),
+        "a seed reached the log"
+    );
+    // Without credentials the servers refuse.
+    ensure!(
+        read_stream(&nk.addr.to_string(), &s_nk).await.is_err(),
+        "the nkey server let a client without a key in"
+    );
+    ensure!(collector.proc.try_wait()?.is_none(), "the collector exited");
+    println!(
+        "nats with an nkey and with a .creds file: {} readings committed, each in both streams once \
+         ({} and {} messages); a wrong key: {failed} failed requests, nothing sent",
+        want.values().sum::<usize>(),
+        msgs.len(),
+        creds_msgs.len()
     );
     Ok(())
 }

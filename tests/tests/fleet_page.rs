@@ -3,7 +3,9 @@
 //! the Query service answers (ListAgents with the name of the collector each
 //! agent streams to, ListSeries, Range), a device
 //! called `<script>alert(1)</script>` shows as text, a device that stops
-//! answering turns down on the page with the cause its agent stored, all
+//! answering turns down on the page with the cause its agent stored, an
+//! export whose receiver is not there shows as ListExports has it (behind,
+//! its error, its destination without the password), all
 //! without reloading. Screenshots land in `target/fleet-page.png` (1280×800),
 //! `target/fleet-page-full.png` (the whole page at that width) and
 //! `target/fleet-page-phone.png` (390 wide) for people to look at.
@@ -26,6 +28,8 @@ const COLLECTOR_NAME: &str = "<i>collector</i> 1";
 /// A label value and a string value with markup, from exec devices.
 const LABEL_MARKUP: &str = "<img src=x onerror=alert(2)>";
 const STRING_MARKUP: &str = "<b onmouseover=alert(3)>bold</b>";
+/// The password in the export's URL.
+const EXPORT_SECRET: &str = "s3cret-pw";
 
 type Query = pb::query_client::QueryClient<tonic::transport::Channel>;
 
@@ -72,6 +76,46 @@ async fn page_agents(b: &Browser) -> Result<BTreeSet<(String, bool, String)>> {
     Ok(rows.into_iter().collect())
 }
 
+/// A row of the page's exports table.
+#[derive(Debug)]
+struct ExportRow {
+    kind: String,
+    destination: String,
+    lag: u64,
+    sent: String,
+    error: String,
+}
+
+/// The page's exports table by export name.
+async fn page_exports(b: &Browser) -> Result<BTreeMap<String, ExportRow>> {
+    let rows = b
+        .eval(
+            "[...document.querySelectorAll('#exports tbody tr')].map(tr => [tr.dataset.export, \
+             tr.dataset.kind, \
+             tr.querySelector('td[data-col=destination]').textContent, \
+             Number(tr.querySelector('td[data-col=lag]').textContent.replace(/\\D/g, '')), \
+             tr.querySelector('td[data-col=sent]').textContent, \
+             tr.querySelector('td[data-col=error]').textContent])",
+        )
+        .await?;
+    let rows: Vec<(String, String, String, u64, String, String)> = serde_json::from_value(rows)?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, kind, destination, lag, sent, error)| {
+            (
+                name,
+                ExportRow {
+                    kind,
+                    destination,
+                    lag,
+                    sent,
+                    error,
+                },
+            )
+        })
+        .collect())
+}
+
 /// The page's devices table: (agent, device) → (state, outcome, cause).
 async fn page_devices(b: &Browser) -> Result<BTreeMap<(String, String), (String, String, String)>> {
     let rows = b
@@ -112,7 +156,25 @@ async fn flag(b: &Browser, js: &str) -> Option<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_page_shows_what_query_answers_and_stays_live() -> Result<()> {
     let dir = TestDir::new("fleet-page")?;
-    let collector = Collector::start_with(&dir, free_addr()?, &["--name", COLLECTOR_NAME]).await?;
+    // One export to a remote write receiver that is not there (its URL
+    // with credentials the page must not show): it falls behind, and its
+    // failing tries are its last error.
+    let nobody = free_addr()?;
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[exports]]\nname = \"vm\"\nkind = \"remote_write\"\n\
+             url = \"http://user:{EXPORT_SECRET}@{nobody}/api/v1/write\"\nmax_backoff = \"500ms\"\n"
+        ),
+    )?;
+    let config = config.display().to_string();
+    let collector = Collector::start_with(
+        &dir,
+        free_addr()?,
+        &["--name", COLLECTOR_NAME, "--config", config.as_str()],
+    )
+    .await?;
     let meter = HttpSim::new().bind("127.0.0.1:0".parse()?).await?;
     let url = collector.url();
     let edge_1 = format!(
@@ -267,6 +329,58 @@ async fn the_fleet_page_shows_what_query_answers_and_stays_live() -> Result<()> 
     ensure!(
         no_markup == Value::Bool(true),
         "markup from a value became an element"
+    );
+
+    // The exports table: the export as ListExports answers it (name, kind,
+    // destination without the credentials), behind, nothing sent, and
+    // the error of its failing tries.
+    let exports = query
+        .list_exports(pb::ListExportsRequest {})
+        .await?
+        .into_inner()
+        .exports;
+    let [listed] = exports.as_slice() else {
+        bail!("ListExports: {exports:?}");
+    };
+    ensure!(
+        listed.name == "vm"
+            && listed.kind == "remote_write"
+            && !listed.destination.contains(EXPORT_SECRET)
+            && listed.destination.contains(&nobody.to_string()),
+        "{listed:?}"
+    );
+    let row = eventually(
+        PATIENCE,
+        "the page shows the export behind, with its error",
+        || async {
+            let row = page_exports(b).await.ok()?.remove("vm")?;
+            (row.lag > 0 && !row.error.is_empty()).then_some(row)
+        },
+    )
+    .await?;
+    let listed = query
+        .list_exports(pb::ListExportsRequest {})
+        .await?
+        .into_inner()
+        .exports
+        .into_iter()
+        .next()
+        .context("ListExports lost the export")?;
+    ensure!(
+        row.kind == listed.kind
+            && row.destination == listed.destination
+            && row.sent == "0"
+            && listed.sent == 0
+            && row.error == listed.last_error
+            && listed.last_error.contains("onnect"),
+        "page {row:?}, ListExports {listed:?}"
+    );
+    ensure!(
+        !b.eval("document.body.innerHTML")
+            .await?
+            .to_string()
+            .contains(EXPORT_SECRET),
+        "the page shows the export's password"
     );
 
     // Take the meter down: it turns down on the page with the cause stored.

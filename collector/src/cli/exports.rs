@@ -84,9 +84,11 @@ async fn from_store(store: &str, config: Option<&PathBuf>) -> Result<Vec<ExportR
         .status()
         .await
         .with_context(|| format!("read the export cursors in {url}"))?;
+    // Read straight from the store: no page in flight here to show.
     Ok(crate::export::rows(
         status,
         &configured,
+        &Default::default(),
         tributary_process::now_ns(),
     ))
 }

@@ -235,6 +235,9 @@ pub(super) struct RawExport {
     password_file: Option<Spanned<String>>,
     token: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
+    nkey_seed: Option<Spanned<String>>,
+    nkey_seed_file: Option<Spanned<String>>,
+    credentials_file: Option<Spanned<String>>,
     max_readings_per_message: Option<Spanned<u64>>,
     max_in_flight: Option<Spanned<u64>>,
 }

@@ -40,7 +40,8 @@ use tracing::warn;
 
 pub use remote_write::{Outcome, SinkError, pb as remote_write_pb};
 use runner::{Runner, Sink};
-pub use status::{Configured, ExportRow, ExportsView, destination, rows};
+use status::FailingBoard;
+pub use status::{Configured, ExportRow, ExportsView, FailingNow, destination, rows};
 
 use crate::config::exports::{ExportConfig, ExportKind};
 use crate::metrics::ExportMetrics;
@@ -135,6 +136,8 @@ pub struct Exports {
     abort: CancellationToken,
     /// The running exports' settings, for [`ExportsView`].
     configured: watch::Sender<Vec<Configured>>,
+    /// The errors of pages failing now, for [`ExportsView`].
+    failing: FailingBoard,
     /// Where the tasks run (`runtime.rs`).
     runtime: runtime::ExportRuntime,
 }
@@ -186,6 +189,7 @@ pub async fn start(
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
         configured: watch::Sender::new(Vec::new()),
+        failing: Arc::new(watch::Sender::new(Default::default())),
         runtime: runtime::ExportRuntime::start().map_err(ExportError::Runtime)?,
     };
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
@@ -228,7 +232,11 @@ impl Exports {
     /// What the Query service reads: every cursor in the store, with the
     /// settings of the exports running here (kept current by reloads).
     pub fn view(&self) -> ExportsView {
-        ExportsView::new(self.url.clone(), self.configured.subscribe())
+        ExportsView::new(
+            self.url.clone(),
+            self.configured.subscribe(),
+            self.failing.subscribe(),
+        )
     }
 
     /// Tells the views which exports run now.
@@ -245,11 +253,13 @@ impl Exports {
     /// Starts the task of one export.
     fn spawn(&mut self, config: ExportConfig, sink: Sink, log: CommitLog) {
         let (stop, abort) = (self.stop.child_token(), self.abort.child_token());
+        let mut metrics = self.metrics.handles(&config.name);
+        metrics.failing = FailingNow::on(&self.failing, &config.name);
         let runner = Runner {
             config: config.clone(),
             sink,
             log,
-            metrics: self.metrics.handles(&config.name),
+            metrics,
         };
         let task = self
             .runtime
@@ -342,6 +352,9 @@ impl Exports {
                 }
                 self.spawn(config, sink, log.clone());
             }
+        }
+        for name in diff.removed.iter().chain(&diff.changed) {
+            FailingNow::on(&self.failing, name).clear();
         }
         for name in &diff.removed {
             self.metrics.remove(name);

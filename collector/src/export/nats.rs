@@ -21,13 +21,16 @@
 //!
 //! The client is ours (`nats/client.rs`, the text protocol: CONNECT, PING,
 //! SUB, HPUB, MSG/HMSG; `nats/tls.rs`, TLS with rustls as remote_write has): `async-nats` would bring a second TLS stack
-//! configuration, nkeys/ed25519 and a background connection task for the
-//! five operations this needs.
+//! configuration, its own nkeys/ed25519 crates and a background connection
+//! task for the five operations this needs (nkey and `.creds`
+//! authentication here sign with ring's Ed25519, already in the tree
+//! through rustls: `nats/nkey.rs`).
 //!
 //! Uses `query`'s series/point → protobuf conversions (the wire format is
 //! the Query API's `ReadingsChunk`).
 
 pub mod client;
+pub mod nkey;
 mod tls;
 
 pub use tls::NatsTls;
@@ -343,6 +346,7 @@ impl NatsSink {
             };
             let message = e.to_string();
             metrics.failed.inc();
+            metrics.failing.set(&message);
             warn!(export = %self.name, error = %message, waiting = waiting.len() + queue.len(), "nats publish failed; sending again");
             out.last_error = Some(message);
             if matches!(e, Failure::Broken(_)) {

@@ -354,6 +354,7 @@ impl RemoteWriteSink {
                     let text = body_start(resp).await;
                     metrics.failed.inc();
                     let message = format!("{status}: {}", text.trim());
+                    metrics.failing.set(&message);
                     out.last_error = Some(message.clone());
                     if status.is_server_error() || status.as_u16() == 429 {
                         warn!(export = %self.name, status = %status, body = %text.trim(), "remote write refused for now; retrying");
@@ -370,6 +371,7 @@ impl RemoteWriteSink {
                     // Without the URL: it may carry credentials.
                     let message = tributary_process::error_chain(&e.without_url());
                     warn!(export = %self.name, error = %message, "remote write failed; retrying");
+                    metrics.failing.set(&message);
                     out.last_error = Some(message);
                     None
                 }

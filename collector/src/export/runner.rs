@@ -244,6 +244,8 @@ impl Runner {
             pace.measure_at = tokio::time::Instant::now();
             return Ok(!cancel.is_cancelled());
         };
+        // Delivered: nothing is failing now (the cursor keeps the last error).
+        self.metrics.failing.clear();
         if outcome.dropped > 0 {
             warn!(export = %name, dropped = outcome.dropped, "export dropped readings the destination refused");
         }

@@ -4,8 +4,12 @@
 //! (its kind and destination, credentials redacted).
 //!
 //! Owns [`ExportsView`]: the store's URL and a `watch` of the configured
-//! exports that [`super::Exports`] updates at start and at each reload.
+//! exports that [`super::Exports`] updates at start and at each reload,
+//! and [`FailingNow`], the board of the errors of pages failing right now.
 //! Reads through a connection of its own per call; never touches a task.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -44,6 +48,50 @@ pub fn destination(config: &ExportConfig) -> String {
     }
 }
 
+/// Export name → the error its page in flight keeps failing with.
+pub type FailingBoard = Arc<watch::Sender<BTreeMap<String, String>>>;
+
+/// One export's line on the board of failing pages. A cursor keeps its
+/// `last_error` once a page is delivered, so a page that never goes
+/// through (wrong credentials, a destination down) would show nothing:
+/// the sink writes each failure here as it happens, the runner clears it
+/// when a page is delivered, and the views show it first.
+#[derive(Debug, Clone, Default)]
+pub struct FailingNow {
+    name: Arc<str>,
+    /// `None`: nobody looks (tests, a detached handle).
+    board: Option<FailingBoard>,
+}
+
+impl FailingNow {
+    pub fn on(board: &FailingBoard, name: &str) -> FailingNow {
+        FailingNow {
+            name: name.into(),
+            board: Some(board.clone()),
+        }
+    }
+
+    /// The page in flight failed with `error`.
+    pub fn set(&self, error: &str) {
+        if let Some(b) = &self.board {
+            b.send_if_modified(|m| {
+                if m.get(&*self.name).is_some_and(|e| e == error) {
+                    return false;
+                }
+                m.insert(self.name.to_string(), error.to_owned());
+                true
+            });
+        }
+    }
+
+    /// A page was delivered (or the export stopped).
+    pub fn clear(&self) {
+        if let Some(b) = &self.board {
+            b.send_if_modified(|m| m.remove(&*self.name).is_some());
+        }
+    }
+}
+
 /// One export's state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportRow {
@@ -64,15 +112,19 @@ pub struct ExportRow {
 
 /// The rows of every cursor (by name, as the store lists them), with the
 /// settings of those `configured` here; lag seconds as of `now_ns`.
+/// A page failing now in this collector (`failing`) shows its error, before
+/// the one the cursor kept.
 pub fn rows(
     status: Vec<(CursorRow, Pending)>,
     configured: &[Configured],
+    failing: &BTreeMap<String, String>,
     now_ns: i64,
 ) -> Vec<ExportRow> {
     status
         .into_iter()
         .map(|(c, p)| {
             let mine = configured.iter().find(|e| e.name == c.name);
+            let last_error = failing.get(&c.name).cloned().or(c.last_error);
             ExportRow {
                 kind: mine.map(|e| e.kind.to_owned()).unwrap_or_default(),
                 destination: mine.map(|e| e.destination.clone()).unwrap_or_default(),
@@ -86,7 +138,7 @@ pub fn rows(
                 retried: c.retried,
                 dropped: c.dropped,
                 skipped: c.skipped,
-                last_error: c.last_error,
+                last_error,
                 name: c.name,
             }
         })
@@ -98,17 +150,32 @@ pub fn rows(
 pub struct ExportsView {
     url: StoreUrl,
     configured: watch::Receiver<Vec<Configured>>,
+    failing: watch::Receiver<BTreeMap<String, String>>,
 }
 
 impl ExportsView {
-    pub(super) fn new(url: StoreUrl, configured: watch::Receiver<Vec<Configured>>) -> Self {
-        ExportsView { url, configured }
+    pub(super) fn new(
+        url: StoreUrl,
+        configured: watch::Receiver<Vec<Configured>>,
+        failing: watch::Receiver<BTreeMap<String, String>>,
+    ) -> Self {
+        ExportsView {
+            url,
+            configured,
+            failing,
+        }
     }
 
     /// Every export's row, read from the store now.
     pub async fn list(&self) -> Result<Vec<ExportRow>, ReadError> {
         let status = CommitLog::existing(&self.url)?.status().await?;
         let configured = self.configured.borrow().clone();
-        Ok(rows(status, &configured, tributary_process::now_ns()))
+        let failing = self.failing.borrow().clone();
+        Ok(rows(
+            status,
+            &configured,
+            &failing,
+            tributary_process::now_ns(),
+        ))
     }
 }

@@ -72,6 +72,9 @@ pub struct HttpContext {
     pub query_limits: crate::promql::Limits,
     /// The HTTP side's counters (refused event streams).
     pub http_metrics: Arc<crate::metrics::HttpMetrics>,
+    /// The exports' cursors and settings, as ListExports reads them (the
+    /// fleet page's exports table).
+    pub exports: Option<crate::export::ExportsView>,
 }
 
 /// The whole HTTP surface of the collector.

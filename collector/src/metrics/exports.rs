@@ -42,6 +42,9 @@ pub struct ExportHandles {
     pub lag_readings: Gauge,
     /// Age of the oldest committed batch not yet sent.
     pub lag_seconds: Gauge<f64, AtomicU64>,
+    /// The error of the page failing now, for ListExports and the fleet
+    /// page (detached until the export's owner attaches it).
+    pub failing: crate::export::FailingNow,
 }
 
 impl ExportMetrics {
@@ -109,6 +112,7 @@ impl ExportMetrics {
             failed: self.failed.get_or_create(&l).clone(),
             lag_readings: self.lag_readings.get_or_create(&l).clone(),
             lag_seconds: self.lag_seconds.get_or_create(&l).clone(),
+            failing: crate::export::FailingNow::default(),
         }
     }
 }

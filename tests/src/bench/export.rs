@@ -308,47 +308,32 @@ async fn stop(mut p: Proc) -> Result<()> {
 /// Full-speed load from `cfg.agents` agents for `cfg.duration`: readings
 /// acked and seconds.
 async fn load(url: &str, cfg: &Config, tag: &str) -> Result<(u64, f64)> {
-    let shared = Arc::new(Shared::default());
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for a in 0..cfg.agents {
-        let channel = load::connect(url).await?;
-        let mut spec = LoadSpec::new(format!("{tag}-{a}"), cfg.series, cfg.batch);
-        spec.base_ts_ns = crate::collector::now_ns();
-        spec.step_ns = 1_000_000;
-        tasks.push(tokio::spawn(load::run(
-            channel,
-            spec,
-            shared.clone(),
-            stop.clone(),
-            Duration::from_secs(30),
-        )));
-    }
-    let start = Instant::now();
-    tokio::time::sleep(cfg.duration).await;
-    stop.cancel();
-    let mut acked = 0;
-    for t in tasks {
-        acked += t.await.context("load task")??.acked;
-    }
-    Ok((acked, start.elapsed().as_secs_f64()))
+    drive(url, cfg, None, tag).await
 }
 
 /// The load held at `rate` readings/s (each agent one batch every
-/// `agents × batch / rate`) for `cfg.duration`: readings acked and
-/// seconds.
+/// `agents × batch / rate`, the agents spread over that interval) for
+/// `cfg.duration`: readings acked and seconds.
 async fn paced(url: &str, cfg: &Config, rate: f64, tag: &str) -> Result<(u64, f64)> {
+    drive(url, cfg, Some(rate), tag).await
+}
+
+/// `cfg.agents` load agents for `cfg.duration`, at full speed or held at
+/// `rate`: readings acked and seconds.
+async fn drive(url: &str, cfg: &Config, rate: Option<f64>, tag: &str) -> Result<(u64, f64)> {
     let shared = Arc::new(Shared::default());
     let stop = CancellationToken::new();
-    let pace = Duration::from_secs_f64(cfg.agents as f64 * cfg.batch as f64 / rate);
+    let pace = rate.map(|r| Duration::from_secs_f64(cfg.agents as f64 * cfg.batch as f64 / r));
     let mut tasks = Vec::new();
     for a in 0..cfg.agents {
         let channel = load::connect(url).await?;
         let mut spec = LoadSpec::new(format!("{tag}-{a}"), cfg.series, cfg.batch);
         spec.base_ts_ns = crate::collector::now_ns();
         spec.step_ns = 1_000_000;
-        spec.pace = Some(pace);
-        spec.offset = pace.mul_f64(a as f64 / cfg.agents as f64);
+        if let Some(pace) = pace {
+            spec.pace = Some(pace);
+            spec.offset = pace.mul_f64(a as f64 / cfg.agents as f64);
+        }
         tasks.push(tokio::spawn(load::run(
             channel,
             spec,
@@ -405,21 +390,7 @@ async fn drained_all(db: &std::path::Path, n: usize) -> Result<Vec<u64>> {
     }
 }
 
-/// Waits until the export has nothing pending; its `sent` total.
+/// Waits until the one export has nothing pending; its `sent` total.
 async fn drained(db: &std::path::Path) -> Result<u64> {
-    let log = CommitLog::sqlite(db.to_owned());
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let rows = log.status().await.context("export status")?;
-        if let Some((c, p)) = rows.first()
-            && p.readings == 0
-            && c.sent > 0
-        {
-            return Ok(c.sent);
-        }
-        if Instant::now() > deadline {
-            bail!("the export did not catch up within 300 s: {rows:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Ok(drained_all(db, 1).await?[0])
 }

@@ -20,7 +20,8 @@ scenarios:
   config          the agent loads K devices: a flat file vs a CSV inventory + template + includes
   promql          the Prometheus HTTP API vs Prometheus on the same data: the PromQL corpus,
                   sum by (device) (rate(m[5m])), ingest with and without queries
-  export          a remote_write export to VictoriaMetrics: ingest with and without it, catch-up
+  export          remote_write to VictoriaMetrics and nats to JetStream: ingest with and without
+                  each and both, export and catch-up rates, lag p99 of both at a fixed rate
   metrics-cost    the agent's metrics in instructions (callgrind): metrics off and on side by
                   side, 100 devices at 1 s and at 10 s intervals, scraped every 15 s (valgrind)
   snmp            one agent walks a 48 x 10 ifXTable on --devices through one snmpd, against

@@ -156,6 +156,37 @@ pub async fn read_stream_with(addr: &str, stream: &str, access: &Access) -> Resu
     Ok(out)
 }
 
+/// One `nats-server` with JetStream on a free loopback port, with
+/// `extra` added to its config file (an `authorization` block of nkey
+/// users, an `operator` with its `resolver`, ...).
+pub async fn start_server(dir: &TestDir, name: &str, extra: &str) -> Result<Peer> {
+    let program = tool(
+        NATS_SERVER_ENV,
+        &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+    )?;
+    let addr = free_addr()?;
+    let store = dir.join(format!("{name}-js"));
+    std::fs::create_dir_all(&store)?;
+    let config = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &config,
+        format!(
+            "server_name: \"{name}\"\nlisten: \"{addr}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n{extra}\n",
+            store.display()
+        ),
+    )
+    .with_context(|| format!("write {}", config.display()))?;
+    Peer::spawn(
+        name,
+        &program,
+        &["-c".to_owned(), config.display().to_string()],
+        dir,
+        addr,
+    )?
+    .wait_tcp()
+    .await
+}
+
 /// One `nats-server` with JetStream that speaks only TLS (its
 /// certificate `cert`/`key`; with `client_ca`, it verifies client
 /// certificates too) and wants `token`.

@@ -15,7 +15,8 @@
 //! max_age = "7d"                           # default: kept until the stream's limits
 //! duplicate_window = "10m"                 # default 2m (JetStream's)
 //! user = "tributary"                       # with password / password_file,
-//! password_file = "/etc/tributary/nats.pw" # or token / token_file
+//! password_file = "/etc/tributary/nats.pw" # or token / token_file, or
+//! # nkey_seed / nkey_seed_file (SU...), or credentials_file (.creds: JWT + seed)
 //! # TLS: tls:// servers, or [exports.tls] ca / cert / key (as remote_write)
 //! max_readings_per_message = 1000
 //! max_in_flight = 256                      # messages awaiting their PubAck
@@ -29,6 +30,7 @@ use toml::Spanned;
 use tributary_config::{ConfigError, Source};
 
 use super::{ExportTls, RawExport};
+use crate::export::nats::nkey::{Credentials, KeyPair};
 
 /// Keys only `kind = "nats"` has.
 pub(super) const NATS_KEYS: &[&str] = &[
@@ -45,6 +47,9 @@ pub(super) const NATS_KEYS: &[&str] = &[
     "password_file",
     "token",
     "token_file",
+    "nkey_seed",
+    "nkey_seed_file",
+    "credentials_file",
     "max_readings_per_message",
     "max_in_flight",
 ];
@@ -119,6 +124,12 @@ pub enum NatsAuth {
         password: String,
     },
     Token(String),
+    /// `nkey_seed`/`nkey_seed_file`: the user's public key and the
+    /// server's nonce signed.
+    Nkey(KeyPair),
+    /// `credentials_file`: the user JWT and the nonce signed with the
+    /// seed that goes with it.
+    Credentials(Credentials),
 }
 
 impl std::fmt::Debug for NatsAuth {
@@ -128,6 +139,8 @@ impl std::fmt::Debug for NatsAuth {
             NatsAuth::None => f.write_str("None"),
             NatsAuth::UserPassword { user, .. } => write!(f, "UserPassword({user}, <secret>)"),
             NatsAuth::Token(_) => f.write_str("Token(<secret>)"),
+            NatsAuth::Nkey(k) => write!(f, "Nkey({k:?})"),
+            NatsAuth::Credentials(c) => write!(f, "{c:?}"),
         }
     }
 }
@@ -258,7 +271,7 @@ pub fn push_token(out: &mut String, value: &str) {
 
 /// The present keys of `r` among `keys`, with their spans.
 fn present(r: &RawExport, keys: &[&str]) -> Option<(&'static str, Range<usize>)> {
-    let all: [(&'static str, Option<Range<usize>>); 21] = [
+    let all: [(&'static str, Option<Range<usize>>); 24] = [
         ("stream", r.stream.as_ref().map(Spanned::span)),
         ("create_stream", r.create_stream.as_ref().map(Spanned::span)),
         ("subjects", r.subjects.as_ref().map(Spanned::span)),
@@ -275,6 +288,15 @@ fn present(r: &RawExport, keys: &[&str]) -> Option<(&'static str, Range<usize>)>
         ("password_file", r.password_file.as_ref().map(Spanned::span)),
         ("token", r.token.as_ref().map(Spanned::span)),
         ("token_file", r.token_file.as_ref().map(Spanned::span)),
+        ("nkey_seed", r.nkey_seed.as_ref().map(Spanned::span)),
+        (
+            "nkey_seed_file",
+            r.nkey_seed_file.as_ref().map(Spanned::span),
+        ),
+        (
+            "credentials_file",
+            r.credentials_file.as_ref().map(Spanned::span),
+        ),
         (
             "max_readings_per_message",
             r.max_readings_per_message.as_ref().map(Spanned::span),
@@ -567,7 +589,9 @@ fn servers(url: &str) -> Result<(Vec<String>, bool), String> {
     Ok((out, tls))
 }
 
-/// `user` + `password`/`password_file`, or `token`/`token_file`.
+/// One way to authenticate at most: `user` + `password`/`password_file`,
+/// `token`/`token_file`, `nkey_seed`/`nkey_seed_file`, or
+/// `credentials_file` (a `.creds` file: user JWT and nkey seed).
 fn auth(src: &Source<'_>, r: &RawExport, i: usize) -> Result<NatsAuth, ConfigError> {
     let key = |k: &str| format!("exports[{i}].{k}");
     let secret = |v: &Spanned<String>, k: &str| -> Result<String, ConfigError> {
@@ -580,47 +604,82 @@ fn auth(src: &Source<'_>, r: &RawExport, i: usize) -> Result<NatsAuth, ConfigErr
         }
         Ok(text)
     };
+    // The value and the span of `k` or `k_file`.
     let one_of = |a: &Option<Spanned<String>>,
                   b: &Option<Spanned<String>>,
                   k: &str|
-     -> Result<Option<String>, ConfigError> {
+     -> Result<Option<(String, Range<usize>, String)>, ConfigError> {
         match (a, b) {
             (Some(v), Some(_)) => {
                 Err(src.error(v.span(), key(k), format!("set {k} or {k}_file, not both")))
             }
-            (Some(v), None) => Ok(Some(v.get_ref().clone())),
-            (None, Some(f)) => Ok(Some(secret(f, &format!("{k}_file"))?)),
+            (Some(v), None) => Ok(Some((v.get_ref().clone(), v.span(), k.to_owned()))),
+            (None, Some(f)) => {
+                let k = format!("{k}_file");
+                Ok(Some((secret(f, &k)?, f.span(), k)))
+            }
             (None, None) => Ok(None),
         }
     };
     let password = one_of(&r.password, &r.password_file, "password")?;
     let token = one_of(&r.token, &r.token_file, "token")?;
-    let span = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span).unwrap_or(0..0);
-    match (&r.user, password, token) {
-        (Some(_), Some(_), Some(_)) | (None, Some(_), Some(_)) => Err(src.error(
-            span(&r.token).start.max(span(&r.token_file).start)
-                ..span(&r.token).end.max(span(&r.token_file).end),
-            key("token"),
-            "set user and password, or a token, not both",
-        )),
-        (Some(u), Some(p), None) => Ok(NatsAuth::UserPassword {
-            user: u.get_ref().clone(),
-            password: p,
-        }),
-        (Some(u), None, _) => Err(src.error(
+    let seed = one_of(&r.nkey_seed, &r.nkey_seed_file, "nkey_seed")?;
+    let creds = r
+        .credentials_file
+        .as_ref()
+        .map(|f| Ok::<_, ConfigError>((secret(f, "credentials_file")?, f.span())))
+        .transpose()?;
+    if let (Some(u), None) = (&r.user, &password) {
+        return Err(src.error(
             u.span(),
             key("user"),
             "a user needs password or password_file",
-        )),
-        (None, Some(_), None) => Err(src.error(
-            span(&r.password).start.max(span(&r.password_file).start)
-                ..span(&r.password).end.max(span(&r.password_file).end),
-            key("password"),
-            "a password needs user",
-        )),
-        (None, None, Some(t)) => Ok(NatsAuth::Token(t)),
-        (None, None, None) => Ok(NatsAuth::None),
+        ));
     }
+    if let (None, Some((_, span, k))) = (&r.user, &password) {
+        return Err(src.error(span.clone(), key(k), "a password needs user"));
+    }
+    // Which ways are set, in the order of the keys.
+    let mut ways: Vec<(&str, Range<usize>)> = Vec::new();
+    if let (Some(u), Some(_)) = (&r.user, &password) {
+        ways.push(("user and password", u.span()));
+    }
+    if let Some((_, span, _)) = &token {
+        ways.push(("a token", span.clone()));
+    }
+    if let Some((_, span, _)) = &seed {
+        ways.push(("an nkey seed", span.clone()));
+    }
+    if let Some((_, span)) = &creds {
+        ways.push(("a credentials file", span.clone()));
+    }
+    if let [(first, _), (second, span), ..] = ways.as_slice() {
+        return Err(src.error(
+            span.clone(),
+            key("auth"),
+            format!("set one way to authenticate, not {first} and {second}"),
+        ));
+    }
+    if let (Some(u), Some((p, _, _))) = (&r.user, password) {
+        return Ok(NatsAuth::UserPassword {
+            user: u.get_ref().clone(),
+            password: p,
+        });
+    }
+    if let Some((t, _, _)) = token {
+        return Ok(NatsAuth::Token(t));
+    }
+    if let Some((text, span, k)) = seed {
+        // The error says what is wrong with the seed, never the seed.
+        let pair = KeyPair::user_seed(&text).map_err(|e| src.error(span, key(&k), e))?;
+        return Ok(NatsAuth::Nkey(pair));
+    }
+    if let Some((text, span)) = creds {
+        let c =
+            Credentials::parse(&text).map_err(|e| src.error(span, key("credentials_file"), e))?;
+        return Ok(NatsAuth::Credentials(c));
+    }
+    Ok(NatsAuth::None)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! A small client of the NATS text protocol (<https://docs.nats.io/reference/reference-protocols/nats-protocol>),
 //! only what the JetStream export and its tests need: `CONNECT` (user and
-//! password, or a token; over TLS when asked or when the server requires
+//! password, a token, an nkey or a user JWT with the server's nonce
+//! signed, `nkey.rs`; over TLS when asked or when the server requires
 //! it, `tls.rs`), `PING`/`PONG`, `SUB`, `PUB`/`HPUB` (headers, for
 //! `Nats-Msg-Id`), and incoming `MSG`/`HMSG`; JetStream's API is requests
 //! on `$JS.API.*` with JSON bodies, made with [`Client::request`].
@@ -44,6 +45,9 @@ pub enum NatsError {
     Connect { addr: String, cause: std::io::Error },
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
+    /// `-ERR` in answer to `CONNECT`: mostly credentials.
+    #[error("{addr} refused the connection: {message} (check the credentials and TLS settings)")]
+    Rejected { addr: String, message: String },
     #[error("the server closed the connection")]
     Closed,
     #[error("the server said: {0}")]
@@ -223,6 +227,16 @@ impl Client {
                         connect["pass"] = json!(password);
                     }
                     NatsAuth::Token(t) => connect["auth_token"] = json!(t),
+                    // The server's nonce, signed: proof of the seed, which
+                    // never leaves this process.
+                    NatsAuth::Nkey(key) => {
+                        connect["nkey"] = json!(key.public_key());
+                        connect["sig"] = json!(signed_nonce(&info, key)?);
+                    }
+                    NatsAuth::Credentials(c) => {
+                        connect["jwt"] = json!(c.jwt);
+                        connect["sig"] = json!(signed_nonce(&info, &c.key)?);
+                    }
                 }
                 let text = format!("CONNECT {connect}\r\nPING\r\n");
                 c.writer.write_all(text.as_bytes()).await?;
@@ -235,9 +249,10 @@ impl Client {
                         b"PING" => c.writer.write_all(b"PONG\r\n").await?,
                         l if l.starts_with(b"INFO ") => {}
                         l if l.starts_with(b"-ERR") => {
-                            return Err(NatsError::Server(
-                                String::from_utf8_lossy(&l[4..]).trim().to_owned(),
-                            ));
+                            return Err(NatsError::Rejected {
+                                addr: addr.to_owned(),
+                                message: String::from_utf8_lossy(&l[4..]).trim().to_owned(),
+                            });
                         }
                         l => {
                             return Err(NatsError::Protocol(format!(
@@ -473,6 +488,19 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// The `nonce` of the server's `INFO`, signed with `key`, in base64url;
+/// a server without a nonce does not take nkeys or JWTs.
+fn signed_nonce(info: &Value, key: &super::nkey::KeyPair) -> Result<String, NatsError> {
+    let nonce = info.get("nonce").and_then(Value::as_str).ok_or_else(|| {
+        NatsError::Protocol(
+            "the server sent no nonce, so it does not take nkey or JWT (.creds) \
+             authentication: check its authorization settings"
+                .to_owned(),
+        )
+    })?;
+    Ok(super::nkey::base64url(&key.sign(nonce.as_bytes())))
 }
 
 /// A JetStream API error object as one line: `description (code, err_code)`.

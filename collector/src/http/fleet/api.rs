@@ -14,7 +14,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::devices::{DeviceJson, UP_METRIC, health};
-use super::json::{AgentJson, PointJson, SeriesJson};
+use super::json::{AgentJson, ExportJson, PointJson, SeriesJson};
 use super::params::{BadRequest, Params};
 use crate::http::HttpContext;
 use crate::model::{Point, SeriesMeta, now_ns};
@@ -97,6 +97,36 @@ pub async fn fleet(
         .into_response(),
         Err(e) => read_failed("list devices", &e),
     }
+}
+
+/// What `/api/fleet/exports` answers.
+#[derive(Debug, Serialize)]
+pub struct Exports {
+    pub now_ns: String,
+    pub exports: Vec<ExportJson>,
+}
+
+/// `GET /api/fleet/exports`: every export's cursor as ListExports reads
+/// it (none when this collector has no store log).
+pub async fn exports(
+    State(ctx): State<HttpContext>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(e) = Params::new(query, &[]) {
+        return e.into_response();
+    }
+    let rows = match &ctx.exports {
+        None => Vec::new(),
+        Some(view) => match view.list().await {
+            Ok(rows) => rows,
+            Err(e) => return read_failed("list exports", &e),
+        },
+    };
+    Json(Exports {
+        now_ns: now_ns().to_string(),
+        exports: rows.into_iter().map(ExportJson::from).collect(),
+    })
+    .into_response()
 }
 
 /// Every device that has a series (as ListSeries lists them), with its

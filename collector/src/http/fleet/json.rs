@@ -147,3 +147,43 @@ impl From<pb::AgentInfo> for AgentJson {
         }
     }
 }
+
+/// An export's row (as ListExports answers it): log positions as decimal
+/// strings, counters as numbers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ExportJson {
+    pub name: String,
+    /// `remote_write` or `nats`; empty when this collector does not
+    /// configure the export (a cursor another collector keeps).
+    pub kind: String,
+    /// Where it sends, credentials redacted.
+    pub destination: String,
+    pub position: String,
+    pub end: String,
+    pub lag_readings: u64,
+    pub lag_seconds: f64,
+    pub sent: u64,
+    pub retried: u64,
+    pub dropped: u64,
+    pub skipped: u64,
+    pub last_error: Option<String>,
+}
+
+impl From<crate::export::ExportRow> for ExportJson {
+    fn from(r: crate::export::ExportRow) -> Self {
+        ExportJson {
+            name: r.name,
+            kind: r.kind,
+            destination: r.destination,
+            position: r.position.to_string(),
+            end: r.end.to_string(),
+            lag_readings: r.lag_readings,
+            lag_seconds: r.lag_seconds,
+            sent: r.sent,
+            retried: r.retried,
+            dropped: r.dropped,
+            skipped: r.skipped,
+            last_error: r.last_error,
+        }
+    }
+}

@@ -189,6 +189,7 @@ fn context() -> (HttpContext, watch::Sender<LiveAgents>) {
         metrics: Arc::default(),
         query_limits: crate::promql::Limits::default(),
         http_metrics: Arc::default(),
+        exports: None,
     };
     (ctx, live_tx)
 }

@@ -74,6 +74,96 @@ fn a_nats_export_is_read_with_its_defaults() {
 }
 
 #[test]
+fn nkey_seeds_and_creds_files_are_read_checked_and_never_shown() {
+    use crate::export::nats::nkey::{KeyKind, KeyPair};
+    let dir = std::env::temp_dir().join(format!("tributary-nkey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let user = KeyPair::generate(KeyKind::User).unwrap();
+    let account = KeyPair::generate(KeyKind::Account).unwrap();
+    let seed = user.seed_text();
+    std::fs::write(dir.join("user.nk"), format!("{seed}\n")).unwrap();
+    std::fs::write(
+        dir.join("user.creds"),
+        format!(
+            "-----BEGIN NATS USER JWT-----\neyJh.eyJi.c2ln\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("broken.creds"), "just text\n").unwrap();
+    let head =
+        "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"nats://a:1\"\nstream = \"S\"\n";
+    let auth_of = |extra: &str| -> Result<NatsAuth, String> {
+        let e = resolve(&format!("{head}{extra}"))?;
+        let ExportKind::Nats(n) = &e[0].kind else {
+            panic!("not nats")
+        };
+        Ok(n.auth.clone())
+    };
+    let d = dir.display();
+    let NatsAuth::Nkey(k) = auth_of(&format!("nkey_seed_file = \"{d}/user.nk\"\n")).unwrap() else {
+        panic!("not an nkey")
+    };
+    assert_eq!(k.public_key(), user.public_key());
+    assert!(matches!(
+        auth_of(&format!("nkey_seed = \"{seed}\"\n")),
+        Ok(NatsAuth::Nkey(_))
+    ));
+    let creds = auth_of(&format!("credentials_file = \"{d}/user.creds\"\n")).unwrap();
+    let NatsAuth::Credentials(c) = &creds else {
+        panic!("not creds")
+    };
+    assert_eq!(c.jwt, "eyJh.eyJi.c2ln");
+    assert_eq!(c.key.public_key(), user.public_key());
+    // Debug shows neither the seed nor the JWT.
+    let shown = format!("{creds:?} {:?}", NatsAuth::Nkey(k));
+    assert!(
+        !shown.contains(&seed[2..]) && !shown.contains("eyJ"),
+        "{shown}"
+    );
+    // Errors name the key and never repeat the secret.
+    let account_seed = account.seed_text();
+    for (extra, want) in [
+        (
+            format!("nkey_seed = \"{account_seed}\"\n"),
+            "exports[0].nkey_seed: the nkey seed is an Account key's",
+        ),
+        (
+            "nkey_seed = \"SUNOTASEED\"\n".to_owned(),
+            "exports[0].nkey_seed: not an nkey seed",
+        ),
+        (
+            format!("nkey_seed = \"{seed}\"\nnkey_seed_file = \"{d}/user.nk\"\n"),
+            "exports[0].nkey_seed: set nkey_seed or nkey_seed_file, not both",
+        ),
+        (
+            format!("credentials_file = \"{d}/broken.creds\"\n"),
+            "exports[0].credentials_file: not a .creds file",
+        ),
+        (
+            format!("token = \"t\"\nnkey_seed = \"{seed}\"\n"),
+            "exports[0].auth: set one way to authenticate, not a token and an nkey seed",
+        ),
+        (
+            format!("user = \"u\"\npassword = \"p\"\ncredentials_file = \"{d}/user.creds\"\n"),
+            "not user and password and a credentials file",
+        ),
+        (
+            "password = \"p\"\n".to_owned(),
+            "exports[0].password: a password needs user",
+        ),
+    ] {
+        let got = auth_of(&extra).err().unwrap_or_default();
+        assert!(got.contains(want), "{extra:?}\n got: {got}\nwant: {want}");
+        assert!(
+            !got.contains(&seed[2..]) && !got.contains(&account_seed[2..]),
+            "{got}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn nats_errors_name_the_line_and_key() {
     let head = "[[exports]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"nats://a:1\"\n";
     let cases = [

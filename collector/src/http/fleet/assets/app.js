@@ -1,14 +1,17 @@
 // The fleet page: loads /api/fleet, then stays live on the server-sent
 // events of /api/fleet/events (devices, agents, the charted series'
-// points, resync), and draws one chosen series over a window.
+// points, resync), and draws one chosen series over a window. The
+// exports table reads /api/fleet/exports again every EXPORTS_EVERY ms
+// (cursors move with the exports, not with commits).
 
-import { renderAgents, renderDevices } from "./tables.js";
+import { renderAgents, renderDevices, renderExports } from "./tables.js";
 import { drawChart } from "./chart.js";
 import { el, seriesName, number, nsToMs, dateTime } from "./format.js";
 
 const WINDOWS = { "5m": 300e3, "1h": 3600e3, "6h": 21600e3, "24h": 86400e3 };
 const COLOR = "#2563eb";
 const MAX_KEPT_POINTS = 20000;
+const EXPORTS_EVERY = 5000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -56,6 +59,18 @@ async function loadFleet() {
   $("collector").textContent = `collector ${fleet.version} at ${location.host}`;
   renderTables();
   document.body.dataset.ready = "1";
+}
+
+async function loadExports() {
+  const answer = await getJson("/api/fleet/exports");
+  const tbody = $("exports").tBodies[0];
+  renderExports(tbody, answer.exports);
+  const behind = answer.exports.filter((x) => x.lag_readings > 0).length;
+  $("exports-count").textContent = `(${answer.exports.length}, ${behind} behind)`;
+  const note = $("exports-note");
+  note.hidden = answer.exports.length > 0;
+  note.textContent = answer.exports.length ? "" : "No exports: see [[exports]] in the collector's config.";
+  document.body.dataset.exportsReady = "1";
 }
 
 let renderQueued = false;
@@ -290,6 +305,8 @@ function start() {
   // The window slides and "last seen" ages even when nothing arrives.
   setInterval(drawSoon, 1000);
   setInterval(scheduleTables, 5000);
+  loadExports().catch(showError);
+  setInterval(() => loadExports().catch(showError), EXPORTS_EVERY);
   drawNow();
   loadFleet().then(connect).catch(showError);
 }

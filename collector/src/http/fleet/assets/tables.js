@@ -1,4 +1,4 @@
-// The agents and devices tables. Rows are keyed (data-agent, data-device)
+// The agents, devices and exports tables. Rows are keyed (data-agent, data-device)
 // and rebuilt from the page's state; every cell's text is set with
 // textContent (through `el`), so names are shown, never interpreted.
 
@@ -52,6 +52,27 @@ export function renderDevices(tbody, devices, now, chosen, onChart) {
     el("td", { class: "cause" }, d.cause || ""),
     el("td", { class: "num" }, d.series === undefined || d.series === null ? "—" : count(d.series)),
     el("td", {}, button));
+  });
+  tbody.replaceChildren(...rows);
+}
+
+// Rebuilds the exports table from `exports` (as /api/fleet/exports lists
+// them, by name).
+export function renderExports(tbody, exports) {
+  const rows = exports.map((x) => {
+    const lagging = x.lag_readings > 0;
+    return el("tr", { dataset: { export: x.name, kind: x.kind } },
+      el("th", { scope: "row" }, x.name),
+      el("td", {}, x.kind || "—"),
+      el("td", { "data-col": "destination" }, x.destination || "not configured here"),
+      el("td", { class: "num", "data-col": "cursor" }, `${x.position} / ${x.end}`),
+      el("td", { class: lagging ? "num warn" : "num", "data-col": "lag" }, count(x.lag_readings)),
+      el("td", { class: "num", "data-col": "lag-seconds" }, x.lag_seconds.toFixed(1)),
+      el("td", { class: "num", "data-col": "sent" }, count(x.sent)),
+      el("td", { class: "num", "data-col": "retried" }, count(x.retried)),
+      el("td", { class: x.dropped > 0 ? "num warn" : "num", "data-col": "dropped" }, count(x.dropped)),
+      el("td", { class: x.skipped > 0 ? "num warn" : "num", "data-col": "skipped" }, count(x.skipped)),
+      el("td", { class: "cause", "data-col": "error" }, x.last_error || ""));
   });
   tbody.replaceChildren(...rows);
 }
