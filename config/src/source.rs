@@ -184,6 +184,48 @@ impl<'t> Layer<'t> {
         }
     }
 
+    /// The file with the bytes of `ranges` blanked out (every character
+    /// but a line break becomes spaces, one per byte), for
+    /// [`Layer::blanked`]: what is left keeps its offsets, so its spans and
+    /// lines are still the file's. `ranges` are in order and do not
+    /// overlap; a range is widened to whole characters and cut to the end.
+    pub fn blank(&self, ranges: &[Range<usize>]) -> String {
+        let text = self.text;
+        let mut out = String::with_capacity(text.len());
+        let mut kept = 0;
+        for r in ranges {
+            let mut start = r.start.clamp(kept, text.len());
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let mut end = r.end.clamp(start, text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            // `kept` is a character boundary, so `start` stays at or after it.
+            out.push_str(&text[kept..start]);
+            for c in text[start..end].chars() {
+                match c {
+                    '\n' => out.push('\n'),
+                    c => out.extend(std::iter::repeat_n(' ', c.len_utf8())),
+                }
+            }
+            kept = end;
+        }
+        out.push_str(&text[kept..]);
+        out
+    }
+
+    /// `text`, the file with parts blanked out by [`Layer::blank`], parsed
+    /// as the whole file: spans in it are the file's, errors name its lines.
+    pub fn blanked<'a>(&'a self, text: &'a str) -> Source<'a> {
+        Source {
+            text,
+            base: 0,
+            layer: self,
+        }
+    }
+
     pub fn text(&self) -> &'t str {
         self.text
     }
@@ -293,6 +335,21 @@ mod tests {
                 .count();
             assert_eq!(src.line(offset), counted, "offset {offset}");
         }
+    }
+
+    #[test]
+    fn blanked_parts_keep_the_offsets_and_lines_of_the_rest() {
+        let text = "a = 1\n[[x]]\né = \"ü\"\nb = 2\n";
+        let layer = Layer::new(text, Path::new("x.toml"));
+        // The second range starts inside `é` and is widened to all of it.
+        let blanked = layer.blank(&[6..12, 13..21, 40..50]);
+        assert_eq!(blanked.len(), text.len());
+        assert_eq!(blanked, format!("a = 1\n     \n{}\nb = 2\n", " ".repeat(9)));
+        let src = layer.blanked(&blanked);
+        let at = blanked.find('b').expect("kept");
+        assert_eq!(&text[at..at + 1], "b");
+        assert_eq!(src.line(at), 4);
+        assert_eq!(layer.blank(&[]), text);
     }
 
     #[test]

@@ -49,9 +49,9 @@ fn parse_whole(text: &str) -> Result<AgentConfig, ConfigError> {
 #[test]
 fn parsing_by_device_equals_parsing_the_whole_file() {
     let text = many_devices(30);
-    let headers = device_headers(&Layer::new(&text, Path::new("agent.toml")));
+    let pieces = device_pieces(&Layer::new(&text, Path::new("agent.toml")));
     assert_eq!(
-        headers.len(),
+        pieces.len(),
         30,
         "every [[devices]] header is a split point"
     );
@@ -96,9 +96,14 @@ fn errors_in_a_later_device_name_the_file_line() {
 
 #[test]
 fn a_table_after_the_devices_is_read_as_toml_says() {
-    // `[batch]` after the devices is a top-level table: the pieces do not
-    // stand alone, and the whole document decides.
+    // `[batch]` after the devices is a top-level table: the last device's
+    // piece ends before it, and it is read with the top level (the file
+    // with the devices blanked out), not by parsing the whole file.
     let text = format!("{}\n[batch]\nmax_readings = 7\n", many_devices(4));
+    let pieces = device_pieces(&Layer::new(&text, Path::new("agent.toml")));
+    assert_eq!(pieces.len(), 4);
+    let batch = text.find("[batch]").expect("written");
+    assert_eq!(pieces[3].end, batch, "the last device ends at [batch]");
     let cfg = parse_str(&text).expect("valid");
     assert_eq!(cfg.batch.max_readings, 7);
     assert_eq!(cfg, parse_whole(&text).expect("valid"));
@@ -110,6 +115,82 @@ fn a_table_after_the_devices_is_read_as_toml_says() {
         parse_str(&text).map_err(|e| e.to_string()),
         parse_whole(&text).map_err(|e| e.to_string())
     );
+}
+
+#[test]
+fn only_keys_outside_comments_call_for_assembly() {
+    use super::assemble::needs_assembly;
+    // The `poll` bench's header: "defaults" in a comment only.
+    let bench = format!(
+        "# Only shutdown differs from the defaults\n{HEAD}\n  # include = [\"x.toml\"]\n[metrics]\nlisten = \"off\"\n"
+    );
+    assert!(!needs_assembly(&bench));
+    for text in [
+        format!("{HEAD}include = [\"more.toml\"]\n"),
+        format!("{HEAD}[defaults]\ninterval = \"1s\"\n"),
+        format!("{HEAD}[tls]\nkey_file = \"k\"\n"),
+        // A `$` anywhere: this line of a multi-line string is no comment.
+        format!("{HEAD}[[devices]]\ncommand = \"\"\"\n# ${{HOME}}\n\"\"\"\n"),
+    ] {
+        assert!(needs_assembly(&text), "{text}");
+    }
+}
+
+#[test]
+fn tables_between_and_after_the_devices_parse_as_the_whole_file_does() {
+    let sim =
+        |n: usize| format!("\n[[devices]]\nname = \"s{n}\"\ndriver = \"sim\"\ninterval = \"1s\"\n");
+    let cases = [
+        // Between devices, and after them.
+        format!(
+            "{HEAD}{}\n[spool]\nmax_bytes = \"1MiB\"\n{}{}\n[metrics]\nlisten = \"off\"\n",
+            sim(0),
+            sim(1),
+            sim(2)
+        ),
+        // A device's own table after another top-level table belongs to the
+        // last device (TOML), which only a whole parse knows.
+        format!(
+            "{HEAD}{}\n[batch]\nmax_readings = 7\n[devices.labels]\nroom = \"a\"\n",
+            sim(0)
+        ),
+        // Errors in such a table, and a table defined twice.
+        format!("{HEAD}{}\n[metrics]\nlisten = 5\n", sim(0)),
+        format!("{HEAD}{}\n[metrics]\nlisten = \"off\"\nbogus = 1\n", sim(0)),
+        format!(
+            "{HEAD}[metrics]\nlisten = \"off\"\n{}\n[metrics]\nlisten = \"off\"\n",
+            sim(0)
+        ),
+        // A line in a multi-line array that looks like a table header.
+        format!(
+            "{HEAD}{}\n[batch]\nmax_readings = 7\n{}addresses = [\n[1, 2],\n]\n",
+            sim(0),
+            sim(1)
+        ),
+        // Keys, quoted and dotted, and a header with a comment.
+        format!(
+            "{HEAD}{}\n[ \"metrics\" ] # served\nlisten = \"off\"\n{}\n[uplink . x]\n",
+            sim(0),
+            sim(1)
+        ),
+    ];
+    for text in &cases {
+        let piecewise = parse_str(text).map_err(|e| e.to_string());
+        let whole = parse_whole(text).map_err(|e| e.to_string());
+        assert_eq!(piecewise, whole, "{text}");
+    }
+    // The first case is read in pieces (the whole parse is not needed).
+    let layer = Layer::new(&cases[0], Path::new("agent.toml"));
+    let pieces = device_pieces(&layer);
+    assert_eq!(pieces.len(), 3);
+    assert!(matches!(parse_parts(&layer, &pieces), Ok(Some(_))));
+    let cfg = parse_str(&cases[0]).expect("valid");
+    assert_eq!(cfg.devices.len(), 3);
+    assert_eq!(cfg.spool.max_bytes, 1 << 20);
+    assert_eq!(cfg.metrics.listen, None);
+    // The errors name the line they are on.
+    let e = parse_str(&cases[2]).expect_err("invalid");
+    assert!(e.to_string().contains("agent.toml:10"), "{e}");
 }
 
 #[test]
