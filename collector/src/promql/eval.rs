@@ -21,6 +21,10 @@ use super::load::{Data, Selection, too_many_samples};
 use super::plan::{Bounds, at_ms, duration_ms, offset_ms, selector_key};
 use super::types::{Labels, QueryError, Sample, Series, Value, drop_name};
 
+/// A selected series' samples within a range window: its index in the
+/// selection and the samples.
+pub type Window<'a> = (usize, &'a [(i64, f64)]);
+
 /// Evaluates expressions of one query.
 pub struct Evaluator<'a> {
     pub data: &'a Data,
@@ -150,7 +154,7 @@ impl Evaluator<'_> {
         &self,
         ms: &MatrixSelector,
         ts: i64,
-    ) -> Result<(&Selection, Vec<(usize, &[(i64, f64)])>), QueryError> {
+    ) -> Result<(&Selection, Vec<Window<'_>>), QueryError> {
         let (end, range) = self.range_window(&ms.vs.at, &ms.vs.offset, ms.range, ts);
         let start = end - range;
         let selection = self.selection(&ms.vs)?;

@@ -45,6 +45,11 @@ const MMAP_BYTES: i64 = 1 << 30;
 /// Series whose head points and small chunks one range snapshot reads.
 const RANGE_GROUP: usize = 64;
 
+/// The same for PromQL's load (`range_series_lent`), which keeps every
+/// point it reads anyway: each snapshot decodes every head row overlapping
+/// its group's ids, so fewer, larger groups decode each row fewer times.
+const LENT_RANGE_GROUP: usize = 512;
+
 /// Read connections kept open between calls, per reader (the clones of
 /// one reader share them). More calls at once open more, closed when done.
 pub const IDLE_CONNECTIONS: usize = 4;
@@ -402,6 +407,7 @@ impl SqliteReader {
             &ids,
             span,
             max_chunk,
+            RANGE_GROUP,
             handing_over(&series, max_chunk, sink),
         )
     }
@@ -425,6 +431,7 @@ impl SqliteReader {
             &ids,
             span,
             max_chunk,
+            RANGE_GROUP,
             handing_over(series, max_chunk, sink),
         )
     }
@@ -444,11 +451,18 @@ impl SqliteReader {
             return Ok(());
         }
         let conn = self.open()?;
-        self.range_on(&conn, ids, span, max_chunk, |i, points| {
-            let flow = sink(i, points);
-            points.clear();
-            flow
-        })
+        self.range_on(
+            &conn,
+            ids,
+            span,
+            max_chunk,
+            LENT_RANGE_GROUP,
+            |i, points| {
+                let flow = sink(i, points);
+                points.clear();
+                flow
+            },
+        )
     }
 
     fn range_on(
@@ -457,6 +471,7 @@ impl SqliteReader {
         ids: &[i64],
         span: TimeSpan,
         max_chunk: usize,
+        group_size: usize,
         mut sink: impl FnMut(usize, &mut Vec<Point>) -> ControlFlow<()>,
     ) -> Result<(), ReadError> {
         let Some((lo, hi)) = span.closed() else {
@@ -465,10 +480,10 @@ impl SqliteReader {
         let limit = max_chunk.clamp(1, MAX_CHUNK_POINTS);
         let err = self.scan_err("read range");
         let mut points = Vec::new();
-        for (g, group) in ids.chunks(RANGE_GROUP).enumerate() {
+        for (g, group) in ids.chunks(group_size).enumerate() {
             let scans = scan::snapshot(conn, group, lo, hi).map_err(&err)?;
             for (j, (&id, scan)) in group.iter().zip(scans).enumerate() {
-                let index = g * RANGE_GROUP + j;
+                let index = g * group_size + j;
                 let mut merge = Merge::new(conn, id, lo, hi, scan);
                 loop {
                     // The sink takes the points or leaves the buffer empty.
