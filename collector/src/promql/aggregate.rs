@@ -12,21 +12,43 @@ use super::eval::Evaluator;
 use super::functions::range::{kahan_inc, mean, quantile, variance};
 use super::types::{Labels, NAME, QueryError, Sample, Value, format_float, set};
 
+/// Whether label `name` is one a sample is grouped by.
+fn grouped_by(name: &str, modifier: &Option<LabelModifier>) -> bool {
+    match modifier {
+        None => false,
+        Some(LabelModifier::Include(by)) => by.labels.iter().any(|b| b == name),
+        Some(LabelModifier::Exclude(without)) => {
+            name != NAME && !without.labels.iter().any(|w| w == name)
+        }
+    }
+}
+
 /// The labels a sample is grouped by.
 fn group_labels(labels: &Labels, modifier: &Option<LabelModifier>) -> Labels {
-    match modifier {
-        None => Labels::new(),
-        Some(LabelModifier::Include(by)) => labels
-            .iter()
-            .filter(|(n, _)| by.labels.iter().any(|b| b == n))
-            .cloned()
-            .collect(),
-        Some(LabelModifier::Exclude(without)) => labels
-            .iter()
-            .filter(|(n, _)| n != NAME && !without.labels.iter().any(|w| w == n))
-            .cloned()
-            .collect(),
+    labels
+        .iter()
+        .filter(|(n, _)| grouped_by(n, modifier))
+        .cloned()
+        .collect()
+}
+
+/// A hash of the labels a sample is grouped by, made without copying them.
+fn group_hash(labels: &Labels, modifier: &Option<LabelModifier>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (n, v) in labels.iter().filter(|(n, _)| grouped_by(n, modifier)) {
+        n.hash(&mut h);
+        v.hash(&mut h);
     }
+    h.finish()
+}
+
+/// Whether `labels` belong to the group `key`.
+fn in_group(labels: &Labels, modifier: &Option<LabelModifier>, key: &Labels) -> bool {
+    labels
+        .iter()
+        .filter(|(n, _)| grouped_by(n, modifier))
+        .eq(key.iter())
 }
 
 /// Evaluates the aggregation `a` at `ts`.
@@ -106,15 +128,21 @@ fn grouped<'a>(
     input: &'a [Sample],
     modifier: &Option<LabelModifier>,
 ) -> Vec<(Labels, Vec<&'a Sample>)> {
-    let mut index: HashMap<Labels, usize> = HashMap::new();
+    // By hash of the group's labels, so a sample's group is found without
+    // copying its labels; only a new group's are copied.
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
     let mut out: Vec<(Labels, Vec<&Sample>)> = Vec::new();
     for s in input {
-        let key = group_labels(&s.labels, modifier);
-        match index.get(&key) {
-            Some(&i) => out[i].1.push(s),
+        let slots = index.entry(group_hash(&s.labels, modifier)).or_default();
+        match slots
+            .iter()
+            .copied()
+            .find(|&i| in_group(&s.labels, modifier, &out[i].0))
+        {
+            Some(i) => out[i].1.push(s),
             None => {
-                index.insert(key.clone(), out.len());
-                out.push((key, vec![s]));
+                slots.push(out.len());
+                out.push((group_labels(&s.labels, modifier), vec![s]));
             }
         }
     }

@@ -17,9 +17,13 @@ use std::time::Instant;
 
 use promql_parser::parser::{Expr, MatrixSelector, SubqueryExpr, VectorSelector};
 
-use super::load::{Data, too_many_samples};
+use super::load::{Data, Selection, too_many_samples};
 use super::plan::{Bounds, at_ms, duration_ms, offset_ms, selector_key};
 use super::types::{Labels, QueryError, Sample, Series, Value, drop_name};
+
+/// A selected series' samples within a range window: its index in the
+/// selection and the samples.
+pub type Window<'a> = (usize, &'a [(i64, f64)]);
 
 /// Evaluates expressions of one query.
 pub struct Evaluator<'a> {
@@ -101,11 +105,10 @@ impl Evaluator<'_> {
         }
     }
 
-    fn selection(&self, vs: &VectorSelector) -> Result<&[Series], QueryError> {
+    fn selection(&self, vs: &VectorSelector) -> Result<&Selection, QueryError> {
         self.data
             .selections
             .get(&selector_key(vs))
-            .map(Vec::as_slice)
             .ok_or_else(|| QueryError::Execution(format!("selector {vs} was not loaded")))
     }
 
@@ -118,7 +121,7 @@ impl Evaluator<'_> {
     ) -> Result<Vec<(Arc<Labels>, i64, f64)>, QueryError> {
         let t = at_ms(&vs.at, &self.bounds).unwrap_or(ts) - offset_ms(&vs.offset);
         let mut out = Vec::new();
-        for s in self.selection(vs)? {
+        for s in &self.selection(vs)?.series {
             let i = s.points.partition_point(|(pt, _)| *pt <= t);
             if i == 0 {
                 continue;
@@ -134,20 +137,36 @@ impl Evaluator<'_> {
     /// The samples of every selected series in `[t - range, t]`; series
     /// without any are left out.
     fn range_selector(&self, ms: &MatrixSelector, ts: i64) -> Result<Vec<Series>, QueryError> {
+        let (selection, windows) = self.range_windows(ms, ts)?;
+        Ok(windows
+            .into_iter()
+            .map(|(i, points)| Series {
+                labels: selection.series[i].labels.clone(),
+                points: points.to_vec(),
+            })
+            .collect())
+    }
+
+    /// The samples of a matrix selector at `ts` without copying them: its
+    /// selection, and the index and samples in `[t - range, t]` of every
+    /// selected series with any (what a range function reads).
+    pub fn range_windows(
+        &self,
+        ms: &MatrixSelector,
+        ts: i64,
+    ) -> Result<(&Selection, Vec<Window<'_>>), QueryError> {
         let (end, range) = self.range_window(&ms.vs.at, &ms.vs.offset, ms.range, ts);
         let start = end - range;
+        let selection = self.selection(&ms.vs)?;
         let mut out = Vec::new();
-        for s in self.selection(&ms.vs)? {
+        for (i, s) in selection.series.iter().enumerate() {
             let lo = s.points.partition_point(|(pt, _)| *pt < start);
-            let hi = s.points.partition_point(|(pt, _)| *pt <= end);
+            let hi = lo + s.points[lo..].partition_point(|(pt, _)| *pt <= end);
             if lo < hi {
-                out.push(Series {
-                    labels: s.labels.clone(),
-                    points: s.points[lo..hi].to_vec(),
-                });
+                out.push((i, &s.points[lo..hi]));
             }
         }
-        Ok(out)
+        Ok((selection, out))
     }
 
     /// The end of a range's window at `ts` (after `@` and `offset`) and its

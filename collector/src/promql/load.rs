@@ -1,33 +1,75 @@
 //! Reads what a planned query needs, once, before it is evaluated: the
-//! series list (through `Reader::series_page`, exact `agent`, `device`
-//! and reversible `__name__` equality pushed down into the `Selector`),
-//! the matchers applied to each series' Prometheus labels
-//! (`prom_labels`), then every selected series' points in its window
-//! through `Reader::range_series` (one read over exactly those series, by
-//! id: one SQLite connection however many there are), converted to samples (`prom_labels::sample_value`;
-//! strings and failures are not samples) at ms resolution.
+//! series each selector chooses (from the engine's series catalogue,
+//! `catalogue.rs`, matchers applied to the cached Prometheus labels; or,
+//! when the catalogue is too large to keep, listed through
+//! `Reader::series_page` with exact `agent`, `device` and reversible
+//! `__name__` equality pushed down into the `Selector`), then those
+//! series' points in the selector's window through
+//! `Reader::fold_range_series` (one read over exactly those series, by id:
+//! on SQLite one call on the blocking pool and one connection however many
+//! there are), converted to samples as they are read
+//! (`prom_labels::sample_value`; strings and failures are not samples) at
+//! ms resolution.
 //!
 //! Imports `store::read`, `prom_labels`, `model` and the plan.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-use crate::model::SeriesMeta;
+use crate::model::{Point, SeriesMeta};
 use crate::prom_labels;
-use crate::store::read::{MAX_CHUNK_POINTS, ReadError, Reader, Selector, SeriesPage, TimeSpan};
+use crate::store::read::{ReadError, Reader, Selector, SeriesPage, TimeSpan};
 
+use super::catalogue::Snapshot;
 use super::plan::{Need, required_value, selector_key, selector_matches};
-use super::types::{Labels, NAME, QueryError, Series};
+use super::types::{Labels, NAME, QueryError, Series, drop_name};
 
 /// The samples of every selector of a query, by [`selector_key`]; each
 /// series' points cover the selector's window (and may hold more).
 #[derive(Debug, Default)]
 pub struct Data {
-    pub selections: HashMap<usize, Vec<Series>>,
+    pub selections: HashMap<usize, Selection>,
+}
+
+/// The series one selector chose, with their samples.
+#[derive(Debug, Default)]
+pub struct Selection {
+    pub series: Vec<Series>,
+    /// Each series' labels without `__name__`, and whether those are all
+    /// different: made once per query, on first use, instead of at every
+    /// step of a range query.
+    unnamed: OnceLock<(Vec<Arc<Labels>>, bool)>,
+}
+
+impl Selection {
+    pub fn new(series: Vec<Series>) -> Selection {
+        Selection {
+            series,
+            unnamed: OnceLock::new(),
+        }
+    }
+
+    /// Each series' labels without `__name__` (same order as `series`), and
+    /// whether no two are equal (then no subset holds a duplicate).
+    pub fn unnamed(&self) -> (&[Arc<Labels>], bool) {
+        let (labels, unique) = self.unnamed.get_or_init(|| {
+            let labels: Vec<Arc<Labels>> = self
+                .series
+                .iter()
+                .map(|s| Arc::new(drop_name(&s.labels)))
+                .collect();
+            let mut seen = std::collections::HashSet::with_capacity(labels.len());
+            let unique = labels.iter().all(|l| seen.insert(&**l));
+            (labels, unique)
+        });
+        (labels, *unique)
+    }
 }
 
 /// A stored series and its Prometheus labels.
-pub type Listed = (SeriesMeta, Arc<Labels>);
+pub type Listed = (Arc<SeriesMeta>, Arc<Labels>);
 
 /// Series listed per page from the store.
 const LIST_PAGE: usize = 10_000;
@@ -36,10 +78,14 @@ fn unavailable(e: &ReadError) -> QueryError {
     QueryError::Unavailable(e.to_string())
 }
 
-/// Every stored series passing `sel`, with its Prometheus labels.
-pub async fn list_series(reader: &Reader, sel: Selector) -> Result<Vec<Listed>, QueryError> {
+/// Every stored series passing `sel` with an id above `after_id`, by id,
+/// with its Prometheus labels.
+pub async fn list_series(
+    reader: &Reader,
+    sel: Selector,
+    mut after_id: i64,
+) -> Result<Vec<Listed>, QueryError> {
     let mut out = Vec::new();
-    let mut after_id = i64::MIN;
     loop {
         let page = reader
             .series_page(
@@ -55,7 +101,7 @@ pub async fn list_series(reader: &Reader, sel: Selector) -> Result<Vec<Listed>, 
         for meta in page {
             after_id = after_id.max(meta.id);
             let labels = Arc::new(prom_labels::labels(&meta.key));
-            out.push((meta, labels));
+            out.push((Arc::new(meta), labels));
         }
         if !full {
             return Ok(out);
@@ -79,76 +125,116 @@ pub fn pushdown(vs: &promql_parser::parser::VectorSelector) -> Selector {
     }
 }
 
+/// What the fold of one selector's read carries.
+struct Loading {
+    points: Vec<Vec<(i64, f64)>>,
+    total: usize,
+    max_samples: usize,
+    deadline: Option<Instant>,
+    stopped: Option<QueryError>,
+}
+
+impl Loading {
+    /// Adds the samples of one chunk of series `i`.
+    fn add(&mut self, i: usize, chunk: &[Point]) -> ControlFlow<()> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.stopped = Some(QueryError::Timeout("reading the store"));
+            return ControlFlow::Break(());
+        }
+        let Some(points) = self.points.get_mut(i) else {
+            return ControlFlow::Continue(());
+        };
+        points.reserve(chunk.len());
+        for p in chunk {
+            let Some(v) = prom_labels::sample_value(&p.value) else {
+                continue;
+            };
+            let t = p.ts_ns.div_euclid(1_000_000);
+            match points.last_mut() {
+                // Two readings in one ms: the later one stands.
+                Some(last) if last.0 == t => last.1 = v,
+                _ => {
+                    points.push((t, v));
+                    self.total += 1;
+                }
+            }
+        }
+        if self.total > self.max_samples {
+            self.stopped = Some(too_many_samples(self.max_samples));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 /// Reads what `needs` name from the store, refusing to hold more than
-/// `max_samples` samples.
+/// `max_samples` samples and stopping at `deadline`. `catalogue` is the
+/// whole series list when the engine keeps one.
 pub async fn load(
     reader: &Reader,
+    catalogue: Option<&Snapshot>,
     needs: &[Need<'_>],
     max_samples: usize,
+    deadline: Option<Instant>,
 ) -> Result<Data, QueryError> {
-    // The series list per pushed-down filter, listed once per query.
+    // Without a catalogue: the series list per pushed-down filter, listed
+    // once per query.
     let mut lists: HashMap<(String, String, String), Vec<Listed>> = HashMap::new();
     let mut data = Data::default();
     let mut total = 0usize;
     for need in needs {
-        let sel = pushdown(need.selector);
-        let list_key = (sel.agent.clone(), sel.device.clone(), sel.metric.clone());
-        if !lists.contains_key(&list_key) {
-            let listed = list_series(reader, sel.clone()).await?;
-            lists.insert(list_key.clone(), listed);
-        }
-        let listed = lists.get(&list_key).map(Vec::as_slice).unwrap_or_default();
-        let chosen: Vec<&Listed> = listed
-            .iter()
-            .filter(|(_, labels)| selector_matches(need.selector, labels))
-            .collect();
+        let chosen: Vec<&Listed> = match catalogue {
+            Some(snapshot) => snapshot
+                .candidates(need.selector)
+                .filter(|(_, labels)| selector_matches(need.selector, labels))
+                .collect(),
+            None => {
+                let sel = pushdown(need.selector);
+                let list_key = (sel.agent.clone(), sel.device.clone(), sel.metric.clone());
+                if !lists.contains_key(&list_key) {
+                    let listed = list_series(reader, sel, i64::MIN).await?;
+                    lists.insert(list_key.clone(), listed);
+                }
+                lists
+                    .get(&list_key)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|(_, labels)| selector_matches(need.selector, labels))
+                    .collect()
+            }
+        };
         let span = TimeSpan {
             since_ns: Some(need.lo.saturating_mul(1_000_000)),
             until_ns: Some(need.hi.saturating_add(1).saturating_mul(1_000_000)),
         };
-        let mut by_id: BTreeMap<i64, Series> = chosen
+        let metas: Vec<Arc<SeriesMeta>> = chosen.iter().map(|(meta, _)| meta.clone()).collect();
+        let loading = Loading {
+            points: vec![Vec::new(); metas.len()],
+            total,
+            max_samples,
+            deadline,
+            stopped: None,
+        };
+        // One read over exactly the chosen series (by id, in id order).
+        let loading = reader
+            .fold_range_series(&metas, span, loading, Loading::add)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if let Some(e) = loading.stopped {
+            return Err(e);
+        }
+        total = loading.total;
+        let series = chosen
             .iter()
-            .map(|(meta, labels)| {
-                (
-                    meta.id,
-                    Series {
-                        labels: labels.clone(),
-                        points: Vec::new(),
-                    },
-                )
+            .zip(loading.points)
+            .map(|((_, labels), points)| Series {
+                labels: labels.clone(),
+                points,
             })
             .collect();
-        // One read over exactly the chosen series (by id): one SQLite
-        // connection, whatever their number.
-        let metas: Vec<SeriesMeta> = chosen.iter().map(|(meta, _)| meta.clone()).collect();
-        {
-            let mut rx = reader.range_series(metas, span, MAX_CHUNK_POINTS);
-            while let Some(chunk) = rx.recv().await {
-                let (meta, points) = chunk.map_err(|e| unavailable(&e))?;
-                let Some(series) = by_id.get_mut(&meta.id) else {
-                    continue;
-                };
-                for p in &points {
-                    let Some(v) = prom_labels::sample_value(&p.value) else {
-                        continue;
-                    };
-                    let t = p.ts_ns.div_euclid(1_000_000);
-                    match series.points.last_mut() {
-                        // Two readings in one ms: the later one stands.
-                        Some(last) if last.0 == t => last.1 = v,
-                        _ => {
-                            series.points.push((t, v));
-                            total += 1;
-                        }
-                    }
-                }
-                if total > max_samples {
-                    return Err(too_many_samples(max_samples));
-                }
-            }
-        }
         data.selections
-            .insert(selector_key(need.selector), by_id.into_values().collect());
+            .insert(selector_key(need.selector), Selection::new(series));
     }
     Ok(data)
 }
@@ -179,7 +265,8 @@ pub fn from_memory(needs: &[Need<'_>], all: &[Series]) -> Data {
                     .collect(),
             })
             .collect();
-        data.selections.insert(selector_key(need.selector), chosen);
+        data.selections
+            .insert(selector_key(need.selector), Selection::new(chosen));
     }
     data
 }

@@ -1,7 +1,10 @@
 //! PromQL over the store's read side: [`Engine::instant`] and
 //! [`Engine::range`] parse a query (`promql-parser`), plan it (`plan.rs`:
 //! every selector's window; unsupported functions refused before any
-//! read), read each selected series' samples once (`load.rs`, through
+//! read), choose each selector's series from the series catalogue
+//! (`catalogue.rs`: every series and its Prometheus labels, kept between
+//! queries and checked against the store's census at each), read each
+//! selected series' samples once (`load.rs`, through
 //! `store::read::Reader`, which uses its own connections: the merger
 //! never waits for a query), then evaluate from memory (`eval.rs`,
 //! `functions/`, `aggregate.rs`, `binary.rs`) on tokio's blocking pool.
@@ -17,6 +20,7 @@
 
 mod aggregate;
 mod binary;
+mod catalogue;
 mod eval;
 mod functions;
 mod load;
@@ -94,6 +98,8 @@ pub struct Engine {
     reader: Reader,
     limits: Limits,
     permits: Arc<Semaphore>,
+    /// Every series and its labels, shared by the clones.
+    catalogue: Arc<catalogue::Catalogue>,
 }
 
 /// Parses a query, with the parser's message (which carries the position).
@@ -131,6 +137,7 @@ impl Engine {
             reader,
             limits,
             permits,
+            catalogue: Arc::default(),
         }
     }
 
@@ -147,7 +154,7 @@ impl Engine {
         &self,
         selectors: &[VectorSelector],
         span: Option<(i64, i64)>,
-    ) -> Result<Vec<(SeriesMeta, Arc<Labels>)>, QueryError> {
+    ) -> Result<Vec<(Arc<SeriesMeta>, Arc<Labels>)>, QueryError> {
         let deadline = Instant::now() + self.limits.timeout;
         let _permit = tokio::time::timeout_at(deadline, self.permits.acquire())
             .await
@@ -176,17 +183,36 @@ impl Engine {
     async fn list(
         &self,
         selectors: &[VectorSelector],
-    ) -> Result<Vec<(SeriesMeta, Arc<Labels>)>, QueryError> {
-        let mut out: HashMap<i64, (SeriesMeta, Arc<Labels>)> = HashMap::new();
-        if selectors.is_empty() {
-            for (meta, labels) in load::list_series(&self.reader, Default::default()).await? {
-                out.insert(meta.id, (meta, labels));
+    ) -> Result<Vec<(Arc<SeriesMeta>, Arc<Labels>)>, QueryError> {
+        let mut out: HashMap<i64, (Arc<SeriesMeta>, Arc<Labels>)> = HashMap::new();
+        if let Some(snapshot) = self.catalogue.snapshot(&self.reader).await? {
+            if selectors.is_empty() {
+                for listed in snapshot.all() {
+                    out.insert(listed.0.id, listed.clone());
+                }
             }
-        }
-        for vs in selectors {
-            for (meta, labels) in load::list_series(&self.reader, load::pushdown(vs)).await? {
-                if selector_matches(vs, &labels) {
+            for vs in selectors {
+                for listed in snapshot.candidates(vs) {
+                    if selector_matches(vs, &listed.1) {
+                        out.insert(listed.0.id, listed.clone());
+                    }
+                }
+            }
+        } else {
+            if selectors.is_empty() {
+                for (meta, labels) in
+                    load::list_series(&self.reader, Default::default(), i64::MIN).await?
+                {
                     out.insert(meta.id, (meta, labels));
+                }
+            }
+            for vs in selectors {
+                for (meta, labels) in
+                    load::list_series(&self.reader, load::pushdown(vs), i64::MIN).await?
+                {
+                    if selector_matches(vs, &labels) {
+                        out.insert(meta.id, (meta, labels));
+                    }
                 }
             }
         }
@@ -266,15 +292,22 @@ impl Engine {
             .await
             .map_err(|_| QueryError::Timeout("waiting for a query slot"))?
             .map_err(|_| QueryError::Unavailable("the query engine is shut down".into()))?;
-        let data = tokio::time::timeout_at(
-            deadline,
-            load::load(&self.reader, &needs, self.limits.max_samples),
-        )
+        let std_deadline = deadline.into_std();
+        let data = tokio::time::timeout_at(deadline, async {
+            let snapshot = self.catalogue.snapshot(&self.reader).await?;
+            load::load(
+                &self.reader,
+                snapshot.as_deref(),
+                &needs,
+                self.limits.max_samples,
+                Some(std_deadline),
+            )
+            .await
+        })
         .await
         .map_err(|_| QueryError::Timeout("reading the store"))??;
         drop(needs);
         let max_samples = self.limits.max_samples;
-        let std_deadline = deadline.into_std();
         tokio::task::spawn_blocking(move || {
             let ev = eval::Evaluator {
                 data: &data,

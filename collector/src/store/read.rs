@@ -2,9 +2,11 @@
 //! PostgreSQL by the store URL, and the types both answer in.
 //!
 //! Every method is async. SQLite calls run on tokio's blocking pool (each
-//! opens its own read-only connection); PostgreSQL calls use a small pool of
-//! read-only connections (`postgres/read.rs`), never the merger's. `range`
-//! hands chunks over a bounded channel, so a slow client stops the walk.
+//! on a read-only connection of its own, kept between calls while the
+//! file is the same: `sqlite/read.rs`); PostgreSQL calls use a small pool
+//! of read-only connections (`postgres/read.rs`), never the merger's.
+//! `range` hands chunks over a bounded channel, so a slow client stops the
+//! walk; `fold_range_series` hands none over (one blocking call on SQLite).
 
 use std::sync::Arc;
 
@@ -222,6 +224,17 @@ impl SpanSeries {
     }
 }
 
+/// How many series are stored and the largest id: what a cache of the
+/// series list compares with. Series rows are never deleted or changed
+/// and ids are never reused, so a list of `count` series whose largest id
+/// is `max_id` is the whole list. (Ids alone would not do on PostgreSQL,
+/// where collectors sharing the database may commit ids out of order.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeriesCensus {
+    pub count: u64,
+    pub max_id: i64,
+}
+
 /// A stored counter as u64; a negative value (never written) reads as 0.
 pub(crate) fn counter(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -275,6 +288,14 @@ impl Reader {
         match self {
             Reader::Sqlite(r) => blocking(r, "latest", move |r| r.latest(&sel)).await,
             Reader::Postgres(r) => r.latest(&sel).await,
+        }
+    }
+
+    /// How many series are stored, and the largest id.
+    pub async fn series_census(&self) -> Result<SeriesCensus, ReadError> {
+        match self {
+            Reader::Sqlite(r) => blocking(r, "count series", |r| r.series_census()).await,
+            Reader::Postgres(r) => r.series_census().await,
         }
     }
 
@@ -363,6 +384,55 @@ impl Reader {
             }
         }
         rx
+    }
+
+    /// The points of exactly `series` within `span`, series by series in
+    /// their order, each in device-time order, folded into `state` by
+    /// `each` (with the series' index in `series`) as they are read, in
+    /// chunks of at most `MAX_CHUNK_POINTS`; `each` may stop the walk with
+    /// `ControlFlow::Break`. On SQLite the whole walk is one call on the
+    /// blocking pool, `each` included, on one lent buffer: no hand-off
+    /// between threads per chunk. A caller that gives up (a timeout) must
+    /// make `each` break, since the call runs to its end otherwise.
+    pub async fn fold_range_series<S, F>(
+        &self,
+        series: &[Arc<SeriesMeta>],
+        span: TimeSpan,
+        mut state: S,
+        mut each: F,
+    ) -> Result<S, ReadError>
+    where
+        S: Send + 'static,
+        F: FnMut(&mut S, usize, &[Point]) -> std::ops::ControlFlow<()> + Send + 'static,
+    {
+        match self {
+            Reader::Sqlite(r) => {
+                let ids: Vec<i64> = series.iter().map(|m| m.id).collect();
+                blocking(r, "read range", move |r| {
+                    r.range_series_lent(&ids, span, MAX_CHUNK_POINTS, |i, points| {
+                        each(&mut state, i, points)
+                    })?;
+                    Ok(state)
+                })
+                .await
+            }
+            Reader::Postgres(_) => {
+                let metas = series.iter().map(|m| SeriesMeta::clone(m)).collect();
+                let mut rx = self.range_series(metas, span, MAX_CHUNK_POINTS);
+                let mut at = 0;
+                while let Some(chunk) = rx.recv().await {
+                    let (meta, points) = chunk?;
+                    // Chunks come in the order of `series`.
+                    while series.get(at).is_some_and(|m| m.id != meta.id) {
+                        at += 1;
+                    }
+                    if at >= series.len() || each(&mut state, at, &points).is_break() {
+                        break;
+                    }
+                }
+                Ok(state)
+            }
+        }
     }
 }
 

@@ -286,6 +286,9 @@ fn range_function(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, QueryE
         "predict_linear" => (0, ev.scalar(arg(c, 1)?, ts, "predict_linear()")?),
         _ => (0, f64::NAN),
     };
+    if let Some(answer) = range_function_in_place(ev, name, arg(c, matrix_index)?, ts, q) {
+        return answer;
+    }
     let (matrix, end, range) = matrix_arg(ev, arg(c, matrix_index)?, ts)?;
     if name == "absent_over_time" {
         if matrix.iter().any(|s| !s.points.is_empty()) {
@@ -299,25 +302,9 @@ fn range_function(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, QueryE
     let start = end - range;
     let mut out = Vec::with_capacity(matrix.len());
     for s in &matrix {
-        let p = &s.points;
-        if p.is_empty() {
+        let Some(value) = range_value(name, &s.points, start, end, ts, q) else {
             continue;
-        }
-        let value = match name {
-            "rate" => range::extrapolated_rate(p, start, end, true, true),
-            "increase" => range::extrapolated_rate(p, start, end, true, false),
-            "delta" => range::extrapolated_rate(p, start, end, false, false),
-            "irate" => range::instant_value(p, true),
-            "idelta" => range::instant_value(p, false),
-            "deriv" if p.len() >= 2 => Some(range::linear_regression(p, p[0].0).0),
-            "predict_linear" if p.len() >= 2 => {
-                let (slope, intercept) = range::linear_regression(p, ts);
-                Some(slope * q + intercept)
-            }
-            "deriv" | "predict_linear" => None,
-            _ => range::over_time(name, p, q),
         };
-        let Some(value) = value else { continue };
         let labels = if name == "last_over_time" {
             s.labels.clone()
         } else {
@@ -327,4 +314,75 @@ fn range_function(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, QueryE
     }
     check_unique(&out)?;
     Ok(Value::Vector(out))
+}
+
+/// A range function over a matrix selector's samples where they are,
+/// without copying them or making each series' labels again at every
+/// step; `None` when the argument is not a plain matrix selector.
+fn range_function_in_place(
+    ev: &Evaluator<'_>,
+    name: &str,
+    e: &Expr,
+    ts: i64,
+    q: f64,
+) -> Option<Result<Value, QueryError>> {
+    let mut inner = e;
+    while let Expr::Paren(p) = inner {
+        inner = &p.expr;
+    }
+    let Expr::MatrixSelector(ms) = inner else {
+        return None;
+    };
+    if name == "absent_over_time" {
+        return None;
+    }
+    let (end, range) = ev.range_window(&ms.vs.at, &ms.vs.offset, ms.range, ts);
+    let start = end - range;
+    let (selection, windows) = match ev.range_windows(ms, ts) {
+        Ok(w) => w,
+        Err(e) => return Some(Err(e)),
+    };
+    let keep_name = name == "last_over_time";
+    let (unnamed, unique) = if keep_name {
+        (&[][..], false)
+    } else {
+        selection.unnamed()
+    };
+    let mut out = Vec::with_capacity(windows.len());
+    for (i, points) in windows {
+        let Some(value) = range_value(name, points, start, end, ts, q) else {
+            continue;
+        };
+        let labels = match unnamed.get(i) {
+            Some(l) => l.clone(),
+            None => selection.series[i].labels.clone(),
+        };
+        out.push(Sample { labels, value });
+    }
+    // Labels that differ over the whole selection differ in any part of it.
+    if !unique && let Err(e) = check_unique(&out) {
+        return Some(Err(e));
+    }
+    Some(Ok(Value::Vector(out)))
+}
+
+/// One range function over one series' samples in `[start, end]`.
+fn range_value(name: &str, p: &[(i64, f64)], start: i64, end: i64, ts: i64, q: f64) -> Option<f64> {
+    if p.is_empty() {
+        return None;
+    }
+    match name {
+        "rate" => range::extrapolated_rate(p, start, end, true, true),
+        "increase" => range::extrapolated_rate(p, start, end, true, false),
+        "delta" => range::extrapolated_rate(p, start, end, false, false),
+        "irate" => range::instant_value(p, true),
+        "idelta" => range::instant_value(p, false),
+        "deriv" if p.len() >= 2 => Some(range::linear_regression(p, p[0].0).0),
+        "predict_linear" if p.len() >= 2 => {
+            let (slope, intercept) = range::linear_regression(p, ts);
+            Some(slope * q + intercept)
+        }
+        "deriv" | "predict_linear" => None,
+        _ => range::over_time(name, p, q),
+    }
 }

@@ -21,8 +21,8 @@ use tokio_postgres::{NoTls, Row};
 use crate::model::{Point, SeriesMeta, StoredValue};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
-    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, SeriesPage, SpanSeries, StoredAgent,
-    TimeSpan, counter,
+    MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, SeriesCensus, SeriesPage, SpanSeries,
+    StoredAgent, TimeSpan, counter,
 };
 use crate::store::redact;
 
@@ -168,6 +168,22 @@ impl PgReader {
             .await
             .map_err(self.query_err(what))?;
         rows.iter().map(|r| self.series_meta(r)).collect()
+    }
+
+    /// How many series are stored, and the largest id (see
+    /// `Reader::series_census`).
+    pub async fn series_census(&self) -> Result<SeriesCensus, ReadError> {
+        let what = "count series";
+        let conn = self.conn(what).await?;
+        let row = conn
+            .query_one("SELECT count(*), COALESCE(max(id), 0) FROM series", &[])
+            .await
+            .map_err(self.query_err(what))?;
+        let count: i64 = row.try_get(0).map_err(self.query_err(what))?;
+        Ok(SeriesCensus {
+            count: counter(count),
+            max_id: row.try_get(1).map_err(self.query_err(what))?,
+        })
     }
 
     /// The series with a reading within `span` (one index probe each).

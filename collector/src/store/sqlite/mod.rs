@@ -1,6 +1,6 @@
 //! The SQLite backend (`sqlite:PATH`, the embedded default): one file in
 //! WAL mode, written by the merger's one connection, read by a read-only
-//! connection per Query call.
+//! connection per read call (a few kept between calls, see `read.rs`).
 //!
 //! Layout (`schema.sql`): each committed batch is one `head` row (an
 //! append, whatever the series); compaction moves head points into

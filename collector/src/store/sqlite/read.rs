@@ -1,8 +1,15 @@
 //! The SQLite store's read side: what the Query service asks of the database.
 //!
-//! Every call opens its own read-only connection (the merger owns the only
-//! write connection; in WAL mode readers never block it). The functions are
-//! blocking: [`crate::store::read::Reader`] calls them on the blocking pool.
+//! Every call takes a read-only connection of its own from a small pool
+//! (at most [`IDLE_CONNECTIONS`] kept between calls; the merger owns the
+//! only write connection; in WAL mode readers never block it). A kept
+//! connection keeps its parsed schema and prepared statements, which
+//! opening one per call paid for again each time. It is handed out again
+//! only while the path still names the file it was opened on (same device
+//! and inode, checked with one `stat` per call): a database file moved
+//! away or replaced makes the call open afresh, which fails as before (an
+//! outage still answers 503). The functions are blocking:
+//! [`crate::store::read::Reader`] calls them on the blocking pool.
 //!
 //! Points live in head rows and per-series chunks, and compaction moves
 //! them while queries run; `scan.rs` reads them so that each point is
@@ -15,7 +22,7 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -25,7 +32,8 @@ use super::scan::{self, Merge};
 use crate::model::{Point, SeriesMeta};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
-    MAX_CHUNK_POINTS, ReadError, Selector, SeriesPage, SpanSeries, StoredAgent, TimeSpan, counter,
+    MAX_CHUNK_POINTS, ReadError, Selector, SeriesCensus, SeriesPage, SpanSeries, StoredAgent,
+    TimeSpan, counter,
 };
 
 /// How long a read waits for a lock before it gives up.
@@ -37,15 +45,94 @@ const MMAP_BYTES: i64 = 1 << 30;
 /// Series whose head points and small chunks one range snapshot reads.
 const RANGE_GROUP: usize = 64;
 
-/// Opens a read-only connection per call to the database at `path`.
+/// The same for PromQL's load (`range_series_lent`), which keeps every
+/// point it reads anyway: each snapshot decodes every head row overlapping
+/// its group's ids, so fewer, larger groups decode each row fewer times.
+const LENT_RANGE_GROUP: usize = 512;
+
+/// Read connections kept open between calls, per reader (the clones of
+/// one reader share them). More calls at once open more, closed when done.
+pub const IDLE_CONNECTIONS: usize = 4;
+
+/// Prepared statements a kept connection caches (rusqlite's default is 16;
+/// the scans and listings use about 15 distinct ones).
+const STATEMENT_CACHE: usize = 32;
+
+/// Reads the database at `path` through read-only connections, kept
+/// between calls. Cheap to clone (clones share the kept connections).
 #[derive(Debug, Clone)]
 pub struct SqliteReader {
     path: PathBuf,
+    idle: Arc<Mutex<Vec<Kept>>>,
+}
+
+/// A connection kept between calls, with the file it was opened on.
+#[derive(Debug)]
+struct Kept {
+    conn: Connection,
+    file: FileId,
+}
+
+/// Which file a path names: device and inode (`None` where the platform
+/// says nothing, and then no connection is kept).
+type FileId = Option<(u64, u64)>;
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    let meta = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Some((meta.dev(), meta.ino())))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        Ok(None)
+    }
+}
+
+/// A connection lent to one call; back to the pool when dropped, unless a
+/// transaction is still open on it or the pool is full.
+pub(super) struct Lent<'r> {
+    kept: Option<Kept>,
+    idle: &'r Mutex<Vec<Kept>>,
+}
+
+impl std::ops::Deref for Lent<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Always `Some` until dropped.
+        match &self.kept {
+            Some(k) => &k.conn,
+            None => unreachable!("a lent connection is held until dropped"),
+        }
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let Some(kept) = self.kept.take() else {
+            return;
+        };
+        if kept.file.is_none() || !kept.conn.is_autocommit() {
+            return;
+        }
+        // A std Mutex: held for a push, never across a blocking call. A
+        // poisoned pool only means a call panicked meanwhile; the list
+        // itself is intact.
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_CONNECTIONS {
+            idle.push(kept);
+        }
+    }
 }
 
 impl SqliteReader {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        SqliteReader { path: path.into() }
+        SqliteReader {
+            path: path.into(),
+            idle: Arc::default(),
+        }
     }
 
     /// The database file this reader opens.
@@ -53,7 +140,35 @@ impl SqliteReader {
         &self.path
     }
 
-    fn open(&self) -> Result<Connection, ReadError> {
+    /// A read connection: a kept one still on the file the path names, or
+    /// a new one.
+    pub(super) fn open(&self) -> Result<Lent<'_>, ReadError> {
+        let current = file_id(&self.path).ok().flatten();
+        let reused = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if current.is_none() {
+                // Gone or unknowable: nothing kept may be used again.
+                idle.clear();
+                None
+            } else {
+                idle.retain(|k| k.file == current);
+                idle.pop()
+            }
+        };
+        let kept = match reused {
+            Some(kept) => kept,
+            None => Kept {
+                conn: self.connect()?,
+                file: current,
+            },
+        };
+        Ok(Lent {
+            kept: Some(kept),
+            idle: &self.idle,
+        })
+    }
+
+    fn connect(&self) -> Result<Connection, ReadError> {
         let open_err = |cause| ReadError::Open {
             path: self.path.clone(),
             cause,
@@ -68,6 +183,7 @@ impl SqliteReader {
         // through read(2) into a cache that dies with this connection.
         conn.pragma_update(None, "mmap_size", MMAP_BYTES)
             .map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
     }
 
@@ -182,8 +298,9 @@ impl SqliteReader {
         } else {
             format!("WHERE {}", clauses.join(" AND "))
         };
+        // Cached: a handful of shapes (which fields, paged or not).
         let mut stmt = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT {SERIES_COLUMNS} FROM series {filter} ORDER BY id {limit}"
             ))
             .map_err(&err)?;
@@ -202,6 +319,21 @@ impl SqliteReader {
             out.push(meta);
         }
         Ok(out)
+    }
+
+    /// How many series are stored, and the largest id.
+    pub fn series_census(&self) -> Result<SeriesCensus, ReadError> {
+        let conn = self.open()?;
+        let err = self.query_err("count series");
+        conn.prepare_cached("SELECT count(*), COALESCE(max(id), 0) FROM series")
+            .map_err(&err)?
+            .query_row([], |r| {
+                Ok(SeriesCensus {
+                    count: counter(r.get(0)?),
+                    max_id: r.get(1)?,
+                })
+            })
+            .map_err(&err)
     }
 
     /// The series that may have readings within `span`: those with a
@@ -269,7 +401,15 @@ impl SqliteReader {
         }
         let conn = self.open()?;
         let series = self.series_on(&conn, sel, None)?;
-        self.range_on(&conn, &series, span, max_chunk, sink)
+        let ids: Vec<i64> = series.iter().map(|m| m.id).collect();
+        self.range_on(
+            &conn,
+            &ids,
+            span,
+            max_chunk,
+            RANGE_GROUP,
+            handing_over(&series, max_chunk, sink),
+        )
     }
 
     /// [`range`](Self::range) over the given series (by id, as listed),
@@ -285,34 +425,73 @@ impl SqliteReader {
             return Ok(());
         }
         let conn = self.open()?;
-        self.range_on(&conn, series, span, max_chunk, sink)
+        let ids: Vec<i64> = series.iter().map(|m| m.id).collect();
+        self.range_on(
+            &conn,
+            &ids,
+            span,
+            max_chunk,
+            RANGE_GROUP,
+            handing_over(series, max_chunk, sink),
+        )
+    }
+
+    /// [`range_series`](Self::range_series) over the series `ids`, with
+    /// every chunk lent to `sink` (with the series' index in `ids`)
+    /// instead of handed over: one buffer for the whole walk, for a caller
+    /// that converts the points as they come (PromQL's load).
+    pub fn range_series_lent(
+        &self,
+        ids: &[i64],
+        span: TimeSpan,
+        max_chunk: usize,
+        mut sink: impl FnMut(usize, &[Point]) -> ControlFlow<()>,
+    ) -> Result<(), ReadError> {
+        if span.closed().is_none() || ids.is_empty() {
+            return Ok(());
+        }
+        let conn = self.open()?;
+        self.range_on(
+            &conn,
+            ids,
+            span,
+            max_chunk,
+            LENT_RANGE_GROUP,
+            |i, points| {
+                let flow = sink(i, points);
+                points.clear();
+                flow
+            },
+        )
     }
 
     fn range_on(
         &self,
         conn: &Connection,
-        series: &[SeriesMeta],
+        ids: &[i64],
         span: TimeSpan,
         max_chunk: usize,
-        mut sink: impl FnMut(Arc<SeriesMeta>, Vec<Point>) -> ControlFlow<()>,
+        group_size: usize,
+        mut sink: impl FnMut(usize, &mut Vec<Point>) -> ControlFlow<()>,
     ) -> Result<(), ReadError> {
         let Some((lo, hi)) = span.closed() else {
             return Ok(());
         };
         let limit = max_chunk.clamp(1, MAX_CHUNK_POINTS);
         let err = self.scan_err("read range");
-        for group in series.chunks(RANGE_GROUP) {
-            let ids: Vec<i64> = group.iter().map(|m| m.id).collect();
-            let scans = scan::snapshot(conn, &ids, lo, hi).map_err(&err)?;
-            for (meta, scan) in group.iter().zip(scans) {
-                let meta = Arc::new(meta.clone());
-                let mut merge = Merge::new(conn, meta.id, lo, hi, scan);
+        let mut points = Vec::new();
+        for (g, group) in ids.chunks(group_size).enumerate() {
+            let scans = scan::snapshot(conn, group, lo, hi).map_err(&err)?;
+            for (j, (&id, scan)) in group.iter().zip(scans).enumerate() {
+                let index = g * group_size + j;
+                let mut merge = Merge::new(conn, id, lo, hi, scan);
                 loop {
-                    let mut points = Vec::with_capacity(limit);
+                    // The sink takes the points or leaves the buffer empty.
+                    points.clear();
                     if !merge.next_points(&mut points, limit).map_err(&err)? {
                         break;
                     }
-                    if sink(Arc::clone(&meta), points).is_break() {
+                    if sink(index, &mut points).is_break() {
                         return Ok(());
                     }
                 }
@@ -340,6 +519,35 @@ impl SqliteReader {
             },
         )?;
         Ok(out)
+    }
+}
+
+/// A sink of whole chunks of `series` (`range`, `range_series`) as one of
+/// lent chunks by index (`range_on`): each chunk's points taken from the
+/// buffer, with the series' `Arc` made once per series.
+fn handing_over<'s>(
+    series: &'s [SeriesMeta],
+    max_chunk: usize,
+    mut sink: impl FnMut(Arc<SeriesMeta>, Vec<Point>) -> ControlFlow<()> + 's,
+) -> impl FnMut(usize, &mut Vec<Point>) -> ControlFlow<()> + 's {
+    let capacity = max_chunk.clamp(1, MAX_CHUNK_POINTS);
+    let mut current: Option<(usize, Arc<SeriesMeta>)> = None;
+    move |i, points| {
+        let meta = match &current {
+            Some((at, meta)) if *at == i => Arc::clone(meta),
+            _ => {
+                let Some(listed) = series.get(i) else {
+                    return ControlFlow::Break(());
+                };
+                let meta = Arc::new(listed.clone());
+                current = Some((i, Arc::clone(&meta)));
+                meta
+            }
+        };
+        sink(
+            meta,
+            std::mem::replace(points, Vec::with_capacity(capacity)),
+        )
     }
 }
 

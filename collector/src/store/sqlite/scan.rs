@@ -17,14 +17,12 @@
 //!   loading a full chunk only when its first point is due, so memory stays
 //!   at the head, small chunks and the full chunks overlapping one instant.
 
-use std::collections::HashMap;
-
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::{CodecError, Decoder, RawPoint};
 use super::layout::{CHUNK_POINTS, LayoutError, Marks, bad};
-use crate::model::Point;
+use crate::model::{IdMap, Point};
 
 /// A full chunk to fetch later.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +83,8 @@ pub fn snapshot(
             scans.push(scan);
         }
     }
-    let slot: HashMap<i64, usize> = series.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    // Looked up for every head point: series ids, no SipHash.
+    let slot: IdMap<usize> = series.iter().enumerate().map(|(i, &s)| (s, i)).collect();
     head_points(&tx, series, lo, hi, |id, p| {
         if let Some(&i) = slot.get(&p.series)
             && id > marks[i]
@@ -129,7 +128,8 @@ pub fn latest(conn: &Connection, series: &[i64]) -> Result<Vec<Option<Point>>, L
             out.push(best);
         }
     }
-    let slot: HashMap<i64, usize> = series.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    // Looked up for every head point: series ids, no SipHash.
+    let slot: IdMap<usize> = series.iter().enumerate().map(|(i, &s)| (s, i)).collect();
     head_points(&tx, series, i64::MIN, i64::MAX, |id, p| {
         if let Some(&i) = slot.get(&p.series)
             && id > marks[i]

@@ -275,3 +275,67 @@ fn selector_matches_like_the_sql() {
     assert!(sel("a", "d", "m").matches(&key));
     assert!(!sel("", "x", "").matches(&key));
 }
+
+/// Kept connections follow the file the path names: a file moved away is
+/// an outage (unavailable, as a fresh open), a file moved back is read
+/// again, and a different file at the path is read, not the one a kept
+/// connection was opened on.
+#[test]
+fn kept_connections_are_used_only_on_the_same_file() {
+    let db = TempDb::new("kept");
+    db.series(1, "a", "d", "m", "{}");
+    let r = db.reader();
+    let names = |r: &SqliteReader| -> Vec<i64> {
+        r.series(&Selector::default())
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect()
+    };
+    assert_eq!(names(&r), [1]);
+    let away = db.path.with_extension("away");
+    std::fs::rename(&db.path, &away).unwrap();
+    let err = r.series(&Selector::default()).unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    std::fs::rename(&away, &db.path).unwrap();
+    assert_eq!(names(&r), [1]);
+    assert_eq!(r.series_census().unwrap().count, 1);
+
+    drop(db);
+
+    // Another database file takes the path (plain files, no WAL).
+    let dir = std::env::temp_dir();
+    let stem = format!(
+        "tributary-kept-{}-{}",
+        std::process::id(),
+        crate::model::now_ns()
+    );
+    let (x, y) = (
+        dir.join(format!("{stem}-x.db")),
+        dir.join(format!("{stem}-y.db")),
+    );
+    let make = |path: &std::path::Path, ids: &[i64]| {
+        let c = rusqlite::Connection::open(path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE series (id INTEGER PRIMARY KEY, agent TEXT, device TEXT, \
+             metric TEXT, labels TEXT, unit TEXT)",
+        )
+        .unwrap();
+        for id in ids {
+            c.execute(
+                "INSERT INTO series VALUES (?1, 'a', 'd', 'm', '{}', '')",
+                [id],
+            )
+            .unwrap();
+        }
+    };
+    make(&x, &[1]);
+    let r = SqliteReader::new(&x);
+    assert_eq!(names(&r), [1]);
+    make(&y, &[7, 9]);
+    std::fs::rename(&y, &x).unwrap();
+    assert_eq!(names(&r), [7, 9]);
+    let census = r.series_census().unwrap();
+    assert_eq!((census.count, census.max_id), (2, 9));
+    let _ = std::fs::remove_file(&x);
+}

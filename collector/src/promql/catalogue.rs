@@ -1,0 +1,207 @@
+//! The series catalogue: every stored series with its Prometheus labels
+//! (`prom_labels::labels`), kept between queries so a query does not list
+//! the series table and build every label set again.
+//!
+//! Series rows are never deleted or changed and ids are never reused, so
+//! a catalogue holding `count` series whose largest id is `max_id` is the
+//! whole list exactly when the store's [`SeriesCensus`] says the same.
+//! Each query asks for the census (one indexed read, which is also how a
+//! store outage still fails a query that selects nothing); on a
+//! difference the catalogue is extended by the series above its largest
+//! id, and listed again whole when that does not account for the census
+//! (PostgreSQL ids committed out of order by collectors sharing the
+//! database).
+//!
+//! Owned by the `Engine` (shared by its clones); a query takes the current
+//! snapshot (an `Arc`) and never holds the lock across a read. Memory is
+//! bounded: past [`MAX_CACHED_SERIES`] series nothing is kept, and each
+//! query lists what its selectors' pushdown allows, as before.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use promql_parser::parser::VectorSelector;
+
+use crate::store::read::{Reader, SeriesCensus};
+
+use super::load::{Listed, list_series};
+use super::plan::required_value;
+use super::types::{NAME, QueryError};
+
+/// Most series the catalogue holds (about 0.5 KiB each with labels):
+/// beyond, queries list the series themselves.
+pub const MAX_CACHED_SERIES: u64 = 1 << 18;
+
+/// Every stored series at one census, by id, with an index by metric name.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    series: Vec<Listed>,
+    census: SeriesCensus,
+    /// Positions in `series` by `__name__`.
+    by_name: HashMap<String, Vec<usize>>,
+}
+
+impl Snapshot {
+    fn new(mut series: Vec<Listed>) -> Snapshot {
+        series.sort_unstable_by_key(|(meta, _)| meta.id);
+        series.dedup_by_key(|(meta, _)| meta.id);
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, (_, labels)) in series.iter().enumerate() {
+            let name = super::types::get(labels, NAME);
+            match by_name.get_mut(name) {
+                Some(v) => v.push(i),
+                None => {
+                    by_name.insert(name.to_owned(), vec![i]);
+                }
+            }
+        }
+        let census = SeriesCensus {
+            count: series.len() as u64,
+            max_id: series.last().map_or(0, |(meta, _)| meta.id),
+        };
+        Snapshot {
+            series,
+            census,
+            by_name,
+        }
+    }
+
+    /// The series that may pass `vs` (all with its metric name when the
+    /// selector pins one), by id; the caller applies the matchers.
+    pub fn candidates<'a>(
+        &'a self,
+        vs: &VectorSelector,
+    ) -> Box<dyn Iterator<Item = &'a Listed> + 'a> {
+        match required_value(vs, NAME) {
+            Some(name) => Box::new(
+                self.by_name
+                    .get(name)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&i| &self.series[i]),
+            ),
+            None => Box::new(self.series.iter()),
+        }
+    }
+
+    /// Every series, by id.
+    pub fn all(&self) -> &[Listed] {
+        &self.series
+    }
+}
+
+/// The catalogue of one engine.
+#[derive(Debug, Default)]
+pub struct Catalogue {
+    /// A std Mutex, not a tokio one: held only to take or replace the
+    /// `Arc`, never across a read.
+    current: Mutex<Option<Arc<Snapshot>>>,
+}
+
+impl Catalogue {
+    /// The whole series list as stored now, or `None` when it is too large
+    /// to keep (the caller lists what it needs).
+    pub async fn snapshot(&self, reader: &Reader) -> Result<Option<Arc<Snapshot>>, QueryError> {
+        let census = reader
+            .series_census()
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        if census.count > MAX_CACHED_SERIES {
+            self.replace(None);
+            return Ok(None);
+        }
+        let held = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(held) = &held
+            && held.census == census
+        {
+            return Ok(Some(Arc::clone(held)));
+        }
+        let mut next = None;
+        if let Some(held) = held
+            && census.max_id > held.census.max_id
+        {
+            // New series: those above the largest id held, as a rule.
+            let newer = list_series(reader, Default::default(), held.census.max_id).await?;
+            let mut series = Vec::with_capacity(held.series.len() + newer.len());
+            series.extend(held.series.iter().cloned());
+            series.extend(newer);
+            let extended = Snapshot::new(series);
+            if extended.census.count == census.count {
+                next = Some(extended);
+            }
+        }
+        let next = match next {
+            Some(next) => next,
+            None => Snapshot::new(list_series(reader, Default::default(), i64::MIN).await?),
+        };
+        if next.census.count > MAX_CACHED_SERIES {
+            self.replace(None);
+            return Ok(None);
+        }
+        let next = Arc::new(next);
+        self.replace(Some(Arc::clone(&next)));
+        Ok(Some(next))
+    }
+
+    fn replace(&self, snapshot: Option<Arc<Snapshot>>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = snapshot;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::sqlite::tests::TempDb;
+
+    fn ids(snapshot: &Snapshot) -> Vec<i64> {
+        snapshot.all().iter().map(|(meta, _)| meta.id).collect()
+    }
+
+    /// The catalogue answers as a fresh listing would after every change,
+    /// including ids that appear below the largest one held (PostgreSQL
+    /// ids committed out of order), and is kept while nothing changes.
+    #[tokio::test]
+    async fn the_catalogue_follows_the_series_table() {
+        let db = TempDb::new("catalogue");
+        let reader = Reader::Sqlite(db.reader());
+        let catalogue = Catalogue::default();
+        db.series(2, "a", "d", "m", "{}");
+        db.series(5, "a", "d", "up", "{}");
+        let first = catalogue.snapshot(&reader).await.unwrap().unwrap();
+        assert_eq!(ids(&first), [2, 5]);
+        let again = catalogue.snapshot(&reader).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "kept while nothing changed");
+
+        // Above the largest id: extended.
+        db.series(9, "b", "d", "m", r#"{"core":"1"}"#);
+        let extended = catalogue.snapshot(&reader).await.unwrap().unwrap();
+        assert_eq!(ids(&extended), [2, 5, 9]);
+        // Below it: listed again.
+        db.series(3, "b", "d", "m", "{}");
+        let relisted = catalogue.snapshot(&reader).await.unwrap().unwrap();
+        assert_eq!(ids(&relisted), [2, 3, 5, 9]);
+
+        // The index by name gives what the matchers would.
+        let vs = crate::promql::parse_selector(r#"m{agent="b"}"#).unwrap();
+        let chosen: Vec<i64> = relisted
+            .candidates(&vs)
+            .filter(|(_, l)| crate::promql::selector_matches(&vs, l))
+            .map(|(meta, _)| meta.id)
+            .collect();
+        assert_eq!(chosen, [3, 9]);
+
+        // A store that is gone fails the query, whatever is held.
+        let away = db.path.with_extension("away");
+        std::fs::rename(&db.path, &away).unwrap();
+        let err = catalogue.snapshot(&reader).await.unwrap_err();
+        std::fs::rename(&away, &db.path).unwrap();
+        assert!(matches!(err, QueryError::Unavailable(_)), "{err}");
+    }
+}
