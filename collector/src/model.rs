@@ -105,7 +105,10 @@ pub struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // A product's low bits depend only on the input's low bits, and the
+        // table picks buckets by the low bits: fold the high half in, or ids
+        // at a power-of-two stride would share buckets.
+        self.0 ^ (self.0 >> 32)
     }
 
     fn write(&mut self, bytes: &[u8]) {

@@ -51,7 +51,13 @@ pub(super) fn needs_assembly(text: &str) -> bool {
     text.contains('$')
         || text
             .lines()
-            .filter(|line| !line.trim_start().starts_with('#'))
+            // A `#` line that closes a multi-line string may go on with
+            // keys: only a line with no string delimiter is a comment.
+            .filter(|line| {
+                !line.trim_start().starts_with('#')
+                    || line.contains("\"\"\"")
+                    || line.contains("'''")
+            })
             .any(|line| line.contains("_file") || ASSEMBLY_KEYS.iter().any(|k| line.contains(k)))
 }
 

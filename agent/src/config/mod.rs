@@ -402,6 +402,14 @@ fn parse_parts(
     let src = if devices_run_to_end(pieces, len) {
         layer.piece(0..pieces.first().map_or(len, |p| p.start))
     } else {
+        // Lines are cut without knowing what is inside a multi-line
+        // string: one in a table between or after the devices could hold
+        // a `[[devices]]` line and a header-like line, which the pieces
+        // would read as a device. Such a file is read whole.
+        let text = layer.text();
+        if text.contains("\"\"\"") || text.contains("'''") {
+            return Ok(None);
+        }
         blanked = layer.blank(pieces);
         layer.blanked(&blanked)
     };

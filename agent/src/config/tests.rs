@@ -131,6 +131,10 @@ fn only_keys_outside_comments_call_for_assembly() {
         format!("{HEAD}[tls]\nkey_file = \"k\"\n"),
         // A `$` anywhere: this line of a multi-line string is no comment.
         format!("{HEAD}[[devices]]\ncommand = \"\"\"\n# ${{HOME}}\n\"\"\"\n"),
+        // A `#` line that closes a multi-line string and goes on with a key.
+        format!(
+            "{HEAD}[[devices]]\nlabels = {{ n = \"\"\"\n#\"\"\", password_file = \"/run/pw\" }}\n"
+        ),
     ] {
         assert!(needs_assembly(&text), "{text}");
     }
@@ -166,6 +170,14 @@ fn tables_between_and_after_the_devices_parse_as_the_whole_file_does() {
             "{HEAD}{}\n[batch]\nmax_readings = 7\n{}addresses = [\n[1, 2],\n]\n",
             sim(0),
             sim(1)
+        ),
+        // A multi-line string in another table that holds a device and a
+        // header-like line: text, not a device (the pieces would read one).
+        format!(
+            "{HEAD}[tls]\nserver_name = \"\"\"\n[[devices]]\nname = \"ghost\"\ndriver = \"sim\"\ninterval = \"1s\"\n[x]\n\"\"\"\n"
+        ),
+        format!(
+            "{HEAD}[tls]\nserver_name = '''\n[[devices]]\nname = \"ghost\"\ndriver = \"sim\"\ninterval = \"1s\"\n[x]\n'''\n"
         ),
         // Keys, quoted and dotted, and a header with a comment.
         format!(

@@ -5,8 +5,11 @@
 //! Series rows are never deleted or changed and ids are never reused, so
 //! a catalogue holding `count` series whose largest id is `max_id` is the
 //! whole list exactly when the store's [`SeriesCensus`] says the same.
-//! Each query asks for the census (one indexed read, which is also how a
-//! store outage still fails a query that selects nothing); on a
+//! Each query asks for the census (two sub-selects so that SQLite takes
+//! its fast paths: a count from the table's b-tree without decoding rows
+//! and the largest id from the primary key; on PostgreSQL the count is a
+//! scan of the series table. It is also how a store outage still fails a
+//! query that selects nothing); on a
 //! difference the catalogue is extended by the series above its largest
 //! id, and listed again whole when that does not account for the census
 //! (PostgreSQL ids committed out of order by collectors sharing the

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -132,11 +133,31 @@ struct Loading {
     max_samples: usize,
     deadline: Option<Instant>,
     stopped: Option<QueryError>,
+    /// Set when the query that asked is dropped (its client went away):
+    /// the read, on a blocking thread of its own, stops at its next chunk
+    /// instead of running on after the query's slot was given back.
+    abandoned: Arc<AtomicBool>,
+}
+
+/// Sets its flag when dropped: tells a blocking read that whoever awaited
+/// it is gone (on the normal path it is set after the read has ended).
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Loading {
     /// Adds the samples of one chunk of series `i`.
     fn add(&mut self, i: usize, chunk: &[Point]) -> ControlFlow<()> {
+        if self.abandoned.load(Ordering::Relaxed) {
+            self.stopped = Some(QueryError::Timeout(
+                "reading the store (the query was abandoned)",
+            ));
+            return ControlFlow::Break(());
+        }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.stopped = Some(QueryError::Timeout("reading the store"));
             return ControlFlow::Break(());
@@ -209,18 +230,21 @@ pub async fn load(
             until_ns: Some(need.hi.saturating_add(1).saturating_mul(1_000_000)),
         };
         let metas: Vec<Arc<SeriesMeta>> = chosen.iter().map(|(meta, _)| meta.clone()).collect();
+        let abandoned = AbandonOnDrop(Arc::new(AtomicBool::new(false)));
         let loading = Loading {
             points: vec![Vec::new(); metas.len()],
             total,
             max_samples,
             deadline,
             stopped: None,
+            abandoned: abandoned.0.clone(),
         };
         // One read over exactly the chosen series (by id, in id order).
         let loading = reader
             .fold_range_series(&metas, span, loading, Loading::add)
             .await
             .map_err(|e| unavailable(&e))?;
+        drop(abandoned);
         if let Some(e) = loading.stopped {
             return Err(e);
         }

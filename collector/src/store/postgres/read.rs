@@ -176,7 +176,10 @@ impl PgReader {
         let what = "count series";
         let conn = self.conn(what).await?;
         let row = conn
-            .query_one("SELECT count(*), COALESCE(max(id), 0) FROM series", &[])
+            .query_one(
+                "SELECT (SELECT count(*) FROM series), (SELECT COALESCE(max(id), 0) FROM series)",
+                &[],
+            )
             .await
             .map_err(self.query_err(what))?;
         let count: i64 = row.try_get(0).map_err(self.query_err(what))?;

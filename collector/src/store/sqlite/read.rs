@@ -325,15 +325,17 @@ impl SqliteReader {
     pub fn series_census(&self) -> Result<SeriesCensus, ReadError> {
         let conn = self.open()?;
         let err = self.query_err("count series");
-        conn.prepare_cached("SELECT count(*), COALESCE(max(id), 0) FROM series")
-            .map_err(&err)?
-            .query_row([], |r| {
-                Ok(SeriesCensus {
-                    count: counter(r.get(0)?),
-                    max_id: r.get(1)?,
-                })
+        conn.prepare_cached(
+            "SELECT (SELECT count(*) FROM series), (SELECT COALESCE(max(id), 0) FROM series)",
+        )
+        .map_err(&err)?
+        .query_row([], |r| {
+            Ok(SeriesCensus {
+                count: counter(r.get(0)?),
+                max_id: r.get(1)?,
             })
-            .map_err(&err)
+        })
+        .map_err(&err)
     }
 
     /// The series that may have readings within `span`: those with a

@@ -73,6 +73,23 @@ async function loadExports() {
   document.body.dataset.exportsReady = "1";
 }
 
+// One exports read at a time: the next is asked for EXPORTS_EVERY ms
+// after the last answer (however slow the store), and not while the page
+// is hidden. A failed read is shown under the table, not as the page's
+// live state, and cleared by the next answer.
+async function pollExports() {
+  if (!document.hidden) {
+    try {
+      await loadExports();
+    } catch (e) {
+      const note = $("exports-note");
+      note.hidden = false;
+      note.textContent = `Exports could not be read: ${String(e.message || e)}`;
+    }
+  }
+  setTimeout(pollExports, EXPORTS_EVERY);
+}
+
 let renderQueued = false;
 function scheduleTables() {
   if (renderQueued) return;
@@ -305,8 +322,7 @@ function start() {
   // The window slides and "last seen" ages even when nothing arrives.
   setInterval(drawSoon, 1000);
   setInterval(scheduleTables, 5000);
-  loadExports().catch(showError);
-  setInterval(() => loadExports().catch(showError), EXPORTS_EVERY);
+  pollExports();
   drawNow();
   loadFleet().then(connect).catch(showError);
 }
