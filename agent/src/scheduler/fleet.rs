@@ -52,7 +52,10 @@ pub struct StartError {
 
 /// The device tasks of an agent, by name.
 pub struct Fleet {
-    running: HashMap<String, Running>,
+    /// Boxed: a `DeviceConfig` is about 400 bytes, and a map sized for
+    /// 10,000 devices has 16,384 slots, so held inline the empty ones cost
+    /// 2.4 MiB (`bench poll`'s config).
+    running: HashMap<String, Box<Running>>,
     /// Tasks of removed devices, still finishing their poll in flight (kept
     /// until they end): a device added again under the same name starts
     /// after its old task has ended, as a changed one does.
@@ -169,7 +172,7 @@ impl Fleet {
         self.endpoints = next_endpoints;
         self.stopping.retain(|_, task| !task.is_finished());
         self.out.grow_to(plan.len());
-        let mut keep: HashMap<String, Running> = HashMap::with_capacity(plan.len());
+        let mut keep: HashMap<String, Box<Running>> = HashMap::with_capacity(plan.len());
         for (config, driver) in plan {
             let old = self.running.remove(&config.name);
             let name = config.name.clone();
@@ -222,7 +225,7 @@ impl Fleet {
         driver: Driver,
         after: Option<JoinHandle<()>>,
         reloaded: bool,
-    ) -> Running {
+    ) -> Box<Running> {
         let endpoint = config
             .driver
             .endpoint()
@@ -257,6 +260,6 @@ impl Fleet {
                 run.await;
             }),
         };
-        Running { config, stop, task }
+        Box::new(Running { config, stop, task })
     }
 }
