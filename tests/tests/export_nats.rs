@@ -574,7 +574,7 @@ async fn tls_with_a_client_certificate_and_a_token_reaches_a_verifying_server() 
 
 /// A JWT as NATS reads them (header `ed25519-nkey`), `claims` signed by
 /// `issuer` about `subject`.
-fn nats_jwt(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> String {
+fn nats_jwt(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> Result<String> {
     let iat = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -590,8 +590,8 @@ fn nats_jwt(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> String 
         "nats": nats,
     });
     let signed = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
-    let sig = base64url(&issuer.sign(signed.as_bytes()));
-    format!("{signed}.{sig}")
+    let sig = base64url(&issuer.sign(signed.as_bytes()).map_err(anyhow::Error::msg)?);
+    Ok(format!("{signed}.{sig}"))
 }
 
 /// The export's row in the store, by name.
@@ -650,7 +650,7 @@ async fn nkey_seeds_and_creds_files_authenticate_and_a_wrong_key_is_counted() ->
         &operator.public_key(),
         "test-operator",
         serde_json::json!({"type": "operator", "version": 2}),
-    );
+    )?;
     // JetStream in operator mode needs a system account too.
     let system = KeyPair::generate(KeyKind::Account).map_err(anyhow::Error::msg)?;
     let account_jwt = |key: &KeyPair, name: &str, jetstream: i64| {
@@ -671,8 +671,8 @@ async fn nkey_seeds_and_creds_files_authenticate_and_a_wrong_key_is_counted() ->
             }),
         )
     };
-    let system_jwt = account_jwt(&system, "SYS", 0);
-    let account_jwt = account_jwt(&account, "test-account", -1);
+    let system_jwt = account_jwt(&system, "SYS", 0)?;
+    let account_jwt = account_jwt(&account, "test-account", -1)?;
     let user_jwt = nats_jwt(
         &account,
         &jwt_user.public_key(),
@@ -681,7 +681,7 @@ async fn nkey_seeds_and_creds_files_authenticate_and_a_wrong_key_is_counted() ->
             "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
             "type": "user", "version": 2
         }),
-    );
+    )?;
     std::fs::write(dir.join("operator.jwt"), &operator_jwt)?;
     let op = start_server(
         &dir,

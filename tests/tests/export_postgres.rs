@@ -7,7 +7,9 @@
 //!   to the other collector when its holder died;
 //! - every counter reading stored in PostgreSQL is in VictoriaMetrics,
 //!   series by series, and duplicates only as identical samples (a page in
-//!   flight when its holder died is sent again by the next holder).
+//!   flight when its holder died is sent again by the next holder);
+//! - `Query/ListExports` answers what the store holds, over one session the
+//!   collector keeps between calls (the fleet page polls it).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,6 +17,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+use tributary_collector::store::postgres::VIEW_APPLICATION;
+use tributary_proto::v1 as pb;
 use tributary_tests::cluster::PATIENCE;
 use tributary_tests::peers::receivers::{Kind, RawSeries, Receiver};
 use tributary_tests::process::{Proc, TestDir, eventually, free_addr, run_bin, wait_for_port};
@@ -290,6 +294,42 @@ async fn two_collectors_run_one_export_and_lose_nothing_across_kills() -> Result
     ensure!(
         row["name"] == EXPORT && row["dropped"] == 0 && row["sent"].as_u64() > Some(0),
         "exports shows {row}"
+    );
+    // ListExports answers the same, over one session the collector keeps:
+    // after each of three calls there is one session of the view, the
+    // same one (a connection a call would leave none behind).
+    let mut query = pb::query_client::QueryClient::connect(members[0].url()).await?;
+    let sessions = format!(
+        "FROM pg_stat_activity WHERE application_name = '{VIEW_APPLICATION}' \
+         AND datname = current_database()"
+    );
+    let mut pids = Vec::new();
+    for call in 0..3 {
+        let listed = query
+            .list_exports(pb::ListExportsRequest {})
+            .await?
+            .into_inner()
+            .exports;
+        ensure!(
+            matches!(listed.as_slice(), [e] if e.name == EXPORT && e.lag_readings == 0
+                && e.sent == row["sent"].as_u64().unwrap_or(0)),
+            "ListExports call {call}: {listed:?}, the store: {row}"
+        );
+        let count = schema
+            .number(&format!("SELECT count(*) {sessions}"))
+            .await?;
+        let pid = schema
+            .number(&format!("SELECT COALESCE(MIN(pid), 0) {sessions}"))
+            .await?;
+        ensure!(
+            count == 1,
+            "after ListExports call {call}: {count} sessions named {VIEW_APPLICATION:?}"
+        );
+        pids.push(pid);
+    }
+    ensure!(
+        pids.windows(2).all(|w| w[0] == w[1]),
+        "ListExports' session changed between calls: pids {pids:?}"
     );
     // The holder trims what the cursor has passed (off the commits).
     eventually(PATIENCE, "the export log is trimmed", || async {

@@ -92,24 +92,27 @@ pub(crate) const MAX_CACHED_SERIES: usize = 1 << 20;
 /// take `cache` past `cap` — all of them, after clearing `cache`, so every
 /// series of the page has its entry when the page is sent (a reading whose
 /// series has none would be skipped).
-pub(crate) fn series_to_look_up<V>(
-    cache: &mut HashMap<i64, V>,
-    ids: impl Iterator<Item = i64>,
+pub(crate) fn series_to_look_up<V, S: std::hash::BuildHasher>(
+    cache: &mut HashMap<i64, V, S>,
+    ids: impl Iterator<Item = i64> + Clone,
     cap: usize,
 ) -> Vec<i64> {
-    let mut all: Vec<i64> = ids.collect();
-    all.sort_unstable();
-    all.dedup();
-    let missing = all.iter().filter(|id| !cache.contains_key(id)).count();
-    if missing == 0 {
-        return Vec::new();
+    // Only the ids not cached are collected and sorted: a page whose
+    // series are all known (the steady state) costs one lookup a reading.
+    let mut missing: Vec<i64> = ids.clone().filter(|id| !cache.contains_key(id)).collect();
+    if missing.is_empty() {
+        return missing;
     }
-    if cache.len() + missing > cap {
+    missing.sort_unstable();
+    missing.dedup();
+    if cache.len() + missing.len() > cap {
         cache.clear();
+        let mut all: Vec<i64> = ids.collect();
+        all.sort_unstable();
+        all.dedup();
         return all;
     }
-    all.retain(|id| !cache.contains_key(id));
-    all
+    missing
 }
 
 /// Why the exports could not start.

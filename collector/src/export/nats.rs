@@ -13,7 +13,9 @@
 //! `shape` is a hash of the subject template, format, filter and part
 //! size, so a config change never reuses an id for other contents) and `Nats-Expected-Stream`, and is
 //! published with a reply subject; the page counts as sent when every
-//! message has its PubAck. A message without a PubAck within `timeout`, a
+//! message has its PubAck. Up to `max_in_flight` await theirs: the window
+//! is filled once a quarter of it is free and flushed once, and every
+//! PubAck already read is handled before the next publish. A message without a PubAck within `timeout`, a
 //! broken connection, "no responders" or a JetStream error sends it again
 //! (same id) after a capped backoff, over a new connection to the next
 //! server of the list when the old one broke; JetStream drops the copies
@@ -49,7 +51,7 @@ use self::client::{Client, NatsError};
 use super::remote_write::Outcome;
 use crate::config::exports::{Filter, Nats, NatsFormat};
 use crate::metrics::ExportHandles;
-use crate::model::{Point, SeriesKey, SeriesMeta, StoredValue};
+use crate::model::{IdMap, Point, SeriesKey, SeriesMeta, StoredValue};
 use crate::store::export::{LogBatch, LogConn};
 use crate::store::read::ReadError;
 
@@ -79,7 +81,7 @@ pub struct NatsSink {
     /// The stream was found (or created) over the current connection.
     stream_ready: bool,
     /// Series by id; `None`: filtered out.
-    series: HashMap<i64, Option<Arc<SeriesMeta>>>,
+    series: IdMap<Option<Arc<SeriesMeta>>>,
 }
 
 impl NatsSink {
@@ -103,7 +105,7 @@ impl NatsSink {
             conn: None,
             next_server: 0,
             stream_ready: false,
-            series: HashMap::new(),
+            series: IdMap::default(),
         })
     }
 
@@ -168,27 +170,29 @@ impl NatsSink {
 
     /// The messages of one batch, in part order, onto `queue`.
     fn messages(&self, batch: &LogBatch, queue: &mut VecDeque<Outgoing>) {
-        // Subject → readings (index into batch.readings), first-seen order.
-        let mut order: Vec<String> = Vec::new();
-        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut subjects: HashMap<i64, String> = HashMap::new();
+        // Subjects in first-seen order, each with its readings (indexes
+        // into batch.readings); a series' group is found once a batch, then
+        // by its id (one lookup a reading, no subject copied).
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut by_subject: HashMap<String, usize> = HashMap::new();
+        let mut group_of: IdMap<Option<usize>> = IdMap::default();
         let mut agent = None;
         for (i, r) in batch.readings.iter().enumerate() {
-            let Some(Some(meta)) = self.series.get(&r.series_id) else {
-                continue;
-            };
-            agent.get_or_insert_with(|| meta.key.agent.clone());
-            let subject = subjects.entry(r.series_id).or_insert_with(|| {
+            let group = *group_of.entry(r.series_id).or_insert_with(|| {
+                let Some(Some(meta)) = self.series.get(&r.series_id) else {
+                    return None;
+                };
+                agent.get_or_insert_with(|| meta.key.agent.clone());
                 let k: &SeriesKey = &meta.key;
-                self.cfg.subject.render(&k.agent, &k.device, &k.metric)
+                let subject = self.cfg.subject.render(&k.agent, &k.device, &k.metric);
+                Some(*by_subject.entry(subject).or_insert_with_key(|subject| {
+                    groups.push((subject.clone(), Vec::new()));
+                    groups.len() - 1
+                }))
             });
-            groups
-                .entry(subject.clone())
-                .or_insert_with(|| {
-                    order.push(subject.clone());
-                    Vec::new()
-                })
-                .push(i);
+            if let Some(g) = group {
+                groups[g].1.push(i);
+            }
         }
         // The batch's own agent; a row logged before identities were kept
         // has none, and takes its first reading's.
@@ -197,10 +201,7 @@ impl NatsSink {
             None => agent.unwrap_or_default(),
         };
         let mut part: u32 = 0;
-        for subject in order {
-            let Some(indexes) = groups.remove(&subject) else {
-                continue;
-            };
+        for (subject, indexes) in &groups {
             for chunk in indexes.chunks(self.cfg.max_readings_per_message) {
                 let payload = self.encode(batch, &agent, part, chunk);
                 let id = message_id(&self.name, self.shape, batch, part);
@@ -218,17 +219,22 @@ impl NatsSink {
     /// One message's payload: the readings `chunk` of `batch`, by series.
     fn encode(&self, batch: &LogBatch, agent: &str, part: u32, chunk: &[usize]) -> Vec<u8> {
         // Series in first-seen order, each with its readings in order.
-        let mut order: Vec<i64> = Vec::new();
-        let mut by_series: HashMap<i64, Vec<usize>> = HashMap::new();
+        let mut order: Vec<(&SeriesMeta, Vec<usize>)> = Vec::new();
+        let mut slot: IdMap<usize> = IdMap::default();
         for &i in chunk {
             let id = batch.readings[i].series_id;
-            by_series
-                .entry(id)
-                .or_insert_with(|| {
-                    order.push(id);
-                    Vec::new()
-                })
-                .push(i);
+            let at = match slot.get(&id) {
+                Some(&at) => at,
+                None => {
+                    let Some(Some(meta)) = self.series.get(&id) else {
+                        continue;
+                    };
+                    order.push((meta, Vec::new()));
+                    slot.insert(id, order.len() - 1);
+                    order.len() - 1
+                }
+            };
+            order[at].1.push(i);
         }
         let point = |i: usize| Point {
             ts_ns: batch.readings[i].ts_ns,
@@ -239,18 +245,12 @@ impl NatsSink {
             NatsFormat::Protobuf => {
                 let series = order
                     .iter()
-                    .filter_map(|id| {
-                        let Some(Some(meta)) = self.series.get(id) else {
-                            return None;
-                        };
-                        let points = by_series.get(id)?;
-                        Some(pb::ReadingsChunk {
-                            series: Some(crate::query::series_to_proto(meta)),
-                            points: points
-                                .iter()
-                                .map(|&i| crate::query::point_to_proto(point(i)))
-                                .collect(),
-                        })
+                    .map(|(meta, points)| pb::ReadingsChunk {
+                        series: Some(crate::query::series_to_proto(meta)),
+                        points: points
+                            .iter()
+                            .map(|&i| crate::query::point_to_proto(point(i)))
+                            .collect(),
                     })
                     .collect();
                 pb::ExportMessage {
@@ -267,12 +267,8 @@ impl NatsSink {
             NatsFormat::Json => {
                 let series: Vec<Value> = order
                     .iter()
-                    .filter_map(|id| {
-                        let Some(Some(meta)) = self.series.get(id) else {
-                            return None;
-                        };
-                        let points = by_series.get(id)?;
-                        Some(json!({
+                    .map(|(meta, points)| {
+                        json!({
                             "id": meta.id,
                             "agent": meta.key.agent,
                             "device": meta.key.device,
@@ -280,7 +276,7 @@ impl NatsSink {
                             "labels": meta.key.labels,
                             "unit": meta.key.unit,
                             "points": points.iter().map(|&i| json_point(&batch.readings[i].value, batch.readings[i].ts_ns)).collect::<Vec<_>>(),
-                        }))
+                        })
                     })
                     .collect();
                 json!({
@@ -446,8 +442,11 @@ impl NatsSink {
         Ok(())
     }
 
-    /// Publishes what the in-flight window allows, then handles one frame
-    /// from the server. `Ok(true)` when a message was acknowledged.
+    /// Publishes what the in-flight window allows (once a quarter of it is
+    /// free, or the rest of the queue fits: a window per flush, not a
+    /// message), then waits for one frame from the server and handles it
+    /// and every frame already read after it. `Ok(true)` when a message
+    /// was acknowledged.
     async fn exchange(
         &mut self,
         queue: &mut VecDeque<Outgoing>,
@@ -461,73 +460,88 @@ impl NatsSink {
             return Err(Failure::Broken(NatsError::Closed));
         };
         let max = c.max_payload();
-        while waiting.len() < self.cfg.max_in_flight {
-            let Some(m) = queue.pop_front() else {
-                break;
-            };
-            let size = m.payload.len() + m.id.len() + self.cfg.stream.len() + 64;
-            if size > max {
-                error!(export = %self.name, id = %m.id, bytes = size, max_payload = max, readings = m.readings, "nats message larger than the server's max_payload; its readings are dropped (lower max_readings_per_message)");
-                out.dropped += m.readings;
-                metrics.dropped.inc_by(m.readings);
-                out.last_error = Some(format!(
-                    "message {} of {size} bytes is over max_payload {max}",
-                    m.id
-                ));
-                continue;
+        let window = self.cfg.max_in_flight;
+        let free = window.saturating_sub(waiting.len());
+        let mut published = false;
+        if free > 0 && free >= (window / 4).max(1).min(queue.len()) {
+            while waiting.len() < window {
+                let Some(m) = queue.pop_front() else {
+                    break;
+                };
+                let size = m.payload.len() + m.id.len() + self.cfg.stream.len() + 64;
+                if size > max {
+                    error!(export = %self.name, id = %m.id, bytes = size, max_payload = max, readings = m.readings, "nats message larger than the server's max_payload; its readings are dropped (lower max_readings_per_message)");
+                    out.dropped += m.readings;
+                    metrics.dropped.inc_by(m.readings);
+                    out.last_error = Some(format!(
+                        "message {} of {size} bytes is over max_payload {max}",
+                        m.id
+                    ));
+                    continue;
+                }
+                *token += 1;
+                let reply = format!("{}.{}", c.inbox(), *token);
+                c.publish(
+                    &m.subject,
+                    Some(&reply),
+                    &[
+                        ("Nats-Msg-Id", &m.id),
+                        ("Nats-Expected-Stream", &self.cfg.stream),
+                    ],
+                    &m.payload,
+                )
+                .await
+                .map_err(Failure::Broken)?;
+                waiting.insert(reply, m);
+                published = true;
             }
-            *token += 1;
-            let reply = format!("{}.{}", c.inbox(), *token);
-            c.publish(
-                &m.subject,
-                Some(&reply),
-                &[
-                    ("Nats-Msg-Id", &m.id),
-                    ("Nats-Expected-Stream", &self.cfg.stream),
-                ],
-                &m.payload,
-            )
-            .await
-            .map_err(Failure::Broken)?;
-            waiting.insert(reply, m);
         }
         if waiting.is_empty() {
             return Ok(false);
         }
-        c.flush().await.map_err(Failure::Broken)?;
-        let msg = match tokio::time::timeout(self.cfg.timeout, c.next()).await {
-            Err(_) => {
-                return Err(Failure::Broken(NatsError::Timeout(self.cfg.timeout)));
+        if published {
+            c.flush().await.map_err(Failure::Broken)?;
+        }
+        let mut acked = false;
+        loop {
+            let msg = match tokio::time::timeout(self.cfg.timeout, c.next()).await {
+                Err(_) => {
+                    return Err(Failure::Broken(NatsError::Timeout(self.cfg.timeout)));
+                }
+                Ok(r) => r.map_err(Failure::Broken)?,
+            };
+            // A late answer to a message sent again since: nothing to do.
+            if let Some(m) = waiting.remove(&msg.subject) {
+                if msg.status() == Some(503) {
+                    waiting.insert(msg.subject, m);
+                    self.stream_ready = false;
+                    return Err(Failure::Refused(
+                        "no responders: the stream is not available".to_owned(),
+                    ));
+                }
+                let ack: Value = match serde_json::from_slice(&msg.payload) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        waiting.insert(msg.subject, m);
+                        return Err(Failure::Refused(format!("PubAck is not JSON: {e}")));
+                    }
+                };
+                if let Some(e) = ack.get("error") {
+                    waiting.insert(msg.subject, m);
+                    return Err(Failure::Refused(client::api_error(e)));
+                }
+                if ack.get("duplicate").and_then(Value::as_bool) == Some(true) {
+                    *duplicates += 1;
+                }
+                out.sent += m.readings;
+                metrics.sent.inc_by(m.readings);
+                acked = true;
             }
-            Ok(r) => r.map_err(Failure::Broken)?,
-        };
-        let Some(m) = waiting.remove(&msg.subject) else {
-            return Ok(false); // a late answer to a message sent again since
-        };
-        if msg.status() == Some(503) {
-            waiting.insert(msg.subject, m);
-            self.stream_ready = false;
-            return Err(Failure::Refused(
-                "no responders: the stream is not available".to_owned(),
-            ));
-        }
-        let ack: Value = match serde_json::from_slice(&msg.payload) {
-            Ok(v) => v,
-            Err(e) => {
-                waiting.insert(msg.subject, m);
-                return Err(Failure::Refused(format!("PubAck is not JSON: {e}")));
+            // Every answer already read is handled before publishing again.
+            if waiting.is_empty() || !c.has_buffered() {
+                return Ok(acked);
             }
-        };
-        if let Some(e) = ack.get("error") {
-            waiting.insert(msg.subject, m);
-            return Err(Failure::Refused(client::api_error(e)));
         }
-        if ack.get("duplicate").and_then(Value::as_bool) == Some(true) {
-            *duplicates += 1;
-        }
-        out.sent += m.readings;
-        metrics.sent.inc_by(m.readings);
-        Ok(true)
     }
 }
 

@@ -6,7 +6,9 @@
 //! Owns [`ExportsView`]: the store's URL and a `watch` of the configured
 //! exports that [`super::Exports`] updates at start and at each reload,
 //! and [`FailingNow`], the board of the errors of pages failing right now.
-//! Reads through a connection of its own per call; never touches a task.
+//! Reads through a connection of its own, kept between calls on
+//! PostgreSQL (the fleet page polls every 5 s an open tab; one is made
+//! again after an error); never touches a task.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::exports::{ExportConfig, ExportKind};
 use crate::store::StoreUrl;
-use crate::store::export::{CommitLog, CursorRow, Pending};
+use crate::store::export::{CommitLog, CursorRow, Pending, StatusConn};
 use crate::store::read::ReadError;
 
 /// One export as this collector configures it.
@@ -151,6 +153,8 @@ pub struct ExportsView {
     url: StoreUrl,
     configured: watch::Receiver<Vec<Configured>>,
     failing: watch::Receiver<BTreeMap<String, String>>,
+    /// The store connection kept between calls (one call at a time).
+    kept: Arc<tokio::sync::Mutex<StatusConn>>,
 }
 
 impl ExportsView {
@@ -163,12 +167,18 @@ impl ExportsView {
             url,
             configured,
             failing,
+            kept: Arc::default(),
         }
     }
 
     /// Every export's row, read from the store now.
     pub async fn list(&self) -> Result<Vec<ExportRow>, ReadError> {
-        let status = CommitLog::existing(&self.url)?.status().await?;
+        let status = {
+            let mut kept = self.kept.lock().await;
+            CommitLog::existing(&self.url)?
+                .status_kept(&mut kept)
+                .await?
+        };
         let configured = self.configured.borrow().clone();
         let failing = self.failing.borrow().clone();
         Ok(rows(

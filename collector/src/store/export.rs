@@ -145,7 +145,36 @@ impl CommitLog {
             CommitLog::Postgres(l) => l.status().await,
         }
     }
+
+    /// [`CommitLog::status`] over the connection `kept` holds, made (or
+    /// made again, when it was lost or its last call failed) as needed:
+    /// for a caller that asks again and again (ListExports, the fleet page
+    /// polling every few seconds). SQLite opens its file each call.
+    pub async fn status_kept(
+        &self,
+        kept: &mut StatusConn,
+    ) -> Result<Vec<(CursorRow, Pending)>, ReadError> {
+        match self {
+            CommitLog::Sqlite(_) => self.status().await,
+            CommitLog::Postgres(l) => {
+                let mut conn = match kept.0.take() {
+                    Some(c) if !c.lost() => c,
+                    _ => l.connect_view().await?,
+                };
+                let status = conn.status().await;
+                if status.is_ok() {
+                    kept.0 = Some(conn);
+                }
+                status
+            }
+        }
+    }
 }
+
+/// The connection [`CommitLog::status_kept`] keeps between calls (none
+/// yet, or PostgreSQL's).
+#[derive(Debug, Default)]
+pub struct StatusConn(Option<PgLogConn>);
 
 /// One export task's connection to the log.
 #[derive(Debug)]

@@ -334,6 +334,13 @@ impl Client {
         Ok(())
     }
 
+    /// Something was read and not handled yet: [`Client::next`] answers
+    /// without waiting on the network (or only for the rest of a frame
+    /// already arriving).
+    pub fn has_buffered(&self) -> bool {
+        !self.queued.is_empty() || !self.reader.buffer().is_empty()
+    }
+
     /// Sends what is buffered.
     pub async fn flush(&mut self) -> Result<(), NatsError> {
         self.writer.flush().await?;
@@ -500,7 +507,8 @@ fn signed_nonce(info: &Value, key: &super::nkey::KeyPair) -> Result<String, Nats
                 .to_owned(),
         )
     })?;
-    Ok(super::nkey::base64url(&key.sign(nonce.as_bytes())))
+    let sig = key.sign(nonce.as_bytes()).map_err(NatsError::Protocol)?;
+    Ok(super::nkey::base64url(&sig))
 }
 
 /// A JetStream API error object as one line: `description (code, err_code)`.

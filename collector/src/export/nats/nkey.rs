@@ -56,13 +56,14 @@ impl KeyKind {
     }
 }
 
-/// An Ed25519 key pair from an nkey seed. Holds the seed only; the key
-/// pair is derived when signing (once per connection) or showing the
-/// public key.
+/// An Ed25519 key pair from an nkey seed. Holds the seed and its public
+/// key; the key pair is derived when signing (once per connection). A
+/// seed ring makes no pair of is refused when read ([`KeyPair::from_seed`]).
 #[derive(Clone, PartialEq)]
 pub struct KeyPair {
     kind: KeyKind,
     seed: [u8; 32],
+    public: [u8; 32],
 }
 
 impl std::fmt::Debug for KeyPair {
@@ -73,15 +74,30 @@ impl std::fmt::Debug for KeyPair {
 }
 
 impl KeyPair {
-    fn from_raw(kind: KeyKind, seed: [u8; 32]) -> KeyPair {
-        KeyPair { kind, seed }
+    /// The key pair of `seed`, or why ring makes none of it.
+    fn from_raw(kind: KeyKind, seed: [u8; 32]) -> Result<KeyPair, String> {
+        let mut pair = KeyPair {
+            kind,
+            seed,
+            public: [0; 32],
+        };
+        let public = pair.pair()?.public_key().as_ref().try_into().map_err(|_| {
+            format!("the {kind:?} nkey seed gives an Ed25519 public key that is not 32 bytes")
+        })?;
+        pair.public = public;
+        Ok(pair)
     }
 
-    /// The Ed25519 pair of the seed.
-    fn pair(&self) -> Ed25519KeyPair {
-        // Any 32 bytes are an Ed25519 seed.
-        Ed25519KeyPair::from_seed_unchecked(&self.seed)
-            .unwrap_or_else(|_| unreachable!("ring takes any 32-byte Ed25519 seed"))
+    /// The Ed25519 pair of the seed, or why ring would not make one (it
+    /// takes any 32 bytes today; should a version refuse some, the error
+    /// names the key's kind, never the seed).
+    fn pair(&self) -> Result<Ed25519KeyPair, String> {
+        Ed25519KeyPair::from_seed_unchecked(&self.seed).map_err(|e| {
+            format!(
+                "the {:?} nkey seed is not a usable Ed25519 seed: {e}",
+                self.kind
+            )
+        })
     }
 
     /// A new random key pair of `kind` (tests make their operator,
@@ -92,7 +108,7 @@ impl KeyPair {
         ring::rand::SystemRandom::new()
             .fill(&mut seed)
             .map_err(|_| "no random bytes from the system".to_owned())?;
-        Ok(KeyPair::from_raw(kind, seed))
+        KeyPair::from_raw(kind, seed)
     }
 
     /// Reads a seed (`S` + kind + key + CRC in base32). The error says
@@ -117,7 +133,7 @@ impl KeyPair {
         let kind = KeyKind::of(kind_byte).ok_or("an nkey seed of an unknown kind")?;
         let mut seed = [0u8; 32];
         seed.copy_from_slice(&body[2..34]);
-        Ok(KeyPair::from_raw(kind, seed))
+        KeyPair::from_raw(kind, seed)
     }
 
     /// The seed of a user, or why not (it must be `SU...`).
@@ -152,14 +168,15 @@ impl KeyPair {
     pub fn public_key(&self) -> String {
         let mut raw = Vec::with_capacity(35);
         raw.push(self.kind.byte());
-        raw.extend_from_slice(self.pair().public_key().as_ref());
+        raw.extend_from_slice(&self.public);
         raw.extend_from_slice(&crc16(&raw).to_le_bytes());
         base32_encode(&raw)
     }
 
-    /// The Ed25519 signature of `message`.
-    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        self.pair().sign(message).as_ref().to_vec()
+    /// The Ed25519 signature of `message`; an error when the seed gives no
+    /// Ed25519 pair.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        Ok(self.pair()?.sign(message).as_ref().to_vec())
     }
 }
 
@@ -352,8 +369,8 @@ mod tests {
         assert!(KeyPair::user_seed("hello").is_err());
         assert!(!format!("{user:?}").contains(&text[2..]));
         // A signature verifies with the public half.
-        let sig = user.sign(b"nonce");
-        let public = user.pair().public_key().as_ref().to_vec();
+        let sig = user.sign(b"nonce").unwrap();
+        let public = user.pair().unwrap().public_key().as_ref().to_vec();
         ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
             .verify(b"nonce", &sig)
             .unwrap();

@@ -229,36 +229,25 @@ impl PgLog {
     }
 
     /// Every cursor, with what is pending after it (the `exports`
-    /// subcommand; reads only).
+    /// subcommand; reads only), over a connection of its own.
     pub async fn status(&self) -> Result<Vec<(CursorRow, Pending)>, ReadError> {
-        let mut conn = self.connect().await?;
-        let exists: bool = conn
-            .client
-            .query_one("SELECT to_regclass('export_cursors') IS NOT NULL", &[])
-            .await
-            .map_err(self.err("list export cursors"))?
-            .get(0);
-        if !exists {
-            return Ok(Vec::new());
-        }
-        let rows = conn
-            .client
-            .query(
-                "SELECT name, position, inflight, sent, dropped, skipped, retried, last_error \
-                 FROM export_cursors ORDER BY name",
-                &[],
-            )
-            .await
-            .map_err(self.err("list export cursors"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let c = cursor_row(&r);
-            let p = conn.pending(c.position).await?;
-            out.push((c, p));
-        }
-        Ok(out)
+        self.connect().await?.status().await
+    }
+
+    /// A connection for reading the cursors' status again and again
+    /// (ListExports, the fleet page): named `tributary-collector exports
+    /// view` in `pg_stat_activity`, apart from the export tasks'.
+    pub async fn connect_view(&self) -> Result<PgLogConn, ReadError> {
+        let mut view = self.clone();
+        let mut config = (*self.config).clone();
+        config.application_name(VIEW_APPLICATION);
+        view.config = std::sync::Arc::new(config);
+        view.connect().await
     }
 }
+
+/// `application_name` of [`PgLog::connect_view`]'s connection.
+pub const VIEW_APPLICATION: &str = "tributary-collector exports view";
 
 /// One export task's connection to a PostgreSQL log.
 #[derive(Debug)]
@@ -270,6 +259,37 @@ pub struct PgLogConn {
 }
 
 impl PgLogConn {
+    /// Every cursor, with what is pending after it (reads only).
+    pub async fn status(&mut self) -> Result<Vec<(CursorRow, Pending)>, ReadError> {
+        let exists: bool = self
+            .bounded("list export cursors", async |c| {
+                c.query_one("SELECT to_regclass('export_cursors') IS NOT NULL", &[])
+                    .await
+            })
+            .await?
+            .get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .bounded("list export cursors", async |c| {
+                c.query(
+                    "SELECT name, position, inflight, sent, dropped, skipped, retried, last_error \
+                     FROM export_cursors ORDER BY name",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let c = cursor_row(&r);
+            let p = self.pending(c.position).await?;
+            out.push((c, p));
+        }
+        Ok(out)
+    }
+
     /// True when the connection is gone (and with it any lock it held).
     pub fn lost(&self) -> bool {
         self.broken || self.client.is_closed()

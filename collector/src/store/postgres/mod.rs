@@ -50,7 +50,7 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-pub use export_log::{PgLog, PgLogConn};
+pub use export_log::{PgLog, PgLogConn, VIEW_APPLICATION};
 pub use migrations::Layout;
 pub use read::PgReader;
 
