@@ -8,7 +8,7 @@
 //! heavy query cannot take the CPU ingest needs when it is short; when it
 //! is not, queries run as fast as before. `TRIBUTARY_QUERY_NICE` (0 to 19)
 //! sets another nice value; 0 runs queries at ingest's priority (`cargo
-//! xtask bench promql` compares).
+//! xtask bench promql` with and without it compares).
 //!
 //! One runtime for the process, started by [`start`] (the server calls it
 //! before serving, so a bad `TRIBUTARY_QUERY_NICE` stops it there) or by
