@@ -42,6 +42,7 @@ pub mod listener;
 pub mod merger;
 pub mod metrics;
 pub mod model;
+pub mod nice;
 pub mod prom_labels;
 pub mod promql;
 pub mod query;

@@ -168,6 +168,8 @@ pub enum ServerError {
     Export(#[from] crate::export::ExportError),
     #[error("tls")]
     Tls(#[from] tokio_rustls::rustls::Error),
+    #[error("PromQL queries: start their runtime: {0}")]
+    QueryRuntime(std::io::Error),
 }
 
 /// The Ingest service: accepts a stream and hands it to a new session task.
@@ -289,6 +291,11 @@ pub async fn run_reloadable(
     })
     .max_decoding_message_size(config.max_message_bytes);
     let reader = Reader::open(&store)?;
+    if http_listener.is_some() {
+        // Its threads now, so that a bad `TRIBUTARY_QUERY_NICE` stops the
+        // start instead of failing every query.
+        crate::promql::runtime::start().map_err(ServerError::QueryRuntime)?;
+    }
     let http_task = http_listener.map(|http_listener| {
         let ctx = HttpContext {
             reader: reader.clone(),

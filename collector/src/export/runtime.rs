@@ -13,12 +13,11 @@
 //! export tasks have ended, and the runtime is dropped there, outside any
 //! async context.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
-use tracing::warn;
 
 /// The nice value of every export thread (the merger's threads keep the
 /// process's, 0 by default; 19 is the lowest priority).
@@ -41,25 +40,15 @@ impl ExportRuntime {
     /// Starts the runtime and its thread; an error names a bad
     /// [`NICE_ENV`].
     pub fn start() -> std::io::Result<ExportRuntime> {
-        let nice = match std::env::var(NICE_ENV) {
-            Err(_) => EXPORT_NICE,
-            Ok(v) => v
-                .trim()
-                .parse::<i32>()
-                .ok()
-                .filter(|n| (0..=19).contains(n))
-                .ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("{NICE_ENV}={v:?}: expected a nice value from 0 to 19"),
-                    )
-                })?,
-        };
+        let nice = crate::nice::from_env(NICE_ENV, EXPORT_NICE)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(WORKERS)
             .thread_name("tributary-export")
             .enable_all()
-            .on_thread_start(move || lower_priority(nice))
+            .on_thread_start(move || {
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                crate::nice::lower_priority(nice, &WARNED, "the exports");
+            })
             .build()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -92,22 +81,6 @@ impl ExportRuntime {
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-    }
-}
-
-/// Lowers the calling thread's priority to `nice` (on Linux the nice
-/// value is per thread: the thread id names it).
-fn lower_priority(nice: i32) {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    let tid = rustix::thread::gettid();
-    // Only ever lower it: a collector started niced past it stays there.
-    if rustix::process::getpriority_process(Some(tid)).is_ok_and(|n| n >= nice) {
-        return;
-    }
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), nice)
-        && !WARNED.swap(true, Ordering::Relaxed)
-    {
-        warn!(error = %e, nice, "cannot lower the exports' scheduling priority; they run at the collector's");
     }
 }
 

@@ -7,7 +7,8 @@
 //! selected series' samples once (`load.rs`, through
 //! `store::read::Reader`, which uses its own connections: the merger
 //! never waits for a query), then evaluate from memory (`eval.rs`,
-//! `functions/`, `aggregate.rs`, `binary.rs`) on tokio's blocking pool.
+//! `functions/`, `aggregate.rs`, `binary.rs`) on the blocking pool, all
+//! of it on the query runtime's lower-priority threads (`runtime.rs`).
 //!
 //! Semantics are Prometheus 2.x's (the differential test in
 //! `tests/tests/promql_differential.rs` holds them to it). Limits: at most
@@ -25,6 +26,7 @@ mod eval;
 mod functions;
 mod load;
 mod plan;
+pub mod runtime;
 mod types;
 
 #[cfg(test)]
@@ -155,6 +157,17 @@ impl Engine {
         selectors: &[VectorSelector],
         span: Option<(i64, i64)>,
     ) -> Result<Vec<(Arc<SeriesMeta>, Arc<Labels>)>, QueryError> {
+        let this = self.clone();
+        let selectors = selectors.to_vec();
+        runtime::run(async move { this.series_here(&selectors, span).await }).await
+    }
+
+    /// [`series`](Self::series), on the query runtime.
+    async fn series_here(
+        &self,
+        selectors: &[VectorSelector],
+        span: Option<(i64, i64)>,
+    ) -> Result<Vec<(Arc<SeriesMeta>, Arc<Labels>)>, QueryError> {
         let deadline = Instant::now() + self.limits.timeout;
         let _permit = tokio::time::timeout_at(deadline, self.permits.acquire())
             .await
@@ -270,7 +283,21 @@ impl Engine {
         self.run(expr, start, end, Some(step), timeout).await
     }
 
+    /// Plans `expr`, then waits for a permit, reads and evaluates on the
+    /// query runtime (`runtime.rs`: lower-priority threads).
     async fn run(
+        &self,
+        expr: Box<Expr>,
+        start: i64,
+        end: i64,
+        step: Option<i64>,
+        timeout: Option<Duration>,
+    ) -> Result<QueryResult, QueryError> {
+        let this = self.clone();
+        runtime::run(async move { this.run_here(expr, start, end, step, timeout).await }).await
+    }
+
+    async fn run_here(
         &self,
         expr: Box<Expr>,
         start: i64,
