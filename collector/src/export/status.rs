@@ -157,6 +157,9 @@ pub struct ExportsView {
     kept: Arc<tokio::sync::Mutex<StatusConn>>,
 }
 
+/// How long a status read waits for the one before it.
+const KEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl ExportsView {
     pub(super) fn new(
         url: StoreUrl,
@@ -174,7 +177,18 @@ impl ExportsView {
     /// Every export's row, read from the store now.
     pub async fn list(&self) -> Result<Vec<ExportRow>, ReadError> {
         let status = {
-            let mut kept = self.kept.lock().await;
+            // One read at a time on the kept connection; a caller that waits
+            // longer than one call may take (the store not answering) is told
+            // so instead of queueing behind every earlier one.
+            let mut kept = tokio::time::timeout(KEPT_WAIT, self.kept.lock())
+                .await
+                .map_err(|_| ReadError::Setup {
+                    store: self.url.to_string(),
+                    message: format!(
+                        "the exports' status is still being read by an earlier call after {} s (the store is slow or not answering)",
+                        KEPT_WAIT.as_secs()
+                    ),
+                })?;
             CommitLog::existing(&self.url)?
                 .status_kept(&mut kept)
                 .await?

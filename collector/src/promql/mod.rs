@@ -315,7 +315,11 @@ impl Engine {
         };
         // Refuse unsupported queries before waiting or reading.
         let needs = plan::plan(&expr, &bounds)?;
-        let _permit = tokio::time::timeout_at(deadline, self.permits.acquire())
+        // Owned: it goes with the evaluation onto its blocking thread, so a
+        // query whose request went away (its task aborted) keeps its slot
+        // until that evaluation ends, and its reads stop at their next
+        // chunk (`load`): abandoned work never runs beyond the slots.
+        let permit = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| QueryError::Timeout("waiting for a query slot"))?
             .map_err(|_| QueryError::Unavailable("the query engine is shut down".into()))?;
@@ -336,6 +340,7 @@ impl Engine {
         drop(needs);
         let max_samples = self.limits.max_samples;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let ev = eval::Evaluator {
                 data: &data,
                 bounds,
