@@ -340,7 +340,18 @@ pub(super) async fn connect(
         .keep_alive_timeout(config.keepalive_timeout)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
-    let channel = match endpoint.connect().await {
+    let connected = match &config.connector {
+        Some(connector) => {
+            endpoint
+                .connect_with_connector(super::seams::ConnectorService {
+                    connector: connector.clone(),
+                    url: url.clone(),
+                })
+                .await
+        }
+        None => endpoint.connect().await,
+    };
+    let channel = match connected {
         Ok(c) => c,
         Err(e) => {
             return Err(ConnectError::Unreachable {

@@ -9,6 +9,7 @@ use crate::reading::{Reading, SeriesKey};
 use crate::spool::Appended;
 
 use super::Uplink;
+use super::seams::Failpoint;
 use super::encode::{Encoded, encode_batch};
 
 impl Uplink {
@@ -71,8 +72,15 @@ impl Uplink {
                 self.ids.truncate(self.spool.series_count());
             }
             match appended {
-                Ok(Appended::Stored(_)) => {
+                Ok(Appended::Stored(seq)) => {
                     self.stats.sealed_batches += 1;
+                    if let Some(f) = &self.failpoints {
+                        (f.on)(Failpoint::Spooled {
+                            epoch: self.spool.epoch(),
+                            seq,
+                            readings: &self.open[..n],
+                        });
+                    }
                 }
                 // The spool counted them as dropped.
                 Ok(Appended::Dropped) => {}
