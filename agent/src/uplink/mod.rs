@@ -106,6 +106,9 @@ pub struct UplinkConfig {
     /// Streams over this instead of TCP (the delivery simulation's
     /// network); `None` in the agent.
     pub connector: Option<Connector>,
+    /// Draw the reconnect jitter from this seed instead of the OS's random
+    /// numbers (the simulation, so a seed replays); `None` in the agent.
+    pub jitter_seed: Option<u64>,
 }
 
 impl UplinkConfig {
@@ -125,6 +128,7 @@ impl UplinkConfig {
             tls: None,
             series_settle: Duration::from_secs(60),
             connector: None,
+            jitter_seed: None,
         }
     }
 }

@@ -16,12 +16,14 @@
 //! `--seed S`, which run that test with `TRIBUTARY_SIM_*` set. A failing
 //! seed is printed with the command that replays it.
 //!
-//! What is deterministic: the fault schedule and the devices' readings
-//! are functions of the seed, and everything runs on one thread whose
-//! clock only moves when every task waits. What is not: the uplink's
-//! reconnect jitter and a new spool's epoch come from the OS's random
-//! numbers, so a replay may interleave differently after the first
-//! reconnect (the same faults, at the same times).
+//! What is deterministic: the fault schedule, the devices' readings and
+//! the uplink's reconnect jitter (`UplinkConfig::jitter_seed`) are
+//! functions of the seed, and everything runs on one thread whose clock
+//! only moves when every task waits. What is not: a new spool's epoch is
+//! drawn from the OS's random numbers, and hash maps iterate in a random
+//! order, so a replay is the same faults at the same times but may
+//! interleave differently in places (the seeds a planted bug fails were
+//! the same in repeated runs; see ARCHITECTURE "Simulation").
 
 mod check;
 mod net;
@@ -146,6 +148,10 @@ struct Sim<'a> {
     collector: Option<Collector>,
     collector_restart_at: Option<Instant>,
     series: Vec<Arc<SeriesKey>>,
+    /// The spool's bound: large, or (a quarter of the seeds) small enough
+    /// for outages to overflow it, with more readings per poll.
+    spool_bytes: u64,
+    readings_per_poll: i64,
     /// Last counter value produced per device.
     produced: HashMap<String, i64>,
     stats: SeedStats,
@@ -163,8 +169,12 @@ impl<'a> Sim<'a> {
                 })
             })
             .collect();
+        let mut rng = Rng::new(seed);
+        let small = rng.percent(25);
         Sim {
-            rng: Rng::new(seed),
+            spool_bytes: if small { 48 * 1024 } else { 64 * 1024 * 1024 },
+            readings_per_poll: if small { 8 } else { 1 },
+            rng,
             dir,
             net: Net::default(),
             taps: Taps::default(),
@@ -191,7 +201,7 @@ impl<'a> Sim<'a> {
     async fn run(mut self) -> Result<SeedStats> {
         let chaos_for = Duration::from_millis(self.rng.between(5_000, 30_000));
         self.collector = Some(Collector::start(&self.db(), &self.net, self.crash_at_commit.clone())?);
-        self.agent = Some(Agent::start(&self.spool_dir(), &self.net, &self.taps)?);
+        self.agent = Some(self.start_agent()?);
         let start = Instant::now();
         let mut next_fault = start + self.fault_gap();
         let mut next_poll = start;
@@ -224,15 +234,18 @@ impl<'a> Sim<'a> {
         };
         for key in &self.series {
             let last = self.produced.get(&*key.device).copied().unwrap_or(0);
-            let k = last + 1;
-            let reading = Reading {
-                series: key.clone(),
-                ts_ns: 1_700_000_000_000_000_000 + k * 1_000_000,
-                value: Value::I64(k),
-            };
-            if intake.try_send(vec![reading]).is_ok() {
-                self.produced.insert(key.device.to_string(), k);
-                self.stats.produced += 1;
+            let readings: Vec<Reading> = (last + 1..=last + self.readings_per_poll)
+                .map(|k| Reading {
+                    series: key.clone(),
+                    ts_ns: 1_700_000_000_000_000_000 + k * 1_000_000,
+                    value: Value::I64(k),
+                })
+                .collect();
+            let n = readings.len() as u64;
+            if intake.try_send(readings).is_ok() {
+                self.produced
+                    .insert(key.device.to_string(), last + self.readings_per_poll);
+                self.stats.produced += n;
             }
         }
     }
@@ -274,9 +287,14 @@ impl<'a> Sim<'a> {
         }
         if self.agent_restart_at.is_some_and(|t| now >= t) {
             self.agent_restart_at = None;
-            self.agent = Some(Agent::start(&self.spool_dir(), &self.net, &self.taps)?);
+            self.agent = Some(self.start_agent()?);
         }
         Ok(())
+    }
+
+    fn start_agent(&mut self) -> Result<Agent> {
+        let seed = self.rng.next_u64();
+        Agent::start(&self.spool_dir(), &self.net, &self.taps, seed, self.spool_bytes)
     }
 
     fn restart_delay(&mut self) -> Duration {
@@ -346,7 +364,7 @@ impl<'a> Sim<'a> {
             self.collector = Some(Collector::start(&self.db(), &self.net, self.crash_at_commit.clone())?);
         }
         if self.agent.is_none() {
-            self.agent = Some(Agent::start(&self.spool_dir(), &self.net, &self.taps)?);
+            self.agent = Some(self.start_agent()?);
         }
         let Some(mut agent) = self.agent.take() else {
             anyhow::bail!("no agent to settle");

@@ -162,10 +162,18 @@ pub struct Agent {
 
 impl Agent {
     /// Opens the spool in `dir` and starts the uplink towards `net`.
-    pub fn start(dir: &Path, net: &Net, taps: &Taps) -> Result<Agent> {
+    /// `spool_bytes` bounds the spool (`[spool] max_bytes`; a small one
+    /// makes an outage drop the oldest segments).
+    pub fn start(
+        dir: &Path,
+        net: &Net,
+        taps: &Taps,
+        jitter_seed: u64,
+        spool_bytes: u64,
+    ) -> Result<Agent> {
         let (spool, _recovery) = Spool::open(SpoolOptions {
             dir: dir.to_path_buf(),
-            max_bytes: 64 * 1024 * 1024,
+            max_bytes: spool_bytes,
             policy: FullPolicy::DropOldest,
             sync: true,
         })
@@ -176,6 +184,7 @@ impl Agent {
         config.batch_max_readings = 6;
         config.batch_max_delay = Duration::from_millis(150);
         config.shutdown_timeout = Duration::from_secs(3600);
+        config.jitter_seed = Some(jitter_seed);
         let connect_net = net.clone();
         config.connector = Some(Connector(Arc::new(move |_url: &str| {
             let net = connect_net.clone();
