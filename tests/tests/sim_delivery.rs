@@ -19,7 +19,9 @@ const DEFAULT_SEEDS: u64 = 300;
 
 fn env_u64(name: &str) -> Result<Option<u64>> {
     match std::env::var(name) {
-        Ok(v) => Ok(Some(v.trim().parse().with_context(|| format!("{name}={v:?}"))?)),
+        Ok(v) => Ok(Some(
+            v.trim().parse().with_context(|| format!("{name}={v:?}"))?,
+        )),
         Err(_) => Ok(None),
     }
 }
@@ -76,15 +78,26 @@ fn delivery_contract_holds_under_faults() -> Result<()> {
         failed.is_empty(),
         "{} of {count} seeds broke the delivery contract: {failed:?} (replay one with `{}`)",
         failed.len(),
-        failed.first().map_or_else(String::new, |&s| replay_command(s)),
+        failed
+            .first()
+            .map_or_else(String::new, |&s| replay_command(s)),
     );
     // The simulation must have reached the paths it exists for: a run of
     // many seeds that never crashed at a failpoint or never resent a batch
     // the collector already had would prove nothing about them.
     if count >= 50 {
-        assert!(total.crashes_after_commit > 0, "no crash between commit and ack: {total:?}");
-        assert!(total.crashes_at_write > 0, "no crash between write and fsync: {total:?}");
-        assert!(total.deduplicated > 0, "no replay was deduplicated: {total:?}");
+        assert!(
+            total.crashes_after_commit > 0,
+            "no crash between commit and ack: {total:?}"
+        );
+        assert!(
+            total.crashes_at_write > 0,
+            "no crash between write and fsync: {total:?}"
+        );
+        assert!(
+            total.deduplicated > 0,
+            "no replay was deduplicated: {total:?}"
+        );
         assert!(total.half_cuts > 0 && total.partitions > 0, "{total:?}");
         assert!(total.taken > 0 && total.stored > 0, "{total:?}");
     }

@@ -24,7 +24,9 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut number = |name: &str| -> Result<u64> {
-            let v = it.next().with_context(|| format!("{name} needs a number"))?;
+            let v = it
+                .next()
+                .with_context(|| format!("{name} needs a number"))?;
             v.parse().with_context(|| format!("{name} {v:?}"))
         };
         match arg.as_str() {
@@ -37,7 +39,32 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
             ),
         }
     }
-    let mut test = ws.cargo_command(["test", "-j2", "-p", "tributary-tests", "--test", "sim_delivery"]);
+    let mut test = ws.cargo_command([
+        "test",
+        "-j2",
+        "-p",
+        "tributary-tests",
+        "--test",
+        "sim_delivery",
+    ]);
+    // `cargo run` described the xtask's package in these; ring's build
+    // script reruns when they change, so passing them on would rebuild ring
+    // and everything above it at every call (and again at the next xtask
+    // build).
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("CARGO_PKG_")
+            || n.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*n)
+        {
+            test.env_remove(&name);
+        }
+    }
     if release {
         test.arg("--release");
     }

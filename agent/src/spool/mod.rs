@@ -155,7 +155,10 @@ pub struct Record {
 /// the unsynced bytes is the simulation's to apply). Unset (`None`) in the
 /// agent: one branch per append.
 #[derive(Clone)]
-pub struct AfterWrite(pub Arc<dyn Fn(&Path, u64, u64) + Send + Sync>);
+pub struct AfterWrite(pub Arc<WriteHook>);
+
+/// The hook of [`AfterWrite`]: segment path, record offset, record length.
+pub type WriteHook = dyn Fn(&Path, u64, u64) + Send + Sync;
 
 impl std::fmt::Debug for AfterWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

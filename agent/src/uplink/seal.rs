@@ -9,8 +9,8 @@ use crate::reading::{Reading, SeriesKey};
 use crate::spool::Appended;
 
 use super::Uplink;
-use super::seams::Failpoint;
 use super::encode::{Encoded, encode_batch};
+use super::seams::Failpoint;
 
 impl Uplink {
     pub(super) fn push(&mut self, readings: Vec<Reading>) {

@@ -44,7 +44,11 @@ pub fn read_store(db: &Path) -> Result<Stored> {
     for (meta, points) in series {
         for p in points {
             let StoredValue::I64(k) = p.value else {
-                anyhow::bail!("{}: a stored value of another kind: {:?}", meta.key.device, p.value);
+                anyhow::bail!(
+                    "{}: a stored value of another kind: {:?}",
+                    meta.key.device,
+                    p.value
+                );
             };
             *stored
                 .counts
@@ -56,7 +60,13 @@ pub fn read_store(db: &Path) -> Result<Stored> {
     let row = conn.query_row(
         "SELECT dropped_at_agent, batches_deduplicated, batches_resent FROM agents WHERE id = ?1",
         [AGENT],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        },
     );
     match row {
         Ok((d, dd, r)) => {
@@ -85,7 +95,11 @@ pub fn id_of(r: &Reading) -> Option<Id> {
 /// - every reading the spool took (durable, so possibly acked) is stored,
 ///   or counted as dropped: the readings taken and not stored are at most
 ///   the store's drop count.
-pub fn contract(produced: &HashMap<String, i64>, taken: &[Reading], stored: &Stored) -> Vec<String> {
+pub fn contract(
+    produced: &HashMap<String, i64>,
+    taken: &[Reading],
+    stored: &Stored,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut twice: Vec<_> = stored.counts.iter().filter(|(_, n)| **n > 1).collect();
     twice.sort();
@@ -93,7 +107,10 @@ pub fn contract(produced: &HashMap<String, i64>, taken: &[Reading], stored: &Sto
         problems.push(format!("stored {n} times: {device} #{k}"));
     }
     if twice.len() > 5 {
-        problems.push(format!("... {} readings stored more than once", twice.len()));
+        problems.push(format!(
+            "... {} readings stored more than once",
+            twice.len()
+        ));
     }
     let mut unknown: Vec<_> = stored
         .counts
@@ -112,7 +129,11 @@ pub fn contract(produced: &HashMap<String, i64>, taken: &[Reading], stored: &Sto
     missing.sort();
     missing.dedup();
     if missing.len() as u64 > stored.dropped {
-        let first: Vec<String> = missing.iter().take(5).map(|(d, k)| format!("{d} #{k}")).collect();
+        let first: Vec<String> = missing
+            .iter()
+            .take(5)
+            .map(|(d, k)| format!("{d} #{k}"))
+            .collect();
         problems.push(format!(
             "{} spooled readings neither stored nor counted as dropped ({} counted): {}",
             missing.len() as u64 - stored.dropped,

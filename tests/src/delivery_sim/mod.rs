@@ -42,7 +42,9 @@ use tokio::time::Instant;
 use tributary_agent::reading::{Labels, Reading, SeriesKey, Value, intern};
 
 use net::{Net, Side};
-use procs::{Agent, Collector, SimCrash, Taps, WriteCrash, apply_write_crash, crash_copy, lock_taps, restore};
+use procs::{
+    Agent, Collector, SimCrash, Taps, WriteCrash, apply_write_crash, crash_copy, lock_taps, restore,
+};
 use rng::Rng;
 
 /// Simulated devices, each polled every [`POLL`].
@@ -200,7 +202,11 @@ impl<'a> Sim<'a> {
 
     async fn run(mut self) -> Result<SeedStats> {
         let chaos_for = Duration::from_millis(self.rng.between(5_000, 30_000));
-        self.collector = Some(Collector::start(&self.db(), &self.net, self.crash_at_commit.clone())?);
+        self.collector = Some(Collector::start(
+            &self.db(),
+            &self.net,
+            self.crash_at_commit.clone(),
+        )?);
         self.agent = Some(self.start_agent()?);
         let start = Instant::now();
         let mut next_fault = start + self.fault_gap();
@@ -283,7 +289,11 @@ impl<'a> Sim<'a> {
         let now = Instant::now();
         if self.collector_restart_at.is_some_and(|t| now >= t) {
             self.collector_restart_at = None;
-            self.collector = Some(Collector::start(&self.db(), &self.net, self.crash_at_commit.clone())?);
+            self.collector = Some(Collector::start(
+                &self.db(),
+                &self.net,
+                self.crash_at_commit.clone(),
+            )?);
         }
         if self.agent_restart_at.is_some_and(|t| now >= t) {
             self.agent_restart_at = None;
@@ -294,7 +304,13 @@ impl<'a> Sim<'a> {
 
     fn start_agent(&mut self) -> Result<Agent> {
         let seed = self.rng.next_u64();
-        Agent::start(&self.spool_dir(), &self.net, &self.taps, seed, self.spool_bytes)
+        Agent::start(
+            &self.spool_dir(),
+            &self.net,
+            &self.taps,
+            seed,
+            self.spool_bytes,
+        )
     }
 
     fn restart_delay(&mut self) -> Duration {
@@ -315,7 +331,11 @@ impl<'a> Sim<'a> {
                 self.stats.half_cuts += 1;
             }
             3 => {
-                let side = if self.rng.percent(50) { Side::Agent } else { Side::Collector };
+                let side = if self.rng.percent(50) {
+                    Side::Agent
+                } else {
+                    Side::Collector
+                };
                 let until = now + Duration::from_millis(self.rng.between(10, 30_000));
                 self.net.stall(side, until);
                 self.stats.stalls += 1;
@@ -361,7 +381,11 @@ impl<'a> Sim<'a> {
         // A crash may have fired at the last step.
         self.supervise().await?;
         if self.collector.is_none() {
-            self.collector = Some(Collector::start(&self.db(), &self.net, self.crash_at_commit.clone())?);
+            self.collector = Some(Collector::start(
+                &self.db(),
+                &self.net,
+                self.crash_at_commit.clone(),
+            )?);
         }
         if self.agent.is_none() {
             self.agent = Some(self.start_agent()?);

@@ -178,8 +178,8 @@ impl Agent {
             sync: true,
         })
         .context("opening the spool")?;
-        let collectors = Collectors::new(vec!["http://collector.sim:7400".into()])
-            .context("collector list")?;
+        let collectors =
+            Collectors::new(vec!["http://collector.sim:7400".into()]).context("collector list")?;
         let mut config = UplinkConfig::new(AGENT.into(), collectors);
         config.batch_max_readings = 6;
         config.batch_max_delay = Duration::from_millis(150);
@@ -315,5 +315,6 @@ pub fn snapshot(dir: &Path, to: &Path) -> Result<()> {
 /// Puts the copy `from` back as the spool directory `dir`.
 pub fn restore(from: &Path, dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
-    std::fs::rename(from, dir).with_context(|| format!("rename {} to {}", from.display(), dir.display()))
+    std::fs::rename(from, dir)
+        .with_context(|| format!("rename {} to {}", from.display(), dir.display()))
 }
