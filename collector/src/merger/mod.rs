@@ -11,7 +11,9 @@
 //!
 //! It runs on its own OS thread because all its work is blocking store I/O
 //! ([`Store`] is blocking for SQLite and PostgreSQL alike); it never awaits,
-//! so no lock is needed anywhere around the store. Its committed-sequence
+//! so no lock is needed anywhere around the store. (The delivery simulation
+//! runs the same loop as a task of its one thread: [`start_inline`].) Its
+//! committed-sequence
 //! map is a cache of the store's: the store re-checks every batch under its
 //! own lock (several collectors may share a PostgreSQL database) and reports
 //! the batches it skipped, which are acked all the same.
@@ -451,8 +453,8 @@ pub type AfterCommit = Box<dyn FnMut() -> bool + Send>;
 /// The merger as a task of the current runtime instead of a thread of its
 /// own, for the deterministic delivery simulation (`tests/src/delivery_sim`):
 /// on a current-thread runtime with a paused clock, everything then runs on
-/// one thread in an order the seed decides, and the clock cannot move while
-/// a commit is under way. Same state, same loop and the same commit as
+/// one thread, and the clock cannot move while a commit is under way (a
+/// thread's commit would let it jump to the next timer). Same state, same loop and the same commit as
 /// [`start`]; the store's blocking calls run inline, which a collector must
 /// not do (they would hold up its sessions), so only the simulation uses
 /// it. SQLite stores only (a PostgreSQL store owns a runtime, which must
