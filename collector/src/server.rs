@@ -173,7 +173,7 @@ pub enum ServerError {
 }
 
 /// The Ingest service: accepts a stream and hands it to a new session task.
-struct IngestService {
+pub struct IngestService {
     merger: MergerHandle,
     /// The limits of new streams, as the last reload left them.
     limits: watch::Receiver<Arc<Limits>>,
@@ -183,6 +183,23 @@ struct IngestService {
     /// The roles, as the last reload left them (each session watches them).
     roles: watch::Receiver<Arc<Roles>>,
     metrics: Arc<IngestMetrics>,
+}
+
+impl IngestService {
+    /// The service alone, without TLS, roles (any agent id streams) or
+    /// registered metrics, in front of `merger`: what the delivery
+    /// simulation serves over its simulated network (`server::run` builds
+    /// its own, with everything).
+    pub fn new(merger: MergerHandle, limits: Limits, shutdown: CancellationToken) -> Self {
+        IngestService {
+            merger,
+            limits: watch::channel(Arc::new(limits)).1,
+            shutdown,
+            mutual_tls: false,
+            roles: watch::channel(Arc::new(Roles::default())).1,
+            metrics: Arc::default(),
+        }
+    }
 }
 
 type FrameStream =

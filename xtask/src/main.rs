@@ -3,6 +3,8 @@
 //! - `cargo xtask test [CARGO TEST ARGS]`: make sure the external tools the
 //!   tests use are there (installing them into `target/` if not), build every
 //!   binary, run the whole test suite.
+//! - `cargo xtask sim [--seeds N] [--from S] [--seed S]`: the delivery
+//!   simulation over many seeds, or one again (see `xtask/src/sim.rs`).
 //! - `cargo xtask demo [--duration 20s]`: a collector, device simulators and
 //!   two agents on loopback, with a live progress line and a summary.
 //! - `cargo xtask bench <scenario>...`: release build, then the measuring
@@ -21,6 +23,7 @@ mod dist;
 mod fuzz;
 mod proc;
 mod services;
+mod sim;
 mod test;
 mod tools;
 
@@ -35,6 +38,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test [ARGS]              install missing test tools, build all binaries, run every test
                            (ARGS go to `cargo test`, e.g. `-p tributary-tests -- --nocapture`)
+  sim [--seeds N] [--from S] [--seed S] [--release]
+                           the seeded delivery simulation (faults, crashes, contract check) over
+                           seeds S..S+N (default 1000 from 0), or one seed again to replay a failure
   demo [--duration 20s]    run a collector, device simulators and two agents on loopback;
                            stops after the duration or on Ctrl-C and prints a summary
   bench <SCENARIO>... [--json] [--duration D] [--runs N] [...]
@@ -55,6 +61,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&Workspace::locate(), &args[1..]),
+        Some("sim") => sim::run(&Workspace::locate(), &args[1..]),
         Some("demo") => demo::run(&Workspace::locate(), &args[1..]),
         Some("bench") => bench::run(&Workspace::locate(), &args[1..]),
         Some("certs") => certs::run(&args[1..]),

@@ -147,6 +147,25 @@ pub struct Record {
     pub series: u32,
 }
 
+/// The delivery simulation's failpoint between a record's write and its
+/// `fdatasync` (`tests/src/delivery_sim`): called with the segment's path,
+/// the record's offset and its length once its bytes are written and before
+/// they are synced. The simulation's hook may unwind there, which stops the
+/// uplink at that line as a `kill -9` would (the on-disk effect of losing
+/// the unsynced bytes is the simulation's to apply). Unset (`None`) in the
+/// agent: one branch per append.
+#[derive(Clone)]
+pub struct AfterWrite(pub Arc<WriteHook>);
+
+/// The hook of [`AfterWrite`]: segment path, record offset, record length.
+pub type WriteHook = dyn Fn(&Path, u64, u64) + Send + Sync;
+
+impl std::fmt::Debug for AfterWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterWrite")
+    }
+}
+
 /// The spool. Exactly one owner (the uplink).
 #[derive(Debug)]
 pub struct Spool {
@@ -176,9 +195,17 @@ pub struct Spool {
     /// before any record is appended, so no record is ever sent under an
     /// epoch that a restart would not read back.
     epoch_unsynced: bool,
+    /// The simulation's failpoint ([`AfterWrite`]); `None` otherwise.
+    after_write: Option<AfterWrite>,
 }
 
 impl Spool {
+    /// Sets the simulation's failpoint between a record's write and its
+    /// sync ([`AfterWrite`]).
+    pub fn set_after_write(&mut self, hook: Option<AfterWrite>) {
+        self.after_write = hook;
+    }
+
     /// Whether appends are made durable (`fsync`) before they return.
     pub fn syncs(&self) -> bool {
         self.opts.sync

@@ -112,6 +112,7 @@ impl Spool {
             series_count,
             loaded_series: dictionary.keys,
             epoch_unsynced: false,
+            after_write: None,
         };
         spool.reserve(next_seq)?;
         if recovery.cut_bytes > 0 {

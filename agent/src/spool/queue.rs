@@ -95,7 +95,11 @@ impl Spool {
             });
         };
         let offset = seg.size;
+        let after_write = &self.after_write;
         if let Err(e) = file.write_all(&buf).and_then(|()| {
+            if let Some(hook) = after_write {
+                (hook.0)(&seg.path, offset, record_len);
+            }
             if self.opts.sync {
                 file.sync_data()
             } else {

@@ -32,9 +32,15 @@ impl Backoff {
     /// [`Backoff::ceiling`], so agents that lost the same collector at the
     /// same moment do not come back together.
     pub(super) fn delay(&self, attempt: u32) -> Duration {
+        self.delay_from(attempt, &mut rand::rng())
+    }
+
+    /// [`Backoff::delay`] drawn from `rng` (the simulation's seeded one,
+    /// see `UplinkConfig::jitter_seed`).
+    pub(super) fn delay_from(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
         let low = self.min.as_nanos();
         let high = self.ceiling(attempt).as_nanos().max(low);
-        let jittered = rand::rng().random_range(low..=high);
+        let jittered = rng.random_range(low..=high);
         Duration::from_nanos(u64::try_from(jittered).unwrap_or(u64::MAX))
     }
 }

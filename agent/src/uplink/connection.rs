@@ -21,6 +21,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -136,6 +138,9 @@ pub(super) struct Link {
     /// Position in the collector list of the next connect.
     next_collector: usize,
     backoff: Backoff,
+    /// The jitter's source when `UplinkConfig::jitter_seed` is set (the
+    /// simulation); the OS's otherwise.
+    jitter: Option<StdRng>,
     config: Arc<UplinkConfig>,
 }
 
@@ -153,6 +158,7 @@ impl Link {
                 min: config.backoff_min,
                 max: config.backoff_max,
             },
+            jitter: config.jitter_seed.map(StdRng::seed_from_u64),
             config,
         }
     }
@@ -230,7 +236,7 @@ impl Link {
     /// `Disconnected`, retrying the same collector after one backoff.
     pub(super) fn lost(&mut self) {
         self.state = Connection::Disconnected {
-            retry_at: Instant::now() + self.backoff.delay(1),
+            retry_at: Instant::now() + self.backoff_delay(1),
             attempt: 1,
         };
     }
@@ -270,7 +276,7 @@ impl Link {
                     }
                     Err(error) => {
                         let attempt = attempt + 1;
-                        let retry_in = self.backoff.delay(attempt);
+                        let retry_in = self.backoff_delay(attempt);
                         self.next_collector = self.next_collector.wrapping_add(1);
                         self.state = Connection::Disconnected {
                             retry_at: Instant::now() + retry_in,
@@ -296,6 +302,14 @@ impl Link {
                 self.lost();
                 end
             }
+        }
+    }
+
+    /// The wait before attempt `attempt`.
+    fn backoff_delay(&mut self, attempt: u32) -> Duration {
+        match &mut self.jitter {
+            Some(rng) => self.backoff.delay_from(attempt, rng),
+            None => self.backoff.delay(attempt),
         }
     }
 
@@ -340,7 +354,18 @@ pub(super) async fn connect(
         .keep_alive_timeout(config.keepalive_timeout)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
-    let channel = match endpoint.connect().await {
+    let connected = match &config.connector {
+        Some(connector) => {
+            endpoint
+                .connect_with_connector(super::seams::ConnectorService {
+                    connector: connector.clone(),
+                    url: url.clone(),
+                })
+                .await
+        }
+        None => endpoint.connect().await,
+    };
+    let channel = match connected {
         Ok(c) => c,
         Err(e) => {
             return Err(ConnectError::Unreachable {

@@ -52,6 +52,7 @@ mod delivery;
 mod encode;
 mod epoch;
 mod seal;
+mod seams;
 mod series_ids;
 mod stats;
 #[cfg(test)]
@@ -72,6 +73,7 @@ use crate::spool::Spool;
 pub use collectors::{Collectors, NoCollectors};
 pub use connection::ConnectError;
 pub use decode::{DecodeError, spooled_readings};
+pub use seams::{Connecting, Connector, Failpoint, Failpoints, Io};
 pub use stats::{UplinkStats, write_stats_file};
 
 use connection::Link;
@@ -101,6 +103,12 @@ pub struct UplinkConfig {
     /// declared (2 × the longest device interval + timeout): what the
     /// dictionary gained by then is its floor (see `epoch.rs`).
     pub series_settle: Duration,
+    /// Streams over this instead of TCP (the delivery simulation's
+    /// network); `None` in the agent.
+    pub connector: Option<Connector>,
+    /// Draw the reconnect jitter from this seed instead of the OS's random
+    /// numbers (the simulation, so a seed replays); `None` in the agent.
+    pub jitter_seed: Option<u64>,
 }
 
 impl UplinkConfig {
@@ -119,6 +127,8 @@ impl UplinkConfig {
             connect_timeout: Duration::from_secs(5),
             tls: None,
             series_settle: Duration::from_secs(60),
+            connector: None,
+            jitter_seed: None,
         }
     }
 }
@@ -186,6 +196,8 @@ pub struct Uplink {
     room: Option<Room>,
     /// Config reloads.
     updates: Option<watch::Receiver<UplinkUpdate>>,
+    /// The delivery simulation's hooks; `None` in the agent.
+    failpoints: Option<Failpoints>,
 }
 
 /// How often the spool's gauges are sampled at most.
@@ -230,6 +242,7 @@ impl Uplink {
                 metrics: None,
                 room: None,
                 updates: None,
+                failpoints: None,
             },
             stats_rx,
         )
@@ -244,6 +257,13 @@ impl Uplink {
     /// Gives a permit back to `room` for each poll taken off the intake.
     pub fn with_room(mut self, room: Room) -> Self {
         self.room = Some(room);
+        self
+    }
+
+    /// Reports to (and may be stopped by) the simulation's `failpoints`.
+    pub fn with_failpoints(mut self, failpoints: Failpoints) -> Self {
+        self.spool.set_after_write(failpoints.after_write.clone());
+        self.failpoints = Some(failpoints);
         self
     }
 

@@ -10,6 +10,7 @@ use crate::spool::Appended;
 
 use super::Uplink;
 use super::encode::{Encoded, encode_batch};
+use super::seams::Failpoint;
 
 impl Uplink {
     pub(super) fn push(&mut self, readings: Vec<Reading>) {
@@ -71,8 +72,15 @@ impl Uplink {
                 self.ids.truncate(self.spool.series_count());
             }
             match appended {
-                Ok(Appended::Stored(_)) => {
+                Ok(Appended::Stored(seq)) => {
                     self.stats.sealed_batches += 1;
+                    if let Some(f) = &self.failpoints {
+                        (f.on)(Failpoint::Spooled {
+                            epoch: self.spool.epoch(),
+                            seq,
+                            readings: &self.open[..n],
+                        });
+                    }
                 }
                 // The spool counted them as dropped.
                 Ok(Appended::Dropped) => {}

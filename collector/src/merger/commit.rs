@@ -206,8 +206,9 @@ impl Merger {
     }
 
     /// Commits the group (retrying until the store takes it), then acks and
-    /// publishes.
-    pub(super) fn flush(&mut self, mut group: Group) {
+    /// publishes. `false` when the simulation's `after_commit` stopped the
+    /// merger after the commit, before the acks.
+    pub(super) fn flush(&mut self, mut group: Group) -> bool {
         let mut epochs: Vec<_> = group
             .epochs
             .iter()
@@ -236,6 +237,11 @@ impl Merger {
                 }
             }
             skipped = report.skipped;
+            if let Some(stop) = &mut self.after_commit
+                && stop()
+            {
+                return false;
+            }
         }
         for answer in group.acks {
             let replay = answer.write.is_none_or(|i| skipped.contains(&i));
@@ -254,6 +260,7 @@ impl Merger {
             let _ = self.tail.send(chunks);
         }
         self.publish_live();
+        true
     }
 
     /// Groups the committed readings by series for `Query/Tail`, leaving

@@ -11,7 +11,9 @@
 //!
 //! It runs on its own OS thread because all its work is blocking store I/O
 //! ([`Store`] is blocking for SQLite and PostgreSQL alike); it never awaits,
-//! so no lock is needed anywhere around the store. Its committed-sequence
+//! so no lock is needed anywhere around the store. (The delivery simulation
+//! runs the same loop as a task of its one thread: [`start_inline`].) Its
+//! committed-sequence
 //! map is a cache of the store's: the store re-checks every batch under its
 //! own lock (several collectors may share a PostgreSQL database) and reports
 //! the batches it skipped, which are acked all the same.
@@ -36,6 +38,7 @@
 //! series table; `cardinality` the per-agent series limit.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -372,6 +375,9 @@ pub struct Merger {
     /// Cutoff of a retention pass still under way.
     retaining: Option<Retaining>,
     metrics: Arc<MergerMetrics>,
+    /// The simulation's failpoint between commit and acks ([`start_inline`]);
+    /// `None` otherwise.
+    after_commit: Option<AfterCommit>,
 }
 
 /// Why the merger could not start. The message says what failed; the
@@ -401,11 +407,6 @@ pub async fn start(
     let (ready_tx, ready_rx) = oneshot::channel();
     let url = url.clone();
     let tail_tx = tail.clone();
-    let retention = options.retention;
-    let max_series_per_agent = options.max_series_per_agent;
-    let max_series_in_memory = options.max_series_in_memory;
-    let metrics = options.metrics.clone();
-    let name = options.name.clone();
     let compacts = matches!(url, StoreUrl::Sqlite(_));
     // The store is opened, used and dropped on the merger's thread only:
     // a PostgreSQL store owns a runtime, which must not be dropped (nor
@@ -413,68 +414,78 @@ pub async fn start(
     let join = std::thread::Builder::new()
         .name("merger".into())
         .spawn(move || {
-            let opened = Store::open(&url, options.durability)
-                .map_err(SpawnError::Open)
-                .and_then(|mut store| {
-                    let loaded = store.load().map_err(SpawnError::Load)?;
-                    let count = loaded.series_per_agent.values().sum::<u64>();
-                    let mut series = SeriesTable::new(
-                        max_series_in_memory,
-                        usize::try_from(count).unwrap_or(usize::MAX),
-                    );
-                    // In id order: what stays is the newest series.
-                    store
-                        .load_series(&mut |row| {
-                            series.insert_row(&row);
-                            series.evict();
-                        })
-                        .map_err(SpawnError::Load)?;
-                    Ok((store, loaded, series))
-                });
-            let (store, loaded, series) = match opened {
-                Ok(x) => x,
+            match Merger::open(&url, options, rx, live_tx, tail_tx) {
+                Ok(merger) => {
+                    let _ = ready_tx.send(Ok(()));
+                    merger.run();
+                }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
-                    return;
                 }
             };
-            let merger = Merger {
-                store,
-                rx,
-                series,
-                series_per_agent: loaded.series_per_agent,
-                max_series_per_agent,
-                series_limit_logged: HashSet::new(),
-                epochs: loaded.epochs,
-                agents: HashMap::new(),
-                name,
-                live_tx,
-                live_dirty: false,
-                tail: tail_tx,
-                retention,
-                last_retention: None,
-                retaining: None,
-                metrics,
-            };
-            let _ = ready_tx.send(Ok(()));
-            merger.run();
         })?;
     ready_rx.await.map_err(|_| SpawnError::Died)??;
+    Ok(started(tx, live_rx, tail, compacts, join))
+}
+
+/// The handle and outputs of a merger reading `rx`, whose timers are
+/// spawned here.
+fn started<J>(
+    tx: mpsc::Sender<Command>,
+    live: watch::Receiver<LiveAgents>,
+    tail: broadcast::Sender<Committed>,
+    compacts: bool,
+    join: J,
+) -> (MergerHandle, MergerOutputs, J) {
     // Always: a reload may turn retention on.
     spawn_timer(&tx, RETAIN_CHECK, || Command::Retain);
     if compacts {
         spawn_timer(&tx, COMPACT_CHECK, || Command::Compact);
     }
-    Ok((
-        MergerHandle { tx },
-        MergerOutputs {
-            live: live_rx,
-            tail,
-        },
-        join,
-    ))
+    (MergerHandle { tx }, MergerOutputs { live, tail }, join)
 }
 
+/// Called by a merger started with [`start_inline`] after each commit,
+/// before the commit's acks are published; `true` stops the merger there
+/// (the simulation's collector crash between commit and ack).
+pub type AfterCommit = Box<dyn FnMut() -> bool + Send>;
+
+/// The merger as a task of the current runtime instead of a thread of its
+/// own, for the deterministic delivery simulation (`tests/src/delivery_sim`):
+/// on a current-thread runtime with a paused clock, everything then runs on
+/// one thread, and the clock cannot move while a commit is under way (a
+/// thread's commit would let it jump to the next timer). Same state, same loop and the same commit as
+/// [`start`]; the store's blocking calls run inline, which a collector must
+/// not do (they would hold up its sessions), so only the simulation uses
+/// it. SQLite stores only (a PostgreSQL store owns a runtime, which must
+/// not be dropped inside another). The returned future is the merger: it
+/// ends when every handle is dropped, or when `after_commit` says stop.
+pub fn start_inline(
+    url: &StoreUrl,
+    options: MergerOptions,
+    after_commit: Option<AfterCommit>,
+) -> Result<
+    (
+        MergerHandle,
+        MergerOutputs,
+        impl Future<Output = ()> + Send + use<>,
+    ),
+    SpawnError,
+> {
+    let StoreUrl::Sqlite(_) = url else {
+        return Err(SpawnError::Open(StoreError::Invalid {
+            store: url.to_string(),
+            what: "starting an inline merger",
+            message: "the simulation's inline merger runs on SQLite only".into(),
+        }));
+    };
+    let (tx, rx) = mpsc::channel(options.capacity);
+    let (live_tx, live_rx) = watch::channel(LiveAgents::default());
+    let (tail, _) = broadcast::channel(256);
+    let mut merger = Merger::open(url, options, rx, live_tx, tail.clone())?;
+    merger.after_commit = after_commit;
+    Ok(started(tx, live_rx, tail, true, merger.run_inline()))
+}
 /// Sends `command()` to the merger every `every`. Holds only a weak sender
 /// between ticks, so the merger still ends when the last session handle is
 /// dropped.
@@ -494,6 +505,63 @@ fn spawn_timer(tx: &mpsc::Sender<Command>, every: Duration, command: fn() -> Com
 }
 
 impl Merger {
+    /// Opens the store at `url` and loads the merger's state from it (on
+    /// the thread that will run it).
+    fn open(
+        url: &StoreUrl,
+        options: MergerOptions,
+        rx: mpsc::Receiver<Command>,
+        live_tx: watch::Sender<LiveAgents>,
+        tail: broadcast::Sender<Committed>,
+    ) -> Result<Merger, SpawnError> {
+        let mut store = Store::open(url, options.durability).map_err(SpawnError::Open)?;
+        let loaded = store.load().map_err(SpawnError::Load)?;
+        let count = loaded.series_per_agent.values().sum::<u64>();
+        let mut series = SeriesTable::new(
+            options.max_series_in_memory,
+            usize::try_from(count).unwrap_or(usize::MAX),
+        );
+        // In id order: what stays is the newest series.
+        store
+            .load_series(&mut |row| {
+                series.insert_row(&row);
+                series.evict();
+            })
+            .map_err(SpawnError::Load)?;
+        Ok(Merger {
+            store,
+            rx,
+            series,
+            series_per_agent: loaded.series_per_agent,
+            max_series_per_agent: options.max_series_per_agent,
+            series_limit_logged: HashSet::new(),
+            epochs: loaded.epochs,
+            agents: HashMap::new(),
+            name: options.name,
+            live_tx,
+            live_dirty: false,
+            tail,
+            retention: options.retention,
+            last_retention: None,
+            retaining: None,
+            metrics: options.metrics,
+            after_commit: None,
+        })
+    }
+}
+
+/// What the merger's queue has for it (see [`Merger::waiting`]).
+enum Waiting {
+    Command(Command),
+    /// Nothing waited, so a step of compaction or retention ran.
+    Stepped,
+    /// Nothing waits and nothing else is due: wait for the queue.
+    Empty,
+    /// Every handle is gone and the queue is drained.
+    Closed,
+}
+
+impl Merger {
     /// The loop: wait for work, take all that is waiting, commit, ack.
     /// While compaction or a retention pass is under way and the queue is
     /// empty, one step of it runs instead of waiting (compaction first).
@@ -504,38 +572,82 @@ impl Merger {
     fn run(mut self) {
         info!(store = %self.store.describe(), "merger started");
         loop {
-            let first = if self.retaining.is_some() || self.store.compaction_due() {
-                match self.rx.try_recv() {
-                    Ok(cmd) => cmd,
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        if self.store.compaction_due() {
-                            let _ = self.compact_step();
-                        } else {
-                            self.retain_step();
-                        }
-                        continue;
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
-                }
-            } else {
-                match self.rx.blocking_recv() {
+            let first = match self.waiting() {
+                Waiting::Command(cmd) => cmd,
+                Waiting::Stepped => continue,
+                Waiting::Empty => match self.rx.blocking_recv() {
                     Some(cmd) => cmd,
                     None => break,
-                }
+                },
+                Waiting::Closed => break,
             };
-            let mut group = Group::default();
-            self.apply(first, &mut group);
-            while group.readings < MAX_GROUP_READINGS {
-                match self.rx.try_recv() {
-                    Ok(cmd) => self.apply(cmd, &mut group),
-                    Err(_) => break,
-                }
-            }
-            let readings = group.readings;
-            self.flush(group);
-            self.compact_after(readings);
+            self.turn(first);
         }
         info!("merger stopped: every session has ended");
+    }
+
+    /// [`Merger::run`] as a task ([`start_inline`]): the same turns, the
+    /// queue awaited instead of blocked on, and a yield after each step so
+    /// the other tasks of its thread run between them.
+    async fn run_inline(mut self) {
+        loop {
+            let first = match self.waiting() {
+                Waiting::Command(cmd) => cmd,
+                Waiting::Stepped => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Waiting::Empty => match self.rx.recv().await {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+                Waiting::Closed => break,
+            };
+            if !self.turn(first) {
+                // `after_commit` stopped it: a crash, nothing more runs.
+                return;
+            }
+        }
+    }
+
+    /// While compaction or a retention pass is under way and the queue is
+    /// empty, one step of it runs instead of waiting (compaction first).
+    fn waiting(&mut self) -> Waiting {
+        if self.retaining.is_none() && !self.store.compaction_due() {
+            return Waiting::Empty;
+        }
+        match self.rx.try_recv() {
+            Ok(cmd) => Waiting::Command(cmd),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if self.store.compaction_due() {
+                    let _ = self.compact_step();
+                } else {
+                    self.retain_step();
+                }
+                Waiting::Stepped
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => Waiting::Closed,
+        }
+    }
+
+    /// One group: `first` and all that waits behind it, committed and
+    /// acked, then compaction keeping pace. `false` when `after_commit`
+    /// stopped the merger between the commit and its acks.
+    fn turn(&mut self, first: Command) -> bool {
+        let mut group = Group::default();
+        self.apply(first, &mut group);
+        while group.readings < MAX_GROUP_READINGS {
+            match self.rx.try_recv() {
+                Ok(cmd) => self.apply(cmd, &mut group),
+                Err(_) => break,
+            }
+        }
+        let readings = group.readings;
+        if !self.flush(group) {
+            return false;
+        }
+        self.compact_after(readings);
+        true
     }
 
     fn apply(&mut self, cmd: Command, group: &mut Group) {

@@ -1,0 +1,82 @@
+//! `cargo xtask sim`: the delivery simulation (`tributary_tests::delivery_sim`)
+//! over many seeds, or one seed again.
+//!
+//! - `--seeds N [--from S]`: seeds `S..S+N` (default 1000 from 0);
+//! - `--seed S`: that seed alone (how a failure printed is replayed);
+//! - `--release`: an optimised build (many thousands of seeds).
+//!
+//! It runs the test `tests/tests/sim_delivery.rs` with
+//! `TRIBUTARY_SIM_SEEDS`, `TRIBUTARY_SIM_FROM` or `TRIBUTARY_SIM_SEED` set,
+//! which `cargo xtask test` runs with its default of a few hundred seeds.
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{Workspace, run_checked};
+
+/// Seeds of `cargo xtask sim` without `--seeds`.
+const DEFAULT_SEEDS: u64 = 1000;
+
+pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
+    let mut seeds = DEFAULT_SEEDS;
+    let mut from = 0u64;
+    let mut seed: Option<u64> = None;
+    let mut release = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut number = |name: &str| -> Result<u64> {
+            let v = it
+                .next()
+                .with_context(|| format!("{name} needs a number"))?;
+            v.parse().with_context(|| format!("{name} {v:?}"))
+        };
+        match arg.as_str() {
+            "--seeds" => seeds = number("--seeds")?,
+            "--from" => from = number("--from")?,
+            "--seed" => seed = Some(number("--seed")?),
+            "--release" => release = true,
+            other => bail!(
+                "sim: unknown argument {other:?} (usage: cargo xtask sim [--seeds N] [--from S] [--seed S] [--release])"
+            ),
+        }
+    }
+    let mut test = ws.cargo_command([
+        "test",
+        "-j2",
+        "-p",
+        "tributary-tests",
+        "--test",
+        "sim_delivery",
+    ]);
+    // `cargo run` described the xtask's package in these; ring's build
+    // script reruns when they change, so passing them on would rebuild ring
+    // and everything above it at every call (and again at the next xtask
+    // build).
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("CARGO_PKG_")
+            || n.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*n)
+        {
+            test.env_remove(&name);
+        }
+    }
+    if release {
+        test.arg("--release");
+    }
+    test.args(["--", "--nocapture"]);
+    match seed {
+        Some(s) => {
+            test.env("TRIBUTARY_SIM_SEED", s.to_string());
+        }
+        None => {
+            test.env("TRIBUTARY_SIM_SEEDS", seeds.to_string())
+                .env("TRIBUTARY_SIM_FROM", from.to_string());
+        }
+    }
+    run_checked(&mut test)
+}
