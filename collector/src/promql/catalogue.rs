@@ -16,18 +16,22 @@
 //! database).
 //!
 //! Owned by the `Engine` (shared by its clones); a query takes the current
-//! snapshot (an `Arc`) and never holds the lock across a read. Memory is
-//! bounded: past [`MAX_CACHED_SERIES`] series nothing is kept, and each
-//! query lists what its selectors' pushdown allows, as before.
+//! snapshot (an `Arc`) and never holds that lock across a read. One query
+//! at a time lists series for the catalogue (the `refresh` lock, held
+//! across the listing on the query's blocking thread): others that found
+//! the catalogue stale wait for it and take what it listed, instead of each
+//! listing every series again. Memory is bounded: past
+//! [`MAX_CACHED_SERIES`] series nothing is kept, and each query lists what
+//! its selectors' pushdown allows, as before.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use promql_parser::parser::VectorSelector;
 
-use crate::store::read::{Reader, SeriesCensus};
+use crate::store::read::SeriesCensus;
 
-use super::load::{Listed, list_series};
+use super::load::{Listed, Reads, list_series};
 use super::plan::required_value;
 use super::types::{NAME, QueryError};
 
@@ -100,36 +104,38 @@ pub struct Catalogue {
     /// A std Mutex, not a tokio one: held only to take or replace the
     /// `Arc`, never across a read.
     current: Mutex<Option<Arc<Snapshot>>>,
+    /// Held by the one query listing series for the catalogue, across its
+    /// reads: a std Mutex, as those reads block the query's own thread
+    /// (never a runtime worker).
+    refresh: Mutex<()>,
 }
 
 impl Catalogue {
     /// The whole series list as stored now, or `None` when it is too large
-    /// to keep (the caller lists what it needs).
-    pub async fn snapshot(&self, reader: &Reader) -> Result<Option<Arc<Snapshot>>, QueryError> {
-        let census = reader
-            .series_census()
-            .await
-            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+    /// to keep (the caller lists what it needs). Blocks: called on the
+    /// query's blocking thread.
+    pub fn snapshot(&self, reads: &Reads<'_>) -> Result<Option<Arc<Snapshot>>, QueryError> {
+        let census = reads.census()?;
         if census.count > MAX_CACHED_SERIES {
             self.replace(None);
             return Ok(None);
         }
-        let held = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(held) = &held
-            && held.census == census
-        {
-            return Ok(Some(Arc::clone(held)));
+        if let Some(held) = self.fresh(census) {
+            return Ok(Some(held));
         }
+        // Single flight: whoever held the lock may have listed what this
+        // census counts meanwhile.
+        let _refresh = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = self.fresh(census) {
+            return Ok(Some(held));
+        }
+        let held = self.held();
         let mut next = None;
         if let Some(held) = held
             && census.max_id > held.census.max_id
         {
             // New series: those above the largest id held, as a rule.
-            let newer = list_series(reader, Default::default(), held.census.max_id).await?;
+            let newer = list_series(reads, &Default::default(), held.census.max_id)?;
             let mut series = Vec::with_capacity(held.series.len() + newer.len());
             series.extend(held.series.iter().cloned());
             series.extend(newer);
@@ -140,7 +146,7 @@ impl Catalogue {
         }
         let next = match next {
             Some(next) => next,
-            None => Snapshot::new(list_series(reader, Default::default(), i64::MIN).await?),
+            None => Snapshot::new(list_series(reads, &Default::default(), i64::MIN)?),
         };
         if next.census.count > MAX_CACHED_SERIES {
             self.replace(None);
@@ -149,6 +155,24 @@ impl Catalogue {
         let next = Arc::new(next);
         self.replace(Some(Arc::clone(&next)));
         Ok(Some(next))
+    }
+
+    fn held(&self) -> Option<Arc<Snapshot>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The snapshot held, when it holds everything `census` counts: the
+    /// same census, or a later one (series are never deleted and ids
+    /// never reused, so a list at least as long with ids at least as high,
+    /// listed after `census` was taken, holds every series it counts).
+    fn fresh(&self, census: SeriesCensus) -> Option<Arc<Snapshot>> {
+        self.held().filter(|held| {
+            held.census == census
+                || (held.census.count >= census.count && held.census.max_id >= census.max_id)
+        })
     }
 
     fn replace(&self, snapshot: Option<Arc<Snapshot>>) {
@@ -160,7 +184,10 @@ impl Catalogue {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::sync::atomic::AtomicBool;
+
     use super::*;
+    use crate::store::read::Reader;
     use crate::store::sqlite::tests::TempDb;
 
     fn ids(snapshot: &Snapshot) -> Vec<i64> {
@@ -170,25 +197,31 @@ mod tests {
     /// The catalogue answers as a fresh listing would after every change,
     /// including ids that appear below the largest one held (PostgreSQL
     /// ids committed out of order), and is kept while nothing changes.
-    #[tokio::test]
-    async fn the_catalogue_follows_the_series_table() {
+    #[test]
+    fn the_catalogue_follows_the_series_table() {
         let db = TempDb::new("catalogue");
         let reader = Reader::Sqlite(db.reader());
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let reads = Reads {
+            reader: &reader,
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(3600),
+            abandoned: &abandoned,
+        };
         let catalogue = Catalogue::default();
         db.series(2, "a", "d", "m", "{}");
         db.series(5, "a", "d", "up", "{}");
-        let first = catalogue.snapshot(&reader).await.unwrap().unwrap();
+        let first = catalogue.snapshot(&reads).unwrap().unwrap();
         assert_eq!(ids(&first), [2, 5]);
-        let again = catalogue.snapshot(&reader).await.unwrap().unwrap();
+        let again = catalogue.snapshot(&reads).unwrap().unwrap();
         assert!(Arc::ptr_eq(&first, &again), "kept while nothing changed");
 
         // Above the largest id: extended.
         db.series(9, "b", "d", "m", r#"{"core":"1"}"#);
-        let extended = catalogue.snapshot(&reader).await.unwrap().unwrap();
+        let extended = catalogue.snapshot(&reads).unwrap().unwrap();
         assert_eq!(ids(&extended), [2, 5, 9]);
         // Below it: listed again.
         db.series(3, "b", "d", "m", "{}");
-        let relisted = catalogue.snapshot(&reader).await.unwrap().unwrap();
+        let relisted = catalogue.snapshot(&reads).unwrap().unwrap();
         assert_eq!(ids(&relisted), [2, 3, 5, 9]);
 
         // The index by name gives what the matchers would.
@@ -203,7 +236,7 @@ mod tests {
         // A store that is gone fails the query, whatever is held.
         let away = db.path.with_extension("away");
         std::fs::rename(&db.path, &away).unwrap();
-        let err = catalogue.snapshot(&reader).await.unwrap_err();
+        let err = catalogue.snapshot(&reads).unwrap_err();
         std::fs::rename(&away, &db.path).unwrap();
         assert!(matches!(err, QueryError::Unavailable(_)), "{err}");
     }

@@ -2,18 +2,23 @@
 //! series each selector chooses (from the engine's series catalogue,
 //! `catalogue.rs`, matchers applied to the cached Prometheus labels; or,
 //! when the catalogue is too large to keep, listed through
-//! `Reader::series_page` with exact `agent`, `device` and reversible
-//! `__name__` equality pushed down into the `Selector`), then those
-//! series' points in the selector's window through
-//! `Reader::fold_range_series` (one read over exactly those series, by id:
-//! on SQLite one call on the blocking pool and one connection however many
-//! there are), converted to samples as they are read
-//! (`prom_labels::sample_value`; strings and failures are not samples) at
-//! ms resolution.
+//! `series_page` with exact `agent`, `device` and reversible `__name__`
+//! equality pushed down into the `Selector`), then those series' points in
+//! the selector's window (one read over exactly those series, by id, on
+//! one SQLite connection however many there are), converted to samples as
+//! they are read (`prom_labels::sample_value`; strings and failures are
+//! not samples) at ms resolution.
+//!
+//! Every read here is made by [`Reads`], on the query's own blocking
+//! thread (`runtime.rs`): SQLite's calls directly, PostgreSQL's async ones
+//! by blocking that thread on them, bounded by the query's deadline. So a
+//! query's census, listings, reads and evaluation take no hand-off between
+//! threads.
 //!
 //! Imports `store::read`, `prom_labels`, `model` and the plan.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -21,7 +26,9 @@ use std::time::Instant;
 
 use crate::model::{Point, SeriesMeta};
 use crate::prom_labels;
-use crate::store::read::{ReadError, Reader, Selector, SeriesPage, TimeSpan};
+use crate::store::read::{
+    MAX_CHUNK_POINTS, ReadError, Reader, Selector, SeriesCensus, SeriesPage, SpanSeries, TimeSpan,
+};
 
 use super::catalogue::Snapshot;
 use super::plan::{Need, required_value, selector_key, selector_matches};
@@ -79,25 +86,110 @@ fn unavailable(e: &ReadError) -> QueryError {
     QueryError::Unavailable(e.to_string())
 }
 
+/// The store's reads as a query makes them, on its blocking thread (see
+/// the module doc): SQLite's calls run here, PostgreSQL's are waited for
+/// here, each within `deadline`.
+pub struct Reads<'a> {
+    pub reader: &'a Reader,
+    pub deadline: Instant,
+    /// Set when whoever waits for the query is gone (`runtime.rs`): a read
+    /// stops at its next chunk instead of running on after the query's
+    /// slot was given back.
+    pub abandoned: &'a Arc<AtomicBool>,
+}
+
+impl Reads<'_> {
+    /// Waits for a PostgreSQL read on this (blocking) thread, at most until
+    /// the deadline.
+    fn wait<T>(
+        &self,
+        what: &'static str,
+        read: impl Future<Output = Result<T, ReadError>>,
+    ) -> Result<T, QueryError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| {
+            QueryError::Unavailable(format!("{what}: no runtime to read the store on: {e}"))
+        })?;
+        handle
+            .block_on(tokio::time::timeout_at(self.deadline.into(), read))
+            .map_err(|_| QueryError::Timeout(what))?
+            .map_err(|e| unavailable(&e))
+    }
+
+    /// How many series are stored, and the largest id.
+    pub fn census(&self) -> Result<SeriesCensus, QueryError> {
+        match self.reader {
+            Reader::Sqlite(r) => r.series_census().map_err(|e| unavailable(&e)),
+            Reader::Postgres(_) => self.wait("reading the store", self.reader.series_census()),
+        }
+    }
+
+    fn series_page(&self, sel: &Selector, page: SeriesPage) -> Result<Vec<SeriesMeta>, QueryError> {
+        match self.reader {
+            Reader::Sqlite(r) => r.series_page(sel, page).map_err(|e| unavailable(&e)),
+            Reader::Postgres(_) => self.wait(
+                "reading the series list",
+                self.reader.series_page(sel.clone(), page),
+            ),
+        }
+    }
+
+    /// The series that may have readings within `span`.
+    pub fn series_in_span(&self, span: TimeSpan) -> Result<SpanSeries, QueryError> {
+        match self.reader {
+            Reader::Sqlite(r) => r.series_in_span(span).map_err(|e| unavailable(&e)),
+            Reader::Postgres(_) => self.wait(
+                "reading the series in the time range",
+                self.reader.series_in_span(span),
+            ),
+        }
+    }
+
+    /// The points of exactly `series` within `span`, folded into `state`
+    /// (`Reader::fold_range_series`).
+    fn fold_range_series<S, F>(
+        &self,
+        series: &[Arc<SeriesMeta>],
+        span: TimeSpan,
+        mut state: S,
+        mut each: F,
+    ) -> Result<S, QueryError>
+    where
+        S: Send + 'static,
+        F: FnMut(&mut S, usize, &[Point]) -> ControlFlow<()> + Send + 'static,
+    {
+        match self.reader {
+            Reader::Sqlite(r) => {
+                let ids: Vec<i64> = series.iter().map(|m| m.id).collect();
+                r.range_series_lent(&ids, span, MAX_CHUNK_POINTS, |i, points| {
+                    each(&mut state, i, points)
+                })
+                .map_err(|e| unavailable(&e))?;
+                Ok(state)
+            }
+            Reader::Postgres(_) => self.wait(
+                "reading the store",
+                self.reader.fold_range_series(series, span, state, each),
+            ),
+        }
+    }
+}
+
 /// Every stored series passing `sel` with an id above `after_id`, by id,
 /// with its Prometheus labels.
-pub async fn list_series(
-    reader: &Reader,
-    sel: Selector,
+pub fn list_series(
+    reads: &Reads<'_>,
+    sel: &Selector,
     mut after_id: i64,
 ) -> Result<Vec<Listed>, QueryError> {
     let mut out = Vec::new();
     loop {
-        let page = reader
-            .series_page(
-                sel.clone(),
-                SeriesPage {
-                    after_id,
-                    limit: LIST_PAGE,
-                },
-            )
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let page = reads.series_page(
+            sel,
+            SeriesPage {
+                after_id,
+                limit: LIST_PAGE,
+            },
+        )?;
         let full = page.len() == LIST_PAGE;
         for meta in page {
             after_id = after_id.max(meta.id);
@@ -131,22 +223,10 @@ struct Loading {
     points: Vec<Vec<(i64, f64)>>,
     total: usize,
     max_samples: usize,
-    deadline: Option<Instant>,
+    deadline: Instant,
     stopped: Option<QueryError>,
-    /// Set when the query that asked is dropped (its client went away):
-    /// the read, on a blocking thread of its own, stops at its next chunk
-    /// instead of running on after the query's slot was given back.
+    /// [`Reads::abandoned`].
     abandoned: Arc<AtomicBool>,
-}
-
-/// Sets its flag when dropped: tells a blocking read that whoever awaited
-/// it is gone (on the normal path it is set after the read has ended).
-struct AbandonOnDrop(Arc<AtomicBool>);
-
-impl Drop for AbandonOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 impl Loading {
@@ -158,7 +238,7 @@ impl Loading {
             ));
             return ControlFlow::Break(());
         }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+        if Instant::now() >= self.deadline {
             self.stopped = Some(QueryError::Timeout("reading the store"));
             return ControlFlow::Break(());
         }
@@ -189,14 +269,13 @@ impl Loading {
 }
 
 /// Reads what `needs` name from the store, refusing to hold more than
-/// `max_samples` samples and stopping at `deadline`. `catalogue` is the
+/// `max_samples` samples and stopping at the deadline. `catalogue` is the
 /// whole series list when the engine keeps one.
-pub async fn load(
-    reader: &Reader,
+pub fn load(
+    reads: &Reads<'_>,
     catalogue: Option<&Snapshot>,
     needs: &[Need<'_>],
     max_samples: usize,
-    deadline: Option<Instant>,
 ) -> Result<Data, QueryError> {
     // Without a catalogue: the series list per pushed-down filter, listed
     // once per query.
@@ -213,7 +292,7 @@ pub async fn load(
                 let sel = pushdown(need.selector);
                 let list_key = (sel.agent.clone(), sel.device.clone(), sel.metric.clone());
                 if !lists.contains_key(&list_key) {
-                    let listed = list_series(reader, sel, i64::MIN).await?;
+                    let listed = list_series(reads, &sel, i64::MIN)?;
                     lists.insert(list_key.clone(), listed);
                 }
                 lists
@@ -230,21 +309,16 @@ pub async fn load(
             until_ns: Some(need.hi.saturating_add(1).saturating_mul(1_000_000)),
         };
         let metas: Vec<Arc<SeriesMeta>> = chosen.iter().map(|(meta, _)| meta.clone()).collect();
-        let abandoned = AbandonOnDrop(Arc::new(AtomicBool::new(false)));
         let loading = Loading {
             points: vec![Vec::new(); metas.len()],
             total,
             max_samples,
-            deadline,
+            deadline: reads.deadline,
             stopped: None,
-            abandoned: abandoned.0.clone(),
+            abandoned: Arc::clone(reads.abandoned),
         };
         // One read over exactly the chosen series (by id, in id order).
-        let loading = reader
-            .fold_range_series(&metas, span, loading, Loading::add)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        drop(abandoned);
+        let loading = reads.fold_range_series(&metas, span, loading, Loading::add)?;
         if let Some(e) = loading.stopped {
             return Err(e);
         }

@@ -7,8 +7,10 @@
 //! selected series' samples once (`load.rs`, through
 //! `store::read::Reader`, which uses its own connections: the merger
 //! never waits for a query), then evaluate from memory (`eval.rs`,
-//! `functions/`, `aggregate.rs`, `binary.rs`) on the blocking pool, all
-//! of it on the query runtime's lower-priority threads (`runtime.rs`).
+//! `functions/`, `aggregate.rs`, `binary.rs`). Once it holds its permit,
+//! a query (census, reads, evaluation) is one call on one of the query
+//! runtime's lower-priority blocking threads (`runtime.rs`): no hand-off
+//! between threads per read.
 //!
 //! Semantics are Prometheus 2.x's (the differential test in
 //! `tests/tests/promql_differential.rs` holds them to it). Limits: at most
@@ -38,14 +40,14 @@ use std::time::Duration;
 
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Expr, VectorSelector};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::model::SeriesMeta;
 use crate::store::read::Reader;
 
 pub use plan::selector_matches;
-pub use types::{Labels, QueryError, Sample, Series, format_float};
+pub use types::{Labels, QueryError, Sample, Series, format_float, write_float};
 
 /// Prometheus's defaults, which are ours.
 pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(5 * 60);
@@ -157,25 +159,38 @@ impl Engine {
         selectors: &[VectorSelector],
         span: Option<(i64, i64)>,
     ) -> Result<Vec<(Arc<SeriesMeta>, Arc<Labels>)>, QueryError> {
+        let deadline = Instant::now() + self.limits.timeout;
+        let permit = self.permit(deadline).await?;
         let this = self.clone();
         let selectors = selectors.to_vec();
-        runtime::run(async move { this.series_here(&selectors, span).await }).await
+        runtime::blocking(move |abandoned| {
+            let _permit = permit;
+            let reads = load::Reads {
+                reader: &this.reader,
+                deadline: deadline.into_std(),
+                abandoned,
+            };
+            this.series_here(&reads, &selectors, span)
+        })
+        .await
     }
 
-    /// [`series`](Self::series), on the query runtime.
-    async fn series_here(
-        &self,
-        selectors: &[VectorSelector],
-        span: Option<(i64, i64)>,
-    ) -> Result<Vec<(Arc<SeriesMeta>, Arc<Labels>)>, QueryError> {
-        let deadline = Instant::now() + self.limits.timeout;
-        let _permit = tokio::time::timeout_at(deadline, self.permits.acquire())
+    /// One of the `max_concurrent` permits, waited for until `deadline`.
+    async fn permit(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, QueryError> {
+        tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| QueryError::Timeout("waiting for a query slot"))?
-            .map_err(|_| QueryError::Unavailable("the query engine is shut down".into()))?;
-        let listed = tokio::time::timeout_at(deadline, self.list(selectors))
-            .await
-            .map_err(|_| QueryError::Timeout("reading the series list"))??;
+            .map_err(|_| QueryError::Unavailable("the query engine is shut down".into()))
+    }
+
+    /// [`series`](Self::series), on the query's blocking thread.
+    fn series_here(
+        &self,
+        reads: &load::Reads<'_>,
+        selectors: &[VectorSelector],
+        span: Option<(i64, i64)>,
+    ) -> Result<Vec<load::Listed>, QueryError> {
+        let listed = self.list(reads, selectors)?;
         let Some((start, end)) = span else {
             return Ok(listed);
         };
@@ -183,22 +198,20 @@ impl Engine {
             since_ns: Some(start.saturating_mul(1_000_000)),
             until_ns: Some(end.saturating_add(1).saturating_mul(1_000_000)),
         };
-        let present = tokio::time::timeout_at(deadline, self.reader.series_in_span(span))
-            .await
-            .map_err(|_| QueryError::Timeout("reading the series in the time range"))?
-            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        let present = reads.series_in_span(span)?;
         Ok(listed
             .into_iter()
             .filter(|(meta, _)| present.contains(meta.id))
             .collect())
     }
 
-    async fn list(
+    fn list(
         &self,
+        reads: &load::Reads<'_>,
         selectors: &[VectorSelector],
-    ) -> Result<Vec<(Arc<SeriesMeta>, Arc<Labels>)>, QueryError> {
-        let mut out: HashMap<i64, (Arc<SeriesMeta>, Arc<Labels>)> = HashMap::new();
-        if let Some(snapshot) = self.catalogue.snapshot(&self.reader).await? {
+    ) -> Result<Vec<load::Listed>, QueryError> {
+        let mut out: HashMap<i64, load::Listed> = HashMap::new();
+        if let Some(snapshot) = self.catalogue.snapshot(reads)? {
             if selectors.is_empty() {
                 for listed in snapshot.all() {
                     out.insert(listed.0.id, listed.clone());
@@ -213,16 +226,12 @@ impl Engine {
             }
         } else {
             if selectors.is_empty() {
-                for (meta, labels) in
-                    load::list_series(&self.reader, Default::default(), i64::MIN).await?
-                {
+                for (meta, labels) in load::list_series(reads, &Default::default(), i64::MIN)? {
                     out.insert(meta.id, (meta, labels));
                 }
             }
             for vs in selectors {
-                for (meta, labels) in
-                    load::list_series(&self.reader, load::pushdown(vs), i64::MIN).await?
-                {
+                for (meta, labels) in load::list_series(reads, &load::pushdown(vs), i64::MIN)? {
                     if selector_matches(vs, &labels) {
                         out.insert(meta.id, (meta, labels));
                     }
@@ -283,21 +292,10 @@ impl Engine {
         self.run(expr, start, end, Some(step), timeout).await
     }
 
-    /// Plans `expr`, then waits for a permit, reads and evaluates on the
-    /// query runtime (`runtime.rs`: lower-priority threads).
+    /// Plans `expr` (refusing what is not supported before waiting or
+    /// reading), waits for a permit, then reads and evaluates in one call
+    /// on the query runtime's blocking pool (`runtime.rs`).
     async fn run(
-        &self,
-        expr: Box<Expr>,
-        start: i64,
-        end: i64,
-        step: Option<i64>,
-        timeout: Option<Duration>,
-    ) -> Result<QueryResult, QueryError> {
-        let this = self.clone();
-        runtime::run(async move { this.run_here(expr, start, end, step, timeout).await }).await
-    }
-
-    async fn run_here(
         &self,
         expr: Box<Expr>,
         start: i64,
@@ -313,47 +311,48 @@ impl Engine {
             lookback: plan::duration_ms(self.limits.lookback),
             default_step: DEFAULT_SUBQUERY_STEP_MS,
         };
-        // Refuse unsupported queries before waiting or reading.
-        let needs = plan::plan(&expr, &bounds)?;
-        // Owned: it goes with the evaluation onto its blocking thread, so a
-        // query whose request went away (its task aborted) keeps its slot
-        // until that evaluation ends, and its reads stop at their next
-        // chunk (`load`): abandoned work never runs beyond the slots.
-        let permit = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| QueryError::Timeout("waiting for a query slot"))?
-            .map_err(|_| QueryError::Unavailable("the query engine is shut down".into()))?;
-        let std_deadline = deadline.into_std();
-        let data = tokio::time::timeout_at(deadline, async {
-            let snapshot = self.catalogue.snapshot(&self.reader).await?;
-            load::load(
-                &self.reader,
-                snapshot.as_deref(),
-                &needs,
-                self.limits.max_samples,
-                Some(std_deadline),
-            )
-            .await
-        })
-        .await
-        .map_err(|_| QueryError::Timeout("reading the store"))??;
-        drop(needs);
-        let max_samples = self.limits.max_samples;
-        tokio::task::spawn_blocking(move || {
+        plan::plan(&expr, &bounds)?;
+        // Owned: it goes with the query onto its blocking thread, so a
+        // query whose request went away keeps its slot until that work
+        // ends, and its reads stop at their next chunk (`load`): abandoned
+        // work never runs beyond the slots.
+        let permit = self.permit(deadline).await?;
+        let this = self.clone();
+        runtime::blocking(move |abandoned| {
             let _permit = permit;
-            let ev = eval::Evaluator {
-                data: &data,
-                bounds,
-                deadline: Some(std_deadline),
-                max_samples,
+            let reads = load::Reads {
+                reader: &this.reader,
+                deadline: deadline.into_std(),
+                abandoned,
             };
-            match step {
-                None => evaluate_instant(&ev, &expr, start),
-                Some(step) => evaluate_range(&ev, &expr, start, end, step),
-            }
+            this.run_here(&reads, &expr, bounds, step)
         })
         .await
-        .map_err(|e| QueryError::Execution(format!("query evaluation failed: {e}")))?
+    }
+
+    /// [`run`](Self::run), on the query's blocking thread.
+    fn run_here(
+        &self,
+        reads: &load::Reads<'_>,
+        expr: &Expr,
+        bounds: plan::Bounds,
+        step: Option<i64>,
+    ) -> Result<QueryResult, QueryError> {
+        // Planned again (cheap): the needs borrow the expression.
+        let needs = plan::plan(expr, &bounds)?;
+        let snapshot = self.catalogue.snapshot(reads)?;
+        let data = load::load(reads, snapshot.as_deref(), &needs, self.limits.max_samples)?;
+        drop(needs);
+        let ev = eval::Evaluator {
+            data: &data,
+            bounds,
+            deadline: Some(reads.deadline),
+            max_samples: self.limits.max_samples,
+        };
+        match step {
+            None => evaluate_instant(&ev, expr, bounds.start),
+            Some(step) => evaluate_range(&ev, expr, bounds.start, bounds.end, step),
+        }
     }
 }
 

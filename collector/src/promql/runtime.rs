@@ -1,27 +1,31 @@
 //! The queries' own tokio runtime, on threads the OS schedules after the
 //! merger's and the gRPC/HTTP runtime's, as the exports' are
 //! (`export/runtime.rs`): each of its threads (two workers and the
-//! blocking pool, which runs the SQLite reads and the evaluation) lowers
-//! its own scheduling priority to nice [`QUERY_NICE`] when it starts.
-//! Everything a query does after parsing (waiting for its permit, the
-//! catalogue's census, the store reads, the evaluation) runs here, so a
-//! heavy query cannot take the CPU ingest needs when it is short; when it
-//! is not, queries run as fast as before. `TRIBUTARY_QUERY_NICE` (0 to 19)
-//! sets another nice value; 0 runs queries at ingest's priority (`cargo
-//! xtask bench promql` with and without it compares).
+//! blocking pool) lowers its own scheduling priority to nice
+//! [`QUERY_NICE`] when it starts. Everything a query does after parsing,
+//! planning and taking its permit (the catalogue's census, the store
+//! reads, the evaluation) runs as one call on a thread of its blocking
+//! pool ([`blocking`]), so a heavy query cannot take the CPU ingest needs
+//! when it is short; when it is not, queries run as fast as before. The
+//! caller's task (the HTTP runtime's) only waits: for the permit, then for
+//! the answer; a query crosses between threads twice in all (there and
+//! back), whatever it reads. The workers drive PostgreSQL's connections,
+//! which a query's thread blocks on (`load::Reads`).
+//! `TRIBUTARY_QUERY_NICE` (0 to 19) sets another nice value; 0 runs
+//! queries at ingest's priority (`cargo xtask bench promql` with and
+//! without it compares).
 //!
 //! One runtime for the process, started by [`start`] (the server calls it
 //! before serving, so a bad `TRIBUTARY_QUERY_NICE` stops it there) or by
 //! the first query; its threads live as long as the process (the blocking
 //! pool's idle threads end after tokio's 10 s keep-alive). A query whose
-//! caller goes away (a dropped HTTP request) is aborted on it.
+//! caller goes away (a dropped HTTP request) is told so through the flag
+//! it is given: its reads stop at their next chunk.
 
-use std::future::Future;
-use std::sync::OnceLock;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::runtime::{Handle, Runtime};
-use tokio::task::JoinHandle;
 
 use super::QueryError;
 
@@ -68,15 +72,20 @@ fn handle() -> Result<Handle, QueryError> {
     }
 }
 
-/// Runs `query` on the query runtime and waits for its answer; dropping
-/// the returned future aborts it there.
-pub(super) async fn run<T, F>(query: F) -> Result<T, QueryError>
+/// Runs `query` on the query runtime's blocking pool, where it may block
+/// on the store's reads, and waits for its answer. `query` is given a flag
+/// set when the returned future is dropped (the request went away): its
+/// reads stop at their next chunk (the work cannot be stopped from
+/// outside). A panic answers [`QueryError::Execution`].
+pub(super) async fn blocking<T, F>(query: F) -> Result<T, QueryError>
 where
     T: Send + 'static,
-    F: Future<Output = Result<T, QueryError>> + Send + 'static,
+    F: FnOnce(&Arc<AtomicBool>) -> Result<T, QueryError> + Send + 'static,
 {
-    let mut task = AbortOnDrop(handle()?.spawn(query));
-    match (&mut task.0).await {
+    let abandoned = AbandonOnDrop(Arc::new(AtomicBool::new(false)));
+    let flag = Arc::clone(&abandoned.0);
+    let task = handle()?.spawn_blocking(move || query(&flag));
+    match task.await {
         Ok(answer) => answer,
         Err(e) => Err(QueryError::Execution(format!(
             "query evaluation failed: {e}"
@@ -84,53 +93,70 @@ where
     }
 }
 
-/// Aborts the task when its caller stops waiting for it.
-struct AbortOnDrop<T>(JoinHandle<T>);
+/// Sets its flag when dropped: tells a query on its blocking thread that
+/// whoever awaited it is gone (on the normal path it is set after the
+/// query has ended).
+struct AbandonOnDrop(Arc<AtomicBool>);
 
-impl<T> Drop for AbortOnDrop<T> {
+impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{NICE_ENV, QUERY_NICE, run};
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::Ordering;
+
+    use super::{NICE_ENV, QUERY_NICE, QueryError, blocking, handle};
+
+    fn nice_here() -> Result<i32, QueryError> {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+            .map_err(|e| QueryError::Execution(e.to_string()))
+    }
 
     #[tokio::test]
     async fn queries_run_at_a_lower_priority() {
-        let (worker, blocking) = run(async {
-            let worker = rustix::process::getpriority_process(Some(rustix::thread::gettid()))
-                .map_err(|e| super::QueryError::Execution(e.to_string()))?;
-            let blocking = tokio::task::spawn_blocking(|| {
-                rustix::process::getpriority_process(Some(rustix::thread::gettid()))
-            })
+        let on_blocking = blocking(|_| nice_here()).await.unwrap();
+        let on_worker = handle()
+            .unwrap()
+            .spawn(async { nice_here() })
             .await
-            .map_err(|e| super::QueryError::Execution(e.to_string()))?
-            .map_err(|e| super::QueryError::Execution(e.to_string()))?;
-            Ok((worker, blocking))
-        })
-        .await
-        .unwrap();
-        let here = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+            .unwrap()
+            .unwrap();
+        let here = nice_here().unwrap();
         // Already at or past it (a niced test run), or set otherwise:
         // nothing to compare.
         if here < QUERY_NICE && std::env::var_os(NICE_ENV).is_none() {
-            assert_eq!((worker, blocking), (QUERY_NICE, QUERY_NICE));
+            assert_eq!((on_worker, on_blocking), (QUERY_NICE, QUERY_NICE));
         }
     }
 
     #[tokio::test]
-    async fn a_dropped_query_is_aborted() {
+    async fn a_dropped_query_is_told() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let query = run(async move {
-            // Holds `tx` until aborted: never answers by itself.
-            let _tx = tx;
-            std::future::pending::<Result<(), super::QueryError>>().await
+        let query = blocking(move |abandoned| {
+            // Never answers by itself: waits for its flag.
+            while !abandoned.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let _ = tx.send(());
+            Ok(())
         });
-        // Polled once, so that the task is spawned, then dropped.
+        // Polled once, so that the work is started, then dropped.
         let _ = tokio::time::timeout(std::time::Duration::from_millis(10), query).await;
-        // The aborted task drops `tx`: `rx` ends with an error.
-        assert!(rx.await.is_err());
+        // The work saw its flag.
+        assert!(rx.await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_an_execution_error() {
+        let err = blocking::<(), _>(|_| panic!("boom")).await.unwrap_err();
+        assert!(
+            matches!(&err, QueryError::Execution(m) if m.contains("boom")),
+            "{err:?}"
+        );
     }
 }

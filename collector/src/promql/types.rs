@@ -105,15 +105,24 @@ pub fn set(labels: &mut Labels, name: &str, value: &str) {
 /// which is how Prometheus writes sample values: the shortest decimal that
 /// reads back the same, no exponent, and `NaN`, `+Inf`, `-Inf`.
 pub fn format_float(v: f64) -> String {
+    let mut out = String::new();
+    write_float(&mut out, v);
+    out
+}
+
+/// [`format_float`], appended to `out` (no allocation of its own).
+pub fn write_float(out: &mut String, v: f64) {
+    use std::fmt::Write as _;
     if v.is_nan() {
-        "NaN".to_owned()
+        out.push_str("NaN");
     } else if v == f64::INFINITY {
-        "+Inf".to_owned()
+        out.push_str("+Inf");
     } else if v == f64::NEG_INFINITY {
-        "-Inf".to_owned()
+        out.push_str("-Inf");
     } else {
         // Rust's Display is also the shortest round-trip form without an
         // exponent; only negative zero differs ("-0" in both, in fact).
-        format!("{v}")
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{v}");
     }
 }

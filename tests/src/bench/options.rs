@@ -55,6 +55,7 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --query-series N      promql: counters `m` of the heavy query (10000)
   --hours N             promql: hours of `m` at a 15 s step   (6)
   --reps N              promql: repetitions of each query     (5); snmp: snmpbulkwalk runs of each kind (100)
+  --corpus-only         promql: the corpus only (no heavy query, no ingest phases)
   --keep                keep the work directories under target/bench/";
 
 /// What to measure.
@@ -134,6 +135,7 @@ pub struct Options {
     pub query_series: Option<usize>,
     pub hours: Option<usize>,
     pub reps: Option<usize>,
+    pub corpus_only: bool,
 }
 
 impl Options {
@@ -165,6 +167,7 @@ impl Options {
                 }
                 "--json" => o.json = true,
                 "--keep" => o.keep = true,
+                "--corpus-only" => o.corpus_only = true,
                 "--duration" => o.duration = Some(duration(&arg, &value(&arg)?)?),
                 "--interval" => o.interval = Some(duration(&arg, &value(&arg)?)?),
                 "--delay" => o.delay = Some(duration(&arg, &value(&arg)?)?),

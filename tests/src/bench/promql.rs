@@ -68,6 +68,8 @@ struct Config {
     warmup: Duration,
     prometheus: PathBuf,
     keep: bool,
+    /// `--corpus-only`: skip the heavy query and the ingest phases.
+    corpus_only: bool,
 }
 
 pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
@@ -90,6 +92,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         warmup: opts.size(Duration::from_secs(2), Duration::from_millis(200)),
         prometheus,
         keep: opts.keep,
+        corpus_only: opts.corpus_only,
     };
     let runs = opts.runs();
     let mut report = Report::new("promql");
@@ -235,6 +238,18 @@ async fn one_run(
     );
     let worst = ratios.iter().copied().fold(0.0, f64::max);
     let median = percentile(&mut ratios, 50.0).unwrap_or(0.0);
+    report.record("corpus_median_ratio", median);
+    report.record("corpus_queries", cases.len() as f64);
+    report.record("corpus_tributary_total_ms", trib_total);
+    report.record("corpus_prometheus_total_ms", prom_total);
+    report.record("corpus_worst_ratio", worst);
+    if cfg.corpus_only {
+        progress.say(&format!(
+            "{label}: corpus median ratio {median:.2} (worst {worst:.2}), {trib_total:.0} ms vs {prom_total:.0} ms"
+        ));
+        collector.stop().await?;
+        return Ok(());
+    }
 
     // 2. The heavy query.
     let heavy = heavy_params(cfg.hours);
@@ -271,11 +286,6 @@ async fn one_run(
     let without = (rates[0] + rates[2]) / 2.0;
     collector.stop().await?;
 
-    report.record("corpus_median_ratio", median);
-    report.record("corpus_queries", cases.len() as f64);
-    report.record("corpus_tributary_total_ms", trib_total);
-    report.record("corpus_prometheus_total_ms", prom_total);
-    report.record("corpus_worst_ratio", worst);
     report.record("heavy_tributary_ms", heavy_t);
     report.record("heavy_prometheus_ms", heavy_p);
     report.record("heavy_ratio", heavy_t / heavy_p.max(1e-6));

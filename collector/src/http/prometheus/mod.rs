@@ -28,7 +28,7 @@ use serde_json::json;
 
 use super::HttpContext;
 use crate::prom_labels::NAME;
-use crate::promql::{Engine, Limits, QueryError, parse_selector};
+use crate::promql::{Engine, Limits, QueryError, QueryResult, parse_selector};
 use crate::store::read::Reader;
 
 pub use params::Params;
@@ -98,11 +98,10 @@ async fn query(Extension(engine): Extension<Engine>, p: Params) -> Response {
     let r = async {
         let q = query_text(&p)?;
         let t = p.time("time", now_ms())?;
-        let result = engine.instant(q, t, timeout(&p)?).await?;
-        Ok(json::result(&result))
+        engine.instant(q, t, timeout(&p)?).await
     }
     .await;
-    answer(r, Vec::new())
+    query_answer(r)
 }
 
 /// `/api/v1/query_range`: `query`, `start`, `end`, `step`, `timeout`.
@@ -121,11 +120,17 @@ async fn query_range(Extension(engine): Extension<Engine>, p: Params) -> Respons
         let step = p
             .duration("step")?
             .ok_or_else(|| QueryError::BadData("invalid parameter \"step\": missing".into()))?;
-        let result = engine.range(q, start, end, step, timeout(&p)?).await?;
-        Ok(json::result(&result))
+        engine.range(q, start, end, step, timeout(&p)?).await
     }
     .await;
-    answer(r, Vec::new())
+    query_answer(r)
+}
+
+fn query_answer(r: Result<QueryResult, QueryError>) -> Response {
+    match r {
+        Ok(result) => json::query_success(&result),
+        Err(e) => json::error(&e),
+    }
 }
 
 fn selectors(p: &Params) -> Result<Vec<promql_parser::parser::VectorSelector>, QueryError> {
