@@ -76,23 +76,37 @@ impl CollectorProc {
         dir: &WorkDir,
         max_connections: Option<usize>,
     ) -> Result<CollectorProc> {
-        Self::spawn(dir, max_connections, None).await
+        Self::spawn(dir, max_connections, None, None).await
+    }
+
+    /// Storing in `store` (a `postgres://` URL) instead of the work
+    /// directory's SQLite file.
+    pub async fn start_with_store(dir: &WorkDir, store: &str) -> Result<CollectorProc> {
+        Self::spawn(dir, None, None, Some(store)).await
     }
 
     /// With its HTTP listener (`/metrics`, ...) on `http`; it is off
     /// otherwise.
     pub async fn start_with_http(dir: &WorkDir, http: SocketAddr) -> Result<CollectorProc> {
-        Self::spawn(dir, None, Some(http)).await
+        Self::spawn(dir, None, Some(http), None).await
     }
 
     async fn spawn(
         dir: &WorkDir,
         max_connections: Option<usize>,
         http: Option<SocketAddr>,
+        store: Option<&str>,
     ) -> Result<CollectorProc> {
         let addr = free_addr()?;
-        let store = format!("sqlite:{}", dir.join("collector.db").display());
-        let config = dir.join("collector.toml");
+        let store = store.map_or_else(
+            || format!("sqlite:{}", dir.join("collector.db").display()),
+            str::to_owned,
+        );
+        // Two collectors may share a work directory (and a PostgreSQL
+        // store): each its own config and log.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let config = dir.join(&format!("collector-{n}.toml"));
         let mut limits = format!(
             "[limits]\nmax_connections_per_address = {}\n",
             max_connections.unwrap_or(1_000_000)
@@ -111,7 +125,7 @@ impl CollectorProc {
             .arg(config);
         let mut proc = builder
             .env("RUST_LOG", "info")
-            .log_to(dir.join("collector.log"))
+            .log_to(dir.join(&format!("collector-{n}.log")))
             .spawn()?;
         if let Err(e) = wait_for_port(addr, PATIENCE).await {
             let status = proc.try_wait()?;

@@ -41,6 +41,8 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --rate N              ingest: readings/s of the latency run (100000); snmp: top trap rate (40000)
   --ceiling-rows N      ingest: rows of the SQLite ceiling    (5000000)
   --range-points N      ingest: points of the Query/Range day series (86400)
+  --store URL           ingest: postgres://USER@HOST/DB stores in PostgreSQL (a fresh schema per run), measured
+                        against a binary-COPY ceiling in the same database, then with two collectors (sqlite)
   --devices K           poll: HTTP devices (10000); wire: sim devices (10); config: devices (10000);
                         metrics-cost: HTTP devices (100); snmp: SNMP devices (50)
   --targets K           vs-prometheus: HTTP targets           (2000)
@@ -134,6 +136,8 @@ pub struct Options {
     pub query_series: Option<usize>,
     pub hours: Option<usize>,
     pub reps: Option<usize>,
+    /// `--store`: a PostgreSQL URL (ingest); SQLite when unset.
+    pub store: Option<String>,
 }
 
 impl Options {
@@ -187,6 +191,18 @@ impl Options {
                 "--hours" => o.hours = Some(positive(&arg, &value(&arg)?)?),
                 "--reps" => o.reps = Some(positive(&arg, &value(&arg)?)?),
                 "--prometheus" => o.prometheus = Some(PathBuf::from(value(&arg)?)),
+                "--store" => {
+                    let url = value(&arg)?;
+                    if url.starts_with("sqlite") {
+                        o.store = None;
+                    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                        url.parse::<tokio_postgres::Config>()
+                            .with_context(|| format!("--store {url:?}: not a PostgreSQL URL"))?;
+                        o.store = Some(url);
+                    } else {
+                        bail!("--store {url:?}: expected postgres://USER@HOST/DB or sqlite");
+                    }
+                }
                 "--format" => {
                     o.format = Some(match value(&arg)?.as_str() {
                         "json" => Format::Json,
@@ -272,6 +288,12 @@ mod tests {
         assert!(parse(&["ingest", "--agents", "0"]).is_err());
         assert!(parse(&["ingest", "--duration", "5x"]).is_err());
         assert!(parse(&["nope"]).is_err());
+        assert!(parse(&["ingest", "--store", "mysql://x"]).is_err());
+        let pg = parse(&["ingest", "--store", "postgres://root@127.0.0.1:5432/test"])?;
+        assert_eq!(
+            pg.store.as_deref(),
+            Some("postgres://root@127.0.0.1:5432/test")
+        );
         Ok(())
     }
 }
