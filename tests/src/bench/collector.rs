@@ -76,19 +76,25 @@ impl CollectorProc {
         dir: &WorkDir,
         max_connections: Option<usize>,
     ) -> Result<CollectorProc> {
-        Self::spawn(dir, max_connections, None, None).await
+        Self::spawn(dir, max_connections, None, None, None).await
+    }
+
+    /// Listening on `addr` (a restart of one at the same address keeps its
+    /// store: the work directory's SQLite file).
+    pub async fn start_at(dir: &WorkDir, addr: SocketAddr) -> Result<CollectorProc> {
+        Self::spawn(dir, None, None, None, Some(addr)).await
     }
 
     /// Storing in `store` (a `postgres://` URL) instead of the work
     /// directory's SQLite file.
     pub async fn start_with_store(dir: &WorkDir, store: &str) -> Result<CollectorProc> {
-        Self::spawn(dir, None, None, Some(store)).await
+        Self::spawn(dir, None, None, Some(store), None).await
     }
 
     /// With its HTTP listener (`/metrics`, ...) on `http`; it is off
     /// otherwise.
     pub async fn start_with_http(dir: &WorkDir, http: SocketAddr) -> Result<CollectorProc> {
-        Self::spawn(dir, None, Some(http), None).await
+        Self::spawn(dir, None, Some(http), None, None).await
     }
 
     async fn spawn(
@@ -96,8 +102,12 @@ impl CollectorProc {
         max_connections: Option<usize>,
         http: Option<SocketAddr>,
         store: Option<&str>,
+        addr: Option<SocketAddr>,
     ) -> Result<CollectorProc> {
-        let addr = free_addr()?;
+        let addr = match addr {
+            Some(a) => a,
+            None => free_addr()?,
+        };
         let store = store.map_or_else(
             || format!("sqlite:{}", dir.join("collector.db").display()),
             str::to_owned,
@@ -234,6 +244,21 @@ impl QueryClient {
             }
             request.page_token = page.next_page_token;
         }
+    }
+
+    /// The newest stored time stamp of the series matching `filter`.
+    pub async fn latest_ts(&mut self, filter: pb::SeriesFilter) -> Result<Option<i64>> {
+        let resp = self
+            .client
+            .latest(filter)
+            .await
+            .context("Query/Latest")?
+            .into_inner();
+        Ok(resp
+            .readings
+            .iter()
+            .filter_map(|r| r.point.as_ref().map(|p| p.ts_ns))
+            .max())
     }
 
     /// Calls Range and reads the stream to its end; returns how many

@@ -27,7 +27,9 @@ scenarios:
   snmp            one agent walks a 48 x 10 ifXTable on --devices through one snmpd, against
                   net-snmp's snmpbulkwalk CPU per varbind on the same walk; SNMPv2c trap ingest
                   at rising rates, traps stored per agent CPU-second
-  all             every scenario above but export, in that order
+  recovery        agents of sim devices at --rate readings/s; the collector down for --outage, then
+                  back: drain time, staleness of live data during the drain, collector CPU
+  all             every scenario above but export and recovery, in that order
   smoke           every scenario but promql at tiny sizes; exit 1 if any numbers disagree
 
 flags (defaults are per scenario; see BENCHMARKS.md):
@@ -57,6 +59,7 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --query-series N      promql: counters `m` of the heavy query (10000)
   --hours N             promql: hours of `m` at a 15 s step   (6)
   --reps N              promql: repetitions of each query     (5); snmp: snmpbulkwalk runs of each kind (100)
+  --outage D            recovery: how long the collector is down (5m)
   --keep                keep the work directories under target/bench/";
 
 /// What to measure.
@@ -72,6 +75,7 @@ pub enum Scenario {
     Promql,
     MetricsCost,
     Snmp,
+    Recovery,
 }
 
 impl Scenario {
@@ -97,6 +101,7 @@ impl Scenario {
             Scenario::Promql => "promql",
             Scenario::MetricsCost => "metrics-cost",
             Scenario::Snmp => "snmp",
+            Scenario::Recovery => "recovery",
         }
     }
 }
@@ -138,6 +143,8 @@ pub struct Options {
     pub reps: Option<usize>,
     /// `--store`: a PostgreSQL URL (ingest); SQLite when unset.
     pub store: Option<String>,
+    /// `--outage`: recovery's collector downtime.
+    pub outage: Option<Duration>,
 }
 
 impl Options {
@@ -159,6 +166,7 @@ impl Options {
                 "promql" => o.scenarios.push(Scenario::Promql),
                 "metrics-cost" => o.scenarios.push(Scenario::MetricsCost),
                 "snmp" => o.scenarios.push(Scenario::Snmp),
+                "recovery" => o.scenarios.push(Scenario::Recovery),
                 "all" => {
                     o.scenarios.extend(Scenario::ALL);
                     o.scenarios.push(Scenario::Promql);
@@ -170,6 +178,7 @@ impl Options {
                 "--json" => o.json = true,
                 "--keep" => o.keep = true,
                 "--duration" => o.duration = Some(duration(&arg, &value(&arg)?)?),
+                "--outage" => o.outage = Some(duration(&arg, &value(&arg)?)?),
                 "--interval" => o.interval = Some(duration(&arg, &value(&arg)?)?),
                 "--delay" => o.delay = Some(duration(&arg, &value(&arg)?)?),
                 "--runs" => o.runs = Some(positive(&arg, &value(&arg)?)?),
