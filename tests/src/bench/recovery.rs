@@ -85,6 +85,8 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.config("runs", opts.runs());
     report.declare("live_collector_cpu_cores", "cores", None);
     report.declare("backlog_readings", "", None);
+    report.declare("spool_mib_after_outage", "MiB", None);
+    report.declare("spool_bytes_per_backlog_reading", "B", None);
     report.declare("drain_s", "s", None);
     report.declare("drain_readings_per_s", "readings/s", None);
     report.declare("drain_collector_cpu_cores", "cores", None);
@@ -154,6 +156,9 @@ async fn one_run(
         .wait(cfg.outage, &format!("{label}: collector down"), String::new)
         .await;
     let outage = down_at.elapsed();
+    let spool_bytes: u64 = (0..cfg.agents)
+        .map(|a| dir_bytes(&dir.join(&format!("rec-{a}-spool"))))
+        .sum();
 
     // The drain.
     let collector = CollectorProc::start_at(&dir, addr).await?;
@@ -202,6 +207,14 @@ async fn one_run(
     collector.stop().await?;
 
     report.record("live_collector_cpu_cores", live_cpu);
+    report.record(
+        "spool_mib_after_outage",
+        spool_bytes as f64 / (1024.0 * 1024.0),
+    );
+    report.record(
+        "spool_bytes_per_backlog_reading",
+        spool_bytes as f64 / (drained.max(1)) as f64,
+    );
     report.record("backlog_readings", drained as f64);
     report.record("drain_s", drained_at.as_secs_f64());
     report.record(
@@ -228,6 +241,21 @@ async fn one_run(
         percentile(&mut staleness, 99.0).unwrap_or(f64::NAN)
     ));
     Ok(())
+}
+
+/// Bytes of the files in `dir` and below (0 when it cannot be read).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Every device's counter stored exactly as 1..=n, each agent's readings
