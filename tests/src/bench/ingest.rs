@@ -113,6 +113,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         Some(Target::AtLeast(1_000_000.0)),
     );
     report.declare("ceiling_readings_per_s", "rows/s", None);
+    report.declare("ceiling_client_cpu_cores", "cores", None);
     report.declare("ratio", "", Some(Target::AtLeast(0.5)));
     report.declare("ack_p50_ms", "ms", None);
     report.declare("ack_p99_ms", "ms", None);
@@ -159,6 +160,8 @@ async fn one_run(
         None => None,
         Some(url) => Some(Schemas::new(url, r, cfg.keep).await?),
     };
+    let ceiling_h0 = sys::sample_self()?;
+    let ceiling_t0 = Instant::now();
     let ceiling = match (&cfg.store, &schemas) {
         (Some(url), Some(s)) => progress
             .during(
@@ -178,6 +181,11 @@ async fn one_run(
                 .context("ceiling task")??
         }
     };
+    // The ceiling's own client (COPY encoding for PostgreSQL, SQLite
+    // itself otherwise) runs in this process: its share of a core says
+    // whether the ceiling measured the database or its client.
+    let ceiling_client_cores =
+        (sys::sample_self()?.cpu_s - ceiling_h0.cpu_s) / ceiling_t0.elapsed().as_secs_f64();
     progress.say(&format!("{label}: ceiling {ceiling:.0} rows/s"));
 
     // 2. Throughput.
@@ -301,6 +309,7 @@ async fn one_run(
     let rate = measured / elapsed;
     report.record("readings_per_s", rate);
     report.record("ceiling_readings_per_s", ceiling);
+    report.record("ceiling_client_cpu_cores", ceiling_client_cores);
     report.record("ratio", rate / ceiling);
     report.record(
         "ack_p50_ms",
