@@ -42,7 +42,8 @@ fn every_bench_scenario_runs_and_its_counts_agree() -> Result<()> {
             "wire",
             "vs-prometheus",
             "config",
-            "snmp"
+            "snmp",
+            "recovery"
         ],
         "every scenario reports once"
     );

@@ -76,23 +76,47 @@ impl CollectorProc {
         dir: &WorkDir,
         max_connections: Option<usize>,
     ) -> Result<CollectorProc> {
-        Self::spawn(dir, max_connections, None).await
+        Self::spawn(dir, max_connections, None, None, None).await
+    }
+
+    /// Listening on `addr` (a restart of one at the same address keeps its
+    /// store: the work directory's SQLite file).
+    pub async fn start_at(dir: &WorkDir, addr: SocketAddr) -> Result<CollectorProc> {
+        Self::spawn(dir, None, None, None, Some(addr)).await
+    }
+
+    /// Storing in `store` (a `postgres://` URL) instead of the work
+    /// directory's SQLite file.
+    pub async fn start_with_store(dir: &WorkDir, store: &str) -> Result<CollectorProc> {
+        Self::spawn(dir, None, None, Some(store), None).await
     }
 
     /// With its HTTP listener (`/metrics`, ...) on `http`; it is off
     /// otherwise.
     pub async fn start_with_http(dir: &WorkDir, http: SocketAddr) -> Result<CollectorProc> {
-        Self::spawn(dir, None, Some(http)).await
+        Self::spawn(dir, None, Some(http), None, None).await
     }
 
     async fn spawn(
         dir: &WorkDir,
         max_connections: Option<usize>,
         http: Option<SocketAddr>,
+        store: Option<&str>,
+        addr: Option<SocketAddr>,
     ) -> Result<CollectorProc> {
-        let addr = free_addr()?;
-        let store = format!("sqlite:{}", dir.join("collector.db").display());
-        let config = dir.join("collector.toml");
+        let addr = match addr {
+            Some(a) => a,
+            None => free_addr()?,
+        };
+        let store = store.map_or_else(
+            || format!("sqlite:{}", dir.join("collector.db").display()),
+            str::to_owned,
+        );
+        // Two collectors may share a work directory (and a PostgreSQL
+        // store): each its own config and log.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let config = dir.join(&format!("collector-{n}.toml"));
         let mut limits = format!(
             "[limits]\nmax_connections_per_address = {}\n",
             max_connections.unwrap_or(1_000_000)
@@ -111,7 +135,7 @@ impl CollectorProc {
             .arg(config);
         let mut proc = builder
             .env("RUST_LOG", "info")
-            .log_to(dir.join("collector.log"))
+            .log_to(dir.join(&format!("collector-{n}.log")))
             .spawn()?;
         if let Err(e) = wait_for_port(addr, PATIENCE).await {
             let status = proc.try_wait()?;
@@ -220,6 +244,21 @@ impl QueryClient {
             }
             request.page_token = page.next_page_token;
         }
+    }
+
+    /// The newest stored time stamp of the series matching `filter`.
+    pub async fn latest_ts(&mut self, filter: pb::SeriesFilter) -> Result<Option<i64>> {
+        let resp = self
+            .client
+            .latest(filter)
+            .await
+            .context("Query/Latest")?
+            .into_inner();
+        Ok(resp
+            .readings
+            .iter()
+            .filter_map(|r| r.point.as_ref().map(|p| p.ts_ns))
+            .max())
     }
 
     /// Calls Range and reads the stream to its end; returns how many

@@ -13,6 +13,13 @@
 //!
 //! Checks: every reading acked was stored (ListAgents) and the Range call
 //! returned the whole day.
+//!
+//! With `--store postgres://...` every run gets a fresh schema in that
+//! database: the ceiling is binary COPY into an unindexed table of the
+//! store's reading columns (see [`ceiling::measure_postgres`]), the
+//! collector stores there, and (5) two collectors on one more fresh schema
+//! of the same database take half the load agents each: their readings
+//! per second together, against the same ceiling.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -49,6 +56,8 @@ struct Config {
     rate: u64,
     drain: Duration,
     keep: bool,
+    /// A PostgreSQL URL; SQLite when `None`.
+    store: Option<String>,
 }
 
 pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
@@ -67,6 +76,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         rate: opts.rate.unwrap_or(opts.size(100_000, 1_000)),
         drain: Duration::from_secs(120),
         keep: opts.keep,
+        store: opts.store.clone(),
     };
     let runs = opts.runs();
     let mut report = Report::new("ingest");
@@ -77,7 +87,22 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.config("duration_s", cfg.duration.as_secs_f64());
     report.config("warmup_s", cfg.warmup.as_secs_f64());
     report.config("runs", runs);
-    report.config("durability", "synchronous=full (collector default)");
+    match &cfg.store {
+        None => report.config("durability", "synchronous=full (collector default)"),
+        Some(url) => {
+            let client = ceiling::pg_connect(url).await?;
+            let sync: String = client
+                .query_one("SHOW synchronous_commit", &[])
+                .await
+                .context("SHOW synchronous_commit")?
+                .get(0);
+            report.config("store", "postgres (a fresh schema per run)");
+            report.config(
+                "durability",
+                format!("PostgreSQL synchronous_commit={sync}, for the ceiling and the collector"),
+            );
+        }
+    }
     report.config("ceiling_rows", cfg.ceiling_rows);
     report.config("ceiling_rows_per_tx", ceiling::ROWS_PER_TX);
     report.config("range_points", cfg.range_points);
@@ -88,6 +113,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         Some(Target::AtLeast(1_000_000.0)),
     );
     report.declare("ceiling_readings_per_s", "rows/s", None);
+    report.declare("ceiling_client_cpu_cores", "cores", None);
     report.declare("ratio", "", Some(Target::AtLeast(0.5)));
     report.declare("ack_p50_ms", "ms", None);
     report.declare("ack_p99_ms", "ms", None);
@@ -101,6 +127,10 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("latency_run_ack_p50_ms", "ms", None);
     report.declare("latency_run_ack_p99_ms", "ms", Some(Target::AtMost(50.0)));
     report.declare("latency_run_collector_cpu_cores", "cores", None);
+    if cfg.store.is_some() {
+        report.declare("two_collectors_readings_per_s", "readings/s", None);
+        report.declare("two_collectors_ratio", "", Some(Target::AtLeast(0.5)));
+    }
     for r in 1..=runs {
         one_run(&cfg, r, runs, progress, &mut report).await?;
     }
@@ -125,19 +155,44 @@ async fn one_run(
     let dir = WorkDir::new("ingest", cfg.keep)?;
 
     // 1. The ceiling, alone on the machine.
-    let path = dir.join("ceiling.db");
     let (rows, series) = (cfg.ceiling_rows, (cfg.agents * cfg.series) as u64);
-    let ceiling = progress
-        .during(
-            &format!("{label}: SQLite ceiling, {rows} rows"),
-            tokio::task::spawn_blocking(move || ceiling::measure(&path, rows, series)),
-        )
-        .await
-        .context("ceiling task")??;
-    progress.say(&format!("{label}: SQLite ceiling {ceiling:.0} rows/s"));
+    let schemas = match &cfg.store {
+        None => None,
+        Some(url) => Some(Schemas::new(url, r, cfg.keep).await?),
+    };
+    let ceiling_h0 = sys::sample_self()?;
+    let ceiling_t0 = Instant::now();
+    let ceiling = match (&cfg.store, &schemas) {
+        (Some(url), Some(s)) => progress
+            .during(
+                &format!("{label}: PostgreSQL ceiling (binary COPY), {rows} rows"),
+                ceiling::measure_postgres(url, &s.one, rows, series),
+            )
+            .await
+            .context("PostgreSQL ceiling")?,
+        _ => {
+            let path = dir.join("ceiling.db");
+            progress
+                .during(
+                    &format!("{label}: SQLite ceiling, {rows} rows"),
+                    tokio::task::spawn_blocking(move || ceiling::measure(&path, rows, series)),
+                )
+                .await
+                .context("ceiling task")??
+        }
+    };
+    // The ceiling's own client (COPY encoding for PostgreSQL, SQLite
+    // itself otherwise) runs in this process: its share of a core says
+    // whether the ceiling measured the database or its client.
+    let ceiling_client_cores =
+        (sys::sample_self()?.cpu_s - ceiling_h0.cpu_s) / ceiling_t0.elapsed().as_secs_f64();
+    progress.say(&format!("{label}: ceiling {ceiling:.0} rows/s"));
 
     // 2. Throughput.
-    let collector = CollectorProc::start(&dir).await?;
+    let collector = match &schemas {
+        Some(s) => CollectorProc::start_with_store(&dir, &s.url(&s.one)).await?,
+        None => CollectorProc::start(&dir).await?,
+    };
     let mut query = QueryClient::connect(&collector.url).await?;
     let shared = Arc::new(Shared::default());
     let stop = CancellationToken::new();
@@ -238,10 +293,23 @@ async fn one_run(
     let peak = collector.sample()?.hwm;
     collector.stop().await?;
 
+    // 5. Two collectors on one database (PostgreSQL only).
+    if let Some(s) = &schemas {
+        let two = two_collectors(cfg, &dir, &s.url(&s.two), &label, progress, report, r).await?;
+        report.record("two_collectors_readings_per_s", two);
+        report.record("two_collectors_ratio", two / ceiling);
+        progress.say(&format!(
+            "{label}: two collectors on one database: {two:.0} readings/s ({:.2} of the ceiling)",
+            two / ceiling
+        ));
+        s.drop_all().await?;
+    }
+
     let measured = (a1 - a0) as f64;
     let rate = measured / elapsed;
     report.record("readings_per_s", rate);
     report.record("ceiling_readings_per_s", ceiling);
+    report.record("ceiling_client_cpu_cores", ceiling_client_cores);
     report.record("ratio", rate / ceiling);
     report.record(
         "ack_p50_ms",
@@ -275,6 +343,125 @@ async fn one_run(
         lat.p99_ms
     ));
     Ok(())
+}
+
+/// The schemas of one PostgreSQL run: `one` for the ceiling and the
+/// single collector, `two` for the two collectors.
+struct Schemas {
+    base: String,
+    one: String,
+    two: String,
+    keep: bool,
+}
+
+impl Schemas {
+    async fn new(base: &str, run: usize, keep: bool) -> Result<Schemas> {
+        let pid = std::process::id();
+        let s = Schemas {
+            base: base.to_owned(),
+            one: format!("bench_ingest_{pid}_{run}_one"),
+            two: format!("bench_ingest_{pid}_{run}_two"),
+            keep,
+        };
+        let client = ceiling::pg_connect(base).await?;
+        for name in [&s.one, &s.two] {
+            client
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name};"
+                ))
+                .await
+                .with_context(|| format!("create schema {name}"))?;
+        }
+        Ok(s)
+    }
+
+    /// The store URL of a collector in `schema`.
+    fn url(&self, schema: &str) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-c%20search_path%3D{schema}", self.base)
+    }
+
+    async fn drop_all(&self) -> Result<()> {
+        if self.keep {
+            eprintln!("bench: kept schemas {} and {}", self.one, self.two);
+            return Ok(());
+        }
+        let client = ceiling::pg_connect(&self.base).await?;
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA {} CASCADE; DROP SCHEMA {} CASCADE;",
+                self.one, self.two
+            ))
+            .await
+            .context("drop the run's schemas")
+    }
+}
+
+/// Two collectors on `store`, half the load agents each, streaming as fast
+/// as acks allow: their readings per second together.
+async fn two_collectors(
+    cfg: &Config,
+    dir: &WorkDir,
+    store: &str,
+    label: &str,
+    progress: &Progress,
+    report: &mut Report,
+    r: usize,
+) -> Result<f64> {
+    let label = format!("{label}: two collectors on one database");
+    let collectors = [
+        CollectorProc::start_with_store(dir, store).await?,
+        CollectorProc::start_with_store(dir, store).await?,
+    ];
+    let shared = Arc::new(Shared::default());
+    let stop = CancellationToken::new();
+    let base_ts = now_ns() - 21 * DAY_NS;
+    let mut tasks = Vec::new();
+    for i in 0..cfg.agents {
+        let mut spec = LoadSpec::new(format!("two-{i:04}"), cfg.series as u32, cfg.batch);
+        spec.window = cfg.window;
+        spec.base_ts_ns = base_ts;
+        let to = &collectors[i % 2];
+        tasks.push(spawn_agent(&to.url, spec, &shared, &stop, cfg.drain));
+    }
+    await_welcomes(&shared, cfg.agents as u64, &mut tasks, progress, &label).await?;
+    progress
+        .wait(cfg.warmup, &format!("{label}: warm-up"), String::new)
+        .await;
+    let a0 = shared.acked_readings.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    shared.measuring.store(true, Ordering::Relaxed);
+    progress
+        .wait(cfg.duration, &label, || {
+            let acked = shared.acked_readings.load(Ordering::Relaxed) - a0;
+            format!(
+                "{:.0} readings/s acked",
+                acked as f64 / t0.elapsed().as_secs_f64()
+            )
+        })
+        .await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let a1 = shared.acked_readings.load(Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    stop.cancel();
+    let totals = progress
+        .during(&format!("{label}: draining"), join_all(tasks))
+        .await?;
+    // One store: either collector lists every agent.
+    let mut query = QueryClient::connect(&collectors[0].url).await?;
+    let stored = query.stored("two-").await?;
+    report.check(
+        format!("run {r}: two collectors, readings sent = acked = stored"),
+        totals.sent == totals.acked && totals.acked == stored,
+        format!(
+            "{} sent, {} acked, {stored} stored",
+            totals.sent, totals.acked
+        ),
+    );
+    for c in collectors {
+        c.stop().await?;
+    }
+    Ok((a1 - a0) as f64 / elapsed)
 }
 
 /// The fixed-rate part of a run.

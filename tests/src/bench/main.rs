@@ -35,6 +35,7 @@ mod options;
 mod poll;
 mod progress;
 mod promql;
+mod recovery;
 mod report;
 mod snmp;
 mod snmp_instr;
@@ -129,5 +130,6 @@ async fn run_one(scenario: Scenario, opts: &Options, progress: &Progress) -> Res
         Scenario::Promql => promql::run(opts, progress).await,
         Scenario::MetricsCost => metrics_instr::run(opts, progress).await,
         Scenario::Snmp => snmp::run(opts, progress).await,
+        Scenario::Recovery => recovery::run(opts, progress).await,
     }
 }

@@ -27,8 +27,11 @@ scenarios:
   snmp            one agent walks a 48 x 10 ifXTable on --devices through one snmpd, against
                   net-snmp's snmpbulkwalk CPU per varbind on the same walk; SNMPv2c trap ingest
                   at rising rates, traps stored per agent CPU-second
-  all             every scenario above but export, in that order
-  smoke           every scenario but promql at tiny sizes; exit 1 if any numbers disagree
+  recovery        agents of sim devices at --rate readings/s; the collector down for --outage, then
+                  back: drain time, staleness of live data during the drain, collector CPU
+  all             every scenario above but export and recovery, in that order
+  smoke           every scenario but promql and export at tiny sizes (recovery: a 5 s outage);
+                  exit 1 if any numbers disagree
 
 flags (defaults are per scenario; see BENCHMARKS.md):
   --json                one JSON object per scenario instead of a table
@@ -41,6 +44,8 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --rate N              ingest: readings/s of the latency run (100000); snmp: top trap rate (40000)
   --ceiling-rows N      ingest: rows of the SQLite ceiling    (5000000)
   --range-points N      ingest: points of the Query/Range day series (86400)
+  --store URL           ingest: postgres://USER@HOST/DB stores in PostgreSQL (a fresh schema per run), measured
+                        against a binary-COPY ceiling in the same database, then with two collectors (sqlite)
   --devices K           poll: HTTP devices (10000); wire: sim devices (10); config: devices (10000);
                         metrics-cost: HTTP devices (100); snmp: SNMP devices (50)
   --targets K           vs-prometheus: HTTP targets           (2000)
@@ -56,6 +61,7 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --hours N             promql: hours of `m` at a 15 s step   (6)
   --reps N              promql: repetitions of each query     (5); snmp: snmpbulkwalk runs of each kind (100)
   --corpus-only         promql: the corpus only (no heavy query, no ingest phases)
+  --outage D            recovery: how long the collector is down (5m)
   --keep                keep the work directories under target/bench/";
 
 /// What to measure.
@@ -71,6 +77,7 @@ pub enum Scenario {
     Promql,
     MetricsCost,
     Snmp,
+    Recovery,
 }
 
 impl Scenario {
@@ -96,6 +103,7 @@ impl Scenario {
             Scenario::Promql => "promql",
             Scenario::MetricsCost => "metrics-cost",
             Scenario::Snmp => "snmp",
+            Scenario::Recovery => "recovery",
         }
     }
 }
@@ -136,6 +144,10 @@ pub struct Options {
     pub hours: Option<usize>,
     pub reps: Option<usize>,
     pub corpus_only: bool,
+    /// `--store`: a PostgreSQL URL (ingest); SQLite when unset.
+    pub store: Option<String>,
+    /// `--outage`: recovery's collector downtime.
+    pub outage: Option<Duration>,
 }
 
 impl Options {
@@ -157,6 +169,7 @@ impl Options {
                 "promql" => o.scenarios.push(Scenario::Promql),
                 "metrics-cost" => o.scenarios.push(Scenario::MetricsCost),
                 "snmp" => o.scenarios.push(Scenario::Snmp),
+                "recovery" => o.scenarios.push(Scenario::Recovery),
                 "all" => {
                     o.scenarios.extend(Scenario::ALL);
                     o.scenarios.push(Scenario::Promql);
@@ -164,11 +177,13 @@ impl Options {
                 "smoke" => {
                     o.smoke = true;
                     o.scenarios.extend(Scenario::ALL);
+                    o.scenarios.push(Scenario::Recovery);
                 }
                 "--json" => o.json = true,
                 "--keep" => o.keep = true,
                 "--corpus-only" => o.corpus_only = true,
                 "--duration" => o.duration = Some(duration(&arg, &value(&arg)?)?),
+                "--outage" => o.outage = Some(duration(&arg, &value(&arg)?)?),
                 "--interval" => o.interval = Some(duration(&arg, &value(&arg)?)?),
                 "--delay" => o.delay = Some(duration(&arg, &value(&arg)?)?),
                 "--runs" => o.runs = Some(positive(&arg, &value(&arg)?)?),
@@ -190,6 +205,18 @@ impl Options {
                 "--hours" => o.hours = Some(positive(&arg, &value(&arg)?)?),
                 "--reps" => o.reps = Some(positive(&arg, &value(&arg)?)?),
                 "--prometheus" => o.prometheus = Some(PathBuf::from(value(&arg)?)),
+                "--store" => {
+                    let url = value(&arg)?;
+                    if url.starts_with("sqlite") {
+                        o.store = None;
+                    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                        url.parse::<tokio_postgres::Config>()
+                            .with_context(|| format!("--store {url:?}: not a PostgreSQL URL"))?;
+                        o.store = Some(url);
+                    } else {
+                        bail!("--store {url:?}: expected postgres://USER@HOST/DB or sqlite");
+                    }
+                }
                 "--format" => {
                     o.format = Some(match value(&arg)?.as_str() {
                         "json" => Format::Json,
@@ -275,6 +302,12 @@ mod tests {
         assert!(parse(&["ingest", "--agents", "0"]).is_err());
         assert!(parse(&["ingest", "--duration", "5x"]).is_err());
         assert!(parse(&["nope"]).is_err());
+        assert!(parse(&["ingest", "--store", "mysql://x"]).is_err());
+        let pg = parse(&["ingest", "--store", "postgres://root@127.0.0.1:5432/test"])?;
+        assert_eq!(
+            pg.store.as_deref(),
+            Some("postgres://root@127.0.0.1:5432/test")
+        );
         Ok(())
     }
 }
