@@ -157,10 +157,7 @@ pub fn over_time(name: &str, points: &[(i64, f64)], q: f64) -> Option<f64> {
         "count_over_time" => points.len() as f64,
         "present_over_time" => 1.0,
         "last_over_time" => points.last()?.1,
-        "sum_over_time" => {
-            let (s, c) = values.fold((0.0, 0.0), |(s, c), v| kahan_inc(v, s, c));
-            s + c
-        }
+        "sum_over_time" => sum(values),
         "avg_over_time" => mean(values),
         "min_over_time" => values.fold(f64::NAN, |m, v| if v < m || m.is_nan() { v } else { m }),
         "max_over_time" => values.fold(f64::NAN, |m, v| if v > m || m.is_nan() { v } else { m }),
@@ -182,33 +179,94 @@ pub fn over_time(name: &str, points: &[(i64, f64)], q: f64) -> Option<f64> {
     })
 }
 
-/// The mean as Prometheus computes it: incrementally, so that large
-/// values do not overflow, and infinities stay as they are.
-pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
-    let (mut mean, mut count, mut c) = (0.0f64, 0.0f64, 0.0f64);
-    for v in values {
-        count += 1.0;
-        if mean.is_infinite() {
-            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
-                continue;
-            }
-            if !v.is_infinite() && !v.is_nan() {
-                continue;
-            }
-        }
-        (mean, c) = kahan_inc(v / count - mean / count, mean, c);
-    }
-    if mean.is_infinite() { mean } else { mean + c }
+/// A Kahan-Babuška sum kept as values arrive.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KahanSum {
+    sum: f64,
+    c: f64,
 }
 
-/// The population variance (Welford's method).
-pub fn variance(values: impl Iterator<Item = f64>) -> f64 {
-    let (mut count, mut mean, mut aux) = (0.0f64, 0.0f64, 0.0f64);
-    for v in values {
-        count += 1.0;
-        let delta = v - mean;
-        mean += delta / count;
-        aux += delta * (v - mean);
+impl KahanSum {
+    pub fn add(&mut self, v: f64) {
+        (self.sum, self.c) = kahan_inc(v, self.sum, self.c);
     }
-    aux / count
+
+    pub fn value(&self) -> f64 {
+        self.sum + self.c
+    }
+}
+
+/// The mean as Prometheus computes it, kept as values arrive:
+/// incrementally, so that large values do not overflow, and infinities
+/// stay as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mean {
+    mean: f64,
+    count: f64,
+    c: f64,
+}
+
+impl Mean {
+    pub fn add(&mut self, v: f64) {
+        self.count += 1.0;
+        if self.mean.is_infinite() {
+            if v.is_infinite() && (self.mean > 0.0) == (v > 0.0) {
+                return;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                return;
+            }
+        }
+        (self.mean, self.c) = kahan_inc(v / self.count - self.mean / self.count, self.mean, self.c);
+    }
+
+    pub fn value(&self) -> f64 {
+        if self.mean.is_infinite() {
+            self.mean
+        } else {
+            self.mean + self.c
+        }
+    }
+}
+
+/// The population variance kept as values arrive (Welford's method).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Variance {
+    count: f64,
+    mean: f64,
+    aux: f64,
+}
+
+impl Variance {
+    pub fn add(&mut self, v: f64) {
+        self.count += 1.0;
+        let delta = v - self.mean;
+        self.mean += delta / self.count;
+        self.aux += delta * (v - self.mean);
+    }
+
+    pub fn value(&self) -> f64 {
+        self.aux / self.count
+    }
+}
+
+/// The sum of `values` ([`KahanSum`]).
+pub fn sum(values: impl Iterator<Item = f64>) -> f64 {
+    let mut s = KahanSum::default();
+    values.for_each(|v| s.add(v));
+    s.value()
+}
+
+/// The mean of `values` ([`Mean`]).
+pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let mut m = Mean::default();
+    values.for_each(|v| m.add(v));
+    m.value()
+}
+
+/// The population variance of `values` ([`Variance`]).
+pub fn variance(values: impl Iterator<Item = f64>) -> f64 {
+    let mut var = Variance::default();
+    values.for_each(|v| var.add(v));
+    var.value()
 }
