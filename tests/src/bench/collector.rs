@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -76,23 +76,37 @@ impl CollectorProc {
         dir: &WorkDir,
         max_connections: Option<usize>,
     ) -> Result<CollectorProc> {
-        Self::spawn(dir, max_connections, None).await
+        Self::spawn(dir, max_connections, None, "collector", None).await
     }
 
     /// With its HTTP listener (`/metrics`, ...) on `http`; it is off
     /// otherwise.
     pub async fn start_with_http(dir: &WorkDir, http: SocketAddr) -> Result<CollectorProc> {
-        Self::spawn(dir, None, Some(http)).await
+        Self::spawn(dir, None, Some(http), "collector", None).await
+    }
+
+    /// Another build's collector, `bin_dir/tributary-collector`, on the
+    /// store `<stem>.db` of `dir` (its config and log named alike), its
+    /// HTTP listener on `http`.
+    pub async fn start_other(
+        dir: &WorkDir,
+        stem: &str,
+        http: SocketAddr,
+        bin_dir: &Path,
+    ) -> Result<CollectorProc> {
+        Self::spawn(dir, None, Some(http), stem, Some(bin_dir)).await
     }
 
     async fn spawn(
         dir: &WorkDir,
         max_connections: Option<usize>,
         http: Option<SocketAddr>,
+        stem: &str,
+        bin_dir: Option<&Path>,
     ) -> Result<CollectorProc> {
         let addr = free_addr()?;
-        let store = format!("sqlite:{}", dir.join("collector.db").display());
-        let config = dir.join("collector.toml");
+        let store = format!("sqlite:{}", dir.join(&format!("{stem}.db")).display());
+        let config = dir.join(&format!("{stem}.toml"));
         let mut limits = format!(
             "[limits]\nmax_connections_per_address = {}\n",
             max_connections.unwrap_or(1_000_000)
@@ -101,7 +115,17 @@ impl CollectorProc {
             limits.push_str(&format!("max_connections = {n}\n"));
         }
         std::fs::write(&config, limits).with_context(|| format!("write {}", config.display()))?;
-        let builder = Proc::builder("tributary-collector")?
+        let builder = match bin_dir {
+            Some(d) => Proc::builder_at(
+                "tributary-collector",
+                d.join(format!(
+                    "tributary-collector{}",
+                    std::env::consts::EXE_SUFFIX
+                )),
+            ),
+            None => Proc::builder("tributary-collector")?,
+        };
+        let builder = builder
             .args(["serve", "--listen", &addr.to_string(), "--store", &store])
             .args([
                 "--http-listen",
@@ -111,7 +135,7 @@ impl CollectorProc {
             .arg(config);
         let mut proc = builder
             .env("RUST_LOG", "info")
-            .log_to(dir.join("collector.log"))
+            .log_to(dir.join(&format!("{stem}.log")))
             .spawn()?;
         if let Err(e) = wait_for_port(addr, PATIENCE).await {
             let status = proc.try_wait()?;
