@@ -50,11 +50,11 @@ fn data() -> Vec<Series> {
             let mut v = (rng.next() % 50) as f64;
             while t < 3_600_000 {
                 // A gap of a few minutes now and then.
-                if rng.next() % 40 == 0 {
+                if rng.next().is_multiple_of(40) {
                     t += 200_000 + 1_000 * (rng.next() % 400) as i64;
                 }
                 points.push((t, v));
-                v = if rng.next() % 25 == 0 {
+                v = if rng.next().is_multiple_of(25) {
                     (rng.next() % 5) as f64
                 } else {
                     v + (rng.next() % 100) as f64 / 7.0
