@@ -141,6 +141,9 @@ fn same(a: &[Series], b: &Result<Vec<Series>, QueryError>) -> bool {
 const FUNCTIONS: &[&str] = &[
     "rate(m[5m])",
     "increase(m[2m])",
+    "rate(g[5m])",
+    "increase(g[3m])",
+    "delta(m[1m])",
     "delta(g[5m])",
     "irate(m[1m])",
     "idelta(g[1m])",

@@ -434,12 +434,24 @@ impl<'a> RangeCall<'a> {
         steps: &[WindowAt],
         mut emit: impl FnMut(usize, f64),
     ) {
-        let (mut lo, mut hi) = (0usize, 0usize);
+        let extrapolated = matches!(self.name, "rate" | "increase" | "delta");
+        let is_counter = matches!(self.name, "rate" | "increase");
+        // Where a counter resets (a sample below the one before), so that
+        // `rate` and `increase` need not look at every sample of every
+        // window: the value before each reset is what the window adds.
+        let resets: Vec<usize> = if is_counter {
+            (1..points.len())
+                .filter(|&i| points[i].1 < points[i - 1].1)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (mut lo, mut hi, mut r) = (0usize, 0usize, 0usize);
         let mut last_start = i64::MIN;
         for (k, w) in steps.iter().enumerate() {
             if w.start < last_start {
                 // Never with the windows a range query makes; stay right.
-                (lo, hi) = (0, 0);
+                (lo, hi, r) = (0, 0, 0);
             }
             last_start = w.start;
             while lo < points.len() && points[lo].0 < w.start {
@@ -449,11 +461,45 @@ impl<'a> RangeCall<'a> {
             while hi < points.len() && points[hi].0 <= w.end {
                 hi += 1;
             }
-            if let Some(window) = points.get(lo..hi)
-                && let Some(v) = range_value(self.name, window, w.start, w.end, w.ts, self.q)
-            {
-                emit(k, v);
+            if !extrapolated {
+                if let Some(window) = points.get(lo..hi)
+                    && let Some(v) = range_value(self.name, window, w.start, w.end, w.ts, self.q)
+                {
+                    emit(k, v);
+                }
+                continue;
             }
+            if hi < lo + 2 {
+                continue;
+            }
+            // `range::extrapolated_rate` over `points[lo..hi]`, its float
+            // operations in the same order.
+            let (first, last) = (points[lo], points[hi - 1]);
+            let mut result = last.1 - first.1;
+            if is_counter {
+                if first.1 < 0.0 {
+                    // The first sample compared with 0, as there.
+                    result += 0.0;
+                }
+                while resets.get(r).is_some_and(|&i| i <= lo) {
+                    r += 1;
+                }
+                for &i in resets[r..].iter().take_while(|&&i| i < hi) {
+                    result += points[i - 1].1;
+                }
+            }
+            emit(
+                k,
+                range::extrapolate(
+                    first,
+                    last,
+                    hi - lo,
+                    result,
+                    (w.start, w.end),
+                    is_counter,
+                    self.name == "rate",
+                ),
+            );
         }
     }
 }

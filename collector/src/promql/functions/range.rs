@@ -22,9 +22,9 @@ pub fn extrapolated_rate(
     if points.len() < 2 {
         return None;
     }
-    let (first_t, first_v) = points[0];
-    let (last_t, last_v) = points[points.len() - 1];
-    let mut result = last_v - first_v;
+    let first = points[0];
+    let last = points[points.len() - 1];
+    let mut result = last.1 - first.1;
     if is_counter {
         let mut prev = 0.0;
         for &(_, v) in points {
@@ -34,10 +34,34 @@ pub fn extrapolated_rate(
             prev = v;
         }
     }
+    Some(extrapolate(
+        first,
+        last,
+        points.len(),
+        result,
+        (window_start, window_end),
+        is_counter,
+        is_rate,
+    ))
+}
+
+/// The rest of [`extrapolated_rate`], from what it needs of the window:
+/// its first and last sample, how many it holds (at least two), and
+/// `result`, the last value less the first plus, for a counter, the value
+/// before every reset (added in time order).
+pub fn extrapolate(
+    (first_t, first_v): (i64, f64),
+    (last_t, _): (i64, f64),
+    n: usize,
+    mut result: f64,
+    (window_start, window_end): (i64, i64),
+    is_counter: bool,
+    is_rate: bool,
+) -> f64 {
     let mut to_start = (first_t - window_start) as f64 / 1000.0;
     let to_end = (window_end - last_t) as f64 / 1000.0;
     let sampled = (last_t - first_t) as f64 / 1000.0;
-    let average = sampled / (points.len() - 1) as f64;
+    let average = sampled / (n - 1) as f64;
     if is_counter && result > 0.0 && first_v >= 0.0 {
         let to_zero = sampled * (first_v / result);
         if to_zero < to_start {
@@ -60,7 +84,7 @@ pub fn extrapolated_rate(
     if is_rate {
         result /= (window_end - window_start) as f64 / 1000.0;
     }
-    Some(result)
+    result
 }
 
 /// `irate` (`is_rate`) and `idelta`: from the last two samples.
