@@ -227,16 +227,22 @@ pub struct Proc {
 impl Proc {
     /// Prepare to run the workspace binary `bin` (see [`bin_path`]).
     pub fn builder(bin: &str) -> Result<ProcBuilder> {
-        let mut command = Command::new(bin_path(bin)?);
+        Ok(Self::builder_at(bin, bin_path(bin)?))
+    }
+
+    /// Prepare to run the executable at `path`, called `name` in messages
+    /// (another build's binary, for before/after comparisons).
+    pub fn builder_at(name: &str, path: PathBuf) -> ProcBuilder {
+        let mut command = Command::new(path);
         command.stdin(Stdio::null()).kill_on_drop(true);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
-        Ok(ProcBuilder {
-            name: bin.to_owned(),
+        ProcBuilder {
+            name: name.to_owned(),
             command,
             log: None,
-        })
+        }
     }
 
     /// The process id, while it runs.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
-use super::eval::Evaluator;
-use super::functions::range::{kahan_inc, mean, quantile, variance};
+use super::eval::{Evaluator, unparen};
+use super::functions::range::{KahanSum, Mean, Variance, quantile};
 use super::types::{Labels, NAME, QueryError, Sample, Value, format_float, set};
 
 /// Whether label `name` is one a sample is grouped by.
@@ -61,11 +61,7 @@ pub fn eval(ev: &Evaluator<'_>, a: &AggregateExpr, ts: i64) -> Result<Value, Que
     };
     let mut input = ev.vector(&a.expr, ts, &op)?;
     if op == "count_values" {
-        let mut e = param("count_values")?;
-        while let Expr::Paren(p) = e {
-            e = &p.expr;
-        }
-        let Expr::StringLiteral(label) = e else {
+        let Expr::StringLiteral(label) = unparen(param("count_values")?) else {
             return Err(QueryError::BadData(
                 "count_values: the parameter must be a string".into(),
             ));
@@ -96,7 +92,7 @@ pub fn eval(ev: &Evaluator<'_>, a: &AggregateExpr, ts: i64) -> Result<Value, Que
             ))),
             other => other.clone(),
         };
-        return Ok(Value::Vector(simple(&input, &modifier, "count")));
+        return Ok(Value::Vector(simple(&input, &modifier, Acc::Count(0.0))));
     }
     match op.as_str() {
         "topk" | "bottomk" => {
@@ -119,8 +115,41 @@ pub fn eval(ev: &Evaluator<'_>, a: &AggregateExpr, ts: i64) -> Result<Value, Que
                     .collect(),
             ))
         }
-        _ => Ok(Value::Vector(simple(&input, &a.modifier, &op))),
+        _ => match Acc::new(&op) {
+            Some(empty) => Ok(Value::Vector(simple(&input, &a.modifier, empty))),
+            None => Err(QueryError::Unsupported(format!("aggregation {op}"))),
+        },
     }
+}
+
+/// The group of each label set in `inputs` (an index into the returned
+/// groups' labels), groups in order of first appearance.
+pub fn group_of<'a>(
+    inputs: impl Iterator<Item = &'a Labels>,
+    modifier: &Option<LabelModifier>,
+) -> (Vec<Labels>, Vec<usize>) {
+    // By hash of the group's labels, so an input's group is found without
+    // copying its labels; only a new group's are copied.
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut groups: Vec<Labels> = Vec::new();
+    let mut of = Vec::new();
+    for labels in inputs {
+        let slots = index.entry(group_hash(labels, modifier)).or_default();
+        let g = match slots
+            .iter()
+            .copied()
+            .find(|&i| groups.get(i).is_some_and(|g| in_group(labels, modifier, g)))
+        {
+            Some(i) => i,
+            None => {
+                slots.push(groups.len());
+                groups.push(group_labels(labels, modifier));
+                groups.len() - 1
+            }
+        };
+        of.push(g);
+    }
+    (groups, of)
 }
 
 /// Samples by group, groups in order of first appearance.
@@ -128,50 +157,91 @@ fn grouped<'a>(
     input: &'a [Sample],
     modifier: &Option<LabelModifier>,
 ) -> Vec<(Labels, Vec<&'a Sample>)> {
-    // By hash of the group's labels, so a sample's group is found without
-    // copying its labels; only a new group's are copied.
-    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
-    let mut out: Vec<(Labels, Vec<&Sample>)> = Vec::new();
-    for s in input {
-        let slots = index.entry(group_hash(&s.labels, modifier)).or_default();
-        match slots
-            .iter()
-            .copied()
-            .find(|&i| in_group(&s.labels, modifier, &out[i].0))
-        {
-            Some(i) => out[i].1.push(s),
-            None => {
-                slots.push(out.len());
-                out.push((group_labels(&s.labels, modifier), vec![s]));
-            }
+    let (groups, of) = group_of(input.iter().map(|s| &*s.labels), modifier);
+    let mut out: Vec<(Labels, Vec<&Sample>)> =
+        groups.into_iter().map(|l| (l, Vec::new())).collect();
+    for (s, g) in input.iter().zip(of) {
+        if let Some((_, members)) = out.get_mut(g) {
+            members.push(s);
         }
     }
     out
 }
 
-/// The aggregations that reduce a group to one value.
-fn simple(input: &[Sample], modifier: &Option<LabelModifier>, op: &str) -> Vec<Sample> {
+/// The running value of one group under an aggregation that reduces a
+/// group to one value, members added in input order.
+#[derive(Debug, Clone, Copy)]
+pub enum Acc {
+    Sum(KahanSum),
+    Avg(Mean),
+    Count(f64),
+    Group,
+    Min(f64),
+    Max(f64),
+    Stddev(Variance),
+    Stdvar(Variance),
+}
+
+impl Acc {
+    /// An empty group of `op`; `None` for an operator that does not reduce
+    /// a group to one value (`topk`, `quantile`, ...).
+    pub fn new(op: &str) -> Option<Acc> {
+        Some(match op {
+            "sum" => Acc::Sum(KahanSum::default()),
+            "avg" => Acc::Avg(Mean::default()),
+            "count" => Acc::Count(0.0),
+            "group" => Acc::Group,
+            "min" => Acc::Min(f64::NAN),
+            "max" => Acc::Max(f64::NAN),
+            "stddev" => Acc::Stddev(Variance::default()),
+            "stdvar" => Acc::Stdvar(Variance::default()),
+            _ => return None,
+        })
+    }
+
+    pub fn add(&mut self, v: f64) {
+        match self {
+            Acc::Sum(s) => s.add(v),
+            Acc::Avg(m) => m.add(v),
+            Acc::Count(n) => *n += 1.0,
+            Acc::Group => {}
+            Acc::Min(m) => {
+                if *m > v || m.is_nan() {
+                    *m = v;
+                }
+            }
+            Acc::Max(m) => {
+                if *m < v || m.is_nan() {
+                    *m = v;
+                }
+            }
+            Acc::Stddev(var) | Acc::Stdvar(var) => var.add(v),
+        }
+    }
+
+    pub fn value(&self) -> f64 {
+        match self {
+            Acc::Sum(s) => s.value(),
+            Acc::Avg(m) => m.value(),
+            Acc::Count(n) => *n,
+            Acc::Group => 1.0,
+            Acc::Min(m) | Acc::Max(m) => *m,
+            Acc::Stddev(var) => var.value().sqrt(),
+            Acc::Stdvar(var) => var.value(),
+        }
+    }
+}
+
+/// The aggregations that reduce a group to one value, from `empty`.
+fn simple(input: &[Sample], modifier: &Option<LabelModifier>, empty: Acc) -> Vec<Sample> {
     grouped(input, modifier)
         .into_iter()
         .map(|(labels, members)| {
-            let values = members.iter().map(|s| s.value);
-            let value = match op {
-                "sum" => {
-                    let (s, c) = values.fold((0.0, 0.0), |(s, c), v| kahan_inc(v, s, c));
-                    s + c
-                }
-                "avg" => mean(values),
-                "count" => members.len() as f64,
-                "group" => 1.0,
-                "min" => values.fold(f64::NAN, |m, v| if m > v || m.is_nan() { v } else { m }),
-                "max" => values.fold(f64::NAN, |m, v| if m < v || m.is_nan() { v } else { m }),
-                "stddev" => variance(values).sqrt(),
-                // "stdvar": the plan admits no other operator.
-                _ => variance(values),
-            };
+            let mut acc = empty;
+            members.iter().for_each(|s| acc.add(s.value));
             Sample {
                 labels: Arc::new(labels),
-                value,
+                value: acc.value(),
             }
         })
         .collect()

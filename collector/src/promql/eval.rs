@@ -105,7 +105,8 @@ impl Evaluator<'_> {
         }
     }
 
-    fn selection(&self, vs: &VectorSelector) -> Result<&Selection, QueryError> {
+    /// What a selector of the query chose, with its samples.
+    pub fn selection(&self, vs: &VectorSelector) -> Result<&Selection, QueryError> {
         self.data
             .selections
             .get(&selector_key(vs))
@@ -237,6 +238,14 @@ impl Evaluator<'_> {
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
+}
+
+/// `e` without the parentheses around it.
+pub fn unparen(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
 }
 
 /// Refuses a vector holding one label set twice, as Prometheus does after

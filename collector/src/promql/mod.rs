@@ -24,6 +24,7 @@
 mod aggregate;
 mod binary;
 mod catalogue;
+mod columns;
 mod eval;
 mod functions;
 mod load;
@@ -370,6 +371,22 @@ fn evaluate_instant(
 }
 
 fn evaluate_range(
+    ev: &eval::Evaluator<'_>,
+    expr: &Expr,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Result<QueryResult, QueryError> {
+    // A range function (or a reducing aggregation of one) a series at a
+    // time across the steps.
+    if let Some(answer) = columns::range(ev, expr, start, end, step) {
+        return answer.map(QueryResult::Matrix);
+    }
+    evaluate_steps(ev, expr, start, end, step)
+}
+
+/// A range query as instant evaluations at every step, merged by labels.
+fn evaluate_steps(
     ev: &eval::Evaluator<'_>,
     expr: &Expr,
     start: i64,

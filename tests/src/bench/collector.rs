@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -56,6 +56,36 @@ impl Drop for WorkDir {
     }
 }
 
+/// How [`CollectorProc::spawn`] starts a collector; the default is the
+/// work directory's `collector.db` on a free port, HTTP off.
+struct Spawn<'a> {
+    /// `[limits] max_connections`, when set.
+    max_connections: Option<usize>,
+    /// The HTTP listener; off when `None`.
+    http: Option<SocketAddr>,
+    /// A `postgres://` URL instead of `<stem>.db`.
+    store: Option<&'a str>,
+    /// The gRPC address; a free port when `None`.
+    addr: Option<SocketAddr>,
+    /// Names the SQLite file, the config and the log.
+    stem: &'a str,
+    /// Another build's binaries.
+    bin_dir: Option<&'a Path>,
+}
+
+impl Default for Spawn<'_> {
+    fn default() -> Self {
+        Spawn {
+            max_connections: None,
+            http: None,
+            store: None,
+            addr: None,
+            stem: "collector",
+            bin_dir: None,
+        }
+    }
+}
+
 /// A running `tributary-collector serve` with default settings (SQLite,
 /// `synchronous=full`), its log in the work directory.
 pub struct CollectorProc {
@@ -76,47 +106,98 @@ impl CollectorProc {
         dir: &WorkDir,
         max_connections: Option<usize>,
     ) -> Result<CollectorProc> {
-        Self::spawn(dir, max_connections, None, None, None).await
+        Self::spawn(
+            dir,
+            Spawn {
+                max_connections,
+                ..Spawn::default()
+            },
+        )
+        .await
     }
 
     /// Listening on `addr` (a restart of one at the same address keeps its
     /// store: the work directory's SQLite file).
     pub async fn start_at(dir: &WorkDir, addr: SocketAddr) -> Result<CollectorProc> {
-        Self::spawn(dir, None, None, None, Some(addr)).await
+        Self::spawn(
+            dir,
+            Spawn {
+                addr: Some(addr),
+                ..Spawn::default()
+            },
+        )
+        .await
     }
 
     /// Storing in `store` (a `postgres://` URL) instead of the work
     /// directory's SQLite file.
     pub async fn start_with_store(dir: &WorkDir, store: &str) -> Result<CollectorProc> {
-        Self::spawn(dir, None, None, Some(store), None).await
+        Self::spawn(
+            dir,
+            Spawn {
+                store: Some(store),
+                ..Spawn::default()
+            },
+        )
+        .await
     }
 
     /// With its HTTP listener (`/metrics`, ...) on `http`; it is off
     /// otherwise.
     pub async fn start_with_http(dir: &WorkDir, http: SocketAddr) -> Result<CollectorProc> {
-        Self::spawn(dir, None, Some(http), None, None).await
+        Self::spawn(
+            dir,
+            Spawn {
+                http: Some(http),
+                ..Spawn::default()
+            },
+        )
+        .await
     }
 
-    async fn spawn(
+    /// Another build's collector, `bin_dir/tributary-collector`, on the
+    /// store `<stem>.db` of `dir` (its config and log named alike), its
+    /// HTTP listener on `http`.
+    pub async fn start_other(
         dir: &WorkDir,
-        max_connections: Option<usize>,
-        http: Option<SocketAddr>,
-        store: Option<&str>,
-        addr: Option<SocketAddr>,
+        stem: &str,
+        http: SocketAddr,
+        bin_dir: &Path,
     ) -> Result<CollectorProc> {
+        Self::spawn(
+            dir,
+            Spawn {
+                http: Some(http),
+                stem,
+                bin_dir: Some(bin_dir),
+                ..Spawn::default()
+            },
+        )
+        .await
+    }
+
+    async fn spawn(dir: &WorkDir, how: Spawn<'_>) -> Result<CollectorProc> {
+        let Spawn {
+            max_connections,
+            http,
+            store,
+            addr,
+            stem,
+            bin_dir,
+        } = how;
         let addr = match addr {
             Some(a) => a,
             None => free_addr()?,
         };
         let store = store.map_or_else(
-            || format!("sqlite:{}", dir.join("collector.db").display()),
+            || format!("sqlite:{}", dir.join(&format!("{stem}.db")).display()),
             str::to_owned,
         );
         // Two collectors may share a work directory (and a PostgreSQL
         // store): each its own config and log.
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let config = dir.join(&format!("collector-{n}.toml"));
+        let config = dir.join(&format!("{stem}-{n}.toml"));
         let mut limits = format!(
             "[limits]\nmax_connections_per_address = {}\n",
             max_connections.unwrap_or(1_000_000)
@@ -125,7 +206,17 @@ impl CollectorProc {
             limits.push_str(&format!("max_connections = {n}\n"));
         }
         std::fs::write(&config, limits).with_context(|| format!("write {}", config.display()))?;
-        let builder = Proc::builder("tributary-collector")?
+        let builder = match bin_dir {
+            Some(d) => Proc::builder_at(
+                "tributary-collector",
+                d.join(format!(
+                    "tributary-collector{}",
+                    std::env::consts::EXE_SUFFIX
+                )),
+            ),
+            None => Proc::builder("tributary-collector")?,
+        };
+        let builder = builder
             .args(["serve", "--listen", &addr.to_string(), "--store", &store])
             .args([
                 "--http-listen",
@@ -135,7 +226,7 @@ impl CollectorProc {
             .arg(config);
         let mut proc = builder
             .env("RUST_LOG", "info")
-            .log_to(dir.join(&format!("collector-{n}.log")))
+            .log_to(dir.join(&format!("{stem}-{n}.log")))
             .spawn()?;
         if let Err(e) = wait_for_port(addr, PATIENCE).await {
             let status = proc.try_wait()?;

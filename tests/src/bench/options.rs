@@ -62,6 +62,9 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --reps N              promql: repetitions of each query     (5); snmp: snmpbulkwalk runs of each kind (100)
   --corpus-only         promql: the corpus only (no heavy query, no ingest phases)
   --outage D            recovery: how long the collector is down (5m)
+  --heavy-only          promql: only the heavy query (no corpus, no ingest phases), after one unmeasured ask per side
+  --baseline DIR        promql: also ask the heavy query of DIR/tributary-collector (another build) on a copy of
+                        the same store, in turn with the two others (before/after in one run)
   --keep                keep the work directories under target/bench/";
 
 /// What to measure.
@@ -122,6 +125,8 @@ pub struct Options {
     pub smoke: bool,
     pub json: bool,
     pub keep: bool,
+    pub heavy_only: bool,
+    pub baseline: Option<PathBuf>,
     pub duration: Option<Duration>,
     pub runs: Option<usize>,
     pub agents: Option<usize>,
@@ -182,6 +187,8 @@ impl Options {
                 "--json" => o.json = true,
                 "--keep" => o.keep = true,
                 "--corpus-only" => o.corpus_only = true,
+                "--heavy-only" => o.heavy_only = true,
+                "--baseline" => o.baseline = Some(PathBuf::from(value(&arg)?)),
                 "--duration" => o.duration = Some(duration(&arg, &value(&arg)?)?),
                 "--outage" => o.outage = Some(duration(&arg, &value(&arg)?)?),
                 "--interval" => o.interval = Some(duration(&arg, &value(&arg)?)?),

@@ -70,6 +70,11 @@ struct Config {
     keep: bool,
     /// `--corpus-only`: skip the heavy query and the ingest phases.
     corpus_only: bool,
+    /// Only the heavy query.
+    heavy_only: bool,
+    /// Another build's binaries, whose collector answers the heavy query
+    /// too, on a copy of the same store.
+    baseline: Option<PathBuf>,
 }
 
 pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
@@ -93,6 +98,8 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         prometheus,
         keep: opts.keep,
         corpus_only: opts.corpus_only,
+        heavy_only: opts.heavy_only,
+        baseline: opts.baseline.clone(),
     };
     let runs = opts.runs();
     let mut report = Report::new("promql");
@@ -115,6 +122,12 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("heavy_tributary_ms", "ms", None);
     report.declare("heavy_prometheus_ms", "ms", None);
     report.declare("heavy_ratio", "", Some(Target::AtMost(1.0)));
+    if let Some(dir) = &cfg.baseline {
+        report.config("baseline", dir.display().to_string());
+        report.declare("heavy_baseline_ms", "ms", None);
+        report.declare("heavy_baseline_ratio", "", None);
+        report.declare("heavy_speedup_over_baseline", "", None);
+    }
     report.declare("ingest_readings_per_s", "readings/s", None);
     report.declare("ingest_with_queries_readings_per_s", "readings/s", None);
     report.declare("heavy_queries_during_ingest", "", None);
@@ -188,13 +201,39 @@ async fn one_run(
     let load_s = t.elapsed().as_secs_f64();
     drop(data);
 
+    // The baseline: the store copied while no collector has it open.
+    let (mut collector, mut trib_url) = (collector, trib_url);
+    let mut baseline = None;
+    if let Some(bin_dir) = &cfg.baseline {
+        collector.stop().await?;
+        for suffix in ["", "-wal", "-shm"] {
+            let from = dir.join(&format!("collector.db{suffix}"));
+            if from.exists() {
+                std::fs::copy(&from, dir.join(&format!("baseline.db{suffix}")))
+                    .with_context(|| format!("copy {}", from.display()))?;
+            }
+        }
+        let http = free_addr()?;
+        collector = CollectorProc::start_with_http(&dir, http).await?;
+        wait_for_port(http, Duration::from_secs(30)).await?;
+        trib_url = format!("http://{http}");
+        let http = free_addr()?;
+        let proc = CollectorProc::start_other(&dir, "baseline", http, bin_dir).await?;
+        wait_for_port(http, Duration::from_secs(30)).await?;
+        baseline = Some((proc, format!("http://{http}")));
+    }
+
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(600))
         .build()?;
 
     // 1. The corpus.
-    let cases = corpus()?;
+    let cases = if cfg.heavy_only {
+        Vec::new()
+    } else {
+        corpus()?
+    };
     let mut ratios = Vec::new();
     let (mut trib_total, mut prom_total) = (0.0, 0.0);
     let mut mismatched = Vec::new();
@@ -227,15 +266,17 @@ async fn one_run(
         prom_total += p_med;
         ratios.push(t_med / p_med.max(1e-6));
     }
-    report.check(
-        format!("run {r}: corpus answers agree in status and size"),
-        mismatched.is_empty(),
-        if mismatched.is_empty() {
-            format!("{} queries × 7 evaluations", cases.len())
-        } else {
-            mismatched.join("; ")
-        },
-    );
+    if !cfg.heavy_only {
+        report.check(
+            format!("run {r}: corpus answers agree in status and size"),
+            mismatched.is_empty(),
+            if mismatched.is_empty() {
+                format!("{} queries × 7 evaluations", cases.len())
+            } else {
+                mismatched.join("; ")
+            },
+        );
+    }
     let worst = ratios.iter().copied().fold(0.0, f64::max);
     let median = percentile(&mut ratios, 50.0).unwrap_or(0.0);
     report.record("corpus_median_ratio", median);
@@ -253,15 +294,45 @@ async fn one_run(
 
     // 2. The heavy query.
     let heavy = heavy_params(cfg.hours);
-    let (mut tt, mut pt) = (Vec::new(), Vec::new());
+    let mut sides = vec![prom_url.as_str(), trib_url.as_str()];
+    if let Some((_, url)) = &baseline {
+        sides.push(url);
+    }
+    if cfg.heavy_only {
+        // Without the corpus before it, the first query would also fill
+        // each side's caches (Tributary's series catalogue).
+        progress.status(&format!("{label}: {HEAVY}, unmeasured"));
+        for url in &sides {
+            ask(&client, url, "query_range", HEAVY, &heavy).await?;
+        }
+    }
+    let (mut tt, mut pt, mut bt) = (Vec::new(), Vec::new(), Vec::new());
     let mut heavy_sizes = Vec::new();
     for k in 0..cfg.reps {
         progress.status(&format!("{label}: {HEAVY} {}/{}", k + 1, cfg.reps));
-        let (p_ms, p_status, p_values) =
-            ask(&client, &prom_url, "query_range", HEAVY, &heavy).await?;
-        let (t_ms, t_status, t_values) =
-            ask(&client, &trib_url, "query_range", HEAVY, &heavy).await?;
+        // Every side first, in the middle and last in turn.
+        let mut answers = Vec::new();
+        for j in 0..sides.len() {
+            let side = (j + k) % sides.len();
+            answers.push((
+                side,
+                ask(&client, sides[side], "query_range", HEAVY, &heavy).await?,
+            ));
+        }
+        answers.sort_by_key(|a| a.0);
+        let [
+            (_, (p_ms, p_status, p_values)),
+            (_, (t_ms, t_status, t_values)),
+            ref rest @ ..,
+        ] = answers[..]
+        else {
+            bail!("{HEAVY}: not every side answered");
+        };
         heavy_sizes.push((p_status, p_values, t_status, t_values));
+        if let Some(&(_, (b_ms, b_status, b_values))) = rest.first() {
+            heavy_sizes.push((p_status, p_values, b_status, b_values));
+            bt.push(b_ms);
+        }
         pt.push(p_ms);
         tt.push(t_ms);
     }
@@ -280,21 +351,34 @@ async fn one_run(
         "{label}: corpus median ratio {median:.2} (worst {worst:.2}), {HEAVY}: {heavy_t:.0} ms vs {heavy_p:.0} ms"
     ));
 
+    report.record("heavy_tributary_ms", heavy_t);
+    report.record("heavy_prometheus_ms", heavy_p);
+    report.record("heavy_ratio", heavy_t / heavy_p.max(1e-6));
+    if let Some((proc, _)) = baseline {
+        let heavy_b = percentile(&mut bt, 50.0).unwrap_or(0.0);
+        progress.say(&format!("{label}: baseline {heavy_b:.0} ms"));
+        report.record("heavy_baseline_ms", heavy_b);
+        report.record("heavy_baseline_ratio", heavy_b / heavy_p.max(1e-6));
+        report.record("heavy_speedup_over_baseline", heavy_b / heavy_t.max(1e-6));
+        proc.stop().await?;
+    }
+    report.record("load_tributary_s", load_s);
+    report.record("load_promtool_s", promtool_s);
+    if cfg.heavy_only {
+        collector.stop().await?;
+        return Ok(());
+    }
+
     // 3. Ingest with and without queries.
     let (rates, heavy_done) =
         ingest_phases(cfg, &collector, &client, &trib_url, &label, progress).await?;
     let without = (rates[0] + rates[2]) / 2.0;
     collector.stop().await?;
 
-    report.record("heavy_tributary_ms", heavy_t);
-    report.record("heavy_prometheus_ms", heavy_p);
-    report.record("heavy_ratio", heavy_t / heavy_p.max(1e-6));
     report.record("ingest_readings_per_s", without);
     report.record("ingest_with_queries_readings_per_s", rates[1]);
     report.record("heavy_queries_during_ingest", heavy_done as f64);
     report.record("ingest_drop", 1.0 - rates[1] / without.max(1e-9));
-    report.record("load_tributary_s", load_s);
-    report.record("load_promtool_s", promtool_s);
     progress.say(&format!(
         "{label}: ingest {without:.0} readings/s without queries, {:.0} with ({heavy_done} heavy queries)",
         rates[1]

@@ -6,16 +6,12 @@ use std::sync::Arc;
 
 use promql_parser::parser::{Call, Expr};
 
-use super::super::eval::{Evaluator, check_unique};
+use super::super::eval::{Evaluator, check_unique, unparen};
 use super::super::types::{Labels, QueryError, Sample, Value, drop_name, get, set};
 use super::arg;
 
 fn string_arg(c: &Call, i: usize) -> Result<&str, QueryError> {
-    let mut e = arg(c, i)?;
-    while let Expr::Paren(p) = e {
-        e = &p.expr;
-    }
-    match e {
+    match unparen(arg(c, i)?) {
         Expr::StringLiteral(s) => Ok(&s.val),
         other => Err(QueryError::BadData(format!(
             "{}(): argument {} must be a string, got {other}",

@@ -11,9 +11,9 @@ pub mod range;
 
 use std::sync::Arc;
 
-use promql_parser::parser::{Call, Expr};
+use promql_parser::parser::{Call, Expr, MatrixSelector};
 
-use super::eval::{Evaluator, check_unique};
+use super::eval::{Evaluator, check_unique, unparen};
 use super::types::{Labels, NAME, QueryError, Sample, Series, Value, drop_name, set};
 
 /// Every function [`call`] implements.
@@ -200,10 +200,7 @@ fn map_values(v: Vec<Sample>, f: impl Fn(f64) -> f64) -> Result<Value, QueryErro
 /// `timestamp(v)`: a selector's samples give their own times, anything
 /// else the evaluation time.
 fn timestamp(ev: &Evaluator<'_>, e: &Expr, ts: i64) -> Result<Value, QueryError> {
-    let mut inner = e;
-    while let Expr::Paren(p) = inner {
-        inner = &p.expr;
-    }
+    let inner = unparen(e);
     let samples: Vec<(Arc<Labels>, i64)> = match inner {
         Expr::VectorSelector(vs) => ev
             .instant_selector(vs, ts)?
@@ -257,10 +254,7 @@ fn matrix_arg(
     e: &Expr,
     ts: i64,
 ) -> Result<(Vec<Series>, i64, i64), QueryError> {
-    let mut inner = e;
-    while let Expr::Paren(p) = inner {
-        inner = &p.expr;
-    }
+    let inner = unparen(e);
     let (end, range) = match inner {
         Expr::MatrixSelector(ms) => ev.range_window(&ms.vs.at, &ms.vs.offset, ms.range, ts),
         Expr::Subquery(sq) => ev.range_window(&sq.at, &sq.offset, sq.range, ts),
@@ -326,10 +320,7 @@ fn range_function_in_place(
     ts: i64,
     q: f64,
 ) -> Option<Result<Value, QueryError>> {
-    let mut inner = e;
-    while let Expr::Paren(p) = inner {
-        inner = &p.expr;
-    }
+    let inner = unparen(e);
     let Expr::MatrixSelector(ms) = inner else {
         return None;
     };
@@ -364,6 +355,162 @@ fn range_function_in_place(
         return Some(Err(e));
     }
     Some(Ok(Value::Vector(out)))
+}
+
+/// The range functions whose value at a step depends on one series'
+/// samples in its window only (`range_value`).
+const PER_SERIES_RANGE_FUNCTIONS: &[&str] = &[
+    "avg_over_time",
+    "changes",
+    "count_over_time",
+    "delta",
+    "deriv",
+    "idelta",
+    "increase",
+    "irate",
+    "last_over_time",
+    "max_over_time",
+    "min_over_time",
+    "predict_linear",
+    "present_over_time",
+    "quantile_over_time",
+    "rate",
+    "resets",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "sum_over_time",
+];
+
+/// A range function whose range argument is a plain matrix selector and
+/// whose other argument, if any, a number literal: what `columns.rs`
+/// evaluates a series at a time across every step of a range query
+/// ([`RangeCall::steps`]) instead of every series at every step.
+pub struct RangeCall<'a> {
+    pub name: &'static str,
+    pub matrix: &'a MatrixSelector,
+    /// `quantile_over_time`'s φ, `predict_linear`'s seconds.
+    q: f64,
+}
+
+impl<'a> RangeCall<'a> {
+    /// `c` as a [`RangeCall`], or `None` when it is not one.
+    pub fn of(c: &'a Call) -> Option<RangeCall<'a>> {
+        let name = c.func.name;
+        let (matrix_index, q_index) = match name {
+            "quantile_over_time" => (1, Some(0)),
+            "predict_linear" => (0, Some(1)),
+            _ => (0, None),
+        };
+        if !PER_SERIES_RANGE_FUNCTIONS.contains(&name) {
+            return None;
+        }
+        let Expr::MatrixSelector(matrix) = unparen(c.args.args.get(matrix_index)?) else {
+            return None;
+        };
+        let q = match q_index {
+            Some(i) => match unparen(c.args.args.get(i)?) {
+                Expr::NumberLiteral(n) => n.val,
+                _ => return None,
+            },
+            None => f64::NAN,
+        };
+        Some(RangeCall { name, matrix, q })
+    }
+
+    /// Whether the result keeps the metric name.
+    pub fn keeps_name(&self) -> bool {
+        self.name == "last_over_time"
+    }
+
+    /// The function over one series' samples (`points`, ascending) at
+    /// every step `ts` of `steps` (with its window's `[start, end]`, ms,
+    /// non-decreasing from step to step): `emit(step index, value)` where
+    /// the window holds samples and the function a value. Each sample
+    /// enters and leaves the window once; the values are those
+    /// [`call`] gives at each step.
+    pub fn steps(
+        &self,
+        points: &[(i64, f64)],
+        steps: &[WindowAt],
+        mut emit: impl FnMut(usize, f64),
+    ) {
+        let extrapolated = matches!(self.name, "rate" | "increase" | "delta");
+        let is_counter = matches!(self.name, "rate" | "increase");
+        // Where a counter resets (a sample below the one before), so that
+        // `rate` and `increase` need not look at every sample of every
+        // window: the value before each reset is what the window adds.
+        let resets: Vec<usize> = if is_counter {
+            (1..points.len())
+                .filter(|&i| points[i].1 < points[i - 1].1)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (mut lo, mut hi, mut r) = (0usize, 0usize, 0usize);
+        let mut last_start = i64::MIN;
+        for (k, w) in steps.iter().enumerate() {
+            if w.start < last_start {
+                // Never with the windows a range query makes; stay right.
+                (lo, hi, r) = (0, 0, 0);
+            }
+            last_start = w.start;
+            while lo < points.len() && points[lo].0 < w.start {
+                lo += 1;
+            }
+            hi = hi.max(lo);
+            while hi < points.len() && points[hi].0 <= w.end {
+                hi += 1;
+            }
+            if !extrapolated {
+                if let Some(window) = points.get(lo..hi)
+                    && let Some(v) = range_value(self.name, window, w.start, w.end, w.ts, self.q)
+                {
+                    emit(k, v);
+                }
+                continue;
+            }
+            if hi < lo + 2 {
+                continue;
+            }
+            // `range::extrapolated_rate` over `points[lo..hi]`, its float
+            // operations in the same order.
+            let (first, last) = (points[lo], points[hi - 1]);
+            let mut result = last.1 - first.1;
+            if is_counter {
+                if first.1 < 0.0 {
+                    // The first sample compared with 0, as there.
+                    result += 0.0;
+                }
+                while resets.get(r).is_some_and(|&i| i <= lo) {
+                    r += 1;
+                }
+                for &i in resets[r..].iter().take_while(|&&i| i < hi) {
+                    result += points[i - 1].1;
+                }
+            }
+            emit(
+                k,
+                range::extrapolate(
+                    first,
+                    last,
+                    hi - lo,
+                    result,
+                    (w.start, w.end),
+                    is_counter,
+                    self.name == "rate",
+                ),
+            );
+        }
+    }
+}
+
+/// One evaluation time of a range query and its range selector's window
+/// there (after `@` and `offset`), ms.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowAt {
+    pub ts: i64,
+    pub start: i64,
+    pub end: i64,
 }
 
 /// One range function over one series' samples in `[start, end]`.

@@ -22,9 +22,9 @@ pub fn extrapolated_rate(
     if points.len() < 2 {
         return None;
     }
-    let (first_t, first_v) = points[0];
-    let (last_t, last_v) = points[points.len() - 1];
-    let mut result = last_v - first_v;
+    let first = points[0];
+    let last = points[points.len() - 1];
+    let mut result = last.1 - first.1;
     if is_counter {
         let mut prev = 0.0;
         for &(_, v) in points {
@@ -34,10 +34,34 @@ pub fn extrapolated_rate(
             prev = v;
         }
     }
+    Some(extrapolate(
+        first,
+        last,
+        points.len(),
+        result,
+        (window_start, window_end),
+        is_counter,
+        is_rate,
+    ))
+}
+
+/// The rest of [`extrapolated_rate`], from what it needs of the window:
+/// its first and last sample, how many it holds (at least two), and
+/// `result`, the last value less the first plus, for a counter, the value
+/// before every reset (added in time order).
+pub fn extrapolate(
+    (first_t, first_v): (i64, f64),
+    (last_t, _): (i64, f64),
+    n: usize,
+    mut result: f64,
+    (window_start, window_end): (i64, i64),
+    is_counter: bool,
+    is_rate: bool,
+) -> f64 {
     let mut to_start = (first_t - window_start) as f64 / 1000.0;
     let to_end = (window_end - last_t) as f64 / 1000.0;
     let sampled = (last_t - first_t) as f64 / 1000.0;
-    let average = sampled / (points.len() - 1) as f64;
+    let average = sampled / (n - 1) as f64;
     if is_counter && result > 0.0 && first_v >= 0.0 {
         let to_zero = sampled * (first_v / result);
         if to_zero < to_start {
@@ -60,7 +84,7 @@ pub fn extrapolated_rate(
     if is_rate {
         result /= (window_end - window_start) as f64 / 1000.0;
     }
-    Some(result)
+    result
 }
 
 /// `irate` (`is_rate`) and `idelta`: from the last two samples.
@@ -157,10 +181,7 @@ pub fn over_time(name: &str, points: &[(i64, f64)], q: f64) -> Option<f64> {
         "count_over_time" => points.len() as f64,
         "present_over_time" => 1.0,
         "last_over_time" => points.last()?.1,
-        "sum_over_time" => {
-            let (s, c) = values.fold((0.0, 0.0), |(s, c), v| kahan_inc(v, s, c));
-            s + c
-        }
+        "sum_over_time" => sum(values),
         "avg_over_time" => mean(values),
         "min_over_time" => values.fold(f64::NAN, |m, v| if v < m || m.is_nan() { v } else { m }),
         "max_over_time" => values.fold(f64::NAN, |m, v| if v > m || m.is_nan() { v } else { m }),
@@ -182,33 +203,94 @@ pub fn over_time(name: &str, points: &[(i64, f64)], q: f64) -> Option<f64> {
     })
 }
 
-/// The mean as Prometheus computes it: incrementally, so that large
-/// values do not overflow, and infinities stay as they are.
-pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
-    let (mut mean, mut count, mut c) = (0.0f64, 0.0f64, 0.0f64);
-    for v in values {
-        count += 1.0;
-        if mean.is_infinite() {
-            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
-                continue;
-            }
-            if !v.is_infinite() && !v.is_nan() {
-                continue;
-            }
-        }
-        (mean, c) = kahan_inc(v / count - mean / count, mean, c);
-    }
-    if mean.is_infinite() { mean } else { mean + c }
+/// A Kahan-Babuška sum kept as values arrive.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KahanSum {
+    sum: f64,
+    c: f64,
 }
 
-/// The population variance (Welford's method).
-pub fn variance(values: impl Iterator<Item = f64>) -> f64 {
-    let (mut count, mut mean, mut aux) = (0.0f64, 0.0f64, 0.0f64);
-    for v in values {
-        count += 1.0;
-        let delta = v - mean;
-        mean += delta / count;
-        aux += delta * (v - mean);
+impl KahanSum {
+    pub fn add(&mut self, v: f64) {
+        (self.sum, self.c) = kahan_inc(v, self.sum, self.c);
     }
-    aux / count
+
+    pub fn value(&self) -> f64 {
+        self.sum + self.c
+    }
+}
+
+/// The mean as Prometheus computes it, kept as values arrive:
+/// incrementally, so that large values do not overflow, and infinities
+/// stay as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mean {
+    mean: f64,
+    count: f64,
+    c: f64,
+}
+
+impl Mean {
+    pub fn add(&mut self, v: f64) {
+        self.count += 1.0;
+        if self.mean.is_infinite() {
+            if v.is_infinite() && (self.mean > 0.0) == (v > 0.0) {
+                return;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                return;
+            }
+        }
+        (self.mean, self.c) = kahan_inc(v / self.count - self.mean / self.count, self.mean, self.c);
+    }
+
+    pub fn value(&self) -> f64 {
+        if self.mean.is_infinite() {
+            self.mean
+        } else {
+            self.mean + self.c
+        }
+    }
+}
+
+/// The population variance kept as values arrive (Welford's method).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Variance {
+    count: f64,
+    mean: f64,
+    aux: f64,
+}
+
+impl Variance {
+    pub fn add(&mut self, v: f64) {
+        self.count += 1.0;
+        let delta = v - self.mean;
+        self.mean += delta / self.count;
+        self.aux += delta * (v - self.mean);
+    }
+
+    pub fn value(&self) -> f64 {
+        self.aux / self.count
+    }
+}
+
+/// The sum of `values` ([`KahanSum`]).
+pub fn sum(values: impl Iterator<Item = f64>) -> f64 {
+    let mut s = KahanSum::default();
+    values.for_each(|v| s.add(v));
+    s.value()
+}
+
+/// The mean of `values` ([`Mean`]).
+pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let mut m = Mean::default();
+    values.for_each(|v| m.add(v));
+    m.value()
+}
+
+/// The population variance of `values` ([`Variance`]).
+pub fn variance(values: impl Iterator<Item = f64>) -> f64 {
+    let mut var = Variance::default();
+    values.for_each(|v| var.add(v));
+    var.value()
 }
