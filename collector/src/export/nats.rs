@@ -32,6 +32,7 @@
 //! the Query API's `ReadingsChunk`).
 
 pub mod client;
+mod ledger;
 pub mod nkey;
 mod tls;
 
@@ -39,15 +40,16 @@ pub use tls::NatsTls;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tributary_proto::v1 as pb;
 
 use self::client::{Client, NatsError};
+use self::ledger::Ledger;
 use super::remote_write::Outcome;
 use crate::config::exports::{Filter, Nats, NatsFormat};
 use crate::metrics::ExportHandles;
@@ -62,6 +64,8 @@ struct Outgoing {
     id: String,
     payload: Vec<u8>,
     readings: u64,
+    /// The serial of its page in the [`Ledger`].
+    page: u64,
 }
 
 /// The JetStream client of one export; owned by its task.
@@ -82,6 +86,19 @@ pub struct NatsSink {
     stream_ready: bool,
     /// Series by id; `None`: filtered out.
     series: IdMap<Option<Arc<SeriesMeta>>>,
+    /// Messages of the pipeline's pages not published yet (or to publish
+    /// again), in order.
+    queue: VecDeque<Outgoing>,
+    /// Published messages awaiting their PubAck, by reply subject.
+    waiting: HashMap<String, Outgoing>,
+    /// The last reply token used.
+    token: u64,
+    /// PubAcks saying "duplicate" since the pipeline was last empty.
+    duplicates: u64,
+    /// The wait before the next try after a failure.
+    backoff: Duration,
+    /// The pages in the pipeline and what each waits for.
+    ledger: Ledger,
 }
 
 impl NatsSink {
@@ -106,42 +123,68 @@ impl NatsSink {
             next_server: 0,
             stream_ready: false,
             series: IdMap::default(),
+            queue: VecDeque::new(),
+            waiting: HashMap::new(),
+            token: 0,
+            duplicates: 0,
+            backoff: Duration::from_millis(100).min(max_backoff),
+            ledger: Ledger::default(),
         })
     }
 
-    /// Publishes the readings of `page` and waits for every PubAck.
-    /// `Ok(None)` when `cancel` fired or `give_up` passed first (nothing
-    /// may be taken as sent); `Err` when the store could not be read.
-    pub async fn send(
-        &mut self,
-        log: &mut LogConn,
-        page: &[LogBatch],
-        metrics: &ExportHandles,
-        cancel: &CancellationToken,
-        give_up: Option<tokio::time::Instant>,
-    ) -> Result<Option<Outcome>, ReadError> {
-        self.resolve(log, page).await?;
-        let mut out = Outcome::default();
-        let mut queue: VecDeque<Outgoing> = VecDeque::new();
-        for batch in page {
-            self.messages(batch, &mut queue);
-        }
-        if queue.is_empty() {
-            return Ok(Some(out));
-        }
-        let never = tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 30);
-        let at = give_up.unwrap_or(never);
-        let done = tokio::select! {
-            () = self.publish_all(queue, &mut out, metrics) => true,
-            () = cancel.cancelled() => false,
-            () = tokio::time::sleep_until(at) => false,
+    /// Pages in the pipeline (read and encoded, not all acknowledged yet).
+    pub fn pages(&self) -> usize {
+        self.ledger.open_pages()
+    }
+
+    /// Where the next page starts: after the youngest page in the
+    /// pipeline; `None` when it is empty (the cursor's position).
+    pub fn next_position(&self) -> Option<i64> {
+        self.ledger.newest_last()
+    }
+
+    /// When the oldest page in the pipeline received its first batch.
+    pub fn oldest_received(&self) -> Option<i64> {
+        self.ledger.oldest_received()
+    }
+
+    /// The oldest page, once it and every page before it has all its
+    /// PubAcks: its last position and what it came to.
+    pub fn pop_done(&mut self) -> Option<(i64, Outcome)> {
+        self.ledger.pop_done()
+    }
+
+    /// Adds the messages of `page` (one page of the log, read after the
+    /// youngest in the pipeline) behind those queued; `Err` when its
+    /// series could not be read.
+    pub async fn enqueue(&mut self, log: &mut LogConn, page: &[LogBatch]) -> Result<(), ReadError> {
+        let (Some(last), Some(first_received)) = (
+            page.last().map(|b| b.position),
+            page.first().map(|b| b.received_ns),
+        ) else {
+            return Ok(());
         };
-        if !done {
-            // The connection may be mid-frame: start over next time.
-            self.conn = None;
-            return Ok(None);
+        self.resolve(log, page).await?;
+        let mut messages = Vec::new();
+        for batch in page {
+            self.messages(batch, &mut messages);
         }
-        Ok(Some(out))
+        let serial = self.ledger.open(last, first_received, messages.len());
+        for mut m in messages {
+            m.page = serial;
+            self.queue.push_back(m);
+        }
+        Ok(())
+    }
+
+    /// Forgets every page in the pipeline and the connection (it may be
+    /// mid-frame): the cursor has not passed them, so they are read and
+    /// published again, with the same ids.
+    pub fn abandon(&mut self) {
+        self.conn = None;
+        self.queue.clear();
+        self.waiting.clear();
+        self.ledger.clear();
     }
 
     /// Looks up the series of `page` not cached yet.
@@ -169,7 +212,7 @@ impl NatsSink {
     }
 
     /// The messages of one batch, in part order, onto `queue`.
-    fn messages(&self, batch: &LogBatch, queue: &mut VecDeque<Outgoing>) {
+    fn messages(&self, batch: &LogBatch, queue: &mut Vec<Outgoing>) {
         // Subjects in first-seen order, each with its readings (indexes
         // into batch.readings); a series' group is found once a batch, then
         // by its id (one lookup a reading, no subject copied).
@@ -206,11 +249,12 @@ impl NatsSink {
                 let payload = self.encode(batch, &agent, part, chunk);
                 let id = message_id(&self.name, self.shape, batch, part);
                 part += 1;
-                queue.push_back(Outgoing {
+                queue.push(Outgoing {
                     subject: subject.clone(),
                     id,
                     payload,
                     readings: chunk.len() as u64,
+                    page: 0,
                 });
             }
         }
@@ -294,71 +338,58 @@ impl NatsSink {
         }
     }
 
-    /// Publishes every message of `queue` until each has its PubAck.
-    async fn publish_all(
-        &mut self,
-        mut queue: VecDeque<Outgoing>,
-        out: &mut Outcome,
-        metrics: &ExportHandles,
-    ) {
-        let mut backoff = Duration::from_millis(100).min(self.max_backoff);
-        // Reply token → message.
-        let mut waiting: HashMap<String, Outgoing> = HashMap::new();
-        let mut token: u64 = 0;
-        let mut duplicates: u64 = 0;
+    /// Publishes the queued messages and handles their PubAcks until
+    /// every one is acknowledged, or until `enough` is set (checked after
+    /// each exchange with the server, so the connection is never left
+    /// mid-frame): the task then reads and saves while the window stays
+    /// full. Failures are retried here, after a backoff, with the same ids.
+    pub async fn pump(&mut self, metrics: &ExportHandles, enough: &AtomicBool) {
         loop {
-            if queue.is_empty() && waiting.is_empty() {
-                if duplicates > 0 {
-                    info!(export = %self.name, duplicates, "nats messages already in the stream (a replay): JetStream's duplicate window dropped the copies");
+            if self.queue.is_empty() && self.waiting.is_empty() {
+                if self.duplicates > 0 {
+                    info!(export = %self.name, duplicates = self.duplicates, "nats messages already in the stream (a replay): JetStream's duplicate window dropped the copies");
+                    self.duplicates = 0;
                 }
                 return;
             }
             let failure = match self.ready().await {
                 Err(e) => Some(e),
-                Ok(()) => {
-                    match self
-                        .exchange(
-                            &mut queue,
-                            &mut waiting,
-                            &mut token,
-                            &mut duplicates,
-                            out,
-                            metrics,
-                        )
-                        .await
-                    {
-                        Ok(progress) => {
-                            if progress {
-                                backoff = Duration::from_millis(100).min(self.max_backoff);
-                            }
-                            None
+                Ok(()) => match self.exchange(metrics).await {
+                    Ok(progress) => {
+                        if progress {
+                            self.backoff = Duration::from_millis(100).min(self.max_backoff);
                         }
-                        Err(e) => Some(e),
+                        None
                     }
+                    Err(e) => Some(e),
+                },
+            };
+            if let Some(e) = failure {
+                let message = e.to_string();
+                metrics.failed.inc();
+                metrics.failing.set(&message);
+                warn!(export = %self.name, error = %message, waiting = self.waiting.len() + self.queue.len(), "nats publish failed; sending again");
+                self.ledger.failed(&message);
+                if matches!(e, Failure::Broken(_)) {
+                    self.conn = None;
                 }
-            };
-            let Some(e) = failure else {
-                continue;
-            };
-            let message = e.to_string();
-            metrics.failed.inc();
-            metrics.failing.set(&message);
-            warn!(export = %self.name, error = %message, waiting = waiting.len() + queue.len(), "nats publish failed; sending again");
-            out.last_error = Some(message);
-            if matches!(e, Failure::Broken(_)) {
-                self.conn = None;
+                // Everything unacknowledged goes again, same ids, before
+                // what was never published (the order of publishing does
+                // not matter to the ledger).
+                let resend = self.waiting.len() as u64;
+                for (_, m) in self.waiting.drain() {
+                    self.ledger.retried(m.page);
+                    self.queue.push_front(m);
+                }
+                if resend > 0 {
+                    metrics.retried.inc_by(resend);
+                }
+                tokio::time::sleep(self.backoff).await;
+                self.backoff = (self.backoff * 2).min(self.max_backoff);
             }
-            // Everything unacknowledged goes again, same ids.
-            let resend = waiting.len() as u64;
-            for (_, m) in waiting.drain() {
-                queue.push_front(m);
+            if enough.load(Ordering::Relaxed) {
+                return;
             }
-            if resend > 0 {
-                out.retried += resend;
-                metrics.retried.inc_by(resend);
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.max_backoff);
         }
     }
 
@@ -447,15 +478,9 @@ impl NatsSink {
     /// message), then waits for one frame from the server and handles it
     /// and every frame already read after it. `Ok(true)` when a message
     /// was acknowledged.
-    async fn exchange(
-        &mut self,
-        queue: &mut VecDeque<Outgoing>,
-        waiting: &mut HashMap<String, Outgoing>,
-        token: &mut u64,
-        duplicates: &mut u64,
-        out: &mut Outcome,
-        metrics: &ExportHandles,
-    ) -> Result<bool, Failure> {
+    async fn exchange(&mut self, metrics: &ExportHandles) -> Result<bool, Failure> {
+        let queue = &mut self.queue;
+        let waiting = &mut self.waiting;
         let Some(c) = self.conn.as_mut() else {
             return Err(Failure::Broken(NatsError::Closed));
         };
@@ -471,16 +496,16 @@ impl NatsSink {
                 let size = m.payload.len() + m.id.len() + self.cfg.stream.len() + 64;
                 if size > max {
                     error!(export = %self.name, id = %m.id, bytes = size, max_payload = max, readings = m.readings, "nats message larger than the server's max_payload; its readings are dropped (lower max_readings_per_message)");
-                    out.dropped += m.readings;
                     metrics.dropped.inc_by(m.readings);
-                    out.last_error = Some(format!(
-                        "message {} of {size} bytes is over max_payload {max}",
-                        m.id
-                    ));
+                    self.ledger.dropped(
+                        m.page,
+                        m.readings,
+                        format!("message {} of {size} bytes is over max_payload {max}", m.id),
+                    );
                     continue;
                 }
-                *token += 1;
-                let reply = format!("{}.{}", c.inbox(), *token);
+                self.token += 1;
+                let reply = format!("{}.{}", c.inbox(), self.token);
                 c.publish(
                     &m.subject,
                     Some(&reply),
@@ -531,9 +556,9 @@ impl NatsSink {
                     return Err(Failure::Refused(client::api_error(e)));
                 }
                 if ack.get("duplicate").and_then(Value::as_bool) == Some(true) {
-                    *duplicates += 1;
+                    self.duplicates += 1;
                 }
-                out.sent += m.readings;
+                self.ledger.acked(m.page, m.readings);
                 metrics.sent.inc_by(m.readings);
                 acked = true;
             }

@@ -55,6 +55,7 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --query-series N      promql: counters `m` of the heavy query (10000)
   --hours N             promql: hours of `m` at a 15 s step   (6)
   --reps N              promql: repetitions of each query     (5); snmp: snmpbulkwalk runs of each kind (100)
+  --only nats           export: only the phases without an export and with nats alone
   --keep                keep the work directories under target/bench/";
 
 /// What to measure.
@@ -134,6 +135,8 @@ pub struct Options {
     pub query_series: Option<usize>,
     pub hours: Option<usize>,
     pub reps: Option<usize>,
+    /// export: only the phases without an export and with nats.
+    pub only_nats: bool,
 }
 
 impl Options {
@@ -187,6 +190,10 @@ impl Options {
                 "--hours" => o.hours = Some(positive(&arg, &value(&arg)?)?),
                 "--reps" => o.reps = Some(positive(&arg, &value(&arg)?)?),
                 "--prometheus" => o.prometheus = Some(PathBuf::from(value(&arg)?)),
+                "--only" => match value(&arg)?.as_str() {
+                    "nats" => o.only_nats = true,
+                    other => bail!("--only {other:?}: expected nats"),
+                },
                 "--format" => {
                     o.format = Some(match value(&arg)?.as_str() {
                         "json" => Format::Json,
