@@ -13,7 +13,16 @@
 //! `shape` is a hash of the subject template, format, filter and part
 //! size, so a config change never reuses an id for other contents) and `Nats-Expected-Stream`, and is
 //! published with a reply subject; the page counts as sent when every
-//! message has its PubAck. Up to `max_in_flight` await theirs: the window
+//! message has its PubAck.
+//!
+//! Pages are pipelined: the runner (`runner.rs` `nats_step`) reads,
+//! saves and queues the next page here (`enqueue`, up to three pages held)
+//! while `pump` publishes and takes PubAcks, so the window stays full
+//! across page ends and the store, the encoding and nats-server work at
+//! once. Each message carries its page's serial; the [`Ledger`] hands a
+//! page back as done only when it and every older page have all their
+//! PubAcks, so the cursor never passes an unacknowledged message whatever
+//! order the PubAcks come in. Up to `max_in_flight` messages await theirs: the window
 //! is filled once a quarter of it is free and flushed once, and every
 //! PubAck already read is handled before the next publish. A message without a PubAck within `timeout`, a
 //! broken connection, "no responders" or a JetStream error sends it again
@@ -35,6 +44,7 @@ pub mod client;
 mod ledger;
 pub mod nkey;
 mod tls;
+mod wire;
 
 pub use tls::NatsTls;
 
@@ -46,14 +56,13 @@ use std::time::Duration;
 use prost::Message as _;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
-use tributary_proto::v1 as pb;
 
 use self::client::{Client, NatsError};
 use self::ledger::Ledger;
 use super::remote_write::Outcome;
 use crate::config::exports::{Filter, Nats, NatsFormat};
 use crate::metrics::ExportHandles;
-use crate::model::{IdMap, Point, SeriesKey, SeriesMeta, StoredValue};
+use crate::model::{IdMap, SeriesKey, SeriesMeta, StoredValue};
 use crate::store::export::{LogBatch, LogConn};
 use crate::store::read::ReadError;
 
@@ -66,6 +75,14 @@ struct Outgoing {
     readings: u64,
     /// The serial of its page in the [`Ledger`].
     page: u64,
+}
+
+/// A series the export sends: its key, and (protobuf) its
+/// `tributary.v1.SeriesInfo` encoded.
+#[derive(Debug)]
+struct Resolved {
+    meta: SeriesMeta,
+    info: Vec<u8>,
 }
 
 /// The JetStream client of one export; owned by its task.
@@ -85,7 +102,7 @@ pub struct NatsSink {
     /// The stream was found (or created) over the current connection.
     stream_ready: bool,
     /// Series by id; `None`: filtered out.
-    series: IdMap<Option<Arc<SeriesMeta>>>,
+    series: IdMap<Option<Arc<Resolved>>>,
     /// Messages of the pipeline's pages not published yet (or to publish
     /// again), in order.
     queue: VecDeque<Outgoing>,
@@ -205,8 +222,20 @@ impl NatsSink {
         for (id, key) in keys {
             let pass =
                 self.filter.is_all() || self.filter.matches(&key.agent, &key.device, &key.metric);
-            self.series
-                .insert(id, pass.then(|| Arc::new(SeriesMeta { id, key })));
+            self.series.insert(
+                id,
+                pass.then(|| {
+                    let meta = SeriesMeta { id, key };
+                    // Encoded once, copied into every message (`wire.rs`).
+                    let info = match self.cfg.format {
+                        NatsFormat::Protobuf => {
+                            crate::query::series_to_proto(&meta).encode_to_vec()
+                        }
+                        NatsFormat::Json => Vec::new(),
+                    };
+                    Arc::new(Resolved { meta, info })
+                }),
+            );
         }
         Ok(())
     }
@@ -222,11 +251,11 @@ impl NatsSink {
         let mut agent = None;
         for (i, r) in batch.readings.iter().enumerate() {
             let group = *group_of.entry(r.series_id).or_insert_with(|| {
-                let Some(Some(meta)) = self.series.get(&r.series_id) else {
+                let Some(Some(s)) = self.series.get(&r.series_id) else {
                     return None;
                 };
-                agent.get_or_insert_with(|| meta.key.agent.clone());
-                let k: &SeriesKey = &meta.key;
+                agent.get_or_insert_with(|| s.meta.key.agent.clone());
+                let k: &SeriesKey = &s.meta.key;
                 let subject = self.cfg.subject.render(&k.agent, &k.device, &k.metric);
                 Some(*by_subject.entry(subject).or_insert_with_key(|subject| {
                     groups.push((subject.clone(), Vec::new()));
@@ -263,7 +292,7 @@ impl NatsSink {
     /// One message's payload: the readings `chunk` of `batch`, by series.
     fn encode(&self, batch: &LogBatch, agent: &str, part: u32, chunk: &[usize]) -> Vec<u8> {
         // Series in first-seen order, each with its readings in order.
-        let mut order: Vec<(&SeriesMeta, Vec<usize>)> = Vec::new();
+        let mut order: Vec<(&Resolved, Vec<usize>)> = Vec::new();
         let mut slot: IdMap<usize> = IdMap::default();
         for &i in chunk {
             let id = batch.readings[i].series_id;
@@ -280,38 +309,27 @@ impl NatsSink {
             };
             order[at].1.push(i);
         }
-        let point = |i: usize| Point {
-            ts_ns: batch.readings[i].ts_ns,
-            received_ns: batch.received_ns,
-            value: batch.readings[i].value.clone(),
-        };
         match self.cfg.format {
             NatsFormat::Protobuf => {
-                let series = order
-                    .iter()
-                    .map(|(meta, points)| pb::ReadingsChunk {
-                        series: Some(crate::query::series_to_proto(meta)),
-                        points: points
-                            .iter()
-                            .map(|&i| crate::query::point_to_proto(point(i)))
-                            .collect(),
-                    })
+                let series: Vec<(&[u8], Vec<usize>)> = order
+                    .into_iter()
+                    .map(|(s, points)| (s.info.as_slice(), points))
                     .collect();
-                pb::ExportMessage {
-                    agent: agent.to_owned(),
+                let header = wire::Header {
+                    agent,
                     position: u64::try_from(batch.position).unwrap_or(0),
                     part,
                     received_ns: batch.received_ns,
-                    series,
                     epoch: batch.origin.as_ref().map_or(0, |o| o.epoch),
                     seq: batch.origin.as_ref().map_or(0, |o| o.seq),
-                }
-                .encode_to_vec()
+                };
+                wire::export_message(&header, batch, &series)
             }
             NatsFormat::Json => {
                 let series: Vec<Value> = order
                     .iter()
-                    .map(|(meta, points)| {
+                    .map(|(s, points)| {
+                        let meta = &s.meta;
                         json!({
                             "id": meta.id,
                             "agent": meta.key.agent,
