@@ -1,6 +1,10 @@
 //! One export's task: follows the commit log from its cursor, page by
 //! page, sends each page, and saves the cursor (with its totals) once the
-//! page is delivered, so a crash resends at most the page in flight.
+//! page is delivered, so a crash resends at most the page in flight. A
+//! nats export pipelines its pages (`nats_step`): up to [`NATS_PAGES`] in
+//! flight, the store work done while the PubAcks come back, the cursor
+//! moved past a page only once it and every older page are acknowledged;
+//! a crash resends at most those pages (same message ids).
 //!
 //! On PostgreSQL the task first takes its export's advisory lock on its
 //! own connection and runs only while it holds it: a collector sharing the
