@@ -16,7 +16,8 @@
 //! operator, an account and a user JWT this test signs; `credentials_file`
 //! holds the user's `.creds`), and an export with a seed the first server
 //! does not know, whose refusals are counted and logged under its name
-//! while the others deliver.
+//! while the others deliver. A fifth points an export with `max_lag` at
+//! a port nobody listens on: every committed reading skipped and counted.
 //!
 //! Each test uses its own stream name and subject prefix.
 
@@ -815,6 +816,58 @@ async fn nkey_seeds_and_creds_files_authenticate_and_a_wrong_key_is_counted() ->
         want.values().sum::<usize>(),
         msgs.len(),
         creds_msgs.len()
+    );
+    Ok(())
+}
+
+/// A nats server that is down for good, with `max_lag = "1s"`: the
+/// pipeline gives its pages up once the oldest is that old, and the export
+/// skips and counts exactly what it could not send (every committed
+/// reading), sending nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_lag_a_nats_export_skips_and_counts_exactly() -> Result<()> {
+    let dir = TestDir::new("export-nats-max-lag")?;
+    // Bound, then closed: nothing listens there.
+    let down = free_addr()?;
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[exports]]\nname = \"gone\"\nkind = \"nats\"\nurl = \"nats://{down}\"\n\
+             stream = \"NATS_LAG_GONE\"\nsubject = \"natslag.{{agent}}\"\ncreate_stream = true\n\
+             max_lag = \"1s\"\nmax_backoff = \"200ms\"\ntimeout = \"1s\"\n"
+        ),
+    )?;
+    let config = config.display().to_string();
+    let collector = Collector::start_with(&dir, free_addr()?, &["--config", &config]).await?;
+    let mut agent = Agent::start(
+        &dir,
+        "nlag-0",
+        &sim_agent_config("nlag-0", &[collector.url()], 3, "20ms"),
+        "",
+    )?;
+    wait_for_counters(&collector.db, "nlag-0", 3, 100).await?;
+    agent.stop().await?;
+    let stored = tributary_tests::cluster::agent_counters(&collector.db, "nlag-0")?.readings_stored;
+    let log = CommitLog::sqlite(collector.db.clone());
+    let row = eventually(PATIENCE, "the export skipped everything", || async {
+        let rows = log.status().await.ok()?;
+        let (cursor, pending) = rows.into_iter().find(|(c, _)| c.name == "gone")?;
+        (pending.readings == 0 && cursor.skipped > 0).then_some(cursor)
+    })
+    .await?;
+    ensure!(
+        row.skipped == stored && row.sent == 0,
+        "stored {stored} readings; the cursor shows {row:?}"
+    );
+    ensure!(
+        collector
+            .log()
+            .contains("export skipped committed readings older than max_lag"),
+        "the skip is not logged"
+    );
+    println!(
+        "nats max_lag: {stored} readings committed, server down: all {stored} skipped and counted"
     );
     Ok(())
 }

@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use tributary_collector::store::postgres::VIEW_APPLICATION;
 use tributary_proto::v1 as pb;
 use tributary_tests::cluster::PATIENCE;
-use tributary_tests::peers::receivers::{Kind, RawSeries, Receiver};
+use tributary_tests::peers::receivers::{BySeries, Kind, Receiver, mismatches, received};
 use tributary_tests::process::{Proc, TestDir, eventually, free_addr, run_bin, wait_for_port};
 
 mod postgres_support;
@@ -29,13 +29,6 @@ use postgres_support::{TestSchema, assert_exactly_once, psql, sim_agent_config, 
 const AGENTS: usize = 2;
 const DEVICES: usize = 3;
 const EXPORT: &str = "vm";
-
-/// Counter values by (agent, device) and timestamp in ms, time order.
-/// Remote write carries one sample per series and millisecond: two polls
-/// of a device a late wake-up brought into one millisecond are stored
-/// apart but sent as one sample (the later one, `in_time_order`) when one
-/// page holds both, as two when two pages do.
-type BySeries = BTreeMap<(String, String), BTreeMap<i64, Vec<f64>>>;
 
 /// One collector process on the shared database; each start logs to a file
 /// of its own.
@@ -144,68 +137,6 @@ async fn stored(schema: &TestSchema) -> Result<BySeries> {
             .push(v as f64);
     }
     Ok(out)
-}
-
-/// The receiver's counters with identical duplicates removed, and how
-/// many there were.
-fn received(raw: &RawSeries) -> (BySeries, usize) {
-    let mut out = BySeries::new();
-    let mut dups = 0;
-    for (labels, samples) in raw {
-        let key = (
-            labels.get("agent").cloned().unwrap_or_default(),
-            labels.get("device").cloned().unwrap_or_default(),
-        );
-        let series = out.entry(key).or_default();
-        for &(t, v) in samples {
-            let values = series.entry(t).or_default();
-            if values.contains(&v) {
-                dups += 1;
-            } else {
-                values.push(v);
-            }
-        }
-    }
-    (out, dups)
-}
-
-/// Per series of `want` that `got` does not match: how many stored
-/// readings are missing and how many received samples were never stored.
-/// At a millisecond holding one stored reading `got` must hold exactly it;
-/// at one holding several, at least one of them and nothing else.
-fn mismatches(want: &BySeries, got: &BySeries) -> Vec<String> {
-    let mut out = Vec::new();
-    let empty = BTreeMap::new();
-    for key in want
-        .keys()
-        .chain(got.keys().filter(|k| !want.contains_key(*k)))
-    {
-        let (w, g) = (
-            want.get(key).unwrap_or(&empty),
-            got.get(key).unwrap_or(&empty),
-        );
-        let (mut missing, mut extra, mut merged) = (0, 0, 0);
-        for (t, ws) in w {
-            match g.get(t) {
-                None => missing += ws.len(),
-                Some(gs) if ws.len() == 1 => missing += usize::from(gs != ws),
-                Some(gs) => merged += ws.iter().filter(|v| !gs.contains(v)).count(),
-            }
-        }
-        for (t, gs) in g {
-            let ws = w.get(t).map(Vec::as_slice).unwrap_or_default();
-            extra += gs.iter().filter(|v| !ws.contains(v)).count();
-        }
-        if missing + extra > 0 {
-            let stored: usize = w.values().map(Vec::len).sum();
-            let received: usize = g.values().map(Vec::len).sum();
-            out.push(format!(
-                "{key:?}: stored {stored}, received {received}, missing {missing}, extra {extra} \
-                 ({merged} sharing a millisecond with another reading)"
-            ));
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,34 +363,4 @@ async fn a_removed_cursor_fails_the_save_and_export_sessions_keep_alive() -> Res
     ensure!(conn.setting("tcp_keepalives_count").await? == "3");
     ensure!(conn.setting("search_path").await? == schema.name);
     Ok(())
-}
-
-/// The comparison the export test makes: a stored reading is missing
-/// unless its millisecond holds it, or holds another reading stored in
-/// that millisecond (remote write sends one sample per millisecond).
-#[test]
-fn readings_sharing_a_millisecond_may_arrive_as_one_sample() {
-    let series = |points: &[(i64, f64)]| {
-        let mut s = BTreeMap::<i64, Vec<f64>>::new();
-        for &(t, v) in points {
-            s.entry(t).or_default().push(v);
-        }
-        BySeries::from([(("a".to_owned(), "d".to_owned()), s)])
-    };
-    let want = series(&[(1, 1.0), (21, 2.0), (21, 3.0), (40, 4.0)]);
-    for ok in [
-        series(&[(1, 1.0), (21, 3.0), (40, 4.0)]),
-        series(&[(1, 1.0), (21, 2.0), (21, 3.0), (40, 4.0)]),
-    ] {
-        assert!(mismatches(&want, &ok).is_empty(), "{ok:?}");
-    }
-    for bad in [
-        series(&[(1, 1.0), (40, 4.0)]),
-        series(&[(1, 1.0), (21, 3.0)]),
-        series(&[(1, 1.0), (21, 3.0), (21, 5.0), (40, 4.0)]),
-        series(&[(1, 1.0), (21, 3.0), (40, 4.0), (60, 5.0)]),
-        BySeries::new(),
-    ] {
-        assert_eq!(mismatches(&want, &bad).len(), 1, "{bad:?}");
-    }
 }

@@ -4,7 +4,10 @@
 //! is stopped and restarted (SIGTERM: a SIGKILLed VictoriaMetrics loses the
 //! samples it accepted in its last second, its own durability); afterwards every counter series in the
 //! receiver must hold exactly what the store holds (timestamps in ms,
-//! values), nothing missing, and duplicates only as identical samples.
+//! values; where two readings of a series share a millisecond, at least
+//! one of them and nothing else, as remote write sends one sample per
+//! millisecond: `receivers::mismatches`), nothing missing, and duplicates
+//! only as identical samples.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,59 +17,30 @@ use anyhow::{Context as _, Result, bail, ensure};
 use tributary_tests::cluster::{
     Agent, Collector, PATIENCE, assert_exactly_once, counters, sim_agent_config, wait_for_counters,
 };
-use tributary_tests::peers::receivers::{Kind, RawSeries, Receiver};
+use tributary_tests::peers::receivers::{BySeries, Kind, Receiver, mismatches, received};
 use tributary_tests::process::{TestDir, eventually, free_addr};
 
 const AGENTS: usize = 2;
 const DEVICES: usize = 3;
 
-/// Counter samples by (agent, device): (timestamp ms, value) in time order.
-type BySeries = BTreeMap<(String, String), Vec<(i64, f64)>>;
-
-/// The store's counters as (agent, device) → [(ts ms, value)].
+/// The store's counters as (agent, device) → ts ms → values.
 fn stored(db: &std::path::Path) -> Result<BySeries> {
-    let mut out = BTreeMap::new();
+    let mut out = BySeries::new();
     for a in 0..AGENTS {
         let agent = format!("rw-{a}");
         let c = counters(db, &agent)?;
         assert_exactly_once(&c, DEVICES)?;
         for (device, points) in c {
-            out.insert(
-                (agent.clone(), device),
-                points
-                    .iter()
-                    .map(|p| (p.ts_ns.div_euclid(1_000_000), p.value as f64))
-                    .collect(),
-            );
+            let series = out.entry((agent.clone(), device)).or_default();
+            for p in points {
+                series
+                    .entry(p.ts_ns.div_euclid(1_000_000))
+                    .or_default()
+                    .push(p.value as f64);
+            }
         }
     }
     Ok(out)
-}
-
-/// The receiver's counters by (agent, device), identical duplicates
-/// removed; also how many duplicates there were. A second sample at one
-/// timestamp with another value is an error.
-fn received(raw: &RawSeries) -> Result<(BySeries, usize)> {
-    let mut out = BTreeMap::new();
-    let mut dups = 0;
-    for (labels, samples) in raw {
-        let key = (
-            labels.get("agent").cloned().unwrap_or_default(),
-            labels.get("device").cloned().unwrap_or_default(),
-        );
-        let mut kept: Vec<(i64, f64)> = Vec::with_capacity(samples.len());
-        for &(t, v) in samples {
-            match kept.last() {
-                Some(&(lt, lv)) if lt == t => {
-                    ensure!(lv == v, "{key:?}: two values at {t}: {lv} and {v}");
-                    dups += 1;
-                }
-                _ => kept.push((t, v)),
-            }
-        }
-        out.insert(key, kept);
-    }
-    Ok((out, dups))
 }
 
 fn write_config(dir: &TestDir, url: &str) -> Result<String> {
@@ -115,7 +89,7 @@ async fn kills_and_restarts(kind: Kind, label: &str) -> Result<()> {
         a.stop().await?;
     }
     let want = stored(&collector.db)?;
-    let total: usize = want.values().map(Vec::len).sum();
+    let total: usize = want.values().flat_map(BTreeMap::values).map(Vec::len).sum();
     ensure!(
         total >= AGENTS * DEVICES * 50,
         "only {total} readings stored"
@@ -125,29 +99,19 @@ async fn kills_and_restarts(kind: Kind, label: &str) -> Result<()> {
         "the receiver has every stored reading",
         || async {
             let raw = rx.raw("counter").await.ok()?;
-            let (got, _) = received(&raw).ok()?;
-            let n: usize = got.values().map(Vec::len).sum();
-            (n >= total).then_some(())
+            mismatches(&want, &received(&raw).0)
+                .is_empty()
+                .then_some(())
         },
     )
     .await;
     let raw = rx.raw("counter").await?;
-    let (got, dups) = received(&raw)?;
-    if caught_up.is_err() || got != want {
-        for (key, w) in &want {
-            let g = got.get(key).map(Vec::as_slice).unwrap_or_default();
-            if g != w.as_slice() {
-                let missing = w.iter().filter(|p| !g.contains(p)).count();
-                let extra = g.iter().filter(|p| !w.contains(p)).count();
-                eprintln!(
-                    "{key:?}: stored {}, received {}, missing {missing}, extra {extra}",
-                    w.len(),
-                    g.len()
-                );
-            }
-        }
+    let (got, dups) = received(&raw);
+    let wrong = mismatches(&want, &got);
+    if caught_up.is_err() || !wrong.is_empty() {
         bail!(
-            "the receiver does not hold what was committed\ncollector log:\n{}\nreceiver log:\n{}",
+            "the receiver does not hold what was committed:\n{}\ncollector log:\n{}\nreceiver log:\n{}",
+            wrong.join("\n"),
             collector.log(),
             rx.log()
         );

@@ -13,7 +13,16 @@
 //! `shape` is a hash of the subject template, format, filter and part
 //! size, so a config change never reuses an id for other contents) and `Nats-Expected-Stream`, and is
 //! published with a reply subject; the page counts as sent when every
-//! message has its PubAck. Up to `max_in_flight` await theirs: the window
+//! message has its PubAck.
+//!
+//! Pages are pipelined: the runner (`runner.rs` `nats_step`) reads,
+//! saves and queues the next page here (`enqueue`, up to three pages held)
+//! while `pump` publishes and takes PubAcks, so the window stays full
+//! across page ends and the store, the encoding and nats-server work at
+//! once. Each message carries its page's serial; the [`Ledger`] hands a
+//! page back as done only when it and every older page have all their
+//! PubAcks, so the cursor never passes an unacknowledged message whatever
+//! order the PubAcks come in. Up to `max_in_flight` messages await theirs: the window
 //! is filled once a quarter of it is free and flushed once, and every
 //! PubAck already read is handled before the next publish. A message without a PubAck within `timeout`, a
 //! broken connection, "no responders" or a JetStream error sends it again
@@ -32,26 +41,28 @@
 //! the Query API's `ReadingsChunk`).
 
 pub mod client;
+mod ledger;
 pub mod nkey;
 mod tls;
+mod wire;
 
 pub use tls::NatsTls;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use tributary_proto::v1 as pb;
 
 use self::client::{Client, NatsError};
+use self::ledger::Ledger;
 use super::remote_write::Outcome;
 use crate::config::exports::{Filter, Nats, NatsFormat};
 use crate::metrics::ExportHandles;
-use crate::model::{IdMap, Point, SeriesKey, SeriesMeta, StoredValue};
+use crate::model::{IdMap, SeriesKey, SeriesMeta, StoredValue};
 use crate::store::export::{LogBatch, LogConn};
 use crate::store::read::ReadError;
 
@@ -62,6 +73,16 @@ struct Outgoing {
     id: String,
     payload: Vec<u8>,
     readings: u64,
+    /// The serial of its page in the [`Ledger`].
+    page: u64,
+}
+
+/// A series the export sends: its key, and (protobuf) its
+/// `tributary.v1.SeriesInfo` encoded.
+#[derive(Debug)]
+struct Resolved {
+    meta: SeriesMeta,
+    info: Vec<u8>,
 }
 
 /// The JetStream client of one export; owned by its task.
@@ -81,7 +102,20 @@ pub struct NatsSink {
     /// The stream was found (or created) over the current connection.
     stream_ready: bool,
     /// Series by id; `None`: filtered out.
-    series: IdMap<Option<Arc<SeriesMeta>>>,
+    series: IdMap<Option<Arc<Resolved>>>,
+    /// Messages of the pipeline's pages not published yet (or to publish
+    /// again), in order.
+    queue: VecDeque<Outgoing>,
+    /// Published messages awaiting their PubAck, by reply subject.
+    waiting: HashMap<String, Outgoing>,
+    /// The last reply token used.
+    token: u64,
+    /// PubAcks saying "duplicate" since the pipeline was last empty.
+    duplicates: u64,
+    /// The wait before the next try after a failure.
+    backoff: Duration,
+    /// The pages in the pipeline and what each waits for.
+    ledger: Ledger,
 }
 
 impl NatsSink {
@@ -106,42 +140,68 @@ impl NatsSink {
             next_server: 0,
             stream_ready: false,
             series: IdMap::default(),
+            queue: VecDeque::new(),
+            waiting: HashMap::new(),
+            token: 0,
+            duplicates: 0,
+            backoff: Duration::from_millis(100).min(max_backoff),
+            ledger: Ledger::default(),
         })
     }
 
-    /// Publishes the readings of `page` and waits for every PubAck.
-    /// `Ok(None)` when `cancel` fired or `give_up` passed first (nothing
-    /// may be taken as sent); `Err` when the store could not be read.
-    pub async fn send(
-        &mut self,
-        log: &mut LogConn,
-        page: &[LogBatch],
-        metrics: &ExportHandles,
-        cancel: &CancellationToken,
-        give_up: Option<tokio::time::Instant>,
-    ) -> Result<Option<Outcome>, ReadError> {
-        self.resolve(log, page).await?;
-        let mut out = Outcome::default();
-        let mut queue: VecDeque<Outgoing> = VecDeque::new();
-        for batch in page {
-            self.messages(batch, &mut queue);
-        }
-        if queue.is_empty() {
-            return Ok(Some(out));
-        }
-        let never = tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 30);
-        let at = give_up.unwrap_or(never);
-        let done = tokio::select! {
-            () = self.publish_all(queue, &mut out, metrics) => true,
-            () = cancel.cancelled() => false,
-            () = tokio::time::sleep_until(at) => false,
+    /// Pages in the pipeline (read and encoded, not all acknowledged yet).
+    pub fn pages(&self) -> usize {
+        self.ledger.open_pages()
+    }
+
+    /// Where the next page starts: after the youngest page in the
+    /// pipeline; `None` when it is empty (the cursor's position).
+    pub fn next_position(&self) -> Option<i64> {
+        self.ledger.newest_last()
+    }
+
+    /// When the oldest page in the pipeline received its first batch.
+    pub fn oldest_received(&self) -> Option<i64> {
+        self.ledger.oldest_received()
+    }
+
+    /// The oldest page, once it and every page before it has all its
+    /// PubAcks: its last position and what it came to.
+    pub fn pop_done(&mut self) -> Option<(i64, Outcome)> {
+        self.ledger.pop_done()
+    }
+
+    /// Adds the messages of `page` (one page of the log, read after the
+    /// youngest in the pipeline) behind those queued; `Err` when its
+    /// series could not be read.
+    pub async fn enqueue(&mut self, log: &mut LogConn, page: &[LogBatch]) -> Result<(), ReadError> {
+        let (Some(last), Some(first_received)) = (
+            page.last().map(|b| b.position),
+            page.first().map(|b| b.received_ns),
+        ) else {
+            return Ok(());
         };
-        if !done {
-            // The connection may be mid-frame: start over next time.
-            self.conn = None;
-            return Ok(None);
+        self.resolve(log, page).await?;
+        let mut messages = Vec::new();
+        for batch in page {
+            self.messages(batch, &mut messages);
         }
-        Ok(Some(out))
+        let serial = self.ledger.open(last, first_received, messages.len());
+        for mut m in messages {
+            m.page = serial;
+            self.queue.push_back(m);
+        }
+        Ok(())
+    }
+
+    /// Forgets every page in the pipeline and the connection (it may be
+    /// mid-frame): the cursor has not passed them, so they are read and
+    /// published again, with the same ids.
+    pub fn abandon(&mut self) {
+        self.conn = None;
+        self.queue.clear();
+        self.waiting.clear();
+        self.ledger.clear();
     }
 
     /// Looks up the series of `page` not cached yet.
@@ -162,14 +222,26 @@ impl NatsSink {
         for (id, key) in keys {
             let pass =
                 self.filter.is_all() || self.filter.matches(&key.agent, &key.device, &key.metric);
-            self.series
-                .insert(id, pass.then(|| Arc::new(SeriesMeta { id, key })));
+            self.series.insert(
+                id,
+                pass.then(|| {
+                    let meta = SeriesMeta { id, key };
+                    // Encoded once, copied into every message (`wire.rs`).
+                    let info = match self.cfg.format {
+                        NatsFormat::Protobuf => {
+                            crate::query::series_to_proto(&meta).encode_to_vec()
+                        }
+                        NatsFormat::Json => Vec::new(),
+                    };
+                    Arc::new(Resolved { meta, info })
+                }),
+            );
         }
         Ok(())
     }
 
     /// The messages of one batch, in part order, onto `queue`.
-    fn messages(&self, batch: &LogBatch, queue: &mut VecDeque<Outgoing>) {
+    fn messages(&self, batch: &LogBatch, queue: &mut Vec<Outgoing>) {
         // Subjects in first-seen order, each with its readings (indexes
         // into batch.readings); a series' group is found once a batch, then
         // by its id (one lookup a reading, no subject copied).
@@ -179,11 +251,11 @@ impl NatsSink {
         let mut agent = None;
         for (i, r) in batch.readings.iter().enumerate() {
             let group = *group_of.entry(r.series_id).or_insert_with(|| {
-                let Some(Some(meta)) = self.series.get(&r.series_id) else {
+                let Some(Some(s)) = self.series.get(&r.series_id) else {
                     return None;
                 };
-                agent.get_or_insert_with(|| meta.key.agent.clone());
-                let k: &SeriesKey = &meta.key;
+                agent.get_or_insert_with(|| s.meta.key.agent.clone());
+                let k: &SeriesKey = &s.meta.key;
                 let subject = self.cfg.subject.render(&k.agent, &k.device, &k.metric);
                 Some(*by_subject.entry(subject).or_insert_with_key(|subject| {
                     groups.push((subject.clone(), Vec::new()));
@@ -206,11 +278,12 @@ impl NatsSink {
                 let payload = self.encode(batch, &agent, part, chunk);
                 let id = message_id(&self.name, self.shape, batch, part);
                 part += 1;
-                queue.push_back(Outgoing {
+                queue.push(Outgoing {
                     subject: subject.clone(),
                     id,
                     payload,
                     readings: chunk.len() as u64,
+                    page: 0,
                 });
             }
         }
@@ -219,7 +292,7 @@ impl NatsSink {
     /// One message's payload: the readings `chunk` of `batch`, by series.
     fn encode(&self, batch: &LogBatch, agent: &str, part: u32, chunk: &[usize]) -> Vec<u8> {
         // Series in first-seen order, each with its readings in order.
-        let mut order: Vec<(&SeriesMeta, Vec<usize>)> = Vec::new();
+        let mut order: Vec<(&Resolved, Vec<usize>)> = Vec::new();
         let mut slot: IdMap<usize> = IdMap::default();
         for &i in chunk {
             let id = batch.readings[i].series_id;
@@ -236,38 +309,27 @@ impl NatsSink {
             };
             order[at].1.push(i);
         }
-        let point = |i: usize| Point {
-            ts_ns: batch.readings[i].ts_ns,
-            received_ns: batch.received_ns,
-            value: batch.readings[i].value.clone(),
-        };
         match self.cfg.format {
             NatsFormat::Protobuf => {
-                let series = order
-                    .iter()
-                    .map(|(meta, points)| pb::ReadingsChunk {
-                        series: Some(crate::query::series_to_proto(meta)),
-                        points: points
-                            .iter()
-                            .map(|&i| crate::query::point_to_proto(point(i)))
-                            .collect(),
-                    })
+                let series: Vec<(&[u8], Vec<usize>)> = order
+                    .into_iter()
+                    .map(|(s, points)| (s.info.as_slice(), points))
                     .collect();
-                pb::ExportMessage {
-                    agent: agent.to_owned(),
+                let header = wire::Header {
+                    agent,
                     position: u64::try_from(batch.position).unwrap_or(0),
                     part,
                     received_ns: batch.received_ns,
-                    series,
                     epoch: batch.origin.as_ref().map_or(0, |o| o.epoch),
                     seq: batch.origin.as_ref().map_or(0, |o| o.seq),
-                }
-                .encode_to_vec()
+                };
+                wire::export_message(&header, batch, &series)
             }
             NatsFormat::Json => {
                 let series: Vec<Value> = order
                     .iter()
-                    .map(|(meta, points)| {
+                    .map(|(s, points)| {
+                        let meta = &s.meta;
                         json!({
                             "id": meta.id,
                             "agent": meta.key.agent,
@@ -294,71 +356,58 @@ impl NatsSink {
         }
     }
 
-    /// Publishes every message of `queue` until each has its PubAck.
-    async fn publish_all(
-        &mut self,
-        mut queue: VecDeque<Outgoing>,
-        out: &mut Outcome,
-        metrics: &ExportHandles,
-    ) {
-        let mut backoff = Duration::from_millis(100).min(self.max_backoff);
-        // Reply token → message.
-        let mut waiting: HashMap<String, Outgoing> = HashMap::new();
-        let mut token: u64 = 0;
-        let mut duplicates: u64 = 0;
+    /// Publishes the queued messages and handles their PubAcks until
+    /// every one is acknowledged, or until `enough` is set (checked after
+    /// each exchange with the server, so the connection is never left
+    /// mid-frame): the task then reads and saves while the window stays
+    /// full. Failures are retried here, after a backoff, with the same ids.
+    pub async fn pump(&mut self, metrics: &ExportHandles, enough: &AtomicBool) {
         loop {
-            if queue.is_empty() && waiting.is_empty() {
-                if duplicates > 0 {
-                    info!(export = %self.name, duplicates, "nats messages already in the stream (a replay): JetStream's duplicate window dropped the copies");
+            if self.queue.is_empty() && self.waiting.is_empty() {
+                if self.duplicates > 0 {
+                    info!(export = %self.name, duplicates = self.duplicates, "nats messages already in the stream (a replay): JetStream's duplicate window dropped the copies");
+                    self.duplicates = 0;
                 }
                 return;
             }
             let failure = match self.ready().await {
                 Err(e) => Some(e),
-                Ok(()) => {
-                    match self
-                        .exchange(
-                            &mut queue,
-                            &mut waiting,
-                            &mut token,
-                            &mut duplicates,
-                            out,
-                            metrics,
-                        )
-                        .await
-                    {
-                        Ok(progress) => {
-                            if progress {
-                                backoff = Duration::from_millis(100).min(self.max_backoff);
-                            }
-                            None
+                Ok(()) => match self.exchange(metrics).await {
+                    Ok(progress) => {
+                        if progress {
+                            self.backoff = Duration::from_millis(100).min(self.max_backoff);
                         }
-                        Err(e) => Some(e),
+                        None
                     }
+                    Err(e) => Some(e),
+                },
+            };
+            if let Some(e) = failure {
+                let message = e.to_string();
+                metrics.failed.inc();
+                metrics.failing.set(&message);
+                warn!(export = %self.name, error = %message, waiting = self.waiting.len() + self.queue.len(), "nats publish failed; sending again");
+                self.ledger.failed(&message);
+                if matches!(e, Failure::Broken(_)) {
+                    self.conn = None;
                 }
-            };
-            let Some(e) = failure else {
-                continue;
-            };
-            let message = e.to_string();
-            metrics.failed.inc();
-            metrics.failing.set(&message);
-            warn!(export = %self.name, error = %message, waiting = waiting.len() + queue.len(), "nats publish failed; sending again");
-            out.last_error = Some(message);
-            if matches!(e, Failure::Broken(_)) {
-                self.conn = None;
+                // Everything unacknowledged goes again, same ids, before
+                // what was never published (the order of publishing does
+                // not matter to the ledger).
+                let resend = self.waiting.len() as u64;
+                for (_, m) in self.waiting.drain() {
+                    self.ledger.retried(m.page);
+                    self.queue.push_front(m);
+                }
+                if resend > 0 {
+                    metrics.retried.inc_by(resend);
+                }
+                tokio::time::sleep(self.backoff).await;
+                self.backoff = (self.backoff * 2).min(self.max_backoff);
             }
-            // Everything unacknowledged goes again, same ids.
-            let resend = waiting.len() as u64;
-            for (_, m) in waiting.drain() {
-                queue.push_front(m);
+            if enough.load(Ordering::Relaxed) {
+                return;
             }
-            if resend > 0 {
-                out.retried += resend;
-                metrics.retried.inc_by(resend);
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.max_backoff);
         }
     }
 
@@ -447,15 +496,9 @@ impl NatsSink {
     /// message), then waits for one frame from the server and handles it
     /// and every frame already read after it. `Ok(true)` when a message
     /// was acknowledged.
-    async fn exchange(
-        &mut self,
-        queue: &mut VecDeque<Outgoing>,
-        waiting: &mut HashMap<String, Outgoing>,
-        token: &mut u64,
-        duplicates: &mut u64,
-        out: &mut Outcome,
-        metrics: &ExportHandles,
-    ) -> Result<bool, Failure> {
+    async fn exchange(&mut self, metrics: &ExportHandles) -> Result<bool, Failure> {
+        let queue = &mut self.queue;
+        let waiting = &mut self.waiting;
         let Some(c) = self.conn.as_mut() else {
             return Err(Failure::Broken(NatsError::Closed));
         };
@@ -471,16 +514,16 @@ impl NatsSink {
                 let size = m.payload.len() + m.id.len() + self.cfg.stream.len() + 64;
                 if size > max {
                     error!(export = %self.name, id = %m.id, bytes = size, max_payload = max, readings = m.readings, "nats message larger than the server's max_payload; its readings are dropped (lower max_readings_per_message)");
-                    out.dropped += m.readings;
                     metrics.dropped.inc_by(m.readings);
-                    out.last_error = Some(format!(
-                        "message {} of {size} bytes is over max_payload {max}",
-                        m.id
-                    ));
+                    self.ledger.dropped(
+                        m.page,
+                        m.readings,
+                        format!("message {} of {size} bytes is over max_payload {max}", m.id),
+                    );
                     continue;
                 }
-                *token += 1;
-                let reply = format!("{}.{}", c.inbox(), *token);
+                self.token += 1;
+                let reply = format!("{}.{}", c.inbox(), self.token);
                 c.publish(
                     &m.subject,
                     Some(&reply),
@@ -531,9 +574,9 @@ impl NatsSink {
                     return Err(Failure::Refused(client::api_error(e)));
                 }
                 if ack.get("duplicate").and_then(Value::as_bool) == Some(true) {
-                    *duplicates += 1;
+                    self.duplicates += 1;
                 }
-                out.sent += m.readings;
+                self.ledger.acked(m.page, m.readings);
                 metrics.sent.inc_by(m.readings);
                 acked = true;
             }

@@ -1,6 +1,10 @@
 //! One export's task: follows the commit log from its cursor, page by
 //! page, sends each page, and saves the cursor (with its totals) once the
-//! page is delivered, so a crash resends at most the page in flight.
+//! page is delivered, so a crash resends at most the page in flight. A
+//! nats export pipelines its pages (`nats_step`): up to [`NATS_PAGES`] in
+//! flight, the store work done while the PubAcks come back, the cursor
+//! moved past a page only once it and every older page are acknowledged;
+//! a crash resends at most those pages (same message ids).
 //!
 //! On PostgreSQL the task first takes its export's advisory lock on its
 //! own connection and runs only while it holds it: a collector sharing the
@@ -15,6 +19,7 @@
 //! catches up in pages as large as a request budget allows.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -28,6 +33,9 @@ use crate::store::export::{CommitLog, CursorRow, LogConn, LogReading, TRIM_ROWS}
 
 /// Readings one page reads at most (a batch is never split).
 const PAGE_READINGS: usize = 50_000;
+/// Pages a nats export holds at most: read and encoded, published or
+/// queued, not all acknowledged.
+const NATS_PAGES: usize = 3;
 /// Wait when the log has nothing new.
 const IDLE: Duration = Duration::from_millis(100);
 /// How often the lag gauges and the `max_lag` check read the backlog.
@@ -37,12 +45,17 @@ const HOLD_RETRY: Duration = Duration::from_secs(2);
 /// Wait after a failed read of the store.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
-/// When the task next reads the backlog's size, and whether the last trim
-/// left more to trim.
+/// When the task next reads the backlog's size, whether the last trim
+/// left more to trim, and (nats) the pipeline's state towards the store.
 #[derive(Debug)]
 struct Pace {
     measure_at: tokio::time::Instant,
     trim_more: bool,
+    /// The last read found nothing after the pipeline's youngest page:
+    /// no read until the pipeline is empty.
+    log_end: bool,
+    /// The cursor moved (pages done) and is not saved yet.
+    unsaved: bool,
 }
 
 /// The destination of one export.
@@ -53,6 +66,106 @@ pub enum Sink {
     RemoteWrite(RemoteWriteSink),
     /// Keeps its own series cache and connection (`nats.rs`).
     Nats(NatsSink),
+}
+
+/// Trims the log, and every [`LAG_REFRESH`] reads the lag into the gauges
+/// and (when `may_skip`: nothing in flight past the cursor) skips what is
+/// older than `max_lag`.
+async fn maintain(
+    config: &ExportConfig,
+    metrics: &ExportHandles,
+    conn: &mut LogConn,
+    cursor: &mut CursorRow,
+    pace: &mut Pace,
+    may_skip: bool,
+) -> Result<(), crate::store::read::ReadError> {
+    let name = &config.name;
+    let now = tokio::time::Instant::now();
+    let due = now >= pace.measure_at;
+    // What every cursor has passed goes here, a bounded piece per step,
+    // off the merger's commit (a failure only delays it).
+    if due || pace.trim_more {
+        match conn.trim().await {
+            Ok(n) => pace.trim_more = n >= TRIM_ROWS as u64,
+            Err(e) => {
+                pace.trim_more = false;
+                warn!(export = %name, error = %e, "export cannot trim the log; trying again later");
+            }
+        }
+    }
+    // The lag and the `max_lag` check sum over the backlog: every
+    // LAG_REFRESH, not every page.
+    if due {
+        pace.measure_at = now + LAG_REFRESH;
+        if let (Some(max_lag), true) = (config.max_lag, may_skip) {
+            let before = tributary_process::now_ns()
+                .saturating_sub(i64::try_from(max_lag.as_nanos()).unwrap_or(i64::MAX));
+            if let Some((end, readings)) = conn.older_than(cursor.position, before).await? {
+                error!(export = %name, from = cursor.position + 1, to = end, readings, max_lag = ?max_lag, "export skipped committed readings older than max_lag; they were not sent");
+                cursor.position = end;
+                cursor.skipped += readings;
+                metrics.skipped.inc_by(readings);
+                conn.save(cursor.clone()).await?;
+            }
+        }
+        let pending = conn.pending(cursor.position).await?;
+        metrics.lag_readings.set(pending.readings as i64);
+        metrics
+            .lag_seconds
+            .set(pending.oldest_received_ns.map_or(0.0, |t| {
+                (tributary_process::now_ns().saturating_sub(t)).max(0) as f64 / 1e9
+            }));
+    }
+    Ok(())
+}
+
+/// How the sink's part of a nats round ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Pumped {
+    /// At a frame boundary: the round's store work was done, or every
+    /// message had its PubAck.
+    Yes,
+    /// The shutdown deadline passed.
+    Aborted,
+    /// The oldest page in flight passed `max_lag`.
+    GaveUp,
+}
+
+/// A page delivered: the cursor moves to its `last` position with its
+/// counts (the cursor keeps the last error; nothing is failing now).
+fn delivered(
+    name: &str,
+    metrics: &ExportHandles,
+    cursor: &mut CursorRow,
+    last: i64,
+    outcome: super::Outcome,
+) {
+    metrics.failing.clear();
+    if outcome.dropped > 0 {
+        warn!(export = %name, dropped = outcome.dropped, "export dropped readings the destination refused");
+    }
+    cursor.position = last;
+    cursor.sent += outcome.sent;
+    cursor.dropped += outcome.dropped;
+    cursor.retried += outcome.retried;
+    if outcome.last_error.is_some() {
+        cursor.last_error = outcome.last_error;
+    }
+}
+
+/// With `max_lag`, a page is tried until its oldest batch (received at
+/// `first_received`) is that old.
+fn give_up_at(max_lag: Duration, first_received: i64) -> tokio::time::Instant {
+    let age_ns = tributary_process::now_ns()
+        .saturating_sub(first_received)
+        .max(0);
+    let left = max_lag.saturating_sub(Duration::from_nanos(age_ns as u64));
+    tokio::time::Instant::now() + left
+}
+
+/// A deadline that never comes.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 30)
 }
 
 /// One export, ready to run.
@@ -120,17 +233,36 @@ impl Runner {
             let mut pace = Pace {
                 measure_at: tokio::time::Instant::now(),
                 trim_more: true,
+                log_end: false,
+                unsaved: false,
             };
+            // Pages still in a nats pipeline (a lost store connection)
+            // start over from the cursor as stored.
+            if let Sink::Nats(s) = &mut self.sink {
+                s.abandon();
+            }
             info!(export = %name, kind = self.config.kind.name(), url = %super::redact_url(&self.config.url), position = cursor.position, "export started");
-            while !cancel.is_cancelled() {
-                match self
-                    .step(&mut conn, &mut cursor, &mut cache, &mut pace, &abort)
-                    .await
-                {
+            loop {
+                // Stopping: no new page; the pages in flight finish.
+                let stopping = cancel.is_cancelled();
+                let step = match &self.sink {
+                    Sink::Nats(s) if s.pages() > 0 || !stopping => {
+                        self.nats_step(&mut conn, &mut cursor, &mut pace, &cancel, &abort)
+                            .await
+                    }
+                    _ if stopping => break,
+                    _ => {
+                        self.step(&mut conn, &mut cursor, &mut cache, &mut pace, &abort)
+                            .await
+                    }
+                };
+                match step {
                     Ok(true) => {}
                     Ok(false) => {
-                        if sleep_or_cancel(IDLE, &cancel).await {
-                            break;
+                        // Stopping (or stopped during the wait): the check
+                        // above ends the loop once nothing is in flight.
+                        if !stopping {
+                            sleep_or_cancel(IDLE, &cancel).await;
                         }
                     }
                     Err(e @ crate::store::read::ReadError::CursorRemoved { .. }) => {
@@ -142,7 +274,7 @@ impl Runner {
                     }
                     Err(e) => {
                         error!(export = %name, error = %e, "export cannot read the store; retrying");
-                        if sleep_or_cancel(STORE_RETRY, &cancel).await {
+                        if stopping || sleep_or_cancel(STORE_RETRY, &cancel).await {
                             break;
                         }
                         if conn.lost() {
@@ -167,42 +299,7 @@ impl Runner {
         cancel: &CancellationToken,
     ) -> Result<bool, crate::store::read::ReadError> {
         let name = self.config.name.clone();
-        let now = tokio::time::Instant::now();
-        let due = now >= pace.measure_at;
-        // What every cursor has passed goes here, a bounded piece per step,
-        // off the merger's commit (a failure only delays it).
-        if due || pace.trim_more {
-            match conn.trim().await {
-                Ok(n) => pace.trim_more = n >= TRIM_ROWS as u64,
-                Err(e) => {
-                    pace.trim_more = false;
-                    warn!(export = %name, error = %e, "export cannot trim the log; trying again later");
-                }
-            }
-        }
-        // The lag and the `max_lag` check sum over the backlog: every
-        // LAG_REFRESH, not every page.
-        if due {
-            pace.measure_at = now + LAG_REFRESH;
-            if let Some(max_lag) = self.config.max_lag {
-                let before = tributary_process::now_ns()
-                    .saturating_sub(i64::try_from(max_lag.as_nanos()).unwrap_or(i64::MAX));
-                if let Some((end, readings)) = conn.older_than(cursor.position, before).await? {
-                    error!(export = %name, from = cursor.position + 1, to = end, readings, max_lag = ?max_lag, "export skipped committed readings older than max_lag; they were not sent");
-                    cursor.position = end;
-                    cursor.skipped += readings;
-                    self.metrics.skipped.inc_by(readings);
-                    conn.save(cursor.clone()).await?;
-                }
-            }
-            let pending = conn.pending(cursor.position).await?;
-            self.metrics.lag_readings.set(pending.readings as i64);
-            self.metrics
-                .lag_seconds
-                .set(pending.oldest_received_ns.map_or(0.0, |t| {
-                    (tributary_process::now_ns().saturating_sub(t)).max(0) as f64 / 1e9
-                }));
-        }
+        maintain(&self.config, &self.metrics, conn, cursor, pace, true).await?;
         let mut page = conn.read(cursor.position, PAGE_READINGS).await?;
         if cursor.inflight > cursor.position {
             // The page a crash interrupted, exactly as it was.
@@ -223,20 +320,13 @@ impl Runner {
         }
         // With `max_lag`, a page is tried until its oldest batch is that
         // old; then the check above skips it.
-        let give_up = self.config.max_lag.map(|max_lag| {
-            let age_ns = tributary_process::now_ns()
-                .saturating_sub(first_received)
-                .max(0);
-            let left = max_lag.saturating_sub(Duration::from_nanos(age_ns as u64));
-            tokio::time::Instant::now() + left
-        });
-        let outcome = match &mut self.sink {
-            Sink::Nats(s) => s.send(conn, &page, &self.metrics, cancel, give_up).await?,
-            Sink::RemoteWrite(_) => {
-                self.remote_write(conn, page, cache, cancel, give_up)
-                    .await?
-            }
-        };
+        let give_up = self
+            .config
+            .max_lag
+            .map(|max_lag| give_up_at(max_lag, first_received));
+        let outcome = self
+            .remote_write(conn, page, cache, cancel, give_up)
+            .await?;
         let Some(outcome) = outcome else {
             // Cancelled mid-page, or past max_lag: the cursor stays; the
             // page goes again, or is skipped by the next step (which checks
@@ -244,20 +334,114 @@ impl Runner {
             pace.measure_at = tokio::time::Instant::now();
             return Ok(!cancel.is_cancelled());
         };
-        // Delivered: nothing is failing now (the cursor keeps the last error).
-        self.metrics.failing.clear();
-        if outcome.dropped > 0 {
-            warn!(export = %name, dropped = outcome.dropped, "export dropped readings the destination refused");
-        }
-        cursor.position = last;
-        cursor.sent += outcome.sent;
-        cursor.dropped += outcome.dropped;
-        cursor.retried += outcome.retried;
-        if outcome.last_error.is_some() {
-            cursor.last_error = outcome.last_error;
-        }
+        delivered(&name, &self.metrics, cursor, last, outcome);
         conn.save(cursor.clone()).await?;
         Ok(true)
+    }
+
+    /// One round of a nats export's pipeline (`export/nats.rs`): the pages
+    /// done moved into the cursor; then, while the sink goes on publishing
+    /// and taking PubAcks (its window stays full across pages), the log
+    /// trimmed, the cursor saved and the page after the pipeline's
+    /// youngest read, up to [`NATS_PAGES`] pages; then that page queued.
+    /// The cursor only passes pages whose messages, and those of every
+    /// page before, have their PubAck. `Ok(false)` when the pipeline is
+    /// empty and there was nothing to read (or the task is stopping).
+    async fn nats_step(
+        &mut self,
+        conn: &mut LogConn,
+        cursor: &mut CursorRow,
+        pace: &mut Pace,
+        stop: &CancellationToken,
+        abort: &CancellationToken,
+    ) -> Result<bool, crate::store::read::ReadError> {
+        let Runner {
+            config,
+            sink,
+            metrics,
+            ..
+        } = self;
+        let Sink::Nats(sink) = sink else {
+            return Ok(false);
+        };
+        let (config, metrics) = (&*config, &*metrics);
+        while let Some((last, outcome)) = sink.pop_done() {
+            delivered(&config.name, metrics, cursor, last, outcome);
+            // Nothing of a nats page is pinned for a replay: a batch's
+            // messages and ids are the same whatever page it comes in.
+            cursor.inflight = last;
+            pace.unsaved = true;
+        }
+        if sink.pages() == 0 {
+            pace.log_end = false;
+        }
+        let want_read = !stop.is_cancelled() && !pace.log_end && sink.pages() < NATS_PAGES;
+        let next = sink.next_position();
+        let in_flight = sink.pages() > 0;
+        let give_up = config
+            .max_lag
+            .zip(sink.oldest_received())
+            .map(|(max_lag, first)| give_up_at(max_lag, first));
+        // Set once the store work of this round is done: the sink then
+        // returns at its next frame boundary.
+        let enough = AtomicBool::new(false);
+        let io = async {
+            let r = async {
+                if !(pace.unsaved || want_read) {
+                    return Ok(None);
+                }
+                maintain(config, metrics, conn, cursor, pace, !in_flight).await?;
+                if pace.unsaved {
+                    conn.save(cursor.clone()).await?;
+                    pace.unsaved = false;
+                }
+                if !want_read {
+                    return Ok(None);
+                }
+                let start = next.unwrap_or(cursor.position);
+                let mut page = conn.read(start, PAGE_READINGS).await?;
+                if start == cursor.position && cursor.inflight > cursor.position {
+                    // A page an older version pinned before a crash.
+                    page.retain(|b| b.position <= cursor.inflight);
+                }
+                Ok(Some(page))
+            }
+            .await;
+            enough.store(true, Ordering::Relaxed);
+            r
+        };
+        let pump = async {
+            let at = give_up.unwrap_or_else(far_future);
+            tokio::select! {
+                () = sink.pump(metrics, &enough) => Pumped::Yes,
+                () = abort.cancelled() => Pumped::Aborted,
+                () = tokio::time::sleep_until(at) => Pumped::GaveUp,
+            }
+        };
+        let (read, pumped) = tokio::join!(io, pump);
+        if pumped != Pumped::Yes || abort.is_cancelled() {
+            // Aborted, or the oldest page is past max_lag: every page in
+            // flight goes again (or the next round's check skips it); the
+            // cursor stays where their PubAcks left it.
+            sink.abandon();
+            pace.measure_at = tokio::time::Instant::now();
+            read?;
+            return Ok(pumped == Pumped::GaveUp && !abort.is_cancelled());
+        }
+        match read? {
+            Some(page) if page.is_empty() => {
+                if sink.pages() == 0 {
+                    // Caught up.
+                    metrics.lag_readings.set(0);
+                    metrics.lag_seconds.set(0.0);
+                } else {
+                    pace.log_end = true;
+                }
+            }
+            Some(page) => sink.enqueue(conn, &page).await?,
+            None => {}
+        }
+        Ok(sink.pages() > 0)
     }
 
     /// A page to a remote write destination: series labels, then samples.

@@ -30,6 +30,8 @@
 //! export's lag in seconds (the age of its oldest unsent reading, as its
 //! cursor's status reads it) sampled every 100 ms, its p99.
 //!
+//! `--only nats`: phases (1), (4) and (5) only.
+//!
 //! Checks: each export's lag reaches zero and its cursor counts as sent
 //! every reading committed (all are float samples), nothing dropped; the
 //! JetStream stream holds as many readings as were committed.
@@ -109,39 +111,41 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         let without = acked as f64 / took;
         report.record("ingest_without_export", without);
 
-        // (2) with the export, VictoriaMetrics up.
-        let mut vm = Receiver::start(&dir, Kind::Victoria, "victoria").await?;
-        let (c, db) =
-            start_collector(&dir, "export", Some(&rw_export(&vm.write_url())), None).await?;
-        let start = Instant::now();
-        let (acked, took) = load(&c.1, &cfg, "live").await?;
-        let with = acked as f64 / took;
-        report.record("ingest_with_export", with);
-        report.record("ingest_ratio", with / without);
-        let sent = drained(&db).await?;
-        report.record("export_live", sent as f64 / start.elapsed().as_secs_f64());
-        report.check(
-            "live: every committed reading sent",
-            sent == acked,
-            format!("{acked} acked, {sent} sent"),
-        );
+        // (2) with the export, VictoriaMetrics up; (3) down, then back.
+        if !opts.only_nats {
+            let mut vm = Receiver::start(&dir, Kind::Victoria, "victoria").await?;
+            let (c, db) =
+                start_collector(&dir, "export", Some(&rw_export(&vm.write_url())), None).await?;
+            let start = Instant::now();
+            let (acked, took) = load(&c.1, &cfg, "live").await?;
+            let with = acked as f64 / took;
+            report.record("ingest_with_export", with);
+            report.record("ingest_ratio", with / without);
+            let sent = drained(&db).await?;
+            report.record("export_live", sent as f64 / start.elapsed().as_secs_f64());
+            report.check(
+                "live: every committed reading sent",
+                sent == acked,
+                format!("{acked} acked, {sent} sent"),
+            );
 
-        // (3) VictoriaMetrics down during the load, then back.
-        vm.stop().await?;
-        let (acked2, _) = load(&c.1, &cfg, "behind").await?;
-        let behind_start = Instant::now();
-        vm.restart(&dir).await?;
-        let sent2 = drained(&db).await?;
-        let catch = acked2 as f64 / behind_start.elapsed().as_secs_f64();
-        report.record("catch_up", catch);
-        report.record("catch_up_vs_live_ingest", catch / with);
-        report.check(
-            "catch-up: every committed reading sent",
-            sent2 == acked + acked2,
-            format!("{} acked, {sent2} sent", acked + acked2),
-        );
-        stop(c.0).await?;
-        vm.stop().await?;
+            // (3) VictoriaMetrics down during the load, then back.
+            vm.stop().await?;
+            let (acked2, _) = load(&c.1, &cfg, "behind").await?;
+            let behind_start = Instant::now();
+            vm.restart(&dir).await?;
+            let sent2 = drained(&db).await?;
+            let catch = acked2 as f64 / behind_start.elapsed().as_secs_f64();
+            report.record("catch_up", catch);
+            report.record("catch_up_vs_live_ingest", catch / with);
+            report.check(
+                "catch-up: every committed reading sent",
+                sent2 == acked + acked2,
+                format!("{} acked, {sent2} sent", acked + acked2),
+            );
+            stop(c.0).await?;
+            vm.stop().await?;
+        }
 
         // (4) JetStream live.
         let stream = format!("BENCH_{}_{run}", std::process::id());
@@ -198,6 +202,9 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
             format!("{messages} messages in {stream}"),
         );
         delete_stream(SHARED_NATS, &stream).await?;
+        if opts.only_nats {
+            continue;
+        }
 
         // (6) both exports, full speed; (7) both, at a fixed rate.
         let mut vm = Receiver::start(&dir, Kind::Victoria, "victoria-two").await?;

@@ -65,6 +65,7 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --heavy-only          promql: only the heavy query (no corpus, no ingest phases), after one unmeasured ask per side
   --baseline DIR        promql: also ask the heavy query of DIR/tributary-collector (another build) on a copy of
                         the same store, in turn with the two others (before/after in one run)
+  --only nats           export: only the phases without an export and with nats alone
   --keep                keep the work directories under target/bench/";
 
 /// What to measure.
@@ -153,6 +154,8 @@ pub struct Options {
     pub store: Option<String>,
     /// `--outage`: recovery's collector downtime.
     pub outage: Option<Duration>,
+    /// export: only the phases without an export and with nats.
+    pub only_nats: bool,
 }
 
 impl Options {
@@ -224,6 +227,10 @@ impl Options {
                         bail!("--store {url:?}: expected postgres://USER@HOST/DB or sqlite");
                     }
                 }
+                "--only" => match value(&arg)?.as_str() {
+                    "nats" => o.only_nats = true,
+                    other => bail!("--only {other:?}: expected nats"),
+                },
                 "--format" => {
                     o.format = Some(match value(&arg)?.as_str() {
                         "json" => Format::Json,

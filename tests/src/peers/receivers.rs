@@ -24,6 +24,75 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// A series' labels and its samples as (timestamp ms, value), in time order.
 pub type RawSeries = BTreeMap<BTreeMap<String, String>, Vec<(i64, f64)>>;
 
+/// Counter values by (agent, device) and timestamp in ms, time order.
+/// Remote write carries one sample per series and millisecond: two polls
+/// of a device a late wake-up brought into one millisecond are stored
+/// apart but sent as one sample (the later one, `in_time_order`) when one
+/// page holds both, as two when two pages do.
+pub type BySeries = BTreeMap<(String, String), BTreeMap<i64, Vec<f64>>>;
+
+/// The receiver's counters with identical duplicates removed, and how
+/// many there were.
+pub fn received(raw: &RawSeries) -> (BySeries, usize) {
+    let mut out = BySeries::new();
+    let mut dups = 0;
+    for (labels, samples) in raw {
+        let key = (
+            labels.get("agent").cloned().unwrap_or_default(),
+            labels.get("device").cloned().unwrap_or_default(),
+        );
+        let series = out.entry(key).or_default();
+        for &(t, v) in samples {
+            let values = series.entry(t).or_default();
+            if values.contains(&v) {
+                dups += 1;
+            } else {
+                values.push(v);
+            }
+        }
+    }
+    (out, dups)
+}
+
+/// Per series of `want` that `got` does not match: how many stored
+/// readings are missing and how many received samples were never stored.
+/// At a millisecond holding one stored reading `got` must hold exactly it;
+/// at one holding several, at least one of them and nothing else.
+pub fn mismatches(want: &BySeries, got: &BySeries) -> Vec<String> {
+    let mut out = Vec::new();
+    let empty = BTreeMap::new();
+    for key in want
+        .keys()
+        .chain(got.keys().filter(|k| !want.contains_key(*k)))
+    {
+        let (w, g) = (
+            want.get(key).unwrap_or(&empty),
+            got.get(key).unwrap_or(&empty),
+        );
+        let (mut missing, mut extra, mut merged) = (0, 0, 0);
+        for (t, ws) in w {
+            match g.get(t) {
+                None => missing += ws.len(),
+                Some(gs) if ws.len() == 1 => missing += usize::from(gs != ws),
+                Some(gs) => merged += ws.iter().filter(|v| !gs.contains(v)).count(),
+            }
+        }
+        for (t, gs) in g {
+            let ws = w.get(t).map(Vec::as_slice).unwrap_or_default();
+            extra += gs.iter().filter(|v| !ws.contains(v)).count();
+        }
+        if missing + extra > 0 {
+            let stored: usize = w.values().map(Vec::len).sum();
+            let received: usize = g.values().map(Vec::len).sum();
+            out.push(format!(
+                "{key:?}: stored {stored}, received {received}, missing {missing}, extra {extra} \
+                 ({merged} sharing a millisecond with another reading)"
+            ));
+        }
+    }
+    out
+}
+
 /// Which receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -244,4 +313,39 @@ fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// The comparison the export test makes: a stored reading is missing
+/// unless its millisecond holds it, or holds another reading stored in
+/// that millisecond (remote write sends one sample per millisecond).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_sharing_a_millisecond_may_arrive_as_one_sample() {
+        let series = |points: &[(i64, f64)]| {
+            let mut s = BTreeMap::<i64, Vec<f64>>::new();
+            for &(t, v) in points {
+                s.entry(t).or_default().push(v);
+            }
+            BySeries::from([(("a".to_owned(), "d".to_owned()), s)])
+        };
+        let want = series(&[(1, 1.0), (21, 2.0), (21, 3.0), (40, 4.0)]);
+        for ok in [
+            series(&[(1, 1.0), (21, 3.0), (40, 4.0)]),
+            series(&[(1, 1.0), (21, 2.0), (21, 3.0), (40, 4.0)]),
+        ] {
+            assert!(mismatches(&want, &ok).is_empty(), "{ok:?}");
+        }
+        for bad in [
+            series(&[(1, 1.0), (40, 4.0)]),
+            series(&[(1, 1.0), (21, 3.0)]),
+            series(&[(1, 1.0), (21, 3.0), (21, 5.0), (40, 4.0)]),
+            series(&[(1, 1.0), (21, 3.0), (40, 4.0), (60, 5.0)]),
+            BySeries::new(),
+        ] {
+            assert_eq!(mismatches(&want, &bad).len(), 1, "{bad:?}");
+        }
+    }
 }
