@@ -25,7 +25,8 @@
 //! its selectors' pushdown allows, as before.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::time::Duration;
 
 use promql_parser::parser::VectorSelector;
 
@@ -34,6 +35,10 @@ use crate::store::read::SeriesCensus;
 use super::load::{Listed, Reads, list_series};
 use super::plan::required_value;
 use super::types::{NAME, QueryError};
+
+/// How often a query waiting for another's catalogue refresh looks again
+/// (and at its deadline).
+const REFRESH_POLL: Duration = Duration::from_millis(2);
 
 /// Most series the catalogue holds (about 0.5 KiB each with labels):
 /// beyond, queries list the series themselves.
@@ -124,8 +129,19 @@ impl Catalogue {
             return Ok(Some(held));
         }
         // Single flight: whoever held the lock may have listed what this
-        // census counts meanwhile.
-        let _refresh = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+        // census counts meanwhile. Waited for within the query's deadline
+        // (a refresher listing many series may take longer than a waiter
+        // may wait).
+        let _refresh = loop {
+            match self.refresh.try_lock() {
+                Ok(guard) => break guard,
+                Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    reads.check("waiting for the series catalogue")?;
+                    std::thread::sleep(REFRESH_POLL);
+                }
+            }
+        };
         if let Some(held) = self.fresh(census) {
             return Ok(Some(held));
         }
@@ -239,5 +255,61 @@ mod tests {
         let err = catalogue.snapshot(&reads).unwrap_err();
         std::fs::rename(&away, &db.path).unwrap();
         assert!(matches!(err, QueryError::Unavailable(_)), "{err}");
+    }
+
+    /// A query waiting behind another's refresh stops at its deadline: it
+    /// neither waits out the other's listing nor lists itself.
+    #[test]
+    fn a_refresh_wait_ends_at_the_deadline() {
+        let db = TempDb::new("catalogue-wait");
+        let reader = Reader::Sqlite(db.reader());
+        let abandoned = Arc::new(AtomicBool::new(false));
+        db.series(2, "a", "d", "m", "{}");
+        let catalogue = Arc::new(Catalogue::default());
+        // Another query is refreshing (holds the lock) for as long as this
+        // test wants.
+        let held = catalogue.refresh.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = Arc::clone(&catalogue);
+        let thread = std::thread::spawn(move || {
+            let reads = Reads {
+                reader: &reader,
+                deadline: std::time::Instant::now(),
+                abandoned: &abandoned,
+            };
+            let _ = tx.send(waiter.snapshot(&reads).map(|s| s.is_some()));
+        });
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(60));
+        drop(held);
+        thread.join().unwrap();
+        assert!(
+            matches!(answer, Ok(Err(QueryError::Timeout(_)))),
+            "{answer:?}"
+        );
+    }
+
+    /// Listing series stops between pages once the deadline has passed
+    /// (or the query was abandoned), as reading points stops between chunks.
+    #[test]
+    fn listing_stops_at_the_deadline_and_when_abandoned() {
+        let db = TempDb::new("catalogue-list");
+        let reader = Reader::Sqlite(db.reader());
+        db.series(2, "a", "d", "m", "{}");
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let late = Reads {
+            reader: &reader,
+            deadline: std::time::Instant::now(),
+            abandoned: &abandoned,
+        };
+        let err = list_series(&late, &Default::default(), i64::MIN).unwrap_err();
+        assert!(matches!(err, QueryError::Timeout(_)), "{err}");
+        let gone = Arc::new(AtomicBool::new(true));
+        let abandoned_reads = Reads {
+            reader: &reader,
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(3600),
+            abandoned: &gone,
+        };
+        let err = list_series(&abandoned_reads, &Default::default(), i64::MIN).unwrap_err();
+        assert!(matches!(err, QueryError::Timeout(_)), "{err}");
     }
 }

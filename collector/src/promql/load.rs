@@ -99,6 +99,16 @@ pub struct Reads<'a> {
 }
 
 impl Reads<'_> {
+    /// An error once the deadline has passed or the query was abandoned:
+    /// checked between the pieces of work that have no chunk to stop at
+    /// (series list pages, the catalogue's refresh wait).
+    pub fn check(&self, what: &'static str) -> Result<(), QueryError> {
+        if self.abandoned.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
+            return Err(QueryError::Timeout(what));
+        }
+        Ok(())
+    }
+
     /// Waits for a PostgreSQL read on this (blocking) thread, at most until
     /// the deadline.
     fn wait<T>(
@@ -183,6 +193,7 @@ pub fn list_series(
 ) -> Result<Vec<Listed>, QueryError> {
     let mut out = Vec::new();
     loop {
+        reads.check("reading the series list")?;
         let page = reads.series_page(
             sel,
             SeriesPage {

@@ -164,7 +164,7 @@ impl Engine {
         let permit = self.permit(deadline).await?;
         let this = self.clone();
         let selectors = selectors.to_vec();
-        runtime::blocking(move |abandoned| {
+        let work = runtime::blocking(move |abandoned| {
             let _permit = permit;
             let reads = load::Reads {
                 reader: &this.reader,
@@ -172,8 +172,8 @@ impl Engine {
                 abandoned,
             };
             this.series_here(&reads, &selectors, span)
-        })
-        .await
+        });
+        within(deadline, "listing series", work).await
     }
 
     /// One of the `max_concurrent` permits, waited for until `deadline`.
@@ -319,7 +319,7 @@ impl Engine {
         // work never runs beyond the slots.
         let permit = self.permit(deadline).await?;
         let this = self.clone();
-        runtime::blocking(move |abandoned| {
+        let work = runtime::blocking(move |abandoned| {
             let _permit = permit;
             let reads = load::Reads {
                 reader: &this.reader,
@@ -327,8 +327,8 @@ impl Engine {
                 abandoned,
             };
             this.run_here(&reads, &expr, bounds, step)
-        })
-        .await
+        });
+        within(deadline, "query evaluation", work).await
     }
 
     /// [`run`](Self::run), on the query's blocking thread.
@@ -430,4 +430,18 @@ fn evaluate_steps(
         .collect();
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(QueryResult::Matrix(out))
+}
+
+/// `work` (a query on its blocking thread), answered by [`QueryError::Timeout`]
+/// at `deadline` whatever the work is doing: dropping it sets its abandon
+/// flag (`runtime.rs`), so its reads stop at their next chunk or page while
+/// its permit stays with it until it ends.
+pub(crate) async fn within<T>(
+    deadline: Instant,
+    what: &'static str,
+    work: impl Future<Output = Result<T, QueryError>>,
+) -> Result<T, QueryError> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .map_err(|_| QueryError::Timeout(what))?
 }

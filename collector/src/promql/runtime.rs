@@ -159,4 +159,24 @@ mod tests {
             "{err:?}"
         );
     }
+
+    /// The query's answer comes at its deadline whatever its blocking work
+    /// is doing (`mod.rs` `within`), and the work is told it was abandoned.
+    #[tokio::test]
+    async fn the_deadline_answers_while_the_work_runs_on() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
+        let query = blocking(move |abandoned| {
+            // Runs until told otherwise (or far past any deadline).
+            let give_up = std::time::Instant::now() + std::time::Duration::from_secs(300);
+            while !abandoned.load(Ordering::Relaxed) && std::time::Instant::now() < give_up {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let _ = tx.send(());
+            Ok(())
+        });
+        let answer = crate::promql::within(deadline, "the test's work", query).await;
+        assert!(matches!(answer, Err(QueryError::Timeout(_))), "{answer:?}");
+        assert!(rx.await.is_ok(), "the work saw its flag and ended");
+    }
 }
