@@ -1,4 +1,4 @@
-//! `cargo xtask sim`: the delivery simulation (`tributary_tests::delivery_sim`)
+//! `cargo xtask sim`: the delivery simulation (`tests/tests/sim_delivery/`)
 //! over many seeds, or one seed again.
 //!
 //! - `--seeds N [--from S]`: seeds `S..S+N` (default 1000 from 0);

@@ -451,7 +451,7 @@ fn started<J>(
 pub type AfterCommit = Box<dyn FnMut() -> bool + Send>;
 
 /// The merger as a task of the current runtime instead of a thread of its
-/// own, for the deterministic delivery simulation (`tests/src/delivery_sim`):
+/// own, for the deterministic delivery simulation (`tests/tests/sim_delivery/`):
 /// on a current-thread runtime with a paused clock, everything then runs on
 /// one thread, and the clock cannot move while a commit is under way (a
 /// thread's commit would let it jump to the next timer). Same state, same loop and the same commit as

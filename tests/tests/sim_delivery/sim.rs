@@ -25,14 +25,9 @@
 //! interleave differently in places (the seeds a planted bug fails were
 //! the same in repeated runs; see ARCHITECTURE "Simulation").
 
-mod check;
-mod net;
-mod procs;
-mod rng;
-
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -41,11 +36,12 @@ use tokio::time::Instant;
 
 use tributary_agent::reading::{Labels, Reading, SeriesKey, Value, intern};
 
-use net::{Net, Side};
-use procs::{
+use crate::check;
+use crate::net::{Net, Side};
+use crate::procs::{
     Agent, Collector, SimCrash, Taps, WriteCrash, apply_write_crash, crash_copy, lock_taps, restore,
 };
-use rng::Rng;
+use crate::rng::Rng;
 
 /// Simulated devices, each polled every [`POLL`].
 const DEVICES: usize = 3;
@@ -114,22 +110,38 @@ pub fn run_seed(seed: u64, dir: &Path) -> Result<SeedStats> {
         .start_paused(true)
         .build()
         .context("building the runtime")?;
-    let result = rt.block_on(Sim::new(seed, &dir).run());
+    let panics_before = PANICS.load(Ordering::SeqCst);
+    let mut result = rt.block_on(Sim::new(seed, &dir).run());
     drop(rt);
+    // A task that panicked for another reason than the simulation's crash
+    // (a session, say: tokio catches it and the stream just ends) fails
+    // the seed even if delivery recovered from it.
+    let panics = PANICS.load(Ordering::SeqCst) - panics_before;
+    if panics > 0 && result.is_ok() {
+        result = Err(anyhow::anyhow!(
+            "{panics} task(s) panicked during the run (printed above)"
+        ));
+    }
     if result.is_ok() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
 }
 
+/// Panics other than [`SimCrash`] since the process started; seeds run one
+/// at a time, so a seed's are the difference across its run.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
 /// The panic that stops the uplink at the spool's failpoint is the
-/// simulation's crash, not a failure: its message is not printed.
+/// simulation's crash, not a failure: its message is not printed. Every
+/// other panic is printed and counted in [`PANICS`].
 fn quiet_sim_crashes() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if !info.payload().is::<SimCrash>() {
+                PANICS.fetch_add(1, Ordering::SeqCst);
                 previous(info);
             }
         }));
@@ -258,10 +270,11 @@ impl<'a> Sim<'a> {
 
     /// Notices crashes at the failpoints and restarts what is due.
     async fn supervise(&mut self) -> Result<()> {
-        if self.collector.as_ref().is_some_and(Collector::crashed)
+        if self.collector.as_ref().is_some_and(Collector::ended)
             && let Some(c) = self.collector.take()
         {
-            c.kill(&self.net).await;
+            // `Err` unless the merger stopped at the failpoint.
+            c.kill(&self.net).await?;
             self.stats.crashes_after_commit += 1;
             self.collector_restart_at = Some(Instant::now() + self.restart_delay());
         }
@@ -347,8 +360,12 @@ impl<'a> Sim<'a> {
             }
             5 => {
                 if let Some(c) = self.collector.take() {
-                    c.kill(&self.net).await;
-                    self.stats.collector_crashes += 1;
+                    if c.kill(&self.net).await? {
+                        // The failpoint had fired since the last step.
+                        self.stats.crashes_after_commit += 1;
+                    } else {
+                        self.stats.collector_crashes += 1;
+                    }
                     self.collector_restart_at = Some(now + self.restart_delay());
                 }
             }
@@ -401,7 +418,7 @@ impl<'a> Sim<'a> {
             ),
         }
         if let Some(c) = self.collector.take() {
-            c.kill(&self.net).await;
+            c.kill(&self.net).await?;
         }
         self.stats.connections = self.net.opened();
         Ok(())
@@ -409,13 +426,21 @@ impl<'a> Sim<'a> {
 
     fn check(mut self) -> Result<SeedStats> {
         let stored = check::read_store(&self.db())?;
-        let taken = std::mem::take(&mut lock_taps(&self.taps).taken);
+        let (taken, drops) = {
+            let mut t = lock_taps(&self.taps);
+            let drops = check::Drops {
+                ids: std::mem::take(&mut t.dropped),
+                count: t.dropped_count,
+                unknown: t.dropped_unknown,
+            };
+            (std::mem::take(&mut t.taken), drops)
+        };
         self.stats.taken = taken.len() as u64;
         self.stats.stored = stored.counts.values().map(|&n| u64::from(n)).sum();
         self.stats.dropped = stored.dropped;
         self.stats.deduplicated = stored.deduplicated;
         self.stats.resent = stored.resent;
-        let problems = check::contract(&self.produced, &taken, &stored);
+        let problems = check::contract(&self.produced, &taken, &drops, &stored);
         if problems.is_empty() {
             Ok(self.stats)
         } else {
