@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -28,7 +28,7 @@ use tributary_collector::store::{Durability, StoreUrl};
 use tributary_proto::v1 as pb;
 
 use super::check::{Id, id_of};
-use super::net::{Net, SimIo};
+use super::net::{Net, SimIo, lock};
 
 /// The agent id every run uses.
 pub const AGENT: &str = "sim-agent";
@@ -194,10 +194,6 @@ pub struct AgentTaps {
 
 pub type Taps = Arc<Mutex<AgentTaps>>;
 
-pub fn lock_taps(t: &Taps) -> std::sync::MutexGuard<'_, AgentTaps> {
-    t.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// A running agent: its uplink and the intake the simulated devices feed.
 pub struct Agent {
     uplink: JoinHandle<()>,
@@ -247,7 +243,7 @@ impl Agent {
                     seq,
                     readings,
                 } => {
-                    let mut t = lock_taps(&spooled);
+                    let mut t = lock(&spooled);
                     t.taken.extend_from_slice(readings);
                     let ids = readings.iter().filter_map(id_of).collect();
                     t.records.insert((epoch, seq), ids);
@@ -257,7 +253,7 @@ impl Agent {
                     seq,
                     readings,
                 } => {
-                    let mut t = lock_taps(&spooled);
+                    let mut t = lock(&spooled);
                     t.dropped_count += u64::from(readings);
                     match t.records.get(&(epoch, seq)).cloned() {
                         Some(ids) => t.dropped.extend(ids),
@@ -265,11 +261,11 @@ impl Agent {
                     }
                 }
                 Failpoint::NotSpooled { readings } => {
-                    lock_taps(&spooled).dropped_count += readings.len() as u64;
+                    lock(&spooled).dropped_count += readings.len() as u64;
                 }
             }),
             after_write: Some(AfterWrite(Arc::new(move |path, offset, len| {
-                let mut t = lock_taps(&at_write);
+                let mut t = lock(&at_write);
                 if t.crash_at_write {
                     t.crash_at_write = false;
                     t.crashed_at = Some(Written {
@@ -282,7 +278,7 @@ impl Agent {
                     // below drops the spool, whose clean-close cleanup a
                     // crash would not run.
                     if let Err(e) = snapshot(&snapshot_dir, &snapshot_to) {
-                        lock_taps(&at_write).snapshot_failed = Some(format!("{e:#}"));
+                        lock(&at_write).snapshot_failed = Some(format!("{e:#}"));
                     }
                     // Unwinds the uplink task from this line: nothing after
                     // the write runs, as after a kill -9.

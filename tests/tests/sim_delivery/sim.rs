@@ -8,10 +8,10 @@
 //! at random moments and between a commit and its acks, agent crashes at
 //! random moments and between a spool record's write and its fsync (the
 //! record then kept, lost or torn). After the faults stop and delivery
-//! settles, the delivery contract is checked against ground truth
-//! (`check.rs`).
+//! settles, the delivery contract is checked against ground truth and
+//! what the spool reported giving up (`check.rs`).
 //!
-//! Entry points: `tests/tests/sim_delivery.rs` (a few hundred seeds in
+//! Entry points: the test in `main.rs` (a few hundred seeds in
 //! `cargo xtask test`) and `cargo xtask sim --seeds N [--from S]` /
 //! `--seed S`, which run that test with `TRIBUTARY_SIM_*` set. A failing
 //! seed is printed with the command that replays it.
@@ -19,11 +19,12 @@
 //! What is deterministic: the fault schedule, the devices' readings and
 //! the uplink's reconnect jitter (`UplinkConfig::jitter_seed`) are
 //! functions of the seed, and everything runs on one thread whose clock
-//! only moves when every task waits. What is not: a new spool's epoch is
-//! drawn from the OS's random numbers, and hash maps iterate in a random
-//! order, so a replay is the same faults at the same times but may
-//! interleave differently in places (the seeds a planted bug fails were
-//! the same in repeated runs; see ARCHITECTURE "Simulation").
+//! only moves when every task waits. What is not: tokio's `select!` polls
+//! its branches from a random start, hash maps iterate in a random order,
+//! a new spool's epoch is drawn from the OS's random numbers, and the wall
+//! clock stamps receipt and paces compaction, so a replay is the same
+//! faults at the same times but may interleave differently in places (see
+//! ARCHITECTURE "Simulation" for how often a failing seed failed again).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -37,9 +38,9 @@ use tokio::time::Instant;
 use tributary_agent::reading::{Labels, Reading, SeriesKey, Value, intern};
 
 use crate::check;
-use crate::net::{Net, Side};
+use crate::net::{Net, Side, lock};
 use crate::procs::{
-    Agent, Collector, SimCrash, Taps, WriteCrash, apply_write_crash, crash_copy, lock_taps, restore,
+    Agent, Collector, SimCrash, Taps, WriteCrash, apply_write_crash, crash_copy, restore,
 };
 use crate::rng::Rng;
 
@@ -284,7 +285,7 @@ impl<'a> Sim<'a> {
             a.join().await?;
             self.net.cut_all();
             let (at, failed) = {
-                let mut t = lock_taps(&self.taps);
+                let mut t = lock(&self.taps);
                 (t.crashed_at.take(), t.snapshot_failed.take())
             };
             let Some(at) = at else {
@@ -383,7 +384,7 @@ impl<'a> Sim<'a> {
                     1 => WriteCrash::Lost,
                     _ => WriteCrash::Torn(self.rng.between(1, 64)),
                 };
-                lock_taps(&self.taps).crash_at_write = true;
+                lock(&self.taps).crash_at_write = true;
             }
         }
         Ok(())
@@ -394,7 +395,7 @@ impl<'a> Sim<'a> {
     /// spooled batch (the uplink then ends by itself).
     async fn settle(&mut self) -> Result<()> {
         self.crash_at_commit.store(false, Ordering::SeqCst);
-        lock_taps(&self.taps).crash_at_write = false;
+        lock(&self.taps).crash_at_write = false;
         // A crash may have fired at the last step.
         self.supervise().await?;
         if self.collector.is_none() {
@@ -427,7 +428,7 @@ impl<'a> Sim<'a> {
     fn check(mut self) -> Result<SeedStats> {
         let stored = check::read_store(&self.db())?;
         let (taken, drops) = {
-            let mut t = lock_taps(&self.taps);
+            let mut t = lock(&self.taps);
             let drops = check::Drops {
                 ids: std::mem::take(&mut t.dropped),
                 count: t.dropped_count,
