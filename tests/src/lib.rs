@@ -18,15 +18,11 @@
 //!   pymodbus, Mosquitto), found or installed by `cargo xtask test`.
 //! - [`browser`]: a headless Chromium driven through playwright-core, for
 //!   the fleet page.
-//! - [`delivery_sim`]: the deterministic (seeded) simulation of the
-//!   delivery path, the real uplink, spool, sessions and merger under
-//!   injected faults, checked against ground truth.
 //! - [`process`]: locate the built binaries, spawn and stop them, wait for a
 //!   port, allocate free ports and per-test temporary directories.
 
 pub mod browser;
 pub mod cluster;
-pub mod delivery_sim;
 pub mod http_sim;
 pub mod modbus_sim;
 pub mod peers;

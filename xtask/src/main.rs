@@ -131,7 +131,11 @@ impl Workspace {
             .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
     }
 
-    /// A cargo command run in the workspace root.
+    /// A cargo command run in the workspace root, without the variables
+    /// `cargo run` set to describe the xtask's own package: ring's build
+    /// script reruns when they change, so passing them on would rebuild
+    /// ring and everything above it at every call (and again at the next
+    /// xtask build).
     pub fn cargo_command<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
@@ -139,6 +143,20 @@ impl Workspace {
     {
         let mut command = Command::new(&self.cargo);
         command.args(args).current_dir(&self.root);
+        for (name, _) in std::env::vars_os() {
+            let n = name.to_string_lossy();
+            if n.starts_with("CARGO_PKG_")
+                || n.starts_with("CARGO_MANIFEST_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                ]
+                .contains(&&*n)
+            {
+                command.env_remove(&name);
+            }
+        }
         command
     }
 

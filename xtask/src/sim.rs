@@ -1,11 +1,11 @@
-//! `cargo xtask sim`: the delivery simulation (`tributary_tests::delivery_sim`)
+//! `cargo xtask sim`: the delivery simulation (`tests/tests/sim_delivery/`)
 //! over many seeds, or one seed again.
 //!
 //! - `--seeds N [--from S]`: seeds `S..S+N` (default 1000 from 0);
 //! - `--seed S`: that seed alone (how a failure printed is replayed);
 //! - `--release`: an optimised build (many thousands of seeds).
 //!
-//! It runs the test `tests/tests/sim_delivery.rs` with
+//! It runs the test `tests/tests/sim_delivery/` with
 //! `TRIBUTARY_SIM_SEEDS`, `TRIBUTARY_SIM_FROM` or `TRIBUTARY_SIM_SEED` set,
 //! which `cargo xtask test` runs with its default of a few hundred seeds.
 
@@ -47,24 +47,6 @@ pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
         "--test",
         "sim_delivery",
     ]);
-    // `cargo run` described the xtask's package in these; ring's build
-    // script reruns when they change, so passing them on would rebuild ring
-    // and everything above it at every call (and again at the next xtask
-    // build).
-    for (name, _) in std::env::vars_os() {
-        let n = name.to_string_lossy();
-        if n.starts_with("CARGO_PKG_")
-            || n.starts_with("CARGO_MANIFEST_")
-            || [
-                "CARGO_CRATE_NAME",
-                "CARGO_BIN_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-            ]
-            .contains(&&*n)
-        {
-            test.env_remove(&name);
-        }
-    }
     if release {
         test.arg("--release");
     }

@@ -148,7 +148,7 @@ pub struct Record {
 }
 
 /// The delivery simulation's failpoint between a record's write and its
-/// `fdatasync` (`tests/src/delivery_sim`): called with the segment's path,
+/// `fdatasync` (`tests/tests/sim_delivery/`): called with the segment's path,
 /// the record's offset and its length once its bytes are written and before
 /// they are synced. The simulation's hook may unwind there, which stops the
 /// uplink at that line as a `kill -9` would (the on-disk effect of losing
@@ -163,6 +163,23 @@ pub type WriteHook = dyn Fn(&Path, u64, u64) + Send + Sync;
 impl std::fmt::Debug for AfterWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AfterWrite")
+    }
+}
+
+/// The delivery simulation's view of what the spool gives up
+/// (`tests/tests/sim_delivery/`): called with the epoch, the sequence and
+/// the readings of each unacked record dropped to make room or given up
+/// after refusals, once its readings are counted as dropped. Unset
+/// (`None`) in the agent: one branch per drop.
+#[derive(Clone)]
+pub struct OnDrop(pub Arc<DropHook>);
+
+/// The hook of [`OnDrop`]: epoch, sequence, readings.
+pub type DropHook = dyn Fn(u64, u64, u32) + Send + Sync;
+
+impl std::fmt::Debug for OnDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnDrop")
     }
 }
 
@@ -197,6 +214,8 @@ pub struct Spool {
     epoch_unsynced: bool,
     /// The simulation's failpoint ([`AfterWrite`]); `None` otherwise.
     after_write: Option<AfterWrite>,
+    /// The simulation's view of drops ([`OnDrop`]); `None` otherwise.
+    on_drop: Option<OnDrop>,
 }
 
 impl Spool {
@@ -204,6 +223,11 @@ impl Spool {
     /// sync ([`AfterWrite`]).
     pub fn set_after_write(&mut self, hook: Option<AfterWrite>) {
         self.after_write = hook;
+    }
+
+    /// Sets the simulation's view of dropped records ([`OnDrop`]).
+    pub fn set_on_drop(&mut self, hook: Option<OnDrop>) {
+        self.on_drop = hook;
     }
 
     /// Whether appends are made durable (`fsync`) before they return.

@@ -113,6 +113,7 @@ impl Spool {
             loaded_series: dictionary.keys,
             epoch_unsynced: false,
             after_write: None,
+            on_drop: None,
         };
         spool.reserve(next_seq)?;
         if recovery.cut_bytes > 0 {

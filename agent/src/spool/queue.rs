@@ -281,6 +281,11 @@ impl Spool {
         fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
         self.total_bytes -= seg.size;
         self.add_dropped(lost)?;
+        if let Some(hook) = &self.on_drop {
+            for r in seg.records.iter().filter(|r| r.seq > self.acked) {
+                (hook.0)(self.epoch, r.seq, r.readings);
+            }
+        }
         warn!(
             readings = lost,
             first_seq = seg.records.front().map(|r| r.seq),
@@ -303,6 +308,10 @@ impl Spool {
             return Ok(0);
         };
         self.add_dropped(readings)?;
+        if let Some(hook) = &self.on_drop {
+            // `readings` came from a `u32`.
+            (hook.0)(self.epoch, seq, u32::try_from(readings).unwrap_or(u32::MAX));
+        }
         self.ack(seq)?;
         Ok(readings)
     }

@@ -68,7 +68,7 @@ use tracing::{info, warn};
 use crate::metrics::{SpoolSample, UplinkMetrics};
 use crate::reading::Reading;
 use crate::scheduler::Room;
-use crate::spool::Spool;
+use crate::spool::{OnDrop, Spool};
 
 pub use collectors::{Collectors, NoCollectors};
 pub use connection::ConnectError;
@@ -263,6 +263,15 @@ impl Uplink {
     /// Reports to (and may be stopped by) the simulation's `failpoints`.
     pub fn with_failpoints(mut self, failpoints: Failpoints) -> Self {
         self.spool.set_after_write(failpoints.after_write.clone());
+        let on = failpoints.on.clone();
+        self.spool
+            .set_on_drop(Some(OnDrop(Arc::new(move |epoch, seq, readings| {
+                on(Failpoint::Dropped {
+                    epoch,
+                    seq,
+                    readings,
+                })
+            }))));
         self.failpoints = Some(failpoints);
         self
     }

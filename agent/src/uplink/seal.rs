@@ -47,6 +47,16 @@ impl Uplink {
         }
     }
 
+    /// Tells the simulation's failpoint that the first `n` open readings
+    /// were counted as dropped without being spooled.
+    fn not_spooled(&self, n: usize) {
+        if let Some(f) = &self.failpoints {
+            (f.on)(Failpoint::NotSpooled {
+                readings: &self.open[..n],
+            });
+        }
+    }
+
     fn seal_now(&mut self) {
         // A poll can bring more readings than a batch may hold (a large
         // scrape): seal them as several batches, so the collector never
@@ -83,7 +93,7 @@ impl Uplink {
                     }
                 }
                 // The spool counted them as dropped.
-                Ok(Appended::Dropped) => {}
+                Ok(Appended::Dropped) => self.not_spooled(n),
                 // `block`: keep the readings and stop taking more until acks
                 // make room; the scheduler's polls wait meanwhile.
                 Ok(Appended::Full) => {
@@ -103,6 +113,7 @@ impl Uplink {
                     if let Err(e) = self.spool.count_lost(u64::from(count)) {
                         error!(error = %e, "cannot record the loss in the spool either");
                     }
+                    self.not_spooled(n);
                 }
             }
             self.open.drain(..n);

@@ -1,4 +1,4 @@
-//! The two places the delivery simulation (`tests/src/delivery_sim`) plugs
+//! The two places the delivery simulation (`tests/tests/sim_delivery/`) plugs
 //! into a real uplink: the transport a stream runs over ([`Connector`]) and
 //! the failpoints it observes or crashes at ([`Failpoints`]). Neither
 //! replaces any logic: the spool, the batches, the stream and its gRPC are
@@ -72,6 +72,12 @@ pub enum Failpoint<'a> {
         seq: u64,
         readings: &'a [Reading],
     },
+    /// A spooled record was given up (dropped to make room, or refused for
+    /// good) and its readings counted as dropped.
+    Dropped { epoch: u64, seq: u64, readings: u32 },
+    /// A sealed batch was counted as dropped without being spooled (no
+    /// room for it, or the append failed).
+    NotSpooled { readings: &'a [Reading] },
 }
 
 /// The simulation's hooks ([`super::Uplink::with_failpoints`]).

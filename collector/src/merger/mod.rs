@@ -13,10 +13,10 @@
 //! ([`Store`] is blocking for SQLite and PostgreSQL alike); it never awaits,
 //! so no lock is needed anywhere around the store. (The delivery simulation
 //! runs the same loop as a task of its one thread: [`start_inline`].) Its
-//! committed-sequence
-//! map is a cache of the store's: the store re-checks every batch under its
-//! own lock (several collectors may share a PostgreSQL database) and reports
-//! the batches it skipped, which are acked all the same.
+//! committed-sequence map is a cache of the store's: the store re-checks
+//! every batch under its own lock (several collectors may share a
+//! PostgreSQL database) and reports the batches it skipped, which are acked
+//! all the same.
 //!
 //! Retention runs here too, between groups: a timer task sends
 //! [`Command::Retain`] through the same queue every second, the merger
@@ -451,15 +451,16 @@ fn started<J>(
 pub type AfterCommit = Box<dyn FnMut() -> bool + Send>;
 
 /// The merger as a task of the current runtime instead of a thread of its
-/// own, for the deterministic delivery simulation (`tests/src/delivery_sim`):
+/// own, for the deterministic delivery simulation (`tests/tests/sim_delivery/`):
 /// on a current-thread runtime with a paused clock, everything then runs on
 /// one thread, and the clock cannot move while a commit is under way (a
-/// thread's commit would let it jump to the next timer). Same state, same loop and the same commit as
-/// [`start`]; the store's blocking calls run inline, which a collector must
-/// not do (they would hold up its sessions), so only the simulation uses
-/// it. SQLite stores only (a PostgreSQL store owns a runtime, which must
-/// not be dropped inside another). The returned future is the merger: it
-/// ends when every handle is dropped, or when `after_commit` says stop.
+/// thread's commit would let it jump to the next timer). Same state, same
+/// loop and the same commit as [`start`]; the store's blocking calls run
+/// inline, which a collector must not do (they would hold up its
+/// sessions), so only the simulation uses it. SQLite stores only (a
+/// PostgreSQL store owns a runtime, which must not be dropped inside
+/// another). The returned future is the merger: it ends when every handle
+/// is dropped, or when `after_commit` says stop.
 pub fn start_inline(
     url: &StoreUrl,
     options: MergerOptions,
@@ -486,6 +487,7 @@ pub fn start_inline(
     merger.after_commit = after_commit;
     Ok(started(tx, live_rx, tail, true, merger.run_inline()))
 }
+
 /// Sends `command()` to the merger every `every`. Holds only a weak sender
 /// between ticks, so the merger still ends when the last session handle is
 /// dropped.
@@ -581,7 +583,10 @@ impl Merger {
                 },
                 Waiting::Closed => break,
             };
-            self.turn(first);
+            // `false` only with an `after_commit` hook, which only
+            // `start_inline` sets.
+            let went_on = self.turn(first);
+            debug_assert!(went_on, "a threaded merger has no after_commit hook");
         }
         info!("merger stopped: every session has ended");
     }

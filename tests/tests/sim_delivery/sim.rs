@@ -8,10 +8,10 @@
 //! at random moments and between a commit and its acks, agent crashes at
 //! random moments and between a spool record's write and its fsync (the
 //! record then kept, lost or torn). After the faults stop and delivery
-//! settles, the delivery contract is checked against ground truth
-//! (`check.rs`).
+//! settles, the delivery contract is checked against ground truth and
+//! what the spool reported giving up (`check.rs`).
 //!
-//! Entry points: `tests/tests/sim_delivery.rs` (a few hundred seeds in
+//! Entry points: the test in `main.rs` (a few hundred seeds in
 //! `cargo xtask test`) and `cargo xtask sim --seeds N [--from S]` /
 //! `--seed S`, which run that test with `TRIBUTARY_SIM_*` set. A failing
 //! seed is printed with the command that replays it.
@@ -19,20 +19,16 @@
 //! What is deterministic: the fault schedule, the devices' readings and
 //! the uplink's reconnect jitter (`UplinkConfig::jitter_seed`) are
 //! functions of the seed, and everything runs on one thread whose clock
-//! only moves when every task waits. What is not: a new spool's epoch is
-//! drawn from the OS's random numbers, and hash maps iterate in a random
-//! order, so a replay is the same faults at the same times but may
-//! interleave differently in places (the seeds a planted bug fails were
-//! the same in repeated runs; see ARCHITECTURE "Simulation").
-
-mod check;
-mod net;
-mod procs;
-mod rng;
+//! only moves when every task waits. What is not: tokio's `select!` polls
+//! its branches from a random start, hash maps iterate in a random order,
+//! a new spool's epoch is drawn from the OS's random numbers, and the wall
+//! clock stamps receipt and paces compaction, so a replay is the same
+//! faults at the same times but may interleave differently in places (see
+//! ARCHITECTURE "Simulation" for how often a failing seed failed again).
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -41,11 +37,12 @@ use tokio::time::Instant;
 
 use tributary_agent::reading::{Labels, Reading, SeriesKey, Value, intern};
 
-use net::{Net, Side};
-use procs::{
-    Agent, Collector, SimCrash, Taps, WriteCrash, apply_write_crash, crash_copy, lock_taps, restore,
+use crate::check;
+use crate::net::{Net, Side, lock};
+use crate::procs::{
+    Agent, Collector, SimCrash, Taps, WriteCrash, apply_write_crash, crash_copy, restore,
 };
-use rng::Rng;
+use crate::rng::Rng;
 
 /// Simulated devices, each polled every [`POLL`].
 const DEVICES: usize = 3;
@@ -114,22 +111,38 @@ pub fn run_seed(seed: u64, dir: &Path) -> Result<SeedStats> {
         .start_paused(true)
         .build()
         .context("building the runtime")?;
-    let result = rt.block_on(Sim::new(seed, &dir).run());
+    let panics_before = PANICS.load(Ordering::SeqCst);
+    let mut result = rt.block_on(Sim::new(seed, &dir).run());
     drop(rt);
+    // A task that panicked for another reason than the simulation's crash
+    // (a session, say: tokio catches it and the stream just ends) fails
+    // the seed even if delivery recovered from it.
+    let panics = PANICS.load(Ordering::SeqCst) - panics_before;
+    if panics > 0 && result.is_ok() {
+        result = Err(anyhow::anyhow!(
+            "{panics} task(s) panicked during the run (printed above)"
+        ));
+    }
     if result.is_ok() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
 }
 
+/// Panics other than [`SimCrash`] since the process started; seeds run one
+/// at a time, so a seed's are the difference across its run.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
 /// The panic that stops the uplink at the spool's failpoint is the
-/// simulation's crash, not a failure: its message is not printed.
+/// simulation's crash, not a failure: its message is not printed. Every
+/// other panic is printed and counted in [`PANICS`].
 fn quiet_sim_crashes() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if !info.payload().is::<SimCrash>() {
+                PANICS.fetch_add(1, Ordering::SeqCst);
                 previous(info);
             }
         }));
@@ -258,10 +271,11 @@ impl<'a> Sim<'a> {
 
     /// Notices crashes at the failpoints and restarts what is due.
     async fn supervise(&mut self) -> Result<()> {
-        if self.collector.as_ref().is_some_and(Collector::crashed)
+        if self.collector.as_ref().is_some_and(Collector::ended)
             && let Some(c) = self.collector.take()
         {
-            c.kill(&self.net).await;
+            // `Err` unless the merger stopped at the failpoint.
+            c.kill(&self.net).await?;
             self.stats.crashes_after_commit += 1;
             self.collector_restart_at = Some(Instant::now() + self.restart_delay());
         }
@@ -271,7 +285,7 @@ impl<'a> Sim<'a> {
             a.join().await?;
             self.net.cut_all();
             let (at, failed) = {
-                let mut t = lock_taps(&self.taps);
+                let mut t = lock(&self.taps);
                 (t.crashed_at.take(), t.snapshot_failed.take())
             };
             let Some(at) = at else {
@@ -347,8 +361,12 @@ impl<'a> Sim<'a> {
             }
             5 => {
                 if let Some(c) = self.collector.take() {
-                    c.kill(&self.net).await;
-                    self.stats.collector_crashes += 1;
+                    if c.kill(&self.net).await? {
+                        // The failpoint had fired since the last step.
+                        self.stats.crashes_after_commit += 1;
+                    } else {
+                        self.stats.collector_crashes += 1;
+                    }
                     self.collector_restart_at = Some(now + self.restart_delay());
                 }
             }
@@ -366,7 +384,7 @@ impl<'a> Sim<'a> {
                     1 => WriteCrash::Lost,
                     _ => WriteCrash::Torn(self.rng.between(1, 64)),
                 };
-                lock_taps(&self.taps).crash_at_write = true;
+                lock(&self.taps).crash_at_write = true;
             }
         }
         Ok(())
@@ -377,7 +395,7 @@ impl<'a> Sim<'a> {
     /// spooled batch (the uplink then ends by itself).
     async fn settle(&mut self) -> Result<()> {
         self.crash_at_commit.store(false, Ordering::SeqCst);
-        lock_taps(&self.taps).crash_at_write = false;
+        lock(&self.taps).crash_at_write = false;
         // A crash may have fired at the last step.
         self.supervise().await?;
         if self.collector.is_none() {
@@ -401,7 +419,7 @@ impl<'a> Sim<'a> {
             ),
         }
         if let Some(c) = self.collector.take() {
-            c.kill(&self.net).await;
+            c.kill(&self.net).await?;
         }
         self.stats.connections = self.net.opened();
         Ok(())
@@ -409,13 +427,21 @@ impl<'a> Sim<'a> {
 
     fn check(mut self) -> Result<SeedStats> {
         let stored = check::read_store(&self.db())?;
-        let taken = std::mem::take(&mut lock_taps(&self.taps).taken);
+        let (taken, drops) = {
+            let mut t = lock(&self.taps);
+            let drops = check::Drops {
+                ids: std::mem::take(&mut t.dropped),
+                count: t.dropped_count,
+                unknown: t.dropped_unknown,
+            };
+            (std::mem::take(&mut t.taken), drops)
+        };
         self.stats.taken = taken.len() as u64;
         self.stats.stored = stored.counts.values().map(|&n| u64::from(n)).sum();
         self.stats.dropped = stored.dropped;
         self.stats.deduplicated = stored.deduplicated;
         self.stats.resent = stored.resent;
-        let problems = check::contract(&self.produced, &taken, &stored);
+        let problems = check::contract(&self.produced, &taken, &drops, &stored);
         if problems.is_empty() {
             Ok(self.stats)
         } else {

@@ -11,6 +11,7 @@
 //! session of a stream the agent already gave up (a duplicate stream of one
 //! agent, once it reconnects).
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,7 +76,10 @@ impl Conn {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// The harness's locks (here and the agent's taps): no section under one
+/// panics midway (the simulated crash unwinds after its guard is dropped),
+/// so a poisoned lock is taken anyway.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -117,8 +121,6 @@ impl SimIo {
         Poll::Ready(Ok(()))
     }
 }
-
-use std::future::Future as _;
 
 impl AsyncRead for SimIo {
     fn poll_read(

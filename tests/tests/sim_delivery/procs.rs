@@ -5,9 +5,10 @@
 //! connections; a restart opens the same files again, as a restarted
 //! process would.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -26,7 +27,8 @@ use tributary_collector::session::Limits;
 use tributary_collector::store::{Durability, StoreUrl};
 use tributary_proto::v1 as pb;
 
-use super::net::{Net, SimIo};
+use super::check::{Id, id_of};
+use super::net::{Net, SimIo, lock};
 
 /// The agent id every run uses.
 pub const AGENT: &str = "sim-agent";
@@ -40,6 +42,9 @@ pub struct Collector {
     server: JoinHandle<()>,
     merger: JoinHandle<()>,
     shutdown: CancellationToken,
+    /// Set by the `AfterCommit` failpoint when it stops the merger: only
+    /// then is the merger's end a planned crash.
+    fired: Arc<AtomicBool>,
 }
 
 impl Collector {
@@ -48,9 +53,12 @@ impl Collector {
     /// its acks, and the network loses the collector at that moment.
     pub fn start(db: &Path, net: &Net, crash_at_commit: Arc<AtomicBool>) -> Result<Collector> {
         let hook_net = net.clone();
+        let fired = Arc::new(AtomicBool::new(false));
+        let hook_fired = fired.clone();
         let after_commit: merger::AfterCommit = Box::new(move || {
             let crash = crash_at_commit.swap(false, Ordering::SeqCst);
             if crash {
+                hook_fired.store(true, Ordering::SeqCst);
                 hook_net.collector_down();
             }
             crash
@@ -94,23 +102,48 @@ impl Collector {
             server,
             merger,
             shutdown,
+            fired,
         })
     }
 
-    /// The merger stopped on its own: `crash_at_commit` fired.
-    pub fn crashed(&self) -> bool {
-        self.merger.is_finished()
+    /// A task of the process ended on its own: the merger at the
+    /// `crash_at_commit` failpoint (a planned crash), or anything else
+    /// (a failure, which [`Collector::kill`] then reports).
+    pub fn ended(&self) -> bool {
+        self.merger.is_finished() || self.server.is_finished()
     }
 
     /// Drops every task of the process (sessions end once the network
-    /// has cut their connections and the merger is gone).
-    pub async fn kill(self, net: &Net) {
+    /// has cut their connections and the merger is gone). `Ok(true)` if
+    /// the merger had stopped at the failpoint; `Err` if a task panicked,
+    /// or ended on its own without the failpoint having fired (a real
+    /// crash must not pass for a planned one).
+    pub async fn kill(self, net: &Net) -> Result<bool> {
         net.collector_down();
+        let server_ended = self.server.is_finished();
+        let merger_ended = self.merger.is_finished();
         self.shutdown.cancel();
         self.server.abort();
         self.merger.abort();
-        let _ = self.server.await;
-        let _ = self.merger.await;
+        let server = self.server.await;
+        let merger = self.merger.await;
+        let fired = self.fired.load(Ordering::SeqCst);
+        task_end("the collector's merger", merger, merger_ended && !fired)?;
+        // The failpoint also closes the listener, which ends the server.
+        task_end("the collector's server", server, server_ended && !fired)?;
+        Ok(fired && merger_ended)
+    }
+}
+
+/// `Err` if a task panicked, or (`unplanned`) ended by itself when only a
+/// kill should have ended it.
+fn task_end(what: &str, end: Result<(), tokio::task::JoinError>, unplanned: bool) -> Result<()> {
+    match end {
+        Err(e) if e.is_panic() => {
+            anyhow::bail!("{what} panicked: {}", panic_text(&*e.into_panic()))
+        }
+        _ if unplanned => anyhow::bail!("{what} ended without a planned crash"),
+        _ => Ok(()),
     }
 }
 
@@ -139,6 +172,18 @@ pub struct Written {
 pub struct AgentTaps {
     /// Readings reported taken (`Failpoint::Spooled`).
     pub taken: Vec<Reading>,
+    /// The ids of each record reported taken, by (epoch, seq).
+    pub records: HashMap<(u64, u64), Vec<Id>>,
+    /// Ids of the readings of taken records the spool gave up
+    /// (`Failpoint::Dropped`).
+    pub dropped: HashSet<Id>,
+    /// Readings the spool reported counted as dropped, taken or not
+    /// (`Failpoint::Dropped` and `Failpoint::NotSpooled`).
+    pub dropped_count: u64,
+    /// Records given up that were never reported taken (a record a crash
+    /// kept on disk before its `Spooled`): their readings are counted,
+    /// their ids unknown.
+    pub dropped_unknown: u64,
     /// Set by the run to crash at the next record write.
     pub crash_at_write: bool,
     /// Where that crash happened.
@@ -148,10 +193,6 @@ pub struct AgentTaps {
 }
 
 pub type Taps = Arc<Mutex<AgentTaps>>;
-
-pub fn lock_taps(t: &Taps) -> std::sync::MutexGuard<'_, AgentTaps> {
-    t.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A running agent: its uplink and the intake the simulated devices feed.
 pub struct Agent {
@@ -197,12 +238,34 @@ impl Agent {
         let (snapshot_dir, snapshot_to) = (dir.to_path_buf(), crash_copy(dir));
         let uplink = uplink.with_failpoints(Failpoints {
             on: Arc::new(move |point| match point {
-                Failpoint::Spooled { readings, .. } => {
-                    lock_taps(&spooled).taken.extend_from_slice(readings);
+                Failpoint::Spooled {
+                    epoch,
+                    seq,
+                    readings,
+                } => {
+                    let mut t = lock(&spooled);
+                    t.taken.extend_from_slice(readings);
+                    let ids = readings.iter().filter_map(id_of).collect();
+                    t.records.insert((epoch, seq), ids);
+                }
+                Failpoint::Dropped {
+                    epoch,
+                    seq,
+                    readings,
+                } => {
+                    let mut t = lock(&spooled);
+                    t.dropped_count += u64::from(readings);
+                    match t.records.get(&(epoch, seq)).cloned() {
+                        Some(ids) => t.dropped.extend(ids),
+                        None => t.dropped_unknown += 1,
+                    }
+                }
+                Failpoint::NotSpooled { readings } => {
+                    lock(&spooled).dropped_count += readings.len() as u64;
                 }
             }),
             after_write: Some(AfterWrite(Arc::new(move |path, offset, len| {
-                let mut t = lock_taps(&at_write);
+                let mut t = lock(&at_write);
                 if t.crash_at_write {
                     t.crash_at_write = false;
                     t.crashed_at = Some(Written {
@@ -215,7 +278,7 @@ impl Agent {
                     // below drops the spool, whose clean-close cleanup a
                     // crash would not run.
                     if let Err(e) = snapshot(&snapshot_dir, &snapshot_to) {
-                        lock_taps(&at_write).snapshot_failed = Some(format!("{e:#}"));
+                        lock(&at_write).snapshot_failed = Some(format!("{e:#}"));
                     }
                     // Unwinds the uplink task from this line: nothing after
                     // the write runs, as after a kill -9.

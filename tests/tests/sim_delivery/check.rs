@@ -3,7 +3,7 @@
 //! what the store holds and the drop count it keeps are compared, never the
 //! uplink's or the merger's internals.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -88,16 +88,32 @@ pub fn id_of(r: &Reading) -> Option<Id> {
     }
 }
 
+/// What the agent's spool reported giving up (`Failpoint::Dropped` and
+/// `Failpoint::NotSpooled`).
+#[derive(Debug, Default)]
+pub struct Drops {
+    /// Ids of the taken readings in records the spool dropped.
+    pub ids: HashSet<Id>,
+    /// Readings the spool counted as dropped, by its reports.
+    pub count: u64,
+    /// Dropped records that were never reported taken.
+    pub unknown: u64,
+}
+
 /// Checks the contract; each violation is one line.
 ///
 /// - nothing stored twice;
 /// - nothing stored that no device produced;
 /// - every reading the spool took (durable, so possibly acked) is stored,
-///   or counted as dropped: the readings taken and not stored are at most
-///   the store's drop count.
+///   or is in a record the spool reported dropping (by identity, not by
+///   count: a reading dropped after its commit, or counted dropped without
+///   being taken, cannot cover for a lost one);
+/// - the store's drop count (`dropped_at_agent`) is what the spool
+///   reported dropping, reading for reading.
 pub fn contract(
     produced: &HashMap<String, i64>,
     taken: &[Reading],
+    drops: &Drops,
     stored: &Stored,
 ) -> Vec<String> {
     let mut problems = Vec::new();
@@ -124,21 +140,26 @@ pub fn contract(
     let mut missing: Vec<Id> = taken
         .iter()
         .filter_map(id_of)
-        .filter(|id| !stored.counts.contains_key(id))
+        .filter(|id| !stored.counts.contains_key(id) && !drops.ids.contains(id))
         .collect();
     missing.sort();
     missing.dedup();
-    if missing.len() as u64 > stored.dropped {
+    if !missing.is_empty() {
         let first: Vec<String> = missing
             .iter()
             .take(5)
             .map(|(d, k)| format!("{d} #{k}"))
             .collect();
         problems.push(format!(
-            "{} spooled readings neither stored nor counted as dropped ({} counted): {}",
-            missing.len() as u64 - stored.dropped,
-            stored.dropped,
+            "{} spooled readings neither stored nor in a record the spool dropped: {}",
+            missing.len(),
             first.join(", ")
+        ));
+    }
+    if drops.count != stored.dropped {
+        problems.push(format!(
+            "the spool reported {} readings dropped ({} records of them never reported taken), the store counts {}",
+            drops.count, drops.unknown, stored.dropped
         ));
     }
     problems
