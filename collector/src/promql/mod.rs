@@ -27,6 +27,7 @@ mod catalogue;
 mod eval;
 mod functions;
 mod load;
+mod memo;
 mod plan;
 pub mod runtime;
 mod types;
@@ -348,6 +349,7 @@ impl Engine {
             bounds,
             deadline: Some(reads.deadline),
             max_samples: self.limits.max_samples,
+            memo: Default::default(),
         };
         match step {
             None => evaluate_instant(&ev, expr, bounds.start),

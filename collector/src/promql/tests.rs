@@ -45,6 +45,7 @@ fn instant(query: &str, data: &[Series], t: i64) -> Result<QueryResult, QueryErr
         bounds: b,
         deadline: None,
         max_samples: 1_000_000,
+        memo: Default::default(),
     };
     evaluate_instant(&ev, &expr, t * 1000)
 }
@@ -65,6 +66,7 @@ fn range(
         bounds: b,
         deadline: None,
         max_samples: 1_000_000,
+        memo: Default::default(),
     };
     evaluate_range(&ev, &expr, start * 1000, end * 1000, step * 1000)
 }
