@@ -11,13 +11,14 @@
 //!
 //! Pure: imports the parser's AST and the promql module's own files.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
 use promql_parser::parser::{Expr, MatrixSelector, SubqueryExpr, VectorSelector};
 
 use super::load::{Data, Selection, too_many_samples};
+use super::memo::Memo;
 use super::plan::{Bounds, at_ms, duration_ms, offset_ms, selector_key};
 use super::types::{Labels, QueryError, Sample, Series, Value, drop_name};
 
@@ -33,6 +34,8 @@ pub struct Evaluator<'a> {
     pub deadline: Option<Instant>,
     /// Most samples a result may hold.
     pub max_samples: usize,
+    /// What the query's steps share (`memo.rs`).
+    pub memo: Memo,
 }
 
 impl Evaluator<'_> {
@@ -203,13 +206,26 @@ impl Evaluator<'_> {
         }
         let mut series: HashMap<Arc<Labels>, Vec<(i64, f64)>> = HashMap::new();
         let mut total = 0usize;
+        // The inner evaluations of this node's previous window, at the
+        // times this one shares with it, are reused (an evaluation
+        // depends only on its time).
+        let node = std::ptr::from_ref(sq) as usize;
+        let mut previous = self.memo.take_window(node);
+        let mut window = BTreeMap::new();
         while t <= end {
             self.check_deadline()?;
-            match self.eval(&sq.expr, t)? {
+            let value = match previous.remove(&t) {
+                Some(v) => v,
+                None => self.eval(&sq.expr, t)?,
+            };
+            match &value {
                 Value::Vector(samples) => {
                     total += samples.len();
                     for s in samples {
-                        series.entry(s.labels).or_default().push((t, s.value));
+                        series
+                            .entry(s.labels.clone())
+                            .or_default()
+                            .push((t, s.value));
                     }
                 }
                 Value::Scalar(v) => {
@@ -217,7 +233,7 @@ impl Evaluator<'_> {
                     series
                         .entry(Arc::new(Labels::new()))
                         .or_default()
-                        .push((t, v));
+                        .push((t, *v));
                 }
                 other => {
                     return Err(QueryError::BadData(format!(
@@ -229,8 +245,10 @@ impl Evaluator<'_> {
             if total > self.max_samples {
                 return Err(too_many_samples(self.max_samples));
             }
+            window.insert(t, value);
             t += step;
         }
+        self.memo.keep_window(node, window);
         let mut out: Vec<Series> = series
             .into_iter()
             .map(|(labels, points)| Series { labels, points })

@@ -28,6 +28,7 @@ mod columns;
 mod eval;
 mod functions;
 mod load;
+mod memo;
 mod plan;
 pub mod runtime;
 mod types;
@@ -349,6 +350,7 @@ impl Engine {
             bounds,
             deadline: Some(reads.deadline),
             max_samples: self.limits.max_samples,
+            memo: Default::default(),
         };
         match step {
             None => evaluate_instant(&ev, expr, bounds.start),

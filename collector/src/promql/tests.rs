@@ -45,6 +45,7 @@ fn instant(query: &str, data: &[Series], t: i64) -> Result<QueryResult, QueryErr
         bounds: b,
         deadline: None,
         max_samples: 1_000_000,
+        memo: Default::default(),
     };
     evaluate_instant(&ev, &expr, t * 1000)
 }
@@ -65,6 +66,7 @@ fn range(
         bounds: b,
         deadline: None,
         max_samples: 1_000_000,
+        memo: Default::default(),
     };
     evaluate_range(&ev, &expr, start * 1000, end * 1000, step * 1000)
 }
@@ -76,13 +78,16 @@ fn vector(r: Result<QueryResult, QueryError>) -> Vec<(String, f64)> {
     };
     let mut out: Vec<(String, f64)> = samples
         .into_iter()
-        .map(|s: Sample| {
-            let l: Vec<String> = s.labels.iter().map(|(n, v)| format!("{n}={v}")).collect();
-            (l.join(","), s.value)
-        })
+        .map(|s: Sample| (label_text(&s.labels), s.value))
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// `n=v,...` in the labels' order.
+fn label_text(labels: &Labels) -> String {
+    let l: Vec<String> = labels.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    l.join(",")
 }
 
 fn scalar(r: Result<QueryResult, QueryError>) -> f64 {
@@ -348,4 +353,51 @@ fn strings_and_matrices_answer_instant_queries() {
     };
     assert_eq!(m[0].points.len(), 2);
     let _ = Value::Scalar(0.0).type_name();
+}
+
+/// A range query's steps share the query's memo (compiled regexes, a
+/// subquery's previous window); each instant query starts without one:
+/// both must give the same values at every step.
+#[test]
+fn range_steps_reusing_work_agree_with_instant_queries() {
+    let d = data();
+    for q in [
+        "max_over_time(reqs[60s:10s])",
+        "sum_over_time(max_over_time(reqs[30s:10s])[40s:20s])",
+        "rate(reqs[40s:10s]) * on(device) count_over_time(reqs[20s:10s] @ 50)",
+        "label_replace(reqs, \"d\", \"x-$1\", \"device\", \"(a|b)\")",
+    ] {
+        let Ok(QueryResult::Matrix(m)) = range(q, &d, 0, 90, 10) else {
+            panic!("{q}: not a matrix")
+        };
+        let mut from_range: Vec<(String, i64, f64)> = m
+            .iter()
+            .flat_map(|s| s.points.iter().map(|&(t, v)| (label_text(&s.labels), t, v)))
+            .collect();
+        let mut from_instants = Vec::new();
+        for t in (0..=90).step_by(10) {
+            for (l, v) in vector(instant(q, &d, t)) {
+                from_instants.push((l, t * 1000, v));
+            }
+        }
+        from_range.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        from_instants.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        assert!(!from_range.is_empty(), "{q}");
+        assert_eq!(from_range, from_instants, "{q}");
+    }
+}
+
+#[test]
+fn an_invalid_label_replace_regex_is_refused_in_range_queries_too() {
+    let d = data();
+    let q = "label_replace(reqs, \"d\", \"$1\", \"device\", \"(a\")";
+    for r in [instant(q, &d, 50), range(q, &d, 0, 90, 10)] {
+        let Err(QueryError::BadData(m)) = r else {
+            panic!("{r:?}")
+        };
+        assert!(
+            m.starts_with("label_replace(): invalid regular expression \"(a\""),
+            "{m}"
+        );
+    }
 }

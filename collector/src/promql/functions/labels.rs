@@ -44,7 +44,7 @@ pub fn label_replace(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, Que
     let replacement = string_arg(c, 2)?;
     let src = string_arg(c, 3)?;
     let pattern = string_arg(c, 4)?;
-    let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+    let re = ev.memo.anchored_regex(pattern).map_err(|e| {
         QueryError::BadData(format!(
             "label_replace(): invalid regular expression {pattern:?}: {e}"
         ))
