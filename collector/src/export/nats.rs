@@ -194,6 +194,11 @@ impl NatsSink {
         Ok(())
     }
 
+    /// Readings of the pages in the pipeline that have their PubAck.
+    pub fn acked_in_flight(&self) -> u64 {
+        self.ledger.acked_readings()
+    }
+
     /// Forgets every page in the pipeline and the connection (it may be
     /// mid-frame): the cursor has not passed them, so they are read and
     /// published again, with the same ids.
@@ -372,7 +377,7 @@ impl NatsSink {
             }
             let failure = match self.ready().await {
                 Err(e) => Some(e),
-                Ok(()) => match self.exchange(metrics).await {
+                Ok(()) => match self.exchange().await {
                     Ok(progress) => {
                         if progress {
                             self.backoff = Duration::from_millis(100).min(self.max_backoff);
@@ -496,7 +501,7 @@ impl NatsSink {
     /// message), then waits for one frame from the server and handles it
     /// and every frame already read after it. `Ok(true)` when a message
     /// was acknowledged.
-    async fn exchange(&mut self, metrics: &ExportHandles) -> Result<bool, Failure> {
+    async fn exchange(&mut self) -> Result<bool, Failure> {
         let queue = &mut self.queue;
         let waiting = &mut self.waiting;
         let Some(c) = self.conn.as_mut() else {
@@ -514,7 +519,6 @@ impl NatsSink {
                 let size = m.payload.len() + m.id.len() + self.cfg.stream.len() + 64;
                 if size > max {
                     error!(export = %self.name, id = %m.id, bytes = size, max_payload = max, readings = m.readings, "nats message larger than the server's max_payload; its readings are dropped (lower max_readings_per_message)");
-                    metrics.dropped.inc_by(m.readings);
                     self.ledger.dropped(
                         m.page,
                         m.readings,
@@ -576,8 +580,8 @@ impl NatsSink {
                 if ack.get("duplicate").and_then(Value::as_bool) == Some(true) {
                     self.duplicates += 1;
                 }
+                // Counted in the metrics once its page is delivered.
                 self.ledger.acked(m.page, m.readings);
-                metrics.sent.inc_by(m.readings);
                 acked = true;
             }
             // Every answer already read is handled before publishing again.
@@ -585,6 +589,20 @@ impl NatsSink {
                 return Ok(acked);
             }
         }
+    }
+}
+
+/// The pipeline without a server, for the runner's tests.
+#[cfg(test)]
+impl NatsSink {
+    /// Opens a page of `messages` messages ending at `last`; its serial.
+    pub(crate) fn open_page(&mut self, last: i64, first_received: i64, messages: usize) -> u64 {
+        self.ledger.open(last, first_received, messages)
+    }
+
+    /// A PubAck for a message of page `serial`.
+    pub(crate) fn ack(&mut self, serial: u64, readings: u64) {
+        self.ledger.acked(serial, readings);
     }
 }
 
