@@ -75,6 +75,8 @@ struct Outgoing {
     readings: u64,
     /// The serial of its page in the [`Ledger`].
     page: u64,
+    /// Its reply token when last published: the publish order.
+    token: u64,
 }
 
 /// A series the export sends: its key, and (protobuf) its
@@ -289,6 +291,7 @@ impl NatsSink {
                     payload,
                     readings: chunk.len() as u64,
                     page: 0,
+                    token: 0,
                 });
             }
         }
@@ -397,10 +400,13 @@ impl NatsSink {
                     self.conn = None;
                 }
                 // Everything unacknowledged goes again, same ids, before
-                // what was never published (the order of publishing does
-                // not matter to the ledger).
-                let resend = self.waiting.len() as u64;
-                for (_, m) in self.waiting.drain() {
+                // what was never published, in the order it was first
+                // published, so the stream keeps the commit order as far
+                // as it can (the ledger does not need it).
+                let mut again: Vec<Outgoing> = self.waiting.drain().map(|(_, m)| m).collect();
+                again.sort_unstable_by_key(|m| m.token);
+                let resend = again.len() as u64;
+                for m in again.into_iter().rev() {
                     self.ledger.retried(m.page);
                     self.queue.push_front(m);
                 }
@@ -528,6 +534,8 @@ impl NatsSink {
                 }
                 self.token += 1;
                 let reply = format!("{}.{}", c.inbox(), self.token);
+                let mut m = m;
+                m.token = self.token;
                 c.publish(
                     &m.subject,
                     Some(&reply),
