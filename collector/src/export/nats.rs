@@ -37,8 +37,10 @@
 //! authentication here sign with ring's Ed25519, already in the tree
 //! through rustls: `nats/nkey.rs`).
 //!
-//! Uses `query`'s series/point → protobuf conversions (the wire format is
-//! the Query API's `ReadingsChunk`).
+//! The wire format is the Query API's `ReadingsChunk` inside
+//! `tributary.v1.ExportMessage`: a series' `SeriesInfo` comes from
+//! `query`'s conversion (encoded once per series), the rest is written by
+//! hand (`nats/wire.rs`, whose tests compare it with prost's encoding).
 
 pub mod client;
 mod ledger;

@@ -220,9 +220,10 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Runs until `stop`, finishing the page in flight; `abort` (the
-    /// shutdown deadline) ends that page too, unsaved, so it is sent
-    /// again after the restart.
+    /// Runs until `stop`, finishing the page in flight (nats: every page
+    /// in its pipeline); `abort` (the shutdown deadline) ends those too:
+    /// the cursor is saved past the pages already acknowledged, the rest
+    /// is sent again after the restart.
     pub async fn run(mut self, stop: CancellationToken, abort: CancellationToken) {
         let cancel = stop;
         let name = self.config.name.clone();
