@@ -309,8 +309,9 @@ impl Exports {
     }
 
     /// Applies what [`Exports::prepare`] checked: removed and changed
-    /// exports stop (the page in flight finishes within `deadline`, else
-    /// it is sent again by the next task), added and changed ones start
+    /// exports stop (the page in flight, a nats export's pages in its
+    /// pipeline, finish within `deadline`, else what is not acknowledged
+    /// is sent again by the next task), added and changed ones start
     /// (a changed one resumes from its durable cursor), unchanged ones are
     /// not touched. The cursors of removed exports are deleted last.
     pub async fn apply(&mut self, prepared: Prepared, deadline: Duration) -> ExportsDiff {

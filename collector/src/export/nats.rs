@@ -37,8 +37,10 @@
 //! authentication here sign with ring's Ed25519, already in the tree
 //! through rustls: `nats/nkey.rs`).
 //!
-//! Uses `query`'s series/point → protobuf conversions (the wire format is
-//! the Query API's `ReadingsChunk`).
+//! The wire format is the Query API's `ReadingsChunk` inside
+//! `tributary.v1.ExportMessage`: a series' `SeriesInfo` comes from
+//! `query`'s conversion (encoded once per series), the rest is written by
+//! hand (`nats/wire.rs`, whose tests compare it with prost's encoding).
 
 pub mod client;
 mod ledger;
@@ -75,6 +77,8 @@ struct Outgoing {
     readings: u64,
     /// The serial of its page in the [`Ledger`].
     page: u64,
+    /// Its reply token when last published: the publish order.
+    token: u64,
 }
 
 /// A series the export sends: its key, and (protobuf) its
@@ -194,6 +198,11 @@ impl NatsSink {
         Ok(())
     }
 
+    /// Readings of the pages in the pipeline that have their PubAck.
+    pub fn acked_in_flight(&self) -> u64 {
+        self.ledger.acked_readings()
+    }
+
     /// Forgets every page in the pipeline and the connection (it may be
     /// mid-frame): the cursor has not passed them, so they are read and
     /// published again, with the same ids.
@@ -284,6 +293,7 @@ impl NatsSink {
                     payload,
                     readings: chunk.len() as u64,
                     page: 0,
+                    token: 0,
                 });
             }
         }
@@ -372,7 +382,7 @@ impl NatsSink {
             }
             let failure = match self.ready().await {
                 Err(e) => Some(e),
-                Ok(()) => match self.exchange(metrics).await {
+                Ok(()) => match self.exchange().await {
                     Ok(progress) => {
                         if progress {
                             self.backoff = Duration::from_millis(100).min(self.max_backoff);
@@ -392,10 +402,13 @@ impl NatsSink {
                     self.conn = None;
                 }
                 // Everything unacknowledged goes again, same ids, before
-                // what was never published (the order of publishing does
-                // not matter to the ledger).
-                let resend = self.waiting.len() as u64;
-                for (_, m) in self.waiting.drain() {
+                // what was never published, in the order it was first
+                // published, so the stream keeps the commit order as far
+                // as it can (the ledger does not need it).
+                let mut again: Vec<Outgoing> = self.waiting.drain().map(|(_, m)| m).collect();
+                again.sort_unstable_by_key(|m| m.token);
+                let resend = again.len() as u64;
+                for m in again.into_iter().rev() {
                     self.ledger.retried(m.page);
                     self.queue.push_front(m);
                 }
@@ -496,7 +509,7 @@ impl NatsSink {
     /// message), then waits for one frame from the server and handles it
     /// and every frame already read after it. `Ok(true)` when a message
     /// was acknowledged.
-    async fn exchange(&mut self, metrics: &ExportHandles) -> Result<bool, Failure> {
+    async fn exchange(&mut self) -> Result<bool, Failure> {
         let queue = &mut self.queue;
         let waiting = &mut self.waiting;
         let Some(c) = self.conn.as_mut() else {
@@ -514,7 +527,6 @@ impl NatsSink {
                 let size = m.payload.len() + m.id.len() + self.cfg.stream.len() + 64;
                 if size > max {
                     error!(export = %self.name, id = %m.id, bytes = size, max_payload = max, readings = m.readings, "nats message larger than the server's max_payload; its readings are dropped (lower max_readings_per_message)");
-                    metrics.dropped.inc_by(m.readings);
                     self.ledger.dropped(
                         m.page,
                         m.readings,
@@ -524,6 +536,8 @@ impl NatsSink {
                 }
                 self.token += 1;
                 let reply = format!("{}.{}", c.inbox(), self.token);
+                let mut m = m;
+                m.token = self.token;
                 c.publish(
                     &m.subject,
                     Some(&reply),
@@ -576,8 +590,8 @@ impl NatsSink {
                 if ack.get("duplicate").and_then(Value::as_bool) == Some(true) {
                     self.duplicates += 1;
                 }
+                // Counted in the metrics once its page is delivered.
                 self.ledger.acked(m.page, m.readings);
-                metrics.sent.inc_by(m.readings);
                 acked = true;
             }
             // Every answer already read is handled before publishing again.
@@ -585,6 +599,20 @@ impl NatsSink {
                 return Ok(acked);
             }
         }
+    }
+}
+
+/// The pipeline without a server, for the runner's tests.
+#[cfg(test)]
+impl NatsSink {
+    /// Opens a page of `messages` messages ending at `last`; its serial.
+    pub(crate) fn open_page(&mut self, last: i64, first_received: i64, messages: usize) -> u64 {
+        self.ledger.open(last, first_received, messages)
+    }
+
+    /// A PubAck for a message of page `serial`.
+    pub(crate) fn ack(&mut self, serial: u64, readings: u64) {
+        self.ledger.acked(serial, readings);
     }
 }
 

@@ -153,6 +153,48 @@ fn delivered(
     }
 }
 
+/// Moves the pages the nats sink has done (each and every older page
+/// acknowledged) into the cursor, to be saved, and counts their readings
+/// in the metrics: `sent` and `dropped` count delivered pages only, so a
+/// page abandoned half acknowledged is never counted twice (sent, then
+/// sent again or skipped).
+fn take_done(
+    sink: &mut NatsSink,
+    name: &str,
+    metrics: &ExportHandles,
+    cursor: &mut CursorRow,
+    pace: &mut Pace,
+) {
+    while let Some((last, outcome)) = sink.pop_done() {
+        metrics.sent.inc_by(outcome.sent);
+        metrics.dropped.inc_by(outcome.dropped);
+        delivered(name, metrics, cursor, last, outcome);
+        // Nothing of a nats page is pinned for a replay: a batch's
+        // messages and ids are the same whatever page it comes in.
+        cursor.inflight = last;
+        pace.unsaved = true;
+    }
+}
+
+/// A nats round that ended before its frame boundary (abort, or the
+/// oldest page past `max_lag`): the pages done, also those whose last
+/// PubAck came during the round, move the cursor (so a skip from it
+/// never counts delivered pages); then every page in flight is
+/// abandoned. Returns the readings of the abandoned pages that already
+/// had their PubAck.
+fn end_early(
+    sink: &mut NatsSink,
+    name: &str,
+    metrics: &ExportHandles,
+    cursor: &mut CursorRow,
+    pace: &mut Pace,
+) -> u64 {
+    take_done(sink, name, metrics, cursor, pace);
+    let acked = sink.acked_in_flight();
+    sink.abandon();
+    acked
+}
+
 /// With `max_lag`, a page is tried until its oldest batch (received at
 /// `first_received`) is that old.
 fn give_up_at(max_lag: Duration, first_received: i64) -> tokio::time::Instant {
@@ -178,9 +220,10 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Runs until `stop`, finishing the page in flight; `abort` (the
-    /// shutdown deadline) ends that page too, unsaved, so it is sent
-    /// again after the restart.
+    /// Runs until `stop`, finishing the page in flight (nats: every page
+    /// in its pipeline); `abort` (the shutdown deadline) ends those too:
+    /// the cursor is saved past the pages already acknowledged, the rest
+    /// is sent again after the restart.
     pub async fn run(mut self, stop: CancellationToken, abort: CancellationToken) {
         let cancel = stop;
         let name = self.config.name.clone();
@@ -365,13 +408,7 @@ impl Runner {
             return Ok(false);
         };
         let (config, metrics) = (&*config, &*metrics);
-        while let Some((last, outcome)) = sink.pop_done() {
-            delivered(&config.name, metrics, cursor, last, outcome);
-            // Nothing of a nats page is pinned for a replay: a batch's
-            // messages and ids are the same whatever page it comes in.
-            cursor.inflight = last;
-            pace.unsaved = true;
-        }
+        take_done(sink, &config.name, metrics, cursor, pace);
         if sink.pages() == 0 {
             pace.log_end = false;
         }
@@ -420,12 +457,20 @@ impl Runner {
         };
         let (read, pumped) = tokio::join!(io, pump);
         if pumped != Pumped::Yes || abort.is_cancelled() {
-            // Aborted, or the oldest page is past max_lag: every page in
-            // flight goes again (or the next round's check skips it); the
-            // cursor stays where their PubAcks left it.
-            sink.abandon();
+            // Aborted, or the oldest page is past max_lag: the pages whose
+            // last PubAck came during the round move the cursor; every
+            // other page goes again (or the next round's check skips it).
+            let acked = end_early(sink, &config.name, metrics, cursor, pace);
+            if acked > 0 {
+                warn!(export = %config.name, readings = acked, "nats export abandoned pages in flight with some PubAcks: those readings are in the stream and go again (the copies dropped as duplicates), or a max_lag skip counts them with the rest");
+            }
             pace.measure_at = tokio::time::Instant::now();
             read?;
+            if abort.is_cancelled() && pace.unsaved {
+                // No next round: keep the progress made.
+                conn.save(cursor.clone()).await?;
+                pace.unsaved = false;
+            }
             return Ok(pumped == Pumped::GaveUp && !abort.is_cancelled());
         }
         match read? {
@@ -488,3 +533,6 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
         _ = cancel.cancelled() => true,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -92,6 +92,11 @@ impl Ledger {
         Some((p.last, p.outcome))
     }
 
+    /// Readings with their PubAck in the open pages.
+    pub fn acked_readings(&self) -> u64 {
+        self.pages.iter().map(|p| p.outcome.sent).sum()
+    }
+
     /// Pages open (done ones not popped yet included).
     pub fn open_pages(&self) -> usize {
         self.pages.len()

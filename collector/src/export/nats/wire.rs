@@ -333,4 +333,79 @@ mod tests {
             }
         }
     }
+
+    /// Without labels (a map, whose order prost does not fix) the message
+    /// must be prost's, byte for byte: negative times (10-byte varints),
+    /// a string past 127 bytes (a 2-byte length), every value kind.
+    #[test]
+    fn messages_without_labels_are_prosts_bytes() {
+        let long = "w".repeat(300);
+        let meta = SeriesMeta {
+            id: 5,
+            key: SeriesKey {
+                agent: "edge-2".into(),
+                device: "d".repeat(130),
+                metric: "m".into(),
+                labels: Default::default(),
+                unit: String::new(),
+            },
+        };
+        let values = [
+            StoredValue::F64(1.5),
+            StoredValue::I64(-7),
+            StoredValue::U64(1 << 40),
+            StoredValue::Bool(true),
+            StoredValue::Str(long.clone()),
+            StoredValue::Timeout(long.clone()),
+            StoredValue::Error("e".into()),
+        ];
+        let received_ns = -1_000_000_007;
+        let batch = LogBatch {
+            position: 3,
+            received_ns,
+            readings: values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| LogReading {
+                    series_id: 5,
+                    ts_ns: -1 - i as i64 * 1_000_000_000_000,
+                    value: v.clone(),
+                })
+                .collect(),
+            origin: None,
+        };
+        let info = crate::query::series_to_proto(&meta).encode_to_vec();
+        let points: Vec<usize> = (0..values.len()).collect();
+        let h = Header {
+            agent: &long,
+            position: 3,
+            part: 200,
+            received_ns,
+            epoch: u64::MAX,
+            seq: 1 << 35,
+        };
+        let bytes = export_message(&h, &batch, &[(info.as_slice(), points.clone())]);
+        let want = pb::ExportMessage {
+            agent: long.clone(),
+            position: 3,
+            part: 200,
+            received_ns,
+            series: vec![pb::ReadingsChunk {
+                series: Some(crate::query::series_to_proto(&meta)),
+                points: points
+                    .iter()
+                    .map(|&i| {
+                        crate::query::point_to_proto(Point {
+                            ts_ns: batch.readings[i].ts_ns,
+                            received_ns,
+                            value: batch.readings[i].value.clone(),
+                        })
+                    })
+                    .collect(),
+            }],
+            epoch: u64::MAX,
+            seq: 1 << 35,
+        };
+        assert_eq!(bytes, want.encode_to_vec());
+    }
 }
