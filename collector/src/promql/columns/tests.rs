@@ -111,6 +111,7 @@ fn both(
         bounds: b,
         deadline: None,
         max_samples: 10_000_000,
+        memo: Default::default(),
     };
     let across =
         range(&ev, &expr, start, end, step).map(|r| r.unwrap_or_else(|e| panic!("{query}: {e}")));
@@ -272,6 +273,7 @@ fn the_sample_limit_holds_across_steps() {
         bounds: b,
         deadline: None,
         max_samples: 100,
+        memo: Default::default(),
     };
     let across = range(&ev, &expr, 0, 3_600_000, 15_000);
     assert!(
