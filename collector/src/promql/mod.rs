@@ -349,6 +349,7 @@ impl Engine {
             bounds,
             deadline: Some(reads.deadline),
             max_samples: self.limits.max_samples,
+            abandoned: Some(reads.abandoned),
         };
         match step {
             None => evaluate_instant(&ev, expr, bounds.start),
