@@ -215,7 +215,7 @@ impl Acc {
                     *m = v;
                 }
             }
-            Acc::Stddev(var) | Acc::Stdvar(var) => var.add(v),
+            Acc::Stddev(var) | Acc::Stdvar(var) => var.add_member(v),
         }
     }
 

@@ -11,7 +11,10 @@
 //! per-step evaluation (`eval.rs`) bit for bit: the same functions over
 //! the same windows, each group's members added in the same (selection)
 //! order. Any other shape, and these when their labels could collide (two
-//! series equal but for `__name__`), go the per-step way.
+//! series equal but for `__name__`, or for `last_over_time`, which keeps
+//! the name, two fully equal), go the per-step way. The deadline and
+//! the abandon flag are checked within a series' walk too, every
+//! `functions::CHECK_EVERY` steps or samples looked at.
 
 use std::sync::Arc;
 
@@ -24,8 +27,9 @@ use super::load::{Selection, too_many_samples};
 use super::types::{Labels, QueryError, Series};
 
 /// `expr` at every `step` from `start` to `end` (ms) when it has one of
-/// the shapes above; `None` when it does not (or would hold more than
-/// `max_samples` running values), to be evaluated step by step.
+/// the shapes above; `None` when it does not (or its running values would
+/// take more memory than `max_samples` samples: [`dense_too_large`]), to
+/// be evaluated step by step.
 pub fn range(
     ev: &Evaluator<'_>,
     expr: &Expr,
@@ -49,13 +53,26 @@ pub fn range(
             let (selection, labels) = inputs(ev, &f)?;
             let windows = windows(ev, &f, start, end, step);
             let (groups, of) = group_of(labels.iter().map(|l| &**l), &a.modifier);
-            if groups.len().saturating_mul(windows.len()) > ev.max_samples {
+            if dense_too_large(groups.len(), windows.len(), ev.max_samples) {
                 return None;
             }
             Some(aggregated(ev, &f, selection, groups, &of, empty, &windows))
         }
         _ => None,
     }
+}
+
+/// Whether `groups` × `steps` running values would take more memory than
+/// `max_samples` result samples do (16 bytes each: a time and a value).
+/// `max_samples` counts samples, not bytes, and a slot is twice a
+/// sample's size, so counting slots would let a query hold twice the
+/// memory the limit means; the per-step evaluation holds one step's
+/// groups at a time instead.
+pub fn dense_too_large(groups: usize, steps: usize, max_samples: usize) -> bool {
+    let bytes = groups
+        .saturating_mul(steps)
+        .saturating_mul(std::mem::size_of::<Option<Acc>>());
+    bytes / 16 > max_samples
 }
 
 /// The function's selection and the labels each series' values carry;
@@ -67,6 +84,9 @@ fn inputs<'a>(
 ) -> Option<(&'a Selection, Vec<Arc<Labels>>)> {
     let selection = ev.selection(&f.matrix.vs).ok()?;
     if f.keeps_name() {
+        if !selection.named_unique() {
+            return None;
+        }
         let labels = selection.series.iter().map(|s| s.labels.clone()).collect();
         return Some((selection, labels));
     }
@@ -111,11 +131,16 @@ fn per_series(
     for (s, labels) in selection.series.iter().zip(labels) {
         ev.check_deadline()?;
         let mut points = Vec::new();
-        f.steps(&s.points, windows, |k, v| {
-            if let Some(w) = windows.get(k) {
-                points.push((w.ts, v));
-            }
-        });
+        f.steps(
+            &s.points,
+            windows,
+            || ev.check_deadline(),
+            |k, v| {
+                if let Some(w) = windows.get(k) {
+                    points.push((w.ts, v));
+                }
+            },
+        )?;
         total += points.len();
         if total > ev.max_samples {
             return Err(too_many_samples(ev.max_samples));
@@ -147,11 +172,16 @@ fn aggregated(
         let Some(row) = acc.get_mut(g * n..(g + 1) * n) else {
             continue;
         };
-        f.steps(&s.points, windows, |k, v| {
-            if let Some(slot) = row.get_mut(k) {
-                slot.get_or_insert(empty).add(v);
-            }
-        });
+        f.steps(
+            &s.points,
+            windows,
+            || ev.check_deadline(),
+            |k, v| {
+                if let Some(slot) = row.get_mut(k) {
+                    slot.get_or_insert(empty).add(v);
+                }
+            },
+        )?;
     }
     let mut out = Vec::with_capacity(groups.len());
     let mut total = 0usize;

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use promql_parser::parser::{Expr, MatrixSelector, SubqueryExpr, VectorSelector};
@@ -36,6 +37,9 @@ pub struct Evaluator<'a> {
     pub max_samples: usize,
     /// What the query's steps share (`memo.rs`).
     pub memo: Memo,
+    /// Set when whoever waits for the query is gone ([`Reads::abandoned`](super::load::Reads::abandoned)):
+    /// the evaluation stops at its next check as at the deadline.
+    pub abandoned: Option<&'a AtomicBool>,
 }
 
 impl Evaluator<'_> {
@@ -100,8 +104,13 @@ impl Evaluator<'_> {
         }
     }
 
-    /// Fails once the deadline has passed.
+    /// Fails once the deadline has passed or the query was abandoned.
     pub fn check_deadline(&self) -> Result<(), QueryError> {
+        if self.abandoned.is_some_and(|a| a.load(Ordering::Relaxed)) {
+            return Err(QueryError::Timeout(
+                "query evaluation (the query was abandoned)",
+            ));
+        }
         match self.deadline {
             Some(d) if Instant::now() >= d => Err(QueryError::Timeout("query evaluation")),
             _ => Ok(()),

@@ -49,6 +49,10 @@ pub struct Selection {
     /// different: made once per query, on first use, instead of at every
     /// step of a range query.
     unnamed: OnceLock<(Vec<Arc<Labels>>, bool)>,
+    /// Whether no two series have equal labels, `__name__` included: two
+    /// stored series can (`prom_labels::sanitize` maps `in.temp` and
+    /// `in_temp` alike). Made once per query, on first use.
+    named_unique: OnceLock<bool>,
 }
 
 impl Selection {
@@ -56,6 +60,7 @@ impl Selection {
         Selection {
             series,
             unnamed: OnceLock::new(),
+            named_unique: OnceLock::new(),
         }
     }
 
@@ -73,6 +78,14 @@ impl Selection {
             (labels, unique)
         });
         (labels, *unique)
+    }
+
+    /// Whether no two series have equal labels (`__name__` included).
+    pub fn named_unique(&self) -> bool {
+        *self.named_unique.get_or_init(|| {
+            let mut seen = std::collections::HashSet::with_capacity(self.series.len());
+            self.series.iter().all(|s| seen.insert(&*s.labels))
+        })
     }
 }
 

@@ -351,6 +351,7 @@ impl Engine {
             deadline: Some(reads.deadline),
             max_samples: self.limits.max_samples,
             memo: Default::default(),
+            abandoned: Some(reads.abandoned),
         };
         match step {
             None => evaluate_instant(&ev, expr, bounds.start),

@@ -46,6 +46,7 @@ fn instant(query: &str, data: &[Series], t: i64) -> Result<QueryResult, QueryErr
         deadline: None,
         max_samples: 1_000_000,
         memo: Default::default(),
+        abandoned: None,
     };
     evaluate_instant(&ev, &expr, t * 1000)
 }
@@ -67,6 +68,7 @@ fn range(
         deadline: None,
         max_samples: 1_000_000,
         memo: Default::default(),
+        abandoned: None,
     };
     evaluate_range(&ev, &expr, start * 1000, end * 1000, step * 1000)
 }
@@ -400,4 +402,95 @@ fn an_invalid_label_replace_regex_is_refused_in_range_queries_too() {
             "{m}"
         );
     }
+}
+
+/// Values as text, so that NaN compares equal to NaN.
+fn texts(r: Result<QueryResult, QueryError>) -> Vec<String> {
+    vector(r).into_iter().map(|(_, v)| v.to_string()).collect()
+}
+
+#[test]
+fn sums_with_infinities_are_infinite_as_in_prometheus() {
+    // Prometheus 2.42: `sum_over_time` answers an infinite Kahan sum as
+    // it is, `sum`/`avg` add plainly: Inf stays Inf, Inf + -Inf is NaN.
+    let d = vec![
+        series(
+            &[("__name__", "g"), ("k", "a")],
+            &[(0, 1.0), (10, f64::INFINITY)],
+        ),
+        series(
+            &[("__name__", "g"), ("k", "b")],
+            &[(0, f64::INFINITY), (10, 1.0)],
+        ),
+        series(
+            &[("__name__", "g"), ("k", "c")],
+            &[(0, f64::NEG_INFINITY), (10, f64::INFINITY)],
+        ),
+        series(&[("__name__", "h"), ("k", "a")], &[(10, f64::NEG_INFINITY)]),
+        series(&[("__name__", "h"), ("k", "b")], &[(10, 2.0)]),
+    ];
+    assert_eq!(
+        texts(instant("sum_over_time(g[1m])", &d, 10)),
+        ["inf", "inf", "NaN"]
+    );
+    assert_eq!(
+        texts(instant("avg_over_time(g[1m])", &d, 10)),
+        ["inf", "inf", "NaN"]
+    );
+    assert_eq!(texts(instant("sum(h)", &d, 10)), ["-inf"]);
+    assert_eq!(texts(instant("sum(g)", &d, 10)), ["inf"]);
+    assert_eq!(
+        texts(instant("sum by (k) (g or h)", &d, 10)),
+        ["inf", "1", "inf"]
+    );
+    assert_eq!(texts(instant("avg(h)", &d, 10)), ["-inf"]);
+    // Across steps (`columns.rs`) as at one step.
+    let Ok(QueryResult::Matrix(m)) = range("sum(sum_over_time(g[1m]))", &d, 10, 20, 10) else {
+        panic!("not a matrix");
+    };
+    assert_eq!(m.len(), 1);
+    assert!(m[0].points.iter().all(|p| p.1.is_nan()), "{m:?}");
+    let Ok(QueryResult::Matrix(m)) = range("sum(sum_over_time(h[1m]))", &d, 10, 20, 10) else {
+        panic!("not a matrix");
+    };
+    assert!(
+        m[0].points.iter().all(|p| p.1 == f64::NEG_INFINITY),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn a_group_of_one_has_no_deviation_even_when_not_finite() {
+    // Prometheus 2.42 starts a stddev/stdvar group at its first member's
+    // value with no spread: 0 for one NaN or infinite member.
+    let d = vec![
+        series(&[("__name__", "g"), ("k", "a")], &[(0, f64::NAN)]),
+        series(&[("__name__", "g"), ("k", "b")], &[(0, f64::INFINITY)]),
+        series(&[("__name__", "g"), ("k", "c")], &[(0, 3.0)]),
+        series(&[("__name__", "g"), ("k", "d")], &[(0, f64::NEG_INFINITY)]),
+    ];
+    assert_eq!(
+        texts(instant("stddev by (k) (g)", &d, 0)),
+        ["0", "0", "0", "0"]
+    );
+    assert_eq!(
+        texts(instant("stdvar by (k) (g)", &d, 0)),
+        ["0", "0", "0", "0"]
+    );
+    // Two members: NaN as before.
+    assert_eq!(texts(instant("stdvar(g)", &d, 0)), ["NaN"]);
+    // stddev_over_time starts from zero, as Prometheus's does.
+    assert_eq!(
+        texts(instant("stddev_over_time(g[1m])", &d, 0)),
+        ["NaN", "NaN", "0", "NaN"]
+    );
+    let Ok(QueryResult::Matrix(m)) = range("stddev by (k) (last_over_time(g[1m]))", &d, 0, 30, 10)
+    else {
+        panic!("not a matrix");
+    };
+    assert_eq!(m.len(), 4);
+    assert!(
+        m.iter().all(|s| s.points.iter().all(|p| p.1 == 0.0)),
+        "{m:?}"
+    );
 }

@@ -6,8 +6,11 @@
 
 use std::sync::Arc;
 
-use super::range;
+use std::cell::Cell;
+
+use super::{dense_too_large, range};
 use crate::promql::eval::Evaluator;
+use crate::promql::functions::{CHECK_EVERY, RangeCall, WindowAt};
 use crate::promql::load::from_memory;
 use crate::promql::plan::{Bounds, plan};
 use crate::promql::types::{Labels, QueryError, Series};
@@ -112,6 +115,7 @@ fn both(
         deadline: None,
         max_samples: 10_000_000,
         memo: Default::default(),
+        abandoned: None,
     };
     let across =
         range(&ev, &expr, start, end, step).map(|r| r.unwrap_or_else(|e| panic!("{query}: {e}")));
@@ -274,17 +278,163 @@ fn the_sample_limit_holds_across_steps() {
         deadline: None,
         max_samples: 100,
         memo: Default::default(),
+        abandoned: None,
     };
     let across = range(&ev, &expr, 0, 3_600_000, 15_000);
     assert!(
-        matches!(
-            across,
-            Some(Err(crate::promql::types::QueryError::Limit(_)))
-        ),
+        matches!(across, Some(Err(QueryError::Limit(_)))),
         "{across:?}"
     );
     assert!(matches!(
         evaluate_steps(&ev, &expr, 0, 3_600_000, 15_000),
         Err(QueryError::Limit(_))
+    ));
+}
+
+#[test]
+fn last_over_time_of_series_with_equal_labels_goes_step_by_step() {
+    // Two stored series whose Prometheus labels are equal, name included
+    // (`in.temp` and `in_temp` are both `in_temp` once sanitized).
+    let d: Vec<Series> = (0..2)
+        .map(|i| Series {
+            labels: labels(&[("__name__", "in_temp"), ("device", "d0")]),
+            points: (0..100).map(|k| (k * 15_000, (k + i) as f64)).collect(),
+        })
+        .collect();
+    let (across, stepped) = both("last_over_time(in_temp[5m])", &d, 0, 1_500_000, 60_000);
+    assert!(across.is_none(), "evaluated across steps: {across:?}");
+    // Prometheus refuses such a vector; so does the step-by-step way.
+    assert!(
+        matches!(stepped, Err(QueryError::Execution(_))),
+        "{stepped:?}"
+    );
+}
+
+#[test]
+fn one_long_series_checks_within_its_walk() {
+    // One series of 1 s samples; quantile_over_time looks at every sample
+    // of each 10 min window, so one walk is far more than CHECK_EVERY.
+    let points: Vec<(i64, f64)> = (0..20_000).map(|i| (i * 1_000, (i % 97) as f64)).collect();
+    let windows: Vec<WindowAt> = (0..1_000)
+        .map(|k| {
+            let ts = 600_000 + k * 15_000;
+            WindowAt {
+                ts,
+                start: ts - 600_000,
+                end: ts,
+            }
+        })
+        .collect();
+    let expr = parse("quantile_over_time(0.9, m[10m])").unwrap_or_else(|e| panic!("{e}"));
+    let promql_parser::parser::Expr::Call(c) = &*expr else {
+        panic!("{expr:?}");
+    };
+    let f = RangeCall::of(c).unwrap_or_else(|| panic!("not a range call"));
+    // Abandoned once the first value is out: the walk stops at the next
+    // check, long before its last step.
+    let abandoned = Cell::new(false);
+    let (checks, emitted) = (Cell::new(0usize), Cell::new(0usize));
+    let walked = f.steps(
+        &points,
+        &windows,
+        || {
+            checks.set(checks.get() + 1);
+            if abandoned.get() {
+                Err("abandoned")
+            } else {
+                Ok(())
+            }
+        },
+        |_, _| {
+            emitted.set(emitted.get() + 1);
+            abandoned.set(true);
+        },
+    );
+    assert_eq!(walked, Err("abandoned"));
+    assert_eq!(checks.get(), 1);
+    // 600 samples a window: the first check comes within CHECK_EVERY / 600
+    // steps.
+    assert!(emitted.get() <= CHECK_EVERY / 600 + 1, "{}", emitted.get());
+    // Never abandoned, it walks every step, checking on the way.
+    let (checks, emitted) = (Cell::new(0usize), Cell::new(0usize));
+    let walked = f.steps(
+        &points,
+        &windows,
+        || {
+            checks.set(checks.get() + 1);
+            Ok::<(), ()>(())
+        },
+        |_, _| emitted.set(emitted.get() + 1),
+    );
+    assert_eq!(walked, Ok(()));
+    assert_eq!(emitted.get(), windows.len());
+    assert!(
+        checks.get() >= 1_000 * 600 / CHECK_EVERY,
+        "{}",
+        checks.get()
+    );
+}
+
+#[test]
+fn an_abandoned_query_stops_across_steps() {
+    let d = data();
+    let expr = parse("sum by (device) (rate(m[5m]))").unwrap_or_else(|e| panic!("{e}"));
+    let b = Bounds {
+        start: 0,
+        end: 3_600_000,
+        lookback: 300_000,
+        default_step: 60_000,
+    };
+    let needs = plan(&expr, &b).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = from_memory(&needs, &d);
+    let abandoned = std::sync::atomic::AtomicBool::new(true);
+    let ev = Evaluator {
+        data: &loaded,
+        bounds: b,
+        deadline: None,
+        max_samples: 10_000_000,
+        abandoned: Some(&abandoned),
+        memo: Default::default(),
+    };
+    let across = range(&ev, &expr, 0, 3_600_000, 15_000);
+    assert!(
+        matches!(across, Some(Err(QueryError::Timeout(_)))),
+        "{across:?}"
+    );
+}
+
+#[test]
+fn running_values_are_bounded_by_bytes() {
+    // 12 groups × 241 steps: 2,892 running values, fewer than the limit
+    // of 4,000 samples, but each twice a sample's 16 bytes.
+    assert!(std::mem::size_of::<Option<crate::promql::aggregate::Acc>>() >= 32);
+    assert!(dense_too_large(12, 241, 4_000));
+    assert!(!dense_too_large(12, 241, 6_000));
+    // No overflow: a product past usize saturates and falls back.
+    assert!(dense_too_large(usize::MAX, 2, 50_000_000));
+    let d = data();
+    let q = "sum by (agent, device) (rate(m[5m]))";
+    let expr = parse(q).unwrap_or_else(|e| panic!("{e}"));
+    let b = Bounds {
+        start: 0,
+        end: 3_600_000,
+        lookback: 300_000,
+        default_step: 60_000,
+    };
+    let needs = plan(&expr, &b).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = from_memory(&needs, &d);
+    let ev = Evaluator {
+        data: &loaded,
+        bounds: b,
+        deadline: None,
+        max_samples: 4_000,
+        abandoned: None,
+        memo: Default::default(),
+    };
+    assert!(range(&ev, &expr, 0, 3_600_000, 15_000).is_none());
+    // Step by step, the answer fits the limit.
+    assert!(matches!(
+        evaluate_steps(&ev, &expr, 0, 3_600_000, 15_000),
+        Ok(QueryResult::Matrix(m)) if m.len() == 12
     ));
 }

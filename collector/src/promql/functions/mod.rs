@@ -428,12 +428,17 @@ impl<'a> RangeCall<'a> {
     /// the window holds samples and the function a value. Each sample
     /// enters and leaves the window once; the values are those
     /// [`call`] gives at each step.
-    pub fn steps(
+    ///
+    /// `check` is called every [`CHECK_EVERY`] units of work (a step, or a
+    /// sample a window's function looks at), so that one long series
+    /// stops at the deadline too; its error ends the walk.
+    pub fn steps<E>(
         &self,
         points: &[(i64, f64)],
         steps: &[WindowAt],
+        mut check: impl FnMut() -> Result<(), E>,
         mut emit: impl FnMut(usize, f64),
-    ) {
+    ) -> Result<(), E> {
         let extrapolated = matches!(self.name, "rate" | "increase" | "delta");
         let is_counter = matches!(self.name, "rate" | "increase");
         // Where a counter resets (a sample below the one before), so that
@@ -448,7 +453,13 @@ impl<'a> RangeCall<'a> {
         };
         let (mut lo, mut hi, mut r) = (0usize, 0usize, 0usize);
         let mut last_start = i64::MIN;
+        let mut work = 0usize;
         for (k, w) in steps.iter().enumerate() {
+            work += 1;
+            if work >= CHECK_EVERY {
+                work = 0;
+                check()?;
+            }
             if w.start < last_start {
                 // Never with the windows a range query makes; stay right.
                 (lo, hi, r) = (0, 0, 0);
@@ -462,6 +473,8 @@ impl<'a> RangeCall<'a> {
                 hi += 1;
             }
             if !extrapolated {
+                // The function looks at every sample of the window.
+                work += hi - lo;
                 if let Some(window) = points.get(lo..hi)
                     && let Some(v) = range_value(self.name, window, w.start, w.end, w.ts, self.q)
                 {
@@ -501,8 +514,13 @@ impl<'a> RangeCall<'a> {
                 ),
             );
         }
+        Ok(())
     }
 }
+
+/// Units of work (steps and samples looked at) between two calls of
+/// [`RangeCall::steps`]'s `check`: a few hundred microseconds at most.
+pub const CHECK_EVERY: usize = 1 << 16;
 
 /// One evaluation time of a range query and its range selector's window
 /// there (after `@` and `offset`), ms.

@@ -215,8 +215,14 @@ impl KahanSum {
         (self.sum, self.c) = kahan_inc(v, self.sum, self.c);
     }
 
+    /// The sum; an infinite one as it is (its compensation is NaN once
+    /// an infinity was added), as Prometheus's `sum_over_time`.
     pub fn value(&self) -> f64 {
-        self.sum + self.c
+        if self.sum.is_infinite() {
+            self.sum
+        } else {
+            self.sum + self.c
+        }
     }
 }
 
@@ -267,6 +273,22 @@ impl Variance {
         let delta = v - self.mean;
         self.mean += delta / self.count;
         self.aux += delta * (v - self.mean);
+    }
+
+    /// Adds `v` as Prometheus's `stddev`/`stdvar` aggregation does: the
+    /// first member starts the group (mean `v`, no spread), so a group of
+    /// one NaN or infinite value has variance 0, not NaN. (The
+    /// `*_over_time` functions start from zero: [`add`](Self::add).)
+    pub fn add_member(&mut self, v: f64) {
+        if self.count == 0.0 {
+            *self = Variance {
+                count: 1.0,
+                mean: v,
+                aux: 0.0,
+            };
+        } else {
+            self.add(v);
+        }
     }
 
     pub fn value(&self) -> f64 {
