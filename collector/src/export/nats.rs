@@ -538,17 +538,24 @@ impl NatsSink {
                 let reply = format!("{}.{}", c.inbox(), self.token);
                 let mut m = m;
                 m.token = self.token;
-                c.publish(
-                    &m.subject,
-                    Some(&reply),
-                    &[
-                        ("Nats-Msg-Id", &m.id),
-                        ("Nats-Expected-Stream", &self.cfg.stream),
-                    ],
-                    &m.payload,
-                )
-                .await
-                .map_err(Failure::Broken)?;
+                let sent = c
+                    .publish(
+                        &m.subject,
+                        Some(&reply),
+                        &[
+                            ("Nats-Msg-Id", &m.id),
+                            ("Nats-Expected-Stream", &self.cfg.stream),
+                        ],
+                        &m.payload,
+                    )
+                    .await;
+                if let Err(e) = sent {
+                    // Not lost: it goes again after the ones in flight
+                    // (lower tokens, put back in front of it), or its page
+                    // would never complete and the export would stall.
+                    queue.push_front(m);
+                    return Err(Failure::Broken(e));
+                }
                 waiting.insert(reply, m);
                 published = true;
             }

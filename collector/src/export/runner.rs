@@ -465,12 +465,13 @@ impl Runner {
                 warn!(export = %config.name, readings = acked, "nats export abandoned pages in flight with some PubAcks: those readings are in the stream and go again (the copies dropped as duplicates), or a max_lag skip counts them with the rest");
             }
             pace.measure_at = tokio::time::Instant::now();
-            read?;
             if abort.is_cancelled() && pace.unsaved {
-                // No next round: keep the progress made.
+                // No next round: keep the progress made (before a failed
+                // read's error, which would lose it).
                 conn.save(cursor.clone()).await?;
                 pace.unsaved = false;
             }
+            read?;
             return Ok(pumped == Pumped::GaveUp && !abort.is_cancelled());
         }
         match read? {
