@@ -254,7 +254,9 @@ impl Evaluator<'_> {
             if total > self.max_samples {
                 return Err(too_many_samples(self.max_samples));
             }
-            window.insert(t, value);
+            if window.len() < super::memo::MAX_WINDOW_STEPS {
+                window.insert(t, value);
+            }
             t += step;
         }
         self.memo.keep_window(node, window);

@@ -15,6 +15,13 @@ use regex::Regex;
 
 use super::types::Value;
 
+/// The most inner evaluations kept per subquery node: Prometheus's limit
+/// of points per series. An inner evaluation of a selector with no data
+/// is cheap and adds no sample, so without a bound a subquery of a tiny
+/// step over a long range (`x[1y:1ms]`) would grow the memo until the
+/// deadline; past the bound the rest of the window is computed again.
+pub const MAX_WINDOW_STEPS: usize = 11_000;
+
 /// The caches of one query's evaluation; empty at its start.
 #[derive(Default)]
 pub struct Memo {
@@ -54,5 +61,11 @@ impl Memo {
     /// next window.
     pub fn keep_window(&self, node: usize, window: BTreeMap<i64, Value>) {
         self.subqueries.borrow_mut().insert(node, window);
+    }
+
+    /// Inner evaluations kept, over every subquery node.
+    #[cfg(test)]
+    pub fn kept_steps(&self) -> usize {
+        self.subqueries.borrow().values().map(BTreeMap::len).sum()
     }
 }

@@ -494,3 +494,30 @@ fn a_group_of_one_has_no_deviation_even_when_not_finite() {
         "{m:?}"
     );
 }
+
+/// A subquery of many cheap inner steps (no data) keeps at most
+/// `MAX_WINDOW_STEPS` of them for the next step, whatever its length.
+#[test]
+fn the_subquery_memo_is_bounded() {
+    let d = data();
+    let q = "count_over_time(nothing[30000s:1s])";
+    let expr = parse(q).unwrap();
+    let b = bounds(40_000_000, 40_000_000);
+    let needs = plan(&expr, &b).unwrap();
+    let loaded = from_memory(&needs, &d);
+    let ev = Evaluator {
+        data: &loaded,
+        bounds: b,
+        deadline: None,
+        max_samples: 1_000_000,
+        memo: Default::default(),
+        abandoned: None,
+    };
+    let answer = evaluate_instant(&ev, &expr, 40_000_000);
+    assert!(answer.is_ok(), "{answer:?}");
+    let kept = ev.memo.kept_steps();
+    assert!(
+        kept > 0 && kept <= crate::promql::memo::MAX_WINDOW_STEPS,
+        "{kept} inner evaluations kept"
+    );
+}
