@@ -153,7 +153,9 @@ pub struct ExportsView {
     url: StoreUrl,
     configured: watch::Receiver<Vec<Configured>>,
     failing: watch::Receiver<BTreeMap<String, String>>,
-    /// The store connection kept between calls (one call at a time).
+    /// The store connection kept between calls (one call at a time):
+    /// status reads only; the merger and the export tasks have their own
+    /// connections and never wait for it.
     kept: Arc<tokio::sync::Mutex<StatusConn>>,
 }
 

@@ -223,21 +223,13 @@ async fn one_run(
         .await;
     let c0 = collector.sample()?;
     let h0 = sys::sample_self()?;
-    let a0 = shared.acked_readings.load(Ordering::Relaxed);
-    let t0 = Instant::now();
-    shared.measuring.store(true, Ordering::Relaxed);
-    progress
-        .wait(cfg.duration, &format!("{label}: throughput"), || {
-            let acked = shared.acked_readings.load(Ordering::Relaxed) - a0;
-            format!(
-                "{:.0} readings/s acked",
-                acked as f64 / t0.elapsed().as_secs_f64()
-            )
-        })
-        .await;
-    shared.measuring.store(false, Ordering::Relaxed);
-    let a1 = shared.acked_readings.load(Ordering::Relaxed);
-    let elapsed = t0.elapsed().as_secs_f64();
+    let (a0, a1, elapsed) = measure_acked(
+        &shared,
+        cfg.duration,
+        &format!("{label}: throughput"),
+        progress,
+    )
+    .await;
     let c1 = collector.sample()?;
     let h1 = sys::sample_self()?;
     stop.cancel();
@@ -345,6 +337,32 @@ async fn one_run(
     Ok(())
 }
 
+/// Readings acked by the load agents of `shared` over `duration` (shown
+/// live under `label`): the count at the start and at the end, and the
+/// seconds between them.
+async fn measure_acked(
+    shared: &Shared,
+    duration: Duration,
+    label: &str,
+    progress: &Progress,
+) -> (u64, u64, f64) {
+    let a0 = shared.acked_readings.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    shared.measuring.store(true, Ordering::Relaxed);
+    progress
+        .wait(duration, label, || {
+            let acked = shared.acked_readings.load(Ordering::Relaxed) - a0;
+            format!(
+                "{:.0} readings/s acked",
+                acked as f64 / t0.elapsed().as_secs_f64()
+            )
+        })
+        .await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let a1 = shared.acked_readings.load(Ordering::Relaxed);
+    (a0, a1, t0.elapsed().as_secs_f64())
+}
+
 /// The schemas of one PostgreSQL run: `one` for the ceiling and the
 /// single collector, `two` for the two collectors.
 struct Schemas {
@@ -428,21 +446,7 @@ async fn two_collectors(
     progress
         .wait(cfg.warmup, &format!("{label}: warm-up"), String::new)
         .await;
-    let a0 = shared.acked_readings.load(Ordering::Relaxed);
-    let t0 = Instant::now();
-    shared.measuring.store(true, Ordering::Relaxed);
-    progress
-        .wait(cfg.duration, &label, || {
-            let acked = shared.acked_readings.load(Ordering::Relaxed) - a0;
-            format!(
-                "{:.0} readings/s acked",
-                acked as f64 / t0.elapsed().as_secs_f64()
-            )
-        })
-        .await;
-    shared.measuring.store(false, Ordering::Relaxed);
-    let a1 = shared.acked_readings.load(Ordering::Relaxed);
-    let elapsed = t0.elapsed().as_secs_f64();
+    let (a0, a1, elapsed) = measure_acked(&shared, cfg.duration, &label, progress).await;
     stop.cancel();
     let totals = progress
         .during(&format!("{label}: draining"), join_all(tasks))

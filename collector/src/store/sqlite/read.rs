@@ -63,6 +63,9 @@ const STATEMENT_CACHE: usize = 32;
 #[derive(Debug, Clone)]
 pub struct SqliteReader {
     path: PathBuf,
+    /// Read connections between calls: taken and given back by readers
+    /// (Query, PromQL, the fleet page) only; the merger writes through its
+    /// own connection and never touches this lock.
     idle: Arc<Mutex<Vec<Kept>>>,
 }
 
