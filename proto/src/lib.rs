@@ -19,6 +19,11 @@ pub mod limits {
     pub const MAX_LABELS: usize = 32;
     /// Most readings (rows plus columns) in one batch.
     pub const MAX_READINGS_PER_BATCH: usize = 100_000;
+    /// Most committed ranges a Welcome or an Ack lists above the committed
+    /// sequence (the lowest ones). An agent that sends out of order keeps
+    /// its own gaps far below this (it falls back to sequence order first),
+    /// so every range it needs to hear about is listed.
+    pub const MAX_ACK_RANGES: usize = 1024;
 }
 
 /// Generated code for package `tributary.v1`.

@@ -157,6 +157,8 @@ impl Session {
                 committed_seq: committed,
                 collector_time_ns: now_ns(),
                 committed_dropped: Some(welcomed.committed_dropped),
+                committed_ranges: Vec::new(),
+                out_of_order: false,
             })),
         };
         if out.send(Ok(welcome)).await.is_err() {

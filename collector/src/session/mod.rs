@@ -416,7 +416,10 @@ async fn send_acks(sent: &mut StreamAcks, now: StreamAcks, out: &Outbound) -> Re
 
 fn ack_frame(seq: u64) -> pb::CollectorFrame {
     pb::CollectorFrame {
-        frame: Some(pb::collector_frame::Frame::Ack(pb::Ack { seq })),
+        frame: Some(pb::collector_frame::Frame::Ack(pb::Ack {
+            seq,
+            ranges: Vec::new(),
+        })),
     }
 }
 
