@@ -40,7 +40,7 @@ use crate::agent::{AgentConfig, AgentProc, HEALTH_READINGS_PER_POLL, UP_METRIC};
 use crate::collector::{CollectorProc, QueryClient, WorkDir};
 use crate::metrics_cost::{self, OnOff};
 use crate::options::{Format, Options};
-use crate::poll::{await_first_poll, device_name};
+use crate::poll::{PollStats, await_first_poll, device_name};
 use crate::progress::Progress;
 use crate::report::{Report, Target};
 use crate::sys::{self, ProcSample};
@@ -56,6 +56,10 @@ const PROMETHEUS_SYNTHETIC: u64 = 5;
 /// polls on a loaded machine) does less work per second and would look
 /// cheaper or dearer per sample than it is at the configured load.
 const MIN_RATE_SHARE: f64 = 0.95;
+/// Least share of the configured samples Tributary must store in the window
+/// (issue 18: 8,000 targets × 105 samples at 1 s on two cores, where
+/// Prometheus falls behind).
+const MIN_STORED_SHARE: f64 = 0.999;
 
 struct Config {
     targets: usize,
@@ -123,6 +127,18 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("tributary_samples_per_s", "samples/s", None);
     report.declare("prometheus_samples_per_s", "samples/s", None);
     report.declare("expected_samples_per_s", "samples/s", None);
+    report.declare(
+        "tributary_stored_share",
+        "",
+        Some(Target::AtLeast(MIN_STORED_SHARE)),
+    );
+    report.declare("prometheus_stored_share", "", None);
+    report.declare(
+        "tributary_skipped_polls",
+        "polls",
+        Some(Target::AtMost(0.0)),
+    );
+    report.declare("tributary_dropped", "readings", Some(Target::AtMost(0.0)));
     report.declare("tributary_cpu_s_per_million_metrics_on", "CPU-s/M", None);
     report.declare("metrics_scrapes", "scrapes", None);
     OnOff::declare(&mut report, "metrics_cpu_ratio", "metrics_cpu_ratio_pairs");
@@ -141,7 +157,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
                 .await?,
         );
     }
-    let expected_rate = (cfg.targets * cfg.samples) as f64 / cfg.interval.as_secs_f64();
+    let expected_rate = expected_samples_per_s(&cfg);
     // A fairness check for full-size runs; a smoke run lasts too little for
     // Prometheus's first scrapes (it only checks that the counts agree).
     let smoke = opts.smoke;
@@ -188,12 +204,23 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         report.record("expected_samples_per_s", expected_rate);
         let Some(bin) = &cfg.prometheus else { continue };
         let p = prometheus_side(&cfg, bin, &sims, &label, progress, &mut report, r).await?;
-        rate_check(&mut report, r, "Prometheus", p.samples_per_s);
         report.record("prometheus_cpu_s_per_million", p.cpu_per_million);
         report.record("prometheus_peak_rss_mib", p.peak_mib);
         report.record("prometheus_samples_per_s", p.samples_per_s);
-        report.record("cpu_ratio", t.cpu_per_million / p.cpu_per_million);
+        report.record("prometheus_stored_share", p.stored_share);
         report.record("rss_ratio", t.peak_mib / p.peak_mib);
+        // Prometheus falling behind is a finding (the 8,000-target load),
+        // not a failure of the bench; but then its CPU per sample is that of
+        // a lighter load than configured, and the ratio would flatter it.
+        if smoke || p.samples_per_s >= MIN_RATE_SHARE * expected_rate {
+            report.record("cpu_ratio", t.cpu_per_million / p.cpu_per_million);
+        } else {
+            report.note(format!(
+                "run {r}: Prometheus fell behind: scraped {:.1} % and stored {:.1} % of the configured samples, so no cpu_ratio is recorded for this run (its CPU per sample is that of a lighter load)",
+                p.samples_per_s / expected_rate * 100.0,
+                p.stored_share * 100.0
+            ));
+        }
         progress.say(&format!(
             "{label}: CPU-s per million samples: Tributary {:.2}, Prometheus {:.2}; peak RSS {:.0} vs {:.0} MiB",
             t.cpu_per_million, p.cpu_per_million, t.peak_mib, p.peak_mib
@@ -221,6 +248,9 @@ struct Side {
     cpu_per_million: f64,
     peak_mib: f64,
     samples_per_s: f64,
+    /// Samples stored in the window over those the configuration asks for
+    /// (targets × samples per scrape × window / interval).
+    stored_share: f64,
 }
 
 fn served(sims: &[HttpListening]) -> u64 {
@@ -341,9 +371,21 @@ async fn tributary_side(
     );
     let peak = collector_peak + a1.hwm;
     collector.stop().await?;
+    // Logged by the agent as it stopped.
+    let own = PollStats::from_log(&dir.join(&format!("{AGENT}.log")))?;
     let samples = ((s1 - s0) * cfg.samples as u64) as f64;
+    // Every scrape the targets served is stored (checked above), a failed
+    // one as a failure instead of its samples: the share stored is the
+    // share of the configured scrapes made, less every failed scrape of
+    // the run (not only the window's: it can only understate the share).
+    let ok_in_window = (s1 - s0).saturating_sub(failed);
+    let stored_share =
+        (ok_in_window * cfg.samples as u64) as f64 / (expected_samples_per_s(cfg) * elapsed);
     let cpu = (a1.cpu_s - a0.cpu_s) + (c1.cpu_s - c0.cpu_s);
     if !metrics {
+        report.record("tributary_stored_share", stored_share);
+        report.record("tributary_skipped_polls", own.skipped as f64);
+        report.record("tributary_dropped", dropped as f64);
         report.record("tributary_failed_scrapes", failed as f64);
         report.record("agent_startup_s", startup);
         report.record("agent_cpu_cores", (a1.cpu_s - a0.cpu_s) / elapsed);
@@ -361,6 +403,7 @@ async fn tributary_side(
         cpu_per_million: cpu / samples.max(1.0) * 1e6,
         peak_mib: mib(peak),
         samples_per_s: samples / elapsed,
+        stored_share,
     })
 }
 
@@ -443,16 +486,31 @@ async fn prometheus_side(
     // at most one scrape per target is in flight at either end.
     let expected = (s1 - s0) * (cfg.samples as u64 + PROMETHEUS_SYNTHETIC);
     let slack = cfg.targets as u64 * (cfg.samples as u64 + PROMETHEUS_SYNTHETIC);
-    report.check(
-        format!("run {r}: Prometheus appended every sample scraped"),
-        (app1 - app0).abs_diff(expected) <= slack,
-        format!(
-            "{} appended, {} scrapes × ({} + {PROMETHEUS_SYNTHETIC}) = {expected} (± one scrape per target)",
-            app1 - app0,
-            s1 - s0,
-            cfg.samples
-        ),
+    // What it stored of the targets' samples: its appends less its own
+    // series per scrape, over what the configuration asks for.
+    let appended_samples = (app1 - app0) as f64 * cfg.samples as f64
+        / (cfg.samples as u64 + PROMETHEUS_SYNTHETIC) as f64;
+    let stored_share = appended_samples / (expected_samples_per_s(cfg) * elapsed);
+    let detail = format!(
+        "{} appended, {} scrapes × ({} + {PROMETHEUS_SYNTHETIC}) = {expected} (± one scrape per target)",
+        app1 - app0,
+        s1 - s0,
+        cfg.samples
     );
+    if stored_share >= MIN_RATE_SHARE {
+        report.check(
+            format!("run {r}: Prometheus appended every sample scraped"),
+            (app1 - app0).abs_diff(expected) <= slack,
+            detail,
+        );
+    } else {
+        // Behind: scrapes it gave up on (timeouts) were served but add only
+        // its own series. The share is the finding, not a bench failure.
+        report.note(format!(
+            "run {r}: Prometheus stored {:.1} % of the configured samples: {detail}",
+            stored_share * 100.0
+        ));
+    }
     let _ = tokio::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -469,7 +527,14 @@ async fn prometheus_side(
         cpu_per_million: (p1.cpu_s - p0.cpu_s) / samples.max(1.0) * 1e6,
         peak_mib: mib(p1.hwm),
         samples_per_s: samples / elapsed,
+        stored_share,
     })
+}
+
+/// Samples per second the configuration asks for (all targets, every
+/// interval).
+fn expected_samples_per_s(cfg: &Config) -> f64 {
+    (cfg.targets * cfg.samples) as f64 / cfg.interval.as_secs_f64()
 }
 
 fn prometheus_config(cfg: &Config, sims: &[HttpListening]) -> String {
