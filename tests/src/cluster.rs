@@ -79,9 +79,19 @@ impl Collector {
 /// The `[spool]` and `[uplink]` sections tests use: the spool in the test
 /// directory, fast keepalive and reconnects.
 pub fn agent_sections(spool: &Path, extra_spool: &str) -> String {
+    agent_sections_keepalive(spool, extra_spool, "2s")
+}
+
+/// [`agent_sections`] with another keepalive timeout: a test whose link is
+/// slow on purpose (a throttled proxy) queues the pings behind its data.
+pub fn agent_sections_keepalive(
+    spool: &Path,
+    extra_spool: &str,
+    keepalive_timeout: &str,
+) -> String {
     format!(
         "\n[spool]\ndir = \"{}\"\n{extra_spool}\n[uplink]\nkeepalive_interval = \"1s\"\n\
-         keepalive_timeout = \"2s\"\nconnect_timeout = \"2s\"\nbackoff_max = \"500ms\"\n\
+         keepalive_timeout = \"{keepalive_timeout}\"\nconnect_timeout = \"2s\"\nbackoff_max = \"500ms\"\n\
          shutdown_timeout = \"20s\"\n",
         spool.display()
     )
@@ -114,11 +124,26 @@ impl Agent {
     /// Writes `config` (plus [`agent_sections`] with `extra_spool` keys) and
     /// starts `tributary-agent run`.
     pub fn start(dir: &TestDir, id: &str, config: &str, extra_spool: &str) -> Result<Agent> {
+        Self::start_keepalive(dir, id, config, extra_spool, "2s")
+    }
+
+    /// [`Agent::start`] with another keepalive timeout (see
+    /// [`agent_sections_keepalive`]).
+    pub fn start_keepalive(
+        dir: &TestDir,
+        id: &str,
+        config: &str,
+        extra_spool: &str,
+        keepalive_timeout: &str,
+    ) -> Result<Agent> {
         let spool = dir.join(format!("{id}-spool"));
         let path = dir.join(format!("{id}.toml"));
         std::fs::write(
             &path,
-            format!("{config}{}", agent_sections(&spool, extra_spool)),
+            format!(
+                "{config}{}",
+                agent_sections_keepalive(&spool, extra_spool, keepalive_timeout)
+            ),
         )?;
         let log = dir.join(format!("{id}.log"));
         let stats = dir.join(format!("{id}.stats.prom"));

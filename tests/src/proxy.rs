@@ -10,6 +10,9 @@
 //! - [`Mode::DropReplies`]: what the client sends reaches the server; what the
 //!   server answers is read and thrown away (the collector commits, the agent
 //!   never hears the ack).
+//! - [`Mode::Throttle`]: what the client sends flows at most at the given
+//!   bytes per second (a thin uplink: a backlog drains slowly, whatever the
+//!   machine's speed); answers flow freely.
 //!
 //! Connections opened during a blackhole stay stalled after it heals, like
 //! half-open connections after a real partition; new ones flow again.
@@ -17,6 +20,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,6 +34,8 @@ pub enum Mode {
     Forward,
     Blackhole,
     DropReplies,
+    /// Client to server at most this many bytes per second.
+    Throttle(u32),
 }
 
 /// A running proxy; stops when dropped.
@@ -136,8 +142,13 @@ async fn pump(
             // Hold both halves open; never read or write again.
             std::future::pending::<()>().await;
         }
+        // Throttled, read at most a tenth of a second's bytes at a time.
+        let limit = match (current, &stats) {
+            (Mode::Throttle(rate), None) => (rate as usize / 10).clamp(1, buf.len()),
+            _ => buf.len(),
+        };
         let n = tokio::select! {
-            n = from.read(&mut buf) => n?,
+            n = from.read(&mut buf[..limit]) => n?,
             _ = mode.changed() => continue,
         };
         if n == 0 {
@@ -151,6 +162,12 @@ async fn pump(
                 stats
                     .dropped_reply_bytes
                     .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            (Mode::Throttle(rate), None) => {
+                to.write_all(&buf[..n]).await?;
+                // Pacing, not a check: n bytes take n / rate seconds.
+                let pause = Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
+                tokio::time::sleep(pause).await;
             }
             _ => to.write_all(&buf[..n]).await?,
         }
