@@ -62,7 +62,7 @@ fn plan_skips_what_is_stored_and_advances_the_rest() {
             a.clone(),
             1,
             EpochRow {
-                committed_seq: 7,
+                committed: CommittedSet::up_to(7),
                 dropped: 2,
                 last_seq: 8,
             },
@@ -73,7 +73,7 @@ fn plan_skips_what_is_stored_and_advances_the_rest() {
     let stored = HashMap::from([(
         (a.clone(), 1),
         EpochRow {
-            committed_seq: 6,
+            committed: CommittedSet::up_to(6),
             dropped: 4,
             last_seq: 6,
         },
@@ -88,7 +88,7 @@ fn plan_skips_what_is_stored_and_advances_the_rest() {
                 a.clone(),
                 1,
                 EpochRow {
-                    committed_seq: 7,
+                    committed: CommittedSet::up_to(7),
                     dropped: 4,
                     last_seq: 8
                 }
@@ -97,7 +97,7 @@ fn plan_skips_what_is_stored_and_advances_the_rest() {
                 Arc::from("b"),
                 9,
                 EpochRow {
-                    committed_seq: 1,
+                    committed: CommittedSet::up_to(1),
                     ..EpochRow::default()
                 }
             ),
@@ -111,6 +111,39 @@ fn plan_skips_what_is_stored_and_advances_the_rest() {
     );
     assert_eq!((agents[0].1.batches_deduplicated, agents[0].2), (2, 4));
     assert_eq!((agents[1].0.as_ref(), agents[1].2), ("b", 1));
+}
+
+#[test]
+fn plan_takes_sequences_in_any_order_and_skips_those_in_a_range() {
+    let a: Arc<str> = Arc::from("a");
+    // Stored: 1..=2 and 5..=6 (another collector took 5 and 6 first).
+    let mut committed = CommittedSet::up_to(2);
+    committed.insert(5);
+    committed.insert(6);
+    let stored = HashMap::from([(
+        (a.clone(), 1),
+        EpochRow {
+            committed,
+            ..EpochRow::default()
+        },
+    )]);
+    let set = WriteSet {
+        batches: vec![
+            batch("a", 1, 9, 1),
+            batch("a", 1, 6, 1),
+            batch("a", 1, 4, 1),
+            batch("a", 1, 9, 1),
+            batch("a", 1, 3, 1),
+        ],
+        epochs: Vec::new(),
+        agents: vec![(a.clone(), AgentWrite::default())],
+    };
+    let plan = Plan::new(&set, &stored);
+    assert_eq!(plan.write, [true, false, true, false, true]);
+    assert_eq!(plan.report.skipped, [1, 3]);
+    let mut expected = CommittedSet::up_to(6);
+    expected.insert(9);
+    assert_eq!(plan.report.epochs[0].2.committed, expected);
 }
 
 #[test]

@@ -35,8 +35,8 @@ fn agents_join_the_committed_seq_of_their_current_epoch() {
         .execute_batch(&format!(
             "INSERT INTO agents VALUES ('b', {}, '10.0.0.2:5000', 77, 10, 2, 3, 4, 'col-a');
              INSERT INTO agents VALUES ('a', 7, '', 0, 0, 0, 0, 0, '');
-             INSERT INTO epochs VALUES ('b', 1, 999, 0, 999);
-             INSERT INTO epochs VALUES ('b', {}, 42, 3, 50);",
+             INSERT INTO epochs VALUES ('b', 1, 999, 0, 999, NULL);
+             INSERT INTO epochs VALUES ('b', {}, 42, 3, 50, NULL);",
             big_epoch as i64, big_epoch as i64
         ))
         .unwrap();
