@@ -100,9 +100,22 @@ struct RawStream {
 
 impl RawStream {
     async fn open(url: &str, agent: &str, epoch: u64) -> Result<Self> {
+        Self::open_with(url, hello(agent, epoch)).await
+    }
+
+    /// A stream whose Hello says it reads ranges and may send out of order.
+    async fn open_out_of_order(url: &str, agent: &str, epoch: u64) -> Result<Self> {
+        let mut h = hello(agent, epoch);
+        if let Some(pb::agent_frame::Frame::Hello(h)) = &mut h.frame {
+            h.out_of_order = true;
+        }
+        Self::open_with(url, h).await
+    }
+
+    async fn open_with(url: &str, hello: pb::AgentFrame) -> Result<Self> {
         let mut client = pb::ingest_client::IngestClient::connect(url.to_string()).await?;
         let (tx, rx) = mpsc::channel(16);
-        tx.send(hello(agent, epoch)).await?;
+        tx.send(hello).await?;
         let mut rx = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         let w = match next(&mut rx).await? {
             Some(pb::collector_frame::Frame::Welcome(w)) => w,
@@ -230,6 +243,7 @@ fn hello(agent: &str, epoch: u64) -> pb::AgentFrame {
             agent_time_ns: 1,
             dropped: 0,
             last_seq: 0,
+            out_of_order: false,
         })),
     }
 }
@@ -464,7 +478,7 @@ async fn every_replayed_batch_gets_its_own_ack() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_order_batches_are_acked_with_ranges_and_stored_once() -> Result<()> {
     let collector = Collector::start("ooo").await?;
-    let mut s = RawStream::open(&collector.url, "ooo", 5).await?;
+    let mut s = RawStream::open_out_of_order(&collector.url, "ooo", 5).await?;
     assert!(s.out_of_order, "this collector takes batches in any order");
     assert_eq!((s.welcome, &s.welcome_ranges[..]), (0, &[][..]));
     let sent = [10u64, 9, 3, 4];
@@ -492,7 +506,7 @@ async fn out_of_order_batches_are_acked_with_ranges_and_stored_once() -> Result<
 
     // The ranges are in the store: a restarted collector's Welcome has them.
     let collector = Collector::start_at(db.clone()).await?;
-    let mut s = RawStream::open(&collector.url, "ooo", 5).await?;
+    let mut s = RawStream::open_out_of_order(&collector.url, "ooo", 5).await?;
     assert_eq!(
         (s.welcome, &s.welcome_ranges[..]),
         (0, &[(3, 4), (9, 10)][..])
@@ -514,11 +528,53 @@ async fn out_of_order_batches_are_acked_with_ranges_and_stored_once() -> Result<
         (1..=12).collect::<Vec<_>>(),
         "every sequence stored once"
     );
-    let s = RawStream::open(&collector.url, "ooo", 5).await?;
+    let s = RawStream::open_out_of_order(&collector.url, "ooo", 5).await?;
     assert_eq!((s.welcome, &s.welcome_ranges[..]), (12, &[][..]));
     drop(s);
     collector.stop().await?;
     drop(dir);
+    Ok(())
+}
+
+/// An agent whose Hello does not say `out_of_order` (every agent before
+/// it existed) is welcomed without it and sends in sequence order, each
+/// batch standing for every sequence below it: a spool that resumed above
+/// its reservation after a restart skips thousands of numbers, and the
+/// acks (only their sequence is read by such an agent) rise past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_order_agent_is_acked_past_the_sequences_it_skipped() -> Result<()> {
+    let collector = Collector::start("in-order-gaps").await?;
+    let mut s = RawStream::open(&collector.url, "old", 2).await?;
+    assert!(!s.out_of_order, "not said to an agent that did not ask");
+    s.send(counter_batch(1, true, 1, 1)).await?;
+    s.send(counter_batch(2, false, 2, 2)).await?;
+    assert_eq!(s.acked(2).await?, 2);
+    drop(s);
+    // Restarted: its spool resumes at 4097, and it never sends 3..=4096.
+    let mut s = RawStream::open(&collector.url, "old", 2).await?;
+    assert_eq!((s.welcome, &s.welcome_ranges[..]), (2, &[][..]));
+    s.send(counter_batch(4097, true, 3, 3)).await?;
+    s.send(counter_batch(4098, false, 4, 4)).await?;
+    // Acks coalesce: the last one says 4098, none has ranges.
+    loop {
+        let (seq, ranges) = s.next_ack_set().await?;
+        assert!(
+            ranges.is_empty() && (4097..=4098).contains(&seq),
+            "{seq} {ranges:?}"
+        );
+        if seq == 4098 {
+            break;
+        }
+    }
+    // Still in order: a lower sequence on the stream is refused.
+    s.send(counter_batch(7, false, 7, 7)).await?;
+    let status = s.status().await?;
+    assert!(status.message().contains("batch.seq"), "{status:?}");
+    let s = RawStream::open(&collector.url, "old", 2).await?;
+    assert_eq!((s.welcome, &s.welcome_ranges[..]), (4098, &[][..]));
+    drop(s);
+    assert_eq!(collector.counter_values("old")?, vec![1, 2, 3, 4]);
+    collector.stop().await?;
     Ok(())
 }
 
@@ -528,7 +584,7 @@ async fn out_of_order_batches_are_acked_with_ranges_and_stored_once() -> Result<
 async fn a_welcome_lists_the_lowest_ranges_and_the_rest_dedup() -> Result<()> {
     let max = tributary_proto::limits::MAX_ACK_RANGES as u64;
     let collector = Collector::start("ooo-many").await?;
-    let mut s = RawStream::open(&collector.url, "many", 1).await?;
+    let mut s = RawStream::open_out_of_order(&collector.url, "many", 1).await?;
     // Every even sequence: as many one-batch ranges, a few more than fit.
     let top = 2 * (max + 6);
     for seq in (2..=top).step_by(2) {
@@ -547,7 +603,7 @@ async fn a_welcome_lists_the_lowest_ranges_and_the_rest_dedup() -> Result<()> {
         }
     }
     s.finish().await?;
-    let mut s = RawStream::open(&collector.url, "many", 1).await?;
+    let mut s = RawStream::open_out_of_order(&collector.url, "many", 1).await?;
     assert_eq!(s.welcome, 0);
     let expected: Vec<(u64, u64)> = (1..=max).map(|i| (2 * i, 2 * i)).collect();
     assert_eq!(s.welcome_ranges, expected, "the lowest {max}");

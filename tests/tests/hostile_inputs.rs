@@ -106,9 +106,9 @@ fn check_frame(bytes: &[u8]) {
             );
         }
         Some(pb::agent_frame::Frame::Batch(batch)) => {
-            let _ = session::check_batch(&batch, "edge-1", &StreamSeries::default(), &limits);
+            let _ = session::check_batch(&batch, "edge-1", 0, &StreamSeries::default(), &limits);
             let mut declared: StreamSeries = (0..4).map(|i| (i, i64::from(i))).collect();
-            if let Ok(new) = session::check_batch(&batch, "edge-1", &declared, &limits) {
+            if let Ok(new) = session::check_batch(&batch, "edge-1", 1, &declared, &limits) {
                 assert!(new.iter().all(|(id, _)| !declared.contains_key(id)));
                 // A batch that passes converts whole: every reading of
                 // both forms, each with a resolved series.
@@ -203,7 +203,7 @@ proptest! {
         };
         let referenced = reading_ids.iter().all(|id| decl_ids.contains(id));
         let timed = ts.iter().take(reading_ids.len()).all(|&t| t > 0);
-        let result = session::check_batch(&batch, "a", &StreamSeries::default(), &Limits::default());
+        let result = session::check_batch(&batch, "a", 0, &StreamSeries::default(), &Limits::default());
         prop_assert_eq!(result.is_ok(), unique && referenced && timed, "{:?}", result.err());
     }
 
@@ -272,7 +272,7 @@ proptest! {
         let times_ok = prefix_sums(base_ts_ns, &ts_delta[..ts_delta.len().min(n)])
             .iter()
             .all(|&t| t > 0 && t <= i128::from(i64::MAX));
-        let result = session::check_batch(&batch, "a", &StreamSeries::default(), &Limits::default());
+        let result = session::check_batch(&batch, "a", 0, &StreamSeries::default(), &Limits::default());
         prop_assert_eq!(result.is_ok(), lengths && ids_ok && times_ok, "{:?}", result.err());
         if let Ok(new) = result {
             // The stored readings are the model's: ids and times as summed.
@@ -663,7 +663,8 @@ fn a_batch_at_the_limits_validates() {
             .collect(),
         ..Default::default()
     };
-    let new = session::check_batch(&batch, "a", &StreamSeries::default(), &limits).expect("valid");
+    let new =
+        session::check_batch(&batch, "a", 0, &StreamSeries::default(), &limits).expect("valid");
     assert_eq!(new.len(), n as usize);
 
     // The same in columns, ids in falling order (every delta -1).
@@ -683,7 +684,7 @@ fn a_batch_at_the_limits_validates() {
         ..batch
     };
     let new =
-        session::check_batch(&columnar, "a", &StreamSeries::default(), &limits).expect("valid");
+        session::check_batch(&columnar, "a", 0, &StreamSeries::default(), &limits).expect("valid");
     assert_eq!(new.len(), n as usize);
     let declared: StreamSeries = new.iter().map(|(id, _)| (*id, i64::from(*id))).collect();
     let readings = session::batch_readings(columnar, &declared);

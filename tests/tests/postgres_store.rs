@@ -45,6 +45,7 @@ fn set(agent: &str, epoch: u64, series: i64, seqs: impl IntoIterator<Item = u64>
             agent: agent.clone(),
             epoch,
             seq,
+            high_water: false,
             received_ns: 1,
             readings: vec![NewReading {
                 series_id: series,

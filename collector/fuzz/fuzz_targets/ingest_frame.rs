@@ -24,9 +24,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = session::authorize(&hello.agent_id, &auth, &Roles::default());
         }
         Some(pb::agent_frame::Frame::Batch(batch)) => {
-            let _ = session::check_batch(&batch, "edge-1", &StreamSeries::default(), &limits);
+            let _ = session::check_batch(&batch, "edge-1", 0, &StreamSeries::default(), &limits);
             let mut declared: StreamSeries = (0..4).map(|i| (i, i64::from(i))).collect();
-            if let Ok(new) = session::check_batch(&batch, "edge-1", &declared, &limits) {
+            if let Ok(new) = session::check_batch(&batch, "edge-1", 1, &declared, &limits) {
                 assert!(new.iter().all(|(id, _)| !declared.contains_key(id)));
                 declared.extend(new.iter().map(|(id, _)| (*id, 100 + i64::from(*id))));
                 let columns = batch.columns.as_ref().map_or(0, |c| {

@@ -86,7 +86,9 @@ impl Merger {
             });
             return;
         }
-        self.group_epoch(&key, group).committed.insert(b.seq);
+        self.group_epoch(&key, group)
+            .committed
+            .add_batch(b.seq, b.high_water);
         group.readings += b.readings.len();
         group.acks.push(Answer {
             to: b.ack,
@@ -97,6 +99,7 @@ impl Merger {
             agent: b.agent,
             epoch: b.epoch,
             seq: b.seq,
+            high_water: b.high_water,
             received_ns: b.received_ns,
             readings: b.readings,
         });

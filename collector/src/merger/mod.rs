@@ -79,6 +79,9 @@ pub struct IncomingBatch {
     pub agent: Arc<str>,
     pub epoch: u64,
     pub seq: u64,
+    /// The batch stands for every sequence up to `seq` (its stream's agent
+    /// sends in sequence order and reads no ranges: `BatchWrite::high_water`).
+    pub high_water: bool,
     /// Readings the agent says it dropped so far in this epoch.
     pub dropped: u64,
     /// Newest sequence the agent says it has spooled.

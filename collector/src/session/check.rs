@@ -15,22 +15,24 @@ use super::readings::no_nul;
 use super::series::StreamSeries;
 use crate::model::SeriesKey;
 
-/// Checks a whole batch of `agent`'s stream, whose declared series are
-/// `declared`, against `limits`. Any sequence from 1 up is taken, in any
-/// order (the Welcome says `out_of_order`: the merger dedups by the
-/// committed set, so a repeated sequence is a replay, not an error).
+/// Checks a whole batch of `agent`'s stream, whose last sequence is
+/// `last_seq` and whose declared series are `declared`, against `limits`.
+/// A stream that may send out of order passes 0 as `last_seq`: any
+/// sequence from 1 up is taken (the merger dedups by the committed set).
 /// Pure (no state is touched), so a bad batch leaves nothing behind, and so
 /// it can be fuzzed. Returns the series the batch declares, in order.
 pub fn check_batch(
     batch: &pb::Batch,
     agent: &str,
+    last_seq: u64,
     declared: &StreamSeries,
     limits: &Limits,
 ) -> Result<Vec<(u32, SeriesKey)>, Status> {
-    if batch.seq == 0 {
-        return Err(Status::invalid_argument(
-            "batch.seq: 0 (sequences start at 1)",
-        ));
+    if batch.seq <= last_seq {
+        return Err(Status::invalid_argument(format!(
+            "batch.seq: {} does not increase (previous {last_seq})",
+            batch.seq
+        )));
     }
     if batch.seq > i64::MAX as u64 {
         return Err(Status::invalid_argument(format!(

@@ -1,7 +1,8 @@
 //! The start of a stream: the Hello (checked, and authorized against the
 //! peer's certificate and the allowlist), the agent's clock, the merger's
 //! committed set, and the Welcome that carries it back (mark, lowest
-//! ranges, and `out_of_order`: this collector takes batches in any order).
+//! ranges, and `out_of_order` to an agent whose Hello says it may send out
+//! of order: this collector then takes its batches in any order).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,7 +146,7 @@ impl Session {
                 collector_time_ns: now_ns(),
                 committed_dropped: Some(welcomed.committed_dropped),
                 committed_ranges: wire_ranges(&committed),
-                out_of_order: true,
+                out_of_order: hello.out_of_order,
             })),
         };
         let (ack_tx, ack_rx) = watch::channel(StreamAcks {
@@ -157,6 +158,8 @@ impl Session {
             agent: agent.clone(),
             epoch: hello.epoch,
             session,
+            out_of_order: hello.out_of_order,
+            last_seq: 0,
             forwarded: 0,
             series: StreamSeries::default(),
             ack_tx: Arc::new(ack_tx),

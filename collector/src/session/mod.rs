@@ -1,11 +1,12 @@
 //! One session per agent stream: the gRPC edge of ingest.
 //!
 //! A session reads the agent's frames, checks them (Hello first, sequence
-//! numbers from 1 in any order, declared series, sane strings and
+//! numbers from 1, strictly increasing unless the agent's Hello says it
+//! may send out of order, declared series, sane strings and
 //! timestamps, in both forms a batch may carry readings in: rows and
 //! columns), resolves the stream's interned series ids to global ids
 //! through the merger, and forwards whole batches. It owns only the stream's
-//! interning table; it holds no store handle. Acks come back from the
+//! interning table and its last sequence; it holds no store handle. Acks come back from the
 //! merger through a `watch` channel, which never blocks the merger: each
 //! carries the committed set (mark and the lowest `MAX_ACK_RANGES` ranges
 //! above it), acks that grow it coalesce into one frame, and every replay
@@ -128,6 +129,10 @@ struct Stream {
     epoch: u64,
     /// This stream's id, unique in the process.
     session: u64,
+    /// The agent's Hello said it reads ranges and may send out of order;
+    /// else its batches are in sequence order, each a high-water mark.
+    out_of_order: bool,
+    last_seq: u64,
     /// Batches handed to the merger on this stream.
     forwarded: u64,
     /// Stream-local series id → global series id.
@@ -319,7 +324,13 @@ impl Session {
         };
         // Validate everything before touching any state, so a bad batch
         // leaves nothing behind.
-        let new_series = check_batch(&batch, &stream.agent, &stream.series, &self.limits)?;
+        // In sequence order unless the stream may send out of order.
+        let floor = if stream.out_of_order {
+            0
+        } else {
+            stream.last_seq
+        };
+        let new_series = check_batch(&batch, &stream.agent, floor, &stream.series, &self.limits)?;
         if !new_series.is_empty() {
             let (new_ids, new_keys): (Vec<u32>, Vec<SeriesKey>) = new_series.into_iter().unzip();
             let ids = self.merger.resolve(new_keys).await.map_err(|e| match e {
@@ -335,11 +346,13 @@ impl Session {
         let (dropped, last_seq, resent) = (batch.dropped, batch.last_seq, batch.resent);
         let readings = batch_readings(batch, &stream.series);
         let skewed_readings = self.count_skewed(stream, &readings);
+        stream.last_seq = seq;
         self.merger
             .batch(IncomingBatch {
                 agent: stream.agent.clone(),
                 epoch: stream.epoch,
                 seq,
+                high_water: !stream.out_of_order,
                 dropped: clamp_counter(dropped),
                 last_seq: clamp_counter(last_seq),
                 resent,

@@ -80,6 +80,21 @@ impl CommittedSet {
         true
     }
 
+    /// Adds a committed batch's sequence `seq` (with `high_water`, every
+    /// sequence up to it: see `BatchWrite::high_water`). `false` when `seq`
+    /// was in the set already (a replay: nothing is added).
+    pub fn add_batch(&mut self, seq: u64, high_water: bool) -> bool {
+        if self.contains(seq) {
+            return false;
+        }
+        if high_water {
+            self.raise_mark(seq);
+        } else {
+            self.insert_range(seq, seq);
+        }
+        true
+    }
+
     /// Adds every sequence of `other`.
     pub fn union(&mut self, other: &CommittedSet) {
         if other.mark > self.mark {

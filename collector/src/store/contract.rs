@@ -124,6 +124,10 @@ pub struct BatchWrite {
     pub agent: Arc<str>,
     pub epoch: u64,
     pub seq: u64,
+    /// The batch stands for every sequence up to `seq`, not only its own
+    /// (a stream of an agent that sends in sequence order and reads no
+    /// ranges: a sequence it skipped is one its spool never holds).
+    pub high_water: bool,
     pub received_ns: i64,
     pub readings: Vec<NewReading>,
 }

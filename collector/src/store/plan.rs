@@ -34,7 +34,8 @@ impl Plan {
 
     /// Compares each batch with `stored` (the locked rows; missing means
     /// nothing committed yet): a batch whose sequence the committed set
-    /// holds is skipped, the others are added to it (in any order). Reported dropped and last spooled
+    /// holds is skipped, the others are added to it (in any order; a
+    /// `high_water` batch with every sequence below it). Reported dropped and last spooled
     /// sequences only grow.
     pub fn new(set: &WriteSet, stored: &HashMap<(Arc<str>, u64), EpochRow>) -> Plan {
         let mut state: HashMap<(Arc<str>, u64), EpochRow> = Plan::keys(set)
@@ -48,7 +49,7 @@ impl Plan {
         for (i, b) in set.batches.iter().enumerate() {
             let row = state.entry((b.agent.clone(), b.epoch)).or_default();
             let counts = plan.per_agent.entry(b.agent.clone()).or_default();
-            if row.committed.insert(b.seq) {
+            if row.committed.add_batch(b.seq, b.high_water) {
                 plan.write.push(true);
                 counts.0 += b.readings.len() as u64;
             } else {

@@ -14,6 +14,7 @@ fn batch(agent: &str, epoch: u64, seq: u64, n: usize) -> BatchWrite {
         agent: Arc::from(agent),
         epoch,
         seq,
+        high_water: false,
         received_ns: 1,
         readings: (0..n)
             .map(|i| NewReading {

@@ -123,6 +123,17 @@ fn commit_5_3_4_then_1_2_leaves_mark_5_and_no_ranges() {
 }
 
 #[test]
+fn a_high_water_batch_stands_for_everything_below_it() {
+    let mut set = CommittedSet::default();
+    assert!(set.add_batch(7, false));
+    assert!(set.add_batch(3, true), "3 is new; 1 and 2 come with it");
+    assert_eq!((set.mark(), set.ranges()), (3, &[(7, 7)][..]));
+    assert!(!set.add_batch(7, true), "a replay adds nothing");
+    assert!(set.add_batch(4096, true));
+    assert_eq!((set.mark(), set.ranges()), (4096, &[][..]));
+}
+
+#[test]
 fn high_sequences_encode_in_a_few_bytes() {
     let mut set = CommittedSet::up_to(1 << 40);
     set.insert((1 << 40) + 1000);

@@ -80,6 +80,7 @@ impl TempDb {
                 agent: Arc::from("test"),
                 epoch: 1,
                 seq: self.seq,
+                high_water: false,
                 received_ns,
                 readings: readings
                     .into_iter()
@@ -521,6 +522,7 @@ fn an_older_epochs_table_reads_as_marks_without_ranges() {
         agent: Arc::from("old"),
         epoch: 3,
         seq,
+        high_water: false,
         received_ns: 1,
         readings: Vec::new(),
     };
@@ -567,6 +569,7 @@ fn garbled_ranges_are_an_error_naming_the_row() {
             agent: Arc::from("edge"),
             epoch: 9,
             seq: 4,
+            high_water: false,
             received_ns: 1,
             readings: Vec::new(),
         }],
