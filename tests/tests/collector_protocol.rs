@@ -511,10 +511,14 @@ async fn out_of_order_batches_are_acked_with_ranges_and_stored_once() -> Result<
         (s.welcome, &s.welcome_ranges[..]),
         (0, &[(3, 4), (9, 10)][..])
     );
-    // A client that ignores them and resends everything: the four replays
-    // are acked (a frame each), the rest stored; the mark rises through
-    // the ranges to 12.
-    s.send_counters(1..=12).await?;
+    // A client that ignores them and resends everything, newest first (so
+    // 10, 9, 4 and 3 come while the mark is still below them): the four
+    // replays are acked (a frame each), the rest stored; the mark rises
+    // through the ranges to 12.
+    for seq in (1..=12u64).rev() {
+        let v = seq as i64;
+        s.send(counter_batch(seq, seq == 12, v, v)).await?;
+    }
     loop {
         let (seq, ranges) = s.next_ack_set().await?;
         if seq == 12 {

@@ -549,16 +549,20 @@ async fn out_of_order_acks_across_a_failover_lose_and_duplicate_nothing() -> Res
         ranges.len(),
         welcomed.len()
     );
-    // Continue from the Welcome: what it does not cover, in the same
-    // out-of-order fashion, plus a few it covers (replays to dedup).
+    // Continue from the Welcome: first a few sequences it covers, above its
+    // mark (in its ranges) and below, as a client that lost an ack would
+    // resend them (replays to dedup while the mark is still below them),
+    // then what it does not cover, in the same out-of-order fashion.
+    let in_ranges: Vec<u64> = welcomed.iter().copied().filter(|&s| s > mark).collect();
+    let below: Vec<u64> = (1..=mark).collect();
+    let mut to_send: Vec<u64> = in_ranges.choose_multiple(&mut rng, 15).copied().collect();
+    to_send.extend(below.choose_multiple(&mut rng, 5).copied());
     let missing: Vec<u64> = all
         .iter()
         .copied()
         .filter(|s| !welcomed.contains(s))
         .collect();
-    let mut to_send = live_first_order(&missing, &mut rng);
-    let covered: Vec<u64> = welcomed.iter().copied().collect();
-    to_send.extend(covered.choose_multiple(&mut rng, 20).copied());
+    to_send.extend(live_first_order(&missing, &mut rng));
     for &seq in &to_send {
         sb.send(seq).await?;
     }
