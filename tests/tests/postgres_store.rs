@@ -213,6 +213,9 @@ async fn out_of_order_commits_keep_a_committed_set_on_both_stores() -> Result<()
                 .clone();
             skipped.push(store.commit(&set("edge", 7, s, [3, 1, 5, 2]))?.skipped);
             let closed = committed(&mut store)?;
+            // Another agent, left with two ranges (2 and 5) above mark 0.
+            let g = store.resolve_series(&[key("gappy", "d1")])?[0];
+            store.commit(&set("gappy", 3, g, [2, 5]))?;
             Ok((skipped, gap, reopened, loaded, closed))
         })
         .await
@@ -244,6 +247,17 @@ async fn out_of_order_commits_keep_a_committed_set_on_both_stores() -> Result<()
             (edge.readings_stored, edge.batches_deduplicated),
             (5, 3),
             "{what}: five readings stored once each, three duplicates counted"
+        );
+        let ranges = |id: &str| {
+            agents
+                .iter()
+                .find(|a| a.id == id)
+                .map(|a| a.committed_ranges)
+        };
+        assert_eq!(
+            (ranges("edge"), ranges("gappy")),
+            (Some(0), Some(2)),
+            "{what}: ListAgents counts the ranges of each agent's epoch"
         );
     }
     assert_eq!(schema.counters("edge").await?["d1"], [1, 2, 3, 4, 5]);
