@@ -372,6 +372,7 @@ pub async fn ingest(url: &str, series: &[GenSeries]) -> Result<()> {
                     resent: false,
                     last_seq: seq,
                     columns: None,
+                    oldest_spooled: 0,
                 })),
             })
             .await?;

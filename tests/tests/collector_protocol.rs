@@ -286,6 +286,7 @@ fn columnar(
             resent: false,
             last_seq: seq,
             columns: Some(columns),
+            oldest_spooled: 0,
         })),
     }
 }
@@ -578,6 +579,55 @@ async fn an_in_order_agent_is_acked_past_the_sequences_it_skipped() -> Result<()
     assert_eq!((s.welcome, &s.welcome_ranges[..]), (4098, &[][..]));
     drop(s);
     assert_eq!(collector.counter_values("old")?, vec![1, 2, 3, 4]);
+    collector.stop().await?;
+    Ok(())
+}
+
+/// Sequences an out-of-order agent says it will never send (below its
+/// batches' `oldest_spooled`: acked, dropped, or skipped by its spool after
+/// a restart) close the holes they left, so the mark catches up; a floor
+/// above the batch's own sequence is refused; a replay's floor changes
+/// nothing (only batches stored or found stored carry it to the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oldest_spooled_closes_the_holes_below_it() -> Result<()> {
+    let collector = Collector::start("ooo-floor").await?;
+    let with_floor = |frame: pb::AgentFrame, floor: u64| match frame.frame {
+        Some(pb::agent_frame::Frame::Batch(mut b)) => {
+            b.oldest_spooled = floor;
+            pb::AgentFrame {
+                frame: Some(pb::agent_frame::Frame::Batch(b)),
+            }
+        }
+        other => panic!("not a batch: {other:?}"),
+    };
+    let mut s = RawStream::open_out_of_order(&collector.url, "floor", 4).await?;
+    s.send(counter_batch(5, true, 5, 5)).await?;
+    s.send(counter_batch(7, false, 7, 7)).await?;
+    loop {
+        if s.next_ack_set().await? == (0, vec![(5, 5), (7, 7)]) {
+            break;
+        }
+    }
+    // A replay of 7 saying 1..=6 are gone: acked, the set unchanged.
+    s.send(with_floor(counter_batch(7, false, 7, 7), 7)).await?;
+    assert_eq!(s.next_ack_set().await?, (0, vec![(5, 5), (7, 7)]));
+    // Batch 9 says everything below 7 will never come: 1..=6 close, the
+    // mark rises through 7.
+    s.send(with_floor(counter_batch(9, false, 9, 9), 7)).await?;
+    assert_eq!(s.next_ack_set().await?, (7, vec![(9, 9)]));
+    // A floor above the batch's own sequence is a broken agent.
+    s.send(with_floor(counter_batch(11, false, 11, 11), 12))
+        .await?;
+    let status = s.status().await?;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("batch.oldest_spooled"),
+        "{status:?}"
+    );
+    let s = RawStream::open_out_of_order(&collector.url, "floor", 4).await?;
+    assert_eq!((s.welcome, &s.welcome_ranges[..]), (7, &[(9, 9)][..]));
+    drop(s);
+    assert_eq!(collector.counter_values("floor")?, vec![5, 7, 9]);
     collector.stop().await?;
     Ok(())
 }

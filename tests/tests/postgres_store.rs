@@ -46,6 +46,7 @@ fn set(agent: &str, epoch: u64, series: i64, seqs: impl IntoIterator<Item = u64>
             epoch,
             seq,
             high_water: false,
+            floor: 0,
             received_ns: 1,
             readings: vec![NewReading {
                 series_id: series,

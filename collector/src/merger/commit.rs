@@ -86,9 +86,12 @@ impl Merger {
             });
             return;
         }
-        self.group_epoch(&key, group)
-            .committed
-            .add_batch(b.seq, b.high_water);
+        // Sequences the agent will never send close their holes. Taken from
+        // new batches only (the store applies it with the batch, written or
+        // skipped), so the cache never holds what the store does not.
+        let committed = &mut self.group_epoch(&key, group).committed;
+        committed.close_below(b.floor);
+        committed.add_batch(b.seq, b.high_water);
         group.readings += b.readings.len();
         group.acks.push(Answer {
             to: b.ack,
@@ -100,6 +103,7 @@ impl Merger {
             epoch: b.epoch,
             seq: b.seq,
             high_water: b.high_water,
+            floor: b.floor,
             received_ns: b.received_ns,
             readings: b.readings,
         });

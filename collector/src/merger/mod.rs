@@ -82,6 +82,9 @@ pub struct IncomingBatch {
     /// The batch stands for every sequence up to `seq` (its stream's agent
     /// sends in sequence order and reads no ranges: `BatchWrite::high_water`).
     pub high_water: bool,
+    /// Every sequence below this one will never be sent (the agent's
+    /// `Batch.oldest_spooled`, at most `seq`; 0 says nothing).
+    pub floor: u64,
     /// Readings the agent says it dropped so far in this epoch.
     pub dropped: u64,
     /// Newest sequence the agent says it has spooled.

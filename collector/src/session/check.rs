@@ -34,6 +34,12 @@ pub fn check_batch(
             batch.seq
         )));
     }
+    if batch.oldest_spooled > batch.seq {
+        return Err(Status::invalid_argument(format!(
+            "batch.oldest_spooled: {} is above the batch's own sequence {}",
+            batch.oldest_spooled, batch.seq
+        )));
+    }
     if batch.seq > i64::MAX as u64 {
         return Err(Status::invalid_argument(format!(
             "batch.seq: {} is larger than 2^63-1",

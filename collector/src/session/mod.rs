@@ -323,14 +323,20 @@ impl Session {
             None => return Err(Status::invalid_argument("frame: empty")),
         };
         // Validate everything before touching any state, so a bad batch
-        // leaves nothing behind.
-        // In sequence order unless the stream may send out of order.
-        let floor = if stream.out_of_order {
+        // leaves nothing behind. In sequence order unless the stream may
+        // send out of order.
+        let previous = if stream.out_of_order {
             0
         } else {
             stream.last_seq
         };
-        let new_series = check_batch(&batch, &stream.agent, floor, &stream.series, &self.limits)?;
+        let new_series = check_batch(
+            &batch,
+            &stream.agent,
+            previous,
+            &stream.series,
+            &self.limits,
+        )?;
         if !new_series.is_empty() {
             let (new_ids, new_keys): (Vec<u32>, Vec<SeriesKey>) = new_series.into_iter().unzip();
             let ids = self.merger.resolve(new_keys).await.map_err(|e| match e {
@@ -344,6 +350,7 @@ impl Session {
         }
         let seq = batch.seq;
         let (dropped, last_seq, resent) = (batch.dropped, batch.last_seq, batch.resent);
+        let floor = batch.oldest_spooled;
         let readings = batch_readings(batch, &stream.series);
         let skewed_readings = self.count_skewed(stream, &readings);
         stream.last_seq = seq;
@@ -353,6 +360,7 @@ impl Session {
                 epoch: stream.epoch,
                 seq,
                 high_water: !stream.out_of_order,
+                floor,
                 dropped: clamp_counter(dropped),
                 last_seq: clamp_counter(last_seq),
                 resent,

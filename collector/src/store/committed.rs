@@ -95,6 +95,15 @@ impl CommittedSet {
         true
     }
 
+    /// Adds every sequence below `floor`: ones the agent says it will never
+    /// send (acked, dropped, or never handed out: `Batch.oldest_spooled`).
+    pub fn close_below(&mut self, floor: u64) {
+        let below = floor.saturating_sub(1);
+        if below > self.mark {
+            self.raise_mark(below);
+        }
+    }
+
     /// Adds every sequence of `other`.
     pub fn union(&mut self, other: &CommittedSet) {
         if other.mark > self.mark {

@@ -128,6 +128,10 @@ pub struct BatchWrite {
     /// (a stream of an agent that sends in sequence order and reads no
     /// ranges: a sequence it skipped is one its spool never holds).
     pub high_water: bool,
+    /// Every sequence below this one will never be sent (the agent's
+    /// `Batch.oldest_spooled`, at most `seq`; 0 says nothing): added to the
+    /// set whether the batch is written or skipped.
+    pub floor: u64,
     pub received_ns: i64,
     pub readings: Vec<NewReading>,
 }

@@ -49,6 +49,7 @@ impl Plan {
         for (i, b) in set.batches.iter().enumerate() {
             let row = state.entry((b.agent.clone(), b.epoch)).or_default();
             let counts = plan.per_agent.entry(b.agent.clone()).or_default();
+            row.committed.close_below(b.floor);
             if row.committed.add_batch(b.seq, b.high_water) {
                 plan.write.push(true);
                 counts.0 += b.readings.len() as u64;

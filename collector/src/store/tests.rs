@@ -15,6 +15,7 @@ fn batch(agent: &str, epoch: u64, seq: u64, n: usize) -> BatchWrite {
         epoch,
         seq,
         high_water: false,
+        floor: 0,
         received_ns: 1,
         readings: (0..n)
             .map(|i| NewReading {
@@ -145,6 +146,30 @@ fn plan_takes_sequences_in_any_order_and_skips_those_in_a_range() {
     let mut expected = CommittedSet::up_to(6);
     expected.insert(9);
     assert_eq!(plan.report.epochs[0].2.committed, expected);
+}
+
+#[test]
+fn a_floor_closes_holes_even_when_its_batch_is_skipped() {
+    let a: Arc<str> = Arc::from("a");
+    let mut committed = CommittedSet::default();
+    committed.insert(8);
+    let stored = HashMap::from([(
+        (a.clone(), 1),
+        EpochRow {
+            committed,
+            ..EpochRow::default()
+        },
+    )]);
+    let mut b = batch("a", 1, 8, 1);
+    b.floor = 8;
+    let set = WriteSet {
+        batches: vec![b],
+        epochs: Vec::new(),
+        agents: vec![(a.clone(), AgentWrite::default())],
+    };
+    let plan = Plan::new(&set, &stored);
+    assert_eq!(plan.write, [false]);
+    assert_eq!(plan.report.epochs[0].2.committed, CommittedSet::up_to(8));
 }
 
 #[test]

@@ -134,6 +134,26 @@ fn a_high_water_batch_stands_for_everything_below_it() {
 }
 
 #[test]
+fn close_below_adds_what_will_never_be_sent() {
+    let mut set = CommittedSet::default();
+    set.insert(5);
+    set.insert(9);
+    set.close_below(0);
+    set.close_below(1);
+    assert_eq!(set.to_string(), "0 +[5, 9]", "0 and 1 say nothing");
+    set.close_below(5);
+    assert_eq!(
+        set.to_string(),
+        "5 +[9]",
+        "1..=4 close, the mark rises through 5"
+    );
+    set.close_below(3);
+    assert_eq!(set.to_string(), "5 +[9]", "a lower floor changes nothing");
+    set.close_below(12);
+    assert_eq!(set.to_string(), "11");
+}
+
+#[test]
 fn high_sequences_encode_in_a_few_bytes() {
     let mut set = CommittedSet::up_to(1 << 40);
     set.insert((1 << 40) + 1000);

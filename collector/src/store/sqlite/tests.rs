@@ -81,6 +81,7 @@ impl TempDb {
                 epoch: 1,
                 seq: self.seq,
                 high_water: false,
+                floor: 0,
                 received_ns,
                 readings: readings
                     .into_iter()
@@ -523,6 +524,7 @@ fn an_older_epochs_table_reads_as_marks_without_ranges() {
         epoch: 3,
         seq,
         high_water: false,
+        floor: 0,
         received_ns: 1,
         readings: Vec::new(),
     };
@@ -570,6 +572,7 @@ fn garbled_ranges_are_an_error_naming_the_row() {
             epoch: 9,
             seq: 4,
             high_water: false,
+            floor: 0,
             received_ns: 1,
             readings: Vec::new(),
         }],

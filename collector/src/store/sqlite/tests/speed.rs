@@ -53,6 +53,7 @@ fn store_speed() {
                 epoch: 1,
                 seq,
                 high_water: false,
+                floor: 0,
                 received_ns: ts,
                 readings,
             });
@@ -198,6 +199,7 @@ fn store_speed_wide() {
                     epoch: 1,
                     seq,
                     high_water: false,
+                    floor: 0,
                     received_ns: ts + s * 1_000_000_000 + b * 100_000_000,
                     readings,
                 }],
