@@ -49,6 +49,9 @@ impl Merger {
                 if step != CompactStep::default() {
                     self.metrics.compaction_steps.inc();
                     self.metrics.compaction_points.inc_by(step.points);
+                    self.metrics
+                        .compaction_merged_points
+                        .inc_by(step.merged_points);
                 }
                 if step.round_done {
                     self.metrics.compaction_rounds.inc();

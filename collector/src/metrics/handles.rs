@@ -174,6 +174,8 @@ pub struct MergerMetrics {
     pub store_retrying: Gauge,
     pub compaction_steps: Counter,
     pub compaction_points: Counter,
+    /// Points rewritten by merging small chunks (size tiers).
+    pub compaction_merged_points: Counter,
     pub compaction_rounds: Counter,
     pub retention_passes: Counter,
     pub retention_removed: Counter,
@@ -196,6 +198,7 @@ impl MergerMetrics {
             store_retrying: Gauge::default(),
             compaction_steps: Counter::default(),
             compaction_points: Counter::default(),
+            compaction_merged_points: Counter::default(),
             compaction_rounds: Counter::default(),
             retention_passes: Counter::default(),
             retention_removed: Counter::default(),
@@ -235,6 +238,11 @@ impl MergerMetrics {
             "tributary_collector_compaction_points",
             "Points moved from the head into chunks by compaction",
             m.compaction_points.clone(),
+        );
+        registry.register(
+            "tributary_collector_compaction_merged_points",
+            "Points rewritten by compaction when it merges a series' small chunks into larger ones",
+            m.compaction_merged_points.clone(),
         );
         registry.register(
             "tributary_collector_compaction_rounds",

@@ -61,10 +61,13 @@ flags (defaults are per scenario; see BENCHMARKS.md):
   --hours N             promql: hours of `m` at a 15 s step   (6)
   --reps N              promql: repetitions of each query     (5); snmp: snmpbulkwalk runs of each kind (100)
   --corpus-only         promql: the corpus only (no heavy query, no ingest phases)
+  --pairs N             promql: pairs of ingest phases of --duration, without and with the heavy query in a
+                        loop, the order alternating (4); with --baseline, each pair on both collectors in turn
   --outage D            recovery: how long the collector is down (5m)
   --heavy-only          promql: only the heavy query (no corpus, no ingest phases), after one unmeasured ask per side
   --baseline DIR        promql: also ask the heavy query of DIR/tributary-collector (another build) on a copy of
-                        the same store, in turn with the two others (before/after in one run)
+                        the same store, in turn with the two others, and run the ingest pairs on it too
+                        (before/after in one run)
   --only nats           export: only the phases without an export and with nats alone
   --keep                keep the work directories under target/bench/";
 
@@ -150,6 +153,8 @@ pub struct Options {
     pub hours: Option<usize>,
     pub reps: Option<usize>,
     pub corpus_only: bool,
+    /// `--pairs`: promql's pairs of ingest phases.
+    pub pairs: Option<usize>,
     /// `--store`: a PostgreSQL URL (ingest); SQLite when unset.
     pub store: Option<String>,
     /// `--outage`: recovery's collector downtime.
@@ -214,6 +219,7 @@ impl Options {
                 "--query-series" => o.query_series = Some(positive(&arg, &value(&arg)?)?),
                 "--hours" => o.hours = Some(positive(&arg, &value(&arg)?)?),
                 "--reps" => o.reps = Some(positive(&arg, &value(&arg)?)?),
+                "--pairs" => o.pairs = Some(positive(&arg, &value(&arg)?)?),
                 "--prometheus" => o.prometheus = Some(PathBuf::from(value(&arg)?)),
                 "--store" => {
                     let url = value(&arg)?;

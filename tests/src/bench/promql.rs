@@ -17,14 +17,24 @@
 //!    the median of `--reps` repetitions on each side;
 //! 3. ingest throughput, as `ingest` measures it (load agents streaming
 //!    float readings as fast as acks allow, readings acked per second),
-//!    on the same collector: over `--duration` without queries, with the
-//!    query of 2. asked in a loop, and without again; the drop is
-//!    1 − with / (mean of the two without).
+//!    on the same collector, in `--pairs` pairs of phases of `--duration`:
+//!    one without queries, one with the query of 2. asked in a loop (its
+//!    answer read, not decoded), the order alternating from pair to pair,
+//!    fresh load agents and a warm-up per pair, and the collector idle
+//!    again (its compaction done) before the next pair. Per pair the drop
+//!    is 1 − with / without; reported: its median over the pairs, least
+//!    and greatest, pooled, and counting the points compaction merged as
+//!    readings (the size tiers' merges come in bursts a minute apart at
+//!    full speed, and land in one phase or the other). Per phase: the CPU
+//!    of the collector's merger thread, of its query threads, of the rest,
+//!    and of this process (the load agents). With `--baseline`, every pair
+//!    also runs on the baseline's collector, the two in turn.
 //!
 //! Checks: both sides answer every query with the same status and the
 //! same number of values (the differential test compares the values
 //! themselves), and every reading sent is stored.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -44,7 +54,7 @@ use crate::load::{LoadSpec, Shared};
 use crate::options::Options;
 use crate::progress::Progress;
 use crate::report::{Report, Target};
-use crate::sys::{self, percentile};
+use crate::sys::{self, ThreadTimes, percentile};
 use crate::vs_prometheus::find_prometheus;
 
 /// The heavy query of the issue.
@@ -65,6 +75,8 @@ struct Config {
     series_per_agent: usize,
     batch: usize,
     duration: Duration,
+    /// Pairs of ingest phases (without and with queries).
+    pairs: usize,
     warmup: Duration,
     prometheus: PathBuf,
     keep: bool,
@@ -94,6 +106,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         duration: opts
             .duration
             .unwrap_or(opts.size(Duration::from_secs(10), Duration::from_millis(700))),
+        pairs: opts.pairs.unwrap_or(opts.size(4, 1)),
         warmup: opts.size(Duration::from_secs(2), Duration::from_millis(200)),
         prometheus,
         keep: opts.keep,
@@ -128,10 +141,20 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         report.declare("heavy_baseline_ratio", "", None);
         report.declare("heavy_speedup_over_baseline", "", None);
     }
-    report.declare("ingest_readings_per_s", "readings/s", None);
-    report.declare("ingest_with_queries_readings_per_s", "readings/s", None);
-    report.declare("heavy_queries_during_ingest", "", None);
-    report.declare("ingest_drop", "", Some(Target::AtMost(0.10)));
+    report.config("ingest_pairs", cfg.pairs);
+    let mut ingest_metrics = INGEST_METRICS.to_vec();
+    if cfg.baseline.is_some() {
+        ingest_metrics.extend(BASELINE_INGEST_METRICS);
+    }
+    for name in ingest_metrics {
+        let unit = if name.ends_with("per_s") {
+            "readings/s"
+        } else {
+            ""
+        };
+        let target = (name == "ingest_drop").then_some(Target::AtMost(0.10));
+        report.declare(name, unit, target);
+    }
     report.declare("load_tributary_s", "s", None);
     report.declare("load_promtool_s", "s", None);
     for r in 1..=runs {
@@ -354,53 +377,258 @@ async fn one_run(
     report.record("heavy_tributary_ms", heavy_t);
     report.record("heavy_prometheus_ms", heavy_p);
     report.record("heavy_ratio", heavy_t / heavy_p.max(1e-6));
-    if let Some((proc, _)) = baseline {
+    if baseline.is_some() {
         let heavy_b = percentile(&mut bt, 50.0).unwrap_or(0.0);
         progress.say(&format!("{label}: baseline {heavy_b:.0} ms"));
         report.record("heavy_baseline_ms", heavy_b);
         report.record("heavy_baseline_ratio", heavy_b / heavy_p.max(1e-6));
         report.record("heavy_speedup_over_baseline", heavy_b / heavy_t.max(1e-6));
-        proc.stop().await?;
     }
     report.record("load_tributary_s", load_s);
     report.record("load_promtool_s", promtool_s);
     if cfg.heavy_only {
+        if let Some((proc, _)) = baseline {
+            proc.stop().await?;
+        }
         collector.stop().await?;
         return Ok(());
     }
 
-    // 3. Ingest with and without queries.
-    let (rates, heavy_done) =
-        ingest_phases(cfg, &collector, &client, &trib_url, &label, progress).await?;
-    let without = (rates[0] + rates[2]) / 2.0;
+    // 3. Ingest with and without queries: alternating pairs of phases,
+    // on each collector in turn (first in one pair, second in the next).
+    let mut sides = vec![Side {
+        name: "tributary",
+        collector: &collector,
+        http: trib_url.clone(),
+        acked: 0,
+        pairs: Vec::new(),
+    }];
+    if let Some((proc, url)) = &baseline {
+        sides.push(Side {
+            name: "baseline",
+            collector: proc,
+            http: url.clone(),
+            acked: 0,
+            pairs: Vec::new(),
+        });
+    }
+    for side in &sides {
+        settle(side.collector, &label, progress).await?;
+    }
+    for pair in 0..cfg.pairs {
+        let with_first = pair % 2 == 1;
+        let n = sides.len();
+        for j in 0..n {
+            let side = &mut sides[(j + pair) % n];
+            let phases =
+                ingest_pair(cfg, side, pair, with_first, &client, &label, progress).await?;
+            let [without, with] = &phases;
+            progress.say(&format!(
+                "{label}: {} pair {}: drop {:.3}; {}; {}",
+                side.name,
+                pair + 1,
+                1.0 - with.readings_per_s / without.readings_per_s.max(1e-9),
+                without.describe(),
+                with.describe()
+            ));
+            side.pairs.push(phases);
+        }
+    }
+    for side in &sides {
+        record_ingest(report, r, side);
+    }
+    drop(sides);
+    if let Some((proc, _)) = baseline {
+        proc.stop().await?;
+    }
     collector.stop().await?;
-
-    report.record("ingest_readings_per_s", without);
-    report.record("ingest_with_queries_readings_per_s", rates[1]);
-    report.record("heavy_queries_during_ingest", heavy_done as f64);
-    report.record("ingest_drop", 1.0 - rates[1] / without.max(1e-9));
-    progress.say(&format!(
-        "{label}: ingest {without:.0} readings/s without queries, {:.0} with ({heavy_done} heavy queries)",
-        rates[1]
-    ));
     Ok(())
 }
 
-/// Readings acked per second in three phases of `duration`: without
-/// queries, with the heavy query in a loop, without again. Returns the
-/// rates and how many heavy queries completed in the second phase.
-async fn ingest_phases(
+/// One ingest phase on one collector.
+#[derive(Debug, Clone, Copy, Default)]
+struct Phase {
+    with_queries: bool,
+    readings_per_s: f64,
+    /// CPU cores over the phase: the collector's merger thread, its query
+    /// runtime's threads (`tributary-query`), the rest of it (gRPC, HTTP),
+    /// and this process (the load agents and the query loop).
+    merger_cores: f64,
+    query_cores: f64,
+    other_cores: f64,
+    bench_cores: f64,
+    /// Share of the phase the merger thread was runnable but waited for a
+    /// CPU (the other work on the machine, or the collector's own threads).
+    merger_waiting: f64,
+    /// Group commits per second, and their mean time (ms).
+    commits_per_s: f64,
+    commit_ms: f64,
+    /// Compaction per second: points moved from the head into chunks, and
+    /// points rewritten by merging small chunks (`None`: the collector does
+    /// not count them, an older build).
+    compacted_per_s: f64,
+    merged_per_s: Option<f64>,
+    /// Heavy queries answered within the phase.
+    heavy_done: u64,
+}
+
+impl Phase {
+    fn describe(&self) -> String {
+        let merged = self
+            .merged_per_s
+            .map_or_else(|| "?".to_owned(), |m| format!("{:.2} M", m / 1e6));
+        format!(
+            "{} {:.3} M readings/s ({} queries; cores: merger {:.2}, query {:.2}, rest {:.2}, bench {:.2}; merger waiting for a CPU {:.2}; {:.1} commits/s of {:.1} ms; compaction {:.2} M/s into chunks, {merged}/s merged)",
+            if self.with_queries { "with" } else { "without" },
+            self.readings_per_s / 1e6,
+            self.heavy_done,
+            self.merger_cores,
+            self.query_cores,
+            self.other_cores,
+            self.bench_cores,
+            self.merger_waiting,
+            self.commits_per_s,
+            self.commit_ms,
+            self.compacted_per_s / 1e6,
+        )
+    }
+}
+
+/// What one moment of a phase looked like.
+struct Snapshot {
+    at: Instant,
+    acked: u64,
+    collector_cpu_s: f64,
+    threads: HashMap<u32, ThreadTimes>,
+    bench_cpu_s: f64,
+    counters: Counters,
+    heavy_done: u64,
+}
+
+impl Snapshot {
+    async fn take(
+        collector: &CollectorProc,
+        client: &reqwest::Client,
+        http: &str,
+        acked: u64,
+        heavy_done: u64,
+    ) -> Result<Snapshot> {
+        let counters = Counters::read(client, http).await?;
+        let pid = collector.pid()?;
+        Ok(Snapshot {
+            at: Instant::now(),
+            acked,
+            collector_cpu_s: sys::sample(pid)?.cpu_s,
+            threads: sys::thread_times(pid)?,
+            bench_cpu_s: sys::sample_self()?.cpu_s,
+            counters,
+            heavy_done,
+        })
+    }
+
+    /// The phase from `self` to `later`.
+    fn phase(&self, later: &Snapshot, with_queries: bool) -> Phase {
+        let secs = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let (mut merger, mut query, mut waiting) = (0.0, 0.0, 0.0);
+        for (tid, t) in &later.threads {
+            // A thread started within the phase spent all its time in it.
+            let before = self.threads.get(tid).cloned().unwrap_or_default();
+            let spent = (t.cpu_s - before.cpu_s).max(0.0);
+            if t.name == "merger" {
+                merger += spent;
+                waiting += (t.wait_s - before.wait_s).max(0.0);
+            } else if t.name.starts_with("tributary-query") {
+                query += spent;
+            }
+        }
+        let (a, b) = (&self.counters, &later.counters);
+        let commits = b.commits - a.commits;
+        let total = later.collector_cpu_s - self.collector_cpu_s;
+        Phase {
+            with_queries,
+            readings_per_s: (later.acked - self.acked) as f64 / secs,
+            merger_cores: merger / secs,
+            query_cores: query / secs,
+            other_cores: (total - merger - query).max(0.0) / secs,
+            bench_cores: (later.bench_cpu_s - self.bench_cpu_s) / secs,
+            merger_waiting: waiting / secs,
+            commits_per_s: commits / secs,
+            commit_ms: 1000.0 * (b.commit_s - a.commit_s) / commits.max(1.0),
+            compacted_per_s: (b.compacted - a.compacted) / secs,
+            merged_per_s: b.merged.zip(a.merged).map(|(b, a)| (b - a) / secs),
+            heavy_done: later.heavy_done - self.heavy_done,
+        }
+    }
+}
+
+/// The collector's counters a phase looks at, from `/metrics`.
+struct Counters {
+    /// Group commits, and the seconds they took.
+    commits: f64,
+    commit_s: f64,
+    /// Points compaction moved into chunks, and points it merged (absent
+    /// from builds before they were counted).
+    compacted: f64,
+    merged: Option<f64>,
+}
+
+impl Counters {
+    async fn read(client: &reqwest::Client, http: &str) -> Result<Counters> {
+        let text = client
+            .get(format!("{http}/metrics"))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("GET {http}/metrics"))?
+            .text()
+            .await
+            .with_context(|| format!("GET {http}/metrics"))?;
+        let counter = |name: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+        };
+        let needed =
+            |name: &str| counter(name).with_context(|| format!("{http}/metrics: no {name}"));
+        Ok(Counters {
+            commits: needed("tributary_collector_commit_duration_seconds_count")?,
+            commit_s: needed("tributary_collector_commit_duration_seconds_sum")?,
+            compacted: needed("tributary_collector_compaction_points_total")?,
+            merged: counter("tributary_collector_compaction_merged_points_total"),
+        })
+    }
+}
+
+/// One collector the ingest phases run against.
+struct Side<'a> {
+    name: &'static str,
+    collector: &'a CollectorProc,
+    http: String,
+    /// Readings acked on it by earlier pairs (all stored, checked).
+    acked: u64,
+    pairs: Vec<[Phase; 2]>,
+}
+
+/// One pair of ingest phases of `duration` on `side`: without queries and
+/// with the heavy query asked in a loop, `with_first` deciding the order,
+/// after a warm-up; fresh load agents (their readings a day after the
+/// previous pair's). Returns `[without, with]`.
+#[allow(clippy::too_many_arguments)]
+async fn ingest_pair(
     cfg: &Config,
-    collector: &CollectorProc,
+    side: &mut Side<'_>,
+    pair: usize,
+    with_first: bool,
     client: &reqwest::Client,
-    trib_url: &str,
     label: &str,
     progress: &Progress,
-) -> Result<([f64; 3], u64)> {
-    let mut query = QueryClient::connect(&collector.url).await?;
+) -> Result<[Phase; 2]> {
+    let label = format!("{label}: {} pair {}", side.name, pair + 1);
     let shared = Arc::new(Shared::default());
     let stop = CancellationToken::new();
-    let base_ts = now_ns() - 14 * DAY_NS;
+    let base_ts = now_ns() - 60 * DAY_NS + pair as i64 * DAY_NS;
     let mut tasks = Vec::new();
     for i in 0..cfg.agents {
         let mut spec = LoadSpec::new(
@@ -410,26 +638,26 @@ async fn ingest_phases(
         );
         spec.base_ts_ns = base_ts;
         tasks.push(spawn_agent(
-            &collector.url,
+            &side.collector.url,
             spec,
             &shared,
             &stop,
             Duration::from_secs(120),
         ));
     }
-    await_welcomes(&shared, cfg.agents as u64, &mut tasks, progress, label).await?;
+    await_welcomes(&shared, cfg.agents as u64, &mut tasks, progress, &label).await?;
     progress
         .wait(cfg.warmup, &format!("{label}: ingest warm-up"), String::new)
         .await;
-    let mut rates = [0.0; 3];
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    for (phase, rate) in rates.iter_mut().enumerate() {
+    let mut phases = [Phase::default(); 2];
+    for with_queries in [with_first, !with_first] {
         let queries = CancellationToken::new();
-        let looping = (phase == 1).then(|| {
+        let looping = with_queries.then(|| {
             let (client, url, queries, done, failed) = (
                 client.clone(),
-                trib_url.to_owned(),
+                side.http.clone(),
                 queries.clone(),
                 done.clone(),
                 failed.clone(),
@@ -438,28 +666,37 @@ async fn ingest_phases(
             tokio::spawn(async move {
                 while !queries.is_cancelled() {
                     let asked = tokio::select! {
-                        a = ask(&client, &url, "query_range", HEAVY, &params) => a,
+                        a = ask_status(&client, &url, HEAVY, &params) => a,
                         () = queries.cancelled() => break,
                     };
                     match asked {
-                        Ok((_, 200, _)) => done.fetch_add(1, Ordering::Relaxed),
+                        Ok(200) => done.fetch_add(1, Ordering::Relaxed),
                         _ => failed.fetch_add(1, Ordering::Relaxed),
                     };
                 }
             })
         });
-        let what = if phase == 1 {
+        let what = if with_queries {
             "ingest with queries"
         } else {
             "ingest without queries"
         };
-        let a0 = shared.acked_readings.load(Ordering::Relaxed);
-        let t0 = Instant::now();
+        let snapshot = async || {
+            Snapshot::take(
+                side.collector,
+                client,
+                &side.http,
+                shared.acked_readings.load(Ordering::Relaxed),
+                done.load(Ordering::Relaxed),
+            )
+            .await
+        };
+        let before = snapshot().await?;
         progress
             .wait(cfg.duration, &format!("{label}: {what}"), String::new)
             .await;
-        let a1 = shared.acked_readings.load(Ordering::Relaxed);
-        *rate = (a1 - a0) as f64 / t0.elapsed().as_secs_f64();
+        let after = snapshot().await?;
+        phases[usize::from(with_queries)] = before.phase(&after, with_queries);
         queries.cancel();
         if let Some(task) = looping {
             task.await.context("query loop")?;
@@ -469,19 +706,70 @@ async fn ingest_phases(
     let totals = progress
         .during(&format!("{label}: draining"), join_all(tasks))
         .await?;
+    let mut query = QueryClient::connect(&side.collector.url).await?;
     let stored = query.stored("load-").await?;
+    side.acked += totals.acked;
     ensure!(
-        totals.sent == totals.acked && totals.acked == stored,
-        "ingest: {} sent, {} acked, {stored} stored",
+        totals.sent == totals.acked && side.acked == stored,
+        "ingest on {} (pair {}): {} sent, {} acked; {} acked in all, {stored} stored",
+        side.name,
+        pair + 1,
         totals.sent,
-        totals.acked
+        totals.acked,
+        side.acked
     );
     ensure!(
         failed.load(Ordering::Relaxed) == 0,
-        "{} heavy queries failed during ingest",
-        failed.load(Ordering::Relaxed)
+        "{} heavy queries failed during ingest on {}",
+        failed.load(Ordering::Relaxed),
+        side.name
     );
-    Ok((rates, done.load(Ordering::Relaxed)))
+    settle(side.collector, &label, progress).await?;
+    Ok(phases)
+}
+
+/// Waits (at most a minute) until the collector has finished the
+/// compaction a pair left behind (its CPU below a tenth of a core over
+/// half a second), so the next pair, on it or on the other collector,
+/// starts from a quiet machine.
+async fn settle(collector: &CollectorProc, label: &str, progress: &Progress) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    progress.status(&format!("{label}: waiting for the collector to go idle"));
+    loop {
+        let (t0, c0) = (Instant::now(), collector.sample()?.cpu_s);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cores = (collector.sample()?.cpu_s - c0) / t0.elapsed().as_secs_f64();
+        if cores < 0.1 || Instant::now() >= deadline {
+            return Ok(());
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Per pair, 1 − with / without, of `rate`.
+fn drops(pairs: &[[Phase; 2]], rate: impl Fn(&Phase) -> f64) -> Vec<f64> {
+    pairs
+        .iter()
+        .map(|[without, with]| 1.0 - rate(with) / rate(without).max(1e-9))
+        .collect()
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 fn heavy_params(hours: i64) -> Vec<(&'static str, String)> {
@@ -490,6 +778,101 @@ fn heavy_params(hours: i64) -> Vec<(&'static str, String)> {
         ("end", (M_START + hours * 3600).to_string()),
         ("step", INTERVAL.to_string()),
     ]
+}
+
+/// What the ingest pairs give for one collector: the median over pairs of
+/// the phases without queries, of those with them, the heavy queries
+/// answered in all phases with them; the drop (1 − with / without) as the
+/// median over pairs, its least and greatest, pooled (1 − the sum of
+/// with over the sum of without), and counting the points compaction
+/// merged as readings (compaction's tier merges land in one phase or
+/// another); the median cores of the query threads in the phases with
+/// queries, of the merger without and with them, and the median share of
+/// a phase the merger waited for a CPU, without and with them.
+const INGEST_METRICS: [&str; 13] = [
+    "ingest_readings_per_s",
+    "ingest_with_queries_readings_per_s",
+    "heavy_queries_during_ingest",
+    "ingest_drop",
+    "ingest_drop_min",
+    "ingest_drop_max",
+    "ingest_drop_pooled",
+    "ingest_drop_counting_merges",
+    "query_cores_during_ingest",
+    "merger_cores_without_queries",
+    "merger_cores_with_queries",
+    "merger_waiting_without_queries",
+    "merger_waiting_with_queries",
+];
+
+/// The same for the baseline's collector.
+const BASELINE_INGEST_METRICS: [&str; 13] = [
+    "baseline_ingest_readings_per_s",
+    "baseline_ingest_with_queries_readings_per_s",
+    "baseline_heavy_queries_during_ingest",
+    "baseline_ingest_drop",
+    "baseline_ingest_drop_min",
+    "baseline_ingest_drop_max",
+    "baseline_ingest_drop_pooled",
+    "baseline_ingest_drop_counting_merges",
+    "baseline_query_cores_during_ingest",
+    "baseline_merger_cores_without_queries",
+    "baseline_merger_cores_with_queries",
+    "baseline_merger_waiting_without_queries",
+    "baseline_merger_waiting_with_queries",
+];
+
+/// Records `side`'s pairs (see [`INGEST_METRICS`]) and a note per pair.
+fn record_ingest(report: &mut Report, r: usize, side: &Side<'_>) {
+    let names = if side.name == "baseline" {
+        BASELINE_INGEST_METRICS
+    } else {
+        INGEST_METRICS
+    };
+    let pairs = &side.pairs;
+    let of = |f: &dyn Fn(&[Phase; 2]) -> f64| pairs.iter().map(f).collect::<Vec<_>>();
+    let without = of(&|p| p[0].readings_per_s);
+    let with = of(&|p| p[1].readings_per_s);
+    let by_pair = drops(pairs, |p| p.readings_per_s);
+    let (lo, hi) = min_max(&by_pair);
+    let pooled = 1.0 - with.iter().sum::<f64>() / without.iter().sum::<f64>().max(1e-9);
+    let values = [
+        median(&without),
+        median(&with),
+        pairs.iter().map(|p| p[1].heavy_done as f64).sum(),
+        median(&by_pair),
+        lo,
+        hi,
+        pooled,
+        // NaN when the collector does not count merged points.
+        median(&drops(pairs, |p| {
+            p.readings_per_s + p.merged_per_s.unwrap_or(f64::NAN)
+        })),
+        median(&of(&|p| p[1].query_cores)),
+        median(&of(&|p| p[0].merger_cores)),
+        median(&of(&|p| p[1].merger_cores)),
+        median(&of(&|p| p[0].merger_waiting)),
+        median(&of(&|p| p[1].merger_waiting)),
+    ];
+    for (name, value) in names.iter().zip(values) {
+        if value.is_finite() {
+            report.record(name, value);
+        }
+    }
+    for (k, (pair, drop)) in pairs.iter().zip(&by_pair).enumerate() {
+        let order = if k % 2 == 1 {
+            "with first"
+        } else {
+            "without first"
+        };
+        report.note(format!(
+            "run {r}: {} ingest pair {} ({order}): drop {drop:.3}; {}; {}",
+            side.name,
+            k + 1,
+            pair[0].describe(),
+            pair[1].describe()
+        ));
+    }
 }
 
 /// The corpus queries both sides answer (lines marked `!422` left out).
@@ -522,6 +905,29 @@ fn evaluations() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
         ));
     }
     out
+}
+
+/// Asks one range query and reads its answer whole, without decoding it
+/// (the query loop beside ingest, so that the load agents' process spends
+/// as little as it can on it); returns the status.
+async fn ask_status(
+    client: &reqwest::Client,
+    base: &str,
+    query: &str,
+    params: &[(&str, String)],
+) -> Result<u16> {
+    let mut form: Vec<(&str, String)> = vec![("query", query.to_owned())];
+    form.extend(params.iter().cloned());
+    let url = reqwest::Url::parse_with_params(&format!("{base}/api/v1/query_range"), &form)?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("ask {base}: {query}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await?;
+    ensure!(!body.is_empty(), "{base}: {query}: an empty answer");
+    Ok(status)
 }
 
 /// Asks one query; returns the wall time in ms, the status and how many
@@ -625,5 +1031,43 @@ async fn start_prometheus(
             dir.join("prometheus.log").display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Phase, drops, median, min_max};
+
+    fn pair(without: f64, with: f64) -> [Phase; 2] {
+        let phase = |rate, with_queries| Phase {
+            with_queries,
+            readings_per_s: rate,
+            ..Phase::default()
+        };
+        [phase(without, false), phase(with, true)]
+    }
+
+    #[test]
+    fn each_pair_gives_its_own_drop() {
+        let pairs = [pair(100.0, 90.0), pair(200.0, 220.0), pair(50.0, 25.0)];
+        let by_pair = drops(&pairs, |p| p.readings_per_s);
+        let expected = [0.1, -0.1, 0.5];
+        assert!(
+            by_pair
+                .iter()
+                .zip(expected)
+                .all(|(d, e)| (d - e).abs() < 1e-12),
+            "{by_pair:?}"
+        );
+        assert!((median(&by_pair) - 0.1).abs() < 1e-12);
+        let (lo, hi) = min_max(&by_pair);
+        assert!((lo + 0.1).abs() < 1e-12 && (hi - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert!(median(&[]).is_nan());
     }
 }

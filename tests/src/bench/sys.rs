@@ -1,6 +1,7 @@
 //! What `/proc` tells about a process and the machine: CPU time, resident
 //! and peak memory, cores, CPU model, load average.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use anyhow::{Context as _, Result, bail};
@@ -65,6 +66,53 @@ pub fn children_cpu_s(stat: &str) -> Result<f64> {
 /// This process.
 pub fn sample_self() -> Result<ProcSample> {
     sample(std::process::id())
+}
+
+/// One thread's name and times since it started.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadTimes {
+    /// `comm`, at most 15 bytes.
+    pub name: String,
+    /// User + system CPU seconds.
+    pub cpu_s: f64,
+    /// Seconds it was runnable but waited for a CPU (`schedstat`'s second
+    /// field; 0 where the kernel keeps no schedstats).
+    pub wait_s: f64,
+}
+
+/// The times of every live thread of `pid`, by thread id. A thread that
+/// ended is not listed (its CPU time stays in [`sample`]'s total).
+pub fn thread_times(pid: u32) -> Result<HashMap<u32, ThreadTimes>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
+        let entry = entry.with_context(|| format!("read {dir}"))?;
+        let Some(tid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // Gone between the listing and this read: not live any more.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map_or_else(String::new, |(n, _)| n.to_owned());
+        let ticks = stat_field(&stat, 14)? + stat_field(&stat, 15)?;
+        let wait_ns: u64 = std::fs::read_to_string(entry.path().join("schedstat"))
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(1).and_then(|f| f.parse().ok()))
+            .unwrap_or(0);
+        out.insert(
+            tid,
+            ThreadTimes {
+                name,
+                cpu_s: ticks as f64 / clock_ticks() as f64,
+                wait_s: wait_ns as f64 / 1e9,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// `sysconf(_SC_CLK_TCK)` via `getconf` (no libc); 100 if that fails.
@@ -167,6 +215,33 @@ pub fn require_procfs() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_are_listed_with_their_names_and_times() -> Result<()> {
+        let name = "bench-sys-test";
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        // The thread names itself as it starts: listed once it runs.
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let _ = started_tx.send(());
+                rx.recv()
+            })?;
+        started.recv()?;
+        let threads = thread_times(std::process::id())?;
+        let _ = tx.send(());
+        let _ = thread.join();
+        assert!(
+            threads.values().any(|t| t.name == name),
+            "{name} among {threads:?}"
+        );
+        assert!(
+            threads.values().all(|t| t.cpu_s >= 0.0 && t.wait_s >= 0.0),
+            "{threads:?}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
