@@ -347,7 +347,7 @@ fn in_flight_records_are_never_dropped() {
     let dir = tmp("inflight");
     let (mut s, _) = Spool::open(opts(&dir, 64 * 1024, FullPolicy::DropOldest)).unwrap();
     let first = stored(s.append(&[1u8; 1000], 1, 0).unwrap());
-    s.set_in_flight(first);
+    s.sent(first);
     for _ in 0..200 {
         s.append(&[1u8; 1000], 1, 0).unwrap();
     }

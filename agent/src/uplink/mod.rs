@@ -51,6 +51,7 @@ mod decode;
 mod delivery;
 mod encode;
 mod epoch;
+mod order;
 mod seal;
 mod seams;
 mod series_ids;
@@ -109,6 +110,9 @@ pub struct UplinkConfig {
     /// Draw the reconnect jitter from this seed instead of the OS's random
     /// numbers (the simulation, so a seed replays); `None` in the agent.
     pub jitter_seed: Option<u64>,
+    /// The backlog's part of the bytes sent while live batches wait too
+    /// (`0 < share <= 1`; see `order.rs`).
+    pub backlog_share: f64,
 }
 
 impl UplinkConfig {
@@ -129,6 +133,7 @@ impl UplinkConfig {
             series_settle: Duration::from_secs(60),
             connector: None,
             jitter_seed: None,
+            backlog_share: crate::config::DEFAULT_BACKLOG_SHARE,
         }
     }
 }
@@ -178,6 +183,9 @@ pub struct Uplink {
     /// After the collector refused a batch: batches go one at a time until
     /// the refused one is known (see `delivery.rs`).
     refusal: Option<delivery::Refusal>,
+    /// The last Welcome said `out_of_order`: the next stream waits for its
+    /// Welcome (and the acked set it tells) before sending (`order.rs`).
+    expect_out_of_order: bool,
     /// When to roll the spool's epoch to compact its dictionary.
     compaction: Compaction,
     /// Drops of the epochs this process rolled over (for the stats).
@@ -233,6 +241,7 @@ impl Uplink {
                 max_sent: 0,
                 sent_on_stream: 0,
                 refusal: None,
+                expect_out_of_order: false,
                 compaction,
                 dropped_before_epoch: 0,
                 dropped_sent: (0, 0),
@@ -311,12 +320,10 @@ impl Uplink {
             if link.stream().is_none() {
                 // Nothing is in flight without a stream: every unacked
                 // record may be dropped to make room again.
-                self.spool.set_in_flight(0);
+                self.spool.clear_in_flight();
             }
             link.connect_if_due(|| self.hello());
-            let want_send = link.stream().is_some_and(|s| {
-                self.spool.last_seq() >= s.next_send && self.may_send(s.next_send)
-            });
+            let want_send = link.stream().is_some_and(|s| self.next_batch(s).is_some());
 
             tokio::select! {
                 readings = self.intake.recv(), if intake == Intake::Open && !self.blocked => match readings {
@@ -341,7 +348,7 @@ impl Uplink {
                     }
                     if spool_sampled.is_none_or(|t| t.elapsed() >= SPOOL_SAMPLE_EVERY) {
                         spool_sampled = Some(Instant::now());
-                        self.sample_spool();
+                        self.sample_spool(link.stream().map(|s| s.live_from));
                     }
                 }
                 _ = sleep_until_deadline(intake) => {}
@@ -376,10 +383,15 @@ impl Uplink {
 }
 
 impl Uplink {
-    /// Sets the spool's gauges.
-    fn sample_spool(&mut self) {
+    /// Sets the spool's gauges; `live_from` is where the open stream's
+    /// live batches begin (without a stream, every unacked batch waits).
+    fn sample_spool(&mut self, live_from: Option<u64>) {
         if let Some(m) = &mut self.metrics {
+            let (backlog_batches, backlog_bytes) =
+                self.spool.waiting_below(live_from.unwrap_or(u64::MAX));
             m.spool(SpoolSample {
+                backlog_batches,
+                backlog_bytes,
                 bytes: self.spool.bytes(),
                 segments: self.spool.segments(),
                 unacked_batches: self.spool.pending() as u64,

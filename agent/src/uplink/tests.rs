@@ -569,6 +569,8 @@ fn stats_read_back_from_their_text() {
         refused_readings: 12,
         epoch_rollovers: 13,
         series_dictionary_bytes: 14,
+        live_batches_sent: 15,
+        backlog_batches_sent: 16,
     };
     let text = stats.to_prometheus_text();
     assert!(
