@@ -80,6 +80,10 @@ impl Spool {
                 .is_none_or(|s| s.size >= self.segment_bytes)
         {
             self.start_segment(seq)?;
+            // The segment before it is sealed now: if every record in it
+            // is acked already (acked out of order while it was open), it
+            // goes.
+            while self.delete_acked_segment(ACKED_TAIL_KEEP)? {}
         }
         let buf = segment::encode_record(seq, readings, series, batch);
         let Some(seg) = self.segments.back_mut() else {

@@ -38,6 +38,7 @@ use super::UplinkConfig;
 use super::backoff::Backoff;
 use super::collectors::Collectors;
 use super::declared::Declared;
+use super::order::Lanes;
 use crate::metrics::{LinkState, ReconnectCause};
 
 /// Largest collector frame the agent decodes.
@@ -48,20 +49,9 @@ pub(super) struct Stream {
     pub(super) url: String,
     out: mpsc::Sender<pb::AgentFrame>,
     inbound: Streaming<pb::CollectorFrame>,
-    /// Every unacked batch below this was sent on this stream: the cursor
-    /// of the backlog (in sequence order, the only cursor).
-    pub(super) next_send: u64,
-    /// The first sequence sealed while this stream is open: batches from
-    /// here on are live, those below are the backlog.
-    pub(super) live_from: u64,
-    /// Every unacked live batch below this was sent on this stream.
-    pub(super) live_next: u64,
-    /// `None` until the Welcome; then whether the collector takes batches
-    /// out of sequence order.
-    pub(super) out_of_order: Option<bool>,
-    /// Bytes of backlog and of live batches sent while both waited (how
-    /// `backlog_share` is kept).
-    pub(super) contested: (u64, u64),
+    /// What was sent on this stream, and which batch goes next
+    /// (`order.rs`).
+    pub(super) lanes: Lanes,
     /// Series ids declared on this stream.
     pub(super) declared: Declared,
 }
@@ -410,11 +400,7 @@ pub(super) async fn connect(
         url,
         out: tx,
         inbound: response.into_inner(),
-        next_send: 0,
-        live_from: 0,
-        live_next: 0,
-        out_of_order: None,
-        contested: (0, 0),
+        lanes: Lanes::default(),
         declared: Declared::default(),
     })
 }

@@ -25,7 +25,8 @@ use crate::spool::{SeqRange, SpoolError};
 
 use super::Uplink;
 use super::connection::{Event, Link, Stream, code_name};
-use super::order::{Choice, Lane};
+use super::declared::Declared;
+use super::order::{Choice, Lane, Lanes};
 
 /// How many times in a row a batch, alone in flight, is refused before it
 /// is given up on.
@@ -84,7 +85,7 @@ impl Uplink {
                 frame: Some(pb::collector_frame::Frame::Welcome(w)),
             }) => {
                 if let Some(stream) = link.stream_mut() {
-                    self.welcome(stream, &w);
+                    self.welcome(&stream.url, &mut stream.lanes, &w);
                 }
                 self.after_ack(link);
             }
@@ -113,16 +114,17 @@ impl Uplink {
     /// the collector already has is acked again, not stored.
     fn opened(&mut self, stream: &mut Stream) {
         debug!(url = %stream.url, "stream open");
-        stream.next_send = self
-            .spool
-            .first_unacked()
-            .unwrap_or(self.spool.last_seq() + 1);
-        stream.live_from = self.spool.last_seq() + 1;
-        stream.live_next = stream.live_from;
+        stream.lanes = self.open_lanes();
+    }
+
+    /// A stream's cursors as it opens: nothing is in flight on it yet.
+    pub(super) fn open_lanes(&mut self) -> Lanes {
+        let live_from = self.spool.last_seq() + 1;
         self.spool.clear_in_flight();
         self.sent_on_stream = 0;
         self.sent_before = self.sent_before.max(self.max_sent);
         self.stats.connects += 1;
+        Lanes::open(self.spool.first_unacked().unwrap_or(live_from), live_from)
     }
 
     /// Counts a reconnect in the metrics, when they are on.
@@ -262,7 +264,7 @@ impl Uplink {
 
     /// The collector's Welcome: it has committed everything up to
     /// `committed_seq` for this epoch, and holds its drop count.
-    fn welcome(&mut self, c: &mut Stream, w: &pb::Welcome) {
+    pub(super) fn welcome(&mut self, url: &str, c: &mut Lanes, w: &pb::Welcome) {
         let committed = w.committed_seq;
         let ranges = ranges_of(&w.committed_ranges);
         let highest = ranges.iter().map(|r| r.1).fold(committed, u64::max);
@@ -284,7 +286,7 @@ impl Uplink {
         let confirmed = pending.saturating_sub(self.spool.pending()) as u64;
         self.stats.confirmed_by_welcome += confirmed;
         info!(
-            url = %c.url,
+            url,
             committed,
             ranges = ranges.len(),
             out_of_order = w.out_of_order,
@@ -337,6 +339,15 @@ impl Uplink {
     /// `order.rs`), re-interns its series for this stream, and advances the
     /// stream's cursors.
     fn encode_next(&mut self, c: &mut Stream) -> Result<Option<pb::AgentFrame>, SpoolError> {
+        self.encode_on(&mut c.lanes, &mut c.declared)
+    }
+
+    /// [`Uplink::encode_next`] on a stream's `lanes` and `declared`.
+    pub(super) fn encode_on(
+        &mut self,
+        c: &mut Lanes,
+        declared: &mut Declared,
+    ) -> Result<Option<pb::AgentFrame>, SpoolError> {
         let Some(choice) = self.next_batch(c) else {
             return Ok(None);
         };
@@ -370,7 +381,7 @@ impl Uplink {
         };
         // Declare on this stream the series it has not seen yet (the first
         // batch that uses them in the order sent).
-        let decls = match c.declared.missing(&batch, &self.ids) {
+        let decls = match declared.missing(&batch, &self.ids) {
             Ok(decls) => decls,
             Err(id) => {
                 // The spool checks every record's ids against its
@@ -385,13 +396,15 @@ impl Uplink {
                 return Ok(None);
             }
         };
-        batch.series = decls;
         batch.seq = record.seq;
         batch.resent = resent;
         batch.dropped = self.spool.dropped();
         self.dropped_sent = (record.seq, batch.dropped);
         batch.last_seq = self.spool.last_seq();
+        // The share counts the batch's own bytes: the declarations go with
+        // whichever batch first uses a series on the stream.
         let bytes = batch.encoded_len() as u64;
+        batch.series = decls;
         self.advance(c, choice, bytes);
         match choice.lane {
             Lane::Live => self.stats.live_batches_sent += 1,

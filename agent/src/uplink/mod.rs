@@ -323,7 +323,9 @@ impl Uplink {
                 self.spool.clear_in_flight();
             }
             link.connect_if_due(|| self.hello());
-            let want_send = link.stream().is_some_and(|s| self.next_batch(s).is_some());
+            let want_send = link
+                .stream()
+                .is_some_and(|s| self.next_batch(&s.lanes).is_some());
 
             tokio::select! {
                 readings = self.intake.recv(), if intake == Intake::Open && !self.blocked => match readings {
@@ -348,7 +350,7 @@ impl Uplink {
                     }
                     if spool_sampled.is_none_or(|t| t.elapsed() >= SPOOL_SAMPLE_EVERY) {
                         spool_sampled = Some(Instant::now());
-                        self.sample_spool(link.stream().map(|s| s.live_from));
+                        self.sample_spool(link.stream().map(|s| s.lanes.live_from));
                     }
                 }
                 _ = sleep_until_deadline(intake) => {}

@@ -21,11 +21,43 @@
 use tributary_proto::limits::MAX_ACK_RANGES;
 
 use super::Uplink;
-use super::connection::Stream;
 
 /// The most gaps (ranges above the collector's mark) before the uplink
 /// sends oldest first until they close.
 pub(super) const MAX_GAPS: usize = MAX_ACK_RANGES / 2;
+
+/// A stream's cursors: what it sent, where its live batches begin.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Lanes {
+    /// Every unacked batch below this was sent on this stream: the cursor
+    /// of the backlog (in sequence order, the only cursor).
+    pub(super) next_send: u64,
+    /// The first sequence sealed while this stream is open: batches from
+    /// here on are live, those below are the backlog.
+    pub(super) live_from: u64,
+    /// Every unacked live batch below this was sent on this stream.
+    pub(super) live_next: u64,
+    /// `None` until the Welcome; then whether the collector takes batches
+    /// out of sequence order.
+    pub(super) out_of_order: Option<bool>,
+    /// Bytes of backlog and of live batches sent while both waited (how
+    /// `backlog_share` is kept).
+    pub(super) contested: (u64, u64),
+}
+
+impl Lanes {
+    /// A stream opened: its backlog begins at `first_unacked`, its live
+    /// batches at `live_from` (the spool's next sequence).
+    pub(super) fn open(first_unacked: u64, live_from: u64) -> Lanes {
+        Lanes {
+            next_send: first_unacked,
+            live_from,
+            live_next: live_from,
+            out_of_order: None,
+            contested: (0, 0),
+        }
+    }
+}
 
 /// Where a batch comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +82,7 @@ pub(super) struct Choice {
 
 impl Uplink {
     /// The batch to send next on `s`, if any may go now.
-    pub(super) fn next_batch(&self, s: &Stream) -> Option<Choice> {
+    pub(super) fn next_batch(&self, s: &Lanes) -> Option<Choice> {
         let out_of_order = match s.out_of_order {
             None => {
                 if self.expect_out_of_order {
@@ -108,7 +140,7 @@ impl Uplink {
 
     /// `choice` went out on `s` as `bytes` bytes: moves the stream's
     /// cursors past it and counts its bytes toward the share.
-    pub(super) fn advance(&self, s: &mut Stream, choice: Choice, bytes: u64) {
+    pub(super) fn advance(&self, s: &mut Lanes, choice: Choice, bytes: u64) {
         if choice.in_order || choice.lane == Lane::Backlog {
             s.next_send = s.next_send.max(choice.seq + 1);
         }
