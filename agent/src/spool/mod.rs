@@ -6,12 +6,15 @@
 //! the byte bound, read in order, truncate on ack), `segment.rs` (the record
 //! format of a segment and its scan), `dictionary.rs` (`SERIES`),
 //! `epoch.rs` (a new epoch while running, which compacts `SERIES`),
-//! `durable.rs` (atomic small files, directory syncs).
+//! `durable.rs` (atomic small files, directory syncs), `acked.rs` (the
+//! collector's committed set: a mark plus ranges).
 //!
 //! A reading is *taken* once the batch holding it is appended here; the
 //! batch's sequence number is assigned at append. The spool survives
 //! `kill -9` and reboots, is bounded in bytes (segments and dictionary
-//! together), and is truncated as the collector acks.
+//! together), and frees each segment once the collector has acked every
+//! record in it, wherever the segment is (the collector acks out of order
+//! when the agent sends live batches ahead of a backlog).
 //!
 //! Layout of the directory:
 //!
@@ -48,8 +51,8 @@
 //!   at open it ends its segment like a bad CRC, and its readings and those
 //!   of the valid records after it are counted as dropped.
 //!
-//! Why not SQLite or redb: the spool only ever appends, reads in order and
-//! deletes from the front. A segment log does exactly that with one `write`
+//! Why not SQLite or redb: the spool only ever appends, reads forward and
+//! deletes whole segments. A segment log does exactly that with one `write`
 //! and one `fdatasync` per batch and no page rewrites, and its failure mode is
 //! simple to state: the first record whose length or CRC does not check ends
 //! its segment; the rest of that segment is cut off at open, with a logged

@@ -1,7 +1,7 @@
 //! The queue operations of the spool: append a batch and its new
 //! dictionary entries within the byte bound, which counts the dictionary
-//! (drop-oldest or block), read in sequence order, truncate on ack, and give
-//! up on a refused batch.
+//! (drop-oldest or block), read the next unacked record, free every fully
+//! acked segment on ack, and give up on a refused batch.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};

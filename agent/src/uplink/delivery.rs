@@ -1,7 +1,8 @@
-//! Delivery on an open stream: the batches go out in sequence order from
-//! the oldest unacked one, each declaring the series the stream has not
-//! seen; the collector's Welcome skips what it has committed, its acks
-//! truncate the spool, and a batch it refuses for good is given up on.
+//! Delivery on an open stream: the batches go out in the order `order.rs`
+//! chooses, each declaring the series the stream has not seen; the
+//! collector's Welcome and Acks tell its committed set (mark and ranges),
+//! which the spool frees and never sends again, and a batch it refuses for
+//! good is given up on.
 //!
 //! A refusal ends the stream without naming the batch, and several may be
 //! in flight. So after one, batches go one at a time (each sent only when

@@ -38,10 +38,12 @@
 //! dictionary start empty, and the stream is opened again with a Hello of
 //! the new epoch.
 //!
-//! Batches go out strictly in sequence order: the collector's committed
-//! sequence is a high-water mark, so a newer batch must never overtake an
-//! older one. After an outage the backlog therefore drains first, as fast as
-//! the collector commits it, while new readings keep being spooled.
+//! Which batch goes next is `order.rs`'s: to a collector whose Welcome says
+//! `out_of_order` (it keeps a committed set, a mark plus ranges), batches
+//! sealed while the stream is open go ahead of the backlog, which gets
+//! `backlog_share` of the bytes while both wait; to an older collector,
+//! strictly in sequence order, as its committed sequence is a high-water
+//! mark.
 
 mod backoff;
 mod collectors;
