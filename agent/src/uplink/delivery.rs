@@ -80,6 +80,9 @@ impl Uplink {
                 frame: Some(pb::collector_frame::Frame::Ack(a)),
             }) => {
                 self.acked_set(a.seq, &ranges_of(&a.ranges));
+                if let Some(stream) = link.stream_mut() {
+                    self.prune_in_flight(&mut stream.lanes);
+                }
                 self.after_ack(link);
             }
             Event::Frame(pb::CollectorFrame {
@@ -87,6 +90,7 @@ impl Uplink {
             }) => {
                 if let Some(stream) = link.stream_mut() {
                     self.welcome(&stream.url, &mut stream.lanes, &w);
+                    self.prune_in_flight(&mut stream.lanes);
                 }
                 self.after_ack(link);
             }
@@ -349,6 +353,7 @@ impl Uplink {
         c: &mut Lanes,
         declared: &mut Declared,
     ) -> Result<Option<pb::AgentFrame>, SpoolError> {
+        self.prune_in_flight(c);
         let Some(choice) = self.next_batch(c) else {
             return Ok(None);
         };

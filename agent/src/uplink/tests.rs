@@ -901,3 +901,42 @@ fn nothing_acked_is_sent_again_and_gaps_stay_bounded_across_outages() {
     assert_eq!(u.spool.first_unacked(), None);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_window_full_of_backlog_never_holds_a_live_batch_back() {
+    use super::order::BACKLOG_WINDOW;
+    let (mut u, dir) = uplink_with_batches("window", 1);
+    // A large backlog: batches of 2,000 readings.
+    seal_batches(&mut u, 200, 2000);
+    let mut c = Committer::default();
+    let (mut lanes, mut declared) = stream_to(&mut u, &c);
+    let mut sent = Vec::new();
+    while let Some((seq, bytes)) = send(&mut u, &mut lanes, &mut declared) {
+        sent.push((seq, bytes));
+    }
+    // Nothing acked: the backlog stops at its window...
+    let bytes: u64 = sent.iter().map(|s| s.1).sum();
+    let largest = sent.iter().map(|s| s.1).max().unwrap_or(0);
+    assert!(
+        bytes >= BACKLOG_WINDOW && bytes < BACKLOG_WINDOW + largest,
+        "{bytes} bytes of backlog in flight"
+    );
+    assert!(sent.len() < 150, "{} batches", sent.len());
+    // ...and a live batch still goes.
+    seal_batches(&mut u, 1, 5);
+    let live = u.spool.last_seq();
+    assert_eq!(
+        send(&mut u, &mut lanes, &mut declared).map(|s| s.0),
+        Some(live)
+    );
+    assert_eq!(send(&mut u, &mut lanes, &mut declared), None);
+    // Acks make room again: the backlog goes on where it stopped.
+    for &(seq, _) in &sent {
+        c.receive(seq);
+    }
+    let (mark, ranges) = c.told();
+    u.acked_set(mark, &ranges);
+    let next = send(&mut u, &mut lanes, &mut declared).map(|s| s.0);
+    assert_eq!(next, Some(sent.last().unwrap().0 + 1));
+    let _ = std::fs::remove_dir_all(dir);
+}
