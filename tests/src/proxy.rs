@@ -10,6 +10,9 @@
 //! - [`Mode::DropReplies`]: what the client sends reaches the server; what the
 //!   server answers is read and thrown away (the collector commits, the agent
 //!   never hears the ack).
+//! - [`Mode::Throttle`]: bytes flow both ways, but what the client sends
+//!   reaches the server at most at this many bytes a second (a thin uplink,
+//!   where an agent's backlog takes a while to drain).
 //!
 //! Connections opened during a blackhole stay stalled after it heals, like
 //! half-open connections after a real partition; new ones flow again.
@@ -30,6 +33,8 @@ pub enum Mode {
     Forward,
     Blackhole,
     DropReplies,
+    /// Client to server at most this many bytes a second.
+    Throttle(u64),
 }
 
 /// A running proxy; stops when dropped.
@@ -136,8 +141,14 @@ async fn pump(
             // Hold both halves open; never read or write again.
             std::future::pending::<()>().await;
         }
+        // Throttled, a read takes at most a twentieth of a second's bytes,
+        // so the pace is even.
+        let chunk = match (current, &stats) {
+            (Mode::Throttle(rate), None) => (rate / 20).clamp(1, buf.len() as u64) as usize,
+            _ => buf.len(),
+        };
         let n = tokio::select! {
-            n = from.read(&mut buf) => n?,
+            n = from.read(&mut buf[..chunk]) => n?,
             _ = mode.changed() => continue,
         };
         if n == 0 {
@@ -151,6 +162,13 @@ async fn pump(
                 stats
                     .dropped_reply_bytes
                     .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            (Mode::Throttle(rate), None) => {
+                to.write_all(&buf[..n]).await?;
+                tokio::time::sleep(std::time::Duration::from_secs_f64(
+                    n as f64 / rate.max(1) as f64,
+                ))
+                .await;
             }
             _ => to.write_all(&buf[..n]).await?,
         }

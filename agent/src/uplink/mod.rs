@@ -60,6 +60,7 @@ mod series_ids;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;

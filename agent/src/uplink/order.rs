@@ -10,8 +10,8 @@
 //! it. The agent keeps its own gaps (the ranges above the collector's mark)
 //! under [`MAX_GAPS`]: at that many it sends oldest first until they close,
 //! so every range it must hear about fits in an Ack. Backlog batches in
-//! flight are kept under [`BACKLOG_WINDOW`] bytes, live ones under no
-//! limit, so a window full of backlog never holds a live batch back.
+//! flight are kept within a window (`window.rs`), live ones within none,
+//! so a window full of backlog never holds a live batch back.
 //!
 //! In sequence order, as every agent did before, while the Welcome has not
 //! come (the first stream of a process: it resends from the oldest unacked
@@ -20,22 +20,14 @@
 //! an `out_of_order` Welcome waits for the next one before sending: it may
 //! come from another collector, and it tells the acked set.
 
-use std::collections::BTreeMap;
-
 use tributary_proto::limits::MAX_ACK_RANGES;
 
 use super::Uplink;
+use super::window::Window;
 
 /// The most gaps (ranges above the collector's mark) before the uplink
 /// sends oldest first until they close.
 pub(super) const MAX_GAPS: usize = MAX_ACK_RANGES / 2;
-
-/// Bytes of backlog batches in flight (sent on the stream, not acked) at
-/// most, out of order: half the collector's HTTP/2 stream window (1 MiB by
-/// default), so the window always has room for live batches, which no
-/// limit holds back. At a commit round trip of 40 ms it still drains
-/// 12 MiB/s.
-pub(super) const BACKLOG_WINDOW: u64 = 512 * 1024;
 
 /// A stream's cursors: what it sent, where its live batches begin.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,10 +46,8 @@ pub(super) struct Lanes {
     /// Bytes of backlog and of live batches sent while both waited (how
     /// `backlog_share` is kept).
     pub(super) contested: (u64, u64),
-    /// Backlog batches in flight on this stream and their bytes, and the
-    /// sum (kept under [`BACKLOG_WINDOW`]).
-    pub(super) backlog_in_flight: BTreeMap<u64, u64>,
-    pub(super) backlog_in_flight_bytes: u64,
+    /// Backlog batches in flight on this stream, out of order.
+    pub(super) window: Window,
 }
 
 impl Lanes {
@@ -70,8 +60,7 @@ impl Lanes {
             live_next: live_from,
             out_of_order: None,
             contested: (0, 0),
-            backlog_in_flight: BTreeMap::new(),
-            backlog_in_flight_bytes: 0,
+            window: Window::default(),
         }
     }
 }
@@ -128,7 +117,7 @@ impl Uplink {
         let backlog = self
             .spool
             .next_unacked_from(s.next_send)
-            .filter(|&seq| seq < s.live_from && s.backlog_in_flight_bytes < BACKLOG_WINDOW);
+            .filter(|&seq| seq < s.live_from && s.window.is_open());
         let live = self
             .spool
             .next_unacked_from(s.live_next.max(s.live_from).max(s.next_send));
@@ -171,8 +160,7 @@ impl Uplink {
             }
         }
         if choice.lane == Lane::Backlog && !choice.in_order {
-            s.backlog_in_flight.insert(choice.seq, bytes);
-            s.backlog_in_flight_bytes += bytes;
+            s.window.sent(choice.seq, bytes);
         }
     }
 
@@ -180,15 +168,9 @@ impl Uplink {
     /// no longer in the spool): room in the backlog's window.
     pub(super) fn prune_in_flight(&self, s: &mut Lanes) {
         let spool = &self.spool;
-        let mut freed = 0;
-        s.backlog_in_flight.retain(|&seq, &mut bytes| {
-            let waiting = spool.next_unacked_from(seq) == Some(seq);
-            if !waiting {
-                freed += bytes;
-            }
-            waiting
+        s.window.answered(tokio::time::Instant::now(), |seq| {
+            spool.next_unacked_from(seq) == Some(seq)
         });
-        s.backlog_in_flight_bytes -= freed;
     }
 }
 

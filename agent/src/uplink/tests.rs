@@ -904,12 +904,12 @@ fn nothing_acked_is_sent_again_and_gaps_stay_bounded_across_outages() {
 
 #[test]
 fn a_window_full_of_backlog_never_holds_a_live_batch_back() {
-    use super::order::BACKLOG_WINDOW;
     let (mut u, dir) = uplink_with_batches("window", 1);
     // A large backlog: batches of 2,000 readings.
     seal_batches(&mut u, 200, 2000);
     let mut c = Committer::default();
     let (mut lanes, mut declared) = stream_to(&mut u, &c);
+    let limit = lanes.window.limit();
     let mut sent = Vec::new();
     while let Some((seq, bytes)) = send(&mut u, &mut lanes, &mut declared) {
         sent.push((seq, bytes));
@@ -918,8 +918,8 @@ fn a_window_full_of_backlog_never_holds_a_live_batch_back() {
     let bytes: u64 = sent.iter().map(|s| s.1).sum();
     let largest = sent.iter().map(|s| s.1).max().unwrap_or(0);
     assert!(
-        bytes >= BACKLOG_WINDOW && bytes < BACKLOG_WINDOW + largest,
-        "{bytes} bytes of backlog in flight"
+        bytes >= limit && bytes < limit + largest,
+        "{bytes} bytes of backlog in flight, window {limit}"
     );
     assert!(sent.len() < 150, "{} batches", sent.len());
     // ...and a live batch still goes.
@@ -939,4 +939,42 @@ fn a_window_full_of_backlog_never_holds_a_live_batch_back() {
     let next = send(&mut u, &mut lanes, &mut declared).map(|s| s.0);
     assert_eq!(next, Some(sent.last().unwrap().0 + 1));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The window follows what the collector acks: on a thin link what is in
+/// flight drains in about `DRAIN`; on a fast one it opens to `MAX`.
+#[test]
+fn the_backlog_window_follows_the_rate_of_acks() {
+    use super::window::{DRAIN, MAX, MIN, Window};
+    let mut now = tokio::time::Instant::now();
+    // A link that acks 100 KiB/s: 50 KiB per DRAIN.
+    let mut w = Window::default();
+    let mut seq = 0;
+    let mut acked_to = 0;
+    for _ in 0..20 {
+        while w.is_open() {
+            seq += 1;
+            w.sent(seq, 1024);
+        }
+        now += DRAIN;
+        // 50 KiB of it acked in that time.
+        acked_to = (acked_to + 50).min(seq);
+        w.answered(now, |s| s > acked_to);
+    }
+    let bytes = 50 * 1024;
+    assert!(
+        w.limit() == MIN.max(bytes),
+        "thin link: window {} bytes",
+        w.limit()
+    );
+    // A fast link acks whatever is in flight at once.
+    for _ in 0..20 {
+        while w.is_open() {
+            seq += 1;
+            w.sent(seq, 1024);
+        }
+        now += DRAIN / 10;
+        w.answered(now, |_| false);
+    }
+    assert_eq!(w.limit(), MAX);
 }
