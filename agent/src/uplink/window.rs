@@ -61,6 +61,7 @@ impl Window {
     }
 
     /// The bytes allowed in flight now.
+    #[cfg(test)]
     pub(super) fn limit(&self) -> u64 {
         self.limit
     }
