@@ -416,6 +416,9 @@ impl Uplink {
             Lane::Live => self.stats.live_batches_sent += 1,
             Lane::Backlog => self.stats.backlog_batches_sent += 1,
         }
+        if choice.lane == Lane::Live && choice.contested {
+            self.stats.live_batches_ahead += 1;
+        }
         Ok(Some(pb::AgentFrame {
             frame: Some(pb::agent_frame::Frame::Batch(batch)),
         }))

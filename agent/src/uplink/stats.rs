@@ -53,6 +53,9 @@ pub struct UplinkStats {
     /// Batches sent that were unacked from before their stream opened
     /// (after an outage: what was spooled meanwhile).
     pub backlog_batches_sent: u64,
+    /// Live batches sent while older backlog batches waited (out of
+    /// order, to a collector that takes that).
+    pub live_batches_ahead: u64,
 }
 
 /// How often the stats file is rewritten at most.
@@ -60,7 +63,7 @@ const STATS_FILE_EVERY: Duration = Duration::from_millis(100);
 
 impl UplinkStats {
     /// Name, help and value of every counter, in a fixed order.
-    fn fields(&self) -> [(&'static str, &'static str, u64); 16] {
+    fn fields(&self) -> [(&'static str, &'static str, u64); 17] {
         [
             (
                 "sealed_batches_total",
@@ -138,6 +141,11 @@ impl UplinkStats {
                 "batches sent that were unacked from before their stream opened",
                 self.backlog_batches_sent,
             ),
+            (
+                "live_batches_ahead_total",
+                "live batches sent while older backlog batches waited",
+                self.live_batches_ahead,
+            ),
         ]
     }
 
@@ -187,6 +195,7 @@ impl UplinkStats {
             series_dictionary_bytes: value("series_dictionary_bytes")?,
             live_batches_sent: value("live_batches_sent_total")?,
             backlog_batches_sent: value("backlog_batches_sent_total")?,
+            live_batches_ahead: value("live_batches_ahead_total")?,
         })
     }
 }

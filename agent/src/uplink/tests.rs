@@ -571,6 +571,7 @@ fn stats_read_back_from_their_text() {
         series_dictionary_bytes: 14,
         live_batches_sent: 15,
         backlog_batches_sent: 16,
+        live_batches_ahead: 17,
     };
     let text = stats.to_prometheus_text();
     assert!(
@@ -787,8 +788,12 @@ fn after_an_outage_a_live_batch_goes_ahead_of_the_backlog() {
         backlog_sent + 1
     );
     assert_eq!(
-        (u.stats.live_batches_sent, u.stats.backlog_batches_sent),
-        (2, backlog_sent + 1)
+        (
+            u.stats.live_batches_sent,
+            u.stats.backlog_batches_sent,
+            u.stats.live_batches_ahead
+        ),
+        (2, backlog_sent + 1, 2)
     );
     let _ = std::fs::remove_dir_all(dir);
 }
