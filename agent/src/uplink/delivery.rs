@@ -129,7 +129,11 @@ impl Uplink {
         self.sent_on_stream = 0;
         self.sent_before = self.sent_before.max(self.max_sent);
         self.stats.connects += 1;
-        Lanes::open(self.spool.first_unacked().unwrap_or(live_from), live_from)
+        Lanes::open(
+            self.spool.first_unacked().unwrap_or(live_from),
+            live_from,
+            self.config.backlog_window,
+        )
     }
 
     /// Counts a reconnect in the metrics, when they are on.
@@ -416,7 +420,7 @@ impl Uplink {
             Lane::Live => self.stats.live_batches_sent += 1,
             Lane::Backlog => self.stats.backlog_batches_sent += 1,
         }
-        if choice.lane == Lane::Live && choice.contested {
+        if choice.ahead {
             self.stats.live_batches_ahead += 1;
         }
         Ok(Some(pb::AgentFrame {

@@ -116,6 +116,10 @@ pub struct UplinkConfig {
     /// The backlog's part of the bytes sent while live batches wait too
     /// (`0 < share <= 1`; see `order.rs`).
     pub backlog_share: f64,
+    /// A fixed window of backlog bytes in flight instead of the one that
+    /// follows the ack rate (`window.rs`): the delivery simulation's small
+    /// backlogs then wait beside live batches. `None` in the agent.
+    pub backlog_window: Option<u64>,
 }
 
 impl UplinkConfig {
@@ -137,6 +141,7 @@ impl UplinkConfig {
             connector: None,
             jitter_seed: None,
             backlog_share: crate::config::DEFAULT_BACKLOG_SHARE,
+            backlog_window: None,
         }
     }
 }

@@ -52,15 +52,16 @@ pub(super) struct Lanes {
 
 impl Lanes {
     /// A stream opened: its backlog begins at `first_unacked`, its live
-    /// batches at `live_from` (the spool's next sequence).
-    pub(super) fn open(first_unacked: u64, live_from: u64) -> Lanes {
+    /// batches at `live_from` (the spool's next sequence); `window` fixes
+    /// the backlog's window (`UplinkConfig::backlog_window`).
+    pub(super) fn open(first_unacked: u64, live_from: u64, window: Option<u64>) -> Lanes {
         Lanes {
             next_send: first_unacked,
             live_from,
             live_next: live_from,
             out_of_order: None,
             contested: (0, 0),
-            window: Window::default(),
+            window: Window::new(window),
         }
     }
 }
@@ -84,6 +85,9 @@ pub(super) struct Choice {
     pub(super) contested: bool,
     /// In sequence order: the stream's cursors follow it.
     pub(super) in_order: bool,
+    /// A live batch sent while older backlog batches wait to be sent on
+    /// the stream (the share or the backlog's window let it go first).
+    pub(super) ahead: bool,
 }
 
 impl Uplink {
@@ -112,12 +116,14 @@ impl Uplink {
                 lane: lane(seq),
                 contested: false,
                 in_order: true,
+                ahead: false,
             });
         }
-        let backlog = self
+        let waiting = self
             .spool
             .next_unacked_from(s.next_send)
-            .filter(|&seq| seq < s.live_from && s.window.is_open());
+            .filter(|&seq| seq < s.live_from);
+        let backlog = waiting.filter(|_| s.window.is_open());
         let live = self
             .spool
             .next_unacked_from(s.live_next.max(s.live_from).max(s.next_send));
@@ -126,6 +132,7 @@ impl Uplink {
             lane,
             contested,
             in_order: false,
+            ahead: lane == Lane::Live && waiting.is_some(),
         };
         match (backlog, live) {
             (Some(b), Some(l)) => {

@@ -53,8 +53,8 @@ pub struct UplinkStats {
     /// Batches sent that were unacked from before their stream opened
     /// (after an outage: what was spooled meanwhile).
     pub backlog_batches_sent: u64,
-    /// Live batches sent while older backlog batches waited (out of
-    /// order, to a collector that takes that).
+    /// Live batches sent while older backlog batches waited to be sent
+    /// (out of order, to a collector that takes that).
     pub live_batches_ahead: u64,
 }
 

@@ -39,22 +39,30 @@ pub(super) struct Window {
     since: Instant,
     acked: u64,
     limited: bool,
+    /// The limit stays (`UplinkConfig::backlog_window`).
+    fixed: bool,
 }
 
 impl Default for Window {
     fn default() -> Self {
-        Window {
-            in_flight: BTreeMap::new(),
-            bytes: 0,
-            limit: MIN,
-            since: Instant::now(),
-            acked: 0,
-            limited: false,
-        }
+        Window::new(None)
     }
 }
 
 impl Window {
+    /// A window that adapts from [`MIN`], or one of `fixed` bytes.
+    pub(super) fn new(fixed: Option<u64>) -> Window {
+        Window {
+            in_flight: BTreeMap::new(),
+            bytes: 0,
+            limit: fixed.unwrap_or(MIN),
+            since: Instant::now(),
+            acked: 0,
+            limited: false,
+            fixed: fixed.is_some(),
+        }
+    }
+
     /// Whether another backlog batch may go now.
     pub(super) fn is_open(&self) -> bool {
         self.bytes < self.limit
@@ -95,7 +103,7 @@ impl Window {
         self.acked += freed;
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed >= DRAIN {
-            if self.limited {
+            if self.limited && !self.fixed {
                 let rate = self.acked as f64 / elapsed.as_secs_f64();
                 self.limit = ((rate * DRAIN.as_secs_f64()) as u64).clamp(MIN, MAX);
             }

@@ -192,12 +192,17 @@ impl<'a> Sim<'a> {
             .collect();
         let mut rng = Rng::new(seed);
         let small = rng.percent(25);
+        let net = Net::default();
+        // A slow link for four seeds in five: acks 10 to 40 ms apart, so
+        // a backlog drains beside live batches (drawn from the seed itself,
+        // so the fault schedule's draws stay as they were).
+        net.set_read_gap(Duration::from_millis(seed % 5 * 10));
         Sim {
             spool_bytes: if small { 48 * 1024 } else { 64 * 1024 * 1024 },
             readings_per_poll: if small { 8 } else { 1 },
             rng,
             dir,
-            net: Net::default(),
+            net,
             taps: Taps::default(),
             crash_at_commit: Arc::new(AtomicBool::new(false)),
             write_crash: WriteCrash::Kept,
