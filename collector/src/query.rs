@@ -533,6 +533,7 @@ pub fn merge_agents(
                 batches_resent: a.batches_resent,
                 lag: a.lag,
                 skewed_readings: 0,
+                committed_ranges: a.committed_ranges,
             };
             (a.id, info)
         })

@@ -316,6 +316,7 @@ pub async fn ingest(url: &str, series: &[GenSeries]) -> Result<()> {
                 agent_time_ns: now_ns(),
                 dropped: 0,
                 last_seq: 0,
+                out_of_order: false,
             })),
         })
         .await?;
@@ -371,6 +372,7 @@ pub async fn ingest(url: &str, series: &[GenSeries]) -> Result<()> {
                     resent: false,
                     last_seq: seq,
                     columns: None,
+                    oldest_spooled: 0,
                 })),
             })
             .await?;

@@ -206,6 +206,7 @@ async fn skewed_readings_are_counted_and_listed() -> Result<()> {
             agent_time_ns: now_ns + hour_ns,
             dropped: 0,
             last_seq: 1,
+            out_of_order: false,
         })),
     })
     .await?;

@@ -18,7 +18,7 @@ use tonic::Streaming;
 
 use tributary_collector::model::{NewReading, SeriesKey, StoredValue};
 use tributary_collector::store::{
-    AgentWrite, BatchWrite, Durability, EpochRow, Store, StoreUrl, WriteSet,
+    AgentWrite, BatchWrite, CommittedSet, Durability, EpochRow, Store, StoreUrl, WriteSet,
 };
 use tributary_proto::v1 as pb;
 use tributary_tests::process::TestDir;
@@ -45,6 +45,8 @@ fn set(agent: &str, epoch: u64, series: i64, seqs: impl IntoIterator<Item = u64>
             agent: agent.clone(),
             epoch,
             seq,
+            high_water: false,
+            floor: 0,
             received_ns: 1,
             readings: vec![NewReading {
                 series_id: series,
@@ -59,7 +61,7 @@ fn set(agent: &str, epoch: u64, series: i64, seqs: impl IntoIterator<Item = u64>
             agent.clone(),
             epoch,
             EpochRow {
-                committed_seq: last,
+                committed: CommittedSet::up_to(last),
                 dropped: 0,
                 last_seq: last,
             },
@@ -96,7 +98,7 @@ async fn two_stores_on_one_database_never_store_a_batch_twice() -> Result<()> {
         assert!(first.skipped.is_empty());
         // b's merger has never seen this epoch: the store knows better.
         let second = b.commit(&set("edge", 7, ids_a[0], 2..=4))?;
-        assert_eq!(b.epoch("edge", 7)?.map(|e| e.committed_seq), Some(4));
+        assert_eq!(b.epoch("edge", 7)?.map(|e| e.committed.mark()), Some(4));
         Ok((ids_a, ids_b, second.skipped))
     })
     .await?;
@@ -178,6 +180,145 @@ async fn retention_removes_old_readings_in_steps() -> Result<()> {
     }
     let values = schema.counters("edge").await?;
     assert_eq!(values["d1"], (41..=101).collect::<Vec<i64>>());
+    Ok(())
+}
+
+/// The committed set on both stores: sequences committed out of order (5,
+/// then 3 and 4, then 1 and 2) leave mark 5 and no ranges; a sequence
+/// inside a range is a duplicate (skipped and counted, not stored); the
+/// ranges survive a reopen (read by `epoch`, which a Welcome uses, and by
+/// `load`, which fills the merger's cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_commits_keep_a_committed_set_on_both_stores() -> Result<()> {
+    let schema = TestSchema::new("ooo_set").await?;
+    let dir = TestDir::new("ooo_set")?;
+    for url in [StoreUrl::Sqlite(dir.join("ooo.db")), schema.store()] {
+        let what = url.to_string();
+        let u = url.clone();
+        let seen = blocking(move || {
+            let committed = |store: &mut Store| -> Result<CommittedSet> {
+                Ok(store.epoch("edge", 7)?.context("no epochs row")?.committed)
+            };
+            let mut store = Store::open(&u, Durability::Full)?;
+            let s = store.resolve_series(&[key("edge", "d1")])?[0];
+            let mut skipped = Vec::new();
+            skipped.push(store.commit(&set("edge", 7, s, [5]))?.skipped);
+            skipped.push(store.commit(&set("edge", 7, s, [3, 4]))?.skipped);
+            let gap = committed(&mut store)?;
+            skipped.push(store.commit(&set("edge", 7, s, [4]))?.skipped);
+            drop(store);
+            let mut store = Store::open(&u, Durability::Full)?;
+            let reopened = committed(&mut store)?;
+            let loaded = store.load()?.epochs[&(Arc::from("edge"), 7)]
+                .committed
+                .clone();
+            skipped.push(store.commit(&set("edge", 7, s, [3, 1, 5, 2]))?.skipped);
+            let closed = committed(&mut store)?;
+            // Another agent, left with two ranges (2 and 5) above mark 0.
+            let g = store.resolve_series(&[key("gappy", "d1")])?[0];
+            store.commit(&set("gappy", 3, g, [2, 5]))?;
+            Ok((skipped, gap, reopened, loaded, closed))
+        })
+        .await
+        .with_context(|| what.clone())?;
+        let (skipped, gap, reopened, loaded, closed) = seen;
+        let mut three_to_five = CommittedSet::default();
+        for s in 3..=5 {
+            three_to_five.insert(s);
+        }
+        assert_eq!(gap.to_string(), "0 +[3-5]", "{what}");
+        assert_eq!(gap, three_to_five, "{what}");
+        assert_eq!(reopened, gap, "{what}: ranges survive a reopen");
+        assert_eq!(loaded, gap, "{what}: and load reads them");
+        assert_eq!(closed, CommittedSet::up_to(5), "{what}: mark 5, no ranges");
+        let no: Vec<usize> = Vec::new();
+        assert_eq!(
+            skipped,
+            [no.clone(), no, vec![0], vec![0, 2]],
+            "{what}: 4, then 3 and 5 were in the range"
+        );
+        let agents = tributary_collector::store::read::Reader::open(&url)?
+            .agents()
+            .await?;
+        let edge = agents
+            .iter()
+            .find(|a| a.id == "edge")
+            .context("agent row")?;
+        assert_eq!(
+            (edge.readings_stored, edge.batches_deduplicated),
+            (5, 3),
+            "{what}: five readings stored once each, three duplicates counted"
+        );
+        let ranges = |id: &str| {
+            agents
+                .iter()
+                .find(|a| a.id == id)
+                .map(|a| a.committed_ranges)
+        };
+        assert_eq!(
+            (ranges("edge"), ranges("gappy")),
+            (Some(0), Some(2)),
+            "{what}: ListAgents counts the ranges of each agent's epoch"
+        );
+    }
+    assert_eq!(schema.counters("edge").await?["d1"], [1, 2, 3, 4, 5]);
+    Ok(())
+}
+
+/// Two stores on one PostgreSQL database commit the same sequences, each
+/// in its own random order (so ranges open and close on both sides), one
+/// or a few batches per transaction: every sequence is stored by exactly
+/// one of them, including those that fall inside a range the other wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_never_both_store_a_sequence_inside_a_range() -> Result<()> {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let schema = TestSchema::new("ooo_two").await?;
+    let url = schema.store();
+    let series = blocking(move || {
+        let mut store = Store::open(&url, Durability::Full)?;
+        Ok(store.resolve_series(&[key("edge", "d1")])?[0])
+    })
+    .await?;
+    const N: u64 = 120;
+    let mut writers = Vec::new();
+    for seed in [1u64, 2] {
+        let url = schema.store();
+        writers.push(tokio::task::spawn_blocking(
+            move || -> Result<(usize, usize)> {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                let mut seqs: Vec<u64> = (1..=N).collect();
+                seqs.shuffle(&mut rng);
+                let mut store = Store::open(&url, Durability::Full)?;
+                let (mut written, mut skipped) = (0, 0);
+                let mut rest = &seqs[..];
+                while !rest.is_empty() {
+                    let n = rng.random_range(1..=3).min(rest.len());
+                    let report =
+                        store.commit(&set("edge", 7, series, rest[..n].iter().copied()))?;
+                    skipped += report.skipped.len();
+                    written += n - report.skipped.len();
+                    rest = &rest[n..];
+                }
+                Ok((written, skipped))
+            },
+        ));
+    }
+    let mut written = 0;
+    for w in writers {
+        let (wr, sk) = w.await??;
+        assert_eq!(wr + sk, N as usize);
+        written += wr;
+    }
+    assert_eq!(written, N as usize, "each sequence written by one store");
+    assert_eq!(
+        schema.counters("edge").await?["d1"],
+        (1..=N as i64).collect::<Vec<i64>>(),
+        "every sequence stored exactly once"
+    );
+    let url = schema.store();
+    let row = blocking(move || Ok(Store::open(&url, Durability::Full)?.epoch("edge", 7)?)).await?;
+    assert_eq!(row.map(|r| r.committed), Some(CommittedSet::up_to(N)));
     Ok(())
 }
 

@@ -340,6 +340,9 @@ impl Uplink {
                 agent_time_ns: now_ns(),
                 dropped: self.spool.dropped(),
                 last_seq: self.spool.last_seq(),
+                // This agent sends in sequence order and reads no ranges:
+                // the collector takes each batch as a high-water mark.
+                out_of_order: false,
             })),
         }
     }

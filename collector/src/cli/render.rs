@@ -40,6 +40,7 @@ pub fn write_agents(
                         "last_seen": last_seen(a),
                         "epoch": format!("{:016x}", a.epoch),
                         "committed_seq": a.committed_seq,
+                        "committed_ranges": a.committed_ranges,
                         "lag": a.lag,
                         "readings_stored": a.readings_stored,
                         "batches_deduplicated": a.batches_deduplicated,
@@ -63,6 +64,7 @@ pub fn write_agents(
                         last_seen(a),
                         format!("{:016x}", a.epoch),
                         a.committed_seq.to_string(),
+                        a.committed_ranges.to_string(),
                         a.lag.to_string(),
                         a.readings_stored.to_string(),
                         a.batches_deduplicated.to_string(),
@@ -73,7 +75,7 @@ pub fn write_agents(
                 })
                 .collect();
             if format == Format::Csv {
-                let header = "id,connected,collector,peer,last_seen,epoch,committed_seq,lag,\
+                let header = "id,connected,collector,peer,last_seen,epoch,committed_seq,ranges,lag,\
                               readings_stored,batches_deduplicated,batches_resent,dropped_at_agent,\
                               skewed_readings";
                 write_csv(out, header, &rows)
@@ -86,6 +88,7 @@ pub fn write_agents(
                     "LAST SEEN",
                     "EPOCH",
                     "COMMITTED SEQ",
+                    "RANGES",
                     "LAG",
                     "READINGS STORED",
                     "DEDUPLICATED",
@@ -426,13 +429,14 @@ mod tests {
             lag: 4,
             skewed_readings: 5,
             collector: "col-a".into(),
+            committed_ranges: 6,
         }];
         let csv = render(|out| write_agents(out, Format::Csv, &agents));
         assert_eq!(
             csv,
-            "id,connected,collector,peer,last_seen,epoch,committed_seq,lag,readings_stored,\
+            "id,connected,collector,peer,last_seen,epoch,committed_seq,ranges,lag,readings_stored,\
              batches_deduplicated,batches_resent,dropped_at_agent,skewed_readings\n\
-             edge-1,true,col-a,10.0.0.5:4411,,00000000000000ab,7,4,70,1,3,2,5\n"
+             edge-1,true,col-a,10.0.0.5:4411,,00000000000000ab,7,6,4,70,1,3,2,5\n"
         );
         let table = render(|out| write_agents(out, Format::Table, &agents));
         assert!(table.starts_with("ID "), "{table}");
@@ -443,5 +447,6 @@ mod tests {
         let json = render(|out| write_agents(out, Format::Json, &agents));
         let v: Json = serde_json::from_str(&json).unwrap();
         assert_eq!(v[0]["collector"], "col-a");
+        assert_eq!(v[0]["committed_ranges"], 6);
     }
 }

@@ -38,7 +38,7 @@ impl Merger {
         self.known_agent(&hello.agent).epoch = hello.epoch;
         let durable = self.durable_committed(&hello.agent, hello.epoch);
         let welcomed = Welcomed {
-            committed_seq: durable.committed_seq,
+            committed: Arc::new(durable.committed),
             committed_dropped: durable.dropped,
         };
         self.refresh_series_count(&hello.agent);
@@ -49,10 +49,16 @@ impl Merger {
             hello.last_seq,
             group,
         );
-        let row = self
+        let (committed, last_seq, ranges) = self
             .epochs
             .get(&(hello.agent.clone(), hello.epoch))
-            .copied()
+            .map(|row| {
+                (
+                    row.committed.mark(),
+                    row.last_seq,
+                    row.committed.ranges().len(),
+                )
+            })
             .unwrap_or_default();
         let state = self.known_agent(&hello.agent);
         state.peer = hello.peer;
@@ -62,7 +68,8 @@ impl Merger {
         state.stats.seen(state.last_seen_ns);
         state
             .stats
-            .delivery(row.committed_seq, row.last_seq, state.last_seen_ns);
+            .delivery(committed, last_seq, state.last_seen_ns);
+        state.stats.ranges(ranges);
         self.live_dirty = true;
         welcomed
     }
@@ -90,19 +97,18 @@ impl Merger {
     /// Takes `row` into the cached delivery state of (agent, epoch) (field
     /// by field maximum: it is never ahead of the store) and the agent's
     /// stats: drops that rose, and where its newest epoch stands.
-    pub(super) fn merge_epoch(&mut self, agent: &Arc<str>, epoch: u64, row: EpochRow) {
+    pub(super) fn merge_epoch(&mut self, agent: &Arc<str>, epoch: u64, row: &EpochRow) {
         let cached = self.epochs.entry((agent.clone(), epoch)).or_default();
-        let before = *cached;
-        *cached = cached.max(row);
-        let after = *cached;
+        let dropped_before = cached.dropped;
+        cached.merge(row);
+        let (dropped, committed, last_seq) =
+            (cached.dropped, cached.committed.mark(), cached.last_seq);
+        let ranges = cached.committed.ranges().len();
         if let Some(state) = self.agents.get(agent) {
-            state
-                .stats
-                .dropped(after.dropped.saturating_sub(before.dropped));
+            state.stats.dropped(dropped.saturating_sub(dropped_before));
             if state.epoch == epoch {
-                state
-                    .stats
-                    .delivery(after.committed_seq, after.last_seq, now_ns());
+                state.stats.delivery(committed, last_seq, now_ns());
+                state.stats.ranges(ranges);
             }
         }
     }

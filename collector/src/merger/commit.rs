@@ -1,8 +1,9 @@
 //! Group commit and dedup: the batches of one group are written in one
 //! transaction with each (agent, epoch)'s new delivery state, and only
-//! after the commit are the sessions acked. A batch at or below the
-//! committed sequence of its (agent, epoch) is a replay: acked again, not
-//! stored. Also the series ids (resolved through the store, cached in the
+//! after the commit are the sessions acked. A batch whose sequence is in
+//! the committed set of its (agent, epoch) (the mark and the ranges above
+//! it) is a replay: acked again, not stored; any other is new, whatever its
+//! position. Also the series ids (resolved through the store, cached in the
 //! series table) and what `Query/Tail` sees of each commit.
 
 use std::collections::HashMap;
@@ -14,13 +15,13 @@ use tracing::{debug, error, warn};
 use super::{AckSender, IncomingBatch, Merger, SeriesLimitExceeded};
 use crate::metrics::StoreOp;
 use crate::model::{Committed, CommittedChunk, IdMap, Point, SeriesKey};
-use crate::store::{BatchWrite, EpochRow, Store, StoreError, WriteSet};
+use crate::store::{BatchWrite, CommittedSet, EpochRow, Store, StoreError, WriteSet};
 
 /// The answer to one batch, to publish on its stream after the commit.
 struct Answer {
     to: AckSender,
-    /// The sequence it acks: its own, or the committed one for a replay.
-    seq: u64,
+    /// The (agent, epoch) whose committed set the ack carries.
+    key: (Arc<str>, u64),
     /// Its index among the group's batch writes; `None` for a replay
     /// (nothing to write). A batch the store reports as already stored
     /// (another collector wrote it) is a replay too.
@@ -37,12 +38,14 @@ pub(super) struct Group {
     pub(super) readings: usize,
     /// The answer to each batch of the group, published after the commit.
     acks: Vec<Answer>,
-    /// (agent, epoch) → new delivery state, for the write set.
+    /// (agent, epoch) → new delivery state, for the write set: the
+    /// cached state plus what the group adds (its sequences commit
+    /// together or not at all).
     epochs: HashMap<(Arc<str>, u64), EpochRow>,
 }
 
 impl Merger {
-    /// The committed sequence of (agent, epoch) for a Welcome: only what is
+    /// The committed set of (agent, epoch) for a Welcome: only what is
     /// durable, the store's row (another collector may have advanced it),
     /// never the group being assembled, which may still fail to commit; the
     /// agent drops what the Welcome covers. Without the store, the cache is
@@ -50,65 +53,76 @@ impl Merger {
     /// means resends, which are deduplicated.
     pub(super) fn durable_committed(&mut self, agent: &Arc<str>, epoch: u64) -> EpochRow {
         match self.store.epoch(agent, epoch) {
-            Ok(Some(row)) => self.merge_epoch(agent, epoch, row),
+            Ok(Some(row)) => self.merge_epoch(agent, epoch, &row),
             Ok(None) => {}
             Err(e) => {
                 self.metrics.store_error(StoreOp::ReadEpoch);
-                warn!(agent = %agent, epoch, error = %e, "reading the committed sequence failed; welcoming with the cached one");
+                warn!(agent = %agent, epoch, error = %e, "reading the committed set failed; welcoming with the cached one");
             }
         }
         self.epochs
             .get(&(agent.clone(), epoch))
-            .copied()
+            .cloned()
             .unwrap_or_default()
     }
 
     pub(super) fn apply_batch(&mut self, b: IncomingBatch, group: &mut Group) {
-        let committed = self.epoch_state(&b.agent, b.epoch, group).committed_seq;
+        let key = (b.agent.clone(), b.epoch);
+        let replay = self
+            .epoch_state(&key, group)
+            .is_some_and(|row| row.committed.contains(b.seq));
         self.report(&b.agent, b.epoch, b.dropped, b.last_seq, group);
-        let replay = b.seq <= committed;
         // A replay's readings are stored already: not counted again.
         let skewed = if replay { 0 } else { b.skewed_readings };
         self.saw_batch(&b.agent, b.received_ns, (b.resent, replay), skewed);
         if replay {
             // A replay (resend after a lost ack, or a second stream of the
             // same agent): ack again, store nothing.
-            debug!(agent = %b.agent, seq = b.seq, committed, "duplicate batch acked again");
+            debug!(agent = %b.agent, seq = b.seq, "duplicate batch acked again");
             group.acks.push(Answer {
                 to: b.ack,
-                seq: committed,
+                key,
                 write: None,
             });
             return;
         }
-        let mut epoch = self.epoch_state(&b.agent, b.epoch, group);
-        epoch.committed_seq = b.seq;
-        group.epochs.insert((b.agent.clone(), b.epoch), epoch);
+        // Sequences the agent will never send close their holes. Taken from
+        // new batches only (the store applies it with the batch, written or
+        // skipped), so the cache never holds what the store does not.
+        let committed = &mut self.group_epoch(&key, group).committed;
+        committed.close_below(b.floor);
+        committed.add_batch(b.seq, b.high_water);
         group.readings += b.readings.len();
         group.acks.push(Answer {
             to: b.ack,
-            seq: b.seq,
+            key,
             write: Some(group.set.batches.len()),
         });
         group.set.batches.push(BatchWrite {
             agent: b.agent,
             epoch: b.epoch,
             seq: b.seq,
+            high_water: b.high_water,
+            floor: b.floor,
             received_ns: b.received_ns,
             readings: b.readings,
         });
     }
 
     /// The delivery state of (agent, epoch), counting the group being
-    /// assembled (its batches commit together or not at all).
-    pub(super) fn epoch_state(&self, agent: &Arc<str>, epoch: u64, group: &Group) -> EpochRow {
-        let key = (agent.clone(), epoch);
+    /// assembled (its batches commit together or not at all); `None` when
+    /// nothing is known of it.
+    fn epoch_state<'a>(&'a self, key: &(Arc<str>, u64), group: &'a Group) -> Option<&'a EpochRow> {
+        group.epochs.get(key).or_else(|| self.epochs.get(key))
+    }
+
+    /// The group's delivery state of (agent, epoch), to change: the cached
+    /// one, copied in at the group's first change of it.
+    fn group_epoch<'g>(&self, key: &(Arc<str>, u64), group: &'g mut Group) -> &'g mut EpochRow {
         group
             .epochs
-            .get(&key)
-            .or_else(|| self.epochs.get(&key))
-            .copied()
-            .unwrap_or_default()
+            .entry(key.clone())
+            .or_insert_with(|| self.epochs.get(key).cloned().unwrap_or_default())
     }
 
     /// Records what the agent reports about its spool: readings dropped
@@ -122,13 +136,16 @@ impl Merger {
         last_seq: u64,
         group: &mut Group,
     ) {
-        let mut e = self.epoch_state(agent, epoch, group);
-        if dropped <= e.dropped && last_seq <= e.last_seq {
+        let key = (agent.clone(), epoch);
+        if let Some(e) = self.epoch_state(&key, group)
+            && dropped <= e.dropped
+            && last_seq <= e.last_seq
+        {
             return;
         }
+        let e = self.group_epoch(&key, group);
         e.dropped = e.dropped.max(dropped);
         e.last_seq = e.last_seq.max(last_seq);
-        group.epochs.insert((agent.clone(), epoch), e);
     }
 
     /// Global ids of `keys`, asking the store (which assigns them, so
@@ -209,10 +226,9 @@ impl Merger {
     /// publishes. `false` when the simulation's `after_commit` stopped the
     /// merger after the commit, before the acks.
     pub(super) fn flush(&mut self, mut group: Group) -> bool {
-        let mut epochs: Vec<_> = group
-            .epochs
-            .iter()
-            .map(|((a, e), s)| (a.clone(), *e, *s))
+        let mut epochs: Vec<_> = std::mem::take(&mut group.epochs)
+            .into_iter()
+            .map(|((a, e), s)| (a, e, s))
             .collect();
         epochs.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
         group.set.epochs = epochs;
@@ -227,8 +243,8 @@ impl Merger {
                 group.readings,
                 started.elapsed(),
             );
-            for (agent, epoch, row) in report.epochs {
-                self.merge_epoch(&agent, epoch, row);
+            for (agent, epoch, row) in &report.epochs {
+                self.merge_epoch(agent, *epoch, row);
             }
             self.count_committed(&group.set, &report.skipped);
             for &i in &report.skipped {
@@ -243,12 +259,37 @@ impl Merger {
                 return false;
             }
         }
+        // Each ack carries the whole committed set of its (agent, epoch) as
+        // of this commit (the cache now holds it: never ahead of the store,
+        // and never behind what any stream of it was told, since it only
+        // grows); one copy per (agent, epoch), shared by its answers.
+        let mut sets: HashMap<(Arc<str>, u64), Arc<CommittedSet>> = HashMap::new();
         for answer in group.acks {
             let replay = answer.write.is_none_or(|i| skipped.contains(&i));
+            let set = match sets.get(&answer.key) {
+                Some(set) => set.clone(),
+                None => {
+                    let set = Arc::new(
+                        self.epochs
+                            .get(&answer.key)
+                            .map(|row| row.committed.clone())
+                            .unwrap_or_default(),
+                    );
+                    sets.insert(answer.key, set.clone());
+                    set
+                }
+            };
             // Always a change, so the session hears of every answer (a
-            // replay's too, though its number may not rise).
+            // replay's too, though the set may not grow).
             answer.to.send_modify(|acks| {
-                acks.committed = acks.committed.max(answer.seq);
+                acks.committed = if set.covers(&acks.committed) {
+                    set
+                } else {
+                    // Not expected (see above), but an ack never shrinks.
+                    let mut both = (*set).clone();
+                    both.union(&acks.committed);
+                    Arc::new(both)
+                };
                 acks.batches += 1;
                 if replay {
                     acks.replays += 1;

@@ -4,10 +4,11 @@
 //! Sessions talk to it only through [`MergerHandle`], over one bounded
 //! channel. The merger takes everything waiting on that channel, writes it in
 //! one transaction (group commit), records each agent's committed sequence in
-//! the same transaction, commits, and only then acks the sessions. A batch at
-//! or below the committed sequence of its (agent, epoch) is acked again and
-//! not stored; the session gives each such replay an Ack frame of its own
-//! ([`StreamAcks`]).
+//! the same transaction, commits, and only then acks the sessions. What an
+//! (agent, epoch) has committed is a set ([`CommittedSet`]: a mark plus
+//! ranges above it), so batches may come in any order; a batch whose
+//! sequence is in the set is acked again and not stored; the session gives
+//! each such replay an Ack frame of its own ([`StreamAcks`]).
 //!
 //! It runs on its own OS thread because all its work is blocking store I/O
 //! ([`Store`] is blocking for SQLite and PostgreSQL alike); it never awaits,
@@ -47,7 +48,7 @@ use tracing::info;
 
 use crate::metrics::MergerMetrics;
 use crate::model::{Committed, LiveAgents, NewReading, SeriesKey};
-use crate::store::{Durability, EpochRow, Retention, Store, StoreError, StoreUrl};
+use crate::store::{CommittedSet, Durability, EpochRow, Retention, Store, StoreError, StoreUrl};
 
 mod agents;
 mod cardinality;
@@ -78,6 +79,12 @@ pub struct IncomingBatch {
     pub agent: Arc<str>,
     pub epoch: u64,
     pub seq: u64,
+    /// The batch stands for every sequence up to `seq` (its stream's agent
+    /// sends in sequence order and reads no ranges: `BatchWrite::high_water`).
+    pub high_water: bool,
+    /// Every sequence below this one will never be sent (the agent's
+    /// `Batch.oldest_spooled`, at most `seq`; 0 says nothing).
+    pub floor: u64,
     /// Readings the agent says it dropped so far in this epoch.
     pub dropped: u64,
     /// Newest sequence the agent says it has spooled.
@@ -98,17 +105,19 @@ pub struct IncomingBatch {
 /// commit through a `watch` channel, so the merger never waits for a slow
 /// session. The session turns it into Ack frames: one per replay, since an
 /// agent (or any client) that resends what is committed waits for the ack
-/// of each, even though the acked number does not rise; and one whenever
-/// the number rises, several commits coalescing into one frame.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// of each, even though the acked set does not grow; and one whenever the
+/// set grows, several commits coalescing into one frame (each carries the
+/// whole set, which only grows within an epoch).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamAcks {
-    /// Highest sequence of the stream's (agent, epoch) known committed:
-    /// what the Welcome said, then what commits and replays acked.
-    pub committed: u64,
+    /// The committed set of the stream's (agent, epoch): what the Welcome
+    /// said, then as of each commit that answered a batch of the stream.
+    /// Shared by the answers of one commit.
+    pub committed: Arc<CommittedSet>,
     /// Batches of this stream answered so far: committed, found already
     /// stored, or replays.
     pub batches: u64,
-    /// Of those, replays: batches at or below the committed sequence.
+    /// Of those, replays: batches whose sequence was committed already.
     pub replays: u64,
 }
 
@@ -201,26 +210,26 @@ pub enum ResolveError {
     SeriesLimit(#[from] SeriesLimitExceeded),
 }
 
-/// Cheap, cloneable way to talk to the merger.
 /// What the store holds of an epoch when a stream says Hello, for its
 /// Welcome.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Welcomed {
-    /// The committed sequence.
-    pub committed_seq: u64,
+    /// The committed set (the mark and the ranges above it).
+    pub committed: Arc<CommittedSet>,
     /// The drop count the store holds for the epoch (durable, unlike the
     /// Hello's own, which commits with the next group).
     pub committed_dropped: u64,
 }
 
+/// Cheap, cloneable way to talk to the merger.
 #[derive(Clone, Debug)]
 pub struct MergerHandle {
     tx: mpsc::Sender<Command>,
 }
 
 impl MergerHandle {
-    /// Registers a stream and returns the committed sequence and drop count
-    /// of its epoch.
+    /// Registers a stream and returns the committed set and drop count of
+    /// its epoch.
     pub async fn hello(
         &self,
         agent: Arc<str>,

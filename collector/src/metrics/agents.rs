@@ -37,6 +37,9 @@ pub struct AgentStats {
     /// Committed and newest spooled sequence of the agent's newest epoch.
     committed_seq: AtomicU64,
     last_seq: AtomicU64,
+    /// Ranges committed above `committed_seq` in the newest epoch (a
+    /// backlog draining beside live batches shows as ranges).
+    committed_ranges: AtomicU64,
     /// When the committed sequence fell behind what the agent had spooled
     /// (ns since the Unix epoch); 0 while it is caught up.
     behind_since_ns: AtomicI64,
@@ -63,6 +66,7 @@ pub struct AgentCounts {
     pub dropped_at_agent: u64,
     pub committed_seq: u64,
     pub last_seq: u64,
+    pub committed_ranges: u64,
     pub behind_since_ns: i64,
     pub last_seen_ns: i64,
 }
@@ -97,6 +101,7 @@ impl AgentStats {
             dropped_at_agent: l(&self.dropped_at_agent),
             committed_seq: l(&self.committed_seq),
             last_seq: l(&self.last_seq),
+            committed_ranges: l(&self.committed_ranges),
             behind_since_ns: self.behind_since_ns.load(Ordering::Relaxed),
             last_seen_ns: self.last_seen_ns.load(Ordering::Relaxed),
         }
@@ -159,6 +164,15 @@ impl AgentStats {
         } else {
             self.behind_since_ns.store(0, Ordering::Relaxed);
         }
+    }
+}
+
+impl AgentStats {
+    /// How many ranges the newest epoch's committed set holds above its
+    /// committed sequence.
+    pub(crate) fn ranges(&self, ranges: usize) {
+        self.committed_ranges
+            .store(ranges as u64, Ordering::Relaxed);
     }
 }
 
@@ -237,6 +251,13 @@ const FAMILIES: &[(&str, &str, Option<Unit>, MetricType, Value)] = &[
         None,
         MetricType::Gauge,
         |_, c, _| c.lag_sequences() as f64,
+    ),
+    (
+        "tributary_collector_agent_committed_ranges",
+        "Ranges of sequences committed above the committed sequence (newest epoch): a backlog draining beside live batches",
+        None,
+        MetricType::Gauge,
+        |_, c, _| c.committed_ranges as f64,
     ),
     (
         "tributary_collector_agent_lag",

@@ -17,6 +17,8 @@ use crate::model::SeriesKey;
 
 /// Checks a whole batch of `agent`'s stream, whose last sequence is
 /// `last_seq` and whose declared series are `declared`, against `limits`.
+/// A stream that may send out of order passes 0 as `last_seq`: any
+/// sequence from 1 up is taken (the merger dedups by the committed set).
 /// Pure (no state is touched), so a bad batch leaves nothing behind, and so
 /// it can be fuzzed. Returns the series the batch declares, in order.
 pub fn check_batch(
@@ -30,6 +32,12 @@ pub fn check_batch(
         return Err(Status::invalid_argument(format!(
             "batch.seq: {} does not increase (previous {last_seq})",
             batch.seq
+        )));
+    }
+    if batch.oldest_spooled > batch.seq {
+        return Err(Status::invalid_argument(format!(
+            "batch.oldest_spooled: {} is above the batch's own sequence {}",
+            batch.oldest_spooled, batch.seq
         )));
     }
     if batch.seq > i64::MAX as u64 {

@@ -1,6 +1,8 @@
 //! The start of a stream: the Hello (checked, and authorized against the
 //! peer's certificate and the allowlist), the agent's clock, the merger's
-//! committed sequence, and the Welcome that carries it back.
+//! committed set, and the Welcome that carries it back (mark, lowest
+//! ranges, and `out_of_order` to an agent whose Hello says it may send out
+//! of order: this collector then takes its batches in any order).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +16,9 @@ use tributary_proto::v1 as pb;
 
 use super::check::check_name;
 use super::series::StreamSeries;
-use super::{Limits, Outbound, Session, Stream, clamp_counter, format_offset, unavailable};
+use super::{
+    Limits, Outbound, Session, Stream, clamp_counter, format_offset, unavailable, wire_ranges,
+};
 use crate::merger::StreamAcks;
 use crate::metrics::StreamRefusal;
 use crate::model::now_ns;
@@ -134,8 +138,17 @@ impl Session {
             )
             .await
             .map_err(unavailable)?;
-        let committed = welcomed.committed_seq;
-        info!(agent = %agent, peer = %self.peer, epoch = hello.epoch, committed, "agent connected");
+        let committed = welcomed.committed;
+        info!(agent = %agent, peer = %self.peer, epoch = hello.epoch, committed = %committed, "agent connected");
+        let welcome = pb::CollectorFrame {
+            frame: Some(pb::collector_frame::Frame::Welcome(pb::Welcome {
+                committed_seq: committed.mark(),
+                collector_time_ns: now_ns(),
+                committed_dropped: Some(welcomed.committed_dropped),
+                committed_ranges: wire_ranges(&committed),
+                out_of_order: hello.out_of_order,
+            })),
+        };
         let (ack_tx, ack_rx) = watch::channel(StreamAcks {
             committed,
             batches: 0,
@@ -145,21 +158,13 @@ impl Session {
             agent: agent.clone(),
             epoch: hello.epoch,
             session,
+            out_of_order: hello.out_of_order,
             last_seq: 0,
             forwarded: 0,
             series: StreamSeries::default(),
             ack_tx: Arc::new(ack_tx),
             clock_skewed,
             skew_logged: clock_skewed,
-        };
-        let welcome = pb::CollectorFrame {
-            frame: Some(pb::collector_frame::Frame::Welcome(pb::Welcome {
-                committed_seq: committed,
-                collector_time_ns: now_ns(),
-                committed_dropped: Some(welcomed.committed_dropped),
-                committed_ranges: Vec::new(),
-                out_of_order: false,
-            })),
         };
         if out.send(Ok(welcome)).await.is_err() {
             self.merger.goodbye(agent, session);

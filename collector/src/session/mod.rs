@@ -1,16 +1,18 @@
 //! One session per agent stream: the gRPC edge of ingest.
 //!
-//! A session reads the agent's frames, checks them (Hello first, strictly
-//! increasing sequence numbers, declared series, sane strings and
+//! A session reads the agent's frames, checks them (Hello first, sequence
+//! numbers from 1, strictly increasing unless the agent's Hello says it
+//! may send out of order, declared series, sane strings and
 //! timestamps, in both forms a batch may carry readings in: rows and
 //! columns), resolves the stream's interned series ids to global ids
 //! through the merger, and forwards whole batches. It owns only the stream's
-//! interning table and its last sequence; it holds no store handle. Acks come
-//! back from the merger through a `watch` channel, which never blocks the
-//! merger: acks that raise the committed sequence coalesce into one frame,
-//! and every replay (a batch at or below it) gets an Ack frame of its own,
-//! even when the number does not rise, so a client that resends what the
-//! Welcome covered and waits for its ack is answered. A stream that ends
+//! interning table and its last sequence; it holds no store handle. Acks come back from the
+//! merger through a `watch` channel, which never blocks the merger: each
+//! carries the committed set (mark and the lowest `MAX_ACK_RANGES` ranges
+//! above it), acks that grow it coalesce into one frame, and every replay
+//! (a batch already committed) gets an Ack frame of its own, even when the
+//! set does not grow, so a client that resends what the Welcome covered and
+//! waits for its ack is answered. A stream that ends
 //! (half-close) gets the answer to every batch it sent before its status.
 //!
 //! A bad frame ends the stream with INVALID_ARGUMENT naming the field;
@@ -44,6 +46,7 @@ use crate::merger::{AckSender, IncomingBatch, MergerHandle, ResolveError, Stream
 use crate::metrics::{IngestMetrics, StreamRefusal};
 use crate::model::{NewReading, SeriesKey, now_ns};
 use crate::roles::Roles;
+use crate::store::CommittedSet;
 
 mod check;
 mod handshake;
@@ -126,6 +129,9 @@ struct Stream {
     epoch: u64,
     /// This stream's id, unique in the process.
     session: u64,
+    /// The agent's Hello said it reads ranges and may send out of order;
+    /// else its batches are in sequence order, each a high-water mark.
+    out_of_order: bool,
     last_seq: u64,
     /// Batches handed to the merger on this stream.
     forwarded: u64,
@@ -215,7 +221,7 @@ impl Session {
         out: &Outbound,
     ) -> Result<(), Status> {
         // What Ack frames were sent for: at first what the Welcome said.
-        let mut sent = *ack_rx.borrow_and_update();
+        let mut sent = ack_rx.borrow_and_update().clone();
         // Not marked seen: a reload since the service's receiver was made
         // (maybe between the Hello's check and here) is checked at once.
         let mut roles = self.roles.clone();
@@ -251,7 +257,7 @@ impl Session {
                     if changed.is_err() {
                         return Err(Status::unavailable("collector shutting down"));
                     }
-                    let now = *ack_rx.borrow_and_update();
+                    let now = ack_rx.borrow_and_update().clone();
                     if send_acks(&mut sent, now, out).await.is_err() {
                         return Ok(());
                     }
@@ -288,14 +294,16 @@ impl Session {
         )
         .await
         .map(|r| r.is_ok());
-        let now = *ack_rx.borrow();
+        let now = ack_rx.borrow().clone();
+        let answered = now.batches;
+        let acked = now.committed.to_string();
         let _ = send_acks(&mut sent, now, out).await;
         if reached.is_err() {
             warn!(
                 agent = %stream.agent,
                 forwarded = target,
-                answered = now.batches,
-                acked = now.committed,
+                answered,
+                acked,
                 "drain deadline passed before every batch was acked"
             );
         }
@@ -315,11 +323,17 @@ impl Session {
             None => return Err(Status::invalid_argument("frame: empty")),
         };
         // Validate everything before touching any state, so a bad batch
-        // leaves nothing behind.
+        // leaves nothing behind. In sequence order unless the stream may
+        // send out of order.
+        let previous = if stream.out_of_order {
+            0
+        } else {
+            stream.last_seq
+        };
         let new_series = check_batch(
             &batch,
             &stream.agent,
-            stream.last_seq,
+            previous,
             &stream.series,
             &self.limits,
         )?;
@@ -336,6 +350,7 @@ impl Session {
         }
         let seq = batch.seq;
         let (dropped, last_seq, resent) = (batch.dropped, batch.last_seq, batch.resent);
+        let floor = batch.oldest_spooled;
         let readings = batch_readings(batch, &stream.series);
         let skewed_readings = self.count_skewed(stream, &readings);
         stream.last_seq = seq;
@@ -344,6 +359,8 @@ impl Session {
                 agent: stream.agent.clone(),
                 epoch: stream.epoch,
                 seq,
+                high_water: !stream.out_of_order,
+                floor,
                 dropped: clamp_counter(dropped),
                 last_seq: clamp_counter(last_seq),
                 resent,
@@ -398,29 +415,42 @@ fn clamp_counter(n: u64) -> u64 {
 }
 
 /// Sends the Ack frames that `now` owes beyond `sent`: one per replay
-/// answered since (each resend is owed its own ack, though the number may
-/// not rise), else one when the committed sequence rose (commits coalesce).
-/// Every frame carries the newest committed sequence. Errs when the agent
-/// is gone.
+/// answered since (each resend is owed its own ack, though the set may not
+/// grow), else one when the committed set grew (commits coalesce). Every
+/// frame carries the newest committed set. Errs when the agent is gone.
 async fn send_acks(sent: &mut StreamAcks, now: StreamAcks, out: &Outbound) -> Result<(), ()> {
     let replays = now.replays.saturating_sub(sent.replays);
-    let frames = replays.max(u64::from(now.committed > sent.committed));
+    // The set only grows: a different one is a larger one.
+    let grew = !Arc::ptr_eq(&now.committed, &sent.committed) && now.committed != sent.committed;
+    let frames = replays.max(u64::from(grew));
     *sent = now;
+    if frames == 0 {
+        return Ok(());
+    }
+    let frame = ack_frame(&sent.committed);
     for _ in 0..frames {
-        out.send(Ok(ack_frame(now.committed)))
-            .await
-            .map_err(|_| ())?;
+        out.send(Ok(frame.clone())).await.map_err(|_| ())?;
     }
     Ok(())
 }
 
-fn ack_frame(seq: u64) -> pb::CollectorFrame {
+/// An Ack frame carrying `set`: its mark and its lowest ranges.
+fn ack_frame(set: &CommittedSet) -> pb::CollectorFrame {
     pb::CollectorFrame {
         frame: Some(pb::collector_frame::Frame::Ack(pb::Ack {
-            seq,
-            ranges: Vec::new(),
+            seq: set.mark(),
+            ranges: wire_ranges(set),
         })),
     }
+}
+
+/// The lowest [`limits::MAX_ACK_RANGES`] ranges of `set`, as the wire
+/// carries them (a Welcome or an Ack).
+pub(super) fn wire_ranges(set: &CommittedSet) -> Vec<pb::SeqRange> {
+    set.lowest_ranges(limits::MAX_ACK_RANGES)
+        .iter()
+        .map(|&(first, last)| pb::SeqRange { first, last })
+        .collect()
 }
 
 fn unavailable(_: crate::merger::MergerGone) -> Status {

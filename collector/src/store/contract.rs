@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::committed::CommittedSet;
 use crate::model::NewReading;
 
 /// How hard a commit is pushed to disk before it is acked.
@@ -58,9 +59,11 @@ impl Retention {
 }
 
 /// Per-(agent, epoch) delivery state as persisted in the `epochs` table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EpochRow {
-    pub committed_seq: u64,
+    /// The committed sequences: `committed_seq` (the mark) and
+    /// `committed_ranges` above it.
+    pub committed: CommittedSet,
     /// Readings the agent reported dropping in this epoch.
     pub dropped: u64,
     /// Newest sequence the agent reported spooling in this epoch.
@@ -68,13 +71,42 @@ pub struct EpochRow {
 }
 
 impl EpochRow {
-    /// Field-wise maximum: every field only grows.
-    pub fn max(self, other: EpochRow) -> EpochRow {
-        EpochRow {
-            committed_seq: self.committed_seq.max(other.committed_seq),
-            dropped: self.dropped.max(other.dropped),
-            last_seq: self.last_seq.max(other.last_seq),
-        }
+    /// Takes in `other`, field by field: the union of the committed sets,
+    /// the maximum of the counters (every field only grows).
+    pub fn merge(&mut self, other: &EpochRow) {
+        self.committed.union(&other.committed);
+        self.dropped = self.dropped.max(other.dropped);
+        self.last_seq = self.last_seq.max(other.last_seq);
+    }
+}
+
+/// An `epochs` row as the database returns it, before its committed
+/// ranges are decoded (which may fail: [`StoredEpoch::decode`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StoredEpoch {
+    pub committed_seq: u64,
+    /// `committed_ranges` as stored; `None` (NULL) for none, which is what
+    /// a row written before ranges existed holds.
+    pub ranges: Option<Vec<u8>>,
+    pub dropped: u64,
+    pub last_seq: u64,
+}
+
+impl StoredEpoch {
+    /// What a store error from [`StoredEpoch::decode`] says it was doing.
+    pub const DECODING: &'static str = "reading committed ranges";
+
+    /// The row's delivery state; ranges that do not decode are an error
+    /// naming the row (agent, epoch) and what is wrong (the store wraps it
+    /// with its name and [`StoredEpoch::DECODING`]).
+    pub fn decode(self, agent: &str, epoch: u64) -> Result<EpochRow, String> {
+        let committed = CommittedSet::decode(self.committed_seq, self.ranges.as_deref())
+            .map_err(|e| format!("epochs row of agent {agent:?}, epoch {epoch}: {e}"))?;
+        Ok(EpochRow {
+            committed,
+            dropped: self.dropped,
+            last_seq: self.last_seq,
+        })
     }
 }
 
@@ -92,6 +124,14 @@ pub struct BatchWrite {
     pub agent: Arc<str>,
     pub epoch: u64,
     pub seq: u64,
+    /// The batch stands for every sequence up to `seq`, not only its own
+    /// (a stream of an agent that sends in sequence order and reads no
+    /// ranges: a sequence it skipped is one its spool never holds).
+    pub high_water: bool,
+    /// Every sequence below this one will never be sent (the agent's
+    /// `Batch.oldest_spooled`, at most `seq`; 0 says nothing): added to the
+    /// set whether the batch is written or skipped.
+    pub floor: u64,
     pub received_ns: i64,
     pub readings: Vec<NewReading>,
 }
@@ -118,10 +158,13 @@ pub struct AgentWrite {
 /// One transaction's worth of changes.
 #[derive(Debug, Default)]
 pub struct WriteSet {
-    /// In arrival order; per (agent, epoch) the sequences strictly increase.
+    /// In arrival order; per (agent, epoch) each sequence at most once, in
+    /// any order.
     pub batches: Vec<BatchWrite>,
     /// Delivery state per (agent, epoch) as the merger sees it after this
-    /// set (the store keeps the field-wise maximum with what it holds).
+    /// set: the store keeps the maximum of the reported counters with what
+    /// it holds; the committed set it takes from its own row and the
+    /// batches it writes, never from here.
     pub epochs: Vec<(Arc<str>, u64, EpochRow)>,
     /// Agents seen in this set. Every agent of `batches` is listed.
     pub agents: Vec<(Arc<str>, AgentWrite)>,
@@ -137,7 +180,7 @@ impl WriteSet {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CommitReport {
     /// Indexes into `WriteSet::batches` of the batches not written because
-    /// the stored committed sequence already covered them (another
+    /// the stored committed set already held them (another
     /// collector, or an earlier attempt of this commit, stored them).
     pub skipped: Vec<usize>,
     /// The delivery state of every (agent, epoch) of the set, as committed.

@@ -12,8 +12,9 @@
 //! it talks to: the store, not the merger, is the authority on committed
 //! sequences. [`Store::commit`] takes a [`WriteSet`], locks the delivery
 //! state of every (agent, epoch) it touches, skips (and reports) each batch
-//! at or below the stored committed sequence (`plan.rs`), writes the rest
-//! with the new sequences, and commits. With one collector the merger's
+//! whose sequence the stored committed set holds (`plan.rs`;
+//! [`CommittedSet`] in `committed.rs`: a mark plus ranges above it), writes
+//! the rest with their sequences added to the set, and commits. With one collector the merger's
 //! in-memory map is exact and nothing is skipped; with several collectors
 //! on one PostgreSQL database it is only a cache, and the lock is what keeps
 //! a batch from being stored twice.
@@ -25,6 +26,7 @@
 //! The contract names a backend only to dispatch to it. Nothing here
 //! touches the merger's state, the network or the Query service.
 
+mod committed;
 mod contract;
 mod error;
 pub mod export;
@@ -39,6 +41,8 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+pub use committed::{BadRanges, CommittedSet};
+pub(crate) use contract::StoredEpoch;
 pub use contract::{
     AgentWrite, BatchWrite, CommitReport, CompactStep, Durability, EpochRow, Loaded, RetainStep,
     Retention, WriteSet,

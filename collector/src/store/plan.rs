@@ -33,14 +33,15 @@ impl Plan {
     }
 
     /// Compares each batch with `stored` (the locked rows; missing means
-    /// nothing committed yet): a batch at or below the committed sequence
-    /// is skipped, the others advance it. Reported dropped and last spooled
+    /// nothing committed yet): a batch whose sequence the committed set
+    /// holds is skipped, the others are added to it (in any order; a
+    /// `high_water` batch with every sequence below it). Reported dropped and last spooled
     /// sequences only grow.
     pub fn new(set: &WriteSet, stored: &HashMap<(Arc<str>, u64), EpochRow>) -> Plan {
         let mut state: HashMap<(Arc<str>, u64), EpochRow> = Plan::keys(set)
             .into_iter()
             .map(|k| {
-                let row = stored.get(&k).copied().unwrap_or_default();
+                let row = stored.get(&k).cloned().unwrap_or_default();
                 (k, row)
             })
             .collect();
@@ -48,14 +49,14 @@ impl Plan {
         for (i, b) in set.batches.iter().enumerate() {
             let row = state.entry((b.agent.clone(), b.epoch)).or_default();
             let counts = plan.per_agent.entry(b.agent.clone()).or_default();
-            if b.seq <= row.committed_seq {
+            row.committed.close_below(b.floor);
+            if row.committed.add_batch(b.seq, b.high_water) {
+                plan.write.push(true);
+                counts.0 += b.readings.len() as u64;
+            } else {
                 plan.write.push(false);
                 plan.report.skipped.push(i);
                 counts.1 += 1;
-            } else {
-                row.committed_seq = b.seq;
-                plan.write.push(true);
-                counts.0 += b.readings.len() as u64;
             }
         }
         for (agent, epoch, reported) in &set.epochs {

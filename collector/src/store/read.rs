@@ -88,6 +88,10 @@ pub enum ReadError {
         "export cursor {name:?} was removed (a collector sharing the store no longer configures it)"
     )]
     CursorRemoved { name: String },
+    /// An `epochs` row's committed ranges do not decode; the message names
+    /// the row (agent, epoch).
+    #[error("{store}: reading committed ranges: {message}")]
+    Ranges { store: String, message: String },
     /// The blocking task running an SQLite read failed (panicked).
     #[error("{what}: read task failed: {message}")]
     Task { what: &'static str, message: String },
@@ -117,6 +121,7 @@ impl ReadError {
             | ReadError::Labels { .. }
             | ReadError::Reading { .. }
             | ReadError::Blob { .. }
+            | ReadError::Ranges { .. }
             | ReadError::CursorRemoved { .. }
             | ReadError::Task { .. } => false,
         }
@@ -188,6 +193,26 @@ pub struct StoredAgent {
     /// Newest sequence the agent reported spooling in `epoch` minus the
     /// committed one.
     pub lag: u64,
+    /// Ranges of sequences of `epoch` committed above `committed_seq` (a
+    /// backlog draining beside live batches, or sequences the agent's
+    /// spool skipped).
+    pub committed_ranges: u64,
+}
+
+/// How many ranges the stored `committed_ranges` of (agent, epoch) hold;
+/// an encoding that does not decode is an error naming the row.
+pub(crate) fn count_ranges(
+    store: &str,
+    agent: &str,
+    epoch: u64,
+    encoded: Option<&[u8]>,
+) -> Result<u64, ReadError> {
+    super::CommittedSet::decode(0, encoded)
+        .map(|set| set.ranges().len() as u64)
+        .map_err(|e| ReadError::Ranges {
+            store: store.to_owned(),
+            message: format!("epochs row of agent {agent:?}, epoch {epoch}: {e}"),
+        })
 }
 
 /// The series that may have readings in a span (`Reader::series_in_span`):

@@ -14,6 +14,8 @@ fn batch(agent: &str, epoch: u64, seq: u64, n: usize) -> BatchWrite {
         agent: Arc::from(agent),
         epoch,
         seq,
+        high_water: false,
+        floor: 0,
         received_ns: 1,
         readings: (0..n)
             .map(|i| NewReading {
@@ -62,7 +64,7 @@ fn plan_skips_what_is_stored_and_advances_the_rest() {
             a.clone(),
             1,
             EpochRow {
-                committed_seq: 7,
+                committed: CommittedSet::up_to(7),
                 dropped: 2,
                 last_seq: 8,
             },
@@ -73,7 +75,7 @@ fn plan_skips_what_is_stored_and_advances_the_rest() {
     let stored = HashMap::from([(
         (a.clone(), 1),
         EpochRow {
-            committed_seq: 6,
+            committed: CommittedSet::up_to(6),
             dropped: 4,
             last_seq: 6,
         },
@@ -88,7 +90,7 @@ fn plan_skips_what_is_stored_and_advances_the_rest() {
                 a.clone(),
                 1,
                 EpochRow {
-                    committed_seq: 7,
+                    committed: CommittedSet::up_to(7),
                     dropped: 4,
                     last_seq: 8
                 }
@@ -97,7 +99,7 @@ fn plan_skips_what_is_stored_and_advances_the_rest() {
                 Arc::from("b"),
                 9,
                 EpochRow {
-                    committed_seq: 1,
+                    committed: CommittedSet::up_to(1),
                     ..EpochRow::default()
                 }
             ),
@@ -111,6 +113,63 @@ fn plan_skips_what_is_stored_and_advances_the_rest() {
     );
     assert_eq!((agents[0].1.batches_deduplicated, agents[0].2), (2, 4));
     assert_eq!((agents[1].0.as_ref(), agents[1].2), ("b", 1));
+}
+
+#[test]
+fn plan_takes_sequences_in_any_order_and_skips_those_in_a_range() {
+    let a: Arc<str> = Arc::from("a");
+    // Stored: 1..=2 and 5..=6 (another collector took 5 and 6 first).
+    let mut committed = CommittedSet::up_to(2);
+    committed.insert(5);
+    committed.insert(6);
+    let stored = HashMap::from([(
+        (a.clone(), 1),
+        EpochRow {
+            committed,
+            ..EpochRow::default()
+        },
+    )]);
+    let set = WriteSet {
+        batches: vec![
+            batch("a", 1, 9, 1),
+            batch("a", 1, 6, 1),
+            batch("a", 1, 4, 1),
+            batch("a", 1, 9, 1),
+            batch("a", 1, 3, 1),
+        ],
+        epochs: Vec::new(),
+        agents: vec![(a.clone(), AgentWrite::default())],
+    };
+    let plan = Plan::new(&set, &stored);
+    assert_eq!(plan.write, [true, false, true, false, true]);
+    assert_eq!(plan.report.skipped, [1, 3]);
+    let mut expected = CommittedSet::up_to(6);
+    expected.insert(9);
+    assert_eq!(plan.report.epochs[0].2.committed, expected);
+}
+
+#[test]
+fn a_floor_closes_holes_even_when_its_batch_is_skipped() {
+    let a: Arc<str> = Arc::from("a");
+    let mut committed = CommittedSet::default();
+    committed.insert(8);
+    let stored = HashMap::from([(
+        (a.clone(), 1),
+        EpochRow {
+            committed,
+            ..EpochRow::default()
+        },
+    )]);
+    let mut b = batch("a", 1, 8, 1);
+    b.floor = 8;
+    let set = WriteSet {
+        batches: vec![b],
+        epochs: Vec::new(),
+        agents: vec![(a.clone(), AgentWrite::default())],
+    };
+    let plan = Plan::new(&set, &stored);
+    assert_eq!(plan.write, [false]);
+    assert_eq!(plan.report.epochs[0].2.committed, CommittedSet::up_to(8));
 }
 
 #[test]

@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "u64 readings: kind 6, and the tributary_readings view reads them",
         include_str!("migrations/0005_u64.sql"),
     ),
+    (
+        6,
+        "epochs.committed_ranges: the committed sequences above committed_seq",
+        include_str!("migrations/0006_committed_ranges.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("trib").

@@ -16,7 +16,8 @@
 //!   available (a plain table with a BRIN time index otherwise).
 //! - `commit` inserts missing `epochs` rows, locks the rows of every
 //!   (agent, epoch) of the set in sorted order (`SELECT ... FOR UPDATE`),
-//!   skips batches at or below the locked `committed_seq`, writes the rest
+//!   skips batches whose sequence the locked committed set (`committed_seq`
+//!   and `committed_ranges`) holds, writes the rest
 //!   with binary COPY, advances the sequences and adds to the agent
 //!   counters, then commits.
 //! - A call that fails on a broken connection drops it; the next call (the

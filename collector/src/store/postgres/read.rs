@@ -22,7 +22,7 @@ use crate::model::{Point, SeriesMeta, StoredValue};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
     MAX_CHUNK_POINTS, RangeChunk, ReadError, Selector, SeriesCensus, SeriesPage, SpanSeries,
-    StoredAgent, TimeSpan, counter,
+    StoredAgent, TimeSpan, count_ranges, counter,
 };
 use crate::store::redact;
 
@@ -111,30 +111,37 @@ impl PgReader {
                         (SELECT COALESCE(sum(d.dropped), 0)::bigint FROM epochs d WHERE d.agent = a.id), \
                         a.batches_resent, \
                         GREATEST(COALESCE(e.last_seq, 0) - COALESCE(e.committed_seq, 0), 0), \
-                        a.collector \
+                        a.collector, e.committed_ranges \
                  FROM agents a LEFT JOIN epochs e ON e.agent = a.id AND e.epoch = a.epoch \
                  ORDER BY a.id COLLATE \"C\"",
                 &[],
             )
             .await
             .map_err(self.query_err(what))?;
-        Ok(rows
-            .iter()
-            .map(|r| StoredAgent {
-                id: r.get(0),
-                // The epoch is stored as the u64's bits in a bigint.
-                epoch: r.get::<_, i64>(1) as u64,
-                peer: r.get(2),
-                last_seen_ns: r.get(3),
-                committed_seq: counter(r.get(4)),
-                readings_stored: counter(r.get(5)),
-                batches_deduplicated: counter(r.get(6)),
-                dropped_at_agent: counter(r.get(7)),
-                batches_resent: counter(r.get(8)),
-                lag: counter(r.get(9)),
-                collector: r.get(10),
+        let store = self.store.to_string();
+        rows.iter()
+            .map(|r| {
+                let mut agent = StoredAgent {
+                    id: r.get(0),
+                    // The epoch is stored as the u64's bits in a bigint.
+                    epoch: r.get::<_, i64>(1) as u64,
+                    peer: r.get(2),
+                    last_seen_ns: r.get(3),
+                    committed_seq: counter(r.get(4)),
+                    readings_stored: counter(r.get(5)),
+                    batches_deduplicated: counter(r.get(6)),
+                    dropped_at_agent: counter(r.get(7)),
+                    batches_resent: counter(r.get(8)),
+                    lag: counter(r.get(9)),
+                    collector: r.get(10),
+                    committed_ranges: 0,
+                };
+                let ranges: Option<Vec<u8>> = r.get(11);
+                agent.committed_ranges =
+                    count_ranges(&store, &agent.id, agent.epoch, ranges.as_deref())?;
+                Ok(agent)
             })
-            .collect())
+            .collect()
     }
 
     /// Stored series passing `sel`, by id.

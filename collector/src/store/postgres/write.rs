@@ -2,8 +2,9 @@
 //! state and series counts at start), `load_series`, `series_count`, `epoch`, `resolve_series` (ids, inserting
 //! missing series) and `commit`: insert missing `epochs` rows, lock the
 //! rows of every (agent, epoch) of the set in sorted order (`SELECT ... FOR
-//! UPDATE`), skip batches at or below the locked `committed_seq`
-//! ([`Plan`]), write the rest with binary COPY, advance the sequences, add
+//! UPDATE`), skip batches whose sequence the locked committed set holds
+//! (`committed_seq` and `committed_ranges`: [`Plan`]), write the rest with
+//! binary COPY, store the grown sets, add
 //! to the agent counters, append to the export log when exports exist
 //! (`export_log.rs`), commit.
 
@@ -20,7 +21,7 @@ use super::connection::{Fail, Step};
 use super::read::series_row;
 use crate::model::{SeriesKey, StoredValue};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow, labels_json};
-use crate::store::{CommitReport, EpochRow, Loaded, Plan, StoreError, WriteSet};
+use crate::store::{CommitReport, EpochRow, Loaded, Plan, StoreError, StoredEpoch, WriteSet};
 
 /// The ids of the keys given as five arrays (agent, device, metric, labels
 /// JSON, unit): rows of (1-based position, id) for the keys stored.
@@ -92,17 +93,17 @@ impl PgStore {
             }
             let rows = c
                 .query(
-                    "SELECT agent, epoch, committed_seq, dropped, last_seq FROM epochs",
+                    "SELECT agent, epoch, committed_seq, dropped, last_seq, committed_ranges \
+                     FROM epochs",
                     &[],
                 )
                 .await
                 .step("load epochs")?;
             for r in rows {
                 let agent: String = r.get(0);
-                let epoch: i64 = r.get(1);
-                loaded
-                    .epochs
-                    .insert((Arc::from(agent), epoch as u64), epoch_row(&r, 2));
+                let epoch = r.get::<_, i64>(1) as u64;
+                let row = epoch_row(&r, 2, &agent, epoch)?;
+                loaded.epochs.insert((Arc::from(agent), epoch), row);
             }
             Ok(loaded)
         })
@@ -114,13 +115,13 @@ impl PgStore {
         self.call(async |c: &mut Client| {
             let row = c
                 .query_opt(
-                    "SELECT committed_seq, dropped, last_seq FROM epochs \
+                    "SELECT committed_seq, dropped, last_seq, committed_ranges FROM epochs \
                      WHERE agent = $1 AND epoch = $2",
                     &[&agent, &(epoch as i64)],
                 )
                 .await
                 .step("read epoch")?;
-            Ok(row.map(|r| epoch_row(&r, 0)))
+            row.map(|r| epoch_row(&r, 0, agent, epoch)).transpose()
         })
     }
 
@@ -248,7 +249,8 @@ async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
         .step("insert epochs")?;
         let rows = tx
             .query(
-                "SELECT e.agent, e.epoch, e.committed_seq, e.dropped, e.last_seq \
+                "SELECT e.agent, e.epoch, e.committed_seq, e.dropped, e.last_seq, \
+                   e.committed_ranges \
                  FROM epochs e JOIN unnest($1::text[], $2::bigint[]) AS k(agent, epoch) \
                    ON e.agent = k.agent AND e.epoch = k.epoch \
                  ORDER BY e.agent COLLATE \"C\", e.epoch FOR UPDATE OF e",
@@ -258,8 +260,9 @@ async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
             .step("lock epochs")?;
         for r in rows {
             let agent: String = r.get(0);
-            let epoch: i64 = r.get(1);
-            stored.insert((Arc::from(agent), epoch as u64), epoch_row(&r, 2));
+            let epoch = r.get::<_, i64>(1) as u64;
+            let row = epoch_row(&r, 2, &agent, epoch)?;
+            stored.insert((Arc::from(agent), epoch), row);
         }
     }
     let plan = Plan::new(set, &stored);
@@ -315,7 +318,8 @@ async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
 
     if !plan.report.epochs.is_empty() {
         let n = plan.report.epochs.len();
-        let (mut agents, mut epochs, mut committed, mut dropped, mut last) = (
+        let (mut agents, mut epochs, mut committed, mut dropped, mut last, mut ranges) = (
+            Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -325,16 +329,18 @@ async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
         for (a, e, row) in &plan.report.epochs {
             agents.push(a.as_ref());
             epochs.push(*e as i64);
-            committed.push(row.committed_seq as i64);
+            committed.push(row.committed.mark() as i64);
             dropped.push(row.dropped as i64);
             last.push(row.last_seq as i64);
+            ranges.push(row.committed.encode_ranges());
         }
         tx.execute(
-            "UPDATE epochs AS e SET committed_seq = u.c, dropped = u.d, last_seq = u.l \
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
-               AS u(agent, epoch, c, d, l) \
+            "UPDATE epochs AS e SET committed_seq = u.c, dropped = u.d, last_seq = u.l, \
+               committed_ranges = u.r \
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+               $6::bytea[]) AS u(agent, epoch, c, d, l, r) \
              WHERE e.agent = u.agent AND e.epoch = u.epoch",
-            &[&agents, &epochs, &committed, &dropped, &last],
+            &[&agents, &epochs, &committed, &dropped, &last, &ranges],
         )
         .await
         .step("advance epochs")?;
@@ -399,12 +405,21 @@ async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
     Ok(plan.report)
 }
 
-/// `committed_seq, dropped, last_seq` from column `first` on.
-fn epoch_row(r: &tokio_postgres::Row, first: usize) -> EpochRow {
+/// `committed_seq, dropped, last_seq, committed_ranges` from column
+/// `first` on, of the row of (agent, epoch).
+fn epoch_row(
+    r: &tokio_postgres::Row,
+    first: usize,
+    agent: &str,
+    epoch: u64,
+) -> Result<EpochRow, Fail> {
     let get = |i: usize| r.get::<_, i64>(first + i) as u64;
-    EpochRow {
+    StoredEpoch {
         committed_seq: get(0),
         dropped: get(1),
         last_seq: get(2),
+        ranges: r.get(first + 3),
     }
+    .decode(agent, epoch)
+    .map_err(|m| Fail::Invalid(StoredEpoch::DECODING, m))
 }

@@ -33,7 +33,7 @@ use crate::model::{Point, SeriesMeta};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
     MAX_CHUNK_POINTS, ReadError, Selector, SeriesCensus, SeriesPage, SpanSeries, StoredAgent,
-    TimeSpan, counter,
+    TimeSpan, count_ranges, counter,
 };
 
 /// How long a read waits for a lock before it gives up.
@@ -226,14 +226,14 @@ impl SqliteReader {
                         (SELECT COALESCE(SUM(d.dropped), 0) FROM epochs d WHERE d.agent = a.id), \
                         a.batches_resent, \
                         MAX(COALESCE(e.last_seq, 0) - COALESCE(e.committed_seq, 0), 0), \
-                        a.collector \
+                        a.collector, e.committed_ranges \
                  FROM agents a LEFT JOIN epochs e ON e.agent = a.id AND e.epoch = a.epoch \
                  ORDER BY a.id",
             )
             .map_err(&err)?;
         let rows = stmt
             .query_map([], |row| {
-                Ok(StoredAgent {
+                let agent = StoredAgent {
                     id: row.get(0)?,
                     // The epoch is stored as the u64's bits in an i64.
                     epoch: row.get::<_, i64>(1)? as u64,
@@ -246,10 +246,20 @@ impl SqliteReader {
                     batches_resent: counter(row.get(8)?),
                     lag: counter(row.get(9)?),
                     collector: row.get(10)?,
-                })
+                    committed_ranges: 0,
+                };
+                Ok((agent, row.get::<_, Option<Vec<u8>>>(11)?))
             })
             .map_err(&err)?;
-        rows.collect::<Result<_, _>>().map_err(&err)
+        let store = format!("sqlite {}", self.path.display());
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut agent, ranges) = row.map_err(&err)?;
+            agent.committed_ranges =
+                count_ranges(&store, &agent.id, agent.epoch, ranges.as_deref())?;
+            out.push(agent);
+        }
+        Ok(out)
     }
 
     /// Stored series passing `sel`, by id.

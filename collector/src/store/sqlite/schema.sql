@@ -22,16 +22,22 @@ CREATE TABLE IF NOT EXISTS agents (
     collector            TEXT    NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 
--- The delivery contract: last committed sequence per (agent, epoch), written
--- in the same transaction as the readings it covers. `dropped` and `last_seq`
--- are what the agent last reported: readings its spool dropped when full, and
--- the newest sequence it has spooled (lag = last_seq - committed_seq).
+-- The delivery contract: the committed sequences per (agent, epoch), written
+-- in the same transaction as the readings they cover: every sequence up to
+-- `committed_seq`, plus `committed_ranges` above it (NULL: none; else the
+-- encoding of store/committed.rs: a format byte, then per range the gap below
+-- it and its length as LEB128 numbers). `dropped` and `last_seq` are what
+-- the agent last reported: readings its spool dropped when full, and the
+-- newest sequence it has spooled (lag = last_seq - committed_seq).
 CREATE TABLE IF NOT EXISTS epochs (
     agent         TEXT    NOT NULL,
     epoch         INTEGER NOT NULL,
     committed_seq INTEGER NOT NULL,
     dropped       INTEGER NOT NULL DEFAULT 0,
     last_seq      INTEGER NOT NULL DEFAULT 0,
+    -- Added after version 1: last, as `upgrade` (write.rs) adds it to an
+    -- older file.
+    committed_ranges BLOB,
     PRIMARY KEY (agent, epoch)
 ) WITHOUT ROWID;
 

@@ -25,7 +25,8 @@ use super::read::series_row;
 use crate::model::{NewReading, SeriesKey};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow, labels_json};
 use crate::store::{
-    CommitReport, CompactStep, Durability, EpochRow, Loaded, Plan, StoreError, WriteSet,
+    CommitReport, CompactStep, Durability, EpochRow, Loaded, Plan, StoreError, StoredEpoch,
+    WriteSet,
 };
 
 /// The write connection. Not `Sync`: exactly one owner (the merger).
@@ -56,6 +57,15 @@ fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
     )?;
     if !has_collector {
         conn.execute_batch("ALTER TABLE agents ADD COLUMN collector TEXT NOT NULL DEFAULT ''")?;
+    }
+    let has_ranges: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('epochs') WHERE name = 'committed_ranges'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_ranges {
+        // NULL in every existing row: no ranges, as before.
+        conn.execute_batch("ALTER TABLE epochs ADD COLUMN committed_ranges BLOB")?;
     }
     upgrade_head(conn)
 }
@@ -141,7 +151,10 @@ impl SqliteStore {
         }
         let mut stmt = self
             .conn
-            .prepare("SELECT agent, epoch, committed_seq, dropped, last_seq FROM epochs")
+            .prepare(
+                "SELECT agent, epoch, committed_seq, committed_ranges, dropped, last_seq \
+                 FROM epochs",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -153,22 +166,34 @@ impl SqliteStore {
             })
             .map_err(|e| self.err(e))?;
         for row in rows {
-            let (agent, epoch, state) = row.map_err(|e| self.err(e))?;
+            let (agent, epoch, stored) = row.map_err(|e| self.err(e))?;
+            let state = stored
+                .decode(&agent, epoch)
+                .map_err(|m| self.invalid_epoch(m))?;
             loaded.epochs.insert((Arc::from(agent), epoch), state);
         }
         Ok(loaded)
     }
 
+    fn invalid_epoch(&self, message: String) -> StoreError {
+        invalid_epoch(&self.path, message)
+    }
+
     /// The stored delivery state of (agent, epoch).
     pub fn epoch(&self, agent: &str, epoch: u64) -> Result<Option<EpochRow>, StoreError> {
-        self.conn
+        let stored = self
+            .conn
             .query_row(
-                "SELECT committed_seq, dropped, last_seq FROM epochs WHERE agent = ?1 AND epoch = ?2",
+                "SELECT committed_seq, committed_ranges, dropped, last_seq FROM epochs \
+                 WHERE agent = ?1 AND epoch = ?2",
                 params![agent, epoch as i64],
                 |r| epoch_row(r, 0),
             )
             .optional()
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        stored
+            .map(|s| s.decode(agent, epoch).map_err(|m| self.invalid_epoch(m)))
+            .transpose()
     }
 
     /// Calls `each` with every series row, one at a time.
@@ -277,7 +302,8 @@ impl SqliteStore {
         let plan = {
             let mut get = tx
                 .prepare_cached(
-                    "SELECT committed_seq, dropped, last_seq FROM epochs WHERE agent = ?1 AND epoch = ?2",
+                    "SELECT committed_seq, committed_ranges, dropped, last_seq FROM epochs \
+                     WHERE agent = ?1 AND epoch = ?2",
                 )
                 .map_err(err)?;
             let mut stored = HashMap::new();
@@ -287,6 +313,9 @@ impl SqliteStore {
                     .optional()
                     .map_err(err)?;
                 if let Some(row) = row {
+                    let row = row
+                        .decode(&agent, epoch)
+                        .map_err(|m| invalid_epoch(&self.path, m))?;
                     stored.insert((agent, epoch), row);
                 }
             }
@@ -343,19 +372,21 @@ impl SqliteStore {
             }
             let mut up = tx
                 .prepare_cached(
-                    "INSERT INTO epochs (agent, epoch, committed_seq, dropped, last_seq) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (agent, epoch) DO UPDATE SET \
+                    "INSERT INTO epochs (agent, epoch, committed_seq, dropped, last_seq, \
+                     committed_ranges) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (agent, epoch) DO UPDATE SET \
                      committed_seq = excluded.committed_seq, dropped = excluded.dropped, \
-                     last_seq = excluded.last_seq",
+                     last_seq = excluded.last_seq, committed_ranges = excluded.committed_ranges",
                 )
                 .map_err(err)?;
             for (agent, epoch, e) in &plan.report.epochs {
                 up.execute(params![
                     agent.as_ref(),
                     *epoch as i64,
-                    e.committed_seq as i64,
+                    e.committed.mark() as i64,
                     e.dropped as i64,
-                    e.last_seq as i64
+                    e.last_seq as i64,
+                    e.committed.encode_ranges()
                 ])
                 .map_err(err)?;
             }
@@ -530,6 +561,15 @@ pub(super) fn begin<'c>(
         .map_err(sqlite_err(path))
 }
 
+/// An `epochs` row whose committed ranges do not decode.
+fn invalid_epoch(path: &Path, message: String) -> StoreError {
+    StoreError::Invalid {
+        store: format!("sqlite {}", path.display()),
+        what: StoredEpoch::DECODING,
+        message,
+    }
+}
+
 /// A failure of compaction or retention as a [`StoreError`].
 pub(super) fn layout_err(path: &Path, e: LayoutError) -> StoreError {
     match e {
@@ -542,11 +582,13 @@ pub(super) fn layout_err(path: &Path, e: LayoutError) -> StoreError {
     }
 }
 
-/// `committed_seq, dropped, last_seq` from column `first` on.
-fn epoch_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<EpochRow> {
-    Ok(EpochRow {
+/// `committed_seq, committed_ranges, dropped, last_seq` from column
+/// `first` on.
+fn epoch_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<StoredEpoch> {
+    Ok(StoredEpoch {
         committed_seq: r.get::<_, i64>(first)? as u64,
-        dropped: r.get::<_, i64>(first + 1)? as u64,
-        last_seq: r.get::<_, i64>(first + 2)? as u64,
+        ranges: r.get(first + 1)?,
+        dropped: r.get::<_, i64>(first + 2)? as u64,
+        last_seq: r.get::<_, i64>(first + 3)? as u64,
     })
 }

@@ -52,6 +52,8 @@ fn store_speed() {
                 agent: Arc::from("test"),
                 epoch: 1,
                 seq,
+                high_water: false,
+                floor: 0,
                 received_ns: ts,
                 readings,
             });
@@ -196,6 +198,8 @@ fn store_speed_wide() {
                     agent: Arc::from("test"),
                     epoch: 1,
                     seq,
+                    high_water: false,
+                    floor: 0,
                     received_ns: ts + s * 1_000_000_000 + b * 100_000_000,
                     readings,
                 }],
