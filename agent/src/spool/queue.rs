@@ -233,14 +233,15 @@ impl Spool {
     /// append starts a new one). Returns whether it deleted one.
     pub(super) fn delete_acked_segment(&mut self, keep_tail: u64) -> Result<bool, SpoolError> {
         let last = self.segments.len().saturating_sub(1);
+        let all_acked = |seg: &Segment| seg.records.iter().all(|r| self.acked.contains(r.seq));
         let found = self.segments.iter().enumerate().position(|(i, seg)| {
-            let all_acked = seg.records.iter().all(|r| self.acked.contains(r.seq));
             if i < last {
-                all_acked
+                all_acked(seg)
             } else {
                 // The segment being appended to: an empty one is where the
-                // next record goes; a full acked one may go.
-                !seg.records.is_empty() && all_acked && seg.size >= keep_tail
+                // next record goes; a full acked one may go (its size
+                // first: in the steady state it is all acked and small).
+                !seg.records.is_empty() && seg.size >= keep_tail && all_acked(seg)
             }
         });
         let Some(i) = found else {

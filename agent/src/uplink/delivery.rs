@@ -340,9 +340,9 @@ impl Uplink {
                 agent_time_ns: now_ns(),
                 dropped: self.spool.dropped(),
                 last_seq: self.spool.last_seq(),
-                // This agent sends in sequence order and reads no ranges:
-                // the collector takes each batch as a high-water mark.
-                out_of_order: false,
+                // It reads ranges and sends out of order to a collector
+                // whose Welcome says so (`order.rs`).
+                out_of_order: true,
             })),
         }
     }
@@ -414,6 +414,13 @@ impl Uplink {
         batch.dropped = self.spool.dropped();
         self.dropped_sent = (record.seq, batch.dropped);
         batch.last_seq = self.spool.last_seq();
+        // Every sequence below the oldest unacked record is acked, dropped
+        // or was never handed out: the collector closes those holes.
+        batch.oldest_spooled = self
+            .spool
+            .first_unacked()
+            .unwrap_or(record.seq)
+            .min(record.seq);
         // The share counts the batch's own bytes: the declarations go with
         // whichever batch first uses a series on the stream.
         let bytes = batch.encoded_len() as u64;
