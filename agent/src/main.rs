@@ -215,6 +215,7 @@ async fn run(
     uplink_config.keepalive_interval = config.uplink.keepalive_interval;
     uplink_config.keepalive_timeout = config.uplink.keepalive_timeout;
     uplink_config.connect_timeout = config.uplink.connect_timeout;
+    uplink_config.backlog_share = config.uplink.backlog_share;
     uplink_config.tls = config.tls.clone();
     // The series in use are declared within the longest poll (see
     // uplink/epoch.rs): the dictionary's floor is measured after two.

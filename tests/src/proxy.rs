@@ -10,9 +10,9 @@
 //! - [`Mode::DropReplies`]: what the client sends reaches the server; what the
 //!   server answers is read and thrown away (the collector commits, the agent
 //!   never hears the ack).
-//! - [`Mode::Throttle`]: what the client sends flows at most at the given
-//!   bytes per second (a thin uplink: a backlog drains slowly, whatever the
-//!   machine's speed); answers flow freely.
+//! - [`Mode::Throttle`]: bytes flow both ways, but what the client sends
+//!   reaches the server at most at this many bytes a second (a thin uplink,
+//!   where an agent's backlog takes a while to drain).
 //!
 //! Connections opened during a blackhole stay stalled after it heals, like
 //! half-open connections after a real partition; new ones flow again.
@@ -20,7 +20,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,8 +33,8 @@ pub enum Mode {
     Forward,
     Blackhole,
     DropReplies,
-    /// Client to server at most this many bytes per second.
-    Throttle(u32),
+    /// Client to server at most this many bytes a second.
+    Throttle(u64),
 }
 
 /// A running proxy; stops when dropped.
@@ -142,13 +141,14 @@ async fn pump(
             // Hold both halves open; never read or write again.
             std::future::pending::<()>().await;
         }
-        // Throttled, read at most a tenth of a second's bytes at a time.
-        let limit = match (current, &stats) {
-            (Mode::Throttle(rate), None) => (rate as usize / 10).clamp(1, buf.len()),
+        // Throttled, a read takes at most a twentieth of a second's bytes,
+        // so the pace is even.
+        let chunk = match (current, &stats) {
+            (Mode::Throttle(rate), None) => (rate / 20).clamp(1, buf.len() as u64) as usize,
             _ => buf.len(),
         };
         let n = tokio::select! {
-            n = from.read(&mut buf[..limit]) => n?,
+            n = from.read(&mut buf[..chunk]) => n?,
             _ = mode.changed() => continue,
         };
         if n == 0 {
@@ -165,9 +165,10 @@ async fn pump(
             }
             (Mode::Throttle(rate), None) => {
                 to.write_all(&buf[..n]).await?;
-                // Pacing, not a check: n bytes take n / rate seconds.
-                let pause = Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
-                tokio::time::sleep(pause).await;
+                tokio::time::sleep(std::time::Duration::from_secs_f64(
+                    n as f64 / rate.max(1) as f64,
+                ))
+                .await;
             }
             _ => to.write_all(&buf[..n]).await?,
         }

@@ -56,6 +56,9 @@ pub const DEFAULT_MAX_SERIES_PER_DEVICE: usize = 100_000;
 /// The smallest [`AgentConfig::max_series_per_device`]: the device's own
 /// `up` and `series_dropped_total` series count toward it.
 pub const MIN_SERIES_PER_DEVICE: usize = 2;
+/// Default of `[uplink] backlog_share`: the backlog's part of the bytes
+/// sent while live batches wait too.
+pub const DEFAULT_BACKLOG_SHARE: f64 = 0.8;
 /// Largest `batch.max_readings`: the collector's default limit.
 pub const MAX_BATCH_READINGS: usize = tributary_proto::limits::MAX_READINGS_PER_BATCH;
 /// Default for [`BatchConfig::max_readings`]: the OpenTelemetry
@@ -156,9 +159,14 @@ pub struct TlsConfig {
     pub server_name: Option<String>,
 }
 
-/// `[uplink]`: timers of the connection to the collector. None is zero.
+/// `[uplink]`: timers of the connection to the collector (none is zero),
+/// and how a backlog shares it with live batches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UplinkSettings {
+    /// The backlog's part of the bytes sent while live batches wait too,
+    /// to a collector that takes batches out of order (default 0.8;
+    /// `0 < share <= 1`).
+    pub backlog_share: f64,
     /// HTTP/2 keepalive ping interval (default 10s).
     pub keepalive_interval: Duration,
     /// A ping unanswered this long drops the connection (default 10s).
@@ -174,6 +182,7 @@ pub struct UplinkSettings {
 impl Default for UplinkSettings {
     fn default() -> Self {
         UplinkSettings {
+            backlog_share: DEFAULT_BACKLOG_SHARE,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
@@ -550,6 +559,7 @@ struct RawTls {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUplink {
+    backlog_share: Option<Spanned<f64>>,
     keepalive_interval: Option<Spanned<String>>,
     keepalive_timeout: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
@@ -778,6 +788,19 @@ impl RawUplink {
                 }
                 *slot = d;
             }
+        }
+        if let Some(share) = &self.backlog_share {
+            let v = *share.get_ref();
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(src.error(
+                    share.span(),
+                    "uplink.backlog_share",
+                    format!(
+                        "{v} is not a share: it must be above 0 and at most 1 (the backlog's part of the bytes sent while live batches wait too)"
+                    ),
+                ));
+            }
+            out.backlog_share = v;
         }
         Ok(out)
     }

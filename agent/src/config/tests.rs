@@ -546,7 +546,7 @@ fn spool_tls_uplink_sections_parse() {
     let text = format!(
         "{HEAD}[spool]\ndir = \"/var/lib/tributary/spool\"\nmax_bytes = \"1GB\"\npolicy = \"block\"\nsync = false\n\
          [tls]\nca = \"ca.pem\"\ncert = \"/etc/t/edge-1.pem\"\nkey = \"edge-1-key.pem\"\nserver_name = \"localhost\"\n\
-         [uplink]\nkeepalive_interval = \"2s\"\nkeepalive_timeout = \"3s\"\nconnect_timeout = \"500ms\"\nbackoff_max = \"1m\"\nshutdown_timeout = \"20s\"\n"
+         [uplink]\nbacklog_share = 0.5\nkeepalive_interval = \"2s\"\nkeepalive_timeout = \"3s\"\nconnect_timeout = \"500ms\"\nbackoff_max = \"1m\"\nshutdown_timeout = \"20s\"\n"
     );
     let cfg = parse(&text, Path::new("/etc/tributary/agent.toml")).expect("valid config");
     assert_eq!(
@@ -570,6 +570,7 @@ fn spool_tls_uplink_sections_parse() {
     assert_eq!(
         cfg.uplink,
         UplinkSettings {
+            backlog_share: 0.5,
             keepalive_interval: Duration::from_secs(2),
             keepalive_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_millis(500),
@@ -742,4 +743,25 @@ fn labels_merge_across_layers() {
         labels("own"),
         pairs(&[("rack", "r1"), ("site", "default"), ("zone", "own")])
     );
+}
+
+#[test]
+fn a_backlog_share_is_above_zero_and_at_most_one() {
+    for bad in ["0", "0.0", "1.5", "-0.2", "nan"] {
+        let e = err(&format!("{HEAD}[uplink]\nbacklog_share = {bad}\n"));
+        assert!(
+            e.starts_with("agent.toml:4: uplink.backlog_share: ")
+                && e.contains("above 0 and at most 1"),
+            "{bad}: {e}"
+        );
+    }
+    let e = err(&format!("{HEAD}[uplink]\nbacklog_share = \"half\"\n"));
+    assert!(e.contains("uplink.backlog_share"), "{e}");
+    for (good, want) in [("1", 1.0), ("0.25", 0.25)] {
+        let cfg =
+            parse_str(&format!("{HEAD}[uplink]\nbacklog_share = {good}\n")).expect("valid config");
+        assert_eq!(cfg.uplink.backlog_share, want);
+    }
+    let cfg = parse_str(HEAD).expect("valid config");
+    assert_eq!(cfg.uplink.backlog_share, 0.8);
 }

@@ -101,12 +101,12 @@ fn uplink_updates_show_as_counters_gauges_and_latency() {
     u.totals(5, 1, 7, 3);
     u.totals(6, 1, 7, 4);
     for seq in 1..=4 {
-        u.sent(seq);
+        u.sent(seq, seq == 4);
     }
     // A reconnect resends from 3: 3 and 4 are in flight once each.
-    u.sent(3);
-    u.sent(4);
-    u.acked(3);
+    u.sent(3, false);
+    u.sent(4, false);
+    u.acked(&acked(3, &[]));
     u.reconnect(ReconnectCause::StreamError);
     u.spool(SpoolSample {
         bytes: 4096,
@@ -114,6 +114,8 @@ fn uplink_updates_show_as_counters_gauges_and_latency() {
         unacked_batches: 1,
         last_seq: 4,
         first_unacked: Some(4),
+        backlog_batches: 1,
+        backlog_bytes: 100,
     });
     let text = scrape(&m);
     let v = |s: &str| value(&text, s).unwrap_or_else(|| panic!("{s} missing in:\n{text}"));
@@ -145,10 +147,20 @@ fn uplink_updates_show_as_counters_gauges_and_latency() {
     assert_eq!(v("tributary_agent_spool_limit_bytes"), 1048576.0);
     assert_eq!(v("tributary_agent_spool_segments"), 2.0);
     assert_eq!(v("tributary_agent_spool_unacked_batches"), 1.0);
+    assert_eq!(v("tributary_agent_uplink_backlog_batches"), 1.0);
+    assert_eq!(v("tributary_agent_uplink_backlog_bytes"), 100.0);
+    assert_eq!(
+        v("tributary_agent_uplink_lane_batches_sent_total{lane=\"live\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("tributary_agent_uplink_lane_batches_sent_total{lane=\"backlog\"}"),
+        5.0
+    );
     // Batch 4 is unacked: its age counts from when it was noted sealed.
     assert!(v("tributary_agent_spool_oldest_unacked_age_seconds") > 0.0);
     // Acked: no oldest batch, age 0 at once (not at the next sample).
-    m.uplink.acked(4);
+    m.uplink.acked(&acked(4, &[]));
     let age = |m: &AgentMetrics| {
         value(
             &scrape(m),
@@ -165,6 +177,8 @@ fn uplink_updates_show_as_counters_gauges_and_latency() {
         unacked_batches: 0,
         last_seq: 5,
         first_unacked: None,
+        backlog_batches: 0,
+        backlog_bytes: 0,
     });
     assert_eq!(age(&m), Some(0.0));
 }
@@ -228,5 +242,37 @@ fn a_removed_device_leaves_the_scrape() {
         value(&text, "tributary_agent_readings_total{device=\"gone\"}"),
         Some(1.0),
         "{text}"
+    );
+}
+
+/// An acked set of `mark` and `ranges`.
+fn acked(mark: u64, ranges: &[(u64, u64)]) -> crate::spool::AckedSet {
+    let mut set = crate::spool::AckedSet::default();
+    set.add(mark, ranges, u64::MAX);
+    set
+}
+
+#[test]
+fn acks_out_of_order_answer_the_batches_in_their_ranges() {
+    let mut m = AgentMetrics::new("unknown", &["http://c1:7400".to_owned()], 1 << 20);
+    for seq in [10, 1, 2, 11] {
+        m.uplink.sent(seq, seq >= 10);
+    }
+    // The live batches 10 and 11 are committed before the backlog.
+    m.uplink.acked(&acked(0, &[(10, 11)]));
+    let text = scrape(&m);
+    assert_eq!(
+        value(&text, "tributary_agent_batches_acked_total"),
+        Some(2.0)
+    );
+    m.uplink.acked(&acked(11, &[]));
+    let text = scrape(&m);
+    assert_eq!(
+        value(&text, "tributary_agent_batches_acked_total"),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(&text, "tributary_agent_ack_latency_seconds_count"),
+        Some(4.0)
     );
 }

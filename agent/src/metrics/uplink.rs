@@ -8,7 +8,7 @@
 //! sequences were first seen sealed (for the age of the oldest unacked
 //! batch), both bounded by what is unacked.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
@@ -21,6 +21,8 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 use tributary_process::metrics::Histogram;
 use tributary_process::now_ns;
+
+use crate::spool::AckedSet;
 
 /// The state of the connection to a collector (the `state` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +99,10 @@ pub struct SpoolSample {
     pub unacked_batches: u64,
     pub last_seq: u64,
     pub first_unacked: Option<u64>,
+    /// Unacked batches from before the open stream (all of them without
+    /// one) not yet sent on it, and their bytes.
+    pub backlog_batches: u64,
+    pub backlog_bytes: u64,
 }
 
 /// The age of the oldest unacked batch, computed at each scrape from the
@@ -140,7 +146,11 @@ pub struct UplinkMetrics {
     last_totals: (u64, u64, u64),
     ack_latency: Histogram,
     /// Batches sent and not yet acked: sequence and when it was sent.
-    in_flight: VecDeque<(u64, Instant)>,
+    in_flight: BTreeMap<u64, Instant>,
+    /// Batches sent by lane: live, backlog.
+    lanes: [Counter; 2],
+    backlog_batches: Gauge,
+    backlog_bytes: Gauge,
     spool_bytes: Gauge,
     spool_segments: Gauge,
     spool_unacked: Gauge,
@@ -233,6 +243,25 @@ impl UplinkMetrics {
             "Batches in the spool that no collector has acknowledged",
             None,
         );
+        let backlog_batches = gauge(
+            registry,
+            "uplink_backlog_batches",
+            "Unacked batches from before the open stream (all of them while disconnected) not yet sent on it: the backlog still waiting",
+            None,
+        );
+        let backlog_bytes = gauge(
+            registry,
+            "uplink_backlog",
+            "Bytes of the backlog still waiting (see uplink_backlog_batches)",
+            Some(Unit::Bytes),
+        );
+        let lanes_family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "uplink_lane_batches_sent",
+            "Batches sent by lane: live (sealed while the stream was open) or backlog (unacked from before it)",
+            lanes_family.clone(),
+        );
+        let lanes = ["live", "backlog"].map(|l| lanes_family.get_or_create_owned(&[("lane", l)]));
         let oldest = OldestUnacked::default();
         registry.register_with_unit(
             "spool_oldest_unacked_age",
@@ -277,7 +306,10 @@ impl UplinkMetrics {
             spool_dropped,
             last_totals: (0, 0, 0),
             ack_latency,
-            in_flight: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            lanes,
+            backlog_batches,
+            backlog_bytes,
             spool_bytes,
             spool_segments,
             spool_unacked,
@@ -325,14 +357,12 @@ impl UplinkMetrics {
         self.last_totals = (sealed.max(s), resent.max(r), dropped.max(d));
     }
 
-    /// Batch `seq` went out (a resend replaces what was in flight from
-    /// it on).
-    pub fn sent(&mut self, seq: u64) {
-        while self.in_flight.back().is_some_and(|(s, _)| *s >= seq) {
-            self.in_flight.pop_back();
-        }
-        self.in_flight.push_back((seq, Instant::now()));
+    /// Batch `seq` went out, `live` or from the backlog (a resend
+    /// replaces its earlier sending).
+    pub fn sent(&mut self, seq: u64, live: bool) {
+        self.in_flight.insert(seq, Instant::now());
         self.sent.inc();
+        self.lanes[usize::from(!live)].inc();
     }
 
     /// Notes that sequences up to `last_seq` are sealed by now.
@@ -362,15 +392,23 @@ impl UplinkMetrics {
         self.oldest.sealed_ns.store(sealed, Ordering::Relaxed);
     }
 
-    /// The collector acked everything up to `seq`.
-    pub fn acked(&mut self, seq: u64) {
-        self.forget_sealed_below(Some(seq.saturating_add(1)));
+    /// The collector has acked `set` (its mark and ranges).
+    pub fn acked(&mut self, set: &AckedSet) {
+        let mark = set.mark();
+        self.forget_sealed_below(Some(mark.saturating_add(1)));
         let now = Instant::now();
-        while let Some(&(s, at)) = self.in_flight.front() {
-            if s > seq {
-                break;
-            }
-            self.in_flight.pop_front();
+        let above = self.in_flight.split_off(&mark.saturating_add(1));
+        let below = std::mem::replace(&mut self.in_flight, above);
+        let mut answered: Vec<Instant> = below.into_values().collect();
+        for &(first, last) in set.ranges() {
+            let keys: Vec<u64> = self
+                .in_flight
+                .range(first..=last)
+                .map(|(s, _)| *s)
+                .collect();
+            answered.extend(keys.iter().filter_map(|s| self.in_flight.remove(s)));
+        }
+        for at in answered {
             self.acked.inc();
             self.ack_latency
                 .observe_duration(now.saturating_duration_since(at));
@@ -412,6 +450,18 @@ impl UplinkMetrics {
         gauge(&self.spool_bytes, s.bytes);
         gauge(&self.spool_segments, s.segments as u64);
         gauge(&self.spool_unacked, s.unacked_batches);
+        gauge(&self.backlog_batches, s.backlog_batches);
+        gauge(&self.backlog_bytes, s.backlog_bytes);
+        // Batches below the first unacked one that are still here were
+        // dropped, never acked.
+        let first = s.first_unacked.unwrap_or(u64::MAX);
+        while self
+            .in_flight
+            .first_key_value()
+            .is_some_and(|(seq, _)| *seq < first)
+        {
+            self.in_flight.pop_first();
+        }
         self.mark_sealed(s.last_seq);
         self.forget_sealed_below(s.first_unacked);
     }

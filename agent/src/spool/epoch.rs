@@ -131,6 +131,10 @@ impl Spool {
         // unknown: the spool goes on in the new epoch, which holds no
         // record yet, and writes `EPOCH` again before its first record.
         self.epoch = rollover.new_epoch;
+        // Everything of the old epoch is acked or gone; the new one's set
+        // starts above it (numbering goes on).
+        self.acked.reset_to(self.last_seq());
+        self.in_flight.clear();
         self.dropped = rollover.carried;
         if let Err(e) = write_epoch(&self.opts.dir, rollover.new_epoch) {
             warn!(error = %e, "spool: the new epoch could not be written; it is written again before the next record");

@@ -6,12 +6,15 @@
 //! the byte bound, read in order, truncate on ack), `segment.rs` (the record
 //! format of a segment and its scan), `dictionary.rs` (`SERIES`),
 //! `epoch.rs` (a new epoch while running, which compacts `SERIES`),
-//! `durable.rs` (atomic small files, directory syncs).
+//! `durable.rs` (atomic small files, directory syncs), `acked.rs` (the
+//! collector's committed set: a mark plus ranges).
 //!
 //! A reading is *taken* once the batch holding it is appended here; the
 //! batch's sequence number is assigned at append. The spool survives
 //! `kill -9` and reboots, is bounded in bytes (segments and dictionary
-//! together), and is truncated as the collector acks.
+//! together), and frees each segment once the collector has acked every
+//! record in it, wherever the segment is (the collector acks out of order
+//! when the agent sends live batches ahead of a backlog).
 //!
 //! Layout of the directory:
 //!
@@ -48,8 +51,8 @@
 //!   at open it ends its segment like a bad CRC, and its readings and those
 //!   of the valid records after it are counted as dropped.
 //!
-//! Why not SQLite or redb: the spool only ever appends, reads in order and
-//! deletes from the front. A segment log does exactly that with one `write`
+//! Why not SQLite or redb: the spool only ever appends, reads forward and
+//! deletes whole segments. A segment log does exactly that with one `write`
 //! and one `fdatasync` per batch and no page rewrites, and its failure mode is
 //! simple to state: the first record whose length or CRC does not check ends
 //! its segment; the rest of that segment is cut off at open, with a logged
@@ -59,6 +62,7 @@
 //! task: one small write and fsync per sealed batch, and one more for the
 //! dictionary when the batch brings new series.
 
+mod acked;
 mod dictionary;
 mod durable;
 mod epoch;
@@ -68,7 +72,7 @@ mod segment;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -78,6 +82,7 @@ use tracing::warn;
 
 use crate::reading::SeriesKey;
 
+pub use acked::{AckedSet, SeqRange};
 pub use epoch::Rollover;
 pub use open::Recovery;
 use segment::{RecordMeta, Segment};
@@ -195,10 +200,12 @@ pub struct Spool {
     segment_bytes: u64,
     next_seq: u64,
     reserved_to: u64,
-    acked: u64,
-    /// Highest sequence sent on the current stream; records at or below it
-    /// and above `acked` are in flight and never dropped.
-    in_flight_to: u64,
+    /// What the collector has acked of this epoch (and what was given up
+    /// on after refusals): never sent again, freed with its segment.
+    acked: AckedSet,
+    /// Sequences sent on the current stream; those not acked are in
+    /// flight and never dropped.
+    in_flight: BTreeSet<u64>,
     dropped: u64,
     /// Append handle of `SERIES` and its length.
     series_file: File,
@@ -292,26 +299,69 @@ impl Spool {
 
     /// Unacknowledged records.
     pub fn pending(&self) -> usize {
-        self.records().filter(|r| r.seq > self.acked).count()
+        self.records()
+            .filter(|r| !self.acked.contains(r.seq))
+            .count()
+    }
+
+    /// Unacknowledged records with sequence below `to` not in flight on
+    /// the current stream, and their bytes: the backlog still waiting when
+    /// `to` is where the stream's live batches begin.
+    pub fn waiting_below(&self, to: u64) -> (u64, u64) {
+        self.records()
+            .take_while(|r| r.seq < to)
+            .filter(|r| !self.acked.contains(r.seq) && !self.in_flight.contains(&r.seq))
+            .fold((0, 0), |(n, bytes), r| (n + 1, bytes + u64::from(r.len)))
     }
 
     /// Unacknowledged records with sequence at most `seq`.
     pub fn unacked_through(&self, seq: u64) -> u64 {
         self.records()
-            .filter(|r| r.seq > self.acked && r.seq <= seq)
+            .take_while(|r| r.seq <= seq)
+            .filter(|r| !self.acked.contains(r.seq))
             .count() as u64
     }
 
     /// The first unacknowledged sequence, if any.
     pub fn first_unacked(&self) -> Option<u64> {
-        self.first_record_from(self.acked + 1).map(|(_, r)| r.seq)
+        self.next_unacked_from(self.acked.mark() + 1)
+    }
+
+    /// The first unacknowledged sequence at or above `from`, if any.
+    pub fn next_unacked_from(&self, from: u64) -> Option<u64> {
+        self.next_unacked_record(from).map(|(_, r)| r.seq)
+    }
+
+    /// The first unacknowledged record at or above `from`, and its segment.
+    /// Acked runs are jumped over a range at a time.
+    fn next_unacked_record(&self, mut from: u64) -> Option<(&Segment, &RecordMeta)> {
+        loop {
+            let (seg, r) = self.first_record_from(from)?;
+            match self.acked.run_end(r.seq) {
+                None => return Some((seg, r)),
+                Some(end) => from = end.checked_add(1)?,
+            }
+        }
+    }
+
+    /// What the collector has acked of this epoch, as far as it is known.
+    pub fn acked(&self) -> &AckedSet {
+        &self.acked
+    }
+
+    /// Whether `seq` is acked.
+    pub fn is_acked(&self, seq: u64) -> bool {
+        self.acked.contains(seq)
     }
 
     /// The first record with sequence at least `seq`, and its segment.
     /// Sequences grow along the segments and within each (a kept tail may
     /// hold many acked records before it), so a binary search finds it.
     fn first_record_from(&self, seq: u64) -> Option<(&Segment, &RecordMeta)> {
-        self.segments.iter().find_map(|seg| {
+        let s = self
+            .segments
+            .partition_point(|seg| seg.records.back().is_some_and(|r| r.seq < seq));
+        self.segments.range(s..).find_map(|seg| {
             let i = seg.records.partition_point(|r| r.seq < seq);
             seg.records.get(i).map(|r| (seg, r))
         })
@@ -321,10 +371,20 @@ impl Spool {
         self.segments.iter().flat_map(|s| s.records.iter())
     }
 
-    /// Marks sequences up to `seq` as being sent on the current stream
-    /// (they will not be dropped to make room). Reset with 0 on reconnect.
-    pub fn set_in_flight(&mut self, seq: u64) {
-        self.in_flight_to = seq;
+    /// Notes that `seq` was sent on the current stream: until acked, it
+    /// is in flight and is not dropped to make room.
+    pub fn sent(&mut self, seq: u64) {
+        self.in_flight.insert(seq);
+    }
+
+    /// A new stream (or none): nothing is in flight.
+    pub fn clear_in_flight(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// Whether `seq` is in flight on the current stream (sent, not acked).
+    fn is_in_flight(&self, seq: u64) -> bool {
+        self.in_flight.contains(&seq) && !self.acked.contains(seq)
     }
 
     /// Counts readings lost outside the spool (it could not be written) as
@@ -357,7 +417,7 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         loop {
-            match self.delete_acked_front(0) {
+            match self.delete_acked_segment(0) {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {

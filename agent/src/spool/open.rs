@@ -4,7 +4,7 @@
 //! of a segment; only because the directory cannot be read or written, or
 //! holds a layout this agent does not write.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use super::dictionary::load_series;
 use super::durable::{read_number, sync_dir, write_atomic};
 use super::epoch::{new_epoch_id, read_dropped, write_dropped, write_epoch};
 use super::segment::{Segment, scan_segment};
-use super::{Spool, SpoolError, SpoolOptions, io_err};
+use super::{AckedSet, Spool, SpoolError, SpoolOptions, io_err};
 
 /// The layout version in `FORMAT`.
 const FORMAT: u64 = 2;
@@ -104,8 +104,8 @@ impl Spool {
             segment_bytes,
             next_seq,
             reserved_to: next_seq - 1,
-            acked: 0,
-            in_flight_to: 0,
+            acked: AckedSet::default(),
+            in_flight: BTreeSet::new(),
             dropped,
             series_file: dictionary.file,
             series_bytes: dictionary.bytes,

@@ -1,7 +1,7 @@
 //! The queue operations of the spool: append a batch and its new
 //! dictionary entries within the byte bound, which counts the dictionary
-//! (drop-oldest or block), read in sequence order, truncate on ack, and give
-//! up on a refused batch.
+//! (drop-oldest or block), read the next unacked record, free every fully
+//! acked segment on ack, and give up on a refused batch.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -15,7 +15,7 @@ use crate::reading::SeriesKey;
 use super::dictionary::encode_series_entries;
 use super::durable::sync_dir;
 use super::segment::{self, RecordMeta, Segment};
-use super::{Appended, FullPolicy, Record, Spool, SpoolError, io_err};
+use super::{Appended, FullPolicy, Record, SeqRange, Spool, SpoolError, io_err};
 
 /// A sole segment whose records are all acked is deleted once it holds
 /// this much, or when an append needs the room. Below that it takes the
@@ -80,6 +80,10 @@ impl Spool {
                 .is_none_or(|s| s.size >= self.segment_bytes)
         {
             self.start_segment(seq)?;
+            // The segment before it is sealed now: if every record in it
+            // is acked already (acked out of order while it was open), it
+            // goes.
+            while self.delete_acked_segment(ACKED_TAIL_KEEP)? {}
         }
         let buf = segment::encode_record(seq, readings, series, batch);
         let Some(seg) = self.segments.back_mut() else {
@@ -137,7 +141,7 @@ impl Spool {
     /// batch of `readings` readings comes to (`Dropped` is counted).
     fn make_room(&mut self, needed: u64, readings: u32) -> Result<Option<Appended>, SpoolError> {
         while self.bytes() + needed > self.opts.max_bytes {
-            if self.delete_acked_front(0)? {
+            if self.delete_acked_segment(0)? {
                 continue;
             }
             match self.opts.policy {
@@ -178,8 +182,7 @@ impl Spool {
 
     /// The first unacknowledged record with sequence `>= from`.
     pub fn read_from(&self, from: u64) -> Result<Option<Record>, SpoolError> {
-        let from = from.max(self.acked + 1);
-        let Some((seg, meta)) = self.first_record_from(from) else {
+        let Some((seg, meta)) = self.next_unacked_record(from) else {
             return Ok(None);
         };
         let file = File::open(&seg.path).map_err(io_err(&seg.path))?;
@@ -203,87 +206,96 @@ impl Spool {
         }
     }
 
-    /// Everything up to `seq` is committed at the collector: forget it and
-    /// delete segments that hold nothing else.
+    /// Everything up to `seq` is committed at the collector (an older
+    /// collector's ack): see [`Spool::ack_set`].
     pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
-        // Nothing beyond what was handed out can be acked: a larger value
-        // would make later appends look acked and never be sent.
-        let seq = seq.min(self.last_seq());
-        if seq <= self.acked {
+        self.ack_set(seq, &[])
+    }
+
+    /// The collector has committed everything up to `mark` and the
+    /// sequences of `ranges` (a Welcome's or an Ack's whole state): forget
+    /// them, and delete every segment that holds nothing else, wherever it
+    /// is. Nothing beyond what was handed out can be acked: a larger value
+    /// would make later appends look acked and never be sent.
+    pub fn ack_set(&mut self, mark: u64, ranges: &[SeqRange]) -> Result<(), SpoolError> {
+        if !self.acked.add(mark, ranges, self.last_seq()) {
             return Ok(());
         }
-        self.acked = seq;
-        while self.delete_acked_front(ACKED_TAIL_KEEP)? {}
+        let acked = &self.acked;
+        self.in_flight.retain(|&s| !acked.contains(s));
+        while self.delete_acked_segment(ACKED_TAIL_KEEP)? {}
         Ok(())
     }
 
-    /// Deletes the oldest segment if every record in it is acked and it is
-    /// not the one being appended to, or it is but holds at least
-    /// `keep_tail` bytes. Returns whether it deleted one.
-    pub(super) fn delete_acked_front(&mut self, keep_tail: u64) -> Result<bool, SpoolError> {
-        if self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.records.is_empty()) {
-            if let Some(seg) = self.segments.pop_front() {
-                let _ = fs::remove_file(&seg.path);
-                self.total_bytes -= seg.size;
+    /// Deletes the oldest segment whose records are all acked (or that
+    /// holds none), wherever it is: any but the one being appended to, and
+    /// that one too once it holds at least `keep_tail` bytes (the next
+    /// append starts a new one). Returns whether it deleted one.
+    pub(super) fn delete_acked_segment(&mut self, keep_tail: u64) -> Result<bool, SpoolError> {
+        let last = self.segments.len().saturating_sub(1);
+        let all_acked = |seg: &Segment| seg.records.iter().all(|r| self.acked.contains(r.seq));
+        let found = self.segments.iter().enumerate().position(|(i, seg)| {
+            if i < last {
+                all_acked(seg)
+            } else {
+                // The segment being appended to: an empty one is where the
+                // next record goes; a full acked one may go (its size
+                // first: in the steady state it is all acked and small).
+                !seg.records.is_empty() && seg.size >= keep_tail && all_acked(seg)
             }
-            return Ok(true);
-        }
-        let deletable = self.segments.len() > 1
-            && self
-                .segments
-                .front()
-                .and_then(|s| s.records.back())
-                .is_some_and(|r| r.seq <= self.acked);
-        let all_acked_tail = self.segments.len() == 1
-            && self.segments.front().is_some_and(|s| {
-                s.size >= keep_tail && s.records.back().is_some_and(|r| r.seq <= self.acked)
-            });
-        if all_acked_tail {
-            // The only segment is fully acked: remove it; the next append
-            // starts a new one.
-            self.tail = None;
-        } else if !deletable {
+        });
+        let Some(i) = found else {
             return Ok(false);
+        };
+        if i == last {
+            self.tail = None;
         }
-        if let Some(seg) = self.segments.pop_front() {
-            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+        if let Some(seg) = self.segments.remove(i) {
+            match fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                Err(e) if seg.records.is_empty() && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let path = seg.path.clone();
+                    self.segments.insert(i, seg);
+                    return Err(io_err(&path)(e));
+                }
+            }
             self.total_bytes -= seg.size;
         }
         Ok(true)
     }
 
-    /// Drops the oldest segment, counting its unacked readings. Refuses when
-    /// it holds records in flight. Returns whether it dropped one.
+    /// Drops the oldest segment that holds no record in flight on the
+    /// current stream, counting its unacked readings (an acked record is
+    /// not a drop). Returns whether it dropped one.
     fn drop_oldest_segment(&mut self) -> Result<bool, SpoolError> {
-        let Some(front) = self.segments.front() else {
+        let Some(i) = self
+            .segments
+            .iter()
+            .position(|seg| !seg.records.iter().any(|r| self.is_in_flight(r.seq)))
+        else {
             return Ok(false);
         };
-        if front
-            .records
-            .iter()
-            .any(|r| r.seq > self.acked && r.seq <= self.in_flight_to)
-        {
-            return Ok(false);
-        }
-        if self.segments.len() == 1 {
+        if i + 1 == self.segments.len() {
             // Dropping the segment being appended to: close it first.
             self.tail = None;
         }
-        let Some(seg) = self.segments.pop_front() else {
+        let Some(seg) = self.segments.remove(i) else {
             return Ok(false);
         };
-        let lost: u64 = seg
+        let unacked: Vec<(u64, u32)> = seg
             .records
             .iter()
-            .filter(|r| r.seq > self.acked)
-            .map(|r| u64::from(r.readings))
-            .sum();
+            .filter(|r| !self.acked.contains(r.seq))
+            .map(|r| (r.seq, r.readings))
+            .collect();
+        let lost: u64 = unacked.iter().map(|&(_, n)| u64::from(n)).sum();
         fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
         self.total_bytes -= seg.size;
         self.add_dropped(lost)?;
         if let Some(hook) = &self.on_drop {
-            for r in seg.records.iter().filter(|r| r.seq > self.acked) {
-                (hook.0)(self.epoch, r.seq, r.readings);
+            for &(seq, readings) in &unacked {
+                (hook.0)(self.epoch, seq, readings);
             }
         }
         warn!(
@@ -300,10 +312,9 @@ impl Spool {
     /// Returns the readings dropped; 0 if `seq` is not the oldest unacked.
     pub fn drop_front(&mut self, seq: u64) -> Result<u64, SpoolError> {
         let Some(readings) = self
-            .records()
-            .find(|r| r.seq > self.acked)
-            .filter(|r| r.seq == seq)
-            .map(|r| u64::from(r.readings))
+            .next_unacked_record(self.acked.mark() + 1)
+            .filter(|(_, r)| r.seq == seq)
+            .map(|(_, r)| u64::from(r.readings))
         else {
             return Ok(0);
         };

@@ -347,10 +347,105 @@ fn in_flight_records_are_never_dropped() {
     let dir = tmp("inflight");
     let (mut s, _) = Spool::open(opts(&dir, 64 * 1024, FullPolicy::DropOldest)).unwrap();
     let first = stored(s.append(&[1u8; 1000], 1, 0).unwrap());
-    s.set_in_flight(first);
+    s.sent(first);
     for _ in 0..200 {
         s.append(&[1u8; 1000], 1, 0).unwrap();
     }
     assert_eq!(s.read_from(0).unwrap().unwrap().seq, first);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// `n` records of 4000 bytes and `readings` readings each.
+fn append_many(s: &mut Spool, n: usize, readings: u32) -> Vec<u64> {
+    (0..n)
+        .map(|_| stored(s.append(&[7u8; 4000], readings, 0).unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_segment_goes_once_all_of_it_is_acked_wherever_it_is() {
+    let dir = tmp("acked-anywhere");
+    // Segments of 16 KiB: five records each.
+    let (mut s, _) = Spool::open(opts(&dir, 128 * 1024, FullPolicy::DropOldest)).unwrap();
+    append_many(&mut s, 15, 1);
+    let files = segment_files(&dir);
+    assert_eq!(files.len(), 3, "{files:?}");
+    // The middle segment's records are acked out of order: it goes while
+    // the oldest still waits.
+    s.ack_set(0, &[(6, 10)]).unwrap();
+    assert_eq!(segment_files(&dir), [files[0].clone(), files[2].clone()]);
+    assert_eq!(s.first_unacked(), Some(1));
+    assert_eq!(s.read_from(5).unwrap().unwrap().seq, 5);
+    assert_eq!(s.read_from(6).unwrap().unwrap().seq, 11, "acked: skipped");
+    assert_eq!(s.next_unacked_from(6), Some(11));
+    assert_eq!(s.pending(), 10);
+    // The open segment, all acked, stays while it is appended to...
+    s.ack_set(0, &[(6, 15)]).unwrap();
+    assert_eq!(segment_files(&dir), [files[0].clone(), files[2].clone()]);
+    assert_eq!(s.next_unacked_from(6), None);
+    // ...and goes once sealed (the next append starts a new one).
+    let next = append_many(&mut s, 1, 1)[0];
+    assert_eq!(next, 16);
+    let now = segment_files(&dir);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert_eq!(now[0], files[0]);
+    assert!(!now.contains(&files[2]), "{now:?}");
+    // The mark rises through the ranges: everything up to 15 is acked.
+    s.ack(5).unwrap();
+    assert_eq!((s.acked().mark(), s.acked().ranges()), (15, &[][..]));
+    assert_eq!(segment_files(&dir).len(), 1);
+    assert_eq!(s.first_unacked(), Some(16));
+    drop(s);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn drop_oldest_spares_what_is_in_flight_and_counts_only_unacked_readings() {
+    let dir = tmp("drop-oldest-ranges");
+    // 64 KiB: segments of 16 KiB (five records), room for 16 records.
+    let (mut s, _) = Spool::open(opts(&dir, 64 * 1024, FullPolicy::DropOldest)).unwrap();
+    let dropped: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
+    let seen = dropped.clone();
+    s.set_on_drop(Some(OnDrop(Arc::new(move |_, seq, _| {
+        seen.lock().unwrap().push(seq)
+    }))));
+    append_many(&mut s, 16, 10);
+    // The oldest segment (1-5) has 1 in flight; the next (6-10) has 7
+    // acked out of order.
+    s.sent(1);
+    s.ack_set(0, &[(7, 7), (12, 12)]).unwrap();
+    // The next append needs room: the oldest segment not in flight goes,
+    // and its acked record is no drop.
+    append_many(&mut s, 1, 10);
+    assert_eq!(*dropped.lock().unwrap(), [6, 8, 9, 10]);
+    assert_eq!(s.dropped(), 40);
+    assert_eq!(s.first_unacked(), Some(1));
+    assert_eq!(s.next_unacked_from(2), Some(2));
+    assert_eq!(s.next_unacked_from(6), Some(11));
+    // A record in flight and acked is no longer held: its segment may go.
+    s.ack_set(1, &[]).unwrap();
+    append_many(&mut s, 5, 10);
+    assert_eq!(dropped.lock().unwrap()[..8], [6, 8, 9, 10, 2, 3, 4, 5]);
+    assert_eq!(s.dropped(), 80);
+    assert_eq!(s.first_unacked(), Some(11));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_new_epoch_waits_for_every_record_even_with_later_ones_acked() {
+    let dir = tmp("epoch-ranges");
+    let (mut s, _) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
+    append_many(&mut s, 3, 1);
+    s.ack_set(0, &[(2, 3)]).unwrap();
+    let err = s.roll_epoch().unwrap_err().to_string();
+    assert!(err.contains("record 1 is unacked"), "{err}");
+    s.ack(1).unwrap();
+    let old = s.epoch();
+    let r = s.roll_epoch().unwrap();
+    assert_eq!(r.old_epoch, old);
+    // Numbering goes on; the new epoch's set starts above the old one.
+    let next = append_many(&mut s, 1, 1)[0];
+    assert_eq!(next, 4);
+    assert_eq!(s.first_unacked(), Some(4));
     let _ = fs::remove_dir_all(&dir);
 }

@@ -38,6 +38,7 @@ use super::UplinkConfig;
 use super::backoff::Backoff;
 use super::collectors::Collectors;
 use super::declared::Declared;
+use super::order::Lanes;
 use crate::metrics::{LinkState, ReconnectCause};
 
 /// Largest collector frame the agent decodes.
@@ -48,8 +49,9 @@ pub(super) struct Stream {
     pub(super) url: String,
     out: mpsc::Sender<pb::AgentFrame>,
     inbound: Streaming<pb::CollectorFrame>,
-    /// Sequence of the next batch to send on this stream.
-    pub(super) next_send: u64,
+    /// What was sent on this stream, and which batch goes next
+    /// (`order.rs`).
+    pub(super) lanes: Lanes,
     /// Series ids declared on this stream.
     pub(super) declared: Declared,
 }
@@ -398,7 +400,7 @@ pub(super) async fn connect(
         url,
         out: tx,
         inbound: response.into_inner(),
-        next_send: 0,
+        lanes: Lanes::default(),
         declared: Declared::default(),
     })
 }

@@ -1,7 +1,8 @@
-//! Delivery on an open stream: the batches go out in sequence order from
-//! the oldest unacked one, each declaring the series the stream has not
-//! seen; the collector's Welcome skips what it has committed, its acks
-//! truncate the spool, and a batch it refuses for good is given up on.
+//! Delivery on an open stream: the batches go out in the order `order.rs`
+//! chooses, each declaring the series the stream has not seen; the
+//! collector's Welcome and Acks tell its committed set (mark and ranges),
+//! which the spool frees and never sends again, and a batch it refuses for
+//! good is given up on.
 //!
 //! A refusal ends the stream without naming the batch, and several may be
 //! in flight. So after one, batches go one at a time (each sent only when
@@ -21,10 +22,12 @@ use tributary_proto::v1 as pb;
 
 use crate::metrics::ReconnectCause;
 use crate::reading::now_ns;
-use crate::spool::SpoolError;
+use crate::spool::{SeqRange, SpoolError};
 
 use super::Uplink;
 use super::connection::{Event, Link, Stream, code_name};
+use super::declared::Declared;
+use super::order::{Choice, Lane, Lanes};
 
 /// How many times in a row a batch, alone in flight, is refused before it
 /// is given up on.
@@ -76,14 +79,18 @@ impl Uplink {
             Event::Frame(pb::CollectorFrame {
                 frame: Some(pb::collector_frame::Frame::Ack(a)),
             }) => {
-                self.acked(a.seq);
+                self.acked_set(a.seq, &ranges_of(&a.ranges));
+                if let Some(stream) = link.stream_mut() {
+                    self.prune_in_flight(&mut stream.lanes);
+                }
                 self.after_ack(link);
             }
             Event::Frame(pb::CollectorFrame {
                 frame: Some(pb::collector_frame::Frame::Welcome(w)),
             }) => {
                 if let Some(stream) = link.stream_mut() {
-                    self.welcome(stream, &w);
+                    self.welcome(&stream.url, &mut stream.lanes, &w);
+                    self.prune_in_flight(&mut stream.lanes);
                 }
                 self.after_ack(link);
             }
@@ -112,14 +119,21 @@ impl Uplink {
     /// the collector already has is acked again, not stored.
     fn opened(&mut self, stream: &mut Stream) {
         debug!(url = %stream.url, "stream open");
-        stream.next_send = self
-            .spool
-            .first_unacked()
-            .unwrap_or(self.spool.last_seq() + 1);
-        self.spool.set_in_flight(0);
+        stream.lanes = self.open_lanes();
+    }
+
+    /// A stream's cursors as it opens: nothing is in flight on it yet.
+    pub(super) fn open_lanes(&mut self) -> Lanes {
+        let live_from = self.spool.last_seq() + 1;
+        self.spool.clear_in_flight();
         self.sent_on_stream = 0;
         self.sent_before = self.sent_before.max(self.max_sent);
         self.stats.connects += 1;
+        Lanes::open(
+            self.spool.first_unacked().unwrap_or(live_from),
+            live_from,
+            self.config.backlog_window,
+        )
     }
 
     /// Counts a reconnect in the metrics, when they are on.
@@ -129,25 +143,32 @@ impl Uplink {
         }
     }
 
-    /// An Ack: everything up to `seq` is committed, each batch with the
-    /// drop count it carried (the collector commits a resent batch's count
-    /// too, before acking it).
+    /// An Ack of an older collector: everything up to `seq` is committed.
+    #[cfg(test)]
     pub(super) fn acked(&mut self, seq: u64) {
-        if seq >= self.dropped_sent.0 {
+        self.acked_set(seq, &[]);
+    }
+
+    /// An Ack: everything up to `mark` and in `ranges` is committed, each
+    /// batch with the drop count it carried (the collector commits a resent
+    /// batch's count too, before acking it).
+    pub(super) fn acked_set(&mut self, mark: u64, ranges: &[SeqRange]) {
+        if in_set(mark, ranges, self.dropped_sent.0) {
             // The batch that carried this drop count is committed.
             self.dropped_acked = self.dropped_sent.1;
         }
-        self.committed(seq);
+        self.committed(mark, ranges);
     }
 
-    /// Everything up to `seq` is committed (an Ack, or a Welcome).
-    fn committed(&mut self, seq: u64) {
-        self.stats.acked_seq = self.stats.acked_seq.max(seq);
-        if let Some(m) = &mut self.metrics {
-            m.acked(seq);
+    /// Everything up to `mark` and in `ranges` is committed (an Ack, or a
+    /// Welcome): the whole state of the epoch at one commit.
+    fn committed(&mut self, mark: u64, ranges: &[SeqRange]) {
+        self.stats.acked_seq = self.stats.acked_seq.max(mark);
+        if let Err(e) = self.spool.ack_set(mark, ranges) {
+            error!(error = %e, mark, "spool truncation failed");
         }
-        if let Err(e) = self.spool.ack(seq) {
-            error!(error = %e, seq, "spool truncation failed");
+        if let Some(m) = &mut self.metrics {
+            m.acked(self.spool.acked());
         }
         self.end_refusal();
     }
@@ -252,28 +273,48 @@ impl Uplink {
 
     /// The collector's Welcome: it has committed everything up to
     /// `committed_seq` for this epoch, and holds its drop count.
-    fn welcome(&mut self, c: &mut Stream, w: &pb::Welcome) {
+    pub(super) fn welcome(&mut self, url: &str, c: &mut Lanes, w: &pb::Welcome) {
         let committed = w.committed_seq;
-        // Batches sent earlier whose ack never came but which the collector
-        // did commit: the Welcome acks them.
-        let confirmed = self.spool.unacked_through(committed);
-        self.stats.confirmed_by_welcome += confirmed;
-        info!(url = %c.url, committed, confirmed, "connected to collector");
-        if committed > self.spool.last_seq() {
+        let ranges = ranges_of(&w.committed_ranges);
+        let highest = ranges.iter().map(|r| r.1).fold(committed, u64::max);
+        if highest > self.spool.last_seq() {
             warn!(
-                committed,
+                committed = highest,
                 last_seq = self.spool.last_seq(),
                 "collector has committed sequences this spool does not remember; numbering continues above them"
             );
-            self.spool.advance_past(committed);
+            self.spool.advance_past(highest);
+            // Nothing sealed yet is above them: the live lane starts there.
+            c.live_from = c.live_from.max(highest + 1);
+            c.live_next = c.live_next.max(c.live_from);
         }
-        self.welcomed(committed, w.committed_dropped);
+        // Batches sent earlier whose ack never came but which the collector
+        // did commit: the Welcome acks them.
+        let pending = self.spool.pending();
+        self.welcomed(committed, &ranges, w.committed_dropped);
+        let confirmed = pending.saturating_sub(self.spool.pending()) as u64;
+        self.stats.confirmed_by_welcome += confirmed;
+        info!(
+            url,
+            committed,
+            ranges = ranges.len(),
+            out_of_order = w.out_of_order,
+            confirmed,
+            "connected to collector"
+        );
         c.next_send = c.next_send.max(committed.saturating_add(1));
+        c.out_of_order = Some(w.out_of_order);
+        self.expect_out_of_order = w.out_of_order;
     }
 
     /// What a Welcome commits: everything up to `committed`, and the drop
     /// count the store holds (`None` from an older collector).
-    pub(super) fn welcomed(&mut self, committed: u64, committed_dropped: Option<u64>) {
+    pub(super) fn welcomed(
+        &mut self,
+        committed: u64,
+        ranges: &[SeqRange],
+        committed_dropped: Option<u64>,
+    ) {
         match committed_dropped {
             // The store's own count. Not the count of the newest batch sent:
             // on this stream it may have gone out before the Welcome and
@@ -282,10 +323,12 @@ impl Uplink {
                 self.dropped_acked = self.dropped_acked.max(dropped).min(self.spool.dropped());
             }
             // An older collector: the newest committed batch's count.
-            None if committed >= self.dropped_sent.0 => self.dropped_acked = self.dropped_sent.1,
+            None if in_set(committed, ranges, self.dropped_sent.0) => {
+                self.dropped_acked = self.dropped_sent.1;
+            }
             None => {}
         }
-        self.committed(committed);
+        self.committed(committed, ranges);
     }
 
     pub(super) fn hello(&self) -> pb::AgentFrame {
@@ -297,25 +340,42 @@ impl Uplink {
                 agent_time_ns: now_ns(),
                 dropped: self.spool.dropped(),
                 last_seq: self.spool.last_seq(),
-                // This agent sends in sequence order and reads no ranges:
-                // the collector takes each batch as a high-water mark.
-                out_of_order: false,
+                // It reads ranges and sends out of order to a collector
+                // whose Welcome says so (`order.rs`).
+                out_of_order: true,
             })),
         }
     }
 
-    /// Reads the next unsent batch for `c` from the spool, re-interns its
-    /// series for this stream, and advances the stream's cursor.
+    /// Reads the batch to send next on `c` from the spool (see
+    /// `order.rs`), re-interns its series for this stream, and advances the
+    /// stream's cursors.
     fn encode_next(&mut self, c: &mut Stream) -> Result<Option<pb::AgentFrame>, SpoolError> {
-        let Some(record) = self.spool.read_from(c.next_send)? else {
+        self.encode_on(&mut c.lanes, &mut c.declared)
+    }
+
+    /// [`Uplink::encode_next`] on a stream's `lanes` and `declared`.
+    pub(super) fn encode_on(
+        &mut self,
+        c: &mut Lanes,
+        declared: &mut Declared,
+    ) -> Result<Option<pb::AgentFrame>, SpoolError> {
+        self.prune_in_flight(c);
+        let Some(choice) = self.next_batch(c) else {
+            return Ok(None);
+        };
+        let Some(record) = self.spool.read_from(choice.seq)? else {
             c.next_send = self.spool.last_seq() + 1;
             return Ok(None);
         };
-        c.next_send = record.seq + 1;
-        self.spool.set_in_flight(record.seq);
-        self.sent_on_stream = record.seq;
+        let choice = Choice {
+            seq: record.seq,
+            ..choice
+        };
+        self.spool.sent(record.seq);
+        self.sent_on_stream = self.sent_on_stream.max(record.seq);
         if let Some(m) = &mut self.metrics {
-            m.sent(record.seq);
+            m.sent(record.seq, choice.lane == Lane::Live);
         }
         let resent = record.seq <= self.sent_before;
         if resent {
@@ -328,11 +388,13 @@ impl Uplink {
                 // The CRC matched, so this is a bug, not a disk error; skip
                 // the record rather than wedge the stream.
                 error!(seq = record.seq, error = %e, "spooled batch does not decode; skipped");
+                self.advance(c, choice, 0);
                 return Ok(None);
             }
         };
-        // Declare on this stream the series it has not seen yet.
-        let decls = match c.declared.missing(&batch, &self.ids) {
+        // Declare on this stream the series it has not seen yet (the first
+        // batch that uses them in the order sent).
+        let decls = match declared.missing(&batch, &self.ids) {
             Ok(decls) => decls,
             Err(id) => {
                 // The spool checks every record's ids against its
@@ -343,17 +405,49 @@ impl Uplink {
                     series = id,
                     "spooled batch uses an unknown series; skipped"
                 );
+                self.advance(c, choice, 0);
                 return Ok(None);
             }
         };
-        batch.series = decls;
         batch.seq = record.seq;
         batch.resent = resent;
         batch.dropped = self.spool.dropped();
         self.dropped_sent = (record.seq, batch.dropped);
         batch.last_seq = self.spool.last_seq();
+        // Every sequence below the oldest unacked record is acked, dropped
+        // or was never handed out: the collector closes those holes.
+        batch.oldest_spooled = self
+            .spool
+            .first_unacked()
+            .unwrap_or(record.seq)
+            .min(record.seq);
+        // The share counts the batch's own bytes: the declarations go with
+        // whichever batch first uses a series on the stream.
+        let bytes = batch.encoded_len() as u64;
+        batch.series = decls;
+        self.advance(c, choice, bytes);
+        match choice.lane {
+            Lane::Live => self.stats.live_batches_sent += 1,
+            Lane::Backlog => self.stats.backlog_batches_sent += 1,
+        }
+        if choice.ahead {
+            self.stats.live_batches_ahead += 1;
+        }
         Ok(Some(pb::AgentFrame {
             frame: Some(pb::agent_frame::Frame::Batch(batch)),
         }))
     }
+}
+
+/// The ranges of a Welcome or an Ack, as the spool takes them.
+fn ranges_of(ranges: &[pb::SeqRange]) -> Vec<SeqRange> {
+    ranges.iter().map(|r| (r.first, r.last)).collect()
+}
+
+/// Whether `seq` is up to `mark` or in one of `ranges`.
+fn in_set(mark: u64, ranges: &[SeqRange], seq: u64) -> bool {
+    seq <= mark
+        || ranges
+            .iter()
+            .any(|&(first, last)| first <= seq && seq <= last)
 }

@@ -245,14 +245,14 @@ mod tests {
         assert_eq!(u.dropped_acked, 2);
         u.spool.count_lost(3).unwrap();
         u.dropped_sent = (2, 5);
-        u.welcomed(2, Some(2));
+        u.welcomed(2, &[], Some(2));
         assert_eq!(u.dropped_acked, 2, "the resent count is not committed");
         assert_eq!(u.spool.first_unacked(), None);
         // An older collector says nothing of drops: the newest batch's count.
-        u.welcomed(2, None);
+        u.welcomed(2, &[], None);
         assert_eq!(u.dropped_acked, 5);
         // Never above what the spool counted.
-        u.welcomed(2, Some(9));
+        u.welcomed(2, &[], Some(9));
         assert_eq!(u.dropped_acked, 5);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -38,10 +38,12 @@
 //! dictionary start empty, and the stream is opened again with a Hello of
 //! the new epoch.
 //!
-//! Batches go out strictly in sequence order: the collector's committed
-//! sequence is a high-water mark, so a newer batch must never overtake an
-//! older one. After an outage the backlog therefore drains first, as fast as
-//! the collector commits it, while new readings keep being spooled.
+//! Which batch goes next is `order.rs`'s: to a collector whose Welcome says
+//! `out_of_order` (it keeps a committed set, a mark plus ranges), batches
+//! sealed while the stream is open go ahead of the backlog, which gets
+//! `backlog_share` of the bytes while both wait; to an older collector,
+//! strictly in sequence order, as its committed sequence is a high-water
+//! mark.
 
 mod backoff;
 mod collectors;
@@ -51,12 +53,14 @@ mod decode;
 mod delivery;
 mod encode;
 mod epoch;
+mod order;
 mod seal;
 mod seams;
 mod series_ids;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +113,13 @@ pub struct UplinkConfig {
     /// Draw the reconnect jitter from this seed instead of the OS's random
     /// numbers (the simulation, so a seed replays); `None` in the agent.
     pub jitter_seed: Option<u64>,
+    /// The backlog's part of the bytes sent while live batches wait too
+    /// (`0 < share <= 1`; see `order.rs`).
+    pub backlog_share: f64,
+    /// A fixed window of backlog bytes in flight instead of the one that
+    /// follows the ack rate (`window.rs`): the delivery simulation's small
+    /// backlogs then wait beside live batches. `None` in the agent.
+    pub backlog_window: Option<u64>,
 }
 
 impl UplinkConfig {
@@ -129,6 +140,8 @@ impl UplinkConfig {
             series_settle: Duration::from_secs(60),
             connector: None,
             jitter_seed: None,
+            backlog_share: crate::config::DEFAULT_BACKLOG_SHARE,
+            backlog_window: None,
         }
     }
 }
@@ -178,6 +191,9 @@ pub struct Uplink {
     /// After the collector refused a batch: batches go one at a time until
     /// the refused one is known (see `delivery.rs`).
     refusal: Option<delivery::Refusal>,
+    /// The last Welcome said `out_of_order`: the next stream waits for its
+    /// Welcome (and the acked set it tells) before sending (`order.rs`).
+    expect_out_of_order: bool,
     /// When to roll the spool's epoch to compact its dictionary.
     compaction: Compaction,
     /// Drops of the epochs this process rolled over (for the stats).
@@ -233,6 +249,7 @@ impl Uplink {
                 max_sent: 0,
                 sent_on_stream: 0,
                 refusal: None,
+                expect_out_of_order: false,
                 compaction,
                 dropped_before_epoch: 0,
                 dropped_sent: (0, 0),
@@ -311,12 +328,12 @@ impl Uplink {
             if link.stream().is_none() {
                 // Nothing is in flight without a stream: every unacked
                 // record may be dropped to make room again.
-                self.spool.set_in_flight(0);
+                self.spool.clear_in_flight();
             }
             link.connect_if_due(|| self.hello());
-            let want_send = link.stream().is_some_and(|s| {
-                self.spool.last_seq() >= s.next_send && self.may_send(s.next_send)
-            });
+            let want_send = link
+                .stream()
+                .is_some_and(|s| self.next_batch(&s.lanes).is_some());
 
             tokio::select! {
                 readings = self.intake.recv(), if intake == Intake::Open && !self.blocked => match readings {
@@ -341,7 +358,7 @@ impl Uplink {
                     }
                     if spool_sampled.is_none_or(|t| t.elapsed() >= SPOOL_SAMPLE_EVERY) {
                         spool_sampled = Some(Instant::now());
-                        self.sample_spool();
+                        self.sample_spool(link.stream().map(|s| s.lanes.live_from));
                     }
                 }
                 _ = sleep_until_deadline(intake) => {}
@@ -376,10 +393,15 @@ impl Uplink {
 }
 
 impl Uplink {
-    /// Sets the spool's gauges.
-    fn sample_spool(&mut self) {
+    /// Sets the spool's gauges; `live_from` is where the open stream's
+    /// live batches begin (without a stream, every unacked batch waits).
+    fn sample_spool(&mut self, live_from: Option<u64>) {
         if let Some(m) = &mut self.metrics {
+            let (backlog_batches, backlog_bytes) =
+                self.spool.waiting_below(live_from.unwrap_or(u64::MAX));
             m.spool(SpoolSample {
+                backlog_batches,
+                backlog_bytes,
                 bytes: self.spool.bytes(),
                 segments: self.spool.segments(),
                 unacked_batches: self.spool.pending() as u64,

@@ -48,6 +48,14 @@ pub struct UplinkStats {
     /// Bytes of the spool's series dictionary (`SERIES`), which count
     /// toward `[spool] max_bytes`.
     pub series_dictionary_bytes: u64,
+    /// Batches sent that were sealed while their stream was open.
+    pub live_batches_sent: u64,
+    /// Batches sent that were unacked from before their stream opened
+    /// (after an outage: what was spooled meanwhile).
+    pub backlog_batches_sent: u64,
+    /// Live batches sent while older backlog batches waited to be sent
+    /// (out of order, to a collector that takes that).
+    pub live_batches_ahead: u64,
 }
 
 /// How often the stats file is rewritten at most.
@@ -55,7 +63,7 @@ const STATS_FILE_EVERY: Duration = Duration::from_millis(100);
 
 impl UplinkStats {
     /// Name, help and value of every counter, in a fixed order.
-    fn fields(&self) -> [(&'static str, &'static str, u64); 14] {
+    fn fields(&self) -> [(&'static str, &'static str, u64); 17] {
         [
             (
                 "sealed_batches_total",
@@ -123,6 +131,21 @@ impl UplinkStats {
                 "bytes of the spool's series dictionary, counted in spool max_bytes",
                 self.series_dictionary_bytes,
             ),
+            (
+                "live_batches_sent_total",
+                "batches sent that were sealed while their stream was open",
+                self.live_batches_sent,
+            ),
+            (
+                "backlog_batches_sent_total",
+                "batches sent that were unacked from before their stream opened",
+                self.backlog_batches_sent,
+            ),
+            (
+                "live_batches_ahead_total",
+                "live batches sent while older backlog batches waited",
+                self.live_batches_ahead,
+            ),
         ]
     }
 
@@ -170,6 +193,9 @@ impl UplinkStats {
             refused_readings: value("refused_readings_total")?,
             epoch_rollovers: value("epoch_rollovers_total")?,
             series_dictionary_bytes: value("series_dictionary_bytes")?,
+            live_batches_sent: value("live_batches_sent_total")?,
+            backlog_batches_sent: value("backlog_batches_sent_total")?,
+            live_batches_ahead: value("live_batches_ahead_total")?,
         })
     }
 }

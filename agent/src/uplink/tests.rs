@@ -1,6 +1,6 @@
 //! Tests of the uplink's parts: series ids, the spooled encoding, stream
 //! declarations, clipping, the collector list, backoff and the connect
-//! error.
+//! error; `tests/order.rs`: the delivery order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +21,8 @@ use super::series_ids::SeriesIds;
 use super::{Collectors, NoCollectors, UplinkConfig, UplinkStats};
 use crate::reading::{FailureKind, Labels, Reading, SeriesKey, Value};
 use crate::spool::Record;
+
+mod order;
 
 fn key(device: &str, metric: &str) -> Arc<SeriesKey> {
     Arc::new(SeriesKey {
@@ -569,6 +571,9 @@ fn stats_read_back_from_their_text() {
         refused_readings: 12,
         epoch_rollovers: 13,
         series_dictionary_bytes: 14,
+        live_batches_sent: 15,
+        backlog_batches_sent: 16,
+        live_batches_ahead: 17,
     };
     let text = stats.to_prometheus_text();
     assert!(

@@ -145,6 +145,12 @@ fn delivery_contract_holds_under_faults() -> Result<()> {
             "no replay was deduplicated: {total:?}"
         );
         assert!(total.half_cuts > 0 && total.partitions > 0, "{total:?}");
+        // The collector takes batches out of order: live batches must have
+        // overtaken a backlog, or the seeds checked only the in-order path.
+        assert!(
+            total.live_ahead > 0,
+            "no live batch went ahead of a backlog: {total:?}"
+        );
         assert!(total.taken > 0 && total.stored > 0, "{total:?}");
     }
     Ok(())

@@ -9,7 +9,10 @@
 //! every connection and refuses new ones for a while. A cut of the agent's
 //! end alone, with the collector's end stalled, leaves the collector a
 //! session of a stream the agent already gave up (a duplicate stream of one
-//! agent, once it reconnects).
+//! agent, once it reconnects). A seed may also give the agent's reads a
+//! *gap* (`Net::set_read_gap`): after each read that brings bytes, the next
+//! waits that long, so acks come in at a slow link's pace and a backlog
+//! takes simulated time to drain, beside live batches.
 
 use std::future::Future as _;
 use std::io;
@@ -17,6 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::sync::mpsc;
@@ -89,6 +93,8 @@ pub struct SimIo {
     side: Side,
     conn: Arc<Conn>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// After a read that brings bytes, this end's reads stall this long.
+    read_gap: Duration,
 }
 
 impl SimIo {
@@ -129,7 +135,17 @@ impl AsyncRead for SimIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.check(cx, true) {
-            Poll::Ready(Ok(())) => Pin::new(&mut self.io).poll_read(cx, buf),
+            Poll::Ready(Ok(())) => {
+                let before = buf.filled().len();
+                let read = Pin::new(&mut self.io).poll_read(cx, buf);
+                if !self.read_gap.is_zero()
+                    && matches!(read, Poll::Ready(Ok(())))
+                    && buf.filled().len() > before
+                {
+                    self.conn.stall(self.side, Instant::now() + self.read_gap);
+                }
+                read
+            }
             other => other,
         }
     }
@@ -175,6 +191,9 @@ pub struct Net {
 
 #[derive(Default)]
 struct NetState {
+    /// After a read of the agent's end brings bytes, the next waits this
+    /// long (see the module's comment).
+    read_gap: Duration,
     /// New connections go here while the collector is up.
     listener: Option<mpsc::Sender<SimIo>>,
     /// Connects are refused until then (a partition).
@@ -185,6 +204,12 @@ struct NetState {
 }
 
 impl Net {
+    /// After a read of the agent's end brings bytes, the next waits `gap`
+    /// (connections opened from now on).
+    pub fn set_read_gap(&self, gap: Duration) {
+        lock(&self.inner).read_gap = gap;
+    }
+
     /// The collector is up: new connections go to `listener`.
     pub fn listen(&self, listener: mpsc::Sender<SimIo>) {
         lock(&self.inner).listener = Some(listener);
@@ -258,6 +283,7 @@ impl Net {
             side: Side::Collector,
             conn: conn.clone(),
             sleep: None,
+            read_gap: Duration::ZERO,
         };
         if listener.try_send(collector_end).is_err() {
             return Err(refused());
@@ -270,6 +296,7 @@ impl Net {
             side: Side::Agent,
             conn,
             sleep: None,
+            read_gap: s.read_gap,
         })
     }
 

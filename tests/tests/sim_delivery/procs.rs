@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use tributary_agent::reading::Reading;
 use tributary_agent::spool::{AfterWrite, FullPolicy, Spool, SpoolOptions};
-use tributary_agent::uplink::{Collectors, Connector, Failpoint, Failpoints, Uplink, UplinkConfig};
+use tributary_agent::uplink::{
+    Collectors, Connector, Failpoint, Failpoints, Uplink, UplinkConfig, UplinkStats,
+};
 use tributary_collector::merger::{self, MergerOptions};
 use tributary_collector::server::IngestService;
 use tributary_collector::session::Limits;
@@ -199,6 +201,8 @@ pub struct Agent {
     uplink: JoinHandle<()>,
     /// `None` once the devices have stopped (the uplink drains).
     pub intake: Option<mpsc::Sender<Vec<Reading>>>,
+    /// The uplink's counters, as last published.
+    stats: watch::Receiver<UplinkStats>,
 }
 
 impl Agent {
@@ -226,13 +230,21 @@ impl Agent {
         config.batch_max_delay = Duration::from_millis(150);
         config.shutdown_timeout = Duration::from_secs(3600);
         config.jitter_seed = Some(jitter_seed);
+        // The seed's backlogs are small and its acks quick: a window of one
+        // to a few batches (or, a quarter of the time, the agent's own,
+        // which follows the acks) makes them wait beside live batches,
+        // which then go ahead.
+        config.backlog_window = match jitter_seed % 4 {
+            0 => None,
+            n => Some(1 << (4 * (n - 1))),
+        };
         let connect_net = net.clone();
         config.connector = Some(Connector(Arc::new(move |_url: &str| {
             let net = connect_net.clone();
             Box::pin(async move { net.connect().map(|io| Box::new(io) as Box<_>) })
         })));
         let (tx, rx) = mpsc::channel(64);
-        let (uplink, _stats) = Uplink::new(config, rx, spool);
+        let (uplink, stats) = Uplink::new(config, rx, spool);
         let spooled = taps.clone();
         let at_write = taps.clone();
         let (snapshot_dir, snapshot_to) = (dir.to_path_buf(), crash_copy(dir));
@@ -289,7 +301,18 @@ impl Agent {
         Ok(Agent {
             uplink: tokio::spawn(uplink.run()),
             intake: Some(tx),
+            stats,
         })
+    }
+
+    /// Live batches this uplink sent while older backlog batches waited
+    /// (out of order), and batches it sent in all.
+    pub fn sent_ahead(&self) -> (u64, u64) {
+        let s = self.stats.borrow();
+        (
+            s.live_batches_ahead,
+            s.live_batches_sent + s.backlog_batches_sent,
+        )
     }
 
     /// The uplink ended: everything acked after the intake closed, or
@@ -311,9 +334,9 @@ impl Agent {
     }
 
     /// Waits for the uplink to end; `Err` if it panicked for another reason
-    /// than the simulation's crash.
-    pub async fn join(self) -> Result<()> {
-        match self.uplink.await {
+    /// than the simulation's crash. The agent stays, for its counters.
+    pub async fn settle(&mut self) -> Result<()> {
+        match (&mut self.uplink).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_panic() => {
                 let payload = e.into_panic();
@@ -325,6 +348,11 @@ impl Agent {
             }
             Err(e) => anyhow::bail!("the uplink task: {e}"),
         }
+    }
+
+    /// [`Agent::settle`], consuming the agent.
+    pub async fn join(mut self) -> Result<()> {
+        self.settle().await
     }
 }
 
