@@ -73,6 +73,8 @@ pub enum CodecError {
     Bool { byte: u8, series: i64 },
     #[error("text value of series {series} is not UTF-8")]
     Utf8 { series: i64 },
+    #[error("points of series {series} are not in device-time order")]
+    Order { series: i64 },
     #[error("{column} column has {bytes} bytes left after the last point")]
     Trailing { column: &'static str, bytes: usize },
 }
