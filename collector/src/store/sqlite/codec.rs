@@ -155,6 +155,13 @@ fn put_signed(out: &mut Vec<u8>, v: i64) {
 
 #[inline]
 fn get_varint(buf: &mut &[u8], column: &'static str) -> Result<u64, CodecError> {
+    // Most are one byte (regular sampling, small deltas).
+    if let Some((&b, rest)) = buf.split_first()
+        && b < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(b));
+    }
     let mut v = 0u64;
     for (i, &b) in buf.iter().enumerate().take(10) {
         v |= u64::from(b & 0x7f) << (7 * i);

@@ -343,6 +343,7 @@ fn decode_into(
 ) -> Result<(), LayoutError> {
     let mut d = Decoder::new(blob, series, 0).map_err(bad("chunks", id))?;
     d.skip_before(lo).map_err(bad("chunks", id))?;
+    out.reserve(d.remaining());
     let mut prev = lo;
     while let Some(p) = d.next_point().map_err(bad("chunks", id))? {
         if p.ts_ns < prev {

@@ -260,14 +260,51 @@ impl<'a> Decoder<'a> {
                     .prev_received
                     .wrapping_add(get_signed(&mut self.received, "received")?);
             }
-            self.next_value(series)?;
+            self.skip_value(series)?;
             skipped += 1;
         }
         Ok(skipped)
     }
 
+    /// Steps over the value of the point being skipped: what
+    /// [`next_value`](Self::next_value) reads, without making a value of it
+    /// (a text is not checked for UTF-8; it is never handed out).
+    #[inline(always)]
+    fn skip_value(&mut self, series: i64) -> Result<(), CodecError> {
+        while self.run_left == 0 {
+            let (&kind, tail) = self
+                .kinds
+                .split_first()
+                .ok_or(CodecError::Truncated("kinds"))?;
+            self.kinds = tail;
+            self.run_kind = kind;
+            self.run_left = get_varint(&mut self.kinds, "kinds")?;
+        }
+        self.run_left -= 1;
+        let n = match self.run_kind {
+            KIND_F64 => 8,
+            KIND_I64 | KIND_U64 => {
+                self.prev_int = self
+                    .prev_int
+                    .wrapping_add(get_signed(&mut self.values, "values")?);
+                0
+            }
+            KIND_BOOL => 1,
+            KIND_STR | KIND_TIMEOUT | KIND_ERROR => {
+                usize::try_from(get_varint(&mut self.values, "values")?)
+                    .map_err(|_| CodecError::Truncated("values"))?
+            }
+            kind => return Err(CodecError::Kind { kind, series }),
+        };
+        self.values = self
+            .values
+            .get(n..)
+            .ok_or(CodecError::Truncated("values"))?;
+        Ok(())
+    }
+
     /// The value of the point being read (its kind from the kinds column).
-    #[inline]
+    #[inline(always)]
     fn next_value(&mut self, series: i64) -> Result<RawValue<'a>, CodecError> {
         while self.run_left == 0 {
             let (&kind, tail) = self
