@@ -238,8 +238,7 @@ pub(crate) fn check_windows(db: &TempDb, want: &Truth, when: &str, most: usize) 
         .unwrap()
         .query_map([], |r| Ok([r.get(0)?, r.get(1)?]))
         .unwrap()
-        .map(Result::unwrap)
-        .flatten()
+        .flat_map(Result::unwrap)
         .collect();
     let mut stored: Vec<i64> = want.values().flatten().map(|(ts, _)| *ts).collect();
     stored.sort_unstable();
