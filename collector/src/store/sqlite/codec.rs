@@ -73,6 +73,8 @@ pub enum CodecError {
     Bool { byte: u8, series: i64 },
     #[error("text value of series {series} is not UTF-8")]
     Utf8 { series: i64 },
+    #[error("points of series {series} are not in device-time order")]
+    Order { series: i64 },
     #[error("{column} column has {bytes} bytes left after the last point")]
     Trailing { column: &'static str, bytes: usize },
 }
@@ -153,6 +155,13 @@ fn put_signed(out: &mut Vec<u8>, v: i64) {
 
 #[inline]
 fn get_varint(buf: &mut &[u8], column: &'static str) -> Result<u64, CodecError> {
+    // Most are one byte (regular sampling, small deltas).
+    if let Some((&b, rest)) = buf.split_first()
+        && b < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(b));
+    }
     let mut v = 0u64;
     for (i, &b) in buf.iter().enumerate().take(10) {
         v |= u64::from(b & 0x7f) << (7 * i);

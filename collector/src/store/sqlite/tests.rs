@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
+use super::codec::Decoder;
 use super::layout::CHUNK_POINTS;
 use super::{SqliteReader, SqliteStore};
 use crate::model::{NewReading, Point, StoredValue};
@@ -124,7 +125,7 @@ impl Drop for TempDb {
 }
 
 /// Ground truth: what was committed, per series, as (ts, value) sorted.
-type Truth = BTreeMap<i64, Vec<(i64, i64)>>;
+pub(crate) type Truth = BTreeMap<i64, Vec<(i64, i64)>>;
 
 /// Everything the reader returns, checked to be in device-time order per
 /// series, as (ts, value) sorted like the truth.
@@ -150,7 +151,7 @@ fn int(p: &Point) -> i64 {
     }
 }
 
-fn check(db: &TempDb, truth: &Truth, when: &str) {
+pub(crate) fn check(db: &TempDb, truth: &Truth, when: &str) {
     let r = db.reader();
     let got = stored(&r);
     let want: Truth = truth
@@ -186,6 +187,112 @@ fn check(db: &TempDb, truth: &Truth, when: &str) {
         .filter(|(ts, _)| (100..300).contains(ts))
         .count();
     assert_eq!(n, expect, "{when}: points in [100, 300)");
+    check_chunks(db, when);
+    check_windows(db, &want, when, 2);
+}
+
+/// Every chunk holds its points in device-time order, and its row's
+/// `min_ts`, `max_ts` and `count` say what it holds: what readers rely on
+/// to skip chunks (the index) and the points of one outside a window
+/// (`scan.rs`).
+pub(crate) fn check_chunks(db: &TempDb, when: &str) {
+    let mut stmt = db
+        .conn
+        .prepare("SELECT id, series_id, min_ts, max_ts, count, data FROM chunks")
+        .unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        let (id, series, min_ts, max_ts, count): (i64, i64, i64, i64, i64) = (
+            r.get(0).unwrap(),
+            r.get(1).unwrap(),
+            r.get(2).unwrap(),
+            r.get(3).unwrap(),
+            r.get(4).unwrap(),
+        );
+        let blob: Vec<u8> = r.get(5).unwrap();
+        let ts: Vec<i64> = Decoder::new(&blob, series, 0)
+            .and_then(Decoder::collect_points)
+            .unwrap()
+            .iter()
+            .map(|p| p.ts_ns)
+            .collect();
+        assert!(
+            ts.windows(2).all(|w| w[0] <= w[1]),
+            "{when}: chunk {id} out of order: {ts:?}"
+        );
+        assert_eq!(
+            (ts.first().copied(), ts.last().copied(), ts.len() as i64),
+            (Some(min_ts), Some(max_ts), count),
+            "{when}: chunk {id}'s row"
+        );
+    }
+}
+
+/// Reads windows whose edges fall on stored points and on chunk bounds
+/// (a chunk starting or ending exactly at a window's edge, or one point
+/// past it) and checks each returns exactly the truth's points within it:
+/// fails if a needed chunk is skipped, or decoding stops or starts at the
+/// wrong point of one.
+pub(crate) fn check_windows(db: &TempDb, want: &Truth, when: &str, most: usize) {
+    let mut edges: Vec<i64> = db
+        .conn
+        .prepare("SELECT min_ts, max_ts FROM chunks ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok([r.get(0)?, r.get(1)?]))
+        .unwrap()
+        .flat_map(Result::unwrap)
+        .collect();
+    let mut stored: Vec<i64> = want.values().flatten().map(|(ts, _)| *ts).collect();
+    stored.sort_unstable();
+    stored.dedup();
+    // A few stored times spread over the range, plus the chunk bounds.
+    let step = (stored.len() / 4).max(1);
+    edges.extend(stored.iter().step_by(step));
+    edges.sort_unstable();
+    edges.dedup();
+    let step = (edges.len() / most).max(1);
+    let r = db.reader();
+    for &t in edges.iter().step_by(step) {
+        for (lo, hi) in [
+            (t, t),
+            (t - 3, t),
+            (t, t + 3),
+            (t + 1, t + 9),
+            (t - 9, t - 1),
+        ] {
+            let span = TimeSpan {
+                since_ns: Some(lo),
+                until_ns: Some(hi + 1),
+            };
+            let mut got = Truth::new();
+            r.range(&Selector::default(), span, 5, |meta, p| {
+                let v = got.entry(meta.id).or_default();
+                v.extend(p.iter().map(|p| (p.ts_ns, int(p))));
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+            for v in got.values_mut() {
+                assert!(
+                    v.windows(2).all(|w| w[0].0 <= w[1].0),
+                    "{when}: [{lo}, {hi}] out of order"
+                );
+                v.sort_unstable();
+            }
+            let expect: Truth = want
+                .iter()
+                .map(|(s, v)| {
+                    let inside: Vec<(i64, i64)> = v
+                        .iter()
+                        .copied()
+                        .filter(|(ts, _)| (lo..=hi).contains(ts))
+                        .collect();
+                    (*s, inside)
+                })
+                .filter(|(_, v)| !v.is_empty())
+                .collect();
+            assert_eq!(got, expect, "{when}: points in [{lo}, {hi}]");
+        }
+    }
 }
 
 fn make_series(db: &TempDb, n: i64) {

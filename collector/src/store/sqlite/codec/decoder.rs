@@ -219,6 +219,58 @@ impl<'a> Decoder<'a> {
         } else {
             self.received_default
         };
+        let value = self.next_value(series)?;
+        Ok(Some(RawPoint {
+            series,
+            ts_ns: self.prev_ts,
+            received_ns,
+            value,
+        }))
+    }
+
+    /// Skips the points before device time `lo` without handing them out,
+    /// so that the next point read is the first at or after `lo`. Only for
+    /// a blob whose points are in device-time order (a chunk): in one that
+    /// is not, points before `lo` may follow and are read as usual. Returns
+    /// how many points it skipped.
+    pub fn skip_before(&mut self, lo: i64) -> Result<usize, CodecError> {
+        let mut skipped = 0;
+        while self.left > 0 {
+            // The next point's device time, without taking it.
+            let mut ts = self.ts;
+            let delta = self.prev_delta.wrapping_add(get_signed(&mut ts, "ts")?);
+            let next = self.prev_ts.wrapping_add(delta);
+            if next >= lo {
+                break;
+            }
+            self.left -= 1;
+            self.ts = ts;
+            self.prev_delta = delta;
+            self.prev_ts = next;
+            let series = if self.has_series {
+                self.prev_series = self
+                    .prev_series
+                    .wrapping_add(get_signed(&mut self.series, "series")?);
+                self.prev_series
+            } else {
+                self.series_default
+            };
+            if self.has_received {
+                self.prev_received = self
+                    .prev_received
+                    .wrapping_add(get_signed(&mut self.received, "received")?);
+            }
+            self.skip_value(series)?;
+            skipped += 1;
+        }
+        Ok(skipped)
+    }
+
+    /// Steps over the value of the point being skipped: what
+    /// [`next_value`](Self::next_value) reads, without making a value of it
+    /// (a text is not checked for UTF-8; it is never handed out).
+    #[inline(always)]
+    fn skip_value(&mut self, series: i64) -> Result<(), CodecError> {
         while self.run_left == 0 {
             let (&kind, tail) = self
                 .kinds
@@ -229,7 +281,42 @@ impl<'a> Decoder<'a> {
             self.run_left = get_varint(&mut self.kinds, "kinds")?;
         }
         self.run_left -= 1;
-        let value = match self.run_kind {
+        let n = match self.run_kind {
+            KIND_F64 => 8,
+            KIND_I64 | KIND_U64 => {
+                self.prev_int = self
+                    .prev_int
+                    .wrapping_add(get_signed(&mut self.values, "values")?);
+                0
+            }
+            KIND_BOOL => 1,
+            KIND_STR | KIND_TIMEOUT | KIND_ERROR => {
+                usize::try_from(get_varint(&mut self.values, "values")?)
+                    .map_err(|_| CodecError::Truncated("values"))?
+            }
+            kind => return Err(CodecError::Kind { kind, series }),
+        };
+        self.values = self
+            .values
+            .get(n..)
+            .ok_or(CodecError::Truncated("values"))?;
+        Ok(())
+    }
+
+    /// The value of the point being read (its kind from the kinds column).
+    #[inline(always)]
+    fn next_value(&mut self, series: i64) -> Result<RawValue<'a>, CodecError> {
+        while self.run_left == 0 {
+            let (&kind, tail) = self
+                .kinds
+                .split_first()
+                .ok_or(CodecError::Truncated("kinds"))?;
+            self.kinds = tail;
+            self.run_kind = kind;
+            self.run_left = get_varint(&mut self.kinds, "kinds")?;
+        }
+        self.run_left -= 1;
+        Ok(match self.run_kind {
             KIND_F64 => {
                 let bytes: [u8; 8] = self
                     .values
@@ -278,13 +365,7 @@ impl<'a> Decoder<'a> {
                 }
             }
             kind => return Err(CodecError::Kind { kind, series }),
-        };
-        Ok(Some(RawPoint {
-            series,
-            ts_ns: self.prev_ts,
-            received_ns,
-            value,
-        }))
+        })
     }
 
     fn check_end(&self) -> Result<(), CodecError> {

@@ -355,3 +355,50 @@ fn a_blob_from_before_u64_reads_as_before_and_u64_shares_the_integer_column() {
         .collect();
     assert_eq!(back, mixed);
 }
+
+/// `skip_before` leaves a chunk's decoder where reading and dropping the
+/// points before `lo` would: at the first point at or after it, every
+/// column (and the integer delta) in step, whatever the kinds skipped.
+#[test]
+fn skipping_before_a_time_reads_on_as_reading_would() {
+    let values = every_kind();
+    let ts: Vec<i64> = (0..values.len() as i64).map(|i| 100 + i / 2 * 10).collect();
+    let mut chunk = Encoder::chunk();
+    for (v, &t) in values.iter().zip(&ts) {
+        chunk.push(0, t, t * 3 + 1, RawValue::of(v));
+    }
+    let blob = chunk.finish();
+    let all: Vec<_> = Decoder::new(&blob, 4, 0)
+        .unwrap()
+        .collect_points()
+        .unwrap()
+        .into_iter()
+        .map(owned)
+        .collect();
+    let last = ts[ts.len() - 1];
+    for lo in [
+        i64::MIN,
+        0,
+        100,
+        101,
+        110,
+        115,
+        130,
+        last,
+        last + 1,
+        i64::MAX,
+    ] {
+        let mut d = Decoder::new(&blob, 4, 0).unwrap();
+        let skipped = d.skip_before(lo).unwrap();
+        let rest: Vec<_> = d.collect_points().unwrap().into_iter().map(owned).collect();
+        let expect: Vec<_> = all.iter().filter(|p| p.1 >= lo).cloned().collect();
+        assert_eq!(skipped, all.len() - expect.len(), "lo {lo}");
+        assert_eq!(rest.len(), expect.len(), "lo {lo}");
+        for (g, e) in rest.iter().zip(&expect) {
+            assert!(
+                (g.0, g.1, g.2) == (e.0, e.1, e.2) && same(&g.3, &e.3),
+                "lo {lo}: {g:?} != {e:?}"
+            );
+        }
+    }
+}

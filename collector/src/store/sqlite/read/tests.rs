@@ -8,7 +8,9 @@ use std::ops::ControlFlow;
 
 use super::*;
 
-use super::super::tests::TempDb;
+use super::super::codec::{RawPoint, RawValue};
+use super::super::layout::encode;
+use super::super::tests::{TempDb, Truth, check, check_windows};
 use crate::model::{SeriesKey, StoredValue};
 
 /// Runs `check` on what is in the head, then again once all of it is
@@ -340,4 +342,118 @@ fn kept_connections_are_used_only_on_the_same_file() {
     let census = r.series_census().unwrap();
     assert_eq!((census.count, census.max_id), (2, 9));
     let _ = std::fs::remove_file(&x);
+}
+
+/// Commits `points` ((series, ts) each, in that order) as one batch, with
+/// values counting up, into `truth` as well.
+fn commit(
+    db: &mut TempDb,
+    truth: &mut Truth,
+    value: &mut i64,
+    received: i64,
+    points: &[(i64, i64)],
+) {
+    let batch = points
+        .iter()
+        .map(|&(s, ts)| {
+            *value += 1;
+            truth.entry(s).or_default().push((ts, *value));
+            (s, ts, StoredValue::I64(*value))
+        })
+        .collect();
+    db.batch(received, batch);
+}
+
+/// A series with full chunks cut from points that arrived out of order,
+/// small chunks of late points inside a full chunk's span, and head points
+/// among them; a quiet series beside it. Every window whose edge is a
+/// chunk's first or last point, or next to one, returns exactly the points
+/// within it: fails if a chunk that holds one is skipped, or decoding one
+/// starts after or stops before a point it needs.
+#[test]
+fn windows_at_chunk_edges_find_every_point() {
+    let mut db = TempDb::new("windows");
+    db.series(1, "a", "d", "m", "{}");
+    db.series(2, "a", "d", "n", "{}");
+    let (mut truth, mut value) = (Truth::new(), 0);
+    // 9,000 points of series 1, each batch of 100 newest first.
+    for b in 0..90 {
+        let points: Vec<(i64, i64)> = (0..100).rev().map(|k| (1, b * 100 + k)).collect();
+        commit(&mut db, &mut truth, &mut value, b, &points);
+    }
+    let quiet: Vec<(i64, i64)> = (0..180).map(|k| (2, k * 50)).collect();
+    commit(&mut db, &mut truth, &mut value, 90, &quiet);
+    db.store.compact_all().unwrap();
+    // Late: again at times the full chunks hold, and between the quiet
+    // series' points.
+    let late: Vec<(i64, i64)> = (100..200)
+        .map(|ts| (1, ts))
+        .chain((4090..4100).map(|ts| (1, ts)))
+        .chain((0..180).map(|k| (2, k * 50 + 25)))
+        .collect();
+    commit(&mut db, &mut truth, &mut value, 91, &late);
+    db.store.compact_all().unwrap();
+    commit(
+        &mut db,
+        &mut truth,
+        &mut value,
+        92,
+        &[(1, 5000), (1, 9500), (2, 0)],
+    );
+    assert!(
+        db.conn
+            .query_row(
+                "SELECT count(*) FROM chunks WHERE series_id = 1 AND count = 4096",
+                [],
+                |r| r.get::<_, i64>(0)
+            )
+            .unwrap()
+            >= 2,
+        "series 1 has full chunks"
+    );
+    check(&db, &truth, "chunks and head");
+    for v in truth.values_mut() {
+        v.sort_unstable();
+    }
+    check_windows(&db, &truth, "every chunk edge", usize::MAX);
+}
+
+/// No writer leaves a chunk out of order (`check_chunks`); one that is,
+/// where its disorder is read, is an error naming it rather than an answer
+/// short of points.
+#[test]
+fn a_chunk_out_of_order_is_an_error_naming_it() {
+    let db = TempDb::new("unsorted");
+    db.series(1, "a", "d", "m", "{}");
+    let points: Vec<RawPoint<'_>> = [10, 30, 20]
+        .iter()
+        .map(|&ts_ns| RawPoint {
+            series: 0,
+            ts_ns,
+            received_ns: 0,
+            value: RawValue::I64(ts_ns),
+        })
+        .collect();
+    db.conn
+        .execute(
+            "INSERT INTO chunks (id, series_id, min_ts, max_ts, count, data) \
+             VALUES (7, 1, 10, 30, 3, ?1)",
+            [encode(&points)],
+        )
+        .unwrap();
+    let span = TimeSpan {
+        since_ns: Some(0),
+        until_ns: Some(40),
+    };
+    let err = db
+        .reader()
+        .range(&Selector::default(), span, 10, |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("chunks row 7") && msg.contains("not in device-time order"),
+        "{msg}"
+    );
 }

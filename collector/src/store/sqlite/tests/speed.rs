@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::store::CompactStep;
+use crate::store::read::MAX_CHUNK_POINTS;
 
 /// The process's peak resident memory, as `/proc/self/status` says it.
 fn peak_memory() -> String {
@@ -226,4 +227,86 @@ fn store_speed_wide() {
         db.count("SELECT COALESCE(SUM(count), 0) FROM head"),
         db.count("SELECT COUNT(*) FROM chunks"),
     );
+}
+
+/// The reads of the PromQL corpus's evaluations (`tributary-bench promql`,
+/// `tests/src/bench/promql.rs::evaluations`) over data shaped like its
+/// data set: `CORPUS_SERIES` (360) series of 2 h at 15 s, compacted into
+/// chunks, read through `range_series_lent` as PromQL's load does, over
+/// each evaluation's window (the instants' 5 m lookback, the ranges from
+/// 5 m before their start), `CORPUS_REPS` (20) times. Prints the time;
+/// for a count that does not depend on the machine's load, run it under
+/// callgrind with `--toggle-collect='*corpus_reads*'`: `cargo test -p
+/// tributary-collector --release --lib --no-run`, then `valgrind
+/// --tool=callgrind --toggle-collect='*corpus_reads*' <test binary>
+/// --ignored --exact store::sqlite::tests::speed::corpus_read_speed`.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn corpus_read_speed() {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (series, reps) = (env("CORPUS_SERIES", 360), env("CORPUS_REPS", 20));
+    const T0: i64 = 1_700_000_000;
+    let mut db = TempDb::new("corpus");
+    db.conn.execute_batch("BEGIN").unwrap();
+    make_series(&db, series as i64);
+    db.conn.execute_batch("COMMIT").unwrap();
+    // One batch per scrape, every series in it, as the bench ingests.
+    for k in 0..480i64 {
+        let ts = (T0 + k * 15) * 1_000_000_000;
+        let readings = (1..=series as i64)
+            .map(|s| {
+                let phase = s * 7919 % 15_000 * 1_000_000;
+                (s, ts + phase, StoredValue::F64((k * s) as f64 / 3.0))
+            })
+            .collect();
+        db.batch(ts, readings);
+    }
+    db.store.compact_all().unwrap();
+    let ids: Vec<i64> = (1..=series as i64).collect();
+    let windows: Vec<(i64, i64)> = [1800, 3607, 7000, 7400]
+        .iter()
+        .map(|&t| (t - 300, t))
+        .chain([(600, 7500), (0, 7200), (1000, 4000)].map(|(a, b)| (a - 300, b)))
+        .map(|(a, b)| ((T0 + a) * 1_000_000_000, (T0 + b) * 1_000_000_000))
+        .collect();
+    let r = db.reader();
+    let t = Instant::now();
+    let samples = corpus_reads(&r, &ids, &windows, reps);
+    println!(
+        "{series} series × {} windows × {reps}: {samples} samples in {:?}",
+        windows.len(),
+        t.elapsed()
+    );
+}
+
+/// The measured part of [`corpus_read_speed`]: every window's read, its
+/// points turned into samples as PromQL's load does.
+#[inline(never)]
+fn corpus_reads(r: &SqliteReader, ids: &[i64], windows: &[(i64, i64)], reps: usize) -> usize {
+    let mut samples: Vec<(i64, f64)> = Vec::new();
+    let mut n = 0;
+    for _ in 0..reps {
+        for &(lo, hi) in windows {
+            let span = TimeSpan {
+                since_ns: Some(lo),
+                until_ns: Some(hi + 1),
+            };
+            r.range_series_lent(ids, span, MAX_CHUNK_POINTS, |_, points| {
+                samples.clear();
+                samples.extend(points.iter().filter_map(|p| match p.value {
+                    StoredValue::F64(v) => Some((p.ts_ns / 1_000_000, v)),
+                    _ => None,
+                }));
+                n += samples.len();
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        }
+    }
+    n
 }
