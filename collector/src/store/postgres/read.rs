@@ -138,7 +138,13 @@ impl PgReader {
                 };
                 let ranges: Option<Vec<u8>> = r.get(11);
                 agent.committed_ranges =
-                    count_ranges(&store, &agent.id, agent.epoch, ranges.as_deref())?;
+                    count_ranges(
+                    &store,
+                    &agent.id,
+                    agent.epoch,
+                    agent.committed_seq,
+                    ranges.as_deref(),
+                )?;
                 Ok(agent)
             })
             .collect()
