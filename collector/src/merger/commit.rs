@@ -16,6 +16,7 @@ use super::{AckSender, IncomingBatch, Merger, SeriesLimitExceeded};
 use crate::metrics::StoreOp;
 use crate::model::{Committed, CommittedChunk, IdMap, Point, SeriesKey};
 use crate::store::{BatchWrite, CommittedSet, EpochRow, Store, StoreError, WriteSet};
+use tributary_proto::limits::MAX_COMMITTED_RANGES;
 
 /// The answer to one batch, to publish on its stream after the commit.
 struct Answer {
@@ -86,6 +87,15 @@ impl Merger {
             });
             return;
         }
+        if let Some(refused) = self.too_many_ranges(&b, group) {
+            debug!(agent = %b.agent, epoch = b.epoch, seq = b.seq, "{refused}");
+            let refused: Arc<str> = Arc::from(refused);
+            b.ack.send_modify(|acks| {
+                acks.batches += 1;
+                acks.refused.get_or_insert(refused);
+            });
+            return;
+        }
         // Sequences the agent will never send close their holes. Taken from
         // new batches only (the store applies it with the batch, written or
         // skipped), so the cache never holds what the store does not.
@@ -107,6 +117,31 @@ impl Merger {
             received_ns: b.received_ns,
             readings: b.readings,
         });
+    }
+
+    /// Why `b` (not a replay) is refused: it would take its (agent, epoch)
+    /// past [`MAX_COMMITTED_RANGES`] ranges. Each batch opens at most one
+    /// range, so only a set at the bound is copied to try it.
+    fn too_many_ranges(&self, b: &IncomingBatch, group: &Group) -> Option<String> {
+        let key = (b.agent.clone(), b.epoch);
+        let row = self.epoch_state(&key, group)?;
+        if row.committed.ranges().len() < MAX_COMMITTED_RANGES {
+            return None;
+        }
+        let mut trial = row.committed.clone();
+        trial.close_below(b.floor);
+        trial.add_batch(b.seq, b.high_water);
+        (trial.ranges().len() > MAX_COMMITTED_RANGES).then(|| {
+            format!(
+                "agent {:?}, epoch {}: batch {} would take the committed set past \
+                 {MAX_COMMITTED_RANGES} ranges above sequence {} (4 x MAX_ACK_RANGES); \
+                 send the backlog in sequence order, or say oldest_spooled to close holes",
+                &*b.agent,
+                b.epoch,
+                b.seq,
+                trial.mark()
+            )
+        })
     }
 
     /// The delivery state of (agent, epoch), counting the group being

@@ -119,6 +119,11 @@ pub struct StreamAcks {
     pub batches: u64,
     /// Of those, replays: batches whose sequence was committed already.
     pub replays: u64,
+    /// Why a batch of this stream was refused (it would take its epoch
+    /// past [`MAX_COMMITTED_RANGES`](tributary_proto::limits::MAX_COMMITTED_RANGES)
+    /// ranges): the session ends the stream with RESOURCE_EXHAUSTED and
+    /// this message. The refused batch counts in `batches` (answered).
+    pub refused: Option<Arc<str>>,
 }
 
 /// The merger's end of a stream's acks.

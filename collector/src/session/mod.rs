@@ -258,8 +258,12 @@ impl Session {
                         return Err(Status::unavailable("collector shutting down"));
                     }
                     let now = ack_rx.borrow_and_update().clone();
+                    let refused = now.refused.clone();
                     if send_acks(&mut sent, now, out).await.is_err() {
                         return Ok(());
+                    }
+                    if let Some(refused) = refused {
+                        return Err(self.range_limit(stream, &refused));
                     }
                 }
                 frame = inbound.next() => match frame {
@@ -297,7 +301,11 @@ impl Session {
         let now = ack_rx.borrow().clone();
         let answered = now.batches;
         let acked = now.committed.to_string();
+        let refused = now.refused.clone();
         let _ = send_acks(&mut sent, now, out).await;
+        if let Some(refused) = refused {
+            return Err(self.range_limit(stream, &refused));
+        }
         if reached.is_err() {
             warn!(
                 agent = %stream.agent,
@@ -312,6 +320,15 @@ impl Session {
         } else {
             Ok(())
         }
+    }
+
+    /// The end of a stream one of whose batches the merger refused for
+    /// taking its epoch past `MAX_COMMITTED_RANGES` ranges (`refused` says
+    /// so, naming the agent, the epoch and the bound).
+    fn range_limit(&self, stream: &Stream, refused: &str) -> Status {
+        self.metrics.refused(StreamRefusal::RangeLimit);
+        warn!(agent = %stream.agent, peer = %self.peer, error = %refused, "batch refused: ending the stream");
+        Status::resource_exhausted(refused.to_owned())
     }
 
     async fn handle_frame(&self, stream: &mut Stream, frame: pb::AgentFrame) -> Result<(), Status> {
