@@ -739,6 +739,13 @@ async fn bad_frames_are_rejected_with_the_field_named() -> Result<()> {
     let cases: Vec<(&str, Vec<pb::AgentFrame>, &str)> = vec![
         ("seq zero", vec![counter_batch(0, true, 1, 1)], "batch.seq"),
         (
+            // An in-order stream (no out_of_order in its Hello): the same
+            // sequence twice.
+            "seq not increasing",
+            vec![counter_batch(5, true, 1, 1), counter_batch(5, false, 2, 2)],
+            "batch.seq: 5 does not increase (previous 5)",
+        ),
+        (
             "undeclared series",
             vec![batch(1, vec![], vec![reading(9, 1_000, 1)])],
             "batch.readings[0].series",

@@ -688,3 +688,6 @@ impl Merger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
