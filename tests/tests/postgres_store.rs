@@ -312,7 +312,11 @@ async fn a_mark_moved_by_an_older_collector_keeps_the_ranges_in_place() -> Resul
         .with_context(|| what.clone())?;
         assert_eq!(read.to_string(), "4 +[6-7]", "{what}: 3 absorbed, 6-7 kept");
         assert_eq!(loaded, read, "{what}: load reads the same");
-        assert_eq!(skipped, [0, 3], "{what}: 6 and 7 were committed, 5 and 8 not");
+        assert_eq!(
+            skipped,
+            [0, 3],
+            "{what}: 6 and 7 were committed, 5 and 8 not"
+        );
         assert_eq!(after, CommittedSet::up_to(8), "{what}");
         let agents = tributary_collector::store::read::Reader::open(&url)?
             .agents()

@@ -449,7 +449,11 @@ mod tests {
         );
         let table = render(|out| write_agents(out, Format::Table, &agents));
         assert!(table.starts_with("ID "), "{table}");
-        let words = |line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let words = |line: &str| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             // LAST SEEN is empty: the epoch is the fifth word.

@@ -78,12 +78,19 @@ fn in_order_and_out_of_order_batches_of_one_epoch_share_a_group() {
 
     let mut expected = CommittedSet::up_to(8);
     expected.insert(10);
-    let (acks_a, acks_b) = (in_order_rx.borrow().clone(), out_of_order_rx.borrow().clone());
+    let (acks_a, acks_b) = (
+        in_order_rx.borrow().clone(),
+        out_of_order_rx.borrow().clone(),
+    );
     assert_eq!(*acks_a.committed, expected, "the in-order stream's ack");
     assert_eq!(*acks_b.committed, expected, "the out-of-order stream's ack");
     assert_eq!((acks_a.batches, acks_a.replays), (4, 0));
     assert_eq!((acks_b.batches, acks_b.replays), (5, 2), "3 again and 7");
-    let row = merger.store.epoch("mixed", 2).expect("store reads").expect("a row");
+    let row = merger
+        .store
+        .epoch("mixed", 2)
+        .expect("store reads")
+        .expect("a row");
     assert_eq!(row.committed, expected, "the store holds what the acks say");
 
     // The next group closes the hole from the out-of-order side.

@@ -137,8 +137,7 @@ impl PgReader {
                     committed_ranges: 0,
                 };
                 let ranges: Option<Vec<u8>> = r.get(11);
-                agent.committed_ranges =
-                    count_ranges(
+                agent.committed_ranges = count_ranges(
                     &store,
                     &agent.id,
                     agent.epoch,
