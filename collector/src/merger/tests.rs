@@ -6,13 +6,23 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::{Command, IncomingBatch, LiveAgents, Merger, MergerOptions, StreamAcks};
+use super::{Command, IncomingBatch, LiveAgents, Merger, MergerOptions, Refused, StreamAcks};
 use crate::store::{CommittedSet, Durability, StoreUrl};
 
 fn batch(seq: u64, high_water: bool, ack: &super::AckSender) -> Command {
+    batch_of("mixed", 2, seq, high_water, ack)
+}
+
+fn batch_of(
+    agent: &str,
+    epoch: u64,
+    seq: u64,
+    high_water: bool,
+    ack: &super::AckSender,
+) -> Command {
     Command::Batch(IncomingBatch {
-        agent: Arc::from("mixed"),
-        epoch: 2,
+        agent: Arc::from(agent),
+        epoch,
         seq,
         high_water,
         floor: 0,
@@ -26,10 +36,10 @@ fn batch(seq: u64, high_water: bool, ack: &super::AckSender) -> Command {
     })
 }
 
-#[test]
-fn in_order_and_out_of_order_batches_of_one_epoch_share_a_group() {
+/// A merger on a new SQLite file, and the queue it takes commands from.
+fn merger(name: &str) -> (Merger, mpsc::Sender<Command>, std::path::PathBuf) {
     let path = std::env::temp_dir().join(format!(
-        "tributary-merger-mixed-{}-{}.db",
+        "tributary-merger-{name}-{}-{}.db",
         std::process::id(),
         crate::model::now_ns()
     ));
@@ -46,7 +56,19 @@ fn in_order_and_out_of_order_batches_of_one_epoch_share_a_group() {
     let (tx, rx) = mpsc::channel(options.capacity);
     let (live_tx, _live) = watch::channel(LiveAgents::default());
     let (tail, _) = broadcast::channel(4);
-    let mut merger = Merger::open(&url, options, rx, live_tx, tail).expect("merger opens");
+    let merger = Merger::open(&url, options, rx, live_tx, tail).expect("merger opens");
+    (merger, tx, path)
+}
+
+fn remove(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+#[test]
+fn in_order_and_out_of_order_batches_of_one_epoch_share_a_group() {
+    let (mut merger, tx, path) = merger("mixed");
     let (in_order, in_order_rx) = watch::channel(StreamAcks::default());
     let (out_of_order, out_of_order_rx) = watch::channel(StreamAcks::default());
     let (a, b) = (Arc::new(in_order), Arc::new(out_of_order));
@@ -97,7 +119,54 @@ fn in_order_and_out_of_order_batches_of_one_epoch_share_a_group() {
     assert!(merger.turn(batch(9, false, &b)));
     assert_eq!(*out_of_order_rx.borrow().committed, CommittedSet::up_to(10));
     drop(merger);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    remove(&path);
+}
+
+/// An `epochs` row that does not decode fails only its epoch's batches
+/// (each stream told so, naming the row); the rest of the group commits,
+/// and the merger goes on (it used to retry that commit forever).
+#[test]
+fn an_undecodable_epochs_row_fails_only_its_epochs_batches() {
+    let (mut merger, tx, path) = merger("bad-row");
+    rusqlite::Connection::open(&path)
+        .and_then(|c| {
+            c.execute(
+                "INSERT INTO epochs (agent, epoch, committed_seq, committed_ranges) \
+                 VALUES ('broken', 9, 3, x'0780')",
+                [],
+            )
+        })
+        .expect("garble a row");
+    let (bad, bad_rx) = watch::channel(StreamAcks::default());
+    let (good, good_rx) = watch::channel(StreamAcks::default());
+    let (bad, good) = (Arc::new(bad), Arc::new(good));
+    for cmd in [
+        batch_of("broken", 9, 5, false, &bad),
+        batch(2, false, &good),
+        batch_of("broken", 9, 6, false, &bad),
+    ] {
+        tx.try_send(cmd).expect("room in the queue");
     }
+    assert!(merger.turn(batch(1, true, &good)));
+    let good_acks = good_rx.borrow().clone();
+    assert_eq!(*good_acks.committed, CommittedSet::up_to(2));
+    assert_eq!((good_acks.batches, good_acks.refused), (2, None));
+    let bad_acks = bad_rx.borrow().clone();
+    assert_eq!(bad_acks.batches, 2, "both answered");
+    match bad_acks.refused {
+        Some(Refused::BadEpochRow(m)) => assert!(
+            m.contains("\"broken\", epoch 9") && m.contains("format 7"),
+            "{m}"
+        ),
+        other => panic!("not refused for the row: {other:?}"),
+    }
+    assert_eq!(
+        *bad_acks.committed,
+        CommittedSet::default(),
+        "nothing acked"
+    );
+    let row = merger.store.epoch("mixed", 2).expect("store reads");
+    assert_eq!(row.map(|r| r.committed), Some(CommittedSet::up_to(2)));
+    drop(merger);
+    remove(&path);
 }

@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use tributary_proto::{limits, v1 as pb};
 
-use crate::merger::{AckSender, IncomingBatch, MergerHandle, ResolveError, StreamAcks};
+use crate::merger::{AckSender, IncomingBatch, MergerHandle, Refused, ResolveError, StreamAcks};
 use crate::metrics::{IngestMetrics, StreamRefusal};
 use crate::model::{NewReading, SeriesKey, now_ns};
 use crate::roles::Roles;
@@ -263,7 +263,7 @@ impl Session {
                         return Ok(());
                     }
                     if let Some(refused) = refused {
-                        return Err(self.range_limit(stream, &refused));
+                        return Err(self.refusal(stream, refused));
                     }
                 }
                 frame = inbound.next() => match frame {
@@ -304,7 +304,7 @@ impl Session {
         let refused = now.refused.clone();
         let _ = send_acks(&mut sent, now, out).await;
         if let Some(refused) = refused {
-            return Err(self.range_limit(stream, &refused));
+            return Err(self.refusal(stream, refused));
         }
         if reached.is_err() {
             warn!(
@@ -322,13 +322,18 @@ impl Session {
         }
     }
 
-    /// The end of a stream one of whose batches the merger refused for
-    /// taking its epoch past `MAX_COMMITTED_RANGES` ranges (`refused` says
-    /// so, naming the agent, the epoch and the bound).
-    fn range_limit(&self, stream: &Stream, refused: &str) -> Status {
-        self.metrics.refused(StreamRefusal::RangeLimit);
-        warn!(agent = %stream.agent, peer = %self.peer, error = %refused, "batch refused: ending the stream");
-        Status::resource_exhausted(refused.to_owned())
+    /// The end of a stream one of whose batches the merger refused (the
+    /// message names the agent and the epoch).
+    fn refusal(&self, stream: &Stream, refused: Refused) -> Status {
+        match refused {
+            Refused::RangeLimit(message) => {
+                self.metrics.refused(StreamRefusal::RangeLimit);
+                warn!(agent = %stream.agent, peer = %self.peer, error = %message, "batch refused: ending the stream");
+                Status::resource_exhausted(message.to_string())
+            }
+            // The merger logged it (an operator must repair the row).
+            Refused::BadEpochRow(message) => Status::internal(message.to_string()),
+        }
     }
 
     async fn handle_frame(&self, stream: &mut Stream, frame: pb::AgentFrame) -> Result<(), Status> {
