@@ -24,6 +24,13 @@ pub mod limits {
     /// its own gaps far below this (it falls back to sequence order first),
     /// so every range it needs to hear about is listed.
     pub const MAX_ACK_RANGES: usize = 1024;
+    /// Most ranges a collector keeps above the committed sequence of one
+    /// (agent, epoch): a batch that would open one more is refused
+    /// (RESOURCE_EXHAUSTED). A well-behaved agent keeps far fewer (its own
+    /// gap bound is `MAX_ACK_RANGES / 2`, and `Batch.oldest_spooled` closes
+    /// its spool's holes); the bound keeps the collector's work per commit
+    /// (the set is copied and stored whole) bounded.
+    pub const MAX_COMMITTED_RANGES: usize = 4 * MAX_ACK_RANGES;
 }
 
 /// Generated code for package `tributary.v1`.

@@ -675,6 +675,58 @@ async fn a_welcome_lists_the_lowest_ranges_and_the_rest_dedup() -> Result<()> {
     Ok(())
 }
 
+/// An epoch holds at most `MAX_COMMITTED_RANGES` ranges: a batch that
+/// would open one more is refused with RESOURCE_EXHAUSTED naming the
+/// agent, the epoch and the bound (nothing of it stored); one that extends
+/// or joins ranges is taken as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_the_range_bound_is_refused() -> Result<()> {
+    let cap = tributary_proto::limits::MAX_COMMITTED_RANGES as u64;
+    let collector = Collector::start("ooo-cap").await?;
+    let mut s = RawStream::open_out_of_order(&collector.url, "cap", 3).await?;
+    // Every even sequence up to 2 * cap: exactly `cap` ranges.
+    let top = 2 * cap;
+    for seq in (2..=top).step_by(2) {
+        let v = seq as i64;
+        s.send(counter_batch(seq, seq == 2, v, v)).await?;
+    }
+    // One more range: refused.
+    s.send(counter_batch(top + 2, false, 0, 0)).await?;
+    let status = s.status().await?;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    let m = status.message();
+    assert!(
+        m.contains("agent \"cap\", epoch 3") && m.contains(&format!("{cap} ranges")),
+        "{m}"
+    );
+    // Extending the top range and joining the lowest two are taken; then
+    // there is room for one new range.
+    let mut s = RawStream::open_out_of_order(&collector.url, "cap", 3).await?;
+    assert_eq!(s.welcome, 0);
+    for seq in [top + 1, 3, top + 4] {
+        let v = seq as i64;
+        s.send(counter_batch(seq, seq == top + 1, v, v)).await?;
+    }
+    loop {
+        let (mark, ranges) = s.next_ack_set().await?;
+        assert_eq!(mark, 0);
+        if ranges.first() == Some(&(2, 4)) {
+            break;
+        }
+    }
+    s.send(counter_batch(top + 6, false, 0, 0)).await?;
+    let status = s.status().await?;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    let mut expected: Vec<i64> = (2..=top as i64).step_by(2).collect();
+    expected.extend([top as i64 + 1, 3, top as i64 + 4]);
+    expected.sort_unstable();
+    let mut stored = collector.counter_values("cap")?;
+    stored.sort_unstable();
+    assert_eq!(stored, expected, "nothing of the refused batches stored");
+    collector.stop().await?;
+    Ok(())
+}
+
 /// Each bad frame ends its stream with INVALID_ARGUMENT naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_are_rejected_with_the_field_named() -> Result<()> {
@@ -686,6 +738,13 @@ async fn bad_frames_are_rejected_with_the_field_named() -> Result<()> {
 
     let cases: Vec<(&str, Vec<pb::AgentFrame>, &str)> = vec![
         ("seq zero", vec![counter_batch(0, true, 1, 1)], "batch.seq"),
+        (
+            // An in-order stream (no out_of_order in its Hello): the same
+            // sequence twice.
+            "seq not increasing",
+            vec![counter_batch(5, true, 1, 1), counter_batch(5, false, 2, 2)],
+            "batch.seq: 5 does not increase (previous 5)",
+        ),
         (
             "undeclared series",
             vec![batch(1, vec![], vec![reading(9, 1_000, 1)])],

@@ -265,6 +265,72 @@ async fn out_of_order_commits_keep_a_committed_set_on_both_stores() -> Result<()
     Ok(())
 }
 
+/// A collector from before ranges existed (rolling upgrade on a shared
+/// PostgreSQL, or an SQLite file opened by an older binary) moves
+/// `committed_seq` and leaves `committed_ranges` as it was: the row then
+/// reads as the union of both, on both stores (never ranges shifted by the
+/// move), and a commit after it skips exactly the committed sequences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_moved_by_an_older_collector_keeps_the_ranges_in_place() -> Result<()> {
+    let schema = TestSchema::new("ooo_old_mark").await?;
+    let dir = TestDir::new("ooo_old_mark")?;
+    let sqlite = dir.join("old_mark.db");
+    for url in [StoreUrl::Sqlite(sqlite.clone()), schema.store()] {
+        let what = url.to_string();
+        let u = url.clone();
+        let s = blocking(move || {
+            let mut store = Store::open(&u, Durability::Full)?;
+            let s = store.resolve_series(&[key("old", "d1")])?[0];
+            store.commit(&set("old", 4, s, [3, 6, 7]))?;
+            Ok(s)
+        })
+        .await
+        .with_context(|| what.clone())?;
+        // What an older collector writes after committing 1, 2 and 4: the
+        // mark alone.
+        let mark_only = "UPDATE epochs SET committed_seq = 4 WHERE agent = 'old' AND epoch = 4";
+        match &url {
+            StoreUrl::Sqlite(path) => {
+                rusqlite::Connection::open(path)?.execute(mark_only, [])?;
+            }
+            _ => {
+                postgres_support::psql(&schema.url(), mark_only).await?;
+            }
+        }
+        let u = url.clone();
+        let (read, loaded, skipped, after) = blocking(move || {
+            let mut store = Store::open(&u, Durability::Full)?;
+            let read = store.epoch("old", 4)?.context("no epochs row")?.committed;
+            let loaded = store.load()?.epochs[&(Arc::from("old"), 4)]
+                .committed
+                .clone();
+            let skipped = store.commit(&set("old", 4, s, [6, 5, 8, 7]))?.skipped;
+            let after = store.epoch("old", 4)?.context("no epochs row")?.committed;
+            Ok((read, loaded, skipped, after))
+        })
+        .await
+        .with_context(|| what.clone())?;
+        assert_eq!(read.to_string(), "4 +[6-7]", "{what}: 3 absorbed, 6-7 kept");
+        assert_eq!(loaded, read, "{what}: load reads the same");
+        assert_eq!(
+            skipped,
+            [0, 3],
+            "{what}: 6 and 7 were committed, 5 and 8 not"
+        );
+        assert_eq!(after, CommittedSet::up_to(8), "{what}");
+        let agents = tributary_collector::store::read::Reader::open(&url)?
+            .agents()
+            .await?;
+        let old = agents.iter().find(|a| a.id == "old").context("agent row")?;
+        assert_eq!(
+            (old.committed_seq, old.committed_ranges),
+            (8, 0),
+            "{what}: ListAgents"
+        );
+    }
+    Ok(())
+}
+
 /// Two stores on one PostgreSQL database commit the same sequences, each
 /// in its own random order (so ranges open and close on both sides), one
 /// or a few batches per transaction: every sequence is stored by exactly

@@ -64,22 +64,31 @@ pub fn write_agents(
                         last_seen(a),
                         format!("{:016x}", a.epoch),
                         a.committed_seq.to_string(),
-                        a.committed_ranges.to_string(),
                         a.lag.to_string(),
                         a.readings_stored.to_string(),
                         a.batches_deduplicated.to_string(),
                         a.batches_resent.to_string(),
                         a.dropped_at_agent.to_string(),
                         a.skewed_readings.to_string(),
+                        // Last in CSV (scripts read columns by position: a
+                        // new column goes at the end); beside COMMITTED SEQ
+                        // in the table.
+                        a.committed_ranges.to_string(),
                     ]
                 })
                 .collect();
             if format == Format::Csv {
-                let header = "id,connected,collector,peer,last_seen,epoch,committed_seq,ranges,lag,\
+                let header = "id,connected,collector,peer,last_seen,epoch,committed_seq,lag,\
                               readings_stored,batches_deduplicated,batches_resent,dropped_at_agent,\
-                              skewed_readings";
+                              skewed_readings,ranges";
                 write_csv(out, header, &rows)
             } else {
+                let mut rows = rows;
+                for row in &mut rows {
+                    if let Some(ranges) = row.pop() {
+                        row.insert(7, ranges);
+                    }
+                }
                 let header = [
                     "ID",
                     "CONNECTED",
@@ -434,12 +443,24 @@ mod tests {
         let csv = render(|out| write_agents(out, Format::Csv, &agents));
         assert_eq!(
             csv,
-            "id,connected,collector,peer,last_seen,epoch,committed_seq,ranges,lag,readings_stored,\
-             batches_deduplicated,batches_resent,dropped_at_agent,skewed_readings\n\
-             edge-1,true,col-a,10.0.0.5:4411,,00000000000000ab,7,6,4,70,1,3,2,5\n"
+            "id,connected,collector,peer,last_seen,epoch,committed_seq,lag,readings_stored,\
+             batches_deduplicated,batches_resent,dropped_at_agent,skewed_readings,ranges\n\
+             edge-1,true,col-a,10.0.0.5:4411,,00000000000000ab,7,4,70,1,3,2,5,6\n"
         );
         let table = render(|out| write_agents(out, Format::Table, &agents));
         assert!(table.starts_with("ID "), "{table}");
+        let words = |line: &str| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            // LAST SEEN is empty: the epoch is the fifth word.
+            words(lines[1])[4..8],
+            ["00000000000000ab", "7", "6", "4"],
+            "RANGES beside COMMITTED SEQ in the table: {table}"
+        );
         assert!(
             table.contains(" COLLECTOR ") && table.contains(" col-a "),
             "{table}"

@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, warn};
 
-use super::{AckSender, IncomingBatch, Merger, SeriesLimitExceeded};
+use super::{AckSender, IncomingBatch, Merger, Refused, SeriesLimitExceeded};
 use crate::metrics::StoreOp;
 use crate::model::{Committed, CommittedChunk, IdMap, Point, SeriesKey};
-use crate::store::{BatchWrite, CommittedSet, EpochRow, Store, StoreError, WriteSet};
+use crate::store::{
+    BatchWrite, CommitReport, CommittedSet, EpochRow, Store, StoreError, StoredEpoch, WriteSet,
+};
+use tributary_proto::limits::MAX_COMMITTED_RANGES;
 
 /// The answer to one batch, to publish on its stream after the commit.
 struct Answer {
@@ -42,6 +45,46 @@ pub(super) struct Group {
     /// cached state plus what the group adds (its sequences commit
     /// together or not at all).
     epochs: HashMap<(Arc<str>, u64), EpochRow>,
+}
+
+impl Group {
+    /// Takes the batches of `key` out of the group (and its delivery
+    /// state), answering each with `refused`.
+    fn refuse(&mut self, key: &(Arc<str>, u64), refused: Refused) {
+        // Old index → new index of each batch kept.
+        let mut index: Vec<Option<usize>> = Vec::with_capacity(self.set.batches.len());
+        let mut kept = Vec::with_capacity(self.set.batches.len());
+        for b in std::mem::take(&mut self.set.batches) {
+            if (&b.agent, b.epoch) == (&key.0, key.1) {
+                self.readings -= b.readings.len();
+                index.push(None);
+            } else {
+                index.push(Some(kept.len()));
+                kept.push(b);
+            }
+        }
+        self.set.batches = kept;
+        self.set
+            .epochs
+            .retain(|(a, e, _)| (a, *e) != (&key.0, key.1));
+        self.epochs.remove(key);
+        self.acks.retain_mut(|answer| {
+            if answer.key == *key {
+                answer.to.send_modify(|acks| {
+                    acks.batches += 1;
+                    acks.refused.get_or_insert_with(|| refused.clone());
+                });
+                return false;
+            }
+            answer.write = answer.write.and_then(|i| index.get(i).copied().flatten());
+            true
+        });
+    }
+}
+
+/// Whether `e` is an `epochs` row whose committed ranges do not decode.
+fn bad_epoch_row(e: &StoreError) -> bool {
+    matches!(e, StoreError::Invalid { what, .. } if *what == StoredEpoch::DECODING)
 }
 
 impl Merger {
@@ -86,6 +129,15 @@ impl Merger {
             });
             return;
         }
+        if let Some(refused) = self.too_many_ranges(&b, group) {
+            debug!(agent = %b.agent, epoch = b.epoch, seq = b.seq, "{refused}");
+            let refused = Refused::RangeLimit(Arc::from(refused));
+            b.ack.send_modify(|acks| {
+                acks.batches += 1;
+                acks.refused.get_or_insert(refused);
+            });
+            return;
+        }
         // Sequences the agent will never send close their holes. Taken from
         // new batches only (the store applies it with the batch, written or
         // skipped), so the cache never holds what the store does not.
@@ -107,6 +159,31 @@ impl Merger {
             received_ns: b.received_ns,
             readings: b.readings,
         });
+    }
+
+    /// Why `b` (not a replay) is refused: it would take its (agent, epoch)
+    /// past [`MAX_COMMITTED_RANGES`] ranges. Each batch opens at most one
+    /// range, so only a set at the bound is copied to try it.
+    fn too_many_ranges(&self, b: &IncomingBatch, group: &Group) -> Option<String> {
+        let key = (b.agent.clone(), b.epoch);
+        let row = self.epoch_state(&key, group)?;
+        if row.committed.ranges().len() < MAX_COMMITTED_RANGES {
+            return None;
+        }
+        let mut trial = row.committed.clone();
+        trial.close_below(b.floor);
+        trial.add_batch(b.seq, b.high_water);
+        (trial.ranges().len() > MAX_COMMITTED_RANGES).then(|| {
+            format!(
+                "agent {:?}, epoch {}: batch {} would take the committed set past \
+                 {MAX_COMMITTED_RANGES} ranges above sequence {} (4 x MAX_ACK_RANGES); \
+                 send the backlog in sequence order, or say oldest_spooled to close holes",
+                &*b.agent,
+                b.epoch,
+                b.seq,
+                trial.mark()
+            )
+        })
     }
 
     /// The delivery state of (agent, epoch), counting the group being
@@ -196,11 +273,22 @@ impl Merger {
     /// sessions wait, the queue fills, agents spool.
     /// Each failure counts in `store_errors_total`; `store_retrying` is 1
     /// until it succeeds.
-    fn retry<T>(
+    fn retry<T>(&mut self, op: StoreOp, f: impl FnMut(&mut Store) -> Result<T, StoreError>) -> T {
+        match self.retry_unless(op, f, |_| false) {
+            Ok(v) => v,
+            // `give_up` never says yes.
+            Err(_) => unreachable!("retry gave up"),
+        }
+    }
+
+    /// [`Self::retry`], but an error `give_up` says yes to is returned
+    /// (counted, not retried).
+    fn retry_unless<T>(
         &mut self,
         op: StoreOp,
         mut f: impl FnMut(&mut Store) -> Result<T, StoreError>,
-    ) -> T {
+        give_up: impl Fn(&StoreError) -> bool,
+    ) -> Result<T, StoreError> {
         let mut delay = Duration::from_millis(50);
         loop {
             match f(&mut self.store) {
@@ -208,7 +296,14 @@ impl Merger {
                     if delay > Duration::from_millis(50) {
                         self.metrics.store_retrying.set(0);
                     }
-                    return v;
+                    return Ok(v);
+                }
+                Err(e) if give_up(&e) => {
+                    self.metrics.store_error(op);
+                    if delay > Duration::from_millis(50) {
+                        self.metrics.store_retrying.set(0);
+                    }
+                    return Err(e);
                 }
                 Err(e) => {
                     self.metrics.store_error(op);
@@ -234,10 +329,20 @@ impl Merger {
         group.set.epochs = epochs;
         self.agent_writes(&mut group.set);
         let mut skipped = Vec::new();
+        let started = Instant::now();
+        let mut report = CommitReport::default();
+        while !group.set.is_empty() {
+            let set = &group.set;
+            match self.retry_unless(StoreOp::Commit, |store| store.commit(set), bad_epoch_row) {
+                Ok(r) => {
+                    report = r;
+                    break;
+                }
+                Err(e) => self.refuse_bad_epochs(&mut group, &e),
+            }
+        }
         if !group.set.is_empty() {
             let set = &group.set;
-            let started = Instant::now();
-            let report = self.retry(StoreOp::Commit, |store| store.commit(set));
             self.metrics.committed(
                 set.batches.len() - report.skipped.len(),
                 group.readings,
@@ -302,6 +407,38 @@ impl Merger {
         }
         self.publish_live();
         true
+    }
+
+    /// After a commit failed on an `epochs` row that does not decode
+    /// (`e`): finds the (agent, epoch) rows of the group that do not, and
+    /// takes their batches out of it, ending their streams with an error
+    /// naming the row, so the other agents' batches commit. A row that
+    /// reads again (repaired, or the failure passed) is left in.
+    fn refuse_bad_epochs(&mut self, group: &mut Group, e: &StoreError) {
+        let mut keys: Vec<(Arc<str>, u64)> = group
+            .set
+            .batches
+            .iter()
+            .map(|b| (b.agent.clone(), b.epoch))
+            .chain(group.set.epochs.iter().map(|(a, e, _)| (a.clone(), *e)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mut found = false;
+        for key in keys {
+            let Err(bad) = self.store.epoch(&key.0, key.1) else {
+                continue;
+            };
+            if !bad_epoch_row(&bad) {
+                continue;
+            }
+            found = true;
+            error!(agent = %key.0, epoch = key.1, error = %bad, "epochs row does not decode: the epoch's batches are refused until it is repaired");
+            group.refuse(&key, Refused::BadEpochRow(Arc::from(bad.to_string())));
+        }
+        if !found {
+            warn!(error = %e, "commit failed on an epochs row that now reads; retrying");
+        }
     }
 
     /// Groups the committed readings by series for `Query/Tail`, leaving

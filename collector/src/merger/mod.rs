@@ -119,6 +119,22 @@ pub struct StreamAcks {
     pub batches: u64,
     /// Of those, replays: batches whose sequence was committed already.
     pub replays: u64,
+    /// Why a batch of this stream was refused: the session ends the stream
+    /// with it. The refused batch counts in `batches` (answered).
+    pub refused: Option<Refused>,
+}
+
+/// Why the merger refused a batch (the message names the agent and epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// It would take its epoch past
+    /// [`MAX_COMMITTED_RANGES`](tributary_proto::limits::MAX_COMMITTED_RANGES)
+    /// ranges (RESOURCE_EXHAUSTED).
+    RangeLimit(Arc<str>),
+    /// Its epoch's stored row does not decode: the store cannot tell what
+    /// is committed, so none of the epoch's batches is taken until the row
+    /// is repaired; other agents' are (INTERNAL).
+    BadEpochRow(Arc<str>),
 }
 
 /// The merger's end of a stream's acks.
@@ -683,3 +699,6 @@ impl Merger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -42,6 +42,8 @@ pub enum StreamRefusal {
     Allowlist,
     /// New series would take the agent past `max_series_per_agent`.
     SeriesLimit,
+    /// A batch would take its epoch past `MAX_COMMITTED_RANGES` ranges.
+    RangeLimit,
     /// A frame broke the protocol or a `[limits]` size (INVALID_ARGUMENT).
     InvalidFrame,
     /// No Hello within `hello_timeout`.
@@ -49,10 +51,11 @@ pub enum StreamRefusal {
 }
 
 impl StreamRefusal {
-    const ALL: [StreamRefusal; 5] = [
+    const ALL: [StreamRefusal; 6] = [
         StreamRefusal::Identity,
         StreamRefusal::Allowlist,
         StreamRefusal::SeriesLimit,
+        StreamRefusal::RangeLimit,
         StreamRefusal::InvalidFrame,
         StreamRefusal::HelloTimeout,
     ];
@@ -62,6 +65,7 @@ impl StreamRefusal {
             StreamRefusal::Identity => "identity",
             StreamRefusal::Allowlist => "allowlist",
             StreamRefusal::SeriesLimit => "series_limit",
+            StreamRefusal::RangeLimit => "range_limit",
             StreamRefusal::InvalidFrame => "invalid_frame",
             StreamRefusal::HelloTimeout => "hello_timeout",
         }

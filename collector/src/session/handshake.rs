@@ -153,6 +153,7 @@ impl Session {
             committed,
             batches: 0,
             replays: 0,
+            refused: None,
         });
         let stream = Stream {
             agent: agent.clone(),

@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use tributary_proto::{limits, v1 as pb};
 
-use crate::merger::{AckSender, IncomingBatch, MergerHandle, ResolveError, StreamAcks};
+use crate::merger::{AckSender, IncomingBatch, MergerHandle, Refused, ResolveError, StreamAcks};
 use crate::metrics::{IngestMetrics, StreamRefusal};
 use crate::model::{NewReading, SeriesKey, now_ns};
 use crate::roles::Roles;
@@ -258,8 +258,12 @@ impl Session {
                         return Err(Status::unavailable("collector shutting down"));
                     }
                     let now = ack_rx.borrow_and_update().clone();
+                    let refused = now.refused.clone();
                     if send_acks(&mut sent, now, out).await.is_err() {
                         return Ok(());
+                    }
+                    if let Some(refused) = refused {
+                        return Err(self.refusal(stream, refused));
                     }
                 }
                 frame = inbound.next() => match frame {
@@ -297,7 +301,11 @@ impl Session {
         let now = ack_rx.borrow().clone();
         let answered = now.batches;
         let acked = now.committed.to_string();
+        let refused = now.refused.clone();
         let _ = send_acks(&mut sent, now, out).await;
+        if let Some(refused) = refused {
+            return Err(self.refusal(stream, refused));
+        }
         if reached.is_err() {
             warn!(
                 agent = %stream.agent,
@@ -311,6 +319,20 @@ impl Session {
             Err(Status::unavailable("collector shutting down"))
         } else {
             Ok(())
+        }
+    }
+
+    /// The end of a stream one of whose batches the merger refused (the
+    /// message names the agent and the epoch).
+    fn refusal(&self, stream: &Stream, refused: Refused) -> Status {
+        match refused {
+            Refused::RangeLimit(message) => {
+                self.metrics.refused(StreamRefusal::RangeLimit);
+                warn!(agent = %stream.agent, peer = %self.peer, error = %message, "batch refused: ending the stream");
+                Status::resource_exhausted(message.to_string())
+            }
+            // The merger logged it (an operator must repair the row).
+            Refused::BadEpochRow(message) => Status::internal(message.to_string()),
         }
     }
 

@@ -7,7 +7,9 @@
 //! The store keeps the mark in `epochs.committed_seq` and the ranges in
 //! `epochs.committed_ranges`, encoded by [`CommittedSet::encode_ranges`]
 //! (NULL when there are none, which is also how rows written before ranges
-//! existed read). The merger, the session (Welcome and Ack frames) and the
+//! existed read). The encoding carries the mark it was written against, so
+//! a row whose `committed_seq` a collector without ranges moved still reads
+//! as the union of both. The merger, the session (Welcome and Ack frames) and the
 //! stores all speak this one type.
 
 use std::fmt;
@@ -33,8 +35,12 @@ pub enum BadRanges {
     Overflow(usize),
 }
 
-/// First byte of an encoding: its format.
+/// First byte of an encoding: its format. Version 1 (ranges relative to
+/// whatever `committed_seq` the row holds when read) is only read; it
+/// misreads a row whose mark a collector without ranges moved.
 const FORMAT_V1: u8 = 1;
+/// Version 2: the base mark, then the ranges relative to it.
+const FORMAT_V2: u8 = 2;
 
 impl CommittedSet {
     /// Every sequence from 1 up to `mark`, nothing above.
@@ -182,16 +188,24 @@ impl CommittedSet {
     }
 
     /// The ranges, encoded for the store: `None` when there are none.
-    /// A format byte, then per range two LEB128 numbers: the gap below it
-    /// (sequences not committed since the previous range, or the mark) less
-    /// one, and its length less one. Each range costs a few bytes however
-    /// high the sequences are.
+    ///
+    /// A format byte ([`FORMAT_V2`]), the mark as it is now (the *base*,
+    /// a LEB128 number), then per range two LEB128 numbers: the gap below
+    /// it (sequences not committed since the previous range, or the base)
+    /// less one, and its length less one. Each range costs a few bytes
+    /// however high the sequences are.
+    ///
+    /// The encoding carries its own base, so it means the same whatever
+    /// `committed_seq` the row holds when it is read: a collector from
+    /// before ranges existed moves `committed_seq` and leaves the ranges
+    /// alone, and [`Self::decode`] then takes the union of the two.
     pub fn encode_ranges(&self) -> Option<Vec<u8>> {
         if self.ranges.is_empty() {
             return None;
         }
-        let mut out = Vec::with_capacity(1 + self.ranges.len() * 4);
-        out.push(FORMAT_V1);
+        let mut out = Vec::with_capacity(11 + self.ranges.len() * 4);
+        out.push(FORMAT_V2);
+        put_varint(&mut out, self.mark);
         let mut prev = self.mark;
         for &(first, last) in &self.ranges {
             put_varint(&mut out, first - prev - 2);
@@ -201,18 +215,25 @@ impl CommittedSet {
         Some(out)
     }
 
-    /// The set with mark `mark` and the ranges `encoded` (as
-    /// [`Self::encode_ranges`] wrote them; `None` or empty: no ranges).
+    /// The set a stored row holds: every sequence up to `mark` (its
+    /// `committed_seq`) and every sequence of `encoded` (its
+    /// `committed_ranges` as [`Self::encode_ranges`] wrote them, with the
+    /// base they carry; `None` or empty: none). Ranges at or below a mark
+    /// raised since they were written are absorbed into it.
     pub fn decode(mark: u64, encoded: Option<&[u8]>) -> Result<CommittedSet, BadRanges> {
-        let mut set = CommittedSet::up_to(mark);
         let Some(bytes) = encoded.filter(|b| !b.is_empty()) else {
-            return Ok(set);
+            return Ok(CommittedSet::up_to(mark));
         };
-        if bytes[0] != FORMAT_V1 {
-            return Err(BadRanges::Format(bytes[0]));
-        }
         let mut at = 1;
-        let mut prev = mark;
+        let base = match bytes[0] {
+            FORMAT_V2 => get_varint(bytes, &mut at)?,
+            // Written only by builds from before the base was stored
+            // (never released): relative to the row's mark as it is.
+            FORMAT_V1 => mark,
+            other => return Err(BadRanges::Format(other)),
+        };
+        let mut set = CommittedSet::up_to(base);
+        let mut prev = base;
         while at < bytes.len() {
             let start = at;
             let gap = get_varint(bytes, &mut at)?;
@@ -224,6 +245,9 @@ impl CommittedSet {
             let last = first.checked_add(len).ok_or(BadRanges::Overflow(start))?;
             set.ranges.push((first, last));
             prev = last;
+        }
+        if mark > set.mark {
+            set.raise_mark(mark);
         }
         Ok(set)
     }

@@ -199,15 +199,17 @@ pub struct StoredAgent {
     pub committed_ranges: u64,
 }
 
-/// How many ranges the stored `committed_ranges` of (agent, epoch) hold;
-/// an encoding that does not decode is an error naming the row.
+/// How many ranges the stored `committed_ranges` of (agent, epoch) hold
+/// above its `committed_seq` (`mark`); an encoding that does not decode is
+/// an error naming the row.
 pub(crate) fn count_ranges(
     store: &str,
     agent: &str,
     epoch: u64,
+    mark: u64,
     encoded: Option<&[u8]>,
 ) -> Result<u64, ReadError> {
-    super::CommittedSet::decode(0, encoded)
+    super::CommittedSet::decode(mark, encoded)
         .map(|set| set.ranges().len() as u64)
         .map_err(|e| ReadError::Ranges {
             store: store.to_owned(),

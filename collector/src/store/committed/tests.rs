@@ -95,15 +95,53 @@ proptest! {
     }
 
     #[test]
-    fn garbage_is_an_error_not_a_panic(mark in any::<u64>(), bytes in prop::collection::vec(any::<u8>(), 0..40)) {
-        if let Ok(set) = CommittedSet::decode(mark, Some(&bytes)) {
-            // Whatever decodes is a well-formed set.
-            let mut prev = set.mark();
-            for &(first, last) in set.ranges() {
-                prop_assert!(first > prev.saturating_add(1) && first <= last);
-                prev = last;
+    fn garbage_is_an_error_not_a_panic(
+        mark in any::<u64>(),
+        format in prop::sample::select(vec![1u8, 2, 3]),
+        bytes in prop::collection::vec(any::<u8>(), 0..40),
+    ) {
+        // The format byte forced to a known one (mostly), so the varint,
+        // truncation and overflow paths are reached.
+        let forced: Vec<u8> = std::iter::once(format).chain(bytes.iter().copied()).collect();
+        for input in [&bytes[..], &forced[..]] {
+            if let Ok(set) = CommittedSet::decode(mark, Some(input)) {
+                // Whatever decodes is a well-formed set holding the mark.
+                prop_assert!(set.mark() >= mark);
+                let mut prev = set.mark();
+                for &(first, last) in set.ranges() {
+                    prop_assert!(first > prev.saturating_add(1) && first <= last);
+                    prev = last;
+                }
             }
         }
+    }
+
+    /// A collector from before ranges existed moves `committed_seq` and
+    /// leaves `committed_ranges` as it was: the row reads as the union of
+    /// the set written and everything up to the new mark.
+    #[test]
+    fn a_mark_moved_without_the_ranges_reads_as_the_union(
+        seqs in prop::collection::vec(1u64..120, 0..80),
+        moved in 0u64..130,
+    ) {
+        let mut set = CommittedSet::default();
+        let mut truth = BTreeSet::new();
+        for &s in &seqs {
+            set.insert(s);
+            truth.insert(s);
+        }
+        let encoded = set.encode_ranges();
+        truth.extend(1..=moved);
+        let back = CommittedSet::decode(moved.max(set.mark()), encoded.as_deref())
+            .expect("own encoding decodes");
+        check(&back, &truth, 130);
+        // A mark lower than the one written (never written by a collector,
+        // but a union either way) loses nothing.
+        let mut truth_low: BTreeSet<u64> = seqs.iter().copied().collect();
+        truth_low.extend(1..=moved.min(set.mark()));
+        let low = CommittedSet::decode(moved.min(set.mark()), encoded.as_deref())
+            .expect("own encoding decodes");
+        check(&low, &truth_low, 130);
     }
 }
 
@@ -160,7 +198,8 @@ fn high_sequences_encode_in_a_few_bytes() {
     set.insert((1 << 40) + 1001);
     set.insert((1 << 40) + 5000);
     let bytes = set.encode_ranges().expect("ranges");
-    assert!(bytes.len() <= 8, "{bytes:?}");
+    // Format, the base (6 bytes), two ranges of 3 bytes each.
+    assert!(bytes.len() <= 13, "{bytes:?}");
     assert_eq!(CommittedSet::decode(1 << 40, Some(&bytes)), Ok(set));
 }
 
@@ -170,13 +209,19 @@ fn bad_encodings_say_what_is_wrong() {
         CommittedSet::decode(0, Some(&[9, 0, 0])),
         Err(BadRanges::Format(9))
     );
-    assert_eq!(
-        CommittedSet::decode(0, Some(&[1, 0x80])),
-        Err(BadRanges::Truncated(1))
-    );
+    for format in [1, 2] {
+        assert_eq!(
+            CommittedSet::decode(0, Some(&[format, 0x80])),
+            Err(BadRanges::Truncated(1))
+        );
+    }
     assert_eq!(
         CommittedSet::decode(0, Some(&[1, 3])),
         Err(BadRanges::Truncated(2))
+    );
+    assert_eq!(
+        CommittedSet::decode(0, Some(&[2, 3, 0])),
+        Err(BadRanges::Truncated(3))
     );
     let mut huge = vec![1];
     huge.extend([0xff; 9]);
@@ -186,13 +231,49 @@ fn bad_encodings_say_what_is_wrong() {
         CommittedSet::decode(5, Some(&huge)),
         Err(BadRanges::Overflow(1))
     );
+    let mut huge_base = vec![2];
+    huge_base.extend([0xff; 9]);
+    huge_base.push(0x02);
+    assert_eq!(
+        CommittedSet::decode(5, Some(&huge_base)),
+        Err(BadRanges::Overflow(1))
+    );
+    // Base u64::MAX - 1: the first range would start past u64::MAX.
+    let mut top = vec![2];
+    top.extend([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    top.extend([0, 0]);
+    assert_eq!(
+        CommittedSet::decode(5, Some(&top)),
+        Err(BadRanges::Overflow(11))
+    );
     assert_eq!(CommittedSet::decode(7, None), Ok(CommittedSet::up_to(7)));
     assert_eq!(
         CommittedSet::decode(7, Some(&[])),
         Ok(CommittedSet::up_to(7))
     );
+    // Format 1 (never released) is relative to the row's mark.
     assert_eq!(
         CommittedSet::decode(3, Some(&[1, 0, 1])).map(|s| s.to_string()),
         Ok("3 +[5-6]".to_owned())
     );
+}
+
+/// The encoding carries the mark it was written against: a row whose
+/// `committed_seq` moved after it (an older collector's mark-only write)
+/// reads as the union, never as ranges shifted by the move.
+#[test]
+fn ranges_keep_their_base_when_the_mark_moves_under_them() {
+    let mut set = CommittedSet::up_to(10);
+    for s in [15, 16, 17, 20] {
+        set.insert(s);
+    }
+    let bytes = set.encode_ranges().expect("ranges");
+    assert_eq!(bytes[..2], [2, 10], "format 2, base 10");
+    let read = |mark| CommittedSet::decode(mark, Some(&bytes)).map(|s| s.to_string());
+    assert_eq!(read(10), Ok("10 +[15-17, 20]".to_owned()));
+    assert_eq!(read(12), Ok("12 +[15-17, 20]".to_owned()));
+    assert_eq!(read(16), Ok("17 +[20]".to_owned()), "15-17 joins the mark");
+    assert_eq!(read(19), Ok("20".to_owned()), "19 touches 20");
+    assert_eq!(read(40), Ok("40".to_owned()), "all absorbed");
+    assert_eq!(read(4), Ok("10 +[15-17, 20]".to_owned()), "a union");
 }

@@ -137,8 +137,13 @@ impl PgReader {
                     committed_ranges: 0,
                 };
                 let ranges: Option<Vec<u8>> = r.get(11);
-                agent.committed_ranges =
-                    count_ranges(&store, &agent.id, agent.epoch, ranges.as_deref())?;
+                agent.committed_ranges = count_ranges(
+                    &store,
+                    &agent.id,
+                    agent.epoch,
+                    agent.committed_seq,
+                    ranges.as_deref(),
+                )?;
                 Ok(agent)
             })
             .collect()

@@ -255,8 +255,13 @@ impl SqliteReader {
         let mut out = Vec::new();
         for row in rows {
             let (mut agent, ranges) = row.map_err(&err)?;
-            agent.committed_ranges =
-                count_ranges(&store, &agent.id, agent.epoch, ranges.as_deref())?;
+            agent.committed_ranges = count_ranges(
+                &store,
+                &agent.id,
+                agent.epoch,
+                agent.committed_seq,
+                ranges.as_deref(),
+            )?;
             out.push(agent);
         }
         Ok(out)

@@ -1,8 +1,10 @@
 -- Tributary PostgreSQL schema, migration 6: out-of-order delivery. What an
 -- (agent, epoch) has committed is a set of sequences: every one up to
 -- `committed_seq`, plus the ranges in `committed_ranges` above it (the
--- encoding of collector/src/store/committed.rs: a format byte, then per
--- range the gap below it and its length as LEB128 numbers). Written in the
+-- encoding of collector/src/store/committed.rs: a format byte, the mark it
+-- was written against, then per range the gap below it and its length, as
+-- LEB128 numbers; read as the union with everything up to `committed_seq`,
+-- which a collector without ranges may have moved since). Written in the
 -- same transaction as the readings, under the row lock. Additive: NULL (no
 -- ranges) in every existing row, which is what a collector that sends and
 -- acks in sequence order leaves.
