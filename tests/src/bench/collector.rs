@@ -338,6 +338,31 @@ impl QueryClient {
     }
 
     /// The newest stored time stamp of the series matching `filter`.
+    /// Query/Tail of `filter`: every matching reading as it is committed,
+    /// as (arrival time, the reading's own time stamp) in nanoseconds, sent
+    /// on `out` until the stream or `out` ends.
+    pub async fn tail_times(
+        &mut self,
+        filter: pb::SeriesFilter,
+        out: tokio::sync::mpsc::UnboundedSender<(i64, i64)>,
+    ) -> Result<()> {
+        let mut stream = self
+            .client
+            .tail(filter)
+            .await
+            .context("Query/Tail")?
+            .into_inner();
+        while let Some(chunk) = stream.message().await.context("Query/Tail stream")? {
+            let arrived = now_ns();
+            for p in &chunk.points {
+                if out.send((arrived, p.ts_ns)).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub async fn latest_ts(&mut self, filter: pb::SeriesFilter) -> Result<Option<i64>> {
         let resp = self
             .client

@@ -13,6 +13,17 @@
 //! readings per second, the collector's CPU during it and the staleness
 //! percentiles over it are reported.
 //!
+//! The delivery latency of live readings during the drain (issue 18's
+//! target, p99 <= 2 s): from the restart, Query/Tail follows the counters
+//! of agent 0's devices as they are committed; a reading stamped after
+//! agent 0's stream is back (ListAgents `connected`, sampled every 500 ms:
+//! up to that much late, which can only count a backlog reading as live)
+//! and committed before the drain ends is live, and its latency is its
+//! arrival on the tail less its own time stamp (the poll's wall clock, the
+//! same machine's). The time from the restart to that reconnection (the
+//! agent's backoff) is `reconnect_s`, apart: it is not the delivery
+//! model's.
+//!
 //! Checks (ground truth: the sim counter is 1 on a device's first poll and
 //! rises by exactly one per poll): after the agents stop (they flush and
 //! wait for their acks), no device's counter value is stored twice, each
@@ -94,17 +105,19 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     report.declare("drain_s", "s", None);
     report.declare("drain_readings_per_s", "readings/s", None);
     report.declare("drain_collector_cpu_cores", "cores", None);
+    report.declare("reconnect_s", "s", None);
+    report.declare("live_readings_during_drain", "", None);
+    report.declare("live_latency_p50_s", "s", None);
+    report.declare("live_latency_p99_s", "s", Some(Target::AtMost(2.0)));
+    report.declare("live_latency_max_s", "s", None);
     report.declare("staleness_p50_during_drain_s", "s", None);
-    report.declare(
-        "staleness_p99_during_drain_s",
-        "s",
-        Some(Target::AtMost(2.0)),
-    );
+    report.declare("staleness_p99_during_drain_s", "s", None);
     report.declare("staleness_max_during_drain_s", "s", None);
     for r in 1..=opts.runs() {
         one_run(&cfg, r, opts.runs(), progress, &mut report).await?;
     }
-    report.note("staleness = sample time − the newest stored time stamp of agent 0's first device's counter (polled every second), sampled every 500 ms from the collector's restart to the end of the drain");
+    report.note("staleness = sample time − the newest stored time stamp of agent 0's first device's counter (polled every second), sampled every 500 ms from the collector's restart to the end of the drain; it includes the agent's reconnect backoff and, until a reading of that device stamped after the outage is stored, the outage itself");
+    report.note("live latency = arrival on Query/Tail − time stamp, for every counter of agent 0 stamped after its stream was back (ListAgents connected) and committed before the drain ended");
     report.note(format!(
         "the drain ends when every agent has at most {STEADY_LAG} batches beyond its committed sequence (ListAgents lag)"
     ));
@@ -169,6 +182,17 @@ async fn one_run(
     let c1 = collector.sample()?;
     let mut query = QueryClient::connect(&collector.url).await?;
     let stored_before: u64 = query.stored("rec-").await?;
+    let (tail_tx, mut tail_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tail_client = QueryClient::connect(&collector.url).await?;
+    let tail = tokio::spawn(async move {
+        let filter = pb::SeriesFilter {
+            agent: "rec-0".to_owned(),
+            device: String::new(),
+            metric: "counter".to_owned(),
+        };
+        tail_client.tail_times(filter, tail_tx).await
+    });
+    let mut reconnected: Option<(i64, Duration)> = None;
     let mut staleness = Vec::new();
     let limit = outage * 4 + Duration::from_secs(120);
     let drained_at = loop {
@@ -177,6 +201,9 @@ async fn one_run(
             staleness.push((now - ts).max(0) as f64 / 1e9);
         }
         let listed = query.agents().await?;
+        if reconnected.is_none() && listed.get("rec-0").is_some_and(|i| i.connected) {
+            reconnected = Some((now_ns(), restart.elapsed()));
+        }
         let lags: Vec<u64> = (0..cfg.agents)
             .map(|a| {
                 listed
@@ -199,6 +226,29 @@ async fn one_run(
         tokio::time::sleep(SAMPLE_EVERY).await;
     };
     let drain_cpu = (collector.sample()?.cpu_s - c1.cpu_s) / drained_at.as_secs_f64();
+    let drain_end_ns = now_ns();
+    tail.abort();
+    let (back_ns, reconnect) = reconnected.context("agent 0 never reconnected")?;
+    let mut live = Vec::new();
+    while let Ok((arrived, ts)) = tail_rx.try_recv() {
+        if ts >= back_ns && arrived <= drain_end_ns {
+            live.push((arrived - ts).max(0) as f64 / 1e9);
+        }
+    }
+    report.record("reconnect_s", reconnect.as_secs_f64());
+    report.record("live_readings_during_drain", live.len() as f64);
+    report.record(
+        "live_latency_p50_s",
+        percentile(&mut live, 50.0).unwrap_or(f64::NAN),
+    );
+    report.record(
+        "live_latency_p99_s",
+        percentile(&mut live, 99.0).unwrap_or(f64::NAN),
+    );
+    report.record(
+        "live_latency_max_s",
+        live.iter().copied().fold(f64::NAN, f64::max),
+    );
     let stored_after = query.stored("rec-").await?;
     let drained = stored_after.saturating_sub(stored_before);
 
@@ -239,9 +289,12 @@ async fn one_run(
         staleness.iter().copied().fold(f64::NAN, f64::max),
     );
     progress.say(&format!(
-        "{label}: {drained} readings drained in {:.1} s after a {:.0} s outage; staleness p99 {:.1} s",
+        "{label}: {drained} readings drained in {:.1} s after a {:.0} s outage; live latency p99 {:.2} s over {} readings (agent 0 back {:.1} s after the restart); staleness p99 {:.1} s",
         drained_at.as_secs_f64(),
         outage.as_secs_f64(),
+        percentile(&mut live, 99.0).unwrap_or(f64::NAN),
+        live.len(),
+        reconnect.as_secs_f64(),
         percentile(&mut staleness, 99.0).unwrap_or(f64::NAN)
     ));
     Ok(())
