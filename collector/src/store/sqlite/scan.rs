@@ -331,8 +331,10 @@ fn head_points(
 /// points are in device-time order (every writer sorts them: compaction's
 /// rounds and merges, retention's trim), so the points before `lo` are
 /// skipped without being handed out and decoding stops at the first point
-/// after `hi`. A point older than the one before it is an error naming the
-/// chunk, never a silently shortened answer.
+/// after `hi`. A point older than the one before it, among those decoded,
+/// is an error naming the chunk; a disorder or a corrupt tail in what is
+/// stepped over or left after `hi` is not seen here (the writers keep the
+/// order; ARCHITECTURE.md).
 fn decode_into(
     blob: &[u8],
     series: i64,
