@@ -77,6 +77,8 @@ pub enum CodecError {
     Order { series: i64 },
     #[error("{column} column has {bytes} bytes left after the last point")]
     Trailing { column: &'static str, bytes: usize },
+    #[error("the newest points of series {series} are not at the row's max_ts {max_ts}")]
+    MaxTs { series: i64, max_ts: i64 },
 }
 
 /// A value borrowed from a blob or from a `StoredValue`.

@@ -128,7 +128,15 @@ pub fn latest(conn: &Connection, series: &[i64]) -> Result<Vec<Option<Point>>, L
                 while let Some(p) = d.next_point().map_err(bad("chunks", id))? {
                     last = Some(p);
                 }
-                best = last.map(|p| p.point());
+                // Every point left is at `max_ts`, and one is: else the row
+                // and its blob disagree, and the answer would be some other
+                // point (or none) without a word.
+                match last {
+                    Some(p) if p.ts_ns == max_ts => best = Some(p.point()),
+                    _ => {
+                        return Err(bad("chunks", id)(CodecError::MaxTs { series: s, max_ts }));
+                    }
+                }
             }
             out.push(best);
         }

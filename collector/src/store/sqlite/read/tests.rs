@@ -457,3 +457,36 @@ fn a_chunk_out_of_order_is_an_error_naming_it() {
         "{msg}"
     );
 }
+
+/// A chunk row whose `max_ts` is not its newest point's: `latest` (which
+/// reads only the points at `max_ts`) says so instead of answering with
+/// another point or none (review of the window-only decode).
+#[test]
+fn latest_of_a_chunk_whose_row_disagrees_is_an_error_naming_it() {
+    for row_max in [25, 40] {
+        let db = TempDb::new("max-ts");
+        db.series(1, "a", "d", "m", "{}");
+        let points: Vec<RawPoint<'_>> = [10, 20, 30]
+            .iter()
+            .map(|&ts_ns| RawPoint {
+                series: 0,
+                ts_ns,
+                received_ns: 0,
+                value: RawValue::I64(ts_ns),
+            })
+            .collect();
+        db.conn
+            .execute(
+                "INSERT INTO chunks (id, series_id, min_ts, max_ts, count, data) \
+                 VALUES (9, 1, 10, ?1, 3, ?2)",
+                rusqlite::params![row_max, encode(&points)],
+            )
+            .unwrap();
+        let err = db.reader().latest(&Selector::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("chunks row 9") && msg.contains("max_ts"),
+            "row max_ts {row_max}: {msg}"
+        );
+    }
+}
