@@ -13,6 +13,48 @@ use crate::store::CompactStep;
 /// queue again.
 const RETAIN_STEP_ROWS: u64 = 20_000;
 
+/// Work (points moved into chunks plus points rewritten by merges) one
+/// group's compaction may do, per reading of the group: twice the most a
+/// reading ever costs, one move and at most four rewrites (a small chunk
+/// merges up through the four size tiers of `store/sqlite/compact.rs`,
+/// each merge giving a higher tier, the last a full chunk). So over a run
+/// of rounds compaction still does twice the work its readings bring.
+const WORK_PER_READING: u64 = 2 * (1 + 4);
+
+/// How much compaction a group of readings gets: steps go on until twice
+/// the group's readings have moved from the head into chunks (the head
+/// shrinks faster than commits grow it), or until the steps' work reaches
+/// [`WORK_PER_READING`] per reading, whichever comes first. Without the
+/// second bound, a round whose steps are mostly tier merges (thousands of
+/// points rewritten per series for a few moved) held one group for
+/// hundreds of steps, and ingest stalled for seconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    readings: u64,
+    moved: u64,
+    work: u64,
+}
+
+impl Pace {
+    pub(crate) fn new(readings: usize) -> Pace {
+        Pace {
+            readings: readings as u64,
+            moved: 0,
+            work: 0,
+        }
+    }
+
+    /// Counts `step`; true while the group's share is not done yet. An
+    /// empty step (nothing due) ends it.
+    pub(crate) fn go_on(&mut self, step: &CompactStep) -> bool {
+        self.moved += step.points;
+        self.work += step.points + step.merged_points;
+        *step != CompactStep::default()
+            && self.moved < 2 * self.readings
+            && self.work < WORK_PER_READING * self.readings
+    }
+}
+
 /// A retention pass in progress.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Retaining {
@@ -22,19 +64,20 @@ pub(super) struct Retaining {
 
 impl Merger {
     /// Compaction after a group of `readings`: steps, while compaction is
-    /// due, until twice as many points went from the head into chunks (at
-    /// least one step). So compaction outpaces commits however busy the
-    /// queue is, and a round ends before the next one is due: when it falls
-    /// behind, the next group waits, which is the backpressure that bounds
-    /// the store's memory. An idle merger runs the rest from its loop.
+    /// due, until [`Pace`] says the group's share is done (at least one
+    /// step). So compaction outpaces commits however busy the queue is, and
+    /// when it falls behind, the next group waits, which is the
+    /// backpressure that bounds the store's memory; but a group never waits
+    /// for more than a bounded amount of work, even through a round whose
+    /// steps mostly merge small chunks. An idle merger runs the rest from
+    /// its loop.
     pub(super) fn compact_after(&mut self, readings: usize) {
-        let mut moved = 0;
+        let mut pace = Pace::new(readings);
         while self.store.compaction_due() {
             let Some(step) = self.compact_step() else {
                 return;
             };
-            moved += step.points;
-            if moved >= 2 * readings as u64 || step == CompactStep::default() {
+            if !pace.go_on(&step) {
                 return;
             }
         }
