@@ -427,11 +427,14 @@ fn worst_window(samples: &[(Instant, u64)], width: Duration) -> f64 {
 /// Head rows (committed batches not yet compacted into chunks) and their
 /// readings in the collector's SQLite file, read on the side.
 fn head_of(db: &std::path::Path) -> Result<(u64, u64)> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("open {}", db.display()))?;
-    conn.query_row("SELECT count(*), COALESCE(sum(count), 0) FROM head", [], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-    })
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("open {}", db.display()))?;
+    conn.query_row(
+        "SELECT count(*), COALESCE(sum(count), 0) FROM head",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
     .with_context(|| format!("{}: count the head", db.display()))
 }
 

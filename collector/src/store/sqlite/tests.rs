@@ -12,9 +12,9 @@ use rusqlite::{Connection, params};
 
 use super::layout::CHUNK_POINTS;
 use super::{SqliteReader, SqliteStore};
+use crate::merger::Pace;
 use crate::model::{NewReading, Point, StoredValue};
 use crate::store::read::{Selector, TimeSpan};
-use crate::merger::Pace;
 use crate::store::{BatchWrite, CommittedSet, CompactStep, Durability, WriteSet};
 
 mod speed;
@@ -488,7 +488,9 @@ fn under_sustained_groups_the_paced_compaction_keeps_the_head_bounded() {
     let mut truth = Truth::new();
     let mut most_head = 0;
     for g in 0..1000 {
-        let readings: Vec<_> = (1..=64).map(|s| (s, g, StoredValue::I64(g * 100 + s))).collect();
+        let readings: Vec<_> = (1..=64)
+            .map(|s| (s, g, StoredValue::I64(g * 100 + s)))
+            .collect();
         for &(s, ts, _) in &readings {
             truth.entry(s).or_default().push((ts, g * 100 + s));
         }
@@ -502,7 +504,10 @@ fn under_sustained_groups_the_paced_compaction_keeps_the_head_bounded() {
     }
     assert!(most_head <= 64, "the head grew to {most_head} rows");
     let head = db.count("SELECT count(*) FROM head");
-    assert!(head <= 2, "the head did not drain: {head} rows after 1,000 groups");
+    assert!(
+        head <= 2,
+        "the head did not drain: {head} rows after 1,000 groups"
+    );
     check(&db, &truth, "after 1,000 groups");
     db.store.compact_all().unwrap();
     check(&db, &truth, "all compacted");
