@@ -462,7 +462,7 @@ fn a_group_waits_for_bounded_work_during_a_round_of_tier_merges() {
     // plus the step that crosses it).
     let mut db = in_a_merge_round("pace-after");
     group(&mut db);
-    let mut pace = Pace::new(READINGS);
+    let mut pace = Pace::new(READINGS, db.store.compaction_backlog());
     let (steps, work, _) = group_steps(&mut db, |step| pace.go_on(step));
     assert!(
         work <= 10 * READINGS as u64 + 73,
@@ -498,7 +498,7 @@ fn under_sustained_groups_the_paced_compaction_keeps_the_head_bounded() {
         if !db.store.compaction_due() {
             db.store.start_round();
         }
-        let mut pace = Pace::new(64);
+        let mut pace = Pace::new(64, db.store.compaction_backlog());
         group_steps(&mut db, |step| pace.go_on(step));
         most_head = most_head.max(db.count("SELECT count(*) FROM head"));
     }
