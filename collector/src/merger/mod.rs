@@ -56,6 +56,9 @@ mod commit;
 mod series;
 mod upkeep;
 
+#[cfg(test)]
+pub(crate) use upkeep::Pace;
+
 use agents::AgentState;
 pub use cardinality::SeriesLimitExceeded;
 use commit::Group;

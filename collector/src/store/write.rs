@@ -128,6 +128,15 @@ impl Store {
         }
     }
 
+    /// Committed points waiting for a compaction round (not yet in one):
+    /// what grows while compaction falls behind. 0 without compaction.
+    pub fn compaction_backlog(&self) -> u64 {
+        match self {
+            Store::Sqlite(s) => s.compaction_backlog(),
+            Store::Postgres(_) => 0,
+        }
+    }
+
     /// One bounded step of compaction, in its own transaction; a no-op
     /// when nothing is due. After a failure the store waits a moment
     /// before it reports work again.

@@ -112,6 +112,11 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         "readings/s",
         Some(Target::AtLeast(1_000_000.0)),
     );
+    report.declare("worst_1s_readings_per_s", "readings/s", None);
+    if cfg.store.is_none() {
+        report.declare("head_rows_at_end", "", None);
+        report.declare("head_readings_at_end", "readings", None);
+    }
     report.declare("ceiling_readings_per_s", "rows/s", None);
     report.declare("ceiling_client_cpu_cores", "cores", None);
     report.declare("ratio", "", Some(Target::AtLeast(0.5)));
@@ -223,14 +228,21 @@ async fn one_run(
         .await;
     let c0 = collector.sample()?;
     let h0 = sys::sample_self()?;
-    let (a0, a1, elapsed) = measure_acked(
+    let acked_window = measure_acked(
         &shared,
         cfg.duration,
         &format!("{label}: throughput"),
         progress,
     )
     .await;
+    let (a0, a1, elapsed) = (acked_window.a0, acked_window.a1, acked_window.elapsed);
     let c1 = collector.sample()?;
+    // The head at the window's end (SQLite): what compaction has not
+    // caught up with; bounded when it keeps pace.
+    let head = match &schemas {
+        None => Some(head_of(&dir.join("collector.db"))?),
+        Some(_) => None,
+    };
     let h1 = sys::sample_self()?;
     stop.cancel();
     let mut totals = progress
@@ -300,6 +312,11 @@ async fn one_run(
     let measured = (a1 - a0) as f64;
     let rate = measured / elapsed;
     report.record("readings_per_s", rate);
+    report.record("worst_1s_readings_per_s", acked_window.worst_1s);
+    if let Some((rows, points)) = head {
+        report.record("head_rows_at_end", rows as f64);
+        report.record("head_readings_at_end", points as f64);
+    }
     report.record("ceiling_readings_per_s", ceiling);
     report.record("ceiling_client_cpu_cores", ceiling_client_cores);
     report.record("ratio", rate / ceiling);
@@ -328,8 +345,9 @@ async fn one_run(
     report.record("latency_run_ack_p99_ms", lat.p99_ms);
     report.record("latency_run_collector_cpu_cores", lat.cpu_cores);
     progress.say(&format!(
-        "{label}: {rate:.0} readings/s ({:.2} of the ceiling), range {:.1} ms, ack p99 at {:.0}/s: {:.1} ms",
+        "{label}: {rate:.0} readings/s ({:.2} of the ceiling; worst 1 s {:.0}), range {:.1} ms, ack p99 at {:.0}/s: {:.1} ms",
         rate / ceiling,
+        acked_window.worst_1s,
         percentile(&mut range_ms, 50.0).unwrap_or(0.0),
         lat.rate,
         lat.p99_ms
@@ -337,30 +355,87 @@ async fn one_run(
     Ok(())
 }
 
+/// What the load agents of one window got acked.
+struct Acked {
+    /// The count at the start and at the end, and the seconds between.
+    a0: u64,
+    a1: u64,
+    elapsed: f64,
+    /// The slowest stretch: the least rate over any window of at least
+    /// one second between two samples (taken every half second), so a
+    /// stall that an average over the run hides shows here.
+    worst_1s: f64,
+}
+
 /// Readings acked by the load agents of `shared` over `duration` (shown
-/// live under `label`): the count at the start and at the end, and the
-/// seconds between them.
+/// live under `label`).
 async fn measure_acked(
     shared: &Shared,
     duration: Duration,
     label: &str,
     progress: &Progress,
-) -> (u64, u64, f64) {
+) -> Acked {
     let a0 = shared.acked_readings.load(Ordering::Relaxed);
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::Relaxed);
+    let mut samples = vec![(t0, a0)];
     progress
         .wait(duration, label, || {
-            let acked = shared.acked_readings.load(Ordering::Relaxed) - a0;
+            let now = shared.acked_readings.load(Ordering::Relaxed);
+            samples.push((Instant::now(), now));
             format!(
                 "{:.0} readings/s acked",
-                acked as f64 / t0.elapsed().as_secs_f64()
+                (now - a0) as f64 / t0.elapsed().as_secs_f64()
             )
         })
         .await;
     shared.measuring.store(false, Ordering::Relaxed);
     let a1 = shared.acked_readings.load(Ordering::Relaxed);
-    (a0, a1, t0.elapsed().as_secs_f64())
+    samples.push((Instant::now(), a1));
+    Acked {
+        a0,
+        a1,
+        elapsed: t0.elapsed().as_secs_f64(),
+        worst_1s: worst_window(&samples, Duration::from_secs(1)),
+    }
+}
+
+/// The least rate of `(time, count)` samples over windows of at least
+/// `width` (each from one sample to the first one `width` later); the
+/// whole span's rate when it is shorter than `width`.
+fn worst_window(samples: &[(Instant, u64)], width: Duration) -> f64 {
+    let rate = |(t0, a0): (Instant, u64), (t1, a1): (Instant, u64)| {
+        a1.saturating_sub(a0) as f64 / t1.duration_since(t0).as_secs_f64().max(1e-9)
+    };
+    let mut worst: Option<f64> = None;
+    for (i, &start) in samples.iter().enumerate() {
+        if let Some(&end) = samples[i..]
+            .iter()
+            .find(|(t, _)| t.duration_since(start.0) >= width)
+        {
+            let r = rate(start, end);
+            worst = Some(worst.map_or(r, |w| w.min(r)));
+        }
+    }
+    match (worst, samples.first(), samples.last()) {
+        (Some(w), _, _) => w,
+        (None, Some(&first), Some(&last)) => rate(first, last),
+        _ => 0.0,
+    }
+}
+
+/// Head rows (committed batches not yet compacted into chunks) and their
+/// readings in the collector's SQLite file, read on the side.
+fn head_of(db: &std::path::Path) -> Result<(u64, u64)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("open {}", db.display()))?;
+    conn.query_row(
+        "SELECT count(*), COALESCE(sum(count), 0) FROM head",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
+    .with_context(|| format!("{}: count the head", db.display()))
 }
 
 /// The schemas of one PostgreSQL run: `one` for the ceiling and the
@@ -446,7 +521,9 @@ async fn two_collectors(
     progress
         .wait(cfg.warmup, &format!("{label}: warm-up"), String::new)
         .await;
-    let (a0, a1, elapsed) = measure_acked(&shared, cfg.duration, &label, progress).await;
+    let Acked {
+        a0, a1, elapsed, ..
+    } = measure_acked(&shared, cfg.duration, &label, progress).await;
     stop.cancel();
     let totals = progress
         .during(&format!("{label}: draining"), join_all(tasks))
@@ -594,4 +671,30 @@ pub(crate) async fn join_all(tasks: Vec<JoinHandle<Result<Totals>>>) -> Result<T
         sum.latencies.extend(t.latencies);
     }
     Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_window_finds_a_stall_the_average_hides() {
+        let t0 = Instant::now();
+        let at = |ms: u64, n: u64| (t0 + Duration::from_millis(ms), n);
+        // 1,000/s, then 1.5 s with 100 readings, then 1,000/s again.
+        let samples = [
+            at(0, 0),
+            at(500, 500),
+            at(1000, 1000),
+            at(1500, 1050),
+            at(2500, 1100),
+            at(3000, 1600),
+            at(3500, 2100),
+        ];
+        let worst = worst_window(&samples, Duration::from_secs(1));
+        assert!((worst - 50.0).abs() < 1e-6, "worst {worst}");
+        // Shorter than the window: the span's rate.
+        let short = worst_window(&samples[..2], Duration::from_secs(1));
+        assert!((short - 1000.0).abs() < 1e-6, "short {short}");
+    }
 }

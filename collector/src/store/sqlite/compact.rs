@@ -273,6 +273,11 @@ impl Compactor {
         }
     }
 
+    /// Committed points not yet in a round.
+    pub fn pending_points(&self) -> u64 {
+        self.pending_points
+    }
+
     /// Whether a round is under way.
     pub fn in_round(&self) -> bool {
         self.round.is_some()

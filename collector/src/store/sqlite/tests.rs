@@ -13,9 +13,10 @@ use rusqlite::{Connection, params};
 use super::codec::Decoder;
 use super::layout::CHUNK_POINTS;
 use super::{SqliteReader, SqliteStore};
+use crate::merger::Pace;
 use crate::model::{NewReading, Point, StoredValue};
 use crate::store::read::{Selector, TimeSpan};
-use crate::store::{BatchWrite, CommittedSet, Durability, WriteSet};
+use crate::store::{BatchWrite, CommittedSet, CompactStep, Durability, WriteSet};
 
 mod speed;
 
@@ -501,6 +502,122 @@ mod prop {
             check(&db, &truth, "all compacted");
         }
     }
+}
+
+/// Runs compaction steps as the merger does after one group, while
+/// compaction is due and `go_on` (the merger's rule) says so: the steps,
+/// their work (points moved + points merged) and the points moved.
+fn group_steps(db: &mut TempDb, mut go_on: impl FnMut(&CompactStep) -> bool) -> (u64, u64, u64) {
+    let (mut steps, mut work, mut moved) = (0, 0, 0);
+    while db.store.compaction_due() {
+        let step = db.store.compact().unwrap();
+        steps += 1;
+        work += step.points + step.merged_points;
+        moved += step.points;
+        if !go_on(&step) {
+            break;
+        }
+    }
+    (steps, work, moved)
+}
+
+/// A store of 64 series, each with one point in each of 64 rounds, the
+/// last round under way: in it every series merges 8 tier-0 chunks (1
+/// point each) and then 8 tier-1 chunks (8 points each), 72 points
+/// rewritten for each point moved.
+fn in_a_merge_round(name: &str) -> TempDb {
+    let mut db = TempDb::new(name);
+    make_series(&db, 65);
+    for round in 0..64 {
+        db.batch(
+            round + 1,
+            (1..=64)
+                .map(|s| (s, round, StoredValue::I64(round)))
+                .collect(),
+        );
+        if round < 63 {
+            db.store.compact_all().unwrap();
+        }
+    }
+    db.store.start_round();
+    // A step: one series' work (73 points) at most.
+    db.store.set_step_budget(64, 1 << 20);
+    db
+}
+
+#[test]
+fn a_group_waits_for_bounded_work_during_a_round_of_tier_merges() {
+    // A group of 4 readings (another series, pending for the next round)
+    // committed while the merge round is under way.
+    const READINGS: usize = 4;
+    let group = |db: &mut TempDb| {
+        db.batch(100, (0..4).map(|i| (65, i, StoredValue::I64(i))).collect());
+    };
+    // The rule before: steps until twice the group's readings moved. Each
+    // step moves one point and merges 72, so the group waits for 8 steps,
+    // 146 points of work per reading; with the real budget and a round of
+    // a million points that was tens of seconds of stalled ingest.
+    let mut before = in_a_merge_round("pace-before");
+    group(&mut before);
+    let mut moved_so_far = 0;
+    let (steps, work, moved) = group_steps(&mut before, |step| {
+        moved_so_far += step.points;
+        *step != CompactStep::default() && moved_so_far < 2 * READINGS as u64
+    });
+    assert_eq!((steps, work, moved), (8, 8 * 73, 8), "the rule before");
+    // The merger's rule: the work is bounded too (10 points a reading,
+    // plus the step that crosses it).
+    let mut db = in_a_merge_round("pace-after");
+    group(&mut db);
+    let mut pace = Pace::new(READINGS, db.store.compaction_backlog());
+    let (steps, work, _) = group_steps(&mut db, |step| pace.go_on(step));
+    assert!(
+        work <= 10 * READINGS as u64 + 73,
+        "{work} points of work in {steps} steps for a group of {READINGS} readings"
+    );
+    // The round still finishes, and every point is in one place.
+    db.store.compact_all().unwrap();
+    before.store.compact_all().unwrap();
+    check(&db, &stored(&before.reader()), "merge round done");
+}
+
+#[test]
+fn under_sustained_groups_the_paced_compaction_keeps_the_head_bounded() {
+    // 1,000 groups of 64 readings (one per series), a round started
+    // whenever none is under way, and after each group the merger's rule:
+    // through the rounds whose steps are mostly tier merges (every 8th,
+    // 64th and 512th), the head grows for a while and drains again. The
+    // deepest is the 512th round's: 64 series × 584 points rewritten at
+    // about 10 × 64 points of work a group, some 58 groups (46 measured).
+    let mut db = TempDb::new("pace-sustained");
+    make_series(&db, 64);
+    db.store.set_step_budget(64, 1 << 20);
+    let mut truth = Truth::new();
+    let mut most_head = 0;
+    for g in 0..1000 {
+        let readings: Vec<_> = (1..=64)
+            .map(|s| (s, g, StoredValue::I64(g * 100 + s)))
+            .collect();
+        for &(s, ts, _) in &readings {
+            truth.entry(s).or_default().push((ts, g * 100 + s));
+        }
+        db.batch(g + 1, readings);
+        if !db.store.compaction_due() {
+            db.store.start_round();
+        }
+        let mut pace = Pace::new(64, db.store.compaction_backlog());
+        group_steps(&mut db, |step| pace.go_on(step));
+        most_head = most_head.max(db.count("SELECT count(*) FROM head"));
+    }
+    assert!(most_head <= 64, "the head grew to {most_head} rows");
+    let head = db.count("SELECT count(*) FROM head");
+    assert!(
+        head <= 2,
+        "the head did not drain: {head} rows after 1,000 groups"
+    );
+    check(&db, &truth, "after 1,000 groups");
+    db.store.compact_all().unwrap();
+    check(&db, &truth, "all compacted");
 }
 
 /// What `tributary-collector serve --store sqlite:/nonexistent/dir/x.db`

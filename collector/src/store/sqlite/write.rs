@@ -442,6 +442,11 @@ impl SqliteStore {
         self.compactor.due()
     }
 
+    /// Committed points waiting for a compaction round.
+    pub fn compaction_backlog(&self) -> u64 {
+        self.compactor.pending_points()
+    }
+
     /// One bounded step of compaction (a no-op when none is due).
     ///
     /// Its transaction commits without an fsync even when the store is
