@@ -17,11 +17,13 @@ const RETAIN_STEP_ROWS: u64 = 20_000;
 /// group's compaction may do, per reading of the group: twice the most a
 /// reading ever costs, one move and at most four rewrites (a small chunk
 /// merges up through the four size tiers of `store/sqlite/compact.rs`,
-/// each merge giving a higher tier, the last a full chunk). So over a run
-/// of rounds compaction still does twice the work its readings bring.
+/// each merge giving a higher tier, the last a full chunk). An estimate:
+/// it leaves out per-chunk SQL and index walks, and with this bound alone
+/// compaction fell behind in `bench ingest` (below), hence [`MOST_BACKLOG`].
 const WORK_PER_READING: u64 = 2 * (1 + 4);
 
-/// Points waiting for a round past which a group's compaction is bounded
+/// Unmoved points (waiting for a round, or in the round under way and not
+/// moved yet: `compaction_backlog`) past which a group's compaction is bounded
 /// by points moved only, as if [`WORK_PER_READING`] were not there: the
 /// head's memory (≈ 11 bytes a reading) stays bounded while a long round
 /// of tier merges runs under heavy ingest. In `bench ingest --duration
@@ -79,8 +81,10 @@ pub(super) struct Retaining {
 impl Merger {
     /// Compaction after a group of `readings`: steps, while compaction is
     /// due, until [`Pace`] says the group's share is done (at least one
-    /// step). So compaction outpaces commits however busy the queue is, and
-    /// when it falls behind, the next group waits, which is the
+    /// step). While the store's unmoved points are under [`MOST_BACKLOG`]
+    /// a group's share may be cut by work (compaction may fall behind for
+    /// a while, through a round of tier merges); past it compaction moves
+    /// twice what the group brought, and the next group waits, which is the
     /// backpressure that bounds the store's memory; but a group never waits
     /// for more than a bounded amount of work, even through a round whose
     /// steps mostly merge small chunks. An idle merger runs the rest from

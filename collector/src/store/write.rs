@@ -128,8 +128,9 @@ impl Store {
         }
     }
 
-    /// Committed points waiting for a compaction round (not yet in one):
-    /// what grows while compaction falls behind. 0 without compaction.
+    /// Committed points not yet moved into chunks (waiting for a round or
+    /// not yet moved by the round under way): what grows while compaction
+    /// falls behind. 0 without compaction.
     pub fn compaction_backlog(&self) -> u64 {
         match self {
             Store::Sqlite(s) => s.compaction_backlog(),

@@ -145,6 +145,8 @@ pub struct Compactor {
     /// Committed head rows not yet in a round, in id order.
     pending: Vec<HeadRow>,
     pending_points: u64,
+    /// Points of the round under way not yet moved into chunks.
+    round_left: u64,
     pending_since: Option<Instant>,
     /// Oldest device time among the pending points.
     pending_min_ts: i64,
@@ -182,6 +184,7 @@ impl Compactor {
         let mut c = Compactor {
             pending: Vec::new(),
             pending_points: 0,
+            round_left: 0,
             pending_since: None,
             pending_min_ts: i64::MAX,
             round: None,
@@ -273,9 +276,11 @@ impl Compactor {
         }
     }
 
-    /// Committed points not yet in a round.
-    pub fn pending_points(&self) -> u64 {
-        self.pending_points
+    /// Committed points not yet moved into chunks: those waiting for a
+    /// round and those of the round under way it has not moved yet. What
+    /// grows while compaction falls behind, whatever round it is in.
+    pub fn unmoved_points(&self) -> u64 {
+        self.pending_points.saturating_add(self.round_left)
     }
 
     /// Whether a round is under way.
@@ -332,6 +337,7 @@ impl Compactor {
             rows,
             heap,
         });
+        self.round_left = self.pending_points;
         self.pending_points = 0;
         self.pending_since = None;
         self.pending_min_ts = i64::MAX;
@@ -401,8 +407,10 @@ impl Compactor {
         }
         self.next_chunk_id = work.next_chunk_id;
         let mut step = work.step;
+        self.round_left = self.round_left.saturating_sub(step.points);
         if done {
             self.round = None;
+            self.round_left = 0;
             step.round_done = true;
         }
         Ok(step)

@@ -442,9 +442,10 @@ impl SqliteStore {
         self.compactor.due()
     }
 
-    /// Committed points waiting for a compaction round.
+    /// Committed points not yet moved into chunks (waiting for a round, or
+    /// in the round under way and not moved yet).
     pub fn compaction_backlog(&self) -> u64 {
-        self.compactor.pending_points()
+        self.compactor.unmoved_points()
     }
 
     /// One bounded step of compaction (a no-op when none is due).
