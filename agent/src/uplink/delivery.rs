@@ -18,6 +18,7 @@
 use prost::Message;
 use tracing::{debug, error, info, warn};
 
+use tributary_proto::limits::MAX_ACK_RANGES;
 use tributary_proto::v1 as pb;
 
 use crate::metrics::ReconnectCause;
@@ -79,7 +80,11 @@ impl Uplink {
             Event::Frame(pb::CollectorFrame {
                 frame: Some(pb::collector_frame::Frame::Ack(a)),
             }) => {
-                self.acked_set(a.seq, &ranges_of(&a.ranges));
+                let ranges = match ranges_of("ack.ranges", &a.ranges) {
+                    Ok(ranges) => ranges,
+                    Err(e) => return self.bad_frame(link, &e),
+                };
+                self.acked_set(a.seq, &ranges);
                 if let Some(stream) = link.stream_mut() {
                     self.prune_in_flight(&mut stream.lanes);
                 }
@@ -88,9 +93,13 @@ impl Uplink {
             Event::Frame(pb::CollectorFrame {
                 frame: Some(pb::collector_frame::Frame::Welcome(w)),
             }) => {
+                let mut welcomed = Ok(());
                 if let Some(stream) = link.stream_mut() {
-                    self.welcome(&stream.url, &mut stream.lanes, &w);
+                    welcomed = self.welcome(&stream.url, &mut stream.lanes, &w);
                     self.prune_in_flight(&mut stream.lanes);
+                }
+                if let Err(e) = welcomed {
+                    return self.bad_frame(link, &e);
                 }
                 self.after_ack(link);
             }
@@ -124,7 +133,7 @@ impl Uplink {
 
     /// A stream's cursors as it opens: nothing is in flight on it yet.
     pub(super) fn open_lanes(&mut self) -> Lanes {
-        let live_from = self.spool.last_seq() + 1;
+        let live_from = self.spool.last_seq().saturating_add(1);
         self.spool.clear_in_flight();
         self.sent_on_stream = 0;
         self.sent_before = self.sent_before.max(self.max_sent);
@@ -134,6 +143,16 @@ impl Uplink {
             live_from,
             self.config.backlog_window,
         )
+    }
+
+    /// The collector sent a frame that breaks the protocol (`error` names
+    /// the field): nothing of it is believed; the stream ends and the
+    /// uplink reconnects after a backoff, as after a failed stream.
+    fn bad_frame(&mut self, link: &mut Link, error: &str) {
+        error!(error, "bad frame from the collector; reconnecting");
+        link.lost();
+        self.count_reconnect(ReconnectCause::StreamError);
+        self.stats.streams_ended += 1;
     }
 
     /// Counts a reconnect in the metrics, when they are on.
@@ -272,10 +291,17 @@ impl Uplink {
     }
 
     /// The collector's Welcome: it has committed everything up to
-    /// `committed_seq` for this epoch, and holds its drop count.
-    pub(super) fn welcome(&mut self, url: &str, c: &mut Lanes, w: &pb::Welcome) {
+    /// `committed_seq` for this epoch, and holds its drop count. An error
+    /// (naming the field) when its ranges break the protocol: nothing of
+    /// it is taken then.
+    pub(super) fn welcome(
+        &mut self,
+        url: &str,
+        c: &mut Lanes,
+        w: &pb::Welcome,
+    ) -> Result<(), String> {
         let committed = w.committed_seq;
-        let ranges = ranges_of(&w.committed_ranges);
+        let ranges = ranges_of("welcome.committed_ranges", &w.committed_ranges)?;
         let highest = ranges.iter().map(|r| r.1).fold(committed, u64::max);
         if highest > self.spool.last_seq() {
             warn!(
@@ -285,7 +311,7 @@ impl Uplink {
             );
             self.spool.advance_past(highest);
             // Nothing sealed yet is above them: the live lane starts there.
-            c.live_from = c.live_from.max(highest + 1);
+            c.live_from = c.live_from.max(highest.saturating_add(1));
             c.live_next = c.live_next.max(c.live_from);
         }
         // Batches sent earlier whose ack never came but which the collector
@@ -305,6 +331,7 @@ impl Uplink {
         c.next_send = c.next_send.max(committed.saturating_add(1));
         c.out_of_order = Some(w.out_of_order);
         self.expect_out_of_order = w.out_of_order;
+        Ok(())
     }
 
     /// What a Welcome commits: everything up to `committed`, and the drop
@@ -365,7 +392,7 @@ impl Uplink {
             return Ok(None);
         };
         let Some(record) = self.spool.read_from(choice.seq)? else {
-            c.next_send = self.spool.last_seq() + 1;
+            c.next_send = self.spool.last_seq().saturating_add(1);
             return Ok(None);
         };
         let choice = Choice {
@@ -439,9 +466,28 @@ impl Uplink {
     }
 }
 
-/// The ranges of a Welcome or an Ack, as the spool takes them.
-fn ranges_of(ranges: &[pb::SeqRange]) -> Vec<SeqRange> {
-    ranges.iter().map(|r| (r.first, r.last)).collect()
+/// The ranges of a Welcome or an Ack (`field` names them), as the spool
+/// takes them; an error naming the field when the collector broke the
+/// protocol: more than [`MAX_ACK_RANGES`] ranges (it sends the lowest that
+/// many), or a range with `first > last`.
+pub(super) fn ranges_of(field: &str, ranges: &[pb::SeqRange]) -> Result<Vec<SeqRange>, String> {
+    if ranges.len() > MAX_ACK_RANGES {
+        return Err(format!(
+            "{field}: {} ranges, more than the {MAX_ACK_RANGES} allowed",
+            ranges.len()
+        ));
+    }
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r.first <= r.last {
+            true => Ok((r.first, r.last)),
+            false => Err(format!(
+                "{field}[{i}]: first {} above last {}",
+                r.first, r.last
+            )),
+        })
+        .collect()
 }
 
 /// Whether `seq` is up to `mark` or in one of `ranges`.

@@ -58,7 +58,7 @@ impl Committer {
 /// Opens a stream and takes `c`'s Welcome.
 fn stream_to(u: &mut Uplink, c: &Committer) -> (Lanes, Declared) {
     let mut lanes = u.open_lanes();
-    u.welcome("http://x", &mut lanes, &c.welcome());
+    u.welcome("http://x", &mut lanes, &c.welcome()).unwrap();
     (lanes, Declared::default())
 }
 
@@ -107,7 +107,7 @@ fn after_an_outage_a_live_batch_goes_ahead_of_the_backlog() {
     assert_eq!(send(&mut u, &mut lanes, &mut declared), None);
     // A batch is sealed before the Welcome comes: it is live.
     seal_batches(&mut u, 1, 1);
-    u.welcome("http://x", &mut lanes, &c.welcome());
+    u.welcome("http://x", &mut lanes, &c.welcome()).unwrap();
     let first = send(&mut u, &mut lanes, &mut declared).expect("a batch");
     assert_eq!(first.0, 21, "the live batch goes first");
     c.receive(first.0);
@@ -164,7 +164,7 @@ fn an_older_collector_gets_every_batch_in_sequence_order() {
         committed_dropped: Some(0),
         ..Default::default()
     };
-    u.welcome("http://x", &mut lanes, &welcome);
+    u.welcome("http://x", &mut lanes, &welcome).unwrap();
     seal_batches(&mut u, 2, 1);
     let order: Vec<u64> = std::iter::from_fn(|| send(&mut u, &mut lanes, &mut declared))
         .map(|(seq, _)| seq)
@@ -333,4 +333,42 @@ fn the_backlog_window_follows_the_rate_of_acks() {
         w.answered(now, |_| false);
     }
     assert_eq!(w.limit(), MAX);
+}
+
+#[test]
+fn hostile_welcomes_and_acks_are_refused_naming_the_field() {
+    use super::super::delivery::ranges_of;
+    let (mut u, dir) = uplink_with_batches("hostile", 5);
+    let range = |first, last| pb::SeqRange { first, last };
+    let mut lanes = u.open_lanes();
+    // An inverted range: refused, and nothing of the Welcome taken (it
+    // used to move the numbering past 1000 though the set ignored it).
+    let inverted = pb::Welcome {
+        committed_seq: 2,
+        committed_dropped: Some(0),
+        committed_ranges: vec![range(4, 4), range(1000, 7)],
+        out_of_order: true,
+        ..Default::default()
+    };
+    let e = u.welcome("http://x", &mut lanes, &inverted).unwrap_err();
+    assert!(e.starts_with("welcome.committed_ranges[1]: first 1000"), "{e}");
+    assert_eq!((u.spool.last_seq(), u.spool.first_unacked()), (5, Some(1)));
+    // Too many ranges.
+    let many: Vec<pb::SeqRange> = (0..=MAX_GAPS as u64 * 2)
+        .map(|i| range(10 + 2 * i, 10 + 2 * i))
+        .collect();
+    let e = ranges_of("ack.ranges", &many).unwrap_err();
+    assert!(e.starts_with("ack.ranges: 1025 ranges"), "{e}");
+    assert_eq!(ranges_of("ack.ranges", &many[1..]).map(|r| r.len()), Ok(1024));
+    // A range ending at the top of the sequence space: no overflow.
+    let top = pb::Welcome {
+        committed_seq: 0,
+        committed_dropped: Some(0),
+        committed_ranges: vec![range(3, u64::MAX)],
+        out_of_order: true,
+        ..Default::default()
+    };
+    u.welcome("http://x", &mut lanes, &top).unwrap();
+    assert_eq!(u.spool.first_unacked(), Some(1));
+    let _ = std::fs::remove_dir_all(dir);
 }
