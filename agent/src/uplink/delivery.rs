@@ -15,6 +15,8 @@
 //! (`encode.rs`), so this happens only with a collector whose `[limits]`
 //! are tighter than the wire's.
 
+use std::collections::BTreeSet;
+
 use prost::Message;
 use tracing::{debug, error, info, warn};
 
@@ -23,7 +25,7 @@ use tributary_proto::v1 as pb;
 
 use crate::metrics::ReconnectCause;
 use crate::reading::now_ns;
-use crate::spool::{SeqRange, SpoolError};
+use crate::spool::{SeqRange, Spool, SpoolError};
 
 use super::Uplink;
 use super::connection::{Event, Link, Stream, code_name};
@@ -37,11 +39,21 @@ const REFUSALS_TO_DROP: u32 = 3;
 /// What is known while a refused batch is being pinned down.
 #[derive(Debug)]
 pub(super) struct Refusal {
-    /// Highest sequence in flight at a refusal: the refused batch is at or
-    /// below it, and batches go one at a time until it is acked.
-    through: u64,
+    /// The batches in flight at a refusal (the refused one is among them)
+    /// not yet acked or dropped: they go one at a time, and only they,
+    /// until none is left. Not every unacked batch up to the highest: on
+    /// an out-of-order stream that is the live tip, and the whole backlog
+    /// below it would go one round trip at a time.
+    suspects: BTreeSet<u64>,
     /// The batch refused while alone in flight, and how many times in a row.
     alone: Option<(u64, u32)>,
+}
+
+impl Refusal {
+    /// The suspect to send next: the lowest one still unacked.
+    pub(super) fn next_suspect(&self, spool: &Spool) -> Option<u64> {
+        self.suspects.iter().copied().find(|&s| spool.is_unacked(s))
+    }
 }
 
 impl Uplink {
@@ -201,15 +213,17 @@ impl Uplink {
         }
     }
 
-    /// Whether the batch `next_send` may go out now: always, except while a
-    /// refusal is being pinned down, when only with nothing unacked in
-    /// flight before it.
-    pub(super) fn may_send(&self, next_send: u64) -> bool {
-        self.refusal.is_none()
-            || self
-                .spool
-                .first_unacked()
-                .is_none_or(|front| next_send <= front)
+    /// Whether the batch `seq` may go out now: always, except while a
+    /// refusal is being pinned down, when only the next suspect, and only
+    /// with nothing unacked in flight.
+    pub(super) fn may_send(&self, seq: u64) -> bool {
+        match &self.refusal {
+            None => true,
+            Some(r) => {
+                r.next_suspect(&self.spool) == Some(seq)
+                    && self.spool.in_flight_unacked().is_empty()
+            }
+        }
     }
 
     /// The stream ended with `status`. A batch the collector refuses as
@@ -224,23 +238,24 @@ impl Uplink {
             tonic::Code::OutOfRange => true,
             _ => false,
         };
-        let Some(front) = self.spool.first_unacked() else {
+        let in_flight = self.spool.in_flight_unacked();
+        let (Some(&front), Some(&last)) = (in_flight.first(), in_flight.last()) else {
             return;
         };
-        if !refused || self.sent_on_stream < front {
+        if !refused {
             return;
         }
-        let last = self.sent_on_stream;
         let refusal = self.refusal.get_or_insert(Refusal {
-            through: last,
+            suspects: BTreeSet::new(),
             alone: None,
         });
-        refusal.through = refusal.through.max(last);
+        refusal.suspects.extend(&in_flight);
         if last != front {
             warn!(
                 first = front,
                 last,
-                "the collector refused one of these batches; sending one at a time to find it"
+                in_flight = in_flight.len(),
+                "the collector refused one of the batches in flight; sending them one at a time to find it"
             );
             return;
         }
@@ -254,7 +269,7 @@ impl Uplink {
             warn!(seq = front, count, code = %code_name(status.code()), cause = %status.message(), "the collector refused this batch; trying again");
             return;
         }
-        match self.spool.drop_front(front) {
+        match self.spool.drop_unacked(front) {
             Ok(readings) => {
                 error!(
                     seq = front,
@@ -276,17 +291,13 @@ impl Uplink {
     /// Back to sending freely once every batch that was in flight at a
     /// refusal is acked or dropped.
     fn end_refusal(&mut self) {
-        if let Some(r) = &self.refusal
-            && self
-                .spool
-                .first_unacked()
-                .is_none_or(|front| front > r.through)
-        {
-            info!(
-                through = r.through,
-                "refused batches dealt with; sending freely again"
-            );
-            self.refusal = None;
+        if let Some(r) = &mut self.refusal {
+            let spool = &self.spool;
+            r.suspects.retain(|&s| spool.is_unacked(s));
+            if r.suspects.is_empty() {
+                info!("refused batches dealt with; sending freely again");
+                self.refusal = None;
+            }
         }
     }
 
