@@ -5,9 +5,10 @@
 //! good is given up on.
 //!
 //! A refusal ends the stream without naming the batch, and several may be
-//! in flight. So after one, batches go one at a time (each sent only when
-//! everything before it is acked) until all that were in flight then are
-//! acked or given up on: a refusal while a single batch is in flight names
+//! in flight. So after one, the batches that were in flight then (and only
+//! they: not the backlog below the live tip never sent) go one at a time,
+//! each alone in flight, until all are acked or given up on, and then
+//! batches go freely again: a refusal while a single batch is in flight names
 //! that batch, and only such a batch, refused three times in a row, is
 //! dropped (counted in `refused_batches` and `refused_readings`, and as
 //! dropped in the spool, so the collector's `dropped_at_agent` shows it).

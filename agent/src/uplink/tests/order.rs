@@ -298,31 +298,13 @@ fn a_window_full_of_backlog_never_holds_a_live_batch_back() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The window follows what the collector acks: on a thin link what is in
-/// flight drains in about `DRAIN`; on a fast one it opens to `MAX`.
+/// The window follows what the collector acks: on a fast link it opens to
+/// `MAX`; on a thinner one what is in flight drains in about `DRAIN`.
 #[test]
 fn the_backlog_window_follows_the_rate_of_acks() {
     let mut now = tokio::time::Instant::now();
-    // A link that acks 100 KiB/s: 50 KiB per DRAIN.
     let mut w = Window::default();
     let mut seq = 0;
-    let mut acked_to = 0;
-    for _ in 0..20 {
-        while w.is_open() {
-            seq += 1;
-            w.sent(seq, 1024);
-        }
-        now += DRAIN;
-        // 50 KiB of it acked in that time.
-        acked_to = (acked_to + 50).min(seq);
-        w.answered(now, |s| s > acked_to);
-    }
-    let bytes = 50 * 1024;
-    assert!(
-        w.limit() == MIN.max(bytes),
-        "thin link: window {} bytes",
-        w.limit()
-    );
     // A fast link acks whatever is in flight at once.
     for _ in 0..20 {
         while w.is_open() {
@@ -333,6 +315,22 @@ fn the_backlog_window_follows_the_rate_of_acks() {
         w.answered(now, |_| false);
     }
     assert_eq!(w.limit(), MAX);
+    // A link that acks 400 KiB/s: 200 KiB per DRAIN, between MIN and MAX,
+    // so the window has to shrink to it (and could not pass by staying at
+    // either bound).
+    let bytes = 200 * 1024;
+    assert!(MIN < bytes && bytes < MAX);
+    let mut acked_to = seq;
+    for _ in 0..20 {
+        while w.is_open() {
+            seq += 1;
+            w.sent(seq, 1024);
+        }
+        now += DRAIN;
+        acked_to = (acked_to + 200).min(seq);
+        w.answered(now, |s| s > acked_to);
+    }
+    assert_eq!(w.limit(), bytes, "window {} bytes", w.limit());
 }
 
 #[test]
