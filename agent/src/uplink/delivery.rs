@@ -149,7 +149,6 @@ impl Uplink {
         let live_from = self.spool.last_seq().saturating_add(1);
         self.spool.clear_in_flight();
         self.sent_on_stream = 0;
-        self.sent_before = self.sent_before.max(self.max_sent);
         self.stats.connects += 1;
         Lanes::open(
             self.spool.first_unacked().unwrap_or(live_from),
@@ -416,11 +415,14 @@ impl Uplink {
         if let Some(m) = &mut self.metrics {
             m.sent(record.seq, choice.lane == Lane::Live);
         }
-        let resent = record.seq <= self.sent_before;
+        // Only a batch really sent before (by this process, on an earlier
+        // stream, or possibly by an earlier process) is resent: not a
+        // backlog batch below live batches an earlier stream sent.
+        let resent = self.sent.contains(record.seq);
         if resent {
             self.stats.resent_batches += 1;
         }
-        self.max_sent = self.max_sent.max(record.seq);
+        self.sent.add(0, &[(record.seq, record.seq)], u64::MAX);
         let mut batch = match pb::Batch::decode(record.batch.as_slice()) {
             Ok(b) => b,
             Err(e) => {

@@ -370,3 +370,31 @@ fn hostile_welcomes_and_acks_are_refused_naming_the_field() {
     assert_eq!(u.spool.first_unacked(), Some(1));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn only_batches_sent_on_an_earlier_stream_go_out_as_resent() {
+    // A backlog of 1 to 3 (spooled by this process, never sent), then a
+    // stream that sends live batch 4 ahead of it and ends.
+    let (mut u, dir) = uplink_with_batches("resent", 3);
+    let mut c = Committer::default();
+    u.expect_out_of_order = true;
+    let mut lanes = u.open_lanes();
+    seal_batches(&mut u, 1, 1);
+    u.welcome("http://x", &mut lanes, &c.welcome()).unwrap();
+    let mut declared = Declared::default();
+    assert_eq!(send(&mut u, &mut lanes, &mut declared).map(|s| s.0), Some(4));
+    // The next stream sends 1 to 4: only 4 went out before.
+    let (mut lanes, mut declared) = stream_to(&mut u, &c);
+    let mut resent = Vec::new();
+    while let Some(frame) = u.encode_on(&mut lanes, &mut declared).expect("spool read") {
+        let Some(pb::agent_frame::Frame::Batch(b)) = frame.frame else {
+            panic!("not a batch");
+        };
+        c.receive(b.seq);
+        resent.push((b.seq, b.resent));
+    }
+    resent.sort();
+    assert_eq!(resent, [(1, false), (2, false), (3, false), (4, true)]);
+    assert_eq!(u.stats.resent_batches, 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
