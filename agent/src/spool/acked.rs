@@ -173,7 +173,10 @@ mod tests {
         assert!(a.add(0, &down, u64::MAX));
         assert!(b.add(0, &up, u64::MAX));
         assert_eq!(a, b);
-        assert_eq!((a.ranges().len() as u64, a.highest()), (n, 11 + 3 * (n - 1)));
+        assert_eq!(
+            (a.ranges().len() as u64, a.highest()),
+            (n, 11 + 3 * (n - 1))
+        );
         // Gaps filled later merge with both neighbours.
         let fill: Vec<SeqRange> = (0..n - 1).map(|i| (12 + 3 * i, 12 + 3 * i)).collect();
         assert!(a.add(0, &fill, u64::MAX));

@@ -349,7 +349,10 @@ fn hostile_welcomes_and_acks_are_refused_naming_the_field() {
         ..Default::default()
     };
     let e = u.welcome("http://x", &mut lanes, &inverted).unwrap_err();
-    assert!(e.starts_with("welcome.committed_ranges[1]: first 1000"), "{e}");
+    assert!(
+        e.starts_with("welcome.committed_ranges[1]: first 1000"),
+        "{e}"
+    );
     assert_eq!((u.spool.last_seq(), u.spool.first_unacked()), (5, Some(1)));
     // Too many ranges.
     let many: Vec<pb::SeqRange> = (0..=MAX_GAPS as u64 * 2)
@@ -357,7 +360,10 @@ fn hostile_welcomes_and_acks_are_refused_naming_the_field() {
         .collect();
     let e = ranges_of("ack.ranges", &many).unwrap_err();
     assert!(e.starts_with("ack.ranges: 1025 ranges"), "{e}");
-    assert_eq!(ranges_of("ack.ranges", &many[1..]).map(|r| r.len()), Ok(1024));
+    assert_eq!(
+        ranges_of("ack.ranges", &many[1..]).map(|r| r.len()),
+        Ok(1024)
+    );
     // A range ending at the top of the sequence space: no overflow.
     let top = pb::Welcome {
         committed_seq: 0,
@@ -382,7 +388,10 @@ fn only_batches_sent_on_an_earlier_stream_go_out_as_resent() {
     seal_batches(&mut u, 1, 1);
     u.welcome("http://x", &mut lanes, &c.welcome()).unwrap();
     let mut declared = Declared::default();
-    assert_eq!(send(&mut u, &mut lanes, &mut declared).map(|s| s.0), Some(4));
+    assert_eq!(
+        send(&mut u, &mut lanes, &mut declared).map(|s| s.0),
+        Some(4)
+    );
     // The next stream sends 1 to 4: only 4 went out before.
     let (mut lanes, mut declared) = stream_to(&mut u, &c);
     let mut resent = Vec::new();
