@@ -422,7 +422,14 @@ impl Uplink {
         if resent {
             self.stats.resent_batches += 1;
         }
-        self.sent.add(0, &[(record.seq, record.seq)], u64::MAX);
+        // Below the oldest unacked record nothing is sent again: the mark
+        // rises through it, so holes (records dropped unsent) do not pile up.
+        let settled = self
+            .spool
+            .first_unacked()
+            .map_or(0, |f| f.saturating_sub(1));
+        self.sent
+            .add(settled, &[(record.seq, record.seq)], u64::MAX);
         let mut batch = match pb::Batch::decode(record.batch.as_slice()) {
             Ok(b) => b,
             Err(e) => {

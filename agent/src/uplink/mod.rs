@@ -187,7 +187,8 @@ pub struct Uplink {
     /// each this process sent, on any stream. A batch in it goes out
     /// marked `resent`; one sent on the current stream is never sent on it
     /// again, so the set needs no per-stream part. A few ranges: each
-    /// stream sends runs of the backlog and of the live batches.
+    /// stream sends runs of the backlog and of the live batches, and the
+    /// mark follows the oldest unacked record.
     sent: crate::spool::AckedSet,
     /// Highest sequence sent on the current (or last) stream.
     sent_on_stream: u64,
