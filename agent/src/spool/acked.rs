@@ -54,39 +54,52 @@ impl AckedSet {
     /// Adds everything up to `mark` and the sequences of `ranges` (in any
     /// order; a range with `first > last` is ignored), none above `limit`
     /// (what was never handed out cannot be acked). Returns whether the set
-    /// grew.
+    /// grew. Linear in the ranges held and heard (after sorting those heard
+    /// when they are not ascending): a frame of many ranges, in any order,
+    /// costs no more than one merge.
     pub fn add(&mut self, mark: u64, ranges: &[SeqRange], limit: u64) -> bool {
         let before = self.clone();
         self.mark = self.mark.max(mark.min(limit));
-        for &(first, last) in ranges {
-            if first <= last && first <= limit {
-                self.insert(first, last.min(limit));
-            }
+        let mut heard: Vec<SeqRange> = ranges
+            .iter()
+            .filter(|&&(first, last)| first <= last && first <= limit)
+            .map(|&(first, last)| (first, last.min(limit)))
+            .collect();
+        if !heard.is_sorted() {
+            heard.sort_unstable();
+        }
+        if !heard.is_empty() {
+            self.merge(&heard);
         }
         self.absorb();
         *self != before
     }
 
-    /// Inserts `first..=last`, merging what it overlaps or touches.
-    fn insert(&mut self, first: u64, last: u64) {
-        if last <= self.mark {
-            return;
+    /// Merges `heard` (ascending by `first`, each `first <= last`) into the
+    /// ranges in one pass, joining what overlaps or touches.
+    fn merge(&mut self, heard: &[SeqRange]) {
+        let held = std::mem::take(&mut self.ranges);
+        let mut merged: Vec<SeqRange> = Vec::with_capacity(held.len() + heard.len());
+        let (mut a, mut b) = (held.iter().peekable(), heard.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) if x <= y => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            let Some(&(first, last)) = next else { break };
+            if last <= self.mark {
+                continue;
+            }
+            let first = first.max(self.mark.saturating_add(1));
+            match merged.last_mut() {
+                Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+                _ => merged.push((first, last)),
+            }
         }
-        let mut first = first.max(self.mark + 1);
-        let mut last = last;
-        // Ranges before `lo` end before `first - 1`; ranges from `hi` on
-        // start after `last + 1`; those between merge with the new one.
-        let lo = self
-            .ranges
-            .partition_point(|r| r.1.saturating_add(1) < first);
-        let hi = self
-            .ranges
-            .partition_point(|r| r.0 <= last.saturating_add(1));
-        if lo < hi {
-            first = first.min(self.ranges[lo].0);
-            last = last.max(self.ranges[hi - 1].1);
-        }
-        self.ranges.splice(lo..hi, [(first, last)]);
+        self.ranges = merged;
     }
 
     /// Raises the mark through the lowest ranges while they touch it.
@@ -140,5 +153,33 @@ mod tests {
         assert_eq!((s.mark(), s.ranges()), (27, &[][..]));
         s.reset_to(30);
         assert!(s.contains(30) && !s.contains(31));
+    }
+
+    #[test]
+    fn hostile_ranges_neither_overflow_nor_take_quadratic_time() {
+        let mut s = AckedSet::default();
+        // A range ending at the top of the sequence space, a mark there.
+        assert!(s.add(0, &[(5, u64::MAX), (u64::MAX, u64::MAX)], u64::MAX));
+        assert_eq!((s.ranges(), s.highest()), (&[(5, u64::MAX)][..], u64::MAX));
+        assert!(s.add(u64::MAX, &[(1, u64::MAX)], u64::MAX));
+        assert_eq!((s.mark(), s.ranges()), (u64::MAX, &[][..]));
+        assert!(!s.add(u64::MAX, &[(u64::MAX, u64::MAX), (3, 2)], u64::MAX));
+        // Many ranges in descending order end as they would ascending.
+        let n = 200_000u64;
+        let down: Vec<SeqRange> = (0..n).rev().map(|i| (10 + 3 * i, 11 + 3 * i)).collect();
+        let mut up = down.clone();
+        up.reverse();
+        let (mut a, mut b) = (AckedSet::default(), AckedSet::default());
+        assert!(a.add(0, &down, u64::MAX));
+        assert!(b.add(0, &up, u64::MAX));
+        assert_eq!(a, b);
+        assert_eq!(
+            (a.ranges().len() as u64, a.highest()),
+            (n, 11 + 3 * (n - 1))
+        );
+        // Gaps filled later merge with both neighbours.
+        let fill: Vec<SeqRange> = (0..n - 1).map(|i| (12 + 3 * i, 12 + 3 * i)).collect();
+        assert!(a.add(0, &fill, u64::MAX));
+        assert_eq!(a.ranges(), &[(10, 11 + 3 * (n - 1))]);
     }
 }

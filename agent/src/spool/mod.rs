@@ -382,6 +382,21 @@ impl Spool {
         self.in_flight.clear();
     }
 
+    /// The records in flight on the current stream (sent, not acked),
+    /// ascending.
+    pub fn in_flight_unacked(&self) -> Vec<u64> {
+        self.in_flight
+            .iter()
+            .copied()
+            .filter(|&s| !self.acked.contains(s))
+            .collect()
+    }
+
+    /// Whether `seq` is unacked and still in the spool (not dropped).
+    pub fn is_unacked(&self, seq: u64) -> bool {
+        self.next_unacked_from(seq) == Some(seq)
+    }
+
     /// Whether `seq` is in flight on the current stream (sent, not acked).
     fn is_in_flight(&self, seq: u64) -> bool {
         self.in_flight.contains(&seq) && !self.acked.contains(seq)

@@ -327,6 +327,27 @@ impl Spool {
         Ok(readings)
     }
 
+    /// Like [`Spool::drop_front`] for any unacked record `seq`, not only the
+    /// oldest (a refused batch pinned down among those in flight): counts
+    /// its readings as dropped and acks it alone. Returns its readings (0
+    /// when `seq` is not an unacked record).
+    pub fn drop_unacked(&mut self, seq: u64) -> Result<u64, SpoolError> {
+        let Some(readings) = self
+            .next_unacked_record(seq)
+            .filter(|(_, r)| r.seq == seq)
+            .map(|(_, r)| u64::from(r.readings))
+        else {
+            return Ok(0);
+        };
+        self.add_dropped(readings)?;
+        if let Some(hook) = &self.on_drop {
+            // `readings` came from a `u32`.
+            (hook.0)(self.epoch, seq, u32::try_from(readings).unwrap_or(u32::MAX));
+        }
+        self.ack_set(0, &[(seq, seq)])?;
+        Ok(readings)
+    }
+
     /// Starts the segment file whose first record will be `first_seq`, and
     /// appends to it from now on.
     fn start_segment(&mut self, first_seq: u64) -> Result<(), SpoolError> {

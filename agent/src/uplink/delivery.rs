@@ -5,9 +5,10 @@
 //! good is given up on.
 //!
 //! A refusal ends the stream without naming the batch, and several may be
-//! in flight. So after one, batches go one at a time (each sent only when
-//! everything before it is acked) until all that were in flight then are
-//! acked or given up on: a refusal while a single batch is in flight names
+//! in flight. So after one, the batches that were in flight then (and only
+//! they: not the backlog below the live tip never sent) go one at a time,
+//! each alone in flight, until all are acked or given up on, and then
+//! batches go freely again: a refusal while a single batch is in flight names
 //! that batch, and only such a batch, refused three times in a row, is
 //! dropped (counted in `refused_batches` and `refused_readings`, and as
 //! dropped in the spool, so the collector's `dropped_at_agent` shows it).
@@ -15,14 +16,17 @@
 //! (`encode.rs`), so this happens only with a collector whose `[limits]`
 //! are tighter than the wire's.
 
+use std::collections::BTreeSet;
+
 use prost::Message;
 use tracing::{debug, error, info, warn};
 
+use tributary_proto::limits::MAX_ACK_RANGES;
 use tributary_proto::v1 as pb;
 
 use crate::metrics::ReconnectCause;
 use crate::reading::now_ns;
-use crate::spool::{SeqRange, SpoolError};
+use crate::spool::{SeqRange, Spool, SpoolError};
 
 use super::Uplink;
 use super::connection::{Event, Link, Stream, code_name};
@@ -36,11 +40,21 @@ const REFUSALS_TO_DROP: u32 = 3;
 /// What is known while a refused batch is being pinned down.
 #[derive(Debug)]
 pub(super) struct Refusal {
-    /// Highest sequence in flight at a refusal: the refused batch is at or
-    /// below it, and batches go one at a time until it is acked.
-    through: u64,
+    /// The batches in flight at a refusal (the refused one is among them)
+    /// not yet acked or dropped: they go one at a time, and only they,
+    /// until none is left. Not every unacked batch up to the highest: on
+    /// an out-of-order stream that is the live tip, and the whole backlog
+    /// below it would go one round trip at a time.
+    suspects: BTreeSet<u64>,
     /// The batch refused while alone in flight, and how many times in a row.
     alone: Option<(u64, u32)>,
+}
+
+impl Refusal {
+    /// The suspect to send next: the lowest one still unacked.
+    pub(super) fn next_suspect(&self, spool: &Spool) -> Option<u64> {
+        self.suspects.iter().copied().find(|&s| spool.is_unacked(s))
+    }
 }
 
 impl Uplink {
@@ -79,7 +93,11 @@ impl Uplink {
             Event::Frame(pb::CollectorFrame {
                 frame: Some(pb::collector_frame::Frame::Ack(a)),
             }) => {
-                self.acked_set(a.seq, &ranges_of(&a.ranges));
+                let ranges = match ranges_of("ack.ranges", &a.ranges) {
+                    Ok(ranges) => ranges,
+                    Err(e) => return self.bad_frame(link, &e),
+                };
+                self.acked_set(a.seq, &ranges);
                 if let Some(stream) = link.stream_mut() {
                     self.prune_in_flight(&mut stream.lanes);
                 }
@@ -88,9 +106,13 @@ impl Uplink {
             Event::Frame(pb::CollectorFrame {
                 frame: Some(pb::collector_frame::Frame::Welcome(w)),
             }) => {
+                let mut welcomed = Ok(());
                 if let Some(stream) = link.stream_mut() {
-                    self.welcome(&stream.url, &mut stream.lanes, &w);
+                    welcomed = self.welcome(&stream.url, &mut stream.lanes, &w);
                     self.prune_in_flight(&mut stream.lanes);
+                }
+                if let Err(e) = welcomed {
+                    return self.bad_frame(link, &e);
                 }
                 self.after_ack(link);
             }
@@ -124,16 +146,25 @@ impl Uplink {
 
     /// A stream's cursors as it opens: nothing is in flight on it yet.
     pub(super) fn open_lanes(&mut self) -> Lanes {
-        let live_from = self.spool.last_seq() + 1;
+        let live_from = self.spool.last_seq().saturating_add(1);
         self.spool.clear_in_flight();
         self.sent_on_stream = 0;
-        self.sent_before = self.sent_before.max(self.max_sent);
         self.stats.connects += 1;
         Lanes::open(
             self.spool.first_unacked().unwrap_or(live_from),
             live_from,
             self.config.backlog_window,
         )
+    }
+
+    /// The collector sent a frame that breaks the protocol (`error` names
+    /// the field): nothing of it is believed; the stream ends and the
+    /// uplink reconnects after a backoff, as after a failed stream.
+    fn bad_frame(&mut self, link: &mut Link, error: &str) {
+        error!(error, "bad frame from the collector; reconnecting");
+        link.lost();
+        self.count_reconnect(ReconnectCause::StreamError);
+        self.stats.streams_ended += 1;
     }
 
     /// Counts a reconnect in the metrics, when they are on.
@@ -182,15 +213,17 @@ impl Uplink {
         }
     }
 
-    /// Whether the batch `next_send` may go out now: always, except while a
-    /// refusal is being pinned down, when only with nothing unacked in
-    /// flight before it.
-    pub(super) fn may_send(&self, next_send: u64) -> bool {
-        self.refusal.is_none()
-            || self
-                .spool
-                .first_unacked()
-                .is_none_or(|front| next_send <= front)
+    /// Whether the batch `seq` may go out now: always, except while a
+    /// refusal is being pinned down, when only the next suspect, and only
+    /// with nothing unacked in flight.
+    pub(super) fn may_send(&self, seq: u64) -> bool {
+        match &self.refusal {
+            None => true,
+            Some(r) => {
+                r.next_suspect(&self.spool) == Some(seq)
+                    && self.spool.in_flight_unacked().is_empty()
+            }
+        }
     }
 
     /// The stream ended with `status`. A batch the collector refuses as
@@ -205,23 +238,24 @@ impl Uplink {
             tonic::Code::OutOfRange => true,
             _ => false,
         };
-        let Some(front) = self.spool.first_unacked() else {
+        let in_flight = self.spool.in_flight_unacked();
+        let (Some(&front), Some(&last)) = (in_flight.first(), in_flight.last()) else {
             return;
         };
-        if !refused || self.sent_on_stream < front {
+        if !refused {
             return;
         }
-        let last = self.sent_on_stream;
         let refusal = self.refusal.get_or_insert(Refusal {
-            through: last,
+            suspects: BTreeSet::new(),
             alone: None,
         });
-        refusal.through = refusal.through.max(last);
+        refusal.suspects.extend(&in_flight);
         if last != front {
             warn!(
                 first = front,
                 last,
-                "the collector refused one of these batches; sending one at a time to find it"
+                in_flight = in_flight.len(),
+                "the collector refused one of the batches in flight; sending them one at a time to find it"
             );
             return;
         }
@@ -235,7 +269,7 @@ impl Uplink {
             warn!(seq = front, count, code = %code_name(status.code()), cause = %status.message(), "the collector refused this batch; trying again");
             return;
         }
-        match self.spool.drop_front(front) {
+        match self.spool.drop_unacked(front) {
             Ok(readings) => {
                 error!(
                     seq = front,
@@ -257,25 +291,28 @@ impl Uplink {
     /// Back to sending freely once every batch that was in flight at a
     /// refusal is acked or dropped.
     fn end_refusal(&mut self) {
-        if let Some(r) = &self.refusal
-            && self
-                .spool
-                .first_unacked()
-                .is_none_or(|front| front > r.through)
-        {
-            info!(
-                through = r.through,
-                "refused batches dealt with; sending freely again"
-            );
-            self.refusal = None;
+        if let Some(r) = &mut self.refusal {
+            let spool = &self.spool;
+            r.suspects.retain(|&s| spool.is_unacked(s));
+            if r.suspects.is_empty() {
+                info!("refused batches dealt with; sending freely again");
+                self.refusal = None;
+            }
         }
     }
 
     /// The collector's Welcome: it has committed everything up to
-    /// `committed_seq` for this epoch, and holds its drop count.
-    pub(super) fn welcome(&mut self, url: &str, c: &mut Lanes, w: &pb::Welcome) {
+    /// `committed_seq` for this epoch, and holds its drop count. An error
+    /// (naming the field) when its ranges break the protocol: nothing of
+    /// it is taken then.
+    pub(super) fn welcome(
+        &mut self,
+        url: &str,
+        c: &mut Lanes,
+        w: &pb::Welcome,
+    ) -> Result<(), String> {
         let committed = w.committed_seq;
-        let ranges = ranges_of(&w.committed_ranges);
+        let ranges = ranges_of("welcome.committed_ranges", &w.committed_ranges)?;
         let highest = ranges.iter().map(|r| r.1).fold(committed, u64::max);
         if highest > self.spool.last_seq() {
             warn!(
@@ -285,7 +322,7 @@ impl Uplink {
             );
             self.spool.advance_past(highest);
             // Nothing sealed yet is above them: the live lane starts there.
-            c.live_from = c.live_from.max(highest + 1);
+            c.live_from = c.live_from.max(highest.saturating_add(1));
             c.live_next = c.live_next.max(c.live_from);
         }
         // Batches sent earlier whose ack never came but which the collector
@@ -305,6 +342,7 @@ impl Uplink {
         c.next_send = c.next_send.max(committed.saturating_add(1));
         c.out_of_order = Some(w.out_of_order);
         self.expect_out_of_order = w.out_of_order;
+        Ok(())
     }
 
     /// What a Welcome commits: everything up to `committed`, and the drop
@@ -365,7 +403,7 @@ impl Uplink {
             return Ok(None);
         };
         let Some(record) = self.spool.read_from(choice.seq)? else {
-            c.next_send = self.spool.last_seq() + 1;
+            c.next_send = self.spool.last_seq().saturating_add(1);
             return Ok(None);
         };
         let choice = Choice {
@@ -377,11 +415,21 @@ impl Uplink {
         if let Some(m) = &mut self.metrics {
             m.sent(record.seq, choice.lane == Lane::Live);
         }
-        let resent = record.seq <= self.sent_before;
+        // Only a batch really sent before (by this process, on an earlier
+        // stream, or possibly by an earlier process) is resent: not a
+        // backlog batch below live batches an earlier stream sent.
+        let resent = self.sent.contains(record.seq);
         if resent {
             self.stats.resent_batches += 1;
         }
-        self.max_sent = self.max_sent.max(record.seq);
+        // Below the oldest unacked record nothing is sent again: the mark
+        // rises through it, so holes (records dropped unsent) do not pile up.
+        let settled = self
+            .spool
+            .first_unacked()
+            .map_or(0, |f| f.saturating_sub(1));
+        self.sent
+            .add(settled, &[(record.seq, record.seq)], u64::MAX);
         let mut batch = match pb::Batch::decode(record.batch.as_slice()) {
             Ok(b) => b,
             Err(e) => {
@@ -439,9 +487,28 @@ impl Uplink {
     }
 }
 
-/// The ranges of a Welcome or an Ack, as the spool takes them.
-fn ranges_of(ranges: &[pb::SeqRange]) -> Vec<SeqRange> {
-    ranges.iter().map(|r| (r.first, r.last)).collect()
+/// The ranges of a Welcome or an Ack (`field` names them), as the spool
+/// takes them; an error naming the field when the collector broke the
+/// protocol: more than [`MAX_ACK_RANGES`] ranges (it sends the lowest that
+/// many), or a range with `first > last`.
+pub(super) fn ranges_of(field: &str, ranges: &[pb::SeqRange]) -> Result<Vec<SeqRange>, String> {
+    if ranges.len() > MAX_ACK_RANGES {
+        return Err(format!(
+            "{field}: {} ranges, more than the {MAX_ACK_RANGES} allowed",
+            ranges.len()
+        ));
+    }
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r.first <= r.last {
+            true => Ok((r.first, r.last)),
+            false => Err(format!(
+                "{field}[{i}]: first {} above last {}",
+                r.first, r.last
+            )),
+        })
+        .collect()
 }
 
 /// Whether `seq` is up to `mark` or in one of `ranges`.

@@ -182,10 +182,14 @@ pub struct Uplink {
     open_since: Option<Instant>,
     /// The spool is full under the `block` policy: intake pauses.
     blocked: bool,
-    /// Records at or below this were sent by an earlier process or stream.
-    sent_before: u64,
-    /// Highest sequence sent on any stream by this process.
-    max_sent: u64,
+    /// The sequences that may have been sent before: every one spooled
+    /// when the process started (an earlier process may have sent it), and
+    /// each this process sent, on any stream. A batch in it goes out
+    /// marked `resent`; one sent on the current stream is never sent on it
+    /// again, so the set needs no per-stream part. A few ranges: each
+    /// stream sends runs of the backlog and of the live batches, and the
+    /// mark follows the oldest unacked record.
+    sent: crate::spool::AckedSet,
     /// Highest sequence sent on the current (or last) stream.
     sent_on_stream: u64,
     /// After the collector refused a batch: batches go one at a time until
@@ -229,7 +233,8 @@ impl Uplink {
     ) -> (Self, watch::Receiver<UplinkStats>) {
         let ids = SeriesIds::new(spool.take_series());
         let (stats_tx, stats_rx) = watch::channel(UplinkStats::default());
-        let sent_before = spool.last_seq();
+        let mut sent = crate::spool::AckedSet::default();
+        sent.reset_to(spool.last_seq());
         let stats = UplinkStats {
             dropped_readings: spool.dropped(),
             series_dictionary_bytes: spool.series_bytes(),
@@ -245,8 +250,7 @@ impl Uplink {
                 ids,
                 open_since: None,
                 blocked: false,
-                sent_before,
-                max_sent: 0,
+                sent,
                 sent_on_stream: 0,
                 refusal: None,
                 expect_out_of_order: false,

@@ -88,6 +88,9 @@ pub(super) struct Choice {
     /// A live batch sent while older backlog batches wait to be sent on
     /// the stream (the share or the backlog's window let it go first).
     pub(super) ahead: bool,
+    /// A batch in flight at a refusal, sent alone to pin it down
+    /// (`delivery.rs`): the stream's cursors stay where they were.
+    pub(super) pinned: bool,
 }
 
 impl Uplink {
@@ -102,6 +105,22 @@ impl Uplink {
             }
             Some(ooo) => ooo && self.refusal.is_none(),
         };
+        if let Some(r) = &self.refusal {
+            // Only the batches in flight at the refusal, one at a time.
+            let seq = r.next_suspect(&self.spool)?;
+            return self.may_send(seq).then_some(Choice {
+                seq,
+                lane: if seq >= s.live_from {
+                    Lane::Live
+                } else {
+                    Lane::Backlog
+                },
+                contested: false,
+                in_order: true,
+                ahead: false,
+                pinned: true,
+            });
+        }
         let lane = |seq: u64| {
             if seq >= s.live_from {
                 Lane::Live
@@ -117,6 +136,7 @@ impl Uplink {
                 contested: false,
                 in_order: true,
                 ahead: false,
+                pinned: false,
             });
         }
         let waiting = self
@@ -133,6 +153,7 @@ impl Uplink {
             contested,
             in_order: false,
             ahead: lane == Lane::Live && waiting.is_some(),
+            pinned: false,
         };
         match (backlog, live) {
             (Some(b), Some(l)) => {
@@ -154,6 +175,9 @@ impl Uplink {
     /// `choice` went out on `s` as `bytes` bytes: moves the stream's
     /// cursors past it and counts its bytes toward the share.
     pub(super) fn advance(&self, s: &mut Lanes, choice: Choice, bytes: u64) {
+        if choice.pinned {
+            return;
+        }
         if choice.in_order || choice.lane == Lane::Backlog {
             s.next_send = s.next_send.max(choice.seq + 1);
         }

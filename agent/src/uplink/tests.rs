@@ -386,27 +386,35 @@ fn uplink_with_batches(name: &str, n: usize) -> (super::Uplink, std::path::PathB
 fn a_refused_batch_is_found_alone_in_flight_before_it_is_dropped() {
     let (mut u, dir) = uplink_with_batches("refused", 3);
     let refusal = tonic::Status::invalid_argument("batch.series[0].metric: longer than 32 bytes");
+    // A stream that sent `seqs` and was refused.
+    let refused_after = |u: &mut super::Uplink, seqs: &[u64]| {
+        u.spool.clear_in_flight();
+        for &s in seqs {
+            u.spool.sent(s);
+        }
+        u.rejected(&refusal);
+    };
     // Batches 1 to 3 were in flight when the stream was refused, three
     // times: which one is not known, so none is dropped (the oldest, 1,
     // used to be, though the collector may well have refused 3).
     for _ in 0..3 {
-        u.sent_on_stream = 3;
-        u.rejected(&refusal);
+        refused_after(&mut u, &[1, 2, 3]);
     }
     assert_eq!(u.spool.first_unacked(), Some(1));
     assert_eq!((u.stats.refused_batches, u.spool.dropped()), (0, 0));
     // One at a time now: 1 goes alone, 2 waits for its ack.
+    u.spool.clear_in_flight();
     assert!(u.may_send(1));
     assert!(!u.may_send(2));
-    u.sent_on_stream = 1;
+    u.spool.sent(1);
+    assert!(!u.may_send(2));
     u.acked(1);
     assert!(u.may_send(2) && !u.may_send(3));
-    u.sent_on_stream = 2;
+    u.spool.sent(2);
     u.acked(2);
     // 3 alone is refused: after the third time it is given up on, counted.
     for time in 1..=3 {
-        u.sent_on_stream = 3;
-        u.rejected(&refusal);
+        refused_after(&mut u, &[3]);
         let expected = if time < 3 { Some(3) } else { None };
         assert_eq!(u.spool.first_unacked(), expected, "refusal {time}");
     }
@@ -422,7 +430,7 @@ fn a_refused_batch_is_found_alone_in_flight_before_it_is_dropped() {
     assert!(u.refusal.is_none());
     // Other ends of a stream are no refusal.
     let (mut u, dir2) = uplink_with_batches("not-refused", 1);
-    u.sent_on_stream = 1;
+    u.spool.sent(1);
     for _ in 0..3 {
         u.rejected(&tonic::Status::unavailable("collector going away"));
         u.rejected(&tonic::Status::invalid_argument(
@@ -432,6 +440,38 @@ fn a_refused_batch_is_found_alone_in_flight_before_it_is_dropped() {
     assert!(u.refusal.is_none() && u.spool.first_unacked() == Some(1));
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(dir2);
+}
+
+#[test]
+fn only_the_batches_in_flight_at_a_refusal_are_pinned_down() {
+    // An out-of-order stream: backlog 1 and 2 and live 9 and 10 in flight,
+    // 3 to 8 still waiting, when the collector refuses one of them.
+    let (mut u, dir) = uplink_with_batches("refused-ooo", 10);
+    let refusal = tonic::Status::invalid_argument("batch.series[0].metric: longer than 32 bytes");
+    for s in [1, 2, 9, 10] {
+        u.spool.sent(s);
+    }
+    u.rejected(&refusal);
+    u.spool.clear_in_flight();
+    // The suspects go one at a time; 3 to 8 are no suspects and do not
+    // go one round trip each (they used to, up to the live tip).
+    for s in [1, 2, 9] {
+        assert!(u.may_send(s) && !u.may_send(3), "{s}");
+        u.spool.sent(s);
+        assert!(!u.may_send(10));
+        u.acked_set(0, &[(s, s)]);
+    }
+    assert!(u.may_send(10) && !u.may_send(3));
+    for _ in 0..3 {
+        u.spool.clear_in_flight();
+        u.spool.sent(10);
+        u.rejected(&refusal);
+    }
+    assert_eq!(u.stats.refused_batches, 1);
+    assert!(u.refusal.is_none());
+    assert_eq!(u.spool.first_unacked(), Some(3));
+    assert!(u.spool.is_acked(10) && u.spool.is_unacked(8));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
