@@ -16,6 +16,7 @@ export function renderAgents(tbody, agents, now) {
       el("td", {}, a.peer || "—"),
       el("td", { title: seen ? dateTime(seen) : "" }, ago(seen, now)),
       el("td", { class: "num" }, count(a.lag)),
+      el("td", { class: "num", "data-col": "ranges" }, count(a.committed_ranges ?? 0)),
       el("td", { class: a.dropped > 0 ? "num warn" : "num" }, count(a.dropped)),
       // Skew: filled when the collector reports it (null until then).
       el("td", { class: a.skew > 0 ? "num warn" : "num", "data-col": "skew" },
