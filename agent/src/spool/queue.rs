@@ -311,20 +311,10 @@ impl Spool {
     /// for good): its readings count as dropped and it is acked locally.
     /// Returns the readings dropped; 0 if `seq` is not the oldest unacked.
     pub fn drop_front(&mut self, seq: u64) -> Result<u64, SpoolError> {
-        let Some(readings) = self
-            .next_unacked_record(self.acked.mark() + 1)
-            .filter(|(_, r)| r.seq == seq)
-            .map(|(_, r)| u64::from(r.readings))
-        else {
-            return Ok(0);
-        };
-        self.add_dropped(readings)?;
-        if let Some(hook) = &self.on_drop {
-            // `readings` came from a `u32`.
-            (hook.0)(self.epoch, seq, u32::try_from(readings).unwrap_or(u32::MAX));
+        match self.next_unacked_record(self.acked.mark() + 1) {
+            Some((_, r)) if r.seq == seq => self.drop_unacked(seq),
+            _ => Ok(0),
         }
-        self.ack(seq)?;
-        Ok(readings)
     }
 
     /// Like [`Spool::drop_front`] for any unacked record `seq`, not only the
