@@ -19,10 +19,12 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use crate::nice::Priority;
+
 /// The nice value of every export thread (the merger's threads keep the
 /// process's, 0 by default; 19 is the lowest priority).
-pub const EXPORT_NICE: i32 = 10;
-/// Overrides [`EXPORT_NICE`] (0 to 19).
+pub const EXPORT_NICE: Priority = Priority::Nice(10);
+/// Overrides [`EXPORT_NICE`]: `idle` (`SCHED_IDLE`) or a nice value (0 to 19).
 pub const NICE_ENV: &str = "TRIBUTARY_EXPORT_NICE";
 /// Worker threads: as many as remote write shards need to encode and
 /// compress side by side on a small machine.
@@ -40,14 +42,14 @@ impl ExportRuntime {
     /// Starts the runtime and its thread; an error names a bad
     /// [`NICE_ENV`].
     pub fn start() -> std::io::Result<ExportRuntime> {
-        let nice = crate::nice::from_env(NICE_ENV, EXPORT_NICE)?;
+        let priority = crate::nice::from_env(NICE_ENV, EXPORT_NICE)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(WORKERS)
             .thread_name("tributary-export")
             .enable_all()
             .on_thread_start(move || {
                 static WARNED: AtomicBool = AtomicBool::new(false);
-                crate::nice::lower_priority(nice, &WARNED, "the exports");
+                crate::nice::lower_priority(priority, &WARNED, "the exports");
             })
             .build()?;
         let handle = runtime.handle().clone();
@@ -86,7 +88,7 @@ impl ExportRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::{EXPORT_NICE, ExportRuntime};
+    use super::{EXPORT_NICE, ExportRuntime, Priority};
 
     #[tokio::test]
     async fn export_threads_run_at_a_lower_priority() {
@@ -94,21 +96,18 @@ mod tests {
         let (mine, theirs) = rt
             .handle()
             .spawn(async {
-                let tid = rustix::thread::gettid();
-                let theirs = rustix::process::getpriority_process(Some(tid)).unwrap();
-                let blocking = tokio::task::spawn_blocking(|| {
-                    rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
-                })
-                .await
-                .unwrap();
+                let theirs = crate::nice::current().unwrap();
+                let blocking = tokio::task::spawn_blocking(|| crate::nice::current().unwrap())
+                    .await
+                    .unwrap();
                 (blocking, theirs)
             })
             .await
             .unwrap();
-        let here = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let here = crate::nice::current().unwrap();
         // Already at or past it (a niced test run), or set otherwise:
         // nothing to compare.
-        if here < EXPORT_NICE && std::env::var_os(super::NICE_ENV).is_none() {
+        if here == Priority::Nice(0) && std::env::var_os(super::NICE_ENV).is_none() {
             assert_eq!((mine, theirs), (EXPORT_NICE, EXPORT_NICE));
         }
         rt.stop().await;

@@ -28,11 +28,12 @@ use std::sync::{Arc, OnceLock};
 use tokio::runtime::{Handle, Runtime};
 
 use super::QueryError;
+use crate::nice::Priority;
 
 /// The nice value of every query thread (the merger's threads keep the
 /// process's, 0 by default; 19 is the lowest priority).
-pub const QUERY_NICE: i32 = 10;
-/// Overrides [`QUERY_NICE`] (0 to 19).
+pub const QUERY_NICE: Priority = Priority::Nice(10);
+/// Overrides [`QUERY_NICE`]: `idle` (`SCHED_IDLE`) or a nice value (0 to 19).
 pub const NICE_ENV: &str = "TRIBUTARY_QUERY_NICE";
 /// Worker threads: the store's PostgreSQL reads and the glue between the
 /// blocking calls (SQLite reads and evaluation run on the blocking pool).
@@ -51,14 +52,14 @@ pub fn start() -> std::io::Result<()> {
 }
 
 fn build() -> std::io::Result<Runtime> {
-    let nice = crate::nice::from_env(NICE_ENV, QUERY_NICE)?;
+    let priority = crate::nice::from_env(NICE_ENV, QUERY_NICE)?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         .thread_name("tributary-query")
         .enable_all()
         .on_thread_start(move || {
             static WARNED: AtomicBool = AtomicBool::new(false);
-            crate::nice::lower_priority(nice, &WARNED, "PromQL queries");
+            crate::nice::lower_priority(priority, &WARNED, "PromQL queries");
         })
         .build()
 }
@@ -110,11 +111,10 @@ mod tests {
 
     use std::sync::atomic::Ordering;
 
-    use super::{NICE_ENV, QUERY_NICE, QueryError, blocking, handle};
+    use super::{NICE_ENV, Priority, QUERY_NICE, QueryError, blocking, handle};
 
-    fn nice_here() -> Result<i32, QueryError> {
-        rustix::process::getpriority_process(Some(rustix::thread::gettid()))
-            .map_err(|e| QueryError::Execution(e.to_string()))
+    fn nice_here() -> Result<Priority, QueryError> {
+        crate::nice::current().map_err(|e| QueryError::Execution(e.to_string()))
     }
 
     #[tokio::test]
@@ -129,7 +129,7 @@ mod tests {
         let here = nice_here().unwrap();
         // Already at or past it (a niced test run), or set otherwise:
         // nothing to compare.
-        if here < QUERY_NICE && std::env::var_os(NICE_ENV).is_none() {
+        if here == Priority::Nice(0) && std::env::var_os(NICE_ENV).is_none() {
             assert_eq!((on_worker, on_blocking), (QUERY_NICE, QUERY_NICE));
         }
     }
