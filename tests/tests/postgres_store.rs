@@ -2,7 +2,8 @@
 //! two writers on one database never store a batch twice, series ids never
 //! collide, retention removes old readings in steps (SQLite too), and two
 //! in-process collectors sharing the database ack replays without storing
-//! them again, whichever collector sees them.
+//! them again, whichever collector sees them; an `epochs` row that does
+//! not decode stops only its agent.
 
 mod postgres_support;
 
@@ -641,6 +642,94 @@ async fn u64_readings_keep_every_bit() -> Result<()> {
     for ((exact, value), want) in rows.iter().zip(values) {
         assert_eq!(*exact, want.to_string());
         assert_eq!(value.parse::<f64>()?, want as f64, "{value}");
+    }
+    Ok(())
+}
+
+/// An `epochs` row whose committed ranges do not decode, on both stores:
+/// the merger's load leaves it out and names it (the rest loads), ListAgents
+/// lists its agent with an error naming it and the others as usual, and
+/// only that (agent, epoch)'s commits fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_epochs_row_is_left_out_and_marks_only_its_agent() -> Result<()> {
+    let schema = TestSchema::new("acked_bad_row").await?;
+    let dir = TestDir::new("acked_bad_row")?;
+    for url in [StoreUrl::Sqlite(dir.join("bad_row.db")), schema.store()] {
+        let what = url.to_string();
+        let u = url.clone();
+        let (fine, broken) = blocking(move || {
+            let mut store = Store::open(&u, Durability::Full)?;
+            let ids = store.resolve_series(&[key("fine", "d1"), key("broken", "d1")])?;
+            store.commit(&set("fine", 1, ids[0], [1, 2]))?;
+            store.commit(&set("broken", 9, ids[1], [1, 2]))?;
+            Ok((ids[0], ids[1]))
+        })
+        .await
+        .with_context(|| what.clone())?;
+        match &url {
+            StoreUrl::Sqlite(path) => {
+                rusqlite::Connection::open(path)?.execute(
+                    "UPDATE epochs SET committed_ranges = x'07deadbeef' WHERE agent = 'broken'",
+                    [],
+                )?;
+            }
+            _ => {
+                postgres_support::psql(
+                    &schema.url(),
+                    "UPDATE epochs SET committed_ranges = '\\x07deadbeef'::bytea \
+                     WHERE agent = 'broken'",
+                )
+                .await?;
+            }
+        }
+        let u = url.clone();
+        let (loaded, refused) = blocking(move || {
+            let mut store = Store::open(&u, Durability::Full)?;
+            let loaded = store.load()?;
+            store.commit(&set("fine", 1, fine, [3]))?;
+            let refused = store
+                .commit(&set("broken", 9, broken, [3]))
+                .err()
+                .map(|e| e.to_string());
+            Ok((loaded, refused))
+        })
+        .await
+        .with_context(|| what.clone())?;
+        assert_eq!(loaded.unreadable_epochs.len(), 1, "{what}: {loaded:?}");
+        let named = &loaded.unreadable_epochs[0];
+        assert!(
+            named.contains("\"broken\", epoch 9") && named.contains("format 7"),
+            "{what}: {named}"
+        );
+        assert_eq!(
+            loaded
+                .epochs
+                .get(&(Arc::from("fine"), 1))
+                .map(|r| r.committed.mark()),
+            Some(2),
+            "{what}: the other row loads"
+        );
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("\"broken\", epoch 9")),
+            "{what}: {refused:?}"
+        );
+        let agents = tributary_collector::store::read::Reader::open(&url)?
+            .agents()
+            .await?;
+        let ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["broken", "fine"], "{what}");
+        assert!(
+            agents[0].error.contains("\"broken\", epoch 9") && agents[0].error.contains("format 7"),
+            "{what}: {}",
+            agents[0].error
+        );
+        assert_eq!(
+            (agents[1].error.as_str(), agents[1].committed_seq),
+            ("", 3),
+            "{what}: the other agent as usual, its commit stored"
+        );
     }
     Ok(())
 }
