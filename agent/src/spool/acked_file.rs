@@ -102,11 +102,11 @@ pub(super) fn decode(bytes: &[u8], epoch: u64) -> Persisted {
     let mut n = [0u8; 4];
     n.copy_from_slice(&body[20..24]);
     let n = u32::from_le_bytes(n) as usize;
-    if body.len() != HEAD + n * 16 {
+    let expected = n.checked_mul(16).and_then(|b| b.checked_add(HEAD));
+    if expected != Some(body.len()) {
         return Persisted::Unreadable(format!(
-            "{} bytes for {n} ranges (expected {})",
-            body.len(),
-            HEAD + n * 16
+            "{} bytes for {n} ranges of 16 bytes after a {HEAD}-byte head",
+            body.len()
         ));
     }
     if u64_at(4) != epoch {

@@ -155,4 +155,15 @@ fn the_file_is_bounded_and_keeps_the_lowest_ranges_that_still_matter() {
         "the first range that ends at 100 or above"
     );
     assert!(kept.iter().all(|r| ranges.contains(r)), "only ranges heard");
+
+    // A count that does not match the bytes, even under a good checksum,
+    // is unreadable, not a read past the end.
+    let mut lying = bytes[..bytes.len() - 4].to_vec();
+    lying[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+    let crc = crate::spool::segment::CRC.checksum(&lying);
+    lying.extend_from_slice(&crc.to_le_bytes());
+    assert!(matches!(
+        acked_file::decode(&lying, 7),
+        Persisted::Unreadable(m) if m.contains("ranges of 16 bytes")
+    ));
 }
