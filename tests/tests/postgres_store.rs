@@ -649,7 +649,8 @@ async fn u64_readings_keep_every_bit() -> Result<()> {
 /// An `epochs` row whose committed ranges do not decode, on both stores:
 /// the merger's load leaves it out and names it (the rest loads), ListAgents
 /// lists its agent with an error naming it and the others as usual, and
-/// only that (agent, epoch)'s commits fail.
+/// only that (agent, epoch)'s commits fail; a collector starts on it and
+/// ingests for the others, ending the broken epoch's streams naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_epochs_row_is_left_out_and_marks_only_its_agent() -> Result<()> {
     let schema = TestSchema::new("acked_bad_row").await?;
@@ -730,6 +731,41 @@ async fn an_undecodable_epochs_row_is_left_out_and_marks_only_its_agent() -> Res
             ("", 3),
             "{what}: the other agent as usual, its commit stored"
         );
+
+        // A collector starts on it (its merger used to fail to load),
+        // lists both agents, takes the other agent's batches, and ends the
+        // broken epoch's stream naming the row.
+        let c = InProcess::start(url.clone()).await?;
+        let mut query = pb::query_client::QueryClient::connect(c.url()).await?;
+        let listed = query
+            .list_agents(pb::ListAgentsRequest::default())
+            .await?
+            .into_inner()
+            .agents;
+        let marked: Vec<(&str, bool)> = listed
+            .iter()
+            .map(|a| (a.id.as_str(), a.error.contains("\"broken\", epoch 9")))
+            .collect();
+        assert_eq!(marked, [("broken", true), ("fine", false)], "{what}");
+        let mut fine_stream = RawStream::open(&c.url(), "fine", 1).await?;
+        assert_eq!(fine_stream.welcome, 3, "{what}");
+        fine_stream.send(4).await?;
+        assert_eq!(fine_stream.acked(4).await?, 4, "{what}");
+        let mut broken_stream = RawStream::open(&c.url(), "broken", 9).await?;
+        broken_stream.send(4).await?;
+        let refused = match broken_stream.acked(4).await {
+            Ok(seq) => bail!("{what}: batch of the broken epoch acked ({seq})"),
+            Err(e) => e.to_string(),
+        };
+        // (The status is quoted in the error: its quotes are escaped.)
+        assert!(
+            refused.contains("broken")
+                && refused.contains("epoch 9")
+                && refused.contains("format 7"),
+            "{what}: {refused}"
+        );
+        drop((fine_stream, broken_stream));
+        c.stop().await?;
     }
     Ok(())
 }
