@@ -2,88 +2,20 @@
 //! two writers on one database never store a batch twice, series ids never
 //! collide, retention removes old readings in steps (SQLite too), and two
 //! in-process collectors sharing the database ack replays without storing
-//! them again, whichever collector sees them; an `epochs` row that does
-//! not decode stops only its agent.
+//! them again, whichever collector sees them.
 
 mod postgres_support;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 
-use tributary_collector::model::{NewReading, SeriesKey, StoredValue};
-use tributary_collector::store::{
-    AgentWrite, BatchWrite, CommittedSet, Durability, EpochRow, Store, StoreUrl, WriteSet,
-};
-use tributary_proto::v1 as pb;
+use tributary_collector::model::{NewReading, StoredValue};
+use tributary_collector::store::{CommittedSet, Durability, Store, StoreUrl};
 use tributary_tests::process::TestDir;
 
+use postgres_support::raw::{RawStream, blocking, key, set};
 use postgres_support::{InProcess, TestSchema};
-
-fn key(agent: &str, device: &str) -> SeriesKey {
-    SeriesKey {
-        agent: agent.into(),
-        device: device.into(),
-        metric: "counter".into(),
-        labels: BTreeMap::from([("site".into(), "a".into())]),
-        unit: String::new(),
-    }
-}
-
-/// A set with one batch per sequence in `seqs`, each holding one reading
-/// of `series` whose value and timestamp are the sequence.
-fn set(agent: &str, epoch: u64, series: i64, seqs: impl IntoIterator<Item = u64>) -> WriteSet {
-    let agent: Arc<str> = Arc::from(agent);
-    let batches: Vec<BatchWrite> = seqs
-        .into_iter()
-        .map(|seq| BatchWrite {
-            agent: agent.clone(),
-            epoch,
-            seq,
-            high_water: false,
-            floor: 0,
-            received_ns: 1,
-            readings: vec![NewReading {
-                series_id: series,
-                ts_ns: seq as i64,
-                value: StoredValue::I64(seq as i64),
-            }],
-        })
-        .collect();
-    let last = batches.last().map(|b| b.seq).unwrap_or(0);
-    WriteSet {
-        epochs: vec![(
-            agent.clone(),
-            epoch,
-            EpochRow {
-                committed: CommittedSet::up_to(last),
-                dropped: 0,
-                last_seq: last,
-            },
-        )],
-        agents: vec![(
-            agent,
-            AgentWrite {
-                epoch,
-                peer: "test".into(),
-                ..AgentWrite::default()
-            },
-        )],
-        batches,
-    }
-}
-
-/// Runs blocking store work off the async runtime (a PostgreSQL store
-/// drives its own runtime and must not be used from async code).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.context("store task")?
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_on_one_database_never_store_a_batch_twice() -> Result<()> {
@@ -389,98 +321,6 @@ async fn two_stores_never_both_store_a_sequence_inside_a_range() -> Result<()> {
     Ok(())
 }
 
-/// A raw agent stream.
-struct RawStream {
-    tx: mpsc::Sender<pb::AgentFrame>,
-    rx: Streaming<pb::CollectorFrame>,
-    welcome: u64,
-    /// The series was declared on this stream.
-    declared: bool,
-}
-
-impl RawStream {
-    async fn open(url: &str, agent: &str, epoch: u64) -> Result<Self> {
-        let mut client = pb::ingest_client::IngestClient::connect(url.to_string()).await?;
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(pb::AgentFrame {
-            frame: Some(pb::agent_frame::Frame::Hello(pb::Hello {
-                agent_id: agent.into(),
-                version: "test".into(),
-                epoch,
-                agent_time_ns: 1,
-                ..Default::default()
-            })),
-        })
-        .await?;
-        let mut rx = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-        let welcome = match next(&mut rx).await? {
-            Some(pb::collector_frame::Frame::Welcome(w)) => w.committed_seq,
-            other => bail!("expected welcome, got {other:?}"),
-        };
-        Ok(RawStream {
-            tx,
-            rx,
-            welcome,
-            declared: false,
-        })
-    }
-
-    /// Sends counter values `10 * (seq - 1) + 1 ..= 10 * seq` as batch `seq`
-    /// (declaring the series in the stream's first batch).
-    async fn send(&mut self, seq: u64) -> Result<()> {
-        let from = 10 * (seq as i64 - 1) + 1;
-        let batch = pb::Batch {
-            seq,
-            series: if std::mem::replace(&mut self.declared, true) {
-                vec![]
-            } else {
-                vec![pb::SeriesDecl {
-                    id: 1,
-                    device: "dev".into(),
-                    metric: "counter".into(),
-                    labels: HashMap::new(),
-                    unit: String::new(),
-                }]
-            },
-            readings: (from..from + 10)
-                .map(|v| pb::Reading {
-                    series: 1,
-                    ts_ns: 1_000_000 + v,
-                    value: Some(pb::reading::Value::I64(v)),
-                })
-                .collect(),
-            ..Default::default()
-        };
-        self.tx
-            .send(pb::AgentFrame {
-                frame: Some(pb::agent_frame::Frame::Batch(batch)),
-            })
-            .await
-            .context("stream closed")
-    }
-
-    /// Waits for an ack covering `seq`.
-    async fn acked(&mut self, seq: u64) -> Result<u64> {
-        loop {
-            match next(&mut self.rx).await? {
-                Some(pb::collector_frame::Frame::Ack(a)) if a.seq >= seq => return Ok(a.seq),
-                Some(_) => continue,
-                None => bail!("stream ended before ack {seq}"),
-            }
-        }
-    }
-}
-
-async fn next(
-    rx: &mut Streaming<pb::CollectorFrame>,
-) -> Result<Option<pb::collector_frame::Frame>> {
-    match tokio::time::timeout(Duration::from_secs(20), rx.next()).await? {
-        Some(Ok(f)) => Ok(f.frame),
-        Some(Err(s)) => bail!("stream failed: {s}"),
-        None => Ok(None),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_collectors_ack_a_resent_batch_and_it_is_stored_once() -> Result<()> {
     let schema = TestSchema::new("resent").await?;
@@ -642,130 +482,6 @@ async fn u64_readings_keep_every_bit() -> Result<()> {
     for ((exact, value), want) in rows.iter().zip(values) {
         assert_eq!(*exact, want.to_string());
         assert_eq!(value.parse::<f64>()?, want as f64, "{value}");
-    }
-    Ok(())
-}
-
-/// An `epochs` row whose committed ranges do not decode, on both stores:
-/// the merger's load leaves it out and names it (the rest loads), ListAgents
-/// lists its agent with an error naming it and the others as usual, and
-/// only that (agent, epoch)'s commits fail; a collector starts on it and
-/// ingests for the others, ending the broken epoch's streams naming it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undecodable_epochs_row_is_left_out_and_marks_only_its_agent() -> Result<()> {
-    let schema = TestSchema::new("acked_bad_row").await?;
-    let dir = TestDir::new("acked_bad_row")?;
-    for url in [StoreUrl::Sqlite(dir.join("bad_row.db")), schema.store()] {
-        let what = url.to_string();
-        let u = url.clone();
-        let (fine, broken) = blocking(move || {
-            let mut store = Store::open(&u, Durability::Full)?;
-            let ids = store.resolve_series(&[key("fine", "d1"), key("broken", "d1")])?;
-            store.commit(&set("fine", 1, ids[0], [1, 2]))?;
-            store.commit(&set("broken", 9, ids[1], [1, 2]))?;
-            Ok((ids[0], ids[1]))
-        })
-        .await
-        .with_context(|| what.clone())?;
-        match &url {
-            StoreUrl::Sqlite(path) => {
-                rusqlite::Connection::open(path)?.execute(
-                    "UPDATE epochs SET committed_ranges = x'07deadbeef' WHERE agent = 'broken'",
-                    [],
-                )?;
-            }
-            _ => {
-                postgres_support::psql(
-                    &schema.url(),
-                    "UPDATE epochs SET committed_ranges = '\\x07deadbeef'::bytea \
-                     WHERE agent = 'broken'",
-                )
-                .await?;
-            }
-        }
-        let u = url.clone();
-        let (loaded, refused) = blocking(move || {
-            let mut store = Store::open(&u, Durability::Full)?;
-            let loaded = store.load()?;
-            store.commit(&set("fine", 1, fine, [3]))?;
-            let refused = store
-                .commit(&set("broken", 9, broken, [3]))
-                .err()
-                .map(|e| e.to_string());
-            Ok((loaded, refused))
-        })
-        .await
-        .with_context(|| what.clone())?;
-        assert_eq!(loaded.unreadable_epochs.len(), 1, "{what}: {loaded:?}");
-        let named = &loaded.unreadable_epochs[0];
-        assert!(
-            named.contains("\"broken\", epoch 9") && named.contains("format 7"),
-            "{what}: {named}"
-        );
-        assert_eq!(
-            loaded
-                .epochs
-                .get(&(Arc::from("fine"), 1))
-                .map(|r| r.committed.mark()),
-            Some(2),
-            "{what}: the other row loads"
-        );
-        assert!(
-            refused
-                .as_deref()
-                .is_some_and(|e| e.contains("\"broken\", epoch 9")),
-            "{what}: {refused:?}"
-        );
-        let agents = tributary_collector::store::read::Reader::open(&url)?
-            .agents()
-            .await?;
-        let ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
-        assert_eq!(ids, ["broken", "fine"], "{what}");
-        assert!(
-            agents[0].error.contains("\"broken\", epoch 9") && agents[0].error.contains("format 7"),
-            "{what}: {}",
-            agents[0].error
-        );
-        assert_eq!(
-            (agents[1].error.as_str(), agents[1].committed_seq),
-            ("", 3),
-            "{what}: the other agent as usual, its commit stored"
-        );
-
-        // A collector starts on it (its merger used to fail to load),
-        // lists both agents, takes the other agent's batches, and ends the
-        // broken epoch's stream naming the row.
-        let c = InProcess::start(url.clone()).await?;
-        let mut query = pb::query_client::QueryClient::connect(c.url()).await?;
-        let listed = query
-            .list_agents(pb::ListAgentsRequest::default())
-            .await?
-            .into_inner()
-            .agents;
-        let marked: Vec<(&str, bool)> = listed
-            .iter()
-            .map(|a| (a.id.as_str(), a.error.contains("\"broken\", epoch 9")))
-            .collect();
-        assert_eq!(marked, [("broken", true), ("fine", false)], "{what}");
-        let mut fine_stream = RawStream::open(&c.url(), "fine", 1).await?;
-        assert_eq!(fine_stream.welcome, 3, "{what}");
-        fine_stream.send(4).await?;
-        assert_eq!(fine_stream.acked(4).await?, 4, "{what}");
-        let mut broken_stream = RawStream::open(&c.url(), "broken", 9).await?;
-        broken_stream.send(4).await?;
-        let refused = match broken_stream.acked(4).await {
-            Ok(seq) => bail!("{what}: batch of the broken epoch acked ({seq})"),
-            Err(e) => e.to_string(),
-        };
-        // (The status is quoted in the error: its quotes are escaped.)
-        assert!(
-            refused.contains("broken")
-                && refused.contains("epoch 9")
-                && refused.contains("format 7"),
-            "{what}: {refused}"
-        );
-        drop((fine_stream, broken_stream));
-        c.stop().await?;
     }
     Ok(())
 }
