@@ -241,6 +241,8 @@ async fn run(
         records = recovery.records,
         readings = recovery.readings,
         cut_bytes = recovery.cut_bytes,
+        acked_set_loaded = recovery.acked_loaded,
+        acked_set_unreadable = recovery.acked_unreadable,
         dropped_so_far = spool.dropped(),
         series = recovery.series,
         series_bytes = spool.series_bytes(),

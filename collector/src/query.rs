@@ -534,6 +534,7 @@ pub fn merge_agents(
                 lag: a.lag,
                 skewed_readings: 0,
                 committed_ranges: a.committed_ranges,
+                error: a.error,
             };
             (a.id, info)
         })

@@ -1,5 +1,5 @@
 //! The file operations that make the spool durable: small files written
-//! atomically (`EPOCH`, `FORMAT`, `SEQ`, `DROPPED`), directory syncs, and
+//! atomically (`EPOCH`, `FORMAT`, `SEQ`, `DROPPED`, `ACKED`), directory syncs, and
 //! cutting a torn tail.
 
 use std::fs::{self, File, OpenOptions};
@@ -28,16 +28,34 @@ pub(super) fn read_number(path: &Path) -> Result<Option<u64>, SpoolError> {
 
 /// Writes `name` in `dir` atomically: a temporary file, fsync, rename, fsync
 /// of the directory.
-pub(super) fn write_atomic(dir: &Path, name: &str, contents: &str) -> Result<(), SpoolError> {
+pub(super) fn write_atomic(
+    dir: &Path,
+    name: &str,
+    contents: impl AsRef<[u8]>,
+) -> Result<(), SpoolError> {
+    replace(dir, name, contents.as_ref(), true)
+}
+
+/// Replaces `name` in `dir` by a rename of a temporary file, made durable
+/// (both fsyncs) only when `sync`: without them a crash may leave the old
+/// contents, or none, never a mix of two.
+pub(super) fn replace(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    sync: bool,
+) -> Result<(), SpoolError> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(name);
     {
         let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
+        f.write_all(contents).map_err(io_err(&tmp))?;
+        if sync {
+            f.sync_all().map_err(io_err(&tmp))?;
+        }
     }
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    sync_dir(dir)
+    if sync { sync_dir(dir) } else { Ok(()) }
 }
 
 /// Makes `dir`'s entries (a created or renamed file) durable.

@@ -134,6 +134,7 @@ impl Spool {
         // Everything of the old epoch is acked or gone; the new one's set
         // starts above it (numbering goes on).
         self.acked.reset_to(self.last_seq());
+        self.acked_dirty = true;
         self.in_flight.clear();
         self.dropped = rollover.carried;
         if let Err(e) = write_epoch(&self.opts.dir, rollover.new_epoch) {
@@ -164,7 +165,7 @@ pub(super) fn new_epoch_id(old: Option<u64>) -> u64 {
 
 /// Writes `EPOCH` atomically.
 pub(super) fn write_epoch(dir: &Path, epoch: u64) -> Result<(), SpoolError> {
-    write_atomic(dir, "EPOCH", &format!("{epoch:016x}\n"))
+    write_atomic(dir, "EPOCH", format!("{epoch:016x}\n"))
 }
 
 impl Spool {
@@ -182,7 +183,7 @@ impl Spool {
 
 /// Writes `DROPPED` atomically: `dropped` readings of `epoch`.
 pub(super) fn write_dropped(dir: &Path, dropped: u64, epoch: u64) -> Result<(), SpoolError> {
-    write_atomic(dir, "DROPPED", &format!("{dropped} {epoch:016x}\n"))
+    write_atomic(dir, "DROPPED", format!("{dropped} {epoch:016x}\n"))
 }
 
 /// The readings of `epoch` dropped, from `DROPPED`: 0 when there is none,

@@ -7,7 +7,8 @@
 //! format of a segment and its scan), `dictionary.rs` (`SERIES`),
 //! `epoch.rs` (a new epoch while running, which compacts `SERIES`),
 //! `durable.rs` (atomic small files, directory syncs), `acked.rs` (the
-//! collector's committed set: a mark plus ranges).
+//! collector's committed set: a mark plus ranges), `acked_file.rs`
+//! (`ACKED`, that set persisted).
 //!
 //! A reading is *taken* once the batch holding it is appended here; the
 //! batch's sequence number is assigned at append. The spool survives
@@ -31,6 +32,10 @@
 //!   spool was full, and the epoch they belong to (`<count> <epoch>`; a
 //!   count of another epoch reads as 0, one without an epoch, as an older
 //!   agent wrote it, as this epoch's).
+//! - `ACKED`: the acked set of the epoch as last persisted (at most once a
+//!   second, and at a clean close), read at open so that drop accounting
+//!   is exact before the first Welcome; format and failure modes in
+//!   `acked_file.rs`. Missing or unreadable, the set starts empty.
 //! - `FORMAT`: the layout version (`2`). A directory with an epoch but no
 //!   `FORMAT` was written by an older agent (version 1: series names in
 //!   every record) and is refused with an error saying what to do.
@@ -63,6 +68,7 @@
 //! dictionary when the batch brings new series.
 
 mod acked;
+mod acked_file;
 mod dictionary;
 mod durable;
 mod epoch;
@@ -203,6 +209,8 @@ pub struct Spool {
     /// What the collector has acked of this epoch (and what was given up
     /// on after refusals): never sent again, freed with its segment.
     acked: AckedSet,
+    /// `acked` changed since `ACKED` was last written.
+    acked_dirty: bool,
     /// Sequences sent on the current stream; those not acked are in
     /// flight and never dropped.
     in_flight: BTreeSet<u64>,
@@ -419,7 +427,7 @@ impl Spool {
             return Ok(());
         }
         let to = seq + SEQ_BLOCK;
-        durable::write_atomic(&self.opts.dir, "SEQ", &format!("{to}\n"))?;
+        durable::write_atomic(&self.opts.dir, "SEQ", format!("{to}\n"))?;
         self.reserved_to = to;
         Ok(())
     }
@@ -427,8 +435,9 @@ impl Spool {
 
 /// A clean stop (the uplink ends, or a test drops the spool) deletes the
 /// fully acked segments the running spool kept ([`queue::ACKED_TAIL_KEEP`]), so a
-/// restart sends nothing the collector already has; only a crash leaves
-/// them to be sent again.
+/// restart sends nothing the collector already has, and writes `ACKED`
+/// (for the partly acked segments); only a crash leaves the acked records
+/// of the last second unknown, to be sent again.
 impl Drop for Spool {
     fn drop(&mut self) {
         loop {
@@ -440,6 +449,9 @@ impl Drop for Spool {
                     break;
                 }
             }
+        }
+        if let Err(e) = self.persist_acked() {
+            warn!(error = %e, "spool: the acked set could not be written at close");
         }
     }
 }

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::reading::SeriesKey;
 
+use super::acked_file::{self, Persisted};
 use super::dictionary::load_series;
 use super::durable::{read_number, sync_dir, write_atomic};
 use super::epoch::{new_epoch_id, read_dropped, write_dropped, write_epoch};
@@ -43,6 +44,12 @@ pub struct Recovery {
     /// Readings of valid records that used series the dictionary lost;
     /// they were cut and counted as dropped.
     pub lost_readings: u64,
+    /// `ACKED` held this epoch's acked set, which the spool starts with.
+    pub acked_loaded: bool,
+    /// `ACKED` did not read (torn or corrupt; logged): the acked set
+    /// starts empty until the Welcome, so records already committed may be
+    /// sent again, or, dropped to make room before it, counted as dropped.
+    pub acked_unreadable: bool,
 }
 
 /// The dictionary as found at open.
@@ -105,6 +112,7 @@ impl Spool {
             next_seq,
             reserved_to: next_seq - 1,
             acked: AckedSet::default(),
+            acked_dirty: false,
             in_flight: BTreeSet::new(),
             dropped,
             series_file: dictionary.file,
@@ -116,6 +124,7 @@ impl Spool {
             on_drop: None,
         };
         spool.reserve(next_seq)?;
+        spool.load_acked(&mut recovery)?;
         if recovery.cut_bytes > 0 {
             warn!(
                 cut_bytes = recovery.cut_bytes,
@@ -125,6 +134,31 @@ impl Spool {
             );
         }
         Ok((spool, recovery))
+    }
+}
+
+impl Spool {
+    /// Starts with the acked set `ACKED` holds for the epoch, if any (see
+    /// `acked_file.rs`); one that does not read is logged and ignored.
+    fn load_acked(&mut self, recovery: &mut Recovery) -> Result<(), SpoolError> {
+        match acked_file::read(&self.opts.dir, self.epoch)? {
+            Persisted::Nothing => {}
+            Persisted::Set(mark, ranges) => {
+                self.acked.add(mark, &ranges, self.last_seq());
+                recovery.acked_loaded = true;
+            }
+            Persisted::Unreadable(why) => {
+                error!(
+                    path = %self.opts.dir.join("ACKED").display(),
+                    why,
+                    "spool acked set does not read; ignored (until the collector's Welcome, \
+                     committed records may be sent again, or counted as dropped if the spool \
+                     fills)"
+                );
+                recovery.acked_unreadable = true;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -170,7 +204,8 @@ fn start_epoch(dir: &Path) -> Result<u64, SpoolError> {
     let _ = fs::remove_file(dir.join("SEQ"));
     let _ = fs::remove_file(dir.join("DROPPED"));
     let _ = fs::remove_file(dir.join("SERIES"));
-    write_atomic(dir, "FORMAT", &format!("{FORMAT}\n"))?;
+    let _ = fs::remove_file(dir.join("ACKED"));
+    write_atomic(dir, "FORMAT", format!("{FORMAT}\n"))?;
     let e = new_epoch_id(None);
     write_epoch(dir, e)?;
     info!(dir = %dir.display(), epoch = format!("{e:016x}"), "new spool");
@@ -194,7 +229,7 @@ fn check_format(dir: &Path, no_segments: bool) -> Result<(), SpoolError> {
         // read, so it simply becomes a version 2 spool.
         None if no_segments => {
             let _ = fs::remove_file(dir.join("SERIES"));
-            write_atomic(dir, "FORMAT", &format!("{FORMAT}\n"))
+            write_atomic(dir, "FORMAT", format!("{FORMAT}\n"))
         }
         None => Err(SpoolError::Invalid {
             path: dir.to_path_buf(),

@@ -221,6 +221,7 @@ impl Spool {
         if !self.acked.add(mark, ranges, self.last_seq()) {
             return Ok(());
         }
+        self.acked_dirty = true;
         let acked = &self.acked;
         self.in_flight.retain(|&s| !acked.contains(s));
         while self.delete_acked_segment(ACKED_TAIL_KEEP)? {}

@@ -1,6 +1,7 @@
 //! Tests of the spool: appends, acks, the byte bound, reopen and repair of
 //! torn or corrupt segments and dictionaries; `tests/epoch.rs`: the
-//! dictionary in the byte bound and the epoch rollover.
+//! dictionary in the byte bound and the epoch rollover; `tests/acked.rs`:
+//! the acked set persisted (`ACKED`) and exact drops after a restart.
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::reading::{Labels, SeriesKey};
 
+mod acked;
 mod epoch;
 
 fn opts(dir: &Path, max_bytes: u64, policy: FullPolicy) -> SpoolOptions {
@@ -127,15 +129,17 @@ fn unacked_records_survive_reopen_in_order() {
     s.ack(seqs[49]).unwrap();
     drop(s);
     let (s, r) = Spool::open(opts(&dir, 1 << 20, FullPolicy::DropOldest)).unwrap();
-    assert_eq!(r.cut_bytes, 0);
-    // Acks are not persisted: the collector's Welcome re-acks them.
+    assert_eq!((r.cut_bytes, r.records), (0, 100));
+    // Every record is kept (one segment, partly acked); the acked set
+    // written at close (`ACKED`) says which need not go out again.
+    assert!(r.acked_loaded);
     let mut next = 0;
     let mut got = Vec::new();
     while let Some(rec) = s.read_from(next).unwrap() {
         got.push(rec.seq);
         next = rec.seq + 1;
     }
-    assert_eq!(got, seqs);
+    assert_eq!(got, seqs[50..]);
     let _ = fs::remove_dir_all(&dir);
 }
 

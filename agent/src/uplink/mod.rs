@@ -220,7 +220,8 @@ pub struct Uplink {
     failpoints: Option<Failpoints>,
 }
 
-/// How often the spool's gauges are sampled at most.
+/// How often the spool's gauges are sampled, and its acked set written
+/// (when it changed: `ACKED`, see the spool's `acked_file.rs`), at most.
 const SPOOL_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 impl Uplink {
@@ -363,6 +364,9 @@ impl Uplink {
                     if spool_sampled.is_none_or(|t| t.elapsed() >= SPOOL_SAMPLE_EVERY) {
                         spool_sampled = Some(Instant::now());
                         self.sample_spool(link.stream().map(|s| s.lanes.live_from));
+                        if let Err(e) = self.spool.persist_acked() {
+                            warn!(error = %e, "spool: writing the acked set failed; retried in a second");
+                        }
                     }
                 }
                 _ = sleep_until_deadline(intake) => {}

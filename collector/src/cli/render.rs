@@ -47,6 +47,7 @@ pub fn write_agents(
                         "batches_resent": a.batches_resent,
                         "dropped_at_agent": a.dropped_at_agent,
                         "skewed_readings": a.skewed_readings,
+                        "error": a.error,
                     })
                 })
                 .collect();
@@ -74,19 +75,37 @@ pub fn write_agents(
                         // new column goes at the end); beside COMMITTED SEQ
                         // in the table.
                         a.committed_ranges.to_string(),
+                        a.error.clone(),
                     ]
                 })
                 .collect();
             if format == Format::Csv {
                 let header = "id,connected,collector,peer,last_seen,epoch,committed_seq,lag,\
                               readings_stored,batches_deduplicated,batches_resent,dropped_at_agent,\
-                              skewed_readings,ranges";
+                              skewed_readings,ranges,error";
                 write_csv(out, header, &rows)
             } else {
                 let mut rows = rows;
+                let mut errors = Vec::new();
                 for row in &mut rows {
+                    // The error goes below the table (a long message
+                    // would widen every row); RANGES says "unreadable".
+                    let error = row.pop().unwrap_or_default();
                     if let Some(ranges) = row.pop() {
-                        row.insert(7, ranges);
+                        row.insert(
+                            7,
+                            if error.is_empty() {
+                                ranges
+                            } else {
+                                "unreadable".into()
+                            },
+                        );
+                    }
+                    if !error.is_empty() {
+                        let id = row.first().map_or("", String::as_str);
+                        // On one line, as the table's cells are.
+                        let error = error.replace(char::is_control, " ");
+                        errors.push(format!("agent {id:?}: {error}"));
                     }
                 }
                 let header = [
@@ -105,7 +124,11 @@ pub fn write_agents(
                     "DROPPED AT AGENT",
                     "SKEWED",
                 ];
-                write_table(out, &header, &rows)
+                write_table(out, &header, &rows)?;
+                for e in errors {
+                    writeln!(out, "{e}")?;
+                }
+                Ok(())
             }
         }
     }
@@ -439,13 +462,14 @@ mod tests {
             skewed_readings: 5,
             collector: "col-a".into(),
             committed_ranges: 6,
+            error: String::new(),
         }];
         let csv = render(|out| write_agents(out, Format::Csv, &agents));
         assert_eq!(
             csv,
             "id,connected,collector,peer,last_seen,epoch,committed_seq,lag,readings_stored,\
-             batches_deduplicated,batches_resent,dropped_at_agent,skewed_readings,ranges\n\
-             edge-1,true,col-a,10.0.0.5:4411,,00000000000000ab,7,4,70,1,3,2,5,6\n"
+             batches_deduplicated,batches_resent,dropped_at_agent,skewed_readings,ranges,error\n\
+             edge-1,true,col-a,10.0.0.5:4411,,00000000000000ab,7,4,70,1,3,2,5,6,\n"
         );
         let table = render(|out| write_agents(out, Format::Table, &agents));
         assert!(table.starts_with("ID "), "{table}");
@@ -469,5 +493,41 @@ mod tests {
         let v: Json = serde_json::from_str(&json).unwrap();
         assert_eq!(v[0]["collector"], "col-a");
         assert_eq!(v[0]["committed_ranges"], 6);
+        assert_eq!(v[0]["error"], "");
+    }
+
+    /// An agent whose stored row does not read: RANGES says so, the
+    /// message (naming the row) follows the table, and the other agents'
+    /// rows are as usual.
+    #[test]
+    fn agents_table_shows_an_unreadable_row() {
+        let agents = vec![
+            pb::AgentInfo {
+                id: "bad".into(),
+                committed_seq: 4,
+                error: "epochs row of agent \"bad\", epoch 9: format 7".into(),
+                ..Default::default()
+            },
+            pb::AgentInfo {
+                id: "good".into(),
+                committed_seq: 10,
+                committed_ranges: 2,
+                ..Default::default()
+            },
+        ];
+        let table = render(|out| write_agents(out, Format::Table, &agents));
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[1].contains(" unreadable "), "{table}");
+        assert!(
+            lines[2].starts_with("good ") && !lines[2].contains("unreadable"),
+            "{table}"
+        );
+        assert_eq!(
+            lines[3],
+            "agent \"bad\": epochs row of agent \"bad\", epoch 9: format 7"
+        );
+        let csv = render(|out| write_agents(out, Format::Csv, &agents));
+        assert!(csv.contains("format 7"), "{csv}");
     }
 }

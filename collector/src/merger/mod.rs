@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::info;
+use tracing::{error, info};
 
 use crate::metrics::MergerMetrics;
 use crate::model::{Committed, LiveAgents, NewReading, SeriesKey};
@@ -546,6 +546,13 @@ impl Merger {
     ) -> Result<Merger, SpawnError> {
         let mut store = Store::open(url, options.durability).map_err(SpawnError::Open)?;
         let loaded = store.load().map_err(SpawnError::Load)?;
+        for row in &loaded.unreadable_epochs {
+            error!(
+                row = %row,
+                "epochs row does not decode: left out at start; its epoch's batches are \
+                 refused until it is repaired"
+            );
+        }
         let count = loaded.series_per_agent.values().sum::<u64>();
         let mut series = SeriesTable::new(
             options.max_series_in_memory,

@@ -43,21 +43,32 @@ fn merger(name: &str) -> (Merger, mpsc::Sender<Command>, std::path::PathBuf) {
         std::process::id(),
         crate::model::now_ns()
     ));
-    let url = StoreUrl::Sqlite(path.clone());
-    let options = MergerOptions {
-        name: Arc::from("test"),
-        durability: Durability::Normal,
-        capacity: 64,
-        retention: None,
-        max_series_per_agent: 10,
-        max_series_in_memory: 10,
-        metrics: Arc::default(),
-    };
-    let (tx, rx) = mpsc::channel(options.capacity);
-    let (live_tx, _live) = watch::channel(LiveAgents::default());
-    let (tail, _) = broadcast::channel(4);
-    let merger = Merger::open(&url, options, rx, live_tx, tail).expect("merger opens");
+    let (merger, tx) = Merger::try_open_at(&path).expect("merger opens");
     (merger, tx, path)
+}
+
+impl Merger {
+    /// A merger on the SQLite file `path`, and the queue it takes
+    /// commands from.
+    fn try_open_at(
+        path: &std::path::Path,
+    ) -> Result<(Merger, mpsc::Sender<Command>), super::SpawnError> {
+        let url = StoreUrl::Sqlite(path.to_path_buf());
+        let options = MergerOptions {
+            name: Arc::from("test"),
+            durability: Durability::Normal,
+            capacity: 64,
+            retention: None,
+            max_series_per_agent: 10,
+            max_series_in_memory: 10,
+            metrics: Arc::default(),
+        };
+        let (tx, rx) = mpsc::channel(options.capacity);
+        let (live_tx, _live) = watch::channel(LiveAgents::default());
+        let (tail, _) = broadcast::channel(4);
+        let merger = Merger::open(&url, options, rx, live_tx, tail)?;
+        Ok((merger, tx))
+    }
 }
 
 fn remove(path: &std::path::Path) {
@@ -167,6 +178,66 @@ fn an_undecodable_epochs_row_fails_only_its_epochs_batches() {
     );
     let row = merger.store.epoch("mixed", 2).expect("store reads");
     assert_eq!(row.map(|r| r.committed), Some(CommittedSet::up_to(2)));
+    drop(merger);
+    remove(&path);
+}
+
+/// An `epochs` row that does not decode when the merger starts: it starts
+/// (it used to fail to load), leaves the row out, and fails only that
+/// (agent, epoch)'s batches, naming the row; the others' load and commit.
+#[test]
+fn an_undecodable_epochs_row_at_start_fails_only_its_epochs_batches() {
+    let (mut merger, tx, path) = merger("bad-row-at-start");
+    let (first, _first_rx) = watch::channel(StreamAcks::default());
+    let first = Arc::new(first);
+    assert!(merger.turn(batch(1, true, &first)));
+    drop((merger, tx));
+    rusqlite::Connection::open(&path)
+        .and_then(|c| {
+            c.execute(
+                "INSERT INTO epochs (agent, epoch, committed_seq, committed_ranges) \
+                 VALUES ('broken', 9, 3, x'07deadbeef')",
+                [],
+            )
+        })
+        .expect("garble a row");
+    let (mut merger, tx) = Merger::try_open_at(&path).expect("the merger starts");
+    let key = |agent: &str, epoch| (Arc::<str>::from(agent), epoch);
+    assert!(!merger.epochs.contains_key(&key("broken", 9)), "left out");
+    assert_eq!(
+        merger
+            .epochs
+            .get(&key("mixed", 2))
+            .map(|r| r.committed.clone()),
+        Some(CommittedSet::up_to(1)),
+        "the others are loaded"
+    );
+    let (bad, bad_rx) = watch::channel(StreamAcks::default());
+    let (good, good_rx) = watch::channel(StreamAcks::default());
+    let (bad, good) = (Arc::new(bad), Arc::new(good));
+    for cmd in [
+        batch_of("broken", 9, 4, false, &bad),
+        batch(3, false, &good),
+    ] {
+        tx.try_send(cmd).expect("room in the queue");
+    }
+    assert!(merger.turn(batch(2, true, &good)));
+    let good_acks = good_rx.borrow().clone();
+    assert_eq!(*good_acks.committed, CommittedSet::up_to(3));
+    assert_eq!((good_acks.batches, good_acks.refused), (2, None));
+    let bad_acks = bad_rx.borrow().clone();
+    match bad_acks.refused {
+        Some(Refused::BadEpochRow(m)) => assert!(
+            m.contains("\"broken\", epoch 9") && m.contains("format 7"),
+            "{m}"
+        ),
+        other => panic!("not refused for the row: {other:?}"),
+    }
+    assert_eq!(
+        *bad_acks.committed,
+        CommittedSet::default(),
+        "nothing acked"
+    );
     drop(merger);
     remove(&path);
 }

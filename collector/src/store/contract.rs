@@ -116,6 +116,11 @@ pub struct Loaded {
     /// Series stored per agent (for `max_series_per_agent`).
     pub series_per_agent: HashMap<Arc<str>, u64>,
     pub epochs: HashMap<(Arc<str>, u64), EpochRow>,
+    /// `epochs` rows left out of `epochs` because their committed ranges
+    /// do not decode, each as [`StoredEpoch::decode`] names it: the merger
+    /// starts without them, and a commit touching one fails only that
+    /// (agent, epoch)'s batches, as when it is found at write time.
+    pub unreadable_epochs: Vec<String>,
 }
 
 /// One batch: its identity and its readings, all received at one moment.

@@ -197,6 +197,9 @@ pub struct StoredAgent {
     /// backlog draining beside live batches, or sequences the agent's
     /// spool skipped).
     pub committed_ranges: u64,
+    /// What could not be read of the agent (an `epochs` row of `epoch`
+    /// whose ranges do not decode, named); empty when all of it reads.
+    pub error: String,
 }
 
 /// How many ranges the stored `committed_ranges` of (agent, epoch) hold

@@ -14,6 +14,8 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod raw;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;

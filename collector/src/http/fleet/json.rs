@@ -130,6 +130,9 @@ pub struct AgentJson {
     /// Readings stamped with a skewed clock, as ListAgents counts them
     /// (since this collector started).
     pub skew: Option<u64>,
+    /// What of the agent's stored state could not be read (naming the
+    /// row); empty when all of it reads.
+    pub error: String,
 }
 
 impl From<pb::AgentInfo> for AgentJson {
@@ -149,6 +152,7 @@ impl From<pb::AgentInfo> for AgentJson {
             batches_deduplicated: a.batches_deduplicated,
             batches_resent: a.batches_resent,
             skew: Some(a.skewed_readings),
+            error: a.error,
         }
     }
 }
@@ -211,5 +215,22 @@ mod tests {
         let json = serde_json::to_value(AgentJson::from(info)).expect("serializes");
         assert_eq!(json["committed_ranges"], 3);
         assert_eq!(json["committed_seq"], 10);
+        assert_eq!(json["error"], "");
+    }
+
+    /// An agent whose stored row does not read reaches the page with the
+    /// error naming it (the script shows it in the ranges cell).
+    #[test]
+    fn an_agent_carries_its_error_to_the_page() {
+        let info = pb::AgentInfo {
+            id: "edge".to_owned(),
+            error: "epochs row of agent \"edge\", epoch 9: format 7".to_owned(),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(AgentJson::from(info)).expect("serializes");
+        assert_eq!(
+            json["error"],
+            "epochs row of agent \"edge\", epoch 9: format 7"
+        );
     }
 }

@@ -119,7 +119,8 @@ impl PgReader {
             .await
             .map_err(self.query_err(what))?;
         let store = self.store.to_string();
-        rows.iter()
+        Ok(rows
+            .iter()
             .map(|r| {
                 let mut agent = StoredAgent {
                     id: r.get(0),
@@ -135,18 +136,24 @@ impl PgReader {
                     lag: counter(r.get(9)),
                     collector: r.get(10),
                     committed_ranges: 0,
+                    error: String::new(),
                 };
                 let ranges: Option<Vec<u8>> = r.get(11);
-                agent.committed_ranges = count_ranges(
+                // A row that does not decode is the agent's error, not
+                // the list's: the others are listed as usual.
+                match count_ranges(
                     &store,
                     &agent.id,
                     agent.epoch,
                     agent.committed_seq,
                     ranges.as_deref(),
-                )?;
-                Ok(agent)
+                ) {
+                    Ok(n) => agent.committed_ranges = n,
+                    Err(e) => agent.error = e.to_string(),
+                }
+                agent
             })
-            .collect()
+            .collect())
     }
 
     /// Stored series passing `sel`, by id.

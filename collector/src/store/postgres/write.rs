@@ -102,8 +102,12 @@ impl PgStore {
             for r in rows {
                 let agent: String = r.get(0);
                 let epoch = r.get::<_, i64>(1) as u64;
-                let row = epoch_row(&r, 2, &agent, epoch)?;
-                loaded.epochs.insert((Arc::from(agent), epoch), row);
+                match stored_epoch(&r, 2).decode(&agent, epoch) {
+                    Ok(row) => {
+                        loaded.epochs.insert((Arc::from(agent), epoch), row);
+                    }
+                    Err(m) => loaded.unreadable_epochs.push(m),
+                }
             }
             Ok(loaded)
         })
@@ -413,6 +417,14 @@ fn epoch_row(
     agent: &str,
     epoch: u64,
 ) -> Result<EpochRow, Fail> {
+    stored_epoch(r, first)
+        .decode(agent, epoch)
+        .map_err(|m| Fail::Invalid(StoredEpoch::DECODING, m))
+}
+
+/// `committed_seq, dropped, last_seq, committed_ranges` from column
+/// `first` on, not decoded.
+fn stored_epoch(r: &tokio_postgres::Row, first: usize) -> StoredEpoch {
     let get = |i: usize| r.get::<_, i64>(first + i) as u64;
     StoredEpoch {
         committed_seq: get(0),
@@ -420,6 +432,4 @@ fn epoch_row(
         last_seq: get(2),
         ranges: r.get(first + 3),
     }
-    .decode(agent, epoch)
-    .map_err(|m| Fail::Invalid(StoredEpoch::DECODING, m))
 }

@@ -247,6 +247,7 @@ impl SqliteReader {
                     lag: counter(row.get(9)?),
                     collector: row.get(10)?,
                     committed_ranges: 0,
+                    error: String::new(),
                 };
                 Ok((agent, row.get::<_, Option<Vec<u8>>>(11)?))
             })
@@ -255,13 +256,18 @@ impl SqliteReader {
         let mut out = Vec::new();
         for row in rows {
             let (mut agent, ranges) = row.map_err(&err)?;
-            agent.committed_ranges = count_ranges(
+            // A row that does not decode is the agent's error, not the
+            // list's: the others are listed as usual.
+            match count_ranges(
                 &store,
                 &agent.id,
                 agent.epoch,
                 agent.committed_seq,
                 ranges.as_deref(),
-            )?;
+            ) {
+                Ok(n) => agent.committed_ranges = n,
+                Err(e) => agent.error = e.to_string(),
+            }
             out.push(agent);
         }
         Ok(out)

@@ -167,10 +167,12 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         for row in rows {
             let (agent, epoch, stored) = row.map_err(|e| self.err(e))?;
-            let state = stored
-                .decode(&agent, epoch)
-                .map_err(|m| self.invalid_epoch(m))?;
-            loaded.epochs.insert((Arc::from(agent), epoch), state);
+            match stored.decode(&agent, epoch) {
+                Ok(state) => {
+                    loaded.epochs.insert((Arc::from(agent), epoch), state);
+                }
+                Err(m) => loaded.unreadable_epochs.push(m),
+            }
         }
         Ok(loaded)
     }

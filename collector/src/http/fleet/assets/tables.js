@@ -16,7 +16,11 @@ export function renderAgents(tbody, agents, now) {
       el("td", {}, a.peer || "—"),
       el("td", { title: seen ? dateTime(seen) : "" }, ago(seen, now)),
       el("td", { class: "num" }, count(a.lag)),
-      el("td", { class: "num", "data-col": "ranges" }, count(a.committed_ranges ?? 0)),
+      // A row that does not read: "unreadable", the store's message as
+      // its title.
+      a.error
+        ? el("td", { class: "num warn", "data-col": "ranges", title: a.error }, "unreadable")
+        : el("td", { class: "num", "data-col": "ranges" }, count(a.committed_ranges ?? 0)),
       el("td", { class: a.dropped > 0 ? "num warn" : "num" }, count(a.dropped)),
       // Skew: filled when the collector reports it (null until then).
       el("td", { class: a.skew > 0 ? "num warn" : "num", "data-col": "skew" },

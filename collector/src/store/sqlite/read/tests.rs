@@ -65,9 +65,46 @@ fn agents_join_the_committed_seq_of_their_current_epoch() {
                 collector: "col-a".into(),
                 // 44 and 47-49 above the mark 42.
                 committed_ranges: 2,
+                error: String::new(),
             },
         ]
     );
+}
+
+/// An `epochs` row whose ranges do not decode is its agent's error,
+/// naming the row; the list itself, and the other agents, read as usual.
+#[test]
+fn an_undecodable_epochs_row_marks_its_agent_not_the_list() {
+    let db = TempDb::new("agents-bad-row");
+    db.conn
+        .execute_batch(
+            "INSERT INTO agents VALUES ('bad', 9, '', 0, 5, 0, 0, 0, 'col-a');
+             INSERT INTO agents VALUES ('good', 3, '', 0, 7, 0, 0, 0, 'col-a');
+             INSERT INTO epochs VALUES ('bad', 9, 4, 2, 6, x'07deadbeef');
+             INSERT INTO epochs VALUES ('good', 3, 10, 0, 12, x'0100000102');",
+        )
+        .unwrap();
+    let agents = db.reader().agents().unwrap();
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    let (bad, good) = (&agents[0], &agents[1]);
+    assert_eq!((bad.id.as_str(), good.id.as_str()), ("bad", "good"));
+    assert!(
+        bad.error.contains("\"bad\", epoch 9") && bad.error.contains("format 7"),
+        "{}",
+        bad.error
+    );
+    // What does read of it is there.
+    assert_eq!(
+        (
+            bad.committed_seq,
+            bad.readings_stored,
+            bad.dropped_at_agent,
+            bad.committed_ranges
+        ),
+        (4, 5, 2, 0)
+    );
+    assert_eq!(good.error, "");
+    assert_eq!((good.committed_seq, good.committed_ranges), (10, 2));
 }
 
 #[test]
