@@ -24,11 +24,11 @@ use serde_json::Number;
 
 /// A successful answer: `{"status":"success","data":...}`, keys in
 /// Prometheus's order, `warnings` last when there are any.
-pub fn success(data: Json_, warnings: Vec<String>) -> Response {
-    json_body(StatusCode::OK, success_body(&data, &warnings))
+pub fn success(data: &impl serde::Serialize, warnings: Vec<String>) -> Response {
+    json_body(StatusCode::OK, success_body(data, &warnings))
 }
 
-fn success_body(data: &Json_, warnings: &[String]) -> String {
+fn success_body(data: &impl serde::Serialize, warnings: &[String]) -> String {
     let mut out = String::with_capacity(128);
     out.push_str(r#"{"status":"success","data":"#);
     write_json(&mut out, data);
@@ -344,11 +344,12 @@ impl serde_json::ser::Formatter for GoStrings {
 }
 
 /// `value` as JSON with [`GoStrings`], appended to `out`.
-fn write_json(out: &mut String, value: &Json_) {
+fn write_json(out: &mut String, value: &impl serde::Serialize) {
     let mut bytes = Vec::with_capacity(64);
     let mut ser = serde_json::Serializer::with_formatter(&mut bytes, GoStrings);
-    // Serializing a `Value` into a Vec cannot fail, and what it writes is
-    // UTF-8; `from_utf8_lossy` only keeps the types honest.
+    // Serializing the answers' types (a `Value`, maps, vectors, strings)
+    // into a Vec cannot fail, and what it writes is UTF-8;
+    // `from_utf8_lossy` only keeps the types honest.
     let _ = serde::Serialize::serialize(value, &mut ser);
     out.push_str(&String::from_utf8_lossy(&bytes));
 }
