@@ -199,7 +199,60 @@ pub fn generate() -> Vec<GenSeries> {
             out.push(mk("tr_latency_seconds_sum", &[], sum_points));
         }
     }
+    out.extend(probes());
     out
+}
+
+/// A label value with every character Prometheus's JSON writes in a way of
+/// its own: control characters (backspace and form feed among them), DEL,
+/// `<` `>` `&`, U+2028 and U+2029, quotes, backslashes, a newline, a tab
+/// and multi-byte characters.
+pub const AWKWARD_LABEL: &str =
+    "a\u{1}b\u{8}c\u{c}d\u{1f}e\u{7f}f<g>&h\u{2028}i\u{2029}j\"k\\l\tm\nn \u{e9}\u{20ac}\u{1f600}";
+
+/// Series of agent `probe` (so that the other agents' counts stay as they
+/// are), on devices `d00`.. (so that the device values do too):
+///
+/// - `tr_cancel`, three series whose values cancel in label order
+///   (1e100, a small number, -1e100): Prometheus 2.42's `sum` adds plainly
+///   and answers 0 where a compensated sum answers the small number; its
+///   `avg` keeps a plain incremental mean;
+/// - `tr_cancel_cycle`, one series cycling through those values, for the
+///   compensated `*_over_time` functions;
+/// - `tr_label_probe`, one series with [`AWKWARD_LABEL`] as a label value,
+///   for the bytes of the JSON answers.
+fn probes() -> Vec<GenSeries> {
+    let times: Vec<i64> = (0..SAMPLES).map(|i| (T0 + i * INTERVAL) * 1000).collect();
+    let mk = |metric: &str, device: &str, labels: &[(&str, &str)], value: &dyn Fn(i64) -> f64| {
+        GenSeries {
+            metric: metric.into(),
+            agent: "probe".into(),
+            device: device.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            points: times
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| (t, Val::Float(value(i as i64))))
+                .collect(),
+        }
+    };
+    let small = |i: i64| 1.0 + (i % 7) as f64 / 8.0;
+    vec![
+        mk("tr_cancel", "d00", &[], &|_| 1e100),
+        mk("tr_cancel", "d01", &[], &small),
+        mk("tr_cancel", "d02", &[], &|_| -1e100),
+        mk("tr_cancel_cycle", "d00", &[], &|i| match i % 3 {
+            0 => 1e100,
+            1 => small(i),
+            _ => -1e100,
+        }),
+        mk("tr_label_probe", "d00", &[("text", AWKWARD_LABEL)], &|_| {
+            1.0
+        }),
+    ]
 }
 
 /// `n` counters named `m` over `samples` samples at [`INTERVAL`] from
@@ -278,7 +331,17 @@ fn write_series(out: &mut String, s: &GenSeries) {
         ("device".to_owned(), s.device.clone()),
     ];
     labels.extend(s.labels.iter().cloned());
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    // OpenMetrics escapes a backslash, a quote and a newline in a value.
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
+        .collect();
     let labels = labels.join(",");
     for (t, v) in &s.points {
         let _ = writeln!(

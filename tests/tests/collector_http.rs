@@ -31,14 +31,19 @@ async fn health_buildinfo_and_unknown_paths() -> Result<()> {
     let ready = client.get(format!("{base}/-/ready")).send().await?;
     ensure!(ready.status() == 200, "ready: {}", ready.status());
 
-    let info: serde_json::Value = serde_json::from_str(
-        &client
-            .get(format!("{base}/api/v1/status/buildinfo"))
-            .send()
-            .await?
-            .text()
-            .await?,
-    )?;
+    let text = client
+        .get(format!("{base}/api/v1/status/buildinfo"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    // Prometheus's keys in Prometheus's order.
+    ensure!(
+        text.starts_with(r#"{"status":"success","data":{"version":""#)
+            && text.contains(r#""buildUser":"","buildDate":"","goVersion":"""#),
+        "{text}"
+    );
+    let info: serde_json::Value = serde_json::from_str(&text)?;
     ensure!(info["status"] == "success", "{info}");
     ensure!(
         info["data"]["version"] == env!("CARGO_PKG_VERSION"),

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
 use super::eval::{Evaluator, unparen};
-use super::functions::range::{KahanSum, Mean, Variance, quantile};
-use super::types::{Labels, NAME, QueryError, Sample, Value, format_float, set};
+use super::functions::range::{PlainMean, PlainSum, Variance, quantile};
+use super::types::{
+    Labels, NAME, QueryError, Sample, Value, format_float, set, write_exponent, write_float,
+};
 
 /// Whether label `name` is one a sample is grouped by.
 fn grouped_by(name: &str, modifier: &Option<LabelModifier>) -> bool {
@@ -72,7 +74,8 @@ pub fn eval(ev: &Evaluator<'_>, a: &AggregateExpr, ts: i64) -> Result<Value, Que
                     c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
                 });
         if !valid {
-            return Err(QueryError::BadData(format!(
+            // An execution error, as in Prometheus, found when evaluated.
+            return Err(QueryError::Execution(format!(
                 "invalid label name {:?}",
                 label.val
             )));
@@ -97,6 +100,21 @@ pub fn eval(ev: &Evaluator<'_>, a: &AggregateExpr, ts: i64) -> Result<Value, Que
     match op.as_str() {
         "topk" | "bottomk" => {
             let k = ev.scalar(param(&op)?, ts, &op)?;
+            // Prometheus 2.42 refuses a k that is no int64 (NaN included);
+            // its message writes k as Go's `%v`, which for NaN, infinities
+            // and magnitudes beyond int64 is NaN, ±Inf or an exponent.
+            const INT64: f64 = 9_223_372_036_854_774_784.0;
+            if !(-INT64..=INT64).contains(&k) {
+                let mut shown = String::new();
+                if k.is_finite() {
+                    write_exponent(&mut shown, k);
+                } else {
+                    write_float(&mut shown, k);
+                }
+                return Err(QueryError::Execution(format!(
+                    "Scalar value {shown} overflows int64"
+                )));
+            }
             Ok(Value::Vector(top(&input, &a.modifier, k, op == "topk")))
         }
         "quantile" => {
@@ -172,8 +190,8 @@ fn grouped<'a>(
 /// group to one value, members added in input order.
 #[derive(Debug, Clone, Copy)]
 pub enum Acc {
-    Sum(KahanSum),
-    Avg(Mean),
+    Sum(PlainSum),
+    Avg(PlainMean),
     Count(f64),
     Group,
     Min(f64),
@@ -187,8 +205,8 @@ impl Acc {
     /// a group to one value (`topk`, `quantile`, ...).
     pub fn new(op: &str) -> Option<Acc> {
         Some(match op {
-            "sum" => Acc::Sum(KahanSum::default()),
-            "avg" => Acc::Avg(Mean::default()),
+            "sum" => Acc::Sum(PlainSum::default()),
+            "avg" => Acc::Avg(PlainMean::default()),
             "count" => Acc::Count(0.0),
             "group" => Acc::Group,
             "min" => Acc::Min(f64::NAN),
@@ -215,7 +233,7 @@ impl Acc {
                     *m = v;
                 }
             }
-            Acc::Stddev(var) | Acc::Stdvar(var) => var.add_member(v),
+            Acc::Stddev(var) | Acc::Stdvar(var) => var.add(v),
         }
     }
 

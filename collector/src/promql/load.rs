@@ -44,6 +44,7 @@ pub struct Data {
 /// The series one selector chose, with their samples.
 #[derive(Debug, Default)]
 pub struct Selection {
+    /// In label order.
     pub series: Vec<Series>,
     /// Each series' labels without `__name__`, and whether those are all
     /// different: made once per query, on first use, instead of at every
@@ -56,7 +57,12 @@ pub struct Selection {
 }
 
 impl Selection {
-    pub fn new(series: Vec<Series>) -> Selection {
+    /// The selection of `series`, put in label order: the order
+    /// Prometheus's storage gives a selector's series, in which
+    /// aggregations add them up (a plain sum's last bits depend on it).
+    /// Series with equal labels keep their order.
+    pub fn new(mut series: Vec<Series>) -> Selection {
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
         Selection {
             series,
             unnamed: OnceLock::new(),

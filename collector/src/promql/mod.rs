@@ -49,7 +49,10 @@ use crate::model::SeriesMeta;
 use crate::store::read::Reader;
 
 pub use plan::selector_matches;
-pub use types::{Labels, QueryError, Sample, Series, format_float, write_float};
+pub use types::{
+    Labels, QueryError, Sample, Series, format_float, format_sample_value, write_float,
+    write_sample_value,
+};
 
 /// Prometheus's defaults, which are ours.
 pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(5 * 60);

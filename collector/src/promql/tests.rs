@@ -394,11 +394,12 @@ fn an_invalid_label_replace_regex_is_refused_in_range_queries_too() {
     let d = data();
     let q = "label_replace(reqs, \"d\", \"$1\", \"device\", \"(a\")";
     for r in [instant(q, &d, 50), range(q, &d, 0, 90, 10)] {
-        let Err(QueryError::BadData(m)) = r else {
+        // An execution error (422), as in Prometheus.
+        let Err(QueryError::Execution(m)) = r else {
             panic!("{r:?}")
         };
         assert!(
-            m.starts_with("label_replace(): invalid regular expression \"(a\""),
+            m.starts_with("invalid regular expression in label_replace(): (a"),
             "{m}"
         );
     }
@@ -521,3 +522,6 @@ fn the_subquery_memo_is_bounded() {
         "{kept} inner evaluations kept"
     );
 }
+
+mod edges;
+mod sums;

@@ -102,8 +102,9 @@ pub fn set(labels: &mut Labels, name: &str, value: &str) {
 }
 
 /// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` does,
-/// which is how Prometheus writes sample values: the shortest decimal that
-/// reads back the same, no exponent, and `NaN`, `+Inf`, `-Inf`.
+/// which is how Prometheus writes a scalar's value and `count_values`'s
+/// label: the shortest decimal that reads back the same, no exponent, and
+/// `NaN`, `+Inf`, `-Inf`.
 pub fn format_float(v: f64) -> String {
     let mut out = String::new();
     write_float(&mut out, v);
@@ -125,4 +126,40 @@ pub fn write_float(out: &mut String, v: f64) {
         // Writing to a String cannot fail.
         let _ = write!(out, "{v}");
     }
+}
+
+/// A sample's value as Prometheus 2.42 writes it in a vector or a matrix
+/// (`jsonutil.MarshalValue`): as [`format_float`], but with an exponent
+/// (`1e+21`, `1.5e-07`: sign and at least two digits, as Go writes it)
+/// when the magnitude is below 1e-6 or at least 1e21.
+pub fn format_sample_value(v: f64) -> String {
+    let mut out = String::new();
+    write_sample_value(&mut out, v);
+    out
+}
+
+/// [`format_sample_value`], appended to `out`.
+pub fn write_sample_value(out: &mut String, v: f64) {
+    let abs = v.abs();
+    if !abs.is_finite() || abs == 0.0 || (1e-6..1e21).contains(&abs) {
+        write_float(out, v);
+        return;
+    }
+    write_exponent(out, v);
+}
+
+/// A finite float as Go's `strconv.FormatFloat(v, 'e', -1, 64)` writes
+/// it: the shortest mantissa that reads back the same, `e`, the exponent's
+/// sign and at least two digits (`1.5e-07`, `1e+100`).
+pub fn write_exponent(out: &mut String, v: f64) {
+    use std::fmt::Write as _;
+    // Rust's LowerExp is the shortest round-trip mantissa, `1.5e-7`.
+    let text = format!("{v:e}");
+    let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+    let (sign, digits) = match exponent.strip_prefix('-') {
+        Some(d) => ('-', d),
+        None => ('+', exponent),
+    };
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{mantissa}e{sign}{digits:0>2}");
 }

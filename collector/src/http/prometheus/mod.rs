@@ -75,9 +75,9 @@ fn now_ms() -> i64 {
     crate::model::now_ns().div_euclid(1_000_000)
 }
 
-fn answer(r: Result<serde_json::Value, QueryError>, warnings: Vec<String>) -> Response {
+fn answer(r: Result<impl serde::Serialize, QueryError>, warnings: Vec<String>) -> Response {
     match r {
-        Ok(data) => json::success(data, warnings),
+        Ok(data) => json::success(&data, warnings),
         Err(e) => json::error(&e),
     }
 }
@@ -248,38 +248,87 @@ async fn metadata(Extension(engine): Extension<Engine>, p: Params) -> Response {
             by_name.entry(name).or_default().insert(&meta.key.unit);
         }
         let limit = p.limit()?.unwrap_or(usize::MAX);
-        let mut data = serde_json::Map::new();
-        for (name, units) in by_name.into_iter().take(limit) {
-            let entries: Vec<_> = units
-                .into_iter()
-                .map(|u| json!({ "type": "unknown", "help": "", "unit": u }))
-                .collect();
-            data.insert(name.to_owned(), json!(entries));
-        }
-        Ok(serde_json::Value::Object(data))
+        let data: BTreeMap<String, Vec<MetricMetadata>> = by_name
+            .into_iter()
+            .take(limit)
+            .map(|(name, units)| {
+                let entries = units
+                    .into_iter()
+                    .map(|u| MetricMetadata {
+                        kind: "unknown",
+                        help: "",
+                        unit: u.to_owned(),
+                    })
+                    .collect();
+                (name.to_owned(), entries)
+            })
+            .collect();
+        Ok(data)
     }
     .await;
     answer(r, Vec::new())
 }
 
+/// One metric's metadata, keys in Prometheus's order.
+#[derive(serde::Serialize)]
+struct MetricMetadata {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    help: &'static str,
+    unit: String,
+}
+
 /// `/api/v1/query_exemplars`: Tributary stores no exemplars.
 async fn query_exemplars() -> Response {
-    json::success(json!([]), Vec::new())
+    json::success(&json!([]), Vec::new())
+}
+
+/// `/api/v1/status/buildinfo`'s data: Prometheus's keys in its order, and
+/// `application`, which names Tributary.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BuildInfo {
+    version: &'static str,
+    revision: &'static str,
+    branch: &'static str,
+    build_user: &'static str,
+    build_date: &'static str,
+    go_version: &'static str,
+    application: &'static str,
 }
 
 /// `GET /api/v1/status/buildinfo`, as Prometheus answers it (Grafana asks
 /// it when a data source is saved, to learn the flavour and version).
 async fn buildinfo() -> Response {
     json::success(
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "revision": "",
-            "branch": "",
-            "buildUser": "",
-            "buildDate": "",
-            "goVersion": "",
-            "application": "tributary-collector",
-        }),
+        &BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: "",
+            branch: "",
+            build_user: "",
+            build_date: "",
+            go_version: "",
+            application: "tributary-collector",
+        },
         Vec::new(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metadata entries with Prometheus's keys in its order.
+    #[test]
+    fn metadata_keys_are_in_prometheus_s_order() {
+        let entry = MetricMetadata {
+            kind: "unknown",
+            help: "",
+            unit: "s".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&entry).unwrap(),
+            r#"{"type":"unknown","help":"","unit":"s"}"#
+        );
+    }
 }

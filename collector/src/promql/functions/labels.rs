@@ -21,7 +21,10 @@ fn string_arg(c: &Call, i: usize) -> Result<&str, QueryError> {
     }
 }
 
-fn check_label_name(c: &Call, name: &str) -> Result<(), QueryError> {
+/// Refuses a label name Prometheus would not accept there (`what`:
+/// "destination" or "source"), with Prometheus's message and, as there,
+/// as an execution error.
+fn check_label_name(c: &Call, what: &str, name: &str) -> Result<(), QueryError> {
     let ok = name
         .chars()
         .enumerate()
@@ -29,8 +32,8 @@ fn check_label_name(c: &Call, name: &str) -> Result<(), QueryError> {
     if ok && !name.is_empty() {
         Ok(())
     } else {
-        Err(QueryError::BadData(format!(
-            "{}(): invalid label name {name:?}",
+        Err(QueryError::Execution(format!(
+            "invalid {what} label name in {}(): {name}",
             c.func.name
         )))
     }
@@ -44,12 +47,13 @@ pub fn label_replace(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, Que
     let replacement = string_arg(c, 2)?;
     let src = string_arg(c, 3)?;
     let pattern = string_arg(c, 4)?;
-    let re = ev.memo.anchored_regex(pattern).map_err(|e| {
-        QueryError::BadData(format!(
-            "label_replace(): invalid regular expression {pattern:?}: {e}"
+    // Prometheus's message, which names the expression only.
+    let re = ev.memo.anchored_regex(pattern).map_err(|_| {
+        QueryError::Execution(format!(
+            "invalid regular expression in label_replace(): {pattern}"
         ))
     })?;
-    check_label_name(c, dst)?;
+    check_label_name(c, "destination", dst)?;
     let v = ev.vector(arg(c, 0)?, ts, "label_replace()")?;
     let mut out = Vec::with_capacity(v.len());
     for s in v {
@@ -75,10 +79,13 @@ pub fn label_replace(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, Que
 pub fn label_join(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, QueryError> {
     let dst = string_arg(c, 1)?;
     let sep = string_arg(c, 2)?;
-    check_label_name(c, dst)?;
     let srcs: Vec<&str> = (3..c.args.args.len())
         .map(|i| string_arg(c, i))
         .collect::<Result<_, _>>()?;
+    for src in &srcs {
+        check_label_name(c, "source", src)?;
+    }
+    check_label_name(c, "destination", dst)?;
     let v = ev.vector(arg(c, 0)?, ts, "label_join()")?;
     let mut out = Vec::with_capacity(v.len());
     for s in v {

@@ -1,10 +1,16 @@
 //! Functions over a range vector (a matrix selector or a subquery),
 //! one output sample per series: `rate` and friends with Prometheus's
 //! extrapolation and counter-reset rules, `deriv`/`predict_linear` by
-//! least squares, and the `*_over_time` family.
+//! least squares, and the `*_over_time` family; and the running values of
+//! the aggregations that reduce a group to one number.
 //!
 //! Pure arithmetic over `(ms, value)` slices; the facts (formulas, edge
-//! cases) are Prometheus 2.x's `promql/functions.go`.
+//! cases, which sums are Kahan-Babuška and which plain) are Prometheus
+//! 2.42's `promql/functions.go` and `engine.go`: the `*_over_time`
+//! functions and the regressions compensate their sums, the `sum`, `avg`,
+//! `stddev` and `stdvar` aggregations add plainly. The same inputs give
+//! the same bits only in the same order, so both add in Prometheus's
+//! order (a window's samples by time, a group's members as they come).
 
 /// `rate`, `increase` (`is_counter`) and `delta`, as Prometheus's
 /// `extrapolatedRate`: the difference between the first and last sample
@@ -203,7 +209,7 @@ pub fn over_time(name: &str, points: &[(i64, f64)], q: f64) -> Option<f64> {
     })
 }
 
-/// A Kahan-Babuška sum kept as values arrive.
+/// A Kahan-Babuška sum kept as values arrive (`sum_over_time`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KahanSum {
     sum: f64,
@@ -226,9 +232,9 @@ impl KahanSum {
     }
 }
 
-/// The mean as Prometheus computes it, kept as values arrive:
-/// incrementally, so that large values do not overflow, and infinities
-/// stay as they are.
+/// The mean as Prometheus's `avg_over_time` computes it, kept as values
+/// arrive: incrementally, so that large values do not overflow, each step
+/// compensated (Kahan-Babuška), infinities kept as they are.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Mean {
     mean: f64,
@@ -259,7 +265,10 @@ impl Mean {
     }
 }
 
-/// The population variance kept as values arrive (Welford's method).
+/// The population variance of a group as Prometheus 2.42's `stddev` and
+/// `stdvar` aggregations keep it: Welford's method in plain float
+/// arithmetic, the first member starting the group (mean `v`, no spread),
+/// so that a group of one NaN or infinite value has variance 0, not NaN.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Variance {
     count: f64,
@@ -269,30 +278,82 @@ pub struct Variance {
 
 impl Variance {
     pub fn add(&mut self, v: f64) {
-        self.count += 1.0;
-        let delta = v - self.mean;
-        self.mean += delta / self.count;
-        self.aux += delta * (v - self.mean);
-    }
-
-    /// Adds `v` as Prometheus's `stddev`/`stdvar` aggregation does: the
-    /// first member starts the group (mean `v`, no spread), so a group of
-    /// one NaN or infinite value has variance 0, not NaN. (The
-    /// `*_over_time` functions start from zero: [`add`](Self::add).)
-    pub fn add_member(&mut self, v: f64) {
         if self.count == 0.0 {
             *self = Variance {
                 count: 1.0,
                 mean: v,
                 aux: 0.0,
             };
-        } else {
-            self.add(v);
+            return;
         }
+        self.count += 1.0;
+        let delta = v - self.mean;
+        self.mean += delta / self.count;
+        self.aux += delta * (v - self.mean);
     }
 
     pub fn value(&self) -> f64 {
         self.aux / self.count
+    }
+}
+
+/// The population variance of `values` as `stddev_over_time` and
+/// `stdvar_over_time` compute it: Welford's method from zero, its mean and
+/// its sum of squares each a Kahan-Babuška sum.
+pub fn variance(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for v in values {
+        count += 1.0;
+        let delta = v - (mean + c_mean);
+        (mean, c_mean) = kahan_inc(delta / count, mean, c_mean);
+        (aux, c_aux) = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux);
+    }
+    (aux + c_aux) / count
+}
+
+/// A sum as Prometheus 2.42's `sum` aggregation adds: plainly, in input
+/// order, from the first member (so one `-0` stays `-0`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainSum(Option<f64>);
+
+impl PlainSum {
+    pub fn add(&mut self, v: f64) {
+        self.0 = Some(self.0.map_or(v, |s| s + v));
+    }
+
+    pub fn value(&self) -> f64 {
+        self.0.unwrap_or(0.0)
+    }
+}
+
+/// A mean as Prometheus 2.42's `avg` aggregation keeps it: incremental,
+/// in plain float arithmetic, from the first member; infinities stay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainMean {
+    mean: f64,
+    count: f64,
+}
+
+impl PlainMean {
+    pub fn add(&mut self, v: f64) {
+        self.count += 1.0;
+        if self.count == 1.0 {
+            self.mean = v;
+            return;
+        }
+        if self.mean.is_infinite() {
+            if v.is_infinite() && (self.mean > 0.0) == (v > 0.0) {
+                return;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                return;
+            }
+        }
+        self.mean += v / self.count - self.mean / self.count;
+    }
+
+    pub fn value(&self) -> f64 {
+        self.mean
     }
 }
 
@@ -308,11 +369,4 @@ pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let mut m = Mean::default();
     values.for_each(|v| m.add(v));
     m.value()
-}
-
-/// The population variance of `values` ([`Variance`]).
-pub fn variance(values: impl Iterator<Item = f64>) -> f64 {
-    let mut var = Variance::default();
-    values.for_each(|v| var.add(v));
-    var.value()
 }
