@@ -211,6 +211,10 @@ pub struct Spool {
     acked: AckedSet,
     /// `acked` changed since `ACKED` was last written.
     acked_dirty: bool,
+    /// What `ACKED` holds (its epoch and set, as written or loaded), to
+    /// tell whether a change matters enough to write it; `None` when not
+    /// known (nothing written or loaded yet).
+    acked_written: Option<(u64, AckedSet)>,
     /// Sequences sent on the current stream; those not acked are in
     /// flight and never dropped.
     in_flight: BTreeSet<u64>,
@@ -450,7 +454,7 @@ impl Drop for Spool {
                 }
             }
         }
-        if let Err(e) = self.persist_acked() {
+        if let Err(e) = self.write_acked_if_changed() {
             warn!(error = %e, "spool: the acked set could not be written at close");
         }
     }

@@ -113,6 +113,7 @@ impl Spool {
             reserved_to: next_seq - 1,
             acked: AckedSet::default(),
             acked_dirty: false,
+            acked_written: None,
             in_flight: BTreeSet::new(),
             dropped,
             series_file: dictionary.file,
@@ -139,22 +140,44 @@ impl Spool {
 
 impl Spool {
     /// Starts with the acked set `ACKED` holds for the epoch, if any (see
-    /// `acked_file.rs`); one that does not read is logged and ignored.
+    /// `acked_file.rs`), and deletes the segments it shows fully acked; a
+    /// file that does not read is logged and ignored.
     fn load_acked(&mut self, recovery: &mut Recovery) -> Result<(), SpoolError> {
         match acked_file::read(&self.opts.dir, self.epoch)? {
             Persisted::Nothing => {}
             Persisted::Set(mark, ranges) => {
                 self.acked.add(mark, &ranges, self.last_seq());
+                self.acked_written = Some((self.epoch, self.acked.clone()));
                 recovery.acked_loaded = true;
+                // Nothing is open for appending yet (the next append starts
+                // a segment), so the reason to keep an acked tail
+                // (`ACKED_TAIL_KEEP`) does not hold: every fully acked
+                // segment goes now, off the disk and the gauges, as at a
+                // clean close, not at the next ack.
+                while self.delete_acked_segment(0)? {}
             }
             Persisted::Unreadable(why) => {
-                error!(
-                    path = %self.opts.dir.join("ACKED").display(),
-                    why,
-                    "spool acked set does not read; ignored (until the collector's Welcome, \
-                     committed records may be sent again, or counted as dropped if the spool \
-                     fills)"
-                );
+                let path = self.opts.dir.join("ACKED");
+                let path = path.display();
+                // Without `[spool] sync` the file is not fsynced: after a
+                // power loss an empty or torn one is expected.
+                if self.opts.sync {
+                    error!(
+                        path = %path,
+                        why,
+                        "spool acked set does not read; ignored (until the collector's Welcome, \
+                         committed records may be sent again, or counted as dropped if the spool \
+                         fills)"
+                    );
+                } else {
+                    warn!(
+                        path = %path,
+                        why,
+                        "spool acked set does not read (expected after a power loss without \
+                         [spool] sync); ignored (until the collector's Welcome, committed records \
+                         may be sent again, or counted as dropped if the spool fills)"
+                    );
+                }
                 recovery.acked_unreadable = true;
             }
         }

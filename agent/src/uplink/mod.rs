@@ -364,7 +364,9 @@ impl Uplink {
                     if spool_sampled.is_none_or(|t| t.elapsed() >= SPOOL_SAMPLE_EVERY) {
                         spool_sampled = Some(Instant::now());
                         self.sample_spool(link.stream().map(|s| s.lanes.live_from));
-                        if let Err(e) = self.spool.persist_acked() {
+                        // Two fsyncs with `[spool] sync` on: off the
+                        // workers, as a seal's are.
+                        if let Err(e) = seal::off_the_workers(|| self.spool.persist_acked()) {
                             warn!(error = %e, "spool: writing the acked set failed; retried in a second");
                         }
                     }

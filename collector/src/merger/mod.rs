@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::{error, info};
+use tracing::info;
 
 use crate::metrics::MergerMetrics;
 use crate::model::{Committed, LiveAgents, NewReading, SeriesKey};
@@ -53,6 +53,7 @@ use crate::store::{CommittedSet, Durability, EpochRow, Retention, Store, StoreEr
 mod agents;
 mod cardinality;
 mod commit;
+mod open;
 mod series;
 mod upkeep;
 
@@ -532,59 +533,6 @@ fn spawn_timer(tx: &mpsc::Sender<Command>, every: Duration, command: fn() -> Com
             }
         }
     });
-}
-
-impl Merger {
-    /// Opens the store at `url` and loads the merger's state from it (on
-    /// the thread that will run it).
-    fn open(
-        url: &StoreUrl,
-        options: MergerOptions,
-        rx: mpsc::Receiver<Command>,
-        live_tx: watch::Sender<LiveAgents>,
-        tail: broadcast::Sender<Committed>,
-    ) -> Result<Merger, SpawnError> {
-        let mut store = Store::open(url, options.durability).map_err(SpawnError::Open)?;
-        let loaded = store.load().map_err(SpawnError::Load)?;
-        for row in &loaded.unreadable_epochs {
-            error!(
-                row = %row,
-                "epochs row does not decode: left out at start; its epoch's batches are \
-                 refused until it is repaired"
-            );
-        }
-        let count = loaded.series_per_agent.values().sum::<u64>();
-        let mut series = SeriesTable::new(
-            options.max_series_in_memory,
-            usize::try_from(count).unwrap_or(usize::MAX),
-        );
-        // In id order: what stays is the newest series.
-        store
-            .load_series(&mut |row| {
-                series.insert_row(&row);
-                series.evict();
-            })
-            .map_err(SpawnError::Load)?;
-        Ok(Merger {
-            store,
-            rx,
-            series,
-            series_per_agent: loaded.series_per_agent,
-            max_series_per_agent: options.max_series_per_agent,
-            series_limit_logged: HashSet::new(),
-            epochs: loaded.epochs,
-            agents: HashMap::new(),
-            name: options.name,
-            live_tx,
-            live_dirty: false,
-            tail,
-            retention: options.retention,
-            last_retention: None,
-            retaining: None,
-            metrics: options.metrics,
-            after_commit: None,
-        })
-    }
 }
 
 /// What the merger's queue has for it (see [`Merger::waiting`]).

@@ -103,8 +103,11 @@ pub fn eval(ev: &Evaluator<'_>, a: &AggregateExpr, ts: i64) -> Result<Value, Que
             // Prometheus 2.42 refuses a k that is no int64 (NaN included);
             // its message writes k as Go's `%v`, which for NaN, infinities
             // and magnitudes beyond int64 is NaN, ±Inf or an exponent.
+            // The bounds: the largest f64 below 2^63, and -2^63 (Go's
+            // `math.MinInt64`, exact in an f64).
             const INT64: f64 = 9_223_372_036_854_774_784.0;
-            if !(-INT64..=INT64).contains(&k) {
+            const MIN_INT64: f64 = -9_223_372_036_854_775_808.0;
+            if !(MIN_INT64..=INT64).contains(&k) {
                 let mut shown = String::new();
                 if k.is_finite() {
                     write_exponent(&mut shown, k);

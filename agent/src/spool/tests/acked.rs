@@ -4,7 +4,7 @@
 //! the count conservative (never lower), and loses no record.
 
 use super::*;
-use crate::spool::acked_file::{self, MAX_PERSISTED_RANGES, Persisted};
+use crate::spool::acked_file::{self, MAX_FILE_BYTES, MAX_PERSISTED_RANGES, Persisted};
 
 /// 64 KiB: segments of 16 KiB (five records of 4000 bytes), room for 16.
 const MAX: u64 = 64 * 1024;
@@ -77,8 +77,10 @@ fn without_the_file_the_count_errs_high_never_low() {
 #[test]
 fn a_torn_or_corrupt_file_is_ignored_and_loses_no_record() {
     type Damage = fn(&mut Vec<u8>);
-    let damages: [(&str, Damage); 4] = [
+    let damages: [(&str, Damage); 5] = [
         ("torn", |b| b.truncate(b.len() - 9)),
+        // Longer than any file written: not read into memory.
+        ("long", |b| b.resize(MAX_FILE_BYTES as usize + 1, 0)),
         ("flipped", |b| b[30] ^= 0x40),
         ("empty", |b| b.clear()),
         ("foreign", |b| *b = b"12 34\n".to_vec()),
@@ -166,4 +168,159 @@ fn the_file_is_bounded_and_keeps_the_lowest_ranges_that_still_matter() {
         acked_file::decode(&lying, 7),
         Persisted::Unreadable(m) if m.contains("ranges of 16 bytes")
     ));
+}
+
+#[test]
+fn a_file_longer_than_any_written_is_unreadable_unread() {
+    let dir = tmp("acked-long");
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ACKED");
+    fs::write(&path, vec![0u8; MAX_FILE_BYTES as usize + 1]).unwrap();
+    assert!(matches!(
+        acked_file::read(&dir, 7).unwrap(),
+        Persisted::Unreadable(m) if m.contains("longer than")
+    ));
+    // The longest file written still reads.
+    let mut set = AckedSet::default();
+    let ranges: Vec<SeqRange> = (0..MAX_PERSISTED_RANGES as u64)
+        .map(|i| (10 + 3 * i, 11 + 3 * i))
+        .collect();
+    set.add(5, &ranges, u64::MAX);
+    let bytes = acked_file::encode(7, &set, 0);
+    assert_eq!(bytes.len() as u64, MAX_FILE_BYTES);
+    fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        acked_file::read(&dir, 7).unwrap(),
+        Persisted::Set(5, r) if r == ranges
+    ));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_periodic_write_skips_changes_that_do_not_matter() {
+    // Segments 1-5, 6-10, 11-15 sealed; 16 in the one being appended to.
+    let (mut s, dir) = partly_acked("acked-matters");
+    assert!(
+        s.persist_acked().unwrap(),
+        "acks in sealed segments: written"
+    );
+    // Only the segment being appended to (the steady state's acked tail).
+    s.ack_set(0, &[(16, 16)]).unwrap();
+    assert!(
+        !s.persist_acked().unwrap(),
+        "an ack of the tail only: not written"
+    );
+    // A sealed segment fully acked is deleted: nothing on disk changed.
+    s.ack_set(0, &[(11, 15)]).unwrap();
+    assert_eq!(s.segments(), 3, "11-15 deleted");
+    assert!(
+        !s.persist_acked().unwrap(),
+        "acks of deleted records only: not written"
+    );
+    // A sealed segment left partly acked: written.
+    s.ack_set(0, &[(1, 1)]).unwrap();
+    assert!(s.persist_acked().unwrap(), "1 acked, 4 and 5 not: written");
+    // The file holds no ack that was not given, and a crash now loses
+    // only the skipped ones (16; 11-15 are gone).
+    let bytes = fs::read(dir.join("ACKED")).unwrap();
+    let Persisted::Set(mark, ranges) = acked_file::decode(&bytes, s.epoch()) else {
+        panic!("does not read back");
+    };
+    assert_eq!((mark, ranges), (3, vec![(7, 7), (11, 16)]));
+    drop(s);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_clean_close_writes_what_the_periodic_write_skipped() {
+    let (mut s, dir) = partly_acked("acked-close-tail");
+    s.persist_acked().unwrap();
+    s.ack_set(0, &[(16, 16)]).unwrap();
+    assert!(!s.persist_acked().unwrap());
+    drop(s);
+    let bytes = fs::read(dir.join("ACKED")).unwrap();
+    let (s, r) = Spool::open(opts(&dir, MAX, FullPolicy::DropOldest)).unwrap();
+    assert!(r.acked_loaded, "{r:?}");
+    assert!(s.acked().contains(16), "{bytes:?}");
+    drop(s);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn open_deletes_the_segments_the_file_shows_fully_acked() {
+    let (mut s, dir) = partly_acked("acked-open-delete");
+    // The tail (16) fully acked and kept on disk, written with an ack
+    // in a sealed segment; then a crash.
+    s.ack_set(0, &[(1, 1), (16, 16)]).unwrap();
+    assert_eq!(s.segments(), 4, "the acked tail is kept while running");
+    assert!(s.persist_acked().unwrap());
+    let bytes_before = s.bytes();
+    std::mem::forget(s);
+    let (s, r) = Spool::open(opts(&dir, MAX, FullPolicy::DropOldest)).unwrap();
+    assert!(r.acked_loaded, "{r:?}");
+    assert_eq!(s.segments(), 3, "16's segment deleted at open");
+    assert_eq!(s.records().count(), 15);
+    assert!(s.bytes() < bytes_before, "and gone from the gauges");
+    assert!(s.acked().contains(16));
+    drop(s);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Log lines written while `f` runs on this thread, as the fmt layer
+/// writes them (level included, no colours).
+fn logged(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = lines.0.lock().unwrap().clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Without `[spool] sync` the file is never fsynced, so an empty or torn
+/// one after a power loss is expected: a warning. With it, an error.
+#[test]
+fn an_unreadable_file_is_an_error_only_with_sync_on() {
+    for sync in [false, true] {
+        let (mut s, dir) = partly_acked(&format!("acked-level-{sync}"));
+        s.persist_acked().unwrap();
+        std::mem::forget(s);
+        fs::write(dir.join("ACKED"), b"").unwrap();
+        let log = logged(|| {
+            let mut o = opts(&dir, MAX, FullPolicy::DropOldest);
+            o.sync = sync;
+            let (s, r) = Spool::open(o).unwrap();
+            assert!(r.acked_unreadable, "{r:?}");
+            std::mem::forget(s);
+        });
+        let line = log
+            .lines()
+            .find(|l| l.contains("spool acked set does not read"))
+            .unwrap_or_else(|| panic!("not logged: {log}"));
+        let (want, not) = if sync {
+            ("ERROR", "WARN")
+        } else {
+            ("WARN", "ERROR")
+        };
+        assert!(
+            line.contains(want) && !line.contains(not),
+            "sync {sync}: {line}"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

@@ -61,7 +61,36 @@ fn topk_of_a_k_beyond_int64_is_refused() {
         };
         assert_eq!(*m, format!("Scalar value {shown} overflows int64"), "{q}");
     }
+    // The lower bound is -2^63 (Go's `math.MinInt64`) itself: the next
+    // f64 below it is refused.
+    let r = instant("bottomk(-9223372036854777856, g)", &g, 50);
+    let Err(QueryError::Execution(m)) = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(m, "Scalar value -9.223372036854778e+18 overflows int64");
     // Within int64, a k below 1 is an empty answer.
+    assert!(vector(instant("topk(-9223372036854775808, g)", &g, 50)).is_empty());
+    assert!(vector(instant("bottomk(-9.2e18, g)", &g, 50)).is_empty());
     assert!(vector(instant("topk(0.5, g)", &g, 50)).is_empty());
     assert_eq!(vector(instant("topk(1e18, g)", &g, 50)).len(), 1);
+}
+
+/// `timestamp(m @ T offset d)` answers the sample at T - d, as Prometheus
+/// does since 2.43 (2.42 dropped the offset); see README, "Answers as
+/// Prometheus 2.42 writes them".
+#[test]
+fn timestamp_of_an_at_selector_with_an_offset_reads_at_t_minus_d() {
+    let g = ramp();
+    // At any evaluation time, the sample at or before 100 - 30 = 70 s.
+    for t in [0, 150, 250] {
+        let got = vector(instant("timestamp(g @ 100 offset 30s)", &g, t));
+        assert_eq!(got.len(), 1, "at {t}: {got:?}");
+        assert_eq!(got[0].1, 70.0, "at {t}");
+        // Without the offset: the sample at 100 s.
+        let got = vector(instant("timestamp(g @ 100)", &g, t));
+        assert_eq!(got[0].1, 100.0, "at {t}");
+    }
+    // Between samples (105 - 30 = 75 s): the one before, at 70 s.
+    let got = vector(instant("timestamp(g @ 105 offset 30s)", &g, 150));
+    assert_eq!(got[0].1, 70.0);
 }
