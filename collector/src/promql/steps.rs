@@ -2,11 +2,12 @@
 //! gathered into series by labels (a range query's steps, a subquery's).
 //!
 //! At each step the evaluation mostly gives the same series in the same
-//! order, with labels that are the very same `Arc` (a selector's cached
-//! labels): a sample whose labels are the `Arc` of the sample at its
-//! position in the step before goes to that series without hashing its
-//! labels. Any other sample is looked up by value, so the answer is the
-//! same whatever the evaluation hands out.
+//! order, often with labels that are the very same `Arc` (a selector's
+//! cached labels): a sample whose labels are those of the sample at its
+//! position in the step before (the same `Arc`, else compared by value)
+//! goes to that series without hashing its labels. Any other sample is
+//! looked up by hash, so the answer is the same whatever order the
+//! evaluation hands the series out in.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +30,8 @@ impl Steps {
         let mut now = Vec::with_capacity(samples.len());
         for (i, s) in samples.iter().enumerate() {
             let slot = match self.last.get(i) {
-                Some(&slot) if Arc::ptr_eq(&self.series[slot].labels, &s.labels) => slot,
+                // `Arc`'s `==` is a pointer check first, then by value.
+                Some(&slot) if self.series[slot].labels == s.labels => slot,
                 _ => self.slot(&s.labels),
             };
             self.series[slot].points.push((t, s.value));
