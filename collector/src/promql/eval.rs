@@ -11,7 +11,7 @@
 //!
 //! Pure: imports the parser's AST and the promql module's own files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -21,6 +21,7 @@ use promql_parser::parser::{Expr, MatrixSelector, SubqueryExpr, VectorSelector};
 use super::load::{Data, Selection, too_many_samples};
 use super::memo::Memo;
 use super::plan::{Bounds, at_ms, duration_ms, offset_ms, selector_key};
+use super::steps::Steps;
 use super::types::{Labels, QueryError, Sample, Series, Value, drop_name};
 
 /// A selected series' samples within a range window: its index in the
@@ -213,7 +214,7 @@ impl Evaluator<'_> {
         if t < start {
             t += step;
         }
-        let mut series: HashMap<Arc<Labels>, Vec<(i64, f64)>> = HashMap::new();
+        let mut series = Steps::default();
         let mut total = 0usize;
         // The inner evaluations of this node's previous window, at the
         // times this one shares with it, are reused (an evaluation
@@ -230,19 +231,11 @@ impl Evaluator<'_> {
             match &value {
                 Value::Vector(samples) => {
                     total += samples.len();
-                    for s in samples {
-                        series
-                            .entry(s.labels.clone())
-                            .or_default()
-                            .push((t, s.value));
-                    }
+                    series.push_vector(t, samples);
                 }
                 Value::Scalar(v) => {
                     total += 1;
-                    series
-                        .entry(Arc::new(Labels::new()))
-                        .or_default()
-                        .push((t, *v));
+                    series.push_scalar(t, *v);
                 }
                 other => {
                     return Err(QueryError::BadData(format!(
@@ -260,12 +253,7 @@ impl Evaluator<'_> {
             t += step;
         }
         self.memo.keep_window(node, window);
-        let mut out: Vec<Series> = series
-            .into_iter()
-            .map(|(labels, points)| Series { labels, points })
-            .collect();
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        Ok(out)
+        Ok(series.finish())
     }
 }
 

@@ -31,6 +31,7 @@ mod load;
 mod memo;
 mod plan;
 pub mod runtime;
+mod steps;
 mod types;
 
 #[cfg(test)]
@@ -399,7 +400,7 @@ fn evaluate_steps(
     end: i64,
     step: i64,
 ) -> Result<QueryResult, QueryError> {
-    let mut series: HashMap<Arc<Labels>, Vec<(i64, f64)>> = HashMap::new();
+    let mut series = steps::Steps::default();
     let mut total = 0usize;
     let mut t = start;
     while t <= end {
@@ -407,16 +408,11 @@ fn evaluate_steps(
         match ev.eval(expr, t)? {
             types::Value::Scalar(v) => {
                 total += 1;
-                series
-                    .entry(Arc::new(Labels::new()))
-                    .or_default()
-                    .push((t, v));
+                series.push_scalar(t, v);
             }
             types::Value::Vector(samples) => {
                 total += samples.len();
-                for s in samples {
-                    series.entry(s.labels).or_default().push((t, s.value));
-                }
+                series.push_vector(t, &samples);
             }
             other => {
                 return Err(QueryError::BadData(format!(
@@ -430,12 +426,7 @@ fn evaluate_steps(
         }
         t += step;
     }
-    let mut out: Vec<Series> = series
-        .into_iter()
-        .map(|(labels, points)| Series { labels, points })
-        .collect();
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok(QueryResult::Matrix(out))
+    Ok(QueryResult::Matrix(series.finish()))
 }
 
 /// `work` (a query on its blocking thread), answered by [`QueryError::Timeout`]

@@ -233,73 +233,107 @@ impl<'a> Decoder<'a> {
     /// a blob whose points are in device-time order (a chunk): in one that
     /// is not, points before `lo` may follow and are read as usual. Returns
     /// how many points it skipped.
+    ///
+    /// Column by column rather than point by point: the ts column alone
+    /// says how many points go, then each other column steps over that
+    /// many at once (a run of floats or bools is one jump; only varints
+    /// whose sum is needed later, the receive times and the integers, are
+    /// read one by one).
     pub fn skip_before(&mut self, lo: i64) -> Result<usize, CodecError> {
-        let mut skipped = 0;
-        while self.left > 0 {
-            // The next point's device time, without taking it.
-            let mut ts = self.ts;
-            let delta = self.prev_delta.wrapping_add(get_signed(&mut ts, "ts")?);
-            let next = self.prev_ts.wrapping_add(delta);
+        let mut ts = self.ts;
+        let (mut prev_ts, mut prev_delta) = (self.prev_ts, self.prev_delta);
+        let mut k = 0;
+        while k < self.left {
+            // The next point's device time, without taking it yet.
+            let mut col = ts;
+            let delta = prev_delta.wrapping_add(get_signed(&mut col, "ts")?);
+            let next = prev_ts.wrapping_add(delta);
             if next >= lo {
                 break;
             }
-            self.left -= 1;
-            self.ts = ts;
-            self.prev_delta = delta;
-            self.prev_ts = next;
-            let series = if self.has_series {
+            ts = col;
+            prev_delta = delta;
+            prev_ts = next;
+            k += 1;
+        }
+        if self.has_series {
+            // A head blob: each skipped value's series is named if it
+            // fails, so these go point by point.
+            for _ in 0..k {
                 self.prev_series = self
                     .prev_series
                     .wrapping_add(get_signed(&mut self.series, "series")?);
-                self.prev_series
-            } else {
-                self.series_default
-            };
-            if self.has_received {
-                self.prev_received = self
-                    .prev_received
-                    .wrapping_add(get_signed(&mut self.received, "received")?);
+                self.skip_values(1, self.prev_series)?;
             }
-            self.skip_value(series)?;
-            skipped += 1;
+        } else {
+            self.skip_values(k, self.series_default)?;
         }
-        Ok(skipped)
+        if self.has_received {
+            let mut received = self.prev_received;
+            for _ in 0..k {
+                received = received.wrapping_add(get_signed(&mut self.received, "received")?);
+            }
+            self.prev_received = received;
+        }
+        self.left -= k;
+        self.ts = ts;
+        self.prev_ts = prev_ts;
+        self.prev_delta = prev_delta;
+        Ok(k)
     }
 
-    /// Steps over the value of the point being skipped: what
-    /// [`next_value`](Self::next_value) reads, without making a value of it
-    /// (a text is not checked for UTF-8; it is never handed out).
-    #[inline(always)]
-    fn skip_value(&mut self, series: i64) -> Result<(), CodecError> {
-        while self.run_left == 0 {
-            let (&kind, tail) = self
-                .kinds
-                .split_first()
-                .ok_or(CodecError::Truncated("kinds"))?;
-            self.kinds = tail;
-            self.run_kind = kind;
-            self.run_left = get_varint(&mut self.kinds, "kinds")?;
+    /// Steps over the values of the next `n` points: what
+    /// [`next_value`](Self::next_value) reads, without making values of
+    /// them (a text is not checked for UTF-8; it is never handed out). A
+    /// run of fixed-size values is stepped over in one jump.
+    fn skip_values(&mut self, mut n: usize, series: i64) -> Result<(), CodecError> {
+        while n > 0 {
+            while self.run_left == 0 {
+                let (&kind, tail) = self
+                    .kinds
+                    .split_first()
+                    .ok_or(CodecError::Truncated("kinds"))?;
+                self.kinds = tail;
+                self.run_kind = kind;
+                self.run_left = get_varint(&mut self.kinds, "kinds")?;
+            }
+            // At most `n`, so it fits a usize.
+            let take = usize::try_from(self.run_left).map_or(n, |r| r.min(n));
+            let fixed = |size: usize| {
+                take.checked_mul(size)
+                    .ok_or(CodecError::Truncated("values"))
+            };
+            let bytes = match self.run_kind {
+                KIND_F64 => fixed(8)?,
+                KIND_BOOL => fixed(1)?,
+                KIND_I64 | KIND_U64 => {
+                    let mut int = self.prev_int;
+                    for _ in 0..take {
+                        int = int.wrapping_add(get_signed(&mut self.values, "values")?);
+                    }
+                    self.prev_int = int;
+                    0
+                }
+                KIND_STR | KIND_TIMEOUT | KIND_ERROR => {
+                    for _ in 0..take {
+                        let len = usize::try_from(get_varint(&mut self.values, "values")?)
+                            .map_err(|_| CodecError::Truncated("values"))?;
+                        self.values = self
+                            .values
+                            .get(len..)
+                            .ok_or(CodecError::Truncated("values"))?;
+                    }
+                    0
+                }
+                kind => return Err(CodecError::Kind { kind, series }),
+            };
+            self.values = self
+                .values
+                .get(bytes..)
+                .ok_or(CodecError::Truncated("values"))?;
+            self.run_left -= take as u64;
+            n -= take;
         }
-        self.run_left -= 1;
-        let n = match self.run_kind {
-            KIND_F64 => 8,
-            KIND_I64 | KIND_U64 => {
-                self.prev_int = self
-                    .prev_int
-                    .wrapping_add(get_signed(&mut self.values, "values")?);
-                0
-            }
-            KIND_BOOL => 1,
-            KIND_STR | KIND_TIMEOUT | KIND_ERROR => {
-                usize::try_from(get_varint(&mut self.values, "values")?)
-                    .map_err(|_| CodecError::Truncated("values"))?
-            }
-            kind => return Err(CodecError::Kind { kind, series }),
-        };
-        self.values = self
-            .values
-            .get(n..)
-            .ok_or(CodecError::Truncated("values"))?;
         Ok(())
     }
 
