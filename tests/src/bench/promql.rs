@@ -8,7 +8,8 @@
 //! blocks by `promtool tsdb create-blocks-from openmetrics` for Prometheus
 //! and sent to a collector process (SQLite, defaults) through Ingest.
 //!
-//! Measured, each side asked in turn, one query at a time, over HTTP:
+//! Measured once every collector has gone idle (its compaction of the data
+//! done), each side asked in turn, one query at a time, over HTTP:
 //! 1. the corpus (`tests/promql/corpus.txt`, as the differential test asks
 //!    it: four instants and three ranges per query): each query's time on
 //!    each side is the median of `--reps` repetitions; the ratio
@@ -250,6 +251,15 @@ async fn one_run(
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(600))
         .build()?;
+
+    // Both sides idle before anything is timed: Prometheus has its blocks
+    // already; a collector may still be compacting what it was just sent
+    // (two with `--baseline`, each on its copy), work that queries, on
+    // their idle-priority threads, would wait for.
+    settle(&collector, &label, progress).await?;
+    if let Some((proc, _)) = &baseline {
+        settle(proc, &label, progress).await?;
+    }
 
     // 1. The corpus.
     let cases = if cfg.heavy_only {
