@@ -28,7 +28,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::layout::LayoutError;
-use super::scan::{self, Merge};
+use super::scan::{self, Merge, Received};
 use crate::model::{Point, SeriesMeta};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
@@ -433,7 +433,7 @@ impl SqliteReader {
             &ids,
             span,
             max_chunk,
-            RANGE_GROUP,
+            (RANGE_GROUP, Received::Decode),
             handing_over(&series, max_chunk, sink),
         )
     }
@@ -457,7 +457,7 @@ impl SqliteReader {
             &ids,
             span,
             max_chunk,
-            RANGE_GROUP,
+            (RANGE_GROUP, Received::Decode),
             handing_over(series, max_chunk, sink),
         )
     }
@@ -465,7 +465,9 @@ impl SqliteReader {
     /// [`range_series`](Self::range_series) over the series `ids`, with
     /// every chunk lent to `sink` (with the series' index in `ids`)
     /// instead of handed over: one buffer for the whole walk, for a caller
-    /// that converts the points as they come (PromQL's load).
+    /// that converts the points as they come (PromQL's load). The chunks'
+    /// receive times are not decoded: a point from a chunk carries 0 as
+    /// its receive time (PromQL never reads it).
     pub fn range_series_lent(
         &self,
         ids: &[i64],
@@ -482,7 +484,7 @@ impl SqliteReader {
             ids,
             span,
             max_chunk,
-            LENT_RANGE_GROUP,
+            (LENT_RANGE_GROUP, Received::Skip),
             |i, points| {
                 let flow = sink(i, points);
                 points.clear();
@@ -497,7 +499,7 @@ impl SqliteReader {
         ids: &[i64],
         span: TimeSpan,
         max_chunk: usize,
-        group_size: usize,
+        (group_size, received): (usize, Received),
         mut sink: impl FnMut(usize, &mut Vec<Point>) -> ControlFlow<()>,
     ) -> Result<(), ReadError> {
         let Some((lo, hi)) = span.closed() else {
@@ -507,10 +509,10 @@ impl SqliteReader {
         let err = self.scan_err("read range");
         let mut points = Vec::new();
         for (g, group) in ids.chunks(group_size).enumerate() {
-            let scans = scan::snapshot(conn, group, lo, hi).map_err(&err)?;
+            let scans = scan::snapshot(conn, group, lo, hi, received).map_err(&err)?;
             for (j, (&id, scan)) in group.iter().zip(scans).enumerate() {
                 let index = g * group_size + j;
-                let mut merge = Merge::new(conn, id, lo, hi, scan);
+                let mut merge = Merge::new(conn, id, (lo, hi), scan, received);
                 loop {
                     // The sink takes the points or leaves the buffer empty.
                     points.clear();

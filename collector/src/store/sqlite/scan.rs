@@ -48,6 +48,7 @@ pub fn snapshot(
     series: &[i64],
     lo: i64,
     hi: i64,
+    received: Received,
 ) -> Result<Vec<SeriesScan>, LayoutError> {
     let tx = conn.unchecked_transaction()?;
     let mut scans: Vec<SeriesScan> = Vec::with_capacity(series.len());
@@ -76,7 +77,7 @@ pub fn snapshot(
                 let mut rows = data.query([id])?;
                 if let Some(r) = rows.next()? {
                     let blob = blob(r.get_ref(0)?, "chunks", id)?;
-                    decode_into(blob, s, id, lo, hi, &mut scan.mem)?;
+                    decode_into(blob, s, id, (lo, hi), received, &mut scan.mem)?;
                 }
             }
             scan.full.sort_unstable_by_key(|f| (f.min_ts, f.id));
@@ -166,6 +167,16 @@ pub struct Merge<'c> {
     /// Loaded full chunks still holding points, each reversed, oldest
     /// chunk first.
     open: Vec<Vec<Point>>,
+    received: Received,
+}
+
+/// Whether a read decodes the chunks' receive times: PromQL never uses
+/// them (its points carry 0 as their receive time); every other reader
+/// does. Head rows keep theirs either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    Decode,
+    Skip,
 }
 
 /// Where the next point comes from.
@@ -176,7 +187,13 @@ enum Source {
 }
 
 impl<'c> Merge<'c> {
-    pub fn new(conn: &'c Connection, series: i64, lo: i64, hi: i64, scan: SeriesScan) -> Self {
+    pub fn new(
+        conn: &'c Connection,
+        series: i64,
+        (lo, hi): (i64, i64),
+        scan: SeriesScan,
+        received: Received,
+    ) -> Self {
         Merge {
             conn,
             series,
@@ -185,6 +202,7 @@ impl<'c> Merge<'c> {
             scan,
             next_full: 0,
             open: Vec::new(),
+            received,
         }
     }
 
@@ -271,7 +289,14 @@ impl<'c> Merge<'c> {
             let mut rows = stmt.query(params![id, self.series])?;
             if let Some(r) = rows.next()? {
                 let b = blob(r.get_ref(0)?, "chunks", id)?;
-                decode_into(b, self.series, id, self.lo, self.hi, &mut points)?;
+                decode_into(
+                    b,
+                    self.series,
+                    id,
+                    (self.lo, self.hi),
+                    self.received,
+                    &mut points,
+                )?;
             }
         }
         if !points.is_empty() {
@@ -347,11 +372,14 @@ fn decode_into(
     blob: &[u8],
     series: i64,
     id: i64,
-    lo: i64,
-    hi: i64,
+    (lo, hi): (i64, i64),
+    received: Received,
     out: &mut Vec<Point>,
 ) -> Result<(), LayoutError> {
     let mut d = Decoder::new(blob, series, 0).map_err(bad("chunks", id))?;
+    if received == Received::Skip {
+        d.without_received();
+    }
     d.skip_before(lo).map_err(bad("chunks", id))?;
     out.reserve(d.remaining());
     let mut prev = lo;

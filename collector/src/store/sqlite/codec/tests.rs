@@ -359,6 +359,43 @@ fn a_blob_from_before_u64_reads_as_before_and_u64_shares_the_integer_column() {
 /// `skip_before` leaves a chunk's decoder where reading and dropping the
 /// points before `lo` would: at the first point at or after it, every
 /// column (and the integer delta) in step, whatever the kinds skipped.
+/// Without receive times, a chunk reads the same points (skipped or not)
+/// with the stand-in receive time, and its end still checks the others.
+#[test]
+fn without_receive_times_the_rest_reads_the_same() {
+    let values = every_kind();
+    let mut chunk = Encoder::chunk();
+    for (i, v) in values.iter().enumerate() {
+        let t = 100 + i as i64 * 10;
+        chunk.push(0, t, t * 3 + 1, RawValue::of(v));
+    }
+    let blob = chunk.finish();
+    let all: Vec<_> = Decoder::new(&blob, 4, 0)
+        .unwrap()
+        .collect_points()
+        .unwrap()
+        .into_iter()
+        .map(owned)
+        .collect();
+    // The chunk has the column: read, it gives the receive times written.
+    assert!(all.iter().all(|p| p.2 == p.1 * 3 + 1), "{all:?}");
+    for lo in [i64::MIN, 105, 130] {
+        let mut d = Decoder::new(&blob, 4, 7).unwrap();
+        d.without_received();
+        d.skip_before(lo).unwrap();
+        let rest: Vec<_> = d.collect_points().unwrap().into_iter().map(owned).collect();
+        let expect: Vec<_> = all.iter().filter(|p| p.1 >= lo).collect();
+        assert_eq!(rest.len(), expect.len(), "lo {lo}");
+        assert!(!rest.is_empty());
+        for (g, e) in rest.iter().zip(expect) {
+            assert!(
+                (g.0, g.1, g.2) == (e.0, e.1, 7) && same(&g.3, &e.3),
+                "lo {lo}: {g:?} != {e:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn skipping_before_a_time_reads_on_as_reading_would() {
     let values = every_kind();
