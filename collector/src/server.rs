@@ -308,6 +308,8 @@ pub async fn run_reloadable(
     })
     .max_decoding_message_size(config.max_message_bytes);
     let reader = Reader::open(&store)?;
+    // PromQL's own (`HttpContext::query_reader`); connects lazily.
+    let query_reader = Reader::open(&store)?;
     if http_listener.is_some() {
         // Its threads now, so that a bad `TRIBUTARY_QUERY_NICE` stops the
         // start instead of failing every query.
@@ -316,6 +318,7 @@ pub async fn run_reloadable(
     let http_task = http_listener.map(|http_listener| {
         let ctx = HttpContext {
             reader: reader.clone(),
+            query_reader,
             live: outputs.live.clone(),
             tail: outputs.tail.clone(),
             roles: config.roles.clone(),

@@ -52,8 +52,13 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7401";
 /// What every handler may read. Cheap to clone (handles only).
 #[derive(Clone)]
 pub struct HttpContext {
-    /// The store's read side.
+    /// The store's read side (the fleet page's calls).
     pub reader: Reader,
+    /// PromQL's own reader on the same store: its connections are opened
+    /// and (PostgreSQL) driven on the query runtime's idle-priority
+    /// threads, so none is shared with the fleet page's calls, which would
+    /// wait with them when the cores are busy.
+    pub query_reader: Reader,
     /// Connected agents and their delivery state, from the merger.
     pub live: watch::Receiver<LiveAgents>,
     /// Every committed batch, from the merger (subscribe for live views).
@@ -82,7 +87,10 @@ pub fn router(ctx: HttpContext) -> Router {
     // Routes of other modules go here, one `.merge(...)` each: all of them
     // are behind `authorize`.
     let protected = Router::new()
-        .merge(prometheus::router(ctx.reader.clone(), ctx.query_limits))
+        .merge(prometheus::router(
+            ctx.query_reader.clone(),
+            ctx.query_limits,
+        ))
         .merge(crate::metrics::routes())
         .merge(fleet::routes())
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize));

@@ -181,6 +181,7 @@ fn context() -> (HttpContext, watch::Sender<LiveAgents>) {
     let (tail, _) = broadcast::channel(4);
     let ctx = HttpContext {
         reader: Reader::Sqlite(crate::store::sqlite::SqliteReader::new("/nonexistent")),
+        query_reader: Reader::Sqlite(crate::store::sqlite::SqliteReader::new("/nonexistent")),
         live,
         tail,
         roles: Arc::default(),
