@@ -422,7 +422,9 @@ impl Reader {
     /// chunks of at most `MAX_CHUNK_POINTS`; `each` may stop the walk with
     /// `ControlFlow::Break`. On SQLite the whole walk is one call on the
     /// blocking pool, `each` included, on one lent buffer: no hand-off
-    /// between threads per chunk. A caller that gives up (a timeout) must
+    /// between threads per chunk, and the chunks' receive times are not
+    /// decoded (their points carry 0; PromQL, its one caller, never reads
+    /// them; PostgreSQL's points carry theirs). A caller that gives up (a timeout) must
     /// make `each` break, since the call runs to its end otherwise.
     pub async fn fold_range_series<S, F>(
         &self,

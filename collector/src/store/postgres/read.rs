@@ -5,6 +5,9 @@
 //! The pool bounds how many connections Query can take from the server
 //! (which several collectors share) and connects lazily, so a database that
 //! is down makes Query calls fail with UNAVAILABLE while ingest waits.
+//! A collector serving HTTP holds two such pools, one for Query and the
+//! fleet page, one for PromQL alone (`HttpContext::query_reader`): up to
+//! twice [`READ_CONNECTIONS`].
 //!
 //! `range` pages through each series by device time with one short query
 //! per page, giving the connection back between pages, so a slow client

@@ -234,7 +234,8 @@ impl<'a> Decoder<'a> {
     /// varint per point less to decode.
     pub fn without_received(&mut self) {
         self.has_received = false;
-        self.received = &[];
+        // Used up, but still inside the blob (a saved position stays valid).
+        self.received = &self.received[self.received.len()..];
     }
 
     /// Skips the points before device time `lo` without handing them out,

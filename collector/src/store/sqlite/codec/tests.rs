@@ -356,11 +356,8 @@ fn a_blob_from_before_u64_reads_as_before_and_u64_shares_the_integer_column() {
     assert_eq!(back, mixed);
 }
 
-/// `skip_before` leaves a chunk's decoder where reading and dropping the
-/// points before `lo` would: at the first point at or after it, every
-/// column (and the integer delta) in step, whatever the kinds skipped.
 /// Without receive times, a chunk reads the same points (skipped or not)
-/// with the stand-in receive time, and its end still checks the others.
+/// with the stand-in receive time.
 #[test]
 fn without_receive_times_the_rest_reads_the_same() {
     let values = every_kind();
@@ -396,6 +393,9 @@ fn without_receive_times_the_rest_reads_the_same() {
     }
 }
 
+/// `skip_before` leaves a chunk's decoder where reading and dropping the
+/// points before `lo` would: at the first point at or after it, every
+/// column (and the integer delta) in step, whatever the kinds skipped.
 #[test]
 fn skipping_before_a_time_reads_on_as_reading_would() {
     let values = every_kind();
