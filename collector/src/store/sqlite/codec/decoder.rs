@@ -298,15 +298,7 @@ impl<'a> Decoder<'a> {
     /// run of fixed-size values is stepped over in one jump.
     fn skip_values(&mut self, mut n: usize, series: i64) -> Result<(), CodecError> {
         while n > 0 {
-            while self.run_left == 0 {
-                let (&kind, tail) = self
-                    .kinds
-                    .split_first()
-                    .ok_or(CodecError::Truncated("kinds"))?;
-                self.kinds = tail;
-                self.run_kind = kind;
-                self.run_left = get_varint(&mut self.kinds, "kinds")?;
-            }
+            self.next_run()?;
             // At most `n`, so it fits a usize.
             let take = usize::try_from(self.run_left).map_or(n, |r| r.min(n));
             let fixed = |size: usize| {
@@ -347,9 +339,10 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
-    /// The value of the point being read (its kind from the kinds column).
+    /// Reads the kinds column on to a run with points left, unless the
+    /// current one has some (a run of 0 points is stepped over).
     #[inline(always)]
-    fn next_value(&mut self, series: i64) -> Result<RawValue<'a>, CodecError> {
+    fn next_run(&mut self) -> Result<(), CodecError> {
         while self.run_left == 0 {
             let (&kind, tail) = self
                 .kinds
@@ -359,6 +352,13 @@ impl<'a> Decoder<'a> {
             self.run_kind = kind;
             self.run_left = get_varint(&mut self.kinds, "kinds")?;
         }
+        Ok(())
+    }
+
+    /// The value of the point being read (its kind from the kinds column).
+    #[inline(always)]
+    fn next_value(&mut self, series: i64) -> Result<RawValue<'a>, CodecError> {
+        self.next_run()?;
         self.run_left -= 1;
         Ok(match self.run_kind {
             KIND_F64 => {
