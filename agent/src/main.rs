@@ -257,6 +257,7 @@ async fn run(
     let (mut uplink, stats_rx) = Uplink::new(uplink_config, rx, spool);
     uplink = uplink.with_room(room).with_updates(updates_rx);
     if let Some(m) = uplink_metrics {
+        m.set_acked_unreadable(recovery.acked_unreadable);
         uplink = uplink.with_metrics(m);
     }
     let uplink = tokio::spawn(uplink.run());

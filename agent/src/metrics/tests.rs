@@ -147,6 +147,7 @@ fn uplink_updates_show_as_counters_gauges_and_latency() {
     assert_eq!(v("tributary_agent_spool_limit_bytes"), 1048576.0);
     assert_eq!(v("tributary_agent_spool_segments"), 2.0);
     assert_eq!(v("tributary_agent_spool_unacked_batches"), 1.0);
+    assert_eq!(v("tributary_agent_spool_acked_set_unreadable"), 0.0);
     assert_eq!(v("tributary_agent_uplink_backlog_batches"), 1.0);
     assert_eq!(v("tributary_agent_uplink_backlog_bytes"), 100.0);
     assert_eq!(
@@ -156,6 +157,11 @@ fn uplink_updates_show_as_counters_gauges_and_latency() {
     assert_eq!(
         v("tributary_agent_uplink_lane_batches_sent_total{lane=\"backlog\"}"),
         5.0
+    );
+    m.uplink.set_acked_unreadable(true);
+    assert_eq!(
+        value(&scrape(&m), "tributary_agent_spool_acked_set_unreadable"),
+        Some(1.0)
     );
     // Batch 4 is unacked: its age counts from when it was noted sealed.
     assert!(v("tributary_agent_spool_oldest_unacked_age_seconds") > 0.0);

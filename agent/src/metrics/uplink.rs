@@ -154,6 +154,7 @@ pub struct UplinkMetrics {
     spool_bytes: Gauge,
     spool_segments: Gauge,
     spool_unacked: Gauge,
+    acked_unreadable: Gauge,
     oldest: OldestUnacked,
     /// (sequence, wall ns): by that time the spool held sequences up to
     /// that one (noted whenever the uplink's counters change, so at every
@@ -243,6 +244,12 @@ impl UplinkMetrics {
             "Batches in the spool that no collector has acknowledged",
             None,
         );
+        let acked_unreadable = gauge(
+            registry,
+            "spool_acked_set_unreadable",
+            "1 when the spool's ACKED file did not read at this run's start (torn, corrupt, too long; the log says why): already acked batches may be sent again (deduplicated) and drops overcounted",
+            None,
+        );
         let backlog_batches = gauge(
             registry,
             "uplink_backlog_batches",
@@ -313,6 +320,7 @@ impl UplinkMetrics {
             spool_bytes,
             spool_segments,
             spool_unacked,
+            acked_unreadable,
             oldest,
             seal_marks: VecDeque::new(),
             states,
@@ -322,6 +330,11 @@ impl UplinkMetrics {
             current: None,
             reconnects,
         }
+    }
+
+    /// What opening the spool found: whether its ACKED file was unreadable.
+    pub fn set_acked_unreadable(&self, unreadable: bool) {
+        self.acked_unreadable.set(i64::from(unreadable));
     }
 
     /// A reload changed the collector list: a gauge per URL of `urls`,
