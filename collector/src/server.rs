@@ -309,7 +309,7 @@ pub async fn run_reloadable(
     .max_decoding_message_size(config.max_message_bytes);
     let reader = Reader::open(&store)?;
     // PromQL's own (`HttpContext::query_reader`); connects lazily.
-    let query_reader = Reader::open(&store)?;
+    let query_reader = Reader::open_promql(&store)?;
     if http_listener.is_some() {
         // Its threads now, so that a bad `TRIBUTARY_QUERY_NICE` stops the
         // start instead of failing every query.

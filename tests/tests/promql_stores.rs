@@ -179,6 +179,17 @@ async fn postgres_answers_as_sqlite_and_outages_give_503() -> Result<()> {
         disagree.len()
     );
 
+    // PromQL's pool names its connections (README "Grafana and PromQL").
+    let named = psql(
+        &schema.url(),
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tributary-collector promql'",
+    )
+    .await?;
+    ensure!(
+        named.trim().parse::<u64>().is_ok_and(|n| n >= 1),
+        "no connection named tributary-collector promql after PromQL queries: {named:?}"
+    );
+
     // PostgreSQL: the readings table disappears under the collector.
     answers(&client, &pg_http, "tr_up").await?;
     psql(

@@ -290,6 +290,19 @@ impl Reader {
         }
     }
 
+    /// [`Reader::open`] for PromQL's own reader
+    /// (`HttpContext::query_reader`): on PostgreSQL its connections show
+    /// as `tributary-collector promql` in `pg_stat_activity`.
+    pub fn open_promql(url: &StoreUrl) -> Result<Reader, ReadError> {
+        match url {
+            StoreUrl::Postgres(url) => Ok(Reader::Postgres(PgReader::named(
+                url,
+                "tributary-collector promql",
+            )?)),
+            StoreUrl::Sqlite(_) => Reader::open(url),
+        }
+    }
+
     /// Every agent ever seen, by id.
     pub async fn agents(&self) -> Result<Vec<StoredAgent>, ReadError> {
         match self {

@@ -6,8 +6,9 @@
 //! (which several collectors share) and connects lazily, so a database that
 //! is down makes Query calls fail with UNAVAILABLE while ingest waits.
 //! A collector serving HTTP holds two such pools, one for Query and the
-//! fleet page, one for PromQL alone (`HttpContext::query_reader`): up to
-//! twice [`READ_CONNECTIONS`].
+//! fleet page, one for PromQL alone (`HttpContext::query_reader`,
+//! `application_name` `tributary-collector promql`): up to twice
+//! [`READ_CONNECTIONS`].
 //!
 //! `range` pages through each series by device time with one short query
 //! per page, giving the connection back between pages, so a slow client
@@ -48,8 +49,16 @@ pub struct PgReader {
 }
 
 impl PgReader {
-    /// A pool for `url`; nothing connects until the first call.
+    /// A pool for `url`; nothing connects until the first call. Its
+    /// connections show in `pg_stat_activity` as `tributary-collector
+    /// query` unless the URL names an `application_name`.
     pub fn new(url: &str) -> Result<Self, ReadError> {
+        Self::named(url, "tributary-collector query")
+    }
+
+    /// [`PgReader::new`] with `application` as the connections' default
+    /// `application_name` (PromQL's pool: `tributary-collector promql`).
+    pub fn named(url: &str, application: &str) -> Result<Self, ReadError> {
         let store: Arc<str> = Arc::from(redact(url));
         let setup = |message: String| ReadError::Setup {
             store: store.to_string(),
@@ -61,7 +70,7 @@ impl PgReader {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         if config.get_application_name().is_none() {
-            config.application_name("tributary-collector query");
+            config.application_name(application);
         }
         // Whatever options the URL has (a search_path), plus read-only.
         let options = match config.get_options() {
