@@ -39,6 +39,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The columns of a reading, after whatever comes before them.
 const POINT_COLUMNS: &str = "ts_ns, received_ns, kind, v_f64, v_i64, v_text";
 
+/// The points of series `$1` with `$2 <= ts_ns <= $3`, the first `$4` by
+/// device time: the old rows of `readings` and the points of the
+/// `readings_chunks` rows overlapping the window (index on `(series_id,
+/// ts_max)`), filtered exactly. Columns as [`POINT_COLUMNS`].
+const POINTS_IN_WINDOW: &str = "SELECT ts_ns, received_ns, kind, v_f64, v_i64, v_text \
+       FROM readings WHERE series_id = $1 AND ts_ns >= $2 AND ts_ns <= $3 \
+     UNION ALL \
+     SELECT p.ts_ns, p.received_ns, p.kind, p.v_f64, p.v_i64, p.v_text \
+       FROM readings_chunks c CROSS JOIN LATERAL \
+         unnest(c.ts_ns, c.received_ns, c.kind, c.v_f64, c.v_i64, c.v_text) \
+         AS p(ts_ns, received_ns, kind, v_f64, v_i64, v_text) \
+       WHERE c.series_id = $1 AND c.ts_max >= $2 AND c.ts_min <= $3 \
+         AND p.ts_ns >= $2 AND p.ts_ns <= $3 \
+     ORDER BY ts_ns LIMIT $4";
+
 /// A pool of read-only connections. Cheap to clone.
 #[derive(Clone)]
 pub struct PgReader {
@@ -223,7 +238,12 @@ impl PgReader {
             .query(
                 "SELECT s.id FROM series s WHERE EXISTS (\
                    SELECT 1 FROM readings r \
-                   WHERE r.series_id = s.id AND r.ts_ns >= $1 AND r.ts_ns <= $2)",
+                   WHERE r.series_id = s.id AND r.ts_ns >= $1 AND r.ts_ns <= $2) \
+                 OR EXISTS (\
+                   SELECT 1 FROM readings_chunks c \
+                   WHERE c.series_id = s.id AND c.ts_max >= $1 AND c.ts_min <= $2 \
+                     AND EXISTS (SELECT 1 FROM unnest(c.ts_ns) AS t(ts) \
+                       WHERE t.ts >= $1 AND t.ts <= $2))",
                 &[&lo, &hi],
             )
             .await
@@ -236,7 +256,9 @@ impl PgReader {
     }
 
     /// The newest point (by device time) of every series passing `sel`, in
-    /// one query; series without readings are left out.
+    /// one query (per series the newest old row and the last point of the
+    /// chunk row with the largest `ts_max`, the newer of the two); series
+    /// without readings are left out.
     pub async fn latest(&self, sel: &Selector) -> Result<Vec<(SeriesMeta, Point)>, ReadError> {
         let what = "read latest point";
         let conn = self.conn(what).await?;
@@ -245,8 +267,14 @@ impl PgReader {
                 &format!(
                     "SELECT s.id, s.agent, s.device, s.metric, s.labels, s.unit, r.* \
                      FROM series s CROSS JOIN LATERAL (\
-                       SELECT {POINT_COLUMNS} FROM readings \
-                       WHERE series_id = s.id ORDER BY ts_ns DESC LIMIT 1) r \
+                       (SELECT {POINT_COLUMNS} FROM readings \
+                        WHERE series_id = s.id ORDER BY ts_ns DESC LIMIT 1) \
+                       UNION ALL \
+                       (SELECT c.ts_ns[c.n], c.received_ns[c.n], c.kind[c.n], \
+                          c.v_f64[c.n], c.v_i64[c.n], c.v_text[c.n] \
+                        FROM (SELECT *, cardinality(ts_ns) AS n FROM readings_chunks \
+                          WHERE series_id = s.id ORDER BY ts_max DESC LIMIT 1) c) \
+                       ORDER BY 1 DESC LIMIT 1) r \
                      WHERE ($1 = '' OR s.agent = $1) AND ($2 = '' OR s.device = $2) \
                        AND ($3 = '' OR s.metric = $3) \
                      ORDER BY s.id"
@@ -295,12 +323,6 @@ impl PgReader {
         let limit = max_chunk.clamp(1, MAX_CHUNK_POINTS);
         let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
         let what = "read range";
-        let page_sql = format!(
-            "SELECT {POINT_COLUMNS} FROM readings \
-             WHERE series_id = $1 AND ts_ns >= $2 AND ts_ns <= $3 ORDER BY ts_ns LIMIT $4"
-        );
-        let same_ts_sql =
-            format!("SELECT {POINT_COLUMNS} FROM readings WHERE series_id = $1 AND ts_ns = $2");
         for meta in series {
             let meta = Arc::new(meta);
             // Pages start at `from` (inclusive). A full page may end in the
@@ -310,7 +332,7 @@ impl PgReader {
             loop {
                 let rows = {
                     let conn = self.conn(what).await?;
-                    conn.query(&page_sql, &[&meta.id, &from, &hi, &limit_sql])
+                    conn.query(POINTS_IN_WINDOW, &[&meta.id, &from, &hi, &limit_sql])
                         .await
                         .map_err(self.query_err(what))?
                 };
@@ -326,7 +348,7 @@ impl PgReader {
                         let ts = last.ts_ns;
                         let conn = self.conn(what).await?;
                         let rows = conn
-                            .query(&same_ts_sql, &[&meta.id, &ts])
+                            .query(POINTS_IN_WINDOW, &[&meta.id, &ts, &ts, &i64::MAX])
                             .await
                             .map_err(self.query_err(what))?;
                         points = rows
