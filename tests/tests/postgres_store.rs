@@ -581,13 +581,29 @@ async fn readings_from_before_the_chunk_layout_read_back_with_new_ones() -> Resu
             })
             .collect();
         store.commit(&write)?;
+        // A second commit, its row between the first one's points.
+        let mut write = set("edge", 1, series, [2]);
+        write.batches[0].received_ns = 2;
+        write.batches[0].readings = vec![
+            NewReading {
+                series_id: series,
+                ts_ns: base + 6,
+                value: StoredValue::Bool(true),
+            },
+            NewReading {
+                series_id: series,
+                ts_ns: base + 4,
+                value: StoredValue::I64(4),
+            },
+        ];
+        store.commit(&write)?;
         Ok(())
     })
     .await?;
     let rows = schema
         .number("SELECT count(*) FROM readings_chunks")
         .await?;
-    assert_eq!(rows, 1, "one chunk row for the commit's one series");
+    assert_eq!(rows, 2, "a chunk row per commit of the one series");
 
     let reader = Reader::open(&url)?;
     let sel = || Selector {
@@ -599,7 +615,17 @@ async fn readings_from_before_the_chunk_layout_read_back_with_new_ones() -> Resu
     let shown = |values: &[StoredValue]| -> Vec<String> {
         values.iter().map(|v| format!("{v:?}")).collect()
     };
-    let all: Vec<StoredValue> = old.iter().chain(&new).cloned().collect();
+    let all: Vec<StoredValue> = old
+        .iter()
+        .chain([
+            &new[0],
+            &StoredValue::I64(4),
+            &new[1],
+            &StoredValue::Bool(true),
+        ])
+        .chain(&new[2..])
+        .cloned()
+        .collect();
     // The closed interval [first, last].
     let span = |first: i64, last: i64| TimeSpan {
         since_ns: Some(first),
@@ -612,18 +638,18 @@ async fn readings_from_before_the_chunk_layout_read_back_with_new_ones() -> Resu
         got.extend(chunk?.1);
     }
     let times: Vec<i64> = got.iter().map(|p| p.ts_ns - base).collect();
-    assert_eq!(times, [0, 1, 2, 3, 5, 7, 9, 11]);
+    assert_eq!(times, [0, 1, 2, 3, 4, 5, 6, 7, 9, 11]);
     let received: Vec<i64> = got.iter().map(|p| p.received_ns).collect();
-    assert_eq!(received, [10, 11, 12, 1, 1, 1, 1, 1]);
+    assert_eq!(received, [10, 11, 12, 1, 2, 1, 2, 1, 1, 1]);
     let values: Vec<StoredValue> = got.into_iter().map(|p| p.value).collect();
     assert_eq!(shown(&values), shown(&all));
-    // A window inside the chunk row: only its points within.
+    // A window inside the chunk rows: only their points within.
     let mut chunks = reader.range(sel(), span(base + 4, base + 8), 100);
     let mut got = Vec::new();
     while let Some(chunk) = chunks.recv().await {
         got.extend(chunk?.1.into_iter().map(|p| p.value));
     }
-    assert_eq!(shown(&got), shown(&all[4..6]));
+    assert_eq!(shown(&got), shown(&all[4..8]));
     // Latest: the chunk row's newest point.
     let latest = reader.latest(sel()).await?;
     assert_eq!(latest.len(), 1);
@@ -639,7 +665,7 @@ async fn readings_from_before_the_chunk_layout_read_back_with_new_ones() -> Resu
     };
     assert!(in_span(base + 1, base + 1).await?);
     assert!(in_span(base + 9, base + 9).await?);
-    assert!(!in_span(base + 4, base + 4).await?);
+    assert!(!in_span(base + 8, base + 8).await?);
     assert!(!in_span(base + 12, base + 100).await?);
 
     // The view: numeric readings of both tables, exact.
@@ -656,7 +682,9 @@ async fn readings_from_before_the_chunk_layout_read_back_with_new_ones() -> Resu
             "0|18446744073709551615|1.8446744073709552e+19",
             "1||NaN",
             "3|-7|-7",
+            "4|4|4",
             "5|9223372036854775809|9.223372036854776e+18",
+            "6|1|1",
             "7||NaN",
             "11||2.5",
         ]

@@ -41,17 +41,33 @@ const POINT_COLUMNS: &str = "ts_ns, received_ns, kind, v_f64, v_i64, v_text";
 
 /// The points of series `$1` with `$2 <= ts_ns <= $3`, the first `$4` by
 /// device time: the old rows of `readings` and the points of the
-/// `readings_chunks` rows overlapping the window (index on `(series_id,
-/// ts_max)`), filtered exactly. Columns as [`POINT_COLUMNS`].
-const POINTS_IN_WINDOW: &str = "SELECT ts_ns, received_ns, kind, v_f64, v_i64, v_text \
+/// `readings_chunks` rows overlapping the window, filtered exactly.
+/// Columns as [`POINT_COLUMNS`].
+///
+/// So that a page does not unnest every chunk row up to `$3` (each page
+/// of a long window would, pages times the window's points), the chunk
+/// rows are first walked in `ts_max` order (the index) counting their
+/// points within the window, up to the row where the count reaches `$4`:
+/// its `ts_max` bounds the page (at least `$4` points are at or before
+/// it; `$3` when there are fewer), and only rows with `ts_min` at or before that bound are unnested.
+const POINTS_IN_WINDOW: &str = "WITH bound AS (SELECT LEAST(COALESCE((\
+       SELECT w.ts_max FROM (\
+         SELECT ts_max, sum(CASE WHEN ts_min >= $2 AND ts_max <= $3 \
+             THEN cardinality(ts_ns) \
+             ELSE (SELECT count(*) FROM unnest(ts_ns) AS t(ts) WHERE t.ts >= $2 AND t.ts <= $3) \
+           END) OVER (ORDER BY ts_max ROWS UNBOUNDED PRECEDING) AS n \
+         FROM readings_chunks \
+         WHERE series_id = $1 AND ts_max >= $2 AND ts_min <= $3 ORDER BY ts_max) w \
+       WHERE w.n >= $4::bigint LIMIT 1), $3), $3) AS hi) \
+     SELECT ts_ns, received_ns, kind, v_f64, v_i64, v_text \
        FROM readings WHERE series_id = $1 AND ts_ns >= $2 AND ts_ns <= $3 \
      UNION ALL \
      SELECT p.ts_ns, p.received_ns, p.kind, p.v_f64, p.v_i64, p.v_text \
-       FROM readings_chunks c CROSS JOIN LATERAL \
+       FROM bound b, readings_chunks c CROSS JOIN LATERAL \
          unnest(c.ts_ns, c.received_ns, c.kind, c.v_f64, c.v_i64, c.v_text) \
          AS p(ts_ns, received_ns, kind, v_f64, v_i64, v_text) \
-       WHERE c.series_id = $1 AND c.ts_max >= $2 AND c.ts_min <= $3 \
-         AND p.ts_ns >= $2 AND p.ts_ns <= $3 \
+       WHERE c.series_id = $1 AND c.ts_max >= $2 AND c.ts_min <= b.hi \
+         AND p.ts_ns >= $2 AND p.ts_ns <= b.hi \
      ORDER BY ts_ns LIMIT $4";
 
 /// A pool of read-only connections. Cheap to clone.
