@@ -93,15 +93,15 @@ async fn retention_removes_old_readings_in_steps() -> Result<()> {
     let dir = TestDir::new("retention")?;
     for url in [StoreUrl::Sqlite(dir.join("retention.db")), schema.store()] {
         let what = url.to_string();
-        let (steps, left) = blocking(move || {
+        let (steps, removed, left) = blocking(move || {
             let postgres = matches!(url, StoreUrl::Postgres(_));
             let mut store = Store::open(&url, Durability::Normal)?;
             let ids = store.resolve_series(&[key("edge", "d1")])?;
             if postgres {
-                // A chunk row per series and commit: 1..=30 and 51..=100
-                // one per row, 31..=50 one row across the cutoff.
-                for seq in 1..=30 {
-                    store.commit(&set("edge", 1, ids[0], [seq]))?;
+                // A chunk row per series and commit: 1..=30 two per row,
+                // 31..=50 one row across the cutoff, 51..=100 one per row.
+                for seq in (1..=30).step_by(2) {
+                    store.commit(&set("edge", 1, ids[0], [seq, seq + 1]))?;
                 }
                 store.commit(&set("edge", 1, ids[0], 31..=50))?;
                 for seq in 51..=100 {
@@ -111,12 +111,13 @@ async fn retention_removes_old_readings_in_steps() -> Result<()> {
                 store.commit(&set("edge", 1, ids[0], 1..=100))?;
             }
             // Timestamps are 1..=100 ns: everything below 41 goes (on
-            // PostgreSQL the 30 rows wholly below it), in steps of at most
-            // 15 rows.
-            let mut steps = 0;
+            // PostgreSQL the 15 rows wholly below it, 30 readings), in
+            // steps of at most 15 rows.
+            let (mut steps, mut removed) = (0, 0);
             loop {
                 steps += 1;
                 let step = store.retain(41, 15)?;
+                removed += step.removed;
                 if step.done {
                     break;
                 }
@@ -125,11 +126,17 @@ async fn retention_removes_old_readings_in_steps() -> Result<()> {
                 }
             }
             let left = store.commit(&set("edge", 1, ids[0], [101]))?;
-            Ok((steps, left.skipped.len()))
+            Ok((steps, removed, left.skipped.len()))
         })
         .await
         .with_context(|| what.clone())?;
-        assert_eq!(steps, 3, "{what}: 40 (30) rows in steps of 15");
+        let postgres = what.starts_with("postgres");
+        let (want_steps, want_removed) = if postgres { (2, 30) } else { (3, 40) };
+        assert_eq!(
+            steps, want_steps,
+            "{what}: 40 rows (PostgreSQL: 15) in steps of 15"
+        );
+        assert_eq!(removed, want_removed, "{what}: readings removed");
         assert_eq!(left, 0, "{what}: delivery state is kept");
     }
     // The row of 31..=50 straddles the cutoff: it stays until its newest
