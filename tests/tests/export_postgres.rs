@@ -24,7 +24,9 @@ use tributary_tests::peers::receivers::{BySeries, Kind, Receiver, mismatches, re
 use tributary_tests::process::{Proc, TestDir, eventually, free_addr, run_bin, wait_for_port};
 
 mod postgres_support;
-use postgres_support::{TestSchema, assert_exactly_once, psql, sim_agent_config, start_agent};
+use postgres_support::{
+    READINGS, TestSchema, assert_exactly_once, psql, sim_agent_config, start_agent,
+};
 
 const AGENTS: usize = 2;
 const DEVICES: usize = 3;
@@ -119,9 +121,11 @@ async fn stored(schema: &TestSchema) -> Result<BySeries> {
     }
     let rows = psql(
         &schema.url(),
-        "SELECT s.agent, s.device, r.ts_ns, r.v_i64 FROM readings r \
-         JOIN series s ON s.id = r.series_id WHERE s.metric = 'counter' \
-         ORDER BY s.agent, s.device, r.ts_ns",
+        &format!(
+            "SELECT s.agent, s.device, r.ts_ns, r.v_i64 FROM ({READINGS}) r \
+             JOIN series s ON s.id = r.series_id WHERE s.metric = 'counter' \
+             ORDER BY s.agent, s.device, r.ts_ns"
+        ),
     )
     .await?;
     let mut out = BySeries::new();

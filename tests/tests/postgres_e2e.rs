@@ -19,8 +19,8 @@ use tributary_proto::v1 as pb;
 use tributary_tests::process::{Proc, TestDir, eventually, free_addr, run_bin};
 
 use postgres_support::{
-    Child, InProcess, PATIENCE, Proxy, TestSchema, assert_exactly_once, pg_addr, sim_agent_config,
-    start_agent,
+    Child, InProcess, PATIENCE, Proxy, READINGS, TestSchema, assert_exactly_once, pg_addr,
+    sim_agent_config, start_agent,
 };
 
 /// SIGTERMs every agent (it drains: waits for the acks of what it sent)
@@ -287,7 +287,7 @@ async fn database_unreachable_for_10s_then_every_value_arrives_once() -> Result<
     // Nothing commits while the database is out of reach (read past the
     // proxy, straight from the server): once a commit in flight at the cut
     // has settled, the count stays put.
-    let count = "SELECT count(*) FROM readings";
+    let count = &format!("SELECT count(*) FROM ({READINGS}) r");
     let query = pb::query_client::QueryClient::connect(collector.url()).await?;
     let status = eventually(PATIENCE, "queries fail while the database is away", || {
         let mut query = query.clone();

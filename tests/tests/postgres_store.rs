@@ -1,6 +1,8 @@
 //! The PostgreSQL store's contract, against the PostgreSQL of this machine:
 //! two writers on one database never store a batch twice, series ids never
-//! collide, retention removes old readings in steps (SQLite too), and two
+//! collide, retention removes old readings in steps (SQLite too), readings
+//! stored before the chunk layout (migration 7) read back with the new
+//! ones, and two
 //! in-process collectors sharing the database ack replays without storing
 //! them again, whichever collector sees them.
 
@@ -16,6 +18,11 @@ use tributary_tests::process::TestDir;
 
 use postgres_support::raw::{RawStream, blocking, key, set};
 use postgres_support::{InProcess, TestSchema};
+
+/// Migration 5 (the `tributary_readings` view over `readings` alone), to
+/// put a database back to schema version 6.
+const MIGRATION_5: &str =
+    include_str!("../../collector/src/store/postgres/migrations/0005_u64.sql");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_on_one_database_never_store_a_batch_twice() -> Result<()> {
@@ -86,16 +93,31 @@ async fn retention_removes_old_readings_in_steps() -> Result<()> {
     let dir = TestDir::new("retention")?;
     for url in [StoreUrl::Sqlite(dir.join("retention.db")), schema.store()] {
         let what = url.to_string();
-        let (steps, left) = blocking(move || {
+        let (steps, removed, left) = blocking(move || {
+            let postgres = matches!(url, StoreUrl::Postgres(_));
             let mut store = Store::open(&url, Durability::Normal)?;
             let ids = store.resolve_series(&[key("edge", "d1")])?;
-            store.commit(&set("edge", 1, ids[0], 1..=100))?;
-            // Timestamps are 1..=100 ns: everything below 41 goes, in
+            if postgres {
+                // A chunk row per series and commit: 1..=30 two per row,
+                // 31..=50 one row across the cutoff, 51..=100 one per row.
+                for seq in (1..=30).step_by(2) {
+                    store.commit(&set("edge", 1, ids[0], [seq, seq + 1]))?;
+                }
+                store.commit(&set("edge", 1, ids[0], 31..=50))?;
+                for seq in 51..=100 {
+                    store.commit(&set("edge", 1, ids[0], [seq]))?;
+                }
+            } else {
+                store.commit(&set("edge", 1, ids[0], 1..=100))?;
+            }
+            // Timestamps are 1..=100 ns: everything below 41 goes (on
+            // PostgreSQL the 15 rows wholly below it, 30 readings), in
             // steps of at most 15 rows.
-            let mut steps = 0;
+            let (mut steps, mut removed) = (0, 0);
             loop {
                 steps += 1;
                 let step = store.retain(41, 15)?;
+                removed += step.removed;
                 if step.done {
                     break;
                 }
@@ -104,15 +126,23 @@ async fn retention_removes_old_readings_in_steps() -> Result<()> {
                 }
             }
             let left = store.commit(&set("edge", 1, ids[0], [101]))?;
-            Ok((steps, left.skipped.len()))
+            Ok((steps, removed, left.skipped.len()))
         })
         .await
         .with_context(|| what.clone())?;
-        assert_eq!(steps, 3, "{what}: 40 rows in steps of 15");
+        let postgres = what.starts_with("postgres");
+        let (want_steps, want_removed) = if postgres { (2, 30) } else { (3, 40) };
+        assert_eq!(
+            steps, want_steps,
+            "{what}: 40 rows (PostgreSQL: 15) in steps of 15"
+        );
+        assert_eq!(removed, want_removed, "{what}: readings removed");
         assert_eq!(left, 0, "{what}: delivery state is kept");
     }
+    // The row of 31..=50 straddles the cutoff: it stays until its newest
+    // point is older.
     let values = schema.counters("edge").await?;
-    assert_eq!(values["d1"], (41..=101).collect::<Vec<i64>>());
+    assert_eq!(values["d1"], (31..=101).collect::<Vec<i64>>());
     Ok(())
 }
 
@@ -483,5 +513,188 @@ async fn u64_readings_keep_every_bit() -> Result<()> {
         assert_eq!(*exact, want.to_string());
         assert_eq!(value.parse::<f64>()?, want as f64, "{value}");
     }
+    Ok(())
+}
+
+/// A database from before migration 7 keeps its `readings` rows: after the
+/// migration, readings go to `readings_chunks`, and Query (range, latest,
+/// series in a span) and the `tributary_readings` view read both, with
+/// every value exact (u64 above 2^63, NaN, strings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_from_before_the_chunk_layout_read_back_with_new_ones() -> Result<()> {
+    use tributary_collector::store::read::{Reader, Selector, TimeSpan};
+    let schema = TestSchema::new("chunk_layout").await?;
+    let url = schema.store();
+    let base: i64 = 1_764_892_800_000_000_000;
+    let write_url = url.clone();
+    let series = blocking(move || {
+        let mut store = Store::open(&write_url, Durability::Full)?;
+        Ok(store.resolve_series(&[key("edge", "d1")])?[0])
+    })
+    .await?;
+    // Back to schema version 6: no chunk table, the view as migration 5
+    // left it.
+    postgres_support::psql(
+        &schema.url(),
+        &format!(
+            "DROP VIEW tributary_readings; DROP TABLE readings_chunks; \
+             DELETE FROM tributary_migrations WHERE version = 7; {MIGRATION_5}"
+        ),
+    )
+    .await?;
+    // Rows as the collector wrote them before: u64 bits in v_i64 (kind 6),
+    // a NaN double, a string.
+    postgres_support::psql(
+        &schema.url(),
+        &format!(
+            "INSERT INTO readings (series_id, ts_ns, received_ns, kind, v_f64, v_i64, v_text) \
+             VALUES ({series}, {t0}, 10, 6, NULL, -1, NULL), \
+                    ({series}, {t1}, 11, 0, 'NaN', NULL, NULL), \
+                    ({series}, {t2}, 12, 3, NULL, NULL, 'on')",
+            t0 = base,
+            t1 = base + 1,
+            t2 = base + 2,
+        ),
+    )
+    .await?;
+    let old = [
+        StoredValue::U64(u64::MAX),
+        StoredValue::F64(f64::NAN),
+        StoredValue::Str("on".into()),
+    ];
+    let new = [
+        StoredValue::I64(-7),
+        StoredValue::U64((1 << 63) + 1),
+        StoredValue::F64(f64::NAN),
+        StoredValue::Error("timeout".into()),
+        StoredValue::F64(2.5),
+    ];
+    let write_url = url.clone();
+    let written = new.clone();
+    blocking(move || {
+        // Opening migrates to 7; the new readings (device times 3, 5, .., 11
+        // after `base`, given newest first) are one chunk row sorted by
+        // time.
+        let mut store = Store::open(&write_url, Durability::Full)?;
+        let mut write = set("edge", 1, series, [1]);
+        write.batches[0].readings = written
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, value)| NewReading {
+                series_id: series,
+                ts_ns: base + 3 + 2 * i as i64,
+                value: value.clone(),
+            })
+            .collect();
+        store.commit(&write)?;
+        // A second commit, its row between the first one's points.
+        let mut write = set("edge", 1, series, [2]);
+        write.batches[0].received_ns = 2;
+        write.batches[0].readings = vec![
+            NewReading {
+                series_id: series,
+                ts_ns: base + 6,
+                value: StoredValue::Bool(true),
+            },
+            NewReading {
+                series_id: series,
+                ts_ns: base + 4,
+                value: StoredValue::I64(4),
+            },
+        ];
+        store.commit(&write)?;
+        Ok(())
+    })
+    .await?;
+    let rows = schema
+        .number("SELECT count(*) FROM readings_chunks")
+        .await?;
+    assert_eq!(rows, 2, "a chunk row per commit of the one series");
+
+    let reader = Reader::open(&url)?;
+    let sel = || Selector {
+        agent: "edge".into(),
+        device: "d1".into(),
+        metric: "counter".into(),
+    };
+    // NaN != NaN: compare the values' debug forms.
+    let shown = |values: &[StoredValue]| -> Vec<String> {
+        values.iter().map(|v| format!("{v:?}")).collect()
+    };
+    let all: Vec<StoredValue> = old
+        .iter()
+        .chain([
+            &new[0],
+            &StoredValue::I64(4),
+            &new[1],
+            &StoredValue::Bool(true),
+        ])
+        .chain(&new[2..])
+        .cloned()
+        .collect();
+    // The closed interval [first, last].
+    let span = |first: i64, last: i64| TimeSpan {
+        since_ns: Some(first),
+        until_ns: Some(last + 1),
+    };
+    // Pages of 2 points, across both tables.
+    let mut chunks = reader.range(sel(), span(base, base + 11), 2);
+    let mut got = Vec::new();
+    while let Some(chunk) = chunks.recv().await {
+        got.extend(chunk?.1);
+    }
+    let times: Vec<i64> = got.iter().map(|p| p.ts_ns - base).collect();
+    assert_eq!(times, [0, 1, 2, 3, 4, 5, 6, 7, 9, 11]);
+    let received: Vec<i64> = got.iter().map(|p| p.received_ns).collect();
+    assert_eq!(received, [10, 11, 12, 1, 2, 1, 2, 1, 1, 1]);
+    let values: Vec<StoredValue> = got.into_iter().map(|p| p.value).collect();
+    assert_eq!(shown(&values), shown(&all));
+    // A window inside the chunk rows: only their points within.
+    let mut chunks = reader.range(sel(), span(base + 4, base + 8), 100);
+    let mut got = Vec::new();
+    while let Some(chunk) = chunks.recv().await {
+        got.extend(chunk?.1.into_iter().map(|p| p.value));
+    }
+    assert_eq!(shown(&got), shown(&all[4..8]));
+    // Latest: the chunk row's newest point.
+    let latest = reader.latest(sel()).await?;
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].1.ts_ns, base + 11);
+    assert_eq!(latest[0].1.value, StoredValue::F64(2.5));
+    // Series in a span: an old row alone, a chunk point alone; not a span
+    // inside the chunk row's time range with none of its points.
+    let in_span = async |since, until| -> Result<bool> {
+        Ok(reader
+            .series_in_span(span(since, until))
+            .await?
+            .contains(series))
+    };
+    assert!(in_span(base + 1, base + 1).await?);
+    assert!(in_span(base + 9, base + 9).await?);
+    assert!(!in_span(base + 8, base + 8).await?);
+    assert!(!in_span(base + 12, base + 100).await?);
+
+    // The view: numeric readings of both tables, exact.
+    let rows = postgres_support::psql(
+        &schema.url(),
+        &format!(
+            "SELECT ts_ns - {base}, value_exact, value FROM tributary_readings ORDER BY ts_ns"
+        ),
+    )
+    .await?;
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        [
+            "0|18446744073709551615|1.8446744073709552e+19",
+            "1||NaN",
+            "3|-7|-7",
+            "4|4|4",
+            "5|9223372036854775809|9.223372036854776e+18",
+            "6|1|1",
+            "7||NaN",
+            "11||2.5",
+        ]
+    );
     Ok(())
 }

@@ -190,17 +190,17 @@ async fn postgres_answers_as_sqlite_and_outages_give_503() -> Result<()> {
         "no connection named tributary-collector promql after PromQL queries: {named:?}"
     );
 
-    // PostgreSQL: the readings table disappears under the collector.
+    // PostgreSQL: the readings_chunks table disappears under the collector.
     answers(&client, &pg_http, "tr_up").await?;
     psql(
         &schema.url(),
-        "ALTER TABLE readings RENAME TO readings_away",
+        "ALTER TABLE readings_chunks RENAME TO readings_away",
     )
     .await?;
     let outage = refused_503(&client, &pg_http).await;
     psql(
         &schema.url(),
-        "ALTER TABLE readings_away RENAME TO readings",
+        "ALTER TABLE readings_away RENAME TO readings_chunks",
     )
     .await?;
     outage?;

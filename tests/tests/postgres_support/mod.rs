@@ -34,6 +34,17 @@ use tributary_tests::process::{Proc, TestDir, eventually, wait_for_port};
 /// How long anything may take before it is a failure.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Every stored reading as rows of `readings`' columns (`series_id, ts_ns,
+/// received_ns, kind, v_f64, v_i64, v_text`): the rows of `readings`
+/// (written before migration 7) and the points of `readings_chunks`. A
+/// subquery: `FROM ({READINGS}) r`.
+pub const READINGS: &str = "SELECT series_id, ts_ns, received_ns, kind, v_f64, v_i64, v_text \
+       FROM readings \
+     UNION ALL \
+     SELECT c.series_id, p.* FROM readings_chunks c CROSS JOIN LATERAL \
+       unnest(c.ts_ns, c.received_ns, c.kind, c.v_f64, c.v_i64, c.v_text) \
+       AS p(ts_ns, received_ns, kind, v_f64, v_i64, v_text)";
+
 /// Environment variable that turns this executable into a child collector:
 /// `LISTEN_ADDR STORE_URL`.
 const CHILD_ENV: &str = "TRIBUTARY_CHILD_COLLECTOR";
@@ -119,7 +130,7 @@ impl TestSchema {
         let rows = psql(
             &self.url(),
             &format!(
-                "SELECT s.device, r.v_i64 FROM readings r JOIN series s ON s.id = r.series_id \
+                "SELECT s.device, r.v_i64 FROM ({READINGS}) r JOIN series s ON s.id = r.series_id \
                  WHERE s.agent = '{agent}' AND s.metric = 'counter' ORDER BY s.device, r.ts_ns"
             ),
         )

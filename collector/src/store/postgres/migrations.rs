@@ -1,7 +1,8 @@
 //! The PostgreSQL schema: versioned migrations (`migrations/NNNN_*.sql`),
 //! applied in order, each once, in one transaction under an advisory lock
 //! (so two collectors starting together do not race); the first one makes
-//! `readings` a TimescaleDB hypertable when the extension can be had.
+//! `readings` a TimescaleDB hypertable when the extension can be had, the
+//! seventh makes `readings_chunks` one on `ts_max` when `readings` is one.
 
 use tokio_postgres::Client;
 use tracing::{info, warn};
@@ -40,11 +41,17 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "epochs.committed_ranges: the committed sequences above committed_seq",
         include_str!("migrations/0006_committed_ranges.sql"),
     ),
+    (
+        7,
+        "readings_chunks: a row per series and commit, the points as arrays",
+        include_str!("migrations/0007_readings_chunks.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("trib").
 const MIGRATION_LOCK: i64 = 0x7472_6962;
-/// TimescaleDB chunk size for `readings`: one day of device time, in ns.
+/// TimescaleDB chunk size for `readings` and `readings_chunks`: one day of
+/// device time, in ns.
 const CHUNK_NS: i64 = 86_400_000_000_000;
 
 /// How `readings` is laid out, decided by the first migration.
@@ -112,6 +119,9 @@ pub(super) async fn migrate(c: &mut Client) -> Result<Layout, Fail> {
             .await
             .step("record the layout")?;
         }
+        if *version == 7 {
+            chunks_time_layout(&tx).await?;
+        }
         tx.execute(
             "INSERT INTO tributary_migrations (version, name) VALUES ($1, $2)",
             &[version, name],
@@ -133,6 +143,33 @@ pub(super) async fn migrate(c: &mut Client) -> Result<Layout, Fail> {
         Some("hypertable") => Layout::Hypertable,
         _ => Layout::Table,
     })
+}
+
+/// Gives `readings_chunks` the time layout `readings` has: a hypertable on
+/// `ts_max` (retention drops whole TimescaleDB chunks, each holding the rows
+/// whose newest point falls in its day) next to a `readings` hypertable, a
+/// BRIN index on `ts_max` (for retention's deletes) next to a plain table.
+/// Untested here: TimescaleDB is not installed on the test machine.
+async fn chunks_time_layout(tx: &tokio_postgres::Transaction<'_>) -> Result<(), Fail> {
+    let layout: Option<String> = tx
+        .query_opt(
+            "SELECT value FROM tributary_meta WHERE key = 'readings_layout'",
+            &[],
+        )
+        .await
+        .step("read the layout")?
+        .map(|r| r.get(0));
+    let sql = if layout.as_deref() == Some("hypertable") {
+        format!(
+            "SELECT create_hypertable('readings_chunks', 'ts_max', \
+             chunk_time_interval => {CHUNK_NS}::bigint)"
+        )
+    } else {
+        "CREATE INDEX readings_chunks_ts ON readings_chunks USING brin (ts_max)".to_owned()
+    };
+    tx.batch_execute(&sql)
+        .await
+        .step("give readings_chunks its time layout")
 }
 
 /// Makes `readings` a TimescaleDB hypertable if the extension can be had;

@@ -17,16 +17,17 @@
 //! - `commit` inserts missing `epochs` rows, locks the rows of every
 //!   (agent, epoch) of the set in sorted order (`SELECT ... FOR UPDATE`),
 //!   skips batches whose sequence the locked committed set (`committed_seq`
-//!   and `committed_ranges`) holds, writes the rest
-//!   with binary COPY, advances the sequences and adds to the agent
-//!   counters, then commits.
+//!   and `committed_ranges`) holds, writes the rest with binary COPY (a
+//!   `readings_chunks` row per series: `chunks.rs`), advances the
+//!   sequences and adds to the agent counters, then commits.
 //! - A call that fails on a broken connection drops it; the next call (the
 //!   merger retries) connects again. Every call is bounded by a timeout.
 //!
 //! - `connection.rs`: the store's runtime and connection, [`PgStore`]'s
 //!   `call` (connect if needed, bound by a timeout, drop a broken
 //!   connection); `migrations.rs` (+ `migrations/NNNN_*.sql`): the schema;
-//!   `write.rs`: load, resolve series, commit; `retention.rs`: removing old
+//!   `write.rs`: load, resolve series, commit; `chunks.rs`: a commit's
+//!   readings as `readings_chunks` rows; `retention.rs`: removing old
 //!   readings; `read.rs`: [`PgReader`]; `export_log.rs`: the exports'
 //!   commit log, appended by `commit`, read by [`PgLog`].
 //!
@@ -41,6 +42,7 @@ use tracing::info;
 
 use super::{Durability, StoreError, redact};
 
+mod chunks;
 mod connection;
 mod export_log;
 mod migrations;

@@ -40,6 +40,37 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The columns of a reading, after whatever comes before them.
 const POINT_COLUMNS: &str = "ts_ns, received_ns, kind, v_f64, v_i64, v_text";
 
+/// The points of series `$1` with `$2 <= ts_ns <= $3`, the first `$4` by
+/// device time: the old rows of `readings` and the points of the
+/// `readings_chunks` rows overlapping the window, filtered exactly.
+/// Columns as [`POINT_COLUMNS`].
+///
+/// So that a page does not unnest every chunk row up to `$3` (each page
+/// of a long window would, pages times the window's points), the chunk
+/// rows are first walked in `ts_max` order (the index) counting their
+/// points within the window, up to the row where the count reaches `$4`:
+/// its `ts_max` bounds the page (at least `$4` points are at or before
+/// it; `$3` when there are fewer), and only rows with `ts_min` at or before that bound are unnested.
+const POINTS_IN_WINDOW: &str = "WITH bound AS (SELECT LEAST(COALESCE((\
+       SELECT w.ts_max FROM (\
+         SELECT ts_max, sum(CASE WHEN ts_min >= $2 AND ts_max <= $3 \
+             THEN cardinality(ts_ns) \
+             ELSE (SELECT count(*) FROM unnest(ts_ns) AS t(ts) WHERE t.ts >= $2 AND t.ts <= $3) \
+           END) OVER (ORDER BY ts_max ROWS UNBOUNDED PRECEDING) AS n \
+         FROM readings_chunks \
+         WHERE series_id = $1 AND ts_max >= $2 AND ts_min <= $3 ORDER BY ts_max) w \
+       WHERE w.n >= $4::bigint LIMIT 1), $3), $3) AS hi) \
+     SELECT ts_ns, received_ns, kind, v_f64, v_i64, v_text \
+       FROM readings WHERE series_id = $1 AND ts_ns >= $2 AND ts_ns <= $3 \
+     UNION ALL \
+     SELECT p.ts_ns, p.received_ns, p.kind, p.v_f64, p.v_i64, p.v_text \
+       FROM bound b, readings_chunks c CROSS JOIN LATERAL \
+         unnest(c.ts_ns, c.received_ns, c.kind, c.v_f64, c.v_i64, c.v_text) \
+         AS p(ts_ns, received_ns, kind, v_f64, v_i64, v_text) \
+       WHERE c.series_id = $1 AND c.ts_max >= $2 AND c.ts_min <= b.hi \
+         AND p.ts_ns >= $2 AND p.ts_ns <= b.hi \
+     ORDER BY ts_ns LIMIT $4";
+
 /// A pool of read-only connections. Cheap to clone.
 #[derive(Clone)]
 pub struct PgReader {
@@ -232,7 +263,12 @@ impl PgReader {
             .query(
                 "SELECT s.id FROM series s WHERE EXISTS (\
                    SELECT 1 FROM readings r \
-                   WHERE r.series_id = s.id AND r.ts_ns >= $1 AND r.ts_ns <= $2)",
+                   WHERE r.series_id = s.id AND r.ts_ns >= $1 AND r.ts_ns <= $2) \
+                 OR EXISTS (\
+                   SELECT 1 FROM readings_chunks c \
+                   WHERE c.series_id = s.id AND c.ts_max >= $1 AND c.ts_min <= $2 \
+                     AND EXISTS (SELECT 1 FROM unnest(c.ts_ns) AS t(ts) \
+                       WHERE t.ts >= $1 AND t.ts <= $2))",
                 &[&lo, &hi],
             )
             .await
@@ -245,7 +281,9 @@ impl PgReader {
     }
 
     /// The newest point (by device time) of every series passing `sel`, in
-    /// one query; series without readings are left out.
+    /// one query (per series the newest old row and the last point of the
+    /// chunk row with the largest `ts_max`, the newer of the two); series
+    /// without readings are left out.
     pub async fn latest(&self, sel: &Selector) -> Result<Vec<(SeriesMeta, Point)>, ReadError> {
         let what = "read latest point";
         let conn = self.conn(what).await?;
@@ -254,8 +292,14 @@ impl PgReader {
                 &format!(
                     "SELECT s.id, s.agent, s.device, s.metric, s.labels, s.unit, r.* \
                      FROM series s CROSS JOIN LATERAL (\
-                       SELECT {POINT_COLUMNS} FROM readings \
-                       WHERE series_id = s.id ORDER BY ts_ns DESC LIMIT 1) r \
+                       (SELECT {POINT_COLUMNS} FROM readings \
+                        WHERE series_id = s.id ORDER BY ts_ns DESC LIMIT 1) \
+                       UNION ALL \
+                       (SELECT c.ts_ns[c.n], c.received_ns[c.n], c.kind[c.n], \
+                          c.v_f64[c.n], c.v_i64[c.n], c.v_text[c.n] \
+                        FROM (SELECT *, cardinality(ts_ns) AS n FROM readings_chunks \
+                          WHERE series_id = s.id ORDER BY ts_max DESC LIMIT 1) c) \
+                       ORDER BY 1 DESC LIMIT 1) r \
                      WHERE ($1 = '' OR s.agent = $1) AND ($2 = '' OR s.device = $2) \
                        AND ($3 = '' OR s.metric = $3) \
                      ORDER BY s.id"
@@ -304,12 +348,6 @@ impl PgReader {
         let limit = max_chunk.clamp(1, MAX_CHUNK_POINTS);
         let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
         let what = "read range";
-        let page_sql = format!(
-            "SELECT {POINT_COLUMNS} FROM readings \
-             WHERE series_id = $1 AND ts_ns >= $2 AND ts_ns <= $3 ORDER BY ts_ns LIMIT $4"
-        );
-        let same_ts_sql =
-            format!("SELECT {POINT_COLUMNS} FROM readings WHERE series_id = $1 AND ts_ns = $2");
         for meta in series {
             let meta = Arc::new(meta);
             // Pages start at `from` (inclusive). A full page may end in the
@@ -319,7 +357,7 @@ impl PgReader {
             loop {
                 let rows = {
                     let conn = self.conn(what).await?;
-                    conn.query(&page_sql, &[&meta.id, &from, &hi, &limit_sql])
+                    conn.query(POINTS_IN_WINDOW, &[&meta.id, &from, &hi, &limit_sql])
                         .await
                         .map_err(self.query_err(what))?
                 };
@@ -335,7 +373,7 @@ impl PgReader {
                         let ts = last.ts_ns;
                         let conn = self.conn(what).await?;
                         let rows = conn
-                            .query(&same_ts_sql, &[&meta.id, &ts])
+                            .query(POINTS_IN_WINDOW, &[&meta.id, &ts, &ts, &i64::MAX])
                             .await
                             .map_err(self.query_err(what))?;
                         points = rows

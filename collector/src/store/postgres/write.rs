@@ -4,7 +4,7 @@
 //! rows of every (agent, epoch) of the set in sorted order (`SELECT ... FOR
 //! UPDATE`), skip batches whose sequence the locked committed set holds
 //! (`committed_seq` and `committed_ranges`: [`Plan`]), write the rest with
-//! binary COPY, store the grown sets, add
+//! binary COPY as `readings_chunks` rows (`chunks.rs`), store the grown sets, add
 //! to the agent counters, append to the export log when exports exist
 //! (`export_log.rs`), commit.
 
@@ -17,9 +17,10 @@ use tokio_postgres::types::Type;
 use tokio_stream::StreamExt;
 
 use super::PgStore;
+use super::chunks::{COPY_CHUNKS, chunks};
 use super::connection::{Fail, Step};
 use super::read::series_row;
-use crate::model::{SeriesKey, StoredValue};
+use crate::model::SeriesKey;
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow, labels_json};
 use crate::store::{CommitReport, EpochRow, Loaded, Plan, StoreError, StoredEpoch, WriteSet};
 
@@ -271,51 +272,47 @@ async fn commit(c: &mut Client, set: &WriteSet) -> Result<CommitReport, Fail> {
     }
     let plan = Plan::new(set, &stored);
 
-    let mut rows = set
+    let readings = set
         .batches
         .iter()
         .zip(&plan.write)
         .filter(|(_, w)| **w)
-        .flat_map(|(b, _)| b.readings.iter().map(move |r| (b.received_ns, r)))
-        .peekable();
-    if rows.peek().is_some() {
-        let sink = tx
-            .copy_in(
-                "COPY readings (series_id, ts_ns, received_ns, kind, v_f64, v_i64, v_text) \
-                 FROM STDIN (FORMAT binary)",
-            )
-            .await
-            .step("start copy")?;
+        .flat_map(|(b, _)| b.readings.iter().map(move |r| (b.received_ns, r)));
+    let chunks = chunks(readings);
+    if !chunks.is_empty() {
+        let sink = tx.copy_in(COPY_CHUNKS).await.step("start copy")?;
         let writer = BinaryCopyInWriter::new(
             sink,
             &[
                 Type::INT8,
                 Type::INT8,
                 Type::INT8,
-                Type::INT2,
-                Type::FLOAT8,
-                Type::INT8,
-                Type::TEXT,
+                Type::INT8_ARRAY,
+                Type::INT8_ARRAY,
+                Type::INT2_ARRAY,
+                Type::FLOAT8_ARRAY,
+                Type::INT8_ARRAY,
+                Type::TEXT_ARRAY,
             ],
         );
         let mut writer = std::pin::pin!(writer);
-        for (received_ns, r) in rows {
-            let kind = r.value.kind_code() as i16;
-            let (f, i, t): (Option<f64>, Option<i64>, Option<&str>) = match &r.value {
-                StoredValue::F64(v) => (Some(*v), None, None),
-                StoredValue::I64(v) => (None, Some(*v), None),
-                // The bits as a bigint (kind 6 tells them apart).
-                StoredValue::U64(v) => (None, Some(*v as i64), None),
-                StoredValue::Bool(v) => (None, Some(i64::from(*v)), None),
-                StoredValue::Str(v) | StoredValue::Timeout(v) | StoredValue::Error(v) => {
-                    (None, None, Some(v.as_str()))
-                }
-            };
+        for c in &chunks {
+            let (ts_min, ts_max) = c.span();
             writer
                 .as_mut()
-                .write(&[&r.series_id, &r.ts_ns, &received_ns, &kind, &f, &i, &t])
+                .write(&[
+                    &c.series_id,
+                    &ts_min,
+                    &ts_max,
+                    &c.ts_ns,
+                    &c.received_ns,
+                    &c.kind,
+                    &c.v_f64,
+                    &c.v_i64,
+                    &c.v_text,
+                ])
                 .await
-                .step("copy readings")?;
+                .step("copy reading chunks")?;
         }
         writer.finish().await.step("finish copy")?;
     }

@@ -1,0 +1,65 @@
+-- Tributary PostgreSQL schema, migration 7: readings in chunks. A commit
+-- writes one row per series (up to CHUNK_POINTS points, write.rs) with its
+-- points as arrays, sorted by device time, instead of one row per reading:
+-- the (series_id, ts_ns) B-tree insert per reading was what bounded ingest
+-- (BENCHMARKS.md "ingest on PostgreSQL"), a chunk row needs one index entry
+-- for ~10 readings. Additive: rows already in `readings` stay there and
+-- every read is the union of both tables; new readings go only here.
+--
+-- Element i of each array is point i. kind as in `readings`; v_f64, v_i64
+-- and v_text hold the value where the kind uses them and NULL elsewhere,
+-- and are NULL as a whole when no point of the row uses them. ts_min and
+-- ts_max are the first and last ts_ns. A read of [start, end] takes the
+-- rows with ts_max >= start (the index) and ts_min <= end, then filters
+-- the points. Retention removes whole rows whose ts_max is older than the
+-- cutoff (a row straddling it stays until its newest point expires). A
+-- BRIN index on ts_max (plain table) or a hypertable on ts_max (with
+-- TimescaleDB) is added by the collector.
+CREATE TABLE readings_chunks (
+    series_id   BIGINT     NOT NULL,
+    ts_min      BIGINT     NOT NULL,
+    ts_max      BIGINT     NOT NULL,
+    ts_ns       BIGINT[]   NOT NULL,
+    received_ns BIGINT[]   NOT NULL,
+    kind        SMALLINT[] NOT NULL,
+    v_f64       DOUBLE PRECISION[],
+    v_i64       BIGINT[],
+    v_text      TEXT[]
+);
+CREATE INDEX readings_chunks_by_series_ts ON readings_chunks (series_id, ts_max);
+
+-- The view keeps its columns and values: the old rows and the chunks'
+-- points (a multi-argument unnest zips the arrays; a NULL array gives NULL
+-- values). A filter on ts_ns is applied to the points after unnesting, so
+-- on chunks it does not use the index (see README "Grafana over
+-- PostgreSQL").
+CREATE OR REPLACE VIEW tributary_readings AS
+SELECT
+    timestamptz 'epoch' + (r.ts_ns / 1000) * interval '1 microsecond' AS "time",
+    r.ts_ns,
+    s.agent,
+    s.device,
+    s.metric,
+    s.labels::jsonb AS labels,
+    s.unit,
+    CASE r.kind
+        WHEN 0 THEN r.v_f64
+        WHEN 6 THEN (r.v_i64::numeric
+            + CASE WHEN r.v_i64 < 0 THEN 18446744073709551616 ELSE 0 END)::double precision
+        ELSE r.v_i64::double precision
+    END AS value,
+    CASE r.kind
+        WHEN 0 THEN NULL
+        WHEN 6 THEN r.v_i64::numeric
+            + CASE WHEN r.v_i64 < 0 THEN 18446744073709551616 ELSE 0 END
+        ELSE r.v_i64::numeric
+    END AS value_exact
+FROM (
+    SELECT series_id, ts_ns, kind, v_f64, v_i64 FROM readings
+    UNION ALL
+    SELECT c.series_id, p.ts_ns, p.kind, p.v_f64, p.v_i64
+    FROM readings_chunks c
+    CROSS JOIN LATERAL unnest(c.ts_ns, c.kind, c.v_f64, c.v_i64) AS p(ts_ns, kind, v_f64, v_i64)
+) r
+JOIN series s ON s.id = r.series_id
+WHERE r.kind IN (0, 1, 2, 6);
