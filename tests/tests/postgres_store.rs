@@ -537,7 +537,8 @@ async fn readings_from_before_the_chunk_layout_read_back_with_new_ones() -> Resu
     postgres_support::psql(
         &schema.url(),
         &format!(
-            "DROP VIEW tributary_readings; DROP TABLE readings_chunks; \
+            "DROP VIEW tributary_readings; DROP FUNCTION tributary_readings_between; \
+             DROP TABLE readings_chunks; \
              DELETE FROM tributary_migrations WHERE version = 7; {MIGRATION_5}"
         ),
     )
@@ -694,6 +695,27 @@ async fn readings_from_before_the_chunk_layout_read_back_with_new_ones() -> Resu
             "6|1|1",
             "7||NaN",
             "11||2.5",
+        ]
+    );
+    // Over a time range (what Grafana panels use): the same rows, only
+    // those inside, from both tables.
+    let rows = postgres_support::psql(
+        &schema.url(),
+        &format!(
+            "SELECT ts_ns - {base}, value_exact, value FROM tributary_readings_between({}, {}) \
+             ORDER BY ts_ns",
+            base + 1,
+            base + 5
+        ),
+    )
+    .await?;
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        [
+            "1||NaN",
+            "3|-7|-7",
+            "4|4|4",
+            "5|9223372036854775809|9.223372036854776e+18",
         ]
     );
     Ok(())

@@ -28,38 +28,66 @@ CREATE TABLE readings_chunks (
 );
 CREATE INDEX readings_chunks_by_series_ts ON readings_chunks (series_id, ts_max);
 
--- The view keeps its columns and values: the old rows and the chunks'
--- points (a multi-argument unnest zips the arrays; a NULL array gives NULL
--- values). A filter on ts_ns is applied to the points after unnesting, so
--- on chunks it does not use the index (see README "Grafana over
--- PostgreSQL").
-CREATE OR REPLACE VIEW tributary_readings AS
+-- The readings of numeric kinds (as the view below) whose device time is
+-- in [from_ns, to_ns] (nanoseconds since the epoch), with the view's
+-- columns: the bounds reach the indexes of both tables (the chunk rows'
+-- BRIN on ts_max or their (series_id, ts_max) B-tree), so a Grafana panel
+-- over a time range reads only the rows that overlap it:
+-- `FROM tributary_readings_between($__unixEpochNanoFrom(),
+-- $__unixEpochNanoTo())`. A plain SQL function: the planner inlines it.
+CREATE FUNCTION tributary_readings_between(from_ns BIGINT, to_ns BIGINT)
+RETURNS TABLE (
+    "time" timestamptz,
+    ts_ns BIGINT,
+    agent TEXT,
+    device TEXT,
+    metric TEXT,
+    labels jsonb,
+    unit TEXT,
+    value DOUBLE PRECISION,
+    value_exact NUMERIC
+)
+LANGUAGE sql STABLE
+AS $$
 SELECT
-    timestamptz 'epoch' + (r.ts_ns / 1000) * interval '1 microsecond' AS "time",
+    timestamptz 'epoch' + (r.ts_ns / 1000) * interval '1 microsecond',
     r.ts_ns,
     s.agent,
     s.device,
     s.metric,
-    s.labels::jsonb AS labels,
+    s.labels::jsonb,
     s.unit,
     CASE r.kind
         WHEN 0 THEN r.v_f64
         WHEN 6 THEN (r.v_i64::numeric
             + CASE WHEN r.v_i64 < 0 THEN 18446744073709551616 ELSE 0 END)::double precision
         ELSE r.v_i64::double precision
-    END AS value,
+    END,
     CASE r.kind
         WHEN 0 THEN NULL
         WHEN 6 THEN r.v_i64::numeric
             + CASE WHEN r.v_i64 < 0 THEN 18446744073709551616 ELSE 0 END
         ELSE r.v_i64::numeric
-    END AS value_exact
+    END
 FROM (
-    SELECT series_id, ts_ns, kind, v_f64, v_i64 FROM readings
+    SELECT o.series_id, o.ts_ns, o.kind, o.v_f64, o.v_i64 FROM readings o
+    WHERE o.ts_ns >= from_ns AND o.ts_ns <= to_ns
     UNION ALL
     SELECT c.series_id, p.ts_ns, p.kind, p.v_f64, p.v_i64
     FROM readings_chunks c
     CROSS JOIN LATERAL unnest(c.ts_ns, c.kind, c.v_f64, c.v_i64) AS p(ts_ns, kind, v_f64, v_i64)
+    WHERE c.ts_max >= from_ns AND c.ts_min <= to_ns
+      AND p.ts_ns >= from_ns AND p.ts_ns <= to_ns
 ) r
 JOIN series s ON s.id = r.series_id
-WHERE r.kind IN (0, 1, 2, 6);
+WHERE r.kind IN (0, 1, 2, 6)
+$$;
+
+-- The view keeps its columns and values: every reading of both tables,
+-- through the function above over all time (inlined, so filters on the
+-- series reach the series table). A filter on the view's ts_ns reaches the
+-- old table's index but is applied to the chunks' points after unnesting:
+-- over a time range use tributary_readings_between (README "Grafana over
+-- PostgreSQL").
+CREATE OR REPLACE VIEW tributary_readings AS
+SELECT * FROM tributary_readings_between(-9223372036854775808, 9223372036854775807);
