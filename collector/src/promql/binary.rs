@@ -5,7 +5,7 @@
 //! labels (arithmetic and `bool` drop `__name__`; one-to-one matching
 //! `on` keeps only the listed labels).
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
@@ -139,19 +139,22 @@ fn set_op(op: &str, b: &BinaryExpr, l: Vec<Sample>, r: Vec<Sample>) -> Vec<Sampl
     let matching = b.modifier.as_ref().and_then(|m| m.matching.as_ref());
     match op {
         "and" => {
-            let right: HashSet<Labels> = r.iter().map(|s| signature(&s.labels, matching)).collect();
+            let right: FxHashSet<Labels> =
+                r.iter().map(|s| signature(&s.labels, matching)).collect();
             l.into_iter()
                 .filter(|s| right.contains(&signature(&s.labels, matching)))
                 .collect()
         }
         "unless" => {
-            let right: HashSet<Labels> = r.iter().map(|s| signature(&s.labels, matching)).collect();
+            let right: FxHashSet<Labels> =
+                r.iter().map(|s| signature(&s.labels, matching)).collect();
             l.into_iter()
                 .filter(|s| !right.contains(&signature(&s.labels, matching)))
                 .collect()
         }
         _ => {
-            let left: HashSet<Labels> = l.iter().map(|s| signature(&s.labels, matching)).collect();
+            let left: FxHashSet<Labels> =
+                l.iter().map(|s| signature(&s.labels, matching)).collect();
             let mut out = l;
             out.extend(
                 r.into_iter()
@@ -189,7 +192,8 @@ fn vector_vector(
             card,
             VectorMatchCardinality::OneToMany(_) | VectorMatchCardinality::ManyToOne(_)
         );
-    let mut one_side: HashMap<Labels, &Sample> = HashMap::with_capacity(one.len());
+    let mut one_side: FxHashMap<Labels, &Sample> =
+        FxHashMap::with_capacity_and_hasher(one.len(), Default::default());
     for s in &one {
         let sig = signature(&s.labels, matching);
         if one_side.insert(sig.clone(), s).is_some() {
@@ -202,8 +206,8 @@ fn vector_vector(
             )));
         }
     }
-    let mut matched_sigs: HashSet<Labels> = HashSet::new();
-    let mut result_labels: HashSet<Arc<Labels>> = HashSet::new();
+    let mut matched_sigs: FxHashSet<Labels> = FxHashSet::default();
+    let mut result_labels: FxHashSet<Arc<Labels>> = FxHashSet::default();
     let mut out = Vec::new();
     for s in &many {
         let sig = signature(&s.labels, matching);

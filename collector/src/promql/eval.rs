@@ -271,7 +271,8 @@ pub fn check_unique(samples: &[Sample]) -> Result<(), QueryError> {
     if samples.len() < 2 {
         return Ok(());
     }
-    let mut seen = std::collections::HashSet::with_capacity(samples.len());
+    let mut seen =
+        rustc_hash::FxHashSet::with_capacity_and_hasher(samples.len(), Default::default());
     for s in samples {
         if !seen.insert(&*s.labels) {
             return Err(QueryError::Execution(
