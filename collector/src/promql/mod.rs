@@ -1,5 +1,6 @@
 //! PromQL over the store's read side: [`Engine::instant`] and
-//! [`Engine::range`] parse a query (`promql-parser`), plan it (`plan.rs`:
+//! [`Engine::range`] parse a query (`promql-parser`; the last 256 texts'
+//! parses kept, `parsed.rs`), plan it (`plan.rs`:
 //! every selector's window; unsupported functions refused before any
 //! read), choose each selector's series from the series catalogue
 //! (`catalogue.rs`: every series and its Prometheus labels, kept between
@@ -36,6 +37,7 @@ mod functions;
 mod load;
 mod memo;
 mod numbers;
+mod parsed;
 mod plan;
 pub mod runtime;
 mod steps;
@@ -115,6 +117,8 @@ pub struct Engine {
     permits: Arc<Semaphore>,
     /// Every series and its labels, shared by the clones.
     catalogue: Arc<catalogue::Catalogue>,
+    /// The recent queries' parses, shared by the clones.
+    parsed: Arc<parsed::Parsed>,
 }
 
 /// Parses a query, with the parser's message (which carries the position).
@@ -153,6 +157,7 @@ impl Engine {
             limits,
             permits,
             catalogue: Arc::default(),
+            parsed: Arc::default(),
         }
     }
 
@@ -261,7 +266,7 @@ impl Engine {
         t: i64,
         timeout: Option<Duration>,
     ) -> Result<QueryResult, QueryError> {
-        let expr = parse(query)?;
+        let expr = self.parsed.get(query)?;
         self.run(expr, t, t, None, timeout).await
     }
 
@@ -274,7 +279,7 @@ impl Engine {
         step: i64,
         timeout: Option<Duration>,
     ) -> Result<QueryResult, QueryError> {
-        let expr = parse(query)?;
+        let expr = self.parsed.get(query)?;
         match expr.value_type() {
             ValueType::Vector | ValueType::Scalar => {}
             other => {
@@ -308,7 +313,7 @@ impl Engine {
     /// on the query runtime's blocking pool (`runtime.rs`).
     async fn run(
         &self,
-        expr: Box<Expr>,
+        expr: Arc<Expr>,
         start: i64,
         end: i64,
         step: Option<i64>,
