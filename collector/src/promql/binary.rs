@@ -11,7 +11,7 @@ use std::sync::Arc;
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
 use super::eval::Evaluator;
-use super::types::{Labels, NAME, QueryError, Sample, Value, drop_name, get, set};
+use super::types::{Labels, NAME, QueryError, Sample, Value, drop_name, get, set, without_name};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -109,7 +109,7 @@ fn vector_scalar(
             continue;
         }
         let labels = if k == Kind::Arithmetic || return_bool {
-            Arc::new(drop_name(&s.labels))
+            without_name(&s.labels)
         } else {
             s.labels
         };
@@ -195,15 +195,19 @@ fn vector_vector(
     let mut one_side: FxHashMap<Labels, &Sample> =
         FxHashMap::with_capacity_and_hasher(one.len(), Default::default());
     for s in &one {
-        let sig = signature(&s.labels, matching);
-        if one_side.insert(sig.clone(), s).is_some() {
-            let side = if swapped { "left" } else { "right" };
-            return Err(QueryError::Execution(format!(
-                "found duplicate series for the match group {} on the {side} hand-side of the \
-                 operation; many-to-many matching not allowed: matching labels must be unique \
-                 on one side",
-                format_labels(&sig)
-            )));
+        match one_side.entry(signature(&s.labels, matching)) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(s);
+            }
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let side = if swapped { "left" } else { "right" };
+                return Err(QueryError::Execution(format!(
+                    "found duplicate series for the match group {} on the {side} hand-side of \
+                     the operation; many-to-many matching not allowed: matching labels must be \
+                     unique on one side",
+                    format_labels(e.key())
+                )));
+            }
         }
     }
     let mut matched_sigs: FxHashSet<Labels> = FxHashSet::default();
@@ -234,10 +238,11 @@ fn vector_vector(
                     .into(),
             ));
         }
-        let mut labels = (*s.labels).clone();
-        if k == Kind::Arithmetic || return_bool {
-            labels = drop_name(&labels);
-        }
+        let mut labels = if k == Kind::Arithmetic || return_bool {
+            drop_name(&s.labels)
+        } else {
+            (*s.labels).clone()
+        };
         if one_to_one {
             match matching {
                 Some(LabelModifier::Include(on)) => {

@@ -22,7 +22,7 @@ use super::load::{Data, Selection, too_many_samples};
 use super::memo::Memo;
 use super::plan::{Bounds, at_ms, duration_ms, offset_ms, selector_key};
 use super::steps::Steps;
-use super::types::{Labels, QueryError, Sample, Series, Value, drop_name};
+use super::types::{Labels, QueryError, Sample, Series, Value, without_name};
 
 /// A selected series' samples within a range window: its index in the
 /// selection and the samples.
@@ -56,7 +56,7 @@ impl Evaluator<'_> {
                     let out: Vec<Sample> = samples
                         .into_iter()
                         .map(|s| Sample {
-                            labels: Arc::new(drop_name(&s.labels)),
+                            labels: without_name(&s.labels),
                             value: -s.value,
                         })
                         .collect();

@@ -89,6 +89,17 @@ pub fn drop_name(labels: &Labels) -> Labels {
     labels.iter().filter(|(n, _)| n != NAME).cloned().collect()
 }
 
+/// [`drop_name`] as a shared label set: the same `Arc` when there is no
+/// `__name__` to drop (a function of a function's result), so nothing is
+/// copied and later steps match it by pointer.
+pub fn without_name(labels: &Arc<Labels>) -> Arc<Labels> {
+    if labels.iter().any(|(n, _)| n == NAME) {
+        Arc::new(drop_name(labels))
+    } else {
+        Arc::clone(labels)
+    }
+}
+
 /// Sets (or, with an empty value, removes) one label, keeping the order.
 pub fn set(labels: &mut Labels, name: &str, value: &str) {
     match labels.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
