@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(format_sample_value(5e-324), "5e-324");
         // A tie between two shortest forms goes to the even digit, as in
         // Go (Prometheus 2.42 answers `1658206780088562.25` so).
-        assert_eq!(format_float(1_658_206_780_088_562.25), "1658206780088562.2");
+        // (Written as a sum: the literal's last digits are exact, 0.25 is
+        // the spacing of floats there, but clippy reads it as too precise.)
+        let tie = 1_658_206_780_088_562.0 + 0.25;
+        assert_eq!(format_float(tie), "1658206780088562.2");
     }
 
     #[test]
@@ -278,7 +281,8 @@ mod tests {
             1e-5,
             1.5e-5,
             1e-6,
-            9.999_999_999_999_999e-7,
+            // The float just below 1e-6.
+            f64::from_bits(1e-6_f64.to_bits() - 1),
             1e21,
             1e22,
             1e23,
