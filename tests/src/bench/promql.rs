@@ -981,7 +981,7 @@ fn corpus_tables(r: usize, timed: &mut [Timed], report: &mut Report) {
         WORST_SHOWN,
     );
 
-    // Families in corpus order.
+    // Families by their total time's ratio, worst first.
     let mut families: Vec<(&str, Vec<&Timed>)> = Vec::new();
     for t in timed.iter() {
         match families.iter_mut().find(|(f, _)| *f == t.case.family) {
@@ -989,26 +989,30 @@ fn corpus_tables(r: usize, timed: &mut [Timed], report: &mut Report) {
             None => families.push((&t.case.family, vec![t])),
         }
     }
-    let rows = families
+    let mut summaries: Vec<(f64, Vec<String>)> = families
         .iter()
         .map(|(family, members)| {
             let mut ratios: Vec<f64> = members.iter().map(|t| t.ratio()).collect();
             let worst = ratios.iter().copied().fold(0.0, f64::max);
             let trib: f64 = members.iter().map(|t| t.tributary_ms).sum();
             let prom: f64 = members.iter().map(|t| t.prometheus_ms).sum();
-            vec![
+            let total_ratio = trib / prom.max(1e-6);
+            let row = vec![
                 (*family).to_owned(),
                 members.len().to_string(),
                 format!("{:.2}", percentile(&mut ratios, 50.0).unwrap_or(0.0)),
                 format!("{worst:.2}"),
                 format!("{trib:.1}"),
                 format!("{prom:.1}"),
-                format!("{:.2}", trib / prom.max(1e-6)),
-            ]
+                format!("{total_ratio:.2}"),
+            ];
+            (total_ratio, row)
         })
         .collect();
+    summaries.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let rows = summaries.into_iter().map(|(_, row)| row).collect();
     report.table(
-        format!("run {r}: corpus families"),
+        format!("run {r}: corpus families, worst total ratio first"),
         &[
             "family",
             "queries",
