@@ -3,16 +3,15 @@
 //! computes them (incremental mean, Welford's variance, NaN handling of
 //! `min`/`max`, `topk` keeping whole samples).
 
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap, FxHasher};
 use std::sync::Arc;
 
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 
 use super::eval::{Evaluator, unparen};
 use super::functions::range::{PlainMean, PlainSum, Variance, quantile};
-use super::types::{
-    Labels, NAME, QueryError, Sample, Value, format_float, set, write_exponent, write_float,
-};
+use super::numbers::{format_float, write_exponent, write_float};
+use super::types::{Labels, NAME, QueryError, Sample, Value, set};
 
 /// Whether label `name` is one a sample is grouped by.
 fn grouped_by(name: &str, modifier: &Option<LabelModifier>) -> bool {
@@ -37,7 +36,7 @@ fn group_labels(labels: &Labels, modifier: &Option<LabelModifier>) -> Labels {
 /// A hash of the labels a sample is grouped by, made without copying them.
 fn group_hash(labels: &Labels, modifier: &Option<LabelModifier>) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = FxHasher::default();
     for (n, v) in labels.iter().filter(|(n, _)| grouped_by(n, modifier)) {
         n.hash(&mut h);
         v.hash(&mut h);
@@ -151,7 +150,7 @@ pub fn group_of<'a>(
 ) -> (Vec<Labels>, Vec<usize>) {
     // By hash of the group's labels, so an input's group is found without
     // copying its labels; only a new group's are copied.
-    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut index: FxHashMap<u64, Vec<usize>> = FxHashMap::default();
     let mut groups: Vec<Labels> = Vec::new();
     let mut of = Vec::new();
     for labels in inputs {

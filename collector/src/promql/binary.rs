@@ -5,13 +5,13 @@
 //! labels (arithmetic and `bool` drop `__name__`; one-to-one matching
 //! `on` keeps only the listed labels).
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
 use super::eval::Evaluator;
-use super::types::{Labels, NAME, QueryError, Sample, Value, drop_name, get, set};
+use super::types::{Labels, NAME, QueryError, Sample, Value, drop_name, get, set, without_name};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -109,7 +109,7 @@ fn vector_scalar(
             continue;
         }
         let labels = if k == Kind::Arithmetic || return_bool {
-            Arc::new(drop_name(&s.labels))
+            without_name(&s.labels)
         } else {
             s.labels
         };
@@ -139,19 +139,22 @@ fn set_op(op: &str, b: &BinaryExpr, l: Vec<Sample>, r: Vec<Sample>) -> Vec<Sampl
     let matching = b.modifier.as_ref().and_then(|m| m.matching.as_ref());
     match op {
         "and" => {
-            let right: HashSet<Labels> = r.iter().map(|s| signature(&s.labels, matching)).collect();
+            let right: FxHashSet<Labels> =
+                r.iter().map(|s| signature(&s.labels, matching)).collect();
             l.into_iter()
                 .filter(|s| right.contains(&signature(&s.labels, matching)))
                 .collect()
         }
         "unless" => {
-            let right: HashSet<Labels> = r.iter().map(|s| signature(&s.labels, matching)).collect();
+            let right: FxHashSet<Labels> =
+                r.iter().map(|s| signature(&s.labels, matching)).collect();
             l.into_iter()
                 .filter(|s| !right.contains(&signature(&s.labels, matching)))
                 .collect()
         }
         _ => {
-            let left: HashSet<Labels> = l.iter().map(|s| signature(&s.labels, matching)).collect();
+            let left: FxHashSet<Labels> =
+                l.iter().map(|s| signature(&s.labels, matching)).collect();
             let mut out = l;
             out.extend(
                 r.into_iter()
@@ -189,21 +192,26 @@ fn vector_vector(
             card,
             VectorMatchCardinality::OneToMany(_) | VectorMatchCardinality::ManyToOne(_)
         );
-    let mut one_side: HashMap<Labels, &Sample> = HashMap::with_capacity(one.len());
+    let mut one_side: FxHashMap<Labels, &Sample> =
+        FxHashMap::with_capacity_and_hasher(one.len(), Default::default());
     for s in &one {
-        let sig = signature(&s.labels, matching);
-        if one_side.insert(sig.clone(), s).is_some() {
-            let side = if swapped { "left" } else { "right" };
-            return Err(QueryError::Execution(format!(
-                "found duplicate series for the match group {} on the {side} hand-side of the \
-                 operation; many-to-many matching not allowed: matching labels must be unique \
-                 on one side",
-                format_labels(&sig)
-            )));
+        match one_side.entry(signature(&s.labels, matching)) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(s);
+            }
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let side = if swapped { "left" } else { "right" };
+                return Err(QueryError::Execution(format!(
+                    "found duplicate series for the match group {} on the {side} hand-side of \
+                     the operation; many-to-many matching not allowed: matching labels must be \
+                     unique on one side",
+                    format_labels(e.key())
+                )));
+            }
         }
     }
-    let mut matched_sigs: HashSet<Labels> = HashSet::new();
-    let mut result_labels: HashSet<Arc<Labels>> = HashSet::new();
+    let mut matched_sigs: FxHashSet<Labels> = FxHashSet::default();
+    let mut result_labels: FxHashSet<Arc<Labels>> = FxHashSet::default();
     let mut out = Vec::new();
     for s in &many {
         let sig = signature(&s.labels, matching);
@@ -230,10 +238,11 @@ fn vector_vector(
                     .into(),
             ));
         }
-        let mut labels = (*s.labels).clone();
-        if k == Kind::Arithmetic || return_bool {
-            labels = drop_name(&labels);
-        }
+        let mut labels = if k == Kind::Arithmetic || return_bool {
+            drop_name(&s.labels)
+        } else {
+            (*s.labels).clone()
+        };
         if one_to_one {
             match matching {
                 Some(LabelModifier::Include(on)) => {

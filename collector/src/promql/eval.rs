@@ -22,7 +22,7 @@ use super::load::{Data, Selection, too_many_samples};
 use super::memo::Memo;
 use super::plan::{Bounds, at_ms, duration_ms, offset_ms, selector_key};
 use super::steps::Steps;
-use super::types::{Labels, QueryError, Sample, Series, Value, drop_name};
+use super::types::{Labels, QueryError, Sample, Series, Value, without_name};
 
 /// A selected series' samples within a range window: its index in the
 /// selection and the samples.
@@ -56,7 +56,7 @@ impl Evaluator<'_> {
                     let out: Vec<Sample> = samples
                         .into_iter()
                         .map(|s| Sample {
-                            labels: Arc::new(drop_name(&s.labels)),
+                            labels: without_name(&s.labels),
                             value: -s.value,
                         })
                         .collect();
@@ -271,7 +271,8 @@ pub fn check_unique(samples: &[Sample]) -> Result<(), QueryError> {
     if samples.len() < 2 {
         return Ok(());
     }
-    let mut seen = std::collections::HashSet::with_capacity(samples.len());
+    let mut seen =
+        rustc_hash::FxHashSet::with_capacity_and_hasher(samples.len(), Default::default());
     for s in samples {
         if !seen.insert(&*s.labels) {
             return Err(QueryError::Execution(

@@ -17,12 +17,13 @@
 //!
 //! Imports `store::read`, `prom_labels`, `model` and the plan.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::model::{Point, SeriesMeta};
 use crate::prom_labels;
@@ -38,7 +39,7 @@ use super::types::{Labels, NAME, QueryError, Series, drop_name};
 /// series' points cover the selector's window (and may hold more).
 #[derive(Debug, Default)]
 pub struct Data {
-    pub selections: HashMap<usize, Selection>,
+    pub selections: FxHashMap<usize, Selection>,
 }
 
 /// The series one selector chose, with their samples.
@@ -79,7 +80,7 @@ impl Selection {
                 .iter()
                 .map(|s| Arc::new(drop_name(&s.labels)))
                 .collect();
-            let mut seen = std::collections::HashSet::with_capacity(labels.len());
+            let mut seen = FxHashSet::with_capacity_and_hasher(labels.len(), Default::default());
             let unique = labels.iter().all(|l| seen.insert(&**l));
             (labels, unique)
         });
@@ -89,7 +90,8 @@ impl Selection {
     /// Whether no two series have equal labels (`__name__` included).
     pub fn named_unique(&self) -> bool {
         *self.named_unique.get_or_init(|| {
-            let mut seen = std::collections::HashSet::with_capacity(self.series.len());
+            let mut seen =
+                FxHashSet::with_capacity_and_hasher(self.series.len(), Default::default());
             self.series.iter().all(|s| seen.insert(&*s.labels))
         })
     }
@@ -309,7 +311,7 @@ pub fn load(
 ) -> Result<Data, QueryError> {
     // Without a catalogue: the series list per pushed-down filter, listed
     // once per query.
-    let mut lists: HashMap<(String, String, String), Vec<Listed>> = HashMap::new();
+    let mut lists: FxHashMap<(String, String, String), Vec<Listed>> = FxHashMap::default();
     let mut data = Data::default();
     let mut total = 0usize;
     for need in needs {

@@ -89,6 +89,17 @@ pub fn drop_name(labels: &Labels) -> Labels {
     labels.iter().filter(|(n, _)| n != NAME).cloned().collect()
 }
 
+/// [`drop_name`] as a shared label set: the same `Arc` when there is no
+/// `__name__` to drop (a function of a function's result), so nothing is
+/// copied and later steps match it by pointer.
+pub fn without_name(labels: &Arc<Labels>) -> Arc<Labels> {
+    if labels.iter().any(|(n, _)| n == NAME) {
+        Arc::new(drop_name(labels))
+    } else {
+        Arc::clone(labels)
+    }
+}
+
 /// Sets (or, with an empty value, removes) one label, keeping the order.
 pub fn set(labels: &mut Labels, name: &str, value: &str) {
     match labels.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
@@ -99,67 +110,4 @@ pub fn set(labels: &mut Labels, name: &str, value: &str) {
         Err(_) if value.is_empty() => {}
         Err(i) => labels.insert(i, (name.to_owned(), value.to_owned())),
     }
-}
-
-/// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` does,
-/// which is how Prometheus writes a scalar's value and `count_values`'s
-/// label: the shortest decimal that reads back the same, no exponent, and
-/// `NaN`, `+Inf`, `-Inf`.
-pub fn format_float(v: f64) -> String {
-    let mut out = String::new();
-    write_float(&mut out, v);
-    out
-}
-
-/// [`format_float`], appended to `out` (no allocation of its own).
-pub fn write_float(out: &mut String, v: f64) {
-    use std::fmt::Write as _;
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v == f64::INFINITY {
-        out.push_str("+Inf");
-    } else if v == f64::NEG_INFINITY {
-        out.push_str("-Inf");
-    } else {
-        // Rust's Display is also the shortest round-trip form without an
-        // exponent; only negative zero differs ("-0" in both, in fact).
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{v}");
-    }
-}
-
-/// A sample's value as Prometheus 2.42 writes it in a vector or a matrix
-/// (`jsonutil.MarshalValue`): as [`format_float`], but with an exponent
-/// (`1e+21`, `1.5e-07`: sign and at least two digits, as Go writes it)
-/// when the magnitude is below 1e-6 or at least 1e21.
-pub fn format_sample_value(v: f64) -> String {
-    let mut out = String::new();
-    write_sample_value(&mut out, v);
-    out
-}
-
-/// [`format_sample_value`], appended to `out`.
-pub fn write_sample_value(out: &mut String, v: f64) {
-    let abs = v.abs();
-    if !abs.is_finite() || abs == 0.0 || (1e-6..1e21).contains(&abs) {
-        write_float(out, v);
-        return;
-    }
-    write_exponent(out, v);
-}
-
-/// A finite float as Go's `strconv.FormatFloat(v, 'e', -1, 64)` writes
-/// it: the shortest mantissa that reads back the same, `e`, the exponent's
-/// sign and at least two digits (`1.5e-07`, `1e+100`).
-pub fn write_exponent(out: &mut String, v: f64) {
-    use std::fmt::Write as _;
-    // Rust's LowerExp is the shortest round-trip mantissa, `1.5e-7`.
-    let text = format!("{v:e}");
-    let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
-    let (sign, digits) = match exponent.strip_prefix('-') {
-        Some(d) => ('-', d),
-        None => ('+', exponent),
-    };
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{mantissa}e{sign}{digits:0>2}");
 }

@@ -267,10 +267,11 @@ async fn one_run(
     } else {
         corpus()?
     };
-    let mut ratios = Vec::new();
+    let mut timed = Vec::new();
     let (mut trib_total, mut prom_total) = (0.0, 0.0);
     let mut mismatched = Vec::new();
-    for (i, query) in cases.iter().enumerate() {
+    for (i, case) in cases.iter().enumerate() {
+        let query = &case.query;
         progress.status(&format!("{label}: corpus {}/{}", i + 1, cases.len()));
         let (mut tt, mut pt) = (Vec::new(), Vec::new());
         for _ in 0..cfg.reps {
@@ -297,8 +298,13 @@ async fn one_run(
         );
         trib_total += t_med;
         prom_total += p_med;
-        ratios.push(t_med / p_med.max(1e-6));
+        timed.push(Timed {
+            case,
+            tributary_ms: t_med,
+            prometheus_ms: p_med,
+        });
     }
+    let mut ratios: Vec<f64> = timed.iter().map(Timed::ratio).collect();
     if !cfg.heavy_only {
         report.check(
             format!("run {r}: corpus answers agree in status and size"),
@@ -317,6 +323,9 @@ async fn one_run(
     report.record("corpus_tributary_total_ms", trib_total);
     report.record("corpus_prometheus_total_ms", prom_total);
     report.record("corpus_worst_ratio", worst);
+    if !timed.is_empty() {
+        corpus_tables(r, &mut timed, report);
+    }
     if cfg.corpus_only {
         progress.say(&format!(
             "{label}: corpus median ratio {median:.2} (worst {worst:.2}), {trib_total:.0} ms vs {prom_total:.0} ms"
@@ -892,18 +901,130 @@ fn record_ingest(report: &mut Report, r: usize, side: &Side<'_>) {
 }
 
 /// The corpus queries timed (lines marked `!422` or `!instant` left out).
-fn corpus() -> Result<Vec<String>> {
+/// One timed query of the corpus and the family it is listed under.
+struct Case {
+    /// The first line of the comment block above it (`rate family`,
+    /// `aggregations`, ...), cut at its first `(`, `:` or `;`.
+    family: String,
+    query: String,
+}
+
+fn corpus() -> Result<Vec<Case>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("promql/corpus.txt");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
+    Ok(parse_corpus(&text))
+}
+
+fn parse_corpus(text: &str) -> Vec<Case> {
+    let mut out = Vec::new();
+    let mut family = String::new();
+    let mut in_comment = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(comment) = line.strip_prefix('#') {
+            if !in_comment {
+                let head = comment.split(['(', ':', ';']).next().unwrap_or_default();
+                family = head.trim().to_owned();
+            }
+            in_comment = true;
+            continue;
+        }
+        in_comment = false;
         // Neither `!422` (refused) nor `!instant` lines (whose range
         // queries Prometheus 2.42 answers wrongly) are timed.
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
-        .map(str::to_owned)
-        .collect())
+        if line.is_empty() || line.starts_with('!') {
+            continue;
+        }
+        out.push(Case {
+            family: family.clone(),
+            query: line.to_owned(),
+        });
+    }
+    out
+}
+
+/// One corpus query's times on both sides.
+struct Timed<'a> {
+    case: &'a Case,
+    tributary_ms: f64,
+    prometheus_ms: f64,
+}
+
+impl Timed<'_> {
+    fn ratio(&self) -> f64 {
+        self.tributary_ms / self.prometheus_ms.max(1e-6)
+    }
+}
+
+/// The queries shown in the table of worst ratios (the JSON has all).
+const WORST_SHOWN: usize = 40;
+
+/// The per-query table (worst ratio first) and the per-family summary.
+fn corpus_tables(r: usize, timed: &mut [Timed], report: &mut Report) {
+    timed.sort_by(|a, b| b.ratio().total_cmp(&a.ratio()));
+    let rows = timed
+        .iter()
+        .map(|t| {
+            vec![
+                format!("{:.2}", t.ratio()),
+                format!("{:.1}", t.tributary_ms),
+                format!("{:.1}", t.prometheus_ms),
+                t.case.family.clone(),
+                t.case.query.clone(),
+            ]
+        })
+        .collect();
+    report.table(
+        format!("run {r}: corpus queries, worst ratio first (ms: the sum over the 7 evaluations)"),
+        &["ratio", "tributary_ms", "prometheus_ms", "family", "query"],
+        rows,
+        WORST_SHOWN,
+    );
+
+    // Families by their total time's ratio, worst first.
+    let mut families: Vec<(&str, Vec<&Timed>)> = Vec::new();
+    for t in timed.iter() {
+        match families.iter_mut().find(|(f, _)| *f == t.case.family) {
+            Some((_, members)) => members.push(t),
+            None => families.push((&t.case.family, vec![t])),
+        }
+    }
+    let mut summaries: Vec<(f64, Vec<String>)> = families
+        .iter()
+        .map(|(family, members)| {
+            let mut ratios: Vec<f64> = members.iter().map(|t| t.ratio()).collect();
+            let worst = ratios.iter().copied().fold(0.0, f64::max);
+            let trib: f64 = members.iter().map(|t| t.tributary_ms).sum();
+            let prom: f64 = members.iter().map(|t| t.prometheus_ms).sum();
+            let total_ratio = trib / prom.max(1e-6);
+            let row = vec![
+                (*family).to_owned(),
+                members.len().to_string(),
+                format!("{:.2}", percentile(&mut ratios, 50.0).unwrap_or(0.0)),
+                format!("{worst:.2}"),
+                format!("{trib:.1}"),
+                format!("{prom:.1}"),
+                format!("{total_ratio:.2}"),
+            ];
+            (total_ratio, row)
+        })
+        .collect();
+    summaries.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let rows = summaries.into_iter().map(|(_, row)| row).collect();
+    report.table(
+        format!("run {r}: corpus families, worst total ratio first"),
+        &[
+            "family",
+            "queries",
+            "median_ratio",
+            "worst_ratio",
+            "tributary_ms",
+            "prometheus_ms",
+            "total_ratio",
+        ],
+        rows,
+        usize::MAX,
+    );
 }
 
 /// The differential test's evaluations of each corpus query.
@@ -1054,7 +1175,7 @@ async fn start_prometheus(
 
 #[cfg(test)]
 mod tests {
-    use super::{Phase, drops, median, min_max};
+    use super::{Phase, drops, median, min_max, parse_corpus};
 
     fn pair(without: f64, with: f64) -> [Phase; 2] {
         let phase = |rate, with_queries| Phase {
@@ -1087,5 +1208,25 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn corpus_queries_carry_the_first_line_of_their_comment_block() {
+        let text = "# The corpus: intro\n# more intro\n\n# Selectors and matchers\nup\n\
+                    up{a=\"b\"}\n\n# infinities (Prometheus 2.42: an infinite\n# sum)\n\
+                    sum(x)\n!422 holt_winters(x[5m], 0.5, 0.5)\n!instant timestamp(x)\n";
+        let cases = parse_corpus(text);
+        let got: Vec<(&str, &str)> = cases
+            .iter()
+            .map(|c| (c.family.as_str(), c.query.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("Selectors and matchers", "up"),
+                ("Selectors and matchers", "up{a=\"b\"}"),
+                ("infinities", "sum(x)"),
+            ]
+        );
     }
 }

@@ -78,6 +78,17 @@ pub struct Report {
     metrics: Vec<Metric>,
     checks: Vec<Check>,
     notes: Vec<String>,
+    tables: Vec<Table>,
+}
+
+/// Rows that say where a number came from (a scenario's per-item times):
+/// printed after the checks, `shown` rows at most; all of them in JSON.
+#[derive(Debug)]
+struct Table {
+    title: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    shown: usize,
 }
 
 impl Report {
@@ -91,6 +102,7 @@ impl Report {
             metrics: Vec::new(),
             checks: Vec::new(),
             notes: Vec::new(),
+            tables: Vec::new(),
         }
     }
 
@@ -131,6 +143,22 @@ impl Report {
 
     pub fn note(&mut self, text: impl Into<String>) {
         self.notes.push(text.into());
+    }
+
+    /// Adds a table under `title`: rows of cells in `header`'s order.
+    pub fn table(
+        &mut self,
+        title: impl Into<String>,
+        header: &[&str],
+        rows: Vec<Vec<String>>,
+        shown: usize,
+    ) {
+        self.tables.push(Table {
+            title: title.into(),
+            header: header.iter().map(|&h| h.to_owned()).collect(),
+            rows,
+            shown,
+        });
     }
 
     /// Stamps the load average at the end.
@@ -181,6 +209,14 @@ impl Report {
         );
         top.insert("consistent".into(), json!(self.consistent()));
         top.insert("notes".into(), json!(self.notes));
+        if !self.tables.is_empty() {
+            let tables = self
+                .tables
+                .iter()
+                .map(|t| json!({ "title": t.title, "header": t.header, "rows": t.rows }))
+                .collect();
+            top.insert("tables".into(), Value::Array(tables));
+        }
         Value::Object(top).to_string()
     }
 
@@ -230,28 +266,10 @@ impl Report {
                 ]
             })
             .collect();
-        let header = [
-            "metric".to_owned(),
-            "median".to_owned(),
-            "runs".to_owned(),
-            "target".to_owned(),
-            String::new(),
-        ];
-        let mut widths = [0usize; 5];
-        for row in std::iter::once(&header).chain(&rows) {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        for row in std::iter::once(&header).chain(&rows) {
-            let line: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
+        let header = ["metric", "median", "runs", "target", ""].map(str::to_owned);
+        out.push_str(&aligned(
+            std::iter::once(&header[..]).chain(rows.iter().map(|r| &r[..])),
+        ));
         if !self.checks.is_empty() {
             out.push('\n');
             for c in &self.checks {
@@ -262,8 +280,41 @@ impl Report {
         for n in &self.notes {
             out.push_str(&format!("note     {n}\n"));
         }
+        for t in &self.tables {
+            out.push_str(&format!("\n{}\n", t.title));
+            let rows = t.rows.iter().take(t.shown).map(|r| &r[..]);
+            out.push_str(&aligned(std::iter::once(&t.header[..]).chain(rows)));
+            if t.rows.len() > t.shown {
+                out.push_str(&format!(
+                    "({} more rows with --json)\n",
+                    t.rows.len() - t.shown
+                ));
+            }
+        }
         out
     }
+}
+
+/// Rows of cells as lines, each column as wide as its widest cell.
+fn aligned<'a>(rows: impl Iterator<Item = &'a [String]> + Clone) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows.clone() {
+        widths.resize(widths.len().max(row.len()), 0);
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, &w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// Four significant digits are plenty for a measurement.
@@ -332,5 +383,22 @@ mod tests {
         assert_eq!(json["metrics"]["x"]["met"], json!(true));
         assert_eq!(json["consistent"], json!(true));
         assert!(r.to_table().contains("met"));
+    }
+
+    #[test]
+    fn tables_show_their_first_rows_and_json_has_all() {
+        let mut r = Report::new("t");
+        let rows = (0..5)
+            .map(|i| vec![format!("q{i}"), i.to_string()])
+            .collect();
+        r.table("per query", &["query", "ms"], rows, 2);
+        let text = r.to_table();
+        assert!(
+            text.contains("per query\nquery  ms\nq0     0\nq1     1\n(3 more rows with --json)"),
+            "{text}"
+        );
+        assert!(!text.contains("q2"));
+        let json: Value = serde_json::from_str(&r.to_json()).expect("valid json");
+        assert_eq!(json["tables"][0]["rows"][4], json!(["q4", "4"]));
     }
 }

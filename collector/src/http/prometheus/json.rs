@@ -208,13 +208,12 @@ fn write_result(out: &mut String, r: &QueryResult) {
 /// `encoding/json` writes a float64 (Prometheus marshals those answers
 /// with it), which is [`timestamp`]'s number.
 fn write_timestamp(out: &mut String, ms: i64) {
-    // Writing to a String cannot fail.
     if ms % 1000 == 0 {
-        let _ = write!(out, "{}", ms / 1000);
+        out.push_str(itoa::Buffer::new().format(ms / 1000));
     } else {
         // The shortest form that reads back as the same f64, as Go writes
         // it (a time in seconds never needs an exponent).
-        let _ = write!(out, "{}", ms as f64 / 1000.0);
+        write_float(out, ms as f64 / 1000.0);
     }
 }
 
@@ -226,10 +225,17 @@ fn write_sample_time(out: &mut String, ms: i64) {
         out.push('-');
     }
     let ms = ms.unsigned_abs();
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{}", ms / 1000);
-    if !ms.is_multiple_of(1000) {
-        let _ = write!(out, ".{:03}", ms % 1000);
+    out.push_str(itoa::Buffer::new().format(ms / 1000));
+    let frac = ms % 1000;
+    if frac != 0 {
+        out.push('.');
+        if frac < 100 {
+            out.push('0');
+        }
+        if frac < 10 {
+            out.push('0');
+        }
+        out.push_str(itoa::Buffer::new().format(frac));
     }
 }
 

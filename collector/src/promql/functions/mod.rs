@@ -14,7 +14,7 @@ use std::sync::Arc;
 use promql_parser::parser::{Call, Expr, MatrixSelector};
 
 use super::eval::{Evaluator, check_unique, unparen};
-use super::types::{Labels, NAME, QueryError, Sample, Series, Value, drop_name, set};
+use super::types::{Labels, NAME, QueryError, Sample, Series, Value, set, without_name};
 
 /// Every function [`call`] implements.
 pub const SUPPORTED_FUNCTIONS: &[&str] = &[
@@ -189,7 +189,7 @@ fn map_values(v: Vec<Sample>, f: impl Fn(f64) -> f64) -> Result<Value, QueryErro
     let out: Vec<Sample> = v
         .into_iter()
         .map(|s| Sample {
-            labels: Arc::new(drop_name(&s.labels)),
+            labels: without_name(&s.labels),
             value: f(s.value),
         })
         .collect();
@@ -216,7 +216,7 @@ fn timestamp(ev: &Evaluator<'_>, e: &Expr, ts: i64) -> Result<Value, QueryError>
     let out: Vec<Sample> = samples
         .into_iter()
         .map(|(l, t)| Sample {
-            labels: Arc::new(drop_name(&l)),
+            labels: without_name(&l),
             value: t as f64 / 1000.0,
         })
         .collect();
@@ -302,7 +302,7 @@ fn range_function(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, QueryE
         let labels = if name == "last_over_time" {
             s.labels.clone()
         } else {
-            Arc::new(drop_name(&s.labels))
+            without_name(&s.labels)
         };
         out.push(Sample { labels, value });
     }
