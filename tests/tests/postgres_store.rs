@@ -720,3 +720,157 @@ async fn readings_from_before_the_chunk_layout_read_back_with_new_ones() -> Resu
     );
     Ok(())
 }
+
+/// Range pages, `series_in_span` and the time-bounded view over chunk rows
+/// that overlap in time (commits out of device-time order), cross minute
+/// boundaries (where rows are cut) and repeat device times, with old-layout
+/// rows among them: for random windows and page sizes 1 to 5, every point
+/// in the window comes back once, in time order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_pages_over_overlapping_chunk_rows_match_a_plain_filter() -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    use tributary_collector::store::read::{Reader, Selector, TimeSpan};
+    let schema = TestSchema::new("chunk_pages").await?;
+    let url = schema.store();
+    let write_url = url.clone();
+    // Device times on a grid of 7 s over about 4 minutes from a minute
+    // boundary, so many coincide and rows span boundaries; each reading's
+    // value is its own number.
+    let base: i64 = 1_764_892_800_000_000_000;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let mut commits: Vec<Vec<(i64, i64)>> = Vec::new();
+    let mut next = 0i64;
+    for _ in 0..40 {
+        let n = rng.random_range(1..=8);
+        let start = rng.random_range(0..30i64);
+        let commit = (0..n)
+            .map(|_| {
+                next += 1;
+                (
+                    base + (start + rng.random_range(0..6i64)) * 7_000_000_000,
+                    next,
+                )
+            })
+            .collect();
+        commits.push(commit);
+    }
+    // A few old-layout rows too (written directly, before the commits).
+    let old: Vec<(i64, i64)> = (0..6)
+        .map(|i| (base + rng.random_range(0..36i64) * 7_000_000_000, 1000 + i))
+        .collect();
+    let all: Vec<(i64, i64)> = commits.iter().flatten().chain(&old).copied().collect();
+    let to_write = commits.clone();
+    let series = blocking(move || {
+        let mut store = Store::open(&write_url, Durability::Full)?;
+        let series = store.resolve_series(&[key("edge", "d1")])?[0];
+        for (seq, commit) in to_write.iter().enumerate() {
+            let mut write = set("edge", 1, series, [seq as u64 + 1]);
+            write.batches[0].readings = commit
+                .iter()
+                .map(|&(ts_ns, v)| NewReading {
+                    series_id: series,
+                    ts_ns,
+                    value: StoredValue::I64(v),
+                })
+                .collect();
+            store.commit(&write)?;
+        }
+        Ok(series)
+    })
+    .await?;
+    let values = old
+        .iter()
+        .map(|(t, v)| format!("({series}, {t}, 0, 1, NULL, {v}, NULL)"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    postgres_support::psql(
+        &schema.url(),
+        &format!(
+            "INSERT INTO readings (series_id, ts_ns, received_ns, kind, v_f64, v_i64, v_text) \
+             VALUES {values}"
+        ),
+    )
+    .await?;
+    let rows = schema
+        .number("SELECT count(*) FROM readings_chunks WHERE ts_max - ts_min >= 60000000000")
+        .await?;
+    assert_eq!(rows, 0, "every chunk row within one minute");
+
+    let reader = Reader::open(&url)?;
+    let sel = || Selector {
+        agent: "edge".into(),
+        device: "d1".into(),
+        metric: "counter".into(),
+    };
+    let grid = |k: i64| base + k * 7_000_000_000;
+    for round in 0..30 {
+        let a = rng.random_range(-2..40i64);
+        let b = rng.random_range(a..42i64);
+        let (lo, hi) = (
+            grid(a) + rng.random_range(-1..=1),
+            grid(b) + rng.random_range(-1..=1),
+        );
+        let mut expected: Vec<(i64, i64)> = all
+            .iter()
+            .copied()
+            .filter(|&(t, _)| t >= lo && t <= hi)
+            .collect();
+        expected.sort();
+        let page = 1 + round % 5;
+        let mut chunks = reader.range(
+            sel(),
+            TimeSpan {
+                since_ns: Some(lo),
+                until_ns: Some(hi + 1),
+            },
+            page,
+        );
+        let mut got = Vec::new();
+        while let Some(chunk) = chunks.recv().await {
+            for p in chunk?.1 {
+                let StoredValue::I64(v) = p.value else {
+                    bail!("not an integer: {:?}", p.value);
+                };
+                got.push((p.ts_ns, v));
+            }
+        }
+        assert!(
+            got.windows(2).all(|w| w[0].0 <= w[1].0),
+            "round {round}: not in time order: {got:?}"
+        );
+        got.sort();
+        assert_eq!(
+            got, expected,
+            "round {round}: [{lo}, {hi}] in pages of {page}"
+        );
+
+        let in_span = reader
+            .series_in_span(TimeSpan {
+                since_ns: Some(lo),
+                until_ns: Some(hi + 1),
+            })
+            .await?
+            .contains(series);
+        assert_eq!(
+            in_span,
+            !expected.is_empty(),
+            "round {round}: series in span"
+        );
+
+        let view = postgres_support::psql(
+            &schema.url(),
+            &format!(
+                "SELECT ts_ns, value_exact FROM tributary_readings_between({lo}, {hi}) \
+                 ORDER BY ts_ns, value_exact"
+            ),
+        )
+        .await?;
+        let shown: Vec<String> = expected.iter().map(|(t, v)| format!("{t}|{v}")).collect();
+        assert_eq!(
+            view.lines().collect::<Vec<_>>(),
+            shown,
+            "round {round}: the view"
+        );
+    }
+    Ok(())
+}

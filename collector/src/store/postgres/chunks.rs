@@ -11,6 +11,20 @@ use crate::model::{NewReading, StoredValue};
 /// take a very long row.
 pub(super) const CHUNK_POINTS: usize = 512;
 
+/// Every row's points lie within one aligned interval of this many
+/// nanoseconds of device time (a minute), so `ts_max - ts_min <
+/// CHUNK_SPAN_NS`: a read of `[lo, hi]` takes the rows with `ts_max` in
+/// `[lo, hi + CHUNK_SPAN_NS)`, a bounded range of the `(series_id, ts_max)`
+/// index, instead of every row after `lo`. Part of the schema's contract:
+/// `tributary_readings_between` (migration 7) has the same number.
+pub(super) const CHUNK_SPAN_NS: i64 = 60_000_000_000;
+
+/// The largest `ts_max` a row holding a point at or before `hi` can have
+/// (saturating).
+pub(super) fn ts_max_bound(hi: i64) -> i64 {
+    hi.saturating_add(CHUNK_SPAN_NS - 1)
+}
+
 /// The columns `COPY readings_chunks` takes, in order.
 pub(super) const COPY_CHUNKS: &str = "COPY readings_chunks \
      (series_id, ts_min, ts_max, ts_ns, received_ns, kind, v_f64, v_i64, v_text) \
@@ -80,13 +94,16 @@ fn put<T>(array: &mut Option<Vec<Option<T>>>, i: usize, v: T) {
 
 /// The chunks of `readings` (each with its batch's receive time): per
 /// series, in series id order, the points sorted by device time (points of
-/// equal time in the order given), cut every [`CHUNK_POINTS`].
+/// equal time in the order given), cut every [`CHUNK_POINTS`] and wherever
+/// the time enters the next [`CHUNK_SPAN_NS`] interval.
 pub(super) fn chunks<'a>(readings: impl Iterator<Item = (i64, &'a NewReading)>) -> Vec<Chunk<'a>> {
     let mut all: Vec<(i64, &NewReading)> = readings.collect();
     // Stable: equal (series, time) keep their arrival order.
     all.sort_by_key(|(_, r)| (r.series_id, r.ts_ns));
     let mut out: Vec<Chunk> = Vec::new();
-    for run in all.chunk_by(|a, b| a.1.series_id == b.1.series_id) {
+    let interval = |r: &NewReading| r.ts_ns.div_euclid(CHUNK_SPAN_NS);
+    for run in all.chunk_by(|a, b| a.1.series_id == b.1.series_id && interval(a.1) == interval(b.1))
+    {
         for part in run.chunks(CHUNK_POINTS) {
             let mut chunk = Chunk::new(part[0].1.series_id, part.len());
             for (received_ns, r) in part {
@@ -175,5 +192,31 @@ mod tests {
         assert_eq!(got[0].span(), (0, n - 1));
         assert_eq!(got[1].span(), (n, 2 * n - 1));
         assert_eq!(got[2].span(), (2 * n, 2 * n));
+    }
+
+    #[test]
+    fn rows_are_cut_where_time_enters_the_next_span_interval() {
+        let m = CHUNK_SPAN_NS;
+        let times = [-m - 1, -1, 0, 5, m - 1, m, 3 * m + 7, 3 * m + 8];
+        let readings: Vec<NewReading> = times
+            .iter()
+            .map(|&t| reading(9, t, StoredValue::F64(1.0)))
+            .collect();
+        let got = chunks(readings.iter().map(|r| (0, r)));
+        let spans: Vec<(i64, i64)> = got.iter().map(Chunk::span).collect();
+        assert_eq!(
+            spans,
+            [
+                (-m - 1, -m - 1),
+                (-1, -1),
+                (0, m - 1),
+                (m, m),
+                (3 * m + 7, 3 * m + 8)
+            ]
+        );
+        for (lo, hi) in spans {
+            assert!(hi - lo < CHUNK_SPAN_NS && ts_max_bound(lo) >= hi);
+        }
+        assert_eq!(ts_max_bound(i64::MAX), i64::MAX);
     }
 }

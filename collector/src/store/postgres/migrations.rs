@@ -121,6 +121,14 @@ pub(super) async fn migrate(c: &mut Client) -> Result<Layout, Fail> {
         }
         if *version == 7 {
             chunks_time_layout(&tx).await?;
+            if current > 0 {
+                // An upgrade: dashboards written for the view before it may
+                // filter its ts_ns, which no longer reaches an index for
+                // new readings.
+                warn!(
+                    "readings are now stored as a row per series and commit (schema 7):                      a filter on tributary_readings.ts_ns no longer uses an index for new                      readings; Grafana panels over a time range should read                      tributary_readings_between($__unixEpochNanoFrom(), $__unixEpochNanoTo())                      (README \"Grafana over PostgreSQL\")"
+                );
+            }
         }
         tx.execute(
             "INSERT INTO tributary_migrations (version, name) VALUES ($1, $2)",

@@ -22,6 +22,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::mpsc;
 use tokio_postgres::{NoTls, Row};
 
+use super::chunks::ts_max_bound;
 use crate::model::{Point, SeriesMeta, StoredValue};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
@@ -51,14 +52,18 @@ const POINT_COLUMNS: &str = "ts_ns, received_ns, kind, v_f64, v_i64, v_text";
 /// points within the window, up to the row where the count reaches `$4`:
 /// its `ts_max` bounds the page (at least `$4` points are at or before
 /// it; `$3` when there are fewer), and only rows with `ts_min` at or before that bound are unnested.
-const POINTS_IN_WINDOW: &str = "WITH bound AS (SELECT LEAST(COALESCE((\
+/// `$5` is [`ts_max_bound`]`($3)`: no row overlapping the window ends
+/// later, so every step is a bounded range of the `(series_id, ts_max)`
+/// index (`chunks.rs`, `CHUNK_SPAN_NS`).
+const POINTS_IN_WINDOW: &str = "WITH bound AS MATERIALIZED (SELECT LEAST(COALESCE((\
        SELECT w.ts_max FROM (\
          SELECT ts_max, sum(CASE WHEN ts_min >= $2 AND ts_max <= $3 \
              THEN cardinality(ts_ns) \
              ELSE (SELECT count(*) FROM unnest(ts_ns) AS t(ts) WHERE t.ts >= $2 AND t.ts <= $3) \
            END) OVER (ORDER BY ts_max ROWS UNBOUNDED PRECEDING) AS n \
          FROM readings_chunks \
-         WHERE series_id = $1 AND ts_max >= $2 AND ts_min <= $3 ORDER BY ts_max) w \
+         WHERE series_id = $1 AND ts_max >= $2 AND ts_max <= $5 AND ts_min <= $3 \
+         ORDER BY ts_max) w \
        WHERE w.n >= $4::bigint LIMIT 1), $3), $3) AS hi) \
      SELECT ts_ns, received_ns, kind, v_f64, v_i64, v_text \
        FROM readings WHERE series_id = $1 AND ts_ns >= $2 AND ts_ns <= $3 \
@@ -67,7 +72,7 @@ const POINTS_IN_WINDOW: &str = "WITH bound AS (SELECT LEAST(COALESCE((\
        FROM bound b, readings_chunks c CROSS JOIN LATERAL \
          unnest(c.ts_ns, c.received_ns, c.kind, c.v_f64, c.v_i64, c.v_text) \
          AS p(ts_ns, received_ns, kind, v_f64, v_i64, v_text) \
-       WHERE c.series_id = $1 AND c.ts_max >= $2 AND c.ts_min <= b.hi \
+       WHERE c.series_id = $1 AND c.ts_max >= $2 AND c.ts_max <= $5 AND c.ts_min <= b.hi \
          AND p.ts_ns >= $2 AND p.ts_ns <= b.hi \
      ORDER BY ts_ns LIMIT $4";
 
@@ -251,7 +256,8 @@ impl PgReader {
         })
     }
 
-    /// The series with a reading within `span` (one index probe each).
+    /// The series with a reading within `span` (per series one index probe
+    /// of the old table and a bounded `ts_max` range of the chunk rows).
     pub async fn series_in_span(&self, span: TimeSpan) -> Result<SpanSeries, ReadError> {
         let mut out = SpanSeries::default();
         let Some((lo, hi)) = span.closed() else {
@@ -266,10 +272,11 @@ impl PgReader {
                    WHERE r.series_id = s.id AND r.ts_ns >= $1 AND r.ts_ns <= $2) \
                  OR EXISTS (\
                    SELECT 1 FROM readings_chunks c \
-                   WHERE c.series_id = s.id AND c.ts_max >= $1 AND c.ts_min <= $2 \
+                   WHERE c.series_id = s.id AND c.ts_max >= $1 AND c.ts_max <= $3 \
+                     AND c.ts_min <= $2 \
                      AND EXISTS (SELECT 1 FROM unnest(c.ts_ns) AS t(ts) \
                        WHERE t.ts >= $1 AND t.ts <= $2))",
-                &[&lo, &hi],
+                &[&lo, &hi, &ts_max_bound(hi)],
             )
             .await
             .map_err(self.query_err(what))?;
@@ -357,9 +364,12 @@ impl PgReader {
             loop {
                 let rows = {
                     let conn = self.conn(what).await?;
-                    conn.query(POINTS_IN_WINDOW, &[&meta.id, &from, &hi, &limit_sql])
-                        .await
-                        .map_err(self.query_err(what))?
+                    conn.query(
+                        POINTS_IN_WINDOW,
+                        &[&meta.id, &from, &hi, &limit_sql, &ts_max_bound(hi)],
+                    )
+                    .await
+                    .map_err(self.query_err(what))?
                 };
                 let mut points = rows
                     .iter()
@@ -373,7 +383,10 @@ impl PgReader {
                         let ts = last.ts_ns;
                         let conn = self.conn(what).await?;
                         let rows = conn
-                            .query(POINTS_IN_WINDOW, &[&meta.id, &ts, &ts, &i64::MAX])
+                            .query(
+                                POINTS_IN_WINDOW,
+                                &[&meta.id, &ts, &ts, &i64::MAX, &ts_max_bound(ts)],
+                            )
                             .await
                             .map_err(self.query_err(what))?;
                         points = rows

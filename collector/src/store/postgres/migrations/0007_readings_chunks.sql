@@ -1,5 +1,6 @@
 -- Tributary PostgreSQL schema, migration 7: readings in chunks. A commit
--- writes one row per series (up to CHUNK_POINTS points, write.rs) with its
+-- writes one row per series (up to CHUNK_POINTS points, all within one
+-- aligned minute of device time: chunks.rs) with its
 -- points as arrays, sorted by device time, instead of one row per reading:
 -- the (series_id, ts_ns) B-tree insert per reading was what bounded ingest
 -- (BENCHMARKS.md "ingest on PostgreSQL"), a chunk row needs one index entry
@@ -9,9 +10,9 @@
 -- Element i of each array is point i. kind as in `readings`; v_f64, v_i64
 -- and v_text hold the value where the kind uses them and NULL elsewhere,
 -- and are NULL as a whole when no point of the row uses them. ts_min and
--- ts_max are the first and last ts_ns. A read of [start, end] takes the
--- rows with ts_max >= start (the index) and ts_min <= end, then filters
--- the points. Retention removes whole rows whose ts_max is older than the
+-- ts_max are the first and last ts_ns, less than a minute apart. A read
+-- of [start, end] takes the rows with ts_max in [start, end + 1 min) (a
+-- bounded range of the index) and ts_min <= end, then filters the points. Retention removes whole rows whose ts_max is older than the
 -- cutoff (a row straddling it stays until its newest point expires). A
 -- BRIN index on ts_max (plain table) or a hypertable on ts_max (with
 -- TimescaleDB) is added by the collector.
@@ -76,7 +77,12 @@ FROM (
     SELECT c.series_id, p.ts_ns, p.kind, p.v_f64, p.v_i64
     FROM readings_chunks c
     CROSS JOIN LATERAL unnest(c.ts_ns, c.kind, c.v_f64, c.v_i64) AS p(ts_ns, kind, v_f64, v_i64)
-    WHERE c.ts_max >= from_ns AND c.ts_min <= to_ns
+    -- A row's points lie within one aligned minute (chunks.rs
+    -- CHUNK_SPAN_NS), so no row overlapping the range ends later than
+    -- to_ns + 60 s - 1 (LEAST keeps that from overflowing).
+    WHERE c.ts_max >= from_ns
+      AND c.ts_max <= LEAST(to_ns, 9223372036854775807 - 59999999999) + 59999999999
+      AND c.ts_min <= to_ns
       AND p.ts_ns >= from_ns AND p.ts_ns <= to_ns
 ) r
 JOIN series s ON s.id = r.series_id
