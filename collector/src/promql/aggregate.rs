@@ -3,7 +3,9 @@
 //! computes them (incremental mean, Welford's variance, NaN handling of
 //! `min`/`max`, `topk` keeping whole samples).
 
-use rustc_hash::{FxHashMap, FxHasher};
+use std::hash::BuildHasher;
+
+use crate::promql::FastMap;
 use std::sync::Arc;
 
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
@@ -33,10 +35,15 @@ fn group_labels(labels: &Labels, modifier: &Option<LabelModifier>) -> Labels {
         .collect()
 }
 
-/// A hash of the labels a sample is grouped by, made without copying them.
-fn group_hash(labels: &Labels, modifier: &Option<LabelModifier>) -> u64 {
+/// A hash of the labels a sample is grouped by, made without copying them
+/// (seeded by `state`, one per grouping).
+fn group_hash(
+    state: &foldhash::fast::RandomState,
+    labels: &Labels,
+    modifier: &Option<LabelModifier>,
+) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = FxHasher::default();
+    let mut h = state.build_hasher();
     for (n, v) in labels.iter().filter(|(n, _)| grouped_by(n, modifier)) {
         n.hash(&mut h);
         v.hash(&mut h);
@@ -150,11 +157,14 @@ pub fn group_of<'a>(
 ) -> (Vec<Labels>, Vec<usize>) {
     // By hash of the group's labels, so an input's group is found without
     // copying its labels; only a new group's are copied.
-    let mut index: FxHashMap<u64, Vec<usize>> = FxHashMap::default();
+    let mut index: FastMap<u64, Vec<usize>> = FastMap::default();
+    let seed = foldhash::fast::RandomState::default();
     let mut groups: Vec<Labels> = Vec::new();
     let mut of = Vec::new();
     for labels in inputs {
-        let slots = index.entry(group_hash(labels, modifier)).or_default();
+        let slots = index
+            .entry(group_hash(&seed, labels, modifier))
+            .or_default();
         let g = match slots
             .iter()
             .copied()

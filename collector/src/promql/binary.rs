@@ -5,7 +5,7 @@
 //! labels (arithmetic and `bool` drop `__name__`; one-to-one matching
 //! `on` keeps only the listed labels).
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use crate::promql::{FastMap, FastSet};
 use std::sync::Arc;
 
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
@@ -139,22 +139,19 @@ fn set_op(op: &str, b: &BinaryExpr, l: Vec<Sample>, r: Vec<Sample>) -> Vec<Sampl
     let matching = b.modifier.as_ref().and_then(|m| m.matching.as_ref());
     match op {
         "and" => {
-            let right: FxHashSet<Labels> =
-                r.iter().map(|s| signature(&s.labels, matching)).collect();
+            let right: FastSet<Labels> = r.iter().map(|s| signature(&s.labels, matching)).collect();
             l.into_iter()
                 .filter(|s| right.contains(&signature(&s.labels, matching)))
                 .collect()
         }
         "unless" => {
-            let right: FxHashSet<Labels> =
-                r.iter().map(|s| signature(&s.labels, matching)).collect();
+            let right: FastSet<Labels> = r.iter().map(|s| signature(&s.labels, matching)).collect();
             l.into_iter()
                 .filter(|s| !right.contains(&signature(&s.labels, matching)))
                 .collect()
         }
         _ => {
-            let left: FxHashSet<Labels> =
-                l.iter().map(|s| signature(&s.labels, matching)).collect();
+            let left: FastSet<Labels> = l.iter().map(|s| signature(&s.labels, matching)).collect();
             let mut out = l;
             out.extend(
                 r.into_iter()
@@ -192,8 +189,8 @@ fn vector_vector(
             card,
             VectorMatchCardinality::OneToMany(_) | VectorMatchCardinality::ManyToOne(_)
         );
-    let mut one_side: FxHashMap<Labels, &Sample> =
-        FxHashMap::with_capacity_and_hasher(one.len(), Default::default());
+    let mut one_side: FastMap<Labels, &Sample> =
+        FastMap::with_capacity_and_hasher(one.len(), Default::default());
     for s in &one {
         match one_side.entry(signature(&s.labels, matching)) {
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -210,8 +207,8 @@ fn vector_vector(
             }
         }
     }
-    let mut matched_sigs: FxHashSet<Labels> = FxHashSet::default();
-    let mut result_labels: FxHashSet<Arc<Labels>> = FxHashSet::default();
+    let mut matched_sigs: FastSet<Labels> = FastSet::default();
+    let mut result_labels: FastSet<Arc<Labels>> = FastSet::default();
     let mut out = Vec::new();
     for s in &many {
         let sig = signature(&s.labels, matching);

@@ -272,7 +272,7 @@ pub fn check_unique(samples: &[Sample]) -> Result<(), QueryError> {
         return Ok(());
     }
     let mut seen =
-        rustc_hash::FxHashSet::with_capacity_and_hasher(samples.len(), Default::default());
+        crate::promql::FastSet::with_capacity_and_hasher(samples.len(), Default::default());
     for s in samples {
         if !seen.insert(&*s.labels) {
             return Err(QueryError::Execution(

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use crate::promql::{FastMap, FastSet};
 
 use crate::model::{Point, SeriesMeta};
 use crate::prom_labels;
@@ -39,7 +39,7 @@ use super::types::{Labels, NAME, QueryError, Series, drop_name};
 /// series' points cover the selector's window (and may hold more).
 #[derive(Debug, Default)]
 pub struct Data {
-    pub selections: FxHashMap<usize, Selection>,
+    pub selections: FastMap<usize, Selection>,
 }
 
 /// The series one selector chose, with their samples.
@@ -80,7 +80,7 @@ impl Selection {
                 .iter()
                 .map(|s| Arc::new(drop_name(&s.labels)))
                 .collect();
-            let mut seen = FxHashSet::with_capacity_and_hasher(labels.len(), Default::default());
+            let mut seen = FastSet::with_capacity_and_hasher(labels.len(), Default::default());
             let unique = labels.iter().all(|l| seen.insert(&**l));
             (labels, unique)
         });
@@ -90,8 +90,7 @@ impl Selection {
     /// Whether no two series have equal labels (`__name__` included).
     pub fn named_unique(&self) -> bool {
         *self.named_unique.get_or_init(|| {
-            let mut seen =
-                FxHashSet::with_capacity_and_hasher(self.series.len(), Default::default());
+            let mut seen = FastSet::with_capacity_and_hasher(self.series.len(), Default::default());
             self.series.iter().all(|s| seen.insert(&*s.labels))
         })
     }
@@ -311,7 +310,7 @@ pub fn load(
 ) -> Result<Data, QueryError> {
     // Without a catalogue: the series list per pushed-down filter, listed
     // once per query.
-    let mut lists: FxHashMap<(String, String, String), Vec<Listed>> = FxHashMap::default();
+    let mut lists: FastMap<(String, String, String), Vec<Listed>> = FastMap::default();
     let mut data = Data::default();
     let mut total = 0usize;
     for need in needs {

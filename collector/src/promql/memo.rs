@@ -11,8 +11,8 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+use crate::promql::FastMap;
 use regex::Regex;
-use rustc_hash::FxHashMap;
 
 use super::types::Value;
 
@@ -27,10 +27,10 @@ pub const MAX_WINDOW_STEPS: usize = 11_000;
 #[derive(Default)]
 pub struct Memo {
     /// Anchored regular expressions by their pattern as written.
-    regexes: RefCell<FxHashMap<String, Regex>>,
+    regexes: RefCell<FastMap<String, Regex>>,
     /// Per subquery node (its address in the query's tree, which outlives
     /// the evaluator), the inner evaluations of its last window by time.
-    subqueries: RefCell<FxHashMap<usize, BTreeMap<i64, Value>>>,
+    subqueries: RefCell<FastMap<usize, BTreeMap<i64, Value>>>,
 }
 
 impl Memo {

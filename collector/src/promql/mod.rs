@@ -23,10 +23,12 @@
 //! (`http/prometheus` calls in and formats the answer).
 //!
 //! Maps and sets that live for one query (keyed by label sets, group
-//! hashes, series ids, node ids) use FxHash (`rustc_hash`), not SipHash:
-//! their keys come from stored labels and the query itself, and a map is
-//! dropped with its query, so there is nothing for a HashDoS to build up
-//! across requests, while SipHash was a tenth of a query's instructions.
+//! hashes, series ids, node ids) are [`FastMap`]/[`FastSet`], foldhash
+//! seeded per process and per map, not SipHash (a tenth of a query's
+//! instructions): label values can come from devices (an SNMP interface
+//! description), so an unseeded hash (FxHash) would let crafted values
+//! collide and make one query quadratic; foldhash's random seed keeps
+//! that out of reach at FxHash's speed.
 
 mod aggregate;
 mod binary;
@@ -46,7 +48,6 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +58,11 @@ use tokio::time::Instant;
 
 use crate::model::SeriesMeta;
 use crate::store::read::Reader;
+
+/// A map that lives for one query (see the module's doc on hashing).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A set that lives for one query.
+pub(crate) type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 pub use numbers::{format_float, format_sample_value, write_float, write_sample_value};
 pub use plan::selector_matches;
@@ -226,7 +232,7 @@ impl Engine {
         reads: &load::Reads<'_>,
         selectors: &[VectorSelector],
     ) -> Result<Vec<load::Listed>, QueryError> {
-        let mut out: FxHashMap<i64, load::Listed> = FxHashMap::default();
+        let mut out: FastMap<i64, load::Listed> = FastMap::default();
         if let Some(snapshot) = self.catalogue.snapshot(reads)? {
             if selectors.is_empty() {
                 for listed in snapshot.all() {

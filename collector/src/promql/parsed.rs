@@ -10,8 +10,11 @@
 //!
 //! The keys are request text, so the map keeps std's randomly seeded
 //! SipHash (unlike the query-local maps). Memory is bounded: at most
-//! [`MAX_ENTRIES`] queries, none longer than [`MAX_QUERY_LEN`] bytes;
-//! the oldest entry goes first.
+//! [`MAX_ENTRIES`] queries, none longer than [`MAX_QUERY_LEN`] bytes and
+//! none with a regular-expression matcher (`=~`, `!~`: the parser compiles
+//! each into a `Regex`, whose size does not follow the text's: a 14-byte
+//! `\w{100}` holds megabytes), so an entry is about its text's size times
+//! a small factor; the oldest entry goes first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -48,7 +51,7 @@ impl Parsed {
             return Ok(Arc::clone(expr));
         }
         let expr: Arc<Expr> = Arc::from(parse(query)?);
-        if query.len() <= MAX_QUERY_LEN {
+        if query.len() <= MAX_QUERY_LEN && !query.contains('~') {
             let mut inner = self.lock();
             let text: Arc<str> = Arc::from(query);
             if inner
@@ -105,6 +108,12 @@ mod tests {
         assert!(long.len() > MAX_QUERY_LEN);
         cache.get(&long).expect("parses");
         assert_eq!(cache.len(), 0);
+        // Regular expressions are compiled by the parser: never kept.
+        cache.get(r#"m{a=~"\\w{100}"}"#).expect("parses");
+        cache.get(r#"m{a!~"x"}"#).expect("parses");
+        assert_eq!(cache.len(), 0);
+        cache.get(r#"m{a="~"}"#).expect("parses");
+        assert_eq!(cache.len(), 0, "a ~ anywhere keeps it out (conservative)");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! looked up by hash, so the answer is the same whatever order the
 //! evaluation hands the series out in.
 
-use rustc_hash::FxHashMap;
+use crate::promql::FastMap;
 use std::sync::Arc;
 
 use super::types::{Labels, Sample, Series};
@@ -18,7 +18,7 @@ use super::types::{Labels, Sample, Series};
 #[derive(Debug, Default)]
 pub struct Steps {
     /// Each series' slot in `series`, by labels.
-    slots: FxHashMap<Arc<Labels>, usize>,
+    slots: FastMap<Arc<Labels>, usize>,
     series: Vec<Series>,
     /// The slot of each sample of the step before, by position.
     last: Vec<usize>,

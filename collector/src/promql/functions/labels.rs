@@ -1,7 +1,7 @@
 //! `label_replace`, `label_join` and `histogram_quantile` (classic
 //! histograms: `_bucket` series with an `le` label).
 
-use rustc_hash::FxHashMap;
+use crate::promql::FastMap;
 use std::sync::Arc;
 
 use promql_parser::parser::{Call, Expr};
@@ -111,7 +111,7 @@ pub fn label_join(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, QueryE
 pub fn histogram_quantile(ev: &Evaluator<'_>, c: &Call, ts: i64) -> Result<Value, QueryError> {
     let q = ev.scalar(arg(c, 0)?, ts, "histogram_quantile()")?;
     let v = ev.vector(arg(c, 1)?, ts, "histogram_quantile()")?;
-    let mut groups: FxHashMap<Labels, Vec<(f64, f64)>> = FxHashMap::default();
+    let mut groups: FastMap<Labels, Vec<(f64, f64)>> = FastMap::default();
     let mut order = Vec::new();
     for s in &v {
         let Some(le) = parse_go_float(get(&s.labels, "le")) else {
