@@ -150,9 +150,11 @@ struct Round {
 /// The compaction state. Not `Sync`; owned by the store, used by the merger.
 ///
 /// Memory: the pending head rows as written (about the size of the head,
-/// ≈ 11 bytes a float reading), one cursor per head row of the round under
-/// way, and one chunk encoder; nothing per series but the small-chunk
-/// lists. So a store with many series does not pay a buffer per series.
+/// ≈ 11 bytes a float reading), the unread rest of the round's rows (cut
+/// down as the round reads them, so a round's memory shrinks while the
+/// next one collects), one cursor per head row of the round under way,
+/// and one chunk encoder; nothing per series but the small-chunk lists.
+/// So a store with many series does not pay a buffer per series.
 pub struct Compactor {
     /// Committed head rows not yet in a round, in id order.
     pending: Vec<HeadRow>,
