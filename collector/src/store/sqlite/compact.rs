@@ -415,12 +415,12 @@ impl Compactor {
             } else if c.row.blob.len() >= SHRINK_FROM
                 && c.pos.unread_bytes() <= c.row.blob.len() / 2
             {
-                // Every row holds points of most series, so the round reads
-                // them all a little at each step: keep only what is left,
-                // or the whole round would stay in memory to its end while
-                // the next one collects. A copy of at most half a row, each
-                // time half is read: the bytes copied stay below the
-                // row's size.
+                // A row may hold points of many series (a batch of many
+                // devices), which the round reads a little at each step:
+                // keep only what is left, or such rows would stay in
+                // memory whole to the round's end while the next one
+                // collects. A copy of at most half a row, each time half
+                // is read: the bytes copied stay below the row's size.
                 match c.pos.keep_unread(&c.row.blob) {
                     Ok(rest) => c.row.blob = rest,
                     Err(e) => {
