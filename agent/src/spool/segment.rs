@@ -19,7 +19,13 @@ pub(super) const META: usize = 16;
 /// Largest record accepted when reading back (a larger length is corruption).
 const MAX_RECORD: usize = 256 * 1024 * 1024;
 
-pub(super) const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// CRC-32C of every record, dictionary entry and acked file, computed
+/// sixteen bytes a step (`Table<16>`, a 16 KiB table): the same checksum as
+/// a byte a step, which cost about 7 % of the agent's CPU at 210,000
+/// readings/s in `vs-prometheus` (each record is checksummed when written
+/// and again when read back to send). A `static`, so the table exists once.
+pub(super) static CRC: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
 /// Where a record is and what it holds (kept in memory per record).
 #[derive(Debug, Clone, Copy)]

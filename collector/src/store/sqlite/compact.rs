@@ -55,10 +55,22 @@ mod step;
 use step::Work;
 
 /// A round starts once this many points are pending...
-const ROUND_POINTS: u64 = 1 << 21;
+const ROUND_POINTS: u64 = 1 << 22;
 
-/// ...or once the oldest pending point has waited this long.
-const ROUND_AGE: Duration = Duration::from_secs(10);
+/// ...or once the oldest pending point has waited this long. Each round
+/// writes every series it holds a chunk row, and each such row is later
+/// deleted by a tier merge: SQLite's cost per row (two B-trees written on
+/// insert and on delete) is most of what compaction costs for wide,
+/// shallow data, so a longer round is fewer rows for the same points
+/// (20 s against 10 s in `vs-prometheus`: BENCHMARKS.md). Its memory stays
+/// that of about one round, as rows are cut down to their unread rest
+/// while it goes on.
+const ROUND_AGE: Duration = Duration::from_secs(20);
+
+/// A head row of a round at least this large is cut down to its unread
+/// rest once half of it is read. Tests cut every row (their rows are
+/// small), so every compaction test reads through cut rows.
+const SHRINK_FROM: usize = if cfg!(test) { 1 } else { 4096 };
 
 /// Most points one step writes into chunks (a series is never split, so a
 /// step may exceed it by one series' worth).
@@ -138,9 +150,11 @@ struct Round {
 /// The compaction state. Not `Sync`; owned by the store, used by the merger.
 ///
 /// Memory: the pending head rows as written (about the size of the head,
-/// ≈ 11 bytes a float reading), one cursor per head row of the round under
-/// way, and one chunk encoder; nothing per series but the small-chunk
-/// lists. So a store with many series does not pay a buffer per series.
+/// ≈ 11 bytes a float reading), the unread rest of the round's rows (cut
+/// down as the round reads them, so a round's memory shrinks while the
+/// next one collects), one cursor per head row of the round under way,
+/// and one chunk encoder; nothing per series but the small-chunk lists.
+/// So a store with many series does not pay a buffer per series.
 pub struct Compactor {
     /// Committed head rows not yet in a round, in id order.
     pending: Vec<HeadRow>,
@@ -392,10 +406,27 @@ impl Compactor {
             }
         };
         for c in &mut round.rows {
-            if c.next.is_none() && !c.row.blob.is_empty() {
-                // Read to the end: free the memory now rather than at the
-                // round's end.
-                c.row.blob = Vec::new();
+            if c.next.is_none() {
+                if !c.row.blob.is_empty() {
+                    // Read to the end: free the memory now rather than at
+                    // the round's end.
+                    c.row.blob = Vec::new();
+                }
+            } else if c.row.blob.len() >= SHRINK_FROM
+                && c.pos.unread_bytes() <= c.row.blob.len() / 2
+            {
+                // A row may hold points of many series (a batch of many
+                // devices), which the round reads a little at each step:
+                // keep only what is left, or such rows would stay in
+                // memory whole to the round's end while the next one
+                // collects. A copy of at most half a row, each time half
+                // is read: the bytes copied stay below the row's size.
+                match c.pos.keep_unread(&c.row.blob) {
+                    Ok(rest) => c.row.blob = rest,
+                    Err(e) => {
+                        tracing::warn!(head_id = c.row.id, error = %e, "head row kept in memory: its unread rest could not be cut out; kept whole");
+                    }
+                }
             }
         }
         for (series, tiers) in work.changed {

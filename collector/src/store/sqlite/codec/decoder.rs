@@ -22,6 +22,36 @@ pub struct Position {
     run_left: u64,
 }
 
+impl Position {
+    /// Bytes of its blob not yet read (every column's rest).
+    pub fn unread_bytes(&self) -> usize {
+        self.columns
+            .iter()
+            .map(|&(start, end)| end.saturating_sub(start))
+            .sum()
+    }
+
+    /// The bytes of `blob` not yet read, as a new, smaller buffer that this
+    /// position now stands at the start of: what a cursor keeps once much
+    /// of a large blob is read (the header and the points behind it are
+    /// not needed again). A position that does not fit `blob` (one taken
+    /// from another blob) is an error, and stays as it was.
+    pub fn keep_unread(&mut self, blob: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(self.unread_bytes());
+        let mut columns = self.columns;
+        for (start, end) in &mut columns {
+            let bytes = blob
+                .get(*start..*end)
+                .ok_or(CodecError::Header("position outside the blob"))?;
+            *start = out.len();
+            out.extend_from_slice(bytes);
+            *end = out.len();
+        }
+        self.columns = columns;
+        Ok(out)
+    }
+}
+
 /// Reads a blob point by point.
 #[derive(Debug, Clone)]
 pub struct Decoder<'a> {

@@ -82,6 +82,51 @@ fn a_decoder_resumed_from_its_position_reads_on_where_it_stood() {
 }
 
 #[test]
+fn the_unread_rest_of_a_blob_reads_on_as_the_whole_blob_would() {
+    let values = every_kind();
+    let mut head = Encoder::head();
+    for (i, v) in values.iter().enumerate() {
+        head.push(i as i64 / 3, 1000 - i as i64 * 7, 0, RawValue::of(v));
+    }
+    let blob = head.finish();
+    let all: Vec<_> = Decoder::new(&blob, 0, 5)
+        .unwrap()
+        .collect_points()
+        .unwrap()
+        .into_iter()
+        .map(owned)
+        .collect();
+    // After every point read, keep only the unread rest and go on in it.
+    let mut kept = blob.clone();
+    let mut pos = Decoder::new(&kept, 0, 5).unwrap().position(&kept);
+    let mut got = Vec::new();
+    loop {
+        let before = pos.unread_bytes();
+        let rest = pos.keep_unread(&kept).unwrap();
+        assert_eq!(rest.len(), before);
+        assert!(rest.len() < blob.len());
+        kept = rest;
+        let mut d = Decoder::resume(&kept, &pos).unwrap();
+        let Some(p) = d.next_point().unwrap() else {
+            break;
+        };
+        got.push(owned(p));
+        pos = d.position(&kept);
+    }
+    assert_eq!(kept.len(), 0);
+    assert_eq!(got.len(), all.len());
+    for (a, b) in got.iter().zip(&all) {
+        assert_eq!((a.0, a.1, a.2), (b.0, b.1, b.2));
+        assert!(same(&a.3, &b.3));
+    }
+    // A position that does not fit the blob is an error and is left as it was.
+    let mut start = Decoder::new(&blob, 0, 5).unwrap().position(&blob);
+    let was = start;
+    assert!(start.keep_unread(&blob[..blob.len() / 2]).is_err());
+    assert_eq!(start, was);
+}
+
+#[test]
 fn every_kind_round_trips_in_a_head_and_a_chunk() {
     let values = every_kind();
     // Timestamps jumping both ways, across the whole i64 range.
