@@ -270,6 +270,7 @@ fn open_deletes_the_segments_the_file_shows_fully_acked() {
 /// writes them (level included, no colours).
 fn logged(f: impl FnOnce()) -> String {
     use std::sync::{Arc, Mutex};
+    keep_interest();
     #[derive(Clone, Default)]
     struct Lines(Arc<Mutex<Vec<u8>>>);
     impl std::io::Write for Lines {
@@ -290,6 +291,43 @@ fn logged(f: impl FnOnce()) -> String {
     tracing::subscriber::with_default(subscriber, f);
     let bytes = lines.0.lock().unwrap().clone();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Keeps every callsite's cached interest from being `never` in this test
+/// binary: `tracing` caches a callsite's interest process-wide, and a test
+/// thread without a subscriber that hits the callsite first (or a rebuild
+/// racing a scoped dispatcher's registration) can cache `never`, after
+/// which [`logged`]'s thread-local subscriber would see nothing (a known
+/// flake of parallel `cargo test`). A global subscriber that is interested
+/// in everything and records nothing keeps the macros asking the current
+/// thread's subscriber.
+fn keep_interest() {
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::subscriber::Interest;
+    use tracing::{Event, Metadata};
+    struct Keeper;
+    impl tracing::Subscriber for Keeper {
+        fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+            Interest::always()
+        }
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            false
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &Event<'_>) {}
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only if a global default is set already, which then does
+        // the same job or not; the assertion below says which.
+        let _ = tracing::subscriber::set_global_default(Keeper);
+    });
 }
 
 /// Without `[spool] sync` the file is never fsynced, so an empty or torn
