@@ -138,19 +138,24 @@ pub(super) async fn migrate(c: &mut Client) -> Result<Layout, Fail> {
         .step("record the migration")?;
         info!(version, name, "applied postgres migration");
     }
-    let layout: Option<String> = tx
+    let layout = stored_layout(&tx).await?;
+    tx.commit().await.step("commit migration")?;
+    Ok(match layout.as_deref() {
+        Some("hypertable") => Layout::Hypertable,
+        _ => Layout::Table,
+    })
+}
+
+/// `tributary_meta.readings_layout`, as migration 1 recorded it.
+async fn stored_layout(tx: &tokio_postgres::Transaction<'_>) -> Result<Option<String>, Fail> {
+    Ok(tx
         .query_opt(
             "SELECT value FROM tributary_meta WHERE key = 'readings_layout'",
             &[],
         )
         .await
         .step("read the layout")?
-        .map(|r| r.get(0));
-    tx.commit().await.step("commit migration")?;
-    Ok(match layout.as_deref() {
-        Some("hypertable") => Layout::Hypertable,
-        _ => Layout::Table,
-    })
+        .map(|r| r.get(0)))
 }
 
 /// Gives `readings_chunks` the time layout `readings` has: a hypertable on
@@ -159,14 +164,7 @@ pub(super) async fn migrate(c: &mut Client) -> Result<Layout, Fail> {
 /// BRIN index on `ts_max` (for retention's deletes) next to a plain table.
 /// Untested here: TimescaleDB is not installed on the test machine.
 async fn chunks_time_layout(tx: &tokio_postgres::Transaction<'_>) -> Result<(), Fail> {
-    let layout: Option<String> = tx
-        .query_opt(
-            "SELECT value FROM tributary_meta WHERE key = 'readings_layout'",
-            &[],
-        )
-        .await
-        .step("read the layout")?
-        .map(|r| r.get(0));
+    let layout = stored_layout(&tx).await?;
     let sql = if layout.as_deref() == Some("hypertable") {
         format!(
             "SELECT create_hypertable('readings_chunks', 'ts_max', \

@@ -42,21 +42,27 @@ fn every_kind() -> Vec<StoredValue> {
     ]
 }
 
-#[test]
-fn a_decoder_resumed_from_its_position_reads_on_where_it_stood() {
-    let values = every_kind();
+/// A head blob of every kind (three points per series, times falling) and
+/// its points as one decoder reads them.
+fn head_of_every_kind() -> (Vec<u8>, Vec<(i64, i64, i64, StoredValue)>) {
     let mut head = Encoder::head();
-    for (i, v) in values.iter().enumerate() {
+    for (i, v) in every_kind().iter().enumerate() {
         head.push(i as i64 / 3, 1000 - i as i64 * 7, 0, RawValue::of(v));
     }
     let blob = head.finish();
-    let all: Vec<_> = Decoder::new(&blob, 0, 5)
+    let all = Decoder::new(&blob, 0, 5)
         .unwrap()
         .collect_points()
         .unwrap()
         .into_iter()
         .map(owned)
         .collect();
+    (blob, all)
+}
+
+#[test]
+fn a_decoder_resumed_from_its_position_reads_on_where_it_stood() {
+    let (blob, all) = head_of_every_kind();
     // Read one point per fresh decoder, resuming each time.
     let mut pos = Decoder::new(&blob, 0, 5).unwrap().position(&blob);
     let mut got = Vec::new();
@@ -83,19 +89,7 @@ fn a_decoder_resumed_from_its_position_reads_on_where_it_stood() {
 
 #[test]
 fn the_unread_rest_of_a_blob_reads_on_as_the_whole_blob_would() {
-    let values = every_kind();
-    let mut head = Encoder::head();
-    for (i, v) in values.iter().enumerate() {
-        head.push(i as i64 / 3, 1000 - i as i64 * 7, 0, RawValue::of(v));
-    }
-    let blob = head.finish();
-    let all: Vec<_> = Decoder::new(&blob, 0, 5)
-        .unwrap()
-        .collect_points()
-        .unwrap()
-        .into_iter()
-        .map(owned)
-        .collect();
+    let (blob, all) = head_of_every_kind();
     // After every point read, keep only the unread rest and go on in it.
     let mut kept = blob.clone();
     let mut pos = Decoder::new(&kept, 0, 5).unwrap().position(&kept);
