@@ -164,7 +164,7 @@ async fn stored_layout(tx: &tokio_postgres::Transaction<'_>) -> Result<Option<St
 /// BRIN index on `ts_max` (for retention's deletes) next to a plain table.
 /// Untested here: TimescaleDB is not installed on the test machine.
 async fn chunks_time_layout(tx: &tokio_postgres::Transaction<'_>) -> Result<(), Fail> {
-    let layout = stored_layout(&tx).await?;
+    let layout = stored_layout(tx).await?;
     let sql = if layout.as_deref() == Some("hypertable") {
         format!(
             "SELECT create_hypertable('readings_chunks', 'ts_max', \

@@ -6,7 +6,10 @@
 use super::*;
 use crate::model::StoredValue;
 
-fn owned(p: RawPoint<'_>) -> (i64, i64, i64, StoredValue) {
+/// Series, device time, receive time, value.
+type Owned = (i64, i64, i64, StoredValue);
+
+fn owned(p: RawPoint<'_>) -> Owned {
     (p.series, p.ts_ns, p.received_ns, p.value.to_stored())
 }
 
@@ -44,7 +47,7 @@ fn every_kind() -> Vec<StoredValue> {
 
 /// A head blob of every kind (three points per series, times falling) and
 /// its points as one decoder reads them.
-fn head_of_every_kind() -> (Vec<u8>, Vec<(i64, i64, i64, StoredValue)>) {
+fn head_of_every_kind() -> (Vec<u8>, Vec<Owned>) {
     let mut head = Encoder::head();
     for (i, v) in every_kind().iter().enumerate() {
         head.push(i as i64 / 3, 1000 - i as i64 * 7, 0, RawValue::of(v));
