@@ -92,7 +92,11 @@ fn samples_decoded_from_blobs_equal_the_points_converted() {
         let at = j * 150 * 500_000;
         db.batch(
             ts + 2 + j,
-            vec![(1, at, value(j)), (2, at, value(j)), (3, at + 1, value(j + 4))],
+            vec![
+                (1, at, value(j)),
+                (2, at, value(j)),
+                (3, at + 1, value(j + 4)),
+            ],
         );
     }
     assert!(db.count("SELECT COUNT(*) FROM chunks WHERE series_id = 1 AND count >= 4096") >= 2);
@@ -125,6 +129,9 @@ fn samples_decoded_from_blobs_equal_the_points_converted() {
     // The mix was there: non-samples dropped, NaN and repeated times kept.
     let (all, _) = via_points(&r, &ids, TimeSpan::default(), MAX_CHUNK_POINTS);
     assert!(all_dropped > 1000);
-    assert!(all.iter().any(|&(_, _, bits)| f64::from_bits(bits).is_nan()));
+    assert!(
+        all.iter()
+            .any(|&(_, _, bits)| f64::from_bits(bits).is_nan())
+    );
     assert!(all.windows(2).any(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1));
 }
