@@ -7,7 +7,9 @@
 //! the selector's window (one read over exactly those series, by id, on
 //! one SQLite connection however many there are), converted to samples as
 //! they are read (`prom_labels::sample_value`; strings and failures are
-//! not samples) at ms resolution.
+//! not samples) at ms resolution. SQLite decodes its blobs straight into
+//! samples (`store::read::Sample`), with no `Point` per reading;
+//! PostgreSQL's points are converted here.
 //!
 //! Every read here is made by [`Reads`], on the query's own blocking
 //! thread (`runtime.rs`): SQLite's calls directly, PostgreSQL's async ones
@@ -28,7 +30,8 @@ use crate::promql::{FastMap, FastSet};
 use crate::model::{Point, SeriesMeta};
 use crate::prom_labels;
 use crate::store::read::{
-    MAX_CHUNK_POINTS, ReadError, Reader, Selector, SeriesCensus, SeriesPage, SpanSeries, TimeSpan,
+    MAX_CHUNK_POINTS, ReadError, Reader, Sample, Selector, SeriesCensus, SeriesPage, SpanSeries,
+    TimeSpan,
 };
 
 use super::catalogue::Snapshot;
@@ -174,31 +177,31 @@ impl Reads<'_> {
         }
     }
 
-    /// The points of exactly `series` within `span`, folded into `state`
-    /// (`Reader::fold_range_series`).
-    fn fold_range_series<S, F>(
+    /// The samples of exactly `series` within `span`, loaded into
+    /// `loading`: on SQLite decoded straight into samples
+    /// (`SqliteReader::range_series_lent`), on PostgreSQL folded from its
+    /// points (`Reader::fold_range_series`).
+    fn load_range_series(
         &self,
         series: &[Arc<SeriesMeta>],
         span: TimeSpan,
-        mut state: S,
-        mut each: F,
-    ) -> Result<S, QueryError>
-    where
-        S: Send + 'static,
-        F: FnMut(&mut S, usize, &[Point]) -> ControlFlow<()> + Send + 'static,
-    {
+        mut loading: Loading,
+    ) -> Result<Loading, QueryError> {
         match self.reader {
             Reader::Sqlite(r) => {
                 let ids: Vec<i64> = series.iter().map(|m| m.id).collect();
-                r.range_series_lent(&ids, span, MAX_CHUNK_POINTS, |i, points| {
-                    each(&mut state, i, points)
+                r.range_series_lent(&ids, span, MAX_CHUNK_POINTS, |i, samples: &[Sample]| {
+                    loading.add(i, samples.len(), samples.iter().map(|s| (s.ts_ns, s.value)))
                 })
                 .map_err(|e| unavailable(&e))?;
-                Ok(state)
+                Ok(loading)
             }
             Reader::Postgres(_) => self.wait(
                 "reading the store",
-                self.reader.fold_range_series(series, span, state, each),
+                self.reader
+                    .fold_range_series(series, span, loading, |loading, i, points| {
+                        loading.add_points(i, points)
+                    }),
             ),
         }
     }
@@ -261,8 +264,22 @@ struct Loading {
 }
 
 impl Loading {
-    /// Adds the samples of one chunk of series `i`.
-    fn add(&mut self, i: usize, chunk: &[Point]) -> ControlFlow<()> {
+    /// Adds the samples among one chunk of points of series `i`.
+    fn add_points(&mut self, i: usize, chunk: &[Point]) -> ControlFlow<()> {
+        let samples = chunk
+            .iter()
+            .filter_map(|p| Some((p.ts_ns, prom_labels::sample_value(&p.value)?)));
+        self.add(i, chunk.len(), samples)
+    }
+
+    /// Adds one chunk of samples (device time in ns, value) of series `i`,
+    /// at most `len` of them.
+    fn add(
+        &mut self,
+        i: usize,
+        len: usize,
+        samples: impl Iterator<Item = (i64, f64)>,
+    ) -> ControlFlow<()> {
         if self.abandoned.load(Ordering::Relaxed) {
             self.stopped = Some(QueryError::Timeout(
                 "reading the store (the query was abandoned)",
@@ -276,12 +293,9 @@ impl Loading {
         let Some(points) = self.points.get_mut(i) else {
             return ControlFlow::Continue(());
         };
-        points.reserve(chunk.len());
-        for p in chunk {
-            let Some(v) = prom_labels::sample_value(&p.value) else {
-                continue;
-            };
-            let t = p.ts_ns.div_euclid(1_000_000);
+        points.reserve(len);
+        for (ts_ns, v) in samples {
+            let t = ts_ns.div_euclid(1_000_000);
             match points.last_mut() {
                 // Two readings in one ms: the later one stands.
                 Some(last) if last.0 == t => last.1 = v,
@@ -349,7 +363,7 @@ pub fn load(
             abandoned: Arc::clone(reads.abandoned),
         };
         // One read over exactly the chosen series (by id, in id order).
-        let loading = reads.fold_range_series(&metas, span, loading, Loading::add)?;
+        let loading = reads.load_range_series(&metas, span, loading)?;
         if let Some(e) = loading.stopped {
             return Err(e);
         }

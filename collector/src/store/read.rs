@@ -25,6 +25,16 @@ pub const MAX_CHUNK_POINTS: usize = 4096;
 /// Chunks `Reader::range` may have read ahead of its consumer.
 const RANGE_AHEAD: usize = 2;
 
+/// A reading as PromQL keeps it: its device time and its value as a
+/// double (`prom_labels::sample_value`). SQLite's reads can decode their
+/// blobs straight into these (`SqliteReader::range_series_lent`), skipping
+/// the readings that are not samples (strings, failures).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub ts_ns: i64,
+    pub value: f64,
+}
+
 /// Errors of the read side, each naming what failed and where. As on the
 /// write side (see `error.rs`), the message holds the cause and `source()`
 /// is `None`, so a cause is printed once.

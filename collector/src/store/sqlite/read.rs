@@ -28,7 +28,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::layout::LayoutError;
-use super::scan::{self, Merge, Received};
+use super::scan::{self, Decoded, Merge, Received};
 use crate::model::{Point, SeriesMeta};
 use crate::store::labels::{SERIES_COLUMNS, SeriesRow};
 use crate::store::read::{
@@ -466,14 +466,17 @@ impl SqliteReader {
     /// every chunk lent to `sink` (with the series' index in `ids`)
     /// instead of handed over: one buffer for the whole walk, for a caller
     /// that converts the points as they come (PromQL's load). The chunks'
-    /// receive times are not decoded: a point from a chunk carries 0 as
-    /// its receive time (PromQL never reads it).
-    pub fn range_series_lent(
+    /// receive times are not decoded: a [`Point`] from a chunk carries 0
+    /// as its receive time (PromQL never reads it). With `E` =
+    /// [`Sample`](crate::store::read::Sample) the blobs are decoded
+    /// straight into samples, and readings that are not samples are left
+    /// out (PromQL's load).
+    pub fn range_series_lent<E: Decoded>(
         &self,
         ids: &[i64],
         span: TimeSpan,
         max_chunk: usize,
-        mut sink: impl FnMut(usize, &[Point]) -> ControlFlow<()>,
+        mut sink: impl FnMut(usize, &[E]) -> ControlFlow<()>,
     ) -> Result<(), ReadError> {
         if span.closed().is_none() || ids.is_empty() {
             return Ok(());
@@ -493,14 +496,14 @@ impl SqliteReader {
         )
     }
 
-    fn range_on(
+    fn range_on<E: Decoded>(
         &self,
         conn: &Connection,
         ids: &[i64],
         span: TimeSpan,
         max_chunk: usize,
         (group_size, received): (usize, Received),
-        mut sink: impl FnMut(usize, &mut Vec<Point>) -> ControlFlow<()>,
+        mut sink: impl FnMut(usize, &mut Vec<E>) -> ControlFlow<()>,
     ) -> Result<(), ReadError> {
         let Some((lo, hi)) = span.closed() else {
             return Ok(());

@@ -16,13 +16,67 @@
 //! - [`Merge`] yields the points of one series in device-time order,
 //!   loading a full chunk only when its first point is due, so memory stays
 //!   at the head, small chunks and the full chunks overlapping one instant.
+//! - What a point is decoded into is the reader's choice ([`Decoded`]):
+//!   a whole [`Point`] (every reader but PromQL), or a [`Sample`]
+//!   (PromQL's load: device time and value as a double, decoded straight
+//!   from the blob; strings and failures are dropped as they are decoded,
+//!   which leaves the order of the samples kept as it was, since the merge
+//!   orders by device time and then by source alone).
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::codec::{CodecError, Decoder, RawPoint};
+use super::codec::{CodecError, Decoder, RawPoint, RawValue};
 use super::layout::{CHUNK_POINTS, LayoutError, Marks, bad};
 use crate::model::{IdMap, Point};
+use crate::store::read::Sample;
+
+/// What a scan decodes each stored point into.
+pub trait Decoded: Sized {
+    /// The point's device time, by which the merge orders.
+    fn ts_ns(&self) -> i64;
+    /// The point as this reader keeps it; `None` drops it.
+    fn decode(p: &RawPoint<'_>) -> Option<Self>;
+}
+
+impl Decoded for Point {
+    fn ts_ns(&self) -> i64 {
+        self.ts_ns
+    }
+
+    fn decode(p: &RawPoint<'_>) -> Option<Self> {
+        Some(p.point())
+    }
+}
+
+impl Decoded for Sample {
+    fn ts_ns(&self) -> i64 {
+        self.ts_ns
+    }
+
+    /// As `prom_labels::sample_value` on the stored value (a unit test
+    /// holds them equal): numbers and bools are samples (bool as 0 or 1,
+    /// integers to the nearest double), strings and failures are not.
+    fn decode(p: &RawPoint<'_>) -> Option<Self> {
+        let value = match p.value {
+            RawValue::F64(v) => v,
+            RawValue::I64(v) => v as f64,
+            RawValue::U64(v) => v as f64,
+            RawValue::Bool(b) => {
+                if b {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            RawValue::Str(_) | RawValue::Timeout(_) | RawValue::Error(_) => return None,
+        };
+        Some(Sample {
+            ts_ns: p.ts_ns,
+            value,
+        })
+    }
+}
 
 /// A full chunk to fetch later.
 #[derive(Debug, Clone, Copy)]
@@ -32,26 +86,35 @@ struct FullRef {
 }
 
 /// What one snapshot holds of one series within a span.
-#[derive(Debug, Default)]
-pub struct SeriesScan {
+#[derive(Debug)]
+pub struct SeriesScan<E> {
     /// Points of the head and the small chunks, in device-time order,
     /// reversed (`pop` gives the next).
-    mem: Vec<Point>,
+    mem: Vec<E>,
     /// Full chunks overlapping the span, by first point.
     full: Vec<FullRef>,
 }
 
+impl<E> Default for SeriesScan<E> {
+    fn default() -> Self {
+        SeriesScan {
+            mem: Vec::new(),
+            full: Vec::new(),
+        }
+    }
+}
+
 /// Reads, in one transaction, what may move of `series` within
 /// `[lo, hi]`, one [`SeriesScan`] per series in the same order.
-pub fn snapshot(
+pub fn snapshot<E: Decoded>(
     conn: &Connection,
     series: &[i64],
     lo: i64,
     hi: i64,
     received: Received,
-) -> Result<Vec<SeriesScan>, LayoutError> {
+) -> Result<Vec<SeriesScan<E>>, LayoutError> {
     let tx = conn.unchecked_transaction()?;
-    let mut scans: Vec<SeriesScan> = Vec::with_capacity(series.len());
+    let mut scans: Vec<SeriesScan<E>> = Vec::with_capacity(series.len());
     let marks = marks(&tx, series)?;
     {
         let mut metas = tx.prepare_cached(
@@ -89,8 +152,9 @@ pub fn snapshot(
     head_points(&tx, series, lo, hi, |id, p| {
         if let Some(&i) = slot.get(&p.series)
             && id > marks[i]
+            && let Some(e) = E::decode(&p)
         {
-            scans[i].mem.push(p.point());
+            scans[i].mem.push(e);
         }
     })?;
     drop(tx);
@@ -98,8 +162,8 @@ pub fn snapshot(
         // Stable: small chunks (oldest first), then the head, among equal
         // device times. Often in order already (one small chunk, no head
         // points): a check, then, instead of a sort.
-        if !scan.mem.is_sorted_by_key(|p| p.ts_ns) {
-            scan.mem.sort_by_key(|p| p.ts_ns);
+        if !scan.mem.is_sorted_by_key(E::ts_ns) {
+            scan.mem.sort_by_key(E::ts_ns);
         }
         scan.mem.reverse();
     }
@@ -157,16 +221,16 @@ pub fn latest(conn: &Connection, series: &[i64]) -> Result<Vec<Option<Point>>, L
 
 /// Yields the points of one series in device-time order: the snapshot's
 /// points merged with its full chunks, each fetched when due.
-pub struct Merge<'c> {
+pub struct Merge<'c, E> {
     conn: &'c Connection,
     series: i64,
     lo: i64,
     hi: i64,
-    scan: SeriesScan,
+    scan: SeriesScan<E>,
     next_full: usize,
     /// Loaded full chunks still holding points, each reversed, oldest
     /// chunk first.
-    open: Vec<Vec<Point>>,
+    open: Vec<Vec<E>>,
     received: Received,
 }
 
@@ -186,12 +250,12 @@ enum Source {
     Mem,
 }
 
-impl<'c> Merge<'c> {
+impl<'c, E: Decoded> Merge<'c, E> {
     pub fn new(
         conn: &'c Connection,
         series: i64,
         (lo, hi): (i64, i64),
-        scan: SeriesScan,
+        scan: SeriesScan<E>,
         received: Received,
     ) -> Self {
         Merge {
@@ -208,7 +272,7 @@ impl<'c> Merge<'c> {
 
     /// Moves the next points, in order, onto `out` until it holds `limit`
     /// or the series is done. False when nothing was left.
-    pub fn next_points(&mut self, out: &mut Vec<Point>, limit: usize) -> Result<bool, LayoutError> {
+    pub fn next_points(&mut self, out: &mut Vec<E>, limit: usize) -> Result<bool, LayoutError> {
         let mut any = false;
         while out.len() < limit {
             let Some((from, bound)) = self.next_source()? else {
@@ -225,7 +289,7 @@ impl<'c> Merge<'c> {
             if let Some(p) = source.pop() {
                 out.push(p);
             }
-            while out.len() < limit && source.last().is_some_and(|p| p.ts_ns < bound) {
+            while out.len() < limit && source.last().is_some_and(|p| p.ts_ns() < bound) {
                 if let Some(p) = source.pop() {
                     out.push(p);
                 }
@@ -250,8 +314,8 @@ impl<'c> Merge<'c> {
                 .open
                 .iter()
                 .enumerate()
-                .filter_map(|(i, c)| c.last().map(|p| (p.ts_ns, Source::Open(i))))
-                .chain(self.scan.mem.last().map(|p| (p.ts_ns, Source::Mem)));
+                .filter_map(|(i, c)| c.last().map(|p| (p.ts_ns(), Source::Open(i))))
+                .chain(self.scan.mem.last().map(|p| (p.ts_ns(), Source::Mem)));
             let mut best: Option<(i64, Source)> = None;
             let mut second = i64::MAX;
             for (ts, from) in heads {
@@ -360,7 +424,8 @@ fn head_points(
     Ok(())
 }
 
-/// Decodes the points of chunk `id` within `[lo, hi]` onto `out`. A chunk's
+/// Decodes the points of chunk `id` within `[lo, hi]` onto `out` (those
+/// `E` keeps). A chunk's
 /// points are in device-time order (every writer sorts them: compaction's
 /// rounds and merges, retention's trim), so the points before `lo` are
 /// skipped without being handed out and decoding stops at the first point
@@ -368,13 +433,13 @@ fn head_points(
 /// is an error naming the chunk; a disorder or a corrupt tail in what is
 /// stepped over or left after `hi` is not seen here (the writers keep the
 /// order; ARCHITECTURE.md).
-fn decode_into(
+fn decode_into<E: Decoded>(
     blob: &[u8],
     series: i64,
     id: i64,
     (lo, hi): (i64, i64),
     received: Received,
-    out: &mut Vec<Point>,
+    out: &mut Vec<E>,
 ) -> Result<(), LayoutError> {
     let mut d = Decoder::new(blob, series, 0).map_err(bad("chunks", id))?;
     if received == Received::Skip {
@@ -391,7 +456,9 @@ fn decode_into(
             break;
         }
         prev = p.ts_ns;
-        out.push(p.point());
+        if let Some(e) = E::decode(&p) {
+            out.push(e);
+        }
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use crate::store::{BatchWrite, CommittedSet, CompactStep, Durability, WriteSet};
 
 mod epochs;
 mod prop;
+mod samples;
 mod speed;
 
 /// A database file with the real schema, written by a real `SqliteStore`

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::store::CompactStep;
-use crate::store::read::MAX_CHUNK_POINTS;
+use crate::store::read::{MAX_CHUNK_POINTS, Sample};
 
 /// The process's peak resident memory, as `/proc/self/status` says it.
 fn peak_memory() -> String {
@@ -296,12 +296,9 @@ fn corpus_reads(r: &SqliteReader, ids: &[i64], windows: &[(i64, i64)], reps: usi
                 since_ns: Some(lo),
                 until_ns: Some(hi + 1),
             };
-            r.range_series_lent(ids, span, MAX_CHUNK_POINTS, |_, points| {
+            r.range_series_lent(ids, span, MAX_CHUNK_POINTS, |_, points: &[Sample]| {
                 samples.clear();
-                samples.extend(points.iter().filter_map(|p| match p.value {
-                    StoredValue::F64(v) => Some((p.ts_ns / 1_000_000, v)),
-                    _ => None,
-                }));
+                samples.extend(points.iter().map(|p| (p.ts_ns / 1_000_000, p.value)));
                 n += samples.len();
                 std::ops::ControlFlow::Continue(())
             })
