@@ -256,9 +256,9 @@ async fn one_run(
     // already; a collector may still be compacting what it was just sent
     // (two with `--baseline`, each on its copy), work that queries, on
     // their idle-priority threads, would wait for.
-    settle(&collector, &label, progress).await?;
-    if let Some((proc, _)) = &baseline {
-        settle(proc, &label, progress).await?;
+    settle(&collector, &trib_url, &label, progress).await?;
+    if let Some((proc, url)) = &baseline {
+        settle(proc, url, &label, progress).await?;
     }
 
     // 1. The corpus.
@@ -432,7 +432,7 @@ async fn one_run(
         });
     }
     for side in &sides {
-        settle(side.collector, &label, progress).await?;
+        settle(side.collector, &side.http, &label, progress).await?;
     }
     for pair in 0..cfg.pairs {
         let with_first = pair % 2 == 1;
@@ -589,6 +589,8 @@ struct Counters {
     /// from builds before they were counted).
     compacted: f64,
     merged: Option<f64>,
+    /// Readings committed since the collector started.
+    committed: f64,
 }
 
 impl Counters {
@@ -616,7 +618,13 @@ impl Counters {
             commit_s: needed("tributary_collector_commit_duration_seconds_sum")?,
             compacted: needed("tributary_collector_compaction_points_total")?,
             merged: counter("tributary_collector_compaction_merged_points_total"),
+            committed: needed("tributary_collector_commit_group_readings_sum")?,
         })
+    }
+
+    /// Every reading committed since the start has moved into chunks.
+    fn head_empty(&self) -> bool {
+        self.compacted >= self.committed
     }
 }
 
@@ -743,22 +751,34 @@ async fn ingest_pair(
         failed.load(Ordering::Relaxed),
         side.name
     );
-    settle(side.collector, &label, progress).await?;
+    settle(side.collector, &side.http, &label, progress).await?;
     Ok(phases)
 }
 
 /// Waits (at most a minute) until the collector has finished the
-/// compaction a pair left behind (its CPU below a tenth of a core over
-/// half a second), so the next pair, on it or on the other collector,
-/// starts from a quiet machine.
-async fn settle(collector: &CollectorProc, label: &str, progress: &Progress) -> Result<()> {
+/// compaction what it was sent calls for (its CPU below a tenth of a core
+/// over half a second, and, as its `/metrics` at `http` count them, as
+/// many points moved out of the head as readings committed since it
+/// started), so what follows, on it or on the other collector, starts from
+/// a quiet machine and reads chunks, as Prometheus reads its blocks. A
+/// round waits for enough points or for its oldest to age (20 s): a
+/// collector can be idle with everything still in the head, and then
+/// compacts in the middle of the corpus. (A collector started on a store
+/// that already holds a head, `--baseline`'s, counts only its own commits.)
+async fn settle(
+    collector: &CollectorProc,
+    http: &str,
+    label: &str,
+    progress: &Progress,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest::Client::new();
     progress.status(&format!("{label}: waiting for the collector to go idle"));
     loop {
         let (t0, c0) = (Instant::now(), collector.sample()?.cpu_s);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let cores = (collector.sample()?.cpu_s - c0) / t0.elapsed().as_secs_f64();
-        if cores < 0.1 {
+        if cores < 0.1 && Counters::read(&client, http).await?.head_empty() {
             return Ok(());
         }
         if Instant::now() >= deadline {
