@@ -179,8 +179,9 @@ impl Reads<'_> {
 
     /// The samples of exactly `series` within `span`, loaded into
     /// `loading`: on SQLite decoded straight into samples
-    /// (`SqliteReader::range_series_lent`), on PostgreSQL folded from its
-    /// points (`Reader::fold_range_series`).
+    /// (`SqliteReader::range_series_lent`, one call on this blocking
+    /// thread), on PostgreSQL folded from the points `Reader::range_series`
+    /// hands over, until `loading` says stop.
     fn load_range_series(
         &self,
         series: &[Arc<SeriesMeta>],
@@ -196,13 +197,22 @@ impl Reads<'_> {
                 .map_err(|e| unavailable(&e))?;
                 Ok(loading)
             }
-            Reader::Postgres(_) => self.wait(
-                "reading the store",
-                self.reader
-                    .fold_range_series(series, span, loading, |loading, i, points| {
-                        loading.add_points(i, points)
-                    }),
-            ),
+            Reader::Postgres(_) => self.wait("reading the store", async move {
+                let metas = series.iter().map(|m| SeriesMeta::clone(m)).collect();
+                let mut rx = self.reader.range_series(metas, span, MAX_CHUNK_POINTS);
+                let mut at = 0;
+                while let Some(chunk) = rx.recv().await {
+                    let (meta, points) = chunk?;
+                    // Chunks come in the order of `series`.
+                    while series.get(at).is_some_and(|m| m.id != meta.id) {
+                        at += 1;
+                    }
+                    if at >= series.len() || loading.add_points(at, &points).is_break() {
+                        break;
+                    }
+                }
+                Ok(loading)
+            }),
         }
     }
 }

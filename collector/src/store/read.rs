@@ -6,7 +6,7 @@
 //! file is the same: `sqlite/read.rs`); PostgreSQL calls use a small pool
 //! of read-only connections (`postgres/read.rs`), never the merger's.
 //! `range` hands chunks over a bounded channel, so a slow client stops the
-//! walk; `fold_range_series` hands none over (one blocking call on SQLite).
+//! walk.
 
 use std::sync::Arc;
 
@@ -437,57 +437,6 @@ impl Reader {
             }
         }
         rx
-    }
-
-    /// The points of exactly `series` within `span`, series by series in
-    /// their order, each in device-time order, folded into `state` by
-    /// `each` (with the series' index in `series`) as they are read, in
-    /// chunks of at most `MAX_CHUNK_POINTS`; `each` may stop the walk with
-    /// `ControlFlow::Break`. On SQLite the whole walk is one call on the
-    /// blocking pool, `each` included, on one lent buffer: no hand-off
-    /// between threads per chunk, and the chunks' receive times are not
-    /// decoded (their points carry 0; PromQL, its one caller, never reads
-    /// them; PostgreSQL's points carry theirs). A caller that gives up (a timeout) must
-    /// make `each` break, since the call runs to its end otherwise.
-    pub async fn fold_range_series<S, F>(
-        &self,
-        series: &[Arc<SeriesMeta>],
-        span: TimeSpan,
-        mut state: S,
-        mut each: F,
-    ) -> Result<S, ReadError>
-    where
-        S: Send + 'static,
-        F: FnMut(&mut S, usize, &[Point]) -> std::ops::ControlFlow<()> + Send + 'static,
-    {
-        match self {
-            Reader::Sqlite(r) => {
-                let ids: Vec<i64> = series.iter().map(|m| m.id).collect();
-                blocking(r, "read range", move |r| {
-                    r.range_series_lent(&ids, span, MAX_CHUNK_POINTS, |i, points| {
-                        each(&mut state, i, points)
-                    })?;
-                    Ok(state)
-                })
-                .await
-            }
-            Reader::Postgres(_) => {
-                let metas = series.iter().map(|m| SeriesMeta::clone(m)).collect();
-                let mut rx = self.range_series(metas, span, MAX_CHUNK_POINTS);
-                let mut at = 0;
-                while let Some(chunk) = rx.recv().await {
-                    let (meta, points) = chunk?;
-                    // Chunks come in the order of `series`.
-                    while series.get(at).is_some_and(|m| m.id != meta.id) {
-                        at += 1;
-                    }
-                    if at >= series.len() || each(&mut state, at, &points).is_break() {
-                        break;
-                    }
-                }
-                Ok(state)
-            }
-        }
     }
 }
 
