@@ -69,6 +69,8 @@ flags (defaults are per scenario; see BENCHMARKS.md):
                         the same store, in turn with the two others, and run the ingest pairs on it too
                         (before/after in one run)
   --only nats           export: only the phases without an export and with nats alone
+  --only metrics-off    vs-prometheus: only Tributary's runs with metrics off (no metrics_cpu_ratio); windows
+                        of 5 min or more are also reported minute by minute
   --keep                keep the work directories under target/bench/";
 
 /// What to measure.
@@ -161,6 +163,9 @@ pub struct Options {
     pub outage: Option<Duration>,
     /// export: only the phases without an export and with nats.
     pub only_nats: bool,
+    /// vs-prometheus: only Tributary's legs with metrics off (no
+    /// `metrics_cpu_ratio`), for long windows.
+    pub only_metrics_off: bool,
 }
 
 impl Options {
@@ -235,7 +240,8 @@ impl Options {
                 }
                 "--only" => match value(&arg)?.as_str() {
                     "nats" => o.only_nats = true,
-                    other => bail!("--only {other:?}: expected nats"),
+                    "metrics-off" => o.only_metrics_off = true,
+                    other => bail!("--only {other:?}: expected nats or metrics-off"),
                 },
                 "--format" => {
                     o.format = Some(match value(&arg)?.as_str() {
@@ -328,6 +334,10 @@ mod tests {
             pg.store.as_deref(),
             Some("postgres://root@127.0.0.1:5432/test")
         );
+        let off = parse(&["vs-prometheus", "--only", "metrics-off"])?;
+        assert!(off.only_metrics_off && !off.only_nats);
+        assert!(!parse(&["vs-prometheus"])?.only_metrics_off);
+        assert!(parse(&["vs-prometheus", "--only", "metrics"]).is_err());
         Ok(())
     }
 }

@@ -140,6 +140,9 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
     );
     report.declare("tributary_dropped", "readings", Some(Target::AtMost(0.0)));
     report.declare("tributary_cpu_s_per_million_metrics_on", "CPU-s/M", None);
+    report.declare("tributary_cpu_s_per_million_last_minute", "CPU-s/M", None);
+    report.declare("prometheus_cpu_s_per_million_last_minute", "CPU-s/M", None);
+    report.declare("cpu_ratio_last_minute", "", None);
     report.declare("metrics_scrapes", "scrapes", None);
     OnOff::declare(&mut report, "metrics_cpu_ratio", "metrics_cpu_ratio_pairs");
     report.config(
@@ -178,6 +181,9 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         let label = format!("vs-prometheus run {r}/{runs}");
         let mut off = None;
         for metrics in metrics_cost::order(r) {
+            if metrics && opts.only_metrics_off {
+                continue;
+            }
             let label = format!("{label} (metrics {})", if metrics { "on" } else { "off" });
             let side =
                 tributary_side(&cfg, &sims, &label, metrics, progress, &mut report, r).await?;
@@ -214,6 +220,10 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report> {
         // a lighter load than configured, and the ratio would flatter it.
         if smoke || p.samples_per_s >= MIN_RATE_SHARE * expected_rate {
             report.record("cpu_ratio", t.cpu_per_million / p.cpu_per_million);
+            if let (Some(t), Some(p)) = (t.last_minute, p.last_minute) {
+                report.record("prometheus_cpu_s_per_million_last_minute", p);
+                report.record("cpu_ratio_last_minute", t / p);
+            }
         } else {
             report.note(format!(
                 "run {r}: Prometheus fell behind: scraped {:.1} % and stored {:.1} % of the configured samples, so no cpu_ratio is recorded for this run (its CPU per sample is that of a lighter load)",
@@ -251,6 +261,9 @@ struct Side {
     /// Samples stored in the window over those the configuration asks for
     /// (targets × samples per scrape × window / interval).
     stored_share: f64,
+    /// CPU-s per million samples in the window's last minute, for windows
+    /// of [`SLICED_FROM`] or more.
+    last_minute: Option<f64>,
 }
 
 fn served(sims: &[HttpListening]) -> u64 {
@@ -326,13 +339,20 @@ async fn tributary_side(
             )),
         ]
     });
-    progress
-        .wait(
-            cfg.duration,
-            &format!("{label}: Tributary agent + collector"),
-            || format!("{} scrapes", served(sims) - s0),
-        )
-        .await;
+    let minutes = in_slices(
+        cfg.duration,
+        progress,
+        &format!("{label}: Tributary agent + collector"),
+        || format!("{} scrapes", served(sims) - s0),
+        || {
+            Ok((
+                [agent.sample()?.cpu_s, collector.sample()?.cpu_s],
+                served(sims),
+            ))
+        },
+        ([a0.cpu_s, c0.cpu_s], s0),
+    )
+    .await?;
     let elapsed = t0.elapsed().as_secs_f64();
     stop_scraping.cancel();
     if let Some([a, c]) = scrapers {
@@ -383,6 +403,16 @@ async fn tributary_side(
         (ok_in_window * cfg.samples as u64) as f64 / (expected_samples_per_s(cfg) * elapsed);
     let cpu = (a1.cpu_s - a0.cpu_s) + (c1.cpu_s - c0.cpu_s);
     if !metrics {
+        if let Some(last) = minutes.last() {
+            report.record(
+                "tributary_cpu_s_per_million_last_minute",
+                last.cpu_per_million(cfg.samples),
+            );
+            report.note(format!(
+                "run {r}: Tributary (metrics off) minute by minute: {}",
+                Slice::table(&minutes, cfg.samples, &["agent", "collector"])
+            ));
+        }
         report.record("tributary_stored_share", stored_share);
         report.record("tributary_skipped_polls", own.skipped as f64);
         report.record("tributary_dropped", dropped as f64);
@@ -404,7 +434,91 @@ async fn tributary_side(
         peak_mib: mib(peak),
         samples_per_s: samples / elapsed,
         stored_share,
+        last_minute: minutes.last().map(|m| m.cpu_per_million(cfg.samples)),
     })
+}
+
+/// Windows this long or longer are also measured minute by minute, so the
+/// tenth minute shows apart from the first (compaction's tier merges, which
+/// a short window ends before, grow with the data).
+const SLICED_FROM: Duration = Duration::from_secs(300);
+const SLICE: Duration = Duration::from_secs(60);
+
+/// One minute of a long window: the CPU seconds of each process measured
+/// and the scrapes the targets served in it.
+struct Slice<const N: usize> {
+    cpu_s: [f64; N],
+    scrapes: u64,
+    seconds: f64,
+}
+
+impl<const N: usize> Slice<N> {
+    fn cpu_per_million(&self, samples_per_scrape: usize) -> f64 {
+        let samples = (self.scrapes * samples_per_scrape as u64) as f64;
+        self.cpu_s.iter().sum::<f64>() / samples.max(1.0) * 1e6
+    }
+
+    /// `minute: CPU-s/M (cores of each process)`, a line per minute.
+    fn table(slices: &[Slice<N>], samples_per_scrape: usize, names: &[&str; N]) -> String {
+        slices
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let cores: Vec<String> = names
+                    .iter()
+                    .zip(s.cpu_s)
+                    .map(|(n, c)| format!("{n} {:.3}", c / s.seconds))
+                    .collect();
+                format!(
+                    "minute {}: {:.3} CPU-s/M ({} cores)",
+                    i + 1,
+                    s.cpu_per_million(samples_per_scrape),
+                    cores.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Waits out a measured window of `d`; for a window of [`SLICED_FROM`] or
+/// more, also reads `sample` (CPU seconds of each process, scrapes served)
+/// at every whole [`SLICE`] and returns the slices (none otherwise).
+async fn in_slices<const N: usize>(
+    d: Duration,
+    progress: &Progress,
+    label: &str,
+    mut extra: impl FnMut() -> String,
+    mut sample: impl FnMut() -> Result<([f64; N], u64)>,
+    start: ([f64; N], u64),
+) -> Result<Vec<Slice<N>>> {
+    if d < SLICED_FROM {
+        progress.wait(d, label, extra).await;
+        return Ok(Vec::new());
+    }
+    let mut slices = Vec::new();
+    let (mut before, mut at) = (start, Instant::now());
+    let mut left = d;
+    while !left.is_zero() {
+        let width = left.min(SLICE);
+        let minute = slices.len() + 1;
+        progress
+            .wait(width, &format!("{label}, minute {minute}"), &mut extra)
+            .await;
+        left -= width;
+        let now = sample()?;
+        let mut cpu_s = [0.0; N];
+        for (c, (n, b)) in cpu_s.iter_mut().zip(now.0.iter().zip(before.0)) {
+            *c = n - b;
+        }
+        slices.push(Slice {
+            cpu_s,
+            scrapes: now.1 - before.1,
+            seconds: at.elapsed().as_secs_f64(),
+        });
+        (before, at) = (now, Instant::now());
+    }
+    Ok(slices)
 }
 
 /// Points of the agent's `up` series that say a scrape failed.
@@ -474,11 +588,21 @@ async fn prometheus_side(
         .await;
     let (p0, s0, app0) = (sys::sample(pid)?, served(sims), appended(listen).await?);
     let t0 = Instant::now();
-    progress
-        .wait(cfg.duration, &format!("{label}: Prometheus"), || {
-            format!("{} scrapes", served(sims) - s0)
-        })
-        .await;
+    let minutes = in_slices(
+        cfg.duration,
+        progress,
+        &format!("{label}: Prometheus"),
+        || format!("{} scrapes", served(sims) - s0),
+        || Ok(([sys::sample(pid)?.cpu_s], served(sims))),
+        ([p0.cpu_s], s0),
+    )
+    .await?;
+    if !minutes.is_empty() {
+        report.note(format!(
+            "run {r}: Prometheus minute by minute: {}",
+            Slice::table(&minutes, cfg.samples, &["prometheus"])
+        ));
+    }
     let elapsed = t0.elapsed().as_secs_f64();
     let (p1, s1, app1): (ProcSample, u64, u64) =
         (sys::sample(pid)?, served(sims), appended(listen).await?);
@@ -528,6 +652,7 @@ async fn prometheus_side(
         peak_mib: mib(p1.hwm),
         samples_per_s: samples / elapsed,
         stored_share,
+        last_minute: minutes.last().map(|m| m.cpu_per_million(cfg.samples)),
     })
 }
 
@@ -608,4 +733,33 @@ fn prometheus_version(bin: &Path) -> String {
                 .map(|l| l.trim().to_owned())
         })
         .unwrap_or_else(|| bin.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minute_is_cpu_over_its_own_samples() {
+        let minutes = [
+            Slice {
+                cpu_s: [6.0, 3.0],
+                scrapes: 120_000,
+                seconds: 60.0,
+            },
+            Slice {
+                cpu_s: [6.0, 12.0],
+                scrapes: 120_000,
+                seconds: 60.0,
+            },
+        ];
+        // 120,000 scrapes × 105 samples = 12.6 M samples.
+        assert!((minutes[0].cpu_per_million(105) - 9.0 / 12.6).abs() < 1e-9);
+        assert!((minutes[1].cpu_per_million(105) - 18.0 / 12.6).abs() < 1e-9);
+        assert_eq!(
+            Slice::table(&minutes, 105, &["agent", "collector"]),
+            "minute 1: 0.714 CPU-s/M (agent 0.100, collector 0.050 cores); \
+             minute 2: 1.429 CPU-s/M (agent 0.100, collector 0.200 cores)"
+        );
+    }
 }
