@@ -35,7 +35,8 @@ scenarios:
 
 flags (defaults are per scenario; see BENCHMARKS.md):
   --json                one JSON object per scenario instead of a table
-  --duration D          measured time per run (e.g. 10s, 500ms)
+  --duration D          measured time per run (e.g. 10s, 500ms); vs-prometheus reports windows of 5 min or
+                        more also minute by minute
   --runs N              repetitions; every number is the median over runs
   --agents N            ingest: load agents                   (100)
   --series N            ingest: series per agent (100); wire: gauges per sim device (100)
@@ -69,8 +70,7 @@ flags (defaults are per scenario; see BENCHMARKS.md):
                         the same store, in turn with the two others, and run the ingest pairs on it too
                         (before/after in one run)
   --only nats           export: only the phases without an export and with nats alone
-  --only metrics-off    vs-prometheus: only Tributary's runs with metrics off (no metrics_cpu_ratio); windows
-                        of 5 min or more are also reported minute by minute
+  --only metrics-off    vs-prometheus: only Tributary's runs with metrics off (no metrics_cpu_ratio)
   --keep                keep the work directories under target/bench/";
 
 /// What to measure.
