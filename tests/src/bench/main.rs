@@ -31,6 +31,7 @@ mod ingest;
 mod load;
 mod metrics_cost;
 mod metrics_instr;
+mod minutes;
 mod options;
 mod poll;
 mod progress;
